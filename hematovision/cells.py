@@ -1,0 +1,154 @@
+"""The cell-type catalog: what each class the models can name means to a technologist.
+
+Normal adult shares are typical reference intervals for a manual or automated differential
+(they vary by laboratory and method); they are context for the reader, not diagnostic limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class CellType:
+    name: str  # class folder name used by the datasets and model cards
+    display_name: str
+    lineage: str
+    morphology: str
+    normal_share: str  # share of the adult white-cell differential (or count, for non-WBC)
+    raised_in: str
+    lowered_in: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+CELL_TYPES: dict[str, CellType] = {
+    cell.name: cell
+    for cell in (
+        CellType(
+            name="eosinophil",
+            display_name="Eosinophil",
+            lineage="Granulocyte (myeloid)",
+            morphology=(
+                "12-17 um; usually a bilobed nucleus; cytoplasm packed with large, uniform "
+                "orange-red (eosinophilic) granules that do not cover the nucleus."
+            ),
+            normal_share="1-4 % of white cells (about 0.0-0.5 x 10^9/L)",
+            raised_in=(
+                "Allergic disease and asthma, parasitic (helminth) infection, drug reactions, "
+                "some skin diseases, eosinophilic and myeloproliferative disorders."
+            ),
+            lowered_in="Acute stress, corticosteroid treatment, Cushing syndrome.",
+        ),
+        CellType(
+            name="lymphocyte",
+            display_name="Lymphocyte",
+            lineage="Lymphoid",
+            morphology=(
+                "Small (7-10 um) to large (up to 15 um); round, dense, dark nucleus filling most "
+                "of the cell; thin rim of pale blue cytoplasm, few or no granules."
+            ),
+            normal_share="20-40 % of white cells (about 1.0-4.0 x 10^9/L)",
+            raised_in=(
+                "Viral infections (e.g. infectious mononucleosis, with reactive forms), pertussis, "
+                "chronic lymphocytic leukaemia and other lymphoproliferative disorders."
+            ),
+            lowered_in="HIV infection, corticosteroids, chemotherapy, acute stress.",
+        ),
+        CellType(
+            name="monocyte",
+            display_name="Monocyte",
+            lineage="Monocytic (myeloid)",
+            morphology=(
+                "The largest normal white cell (15-20 um); kidney-shaped, folded or lobulated "
+                "nucleus with lacy chromatin; abundant grey-blue cytoplasm, often vacuolated."
+            ),
+            normal_share="2-8 % of white cells (about 0.2-0.8 x 10^9/L)",
+            raised_in=(
+                "Chronic infections (tuberculosis, endocarditis), recovery from neutropenia, "
+                "inflammatory and autoimmune disease, chronic myelomonocytic leukaemia."
+            ),
+            lowered_in="Hairy cell leukaemia, aplastic anaemia, corticosteroids.",
+        ),
+        CellType(
+            name="neutrophil",
+            display_name="Neutrophil",
+            lineage="Granulocyte (myeloid)",
+            morphology=(
+                "10-15 um; nucleus segmented into 2-5 lobes joined by thin strands (band forms "
+                "have an unsegmented, curved nucleus); pale pink cytoplasm with fine granules."
+            ),
+            normal_share="40-70 % of white cells (about 2.0-7.5 x 10^9/L)",
+            raised_in=(
+                "Bacterial infection, inflammation, tissue damage, corticosteroids, pregnancy, "
+                "myeloproliferative disorders (a left shift with bands suggests acute infection)."
+            ),
+            lowered_in="Chemotherapy, some viral infections, drugs, autoimmune neutropenia.",
+        ),
+        CellType(
+            name="basophil",
+            display_name="Basophil",
+            lineage="Granulocyte (myeloid)",
+            morphology=(
+                "10-14 um; large, dark purple-black granules that crowd the cytoplasm and often "
+                "hide the (usually bilobed) nucleus."
+            ),
+            normal_share="0-1 % of white cells (about 0.0-0.2 x 10^9/L)",
+            raised_in=(
+                "Chronic myeloid leukaemia and other myeloproliferative neoplasms, allergic "
+                "reactions, hypothyroidism."
+            ),
+            lowered_in="Acute allergic reactions, hyperthyroidism, corticosteroids.",
+        ),
+        CellType(
+            name="erythroblast",
+            display_name="Erythroblast (nucleated red cell)",
+            lineage="Erythroid",
+            morphology=(
+                "Red-cell precursor with a round, very dense, often eccentric nucleus and "
+                "blue-grey to pink cytoplasm; smaller than most white cells."
+            ),
+            normal_share="Absent from normal adult blood (present in newborns)",
+            raised_in=(
+                "Haemolysis, severe anaemia or hypoxia, bone-marrow infiltration, "
+                "myelofibrosis, after splenectomy."
+            ),
+            lowered_in="Not applicable.",
+        ),
+        CellType(
+            name="ig",
+            display_name="Immature granulocyte",
+            lineage="Granulocyte precursor (myeloid)",
+            morphology=(
+                "Promyelocytes, myelocytes and metamyelocytes: larger cells with a round to "
+                "kidney-shaped, unsegmented nucleus and blue to pink granular cytoplasm."
+            ),
+            normal_share="Under 1 % of white cells",
+            raised_in=(
+                "Severe bacterial infection and sepsis, inflammation, pregnancy, G-CSF "
+                "treatment, myeloproliferative neoplasms and leukaemia."
+            ),
+            lowered_in="Not applicable.",
+        ),
+        CellType(
+            name="platelet",
+            display_name="Platelet (thrombocyte)",
+            lineage="Megakaryocytic",
+            morphology=(
+                "Small (2-4 um) anucleate fragments with purple granules; may clump."
+            ),
+            normal_share="Not part of the white-cell differential (about 150-400 x 10^9/L)",
+            raised_in="Reactive thrombocytosis (infection, iron deficiency), essential thrombocythaemia.",
+            lowered_in="Immune thrombocytopenia, marrow failure, consumption (DIC), hypersplenism.",
+        ),
+    )
+}
+
+
+def describe(name: str) -> CellType:
+    """The catalog entry for a class name; a model that names an unknown class is a bug."""
+    try:
+        return CELL_TYPES[name]
+    except KeyError:
+        raise KeyError(f"No catalog entry for cell type {name!r}") from None

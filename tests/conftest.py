@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny generated images and a tiny exported model (never the real data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+
+
+def make_image(path: Path, color: tuple[int, int, int], size=(64, 48), fmt: str = "JPEG") -> Path:
+    """A small image with a disc of `color` on a light background (a cartoon cell)."""
+    rng = np.random.default_rng(abs(hash((path.name, color))) % 2**32)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (min(w, h) / 3) ** 2
+    array = np.full((h, w, 3), 235, dtype=np.uint8)
+    array[disc] = color
+    array = np.clip(array + rng.integers(-8, 8, array.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, fmt)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_model():
+    """A small Keras classifier with the serving contract: 224x224x3 in, 4 softmax outputs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_keras_model) -> Path:
+    """A `saved_model/`-style folder (Keras + LiteRT + card) holding the tiny model, as 'tiny'."""
+    from training.export import export_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    export_model(
+        tiny_keras_model,
+        out,
+        {
+            "description": "tiny test model",
+            "classes": CLASSES,
+            "initialisation": "random (test)",
+            "metrics": {},
+        },
+    )
+    return out
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """An ImageFolder tree: 4 classes x 6 images, each class its own colour."""
+    colors = [(200, 60, 60), (60, 60, 200), (120, 60, 160), (200, 150, 200)]
+    for name, color in zip(CLASSES, colors):
+        for i in range(6):
+            make_image(tmp_path / "data" / name / f"{name}_{i}.jpg", color)
+    return tmp_path / "data"

@@ -1,0 +1,1 @@
+"""Training, evaluation and export of HematoVision models (not needed to serve them)."""

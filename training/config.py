@@ -1,0 +1,41 @@
+"""Training configuration: one dataclass, saved as config.json in every run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # ImageFolder root: one sub-folder per class (e.g. kaggle_blood_cells/train)
+    out: str = "runs"  # parent folder of the run folders
+    weights: str = "none"  # backbone init: none | imagenet | PATH (.h5 / .keras, copied by name)
+    input_size: int = 224  # square input side in pixels (the serving contract)
+    seed: int = 1337  # seeds the split, the augmentation and the weight init
+    val_fraction: float = 0.15  # share of source groups per class held out for validation
+    test_fraction: float = 0.0  # share held out for a test split (0 when the data has its own)
+    source_map: str = "auto"  # CSV mapping files to source smears: auto | none | PATH
+    unassigned: str = "refit"  # images with no known source: refit (train only in the final
+    #   refit on all data, never next to validation) | drop
+    views: int = 3  # cached views per training image: the clean image + (views-1) augmented
+    batch_size: int = 64  # mini-batch size for the tuned layers
+    epochs: int = 30  # upper bound; early stopping on validation loss decides
+    patience: int = 4  # epochs without validation-loss improvement before stopping
+    learning_rate: float = 3e-4  # Adam; divided by 3 after each epoch without improvement
+    min_learning_rate: float = 1e-6  # floor of the plateau schedule
+    dropout: float = 0.3  # before the classification layer
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    class_balance: bool = True  # weight the loss by inverse class frequency
+    max_per_class: int = 0  # cap images per class (0: all); for smoke tests and quick trials
+    cache_dir: str = "cache"  # where frozen-backbone activations are kept between runs
+    name: str = ""  # suffix of the run folder name
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(Path(path).read_text()).items() if k in known})

@@ -1,0 +1,173 @@
+"""Datasets as file lists, source groups, and the saved, leak-checked split.
+
+Images that are views of the same source smear (Kaggle augmentations) or byte-identical files
+(PBC duplicates) form one group; a group never sits on two sides of a split.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+SOURCE_MAP_NAME = "bccd_source_map.csv"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    files: list[str]  # relative to root, "class/name.ext"
+    labels: list[int]
+    groups: list[str | None] = field(default_factory=list)  # None: source unknown
+
+    def paths(self, files: list[str]) -> list[Path]:
+        return [self.root / f for f in files]
+
+    def label_of(self) -> dict[str, int]:
+        return dict(zip(self.files, self.labels))
+
+
+def list_image_folder(root: Path, max_per_class: int = 0) -> Dataset:
+    """An ImageFolder tree: sorted class sub-folders, images found recursively."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise SystemExit(f"No class sub-folders in {root}")
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        found = sorted(
+            p.relative_to(root).as_posix()
+            for p in (root / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if max_per_class:
+            found = found[:max_per_class]
+        files += found
+        labels += [index] * len(found)
+    return Dataset(root, classes, files, labels)
+
+
+def find_source_map(root: Path, setting: str) -> Path | None:
+    if setting == "none":
+        return None
+    if setting != "auto":
+        return Path(setting)
+    for folder in (root, root.parent):
+        if (folder / SOURCE_MAP_NAME).is_file():
+            return folder / SOURCE_MAP_NAME
+    return None
+
+
+def assign_groups(dataset: Dataset, source_map: Path | None) -> None:
+    """Group by source smear where a map names it, else by file content (duplicates together)."""
+    if source_map is not None:
+        split = dataset.root.name
+        sources: dict[tuple[str, str], str] = {}
+        with open(source_map, newline="") as f:
+            for row in csv.DictReader(f):
+                if row["split"] == split:
+                    sources[(row["class"], row["file"])] = row["bccd_source_image"] or ""
+        dataset.groups = []
+        for rel in dataset.files:
+            cls, name = rel.split("/", 1)
+            dataset.groups.append(sources.get((cls, name)) or None)
+    else:
+        dataset.groups = [
+            "sha256:" + hashlib.sha256((dataset.root / f).read_bytes()).hexdigest()
+            for f in dataset.files
+        ]
+
+
+def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Stratified split of whole groups; images of unknown source go to 'unassigned'.
+
+    Groups whose files carry different labels are listed under 'excluded_groups' and left out.
+    """
+    rng = random.Random(seed)
+    members: dict[str, list[int]] = defaultdict(list)
+    unassigned = []
+    for i, group in enumerate(dataset.groups):
+        if group is None:
+            unassigned.append(dataset.files[i])
+        else:
+            members[group].append(i)
+    # A group filed under two classes (the same image or cell with two labels) cannot be
+    # scored fairly on either side, so it is excluded from every split.
+    excluded = sorted(g for g, idx in members.items() if len({dataset.labels[i] for i in idx}) > 1)
+    for group in excluded:
+        del members[group]
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for group, idx in members.items():
+        by_class[dataset.labels[idx[0]]].append(group)
+    side: dict[str, str] = {}
+    for label in sorted(by_class):
+        groups = sorted(by_class[label])
+        rng.shuffle(groups)
+        n_val = _share(len(groups), val_fraction)
+        n_test = _share(len(groups), test_fraction)
+        for k, group in enumerate(groups):
+            side[group] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
+    split: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for group, idx in members.items():
+        split[side[group]] += [dataset.files[i] for i in idx]
+    split = {k: sorted(v) for k, v in split.items()}
+    split["unassigned"] = sorted(unassigned)
+    split["excluded_groups"] = excluded
+    check_disjoint(split, dataset)
+    return split
+
+
+def _share(n: int, fraction: float) -> int:
+    if fraction <= 0:
+        return 0
+    return max(1, round(n * fraction)) if n > 1 else 0
+
+
+def check_disjoint(split: dict, dataset: Dataset) -> None:
+    """Refuse a split where a file or a source group sits on two sides."""
+    group_of = dict(zip(dataset.files, dataset.groups))
+    seen: dict[str, str] = {}
+    for name in SPLITS:
+        for f in split.get(name, []):
+            for key in (f"file:{f}", group_of.get(f)):
+                if key is None:
+                    continue
+                if seen.setdefault(key, name) != name:
+                    raise ValueError(f"{key} is in both {seen[key]} and {name}: the split leaks")
+
+
+def save_split(split: dict, path: Path, dataset: Dataset) -> None:
+    payload = {
+        "root": str(dataset.root),
+        "classes": dataset.classes,
+        "counts": {k: len(v) for k, v in split.items()},
+        "groups": {
+            k: len({g for f, g in zip(dataset.files, dataset.groups) if g and f in set(v)})
+            for k, v in split.items()
+            if k in SPLITS
+        },
+        **split,
+    }
+    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def load_split(path: Path, dataset: Dataset) -> dict:
+    saved = json.loads(Path(path).read_text())
+    split = {k: saved.get(k, []) for k in (*SPLITS, "unassigned", "excluded_groups")}
+    check_disjoint(split, dataset)
+    return split
+
+
+def class_weights(labels: list[int], num_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights normalised to a mean of 1 over the present classes."""
+    counts = [labels.count(c) for c in range(num_classes)]
+    present = [c for c in range(num_classes) if counts[c]]
+    total = sum(counts)
+    return {c: (total / (len(present) * counts[c]) if counts[c] else 0.0) for c in range(num_classes)}

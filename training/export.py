@@ -1,0 +1,137 @@
+"""Export a trained run into a self-describing `saved_model/NAME/` folder.
+
+The folder holds the Keras model (source of truth), the LiteRT file the app serves, and
+`model_card.json` with the preprocessing contract, training config, initialisation, data and
+metrics. The conversion checks itself against the Keras model on a fixed batch.
+`python -m training.export RUN_DIR --name NAME`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from hematovision.predictor import CARD_FILE, KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor  # noqa: E402
+from hematovision.preprocess import RESAMPLE_NAME  # noqa: E402
+
+TOLERANCE = 1e-4  # max abs difference of probabilities, LiteRT vs Keras
+RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit_metrics.csv",
+             "curves.png")
+
+
+def convert_to_tflite(model: keras.Model, path: Path) -> None:
+    """float32 LiteRT flatbuffer (int8 was slower on this CPU, see README)."""
+    input_shape = model.input_shape[1:]
+    signature = tf.function(lambda x: model(x, training=False),
+                            input_signature=[tf.TensorSpec((1, *input_shape), tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [signature.get_concrete_function()], model
+    )
+    Path(path).write_bytes(converter.convert())
+
+
+def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
+    """Max abs probability difference between Keras and the served LiteRT file on a fixed batch."""
+    rng = np.random.default_rng(seed)
+    size = model.input_shape[1]
+    batch = rng.uniform(-1, 1, (8, size, size, 3)).astype(np.float32)
+    expected = model.predict(batch, verbose=0)
+    served = Predictor(model_dir).predict_arrays(batch)
+    difference = float(np.max(np.abs(expected - served)))
+    if difference > TOLERANCE:
+        raise RuntimeError(f"LiteRT export differs from Keras by {difference:.2e} > {TOLERANCE}")
+    return difference
+
+
+def export_model(model: keras.Model, out_dir: Path, card: dict) -> dict:
+    """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / KERAS_FILE)
+    convert_to_tflite(model, out_dir / SERVING_FILE)
+    size = int(model.input_shape[1])
+    card = {
+        "name": out_dir.name,
+        "architecture": "MobileNetV2 (alpha 1.0) + global average pooling + dropout + dense softmax",
+        "input_size": [size, size, 3],
+        "preprocessing": {
+            "decode": "Pillow; EXIF orientation applied; first frame; any mode converted to RGB "
+                      "(transparency flattened on white)",
+            "resize": f"{size}x{size}, {RESAMPLE_NAME}, aspect ratio not kept",
+            "scaling": "x / 127.5 - 1 (range [-1, 1])",
+            "function": "hematovision.preprocess.preprocess",
+        },
+        "files": {"keras": KERAS_FILE, "serving": SERVING_FILE},
+        **card,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_card(out_dir, card)
+    card["export_check"] = {
+        "max_abs_probability_difference_litert_vs_keras": check_export(model, out_dir),
+        "tolerance": TOLERANCE,
+    }
+    write_card(out_dir, card)
+    return card
+
+
+def write_card(model_dir: Path, card: dict) -> None:
+    (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "") -> Path:
+    """Export the model of a training run folder to `root/name`, with its config and split."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    out_dir = Path(root) / name
+    model = keras.models.load_model(run_dir / KERAS_FILE, compile=False)
+    card = {
+        "description": description,
+        "classes": summary["classes"],
+        "initialisation": summary["initialisation"],
+        "training": {
+            "config": config,
+            "best_epoch": summary["best_epoch"],
+            "epochs_run": summary["epochs_run"],
+            "refit_on_all_training_data": summary["refit_on_all_training_data"],
+            "trained_on": summary["trained_on"],
+            "split_counts": summary["counts"],
+            "train_seconds": summary["train_seconds"],
+            "run_folder": run_dir.name,
+        },
+        "validation": summary["validation"],
+        "metrics": {},
+    }
+    export_model(model, out_dir, card)
+    for file in RUN_FILES:
+        if (run_dir / file).is_file():
+            shutil.copy2(run_dir / file, out_dir / file)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description="Export a training run folder to saved_model/NAME (Keras + LiteRT + card).",
+        epilog="example: python -m training.export runs/20261123-101500-mobilenetv2-224 --name wbc4",
+    )
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--root", type=Path, default=MODELS_ROOT)
+    parser.add_argument("--description", default="")
+    args = parser.parse_args(argv)
+    print(export_run(args.run_dir, args.name, args.root, args.description))
+
+
+if __name__ == "__main__":
+    main()

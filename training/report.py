@@ -1,0 +1,51 @@
+"""Plots of logged training and evaluation data: each function writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: dict[str, list[float]], path: Path) -> None:
+    """Loss and accuracy per epoch, training and validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + metric in history:
+                ax.plot(epochs, history[prefix + metric], style,
+                        label=("validation " if prefix else "training ") + metric)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
+    """Confusion matrix with counts, rows = true class, normalised colour per row."""
+    matrix = np.asarray(matrix)
+    size = max(4.5, 0.75 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if shares[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

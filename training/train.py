@@ -1,0 +1,178 @@
+"""Train a HematoVision classifier: `python -m training.train --data DIR [--export NAME]`.
+
+Reads top to bottom: config, data and split, model, cached features, fit with early stopping,
+optional refit on all data, save the run folder, export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from training import data as data_lib  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.features import cached_features  # noqa: E402
+from training.model import Classifier  # noqa: E402
+from training.report import plot_curves  # noqa: E402
+
+
+def train(config: TrainConfig) -> Path:
+    """Run one training; returns the run folder (config, splits, metrics, curves, model)."""
+    keras.utils.set_random_seed(config.seed)
+    started = time.time()
+    root = Path(config.data)
+    run_dir = Path(config.out) / (
+        time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
+        + (f"-{config.name}" if config.name else "")
+    )
+    run_dir.mkdir(parents=True)
+    config.save(run_dir / "config.json")
+
+    # Data: list, group by source, split once with a fixed seed, refuse leaks.
+    dataset = data_lib.list_image_folder(root, config.max_per_class)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, config.source_map))
+    split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
+    data_lib.save_split(split, run_dir / "splits.json", dataset)
+    label_of = dataset.label_of()
+    log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+
+    # Model: MobileNetV2 backbone with the requested initialisation and a new head.
+    num_classes = len(dataset.classes)
+    classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights)
+    log(f"initialisation: {classifier.initialisation}")
+
+    # Frozen-part activations of every file and view, computed once (cached on disk).
+    all_views = [
+        cached_features(classifier.bottom, dataset.paths(dataset.files), view, config.seed,
+                        config.input_size, Path(config.cache_dir), label=root.name)
+        for view in range(config.views)
+    ]
+    position = {f: i for i, f in enumerate(dataset.files)}
+
+    def features(files: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
+        index = np.array([position[f] for f in files], dtype=np.int64)
+        x = np.concatenate([all_views[v][index] for v in range(views)])
+        return x, np.array([label_of[f] for f in files] * views)
+
+    x_train, y_train = features(split["train"], config.views)
+    x_val, y_val = features(split["val"], 1)
+    initial_weights = [np.array(w) for w in classifier.trainable.weights]
+
+    # Fit on the grouped training split; early stopping and the schedule see validation only.
+    history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir)
+    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
+    log(f"best epoch {best_epoch}: validation {val_metrics}")
+
+    # Refit: images whose source smear is unknown may be siblings of validation images, so
+    # they join only a final fit on all training data, for the epoch count validation chose.
+    refit_files = split["train"] + split["val"] + split["unassigned"]
+    refitted = config.unassigned == "refit" and split["unassigned"] and split["val"]
+    if refitted:
+        for w, value in zip(classifier.trainable.weights, initial_weights):
+            w.assign(value)
+        x_all, y_all = features(refit_files, config.views)
+        fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv")
+
+    classifier.full.save(run_dir / "model.keras")
+    plot_curves(history, run_dir / "curves.png")
+    summary = {
+        "classes": dataset.classes,
+        "initialisation": classifier.initialisation,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history["loss"]),
+        "validation": val_metrics,
+        "refit_on_all_training_data": bool(refitted),
+        "trained_on": {"files": len(refit_files if refitted else split["train"]),
+                       "views_per_file": config.views},
+        "train_seconds": round(time.time() - started, 1),
+        "counts": {k: len(v) for k, v in split.items()},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"run folder {run_dir} ({summary['train_seconds']} s)")
+    return run_dir
+
+
+def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: int,
+        run_dir: Path, log_name: str = "metrics.csv") -> dict[str, list[float]]:
+    model = classifier.trainable
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+    num_classes = model.output_shape[-1]
+    weights = data_lib.class_weights(list(y), num_classes) if config.class_balance else None
+    callbacks: list = [keras.callbacks.CSVLogger(str(run_dir / log_name))]
+    if validation is not None:
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=1 / 3, patience=1,
+                                              min_lr=config.min_learning_rate),
+        ]
+        validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
+    result = model.fit(
+        x, keras.utils.to_categorical(y, num_classes),
+        batch_size=config.batch_size, epochs=epochs, validation_data=validation,
+        class_weight=weights, shuffle=True, callbacks=callbacks, verbose=2,
+    )
+    return {k: [float(v) for v in vs] for k, vs in result.history.items()}
+
+
+def evaluate_features(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    if len(x) == 0:
+        return {}
+    predicted = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
+    recalls = [float(np.mean(predicted[y == c] == c)) for c in np.unique(y)]
+    return {"accuracy": round(float(np.mean(predicted == y)), 4),
+            "balanced_accuracy": round(float(np.mean(recalls)), 4)}
+
+
+def log(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, str]:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a MobileNetV2 white-cell classifier on an ImageFolder directory.",
+        epilog="example: python -m training.train --data ../shared/data/kaggle_blood_cells/train "
+               "--weights weights/dog_breed_mobilenetv2.h5 --export wbc4",
+    )
+    for f in fields(TrainConfig):
+        kind = type(f.default)
+        if kind is bool:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
+                                action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
+                                default=f.default, required=f.name == "data")
+    parser.add_argument("--export", default="", help="also export to saved_model/NAME")
+    parser.add_argument("--description", default="", help="one line for the model card")
+    args = vars(parser.parse_args(argv))
+    export, description = args.pop("export"), args.pop("description")
+    return TrainConfig(**args), export, description
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, export_name, description = parse_args(argv)
+    run_dir = train(config)
+    if export_name:
+        from training.export import export_run
+
+        export_run(run_dir, export_name, description=description)
+
+
+if __name__ == "__main__":
+    main()
