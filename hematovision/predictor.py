@@ -117,10 +117,13 @@ class Predictor:
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify decoded RGB images (see `preprocess.load_image`)."""
-        if not images:
+        return self.predict_images_arrays([to_input(image, self.input_size) for image in images])
+
+    def predict_images_arrays(self, arrays: Sequence[np.ndarray]) -> list[Prediction]:
+        """Classify preprocessed (size, size, 3) arrays (see `preprocess.to_input`)."""
+        if not len(arrays):
             return []
-        batch = np.stack([to_input(image, self.input_size) for image in images])
-        return [self._to_prediction(row) for row in self.predict_arrays(batch)]
+        return [self._to_prediction(row) for row in self.predict_arrays(np.stack(arrays))]
 
     def predict(self, source: ImageSource) -> Prediction:
         """Classify one image file, path or bytes; raises `ImageError` for a bad image."""
@@ -157,14 +160,3 @@ def _load_interpreter(path: Path, num_threads: int):
 def load_predictor(name: str = DEFAULT_MODEL, root: Path = MODELS_ROOT) -> Predictor:
     """The predictor for model folder `root/name`."""
     return Predictor(Path(root) / name)
-
-
-def iter_chunks(items: Iterable, size: int) -> Iterable[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -21,6 +21,8 @@ RESAMPLE_NAME = "bilinear"
 # a 20000x20000 "image" is a decompression bomb.
 MAX_PIXELS = 50_000_000
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
 ImageSource = Union[str, Path, bytes, BinaryIO]
 
 
@@ -65,12 +67,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        image = Image.fromarray(scaled.astype(np.uint8))
     elif image.mode == "F":
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        image = Image.fromarray(scaled.astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -14,7 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+from hematovision.preprocess import IMAGE_SUFFIXES
+
 SOURCE_MAP_NAME = "bccd_source_map.csv"
 SPLITS = ("train", "val", "test")
 

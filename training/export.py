@@ -31,13 +31,9 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
 
 def convert_to_tflite(model: keras.Model, path: Path) -> None:
     """float32 LiteRT flatbuffer (int8 was slower on this CPU, see README)."""
-    input_shape = model.input_shape[1:]
-    signature = tf.function(lambda x: model(x, training=False),
-                            input_signature=[tf.TensorSpec((1, *input_shape), tf.float32)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [signature.get_concrete_function()], model
-    )
-    Path(path).write_bytes(converter.convert())
+    # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
+    # models for Keras 3 (its variables were not captured); check_export guards against it.
+    Path(path).write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 
 def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
@@ -48,7 +44,7 @@ def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
     expected = model.predict(batch, verbose=0)
     served = Predictor(model_dir).predict_arrays(batch)
     difference = float(np.max(np.abs(expected - served)))
-    if difference > TOLERANCE:
+    if not difference <= TOLERANCE:  # also catches NaN
         raise RuntimeError(f"LiteRT export differs from Keras by {difference:.2e} > {TOLERANCE}")
     return difference
 

@@ -47,7 +47,7 @@ def build_augmenter(seed: int) -> keras.Sequential:
 def weights_digest(model: keras.Model) -> str:
     h = hashlib.sha256()
     for w in model.weights:
-        h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
     return h.hexdigest()[:16]
 
 

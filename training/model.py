@@ -82,7 +82,7 @@ def _read_weight_arrays(path: Path) -> dict[str, dict[str, np.ndarray]]:
     if path.suffix == ".keras":
         model = keras.models.load_model(path, compile=False)
         return {
-            layer.name: {w.path.split("/")[-1]: np.asarray(w) for w in layer.weights}
+            layer.name: {w.path.split("/")[-1]: w.numpy() for w in layer.weights}
             for layer in _all_layers(model)
             if layer.weights
         }

@@ -66,7 +66,7 @@ def train(config: TrainConfig) -> Path:
 
     x_train, y_train = features(split["train"], config.views)
     x_val, y_val = features(split["val"], 1)
-    initial_weights = [np.array(w) for w in classifier.trainable.weights]
+    initial_weights = [w.numpy() for w in classifier.trainable.weights]
 
     # Fit on the grouped training split; early stopping and the schedule see validation only.
     history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir)

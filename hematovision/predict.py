@@ -1,0 +1,64 @@
+"""Classify images from the command line.
+
+    python -m hematovision.predict PATH [PATH ...] [--json] [--model NAME]
+
+PATH is an image or a folder (searched recursively). With --json, one JSON object per image and
+line: {"file", "label", "confidence", "probabilities"} or {"file", "error"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hematovision.batch import classify_files, expand_paths
+from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, ModelLoadError, Predictor, available_models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hematovision.predict",
+        description="Classify white blood cells in image files or folders.",
+        epilog="example: python -m hematovision.predict ../shared/data/kaggle_blood_cells/test "
+               "--json > predictions.jsonl",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a model folder anywhere (overrides --model)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+
+    model_dir = args.model_dir or MODELS_ROOT / args.model
+    try:
+        predictor = Predictor(model_dir)
+    except ModelLoadError as exc:
+        names = ", ".join(available_models()) or "none"
+        print(f"error: {exc}\navailable models: {names}", file=sys.stderr)
+        return 2
+    paths = expand_paths(args.paths)
+    if not paths:
+        print("error: no image files found", file=sys.stderr)
+        return 2
+    failures = 0
+    for result in classify_files(predictor, paths, progress=not args.quiet):
+        failures += result.error is not None
+        if args.json:
+            print(json.dumps(result.to_dict()), flush=False)
+        elif result.error:
+            print(f"{result.path}\tERROR\t{result.error}")
+        else:
+            p = result.prediction
+            print(f"{result.path}\t{p.label}\t{p.confidence:.3f}")
+    sys.stdout.flush()
+    if failures:
+        print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
+    return 1 if failures == len(paths) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+import csv
+import json
+
+import pytest
+
+from training import data as data_lib
+from tests.conftest import CLASSES, make_image
+
+
+def kaggle_like(tmp_path, sources_per_class=6, images_per_source=4, unmatched=3):
+    """A Kaggle-style split folder plus a bccd_source_map.csv beside it."""
+    root = tmp_path / "kaggle" / "train"
+    rows = []
+    for c, name in enumerate(CLASSES):
+        for s in range(sources_per_class):
+            for k in range(images_per_source):
+                file = f"_{k}_{c}{s}.jpeg"
+                make_image(root / name / file, (50 * c, 100, 20 * s))
+                rows.append(["train", name, file, f"Blood_{c}{s}", "sift", "20"])
+        for u in range(unmatched):
+            file = f"_9_{c}{u}.jpeg"
+            make_image(root / name / file, (50 * c, 10, 10))
+            rows.append(["train", name, file, "", "unmatched", ""])
+    with open(root.parent / data_lib.SOURCE_MAP_NAME, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "class", "file", "bccd_source_image", "match_method", "match_score"])
+        writer.writerows(rows)
+    return root
+
+
+def test_grouped_split_never_puts_a_source_on_both_sides(tmp_path):
+    root = kaggle_like(tmp_path)
+    dataset = data_lib.list_image_folder(root)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, "auto"))
+    group_of = dict(zip(dataset.files, dataset.groups))
+    for seed in range(5):
+        split = data_lib.make_split(dataset, 0.34, 0.0, seed)
+        train_groups = {group_of[f] for f in split["train"]}
+        val_groups = {group_of[f] for f in split["val"]}
+        assert train_groups and val_groups
+        assert not train_groups & val_groups
+        # every class is represented in validation (stratified by group label)
+        assert {f.split("/")[0] for f in split["val"]} == set(CLASSES)
+    assert len(split["unassigned"]) == 4 * 3
+    assert all(group_of[f] is None for f in split["unassigned"])
+
+
+def test_split_is_reproducible_from_the_seed(tmp_path):
+    root = kaggle_like(tmp_path)
+    dataset = data_lib.list_image_folder(root)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, "auto"))
+    assert data_lib.make_split(dataset, 0.3, 0.2, 7) == data_lib.make_split(dataset, 0.3, 0.2, 7)
+
+
+def test_a_leaking_split_is_refused(tmp_path):
+    root = kaggle_like(tmp_path)
+    dataset = data_lib.list_image_folder(root)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, "auto"))
+    split = data_lib.make_split(dataset, 0.34, 0.0, 0)
+    group_of = dict(zip(dataset.files, dataset.groups))
+    # move one image of a validation source into train: its siblings stay in val
+    moved = split["val"][0]
+    sibling_left = [f for f in split["val"][1:] if group_of[f] == group_of[moved]]
+    assert sibling_left
+    split["train"].append(moved)
+    split["val"].remove(moved)
+    with pytest.raises(ValueError, match="leaks"):
+        data_lib.check_disjoint(split, dataset)
+    path = tmp_path / "splits.json"
+    data_lib.save_split(split, path, dataset)
+    with pytest.raises(ValueError, match="leaks"):
+        data_lib.load_split(path, dataset)
+
+
+def test_identical_files_are_one_group_and_cross_class_copies_are_excluded(tmp_path):
+    root = tmp_path / "pbc"
+    for c, name in enumerate(CLASSES):
+        for i in range(5):
+            make_image(root / name / f"{name}_{i}.jpg", (40 * c + 10 * i, 80, 80))
+    dup = (root / "eosinophil" / "eosinophil_0.jpg").read_bytes()
+    (root / "eosinophil" / "copy.jpg").write_bytes(dup)  # same class duplicate
+    (root / "neutrophil" / "cross.jpg").write_bytes(dup)  # cross-class duplicate
+    dataset = data_lib.list_image_folder(root)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, "auto"))
+    split = data_lib.make_split(dataset, 0.2, 0.2, 0)
+    assert len(split["excluded_groups"]) == 1
+    placed = split["train"] + split["val"] + split["test"]
+    for name in ("eosinophil/eosinophil_0.jpg", "eosinophil/copy.jpg", "neutrophil/cross.jpg"):
+        assert name not in placed
+    assert len(placed) == 20 - 1
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one():
+    weights = data_lib.class_weights([0, 0, 0, 1], 3)
+    assert weights[0] == pytest.approx(4 / 6)
+    assert weights[1] == pytest.approx(2.0)
+    assert weights[2] == 0.0
+
+
+def test_saved_split_records_counts(tmp_path):
+    root = kaggle_like(tmp_path)
+    dataset = data_lib.list_image_folder(root)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, "auto"))
+    split = data_lib.make_split(dataset, 0.34, 0.0, 0)
+    data_lib.save_split(split, tmp_path / "s.json", dataset)
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["counts"]["unassigned"] == 12
+    assert saved["groups"]["train"] + saved["groups"]["val"] == 24

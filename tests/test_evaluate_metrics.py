@@ -1,0 +1,24 @@
+import pytest
+
+from training.evaluate import classification_metrics, per_source_accuracy
+
+
+def test_metrics_on_a_hand_checked_example():
+    classes = ["a", "b", "c"]
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 1, 0]
+    m = classification_metrics(y_true, y_pred, classes)
+    assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-4)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert m["per_class"]["a"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "support": 3}
+    assert m["per_class"]["b"]["precision"] == pytest.approx(0.6667, abs=1e-4)
+    assert m["per_class"]["c"]["f1"] == 0.0
+    assert m["macro_f1"] == pytest.approx((0.6667 + 0.8 + 0) / 3, abs=1e-4)
+
+
+def test_per_source_majority_vote_ignores_unknown_sources():
+    groups = ["s1", "s1", "s1", "s2", "s2", None]
+    y_true = [0, 0, 0, 1, 1, 1]
+    y_pred = [0, 1, 0, 0, 0, 1]
+    result = per_source_accuracy([""] * 6, y_true, y_pred, groups)
+    assert result == {"sources": 2, "accuracy": 0.5, "images_with_known_source": 5}

@@ -1,0 +1,50 @@
+import json
+
+from hematovision.predict import main
+from tests.conftest import CLASSES, make_image
+
+
+def test_json_lines_for_a_folder_with_an_unreadable_file(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    make_image(folder / "a.jpg", (200, 60, 60))
+    make_image(folder / "sub" / "b.png", (60, 60, 200), fmt="PNG")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+
+    code = main([str(folder), "--json", "--model-dir", str(tiny_model_dir)])
+
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert [line["file"] for line in lines] == [
+        str(folder / "a.jpg"), str(folder / "broken.jpg"), str(folder / "sub" / "b.png")]
+    good = lines[0]
+    assert set(good) == {"file", "label", "confidence", "probabilities"}
+    assert list(good["probabilities"]) == CLASSES
+    assert good["label"] in CLASSES and 0 < good["confidence"] <= 1
+    assert set(lines[1]) == {"file", "error"}
+    assert "damaged or truncated" in lines[1]["error"]
+    assert "3/3 images" in err  # progress on stderr
+    assert "1 of 3 files could not be classified" in err
+
+
+def test_missing_file_is_an_error_line_and_the_run_continues(tiny_model_dir, tmp_path, capsys):
+    good = make_image(tmp_path / "a.jpg", (10, 200, 10))
+    main([str(tmp_path / "missing.jpg"), str(good), "--json", "--quiet",
+          "--model-dir", str(tiny_model_dir)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "Cannot read the file" in lines[0]["error"]
+    assert lines[1]["label"] in CLASSES
+
+
+def test_plain_output_is_tab_separated(tiny_model_dir, tmp_path, capsys):
+    path = make_image(tmp_path / "a.jpg", (10, 200, 10))
+    main([str(path), "--quiet", "--model-dir", str(tiny_model_dir)])
+    file, label, confidence = capsys.readouterr().out.strip().split("\t")
+    assert file == str(path) and label in CLASSES and 0 < float(confidence) <= 1
+
+
+def test_unknown_model_exits_2_and_lists_models(tmp_path, capsys):
+    path = make_image(tmp_path / "a.jpg", (10, 200, 10))
+    assert main([str(path), "--model", "no-such-model"]) == 2
+    assert "available models" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+
+from hematovision.predictor import ModelLoadError, Predictor, available_models
+from tests.conftest import CLASSES, make_image
+
+
+def test_predictor_reads_card_and_returns_ordered_probabilities(tiny_model_dir, tmp_path):
+    predictor = Predictor(tiny_model_dir)
+    assert predictor.classes == CLASSES
+    prediction = predictor.predict(make_image(tmp_path / "a.jpg", (200, 60, 60)))
+    assert list(prediction.probabilities) == CLASSES
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+    assert prediction.confidence == prediction.probabilities[prediction.label]
+
+
+def test_litert_matches_keras_on_fixed_images(tiny_model_dir, tiny_keras_model, tmp_path):
+    from hematovision.preprocess import preprocess
+
+    files = [make_image(tmp_path / f"{i}.png", (40 * i, 90, 200 - 30 * i), fmt="PNG")
+             for i in range(5)]
+    batch = np.stack([preprocess(f) for f in files])
+    served = Predictor(tiny_model_dir).predict_arrays(batch)
+    expected = tiny_keras_model.predict(batch, verbose=0)
+    assert np.max(np.abs(served - expected)) < 1e-5
+
+
+def test_batches_larger_than_the_chunk_size_match_single_calls(tiny_model_dir):
+    predictor = Predictor(tiny_model_dir)
+    batch = np.random.default_rng(1).uniform(-1, 1, (40, 224, 224, 3)).astype(np.float32)
+    together = predictor.predict_arrays(batch)
+    one_by_one = np.concatenate([predictor.predict_arrays(batch[i : i + 1]) for i in range(40)])
+    assert together.shape == (40, 4)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+
+
+def test_wrong_input_shape_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="shape"):
+        Predictor(tiny_model_dir).predict_arrays(np.zeros((1, 100, 100, 3)))
+
+
+def test_missing_model_folder_names_the_path(tmp_path):
+    with pytest.raises(ModelLoadError, match=str(tmp_path / "nope")):
+        Predictor(tmp_path / "nope")
+
+
+def test_corrupt_serving_file_gives_a_clear_error(tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_card.json").write_text((tiny_model_dir / "model_card.json").read_text())
+    (broken / "model.tflite").write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        Predictor(broken)
+
+
+def test_card_class_count_must_match_the_model(tiny_model_dir, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    card["classes"] = card["classes"][:3]
+    (wrong / "model_card.json").write_text(json.dumps(card))
+    (wrong / "model.tflite").write_bytes((tiny_model_dir / "model.tflite").read_bytes())
+    with pytest.raises(ModelLoadError, match="4 outputs but its card lists 3"):
+        Predictor(wrong)
+
+
+def test_available_models_lists_complete_folders_only(tiny_model_dir, tmp_path):
+    (tiny_model_dir.parent / "empty").mkdir(exist_ok=True)
+    assert available_models(tiny_model_dir.parent) == ["tiny"]

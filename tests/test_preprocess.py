@@ -1,0 +1,97 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.preprocess import ImageError, load_image, preprocess, to_input
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_output_contract_shape_dtype_and_range():
+    image = Image.new("RGB", (320, 240), (255, 0, 0))
+    x = preprocess(encode(image, "PNG"))
+    assert x.shape == (224, 224, 3)
+    assert x.dtype == np.float32
+    # pure red maps to +1 in R and -1 in G, B (x / 127.5 - 1)
+    np.testing.assert_allclose(x[112, 112], [1.0, -1.0, -1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mode,value",
+    [("L", 128), ("1", 1), ("P", 3), ("CMYK", (0, 255, 255, 0)), ("RGBA", (0, 0, 255, 255)),
+     ("LA", (50, 255)), ("I;16", 4000), ("I", 70000), ("F", 0.5), ("YCbCr", (128, 128, 128))],
+)
+def test_any_mode_becomes_rgb(mode, value):
+    image = Image.new(mode, (30, 20), value)
+    fmt = "TIFF" if mode in ("I;16", "I", "F", "CMYK", "YCbCr") else "PNG"
+    loaded = load_image(encode(image, fmt))
+    assert loaded.mode == "RGB"
+    assert loaded.size == (30, 20)
+
+
+def test_cmyk_is_converted_to_the_right_colour():
+    cmyk_cyan = Image.new("CMYK", (8, 8), (255, 0, 0, 0))
+    r, g, b = load_image(encode(cmyk_cyan, "JPEG")).getpixel((4, 4))
+    assert r < 40 and g > 200 and b > 200
+
+
+def test_transparent_pixels_are_flattened_on_white():
+    image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert load_image(encode(image, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_greyscale_is_stretched_not_clipped():
+    array = np.linspace(0, 4095, 64, dtype=np.uint16).reshape(8, 8)
+    loaded = load_image(encode(Image.fromarray(array), "PNG"))
+    values = np.asarray(loaded)[..., 0]
+    assert values.min() == 0 and values.max() == 255
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    loaded = load_image(encode(image, "JPEG", exif=exif.tobytes()))
+    assert loaded.size == (20, 40)
+    assert loaded.getpixel((10, 5))[0] > 200  # the white half is now on top
+    assert loaded.getpixel((10, 35))[0] < 50
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("P", (10, 10), i) for i in (1, 2, 3)]
+    frames[0].putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert load_image(buffer.getvalue()).getpixel((5, 5)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        (b"", "empty"),
+        (b"hello, this is text", "not an image"),
+        (encode(Image.new("RGB", (64, 64), "red"), "PNG")[:60], "damaged or truncated"),
+        (encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "damaged or truncated"),
+    ],
+)
+def test_bad_inputs_raise_image_error_with_a_clear_message(payload, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(payload)
+
+
+def test_pixel_limit_refuses_decompression_bombs_before_decoding():
+    image = Image.new("L", (3000, 2000))
+    with pytest.raises(ImageError, match="too large"):
+        load_image(encode(image, "PNG"), max_pixels=1_000_000)
+
+
+def test_resize_ignores_aspect_ratio_to_fill_the_input():
+    image = Image.new("RGB", (320, 240), (0, 0, 0))
+    assert to_input(image, 96).shape == (96, 96, 3)

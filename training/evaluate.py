@@ -1,0 +1,164 @@
+"""Evaluate a model folder on an ImageFolder directory through the serving path.
+
+    python -m training.evaluate --data DIR [--model NAME] [--split-file splits.json] [--record NAME]
+
+Writes metrics.json, classification_report.txt and confusion.png to --out. Where the data
+has a Kaggle source map, it also scores each source smear by majority vote over its images.
+With --record NAME the metrics go into the model card under metrics.NAME, and the confusion
+matrix into the model folder as confusion_NAME.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from hematovision.batch import classify_files
+from hematovision.predictor import MODELS_ROOT, Predictor, read_card
+from training import data as data_lib
+from training.report import plot_confusion
+
+
+def classification_metrics(y_true: list[int], y_pred: list[int], classes: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    k = len(classes)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    for t, p in zip(y_true, y_pred):
+        matrix[t, p] += 1
+    per_class = {}
+    for c, name in enumerate(classes):
+        tp = int(matrix[c, c])
+        support = int(matrix[c].sum())
+        predicted = int(matrix[:, c].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
+                           "f1": round(f1, 4), "support": support}
+    present = [v for v in per_class.values() if v["support"]]
+    total = int(matrix.sum())
+    return {
+        "n": total,
+        "accuracy": round(float(np.trace(matrix)) / total, 4) if total else 0.0,
+        "macro_f1": round(float(np.mean([v["f1"] for v in present])), 4) if present else 0.0,
+        "balanced_accuracy": round(float(np.mean([v["recall"] for v in present])), 4) if present else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def per_source_accuracy(files: list[str], y_true: list[int], y_pred: list[int],
+                        groups: list[str | None]) -> dict:
+    """Majority vote of each source smear's images vs its label (ties: lowest class index)."""
+    votes: dict[str, list[int]] = defaultdict(list)
+    label: dict[str, int] = {}
+    for g, t, p in zip(groups, y_true, y_pred):
+        if g is None:
+            continue
+        votes[g].append(p)
+        label[g] = t
+    correct = [
+        min(c for c, n in Counter(v).items() if n == max(Counter(v).values())) == label[g]
+        for g, v in votes.items()
+    ]
+    return {"sources": len(correct),
+            "accuracy": round(float(np.mean(correct)), 4) if correct else 0.0,
+            "images_with_known_source": int(sum(g is not None for g in groups))}
+
+
+def report_text(metrics: dict, classes: list[str]) -> str:
+    lines = [f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name in classes:
+        m = metrics["per_class"][name]
+        lines.append(f"{name:<14}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+                     f"{m['support']:>10}")
+    lines.append(f"\naccuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+                 f"n {metrics['n']}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
+             split_name: str = "test") -> dict:
+    predictor = Predictor(model_dir)
+    dataset = data_lib.list_image_folder(data_dir)
+    missing = [c for c in dataset.classes if c not in predictor.classes]
+    if missing:
+        raise SystemExit(f"{data_dir} has classes the model does not know: {missing}")
+    files = dataset.files
+    if split_file:
+        wanted = set(json.loads(Path(split_file).read_text())[split_name])
+        files = [f for f in files if f in wanted]
+    label_of = dataset.label_of()
+    y_true = [predictor.classes.index(dataset.classes[label_of[f]]) for f in files]
+    results = list(classify_files(predictor, dataset.paths(files), progress=True))
+    failed = [str(r.path) for r in results if r.prediction is None]
+    y_pred = [predictor.classes.index(r.prediction.label) if r.prediction else -1 for r in results]
+    kept = [i for i, p in enumerate(y_pred) if p >= 0]
+    metrics = classification_metrics([y_true[i] for i in kept], [y_pred[i] for i in kept],
+                                     predictor.classes)
+    metrics.update({"data": str(data_dir), "model": predictor.name, "unreadable_files": failed})
+    if split_file:
+        metrics["split"] = f"{Path(split_file).name}:{split_name}"
+    source_map = data_lib.find_source_map(Path(data_dir), "auto")
+    if source_map:
+        data_lib.assign_groups(dataset, source_map)
+        group_of = dict(zip(dataset.files, dataset.groups))
+        metrics["per_source_smear"] = per_source_accuracy(
+            [files[i] for i in kept], [y_true[i] for i in kept], [y_pred[i] for i in kept],
+            [group_of[files[i]] for i in kept])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "classification_report.txt").write_text(report_text(metrics, predictor.classes))
+    plot_confusion(np.array(metrics["confusion_matrix"]), predictor.classes,
+                   out_dir / "confusion.png", title=f"{predictor.name} on {Path(data_dir).name}")
+    return metrics
+
+
+def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
+    """Store `metrics` in the model card as metrics.<name> and copy the confusion plot."""
+    from training.export import write_card
+
+    card = read_card(model_dir)
+    card.setdefault("metrics", {})[name] = {
+        k: v for k, v in metrics.items() if k not in ("unreadable_files",)
+    }
+    write_card(model_dir, card)
+    shutil.copy2(out_dir / "confusion.png", Path(model_dir) / f"confusion_{name}.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description="Evaluate a saved model on an ImageFolder directory (serving path).",
+        epilog="example: python -m training.evaluate --data ../shared/data/kaggle_blood_cells/test "
+               "--model wbc4 --record test",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="ImageFolder directory")
+    parser.add_argument("--model", default="wbc4", help="model folder name under saved_model/")
+    parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-...)")
+    parser.add_argument("--split-file", type=Path, default=None,
+                        help="splits.json: evaluate only the files of --split-name")
+    parser.add_argument("--split-name", default="test")
+    parser.add_argument("--record", default="", help="store the metrics in the model card as NAME")
+    args = parser.parse_args(argv)
+    model_dir = args.model_dir or MODELS_ROOT / args.model
+    out = args.out or Path("runs") / f"eval-{Path(model_dir).name}-{args.data.name}"
+    metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name)
+    if args.record:
+        record(model_dir, args.record, metrics, out)
+    print(report_text(metrics, read_card(model_dir)["classes"]), end="")
+    if "per_source_smear" in metrics:
+        s = metrics["per_source_smear"]
+        print(f"per source smear (majority vote): {s['accuracy']:.4f} over {s['sources']} smears")
+    print(f"outputs in {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
