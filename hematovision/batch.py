@@ -42,9 +42,9 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
     return out
 
 
-def _decode(path: Path, size: int):
+def _decode(path: Path, size: int, crop: str):
     try:
-        return to_input(load_image(path), size), None
+        return to_input(load_image(path), size, crop), None
     except ImageError as exc:
         return None, str(exc)
     except OSError as exc:  # missing or unreadable file
@@ -57,13 +57,17 @@ def classify_files(
     """Yield one result per path, in order; unreadable files give an error result."""
     start = time.time()
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
+
+    def decode(path: Path):
+        return _decode(path, predictor.input_size, predictor.crop)
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        decoded_next = pool.map(lambda p: _decode(p, predictor.input_size), chunks[0]) if chunks else None
+        decoded_next = pool.map(decode, chunks[0]) if chunks else None
         done = 0
         for k, chunk in enumerate(chunks):
             decoded = list(decoded_next)
             if k + 1 < len(chunks):
-                decoded_next = pool.map(lambda p: _decode(p, predictor.input_size), chunks[k + 1])
+                decoded_next = pool.map(decode, chunks[k + 1])
             arrays = [a for a, _ in decoded if a is not None]
             predictions = iter(predictor.predict_images_arrays(arrays)) if arrays else iter(())
             for path, (array, error) in zip(chunk, decoded):

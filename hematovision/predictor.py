@@ -81,6 +81,7 @@ class Predictor:
                 f"The model card {self.model_dir / CARD_FILE} lacks 'classes' or 'input_size'."
             ) from None
         self.name: str = self.card.get("name", self.model_dir.name)
+        self.crop: str = self.card.get("preprocessing", {}).get("crop", "none")
         self._interpreter = _load_interpreter(self.model_dir / SERVING_FILE, num_threads)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -117,7 +118,9 @@ class Predictor:
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify decoded RGB images (see `preprocess.load_image`)."""
-        return self.predict_images_arrays([to_input(image, self.input_size) for image in images])
+        return self.predict_images_arrays(
+            [to_input(image, self.input_size, self.crop) for image in images]
+        )
 
     def predict_images_arrays(self, arrays: Sequence[np.ndarray]) -> list[Prediction]:
         """Classify preprocessed (size, size, 3) arrays (see `preprocess.to_input`)."""

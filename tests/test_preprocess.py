@@ -95,3 +95,46 @@ def test_pixel_limit_refuses_decompression_bombs_before_decoding():
 def test_resize_ignores_aspect_ratio_to_fill_the_input():
     image = Image.new("RGB", (320, 240), (0, 0, 0))
     assert to_input(image, 96).shape == (96, 96, 3)
+
+
+def smear_with_nucleus_at(x: int, y: int, size=(320, 240)) -> Image.Image:
+    """Pink background with a violet disc (a stained nucleus) centred at (x, y)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    array = np.zeros((h, w, 3), dtype=np.uint8)
+    array[:] = (230, 180, 190)
+    array[(xx - x) ** 2 + (yy - y) ** 2 < 20**2] = (90, 60, 180)
+    return Image.fromarray(array)
+
+
+def test_nucleus_crop_centres_on_the_stained_nucleus():
+    from hematovision.preprocess import crop_to_nucleus, nucleus_centre
+
+    image = smear_with_nucleus_at(220, 90)
+    cx, cy = nucleus_centre(image)
+    assert abs(cx - 220) < 2 and abs(cy - 90) < 2
+    crop = crop_to_nucleus(image)
+    assert crop.size == (132, 132)  # 0.55 x 240
+    assert crop.getpixel((66, 66)) == (90, 60, 180)
+    assert crop.getpixel((2, 2)) == (230, 180, 190)
+
+
+def test_nucleus_crop_near_the_border_is_padded_not_shifted():
+    from hematovision.preprocess import crop_to_nucleus
+
+    crop = crop_to_nucleus(smear_with_nucleus_at(310, 120))
+    assert crop.getpixel((66, 66)) == (90, 60, 180)  # nucleus stays in the centre
+    assert crop.getpixel((130, 66)) == (235, 225, 230)  # outside the field: pale fill
+
+
+def test_without_a_nucleus_the_crop_is_central():
+    from hematovision.preprocess import nucleus_centre
+
+    blank = Image.new("RGB", (320, 240), (230, 180, 190))
+    assert nucleus_centre(blank) is None
+    assert preprocess(encode(blank, "PNG"), crop="nucleus").shape == (224, 224, 3)
+
+
+def test_unknown_crop_is_refused():
+    with pytest.raises(ValueError, match="Unknown crop"):
+        to_input(Image.new("RGB", (10, 10)), crop="face")

@@ -49,7 +49,7 @@ def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
     return difference
 
 
-def export_model(model: keras.Model, out_dir: Path, card: dict) -> dict:
+def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "none") -> dict:
     """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +65,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict) -> dict:
                       "(transparency flattened on white)",
             "resize": f"{size}x{size}, {RESAMPLE_NAME}, aspect ratio not kept",
             "scaling": "x / 127.5 - 1 (range [-1, 1])",
+            "crop": crop,
             "function": "hematovision.preprocess.preprocess",
         },
         "files": {"keras": KERAS_FILE, "serving": SERVING_FILE},
@@ -84,7 +85,8 @@ def write_card(model_dir: Path, card: dict) -> None:
     (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
 
 
-def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "") -> Path:
+def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
+               expects: str = "") -> Path:
     """Export the model of a training run folder to `root/name`, with its config and split."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -93,6 +95,7 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
     model = keras.models.load_model(run_dir / KERAS_FILE, compile=False)
     card = {
         "description": description,
+        "expects": expects,
         "classes": summary["classes"],
         "initialisation": summary["initialisation"],
         "training": {
@@ -108,7 +111,7 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "validation": summary["validation"],
         "metrics": {},
     }
-    export_model(model, out_dir, card)
+    export_model(model, out_dir, card, crop=config.get("crop", "none"))
     for file in RUN_FILES:
         if (run_dir / file).is_file():
             shutil.copy2(run_dir / file, out_dir / file)
@@ -124,9 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--root", type=Path, default=MODELS_ROOT)
-    parser.add_argument("--description", default="")
+    parser.add_argument("--description", default="", help="one line for the model card")
+    parser.add_argument("--expects", default="", help="what images the model expects (shown in the app)")
     args = parser.parse_args(argv)
-    print(export_run(args.run_dir, args.name, args.root, args.description))
+    print(export_run(args.run_dir, args.name, args.root, args.description, args.expects))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def cached_features(
     seed: int,
     input_size: int,
     cache_dir: Path,
+    crop: str = "none",
     batch_size: int = 64,
     label: str = "",
 ) -> np.ndarray:
@@ -65,6 +66,7 @@ def cached_features(
     key = hashlib.sha256(
         "\n".join(
             [weights_digest(bottom), str(view), str(seed), str(input_size)]
+            + ([f"crop={crop}"] if crop != "none" else [])
             + [str(Path(p).resolve()) for p in paths]
         ).encode()
     ).hexdigest()[:20]
@@ -77,11 +79,11 @@ def cached_features(
     start = time.time()
     with ThreadPoolExecutor(max_workers=2) as pool:
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        pending = pool.submit(_load_batch, batches[0], input_size) if batches else None
+        pending = pool.submit(_load_batch, batches[0], input_size, crop) if batches else None
         for b in range(len(batches)):
             images = pending.result()
             if b + 1 < len(batches):
-                pending = pool.submit(_load_batch, batches[b + 1], input_size)
+                pending = pool.submit(_load_batch, batches[b + 1], input_size, crop)
             if augment is not None:
                 images = augment(images, training=True)
             out[b * batch_size : b * batch_size + len(images)] = forward(images).numpy()
@@ -95,5 +97,5 @@ def cached_features(
     return out
 
 
-def _load_batch(paths: list[Path], input_size: int) -> np.ndarray:
-    return np.stack([preprocess(p, input_size) for p in paths])
+def _load_batch(paths: list[Path], input_size: int, crop: str) -> np.ndarray:
+    return np.stack([preprocess(p, input_size, crop) for p in paths])

@@ -54,7 +54,8 @@ def train(config: TrainConfig) -> Path:
     # Frozen-part activations of every file and view, computed once (cached on disk).
     all_views = [
         cached_features(classifier.bottom, dataset.paths(dataset.files), view, config.seed,
-                        config.input_size, Path(config.cache_dir), label=root.name)
+                        config.input_size, Path(config.cache_dir), config.crop,
+                        label=root.name)
         for view in range(config.views)
     ]
     position = {f: i for i, f in enumerate(dataset.files)}
@@ -143,7 +144,7 @@ def log(message: str) -> None:
     print(f"[train] {message}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, str]:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict]:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train a MobileNetV2 white-cell classifier on an ImageFolder directory.",
@@ -160,18 +161,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, str]:
                                 default=f.default, required=f.name == "data")
     parser.add_argument("--export", default="", help="also export to saved_model/NAME")
     parser.add_argument("--description", default="", help="one line for the model card")
+    parser.add_argument("--expects", default="", help="what images the model expects (app hint)")
     args = vars(parser.parse_args(argv))
-    export, description = args.pop("export"), args.pop("description")
-    return TrainConfig(**args), export, description
+    card = {"description": args.pop("description"), "expects": args.pop("expects")}
+    return TrainConfig(**args), args.pop("export"), card
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, export_name, description = parse_args(argv)
+    config, export_name, card = parse_args(argv)
     run_dir = train(config)
     if export_name:
         from training.export import export_run
 
-        export_run(run_dir, export_name, description=description)
+        export_run(run_dir, export_name, **card)
 
 
 if __name__ == "__main__":

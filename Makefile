@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` (install + start the app) and `make test`
+# (install + run the whole test suite). Both build a local virtual environment in .venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test serve browser-deps lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-train.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	$(BIN)/python app.py
+
+serve: $(VENV)/.runtime
+	$(BIN)/gunicorn -c gunicorn.conf.py "app:create_app()"
+
+# Headless Chromium and its driver for the browser test (Debian packages; needs root).
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "note: chromium/chromedriver missing and not root: the browser test will be skipped"; fi
+
+test: $(VENV)/.dev browser-deps
+	$(BIN)/python -m pytest

@@ -1,0 +1,20 @@
+"""Run the HematoVision web app.
+
+    python app.py                                   # development server, http://127.0.0.1:5000
+    gunicorn -c gunicorn.conf.py "app:create_app()"  # production
+"""
+
+import sys
+
+from hematovision.predictor import ModelLoadError
+from hematovision.web import create_app
+
+__all__ = ["create_app"]
+
+if __name__ == "__main__":
+    try:
+        app = create_app()
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app.run(host="127.0.0.1", port=5000)

@@ -1,0 +1,26 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py "app:create_app()"`.
+
+Inference is CPU-bound, so one worker process per core; each loads the models itself (no
+--preload: TensorFlow deadlocks after fork, and per-worker loading does not depend on LiteRT
+being fork-safe). Threads let a worker read one upload while another request is in the model.
+Override with the usual gunicorn flags or GUNICORN_CMD_ARGS, e.g. --bind 0.0.0.0:8000.
+"""
+
+import os
+
+bind = os.environ.get("HEMATOVISION_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
+worker_class = "gthread"
+threads = 4  # per worker; the model itself runs one request at a time per worker
+timeout = 120  # a worker silent this long is restarted (a 100-image batch fits well inside)
+graceful_timeout = 30  # seconds to finish in-flight requests on restart or shutdown
+keepalive = 5  # seconds an idle keep-alive connection stays open
+max_requests = 10000  # recycle workers now and then, bounding slow memory growth
+max_requests_jitter = 1000  # so the workers do not all restart at once
+preload_app = False
+accesslog = "-"
+errorlog = "-"
+
+# One interpreter thread per worker: the workers already use every core, more threads per
+# worker would only fight over them. Set before the workers fork, so they inherit it.
+os.environ.setdefault("HEMATOVISION_LITERT_THREADS", "1")

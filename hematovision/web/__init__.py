@@ -1,0 +1,52 @@
+"""The HematoVision web app: `create_app()` builds it, one blueprint per area.
+
+Configuration, lowest to highest priority: the defaults below, `instance/config.py`, then
+environment variables `HEMATOVISION_<KEY>` (values parsed as JSON where they parse, e.g.
+HEMATOVISION_RETENTION_SECONDS=600). Tests pass `test_config` instead of the last two.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+from hematovision.predictor import MODELS_ROOT
+from hematovision.preprocess import MAX_PIXELS
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app and load its models; raises ModelLoadError if no usable model is found."""
+    app = Flask(__name__, instance_relative_config=True,
+                static_folder="../../static", template_folder="../../templates")
+    app.config.from_mapping(
+        SECRET_KEY=None,  # signs the session cookie (CSRF token); None: kept in SECRET_KEY_FILE
+        SECRET_KEY_FILE=os.path.join(app.instance_path, "secret_key"),  # created on first start
+        MODELS_ROOT=str(MODELS_ROOT),  # folder of model folders (model_card.json + model.tflite)
+        DEFAULT_MODEL=None,  # model used when a request names none; None: wbc4, else the first
+        LITERT_THREADS=2,  # interpreter threads per process (gunicorn.conf.py sets 1 per worker)
+        UPLOAD_FOLDER=os.path.join(app.instance_path, "uploads"),  # stored images and results
+        RETENTION_SECONDS=3600,  # stored uploads and results are deleted after this age
+        PURGE_INTERVAL_SECONDS=60,  # how often a request checks for expired uploads
+        MAX_CONTENT_LENGTH=32 * 2**20,  # bytes per request, all files together (413 above)
+        MAX_FILES=100,  # files per request
+        MAX_IMAGE_PIXELS=MAX_PIXELS,  # width x height per image, checked before decoding
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",  # the browser does not send the cookie on foreign POSTs
+    )
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+        app.config.from_prefixed_env("HEMATOVISION")
+    else:
+        app.config.from_mapping(test_config)
+
+    from hematovision.web import api, errors, models, pages, security, uploads
+
+    models.init_app(app)
+    security.init_app(app)
+    uploads.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,77 @@
+"""The models the app serves: loaded once per process, looked up by folder name.
+
+Every complete folder under MODELS_ROOT (model_card.json + model.tflite) is loaded when the app
+is created, so a corrupt model fails at startup with one clear error instead of on a user's
+request, and no request pays the load time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flask import Flask, current_app
+
+from hematovision.predictor import DEFAULT_MODEL, ModelLoadError, Predictor, available_models
+
+# Images of a model folder the model page may show; anything else there (the model files, the
+# card, run logs) is not served.
+IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.png")
+IMAGE_ORDER = ("confusion_test.png", "curves.png")  # the two the model page is about
+IMAGE_CAPTIONS = {
+    "confusion_test.png": "Confusion matrix on the test set (rows: true class, columns: predicted)",
+    "curves.png": "Training and validation loss and accuracy per epoch",
+}
+
+
+def init_app(app: Flask) -> None:
+    """Load every model under MODELS_ROOT and pick the default one."""
+    root = Path(app.config["MODELS_ROOT"])
+    names = available_models(root)
+    default = app.config.get("DEFAULT_MODEL")
+    if not default:
+        if not names:
+            raise ModelLoadError(
+                f"No model found in {root.resolve()}: a model is a folder holding "
+                "model_card.json and model.tflite. Train and export one with "
+                "`python -m training.train --data DIR --export wbc4`, restore saved_model/ from "
+                "git, or set HEMATOVISION_MODELS_ROOT to a folder of models."
+            )
+        default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
+    threads = int(app.config["LITERT_THREADS"])
+    predictors = {name: Predictor(root / name, num_threads=threads) for name in names}
+    if default not in predictors:  # an explicit default that is incomplete: Predictor says why
+        predictors[default] = Predictor(root / str(default), num_threads=threads)
+    app.extensions["predictors"] = predictors
+    app.config["DEFAULT_MODEL"] = str(default)
+
+
+def names() -> list[str]:
+    return list(current_app.extensions["predictors"])
+
+
+def default_name() -> str:
+    return current_app.config["DEFAULT_MODEL"]
+
+
+def get(name: str | None) -> Predictor | None:
+    """The predictor of model `name` (the default when empty), or None if there is none."""
+    return current_app.extensions["predictors"].get(name or default_name())
+
+
+def unknown_model_message(name: str) -> str:
+    return f"Unknown model {name!r}; available models: {', '.join(names())}."
+
+
+def images(predictor: Predictor) -> list[str]:
+    """File names of the PNG images in a model folder, the known ones first."""
+    present = sorted(
+        p.name for p in predictor.model_dir.iterdir() if p.is_file() and IMAGE_NAME.fullmatch(p.name)
+    )
+    return [n for n in IMAGE_ORDER if n in present] + [n for n in present if n not in IMAGE_ORDER]
+
+
+def caption(file_name: str) -> str:
+    if file_name in IMAGE_CAPTIONS:
+        return IMAGE_CAPTIONS[file_name]
+    return file_name.removesuffix(".png").replace("_", " ").replace("-", " ").capitalize()

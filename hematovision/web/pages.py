@@ -1,0 +1,154 @@
+"""The HTML pages: upload, results (one image or a batch), CSV download, model pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import (Blueprint, Response, abort, current_app, redirect, render_template,
+                   send_from_directory, url_for)
+
+from hematovision.cells import CELL_TYPES
+from hematovision.preprocess import IMAGE_SUFFIXES
+from hematovision.web import models, results, uploads
+from hematovision.web.classify import classify_request
+from hematovision.web.security import check_csrf
+
+bp = Blueprint("pages", __name__)
+bp.before_request(check_csrf)
+
+EXPIRED = "No such result: it may have been deleted, as results are kept for {retention}."
+
+
+@bp.app_context_processor
+def layout_context() -> dict:
+    return {
+        "model_names": models.names(),
+        "default_model": models.default_name(),
+        "retention": human_duration(current_app.config["RETENTION_SECONDS"]),
+    }
+
+
+@bp.get("/")
+def home(errors: list[dict] | None = None, status: int = 200):
+    predictors = {name: models.get(name) for name in models.names()}
+    formats = sorted({s.lstrip(".").upper().replace("JPEG", "JPG").replace("TIFF", "TIF")
+                      for s in IMAGE_SUFFIXES})
+    accept = ",".join(["image/*", *sorted(IMAGE_SUFFIXES)])  # a hint to the file picker only
+    limit_mb = current_app.config["MAX_CONTENT_LENGTH"] / 2**20
+    page = render_template("home.html", predictors=predictors, formats=formats, accept=accept,
+                           limit_mb=limit_mb, max_files=current_app.config["MAX_FILES"],
+                           errors=errors or [])
+    return page, status
+
+
+@bp.post("/upload")
+def upload():
+    """Classify the chosen files, keep the result for a while and show it (303 to its page)."""
+    name, decoded, items = classify_request(keep_images=True)
+    if not any("label" in r for r in items):
+        return home(errors=items, status=400)
+    folder = upload_folder()
+    for d, item in zip(decoded, items):
+        if d.image is not None:
+            item["image"] = uploads.save_image(folder, d.image)
+    batch_id = uploads.save_batch(
+        folder, {"model": name, "classes": models.get(name).classes, "results": items})
+    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+@bp.get("/batch/<batch_id>")
+def batch(batch_id: str):
+    stored = load_or_404(batch_id)
+    if len(stored["results"]) == 1:
+        return single(batch_id, 0)
+    shares = results.differential(stored["results"], stored["classes"])
+    classified = sum(s.count for s in shares)
+    return _no_store(render_template("batch.html", batch=stored, shares=shares,
+                                     classified=classified))
+
+
+@bp.get("/batch/<batch_id>/<int:index>")
+def single(batch_id: str, index: int):
+    stored = load_or_404(batch_id)
+    if index >= len(stored["results"]):
+        abort(404)
+    item = stored["results"][index]
+    ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
+    return _no_store(render_template(
+        "result.html", batch=stored, item=item, index=index, ranked=ranked,
+        cell=CELL_TYPES.get(item.get("label", ""))))
+
+
+@bp.get("/batch/<batch_id>.csv")
+def batch_csv(batch_id: str):
+    stored = load_or_404(batch_id)
+    response = Response(results.to_csv(stored["results"], stored["classes"]),
+                        mimetype="text/csv")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="hematovision-{batch_id[:8]}.csv"')
+    return _no_store(response)
+
+
+@bp.get("/uploads/<image_id>.jpg")
+def uploaded_image(image_id: str):
+    if uploads.image_path(upload_folder(), image_id) is None:
+        abort(404)
+    return _no_store(send_from_directory(upload_folder(), f"{image_id}.jpg",
+                                         mimetype="image/jpeg"))
+
+
+@bp.get("/models")
+def model_list():
+    predictors = {name: models.get(name) for name in models.names()}
+    return render_template("models.html", predictors=predictors)
+
+
+@bp.get("/models/<name>")
+def model_page(name: str):
+    predictor = models.get(name) if name in models.names() else None
+    if predictor is None:
+        abort(404, description=models.unknown_model_message(name))
+    images = [(f, models.caption(f)) for f in models.images(predictor)]
+    return render_template("model.html", name=name, predictor=predictor, card=predictor.card,
+                           images=images)
+
+
+@bp.get("/models/<name>/files/<file_name>")
+def model_file(name: str, file_name: str):
+    """Only the PNG images of a model folder, by exact listed name."""
+    predictor = models.get(name) if name in models.names() else None
+    if predictor is None or file_name not in models.images(predictor):
+        abort(404)
+    return send_from_directory(predictor.model_dir, file_name, mimetype="image/png")
+
+
+@bp.get("/docs/api")
+def api_docs():
+    return render_template("api.html")
+
+
+def upload_folder() -> Path:
+    return Path(current_app.config["UPLOAD_FOLDER"])
+
+
+def load_or_404(batch_id: str) -> dict:
+    stored = uploads.load_batch(upload_folder(), batch_id)
+    if stored is None:
+        retention = human_duration(current_app.config["RETENTION_SECONDS"])
+        abort(404, description=EXPIRED.format(retention=retention))
+    return stored
+
+
+def human_duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+def _no_store(response):
+    """Results and uploaded images are private: keep them out of shared and browser caches."""
+    response = current_app.make_response(response)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,133 @@
+"""Where uploaded images and batch results live on disk, and how long they stay.
+
+Files are named by random ids only (`<id>.jpg`, `<id>.json`): the client's file name is kept
+inside the batch JSON for display and never touches the file system. The stored image is a
+re-encoded, upright, downscaled copy, so metadata (EXIF, GPS) and any payload hidden in the
+original file are not kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from PIL import Image
+
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# What the purge may delete: stored files and temporaries left by a crash; nothing else, so a
+# mistaken UPLOAD_FOLDER setting cannot wipe unrelated files.
+STORED_NAME = re.compile(r"\.?[0-9a-f]{32}\.(jpg|json)(\.[0-9a-f]{8}\.tmp)?")
+DISPLAY_MAX_SIDE = 1024  # stored copies are for viewing; the model already saw the original
+MAX_NAME_LENGTH = 120  # characters of a client file name shown back to the user
+
+
+def new_id() -> str:
+    """A random 128-bit id: unguessable, so one user cannot browse another's results."""
+    return secrets.token_hex(16)
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(ID_PATTERN.fullmatch(value))
+
+
+def display_name(client_name: str | None) -> str:
+    """A client file name made safe to show: last path part, no control characters, bounded."""
+    name = unicodedata.normalize("NFC", client_name or "")
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
+    if len(name) > MAX_NAME_LENGTH:
+        stem, dot, suffix = name.rpartition(".")
+        suffix = dot + suffix if stem and len(suffix) <= 10 else ""
+        name = name[: MAX_NAME_LENGTH - len(suffix) - 1] + "…" + suffix
+    return name or "unnamed"
+
+
+def save_image(folder: Path, image: Image.Image) -> str:
+    """Store a viewing copy of an RGB image; returns its id."""
+    image_id = new_id()
+    copy = image.copy()
+    copy.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.BILINEAR)
+    _write_atomic(folder / f"{image_id}.jpg", lambda f: copy.save(f, "JPEG", quality=90))
+    return image_id
+
+
+def save_batch(folder: Path, batch: dict[str, Any]) -> str:
+    """Store a batch result (JSON-serialisable); returns its id."""
+    batch_id = new_id()
+    data = json.dumps({"id": batch_id, "created": time.time(), **batch}).encode()
+    _write_atomic(folder / f"{batch_id}.json", lambda f: f.write(data))
+    return batch_id
+
+
+def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
+    """The stored batch, or None when the id is malformed, unknown or already purged."""
+    if not is_valid_id(batch_id):
+        return None
+    try:
+        return json.loads((folder / f"{batch_id}.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def image_path(folder: Path, image_id: str) -> Path | None:
+    if not is_valid_id(image_id):
+        return None
+    path = folder / f"{image_id}.jpg"
+    return path if path.is_file() else None
+
+
+def purge_expired(folder: Path, retention_seconds: float, now: float | None = None) -> int:
+    """Delete stored files older than the retention time; returns how many were deleted."""
+    if not folder.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - retention_seconds
+    deleted = 0
+    for entry in os.scandir(folder):
+        if not STORED_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                deleted += 1
+        except FileNotFoundError:  # another worker purged it first
+            pass
+    return deleted
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write via a temporary name so a reader (or the purge) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def init_app(app: Flask) -> None:
+    """Purge expired uploads at startup and then at most every PURGE_INTERVAL_SECONDS.
+
+    The check runs before requests, not in a background thread, so it needs no scheduler and
+    works the same under the development server and every gunicorn worker.
+    """
+    folder = Path(app.config["UPLOAD_FOLDER"])
+    retention = float(app.config["RETENTION_SECONDS"])
+    interval = float(app.config["PURGE_INTERVAL_SECONDS"])
+    last = {"time": time.time()}
+    purge_expired(folder, retention)
+
+    @app.before_request
+    def purge_if_due() -> None:
+        now = time.time()
+        if now - last["time"] >= interval:
+            last["time"] = now
+            purge_expired(folder, retention, now)

@@ -1,0 +1,101 @@
+"""Figures for the README, generated from model cards and run summaries (never typed by hand).
+
+    python -m training.tables ablation RUN_DIR [RUN_DIR ...] --out saved_model/wbc4/ablation.json
+    python -m training.tables readme [--readme README.md]
+
+`readme` rewrites the blocks between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from hematovision.predictor import MODELS_ROOT, available_models, read_card
+
+
+def collect_ablation(run_dirs: list[Path]) -> list[dict]:
+    rows = []
+    for run in map(Path, run_dirs):
+        summary = json.loads((run / "summary.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        rows.append({
+            "run": run.name,
+            "weights": Path(config["weights"]).name if config["weights"] not in ("none", "imagenet")
+            else config["weights"],
+            "initialisation": summary["initialisation"],
+            "views": config["views"],
+            "best_epoch": summary["best_epoch"],
+            "val_accuracy": summary["validation"].get("accuracy"),
+            "val_balanced_accuracy": summary["validation"].get("balanced_accuracy"),
+            "val_images": summary["counts"]["val"],
+            "train_seconds": summary["train_seconds"],
+        })
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> str:
+    lines = ["| initialisation | views | best epoch | val accuracy | val balanced acc. | val images | train time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['initialisation']} | {r['views']} | {r['best_epoch']} | "
+                     f"{r['val_accuracy']:.4f} | {r['val_balanced_accuracy']:.4f} | "
+                     f"{r['val_images']} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def models_table(root: Path = MODELS_ROOT) -> str:
+    lines = ["| model | classes | expects | evaluated on | accuracy | macro-F1 | other |",
+             "|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        card = read_card(root / name)
+        for key, m in card.get("metrics", {}).items():
+            other = []
+            if "per_source_smear" in m:
+                s = m["per_source_smear"]
+                other.append(f"per-smear majority vote {s['accuracy']:.4f} ({s['sources']} smears)")
+            recalls = ", ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items())
+            other.append(f"recall: {recalls}")
+            where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
+            lines.append(f"| `{name}` | {len(card['classes'])} | {card.get('expects', '')} | "
+                         f"{where}, n={m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+                         f"{'; '.join(other)} |")
+    return "\n".join(lines)
+
+
+def rewrite(readme: Path, blocks: dict[str, str]) -> None:
+    text = readme.read_text()
+    for name, body in blocks.items():
+        pattern = re.compile(rf"(<!-- tables:{name} -->\n).*?(<!-- /tables:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{readme} has no <!-- tables:{name} --> block")
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    readme.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.tables",
+                                     description="Generate README tables from saved results.",
+                                     epilog="example: python -m training.tables readme")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ab = sub.add_parser("ablation", help="collect run summaries into an ablation JSON")
+    ab.add_argument("runs", nargs="+", type=Path)
+    ab.add_argument("--out", type=Path, required=True)
+    rd = sub.add_parser("readme", help="rewrite the README's generated tables")
+    rd.add_argument("--readme", type=Path, default=Path("README.md"))
+    rd.add_argument("--ablation", type=Path, default=MODELS_ROOT / "wbc4" / "ablation.json")
+    args = parser.parse_args(argv)
+    if args.command == "ablation":
+        args.out.write_text(json.dumps(collect_ablation(args.runs), indent=2) + "\n")
+        print(ablation_table(collect_ablation(args.runs)))
+    else:
+        blocks = {"models": models_table()}
+        if args.ablation.is_file():
+            blocks["ablation"] = ablation_table(json.loads(args.ablation.read_text()))
+        rewrite(args.readme, blocks)
+
+
+if __name__ == "__main__":
+    main()
