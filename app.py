@@ -1,7 +1,8 @@
 """Run the HematoVision web app.
 
-    python app.py                                   # development server, http://127.0.0.1:5000
-    gunicorn -c gunicorn.conf.py "app:create_app()"  # production
+python app.py                                   # development server, http://127.0.0.1:5000
+python app.py --check                           # load the models once and exit (0 if usable)
+gunicorn -c gunicorn.conf.py "app:create_app()"  # production
 """
 
 import sys
@@ -17,4 +18,10 @@ if __name__ == "__main__":
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if "--check" in sys.argv[1:]:
+        print(
+            f"ok: models {', '.join(app.extensions['predictors'])}; "
+            f"default {app.config['DEFAULT_MODEL']}"
+        )
+        sys.exit(0)
     app.run(host="127.0.0.1", port=5000)

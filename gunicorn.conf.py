@@ -24,3 +24,25 @@ errorlog = "-"
 # One interpreter thread per worker: the workers already use every core, more threads per
 # worker would only fight over them. Set before the workers fork, so they inherit it.
 os.environ.setdefault("HEMATOVISION_LITERT_THREADS", "1")
+
+
+def on_starting(server):
+    """Check the models once, in a throwaway process, before any worker starts.
+
+    A missing or corrupt model then stops gunicorn with one clear message, instead of a
+    traceback from every worker; the master itself stays free of the model runtime.
+    """
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    check = subprocess.run(
+        [sys.executable, os.path.join(here, "app.py"), "--check"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        server.log.error(check.stderr.strip() or f"app.py --check failed ({check.returncode})")
+        sys.exit(check.returncode)
+    server.log.info(check.stdout.strip())

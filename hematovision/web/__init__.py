@@ -18,8 +18,12 @@ from hematovision.preprocess import MAX_PIXELS
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app and load its models; raises ModelLoadError if no usable model is found."""
-    app = Flask(__name__, instance_relative_config=True,
-                static_folder="../../static", template_folder="../../templates")
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        static_folder="../../static",
+        template_folder="../../templates",
+    )
     app.config.from_mapping(
         SECRET_KEY=None,  # signs the session cookie (CSRF token); None: kept in SECRET_KEY_FILE
         SECRET_KEY_FILE=os.path.join(app.instance_path, "secret_key"),  # created on first start
@@ -40,6 +44,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.from_prefixed_env("HEMATOVISION")
     else:
         app.config.from_mapping(test_config)
+    # Relative folders are taken from the working directory, as on the command line (Flask would
+    # resolve them against the package folder when sending files).
+    for key in ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE"):
+        app.config[key] = os.path.abspath(app.config[key])
+
+    # Keep JSON keys in insertion order: "file" first and probabilities in the model's class
+    # order, exactly as the predict CLI writes them.
+    app.json.sort_keys = False
 
     from hematovision.web import api, errors, models, pages, security, uploads
 

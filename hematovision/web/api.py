@@ -21,15 +21,16 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.post("/predict")
 def predict():
     """Per-file results like `python -m hematovision.predict --json`; 400 if none succeeded."""
-    name, _, results = classify_request(keep_images=False)
+    name, results = classify_request()
     ok = any("label" in r for r in results)
     return jsonify(model=name, results=results), 200 if ok else 400
 
 
 @bp.get("/health")
 def health():
-    return jsonify(status="ok", version=__version__, models=models.names(),
-                   default_model=models.default_name())
+    return jsonify(
+        status="ok", version=__version__, models=models.names(), default_model=models.default_name()
+    )
 
 
 @bp.get("/model")

@@ -7,18 +7,19 @@ classified; all decoded images then go through the model in one batched call.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flask import abort, current_app, request
-from PIL import Image
 from werkzeug.datastructures import FileStorage
 
 from hematovision.predictor import Predictor
 from hematovision.preprocess import ImageError, load_image, to_input
 from hematovision.web import models
-from hematovision.web.uploads import display_name
+from hematovision.web.uploads import display_name, save_image
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,18 @@ log = logging.getLogger(__name__)
 class Decoded:
     file: str  # display name of the client's file
     array: np.ndarray | None = None  # model input
-    image: Image.Image | None = None  # upright RGB image, kept only when it will be stored
+    image_id: str | None = None  # id of the stored viewing copy, when images are stored
     error: str | None = None
 
 
-def decode(storage: FileStorage, input_size: int, max_pixels: int, keep_image: bool) -> Decoded:
-    """One uploaded file -> model input, or an error message that is safe to show."""
+def decode(
+    storage: FileStorage, predictor: Predictor, max_pixels: int, store_in: Path | None
+) -> Decoded:
+    """One uploaded file -> the predictor's model input, or an error message safe to show.
+
+    The viewing copy is stored right away so that only one full-size image is in memory at a
+    time, however many files the request holds.
+    """
     name = display_name(storage.filename)
     try:
         image = load_image(storage.read(), max_pixels=max_pixels)
@@ -41,7 +48,8 @@ def decode(storage: FileStorage, input_size: int, max_pixels: int, keep_image: b
     except Exception:  # noqa: BLE001 - a decoder bug on hostile input must not become a 500
         log.warning("unexpected error decoding an upload", exc_info=True)
         return Decoded(name, error="The file is not an image in a format we can read.")
-    return Decoded(name, to_input(image, input_size), image if keep_image else None)
+    array = to_input(image, predictor.input_size, predictor.crop)  # the model card's contract
+    return Decoded(name, array, save_image(store_in, image) if store_in else None)
 
 
 def classify(predictor: Predictor, decoded: list[Decoded]) -> list[dict[str, Any]]:
@@ -49,7 +57,8 @@ def classify(predictor: Predictor, decoded: list[Decoded]) -> list[dict[str, Any
     good = [d for d in decoded if d.array is not None]
     predictions = iter(predictor.predict_images_arrays([d.array for d in good]))
     return [
-        {"file": d.file, **next(predictions).to_dict()} if d.array is not None
+        {"file": d.file, **next(predictions).to_dict()}
+        if d.array is not None
         else {"file": d.file, "error": d.error}
         for d in decoded
     ]
@@ -60,10 +69,11 @@ def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
     return [f for f in files if f.filename]
 
 
-def classify_request(keep_images: bool) -> tuple[str, list[Decoded], list[dict[str, Any]]]:
+def classify_request(store_in: Path | None = None) -> tuple[str, list[dict[str, Any]]]:
     """Validate and classify the current request's `file` parts with its `model` choice.
 
-    Returns (model name, decoded files, results); aborts with 400 when there is nothing to do.
+    Returns (model name, results); aborts with 400 when there is nothing to do. With `store_in`,
+    each decoded image is stored there and its result gets the stored copy's id as "image".
     """
     name = request.form.get("model") or models.default_name()
     predictor = models.get(name)
@@ -71,11 +81,17 @@ def classify_request(keep_images: bool) -> tuple[str, list[Decoded], list[dict[s
         abort(400, description=models.unknown_model_message(name))
     files = uploaded_files(request.files.getlist("file"))
     if not files:
-        abort(400, description="No file was uploaded: choose one or more images "
-                               "(form field 'file').")
+        abort(
+            400, description="No file was uploaded: choose one or more images (form field 'file')."
+        )
     limit = current_app.config["MAX_FILES"]
     if len(files) > limit:
         abort(400, description=f"Too many files ({len(files)}); send at most {limit} at a time.")
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    decoded = [decode(f, predictor.input_size, max_pixels, keep_images) for f in files]
-    return name, decoded, classify(predictor, decoded)
+    decoded = [decode(f, predictor, max_pixels, store_in) for f in files]
+    results = classify(predictor, decoded)
+    if store_in:
+        for d, result in zip(decoded, results, strict=True):
+            if d.image_id:
+                result["image"] = d.image_id
+    return name, results

@@ -66,7 +66,9 @@ def unknown_model_message(name: str) -> str:
 def images(predictor: Predictor) -> list[str]:
     """File names of the PNG images in a model folder, the known ones first."""
     present = sorted(
-        p.name for p in predictor.model_dir.iterdir() if p.is_file() and IMAGE_NAME.fullmatch(p.name)
+        p.name
+        for p in predictor.model_dir.iterdir()
+        if p.is_file() and IMAGE_NAME.fullmatch(p.name)
     )
     return [n for n in IMAGE_ORDER if n in present] + [n for n in present if n not in IMAGE_ORDER]
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import (Blueprint, Response, abort, current_app, redirect, render_template,
-                   send_from_directory, url_for)
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    send_from_directory,
+    url_for,
+)
 
 from hematovision.cells import CELL_TYPES
 from hematovision.preprocess import IMAGE_SUFFIXES
@@ -28,31 +36,61 @@ def layout_context() -> dict:
     }
 
 
+@bp.app_template_filter("cell_name")
+def cell_name(name: str) -> str:
+    """The catalog's display name of a class; the class name itself if it is not catalogued."""
+    return CELL_TYPES[name].display_name if name in CELL_TYPES else name
+
+
+@bp.app_template_filter("compact")
+def compact(value) -> str:
+    """A card value on one line: numbers to 4 significant digits, nested values flattened."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {compact(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(compact(v) for v in value)
+    return str(value)
+
+
 @bp.get("/")
 def home(errors: list[dict] | None = None, status: int = 200):
     predictors = {name: models.get(name) for name in models.names()}
-    formats = sorted({s.lstrip(".").upper().replace("JPEG", "JPG").replace("TIFF", "TIF")
-                      for s in IMAGE_SUFFIXES})
+    formats = sorted(
+        {
+            s.lstrip(".").upper().replace("JPEG", "JPG").replace("TIFF", "TIF")
+            for s in IMAGE_SUFFIXES
+        }
+    )
     accept = ",".join(["image/*", *sorted(IMAGE_SUFFIXES)])  # a hint to the file picker only
     limit_mb = current_app.config["MAX_CONTENT_LENGTH"] / 2**20
-    page = render_template("home.html", predictors=predictors, formats=formats, accept=accept,
-                           limit_mb=limit_mb, max_files=current_app.config["MAX_FILES"],
-                           errors=errors or [])
+    page = render_template(
+        "home.html",
+        predictors=predictors,
+        formats=formats,
+        accept=accept,
+        limit_mb=limit_mb,
+        max_files=current_app.config["MAX_FILES"],
+        errors=errors or [],
+    )
     return page, status
 
 
 @bp.post("/upload")
 def upload():
     """Classify the chosen files, keep the result for a while and show it (303 to its page)."""
-    name, decoded, items = classify_request(keep_images=True)
+    folder = upload_folder()
+    name, items = classify_request(store_in=folder)
     if not any("label" in r for r in items):
         return home(errors=items, status=400)
-    folder = upload_folder()
-    for d, item in zip(decoded, items):
-        if d.image is not None:
-            item["image"] = uploads.save_image(folder, d.image)
     batch_id = uploads.save_batch(
-        folder, {"model": name, "classes": models.get(name).classes, "results": items})
+        folder, {"model": name, "classes": models.get(name).classes, "results": items}
+    )
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
 
@@ -63,8 +101,9 @@ def batch(batch_id: str):
         return single(batch_id, 0)
     shares = results.differential(stored["results"], stored["classes"])
     classified = sum(s.count for s in shares)
-    return _no_store(render_template("batch.html", batch=stored, shares=shares,
-                                     classified=classified))
+    return _no_store(
+        render_template("batch.html", batch=stored, shares=shares, classified=classified)
+    )
 
 
 @bp.get("/batch/<batch_id>/<int:index>")
@@ -74,18 +113,25 @@ def single(batch_id: str, index: int):
         abort(404)
     item = stored["results"][index]
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
-    return _no_store(render_template(
-        "result.html", batch=stored, item=item, index=index, ranked=ranked,
-        cell=CELL_TYPES.get(item.get("label", ""))))
+    return _no_store(
+        render_template(
+            "result.html",
+            batch=stored,
+            item=item,
+            index=index,
+            ranked=ranked,
+            cell=CELL_TYPES.get(item.get("label", "")),
+        )
+    )
 
 
 @bp.get("/batch/<batch_id>.csv")
 def batch_csv(batch_id: str):
     stored = load_or_404(batch_id)
-    response = Response(results.to_csv(stored["results"], stored["classes"]),
-                        mimetype="text/csv")
+    response = Response(results.to_csv(stored["results"], stored["classes"]), mimetype="text/csv")
     response.headers["Content-Disposition"] = (
-        f'attachment; filename="hematovision-{batch_id[:8]}.csv"')
+        f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
+    )
     return _no_store(response)
 
 
@@ -93,8 +139,7 @@ def batch_csv(batch_id: str):
 def uploaded_image(image_id: str):
     if uploads.image_path(upload_folder(), image_id) is None:
         abort(404)
-    return _no_store(send_from_directory(upload_folder(), f"{image_id}.jpg",
-                                         mimetype="image/jpeg"))
+    return _no_store(send_from_directory(upload_folder(), f"{image_id}.jpg", mimetype="image/jpeg"))
 
 
 @bp.get("/models")
@@ -109,8 +154,17 @@ def model_page(name: str):
     if predictor is None:
         abort(404, description=models.unknown_model_message(name))
     images = [(f, models.caption(f)) for f in models.images(predictor)]
-    return render_template("model.html", name=name, predictor=predictor, card=predictor.card,
-                           images=images)
+    training = predictor.card.get("training")
+    training = training if isinstance(training, dict) else {}
+    return render_template(
+        "model.html",
+        name=name,
+        predictor=predictor,
+        card=predictor.card,
+        images=images,
+        training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
+        training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
+    )
 
 
 @bp.get("/models/<name>/files/<file_name>")

@@ -17,21 +17,22 @@ from flask import Flask, abort, request, session
 from werkzeug.wrappers import Response
 
 CSRF_FIELD = "csrf_token"
-CSRF_MESSAGE = (
-    "The form has expired or was not sent from this site. Reload the page and try again."
-)
+CSRF_MESSAGE = "The form has expired or was not sent from this site. Reload the page and try again."
 # No inline script or style anywhere: scripts and styles come from /static only. Images may be
-# blob: URLs for the previews of files chosen in the upload form.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' blob: data:",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-])
+# blob: URLs (previews of the files chosen in the upload form) or data: URLs (Bootstrap's CSS
+# draws its small icons as inline SVG).
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob: data:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",

@@ -1,0 +1,150 @@
+"""Model latency and throughput: the serving path (LiteRT Predictor) vs Keras model.predict.
+
+    python benchmarks/bench_inference.py --model-dir saved_model/wbc4
+
+Both run the same model folder on the same fixed 224x224 inputs in one process, one after the
+other, so the ratio compares like with like on this machine. Reported per path: median latency
+of a single-image call, and median throughput of batch-32 calls. Keras is also timed as a direct
+call (`model(x)`), which skips predict()'s per-call setup, to show where the difference comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor  # noqa: E402
+from hematovision.preprocess import load_image, to_input  # noqa: E402
+
+
+def time_calls(fn, repeats: int, warmup: int) -> list[float]:
+    """Seconds per call of `fn()`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def sample_jpeg(size=(320, 240), seed: int = 0) -> bytes:
+    """A smear-crop-sized JPEG of noise, to time decoding and preprocessing too."""
+    array = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, threads: int) -> dict:
+    import keras
+
+    predictor = Predictor(model_dir, num_threads=threads)
+    model = keras.models.load_model(model_dir / KERAS_FILE, compile=False)
+    size = predictor.input_size
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32)
+    one = batch[:1]
+    jpeg = sample_jpeg()
+    warmup = max(3, repeats // 10)
+
+    serving_one = time_calls(lambda: predictor.predict_arrays(one), repeats, warmup)
+    serving_e2e = time_calls(lambda: predictor.predict_images([load_image(jpeg)]), repeats, warmup)
+    serving_batch = time_calls(lambda: predictor.predict_arrays(batch), batch_repeats, 2)
+    keras_one = time_calls(lambda: model.predict(one, verbose=0), repeats, warmup)
+    keras_call = time_calls(lambda: model(one, training=False), repeats, warmup)
+    keras_batch = time_calls(lambda: model.predict(batch, verbose=0), batch_repeats, 2)
+    decode = time_calls(lambda: to_input(load_image(jpeg), size, predictor.crop), repeats, warmup)
+
+    ms = lambda times: round(1000 * statistics.median(times), 3)  # noqa: E731
+    per_s = lambda times: round(batch_size / statistics.median(times), 1)  # noqa: E731
+    result = {
+        "model_dir": str(model_dir),
+        "litert_threads": threads,
+        "repeats": repeats,
+        "batch_size": batch_size,
+        "serving_ms_per_image": ms(serving_one),
+        "serving_end_to_end_ms_320x240_jpeg": ms(serving_e2e),
+        "decode_and_preprocess_ms_320x240_jpeg": ms(decode),
+        "keras_predict_ms_per_image": ms(keras_one),
+        "keras_direct_call_ms_per_image": ms(keras_call),
+        "serving_batch_images_per_s": per_s(serving_batch),
+        "keras_predict_batch_images_per_s": per_s(keras_batch),
+    }
+    result["speedup_single_image"] = round(
+        result["keras_predict_ms_per_image"] / result["serving_ms_per_image"], 1
+    )
+    result["speedup_batch"] = round(
+        result["serving_batch_images_per_s"] / result["keras_predict_batch_images_per_s"], 2
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench_inference.py",
+        description="Median latency per image and batch throughput, LiteRT serving vs Keras.",
+        epilog="example: python benchmarks/bench_inference.py --model-dir saved_model/wbc4",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=MODELS_ROOT / "wbc4",
+        help="a model folder with model.tflite and model.keras",
+    )
+    parser.add_argument("--repeats", type=int, default=200, help="timed single-image calls")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-repeats", type=int, default=10, help="timed batch calls")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="LiteRT interpreter threads (the app's default is 2; 1 per gunicorn worker)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args(argv)
+
+    r = run(args.model_dir, args.repeats, args.batch_size, args.batch_repeats, args.threads)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(
+        f"model {r['model_dir']} (LiteRT threads {r['litert_threads']}, "
+        f"{r['repeats']} single-image calls, batch {r['batch_size']})"
+    )
+    print(f"{'':34}{'serving (LiteRT)':>18}{'Keras predict':>16}")
+    print(
+        f"{'median ms per image (batch 1)':34}{r['serving_ms_per_image']:>18.3f}"
+        f"{r['keras_predict_ms_per_image']:>16.3f}"
+    )
+    print(
+        f"{'images/s (batch ' + str(r['batch_size']) + ')':34}"
+        f"{r['serving_batch_images_per_s']:>18.1f}{r['keras_predict_batch_images_per_s']:>16.1f}"
+    )
+    print(
+        f"speed-up, single image: {r['speedup_single_image']}x   "
+        f"batch throughput: {r['speedup_batch']}x"
+    )
+    print(
+        f"for reference: Keras direct call {r['keras_direct_call_ms_per_image']:.3f} ms/image; "
+        f"serving end to end for a 320x240 JPEG {r['serving_end_to_end_ms_320x240_jpeg']:.3f} ms "
+        f"(decode + preprocess {r['decode_and_preprocess_ms_320x240_jpeg']:.3f} ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+// HematoVision page behaviour. Loaded as a file: the CSP forbids inline scripts.
+"use strict";
+
+// Probability bars: the width comes from data-value (0..1). Set here because the CSP also
+// forbids inline style attributes; the number next to each bar is in the HTML for no-JS use.
+function drawBars() {
+  document.querySelectorAll(".progress-bar[data-value]").forEach((bar) => {
+    const value = Math.max(0, Math.min(1, parseFloat(bar.dataset.value) || 0));
+    bar.style.width = (value * 100).toFixed(1) + "%";
+  });
+}
+
+// Show the chosen model's "expects" note under the model picker.
+function followModelPicker() {
+  const picker = document.getElementById("model");
+  if (!picker) return;
+  const update = () => {
+    document.querySelectorAll(".model-expects").forEach((note) => {
+      note.hidden = note.dataset.model !== picker.value;
+    });
+  };
+  picker.addEventListener("change", update);
+  update();
+}
+
+// List the chosen files with small previews, so the user sees what will be sent.
+function listFiles(input, list) {
+  list.replaceChildren();
+  Array.from(input.files).forEach((file) => {
+    const item = document.createElement("li");
+    if (file.type.startsWith("image/") && file.size < 20 * 1024 * 1024) {
+      const preview = document.createElement("img");
+      preview.alt = "";
+      preview.src = URL.createObjectURL(file);
+      preview.addEventListener("load", () => URL.revokeObjectURL(preview.src));
+      preview.addEventListener("error", () => preview.remove()); // the server will say why
+      item.append(preview);
+    }
+    const label = document.createElement("span");
+    label.textContent = `${file.name} (${(file.size / 1024).toFixed(0)} KB)`;
+    item.append(label);
+    list.append(item);
+  });
+  const n = input.files.length;
+  const submit = document.getElementById("submit-label");
+  if (submit) submit.textContent = n > 1 ? `Classify ${n} images` : "Classify";
+}
+
+// Drag and drop onto the zone puts the files into the ordinary file input, so the form
+// submits the same way as with the picker (which stays usable by keyboard).
+function setUpDropZone() {
+  const zone = document.getElementById("drop-zone");
+  const input = document.getElementById("file");
+  const list = document.getElementById("file-list");
+  if (!zone || !input) return;
+  input.addEventListener("change", () => listFiles(input, list));
+  ["dragenter", "dragover"].forEach((type) =>
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      zone.classList.add("is-dragover");
+    })
+  );
+  ["dragleave", "drop"].forEach((type) =>
+    zone.addEventListener(type, () => zone.classList.remove("is-dragover"))
+  );
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    if (!event.dataTransfer || !event.dataTransfer.files.length) return;
+    input.files = event.dataTransfer.files;
+    listFiles(input, list);
+  });
+}
+
+// Busy state while the server classifies; prevents double submission.
+function setUpSubmit() {
+  const form = document.getElementById("upload-form");
+  if (!form) return;
+  form.addEventListener("submit", () => {
+    const button = document.getElementById("submit");
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    document.getElementById("submit-spinner").classList.remove("d-none");
+    document.getElementById("submit-label").textContent = "Classifying…";
+  });
+  // Coming back with the browser's back button restores the page from cache: re-enable.
+  window.addEventListener("pageshow", () => {
+    const button = document.getElementById("submit");
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    document.getElementById("submit-spinner").classList.add("d-none");
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  drawBars();
+  followModelPicker();
+  setUpDropZone();
+  setUpSubmit();
+});

@@ -1,0 +1,241 @@
+"""The JSON API: exact response fields, validation of every bad input, batching."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from hematovision.predictor import Predictor
+from hematovision.preprocess import load_image, to_input
+from tests.conftest import CLASSES
+from tests.web_helpers import (
+    BAD_FILES,
+    HOSTILE_NAMES,
+    ODD_IMAGES,
+    animated_gif,
+    image_bytes,
+    make_app,
+    make_models_root,
+)
+
+
+@pytest.fixture
+def models_root(tmp_path, tiny_model_dir):
+    return make_models_root(tmp_path / "models", tiny_model_dir)
+
+
+@pytest.fixture
+def app(tmp_path, models_root):
+    return make_app(tmp_path, models_root)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def post(client, *files, **form):
+    return client.post(
+        "/api/predict", data={"file": [(io.BytesIO(data), name) for name, data in files], **form}
+    )
+
+
+def test_predict_one_file_gives_the_cli_json_fields_exactly(client, models_root):
+    data = image_bytes((200, 60, 60))
+    response = post(client, ("cell.jpg", data))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert list(body) == ["model", "results"]
+    assert body["model"] == "tiny"
+    [result] = body["results"]
+    assert list(result) == ["file", "label", "confidence", "probabilities"]
+    assert result["file"] == "cell.jpg"
+    assert list(result["probabilities"]) == CLASSES
+    expected = Predictor(models_root / "tiny").predict(data)
+    assert result["label"] == expected.label
+    assert result["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
+    for c in CLASSES:
+        assert result["probabilities"][c] == pytest.approx(expected.probabilities[c], abs=1e-6)
+
+
+def test_many_files_keep_their_order_and_go_through_the_model_once(client, app):
+    predictor = app.extensions["predictors"]["tiny"]
+    calls = []
+    original = predictor.predict_images_arrays
+    predictor.predict_images_arrays = lambda arrays: calls.append(len(arrays)) or original(arrays)
+    colors = [(200, 60, 60), (60, 60, 200), (120, 60, 160)]
+    response = post(
+        client, *[(f"{i}.png", image_bytes(c, fmt="PNG")) for i, c in enumerate(colors)]
+    )
+    assert response.status_code == 200
+    assert [r["file"] for r in response.get_json()["results"]] == ["0.png", "1.png", "2.png"]
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("name, data, message", BAD_FILES)
+def test_a_bad_file_alone_is_a_400_with_its_reason(client, name, data, message):
+    response = post(client, (name, data))
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "model": "tiny",
+        "results": [{"file": name, "error": response.get_json()["results"][0]["error"]}],
+    }
+    assert message in response.get_json()["results"][0]["error"]
+
+
+@pytest.mark.parametrize("name, data, message", BAD_FILES)
+def test_a_bad_file_does_not_stop_the_others(client, name, data, message):
+    response = post(
+        client, ("good.jpg", image_bytes()), (name, data), ("also.png", image_bytes(fmt="PNG"))
+    )
+    assert response.status_code == 200
+    good, bad, also = response.get_json()["results"]
+    assert good["label"] in CLASSES and also["label"] in CLASSES
+    assert set(bad) == {"file", "error"} and message in bad["error"]
+
+
+@pytest.mark.parametrize("name, make", ODD_IMAGES)
+def test_unusual_but_valid_images_are_classified(client, models_root, name, make):
+    data = make()
+    response = post(client, (name, data))
+    assert response.status_code == 200
+    [result] = response.get_json()["results"]
+    expected = Predictor(models_root / "tiny").predict(data)
+    assert result["label"] == expected.label
+    assert result["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
+
+
+def test_animated_gif_is_classified_by_its_first_frame(client, models_root):
+    predictor = Predictor(models_root / "tiny")
+    first = Image.open(io.BytesIO(animated_gif())).convert("RGB")
+    expected = predictor.predict_images([first])[0]
+    [result] = post(client, ("anim.gif", animated_gif())).get_json()["results"]
+    assert result["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
+    assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+@pytest.mark.parametrize("client_name, shown", HOSTILE_NAMES)
+def test_client_file_names_are_sanitised(client, client_name, shown):
+    [result] = post(client, (client_name, image_bytes())).get_json()["results"]
+    assert result["file"] == shown
+
+
+def test_no_file_field_is_a_400(client):
+    response = client.post("/api/predict", data={"model": "tiny"})
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": "No file was uploaded: choose one or more images (form field 'file')."
+    }
+
+
+def test_empty_file_part_counts_as_no_file(client):
+    # What a browser sends for a form submitted with no file chosen.
+    response = client.post("/api/predict", data={"file": (io.BytesIO(b""), "")})
+    assert response.status_code == 400
+    assert "No file was uploaded" in response.get_json()["error"]
+
+
+def test_unknown_model_is_a_400_naming_the_available_ones(client):
+    response = post(client, ("a.jpg", image_bytes()), model="../tiny")
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "Unknown model '../tiny'; available models: tiny."}
+
+
+def test_a_request_over_the_size_limit_is_a_413(tmp_path, models_root):
+    client = make_app(tmp_path, models_root, MAX_CONTENT_LENGTH=50_000).test_client()
+    response = post(client, ("big.png", bytes(60_000)))
+    assert response.status_code == 413
+    assert response.get_json() == {
+        "error": "The upload is larger than the limit of 0.0476837 MB in total."
+    }
+
+
+def test_too_many_files_is_a_400(tmp_path, models_root):
+    client = make_app(tmp_path, models_root, MAX_FILES=2).test_client()
+    response = post(client, *[(f"{i}.jpg", image_bytes()) for i in range(3)])
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "Too many files (3); send at most 2 at a time."}
+
+
+def test_the_model_field_picks_the_model(tmp_path, tiny_model_dir):
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("tiny", "other"))
+    client = make_app(tmp_path, root).test_client()
+    assert post(client, ("a.jpg", image_bytes())).get_json()["model"] == "tiny"
+    assert post(client, ("a.jpg", image_bytes()), model="other").get_json()["model"] == "other"
+
+
+def test_the_api_needs_no_cookie_or_csrf_token(app):
+    client = app.test_client(use_cookies=False)
+    assert post(client, ("a.jpg", image_bytes())).status_code == 200
+
+
+def test_the_api_stores_nothing(client, tmp_path):
+    post(client, ("a.jpg", image_bytes()))
+    uploads = tmp_path / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_health(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ok",
+        "version": "0.1.0",
+        "models": ["tiny"],
+        "default_model": "tiny",
+    }
+
+
+def test_model_card_is_returned_as_stored(client, models_root):
+    stored = json.loads((models_root / "tiny" / "model_card.json").read_text())
+    assert client.get("/api/model").get_json() == stored
+    assert client.get("/api/model?model=tiny").get_json() == stored
+
+
+def test_unknown_model_card_is_a_400(client):
+    response = client.get("/api/model?model=nope")
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "Unknown model 'nope'; available models: tiny."}
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("get", "/api/predict", 405),
+        ("get", "/api/nothing-here", 404),
+        ("post", "/api/health", 405),
+    ],
+)
+def test_api_errors_are_json(client, method, path, status):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.is_json and set(response.get_json()) == {"error"}
+
+
+def test_served_probabilities_match_keras(app, client, tiny_keras_model):
+    """The web path (decode, LiteRT) gives the Keras model's probabilities for the same input."""
+    data = image_bytes((60, 160, 90), size=(120, 90))
+    [result] = post(client, ("a.jpg", data)).get_json()["results"]
+    crop = app.extensions["predictors"]["tiny"].crop
+    array = to_input(load_image(data), 224, crop)
+    keras_probabilities = tiny_keras_model.predict(array[None], verbose=0)[0]
+    assert [result["probabilities"][c] for c in CLASSES] == pytest.approx(
+        keras_probabilities.tolist(), abs=1e-5
+    )
+
+
+def test_the_model_cards_crop_is_applied(tmp_path, tiny_model_dir):
+    """A model exported with the nucleus crop gets cropped inputs through the web path too."""
+    root = make_models_root(
+        tmp_path / "m", tiny_model_dir, card={"preprocessing": {"crop": "nucleus"}}
+    )
+    client = make_app(tmp_path, root).test_client()
+    data = image_bytes((90, 40, 160), size=(320, 240))  # a blue-violet "nucleus"
+    [result] = post(client, ("a.jpg", data)).get_json()["results"]
+    predictor = Predictor(root / "tiny")
+    assert predictor.crop == "nucleus"
+    cropped = predictor.predict(data).probabilities
+    uncropped = predictor.predict_images_arrays([to_input(load_image(data), 224)])[0].probabilities
+    assert result["probabilities"] == pytest.approx(cropped, abs=1e-6)
+    assert result["probabilities"] != pytest.approx(uncropped, abs=1e-6)

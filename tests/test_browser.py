@@ -1,0 +1,141 @@
+"""A real browser (headless Chromium, Debian's, driven by Selenium) uploads through the form.
+
+Checks what only a browser can: the file picker submits, the CSP lets our scripts run (the
+probability bars get their width from app.js) and reports no violation, the pages render.
+Skipped, saying why, where Chromium or its driver is not installed (`make browser-deps`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import make_image
+from tests.web_helpers import make_app, make_models_root
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT_COPY = Path("/tmp/hematovision_screenshot.png")  # easy to find after a run
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture
+def base_url(tmp_path, tiny_model_dir):
+    """The app on a free loopback port, served by Werkzeug in a thread for this test."""
+    app = make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1100",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, 30).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
+def test_upload_through_the_file_picker_shows_the_result(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    image = make_image(tmp_path / "smear cell.jpg", (200, 60, 60), size=(320, 240))
+    browser.get(base_url + "/")
+    assert "Classify white blood cells" in browser.title
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    assert "smear cell.jpg" in browser.find_element(By.ID, "file-list").text  # app.js ran
+    browser.find_element(By.ID, "submit").click()
+
+    label = wait_for(browser, "#predicted-label")
+    assert "/batch/" in browser.current_url
+    assert label.get_attribute("data-label") in {
+        "eosinophil",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+    }
+    assert "Confidence" in browser.page_source
+    bars = browser.find_elements(By.CSS_SELECTOR, ".probabilities .progress-bar")
+    assert len(bars) == 4
+    widths = [float(b.value_of_css_property("width").removesuffix("px")) for b in bars]
+    assert widths[0] > 0 and widths == sorted(widths, reverse=True)
+    image_element = browser.find_element(By.CSS_SELECTOR, "img.result-image")
+    assert browser.execute_script("return arguments[0].naturalWidth", image_element) == 320
+
+    screenshot = tmp_path / "result.png"
+    assert browser.save_screenshot(str(screenshot))
+    shutil.copy(screenshot, SCREENSHOT_COPY)
+    assert screenshot.stat().st_size > 10_000
+
+    problems = [
+        e["message"]
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" or "Content Security Policy" in e["message"]
+    ]
+    assert problems == []
+
+
+def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    files = [
+        make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
+        for i, c in enumerate([(200, 60, 60), (60, 60, 200), (120, 60, 160)])
+    ]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    browser.get(base_url + "/")
+    browser.find_element(By.ID, "file").send_keys("\n".join(map(str, [*files, broken])))
+    assert browser.find_element(By.ID, "submit-label").text == "Classify 4 images"
+    browser.find_element(By.ID, "submit").click()
+
+    wait_for(browser, "#differential")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+    assert len(rows) == 4 and "could not" not in rows[0].text
+    assert "not an image" in rows[3].text
+    counts = [
+        int(td.text)
+        for td in browser.find_elements(By.CSS_SELECTOR, "#differential tbody td:nth-of-type(1)")
+    ]
+    assert sum(counts) == 3
+    browser.save_screenshot(str(tmp_path / "batch.png"))

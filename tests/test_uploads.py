@@ -1,0 +1,194 @@
+"""Upload storage: random names, sanitised display names, retention purge, nothing lost."""
+
+import io
+import os
+import time
+
+import pytest
+from PIL import Image
+
+from hematovision.web import uploads
+from tests.web_helpers import (
+    BAD_FILES,
+    csrf_token,
+    exif_rotated_jpeg,
+    image_bytes,
+    make_app,
+    make_models_root,
+)
+
+
+@pytest.fixture
+def app(tmp_path, tiny_model_dir):
+    return make_app(
+        tmp_path,
+        make_models_root(tmp_path / "models", tiny_model_dir),
+        PURGE_INTERVAL_SECONDS=0,
+        RETENTION_SECONDS=60,
+    )
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def upload(client, *files) -> str:
+    """Upload through the form; returns the batch id the result page redirects to."""
+    response = client.post(
+        "/upload",
+        data={
+            "csrf_token": csrf_token(client),
+            "file": [(io.BytesIO(data), name) for name, data in files],
+        },
+    )
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return response.headers["Location"].rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "client_name, shown",
+    [
+        ("../../etc/passwd.png", "passwd.png"),
+        ("..\\..\\windows\\win.ini.png", "win.ini.png"),
+        ("a\x00b\x1b[31m.png", "ab[31m.png"),
+        ("e\u0301.png", "\u00e9.png"),  # NFC: one code point, as the user typed it
+        ("  spaced.jpg  ", "spaced.jpg"),
+        ("", "unnamed"),
+        (None, "unnamed"),
+        ("dir/", "unnamed"),
+        ("y" * 500, "y" * 119 + "…"),
+        ("z" * 200 + ".jpeg", "z" * 114 + "….jpeg"),
+    ],
+)
+def test_display_name(client_name, shown):
+    assert uploads.display_name(client_name) == shown
+    assert len(uploads.display_name(client_name)) <= uploads.MAX_NAME_LENGTH
+
+
+def test_ids_are_random_hex_and_validated():
+    ids = {uploads.new_id() for _ in range(100)}
+    assert len(ids) == 100 and all(uploads.is_valid_id(i) for i in ids)
+    for bad in ["", "abc", "../" + "a" * 29, "A" * 32, "g" * 32, "a" * 33, "a" * 31 + "\n"]:
+        assert not uploads.is_valid_id(bad)
+
+
+def test_batch_round_trip_and_unknown_ids(tmp_path):
+    batch_id = uploads.save_batch(tmp_path, {"model": "tiny", "results": []})
+    stored = uploads.load_batch(tmp_path, batch_id)
+    assert stored["id"] == batch_id and stored["model"] == "tiny" and stored["results"] == []
+    assert uploads.load_batch(tmp_path, uploads.new_id()) is None
+    assert uploads.load_batch(tmp_path, "../secret") is None
+
+
+def test_stored_image_is_an_upright_downscaled_jpeg_without_metadata(tmp_path):
+    image = Image.open(io.BytesIO(image_bytes(size=(2000, 1000))))
+    image_id = uploads.save_image(tmp_path, image)
+    stored = Image.open(tmp_path / f"{image_id}.jpg")
+    assert stored.format == "JPEG" and stored.size == (1024, 512)
+    assert not stored.getexif()
+
+
+def test_purge_deletes_only_expired_stored_files(tmp_path):
+    uploads.save_batch(tmp_path, {"results": []})  # made old below
+    new = uploads.save_batch(tmp_path, {"results": []})
+    (tmp_path / "notes.txt").write_text("not ours")  # e.g. a mistaken UPLOAD_FOLDER
+    (tmp_path / f"{'a' * 32}.exe").write_text("not ours either")
+    for path in tmp_path.iterdir():
+        if path.name != f"{new}.json":
+            os.utime(path, (time.time() - 120, time.time() - 120))
+    assert uploads.purge_expired(tmp_path, retention_seconds=60) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{new}.json", "notes.txt", f"{'a' * 32}.exe"]
+    )
+
+
+def test_purge_of_a_missing_folder_is_a_no_op(tmp_path):
+    assert uploads.purge_expired(tmp_path / "nope", 1) == 0
+
+
+def test_uploads_are_stored_under_random_names_only(client, tmp_path):
+    batch_id = upload(
+        client, ("../../etc/passwd.png", image_bytes(fmt="PNG")), ("血液.jpg", image_bytes())
+    )
+    names = sorted(p.name for p in (tmp_path / "uploads").iterdir())
+    assert len(names) == 3 and f"{batch_id}.json" in names
+    assert all(uploads.STORED_NAME.fullmatch(n) for n in names)
+    assert not (tmp_path / "etc").exists()
+
+
+def test_stored_image_is_served_upright(client, tmp_path):
+    batch_id = upload(client, ("rotated.jpg", exif_rotated_jpeg()))
+    image_id = uploads.load_batch(tmp_path / "uploads", batch_id)["results"][0]["image"]
+    response = client.get(f"/uploads/{image_id}.jpg")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert Image.open(io.BytesIO(response.data)).size == (48, 64)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/uploads/nothere.jpg",
+        "/uploads/" + "0" * 32 + ".jpg",
+        "/uploads/..%2Fsecret_key.jpg",
+        "/uploads/../secret_key",
+        "/batch/" + "0" * 32,
+        "/batch/" + "0" * 32 + ".csv",
+        "/batch/not-an-id",
+        "/batch/../../etc/passwd",
+    ],
+)
+def test_unknown_or_malformed_ids_are_404(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_expired_results_are_purged_and_fresh_ones_kept(client, tmp_path):
+    old = upload(client, ("a.jpg", image_bytes()))
+    folder = tmp_path / "uploads"
+    for path in folder.iterdir():
+        os.utime(path, (time.time() - 61, time.time() - 61))
+    new = upload(client, ("b.jpg", image_bytes()))  # this request runs the purge first
+
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".json") == [f"{new}.json"]
+    assert len(list(folder.glob("*.jpg"))) == 1
+    response = client.get(f"/batch/{old}")
+    assert response.status_code == 404
+    assert "results are kept for 1 minute" in response.get_data(as_text=True)
+    assert client.get(f"/batch/{new}").status_code == 200
+
+
+def test_purge_runs_at_most_once_per_interval(tmp_path, tiny_model_dir):
+    app = make_app(
+        tmp_path,
+        make_models_root(tmp_path / "models", tiny_model_dir),
+        PURGE_INTERVAL_SECONDS=3600,
+        RETENTION_SECONDS=60,
+    )
+    client = app.test_client()
+    batch_id = upload(client, ("a.jpg", image_bytes()))
+    for path in (tmp_path / "uploads").iterdir():
+        os.utime(path, (time.time() - 61, time.time() - 61))
+    assert client.get(f"/batch/{batch_id}").status_code == 200  # the next purge is not due yet
+
+
+def test_expired_uploads_are_purged_at_startup(tmp_path, tiny_model_dir):
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {"results": []})
+    os.utime(folder / f"{batch_id}.json", (time.time() - 61, time.time() - 61))
+    make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir), RETENTION_SECONDS=60)
+    assert not any(folder.iterdir())
+
+
+def test_bad_uploads_lose_nothing_already_stored(client, tmp_path):
+    kept = upload(client, ("a.jpg", image_bytes()), ("b.png", image_bytes(fmt="PNG")))
+    before = sorted(p.name for p in (tmp_path / "uploads").iterdir())
+    token = csrf_token(client)
+    for param in BAD_FILES:
+        name, data, _ = param.values
+        response = client.post(
+            "/upload", data={"csrf_token": token, "file": (io.BytesIO(data), name)}
+        )
+        assert response.status_code == 400
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == before
+    assert client.get(f"/batch/{kept}").status_code == 200

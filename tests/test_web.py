@@ -1,0 +1,525 @@
+"""The HTML pages: every route, the upload flow, CSV, model page, errors, headers, CSRF."""
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hematovision.cells import CELL_TYPES
+from hematovision.predictor import ModelLoadError, Predictor
+from hematovision.web import create_app
+from tests.conftest import CLASSES
+from tests.web_helpers import (
+    BAD_FILES,
+    csrf_token,
+    image_bytes,
+    make_app,
+    make_models_root,
+    png_with_size,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CARD = {
+    "description": "Four white-cell types in smear crops.",
+    "expects": "320x240 smear crops with the white cell near the centre.",
+    "initialisation": "MobileNetV2 backbone from a dog-breed classifier",
+    "training": {
+        "best_epoch": 7,
+        "run_folder": "20261123-mobilenetv2",
+        "config": {"learning_rate": 0.0003, "views": 3, "class_balance": True},
+    },
+    "validation": {"accuracy": 0.8123, "balanced_accuracy": 0.8011},
+    "metrics": {
+        "test": {
+            "n": 40,
+            "accuracy": 0.875,
+            "macro_f1": 0.8642,
+            "balanced_accuracy": 0.87,
+            "per_class": {
+                c: {"precision": 0.9 - i / 10, "recall": 0.8, "f1": 0.85 - i / 100, "support": 10}
+                for i, c in enumerate(CLASSES)
+            },
+            "confusion_matrix": [[10, 0, 0, 0]] * 4,
+        }
+    },
+}
+PNG = image_bytes(fmt="PNG")
+
+
+@pytest.fixture
+def models_root(tmp_path, tiny_model_dir):
+    return make_models_root(
+        tmp_path / "models",
+        tiny_model_dir,
+        card=CARD,
+        files={
+            "curves.png": PNG,
+            "confusion_test.png": PNG,
+            "per_class_extra.png": PNG,
+            "notes.txt": b"not served",
+            "secret.PNG.bak": b"not served",
+        },
+    )
+
+
+@pytest.fixture
+def app(tmp_path, models_root):
+    return make_app(tmp_path, models_root)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def submit(client, *files, **form):
+    return client.post(
+        "/upload",
+        data={
+            "csrf_token": csrf_token(client),
+            **form,
+            "file": [(io.BytesIO(data), name) for name, data in files],
+        },
+    )
+
+
+def follow(client, response):
+    assert response.status_code == 303, response.get_data(as_text=True)
+    page = client.get(response.headers["Location"])
+    assert page.status_code == 200
+    return page.get_data(as_text=True)
+
+
+def text(html: str) -> str:
+    """Visible text with tags removed and whitespace collapsed, for phrase assertions."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+PAGES = [
+    "/",
+    "/models",
+    "/models/tiny",
+    "/docs/api",
+    "/models/tiny/files/curves.png",
+    "/api/health",
+    "/api/model",
+]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_answers_with_security_headers(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize("path", ["/", "/models", "/models/tiny", "/docs/api", "/nope"])
+def test_pages_have_no_inline_script_or_style(client, path):
+    html = client.get(path).get_data(as_text=True)
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all('src="/static/' in s for s in scripts)
+    assert "<style" not in html and " style=" not in html and "onclick" not in html.lower()
+
+
+def test_static_bootstrap_is_vendored(client):
+    for path in [
+        "/static/vendor/bootstrap.min.css",
+        "/static/vendor/bootstrap.bundle.min.js",
+        "/static/app.css",
+        "/static/app.js",
+    ]:
+        response = client.get(path)
+        assert response.status_code == 200 and len(response.data) > 1000
+        response.close()
+
+
+def test_home_states_formats_limits_model_choice_and_expectations(client):
+    html = client.get("/").get_data(as_text=True)
+    assert 'enctype="multipart/form-data"' in html
+    assert re.search(r'<input[^>]*type="file"[^>]*name="file"[^>]*multiple', html)
+    assert '<label class="form-label fw-semibold" for="file">Images</label>' in html
+    assert '<label class="form-label fw-semibold" for="model">Model</label>' in html
+    assert '<option value="tiny" selected>' in html
+    assert "Accepted formats: BMP, GIF, JPG, PNG, TIF, WEBP" in html
+    assert "Up to 100 files and 32 MB per upload in total." in html
+    assert "Drag and drop images here" in html
+    assert html.count(CARD["expects"]) == 2  # under the picker and in the side panel
+    assert re.search(r'name="csrf_token" value="[\w-]{40,}"', html)
+
+
+def test_one_image_gives_the_result_page(client, models_root):
+    data = image_bytes((200, 60, 60))
+    html = follow(client, submit(client, ("cell 1.jpg", data)))
+    expected = Predictor(models_root / "tiny").predict(data)
+    cell = CELL_TYPES[expected.label]
+    assert f'data-label="{expected.label}">{cell.display_name}</h1>' in html
+    assert f'<strong id="confidence">{expected.confidence * 100:.1f} %</strong>' in html
+    bars = re.findall(r'data-value="([\d.]+)"', html)
+    assert len(bars) == len(CLASSES)  # one probability bar per class, most likely first
+    assert [float(b) for b in bars] == pytest.approx(
+        sorted(expected.probabilities.values(), reverse=True), abs=1e-4
+    )
+    assert cell.morphology in html and cell.normal_share in html
+    image = re.search(
+        r'<img class="card-img-top result-image" src="(/uploads/[0-9a-f]{32}\.jpg)"\s+'
+        r'alt="Uploaded image cell 1.jpg, classified as ' + cell.display_name,
+        html,
+    )
+    assert image and client.get(image.group(1)).status_code == 200
+
+
+def test_result_page_is_not_cached(client):
+    response = submit(client, ("a.jpg", image_bytes()))
+    assert client.get(response.headers["Location"]).headers["Cache-Control"] == "no-store"
+
+
+def test_many_images_give_the_batch_page_with_the_differential(client, models_root):
+    colors = [(200, 60, 60), (60, 60, 200), (200, 60, 60), (120, 60, 160)]
+    files = [(f"{i}.png", image_bytes(c, fmt="PNG")) for i, c in enumerate(colors)]
+    response = submit(client, *files, ("broken.jpg", b"\xff\xd8 nope"))
+    html = follow(client, response)
+    labels = [Predictor(models_root / "tiny").predict(d).label for _, d in files]
+
+    assert "Batch of 5 images" in html and "4 classified, 1 could not be read" in text(html)
+    rows = re.findall(
+        r'<tr data-class="(\w+)">.*?<td class="text-end">(\d+)</td>\s*'
+        r'<td class="text-end">([\d.]+)</td>',
+        html,
+        re.S,
+    )
+    assert [r[0] for r in rows] == CLASSES
+    assert {r[0]: int(r[1]) for r in rows} == {c: labels.count(c) for c in CLASSES}
+    assert {r[0]: r[2] for r in rows} == {c: f"{100 * labels.count(c) / 4:.1f}" for c in CLASSES}
+    assert len(re.findall(r'<img class="thumb rounded"', html)) == 4
+    assert "The file is not an image in a format we can read." in html
+    batch_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert f'href="/batch/{batch_id}.csv"' in html
+    assert f'href="/batch/{batch_id}/1"' in html
+    assert "0.png" in follow_single(client, batch_id, 0)
+
+
+def follow_single(client, batch_id, index):
+    response = client.get(f"/batch/{batch_id}/{index}")
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def test_single_item_index_out_of_range_is_404(client):
+    batch_id = (
+        submit(client, ("a.jpg", image_bytes()), ("b.jpg", image_bytes()))
+        .headers["Location"]
+        .rsplit("/", 1)[1]
+    )
+    assert client.get(f"/batch/{batch_id}/2").status_code == 404
+
+
+def test_csv_download_contents(client, models_root):
+    good = image_bytes((60, 60, 200), fmt="PNG")
+    response = submit(client, ("=HYPERLINK(1).png", good), ("empty.jpg", b""), ("b,c.png", good))
+    batch_id = response.headers["Location"].rsplit("/", 1)[1]
+    csv = client.get(f"/batch/{batch_id}.csv")
+    p = Predictor(models_root / "tiny").predict(good)
+    probs = ",".join(f"{p.probabilities[c]:.4f}" for c in CLASSES)
+    assert csv.status_code == 200 and csv.mimetype == "text/csv"
+    assert csv.headers["Content-Disposition"] == (
+        f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
+    )
+    assert csv.get_data(as_text=True) == (
+        "file,label,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error\n"
+        f"'=HYPERLINK(1).png,{p.label},{p.confidence:.4f},{probs},\n"
+        "empty.jpg,,,,,,,The file is empty.\n"
+        f'"b,c.png",{p.label},{p.confidence:.4f},{probs},\n'
+    )
+
+
+def test_the_model_picker_chooses_the_model(tmp_path, tiny_model_dir):
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("tiny", "other"))
+    client = make_app(tmp_path, root).test_client()
+    html = follow(client, submit(client, ("a.jpg", image_bytes()), model="other"))
+    assert 'model\n          <a href="/models/other">other</a>' in html
+
+
+@pytest.mark.parametrize(
+    "names, default",
+    [
+        (("alpha", "wbc4", "zeta"), "wbc4"),  # the project's default model when present
+        (("beta", "alpha"), "alpha"),  # else the first by name
+    ],
+)
+def test_default_model_choice(tmp_path, tiny_model_dir, names, default):
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=names)
+    app = make_app(tmp_path, root, DEFAULT_MODEL=None)
+    assert app.config["DEFAULT_MODEL"] == default
+    assert sorted(app.extensions["predictors"]) == sorted(names)
+    assert f'<option value="{default}" selected>' in app.test_client().get("/").get_data(
+        as_text=True
+    )
+
+
+def test_models_are_loaded_once_at_startup(app):
+    predictor = app.extensions["predictors"]["tiny"]
+    client = app.test_client()
+    submit(client, ("a.jpg", image_bytes()))
+    client.post("/api/predict", data={"file": (io.BytesIO(image_bytes()), "a.jpg")})
+    assert app.extensions["predictors"]["tiny"] is predictor
+
+
+def test_no_model_is_one_clear_startup_error(tmp_path):
+    with pytest.raises(ModelLoadError, match=f"No model found in {tmp_path / 'empty'}.*export"):
+        make_app(tmp_path, tmp_path / "empty", DEFAULT_MODEL=None)
+
+
+def test_missing_default_model_names_its_path(tmp_path, models_root):
+    with pytest.raises(ModelLoadError, match=str(models_root / "wbc4")):
+        make_app(tmp_path, models_root, DEFAULT_MODEL="wbc4")
+
+
+def test_corrupt_model_fails_at_startup(tmp_path, models_root):
+    (models_root / "tiny" / "model.tflite").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        make_app(tmp_path, models_root)
+
+
+def test_python_app_py_reports_a_missing_model_without_a_traceback(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEMATOVISION_MODELS_ROOT": str(tmp_path / "none"),
+        "HEMATOVISION_SECRET_KEY": "x",
+        "PYTHONPATH": str(ROOT),
+    }
+    run = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: No model found in {tmp_path / 'none'}")
+    assert "Traceback" not in run.stderr
+
+
+def test_secret_key_is_created_once_and_shared(tmp_path, models_root):
+    key_file = tmp_path / "instance" / "secret_key"
+    first = make_app(tmp_path, models_root, SECRET_KEY=None, SECRET_KEY_FILE=str(key_file))
+    second = make_app(tmp_path, models_root, SECRET_KEY=None, SECRET_KEY_FILE=str(key_file))
+    assert len(first.config["SECRET_KEY"]) == 64
+    assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_model_page_shows_the_card(client):
+    html = client.get("/models/tiny").get_data(as_text=True)
+    page = text(html)
+    assert CARD["description"] in page and CARD["expects"] in page
+    assert CARD["initialisation"] in page
+    assert "research and education" in page and "not a medical device" in page
+    assert "best epoch 7" in page and "learning rate 0.0003" in page
+    assert "class balance yes" in page
+    assert "accuracy 0.8123" in page  # validation
+    assert 'data-metric="test.accuracy">0.8750<' in html
+    assert 'data-metric="test.macro_f1">0.8642<' in html
+    row = re.search(r'<tr data-class="monocyte">(.*?)</tr>', html, re.S).group(1)
+    assert re.findall(r">([\d.]+)</td>", row) == ["0.7000", "0.8000", "0.8300", "10"]
+
+
+def test_model_page_shows_the_model_folder_images_known_ones_first(client):
+    html = client.get("/models/tiny").get_data(as_text=True)
+    sources = re.findall(r'src="(/models/tiny/files/[^"]+)"', html)
+    assert sources == [
+        "/models/tiny/files/confusion_test.png",
+        "/models/tiny/files/curves.png",
+        "/models/tiny/files/per_class_extra.png",
+    ]
+    assert 'alt="Confusion matrix on the test set' in html
+    assert 'alt="Per class extra"' in html
+    response = client.get(sources[0])
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.data == PNG
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    [
+        "model_card.json",
+        "model.tflite",
+        "notes.txt",
+        "secret.PNG.bak",
+        "missing.png",
+        "..%2F..%2Fmodels%2Ftiny%2Fcurves.png",
+        ".hidden.png",
+    ],
+)
+def test_model_files_route_serves_only_listed_images(client, file_name):
+    assert client.get(f"/models/tiny/files/{file_name}").status_code == 404
+
+
+def test_model_page_without_metrics_says_so(tmp_path, tiny_model_dir):
+    root = make_models_root(tmp_path / "m", tiny_model_dir)
+    html = make_app(tmp_path, root).test_client().get("/models/tiny").get_data(as_text=True)
+    assert "No test metrics are recorded in this model card yet." in html
+    assert "tiny test model" in html
+
+
+def test_unknown_model_page_is_404(client):
+    response = client.get("/models/nope")
+    assert response.status_code == 404
+    assert "Unknown model &#39;nope&#39;; available models: tiny." in response.get_data(
+        as_text=True
+    )
+
+
+def test_models_list_links_every_model(client):
+    html = client.get("/models").get_data(as_text=True)
+    assert '<a href="/models/tiny">tiny</a>' in html and "default" in html
+
+
+def test_api_docs_page_has_curl_examples(client):
+    html = client.get("/docs/api").get_data(as_text=True)
+    assert "curl -F file=@cell.jpg http://localhost/api/predict" in html
+    assert "curl http://localhost/api/health" in html
+
+
+@pytest.mark.parametrize("name, data, message", BAD_FILES)
+def test_a_bad_file_alone_returns_the_form_with_its_reason(client, name, data, message):
+    response = submit(client, (name, data))
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert 'id="upload-errors"' in html and message in html.replace("&#39;", "'")
+    assert 'id="upload-form"' in html  # the user can try again right there
+
+
+@pytest.mark.parametrize("name, data, message", BAD_FILES)
+def test_a_bad_file_in_a_batch_is_listed_and_the_others_classified(client, name, data, message):
+    html = follow(client, submit(client, ("good.jpg", image_bytes()), (name, data)))
+    assert "1 classified, 1 could not be read" in text(html)
+    assert message in html
+
+
+def test_hostile_file_names_are_escaped_in_pages(client):
+    html = follow(
+        client,
+        submit(
+            client, ("<img src=x onerror=alert(1)>.png", image_bytes()), ("ok.jpg", image_bytes())
+        ),
+    )
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
+
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({}, "No file was uploaded"),  # no file field
+        ({"file": (io.BytesIO(b""), "")}, "No file was uploaded"),  # the form with no file chosen
+        (
+            {"model": "nope", "file": (io.BytesIO(image_bytes()), "a.jpg")},
+            "Unknown model &#39;nope&#39;; available models: tiny.",
+        ),
+    ],
+)
+def test_form_requests_without_work_are_400(client, form, message):
+    response = client.post("/upload", data={"csrf_token": csrf_token(client), **form})
+    assert response.status_code == 400
+    assert message in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("token", [None, "", "forged"])
+def test_csrf_token_is_required(client, tmp_path, token):
+    csrf_token(client)  # the session has a token, the form does not send it
+    data = {"file": (io.BytesIO(image_bytes()), "a.jpg")}
+    if token is not None:
+        data["csrf_token"] = token
+    response = client.post("/upload", data=data)
+    assert response.status_code == 400
+    assert "The form has expired or was not sent from this site" in response.get_data(as_text=True)
+    assert not (tmp_path / "uploads").exists() or not any((tmp_path / "uploads").iterdir())
+
+
+def test_csrf_token_of_another_session_is_refused(app):
+    other = csrf_token(app.test_client())
+    response = app.test_client().post(
+        "/upload", data={"csrf_token": other, "file": (io.BytesIO(image_bytes()), "a.jpg")}
+    )
+    assert response.status_code == 400
+
+
+def test_session_cookie_is_httponly_and_samesite(client):
+    cookie = client.get("/").headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_upload_over_the_size_limit_is_a_friendly_413(tmp_path, models_root):
+    client = make_app(tmp_path, models_root, MAX_CONTENT_LENGTH=100_000).test_client()
+    response = submit(client, ("big.png", bytes(150_000)))
+    assert response.status_code == 413
+    html = response.get_data(as_text=True)
+    assert "Upload too large" in html and "larger than the limit of 0.0953674 MB" in html
+    assert 'class="navbar' in html  # the site layout
+
+
+def test_decompression_bomb_in_the_form_is_a_400(client):
+    response = submit(client, ("bomb.png", png_with_size(100_000, 100_000)))
+    assert response.status_code == 400 and "too large" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "path, status, phrase",
+    [
+        ("/no/such/page", 404, "Page not found"),
+        ("/batch/" + "0" * 32, 404, "results are kept for 1 hour"),
+        ("/upload", 405, "Method not allowed"),
+    ],
+)
+def test_friendly_error_pages_in_the_layout(client, path, status, phrase):
+    response = client.get(path)
+    assert response.status_code == status
+    html = response.get_data(as_text=True)
+    assert phrase in html and 'class="navbar' in html and "Back to the upload page" in html
+
+
+def test_unexpected_error_is_a_friendly_500_without_details(app):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internal detail")
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    html = response.get_data(as_text=True)
+    assert "Something went wrong on our side" in html
+    assert "secret internal detail" not in html and "Traceback" not in html
+
+
+def test_environment_configures_the_app(monkeypatch, tmp_path, models_root):
+    monkeypatch.setenv("HEMATOVISION_MODELS_ROOT", str(models_root))
+    monkeypatch.setenv("HEMATOVISION_SECRET_KEY", "from-env")
+    monkeypatch.setenv("HEMATOVISION_RETENTION_SECONDS", "600")
+    monkeypatch.setenv("HEMATOVISION_UPLOAD_FOLDER", str(tmp_path / "up"))
+    app = create_app()
+    assert app.config["RETENTION_SECONDS"] == 600 and app.config["SECRET_KEY"] == "from-env"
+    assert "deleted after 10 minutes" in app.test_client().get("/").get_data(as_text=True)
+
+
+def test_api_docs_example_has_the_api_fields(client):
+    """The JSON documented on the API page parses and has the fields the API returns."""
+    html = client.get("/docs/api").get_data(as_text=True)
+    example = re.search(r'<code>(\{"model".*?)</code>', html, re.S).group(1)
+    body = json.loads(example)
+    assert list(body) == ["model", "results"]
+    assert list(body["results"][0]) == ["file", "label", "confidence", "probabilities"]
+    assert list(body["results"][1]) == ["file", "error"]
+
+
+def test_relative_folders_are_taken_from_the_working_directory(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    make_models_root(tmp_path / "m", tiny_model_dir, files={"curves.png": PNG})
+    monkeypatch.chdir(tmp_path)
+    client = make_app(tmp_path, Path("m"), UPLOAD_FOLDER="up").test_client()
+    assert client.get("/models/tiny/files/curves.png").data == PNG
+    batch_id = submit(client, ("a.jpg", image_bytes())).headers["Location"].rsplit("/", 1)[1]
+    assert (tmp_path / "up" / f"{batch_id}.json").is_file()

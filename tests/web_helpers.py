@@ -1,0 +1,187 @@
+"""Helpers for the web tests: an app on a copy of the tiny model, and generated upload files.
+
+The bad-file corpus lives here so the API and the page tests run the very same inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.web import create_app
+
+
+def make_models_root(
+    root: Path,
+    tiny_model_dir: Path,
+    names=("tiny",),
+    card: dict | None = None,
+    files: dict[str, bytes] | None = None,
+) -> Path:
+    """A MODELS_ROOT holding copies of the tiny model under `names`, with card updates/files."""
+    for name in names:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tiny_model_dir / "model.tflite", folder / "model.tflite")
+        data = json.loads((tiny_model_dir / "model_card.json").read_text())
+        data.update({"name": name, **(card or {})})
+        (folder / "model_card.json").write_text(json.dumps(data))
+        for file_name, content in (files or {}).items():
+            (folder / file_name).write_bytes(content)
+    return root
+
+
+def make_app(tmp_path: Path, models_root: Path, **config):
+    return create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "MODELS_ROOT": str(models_root),
+            "DEFAULT_MODEL": "tiny",
+            "UPLOAD_FOLDER": str(tmp_path / "uploads"),
+            **config,
+        }
+    )
+
+
+def csrf_token(client) -> str:
+    """The form token of the client's session, as the upload page embeds it."""
+    page = client.get("/").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def image_bytes(color=(200, 60, 60), size=(64, 48), fmt="JPEG", mode="RGB", **save) -> bytes:
+    """A small noisy disc image (the cartoon cell of conftest) in any mode and format."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (min(w, h) / 3) ** 2
+    array = np.full((h, w, 3), 235, dtype=np.uint8)
+    array[disc] = color
+    noise = np.random.default_rng(sum(color)).integers(-8, 8, array.shape)
+    image = Image.fromarray(np.clip(array + noise, 0, 255).astype(np.uint8))
+    if mode != "RGB":
+        image = image.convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt, **save)
+    return out.getvalue()
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height`: a decompression bomb in 70 bytes."""
+    data = bytearray(image_bytes(size=(8, 8), fmt="PNG"))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def sixteen_bit_grey() -> bytes:
+    ramp = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
+    out = io.BytesIO()
+    Image.fromarray(ramp).save(out, "PNG")  # uint16 arrays become mode I;16
+    return out.getvalue()
+
+
+def animated_gif() -> bytes:
+    """Two frames: red then blue; the model must see the red one."""
+    frames = [
+        Image.open(io.BytesIO(image_bytes(c, fmt="PNG"))).convert("P")
+        for c in [(200, 60, 60), (60, 60, 200)]
+    ]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 64x48 JPEG whose EXIF orientation (6) says: show it rotated, 48 wide and 64 high."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return image_bytes(fmt="JPEG", exif=exif.tobytes())
+
+
+def truncated(data: bytes, keep: float = 0.6) -> bytes:
+    return data[: int(len(data) * keep)]
+
+
+# Files that must be refused with a clear message (never a 500): id, client name, content,
+# a fragment of the expected message.
+BAD_FILES = [
+    pytest.param(
+        "notes.png",
+        b"these are notes, not pixels\n" * 4,
+        "not an image in a format we can read",
+        id="text-named-png",
+    ),
+    pytest.param("empty.jpg", b"", "The file is empty", id="empty"),
+    pytest.param(
+        "cut.jpg",
+        truncated(image_bytes(size=(256, 192), fmt="JPEG")),
+        "damaged or truncated",
+        id="truncated-jpeg",
+    ),
+    pytest.param(
+        "cut.png",
+        truncated(image_bytes(size=(256, 192), fmt="PNG")),
+        "damaged or truncated",
+        id="truncated-png",
+    ),
+    pytest.param(
+        "bomb.png",
+        png_with_size(10_000, 8_000),
+        "too large (10000x8000 pixels)",
+        id="huge-dimensions",
+    ),
+    pytest.param(
+        "megabomb.png", png_with_size(60_000, 60_000), "too large", id="decompression-bomb"
+    ),
+    pytest.param(
+        "fake.jpg",
+        b"\xff\xd8\xff\xe0" + bytes(200),
+        "not an image in a format",
+        id="jpeg-magic-then-zeros",
+    ),
+    pytest.param(
+        "cell.svg.png",
+        b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+        "not an image in a format we can read",
+        id="svg-with-script",
+    ),
+    pytest.param("header.gif", b"GIF89a", "not an image in a format", id="gif-header-only"),
+]
+
+# Unusual but valid images that must be classified.
+ODD_IMAGES = [
+    pytest.param("cmyk.jpg", lambda: image_bytes(fmt="JPEG", mode="CMYK"), id="cmyk-jpeg"),
+    pytest.param("alpha.png", lambda: image_bytes(fmt="PNG", mode="RGBA"), id="rgba-png"),
+    pytest.param("grey16.png", sixteen_bit_grey, id="16-bit-grey-png"),
+    pytest.param("grey.png", lambda: image_bytes(fmt="PNG", mode="L"), id="grey-png"),
+    pytest.param("palette.png", lambda: image_bytes(fmt="PNG", mode="P"), id="palette-png"),
+    pytest.param("anim.gif", animated_gif, id="animated-gif"),
+    pytest.param("rotated.jpg", exif_rotated_jpeg, id="exif-rotated-jpeg"),
+    pytest.param("cell.tif", lambda: image_bytes(fmt="TIFF"), id="tiff"),
+    pytest.param("cell.bmp", lambda: image_bytes(fmt="BMP"), id="bmp"),
+    pytest.param("cell.webp", lambda: image_bytes(fmt="WEBP"), id="webp"),
+    pytest.param("cell.png.jpg", lambda: image_bytes(fmt="PNG"), id="png-named-jpg"),
+]
+
+# Client file names and what is shown back: no path, no control characters, bounded length.
+HOSTILE_NAMES = [
+    pytest.param("../../etc/passwd.png", "passwd.png", id="dot-dot-slash"),
+    pytest.param("/abs/path/cell.jpg", "cell.jpg", id="absolute"),
+    pytest.param("a\x00b.png", "ab.png", id="nul"),
+    pytest.param("血液 細胞 ✓.png", "血液 細胞 ✓.png", id="unicode"),
+    pytest.param("x" * 300 + ".png", "x" * 115 + "….png", id="very-long"),
+    pytest.param("..", "..", id="dot-dot-only"),
+    pytest.param("=HYPERLINK(1).png", "=HYPERLINK(1).png", id="formula"),
+]
