@@ -83,3 +83,12 @@ def test_cli_help_lists_an_example(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     assert "example: python -m training.train" in capsys.readouterr().out
+
+
+def test_cli_arguments_map_onto_the_config_and_the_card():
+    config, export_name, card = train.parse_args(
+        ["--data", "d", "--crop", "nucleus", "--views", "2", "--no-class-balance",
+         "--export", "wbc4", "--expects", "smear crops"])
+    assert (config.data, config.crop, config.views, config.class_balance) == ("d", "nucleus", 2, False)
+    assert export_name == "wbc4"
+    assert card == {"description": "", "expects": "smear crops"}

