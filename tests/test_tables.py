@@ -1,0 +1,47 @@
+"""README figures come from the model cards and result files, never typed by hand."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from training import tables
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_tables_are_what_the_generator_writes(tmp_path):
+    copy = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", copy)
+    tables.main(["readme", "--readme", str(copy)])
+    assert copy.read_text() == (ROOT / "README.md").read_text(), (
+        "README tables are stale: run `python -m training.tables readme`")
+
+
+def test_models_table_quotes_the_card_metrics():
+    import json
+
+    card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
+    assert f"{card['metrics']['test']['accuracy']:.4f}" in tables.models_table()
+
+
+def test_a_missing_block_is_an_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# nothing here\n")
+    with pytest.raises(SystemExit, match="tables:models"):
+        tables.rewrite(readme, {"models": "x"})
+
+
+def test_documented_commands_exist_and_have_help(capsys):
+    """Every `python -m` command the README documents runs with --help."""
+    import importlib
+    import re
+
+    modules = set(re.findall(r"python -m ((?:training|hematovision)\.\w+)", (ROOT / "README.md").read_text()))
+    assert {"training.train", "training.evaluate", "hematovision.predict"} <= modules
+    for name in sorted(modules):
+        module = importlib.import_module(name)
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0
+        assert "example:" in capsys.readouterr().out, name
