@@ -62,13 +62,8 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB; transparency is flattened onto white, as a viewer shows it."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: stretch to 8 bits instead of clipping to white.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8))
-    elif image.mode == "F":
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit or float greyscale: stretch to 8 bits instead of clipping to white.
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)

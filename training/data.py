@@ -145,15 +145,12 @@ def check_disjoint(split: dict, dataset: Dataset) -> None:
 
 
 def save_split(split: dict, path: Path, dataset: Dataset) -> None:
+    group_of = dict(zip(dataset.files, dataset.groups))
     payload = {
         "root": str(dataset.root),
         "classes": dataset.classes,
         "counts": {k: len(v) for k, v in split.items()},
-        "groups": {
-            k: len({g for f, g in zip(dataset.files, dataset.groups) if g and f in set(v)})
-            for k, v in split.items()
-            if k in SPLITS
-        },
+        "groups": {k: len({group_of[f] for f in split[k]} - {None}) for k in SPLITS},
         **split,
     }
     Path(path).write_text(json.dumps(payload, indent=1) + "\n")
