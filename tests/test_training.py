@@ -92,3 +92,18 @@ def test_cli_arguments_map_onto_the_config_and_the_card():
     assert (config.data, config.crop, config.views, config.class_balance) == ("d", "nucleus", 2, False)
     assert export_name == "wbc4"
     assert card == {"description": "", "expects": "smear crops"}
+
+
+@pytest.mark.parametrize("block", [11, 13, 14, 16])
+def test_the_split_network_equals_the_plain_backbone(block):
+    """bottom + trainable must compute exactly MobileNetV2 + head, wherever the cut is."""
+    import keras
+
+    from training.model import Classifier
+
+    classifier = Classifier(3, 96, dropout=0.0, tune_from_block=block)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
+    pooled = keras.layers.GlobalAveragePooling2D()(classifier.backbone(x, training=False))
+    expected = classifier.head(pooled).numpy()
+    np.testing.assert_allclose(classifier.full(x, training=False).numpy(), expected, atol=1e-5)
+    assert classifier.bottom.output_shape[1:][-1] == {11: 96, 13: 96, 14: 160, 16: 160}[block]

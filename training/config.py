@@ -14,6 +14,8 @@ class TrainConfig:
     weights: str = "none"  # backbone init: none | imagenet | PATH (.h5 / .keras, copied by name)
     input_size: int = 224  # square input side in pixels (the serving contract)
     crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first
+    tune_from_block: int = 14  # MobileNetV2 blocks from here to 16 (+ Conv_1, head) are trained;
+    #   lower layers are frozen and their activations cached (lower = more capacity, slower)
     seed: int = 1337  # seeds the split, the augmentation and the weight init
     val_fraction: float = 0.15  # share of source groups per class held out for validation
     test_fraction: float = 0.0  # share held out for a test split (0 when the data has its own)

@@ -1,8 +1,9 @@
 """The MobileNetV2 classifier, its initialisation, and its split into a frozen and a tuned part.
 
-The backbone is cut after `block_13_project_BN` (7x7x160 at 224 px). Everything below the cut is
-frozen, so its activations for each augmented view are computed once and cached
-(`training.features`); training then runs only blocks 14-16, `Conv_1` and the new head.
+The backbone is cut before block `tune_from_block` (default 14: after `block_13_project_BN`,
+7x7x160 at 224 px). Everything below the cut is frozen, so its activations for each augmented view
+are computed once and cached (`training.features`); training then runs only the blocks from
+`tune_from_block` to 16, `Conv_1` and the new head.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-CUT_LAYER = "block_13_project_BN"
-TUNED_BLOCKS = (14, 15, 16)
+LAST_BLOCK = 16
+
+
+def cut_layer(tune_from_block: int) -> str:
+    if not 2 <= tune_from_block <= LAST_BLOCK:
+        raise ValueError(f"tune_from_block must be within 2..{LAST_BLOCK}, got {tune_from_block}")
+    return f"block_{tune_from_block - 1}_project_BN"
 
 
 def build_backbone(input_size: int) -> keras.Model:
@@ -149,15 +155,18 @@ def _all_layers(model: keras.Model):
             yield layer
 
 
-def apply_top(backbone: keras.Model, x):
-    """Run blocks 14-16 and Conv_1 of `backbone` on a cut-layer tensor (shared layer objects)."""
+def apply_top(backbone: keras.Model, x, tune_from_block: int = 14):
+    """Run blocks `tune_from_block`..16 and Conv_1 of `backbone` on a cut-layer tensor, reusing
+    the backbone's layer objects (so training this graph trains the backbone)."""
+    names = {layer.name for layer in backbone.layers}
     layer = backbone.get_layer
-    for block in TUNED_BLOCKS:
+    for block in range(tune_from_block, LAST_BLOCK + 1):
         h = x
-        for suffix in ("expand", "expand_BN", "expand_relu", "depthwise", "depthwise_BN",
+        for suffix in ("expand", "expand_BN", "expand_relu", "pad", "depthwise", "depthwise_BN",
                        "depthwise_relu", "project", "project_BN"):
-            h = layer(f"block_{block}_{suffix}")(h)
-        x = layer(f"block_{block}_add")([x, h]) if block != TUNED_BLOCKS[-1] else h
+            if f"block_{block}_{suffix}" in names:  # stride-2 blocks pad; residual ones add
+                h = layer(f"block_{block}_{suffix}")(h)
+        x = layer(f"block_{block}_add")([x, h]) if f"block_{block}_add" in names else h
     for name in ("Conv_1", "Conv_1_bn", "out_relu"):
         x = layer(name)(x)
     return x
@@ -173,10 +182,10 @@ class Classifier:
     """
 
     def __init__(self, num_classes: int, input_size: int = 224, dropout: float = 0.3,
-                 weights: str = "none"):
+                 weights: str = "none", tune_from_block: int = 14):
         self.backbone = build_backbone(input_size)
         self.initialisation = init_backbone(self.backbone, weights)
-        cut = self.backbone.get_layer(CUT_LAYER).output
+        cut = self.backbone.get_layer(cut_layer(tune_from_block)).output
         self.bottom = keras.Model(self.backbone.input, cut, name="bottom")
         self.bottom.trainable = False
 
@@ -185,8 +194,8 @@ class Classifier:
         self.head = keras.layers.Dense(num_classes, activation="softmax", name="head")
 
         features = keras.Input(shape=tuple(cut.shape[1:]), name="cut_features")
-        self.trainable = keras.Model(features, self._head(apply_top(self.backbone, features)),
-                                     name="trainable")
+        top = apply_top(self.backbone, features, tune_from_block)
+        self.trainable = keras.Model(features, self._head(top), name="trainable")
         # Frozen BatchNorm (inference mode) keeps ImageNet statistics stable on small batches.
         for layer in self.trainable.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

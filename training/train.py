@@ -48,7 +48,8 @@ def train(config: TrainConfig) -> Path:
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head.
     num_classes = len(dataset.classes)
-    classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights)
+    classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights,
+                            config.tune_from_block)
     log(f"initialisation: {classifier.initialisation}")
 
     # Frozen-part activations of every file and view, computed once (cached on disk).
