@@ -25,6 +25,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "run": run.name,
             "init": _init_label(config["weights"]),
             "crop": config.get("crop", "none"),
+            "tune_from_block": config.get("tune_from_block", 14),
             "unassigned": config.get("unassigned", "refit"),
             "initialisation": summary["initialisation"],
             "views": config["views"],
@@ -49,11 +50,12 @@ def _init_label(weights: str) -> str:
 
 
 def ablation_table(rows: list[dict]) -> str:
-    lines = ["| initialisation | crop | views | unassigned images | best epoch | val accuracy | "
-             "val balanced acc. | val images | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| initialisation | crop | tuned blocks | views | unassigned images | best epoch | "
+             "val accuracy | val balanced acc. | val images | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['init']} | {r['crop']} | {r['views']} | {r['unassigned']} | "
+        lines.append(f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
+                     f"{r['unassigned']} | "
                      f"{r['best_epoch']} | {r['val_accuracy']:.4f} | "
                      f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                      f"{r['train_seconds']:.0f} |")
