@@ -69,3 +69,16 @@ def image_folder(tmp_path) -> Path:
         for i in range(6):
             make_image(tmp_path / "data" / name / f"{name}_{i}.jpg", color)
     return tmp_path / "data"
+
+
+@pytest.fixture
+def app(tmp_path, models_root):
+    """The web app on the `models_root` fixture of the requesting test module."""
+    from tests.web_helpers import make_app
+
+    return make_app(tmp_path, models_root)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -25,16 +25,6 @@ def models_root(tmp_path, tiny_model_dir):
     return make_models_root(tmp_path / "models", tiny_model_dir)
 
 
-@pytest.fixture
-def app(tmp_path, models_root):
-    return make_app(tmp_path, models_root)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def post(client, *files, **form):
     return client.post(
         "/api/predict", data={"file": [(io.BytesIO(data), name) for name, data in files], **form}

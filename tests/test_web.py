@@ -66,16 +66,6 @@ def models_root(tmp_path, tiny_model_dir):
     )
 
 
-@pytest.fixture
-def app(tmp_path, models_root):
-    return make_app(tmp_path, models_root)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def submit(client, *files, **form):
     return client.post(
         "/upload",
