@@ -48,7 +48,7 @@ def test_pbc8_card_figures_are_reproduced_on_its_saved_test_split(tmp_path):
     assert card["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert card["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-4)
     # A regression floor for the committed model, not the 0.99 goal (not reached yet).
-    assert metrics["accuracy"] >= 0.96
+    assert metrics["accuracy"] >= 0.97
 
 
 def test_committed_models_have_complete_cards():

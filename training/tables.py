@@ -146,15 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     ab.add_argument("--out", type=Path, required=True)
     rd = sub.add_parser("readme", help="rewrite the README's generated tables")
     rd.add_argument("--readme", type=Path, default=Path("README.md"))
-    rd.add_argument("--ablation", type=Path, default=MODELS_ROOT / "wbc4" / "ablation.json")
     args = parser.parse_args(argv)
     if args.command == "ablation":
         args.out.write_text(json.dumps(collect_ablation(args.runs), indent=2) + "\n")
         print(ablation_table(collect_ablation(args.runs)))
     else:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text()}
-        if args.ablation.is_file():
-            blocks["ablation"] = ablation_table(json.loads(args.ablation.read_text()))
+        for name in available_models():
+            ablation = MODELS_ROOT / name / "ablation.json"
+            if ablation.is_file():
+                blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()))
         rewrite(args.readme, blocks)
 
 
