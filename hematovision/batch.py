@@ -68,12 +68,9 @@ def classify_files(
             decoded = list(decoded_next)
             if k + 1 < len(chunks):
                 decoded_next = pool.map(decode, chunks[k + 1])
-            arrays = [a for a, _ in decoded if a is not None]
-            predictions = iter(predictor.predict_images_arrays(arrays)) if arrays else iter(())
-            for path, (array, error) in zip(chunk, decoded):
-                yield FileResult(path, next(predictions)) if array is not None else FileResult(
-                    path, error=error
-                )
+            predictions = predictor.predict_each([array for array, _ in decoded])
+            for path, (_, error), prediction in zip(chunk, decoded, predictions):
+                yield FileResult(path, prediction, None if prediction else error)
             done += len(chunk)
             if progress:
                 rate = done / max(time.time() - start, 1e-9)

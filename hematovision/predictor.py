@@ -10,7 +10,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -128,6 +128,11 @@ class Predictor:
             return []
         return [self._to_prediction(row) for row in self.predict_arrays(np.stack(arrays))]
 
+    def predict_each(self, arrays: Sequence[np.ndarray | None]) -> list[Prediction | None]:
+        """One batched call for the decoded entries; None where decoding failed, order kept."""
+        predictions = iter(self.predict_images_arrays([a for a in arrays if a is not None]))
+        return [next(predictions) if a is not None else None for a in arrays]
+
     def predict(self, source: ImageSource) -> Prediction:
         """Classify one image file, path or bytes; raises `ImageError` for a bad image."""
         return self.predict_images([load_image(source)])[0]
@@ -159,7 +164,3 @@ def _load_interpreter(path: Path, num_threads: int):
         ) from None
     return interpreter
 
-
-def load_predictor(name: str = DEFAULT_MODEL, root: Path = MODELS_ROOT) -> Predictor:
-    """The predictor for model folder `root/name`."""
-    return Predictor(Path(root) / name)

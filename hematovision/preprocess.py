@@ -106,9 +106,7 @@ def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION)
     side = max(1, round(min(image.size) * fraction))
     centre = nucleus_centre(image) or (image.width / 2, image.height / 2)
     left, top = round(centre[0] - side / 2), round(centre[1] - side / 2)
-    if 0 <= left and 0 <= top and left + side <= image.width and top + side <= image.height:
-        return image.crop((left, top, left + side, top + side))
-    # Outside the image, Pillow's crop fills black; a pale fill looks like slide background.
+    # Beyond the image edge Pillow's crop fills black; a pale fill looks like slide background.
     canvas = Image.new("RGB", (side, side), (235, 225, 230))
     visible = image.crop((max(left, 0), max(top, 0), min(left + side, image.width),
                           min(top + side, image.height)))

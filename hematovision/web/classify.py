@@ -54,13 +54,10 @@ def decode(
 
 def classify(predictor: Predictor, decoded: list[Decoded]) -> list[dict[str, Any]]:
     """Results in upload order, in the predict CLI's JSON line format."""
-    good = [d for d in decoded if d.array is not None]
-    predictions = iter(predictor.predict_images_arrays([d.array for d in good]))
+    predictions = predictor.predict_each([d.array for d in decoded])
     return [
-        {"file": d.file, **next(predictions).to_dict()}
-        if d.array is not None
-        else {"file": d.file, "error": d.error}
-        for d in decoded
+        {"file": d.file, **p.to_dict()} if p else {"file": d.file, "error": d.error}
+        for d, p in zip(decoded, predictions, strict=True)
     ]
 
 
