@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from hematovision.predictor import BATCH_SIZE, Prediction, Predictor
+import numpy as np
+
+from hematovision.predictor import BATCH_SIZE, Outputs, Prediction, Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError, load_image, to_input
 
 
@@ -51,30 +53,69 @@ def _decode(path: Path, size: int, crop: str):
         return None, f"Cannot read the file ({exc.strerror or exc})."
 
 
-def classify_files(
-    predictor: Predictor, paths: list[Path], progress: bool = False
-) -> Iterator[FileResult]:
-    """Yield one result per path, in order; unreadable files give an error result."""
-    start = time.time()
+def decoded_chunks(paths: list[Path], size: int, crop: str) -> Iterator[list[tuple]]:
+    """[(path, model input or None, error or None), ...] per chunk of BATCH_SIZE, in order;
+    the next chunk decodes in a thread pool while the caller runs the model on this one."""
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
 
     def decode(path: Path):
-        return _decode(path, predictor.input_size, predictor.crop)
+        return _decode(path, size, crop)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         decoded_next = pool.map(decode, chunks[0]) if chunks else None
-        done = 0
         for k, chunk in enumerate(chunks):
             decoded = list(decoded_next)
             if k + 1 < len(chunks):
                 decoded_next = pool.map(decode, chunks[k + 1])
-            predictions = predictor.predict_each([array for array, _ in decoded])
-            for path, (_, error), prediction in zip(chunk, decoded, predictions):
-                yield FileResult(path, prediction, None if prediction else error)
-            done += len(chunk)
-            if progress:
-                rate = done / max(time.time() - start, 1e-9)
-                print(f"\r{done}/{len(paths)} images ({rate:.0f}/s)", end="", file=sys.stderr,
-                      flush=True)
-    if progress and paths:
-        print(file=sys.stderr)
+            yield [(path, array, error) for path, (array, error) in zip(chunk, decoded)]
+
+
+def classify_files(
+    predictor: Predictor, paths: list[Path], progress: bool = False
+) -> Iterator[FileResult]:
+    """Yield one result per path, in order; unreadable files give an error result."""
+    meter = _Progress(len(paths), progress)
+    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop):
+        predictions = predictor.predict_each([array for _, array, _ in chunk])
+        for (path, _, error), prediction in zip(chunk, predictions):
+            yield FileResult(path, prediction, None if prediction else error)
+        meter.advance(len(chunk))
+    meter.close()
+
+
+def forward_files(predictor: Predictor, paths: list[Path], progress: bool = False
+                  ) -> tuple[Outputs, list[bool]]:
+    """The served network's raw outputs (logits, embeddings) for the readable files, and which
+    files were readable; for fitting and evaluating the trust layer on exactly the serving path."""
+    meter = _Progress(len(paths), progress)
+    parts, readable = [], []
+    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop):
+        arrays = [array for _, array, _ in chunk if array is not None]
+        readable += [array is not None for _, array, _ in chunk]
+        if arrays:
+            parts.append(predictor.forward(np.stack(arrays)))
+        meter.advance(len(chunk))
+    meter.close()
+    if not parts:
+        empty = np.zeros((0, len(predictor.classes)), np.float32)
+        return Outputs(empty, np.zeros((0, 0), np.float32)), readable
+    return Outputs(np.concatenate([p.logits for p in parts]),
+                   np.concatenate([p.embeddings for p in parts])), readable
+
+
+class _Progress:
+    """`done/total images (rate/s)` on one stderr line."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done, self.start = total, enabled, 0, time.time()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            rate = self.done / max(time.time() - self.start, 1e-9)
+            print(f"\r{self.done}/{self.total} images ({rate:.0f}/s)", end="", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.total:
+            print(file=sys.stderr)

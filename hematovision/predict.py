@@ -3,7 +3,10 @@
     python -m hematovision.predict PATH [PATH ...] [--json] [--model NAME]
 
 PATH is an image or a folder (searched recursively). With --json, one JSON object per image and
-line: {"file", "label", "confidence", "probabilities"} or {"file", "error"}.
+line: {"file", "label", "status", "confidence", "probabilities", "candidates", "scores"} or
+{"file", "error"}. `label` is the top class; `status` says whether to trust it: "accepted",
+"unidentified" (needs review; see the two candidates) or "not_a_cell" (unlike the training
+images). Probabilities and confidence are calibrated (see the model card's "trust" section).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result.path}\tERROR\t{result.error}")
         else:
             p = result.prediction
-            print(f"{result.path}\t{p.label}\t{p.confidence:.3f}")
+            print(f"{result.path}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
     sys.stdout.flush()
     if failures:
         print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hematovision.preprocess import ImageSource, load_image, to_input
+from hematovision.trust import ACCEPTED, Trust
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
@@ -32,16 +33,41 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's answer. `label` is always the model's top class; `status` says whether to
+    trust it: accepted, unidentified (too unsure: review it) or not_a_cell (unlike anything
+    the model was trained on). Probabilities are calibrated where the model card has a
+    temperature."""
+
     label: str
     confidence: float
     probabilities: dict[str, float]
+    status: str = ACCEPTED
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def candidates(self) -> list[tuple[str, float]]:
+        """The two most probable classes, most probable first."""
+        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+        return ranked[:2]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
+            "status": self.status,
             "confidence": self.confidence,
             "probabilities": dict(self.probabilities),
+            "candidates": [{"label": c, "probability": p} for c, p in self.candidates],
+            "scores": dict(self.scores),
         }
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the served network computes for a batch."""
+
+    logits: np.ndarray  # (n, classes), before the softmax
+    embeddings: np.ndarray  # (n, d): the globally pooled last feature maps
+    feature_maps: np.ndarray | None = None  # (n, h, w, d), only when asked for (CAMs)
 
 
 def read_card(model_dir: Path) -> dict[str, Any]:
@@ -84,29 +110,27 @@ class Predictor:
         self.crop: str = self.card.get("preprocessing", {}).get("crop", "none")
         self._interpreter = _load_interpreter(self.model_dir / SERVING_FILE, num_threads)
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        n_out = int(self._output["shape"][-1])
-        if n_out != len(self.classes):
-            raise ModelLoadError(
-                f"{self.model_dir / SERVING_FILE} has {n_out} outputs but its card lists "
-                f"{len(self.classes)} classes; re-export the model."
-            )
+        self._outputs = _identify_outputs(self._interpreter, len(self.classes),
+                                          self.model_dir / SERVING_FILE)
+        self.trust = Trust.load(self.model_dir, self.card)
         self._batch = 1
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads
 
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) preprocessed float32 -> (n, classes) probabilities."""
+    def forward(self, batch: np.ndarray, feature_maps: bool = False) -> Outputs:
+        """(n, size, size, 3) preprocessed float32 -> logits, embeddings (and feature maps)."""
         batch = np.asarray(batch, dtype=np.float32)
         expected = (self.input_size, self.input_size, 3)
         if batch.ndim != 4 or batch.shape[1:] != expected:
             raise ValueError(f"Expected a batch of shape (n, {expected}), got {batch.shape}")
-        chunks = [batch[i : i + BATCH_SIZE] for i in range(0, len(batch), BATCH_SIZE)]
-        outputs = [self._run(chunk) for chunk in chunks]
-        if not outputs:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return np.concatenate(outputs)
+        wanted = ("logits", "embeddings") + (("feature_maps",) if feature_maps else ())
+        chunks = [self._run(batch[i : i + BATCH_SIZE], wanted)
+                  for i in range(0, len(batch), BATCH_SIZE)]
+        if not chunks:
+            empty = {k: np.zeros((0, *self._outputs[k]["shape"][1:]), np.float32) for k in wanted}
+            return Outputs(**empty)
+        return Outputs(**{k: np.concatenate([c[k] for c in chunks]) for k in wanted})
 
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
+    def _run(self, chunk: np.ndarray, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
         with self._lock:
             if len(chunk) != self._batch:
                 self._interpreter.resize_tensor_input(self._input["index"], list(chunk.shape))
@@ -114,7 +138,12 @@ class Predictor:
                 self._batch = len(chunk)
             self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(chunk))
             self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output["index"]).copy()
+            return {k: self._interpreter.get_tensor(self._outputs[k]["index"]).copy()
+                    for k in wanted}
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """(n, size, size, 3) preprocessed float32 -> (n, classes) calibrated probabilities."""
+        return self.trust.probabilities(self.forward(batch).logits)
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify decoded RGB images (see `preprocess.load_image`)."""
@@ -126,7 +155,7 @@ class Predictor:
         """Classify preprocessed (size, size, 3) arrays (see `preprocess.to_input`)."""
         if not len(arrays):
             return []
-        return [self._to_prediction(row) for row in self.predict_arrays(np.stack(arrays))]
+        return self.predictions(self.forward(np.stack(arrays)))
 
     def predict_each(self, arrays: Sequence[np.ndarray | None]) -> list[Prediction | None]:
         """One batched call for the decoded entries; None where decoding failed, order kept."""
@@ -137,13 +166,53 @@ class Predictor:
         """Classify one image file, path or bytes; raises `ImageError` for a bad image."""
         return self.predict_images([load_image(source)])[0]
 
-    def _to_prediction(self, probabilities: np.ndarray) -> Prediction:
-        best = int(np.argmax(probabilities))
-        return Prediction(
-            label=self.classes[best],
-            confidence=float(probabilities[best]),
-            probabilities={c: float(p) for c, p in zip(self.classes, probabilities)},
+    def explain(self, array: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
+        """Prediction and class activation map ((h, w) in [0, 1]) of one preprocessed image;
+        the map is None when the model folder has no head weights (no trust layer fitted)."""
+        from hematovision.trust import class_activation_map
+
+        outputs = self.forward(array[None], feature_maps=True)
+        prediction = self.predictions(outputs)[0]
+        if self.trust.head_kernel is None:
+            return prediction, None
+        label = self.classes.index(prediction.label)
+        return prediction, class_activation_map(outputs.feature_maps[0], self.trust.head_kernel,
+                                                 label)
+
+    def predictions(self, outputs: Outputs) -> list[Prediction]:
+        probabilities = self.trust.probabilities(outputs.logits)
+        unfamiliarity = self.trust.ood_scores(outputs.embeddings)
+        out = []
+        for row, ood in zip(probabilities, unfamiliarity):
+            best = int(np.argmax(row))
+            confidence = float(row[best])
+            out.append(Prediction(
+                label=self.classes[best],
+                confidence=confidence,
+                probabilities={c: float(p) for c, p in zip(self.classes, row)},
+                status=self.trust.status(confidence, float(ood)),
+                scores=self.trust.scores(float(ood)),
+            ))
+        return out
+
+
+def _identify_outputs(interpreter, num_classes: int, path: Path) -> dict[str, dict]:
+    """The served outputs by role, from the signature's order (training.export.serving_model):
+    logits (n, classes), embeddings (n, d), feature maps (n, h, w, d)."""
+    try:
+        by_name = interpreter.get_signature_runner().get_output_details()
+        ordered = [by_name[f"output_{i}"] for i in range(3)]
+    except (ValueError, KeyError):
+        ordered = []
+    shapes = [list(map(int, d["shape"])) for d in ordered]
+    if (len(shapes) != 3 or len(shapes[0]) != 2 or shapes[0][-1] != num_classes
+            or len(shapes[1]) != 2 or len(shapes[2]) != 4 or shapes[1][-1] != shapes[2][-1]):
+        raise ModelLoadError(
+            f"{path} has outputs {shapes or 'without a signature'}; expected logits "
+            f"(n, {num_classes}), the pooled embedding (n, d) and the last feature maps "
+            "(n, h, w, d). Re-export it with `python -m training.export`."
         )
+    return dict(zip(("logits", "embeddings", "feature_maps"), ordered))
 
 
 def _load_interpreter(path: Path, num_threads: int):

@@ -91,8 +91,32 @@ function setUpSubmit() {
   });
 }
 
+// Heat map switch on a result page: off by default, and the overlay is fetched only the first
+// time it is turned on, so a plain result costs no extra model run. Without JavaScript the page
+// keeps a link that opens the same picture.
+function setUpHeatMap() {
+  const toggle = document.getElementById("heat-map-toggle");
+  if (!toggle) return;
+  const figure = document.getElementById("heat-map-figure");
+  const image = document.getElementById("heat-map-image");
+  const error = document.getElementById("heat-map-error");
+  document.getElementById("heat-map-link").hidden = true;
+  document.getElementById("heat-map-switch").hidden = false;
+  image.addEventListener("error", () => {
+    image.hidden = true;
+    error.hidden = false;
+  });
+  const update = () => {
+    if (toggle.checked && !image.getAttribute("src")) image.src = toggle.dataset.src;
+    figure.hidden = !toggle.checked;
+  };
+  toggle.addEventListener("change", update);
+  update(); // a page restored from history may come back with the switch on
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
+  setUpHeatMap();
   followModelPicker();
   setUpDropZone();
   setUpSubmit();

@@ -13,6 +13,7 @@ from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+CELL_COLORS = [(200, 60, 60), (60, 60, 200), (120, 60, 160), (200, 150, 200)]  # one per class
 
 
 def make_image(path: Path, color: tuple[int, int, int], size=(64, 48), fmt: str = "JPEG") -> Path:
@@ -31,14 +32,15 @@ def make_image(path: Path, color: tuple[int, int, int], size=(64, 48), fmt: str 
 
 @pytest.fixture(scope="session")
 def tiny_keras_model():
-    """A small Keras classifier with the serving contract: 224x224x3 in, 4 softmax outputs."""
+    """A small Keras classifier with the serving contract: 224x224x3 in, pooled features
+    (layer "pool") into a 4-way softmax (layer "head")."""
     import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((224, 224, 3))
     x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="head")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -61,11 +63,36 @@ def tiny_model_dir(tmp_path_factory, tiny_keras_model) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trusted_model_dir(tmp_path_factory, tiny_keras_model) -> Path:
+    """The tiny model exported with a trust layer fitted by `training.calibrate` on a tiny
+    generated ImageFolder (its own train/val split), as 'trusted'."""
+    import json
+
+    from training.calibrate import fit_trust
+    from training.export import export_model
+
+    base = tmp_path_factory.mktemp("trusted")
+    split: dict[str, list[str]] = {"train": [], "val": []}
+    for name, color in zip(CLASSES, CELL_COLORS):
+        for i in range(8):
+            make_image(base / "data" / name / f"{i}.jpg", color)
+            split["val" if i < 3 else "train"].append(f"{name}/{i}.jpg")
+    out = base / "models" / "trusted"
+    export_model(tiny_keras_model, out, {
+        "description": "tiny test model with a trust layer", "classes": CLASSES,
+        "initialisation": "random (test)", "metrics": {},
+        "training": {"config": {"data": str(base / "data")}},
+    })
+    (out / "splits.json").write_text(json.dumps(split))
+    fit_trust(out, progress=False)
+    return out
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """An ImageFolder tree: 4 classes x 6 images, each class its own colour."""
-    colors = [(200, 60, 60), (60, 60, 200), (120, 60, 160), (200, 150, 200)]
-    for name, color in zip(CLASSES, colors):
+    for name, color in zip(CLASSES, CELL_COLORS):
         for i in range(6):
             make_image(tmp_path / "data" / name / f"{name}_{i}.jpg", color)
     return tmp_path / "data"

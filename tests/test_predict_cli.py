@@ -19,8 +19,12 @@ def test_json_lines_for_a_folder_with_an_unreadable_file(tiny_model_dir, tmp_pat
     assert [line["file"] for line in lines] == [
         str(folder / "a.jpg"), str(folder / "broken.jpg"), str(folder / "sub" / "b.png")]
     good = lines[0]
-    assert set(good) == {"file", "label", "confidence", "probabilities"}
+    assert set(good) == {"file", "label", "status", "confidence", "probabilities", "candidates",
+                         "scores"}
     assert list(good["probabilities"]) == CLASSES
+    assert good["status"] in ("accepted", "unidentified", "not_a_cell")
+    assert [c["label"] for c in good["candidates"]][0] == good["label"]
+    assert len(good["candidates"]) == 2
     assert good["label"] in CLASSES and 0 < good["confidence"] <= 1
     assert set(lines[1]) == {"file", "error"}
     assert "damaged or truncated" in lines[1]["error"]
@@ -40,11 +44,25 @@ def test_missing_file_is_an_error_line_and_the_run_continues(tiny_model_dir, tmp
 def test_plain_output_is_tab_separated(tiny_model_dir, tmp_path, capsys):
     path = make_image(tmp_path / "a.jpg", (10, 200, 10))
     main([str(path), "--quiet", "--model-dir", str(tiny_model_dir)])
-    file, label, confidence = capsys.readouterr().out.strip().split("\t")
+    file, label, confidence, status = capsys.readouterr().out.strip().split("\t")
     assert file == str(path) and label in CLASSES and 0 < float(confidence) <= 1
+    assert status == "accepted"  # the tiny model has no trust layer: nothing is flagged
 
 
 def test_unknown_model_exits_2_and_lists_models(tmp_path, capsys):
     path = make_image(tmp_path / "a.jpg", (10, 200, 10))
     assert main([str(path), "--model", "no-such-model"]) == 2
     assert "available models" in capsys.readouterr().err
+
+
+def test_json_lines_carry_the_fitted_trust_layer(trusted_model_dir, tmp_path, capsys):
+    path = make_image(tmp_path / "a.jpg", (200, 60, 60))
+    main([str(path), "--json", "--quiet", "--model-dir", str(trusted_model_dir)])
+    line = json.loads(capsys.readouterr().out)
+    scores = line["scores"]
+    assert scores["unfamiliarity"] >= 0 and scores["unfamiliarity_threshold"] > 0
+    assert scores["temperature"] > 0 and 0 <= scores["confidence_threshold"] <= 1
+    expected = ("not_a_cell" if scores["unfamiliarity"] > scores["unfamiliarity_threshold"]
+                else "unidentified" if line["confidence"] < scores["confidence_threshold"]
+                else "accepted")
+    assert line["status"] == expected

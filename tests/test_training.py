@@ -12,7 +12,7 @@ import pytest
 from hematovision.predictor import Predictor
 from training import evaluate, export, train
 from training.config import TrainConfig
-from tests.conftest import CLASSES
+from tests.conftest import CELL_COLORS, CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,7 @@ def trained_run(tmp_path_factory):
     from tests.conftest import make_image
 
     base = tmp_path_factory.mktemp("train")
-    colors = [(200, 60, 60), (60, 60, 200), (120, 60, 160), (200, 150, 200)]
-    for name, color in zip(CLASSES, colors):
+    for name, color in zip(CLASSES, CELL_COLORS):
         for i in range(4):
             make_image(base / "data" / name / f"{name}_{i}.jpg", color)
     config = TrainConfig(data=str(base / "data"), out=str(base / "runs"), views=2, epochs=1,
@@ -63,6 +62,25 @@ def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path)
     assert Predictor(out).classes == CLASSES
 
 
+def test_export_fits_the_trust_layer_on_validation(trained_run, tmp_path):
+    _, run_dir = trained_run
+    out = export.export_run(run_dir, "smoke", root=tmp_path)
+    section = json.loads((out / "model_card.json").read_text())["trust"]
+    assert section["fitted_on"]["temperature_and_thresholds"] == {"split": "val", "images": 4}
+    assert section["fitted_on"]["class_gaussians"]["images"] == 12
+    assert section["temperature"] > 0 and 0 <= section["confidence_threshold"] <= 1
+    assert section["validation_seen_in_training"] is False
+    predictor = Predictor(out)
+    assert predictor.trust.fitted and predictor.trust.temperature == section["temperature"]
+    assert predictor.trust.head_kernel.shape == (1280, len(CLASSES))
+    # The CAM of the served model decomposes its own logit: mean(map) + bias = logit.
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+    outputs = predictor.forward(x, feature_maps=True)
+    raw = outputs.feature_maps[0] @ predictor.trust.head_kernel
+    np.testing.assert_allclose(raw.mean(axis=(0, 1)) + predictor.trust.head_bias,
+                               outputs.logits[0], atol=1e-3)
+
+
 def test_evaluate_writes_report_confusion_and_records_metrics(trained_run, tmp_path):
     base, run_dir = trained_run
     model_dir = export.export_run(run_dir, "smoke", root=tmp_path)
@@ -77,6 +95,12 @@ def test_evaluate_writes_report_confusion_and_records_metrics(trained_run, tmp_p
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["metrics"]["test"]["accuracy"] == metrics["accuracy"]
     assert (model_dir / "confusion_test.png").is_file()
+    assert (model_dir / "reliability_test.png").is_file()
+    calibration = card["metrics"]["test"]["calibration"]
+    assert calibration["bins"] == 15 and 0 <= calibration["ece_after"] <= 1
+    rates = card["metrics"]["test"]["trust"]
+    assert rates["accepted_rate"] + rates["unidentified_rate"] + rates["not_a_cell_rate"] == \
+        pytest.approx(1.0, abs=1e-3)
 
 
 def test_cli_help_lists_an_example(capsys):

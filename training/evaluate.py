@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.batch import classify_files
+from hematovision.batch import forward_files
 from hematovision.predictor import MODELS_ROOT, Predictor, read_card
+from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, softmax
 from training import data as data_lib
-from training.report import plot_confusion
+from training.calibrate import ECE_BINS, nll, reliability
+from training.report import plot_confusion, plot_reliability
 
 
 def classification_metrics(y_true: list[int], y_pred: list[int], classes: list[str]) -> dict:
@@ -95,29 +97,56 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         wanted = set(json.loads(Path(split_file).read_text())[split_name])
         files = [f for f in files if f in wanted]
     label_of = dataset.label_of()
-    y_true = [predictor.classes.index(dataset.classes[label_of[f]]) for f in files]
-    results = list(classify_files(predictor, dataset.paths(files), progress=True))
-    failed = [str(r.path) for r in results if r.prediction is None]
-    y_pred = [predictor.classes.index(r.prediction.label) if r.prediction else -1 for r in results]
-    kept = [i for i, p in enumerate(y_pred) if p >= 0]
-    metrics = classification_metrics([y_true[i] for i in kept], [y_pred[i] for i in kept],
-                                     predictor.classes)
-    metrics.update({"data": str(data_dir), "model": predictor.name, "unreadable_files": failed})
+    outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
+    failed = [f for f, ok in zip(files, readable) if not ok]
+    files = [f for f, ok in zip(files, readable) if ok]
+    y_true = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files],
+                      dtype=np.int64)
+    predictions = predictor.predictions(outputs)
+    y_pred = [predictor.classes.index(p.label) for p in predictions]
+    metrics = classification_metrics(list(y_true), y_pred, predictor.classes)
+    metrics.update({"data": str(data_dir), "model": predictor.name,
+                    "unreadable_files": [str(Path(data_dir) / f) for f in failed]})
     if split_file:
         metrics["split"] = f"{Path(split_file).name}:{split_name}"
+    before = reliability(softmax(outputs.logits), y_true)
+    after = reliability(predictor.trust.probabilities(outputs.logits), y_true)
+    metrics["calibration"] = {
+        "bins": ECE_BINS, "temperature": predictor.trust.temperature,
+        "ece_before": round(before["ece"], 4), "ece_after": round(after["ece"], 4),
+        "nll_before": round(nll(outputs.logits, y_true), 4),
+        "nll_after": round(nll(outputs.logits, y_true, predictor.trust.temperature), 4),
+    }
+    metrics["trust"] = trust_metrics(predictions, y_pred, y_true)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
         data_lib.assign_groups(dataset, source_map)
         group_of = dict(zip(dataset.files, dataset.groups))
         metrics["per_source_smear"] = per_source_accuracy(
-            [files[i] for i in kept], [y_true[i] for i in kept], [y_pred[i] for i in kept],
-            [group_of[files[i]] for i in kept])
+            files, list(y_true), y_pred, [group_of[f] for f in files])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "classification_report.txt").write_text(report_text(metrics, predictor.classes))
+    title = f"{predictor.name} on {Path(data_dir).name}"
     plot_confusion(np.array(metrics["confusion_matrix"]), predictor.classes,
-                   out_dir / "confusion.png", title=f"{predictor.name} on {Path(data_dir).name}")
+                   out_dir / "confusion.png", title=title)
+    plot_reliability(before, after, predictor.trust.temperature, out_dir / "reliability.png",
+                     title=title)
     return metrics
+
+
+def trust_metrics(predictions: list, y_pred: list[int], y_true: np.ndarray) -> dict:
+    """How often each status was given, and how accurate the accepted answers were."""
+    n = max(len(predictions), 1)
+    status = np.array([p.status for p in predictions])
+    correct = np.array(y_pred) == y_true
+    accepted = status == ACCEPTED
+    return {
+        "accepted_rate": round(float(accepted.sum() / n), 4),
+        "unidentified_rate": round(float((status == UNIDENTIFIED).sum() / n), 4),
+        "not_a_cell_rate": round(float((status == NOT_A_CELL).sum() / n), 4),
+        "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
+    }
 
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
@@ -129,7 +158,8 @@ def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
         k: v for k, v in metrics.items() if k not in ("unreadable_files",)
     }
     write_card(model_dir, card)
-    shutil.copy2(out_dir / "confusion.png", Path(model_dir) / f"confusion_{name}.png")
+    for plot in ("confusion", "reliability"):
+        shutil.copy2(out_dir / f"{plot}.png", Path(model_dir) / f"{plot}_{name}.png")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,28 +21,71 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hematovision.predictor import CARD_FILE, KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor  # noqa: E402
+from hematovision.predictor import (  # noqa: E402
+    CARD_FILE, KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor, read_card)
 from hematovision.preprocess import RESAMPLE_NAME  # noqa: E402
+from hematovision.trust import softmax  # noqa: E402
+from training.calibrate import fit_trust  # noqa: E402
 
 TOLERANCE = 1e-4  # max abs difference of probabilities, LiteRT vs Keras
 RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit_metrics.csv",
              "curves.png")
 
 
+def serving_model(model: keras.Model) -> keras.Model:
+    """image -> [logits, embedding, last feature maps]: the trained classifier opened up at its
+    pooling layer ("pool") and dense head ("head"), for calibration, unfamiliar-image scores
+    and class activation maps. The softmax moves to serving, where the temperature applies."""
+    image = keras.Input(model.input_shape[1:], name="image")
+    maps, pooled = _tap_pool(model, image)
+    head = _find_layer(model, "head")
+    logits = keras.layers.Dense(head.units, name="logits")(pooled)
+    served = keras.Model(image, [logits, pooled, maps], name="hematovision_serving")
+    served.get_layer("logits").set_weights(head.get_weights())
+    return served
+
+
+def _find_layer(model: keras.Model, name: str):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = _find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _tap_pool(model: keras.Model, x):
+    """(feature maps, pooled) of `model` applied to tensor `x`; nested models (bottom,
+    trainable) are followed down a linear chain to the one holding the "pool" layer."""
+    if any(layer.name == "pool" for layer in model.layers):
+        pool = model.get_layer("pool")
+        return keras.Model(model.inputs, [pool.input, pool.output])(x)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model) and _find_layer(layer, "pool") is not None:
+            return _tap_pool(layer, x)
+        x = layer(x)
+    raise ValueError("The model has no layer named 'pool' (global average pooling).")
+
+
 def convert_to_tflite(model: keras.Model, path: Path) -> None:
     """float32 LiteRT flatbuffer (int8 was slower on this CPU, see README)."""
     # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
     # models for Keras 3 (its variables were not captured); check_export guards against it.
-    Path(path).write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    Path(path).write_bytes(tf.lite.TFLiteConverter.from_keras_model(serving_model(model)).convert())
 
 
 def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
-    """Max abs probability difference between Keras and the served LiteRT file on a fixed batch."""
+    """Max abs probability difference between Keras and the served LiteRT file on a fixed batch
+    (before any calibration: the temperature is fitted after this check)."""
     rng = np.random.default_rng(seed)
     size = model.input_shape[1]
     batch = rng.uniform(-1, 1, (8, size, size, 3)).astype(np.float32)
     expected = model.predict(batch, verbose=0)
-    served = Predictor(model_dir).predict_arrays(batch)
+    served = softmax(Predictor(model_dir).forward(batch).logits)
     difference = float(np.max(np.abs(expected - served)))
     if not difference <= TOLERANCE:  # also catches NaN
         raise RuntimeError(f"LiteRT export differs from Keras by {difference:.2e} > {TOLERANCE}")
@@ -90,12 +133,21 @@ def write_card(model_dir: Path, card: dict) -> None:
 
 
 def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
-               expects: str = "") -> Path:
-    """Export the model of a training run folder to `root/name`, with its config and split."""
+               expects: str = "", trust: bool = True) -> Path:
+    """Export the model of a training run folder to `root/name`, with its config and split,
+    then fit its trust layer on the run's training and validation images."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     out_dir = Path(root) / name
+    # Re-exporting a model folder in place (after a change of the serving format) keeps the
+    # name of the run it came from.
+    in_place = out_dir.resolve() == run_dir.resolve()
+    run_folder = run_dir.name
+    if in_place:
+        old = read_card(out_dir)
+        run_folder = old["training"]["run_folder"]
+        description, expects = description or old["description"], expects or old["expects"]
     model = keras.models.load_model(run_dir / KERAS_FILE, compile=False)
     card = {
         "description": description,
@@ -110,15 +162,17 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
             "trained_on": summary["trained_on"],
             "split_counts": summary["counts"],
             "train_seconds": summary["train_seconds"],
-            "run_folder": run_dir.name,
+            "run_folder": run_folder,
         },
         "validation": summary["validation"],
         "metrics": {},
     }
     export_model(model, out_dir, card, crop=config.get("crop", "none"))
     for file in RUN_FILES:
-        if (run_dir / file).is_file():
+        if (run_dir / file).is_file() and not in_place:
             shutil.copy2(run_dir / file, out_dir / file)
+    if trust:
+        fit_trust(out_dir, progress=False)
     return out_dir
 
 
@@ -141,8 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=MODELS_ROOT)
     parser.add_argument("--description", default="", help="one line for the model card")
     parser.add_argument("--expects", default="", help="what images the model expects (shown in the app)")
+    parser.add_argument("--no-trust", dest="trust", action="store_false",
+                        help="skip fitting the trust layer (calibration, abstention, unfamiliar "
+                             "images); `python -m training.calibrate` can fit it later")
     args = parser.parse_args(argv)
-    print(export_run(args.run_dir, args.name, args.root, args.description, args.expects))
+    print(export_run(args.run_dir, args.name, args.root, args.description, args.expects,
+                     args.trust))
 
 
 if __name__ == "__main__":

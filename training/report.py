@@ -49,3 +49,30 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(before: dict, after: dict, temperature: float, path: Path,
+                     title: str = "") -> None:
+    """Reliability diagram: accuracy against mean confidence per bin, before and after
+    temperature scaling, with each bin's share of images underneath."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for result, style, name in ((before, "o--", "raw"), (after, "s-", f"calibrated (T={temperature:.2f})")):
+        points = [(c, a) for c, a in zip(result["confidence"], result["accuracy"]) if c is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=f"{name}: ECE {result['ece']:.3f}")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    bins = after["bins"]
+    centres = (np.arange(bins) + 0.5) / bins
+    total = max(sum(after["counts"]), 1)
+    hist.bar(centres, np.array(after["counts"]) / total, width=1 / bins, color="tab:blue",
+             alpha=0.6)
+    hist.set_xlabel("confidence (calibrated bins)")
+    hist.set_ylabel("share")
+    hist.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

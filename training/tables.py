@@ -1,6 +1,6 @@
 """Figures for the README, generated from model cards and run summaries (never typed by hand).
 
-    python -m training.tables ablation RUN_DIR [RUN_DIR ...] --out saved_model/wbc4/ablation.json
+    python -m training.tables ablation RUN_DIR [RUN_DIR ...] --out saved_model/wbc4/ablation.json [--append]
     python -m training.tables readme [--readme README.md]
 
 `readme` rewrites the blocks between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->`.
@@ -82,6 +82,56 @@ def models_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def trust_table(root: Path = MODELS_ROOT) -> str:
+    """Calibration and abstention per model and evaluation set, from the model cards."""
+    lines = ["| model | evaluated on | temperature | ECE before | ECE after | confidence threshold "
+             "| accepted | unidentified | not a cell (false flags) | accuracy on accepted | "
+             "accuracy, all |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        card = read_card(root / name)
+        section = card.get("trust")
+        for key, m in card.get("metrics", {}).items():
+            if not section or "calibration" not in m:
+                continue
+            c, t = m["calibration"], m["trust"]
+            where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
+            lines.append(
+                f"| `{name}` | {where}, n={m['n']} | {c['temperature']:.3f} | "
+                f"{c['ece_before']:.4f} | **{c['ece_after']:.4f}** | "
+                f"{section['confidence_threshold']:.3f} | {t['accepted_rate']:.1%} | "
+                f"{t['unidentified_rate']:.1%} | {t['not_a_cell_rate']:.1%} | "
+                f"{_fmt(t['accuracy_accepted'])} | {m['accuracy']:.4f} |")
+    return "\n".join(lines)
+
+
+def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
+    """Share of each unfamiliar-image set flagged not_a_cell (and unidentified), per model."""
+    names = [n for n in available_models(root) if "unfamiliar" in read_card(root / n)["metrics"]]
+    sets: dict[str, dict[str, dict]] = {}
+    described: dict[str, str] = {}
+    for name in names:
+        for s in read_card(root / name)["metrics"]["unfamiliar"]["sets"]:
+            key = s["name"] if s["group"] != "cross" else "other dataset (different source)"
+            sets.setdefault(key, {})[name] = s
+            described.setdefault(key, s["description"] if s["group"] != "cross" else
+                                 "each model on the other model's test images")
+    header = " | ".join(f"`{n}` flagged not a cell (unidentified)" for n in names)
+    lines = [f"| set | images | {header} |", "|---|---|" + "---|" * len(names)]
+    for key, by_model in sets.items():
+        cells = []
+        for n in names:
+            s = by_model.get(n)
+            cells.append(f"**{s['not_a_cell_rate']:.1%}** ({s['unidentified_rate']:.1%}), "
+                         f"n={s['n']}" if s else "")
+        lines.append(f"| {key} | {described[key]} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
@@ -145,14 +195,18 @@ def main(argv: list[str] | None = None) -> None:
     ab = sub.add_parser("ablation", help="collect run summaries into an ablation JSON")
     ab.add_argument("runs", nargs="+", type=Path)
     ab.add_argument("--out", type=Path, required=True)
+    ab.add_argument("--append", action="store_true", help="add the runs to the rows in --out")
     rd = sub.add_parser("readme", help="rewrite the README's generated tables")
     rd.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
     if args.command == "ablation":
-        args.out.write_text(json.dumps(collect_ablation(args.runs), indent=2) + "\n")
-        print(ablation_table(collect_ablation(args.runs)))
+        rows = json.loads(args.out.read_text()) if args.append and args.out.is_file() else []
+        rows += collect_ablation(args.runs)
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        print(ablation_table(rows))
     else:
-        blocks = {"models": models_table(), "benchmarks": benchmarks_text()}
+        blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
+                  "trust": trust_table(), "unfamiliar": unfamiliar_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():

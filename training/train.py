@@ -53,13 +53,15 @@ def train(config: TrainConfig) -> Path:
     log(f"initialisation: {classifier.initialisation}")
 
     # Frozen-part activations of every file and view, computed once (cached on disk).
+    used = dataset.files if config.unassigned == "refit" else sorted(
+        f for name in data_lib.SPLITS for f in split[name])
     all_views = [
-        cached_features(classifier.bottom, dataset.paths(dataset.files), view, config.seed,
+        cached_features(classifier.bottom, dataset.paths(used), view, config.seed,
                         config.input_size, Path(config.cache_dir), config.crop,
                         label=root.name)
         for view in range(config.views)
     ]
-    position = {f: i for i, f in enumerate(dataset.files)}
+    position = {f: i for i, f in enumerate(used)}
 
     def features(files: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
         index = np.array([position[f] for f in files], dtype=np.int64)

@@ -1,6 +1,6 @@
 """The JSON API: the same validation and model path as the upload form, without the pages.
 
-    POST /api/predict  multipart: file (one or many), model (optional)
+    POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1)
     GET  /api/health
     GET  /api/model?model=NAME
 
@@ -18,12 +18,28 @@ from hematovision.web.classify import classify_request
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
+# Values of the `explain` field; anything else is refused rather than silently read as "no".
+EXPLAIN_YES = {"1", "true", "yes", "on"}
+EXPLAIN_NO = {"", "0", "false", "no", "off"}
+
+
 @bp.post("/predict")
 def predict():
-    """Per-file results like `python -m hematovision.predict --json`; 400 if none succeeded."""
-    name, results = classify_request()
+    """Per-file results like `python -m hematovision.predict --json`; 400 if none succeeded.
+    With explain=1 each classified file also gets its heat map ("cam")."""
+    name, results = classify_request(explain=explain_requested())
     ok = any("label" in r for r in results)
     return jsonify(model=name, results=results), 200 if ok else 400
+
+
+def explain_requested() -> bool:
+    value = request.form.get("explain", "").strip().lower()
+    if value in EXPLAIN_YES:
+        return True
+    if value not in EXPLAIN_NO:
+        abort(400, description=f"Unknown explain value {value[:20]!r}: send explain=1 (or true) "
+                               "for heat maps, or leave it out.")
+    return False
 
 
 @bp.get("/health")

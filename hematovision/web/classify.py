@@ -18,7 +18,7 @@ from werkzeug.datastructures import FileStorage
 
 from hematovision.predictor import Predictor
 from hematovision.preprocess import ImageError, load_image, to_input
-from hematovision.web import models
+from hematovision.web import heatmap, models
 from hematovision.web.uploads import display_name, save_image
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,28 @@ def decode(
     return Decoded(name, array, save_image(store_in, image) if store_in else None)
 
 
-def classify(predictor: Predictor, decoded: list[Decoded]) -> list[dict[str, Any]]:
-    """Results in upload order, in the predict CLI's JSON line format."""
-    predictions = predictor.predict_each([d.array for d in decoded])
-    return [
-        {"file": d.file, **p.to_dict()} if p else {"file": d.file, "error": d.error}
-        for d, p in zip(decoded, predictions, strict=True)
-    ]
+def classify(
+    predictor: Predictor, decoded: list[Decoded], explain: bool = False
+) -> list[dict[str, Any]]:
+    """Results in upload order, in the predict CLI's JSON line format; with `explain`, each
+    classified result also gets its heat map as "cam" (None when the model has none)."""
+    if explain:
+        # One explain call per image yields both its prediction and its map: the feature maps
+        # come out of the same forward pass, so the images are not run twice.
+        pairs = [predictor.explain(d.array) if d.array is not None else (None, None)
+                 for d in decoded]
+    else:
+        pairs = [(p, None) for p in predictor.predict_each([d.array for d in decoded])]
+    results = []
+    for d, (prediction, cam) in zip(decoded, pairs, strict=True):
+        if prediction is None:
+            results.append({"file": d.file, "error": d.error})
+            continue
+        result = {"file": d.file, **prediction.to_dict()}
+        if explain:
+            result["cam"] = heatmap.to_json(d.array, cam) if cam is not None else None
+        results.append(result)
+    return results
 
 
 def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
@@ -66,11 +81,14 @@ def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
     return [f for f in files if f.filename]
 
 
-def classify_request(store_in: Path | None = None) -> tuple[str, list[dict[str, Any]]]:
+def classify_request(
+    store_in: Path | None = None, explain: bool = False
+) -> tuple[str, list[dict[str, Any]]]:
     """Validate and classify the current request's `file` parts with its `model` choice.
 
     Returns (model name, results); aborts with 400 when there is nothing to do. With `store_in`,
-    each decoded image is stored there and its result gets the stored copy's id as "image".
+    each decoded image is stored there and its result gets the stored copy's id as "image";
+    with `explain`, each result gets its heat map (see `classify`).
     """
     name = request.form.get("model") or models.default_name()
     predictor = models.get(name)
@@ -86,7 +104,7 @@ def classify_request(store_in: Path | None = None) -> tuple[str, list[dict[str, 
         abort(400, description=f"Too many files ({len(files)}); send at most {limit} at a time.")
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
     decoded = [decode(f, predictor, max_pixels, store_in) for f in files]
-    results = classify(predictor, decoded)
+    results = classify(predictor, decoded, explain)
     if store_in:
         for d, result in zip(decoded, results, strict=True):
             if d.image_id:

@@ -22,6 +22,13 @@ IMAGE_CAPTIONS = {
     "confusion_test.png": "Confusion matrix on the test set (rows: true class, columns: predicted)",
     "curves.png": "Training and validation loss and accuracy per epoch",
 }
+# Per-evaluation figures written by training.evaluate: <prefix><evaluation name>.png
+RELIABILITY_PREFIX = "reliability_"
+PREFIX_CAPTIONS = {
+    "confusion_": "Confusion matrix on {} (rows: true class, columns: predicted)",
+    RELIABILITY_PREFIX: "Reliability diagram on {}: accuracy against confidence, before and "
+    "after calibration",
+}
 
 
 def init_app(app: Flask) -> None:
@@ -73,7 +80,15 @@ def images(predictor: Predictor) -> list[str]:
     return [n for n in IMAGE_ORDER if n in present] + [n for n in present if n not in IMAGE_ORDER]
 
 
+def reliability_images(file_names: list[str]) -> list[str]:
+    """The reliability diagrams among a model folder's images, in the given order."""
+    return [f for f in file_names if f.startswith(RELIABILITY_PREFIX)]
+
+
 def caption(file_name: str) -> str:
     if file_name in IMAGE_CAPTIONS:
         return IMAGE_CAPTIONS[file_name]
+    for prefix, text in PREFIX_CAPTIONS.items():
+        if file_name.startswith(prefix):
+            return text.format(file_name.removeprefix(prefix).removesuffix(".png"))
     return file_name.removesuffix(".png").replace("_", " ").replace("-", " ").capitalize()

@@ -1,4 +1,5 @@
-"""The HTML pages: upload, results (one image or a batch), CSV download, model pages."""
+"""The HTML pages: upload, results (one image or a batch), heat maps, CSV download, model
+pages."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from flask import (
 )
 
 from hematovision.cells import CELL_TYPES
-from hematovision.preprocess import IMAGE_SUFFIXES
-from hematovision.web import models, results, uploads
+from hematovision.predictor import Predictor
+from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
+from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED
+from hematovision.web import heatmap, models, results, uploads
 from hematovision.web.classify import classify_request
 from hematovision.web.security import check_csrf
 
@@ -25,6 +28,11 @@ bp = Blueprint("pages", __name__)
 bp.before_request(check_csrf)
 
 EXPIRED = "No such result: it may have been deleted, as results are kept for {retention}."
+IMAGE_EXPIRED = "The stored image is gone: uploads are kept for {retention}."
+NO_HEAT_MAP = (
+    "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
+)
+MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 
 
 @bp.app_context_processor
@@ -33,6 +41,10 @@ def layout_context() -> dict:
         "model_names": models.names(),
         "default_model": models.default_name(),
         "retention": human_duration(current_app.config["RETENTION_SECONDS"]),
+        "STATUS_TEXT": STATUS_TEXT,
+        "ACCEPTED": ACCEPTED,
+        "UNIDENTIFIED": UNIDENTIFIED,
+        "NOT_A_CELL": NOT_A_CELL,
     }
 
 
@@ -56,6 +68,28 @@ def compact(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(compact(v) for v in value)
     return str(value)
+
+
+@bp.app_template_filter("status")
+def status(result: dict) -> str | None:
+    """accepted / unidentified / not_a_cell of a stored result; None for an unreadable file."""
+    return results.status_of(result)
+
+
+@bp.app_template_filter("fixed")
+def fixed(value, digits: int = 4) -> str:
+    """A card or score number with `digits` decimals; a dash where the card has none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+@bp.app_template_filter("pct")
+def pct(value) -> str:
+    """A 0..1 rate as a percentage with one decimal; a dash where the card has none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return f"{value * 100:.1f} %"
 
 
 @bp.get("/")
@@ -100,29 +134,79 @@ def batch(batch_id: str):
     if len(stored["results"]) == 1:
         return single(batch_id, 0)
     shares = results.differential(stored["results"], stored["classes"])
-    classified = sum(s.count for s in shares)
+    counts = results.status_counts(stored["results"])
+    # Results the differential leaves out, with their position for the link to their page.
+    not_counted = [
+        (i, r) for i, r in enumerate(stored["results"])
+        if results.status_of(r) not in (None, ACCEPTED)
+    ]
     return _no_store(
-        render_template("batch.html", batch=stored, shares=shares, classified=classified)
+        render_template(
+            "batch.html",
+            batch=stored,
+            shares=shares,
+            counts=counts,
+            classified=sum(counts.values()),
+            not_counted=not_counted,
+        )
     )
 
 
 @bp.get("/batch/<batch_id>/<int:index>")
 def single(batch_id: str, index: int):
     stored = load_or_404(batch_id)
-    if index >= len(stored["results"]):
-        abort(404)
-    item = stored["results"][index]
+    item = item_or_404(stored, index)
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
+    # Stored before the trust layer: no candidates saved, so take them from the probabilities.
+    candidates = item.get("candidates") or [
+        {"label": label, "probability": p} for label, p in ranked[:2]
+    ]
+    predictor = served_model(stored["model"])
+    show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
+        predictor
+    )
     return _no_store(
         render_template(
             "result.html",
             batch=stored,
             item=item,
             index=index,
+            status=results.status_of(item),
+            scores=item.get("scores") or {},
             ranked=ranked,
+            candidates=candidates,
+            predictor=predictor,
+            heat_map_url=url_for("pages.heat_map", batch_id=batch_id, index=index)
+            if show_heat_map
+            else None,
             cell=CELL_TYPES.get(item.get("label", "")),
         )
     )
+
+
+@bp.get("/batch/<batch_id>/<int:index>/heat-map.png")
+def heat_map(batch_id: str, index: int):
+    """The class activation map of one stored result over the model's input view, made on
+    request from the stored upload by the model that classified it (never on the upload path,
+    so plain predictions pay nothing for it)."""
+    stored = load_or_404(batch_id)
+    item = item_or_404(stored, index)
+    retention = human_duration(current_app.config["RETENTION_SECONDS"])
+    if "label" not in item or not item.get("image"):
+        abort(404, description="This file could not be read, so it has no heat map.")
+    predictor = served_model(stored["model"])
+    if predictor is None:
+        abort(404, description=MODEL_GONE.format(name=stored["model"]))
+    if not heatmap.available(predictor):
+        abort(404, description=NO_HEAT_MAP.format(name=stored["model"]))
+    path = uploads.image_path(upload_folder(), item["image"])
+    if path is None:
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention))
+    try:
+        png = heatmap.stored_overlay(predictor, path)
+    except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention))
+    return _no_store(Response(png, mimetype="image/png"))
 
 
 @bp.get("/batch/<batch_id>.csv")
@@ -150,18 +234,35 @@ def model_list():
 
 @bp.get("/models/<name>")
 def model_page(name: str):
-    predictor = models.get(name) if name in models.names() else None
+    predictor = served_model(name)
     if predictor is None:
         abort(404, description=models.unknown_model_message(name))
-    images = [(f, models.caption(f)) for f in models.images(predictor)]
-    training = predictor.card.get("training")
+    card = predictor.card
+    images = models.images(predictor)
+    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    evaluations = {k: v for k, v in metrics.items() if isinstance(v, dict) and k != "unfamiliar"}
+    calibrated = {
+        k: v for k, v in evaluations.items()
+        if isinstance(v.get("calibration"), dict) or isinstance(v.get("trust"), dict)
+    }
+    trust = card.get("trust") if isinstance(card.get("trust"), dict) else {}
+    unfamiliar = metrics.get("unfamiliar") if isinstance(metrics.get("unfamiliar"), dict) else {}
+    unfamiliar_sets = [s for s in unfamiliar.get("sets") or [] if isinstance(s, dict)]
+    # Reliability diagrams go with the calibration table, the other images under Figures.
+    reliability = [f for f in models.reliability_images(images) if trust or calibrated]
+    training = card.get("training")
     training = training if isinstance(training, dict) else {}
     return render_template(
         "model.html",
         name=name,
         predictor=predictor,
-        card=predictor.card,
-        images=images,
+        card=card,
+        evaluations=evaluations,
+        trust=trust,
+        calibrated=calibrated,
+        unfamiliar_sets=unfamiliar_sets,
+        reliability=[(f, models.caption(f)) for f in reliability],
+        images=[(f, models.caption(f)) for f in images if f not in reliability],
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
         training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
     )
@@ -170,7 +271,7 @@ def model_page(name: str):
 @bp.get("/models/<name>/files/<file_name>")
 def model_file(name: str, file_name: str):
     """Only the PNG images of a model folder, by exact listed name."""
-    predictor = models.get(name) if name in models.names() else None
+    predictor = served_model(name)
     if predictor is None or file_name not in models.images(predictor):
         abort(404)
     return send_from_directory(predictor.model_dir, file_name, mimetype="image/png")
@@ -183,6 +284,17 @@ def api_docs():
 
 def upload_folder() -> Path:
     return Path(current_app.config["UPLOAD_FOLDER"])
+
+
+def served_model(name: str) -> Predictor | None:
+    """The loaded model of that exact name (`models.get` would fall back to the default)."""
+    return models.get(name) if name in models.names() else None
+
+
+def item_or_404(stored: dict, index: int) -> dict:
+    if index >= len(stored["results"]):
+        abort(404)
+    return stored["results"][index]
 
 
 def load_or_404(batch_id: str) -> dict:

@@ -1,4 +1,10 @@
-"""What a stored batch result turns into: the differential count and the CSV download."""
+"""What a stored batch result turns into: the differential count, the status counts and the
+CSV download.
+
+Only accepted results enter the differential: an unidentified cell (the model is too unsure)
+or an image unlike the training data would otherwise be counted as whatever class happened to
+score highest, and a differential is only as good as its least certain cell.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import csv
 import io
 from dataclasses import dataclass
 from typing import Any
+
+from hematovision.trust import ACCEPTED, STATUSES
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
 # clients, so such cells are prefixed with a quote (OWASP "CSV injection").
@@ -16,12 +24,21 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 class ClassShare:
     name: str
     count: int
-    percent: float  # of the classified images, one decimal
+    percent: float  # of the accepted images, one decimal
+
+
+def status_of(result: dict[str, Any]) -> str | None:
+    """The trust status of a classified result; None for a file that could not be read.
+    Results stored before the trust layer existed carry no status: they were all accepted."""
+    if "label" not in result:
+        return None
+    return result.get("status", ACCEPTED)
 
 
 def differential(results: list[dict[str, Any]], classes: list[str]) -> list[ClassShare]:
-    """Count and percentage per class, in the model's class order, zero counts included."""
-    labels = [r["label"] for r in results if "label" in r]
+    """Count and percentage per class of the accepted results, in the model's class order,
+    zero counts included."""
+    labels = [r["label"] for r in results if status_of(r) == ACCEPTED]
     total = len(labels)
     return [
         ClassShare(c, n, round(100 * n / total, 1) if total else 0.0)
@@ -30,17 +47,27 @@ def differential(results: list[dict[str, Any]], classes: list[str]) -> list[Clas
     ]
 
 
+def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    """How many classified results have each status (every status listed, zeros included)."""
+    statuses = [status_of(r) for r in results]
+    return {s: statuses.count(s) for s in STATUSES}
+
+
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
-    """One row per file: file, label, confidence, p_<class> for each class, error."""
+    """One row per file: file, label (the model's top class), status (whether to trust that
+    label), confidence, p_<class> for each class, error."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file", "label", "confidence", *(f"p_{c}" for c in classes), "error"])
+    writer.writerow(
+        ["file", "label", "status", "confidence", *(f"p_{c}" for c in classes), "error"]
+    )
     for r in results:
-        if "label" in r:
+        status = status_of(r)
+        if status is not None:
             probabilities = [f"{r['probabilities'][c]:.4f}" for c in classes]
-            row = [r["file"], r["label"], f"{r['confidence']:.4f}", *probabilities, ""]
+            row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, ""]
         else:
-            row = [r["file"], "", "", *([""] * len(classes)), r["error"]]
+            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"]]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
 

@@ -1,0 +1,150 @@
+"""The trust layer applied to every prediction: calibrated probabilities, abstention,
+unfamiliar-image detection and class activation maps.
+
+Everything here is numpy on the two outputs the served model gives besides its logits: the
+penultimate embedding (global average of the last feature maps) and, on request, the feature
+maps themselves. The fitted values (temperature, thresholds, class means, whitening matrix,
+head weights) are written at export by `training.calibrate` into the model card and
+`trust.npz`, and read back here; a model folder without them serves uncalibrated, never flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+TRUST_FILE = "trust.npz"
+
+ACCEPTED = "accepted"
+UNIDENTIFIED = "unidentified"
+NOT_A_CELL = "not_a_cell"
+STATUSES = (ACCEPTED, UNIDENTIFIED, NOT_A_CELL)
+STATUS_TEXT = {
+    ACCEPTED: "Accepted",
+    UNIDENTIFIED: "Unidentified: needs review",
+    NOT_A_CELL: "Not a blood-cell image like the training data",
+}
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def mahalanobis(embeddings: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of each embedding to its nearest class mean, with the
+    shared (tied) covariance whose inverse is whitening @ whitening.T."""
+    z = np.asarray(embeddings, dtype=np.float64) @ whitening
+    m = np.asarray(means, dtype=np.float64) @ whitening
+    d2 = (z * z).sum(1, keepdims=True) - 2.0 * z @ m.T + (m * m).sum(1)[None, :]
+    return np.maximum(d2.min(axis=1), 0.0)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The fitted trust parameters of one model (identity values when none were fitted)."""
+
+    temperature: float = 1.0
+    confidence_threshold: float = 0.0
+    ood_threshold: float = float("inf")
+    means: np.ndarray | None = None  # (classes, embedding) class means of training embeddings
+    whitening: np.ndarray | None = None  # (embedding, embedding)
+    head_kernel: np.ndarray | None = None  # (embedding, classes): the dense head, for CAMs
+    head_bias: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # the card's "trust" section
+
+    @property
+    def fitted(self) -> bool:
+        return self.means is not None
+
+    @classmethod
+    def load(cls, model_dir: Path, card: dict[str, Any]) -> "Trust":
+        section = card.get("trust")
+        path = Path(model_dir) / TRUST_FILE
+        if not section or not path.is_file():
+            return cls()
+        with np.load(path) as arrays:
+            return cls(
+                temperature=float(section["temperature"]),
+                confidence_threshold=float(section["confidence_threshold"]),
+                ood_threshold=float(section["ood"]["threshold"]),
+                means=arrays["class_means"].astype(np.float64),
+                whitening=arrays["whitening"].astype(np.float64),
+                head_kernel=arrays["head_kernel"].astype(np.float64),
+                head_bias=arrays["head_bias"].astype(np.float64),
+                info=section,
+            )
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits, self.temperature)
+
+    def ood_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        if not self.fitted:
+            return np.zeros(len(embeddings))
+        return mahalanobis(embeddings, self.means, self.whitening)
+
+    def status(self, confidence: float, ood_score: float) -> str:
+        # Unfamiliar first: a confident answer about a photo of a cat is still about a cat.
+        if ood_score > self.ood_threshold:
+            return NOT_A_CELL
+        if confidence < self.confidence_threshold:
+            return UNIDENTIFIED
+        return ACCEPTED
+
+    def scores(self, ood_score: float) -> dict[str, float | None]:
+        finite = np.isfinite(self.ood_threshold)
+        return {
+            "unfamiliarity": round(float(ood_score), 2) if self.fitted else None,
+            "unfamiliarity_threshold": round(self.ood_threshold, 2) if finite else None,
+            "confidence_threshold": round(self.confidence_threshold, 4),
+            "temperature": round(self.temperature, 4),
+        }
+
+
+def save_trust_arrays(model_dir: Path, means: np.ndarray, whitening: np.ndarray,
+                      head_kernel: np.ndarray, head_bias: np.ndarray) -> Path:
+    path = Path(model_dir) / TRUST_FILE
+    np.savez(path, class_means=means.astype(np.float32), whitening=whitening.astype(np.float32),
+             head_kernel=head_kernel.astype(np.float32), head_bias=head_bias.astype(np.float32))
+    return path
+
+
+def class_activation_map(feature_maps: np.ndarray, kernel: np.ndarray, label: int) -> np.ndarray:
+    """CAM of class `label`: the head-weighted sum of the last feature maps, (h, w) in [0, 1].
+
+    For global average pooling + a dense head, the class logit is the spatial mean of this map
+    plus the bias, so the map shows exactly where the evidence for the class came from (the
+    Grad-CAM of this architecture, without a backward pass). Negative evidence is cut at 0.
+    """
+    cam = np.maximum(np.asarray(feature_maps, dtype=np.float64) @ kernel[:, label], 0.0)
+    peak = cam.max()
+    return cam / peak if peak > 0 else cam
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 on a blue-cyan-yellow-red ramp (perceptually ordered, no matplotlib)."""
+    stops = np.array([[0.0, 0, 0, 140], [0.35, 0, 170, 230], [0.65, 250, 220, 40],
+                      [1.0, 220, 20, 20]])
+    v = np.clip(values, 0.0, 1.0)
+    channels = [np.interp(v, stops[:, 0], stops[:, i]) for i in (1, 2, 3)]
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def overlay(model_input: np.ndarray, cam: np.ndarray, opacity: float = 0.45) -> Image.Image:
+    """The CAM blended over the image the model saw (a preprocessed [-1, 1] array)."""
+    base = np.clip((np.asarray(model_input) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    size = base.shape[1], base.shape[0]
+    heat = Image.fromarray((cam * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    values = np.asarray(heat, dtype=np.float64) / 255.0
+    colour = _colormap(values).astype(np.float64)
+    # Weak evidence stays nearly transparent so the cell remains readable underneath.
+    alpha = (opacity * np.sqrt(values))[..., None]
+    blended = base.astype(np.float64) * (1 - alpha) + colour * alpha
+    return Image.fromarray(blended.round().astype(np.uint8))
+

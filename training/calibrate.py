@@ -1,0 +1,235 @@
+"""Fit a model folder's trust layer on its own training and validation images.
+
+    python -m training.calibrate --model wbc4
+
+Runs at export (`training.export`) and on demand. Everything is fitted through the serving path
+(`hematovision.batch.forward_files`) and only on the model's training and validation splits:
+- class means and a shared covariance (Ledoit-Wolf shrinkage) of the pooled embedding, from the
+  training images: the unfamiliar-image score is the squared Mahalanobis distance to the
+  nearest class mean;
+- on validation: the temperature (minimum negative log-likelihood), the abstention threshold
+  (smallest calibrated confidence at which the accepted images reach the target accuracy) and
+  the unfamiliar-image threshold (a high quantile of the validation images' distances).
+Writes `trust.npz` and the card's "trust" section; the test sets are never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hematovision.batch import forward_files
+from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
+from hematovision.trust import mahalanobis, save_trust_arrays, softmax
+from training import data as data_lib
+
+ECE_BINS = 15
+TARGET_ACCURACY = 0.99  # accepted cells should be right at least this often (on validation)
+OOD_QUANTILE = 0.99  # share of in-domain validation images that must pass as familiar
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    p = softmax(logits, temperature)[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.maximum(p, 1e-12))))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05,
+                    high: float = 20.0) -> float:
+    """The temperature minimising validation NLL (golden-section search on log T; the NLL of
+    temperature scaling is unimodal in T)."""
+    a, b = math.log(low), math.log(high)
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(logits, labels, math.exp(c)), nll(logits, labels, math.exp(d))
+    for _ in range(60):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(logits, labels, math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(logits, labels, math.exp(d))
+    return math.exp((a + b) / 2)
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Per confidence bin (equal width on [0, 1]): count, mean confidence, accuracy; and the
+    expected calibration error, the count-weighted mean |accuracy - confidence|."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts, conf, acc = [], [], []
+    for b in range(bins):
+        members = index == b
+        counts.append(int(members.sum()))
+        conf.append(float(confidence[members].mean()) if members.any() else None)
+        acc.append(float(correct[members].mean()) if members.any() else None)
+    n = max(len(labels), 1)
+    ece = sum(c / n * abs(a - f) for c, a, f in zip(counts, acc, conf) if c)
+    return {"bins": bins, "ece": float(ece), "counts": counts, "confidence": conf,
+            "accuracy": acc}
+
+
+def confidence_threshold(confidence: np.ndarray, correct: np.ndarray,
+                         target: float = TARGET_ACCURACY) -> float:
+    """The smallest threshold whose accepted images (confidence >= it) are >= `target` correct,
+    i.e. the largest such accepted share; 1.0 (abstain on all) when no share reaches it."""
+    order = np.argsort(-confidence, kind="stable")
+    ranked, hits = confidence[order], correct[order].astype(float)
+    accuracy = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    # A cut may only fall between distinct confidences: tied images are accepted together.
+    boundary = np.append(ranked[1:] < ranked[:-1], True)
+    ok = np.nonzero((accuracy >= target) & boundary)[0]
+    return float(ranked[ok[-1]]) if len(ok) else 1.0
+
+
+def fit_class_gaussians(embeddings: np.ndarray, labels: np.ndarray, num_classes: int
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class means, the whitening matrix W of the shared within-class covariance
+    (W @ W.T = its inverse) and the Ledoit-Wolf shrinkage used: 1280 dimensions from a few
+    thousand images need shrinkage towards a scaled identity to be invertible and stable."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    means = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c)
+                      else np.zeros(x.shape[1]) for c in range(num_classes)])
+    residuals = x - means[labels]
+    n, dim = residuals.shape
+    sample = residuals.T @ residuals / n
+    mu = np.trace(sample) / dim
+    spread = np.sum((sample - mu * np.eye(dim)) ** 2)
+    squared_norms = np.sum(residuals**2, axis=1)
+    noise = (np.sum(squared_norms**2) / n - np.sum(sample**2)) / n
+    shrinkage = float(min(max(noise, 0.0), spread) / spread) if spread > 0 else 1.0
+    covariance = shrinkage * mu * np.eye(dim) + (1 - shrinkage) * sample
+    values, vectors = np.linalg.eigh(covariance)
+    values = np.maximum(values, 1e-12 * max(values.max(), 1e-12))
+    return means, vectors / np.sqrt(values), shrinkage
+
+
+def head_weights(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The dense head's kernel (d, classes) and bias, read from the Keras model."""
+    import keras
+
+    from training.export import _find_layer
+
+    model = keras.models.load_model(Path(model_dir) / KERAS_FILE, compile=False)
+    kernel, bias = _find_layer(model, "head").get_weights()
+    return kernel, bias
+
+
+def labelled_outputs(predictor: Predictor, root: Path, files: list[str], progress: bool):
+    """Served outputs and class indices (the model's order) for ImageFolder-relative files."""
+    classes = predictor.classes
+    labels = np.array([classes.index(f.split("/", 1)[0]) for f in files])
+    outputs, readable = forward_files(predictor, [root / f for f in files], progress)
+    return outputs, labels[np.array(readable, dtype=bool)] if files else labels
+
+
+def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_ACCURACY,
+              ood_quantile: float = OOD_QUANTILE, progress: bool = True) -> dict:
+    """Fit and store the trust layer of `model_dir` (see the module docstring); returns the
+    card's new "trust" section."""
+    from training.export import write_card
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    root = Path(data or card["training"]["config"]["data"])
+    split = json.loads((model_dir / "splits.json").read_text())
+    if not split.get("val"):
+        raise SystemExit(f"{model_dir}/splits.json has no validation images to calibrate on.")
+    predictor = Predictor(model_dir)  # its current trust layer is never used below: raw outputs
+    fit_files = split["train"] + split.get("unassigned", [])
+    log(f"fitting class Gaussians on {len(fit_files)} training images of {root}")
+    fit_out, fit_labels = labelled_outputs(predictor, root, fit_files, progress)
+    means, whitening, shrinkage = fit_class_gaussians(fit_out.embeddings, fit_labels,
+                                                      len(predictor.classes))
+    log(f"calibrating on {len(split['val'])} validation images")
+    val_out, val_labels = labelled_outputs(predictor, root, split["val"], progress)
+
+    temperature = fit_temperature(val_out.logits, val_labels)
+    calibrated = softmax(val_out.logits, temperature)
+    confidence = calibrated.max(axis=1)
+    correct = calibrated.argmax(axis=1) == val_labels
+    threshold = confidence_threshold(confidence, correct, target)
+    distances = mahalanobis(val_out.embeddings, means, whitening)
+    ood_threshold = float(np.quantile(distances, ood_quantile))
+    familiar = distances <= ood_threshold
+    accepted = familiar & (confidence >= threshold)
+    kernel, bias = head_weights(model_dir)
+    save_trust_arrays(model_dir, means, whitening, kernel, bias)
+
+    refit = bool(card.get("training", {}).get("refit_on_all_training_data"))
+    section = {
+        "temperature": round(temperature, 4),
+        "confidence_threshold": round(threshold, 4),
+        "target_accuracy": target,
+        "rule": (f"Unidentified below the smallest calibrated confidence at which the accepted "
+                 f"validation images are at least {target:.0%} correct."),
+        "ood": {
+            "method": ("squared Mahalanobis distance of the pooled embedding "
+                       f"({means.shape[1]}-d) to the nearest class mean; shared covariance "
+                       f"with Ledoit-Wolf shrinkage {shrinkage:.3f}"),
+            "threshold": round(ood_threshold, 2),
+            "quantile": ood_quantile,
+            "rule": (f"not_a_cell above the {ood_quantile:.0%} quantile of the validation "
+                     "images' distances"),
+        },
+        "fitted_on": {
+            "data": str(root),
+            "class_gaussians": {"splits": ["train", "unassigned"], "images": len(fit_labels)},
+            "temperature_and_thresholds": {"split": "val", "images": len(val_labels)},
+        },
+        # A refit model has trained on its validation images: its calibration is optimistic.
+        "validation_seen_in_training": refit,
+        "validation": {
+            "n": len(val_labels),
+            "accuracy": round(float(correct.mean()), 4),
+            "nll_before": round(nll(val_out.logits, val_labels), 4),
+            "nll_after": round(nll(val_out.logits, val_labels, temperature), 4),
+            "ece_before": round(reliability(softmax(val_out.logits), val_labels)["ece"], 4),
+            "ece_after": round(reliability(calibrated, val_labels)["ece"], 4),
+            "accepted_rate": round(float(accepted.mean()), 4),
+            "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any()
+            else None,
+            "not_a_cell_rate": round(float((~familiar).mean()), 4),
+        },
+        "files": {"arrays": "trust.npz"},
+    }
+    card["trust"] = section
+    write_card(model_dir, card)
+    log(f"temperature {temperature:.3f}, confidence threshold {threshold:.3f}, "
+        f"unfamiliarity threshold {ood_threshold:.1f}; validation {section['validation']}")
+    return section
+
+
+def log(message: str) -> None:
+    print(f"[calibrate] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.calibrate",
+        description="Fit a saved model's trust layer (temperature, abstention and "
+                    "unfamiliar-image thresholds, class Gaussians) on its training and "
+                    "validation splits.",
+        epilog="example: python -m training.calibrate --model wbc4",
+    )
+    parser.add_argument("--model", default="wbc4", help="model folder name under saved_model/")
+    parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the training ImageFolder (default: the one in the model card)")
+    parser.add_argument("--target-accuracy", type=float, default=TARGET_ACCURACY)
+    parser.add_argument("--ood-quantile", type=float, default=OOD_QUANTILE)
+    args = parser.parse_args(argv)
+    model_dir = args.model_dir or MODELS_ROOT / args.model
+    section = fit_trust(model_dir, args.data, args.target_accuracy, args.ood_quantile)
+    print(json.dumps(section, indent=2))
+
+
+if __name__ == "__main__":
+    main()
