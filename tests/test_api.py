@@ -39,7 +39,12 @@ def test_predict_one_file_gives_the_cli_json_fields_exactly(client, models_root)
     assert list(body) == ["model", "results"]
     assert body["model"] == "tiny"
     [result] = body["results"]
-    assert list(result) == ["file", "label", "confidence", "probabilities"]
+    assert list(result) == [
+        "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
+    ]
+    # The tiny model has no trust layer: every readable image is accepted, nothing is scored.
+    assert result["status"] == "accepted"
+    assert result["scores"]["unfamiliarity"] is None
     assert result["file"] == "cell.jpg"
     assert list(result["probabilities"]) == CLASSES
     expected = Predictor(models_root / "tiny").predict(data)

@@ -7,11 +7,16 @@ Skipped, saying why, where Chromium or its driver is not installed (`make browse
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 import threading
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from werkzeug.serving import make_server
 
 from tests.conftest import make_image
@@ -29,9 +34,15 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def base_url(tmp_path, tiny_model_dir):
-    """The app on a free loopback port, served by Werkzeug in a thread for this test."""
-    app = make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
+def base_url(tmp_path, trusted_model_dir):
+    """The app on a free loopback port, served by Werkzeug in a thread for this test, on the
+    tiny model with a trust layer whose thresholds accept every image (so a label shows)."""
+    trust = json.loads((trusted_model_dir / "model_card.json").read_text())["trust"]
+    trust["confidence_threshold"] = 0.0
+    trust["ood"]["threshold"] = 1e12
+    models = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",),
+                              card={"trust": trust})
+    app = make_app(tmp_path, models)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -76,8 +87,13 @@ def wait_for(driver, css: str):
     )
 
 
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
 def test_upload_through_the_file_picker_shows_the_result(browser, base_url, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     image = make_image(tmp_path / "smear cell.jpg", (200, 60, 60), size=(320, 240))
     browser.get(base_url + "/")
@@ -102,10 +118,34 @@ def test_upload_through_the_file_picker_shows_the_result(browser, base_url, tmp_
     image_element = browser.find_element(By.CSS_SELECTOR, "img.result-image")
     assert browser.execute_script("return arguments[0].naturalWidth", image_element) == 320
 
+    # The heat map: hidden and not fetched until the switch is turned on.
+    heat_map = browser.find_element(By.ID, "heat-map-image")
+    assert not heat_map.is_displayed() and not heat_map.get_attribute("src")
+    browser.find_element(By.CSS_SELECTOR, "label[for=heat-map-toggle]").click()
+    wait_for(browser, "#heat-map-image[src]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat_map)
+    loaded = WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "const i = arguments[0]; return i.complete && i.naturalWidth", heat_map))
+    assert loaded == 224
+    assert heat_map.is_displayed()
+
     screenshot = tmp_path / "result.png"
     assert browser.save_screenshot(str(screenshot))
     shutil.copy(screenshot, SCREENSHOT_COPY)
     assert screenshot.stat().st_size > 10_000
+    # The overlay is in the screenshot: its on-screen box holds the map's colours (a plain
+    # cartoon cell is red on grey; the map adds blue and yellow).
+    left, top, right, bottom = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect(), k = window.devicePixelRatio;"
+        "return [r.left * k, r.top * k, r.right * k, r.bottom * k]", heat_map)
+    shown = Image.open(screenshot).convert("RGB").crop((left, top, right, bottom))
+    shown.save(tmp_path / "heat_map_in_screenshot.png")
+    # What the screen shows there is the served overlay, and the overlay is not the bare image.
+    with urllib.request.urlopen(heat_map.get_attribute("src"), timeout=30) as response:
+        served = Image.open(io.BytesIO(response.read())).convert("RGB")
+    bare = Image.open(image).convert("RGB").resize(served.size)
+    assert mean_difference(served, bare) > 5
+    assert shown.size[0] > 100 and mean_difference(shown, served.resize(shown.size)) < 12
 
     problems = [
         e["message"]

@@ -224,10 +224,10 @@ def test_csv_download_contents(client, models_root):
         f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
     )
     assert csv.get_data(as_text=True) == (
-        "file,label,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error\n"
-        f"'=HYPERLINK(1).png,{p.label},{p.confidence:.4f},{probs},\n"
-        "empty.jpg,,,,,,,The file is empty.\n"
-        f'"b,c.png",{p.label},{p.confidence:.4f},{probs},\n'
+        "file,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error\n"
+        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},\n"
+        "empty.jpg,,,,,,,,The file is empty.\n"
+        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},\n'
     )
 
 
@@ -500,7 +500,9 @@ def test_api_docs_example_has_the_api_fields(client):
     example = re.search(r'<code>(\{"model".*?)</code>', html, re.S).group(1)
     body = json.loads(example)
     assert list(body) == ["model", "results"]
-    assert list(body["results"][0]) == ["file", "label", "confidence", "probabilities"]
+    assert list(body["results"][0]) == [
+        "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
+    ]
     assert list(body["results"][1]) == ["file", "error"]
 
 

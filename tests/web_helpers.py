@@ -32,6 +32,8 @@ def make_models_root(
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(tiny_model_dir / "model.tflite", folder / "model.tflite")
+        if (tiny_model_dir / "trust.npz").is_file():
+            shutil.copy2(tiny_model_dir / "trust.npz", folder / "trust.npz")
         data = json.loads((tiny_model_dir / "model_card.json").read_text())
         data.update({"name": name, **(card or {})})
         (folder / "model_card.json").write_text(json.dumps(data))

@@ -1,0 +1,212 @@
+"""The trust layer in the web app: each status on the result and batch pages, the CSV, the
+heat map route and toggle markup, the API's `explain`, and the model page's calibration."""
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.predictor import Predictor
+from tests.conftest import CELL_COLORS
+from tests.web_helpers import csrf_token, image_bytes, make_models_root
+
+RED = image_bytes(CELL_COLORS[0])
+BLUE = image_bytes(CELL_COLORS[1])
+
+
+def card_with(trusted_model_dir, **changes) -> dict:
+    """The fitted card of the trusted tiny model with its trust section changed."""
+    card = json.loads((trusted_model_dir / "model_card.json").read_text())
+    trust = card["trust"]
+    if "ood_threshold" in changes:
+        trust["ood"]["threshold"] = changes.pop("ood_threshold")
+    trust.update(changes)
+    return {
+        "trust": trust,
+        "expects": "Single stained white cells, 360x363 crops.",
+        "metrics": {
+            "test": {"n": 20, "accuracy": 0.9, "calibration": {
+                "temperature": trust["temperature"], "ece_before": 0.0812, "ece_after": 0.0153,
+                "nll_before": 0.41, "nll_after": 0.33},
+                "trust": {"accepted_rate": 0.85, "unidentified_rate": 0.1, "not_a_cell_rate": 0.05,
+                          "accuracy_accepted": 0.98}},
+            "unfamiliar": {"seed": 0, "sets": [
+                {"name": "noise", "group": "generated", "description": "uniform noise", "n": 50,
+                 "not_a_cell_rate": 1.0, "unidentified_rate": 0.0, "accepted_rate": 0.0}]},
+        },
+    }
+
+
+@pytest.fixture
+def models_root(tmp_path, tiny_model_dir, trusted_model_dir):
+    """'tiny' has no trust layer; the others force one status each (thresholds moved)."""
+    root = tmp_path / "models"
+    make_models_root(root, tiny_model_dir)
+    variants = {
+        "accepting": card_with(trusted_model_dir, confidence_threshold=0.0, ood_threshold=1e12),
+        "unsure": card_with(trusted_model_dir, confidence_threshold=1.0, ood_threshold=1e12),
+        "strange": card_with(trusted_model_dir, confidence_threshold=0.0, ood_threshold=-1.0),
+    }
+    for name, card in variants.items():
+        make_models_root(root, trusted_model_dir, names=(name,), card=card,
+                         files={"reliability_test.png": image_bytes(fmt="PNG")})
+    return root
+
+
+def upload(client, model, *files):
+    response = client.post("/upload", data={
+        "csrf_token": csrf_token(client), "model": model,
+        "file": [(io.BytesIO(data), name) for name, data in files]})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return response.headers["Location"]
+
+
+def page(client, location) -> str:
+    response = client.get(location)
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_accepted_result_names_the_class_and_shows_why(client, models_root):
+    html = page(client, upload(client, "accepting", ("red.jpg", RED)))
+    expected = Predictor(models_root / "accepting").predict(RED)
+    assert 'data-status="accepted"' in html
+    assert f'data-label="{expected.label}"' in html
+    assert 'id="why-unfamiliarity"' in html and 'id="why-confidence"' in html
+    assert "passed" in text(html)
+    assert 'id="heat-map-toggle"' in html  # the trusted model has head weights for maps
+
+
+def test_unidentified_result_names_no_class_and_lists_two_candidates(client, models_root):
+    html = page(client, upload(client, "unsure", ("red.jpg", RED)))
+    expected = Predictor(models_root / "unsure").predict(RED)
+    assert expected.status == "unidentified"
+    assert 'data-status="unidentified"' in html and 'id="predicted-label"' not in html
+    assert "Unidentified: needs review" in text(html)
+    candidates = re.findall(r'<li data-label="(\w+)">', html)
+    assert candidates == [label for label, _ in expected.candidates] and len(candidates) == 2
+    assert "too unsure: unidentified" in text(html)
+
+
+def test_not_a_cell_result_says_what_the_model_expects(client, models_root):
+    html = page(client, upload(client, "strange", ("red.jpg", RED)))
+    assert 'data-status="not_a_cell"' in html and 'id="predicted-label"' not in html
+    assert "Not a blood-cell image like the training data" in text(html)
+    assert "Single stained white cells, 360x363 crops." in text(html)
+    assert "too unfamiliar: not a cell" in text(html)
+    assert "About the" not in text(html)  # no cell description for a non-cell
+
+
+def test_untrusted_model_says_it_has_no_trust_layer_and_no_heat_map(client, models_root):
+    location = upload(client, "tiny", ("red.jpg", RED))
+    html = page(client, location)
+    assert "has no trust layer fitted" in text(html)
+    assert 'id="heat-map"' not in html
+    response = client.get(f"{location}/0/heat-map.png")
+    assert response.status_code == 404
+    assert "no heat maps" in response.get_data(as_text=True)
+
+
+def test_batch_differential_counts_only_accepted_cells(client, models_root, trusted_model_dir):
+    # A confidence threshold between the two images' confidences: one accepted, one not.
+    predictor = Predictor(trusted_model_dir)
+    red, blue = predictor.predict(RED).confidence, predictor.predict(BLUE).confidence
+    assert red != blue
+    root = models_root
+    make_models_root(root, trusted_model_dir, names=("mixed",),
+                     card=card_with(trusted_model_dir, confidence_threshold=(red + blue) / 2,
+                                    ood_threshold=1e12))
+    # The app lists models at start: a fresh client on a fresh app sees 'mixed'.
+    from tests.web_helpers import make_app
+
+    client = make_app(root.parent / "mixed_app", root).test_client()
+    location = upload(client, "mixed", ("red.jpg", RED), ("blue.jpg", BLUE), ("bad.jpg", b"x"))
+    html = page(client, location)
+    accepted, unsure = ("red.jpg", "blue.jpg") if red > blue else ("blue.jpg", "red.jpg")
+    assert "1 accepted · 1 unidentified (needs review) · 0 not a blood-cell image" in text(html)
+    assert "Share of the 1 accepted images" in text(html)
+    review = re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html)
+    assert review == [("unidentified", unsure)]
+    csv = client.get(location + ".csv").get_data(as_text=True)
+    rows = {line.split(",")[0]: line.split(",")[2] for line in csv.splitlines()[1:]}
+    assert rows == {accepted: "accepted", unsure: "unidentified", "bad.jpg": ""}
+
+
+def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root):
+    location = upload(client, "accepting", ("red.jpg", RED))
+    response = client.get(f"{location}/0/heat-map.png")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    image = Image.open(io.BytesIO(response.data))
+    assert image.size == (224, 224) and image.mode == "RGB"
+    assert client.get(f"{location}/5/heat-map.png").status_code == 404
+
+
+def test_heat_map_of_a_deleted_upload_is_a_clear_404(client, models_root, app):
+    location = upload(client, "accepting", ("red.jpg", RED))
+    for stored in Path(app.config["UPLOAD_FOLDER"]).rglob("*.jpg"):
+        stored.unlink()
+    response = client.get(f"{location}/0/heat-map.png")
+    assert response.status_code == 404
+    assert "stored image is gone" in response.get_data(as_text=True)
+
+
+def test_api_explain_adds_the_map_and_plain_calls_do_not(client, models_root):
+    plain = client.post("/api/predict", data={"model": "accepting",
+                                              "file": [(io.BytesIO(RED), "red.jpg")]})
+    assert "cam" not in plain.get_json()["results"][0]
+    response = client.post("/api/predict", data={
+        "model": "accepting", "explain": "1",
+        "file": [(io.BytesIO(RED), "red.jpg"), (io.BytesIO(b"nope"), "bad.jpg")]})
+    assert response.status_code == 200
+    good, bad = response.get_json()["results"]
+    assert "cam" not in bad and "error" in bad
+    grid = np.array(good["cam"]["grid"])
+    assert grid.shape == (56, 56)  # the tiny model's last feature maps
+    assert grid.min() >= 0 and grid.max() == pytest.approx(1.0)
+    overlay = Image.open(io.BytesIO(base64.b64decode(good["cam"]["overlay_png_base64"])))
+    assert overlay.size == (224, 224)
+    # The map does not change the answer.
+    assert {k: v for k, v in good.items() if k != "cam"} == plain.get_json()["results"][0]
+
+
+def test_api_explain_without_a_trust_layer_is_null_and_bad_values_are_refused(client,
+                                                                              models_root):
+    response = client.post("/api/predict", data={"model": "tiny", "explain": "true",
+                                                 "file": [(io.BytesIO(RED), "red.jpg")]})
+    assert response.get_json()["results"][0]["cam"] is None
+    refused = client.post("/api/predict", data={"explain": "maybe",
+                                                "file": [(io.BytesIO(RED), "red.jpg")]})
+    assert refused.status_code == 400
+    assert "Unknown explain value" in refused.get_json()["error"]
+
+
+@pytest.mark.parametrize("model,status", [("accepting", "accepted"), ("unsure", "unidentified"),
+                                          ("strange", "not_a_cell")])
+def test_api_reports_each_status_with_its_scores(client, models_root, model, status):
+    result = client.post("/api/predict", data={
+        "model": model, "file": [(io.BytesIO(RED), "red.jpg")]}).get_json()["results"][0]
+    assert result["status"] == status
+    card = json.loads((models_root / model / "model_card.json").read_text())["trust"]
+    assert result["scores"]["confidence_threshold"] == card["confidence_threshold"]
+    assert result["scores"]["temperature"] == pytest.approx(card["temperature"], abs=1e-4)
+    assert result["scores"]["unfamiliarity"] >= 0
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
+    html = client.get("/models/accepting").get_data(as_text=True)
+    assert 'id="calibration"' in html and 'id="unfamiliar-table"' in html
+    card = json.loads((models_root / "accepting" / "model_card.json").read_text())["trust"]
+    assert f'{card["temperature"]:.3f}' in html
+    assert "reliability_test.png" in html
+    assert "0.0812" in html and "0.0153" in html  # ECE before and after on test
+    assert "uniform noise" in html
