@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hematovision.preprocess import ImageSource, load_image, to_input
-from hematovision.trust import ACCEPTED, Trust
+from hematovision.trust import ACCEPTED, Trust, class_activation_map
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
@@ -169,8 +169,6 @@ class Predictor:
     def explain(self, array: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
         """Prediction and class activation map ((h, w) in [0, 1]) of one preprocessed image;
         the map is None when the model folder has no head weights (no trust layer fitted)."""
-        from hematovision.trust import class_activation_map
-
         outputs = self.forward(array[None], feature_maps=True)
         prediction = self.predictions(outputs)[0]
         if self.trust.head_kernel is None:

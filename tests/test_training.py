@@ -131,3 +131,20 @@ def test_the_split_network_equals_the_plain_backbone(block):
     expected = classifier.head(pooled).numpy()
     np.testing.assert_allclose(classifier.full(x, training=False).numpy(), expected, atol=1e-5)
     assert classifier.bottom.output_shape[1:][-1] == {11: 96, 13: 96, 14: 160, 16: 160}[block]
+
+
+def test_a_new_export_over_a_served_model_keeps_its_text_and_drops_stale_figures(
+        trained_run, tmp_path):
+    base, run_dir = trained_run
+    model_dir = export.export_run(run_dir, "smoke", root=tmp_path, description="first",
+                                  expects="smear crops", trust=False)
+    evaluate.record(model_dir, "test", evaluate.evaluate(model_dir, base / "data", tmp_path / "e"),
+                    tmp_path / "e")
+    (model_dir / "refit_metrics.csv").write_text("epoch\n")  # from an earlier, refitted run
+    assert (model_dir / "confusion_test.png").is_file()
+    export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert (card["description"], card["expects"], card["metrics"]) == ("first", "smear crops", {})
+    assert not (model_dir / "refit_metrics.csv").exists()
+    assert not list(model_dir.glob("confusion_*.png"))
+    assert (model_dir / "curves.png").is_file()

@@ -144,10 +144,12 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
     # name of the run it came from.
     in_place = out_dir.resolve() == run_dir.resolve()
     run_folder = run_dir.name
-    if in_place:
+    if (out_dir / CARD_FILE).is_file():
+        # A new version of a served model keeps its description unless given a new one.
         old = read_card(out_dir)
-        run_folder = old["training"]["run_folder"]
         description, expects = description or old["description"], expects or old["expects"]
+        if in_place:
+            run_folder = old["training"]["run_folder"]
     model = keras.models.load_model(run_dir / KERAS_FILE, compile=False)
     card = {
         "description": description,
@@ -168,9 +170,15 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "metrics": {},
     }
     export_model(model, out_dir, card, crop=config.get("crop", "none"))
-    for file in RUN_FILES:
-        if (run_dir / file).is_file() and not in_place:
-            shutil.copy2(run_dir / file, out_dir / file)
+    if not in_place:
+        for file in RUN_FILES:
+            if (run_dir / file).is_file():
+                shutil.copy2(run_dir / file, out_dir / file)
+            else:  # left by an earlier model of this name
+                (out_dir / file).unlink(missing_ok=True)
+    # The card's metrics start empty: figures measured on an earlier export go with them.
+    for stale in [*out_dir.glob("confusion_*.png"), *out_dir.glob("reliability_*.png")]:
+        stale.unlink()
     if trust:
         fit_trust(out_dir, progress=False)
     return out_dir

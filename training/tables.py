@@ -159,6 +159,14 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             f"Keras called directly: {r['keras_direct_call_ms_per_image']:.1f} ms.",
             "",
         ]
+        if "heat_map_cost_ratio" in r:
+            lines += [
+                f"One prediction with its status (calibration, unfamiliarity score): "
+                f"{r['prediction_ms_per_image']:.2f} ms; the same with its heat map "
+                f"(`explain`): {r['prediction_with_heat_map_ms_per_image']:.2f} ms "
+                f"({r['heat_map_cost_ratio']}x, paid only when a map is asked for).",
+                "",
+            ]
     if load.is_file():
         r = json.loads(load.read_text())
         rss = ", ".join(f"{w['rss_mib']:.0f}" for w in r["workers"])

@@ -5,7 +5,7 @@
 
 Sets: generated non-cell images (noise, blank, gradients, text renderings), natural photos
 (scikit-image's bundled samples, whole and cropped), other microscopy (immunohistochemistry,
-phase contrast), and optionally another dataset's images (a different-source check, where
+quantitative phase), and optionally another dataset's images (a different-source check, where
 flags are informative rather than required). Every image goes through the serving path; the
 in-domain false-flag rate comes from `training.evaluate` on the model's own test set.
 """
@@ -152,7 +152,7 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
     microscopy = skimage_samples(OTHER_MICROSCOPY, seed=seed)
     sets.append({"name": "other microscopy", "group": "other",
                  "description": "scikit-image immunohistochemistry (DAB/haematoxylin) and "
-                                "phase-contrast cell images, whole and 8 crops each",
+                                "quantitative-phase cell images, whole and 8 crops each",
                  **flag_rates(predictor, microscopy)})
     if cross_data:
         dataset = data_lib.list_image_folder(cross_data)
