@@ -85,7 +85,7 @@ def classify_files(
 
 def forward_files(predictor: Predictor, paths: list[Path], progress: bool = False
                   ) -> tuple[Outputs, list[bool]]:
-    """The served network's raw outputs (logits, embeddings) for the readable files, and which
+    """The served network's raw outputs (logits, unfamiliarity features) for the readable files, and which
     files were readable; for fitting and evaluating the trust layer on exactly the serving path."""
     meter = _Progress(len(paths), progress)
     parts, readable = [], []
@@ -100,7 +100,7 @@ def forward_files(predictor: Predictor, paths: list[Path], progress: bool = Fals
         empty = np.zeros((0, len(predictor.classes)), np.float32)
         return Outputs(empty, np.zeros((0, 0), np.float32)), readable
     return Outputs(np.concatenate([p.logits for p in parts]),
-                   np.concatenate([p.embeddings for p in parts])), readable
+                   np.concatenate([p.features for p in parts])), readable
 
 
 class _Progress:

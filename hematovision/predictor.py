@@ -66,7 +66,7 @@ class Outputs:
     """What the served network computes for a batch."""
 
     logits: np.ndarray  # (n, classes), before the softmax
-    embeddings: np.ndarray  # (n, d): the globally pooled last feature maps
+    features: np.ndarray  # (n, d): pooled activations of a few layers, for unfamiliarity
     feature_maps: np.ndarray | None = None  # (n, h, w, d), only when asked for (CAMs)
 
 
@@ -117,12 +117,12 @@ class Predictor:
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads
 
     def forward(self, batch: np.ndarray, feature_maps: bool = False) -> Outputs:
-        """(n, size, size, 3) preprocessed float32 -> logits, embeddings (and feature maps)."""
+        """(n, size, size, 3) preprocessed float32 -> logits, features (and feature maps)."""
         batch = np.asarray(batch, dtype=np.float32)
         expected = (self.input_size, self.input_size, 3)
         if batch.ndim != 4 or batch.shape[1:] != expected:
             raise ValueError(f"Expected a batch of shape (n, {expected}), got {batch.shape}")
-        wanted = ("logits", "embeddings") + (("feature_maps",) if feature_maps else ())
+        wanted = ("logits", "features") + (("feature_maps",) if feature_maps else ())
         chunks = [self._run(batch[i : i + BATCH_SIZE], wanted)
                   for i in range(0, len(batch), BATCH_SIZE)]
         if not chunks:
@@ -179,7 +179,7 @@ class Predictor:
 
     def predictions(self, outputs: Outputs) -> list[Prediction]:
         probabilities = self.trust.probabilities(outputs.logits)
-        unfamiliarity = self.trust.ood_scores(outputs.embeddings)
+        unfamiliarity = self.trust.ood_scores(outputs.features)
         out = []
         for row, ood in zip(probabilities, unfamiliarity):
             best = int(np.argmax(row))
@@ -196,7 +196,8 @@ class Predictor:
 
 def _identify_outputs(interpreter, num_classes: int, path: Path) -> dict[str, dict]:
     """The served outputs by role, from the signature's order (training.export.serving_model):
-    logits (n, classes), embeddings (n, d), feature maps (n, h, w, d)."""
+    logits (n, classes), unfamiliarity features (n, p), feature maps (n, h, w, d); the pooled
+    last feature maps end the features, so p >= d."""
     try:
         by_name = interpreter.get_signature_runner().get_output_details()
         ordered = [by_name[f"output_{i}"] for i in range(3)]
@@ -204,13 +205,13 @@ def _identify_outputs(interpreter, num_classes: int, path: Path) -> dict[str, di
         ordered = []
     shapes = [list(map(int, d["shape"])) for d in ordered]
     if (len(shapes) != 3 or len(shapes[0]) != 2 or shapes[0][-1] != num_classes
-            or len(shapes[1]) != 2 or len(shapes[2]) != 4 or shapes[1][-1] != shapes[2][-1]):
+            or len(shapes[1]) != 2 or len(shapes[2]) != 4 or shapes[1][-1] < shapes[2][-1]):
         raise ModelLoadError(
             f"{path} has outputs {shapes or 'without a signature'}; expected logits "
-            f"(n, {num_classes}), the pooled embedding (n, d) and the last feature maps "
+            f"(n, {num_classes}), the unfamiliarity features (n, p) and the last feature maps "
             "(n, h, w, d). Re-export it with `python -m training.export`."
         )
-    return dict(zip(("logits", "embeddings", "feature_maps"), ordered))
+    return dict(zip(("logits", "features", "feature_maps"), ordered))
 
 
 def _load_interpreter(path: Path, num_threads: int):

@@ -2,9 +2,9 @@
 unfamiliar-image detection and class activation maps.
 
 Everything here is numpy on the two outputs the served model gives besides its logits: the
-penultimate embedding (global average of the last feature maps) and, on request, the feature
-maps themselves. The fitted values (temperature, thresholds, class means, whitening matrix,
-head weights) are written at export by `training.calibrate` into the model card and
+unfamiliarity features (global averages of a few intermediate layers and of the last feature
+maps, side by side) and, on request, the last feature maps themselves. The fitted values
+(temperature, thresholds, per-layer class means and whitening matrices, head weights) are written at export by `training.calibrate` into the model card and
 `trust.npz`, and read back here; a model folder without them serves uncalibrated, never flags.
 """
 
@@ -47,21 +47,46 @@ def mahalanobis(embeddings: np.ndarray, means: np.ndarray, whitening: np.ndarray
 
 
 @dataclass(frozen=True)
+class LayerGaussians:
+    """Class means and shared covariance of one layer's pooled activations; `scale` (the
+    median distance of validation images) puts layers of different widths on one scale."""
+
+    means: np.ndarray  # (classes, dim)
+    whitening: np.ndarray  # (dim, dim)
+    scale: float = 1.0
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        return mahalanobis(features, self.means, self.whitening) / self.scale
+
+
+def layer_distances(layers: tuple[LayerGaussians, ...], features: np.ndarray) -> np.ndarray:
+    """(n, layers) scaled distances; `features` holds the layers' activations side by side."""
+    bounds = np.cumsum([0, *(g.dim for g in layers)])
+    if features.shape[1] != bounds[-1]:
+        raise ValueError(f"Expected {bounds[-1]} unfamiliarity features, got {features.shape[1]}")
+    return np.stack([g.distances(features[:, a:b])
+                     for g, a, b in zip(layers, bounds[:-1], bounds[1:])], axis=1)
+
+
+@dataclass(frozen=True)
 class Trust:
     """The fitted trust parameters of one model (identity values when none were fitted)."""
 
     temperature: float = 1.0
     confidence_threshold: float = 0.0
     ood_threshold: float = float("inf")
-    means: np.ndarray | None = None  # (classes, embedding) class means of training embeddings
-    whitening: np.ndarray | None = None  # (embedding, embedding)
+    layers: tuple[LayerGaussians, ...] = ()  # unfamiliarity: one Gaussian model per layer
     head_kernel: np.ndarray | None = None  # (embedding, classes): the dense head, for CAMs
     head_bias: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)  # the card's "trust" section
 
     @property
     def fitted(self) -> bool:
-        return self.means is not None
+        return bool(self.layers)
 
     @classmethod
     def load(cls, model_dir: Path, card: dict[str, Any]) -> "Trust":
@@ -70,12 +95,16 @@ class Trust:
         if not section or not path.is_file():
             return cls()
         with np.load(path) as arrays:
+            scales = arrays["layer_scales"].astype(np.float64)
+            layers = tuple(
+                LayerGaussians(arrays[f"class_means_{i}"].astype(np.float64),
+                               arrays[f"whitening_{i}"].astype(np.float64), float(scale))
+                for i, scale in enumerate(scales))
             return cls(
                 temperature=float(section["temperature"]),
                 confidence_threshold=float(section["confidence_threshold"]),
                 ood_threshold=float(section["ood"]["threshold"]),
-                means=arrays["class_means"].astype(np.float64),
-                whitening=arrays["whitening"].astype(np.float64),
+                layers=layers,
                 head_kernel=arrays["head_kernel"].astype(np.float64),
                 head_bias=arrays["head_bias"].astype(np.float64),
                 info=section,
@@ -84,10 +113,12 @@ class Trust:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
 
-    def ood_scores(self, embeddings: np.ndarray) -> np.ndarray:
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        """Unfamiliarity: the largest scaled distance over the layers (an image needs to be
+        unusual in one layer only, e.g. a blank field in the low-level ones)."""
         if not self.fitted:
-            return np.zeros(len(embeddings))
-        return mahalanobis(embeddings, self.means, self.whitening)
+            return np.zeros(len(features))
+        return layer_distances(self.layers, np.asarray(features)).max(axis=1)
 
     def status(self, confidence: float, ood_score: float) -> str:
         # Unfamiliar first: a confident answer about a photo of a cat is still about a cat.
@@ -100,18 +131,23 @@ class Trust:
     def scores(self, ood_score: float) -> dict[str, float | None]:
         finite = np.isfinite(self.ood_threshold)
         return {
-            "unfamiliarity": round(float(ood_score), 2) if self.fitted else None,
-            "unfamiliarity_threshold": round(self.ood_threshold, 2) if finite else None,
+            "unfamiliarity": round(float(ood_score), 3) if self.fitted else None,
+            "unfamiliarity_threshold": round(self.ood_threshold, 3) if finite else None,
             "confidence_threshold": round(self.confidence_threshold, 4),
             "temperature": round(self.temperature, 4),
         }
 
 
-def save_trust_arrays(model_dir: Path, means: np.ndarray, whitening: np.ndarray,
-                      head_kernel: np.ndarray, head_bias: np.ndarray) -> Path:
+def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel: np.ndarray,
+                      head_bias: np.ndarray) -> Path:
     path = Path(model_dir) / TRUST_FILE
-    np.savez(path, class_means=means.astype(np.float32), whitening=whitening.astype(np.float32),
-             head_kernel=head_kernel.astype(np.float32), head_bias=head_bias.astype(np.float32))
+    arrays = {"layer_scales": np.array([g.scale for g in layers], dtype=np.float64),
+              "head_kernel": head_kernel.astype(np.float32),
+              "head_bias": head_bias.astype(np.float32)}
+    for i, g in enumerate(layers):
+        arrays[f"class_means_{i}"] = g.means.astype(np.float32)
+        arrays[f"whitening_{i}"] = g.whitening.astype(np.float32)
+    np.savez(path, **arrays)
     return path
 
 

@@ -34,7 +34,22 @@ def test_mahalanobis_is_the_distance_to_the_nearest_class_mean():
 
 
 def _trust(**kwargs) -> Trust:
-    return Trust(means=np.zeros((2, 3)), whitening=np.eye(3), **kwargs)
+    return Trust(layers=(trust.LayerGaussians(np.zeros((2, 3)), np.eye(3)),), **kwargs)
+
+
+def test_unfamiliarity_is_the_largest_scaled_distance_over_the_layers():
+    # Two layers (2-d and 3-d features side by side), class means at the origin.
+    low = trust.LayerGaussians(np.zeros((1, 2)), np.eye(2), scale=2.0)
+    high = trust.LayerGaussians(np.zeros((2, 3)), np.eye(3) / 2, scale=1.0)  # precision I/4
+    t = Trust(layers=(low, high))
+    features = np.array([[2.0, 0.0, 0.0, 0.0, 0.0],    # low layer: 4 / 2 = 2; high: 0
+                         [0.0, 0.0, 4.0, 0.0, 0.0],    # low: 0; high: 16 / 4 = 4
+                         [0.0, 0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(trust.layer_distances(t.layers, features),
+                               [[2.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_allclose(t.ood_scores(features), [2.0, 4.0, 0.0])
+    with pytest.raises(ValueError, match="Expected 5 unfamiliarity features, got 4"):
+        t.ood_scores(np.zeros((1, 4)))
 
 
 def test_status_rules_unfamiliar_first_then_confidence():
@@ -52,12 +67,16 @@ def test_an_unfitted_trust_layer_accepts_everything_and_says_so_in_its_scores():
 
 
 def test_load_reads_the_card_section_and_the_arrays(tmp_path):
-    trust.save_trust_arrays(tmp_path, np.ones((2, 3)), np.eye(3), np.ones((3, 2)), np.zeros(2))
+    layers = [trust.LayerGaussians(np.ones((2, 3)), np.eye(3), 7.0),
+              trust.LayerGaussians(np.zeros((2, 5)), 2 * np.eye(5), 0.5)]
+    trust.save_trust_arrays(tmp_path, layers, np.ones((3, 2)), np.zeros(2))
     card = {"trust": {"temperature": 1.5, "confidence_threshold": 0.7,
                       "ood": {"threshold": 42.0}}}
     loaded = Trust.load(tmp_path, card)
     assert (loaded.temperature, loaded.confidence_threshold, loaded.ood_threshold) == (1.5, 0.7, 42.0)
-    assert loaded.means.shape == (2, 3) and loaded.head_kernel.shape == (3, 2)
+    assert [(g.dim, g.scale) for g in loaded.layers] == [(3, 7.0), (5, 0.5)]
+    np.testing.assert_array_equal(loaded.layers[1].whitening, 2 * np.eye(5))
+    assert loaded.head_kernel.shape == (3, 2)
     assert not Trust.load(tmp_path, {}).fitted  # no card section: identity trust
 
 

@@ -4,9 +4,10 @@
 
 Runs at export (`training.export`) and on demand. Everything is fitted through the serving path
 (`hematovision.batch.forward_files`) and only on the model's training and validation splits:
-- class means and a shared covariance (Ledoit-Wolf shrinkage) of the pooled embedding, from the
-  training images: the unfamiliar-image score is the squared Mahalanobis distance to the
-  nearest class mean;
+- per layer (a few intermediate layers and the final embedding, globally pooled), class means
+  and a shared covariance (Ledoit-Wolf shrinkage) from the training images: the unfamiliar-image
+  score is the largest over the layers of the squared Mahalanobis distance to the nearest class
+  mean, each layer's divided by its median on validation;
 - on validation: the temperature (minimum negative log-likelihood), the abstention threshold
   (smallest calibrated confidence at which the accepted images reach the target accuracy) and
   the unfamiliar-image threshold (a high quantile of the validation images' distances).
@@ -25,7 +26,7 @@ import numpy as np
 
 from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
-from hematovision.trust import mahalanobis, save_trust_arrays, softmax
+from hematovision.trust import LayerGaussians, layer_distances, save_trust_arrays, softmax
 from training import data as data_lib
 
 ECE_BINS = 15
@@ -146,8 +147,11 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     fit_files = split["train"] + split.get("unassigned", [])
     log(f"fitting class Gaussians on {len(fit_files)} training images of {root}")
     fit_out, fit_labels = labelled_outputs(predictor, root, fit_files, progress)
-    means, whitening, shrinkage = fit_class_gaussians(fit_out.embeddings, fit_labels,
-                                                      len(predictor.classes))
+    layout = card.get("unfamiliarity_features") or [
+        {"layer": "pool", "dim": int(fit_out.features.shape[1])}]
+    bounds = np.cumsum([0, *(g["dim"] for g in layout)])
+    fitted = [fit_class_gaussians(fit_out.features[:, a:b], fit_labels, len(predictor.classes))
+              for a, b in zip(bounds[:-1], bounds[1:])]
     log(f"calibrating on {len(split['val'])} validation images")
     val_out, val_labels = labelled_outputs(predictor, root, split["val"], progress)
 
@@ -155,29 +159,40 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     calibrated = softmax(val_out.logits, temperature)
     confidence = calibrated.max(axis=1)
     correct = calibrated.argmax(axis=1) == val_labels
-    threshold = confidence_threshold(confidence, correct, target)
-    distances = mahalanobis(val_out.embeddings, means, whitening)
-    ood_threshold = float(np.quantile(distances, ood_quantile))
-    familiar = distances <= ood_threshold
+    threshold = round_up(confidence_threshold(confidence, correct, target))
+    # Each layer's distances are divided by their validation median, so that the score (the
+    # largest over the layers) weighs a 24-d and a 1280-d layer alike; ~1 for a typical image.
+    unscaled = [LayerGaussians(means, whitening) for means, whitening, _ in fitted]
+    raw = layer_distances(tuple(unscaled), val_out.features)
+    scales = np.maximum(np.median(raw, axis=0), 1e-12)
+    layers = [LayerGaussians(g.means, g.whitening, float(s)) for g, s in zip(unscaled, scales)]
+    scores = (raw / scales).max(axis=1)
+    # Rounded (up: never looser) as the card stores them, so the validation figures below are
+    # those of the rule as served.
+    ood_threshold = round_up(float(np.quantile(scores, ood_quantile)))
+    familiar = scores <= ood_threshold
     accepted = familiar & (confidence >= threshold)
     kernel, bias = head_weights(model_dir)
-    save_trust_arrays(model_dir, means, whitening, kernel, bias)
+    save_trust_arrays(model_dir, layers, kernel, bias)
 
     refit = bool(card.get("training", {}).get("refit_on_all_training_data"))
     section = {
         "temperature": round(temperature, 4),
-        "confidence_threshold": round(threshold, 4),
+        "confidence_threshold": threshold,
         "target_accuracy": target,
         "rule": (f"Unidentified below the smallest calibrated confidence at which the accepted "
                  f"validation images are at least {target:.0%} correct."),
         "ood": {
-            "method": ("squared Mahalanobis distance of the pooled embedding "
-                       f"({means.shape[1]}-d) to the nearest class mean; shared covariance "
-                       f"with Ledoit-Wolf shrinkage {shrinkage:.3f}"),
-            "threshold": round(ood_threshold, 2),
+            "method": ("largest over the layers of the squared Mahalanobis distance of the "
+                       "layer's globally pooled activations to the nearest class mean (shared "
+                       "covariance, Ledoit-Wolf shrinkage), divided by its validation median"),
+            "layers": [{**g, "validation_median": round(float(s), 2),
+                        "shrinkage": round(shrinkage, 4)}
+                       for g, s, (_, _, shrinkage) in zip(layout, scales, fitted)],
+            "threshold": ood_threshold,
             "quantile": ood_quantile,
             "rule": (f"not_a_cell above the {ood_quantile:.0%} quantile of the validation "
-                     "images' distances"),
+                     "images' scores"),
         },
         "fitted_on": {
             "data": str(root),
@@ -203,8 +218,12 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     card["trust"] = section
     write_card(model_dir, card)
     log(f"temperature {temperature:.3f}, confidence threshold {threshold:.3f}, "
-        f"unfamiliarity threshold {ood_threshold:.1f}; validation {section['validation']}")
+        f"unfamiliarity threshold {ood_threshold:.3f}; validation {section['validation']}")
     return section
+
+
+def round_up(value: float, decimals: int = 4) -> float:
+    return math.ceil(value * 10**decimals) / 10**decimals
 
 
 def log(message: str) -> None:

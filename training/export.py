@@ -32,17 +32,35 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
              "curves.png")
 
 
+# Intermediate layers whose globally pooled activations join the final embedding for the
+# unfamiliar-image score: low and middle layers see colour, texture and staining statistics
+# that the final, class-specific embedding no longer separates (a blank field or a gradient can
+# land near a class mean there). One per resolution stage of MobileNetV2.
+PROBE_LAYERS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add")
+
+
 def serving_model(model: keras.Model) -> keras.Model:
-    """image -> [logits, embedding, last feature maps]: the trained classifier opened up at its
-    pooling layer ("pool") and dense head ("head"), for calibration, unfamiliar-image scores
-    and class activation maps. The softmax moves to serving, where the temperature applies."""
+    """image -> [logits, unfamiliarity features, last feature maps]: the trained classifier
+    opened up at its pooling layer ("pool") and dense head ("head"). The features are the global
+    averages of the `PROBE_LAYERS` present, then the pooled embedding (see `probe_layout`).
+    The softmax moves to serving, where the temperature applies."""
     image = keras.Input(model.input_shape[1:], name="image")
-    maps, pooled = _tap_pool(model, image)
+    present = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None]
+    _, taps = _apply_with_taps(model, image, ["pool:input", "pool", *present])
+    maps, pooled = taps["pool:input"], taps["pool"]
+    probes = [keras.layers.GlobalAveragePooling2D(name=f"probe_{n}")(taps[n]) for n in present]
+    features = keras.layers.Concatenate(name="probes")([*probes, pooled]) if probes else pooled
     head = _find_layer(model, "head")
     logits = keras.layers.Dense(head.units, name="logits")(pooled)
-    served = keras.Model(image, [logits, pooled, maps], name="hematovision_serving")
+    served = keras.Model(image, [logits, features, maps], name="hematovision_serving")
     served.get_layer("logits").set_weights(head.get_weights())
     return served
+
+
+def probe_layout(model: keras.Model) -> list[dict]:
+    """The layers behind the served unfamiliarity features, in order, with their widths."""
+    layers = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None] + ["pool"]
+    return [{"layer": n, "dim": int(_find_layer(model, n).output.shape[-1])} for n in layers]
 
 
 def _find_layer(model: keras.Model, name: str):
@@ -56,19 +74,31 @@ def _find_layer(model: keras.Model, name: str):
     return None
 
 
-def _tap_pool(model: keras.Model, x):
-    """(feature maps, pooled) of `model` applied to tensor `x`; nested models (bottom,
-    trainable) are followed down a linear chain to the one holding the "pool" layer."""
-    if any(layer.name == "pool" for layer in model.layers):
-        pool = model.get_layer("pool")
-        return keras.Model(model.inputs, [pool.input, pool.output])(x)
+def _apply_with_taps(model: keras.Model, x, wanted: list[str]):
+    """(model(x), {name: tensor}) with the `wanted` layers' outputs ("NAME:input": a layer's
+    input). Nested models (bottom, trainable) chained one after another are followed, so the
+    taps can sit at any depth; every layer still runs once."""
+    def base(name: str) -> str:
+        return name.split(":")[0]
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)
+              and any(_find_layer(layer, base(w)) is not None for w in wanted)]
+    if not nested:
+        own = [w for w in wanted if base(w) in {layer.name for layer in model.layers}]
+        tensors = [model.get_layer(base(w)).input if w.endswith(":input")
+                   else model.get_layer(base(w)).output for w in own]
+        y, *found = keras.Model(model.inputs, [*model.outputs, *tensors])(x)
+        return y, dict(zip(own, found))
+    taps = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, keras.Model) and _find_layer(layer, "pool") is not None:
-            return _tap_pool(layer, x)
-        x = layer(x)
-    raise ValueError("The model has no layer named 'pool' (global average pooling).")
+        if layer in nested:
+            x, found = _apply_with_taps(layer, x, wanted)
+            taps.update(found)
+        else:
+            x = layer(x)
+    return x, taps
 
 
 def convert_to_tflite(model: keras.Model, path: Path) -> None:
@@ -116,6 +146,8 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
             "function": "hematovision.preprocess.preprocess",
         },
         "files": {"keras": KERAS_FILE, "serving": SERVING_FILE},
+        # The served unfamiliarity features, layer by layer (see serving_model).
+        "unfamiliarity_features": probe_layout(model),
         **card,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
