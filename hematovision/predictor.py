@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hematovision.preprocess import ImageSource, load_image, to_input
-from hematovision.trust import ACCEPTED, Trust, class_activation_map
+from hematovision.trust import ACCEPTED, Trust, class_activation_map, use_one_blas_thread
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
@@ -113,6 +113,7 @@ class Predictor:
         self._outputs = _identify_outputs(self._interpreter, len(self.classes),
                                           self.model_dir / SERVING_FILE)
         self.trust = Trust.load(self.model_dir, self.card)
+        use_one_blas_thread()  # numpy's BLAS must not compete with LiteRT for the cores
         self._batch = 1
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads
 

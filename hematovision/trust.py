@@ -11,11 +11,13 @@ maps, side by side) and, on request, the last feature maps themselves. The fitte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import ThreadpoolController
 
 TRUST_FILE = "trust.npz"
 
@@ -37,11 +39,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def mahalanobis(embeddings: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+def mahalanobis(embeddings: np.ndarray, means: np.ndarray, whitening: np.ndarray,
+                whitened_means: np.ndarray | None = None) -> np.ndarray:
     """Squared Mahalanobis distance of each embedding to its nearest class mean, with the
-    shared (tied) covariance whose inverse is whitening @ whitening.T."""
-    z = np.asarray(embeddings, dtype=np.float64) @ whitening
-    m = np.asarray(means, dtype=np.float64) @ whitening
+    shared (tied) covariance whose inverse is whitening @ whitening.T (`whitened_means`:
+    means @ whitening, when the caller keeps it)."""
+    # In the arrays' own precision: the served model's float32 is plenty for distances.
+    z = np.asarray(embeddings) @ whitening
+    m = np.asarray(means) @ whitening if whitened_means is None else whitened_means
     d2 = (z * z).sum(1, keepdims=True) - 2.0 * z @ m.T + (m * m).sum(1)[None, :]
     return np.maximum(d2.min(axis=1), 0.0)
 
@@ -59,8 +64,12 @@ class LayerGaussians:
     def dim(self) -> int:
         return self.means.shape[1]
 
+    @cached_property
+    def whitened_means(self) -> np.ndarray:
+        return self.means @ self.whitening
+
     def distances(self, features: np.ndarray) -> np.ndarray:
-        return mahalanobis(features, self.means, self.whitening) / self.scale
+        return mahalanobis(features, self.means, self.whitening, self.whitened_means) / self.scale
 
 
 def layer_distances(layers: tuple[LayerGaussians, ...], features: np.ndarray) -> np.ndarray:
@@ -97,8 +106,7 @@ class Trust:
         with np.load(path) as arrays:
             scales = arrays["layer_scales"].astype(np.float64)
             layers = tuple(
-                LayerGaussians(arrays[f"class_means_{i}"].astype(np.float64),
-                               arrays[f"whitening_{i}"].astype(np.float64), float(scale))
+                LayerGaussians(arrays[f"class_means_{i}"], arrays[f"whitening_{i}"], float(scale))
                 for i, scale in enumerate(scales))
             return cls(
                 temperature=float(section["temperature"]),
@@ -136,6 +144,20 @@ class Trust:
             "confidence_threshold": round(self.confidence_threshold, 4),
             "temperature": round(self.temperature, 4),
         }
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # finds the loaded BLAS libraries once (slow), then reused
+
+
+def use_one_blas_thread() -> None:
+    """Run numpy's BLAS on one thread in this process from now on. The trust layer's products
+    are small, and OpenBLAS's worker threads keep spinning after a threaded call, taking the
+    cores from the next LiteRT inference (`benchmarks/bench_inference.py` measures both). Set
+    once per process, not around each call: the setting is global, and a server's threads
+    toggling it under one another would cost more than they save."""
+    _blas_controller().limit(limits=1, user_api="blas")
 
 
 def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel: np.ndarray,

@@ -70,3 +70,13 @@ def test_card_class_count_must_match_the_model(tiny_model_dir, tmp_path):
 def test_available_models_lists_complete_folders_only(tiny_model_dir, tmp_path):
     (tiny_model_dir.parent / "empty").mkdir(exist_ok=True)
     assert available_models(tiny_model_dir.parent) == ["tiny"]
+
+
+def test_a_predictor_puts_numpy_blas_on_one_thread(tiny_model_dir):
+    """OpenBLAS threads left spinning after a threaded product slow the next LiteRT call."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        Predictor(tiny_model_dir)
+        threads = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+    assert threads == {1}

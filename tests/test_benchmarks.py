@@ -1,0 +1,25 @@
+"""The benchmark scripts run and report every figure the README table reads (no timing
+targets here: those are the benchmarks' business)."""
+
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_inference_measures_the_trust_layer_against_its_baselines(trusted_model_dir):
+    r = load("bench_inference").run(trusted_model_dir, repeats=3, batch_size=2, batch_repeats=1,
+                                    threads=1)
+    for key in ("serving_ms_per_image", "prediction_ms_per_image",
+                "prediction_with_heat_map_ms_per_image", "prediction_ms_per_image_threaded_blas",
+                "keras_predict_ms_per_image", "serving_batch_images_per_s"):
+        assert r[key] > 0, key
+    assert r["heat_map_cost_ratio"] == round(
+        r["prediction_with_heat_map_ms_per_image"] / r["prediction_ms_per_image"], 2)
