@@ -11,13 +11,13 @@ maps, side by side) and, on request, the last feature maps themselves. The fitte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 TRUST_FILE = "trust.npz"
 
@@ -146,18 +146,13 @@ class Trust:
         }
 
 
-@lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()  # finds the loaded BLAS libraries once (slow), then reused
-
-
 def use_one_blas_thread() -> None:
     """Run numpy's BLAS on one thread in this process from now on. The trust layer's products
     are small, and OpenBLAS's worker threads keep spinning after a threaded call, taking the
     cores from the next LiteRT inference (`benchmarks/bench_inference.py` measures both). Set
     once per process, not around each call: the setting is global, and a server's threads
     toggling it under one another would cost more than they save."""
-    _blas_controller().limit(limits=1, user_api="blas")
+    threadpool_limits(limits=1, user_api="blas")  # every BLAS library loaded by now
 
 
 def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel: np.ndarray,
