@@ -123,21 +123,26 @@ def test_upload_through_the_file_picker_shows_the_result(browser, base_url, tmp_
     assert not heat_map.is_displayed() and not heat_map.get_attribute("src")
     browser.find_element(By.CSS_SELECTOR, "label[for=heat-map-toggle]").click()
     wait_for(browser, "#heat-map-image[src]")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat_map)
+    # Bootstrap makes scrolling smooth: jump instead, so the screenshot is not taken mid-way.
+    browser.execute_script(
+        "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", heat_map)
     loaded = WebDriverWait(browser, 30).until(lambda d: d.execute_script(
         "const i = arguments[0]; return i.complete && i.naturalWidth", heat_map))
     assert loaded == 224
     assert heat_map.is_displayed()
+    # Decoded and painted (two animation frames) before the screenshot.
+    browser.execute_async_script(
+        "const [image, done] = arguments; image.decode().then(() =>"
+        " requestAnimationFrame(() => requestAnimationFrame(() => done(true))))", heat_map)
 
+    left, top, right, bottom = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect(), k = window.devicePixelRatio;"
+        "return [r.left * k, r.top * k, r.right * k, r.bottom * k]", heat_map)
     screenshot = tmp_path / "result.png"
     assert browser.save_screenshot(str(screenshot))
     shutil.copy(screenshot, SCREENSHOT_COPY)
     assert screenshot.stat().st_size > 10_000
-    # The overlay is in the screenshot: its on-screen box holds the map's colours (a plain
-    # cartoon cell is red on grey; the map adds blue and yellow).
-    left, top, right, bottom = browser.execute_script(
-        "const r = arguments[0].getBoundingClientRect(), k = window.devicePixelRatio;"
-        "return [r.left * k, r.top * k, r.right * k, r.bottom * k]", heat_map)
+    # The overlay is in the screenshot, where the page puts it.
     shown = Image.open(screenshot).convert("RGB").crop((left, top, right, bottom))
     shown.save(tmp_path / "heat_map_in_screenshot.png")
     # What the screen shows there is the served overlay, and the overlay is not the bare image.
