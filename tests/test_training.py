@@ -6,10 +6,12 @@ are not allowed by the serving contract, so 224 px with very few images).
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
 from hematovision.predictor import Predictor
+from hematovision.trust import softmax
 from training import evaluate, export, train
 from training.config import TrainConfig
 from tests.conftest import CELL_COLORS, CLASSES
@@ -148,3 +150,25 @@ def test_a_new_export_over_a_served_model_keeps_its_text_and_drops_stale_figures
     assert not (model_dir / "refit_metrics.csv").exists()
     assert not list(model_dir.glob("confusion_*.png"))
     assert (model_dir / "curves.png").is_file()
+
+
+def test_tta_serves_the_mean_of_four_flips_and_can_be_turned_off(trained_run, tmp_path):
+    _, run_dir = trained_run
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 224, 224, 3)).astype(np.float32)
+    with_tta = export.export_run(run_dir, "tta", root=tmp_path, trust=False)
+    without = export.export_run(run_dir, "plain", root=tmp_path, trust=False, tta=False)
+    assert json.loads((with_tta / "model_card.json").read_text())[
+        "test_time_augmentation"]["views"][3] == "both"
+    assert json.loads((without / "model_card.json").read_text())["test_time_augmentation"] is None
+    single = model.predict(x, verbose=0)
+    np.testing.assert_allclose(Predictor(without).predict_arrays(x), single, atol=1e-5)
+    flips = [model.predict(np.ascontiguousarray(v), verbose=0)
+             for v in (x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1])]
+    expected = softmax(np.mean(np.log(flips), axis=0))
+    np.testing.assert_allclose(Predictor(with_tta).predict_arrays(x), expected, atol=1e-5)
+    # The averaged maps are flipped back: a left-right mirrored image gets the mirrored map.
+    maps = Predictor(with_tta).forward(x, feature_maps=True).feature_maps
+    mirrored = Predictor(with_tta).forward(np.ascontiguousarray(x[:, :, ::-1]),
+                                           feature_maps=True).feature_maps
+    np.testing.assert_allclose(mirrored, maps[:, :, ::-1], atol=1e-4)

@@ -210,3 +210,4 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     assert "reliability_test.png" in html
     assert "0.0812" in html and "0.0153" in html  # ECE before and after on test
     assert "uniform noise" in html
+    assert 'id="tta"' in html and "flipped up-down" in html  # the tiny model serves the flips

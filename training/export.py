@@ -39,22 +39,55 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
 PROBE_LAYERS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add")
 
 
-def serving_model(model: keras.Model) -> keras.Model:
+# Test-time augmentation: the served model classifies each image as it is and flipped
+# horizontally, vertically and both ways (a cell has no up or down), averaging the logits.
+# Chosen on validation accuracy, for 4x the compute (README: "Test-time augmentation").
+TTA_VIEWS = 4
+
+
+def serving_model(model: keras.Model, tta: bool = True) -> keras.Model:
     """image -> [logits, unfamiliarity features, last feature maps]: the trained classifier
     opened up at its pooling layer ("pool") and dense head ("head"). The features are the global
     averages of the `PROBE_LAYERS` present, then the pooled embedding (see `probe_layout`).
+    With `tta`, all three are means over the four flipped views (the maps flipped back first,
+    so a class activation map still decomposes the averaged logit and lies on the image).
     The softmax moves to serving, where the temperature applies."""
     image = keras.Input(model.input_shape[1:], name="image")
+    x = keras.ops.concatenate([_flip(image, v) for v in range(TTA_VIEWS)]) if tta else image
     present = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None]
-    _, taps = _apply_with_taps(model, image, ["pool:input", "pool", *present])
+    _, taps = _apply_with_taps(model, x, ["pool:input", "pool", *present])
     maps, pooled = taps["pool:input"], taps["pool"]
     probes = [keras.layers.GlobalAveragePooling2D(name=f"probe_{n}")(taps[n]) for n in present]
     features = keras.layers.Concatenate(name="probes")([*probes, pooled]) if probes else pooled
     head = _find_layer(model, "head")
-    logits = keras.layers.Dense(head.units, name="logits")(pooled)
+    dense = keras.layers.Dense(head.units, name="logits")
+    logits = dense(pooled)
+    if tta:
+        logits, features = _view_mean(logits), _view_mean(features)
+        views = _by_view(maps)
+        maps = keras.ops.mean(keras.ops.stack([_flip(views[v], v) for v in range(TTA_VIEWS)]),
+                              axis=0)
     served = keras.Model(image, [logits, features, maps], name="hematovision_serving")
-    served.get_layer("logits").set_weights(head.get_weights())
+    dense.set_weights(head.get_weights())
     return served
+
+
+def _flip(images, view: int):
+    """View 0: as is; 1: left-right; 2: up-down; 3: both (its own inverse, so it also undoes)."""
+    if view & 1:
+        images = keras.ops.flip(images, axis=2)
+    if view & 2:
+        images = keras.ops.flip(images, axis=1)
+    return images
+
+
+def _by_view(batch):
+    """(views * n, ...) stacked view by view -> (views, n, ...)."""
+    return keras.ops.reshape(batch, (TTA_VIEWS, -1, *batch.shape[1:]))
+
+
+def _view_mean(batch):
+    return keras.ops.mean(_by_view(batch), axis=0)
 
 
 def probe_layout(model: keras.Model) -> list[dict]:
@@ -101,20 +134,22 @@ def _apply_with_taps(model: keras.Model, x, wanted: list[str]):
     return x, taps
 
 
-def convert_to_tflite(model: keras.Model, path: Path) -> None:
+def convert_to_tflite(model: keras.Model, path: Path, tta: bool = True) -> None:
     """float32 LiteRT flatbuffer (int8 was slower on this CPU, see README)."""
     # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
     # models for Keras 3 (its variables were not captured); check_export guards against it.
-    Path(path).write_bytes(tf.lite.TFLiteConverter.from_keras_model(serving_model(model)).convert())
+    converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, tta))
+    Path(path).write_bytes(converter.convert())
 
 
-def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
-    """Max abs probability difference between Keras and the served LiteRT file on a fixed batch
-    (before any calibration: the temperature is fitted after this check)."""
+def check_export(model: keras.Model, model_dir: Path, tta: bool = True, seed: int = 0) -> float:
+    """Max abs probability difference between the trained Keras model (its softmax, averaged
+    over the flipped views in logit space with `tta`) and the served LiteRT file on a fixed
+    batch (before any calibration: the temperature is fitted after this check)."""
     rng = np.random.default_rng(seed)
     size = model.input_shape[1]
     batch = rng.uniform(-1, 1, (8, size, size, 3)).astype(np.float32)
-    expected = model.predict(batch, verbose=0)
+    expected = reference_probabilities(model, batch, tta)
     served = softmax(Predictor(model_dir).forward(batch).logits)
     difference = float(np.max(np.abs(expected - served)))
     if not difference <= TOLERANCE:  # also catches NaN
@@ -122,8 +157,21 @@ def check_export(model: keras.Model, model_dir: Path, seed: int = 0) -> float:
     return difference
 
 
-def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "none") -> dict:
-    """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card."""
+def reference_probabilities(model: keras.Model, batch: np.ndarray, tta: bool = True
+                            ) -> np.ndarray:
+    """What the served model must compute, from the trained Keras model itself: its softmax,
+    or with `tta` the softmax of its logits averaged over the four flipped views."""
+    views = [batch, batch[:, :, ::-1], batch[:, ::-1], batch[:, ::-1, ::-1]] if tta else [batch]
+    # log-probabilities are logits up to a per-image constant, which the softmax ignores
+    log_p = [np.log(np.maximum(model.predict(np.ascontiguousarray(v), verbose=0), 1e-30))
+             for v in views]
+    return softmax(np.mean(log_p, axis=0))
+
+
+def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "none",
+                 tta: bool = True) -> dict:
+    """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card.
+    `tta`: serve with test-time augmentation (see `serving_model`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A clone carries the weights without the training optimizer's state (2x the size).
@@ -131,7 +179,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     clean.set_weights(model.get_weights())
     model = clean
     model.save(out_dir / KERAS_FILE)
-    convert_to_tflite(model, out_dir / SERVING_FILE)
+    convert_to_tflite(model, out_dir / SERVING_FILE, tta)
     size = int(model.input_shape[1])
     card = {
         "name": out_dir.name,
@@ -146,6 +194,10 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
             "function": "hematovision.preprocess.preprocess",
         },
         "files": {"keras": KERAS_FILE, "serving": SERVING_FILE},
+        "test_time_augmentation": {
+            "views": ["as is", "flipped left-right", "flipped up-down", "both"],
+            "combined": "mean of the logits (and of the unfamiliarity features and maps)",
+        } if tta else None,
         # The served unfamiliarity features, layer by layer (see serving_model).
         "unfamiliarity_features": probe_layout(model),
         **card,
@@ -153,7 +205,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     }
     write_card(out_dir, card)
     card["export_check"] = {
-        "max_abs_probability_difference_litert_vs_keras": check_export(model, out_dir),
+        "max_abs_probability_difference_litert_vs_keras": check_export(model, out_dir, tta),
         "tolerance": TOLERANCE,
     }
     write_card(out_dir, card)
@@ -165,7 +217,7 @@ def write_card(model_dir: Path, card: dict) -> None:
 
 
 def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
-               expects: str = "", trust: bool = True) -> Path:
+               expects: str = "", trust: bool = True, tta: bool = True) -> Path:
     """Export the model of a training run folder to `root/name`, with its config and split,
     then fit its trust layer on the run's training and validation images."""
     run_dir = Path(run_dir)
@@ -201,7 +253,7 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "validation": summary["validation"],
         "metrics": {},
     }
-    export_model(model, out_dir, card, crop=config.get("crop", "none"))
+    export_model(model, out_dir, card, crop=config.get("crop", "none"), tta=tta)
     if not in_place:
         for file in RUN_FILES:
             if (run_dir / file).is_file():
@@ -238,9 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-trust", dest="trust", action="store_false",
                         help="skip fitting the trust layer (calibration, abstention, unfamiliar "
                              "images); `python -m training.calibrate` can fit it later")
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="serve one view per image instead of the mean over four flips "
+                             "(4x faster, less accurate)")
     args = parser.parse_args(argv)
     print(export_run(args.run_dir, args.name, args.root, args.description, args.expects,
-                     args.trust))
+                     args.trust, args.tta))
 
 
 if __name__ == "__main__":

@@ -110,6 +110,21 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def tta_table(root: Path = MODELS_ROOT) -> str:
+    """Validation accuracy of one view (from training) and as served (from calibration)."""
+    lines = ["| model | validation images | one view (training) | as served | served views |",
+             "|---|---|---|---|---|"]
+    for name in available_models(root):
+        card = read_card(root / name)
+        served = (card.get("trust") or {}).get("validation")
+        if not served or "accuracy" not in card.get("validation", {}):
+            continue
+        views = len((card.get("test_time_augmentation") or {}).get("views", [])) or 1
+        lines.append(f"| `{name}` | {served['n']} | {card['validation']['accuracy']:.4f} | "
+                     f"{served['accuracy']:.4f} | {views} |")
+    return "\n".join(lines)
+
+
 def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
     """Share of each unfamiliar-image set flagged not_a_cell (and unidentified), per model."""
     names = [n for n in available_models(root) if "unfamiliar" in read_card(root / n)["metrics"]]
@@ -152,7 +167,8 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             "> benchmarks/results/inference.json",
             "```",
             "",
-            "| per 224x224 image | serving (LiteRT, XNNPACK) | Keras `model.predict` | ratio |",
+            "| per 224x224 image (all views) | serving (LiteRT, XNNPACK) | Keras `model.predict` "
+            "| ratio |",
             "|---|---|---|---|",
             f"| median latency, batch 1 | {r['serving_ms_per_image']:.2f} ms | "
             f"{r['keras_predict_ms_per_image']:.1f} ms | {r['speedup_single_image']}x |",
@@ -173,7 +189,11 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                 f"ms ({r['heat_map_cost_ratio']}x the plain prediction, paid only when a map is "
                 f"asked for). With numpy's BLAS threaded (its default) instead of one thread, "
                 f"the plain prediction takes {r['prediction_ms_per_image_threaded_blas']:.2f} ms "
-                f"({r['one_blas_thread_speedup']}x).",
+                f"({r['one_blas_thread_speedup']}x)."
+                + (f" Test-time augmentation (four flipped views per image): a one-view "
+                   f"prediction takes {r['prediction_ms_per_image_one_view']:.2f} ms, so the "
+                   f"flips cost {r['tta_cost_ratio']}x." if r.get("test_time_augmentation")
+                   else ""),
                 "",
             ]
     if load.is_file():
@@ -223,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_table(rows))
     else:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
-                  "trust": trust_table(), "unfamiliar": unfamiliar_table()}
+                  "trust": trust_table(), "unfamiliar": unfamiliar_table(), "tta": tta_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():
