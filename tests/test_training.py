@@ -172,3 +172,15 @@ def test_tta_serves_the_mean_of_four_flips_and_can_be_turned_off(trained_run, tm
     mirrored = Predictor(with_tta).forward(np.ascontiguousarray(x[:, :, ::-1]),
                                            feature_maps=True).feature_maps
     np.testing.assert_allclose(mirrored, maps[:, :, ::-1], atol=1e-4)
+
+
+def test_colour_jitter_can_be_left_out_of_the_augmentation():
+    from training.features import build_augmenter
+
+    with_colour = [type(layer).__name__ for layer in build_augmenter(0).layers]
+    without = [type(layer).__name__ for layer in build_augmenter(0, colour=False).layers]
+    assert without == ["RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation"]
+    assert with_colour == without + ["RandomHue", "RandomSaturation", "RandomBrightness",
+                                     "RandomContrast"]
+    assert TrainConfig().colour_jitter is True
+    assert train.parse_args(["--data", "d", "--no-colour-jitter"])[0].colour_jitter is False

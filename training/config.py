@@ -23,6 +23,8 @@ class TrainConfig:
     unassigned: str = "refit"  # images with no known source: refit (train only in the final
     #   refit on all data, never next to validation) | drop
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
+    colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
+    #   differences between labs); --no-colour-jitter keeps the geometric augmentation only
     batch_size: int = 64  # mini-batch size for the tuned layers
     epochs: int = 30  # upper bound; early stopping on validation loss decides
     patience: int = 4  # epochs without validation-loss improvement before stopping

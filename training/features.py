@@ -22,26 +22,26 @@ from hematovision.preprocess import preprocess
 VALUE_RANGE = (-1.0, 1.0)  # the preprocessed input range (MobileNetV2 scaling)
 
 
-def build_augmenter(seed: int) -> keras.Sequential:
-    """Geometric and stain/colour augmentation on preprocessed [-1, 1] images.
+def build_augmenter(seed: int, colour: bool = True) -> keras.Sequential:
+    """Geometric and (with `colour`) stain/colour augmentation on preprocessed [-1, 1] images.
 
     Smears have no preferred orientation (any rotation, both flips); zoom and shift mimic
     different crops; hue, saturation, brightness and contrast jitter mimic stain and
     illumination differences between labs.
     """
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
-            keras.layers.RandomHue(0.05, value_range=VALUE_RANGE, seed=seed + 4),
-            keras.layers.RandomSaturation((0.35, 0.65), value_range=VALUE_RANGE, seed=seed + 5),
-            keras.layers.RandomBrightness(0.15, value_range=VALUE_RANGE, seed=seed + 6),
-            keras.layers.RandomContrast(0.2, value_range=VALUE_RANGE, seed=seed + 7),
-        ],
-        name="augment",
-    )
+    geometric = [
+        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+    ]
+    colours = [
+        keras.layers.RandomHue(0.05, value_range=VALUE_RANGE, seed=seed + 4),
+        keras.layers.RandomSaturation((0.35, 0.65), value_range=VALUE_RANGE, seed=seed + 5),
+        keras.layers.RandomBrightness(0.15, value_range=VALUE_RANGE, seed=seed + 6),
+        keras.layers.RandomContrast(0.2, value_range=VALUE_RANGE, seed=seed + 7),
+    ]
+    return keras.Sequential(geometric + (colours if colour else []), name="augment")
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -61,19 +61,21 @@ def cached_features(
     crop: str = "none",
     batch_size: int = 64,
     label: str = "",
+    colour_jitter: bool = True,
 ) -> np.ndarray:
     """Cut-layer activations of `paths`; view 0 is the clean image, view k>0 augmented."""
     key = hashlib.sha256(
         "\n".join(
             [weights_digest(bottom), str(view), str(seed), str(input_size)]
             + ([f"crop={crop}"] if crop != "none" else [])
+            + (["colour_jitter=False"] if view and not colour_jitter else [])
             + [str(Path(p).resolve()) for p in paths]
         ).encode()
     ).hexdigest()[:20]
     cache_file = Path(cache_dir) / f"features-{key}.npy"
     if cache_file.is_file():
         return np.load(cache_file)
-    augment = build_augmenter(seed * 1000 + view) if view else None
+    augment = build_augmenter(seed * 1000 + view, colour_jitter) if view else None
     forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
     out = np.zeros((len(paths), *bottom.output_shape[1:]), dtype=np.float16)
     start = time.time()

@@ -58,7 +58,7 @@ def train(config: TrainConfig) -> Path:
     all_views = [
         cached_features(classifier.bottom, dataset.paths(used), view, config.seed,
                         config.input_size, Path(config.cache_dir), config.crop,
-                        label=root.name)
+                        label=root.name, colour_jitter=config.colour_jitter)
         for view in range(config.views)
     ]
     position = {f: i for i, f in enumerate(used)}
