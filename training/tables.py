@@ -31,6 +31,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "initialisation": summary["initialisation"],
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
+            "label_smoothing": config.get("label_smoothing", 0.0),
             "best_epoch": summary["best_epoch"],
             "val_accuracy": summary["validation"].get("accuracy"),
             "val_balanced_accuracy": summary["validation"].get("balanced_accuracy"),
@@ -52,13 +53,14 @@ def _init_label(weights: str) -> str:
 
 
 def ablation_table(rows: list[dict]) -> str:
-    lines = ["| initialisation | crop | tuned blocks | views | colour jitter | unassigned images "
-             "| best epoch | val accuracy | val balanced acc. | val images | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
+             "| unassigned images | best epoch | val accuracy | val balanced acc. | val images "
+             "| train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
         lines.append(f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
-                     f"{jitter} | {r['unassigned']} | "
+                     f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
                      f"{r['best_epoch']} | {r['val_accuracy']:.4f} | "
                      f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                      f"{r['train_seconds']:.0f} |")
