@@ -10,7 +10,7 @@ maps, side by side) and, on request, the last feature maps themselves. The fitte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,6 @@ class Trust:
     layers: tuple[LayerGaussians, ...] = ()  # unfamiliarity: one Gaussian model per layer
     head_kernel: np.ndarray | None = None  # (embedding, classes): the dense head, for CAMs
     head_bias: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # the card's "trust" section
 
     @property
     def fitted(self) -> bool:
@@ -115,7 +114,6 @@ class Trust:
                 layers=layers,
                 head_kernel=arrays["head_kernel"].astype(np.float64),
                 head_bias=arrays["head_bias"].astype(np.float64),
-                info=section,
             )
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
