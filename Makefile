@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test serve browser-deps lint
+.PHONY: run test serve browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

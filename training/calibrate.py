@@ -27,7 +27,6 @@ import numpy as np
 from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
 from hematovision.trust import LayerGaussians, layer_distances, save_trust_arrays, softmax
-from training import data as data_lib
 
 ECE_BINS = 15
 TARGET_ACCURACY = 0.99  # accepted cells should be right at least this often (on validation)
