@@ -85,8 +85,9 @@ def classify_files(
 
 def forward_files(predictor: Predictor, paths: list[Path], progress: bool = False
                   ) -> tuple[Outputs, list[bool]]:
-    """The served network's raw outputs (logits, unfamiliarity features) for the readable files, and which
-    files were readable; for fitting and evaluating the trust layer on exactly the serving path."""
+    """The served network's raw outputs (logits, unfamiliarity features) for the readable
+    files, and which files were readable; for fitting and evaluating the trust layer on exactly
+    the serving path."""
     meter = _Progress(len(paths), progress)
     parts, readable = [], []
     for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop):
@@ -97,8 +98,8 @@ def forward_files(predictor: Predictor, paths: list[Path], progress: bool = Fals
         meter.advance(len(chunk))
     meter.close()
     if not parts:
-        empty = np.zeros((0, len(predictor.classes)), np.float32)
-        return Outputs(empty, np.zeros((0, 0), np.float32)), readable
+        size = predictor.input_size
+        return predictor.forward(np.zeros((0, size, size, 3), np.float32)), readable
     return Outputs(np.concatenate([p.logits for p in parts]),
                    np.concatenate([p.features for p in parts])), readable
 

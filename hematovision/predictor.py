@@ -170,13 +170,19 @@ class Predictor:
     def explain(self, array: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
         """Prediction and class activation map ((h, w) in [0, 1]) of one preprocessed image;
         the map is None when the model folder has no head weights (no trust layer fitted)."""
-        outputs = self.forward(array[None], feature_maps=True)
-        prediction = self.predictions(outputs)[0]
-        if self.trust.head_kernel is None:
-            return prediction, None
-        label = self.classes.index(prediction.label)
-        return prediction, class_activation_map(outputs.feature_maps[0], self.trust.head_kernel,
-                                                 label)
+        return self.explain_arrays([array])[0]
+
+    def explain_arrays(self, arrays: Sequence[np.ndarray]
+                       ) -> list[tuple[Prediction, np.ndarray | None]]:
+        """`explain` for preprocessed arrays, in one batched forward pass."""
+        if not len(arrays):
+            return []
+        outputs = self.forward(np.stack(arrays), feature_maps=True)
+        predictions = self.predictions(outputs)
+        kernel = self.trust.head_kernel
+        return [(p, None if kernel is None else
+                 class_activation_map(maps, kernel, self.classes.index(p.label)))
+                for p, maps in zip(predictions, outputs.feature_maps)]
 
     def predictions(self, outputs: Outputs) -> list[Prediction]:
         probabilities = self.trust.probabilities(outputs.logits)

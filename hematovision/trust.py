@@ -4,8 +4,9 @@ unfamiliar-image detection and class activation maps.
 Everything here is numpy on the two outputs the served model gives besides its logits: the
 unfamiliarity features (global averages of a few intermediate layers and of the last feature
 maps, side by side) and, on request, the last feature maps themselves. The fitted values
-(temperature, thresholds, per-layer class means and whitening matrices, head weights) are written at export by `training.calibrate` into the model card and
-`trust.npz`, and read back here; a model folder without them serves uncalibrated, never flags.
+(temperature, thresholds, per-layer class means and whitening matrices, head weights) are
+written at export by `training.calibrate` into the model card and `trust.npz`, and read back
+here; a model folder without them serves uncalibrated, never flags.
 """
 
 from __future__ import annotations

@@ -21,12 +21,14 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
-from hematovision.trust import LayerGaussians, layer_distances, save_trust_arrays, softmax
+from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
+                                layer_distances, save_trust_arrays, softmax)
 
 ECE_BINS = 15
 TARGET_ACCURACY = 0.99  # accepted cells should be right at least this often (on validation)
@@ -87,6 +89,20 @@ def confidence_threshold(confidence: np.ndarray, correct: np.ndarray,
     boundary = np.append(ranked[1:] < ranked[:-1], True)
     ok = np.nonzero((accuracy >= target) & boundary)[0]
     return float(ranked[ok[-1]]) if len(ok) else 1.0
+
+
+def status_rates(statuses: Sequence[str], correct: np.ndarray | None = None) -> dict:
+    """Share of each status and, given which answers were right, the accuracy of the accepted
+    ones (None when none was accepted)."""
+    status = np.asarray(statuses)
+    n = max(len(status), 1)
+    rates = {f"{s}_rate": round(float(np.sum(status == s)) / n, 4)
+             for s in (ACCEPTED, UNIDENTIFIED, NOT_A_CELL)}
+    if correct is not None:
+        accepted = status == ACCEPTED
+        rates["accuracy_accepted"] = (round(float(np.asarray(correct)[accepted].mean()), 4)
+                                      if accepted.any() else None)
+    return rates
 
 
 def fit_class_gaussians(embeddings: np.ndarray, labels: np.ndarray, num_classes: int
@@ -169,9 +185,9 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     # Rounded (up: never looser) as the card stores them, so the validation figures below are
     # those of the rule as served.
     ood_threshold = round_up(float(np.quantile(scores, ood_quantile)))
-    familiar = scores <= ood_threshold
-    accepted = familiar & (confidence >= threshold)
     kernel, bias = head_weights(model_dir)
+    trust = Trust(temperature, threshold, ood_threshold, tuple(layers), kernel, bias)
+    rates = status_rates([trust.status(c, s) for c, s in zip(confidence, scores)], correct)
     save_trust_arrays(model_dir, layers, kernel, bias)
 
     refit = bool(card.get("training", {}).get("refit_on_all_training_data"))
@@ -207,10 +223,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
             "nll_after": round(nll(val_out.logits, val_labels, temperature), 4),
             "ece_before": round(reliability(softmax(val_out.logits), val_labels)["ece"], 4),
             "ece_after": round(reliability(calibrated, val_labels)["ece"], 4),
-            "accepted_rate": round(float(accepted.mean()), 4),
-            "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any()
-            else None,
-            "not_a_cell_rate": round(float((~familiar).mean()), 4),
+            **{k: rates[k] for k in ("accepted_rate", "accuracy_accepted", "not_a_cell_rate")},
         },
         "files": {"arrays": "trust.npz"},
     }

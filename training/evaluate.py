@@ -21,9 +21,9 @@ import numpy as np
 
 from hematovision.batch import forward_files
 from hematovision.predictor import MODELS_ROOT, Predictor, read_card
-from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, softmax
+from hematovision.trust import softmax
 from training import data as data_lib
-from training.calibrate import ECE_BINS, nll, reliability
+from training.calibrate import ECE_BINS, nll, reliability, status_rates
 from training.report import plot_confusion, plot_reliability
 
 
@@ -117,7 +117,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         "nll_before": round(nll(outputs.logits, y_true), 4),
         "nll_after": round(nll(outputs.logits, y_true, predictor.trust.temperature), 4),
     }
-    metrics["trust"] = trust_metrics(predictions, y_pred, y_true)
+    metrics["trust"] = status_rates([p.status for p in predictions], np.array(y_pred) == y_true)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
         data_lib.assign_groups(dataset, source_map)
@@ -133,20 +133,6 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     plot_reliability(before, after, predictor.trust.temperature, out_dir / "reliability.png",
                      title=title)
     return metrics
-
-
-def trust_metrics(predictions: list, y_pred: list[int], y_true: np.ndarray) -> dict:
-    """How often each status was given, and how accurate the accepted answers were."""
-    n = max(len(predictions), 1)
-    status = np.array([p.status for p in predictions])
-    correct = np.array(y_pred) == y_true
-    accepted = status == ACCEPTED
-    return {
-        "accepted_rate": round(float(accepted.sum() / n), 4),
-        "unidentified_rate": round(float((status == UNIDENTIFIED).sum() / n), 4),
-        "not_a_cell_rate": round(float((status == NOT_A_CELL).sum() / n), 4),
-        "accuracy_accepted": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
-    }
 
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:

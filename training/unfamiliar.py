@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hematovision.batch import classify_files
 from hematovision.predictor import MODELS_ROOT, Predictor, read_card
-from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
 from training import data as data_lib
+from training.calibrate import status_rates
 
 NATURAL_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket",
                   "hubble_deep_field", "clock", "brick", "grass", "gravel", "retina", "page",
@@ -129,10 +129,7 @@ def _predict_in_batches(predictor: Predictor, images: list[Image.Image], size: i
 
 
 def _rates(statuses: list[str]) -> dict:
-    n = max(len(statuses), 1)
-    return {"n": len(statuses),
-            **{f"{s}_rate": round(statuses.count(s) / n, 4)
-               for s in (NOT_A_CELL, UNIDENTIFIED, ACCEPTED)}}
+    return {"n": len(statuses), **status_rates(statuses)}
 
 
 def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,

@@ -57,18 +57,16 @@ def classify(
 ) -> list[dict[str, Any]]:
     """Results in upload order, in the predict CLI's JSON line format; with `explain`, each
     classified result also gets its heat map as "cam" (None when the model has none)."""
-    if explain:
-        # One explain call per image yields both its prediction and its map: the feature maps
-        # come out of the same forward pass, so the images are not run twice.
-        pairs = [predictor.explain(d.array) if d.array is not None else (None, None)
-                 for d in decoded]
-    else:
-        pairs = [(p, None) for p in predictor.predict_each([d.array for d in decoded])]
+    arrays = [d.array for d in decoded if d.array is not None]
+    # With `explain`, the maps come out of the same batched forward pass as the predictions.
+    answers = iter(predictor.explain_arrays(arrays) if explain else
+                   [(p, None) for p in predictor.predict_images_arrays(arrays)])
     results = []
-    for d, (prediction, cam) in zip(decoded, pairs, strict=True):
-        if prediction is None:
+    for d in decoded:
+        if d.array is None:
             results.append({"file": d.file, "error": d.error})
             continue
+        prediction, cam = next(answers)
         result = {"file": d.file, **prediction.to_dict()}
         if explain:
             result["cam"] = heatmap.to_json(d.array, cam) if cam is not None else None

@@ -79,17 +79,17 @@ def status(result: dict) -> str | None:
 @bp.app_template_filter("fixed")
 def fixed(value, digits: int = 4) -> str:
     """A card or score number with `digits` decimals; a dash where the card has none."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "—"
-    return f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if _is_number(value) else "—"
 
 
 @bp.app_template_filter("pct")
 def pct(value) -> str:
-    """A 0..1 rate as a percentage with one decimal; a dash where the card has none."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "—"
-    return f"{value * 100:.1f} %"
+    """A 0..1 share as a percentage with one decimal; a dash where the card has none."""
+    return f"{value * 100:.1f} %" if _is_number(value) else "—"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @bp.get("/")
