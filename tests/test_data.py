@@ -106,3 +106,17 @@ def test_saved_split_records_counts(tmp_path):
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["counts"]["unassigned"] == 12
     assert saved["groups"]["train"] + saved["groups"]["val"] == 24
+
+
+def test_extra_data_keeps_the_shared_classes_mapped_to_the_main_indices(tmp_path):
+    for name in ("monocyte", "eosinophil", "platelet"):  # platelet is not one of CLASSES
+        for i in range(2):
+            make_image(tmp_path / "pbc" / name / f"{name}_{i}.webp", (90, 60, 160), fmt="WEBP")
+    make_image(tmp_path / "more" / "lymphocyte" / "l.png", (60, 60, 200), fmt="PNG")
+    paths, labels = data_lib.list_extra(f"{tmp_path / 'pbc'}, {tmp_path / 'more'}", CLASSES)
+    names = [(p.parent.name, CLASSES[y]) for p, y in zip(paths, labels)]
+    assert names == [("eosinophil", "eosinophil")] * 2 + [("monocyte", "monocyte")] * 2 + [
+        ("lymphocyte", "lymphocyte")]
+    assert data_lib.list_extra("", CLASSES) == ([], [])
+    with pytest.raises(SystemExit, match="no images of the classes"):
+        data_lib.list_extra(str(tmp_path / "pbc" / "platelet" / ".."), ["basophil"])

@@ -45,3 +45,27 @@ def test_documented_commands_exist_and_have_help(capsys):
             module.main(["--help"])
         assert exit_info.value.code == 0
         assert "example:" in capsys.readouterr().out, name
+
+
+def test_ablation_rows_name_the_extra_training_data(tmp_path):
+    import json
+
+    from training.config import TrainConfig
+    from training.tables import ablation_table, collect_ablation
+
+    runs = []
+    for name, extra, images in (("plain", "", 0), ("mixed", "../shared/data/pbc", 9080)):
+        run = tmp_path / name
+        run.mkdir()
+        TrainConfig(data="d", extra_data=extra).save(run / "config.json")
+        (run / "summary.json").write_text(json.dumps({
+            "initialisation": "random", "best_epoch": 2, "train_seconds": 12.0,
+            "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8},
+            **({"extra_training_images": images} if images else {})}))
+        runs.append(run)
+    rows = collect_ablation(runs)
+    assert [r["extra_data"] for r in rows] == ["none", "pbc (9080)"]
+    lines = ablation_table(rows).splitlines()
+    assert "| extra training images |" in lines[0]
+    assert lines[0].count("|") == lines[1].count("|") == lines[3].count("|")
+    assert "| pbc (9080) | 2 | 0.5000 |" in lines[3]

@@ -5,6 +5,7 @@ are not allowed by the serving contract, so 224 px with very few images).
 """
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -184,3 +185,24 @@ def test_colour_jitter_can_be_left_out_of_the_augmentation():
                                      "RandomContrast"]
     assert TrainConfig().colour_jitter is True
     assert train.parse_args(["--data", "d", "--no-colour-jitter"])[0].colour_jitter is False
+
+
+def test_extra_data_only_adds_training_images(trained_run, tmp_path):
+    from tests.conftest import make_image
+
+    base, plain_run = trained_run
+    for name, color in zip(CLASSES[:2] + ["platelet"], CELL_COLORS[:3]):
+        for i in range(3):
+            make_image(tmp_path / "extra" / name / f"x_{i}.png", color, fmt="PNG")
+    config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                         seed=3, extra_data=str(tmp_path / "extra"))
+    run_dir = train.train(config)
+    splits = json.loads((run_dir / "splits.json").read_text())
+    plain = json.loads((plain_run / "splits.json").read_text())
+    assert (splits["train"], splits["val"]) == (plain["train"], plain["val"])
+    assert sorted(Path(p).parent.name for p in splits["extra_train"]) == \
+        sorted(CLASSES[:2] * 3)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["extra_training_images"] == 6
+    assert json.loads((run_dir / "config.json").read_text())["extra_data"] == config.extra_data

@@ -22,6 +22,9 @@ class TrainConfig:
     source_map: str = "auto"  # CSV mapping files to source smears: auto | none | PATH
     unassigned: str = "refit"  # images with no known source: refit (train only in the final
     #   refit on all data, never next to validation) | drop
+    extra_data: str = ""  # training-only ImageFolder root(s), comma-separated, from another
+    #   source (e.g. PBC single cells for the Kaggle model): classes are matched by folder name,
+    #   other classes are ignored; never used for validation, early stopping or calibration
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
     colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
     #   differences between labs); --no-colour-jitter keeps the geometric augmentation only

@@ -55,6 +55,23 @@ def list_image_folder(root: Path, max_per_class: int = 0) -> Dataset:
     return Dataset(root, classes, files, labels)
 
 
+def list_extra(setting: str, classes: list[str], max_per_class: int = 0
+               ) -> tuple[list[Path], list[int]]:
+    """Paths and labels (indices into `classes`) of the images under the comma-separated
+    ImageFolder roots in `setting`; folders of other classes are left out."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for root in (Path(part.strip()) for part in setting.split(",") if part.strip()):
+        extra = list_image_folder(root, max_per_class)
+        kept = [(f, extra.classes[y]) for f, y in zip(extra.files, extra.labels)
+                if extra.classes[y] in classes]
+        if not kept:
+            raise SystemExit(f"{root} has no images of the classes {classes}")
+        paths += [root / f for f, _ in kept]
+        labels += [classes.index(name) for _, name in kept]
+    return paths, labels
+
+
 def find_source_map(root: Path, setting: str) -> Path | None:
     if setting == "none":
         return None

@@ -32,6 +32,8 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
             "label_smoothing": config.get("label_smoothing", 0.0),
+            "extra_data": _extra_label(config.get("extra_data", ""),
+                                       summary.get("extra_training_images", 0)),
             "best_epoch": summary["best_epoch"],
             "val_accuracy": summary["validation"].get("accuracy"),
             "val_balanced_accuracy": summary["validation"].get("balanced_accuracy"),
@@ -52,16 +54,21 @@ def _init_label(weights: str) -> str:
     return f"HematoVision run {path.parent.name}, trained on {Path(data).name}"
 
 
+def _extra_label(setting: str, images: int) -> str:
+    names = [Path(part.strip()).name for part in setting.split(",") if part.strip()]
+    return f"{', '.join(names)} ({images})" if names else "none"
+
+
 def ablation_table(rows: list[dict]) -> str:
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| unassigned images | best epoch | val accuracy | val balanced acc. | val images "
-             "| train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| unassigned images | extra training images | best epoch | val accuracy "
+             "| val balanced acc. | val images | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
         lines.append(f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
                      f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
-                     f"{r['best_epoch']} | {r['val_accuracy']:.4f} | "
+                     f"{r.get('extra_data', 'none')} | {r['best_epoch']} | {r['val_accuracy']:.4f} | "
                      f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                      f"{r['train_seconds']:.0f} |")
     return "\n".join(lines)

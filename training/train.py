@@ -42,6 +42,11 @@ def train(config: TrainConfig) -> Path:
     dataset = data_lib.list_image_folder(root, config.max_per_class)
     data_lib.assign_groups(dataset, data_lib.find_source_map(root, config.source_map))
     split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
+    # Training-only images from another source: more distinct cells of the same types, which a
+    # dataset made of a few hundred augmented smears lacks most. Never validated on.
+    extra_paths, y_extra_files = data_lib.list_extra(config.extra_data, dataset.classes,
+                                                     config.max_per_class)
+    split["extra_train"] = [str(p) for p in extra_paths]
     data_lib.save_split(split, run_dir / "splits.json", dataset)
     label_of = dataset.label_of()
     log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
@@ -69,6 +74,14 @@ def train(config: TrainConfig) -> Path:
         return x, np.array([label_of[f] for f in files] * views)
 
     x_train, y_train = features(split["train"], config.views)
+    x_extra = np.concatenate([np.zeros((0, *classifier.bottom.output_shape[1:]), np.float16)] + [
+        cached_features(classifier.bottom, extra_paths, view, config.seed, config.input_size,
+                        Path(config.cache_dir), config.crop, label="extra",
+                        colour_jitter=config.colour_jitter)
+        for view in range(config.views if extra_paths else 0)
+    ])
+    y_extra = np.array(y_extra_files * config.views, dtype=np.int64)
+    x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
     x_val, y_val = features(split["val"], 1)
     initial_weights = [w.numpy() for w in classifier.trainable.weights]
 
@@ -86,6 +99,7 @@ def train(config: TrainConfig) -> Path:
         for w, value in zip(classifier.trainable.weights, initial_weights):
             w.assign(value)
         x_all, y_all = features(refit_files, config.views)
+        x_all, y_all = np.concatenate([x_all, x_extra]), np.concatenate([y_all, y_extra])
         fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv")
 
     classifier.full.save(run_dir / "model.keras")
@@ -101,6 +115,7 @@ def train(config: TrainConfig) -> Path:
                        "views_per_file": config.views},
         "train_seconds": round(time.time() - started, 1),
         "counts": {k: len(v) for k, v in split.items()},
+        "extra_training_images": len(extra_paths),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"run folder {run_dir} ({summary['train_seconds']} s)")
