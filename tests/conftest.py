@@ -89,6 +89,21 @@ def trusted_model_dir(tmp_path_factory, tiny_keras_model) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(base folder, run folder) of a real one-epoch training run on 4 x 4 generated images."""
+    from training import train
+    from training.config import TrainConfig
+
+    base = tmp_path_factory.mktemp("train")
+    for name, color in zip(CLASSES, CELL_COLORS):
+        for i in range(4):
+            make_image(base / "data" / name / f"{name}_{i}.jpg", color)
+    config = TrainConfig(data=str(base / "data"), out=str(base / "runs"), views=2, epochs=1,
+                         batch_size=8, val_fraction=0.25, cache_dir=str(base / "cache"), seed=3)
+    return base, train.train(config)
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """An ImageFolder tree: 4 classes x 6 images, each class its own colour."""

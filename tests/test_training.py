@@ -18,19 +18,6 @@ from training.config import TrainConfig
 from tests.conftest import CELL_COLORS, CLASSES
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from tests.conftest import make_image
-
-    base = tmp_path_factory.mktemp("train")
-    for name, color in zip(CLASSES, CELL_COLORS):
-        for i in range(4):
-            make_image(base / "data" / name / f"{name}_{i}.jpg", color)
-    config = TrainConfig(data=str(base / "data"), out=str(base / "runs"), views=2, epochs=1,
-                         batch_size=8, val_fraction=0.25, cache_dir=str(base / "cache"), seed=3)
-    return base, train.train(config)
-
-
 def test_run_folder_holds_everything_needed_to_reproduce(trained_run):
     _, run_dir = trained_run
     for name in ("config.json", "splits.json", "metrics.csv", "curves.png", "model.keras",

@@ -8,9 +8,11 @@ Runs at export (`training.export`) and on demand. Everything is fitted through t
   and a shared covariance (Ledoit-Wolf shrinkage) from the training images: the unfamiliar-image
   score is the largest over the layers of the squared Mahalanobis distance to the nearest class
   mean, each layer's divided by its median on validation;
-- on validation: the temperature (minimum negative log-likelihood), the abstention threshold
-  (smallest calibrated confidence at which the accepted images reach the target accuracy) and
-  the unfamiliar-image threshold (a high quantile of the validation images' distances).
+- the temperature (minimum negative log-likelihood) and the abstention threshold (smallest
+  calibrated confidence at which the accepted images reach the target accuracy): on the
+  out-of-fold logits of `training.crossfit` where the folder has them, else on validation;
+- on validation: the unfamiliar-image threshold (a high quantile of the validation images'
+  distances), and the figures that check the whole fit.
 Writes `trust.npz` and the card's "trust" section; the test sets are never read here.
 """
 
@@ -29,6 +31,7 @@ from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
                                 layer_distances, save_trust_arrays, softmax)
+from training import crossfit
 
 ECE_BINS = 15
 TARGET_ACCURACY = 0.99  # accepted cells should be right at least this often (on validation)
@@ -170,11 +173,19 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     log(f"calibrating on {len(split['val'])} validation images")
     val_out, val_labels = labelled_outputs(predictor, root, split["val"], progress)
 
-    temperature = fit_temperature(val_out.logits, val_labels)
+    # Out-of-fold logits (training.crossfit), where the folder has them, cover every training
+    # smear instead of the few validation ones; the model's own validation images then check
+    # the fit below.
+    oof = crossfit.load(model_dir, tta=card.get("test_time_augmentation") is not None)
+    fit_logits, fit_truth = (oof["logits"], oof["labels"]) if oof else (val_out.logits, val_labels)
+    temperature = fit_temperature(fit_logits, fit_truth)
+    fitted_probabilities = softmax(fit_logits, temperature)
+    threshold = round_up(confidence_threshold(fitted_probabilities.max(axis=1),
+                                              fitted_probabilities.argmax(axis=1) == fit_truth,
+                                              target))
     calibrated = softmax(val_out.logits, temperature)
     confidence = calibrated.max(axis=1)
     correct = calibrated.argmax(axis=1) == val_labels
-    threshold = round_up(confidence_threshold(confidence, correct, target))
     # Each layer's distances are divided by their validation median, so that the score (the
     # largest over the layers) weighs a 24-d and a 1280-d layer alike; ~1 for a typical image.
     unscaled = [LayerGaussians(means, whitening) for means, whitening, _ in fitted]
@@ -196,7 +207,8 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
         "confidence_threshold": threshold,
         "target_accuracy": target,
         "rule": (f"Unidentified below the smallest calibrated confidence at which the accepted "
-                 f"validation images are at least {target:.0%} correct."),
+                 f"{'out-of-fold' if oof else 'validation'} images are at least {target:.0%} "
+                 "correct."),
         "ood": {
             "method": ("largest over the layers of the squared Mahalanobis distance of the "
                        "layer's globally pooled activations to the nearest class mean (shared "
@@ -212,7 +224,12 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
         "fitted_on": {
             "data": str(root),
             "class_gaussians": {"splits": ["train", "unassigned"], "images": len(fit_labels)},
-            "temperature_and_thresholds": {"split": "val", "images": len(val_labels)},
+            "temperature_and_confidence_threshold": (
+                {"source": f"out-of-fold logits ({crossfit.NPZ_FILE})", "folds": oof["folds"],
+                 "images": len(fit_truth), "groups": oof["groups"],
+                 "accuracy": oof["accuracy"]} if oof else
+                {"source": "validation split", "images": len(val_labels)}),
+            "unfamiliarity_threshold": {"split": "val", "images": len(val_labels)},
         },
         # A refit model has trained on its validation images: its calibration is optimistic.
         "validation_seen_in_training": refit,

@@ -29,7 +29,7 @@ from training.calibrate import fit_trust  # noqa: E402
 
 TOLERANCE = 1e-4  # max abs difference of probabilities, LiteRT vs Keras
 RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit_metrics.csv",
-             "curves.png")
+             "curves.png", "crossfit.npz", "crossfit.json")
 
 
 # Intermediate layers whose globally pooled activations join the final embedding for the

@@ -48,7 +48,6 @@ def train(config: TrainConfig) -> Path:
                                                      config.max_per_class)
     split["extra_train"] = [str(p) for p in extra_paths]
     data_lib.save_split(split, run_dir / "splits.json", dataset)
-    label_of = dataset.label_of()
     log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head.
@@ -58,29 +57,9 @@ def train(config: TrainConfig) -> Path:
     log(f"initialisation: {classifier.initialisation}")
 
     # Frozen-part activations of every file and view, computed once (cached on disk).
-    used = dataset.files if config.unassigned == "refit" else sorted(
-        f for name in data_lib.SPLITS for f in split[name])
-    all_views = [
-        cached_features(classifier.bottom, dataset.paths(used), view, config.seed,
-                        config.input_size, Path(config.cache_dir), config.crop,
-                        label=root.name, colour_jitter=config.colour_jitter)
-        for view in range(config.views)
-    ]
-    position = {f: i for i, f in enumerate(used)}
-
-    def features(files: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
-        index = np.array([position[f] for f in files], dtype=np.int64)
-        x = np.concatenate([all_views[v][index] for v in range(views)])
-        return x, np.array([label_of[f] for f in files] * views)
-
+    features = CachedViews(classifier, config, dataset, split)
     x_train, y_train = features(split["train"], config.views)
-    x_extra = np.concatenate([np.zeros((0, *classifier.bottom.output_shape[1:]), np.float16)] + [
-        cached_features(classifier.bottom, extra_paths, view, config.seed, config.input_size,
-                        Path(config.cache_dir), config.crop, label="extra",
-                        colour_jitter=config.colour_jitter)
-        for view in range(config.views if extra_paths else 0)
-    ])
-    y_extra = np.array(y_extra_files * config.views, dtype=np.int64)
+    x_extra, y_extra = features.of_paths(extra_paths, y_extra_files, label="extra")
     x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
     x_val, y_val = features(split["val"], 1)
     initial_weights = [w.numpy() for w in classifier.trainable.weights]
@@ -120,6 +99,45 @@ def train(config: TrainConfig) -> Path:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"run folder {run_dir} ({summary['train_seconds']} s)")
     return run_dir
+
+
+class CachedViews:
+    """Cut-layer activations of the run's files, every view computed once (cached on disk);
+    calling it gives (activations, labels) of some files, view after view."""
+
+    def __init__(self, classifier: Classifier, config: TrainConfig, dataset: data_lib.Dataset,
+                 split: dict):
+        self.classifier, self.config = classifier, config
+        used = training_files(dataset, split, config)
+        self.label_of = dataset.label_of()
+        self.position = {f: i for i, f in enumerate(used)}
+        self.views = [self._cached(dataset.paths(used), view, dataset.root.name)
+                      for view in range(config.views)]
+
+    def __call__(self, files: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
+        index = np.array([self.position[f] for f in files], dtype=np.int64)
+        x = np.concatenate([self.views[v][index] for v in range(views)])
+        return x, np.array([self.label_of[f] for f in files] * views, dtype=np.int64)
+
+    def of_paths(self, paths: list[Path], labels: list[int], label: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """All views of images outside the dataset (the extra training data)."""
+        empty = np.zeros((0, *self.classifier.bottom.output_shape[1:]), np.float16)
+        views = [self._cached(paths, v, label) for v in range(self.config.views if paths else 0)]
+        return np.concatenate([empty, *views]), np.array(labels * len(views), dtype=np.int64)
+
+    def _cached(self, paths: list[Path], view: int, label: str) -> np.ndarray:
+        c = self.config
+        return cached_features(self.classifier.bottom, paths, view, c.seed, c.input_size,
+                               Path(c.cache_dir), c.crop, label=label,
+                               colour_jitter=c.colour_jitter)
+
+
+def training_files(dataset: data_lib.Dataset, split: dict, config: TrainConfig) -> list[str]:
+    """The files whose activations a run caches: all, or only those with a known source."""
+    if config.unassigned == "refit":
+        return dataset.files
+    return sorted(f for name in data_lib.SPLITS for f in split[name])
 
 
 def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: int,

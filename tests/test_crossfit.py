@@ -1,0 +1,78 @@
+"""Out-of-fold logits by source group, and calibration on them."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from training import crossfit
+from training.calibrate import confidence_threshold, fit_temperature, fit_trust, round_up
+from hematovision.trust import softmax
+
+
+def test_folds_keep_groups_whole_and_spread_every_class():
+    files = [f"f{i}" for i in range(60)]
+    groups = [f"g{i // 3}" for i in range(60)]  # 20 groups of 3 files
+    labels = [0 if i < 30 else 1 for i in range(60)]  # 10 groups per class
+    fold_of = crossfit.assign_folds(files, groups, labels, folds=5, seed=1)
+    for g in set(groups):
+        assert len({fold_of[f] for f, h in zip(files, groups) if h == g}) == 1
+    for label in (0, 1):
+        per_fold = [len({g for f, g, y in zip(files, groups, labels)
+                         if y == label and fold_of[f] == k}) for k in range(5)]
+        assert per_fold == [2] * 5
+    assert crossfit.assign_folds(files, groups, labels, 5, seed=1) == fold_of
+    assert crossfit.assign_folds(files, groups, labels, 5, seed=2) != fold_of
+
+
+def test_crossfit_scores_every_pool_image_once_and_leaves_the_model_alone(trained_run, tmp_path):
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    before = hashlib.sha256((folder / "model.keras").read_bytes()).hexdigest()
+    summary = crossfit.crossfit(folder, folds=2)
+    assert hashlib.sha256((folder / "model.keras").read_bytes()).hexdigest() == before
+    split = json.loads((folder / "splits.json").read_text())
+    with np.load(folder / crossfit.NPZ_FILE) as arrays:
+        files, logits, labels, folds = (arrays[k] for k in ("files", "logits", "labels", "folds"))
+    assert sorted(files) == sorted(split["train"] + split["val"])
+    assert logits.shape == (16, 4) and np.all(np.isfinite(logits))
+    assert sorted(set(folds)) == [0, 1]
+    assert [f["images"] for f in summary["per_fold"]] == [int(np.sum(folds == k)) for k in (0, 1)]
+    assert summary["accuracy"] == round(float(np.mean(logits.argmax(1) == labels)), 4)
+    assert json.loads((folder / crossfit.JSON_FILE).read_text()) == summary
+    assert crossfit.load(folder, tta=True)["images"] == 16
+    assert crossfit.load(folder, tta=False) is None  # logits of another serving mode
+
+
+def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp_path):
+    folder = tmp_path / "trusted"
+    shutil.copytree(trusted_model_dir, folder)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    logits = rng.normal(0, 1, (400, 4)) + 6.0 * np.eye(4)[labels]  # confident, often right
+    logits[:60] = rng.normal(0, 1, (60, 4)) * 6.0  # and some confident mistakes
+    np.savez_compressed(folder / crossfit.NPZ_FILE, files=np.array([f"x{i}" for i in range(400)]),
+                        labels=labels, folds=labels % 2, logits=logits)
+    (folder / crossfit.JSON_FILE).write_text(json.dumps(
+        {"folds": 2, "groups": 400, "images": 400, "accuracy": 0.5,
+         "test_time_augmentation": True}))
+
+    section = fit_trust(folder, progress=False)
+    temperature = fit_temperature(logits, labels)
+    assert section["temperature"] == pytest.approx(temperature, abs=1e-4)
+    p = softmax(logits, temperature)
+    assert section["confidence_threshold"] == round_up(
+        confidence_threshold(p.max(1), p.argmax(1) == labels))
+    source = section["fitted_on"]["temperature_and_confidence_threshold"]
+    assert source["images"] == 400 and source["source"].startswith("out-of-fold")
+    assert section["fitted_on"]["unfamiliarity_threshold"]["split"] == "val"
+    assert "out-of-fold" in section["rule"]
+
+    (folder / crossfit.NPZ_FILE).unlink()  # without them: the validation split, as before
+    section = fit_trust(folder, progress=False)
+    assert section["fitted_on"]["temperature_and_confidence_threshold"]["source"] == \
+        "validation split"
+    assert section["temperature"] != pytest.approx(temperature, abs=1e-4)

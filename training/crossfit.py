@@ -1,0 +1,181 @@
+"""Out-of-fold logits by source group: calibration data from every training smear.
+
+    python -m training.crossfit RUN_OR_MODEL_DIR [--folds 5]
+
+A validation split of a small dataset holds few independent cells (wbc4: 639 images of only 40
+smears), so a temperature and an abstention threshold fitted on it alone are noisy, and optimistic
+when the split happens to be easy. This retrains the folder's tuned layers `folds` times with the
+same initialisation, recipe and cached activations, each time holding out a different fold of the
+source groups of train + val (stratified by class; a group never on both sides), and records the
+served logits (test-time augmentation included) of every held-out image. The folder's model
+itself is not changed. `training.calibrate` fits the temperature and the abstention threshold on
+these out-of-fold logits when the folder has them; the unfamiliar-image threshold stays on the
+model's own validation images, because features differ from one trained model to another.
+
+Writes crossfit.npz (files, labels, folds, logits) and crossfit.json (per-fold figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from hematovision.preprocess import preprocess
+from hematovision.trust import softmax
+from training import data as data_lib
+from training.config import TrainConfig
+
+NPZ_FILE = "crossfit.npz"
+JSON_FILE = "crossfit.json"
+FOLDS = 5
+
+
+def assign_folds(files: list[str], groups: list[str], labels: list[int], folds: int,
+                 seed: int) -> dict[str, int]:
+    """{file: fold}: each class's source groups shuffled (seeded) and dealt out in turn, so every
+    fold holds about 1/folds of each class's groups and a group's files share one fold."""
+    by_class: dict[int, set[str]] = {}
+    for group, label in zip(groups, labels):
+        by_class.setdefault(label, set()).add(group)
+    rng = random.Random(seed)
+    fold_of_group = {}
+    for label in sorted(by_class):
+        ordered = sorted(by_class[label])
+        rng.shuffle(ordered)
+        fold_of_group.update({g: i % folds for i, g in enumerate(ordered)})
+    return {f: fold_of_group[g] for f, g in zip(files, groups)}
+
+
+def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
+    """Train `folds` fold models like the folder's run and store their out-of-fold logits."""
+    # Imported here: `load` serves calibration without TensorFlow's start-up cost.
+    import keras
+
+    from training.export import serving_model
+    from training.model import Classifier
+    from training.train import CachedViews, fit
+
+    started = time.time()
+    folder = Path(folder)
+    config = TrainConfig.load(folder / "config.json")
+    root = Path(config.data)
+    dataset = data_lib.list_image_folder(root, config.max_per_class)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, config.source_map))
+    split = data_lib.load_split(folder / "splits.json", dataset)
+    pool = sorted(split["train"] + split["val"])
+    group_of, label_of = dict(zip(dataset.files, dataset.groups)), dataset.label_of()
+    fold_of = assign_folds(pool, [group_of[f] for f in pool], [label_of[f] for f in pool],
+                           folds, config.seed)
+    extra_paths, extra_labels = data_lib.list_extra(config.extra_data, dataset.classes,
+                                                    config.max_per_class)
+
+    classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
+                            config.weights, config.tune_from_block)
+    features = CachedViews(classifier, config, dataset, split)
+    x_extra, y_extra = features.of_paths(extra_paths, extra_labels, label="extra")
+    initial = [w.numpy() for w in classifier.trainable.weights]
+    position = {f: i for i, f in enumerate(pool)}
+
+    logits = np.zeros((len(pool), len(dataset.classes)), dtype=np.float32)
+    per_fold = []
+    with tempfile.TemporaryDirectory() as logs:
+        for k in range(folds):
+            held = [f for f in pool if fold_of[f] == k]
+            kept = [f for f in pool if fold_of[f] != k]
+            for w, value in zip(classifier.trainable.weights, initial):
+                w.assign(value)
+            keras.utils.set_random_seed(config.seed + k)
+            x, y = features(kept, config.views)
+            x, y = np.concatenate([x, x_extra]), np.concatenate([y, y_extra])
+            history = fit(classifier, config, x, y, features(held, 1), config.epochs,
+                          Path(logs), log_name=f"fold{k}.csv")
+            index = np.array([position[f] for f in held])
+            # Through a saved copy, as export does: the in-memory model shares its top layers
+            # with the training graph, so their outputs cannot be tapped unambiguously.
+            classifier.full.save(Path(logs) / f"fold{k}.keras")
+            served = serving_model(keras.models.load_model(Path(logs) / f"fold{k}.keras",
+                                                           compile=False), tta)
+            logits[index] = served_logits(served, dataset.paths(held), config)
+            labels = np.array([label_of[f] for f in held])
+            accuracy = float(np.mean(logits[index].argmax(axis=1) == labels))
+            per_fold.append({"fold": k, "images": len(held),
+                             "groups": len({group_of[f] for f in held}),
+                             "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+                             "accuracy": round(accuracy, 4)})
+            log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
+
+    labels = np.array([label_of[f] for f in pool])
+    np.savez_compressed(folder / NPZ_FILE, files=np.array(pool), labels=labels,
+                        folds=np.array([fold_of[f] for f in pool]), logits=logits)
+    summary = {
+        "folds": folds,
+        "grouped_by": "source group (smear or identical file), stratified by class",
+        "images": len(pool),
+        "groups": len({group_of[f] for f in pool}),
+        "test_time_augmentation": tta,
+        "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
+        "nll": round(float(-np.mean(np.log(np.maximum(
+            softmax(logits)[np.arange(len(labels)), labels], 1e-12)))), 4),
+        "per_fold": per_fold,
+        "seconds": round(time.time() - started, 1),
+    }
+    (folder / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def served_logits(served, paths: list[Path], config: TrainConfig,
+                  batch_size: int = 32) -> np.ndarray:
+    """The serving graph's logits for image files, preprocessed as in serving."""
+    out = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for i in range(0, len(paths), batch_size):
+            batch = np.stack(list(pool.map(
+                lambda p: preprocess(p, config.input_size, config.crop), paths[i:i + batch_size])))
+            out.append(served(batch, training=False)[0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def load(folder: Path, tta: bool) -> dict | None:
+    """The folder's out-of-fold logits, or None when there are none for this serving mode
+    (test-time augmentation on or off)."""
+    folder = Path(folder)
+    if not (folder / NPZ_FILE).is_file() or not (folder / JSON_FILE).is_file():
+        return None
+    summary = json.loads((folder / JSON_FILE).read_text())
+    if summary.get("test_time_augmentation") != tta:
+        return None
+    with np.load(folder / NPZ_FILE) as arrays:
+        return {**summary, "logits": arrays["logits"], "labels": arrays["labels"]}
+
+
+def log(message: str) -> None:
+    print(f"[crossfit] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.crossfit",
+        description="Out-of-fold logits (folds by source smear) for calibrating a model on "
+                    "all its training smears; then run `python -m training.calibrate`.",
+        epilog="example: python -m training.crossfit saved_model/wbc4 --folds 5",
+    )
+    parser.add_argument("folder", type=Path, help="a training run folder or a saved_model folder")
+    parser.add_argument("--folds", type=int, default=FOLDS)
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="logits of one view (for a model exported with --no-tta)")
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        raise SystemExit("--folds must be at least 2")
+    print(json.dumps(crossfit(args.folder, args.folds, args.tta), indent=2))
+
+
+if __name__ == "__main__":
+    main()
