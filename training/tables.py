@@ -100,10 +100,10 @@ def models_table(root: Path = MODELS_ROOT) -> str:
 
 def trust_table(root: Path = MODELS_ROOT) -> str:
     """Calibration and abstention per model and evaluation set, from the model cards."""
-    lines = ["| model | evaluated on | temperature | ECE before | ECE after | confidence threshold "
-             "| accepted | unidentified | not a cell (false flags) | accuracy on accepted | "
-             "accuracy, all |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | evaluated on | calibrated on | temperature | ECE before | ECE after "
+             "| confidence threshold | accepted | unidentified | not a cell (false flags) "
+             "| accuracy on accepted | accuracy, all |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in available_models(root):
         card = read_card(root / name)
         section = card.get("trust")
@@ -113,12 +113,22 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
             c, t = m["calibration"], m["trust"]
             where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
             lines.append(
-                f"| `{name}` | {where}, n={m['n']} | {c['temperature']:.3f} | "
+                f"| `{name}` | {where}, n={m['n']} | {_calibration_source(section)} | "
+                f"{c['temperature']:.3f} | "
                 f"{c['ece_before']:.4f} | **{c['ece_after']:.4f}** | "
                 f"{section['confidence_threshold']:.3f} | {t['accepted_rate']:.1%} | "
                 f"{t['unidentified_rate']:.1%} | {t['not_a_cell_rate']:.1%} | "
                 f"{_fmt(t['accuracy_accepted'])} | {m['accuracy']:.4f} |")
     return "\n".join(lines)
+
+
+def _calibration_source(section: dict) -> str:
+    fitted = section.get("fitted_on", {})
+    source = fitted.get("temperature_and_confidence_threshold") or fitted.get(
+        "temperature_and_thresholds", {})
+    if "folds" in source:
+        return f"out-of-fold, {source['folds']} folds, n={source['images']}"
+    return f"validation, n={source.get('images', '?')}"
 
 
 def tta_table(root: Path = MODELS_ROOT) -> str:
