@@ -56,7 +56,9 @@ def test_export_fits_the_trust_layer_on_validation(trained_run, tmp_path):
     _, run_dir = trained_run
     out = export.export_run(run_dir, "smoke", root=tmp_path)
     section = json.loads((out / "model_card.json").read_text())["trust"]
-    assert section["fitted_on"]["temperature_and_thresholds"] == {"split": "val", "images": 4}
+    assert section["fitted_on"]["temperature_and_confidence_threshold"] == {
+        "source": "validation split", "images": 4}
+    assert section["fitted_on"]["unfamiliarity_threshold"] == {"split": "val", "images": 4}
     assert section["fitted_on"]["class_gaussians"]["images"] == 12
     assert section["temperature"] > 0 and 0 <= section["confidence_threshold"] <= 1
     assert section["validation_seen_in_training"] is False

@@ -211,3 +211,16 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     assert "0.0812" in html and "0.0153" in html  # ECE before and after on test
     assert "uniform noise" in html
     assert 'id="tta"' in html and "flipped up-down" in html  # the tiny model serves the flips
+    assert re.search(r'id="calibration-source">\s*the validation set<', html)
+
+
+def test_model_page_says_when_calibration_used_out_of_fold_predictions(models_root, request):
+    card_file = models_root / "accepting" / "model_card.json"
+    card = json.loads(card_file.read_text())
+    card["trust"]["fitted_on"]["temperature_and_confidence_threshold"] = {
+        "source": "out-of-fold logits (crossfit.npz)", "folds": 5, "images": 4569, "groups": 270}
+    card_file.write_text(json.dumps(card))
+    client = request.getfixturevalue("client")  # the app reads the cards when it starts
+    html = client.get("/models/accepting").get_data(as_text=True)
+    assert re.search(r"the out-of-fold predictions of 5 models trained without them\s*"
+                     r"\(4569 images of 270 source groups\)", html)

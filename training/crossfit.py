@@ -77,6 +77,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
     extra_paths, extra_labels = data_lib.list_extra(config.extra_data, dataset.classes,
                                                     config.max_per_class)
 
+    keras.utils.set_random_seed(config.seed)  # the run's initialisation, random parts included
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
                             config.weights, config.tune_from_block)
     features = CachedViews(classifier, config, dataset, split)

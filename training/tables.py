@@ -131,6 +131,25 @@ def _calibration_source(section: dict) -> str:
     return f"validation, n={source.get('images', '?')}"
 
 
+def crossfit_table(root: Path = MODELS_ROOT) -> str:
+    """Out-of-fold accuracy (training.crossfit) next to the served model's validation accuracy."""
+    lines = ["| model | folds | images | source groups | out-of-fold accuracy | per fold "
+             "| served model on its validation split | temperature fitted |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        file = root / name / "crossfit.json"
+        if not file.is_file():
+            continue
+        fit = json.loads(file.read_text())
+        trust = read_card(root / name).get("trust") or {}
+        folds = [f["accuracy"] for f in fit["per_fold"]]
+        lines.append(f"| `{name}` | {fit['folds']} | {fit['images']} | {fit['groups']} | "
+                     f"{fit['accuracy']:.4f} | {min(folds):.4f} to {max(folds):.4f} | "
+                     f"{_fmt(trust.get('validation', {}).get('accuracy'))} | "
+                     f"{_fmt(trust.get('temperature'))} |")
+    return "\n".join(lines)
+
+
 def tta_table(root: Path = MODELS_ROOT) -> str:
     """Validation accuracy of one view (from training) and as served (from calibration)."""
     lines = ["| model | validation images | one view (training) | as served | served views |",
@@ -264,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_table(rows))
     else:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
-                  "trust": trust_table(), "unfamiliar": unfamiliar_table(), "tta": tta_table()}
+                  "trust": trust_table(), "unfamiliar": unfamiliar_table(), "tta": tta_table(),
+                  "crossfit": crossfit_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():
