@@ -23,13 +23,11 @@ import random
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from hematovision.preprocess import preprocess
-from hematovision.trust import softmax
+from hematovision.batch import decoded_chunks
 from training import data as data_lib
 from training.config import TrainConfig
 
@@ -59,6 +57,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
     # Imported here: `load` serves calibration without TensorFlow's start-up cost.
     import keras
 
+    from training.calibrate import nll
     from training.export import serving_model
     from training.model import Classifier
     from training.train import CachedViews, fit
@@ -80,8 +79,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
     keras.utils.set_random_seed(config.seed)  # the run's initialisation, random parts included
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
                             config.weights, config.tune_from_block)
-    features = CachedViews(classifier, config, dataset, split)
-    x_extra, y_extra = features.of_paths(extra_paths, extra_labels, label="extra")
+    features = CachedViews(classifier, config, dataset, split, extra_paths, extra_labels)
     initial = [w.numpy() for w in classifier.trainable.weights]
     position = {f: i for i, f in enumerate(pool)}
 
@@ -94,8 +92,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
             for w, value in zip(classifier.trainable.weights, initial):
                 w.assign(value)
             keras.utils.set_random_seed(config.seed + k)
-            x, y = features(kept, config.views)
-            x, y = np.concatenate([x, x_extra]), np.concatenate([y, y_extra])
+            x, y = features.for_training(kept)
             history = fit(classifier, config, x, y, features(held, 1), config.epochs,
                           Path(logs), log_name=f"fold{k}.csv")
             index = np.array([position[f] for f in held])
@@ -123,8 +120,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
         "groups": len({group_of[f] for f in pool}),
         "test_time_augmentation": tta,
         "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
-        "nll": round(float(-np.mean(np.log(np.maximum(
-            softmax(logits)[np.arange(len(labels)), labels], 1e-12)))), 4),
+        "nll": round(nll(logits, labels), 4),
         "per_fold": per_fold,
         "seconds": round(time.time() - started, 1),
     }
@@ -132,16 +128,15 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
     return summary
 
 
-def served_logits(served, paths: list[Path], config: TrainConfig,
-                  batch_size: int = 32) -> np.ndarray:
-    """The serving graph's logits for image files, preprocessed as in serving."""
+def served_logits(served, paths: list[Path], config: TrainConfig) -> np.ndarray:
+    """The serving graph's logits for image files, decoded and preprocessed as in serving."""
     out = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for i in range(0, len(paths), batch_size):
-            batch = np.stack(list(pool.map(
-                lambda p: preprocess(p, config.input_size, config.crop), paths[i:i + batch_size])))
-            out.append(served(batch, training=False)[0].numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    for chunk in decoded_chunks(paths, config.input_size, config.crop):
+        for path, array, error in chunk:
+            if array is None:  # a training image: nothing to skip it for
+                raise SystemExit(f"{path}: {error}")
+        out.append(served(np.stack([array for _, array, _ in chunk]), training=False)[0].numpy())
+    return np.concatenate(out)
 
 
 def load(folder: Path, tta: bool) -> dict | None:

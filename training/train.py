@@ -57,10 +57,8 @@ def train(config: TrainConfig) -> Path:
     log(f"initialisation: {classifier.initialisation}")
 
     # Frozen-part activations of every file and view, computed once (cached on disk).
-    features = CachedViews(classifier, config, dataset, split)
-    x_train, y_train = features(split["train"], config.views)
-    x_extra, y_extra = features.of_paths(extra_paths, y_extra_files, label="extra")
-    x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
+    features = CachedViews(classifier, config, dataset, split, extra_paths, y_extra_files)
+    x_train, y_train = features.for_training(split["train"])
     x_val, y_val = features(split["val"], 1)
     initial_weights = [w.numpy() for w in classifier.trainable.weights]
 
@@ -77,8 +75,7 @@ def train(config: TrainConfig) -> Path:
     if refitted:
         for w, value in zip(classifier.trainable.weights, initial_weights):
             w.assign(value)
-        x_all, y_all = features(refit_files, config.views)
-        x_all, y_all = np.concatenate([x_all, x_extra]), np.concatenate([y_all, y_extra])
+        x_all, y_all = features.for_training(refit_files)
         fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv")
 
     classifier.full.save(run_dir / "model.keras")
@@ -102,29 +99,33 @@ def train(config: TrainConfig) -> Path:
 
 
 class CachedViews:
-    """Cut-layer activations of the run's files, every view computed once (cached on disk);
-    calling it gives (activations, labels) of some files, view after view."""
+    """Cut-layer activations of the run's files and of its extra training images, every view
+    computed once (cached on disk); calling it gives (activations, labels) of some files, view
+    after view."""
 
     def __init__(self, classifier: Classifier, config: TrainConfig, dataset: data_lib.Dataset,
-                 split: dict):
+                 split: dict, extra_paths: list[Path] = (), extra_labels: list[int] = ()):
         self.classifier, self.config = classifier, config
         used = training_files(dataset, split, config)
         self.label_of = dataset.label_of()
         self.position = {f: i for i, f in enumerate(used)}
         self.views = [self._cached(dataset.paths(used), view, dataset.root.name)
                       for view in range(config.views)]
+        empty = np.zeros((0, *classifier.bottom.output_shape[1:]), np.float16)
+        extra = [self._cached(list(extra_paths), v, "extra")
+                 for v in range(config.views if extra_paths else 0)]
+        self.extra = (np.concatenate([empty, *extra]),
+                      np.array(list(extra_labels) * len(extra), dtype=np.int64))
 
     def __call__(self, files: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
         index = np.array([self.position[f] for f in files], dtype=np.int64)
         x = np.concatenate([self.views[v][index] for v in range(views)])
         return x, np.array([self.label_of[f] for f in files] * views, dtype=np.int64)
 
-    def of_paths(self, paths: list[Path], labels: list[int], label: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """All views of images outside the dataset (the extra training data)."""
-        empty = np.zeros((0, *self.classifier.bottom.output_shape[1:]), np.float16)
-        views = [self._cached(paths, v, label) for v in range(self.config.views if paths else 0)]
-        return np.concatenate([empty, *views]), np.array(labels * len(views), dtype=np.int64)
+    def for_training(self, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every view of `files`, then every view of the extra training images."""
+        x, y = self(files, self.config.views)
+        return np.concatenate([x, self.extra[0]]), np.concatenate([y, self.extra[1]])
 
     def _cached(self, paths: list[Path], view: int, label: str) -> np.ndarray:
         c = self.config
