@@ -1,4 +1,4 @@
-"""Out-of-fold logits by source group, and calibration on them."""
+"""Out-of-fold logits by source group, and what the trust layer is fitted on."""
 
 import hashlib
 import json
@@ -76,3 +76,18 @@ def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp
     assert section["fitted_on"]["temperature_and_confidence_threshold"]["source"] == \
         "validation split"
     assert section["temperature"] != pytest.approx(temperature, abs=1e-4)
+
+
+def test_images_of_unknown_source_stay_out_of_the_unfamiliarity_fit(trusted_model_dir, tmp_path):
+    # They may be siblings of validation images: Gaussians fitted on them would make validation
+    # look familiar and set the not-a-cell threshold too low for new smears.
+    folder = tmp_path / "trusted"
+    shutil.copytree(trusted_model_dir, folder)
+    split = json.loads((folder / "splits.json").read_text())
+    without = fit_trust(folder, progress=False)
+    split["unassigned"] = split["val"]
+    (folder / "splits.json").write_text(json.dumps(split))
+    with_unassigned = fit_trust(folder, progress=False)
+    assert with_unassigned == without
+    assert without["fitted_on"]["class_gaussians"] == {"splits": ["train"],
+                                                       "images": len(split["train"])}

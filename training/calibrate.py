@@ -162,7 +162,10 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     if not split.get("val"):
         raise SystemExit(f"{model_dir}/splits.json has no validation images to calibrate on.")
     predictor = Predictor(model_dir)  # its current trust layer is never used below: raw outputs
-    fit_files = split["train"] + split.get("unassigned", [])
+    # Only the training split: images with no known source may be siblings of validation
+    # images, and Gaussians fitted on those make validation look more familiar than a new
+    # smear is, which sets the threshold too low.
+    fit_files = split["train"]
     log(f"fitting class Gaussians on {len(fit_files)} training images of {root}")
     fit_out, fit_labels = labelled_outputs(predictor, root, fit_files, progress)
     layout = card.get("unfamiliarity_features") or [
@@ -223,7 +226,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
         },
         "fitted_on": {
             "data": str(root),
-            "class_gaussians": {"splits": ["train", "unassigned"], "images": len(fit_labels)},
+            "class_gaussians": {"splits": ["train"], "images": len(fit_labels)},
             "temperature_and_confidence_threshold": (
                 {"source": f"out-of-fold logits ({crossfit.NPZ_FILE})", "folds": oof["folds"],
                  "images": len(fit_truth), "groups": oof["groups"],
