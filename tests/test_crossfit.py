@@ -91,3 +91,15 @@ def test_images_of_unknown_source_stay_out_of_the_unfamiliarity_fit(trusted_mode
     assert with_unassigned == without
     assert without["fitted_on"]["class_gaussians"] == {"splits": ["train"],
                                                        "images": len(split["train"])}
+
+
+def test_crossfit_refuses_an_initialisation_the_model_did_not_start_from(trained_run, tmp_path):
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["seed"] += 1  # the run's random initialisation, drawn differently
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="is not the initialisation of"):
+        crossfit.crossfit(folder, folds=2)
+    assert not (folder / crossfit.NPZ_FILE).exists()

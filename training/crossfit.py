@@ -1,6 +1,6 @@
 """Out-of-fold logits by source group: calibration data from every training smear.
 
-    python -m training.crossfit RUN_OR_MODEL_DIR [--folds 5]
+    python -m training.crossfit RUN_OR_MODEL_DIR [--folds 5] [--weights PATH]
 
 A validation split of a small dataset holds few independent cells (wbc4: 639 images of only 40
 smears), so a temperature and an abstention threshold fitted on it alone are noisy, and optimistic
@@ -52,19 +52,25 @@ def assign_folds(files: list[str], groups: list[str], labels: list[int], folds: 
     return {f: fold_of_group[g] for f, g in zip(files, groups)}
 
 
-def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
-    """Train `folds` fold models like the folder's run and store their out-of-fold logits."""
+def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = "") -> dict:
+    """Train `folds` fold models like the folder's run and store their out-of-fold logits.
+
+    `weights` replaces the run's initialisation file where that path now holds another model
+    (e.g. `saved_model/pbc8/model.keras` after pbc8 was retrained); the frozen part of the
+    initialisation must equal that of the folder's model either way."""
     # Imported here: `load` serves calibration without TensorFlow's start-up cost.
     import keras
 
     from training.calibrate import nll
     from training.export import serving_model
+    from training.features import weights_digest
     from training.model import Classifier
     from training.train import CachedViews, fit
 
     started = time.time()
     folder = Path(folder)
     config = TrainConfig.load(folder / "config.json")
+    config.weights = weights or config.weights
     root = Path(config.data)
     dataset = data_lib.list_image_folder(root, config.max_per_class)
     data_lib.assign_groups(dataset, data_lib.find_source_map(root, config.source_map))
@@ -79,6 +85,12 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True) -> dict:
     keras.utils.set_random_seed(config.seed)  # the run's initialisation, random parts included
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
                             config.weights, config.tune_from_block)
+    served_bottom = Classifier(len(dataset.classes), config.input_size, config.dropout,
+                               str(folder / "model.keras"), config.tune_from_block).bottom
+    if weights_digest(classifier.bottom) != weights_digest(served_bottom):
+        raise SystemExit(
+            f"{config.weights} is not the initialisation of {folder}: their frozen layers "
+            "differ. Pass the file the run started from with --weights.")
     features = CachedViews(classifier, config, dataset, split, extra_paths, extra_labels)
     initial = [w.numpy() for w in classifier.trainable.weights]
     position = {f: i for i, f in enumerate(pool)}
@@ -167,10 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=FOLDS)
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="logits of one view (for a model exported with --no-tta)")
+    parser.add_argument("--weights", default="",
+                        help="the run's initialisation file, where its recorded path has "
+                             "since been overwritten")
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise SystemExit("--folds must be at least 2")
-    print(json.dumps(crossfit(args.folder, args.folds, args.tta), indent=2))
+    print(json.dumps(crossfit(args.folder, args.folds, args.tta, args.weights), indent=2))
 
 
 if __name__ == "__main__":
