@@ -22,3 +22,8 @@ def test_per_source_majority_vote_ignores_unknown_sources():
     y_pred = [0, 1, 0, 0, 0, 1]
     result = per_source_accuracy([""] * 6, y_true, y_pred, groups)
     assert result == {"sources": 2, "accuracy": 0.5, "images_with_known_source": 5}
+
+
+def test_per_source_accuracy_of_no_known_source_is_not_a_number():
+    result = per_source_accuracy([""] * 2, [0, 1], [0, 1], [None, None])
+    assert result == {"sources": 0, "accuracy": None, "images_with_known_source": 0}

@@ -70,7 +70,7 @@ def per_source_accuracy(files: list[str], y_true: list[int], y_pred: list[int],
         for g, v in votes.items()
     ]
     return {"sources": len(correct),
-            "accuracy": round(float(np.mean(correct)), 4) if correct else 0.0,
+            "accuracy": round(float(np.mean(correct)), 4) if correct else None,
             "images_with_known_source": int(sum(g is not None for g in groups))}
 
 
@@ -122,8 +122,10 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     if source_map:
         data_lib.assign_groups(dataset, source_map)
         group_of = dict(zip(dataset.files, dataset.groups))
-        metrics["per_source_smear"] = per_source_accuracy(
-            files, list(y_true), y_pred, [group_of[f] for f in files])
+        groups = [group_of[f] for f in files]
+        if any(g is not None for g in groups):  # e.g. Kaggle train's unassigned images: none
+            metrics["per_source_smear"] = per_source_accuracy(files, list(y_true), y_pred,
+                                                              groups)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "classification_report.txt").write_text(report_text(metrics, predictor.classes))
