@@ -32,6 +32,31 @@ def test_run_folder_holds_everything_needed_to_reproduce(trained_run):
     assert summary["initialisation"] == "random (no pretrained weights)"
     splits = json.loads((run_dir / "splits.json").read_text())
     assert splits["counts"]["train"] == 12 and splits["counts"]["val"] == 4
+    # The checkpoint serves interrupted runs only; a finished run has model.keras instead.
+    assert not (run_dir / "checkpoint.keras").exists()
+    assert not (run_dir / "checkpoint.json").exists()
+
+
+def test_an_interrupted_run_keeps_its_best_model_so_far(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    keep = train.KeepBest(model, tmp_path)
+
+    def epoch(kernel_value, number, logs):
+        model.get_layer("dense").kernel.assign(np.full((3, 2), kernel_value, np.float32))
+        keep.on_epoch_end(number, logs)
+        saved = keras.models.load_model(tmp_path / "checkpoint.keras")
+        return (float(saved.get_layer("dense").kernel.numpy()[0, 0]),
+                json.loads((tmp_path / "checkpoint.json").read_text()))
+
+    assert epoch(1.0, 0, {"loss": 0.9, "val_loss": 0.5, "val_accuracy": 0.75}) == (
+        1.0, {"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.75})
+    # A worse epoch leaves the best one on disk ...
+    assert epoch(2.0, 1, {"loss": 0.2, "val_loss": 0.8, "val_accuracy": 0.5})[0] == 1.0
+    # ... a better one replaces it.
+    assert epoch(3.0, 2, {"loss": 0.1, "val_loss": 0.4, "val_accuracy": 0.8}) == (
+        3.0, {"epoch": 3, "val_loss": 0.4, "val_accuracy": 0.8})
+    train.KeepBest.discard(tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_features_are_cached_between_runs(trained_run):

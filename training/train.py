@@ -63,7 +63,8 @@ def train(config: TrainConfig) -> Path:
     initial_weights = [w.numpy() for w in classifier.trainable.weights]
 
     # Fit on the grouped training split; early stopping and the schedule see validation only.
-    history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir)
+    history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
+                  checkpoint=KeepBest(classifier.full, run_dir))
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
     log(f"best epoch {best_epoch}: validation {val_metrics}")
@@ -79,6 +80,7 @@ def train(config: TrainConfig) -> Path:
         fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv")
 
     classifier.full.save(run_dir / "model.keras")
+    KeepBest.discard(run_dir)  # model.keras supersedes it
     plot_curves(history, run_dir / "curves.png")
     summary = {
         "classes": dataset.classes,
@@ -141,8 +143,38 @@ def training_files(dataset: data_lib.Dataset, split: dict, config: TrainConfig) 
     return sorted(f for name in data_lib.SPLITS for f in split[name])
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Writes the whole network to `checkpoint.keras` (and its epoch and validation figures to
+    `checkpoint.json`) each time validation loss improves. Early stopping keeps the best weights
+    only in memory, so without this an interrupted run (out of time, killed, a crash) loses
+    everything it learned; the checkpoint can initialise a new run (`--weights`) or be evaluated."""
+
+    MODEL, RECORD = "checkpoint.keras", "checkpoint.json"
+
+    def __init__(self, full: keras.Model, run_dir: Path):
+        super().__init__()
+        self.full, self.run_dir, self.best = full, Path(run_dir), float("inf")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        loss = logs.get("val_loss")
+        if loss is None or not loss < self.best:
+            return
+        self.best = float(loss)
+        self.full.save(self.run_dir / self.MODEL)
+        record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()
+                                         if k.startswith("val_")}}
+        (self.run_dir / self.RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+    @classmethod
+    def discard(cls, run_dir: Path) -> None:
+        for name in (cls.MODEL, cls.RECORD):
+            (Path(run_dir) / name).unlink(missing_ok=True)
+
+
 def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: int,
-        run_dir: Path, log_name: str = "metrics.csv") -> dict[str, list[float]]:
+        run_dir: Path, log_name: str = "metrics.csv",
+        checkpoint: keras.callbacks.Callback | None = None) -> dict[str, list[float]]:
     model = classifier.trainable
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -158,7 +190,7 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
                                           restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=1 / 3, patience=1,
                                               min_lr=config.min_learning_rate),
-        ]
+        ] + ([checkpoint] if checkpoint is not None else [])
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
     result = model.fit(
         x, keras.utils.to_categorical(y, num_classes),
