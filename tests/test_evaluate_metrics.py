@@ -1,6 +1,8 @@
+import numpy as np
 import pytest
 
-from training.evaluate import classification_metrics, per_source_accuracy
+from training.evaluate import (classification_metrics, group_bootstrap, intervals,
+                               per_source_accuracy)
 
 
 def test_metrics_on_a_hand_checked_example():
@@ -27,3 +29,27 @@ def test_per_source_majority_vote_ignores_unknown_sources():
 def test_per_source_accuracy_of_no_known_source_is_not_a_number():
     result = per_source_accuracy([""] * 2, [0, 1], [0, 1], [None, None])
     assert result == {"sources": 0, "accuracy": None, "images_with_known_source": 0}
+
+
+def test_bootstrap_resamples_whole_smears_not_their_images():
+    # 10 smears of 50 augmented images each: five smears all right, five all wrong.
+    correct = np.repeat([1.0] * 5 + [0.0] * 5, 50)
+    smears = np.repeat(np.arange(10), 50).tolist()
+    by_smear = group_bootstrap(lambda i: correct[i].mean(), smears)
+    by_image = group_bootstrap(lambda i: correct[i].mean(), list(range(500)))
+    # Ten independent draws leave the accuracy very uncertain; 500 images would pretend not.
+    assert by_smear[0] <= 0.25 and by_smear[1] >= 0.75
+    assert by_image[1] - by_image[0] < 0.1
+    assert group_bootstrap(lambda i: correct[i].mean(), smears) == by_smear  # seeded
+
+
+def test_intervals_name_what_was_resampled():
+    y = np.array([0, 1, 0, 1])
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    files = ["a", "b", "c", "d"]
+    unknown = intervals(files, [None] * 4, y, probabilities.argmax(axis=1), probabilities)
+    assert unknown["resampled"] == "images" and unknown["units"] == 4
+    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1),
+                       probabilities)
+    assert smears["resampled"] == "source smears" and smears["units"] == 3
+    assert 0.0 <= smears["accuracy"][0] <= 0.75 <= smears["accuracy"][1] <= 1.0

