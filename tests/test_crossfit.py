@@ -103,3 +103,32 @@ def test_crossfit_refuses_an_initialisation_the_model_did_not_start_from(trained
     with pytest.raises(SystemExit, match="is not the initialisation of"):
         crossfit.crossfit(folder, folds=2)
     assert not (folder / crossfit.NPZ_FILE).exists()
+
+
+def test_fold_models_train_as_long_as_the_served_model_without_seeing_their_held_out_fold(
+        trained_run, tmp_path, monkeypatch):
+    from training import train
+
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["best_epoch"] = 2
+    (folder / "summary.json").write_text(json.dumps(summary))
+    calls = []
+    real_fit = train.fit
+
+    def recording_fit(classifier, config, x, y, validation, epochs, *args, **kwargs):
+        calls.append((validation, epochs))
+        return real_fit(classifier, config, x, y, validation, epochs, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", recording_fit)
+    result = crossfit.crossfit(folder, folds=2)
+    assert calls == [(None, 2), (None, 2)]
+    assert [f["epochs"] for f in result["per_fold"]] == [2, 2]
+    assert "served model's 2 epochs" in result["stopping"]
+
+    calls.clear()
+    result = crossfit.crossfit(folder, folds=2, stopping="held-out")
+    assert [v is not None for v, _ in calls] == [True, True]
+    assert result["stopping"] == "early stopping on each held-out fold"

@@ -7,7 +7,9 @@ smears), so a temperature and an abstention threshold fitted on it alone are noi
 when the split happens to be easy. This retrains the folder's tuned layers `folds` times with the
 same initialisation, recipe and cached activations, each time holding out a different fold of the
 source groups of train + val (stratified by class; a group never on both sides), and records the
-served logits (test-time augmentation included) of every held-out image. The folder's model
+served logits (test-time augmentation included) of every held-out image. Each fold model trains
+for as many epochs as early stopping chose for the served model; the held-out fold is never
+looked at until its logits are taken. The folder's model
 itself is not changed. `training.calibrate` fits the temperature and the abstention threshold on
 these out-of-fold logits when the folder has them; the unfamiliar-image threshold stays on the
 model's own validation images, because features differ from one trained model to another.
@@ -52,12 +54,24 @@ def assign_folds(files: list[str], groups: list[str], labels: list[int], folds: 
     return {f: fold_of_group[g] for f, g in zip(files, groups)}
 
 
-def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = "") -> dict:
+STOPPING = ("served-epochs", "held-out")
+
+
+def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = "",
+             stopping: str = "served-epochs") -> dict:
     """Train `folds` fold models like the folder's run and store their out-of-fold logits.
 
     `weights` replaces the run's initialisation file where that path now holds another model
     (e.g. `saved_model/pbc8/model.keras` after pbc8 was retrained); the frozen part of the
-    initialisation must equal that of the folder's model either way."""
+    initialisation must equal that of the folder's model either way.
+
+    `stopping`: "served-epochs" (default) trains every fold model for the epoch count early
+    stopping chose for the served model, so the held-out fold is never looked at and each fold
+    model is trained as long as the model it stands in for; "held-out" early-stops each fold on
+    its own held-out fold (our first version: the epoch is then chosen on the very images whose
+    logits are kept, which flatters their loss, and the fold models stop at different epochs)."""
+    if stopping not in STOPPING:
+        raise ValueError(f"stopping must be one of {STOPPING}, got {stopping!r}")
     # Imported here: `load` serves calibration without TensorFlow's start-up cost.
     import keras
 
@@ -92,6 +106,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
             f"{config.weights} is not the initialisation of {folder}: their frozen layers "
             "differ. Pass the file the run started from with --weights.")
     features = CachedViews(classifier, config, dataset, split, extra_paths, extra_labels)
+    served_epochs = best_epoch_of(folder) if stopping == "served-epochs" else None
     initial = [w.numpy() for w in classifier.trainable.weights]
     position = {f: i for i, f in enumerate(pool)}
 
@@ -105,8 +120,14 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
                 w.assign(value)
             keras.utils.set_random_seed(config.seed + k)
             x, y = features.for_training(kept)
-            history = fit(classifier, config, x, y, features(held, 1), config.epochs,
-                          Path(logs), log_name=f"fold{k}.csv")
+            if served_epochs:
+                fit(classifier, config, x, y, None, served_epochs, Path(logs),
+                    log_name=f"fold{k}.csv")
+                epochs = served_epochs
+            else:
+                history = fit(classifier, config, x, y, features(held, 1), config.epochs,
+                              Path(logs), log_name=f"fold{k}.csv")
+                epochs = int(np.argmin(history["val_loss"])) + 1
             index = np.array([position[f] for f in held])
             # Through a saved copy, as export does: the in-memory model shares its top layers
             # with the training graph, so their outputs cannot be tapped unambiguously.
@@ -118,7 +139,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
             accuracy = float(np.mean(logits[index].argmax(axis=1) == labels))
             per_fold.append({"fold": k, "images": len(held),
                              "groups": len({group_of[f] for f in held}),
-                             "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+                             "epochs": epochs,
                              "accuracy": round(accuracy, 4)})
             log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
 
@@ -131,6 +152,9 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
         "images": len(pool),
         "groups": len({group_of[f] for f in pool}),
         "test_time_augmentation": tta,
+        "stopping": (f"every fold trained for the served model's {served_epochs} epochs "
+                     "(held-out fold not looked at)" if served_epochs
+                     else "early stopping on each held-out fold"),
         "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
         "nll": round(nll(logits, labels), 4),
         "per_fold": per_fold,
@@ -138,6 +162,14 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     }
     (folder / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def best_epoch_of(folder: Path) -> int:
+    """The epoch count early stopping chose for the folder's model (run or saved_model folder)."""
+    folder = Path(folder)
+    if (folder / "summary.json").is_file():
+        return int(json.loads((folder / "summary.json").read_text())["best_epoch"])
+    return int(json.loads((folder / "model_card.json").read_text())["training"]["best_epoch"])
 
 
 def served_logits(served, paths: list[Path], config: TrainConfig) -> np.ndarray:
@@ -182,10 +214,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default="",
                         help="the run's initialisation file, where its recorded path has "
                              "since been overwritten")
+    parser.add_argument("--stopping", choices=STOPPING, default="served-epochs",
+                        help="how long each fold model trains: the served model's epoch count "
+                             "(default), or early stopping on the held-out fold")
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise SystemExit("--folds must be at least 2")
-    print(json.dumps(crossfit(args.folder, args.folds, args.tta, args.weights), indent=2))
+    print(json.dumps(crossfit(args.folder, args.folds, args.tta, args.weights, args.stopping),
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -144,9 +144,10 @@ def _calibration_source(section: dict) -> str:
 
 def crossfit_table(root: Path = MODELS_ROOT) -> str:
     """Out-of-fold accuracy (training.crossfit) next to the served model's validation accuracy."""
-    lines = ["| model | folds | images | source groups | out-of-fold accuracy | per fold "
-             "| served model on its validation split | temperature fitted |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | folds | fold models trained | images | source groups "
+             "| out-of-fold accuracy | per fold | served model on its validation split "
+             "| temperature fitted |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in available_models(root):
         file = root / name / "crossfit.json"
         if not file.is_file():
@@ -154,7 +155,9 @@ def crossfit_table(root: Path = MODELS_ROOT) -> str:
         fit = json.loads(file.read_text())
         trust = read_card(root / name).get("trust") or {}
         folds = [f["accuracy"] for f in fit["per_fold"]]
-        lines.append(f"| `{name}` | {fit['folds']} | {fit['images']} | {fit['groups']} | "
+        stopping = fit.get("stopping", "early stopping on each held-out fold")
+        lines.append(f"| `{name}` | {fit['folds']} | {stopping} | {fit['images']} | "
+                     f"{fit['groups']} | "
                      f"{fit['accuracy']:.4f} | {min(folds):.4f} to {max(folds):.4f} | "
                      f"{_fmt(trust.get('validation', {}).get('accuracy'))} | "
                      f"{_fmt(trust.get('temperature'))} |")
