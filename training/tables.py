@@ -131,8 +131,11 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
 
 def _interval(metrics: dict, key: str) -> str:
     """' (low-high)': the evaluation's bootstrap interval over source smears, where recorded."""
-    interval = metrics.get("intervals", {}).get(key)
-    return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+    record = metrics.get("intervals", {})
+    interval = record.get(key)
+    if not interval:
+        return ""
+    return f" ({interval[0]:.3f}-{interval[1]:.3f}, {record['units']} {record['resampled']})"
 
 
 def _calibration_source(section: dict) -> str:
