@@ -4,10 +4,12 @@ import hashlib
 import json
 import shutil
 
+import keras
 import numpy as np
 import pytest
 
 from training import crossfit
+from training.config import TrainConfig
 from training.calibrate import confidence_threshold, fit_temperature, fit_trust, round_up
 from hematovision.trust import softmax
 
@@ -105,7 +107,7 @@ def test_crossfit_refuses_an_initialisation_the_model_did_not_start_from(trained
     assert not (folder / crossfit.NPZ_FILE).exists()
 
 
-def test_fold_models_train_as_long_as_the_served_model_without_seeing_their_held_out_fold(
+def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
         trained_run, tmp_path, monkeypatch):
     from training import train
 
@@ -113,22 +115,36 @@ def test_fold_models_train_as_long_as_the_served_model_without_seeing_their_held
     folder = tmp_path / "run"
     shutil.copytree(run_dir, folder)
     summary = json.loads((folder / "summary.json").read_text())
-    summary["best_epoch"] = 2
+    summary["best_epoch"] = 3
     (folder / "summary.json").write_text(json.dumps(summary))
+    # Validation loss rose after epoch 1, so the plateau schedule cut the rate for epoch 3.
+    (folder / "metrics.csv").write_text(
+        "epoch,loss,val_loss\n0,1.0,0.5\n1,0.8,0.7\n2,0.6,0.4\n3,0.5,0.6\n")
+    rate = json.loads((folder / "config.json").read_text())["learning_rate"]
     calls = []
     real_fit = train.fit
 
     def recording_fit(classifier, config, x, y, validation, epochs, *args, **kwargs):
-        calls.append((validation, epochs))
+        schedulers = [c for c in kwargs.get("extra_callbacks", ())
+                      if isinstance(c, keras.callbacks.LearningRateScheduler)]
+        calls.append((validation, epochs,
+                      [schedulers[0].schedule(e, None) for e in range(epochs)] if schedulers
+                      else None))
         return real_fit(classifier, config, x, y, validation, epochs, *args, **kwargs)
 
     monkeypatch.setattr(train, "fit", recording_fit)
     result = crossfit.crossfit(folder, folds=2)
-    assert calls == [(None, 2), (None, 2)]
-    assert [f["epochs"] for f in result["per_fold"]] == [2, 2]
-    assert "served model's 2 epochs" in result["stopping"]
+    assert calls == [(None, 3, pytest.approx([rate, rate, rate / 3]))] * 2
+    assert [f["epochs"] for f in result["per_fold"]] == [3, 3]
+    assert "served model's 3 epochs and learning rates" in result["stopping"]
+
+    # Weights from the final refit were trained at a constant rate, without validation.
+    summary["refit_on_all_training_data"] = True
+    (folder / "summary.json").write_text(json.dumps(summary))
+    assert crossfit.served_schedule(folder, TrainConfig.load(folder / "config.json")) == [
+        rate] * 3
 
     calls.clear()
     result = crossfit.crossfit(folder, folds=2, stopping="held-out")
-    assert [v is not None for v, _ in calls] == [True, True]
+    assert [(v is not None, s) for v, _, s in calls] == [(True, None), (True, None)]
     assert result["stopping"] == "early stopping on each held-out fold"

@@ -235,3 +235,31 @@ def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
     assert weights_provenance(str(folder / "model.keras")) == (
         "HematoVision model pbc8 (run 20261123-052941-mobilenetv2-224-pbc8-b11) trained on "
         "../shared/data/pbc (classes a, b), itself initialised from random (no pretrained weights)")
+
+
+def test_plateau_schedule_replays_what_keras_did_in_a_validated_fit():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = keras.utils.to_categorical(x[:, 0] > 0, 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    config = TrainConfig(learning_rate=0.5, min_learning_rate=0.01)
+    model.compile(optimizer=keras.optimizers.SGD(config.learning_rate),
+                  loss="categorical_crossentropy")
+    seen = []
+    history = model.fit(
+        x, y, epochs=8, batch_size=16, verbose=0, validation_data=(x, y[:, ::-1]),  # learning raises it
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(
+                       float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))),
+                   keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train.PLATEAU_FACTOR,
+                                                     patience=1, min_lr=config.min_learning_rate)])
+    replayed = train.plateau_schedule(history.history["val_loss"], config)
+    assert replayed == pytest.approx(seen, rel=1e-6)
+    assert len(set(seen)) > 2  # the schedule did cut the rate, more than once, to its floor
+    assert seen[-1] == pytest.approx(config.min_learning_rate)
+
+
+def test_plateau_schedule_on_a_hand_checked_history():
+    config = TrainConfig(learning_rate=0.9, min_learning_rate=0.05)
+    # better, worse (cut), better, worse (cut), better by less than 1e-4 (cut, to the floor)
+    assert train.plateau_schedule([0.5, 0.7, 0.4, 0.6, 0.39995, 0.1], config) == pytest.approx(
+        [0.9, 0.9, 0.3, 0.3, 0.1, 0.05])

@@ -8,8 +8,8 @@ when the split happens to be easy. This retrains the folder's tuned layers `fold
 same initialisation, recipe and cached activations, each time holding out a different fold of the
 source groups of train + val (stratified by class; a group never on both sides), and records the
 served logits (test-time augmentation included) of every held-out image. Each fold model trains
-for as many epochs as early stopping chose for the served model; the held-out fold is never
-looked at until its logits are taken. The folder's model
+for the epochs, and at the learning rates, that trained the served weights; the held-out fold is
+never looked at until its logits are taken. The folder's model
 itself is not changed. `training.calibrate` fits the temperature and the abstention threshold on
 these out-of-fold logits when the folder has them; the unfamiliar-image threshold stays on the
 model's own validation images, because features differ from one trained model to another.
@@ -20,6 +20,7 @@ Writes crossfit.npz (files, labels, folds, logits) and crossfit.json (per-fold f
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import sys
@@ -65,9 +66,9 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     (e.g. `saved_model/pbc8/model.keras` after pbc8 was retrained); the frozen part of the
     initialisation must equal that of the folder's model either way.
 
-    `stopping`: "served-epochs" (default) trains every fold model for the epoch count early
-    stopping chose for the served model, so the held-out fold is never looked at and each fold
-    model is trained as long as the model it stands in for; "held-out" early-stops each fold on
+    `stopping`: "served-epochs" (default) trains every fold model for the epochs that trained the
+    served weights, at the same learning rate each epoch, so the held-out fold is never looked at
+    and each fold model is trained as the model it stands in for; "held-out" early-stops each fold on
     its own held-out fold (our first version: the epoch is then chosen on the very images whose
     logits are kept, which flatters their loss, and the fold models stop at different epochs)."""
     if stopping not in STOPPING:
@@ -106,7 +107,8 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
             f"{config.weights} is not the initialisation of {folder}: their frozen layers "
             "differ. Pass the file the run started from with --weights.")
     features = CachedViews(classifier, config, dataset, split, extra_paths, extra_labels)
-    served_epochs = best_epoch_of(folder) if stopping == "served-epochs" else None
+    schedule = served_schedule(folder, config) if stopping == "served-epochs" else None
+    served_epochs = len(schedule) if schedule else None
     initial = [w.numpy() for w in classifier.trainable.weights]
     position = {f: i for i, f in enumerate(pool)}
 
@@ -122,7 +124,8 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
             x, y = features.for_training(kept)
             if served_epochs:
                 fit(classifier, config, x, y, None, served_epochs, Path(logs),
-                    log_name=f"fold{k}.csv")
+                    log_name=f"fold{k}.csv", extra_callbacks=[
+                        keras.callbacks.LearningRateScheduler(lambda epoch, _: schedule[epoch])])
                 epochs = served_epochs
             else:
                 history = fit(classifier, config, x, y, features(held, 1), config.epochs,
@@ -152,8 +155,8 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
         "images": len(pool),
         "groups": len({group_of[f] for f in pool}),
         "test_time_augmentation": tta,
-        "stopping": (f"every fold trained for the served model's {served_epochs} epochs "
-                     "(held-out fold not looked at)" if served_epochs
+        "stopping": (f"every fold trained for the served model's {served_epochs} epochs and "
+                     "learning rates (held-out fold not looked at)" if served_epochs
                      else "early stopping on each held-out fold"),
         "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
         "nll": round(nll(logits, labels), 4),
@@ -164,12 +167,25 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     return summary
 
 
-def best_epoch_of(folder: Path) -> int:
-    """The epoch count early stopping chose for the folder's model (run or saved_model folder)."""
+def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
+    """The learning rate of each epoch that trained the folder's served weights: the plateau
+    schedule of its validated fit up to the best epoch (replayed from its validation losses), or
+    a constant rate where the weights come from the final refit, which runs without validation."""
+    from training.train import plateau_schedule
+
     folder = Path(folder)
     if (folder / "summary.json").is_file():
-        return int(json.loads((folder / "summary.json").read_text())["best_epoch"])
-    return int(json.loads((folder / "model_card.json").read_text())["training"]["best_epoch"])
+        record = json.loads((folder / "summary.json").read_text())
+    else:
+        record = json.loads((folder / "model_card.json").read_text())["training"]
+    epochs = int(record["best_epoch"])
+    if record.get("refit_on_all_training_data"):
+        return [config.learning_rate] * epochs
+    with open(folder / "metrics.csv", newline="") as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    if len(losses) < epochs:
+        raise SystemExit(f"{folder / 'metrics.csv'} has {len(losses)} epochs; the best was {epochs}")
+    return plateau_schedule(losses, config)[:epochs]
 
 
 def served_logits(served, paths: list[Path], config: TrainConfig) -> np.ndarray:

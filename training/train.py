@@ -64,7 +64,7 @@ def train(config: TrainConfig) -> Path:
 
     # Fit on the grouped training split; early stopping and the schedule see validation only.
     history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
-                  checkpoint=KeepBest(classifier.full, run_dir))
+                  extra_callbacks=[KeepBest(classifier.full, run_dir)])
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
     log(f"best epoch {best_epoch}: validation {val_metrics}")
@@ -172,9 +172,26 @@ class KeepBest(keras.callbacks.Callback):
             (Path(run_dir) / name).unlink(missing_ok=True)
 
 
+PLATEAU_FACTOR = 1 / 3
+
+
+def plateau_schedule(val_losses: list[float], config: TrainConfig) -> list[float]:
+    """The learning rate of each epoch that the plateau schedule of `fit` gave a run with this
+    validation-loss history (Keras ReduceLROnPlateau: patience 1, min_delta 1e-4), so another
+    fit can replay it without validation data."""
+    rates, rate, best = [], config.learning_rate, float("inf")
+    for loss in val_losses:
+        rates.append(rate)
+        if loss < best - 1e-4:
+            best = loss
+        elif rate > config.min_learning_rate:
+            rate = max(rate * PLATEAU_FACTOR, config.min_learning_rate)
+    return rates
+
+
 def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: int,
         run_dir: Path, log_name: str = "metrics.csv",
-        checkpoint: keras.callbacks.Callback | None = None) -> dict[str, list[float]]:
+        extra_callbacks: list[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
     model = classifier.trainable
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -188,10 +205,11 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                           restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=1 / 3, patience=1,
-                                              min_lr=config.min_learning_rate),
-        ] + ([checkpoint] if checkpoint is not None else [])
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR,
+                                              patience=1, min_lr=config.min_learning_rate),
+        ]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
+    callbacks += list(extra_callbacks)
     result = model.fit(
         x, keras.utils.to_categorical(y, num_classes),
         batch_size=config.batch_size, epochs=epochs, validation_data=validation,
