@@ -133,7 +133,7 @@ def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
         return real_fit(classifier, config, x, y, validation, epochs, *args, **kwargs)
 
     monkeypatch.setattr(train, "fit", recording_fit)
-    result = crossfit.crossfit(folder, folds=2)
+    result = crossfit.crossfit(folder, folds=2, stopping="served-epochs")
     assert calls == [(None, 3, pytest.approx([rate, rate, rate / 3]))] * 2
     assert [f["epochs"] for f in result["per_fold"]] == [3, 3]
     assert "served model's 3 epochs and learning rates" in result["stopping"]
@@ -145,6 +145,6 @@ def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
         rate] * 3
 
     calls.clear()
-    result = crossfit.crossfit(folder, folds=2, stopping="held-out")
+    result = crossfit.crossfit(folder, folds=2)  # the default: early stopping on held-out
     assert [(v is not None, s) for v, _, s in calls] == [(True, None), (True, None)]
     assert result["stopping"] == "early stopping on each held-out fold"

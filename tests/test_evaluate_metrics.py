@@ -47,10 +47,9 @@ def test_intervals_name_what_was_resampled():
     y = np.array([0, 1, 0, 1])
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
     files = ["a", "b", "c", "d"]
-    unknown = intervals(files, [None] * 4, y, probabilities.argmax(axis=1), probabilities)
+    unknown = intervals(files, [None] * 4, y, probabilities.argmax(axis=1))
     assert unknown["resampled"] == "images" and unknown["units"] == 4
-    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1),
-                       probabilities)
+    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1))
     # Only the images of known smears are resampled: "d" is a view of s1 or s2, not a third draw.
     assert smears["resampled"] == "source smears"
     assert (smears["units"], smears["images"]) == (2, 3)

@@ -7,9 +7,11 @@ smears), so a temperature and an abstention threshold fitted on it alone are noi
 when the split happens to be easy. This retrains the folder's tuned layers `folds` times with the
 same initialisation, recipe and cached activations, each time holding out a different fold of the
 source groups of train + val (stratified by class; a group never on both sides), and records the
-served logits (test-time augmentation included) of every held-out image. Each fold model trains
-for the epochs, and at the learning rates, that trained the served weights; the held-out fold is
-never looked at until its logits are taken. The folder's model
+served logits (test-time augmentation included) of every held-out image. Each fold model is
+early-stopped on its held-out fold, as the served model was on its validation split
+(`--stopping served-epochs` instead replays the served weights' epochs and learning rates, never
+looking at the held-out fold; measured for wbc4, it gave fold models more overconfident on their
+held-out smears, and a temperature that fitted the served model's validation split worse). The folder's model
 itself is not changed. `training.calibrate` fits the temperature and the abstention threshold on
 these out-of-fold logits when the folder has them; the unfamiliar-image threshold stays on the
 model's own validation images, because features differ from one trained model to another.
@@ -55,22 +57,22 @@ def assign_folds(files: list[str], groups: list[str], labels: list[int], folds: 
     return {f: fold_of_group[g] for f, g in zip(files, groups)}
 
 
-STOPPING = ("served-epochs", "held-out")
+STOPPING = ("held-out", "served-epochs")
 
 
 def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = "",
-             stopping: str = "served-epochs") -> dict:
+             stopping: str = "held-out") -> dict:
     """Train `folds` fold models like the folder's run and store their out-of-fold logits.
 
     `weights` replaces the run's initialisation file where that path now holds another model
     (e.g. `saved_model/pbc8/model.keras` after pbc8 was retrained); the frozen part of the
     initialisation must equal that of the folder's model either way.
 
-    `stopping`: "served-epochs" (default) trains every fold model for the epochs that trained the
-    served weights, at the same learning rate each epoch, so the held-out fold is never looked at
-    and each fold model is trained as the model it stands in for; "held-out" early-stops each fold on
-    its own held-out fold (our first version: the epoch is then chosen on the very images whose
-    logits are kept, which flatters their loss, and the fold models stop at different epochs)."""
+    `stopping`: "held-out" (default) early-stops each fold model on its held-out fold, as the
+    served model was early-stopped on held-out smears (its validation split); the epoch is then
+    chosen on the images being scored. "served-epochs" trains every fold model for the epochs,
+    at the learning rates, that trained the served weights, and never looks at the held-out fold
+    before scoring it."""
     if stopping not in STOPPING:
         raise ValueError(f"stopping must be one of {STOPPING}, got {stopping!r}")
     # Imported here: `load` serves calibration without TensorFlow's start-up cost.
@@ -230,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default="",
                         help="the run's initialisation file, where its recorded path has "
                              "since been overwritten")
-    parser.add_argument("--stopping", choices=STOPPING, default="served-epochs",
-                        help="how long each fold model trains: the served model's epoch count "
-                             "(default), or early stopping on the held-out fold")
+    parser.add_argument("--stopping", choices=STOPPING, default="held-out",
+                        help="how long each fold model trains: early stopping on its held-out "
+                             "fold (default), or the served weights' epochs and learning rates")
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise SystemExit("--folds must be at least 2")

@@ -122,7 +122,7 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
             lines.append(
                 f"| `{name}` | {where}, n={m['n']} | {_calibration_source(section)} | "
                 f"{c['temperature']:.3f} | "
-                f"{c['ece_before']:.4f} | **{c['ece_after']:.4f}**{_interval(m, 'ece_after')} | "
+                f"{c['ece_before']:.4f} | **{c['ece_after']:.4f}** | "
                 f"{section['confidence_threshold']:.3f} | {t['accepted_rate']:.1%} | "
                 f"{t['unidentified_rate']:.1%} | {t['not_a_cell_rate']:.1%} | "
                 f"{_fmt(t['accuracy_accepted'])} | {m['accuracy']:.4f} |")
