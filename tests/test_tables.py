@@ -68,7 +68,35 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
     lines = ablation_table(rows).splitlines()
     assert "| extra training images |" in lines[0]
     assert lines[0].count("|") == lines[1].count("|") == lines[3].count("|")
-    assert "| pbc (9080) | 2 | 0.5000 |" in lines[3]
+    assert "| pbc (9080) | 2 | n/a | 0.5000 |" in lines[3]  # no metrics.csv: no loss
+
+
+def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its_row(tmp_path):
+    import json
+
+    from training.config import TrainConfig
+
+    summary = {"initialisation": "random", "best_epoch": 2, "train_seconds": 12.0,
+               "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8}}
+    runs = []
+    for name in ("r0", "r1"):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        TrainConfig(data="d").save(run / "config.json")
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "metrics.csv").write_text(
+            "epoch,loss,val_loss\n0,1.0,0.61\n1,0.9,0.5432\n2,0.8,0.7\n")
+        runs.append(run)
+    out = tmp_path / "ablation.json"
+    tables.main(["ablation", str(runs[0]), "--out", str(out)])
+    tables.main(["ablation", str(runs[1]), "--out", str(out), "--append"])
+    rows = json.loads(out.read_text())
+    assert [r["run"] for r in rows] == ["r0", "r1"] and rows[0]["val_loss"] == 0.5432
+    summary["validation"]["accuracy"] = 0.75
+    (runs[0] / "summary.json").write_text(json.dumps(summary))
+    tables.main(["ablation", str(runs[0]), "--out", str(out), "--append"])
+    rows = json.loads(out.read_text())
+    assert [(r["run"], r["val_accuracy"]) for r in rows] == [("r0", 0.75), ("r1", 0.5)]
 
 
 def test_models_table_gives_the_smear_bootstrap_interval_where_the_card_has_one(tmp_path):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 from pathlib import Path
@@ -38,10 +39,21 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "best_epoch": summary["best_epoch"],
             "val_accuracy": summary["validation"].get("accuracy"),
             "val_balanced_accuracy": summary["validation"].get("balanced_accuracy"),
+            "val_loss": _best_val_loss(run, summary["best_epoch"]),
             "val_images": summary["counts"]["val"],
             "train_seconds": summary["train_seconds"],
         })
     return rows
+
+
+def _best_val_loss(run: Path, best_epoch: int) -> float | None:
+    """Validation loss at the best epoch (the early-stopping criterion), from metrics.csv."""
+    metrics = run / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with open(metrics, newline="") as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    return round(losses[best_epoch - 1], 4) if len(losses) >= best_epoch else None
 
 
 def _init_label(weights: str) -> str:
@@ -67,14 +79,15 @@ def _extra_label(setting: str, images: int) -> str:
 
 def ablation_table(rows: list[dict]) -> str:
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| unassigned images | extra training images | best epoch | val accuracy "
+             "| unassigned images | extra training images | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
         lines.append(f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
                      f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
-                     f"{r.get('extra_data', 'none')} | {r['best_epoch']} | {r['val_accuracy']:.4f} | "
+                     f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
+                     f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                      f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                      f"{r['train_seconds']:.0f} |")
     return "\n".join(lines)
@@ -295,7 +308,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "ablation":
         rows = json.loads(args.out.read_text()) if args.append and args.out.is_file() else []
-        rows += collect_ablation(args.runs)
+        for row in collect_ablation(args.runs):  # a run collected again replaces its row
+            same = [i for i, r in enumerate(rows) if r["run"] == row["run"]]
+            if same:
+                rows[same[0]] = row
+            else:
+                rows.append(row)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
