@@ -8,13 +8,14 @@ when the split happens to be easy. This retrains the folder's tuned layers `fold
 same initialisation, recipe and cached activations, each time holding out a different fold of the
 source groups of train + val (stratified by class; a group never on both sides), and records the
 served logits (test-time augmentation included) of every held-out image. Each fold model is
-early-stopped on its held-out fold, as the served model was on its validation split
-(`--stopping served-epochs` instead replays the served weights' epochs and learning rates, never
-looking at the held-out fold; measured for wbc4, it gave fold models more overconfident on their
-held-out smears, and a temperature that fitted the served model's validation split worse). The folder's model
-itself is not changed. `training.calibrate` fits the temperature and the abstention threshold on
-these out-of-fold logits when the folder has them; the unfamiliar-image threshold stays on the
-model's own validation images, because features differ from one trained model to another.
+early-stopped on its held-out fold, as the served model was on its validation split.
+`--stopping served-epochs` instead replays the served weights' epochs and learning rates and
+never looks at the held-out fold; measured for wbc4, its fold models were more overconfident on
+their held-out smears, and their temperature fitted the served model's validation split worse.
+The folder's model itself is not changed. `training.calibrate` fits the temperature and the
+abstention threshold on these out-of-fold logits when the folder has them; the unfamiliar-image
+threshold stays on the model's own validation images, because features differ from one trained
+model to another.
 
 Writes crossfit.npz (files, labels, folds, logits) and crossfit.json (per-fold figures).
 """
@@ -186,7 +187,8 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     with open(folder / "metrics.csv", newline="") as f:
         losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
     if len(losses) < epochs:
-        raise SystemExit(f"{folder / 'metrics.csv'} has {len(losses)} epochs; the best was {epochs}")
+        raise SystemExit(f"{folder / 'metrics.csv'} has {len(losses)} epochs; "
+                         f"the best was {epochs}")
     return plateau_schedule(losses, config)[:epochs]
 
 

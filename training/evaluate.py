@@ -160,14 +160,16 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
 
 
 def intervals(files: list[str], groups: list, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """95 % interval of accuracy over resampled source smears. (None for ECE: a percentile
-    bootstrap of ECE sits mostly above the figure, because ECE grows when resampling repeats
-    smears and fewer of them fill its bins.)
+    """95 % interval of accuracy over resampled source smears. There is none for ECE: a
+    percentile bootstrap of ECE sits mostly above the figure, because ECE grows when resampling
+    repeats smears and fewer of them fill its bins.
 
     Where some images have a known smear, only those are resampled: an image of unknown source
-    is an augmented view of one of the same smears (Kaggle test: 1,309 of 2,487 images), and
-    counting it as an independent draw would make the interval far too narrow. Where no image
-    has a known source (PBC: one cell per image), each image is its own unit."""
+    is an augmented view of one of the same smears (about half of Kaggle test), and counting it
+    as an independent draw would make the interval far too narrow. Where no image has a known
+    source (PBC: one cell per image), each image is its own unit."""
+    if not files:
+        return {}
     known = np.array([g is not None for g in groups])
     if known.any():
         index, units = np.flatnonzero(known), [g for g in groups if g is not None]
