@@ -247,11 +247,13 @@ def test_plateau_schedule_replays_what_keras_did_in_a_validated_fit():
                   loss="categorical_crossentropy")
     seen = []
     history = model.fit(
-        x, y, epochs=8, batch_size=16, verbose=0, validation_data=(x, y[:, ::-1]),  # learning raises it
+        # Flipped validation labels: learning raises the validation loss.
+        x, y, epochs=8, batch_size=16, verbose=0, validation_data=(x, y[:, ::-1]),
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: seen.append(
                        float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))),
-                   keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=train.PLATEAU_FACTOR,
-                                                     patience=1, min_lr=config.min_learning_rate)])
+                   keras.callbacks.ReduceLROnPlateau(
+                       monitor="val_loss", factor=train.PLATEAU_FACTOR, patience=1,
+                       min_delta=train.PLATEAU_MIN_DELTA, min_lr=config.min_learning_rate)])
     replayed = train.plateau_schedule(history.history["val_loss"], config)
     assert replayed == pytest.approx(seen, rel=1e-6)
     assert len(set(seen)) > 2  # the schedule did cut the rate, more than once, to its floor

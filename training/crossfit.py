@@ -23,7 +23,6 @@ Writes crossfit.npz (files, labels, folds, logits) and crossfit.json (per-fold f
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import sys
@@ -174,6 +173,7 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     """The learning rate of each epoch that trained the folder's served weights: the plateau
     schedule of its validated fit up to the best epoch (replayed from its validation losses), or
     a constant rate where the weights come from the final refit, which runs without validation."""
+    from training.report import read_history
     from training.train import plateau_schedule
 
     folder = Path(folder)
@@ -184,8 +184,7 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     epochs = int(record["best_epoch"])
     if record.get("refit_on_all_training_data"):
         return [config.learning_rate] * epochs
-    with open(folder / "metrics.csv", newline="") as f:
-        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    losses = read_history(folder / "metrics.csv")["val_loss"]
     if len(losses) < epochs:
         raise SystemExit(f"{folder / 'metrics.csv'} has {len(losses)} epochs; "
                          f"the best was {epochs}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """A run's per-epoch log (metrics.csv, written by Keras' CSVLogger) as {column: values}, in
+    the form of a Keras History."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
 
 def plot_curves(history: dict[str, list[float]], path: Path) -> None:

