@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.evaluate import (classification_metrics, group_bootstrap, intervals,
+from training.evaluate import (classification_metrics, group_bootstrap, intervals, macro_f1,
                                per_source_accuracy)
 
 
@@ -47,10 +47,32 @@ def test_intervals_name_what_was_resampled():
     y = np.array([0, 1, 0, 1])
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
     files = ["a", "b", "c", "d"]
-    unknown = intervals(files, [None] * 4, y, probabilities.argmax(axis=1))
+    unknown = intervals(files, [None] * 4, y, probabilities.argmax(axis=1), 2)
     assert unknown["resampled"] == "images" and unknown["units"] == 4
-    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1))
+    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1), 2)
     # Only the images of known smears are resampled: "d" is a view of s1 or s2, not a third draw.
     assert smears["resampled"] == "source smears"
     assert (smears["units"], smears["images"]) == (2, 3)
     assert smears["accuracy"] == [1.0, 1.0]  # a, b, c are right; d (wrong) is not resampled
+    assert smears["macro_f1"] == [1.0, 1.0]
+
+
+def test_macro_f1_agrees_with_the_report_and_skips_absent_classes():
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    report = classification_metrics(list(y_true), list(y_pred), ["a", "b", "c", "d"])
+    assert macro_f1(y_true, y_pred, 4) == pytest.approx(report["macro_f1"], abs=1e-4)
+    # Class 2 never occurs (a resample that drew none of its smears) but is predicted once:
+    # it is left out of the mean, its wrong prediction still costs class 0 its recall.
+    assert macro_f1(np.array([0, 0, 1]), np.array([0, 2, 1]), 3) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_macro_f1_interval_resamples_smears():
+    # 6 smears of 20 images: class 0 smears right, class 1 smears half wrong.
+    y_true = np.repeat([0, 0, 0, 1, 1, 1], 20)
+    y_pred = np.repeat([0, 0, 0, 1, 0, 1], 20)
+    smears = np.repeat(np.arange(6), 20).tolist()
+    result = intervals([str(i) for i in range(120)], smears, y_true, y_pred, 2)
+    assert result["units"] == 6
+    low, high = result["macro_f1"]
+    assert low < macro_f1(y_true, y_pred, 2) < high

@@ -93,3 +93,56 @@ def test_committed_trust_layer_flags_non_cell_images_as_recorded(model):
         assert s == recorded_sets[s["name"]], s["name"]
         if s["group"] in ("generated", "natural"):
             assert s["not_a_cell_rate"] >= 0.99, s["name"]
+
+
+# `wbc4` was trained with `--weights saved_model/pbc8/model.keras` while that folder held the
+# block-11 pbc8 run; the folder has since been replaced by the block-7 run, so the path in its
+# config no longer names its initialisation. Its card names the run; this checks that claim
+# against the weights the folder held at the last commit that served the block-11 model.
+PBC8_B11 = {"commit": "8bc91ff", "path": "saved_model/pbc8/model.keras",
+            "run": "20261123-052941-mobilenetv2-224-pbc8-b11"}
+
+
+def test_wbc4_frozen_layers_are_those_of_the_pbc8_run_its_card_names(tmp_path):
+    import re
+    import subprocess
+
+    from training.model import read_weight_arrays
+
+    card = json.loads((MODELS_ROOT / "wbc4" / "model_card.json").read_text())
+    assert f"(run {PBC8_B11['run']})" in card["initialisation"]
+    shown = subprocess.run(["git", "show", f"{PBC8_B11['commit']}:{PBC8_B11['path']}"],
+                           cwd=MODELS_ROOT.parent, capture_output=True)
+    if shown.returncode != 0:
+        pytest.skip(f"git history with commit {PBC8_B11['commit']} is not here (shallow clone?)")
+    (tmp_path / "pbc8-b11.keras").write_bytes(shown.stdout)
+    served = read_weight_arrays(MODELS_ROOT / "wbc4" / "model.keras")
+    origin = read_weight_arrays(tmp_path / "pbc8-b11.keras")
+    tuned_from = card["training"]["config"]["tune_from_block"]
+
+    def frozen(name: str) -> bool:
+        block = re.match(r"block_(\d+)_", name)
+        return (int(block.group(1)) < tuned_from if block
+                else name.startswith(("Conv1", "bn_Conv1", "expanded_conv")))
+
+    frozen_layers = [n for n in served if frozen(n)]
+    assert len(frozen_layers) > 50
+    for name in frozen_layers:
+        assert served[name].keys() == origin[name].keys(), name
+        assert all((served[name][v] == origin[name][v]).all() for v in served[name]), name
+    # ...and the tuned blocks did move away from it.
+    assert not (served["block_15_project"]["kernel"] == origin["block_15_project"]["kernel"]).all()
+
+
+@needs(SHARED_DATA / "kaggle_blood_cells" / "train")
+def test_wbc4_ece_spread_is_reproduced_from_its_out_of_fold_logits(tmp_path):
+    import shutil
+
+    from training import ece_spread
+
+    folder = tmp_path / "wbc4"
+    shutil.copytree(MODELS_ROOT / "wbc4", folder, ignore=shutil.ignore_patterns("*.keras",
+                                                                                "*.tflite"))
+    committed = json.loads((folder / ece_spread.JSON_FILE).read_text())
+    ece_spread.main([str(folder)])
+    assert json.loads((folder / ece_spread.JSON_FILE).read_text()) == committed

@@ -1,5 +1,6 @@
 """README figures come from the model cards and result files, never typed by hand."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,6 @@ def test_readme_tables_are_what_the_generator_writes(tmp_path):
 
 
 def test_models_table_quotes_the_card_metrics():
-    import json
-
     card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
     assert f"{card['metrics']['test']['accuracy']:.4f}" in tables.models_table()
 
@@ -48,8 +47,6 @@ def test_documented_commands_exist_and_have_help(capsys):
 
 
 def test_ablation_rows_name_the_extra_training_data(tmp_path):
-    import json
-
     from training.config import TrainConfig
     from training.tables import ablation_table, collect_ablation
 
@@ -72,8 +69,6 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
 
 
 def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its_row(tmp_path):
-    import json
-
     from training.config import TrainConfig
 
     summary = {"initialisation": "random", "best_epoch": 2, "train_seconds": 12.0,
@@ -100,17 +95,30 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
 
 
 def test_models_table_gives_the_smear_bootstrap_interval_where_the_card_has_one(tmp_path):
-    import json
-
     card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
     test = card["metrics"]["test"]
-    test["intervals"] = {"accuracy": [0.81234, 0.9], "units": 70, "resampled": "source smears"}
+    test["intervals"] = {"accuracy": [0.81234, 0.9], "macro_f1": [0.7, 0.91], "units": 70,
+                         "resampled": "source smears"}
     card["metrics"] = {"test": test}
     folder = tmp_path / "wbc4"
     folder.mkdir()
     (folder / "model_card.json").write_text(json.dumps(card))
     (folder / "model.tflite").write_bytes(b"")
-    assert f"{test['accuracy']:.4f} (0.812-0.900, 70 source smears) |" in tables.models_table(tmp_path)
+    row = tables.models_table(tmp_path)
+    assert f"{test['accuracy']:.4f} (0.812-0.900, 70 source smears) | " in row
+    assert f"| {test['macro_f1']:.4f} (0.700-0.910) | " in row
     del test["intervals"]  # cards written before intervals existed: the figure alone
     (folder / "model_card.json").write_text(json.dumps(card))
     assert f"{test['accuracy']:.4f} | " in tables.models_table(tmp_path)
+
+
+def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_path):
+    # A folder such as saved_model/pbc8 is replaced when a better model is adopted; the run
+    # its card names stays true of the weights a training run started from.
+    folder = tmp_path / "pbc8"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({"training": {
+        "run_folder": "20261123-052941-mobilenetv2-224-pbc8-b11",
+        "config": {"data": "../shared/data/pbc"}}}))
+    assert (tables._init_label(str(folder / "model.keras"))
+            == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc")

@@ -45,7 +45,8 @@ CARD = {
             },
             "confusion_matrix": [[10, 0, 0, 0]] * 4,
             "intervals": {"level": 0.95, "rounds": 1000, "resampled": "source smears",
-                          "units": 12, "accuracy": [0.8011, 0.9321]},
+                          "units": 12, "accuracy": [0.8011, 0.9321],
+                          "macro_f1": [0.7902, 0.9288]},
         }
     },
 }
@@ -317,7 +318,8 @@ def test_model_page_shows_the_card(client):
     assert 'data-metric="test.accuracy">0.8750<' in html
     assert 'data-metric="test.macro_f1">0.8642<' in html
     interval = text(re.search(r'<dd[^>]*data-interval="test">(.*?)</dd>', html, re.S).group(1))
-    assert interval.startswith("accuracy 0.801 to 0.932 (1000 resamples of 12 source smears")
+    assert interval.startswith("accuracy 0.801 to 0.932; macro-F1 0.790 to 0.929 (1000 resamples "
+                               "of 12 source smears")
     row = re.search(r'<tr data-class="monocyte">(.*?)</tr>', html, re.S).group(1)
     assert re.findall(r">([\d.]+)</td>", row) == ["0.7000", "0.8000", "0.8300", "10"]
 

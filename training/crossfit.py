@@ -89,8 +89,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     config = TrainConfig.load(folder / "config.json")
     config.weights = weights or config.weights
     root = Path(config.data)
-    dataset = data_lib.list_image_folder(root, config.max_per_class)
-    data_lib.assign_groups(dataset, data_lib.find_source_map(root, config.source_map))
+    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map)
     split = data_lib.load_split(folder / "splits.json", dataset)
     pool = sorted(split["train"] + split["val"])
     group_of, label_of = dict(zip(dataset.files, dataset.groups)), dataset.label_of()

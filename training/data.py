@@ -108,6 +108,14 @@ def assign_groups(dataset: Dataset, source_map: Path | None) -> None:
         ]
 
 
+def grouped_image_folder(root: Path, max_per_class: int, source_map: str) -> Dataset:
+    """`list_image_folder` with each file's source group assigned (`source_map`: a path,
+    "auto" for the Kaggle map beside the data, or "none")."""
+    dataset = list_image_folder(root, max_per_class)
+    assign_groups(dataset, find_source_map(Path(root), source_map))
+    return dataset
+
+
 def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int) -> dict:
     """Stratified split of whole groups; images of unknown source go to 'unassigned'.
 

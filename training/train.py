@@ -39,8 +39,7 @@ def train(config: TrainConfig) -> Path:
     config.save(run_dir / "config.json")
 
     # Data: list, group by source, split once with a fixed seed, refuse leaks.
-    dataset = data_lib.list_image_folder(root, config.max_per_class)
-    data_lib.assign_groups(dataset, data_lib.find_source_map(root, config.source_map))
+    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map)
     split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
     # Training-only images from another source: more distinct cells of the same types, which a
     # dataset made of a few hundred augmented smears lacks most. Never validated on.
