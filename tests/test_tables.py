@@ -122,3 +122,10 @@ def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_
         "config": {"data": "../shared/data/pbc"}}}))
     assert (tables._init_label(str(folder / "model.keras"))
             == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc")
+
+
+def test_models_table_names_the_most_frequent_errors():
+    matrix = [[5, 2, 0], [7, 9, 2], [0, 2, 4]]
+    assert (tables._top_confusions(matrix, ["a", "b", "c"], top=2)
+            == "most errors: b called a 7, a called b 2 (of 13)")
+    assert tables._top_confusions([[3, 0], [0, 4]], ["a", "b"]) == "no errors"

@@ -113,12 +113,23 @@ def models_table(root: Path = MODELS_ROOT) -> str:
                 other.append(f"per-smear majority vote {s['accuracy']:.4f} ({s['sources']} smears)")
             recalls = ", ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items())
             other.append(f"recall: {recalls}")
+            other.append(_top_confusions(m["confusion_matrix"], card["classes"]))
             where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
             lines.append(f"| `{name}` | {len(card['classes'])} | {card.get('expects', '')} | "
                          f"{where}, n={m['n']} | {m['accuracy']:.4f}{_interval(m, 'accuracy')} | "
                          f"{m['macro_f1']:.4f}{_interval(m, 'macro_f1', units=False)} | "
                          f"{'; '.join(other)} |")
     return "\n".join(lines)
+
+
+def _top_confusions(matrix: list[list[int]], classes: list[str], top: int = 3) -> str:
+    """'most errors: a called b 10, ... (of 23)': where a technologist should look twice."""
+    errors = sorted(((n, t, p) for t, row in enumerate(matrix) for p, n in enumerate(row)
+                     if t != p and n), key=lambda e: (-e[0], e[1], e[2]))
+    if not errors:
+        return "no errors"
+    listed = ", ".join(f"{classes[t]} called {classes[p]} {n}" for n, t, p in errors[:top])
+    return f"most errors: {listed} (of {sum(n for n, _, _ in errors)})"
 
 
 def trust_table(root: Path = MODELS_ROOT) -> str:
