@@ -173,18 +173,22 @@ def _calibration_source(section: dict) -> str:
     return f"validation, n={source.get('images', '?')}"
 
 
+def _with_result(root: Path, file_name: str):
+    """(name, the JSON result file_name holds, card) of each model folder that has the file."""
+    for name in available_models(root):
+        file = root / name / file_name
+        if file.is_file():
+            yield name, json.loads(file.read_text()), read_card(root / name)
+
+
 def crossfit_table(root: Path = MODELS_ROOT) -> str:
     """Out-of-fold accuracy (training.crossfit) next to the served model's validation accuracy."""
     lines = ["| model | folds | fold models trained | images | source groups "
              "| out-of-fold accuracy | per fold | served model on its validation split "
              "| temperature fitted |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name in available_models(root):
-        file = root / name / "crossfit.json"
-        if not file.is_file():
-            continue
-        fit = json.loads(file.read_text())
-        trust = read_card(root / name).get("trust") or {}
+    for name, fit, card in _with_result(root, "crossfit.json"):
+        trust = card.get("trust") or {}
         folds = [f["accuracy"] for f in fit["per_fold"]]
         stopping = fit.get("stopping", "early stopping on each held-out fold")
         lines.append(f"| `{name}` | {fit['folds']} | {stopping} | {fit['images']} | "
@@ -202,13 +206,9 @@ def ece_spread_table(root: Path = MODELS_ROOT) -> str:
              "| ECE, whole pool | smears per draw | ECE of a draw: median (95 % range) "
              "| draws at or below the goal | served model on test: ECE after |",
              "|---|---|---|---|---|---|---|---|"]
-    for name in available_models(root):
-        file = root / name / "ece_spread.json"
-        if not file.is_file():
-            continue
-        s = json.loads(file.read_text())
+    for name, s, card in _with_result(root, "ece_spread.json"):
         d = s["ece_draws"]
-        test = read_card(root / name).get("metrics", {}).get("test", {}).get("calibration", {})
+        test = card.get("metrics", {}).get("test", {}).get("calibration", {})
         lines.append(f"| `{name}` | {s['pool_images']} images, {s['pool_groups']} smears | "
                      f"{s['temperature']:.3f} | {s['ece_pool']:.4f} | {s['smears_per_draw']} | "
                      f"{d['median']:.4f} ({d['range'][0]:.4f}-{d['range'][1]:.4f}) | "
