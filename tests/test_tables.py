@@ -129,3 +129,26 @@ def test_models_table_names_the_most_frequent_errors():
     assert (tables._top_confusions(matrix, ["a", "b", "c"], top=2)
             == "most errors: b called a 7, a called b 2 (of 13)")
     assert tables._top_confusions([[3, 0], [0, 4]], ["a", "b"]) == "no errors"
+
+
+def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_path):
+    from training.config import TrainConfig
+
+    summary = {"initialisation": "random", "best_epoch": 1, "train_seconds": 5.0,
+               "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8}}
+    crossfit = {"folds": 5, "images": 40, "groups": 10, "accuracy": 0.81234, "nll": 0.7,
+                "per_fold": [{"fold": k, "accuracy": 0.8} for k in range(5)], "seconds": 1.0}
+    for name in ("trial", "served-run"):
+        run = tmp_path / name
+        run.mkdir()
+        TrainConfig(data="d").save(run / "config.json")
+        (run / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "trial" / "crossfit.json").write_text(json.dumps(crossfit))
+    trial, served = tables.collect_ablation([tmp_path / "trial", tmp_path / "served-run"])
+    assert trial["out_of_fold"]["accuracy"] == 0.81234
+    assert trial["out_of_fold"]["per_fold"] == [0.8] * 5
+    assert "out_of_fold" not in served
+    lines = tables.ablation_table([trial, served], ("served-run", {"accuracy": 0.7})).splitlines()
+    assert "| out-of-fold accuracy |" in lines[0]
+    assert lines[2].endswith("| 0.8123 | 5 |") and lines[3].endswith("| 0.7000 | 5 |")
+    assert tables.ablation_table([served]).splitlines()[2].endswith("| n/a | 5 |")
