@@ -30,16 +30,15 @@ def recorded(model: str, name: str) -> dict:
 def test_wbc4_card_figures_are_reproduced_on_kaggle_test(tmp_path):
     metrics = evaluate(MODELS_ROOT / "wbc4", KAGGLE_TEST, tmp_path)
     assert metrics["n"] == 2487 and not metrics["unreadable_files"]
-    # A regression floor for the committed model; the goal (0.93) is not reached yet.
-    assert metrics["accuracy"] >= 0.86
-    assert metrics["macro_f1"] >= 0.86
+    # A floor that catches a broken model or serving path, not the goal (0.93, not
+    # reached): the test set's ~70 smears move these figures by several points (README).
+    assert metrics["accuracy"] >= 0.80
+    assert metrics["macro_f1"] >= 0.80
     card = recorded("wbc4", "test")
     assert card["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert card["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-4)
     assert card["per_source_smear"] == metrics["per_source_smear"]
-    # A regression bound: the bar (2 % of in-domain images flagged) is not met on the
-    # Kaggle test smears (3.5 %), whose shift from the validation smears also limits the ECE.
-    assert_trust_figures_reproduced(metrics, card, tmp_path, max_false_flags=0.04)
+    assert_trust_figures_reproduced(metrics, card, tmp_path, max_false_flags=0.02)  # the bar
 
 
 @needs(PBC)

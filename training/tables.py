@@ -351,9 +351,12 @@ def main(argv: list[str] | None = None) -> None:
                                      epilog="example: python -m training.tables readme")
     sub = parser.add_subparsers(dest="command", required=True)
     ab = sub.add_parser("ablation", help="collect run summaries into an ablation JSON")
-    ab.add_argument("runs", nargs="+", type=Path)
+    ab.add_argument("runs", nargs="*", type=Path)
     ab.add_argument("--out", type=Path, required=True)
     ab.add_argument("--append", action="store_true", help="add the runs to the rows in --out")
+    ab.add_argument("--out-of-fold", action="append", default=[], metavar="RUN=CROSSFIT_JSON",
+                    help="attach a crossfit.json to RUN's row, e.g. that of a replaced served "
+                         "model, taken from git")
     rd = sub.add_parser("readme", help="rewrite the README's generated tables")
     rd.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
@@ -365,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
                 rows[same[0]] = row
             else:
                 rows.append(row)
+        for spec in args.out_of_fold:
+            run, _, file = spec.partition("=")
+            matching = [r for r in rows if r["run"] == run]
+            if not matching or not Path(file).is_file():
+                raise SystemExit(f"--out-of-fold {spec}: no row for run {run!r} or no file {file}")
+            matching[0].update(_out_of_fold(Path(file)))
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
