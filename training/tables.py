@@ -42,19 +42,18 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "val_loss": _best_val_loss(run, summary["best_epoch"]),
             "val_images": summary["counts"]["val"],
             "train_seconds": summary["train_seconds"],
-            **_out_of_fold(run / "crossfit.json"),
         })
+        if (run / "crossfit.json").is_file():
+            rows[-1]["out_of_fold"] = _out_of_fold(run / "crossfit.json")
     return rows
 
 
 def _out_of_fold(crossfit_json: Path) -> dict:
-    """The run's out-of-fold figures (training.crossfit over all its train + val smears), where
-    it has them: a comparison of recipes on ~270 smears instead of the 40 of validation."""
-    if not crossfit_json.is_file():
-        return {}
+    """A run's out-of-fold figures (training.crossfit over all its train + val smears): a
+    comparison of recipes on ~270 smears instead of the 40 of validation."""
     fit = json.loads(crossfit_json.read_text())
-    return {"out_of_fold": {k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll")}
-            | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]}}
+    return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll")}
+            | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]})
 
 
 def _best_val_loss(run: Path, best_epoch: int) -> float | None:
@@ -373,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
             matching = [r for r in rows if r["run"] == run]
             if not matching or not Path(file).is_file():
                 raise SystemExit(f"--out-of-fold {spec}: no row for run {run!r} or no file {file}")
-            matching[0].update(_out_of_fold(Path(file)))
+            matching[0]["out_of_fold"] = _out_of_fold(Path(file))
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
@@ -384,8 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():
                 run = read_card(MODELS_ROOT / name).get("training", {}).get("run_folder", "")
-                served = (run, _out_of_fold(MODELS_ROOT / name / "crossfit.json").get(
-                    "out_of_fold", {}))
+                crossfit = MODELS_ROOT / name / "crossfit.json"
+                served = (run, _out_of_fold(crossfit)) if crossfit.is_file() else None
                 blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
                                                             served)
         rewrite(args.readme, blocks)
