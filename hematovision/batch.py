@@ -45,11 +45,13 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
 
 
 def _decode(path: Path, size: int, crop: str):
+    """(model input, None) or (None, error message). `load_image` turns every decoder failure
+    into ImageError; OSError here only means the file itself could not be opened."""
     try:
         return to_input(load_image(path), size, crop), None
     except ImageError as exc:
         return None, str(exc)
-    except OSError as exc:  # missing or unreadable file
+    except OSError as exc:
         return None, f"Cannot read the file ({exc.strerror or exc})."
 
 

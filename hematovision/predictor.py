@@ -167,22 +167,32 @@ class Predictor:
         """Classify one image file, path or bytes; raises `ImageError` for a bad image."""
         return self.predict_images([load_image(source)])[0]
 
-    def explain(self, array: np.ndarray) -> tuple[Prediction, np.ndarray | None]:
+    def explain(self, array: np.ndarray, label: str | None = None
+                ) -> tuple[Prediction, np.ndarray | None]:
         """Prediction and class activation map ((h, w) in [0, 1]) of one preprocessed image;
-        the map is None when the model folder has no head weights (no trust layer fitted)."""
-        return self.explain_arrays([array])[0]
+        the map is None when the model folder has no head weights (no trust layer fitted).
+        The map shows the evidence for `label` when given (e.g. a result stored earlier, which
+        a re-encoded copy of its image might no longer rank first), else for the top class."""
+        return self.explain_arrays([array], None if label is None else [label])[0]
 
-    def explain_arrays(self, arrays: Sequence[np.ndarray]
+    def explain_arrays(self, arrays: Sequence[np.ndarray], labels: Sequence[str] | None = None
                        ) -> list[tuple[Prediction, np.ndarray | None]]:
-        """`explain` for preprocessed arrays, in one batched forward pass."""
+        """`explain` for preprocessed arrays, in one batched forward pass; `labels`, one per
+        array, name the classes to map (default: each image's top class)."""
         if not len(arrays):
             return []
         outputs = self.forward(np.stack(arrays), feature_maps=True)
         predictions = self.predictions(outputs)
+        labels = [p.label for p in predictions] if labels is None else list(labels)
+        if len(labels) != len(predictions):
+            raise ValueError(f"Got {len(labels)} labels for {len(predictions)} images")
+        unknown = sorted(set(labels) - set(self.classes))
+        if unknown:
+            raise ValueError(f"Model {self.name!r} has no class {', '.join(map(repr, unknown))}")
         kernel = self.trust.head_kernel
         return [(p, None if kernel is None else
-                 class_activation_map(maps, kernel, self.classes.index(p.label)))
-                for p, maps in zip(predictions, outputs.feature_maps)]
+                 class_activation_map(maps, kernel, self.classes.index(label)))
+                for p, label, maps in zip(predictions, labels, outputs.feature_maps)]
 
     def predictions(self, outputs: Outputs) -> list[Prediction]:
         probabilities = self.trust.probabilities(outputs.logits)

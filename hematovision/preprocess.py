@@ -7,11 +7,14 @@ through `load_image` then `to_input`, so the two paths cannot drift apart.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
 # Pillow's resampling filter; recorded in every model card as part of the contract.
@@ -31,13 +34,24 @@ class ImageError(ValueError):
 
 
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode any image file into an upright RGB image (first frame of an animation)."""
+    """Decode any image file into an upright RGB image (first frame of an animation).
+
+    Anything wrong with the content raises `ImageError`, whatever the decoder raised: this is
+    the one place that turns decoder failures into a message, for the CLI, evaluation and the
+    web app alike. Only opening a path can raise OSError (a missing or unreadable file)."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("The file is empty.")
         source = io.BytesIO(source)
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as file:
+            return _decode(file, max_pixels)
+    return _decode(source, max_pixels)
+
+
+def _decode(file: BinaryIO, max_pixels: int) -> Image.Image:
     try:
-        with Image.open(source) as image:
+        with Image.open(file) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
@@ -50,24 +64,32 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
             return _to_rgb(image)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise
     except UnidentifiedImageError:
         raise ImageError("The file is not an image in a format we can read.") from None
     except Image.DecompressionBombError:
         raise ImageError(f"The image is too large; the limit is {max_pixels:,} pixels.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"The image is damaged or truncated ({exc}).") from None
+    except MemoryError:
+        raise ImageError("The image is too large to decode in the memory available.") from None
+    except Exception as exc:  # noqa: BLE001 - see below
+        # Pillow's decoders fail on malformed files not only with OSError but with
+        # struct.error, IndexError, ValueError, SyntaxError, EOFError...: all are a bad file,
+        # never a crash of the batch or a 500. Unusual types are logged: they may be our bug.
+        if not isinstance(exc, (OSError, EOFError, SyntaxError, ValueError)):
+            log.warning("unexpected %s decoding an image", type(exc).__name__, exc_info=True)
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(f"The image is damaged or truncated ({reason}).") from None
+
+
+# Modes of more than 8 bits per pixel that are stretched to 8 bits rather than clipped.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Pixels per float64 block of that stretch: bounds its working memory (8 MB) at any image size.
+STRETCH_BLOCK_PIXELS = 1 << 20
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB; transparency is flattened onto white, as a viewer shows it."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit or float greyscale: stretch to 8 bits instead of clipping to white.
-        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8))
+    if image.mode in HIGH_BIT_MODES:
+        image = _stretch_to_8_bits(image)
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -75,6 +97,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def _stretch_to_8_bits(image: Image.Image) -> Image.Image:
+    """16/32-bit or float greyscale -> 8-bit "L", its value range stretched onto 0..255
+    (clipping would turn most 16-bit images white; NaN reads as 0).
+
+    Computed in float64 row blocks, two passes (range, then values), so a large image costs its
+    8-bit result plus one block instead of several full-size float64 copies (8 bytes a pixel
+    each); the pixels are the same as one full-size float64 computation gives."""
+    extrema = [(float(block.min()), float(block.max())) for _, block in _float_rows(image)]
+    low, high = min(lo for lo, _ in extrema), max(hi for _, hi in extrema)
+    out = np.zeros((image.height, image.width), dtype=np.uint8)
+    if high > low:
+        scale = 255.0 / (high - low)
+        for top, block in _float_rows(image):
+            out[top : top + len(block)] = ((block - low) * scale).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def _float_rows(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float64 pixels with NaN as 0) of a few rows at a time, top to bottom."""
+    rows = max(1, STRETCH_BLOCK_PIXELS // max(image.width, 1))
+    for top in range(0, image.height, rows):
+        block = image.crop((0, top, image.width, min(top + rows, image.height)))
+        yield top, np.nan_to_num(np.asarray(block, dtype=np.float64))
 
 
 CROPS = ("none", "nucleus")

@@ -2,7 +2,9 @@
 
 import io
 import json
+import struct
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -11,9 +13,11 @@ from hematovision.preprocess import load_image, to_input
 from tests.conftest import CLASSES
 from tests.web_helpers import (
     BAD_FILES,
+    CRASHING_SIZE,
     HOSTILE_NAMES,
     ODD_IMAGES,
     animated_gif,
+    crash_decoder_on,
     image_bytes,
     make_app,
     make_models_root,
@@ -101,6 +105,31 @@ def test_unusual_but_valid_images_are_classified(client, models_root, name, make
     assert result["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
 
 
+def test_a_decoder_crash_is_an_error_entry_and_the_others_are_classified(client, monkeypatch):
+    crash_decoder_on(monkeypatch, IndexError("list index out of range"))
+    response = post(client, ("odd.png", image_bytes(size=CRASHING_SIZE, fmt="PNG")),
+                    ("good.jpg", image_bytes()))
+    assert response.status_code == 200
+    bad, good = response.get_json()["results"]
+    assert bad == {"file": "odd.png",
+                   "error": "The image is damaged or truncated (list index out of range)."}
+    assert good["label"] in CLASSES
+
+
+def test_a_large_sixteen_bit_image_is_classified(client, models_root):
+    """A 12-megapixel 16-bit greyscale TIFF: stretched to 8 bits without full-size float64
+    copies (see test_preprocess for the memory bound), classified like its 8-bit version."""
+    ramp = np.linspace(0, 65535, 4000, dtype=np.uint16)[None, :].repeat(3000, axis=0)
+    out = io.BytesIO()
+    Image.fromarray(ramp).save(out, "TIFF")
+    response = post(client, ("large16.tif", out.getvalue()))
+    assert response.status_code == 200, response.get_json()
+    [result] = response.get_json()["results"]
+    eight_bit = Image.fromarray((ramp.astype(np.float64) * (255 / 65535)).astype(np.uint8))
+    expected = Predictor(models_root / "tiny").predict_images([eight_bit.convert("RGB")])[0]
+    assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+
+
 def test_animated_gif_is_classified_by_its_first_frame(client, models_root):
     predictor = Predictor(models_root / "tiny")
     first = Image.open(io.BytesIO(animated_gif())).convert("RGB")
@@ -144,6 +173,28 @@ def test_a_request_over_the_size_limit_is_a_413(tmp_path, models_root):
     assert response.get_json() == {
         "error": "The upload is larger than the limit of 0.0476837 MB in total."
     }
+
+
+def test_too_many_form_parts_is_a_413_that_says_so(client):
+    """With the default limits, more than MAX_FORM_PARTS (1,000) tiny parts are refused while
+    the form is parsed, before the MAX_FILES check; the request is a few kilobytes."""
+    response = post(client, ("a.jpg", image_bytes()), **{f"f{i}": "" for i in range(1_001)})
+    assert response.status_code == 413
+    assert response.get_json() == {"error": (
+        "The form has too many parts (at most 1,000) or a text field over 500,000 bytes: send at "
+        "most 100 files and only the form's own fields."
+    )}
+
+
+def test_a_413_of_a_chunked_request_names_both_possible_causes(app):
+    """Without a Content-Length the size and the form limits cannot be told apart."""
+    from hematovision.web.errors import too_large
+
+    with app.test_request_context("/api/predict", method="POST",
+                                  headers={"Transfer-Encoding": "chunked"}):
+        assert too_large() == ("Request too large", (
+            "The upload is larger than the limit of 32 MB in total, or its form has too many "
+            "parts (at most 1,000) or a text field over 500,000 bytes."))
 
 
 def test_too_many_files_is_a_400(tmp_path, models_root):

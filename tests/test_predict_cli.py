@@ -1,7 +1,11 @@
 import json
+import struct
+
+import pytest
 
 from hematovision.predict import main
 from tests.conftest import CLASSES, make_image
+from tests.web_helpers import CRASHING_SIZE, crash_decoder_on
 
 
 def test_json_lines_for_a_folder_with_an_unreadable_file(tiny_model_dir, tmp_path, capsys):
@@ -66,3 +70,23 @@ def test_json_lines_carry_the_fitted_trust_layer(trusted_model_dir, tmp_path, ca
                 else "unidentified" if line["confidence"] < scores["confidence_threshold"]
                 else "accepted")
     assert line["status"] == expected
+
+
+@pytest.mark.parametrize("exc,reason", [
+    (struct.error("unpack requires a buffer of 4 bytes"), "unpack requires a buffer of 4 bytes"),
+    (IndexError("list index out of range"), "list index out of range"),
+    (ZeroDivisionError(), "ZeroDivisionError"),  # no text: the type names the failure
+    (SyntaxError("not a TIFF file"), "not a TIFF file"),
+])
+def test_a_decoder_crash_is_an_error_line_and_the_run_continues(tiny_model_dir, tmp_path, capsys,
+                                                               monkeypatch, exc, reason):
+    bad = make_image(tmp_path / "a.png", (200, 60, 60), size=CRASHING_SIZE, fmt="PNG")
+    good = make_image(tmp_path / "b.jpg", (60, 60, 200))
+    crash_decoder_on(monkeypatch, exc)
+
+    code = main([str(bad), str(good), "--json", "--quiet", "--model-dir", str(tiny_model_dir)])
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert lines[0] == {"file": str(bad), "error": f"The image is damaged or truncated ({reason})."}
+    assert lines[1]["file"] == str(good) and lines[1]["label"] in CLASSES

@@ -82,3 +82,23 @@ def test_a_predictor_puts_numpy_blas_on_one_thread(tiny_model_dir):
         Predictor(tiny_model_dir)
         threads = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
     assert threads == {1}
+
+
+def test_explain_draws_the_map_of_the_asked_class_and_keeps_the_prediction(trusted_model_dir):
+    from hematovision.trust import class_activation_map
+
+    predictor = Predictor(trusted_model_dir)
+    array = np.random.default_rng(2).uniform(-1, 1, (224, 224, 3)).astype(np.float32)
+    outputs = predictor.forward(array[None], feature_maps=True)
+    kernel = predictor.trust.head_kernel
+    predicted, top_map = predictor.explain(array)
+    np.testing.assert_array_equal(
+        top_map, class_activation_map(outputs.feature_maps[0], kernel,
+                                      CLASSES.index(predicted.label)))
+    other = next(c for c in CLASSES if c != predicted.label)
+    prediction, other_map = predictor.explain(array, label=other)
+    assert prediction == predicted  # the class asked for changes the map only
+    np.testing.assert_array_equal(
+        other_map, class_activation_map(outputs.feature_maps[0], kernel, CLASSES.index(other)))
+    with pytest.raises(ValueError, match="basophil"):
+        predictor.explain(array, label="basophil")

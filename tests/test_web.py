@@ -3,8 +3,10 @@
 import io
 import json
 import re
+import struct
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from hematovision.web import create_app
 from tests.conftest import CLASSES
 from tests.web_helpers import (
     BAD_FILES,
+    CRASHING_SIZE,
+    crash_decoder_on,
     csrf_token,
     image_bytes,
     make_app,
@@ -458,6 +462,31 @@ def test_upload_over_the_size_limit_is_a_friendly_413(tmp_path, models_root):
     assert 'class="navbar' in html  # the site layout
 
 
+@pytest.mark.parametrize("config, form, phrase", [
+    # More parts than MAX_FORM_PARTS, each tiny: the request is far below the size limit.
+    ({"MAX_FORM_PARTS": 5}, {f"field{i}": "x" for i in range(8)}, "too many parts"),
+    # A text field over MAX_FORM_MEMORY_SIZE (files are not held in memory, fields are).
+    ({"MAX_FORM_MEMORY_SIZE": 1_000}, {"model": "x" * 5_000}, "a text field over 1,000 bytes"),
+])
+def test_a_413_for_the_form_does_not_blame_the_upload_size(tmp_path, models_root, config, form,
+                                                           phrase):
+    client = make_app(tmp_path, models_root, **config).test_client()
+    response = submit(client, ("a.jpg", image_bytes()), **form)
+    assert response.status_code == 413
+    page = text(response.get_data(as_text=True))
+    assert phrase in page and "Form too large" in page
+    assert "Upload too large" not in page and " MB" not in page
+
+
+def test_a_decoder_crash_is_a_400_with_a_clear_reason(client, monkeypatch):
+    """A Pillow decoder failing with something other than OSError is a bad file, not a 500."""
+    crash_decoder_on(monkeypatch, struct.error("unpack requires a buffer of 4 bytes"))
+    response = submit(client, ("odd.png", image_bytes(size=CRASHING_SIZE, fmt="PNG")))
+    assert response.status_code == 400
+    assert ("The image is damaged or truncated (unpack requires a buffer of 4 bytes)."
+            in response.get_data(as_text=True))
+
+
 def test_decompression_bomb_in_the_form_is_a_400(client):
     response = submit(client, ("bomb.png", png_with_size(100_000, 100_000)))
     assert response.status_code == 400 and "too large" in response.get_data(as_text=True)
@@ -500,16 +529,26 @@ def test_environment_configures_the_app(monkeypatch, tmp_path, models_root):
     assert "deleted after 10 minutes" in app.test_client().get("/").get_data(as_text=True)
 
 
-def test_api_docs_example_has_the_api_fields(client):
-    """The JSON documented on the API page parses and has the fields the API returns."""
+def api_docs_example(client) -> str:
+    """The example response of the API page, as the reader sees it."""
     html = client.get("/docs/api").get_data(as_text=True)
-    example = re.search(r'<code>(\{"model".*?)</code>', html, re.S).group(1)
-    body = json.loads(example)
+    return unescape(re.search(r'id="api-example"><code>(.*?)</code>', html, re.S).group(1))
+
+
+def test_api_docs_example_has_the_api_fields(client):
+    """The example on the API page, its <placeholders> filled in, parses as JSON and has the
+    fields the API returns, in order; without a trust layer the scores are as the API gives."""
+    example = api_docs_example(client)
+    body = json.loads(re.sub(r"<[^<>]+>", "0", example))
     assert list(body) == ["model", "results"]
     assert list(body["results"][0]) == [
         "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
     ]
     assert list(body["results"][1]) == ["file", "error"]
+    assert list(body["results"][0]["probabilities"]) == CLASSES
+    assert body["results"][0]["scores"] == {"unfamiliarity": None,
+                                            "unfamiliarity_threshold": None,
+                                            "confidence_threshold": 0.0, "temperature": 1.0}
 
 
 def test_relative_folders_are_taken_from_the_working_directory(

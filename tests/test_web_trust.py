@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import re
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from hematovision.predictor import Predictor
 from tests.conftest import CELL_COLORS
-from tests.web_helpers import csrf_token, image_bytes, make_models_root
+from tests.web_helpers import csrf_token, image_bytes, make_app, make_models_root
 
 RED = image_bytes(CELL_COLORS[0])
 BLUE = image_bytes(CELL_COLORS[1])
@@ -150,6 +151,47 @@ def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root)
     assert client.get(f"{location}/5/heat-map.png").status_code == 404
 
 
+def test_heat_map_shows_the_evidence_for_the_stored_label(client, models_root, app):
+    """The page captions the map as evidence for the stored label, so the map must be that
+    class's even when the stored viewing copy (re-encoded, downscaled) would now score another
+    class highest; here the stored label is set to the class whose map differs most."""
+    from hematovision.preprocess import load_image, to_input
+    from hematovision.trust import class_activation_map, overlay
+
+    location = upload(client, "accepting", ("red.jpg", RED))
+    folder = Path(app.config["UPLOAD_FOLDER"])
+    stored_path = folder / f"{location.rsplit('/', 1)[1]}.json"
+    stored = json.loads(stored_path.read_text())
+    predictor = Predictor(models_root / "accepting")
+    array = to_input(load_image(folder / f"{stored['results'][0]['image']}.jpg"), 224)
+    outputs = predictor.forward(array[None], feature_maps=True)
+    kernel = predictor.trust.head_kernel
+    maps = {c: class_activation_map(outputs.feature_maps[0], kernel, i)
+            for i, c in enumerate(predictor.classes)}
+    top = predictor.predictions(outputs)[0].label
+    other = max((c for c in maps if c != top), key=lambda c: np.abs(maps[c] - maps[top]).max())
+    stored["results"][0]["label"] = other
+    stored_path.write_text(json.dumps(stored))
+
+    response = client.get(f"{location}/0/heat-map.png")
+
+    assert response.status_code == 200
+    served = np.asarray(Image.open(io.BytesIO(response.data)))
+    np.testing.assert_array_equal(served, np.asarray(overlay(array, maps[other])))
+    assert not np.array_equal(served, np.asarray(overlay(array, maps[top])))
+
+
+def test_heat_map_of_a_label_the_model_no_longer_has_is_a_clear_404(client, models_root, app):
+    location = upload(client, "accepting", ("red.jpg", RED))
+    stored_path = Path(app.config["UPLOAD_FOLDER"]) / f"{location.rsplit('/', 1)[1]}.json"
+    stored = json.loads(stored_path.read_text())
+    stored["results"][0]["label"] = "basophil"
+    stored_path.write_text(json.dumps(stored))
+    response = client.get(f"{location}/0/heat-map.png")
+    assert response.status_code == 404
+    assert "no longer has the class" in response.get_data(as_text=True)
+
+
 def test_heat_map_of_a_deleted_upload_is_a_clear_404(client, models_root, app):
     location = upload(client, "accepting", ("red.jpg", RED))
     for stored in Path(app.config["UPLOAD_FOLDER"]).rglob("*.jpg"):
@@ -224,3 +266,22 @@ def test_model_page_says_when_calibration_used_out_of_fold_predictions(models_ro
     html = client.get("/models/accepting").get_data(as_text=True)
     assert re.search(r"the out-of-fold predictions of 5 models trained without them\s*"
                      r"\(4569 images of 270 source groups\)", html)
+
+
+def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_path,
+                                                                          trusted_model_dir):
+    """No hand-typed figure: the example's only numbers are the default model's fitted
+    thresholds and temperature, as the API rounds them; per-image values are placeholders."""
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
+    html = make_app(tmp_path, root, DEFAULT_MODEL="trusted").test_client().get("/docs/api")
+    example = unescape(re.search(r'id="api-example"><code>(.*?)</code>',
+                                 html.get_data(as_text=True), re.S).group(1))
+    card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
+    figures = {"unfamiliarity_threshold": round(card["ood"]["threshold"], 3),
+               "confidence_threshold": round(card["confidence_threshold"], 4),
+               "temperature": round(card["temperature"], 4)}
+    assert ('"scores": {"unfamiliarity": <float>, ' + ", ".join(
+        f'"{k}": {json.dumps(v)}' for k, v in figures.items()) + "}") in example
+    numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", example)
+    assert sorted(map(float, numbers)) == sorted(figures.values())
+    assert '"confidence": <float>' in example and '"label": "<class>"' in example

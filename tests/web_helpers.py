@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from hematovision.web import create_app
 
@@ -114,6 +114,23 @@ def exif_rotated_jpeg() -> bytes:
 
 def truncated(data: bytes, keep: float = 0.6) -> bytes:
     return data[: int(len(data) * keep)]
+
+
+# A size no other test image has: the patched decoder below fails on this one only.
+CRASHING_SIZE = (13, 7)
+
+
+def crash_decoder_on(monkeypatch, exc: Exception) -> None:
+    """Make Pillow's decoding of CRASHING_SIZE images raise `exc`, as its decoders can on
+    hostile files with exceptions that are not OSError."""
+    load = ImageFile.ImageFile.load
+
+    def failing_load(self):
+        if self.size == CRASHING_SIZE:
+            raise exc
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", failing_load)
 
 
 # Files that must be refused with a clear message (never a 500): id, client name, content,

@@ -16,7 +16,6 @@ TITLES = {
     400: "The request could not be used",
     404: "Page not found",
     405: "Method not allowed",
-    413: "Upload too large",
     500: "Something went wrong on our side",
 }
 
@@ -27,9 +26,6 @@ def init_app(app: Flask) -> None:
 
 
 def message_for(error: HTTPException) -> str:
-    if isinstance(error, RequestEntityTooLarge):
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return f"The upload is larger than the limit of {limit / 2**20:g} MB in total."
     if error.code == 404 and error.description == _default_description(error):
         return "There is nothing at this address. Results are deleted after a while."
     if error.code == 500:
@@ -37,12 +33,33 @@ def message_for(error: HTTPException) -> str:
     return error.description or ""
 
 
+def too_large() -> tuple[str, str]:
+    """Title and message of a 413, by its cause. Werkzeug raises the same error for a body over
+    MAX_CONTENT_LENGTH and, while parsing the form, for more than MAX_FORM_PARTS parts or a text
+    field over MAX_FORM_MEMORY_SIZE bytes; only the declared length tells them apart."""
+    config = current_app.config
+    limit, length = config["MAX_CONTENT_LENGTH"], request.content_length
+    size = f"larger than the limit of {limit / 2**20:g} MB in total" if limit else ""
+    if size and length is not None and length > limit:
+        return "Upload too large", f"The upload is {size}."
+    parts, memory = config.get("MAX_FORM_PARTS"), config.get("MAX_FORM_MEMORY_SIZE")
+    causes = [f"too many parts (at most {parts:,})" if parts else "",
+              f"a text field over {memory:,} bytes" if memory else ""]
+    form = " or ".join(c for c in causes if c) or "too many parts"
+    if size and length is None:  # sent in chunks: either limit may have been reached
+        return "Request too large", f"The upload is {size}, or its form has {form}."
+    return "Form too large", (f"The form has {form}: send at most {config['MAX_FILES']} files "
+                              "and only the form's own fields.")
+
+
 def handle_http_error(error: HTTPException):
     code = error.code or 500
-    message = message_for(error)
+    if isinstance(error, RequestEntityTooLarge):
+        title, message = too_large()
+    else:
+        title, message = TITLES.get(code, error.name), message_for(error)
     if request.path.startswith("/api/"):
         return jsonify(error=message), code
-    title = TITLES.get(code, error.name)
     return render_template("error.html", code=code, title=title, message=message), code
 
 

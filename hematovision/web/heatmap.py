@@ -40,14 +40,16 @@ def to_json(model_input: np.ndarray, cam: np.ndarray) -> dict[str, Any]:
     }
 
 
-def stored_overlay(predictor: Predictor, image_path: Path) -> bytes | None:
-    """The overlay of a stored upload, preprocessed exactly as `predictor` preprocesses (for
-    wbc4: the crop around the nucleus, so it shows what the model looked at); None when the
-    model has no heat maps. May raise `ImageError` if the stored copy is unreadable.
+def stored_overlay(predictor: Predictor, image_path: Path, label: str) -> bytes | None:
+    """The overlay of a stored upload for its stored `label`, preprocessed exactly as
+    `predictor` preprocesses (for wbc4: the crop around the nucleus, so it shows what the model
+    looked at); None when the model has no heat maps. May raise `ImageError` if the stored copy
+    is unreadable, ValueError if the model has no class `label`.
 
     The stored copy is the re-encoded viewing JPEG (<= 1024 px), not the original upload, so
-    the map can differ slightly from one made from the original; storing maps at upload time
-    instead would slow every prediction for a view few users open."""
+    the model may rank the classes of this copy differently; the map is therefore drawn for
+    the stored label, the one the result page captions it with, not for the copy's top class.
+    Storing maps at upload time instead would slow every prediction for a view few users open."""
     array = to_input(load_image(image_path), predictor.input_size, predictor.crop)
-    _, cam = predictor.explain(array)
+    _, cam = predictor.explain(array, label=label)
     return None if cam is None else overlay_png(array, cam)

@@ -3,6 +3,7 @@ pages."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flask import (
@@ -33,6 +34,7 @@ NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
+CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
 
 @bp.app_context_processor
@@ -186,8 +188,8 @@ def single(batch_id: str, index: int):
 
 @bp.get("/batch/<batch_id>/<int:index>/heat-map.png")
 def heat_map(batch_id: str, index: int):
-    """The class activation map of one stored result over the model's input view, made on
-    request from the stored upload by the model that classified it (never on the upload path,
+    """The class activation map of one stored result's label over the model's input view, made
+    on request from the stored upload by the model that classified it (never on the upload path,
     so plain predictions pay nothing for it)."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
@@ -199,11 +201,14 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=MODEL_GONE.format(name=stored["model"]))
     if not heatmap.available(predictor):
         abort(404, description=NO_HEAT_MAP.format(name=stored["model"]))
+    if item["label"] not in predictor.classes:  # the model was retrained under the same name
+        abort(404, description=CLASS_GONE.format(name=stored["model"], label=item["label"]))
     path = uploads.image_path(upload_folder(), item["image"])
     if path is None:
         abort(404, description=IMAGE_EXPIRED.format(retention=retention))
     try:
-        png = heatmap.stored_overlay(predictor, path)
+        # The stored label, not the stored copy's top class: the page captions the map with it.
+        png = heatmap.stored_overlay(predictor, path, item["label"])
     except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
         abort(404, description=IMAGE_EXPIRED.format(retention=retention))
     return _no_store(Response(png, mimetype="image/png"))
@@ -277,9 +282,22 @@ def model_file(name: str, file_name: str):
     return send_from_directory(predictor.model_dir, file_name, mimetype="image/png")
 
 
+# What the API example shows for values that differ per image: it is a schema, not a result.
+PER_IMAGE = "<float>"
+
+
 @bp.get("/docs/api")
 def api_docs():
-    return render_template("api.html")
+    """The API page. Its example response takes the default model's classes and the fitted
+    figures every result carries (thresholds, temperature) from that model, exactly as the API
+    rounds them; per-image values are placeholders, so no number on the page is hand-typed."""
+    predictor = models.get(None)
+    scores = predictor.trust.scores(0.0)
+    if scores["unfamiliarity"] is not None:
+        scores["unfamiliarity"] = PER_IMAGE
+    example_scores = [(k, v if v == PER_IMAGE else json.dumps(v)) for k, v in scores.items()]
+    return render_template("api.html", example_classes=predictor.classes,
+                           example_scores=example_scores)
 
 
 def upload_folder() -> Path:
