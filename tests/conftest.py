@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +19,8 @@ CELL_COLORS = [(200, 60, 60), (60, 60, 200), (120, 60, 160), (200, 150, 200)]  #
 
 def make_image(path: Path, color: tuple[int, int, int], size=(64, 48), fmt: str = "JPEG") -> Path:
     """A small image with a disc of `color` on a light background (a cartoon cell)."""
-    rng = np.random.default_rng(abs(hash((path.name, color))) % 2**32)
+    # zlib.crc32, not hash(): str hashes change from one interpreter run to the next.
+    rng = np.random.default_rng(zlib.crc32(f"{path.name}{color}".encode()))
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     disc = (xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (min(w, h) / 3) ** 2

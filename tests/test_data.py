@@ -72,6 +72,44 @@ def test_a_leaking_split_is_refused(tmp_path):
         data_lib.load_split(path, dataset)
 
 
+def write_field_notes(tmp_path, pairs):
+    """bccd/bccd_image_notes.csv beside the kaggle folder, listing `pairs` as one field."""
+    linked = {}
+    for a, b in pairs:
+        linked.setdefault(a, []).append(b)
+        linked.setdefault(b, []).append(a)
+    path = tmp_path / "bccd" / "bccd_image_notes.csv"
+    path.parent.mkdir()
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "labels_csv_category", "same_field_of_view_as"])
+        for image, others in sorted(linked.items()):
+            writer.writerow([f"{image}.jpg", "", ";".join(others)])
+
+
+def test_smears_of_one_field_of_view_are_one_group_on_one_side(tmp_path):
+    root = kaggle_like(tmp_path)
+    # Blood_00/Blood_01: one eosinophil seen twice; Blood_12/Blood_22: one cell, two labels;
+    # Blood_03 and Blood_04 each overlap an image that is no source: not joined to each other.
+    write_field_notes(tmp_path, [("Blood_00", "Blood_01"), ("Blood_12", "Blood_22"),
+                                 ("Blood_03", "Other_9"), ("Blood_04", "Other_9")])
+    dataset = data_lib.grouped_image_folder(root, 0, "auto", "auto")
+    group_of = dict(zip(dataset.files, dataset.groups))
+    assert group_of["eosinophil/_0_00.jpeg"] == "Blood_00+Blood_01"
+    assert group_of["eosinophil/_3_01.jpeg"] == "Blood_00+Blood_01"
+    assert group_of["eosinophil/_0_03.jpeg"] == "Blood_03"
+    assert group_of["eosinophil/_0_04.jpeg"] == "Blood_04"
+    for seed in range(8):
+        split = data_lib.make_split(dataset, 0.34, 0.0, seed)
+        sides = {name for name in ("train", "val")
+                 for f in split[name] if f.split("/")[1][3:5] in ("00", "01")}
+        assert len(sides) == 1
+        assert split["excluded_groups"] == ["Blood_12+Blood_22"]
+    # without the notes (or for a run made before them) the smears stay apart
+    apart = data_lib.grouped_image_folder(root, 0, "auto", "none")
+    assert dict(zip(apart.files, apart.groups))["eosinophil/_3_01.jpeg"] == "Blood_01"
+
+
 def test_identical_files_are_one_group_and_cross_class_copies_are_excluded(tmp_path):
     root = tmp_path / "pbc"
     for c, name in enumerate(CLASSES):

@@ -38,6 +38,7 @@ def test_wbc4_card_figures_are_reproduced_on_kaggle_test(tmp_path):
     assert card["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert card["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-4)
     assert card["per_source_smear"] == metrics["per_source_smear"]
+    assert card["intervals"] == metrics["intervals"]  # seeded bootstrap, shown in the README
     assert_trust_figures_reproduced(metrics, card, tmp_path, max_false_flags=0.02)  # the bar
 
 
@@ -49,6 +50,7 @@ def test_pbc8_card_figures_are_reproduced_on_its_saved_test_split(tmp_path):
     assert metrics["n"] == card["n"] == 1709
     assert card["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert card["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-4)
+    assert card["intervals"] == metrics["intervals"]
     # A regression floor for the committed model, not the 0.99 goal (not reached yet).
     assert metrics["accuracy"] >= 0.97
     assert_trust_figures_reproduced(metrics, card, tmp_path, max_false_flags=0.02)  # the bar
@@ -94,9 +96,9 @@ def test_committed_trust_layer_flags_non_cell_images_as_recorded(model):
             assert s["not_a_cell_rate"] >= 0.99, s["name"]
 
 
-# `wbc4` was trained with `--weights saved_model/pbc8/model.keras` while that folder held the
-# block-11 pbc8 run; the folder has since been replaced by the block-7 run, so the path in its
-# config no longer names its initialisation. Its card names the run; this checks that claim
+# `wbc4` was trained from `weights/pbc8-b11/model.keras`, a copy of what
+# `saved_model/pbc8/model.keras` held up to 8bc91ff (the block-11 pbc8 run); that folder now
+# holds the block-7 run, and the copy is not committed. Its card names the run; this checks that claim
 # against the weights the folder held at the last commit that served the block-11 model.
 PBC8_B11 = {"commit": "8bc91ff", "path": "saved_model/pbc8/model.keras",
             "run": "20261123-052941-mobilenetv2-224-pbc8-b11"}

@@ -152,3 +152,19 @@ def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_p
     assert "| out-of-fold accuracy |" in lines[0]
     assert lines[2].endswith("| 0.8123 | 5 |") and lines[3].endswith("| 0.7000 | 5 |")
     assert tables.ablation_table([served]).splitlines()[2].endswith("| n/a | 5 |")
+
+
+def test_crossfit_table_shows_what_the_fitted_temperature_does_on_validation(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model_card.json").write_text(json.dumps({"classes": ["a", "b"], "trust": {
+        "temperature": 2.0, "validation": {"accuracy": 0.9, "nll_before": 0.19,
+                                           "nll_after": 0.24, "ece_before": 0.03,
+                                           "ece_after": 0.07}}}))
+    (model / "crossfit.json").write_text(json.dumps(
+        {"folds": 5, "images": 40, "groups": 10, "accuracy": 0.8, "nll": 0.7,
+         "per_fold": [{"fold": k, "accuracy": 0.7 + k / 50} for k in range(5)]}))
+    (model / "model.tflite").write_bytes(b"")  # listed as a model folder
+    row = tables.crossfit_table(tmp_path).splitlines()[2]
+    assert row.endswith("| 0.9000 | 2.0000 | 0.1900 -> 0.2400 | 0.0300 -> 0.0700 |")
+    assert "| 0.7000 to 0.7800 |" in row

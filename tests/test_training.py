@@ -64,8 +64,40 @@ def test_features_are_cached_between_runs(trained_run):
     assert len(list((base / "cache").glob("features-*.npy"))) == 2  # one per view
 
 
+def test_the_cache_is_reused_only_while_files_and_code_are_unchanged(tmp_path, monkeypatch):
+    from training import features
+    from tests.conftest import make_image
+
+    bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 3, strides=8)])
+    paths = [make_image(tmp_path / "img" / f"{i}.png", CELL_COLORS[i], fmt="PNG")
+             for i in range(2)]
+    cache = tmp_path / "cache"
+
+    def compute():
+        return features.cached_features(bottom, paths, 0, 1, 32, cache)
+
+    first = compute()
+    assert len(list(cache.iterdir())) == 1
+    loads = []
+    real_load = features._load_batch
+    monkeypatch.setattr(features, "_load_batch", lambda *a: loads.append(1) or real_load(*a))
+    np.testing.assert_array_equal(compute(), first)
+    assert not loads  # read from disk, not recomputed
+    # A file changed on disk: its activations are recomputed, not read from the old entry.
+    make_image(paths[1], CELL_COLORS[3], fmt="PNG")
+    changed = compute()
+    assert loads and len(list(cache.iterdir())) == 2
+    assert not np.array_equal(changed[1], first[1])
+    # Preprocessing or augmentation code changed: a new entry too.
+    monkeypatch.setattr(features, "code_digest", lambda: "edited")
+    compute()
+    assert len(list(cache.iterdir())) == 3
+
+
 def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path):
     _, run_dir = trained_run
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "ece_spread.json").write_text("{}")  # an earlier model's figures
     out = export.export_run(run_dir, "smoke", root=tmp_path, description="smoke test")
     card = json.loads((out / "model_card.json").read_text())
     assert card["classes"] == CLASSES
@@ -73,6 +105,7 @@ def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path)
     assert card["initialisation"] == "random (no pretrained weights)"
     assert card["training"]["config"]["epochs"] == 1
     assert card["export_check"]["max_abs_probability_difference_litert_vs_keras"] < 1e-4
+    assert not (out / "ece_spread.json").exists()
     assert (out / "splits.json").is_file() and (out / "curves.png").is_file()
     assert Predictor(out).classes == CLASSES
 

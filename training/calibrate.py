@@ -34,7 +34,8 @@ from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussia
 from training import crossfit
 
 ECE_BINS = 15
-TARGET_ACCURACY = 0.99  # accepted cells should be right at least this often (on validation)
+TARGET_ACCURACY = 0.99  # accepted held-out cells (out-of-fold, else validation) should be
+#   right at least this often
 OOD_QUANTILE = 0.99  # share of in-domain validation images that must pass as familiar
 
 
@@ -45,7 +46,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05,
                     high: float = 20.0) -> float:
-    """The temperature minimising validation NLL (golden-section search on log T; the NLL of
+    """The temperature minimising the NLL of held-out logits (golden-section search on log T; the NLL of
     temperature scaling is unimodal in T)."""
     a, b = math.log(low), math.log(high)
     ratio = (math.sqrt(5) - 1) / 2

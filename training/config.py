@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -20,6 +22,9 @@ class TrainConfig:
     val_fraction: float = 0.15  # share of source groups per class held out for validation
     test_fraction: float = 0.0  # share held out for a test split (0 when the data has its own)
     source_map: str = "auto"  # CSV mapping files to source smears: auto | none | PATH
+    field_notes: str = "auto"  # CSV naming source smears of overlapping fields of view (often
+    #   the same cell), kept in one group: auto (bccd/bccd_image_notes.csv beside the data) |
+    #   none | PATH
     unassigned: str = "refit"  # images with no known source: refit (train only in the final
     #   refit on all data, never next to validation) | drop
     extra_data: str = ""  # training-only ImageFolder root(s), comma-separated, from another
@@ -44,6 +49,28 @@ class TrainConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
+    def help(cls) -> dict[str, str]:
+        """Each option's help text: its comment above, so the two cannot drift apart."""
+        texts: dict[str, str] = {}
+        name = None
+        for line in inspect.getsource(cls).splitlines():
+            option = re.match(r"    (\w+): [^=]+=[^#]*#\s*(.*)", line)
+            more = re.match(r"    #\s+(.*)", line)
+            if option:
+                name, texts[option.group(1)] = option.group(1), option.group(2)
+            elif more and name:
+                texts[name] += " " + more.group(1)
+            else:
+                name = None
+        return texts
+
+    @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(Path(path).read_text()).items() if k in known})
+        saved = json.loads(Path(path).read_text())
+        # A run saved before an option existed was made without it, not with today's default.
+        return cls(**{**BEFORE_OPTION_EXISTED,
+                      **{k: v for k, v in saved.items() if k in known}})
+
+
+BEFORE_OPTION_EXISTED = {"field_notes": "none"}

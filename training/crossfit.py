@@ -89,7 +89,8 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     config = TrainConfig.load(folder / "config.json")
     config.weights = weights or config.weights
     root = Path(config.data)
-    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map)
+    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map,
+                                           config.field_notes)
     split = data_lib.load_split(folder / "splits.json", dataset)
     pool = sorted(split["train"] + split["val"])
     group_of, label_of = dict(zip(dataset.files, dataset.groups)), dataset.label_of()

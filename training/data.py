@@ -1,7 +1,9 @@
 """Datasets as file lists, source groups, and the saved, leak-checked split.
 
 Images that are views of the same source smear (Kaggle augmentations) or byte-identical files
-(PBC duplicates) form one group; a group never sits on two sides of a split.
+(PBC duplicates) form one group; a group never sits on two sides of a split. Source smears
+that show overlapping fields of the same slide (BCCD has such pairs, most with the same white
+cell in both) are one group too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from hematovision.preprocess import IMAGE_SUFFIXES
 
 SOURCE_MAP_NAME = "bccd_source_map.csv"
+FIELD_NOTES = Path("bccd") / "bccd_image_notes.csv"  # its same_field_of_view_as column
 SPLITS = ("train", "val", "test")
 
 
@@ -88,8 +91,50 @@ def find_source_map(root: Path, setting: str) -> Path | None:
     return None
 
 
-def assign_groups(dataset: Dataset, source_map: Path | None) -> None:
-    """Group by source smear where a map names it, else by file content (duplicates together)."""
+def find_field_notes(root: Path, setting: str) -> Path | None:
+    """The table of smears that show overlapping fields of view: a path, "none", or "auto"
+    for `bccd/bccd_image_notes.csv` beside the dataset's folder (the shared data layout)."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        return Path(setting)
+    for folder in (root.parent, root.parent.parent):
+        if (folder / FIELD_NOTES).is_file():
+            return folder / FIELD_NOTES
+    return None
+
+
+def same_field_groups(notes: Path, sources: set[str]) -> dict[str, str]:
+    """{source: group name} joining the `sources` that the notes list as the same field of view,
+    transitively (e.g. "BloodImage_00037+BloodImage_00038"); unlisted sources are left out.
+
+    Only pairs of named sources are joined: two smears that each overlap a third image which
+    is no source of this dataset are not thereby one cell."""
+    parent = {s: s for s in sources}
+
+    def root_of(s: str) -> str:
+        while parent[s] != s:
+            s = parent[s]
+        return s
+
+    with open(notes, newline="") as f:
+        for row in csv.DictReader(f):
+            image = Path(row["image"]).stem
+            for other in (row.get("same_field_of_view_as") or "").split(";"):
+                other = other.strip()
+                if image in parent and other in parent:
+                    parent[root_of(other)] = root_of(image)
+    members: dict[str, list[str]] = defaultdict(list)
+    for s in parent:
+        members[root_of(s)].append(s)
+    return {s: "+".join(sorted(members[root_of(s)]))
+            for s in parent if len(members[root_of(s)]) > 1}
+
+
+def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path | None = None
+                  ) -> None:
+    """Group by source smear where a map names it (smears of one field of view together when
+    `field_notes` lists them), else by file content (duplicates together)."""
     if source_map is not None:
         split = dataset.root.name
         sources: dict[tuple[str, str], str] = {}
@@ -101,6 +146,13 @@ def assign_groups(dataset: Dataset, source_map: Path | None) -> None:
         for rel in dataset.files:
             cls, name = rel.split("/", 1)
             dataset.groups.append(sources.get((cls, name)) or None)
+        if field_notes is not None:
+            # All sources of the map, not only this split's: Kaggle's test and train are
+            # joined where they overlap too, so a test group is one cell in every split.
+            with open(source_map, newline="") as f:
+                named = {row["bccd_source_image"] for row in csv.DictReader(f)} - {""}
+            joined = same_field_groups(field_notes, named)
+            dataset.groups = [joined.get(g, g) if g else None for g in dataset.groups]
     else:
         dataset.groups = [
             "sha256:" + hashlib.sha256((dataset.root / f).read_bytes()).hexdigest()
@@ -108,11 +160,15 @@ def assign_groups(dataset: Dataset, source_map: Path | None) -> None:
         ]
 
 
-def grouped_image_folder(root: Path, max_per_class: int, source_map: str) -> Dataset:
+def grouped_image_folder(root: Path, max_per_class: int, source_map: str,
+                         field_notes: str = "none") -> Dataset:
     """`list_image_folder` with each file's source group assigned (`source_map`: a path,
-    "auto" for the Kaggle map beside the data, or "none")."""
+    "auto" for the Kaggle map beside the data, or "none"; `field_notes`: see
+    `find_field_notes`)."""
     dataset = list_image_folder(root, max_per_class)
-    assign_groups(dataset, find_source_map(Path(root), source_map))
+    source = find_source_map(Path(root), source_map)
+    assign_groups(dataset, source,
+                  find_field_notes(Path(root), field_notes) if source is not None else None)
     return dataset
 
 

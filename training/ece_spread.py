@@ -68,7 +68,7 @@ def pool_groups(folder: Path, files: np.ndarray) -> list[str]:
     """The source group of each out-of-fold file, as training and crossfit grouped them."""
     config = TrainConfig.load(folder / "config.json")
     dataset = data_lib.grouped_image_folder(Path(config.data), config.max_per_class,
-                                            config.source_map)
+                                            config.source_map, config.field_notes)
     group_of = dict(zip(dataset.files, dataset.groups))
     groups = [group_of.get(str(f)) for f in files]
     if any(g is None for g in groups):

@@ -154,7 +154,10 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     groups: list = [None] * len(files)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
-        data_lib.assign_groups(dataset, source_map)
+        # Smears of one field of view (often the same cell) are one unit of the bootstrap and
+        # of the per-smear vote, as they are one group in training.
+        data_lib.assign_groups(dataset, source_map,
+                               data_lib.find_field_notes(Path(data_dir), "auto"))
         group_of = dict(zip(dataset.files, dataset.groups))
         groups = [group_of[f] for f in files]
         if any(g is not None for g in groups):  # e.g. Kaggle train's unassigned images: none

@@ -135,7 +135,7 @@ def _apply_with_taps(model: keras.Model, x, wanted: list[str]):
 
 
 def convert_to_tflite(model: keras.Model, path: Path, tta: bool = True) -> None:
-    """float32 LiteRT flatbuffer (int8 was slower on this CPU, see README)."""
+    """float32 LiteRT flatbuffer (an int8 conversion ran slower than float32 on this CPU)."""
     # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
     # models for Keras 3 (its variables were not captured); check_export guards against it.
     converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, tta))
@@ -260,6 +260,9 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
                 shutil.copy2(run_dir / file, out_dir / file)
             else:  # left by an earlier model of this name
                 (out_dir / file).unlink(missing_ok=True)
+        # Measured on the earlier model's out-of-fold logits (training.ece_spread); the
+        # ablation table stays: it is the history of recipes behind this name.
+        (out_dir / "ece_spread.json").unlink(missing_ok=True)
     # The card's metrics start empty: figures measured on an earlier export go with them.
     for stale in [*out_dir.glob("confusion_*.png"), *out_dir.glob("reliability_*.png")]:
         stale.unlink()

@@ -1,13 +1,17 @@
 """Augmentation and the cache of frozen-backbone activations.
 
 The layers below the cut never change during training, so each augmented view of each image is
-pushed through them once; the activations (float16, 7x7x160 per image at 224 px) are kept on
-disk under `cache_dir`, keyed by the files, the view, the seed and the frozen weights.
+pushed through them once; the activations (float16; 7x7x160 per image at 224 px when cut at
+block 14, 14x14x64 at block 7) are kept on disk under `cache_dir`, keyed by everything that
+shapes them: the files (path, size, modification time), the view, the seed, the frozen weights
+and the code of the preprocessing and the augmentation. A stale cache would otherwise train on
+inputs that serving no longer produces, without any error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hematovision import preprocess as preprocess_module
 from hematovision.preprocess import preprocess
 
 VALUE_RANGE = (-1.0, 1.0)  # the preprocessed input range (MobileNetV2 scaling)
@@ -51,6 +56,17 @@ def weights_digest(model: keras.Model) -> str:
     return h.hexdigest()[:16]
 
 
+def code_digest() -> str:
+    """Digest of the code that turns a file into the frozen layers' input."""
+    source = inspect.getsource(preprocess_module) + inspect.getsource(build_augmenter)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def file_stamp(path: Path) -> str:
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def cached_features(
     bottom: keras.Model,
     paths: list[Path],
@@ -66,10 +82,10 @@ def cached_features(
     """Cut-layer activations of `paths`; view 0 is the clean image, view k>0 augmented."""
     key = hashlib.sha256(
         "\n".join(
-            [weights_digest(bottom), str(view), str(seed), str(input_size)]
+            [weights_digest(bottom), code_digest(), str(view), str(seed), str(input_size)]
             + ([f"crop={crop}"] if crop != "none" else [])
             + (["colour_jitter=False"] if view and not colour_jitter else [])
-            + [str(Path(p).resolve()) for p in paths]
+            + [file_stamp(p) for p in paths]
         ).encode()
     ).hexdigest()[:20]
     cache_file = Path(cache_dir) / f"features-{key}.npy"

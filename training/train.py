@@ -39,7 +39,8 @@ def train(config: TrainConfig) -> Path:
     config.save(run_dir / "config.json")
 
     # Data: list, group by source, split once with a fixed seed, refuse leaks.
-    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map)
+    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map,
+                                           config.field_notes)
     split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
     # Training-only images from another source: more distinct cells of the same types, which a
     # dataset made of a few hundred augmented smears lacks most. Never validated on.
@@ -240,14 +241,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict]:
         epilog="example: python -m training.train --data ../shared/data/kaggle_blood_cells/train "
                "--weights weights/dog_breed_mobilenetv2.h5 --export wbc4",
     )
+    texts = TrainConfig.help()
     for f in fields(TrainConfig):
         kind = type(f.default)
         if kind is bool:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
-                                action=argparse.BooleanOptionalAction, default=f.default)
+                                action=argparse.BooleanOptionalAction, default=f.default,
+                                help=texts[f.name])
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
-                                default=f.default, required=f.name == "data")
+                                default=f.default, required=f.name == "data",
+                                help=f"{texts[f.name]} (default: {f.default!r})")
     parser.add_argument("--export", default="", help="also export to saved_model/NAME")
     parser.add_argument("--description", default="", help="one line for the model card")
     parser.add_argument("--expects", default="", help="what images the model expects (app hint)")

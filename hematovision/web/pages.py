@@ -159,10 +159,7 @@ def single(batch_id: str, index: int):
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
-    # Stored before the trust layer: no candidates saved, so take them from the probabilities.
-    candidates = item.get("candidates") or [
-        {"label": label, "probability": p} for label, p in ranked[:2]
-    ]
+    candidates = item.get("candidates") or []  # none for a file that could not be read
     predictor = served_model(stored["model"])
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor

@@ -28,11 +28,10 @@ class ClassShare:
 
 
 def status_of(result: dict[str, Any]) -> str | None:
-    """The trust status of a classified result; None for a file that could not be read.
-    Results stored before the trust layer existed carry no status: they were all accepted."""
+    """The trust status of a classified result; None for a file that could not be read."""
     if "label" not in result:
         return None
-    return result.get("status", ACCEPTED)
+    return result["status"]
 
 
 def differential(results: list[dict[str, Any]], classes: list[str]) -> list[ClassShare]:
