@@ -168,3 +168,9 @@ def test_crossfit_table_shows_what_the_fitted_temperature_does_on_validation(tmp
     row = tables.crossfit_table(tmp_path).splitlines()[2]
     assert row.endswith("| 0.9000 | 2.0000 | 0.1900 -> 0.2400 | 0.0300 -> 0.0700 |")
     assert "| 0.7000 to 0.7800 |" in row
+
+
+def test_a_heat_map_cost_within_timing_noise_is_not_reported_as_a_cost():
+    assert "no cost this benchmark can tell" in tables._heat_map_cost(0.92)
+    assert "no cost this benchmark can tell" in tables._heat_map_cost(1.04)
+    assert tables._heat_map_cost(1.3) == "1.3x the plain prediction, paid only when a map is asked for"

@@ -4,7 +4,8 @@
 
 Expected calibration error measured on a test set of few smears (Kaggle `test`: ~70) reflects
 which smears were drawn as much as the calibration. This takes the folder's out-of-fold logits
-(`training.crossfit`: every train + validation smear, each scored by a model that never saw it),
+(`training.crossfit`: every train + validation smear, each scored by a fold model that did not
+train on it, though its epoch was chosen on that fold),
 calibrates them with the one temperature fitted on all of them (the best a temperature can do on
 this population, fitted in sample), then draws `smears` source smears without replacement,
 `rounds` times, and computes the ECE of each draw's images. If that temperature, right for the
