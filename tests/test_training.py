@@ -298,3 +298,35 @@ def test_plateau_schedule_on_a_hand_checked_history():
     # better, worse (cut), better, worse (cut), better by less than 1e-4 (cut, to the floor)
     assert train.plateau_schedule([0.5, 0.7, 0.4, 0.6, 0.39995, 0.1], config) == pytest.approx(
         [0.9, 0.9, 0.3, 0.3, 0.1, 0.05])
+
+
+def test_refit_replays_the_validated_fits_learning_rates(tmp_path, monkeypatch):
+    """Images of unknown source join only the final refit, which runs for the best epoch count
+    at the learning rates the plateau schedule gave the validated fit."""
+    import csv
+
+    from tests.test_data import kaggle_like
+
+    replayed = []
+
+    def schedule(val_losses, config):  # none is the starting rate: the log shows the replay
+        replayed.append(list(val_losses))
+        return [config.learning_rate / 2 ** (k + 1) for k in range(len(val_losses))]
+
+    monkeypatch.setattr(train, "plateau_schedule", schedule)
+
+    root = kaggle_like(tmp_path, sources_per_class=3, images_per_source=2, unmatched=1)
+    config = TrainConfig(data=str(root), out=str(tmp_path / "runs"), views=1, epochs=4,
+                         patience=4, batch_size=8, val_fraction=0.34, learning_rate=1e-3,
+                         cache_dir=str(tmp_path / "cache"), unassigned="refit", seed=5)
+    run_dir = train.train(config)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["refit_on_all_training_data"] is True
+    assert summary["trained_on"]["files"] == 4 * (3 * 2 + 1)
+    with open(run_dir / "metrics.csv") as f:
+        val_losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    with open(run_dir / "refit_metrics.csv") as f:
+        refit_rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    best = summary["best_epoch"]
+    assert replayed == [pytest.approx(val_losses[:best])]
+    assert refit_rates == pytest.approx([1e-3 / 2 ** (k + 1) for k in range(best)])

@@ -77,7 +77,10 @@ def train(config: TrainConfig) -> Path:
         for w, value in zip(classifier.trainable.weights, initial_weights):
             w.assign(value)
         x_all, y_all = features.for_training(refit_files)
-        fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv")
+        # The learning rates the validated fit used up to its best epoch, replayed.
+        schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
+        fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv",
+            extra_callbacks=[keras.callbacks.LearningRateScheduler(lambda e, _: schedule[e])])
 
     classifier.full.save(run_dir / "model.keras")
     KeepBest.discard(run_dir)  # model.keras supersedes it
@@ -88,6 +91,8 @@ def train(config: TrainConfig) -> Path:
         "best_epoch": best_epoch,
         "epochs_run": len(history["loss"]),
         "validation": val_metrics,
+        # With a refit, those figures are of the validated model before it: the refitted one
+        # has trained on the validation images.
         "refit_on_all_training_data": bool(refitted),
         "trained_on": {"files": len(refit_files if refitted else split["train"]),
                        "views_per_file": config.views},
@@ -202,7 +207,8 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     )
     num_classes = model.output_shape[-1]
     weights = data_lib.class_weights(list(y), num_classes) if config.class_balance else None
-    callbacks: list = [keras.callbacks.CSVLogger(str(run_dir / log_name))]
+    # Extra callbacks first: a LearningRateScheduler's rate then reaches the CSV log.
+    callbacks: list = [*extra_callbacks, keras.callbacks.CSVLogger(str(run_dir / log_name))]
     if validation is not None:
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
@@ -212,7 +218,6 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
                                               min_lr=config.min_learning_rate),
         ]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
-    callbacks += list(extra_callbacks)
     result = model.fit(
         x, keras.utils.to_categorical(y, num_classes),
         batch_size=config.batch_size, epochs=epochs, validation_data=validation,
