@@ -138,11 +138,16 @@ def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
     assert [f["epochs"] for f in result["per_fold"]] == [3, 3]
     assert "served model's 3 epochs and learning rates" in result["stopping"]
 
-    # Weights from the final refit were trained at a constant rate, without validation.
+    # A final refit before the schedule replay was trained at a constant rate and logged none.
     summary["refit_on_all_training_data"] = True
     (folder / "summary.json").write_text(json.dumps(summary))
     assert crossfit.served_schedule(folder, TrainConfig.load(folder / "config.json")) == [
         rate] * 3
+    # A refit now replays the validated fit's rates and logs them: those are the served ones.
+    (folder / "refit_metrics.csv").write_text(
+        f"epoch,loss,learning_rate\n0,1.0,{rate}\n1,0.8,{rate}\n2,0.6,{rate / 3}\n")
+    assert crossfit.served_schedule(folder, TrainConfig.load(folder / "config.json")) == (
+        pytest.approx([rate, rate, rate / 3]))
 
     calls.clear()
     result = crossfit.crossfit(folder, folds=2)  # the default: early stopping on held-out

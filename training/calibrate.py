@@ -46,8 +46,8 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05,
                     high: float = 20.0) -> float:
-    """The temperature minimising the NLL of held-out logits (golden-section search on log T; the NLL of
-    temperature scaling is unimodal in T)."""
+    """The temperature minimising the NLL of held-out logits (golden-section search on log T;
+    the NLL of temperature scaling is unimodal in T)."""
     a, b = math.log(low), math.log(high)
     ratio = (math.sqrt(5) - 1) / 2
     c, d = b - ratio * (b - a), a + ratio * (b - a)

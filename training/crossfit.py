@@ -171,8 +171,9 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
 
 def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     """The learning rate of each epoch that trained the folder's served weights: the plateau
-    schedule of its validated fit up to the best epoch (replayed from its validation losses), or
-    a constant rate where the weights come from the final refit, which runs without validation."""
+    schedule of its validated fit up to the best epoch (replayed from its validation losses).
+    A final refit replays that schedule too and logs it; refits from before it did ran at a
+    constant rate and logged none."""
     from training.report import read_history
     from training.train import plateau_schedule
 
@@ -183,7 +184,9 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
         record = json.loads((folder / "model_card.json").read_text())["training"]
     epochs = int(record["best_epoch"])
     if record.get("refit_on_all_training_data"):
-        return [config.learning_rate] * epochs
+        refit_log = folder / "refit_metrics.csv"
+        logged = read_history(refit_log).get("learning_rate") if refit_log.is_file() else None
+        return logged[:epochs] if logged else [config.learning_rate] * epochs
     losses = read_history(folder / "metrics.csv")["val_loss"]
     if len(losses) < epochs:
         raise SystemExit(f"{folder / 'metrics.csv'} has {len(losses)} epochs; "

@@ -138,8 +138,10 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
     if source_map is not None:
         split = dataset.root.name
         sources: dict[tuple[str, str], str] = {}
+        named: set[str] = set()  # every split's sources
         with open(source_map, newline="") as f:
             for row in csv.DictReader(f):
+                named.add(row["bccd_source_image"])
                 if row["split"] == split:
                     sources[(row["class"], row["file"])] = row["bccd_source_image"] or ""
         dataset.groups = []
@@ -149,9 +151,7 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
         if field_notes is not None:
             # All sources of the map, not only this split's: Kaggle's test and train are
             # joined where they overlap too, so a test group is one cell in every split.
-            with open(source_map, newline="") as f:
-                named = {row["bccd_source_image"] for row in csv.DictReader(f)} - {""}
-            joined = same_field_groups(field_notes, named)
+            joined = same_field_groups(field_notes, named - {""})
             dataset.groups = [joined.get(g, g) if g else None for g in dataset.groups]
     else:
         dataset.groups = [

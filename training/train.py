@@ -79,7 +79,8 @@ def train(config: TrainConfig) -> Path:
         x_all, y_all = features.for_training(refit_files)
         # The learning rates the validated fit used up to its best epoch, replayed.
         schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
-        fit(classifier, config, x_all, y_all, None, best_epoch, run_dir, log_name="refit_metrics.csv",
+        fit(classifier, config, x_all, y_all, None, best_epoch, run_dir,
+            log_name="refit_metrics.csv",
             extra_callbacks=[keras.callbacks.LearningRateScheduler(lambda e, _: schedule[e])])
 
     classifier.full.save(run_dir / "model.keras")
