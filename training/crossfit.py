@@ -126,8 +126,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
             x, y = features.for_training(kept)
             if served_epochs:
                 fit(classifier, config, x, y, None, served_epochs, Path(logs),
-                    log_name=f"fold{k}.csv", extra_callbacks=[
-                        keras.callbacks.LearningRateScheduler(lambda epoch, _: schedule[epoch])])
+                    log_name=f"fold{k}.csv", rates=schedule)
                 epochs = served_epochs
             else:
                 history = fit(classifier, config, x, y, features(held, 1), config.epochs,

@@ -80,8 +80,7 @@ def train(config: TrainConfig) -> Path:
         # The learning rates the validated fit used up to its best epoch, replayed.
         schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
         fit(classifier, config, x_all, y_all, None, best_epoch, run_dir,
-            log_name="refit_metrics.csv",
-            extra_callbacks=[keras.callbacks.LearningRateScheduler(lambda e, _: schedule[e])])
+            log_name="refit_metrics.csv", rates=schedule)
 
     classifier.full.save(run_dir / "model.keras")
     KeepBest.discard(run_dir)  # model.keras supersedes it
@@ -199,7 +198,11 @@ def plateau_schedule(val_losses: list[float], config: TrainConfig) -> list[float
 
 def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: int,
         run_dir: Path, log_name: str = "metrics.csv",
-        extra_callbacks: list[keras.callbacks.Callback] = ()) -> dict[str, list[float]]:
+        extra_callbacks: list[keras.callbacks.Callback] = (),
+        rates: list[float] | None = None) -> dict[str, list[float]]:
+    """Fit the trainable part. With validation data the rate follows the plateau schedule and
+    training stops early; without it, `rates` (one per epoch, e.g. a replayed plateau schedule)
+    sets the rate of each epoch, or it stays at the configured one."""
     model = classifier.trainable
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -208,6 +211,9 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     )
     num_classes = model.output_shape[-1]
     weights = data_lib.class_weights(list(y), num_classes) if config.class_balance else None
+    if rates is not None:
+        extra_callbacks = [keras.callbacks.LearningRateScheduler(lambda e, _: rates[e]),
+                           *extra_callbacks]
     # Extra callbacks first: a LearningRateScheduler's rate then reaches the CSV log.
     callbacks: list = [*extra_callbacks, keras.callbacks.CSVLogger(str(run_dir / log_name))]
     if validation is not None:
