@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from hematovision.predictor import (  # noqa: E402
     CARD_FILE, KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor)
 from hematovision.preprocess import load_image, to_input  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
 
 
 def time_calls(fn, repeats: int, warmup: int) -> list[float]:
@@ -65,6 +66,7 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
 
     from training.export import convert_to_tflite, serving_model
 
+    measured_on = provenance(model_dir)  # before this process adds to the load
     predictor = Predictor(model_dir, num_threads=threads)
     tta = predictor.card.get("test_time_augmentation") is not None
     trained = keras.models.load_model(model_dir / KERAS_FILE, compile=False)
@@ -103,6 +105,7 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
     per_s = lambda times: round(batch_size / statistics.median(times), 1)  # noqa: E731
     result = {
         "model_dir": str(model_dir),
+        **measured_on,
         "litert_threads": threads,
         "repeats": repeats,
         "batch_size": batch_size,

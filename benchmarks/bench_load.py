@@ -30,6 +30,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import provenance  # noqa: E402
 BOUNDARY = "hematovision-bench-boundary"
 
 
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         args.image.read_bytes() if args.image else sample_jpeg(),
         args.image.name if args.image else "cell.jpg",
     )
+    measured_on = provenance(args.model_dir)  # before gunicorn adds to the load
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="hematovision-bench-") as tmp:
         log_path = Path(tmp) / "gunicorn.log"
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = [1000 * t for t in latencies]
     result = {
         "model_dir": str(args.model_dir),
+        **measured_on,
         "requests": len(latencies),
         "concurrency": args.concurrency,
         "errors": len(errors),

@@ -25,3 +25,17 @@ def test_bench_inference_measures_the_trust_layer_against_its_baselines(trusted_
     assert r["test_time_augmentation"] is True
     assert r["heat_map_cost_ratio"] == round(
         r["prediction_with_heat_map_ms_per_image"] / r["prediction_ms_per_image"], 2)
+
+
+def test_benchmark_results_say_what_they_were_measured_on(trusted_model_dir):
+    import json
+    import subprocess
+
+    r = load("bench_inference").run(trusted_model_dir, repeats=1, batch_size=1, batch_repeats=1,
+                                    threads=1)
+    card = json.loads((trusted_model_dir / "model_card.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS.parent,
+                          capture_output=True, text=True).stdout.strip()
+    assert r["commit"].removesuffix("+dirty") == head
+    assert r["model_exported"] == card["exported"]
+    assert r["load_average_1min_before"] >= 0 and r["cpus"] >= 1

@@ -174,3 +174,20 @@ def test_a_heat_map_cost_within_timing_noise_is_not_reported_as_a_cost():
     assert "no cost this benchmark can tell" in tables._heat_map_cost(0.92)
     assert "no cost this benchmark can tell" in tables._heat_map_cost(1.04)
     assert tables._heat_map_cost(1.3) == "1.3x the plain prediction, paid only when a map is asked for"
+
+
+def test_benchmark_text_names_the_commit_model_and_load_it_was_measured_on(tmp_path):
+    import json
+
+    inference = json.loads((tables.BENCH_DIR / "inference.json").read_text())
+    inference.update(commit="abc1234", model_exported="2026-12-01T06:00:00+0000",
+                     measured="2026-12-01T07:00:00+0000", cpus=2, processor="x86_64",
+                     load_average_1min_before=1.75)
+    (tmp_path / "inference.json").write_text(json.dumps(inference))
+    text = tables.benchmarks_text(tmp_path)
+    assert ("Measured at commit `abc1234` on the model exported 2026-12-01T06:00:00+0000, "
+            "2026-12-01T07:00:00+0000, 2 CPUs; 1-minute load average just before: 1.75.") in text
+    # Results saved before provenance was recorded get no such line, not a KeyError.
+    inference = {k: v for k, v in inference.items() if k != "commit"}
+    (tmp_path / "inference.json").write_text(json.dumps(inference))
+    assert "Measured at commit" not in tables.benchmarks_text(tmp_path)

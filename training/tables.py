@@ -290,6 +290,15 @@ def _heat_map_cost(ratio: float) -> str:
     return f"{ratio}x the plain prediction, paid only when a map is asked for"
 
 
+def _measured_on(r: dict) -> list[str]:
+    """The provenance line of one benchmark result; none for results saved before it was kept."""
+    if "commit" not in r:
+        return []
+    return [f"Measured at commit `{r['commit']}` on the model exported {r['model_exported']}, "
+            f"{r['measured']}, {r['cpus']} CPUs; 1-minute load average just before: "
+            f"{r['load_average_1min_before']}.", ""]
+
+
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
@@ -305,6 +314,7 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             "> benchmarks/results/inference.json",
             "```",
             "",
+            *_measured_on(r),
             "| per 224x224 image (all views) | serving (LiteRT, XNNPACK) | Keras `model.predict` "
             "| ratio |",
             "|---|---|---|---|",
@@ -344,6 +354,7 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             f"--concurrency {r['concurrency']} --json > benchmarks/results/load.json",
             "```",
             "",
+            *_measured_on(r),
             f"gunicorn on 127.0.0.1, {r['requests']} single-image `POST /api/predict` requests from "
             f"{r['concurrency']} concurrent clients: **{r['errors']} errors**, p50 {lat['p50']} ms, "
             f"p95 {lat['p95']} ms, p99 {lat['p99']} ms, {r['throughput_rps']} requests/s; "
