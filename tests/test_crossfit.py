@@ -149,3 +149,52 @@ def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
     result = crossfit.crossfit(folder, folds=2)  # the default: early stopping on held-out
     assert [(v is not None, s) for v, _, s in calls] == [(True, None), (True, None)]
     assert result["stopping"] == "early stopping on each held-out fold"
+
+
+def test_a_stopped_crossfit_resumes_at_its_first_unfinished_fold(trained_run, tmp_path,
+                                                                  monkeypatch):
+    from training import train
+
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    real_fit, fits = train.fit, []
+
+    def stopped_in_fold_2(*args, **kwargs):
+        fits.append(kwargs.get("log_name"))
+        if len(fits) == 2:
+            raise KeyboardInterrupt  # the session ends during the second fold
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", stopped_in_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        crossfit.crossfit(folder, folds=2)
+    assert not (folder / crossfit.NPZ_FILE).exists()
+    with np.load(folder / crossfit.PARTIAL_DIR / "fold0.npz") as arrays:
+        first_fold = arrays["logits"]
+
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (fits.append(k.get("log_name")),
+                                                       real_fit(*a, **k))[1])
+    summary = crossfit.crossfit(folder, folds=2)
+    assert fits == ["fold0.csv", "fold1.csv", "fold1.csv"]  # fold 0 was not trained again
+    with np.load(folder / crossfit.NPZ_FILE) as arrays:
+        np.testing.assert_array_equal(arrays["logits"][arrays["folds"] == 0], first_fold)
+    assert [f["fold"] for f in summary["per_fold"]] == [0, 1]
+    assert not (folder / crossfit.PARTIAL_DIR).exists()  # finished: nothing left to resume
+
+
+def test_finished_folds_of_other_settings_are_not_resumed(trained_run, tmp_path, monkeypatch):
+    from training import train
+
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    partial = folder / crossfit.PARTIAL_DIR
+    partial.mkdir()
+    (partial / "settings.json").write_text(json.dumps({"folds": 3}))
+    np.savez(partial / "fold0.npz", logits=np.zeros((1, 4)), record=json.dumps({"fold": 0}))
+    real_fit, fits = train.fit, []
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (fits.append(k.get("log_name")),
+                                                       real_fit(*a, **k))[1])
+    crossfit.crossfit(folder, folds=2)
+    assert fits == ["fold0.csv", "fold1.csv"]

@@ -18,13 +18,19 @@ threshold stays on the model's own validation images, because features differ fr
 model to another.
 
 Writes crossfit.npz (files, labels, folds, logits) and crossfit.json (per-fold figures).
+Each finished fold is kept in `crossfit-partial/` meanwhile: a run stopped part-way (five fold
+models take over an hour on 2 CPU cores) resumes at the first unfinished fold when started again
+with the same settings on the same model. Every fold model starts from the same weights with
+its own seed, so a resumed run trains the same fold models as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +44,7 @@ from training.config import TrainConfig
 
 NPZ_FILE = "crossfit.npz"
 JSON_FILE = "crossfit.json"
+PARTIAL_DIR = "crossfit-partial"
 FOLDS = 5
 
 
@@ -116,9 +123,19 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
 
     logits = np.zeros((len(pool), len(dataset.classes)), dtype=np.float32)
     per_fold = []
+    partial = Partial(folder / PARTIAL_DIR, {
+        "folds": folds, "tta": tta, "stopping": stopping, "weights": config.weights,
+        "model_sha256": file_digest(folder / "model.keras"), "pool": fold_of})
     with tempfile.TemporaryDirectory() as logs:
         for k in range(folds):
             held = [f for f in pool if fold_of[f] == k]
+            index = np.array([position[f] for f in held])
+            done = partial.fold(k)
+            if done is not None:
+                logits[index], record = done
+                per_fold.append(record)
+                log(f"fold {k + 1}/{folds}: finished earlier, resumed {record}")
+                continue
             kept = [f for f in pool if fold_of[f] != k]
             for w, value in zip(classifier.trainable.weights, initial):
                 w.assign(value)
@@ -132,7 +149,6 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
                 history = fit(classifier, config, x, y, features(held, 1), config.epochs,
                               Path(logs), log_name=f"fold{k}.csv")
                 epochs = int(np.argmin(history["val_loss"])) + 1
-            index = np.array([position[f] for f in held])
             # Through a saved copy, as export does: the in-memory model shares its top layers
             # with the training graph, so their outputs cannot be tapped unambiguously.
             classifier.full.save(Path(logs) / f"fold{k}.keras")
@@ -145,6 +161,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
                              "groups": len({group_of[f] for f in held}),
                              "epochs": epochs,
                              "accuracy": round(accuracy, 4)})
+            partial.save(k, logits[index], per_fold[-1])
             log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
 
     labels = np.array([label_of[f] for f in pool])
@@ -165,7 +182,49 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
         "seconds": round(time.time() - started, 1),
     }
     (folder / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    partial.discard()
     return summary
+
+
+class Partial:
+    """The finished folds of a crossfit in progress, each saved as soon as it ends. They are
+    reused only by a run with identical `settings` (folds, serving mode, stopping rule,
+    initialisation, the model's bytes and every file's fold); other runs start afresh."""
+
+    SETTINGS = "settings.json"
+
+    def __init__(self, folder: Path, settings: dict):
+        self.folder = Path(folder)
+        settings_file = self.folder / self.SETTINGS
+        if not (settings_file.is_file()
+                and json.loads(settings_file.read_text()) == json.loads(json.dumps(settings))):
+            self.discard()
+            self.folder.mkdir(parents=True)
+            settings_file.write_text(json.dumps(settings))
+
+    def fold(self, k: int) -> tuple[np.ndarray, dict] | None:
+        path = self.folder / f"fold{k}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as arrays:
+            return arrays["logits"], json.loads(str(arrays["record"]))
+
+    def save(self, k: int, logits: np.ndarray, record: dict) -> None:
+        # Written under another name first: a run killed mid-write leaves no half fold.
+        temporary = self.folder / f"fold{k}.tmp.npz"
+        np.savez(temporary, logits=logits, record=json.dumps(record))
+        temporary.replace(self.folder / f"fold{k}.npz")
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
