@@ -33,13 +33,15 @@ def test_run_folder_holds_everything_needed_to_reproduce(trained_run):
     splits = json.loads((run_dir / "splits.json").read_text())
     assert splits["counts"]["train"] == 12 and splits["counts"]["val"] == 4
     # The checkpoint serves interrupted runs only; a finished run has model.keras instead.
-    assert not (run_dir / "checkpoint.keras").exists()
-    assert not (run_dir / "checkpoint.json").exists()
+    for leftover in ("checkpoint.keras", "checkpoint.json", "checkpoint.trainable.npz", "backup"):
+        assert not (run_dir / leftover).exists(), leftover
 
 
 def test_an_interrupted_run_keeps_its_best_model_so_far(tmp_path):
+    from types import SimpleNamespace
+
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
-    keep = train.KeepBest(model, tmp_path)
+    keep = train.KeepBest(SimpleNamespace(full=model, trainable=model), tmp_path)
 
     def epoch(kernel_value, number, logs):
         model.get_layer("dense").kernel.assign(np.full((3, 2), kernel_value, np.float32))
@@ -55,6 +57,9 @@ def test_an_interrupted_run_keeps_its_best_model_so_far(tmp_path):
     # ... a better one replaces it.
     assert epoch(3.0, 2, {"loss": 0.1, "val_loss": 0.4, "val_accuracy": 0.8}) == (
         3.0, {"epoch": 3, "val_loss": 0.4, "val_accuracy": 0.8})
+    assert keep.best_weights()[0][0, 0] == 3.0  # what a resumed run's early stopping restores
+    # A KeepBest on the same folder (a resumed run) starts from the best loss on disk.
+    assert train.KeepBest(SimpleNamespace(full=model, trainable=model), tmp_path).best == 0.4
     train.KeepBest.discard(tmp_path)
     assert not list(tmp_path.iterdir())
 
@@ -160,12 +165,101 @@ def test_cli_help_lists_an_example(capsys):
 
 
 def test_cli_arguments_map_onto_the_config_and_the_card():
-    config, export_name, card = train.parse_args(
+    config, export_name, card, resume = train.parse_args(
         ["--data", "d", "--crop", "nucleus", "--views", "2", "--no-class-balance",
          "--export", "wbc4", "--expects", "smear crops"])
     assert (config.data, config.crop, config.views, config.class_balance) == ("d", "nucleus", 2, False)
     assert export_name == "wbc4"
     assert card == {"description": "", "expects": "smear crops"}
+    assert resume is None
+
+
+def test_resume_takes_the_runs_own_config_and_data_is_otherwise_required(tmp_path, capsys):
+    TrainConfig(data="d", views=3, name="x").save(tmp_path / "config.json")
+    config, _, _, resume = train.parse_args(["--resume", str(tmp_path), "--views", "1"])
+    assert (config.data, config.views, resume) == ("d", 3, tmp_path)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--views", "2"])
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypatch):
+    """The session ends during epoch 3: `--resume` goes on from epoch 3 with the learning rate,
+    early-stopping state and best weights the first two epochs left, and the run then ends
+    exactly as a run that was never stopped does (same files, one log row per epoch)."""
+    import csv
+
+    from tests.test_data import kaggle_like
+
+    root = kaggle_like(tmp_path, sources_per_class=3, images_per_source=2, unmatched=0)
+    config = TrainConfig(data=str(root), out=str(tmp_path / "runs"), views=1, epochs=5,
+                         patience=5, batch_size=8, val_fraction=0.34, learning_rate=1e-3,
+                         cache_dir=str(tmp_path / "cache"), unassigned="drop", seed=5)
+
+    class StopInEpoch3(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: real_fit(
+        *a, **{**k, "extra_callbacks": [StopInEpoch3()]}))
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config)
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert train.Backup(run_dir).finished_epochs() == 2
+    with open(run_dir / "metrics.csv") as f:
+        first = list(csv.DictReader(f))
+    assert len(first) == 2 and not (run_dir / "summary.json").exists()
+
+    seen = {}
+
+    class Observe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):  # after every on_train_begin
+            seen.setdefault("first_epoch", epoch)
+            seen.setdefault("rate", float(self.model.optimizer.learning_rate.numpy()))
+
+    monkeypatch.setattr(train, "fit", lambda *a, **k: real_fit(
+        *a, **{**k, "extra_callbacks": [Observe()]}))
+    assert train.train(config, resume=run_dir) == run_dir
+    val_losses = [float(row["val_loss"]) for row in first]
+    _, next_rate, _ = train.replay_plateau(val_losses, config)
+    assert seen["first_epoch"] == 2
+    assert seen["rate"] == pytest.approx(next_rate)
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(5))
+    assert rows[:2] == first  # the finished epochs are kept, not redone
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 5
+    assert summary["best_epoch"] == int(np.argmin([float(r["val_loss"]) for r in rows])) + 1
+    for leftover in ("checkpoint.keras", "checkpoint.trainable.npz", "backup"):
+        assert not (run_dir / leftover).exists(), leftover
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train.train(config, resume=run_dir)
+
+
+def test_resumed_fits_carry_early_stopping_and_the_plateau_schedule_over():
+    from types import SimpleNamespace
+
+    config = TrainConfig(data="d", learning_rate=0.3, min_learning_rate=0.01)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    early = keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(patience=1)
+    best_weights = [np.full((3, 2), 7.0), np.zeros(2)]
+    keep_best = SimpleNamespace(best_weights=lambda: best_weights)
+    losses = [0.5, 0.4, 0.45, 0.42]  # best at epoch 2; two epochs without improvement since
+    resumed = train.Resumed(losses, config, early, plateau, keep_best, backup=None)
+    resumed.set_model(model)
+    for callback in (early, plateau, resumed):  # the order fit puts them in
+        callback.set_model(model)
+        callback.on_train_begin()
+    assert (early.best, early.best_epoch, early.wait) == (0.4, 1, 2)
+    assert early.best_weights is best_weights
+    assert plateau.best == 0.4
+    # Rate cut after epochs 3 and 4 (no improvement): 0.3 -> 0.1 -> 0.0333.
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.3 / 9)
 
 
 @pytest.mark.parametrize("block", [11, 13, 14, 16])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -23,25 +24,40 @@ from training import data as data_lib  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.features import cached_features  # noqa: E402
 from training.model import Classifier  # noqa: E402
-from training.report import plot_curves  # noqa: E402
+from training.report import plot_curves, read_history  # noqa: E402
 
 
-def train(config: TrainConfig) -> Path:
-    """Run one training; returns the run folder (config, splits, metrics, curves, model)."""
+def train(config: TrainConfig, resume: Path | None = None) -> Path:
+    """Run one training; returns the run folder (config, splits, metrics, curves, model).
+
+    `resume`: the folder of a run that was stopped before it finished (see `resume_run`); it
+    goes on from its last finished epoch with the same config and split."""
     keras.utils.set_random_seed(config.seed)
     started = time.time()
     root = Path(config.data)
-    run_dir = Path(config.out) / (
-        time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
-        + (f"-{config.name}" if config.name else "")
-    )
-    run_dir.mkdir(parents=True)
-    config.save(run_dir / "config.json")
+    if resume is None:
+        run_dir = Path(config.out) / (
+            time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
+            + (f"-{config.name}" if config.name else "")
+        )
+        run_dir.mkdir(parents=True)
+        config.save(run_dir / "config.json")
+    else:
+        run_dir = Path(resume)
+        if (run_dir / "summary.json").is_file():
+            raise SystemExit(f"{run_dir} has finished; nothing to resume")
+        done = Backup(run_dir).finished_epochs()
+        if not done:  # stopped in its first epoch, or before epochs were backed up
+            KeepBest.discard(run_dir)
+        log(f"resuming {run_dir} after epoch {done}")
 
     # Data: list, group by source, split once with a fixed seed, refuse leaks.
     dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map,
                                            config.field_notes)
     split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
+    if resume is not None and data_lib.load_split(run_dir / "splits.json", dataset) != {
+            k: split.get(k, []) for k in (*data_lib.SPLITS, "unassigned", "excluded_groups")}:
+        raise SystemExit(f"{run_dir}: the data no longer splits as when the run started")
     # Training-only images from another source: more distinct cells of the same types, which a
     # dataset made of a few hundred augmented smears lacks most. Never validated on.
     extra_paths, y_extra_files = data_lib.list_extra(config.extra_data, dataset.classes,
@@ -63,8 +79,9 @@ def train(config: TrainConfig) -> Path:
     initial_weights = [w.numpy() for w in classifier.trainable.weights]
 
     # Fit on the grouped training split; early stopping and the schedule see validation only.
+    # Every epoch is backed up, so a stopped run can go on (`--resume`).
     history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
-                  extra_callbacks=[KeepBest(classifier.full, run_dir)])
+                  keep_best=KeepBest(classifier, run_dir))
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
     log(f"best epoch {best_epoch}: validation {val_metrics}")
@@ -84,6 +101,7 @@ def train(config: TrainConfig) -> Path:
 
     classifier.full.save(run_dir / "model.keras")
     KeepBest.discard(run_dir)  # model.keras supersedes it
+    Backup(run_dir).discard()
     plot_curves(history, run_dir / "curves.png")
     summary = {
         "classes": dataset.classes,
@@ -152,13 +170,18 @@ class KeepBest(keras.callbacks.Callback):
     """Writes the whole network to `checkpoint.keras` (and its epoch and validation figures to
     `checkpoint.json`) each time validation loss improves. Early stopping keeps the best weights
     only in memory, so without this an interrupted run (out of time, killed, a crash) loses
-    everything it learned; the checkpoint can initialise a new run (`--weights`) or be evaluated."""
+    everything it learned; the checkpoint can initialise a new run (`--weights`) or be evaluated.
+    The tuned part's weights go to `checkpoint.trainable.npz` too: a resumed run's early stopping
+    restores them at the end. A run folder that has a checkpoint resumes from its figures."""
 
-    MODEL, RECORD = "checkpoint.keras", "checkpoint.json"
+    MODEL, RECORD, TRAINABLE = "checkpoint.keras", "checkpoint.json", "checkpoint.trainable.npz"
 
-    def __init__(self, full: keras.Model, run_dir: Path):
+    def __init__(self, classifier: Classifier, run_dir: Path):
         super().__init__()
-        self.full, self.run_dir, self.best = full, Path(run_dir), float("inf")
+        self.classifier, self.run_dir = classifier, Path(run_dir)
+        record = self.run_dir / self.RECORD
+        self.best = (json.loads(record.read_text())["val_loss"] if record.is_file()
+                     else float("inf"))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -166,15 +189,77 @@ class KeepBest(keras.callbacks.Callback):
         if loss is None or not loss < self.best:
             return
         self.best = float(loss)
-        self.full.save(self.run_dir / self.MODEL)
+        self.classifier.full.save(self.run_dir / self.MODEL)
+        weights = self.classifier.trainable.get_weights()
+        np.savez(self.run_dir / self.TRAINABLE, *weights)
         record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()
                                          if k.startswith("val_")}}
         (self.run_dir / self.RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
+    def best_weights(self) -> list[np.ndarray]:
+        with np.load(self.run_dir / self.TRAINABLE) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
     @classmethod
     def discard(cls, run_dir: Path) -> None:
-        for name in (cls.MODEL, cls.RECORD):
+        for name in (cls.MODEL, cls.RECORD, cls.TRAINABLE):
             (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+class Backup:
+    """The latest epoch's weights and optimizer state of a run's validated fit (Keras
+    BackupAndRestore, in `backup/`), and whether that fit has ended, so `--resume` can go on
+    from the last finished epoch, or skip a fit that had already early-stopped."""
+
+    FOLDER, METADATA, ENDED = "backup", "training_metadata.json", "fit_ended"
+
+    def __init__(self, run_dir: Path):
+        self.folder = Path(run_dir) / self.FOLDER
+
+    def callback(self) -> keras.callbacks.Callback:
+        # Kept at the end of the fit (not Keras' default): the run may still stop before its
+        # model is saved, and a resume must then see that the fit ended.
+        return keras.callbacks.BackupAndRestore(str(self.folder), delete_checkpoint=False)
+
+    def finished_epochs(self) -> int:
+        metadata = self.folder / self.METADATA
+        return json.loads(metadata.read_text())["epoch"] if metadata.is_file() else 0
+
+    def ended(self) -> bool:
+        return (self.folder / self.ENDED).is_file()
+
+    def mark_ended(self) -> None:
+        self.folder.mkdir(exist_ok=True)
+        (self.folder / self.ENDED).touch()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Resumed(keras.callbacks.Callback):
+    """Put last in a resumed fit's callbacks: gives early stopping and the plateau schedule the
+    state the finished epochs left them in (Keras' BackupAndRestore restores only the weights,
+    the optimizer and the epoch), and marks the fit as ended when it ends."""
+
+    def __init__(self, val_losses: list[float], config: TrainConfig,
+                 early: keras.callbacks.EarlyStopping,
+                 plateau: keras.callbacks.ReduceLROnPlateau, keep_best: KeepBest, backup: Backup):
+        super().__init__()
+        self.val_losses, self.config = val_losses, config
+        self.early, self.plateau, self.keep_best, self.backup = early, plateau, keep_best, backup
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self.val_losses:
+            return
+        done, best = len(self.val_losses), int(np.argmin(self.val_losses))
+        self.early.best, self.early.best_epoch = self.val_losses[best], best
+        self.early.wait = done - 1 - best
+        self.early.best_weights = self.keep_best.best_weights()
+        rates, next_rate, self.plateau.best = replay_plateau(self.val_losses, self.config)
+        self.model.optimizer.learning_rate = next_rate
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.backup.mark_ended()
 
 
 # The plateau schedule of `fit` (Keras ReduceLROnPlateau, patience 1), replayed by
@@ -186,6 +271,13 @@ PLATEAU_MIN_DELTA = 1e-4
 def plateau_schedule(val_losses: list[float], config: TrainConfig) -> list[float]:
     """The learning rate of each epoch that the plateau schedule of `fit` gave a run with this
     validation-loss history, so another fit can replay it without validation data."""
+    return replay_plateau(val_losses, config)[0]
+
+
+def replay_plateau(val_losses: list[float], config: TrainConfig
+                   ) -> tuple[list[float], float, float]:
+    """The plateau schedule's rate for each of these epochs, its rate for the next one and the
+    best loss it had seen."""
     rates, rate, best = [], config.learning_rate, float("inf")
     for loss in val_losses:
         rates.append(rate)
@@ -193,16 +285,21 @@ def plateau_schedule(val_losses: list[float], config: TrainConfig) -> list[float
             best = loss
         elif rate > config.min_learning_rate:
             rate = max(rate * PLATEAU_FACTOR, config.min_learning_rate)
-    return rates
+    return rates, rate, best
 
 
 def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: int,
         run_dir: Path, log_name: str = "metrics.csv",
         extra_callbacks: list[keras.callbacks.Callback] = (),
-        rates: list[float] | None = None) -> dict[str, list[float]]:
+        rates: list[float] | None = None,
+        keep_best: KeepBest | None = None) -> dict[str, list[float]]:
     """Fit the trainable part. With validation data the rate follows the plateau schedule and
     training stops early; without it, `rates` (one per epoch, e.g. a replayed plateau schedule)
-    sets the rate of each epoch, or it stays at the configured one."""
+    sets the rate of each epoch, or it stays at the configured one.
+
+    With `keep_best` (validation needed) the fit is resumable: every epoch is backed up in
+    `run_dir`, and a fit started again there goes on after its last backed-up epoch, or, where
+    it had ended, only restores its best weights. Returns the whole history either way."""
     model = classifier.trainable
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -214,23 +311,46 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     if rates is not None:
         extra_callbacks = [keras.callbacks.LearningRateScheduler(lambda e, _: rates[e]),
                            *extra_callbacks]
+    log_path = run_dir / log_name
+    backup, finished = None, []
+    if keep_best is not None:
+        backup = Backup(run_dir)
+        if backup.finished_epochs():
+            # The log may hold one epoch more than the backup, if the run stopped between them.
+            finished = truncate_log(log_path, backup.finished_epochs())
+        if backup.ended():
+            model.set_weights(keep_best.best_weights())
+            return read_history(log_path)
     # Extra callbacks first: a LearningRateScheduler's rate then reaches the CSV log.
-    callbacks: list = [*extra_callbacks, keras.callbacks.CSVLogger(str(run_dir / log_name))]
+    callbacks: list = [*extra_callbacks, *([keep_best] if keep_best else []),
+                       keras.callbacks.CSVLogger(str(log_path), append=bool(finished))]
     if validation is not None:
-        callbacks += [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                          restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=PLATEAU_FACTOR,
-                                              patience=1, min_delta=PLATEAU_MIN_DELTA,
-                                              min_lr=config.min_learning_rate),
-        ]
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                              restore_best_weights=True)
+        plateau = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=PLATEAU_FACTOR, patience=1, min_delta=PLATEAU_MIN_DELTA,
+            min_lr=config.min_learning_rate)
+        callbacks += [early, plateau]
+        if backup is not None:
+            # After the CSV log: a backup never runs ahead of the log it is resumed with.
+            callbacks += [backup.callback(),
+                          Resumed(finished, config, early, plateau, keep_best, backup)]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
     result = model.fit(
         x, keras.utils.to_categorical(y, num_classes),
         batch_size=config.batch_size, epochs=epochs, validation_data=validation,
         class_weight=weights, shuffle=True, callbacks=callbacks, verbose=2,
     )
+    if backup is not None:
+        return read_history(log_path)
     return {k: [float(v) for v in vs] for k, vs in result.history.items()}
+
+
+def truncate_log(path: Path, epochs: int) -> list[float]:
+    """Keep the first `epochs` rows of a CSVLogger file; their validation losses."""
+    lines = Path(path).read_text().splitlines(keepends=True)
+    Path(path).write_text("".join(lines[:1 + epochs]))
+    return read_history(path).get("val_loss", [])
 
 
 def evaluate_features(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -246,7 +366,7 @@ def log(message: str) -> None:
     print(f"[train] {message}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict]:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict, Path | None]:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train a MobileNetV2 white-cell classifier on an ImageFolder directory.",
@@ -262,20 +382,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict]:
                                 help=texts[f.name])
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
-                                default=f.default, required=f.name == "data",
+                                default=f.default,
                                 help=f"{texts[f.name]} (default: {f.default!r})")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                        help="go on with a run folder that stopped before it finished, from "
+                             "its last finished epoch, with its own config (other training "
+                             "options are then ignored)")
     parser.add_argument("--export", default="", help="also export to saved_model/NAME")
     parser.add_argument("--description", default="", help="one line for the model card")
     parser.add_argument("--expects", default="", help="what images the model expects (app hint)")
     args = vars(parser.parse_args(argv))
     card = {"description": args.pop("description"), "expects": args.pop("expects")}
-    export = args.pop("export")
-    return TrainConfig(**args), export, card
+    export, resume = args.pop("export"), args.pop("resume")
+    if resume is not None:
+        if not (resume / "config.json").is_file():
+            parser.error(f"--resume {resume}: no config.json there")
+        return TrainConfig.load(resume / "config.json"), export, card, resume
+    if not args["data"]:
+        parser.error("--data is required (or --resume RUN)")
+    return TrainConfig(**args), export, card, None
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, export_name, card = parse_args(argv)
-    run_dir = train(config)
+    config, export_name, card, resume = parse_args(argv)
+    run_dir = train(config, resume)
     if export_name:
         from training.export import export_run
 
