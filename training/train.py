@@ -1,7 +1,7 @@
 """Train a HematoVision classifier: `python -m training.train --data DIR [--export NAME]`.
 
-Reads top to bottom: config, data and split, model, cached features, fit with early stopping,
-optional refit on all data, save the run folder, export.
+Reads top to bottom: config, data and split, model, cached features, fit with early stopping
+(resumable: `--resume RUN`), optional refit on all data, save the run folder, export.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from training.report import plot_curves, read_history  # noqa: E402
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
     """Run one training; returns the run folder (config, splits, metrics, curves, model).
 
-    `resume`: the folder of a run that was stopped before it finished (see `resume_run`); it
-    goes on from its last finished epoch with the same config and split."""
+    `resume`: the folder of a run that was stopped before it finished (`--resume`); it goes on
+    from its last finished epoch with the same config and split."""
     keras.utils.set_random_seed(config.seed)
     started = time.time()
     root = Path(config.data)
