@@ -166,8 +166,11 @@ def test_crossfit_table_shows_what_the_fitted_temperature_does_on_validation(tmp
          "per_fold": [{"fold": k, "accuracy": 0.7 + k / 50} for k in range(5)]}))
     (model / "model.tflite").write_bytes(b"")  # listed as a model folder
     row = tables.crossfit_table(tmp_path).splitlines()[2]
-    assert row.endswith("| 0.9000 | 2.0000 | 0.1900 -> 0.2400 | 0.0300 -> 0.0700 |")
+    assert row.endswith("| n/a | 0.9000 | 2.0000 | 0.1900 -> 0.2400 | 0.0300 -> 0.0700 |")
     assert "| 0.7000 to 0.7800 |" in row
+    (model / "splits.json").write_text(json.dumps(
+        {"counts": {"train": 30, "val": 10}, "groups": {"train": 8, "val": 2}}))
+    assert "| 0.7000 to 0.7800 | 10 (2) | 0.9000 |" in tables.crossfit_table(tmp_path)
 
 
 def test_a_heat_map_cost_within_timing_noise_is_not_reported_as_a_cost():

@@ -199,19 +199,24 @@ def crossfit_table(root: Path = MODELS_ROOT) -> str:
     and what the temperature fitted out-of-fold does to the served model's validation NLL and
     ECE (the check of that fit, whichever way it goes)."""
     lines = ["| model | folds | fold models trained | images | source groups "
-             "| out-of-fold accuracy | per fold | served model on its validation split "
+             "| out-of-fold accuracy | per fold | served model's validation split: images "
+             "(smears) | served model on its validation split "
              "| temperature fitted | validation NLL, T = 1 -> fitted T "
              "| validation ECE, T = 1 -> fitted T |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, fit, card in _with_result(root, "crossfit.json"):
         trust = card.get("trust") or {}
         check = trust.get("validation", {})
         folds = [f["accuracy"] for f in fit["per_fold"]]
         stopping = fit.get("stopping", "early stopping on each held-out fold")
+        split_file = root / name / "splits.json"
+        split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+        validation = (f"{split['counts']['val']} ({split['groups']['val']})"
+                      if "groups" in split else "n/a")
         lines.append(f"| `{name}` | {fit['folds']} | {stopping} | {fit['images']} | "
                      f"{fit['groups']} | "
                      f"{fit['accuracy']:.4f} | {min(folds):.4f} to {max(folds):.4f} | "
-                     f"{_fmt(check.get('accuracy'))} | "
+                     f"{validation} | {_fmt(check.get('accuracy'))} | "
                      f"{_fmt(trust.get('temperature'))} | "
                      f"{_fmt(check.get('nll_before'))} -> {_fmt(check.get('nll_after'))} | "
                      f"{_fmt(check.get('ece_before'))} -> {_fmt(check.get('ece_after'))} |")
