@@ -68,6 +68,35 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
     assert "| pbc (9080) | 2 | n/a | 0.5000 |" in lines[3]  # no metrics.csv: no loss
 
 
+def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):
+    from training.config import TrainConfig
+    from training.data import FIELD_NOTES
+    from training.tables import ablation_table, collect_ablation
+
+    data = tmp_path / "kaggle" / "train"
+    data.mkdir(parents=True)
+    (tmp_path / FIELD_NOTES).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / FIELD_NOTES).write_text("image,same_field_of_view_as\n")
+    runs = []
+    for name, setting in (("before", None), ("none", "none"), ("auto", "auto")):
+        run = tmp_path / name
+        run.mkdir()
+        TrainConfig(data=str(data), field_notes=setting or "none").save(run / "config.json")
+        if setting is None:  # a run saved before the option existed
+            config = json.loads((run / "config.json").read_text())
+            del config["field_notes"]
+            (run / "config.json").write_text(json.dumps(config))
+        (run / "summary.json").write_text(json.dumps({
+            "initialisation": "random", "best_epoch": 1, "train_seconds": 1.0,
+            "validation": {"accuracy": 0.5, "balanced_accuracy": 0.5}, "counts": {"val": 8}}))
+        runs.append(run)
+    rows = collect_ablation(runs)
+    assert [r["field_groups"] for r in rows] == [False, False, True]
+    lines = ablation_table(rows).splitlines()
+    assert "| smears of one field of view grouped |" in lines[0]
+    assert [line.split(" | ")[7] for line in lines[2:]] == ["no", "no", "yes"]
+
+
 def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its_row(tmp_path):
     from training.config import TrainConfig
 

