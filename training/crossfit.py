@@ -27,7 +27,6 @@ its own seed, so a resumed run trains the same fold models as an uninterrupted o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import shutil
@@ -41,6 +40,7 @@ import numpy as np
 from hematovision.batch import decoded_chunks
 from training import data as data_lib
 from training.config import TrainConfig
+from training.pretrained import file_sha256
 
 NPZ_FILE = "crossfit.npz"
 JSON_FILE = "crossfit.json"
@@ -125,7 +125,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     per_fold = []
     partial = Partial(folder / PARTIAL_DIR, {
         "folds": folds, "tta": tta, "stopping": stopping, "weights": config.weights,
-        "model_sha256": file_digest(folder / "model.keras"), "pool": fold_of})
+        "model_sha256": file_sha256(folder / "model.keras"), "pool": fold_of})
     with tempfile.TemporaryDirectory() as logs:
         for k in range(folds):
             held = [f for f in pool if fold_of[f] == k]
@@ -217,14 +217,6 @@ class Partial:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def served_schedule(folder: Path, config: TrainConfig) -> list[float]:

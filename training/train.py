@@ -255,7 +255,7 @@ class Resumed(keras.callbacks.Callback):
         self.early.best, self.early.best_epoch = self.val_losses[best], best
         self.early.wait = done - 1 - best
         self.early.best_weights = self.keep_best.best_weights()
-        rates, next_rate, self.plateau.best = replay_plateau(self.val_losses, self.config)
+        _, next_rate, self.plateau.best = replay_plateau(self.val_losses, self.config)
         self.model.optimizer.learning_rate = next_rate
 
     def on_train_end(self, logs: dict | None = None) -> None:
