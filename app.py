@@ -19,9 +19,13 @@ if __name__ == "__main__":
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     if "--check" in sys.argv[1:]:
-        print(
-            f"ok: models {', '.join(app.extensions['predictors'])}; "
-            f"default {app.config['DEFAULT_MODEL']}"
-        )
+        predictors = app.extensions["predictors"]
+        print(f"ok: models {', '.join(predictors)}; default {app.config['DEFAULT_MODEL']}")
+        # What the models will abstain at, so an ACCURACY_TARGET setting can be checked.
+        print("unidentified below: " + "; ".join(
+            f"{name} {p.trust.confidence_threshold:.4f}"
+            + (f" (accuracy target {p.trust.target_accuracy:g})"
+               if p.trust.target_accuracy is not None else "")
+            for name, p in predictors.items()))
         sys.exit(0)
     app.run(host="127.0.0.1", port=5000)

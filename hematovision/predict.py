@@ -1,12 +1,14 @@
 """Classify images from the command line.
 
-    python -m hematovision.predict PATH [PATH ...] [--json] [--model NAME]
+    python -m hematovision.predict PATH [PATH ...] [--json] [--model NAME] [--accuracy-target P]
 
 PATH is an image or a folder (searched recursively). With --json, one JSON object per image and
 line: {"file", "label", "status", "confidence", "probabilities", "candidates", "scores"} or
 {"file", "error"}. `label` is the top class; `status` says whether to trust it: "accepted",
 "unidentified" (needs review; see the two candidates) or "not_a_cell" (unlike the training
 images). Probabilities and confidence are calibrated (see the model card's "trust" section).
+--accuracy-target abstains so that accepted cells are right that often (the card's own target,
+e.g. 0.99, by default; a lower one accepts more cells and sends fewer to review).
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a model folder anywhere (overrides --model)")
+    parser.add_argument("--accuracy-target", type=float, default=None, metavar="P",
+                        help="abstain so that accepted cells are right this often, e.g. 0.95 "
+                             "(default: the model card's target; its 'operating_points' list "
+                             "what each target accepts)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
     model_dir = args.model_dir or MODELS_ROOT / args.model
     try:
-        predictor = Predictor(model_dir)
+        predictor = Predictor(model_dir, accuracy_target=args.accuracy_target)
     except ModelLoadError as exc:
         names = ", ".join(available_models()) or "none"
         print(f"error: {exc}\navailable models: {names}", file=sys.stderr)

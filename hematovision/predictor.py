@@ -96,7 +96,10 @@ def available_models(root: Path = MODELS_ROOT) -> list[str]:
 class Predictor:
     """One loaded model: its card, ordered classes and a LiteRT interpreter."""
 
-    def __init__(self, model_dir: Path | str, num_threads: int = 2):
+    def __init__(self, model_dir: Path | str, num_threads: int = 2,
+                 accuracy_target: float | None = None):
+        """`accuracy_target`: abstain at this accuracy target instead of the card's (see
+        Trust.load); None serves the card's."""
         self.model_dir = Path(model_dir)
         self.card = read_card(self.model_dir)
         try:
@@ -112,7 +115,10 @@ class Predictor:
         self._input = self._interpreter.get_input_details()[0]
         self._outputs = _identify_outputs(self._interpreter, len(self.classes),
                                           self.model_dir / SERVING_FILE)
-        self.trust = Trust.load(self.model_dir, self.card)
+        try:
+            self.trust = Trust.load(self.model_dir, self.card, accuracy_target)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
         use_one_blas_thread()  # numpy's BLAS must not compete with LiteRT for the cores
         self._batch = 1
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads

@@ -11,6 +11,7 @@ here; a model folder without them serves uncalibrated, never flags.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,8 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 TRUST_FILE = "trust.npz"
+HELD_OUT_CONFIDENCE = "held_out_confidence"
+HELD_OUT_CORRECT = "held_out_correct"
 
 ACCEPTED = "accepted"
 UNIDENTIFIED = "unidentified"
@@ -92,29 +95,51 @@ class Trust:
     layers: tuple[LayerGaussians, ...] = ()  # unfamiliarity: one Gaussian model per layer
     head_kernel: np.ndarray | None = None  # (embedding, classes): the dense head, for CAMs
     head_bias: np.ndarray | None = None
+    target_accuracy: float | None = None  # what confidence_threshold was chosen for
 
     @property
     def fitted(self) -> bool:
         return bool(self.layers)
 
     @classmethod
-    def load(cls, model_dir: Path, card: dict[str, Any]) -> "Trust":
+    def load(cls, model_dir: Path, card: dict[str, Any],
+             accuracy_target: float | None = None) -> "Trust":
+        """The folder's fitted trust layer. `accuracy_target` replaces the card's abstention
+        target (a lab's own trade-off between review work and errors): the threshold is then
+        chosen by the same rule on the same held-out predictions, kept in trust.npz."""
         section = card.get("trust")
         path = Path(model_dir) / TRUST_FILE
         if not section or not path.is_file():
+            if accuracy_target is not None:
+                raise ValueError(f"{model_dir} has no fitted trust layer (model card 'trust' "
+                                 f"and {TRUST_FILE}), so it cannot abstain at an accuracy "
+                                 "target.")
             return cls()
         with np.load(path) as arrays:
             scales = arrays["layer_scales"].astype(np.float64)
             layers = tuple(
                 LayerGaussians(arrays[f"class_means_{i}"], arrays[f"whitening_{i}"], float(scale))
                 for i, scale in enumerate(scales))
+            threshold = float(section["confidence_threshold"])
+            target = section.get("target_accuracy")
+            if accuracy_target is not None and accuracy_target != target:
+                check_accuracy_target(accuracy_target)
+                if HELD_OUT_CONFIDENCE not in arrays:
+                    raise ValueError(
+                        f"{path} keeps no held-out predictions to choose a threshold for an "
+                        "accuracy target from; refit it with `python -m training.calibrate "
+                        f"--model-dir {model_dir}`.")
+                threshold = threshold_for_target(arrays[HELD_OUT_CONFIDENCE],
+                                                 arrays[HELD_OUT_CORRECT], accuracy_target)
+                target = accuracy_target
             return cls(
                 temperature=float(section["temperature"]),
-                confidence_threshold=float(section["confidence_threshold"]),
+                confidence_threshold=threshold,
                 ood_threshold=float(section["ood"]["threshold"]),
                 layers=layers,
                 head_kernel=arrays["head_kernel"].astype(np.float64),
                 head_bias=arrays["head_bias"].astype(np.float64),
+                target_accuracy=None if target is None else float(target),
             )
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -145,6 +170,34 @@ class Trust:
         }
 
 
+def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """The smallest threshold whose accepted images (confidence >= it) are >= `target` correct,
+    i.e. the largest such accepted share; 1.0 (abstain on all) when no share reaches it."""
+    order = np.argsort(-confidence, kind="stable")
+    ranked, hits = confidence[order], correct[order].astype(float)
+    accuracy = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    # A cut may only fall between distinct confidences: tied images are accepted together.
+    boundary = np.append(ranked[1:] < ranked[:-1], True)
+    ok = np.nonzero((accuracy >= target) & boundary)[0]
+    return float(ranked[ok[-1]]) if len(ok) else 1.0
+
+
+def threshold_for_target(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """confidence_threshold as the card stores it: rounded up (never looser) to 4 decimals."""
+    return round_up(confidence_threshold(np.asarray(confidence, dtype=np.float64),
+                                         np.asarray(correct, dtype=bool), target))
+
+
+def check_accuracy_target(target: float) -> None:
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"An accuracy target is a share of accepted images that are right, "
+                         f"greater than 0 and at most 1 (e.g. 0.95), not {target!r}.")
+
+
+def round_up(value: float, decimals: int = 4) -> float:
+    return math.ceil(value * 10**decimals) / 10**decimals
+
+
 def use_one_blas_thread() -> None:
     """Run numpy's BLAS on one thread in this process from now on. The trust layer's products
     are small, and OpenBLAS's worker threads keep spinning after a threaded call, taking the
@@ -155,11 +208,17 @@ def use_one_blas_thread() -> None:
 
 
 def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel: np.ndarray,
-                      head_bias: np.ndarray) -> Path:
+                      head_bias: np.ndarray, held_out_confidence: np.ndarray,
+                      held_out_correct: np.ndarray) -> Path:
+    """`held_out_*`: the calibrated confidence of each held-out image the confidence threshold
+    was chosen on, and whether its top class was right (what Trust.load needs to choose a
+    threshold for another accuracy target)."""
     path = Path(model_dir) / TRUST_FILE
     arrays = {"layer_scales": np.array([g.scale for g in layers], dtype=np.float64),
               "head_kernel": head_kernel.astype(np.float32),
-              "head_bias": head_bias.astype(np.float32)}
+              "head_bias": head_bias.astype(np.float32),
+              HELD_OUT_CONFIDENCE: np.asarray(held_out_confidence, dtype=np.float64),
+              HELD_OUT_CORRECT: np.asarray(held_out_correct, dtype=bool)}
     for i, g in enumerate(layers):
         arrays[f"class_means_{i}"] = g.means.astype(np.float32)
         arrays[f"whitening_{i}"] = g.whitening.astype(np.float32)

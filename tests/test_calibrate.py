@@ -39,19 +39,32 @@ def test_reliability_bins_count_every_image_once():
     assert result["ece"] == pytest.approx((0.55 + (0.05 + 0.02 + 0.0)) / 4)
 
 
-def test_confidence_threshold_is_the_lowest_that_reaches_the_target():
-    confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
-    correct = np.array([1, 1, 1, 1, 0, 1], dtype=bool)
-    assert calibrate.confidence_threshold(confidence, correct, target=0.99) == 0.8
-    assert calibrate.confidence_threshold(confidence, correct, target=0.8) == 0.6
-    assert calibrate.confidence_threshold(confidence, ~correct, target=0.99) == 1.0
+def test_operating_points_give_each_target_its_threshold_and_accepted_share():
+    confidence = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5])
+    correct = np.array([True] * 7 + [False, True, False])
+    points = calibrate.operating_points(confidence, correct, [0.85, 0.99])
+    assert [p["target_accuracy"] for p in points] == [0.85, 0.99]
+    assert points[1] == {"target_accuracy": 0.99, "confidence_threshold": 0.65,
+                         "accepted_rate": 0.7, "accuracy_accepted": 1.0}
+    assert points[0]["confidence_threshold"] == 0.55 and points[0]["accepted_rate"] == 0.9
+    assert points[0]["accuracy_accepted"] == pytest.approx(8 / 9, abs=1e-4)
+    nothing = calibrate.operating_points(confidence, np.zeros(10, bool), [0.99])[0]
+    assert nothing["confidence_threshold"] == 1.0 and nothing["accepted_rate"] == 0.0
+    assert nothing["accuracy_accepted"] is None
 
 
-def test_confidence_threshold_never_splits_tied_confidences():
-    confidence = np.array([0.9, 0.9, 0.9])
-    correct = np.array([1, 0, 1], dtype=bool)
-    # accepting "the first 0.9" alone is not a threshold: all three share it.
-    assert calibrate.confidence_threshold(confidence, correct, target=0.99) == 1.0
+def test_operating_figures_flag_unfamiliar_images_first_at_every_threshold():
+    confidence = np.array([0.99, 0.9, 0.8, 0.6])
+    correct = np.array([True, True, False, True])
+    unfamiliar = np.array([True, False, False, False])
+    points = [{"target_accuracy": 0.99, "confidence_threshold": 0.85},
+              {"target_accuracy": 0.5, "confidence_threshold": 0.5}]
+    strict, loose = calibrate.operating_figures(confidence, correct, unfamiliar, points)
+    assert strict == {"target_accuracy": 0.99, "confidence_threshold": 0.85,
+                      "accepted_rate": 0.25, "unidentified_rate": 0.5, "not_a_cell_rate": 0.25,
+                      "accuracy_accepted": 1.0}
+    assert (loose["accepted_rate"], loose["not_a_cell_rate"]) == (0.75, 0.25)
+    assert loose["accuracy_accepted"] == pytest.approx(2 / 3, abs=1e-4)
 
 
 def test_class_gaussians_whiten_the_within_class_spread():

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
+from hematovision.trust import confidence_threshold, round_up, softmax
 from training import crossfit
 from training.config import TrainConfig
-from training.calibrate import confidence_threshold, fit_temperature, fit_trust, round_up
-from hematovision.trust import softmax
+from training.calibrate import TARGET_ACCURACY, fit_temperature, fit_trust
 
 
 def test_folds_keep_groups_whole_and_spread_every_class():
@@ -66,7 +66,7 @@ def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp
     assert section["temperature"] == pytest.approx(temperature, abs=1e-4)
     p = softmax(logits, temperature)
     assert section["confidence_threshold"] == round_up(
-        confidence_threshold(p.max(1), p.argmax(1) == labels))
+        confidence_threshold(p.max(1), p.argmax(1) == labels, TARGET_ACCURACY))
     source = section["fitted_on"]["temperature_and_confidence_threshold"]
     assert source["images"] == 400 and source["source"].startswith("out-of-fold")
     assert section["fitted_on"]["unfamiliarity_threshold"]["split"] == "val"

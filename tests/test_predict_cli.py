@@ -72,6 +72,25 @@ def test_json_lines_carry_the_fitted_trust_layer(trusted_model_dir, tmp_path, ca
     assert line["status"] == expected
 
 
+def test_accuracy_target_sets_the_threshold_from_the_cards_operating_points(
+        trusted_model_dir, tmp_path, capsys):
+    path = make_image(tmp_path / "a.jpg", (200, 60, 60))
+    points = json.loads((trusted_model_dir / "model_card.json").read_text())["trust"][
+        "operating_points"]
+    for point in points:
+        main([str(path), "--json", "--quiet", "--model-dir", str(trusted_model_dir),
+              "--accuracy-target", str(point["target_accuracy"])])
+        line = json.loads(capsys.readouterr().out)
+        assert line["scores"]["confidence_threshold"] == point["confidence_threshold"]
+
+
+def test_an_accuracy_target_above_1_exits_2_with_the_reason(trusted_model_dir, tmp_path, capsys):
+    path = make_image(tmp_path / "a.jpg", (200, 60, 60))
+    assert main([str(path), "--model-dir", str(trusted_model_dir),
+                 "--accuracy-target", "99"]) == 2
+    assert "greater than 0 and at most 1 (e.g. 0.95), not 99.0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("exc,reason", [
     (struct.error("unpack requires a buffer of 4 bytes"), "unpack requires a buffer of 4 bytes"),
     (IndexError("list index out of range"), "list index out of range"),

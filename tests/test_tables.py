@@ -223,3 +223,28 @@ def test_benchmark_text_names_the_commit_model_and_load_it_was_measured_on(tmp_p
     inference = {k: v for k, v in inference.items() if k != "commit"}
     (tmp_path / "inference.json").write_text(json.dumps(inference))
     assert "Measured at commit" not in tables.benchmarks_text(tmp_path)
+
+
+def test_operating_points_table_pairs_the_held_out_and_the_test_figures(tmp_path):
+    card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
+    card["trust"]["target_accuracy"] = 0.99
+    card["trust"]["operating_points"] = [
+        {"target_accuracy": 0.95, "confidence_threshold": 0.8123, "accepted_rate": 0.6,
+         "accuracy_accepted": 0.9512},
+        {"target_accuracy": 0.99, "confidence_threshold": 0.9861, "accepted_rate": 0.2,
+         "accuracy_accepted": 0.9901}]
+    test = card["metrics"]["test"]
+    test["operating_points"] = [
+        {"target_accuracy": 0.95, "confidence_threshold": 0.8123, "accepted_rate": 0.4567,
+         "unidentified_rate": 0.5, "not_a_cell_rate": 0.0433, "accuracy_accepted": 0.9321},
+        {"target_accuracy": 0.99, "confidence_threshold": 0.9861, "accepted_rate": 0.115,
+         "unidentified_rate": 0.87, "not_a_cell_rate": 0.015, "accuracy_accepted": None}]
+    card["metrics"] = {"test": test}
+    folder = tmp_path / "wbc4"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps(card))
+    (folder / "model.tflite").write_bytes(b"")
+    rows = tables.operating_points_table(tmp_path).splitlines()[2:]
+    assert rows == [
+        f"| `wbc4` | 95% | 0.812 | 60.0% (0.9512) | test, n={test['n']} | 45.7% | 0.9321 |",
+        f"| `wbc4` | 99% (served) | 0.986 | 20.0% (0.9901) | test, n={test['n']} | 11.5% | n/a |"]

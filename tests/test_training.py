@@ -13,7 +13,7 @@ import pytest
 
 from hematovision.predictor import Predictor
 from hematovision.trust import softmax
-from training import evaluate, export, train
+from training import calibrate, evaluate, export, train
 from training.config import TrainConfig
 from tests.conftest import CELL_COLORS, CLASSES
 
@@ -125,6 +125,15 @@ def test_export_fits_the_trust_layer_on_validation(trained_run, tmp_path):
     assert section["fitted_on"]["class_gaussians"]["images"] == 12
     assert section["temperature"] > 0 and 0 <= section["confidence_threshold"] <= 1
     assert section["validation_seen_in_training"] is False
+    points = {p["target_accuracy"]: p for p in section["operating_points"]}
+    assert set(points) == {*calibrate.OPERATING_TARGETS, section["target_accuracy"]}
+    assert points[section["target_accuracy"]]["confidence_threshold"] == \
+        section["confidence_threshold"]
+    thresholds = [points[t]["confidence_threshold"] for t in sorted(points)]
+    assert thresholds == sorted(thresholds)  # a stricter target never accepts more
+    for target, point in points.items():  # the served threshold of each target is the card's
+        assert Predictor(out, accuracy_target=target).trust.confidence_threshold == \
+            point["confidence_threshold"]
     predictor = Predictor(out)
     assert predictor.trust.fitted and predictor.trust.temperature == section["temperature"]
     assert predictor.trust.head_kernel.shape == (1280, len(CLASSES))
@@ -156,6 +165,13 @@ def test_evaluate_writes_report_confusion_and_records_metrics(trained_run, tmp_p
     rates = card["metrics"]["test"]["trust"]
     assert rates["accepted_rate"] + rates["unidentified_rate"] + rates["not_a_cell_rate"] == \
         pytest.approx(1.0, abs=1e-3)
+    # Every operating point of the card is measured; the served one gives the served statuses.
+    recorded = card["metrics"]["test"]["operating_points"]
+    assert [p["target_accuracy"] for p in recorded] == \
+        [p["target_accuracy"] for p in card["trust"]["operating_points"]]
+    served = [p for p in recorded if p["target_accuracy"] == card["trust"]["target_accuracy"]]
+    assert {k: served[0][k] for k in rates} == rates
+    assert (model_dir / "coverage_test.png").is_file()
 
 
 def test_cli_help_lists_an_example(capsys):

@@ -69,7 +69,7 @@ def test_an_unfitted_trust_layer_accepts_everything_and_says_so_in_its_scores():
 def test_load_reads_the_card_section_and_the_arrays(tmp_path):
     layers = [trust.LayerGaussians(np.ones((2, 3)), np.eye(3), 7.0),
               trust.LayerGaussians(np.zeros((2, 5)), 2 * np.eye(5), 0.5)]
-    trust.save_trust_arrays(tmp_path, layers, np.ones((3, 2)), np.zeros(2))
+    trust.save_trust_arrays(tmp_path, layers, np.ones((3, 2)), np.zeros(2), [0.9], [True])
     card = {"trust": {"temperature": 1.5, "confidence_threshold": 0.7,
                       "ood": {"threshold": 42.0}}}
     loaded = Trust.load(tmp_path, card)
@@ -78,6 +78,75 @@ def test_load_reads_the_card_section_and_the_arrays(tmp_path):
     np.testing.assert_array_equal(loaded.layers[1].whitening, 2 * np.eye(5))
     assert loaded.head_kernel.shape == (3, 2)
     assert not Trust.load(tmp_path, {}).fitted  # no card section: identity trust
+
+
+def test_confidence_threshold_is_the_lowest_that_reaches_the_target():
+    confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
+    correct = np.array([True, True, True, True, False, True, False])
+    assert trust.confidence_threshold(confidence, correct, 0.99) == 0.8  # 4 of 4 right
+    assert trust.confidence_threshold(confidence, correct, 0.8) == 0.6  # 5 of 6 right
+    assert trust.confidence_threshold(confidence, ~correct, 0.99) == 1.0  # none reaches it
+
+
+def test_confidence_threshold_never_splits_tied_confidences():
+    confidence = np.array([0.9, 0.9, 0.5])
+    correct = np.array([True, False, True])
+    # accepting "the first 0.9" alone is not a threshold: both share it.
+    assert trust.confidence_threshold(confidence, correct, 0.99) == 1.0
+
+
+def test_threshold_for_target_rounds_up_so_it_is_never_looser():
+    confidence = np.array([0.912341, 0.8, 0.7])
+    correct = np.array([True, False, True])
+    assert trust.threshold_for_target(confidence, correct, 0.99) == 0.9124
+    assert trust.threshold_for_target(confidence, correct, 0.6) == 0.7
+
+
+def _fitted_folder(tmp_path, target=0.99):
+    """A trust layer whose threshold for `target` was chosen on ten held-out images, the
+    three least confident of them wrong."""
+    confidence = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5])
+    correct = np.array([True] * 7 + [False, True, False])
+    layers = [trust.LayerGaussians(np.zeros((2, 3)), np.eye(3), 1.0)]
+    trust.save_trust_arrays(tmp_path, layers, np.ones((3, 2)), np.zeros(2), confidence, correct)
+    card = {"trust": {"temperature": 1.2, "target_accuracy": target, "ood": {"threshold": 5.0},
+                      "confidence_threshold": trust.threshold_for_target(confidence, correct,
+                                                                         target)}}
+    return card, confidence
+
+
+def test_an_accuracy_target_chooses_its_threshold_on_the_held_out_images(tmp_path):
+    card, confidence = _fitted_folder(tmp_path)
+    served = Trust.load(tmp_path, card)
+    assert served.confidence_threshold == pytest.approx(confidence[6], abs=1e-4)  # 7 of 7 right
+    assert served.target_accuracy == 0.99
+    same = Trust.load(tmp_path, card, accuracy_target=0.99)
+    assert same.confidence_threshold == served.confidence_threshold
+    lower = Trust.load(tmp_path, card, accuracy_target=0.85)  # 8 of 9 right: 0.89 >= 0.85
+    assert lower.confidence_threshold == pytest.approx(confidence[8], abs=1e-4)
+    assert lower.target_accuracy == 0.85
+    assert (lower.temperature, lower.ood_threshold) == (served.temperature, served.ood_threshold)
+    assert lower.status(confidence=0.6, ood_score=1.0) == ACCEPTED
+    assert served.status(confidence=0.6, ood_score=1.0) == UNIDENTIFIED
+
+
+@pytest.mark.parametrize("target", [0.0, -0.5, 1.5])
+def test_an_accuracy_target_outside_0_to_1_is_refused(tmp_path, target):
+    card, _ = _fitted_folder(tmp_path)
+    with pytest.raises(ValueError, match="greater than 0 and at most 1"):
+        Trust.load(tmp_path, card, accuracy_target=target)
+
+
+def test_an_accuracy_target_needs_held_out_predictions_and_a_trust_layer(tmp_path):
+    card, _ = _fitted_folder(tmp_path)
+    with np.load(tmp_path / trust.TRUST_FILE) as arrays:
+        older = {k: arrays[k] for k in arrays.files if not k.startswith("held_out")}
+    np.savez(tmp_path / trust.TRUST_FILE, **older)  # a folder fitted before they were kept
+    assert Trust.load(tmp_path, card).fitted  # still serves at its own target
+    with pytest.raises(ValueError, match="no held-out predictions.*training.calibrate"):
+        Trust.load(tmp_path, card, accuracy_target=0.9)
+    with pytest.raises(ValueError, match="no fitted trust layer"):
+        Trust.load(tmp_path, {}, accuracy_target=0.9)
 
 
 def test_cam_is_the_spatial_decomposition_of_the_class_logit():

@@ -84,6 +84,10 @@ def test_accepted_result_names_the_class_and_shows_why(client, models_root):
     assert f'data-label="{expected.label}"' in html
     assert 'id="why-unfamiliarity"' in html and 'id="why-confidence"' in html
     assert "passed" in text(html)
+    target = json.loads((models_root / "accepting" / "model_card.json").read_text())[
+        "trust"]["target_accuracy"]
+    assert re.search(r'id="why-target">[^<]*right at least\s+' + re.escape(f"{target * 100:.1f}"),
+                     html)
     assert 'id="heat-map-toggle"' in html  # the trusted model has head weights for maps
 
 
@@ -285,3 +289,78 @@ def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_pat
     numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", example)
     assert sorted(map(float, numbers)) == sorted(figures.values())
     assert '"confidence": <float>' in example and '"label": "<class>"' in example
+
+
+def test_model_page_lists_the_operating_points_and_their_measured_figures(models_root, request):
+    card_file = models_root / "accepting" / "model_card.json"
+    card = json.loads(card_file.read_text())
+    points = card["trust"]["operating_points"]
+    card["metrics"]["test"]["operating_points"] = [
+        {**p, "accepted_rate": 0.4321, "unidentified_rate": 0.5, "not_a_cell_rate": 0.0679,
+         "accuracy_accepted": 0.9876} for p in points]
+    card_file.write_text(json.dumps(card))
+    client = request.getfixturevalue("client")
+    html = client.get("/models/accepting").get_data(as_text=True)
+    table = re.search(r'<table[^>]*id="operating-points".*?</table>', html, re.S).group(0)
+    rows = re.findall(r'<tr data-target="([^"]+)"', table)
+    assert [float(t) for t in rows] == [p["target_accuracy"] for p in points]
+    assert table.count("43.2 %") == len(points) and table.count("0.9876") == len(points)
+    served = re.search(r'<tr data-target="[^"]+" class="fw-semibold".*?</tr>', table, re.S).group(0)
+    assert "(served)" in served and f'{card["trust"]["target_accuracy"] * 100:.1f} %' in served
+    assert 'id="server-target"' not in html  # the card's own target is served
+
+
+def test_the_server_can_abstain_at_its_own_accuracy_target(tmp_path, trusted_model_dir):
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
+    card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
+    lowest = min(card["operating_points"], key=lambda p: p["target_accuracy"])
+    app = make_app(tmp_path, root, DEFAULT_MODEL="trusted",
+                   ACCURACY_TARGET=lowest["target_accuracy"])
+    client = app.test_client()
+    result = client.post("/api/predict", data={"file": [(io.BytesIO(RED), "a.jpg")]}).get_json()
+    assert result["results"][0]["scores"]["confidence_threshold"] == \
+        lowest["confidence_threshold"]
+    html = client.get("/models/trusted").get_data(as_text=True)
+    assert 'id="server-target"' in html
+    assert re.search(r'id="confidence-threshold">' + re.escape(
+        f'{lowest["confidence_threshold"] * 100:.1f} %'), html)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("often", "HEMATOVISION_ACCURACY_TARGET\\) must be a number such as 0.95, not 'often'"),
+    (1.5, "HEMATOVISION_ACCURACY_TARGET\\): .* greater than 0 and at most 1"),
+    (True, "must be a number"),
+])
+def test_a_bad_accuracy_target_stops_the_app_with_one_clear_message(tmp_path, trusted_model_dir,
+                                                                    value, message):
+    from hematovision.predictor import ModelLoadError
+
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
+    with pytest.raises(ModelLoadError, match=message):
+        make_app(tmp_path, root, DEFAULT_MODEL="trusted", ACCURACY_TARGET=value)
+
+
+def test_app_check_names_each_models_threshold_and_the_target_from_the_environment(
+        tmp_path, trusted_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
+    card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
+    lowest = min(card["operating_points"], key=lambda p: p["target_accuracy"])
+    env = {**os.environ, "HEMATOVISION_MODELS_ROOT": str(root),
+           "HEMATOVISION_DEFAULT_MODEL": "trusted", "HEMATOVISION_SECRET_KEY": "test",
+           "HEMATOVISION_UPLOAD_FOLDER": str(tmp_path / "uploads"),
+           "HEMATOVISION_ACCURACY_TARGET": str(lowest["target_accuracy"])}
+    app_py = Path(__file__).resolve().parent.parent / "app.py"
+    check = subprocess.run([sys.executable, str(app_py), "--check"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert (f"trusted {lowest['confidence_threshold']:.4f} "
+            f"(accuracy target {lowest['target_accuracy']:g})") in check.stdout
+    env["HEMATOVISION_ACCURACY_TARGET"] = "95"  # a percentage where a share is meant
+    check = subprocess.run([sys.executable, str(app_py), "--check"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 2
+    assert "greater than 0 and at most 1 (e.g. 0.95), not 95.0" in check.stderr

@@ -30,12 +30,16 @@ import numpy as np
 from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
-                                layer_distances, save_trust_arrays, softmax)
+                                layer_distances, round_up, save_trust_arrays, softmax,
+                                threshold_for_target)
 from training import crossfit
 
 ECE_BINS = 15
 TARGET_ACCURACY = 0.99  # accepted held-out cells (out-of-fold, else validation) should be
 #   right at least this often
+# Other targets a lab may serve at (HEMATOVISION_ACCURACY_TARGET, predict --accuracy-target):
+# the card lists the threshold and accepted share of each, evaluations their test figures.
+OPERATING_TARGETS = (0.9, 0.95, 0.97, 0.99)
 OOD_QUANTILE = 0.99  # share of in-domain validation images that must pass as familiar
 
 
@@ -82,17 +86,34 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
             "accuracy": acc}
 
 
-def confidence_threshold(confidence: np.ndarray, correct: np.ndarray,
-                         target: float = TARGET_ACCURACY) -> float:
-    """The smallest threshold whose accepted images (confidence >= it) are >= `target` correct,
-    i.e. the largest such accepted share; 1.0 (abstain on all) when no share reaches it."""
-    order = np.argsort(-confidence, kind="stable")
-    ranked, hits = confidence[order], correct[order].astype(float)
-    accuracy = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    # A cut may only fall between distinct confidences: tied images are accepted together.
-    boundary = np.append(ranked[1:] < ranked[:-1], True)
-    ok = np.nonzero((accuracy >= target) & boundary)[0]
-    return float(ranked[ok[-1]]) if len(ok) else 1.0
+def operating_points(confidence: np.ndarray, correct: np.ndarray,
+                     targets: Sequence[float]) -> list[dict]:
+    """Per accuracy target: the threshold the abstention rule chooses on these held-out images,
+    the share of them it accepts and their accuracy."""
+    points = []
+    for target in targets:
+        threshold = threshold_for_target(confidence, correct, target)
+        accepted = confidence >= threshold
+        points.append({
+            "target_accuracy": target, "confidence_threshold": threshold,
+            "accepted_rate": round(float(accepted.mean()), 4),
+            "accuracy_accepted": (round(float(correct[accepted].mean()), 4)
+                                  if accepted.any() else None)})
+    return points
+
+
+def operating_figures(confidence: np.ndarray, correct: np.ndarray, unfamiliar: np.ndarray,
+                      points: Sequence[dict]) -> list[dict]:
+    """The statuses and accepted accuracy of evaluated images at each of a card's operating
+    points (thresholds chosen on held-out images, never on these)."""
+    figures = []
+    for point in points:
+        threshold = point["confidence_threshold"]
+        status = np.where(unfamiliar, NOT_A_CELL,
+                          np.where(confidence < threshold, UNIDENTIFIED, ACCEPTED))
+        figures.append({"target_accuracy": point["target_accuracy"],
+                        "confidence_threshold": threshold, **status_rates(status, correct)})
+    return figures
 
 
 def status_rates(statuses: Sequence[str], correct: np.ndarray | None = None) -> dict:
@@ -184,9 +205,9 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     fit_logits, fit_truth = (oof["logits"], oof["labels"]) if oof else (val_out.logits, val_labels)
     temperature = fit_temperature(fit_logits, fit_truth)
     fitted_probabilities = softmax(fit_logits, temperature)
-    threshold = round_up(confidence_threshold(fitted_probabilities.max(axis=1),
-                                              fitted_probabilities.argmax(axis=1) == fit_truth,
-                                              target))
+    held_out_confidence = fitted_probabilities.max(axis=1)
+    held_out_correct = fitted_probabilities.argmax(axis=1) == fit_truth
+    threshold = threshold_for_target(held_out_confidence, held_out_correct, target)
     calibrated = softmax(val_out.logits, temperature)
     confidence = calibrated.max(axis=1)
     correct = calibrated.argmax(axis=1) == val_labels
@@ -203,13 +224,16 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     kernel, bias = head_weights(model_dir)
     trust = Trust(temperature, threshold, ood_threshold, tuple(layers), kernel, bias)
     rates = status_rates([trust.status(c, s) for c, s in zip(confidence, scores)], correct)
-    save_trust_arrays(model_dir, layers, kernel, bias)
+    save_trust_arrays(model_dir, layers, kernel, bias, held_out_confidence, held_out_correct)
 
     refit = bool(card.get("training", {}).get("refit_on_all_training_data"))
     section = {
         "temperature": round(temperature, 4),
         "confidence_threshold": threshold,
         "target_accuracy": target,
+        # Fitted in sample: the accepted shares of the images the thresholds were chosen on.
+        "operating_points": operating_points(held_out_confidence, held_out_correct,
+                                             sorted({*OPERATING_TARGETS, target})),
         "rule": (f"Unidentified below the smallest calibrated confidence at which the accepted "
                  f"{'out-of-fold' if oof else 'validation'} images are at least {target:.0%} "
                  "correct."),
@@ -253,10 +277,6 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     log(f"temperature {temperature:.3f}, confidence threshold {threshold:.3f}, "
         f"unfamiliarity threshold {ood_threshold:.3f}; validation {section['validation']}")
     return section
-
-
-def round_up(value: float, decimals: int = 4) -> float:
-    return math.ceil(value * 10**decimals) / 10**decimals
 
 
 def log(message: str) -> None:

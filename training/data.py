@@ -21,6 +21,8 @@ from hematovision.preprocess import IMAGE_SUFFIXES
 SOURCE_MAP_NAME = "bccd_source_map.csv"
 FIELD_NOTES = Path("bccd") / "bccd_image_notes.csv"  # its same_field_of_view_as column
 SPLITS = ("train", "val", "test")
+# What make_split decides and splits.json keeps; extra_train is the run's, not the split's.
+SPLIT_KEYS = (*SPLITS, "unassigned", "excluded_groups")
 
 
 @dataclass
@@ -244,7 +246,7 @@ def save_split(split: dict, path: Path, dataset: Dataset) -> None:
 
 def load_split(path: Path, dataset: Dataset) -> dict:
     saved = json.loads(Path(path).read_text())
-    split = {k: saved.get(k, []) for k in (*SPLITS, "unassigned", "excluded_groups")}
+    split = {k: saved.get(k, []) for k in SPLIT_KEYS}
     check_disjoint(split, dataset)
     return split
 

@@ -2,10 +2,11 @@
 
     python -m training.evaluate --data DIR [--model NAME] [--split-file splits.json] [--record NAME]
 
-Writes metrics.json, classification_report.txt and confusion.png to --out. Where the data
-has a Kaggle source map, it also scores each source smear by majority vote over its images.
-With --record NAME the metrics go into the model card under metrics.NAME, and the confusion
-matrix into the model folder as confusion_NAME.png.
+Writes metrics.json, classification_report.txt, confusion.png, reliability.png and
+coverage.png (accuracy on accepted images against the share accepted, with the card's operating
+points) to --out. Where the data has a Kaggle source map, it also scores each source smear by
+majority vote over its images. With --record NAME the metrics go into the model card under
+metrics.NAME, and the plots into the model folder as confusion_NAME.png etc.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from hematovision.batch import forward_files
 from hematovision.predictor import MODELS_ROOT, Predictor, read_card
 from hematovision.trust import softmax
 from training import data as data_lib
-from training.calibrate import ECE_BINS, nll, reliability, status_rates
-from training.report import plot_confusion, plot_reliability
+from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
+from training.report import plot_confusion, plot_coverage, plot_reliability
 
 
 def classification_metrics(y_true: list[int], y_pred: list[int], classes: list[str]) -> dict:
@@ -150,7 +151,13 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         "nll_before": round(nll(outputs.logits, y_true), 4),
         "nll_after": round(nll(outputs.logits, y_true, predictor.trust.temperature), 4),
     }
-    metrics["trust"] = status_rates([p.status for p in predictions], np.array(y_pred) == y_true)
+    correct = np.array(y_pred) == y_true
+    metrics["trust"] = status_rates([p.status for p in predictions], correct)
+    confidence = np.array([p.confidence for p in predictions])
+    unfamiliar = predictor.trust.ood_scores(outputs.features) > predictor.trust.ood_threshold
+    points = predictor.card.get("trust", {}).get("operating_points", [])
+    if points:
+        metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points)
     groups: list = [None] * len(files)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
@@ -173,6 +180,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
                    out_dir / "confusion.png", title=title)
     plot_reliability(before, after, predictor.trust.temperature, out_dir / "reliability.png",
                      title=title)
+    plot_coverage(confidence, correct, unfamiliar, metrics.get("operating_points", []),
+                  out_dir / "coverage.png", title=title)
     return metrics
 
 
@@ -213,7 +222,7 @@ def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
         k: v for k, v in metrics.items() if k not in ("unreadable_files",)
     }
     write_card(model_dir, card)
-    for plot in ("confusion", "reliability"):
+    for plot in ("confusion", "reliability", "coverage"):
         shutil.copy2(out_dir / f"{plot}.png", Path(model_dir) / f"{plot}_{name}.png")
 
 

@@ -85,3 +85,43 @@ def plot_reliability(before: dict, after: dict, temperature: float, path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_coverage(confidence: np.ndarray, correct: np.ndarray, unfamiliar: np.ndarray,
+                  points: list[dict], path: Path, title: str = "") -> None:
+    """Accuracy of the accepted images against the share of all images accepted, as the
+    confidence threshold falls (flagged unfamiliar images are never accepted); the operating
+    points' thresholds, chosen on held-out images, are marked where they land here."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    familiar = ~np.asarray(unfamiliar, dtype=bool)
+    order = np.argsort(-confidence[familiar], kind="stable")
+    hits = np.asarray(correct, dtype=float)[familiar][order]
+    if len(hits):
+        accepted = np.arange(1, len(hits) + 1)
+        ax.plot(accepted / len(confidence), np.cumsum(hits) / accepted, "-", color="tab:blue",
+                label="every threshold")
+    # Targets whose thresholds accept the same images share one dot and one label.
+    targets: dict[tuple[float, float], list[float]] = {}
+    for point in sorted(points, key=lambda p: p["target_accuracy"]):
+        if point.get("accuracy_accepted") is not None:
+            where = (point["accepted_rate"], point["accuracy_accepted"])
+            targets.setdefault(where, []).append(point["target_accuracy"])
+    for i, ((x, y), shared) in enumerate(targets.items()):
+        ax.plot(x, y, "o", color="tab:red")
+        label = ("target " if len(shared) == 1 else "targets ") + ", ".join(
+            f"{t:.0%}" for t in shared)
+        # Alternately below and above the curve, as neighbouring targets land close together;
+        # left of the dot near the right edge.
+        right = x > 0.7
+        ax.annotate(label, (x, y), textcoords="offset points", fontsize=8,
+                    xytext=(-4 if right else 4, -12 if i % 2 == 0 else 6),
+                    ha="right" if right else "left")
+    ax.set_xlabel("share of images accepted")
+    ax.set_ylabel("accuracy on accepted images")
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -175,6 +175,34 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def operating_points_table(root: Path = MODELS_ROOT) -> str:
+    """Each model's operating points: the threshold each accuracy target gives on the held-out
+    images and what it accepts there, then on each recorded test set."""
+    lines = ["| model | accuracy target | confidence threshold | held out: accepted "
+             "(accuracy) | evaluated on | accepted | accuracy on accepted |",
+             "|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        card = read_card(root / name)
+        section = card.get("trust") or {}
+        held_out = {p["target_accuracy"]: p for p in section.get("operating_points", [])}
+        for m in evaluations(card):
+            where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
+            for point in m.get("operating_points", []):
+                target = point["target_accuracy"]
+                fitted = held_out.get(target, {})
+                served = " (served)" if target == section.get("target_accuracy") else ""
+                lines.append(
+                    f"| `{name}` | {target:.0%}{served} | {point['confidence_threshold']:.3f} | "
+                    f"{_fmt_rate(fitted.get('accepted_rate'))} "
+                    f"({_fmt(fitted.get('accuracy_accepted'))}) | {where}, n={m['n']} | "
+                    f"{point['accepted_rate']:.1%} | {_fmt(point['accuracy_accepted'])} |")
+    return "\n".join(lines)
+
+
+def _fmt_rate(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def _interval(metrics: dict, key: str, units: bool = True) -> str:
     """' (low-high, N source smears)': the evaluation's bootstrap interval, where recorded."""
     record = metrics.get("intervals", {})
@@ -417,7 +445,8 @@ def main(argv: list[str] | None = None) -> None:
         print(ablation_table(rows))
     else:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
-                  "trust": trust_table(), "unfamiliar": unfamiliar_table(), "tta": tta_table(),
+                  "trust": trust_table(), "operating-points": operating_points_table(),
+                  "unfamiliar": unfamiliar_table(), "tta": tta_table(),
                   "crossfit": crossfit_table(), "ece-spread": ece_spread_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"

@@ -56,7 +56,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                                            config.field_notes)
     split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
     if resume is not None and data_lib.load_split(run_dir / "splits.json", dataset) != {
-            k: split.get(k, []) for k in (*data_lib.SPLITS, "unassigned", "excluded_groups")}:
+            k: split.get(k, []) for k in data_lib.SPLIT_KEYS}:
         raise SystemExit(f"{run_dir}: the data no longer splits as when the run started")
     # Training-only images from another source: more distinct cells of the same types, which a
     # dataset made of a few hundred augmented smears lacks most. Never validated on.

@@ -29,6 +29,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SECRET_KEY_FILE=os.path.join(app.instance_path, "secret_key"),  # created on first start
         MODELS_ROOT=str(MODELS_ROOT),  # folder of model folders (model_card.json + model.tflite)
         DEFAULT_MODEL=None,  # model used when a request names none; None: wbc4, else the first
+        ACCURACY_TARGET=None,  # abstain so accepted cells are right this often (e.g. 0.95);
+        #   None: each model card's own target (see Trust.load)
         LITERT_THREADS=2,  # interpreter threads per process (gunicorn.conf.py sets 1 per worker)
         UPLOAD_FOLDER=os.path.join(app.instance_path, "uploads"),  # stored images and results
         RETENTION_SECONDS=3600,  # stored uploads and results are deleted after this age

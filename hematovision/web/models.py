@@ -13,6 +13,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from hematovision.predictor import DEFAULT_MODEL, ModelLoadError, Predictor, available_models
+from hematovision.trust import check_accuracy_target
 
 # Images of a model folder the model page may show; anything else there (the model files, the
 # card, run logs) is not served.
@@ -24,10 +25,13 @@ IMAGE_CAPTIONS = {
 }
 # Per-evaluation figures written by training.evaluate: <prefix><evaluation name>.png
 RELIABILITY_PREFIX = "reliability_"
+COVERAGE_PREFIX = "coverage_"
 PREFIX_CAPTIONS = {
     "confusion_": "Confusion matrix on {} (rows: true class, columns: predicted)",
     RELIABILITY_PREFIX: "Reliability diagram on {}: accuracy against confidence, before and "
     "after calibration",
+    COVERAGE_PREFIX: "Accuracy on accepted images against the share accepted on {}, for every "
+    "confidence threshold; dots: the operating points",
 }
 
 
@@ -46,11 +50,31 @@ def init_app(app: Flask) -> None:
             )
         default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
     threads = int(app.config["LITERT_THREADS"])
-    predictors = {name: Predictor(root / name, num_threads=threads) for name in names}
+    target = accuracy_target(app.config.get("ACCURACY_TARGET"))
+    predictors = {name: Predictor(root / name, threads, target) for name in names}
     if default not in predictors:  # an explicit default that is incomplete: Predictor says why
-        predictors[default] = Predictor(root / str(default), num_threads=threads)
+        predictors[default] = Predictor(root / str(default), threads, target)
     app.extensions["predictors"] = predictors
     app.config["DEFAULT_MODEL"] = str(default)
+
+
+def accuracy_target(value) -> float | None:
+    """The ACCURACY_TARGET setting as a number (None: the model cards' own targets)."""
+    if value is None or value == "":
+        return None
+    setting = "The setting ACCURACY_TARGET (environment variable HEMATOVISION_ACCURACY_TARGET)"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        target = float(value)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{setting} must be a number such as 0.95, not {value!r}.") \
+            from None
+    try:
+        check_accuracy_target(target)
+    except ValueError as exc:
+        raise ModelLoadError(f"{setting}: {exc}") from None
+    return target
 
 
 def names() -> list[str]:
@@ -80,9 +104,10 @@ def images(predictor: Predictor) -> list[str]:
     return [n for n in IMAGE_ORDER if n in present] + [n for n in present if n not in IMAGE_ORDER]
 
 
-def reliability_images(file_names: list[str]) -> list[str]:
-    """The reliability diagrams among a model folder's images, in the given order."""
-    return [f for f in file_names if f.startswith(RELIABILITY_PREFIX)]
+def trust_images(file_names: list[str]) -> list[str]:
+    """The reliability diagrams and coverage plots among a model folder's images, in the given
+    order: they belong with the calibration and abstention figures."""
+    return [f for f in file_names if f.startswith((RELIABILITY_PREFIX, COVERAGE_PREFIX))]
 
 
 def caption(file_name: str) -> str:

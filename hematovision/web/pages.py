@@ -250,8 +250,9 @@ def model_page(name: str):
     trust = card.get("trust") if isinstance(card.get("trust"), dict) else {}
     unfamiliar = metrics.get("unfamiliar") if isinstance(metrics.get("unfamiliar"), dict) else {}
     unfamiliar_sets = [s for s in unfamiliar.get("sets") or [] if isinstance(s, dict)]
-    # Reliability diagrams go with the calibration table, the other images under Figures.
-    reliability = [f for f in models.reliability_images(images) if trust or calibrated]
+    # Reliability diagrams and coverage plots go with the calibration table, the other images
+    # under Figures.
+    reliability = [f for f in models.trust_images(images) if trust or calibrated]
     training = card.get("training")
     training = training if isinstance(training, dict) else {}
     return render_template(
@@ -262,12 +263,32 @@ def model_page(name: str):
         evaluations=evaluations,
         trust=trust,
         calibrated=calibrated,
+        operating_points=operating_points(trust, calibrated),
         unfamiliar_sets=unfamiliar_sets,
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
         training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
     )
+
+
+def operating_points(trust: dict, evaluations: dict) -> list[dict]:
+    """One row per accuracy target of the card: its threshold and accepted share on the
+    held-out images it was chosen on, then on each evaluation that recorded it."""
+    points = trust.get("operating_points")
+    rows = []
+    for point in points if isinstance(points, list) else []:
+        if not isinstance(point, dict) or not isinstance(point.get("target_accuracy"), (int, float)):
+            continue
+        target = point["target_accuracy"]
+        measured = {}
+        for split, m in evaluations.items():
+            recorded = m.get("operating_points")
+            for figures in recorded if isinstance(recorded, list) else []:
+                if isinstance(figures, dict) and figures.get("target_accuracy") == target:
+                    measured[split] = figures
+        rows.append({**point, "evaluations": measured})
+    return rows
 
 
 @bp.get("/models/<name>/files/<file_name>")
