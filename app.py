@@ -23,7 +23,7 @@ if __name__ == "__main__":
         print(f"ok: models {', '.join(predictors)}; default {app.config['DEFAULT_MODEL']}")
         # What the models will abstain at, so an ACCURACY_TARGET setting can be checked.
         print("unidentified below: " + "; ".join(
-            f"{name} {p.trust.confidence_threshold:.4f}"
+            f"{name} {p.trust.confidence_threshold:g}"
             + (f" (accuracy target {p.trust.target_accuracy:g})"
                if p.trust.target_accuracy is not None else "")
             for name, p in predictors.items()))

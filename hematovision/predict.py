@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hematovision.batch import classify_files, expand_paths
 from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, ModelLoadError, Predictor, available_models
+from hematovision.trust import parse_accuracy_target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a model folder anywhere (overrides --model)")
-    parser.add_argument("--accuracy-target", type=float, default=None, metavar="P",
+    parser.add_argument("--accuracy-target", type=parse_accuracy_target, default=None, metavar="P",
                         help="abstain so that accepted cells are right this often, e.g. 0.95 "
                              "(default: the model card's target; its 'operating_points' list "
                              "what each target accepts)")

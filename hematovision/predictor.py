@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,8 +118,9 @@ class Predictor:
                                           self.model_dir / SERVING_FILE)
         try:
             self.trust = Trust.load(self.model_dir, self.card, accuracy_target)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from None
+        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as exc:
+            raise ModelLoadError(f"The trust layer of {self.model_dir} cannot be used: "
+                                 f"{exc}") from None
         use_one_blas_thread()  # numpy's BLAS must not compete with LiteRT for the cores
         self._batch = 1
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads

@@ -11,6 +11,7 @@ here; a model folder without them serves uncalibrated, never flags.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -101,6 +102,12 @@ class Trust:
     def fitted(self) -> bool:
         return bool(self.layers)
 
+    @property
+    def abstains_on_all(self) -> bool:
+        """No threshold reached the target on the held-out images (confidence_threshold 1.0):
+        every cell goes to review, even one whose confidence rounds to exactly 1."""
+        return self.confidence_threshold >= 1.0
+
     @classmethod
     def load(cls, model_dir: Path, card: dict[str, Any],
              accuracy_target: float | None = None) -> "Trust":
@@ -124,13 +131,14 @@ class Trust:
             target = section.get("target_accuracy")
             if accuracy_target is not None and accuracy_target != target:
                 check_accuracy_target(accuracy_target)
-                if HELD_OUT_CONFIDENCE not in arrays:
+                held_out = [arrays[k] for k in (HELD_OUT_CONFIDENCE, HELD_OUT_CORRECT)
+                            if k in arrays.files]
+                if len(held_out) < 2 or len(held_out[0]) != len(held_out[1]):
                     raise ValueError(
                         f"{path} keeps no held-out predictions to choose a threshold for an "
                         "accuracy target from; refit it with `python -m training.calibrate "
                         f"--model-dir {model_dir}`.")
-                threshold = threshold_for_target(arrays[HELD_OUT_CONFIDENCE],
-                                                 arrays[HELD_OUT_CORRECT], accuracy_target)
+                threshold = threshold_for_target(*held_out, accuracy_target)
                 target = accuracy_target
             return cls(
                 temperature=float(section["temperature"]),
@@ -156,7 +164,7 @@ class Trust:
         # Unfamiliar first: a confident answer about a photo of a cat is still about a cat.
         if ood_score > self.ood_threshold:
             return NOT_A_CELL
-        if confidence < self.confidence_threshold:
+        if confidence < self.confidence_threshold or self.abstains_on_all:
             return UNIDENTIFIED
         return ACCEPTED
 
@@ -165,7 +173,9 @@ class Trust:
         return {
             "unfamiliarity": round(float(ood_score), 3) if self.fitted else None,
             "unfamiliarity_threshold": round(self.ood_threshold, 3) if finite else None,
-            "confidence_threshold": round(self.confidence_threshold, 4),
+            # As stored and applied (short where it can be): a rounded threshold could say an
+            # accepted image's confidence was below it.
+            "confidence_threshold": self.confidence_threshold,
             "temperature": round(self.temperature, 4),
         }
 
@@ -183,15 +193,33 @@ def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target: fl
 
 
 def threshold_for_target(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
-    """confidence_threshold as the card stores it: rounded up (never looser) to 4 decimals."""
-    return round_up(confidence_threshold(np.asarray(confidence, dtype=np.float64),
-                                         np.asarray(correct, dtype=bool), target))
+    """confidence_threshold as the card stores it: shortened to 4 decimals where that accepts
+    exactly the same held-out images (it nearly always does), else unrounded. Rounding up
+    would drop the image at the cut, and with it the accuracy the rule guarantees."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    cut = confidence_threshold(confidence, np.asarray(correct, dtype=bool), target)
+    if cut >= 1.0:
+        return 1.0
+    below = confidence[confidence < cut]
+    short = math.floor(cut * 10**4) / 10**4
+    return short if (below.size == 0 or short > below.max()) and short <= cut else cut
 
 
 def check_accuracy_target(target: float) -> None:
     if not 0.0 < target <= 1.0:
         raise ValueError(f"An accuracy target is a share of accepted images that are right, "
                          f"greater than 0 and at most 1 (e.g. 0.95), not {target!r}.")
+
+
+def parse_accuracy_target(text: str) -> float:
+    """A command-line accuracy target (argparse `type=`): a number in (0, 1]."""
+    try:
+        target = float(text)
+        check_accuracy_target(target)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            str(exc) if "accuracy target" in str(exc) else f"not a number: {text!r}") from None
+    return target
 
 
 def round_up(value: float, decimals: int = 4) -> float:

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hematovision.trust import confidence_threshold, round_up, softmax
+from hematovision.trust import softmax, threshold_for_target
 from training import crossfit
 from training.config import TrainConfig
 from training.calibrate import TARGET_ACCURACY, fit_temperature, fit_trust
@@ -65,8 +65,8 @@ def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp
     temperature = fit_temperature(logits, labels)
     assert section["temperature"] == pytest.approx(temperature, abs=1e-4)
     p = softmax(logits, temperature)
-    assert section["confidence_threshold"] == round_up(
-        confidence_threshold(p.max(1), p.argmax(1) == labels, TARGET_ACCURACY))
+    assert section["confidence_threshold"] == threshold_for_target(
+        p.max(1), p.argmax(1) == labels, TARGET_ACCURACY)
     source = section["fitted_on"]["temperature_and_confidence_threshold"]
     assert source["images"] == 400 and source["source"].startswith("out-of-fold")
     assert section["fitted_on"]["unfamiliarity_threshold"]["split"] == "val"

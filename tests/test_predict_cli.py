@@ -5,7 +5,8 @@ import pytest
 
 from hematovision.predict import main
 from tests.conftest import CLASSES, make_image
-from tests.web_helpers import CRASHING_SIZE, crash_decoder_on
+from tests.web_helpers import (CRASHING_SIZE, crash_decoder_on, make_models_root,
+                               spread_operating_points)
 
 
 def test_json_lines_for_a_folder_with_an_unreadable_file(tiny_model_dir, tmp_path, capsys):
@@ -75,10 +76,10 @@ def test_json_lines_carry_the_fitted_trust_layer(trusted_model_dir, tmp_path, ca
 def test_accuracy_target_sets_the_threshold_from_the_cards_operating_points(
         trusted_model_dir, tmp_path, capsys):
     path = make_image(tmp_path / "a.jpg", (200, 60, 60))
-    points = json.loads((trusted_model_dir / "model_card.json").read_text())["trust"][
-        "operating_points"]
+    folder = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",)) / "trusted"
+    points = spread_operating_points(folder)  # two targets, two thresholds
     for point in points:
-        main([str(path), "--json", "--quiet", "--model-dir", str(trusted_model_dir),
+        main([str(path), "--json", "--quiet", "--model-dir", str(folder),
               "--accuracy-target", str(point["target_accuracy"])])
         line = json.loads(capsys.readouterr().out)
         assert line["scores"]["confidence_threshold"] == point["confidence_threshold"]
@@ -86,9 +87,12 @@ def test_accuracy_target_sets_the_threshold_from_the_cards_operating_points(
 
 def test_an_accuracy_target_above_1_exits_2_with_the_reason(trusted_model_dir, tmp_path, capsys):
     path = make_image(tmp_path / "a.jpg", (200, 60, 60))
-    assert main([str(path), "--model-dir", str(trusted_model_dir),
-                 "--accuracy-target", "99"]) == 2
-    assert "greater than 0 and at most 1 (e.g. 0.95), not 99.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused before any model is loaded
+        main([str(path), "--model-dir", str(trusted_model_dir), "--accuracy-target", "99"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--accuracy-target: An accuracy target is a share" in err
+    assert "greater than 0 and at most 1 (e.g. 0.95), not 99.0" in err
 
 
 @pytest.mark.parametrize("exc,reason", [

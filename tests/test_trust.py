@@ -95,11 +95,33 @@ def test_confidence_threshold_never_splits_tied_confidences():
     assert trust.confidence_threshold(confidence, correct, 0.99) == 1.0
 
 
-def test_threshold_for_target_rounds_up_so_it_is_never_looser():
+def test_the_stored_threshold_accepts_exactly_the_images_the_rule_chose():
     confidence = np.array([0.912341, 0.8, 0.7])
     correct = np.array([True, False, True])
-    assert trust.threshold_for_target(confidence, correct, 0.99) == 0.9124
+    # Shortened to 4 decimals: the same images are accepted, the one at the cut included.
+    assert trust.threshold_for_target(confidence, correct, 0.99) == 0.9123
     assert trust.threshold_for_target(confidence, correct, 0.6) == 0.7
+    # Two confidences within 1e-4: shortening would also accept the lower one, so it stays.
+    close = np.array([0.91234, 0.91231, 0.5])
+    assert trust.threshold_for_target(close, np.array([True, False, True]), 0.99) == 0.91234
+    assert trust.threshold_for_target(close, np.zeros(3, bool), 0.99) == 1.0
+
+
+def test_accuracy_at_the_stored_threshold_meets_the_target():
+    rng = np.random.default_rng(3)
+    confidence = rng.uniform(0.3, 1.0, 2000)
+    correct = rng.uniform(size=2000) < confidence
+    for target in (0.8, 0.9, 0.95, 0.99):
+        threshold = trust.threshold_for_target(confidence, correct, target)
+        accepted = confidence >= threshold
+        assert correct[accepted].mean() >= target
+        assert accepted.sum() == (confidence >= trust.confidence_threshold(
+            confidence, correct, target)).sum()
+
+
+def test_a_threshold_of_1_abstains_even_on_a_confidence_of_exactly_1():
+    t = _trust(confidence_threshold=1.0, ood_threshold=10.0)
+    assert t.abstains_on_all and t.status(confidence=1.0, ood_score=0.0) == UNIDENTIFIED
 
 
 def _fitted_folder(tmp_path, target=0.99):

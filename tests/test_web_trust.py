@@ -14,7 +14,8 @@ from PIL import Image
 
 from hematovision.predictor import Predictor
 from tests.conftest import CELL_COLORS
-from tests.web_helpers import csrf_token, image_bytes, make_app, make_models_root
+from tests.web_helpers import (csrf_token, image_bytes, make_app, make_models_root,
+                               spread_operating_points)
 
 RED = image_bytes(CELL_COLORS[0])
 BLUE = image_bytes(CELL_COLORS[1])
@@ -282,7 +283,7 @@ def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_pat
                                  html.get_data(as_text=True), re.S).group(1))
     card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
     figures = {"unfamiliarity_threshold": round(card["ood"]["threshold"], 3),
-               "confidence_threshold": round(card["confidence_threshold"], 4),
+               "confidence_threshold": card["confidence_threshold"],  # as applied
                "temperature": round(card["temperature"], 4)}
     assert ('"scores": {"unfamiliarity": <float>, ' + ", ".join(
         f'"{k}": {json.dumps(v)}' for k, v in figures.items()) + "}") in example
@@ -308,18 +309,26 @@ def test_model_page_lists_the_operating_points_and_their_measured_figures(models
     served = re.search(r'<tr data-target="[^"]+" class="fw-semibold".*?</tr>', table, re.S).group(0)
     assert "(served)" in served and f'{card["trust"]["target_accuracy"] * 100:.1f} %' in served
     assert 'id="server-target"' not in html  # the card's own target is served
+    # Figures measured at another threshold (the card refitted since) are not shown as this one's.
+    card["metrics"]["test"]["operating_points"][0]["confidence_threshold"] += 0.01
+    card_file.write_text(json.dumps(card))
+    again = Path(client.application.config["UPLOAD_FOLDER"]).parent / "again"
+    client = make_app(again, models_root, DEFAULT_MODEL="accepting").test_client()
+    table = re.search(r'<table[^>]*id="operating-points".*?</table>',
+                      client.get("/models/accepting").get_data(as_text=True), re.S).group(0)
+    assert table.count("43.2 %") == len(points) - 1
 
 
 def test_the_server_can_abstain_at_its_own_accuracy_target(tmp_path, trusted_model_dir):
     root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
-    card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
-    lowest = min(card["operating_points"], key=lambda p: p["target_accuracy"])
+    lowest, served = spread_operating_points(root / "trusted")
     app = make_app(tmp_path, root, DEFAULT_MODEL="trusted",
                    ACCURACY_TARGET=lowest["target_accuracy"])
     client = app.test_client()
     result = client.post("/api/predict", data={"file": [(io.BytesIO(RED), "a.jpg")]}).get_json()
     assert result["results"][0]["scores"]["confidence_threshold"] == \
         lowest["confidence_threshold"]
+    assert lowest["confidence_threshold"] < served["confidence_threshold"]
     html = client.get("/models/trusted").get_data(as_text=True)
     assert 'id="server-target"' in html
     assert re.search(r'id="confidence-threshold">' + re.escape(
@@ -347,8 +356,7 @@ def test_app_check_names_each_models_threshold_and_the_target_from_the_environme
     import sys
 
     root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
-    card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
-    lowest = min(card["operating_points"], key=lambda p: p["target_accuracy"])
+    lowest, _ = spread_operating_points(root / "trusted")
     env = {**os.environ, "HEMATOVISION_MODELS_ROOT": str(root),
            "HEMATOVISION_DEFAULT_MODEL": "trusted", "HEMATOVISION_SECRET_KEY": "test",
            "HEMATOVISION_UPLOAD_FOLDER": str(tmp_path / "uploads"),
@@ -357,7 +365,7 @@ def test_app_check_names_each_models_threshold_and_the_target_from_the_environme
     check = subprocess.run([sys.executable, str(app_py), "--check"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
-    assert (f"trusted {lowest['confidence_threshold']:.4f} "
+    assert (f"trusted {lowest['confidence_threshold']:g} "
             f"(accuracy target {lowest['target_accuracy']:g})") in check.stdout
     env["HEMATOVISION_ACCURACY_TARGET"] = "95"  # a percentage where a share is meant
     check = subprocess.run([sys.executable, str(app_py), "--check"], env=env,

@@ -42,6 +42,28 @@ def make_models_root(
     return root
 
 
+def spread_operating_points(folder: Path) -> list[dict]:
+    """Give a copy of the trusted tiny model held-out predictions on which two accuracy targets
+    choose different thresholds (on its own, every target gives the same one), and the card's
+    operating points to match; returns them, the lower target first."""
+    from hematovision.trust import HELD_OUT_CONFIDENCE, HELD_OUT_CORRECT, TRUST_FILE
+    from training.calibrate import operating_points
+
+    confidence = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5])
+    correct = np.array([True] * 7 + [False, True, False])
+    with np.load(folder / TRUST_FILE) as arrays:
+        saved = {k: arrays[k] for k in arrays.files}
+    np.savez(folder / TRUST_FILE, **{**saved, HELD_OUT_CONFIDENCE: confidence,
+                                     HELD_OUT_CORRECT: correct})
+    card = json.loads((folder / "model_card.json").read_text())
+    points = operating_points(confidence, correct, [0.85, card["trust"]["target_accuracy"]])
+    assert points[0]["confidence_threshold"] < points[1]["confidence_threshold"]
+    card["trust"].update(operating_points=points,
+                         confidence_threshold=points[1]["confidence_threshold"])
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return points
+
+
 def make_app(tmp_path: Path, models_root: Path, **config):
     return create_app(
         {

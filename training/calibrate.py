@@ -30,8 +30,8 @@ import numpy as np
 from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
-                                layer_distances, round_up, save_trust_arrays, softmax,
-                                threshold_for_target)
+                                layer_distances, parse_accuracy_target, round_up,
+                                save_trust_arrays, softmax, threshold_for_target)
 from training import crossfit
 
 ECE_BINS = 15
@@ -93,7 +93,7 @@ def operating_points(confidence: np.ndarray, correct: np.ndarray,
     points = []
     for target in targets:
         threshold = threshold_for_target(confidence, correct, target)
-        accepted = confidence >= threshold
+        accepted = (confidence >= threshold) & (threshold < 1.0)  # 1.0: abstain on all
         points.append({
             "target_accuracy": target, "confidence_threshold": threshold,
             "accepted_rate": round(float(accepted.mean()), 4),
@@ -109,8 +109,8 @@ def operating_figures(confidence: np.ndarray, correct: np.ndarray, unfamiliar: n
     figures = []
     for point in points:
         threshold = point["confidence_threshold"]
-        status = np.where(unfamiliar, NOT_A_CELL,
-                          np.where(confidence < threshold, UNIDENTIFIED, ACCEPTED))
+        unsure = (confidence < threshold) | (threshold >= 1.0)  # as Trust.status decides
+        status = np.where(unfamiliar, NOT_A_CELL, np.where(unsure, UNIDENTIFIED, ACCEPTED))
         figures.append({"target_accuracy": point["target_accuracy"],
                         "confidence_threshold": threshold, **status_rates(status, correct)})
     return figures
@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
     parser.add_argument("--data", type=Path, default=None,
                         help="the training ImageFolder (default: the one in the model card)")
-    parser.add_argument("--target-accuracy", type=float, default=TARGET_ACCURACY)
+    parser.add_argument("--target-accuracy", type=parse_accuracy_target, default=TARGET_ACCURACY,
+                        help="accepted held-out cells are right at least this often "
+                             f"(default {TARGET_ACCURACY})")
     parser.add_argument("--ood-quantile", type=float, default=OOD_QUANTILE)
     args = parser.parse_args(argv)
     model_dir = args.model_dir or MODELS_ROOT / args.model

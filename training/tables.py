@@ -178,8 +178,8 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
 def operating_points_table(root: Path = MODELS_ROOT) -> str:
     """Each model's operating points: the threshold each accuracy target gives on the held-out
     images and what it accepts there, then on each recorded test set."""
-    lines = ["| model | accuracy target | confidence threshold | held out: accepted "
-             "(accuracy) | evaluated on | accepted | accuracy on accepted |",
+    lines = ["| model | accuracy target | confidence threshold | held out, by confidence alone: "
+             "accepted (accuracy) | evaluated on | accepted | accuracy on accepted |",
              "|---|---|---|---|---|---|---|"]
     for name in available_models(root):
         card = read_card(root / name)
@@ -190,6 +190,11 @@ def operating_points_table(root: Path = MODELS_ROOT) -> str:
             for point in m.get("operating_points", []):
                 target = point["target_accuracy"]
                 fitted = held_out.get(target, {})
+                if fitted.get("confidence_threshold") != point["confidence_threshold"]:
+                    raise SystemExit(
+                        f"{name}: metrics of {where} were measured at another threshold for "
+                        f"the {target:.0%} target than the card's trust section now gives; "
+                        "rerun `python -m training.evaluate ... --record` for it.")
                 served = " (served)" if target == section.get("target_accuracy") else ""
                 lines.append(
                     f"| `{name}` | {target:.0%}{served} | {point['confidence_threshold']:.3f} | "

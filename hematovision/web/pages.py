@@ -285,7 +285,10 @@ def operating_points(trust: dict, evaluations: dict) -> list[dict]:
         for split, m in evaluations.items():
             recorded = m.get("operating_points")
             for figures in recorded if isinstance(recorded, list) else []:
-                if isinstance(figures, dict) and figures.get("target_accuracy") == target:
+                # Figures measured at another threshold (the card was refitted since) are not
+                # this point's: left out, so the row shows dashes.
+                if isinstance(figures, dict) and figures.get("target_accuracy") == target and \
+                        figures.get("confidence_threshold") == point.get("confidence_threshold"):
                     measured[split] = figures
         rows.append({**point, "evaluations": measured})
     return rows
