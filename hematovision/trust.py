@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 TRUST_FILE = "trust.npz"
 HELD_OUT_CONFIDENCE = "held_out_confidence"
 HELD_OUT_CORRECT = "held_out_correct"
+ABSTAIN_ON_ALL = 1.0  # the confidence threshold when no threshold reaches the target
 
 ACCEPTED = "accepted"
 UNIDENTIFIED = "unidentified"
@@ -104,9 +105,8 @@ class Trust:
 
     @property
     def abstains_on_all(self) -> bool:
-        """No threshold reached the target on the held-out images (confidence_threshold 1.0):
-        every cell goes to review, even one whose confidence rounds to exactly 1."""
-        return self.confidence_threshold >= 1.0
+        """No threshold reached the target on the held-out images (see `unsure`)."""
+        return self.confidence_threshold >= ABSTAIN_ON_ALL
 
     @classmethod
     def load(cls, model_dir: Path, card: dict[str, Any],
@@ -164,7 +164,7 @@ class Trust:
         # Unfamiliar first: a confident answer about a photo of a cat is still about a cat.
         if ood_score > self.ood_threshold:
             return NOT_A_CELL
-        if confidence < self.confidence_threshold or self.abstains_on_all:
+        if unsure(confidence, self.confidence_threshold):
             return UNIDENTIFIED
         return ACCEPTED
 
@@ -180,6 +180,13 @@ class Trust:
         }
 
 
+def unsure(confidence, threshold: float):
+    """Whether a confidence (or each of an array) is too low to accept at `threshold`. A
+    threshold of ABSTAIN_ON_ALL sends every cell to review, even one whose confidence rounds
+    to exactly 1."""
+    return (confidence < threshold) | (threshold >= ABSTAIN_ON_ALL)
+
+
 def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
     """The smallest threshold whose accepted images (confidence >= it) are >= `target` correct,
     i.e. the largest such accepted share; 1.0 (abstain on all) when no share reaches it."""
@@ -189,7 +196,7 @@ def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target: fl
     # A cut may only fall between distinct confidences: tied images are accepted together.
     boundary = np.append(ranked[1:] < ranked[:-1], True)
     ok = np.nonzero((accuracy >= target) & boundary)[0]
-    return float(ranked[ok[-1]]) if len(ok) else 1.0
+    return float(ranked[ok[-1]]) if len(ok) else ABSTAIN_ON_ALL
 
 
 def threshold_for_target(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
@@ -198,8 +205,8 @@ def threshold_for_target(confidence: np.ndarray, correct: np.ndarray, target: fl
     would drop the image at the cut, and with it the accuracy the rule guarantees."""
     confidence = np.asarray(confidence, dtype=np.float64)
     cut = confidence_threshold(confidence, np.asarray(correct, dtype=bool), target)
-    if cut >= 1.0:
-        return 1.0
+    if cut >= ABSTAIN_ON_ALL:
+        return ABSTAIN_ON_ALL
     below = confidence[confidence < cut]
     short = math.floor(cut * 10**4) / 10**4
     return short if (below.size == 0 or short > below.max()) and short <= cut else cut
@@ -215,15 +222,13 @@ def parse_accuracy_target(text: str) -> float:
     """A command-line accuracy target (argparse `type=`): a number in (0, 1]."""
     try:
         target = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
         check_accuracy_target(target)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            str(exc) if "accuracy target" in str(exc) else f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return target
-
-
-def round_up(value: float, decimals: int = 4) -> float:
-    return math.ceil(value * 10**decimals) / 10**decimals
 
 
 def use_one_blas_thread() -> None:

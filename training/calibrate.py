@@ -30,8 +30,8 @@ import numpy as np
 from hematovision.batch import forward_files
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
-                                layer_distances, parse_accuracy_target, round_up,
-                                save_trust_arrays, softmax, threshold_for_target)
+                                layer_distances, parse_accuracy_target, save_trust_arrays,
+                                softmax, threshold_for_target, unsure)
 from training import crossfit
 
 ECE_BINS = 15
@@ -93,7 +93,7 @@ def operating_points(confidence: np.ndarray, correct: np.ndarray,
     points = []
     for target in targets:
         threshold = threshold_for_target(confidence, correct, target)
-        accepted = (confidence >= threshold) & (threshold < 1.0)  # 1.0: abstain on all
+        accepted = ~unsure(confidence, threshold)
         points.append({
             "target_accuracy": target, "confidence_threshold": threshold,
             "accepted_rate": round(float(accepted.mean()), 4),
@@ -109,8 +109,8 @@ def operating_figures(confidence: np.ndarray, correct: np.ndarray, unfamiliar: n
     figures = []
     for point in points:
         threshold = point["confidence_threshold"]
-        unsure = (confidence < threshold) | (threshold >= 1.0)  # as Trust.status decides
-        status = np.where(unfamiliar, NOT_A_CELL, np.where(unsure, UNIDENTIFIED, ACCEPTED))
+        status = np.where(unfamiliar, NOT_A_CELL,
+                          np.where(unsure(confidence, threshold), UNIDENTIFIED, ACCEPTED))
         figures.append({"target_accuracy": point["target_accuracy"],
                         "confidence_threshold": threshold, **status_rates(status, correct)})
     return figures
@@ -277,6 +277,10 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     log(f"temperature {temperature:.3f}, confidence threshold {threshold:.3f}, "
         f"unfamiliarity threshold {ood_threshold:.3f}; validation {section['validation']}")
     return section
+
+
+def round_up(value: float, decimals: int = 4) -> float:
+    return math.ceil(value * 10**decimals) / 10**decimals
 
 
 def log(message: str) -> None:

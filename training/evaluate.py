@@ -22,7 +22,7 @@ import numpy as np
 
 from hematovision.batch import forward_files
 from hematovision.predictor import MODELS_ROOT, Predictor, read_card
-from hematovision.trust import softmax
+from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
 from training.report import plot_confusion, plot_coverage, plot_reliability
@@ -154,7 +154,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     correct = np.array(y_pred) == y_true
     metrics["trust"] = status_rates([p.status for p in predictions], correct)
     confidence = np.array([p.confidence for p in predictions])
-    unfamiliar = predictor.trust.ood_scores(outputs.features) > predictor.trust.ood_threshold
+    unfamiliar = np.array([p.status == NOT_A_CELL for p in predictions])
     points = predictor.card.get("trust", {}).get("operating_points", [])
     if points:
         metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points)
