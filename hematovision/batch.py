@@ -31,16 +31,31 @@ class FileResult:
         return {"file": str(self.path), **self.prediction.to_dict()}
 
 
+# Folders that archive tools and file managers leave beside images (macOS puts a "._" copy of
+# every file's metadata in __MACOSX/ when it zips a folder); never images of a cell.
+SKIPPED_FOLDERS = {"__MACOSX"}
+
+
+def is_hidden(relative: Path) -> bool:
+    """Whether a path inside a searched folder is one to pass over: a hidden file or folder
+    (".DS_Store", macOS "._name.jpg" metadata files, ".ipynb_checkpoints") or an archive
+    tool's folder."""
+    return any(part.startswith(".") or part in SKIPPED_FOLDERS for part in relative.parts)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` (by extension, any depth), sorted, hidden ones left out."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(folder))
+                  and p.is_file())
+
+
 def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
     """Files as given; folders searched recursively for image files, in sorted order."""
     out: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            out += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        else:
-            out.append(path)
+        out += image_files(path) if path.is_dir() else [path]
     return out
 
 

@@ -78,7 +78,8 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelLoadError(
             f"No model card at {path}. Export a trained model there with "
-            "`python -m training.train --data DIR --export NAME` or restore saved_model/ from git."
+            "`python -m training.train --data DIR --export NAME` (README, 'Training on your own "
+            "data') or restore saved_model/ from git."
         ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"The model card {path} is unreadable ({exc}).") from None

@@ -102,7 +102,8 @@ def trained_run(tmp_path_factory):
         for i in range(4):
             make_image(base / "data" / name / f"{name}_{i}.jpg", color)
     config = TrainConfig(data=str(base / "data"), out=str(base / "runs"), views=2, epochs=1,
-                         batch_size=8, val_fraction=0.25, cache_dir=str(base / "cache"), seed=3)
+                         batch_size=8, val_fraction=0.25, cache_dir=str(base / "cache"), seed=3,
+                         weights="none")
     return base, train.train(config)
 
 

@@ -1,5 +1,7 @@
 """Fitting the trust layer: temperature, ECE, abstention threshold, class Gaussians."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,15 @@ def test_class_gaussians_stay_invertible_with_more_dimensions_than_images():
     x = rng.normal(size=(20, 50))
     means, whitening, shrinkage = calibrate.fit_class_gaussians(x, np.repeat([0, 1], 10), 2)
     assert shrinkage > 0.1 and np.all(np.isfinite(whitening))
+
+
+def test_fitting_from_another_folder_names_the_missing_training_data(trained_run, tmp_path):
+    from training import export
+
+    _, run_dir = trained_run
+    model_dir = export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    card["training"]["config"]["data"] = "../relative/to/where/it/ran"
+    (model_dir / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(SystemExit, match="the data smoke was trained on, is not a folder"):
+        calibrate.fit_trust(model_dir, progress=False)

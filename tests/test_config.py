@@ -32,3 +32,38 @@ def test_a_run_saved_before_an_option_existed_loads_as_it_ran(tmp_path):
     path.write_text(json.dumps(saved))
     loaded = TrainConfig.load(path)
     assert loaded.field_notes == "none" and loaded.views == 6
+
+
+def test_options_of_a_few_words_refuse_a_typo(capsys):
+    for option, typo in (("--unassigned", "dropp"), ("--crop", "nuclues")):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--data", "d", option, typo])
+        assert "invalid choice" in capsys.readouterr().err
+    assert train.parse_args(["--data", "d", "--unassigned", "drop"])[0].unassigned == "drop"
+
+
+def test_weights_auto_is_the_fetched_imagenet_backbone_or_a_stop_that_says_how_to_get_it(
+        tmp_path, monkeypatch):
+    from training import model
+
+    assert TrainConfig().weights == "auto"
+    monkeypatch.setattr(model, "DEFAULT_WEIGHTS", tmp_path / "weights" / "backbone.h5")
+    with pytest.raises(SystemExit, match="python -m training.pretrained --out weights"):
+        model.resolve_weights("auto")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "backbone.h5").write_bytes(b"h5")
+    assert model.resolve_weights("auto") == str(tmp_path / "weights" / "backbone.h5")
+    assert model.resolve_weights("none") == "none"
+    assert model.resolve_weights("runs/x/model.keras") == "runs/x/model.keras"
+
+
+def test_a_run_records_the_weights_file_auto_chose(tmp_path, monkeypatch):
+    """The run folder says which file initialised it, not "auto" (which depends on the day's
+    weights/ folder); the run stops before it trains when the file is missing."""
+    from training import model
+
+    monkeypatch.setattr(model, "DEFAULT_WEIGHTS", tmp_path / "absent.h5")
+    config = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "runs"))
+    with pytest.raises(SystemExit, match="absent.h5"):
+        train.train(config)
+    assert not (tmp_path / "runs").exists()

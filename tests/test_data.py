@@ -158,3 +158,83 @@ def test_extra_data_keeps_the_shared_classes_mapped_to_the_main_indices(tmp_path
     assert data_lib.list_extra("", CLASSES) == ([], [])
     with pytest.raises(SystemExit, match="no images of the classes"):
         data_lib.list_extra(str(tmp_path / "pbc" / "platelet" / ".."), ["basophil"])
+
+
+def test_hidden_files_archive_folders_and_empty_class_folders_are_not_listed(tmp_path):
+    root = tmp_path / "data"
+    make_image(root / "eosinophil" / "e1.jpg", (200, 60, 60))
+    make_image(root / "eosinophil" / "deeper" / "e2.PNG", (200, 60, 60), fmt="PNG")
+    (root / "eosinophil" / "._e1.jpg").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    make_image(root / "eosinophil" / ".ipynb_checkpoints" / "e1.jpg", (200, 60, 60))
+    make_image(root / "__MACOSX" / "eosinophil" / "e1.jpg", (200, 60, 60))
+    make_image(root / ".trash" / "x.jpg", (0, 0, 0))
+    (root / "monocyte").mkdir()
+    (root / "monocyte" / "notes.txt").write_text("to do")
+    make_image(root / "neutrophil" / "n1.jpg", (200, 150, 200))
+    dataset = data_lib.list_image_folder(root)
+    assert dataset.classes == ["eosinophil", "neutrophil"]
+    assert dataset.files == ["eosinophil/deeper/e2.PNG", "eosinophil/e1.jpg", "neutrophil/n1.jpg"]
+    assert dataset.labels == [0, 0, 1]
+    assert dataset.left_out == ["monocyte"]
+
+
+def test_a_folder_without_class_folders_of_images_is_refused_with_the_expected_layout(tmp_path):
+    make_image(tmp_path / "flat" / "cell.jpg", (1, 2, 3))
+    with pytest.raises(SystemExit, match="one sub-folder of images per class"):
+        data_lib.list_image_folder(tmp_path / "flat")
+    with pytest.raises(SystemExit, match="is not a folder"):
+        data_lib.list_image_folder(tmp_path / "missing")
+
+
+def test_every_class_keeps_a_training_group_however_small(tmp_path):
+    """Two groups and 20 % validation + 20 % test used to send one to each, none to train."""
+    root = tmp_path / "data"
+    for c, (name, n) in enumerate((("eosinophil", 2), ("lymphocyte", 3), ("neutrophil", 12))):
+        for i in range(n):
+            make_image(root / name / f"{i}.jpg", (10 * i, 60 + 50 * c, 90))
+    dataset = data_lib.grouped_image_folder(root, 0, "none")
+    split = data_lib.make_split(dataset, 0.2, 0.2, 0)
+    counts = data_lib.class_groups(dataset, split)
+    assert counts["eosinophil"] == {"train": 1, "val": 1, "test": 0}
+    assert counts["lymphocyte"] == {"train": 1, "val": 1, "test": 1}
+    assert counts["neutrophil"] == {"train": 8, "val": 2, "test": 2}
+
+
+def test_a_file_group_source_map_keeps_each_slide_on_one_side(tmp_path):
+    """A researcher's own data: any CSV with `file,group` columns names each image's slide."""
+    root = tmp_path / "own"
+    rows = []
+    for name in CLASSES:
+        for slide in range(5):
+            for k in range(3):
+                file = f"{name}/s{slide}_{k}.jpg"
+                make_image(root / file, (40 * slide, 100 + k, 30 * CLASSES.index(name)))
+                rows.append([file, f"{name}-slide{slide}"])
+    make_image(root / "monocyte" / "unknown.jpg", (5, 5, 5))
+    map_file = tmp_path / "slides.csv"
+    with open(map_file, "w", newline="") as f:
+        csv.writer(f).writerows([["file", "group"], *rows])
+    dataset = data_lib.grouped_image_folder(root, 0, str(map_file))
+    group_of = dict(zip(dataset.files, dataset.groups))
+    assert group_of["lymphocyte/s3_1.jpg"] == "lymphocyte-slide3"
+    assert group_of["monocyte/unknown.jpg"] is None
+    split = data_lib.make_split(dataset, 0.2, 0.2, 1)
+    sides = {}
+    for side in data_lib.SPLITS:
+        for f in split[side]:
+            assert sides.setdefault(group_of[f], side) == side
+    assert len({g for g, s in sides.items() if s == "val"}) == 4  # one slide per class
+    assert split["unassigned"] == ["monocyte/unknown.jpg"]
+
+
+def test_a_source_map_that_cannot_be_used_says_why(tmp_path):
+    root = tmp_path / "own"
+    make_image(root / "eosinophil" / "a.jpg", (1, 2, 3))
+    wrong_columns = tmp_path / "wrong.csv"
+    wrong_columns.write_text("image,slide\neosinophil/a.jpg,s1\n")
+    with pytest.raises(SystemExit, match="needs the columns file,group"):
+        data_lib.grouped_image_folder(root, 0, str(wrong_columns))
+    no_match = tmp_path / "other.csv"
+    no_match.write_text("file,group\na.jpg,s1\n")  # not relative to the data folder
+    with pytest.raises(SystemExit, match="names the source of none of the 1 images"):
+        data_lib.grouped_image_folder(root, 0, str(no_match))

@@ -113,3 +113,13 @@ def test_a_decoder_crash_is_an_error_line_and_the_run_continues(tiny_model_dir, 
     assert code == 0
     assert lines[0] == {"file": str(bad), "error": f"The image is damaged or truncated ({reason})."}
     assert lines[1]["file"] == str(good) and lines[1]["label"] in CLASSES
+
+
+def test_hidden_files_in_a_folder_are_passed_over(tiny_model_dir, tmp_path, capsys):
+    """macOS leaves "._name" metadata files beside copied images, and __MACOSX/ in archives."""
+    good = make_image(tmp_path / "cells" / "a.jpg", (10, 200, 10))
+    (tmp_path / "cells" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")
+    make_image(tmp_path / "cells" / "__MACOSX" / "a.jpg", (10, 200, 10))
+    main([str(tmp_path / "cells"), "--json", "--quiet", "--model-dir", str(tiny_model_dir)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(good)]

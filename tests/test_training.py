@@ -210,7 +210,7 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     root = kaggle_like(tmp_path, sources_per_class=3, images_per_source=2, unmatched=0)
     config = TrainConfig(data=str(root), out=str(tmp_path / "runs"), views=1, epochs=5,
                          patience=5, batch_size=8, val_fraction=0.34, learning_rate=1e-3,
-                         cache_dir=str(tmp_path / "cache"), unassigned="drop", seed=5)
+                         cache_dir=str(tmp_path / "cache"), unassigned="drop", seed=5, weights="none")
 
     class StopInEpoch3(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -353,7 +353,7 @@ def test_extra_data_only_adds_training_images(trained_run, tmp_path):
             make_image(tmp_path / "extra" / name / f"x_{i}.png", color, fmt="PNG")
     config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=1, epochs=1,
                          batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
-                         seed=3, extra_data=str(tmp_path / "extra"))
+                         seed=3, extra_data=str(tmp_path / "extra"), weights="none")
     run_dir = train.train(config)
     splits = json.loads((run_dir / "splits.json").read_text())
     plain = json.loads((plain_run / "splits.json").read_text())
@@ -428,7 +428,7 @@ def test_refit_replays_the_validated_fits_learning_rates(tmp_path, monkeypatch):
     root = kaggle_like(tmp_path, sources_per_class=3, images_per_source=2, unmatched=1)
     config = TrainConfig(data=str(root), out=str(tmp_path / "runs"), views=1, epochs=4,
                          patience=4, batch_size=8, val_fraction=0.34, learning_rate=1e-3,
-                         cache_dir=str(tmp_path / "cache"), unassigned="refit", seed=5)
+                         cache_dir=str(tmp_path / "cache"), unassigned="refit", seed=5, weights="none")
     run_dir = train.train(config)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["refit_on_all_training_data"] is True
@@ -440,3 +440,51 @@ def test_refit_replays_the_validated_fits_learning_rates(tmp_path, monkeypatch):
     best = summary["best_epoch"]
     assert replayed == [pytest.approx(val_losses[:best])]
     assert refit_rates == pytest.approx([1e-3 / 2 ** (k + 1) for k in range(best)])
+
+
+def test_a_class_without_training_images_stops_the_run_before_any_caching(tmp_path):
+    """Every eosinophil image has an unknown source (unassigned): nothing could learn the class."""
+    from tests.test_data import kaggle_like
+
+    root = kaggle_like(tmp_path, sources_per_class=3, images_per_source=2, unmatched=1)
+    for path in (root / "eosinophil").glob("_[0-8]_*.jpeg"):
+        path.unlink()
+    config = TrainConfig(data=str(root), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         val_fraction=0.34, cache_dir=str(tmp_path / "cache"), weights="none")
+    with pytest.raises(SystemExit, match="No training image of known source for eosinophil"):
+        train.train(config)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_unreadable_training_image_stops_the_run_with_its_name(tmp_path, image_folder):
+    broken = image_folder / "monocyte" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         val_fraction=0.25, cache_dir=str(tmp_path / "cache"), weights="none")
+    with pytest.raises(SystemExit, match=f"Cannot train on {broken}: The file is not an image"):
+        train.train(config)
+
+
+def test_evaluate_refuses_an_unknown_or_empty_split_instead_of_scoring_nothing(
+        trained_run, tmp_path):
+    base, run_dir = trained_run
+    model_dir = export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
+    splits = run_dir / "splits.json"  # trained with --test-fraction 0: its test split is empty
+    with pytest.raises(SystemExit, match="has no split named 'tset' \\(it has train, val, test"):
+        evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "tset")
+    with pytest.raises(SystemExit, match="No image of .* to evaluate .*--test-fraction 0"):
+        evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "test")
+    assert evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "val")["n"] == 4
+
+
+def test_a_model_of_other_classes_exported_under_an_old_name_does_not_inherit_its_text(
+        trained_run, tmp_path):
+    _, run_dir = trained_run
+    model_dir = export.export_run(run_dir, "smoke", root=tmp_path, description="four types",
+                                  expects="smear crops", trust=False)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    card["classes"] = ["basophil", "platelet"]  # the folder held another model
+    (model_dir / "model_card.json").write_text(json.dumps(card))
+    export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert (card["description"], card["expects"]) == ("", "")

@@ -180,6 +180,10 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     root = Path(data or card["training"]["config"]["data"])
+    if not root.is_dir():
+        # The card keeps --data as training was given it, often relative to where it ran.
+        raise SystemExit(f"{root}, the data {model_dir.name} was trained on, is not a folder "
+                         f"from here ({Path.cwd()}): run where training ran, or pass --data DIR")
     split = json.loads((model_dir / "splits.json").read_text())
     if not split.get("val"):
         raise SystemExit(f"{model_dir}/splits.json has no validation images to calibrate on.")

@@ -13,7 +13,9 @@ from pathlib import Path
 class TrainConfig:
     data: str = ""  # ImageFolder root: one sub-folder per class (e.g. kaggle_blood_cells/train)
     out: str = "runs"  # parent folder of the run folders
-    weights: str = "none"  # backbone init: none | imagenet | PATH (.h5 / .keras, copied by name)
+    weights: str = "auto"  # backbone init: auto (weights/dog_breed_mobilenetv2.h5, fetched by
+    #   `python -m training.pretrained`) | imagenet (download) | none (random) | PATH (.h5 /
+    #   .keras, layers copied by name); a run records the file auto chose
     input_size: int = 224  # square input side in pixels (the serving contract)
     crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first
     tune_from_block: int = 14  # MobileNetV2 blocks from here to 16 (+ Conv_1, head) are trained;
@@ -74,3 +76,6 @@ class TrainConfig:
 
 
 BEFORE_OPTION_EXISTED = {"field_notes": "none"}
+# Options that take one of a few words; argparse refuses others (a typo must not pass as a
+# default: any --unassigned value but "refit" used to mean "drop").
+CHOICES = {"crop": ("none", "nucleus"), "unassigned": ("refit", "drop")}

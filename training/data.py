@@ -16,9 +16,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hematovision.preprocess import IMAGE_SUFFIXES
+from hematovision.batch import image_files, is_hidden
 
 SOURCE_MAP_NAME = "bccd_source_map.csv"
+KAGGLE_MAP_COLUMNS = {"split", "class", "file", "bccd_source_image"}
 FIELD_NOTES = Path("bccd") / "bccd_image_notes.csv"  # its same_field_of_view_as column
 SPLITS = ("train", "val", "test")
 # What make_split decides and splits.json keeps; extra_train is the run's, not the split's.
@@ -32,6 +33,7 @@ class Dataset:
     files: list[str]  # relative to root, "class/name.ext"
     labels: list[int]
     groups: list[str | None] = field(default_factory=list)  # None: source unknown
+    left_out: list[str] = field(default_factory=list)  # sub-folders without images
 
     def paths(self, files: list[str]) -> list[Path]:
         return [self.root / f for f in files]
@@ -41,23 +43,26 @@ class Dataset:
 
 
 def list_image_folder(root: Path, max_per_class: int = 0) -> Dataset:
-    """An ImageFolder tree: sorted class sub-folders, images found recursively."""
+    """An ImageFolder tree: sorted class sub-folders, images found recursively (hidden files
+    and archive folders such as __MACOSX left out). A sub-folder without images is no class:
+    it is listed in `left_out`, since a class that has no image cannot be learned or scored."""
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not root.is_dir():
+        raise SystemExit(f"{root} is not a folder: expected one sub-folder of images per class")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(Path(p.name)))
+    found = {name: sorted(p.relative_to(root).as_posix() for p in image_files(root / name))
+             for name in folders}
+    classes = [name for name in folders if found[name]]
     if not classes:
-        raise SystemExit(f"No class sub-folders in {root}")
+        raise SystemExit(f"No class sub-folders with images in {root}: expected one sub-folder "
+                         f"of images per class (e.g. {root}/neutrophil/*.jpg)")
     files, labels = [], []
     for index, name in enumerate(classes):
-        found = sorted(
-            p.relative_to(root).as_posix()
-            for p in (root / name).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if max_per_class:
-            found = found[:max_per_class]
-        files += found
-        labels += [index] * len(found)
-    return Dataset(root, classes, files, labels)
+        kept = found[name][:max_per_class] if max_per_class else found[name]
+        files += kept
+        labels += [index] * len(kept)
+    return Dataset(root, classes, files, labels,
+                   left_out=[name for name in folders if not found[name]])
 
 
 def extra_roots(setting: str) -> list[Path]:
@@ -138,18 +143,8 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
     """Group by source smear where a map names it (smears of one field of view together when
     `field_notes` lists them), else by file content (duplicates together)."""
     if source_map is not None:
-        split = dataset.root.name
-        sources: dict[tuple[str, str], str] = {}
-        named: set[str] = set()  # every split's sources
-        with open(source_map, newline="") as f:
-            for row in csv.DictReader(f):
-                named.add(row["bccd_source_image"])
-                if row["split"] == split:
-                    sources[(row["class"], row["file"])] = row["bccd_source_image"] or ""
-        dataset.groups = []
-        for rel in dataset.files:
-            cls, name = rel.split("/", 1)
-            dataset.groups.append(sources.get((cls, name)) or None)
+        sources, named = read_source_map(Path(source_map), dataset.root.name)
+        dataset.groups = [sources.get(rel) or None for rel in dataset.files]
         if field_notes is not None:
             # All sources of the map, not only this split's: Kaggle's test and train are
             # joined where they overlap too, so a test group is one cell in every split.
@@ -162,6 +157,26 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
         ]
 
 
+def read_source_map(path: Path, split: str) -> tuple[dict[str, str], set[str]]:
+    """({"class/name.ext": source}, every source the map names) from a CSV with the columns
+    `file,group` (file relative to the data folder; group: the slide, smear or patient an image
+    came from), or the Kaggle map's `split,class,file,bccd_source_image`, whose rows of the
+    `split` named like the data folder count. An empty source means "unknown"."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        rows = list(reader)
+    if {"file", "group"} <= columns:
+        return ({row["file"]: row["group"] for row in rows},
+                {row["group"] for row in rows} - {""})
+    if KAGGLE_MAP_COLUMNS <= columns:
+        return ({f"{row['class']}/{row['file']}": row["bccd_source_image"]
+                 for row in rows if row["split"] == split},
+                {row["bccd_source_image"] for row in rows} - {""})
+    raise SystemExit(f"{path}: a source map needs the columns file,group (or Kaggle's "
+                     f"{','.join(sorted(KAGGLE_MAP_COLUMNS))}); it has {','.join(sorted(columns))}")
+
+
 def grouped_image_folder(root: Path, max_per_class: int, source_map: str,
                          field_notes: str = "none") -> Dataset:
     """`list_image_folder` with each file's source group assigned (`source_map`: a path,
@@ -171,6 +186,10 @@ def grouped_image_folder(root: Path, max_per_class: int, source_map: str,
     source = find_source_map(Path(root), source_map)
     assign_groups(dataset, source,
                   find_field_notes(Path(root), field_notes) if source is not None else None)
+    if source is not None and not any(dataset.groups):
+        raise SystemExit(f"{source} names the source of none of the {len(dataset.files)} images "
+                         f"under {root}: check its 'file' column (class/name.ext, relative to "
+                         "the data folder)")
     return dataset
 
 
@@ -199,8 +218,9 @@ def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed
     for label in sorted(by_class):
         groups = sorted(by_class[label])
         rng.shuffle(groups)
-        n_val = _share(len(groups), val_fraction)
-        n_test = _share(len(groups), test_fraction)
+        # At least one group of each class stays in train: a tiny class loses test first.
+        n_val = min(_share(len(groups), val_fraction), len(groups) - 1)
+        n_test = min(_share(len(groups), test_fraction), len(groups) - 1 - n_val)
         for k, group in enumerate(groups):
             side[group] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
     split: dict[str, list[str]] = {name: [] for name in SPLITS}
@@ -211,6 +231,18 @@ def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed
     split["excluded_groups"] = excluded
     check_disjoint(split, dataset)
     return split
+
+
+def class_groups(dataset: Dataset, split: dict) -> dict[str, dict[str, int]]:
+    """{class: {side: number of source groups of that class there}} for train, val and test."""
+    group_of = dict(zip(dataset.files, dataset.groups))
+    label_of = dataset.label_of()
+    seen: dict[str, dict[str, set]] = {c: {name: set() for name in SPLITS}
+                                       for c in dataset.classes}
+    for name in SPLITS:
+        for f in split.get(name, []):
+            seen[dataset.classes[label_of[f]]][name].add(group_of[f])
+    return {c: {name: len(groups) for name, groups in sides.items()} for c, sides in seen.items()}
 
 
 def _share(n: int, fraction: float) -> int:

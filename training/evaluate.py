@@ -128,8 +128,18 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         raise SystemExit(f"{data_dir} has classes the model does not know: {missing}")
     files = dataset.files
     if split_file:
-        wanted = set(json.loads(Path(split_file).read_text())[split_name])
+        saved = json.loads(Path(split_file).read_text())
+        if not isinstance(saved.get(split_name), list):
+            named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
+            raise SystemExit(f"{split_file} has no split named {split_name!r} "
+                             f"(it has {', '.join(named)})")
+        wanted = set(saved[split_name])
         files = [f for f in files if f in wanted]
+    if not files:
+        where = f" in {split_file}:{split_name}" if split_file else ""
+        raise SystemExit(f"No image of {data_dir}{where} to evaluate" + (
+            " (a model trained with --test-fraction 0 has an empty test split)"
+            if split_file else ""))
     label_of = dataset.label_of()
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]

@@ -229,9 +229,11 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
     in_place = out_dir.resolve() == run_dir.resolve()
     run_folder = run_dir.name
     if (out_dir / CARD_FILE).is_file():
-        # A new version of a served model keeps its description unless given a new one.
+        # A new version of a served model keeps its description unless given a new one; a
+        # model of other classes under the old name does not inherit words about the old one.
         old = read_card(out_dir)
-        description, expects = description or old["description"], expects or old["expects"]
+        if old.get("classes") == summary["classes"]:
+            description, expects = description or old["description"], expects or old["expects"]
         if in_place:
             run_folder = old["training"]["run_folder"]
     model = keras.models.load_model(run_dir / KERAS_FILE, compile=False)

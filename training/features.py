@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from hematovision import preprocess as preprocess_module
-from hematovision.preprocess import preprocess
+from hematovision.preprocess import ImageError, preprocess
 
 VALUE_RANGE = (-1.0, 1.0)  # the preprocessed input range (MobileNetV2 scaling)
 
@@ -116,4 +116,14 @@ def cached_features(
 
 
 def _load_batch(paths: list[Path], input_size: int, crop: str) -> np.ndarray:
-    return np.stack([preprocess(p, input_size, crop) for p in paths])
+    return np.stack([_load(p, input_size, crop) for p in paths])
+
+
+def _load(path: Path, input_size: int, crop: str) -> np.ndarray:
+    """One model input; a file that cannot be read stops the run with its name (a training
+    split that silently lost files would no longer be the split saved with the run)."""
+    try:
+        return preprocess(path, input_size, crop)
+    except (ImageError, OSError) as exc:
+        raise SystemExit(f"Cannot train on {path}: {exc} Remove or replace it, then run "
+                         "again.") from None

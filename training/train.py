@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,10 +21,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training import data as data_lib  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import CHOICES, TrainConfig  # noqa: E402
 from training.features import cached_features  # noqa: E402
-from training.model import Classifier  # noqa: E402
+from training.model import Classifier, resolve_weights  # noqa: E402
 from training.report import plot_curves, read_history  # noqa: E402
+
+# Fewer source groups than this in a class (train, validation and test together): warned about.
+THIN_CLASS = 3
 
 
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
@@ -36,6 +39,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     started = time.time()
     root = Path(config.data)
     if resume is None:
+        config = replace(config, weights=resolve_weights(config.weights))
         run_dir = Path(config.out) / (
             time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
             + (f"-{config.name}" if config.name else "")
@@ -65,12 +69,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     split["extra_train"] = [str(p) for p in extra_paths]
     data_lib.save_split(split, run_dir / "splits.json", dataset)
     log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    check_classes(dataset, split)
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head.
     num_classes = len(dataset.classes)
     classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights,
                             config.tune_from_block)
     log(f"initialisation: {classifier.initialisation}")
+    if config.weights == "none":
+        log(f"warning: blocks below {config.tune_from_block} keep their random weights (frozen); "
+            "expect a poor model. --weights auto starts from ImageNet.")
 
     # Frozen-part activations of every file and view, computed once (cached on disk).
     features = CachedViews(classifier, config, dataset, split, extra_paths, y_extra_files)
@@ -346,6 +354,23 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     return {k: [float(v) for v in vs] for k, vs in result.history.items()}
 
 
+def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
+    """Stop where a class cannot be learned; warn where its held-out figures rest on one or two
+    source groups (a smear, a slide, an image and its duplicates)."""
+    if dataset.left_out:
+        log(f"left out (no images): {', '.join(dataset.left_out)}")
+    counts = data_lib.class_groups(dataset, split)
+    missing = [c for c, sides in counts.items() if not sides["train"]]
+    if missing:
+        raise SystemExit(f"No training image of known source for {', '.join(missing)}: add "
+                         "images, or leave the class folder out")
+    for c, sides in counts.items():
+        if sum(sides.values()) < THIN_CLASS:
+            log(f"warning: {c} has only {sum(sides.values())} source group(s) (train "
+                f"{sides['train']}, val {sides['val']}, test {sides['test']}): its validation "
+                "and test figures say little")
+
+
 def truncate_log(path: Path, epochs: int) -> list[float]:
     """Keep the first `epochs` rows of a CSVLogger file; their validation losses."""
     lines = Path(path).read_text().splitlines(keepends=True)
@@ -382,7 +407,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict, P
                                 help=texts[f.name])
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind,
-                                default=f.default,
+                                default=f.default, choices=CHOICES.get(f.name),
                                 help=f"{texts[f.name]} (default: {f.default!r})")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN",
                         help="go on with a run folder that stopped before it finished, from "

@@ -45,8 +45,9 @@ def init_app(app: Flask) -> None:
             raise ModelLoadError(
                 f"No model found in {root.resolve()}: a model is a folder holding "
                 "model_card.json and model.tflite. Train and export one with "
-                "`python -m training.train --data DIR --export wbc4`, restore saved_model/ from "
-                "git, or set HEMATOVISION_MODELS_ROOT to a folder of models."
+                "`python -m training.train --data DIR --export NAME` (README, 'Training on your "
+                "own data'), restore saved_model/ from git, or set HEMATOVISION_MODELS_ROOT to a "
+                "folder of models."
             )
         default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
     threads = int(app.config["LITERT_THREADS"])
