@@ -142,9 +142,82 @@ def test_batch_differential_counts_only_accepted_cells(client, models_root, trus
     assert "Share of the 1 accepted images" in text(html)
     review = re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html)
     assert review == [("unidentified", unsure)]
+    assert "Only 1 accepted cell: a manual differential counts 100" in text(html)
     csv = client.get(location + ".csv").get_data(as_text=True)
-    rows = {line.split(",")[0]: line.split(",")[2] for line in csv.splitlines()[1:]}
-    assert rows == {accepted: "accepted", unsure: "unidentified", "bad.jpg": ""}
+    rows = {line.split(",")[0]: line.split(",")[1:4] for line in csv.splitlines()[1:]}
+    top = {name: Predictor(trusted_model_dir).predict(data).label
+           for name, data in (("red.jpg", RED), ("blue.jpg", BLUE))}
+    # Counting the label column gives the differential; the top class is there for every image.
+    assert rows == {accepted: [top[accepted], "accepted", top[accepted]],
+                    unsure: ["", "unidentified", top[unsure]], "bad.jpg": ["", "", ""]}
+
+
+def test_pages_say_what_share_the_served_threshold_accepted_on_test(tmp_path, trusted_model_dir):
+    """So that most cells going to review reads as this model's known behaviour; measured at
+    the threshold the server applies, or not said at all."""
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
+    lowest, served = spread_operating_points(root / "trusted")
+    card_file = root / "trusted" / "model_card.json"
+    card = json.loads(card_file.read_text())
+    card["metrics"] = {"test": {"n": 321, "operating_points": [
+        {**lowest, "accepted_rate": 0.876}, {**served, "accepted_rate": 0.1234}]}}
+    card_file.write_text(json.dumps(card))
+    client = make_app(tmp_path / "a", root, DEFAULT_MODEL="trusted").test_client()
+    share = "At the served threshold trusted accepted 12.3 % of the 321 images of its test set"
+    assert share in text(client.get("/").get_data(as_text=True))
+    html = page(client, upload(client, "trusted", ("red.jpg", RED), ("blue.jpg", BLUE)))
+    assert share in text(html)
+    lower = make_app(tmp_path / "b", root, DEFAULT_MODEL="trusted",
+                     ACCURACY_TARGET=lowest["target_accuracy"]).test_client()
+    assert "accepted 87.6 % of the 321 images" in text(lower.get("/").get_data(as_text=True))
+    unmeasured = make_app(tmp_path / "c", root, DEFAULT_MODEL="trusted",
+                          ACCURACY_TARGET=0.5).test_client()
+    assert "At the served threshold" not in text(unmeasured.get("/").get_data(as_text=True))
+
+
+@pytest.mark.parametrize("ece, rough", [(0.0153, False), (0.0855, True)])
+def test_the_result_page_states_the_models_measured_calibration_error(tmp_path,
+                                                                      trusted_model_dir, ece,
+                                                                      rough):
+    card = card_with(trusted_model_dir, confidence_threshold=0.0, ood_threshold=1e12)
+    card["metrics"]["test"]["calibration"]["ece_after"] = ece
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("measured",), card=card)
+    client = make_app(tmp_path, root, DEFAULT_MODEL="measured").test_client()
+    html = text(page(client, upload(client, "measured", ("red.jpg", RED))))
+    assert (f"On its test set (20 images), confidence and the share of right answers differed "
+            f"by {ece * 100:.1f} points on average") in html
+    assert ("read the confidence as a rough guide" in html) == rough
+    assert "90 % confidence are right about 90 %" not in html
+
+
+def test_not_a_cell_has_no_heat_map_and_points_to_the_other_models(client, models_root):
+    html = page(client, upload(client, "strange", ("red.jpg", RED)))
+    assert 'id="heat-map"' not in html
+    others = re.findall(r'upload it to <a href="/\?model=(\w+)">', html)
+    assert others == ["accepting", "tiny", "unsure"]
+    assert 'selected' in re.search(r'<option value="unsure"[^>]*>',
+                                   client.get("/?model=unsure").get_data(as_text=True)).group(0)
+
+
+def test_a_refused_upload_keeps_the_model_it_chose(client, models_root):
+    response = client.post("/upload", data={"csrf_token": csrf_token(client), "model": "unsure",
+                                            "file": [(io.BytesIO(b"not an image"), "x.jpg")]})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert re.findall(r'<option value="(\w+)" selected', html) == ["unsure"]
+    assert re.search(r'class="mb-0 model-expects" data-model="unsure"\s*>', html)
+
+
+def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
+    location = upload(client, "accepting", ("a.jpg", RED), ("b.jpg", BLUE), ("c.jpg", RED))
+    steps = [re.findall(r'rel="(prev|next)" href="([^"]+)"', page(client, f"{location}/{i}"))
+             for i in range(3)]
+    assert steps == [[("next", f"{location}/1")],
+                     [("prev", f"{location}/0"), ("next", f"{location}/2")],
+                     [("prev", f"{location}/1")]]
+    batch = page(client, location)
+    assert re.search(r'<a href="' + re.escape(location) + r'/1">b.jpg</a>', batch)
+    assert re.search(r'Kept until <time datetime="[0-9T:+-]+">\d\d:\d\d UTC</time>', batch)
 
 
 def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root):

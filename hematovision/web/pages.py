@@ -4,6 +4,7 @@ pages."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 from flask import (
@@ -13,6 +14,7 @@ from flask import (
     current_app,
     redirect,
     render_template,
+    request,
     send_from_directory,
     url_for,
 )
@@ -33,6 +35,11 @@ IMAGE_EXPIRED = "The stored image is gone: uploads are kept for {retention}."
 NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )
+# A manual differential counts 100 cells; the batch page warns when its shares rest on fewer.
+DIFFERENTIAL_CELLS = 100
+# Above this expected calibration error on a test set, the result page calls the confidence a
+# rough guide rather than a probability to act on.
+ROUGH_ECE = 0.05
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
@@ -78,6 +85,17 @@ def status(result: dict) -> str | None:
     return results.status_of(result)
 
 
+@bp.app_template_filter("iso_utc")
+def iso_utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+@bp.app_template_filter("clock_utc")
+def clock_utc(timestamp: float) -> str:
+    """A time of day for people: in UTC, and said so, since the server's zone is not theirs."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%H:%M UTC")
+
+
 @bp.app_template_filter("fixed")
 def fixed(value, digits: int = 4) -> str:
     """A card or score number with `digits` decimals; a dash where the card has none."""
@@ -95,8 +113,11 @@ def _is_number(value) -> bool:
 
 
 @bp.get("/")
-def home(errors: list[dict] | None = None, status: int = 200):
+def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None = None):
+    """The upload form; after a refused upload, with its errors and the model it chose.
+    `?model=NAME` preselects a model (the result page links so to another model)."""
     predictors = {name: models.get(name) for name in models.names()}
+    chosen = chosen or request.args.get("model")
     formats = sorted(
         {
             s.lstrip(".").upper().replace("JPEG", "JPG").replace("TIFF", "TIF")
@@ -113,6 +134,8 @@ def home(errors: list[dict] | None = None, status: int = 200):
         limit_mb=limit_mb,
         max_files=current_app.config["MAX_FILES"],
         errors=errors or [],
+        chosen=chosen if chosen in predictors else models.default_name(),
+        acceptance={name: served_acceptance(p) for name, p in predictors.items()},
     )
     return page, status
 
@@ -123,7 +146,7 @@ def upload():
     folder = upload_folder()
     name, items = classify_request(store_in=folder)
     if not any("label" in r for r in items):
-        return home(errors=items, status=400)
+        return home(errors=items, status=400, chosen=name)
     batch_id = uploads.save_batch(
         folder, {"model": name, "classes": models.get(name).classes, "results": items}
     )
@@ -150,6 +173,9 @@ def batch(batch_id: str):
             counts=counts,
             classified=sum(counts.values()),
             not_counted=not_counted,
+            few_cells=DIFFERENTIAL_CELLS,
+            acceptance=served_acceptance(served_model(stored["model"])),
+            expires=stored.get("created", 0) + current_app.config["RETENTION_SECONDS"],
         )
     )
 
@@ -161,9 +187,10 @@ def single(batch_id: str, index: int):
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
     candidates = item.get("candidates") or []  # none for a file that could not be read
     predictor = served_model(stored["model"])
+    # Not for an image unlike the training data: evidence for a class it is not.
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor
-    )
+    ) and results.status_of(item) != NOT_A_CELL
     return _no_store(
         render_template(
             "result.html",
@@ -179,6 +206,11 @@ def single(batch_id: str, index: int):
             if show_heat_map
             else None,
             cell=CELL_TYPES.get(item.get("label", "")),
+            calibration=measured_calibration(predictor.card) if predictor else None,
+            rough_ece=ROUGH_ECE,
+            others={n: models.get(n) for n in models.names() if n != stored["model"]},
+            neighbours=(index - 1 if index > 0 else None,
+                        index + 1 if index + 1 < len(stored["results"]) else None),
         )
     )
 
@@ -242,7 +274,7 @@ def model_page(name: str):
     card = predictor.card
     images = models.images(predictor)
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    evaluations = {k: v for k, v in metrics.items() if isinstance(v, dict) and k != "unfamiliar"}
+    evaluations = evaluations_of(card)
     calibrated = {
         k: v for k, v in evaluations.items()
         if isinstance(v.get("calibration"), dict) or isinstance(v.get("trust"), dict)
@@ -270,6 +302,50 @@ def model_page(name: str):
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
         training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
     )
+
+
+def evaluations_of(card: dict) -> dict[str, dict]:
+    """The card's recorded test evaluations by name (the unfamiliar-image sets are not one)."""
+    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    return {k: v for k, v in metrics.items() if isinstance(v, dict) and k != "unfamiliar"}
+
+
+def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:
+    sized = [(name, m) for name, m in evaluations.items() if _is_number(m.get("n"))]
+    return max(sized, key=lambda item: item[1]["n"]) if sized else None
+
+
+def measured_calibration(card: dict) -> dict | None:
+    """{"set", "n", "ece"}: the calibration error measured after calibration on the largest
+    recorded test set, or None where none was measured."""
+    measured = _largest({k: m for k, m in evaluations_of(card).items()
+                         if isinstance(m.get("calibration"), dict)
+                         and _is_number(m["calibration"].get("ece_after"))})
+    if measured is None:
+        return None
+    name, m = measured
+    return {"set": name, "n": m["n"], "ece": m["calibration"]["ece_after"]}
+
+
+def served_acceptance(predictor: Predictor | None) -> dict | None:
+    """{"set", "n", "accepted_rate"}: the share of the largest recorded test set that the served
+    confidence threshold accepted, or None where no test set was measured at that threshold
+    (a model without a trust layer, or a server target the card has no operating point for)."""
+    if predictor is None or not predictor.trust.fitted:
+        return None
+    trust = predictor.card.get("trust") if isinstance(predictor.card.get("trust"), dict) else {}
+    evaluations = evaluations_of(predictor.card)
+    for row in operating_points(trust, evaluations):
+        if row.get("confidence_threshold") == predictor.trust.confidence_threshold:
+            measured = _largest({name: evaluations[name] for name, figures
+                                 in row["evaluations"].items()
+                                 if _is_number(figures.get("accepted_rate"))})
+            if measured is None:
+                return None
+            name, m = measured
+            return {"set": name, "n": m["n"],
+                    "accepted_rate": row["evaluations"][name]["accepted_rate"]}
+    return None
 
 
 def operating_points(trust: dict, evaluations: dict) -> list[dict]:
