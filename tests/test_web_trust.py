@@ -188,6 +188,12 @@ def test_the_result_page_states_the_models_measured_calibration_error(tmp_path,
             f"by {ece * 100:.1f} points on average") in html
     assert ("read the confidence as a rough guide" in html) == rough
     assert "90 % confidence are right about 90 %" not in html
+    # Measured at another temperature (the card was refitted since): not this calibration's.
+    card["metrics"]["test"]["calibration"]["temperature"] += 0.5
+    refitted = make_models_root(tmp_path / "r", trusted_model_dir, names=("measured",), card=card)
+    client = make_app(tmp_path / "again", refitted, DEFAULT_MODEL="measured").test_client()
+    html = text(page(client, upload(client, "measured", ("red.jpg", RED))))
+    assert "has not been measured on a test set" in html and "points on average" not in html
 
 
 def test_not_a_cell_has_no_heat_map_and_points_to_the_other_models(client, models_root):

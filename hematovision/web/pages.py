@@ -206,7 +206,7 @@ def single(batch_id: str, index: int):
             if show_heat_map
             else None,
             cell=CELL_TYPES.get(item.get("label", "")),
-            calibration=measured_calibration(predictor.card) if predictor else None,
+            calibration=measured_calibration(predictor) if predictor else None,
             rough_ece=ROUGH_ECE,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
             neighbours=(index - 1 if index > 0 else None,
@@ -315,12 +315,14 @@ def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:
     return max(sized, key=lambda item: item[1]["n"]) if sized else None
 
 
-def measured_calibration(card: dict) -> dict | None:
-    """{"set", "n", "ece"}: the calibration error measured after calibration on the largest
-    recorded test set, or None where none was measured."""
-    measured = _largest({k: m for k, m in evaluations_of(card).items()
+def measured_calibration(predictor: Predictor) -> dict | None:
+    """{"set", "n", "ece"}: the calibration error after calibration on the largest recorded test
+    set, or None where none was measured at the temperature served now (a refitted card's old
+    figures are not this calibration's)."""
+    measured = _largest({k: m for k, m in evaluations_of(predictor.card).items()
                          if isinstance(m.get("calibration"), dict)
-                         and _is_number(m["calibration"].get("ece_after"))})
+                         and _is_number(m["calibration"].get("ece_after"))
+                         and m["calibration"].get("temperature") == predictor.trust.temperature})
     if measured is None:
         return None
     name, m = measured
