@@ -165,6 +165,9 @@ def test_pages_say_what_share_the_served_threshold_accepted_on_test(tmp_path, tr
     client = make_app(tmp_path / "a", root, DEFAULT_MODEL="trusted").test_client()
     share = "At the served threshold trusted accepted 12.3 % of the 321 images of its test set"
     assert share in text(client.get("/").get_data(as_text=True))
+    assert share in text(re.search(r'id="in-short".*?</section>',
+                                   client.get("/models/trusted").get_data(as_text=True),
+                                   re.S).group(0))
     html = page(client, upload(client, "trusted", ("red.jpg", RED), ("blue.jpg", BLUE)))
     assert share in text(html)
     lower = make_app(tmp_path / "b", root, DEFAULT_MODEL="trusted",
@@ -330,6 +333,9 @@ def test_api_reports_each_status_with_its_scores(client, models_root, model, sta
 
 def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     html = client.get("/models/accepting").get_data(as_text=True)
+    in_short = text(re.search(r'id="in-short".*?</section>', html, re.S).group(0))
+    assert "On its test set (20 images) it named the right class for 90.0 % of them." in in_short
+    assert "differed from the share of right answers by 1.5 points" in in_short
     assert 'id="calibration"' in html and 'id="unfamiliar-table"' in html
     card = json.loads((models_root / "accepting" / "model_card.json").read_text())["trust"]
     assert f'{card["temperature"]:.3f}' in html

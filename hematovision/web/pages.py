@@ -296,6 +296,10 @@ def model_page(name: str):
         trust=trust,
         calibrated=calibrated,
         operating_points=operating_points(trust, calibrated),
+        summary={"evaluation": _largest({k: m for k, m in evaluations.items()
+                                         if _is_number(m.get("accuracy"))})},
+        acceptance=served_acceptance(predictor),
+        calibration=measured_calibration(predictor),
         unfamiliar_sets=unfamiliar_sets,
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
