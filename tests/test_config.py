@@ -57,13 +57,25 @@ def test_weights_auto_is_the_fetched_imagenet_backbone_or_a_stop_that_says_how_t
     assert model.resolve_weights("runs/x/model.keras") == "runs/x/model.keras"
 
 
-def test_a_run_records_the_weights_file_auto_chose(tmp_path, monkeypatch):
+def test_a_run_records_the_weights_file_auto_chose(tmp_path, monkeypatch, image_folder):
     """The run folder says which file initialised it, not "auto" (which depends on the day's
-    weights/ folder); the run stops before it trains when the file is missing."""
+    weights/ folder); without the file the run stops before it makes a folder."""
     from training import model
 
     monkeypatch.setattr(model, "DEFAULT_WEIGHTS", tmp_path / "absent.h5")
-    config = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "runs"))
+    config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), val_fraction=0.25)
     with pytest.raises(SystemExit, match="absent.h5"):
         train.train(config)
     assert not (tmp_path / "runs").exists()
+
+    (tmp_path / "backbone.h5").write_bytes(b"h5")
+    monkeypatch.setattr(model, "DEFAULT_WEIGHTS", tmp_path / "backbone.h5")
+
+    def stop_before_building(*args):  # the weights would be read here; the folder is made
+        raise RuntimeError(args[3])
+
+    monkeypatch.setattr(train, "Classifier", stop_before_building)
+    with pytest.raises(RuntimeError, match="backbone.h5"):
+        train.train(config)
+    [saved] = (tmp_path / "runs").glob("*/config.json")
+    assert json.loads(saved.read_text())["weights"] == str(tmp_path / "backbone.h5")

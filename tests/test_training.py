@@ -5,6 +5,7 @@ are not allowed by the serving contract, so 224 px with very few images).
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -453,7 +454,7 @@ def test_a_class_without_training_images_stops_the_run_before_any_caching(tmp_pa
                          val_fraction=0.34, cache_dir=str(tmp_path / "cache"), weights="none")
     with pytest.raises(SystemExit, match="No training image of known source for eosinophil"):
         train.train(config)
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
 
 
 def test_an_unreadable_training_image_stops_the_run_with_its_name(tmp_path, image_folder):
@@ -472,8 +473,13 @@ def test_evaluate_refuses_an_unknown_or_empty_split_instead_of_scoring_nothing(
     splits = run_dir / "splits.json"  # trained with --test-fraction 0: its test split is empty
     with pytest.raises(SystemExit, match="has no split named 'tset' \\(it has train, val, test"):
         evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "tset")
-    with pytest.raises(SystemExit, match="No image of .* to evaluate .*--test-fraction 0"):
+    with pytest.raises(SystemExit, match="splits.json:test is empty: .*--test-fraction 0"):
         evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "test")
+    (tmp_path / "elsewhere" / "eosinophil").mkdir(parents=True)
+    shutil.copy(base / "data" / "eosinophil" / "eosinophil_0.jpg",
+                tmp_path / "elsewhere" / "eosinophil" / "other.jpg")
+    with pytest.raises(SystemExit, match="No image named in .*splits.json:val is under"):
+        evaluate.evaluate(model_dir, tmp_path / "elsewhere", tmp_path / "e", splits, "val")
     assert evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "val")["n"] == 4
 
 
@@ -488,3 +494,17 @@ def test_a_model_of_other_classes_exported_under_an_old_name_does_not_inherit_it
     export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
     card = json.loads((model_dir / "model_card.json").read_text())
     assert (card["description"], card["expects"]) == ("", "")
+
+
+def test_a_run_resumes_only_on_the_classes_it_started_with(trained_run, tmp_path):
+    """A class folder emptied (or, before image-less folders were left out, an empty one that
+    counted as a class) would change the model's outputs under a resumed run's weights."""
+    base, run_dir = trained_run
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run_dir, stopped)
+    (stopped / "summary.json").unlink()
+    saved = json.loads((stopped / "splits.json").read_text())
+    (stopped / "splits.json").write_text(json.dumps({**saved, "classes": [*CLASSES, "empty"]}))
+    config = TrainConfig.load(stopped / "config.json")
+    with pytest.raises(SystemExit, match="no longer splits as when the run started"):
+        train.train(config, resume=stopped)

@@ -231,11 +231,11 @@ def test_csv_download_contents(client, models_root):
         f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
     )
     assert csv.get_data(as_text=True) == (
-        "file,label,status,top_class,confidence,p_eosinophil,p_lymphocyte,p_monocyte,"
-        "p_neutrophil,error\n"
-        f"'=HYPERLINK(1).png,{p.label},accepted,{p.label},{p.confidence:.4f},{probs},\n"
-        "empty.jpg,,,,,,,,,The file is empty.\n"
-        f'"b,c.png",{p.label},accepted,{p.label},{p.confidence:.4f},{probs},\n'
+        "file,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
+        "differential_class\n"
+        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label}\n"
+        "empty.jpg,,,,,,,,The file is empty.,\n"
+        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label}\n'
     )
 
 

@@ -144,12 +144,14 @@ def test_batch_differential_counts_only_accepted_cells(client, models_root, trus
     assert review == [("unidentified", unsure)]
     assert "Only 1 accepted cell: a manual differential counts 100" in text(html)
     csv = client.get(location + ".csv").get_data(as_text=True)
-    rows = {line.split(",")[0]: line.split(",")[1:4] for line in csv.splitlines()[1:]}
+    cells = {line.split(",")[0]: line.split(",") for line in csv.splitlines()[1:]}
+    rows = {name: [row[1], row[2], row[-1]] for name, row in cells.items()}
     top = {name: Predictor(trusted_model_dir).predict(data).label
            for name, data in (("red.jpg", RED), ("blue.jpg", BLUE))}
-    # Counting the label column gives the differential; the top class is there for every image.
+    # The label is the top class, as in the API; counting differential_class gives the
+    # differential.
     assert rows == {accepted: [top[accepted], "accepted", top[accepted]],
-                    unsure: ["", "unidentified", top[unsure]], "bad.jpg": ["", "", ""]}
+                    unsure: [top[unsure], "unidentified", ""], "bad.jpg": ["", "", ""]}
 
 
 def test_pages_say_what_share_the_served_threshold_accepted_on_test(tmp_path, trusted_model_dir):
@@ -226,7 +228,8 @@ def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
                      [("prev", f"{location}/1")]]
     batch = page(client, location)
     assert re.search(r'<a href="' + re.escape(location) + r'/1">b.jpg</a>', batch)
-    assert re.search(r'Kept until <time datetime="[0-9T:+-]+">\d\d:\d\d UTC</time>', batch)
+    assert re.search(r'Kept until <time datetime="[0-9T:+-]+">\d\d \w{3} \d{4}, \d\d:\d\d UTC</time>',
+                     batch)
 
 
 def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root):

@@ -136,10 +136,11 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
         wanted = set(saved[split_name])
         files = [f for f in files if f in wanted]
     if not files:
-        where = f" in {split_file}:{split_name}" if split_file else ""
-        raise SystemExit(f"No image of {data_dir}{where} to evaluate" + (
-            " (a model trained with --test-fraction 0 has an empty test split)"
-            if split_file else ""))
+        if split_file and not saved[split_name]:
+            raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate (a run "
+                             "trained with --test-fraction 0 keeps no test split)")
+        where = f" named in {split_file}:{split_name}" if split_file else ""
+        raise SystemExit(f"No image{where} is under {data_dir}: nothing to evaluate")
     label_of = dataset.label_of()
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]

@@ -37,9 +37,23 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     from its last finished epoch with the same config and split."""
     keras.utils.set_random_seed(config.seed)
     started = time.time()
-    root = Path(config.data)
     if resume is None:
         config = replace(config, weights=resolve_weights(config.weights))
+
+    # Data: list, group by source, split once with a fixed seed, refuse leaks, and refuse
+    # classes that cannot be learned, before a run folder exists.
+    dataset = data_lib.grouped_image_folder(Path(config.data), config.max_per_class,
+                                           config.source_map, config.field_notes)
+    split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
+    log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    check_classes(dataset, split)
+    # Training-only images from another source: more distinct cells of the same types, which a
+    # dataset made of a few hundred augmented smears lacks most. Never validated on.
+    extra_paths, y_extra_files = data_lib.list_extra(config.extra_data, dataset.classes,
+                                                     config.max_per_class)
+    split["extra_train"] = [str(p) for p in extra_paths]
+
+    if resume is None:
         run_dir = Path(config.out) / (
             time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
             + (f"-{config.name}" if config.name else "")
@@ -50,26 +64,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         run_dir = Path(resume)
         if (run_dir / "summary.json").is_file():
             raise SystemExit(f"{run_dir} has finished; nothing to resume")
+        saved = run_dir / "splits.json"
+        if json.loads(saved.read_text()).get("classes") != dataset.classes or \
+                data_lib.load_split(saved, dataset) != {k: split.get(k, [])
+                                                        for k in data_lib.SPLIT_KEYS}:
+            raise SystemExit(f"{run_dir}: the data no longer splits as when the run started")
         done = Backup(run_dir).finished_epochs()
         if not done:  # stopped in its first epoch, or before epochs were backed up
             KeepBest.discard(run_dir)
         log(f"resuming {run_dir} after epoch {done}")
-
-    # Data: list, group by source, split once with a fixed seed, refuse leaks.
-    dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map,
-                                           config.field_notes)
-    split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
-    if resume is not None and data_lib.load_split(run_dir / "splits.json", dataset) != {
-            k: split.get(k, []) for k in data_lib.SPLIT_KEYS}:
-        raise SystemExit(f"{run_dir}: the data no longer splits as when the run started")
-    # Training-only images from another source: more distinct cells of the same types, which a
-    # dataset made of a few hundred augmented smears lacks most. Never validated on.
-    extra_paths, y_extra_files = data_lib.list_extra(config.extra_data, dataset.classes,
-                                                     config.max_per_class)
-    split["extra_train"] = [str(p) for p in extra_paths]
     data_lib.save_split(split, run_dir / "splits.json", dataset)
-    log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
-    check_classes(dataset, split)
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head.
     num_classes = len(dataset.classes)

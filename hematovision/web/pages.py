@@ -92,8 +92,9 @@ def iso_utc(timestamp: float) -> str:
 
 @bp.app_template_filter("clock_utc")
 def clock_utc(timestamp: float) -> str:
-    """A time of day for people: in UTC, and said so, since the server's zone is not theirs."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%H:%M UTC")
+    """A moment for people, with its day (retention may be set to days): in UTC, and said so,
+    since the server's zone is not theirs."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%d %b %Y, %H:%M UTC")
 
 
 @bp.app_template_filter("fixed")

@@ -53,23 +53,23 @@ def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
-    """One row per file: file, label (the class, for an accepted result only, so a spreadsheet
-    that counts or filters by it counts what the differential counts), status, top_class (the
-    model's highest-scoring class, whatever the status), confidence, p_<class> for each class,
-    error."""
+    """One row per file: file, label (the model's top class, as in the API), status (whether to
+    trust that label), confidence, p_<class> for each class, error, and differential_class: the
+    label of an accepted result only, so a spreadsheet that counts or filters by it counts
+    what the differential counts (last, so that earlier columns keep their places)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file", "label", "status", "top_class", "confidence",
-                     *(f"p_{c}" for c in classes), "error"])
+    writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
+                     "error", "differential_class"])
     for r in results:
         status = status_of(r)
         if status is not None:
             probabilities = [f"{r['probabilities'][c]:.4f}" for c in classes]
-            label = r["label"] if status == ACCEPTED else ""
-            row = [r["file"], label, status, r["label"], f"{r['confidence']:.4f}", *probabilities,
-                   ""]
+            counted = r["label"] if status == ACCEPTED else ""
+            row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
+                   counted]
         else:
-            row = [r["file"], "", "", "", "", *([""] * len(classes)), r["error"]]
+            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], ""]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
 
