@@ -238,3 +238,16 @@ def test_a_source_map_that_cannot_be_used_says_why(tmp_path):
     no_match.write_text("file,group\na.jpg,s1\n")  # not relative to the data folder
     with pytest.raises(SystemExit, match="names the source of none of the 1 images"):
         data_lib.grouped_image_folder(root, 0, str(no_match))
+
+
+def test_a_split_saved_for_other_classes_is_refused(tmp_path):
+    root = kaggle_like(tmp_path)
+    dataset = data_lib.list_image_folder(root)
+    data_lib.assign_groups(dataset, data_lib.find_source_map(root, "auto"))
+    path = tmp_path / "splits.json"
+    data_lib.save_split(data_lib.make_split(dataset, 0.34, 0.0, 0), path, dataset)
+    assert data_lib.load_split(path, dataset)["val"]
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "classes": [*CLASSES, "basophil"]}))
+    with pytest.raises(ValueError, match="was saved for the classes"):
+        data_lib.load_split(path, dataset)

@@ -278,6 +278,11 @@ def save_split(split: dict, path: Path, dataset: Dataset) -> None:
 
 def load_split(path: Path, dataset: Dataset) -> dict:
     saved = json.loads(Path(path).read_text())
+    # Saved for other classes (a class folder emptied or added since), its labels are not
+    # today's: a resumed run or its fold models would learn them under the wrong outputs.
+    if saved.get("classes", dataset.classes) != dataset.classes:
+        raise ValueError(f"{path} was saved for the classes {saved['classes']}; the data now "
+                         f"has {dataset.classes}")
     split = {k: saved.get(k, []) for k in SPLIT_KEYS}
     check_disjoint(split, dataset)
     return split

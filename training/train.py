@@ -64,11 +64,13 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         run_dir = Path(resume)
         if (run_dir / "summary.json").is_file():
             raise SystemExit(f"{run_dir} has finished; nothing to resume")
-        saved = run_dir / "splits.json"
-        if json.loads(saved.read_text()).get("classes") != dataset.classes or \
-                data_lib.load_split(saved, dataset) != {k: split.get(k, [])
-                                                        for k in data_lib.SPLIT_KEYS}:
-            raise SystemExit(f"{run_dir}: the data no longer splits as when the run started")
+        try:
+            saved = data_lib.load_split(run_dir / "splits.json", dataset)
+        except ValueError as exc:  # saved for other classes, or leaking with today's groups
+            saved = {"reason": str(exc)}
+        if saved != {k: split.get(k, []) for k in data_lib.SPLIT_KEYS}:
+            raise SystemExit(f"{run_dir}: the data no longer splits as when the run started"
+                             + (f" ({saved['reason']})" if "reason" in saved else ""))
         done = Backup(run_dir).finished_epochs()
         if not done:  # stopped in its first epoch, or before epochs were backed up
             KeepBest.discard(run_dir)
