@@ -70,7 +70,7 @@ def test_features_are_cached_between_runs(trained_run):
     assert len(list((base / "cache").glob("features-*.npy"))) == 2  # one per view
 
 
-def test_the_cache_is_reused_only_while_files_and_code_are_unchanged(tmp_path, monkeypatch):
+def test_the_cache_is_reused_only_while_file_contents_and_code_are_unchanged(tmp_path, monkeypatch):
     from training import features
     from tests.conftest import make_image
 
@@ -89,6 +89,14 @@ def test_the_cache_is_reused_only_while_files_and_code_are_unchanged(tmp_path, m
     monkeypatch.setattr(features, "_load_batch", lambda *a: loads.append(1) or real_load(*a))
     np.testing.assert_array_equal(compute(), first)
     assert not loads  # read from disk, not recomputed
+    # The same files copied elsewhere (new paths, new modification times) keep their entry.
+    copies = [tmp_path / "copied" / p.name for p in paths]
+    copies[0].parent.mkdir()
+    for src, dst in zip(paths, copies):
+        dst.write_bytes(src.read_bytes())
+    np.testing.assert_array_equal(
+        features.cached_features(bottom, copies, 0, 1, 32, cache), first)
+    assert not loads and len(list(cache.iterdir())) == 1
     # A file changed on disk: its activations are recomputed, not read from the old entry.
     make_image(paths[1], CELL_COLORS[3], fmt="PNG")
     changed = compute()
