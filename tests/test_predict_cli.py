@@ -27,7 +27,7 @@ def test_json_lines_for_a_folder_with_an_unreadable_file(tiny_model_dir, tmp_pat
     assert set(good) == {"file", "label", "status", "confidence", "probabilities", "candidates",
                          "scores"}
     assert list(good["probabilities"]) == CLASSES
-    assert good["status"] in ("accepted", "unidentified", "not_a_cell")
+    assert good["status"] == "accepted"  # the tiny model has no trust layer: nothing is flagged
     assert [c["label"] for c in good["candidates"]][0] == good["label"]
     assert len(good["candidates"]) == 2
     assert good["label"] in CLASSES and 0 < good["confidence"] <= 1
@@ -52,6 +52,64 @@ def test_plain_output_is_tab_separated(tiny_model_dir, tmp_path, capsys):
     file, label, confidence, status = capsys.readouterr().out.strip().split("\t")
     assert file == str(path) and label in CLASSES and 0 < float(confidence) <= 1
     assert status == "accepted"  # the tiny model has no trust layer: nothing is flagged
+
+
+def test_every_file_of_a_run_longer_than_a_batch_gets_its_own_result(tiny_model_dir, tmp_path,
+                                                                     capsys):
+    """Files are decoded a batch ahead of the model (batch.decoded_chunks): each line must
+    still be its own file's answer, across batch boundaries."""
+    from hematovision.batch import BATCH_SIZE
+    from hematovision.predictor import Predictor
+
+    paths = [make_image(tmp_path / "cells" / f"{i:02d}.jpg", (40 + 5 * i, 200 - 4 * i, 90))
+             for i in range(BATCH_SIZE + 8)]
+    main([str(tmp_path / "cells"), "--json", "--quiet", "--model-dir", str(tiny_model_dir)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(p) for p in paths]
+    predictor = Predictor(tiny_model_dir)
+    for path, line in zip(paths, lines):
+        assert line["probabilities"] == pytest.approx(predictor.predict(path).probabilities,
+                                                      abs=1e-6), path.name
+    distinct = {tuple(round(p, 4) for p in line["probabilities"].values()) for line in lines}
+    assert len(distinct) == len(paths)  # so a line given another file's answer would show
+
+
+def test_the_model_cards_crop_is_applied_by_the_cli_and_evaluation(tiny_model_dir, tmp_path,
+                                                                    capsys):
+    """The default model crops on the nucleus; the command line and the evaluation path
+    (batch.forward_files, also used to fit the trust layer) must crop as the web path does."""
+    from hematovision.batch import forward_files
+    from hematovision.predictor import Predictor
+    from hematovision.preprocess import load_image, to_input
+    from hematovision.trust import softmax
+
+    root = make_models_root(tmp_path / "m", tiny_model_dir,
+                            card={"preprocessing": {"crop": "nucleus"}})
+    path = make_image(tmp_path / "field.jpg", (90, 40, 160), size=(320, 240))  # a violet nucleus
+    predictor = Predictor(root / "tiny")
+    assert predictor.crop == "nucleus"
+    cropped = predictor.predict(path).probabilities
+    uncropped = predictor.predict_images_arrays([to_input(load_image(path), 224)])[0]
+    assert cropped != pytest.approx(uncropped.probabilities, abs=1e-6)
+
+    main([str(path), "--json", "--quiet", "--model-dir", str(root / "tiny")])
+    assert json.loads(capsys.readouterr().out)["probabilities"] == pytest.approx(cropped, abs=1e-6)
+    outputs, readable = forward_files(predictor, [path])
+    assert readable == [True]
+    assert softmax(outputs.logits)[0].tolist() == pytest.approx(list(cropped.values()), abs=1e-6)
+
+
+def test_exit_status_says_whether_anything_was_classified(tiny_model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 nope")
+    good = make_image(tmp_path / "a.jpg", (10, 200, 10))
+    model = ["--quiet", "--model-dir", str(tiny_model_dir)]
+    assert main([str(broken), str(good), *model]) == 0  # some classified
+    assert main([str(broken), *model]) == 1  # nothing could be classified
+    assert "1 of 1 files could not be classified" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), *model]) == 2
+    assert "error: no image files found" in capsys.readouterr().err
 
 
 def test_unknown_model_exits_2_and_lists_models(tmp_path, capsys):

@@ -112,6 +112,8 @@ def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path)
     _, run_dir = trained_run
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "ece_spread.json").write_text("{}")  # an earlier model's figures
+    for kind in ("confusion", "reliability", "coverage"):
+        (tmp_path / "smoke" / f"{kind}_test.png").write_bytes(b"old")
     out = export.export_run(run_dir, "smoke", root=tmp_path, description="smoke test")
     card = json.loads((out / "model_card.json").read_text())
     assert card["classes"] == CLASSES
@@ -120,6 +122,7 @@ def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path)
     assert card["training"]["config"]["epochs"] == 1
     assert card["export_check"]["max_abs_probability_difference_litert_vs_keras"] < 1e-4
     assert not (out / "ece_spread.json").exists()
+    assert not list(out.glob("*_test.png"))  # the earlier model's plots went with its figures
     assert (out / "splits.json").is_file() and (out / "curves.png").is_file()
     assert Predictor(out).classes == CLASSES
 

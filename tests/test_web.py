@@ -174,9 +174,17 @@ def test_one_image_gives_the_result_page(client, models_root):
     assert image and client.get(image.group(1)).status_code == 200
 
 
-def test_result_page_is_not_cached(client):
+def test_result_pages_and_their_files_are_not_cached(client):
     response = submit(client, ("a.jpg", image_bytes()))
     assert client.get(response.headers["Location"]).headers["Cache-Control"] == "no-store"
+    batch = submit(client, ("a.jpg", image_bytes()), ("b.png", image_bytes(fmt="PNG")))
+    location = batch.headers["Location"]
+    html = client.get(location).get_data(as_text=True)
+    stored_image = re.search(r'src="(/uploads/[0-9a-f]{32}\.jpg)"', html).group(1)
+    for address in (location, f"{location}/1", f"{location}.csv", stored_image):
+        response = client.get(address)
+        assert response.status_code == 200, address
+        assert response.headers["Cache-Control"] == "no-store", address
 
 
 def test_many_images_give_the_batch_page_with_the_differential(client, models_root):
@@ -263,11 +271,17 @@ def test_default_model_choice(tmp_path, tiny_model_dir, names, default):
     )
 
 
-def test_models_are_loaded_once_at_startup(app):
+def test_models_are_loaded_once_at_startup(app, monkeypatch):
     predictor = app.extensions["predictors"]["tiny"]
+    loads = []
+    real_init = Predictor.__init__
+    monkeypatch.setattr(Predictor, "__init__",
+                        lambda self, *a, **k: loads.append(a) or real_init(self, *a, **k))
     client = app.test_client()
-    submit(client, ("a.jpg", image_bytes()))
+    location = submit(client, ("a.jpg", image_bytes())).headers["Location"]
+    assert client.get(location).status_code == 200
     client.post("/api/predict", data={"file": (io.BytesIO(image_bytes()), "a.jpg")})
+    assert not loads  # no request builds a model of its own
     assert app.extensions["predictors"]["tiny"] is predictor
 
 

@@ -202,8 +202,13 @@ def test_the_result_page_states_the_models_measured_calibration_error(tmp_path,
 
 
 def test_not_a_cell_has_no_heat_map_and_points_to_the_other_models(client, models_root):
-    html = page(client, upload(client, "strange", ("red.jpg", RED)))
+    location = upload(client, "strange", ("red.jpg", RED))
+    html = page(client, location)
     assert 'id="heat-map"' not in html
+    response = client.get(f"{location}/0/heat-map.png")  # nor by its address
+    assert response.status_code == 404
+    assert "did not look like the cells model 'strange' was trained on" in \
+        unescape(response.get_data(as_text=True))
     others = re.findall(r'upload it to <a href="/\?model=(\w+)">', html)
     assert others == ["accepting", "tiny", "unsure"]
     assert 'selected' in re.search(r'<option value="unsure"[^>]*>',
@@ -236,6 +241,7 @@ def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root)
     location = upload(client, "accepting", ("red.jpg", RED))
     response = client.get(f"{location}/0/heat-map.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.headers["Cache-Control"] == "no-store"
     image = Image.open(io.BytesIO(response.data))
     assert image.size == (224, 224) and image.mode == "RGB"
     assert client.get(f"{location}/5/heat-map.png").status_code == 404

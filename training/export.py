@@ -266,8 +266,9 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         # ablation table stays: it is the history of recipes behind this name.
         (out_dir / "ece_spread.json").unlink(missing_ok=True)
     # The card's metrics start empty: figures measured on an earlier export go with them.
-    for stale in [*out_dir.glob("confusion_*.png"), *out_dir.glob("reliability_*.png")]:
-        stale.unlink()
+    for kind in ("confusion", "reliability", "coverage"):
+        for stale in out_dir.glob(f"{kind}_*.png"):
+            stale.unlink()
     if trust:
         fit_trust(out_dir, progress=False)
     return out_dir

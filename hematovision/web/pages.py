@@ -40,6 +40,10 @@ DIFFERENTIAL_CELLS = 100
 # Above this expected calibration error on a test set, the result page calls the confidence a
 # rough guide rather than a probability to act on.
 ROUGH_ECE = 0.05
+NOT_A_CELL_NO_MAP = (
+    "This image did not look like the cells model {name!r} was trained on, so it has no heat "
+    "map: the map would show evidence for a cell type the image is not."
+)
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
@@ -226,6 +230,8 @@ def heat_map(batch_id: str, index: int):
     retention = human_duration(current_app.config["RETENTION_SECONDS"])
     if "label" not in item or not item.get("image"):
         abort(404, description="This file could not be read, so it has no heat map.")
+    if results.status_of(item) == NOT_A_CELL:  # the result page offers none either
+        abort(404, description=NOT_A_CELL_NO_MAP.format(name=stored["model"]))
     predictor = served_model(stored["model"])
     if predictor is None:
         abort(404, description=MODEL_GONE.format(name=stored["model"]))
