@@ -288,3 +288,18 @@ def test_the_model_cards_crop_is_applied(tmp_path, tiny_model_dir):
     uncropped = predictor.predict_images_arrays([to_input(load_image(data), 224)])[0].probabilities
     assert result["probabilities"] == pytest.approx(cropped, abs=1e-6)
     assert result["probabilities"] != pytest.approx(uncropped, abs=1e-6)
+
+
+def test_the_pixel_limit_is_the_apps_setting(tmp_path, tiny_model_dir):
+    """MAX_IMAGE_PIXELS (a deployment may lower it for small workers) is what uploads are
+    checked against (the form goes through the same `classify_request`)."""
+    root = make_models_root(tmp_path / "m", tiny_model_dir)
+    client = make_app(tmp_path, root, MAX_IMAGE_PIXELS=3000).test_client()
+    small, large = image_bytes(size=(50, 50)), image_bytes(size=(64, 48))  # 2,500 and 3,072
+    response = post(client, ("small.jpg", small), ("large.jpg", large))
+    assert response.status_code == 200
+    ok, refused = response.get_json()["results"]
+    assert ok["label"] in CLASSES
+    assert refused == {"file": "large.jpg", "error": "The image is too large (64x48 pixels); "
+                                                      "the limit is 3,000 pixels."}
+    assert post(client, ("large.jpg", large)).status_code == 400

@@ -104,3 +104,38 @@ def test_fitting_from_another_folder_names_the_missing_training_data(trained_run
     (model_dir / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(SystemExit, match="the data smoke was trained on, is not a folder"):
         calibrate.fit_trust(model_dir, progress=False)
+
+
+def test_the_fitted_unfamiliarity_rule_is_the_one_the_card_states(trusted_model_dir):
+    """Class means from the training split; each layer's distances divided by their median on
+    validation (so each is 1 there); not_a_cell above the card's quantile of the validation
+    images' scores, rounded up as stored. Recomputed here from the served outputs."""
+    from pathlib import Path
+
+    from hematovision.predictor import Predictor, read_card
+    from hematovision.trust import LayerGaussians, layer_distances
+
+    card = read_card(trusted_model_dir)
+    split = json.loads((trusted_model_dir / "splits.json").read_text())
+    root = Path(card["training"]["config"]["data"])
+    predictor = Predictor(trusted_model_dir)
+    layers = predictor.trust.layers
+    train_out, train_labels = calibrate.labelled_outputs(predictor, root, split["train"], False)
+    val_out, _ = calibrate.labelled_outputs(predictor, root, split["val"], False)
+    assert len(train_labels) == 20 and len(val_out.logits) == 12
+
+    bounds = np.cumsum([0, *(g.dim for g in layers)])
+    for g, a, b in zip(layers, bounds[:-1], bounds[1:]):
+        class_means = [train_out.features[train_labels == k, a:b].mean(axis=0)
+                       for k in range(len(predictor.classes))]
+        np.testing.assert_allclose(g.means, class_means, rtol=1e-4, atol=1e-5)
+    # In float64 as fitted: the tiny model's 4-d features are so ill-conditioned that the
+    # served float32 arithmetic moves its distances by a few per cent (0.2 % at most for pbc8).
+    distances = layer_distances(
+        tuple(LayerGaussians(g.means.astype(np.float64), g.whitening.astype(np.float64), g.scale)
+              for g in layers), val_out.features.astype(np.float64))
+    np.testing.assert_allclose(np.median(distances, axis=0), 1.0, rtol=1e-3)  # float32 arrays
+    ood = card["trust"]["ood"]
+    quantile = float(np.quantile(distances.max(axis=1), ood["quantile"]))
+    assert ood["threshold"] == pytest.approx(quantile, rel=1e-3, abs=1e-4)
+    assert predictor.trust.ood_threshold == ood["threshold"]

@@ -76,3 +76,24 @@ def test_macro_f1_interval_resamples_smears():
     assert result["units"] == 6
     low, high = result["macro_f1"]
     assert low < macro_f1(y_true, y_pred, 2) < high
+
+
+def test_evaluating_a_folder_with_some_of_the_models_classes(tiny_model_dir, tmp_path):
+    """A test folder may hold only some of the model's classes: each image's truth is its
+    folder's class in the model's order, not the folder's position in the listing."""
+    from hematovision.predictor import Predictor
+    from tests.conftest import CELL_COLORS, CLASSES, make_image
+    from training.evaluate import evaluate
+
+    present = {"lymphocyte": CELL_COLORS[1], "neutrophil": CELL_COLORS[3]}
+    paths = {name: [make_image(tmp_path / "data" / name / f"{i}.jpg", color) for i in range(3)]
+             for name, color in present.items()}
+    metrics = evaluate(tiny_model_dir, tmp_path / "data", tmp_path / "out")
+    assert {c: m["support"] for c, m in metrics["per_class"].items()} == {
+        "eosinophil": 0, "lymphocyte": 3, "monocyte": 0, "neutrophil": 3}
+    predictor = Predictor(tiny_model_dir)
+    right = sum(predictor.predict(p).label == name for name, ps in paths.items() for p in ps)
+    assert metrics["accuracy"] == round(right / 6, 4)
+    predicted = [predictor.predict(p).label for ps in paths.values() for p in ps]
+    assert np.array(metrics["confusion_matrix"]).sum(axis=0).tolist() == [
+        predicted.count(c) for c in CLASSES]

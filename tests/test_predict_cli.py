@@ -4,6 +4,7 @@ import struct
 import pytest
 
 from hematovision.predict import main
+from hematovision.predictor import Predictor
 from tests.conftest import CLASSES, make_image
 from tests.web_helpers import (CRASHING_SIZE, crash_decoder_on, make_models_root,
                                spread_operating_points)
@@ -59,7 +60,6 @@ def test_every_file_of_a_run_longer_than_a_batch_gets_its_own_result(tiny_model_
     """Files are decoded a batch ahead of the model (batch.decoded_chunks): each line must
     still be its own file's answer, across batch boundaries."""
     from hematovision.batch import BATCH_SIZE
-    from hematovision.predictor import Predictor
 
     paths = [make_image(tmp_path / "cells" / f"{i:02d}.jpg", (40 + 5 * i, 200 - 4 * i, 90))
              for i in range(BATCH_SIZE + 8)]
@@ -79,7 +79,6 @@ def test_the_model_cards_crop_is_applied_by_the_cli_and_evaluation(tiny_model_di
     """The default model crops on the nucleus; the command line and the evaluation path
     (batch.forward_files, also used to fit the trust layer) must crop as the web path does."""
     from hematovision.batch import forward_files
-    from hematovision.predictor import Predictor
     from hematovision.preprocess import load_image, to_input
     from hematovision.trust import softmax
 
@@ -122,13 +121,16 @@ def test_json_lines_carry_the_fitted_trust_layer(trusted_model_dir, tmp_path, ca
     path = make_image(tmp_path / "a.jpg", (200, 60, 60))
     main([str(path), "--json", "--quiet", "--model-dir", str(trusted_model_dir)])
     line = json.loads(capsys.readouterr().out)
-    scores = line["scores"]
-    assert scores["unfamiliarity"] >= 0 and scores["unfamiliarity_threshold"] > 0
-    assert scores["temperature"] > 0 and 0 <= scores["confidence_threshold"] <= 1
-    expected = ("not_a_cell" if scores["unfamiliarity"] > scores["unfamiliarity_threshold"]
-                else "unidentified" if line["confidence"] < scores["confidence_threshold"]
-                else "accepted")
-    assert line["status"] == expected
+    expected = Predictor(trusted_model_dir).predict(path)  # the library's answer, tested there
+    card = json.loads((trusted_model_dir / "model_card.json").read_text())["trust"]
+    assert line["status"] == expected.status
+    assert line["scores"] == pytest.approx(expected.scores, rel=1e-6)
+    # Scores are shown to 3 decimals.
+    assert line["scores"]["unfamiliarity_threshold"] == pytest.approx(card["ood"]["threshold"],
+                                                                      abs=5e-4)
+    assert line["scores"]["confidence_threshold"] == pytest.approx(card["confidence_threshold"],
+                                                                   abs=5e-4)
+    assert line["scores"]["unfamiliarity"] > 0
 
 
 def test_accuracy_target_sets_the_threshold_from_the_cards_operating_points(

@@ -70,8 +70,18 @@ def test_card_class_count_must_match_the_model(tiny_model_dir, tmp_path):
 
 
 def test_available_models_lists_complete_folders_only(tiny_model_dir, tmp_path):
-    (tiny_model_dir.parent / "empty").mkdir(exist_ok=True)
-    assert available_models(tiny_model_dir.parent) == ["tiny"]
+    """A model folder holds a card and a serving file; a half-copied one is not offered (the
+    app would fail to start on it)."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "complete")
+    for name, keep in (("card_only", "model_card.json"), ("serving_only", "model.tflite")):
+        (tmp_path / name).mkdir()
+        shutil.copy2(tiny_model_dir / keep, tmp_path / name / keep)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a folder")
+    assert available_models(tmp_path) == ["complete"]
+    assert available_models(tmp_path / "missing") == []
 
 
 def test_a_predictor_puts_numpy_blas_on_one_thread(tiny_model_dir):

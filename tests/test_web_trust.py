@@ -336,7 +336,11 @@ def test_api_reports_each_status_with_its_scores(client, models_root, model, sta
     card = json.loads((models_root / model / "model_card.json").read_text())["trust"]
     assert result["scores"]["confidence_threshold"] == card["confidence_threshold"]
     assert result["scores"]["temperature"] == pytest.approx(card["temperature"], abs=1e-4)
-    assert result["scores"]["unfamiliarity"] >= 0
+    served = Predictor(models_root / model).predict(RED)
+    assert result["scores"]["unfamiliarity"] == pytest.approx(served.scores["unfamiliarity"],
+                                                              rel=1e-6)
+    assert result["scores"]["unfamiliarity_threshold"] == pytest.approx(card["ood"]["threshold"],
+                                                                        abs=5e-4)
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
 
 
