@@ -1,7 +1,9 @@
 """One-epoch training smoke run, export and evaluation on a tiny generated ImageFolder.
 
-Runs the real MobileNetV2 code path (random init, 2 images per class, 1 epoch, 64 px inputs
-are not allowed by the serving contract, so 224 px with very few images).
+Runs the real MobileNetV2 code path (random init, 4 images per class, 1 epoch) at 224 px, the
+size the committed models serve, so that the exported card, the LiteRT file and the heat maps
+are checked at their real shapes; other sizes are covered where only the network matters
+(`test_the_split_network_equals_the_plain_backbone`, 96 px).
 """
 
 import json
