@@ -183,6 +183,45 @@ def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_p
     assert tables.ablation_table([served]).splitlines()[2].endswith("| n/a | 5 |")
 
 
+def test_ablation_keeps_a_candidates_figures_as_served_from_its_scratch_export(tmp_path):
+    """A candidate exported to a scratch folder and not adopted: its served validation figures
+    (what the adoption rule read) stay in its row; the served model's come from its card."""
+    from training.config import TrainConfig
+
+    summary = {"initialisation": "random", "best_epoch": 1, "train_seconds": 5.0,
+               "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8}}
+    for name in ("served-run", "candidate"):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        TrainConfig(data="d").save(run / "config.json")
+        (run / "summary.json").write_text(json.dumps(summary))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    validation = {"n": 8, "accuracy": 0.875, "nll_before": 0.31, "nll_after": 0.3,
+                  "ece_after": 0.05, "accepted_rate": 0.75, "not_a_cell_rate": 0.0}
+    (scratch / "model_card.json").write_text(json.dumps({
+        "test_time_augmentation": {"views": ["as is", "flipped left-right"]},
+        "trust": {"validation": validation}}))
+    out = tmp_path / "ablation.json"
+    tables.main(["ablation", str(tmp_path / "runs" / "served-run"), str(tmp_path / "runs" /
+                 "candidate"), "--out", str(out), "--exported", f"candidate={scratch}"])
+    served, candidate = json.loads(out.read_text())
+    assert candidate["served_validation"] == {
+        "n": 8, "accuracy": 0.875, "nll_before": 0.31, "ece_after": 0.05, "accepted_rate": 0.75,
+        "not_a_cell_rate": 0.0, "views": 2}
+    assert "served_validation" not in served
+    lines = tables.ablation_table([served, candidate],
+                                  served_validation=("served-run", {"accuracy": 0.9, "views": 4})
+                                  ).splitlines()
+    assert lines[0].endswith("| val accuracy as served |")
+    assert lines[2].endswith("| 0.9000 (4 views) |") and lines[3].endswith("| 0.8750 (2 views) |")
+    # Without any kept export the column is left out (the wbc4 table).
+    assert "as served" not in tables.ablation_table([served]).splitlines()[0]
+    with pytest.raises(SystemExit, match="no row for run 'other'"):
+        tables.main(["ablation", "--out", str(out), "--append", "--exported",
+                     f"other={scratch}"])
+
+
 def test_crossfit_table_shows_what_the_fitted_temperature_does_on_validation(tmp_path):
     model = tmp_path / "m"
     model.mkdir()

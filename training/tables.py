@@ -60,6 +60,20 @@ def _out_of_fold(crossfit_json: Path) -> dict:
             | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]})
 
 
+SERVED_FIGURES = ("n", "accuracy", "nll_before", "ece_after", "accepted_rate", "not_a_cell_rate")
+
+
+def _served_validation(model_dir: Path) -> dict:
+    """An exported model's validation figures as served (its views, its trust layer): what an
+    adoption rule reads, kept with the run's row when the exported folder itself is not kept."""
+    card = read_card(Path(model_dir))
+    figures = card.get("trust", {}).get("validation")
+    if not figures:  # exported without a trust layer: nothing measured as served
+        return {}
+    views = (card.get("test_time_augmentation") or {}).get("views", ["as is"])
+    return {k: figures[k] for k in SERVED_FIGURES if k in figures} | {"views": len(views)}
+
+
 def _best_val_loss(run: Path, best_epoch: int) -> float | None:
     """Validation loss at the best epoch (the early-stopping criterion), from metrics.csv."""
     metrics = run / "metrics.csv"
@@ -94,25 +108,38 @@ def _extra_label(setting: str, images: int) -> str:
     return f"{', '.join(names)} ({images})" if names else "none"
 
 
-def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> str:
+def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None,
+                   served_validation: tuple[str, dict] | None = None) -> str:
     """One row per run. `served`: (run folder, out-of-fold figures) of the served model, whose
-    run folder is gone but whose model folder keeps its crossfit.json."""
+    run folder is gone but whose model folder keeps its crossfit.json; `served_validation`:
+    (run folder, validation figures as served) from the served model's card. The "as served"
+    column appears when some other row kept its exported figures (`--exported`)."""
+    as_served = any(r.get("served_validation") for r in rows)
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
              "| unassigned images | smears of one field of view grouped "
              "| extra training images | best epoch | val loss | val accuracy "
-             "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
+             + (" val accuracy as served |" if as_served else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             + ("---|" if as_served else "")]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
         field_groups = "yes" if r.get("field_groups") else "no"
         oof = r.get("out_of_fold") or (served[1] if served and served[0] == r["run"] else {})
-        lines.append(f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
-                     f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
-                     f"{field_groups} | "
-                     f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
-                     f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
-                     f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
-                     f"{_fmt(oof.get('accuracy'))} | {r['train_seconds']:.0f} |")
+        line = (f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
+                f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
+                f"{field_groups} | "
+                f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
+                f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
+                f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
+                f"{_fmt(oof.get('accuracy'))} | {r['train_seconds']:.0f} |")
+        if as_served:
+            figures = r.get("served_validation") or (
+                served_validation[1] if served_validation and served_validation[0] == r["run"]
+                else {})
+            line += (f" {figures['accuracy']:.4f} ({figures['views']} views) |" if figures
+                     else " n/a |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -430,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
     ab.add_argument("--out-of-fold", action="append", default=[], metavar="RUN=CROSSFIT_JSON",
                     help="attach a crossfit.json to RUN's row, e.g. that of a replaced served "
                          "model, taken from git")
+    ab.add_argument("--exported", action="append", default=[], metavar="RUN=MODEL_DIR",
+                    help="keep the validation figures of RUN exported to MODEL_DIR (as served: "
+                         "its views and trust layer) in RUN's row, e.g. of a candidate that "
+                         "was exported to a scratch folder and not adopted")
     rd = sub.add_parser("readme", help="rewrite the README's generated tables")
     rd.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
@@ -447,6 +478,13 @@ def main(argv: list[str] | None = None) -> None:
             if not matching or not Path(file).is_file():
                 raise SystemExit(f"--out-of-fold {spec}: no row for run {run!r} or no file {file}")
             matching[0]["out_of_fold"] = _out_of_fold(Path(file))
+        for spec in args.exported:
+            run, _, folder = spec.partition("=")
+            matching = [r for r in rows if r["run"] == run]
+            if not matching or not (Path(folder) / "model_card.json").is_file():
+                raise SystemExit(f"--exported {spec}: no row for run {run!r} or no model card "
+                                 f"in {folder}")
+            matching[0]["served_validation"] = _served_validation(Path(folder))
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
@@ -460,8 +498,9 @@ def main(argv: list[str] | None = None) -> None:
                 run = read_card(MODELS_ROOT / name).get("training", {}).get("run_folder", "")
                 crossfit = MODELS_ROOT / name / "crossfit.json"
                 served = (run, _out_of_fold(crossfit)) if crossfit.is_file() else None
-                blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
-                                                            served)
+                blocks[f"ablation-{name}"] = ablation_table(
+                    json.loads(ablation.read_text()), served,
+                    (run, _served_validation(MODELS_ROOT / name)))
         rewrite(args.readme, blocks)
 
 
