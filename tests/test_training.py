@@ -111,7 +111,11 @@ def test_the_cache_is_reused_only_while_file_contents_and_code_are_unchanged(tmp
 
 
 def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path):
-    _, run_dir = trained_run
+    _, trained = trained_run
+    # A copy whose config says it trained on nucleus crops: the card must tell serving so.
+    run_dir = Path(shutil.copytree(trained, tmp_path / "runs" / trained.name))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(config | {"crop": "nucleus"}))
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "ece_spread.json").write_text("{}")  # an earlier model's figures
     for kind in ("confusion", "reliability", "coverage"):
@@ -126,7 +130,9 @@ def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path)
     assert not (out / "ece_spread.json").exists()
     assert not list(out.glob("*_test.png"))  # the earlier model's plots went with its figures
     assert (out / "splits.json").is_file() and (out / "curves.png").is_file()
-    assert Predictor(out).classes == CLASSES
+    assert card["preprocessing"]["crop"] == "nucleus"
+    predictor = Predictor(out)
+    assert predictor.classes == CLASSES and predictor.crop == "nucleus"
 
 
 def test_export_fits_the_trust_layer_on_validation(trained_run, tmp_path):
