@@ -292,3 +292,19 @@ def test_operating_points_table_pairs_the_held_out_and_the_test_figures(tmp_path
     (folder / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(SystemExit, match="measured at another threshold for the 95% target"):
         tables.operating_points_table(tmp_path)
+
+
+def test_splits_table_counts_images_and_groups_from_each_models_split_file(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_card.json").write_text("{}")
+        (tmp_path / name / "model.tflite").write_bytes(b"")
+    (tmp_path / "a" / "splits.json").write_text(json.dumps({
+        "root": "../shared/data/kaggle_blood_cells/train",
+        "counts": {"train": 3792, "val": 667, "test": 0, "unassigned": 5388,
+                   "excluded_groups": 2, "extra_train": 0},
+        "groups": {"train": 217, "val": 39, "test": 0}}))
+    lines = tables.splits_table(tmp_path).splitlines()
+    assert len(lines) == 3  # "b" has no splits.json: no row
+    assert lines[2] == ("| `a` | kaggle_blood_cells/train | 3,792 (217 groups) | 667 (39 groups) "
+                        "| 0 | 5,388 | 2 |")

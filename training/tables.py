@@ -323,6 +323,28 @@ def tta_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def splits_table(root: Path = MODELS_ROOT) -> str:
+    """Each model's split (its splits.json): images and source groups per side, the images of
+    unknown source and the groups left out for carrying two labels."""
+    lines = ["| model | data | train | validation | test | no known source (never validated) "
+             "| groups left out (two labels) |", "|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        path = root / name / "splits.json"
+        if not path.is_file():
+            continue
+        split = json.loads(path.read_text())
+        counts, groups = split["counts"], split["groups"]
+
+        def side(key: str) -> str:
+            return f"{counts[key]:,} ({groups[key]:,} groups)" if counts[key] else "0"
+
+        data = "/".join(Path(split["root"]).parts[-2:])  # kaggle_blood_cells/train, data/pbc
+        lines.append(f"| `{name}` | {data} | {side('train')} | {side('val')} | "
+                     f"{side('test')} | {counts.get('unassigned', 0):,} | "
+                     f"{counts.get('excluded_groups', 0)} |")
+    return "\n".join(lines)
+
+
 def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
     """Share of each unfamiliar-image set flagged not_a_cell (and unidentified), per model."""
     names = [n for n in available_models(root) if "unfamiliar" in read_card(root / n)["metrics"]]
@@ -490,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
                   "trust": trust_table(), "operating-points": operating_points_table(),
-                  "unfamiliar": unfamiliar_table(), "tta": tta_table(),
+                  "unfamiliar": unfamiliar_table(), "tta": tta_table(), "splits": splits_table(),
                   "crossfit": crossfit_table(), "ece-spread": ece_spread_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
