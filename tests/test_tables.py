@@ -304,7 +304,8 @@ def test_splits_table_counts_images_and_groups_from_each_models_split_file(tmp_p
         "counts": {"train": 3792, "val": 667, "test": 0, "unassigned": 5388,
                    "excluded_groups": 2, "extra_train": 0},
         "groups": {"train": 217, "val": 39, "test": 0}}))
+    (tmp_path / "b" / "splits.json").write_text(json.dumps({"root": "d", "train": ["x.jpg"]}))
     lines = tables.splits_table(tmp_path).splitlines()
-    assert len(lines) == 3  # "b" has no splits.json: no row
+    assert len(lines) == 3  # "b"'s split file predates the counts: no row
     assert lines[2] == ("| `a` | kaggle_blood_cells/train | 3,792 (217 groups) | 667 (39 groups) "
                         "| 0 | 5,388 | 2 |")

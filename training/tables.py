@@ -333,6 +333,8 @@ def splits_table(root: Path = MODELS_ROOT) -> str:
         if not path.is_file():
             continue
         split = json.loads(path.read_text())
+        if "counts" not in split or "groups" not in split:  # saved before they were recorded
+            continue
         counts, groups = split["counts"], split["groups"]
 
         def side(key: str) -> str:
