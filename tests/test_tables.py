@@ -177,7 +177,8 @@ def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_p
     assert trial["out_of_fold"]["accuracy"] == 0.81234
     assert trial["out_of_fold"]["per_fold"] == [0.8] * 5
     assert "out_of_fold" not in served
-    lines = tables.ablation_table([trial, served], ("served-run", {"accuracy": 0.7})).splitlines()
+    lines = tables.ablation_table(
+        [trial, served], ("served-run", {"out_of_fold": {"accuracy": 0.7}})).splitlines()
     assert "| out-of-fold accuracy |" in lines[0]
     assert lines[2].endswith("| 0.8123 | 5 |") and lines[3].endswith("| 0.7000 | 5 |")
     assert tables.ablation_table([served]).splitlines()[2].endswith("| n/a | 5 |")
@@ -210,9 +211,9 @@ def test_ablation_keeps_a_candidates_figures_as_served_from_its_scratch_export(t
         "n": 8, "accuracy": 0.875, "nll_before": 0.31, "ece_after": 0.05, "accepted_rate": 0.75,
         "not_a_cell_rate": 0.0, "views": 2}
     assert "served_validation" not in served
-    lines = tables.ablation_table([served, candidate],
-                                  served_validation=("served-run", {"accuracy": 0.9, "views": 4})
-                                  ).splitlines()
+    lines = tables.ablation_table(
+        [served, candidate], ("served-run", {"served_validation": {"accuracy": 0.9, "views": 4}})
+    ).splitlines()
     assert lines[0].endswith("| val accuracy as served |")
     assert lines[2].endswith("| 0.9000 (4 views) |") and lines[3].endswith("| 0.8750 (2 views) |")
     # Without any kept export the column is left out (the wbc4 table).

@@ -63,15 +63,18 @@ def _out_of_fold(crossfit_json: Path) -> dict:
 SERVED_FIGURES = ("n", "accuracy", "nll_before", "ece_after", "accepted_rate", "not_a_cell_rate")
 
 
-def _served_validation(model_dir: Path) -> dict:
+def _served_views(card: dict) -> int:
+    """How many views of each image the exported model averages (1 without TTA)."""
+    return len((card.get("test_time_augmentation") or {}).get("views", [])) or 1
+
+
+def _served_validation(card: dict) -> dict:
     """An exported model's validation figures as served (its views, its trust layer): what an
     adoption rule reads, kept with the run's row when the exported folder itself is not kept."""
-    card = read_card(Path(model_dir))
     figures = card.get("trust", {}).get("validation")
     if not figures:  # exported without a trust layer: nothing measured as served
         return {}
-    views = (card.get("test_time_augmentation") or {}).get("views", ["as is"])
-    return {k: figures[k] for k in SERVED_FIGURES if k in figures} | {"views": len(views)}
+    return {k: figures[k] for k in SERVED_FIGURES if k in figures} | {"views": _served_views(card)}
 
 
 def _best_val_loss(run: Path, best_epoch: int) -> float | None:
@@ -108,13 +111,14 @@ def _extra_label(setting: str, images: int) -> str:
     return f"{', '.join(names)} ({images})" if names else "none"
 
 
-def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None,
-                   served_validation: tuple[str, dict] | None = None) -> str:
-    """One row per run. `served`: (run folder, out-of-fold figures) of the served model, whose
-    run folder is gone but whose model folder keeps its crossfit.json; `served_validation`:
-    (run folder, validation figures as served) from the served model's card. The "as served"
-    column appears when some other row kept its exported figures (`--exported`)."""
+def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> str:
+    """One row per run. `served`: (run folder, row fields) of the served model, whose run folder
+    is gone but whose model folder keeps them: "out_of_fold" (its crossfit.json) and
+    "served_validation" (its card); a row's own fields come first. The "as served" column
+    appears when some row kept its exported figures (`--exported`)."""
     as_served = any(r.get("served_validation") for r in rows)
+    if served:
+        rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
              "| unassigned images | smears of one field of view grouped "
              "| extra training images | best epoch | val loss | val accuracy "
@@ -125,7 +129,7 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None,
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
         field_groups = "yes" if r.get("field_groups") else "no"
-        oof = r.get("out_of_fold") or (served[1] if served and served[0] == r["run"] else {})
+        oof = r.get("out_of_fold") or {}
         line = (f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
                 f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
                 f"{field_groups} | "
@@ -134,9 +138,7 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None,
                 f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                 f"{_fmt(oof.get('accuracy'))} | {r['train_seconds']:.0f} |")
         if as_served:
-            figures = r.get("served_validation") or (
-                served_validation[1] if served_validation and served_validation[0] == r["run"]
-                else {})
+            figures = r.get("served_validation")
             line += (f" {figures['accuracy']:.4f} ({figures['views']} views) |" if figures
                      else " n/a |")
         lines.append(line)
@@ -317,7 +319,7 @@ def tta_table(root: Path = MODELS_ROOT) -> str:
         served = (card.get("trust") or {}).get("validation")
         if not served or "accuracy" not in card.get("validation", {}):
             continue
-        views = len((card.get("test_time_augmentation") or {}).get("views", [])) or 1
+        views = _served_views(card)
         lines.append(f"| `{name}` | {served['n']} | {card['validation']['accuracy']:.4f} | "
                      f"{served['accuracy']:.4f} | {views} |")
     return "\n".join(lines)
@@ -508,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
             if not matching or not (Path(folder) / "model_card.json").is_file():
                 raise SystemExit(f"--exported {spec}: no row for run {run!r} or no model card "
                                  f"in {folder}")
-            matching[0]["served_validation"] = _served_validation(Path(folder))
+            matching[0]["served_validation"] = _served_validation(read_card(Path(folder)))
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
@@ -519,12 +521,13 @@ def main(argv: list[str] | None = None) -> None:
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():
-                run = read_card(MODELS_ROOT / name).get("training", {}).get("run_folder", "")
+                card = read_card(MODELS_ROOT / name)
                 crossfit = MODELS_ROOT / name / "crossfit.json"
-                served = (run, _out_of_fold(crossfit)) if crossfit.is_file() else None
-                blocks[f"ablation-{name}"] = ablation_table(
-                    json.loads(ablation.read_text()), served,
-                    (run, _served_validation(MODELS_ROOT / name)))
+                kept = {"served_validation": _served_validation(card)} | (
+                    {"out_of_fold": _out_of_fold(crossfit)} if crossfit.is_file() else {})
+                run = card.get("training", {}).get("run_folder", "")
+                blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
+                                                            (run, kept))
         rewrite(args.readme, blocks)
 
 
