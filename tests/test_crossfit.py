@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hematovision.trust import softmax, threshold_for_target
 from training import crossfit
 from training.config import TrainConfig
 from training.calibrate import TARGET_ACCURACY, fit_temperature, fit_trust
+from training.stopwatch import ELAPSED_FILE
 
 
 def test_folds_keep_groups_whole_and_spread_every_class():
@@ -172,10 +174,16 @@ def test_a_stopped_crossfit_resumes_at_its_first_unfinished_fold(trained_run, tm
     assert not (folder / crossfit.NPZ_FILE).exists()
     with np.load(folder / crossfit.PARTIAL_DIR / "fold0.npz") as arrays:
         first_fold = arrays["logits"]
+    first_session = json.loads(
+        (folder / crossfit.PARTIAL_DIR / ELAPSED_FILE).read_text())["seconds"]
+    assert first_session > 0
 
     monkeypatch.setattr(train, "fit", lambda *a, **k: (fits.append(k.get("log_name")),
                                                        real_fit(*a, **k))[1])
+    started = time.time()
     summary = crossfit.crossfit(folder, folds=2)
+    # Its time counts the first session up to its finished fold, and all of the second.
+    assert summary["seconds"] == pytest.approx(first_session + time.time() - started, abs=1.0)
     assert fits == ["fold0.csv", "fold1.csv", "fold1.csv"]  # fold 0 was not trained again
     with np.load(folder / crossfit.NPZ_FILE) as arrays:
         np.testing.assert_array_equal(arrays["logits"][arrays["folds"] == 0], first_fold)

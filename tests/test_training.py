@@ -19,6 +19,7 @@ from hematovision.predictor import Predictor
 from hematovision.trust import softmax
 from training import calibrate, evaluate, export, train
 from training.config import TrainConfig
+from training.stopwatch import ELAPSED_FILE
 from tests.conftest import CELL_COLORS, CLASSES
 
 
@@ -248,8 +249,12 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     with open(run_dir / "metrics.csv") as f:
         first = list(csv.DictReader(f))
     assert len(first) == 2 and not (run_dir / "summary.json").exists()
-    first_session = json.loads((run_dir / "elapsed.json").read_text())["seconds"]
+    first_session = json.loads((run_dir / ELAPSED_FILE).read_text())["seconds"]
     assert first_session > 0  # building the model, caching and two epochs
+    # The same stopped run as a run from before its time was kept: no elapsed file.
+    untimed = tmp_path / "untimed" / run_dir.name
+    shutil.copytree(run_dir, untimed)
+    (untimed / ELAPSED_FILE).unlink()
 
     seen = {}
 
@@ -280,18 +285,9 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
         assert not (run_dir / leftover).exists(), leftover
     with pytest.raises(SystemExit, match="nothing to resume"):
         train.train(config, resume=run_dir)
-
-
-def test_a_run_resumed_from_before_its_time_was_kept_has_no_training_time(tmp_path):
-    """Its earlier sessions' time is unknown: the summary says so instead of giving only the
-    last session's. A run stopped before its first epoch lost no counted time."""
-    backup = train.Backup(tmp_path)
-    backup.folder.mkdir()
-    (backup.folder / backup.METADATA).write_text('{"epoch": 4, "batch": 0}')
-    assert train.Stopwatch(tmp_path, time.time(), resumed=True).seconds() is None
-    shutil.rmtree(backup.folder)
-    assert train.Stopwatch(tmp_path, time.time() - 3, resumed=True).seconds() == pytest.approx(
-        3, abs=0.2)
+    # Its earlier session's time is unknown: none, rather than the last session's as the whole.
+    train.train(config, resume=untimed)
+    assert json.loads((untimed / "summary.json").read_text())["train_seconds"] is None
 
 
 def test_resumed_fits_carry_early_stopping_and_the_plateau_schedule_over():

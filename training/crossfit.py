@@ -41,6 +41,7 @@ from hematovision.batch import decoded_chunks
 from training import data as data_lib
 from training.config import TrainConfig
 from training.pretrained import file_sha256
+from training.stopwatch import ELAPSED_FILE, Stopwatch
 
 NPZ_FILE = "crossfit.npz"
 JSON_FILE = "crossfit.json"
@@ -126,6 +127,9 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     partial = Partial(folder / PARTIAL_DIR, {
         "folds": folds, "tta": tta, "stopping": stopping, "weights": config.weights,
         "model_sha256": file_sha256(folder / "model.keras"), "pool": fold_of})
+    # The time of the sessions before a resume, kept with the finished folds.
+    stopwatch = Stopwatch(partial.folder / ELAPSED_FILE, started,
+                          earlier_known=not any(partial.has(k) for k in range(folds)))
     with tempfile.TemporaryDirectory() as logs:
         for k in range(folds):
             held = [f for f in pool if fold_of[f] == k]
@@ -162,6 +166,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
                              "epochs": epochs,
                              "accuracy": round(accuracy, 4)})
             partial.save(k, logits[index], per_fold[-1])
+            stopwatch.save()
             log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
 
     labels = np.array([label_of[f] for f in pool])
@@ -179,7 +184,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
         "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
         "nll": round(nll(logits, labels), 4),
         "per_fold": per_fold,
-        "seconds": round(time.time() - started, 1),
+        "seconds": stopwatch.seconds(),  # every session; None where one went unrecorded
     }
     (folder / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     partial.discard()
@@ -202,10 +207,13 @@ class Partial:
             self.folder.mkdir(parents=True)
             settings_file.write_text(json.dumps(settings))
 
+    def has(self, k: int) -> bool:
+        return (self.folder / f"fold{k}.npz").is_file()
+
     def fold(self, k: int) -> tuple[np.ndarray, dict] | None:
-        path = self.folder / f"fold{k}.npz"
-        if not path.is_file():
+        if not self.has(k):
             return None
+        path = self.folder / f"fold{k}.npz"
         with np.load(path) as arrays:
             return arrays["logits"], json.loads(str(arrays["record"]))
 

@@ -25,6 +25,7 @@ from training.config import CHOICES, TrainConfig  # noqa: E402
 from training.features import cached_features  # noqa: E402
 from training.model import Classifier, resolve_weights  # noqa: E402
 from training.report import plot_curves, read_history  # noqa: E402
+from training.stopwatch import ELAPSED_FILE, Stopwatch  # noqa: E402
 
 # Fewer source groups than this in a class (train, validation and test together): warned about.
 THIN_CLASS = 3
@@ -94,7 +95,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     # Fit on the grouped training split; early stopping and the schedule see validation only.
     # Every epoch is backed up, so a stopped run can go on (`--resume`).
-    stopwatch = Stopwatch(run_dir, started, resumed=resume is not None)
+    # Training time across `--resume`s; unknown for a run resumed from before it was kept.
+    stopwatch = Stopwatch(run_dir / ELAPSED_FILE, started, earlier_known=resume is None
+                          or not Backup(run_dir).finished_epochs())
     history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
                   keep_best=KeepBest(classifier, run_dir), stopwatch=stopwatch)
     best_epoch = int(np.argmin(history["val_loss"])) + 1
@@ -255,42 +258,6 @@ class Backup:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class Stopwatch(keras.callbacks.Callback):
-    """A run's training time across `--resume`s. Each session's time, from its start (data,
-    cached activations) to the start of its fit and then to each finished epoch, goes to
-    `elapsed.json` (after the epoch's backup), so a resumed run counts the sessions before it.
-    The part of an epoch that a stop cut off is redone, and counted once. Not counted: caching
-    in a session that stopped before its fit began (the cache keeps the views it finished)."""
-
-    FILE = "elapsed.json"
-
-    def __init__(self, run_dir: Path, started: float, resumed: bool):
-        super().__init__()
-        self.path, self.started = Path(run_dir) / self.FILE, started
-        if self.path.is_file():
-            self.before = json.loads(self.path.read_text())["seconds"]
-        else:  # a new run, or one resumed from before its time was kept (or before its epoch 1)
-            self.before = None if resumed and Backup(run_dir).finished_epochs() else 0.0
-
-    def seconds(self) -> float | None:
-        if self.before is None:
-            return None
-        return round(self.before + time.time() - self.started, 1)
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._save()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._save()
-
-    def _save(self) -> None:
-        if self.before is not None:
-            self.path.write_text(json.dumps({"seconds": self.seconds()}) + "\n")
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 class Resumed(keras.callbacks.Callback):
     """Put last in a resumed fit's callbacks: gives early stopping and the plateau schedule the
     state the finished epochs left them in (Keras' BackupAndRestore restores only the weights,
@@ -355,7 +322,8 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
 
     With `keep_best` (validation needed) the fit is resumable: every epoch is backed up in
     `run_dir`, and a fit started again there goes on after its last backed-up epoch, or, where
-    it had ended, only restores its best weights. Returns the whole history either way."""
+    it had ended, only restores its best weights; `stopwatch` then keeps the session's time
+    with each backup. Returns the whole history either way."""
     model = classifier.trainable
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -389,7 +357,11 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
         callbacks += [early, plateau]
         if backup is not None:
             # After the CSV log: a backup never runs ahead of the log it is resumed with.
-            callbacks += [backup.callback(), *([stopwatch] if stopwatch else []),
+            # The time is kept after each epoch's backup (and once its data is ready).
+            timer = [keras.callbacks.LambdaCallback(
+                on_train_begin=lambda logs: stopwatch.save(),
+                on_epoch_end=lambda epoch, logs: stopwatch.save())] if stopwatch else []
+            callbacks += [backup.callback(), *timer,
                           Resumed(finished, config, early, plateau, keep_best, backup)]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
     result = model.fit(
