@@ -207,21 +207,23 @@ class Partial:
             self.folder.mkdir(parents=True)
             settings_file.write_text(json.dumps(settings))
 
+    def _path(self, k: int) -> Path:
+        return self.folder / f"fold{k}.npz"
+
     def has(self, k: int) -> bool:
-        return (self.folder / f"fold{k}.npz").is_file()
+        return self._path(k).is_file()
 
     def fold(self, k: int) -> tuple[np.ndarray, dict] | None:
         if not self.has(k):
             return None
-        path = self.folder / f"fold{k}.npz"
-        with np.load(path) as arrays:
+        with np.load(self._path(k)) as arrays:
             return arrays["logits"], json.loads(str(arrays["record"]))
 
     def save(self, k: int, logits: np.ndarray, record: dict) -> None:
         # Written under another name first: a run killed mid-write leaves no half fold.
         temporary = self.folder / f"fold{k}.tmp.npz"
         np.savez(temporary, logits=logits, record=json.dumps(record))
-        temporary.replace(self.folder / f"fold{k}.npz")
+        temporary.replace(self._path(k))
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -384,7 +384,7 @@ def _fmt(value) -> str:
 
 
 def _fmt_seconds(value) -> str:
-    # None: a run resumed from a session whose time was not kept (training.train.Stopwatch).
+    # None: a run resumed from a session whose time was not kept (training.stopwatch).
     return "not recorded" if value is None else f"{value:.0f}"
 
 

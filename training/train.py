@@ -54,6 +54,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                                                      config.max_per_class)
     split["extra_train"] = [str(p) for p in extra_paths]
 
+    done = 0  # epochs finished by earlier sessions
     if resume is None:
         run_dir = Path(config.out) / (
             time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
@@ -96,8 +97,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     # Fit on the grouped training split; early stopping and the schedule see validation only.
     # Every epoch is backed up, so a stopped run can go on (`--resume`).
     # Training time across `--resume`s; unknown for a run resumed from before it was kept.
-    stopwatch = Stopwatch(run_dir / ELAPSED_FILE, started, earlier_known=resume is None
-                          or not Backup(run_dir).finished_epochs())
+    stopwatch = Stopwatch(run_dir / ELAPSED_FILE, started, earlier_known=not done)
     history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
                   keep_best=KeepBest(classifier, run_dir), stopwatch=stopwatch)
     best_epoch = int(np.argmin(history["val_loss"])) + 1
