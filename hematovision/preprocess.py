@@ -143,8 +143,10 @@ def nucleus_centre(image: Image.Image) -> tuple[float, float] | None:
     if mask.mean() < NUCLEUS_MIN_SHARE:
         return None
     ys, xs = np.nonzero(mask)
-    scale = image.width / small.width
-    return float(np.median(xs) + 0.5) * scale, float(np.median(ys) + 0.5) * scale
+    # Each axis has its own scale: thumbnail rounds the short side, which for a long, thin image
+    # changes its ratio a lot (a 40000x1 strip becomes 320x1).
+    return (float(np.median(xs) + 0.5) * image.width / small.width,
+            float(np.median(ys) + 0.5) * image.height / small.height)
 
 
 def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION) -> Image.Image:

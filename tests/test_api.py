@@ -211,6 +211,30 @@ def test_the_model_field_picks_the_model(tmp_path, tiny_model_dir):
     assert post(client, ("a.jpg", image_bytes()), model="other").get_json()["model"] == "other"
 
 
+def test_model_and_explain_may_come_in_the_query_string(tmp_path, tiny_model_dir):
+    """As `/api/model?model=` takes it; a query value must never be silently ignored."""
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("tiny", "other"))
+    client = make_app(tmp_path, root).test_client()
+    data = {"file": [(io.BytesIO(image_bytes()), "a.jpg")]}
+    response = client.post("/api/predict?model=other&explain=1", data=data)
+    assert response.status_code == 200 and response.get_json()["model"] == "other"
+    assert "cam" in response.get_json()["results"][0]
+
+
+@pytest.mark.parametrize("field, form, query", [("model", "tiny", "other"), ("explain", "1", "0")])
+def test_a_setting_given_twice_with_different_values_is_a_400(tmp_path, tiny_model_dir, field,
+                                                              form, query):
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("tiny", "other"))
+    client = make_app(tmp_path, root).test_client()
+    data = {"file": [(io.BytesIO(image_bytes()), "a.jpg")], field: form}
+    response = client.post(f"/api/predict?{field}={query}", data=data)
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(f"'{field}' is given twice")
+    same = client.post(f"/api/predict?{field}={form}",
+                       data={"file": [(io.BytesIO(image_bytes()), "a.jpg")], field: form})
+    assert same.status_code == 200
+
+
 def test_the_api_needs_no_cookie_or_csrf_token(app):
     client = app.test_client(use_cookies=False)
     assert post(client, ("a.jpg", image_bytes())).status_code == 200
@@ -257,6 +281,13 @@ def test_api_errors_are_json(client, method, path, status):
     response = getattr(client, method)(path)
     assert response.status_code == status
     assert response.is_json and set(response.get_json()) == {"error"}
+
+
+def test_a_405_names_the_allowed_methods(client):
+    """HTTP requires Allow on a 405; our JSON body replaces Werkzeug's, not its headers."""
+    response = client.get("/api/predict")
+    assert response.status_code == 405 and response.is_json
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
 
 
 def test_served_probabilities_match_keras(app, client, tiny_keras_model):

@@ -127,6 +127,18 @@ def test_nucleus_crop_near_the_border_is_padded_not_shifted():
     assert crop.getpixel((130, 66)) == (235, 225, 230)  # outside the field: pale fill
 
 
+def test_nucleus_centre_of_a_long_thin_image_scales_each_axis_on_its_own():
+    """thumbnail() rounds the short side, so a tall strip's two axes shrink by different
+    factors; one scale for both put the centre far off (and a 40000x1 strip crashed the crop)."""
+    from hematovision.preprocess import crop_to_nucleus, nucleus_centre
+
+    cx, cy = nucleus_centre(smear_with_nucleus_at(50, 2825, size=(100, 3000)))
+    assert abs(cx - 50) < 10 and abs(cy - 2825) < 10  # one scale gave y = 2741
+    strip = Image.new("RGB", (40000, 1), (100, 50, 200))
+    assert crop_to_nucleus(strip).size == (1, 1)
+    assert preprocess(encode(strip, "PNG"), crop="nucleus").shape == (224, 224, 3)
+
+
 def test_without_a_nucleus_the_crop_is_central():
     from hematovision.preprocess import nucleus_centre
 

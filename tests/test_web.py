@@ -522,6 +522,12 @@ def test_friendly_error_pages_in_the_layout(client, path, status, phrase):
     assert phrase in html and 'class="navbar' in html and "Back to the upload page" in html
 
 
+def test_the_405_page_names_the_allowed_methods(client):
+    response = client.get("/upload")
+    assert response.status_code == 405 and response.mimetype == "text/html"
+    assert "POST" in response.headers["Allow"].split(", ")
+
+
 def test_unexpected_error_is_a_friendly_500_without_details(app):
     @app.get("/boom")
     def boom():

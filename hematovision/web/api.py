@@ -1,6 +1,7 @@
 """The JSON API: the same validation and model path as the upload form, without the pages.
 
-    POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1)
+    POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1);
+                       model and explain may also come in the query string
     GET  /api/health
     GET  /api/model?model=NAME
 
@@ -13,7 +14,7 @@ from flask import Blueprint, abort, jsonify, request
 
 from hematovision import __version__
 from hematovision.web import models
-from hematovision.web.classify import classify_request
+from hematovision.web.classify import classify_request, request_value
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -33,7 +34,7 @@ def predict():
 
 
 def explain_requested() -> bool:
-    value = request.form.get("explain", "").strip().lower()
+    value = request_value("explain").lower()
     if value in EXPLAIN_YES:
         return True
     if value not in EXPLAIN_NO:

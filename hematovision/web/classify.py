@@ -68,6 +68,17 @@ def classify(
     return results
 
 
+def request_value(field: str) -> str:
+    """A setting sent as a form field or in the query string (`/api/predict?model=pbc8`, as
+    `/api/model?model=` takes it); both, with different values, is refused rather than one
+    silently winning."""
+    form, query = request.form.get(field, "").strip(), request.args.get(field, "").strip()
+    if form and query and form != query:
+        abort(400, description=f"'{field}' is given twice with different values ({form[:40]!r} "
+                               f"in the form, {query[:40]!r} in the address): send it once.")
+    return form or query
+
+
 def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
     """The parts that name a file: a form submitted with no file chosen sends one with no name."""
     return [f for f in files if f.filename]
@@ -82,7 +93,7 @@ def classify_request(
     each decoded image is stored there and its result gets the stored copy's id as "image";
     with `explain`, each result gets its heat map (see `classify`).
     """
-    name = request.form.get("model") or models.default_name()
+    name = request_value("model") or models.default_name()
     predictor = models.get(name)
     if predictor is None:
         abort(400, description=models.unknown_model_message(name))

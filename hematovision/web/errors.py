@@ -58,9 +58,12 @@ def handle_http_error(error: HTTPException):
         title, message = too_large()
     else:
         title, message = TITLES.get(code, error.name), message_for(error)
+    # Headers the error itself carries, such as a 405's Allow (required by HTTP), are kept;
+    # its Content-Type is not, as the body is ours.
+    headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
     if request.path.startswith("/api/"):
-        return jsonify(error=message), code
-    return render_template("error.html", code=code, title=title, message=message), code
+        return jsonify(error=message), code, headers
+    return render_template("error.html", code=code, title=title, message=message), code, headers
 
 
 def handle_unexpected_error(error: Exception):
