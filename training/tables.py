@@ -170,7 +170,7 @@ def models_table(root: Path = MODELS_ROOT) -> str:
             recalls = ", ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items())
             other.append(f"recall: {recalls}")
             other.append(_top_confusions(m["confusion_matrix"], card["classes"]))
-            where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
+            where = _evaluated_on(m)
             lines.append(f"| `{name}` | {len(card['classes'])} | {card.get('expects', '')} | "
                          f"{where}, n={m['n']} | {m['accuracy']:.4f}{_interval(m, 'accuracy')} | "
                          f"{m['macro_f1']:.4f}{_interval(m, 'macro_f1', units=False)} | "
@@ -201,7 +201,7 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
             if not section or "calibration" not in m:
                 continue
             c, t = m["calibration"], m["trust"]
-            where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
+            where = _evaluated_on(m)
             lines.append(
                 f"| `{name}` | {where}, n={m['n']} | {_calibration_source(section)} | "
                 f"{c['temperature']:.3f} | "
@@ -223,7 +223,7 @@ def operating_points_table(root: Path = MODELS_ROOT) -> str:
         section = card.get("trust") or {}
         held_out = {p["target_accuracy"]: p for p in section.get("operating_points", [])}
         for m in evaluations(card):
-            where = f"{Path(m['data']).name}" + (f" ({m['split']})" if m.get("split") else "")
+            where = _evaluated_on(m)
             for point in m.get("operating_points", []):
                 target = point["target_accuracy"]
                 fitted = held_out.get(target, {})
@@ -239,6 +239,12 @@ def operating_points_table(root: Path = MODELS_ROOT) -> str:
                     f"({_fmt(fitted.get('accuracy_accepted'))}) | {where}, n={m['n']} | "
                     f"{point['accepted_rate']:.1%} | {_fmt(point['accuracy_accepted'])} |")
     return "\n".join(lines)
+
+
+def _evaluated_on(metrics: dict) -> str:
+    """'test' or 'pbc (splits.json:test)': the evaluated folder, and the split file's part."""
+    split = metrics.get("split")
+    return Path(metrics["data"]).name + (f" ({split})" if split else "")
 
 
 def _fmt_rate(value) -> str:
