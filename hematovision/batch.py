@@ -6,6 +6,7 @@ exactly the path users run.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,11 +45,24 @@ def is_hidden(relative: Path) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files under `folder` (by extension, any depth), sorted, hidden ones left out."""
+    """The image files under `folder` (by extension, any depth), sorted, hidden ones left out.
+
+    Linked folders are followed (a class folder often gathers others by symlink; Python 3.11's
+    rglob does not follow them), each real folder once, so a link to a parent cannot loop."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(folder))
-                  and p.is_file())
+    found, seen = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            p = Path(top, name)
+            if (p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(folder))
+                    and p.is_file()):
+                found.append(p)
+    return sorted(found)
 
 
 def expand_paths(paths: Iterable[Path | str]) -> list[Path]:

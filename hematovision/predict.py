@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,16 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image files found", file=sys.stderr)
         return 2
     failures = 0
-    for result in classify_files(predictor, paths, progress=not args.quiet):
-        failures += result.error is not None
-        if args.json:
-            print(json.dumps(result.to_dict()), flush=False)
-        elif result.error:
-            print(f"{result.path}\tERROR\t{result.error}")
-        else:
-            p = result.prediction
-            print(f"{result.path}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
-    sys.stdout.flush()
+    try:
+        for result in classify_files(predictor, paths, progress=not args.quiet):
+            failures += result.error is not None
+            if args.json:
+                print(json.dumps(result.to_dict()), flush=False)
+            elif result.error:
+                print(f"{result.path}\tERROR\t{result.error}")
+            else:
+                p = result.prediction
+                print(f"{result.path}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python
+        # would flush stdout again at exit and fail there, so stdout now goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     if failures:
         print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
     return 1 if failures == len(paths) else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -45,6 +46,8 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
         source = io.BytesIO(source)
     if isinstance(source, (str, Path)):
         with open(source, "rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:  # the same message as an empty upload
+                raise ImageError("The file is empty.")
             return _decode(file, max_pixels)
     return _decode(source, max_pixels)
 

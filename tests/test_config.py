@@ -42,6 +42,29 @@ def test_options_of_a_few_words_refuse_a_typo(capsys):
     assert train.parse_args(["--data", "d", "--unassigned", "drop"])[0].unassigned == "drop"
 
 
+@pytest.mark.parametrize("option, value, phrase", [
+    ("--views", "0", "views must be at least 1"),
+    ("--epochs", "0", "epochs must be at least 1"),
+    ("--batch-size", "0", "batch_size must be at least 1"),
+    ("--val-fraction", "1.5", "val_fraction must be in (0, 1)"),
+    ("--val-fraction", "0", "val_fraction must be in (0, 1)"),
+    ("--test-fraction", "0.9", "val_fraction + test_fraction must be below 1"),
+    ("--max-per-class", "-1", "max_per_class must be 0 (all) or more"),
+    ("--tune-from-block", "1", "tune_from_block must be within 2..16"),
+    ("--dropout", "1.5", "dropout must be in [0, 1)"),
+    ("--input-size", "16", "input_size must be at least 32"),
+])
+def test_out_of_range_options_are_refused_before_anything_runs(capsys, option, value, phrase):
+    """Keras reads batch size 0 as its default, a fraction over 1 empties the training split,
+    --max-per-class -1 dropped each class's last image: each ran on and exited 0, or crashed."""
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--data", "d", option, value])
+    assert stop.value.code == 2 and phrase in capsys.readouterr().err
+    assert TrainConfig().problems() == []
+    with pytest.raises(SystemExit, match="cannot train: views must be at least 1"):
+        train.train(TrainConfig(data="d", views=0))
+
+
 def test_weights_auto_is_the_fetched_imagenet_backbone_or_a_stop_that_says_how_to_get_it(
         tmp_path, monkeypatch):
     from training import model

@@ -97,3 +97,22 @@ def test_evaluating_a_folder_with_some_of_the_models_classes(tiny_model_dir, tmp
     predicted = [predictor.predict(p).label for ps in paths.values() for p in ps]
     assert np.array(metrics["confusion_matrix"]).sum(axis=0).tolist() == [
         predicted.count(c) for c in CLASSES]
+
+
+def test_evaluate_stops_with_a_message_for_an_unknown_model_or_no_readable_image(
+        tiny_model_dir, tmp_path, capsys):
+    from tests.conftest import make_image
+    from training.evaluate import evaluate
+
+    make_image(tmp_path / "data" / "neutrophil" / "good.jpg", (60, 60, 200))
+    with pytest.raises(SystemExit, match="(?s)No model card at .*available models: "):
+        evaluate(tmp_path / "nosuch", tmp_path / "data", tmp_path / "out")
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "bad" / "neutrophil").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / "neutrophil" / name).write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="None of the 2 images could be read"):
+        evaluate(tiny_model_dir, tmp_path / "bad", tmp_path / "out")
+    (tmp_path / "data" / "neutrophil" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert evaluate(tiny_model_dir, tmp_path / "data", tmp_path / "out")["n"] == 1
+    assert f"unreadable, left out: {tmp_path / 'data' / 'neutrophil' / 'broken.jpg'}" in (
+        capsys.readouterr().err)

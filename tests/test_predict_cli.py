@@ -183,3 +183,35 @@ def test_hidden_files_in_a_folder_are_passed_over(tiny_model_dir, tmp_path, caps
     main([str(tmp_path / "cells"), "--json", "--quiet", "--model-dir", str(tiny_model_dir)])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["file"] for line in lines] == [str(good)]
+
+
+def test_linked_folders_are_searched_once_without_looping(tmp_path):
+    """A class folder that gathers others by symlink: Python 3.11's rglob skipped them, so
+    their images were silently never classified or trained on."""
+    from hematovision.batch import image_files
+
+    inside = make_image(tmp_path / "elsewhere" / "b.jpg", (10, 200, 10))
+    own = make_image(tmp_path / "cells" / "a.jpg", (10, 200, 10))
+    (tmp_path / "cells" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "back").symlink_to(tmp_path / "cells", target_is_directory=True)
+    found = image_files(tmp_path / "cells")
+    assert found == [own, tmp_path / "cells" / "linked" / "b.jpg"]
+    assert found[1].resolve() == inside.resolve()
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(tiny_model_dir, tmp_path):
+    """`predict ... --json | head -1` must not end in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    for i in range(400):
+        make_image(tmp_path / "many" / f"{i:03d}.png", (i % 256, 60, 200), size=(8, 8), fmt="PNG")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hematovision.predict", str(tmp_path / "many"), "--json",
+         "--quiet", "--model-dir", str(tiny_model_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()  # as `head -1` does: the next writes fail with EPIPE
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert first["file"].endswith("000.png") and "Traceback" not in err

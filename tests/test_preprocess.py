@@ -86,6 +86,12 @@ def test_bad_inputs_raise_image_error_with_a_clear_message(payload, message):
         load_image(payload)
 
 
+def test_an_empty_file_on_disk_says_so_as_an_empty_upload_does(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="The file is empty"):
+        load_image(tmp_path / "empty.jpg")
+
+
 def test_pixel_limit_refuses_decompression_bombs_before_decoding():
     image = Image.new("L", (3000, 2000))
     with pytest.raises(ImageError, match="too large"):

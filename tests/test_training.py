@@ -9,6 +9,7 @@ are checked at their real shapes; other sizes are covered where only the network
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -515,6 +516,29 @@ def test_evaluate_refuses_an_unknown_or_empty_split_instead_of_scoring_nothing(
     with pytest.raises(SystemExit, match="No image named in .*splits.json:val is under"):
         evaluate.evaluate(model_dir, tmp_path / "elsewhere", tmp_path / "e", splits, "val")
     assert evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "val")["n"] == 4
+    (tmp_path / "notes.txt").write_text("not JSON")
+    for bad, reason in ((tmp_path / "missing.json", "Cannot read the split file"),
+                        (tmp_path / "notes.txt", "is not a split file .* it is not JSON")):
+        with pytest.raises(SystemExit, match=reason):
+            evaluate.evaluate(model_dir, base / "data", tmp_path / "e", bad, "val")
+
+
+def test_one_class_or_no_validation_image_is_refused_before_a_run_folder_exists(tmp_path):
+    from tests.conftest import make_image
+
+    for i in range(4):
+        make_image(tmp_path / "one" / "neutrophil" / f"n{i}.jpg", CELL_COLORS[3])
+    runs = tmp_path / "runs"
+    config = TrainConfig(data=str(tmp_path / "one"), out=str(runs), views=1, epochs=1,
+                         weights="none", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(SystemExit, match="Only one class with images \\(neutrophil\\)"):
+        train.train(config)
+    # One image per class: a class's only source group must train, so none is left to validate.
+    for name, color in zip(CLASSES[:2], CELL_COLORS):
+        make_image(tmp_path / "tiny" / name / "only.jpg", color)
+    with pytest.raises(SystemExit, match="No validation image: every class has too few"):
+        train.train(replace(config, data=str(tmp_path / "tiny")))
+    assert not runs.exists()
 
 
 def test_a_model_of_other_classes_exported_under_an_old_name_does_not_inherit_its_text(

@@ -50,6 +50,32 @@ class TrainConfig:
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
+    def problems(self) -> list[str]:
+        """What makes this config untrainable, one line each (empty when none): refused before
+        anything is read or written, instead of a traceback, or a run that quietly does
+        something else (Keras reads batch size 0 as its default; a fraction above 1 empties
+        the training split)."""
+        rules = [
+            (self.views >= 1, "views must be at least 1 (the clean image)"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.patience >= 0, "patience must be 0 or more"),
+            (self.input_size >= 32, "input_size must be at least 32 (MobileNetV2's smallest)"),
+            (2 <= self.tune_from_block <= 16, "tune_from_block must be within 2..16"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1): early stopping and "
+                                        "calibration need a validation split"),
+            (0 <= self.test_fraction < 1, "test_fraction must be in [0, 1)"),
+            (self.val_fraction + self.test_fraction < 1,
+             "val_fraction + test_fraction must be below 1, leaving images to train on"),
+            (self.learning_rate > 0, "learning_rate must be above 0"),
+            (0 <= self.min_learning_rate <= self.learning_rate,
+             "min_learning_rate must be in [0, learning_rate]"),
+            (self.max_per_class >= 0, "max_per_class must be 0 (all) or more"),
+        ]
+        return [message for ok, message in rules if not ok]
+
     @classmethod
     def help(cls) -> dict[str, str]:
         """Each option's help text: its comment above, so the two cannot drift apart."""

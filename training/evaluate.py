@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.predictor import MODELS_ROOT, Predictor, read_card
+from hematovision.predictor import MODELS_ROOT, ModelLoadError, Predictor, available_models, read_card
 from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
@@ -121,14 +121,17 @@ def report_text(metrics: dict, classes: list[str]) -> str:
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
              split_name: str = "test") -> dict:
-    predictor = Predictor(model_dir)
+    try:
+        predictor = Predictor(model_dir)
+    except ModelLoadError as exc:
+        raise SystemExit(f"{exc}\navailable models: {', '.join(available_models()) or 'none'}")
     dataset = data_lib.list_image_folder(data_dir)
     missing = [c for c in dataset.classes if c not in predictor.classes]
     if missing:
         raise SystemExit(f"{data_dir} has classes the model does not know: {missing}")
     files = dataset.files
     if split_file:
-        saved = json.loads(Path(split_file).read_text())
+        saved = read_split_file(Path(split_file))
         if not isinstance(saved.get(split_name), list):
             named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
             raise SystemExit(f"{split_file} has no split named {split_name!r} "
@@ -145,6 +148,10 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]
     files = [f for f, ok in zip(files, readable) if ok]
+    for f in failed:
+        print(f"unreadable, left out: {Path(data_dir) / f}", file=sys.stderr)
+    if not files:
+        raise SystemExit(f"None of the {len(failed)} images could be read: nothing to evaluate")
     y_true = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files],
                       dtype=np.int64)
     predictions = predictor.predictions(outputs)
@@ -222,6 +229,20 @@ def intervals(files: list[str], groups: list, y_true: np.ndarray, y_pred: np.nda
         "accuracy": group_bootstrap(lambda i: np.mean(y_pred[i] == y_true[i]), units),
         "macro_f1": group_bootstrap(lambda i: macro_f1(y_true[i], y_pred[i], k), units),
     }
+
+
+def read_split_file(path: Path) -> dict:
+    """A splits.json, or a one-line reason to stop."""
+    try:
+        saved = json.loads(path.read_text())
+    except OSError as exc:
+        raise SystemExit(f"Cannot read the split file {path}: {exc.strerror or exc}")
+    except ValueError:
+        raise SystemExit(f"{path} is not a split file (splits.json written by training.train): "
+                         "it is not JSON") from None
+    if not isinstance(saved, dict):
+        raise SystemExit(f"{path} is not a split file (splits.json written by training.train)")
+    return saved
 
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:

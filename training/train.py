@@ -36,6 +36,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     `resume`: the folder of a run that was stopped before it finished (`--resume`); it goes on
     from its last finished epoch with the same config and split."""
+    if config.problems():
+        raise SystemExit("cannot train: " + "; ".join(config.problems()))
     keras.utils.set_random_seed(config.seed)
     started = time.time()  # before the data and the cache, whose time counts too
     if resume is None:
@@ -379,11 +381,18 @@ def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
     source groups (a smear, a slide, an image and its duplicates)."""
     if dataset.left_out:
         log(f"left out (no images): {', '.join(dataset.left_out)}")
+    if len(dataset.classes) < 2:
+        raise SystemExit(f"Only one class with images ({', '.join(dataset.classes)}) in "
+                         f"{dataset.root}: a classifier needs at least two class sub-folders")
     counts = data_lib.class_groups(dataset, split)
     missing = [c for c, sides in counts.items() if not sides["train"]]
     if missing:
         raise SystemExit(f"No training image of known source for {', '.join(missing)}: add "
                          "images, or leave the class folder out")
+    if not split["val"]:
+        raise SystemExit("No validation image: every class has too few source groups to hold "
+                         "one out (a group is a source smear, or an image with its identical "
+                         "copies). Add images of more sources, or raise --val-fraction")
     for c, sides in counts.items():
         if sum(sides.values()) < THIN_CLASS:
             log(f"warning: {c} has only {sum(sides.values())} source group(s) (train "
@@ -445,7 +454,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict, P
         return TrainConfig.load(resume / "config.json"), export, card, resume
     if not args["data"]:
         parser.error("--data is required (or --resume RUN)")
-    return TrainConfig(**args), export, card, None
+    config = TrainConfig(**args)
+    if config.problems():
+        parser.error("; ".join(config.problems()))
+    return config, export, card, None
 
 
 def main(argv: list[str] | None = None) -> None:
