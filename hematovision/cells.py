@@ -18,6 +18,9 @@ class CellType:
     normal_share: str  # share of the adult white-cell differential (or count, for non-WBC)
     raised_in: str
     lowered_in: str
+    # Counted in the white-cell differential. Platelets never are, and nucleated red cells are
+    # reported per 100 white cells instead (ICSH), so neither dilutes the white-cell shares.
+    white_cell: bool = True
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -115,6 +118,7 @@ CELL_TYPES: dict[str, CellType] = {
                 "myelofibrosis, after splenectomy."
             ),
             lowered_in="Not applicable.",
+            white_cell=False,
         ),
         CellType(
             name="ig",
@@ -141,9 +145,16 @@ CELL_TYPES: dict[str, CellType] = {
             normal_share="Not part of the white-cell differential (about 150-400 x 10^9/L)",
             raised_in="Reactive thrombocytosis (infection, iron deficiency), essential thrombocythaemia.",
             lowered_in="Immune thrombocytopenia, marrow failure, consumption (DIC), hypersplenism.",
+            white_cell=False,
         ),
     )
 }
+
+
+def is_white_cell(name: str) -> bool:
+    """Whether a class counts in the white-cell differential; a class the catalog does not know
+    (a researcher's own model) does, as every class of a white-cell model would."""
+    return CELL_TYPES[name].white_cell if name in CELL_TYPES else True
 
 
 def describe(name: str) -> CellType:

@@ -10,14 +10,22 @@ function drawBars() {
   });
 }
 
-// Show the chosen model's "expects" note under the model picker.
+// Show the chosen model's "expects" note under the model picker, and name the model in the
+// form's address too: an upload refused as too large is refused before its form is read, and
+// the address is then all the error page has to lead back to the same model.
 function followModelPicker() {
   const picker = document.getElementById("model");
   if (!picker) return;
+  const form = document.getElementById("upload-form");
   const update = () => {
     document.querySelectorAll(".model-expects").forEach((note) => {
       note.hidden = note.dataset.model !== picker.value;
     });
+    if (form) {
+      const action = new URL(form.action);
+      action.searchParams.set("model", picker.value);
+      form.action = action.toString();
+    }
   };
   picker.addEventListener("change", update);
   update();
@@ -41,7 +49,10 @@ function listFiles(input, list) {
     item.append(label);
     list.append(item);
   });
-  const n = input.files.length;
+  resetSubmitLabel(input.files.length);
+}
+
+function resetSubmitLabel(n) {
   const submit = document.getElementById("submit-label");
   if (submit) submit.textContent = n > 1 ? `Classify ${n} images` : "Classify";
 }
@@ -88,6 +99,8 @@ function setUpSubmit() {
     button.disabled = false;
     button.removeAttribute("aria-busy");
     document.getElementById("submit-spinner").classList.add("d-none");
+    const input = form.querySelector("input[type=file]");
+    resetSubmitLabel(input ? input.files.length : 0);
   });
 }
 

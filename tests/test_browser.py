@@ -97,7 +97,7 @@ def test_upload_through_the_file_picker_shows_the_result(browser, base_url, tmp_
 
     image = make_image(tmp_path / "smear cell.jpg", (200, 60, 60), size=(320, 240))
     browser.get(base_url + "/")
-    assert "Classify white blood cells" in browser.title
+    assert "Classify blood cells" in browser.title
     browser.find_element(By.ID, "file").send_keys(str(image))
     assert "smear cell.jpg" in browser.find_element(By.ID, "file-list").text  # app.js ran
     browser.find_element(By.ID, "submit").click()
@@ -172,6 +172,9 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     browser.get(base_url + "/")
     browser.find_element(By.ID, "file").send_keys("\n".join(map(str, [*files, broken])))
     assert browser.find_element(By.ID, "submit-label").text == "Classify 4 images"
+    # The form's address names the chosen model: a 413 is refused before the form is read.
+    action = browser.find_element(By.ID, "upload-form").get_attribute("action")
+    assert action == base_url + "/upload?model=tiny"
     browser.find_element(By.ID, "submit").click()
 
     wait_for(browser, "#differential")
@@ -184,3 +187,9 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     ]
     assert sum(counts) == 3
     browser.save_screenshot(str(tmp_path / "batch.png"))
+
+    # Back to the form: the button is usable again and no longer says it is classifying.
+    browser.back()
+    button = wait_for(browser, "#submit")
+    assert button.is_enabled()
+    assert browser.find_element(By.ID, "submit-label").text in {"Classify", "Classify 4 images"}

@@ -522,6 +522,22 @@ def test_friendly_error_pages_in_the_layout(client, path, status, phrase):
     assert phrase in html and 'class="navbar' in html and "Back to the upload page" in html
 
 
+@pytest.mark.parametrize("path", ["/no/such/page", "/models/", "/api/nope"])
+def test_an_unknown_address_does_not_blame_deleted_results(client, path):
+    body = client.get(path).get_data(as_text=True)
+    assert "There is nothing at this address." in body and "deleted after a while" not in body
+
+
+@pytest.mark.parametrize("value, shown", [
+    (1.0, "> 99.9 %"), (0.99996, "> 99.9 %"), (0.9994, "99.9 %"), (0.5, "50.0 %"),
+    (0.0006, "0.1 %"), (0.00004, "< 0.1 %"), (0.0, "0.0 %"), (None, "—")])
+def test_probabilities_are_never_shown_as_certain(value, shown):
+    """A calibrated 0.99996 is not a certainty: the page must not round it to 100.0 %."""
+    from hematovision.web.pages import probability_pct
+
+    assert probability_pct(value) == shown
+
+
 def test_the_405_page_names_the_allowed_methods(client):
     response = client.get("/upload")
     assert response.status_code == 405 and response.mimetype == "text/html"

@@ -139,10 +139,10 @@ def test_batch_differential_counts_only_accepted_cells(client, models_root, trus
     html = page(client, location)
     accepted, unsure = ("red.jpg", "blue.jpg") if red > blue else ("blue.jpg", "red.jpg")
     assert "1 accepted · 1 unidentified (needs review) · 0 not a blood-cell image" in text(html)
-    assert "Share of the 1 accepted images" in text(html)
+    assert "Share of the 1 accepted white cell;" in text(html)
     review = re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html)
     assert review == [("unidentified", unsure)]
-    assert "Only 1 accepted cell: a manual differential counts 100" in text(html)
+    assert "Only 1 accepted white cell: a manual differential counts 100" in text(html)
     csv = client.get(location + ".csv").get_data(as_text=True)
     cells = {line.split(",")[0]: line.split(",") for line in csv.splitlines()[1:]}
     rows = {name: [row[1], row[2], row[-1]] for name, row in cells.items()}
@@ -224,6 +224,36 @@ def test_a_refused_upload_keeps_the_model_it_chose(client, models_root):
     assert re.search(r'class="mb-0 model-expects" data-model="unsure"\s*>', html)
 
 
+def test_result_pages_lead_back_to_the_form_with_their_model(client, models_root):
+    """"Classify more" must not quietly switch a pbc8 user back to the default model."""
+    for files in ((("a.jpg", RED),), (("a.jpg", RED), ("b.jpg", BLUE))):
+        location = upload(client, "unsure", *files)
+        for address in (location, f"{location}/0"):
+            links = re.findall(r'href="(/[^"]*)">Classify more', page(client, address))
+            assert links == ["/?model=unsure"], address
+
+
+@pytest.mark.parametrize("form, query", [({"model": "unsure"}, ""), ({}, "?model=unsure")])
+def test_error_pages_lead_back_to_the_model_the_request_chose(tmp_path, models_root, form, query):
+    """A refused upload (no file here, too large below) keeps the model on the way back; the
+    page's script also names the model in the form's address, since a 413's form is never
+    read."""
+    app = make_app(tmp_path / "small", models_root, MAX_CONTENT_LENGTH=5000)
+    client = app.test_client()
+    token = csrf_token(client)
+    empty = client.post("/upload" + query, data={"csrf_token": token, **form,
+                                                 "file": [(io.BytesIO(b""), "")]})
+    large = client.post("/upload" + query, data={"csrf_token": token, **form,
+                                                 "file": [(io.BytesIO(b"x" * 9000), "a.jpg")]})
+    assert (empty.status_code, large.status_code) == (400, 413)
+    back = r'href="([^"]*)">Back to the upload page'
+    assert re.findall(back, empty.get_data(as_text=True)) == ["/?model=unsure"]
+    expected = ["/?model=unsure"] if query else ["/"]
+    assert re.findall(back, large.get_data(as_text=True)) == expected
+    unknown = client.post("/upload?model=nope", data={"csrf_token": token, "model": "nope"})
+    assert re.findall(back, unknown.get_data(as_text=True)) == ["/"]
+
+
 def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
     location = upload(client, "accepting", ("a.jpg", RED), ("b.jpg", BLUE), ("c.jpg", RED))
     steps = [re.findall(r'rel="(prev|next)" href="([^"]+)"', page(client, f"{location}/{i}"))
@@ -233,8 +263,15 @@ def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
                      [("prev", f"{location}/1")]]
     batch = page(client, location)
     assert re.search(r'<a href="' + re.escape(location) + r'/1">b.jpg</a>', batch)
-    assert re.search(r'Kept until <time datetime="[0-9T:+-]+">\d\d \w{3} \d{4}, \d\d:\d\d UTC</time>',
-                     batch)
+    kept = r'Kept until <time datetime="[0-9T:+-]+">\d\d \w{3} \d{4}, \d\d:\d\d UTC</time>'
+    assert re.search(kept, batch)
+    # A result page, and above all a one-image result (it has no batch page), says it too.
+    assert re.search(kept, page(client, f"{location}/1"))
+    assert re.search(kept, page(client, upload(client, "accepting", ("a.jpg", RED))))
+    missing = client.get(f"{location}/3")
+    assert missing.status_code == 404
+    assert "This batch holds 3 images, numbered from 0 in its addresses: there is no image 3." \
+        in text(missing.get_data(as_text=True))
 
 
 def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root):
@@ -316,6 +353,14 @@ def test_api_explain_adds_the_map_and_plain_calls_do_not(client, models_root):
     assert {k: v for k, v in good.items() if k != "cam"} == plain.get_json()["results"][0]
 
 
+def test_api_gives_no_heat_map_for_an_unfamiliar_image(client, models_root):
+    """As the result page offers none: it would show evidence for a class the image is not."""
+    response = client.post("/api/predict", data={"model": "strange", "explain": "1",
+                                                 "file": [(io.BytesIO(RED), "red.jpg")]})
+    result = response.get_json()["results"][0]
+    assert result["status"] == "not_a_cell" and result["cam"] is None
+
+
 def test_api_explain_without_a_trust_layer_is_null_and_bad_values_are_refused(client,
                                                                               models_root):
     response = client.post("/api/predict", data={"model": "tiny", "explain": "true",
@@ -357,6 +402,19 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     assert "uniform noise" in html
     assert 'id="tta"' in html and "flipped up-down" in html  # the tiny model serves the flips
     assert re.search(r'id="calibration-source">\s*the validation set<', html)
+
+
+def test_model_page_says_which_validation_figure_is_which(tmp_path, trusted_model_dir):
+    """The training run's one-view validation accuracy and the served one differ; each says
+    how it was measured."""
+    card = card_with(trusted_model_dir) | {"validation": {"accuracy": 0.9145}}
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("served",), card=card)
+    app = make_app(tmp_path, root, DEFAULT_MODEL="served")
+    html = text(app.test_client().get("/models/served").get_data(as_text=True))
+    assert ("As measured while training, one view of each image (the early-stopping figure); "
+            "the served model's figures on the same images are under Calibration") in html
+    assert re.search(r"As served: the average of 4 views of each image \(as is, flipped "
+                     r"left-right, flipped up-down, both\); accuracy counts every image", html)
 
 
 def test_model_page_says_when_calibration_used_out_of_fold_predictions(models_root, request):

@@ -17,6 +17,7 @@ from werkzeug.datastructures import FileStorage
 
 from hematovision.predictor import Predictor
 from hematovision.preprocess import ImageError, load_image, to_input
+from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, models
 from hematovision.web.uploads import display_name, save_image
 
@@ -50,7 +51,9 @@ def classify(
     predictor: Predictor, decoded: list[Decoded], explain: bool = False
 ) -> list[dict[str, Any]]:
     """Results in upload order, in the predict CLI's JSON line format; with `explain`, each
-    classified result also gets its heat map as "cam" (None when the model has none)."""
+    classified result also gets its heat map as "cam": None when the model has none, and for an
+    image unlike its training data (not_a_cell), as on the result page: such a map would show
+    evidence for a cell type the image is not."""
     arrays = [d.array for d in decoded if d.array is not None]
     # With `explain`, the maps come out of the same batched forward pass as the predictions.
     answers = iter(predictor.explain_arrays(arrays) if explain else
@@ -63,7 +66,8 @@ def classify(
         prediction, cam = next(answers)
         result = {"file": d.file, **prediction.to_dict()}
         if explain:
-            result["cam"] = heatmap.to_json(d.array, cam) if cam is not None else None
+            mapped = cam is not None and prediction.status != NOT_A_CELL
+            result["cam"] = heatmap.to_json(d.array, cam) if mapped else None
         results.append(result)
     return results
 

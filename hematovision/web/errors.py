@@ -10,6 +10,8 @@ import logging
 from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
+from hematovision.web import models
+
 log = logging.getLogger(__name__)
 
 TITLES = {
@@ -27,7 +29,7 @@ def init_app(app: Flask) -> None:
 
 def message_for(error: HTTPException) -> str:
     if error.code == 404 and error.description == _default_description(error):
-        return "There is nothing at this address. Results are deleted after a while."
+        return "There is nothing at this address."
     if error.code == 500:
         return "The server could not complete the request. Please try again."
     return error.description or ""
@@ -63,7 +65,21 @@ def handle_http_error(error: HTTPException):
     headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
     if request.path.startswith("/api/"):
         return jsonify(error=message), code, headers
-    return render_template("error.html", code=code, title=title, message=message), code, headers
+    page = render_template("error.html", code=code, title=title, message=message,
+                           chosen=chosen_model(error))
+    return page, code, headers
+
+
+def chosen_model(error: HTTPException) -> str | None:
+    """The model the refused request chose, for the way back to the upload form; None when
+    unknown. A 413's form was never read (reading it is what failed), so only its address
+    can say."""
+    values = request.args if isinstance(error, RequestEntityTooLarge) else request.values
+    try:
+        name = values.get("model", "").strip()
+    except HTTPException:  # the form itself cannot be read
+        return None
+    return name if name in models.names() else None
 
 
 def handle_unexpected_error(error: Exception):

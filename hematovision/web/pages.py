@@ -113,6 +113,17 @@ def pct(value) -> str:
     return f"{value * 100:.1f} %" if _is_number(value) else "—"
 
 
+@bp.app_template_filter("probability_pct")
+def probability_pct(value) -> str:
+    """A model's probability as a percentage with one decimal, never rounded to a certainty it
+    does not have: above 99.95 % reads "> 99.9 %", a non-zero value below 0.05 % "< 0.1 %"."""
+    if _is_number(value) and 0.9995 <= value:
+        return "> 99.9 %"
+    if _is_number(value) and 0 < value < 0.0005:
+        return "< 0.1 %"
+    return pct(value)
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -163,7 +174,7 @@ def batch(batch_id: str):
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0)
-    shares = results.differential(stored["results"], stored["classes"])
+    differential = results.differential(stored["results"], stored["classes"])
     counts = results.status_counts(stored["results"])
     # Results the differential leaves out, with their position for the link to their page.
     not_counted = [
@@ -174,13 +185,13 @@ def batch(batch_id: str):
         render_template(
             "batch.html",
             batch=stored,
-            shares=shares,
+            differential=differential,
             counts=counts,
             classified=sum(counts.values()),
             not_counted=not_counted,
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(served_model(stored["model"])),
-            expires=stored.get("created", 0) + current_app.config["RETENTION_SECONDS"],
+            expires=expires_at(stored),
         )
     )
 
@@ -216,6 +227,7 @@ def single(batch_id: str, index: int):
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
             neighbours=(index - 1 if index > 0 else None,
                         index + 1 if index + 1 < len(stored["results"]) else None),
+            expires=expires_at(stored),
         )
     )
 
@@ -263,7 +275,8 @@ def batch_csv(batch_id: str):
 @bp.get("/uploads/<image_id>.jpg")
 def uploaded_image(image_id: str):
     if uploads.image_path(upload_folder(), image_id) is None:
-        abort(404)
+        retention = human_duration(current_app.config["RETENTION_SECONDS"])
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention))
     return _no_store(send_from_directory(upload_folder(), f"{image_id}.jpg", mimetype="image/jpeg"))
 
 
@@ -417,9 +430,17 @@ def served_model(name: str) -> Predictor | None:
     return models.get(name) if name in models.names() else None
 
 
+def expires_at(stored: dict) -> float:
+    """When a stored batch is deleted: its file is written once, at `created`, and purged
+    `RETENTION_SECONDS` after (uploads.purge_expired)."""
+    return stored.get("created", 0) + current_app.config["RETENTION_SECONDS"]
+
+
 def item_or_404(stored: dict, index: int) -> dict:
-    if index >= len(stored["results"]):
-        abort(404)
+    count = len(stored["results"])
+    if index >= count:
+        abort(404, description=f"This batch holds {count} image{'s' if count != 1 else ''}, "
+                               f"numbered from 0 in its addresses: there is no image {index}.")
     return stored["results"][index]
 
 

@@ -3,7 +3,10 @@ CSV download.
 
 Only accepted results enter the differential: an unidentified cell (the model is too unsure)
 or an image unlike the training data would otherwise be counted as whatever class happened to
-score highest, and a differential is only as good as its least certain cell.
+score highest, and a differential is only as good as its least certain cell. Of the accepted
+cells, only white cells are shares of the differential; cells of the other classes a model
+names (platelets, nucleated red cells) are counted beside it, per 100 white cells, as a lab
+reports nucleated red cells.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+from hematovision.cells import is_white_cell
 from hematovision.trust import ACCEPTED, STATUSES
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -24,7 +28,21 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 class ClassShare:
     name: str
     count: int
-    percent: float  # of the accepted images, one decimal
+    percent: float  # of the accepted white cells, one decimal
+
+
+@dataclass(frozen=True)
+class OtherCount:
+    name: str
+    count: int
+    per_100_white: float | None  # one decimal; None when no white cell was accepted
+
+
+@dataclass(frozen=True)
+class Differential:
+    shares: list[ClassShare]  # the model's white-cell classes, in its order, zeros included
+    white_cells: int  # accepted white cells: the base of the shares
+    others: list[OtherCount]  # the model's other classes (accepted cells), zeros included
 
 
 def status_of(result: dict[str, Any]) -> str | None:
@@ -34,16 +52,31 @@ def status_of(result: dict[str, Any]) -> str | None:
     return result["status"]
 
 
-def differential(results: list[dict[str, Any]], classes: list[str]) -> list[ClassShare]:
-    """Count and percentage per class of the accepted results, in the model's class order,
-    zero counts included."""
+def differential(results: list[dict[str, Any]], classes: list[str]) -> Differential:
+    """The white-cell differential of the accepted results, and the model's other classes
+    counted beside it."""
     labels = [r["label"] for r in results if status_of(r) == ACCEPTED]
-    total = len(labels)
-    return [
-        ClassShare(c, n, round(100 * n / total, 1) if total else 0.0)
-        for c in classes
-        for n in [labels.count(c)]
-    ]
+    white = [c for c in classes if is_white_cell(c)]
+    total = sum(labels.count(c) for c in white)
+    return Differential(
+        shares=[ClassShare(c, labels.count(c), _per(labels.count(c), total, 100) or 0.0)
+                for c in white],
+        white_cells=total,
+        others=[OtherCount(c, labels.count(c), _per(labels.count(c), total, 100))
+                for c in classes if not is_white_cell(c)],
+    )
+
+
+def counted_label(result: dict[str, Any]) -> str:
+    """The class a result adds to the differential: its label when accepted and a white cell,
+    else empty."""
+    if status_of(result) == ACCEPTED and is_white_cell(result["label"]):
+        return result["label"]
+    return ""
+
+
+def _per(count: int, total: int, base: int) -> float | None:
+    return round(base * count / total, 1) if total else None
 
 
 def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -55,7 +88,7 @@ def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     """One row per file: file, label (the model's top class, as in the API), status (whether to
     trust that label), confidence, p_<class> for each class, error, and differential_class: the
-    label of an accepted result only, so a spreadsheet that counts or filters by it counts
+    label of an accepted white cell only, so a spreadsheet that counts or filters by it counts
     what the differential counts (last, so that earlier columns keep their places)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -65,9 +98,8 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
         status = status_of(r)
         if status is not None:
             probabilities = [f"{r['probabilities'][c]:.4f}" for c in classes]
-            counted = r["label"] if status == ACCEPTED else ""
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
-                   counted]
+                   counted_label(r)]
         else:
             row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], ""]
         writer.writerow([_inert(cell) for cell in row])

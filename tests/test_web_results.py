@@ -1,0 +1,102 @@
+"""What a stored batch turns into (hematovision.web.results): the white-cell differential, the
+other accepted cells counted beside it, and the CSV's differential_class; and the batch page
+that shows them."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import results, uploads
+from hematovision.web.results import ClassShare, OtherCount
+from tests.web_helpers import make_app, make_models_root
+
+PBC8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
+        "platelet"]
+
+
+def result(label: str, status: str = "accepted", classes=PBC8) -> dict:
+    others = (1.0 - 0.93) / (len(classes) - 1)
+    return {"file": f"{label}-{status}.jpg", "label": label, "status": status,
+            "confidence": 0.93, "probabilities": {c: 0.93 if c == label else others
+                                                  for c in classes}}
+
+
+# 4 accepted white cells, 1 platelet, 1 erythroblast, and results the differential never counts.
+BATCH = [result("neutrophil"), result("neutrophil"), result("lymphocyte"), result("ig"),
+         result("platelet"), result("erythroblast"), result("neutrophil", "unidentified"),
+         result("platelet", "not_a_cell"), {"file": "broken.jpg", "error": "not an image"}]
+
+
+def test_platelets_and_erythroblasts_are_counted_beside_the_white_cell_differential():
+    differential = results.differential(BATCH, PBC8)
+    assert differential.white_cells == 4
+    assert differential.shares == [
+        ClassShare("basophil", 0, 0.0), ClassShare("eosinophil", 0, 0.0), ClassShare("ig", 1, 25.0),
+        ClassShare("lymphocyte", 1, 25.0), ClassShare("monocyte", 0, 0.0),
+        ClassShare("neutrophil", 2, 50.0)]
+    assert differential.others == [OtherCount("erythroblast", 1, 25.0),
+                                   OtherCount("platelet", 1, 25.0)]
+
+
+def test_with_no_accepted_white_cell_the_other_cells_have_no_rate():
+    differential = results.differential([result("platelet"), result("ig", "unidentified")], PBC8)
+    assert differential.white_cells == 0
+    assert all(share.percent == 0.0 for share in differential.shares)
+    assert differential.others == [OtherCount("erythroblast", 0, None),
+                                   OtherCount("platelet", 1, None)]
+
+
+def test_a_class_the_catalog_does_not_know_counts_as_a_white_cell():
+    classes = ["blast", "neutrophil"]
+    differential = results.differential(
+        [result("blast", classes=classes), result("neutrophil", classes=classes)], classes)
+    assert [(s.name, s.percent) for s in differential.shares] == [("blast", 50.0),
+                                                                   ("neutrophil", 50.0)]
+    assert differential.others == []
+
+
+def test_the_csv_marks_only_accepted_white_cells_as_counted():
+    rows = [line.split(",") for line in results.to_csv(BATCH, PBC8).splitlines()[1:]]
+    counted = {row[0]: row[-1] for row in rows}
+    assert counted == {"neutrophil-accepted.jpg": "neutrophil", "lymphocyte-accepted.jpg":
+                       "lymphocyte", "ig-accepted.jpg": "ig", "platelet-accepted.jpg": "",
+                       "erythroblast-accepted.jpg": "", "neutrophil-unidentified.jpg": "",
+                       "platelet-not_a_cell.jpg": "", "broken.jpg": ""}
+    # Counting the column gives the differential's counts.
+    column = [row[-1] for row in rows if row[-1]]
+    shares = results.differential(BATCH, PBC8).shares
+    assert {s.name: s.count for s in shares if s.count} == {c: column.count(c) for c in column}
+
+
+@pytest.fixture
+def client(tmp_path, tiny_model_dir):
+    app = make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
+    return app.test_client()
+
+
+def stored_batch(client, batch: list[dict], classes: list[str]) -> str:
+    folder = client.application.config["UPLOAD_FOLDER"]
+    return uploads.save_batch(Path(folder), {"model": "tiny", "classes": classes,
+                                             "results": batch})
+
+
+def test_the_batch_page_shows_other_cells_apart_from_the_shares(client):
+    batch_id = stored_batch(client, BATCH, PBC8)
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    differential, others = html.split('id="differential"')[1].split('id="other-cells"')
+    shares = dict(re.findall(r'<tr data-class="(\w+)">.*?<td class="text-end">\d+</td>\s*'
+                             r'<td class="text-end">([\d.]+)</td>', differential, re.S))
+    assert shares == {"basophil": "0.0", "eosinophil": "0.0", "ig": "25.0", "lymphocyte": "25.0",
+                      "monocyte": "0.0", "neutrophil": "50.0"}
+    assert "Share of the 4 accepted white cells" in re.sub(r"\s+", " ", differential)
+    rows = re.findall(r'<tr data-class="(\w+)">.*?<td class="text-end">(\d+)</td>\s*'
+                      r'<td class="text-end">([^<]+)</td>', others.split("</table>")[0], re.S)
+    assert rows == [("erythroblast", "1", "25.0"), ("platelet", "1", "25.0")]
+
+
+def test_a_white_cell_model_has_no_table_of_other_cells(client):
+    classes = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    batch_id = stored_batch(client, [result("monocyte", classes=classes)] * 2, classes)
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    assert 'id="differential"' in html and 'id="other-cells"' not in html
