@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import fields
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,11 +95,16 @@ def test_a_run_records_the_weights_file_auto_chose(tmp_path, monkeypatch, image_
     (tmp_path / "backbone.h5").write_bytes(b"h5")
     monkeypatch.setattr(model, "DEFAULT_WEIGHTS", tmp_path / "backbone.h5")
 
-    def stop_before_building(*args):  # the weights would be read here; the folder is made
-        raise RuntimeError(args[3])
+    built, saved = [], []
+    monkeypatch.setattr(train, "Classifier", lambda *args: built.append(args[3])
+                        or SimpleNamespace(initialisation="stub"))
 
-    monkeypatch.setattr(train, "Classifier", stop_before_building)
-    with pytest.raises(RuntimeError, match="backbone.h5"):
+    def read_config_then_stop(*args):  # the run folder exists here, with its config
+        [config_file] = (tmp_path / "runs").glob("*/config.json")
+        saved.append(json.loads(config_file.read_text())["weights"])
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(train, "CachedViews", read_config_then_stop)
+    with pytest.raises(RuntimeError, match="stop"):
         train.train(config)
-    [saved] = (tmp_path / "runs").glob("*/config.json")
-    assert json.loads(saved.read_text())["weights"] == str(tmp_path / "backbone.h5")
+    assert built == saved == [str(tmp_path / "backbone.h5")]

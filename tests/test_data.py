@@ -251,3 +251,16 @@ def test_a_split_saved_for_other_classes_is_refused(tmp_path):
     path.write_text(json.dumps({**saved, "classes": [*CLASSES, "basophil"]}))
     with pytest.raises(ValueError, match="was saved for the classes"):
         data_lib.load_split(path, dataset)
+
+
+@pytest.mark.parametrize("option", ["source_map", "field_notes"])
+def test_a_named_csv_that_is_missing_or_a_folder_is_a_clear_stop(tmp_path, image_folder, option):
+    settings = {"source_map": "none", "field_notes": "none"}
+    if option == "field_notes":  # read only beside a source map
+        (tmp_path / "map.csv").write_text("file,group\n")
+        settings["source_map"] = str(tmp_path / "map.csv")
+    flag = "--" + option.replace("_", "-")
+    for path, reason in ((tmp_path / "absent.csv", "no such file"),
+                         (tmp_path, "a folder, not a CSV file")):
+        with pytest.raises(SystemExit, match=f"{flag} {path}: {reason}"):
+            data_lib.grouped_image_folder(image_folder, 0, **{**settings, option: str(path)})

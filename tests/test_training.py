@@ -209,7 +209,7 @@ def test_cli_arguments_map_onto_the_config_and_the_card():
          "--export", "wbc4", "--expects", "smear crops"])
     assert (config.data, config.crop, config.views, config.class_balance) == ("d", "nucleus", 2, False)
     assert export_name == "wbc4"
-    assert card == {"description": "", "expects": "smear crops"}
+    assert card == {"description": "", "expects": "smear crops", "replace": False}
     assert resume is None
 
 
@@ -243,10 +243,17 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     real_fit = train.fit
     monkeypatch.setattr(train, "fit", lambda *a, **k: real_fit(
         *a, **{**k, "extra_callbacks": [StopInEpoch3()]}))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="stopped after epoch 2: `python -m training.train "
+                                         "--resume .*` goes on from there"):
         train.train(config)
     run_dir = next((tmp_path / "runs").iterdir())
     assert train.Backup(run_dir).finished_epochs() == 2
+    # Its best model so far can start a new run, whose card then says where it came from.
+    from training.model import weights_provenance
+
+    assert weights_provenance(str(run_dir / "checkpoint.keras")) == (
+        f"HematoVision model {run_dir.name} trained on {root} (classes {', '.join(CLASSES)}), "
+        "itself initialised from none")
     with open(run_dir / "metrics.csv") as f:
         first = list(csv.DictReader(f))
     assert len(first) == 2 and not (run_dir / "summary.json").exists()
@@ -499,6 +506,21 @@ def test_an_unreadable_training_image_stops_the_run_with_its_name(tmp_path, imag
                          val_fraction=0.25, cache_dir=str(tmp_path / "cache"), weights="none")
     with pytest.raises(SystemExit, match=f"Cannot train on {broken}: The file is not an image"):
         train.train(config)
+    # Nothing was trained: no run folder is left to shadow the next run (runs/*-NAME).
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path, image_folder, monkeypatch):
+    config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         val_fraction=0.25, cache_dir=str(tmp_path / "cache"), weights="none")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", interrupted)
+    with pytest.raises(SystemExit, match="stopped before the first epoch ended; .* removed"):
+        train.train(config)
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_evaluate_refuses_an_unknown_or_empty_split_instead_of_scoring_nothing(
@@ -513,8 +535,15 @@ def test_evaluate_refuses_an_unknown_or_empty_split_instead_of_scoring_nothing(
     (tmp_path / "elsewhere" / "eosinophil").mkdir(parents=True)
     shutil.copy(base / "data" / "eosinophil" / "eosinophil_0.jpg",
                 tmp_path / "elsewhere" / "eosinophil" / "other.jpg")
-    with pytest.raises(SystemExit, match="No image named in .*splits.json:val is under"):
+    # Scored anyway, the images that are there would be recorded as the split's figures.
+    with pytest.raises(SystemExit, match="4 of the 4 images of .*splits.json:val are not under "
+                                         ".*elsewhere \\(first: .*\\): evaluate on the data"):
         evaluate.evaluate(model_dir, tmp_path / "elsewhere", tmp_path / "e", splits, "val")
+    other = json.loads(splits.read_text()) | {"classes": ["basophil", "platelet"]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="made for the classes basophil, platelet; the model has "
+                                         "eosinophil, lymphocyte"):
+        evaluate.evaluate(model_dir, base / "data", tmp_path / "e", tmp_path / "other.json", "val")
     assert evaluate.evaluate(model_dir, base / "data", tmp_path / "e", splits, "val")["n"] == 4
     (tmp_path / "notes.txt").write_text("not JSON")
     for bad, reason in ((tmp_path / "missing.json", "Cannot read the split file"),
@@ -549,7 +578,10 @@ def test_a_model_of_other_classes_exported_under_an_old_name_does_not_inherit_it
     card = json.loads((model_dir / "model_card.json").read_text())
     card["classes"] = ["basophil", "platelet"]  # the folder held another model
     (model_dir / "model_card.json").write_text(json.dumps(card))
-    export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
+    with pytest.raises(SystemExit, match="holds a model of other classes \\(basophil, platelet\\); "
+                                         "exporting this one .* pass --replace"):
+        export.export_run(run_dir, "smoke", root=tmp_path, trust=False)
+    export.export_run(run_dir, "smoke", root=tmp_path, trust=False, replace=True)
     card = json.loads((model_dir / "model_card.json").read_text())
     assert (card["description"], card["expects"]) == ("", "")
 
@@ -566,3 +598,40 @@ def test_a_run_resumes_only_on_the_classes_it_started_with(trained_run, tmp_path
     config = TrainConfig.load(stopped / "config.json")
     with pytest.raises(SystemExit, match="no longer splits as when the run started"):
         train.train(config, resume=stopped)
+
+
+@pytest.mark.parametrize("name", ["my/cells", "../up", ".hidden", "", "a b"])
+def test_an_export_name_the_app_would_not_serve_is_refused(tmp_path, name):
+    with pytest.raises(SystemExit, match="use one folder name of letters, digits"):
+        export.check_target(name, CLASSES, tmp_path)
+
+
+def test_a_run_that_has_not_finished_does_not_export_with_a_traceback(trained_run, tmp_path):
+    _, run_dir = trained_run
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(run_dir / "config.json", stopped / "config.json")
+    with pytest.raises(SystemExit, match="has not finished \\(no summary.json\\): `python -m "
+                                         "training.train --resume .*stopped` goes on with it"):
+        export.export_run(stopped, "x", root=tmp_path / "models")
+    with pytest.raises(SystemExit, match="is not a training run folder \\(no config.json\\)"):
+        export.export_run(tmp_path / "nowhere", "x", root=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+def test_export_prints_only_the_model_folder_on_stdout(trained_run, tmp_path, capfd):
+    _, run_dir = trained_run
+    export.main([str(run_dir), "--name", "quiet", "--root", str(tmp_path), "--no-trust"])
+    assert capfd.readouterr().out.splitlines() == [str(tmp_path / "quiet")]
+
+
+def test_training_refuses_to_replace_a_model_of_other_classes_before_it_starts(
+        trained_run, tmp_path):
+    """The committed 8-class pbc8 must not be overwritten by hours of 4-class training."""
+    base, _ = trained_run
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit, match="saved_model/pbc8 holds a model of other classes "
+                                         "\\(basophil, .*\\); exporting this one \\(eosinophil"):
+        train.main(["--data", str(base / "data"), "--out", str(runs), "--weights", "none",
+                    "--export", "pbc8"])
+    assert not runs.exists()

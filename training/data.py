@@ -87,11 +87,21 @@ def list_extra(setting: str, classes: list[str], max_per_class: int = 0
     return paths, labels
 
 
+def given_file(setting: str, option: str) -> Path:
+    """A CSV named on the command line: it must be a file, said before anything is read."""
+    path = Path(setting)
+    if not path.is_file():
+        raise SystemExit(f"--{option} {setting}: "
+                         + ("a folder, not a CSV file" if path.is_dir() else "no such file")
+                         + " (or give 'auto' or 'none')")
+    return path
+
+
 def find_source_map(root: Path, setting: str) -> Path | None:
     if setting == "none":
         return None
     if setting != "auto":
-        return Path(setting)
+        return given_file(setting, "source-map")
     for folder in (root, root.parent):
         if (folder / SOURCE_MAP_NAME).is_file():
             return folder / SOURCE_MAP_NAME
@@ -104,7 +114,7 @@ def find_field_notes(root: Path, setting: str) -> Path | None:
     if setting == "none":
         return None
     if setting != "auto":
-        return Path(setting)
+        return given_file(setting, "field-notes")
     for folder in (root.parent, root.parent.parent):
         if (folder / FIELD_NOTES).is_file():
             return folder / FIELD_NOTES

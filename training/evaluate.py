@@ -119,6 +119,23 @@ def report_text(metrics: dict, classes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_split_fits(saved: dict, split_file: Path, split_name: str, classes: list[str],
+                     dataset: data_lib.Dataset, data_dir: Path) -> None:
+    """Refuse a split file made for other classes, or one whose images are not all under
+    `data_dir`: scored anyway, a subset would be recorded as the split's figures."""
+    made_for = saved.get("classes")
+    if isinstance(made_for, list) and made_for != classes:
+        raise SystemExit(f"{split_file} was made for the classes {', '.join(made_for)}; the "
+                         f"model has {', '.join(classes)}: pass the model's own split file")
+    present = set(dataset.files)
+    absent = [f for f in saved[split_name] if f not in present]
+    if absent:
+        raise SystemExit(
+            f"{len(absent)} of the {len(saved[split_name])} images of {split_file}:{split_name} "
+            f"are not under {data_dir} (first: {absent[0]}): evaluate on the data the split "
+            f"was made from" + (f" ({saved['root']})" if saved.get("root") else ""))
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
              split_name: str = "test") -> dict:
     try:
@@ -136,14 +153,12 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
             named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
             raise SystemExit(f"{split_file} has no split named {split_name!r} "
                              f"(it has {', '.join(named)})")
+        check_split_fits(saved, split_file, split_name, predictor.classes, dataset, data_dir)
         wanted = set(saved[split_name])
         files = [f for f in files if f in wanted]
-    if not files:
-        if split_file and not saved[split_name]:
-            raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate (a run "
-                             "trained with --test-fraction 0 keeps no test split)")
-        where = f" named in {split_file}:{split_name}" if split_file else ""
-        raise SystemExit(f"No image{where} is under {data_dir}: nothing to evaluate")
+    if not files:  # the folder has images, and a split's are all there: the split is empty
+        raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate (a run "
+                         "trained with --test-fraction 0 keeps no test split)")
     label_of = dataset.label_of()
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]

@@ -9,9 +9,12 @@ metrics. The conversion checks itself against the Keras model on a fixed batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -139,7 +142,10 @@ def convert_to_tflite(model: keras.Model, path: Path, tta: bool = True) -> None:
     # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
     # models for Keras 3 (its variables were not captured); check_export guards against it.
     converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, tta))
-    Path(path).write_bytes(converter.convert())
+    # The converter prints the traced signature (hundreds of TensorSpec lines) on stdout,
+    # where export's only output is the model folder's path.
+    with contextlib.redirect_stdout(sys.stderr):
+        Path(path).write_bytes(converter.convert())
 
 
 def check_export(model: keras.Model, model_dir: Path, tta: bool = True, seed: int = 0) -> float:
@@ -216,17 +222,55 @@ def write_card(model_dir: Path, card: dict) -> None:
     (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
 
 
+# A model's name is its folder under saved_model/ and its address in the app (/models/NAME).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_target(name: str, classes: list[str], root: Path = MODELS_ROOT,
+                 replace: bool = False) -> None:
+    """Refuse an export name that the app would not serve, or one that would replace a model
+    of other classes (the committed default among them) unless `replace`; run before training,
+    so that hours of it do not end in either. A new version of the same classes replaces the
+    old one: that is how a model is retrained."""
+    if not MODEL_NAME.fullmatch(name):
+        raise SystemExit(f"Model name {name!r}: use one folder name of letters, digits, '.', "
+                         "'_' and '-' (it becomes saved_model/NAME and the app's /models/NAME)")
+    folder = Path(root) / name
+    if (folder / CARD_FILE).is_file() and not replace:
+        old = read_card(folder).get("classes")
+        if old != classes:
+            raise SystemExit(f"{folder} holds a model of other classes ({', '.join(old or [])}); "
+                             f"exporting this one ({', '.join(classes)}) would replace it: choose "
+                             "another name, or pass --replace")
+
+
+def finished_run(run_dir: Path) -> tuple[dict, dict]:
+    """(summary, config) of a finished training run folder, or a clear exit."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise SystemExit(f"{run_dir} is not a training run folder (no config.json)")
+    if not (run_dir / "summary.json").is_file():
+        raise SystemExit(
+            f"{run_dir} has not finished (no summary.json): `python -m training.train --resume "
+            f"{run_dir}` goes on with it; its best model so far, {run_dir / 'checkpoint.keras'}, "
+            "can start a new run (--weights)")
+    return (json.loads((run_dir / "summary.json").read_text()),
+            json.loads((run_dir / "config.json").read_text()))
+
+
 def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
-               expects: str = "", trust: bool = True, tta: bool = True) -> Path:
+               expects: str = "", trust: bool = True, tta: bool = True,
+               replace: bool = False) -> Path:
     """Export the model of a training run folder to `root/name`, with its config and split,
     then fit its trust layer on the run's training and validation images."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    summary, config = finished_run(run_dir)
     out_dir = Path(root) / name
     # Re-exporting a model folder in place (after a change of the serving format) keeps the
     # name of the run it came from.
     in_place = out_dir.resolve() == run_dir.resolve()
+    if not in_place:
+        check_target(name, summary["classes"], Path(root), replace)
     run_folder = run_dir.name
     if (out_dir / CARD_FILE).is_file():
         # A new version of a served model keeps its description unless given a new one; a
@@ -299,9 +343,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="serve one view per image instead of the mean over four flips "
                              "(4x faster, less accurate)")
+    parser.add_argument("--replace", action="store_true",
+                        help="let the export replace a model of other classes under NAME")
     args = parser.parse_args(argv)
     print(export_run(args.run_dir, args.name, args.root, args.description, args.expects,
-                     args.trust, args.tta))
+                     args.trust, args.tta, args.replace))
 
 
 if __name__ == "__main__":

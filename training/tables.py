@@ -55,8 +55,12 @@ def _field_groups(config: dict) -> bool:
     only data with a source map (PBC has none: each image is its own group) and notes found.
     Runs from before the option existed grouped by smear only."""
     data = Path(config["data"])
-    return (find_source_map(data, config.get("source_map", "auto")) is not None
-            and find_field_notes(data, config.get("field_notes", "none")) is not None)
+
+    def found(setting: str, find) -> bool:  # a path given to the run was checked when it ran
+        return setting not in ("auto", "none") or find(data, setting) is not None
+
+    return (found(config.get("source_map", "auto"), find_source_map)
+            and found(config.get("field_notes", "none"), find_field_notes))
 
 
 def _out_of_fold(crossfit_json: Path) -> dict:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                                                      config.max_per_class)
     split["extra_train"] = [str(p) for p in extra_paths]
 
+    # Model: MobileNetV2 backbone with the requested initialisation and a new head (built
+    # before a run folder exists: a weights file that cannot be read leaves none behind).
+    num_classes = len(dataset.classes)
+    classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights,
+                            config.tune_from_block)
+    log(f"initialisation: {classifier.initialisation}")
+    if config.weights == "none":
+        log(f"warning: blocks below {config.tune_from_block} keep their random weights (frozen); "
+            "expect a poor model. --weights auto starts from ImageNet.")
+
     done = 0  # epochs finished by earlier sessions
     if resume is None:
         run_dir = Path(config.out) / (
@@ -80,71 +91,64 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             KeepBest.discard(run_dir)
         log(f"resuming {run_dir} after epoch {done}")
     data_lib.save_split(split, run_dir / "splits.json", dataset)
+    # A new run stopped or failed before its first epoch leaves no folder; a stopped run
+    # says how to go on.
+    with stopped_cleanly(run_dir, new=resume is None):
+        # Frozen-part activations of every file and view, computed once (cached on disk).
+        features = CachedViews(classifier, config, dataset, split, extra_paths, y_extra_files)
+        x_train, y_train = features.for_training(split["train"])
+        x_val, y_val = features(split["val"], 1)
+        initial_weights = [w.numpy() for w in classifier.trainable.weights]
 
-    # Model: MobileNetV2 backbone with the requested initialisation and a new head.
-    num_classes = len(dataset.classes)
-    classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights,
-                            config.tune_from_block)
-    log(f"initialisation: {classifier.initialisation}")
-    if config.weights == "none":
-        log(f"warning: blocks below {config.tune_from_block} keep their random weights (frozen); "
-            "expect a poor model. --weights auto starts from ImageNet.")
+        # Fit on the grouped training split; early stopping and the schedule see validation only.
+        # Every epoch is backed up, so a stopped run can go on (`--resume`).
+        # Training time across `--resume`s; unknown for a run resumed from before it was kept.
+        stopwatch = Stopwatch(run_dir / ELAPSED_FILE, started, earlier_known=not done)
+        history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
+                      keep_best=KeepBest(classifier, run_dir), stopwatch=stopwatch)
+        best_epoch = int(np.argmin(history["val_loss"])) + 1
+        val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
+        log(f"best epoch {best_epoch}: validation {val_metrics}")
 
-    # Frozen-part activations of every file and view, computed once (cached on disk).
-    features = CachedViews(classifier, config, dataset, split, extra_paths, y_extra_files)
-    x_train, y_train = features.for_training(split["train"])
-    x_val, y_val = features(split["val"], 1)
-    initial_weights = [w.numpy() for w in classifier.trainable.weights]
+        # Refit: images whose source smear is unknown may be siblings of validation images, so
+        # they join only a final fit on all training data, for the epoch count validation chose.
+        refit_files = split["train"] + split["val"] + split["unassigned"]
+        refitted = config.unassigned == "refit" and split["unassigned"] and split["val"]
+        if refitted:
+            for w, value in zip(classifier.trainable.weights, initial_weights):
+                w.assign(value)
+            x_all, y_all = features.for_training(refit_files)
+            # The learning rates the validated fit used up to its best epoch, replayed.
+            schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
+            fit(classifier, config, x_all, y_all, None, best_epoch, run_dir,
+                log_name="refit_metrics.csv", rates=schedule)
 
-    # Fit on the grouped training split; early stopping and the schedule see validation only.
-    # Every epoch is backed up, so a stopped run can go on (`--resume`).
-    # Training time across `--resume`s; unknown for a run resumed from before it was kept.
-    stopwatch = Stopwatch(run_dir / ELAPSED_FILE, started, earlier_known=not done)
-    history = fit(classifier, config, x_train, y_train, (x_val, y_val), config.epochs, run_dir,
-                  keep_best=KeepBest(classifier, run_dir), stopwatch=stopwatch)
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
-    val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
-    log(f"best epoch {best_epoch}: validation {val_metrics}")
-
-    # Refit: images whose source smear is unknown may be siblings of validation images, so
-    # they join only a final fit on all training data, for the epoch count validation chose.
-    refit_files = split["train"] + split["val"] + split["unassigned"]
-    refitted = config.unassigned == "refit" and split["unassigned"] and split["val"]
-    if refitted:
-        for w, value in zip(classifier.trainable.weights, initial_weights):
-            w.assign(value)
-        x_all, y_all = features.for_training(refit_files)
-        # The learning rates the validated fit used up to its best epoch, replayed.
-        schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
-        fit(classifier, config, x_all, y_all, None, best_epoch, run_dir,
-            log_name="refit_metrics.csv", rates=schedule)
-
-    classifier.full.save(run_dir / "model.keras")
-    KeepBest.discard(run_dir)  # model.keras supersedes it
-    Backup(run_dir).discard()
-    plot_curves(history, run_dir / "curves.png")
-    summary = {
-        "classes": dataset.classes,
-        "initialisation": classifier.initialisation,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history["loss"]),
-        "validation": val_metrics,
-        # With a refit, those figures are of the validated model before it: the refitted one
-        # has trained on the validation images.
-        "refit_on_all_training_data": bool(refitted),
-        "trained_on": {"files": len(refit_files if refitted else split["train"]),
-                       "views_per_file": config.views},
-        # Every session of a resumed run; None where a session before it went unrecorded.
-        "train_seconds": stopwatch.seconds(),
-        "counts": {k: len(v) for k, v in split.items()},
-        "extra_training_images": len(extra_paths),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    stopwatch.discard()
-    seconds = summary["train_seconds"]
-    log(f"run folder {run_dir} (" + ("time not recorded" if seconds is None else f"{seconds} s")
-        + ")")
-    return run_dir
+        classifier.full.save(run_dir / "model.keras")
+        KeepBest.discard(run_dir)  # model.keras supersedes it
+        Backup(run_dir).discard()
+        plot_curves(history, run_dir / "curves.png")
+        summary = {
+            "classes": dataset.classes,
+            "initialisation": classifier.initialisation,
+            "best_epoch": best_epoch,
+            "epochs_run": len(history["loss"]),
+            "validation": val_metrics,
+            # With a refit, those figures are of the validated model before it: the refitted one
+            # has trained on the validation images.
+            "refit_on_all_training_data": bool(refitted),
+            "trained_on": {"files": len(refit_files if refitted else split["train"]),
+                           "views_per_file": config.views},
+            # Every session of a resumed run; None where a session before it went unrecorded.
+            "train_seconds": stopwatch.seconds(),
+            "counts": {k: len(v) for k, v in split.items()},
+            "extra_training_images": len(extra_paths),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        stopwatch.discard()
+        seconds = summary["train_seconds"]
+        log(f"run folder {run_dir} (" + ("time not recorded" if seconds is None else f"{seconds} s")
+            + ")")
+        return run_dir
 
 
 class CachedViews:
@@ -194,7 +198,7 @@ class KeepBest(keras.callbacks.Callback):
     """Writes the whole network to `checkpoint.keras` (and its epoch and validation figures to
     `checkpoint.json`) each time validation loss improves. Early stopping keeps the best weights
     only in memory, so without this an interrupted run (out of time, killed, a crash) loses
-    everything it learned; the checkpoint can initialise a new run (`--weights`) or be evaluated.
+    everything it learned; the checkpoint can initialise a new run (`--weights`).
     The tuned part's weights go to `checkpoint.trainable.npz` too: a resumed run's early stopping
     restores them at the end. A run folder that has a checkpoint resumes from its figures."""
 
@@ -258,6 +262,28 @@ class Backup:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def stopped_cleanly(run_dir: Path, new: bool):
+    """Around the work in a run folder. A new run that stops or fails before any epoch is kept
+    (a weights file, an unreadable image, Ctrl-C while caching) removes its folder, so that it
+    never shadows the next run of that name (`runs/*-NAME`); a run stopped with Ctrl-C after
+    that says how to go on, without a traceback."""
+    try:
+        yield
+    except BaseException as exc:
+        kept = Backup(run_dir).finished_epochs()
+        if new and not kept and not any((run_dir / f).exists()
+                                        for f in ("model.keras", KeepBest.MODEL)):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise SystemExit(f"stopped before the first epoch ended; {run_dir} removed "
+                                 "(cached activations are kept for the next run)") from None
+        elif isinstance(exc, KeyboardInterrupt):
+            raise SystemExit(f"stopped after epoch {kept}: `python -m training.train --resume "
+                             f"{run_dir}` goes on from there") from None
+        raise
 
 
 class Resumed(keras.callbacks.Callback):
@@ -443,30 +469,39 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict, P
                              "its last finished epoch, with its own config (other training "
                              "options are then ignored)")
     parser.add_argument("--export", default="", help="also export to saved_model/NAME")
+    parser.add_argument("--replace", action="store_true",
+                        help="let --export replace a model of other classes under NAME")
     parser.add_argument("--description", default="", help="one line for the model card")
     parser.add_argument("--expects", default="", help="what images the model expects (app hint)")
     args = vars(parser.parse_args(argv))
-    card = {"description": args.pop("description"), "expects": args.pop("expects")}
+    # export_run's options: the card's words, and whether it may replace another model
+    exporting = {"description": args.pop("description"), "expects": args.pop("expects"),
+                 "replace": args.pop("replace")}
     export, resume = args.pop("export"), args.pop("resume")
     if resume is not None:
         if not (resume / "config.json").is_file():
             parser.error(f"--resume {resume}: no config.json there")
-        return TrainConfig.load(resume / "config.json"), export, card, resume
+        return TrainConfig.load(resume / "config.json"), export, exporting, resume
     if not args["data"]:
         parser.error("--data is required (or --resume RUN)")
     config = TrainConfig(**args)
     if problems := config.problems():
         parser.error("; ".join(problems))
-    return config, export, card, None
+    return config, export, exporting, None
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, export_name, card, resume = parse_args(argv)
+    config, export_name, exporting, resume = parse_args(argv)
+    if export_name:  # a name the export would refuse is refused before hours of training
+        from training.export import check_target
+
+        classes = data_lib.list_image_folder(Path(config.data), config.max_per_class).classes
+        check_target(export_name, classes, replace=exporting["replace"])
     run_dir = train(config, resume)
     if export_name:
         from training.export import export_run
 
-        export_run(run_dir, export_name, **card)
+        export_run(run_dir, export_name, **exporting)
 
 
 if __name__ == "__main__":
