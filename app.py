@@ -7,7 +7,7 @@ gunicorn -c gunicorn.conf.py "app:create_app()"  # production
 
 import sys
 
-from hematovision.predictor import ModelLoadError
+from hematovision.card import ModelLoadError
 from hematovision.web import create_app
 
 __all__ = ["create_app"]

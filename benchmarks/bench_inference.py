@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from hematovision.predictor import (  # noqa: E402
-    CARD_FILE, KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor)
+from hematovision.card import CARD_FILE  # noqa: E402
+from hematovision.predictor import KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor  # noqa: E402
 from hematovision.preprocess import load_image, to_input  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
 

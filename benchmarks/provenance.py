@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from hematovision.card import CARD_FILE
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,7 +28,7 @@ def commit() -> str | None:
 
 
 def provenance(model_dir: Path) -> dict:
-    card_path = Path(model_dir) / "model_card.json"
+    card_path = Path(model_dir) / CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return {
         "commit": commit(),

@@ -6,7 +6,7 @@ Normal adult shares are typical reference intervals for a manual or automated di
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,6 @@ class CellType:
     # Counted in the white-cell differential. Platelets never are, and nucleated red cells are
     # reported per 100 white cells instead (ICSH), so neither dilutes the white-cell shares.
     white_cell: bool = True
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 CELL_TYPES: dict[str, CellType] = {
@@ -157,9 +154,7 @@ def is_white_cell(name: str) -> bool:
     return CELL_TYPES[name].white_cell if name in CELL_TYPES else True
 
 
-def describe(name: str) -> CellType:
-    """The catalog entry for a class name; a model that names an unknown class is a bug."""
-    try:
-        return CELL_TYPES[name]
-    except KeyError:
-        raise KeyError(f"No catalog entry for cell type {name!r}") from None
+def display_name(name: str) -> str:
+    """The catalog's name for a class; the class name itself for one the catalog does not know
+    (a researcher's own model), which the pages then show as it is."""
+    return CELL_TYPES[name].display_name if name in CELL_TYPES else name

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from hematovision.batch import classify_files, expand_paths
-from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, ModelLoadError, Predictor, load_failure
+from hematovision.card import ModelLoadError
+from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor, load_failure
 from hematovision.trust import parse_accuracy_target
 
 

@@ -6,7 +6,6 @@ checks against it; the Keras file in the same folder stays the source of truth f
 
 from __future__ import annotations
 
-import json
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -16,20 +15,16 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from hematovision.card import CARD_FILE, ModelLoadError, read_card
 from hematovision.preprocess import ImageSource, load_image, to_input
 from hematovision.trust import ACCEPTED, Trust, class_activation_map, use_one_blas_thread
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
 DEFAULT_MODEL = "wbc4"
-CARD_FILE = "model_card.json"
 SERVING_FILE = "model.tflite"
 KERAS_FILE = "model.keras"
 BATCH_SIZE = 32  # images per interpreter call; bounds memory for large batches
-
-
-class ModelLoadError(RuntimeError):
-    """The model folder is missing or unusable; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -69,20 +64,6 @@ class Outputs:
     logits: np.ndarray  # (n, classes), before the softmax
     features: np.ndarray  # (n, d): pooled activations of a few layers, for unfamiliarity
     feature_maps: np.ndarray | None = None  # (n, h, w, d), only when asked for (CAMs)
-
-
-def read_card(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / CARD_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(
-            f"No model card at {path}. Export a trained model there with "
-            "`python -m training.train --data DIR --export NAME` (README, 'Training on your own "
-            "data') or restore saved_model/ from git."
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"The model card {path} is unreadable ({exc}).") from None
 
 
 def load_failure(error: ModelLoadError) -> str:

@@ -161,12 +161,8 @@ class Trust:
         return layer_distances(self.layers, np.asarray(features)).max(axis=1)
 
     def status(self, confidence: float, ood_score: float) -> str:
-        # Unfamiliar first: a confident answer about a photo of a cat is still about a cat.
-        if ood_score > self.ood_threshold:
-            return NOT_A_CELL
-        if unsure(confidence, self.confidence_threshold):
-            return UNIDENTIFIED
-        return ACCEPTED
+        return str(statuses(np.array([confidence]), np.array([ood_score > self.ood_threshold]),
+                            self.confidence_threshold)[0])
 
     def scores(self, ood_score: float) -> dict[str, float | None]:
         finite = np.isfinite(self.ood_threshold)
@@ -178,6 +174,14 @@ class Trust:
             "confidence_threshold": self.confidence_threshold,
             "temperature": round(self.temperature, 4),
         }
+
+
+def statuses(confidence: np.ndarray, unfamiliar: np.ndarray, threshold: float) -> np.ndarray:
+    """The status of each answer, the one rule the server applies and the evaluations measure:
+    unfamiliar first (a confident answer about a photo of a cat is still about a cat), then
+    too unsure to accept at the confidence `threshold`."""
+    return np.where(unfamiliar, NOT_A_CELL,
+                    np.where(unsure(confidence, threshold), UNIDENTIFIED, ACCEPTED))
 
 
 def unsure(confidence, threshold: float):

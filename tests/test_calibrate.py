@@ -112,7 +112,8 @@ def test_the_fitted_unfamiliarity_rule_is_the_one_the_card_states(trusted_model_
     images' scores, rounded up as stored. Recomputed here from the served outputs."""
     from pathlib import Path
 
-    from hematovision.predictor import Predictor, read_card
+    from hematovision.card import read_card
+    from hematovision.predictor import Predictor
     from hematovision.trust import LayerGaussians, layer_distances
 
     card = read_card(trusted_model_dir)

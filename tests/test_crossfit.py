@@ -11,7 +11,8 @@ import pytest
 from hematovision.trust import softmax, threshold_for_target
 from training import crossfit
 from training.config import TrainConfig
-from training.calibrate import TARGET_ACCURACY, fit_temperature, fit_trust
+from training.calibrate import (TARGET_ACCURACY, fit_temperature, fit_trust,
+                                lowest_ece_temperature, reliability)
 from training.stopwatch import ELAPSED_FILE
 
 
@@ -73,6 +74,18 @@ def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp
     assert source["images"] == 400 and source["source"].startswith("out-of-fold")
     assert section["fitted_on"]["unfamiliarity_threshold"]["split"] == "val"
     assert "out-of-fold" in section["rule"]
+
+    assert section["temperature_fit"] == "nll"
+    # Fitted by ECE instead: the grid temperature with the lowest ECE on the same logits, kept
+    # by a later refit that does not say otherwise.
+    by_ece = fit_trust(folder, progress=False, temperature_fit="ece")
+    assert by_ece["temperature"] == pytest.approx(lowest_ece_temperature(logits, labels), abs=1e-4)
+    assert by_ece["temperature_fit"] == "ece" and "expected calibration error" in \
+        by_ece["temperature_rule"]
+    p = softmax(logits, by_ece["temperature"])
+    assert reliability(p, labels)["ece"] < reliability(softmax(logits, temperature), labels)["ece"]
+    assert fit_trust(folder, progress=False)["temperature_fit"] == "ece"
+    fit_trust(folder, progress=False, temperature_fit="nll")
 
     (folder / crossfit.NPZ_FILE).unlink()  # without them: the validation split, as before
     section = fit_trust(folder, progress=False)

@@ -28,6 +28,18 @@ def test_small_draws_of_a_calibrated_pool_show_more_ece_than_the_pool():
     assert ece_spread(logits, labels, groups, smears=20, rounds=200) == result  # seeded
 
 
+def test_the_pool_records_the_lowest_ece_any_temperature_reaches():
+    """The floor of temperature scaling on the pool: at or below the fitted temperature's ECE,
+    and what a temperature fitted by lowest ECE gives."""
+    logits, labels, groups = calibrated_pool()
+    logits = logits * 3.0  # overconfident: the NLL temperature is about 3
+    by_nll = ece_spread(logits, labels, groups, smears=20, rounds=20)
+    floor = by_nll["lowest_ece_pool"]
+    assert floor["ece"] <= by_nll["ece_pool"] and by_nll["temperature_fit"] == "nll"
+    by_ece = ece_spread(logits, labels, groups, smears=20, rounds=20, temperature_fit="ece")
+    assert (by_ece["temperature"], by_ece["ece_pool"]) == (floor["temperature"], floor["ece"])
+
+
 def test_drawing_every_group_gives_the_pool_figure():
     logits, labels, groups = calibrated_pool(groups=30)
     result = ece_spread(logits, labels, groups, smears=30, rounds=5)

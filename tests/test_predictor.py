@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from hematovision.predictor import ModelLoadError, Predictor, available_models
+from hematovision.card import ModelLoadError
+from hematovision.predictor import Predictor, available_models
 from tests.conftest import CLASSES, make_image
 
 

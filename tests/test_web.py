@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from hematovision.cells import CELL_TYPES
-from hematovision.predictor import ModelLoadError, Predictor
+from hematovision.card import ModelLoadError
+from hematovision.predictor import Predictor
 from hematovision.web import create_app
 from tests.conftest import CLASSES
 from tests.web_helpers import (

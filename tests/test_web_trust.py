@@ -498,7 +498,7 @@ def test_the_server_can_abstain_at_its_own_accuracy_target(tmp_path, trusted_mod
 ])
 def test_a_bad_accuracy_target_stops_the_app_with_one_clear_message(tmp_path, trusted_model_dir,
                                                                     value, message):
-    from hematovision.predictor import ModelLoadError
+    from hematovision.card import ModelLoadError
 
     root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
     with pytest.raises(ModelLoadError, match=message):

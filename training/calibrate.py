@@ -28,10 +28,11 @@ from typing import Sequence
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.predictor import KERAS_FILE, MODELS_ROOT, Predictor, read_card
+from hematovision.card import read_card, write_card
+from hematovision.predictor import DEFAULT_MODEL, KERAS_FILE, MODELS_ROOT, Predictor
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
                                 layer_distances, parse_accuracy_target, save_trust_arrays,
-                                softmax, threshold_for_target, unsure)
+                                softmax, statuses, threshold_for_target, unsure)
 from training import crossfit
 
 ECE_BINS = 15
@@ -66,6 +67,36 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05,
             d = a + ratio * (b - a)
             fd = nll(logits, labels, math.exp(d))
     return math.exp((a + b) / 2)
+
+
+# Temperatures searched for the lowest ECE: log-spaced, fine enough that ECE (a step function
+# of the temperature) changes little between neighbours.
+TEMPERATURE_GRID = np.geomspace(0.25, 8.0, 801)
+TEMPERATURE_GRID_TEXT = "801 log-spaced temperatures, 0.25 to 8"
+# How the temperature is fitted on the held-out logits. NLL punishes a confident mistake without
+# bound, so a few confidently wrong smears pull its temperature up and leave every other answer
+# underconfident; the lowest ECE is what the displayed confidence is judged by.
+TEMPERATURE_FITS = {
+    "nll": "the temperature minimising the negative log-likelihood",
+    "ece": f"the temperature with the lowest expected calibration error ({ECE_BINS} bins; "
+           f"grid: {TEMPERATURE_GRID_TEXT})",
+}
+
+
+def lowest_ece_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature of TEMPERATURE_GRID with the lowest ECE on these logits (the first, on
+    a tie)."""
+    eces = [reliability(softmax(logits, t), labels)["ece"] for t in TEMPERATURE_GRID]
+    return float(TEMPERATURE_GRID[int(np.argmin(eces))])
+
+
+def fit_temperature_by(criterion: str, logits: np.ndarray, labels: np.ndarray) -> float:
+    if criterion not in TEMPERATURE_FITS:
+        raise SystemExit(f"Unknown temperature fit {criterion!r}; use one of "
+                         f"{', '.join(TEMPERATURE_FITS)}")
+    if criterion == "ece":
+        return lowest_ece_temperature(logits, labels)
+    return fit_temperature(logits, labels)
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
@@ -109,8 +140,7 @@ def operating_figures(confidence: np.ndarray, correct: np.ndarray, unfamiliar: n
     figures = []
     for point in points:
         threshold = point["confidence_threshold"]
-        status = np.where(unfamiliar, NOT_A_CELL,
-                          np.where(unsure(confidence, threshold), UNIDENTIFIED, ACCEPTED))
+        status = statuses(confidence, unfamiliar, threshold)
         figures.append({"target_accuracy": point["target_accuracy"],
                         "confidence_threshold": threshold, **status_rates(status, correct)})
     return figures
@@ -172,13 +202,15 @@ def labelled_outputs(predictor: Predictor, root: Path, files: list[str], progres
 
 
 def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_ACCURACY,
-              ood_quantile: float = OOD_QUANTILE, progress: bool = True) -> dict:
+              ood_quantile: float = OOD_QUANTILE, progress: bool = True,
+              temperature_fit: str | None = None) -> dict:
     """Fit and store the trust layer of `model_dir` (see the module docstring); returns the
-    card's new "trust" section."""
-    from training.export import write_card
+    card's new "trust" section. `temperature_fit` (TEMPERATURE_FITS): how the temperature is
+    fitted; None keeps the card's earlier choice (NLL for a card that has none)."""
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
+    temperature_fit = temperature_fit or card.get("trust", {}).get("temperature_fit", "nll")
     root = Path(data or card["training"]["config"]["data"])
     if not root.is_dir():
         # The card keeps --data as training was given it, often relative to where it ran.
@@ -207,7 +239,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     # the fit below.
     oof = crossfit.load(model_dir, tta=card.get("test_time_augmentation") is not None)
     fit_logits, fit_truth = (oof["logits"], oof["labels"]) if oof else (val_out.logits, val_labels)
-    temperature = fit_temperature(fit_logits, fit_truth)
+    temperature = fit_temperature_by(temperature_fit, fit_logits, fit_truth)
     fitted_probabilities = softmax(fit_logits, temperature)
     held_out_confidence = fitted_probabilities.max(axis=1)
     held_out_correct = fitted_probabilities.argmax(axis=1) == fit_truth
@@ -233,6 +265,8 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     refit = bool(card.get("training", {}).get("refit_on_all_training_data"))
     section = {
         "temperature": round(temperature, 4),
+        "temperature_fit": temperature_fit,
+        "temperature_rule": TEMPERATURE_FITS[temperature_fit],
         "confidence_threshold": threshold,
         "target_accuracy": target,
         # Fitted in sample: the accepted shares of the images the thresholds were chosen on.
@@ -299,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                     "validation splits.",
         epilog="example: python -m training.calibrate --model wbc4",
     )
-    parser.add_argument("--model", default="wbc4", help="model folder name under saved_model/")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
     parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
     parser.add_argument("--data", type=Path, default=None,
                         help="the training ImageFolder (default: the one in the model card)")
@@ -307,9 +342,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="accepted held-out cells are right at least this often "
                              f"(default {TARGET_ACCURACY})")
     parser.add_argument("--ood-quantile", type=float, default=OOD_QUANTILE)
+    parser.add_argument("--temperature-fit", choices=sorted(TEMPERATURE_FITS), default=None,
+                        help="fit the temperature by lowest NLL or lowest ECE on the held-out "
+                             "logits (default: the card's earlier choice, else nll)")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or MODELS_ROOT / args.model
-    section = fit_trust(model_dir, args.data, args.target_accuracy, args.ood_quantile)
+    section = fit_trust(model_dir, args.data, args.target_accuracy, args.ood_quantile,
+                        temperature_fit=args.temperature_fit)
     print(json.dumps(section, indent=2))
 
 

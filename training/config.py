@@ -8,6 +8,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from hematovision.preprocess import CROPS
+
 
 LAST_BLOCK = 16  # MobileNetV2's last inverted-residual block (tune_from_block's upper bound)
 
@@ -108,4 +110,4 @@ class TrainConfig:
 BEFORE_OPTION_EXISTED = {"field_notes": "none"}
 # Options that take one of a few words; argparse refuses others (a typo must not pass as a
 # default: any --unassigned value but "refit" used to mean "drop").
-CHOICES = {"crop": ("none", "nucleus"), "unassigned": ("refit", "drop")}
+CHOICES = {"crop": CROPS, "unassigned": ("refit", "drop")}

@@ -10,8 +10,8 @@ source groups of train + val (stratified by class; a group never on both sides),
 served logits (test-time augmentation included) of every held-out image. Each fold model is
 early-stopped on its held-out fold, as the served model was on its validation split.
 `--stopping served-epochs` instead replays the served weights' epochs and learning rates and
-never looks at the held-out fold; measured for wbc4, its fold models were more overconfident on
-their held-out smears, and their temperature fitted the served model's validation split worse.
+never looks at the held-out fold (tried once for an earlier wbc4 and not adopted; its figures
+were not kept).
 The folder's model itself is not changed. `training.calibrate` fits the temperature and the
 abstention threshold on these out-of-fold logits when the folder has them; the unfamiliar-image
 threshold stays on the model's own validation images, because features differ from one trained
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.batch import decoded_chunks
+from hematovision.card import read_card
 from training import data as data_lib
 from training.config import TrainConfig
 from training.pretrained import file_sha256
@@ -241,7 +242,7 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     if (folder / "summary.json").is_file():
         record = json.loads((folder / "summary.json").read_text())
     else:
-        record = json.loads((folder / "model_card.json").read_text())["training"]
+        record = read_card(folder)["training"]
     epochs = int(record["best_epoch"])
     if record.get("refit_on_all_training_data"):
         refit_log = folder / "refit_metrics.csv"

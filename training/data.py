@@ -16,6 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hematovision.batch import image_files, is_hidden
 
 SOURCE_MAP_NAME = "bccd_source_map.csv"
@@ -241,6 +243,13 @@ def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed
     split["excluded_groups"] = excluded
     check_disjoint(split, dataset)
     return split
+
+
+def group_members(groups: list) -> list[np.ndarray]:
+    """The positions of each group's members, one index array per distinct group: what
+    resampling by source smear draws from (bootstrap intervals, ECE spreads)."""
+    _, inverse = np.unique(np.array([str(g) for g in groups]), return_inverse=True)
+    return [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
 
 
 def class_groups(dataset: Dataset, split: dict) -> dict[str, dict[str, int]]:

@@ -6,12 +6,14 @@ Expected calibration error measured on a test set of few smears (Kaggle `test`: 
 which smears were drawn as much as the calibration. This takes the folder's out-of-fold logits
 (`training.crossfit`: every train + validation smear, each scored by a fold model that did not
 train on it, though its epoch was chosen on that fold),
-calibrates them with the one temperature fitted on all of them (the best a temperature can do on
-this population, fitted in sample), then draws `smears` source smears without replacement,
-`rounds` times, and computes the ECE of each draw's images. If that temperature, right for the
-whole population, still shows an ECE above the goal on most draws of a test set's size, such a
-test set cannot show the goal met, whatever the calibration. The draws are not stratified by
-class: a new test set's class mix is itself a draw.
+calibrates them with the one temperature fitted on all of them (in sample, by the criterion the
+served calibration was fitted with: lowest NLL or lowest ECE), then draws `smears` source smears without replacement, `rounds` times,
+and computes the ECE of each draw's images. If that temperature, right for the whole population,
+still shows an ECE above the goal on most draws of a test set's size, such a test set cannot
+show the goal met, whatever the calibration. The draws are not stratified by class: a new test
+set's class mix is itself a draw. It also records the lowest whole-pool ECE that any single
+temperature reaches (a grid search, in sample): the floor of temperature scaling on this
+population, which an NLL-fitted temperature need not reach.
 
 Writes ece_spread.json into the folder.
 """
@@ -24,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.predictor import read_card
+from hematovision.card import read_card
 from hematovision.trust import softmax
 from training import data as data_lib
-from training.calibrate import ECE_BINS, fit_temperature, reliability
+from training.calibrate import (ECE_BINS, TEMPERATURE_GRID_TEXT, fit_temperature_by,
+                                lowest_ece_temperature, reliability)
 from training.config import TrainConfig
+from training.data import group_members
 from training.crossfit import NPZ_FILE
 
 JSON_FILE = "ece_spread.json"
@@ -37,12 +41,13 @@ LEVEL = 0.95
 
 
 def ece_spread(logits: np.ndarray, labels: np.ndarray, groups: list[str], smears: int,
-               rounds: int = 1000, seed: int = 0, goal: float = GOAL) -> dict:
-    """ECE of `rounds` draws of `smears` whole groups, calibrated in sample on all of them."""
-    temperature = fit_temperature(logits, labels)
+               rounds: int = 1000, seed: int = 0, goal: float = GOAL,
+               temperature_fit: str = "nll") -> dict:
+    """ECE of `rounds` draws of `smears` whole groups, calibrated in sample on all of them
+    (the temperature fitted as `temperature_fit`, training.calibrate.TEMPERATURE_FITS)."""
+    temperature = fit_temperature_by(temperature_fit, logits, labels)
     probabilities = softmax(logits, temperature)
-    _, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    members = group_members(groups)
     if not 0 < smears <= len(members):
         raise SystemExit(f"cannot draw {smears} of {len(members)} source groups")
     rng = np.random.default_rng(seed)
@@ -54,10 +59,14 @@ def ece_spread(logits: np.ndarray, labels: np.ndarray, groups: list[str], smears
     ])
     tail = (1 - LEVEL) / 2
     low, median, high = np.quantile(values, [tail, 0.5, 1 - tail])
+    floor_temperature = lowest_ece_temperature(logits, labels)
+    floor_ece = reliability(softmax(logits, floor_temperature), labels)["ece"]
     return {
         "bins": ECE_BINS, "pool_images": len(labels), "pool_groups": len(members),
-        "temperature": round(temperature, 4),
+        "temperature": round(temperature, 4), "temperature_fit": temperature_fit,
         "ece_pool": round(reliability(probabilities, labels)["ece"], 4),
+        "lowest_ece_pool": {"temperature": round(floor_temperature, 4),
+                            "ece": round(floor_ece, 4), "grid": TEMPERATURE_GRID_TEXT},
         "smears_per_draw": smears, "rounds": rounds, "seed": seed, "level": LEVEL,
         "ece_draws": {"median": round(float(median), 4),
                       "range": [round(float(low), 4), round(float(high), 4)]},
@@ -94,18 +103,21 @@ def main(argv: list[str] | None = None) -> None:
     folder = args.folder
     if not (folder / NPZ_FILE).is_file():
         raise SystemExit(f"{folder / NPZ_FILE} not found: run python -m training.crossfit {folder}")
-    smears = args.smears or read_card(folder).get("metrics", {}).get("test", {}).get(
+    card = read_card(folder)
+    smears = args.smears or card.get("metrics", {}).get("test", {}).get(
         "intervals", {}).get("units", 0)
     if not smears:
         raise SystemExit("no recorded test evaluation with source smears: give --smears")
     pool = np.load(folder / NPZ_FILE)
     result = ece_spread(pool["logits"].astype(np.float64), pool["labels"],
                         pool_groups(folder, pool["files"]), smears, args.rounds, args.seed,
-                        args.goal)
+                        args.goal, card.get("trust", {}).get("temperature_fit", "nll"))
     (folder / JSON_FILE).write_text(json.dumps(result, indent=2) + "\n")
     d = result["ece_draws"]
     print(f"{result['pool_images']} out-of-fold images of {result['pool_groups']} smears, "
-          f"T {result['temperature']}: ECE {result['ece_pool']} on all of them; on draws of "
+          f"T {result['temperature']}: ECE {result['ece_pool']} on all of them (lowest of any "
+          f"T: {result['lowest_ece_pool']['ece']} at T {result['lowest_ece_pool']['temperature']}"
+          f"); on draws of "
           f"{smears} smears median {d['median']} (95 %: {d['range'][0]}-{d['range'][1]}), "
           f"{result['share_of_draws_at_or_below_goal']:.1%} at or below {args.goal}")
 

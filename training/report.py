@@ -1,4 +1,5 @@
-"""Plots of logged training and evaluation data: each function writes one PNG."""
+"""Plots of logged training and evaluation data, one PNG each, and `read_history`, which reads
+the per-epoch CSV log the training curves are drawn from."""
 
 from __future__ import annotations
 

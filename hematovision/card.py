@@ -1,0 +1,46 @@
+"""The model card (`model_card.json`): how it is read and written, and what it records.
+
+A model folder under saved_model/ describes itself through its card: classes, input contract,
+training, trust layer and every recorded evaluation. The app, the command lines and the
+training scripts all go through these functions, so a card means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "model_card.json"
+# Recorded under the card's "metrics" beside the test evaluations, but not one: flag rates on
+# sets of unfamiliar images (training.unfamiliar).
+UNFAMILIAR = "unfamiliar"
+
+
+class ModelLoadError(RuntimeError):
+    """The model folder is missing or unusable; the message says where and how to fix it."""
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / CARD_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"No model card at {path}. Export a trained model there with "
+            "`python -m training.train --data DIR --export NAME` (README, 'Training on your own "
+            "data') or restore saved_model/ from git."
+        ) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"The model card {path} is unreadable ({exc}).") from None
+
+
+def write_card(model_dir: Path, card: dict) -> None:
+    (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def recorded_evaluations(card: dict) -> dict[str, dict]:
+    """The card's recorded test evaluations by name (`training.evaluate --record NAME`), in
+    the order recorded; the unfamiliar-image flag rates are not one."""
+    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    return {k: v for k, v in metrics.items() if isinstance(v, dict) and k != UNFAMILIAR}
