@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from hematovision.predictor import Predictor
+from hematovision.web import heatmap
 from tests.conftest import CELL_COLORS
 from tests.web_helpers import (csrf_token, image_bytes, make_app, make_models_root,
                                spread_operating_points)
@@ -289,7 +290,8 @@ def test_heat_map_shows_the_evidence_for_the_stored_label(client, models_root, a
     class's even when the stored viewing copy (re-encoded, downscaled) would now score another
     class highest; here the stored label is set to the class whose map differs most."""
     from hematovision.preprocess import load_image, to_input
-    from hematovision.trust import class_activation_map, overlay
+    from hematovision.trust import class_activation_map
+    from hematovision.web.heatmap import overlay
 
     location = upload(client, "accepting", ("red.jpg", RED))
     folder = Path(app.config["UPLOAD_FOLDER"])
@@ -528,3 +530,14 @@ def test_app_check_names_each_models_threshold_and_the_target_from_the_environme
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 2
     assert "greater than 0 and at most 1 (e.g. 0.95), not 95.0" in check.stderr
+
+
+def test_overlay_blends_heat_where_the_map_is_high():
+    model_input = np.zeros((224, 224, 3), np.float32)  # mid-grey image
+    cam = np.zeros((7, 7))
+    cam[0, 0] = 1.0
+    image = heatmap.overlay(model_input, cam)
+    assert isinstance(image, Image.Image) and image.size == (224, 224) and image.mode == "RGB"
+    pixels = np.asarray(image).astype(int)
+    assert np.abs(pixels[5, 5] - 128).sum() > 60  # coloured where the evidence is
+    assert np.abs(pixels[200, 200] - 128).sum() <= 3  # untouched where there is none

@@ -13,16 +13,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from hematovision.predictor import Predictor
 from hematovision.preprocess import load_image, to_input
-from hematovision.trust import overlay
 
 GRID_DECIMALS = 3  # the API's map values: enough to draw it, small enough to read
 
 
 def available(predictor: Predictor) -> bool:
     return predictor.trust.head_kernel is not None
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 on a blue-cyan-yellow-red ramp (perceptually ordered, no matplotlib)."""
+    stops = np.array([[0.0, 0, 0, 140], [0.35, 0, 170, 230], [0.65, 250, 220, 40],
+                      [1.0, 220, 20, 20]])
+    v = np.clip(values, 0.0, 1.0)
+    channels = [np.interp(v, stops[:, 0], stops[:, i]) for i in (1, 2, 3)]
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def overlay(model_input: np.ndarray, cam: np.ndarray, opacity: float = 0.45) -> Image.Image:
+    """The CAM blended over the image the model saw (a preprocessed [-1, 1] array)."""
+    base = np.clip((np.asarray(model_input) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    size = base.shape[1], base.shape[0]
+    heat = Image.fromarray((cam * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    values = np.asarray(heat, dtype=np.float64) / 255.0
+    colour = _colormap(values).astype(np.float64)
+    # Weak evidence stays nearly transparent so the cell remains readable underneath.
+    alpha = (opacity * np.sqrt(values))[..., None]
+    blended = base.astype(np.float64) * (1 - alpha) + colour * alpha
+    return Image.fromarray(blended.round().astype(np.uint8))
 
 
 def overlay_png(model_input: np.ndarray, cam: np.ndarray) -> bytes:
