@@ -18,7 +18,7 @@ import pytest
 
 from hematovision.predictor import Predictor
 from hematovision.trust import softmax
-from training import calibrate, evaluate, export, train
+from training import calibrate, evaluate, export, resume, train
 from training.config import TrainConfig
 from training.stopwatch import ELAPSED_FILE
 from tests.conftest import CELL_COLORS, CLASSES
@@ -47,7 +47,7 @@ def test_an_interrupted_run_keeps_its_best_model_so_far(tmp_path):
     from types import SimpleNamespace
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
-    keep = train.KeepBest(SimpleNamespace(full=model, trainable=model), tmp_path)
+    keep = resume.KeepBest(SimpleNamespace(full=model, trainable=model), tmp_path)
 
     def epoch(kernel_value, number, logs):
         model.get_layer("dense").kernel.assign(np.full((3, 2), kernel_value, np.float32))
@@ -65,8 +65,8 @@ def test_an_interrupted_run_keeps_its_best_model_so_far(tmp_path):
         3.0, {"epoch": 3, "val_loss": 0.4, "val_accuracy": 0.8})
     assert keep.best_weights()[0][0, 0] == 3.0  # what a resumed run's early stopping restores
     # A KeepBest on the same folder (a resumed run) starts from the best loss on disk.
-    assert train.KeepBest(SimpleNamespace(full=model, trainable=model), tmp_path).best == 0.4
-    train.KeepBest.discard(tmp_path)
+    assert resume.KeepBest(SimpleNamespace(full=model, trainable=model), tmp_path).best == 0.4
+    resume.KeepBest.discard(tmp_path)
     assert not list(tmp_path.iterdir())
 
 
@@ -247,7 +247,7 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
                                          "--resume .*` goes on from there"):
         train.train(config)
     run_dir = next((tmp_path / "runs").iterdir())
-    assert train.Backup(run_dir).finished_epochs() == 2
+    assert resume.Backup(run_dir).finished_epochs() == 2
     # Its best model so far can start a new run, whose card then says where it came from.
     from training.model import weights_provenance
 
@@ -277,7 +277,7 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     assert train.train(config, resume=run_dir) == run_dir
     second_session = time.time() - started
     val_losses = [float(row["val_loss"]) for row in first]
-    _, next_rate, _ = train.replay_plateau(val_losses, config)
+    _, next_rate, _ = resume.replay_plateau(val_losses, config)
     assert seen["first_epoch"] == 2
     assert seen["rate"] == pytest.approx(next_rate)
     with open(run_dir / "metrics.csv") as f:
@@ -309,7 +309,7 @@ def test_resumed_fits_carry_early_stopping_and_the_plateau_schedule_over():
     best_weights = [np.full((3, 2), 7.0), np.zeros(2)]
     keep_best = SimpleNamespace(best_weights=lambda: best_weights)
     losses = [0.5, 0.4, 0.45, 0.42]  # best at epoch 2; two epochs without improvement since
-    resumed = train.Resumed(losses, config, early, plateau, keep_best, backup=None)
+    resumed = resume.Resumed(losses, config, early, plateau, keep_best, backup=None)
     resumed.set_model(model)
     for callback in (early, plateau, resumed):  # the order fit puts them in
         callback.set_model(model)
@@ -440,7 +440,7 @@ def test_plateau_schedule_replays_what_keras_did_in_a_validated_fit():
                    keras.callbacks.ReduceLROnPlateau(
                        monitor="val_loss", factor=train.PLATEAU_FACTOR, patience=1,
                        min_delta=train.PLATEAU_MIN_DELTA, min_lr=config.min_learning_rate)])
-    replayed = train.plateau_schedule(history.history["val_loss"], config)
+    replayed = resume.plateau_schedule(history.history["val_loss"], config)
     assert replayed == pytest.approx(seen, rel=1e-6)
     assert len(set(seen)) > 2  # the schedule did cut the rate, more than once, to its floor
     assert seen[-1] == pytest.approx(config.min_learning_rate)
@@ -449,7 +449,7 @@ def test_plateau_schedule_replays_what_keras_did_in_a_validated_fit():
 def test_plateau_schedule_on_a_hand_checked_history():
     config = TrainConfig(learning_rate=0.9, min_learning_rate=0.05)
     # better, worse (cut), better, worse (cut), better by less than 1e-4 (cut, to the floor)
-    assert train.plateau_schedule([0.5, 0.7, 0.4, 0.6, 0.39995, 0.1], config) == pytest.approx(
+    assert resume.plateau_schedule([0.5, 0.7, 0.4, 0.6, 0.39995, 0.1], config) == pytest.approx(
         [0.9, 0.9, 0.3, 0.3, 0.1, 0.05])
 
 
