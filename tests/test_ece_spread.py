@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from training import ece_spread as spread_lib
+from training.calibrate import lowest_ece_temperature
 from training.ece_spread import ece_spread
 
 
@@ -55,7 +56,8 @@ def test_a_draw_larger_than_the_pool_is_refused():
 def test_cli_writes_the_spread_into_the_model_folder(tmp_path, monkeypatch, capsys):
     logits, labels, groups = calibrated_pool(groups=40)
     files = np.array([f"c/{i}.jpg" for i in range(len(labels))])
-    np.savez(tmp_path / "crossfit.npz", files=files, labels=labels, folds=labels * 0,
+    folds = np.arange(len(labels)) % 2
+    np.savez(tmp_path / "crossfit.npz", files=files, labels=labels, folds=folds,
              logits=logits.astype(np.float32))
     (tmp_path / "model_card.json").write_text(json.dumps(
         {"metrics": {"test": {"intervals": {"units": 12}}}}))
@@ -64,3 +66,9 @@ def test_cli_writes_the_spread_into_the_model_folder(tmp_path, monkeypatch, caps
     written = json.loads((tmp_path / "ece_spread.json").read_text())
     assert written["smears_per_draw"] == 12  # the card's test evaluation, by default
     assert "on draws of 12 smears" in capsys.readouterr().out
+    # Each way of fitting the temperature, fitted on one fold and judged on the other.
+    held_out = written["temperature_fits_held_out"]
+    assert held_out["folds"] == [0, 1] and set(held_out) == {"folds", "nll", "ece"}
+    other = logits[folds == 1].astype(np.float32).astype(np.float64)
+    assert held_out["ece"]["temperature"][0] == pytest.approx(
+        lowest_ece_temperature(other, labels[folds == 1]), abs=1e-4)

@@ -99,6 +99,24 @@ def fit_temperature_by(criterion: str, logits: np.ndarray, labels: np.ndarray) -
     return fit_temperature(logits, labels)
 
 
+def compare_temperature_fits(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
+    """Each criterion of TEMPERATURE_FITS judged on data it was not fitted on: for every fold,
+    the temperature is fitted on the other folds' logits and scored (ECE, NLL) on this one's.
+    What choosing the criterion may rest on without looking at a test set."""
+    result: dict = {"folds": [], **{c: {"ece": [], "nll": [], "temperature": []}
+                                    for c in TEMPERATURE_FITS}}
+    for k in np.unique(folds):
+        fit, held = folds != k, folds == k
+        result["folds"].append(int(k))
+        for criterion in TEMPERATURE_FITS:
+            t = fit_temperature_by(criterion, logits[fit], labels[fit])
+            p = softmax(logits[held], t)
+            result[criterion]["temperature"].append(round(t, 4))
+            result[criterion]["ece"].append(round(reliability(p, labels[held])["ece"], 4))
+            result[criterion]["nll"].append(round(nll(logits[held], labels[held], t), 4))
+    return result
+
+
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
     """Per confidence bin (equal width on [0, 1]): count, mean confidence, accuracy; and the
     expected calibration error, the count-weighted mean |accuracy - confidence|."""

