@@ -404,6 +404,9 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     assert "uniform noise" in html
     assert 'id="tta"' in html and "flipped up-down" in html  # the tiny model serves the flips
     assert re.search(r'id="calibration-source">\s*the validation set<', html)
+    # How the temperature was fitted, in the card's words.
+    assert re.search(r'id="temperature-rule">the temperature minimising the negative '
+                     r'log-likelihood<', html)
 
 
 def test_model_page_says_which_validation_figure_is_which(tmp_path, trusted_model_dir):

@@ -270,10 +270,13 @@ def _interval(metrics: dict, key: str, units: bool = True) -> str:
 
 
 def _calibration_source(section: dict) -> str:
+    """Which held-out logits the temperature was fitted on, and by what (lowest NLL unless the
+    card says otherwise)."""
     source = section.get("fitted_on", {}).get("temperature_and_confidence_threshold", {})
+    by = f"; lowest {section.get('temperature_fit', 'nll').upper()}"
     if "folds" in source:
-        return f"out-of-fold, {source['folds']} folds, n={source['images']}"
-    return f"validation, n={source.get('images', '?')}"
+        return f"out-of-fold, {source['folds']} folds, n={source['images']}{by}"
+    return f"validation, n={source.get('images', '?')}{by}"
 
 
 def _with_result(root: Path, file_name: str):
