@@ -1,6 +1,7 @@
 """README figures come from the model cards and result files, never typed by hand."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,13 @@ def test_readme_tables_are_what_the_generator_writes(tmp_path):
     tables.main(["readme", "--readme", str(copy)])
     assert copy.read_text() == (ROOT / "README.md").read_text(), (
         "README tables are stale: run `python -m training.tables readme`")
+
+
+def test_every_readme_block_has_a_generator_and_every_generator_a_block():
+    """A table added to the generator but not to the README (or left in the README after its
+    generator went) would never be checked for staleness."""
+    markers = set(re.findall(r"<!-- tables:([\w-]+) -->", (ROOT / "README.md").read_text()))
+    assert markers == set(tables.readme_blocks())
 
 
 def test_models_table_quotes_the_card_metrics():

@@ -549,45 +549,59 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "ablation":
         rows = json.loads(args.out.read_text()) if args.append and args.out.is_file() else []
-        for row in collect_ablation(args.runs):  # a run collected again replaces its row
-            same = [i for i, r in enumerate(rows) if r["run"] == row["run"]]
-            if same:
-                rows[same[0]] = row
-            else:
-                rows.append(row)
-        for spec in args.out_of_fold:
-            run, _, file = spec.partition("=")
-            matching = [r for r in rows if r["run"] == run]
-            if not matching or not Path(file).is_file():
-                raise SystemExit(f"--out-of-fold {spec}: no row for run {run!r} or no file {file}")
-            matching[0]["out_of_fold"] = _out_of_fold(Path(file))
-        for spec in args.exported:
-            run, _, folder = spec.partition("=")
-            matching = [r for r in rows if r["run"] == run]
-            if not matching or not (Path(folder) / CARD_FILE).is_file():
-                raise SystemExit(f"--exported {spec}: no row for run {run!r} or no model card "
-                                 f"in {folder}")
-            matching[0]["served_validation"] = _served_validation(read_card(Path(folder)))
+        rows = update_ablation(rows, args.runs, args.out_of_fold, args.exported)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
-        blocks = {"models": models_table(), "benchmarks": benchmarks_text(),
-                  "trust": trust_table(), "operating-points": operating_points_table(),
-                  "unfamiliar": unfamiliar_table(), "tta": tta_table(), "splits": splits_table(),
-                  "crossfit": crossfit_table(), "ece-spread": ece_spread_table(),
-                  "temperature-fits": temperature_fits_table()}
-        for name in available_models():
-            ablation = MODELS_ROOT / name / "ablation.json"
-            if ablation.is_file():
-                card = read_card(MODELS_ROOT / name)
-                crossfit = MODELS_ROOT / name / "crossfit.json"
-                kept = {"served_validation": _served_validation(card)} | (
-                    {"out_of_fold": _out_of_fold(crossfit)} if crossfit.is_file() else {})
-                run = card.get("training", {}).get("run_folder", "")
-                blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
-                                                            (run, kept))
-        rewrite(args.readme, blocks)
+        rewrite(args.readme, readme_blocks())
 
+
+def update_ablation(rows: list[dict], runs: list[Path], out_of_fold: list[str] = (),
+                    exported: list[str] = ()) -> list[dict]:
+    """`rows` with each run's row collected (a run collected again replaces its row), then the
+    `RUN=CROSSFIT_JSON` out-of-fold figures and `RUN=MODEL_DIR` served figures attached."""
+    rows = list(rows)
+    for row in collect_ablation(runs):
+        same = [i for i, r in enumerate(rows) if r["run"] == row["run"]]
+        if same:
+            rows[same[0]] = row
+        else:
+            rows.append(row)
+    for spec in out_of_fold:
+        run, _, file = spec.partition("=")
+        matching = [r for r in rows if r["run"] == run]
+        if not matching or not Path(file).is_file():
+            raise SystemExit(f"--out-of-fold {spec}: no row for run {run!r} or no file {file}")
+        matching[0]["out_of_fold"] = _out_of_fold(Path(file))
+    for spec in exported:
+        run, _, folder = spec.partition("=")
+        matching = [r for r in rows if r["run"] == run]
+        if not matching or not (Path(folder) / CARD_FILE).is_file():
+            raise SystemExit(f"--exported {spec}: no row for run {run!r} or no model card "
+                             f"in {folder}")
+        matching[0]["served_validation"] = _served_validation(read_card(Path(folder)))
+    return rows
+
+
+def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
+    """Every generated README block by its marker name, from the model folders under `root`
+    and the benchmark results."""
+    blocks = {"models": models_table(root), "benchmarks": benchmarks_text(),
+              "trust": trust_table(root), "operating-points": operating_points_table(root),
+              "unfamiliar": unfamiliar_table(root), "tta": tta_table(root),
+              "splits": splits_table(root), "crossfit": crossfit_table(root),
+              "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root)}
+    for name in available_models(root):
+        ablation = root / name / "ablation.json"
+        if ablation.is_file():
+            card = read_card(root / name)
+            crossfit = root / name / "crossfit.json"
+            kept = {"served_validation": _served_validation(card)} | (
+                {"out_of_fold": _out_of_fold(crossfit)} if crossfit.is_file() else {})
+            run = card.get("training", {}).get("run_folder", "")
+            blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
+                                                        (run, kept))
+    return blocks
 
 if __name__ == "__main__":
     main()
