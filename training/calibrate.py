@@ -225,7 +225,6 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     """Fit and store the trust layer of `model_dir` (see the module docstring); returns the
     card's new "trust" section. `temperature_fit` (TEMPERATURE_FITS): how the temperature is
     fitted; None keeps the card's earlier choice (NLL for a card that has none)."""
-
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     temperature_fit = temperature_fit or card.get("trust", {}).get("temperature_fit", "nll")

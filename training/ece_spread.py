@@ -7,8 +7,8 @@ which smears were drawn as much as the calibration. This takes the folder's out-
 (`training.crossfit`: every train + validation smear, each scored by a fold model that did not
 train on it, though its epoch was chosen on that fold),
 calibrates them with the one temperature fitted on all of them (in sample, by the criterion the
-served calibration was fitted with: lowest NLL or lowest ECE), then draws `smears` source smears without replacement, `rounds` times,
-and computes the ECE of each draw's images. If that temperature, right for the whole population,
+served calibration was fitted with: lowest NLL or lowest ECE), then draws `smears` source smears
+without replacement, `rounds` times, and computes the ECE of each draw's images. If that temperature, right for the whole population,
 still shows an ECE above the goal on most draws of a test set's size, such a test set cannot
 show the goal met, whatever the calibration. The draws are not stratified by class: a new test
 set's class mix is itself a draw. It also records the lowest whole-pool ECE that any single
@@ -35,7 +35,6 @@ from training import data as data_lib
 from training.calibrate import (ECE_BINS, TEMPERATURE_GRID_TEXT, compare_temperature_fits,
                                 fit_temperature_by, lowest_ece_temperature, reliability)
 from training.config import TrainConfig
-from training.data import group_members
 from training.crossfit import NPZ_FILE
 
 JSON_FILE = "ece_spread.json"
@@ -50,7 +49,7 @@ def ece_spread(logits: np.ndarray, labels: np.ndarray, groups: list[str], smears
     (the temperature fitted as `temperature_fit`, training.calibrate.TEMPERATURE_FITS)."""
     temperature = fit_temperature_by(temperature_fit, logits, labels)
     probabilities = softmax(logits, temperature)
-    members = group_members(groups)
+    members = data_lib.group_members(groups)
     if not 0 < smears <= len(members):
         raise SystemExit(f"cannot draw {smears} of {len(members)} source groups")
     rng = np.random.default_rng(seed)
@@ -62,7 +61,8 @@ def ece_spread(logits: np.ndarray, labels: np.ndarray, groups: list[str], smears
     ])
     tail = (1 - LEVEL) / 2
     low, median, high = np.quantile(values, [tail, 0.5, 1 - tail])
-    floor_temperature = lowest_ece_temperature(logits, labels)
+    floor_temperature = (temperature if temperature_fit == "ece"
+                         else lowest_ece_temperature(logits, labels))
     floor_ece = reliability(softmax(logits, floor_temperature), labels)["ece"]
     return {
         "bins": ECE_BINS, "pool_images": len(labels), "pool_groups": len(members),
@@ -112,14 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     if not smears:
         raise SystemExit("no recorded test evaluation with source smears: give --smears")
     pool = np.load(folder / NPZ_FILE)
-    result = ece_spread(pool["logits"].astype(np.float64), pool["labels"],
+    logits = pool["logits"].astype(np.float64)
+    result = ece_spread(logits, pool["labels"],
                         pool_groups(folder, pool["files"]), smears, args.rounds, args.seed,
                         args.goal, card.get("trust", {}).get("temperature_fit", "nll"))
     # How each temperature criterion does on folds it was not fitted on (the choice's basis);
     # a pool of one fold has none to hold out.
     if len(np.unique(pool["folds"])) > 1:
         result["temperature_fits_held_out"] = compare_temperature_fits(
-            pool["logits"].astype(np.float64), pool["labels"], pool["folds"])
+            logits, pool["labels"], pool["folds"])
     (folder / JSON_FILE).write_text(json.dumps(result, indent=2) + "\n")
     d = result["ece_draws"]
     print(f"{result['pool_images']} out-of-fold images of {result['pool_groups']} smears, "

@@ -263,7 +263,6 @@ def read_split_file(path: Path) -> dict:
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
     """Store `metrics` in the model card as metrics.<name> and copy the confusion plot."""
-
     card = read_card(model_dir)
     card.setdefault("metrics", {})[name] = {
         k: v for k, v in metrics.items() if k not in ("unreadable_files",)

@@ -91,7 +91,7 @@ class Backup:
 @contextmanager
 def stopped_cleanly(run_dir: Path, new: bool):
     """Around the work in a run folder. A new run that stops or fails before any epoch is kept
-    (a weights file, an unreadable image, Ctrl-C while caching) removes its folder, so that it
+    (an unreadable image, Ctrl-C while caching) removes its folder, so that it
     never shadows the next run of that name (`runs/*-NAME`); a run stopped with Ctrl-C after
     that says how to go on, without a traceback."""
     try:

@@ -172,7 +172,6 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
 
 
 def record(model_dir: Path, result: dict) -> None:
-
     card = read_card(model_dir)
     card.setdefault("metrics", {})["unfamiliar"] = result
     write_card(model_dir, card)

@@ -54,7 +54,7 @@ def layout_context() -> dict:
     return {
         "model_names": models.names(),
         "default_model": models.default_name(),
-        "retention": human_duration(current_app.config["RETENTION_SECONDS"]),
+        "retention": retention(),
         "STATUS_TEXT": STATUS_TEXT,
         "ACCEPTED": ACCEPTED,
         "UNIDENTIFIED": UNIDENTIFIED,
@@ -237,7 +237,6 @@ def heat_map(batch_id: str, index: int):
     so plain predictions pay nothing for it)."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
-    retention = human_duration(current_app.config["RETENTION_SECONDS"])
     if "label" not in item or not item.get("image"):
         abort(404, description="This file could not be read, so it has no heat map.")
     if results.status_of(item) == NOT_A_CELL:  # the result page offers none either
@@ -251,12 +250,12 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=CLASS_GONE.format(name=stored["model"], label=item["label"]))
     path = uploads.image_path(upload_folder(), item["image"])
     if path is None:
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention))
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     try:
         # The stored label, not the stored copy's top class: the page captions the map with it.
         png = heatmap.stored_overlay(predictor, path, item["label"])
     except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention))
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     return _no_store(Response(png, mimetype="image/png"))
 
 
@@ -273,8 +272,7 @@ def batch_csv(batch_id: str):
 @bp.get("/uploads/<image_id>.jpg")
 def uploaded_image(image_id: str):
     if uploads.image_path(upload_folder(), image_id) is None:
-        retention = human_duration(current_app.config["RETENTION_SECONDS"])
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention))
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     return _no_store(send_from_directory(upload_folder(), f"{image_id}.jpg", mimetype="image/jpeg"))
 
 
@@ -439,9 +437,13 @@ def item_or_404(stored: dict, index: int) -> dict:
 def load_or_404(batch_id: str) -> dict:
     stored = uploads.load_batch(upload_folder(), batch_id)
     if stored is None:
-        retention = human_duration(current_app.config["RETENTION_SECONDS"])
-        abort(404, description=EXPIRED.format(retention=retention))
+        abort(404, description=EXPIRED.format(retention=retention()))
     return stored
+
+
+def retention() -> str:
+    """How long uploads and results are kept, in words ("1 hour")."""
+    return human_duration(current_app.config["RETENTION_SECONDS"])
 
 
 def human_duration(seconds: float) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,14 +56,13 @@ def status_of(result: dict[str, Any]) -> str | None:
 def differential(results: list[dict[str, Any]], classes: list[str]) -> Differential:
     """The white-cell differential of the accepted results, and the model's other classes
     counted beside it."""
-    labels = [r["label"] for r in results if status_of(r) == ACCEPTED]
+    count = Counter(r["label"] for r in results if status_of(r) == ACCEPTED)
     white = [c for c in classes if is_white_cell(c)]
-    total = sum(labels.count(c) for c in white)
+    total = sum(count[c] for c in white)
     return Differential(
-        shares=[ClassShare(c, labels.count(c), _per(labels.count(c), total, 100) or 0.0)
-                for c in white],
+        shares=[ClassShare(c, count[c], _per(count[c], total) if total else 0.0) for c in white],
         white_cells=total,
-        others=[OtherCount(c, labels.count(c), _per(labels.count(c), total, 100))
+        others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
                 for c in classes if not is_white_cell(c)],
     )
 
@@ -75,8 +75,9 @@ def counted_label(result: dict[str, Any]) -> str:
     return ""
 
 
-def _per(count: int, total: int, base: int) -> float | None:
-    return round(base * count / total, 1) if total else None
+def _per(count: int, total: int) -> float:
+    """`count` per 100 of `total` (a percentage), one decimal."""
+    return round(100 * count / total, 1)
 
 
 def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
