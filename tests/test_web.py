@@ -539,6 +539,28 @@ def test_probabilities_are_never_shown_as_certain(value, shown):
     assert probability_pct(value) == shown
 
 
+@pytest.mark.parametrize("value, digits, shown", [
+    (0.99996, 2, "> 99.99 %"), (0.99994, 2, "99.99 %"), (0.00004, 2, "< 0.01 %"),
+    (0.9989, 2, "99.89 %")])
+def test_probabilities_keep_their_caps_at_more_decimals(value, digits, shown):
+    from hematovision.web.pages import probability_pct
+
+    assert probability_pct(value, digits) == shown
+
+
+@pytest.mark.parametrize("value, threshold, scale, least, digits", [
+    (0.969, 0.9991, 100, 1, 1),  # apart at one decimal
+    (0.99895, 0.9991, 100, 1, 2),  # "99.9" both at one decimal
+    (0.9991, 0.9991, 100, 1, 1),  # equal: nothing to tell apart
+    (8.61879, 8.6188, 1, 2, 5),
+    (None, 0.5, 100, 1, 1)])
+def test_a_score_and_its_threshold_get_the_decimals_that_tell_them_apart(
+        value, threshold, scale, least, digits):
+    from hematovision.web.pages import decimals_apart
+
+    assert decimals_apart(value, threshold, scale, least) == digits
+
+
 def test_the_405_page_names_the_allowed_methods(client):
     response = client.get("/upload")
     assert response.status_code == 405 and response.mimetype == "text/html"

@@ -104,6 +104,20 @@ def test_unidentified_result_names_no_class_and_lists_two_candidates(client, mod
     assert "too unsure: unidentified" in text(html)
 
 
+def test_a_confidence_just_below_its_threshold_is_shown_below_it(tmp_path, trusted_model_dir):
+    """With one decimal, 0.99895 against a threshold of 0.9991 would read "99.9 %, at least
+    99.9 %: too unsure"; the why-table shows as many decimals as tell them apart."""
+    confidence = Predictor(trusted_model_dir).predict(RED).confidence
+    card = card_with(trusted_model_dir, confidence_threshold=confidence + 2e-6, ood_threshold=1e12)
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("close",), card=card)
+    client = make_app(tmp_path, root, DEFAULT_MODEL="close").test_client()
+    html = page(client, upload(client, "close", ("red.jpg", RED)))
+    row = text(re.search(r'<tr id="why-confidence">.*?</tr>', html, re.S).group(0))
+    shown, threshold = re.search(r"Calibrated confidence (\S+) % at least (\S+) %", row).groups()
+    assert "too unsure: unidentified" in row
+    assert float(shown) < float(threshold)
+
+
 def test_not_a_cell_result_says_what_the_model_expects(client, models_root):
     html = page(client, upload(client, "strange", ("red.jpg", RED)))
     assert 'data-status="not_a_cell"' in html and 'id="predicted-label"' not in html

@@ -106,20 +106,37 @@ def fixed(value, digits: int = 4) -> str:
 
 
 @bp.app_template_filter("pct")
-def pct(value) -> str:
-    """A 0..1 share as a percentage with one decimal; a dash where the card has none."""
-    return f"{value * 100:.1f} %" if _is_number(value) else "—"
+def pct(value, digits: int = 1) -> str:
+    """A 0..1 share as a percentage with `digits` decimals; a dash where the card has none."""
+    return f"{value * 100:.{digits}f} %" if _is_number(value) else "—"
 
 
 @bp.app_template_filter("probability_pct")
-def probability_pct(value) -> str:
-    """A model's probability as a percentage with one decimal, never rounded to a certainty it
-    does not have: above 99.95 % reads "> 99.9 %", a non-zero value below 0.05 % "< 0.1 %"."""
-    if _is_number(value) and 0.9995 <= value:
-        return "> 99.9 %"
-    if _is_number(value) and 0 < value < 0.0005:
-        return "< 0.1 %"
-    return pct(value)
+def probability_pct(value, digits: int = 1) -> str:
+    """A model's probability as a percentage with `digits` decimals, never rounded to a
+    certainty it does not have: with one decimal, 99.95 % and above reads "> 99.9 %", a
+    non-zero value below 0.05 % "< 0.1 %"."""
+    shown = pct(value, digits)
+    step = 10.0**-digits
+    if shown == pct(1.0, digits):
+        return f"> {100 - step:.{digits}f} %"
+    if _is_number(value) and value > 0 and shown == pct(0.0, digits):
+        return f"< {step:.{digits}f} %"
+    return shown
+
+
+@bp.app_template_global()
+def decimals_apart(value, threshold, scale: float = 1.0, least: int = 1) -> int:
+    """The fewest decimals (from `least`) at which `value` and `threshold`, times `scale`, print
+    differently, so that a score shown beside its threshold never looks equal to it while the
+    check says it is above or below (rounding keeps the order of numbers that print apart);
+    `least` where they are equal or either is missing."""
+    if not (_is_number(value) and _is_number(threshold)):
+        return least
+    for digits in range(least, 7):
+        if f"{value * scale:.{digits}f}" != f"{threshold * scale:.{digits}f}":
+            return digits
+    return least
 
 
 def _is_number(value) -> bool:
