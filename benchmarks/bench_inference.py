@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from hematovision.card import CARD_FILE  # noqa: E402
+from hematovision.card import CARD_FILE, served_views  # noqa: E402
 from hematovision.predictor import KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor  # noqa: E402
 from hematovision.preprocess import load_image, to_input  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
@@ -68,10 +68,10 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
 
     measured_on = provenance(model_dir)  # before this process adds to the load
     predictor = Predictor(model_dir, num_threads=threads)
-    tta = predictor.card.get("test_time_augmentation") is not None
+    views = served_views(predictor.card)
     trained = keras.models.load_model(model_dir / KERAS_FILE, compile=False)
     # Keras runs the very function that is served (with the same test-time augmentation).
-    model = serving_model(trained, tta)
+    model = serving_model(trained, views)
     size = predictor.input_size
     rng = np.random.default_rng(0)
     batch = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32)
@@ -90,7 +90,7 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
     with tempfile.TemporaryDirectory() as folder:
         shutil.copy2(model_dir / CARD_FILE, folder)
         with contextlib.redirect_stdout(sys.stderr):  # the converter prints; --json must not
-            convert_to_tflite(trained, Path(folder) / SERVING_FILE, tta=False)
+            convert_to_tflite(trained, Path(folder) / SERVING_FILE, views=1)
         one_view = Predictor(Path(folder), num_threads=threads)
         one_view_times = time_calls(lambda: one_view.predict_images_arrays([one[0]]), repeats,
                                     warmup)
@@ -118,7 +118,7 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
         "prediction_ms_per_image": ms(plain),
         "prediction_with_heat_map_ms_per_image": ms(explain),
         "prediction_ms_per_image_threaded_blas": ms(plain_threaded_blas),
-        "test_time_augmentation": tta,
+        "test_time_augmentation": views,  # orientations averaged per image
         "prediction_ms_per_image_one_view": ms(one_view_times),
         "keras_predict_batch_images_per_s": per_s(keras_batch),
     }

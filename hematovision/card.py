@@ -39,6 +39,12 @@ def write_card(model_dir: Path, card: dict) -> None:
     (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
 
 
+def served_views(card: dict) -> int:
+    """How many orientations of each image the exported model averages (1: no test-time
+    augmentation)."""
+    return len((card.get("test_time_augmentation") or {}).get("views", [])) or 1
+
+
 def recorded_evaluations(card: dict) -> dict[str, dict]:
     """The card's recorded test evaluations by name (`training.evaluate --record NAME`), in
     the order recorded; the unfamiliar-image flag rates are not one."""

@@ -47,8 +47,9 @@ def test_crossfit_scores_every_pool_image_once_and_leaves_the_model_alone(traine
     assert [f["images"] for f in summary["per_fold"]] == [int(np.sum(folds == k)) for k in (0, 1)]
     assert summary["accuracy"] == round(float(np.mean(logits.argmax(1) == labels)), 4)
     assert json.loads((folder / crossfit.JSON_FILE).read_text()) == summary
-    assert crossfit.load(folder, tta=True)["images"] == 16
-    assert crossfit.load(folder, tta=False) is None  # logits of another serving mode
+    assert summary["test_time_augmentation"] == 4
+    assert crossfit.load(folder, 4)["images"] == 16
+    assert crossfit.load(folder, 1) is None and crossfit.load(folder, 8) is None  # other modes
 
 
 def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp_path):
@@ -62,7 +63,7 @@ def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp
                         labels=labels, folds=labels % 2, logits=logits)
     (folder / crossfit.JSON_FILE).write_text(json.dumps(
         {"folds": 2, "groups": 400, "images": 400, "accuracy": 0.5,
-         "test_time_augmentation": True}))
+         "test_time_augmentation": True}))  # as recorded before 8 views: the four flips
 
     section = fit_trust(folder, progress=False)
     temperature = fit_temperature(logits, labels)

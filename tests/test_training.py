@@ -6,6 +6,7 @@ are checked at their real shapes; other sizes are covered where only the network
 (`test_the_split_network_equals_the_plain_backbone`, 96 px).
 """
 
+import argparse
 import json
 import shutil
 import time
@@ -358,9 +359,10 @@ def test_tta_serves_the_mean_of_four_flips_and_can_be_turned_off(trained_run, tm
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     x = np.random.default_rng(1).uniform(-1, 1, (3, 224, 224, 3)).astype(np.float32)
     with_tta = export.export_run(run_dir, "tta", root=tmp_path, trust=False)
-    without = export.export_run(run_dir, "plain", root=tmp_path, trust=False, tta=False)
+    without = export.export_run(run_dir, "plain", root=tmp_path, trust=False, views=1)
     assert json.loads((with_tta / "model_card.json").read_text())[
-        "test_time_augmentation"]["views"][3] == "both"
+        "test_time_augmentation"]["views"] == ["as is", "flipped left-right", "flipped up-down",
+                                               "both"]
     assert json.loads((without / "model_card.json").read_text())["test_time_augmentation"] is None
     single = model.predict(x, verbose=0)
     np.testing.assert_allclose(Predictor(without).predict_arrays(x), single, atol=1e-5)
@@ -373,6 +375,41 @@ def test_tta_serves_the_mean_of_four_flips_and_can_be_turned_off(trained_run, tm
     mirrored = Predictor(with_tta).forward(np.ascontiguousarray(x[:, :, ::-1]),
                                            feature_maps=True).feature_maps
     np.testing.assert_allclose(mirrored, maps[:, :, ::-1], atol=1e-4)
+
+
+def test_eight_views_add_the_quarter_turns_and_turn_the_maps_back(trained_run, tmp_path):
+    _, run_dir = trained_run
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    eight = Predictor(export.export_run(run_dir, "eight", root=tmp_path, trust=False, views=8))
+    names = eight.card["test_time_augmentation"]["views"]
+    assert len(names) == 8 and names[5] == "turned 90° clockwise"
+    turns = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]  # k=1: anticlockwise
+    orientations = [*turns, *(t[:, :, ::-1] for t in turns)]  # all 8, each once
+    logits = [np.log(model.predict(np.ascontiguousarray(v), verbose=0)) for v in orientations]
+    np.testing.assert_allclose(eight.predict_arrays(x), softmax(np.mean(logits, axis=0)),
+                               atol=1e-5)
+    # Every orientation is averaged, so a turned image gets the same answer and a turned map.
+    turned = np.ascontiguousarray(np.rot90(x, -1, axes=(1, 2)))
+    np.testing.assert_allclose(eight.predict_arrays(turned), eight.predict_arrays(x), atol=1e-5)
+    maps = eight.forward(x, feature_maps=True).feature_maps
+    np.testing.assert_allclose(eight.forward(turned, feature_maps=True).feature_maps,
+                               np.rot90(maps, -1, axes=(1, 2)), atol=1e-4)
+    assert export.view(x, 5).shape == x.shape and np.array_equal(
+        np.asarray(export.view(x, 5)), np.rot90(x, -1, axes=(1, 2)))
+    with pytest.raises(ValueError, match="one of"):
+        export.serving_model(model, views=3)
+
+
+def test_export_and_crossfit_take_the_number_of_views():
+    parser = argparse.ArgumentParser()
+    export.add_views_option(parser, "serve")
+    assert parser.parse_args([]).tta_views == 4
+    assert parser.parse_args(["--tta-views", "8"]).tta_views == 8
+    assert parser.parse_args(["--no-tta"]).tta_views == 1
+    for wrong in (["--tta-views", "3"], ["--no-tta", "--tta-views", "8"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(wrong)
 
 
 def test_colour_jitter_can_be_left_out_of_the_augmentation():

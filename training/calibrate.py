@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.card import read_card, write_card
+from hematovision.card import read_card, served_views, write_card
 from hematovision.predictor import DEFAULT_MODEL, KERAS_FILE, MODELS_ROOT, Predictor
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
                                 layer_distances, parse_accuracy_target, save_trust_arrays,
@@ -254,7 +254,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     # Out-of-fold logits (training.crossfit), where the folder has them, cover every training
     # smear instead of the few validation ones; the model's own validation images then check
     # the fit below.
-    oof = crossfit.load(model_dir, tta=card.get("test_time_augmentation") is not None)
+    oof = crossfit.load(model_dir, served_views(card))
     fit_logits, fit_truth = (oof["logits"], oof["labels"]) if oof else (val_out.logits, val_labels)
     temperature = fit_temperature_by(temperature_fit, fit_logits, fit_truth)
     fitted_probabilities = softmax(fit_logits, temperature)

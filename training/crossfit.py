@@ -69,9 +69,11 @@ def assign_folds(files: list[str], groups: list[str], labels: list[int], folds: 
 STOPPING = ("held-out", "served-epochs")
 
 
-def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = "",
+def crossfit(folder: Path, folds: int = FOLDS, views: int = 4, weights: str = "",
              stopping: str = "held-out") -> dict:
-    """Train `folds` fold models like the folder's run and store their out-of-fold logits.
+    """Train `folds` fold models like the folder's run and store their out-of-fold logits,
+    each the mean over `views` orientations of the image, as the model is served with
+    (`training.export.serving_model`).
 
     `weights` replaces the run's initialisation file where that path now holds another model
     (e.g. `saved_model/pbc8/model.keras` after pbc8 was retrained); the frozen part of the
@@ -126,7 +128,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
     logits = np.zeros((len(pool), len(dataset.classes)), dtype=np.float32)
     per_fold = []
     partial = Partial(folder / PARTIAL_DIR, {
-        "folds": folds, "tta": tta, "stopping": stopping, "weights": config.weights,
+        "folds": folds, "views": views, "stopping": stopping, "weights": config.weights,
         "model_sha256": file_sha256(folder / "model.keras"), "pool": fold_of})
     # The time of the sessions before a resume, kept with the finished folds.
     stopwatch = Stopwatch(partial.folder / ELAPSED_FILE, started,
@@ -158,7 +160,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
             # with the training graph, so their outputs cannot be tapped unambiguously.
             classifier.full.save(Path(logs) / f"fold{k}.keras")
             served = serving_model(keras.models.load_model(Path(logs) / f"fold{k}.keras",
-                                                           compile=False), tta)
+                                                           compile=False), views)
             logits[index] = served_logits(served, dataset.paths(held), config)
             labels = np.array([label_of[f] for f in held])
             accuracy = float(np.mean(logits[index].argmax(axis=1) == labels))
@@ -178,7 +180,7 @@ def crossfit(folder: Path, folds: int = FOLDS, tta: bool = True, weights: str = 
         "grouped_by": "source group (smear or identical file), stratified by class",
         "images": len(pool),
         "groups": len({group_of[f] for f in pool}),
-        "test_time_augmentation": tta,
+        "test_time_augmentation": views,  # orientations averaged per image
         "stopping": (f"every fold trained for the served model's {served_epochs} epochs and "
                      "learning rates (held-out fold not looked at)" if served_epochs
                      else "early stopping on each held-out fold"),
@@ -266,14 +268,16 @@ def served_logits(served, paths: list[Path], config: TrainConfig) -> np.ndarray:
     return np.concatenate(out)
 
 
-def load(folder: Path, tta: bool) -> dict | None:
+def load(folder: Path, views: int) -> dict | None:
     """The folder's out-of-fold logits, or None when there are none for this serving mode
-    (test-time augmentation on or off)."""
+    (the number of orientations averaged per image)."""
     folder = Path(folder)
     if not (folder / NPZ_FILE).is_file() or not (folder / JSON_FILE).is_file():
         return None
     summary = json.loads((folder / JSON_FILE).read_text())
-    if summary.get("test_time_augmentation") != tta:
+    # Recorded as on/off before 8 views existed: on was the four flips.
+    recorded = summary.get("test_time_augmentation")
+    if {True: 4, False: 1}.get(recorded, recorded) != views:
         return None
     with np.load(folder / NPZ_FILE) as arrays:
         return {**summary, "logits": arrays["logits"], "labels": arrays["labels"]}
@@ -284,6 +288,8 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from training.export import add_views_option  # TensorFlow's start-up, as in crossfit()
+
     parser = argparse.ArgumentParser(
         prog="python -m training.crossfit",
         description="Out-of-fold logits (folds by source smear) for calibrating a model on "
@@ -292,8 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("folder", type=Path, help="a training run folder or a saved_model folder")
     parser.add_argument("--folds", type=int, default=FOLDS)
-    parser.add_argument("--no-tta", dest="tta", action="store_false",
-                        help="logits of one view (for a model exported with --no-tta)")
+    add_views_option(parser, "score held-out images by")
     parser.add_argument("--weights", default="",
                         help="the run's initialisation file, where its recorded path has "
                              "since been overwritten")
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise SystemExit("--folds must be at least 2")
-    print(json.dumps(crossfit(args.folder, args.folds, args.tta, args.weights, args.stopping),
+    print(json.dumps(crossfit(args.folder, args.folds, args.tta_views, args.weights, args.stopping),
                      indent=2))
 
 

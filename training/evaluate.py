@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,27 @@ def split_files(split_file: Path, split_name: str, dataset: data_lib.Dataset, da
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
              split_name: str = "test") -> dict:
+    """Score the model on the data through the serving path and write the report files."""
+    scored = score(model_dir, data_dir, split_file, split_name)
+    write_report(scored, out_dir)
+    return scored.metrics
+
+
+@dataclass
+class Scored:
+    """An evaluation's figures, and the per-image values its plots are drawn from."""
+
+    metrics: dict
+    classes: list[str]
+    reliability_before: dict
+    reliability_after: dict
+    confidence: np.ndarray
+    correct: np.ndarray
+    unfamiliar: np.ndarray
+
+
+def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
+          split_name: str = "test") -> Scored:
     try:
         predictor = Predictor(model_dir)
     except ModelLoadError as exc:
@@ -206,17 +228,24 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | 
                                                               groups)
     metrics["intervals"] = intervals(files, groups, y_true, np.array(y_pred),
                                     len(predictor.classes))
+    return Scored(metrics, predictor.classes, before, after, confidence, correct, unfamiliar)
+
+
+def write_report(scored: Scored, out_dir: Path) -> None:
+    """metrics.json, classification_report.txt and the confusion, reliability and coverage
+    plots, into `out_dir`."""
+    metrics, classes = scored.metrics, scored.classes
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "classification_report.txt").write_text(report_text(metrics, predictor.classes))
-    title = f"{predictor.name} on {Path(data_dir).name}"
-    plot_confusion(np.array(metrics["confusion_matrix"]), predictor.classes,
-                   out_dir / "confusion.png", title=title)
-    plot_reliability(before, after, predictor.trust.temperature, out_dir / "reliability.png",
+    (out_dir / "classification_report.txt").write_text(report_text(metrics, classes))
+    title = f"{metrics['model']} on {Path(metrics['data']).name}"
+    plot_confusion(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion.png",
+                   title=title)
+    plot_reliability(scored.reliability_before, scored.reliability_after,
+                     metrics["calibration"]["temperature"], out_dir / "reliability.png",
                      title=title)
-    plot_coverage(confidence, correct, unfamiliar, metrics.get("operating_points", []),
-                  out_dir / "coverage.png", title=title)
-    return metrics
+    plot_coverage(scored.confidence, scored.correct, scored.unfamiliar,
+                  metrics.get("operating_points", []), out_dir / "coverage.png", title=title)
 
 
 def intervals(files: list[str], groups: list, y_true: np.ndarray, y_pred: np.ndarray,

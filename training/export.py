@@ -42,21 +42,28 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
 PROBE_LAYERS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add")
 
 
-# Test-time augmentation: the served model classifies each image as it is and flipped
-# horizontally, vertically and both ways (a cell has no up or down), averaging the logits.
-# Chosen on validation accuracy, for 4x the compute (README: "Test-time augmentation").
-TTA_VIEWS = 4
+# Test-time augmentation: the served model classifies each image in several orientations (a
+# cell has no up or down) and averages the logits. The first four views are the flips; the other
+# four, their transposes (the quarter turns and the mirrors on the diagonals): together, every
+# orientation of a square. Chosen per model on validation accuracy, for views x the compute
+# (README: "Test-time augmentation").
+VIEW_NAMES = ("as is", "flipped left-right", "flipped up-down", "both",
+              "mirrored on the diagonal", "turned 90° clockwise", "turned 90° anticlockwise",
+              "mirrored on the other diagonal")
+VIEW_COUNTS = (1, 4, 8)
+TTA_VIEWS = 4  # the default
 
 
-def serving_model(model: keras.Model, tta: bool = True) -> keras.Model:
+def serving_model(model: keras.Model, views: int = TTA_VIEWS) -> keras.Model:
     """image -> [logits, unfamiliarity features, last feature maps]: the trained classifier
     opened up at its pooling layer ("pool") and dense head ("head"). The features are the global
     averages of the `PROBE_LAYERS` present, then the pooled embedding (see `probe_layout`).
-    With `tta`, all three are means over the four flipped views (the maps flipped back first,
-    so a class activation map still decomposes the averaged logit and lies on the image).
-    The softmax moves to serving, where the temperature applies."""
+    With `views` > 1, all three are means over the first `views` orientations of `VIEW_NAMES`
+    (the maps turned back first, so a class activation map still decomposes the averaged logit
+    and lies on the image). The softmax moves to serving, where the temperature applies."""
+    _check_views(views)
     image = keras.Input(model.input_shape[1:], name="image")
-    x = keras.ops.concatenate([_flip(image, v) for v in range(TTA_VIEWS)]) if tta else image
+    x = keras.ops.concatenate([view(image, v) for v in range(views)]) if views > 1 else image
     present = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None]
     _, taps = _apply_with_taps(model, x, ["pool:input", "pool", *present])
     maps, pooled = taps["pool:input"], taps["pool"]
@@ -65,32 +72,46 @@ def serving_model(model: keras.Model, tta: bool = True) -> keras.Model:
     head = _find_layer(model, "head")
     dense = keras.layers.Dense(head.units, name="logits")
     logits = dense(pooled)
-    if tta:
-        logits, features = _view_mean(logits), _view_mean(features)
-        views = _by_view(maps)
-        maps = keras.ops.mean(keras.ops.stack([_flip(views[v], v) for v in range(TTA_VIEWS)]),
+    if views > 1:
+        logits, features = _view_mean(logits, views), _view_mean(features, views)
+        by_view = _by_view(maps, views)
+        maps = keras.ops.mean(keras.ops.stack([unview(by_view[v], v) for v in range(views)]),
                               axis=0)
     served = keras.Model(image, [logits, features, maps], name="hematovision_serving")
     dense.set_weights(head.get_weights())
     return served
 
 
-def _flip(images, view: int):
-    """View 0: as is; 1: left-right; 2: up-down; 3: both (its own inverse, so it also undoes)."""
-    if view & 1:
+def _check_views(views: int) -> None:
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"test-time views must be one of {VIEW_COUNTS}, got {views!r}")
+
+
+def view(images, v: int):
+    """Orientation `v` of a batch of square images (or feature maps), numbered as `VIEW_NAMES`:
+    bit 4 transposes, then bit 1 flips left-right and bit 2 up-down."""
+    if v & 4:
+        images = keras.ops.transpose(images, (0, 2, 1, 3))
+    if v & 1:
         images = keras.ops.flip(images, axis=2)
-    if view & 2:
+    if v & 2:
         images = keras.ops.flip(images, axis=1)
     return images
 
 
-def _by_view(batch):
+def unview(images, v: int):
+    """The inverse of `view`: the flips (each its own inverse), then the transpose."""
+    images = view(images, v & 3)
+    return keras.ops.transpose(images, (0, 2, 1, 3)) if v & 4 else images
+
+
+def _by_view(batch, views: int):
     """(views * n, ...) stacked view by view -> (views, n, ...)."""
-    return keras.ops.reshape(batch, (TTA_VIEWS, -1, *batch.shape[1:]))
+    return keras.ops.reshape(batch, (views, -1, *batch.shape[1:]))
 
 
-def _view_mean(batch):
-    return keras.ops.mean(_by_view(batch), axis=0)
+def _view_mean(batch, views: int):
+    return keras.ops.mean(_by_view(batch, views), axis=0)
 
 
 def probe_layout(model: keras.Model) -> list[dict]:
@@ -137,25 +158,26 @@ def _apply_with_taps(model: keras.Model, x, wanted: list[str]):
     return x, taps
 
 
-def convert_to_tflite(model: keras.Model, path: Path, tta: bool = True) -> None:
+def convert_to_tflite(model: keras.Model, path: Path, views: int = TTA_VIEWS) -> None:
     """float32 LiteRT flatbuffer (an int8 conversion ran slower than float32 on this CPU)."""
     # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
     # models for Keras 3 (its variables were not captured); check_export guards against it.
-    converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, tta))
+    converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, views))
     # The converter prints the traced signature (hundreds of TensorSpec lines) on stdout,
     # where export's only output is the model folder's path.
     with contextlib.redirect_stdout(sys.stderr):
         Path(path).write_bytes(converter.convert())
 
 
-def check_export(model: keras.Model, model_dir: Path, tta: bool = True, seed: int = 0) -> float:
+def check_export(model: keras.Model, model_dir: Path, views: int = TTA_VIEWS,
+                 seed: int = 0) -> float:
     """Max abs probability difference between the trained Keras model (its softmax, averaged
-    over the flipped views in logit space with `tta`) and the served LiteRT file on a fixed
+    over the `views` orientations in logit space) and the served LiteRT file on a fixed
     batch (before any calibration: the temperature is fitted after this check)."""
     rng = np.random.default_rng(seed)
     size = model.input_shape[1]
     batch = rng.uniform(-1, 1, (8, size, size, 3)).astype(np.float32)
-    expected = reference_probabilities(model, batch, tta)
+    expected = reference_probabilities(model, batch, views)
     served = softmax(Predictor(model_dir).forward(batch).logits)
     difference = float(np.max(np.abs(expected - served)))
     if not difference <= TOLERANCE:  # also catches NaN
@@ -163,21 +185,21 @@ def check_export(model: keras.Model, model_dir: Path, tta: bool = True, seed: in
     return difference
 
 
-def reference_probabilities(model: keras.Model, batch: np.ndarray, tta: bool = True
+def reference_probabilities(model: keras.Model, batch: np.ndarray, views: int = TTA_VIEWS
                             ) -> np.ndarray:
-    """What the served model must compute, from the trained Keras model itself: its softmax,
-    or with `tta` the softmax of its logits averaged over the four flipped views."""
-    views = [batch, batch[:, :, ::-1], batch[:, ::-1], batch[:, ::-1, ::-1]] if tta else [batch]
+    """What the served model must compute, from the trained Keras model itself: the softmax
+    of its logits averaged over the first `views` orientations (`view`)."""
     # log-probabilities are logits up to a per-image constant, which the softmax ignores
-    log_p = [np.log(np.maximum(model.predict(np.ascontiguousarray(v), verbose=0), 1e-30))
-             for v in views]
+    log_p = [np.log(np.maximum(model.predict(np.asarray(view(batch, v)), verbose=0), 1e-30))
+             for v in range(views)]
     return softmax(np.mean(log_p, axis=0))
 
 
 def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "none",
-                 tta: bool = True) -> dict:
+                 views: int = TTA_VIEWS) -> dict:
     """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card.
-    `tta`: serve with test-time augmentation (see `serving_model`)."""
+    `views`: how many orientations of each image the served model averages (`serving_model`)."""
+    _check_views(views)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A clone carries the weights without the training optimizer's state (2x the size).
@@ -185,7 +207,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     clean.set_weights(model.get_weights())
     model = clean
     model.save(out_dir / KERAS_FILE)
-    convert_to_tflite(model, out_dir / SERVING_FILE, tta)
+    convert_to_tflite(model, out_dir / SERVING_FILE, views)
     size = int(model.input_shape[1])
     card = {
         "name": out_dir.name,
@@ -201,9 +223,9 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
         },
         "files": {"keras": KERAS_FILE, "serving": SERVING_FILE},
         "test_time_augmentation": {
-            "views": ["as is", "flipped left-right", "flipped up-down", "both"],
+            "views": list(VIEW_NAMES[:views]),
             "combined": "mean of the logits (and of the unfamiliarity features and maps)",
-        } if tta else None,
+        } if views > 1 else None,
         # The served unfamiliarity features, layer by layer (see serving_model).
         "unfamiliarity_features": probe_layout(model),
         **card,
@@ -211,7 +233,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     }
     write_card(out_dir, card)
     card["export_check"] = {
-        "max_abs_probability_difference_litert_vs_keras": check_export(model, out_dir, tta),
+        "max_abs_probability_difference_litert_vs_keras": check_export(model, out_dir, views),
         "tolerance": TOLERANCE,
     }
     write_card(out_dir, card)
@@ -255,7 +277,7 @@ def finished_run(run_dir: Path) -> tuple[dict, dict]:
 
 
 def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
-               expects: str = "", trust: bool = True, tta: bool = True,
+               expects: str = "", trust: bool = True, views: int = TTA_VIEWS,
                replace: bool = False, temperature_fit: str = "nll") -> Path:
     """Export the model of a training run folder to `root/name`, with its config and split,
     then fit its trust layer on the run's training and validation images."""
@@ -295,7 +317,7 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "validation": summary["validation"],
         "metrics": {},
     }
-    export_model(model, out_dir, card, crop=config.get("crop", "none"), tta=tta)
+    export_model(model, out_dir, card, crop=config.get("crop", "none"), views=views)
     if not in_place:
         for file in RUN_FILES:
             if (run_dir / file).is_file():
@@ -312,6 +334,17 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
     if trust:
         fit_trust(out_dir, progress=False, temperature_fit=temperature_fit)
     return out_dir
+
+
+def add_views_option(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--tta-views N and its shorthand --no-tta, for export and crossfit alike."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=TTA_VIEWS,
+                       help=f"{verb} the mean over this many orientations of each image: 4 "
+                            "flips (default) or those and their transposes (8); each costs "
+                            "one forward pass")
+    group.add_argument("--no-tta", dest="tta_views", action="store_const", const=1,
+                       help=f"{verb} one view per image (same as --tta-views 1)")
 
 
 def _initialisation(recorded: str, weights: str) -> str:
@@ -336,9 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-trust", dest="trust", action="store_false",
                         help="skip fitting the trust layer (calibration, abstention, unfamiliar "
                              "images); `python -m training.calibrate` can fit it later")
-    parser.add_argument("--no-tta", dest="tta", action="store_false",
-                        help="serve one view per image instead of the mean over four flips "
-                             "(4x faster, less accurate)")
+    add_views_option(parser, "serve")
     parser.add_argument("--replace", action="store_true",
                         help="let the export replace a model of other classes under NAME")
     parser.add_argument("--temperature-fit", choices=sorted(TEMPERATURE_FITS), default="nll",
@@ -346,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
                              "ECE on the held-out logits")
     args = parser.parse_args(argv)
     print(export_run(args.run_dir, args.name, args.root, args.description, args.expects,
-                     args.trust, args.tta, args.replace, args.temperature_fit))
+                     args.trust, args.tta_views, args.replace, args.temperature_fit))
 
 
 if __name__ == "__main__":

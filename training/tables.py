@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import CARD_FILE, read_card, recorded_evaluations
+from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
 from training.calibrate import TEMPERATURE_FITS
@@ -80,18 +80,13 @@ def _out_of_fold(crossfit_json: Path) -> dict:
 SERVED_FIGURES = ("n", "accuracy", "nll_before", "ece_after", "accepted_rate", "not_a_cell_rate")
 
 
-def _served_views(card: dict) -> int:
-    """How many views of each image the exported model averages (1 without TTA)."""
-    return len((card.get("test_time_augmentation") or {}).get("views", [])) or 1
-
-
 def _served_validation(card: dict) -> dict:
     """An exported model's validation figures as served (its views, its trust layer): what an
     adoption rule reads, kept with the run's row when the exported folder itself is not kept."""
     figures = card.get("trust", {}).get("validation")
     if not figures:  # exported without a trust layer: nothing measured as served
         return {}
-    return {k: figures[k] for k in SERVED_FIGURES if k in figures} | {"views": _served_views(card)}
+    return {k: figures[k] for k in SERVED_FIGURES if k in figures} | {"views": served_views(card)}
 
 
 def _best_val_loss(run: Path, best_epoch: int) -> float | None:
@@ -371,9 +366,8 @@ def tta_table(root: Path = MODELS_ROOT) -> str:
         served = (card.get("trust") or {}).get("validation")
         if not served or "accuracy" not in card.get("validation", {}):
             continue
-        views = _served_views(card)
         lines.append(f"| `{name}` | {served['n']} | {card['validation']['accuracy']:.4f} | "
-                     f"{served['accuracy']:.4f} | {views} |")
+                     f"{served['accuracy']:.4f} | {served_views(card)} |")
     return "\n".join(lines)
 
 
@@ -437,6 +431,14 @@ def _fmt_seconds(value) -> str:
 TIMING_NOISE = 0.05
 
 
+def _views(recorded: int | bool) -> str:
+    """A benchmark's test-time views, recorded as a count (or as True before eight views
+    existed, when on meant the four flips)."""
+    count = 4 if recorded is True else int(recorded)
+    return {4: "four flipped views", 8: "eight views: the four flips and their transposes"
+            }.get(count, f"{count} views")
+
+
 def _heat_map_cost(ratio: float) -> str:
     # A map cannot make a prediction faster, so a ratio below 1 is noise too.
     if ratio <= 1 + TIMING_NOISE:
@@ -493,10 +495,10 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                 f"(its default) instead of one thread, "
                 f"the plain prediction takes {r['prediction_ms_per_image_threaded_blas']:.2f} ms "
                 f"({r['one_blas_thread_speedup']}x)."
-                + (f" Test-time augmentation (four flipped views per image): a one-view "
-                   f"prediction takes {r['prediction_ms_per_image_one_view']:.2f} ms, so the "
-                   f"flips cost {r['tta_cost_ratio']}x." if r.get("test_time_augmentation")
-                   else ""),
+                + (f" Test-time augmentation ({_views(r['test_time_augmentation'])} per "
+                   f"image): a one-view prediction takes "
+                   f"{r['prediction_ms_per_image_one_view']:.2f} ms, so the views cost "
+                   f"{r['tta_cost_ratio']}x." if r.get("test_time_augmentation") else ""),
                 "",
             ]
     if load.is_file():
