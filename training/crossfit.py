@@ -161,7 +161,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = 4, weights: str = ""
             classifier.full.save(Path(logs) / f"fold{k}.keras")
             served = serving_model(keras.models.load_model(Path(logs) / f"fold{k}.keras",
                                                            compile=False), views)
-            logits[index] = served_logits(served, dataset.paths(held), config)
+            logits[index] = served_logits(served, dataset.paths(held), config, views)
             labels = np.array([label_of[f] for f in held])
             accuracy = float(np.mean(logits[index].argmax(axis=1) == labels))
             per_fold.append({"fold": k, "images": len(held),
@@ -257,14 +257,23 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     return plateau_schedule(losses, config)[:epochs]
 
 
-def served_logits(served, paths: list[Path], config: TrainConfig) -> np.ndarray:
-    """The serving graph's logits for image files, decoded and preprocessed as in serving."""
+# Images per call of the serving graph, all views together: Keras keeps every view's
+# activations of a call in memory, and 32 images in 8 views took more than 24 GiB.
+SCORED_VIEWS_PER_CALL = 64
+
+
+def served_logits(served, paths: list[Path], config: TrainConfig, views: int) -> np.ndarray:
+    """The serving graph's logits for image files, decoded and preprocessed as in serving;
+    `views`: the orientations the graph runs per image."""
+    step = max(1, SCORED_VIEWS_PER_CALL // views)
     out = []
     for chunk in decoded_chunks(paths, config.input_size, config.crop):
         for path, array, error in chunk:
             if array is None:  # a training image: nothing to skip it for
                 raise SystemExit(f"{path}: {error}")
-        out.append(served(np.stack([array for _, array, _ in chunk]), training=False)[0].numpy())
+        batch = np.stack([array for _, array, _ in chunk])
+        out += [served(batch[i : i + step], training=False)[0].numpy()
+                for i in range(0, len(batch), step)]
     return np.concatenate(out)
 
 

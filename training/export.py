@@ -324,9 +324,10 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
                 shutil.copy2(run_dir / file, out_dir / file)
             else:  # left by an earlier model of this name
                 (out_dir / file).unlink(missing_ok=True)
-        # Measured on the earlier model's out-of-fold logits (training.ece_spread); the
+        # Measured on the earlier model (training.ece_spread, training.views); the
         # ablation table stays: it is the history of recipes behind this name.
-        (out_dir / "ece_spread.json").unlink(missing_ok=True)
+        for measured in ("ece_spread.json", "views.json"):
+            (out_dir / measured).unlink(missing_ok=True)
     # The card's metrics start empty: figures measured on an earlier export go with them.
     for kind in ("confusion", "reliability", "coverage"):
         for stale in out_dir.glob(f"{kind}_*.png"):

@@ -371,6 +371,21 @@ def tta_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def views_table(root: Path = MODELS_ROOT) -> str:
+    """Validation accuracy and NLL before calibration on 1, 4 and 8 orientations of each image
+    (training.views), and the count each model serves."""
+    counts = ("1", "4", "8")
+    lines = ["| model | validation images | " + " | ".join(
+                 f"{c} view{'s' if c != '1' else ''}: accuracy (NLL)" for c in counts)
+             + " | served views |", "|---|---|" + "---|" * len(counts) + "---|"]
+    for name, result, card in _with_result(root, "views.json"):
+        figures = result["before_calibration"]
+        lines.append(f"| `{name}` | {result['images']} | " + " | ".join(
+            f"{figures[c]['accuracy']:.4f} ({figures[c]['nll']:.4f})" for c in counts)
+            + f" | {served_views(card)} |")
+    return "\n".join(lines)
+
+
 def splits_table(root: Path = MODELS_ROOT) -> str:
     """Each model's split (its splits.json): images and source groups per side, the images of
     unknown source and the groups left out for carrying two labels."""
@@ -590,7 +605,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
     and the benchmark results."""
     blocks = {"models": models_table(root), "benchmarks": benchmarks_text(),
               "trust": trust_table(root), "operating-points": operating_points_table(root),
-              "unfamiliar": unfamiliar_table(root), "tta": tta_table(root),
+              "unfamiliar": unfamiliar_table(root), "tta": tta_table(root), "views": views_table(root),
               "splits": splits_table(root), "crossfit": crossfit_table(root),
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root)}
     for name in available_models(root):
