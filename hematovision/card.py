@@ -42,7 +42,9 @@ def write_card(model_dir: Path, card: dict) -> None:
 def served_views(card: dict) -> int:
     """How many orientations of each image the exported model averages (1: no test-time
     augmentation)."""
-    return len((card.get("test_time_augmentation") or {}).get("views", [])) or 1
+    tta = card.get("test_time_augmentation")
+    views = tta.get("views") if isinstance(tta, dict) else None
+    return len(views) if isinstance(views, list) and views else 1
 
 
 def recorded_evaluations(card: dict) -> dict[str, dict]:

@@ -27,7 +27,7 @@ def test_litert_matches_keras_on_fixed_images(tiny_model_dir, tiny_keras_model, 
     batch = np.stack([preprocess(f) for f in files])
     served = Predictor(tiny_model_dir).predict_arrays(batch)
     # The served model averages the four flipped views (test-time augmentation).
-    expected = reference_probabilities(tiny_keras_model, batch, tta=True)
+    expected = reference_probabilities(tiny_keras_model, batch, views=4)
     assert np.max(np.abs(served - expected)) < 1e-5
 
 
@@ -38,6 +38,27 @@ def test_batches_larger_than_the_chunk_size_match_single_calls(tiny_model_dir):
     one_by_one = np.concatenate([predictor.predict_arrays(batch[i : i + 1]) for i in range(40)])
     assert together.shape == (40, 4)
     np.testing.assert_allclose(together, one_by_one, atol=1e-6)
+
+
+def test_a_model_serving_more_views_runs_fewer_images_per_call(tiny_model_dir, tmp_path):
+    import shutil
+
+    from hematovision.predictor import VIEWS_PER_CALL
+
+    folder = tmp_path / "eight"
+    shutil.copytree(tiny_model_dir, folder)
+    card = json.loads((folder / "model_card.json").read_text())
+    card["test_time_augmentation"]["views"] = [f"view {v}" for v in range(8)]
+    (folder / "model_card.json").write_text(json.dumps(card))
+    four, eight = Predictor(tiny_model_dir), Predictor(folder)
+    assert (four.images_per_call, eight.images_per_call) == (VIEWS_PER_CALL // 4,
+                                                             VIEWS_PER_CALL // 8)
+    calls = []
+    run = eight._run
+    eight._run = lambda chunk, wanted: calls.append(len(chunk)) or run(chunk, wanted)
+    batch = np.random.default_rng(2).uniform(-1, 1, (20, 224, 224, 3)).astype(np.float32)
+    np.testing.assert_allclose(eight.predict_arrays(batch), four.predict_arrays(batch), atol=1e-6)
+    assert calls == [16, 4]
 
 
 def test_wrong_input_shape_is_refused(tiny_model_dir):
