@@ -39,6 +39,14 @@ def write_card(model_dir: Path, card: dict) -> None:
     (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
 
 
+def view_count(recorded) -> int:
+    """A recorded test-time setting as a number of views: a count, or on/off as recorded
+    before eight views existed (on was the four flips). bool first: True == 1 in Python."""
+    if isinstance(recorded, bool):
+        return 4 if recorded else 1
+    return int(recorded) if isinstance(recorded, int) and recorded > 0 else 1
+
+
 def served_views(card: dict) -> int:
     """How many orientations of each image the exported model averages (1: no test-time
     augmentation)."""

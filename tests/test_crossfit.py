@@ -50,6 +50,10 @@ def test_crossfit_scores_every_pool_image_once_and_leaves_the_model_alone(traine
     assert summary["test_time_augmentation"] == 4
     assert crossfit.load(folder, 4)["images"] == 16
     assert crossfit.load(folder, 1) is None and crossfit.load(folder, 8) is None  # other modes
+    for recorded, views in ((1, 1), (8, 8), (True, 4), (False, 1)):  # bools: before 8 views
+        (folder / crossfit.JSON_FILE).write_text(json.dumps(
+            summary | {"test_time_augmentation": recorded}))
+        assert [v for v in (1, 4, 8) if crossfit.load(folder, v)] == [views], recorded
 
 
 def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp_path):

@@ -59,8 +59,13 @@ def test_cli_writes_the_spread_into_the_model_folder(tmp_path, monkeypatch, caps
     folds = np.arange(len(labels)) % 2
     np.savez(tmp_path / "crossfit.npz", files=files, labels=labels, folds=folds,
              logits=logits.astype(np.float32))
+    (tmp_path / "crossfit.json").write_text(json.dumps({"test_time_augmentation": 4}))
     (tmp_path / "model_card.json").write_text(json.dumps(
-        {"metrics": {"test": {"intervals": {"units": 12}}}}))
+        {"metrics": {"test": {"intervals": {"units": 12}}},
+         "test_time_augmentation": {"views": ["as is", "flipped left-right"]}}))
+    with pytest.raises(SystemExit, match="no out-of-fold logits of 2 test-time view"):
+        spread_lib.main([str(tmp_path), "--rounds", "50"])  # logits of another way of serving
+    (tmp_path / "crossfit.json").write_text(json.dumps({"test_time_augmentation": 2}))
     monkeypatch.setattr(spread_lib, "pool_groups", lambda folder, f: groups)
     spread_lib.main([str(tmp_path), "--rounds", "50"])
     written = json.loads((tmp_path / "ece_spread.json").read_text())

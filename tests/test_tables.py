@@ -339,3 +339,16 @@ def test_splits_table_counts_images_and_groups_from_each_models_split_file(tmp_p
     assert len(lines) == 3  # "b"'s split file predates the counts: no row
     assert lines[2] == ("| `a` | kaggle_blood_cells/train | 3,792 (217 groups) | 667 (39 groups) "
                         "| 0 | 5,388 | 2 |")
+
+
+def test_benchmark_text_names_the_views_and_says_nothing_of_them_for_one(tmp_path):
+    r = json.loads((tables.BENCH_DIR / "inference.json").read_text())
+    for recorded, said in ((8, "eight views: the four flips and their transposes"),
+                           (True, "four flipped views"), (1, None), (False, None)):
+        (tmp_path / "inference.json").write_text(json.dumps(r | {"test_time_augmentation":
+                                                                recorded}))
+        text = tables.benchmarks_text(tmp_path)
+        if said:
+            assert f"Test-time augmentation ({said} per image)" in text, recorded
+        else:
+            assert "Test-time augmentation" not in text, recorded

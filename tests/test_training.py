@@ -6,7 +6,6 @@ are checked at their real shapes; other sizes are covered where only the network
 (`test_the_split_network_equals_the_plain_backbone`, 96 px).
 """
 
-import argparse
 import json
 import shutil
 import time
@@ -395,21 +394,8 @@ def test_eight_views_add_the_quarter_turns_and_turn_the_maps_back(trained_run, t
     maps = eight.forward(x, feature_maps=True).feature_maps
     np.testing.assert_allclose(eight.forward(turned, feature_maps=True).feature_maps,
                                np.rot90(maps, -1, axes=(1, 2)), atol=1e-4)
-    assert export.view(x, 5).shape == x.shape and np.array_equal(
-        np.asarray(export.view(x, 5)), np.rot90(x, -1, axes=(1, 2)))
     with pytest.raises(ValueError, match="one of"):
         export.serving_model(model, views=3)
-
-
-def test_export_and_crossfit_take_the_number_of_views():
-    parser = argparse.ArgumentParser()
-    export.add_views_option(parser, "serve")
-    assert parser.parse_args([]).tta_views == 4
-    assert parser.parse_args(["--tta-views", "8"]).tta_views == 8
-    assert parser.parse_args(["--no-tta"]).tta_views == 1
-    for wrong in (["--tta-views", "3"], ["--no-tta", "--tta-views", "8"]):
-        with pytest.raises(SystemExit):
-            parser.parse_args(wrong)
 
 
 def test_colour_jitter_can_be_left_out_of_the_augmentation():

@@ -1,5 +1,6 @@
 """training.views: the validation figures behind the number of test-time views served."""
 
+import argparse
 import json
 
 import numpy as np
@@ -9,6 +10,36 @@ from hematovision.batch import forward_files
 from hematovision.predictor import Predictor
 from training import views
 from training.calibrate import nll
+
+
+def test_the_views_are_named_for_what_they_do_and_unview_undoes_them():
+    x = np.arange(2 * 3 * 3 * 2, dtype=np.float32).reshape(2, 3, 3, 2)
+    transposed = x.transpose(0, 2, 1, 3)
+    expected = {
+        "as is": x, "flipped left-right": x[:, :, ::-1], "flipped up-down": x[:, ::-1],
+        "both": x[:, ::-1, ::-1], "mirrored on the diagonal": transposed,
+        "turned 90° clockwise": np.rot90(x, -1, axes=(1, 2)),
+        "turned 90° anticlockwise": np.rot90(x, 1, axes=(1, 2)),
+        "mirrored on the other diagonal": transposed[:, ::-1, ::-1],
+    }
+    assert list(expected) == list(views.VIEW_NAMES)
+    for v, name in enumerate(views.VIEW_NAMES):
+        turned = np.asarray(views.view(x, v))
+        np.testing.assert_array_equal(turned, expected[name], err_msg=name)
+        np.testing.assert_array_equal(np.asarray(views.unview(turned, v)), x, err_msg=name)
+
+
+def test_the_views_option_takes_a_count_or_none():
+    parser = argparse.ArgumentParser()
+    views.add_views_option(parser, "serve")
+    assert parser.parse_args([]).tta_views == views.TTA_VIEWS == 4
+    assert parser.parse_args(["--tta-views", "8"]).tta_views == 8
+    assert parser.parse_args(["--no-tta"]).tta_views == 1
+    for wrong in (["--tta-views", "3"], ["--no-tta", "--tta-views", "8"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(wrong)
+    with pytest.raises(ValueError, match="one of"):
+        views.check_views(2)
 
 
 def test_compare_averages_the_first_v_orientations():
@@ -22,12 +53,12 @@ def test_compare_averages_the_first_v_orientations():
     assert figures["1"]["nll"] == round(nll(logits[0], labels), 4)
 
 
-def test_the_served_count_scores_what_the_served_model_computes(trusted_model_dir, tmp_path):
+def test_the_served_count_scores_what_the_served_model_computes(trusted_model_dir):
     card = json.loads((trusted_model_dir / "model_card.json").read_text())
     files = json.loads((trusted_model_dir / "splits.json").read_text())["val"]
     root = trusted_model_dir.parents[1] / "data"
     result = views.measure(trusted_model_dir)
-    assert (result["images"], result["served"], result["split"]) == (12, 4, "splits.json:val")
+    assert (result["images"], result["split"]) == (12, "splits.json:val")
     predictor = Predictor(trusted_model_dir)  # LiteRT, the four flips averaged in its graph
     outputs, _ = forward_files(predictor, [root / f for f in files])
     labels = np.array([card["classes"].index(f.split("/")[0]) for f in files])

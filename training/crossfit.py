@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.batch import decoded_chunks
-from hematovision.card import read_card
+from hematovision.card import read_card, view_count
 from training import data as data_lib
 from training.config import TrainConfig
 from training.pretrained import file_sha256
 from training.stopwatch import ELAPSED_FILE, Stopwatch
+from training.views import TTA_VIEWS, add_views_option, check_views
 
 NPZ_FILE = "crossfit.npz"
 JSON_FILE = "crossfit.json"
@@ -69,7 +69,7 @@ def assign_folds(files: list[str], groups: list[str], labels: list[int], folds: 
 STOPPING = ("held-out", "served-epochs")
 
 
-def crossfit(folder: Path, folds: int = FOLDS, views: int = 4, weights: str = "",
+def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: str = "",
              stopping: str = "held-out") -> dict:
     """Train `folds` fold models like the folder's run and store their out-of-fold logits,
     each the mean over `views` orientations of the image, as the model is served with
@@ -86,6 +86,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = 4, weights: str = ""
     before scoring it."""
     if stopping not in STOPPING:
         raise ValueError(f"stopping must be one of {STOPPING}, got {stopping!r}")
+    check_views(views)  # before hours of training, not after the first fold
     # Imported here: `load` serves calibration without TensorFlow's start-up cost.
     import keras
 
@@ -266,15 +267,10 @@ def served_logits(served, paths: list[Path], config: TrainConfig, views: int) ->
     """The serving graph's logits for image files, decoded and preprocessed as in serving;
     `views`: the orientations the graph runs per image."""
     step = max(1, SCORED_VIEWS_PER_CALL // views)
-    out = []
-    for chunk in decoded_chunks(paths, config.input_size, config.crop):
-        for path, array, error in chunk:
-            if array is None:  # a training image: nothing to skip it for
-                raise SystemExit(f"{path}: {error}")
-        batch = np.stack([array for _, array, _ in chunk])
-        out += [served(batch[i : i + step], training=False)[0].numpy()
-                for i in range(0, len(batch), step)]
-    return np.concatenate(out)
+    return np.concatenate([
+        served(batch[i : i + step], training=False)[0].numpy()
+        for batch in data_lib.preprocessed_batches(paths, config.input_size, config.crop)
+        for i in range(0, len(batch), step)])
 
 
 def load(folder: Path, views: int) -> dict | None:
@@ -284,12 +280,12 @@ def load(folder: Path, views: int) -> dict | None:
     if not (folder / NPZ_FILE).is_file() or not (folder / JSON_FILE).is_file():
         return None
     summary = json.loads((folder / JSON_FILE).read_text())
-    # Recorded as on/off before 8 views existed: on was the four flips.
-    recorded = summary.get("test_time_augmentation")
-    if {True: 4, False: 1}.get(recorded, recorded) != views:
+    if view_count(summary.get("test_time_augmentation")) != views:
         return None
     with np.load(folder / NPZ_FILE) as arrays:
-        return {**summary, "logits": arrays["logits"], "labels": arrays["labels"]}
+        # "folds" stays the summary's count; each image's fold is "image_folds".
+        return {**summary, "files": arrays["files"], "labels": arrays["labels"],
+                "logits": arrays["logits"], "image_folds": arrays["folds"]}
 
 
 def log(message: str) -> None:
@@ -297,8 +293,6 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.export import add_views_option  # TensorFlow's start-up, as in crossfit()
-
     parser = argparse.ArgumentParser(
         prog="python -m training.crossfit",
         description="Out-of-fold logits (folds by source smear) for calibrating a model on "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.batch import image_files, is_hidden
+from hematovision.batch import decoded_chunks, image_files, is_hidden
 
 SOURCE_MAP_NAME = "bccd_source_map.csv"
 KAGGLE_MAP_COLUMNS = {"split", "class", "file", "bccd_source_image"}
@@ -313,3 +313,14 @@ def class_weights(labels: list[int], num_classes: int) -> dict[int, float]:
     present = [c for c in range(num_classes) if counts[c]]
     total = sum(counts)
     return {c: (total / (len(present) * counts[c]) if counts[c] else 0.0) for c in range(num_classes)}
+
+
+def preprocessed_batches(paths: list[Path], size: int, crop: str):
+    """Model inputs for image files, decoded and preprocessed as served, one stacked array per
+    chunk in order. An unreadable file stops the run: training and validation images have no
+    result to leave out."""
+    for chunk in decoded_chunks(paths, size, crop):
+        for path, array, error in chunk:
+            if array is None:
+                raise SystemExit(f"{path}: {error}")
+        yield np.stack([array for _, array, _ in chunk])

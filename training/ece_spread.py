@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import read_card
+from hematovision.card import read_card, served_views
 from hematovision.trust import softmax
 from training import data as data_lib
 from training.calibrate import (ECE_BINS, TEMPERATURE_GRID_TEXT, compare_temperature_fits,
                                 fit_temperature_by, lowest_ece_temperature, reliability)
 from training.config import TrainConfig
-from training.crossfit import NPZ_FILE
+from training import crossfit
 
 JSON_FILE = "ece_spread.json"
 GOAL = 0.02  # the trust issue's bar for ECE after calibration on each model's test set
@@ -104,23 +104,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--goal", type=float, default=GOAL, help="ECE goal to count draws against")
     args = parser.parse_args(argv)
     folder = args.folder
-    if not (folder / NPZ_FILE).is_file():
-        raise SystemExit(f"{folder / NPZ_FILE} not found: run python -m training.crossfit {folder}")
     card = read_card(folder)
+    views = served_views(card)
+    pool = crossfit.load(folder, views)  # the logits of the way the model is served
+    if pool is None:
+        raise SystemExit(f"{folder} has no out-of-fold logits of {views} test-time view(s), as "
+                         f"it is served: run python -m training.crossfit {folder} --tta-views "
+                         f"{views}")
     smears = args.smears or card.get("metrics", {}).get("test", {}).get(
         "intervals", {}).get("units", 0)
     if not smears:
         raise SystemExit("no recorded test evaluation with source smears: give --smears")
-    pool = np.load(folder / NPZ_FILE)
     logits = pool["logits"].astype(np.float64)
     result = ece_spread(logits, pool["labels"],
                         pool_groups(folder, pool["files"]), smears, args.rounds, args.seed,
                         args.goal, card.get("trust", {}).get("temperature_fit", "nll"))
     # How each temperature criterion does on folds it was not fitted on (the choice's basis);
     # a pool of one fold has none to hold out.
-    if len(np.unique(pool["folds"])) > 1:
+    if len(np.unique(pool["image_folds"])) > 1:
         result["temperature_fits_held_out"] = compare_temperature_fits(
-            logits, pool["labels"], pool["folds"])
+            logits, pool["labels"], pool["image_folds"])
     (folder / JSON_FILE).write_text(json.dumps(result, indent=2) + "\n")
     d = result["ece_draws"]
     print(f"{result['pool_images']} out-of-fold images of {result['pool_groups']} smears, "

@@ -29,6 +29,8 @@ from hematovision.predictor import KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predic
 from hematovision.preprocess import RESAMPLE_NAME  # noqa: E402
 from hematovision.trust import softmax  # noqa: E402
 from training.calibrate import TEMPERATURE_FITS, fit_trust  # noqa: E402
+from training.views import (TTA_VIEWS, VIEW_NAMES, add_views_option, check_views,  # noqa: E402
+                            orientation_log_probabilities, unview, view)
 
 TOLERANCE = 1e-4  # max abs difference of probabilities, LiteRT vs Keras
 RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit_metrics.csv",
@@ -42,18 +44,6 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
 PROBE_LAYERS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add")
 
 
-# Test-time augmentation: the served model classifies each image in several orientations (a
-# cell has no up or down) and averages the logits. The first four views are the flips; the other
-# four, their transposes (the quarter turns and the mirrors on the diagonals): together, every
-# orientation of a square. Chosen per model on validation accuracy, for views x the compute
-# (README: "Test-time augmentation").
-VIEW_NAMES = ("as is", "flipped left-right", "flipped up-down", "both",
-              "mirrored on the diagonal", "turned 90° clockwise", "turned 90° anticlockwise",
-              "mirrored on the other diagonal")
-VIEW_COUNTS = (1, 4, 8)
-TTA_VIEWS = 4  # the default
-
-
 def serving_model(model: keras.Model, views: int = TTA_VIEWS) -> keras.Model:
     """image -> [logits, unfamiliarity features, last feature maps]: the trained classifier
     opened up at its pooling layer ("pool") and dense head ("head"). The features are the global
@@ -61,7 +51,7 @@ def serving_model(model: keras.Model, views: int = TTA_VIEWS) -> keras.Model:
     With `views` > 1, all three are means over the first `views` orientations of `VIEW_NAMES`
     (the maps turned back first, so a class activation map still decomposes the averaged logit
     and lies on the image). The softmax moves to serving, where the temperature applies."""
-    _check_views(views)
+    check_views(views)
     image = keras.Input(model.input_shape[1:], name="image")
     x = keras.ops.concatenate([view(image, v) for v in range(views)]) if views > 1 else image
     present = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None]
@@ -80,29 +70,6 @@ def serving_model(model: keras.Model, views: int = TTA_VIEWS) -> keras.Model:
     served = keras.Model(image, [logits, features, maps], name="hematovision_serving")
     dense.set_weights(head.get_weights())
     return served
-
-
-def _check_views(views: int) -> None:
-    if views not in VIEW_COUNTS:
-        raise ValueError(f"test-time views must be one of {VIEW_COUNTS}, got {views!r}")
-
-
-def view(images, v: int):
-    """Orientation `v` of a batch of square images (or feature maps), numbered as `VIEW_NAMES`:
-    bit 4 transposes, then bit 1 flips left-right and bit 2 up-down."""
-    if v & 4:
-        images = keras.ops.transpose(images, (0, 2, 1, 3))
-    if v & 1:
-        images = keras.ops.flip(images, axis=2)
-    if v & 2:
-        images = keras.ops.flip(images, axis=1)
-    return images
-
-
-def unview(images, v: int):
-    """The inverse of `view`: the flips (each its own inverse), then the transpose."""
-    images = view(images, v & 3)
-    return keras.ops.transpose(images, (0, 2, 1, 3)) if v & 4 else images
 
 
 def _by_view(batch, views: int):
@@ -189,17 +156,14 @@ def reference_probabilities(model: keras.Model, batch: np.ndarray, views: int = 
                             ) -> np.ndarray:
     """What the served model must compute, from the trained Keras model itself: the softmax
     of its logits averaged over the first `views` orientations (`view`)."""
-    # log-probabilities are logits up to a per-image constant, which the softmax ignores
-    log_p = [np.log(np.maximum(model.predict(np.asarray(view(batch, v)), verbose=0), 1e-30))
-             for v in range(views)]
-    return softmax(np.mean(log_p, axis=0))
+    return softmax(np.mean(orientation_log_probabilities(model, batch, views), axis=0))
 
 
 def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "none",
                  views: int = TTA_VIEWS) -> dict:
     """Write model.keras, model.tflite and model_card.json into `out_dir`; returns the card.
     `views`: how many orientations of each image the served model averages (`serving_model`)."""
-    _check_views(views)
+    check_views(views)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A clone carries the weights without the training optimizer's state (2x the size).
@@ -335,17 +299,6 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
     if trust:
         fit_trust(out_dir, progress=False, temperature_fit=temperature_fit)
     return out_dir
-
-
-def add_views_option(parser: argparse.ArgumentParser, verb: str) -> None:
-    """--tta-views N and its shorthand --no-tta, for export and crossfit alike."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=TTA_VIEWS,
-                       help=f"{verb} the mean over this many orientations of each image: 4 "
-                            "flips (default) or those and their transposes (8); each costs "
-                            "one forward pass")
-    group.add_argument("--no-tta", dest="tta_views", action="store_const", const=1,
-                       help=f"{verb} one view per image (same as --tta-views 1)")
 
 
 def _initialisation(recorded: str, weights: str) -> str:

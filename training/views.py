@@ -1,13 +1,17 @@
-"""How many orientations of each image to serve: a model's validation figures on 1, 4 and 8.
+"""Test-time views: the orientations a served model averages, and how many to serve.
+
+Cells have no up or down, so the served model (`training.export.serving_model`) may classify
+each image in several orientations and average them: the first 4 of `VIEW_NAMES` are the flips,
+all 8 every orientation of a square.
 
     python -m training.views saved_model/NAME
 
-The folder's Keras model classifies each of its validation images (splits.json: val, decoded
-and preprocessed as served) once in each of the eight orientations of `training.export.view`;
-a model serving `v` views averages the logits of the first `v`, as `serving_model` does.
-Accuracy and NLL are before calibration (T = 1): the temperature is fitted after the views are
-chosen. Writes views.json into the folder; `python -m training.export --tta-views N` serves
-the count chosen.
+measures the folder's validation accuracy and NLL on 1, 4 and 8 views: its Keras model
+classifies each validation image (splits.json: val, decoded and preprocessed as served) once in
+each orientation, and serving `v` views averages the logits of the first `v`, as the served
+graph does. The figures are before calibration (T = 1): the temperature is fitted after the
+views are chosen. Writes views.json into the folder; `python -m training.export --tta-views N`
+serves the count chosen.
 """
 
 from __future__ import annotations
@@ -22,39 +26,65 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from hematovision.batch import decoded_chunks  # noqa: E402
-from hematovision.card import read_card, served_views  # noqa: E402
+from hematovision.card import read_card  # noqa: E402
 from hematovision.predictor import KERAS_FILE, Predictor  # noqa: E402
-from training.calibrate import nll  # noqa: E402
+from training.data import preprocessed_batches  # noqa: E402
 
+VIEW_NAMES = ("as is", "flipped left-right", "flipped up-down", "both",
+              "mirrored on the diagonal", "turned 90° clockwise", "turned 90° anticlockwise",
+              "mirrored on the other diagonal")
+VIEW_COUNTS = (1, 4, 8)  # one view, the flips, or every orientation
+TTA_VIEWS = 4  # the default: chosen on validation accuracy (README: "Test-time augmentation")
 JSON_FILE = "views.json"
-# Written on 2026-12-02 before any eight-view figure was computed (README: "Test-time
-# augmentation"), and the same for every model.
+# Written on 2026-12-02 before any eight-view figure was computed, the same for every model.
 RULE = ("serve 8 views instead of 4 only if validation accuracy rises by at least 0.002 and "
         "validation NLL does not rise")
 
 
-def orientation_logits(model, paths: list[Path], size: int, crop: str) -> np.ndarray:
-    """(8, images, classes): the model's log-probabilities (logits up to a per-image constant,
-    which neither the mean over views nor the softmax sees) for each orientation."""
-    from training.export import VIEW_NAMES, view
-
-    out = []
-    for chunk in decoded_chunks(paths, size, crop):
-        for path, array, error in chunk:
-            if array is None:  # a validation image: nothing to skip it for
-                raise SystemExit(f"{path}: {error}")
-        batch = np.stack([array for _, array, _ in chunk])
-        out.append([np.log(np.maximum(model.predict_on_batch(np.asarray(view(batch, v))),
-                                      1e-30)) for v in range(len(VIEW_NAMES))])
-    return np.concatenate(out, axis=1)
+def check_views(views: int) -> None:
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"test-time views must be one of {VIEW_COUNTS}, got {views!r}")
 
 
-def compare(logits: np.ndarray, labels: np.ndarray, counts=(1, 4, 8)) -> dict:
-    """Accuracy and NLL (T = 1) of the mean over the first v orientations, for each v."""
+def view(images, v: int):
+    """Orientation `v` of a batch of square images (or feature maps), numbered as `VIEW_NAMES`:
+    the bit 4 transposes, then the bit 1 flips left-right and the bit 2 up-down. Works on
+    numpy arrays and on Keras tensors inside a graph (keras.ops)."""
+    import keras  # here, not at import: the command lines read the names without TensorFlow
+
+    if v & 4:
+        images = keras.ops.transpose(images, (0, 2, 1, 3))
+    if v & 1:
+        images = keras.ops.flip(images, axis=2)
+    if v & 2:
+        images = keras.ops.flip(images, axis=1)
+    return images
+
+
+def unview(images, v: int):
+    """The inverse of `view`: the flips (each its own inverse), then the transpose."""
+    import keras
+
+    images = view(images, v & 3)
+    return keras.ops.transpose(images, (0, 2, 1, 3)) if v & 4 else images
+
+
+def orientation_log_probabilities(model, batch: np.ndarray, views: int = len(VIEW_NAMES)
+                                  ) -> np.ndarray:
+    """(views, n, classes): a trained Keras classifier's log-probabilities for the first
+    `views` orientations of the batch. They are its logits up to a per-image constant, which
+    neither the mean over views nor the softmax sees."""
+    return np.stack([np.log(np.maximum(model.predict_on_batch(np.asarray(view(batch, v))),
+                                       1e-30)) for v in range(views)])
+
+
+def compare(log_probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and NLL (T = 1) of the mean over the first v orientations, for each count."""
+    from training.calibrate import nll  # calibrate reads crossfit, which reads these names
+
     figures = {}
-    for v in counts:
-        mean = logits[:v].mean(axis=0)
+    for v in VIEW_COUNTS:
+        mean = log_probabilities[:v].mean(axis=0)
         figures[str(v)] = {"accuracy": round(float(np.mean(mean.argmax(axis=1) == labels)), 4),
                            "nll": round(nll(mean, labels), 4)}
     return figures
@@ -75,11 +105,24 @@ def measure(folder: Path, data: Path | None = None) -> dict:
     predictor = Predictor(folder)  # the input size and crop the model is served with
     labels = np.array([predictor.classes.index(f.split("/", 1)[0]) for f in files])
     model = keras.models.load_model(folder / KERAS_FILE, compile=False)
-    logits = orientation_logits(model, [root / f for f in files], predictor.input_size,
-                                predictor.crop)
+    log_probabilities = np.concatenate(
+        [orientation_log_probabilities(model, batch) for batch in preprocessed_batches(
+            [root / f for f in files], predictor.input_size, predictor.crop)], axis=1)
+    # Which count is served is the card's to say (`hematovision.card.served_views`).
     return {"split": "splits.json:val", "images": len(files),
-            "before_calibration": compare(logits, labels), "served": served_views(card),
-            "rule": RULE, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "before_calibration": compare(log_probabilities, labels), "rule": RULE,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def add_views_option(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--tta-views N and its shorthand --no-tta, for export and crossfit alike."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--tta-views", type=int, choices=VIEW_COUNTS, default=TTA_VIEWS,
+                       help=f"{verb} the mean over this many orientations of each image: the "
+                            "4 flips (default) or those and their transposes (8); each costs "
+                            "one forward pass")
+    group.add_argument("--no-tta", dest="tta_views", action="store_const", const=1,
+                       help=f"{verb} one view per image (same as --tta-views 1)")
 
 
 def main(argv: list[str] | None = None) -> None:
