@@ -4,12 +4,14 @@ import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hematovision.trust import softmax, threshold_for_target
 from training import crossfit
+from training import data as data_lib
 from training.config import TrainConfig
 from training.calibrate import (TARGET_ACCURACY, fit_temperature, fit_trust,
                                 lowest_ece_temperature, reliability)
@@ -48,12 +50,47 @@ def test_crossfit_scores_every_pool_image_once_and_leaves_the_model_alone(traine
     assert summary["accuracy"] == round(float(np.mean(logits.argmax(1) == labels)), 4)
     assert json.loads((folder / crossfit.JSON_FILE).read_text()) == summary
     assert summary["test_time_augmentation"] == 4
+    # Every orientation is kept: each count is the mean of the first ones, on the same folds.
+    with np.load(folder / crossfit.NPZ_FILE) as arrays:
+        view_logits = arrays["view_logits"]
+    assert view_logits.shape == (8, 16, 4)
+    np.testing.assert_allclose(logits, view_logits[:4].mean(axis=0), rtol=1e-6)
+    assert not np.array_equal(view_logits[0], view_logits[4])  # a transpose is another view
+    for views in (1, 4, 8):
+        loaded = crossfit.load(folder, views)
+        np.testing.assert_allclose(loaded["logits"], view_logits[:views].mean(axis=0), rtol=1e-6)
+        assert loaded["accuracy"] == summary["by_views"][str(views)]["accuracy"] == round(
+            float(np.mean(loaded["logits"].argmax(1) == labels)), 4)
+        assert loaded["test_time_augmentation"] == views and loaded["images"] == 16
+    assert summary["accuracy"] == summary["by_views"]["4"]["accuracy"]
+
+    # A crossfit from before the orientations were kept serves only the count it was run with.
+    np.savez_compressed(folder / crossfit.NPZ_FILE, files=files, labels=labels, folds=folds,
+                        logits=logits)
     assert crossfit.load(folder, 4)["images"] == 16
     assert crossfit.load(folder, 1) is None and crossfit.load(folder, 8) is None  # other modes
     for recorded, views in ((1, 1), (8, 8), (True, 4), (False, 1)):  # bools: before 8 views
         (folder / crossfit.JSON_FILE).write_text(json.dumps(
             summary | {"test_time_augmentation": recorded}))
         assert [v for v in (1, 4, 8) if crossfit.load(folder, v)] == [views], recorded
+
+
+def test_orientation_logits_average_to_what_the_served_graph_computes(trained_run, tmp_path):
+    import keras
+
+    from training.export import serving_model
+
+    _, run_dir = trained_run
+    config = TrainConfig.load(run_dir / "config.json")
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    paths = [Path(config.data) / f for f in json.loads((run_dir / "splits.json").read_text())["val"]]
+    per_view = crossfit.orientation_logits(serving_model(model, 1), paths, config)
+    assert per_view.shape == (8, len(paths), 4)
+    batch = np.concatenate(list(data_lib.preprocessed_batches(paths, config.input_size,
+                                                              config.crop)))
+    for views in (4, 8):
+        served = serving_model(model, views)(batch, training=False)[0].numpy()
+        np.testing.assert_allclose(per_view[:views].mean(axis=0), served, atol=1e-4)
 
 
 def test_calibration_uses_out_of_fold_logits_when_present(trusted_model_dir, tmp_path):
@@ -191,7 +228,7 @@ def test_a_stopped_crossfit_resumes_at_its_first_unfinished_fold(trained_run, tm
         crossfit.crossfit(folder, folds=2)
     assert not (folder / crossfit.NPZ_FILE).exists()
     with np.load(folder / crossfit.PARTIAL_DIR / "fold0.npz") as arrays:
-        first_fold = arrays["logits"]
+        first_fold = arrays["view_logits"]
     first_session = json.loads(
         (folder / crossfit.PARTIAL_DIR / ELAPSED_FILE).read_text())["seconds"]
     assert first_session > 0
@@ -204,7 +241,7 @@ def test_a_stopped_crossfit_resumes_at_its_first_unfinished_fold(trained_run, tm
     assert summary["seconds"] == pytest.approx(first_session + time.time() - started, abs=1.0)
     assert fits == ["fold0.csv", "fold1.csv", "fold1.csv"]  # fold 0 was not trained again
     with np.load(folder / crossfit.NPZ_FILE) as arrays:
-        np.testing.assert_array_equal(arrays["logits"][arrays["folds"] == 0], first_fold)
+        np.testing.assert_array_equal(arrays["view_logits"][:, arrays["folds"] == 0], first_fold)
     assert [f["fold"] for f in summary["per_fold"]] == [0, 1]
     assert not (folder / crossfit.PARTIAL_DIR).exists()  # finished: nothing left to resume
 

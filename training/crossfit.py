@@ -7,7 +7,9 @@ smears), so a temperature and an abstention threshold fitted on it alone are noi
 when the split happens to be easy. This retrains the folder's tuned layers `folds` times with the
 same initialisation, recipe and cached activations, each time holding out a different fold of the
 source groups of train + val (stratified by class; a group never on both sides), and records the
-served logits (test-time augmentation included) of every held-out image. Each fold model is
+logits of every held-out image in each of the eight orientations (`training.views`): the served
+logits of `--tta-views N` are the mean of the first N, so every count can be compared on the same
+fold models (`python -m training.views`). Each fold model is
 early-stopped on its held-out fold, as the served model was on its validation split.
 `--stopping served-epochs` instead replays the served weights' epochs and learning rates and
 never looks at the held-out fold (tried once for an earlier wbc4 and not adopted; its figures
@@ -17,11 +19,13 @@ abstention threshold on these out-of-fold logits when the folder has them; the u
 threshold stays on the model's own validation images, because features differ from one trained
 model to another.
 
-Writes crossfit.npz (files, labels, folds, logits) and crossfit.json (per-fold figures).
+Writes crossfit.npz (files, labels, folds, view_logits and the served mean, logits) and
+crossfit.json (per-fold figures, and accuracy and NLL for 1, 4 and 8 views).
 Each finished fold is kept in `crossfit-partial/` meanwhile: a run stopped part-way (five fold
 models take over an hour on 2 CPU cores) resumes at the first unfinished fold when started again
 with the same settings on the same model. Every fold model starts from the same weights with
-its own seed, so a resumed run trains the same fold models as an uninterrupted one.
+its own seed, but multi-threaded TensorFlow on CPU is not bit-reproducible: two crossfits of the
+same model can stop a fold at another epoch, so compare settings within one crossfit.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from training import data as data_lib
 from training.config import TrainConfig
 from training.pretrained import file_sha256
 from training.stopwatch import ELAPSED_FILE, Stopwatch
-from training.views import TTA_VIEWS, add_views_option, check_views
+from training.views import TTA_VIEWS, VIEW_NAMES, add_views_option, check_views, compare
 
 NPZ_FILE = "crossfit.npz"
 JSON_FILE = "crossfit.json"
@@ -126,10 +130,12 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     initial = [w.numpy() for w in classifier.trainable.weights]
     position = {f: i for i, f in enumerate(pool)}
 
-    logits = np.zeros((len(pool), len(dataset.classes)), dtype=np.float32)
+    orientations = len(VIEW_NAMES)
+    view_logits = np.zeros((orientations, len(pool), len(dataset.classes)), dtype=np.float32)
     per_fold = []
     partial = Partial(folder / PARTIAL_DIR, {
-        "folds": folds, "views": views, "stopping": stopping, "weights": config.weights,
+        "folds": folds, "orientations": orientations, "views": views, "stopping": stopping,
+        "weights": config.weights,
         "model_sha256": file_sha256(folder / "model.keras"), "pool": fold_of})
     # The time of the sessions before a resume, kept with the finished folds.
     stopwatch = Stopwatch(partial.folder / ELAPSED_FILE, started,
@@ -140,7 +146,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
             index = np.array([position[f] for f in held])
             done = partial.fold(k)
             if done is not None:
-                logits[index], record = done
+                view_logits[:, index], record = done
                 per_fold.append(record)
                 log(f"fold {k + 1}/{folds}: finished earlier, resumed {record}")
                 continue
@@ -160,22 +166,25 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
             # Through a saved copy, as export does: the in-memory model shares its top layers
             # with the training graph, so their outputs cannot be tapped unambiguously.
             classifier.full.save(Path(logs) / f"fold{k}.keras")
-            served = serving_model(keras.models.load_model(Path(logs) / f"fold{k}.keras",
-                                                           compile=False), views)
-            logits[index] = served_logits(served, dataset.paths(held), config, views)
+            one_view = serving_model(keras.models.load_model(Path(logs) / f"fold{k}.keras",
+                                                             compile=False), 1)
+            view_logits[:, index] = orientation_logits(one_view, dataset.paths(held), config)
             labels = np.array([label_of[f] for f in held])
-            accuracy = float(np.mean(logits[index].argmax(axis=1) == labels))
+            served = view_logits[:views, index].mean(axis=0)
+            accuracy = float(np.mean(served.argmax(axis=1) == labels))
             per_fold.append({"fold": k, "images": len(held),
                              "groups": len({group_of[f] for f in held}),
                              "epochs": epochs,
                              "accuracy": round(accuracy, 4)})
-            partial.save(k, logits[index], per_fold[-1])
+            partial.save(k, view_logits[:, index], per_fold[-1])
             stopwatch.save()
             log(f"fold {k + 1}/{folds}: {per_fold[-1]}")
 
     labels = np.array([label_of[f] for f in pool])
+    logits = view_logits[:views].mean(axis=0)
     np.savez_compressed(folder / NPZ_FILE, files=np.array(pool), labels=labels,
-                        folds=np.array([fold_of[f] for f in pool]), logits=logits)
+                        folds=np.array([fold_of[f] for f in pool]), logits=logits,
+                        view_logits=view_logits)
     summary = {
         "folds": folds,
         "grouped_by": "source group (smear or identical file), stratified by class",
@@ -188,6 +197,8 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
         "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
         "nll": round(nll(logits, labels), 4),
         "per_fold": per_fold,
+        # the same fold models served on each number of views (before calibration)
+        "by_views": compare(view_logits, labels),
         "seconds": stopwatch.seconds(),  # every session; None where one went unrecorded
     }
     (folder / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -221,12 +232,12 @@ class Partial:
         if not self.has(k):
             return None
         with np.load(self._path(k)) as arrays:
-            return arrays["logits"], json.loads(str(arrays["record"]))
+            return arrays["view_logits"], json.loads(str(arrays["record"]))
 
-    def save(self, k: int, logits: np.ndarray, record: dict) -> None:
+    def save(self, k: int, view_logits: np.ndarray, record: dict) -> None:
         # Written under another name first: a run killed mid-write leaves no half fold.
         temporary = self.folder / f"fold{k}.tmp.npz"
-        np.savez(temporary, logits=logits, record=json.dumps(record))
+        np.savez(temporary, view_logits=view_logits, record=json.dumps(record))
         temporary.replace(self._path(k))
 
     def discard(self) -> None:
@@ -258,34 +269,40 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     return plateau_schedule(losses, config)[:epochs]
 
 
-# Images per call of the serving graph, all views together: Keras keeps every view's
-# activations of a call in memory, and 32 images in 8 views took more than 24 GiB.
-SCORED_VIEWS_PER_CALL = 64
+def orientation_logits(one_view, paths: list[Path], config: TrainConfig) -> np.ndarray:
+    """(orientations, images, classes): a one-view serving graph's logits for each orientation
+    of `VIEW_NAMES` of each image file, decoded and preprocessed as served. A graph serving v
+    views computes the mean of the first v (it averages the same logits), so one scoring
+    serves every count, on the same fold model."""
+    from training.views import view
 
-
-def served_logits(served, paths: list[Path], config: TrainConfig, views: int) -> np.ndarray:
-    """The serving graph's logits for image files, decoded and preprocessed as in serving;
-    `views`: the orientations the graph runs per image."""
-    step = max(1, SCORED_VIEWS_PER_CALL // views)
     return np.concatenate([
-        served(batch[i : i + step], training=False)[0].numpy()
-        for batch in data_lib.preprocessed_batches(paths, config.input_size, config.crop)
-        for i in range(0, len(batch), step)])
+        np.stack([one_view(np.asarray(view(batch, v)), training=False)[0].numpy()
+                  for v in range(len(VIEW_NAMES))])
+        for batch in data_lib.preprocessed_batches(paths, config.input_size, config.crop)],
+        axis=1)
 
 
 def load(folder: Path, views: int) -> dict | None:
-    """The folder's out-of-fold logits, or None when there are none for this serving mode
-    (the number of orientations averaged per image)."""
+    """The folder's out-of-fold logits served on `views` orientations of each image, or None
+    when it has none for that count: a crossfit from before the orientations were kept has
+    only the count it was run with."""
     folder = Path(folder)
     if not (folder / NPZ_FILE).is_file() or not (folder / JSON_FILE).is_file():
         return None
     summary = json.loads((folder / JSON_FILE).read_text())
-    if view_count(summary.get("test_time_augmentation")) != views:
-        return None
     with np.load(folder / NPZ_FILE) as arrays:
+        if "view_logits" in arrays.files and views <= len(arrays["view_logits"]):
+            logits = arrays["view_logits"][:views].mean(axis=0)
+            summary |= {"test_time_augmentation": views,
+                        **summary.get("by_views", {}).get(str(views), {})}
+        elif view_count(summary.get("test_time_augmentation")) == views:
+            logits = arrays["logits"]
+        else:
+            return None
         # "folds" stays the summary's count; each image's fold is "image_folds".
         return {**summary, "files": arrays["files"], "labels": arrays["labels"],
-                "logits": arrays["logits"], "image_folds": arrays["folds"]}
+                "logits": logits, "image_folds": arrays["folds"]}
 
 
 def log(message: str) -> None:

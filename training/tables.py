@@ -373,17 +373,23 @@ def tta_table(root: Path = MODELS_ROOT) -> str:
 
 
 def views_table(root: Path = MODELS_ROOT) -> str:
-    """Validation accuracy and NLL before calibration on 1, 4 and 8 orientations of each image
-    (training.views), and the count each model serves."""
+    """Accuracy and NLL before calibration on 1, 4 and 8 orientations of each image
+    (training.views): on the validation split, and out of fold where the crossfit kept every
+    orientation; and the count each model serves."""
     counts = [str(v) for v in VIEW_COUNTS]
-    lines = ["| model | validation images | " + " | ".join(
+    lines = ["| model | images | " + " | ".join(
                  f"{c} view{'s' if c != '1' else ''}: accuracy (NLL)" for c in counts)
              + " | served views |", "|---|---|" + "---|" * len(counts) + "---|"]
     for name, result, card in _with_result(root, "views.json"):
-        figures = result["before_calibration"]
-        lines.append(f"| `{name}` | {result['images']} | " + " | ".join(
-            f"{figures[c]['accuracy']:.4f} ({figures[c]['nll']:.4f})" for c in counts)
-            + f" | {served_views(card)} |")
+        sets = [(f"{result['images']} validation", result["before_calibration"])]
+        oof = result.get("out_of_fold")
+        if oof:
+            sets.append((f"{oof['images']} out of fold ({oof['groups']} source groups)",
+                         oof["before_calibration"]))
+        for images, figures in sets:
+            lines.append(f"| `{name}` | {images} | " + " | ".join(
+                f"{figures[c]['accuracy']:.4f} ({figures[c]['nll']:.4f})" for c in counts)
+                + f" | {served_views(card)} |")
     return "\n".join(lines)
 
 
