@@ -478,6 +478,17 @@ def test_upload_over_the_size_limit_is_a_friendly_413(tmp_path, models_root):
     assert 'class="navbar' in html  # the site layout
 
 
+@pytest.mark.parametrize("path, code", [("/predict", 404), ("/", 405)])
+def test_an_oversized_post_to_a_wrong_address_is_its_4xx_not_a_500(tmp_path, models_root, path,
+                                                                   code):
+    # The error page reads the form for the chosen model; reading this body raises a 413.
+    client = make_app(tmp_path, models_root, MAX_CONTENT_LENGTH=100_000).test_client()
+    response = client.post(path, data={"file": (io.BytesIO(bytes(150_000)), "big.png"),
+                                       "model": "wbc4"}, content_type="multipart/form-data")
+    assert response.status_code == code
+    assert 'class="navbar' in response.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("config, form, phrase", [
     # More parts than MAX_FORM_PARTS, each tiny: the request is far below the size limit.
     ({"MAX_FORM_PARTS": 5}, {f"field{i}": "x" for i in range(8)}, "too many parts"),

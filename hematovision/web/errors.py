@@ -74,8 +74,10 @@ def chosen_model(error: HTTPException) -> str | None:
     """The model the refused request chose, for the way back to the upload form; None when
     unknown. A 413's form was never read (reading it is what failed), so only its address
     can say."""
-    values = request.args if isinstance(error, RequestEntityTooLarge) else request.values
     try:
+        # request.values parses the body: for any error (a 404 on a huge POST too) that may
+        # raise the 413 the body would have raised in a route.
+        values = request.args if isinstance(error, RequestEntityTooLarge) else request.values
         name = values.get("model", "").strip()
     except HTTPException:  # the form itself cannot be read
         return None
