@@ -78,3 +78,26 @@ def test_main_writes_views_json_and_needs_validation_images(trusted_model_dir, t
     (folder / "splits.json").write_text(json.dumps({"train": [], "val": []}))
     with pytest.raises(SystemExit, match="no validation images"):
         views.main([str(folder)])
+
+
+def test_views_json_and_its_table_add_the_crossfits_figures_of_every_count(trusted_model_dir,
+                                                                           tmp_path):
+    import shutil
+
+    from training import crossfit, tables
+
+    root = tmp_path / "models"
+    folder = root / "m"
+    shutil.copytree(trusted_model_dir, folder)
+    views.main([str(folder)])
+    assert "out_of_fold" not in json.loads((folder / views.JSON_FILE).read_text())
+    by_views = {"1": {"accuracy": 0.8, "nll": 0.7}, "4": {"accuracy": 0.81, "nll": 0.65},
+                "8": {"accuracy": 0.8125, "nll": 0.6}}
+    (folder / crossfit.JSON_FILE).write_text(json.dumps(
+        {"folds": 5, "images": 400, "groups": 90, "by_views": by_views}))
+    views.main([str(folder)])
+    oof = json.loads((folder / views.JSON_FILE).read_text())["out_of_fold"]
+    assert oof == {"images": 400, "groups": 90, "folds": 5, "before_calibration": by_views}
+    rows = tables.views_table(root).splitlines()[2:]
+    assert [r.split(" | ")[1] for r in rows] == ["12 validation", "400 out of fold (90 source groups)"]
+    assert rows[1].split(" | ")[2:5] == ["0.8000 (0.7000)", "0.8100 (0.6500)", "0.8125 (0.6000)"]

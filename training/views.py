@@ -10,10 +10,10 @@ measures the folder's validation accuracy and NLL on 1, 4 and 8 views: its Keras
 classifies each validation image (splits.json: val, decoded and preprocessed as served) once in
 each orientation, and serving `v` views averages the logits of the first `v`, as the served
 graph does. Where the folder's crossfit (`training.crossfit`) kept every orientation, the same
-figures on its out-of-fold logits follow: every smear of train + val, each scored by a fold model
-that never saw it, all counts on the same fold models. The figures are before calibration
-(T = 1): the temperature is fitted after the views are chosen. Writes views.json into the folder; `python -m training.export --tta-views N`
-serves the count chosen.
+figures on its out-of-fold logits follow: every smear of train + val, each scored by a fold
+model that never saw it, all counts on the same fold models. The figures are before calibration
+(T = 1): the temperature is fitted after the views are chosen. Writes views.json into the
+folder; `python -m training.export --tta-views N` serves the count chosen.
 """
 
 from __future__ import annotations
@@ -119,19 +119,15 @@ def measure(folder: Path, data: Path | None = None) -> dict:
 
 def out_of_fold(folder: Path) -> dict:
     """{"out_of_fold": figures of each count} from the folder's crossfit, where it kept the
-    logits of every orientation; else nothing."""
-    from training.crossfit import JSON_FILE as CROSSFIT_JSON, NPZ_FILE
+    logits of every orientation (its "by_views"); else nothing."""
+    from training.crossfit import JSON_FILE as CROSSFIT_JSON
 
-    if not (folder / NPZ_FILE).is_file() or not (folder / CROSSFIT_JSON).is_file():
+    path = folder / CROSSFIT_JSON
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if "by_views" not in summary:
         return {}
-    with np.load(folder / NPZ_FILE) as arrays:
-        if "view_logits" not in arrays.files:
-            return {}
-        view_logits, labels = arrays["view_logits"], arrays["labels"]
-    summary = json.loads((folder / CROSSFIT_JSON).read_text())
-    return {"out_of_fold": {"images": len(labels), "groups": summary.get("groups"),
-                            "folds": summary.get("folds"),
-                            "before_calibration": compare(view_logits, labels)}}
+    return {"out_of_fold": {k: summary.get(k) for k in ("images", "groups", "folds")}
+            | {"before_calibration": summary["by_views"]}}
 
 
 def add_views_option(parser: argparse.ArgumentParser, verb: str) -> None:
