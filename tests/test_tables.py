@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training import tables
@@ -269,6 +270,32 @@ def test_crossfit_table_shows_what_the_fitted_temperature_does_on_validation(tmp
     (model / "splits.json").write_text(json.dumps(
         {"counts": {"train": 30, "val": 10}, "groups": {"train": 8, "val": 2}}))
     assert "| 0.7000 to 0.7800 | 10 (2) | 0.9000 |" in tables.crossfit_table(tmp_path)
+
+
+def test_crossfit_table_scores_the_views_the_model_is_served_with(tmp_path):
+    from training import crossfit, views
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.tflite").write_bytes(b"")
+    card = {"classes": ["a", "b"], "trust": {"temperature": 1.0, "validation": {}},
+            "test_time_augmentation": {"views": list(views.VIEW_NAMES)}}  # serves 8
+    (model / "model_card.json").write_text(json.dumps(card))
+    labels, folds = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    view_logits = np.zeros((8, 4, 2), np.float32)
+    view_logits[:4, :, 0] = 1.0  # the four flips say "a" for every image: half right
+    view_logits[4:, :, 1] = 3.0  # the transposes outvote them for "b" ...
+    view_logits[4:, 0, 1] = -3.0  # ... except on the first image: three of four right
+    np.savez(model / crossfit.NPZ_FILE, files=np.array(list("wxyz")), labels=labels, folds=folds,
+             logits=view_logits[:4].mean(axis=0), view_logits=view_logits)
+    (model / crossfit.JSON_FILE).write_text(json.dumps(
+        {"folds": 2, "images": 4, "groups": 4, "accuracy": 0.5, "test_time_augmentation": 4,
+         "per_fold": [{"fold": 0, "accuracy": 0.5}, {"fold": 1, "accuracy": 0.5}]}))
+    row = tables.crossfit_table(tmp_path).splitlines()[2]
+    assert "| 4 | 8 | 0.7500 | 0.5000 to 1.0000 |" in row
+    card["test_time_augmentation"] = {"views": list(views.VIEW_NAMES[:4])}  # serves 4
+    (model / "model_card.json").write_text(json.dumps(card))
+    assert "| 4 | 4 | 0.5000 | 0.5000 to 0.5000 |" in tables.crossfit_table(tmp_path)
 
 
 def test_a_heat_map_cost_within_timing_noise_is_not_reported_as_a_cost():

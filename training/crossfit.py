@@ -24,8 +24,9 @@ crossfit.json (per-fold figures, and accuracy and NLL for 1, 4 and 8 views).
 Each finished fold is kept in `crossfit-partial/` meanwhile: a run stopped part-way (five fold
 models take over an hour on 2 CPU cores) resumes at the first unfinished fold when started again
 with the same settings on the same model. Every fold model starts from the same weights with
-its own seed, but multi-threaded TensorFlow on CPU is not bit-reproducible: two crossfits of the
-same model can stop a fold at another epoch, so compare settings within one crossfit.
+its own seed. Two crossfits of wbc4 run on one day agreed to the last digit, but the one run in
+an earlier session (other code, other caches) stopped three of five folds at other epochs:
+compare settings within one crossfit.
 """
 
 from __future__ import annotations

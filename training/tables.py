@@ -18,6 +18,7 @@ import numpy as np
 from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views, view_count
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
+from training import crossfit
 from training.calibrate import TEMPERATURE_FITS
 from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
@@ -284,27 +285,36 @@ def _with_result(root: Path, file_name: str):
 
 
 def crossfit_table(root: Path = MODELS_ROOT) -> str:
-    """Out-of-fold accuracy (training.crossfit) next to the served model's validation accuracy,
-    and what the temperature fitted out-of-fold does to the served model's validation NLL and
-    ECE (the check of that fit, whichever way it goes)."""
-    lines = ["| model | folds | fold models trained | images | source groups "
+    """Out-of-fold accuracy (training.crossfit) on the views the model is served with, where the
+    crossfit has them, next to the served model's validation accuracy, and what the temperature
+    fitted out-of-fold does to the served model's validation NLL and ECE (the check of that fit,
+    whichever way it goes)."""
+    lines = ["| model | folds | fold models trained | images | source groups | views "
              "| out-of-fold accuracy | per fold | served model's validation split: images "
              "(smears) | served model on its validation split "
              "| temperature fitted | validation NLL, T = 1 -> fitted T "
              "| validation ECE, T = 1 -> fitted T |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, fit, card in _with_result(root, "crossfit.json"):
         trust = card.get("trust") or {}
         check = trust.get("validation", {})
-        folds = [f["accuracy"] for f in fit["per_fold"]]
+        pool = crossfit.load(root / name, served_views(card))
+        if pool is None:  # a crossfit of another count than served: as it was recorded
+            views, accuracy = view_count(fit.get("test_time_augmentation")), fit["accuracy"]
+            folds = [f["accuracy"] for f in fit["per_fold"]]
+        else:
+            right = pool["logits"].argmax(axis=1) == pool["labels"]
+            views, accuracy = served_views(card), float(np.mean(right))
+            folds = [float(np.mean(right[pool["image_folds"] == k]))
+                     for k in np.unique(pool["image_folds"])]
         stopping = fit.get("stopping", "early stopping on each held-out fold")
         split_file = root / name / "splits.json"
         split = json.loads(split_file.read_text()) if split_file.is_file() else {}
         validation = (f"{split['counts']['val']} ({split['groups']['val']})"
                       if "groups" in split else "n/a")
         lines.append(f"| `{name}` | {fit['folds']} | {stopping} | {fit['images']} | "
-                     f"{fit['groups']} | "
-                     f"{fit['accuracy']:.4f} | {min(folds):.4f} to {max(folds):.4f} | "
+                     f"{fit['groups']} | {views} | "
+                     f"{accuracy:.4f} | {min(folds):.4f} to {max(folds):.4f} | "
                      f"{validation} | {_fmt(check.get('accuracy'))} | "
                      f"{_fmt(trust.get('temperature'))} | "
                      f"{_fmt(check.get('nll_before'))} -> {_fmt(check.get('nll_after'))} | "
@@ -616,9 +626,9 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
         ablation = root / name / "ablation.json"
         if ablation.is_file():
             card = read_card(root / name)
-            crossfit = root / name / "crossfit.json"
+            crossfit_json = root / name / "crossfit.json"
             kept = {"served_validation": _served_validation(card)} | (
-                {"out_of_fold": _out_of_fold(crossfit)} if crossfit.is_file() else {})
+                {"out_of_fold": _out_of_fold(crossfit_json)} if crossfit_json.is_file() else {})
             run = card.get("training", {}).get("run_folder", "")
             blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
                                                         (run, kept))
