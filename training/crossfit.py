@@ -47,7 +47,8 @@ from training import data as data_lib
 from training.config import TrainConfig
 from training.pretrained import file_sha256
 from training.stopwatch import ELAPSED_FILE, Stopwatch
-from training.views import TTA_VIEWS, VIEW_NAMES, add_views_option, check_views, compare
+from training.views import (TTA_VIEWS, VIEW_NAMES, add_views_option, check_views, compare,
+                            per_orientation)
 
 NPZ_FILE = "crossfit.npz"
 JSON_FILE = "crossfit.json"
@@ -95,7 +96,6 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     # Imported here: `load` serves calibration without TensorFlow's start-up cost.
     import keras
 
-    from training.calibrate import nll
     from training.export import serving_model
     from training.features import weights_digest
     from training.model import Classifier
@@ -183,6 +183,8 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
 
     labels = np.array([label_of[f] for f in pool])
     logits = view_logits[:views].mean(axis=0)
+    # the same fold models served on each number of views (before calibration)
+    by_views = compare(view_logits, labels)
     np.savez_compressed(folder / NPZ_FILE, files=np.array(pool), labels=labels,
                         folds=np.array([fold_of[f] for f in pool]), logits=logits,
                         view_logits=view_logits)
@@ -195,11 +197,9 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
         "stopping": (f"every fold trained for the served model's {served_epochs} epochs and "
                      "learning rates (held-out fold not looked at)" if served_epochs
                      else "early stopping on each held-out fold"),
-        "accuracy": round(float(np.mean(logits.argmax(axis=1) == labels)), 4),
-        "nll": round(nll(logits, labels), 4),
+        **by_views[str(views)],  # accuracy and NLL as served
         "per_fold": per_fold,
-        # the same fold models served on each number of views (before calibration)
-        "by_views": compare(view_logits, labels),
+        "by_views": by_views,
         "seconds": stopwatch.seconds(),  # every session; None where one went unrecorded
     }
     (folder / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -275,11 +275,11 @@ def orientation_logits(one_view, paths: list[Path], config: TrainConfig) -> np.n
     of `VIEW_NAMES` of each image file, decoded and preprocessed as served. A graph serving v
     views computes the mean of the first v (it averages the same logits), so one scoring
     serves every count, on the same fold model."""
-    from training.views import view
+    def logits(images: np.ndarray) -> np.ndarray:
+        return one_view(images, training=False)[0].numpy()
 
     return np.concatenate([
-        np.stack([one_view(np.asarray(view(batch, v)), training=False)[0].numpy()
-                  for v in range(len(VIEW_NAMES))])
+        per_orientation(logits, batch)
         for batch in data_lib.preprocessed_batches(paths, config.input_size, config.crop)],
         axis=1)
 

@@ -71,13 +71,18 @@ def unview(images, v: int):
     return keras.ops.transpose(images, (0, 2, 1, 3)) if v & 4 else images
 
 
+def per_orientation(predict, batch: np.ndarray, views: int = len(VIEW_NAMES)) -> np.ndarray:
+    """(views, n, ...): `predict` (a batch in, an array out) on each of the first `views`
+    orientations of the batch."""
+    return np.stack([predict(np.asarray(view(batch, v))) for v in range(views)])
+
+
 def orientation_log_probabilities(model, batch: np.ndarray, views: int = len(VIEW_NAMES)
                                   ) -> np.ndarray:
     """(views, n, classes): a trained Keras classifier's log-probabilities for the first
     `views` orientations of the batch. They are its logits up to a per-image constant, which
     neither the mean over views nor the softmax sees."""
-    return np.stack([np.log(np.maximum(model.predict_on_batch(np.asarray(view(batch, v))),
-                                       1e-30)) for v in range(views)])
+    return np.log(np.maximum(per_orientation(model.predict_on_batch, batch, views), 1e-30))
 
 
 def compare(log_probabilities: np.ndarray, labels: np.ndarray) -> dict:
