@@ -127,8 +127,8 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
     for name in ("r0", "r1"):
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
-        TrainConfig(data="d", learning_rate=1e-4 if name == "r1" else 3e-4).save(
-            run / "config.json")
+        TrainConfig(data="d", learning_rate=1e-4 if name == "r1" else 3e-4,
+                    ema_momentum=0.998 if name == "r1" else 0.0).save(run / "config.json")
         # r1 was resumed from a session whose time was not kept
         (run / "summary.json").write_text(json.dumps(
             summary | ({"train_seconds": None} if name == "r1" else {})))
@@ -144,6 +144,11 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
     # A row recorded before the column existed ran at the default rate.
     old = {k: v for k, v in rows[1].items() if k != "learning_rate"}
     assert column(tables.ablation_table([old]), "learning rate") == ["0.0003"]
+    assert column(tables.ablation_table(rows), "weight averaging (EMA)") == [
+        "no", "momentum 0.998"]
+    # ... and without weight averaging, which did not exist before the column.
+    old = {k: v for k, v in rows[1].items() if k != "ema_momentum"}
+    assert column(tables.ablation_table([old]), "weight averaging (EMA)") == ["no"]
     assert column(tables.ablation_table(rows), "train time (s)") == [
         "12", "not recorded"]
     summary["validation"]["accuracy"] = 0.75

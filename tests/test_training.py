@@ -658,3 +658,51 @@ def test_training_refuses_to_replace_a_model_of_other_classes_before_it_starts(
         train.main(["--data", str(base / "data"), "--out", str(runs), "--weights", "none",
                     "--export", "pbc8"])
     assert not runs.exists()
+
+
+def test_weight_averaging_serves_the_average_and_survives_a_resume(tmp_path):
+    """With `ema_momentum` close to 1 the average hardly leaves the weights of the first step,
+    while the last step's weights travel: the fitted model must be the average, also when the
+    fit was stopped in epoch 3 and resumed from its backup (which holds the two swapped)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    config = TrainConfig(learning_rate=1e-2, patience=10, batch_size=8, class_balance=False,
+                         dropout=0.0)
+
+    def fitted(momentum: float, run_dir: Path, stop_in_epoch: int | None = None):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        start = [w.copy() for w in model.get_weights()]
+        ema = replace(config, ema_momentum=momentum)
+        classifier = SimpleNamespace(trainable=model, full=model)
+
+        class Stop(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == stop_in_epoch:
+                    raise KeyboardInterrupt
+
+        run_dir.mkdir()
+        keep = resume.KeepBest(classifier, run_dir)
+        if stop_in_epoch is not None:
+            with pytest.raises(KeyboardInterrupt):
+                train.fit(classifier, ema, x, y, (x, y), 5, run_dir, keep_best=keep,
+                          extra_callbacks=[Stop()])
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((4,)),
+                                      keras.layers.Dense(2, activation="softmax")])
+            classifier = SimpleNamespace(trainable=model, full=model)
+            keep = resume.KeepBest(classifier, run_dir)
+        train.fit(classifier, ema, x, y, (x, y), 5, run_dir, keep_best=keep)
+        return sum(float(np.abs(w - s).sum()) for w, s in zip(model.get_weights(), start))
+
+    travelled = fitted(0.0, tmp_path / "plain")
+    averaged = fitted(1 - 1e-7, tmp_path / "ema")
+    resumed = fitted(1 - 1e-7, tmp_path / "resumed", stop_in_epoch=2)
+    assert travelled > 0.1
+    assert averaged < 0.2 * travelled
+    assert resumed < 0.2 * travelled
+    assert resumed == pytest.approx(averaged, rel=0.05)
+    assert TrainConfig(ema_momentum=1.0).problems() == ["ema_momentum must be in [0, 1) (0: off)"]

@@ -47,6 +47,9 @@ class TrainConfig:
     min_learning_rate: float = 1e-6  # floor of the plateau schedule
     dropout: float = 0.3  # before the classification layer
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    ema_momentum: float = 0.0  # 0: off; else the weight of the past in an exponential moving
+    #   average of the tuned weights, updated every step (Polyak averaging), which validation,
+    #   early stopping, checkpoints and the saved model use instead of the last step's weights
     class_balance: bool = True  # weight the loss by inverse class frequency
     max_per_class: int = 0  # cap images per class (0: all); for smoke tests and quick trials
     cache_dir: str = "cache"  # where frozen-backbone activations are kept between runs
@@ -70,6 +73,7 @@ class TrainConfig:
              f"tune_from_block must be within 2..{LAST_BLOCK}"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.ema_momentum < 1, "ema_momentum must be in [0, 1) (0: off)"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1): early stopping and "
                                         "calibration need a validation split"),
             (0 <= self.test_fraction < 1, "test_fraction must be in [0, 1)"),

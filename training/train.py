@@ -209,8 +209,10 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     it had ended, only restores its best weights; `stopwatch` then keeps the session's time
     with each backup. Returns the whole history either way."""
     model = classifier.trainable
+    averaging = config.ema_momentum > 0
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(config.learning_rate, use_ema=averaging,
+                                        ema_momentum=config.ema_momentum or 0.99),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
@@ -232,6 +234,10 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     # Extra callbacks first: a LearningRateScheduler's rate then reaches the CSV log.
     callbacks: list = [*extra_callbacks, *([keep_best] if keep_best else []),
                        keras.callbacks.CSVLogger(str(log_path), append=bool(finished))]
+    if averaging and validation is not None:
+        # First, so every epoch-end callback (checkpoint, early stopping, backup) sees the
+        # averaged weights. Without validation Keras puts the average in at the end of the fit.
+        callbacks.insert(0, AveragedWeights(resumed=bool(finished)))
     if validation is not None:
         early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                               restore_best_weights=True)
@@ -256,6 +262,17 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     if backup is not None:
         return read_history(log_path)
     return {k: [float(v) for v in vs] for k, vs in result.history.items()}
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keeps the averaged weights (`ema_momentum`) in the model between epochs and while it is
+    validated, the last step's weights while it trains. A backup is taken between epochs, so
+    it holds the average in the model and the last step's weights in the optimizer's average
+    slots; a resumed fit starts with them that way round and swaps them back first."""
+
+    def __init__(self, resumed: bool):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
 
 
 def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
