@@ -212,7 +212,7 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     averaging = config.ema_momentum > 0
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate, use_ema=averaging,
-                                        ema_momentum=config.ema_momentum or 0.99),
+                                        ema_momentum=config.ema_momentum),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
