@@ -212,6 +212,10 @@ def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_p
     assert trial["out_of_fold"]["accuracy"] == 0.81234
     assert trial["out_of_fold"]["per_fold"] == [0.8] * 5
     assert "out_of_fold" not in served
+    assert "by_views" not in trial["out_of_fold"]  # an older crossfit: one count only
+    by_views = {"1": {"accuracy": 0.7, "nll": 0.9}, "8": {"accuracy": 0.83, "nll": 0.6}}
+    (tmp_path / "trial" / "crossfit.json").write_text(json.dumps(crossfit | {"by_views": by_views}))
+    assert tables.collect_ablation([tmp_path / "trial"])[0]["out_of_fold"]["by_views"] == by_views
     lines = tables.ablation_table(
         [trial, served], ("served-run", {"out_of_fold": {"accuracy": 0.7}})).splitlines()
     assert "| out-of-fold accuracy |" in lines[0]

@@ -76,7 +76,10 @@ def _out_of_fold(crossfit_json: Path) -> dict:
     """A run's out-of-fold figures (training.crossfit over all its train + val smears): a
     comparison of recipes on every training smear instead of the few dozen of validation."""
     fit = json.loads(crossfit_json.read_text())
-    return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll")}
+    # by_views: a crossfit that kept every orientation, whose rule may read another count
+    # than the one recorded as its accuracy (the run folder that holds it is not kept).
+    return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll", "by_views")
+             if k in fit}
             | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]})
 
 
