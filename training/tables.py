@@ -78,8 +78,8 @@ def _out_of_fold(crossfit_json: Path) -> dict:
     fit = json.loads(crossfit_json.read_text())
     # by_views: a crossfit that kept every orientation, whose rule may read another count
     # than the one recorded as its accuracy (the run folder that holds it is not kept).
-    return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll", "by_views")
-             if k in fit}
+    return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll")}
+            | ({"by_views": fit["by_views"]} if "by_views" in fit else {})
             | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]})
 
 
