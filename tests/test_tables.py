@@ -184,7 +184,7 @@ def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_
     (folder / "model_card.json").write_text(json.dumps({"training": {
         "run_folder": "20261123-052941-mobilenetv2-224-pbc8-b11",
         "config": {"data": "../shared/data/pbc"}}}))
-    assert (tables._init_label(str(folder / "model.keras"))
+    assert (tables.init_label(str(folder / "model.keras"))
             == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc")
 
 
@@ -388,3 +388,23 @@ def test_benchmark_text_names_the_views_and_says_nothing_of_them_for_one(tmp_pat
             assert f"Test-time augmentation ({said} per image)" in text, recorded
         else:
             assert "Test-time augmentation" not in text, recorded
+
+
+def test_probe_table_gives_each_initialisations_figures_at_every_l2(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model_card.json").write_text("{}")
+    (tmp_path / "a" / "model.tflite").write_bytes(b"")
+    assert tables.probe_table(tmp_path) == ""  # no probe: no table
+    figures = {"0.01": {"accuracy": 0.8, "nll": 0.6, "per_fold": [0.7, 0.9]},
+               "0.1": {"accuracy": 0.75, "nll": 0.5, "per_fold": [0.8, 0.7]}}
+    (tmp_path / "a" / "probe.json").write_text(json.dumps({
+        "layer": "block_13_project_BN", "views": 4, "l2": [0.01, 0.1],
+        "probes": [{"weights": "weights/a.h5", "features": 160,
+                    "by_l2": figures, "seconds": 301.4}]}))
+    table = tables.probe_table(tmp_path)
+    assert column(table, "L2 0.01: accuracy (NLL)") == ["0.8000 (0.6000)"]
+    assert column(table, "L2 0.1: accuracy (NLL)") == ["0.7500 (0.5000)"]
+    assert column(table, "accuracy per fold (best L2)") == ["0.700, 0.900"]  # at 0.01
+    assert column(table, "layer (channels), views") == ["block_13_project_BN (160), 4"]
+    assert column(table, "time (s)") == ["301"]
+    assert column(table, "initialisation (`--weights`)") == ["`weights/a.h5`"]

@@ -18,7 +18,7 @@ import numpy as np
 from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views, view_count
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
-from training import crossfit
+from training import crossfit, probe
 from training.calibrate import TEMPERATURE_FITS
 from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
@@ -34,7 +34,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
         config = json.loads((run / "config.json").read_text())
         rows.append({
             "run": run.name,
-            "init": _init_label(config["weights"]),
+            "init": init_label(config["weights"]),
             "crop": config.get("crop", "none"),
             "tune_from_block": config.get("tune_from_block", 14),
             "unassigned": config.get("unassigned", "refit"),
@@ -104,7 +104,7 @@ def _best_val_loss(run: Path, best_epoch: int) -> float | None:
     return round(losses[best_epoch - 1], 4) if len(losses) >= best_epoch else None
 
 
-def _init_label(weights: str) -> str:
+def init_label(weights: str) -> str:
     if weights in ("none", "imagenet"):
         return {"none": "random (no pretraining)", "imagenet": "ImageNet (download)"}[weights]
     path = Path(weights)
@@ -377,6 +377,29 @@ def temperature_fits_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def probe_table(root: Path = MODELS_ROOT) -> str:
+    """Out-of-fold accuracy and NLL of a linear probe of each initialisation's frozen layer
+    (training.probe), at each L2 strength, on the model's crossfit images and folds."""
+    lines = []
+    for name, result, _ in _with_result(root, probe.JSON_FILE):
+        strengths = [str(l2) for l2 in result["l2"]]
+        if not lines:
+            lines = ["| model | initialisation (`--weights`) | layer (channels), views | "
+                     + " | ".join(f"L2 {l2}: accuracy (NLL)" for l2 in strengths)
+                     + " | accuracy per fold (best L2) | time (s) |",
+                     "|---|---|---|" + "---|" * len(strengths) + "---|---|"]
+        for row in result["probes"]:
+            best = max(strengths, key=lambda l2: row["by_l2"][l2]["accuracy"])
+            lines.append(
+                f"| `{name}` | `{row['weights']}` | {result['layer']} ({row['features']}), "
+                f"{result['views']} | " + " | ".join(
+                    f"{row['by_l2'][l2]['accuracy']:.4f} ({row['by_l2'][l2]['nll']:.4f})"
+                    for l2 in strengths)
+                + " | " + ", ".join(f"{a:.3f}" for a in row["by_l2"][best]["per_fold"])
+                + f" | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def tta_table(root: Path = MODELS_ROOT) -> str:
     """Validation accuracy of one view (from training) and as served (from calibration)."""
     lines = ["| model | validation images | one view (training) | as served | served views |",
@@ -630,7 +653,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "trust": trust_table(root), "operating-points": operating_points_table(root),
               "unfamiliar": unfamiliar_table(root), "tta": tta_table(root), "views": views_table(root),
               "splits": splits_table(root), "crossfit": crossfit_table(root),
-              "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root)}
+              "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
+              "probe": probe_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

@@ -1,0 +1,99 @@
+"""The linear probe of frozen features: out of fold, on a crossfit's folds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLASSES
+from training import probe
+from training.config import TrainConfig
+from training.crossfit import NPZ_FILE
+
+
+def _blobs(seed=0, per_class=30, classes=3, dims=5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (classes, dims))
+    labels = np.repeat(np.arange(classes), per_class)
+    features = centres[labels] + rng.normal(0, 1, (len(labels), dims))
+    folds = np.tile(np.arange(3), len(labels) // 3)
+    return features, labels, folds
+
+
+def test_a_linear_probe_separates_linearly_separable_classes_out_of_fold():
+    features, labels, folds = _blobs()
+    logits = probe.out_of_fold_logits(features, labels, folds, l2=0.001)
+    result = probe.figures(logits, labels, folds)
+    assert result["accuracy"] >= 0.95 and len(result["per_fold"]) == 3
+    assert result["nll"] < 0.3
+    # Stronger regularisation pulls the logits towards zero: less confident, higher NLL.
+    shrunk = probe.figures(probe.out_of_fold_logits(features, labels, folds, l2=10.0),
+                           labels, folds)
+    assert shrunk["nll"] > result["nll"]
+
+
+def test_a_held_out_folds_labels_and_statistics_never_reach_its_logits():
+    features, labels, folds = _blobs(seed=1)
+    before = probe.out_of_fold_logits(features, labels, folds, l2=0.01)
+    relabelled, moved = labels.copy(), features.copy()
+    held = folds == 0
+    relabelled[held] = (labels[held] + 1) % 3
+    moved[held] += 100.0  # would shift the standardisation if fold 0 took part in it
+    after = probe.out_of_fold_logits(moved, relabelled, folds, l2=0.01)
+    # Fold 0's logits are a fixed linear function of its (moved) features...
+    mean, spread = features[~held].mean(0), features[~held].std(0) + 1e-6
+    w, b = probe.fit_linear((features[~held] - mean) / spread, labels[~held], 3, 0.01)
+    np.testing.assert_allclose(after[held], ((moved[held] - mean) / spread) @ w + b, atol=1e-6)
+    # ...while the other folds, whose training data includes fold 0, change.
+    assert not np.allclose(before[~held], after[~held])
+
+
+@pytest.fixture
+def crossfit_folder(image_folder, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    TrainConfig(data=str(image_folder), input_size=32, weights="none").save(
+        folder / "config.json")
+    files = sorted(str(p.relative_to(image_folder)) for p in image_folder.rglob("*.jpg"))
+    labels = np.array([CLASSES.index(f.split("/")[0]) for f in files])
+    folds = np.array([int(f.split("_")[-1][0]) % 2 for f in files])
+    np.savez(folder / NPZ_FILE, files=np.array(files), labels=labels, folds=folds)
+    return folder
+
+
+def test_probe_command_ranks_each_initialisation_on_the_crossfit_images(crossfit_folder, tmp_path,
+                                                                        capsys):
+    import keras
+
+    from training.model import build_backbone
+
+    keras.utils.set_random_seed(5)
+    saved = tmp_path / "backbone.keras"
+    build_backbone(32).save(saved)
+    out = tmp_path / "probe.json"
+    probe.main([str(crossfit_folder), "--weights", "none", str(saved), "--views", "1",
+                "--layer", "block_3_project_BN", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["images"] == 24 and result["folds"] == 2 and result["views"] == 1
+    assert result["layer"] == "block_3_project_BN" and result["crop"] == "none"
+    first, second = result["probes"]
+    assert first["weights"] == "none" and first["initialisation"].startswith("random")
+    assert second["initialisation"].startswith("backbone.keras: ")
+    assert first["features"] == second["features"] == 32  # block 3's output channels
+    for row in result["probes"]:
+        assert sorted(row["by_l2"]) == sorted(str(l2) for l2 in probe.LAMBDAS)
+        for figures in row["by_l2"].values():
+            assert 0 <= figures["accuracy"] <= 1 and len(figures["per_fold"]) == 2
+    # Each class is its own colour: a probe of even a random network separates them.
+    assert max(f["accuracy"] for f in first["by_l2"].values()) == 1.0
+    assert "none: out-of-fold accuracy 1.0" in capsys.readouterr().out
+
+
+def test_probe_command_refuses_what_it_cannot_probe(crossfit_folder, tmp_path):
+    with pytest.raises(SystemExit) as missing_weights:
+        probe.main([str(crossfit_folder), "--weights", str(tmp_path / "absent.keras")])
+    assert missing_weights.value.code == 2
+    (crossfit_folder / NPZ_FILE).unlink()
+    with pytest.raises(SystemExit) as no_crossfit:
+        probe.main([str(crossfit_folder), "--weights", "none"])
+    assert no_crossfit.value.code == 2
