@@ -184,7 +184,7 @@ def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_
     (folder / "model_card.json").write_text(json.dumps({"training": {
         "run_folder": "20261123-052941-mobilenetv2-224-pbc8-b11",
         "config": {"data": "../shared/data/pbc"}}}))
-    assert (tables.init_label(str(folder / "model.keras"))
+    assert (tables._init_label(str(folder / "model.keras"))
             == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc")
 
 

@@ -27,12 +27,12 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
+from training.calibrate import nll
 from training.config import TrainConfig
 from training.crossfit import NPZ_FILE
-from training.views import check_views
+from training.views import TTA_VIEWS, check_views
 
 LAYER = "block_13_project_BN"  # the cut of the 4-class recipe: what its frozen part hands on
-PROBE_VIEWS = 4  # the four flips, as the models are served at least
 LAMBDAS = (0.001, 0.01, 0.1)  # L2 strengths (per standardised feature), each reported
 JSON_FILE = "probe.json"
 
@@ -74,8 +74,7 @@ def out_of_fold_logits(features: np.ndarray, labels: np.ndarray, folds: np.ndarr
 
 def figures(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
     correct = logits.argmax(axis=1) == labels
-    nll = -log_softmax(logits, axis=1)[np.arange(len(labels)), labels].mean()
-    return {"accuracy": round(float(correct.mean()), 4), "nll": round(float(nll), 4),
+    return {"accuracy": round(float(correct.mean()), 4), "nll": round(nll(logits, labels), 4),
             "per_fold": [round(float(correct[folds == k].mean()), 4) for k in np.unique(folds)]}
 
 
@@ -104,7 +103,7 @@ def embed(weights: str, paths: list[Path], config: TrainConfig, layer: str, view
 
 
 def probe(folder: Path, weights: list[str], data: Path | None = None, layer: str = LAYER,
-          views: int = PROBE_VIEWS, lambdas: tuple[float, ...] = LAMBDAS) -> dict:
+          views: int = TTA_VIEWS, lambdas: tuple[float, ...] = LAMBDAS) -> dict:
     check_views(views)
     config = TrainConfig.load(folder / "config.json")
     root = Path(data or config.data)
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the ImageFolder root, where the folder's recorded path does not "
                              "resolve")
     parser.add_argument("--layer", default=LAYER, help=f"the layer pooled (default {LAYER})")
-    parser.add_argument("--views", type=int, default=PROBE_VIEWS,
+    parser.add_argument("--views", type=int, default=TTA_VIEWS,
                         help="orientations averaged per image: 1, 4 (default) or 8")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"where to write the figures (default FOLDER/{JSON_FILE})")

@@ -34,7 +34,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
         config = json.loads((run / "config.json").read_text())
         rows.append({
             "run": run.name,
-            "init": init_label(config["weights"]),
+            "init": _init_label(config["weights"]),
             "crop": config.get("crop", "none"),
             "tune_from_block": config.get("tune_from_block", 14),
             "unassigned": config.get("unassigned", "refit"),
@@ -104,7 +104,7 @@ def _best_val_loss(run: Path, best_epoch: int) -> float | None:
     return round(losses[best_epoch - 1], 4) if len(losses) >= best_epoch else None
 
 
-def init_label(weights: str) -> str:
+def _init_label(weights: str) -> str:
     if weights in ("none", "imagenet"):
         return {"none": "random (no pretraining)", "imagenet": "ImageNet (download)"}[weights]
     path = Path(weights)
