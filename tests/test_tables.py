@@ -128,7 +128,8 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
         TrainConfig(data="d", learning_rate=1e-4 if name == "r1" else 3e-4,
-                    ema_momentum=0.998 if name == "r1" else 0.0).save(run / "config.json")
+                    ema_momentum=0.998 if name == "r1" else 0.0,
+                    mixup=0.4 if name == "r1" else 0.0).save(run / "config.json")
         # r1 was resumed from a session whose time was not kept
         (run / "summary.json").write_text(json.dumps(
             summary | ({"train_seconds": None} if name == "r1" else {})))
@@ -149,6 +150,9 @@ def test_ablation_gives_the_best_epochs_validation_loss_and_a_rerun_replaces_its
     # ... and without weight averaging, which did not exist before the column.
     old = {k: v for k, v in rows[1].items() if k != "ema_momentum"}
     assert column(tables.ablation_table([old]), "weight averaging (EMA)") == ["no"]
+    assert column(tables.ablation_table(rows), "mixup") == ["no", "alpha 0.4"]
+    old = {k: v for k, v in rows[1].items() if k != "mixup"}
+    assert column(tables.ablation_table([old]), "mixup") == ["no"]
     assert column(tables.ablation_table(rows), "train time (s)") == [
         "12", "not recorded"]
     summary["validation"]["accuracy"] = 0.75

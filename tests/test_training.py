@@ -706,3 +706,48 @@ def test_weight_averaging_serves_the_average_and_survives_a_resume(tmp_path):
     assert resumed < 0.2 * travelled
     assert resumed == pytest.approx(averaged, rel=0.05)
     assert TrainConfig(ema_momentum=1.0).problems() == ["ema_momentum must be in [0, 1) (0: off)"]
+
+
+def test_mixup_blends_activations_labels_and_class_weights_by_the_same_share():
+    """With the activations equal to the one-hot labels, every blended input must equal its
+    blended target, and its weight the same blend of the two class weights; each epoch holds
+    every example once as its own part."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=50)
+    x = np.eye(3, dtype=np.float16)[y]
+    np.random.seed(0)
+    batches = train.MixedBatches(x, y, 3, batch_size=16, alpha=1.0,
+                                 class_weight={0: 1.0, 1: 2.0, 2: 4.0})
+    assert len(batches) == 4
+    for _ in range(2):  # two epochs
+        sizes, mixed = [], []
+        for i in range(len(batches)):
+            xb, yb, wb = batches[i]
+            assert xb.shape == (len(yb), 3) and xb.dtype == np.float32
+            np.testing.assert_allclose(xb, yb, atol=1e-3)  # float16 activations
+            np.testing.assert_allclose(yb.sum(axis=1), 1.0, rtol=1e-6)
+            np.testing.assert_allclose(wb, yb @ np.array([1.0, 2.0, 4.0]), rtol=1e-5)
+            sizes.append(len(yb))
+            mixed.append(yb.max(axis=1) < 0.9)
+        batches.on_epoch_end()
+        assert sorted(sizes) == [2, 16, 16, 16]
+        assert np.concatenate(mixed).mean() > 0.2  # alpha 1: blends spread over (0, 1)
+
+
+def test_mixup_trains_a_model_through_fit(tmp_path):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    config = TrainConfig(learning_rate=5e-2, patience=10, batch_size=16, dropout=0.0,
+                         mixup=0.4)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    history = train.fit(SimpleNamespace(trainable=model, full=model), config, x, y, (x, y), 5,
+                        tmp_path)
+    assert len(history["val_loss"]) == 5  # patience 10: every epoch ran
+    assert history["val_accuracy"][-1] > 0.9
+    assert np.mean(model.predict(x, verbose=0).argmax(axis=1) == y) > 0.9
+    assert TrainConfig(mixup=-0.1).problems() == [
+        "mixup must be 0 (off) or above (the Beta distribution's alpha)"]

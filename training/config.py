@@ -50,6 +50,10 @@ class TrainConfig:
     ema_momentum: float = 0.0  # 0: off; else the weight of the past in an exponential moving
     #   average of the tuned weights, updated every step (Polyak averaging), which validation,
     #   early stopping, checkpoints and the saved model use instead of the last step's weights
+    mixup: float = 0.0  # 0: off; else alpha of Beta(alpha, alpha): each training example's
+    #   cached activations and one-hot label are blended with another example's, by a share
+    #   drawn per example (mixup at the cut layer: soft targets between cells, for small data
+    #   with doubtful labels); validation and early stopping see unblended images
     class_balance: bool = True  # weight the loss by inverse class frequency
     max_per_class: int = 0  # cap images per class (0: all); for smoke tests and quick trials
     cache_dir: str = "cache"  # where frozen-backbone activations are kept between runs
@@ -74,6 +78,7 @@ class TrainConfig:
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_momentum < 1, "ema_momentum must be in [0, 1) (0: off)"),
+            (self.mixup >= 0, "mixup must be 0 (off) or above (the Beta distribution's alpha)"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1): early stopping and "
                                         "calibration need a validation split"),
             (0 <= self.test_fraction < 1, "test_fraction must be in [0, 1)"),

@@ -44,6 +44,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "label_smoothing": config.get("label_smoothing", 0.0),
             "learning_rate": TrainConfig.load(run / "config.json").learning_rate,
             "ema_momentum": config.get("ema_momentum", 0.0),
+            "mixup": config.get("mixup", 0.0),
             "field_groups": _field_groups(config),
             "extra_data": _extra_label(config.get("extra_data", ""),
                                        summary.get("extra_training_images", 0)),
@@ -138,11 +139,11 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     if served:
         rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| learning rate | weight averaging (EMA) | unassigned images | smears of one field of view grouped "
+             "| learning rate | weight averaging (EMA) | mixup | unassigned images | smears of one field of view grouped "
              "| extra training images | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
@@ -153,7 +154,9 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                 # Rows recorded before this column ran at the default, unchanged since the
                 # first training run.
                 f"{r.get('learning_rate', TrainConfig.learning_rate):g} | "
-                f"{_averaging(r.get('ema_momentum', 0.0))} | {r['unassigned']} | "
+                f"{_averaging(r.get('ema_momentum', 0.0))} | "
+                # Rows recorded before the option existed trained without it.
+                f"{_mixup(r.get('mixup', 0.0))} | {r['unassigned']} | "
                 f"{field_groups} | "
                 f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
@@ -169,6 +172,10 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
 
 def _averaging(momentum: float) -> str:
     return f"momentum {momentum:g}" if momentum else "no"
+
+
+def _mixup(alpha: float) -> str:
+    return f"alpha {alpha:g}" if alpha else "no"
 
 
 def models_table(root: Path = MODELS_ROOT) -> str:

@@ -254,14 +254,53 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
             callbacks += [backup.callback(), *timer,
                           Resumed(finished, config, early, plateau, keep_best, backup)]
         validation = (validation[0], keras.utils.to_categorical(validation[1], num_classes))
-    result = model.fit(
-        x, keras.utils.to_categorical(y, num_classes),
-        batch_size=config.batch_size, epochs=epochs, validation_data=validation,
-        class_weight=weights, shuffle=True, callbacks=callbacks, verbose=2,
-    )
+    if config.mixup > 0:
+        # The class weights travel inside the blended batches, as per-example weights.
+        inputs = dict(x=MixedBatches(x, y, num_classes, config.batch_size, config.mixup,
+                                     weights))
+    else:
+        inputs = dict(x=x, y=keras.utils.to_categorical(y, num_classes),
+                      batch_size=config.batch_size, class_weight=weights, shuffle=True)
+    result = model.fit(**inputs, epochs=epochs, validation_data=validation,
+                       callbacks=callbacks, verbose=2)
     if backup is not None:
         return read_history(log_path)
     return {k: [float(v) for v in vs] for k, vs in result.history.items()}
+
+
+class MixedBatches(keras.utils.PyDataset):
+    """Shuffled mini-batches in which every example is blended with another of the same batch
+    (mixup, Zhang et al. 2018): activations and one-hot labels both as `lam * own + (1 - lam) *
+    other`, `lam` drawn from Beta(alpha, alpha) per example, so most blends stay close to one
+    cell. A class-weighted loss weighs each blend by the same shares of the two classes'
+    weights. Draws come from NumPy's global generator, which the run's seed sets."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
+                 alpha: float, class_weight: dict[int, float] | None = None):
+        super().__init__()
+        self.x, self.batch_size, self.alpha = x, batch_size, alpha
+        self.targets = np.eye(num_classes, dtype=np.float32)[y]
+        weight_of = np.array([(class_weight or {}).get(c, 1.0) for c in range(num_classes)],
+                             dtype=np.float32)
+        self.weights = weight_of[y]
+        self.rng = np.random.default_rng(np.random.randint(2**31))
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        batch = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        partner = self.rng.permutation(batch)
+        lam = self.rng.beta(self.alpha, self.alpha, len(batch)).astype(np.float32)
+        mix = lambda a, b: lam.reshape(-1, *[1] * (a.ndim - 1)) * a + (  # noqa: E731
+            1 - lam.reshape(-1, *[1] * (a.ndim - 1))) * b
+        x = mix(self.x[batch].astype(np.float32), self.x[partner].astype(np.float32))
+        return (x, mix(self.targets[batch], self.targets[partner]),
+                mix(self.weights[batch], self.weights[partner]))
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))
 
 
 class AveragedWeights(keras.callbacks.SwapEMAWeights):
