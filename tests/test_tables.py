@@ -225,6 +225,18 @@ def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_p
     assert "| out-of-fold accuracy |" in lines[0]
     assert lines[2].endswith("| 0.8123 | 5 |") and lines[3].endswith("| 0.7000 | 5 |")
     assert tables.ablation_table([served]).splitlines()[2].endswith("| n/a | 5 |")
+    # A crossfit whose fold models trained fixed epochs is marked, and says so in the record.
+    fixed = ("every fold trained for the served model's 3 epochs and learning rates "
+             "(held-out fold not looked at)")
+    (tmp_path / "trial" / "crossfit.json").write_text(json.dumps(crossfit | {"stopping": fixed}))
+    trial = tables.collect_ablation([tmp_path / "trial"])[0]
+    assert trial["out_of_fold"]["stopping"] == fixed
+    assert tables.ablation_table([trial]).splitlines()[2].endswith(
+        "| 0.8123 (epochs fixed) | 5 |")
+    early = crossfit | {"stopping": "early stopping on each held-out fold"}
+    (tmp_path / "trial" / "crossfit.json").write_text(json.dumps(early))
+    assert tables.ablation_table(tables.collect_ablation([tmp_path / "trial"])).splitlines()[
+        2].endswith("| 0.8123 | 5 |")
 
 
 def test_ablation_keeps_a_candidates_figures_as_served_from_its_scratch_export(tmp_path):

@@ -81,7 +81,10 @@ def _out_of_fold(crossfit_json: Path) -> dict:
     # than the one recorded as its accuracy (the run folder that holds it is not kept).
     return ({k: fit[k] for k in ("folds", "images", "groups", "accuracy", "nll")}
             | ({"by_views": fit["by_views"]} if "by_views" in fit else {})
-            | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]})
+            | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]}
+            # How its fold models stopped: crossfits that stopped otherwise do not compare
+            # evenly (early stopping on the held-out fold picks the epoch on what it scores).
+            | ({"stopping": fit["stopping"]} if "stopping" in fit else {}))
 
 
 SERVED_FIGURES = ("n", "accuracy", "nll_before", "ece_after", "accepted_rate", "not_a_cell_rate")
@@ -161,13 +164,20 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                 f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                 f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
-                f"{_fmt(oof.get('accuracy'))} | {_fmt_seconds(r['train_seconds'])} |")
+                f"{_fmt(oof.get('accuracy'))}{_fixed_epochs(oof)} | "
+                f"{_fmt_seconds(r['train_seconds'])} |")
         if as_served:
             figures = r.get("served_validation")
             line += (f" {figures['accuracy']:.4f} ({figures['views']} views) |" if figures
                      else " n/a |")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _fixed_epochs(out_of_fold: dict) -> str:
+    """Marks a crossfit whose fold models trained the run's epochs (`--stopping served-epochs`)
+    instead of stopping early on their held-out folds, as the other rows' did."""
+    return " (epochs fixed)" if out_of_fold.get("stopping", "").startswith("every fold") else ""
 
 
 def _averaging(momentum: float) -> str:
