@@ -53,6 +53,27 @@ def test_compare_averages_the_first_v_orientations():
     assert figures["1"]["nll"] == round(nll(logits[0], labels), 4)
 
 
+def test_out_of_fold_figures_recover_the_temperature_of_overconfident_logits(tmp_path, capsys):
+    from training.crossfit import NPZ_FILE
+
+    rng = np.random.default_rng(0)
+    calibrated = rng.normal(size=(8, 400, 3))
+    # Logits drawn from a calibrated model (labels sampled from its softmax), then made 3x
+    # too confident: the fitted temperature must undo that.
+    p = np.exp(calibrated.mean(axis=0)) / np.exp(calibrated.mean(axis=0)).sum(1, keepdims=True)
+    labels = np.array([rng.choice(3, p=row) for row in p])
+    np.savez(tmp_path / NPZ_FILE, view_logits=3 * calibrated, labels=labels)
+    views.main([str(tmp_path), "--out-of-fold"])
+    figures = json.loads(capsys.readouterr().out)
+    assert set(figures) == {"1", "4", "8"} and list(tmp_path.iterdir()) == [tmp_path / NPZ_FILE]
+    assert figures["8"]["temperature"] == pytest.approx(3.0, rel=0.25)
+    for v in ("1", "4", "8"):
+        assert figures[v]["nll_at_temperature"] < figures[v]["nll"]
+        assert figures[v]["accuracy"] == views.compare(3 * calibrated, labels)[v]["accuracy"]
+    with pytest.raises(SystemExit, match="no crossfit.npz"):
+        views.main([str(tmp_path / "nowhere"), "--out-of-fold"])
+
+
 def test_the_served_count_scores_what_the_served_model_computes(trusted_model_dir):
     card = json.loads((trusted_model_dir / "model_card.json").read_text())
     files = json.loads((trusted_model_dir / "splits.json").read_text())["val"]

@@ -135,6 +135,29 @@ def out_of_fold(folder: Path) -> dict:
             | {"before_calibration": summary["by_views"]}}
 
 
+def out_of_fold_at_temperature(folder: Path) -> dict:
+    """Per count of views: out-of-fold accuracy, NLL, the temperature that minimises that NLL
+    and the NLL at it, from the folder's crossfit.npz (a run folder or a model folder). Two
+    recipes whose logits differ in scale (mixup, label smoothing) compare on the NLL after
+    that one-parameter fit, as the served pipeline applies a fitted temperature anyway."""
+    from training.calibrate import fit_temperature, nll
+    from training.crossfit import NPZ_FILE
+
+    path = Path(folder) / NPZ_FILE
+    if not path.is_file():
+        raise SystemExit(f"{folder} has no {NPZ_FILE}: run `python -m training.crossfit "
+                         f"{folder}` first")
+    with np.load(path) as saved:
+        view_logits, labels = saved["view_logits"], saved["labels"]
+    figures = compare(view_logits, labels)
+    for v in VIEW_COUNTS:
+        mean = view_logits[:v].mean(axis=0)
+        t = fit_temperature(mean, labels)
+        figures[str(v)] |= {"temperature": round(t, 4),
+                            "nll_at_temperature": round(nll(mean, labels, t), 4)}
+    return figures
+
+
 def add_views_option(parser: argparse.ArgumentParser, verb: str) -> None:
     """--tta-views N and its shorthand --no-tta, for export and crossfit alike."""
     group = parser.add_mutually_exclusive_group()
@@ -155,7 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="an exported model folder")
     parser.add_argument("--data", type=Path, default=None,
                         help="the data it was trained on, where the card's path does not resolve")
+    parser.add_argument("--out-of-fold", action="store_true",
+                        help="only print the out-of-fold figures of the folder's crossfit.npz "
+                             "(a run or model folder), with each count's NLL-fitted temperature "
+                             "and the NLL at it; runs no model and writes nothing")
     args = parser.parse_args(argv)
+    if args.out_of_fold:
+        print(json.dumps(out_of_fold_at_temperature(args.folder)))
+        return
     result = measure(args.folder, args.data)
     (args.folder / JSON_FILE).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["before_calibration"]))
