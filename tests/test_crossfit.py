@@ -190,6 +190,7 @@ def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
     assert calls == [(None, 3, pytest.approx([rate, rate, rate / 3]))] * 2
     assert [f["epochs"] for f in result["per_fold"]] == [3, 3]
     assert "served model's 3 epochs and learning rates" in result["stopping"]
+    assert result["stopping_mode"] == "served-epochs"
 
     # A final refit before the schedule replay was trained at a constant rate and logged none.
     summary["refit_on_all_training_data"] = True
@@ -206,6 +207,7 @@ def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
     result = crossfit.crossfit(folder, folds=2)  # the default: early stopping on held-out
     assert [(v is not None, s) for v, _, s in calls] == [(True, None), (True, None)]
     assert result["stopping"] == "early stopping on each held-out fold"
+    assert result["stopping_mode"] == "held-out"
 
 
 def test_a_stopped_crossfit_resumes_at_its_first_unfinished_fold(trained_run, tmp_path,

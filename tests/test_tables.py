@@ -237,6 +237,14 @@ def test_ablation_quotes_a_runs_out_of_fold_accuracy_and_the_served_models(tmp_p
     (tmp_path / "trial" / "crossfit.json").write_text(json.dumps(early))
     assert tables.ablation_table(tables.collect_ablation([tmp_path / "trial"])).splitlines()[
         2].endswith("| 0.8123 | 5 |")
+    # Crossfits now record the mode by name; the table reads it, whatever the prose says.
+    for mode, prose, mark in (("served-epochs", "fold models trained 3 epochs", " (epochs fixed)"),
+                              ("held-out", "every fold stopped early", "")):
+        (tmp_path / "trial" / "crossfit.json").write_text(
+            json.dumps(crossfit | {"stopping_mode": mode, "stopping": prose}))
+        trial = tables.collect_ablation([tmp_path / "trial"])[0]
+        assert trial["out_of_fold"]["stopping_mode"] == mode
+        assert tables.ablation_table([trial]).splitlines()[2].endswith(f"| 0.8123{mark} | 5 |")
 
 
 def test_ablation_keeps_a_candidates_figures_as_served_from_its_scratch_export(tmp_path):

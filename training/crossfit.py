@@ -194,6 +194,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
         "images": len(pool),
         "groups": len({group_of[f] for f in pool}),
         "test_time_augmentation": views,  # orientations averaged per image
+        "stopping_mode": stopping,  # one of STOPPING, for tables; the prose below for people
         "stopping": (f"every fold trained for the served model's {served_epochs} epochs and "
                      "learning rates (held-out fold not looked at)" if served_epochs
                      else "early stopping on each held-out fold"),

@@ -84,7 +84,7 @@ def _out_of_fold(crossfit_json: Path) -> dict:
             | {"per_fold": [f["accuracy"] for f in fit["per_fold"]]}
             # How its fold models stopped: crossfits that stopped otherwise do not compare
             # evenly (early stopping on the held-out fold picks the epoch on what it scores).
-            | ({"stopping": fit["stopping"]} if "stopping" in fit else {}))
+            | {k: fit[k] for k in ("stopping_mode", "stopping") if k in fit})
 
 
 SERVED_FIGURES = ("n", "accuracy", "nll_before", "ece_after", "accepted_rate", "not_a_cell_rate")
@@ -177,7 +177,12 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
 def _fixed_epochs(out_of_fold: dict) -> str:
     """Marks a crossfit whose fold models trained the run's epochs (`--stopping served-epochs`)
     instead of stopping early on their held-out folds, as the other rows' did."""
-    return " (epochs fixed)" if out_of_fold.get("stopping", "").startswith("every fold") else ""
+    mode = out_of_fold.get("stopping_mode")
+    if mode is None:  # a crossfit written before it recorded the mode: only its prose says
+        fixed = out_of_fold.get("stopping", "").startswith("every fold")
+    else:
+        fixed = mode == "served-epochs"
+    return " (epochs fixed)" if fixed else ""
 
 
 def _averaging(momentum: float) -> str:
