@@ -87,14 +87,19 @@ def orientation_log_probabilities(model, batch: np.ndarray, views: int = len(VIE
 
 def compare(log_probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy and NLL (T = 1) of the mean over the first v orientations, for each count."""
+    return {str(v): _scores(mean, labels) for v, mean in _view_means(log_probabilities)}
+
+
+def _view_means(log_probabilities: np.ndarray):
+    """(v, mean over the first v orientations) for each count of views."""
+    return ((v, log_probabilities[:v].mean(axis=0)) for v in VIEW_COUNTS)
+
+
+def _scores(mean: np.ndarray, labels: np.ndarray) -> dict:
     from training.calibrate import nll  # calibrate reads crossfit, which reads these names
 
-    figures = {}
-    for v in VIEW_COUNTS:
-        mean = log_probabilities[:v].mean(axis=0)
-        figures[str(v)] = {"accuracy": round(float(np.mean(mean.argmax(axis=1) == labels)), 4),
-                           "nll": round(nll(mean, labels), 4)}
-    return figures
+    return {"accuracy": round(float(np.mean(mean.argmax(axis=1) == labels)), 4),
+            "nll": round(nll(mean, labels), 4)}
 
 
 def measure(folder: Path, data: Path | None = None) -> dict:
@@ -149,12 +154,11 @@ def out_of_fold_at_temperature(folder: Path) -> dict:
                          f"{folder}` first")
     with np.load(path) as saved:
         view_logits, labels = saved["view_logits"], saved["labels"]
-    figures = compare(view_logits, labels)
-    for v in VIEW_COUNTS:
-        mean = view_logits[:v].mean(axis=0)
+    figures = {}
+    for v, mean in _view_means(view_logits):
         t = fit_temperature(mean, labels)
-        figures[str(v)] |= {"temperature": round(t, 4),
-                            "nll_at_temperature": round(nll(mean, labels, t), 4)}
+        figures[str(v)] = _scores(mean, labels) | {
+            "temperature": round(t, 4), "nll_at_temperature": round(nll(mean, labels, t), 4)}
     return figures
 
 
