@@ -89,6 +89,41 @@ def test_probe_command_ranks_each_initialisation_on_the_crossfit_images(crossfit
     assert "none: out-of-fold accuracy 1.0" in capsys.readouterr().out
 
 
+def test_append_adds_a_candidates_row_to_an_earlier_probe_of_the_same_setting(
+        crossfit_folder, tmp_path):
+    out = tmp_path / "probe.json"
+    with pytest.raises(SystemExit) as nothing_yet:
+        probe.main([str(crossfit_folder), "--weights", "none", "--append", "--out", str(out)])
+    assert nothing_yet.value.code == 2 and not out.exists()
+    common = ["--layer", "block_1_project_BN", "--views", "1", "--out", str(out)]
+    probe.main([str(crossfit_folder), "--weights", "none", *common])
+    first = json.loads(out.read_text())["probes"][0]
+    # A second probe of other weights keeps the first row; probing those weights again
+    # replaces their row instead of adding a second one.
+    saved = tmp_path / "other.keras"
+    _tiny_backbone(saved)
+    probe.main([str(crossfit_folder), "--weights", str(saved), *common, "--append"])
+    probe.main([str(crossfit_folder), "--weights", str(saved), *common, "--append"])
+    rows = json.loads(out.read_text())["probes"]
+    assert [r["weights"] for r in rows] == ["none", str(saved)]
+    assert rows[0] == first
+    # Rows of another setting (here the views averaged) would not compare: refused, file kept.
+    before = out.read_text()
+    with pytest.raises(SystemExit) as other_views:
+        probe.main([str(crossfit_folder), "--weights", "none", "--layer", "block_1_project_BN",
+                    "--views", "4", "--out", str(out), "--append"])
+    assert other_views.value.code == 2 and out.read_text() == before
+
+
+def _tiny_backbone(path):
+    import keras
+
+    from training.model import build_backbone
+
+    keras.utils.set_random_seed(6)
+    build_backbone(32).save(path)
+
+
 def test_probe_command_refuses_what_it_cannot_probe(crossfit_folder, tmp_path):
     with pytest.raises(SystemExit) as missing_weights:
         probe.main([str(crossfit_folder), "--weights", str(tmp_path / "absent.keras")])

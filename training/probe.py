@@ -8,6 +8,7 @@ for choosing the next trial, not a model: nothing it fits is served.
 
     python -m training.probe saved_model/wbc4 --weights weights/pbc8-b11/model.keras \
         weights/pbc8-b7-ema/model.keras weights/dog_breed_mobilenetv2.h5 --out saved_model/wbc4/probe.json
+    python -m training.probe saved_model/wbc4 --weights NEW.keras --append   # one more row
 
 The folder must hold a crossfit (`training.crossfit`): its images, labels and folds are the ones
 probed, so probe figures sit beside the recipes' out-of-fold figures on the same smears. The
@@ -124,6 +125,21 @@ def probe(folder: Path, weights: list[str], data: Path | None = None, layer: str
             "l2": list(lambdas), "probes": results}
 
 
+SETTING = ("layer", "views", "crop", "images", "folds", "crossfit", "l2")  # what rows share
+
+
+def merge(previous: dict, result: dict) -> dict:
+    """`result`'s rows added to an earlier probe of the same setting, replacing rows of the same
+    weights: a new candidate is probed alone instead of re-probing the ones already ranked."""
+    for key in SETTING:
+        if previous.get(key) != result[key]:
+            raise ValueError(f"the earlier probe has {key} {previous.get(key)!r}, this one "
+                             f"{result[key]!r}: their rows do not compare")
+    new = {row["weights"] for row in result["probes"]}
+    kept = [row for row in previous["probes"] if row["weights"] not in new]
+    return result | {"probes": kept + result["probes"]}
+
+
 def log(message: str) -> None:
     print(f"[probe] {message}", file=sys.stderr, flush=True)
 
@@ -149,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="orientations averaged per image: 1, 4 (default) or 8")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"where to write the figures (default FOLDER/{JSON_FILE})")
+    parser.add_argument("--append", action="store_true",
+                        help="add these rows to the figures already in the output file (same "
+                             "layer, views, crossfit and L2 grid), replacing rows of the same "
+                             "weights")
     args = parser.parse_args(argv)
     if not (args.folder / NPZ_FILE).is_file():
         parser.error(f"{args.folder} has no {NPZ_FILE}: run python -m training.crossfit first")
@@ -159,8 +179,15 @@ def main(argv: list[str] | None = None) -> None:
         check_views(args.views)
     except ValueError as error:
         parser.error(str(error))
-    result = probe(args.folder, args.weights, args.data, args.layer, args.views)
     out = args.out or args.folder / JSON_FILE
+    if args.append and not out.is_file():
+        parser.error(f"--append: {out} does not exist yet")
+    result = probe(args.folder, args.weights, args.data, args.layer, args.views)
+    if args.append:
+        try:
+            result = merge(json.loads(out.read_text()), result)
+        except ValueError as error:
+            parser.error(f"--append to {out}: {error}")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["probes"]:
         best = max(row["by_l2"].items(), key=lambda item: item[1]["accuracy"])
