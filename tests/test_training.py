@@ -446,6 +446,22 @@ def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
         "../shared/data/pbc (classes a, b), itself initialised from random (no pretrained weights)")
 
 
+def test_provenance_of_an_unfinished_runs_checkpoint_says_which_epoch_it_is(tmp_path):
+    from training.model import weights_provenance
+
+    run = tmp_path / "20261203-161646-mobilenetv2-224-pbc8-b4-ema"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": "../shared/data/pbc", "weights": "none"}))
+    (run / "splits.json").write_text(json.dumps({"classes": ["a", "b"], "train": [], "val": []}))
+    (run / resume.KeepBest.RECORD).write_text(json.dumps(
+        {"epoch": 5, "val_loss": 0.051234, "val_accuracy": 0.98}))
+    assert weights_provenance(str(run / resume.KeepBest.MODEL)) == (
+        "best checkpoint (epoch 5, validation loss 0.0512) of the unfinished HematoVision model "
+        f"{run.name} trained on ../shared/data/pbc (classes a, b), itself initialised from none")
+    # A finished model file beside a leftover record is described as the model it is.
+    assert weights_provenance(str(run / "model.keras")).startswith("HematoVision model ")
+
+
 def test_plateau_schedule_replays_what_keras_did_in_a_validated_fit():
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")

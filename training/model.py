@@ -106,10 +106,23 @@ def weights_provenance(weights: str) -> str:
                 inner = f"{inner} [{inner_origin}]"
             run = info.get("training", {}).get("run_folder", "")
             name = path.parent.name + (f" (run {run})" if run and run != path.parent.name else "")
-            return (f"HematoVision model {name} trained on {data} "
+            return (f"{_checkpoint_note(path)}HematoVision model {name} trained on {data} "
                     f"(classes {', '.join(info.get('classes', []))}), itself initialised from "
                     f"{inner}")
     return ""
+
+
+def _checkpoint_note(path: Path) -> str:
+    """An unfinished run's best checkpoint is not the model that run would have ended with:
+    say which epoch it is, from the record written beside it."""
+    from training.resume import KeepBest  # resume builds on this module
+
+    record = path.parent / KeepBest.RECORD
+    if path.name != KeepBest.MODEL or not record.is_file():
+        return ""
+    best = json.loads(record.read_text())
+    return (f"best checkpoint (epoch {best['epoch']}, validation loss {best['val_loss']:.4f}) "
+            "of the unfinished ")
 
 
 def _sibling_config(path: Path) -> dict:
