@@ -251,9 +251,12 @@ def test_a_stopped_run_resumes_after_its_last_finished_epoch(tmp_path, monkeypat
     # Its best model so far can start a new run, whose card then says where it came from.
     from training.model import weights_provenance
 
+    best = json.loads((run_dir / "checkpoint.json").read_text())
     assert weights_provenance(str(run_dir / "checkpoint.keras")) == (
-        f"HematoVision model {run_dir.name} trained on {root} (classes {', '.join(CLASSES)}), "
-        "itself initialised from none")
+        f"best checkpoint (epoch {best['epoch']}, validation loss {best['val_loss']:.4f}) of the "
+        f"unfinished HematoVision model {run_dir.name} trained on {root} "
+        f"(classes {', '.join(CLASSES)}), itself initialised from none")
+    assert best["epoch"] in (1, 2)
     with open(run_dir / "metrics.csv") as f:
         first = list(csv.DictReader(f))
     assert len(first) == 2 and not (run_dir / "summary.json").exists()
