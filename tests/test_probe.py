@@ -90,7 +90,7 @@ def test_probe_command_ranks_each_initialisation_on_the_crossfit_images(crossfit
 
 
 def test_append_adds_a_candidates_row_to_an_earlier_probe_of_the_same_setting(
-        crossfit_folder, tmp_path):
+        crossfit_folder, tmp_path, monkeypatch):
     out = tmp_path / "probe.json"
     with pytest.raises(SystemExit) as nothing_yet:
         probe.main([str(crossfit_folder), "--weights", "none", "--append", "--out", str(out)])
@@ -107,8 +107,10 @@ def test_append_adds_a_candidates_row_to_an_earlier_probe_of_the_same_setting(
     rows = json.loads(out.read_text())["probes"]
     assert [r["weights"] for r in rows] == ["none", str(saved)]
     assert rows[0] == first
-    # Rows of another setting (here the views averaged) would not compare: refused, file kept.
+    # Rows of another setting (here the views averaged) would not compare: refused, file kept,
+    # before any image is embedded.
     before = out.read_text()
+    monkeypatch.setattr(probe, "embed", lambda *a, **k: pytest.fail("embedded before refusing"))
     with pytest.raises(SystemExit) as other_views:
         probe.main([str(crossfit_folder), "--weights", "none", "--layer", "block_1_project_BN",
                     "--views", "4", "--out", str(out), "--append"])

@@ -115,7 +115,7 @@ def weights_provenance(weights: str) -> str:
 def _checkpoint_note(path: Path) -> str:
     """An unfinished run's best checkpoint is not the model that run would have ended with:
     say which epoch it is, from the record written beside it."""
-    from training.resume import KeepBest  # resume builds on this module
+    from training.resume import KeepBest  # here: resume imports the plotting report
 
     record = path.parent / KeepBest.RECORD
     if path.name != KeepBest.MODEL or not record.is_file():

@@ -103,13 +103,28 @@ def embed(weights: str, paths: list[Path], config: TrainConfig, layer: str, view
     return np.concatenate(batches).astype(np.float64), initialisation
 
 
+class OtherSetting(ValueError):
+    """An earlier probe (`--append`) of another layer, views, crop, crossfit or L2 grid."""
+
+
 def probe(folder: Path, weights: list[str], data: Path | None = None, layer: str = LAYER,
-          views: int = TTA_VIEWS, lambdas: tuple[float, ...] = LAMBDAS) -> dict:
+          views: int = TTA_VIEWS, lambdas: tuple[float, ...] = LAMBDAS,
+          previous: dict | None = None) -> dict:
+    """`previous`: an earlier probe whose rows these are added to (`--append`); its setting is
+    checked before any image is read, as probing costs minutes per initialisation."""
     check_views(views)
     config = TrainConfig.load(folder / "config.json")
     root = Path(data or config.data)
     with np.load(folder / NPZ_FILE) as arrays:
         files, labels, folds = list(arrays["files"]), arrays["labels"], arrays["folds"]
+    setting = {"layer": layer, "views": views, "crop": config.crop, "images": len(files),
+               "folds": int(len(np.unique(folds))), "crossfit": str(folder / NPZ_FILE),
+               "l2": list(lambdas)}
+    if previous is not None:
+        for key, value in setting.items():
+            if previous.get(key) != value:
+                raise OtherSetting(f"the earlier probe has {key} {previous.get(key)!r}, this "
+                                   f"one {value!r}: their rows do not compare")
     results = []
     for source in weights:
         started = time.perf_counter()
@@ -120,24 +135,10 @@ def probe(folder: Path, weights: list[str], data: Path | None = None, layer: str
             "by_l2": {str(l2): figures(out_of_fold_logits(features, labels, folds, l2),
                                        labels, folds) for l2 in lambdas},
             "seconds": round(time.perf_counter() - started, 1)})
-    return {"layer": layer, "views": views, "crop": config.crop, "images": len(files),
-            "folds": int(len(np.unique(folds))), "crossfit": str(folder / NPZ_FILE),
-            "l2": list(lambdas), "probes": results}
-
-
-SETTING = ("layer", "views", "crop", "images", "folds", "crossfit", "l2")  # what rows share
-
-
-def merge(previous: dict, result: dict) -> dict:
-    """`result`'s rows added to an earlier probe of the same setting, replacing rows of the same
-    weights: a new candidate is probed alone instead of re-probing the ones already ranked."""
-    for key in SETTING:
-        if previous.get(key) != result[key]:
-            raise ValueError(f"the earlier probe has {key} {previous.get(key)!r}, this one "
-                             f"{result[key]!r}: their rows do not compare")
-    new = {row["weights"] for row in result["probes"]}
-    kept = [row for row in previous["probes"] if row["weights"] not in new]
-    return result | {"probes": kept + result["probes"]}
+    if previous is not None:  # a row of the same weights is replaced, the others kept
+        probed = set(weights)
+        results = [row for row in previous["probes"] if row["weights"] not in probed] + results
+    return setting | {"probes": results}
 
 
 def log(message: str) -> None:
@@ -182,12 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.folder / JSON_FILE
     if args.append and not out.is_file():
         parser.error(f"--append: {out} does not exist yet")
-    result = probe(args.folder, args.weights, args.data, args.layer, args.views)
-    if args.append:
-        try:
-            result = merge(json.loads(out.read_text()), result)
-        except ValueError as error:
-            parser.error(f"--append to {out}: {error}")
+    previous = json.loads(out.read_text()) if args.append else None
+    try:
+        result = probe(args.folder, args.weights, args.data, args.layer, args.views,
+                       previous=previous)
+    except OtherSetting as error:
+        parser.error(f"--append to {out}: {error}")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["probes"]:
         best = max(row["by_l2"].items(), key=lambda item: item[1]["accuracy"])
