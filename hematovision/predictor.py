@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hematovision.card import CARD_FILE, ModelLoadError, read_card, served_views
-from hematovision.preprocess import ImageSource, load_image, to_input
+from hematovision.preprocess import ImageSource, crop_fraction, load_image, to_input
 from hematovision.trust import ACCEPTED, Trust, class_activation_map, use_one_blas_thread
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +103,10 @@ class Predictor:
             ) from None
         self.name: str = self.card.get("name", self.model_dir.name)
         self.crop: str = self.card.get("preprocessing", {}).get("crop", "none")
+        try:  # at startup, not on the first request
+            self.crop_fraction: float | None = crop_fraction(self.crop)
+        except ValueError as exc:
+            raise ModelLoadError(f"The model card {self.model_dir / CARD_FILE}: {exc}") from None
         self.images_per_call = max(1, VIEWS_PER_CALL // served_views(self.card))
         self._interpreter = _load_interpreter(self.model_dir / SERVING_FILE, num_threads)
         self._input = self._interpreter.get_input_details()[0]

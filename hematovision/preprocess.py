@@ -127,9 +127,10 @@ def _float_rows(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
         yield top, np.nan_to_num(np.asarray(block, dtype=np.float64))
 
 
-CROPS = ("none", "nucleus")
 # A white cell in a Kaggle/BCCD field (320x240) spans about half the short side.
 NUCLEUS_CROP_FRACTION = 0.55
+# Below this a square round the nucleus cuts off the cytoplasm of most white cells.
+MIN_CROP_FRACTION = 0.2
 # Wright/Giemsa-stained nuclei are blue-violet: clearly more blue than red, and dark in green.
 # Red cells (pink) and background (pale) fail this test.
 NUCLEUS_BLUE_MINUS_RED = 25
@@ -166,12 +167,33 @@ def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION)
     return canvas
 
 
+def crop_fraction(crop: str) -> float | None:
+    """The side of the nucleus crop as a share of the image's short side (None: no crop).
+
+    `crop` is "none", "nucleus" (NUCLEUS_CROP_FRACTION) or "nucleus:F", F from
+    MIN_CROP_FRACTION to 1; anything else raises ValueError."""
+    if crop == "none":
+        return None
+    name, colon, share = crop.partition(":")
+    if name == "nucleus" and not colon:
+        return NUCLEUS_CROP_FRACTION
+    if name == "nucleus":
+        try:
+            fraction = float(share)
+        except ValueError:
+            fraction = float("nan")
+        if MIN_CROP_FRACTION <= fraction <= 1:
+            return fraction
+    raise ValueError(f"unknown crop {crop!r}: expected none, nucleus (a square of "
+                     f"{NUCLEUS_CROP_FRACTION} of the short side round the nucleus) or "
+                     f"nucleus:F with F from {MIN_CROP_FRACTION} to 1")
+
+
 def to_input(image: Image.Image, size: int = INPUT_SIZE, crop: str = "none") -> np.ndarray:
     """RGB image -> float32 (size, size, 3) array scaled to [-1, 1] as MobileNetV2 expects."""
-    if crop == "nucleus":
-        image = crop_to_nucleus(image)
-    elif crop != "none":
-        raise ValueError(f"Unknown crop {crop!r}; expected one of {CROPS}")
+    fraction = crop_fraction(crop)
+    if fraction is not None:
+        image = crop_to_nucleus(image, fraction)
     resized = image.resize((size, size), RESAMPLE)
     array = np.asarray(resized, dtype=np.float32)
     return array / 127.5 - 1.0

@@ -36,11 +36,14 @@ def test_a_run_saved_before_an_option_existed_loads_as_it_ran(tmp_path):
 
 
 def test_options_of_a_few_words_refuse_a_typo(capsys):
-    for option, typo in (("--unassigned", "dropp"), ("--crop", "nuclues")):
+    for option, typo, phrase in (("--unassigned", "dropp", "invalid choice"),
+                                 ("--crop", "nuclues", "unknown crop 'nuclues'"),
+                                 ("--crop", "nucleus:0.05", "F from 0.2 to 1")):
         with pytest.raises(SystemExit):
             train.parse_args(["--data", "d", option, typo])
-        assert "invalid choice" in capsys.readouterr().err
+        assert phrase in capsys.readouterr().err
     assert train.parse_args(["--data", "d", "--unassigned", "drop"])[0].unassigned == "drop"
+    assert train.parse_args(["--data", "d", "--crop", "nucleus:0.45"])[0].crop == "nucleus:0.45"
 
 
 @pytest.mark.parametrize("option, value, phrase", [

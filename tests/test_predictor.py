@@ -80,6 +80,18 @@ def test_corrupt_serving_file_gives_a_clear_error(tiny_model_dir, tmp_path):
         Predictor(broken)
 
 
+def test_a_card_with_an_unknown_crop_is_refused_at_load(tiny_model_dir, tmp_path):
+    """Not on the first request: every upload would fail."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    card["preprocessing"] = {**card.get("preprocessing", {}), "crop": "nucleus:2"}
+    (odd / "model_card.json").write_text(json.dumps(card))
+    (odd / "model.tflite").write_bytes((tiny_model_dir / "model.tflite").read_bytes())
+    with pytest.raises(ModelLoadError, match="unknown crop 'nucleus:2'"):
+        Predictor(odd)
+
+
 def test_card_class_count_must_match_the_model(tiny_model_dir, tmp_path):
     wrong = tmp_path / "wrong"
     wrong.mkdir()

@@ -154,8 +154,33 @@ def test_without_a_nucleus_the_crop_is_central():
 
 
 def test_unknown_crop_is_refused():
-    with pytest.raises(ValueError, match="Unknown crop"):
-        to_input(Image.new("RGB", (10, 10)), crop="face")
+    for crop in ("face", "nucleus:", "nucleus:0.1", "nucleus:1.5", "nucleus:half", "nucleus:nan",
+                 "none:0.5"):
+        with pytest.raises(ValueError, match="unknown crop"):
+            to_input(Image.new("RGB", (10, 10)), crop=crop)
+
+
+def test_crop_fraction_reads_the_crop_names():
+    from hematovision.preprocess import NUCLEUS_CROP_FRACTION, crop_fraction
+
+    assert crop_fraction("none") is None
+    assert crop_fraction("nucleus") == NUCLEUS_CROP_FRACTION == 0.55
+    assert crop_fraction("nucleus:0.4") == 0.4
+    assert crop_fraction("nucleus:1") == 1.0
+
+
+def test_a_nucleus_crop_with_its_own_fraction_is_that_share_of_the_short_side():
+    """nucleus:0.4 is the same square round the nucleus as nucleus, 0.4 of the short side
+    (96 of 240 pixels) instead of 0.55, so the cell fills more of the model input."""
+    from hematovision.preprocess import crop_to_nucleus
+
+    smear = smear_with_nucleus_at(200, 100)
+    tight = to_input(smear, 224, "nucleus:0.4")
+    np.testing.assert_array_equal(tight, to_input(crop_to_nucleus(smear, 0.4), 224))
+    assert crop_to_nucleus(smear, 0.4).size == (96, 96)
+    assert not np.array_equal(tight, to_input(smear, 224, "nucleus"))
+    np.testing.assert_array_equal(to_input(smear, 224, "nucleus:0.55"),
+                                  to_input(smear, 224, "nucleus"))
 
 
 def old_stretch(image: Image.Image) -> np.ndarray:

@@ -86,7 +86,7 @@ def test_probe_command_ranks_each_initialisation_on_the_crossfit_images(crossfit
             assert 0 <= figures["accuracy"] <= 1 and len(figures["per_fold"]) == 2
     # Each class is its own colour: a probe of even a random network separates them.
     assert max(f["accuracy"] for f in first["by_l2"].values()) == 1.0
-    assert "none: out-of-fold accuracy 1.0" in capsys.readouterr().out
+    assert "none, crop none: out-of-fold accuracy 1.0" in capsys.readouterr().out
 
 
 def test_append_adds_a_candidates_row_to_an_earlier_probe_of_the_same_setting(
@@ -134,3 +134,36 @@ def test_probe_command_refuses_what_it_cannot_probe(crossfit_folder, tmp_path):
     with pytest.raises(SystemExit) as no_crossfit:
         probe.main([str(crossfit_folder), "--weights", "none"])
     assert no_crossfit.value.code == 2
+
+
+def test_crop_option_probes_the_images_cropped_so_and_records_it(crossfit_folder, tmp_path,
+                                                                  monkeypatch, capsys):
+    seen = []
+
+    def fake_embed(weights, paths, config, layer, views):
+        seen.append(config.crop)
+        return np.eye(len(paths))[:, :4] + np.arange(len(paths))[:, None] % 3, "random"
+
+    monkeypatch.setattr(probe, "embed", fake_embed)
+    out = tmp_path / "probe.json"
+    common = ["--weights", "none", "--views", "1", "--out", str(out)]
+    probe.main([str(crossfit_folder), *common])
+    probe.main([str(crossfit_folder), *common, "--crop", "nucleus:0.4", "--append"])
+    probe.main([str(crossfit_folder), *common, "--crop", "nucleus:0.4", "--append"])
+    result = json.loads(out.read_text())
+    assert seen == ["none", "nucleus:0.4", "nucleus:0.4"]
+    # The setting keeps the crossfit model's crop; each row its own, one row per weights and crop
+    assert result["crop"] == "none"
+    assert [(r["weights"], r["crop"]) for r in result["probes"]] == [("none", "none"),
+                                                                       ("none", "nucleus:0.4")]
+    assert "none, crop nucleus:0.4: out-of-fold accuracy" in capsys.readouterr().out
+    # A row written before rows had a crop is read as the setting's crop, and replaced by one of it
+    del result["probes"][0]["crop"]
+    out.write_text(json.dumps(result))
+    assert probe.row_crop(result["probes"][0], result) == "none"
+    probe.main([str(crossfit_folder), *common, "--append"])
+    assert len(json.loads(out.read_text())["probes"]) == 2
+    with pytest.raises(SystemExit) as unknown:
+        probe.main([str(crossfit_folder), "--weights", "none", "--crop", "nucleus:3",
+                    "--out", str(tmp_path / "x.json")])
+    assert unknown.value.code == 2 and len(seen) == 4

@@ -422,13 +422,16 @@ def test_probe_table_gives_each_initialisations_figures_at_every_l2(tmp_path):
     figures = {"0.01": {"accuracy": 0.8, "nll": 0.6, "per_fold": [0.7, 0.9]},
                "0.1": {"accuracy": 0.75, "nll": 0.5, "per_fold": [0.8, 0.7]}}
     (tmp_path / "a" / "probe.json").write_text(json.dumps({
-        "layer": "block_13_project_BN", "views": 4, "l2": [0.01, 0.1],
-        "probes": [{"weights": "weights/a.h5", "features": 160,
-                    "by_l2": figures, "seconds": 301.4}]}))
+        "layer": "block_13_project_BN", "views": 4, "l2": [0.01, 0.1], "crop": "nucleus",
+        "probes": [{"weights": "weights/a.h5", "features": 160,  # written before rows had crops
+                    "by_l2": figures, "seconds": 301.4},
+                   {"weights": "weights/a.h5", "crop": "nucleus:0.4", "features": 160,
+                    "by_l2": figures, "seconds": 290.0}]}))
     table = tables.probe_table(tmp_path)
-    assert column(table, "L2 0.01: accuracy (NLL)") == ["0.8000 (0.6000)"]
-    assert column(table, "L2 0.1: accuracy (NLL)") == ["0.7500 (0.5000)"]
-    assert column(table, "accuracy per fold (best L2)") == ["0.700, 0.900"]  # at 0.01
-    assert column(table, "layer (channels), views") == ["block_13_project_BN (160), 4"]
-    assert column(table, "time (s)") == ["301"]
-    assert column(table, "initialisation (`--weights`)") == ["`weights/a.h5`"]
+    assert column(table, "L2 0.01: accuracy (NLL)") == ["0.8000 (0.6000)"] * 2
+    assert column(table, "L2 0.1: accuracy (NLL)") == ["0.7500 (0.5000)"] * 2
+    assert column(table, "accuracy per fold (best L2)") == ["0.700, 0.900"] * 2  # at 0.01
+    assert column(table, "layer (channels), views") == ["block_13_project_BN (160), 4"] * 2
+    assert column(table, "time (s)") == ["301", "290"]
+    assert column(table, "initialisation (`--weights`)") == ["`weights/a.h5`"] * 2
+    assert column(table, "crop") == ["nucleus", "nucleus:0.4"]

@@ -558,3 +558,20 @@ def test_overlay_blends_heat_where_the_map_is_high():
     pixels = np.asarray(image).astype(int)
     assert np.abs(pixels[5, 5] - 128).sum() > 60  # coloured where the evidence is
     assert np.abs(pixels[200, 200] - 128).sum() <= 3  # untouched where there is none
+
+
+def test_the_heat_map_caption_says_what_the_model_saw(tmp_path, trusted_model_dir, client,
+                                                      models_root):
+    """The whole image for a model without a crop; the nucleus square, with its share of the
+    short side, for one whose card records a crop (nucleus:F as well as nucleus)."""
+    whole = text(page(client, upload(client, "accepting", ("red.jpg", RED))))
+    assert "What the model looked at: the whole image, resized to" in whole
+    for crop, share in (("nucleus", "0.55"), ("nucleus:0.4", "0.4")):
+        card = card_with(trusted_model_dir, confidence_threshold=0.0, ood_threshold=1e12)
+        root = make_models_root(tmp_path / crop.replace(":", "-"), trusted_model_dir,
+                                names=("tiny",),
+                                card={**card, "preprocessing": {"crop": crop}})
+        cropping = make_app(tmp_path, root).test_client()
+        shown = text(page(cropping, upload(cropping, "tiny", ("red.jpg", RED))))
+        assert ("What the model looked at: a square crop centred on the stained nucleus "
+                f"({share} of the short side), resized to") in shown

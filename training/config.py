@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from hematovision.preprocess import CROPS
+from hematovision.preprocess import crop_fraction
 
 
 LAST_BLOCK = 16  # MobileNetV2's last inverted-residual block (tune_from_block's upper bound)
@@ -22,7 +22,8 @@ class TrainConfig:
     #   `python -m training.pretrained`) | imagenet (download) | none (random) | PATH (.h5 /
     #   .keras, layers copied by name); a run records the file auto chose
     input_size: int = 224  # square input side in pixels (the serving contract)
-    crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first
+    crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first (its
+    #   side preprocess.NUCLEUS_CROP_FRACTION, 0.55, of the short side) | nucleus:F: the same square with its side F (0.2 to 1)
     tune_from_block: int = 14  # MobileNetV2 blocks from here to 16 (+ Conv_1, head) are trained;
     #   lower layers are frozen and their activations cached (lower = more capacity, slower)
     seed: int = 1337  # seeds the split, the augmentation and the weight init
@@ -89,6 +90,10 @@ class TrainConfig:
              "min_learning_rate must be in [0, learning_rate]"),
             (self.max_per_class >= 0, "max_per_class must be 0 (all) or more"),
         ]
+        try:
+            crop_fraction(self.crop)
+        except ValueError as error:
+            rules.append((False, str(error)))
         return [message for ok, message in rules if not ok]
 
     @classmethod
@@ -119,4 +124,4 @@ class TrainConfig:
 BEFORE_OPTION_EXISTED = {"field_notes": "none"}
 # Options that take one of a few words; argparse refuses others (a typo must not pass as a
 # default: any --unassigned value but "refit" used to mean "drop").
-CHOICES = {"crop": CROPS, "unassigned": ("refit", "drop")}
+CHOICES = {"unassigned": ("refit", "drop")}

@@ -22,12 +22,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
+from hematovision.preprocess import crop_fraction
 from training.calibrate import nll
 from training.config import TrainConfig
 from training.crossfit import NPZ_FILE
@@ -109,15 +111,21 @@ class OtherSetting(ValueError):
 
 def probe(folder: Path, weights: list[str], data: Path | None = None, layer: str = LAYER,
           views: int = TTA_VIEWS, lambdas: tuple[float, ...] = LAMBDAS,
-          previous: dict | None = None) -> dict:
+          previous: dict | None = None, crop: str | None = None) -> dict:
     """`previous`: an earlier probe whose rows these are added to (`--append`); its setting is
-    checked before any image is read, as probing costs minutes per initialisation."""
+    checked before any image is read, as probing costs minutes per initialisation. `crop`: the
+    images cropped so instead of as the folder's model was trained (ValueError if unknown);
+    each row records its crop, the setting the folder's."""
     check_views(views)
     config = TrainConfig.load(folder / "config.json")
+    folder_crop = config.crop
+    if crop is not None:
+        crop_fraction(crop)
+        config = replace(config, crop=crop)
     root = Path(data or config.data)
     with np.load(folder / NPZ_FILE) as arrays:
         files, labels, folds = list(arrays["files"]), arrays["labels"], arrays["folds"]
-    setting = {"layer": layer, "views": views, "crop": config.crop, "images": len(files),
+    setting = {"layer": layer, "views": views, "crop": folder_crop, "images": len(files),
                "folds": int(len(np.unique(folds))), "crossfit": str(folder / NPZ_FILE),
                "l2": list(lambdas)}
     if previous is not None:
@@ -131,14 +139,21 @@ def probe(folder: Path, weights: list[str], data: Path | None = None, layer: str
         features, initialisation = embed(source, [root / f for f in files], config, layer, views)
         log(f"{source}: {features.shape[1]} features of {len(files)} images")
         results.append({
-            "weights": source, "initialisation": initialisation, "features": features.shape[1],
+            "weights": source, "crop": config.crop, "initialisation": initialisation,
+            "features": features.shape[1],
             "by_l2": {str(l2): figures(out_of_fold_logits(features, labels, folds, l2),
                                        labels, folds) for l2 in lambdas},
             "seconds": round(time.perf_counter() - started, 1)})
-    if previous is not None:  # a row of the same weights is replaced, the others kept
-        probed = set(weights)
-        results = [row for row in previous["probes"] if row["weights"] not in probed] + results
+    if previous is not None:  # a row of the same weights and crop is replaced, others kept
+        probed = {(source, config.crop) for source in weights}
+        results = [row for row in previous["probes"]
+                   if (row["weights"], row_crop(row, previous)) not in probed] + results
     return setting | {"probes": results}
+
+
+def row_crop(row: dict, result: dict) -> str:
+    """The crop a row's images were cut with (rows written before --crop: the setting's)."""
+    return row.get("crop", result["crop"])
 
 
 def log(message: str) -> None:
@@ -164,12 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer", default=LAYER, help=f"the layer pooled (default {LAYER})")
     parser.add_argument("--views", type=int, default=TTA_VIEWS,
                         help="orientations averaged per image: 1, 4 (default) or 8")
+    parser.add_argument("--crop", default=None,
+                        help="crop the images so (none, nucleus or nucleus:F) instead of as "
+                             "the folder's config.json says: a pointer for the crop of a "
+                             "trial, as the weights are for its initialisation; each row "
+                             "records its crop")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"where to write the figures (default FOLDER/{JSON_FILE})")
     parser.add_argument("--append", action="store_true",
                         help="add these rows to the figures already in the output file (same "
                              "layer, views, crossfit and L2 grid), replacing rows of the same "
-                             "weights")
+                             "weights and crop")
     args = parser.parse_args(argv)
     if not (args.folder / NPZ_FILE).is_file():
         parser.error(f"{args.folder} has no {NPZ_FILE}: run python -m training.crossfit first")
@@ -178,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--weights {source}: no such file")
     try:
         check_views(args.views)
+        if args.crop is not None:
+            crop_fraction(args.crop)
     except ValueError as error:
         parser.error(str(error))
     out = args.out or args.folder / JSON_FILE
@@ -186,14 +208,14 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(out.read_text()) if args.append else None
     try:
         result = probe(args.folder, args.weights, args.data, args.layer, args.views,
-                       previous=previous)
+                       previous=previous, crop=args.crop)
     except OtherSetting as error:
         parser.error(f"--append to {out}: {error}")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in result["probes"]:
         best = max(row["by_l2"].items(), key=lambda item: item[1]["accuracy"])
-        print(f"{row['weights']}: out-of-fold accuracy {best[1]['accuracy']} "
-              f"(NLL {best[1]['nll']}) at l2 {best[0]}")
+        print(f"{row['weights']}, crop {row_crop(row, result)}: out-of-fold accuracy "
+              f"{best[1]['accuracy']} (NLL {best[1]['nll']}) at l2 {best[0]}")
     print(f"wrote {out}")
 
 

@@ -406,14 +406,15 @@ def probe_table(root: Path = MODELS_ROOT) -> str:
     for name, result, _ in _with_result(root, probe.JSON_FILE):
         strengths = [str(l2) for l2 in result["l2"]]
         if not lines:
-            lines = ["| model | initialisation (`--weights`) | layer (channels), views | "
+            lines = ["| model | initialisation (`--weights`) | crop | layer (channels), views | "
                      + " | ".join(f"L2 {l2}: accuracy (NLL)" for l2 in strengths)
                      + " | accuracy per fold (best L2) | time (s) |",
-                     "|---|---|---|" + "---|" * len(strengths) + "---|---|"]
+                     "|---|---|---|---|" + "---|" * len(strengths) + "---|---|"]
         for row in result["probes"]:
             best = max(strengths, key=lambda l2: row["by_l2"][l2]["accuracy"])
             lines.append(
-                f"| `{name}` | `{row['weights']}` | {result['layer']} ({row['features']}), "
+                f"| `{name}` | `{row['weights']}` | {probe.row_crop(row, result)} | "
+                f"{result['layer']} ({row['features']}), "
                 f"{result['views']} | " + " | ".join(
                     f"{row['by_l2'][l2]['accuracy']:.4f} ({row['by_l2'][l2]['nll']:.4f})"
                     for l2 in strengths)
