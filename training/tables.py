@@ -42,6 +42,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
             "label_smoothing": config.get("label_smoothing", 0.0),
+            "dropout": TrainConfig.load(run / "config.json").dropout,
             "learning_rate": TrainConfig.load(run / "config.json").learning_rate,
             "ema_momentum": config.get("ema_momentum", 0.0),
             "mixup": config.get("mixup", 0.0),
@@ -142,11 +143,12 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     if served:
         rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| learning rate | weight averaging (EMA) | mixup | unassigned images | smears of one field of view grouped "
+             "| dropout | learning rate | weight averaging (EMA) | mixup | unassigned images "
+             "| smears of one field of view grouped "
              "| extra training images | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
@@ -154,8 +156,9 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
         oof = r.get("out_of_fold") or {}
         line = (f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
                 f"{jitter} | {r.get('label_smoothing', 0.0):g} | "
-                # Rows recorded before this column ran at the default, unchanged since the
+                # Rows recorded before these columns ran at the defaults, unchanged since the
                 # first training run.
+                f"{r.get('dropout', TrainConfig.dropout):g} | "
                 f"{r.get('learning_rate', TrainConfig.learning_rate):g} | "
                 f"{_averaging(r.get('ema_momentum', 0.0))} | "
                 # Rows recorded before the option existed trained without it.
