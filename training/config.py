@@ -23,7 +23,8 @@ class TrainConfig:
     #   .keras, layers copied by name); a run records the file auto chose
     input_size: int = 224  # square input side in pixels (the serving contract)
     crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first (its
-    #   side preprocess.NUCLEUS_CROP_FRACTION, 0.55, of the short side) | nucleus:F: the same square with its side F (0.2 to 1)
+    #   side preprocess.NUCLEUS_CROP_FRACTION, 0.55, of the short side) | nucleus:F: the same
+    #   square with its side F (0.2 to 1)
     tune_from_block: int = 14  # MobileNetV2 blocks from here to 16 (+ Conv_1, head) are trained;
     #   lower layers are frozen and their activations cached (lower = more capacity, slower)
     seed: int = 1337  # seeds the split, the augmentation and the weight init

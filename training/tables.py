@@ -32,6 +32,8 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
     for run in map(Path, run_dirs):
         summary = json.loads((run / "summary.json").read_text())
         config = json.loads((run / "config.json").read_text())
+        # options this config.json predates read as TrainConfig.load reads them
+        loaded = TrainConfig.load(run / "config.json")
         rows.append({
             "run": run.name,
             "init": _init_label(config["weights"]),
@@ -42,8 +44,8 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config["views"],
             "colour_jitter": config.get("colour_jitter", True),
             "label_smoothing": config.get("label_smoothing", 0.0),
-            "dropout": TrainConfig.load(run / "config.json").dropout,
-            "learning_rate": TrainConfig.load(run / "config.json").learning_rate,
+            "dropout": loaded.dropout,
+            "learning_rate": loaded.learning_rate,
             "ema_momentum": config.get("ema_momentum", 0.0),
             "mixup": config.get("mixup", 0.0),
             "field_groups": _field_groups(config),
