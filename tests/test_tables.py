@@ -85,20 +85,25 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
     assert "| pbc (9080) | 2 | n/a | 0.5000 |" in lines[3]  # no metrics.csv: no loss
 
 
-def test_ablation_gives_each_runs_dropout_and_the_default_for_rows_recorded_before(tmp_path):
+@pytest.mark.parametrize("option, value, header, shown, default_shown", [
+    ("dropout", 0.5, "dropout", "0.5", "0.3"),
+    ("weight_decay", 0.05, "weight decay", "0.05", "0"),
+])
+def test_ablation_gives_each_runs_option_and_the_default_for_rows_recorded_before(
+        tmp_path, option, value, header, shown, default_shown):
     from training.config import TrainConfig
     from training.tables import ablation_table, collect_ablation
 
-    run = tmp_path / "dropout05"
+    run = tmp_path / option
     run.mkdir()
-    TrainConfig(data="d", dropout=0.5).save(run / "config.json")
+    TrainConfig(data="d", **{option: value}).save(run / "config.json")
     (run / "summary.json").write_text(json.dumps({
         "initialisation": "random", "best_epoch": 1, "train_seconds": 3.0,
         "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8}}))
     [row] = collect_ablation([run])
-    assert row["dropout"] == 0.5
-    earlier = {k: v for k, v in row.items() if k != "dropout"}
-    assert column(ablation_table([row, earlier]), "dropout") == ["0.5", "0.3"]
+    assert row[option] == value
+    earlier = {k: v for k, v in row.items() if k != option}
+    assert column(ablation_table([row, earlier]), header) == [shown, default_shown]
 
 
 def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):

@@ -770,3 +770,45 @@ def test_mixup_trains_a_model_through_fit(tmp_path):
     assert np.mean(model.predict(x, verbose=0).argmax(axis=1) == y) > 0.9
     assert TrainConfig(mixup=-0.1).problems() == [
         "mixup must be 0 (off) or above (the Beta distribution's alpha)"]
+
+
+def test_weight_decay_shrinks_kernels_by_the_rate_each_step_and_leaves_biases_alone(tmp_path):
+    """All-zero inputs give the kernel no gradient, so Adam leaves it where it is and only the
+    decay moves it: by (1 - learning_rate * weight_decay) per step. The output then depends on
+    the bias alone, so the bias must travel exactly as it does without decay."""
+    from types import SimpleNamespace
+
+    x = np.zeros((64, 4), dtype="float32")
+    y = np.arange(64) % 3 == 0
+    config = TrainConfig(learning_rate=1e-2, batch_size=8, class_balance=False, dropout=0.0)
+
+    def fitted(weight_decay: float, run_dir: Path):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        start = [w.copy() for w in model.get_weights()]
+        run_dir.mkdir()
+        train.fit(SimpleNamespace(trainable=model, full=model),
+                  replace(config, weight_decay=weight_decay), x, y.astype(int), None, 2, run_dir)
+        return start, model.get_weights()
+
+    (kernel0, bias0), (plain_kernel, plain_bias) = fitted(0.0, tmp_path / "plain")
+    _, (decayed_kernel, decayed_bias) = fitted(0.5, tmp_path / "decayed")
+    steps = 2 * 64 // 8
+    np.testing.assert_allclose(plain_kernel, kernel0, rtol=1e-6)
+    np.testing.assert_allclose(decayed_kernel, kernel0 * (1 - 1e-2 * 0.5) ** steps, rtol=1e-4)
+    assert np.abs(plain_bias - bias0).max() > 0.05  # the bias did learn
+    np.testing.assert_allclose(decayed_bias, plain_bias, rtol=1e-5)
+    assert TrainConfig(weight_decay=-0.1).problems() == ["weight_decay must be 0 (off) or above"]
+
+
+def test_the_cache_keys_a_crop_by_its_size_not_its_spelling():
+    from training import features
+
+    bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 3, strides=8)])
+
+    def key(crop):
+        return features.cache_key(bottom, [], 0, 1, 32, crop)
+
+    assert key("nucleus") == key("nucleus:0.55")
+    assert key("nucleus:0.4") == key("nucleus:0.40") != key("nucleus")
+    assert len({key("none"), key("nucleus"), key("nucleus:0.4"), key("nucleus:0.7")}) == 4

@@ -48,6 +48,9 @@ class TrainConfig:
     learning_rate: float = 3e-4  # Adam; divided by 3 after each epoch without improvement
     min_learning_rate: float = 1e-6  # floor of the plateau schedule
     dropout: float = 0.3  # before the classification layer
+    weight_decay: float = 0.0  # 0: off; else decoupled weight decay (AdamW, Loshchilov and
+    #   Hutter 2019): each step shrinks every tuned kernel by learning rate x weight_decay of
+    #   itself, apart from the loss's gradient; biases and batch-norm scales and shifts are kept
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     ema_momentum: float = 0.0  # 0: off; else the weight of the past in an exponential moving
     #   average of the tuned weights, updated every step (Polyak averaging), which validation,
@@ -78,6 +81,7 @@ class TrainConfig:
             (2 <= self.tune_from_block <= LAST_BLOCK,
              f"tune_from_block must be within 2..{LAST_BLOCK}"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be 0 (off) or above"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_momentum < 1, "ema_momentum must be in [0, 1) (0: off)"),
             (self.mixup >= 0, "mixup must be 0 (off) or above (the Beta distribution's alpha)"),

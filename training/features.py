@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from hematovision import preprocess as preprocess_module
-from hematovision.preprocess import ImageError, preprocess
+from hematovision.preprocess import NUCLEUS_CROP_FRACTION, ImageError, crop_fraction, preprocess
 
 VALUE_RANGE = (-1.0, 1.0)  # the preprocessed input range (MobileNetV2 scaling)
 
@@ -75,11 +75,18 @@ def cache_key(bottom: keras.Model, paths: list[Path], view: int, seed: int, inpu
     return hashlib.sha256(
         "\n".join(
             [weights_digest(bottom), code_digest(), str(view), str(seed), str(input_size)]
-            + ([f"crop={crop}"] if crop != "none" else [])
+            + ([f"crop={_crop_key(crop)}"] if crop != "none" else [])
             + (["colour_jitter=False"] if view and not colour_jitter else [])
             + [file_stamp(p) for p in paths]
         ).encode()
     ).hexdigest()[:20]
+
+
+def _crop_key(crop: str) -> str:
+    # By the square's size, not its spelling: "nucleus" and "nucleus:0.55" cut the same images.
+    # The default keeps its name, so the entries cached before this key existed stay valid.
+    fraction = crop_fraction(crop)
+    return "nucleus" if fraction == NUCLEUS_CROP_FRACTION else f"nucleus:{fraction!r}"
 
 
 def cached_features(

@@ -46,6 +46,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "label_smoothing": config.get("label_smoothing", 0.0),
             "dropout": loaded.dropout,
             "learning_rate": loaded.learning_rate,
+            "weight_decay": loaded.weight_decay,
             "ema_momentum": config.get("ema_momentum", 0.0),
             "mixup": config.get("mixup", 0.0),
             "field_groups": _field_groups(config),
@@ -145,12 +146,13 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     if served:
         rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
-             "| dropout | learning rate | weight averaging (EMA) | mixup | unassigned images "
+             "| dropout | learning rate | weight decay | weight averaging (EMA) | mixup "
+             "| unassigned images "
              "| smears of one field of view grouped "
              "| extra training images | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
@@ -162,6 +164,7 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                 # first training run.
                 f"{r.get('dropout', TrainConfig.dropout):g} | "
                 f"{r.get('learning_rate', TrainConfig.learning_rate):g} | "
+                f"{r.get('weight_decay', TrainConfig.weight_decay):g} | "
                 f"{_averaging(r.get('ema_momentum', 0.0))} | "
                 # Rows recorded before the option existed trained without it.
                 f"{_mixup(r.get('mixup', 0.0))} | {r['unassigned']} | "

@@ -210,9 +210,16 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     with each backup. Returns the whole history either way."""
     model = classifier.trainable
     averaging = config.ema_momentum > 0
+    optimizer = keras.optimizers.Adam(config.learning_rate, use_ema=averaging,
+                                      ema_momentum=config.ema_momentum,
+                                      weight_decay=config.weight_decay or None)
+    if config.weight_decay:
+        # Only kernels limit what a layer can fit; shrinking a bias or a batch-norm scale
+        # towards 0 would shift its outputs instead.
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, use_ema=averaging,
-                                        ema_momentum=config.ema_momentum),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
