@@ -31,26 +31,25 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
     rows = []
     for run in map(Path, run_dirs):
         summary = json.loads((run / "summary.json").read_text())
-        config = json.loads((run / "config.json").read_text())
-        # options this config.json predates read as TrainConfig.load reads them
-        loaded = TrainConfig.load(run / "config.json")
+        # Options a config.json predates read as the run made them (TrainConfig.load).
+        config = TrainConfig.load(run / "config.json")
         rows.append({
             "run": run.name,
-            "init": _init_label(config["weights"]),
-            "crop": config.get("crop", "none"),
-            "tune_from_block": config.get("tune_from_block", 14),
-            "unassigned": config.get("unassigned", "refit"),
+            "init": _init_label(config.weights),
+            "crop": config.crop,
+            "tune_from_block": config.tune_from_block,
+            "unassigned": config.unassigned,
             "initialisation": summary["initialisation"],
-            "views": config["views"],
-            "colour_jitter": config.get("colour_jitter", True),
-            "label_smoothing": config.get("label_smoothing", 0.0),
-            "dropout": loaded.dropout,
-            "learning_rate": loaded.learning_rate,
-            "weight_decay": loaded.weight_decay,
-            "ema_momentum": config.get("ema_momentum", 0.0),
-            "mixup": config.get("mixup", 0.0),
+            "views": config.views,
+            "colour_jitter": config.colour_jitter,
+            "label_smoothing": config.label_smoothing,
+            "dropout": config.dropout,
+            "learning_rate": config.learning_rate,
+            "weight_decay": config.weight_decay,
+            "ema_momentum": config.ema_momentum,
+            "mixup": config.mixup,
             "field_groups": _field_groups(config),
-            "extra_data": _extra_label(config.get("extra_data", ""),
+            "extra_data": _extra_label(config.extra_data,
                                        summary.get("extra_training_images", 0)),
             "best_epoch": summary["best_epoch"],
             "val_accuracy": summary["validation"].get("accuracy"),
@@ -64,17 +63,17 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def _field_groups(config: dict) -> bool:
+def _field_groups(config: TrainConfig) -> bool:
     """Whether the run joined smears of one field of view, as `data.grouped_image_folder` does:
     only data with a source map (PBC has none: each image is its own group) and notes found.
     Runs from before the option existed grouped by smear only."""
-    data = Path(config["data"])
+    data = Path(config.data)
 
     def found(setting: str, find) -> bool:  # a path given to the run was checked when it ran
         return setting not in ("auto", "none") or find(data, setting) is not None
 
-    return (found(config.get("source_map", "auto"), find_source_map)
-            and found(config.get("field_notes", "none"), find_field_notes))
+    return (found(config.source_map, find_source_map)
+            and found(config.field_notes, find_field_notes))
 
 
 def _out_of_fold(crossfit_json: Path) -> dict:
