@@ -248,6 +248,30 @@ def test_a_stopped_crossfit_resumes_at_its_first_unfinished_fold(trained_run, tm
     assert not (folder / crossfit.PARTIAL_DIR).exists()  # finished: nothing left to resume
 
 
+def test_every_fold_starts_from_the_same_state_random_numbers_included(trained_run, tmp_path,
+                                                                         monkeypatch):
+    """A resumed crossfit skips its finished folds, so its dropout has drawn nothing when the
+    next fold starts, where in one session it has drawn all of the earlier folds' masks: each
+    fold must start from one state, or the fold models would depend on where it was resumed."""
+    from training import train
+
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    real_fit, starts = train.fit, []
+
+    def recorded(classifier, *args, **kwargs):
+        starts.append({v.path: v.numpy().copy() for v in classifier.trainable.variables})
+        return real_fit(classifier, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", recorded)
+    crossfit.crossfit(folder, folds=2)
+    assert len(starts) == 2 and starts[0].keys() == starts[1].keys()
+    assert any("seed" in path for path in starts[0])  # the dropout's state is among them
+    for path, value in starts[0].items():
+        np.testing.assert_array_equal(starts[1][path], value, err_msg=path)
+
+
 def test_finished_folds_of_other_settings_are_not_resumed(trained_run, tmp_path, monkeypatch):
     from training import train
 

@@ -23,10 +23,11 @@ Writes crossfit.npz (files, labels, folds, view_logits and the served mean, logi
 crossfit.json (per-fold figures, and accuracy and NLL for 1, 4 and 8 views).
 Each finished fold is kept in `crossfit-partial/` meanwhile: a run stopped part-way (five fold
 models take over an hour on 2 CPU cores) resumes at the first unfinished fold when started again
-with the same settings on the same model. Every fold model starts from the same weights with
-its own seed. Two crossfits of wbc4 run on one day agreed to the last digit, but the one run in
-an earlier session (other code, other caches) stopped three of five folds at other epochs:
-compare settings within one crossfit.
+with the same settings on the same model. Every fold model starts from the same state
+(weights and the dropout's random-number state) with its own seed, so a resumed crossfit
+trains the fold models an uninterrupted one would. Two crossfits of wbc4 run on one day agreed
+to the last digit, but the one run in an earlier session (other code, other caches) stopped
+three of five folds at other epochs: compare settings within one crossfit.
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     features = CachedViews(classifier, config, dataset, split, extra_paths, extra_labels)
     schedule = served_schedule(folder, config) if stopping == "served-epochs" else None
     served_epochs = len(schedule) if schedule else None
-    initial = [w.numpy() for w in classifier.trainable.weights]
+    # Every variable, not only the weights: the dropout layer's random-number state is one
+    # too, and left running it would hand each fold the draws its predecessors left, so
+    # a resumed crossfit (its first folds skipped) would train other fold models.
+    initial = [v.numpy() for v in classifier.trainable.variables]
     position = {f: i for i, f in enumerate(pool)}
 
     orientations = len(VIEW_NAMES)
@@ -152,8 +156,8 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
                 log(f"fold {k + 1}/{folds}: finished earlier, resumed {record}")
                 continue
             kept = [f for f in pool if fold_of[f] != k]
-            for w, value in zip(classifier.trainable.weights, initial):
-                w.assign(value)
+            for v, value in zip(classifier.trainable.variables, initial):
+                v.assign(value)
             keras.utils.set_random_seed(config.seed + k)
             x, y = features.for_training(kept)
             if served_epochs:
