@@ -509,6 +509,13 @@ def test_refit_replays_the_validated_fits_learning_rates(tmp_path, monkeypatch):
         return [config.learning_rate / 2 ** (k + 1) for k in range(len(val_losses))]
 
     monkeypatch.setattr(train, "plateau_schedule", schedule)
+    real_fit, starts = train.fit, []
+
+    def recorded(classifier, *args, **kwargs):
+        starts.append({v.path: v.numpy().copy() for v in classifier.trainable.variables})
+        return real_fit(classifier, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", recorded)
 
     root = kaggle_like(tmp_path, sources_per_class=3, images_per_source=2, unmatched=1)
     config = TrainConfig(data=str(root), out=str(tmp_path / "runs"), views=1, epochs=4,
@@ -525,6 +532,10 @@ def test_refit_replays_the_validated_fits_learning_rates(tmp_path, monkeypatch):
     best = summary["best_epoch"]
     assert replayed == [pytest.approx(val_losses[:best])]
     assert refit_rates == pytest.approx([1e-3 / 2 ** (k + 1) for k in range(best)])
+    # The refit starts where the validated fit did, the dropout's random-number state included.
+    assert len(starts) == 2 and any("seed" in path for path in starts[0])
+    for path, value in starts[0].items():
+        np.testing.assert_array_equal(starts[1][path], value, err_msg=path)
 
 
 def test_a_class_without_training_images_stops_the_run_before_any_caching(tmp_path):

@@ -129,10 +129,10 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     features = CachedViews(classifier, config, dataset, split, extra_paths, extra_labels)
     schedule = served_schedule(folder, config) if stopping == "served-epochs" else None
     served_epochs = len(schedule) if schedule else None
-    # Every variable, not only the weights: the dropout layer's random-number state is one
-    # too, and left running it would hand each fold the draws its predecessors left, so
-    # a resumed crossfit (its first folds skipped) would train other fold models.
-    initial = [v.numpy() for v in classifier.trainable.variables]
+    # The random-number state too, not only the weights: left running, it would hand each
+    # fold the draws its predecessors left, so a resumed crossfit (its first folds skipped)
+    # would train other fold models.
+    initial = classifier.state()
     position = {f: i for i, f in enumerate(pool)}
 
     orientations = len(VIEW_NAMES)
@@ -156,8 +156,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
                 log(f"fold {k + 1}/{folds}: finished earlier, resumed {record}")
                 continue
             kept = [f for f in pool if fold_of[f] != k]
-            for v, value in zip(classifier.trainable.variables, initial):
-                v.assign(value)
+            classifier.restore(initial)
             keras.utils.set_random_seed(config.seed + k)
             x, y = features.for_training(kept)
             if served_epochs:

@@ -236,5 +236,15 @@ class Classifier:
         image = keras.Input(shape=(input_size, input_size, 3), name="image")
         self.full = keras.Model(image, self.trainable(self.bottom(image)), name="hematovision")
 
+    def state(self) -> list:
+        """Every variable of the tuned part, to start another fit from where this one stands:
+        the weights, and the dropout's random-number state, which Keras keeps outside `weights`
+        and every training step advances."""
+        return [v.numpy() for v in self.trainable.variables]
+
+    def restore(self, state: list) -> None:
+        for v, value in zip(self.trainable.variables, state):
+            v.assign(value)
+
     def _head(self, x):
         return self.head(self.drop(self.pool(x)))

@@ -98,7 +98,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         features = CachedViews(classifier, config, dataset, split, extra_paths, y_extra_files)
         x_train, y_train = features.for_training(split["train"])
         x_val, y_val = features(split["val"], 1)
-        initial_weights = [w.numpy() for w in classifier.trainable.weights]
+        initial = classifier.state()
 
         # Fit on the grouped training split; early stopping and the schedule see validation only.
         # Every epoch is backed up, so a stopped run can go on (`--resume`).
@@ -115,8 +115,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         refit_files = split["train"] + split["val"] + split["unassigned"]
         refitted = config.unassigned == "refit" and split["unassigned"] and split["val"]
         if refitted:
-            for w, value in zip(classifier.trainable.weights, initial_weights):
-                w.assign(value)
+            # From the state the validated fit started from, random numbers included, so the
+            # refit does not depend on how many steps that fit took in this session.
+            classifier.restore(initial)
             x_all, y_all = features.for_training(refit_files)
             # The learning rates the validated fit used up to its best epoch, replayed.
             schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
