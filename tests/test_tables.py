@@ -302,6 +302,10 @@ def test_ablation_keeps_a_candidates_figures_as_served_from_its_scratch_export(t
     assert lines[2].endswith("| 0.9000 (4 views) |") and lines[3].endswith("| 0.8750 (2 views) |")
     # Without any kept export the column is left out (the wbc4 table).
     assert "as served" not in tables.ablation_table([served]).splitlines()[0]
+    # The run may be named by the same path the positional arguments take.
+    tables.main(["ablation", "--out", str(out), "--append", "--exported",
+                 f"{tmp_path / 'runs' / 'candidate'}={scratch}"])
+    assert json.loads(out.read_text())[1]["served_validation"]["accuracy"] == 0.875
     with pytest.raises(SystemExit, match="no row for run 'other'"):
         tables.main(["ablation", "--out", str(out), "--append", "--exported",
                      f"other={scratch}"])

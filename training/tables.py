@@ -662,18 +662,24 @@ def update_ablation(rows: list[dict], runs: list[Path], out_of_fold: list[str] =
             rows.append(row)
     for spec in out_of_fold:
         run, _, file = spec.partition("=")
-        matching = [r for r in rows if r["run"] == run]
+        matching = _rows_of(rows, run)
         if not matching or not Path(file).is_file():
             raise SystemExit(f"--out-of-fold {spec}: no row for run {run!r} or no file {file}")
         matching[0]["out_of_fold"] = _out_of_fold(Path(file))
     for spec in exported:
         run, _, folder = spec.partition("=")
-        matching = [r for r in rows if r["run"] == run]
+        matching = _rows_of(rows, run)
         if not matching or not (Path(folder) / CARD_FILE).is_file():
             raise SystemExit(f"--exported {spec}: no row for run {run!r} or no model card "
                              f"in {folder}")
         matching[0]["served_validation"] = _served_validation(read_card(Path(folder)))
     return rows
+
+
+def _rows_of(rows: list[dict], run: str) -> list[dict]:
+    """The rows of `run`, named as its folder or by the path the positional arguments take
+    (`runs/NAME`): a row keeps only the folder's name."""
+    return [r for r in rows if r["run"] == Path(run).name]
 
 
 def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
