@@ -140,6 +140,28 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
     return result
 
 
+def against(model_dir: Path, baseline_dir: Path, repeats: int, threads: int) -> dict:
+    """A whole prediction (with its status) per image, batch 1, of a model against another
+    (a candidate against the served model): their calls alternate, so the load of the
+    machine weighs on both alike, and the ratio is the cost of choosing the candidate."""
+    models = {"model": Predictor(model_dir, num_threads=threads),
+              "baseline": Predictor(baseline_dir, num_threads=threads)}
+    image = np.random.default_rng(0).uniform(-1, 1, (models["model"].input_size,) * 2 + (3,))
+    image = image.astype(np.float32)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats // 10 + 3):  # untimed warm-up
+        for predictor in models.values():
+            predictor.predict_images_arrays([image])
+    for _ in range(repeats):
+        for name, predictor in models.items():
+            times[name] += time_calls(lambda: predictor.predict_images_arrays([image]), 1, 0)
+    ms = {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
+    return {"baseline_dir": str(baseline_dir),
+            "against_baseline_ms_per_image": ms["model"],
+            "baseline_ms_per_image": ms["baseline"],
+            "cost_vs_baseline": round(ms["model"] / ms["baseline"], 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/bench_inference.py",
@@ -161,10 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="LiteRT interpreter threads (the app's default is 2; 1 per gunicorn worker)",
     )
+    parser.add_argument("--baseline-dir", type=Path, default=None,
+                        help="also time a whole prediction of this model folder, alternating "
+                             "with the measured one's (e.g. the served model, against a "
+                             "candidate), and report their ratio")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
 
     r = run(args.model_dir, args.repeats, args.batch_size, args.batch_repeats, args.threads)
+    if args.baseline_dir is not None:
+        r |= against(args.model_dir, args.baseline_dir, args.repeats, args.threads)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -196,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         f"with numpy's BLAS threaded {r['prediction_ms_per_image_threaded_blas']:.3f} ms; "
         f"one view instead of the flips {r['prediction_ms_per_image_one_view']:.3f} ms"
     )
+    if "baseline_dir" in r:
+        print(f"against {r['baseline_dir']}, calls alternating: "
+              f"{r['against_baseline_ms_per_image']:.3f} ms against "
+              f"{r['baseline_ms_per_image']:.3f} ms per prediction ({r['cost_vs_baseline']}x)")
     return 0
 
 

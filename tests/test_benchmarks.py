@@ -27,6 +27,20 @@ def test_bench_inference_measures_the_trust_layer_against_its_baselines(trusted_
         r["prediction_with_heat_map_ms_per_image"] / r["prediction_ms_per_image"], 2)
 
 
+def test_bench_inference_times_a_candidate_against_a_baseline_model(trusted_model_dir,
+                                                                    tiny_model_dir, capsys):
+    bench = load("bench_inference")
+    r = bench.against(trusted_model_dir, tiny_model_dir, repeats=3, threads=1)
+    assert r["baseline_dir"] == str(tiny_model_dir)
+    assert r["against_baseline_ms_per_image"] > 0 and r["baseline_ms_per_image"] > 0
+    assert r["cost_vs_baseline"] == round(
+        r["against_baseline_ms_per_image"] / r["baseline_ms_per_image"], 2)
+    assert bench.main(["--model-dir", str(trusted_model_dir), "--baseline-dir",
+                       str(tiny_model_dir), "--repeats", "2", "--batch-size", "1",
+                       "--batch-repeats", "1", "--threads", "1"]) == 0
+    assert f"against {tiny_model_dir}, calls alternating" in capsys.readouterr().out
+
+
 def test_benchmark_results_say_what_they_were_measured_on(trusted_model_dir):
     import json
     import subprocess

@@ -82,7 +82,7 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
     lines = ablation_table(rows).splitlines()
     assert "| extra training images |" in lines[0]
     assert lines[0].count("|") == lines[1].count("|") == lines[3].count("|")
-    assert "| pbc (9080) | 2 | n/a | 0.5000 |" in lines[3]  # no metrics.csv: no loss
+    assert "| pbc (9080) | 1337 | 2 | n/a | 0.5000 |" in lines[3]  # no metrics.csv: no loss
 
 
 @pytest.mark.parametrize("option, value, header, shown, default_shown", [
@@ -104,6 +104,35 @@ def test_ablation_gives_each_runs_option_and_the_default_for_rows_recorded_befor
     assert row[option] == value
     earlier = {k: v for k, v in row.items() if k != option}
     assert column(ablation_table([row, earlier]), header) == [shown, default_shown]
+
+
+def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members(tmp_path):
+    from training.config import TrainConfig
+    from training.tables import ablation_table, collect_ablation
+
+    record = {"initialisation": "random", "best_epoch": 3, "train_seconds": 3.0,
+              "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8}}
+    runs = []
+    for name, config, summary in (
+            ("plain", TrainConfig(data="d", seed=7), record),
+            ("member", TrainConfig(data="d", seed=7, fit_seed=2, warmup_epochs=1.0), record),
+            ("ensemble", TrainConfig(data="d", seed=7), record | {
+                "best_epoch": [3, 5], "train_seconds": 6.0,
+                "validation": {"accuracy": 0.75, "balanced_accuracy": 0.5, "loss": 0.4321},
+                "members": [{"fit_seed": 7, "warmup_epochs": 0.0},
+                            {"fit_seed": 2, "warmup_epochs": 1.0}]})):
+        run = tmp_path / name
+        run.mkdir()
+        config.save(run / "config.json")
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    rows = collect_ablation(runs)
+    earlier = {k: v for k, v in rows[0].items() if k != "fit"}  # recorded before the column
+    table = ablation_table([*rows, earlier])
+    assert column(table, "fit seed") == ["7", "2 (warm-up 1 epoch)",
+                                         "mean of 2: 7; 2 (warm-up 1 epoch)", "--seed"]
+    assert column(table, "best epoch") == ["3", "3", "3 / 5", "3"]
+    assert column(table, "val loss")[2] == "0.4321"  # measured when the ensemble was formed
 
 
 def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):

@@ -823,3 +823,39 @@ def test_the_cache_keys_a_crop_by_its_size_not_its_spelling():
     assert key("nucleus") == key("nucleus:0.55")
     assert key("nucleus:0.4") == key("nucleus:0.40") != key("nucleus")
     assert len({key("none"), key("nucleus"), key("nucleus:0.4"), key("nucleus:0.7")}) == 4
+
+
+def test_warmup_ramps_the_rate_up_within_the_first_epoch_and_the_schedule_then_holds(tmp_path):
+    """--warmup-epochs 0.5 over 8 steps per epoch: steps 1-4 at 1/4 .. 4/4 of the rate, every
+    later step at the rate; a replayed schedule's first-epoch rate is the one ramped up to."""
+    from types import SimpleNamespace
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = np.arange(64) % 2
+    config = TrainConfig(learning_rate=1e-2, batch_size=8, class_balance=False,
+                         warmup_epochs=0.5)
+
+    def rates_used(run_dir: Path, rates=None) -> list[float]:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        seen = []
+        record = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda b, logs: seen.append(
+            float(model.optimizer.learning_rate)))
+        run_dir.mkdir()
+        train.fit(SimpleNamespace(trainable=model, full=model), config, x, y, None, 2, run_dir,
+                  extra_callbacks=[record], rates=rates)
+        return seen
+
+    np.testing.assert_allclose(rates_used(tmp_path / "plain"),
+                               [2.5e-3, 5e-3, 7.5e-3, 1e-2] + [1e-2] * 12, rtol=1e-6)
+    np.testing.assert_allclose(rates_used(tmp_path / "replayed", rates=[4e-3, 1e-3]),
+                               [1e-3, 2e-3, 3e-3, 4e-3] + [4e-3] * 4 + [1e-3] * 8, rtol=1e-6)
+    assert TrainConfig(warmup_epochs=1.5).problems() == [
+        "warmup_epochs must be in [0, 1] (0: off; a share of the first epoch)"]
+
+
+def test_a_fit_that_stalled_at_chance_is_called_out():
+    # a fit stuck on one class of 8 (the first pbc8 run with --fit-seed 2 reached 0.085)
+    assert "did not learn" in train.stalled({"accuracy": 0.085, "balanced_accuracy": 0.125}, 8)
+    assert train.stalled({"accuracy": 0.5, "balanced_accuracy": 0.45}, 4) is None
+    assert train.stalled({}, 4) is None  # nothing validated

@@ -28,6 +28,10 @@ class TrainConfig:
     tune_from_block: int = 14  # MobileNetV2 blocks from here to 16 (+ Conv_1, head) are trained;
     #   lower layers are frozen and their activations cached (lower = more capacity, slower)
     seed: int = 1337  # seeds the split, the augmentation and the weight init
+    fit_seed: int = 0  # 0: --seed; else seeds only what the fit draws (the new head's initial
+    #   weights, dropout, batch order; with --weights none all random weights), keeping --seed's
+    #   split and augmented views (and so the cache): another member for an ensemble
+    #   (`python -m training.ensemble`)
     val_fraction: float = 0.15  # share of source groups per class held out for validation
     test_fraction: float = 0.0  # share held out for a test split (0 when the data has its own)
     source_map: str = "auto"  # CSV mapping files to source smears: auto | none | PATH
@@ -51,6 +55,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # 0: off; else decoupled weight decay (AdamW, Loshchilov and
     #   Hutter 2019): each step shrinks every tuned kernel by learning rate x weight_decay of
     #   itself, apart from the loss's gradient; biases and batch-norm scales and shifts are kept
+    warmup_epochs: float = 0.0  # 0: off; else the share of the first epoch (at most 1) over
+    #   which the learning rate rises linearly from near 0 to its set value: Adam's first steps
+    #   move every tuned weight by about the full rate whatever its gradient, and from a fresh
+    #   head they can stall a fit for good (the pbc8 recipe stayed at chance with --fit-seed 2)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     ema_momentum: float = 0.0  # 0: off; else the weight of the past in an exponential moving
     #   average of the tuned weights, updated every step (Polyak averaging), which validation,
@@ -82,6 +90,8 @@ class TrainConfig:
              f"tune_from_block must be within 2..{LAST_BLOCK}"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be 0 (off) or above"),
+            (0 <= self.warmup_epochs <= 1, "warmup_epochs must be in [0, 1] (0: off; a share "
+                                           "of the first epoch)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_momentum < 1, "ema_momentum must be in [0, 1) (0: off)"),
             (self.mixup >= 0, "mixup must be 0 (off) or above (the Beta distribution's alpha)"),

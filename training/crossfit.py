@@ -104,6 +104,8 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
 
     started = time.time()
     folder = Path(folder)
+    if "members" in _training_record(folder):
+        raise SystemExit(f"{folder} is an ensemble (training.ensemble): crossfit its members")
     config = TrainConfig.load(folder / "config.json")
     config.weights = weights or config.weights
     root = Path(config.data)
@@ -117,7 +119,8 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     extra_paths, extra_labels = data_lib.list_extra(config.extra_data, dataset.classes,
                                                     config.max_per_class)
 
-    keras.utils.set_random_seed(config.seed)  # the run's initialisation, random parts included
+    fit_seed = config.fit_seed or config.seed  # folds keep config.seed, as the split does
+    keras.utils.set_random_seed(fit_seed)  # the run's initialisation, random parts included
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
                             config.weights, config.tune_from_block)
     served_bottom = Classifier(len(dataset.classes), config.input_size, config.dropout,
@@ -157,7 +160,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
                 continue
             kept = [f for f in pool if fold_of[f] != k]
             classifier.restore(initial)
-            keras.utils.set_random_seed(config.seed + k)
+            keras.utils.set_random_seed(fit_seed + k)
             x, y = features.for_training(kept)
             if served_epochs:
                 fit(classifier, config, x, y, None, served_epochs, Path(logs),
@@ -249,6 +252,13 @@ class Partial:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _training_record(folder: Path) -> dict:
+    """The run's summary: its own, or the one an exported model's card keeps."""
+    if (folder / "summary.json").is_file():
+        return json.loads((folder / "summary.json").read_text())
+    return read_card(folder)["training"]
+
+
 def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     """The learning rate of each epoch that trained the folder's served weights: the plateau
     schedule of its validated fit up to the best epoch (replayed from its validation losses).
@@ -258,10 +268,7 @@ def served_schedule(folder: Path, config: TrainConfig) -> list[float]:
     from training.train import plateau_schedule
 
     folder = Path(folder)
-    if (folder / "summary.json").is_file():
-        record = json.loads((folder / "summary.json").read_text())
-    else:
-        record = read_card(folder)["training"]
+    record = _training_record(folder)
     epochs = int(record["best_epoch"])
     if record.get("refit_on_all_training_data"):
         refit_log = folder / "refit_metrics.csv"

@@ -281,6 +281,14 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "validation": summary["validation"],
         "metrics": {},
     }
+    if "members" in summary:  # training.ensemble
+        count = len(summary["members"])
+        card["architecture"] = (
+            f"{count} MobileNetV2 (alpha 1.0) networks sharing their frozen blocks below block "
+            f"{config['tune_from_block']}, their last feature maps joined + global average "
+            f"pooling + dropout + one dense softmax holding each member's head / {count} (the "
+            "mean of the members' logits)")
+        card["training"]["members"] = summary["members"]
     export_model(model, out_dir, card, crop=config.get("crop", "none"), views=views)
     if not in_place:
         for file in RUN_FILES:

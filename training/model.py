@@ -187,18 +187,24 @@ def _all_layers(model: keras.Model):
             yield layer
 
 
-def apply_top(backbone: keras.Model, x, tune_from_block: int = 14):
+def apply_top(backbone: keras.Model, x, tune_from_block: int = 14, prefix: str = ""):
     """Run blocks `tune_from_block`..16 and Conv_1 of `backbone` on a cut-layer tensor, reusing
-    the backbone's layer objects (so training this graph trains the backbone)."""
+    the backbone's layer objects (so training this graph trains the backbone). `prefix`: the
+    start of every layer's name where they were renamed (a second member of an ensemble,
+    `training.ensemble`: one network may not hold two layers of one name)."""
     names = {layer.name for layer in backbone.layers}
-    layer = backbone.get_layer
+
+    def layer(name: str):
+        return backbone.get_layer(prefix + name)
+
     for block in range(tune_from_block, LAST_BLOCK + 1):
         h = x
         for suffix in ("expand", "expand_BN", "expand_relu", "pad", "depthwise", "depthwise_BN",
                        "depthwise_relu", "project", "project_BN"):
-            if f"block_{block}_{suffix}" in names:  # stride-2 blocks pad; residual ones add
+            if f"{prefix}block_{block}_{suffix}" in names:  # stride-2 blocks pad; residual ones add
                 h = layer(f"block_{block}_{suffix}")(h)
-        x = layer(f"block_{block}_add")([x, h]) if f"block_{block}_add" in names else h
+        x = (layer(f"block_{block}_add")([x, h]) if f"{prefix}block_{block}_add" in names
+             else h)
     for name in ("Conv_1", "Conv_1_bn", "out_relu"):
         x = layer(name)(x)
     return x

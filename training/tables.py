@@ -51,16 +51,32 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "field_groups": _field_groups(config),
             "extra_data": _extra_label(config.extra_data,
                                        summary.get("extra_training_images", 0)),
-            "best_epoch": summary["best_epoch"],
+            "fit": _fit_label(config, summary),
+            "best_epoch": summary["best_epoch"],  # one per member for an ensemble
             "val_accuracy": summary["validation"].get("accuracy"),
             "val_balanced_accuracy": summary["validation"].get("balanced_accuracy"),
-            "val_loss": _best_val_loss(run, summary["best_epoch"]),
+            # An ensemble has no epochs of its own: its loss is measured when it is formed.
+            "val_loss": (summary["validation"].get("loss") if "members" in summary
+                         else _best_val_loss(run, summary["best_epoch"])),
             "val_images": summary["counts"]["val"],
             "train_seconds": summary["train_seconds"],
         })
         if (run / "crossfit.json").is_file():
             rows[-1]["out_of_fold"] = _out_of_fold(run / "crossfit.json")
     return rows
+
+
+def _fit_label(config: TrainConfig, summary: dict) -> str:
+    """What seeded the fit (--fit-seed, else --seed) and its warm-up; for an ensemble
+    (training.ensemble), each member's."""
+    def one(seed: int, warmup: float) -> str:
+        return f"{seed}" + (f" (warm-up {warmup:g} epoch)" if warmup else "")
+
+    if "members" in summary:
+        return (f"mean of {len(summary['members'])}: "
+                + "; ".join(one(m["fit_seed"], m.get("warmup_epochs", 0.0))
+                            for m in summary["members"]))
+    return one(config.fit_seed or config.seed, config.warmup_epochs)
 
 
 def _field_groups(config: TrainConfig) -> bool:
@@ -148,10 +164,10 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
              "| dropout | learning rate | weight decay | weight averaging (EMA) | mixup "
              "| unassigned images "
              "| smears of one field of view grouped "
-             "| extra training images | best epoch | val loss | val accuracy "
+             "| extra training images | fit seed | best epoch | val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = "yes" if r.get("colour_jitter", True) else "no"
@@ -168,7 +184,9 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                 # Rows recorded before the option existed trained without it.
                 f"{_mixup(r.get('mixup', 0.0))} | {r['unassigned']} | "
                 f"{field_groups} | "
-                f"{r.get('extra_data', 'none')} | {r['best_epoch']} | "
+                # Rows recorded before the column: their fit was seeded by the run's --seed.
+                f"{r.get('extra_data', 'none')} | {r.get('fit', '--seed')} | "
+                f"{_epochs(r['best_epoch'])} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                 f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                 f"{_fmt(oof.get('accuracy'))}{_fixed_epochs(oof)} | "
@@ -179,6 +197,11 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                      else " n/a |")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _epochs(best_epoch: int | list[int]) -> str:
+    """A run's best epoch, or each member's of an ensemble."""
+    return " / ".join(map(str, best_epoch)) if isinstance(best_epoch, list) else str(best_epoch)
 
 
 def _fixed_epochs(out_of_fold: dict) -> str:

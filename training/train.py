@@ -39,7 +39,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     from its last finished epoch with the same config and split."""
     if problems := config.problems():
         raise SystemExit("cannot train: " + "; ".join(problems))
-    keras.utils.set_random_seed(config.seed)
+    # The split and the cached views take config.seed explicitly; this seeds the fit's draws.
+    keras.utils.set_random_seed(config.fit_seed or config.seed)
     started = time.time()  # before the data and the cache, whose time counts too
     if resume is None:
         config = replace(config, weights=resolve_weights(config.weights))
@@ -109,6 +110,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         best_epoch = int(np.argmin(history["val_loss"])) + 1
         val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
         log(f"best epoch {best_epoch}: validation {val_metrics}")
+        if warning := stalled(val_metrics, num_classes):
+            log(warning)
 
         # Refit: images whose source smear is unknown may be siblings of validation images, so
         # they join only a final fit on all training data, for the epoch count validation chose.
@@ -226,6 +229,10 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     )
     num_classes = model.output_shape[-1]
     weights = data_lib.class_weights(list(y), num_classes) if config.class_balance else None
+    if config.warmup_epochs:
+        # After a scheduler's rate is set, which it then ramps up to.
+        steps = max(1, round(config.warmup_epochs * -(-len(x) // config.batch_size)))
+        extra_callbacks = [Warmup(steps), *extra_callbacks]
     if rates is not None:
         extra_callbacks = [keras.callbacks.LearningRateScheduler(lambda e, _: rates[e]),
                            *extra_callbacks]
@@ -311,6 +318,24 @@ class MixedBatches(keras.utils.PyDataset):
         self.order = self.rng.permutation(len(self.x))
 
 
+class Warmup(keras.callbacks.Callback):
+    """Raises the learning rate linearly over the first `steps` optimizer steps, all within
+    the first epoch, to the rate that epoch started with (Goyal et al. 2017). Counted in the
+    optimizer's steps, so a fit resumed after its first epoch does not warm up again."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps, self.target = steps, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.target = float(self.model.optimizer.learning_rate)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        if step < self.steps:
+            self.model.optimizer.learning_rate.assign(self.target * (step + 1) / self.steps)
+
+
 class AveragedWeights(keras.callbacks.SwapEMAWeights):
     """Keeps the averaged weights (`ema_momentum`) in the model between epochs and while it is
     validated, the last step's weights while it trains. A backup is taken between epochs, so
@@ -344,6 +369,18 @@ def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
             log(f"warning: {c} has only {sum(sides.values())} source group(s) (train "
                 f"{sides['train']}, val {sides['val']}, test {sides['test']}): its validation "
                 "and test figures say little")
+
+
+def stalled(validation: dict[str, float], num_classes: int) -> str | None:
+    """A warning where the best validated epoch is no better than guessing (balanced accuracy
+    within half a class's share of chance): a fit that stalled, which a run otherwise ends and
+    saves as if it had learned."""
+    balanced = validation.get("balanced_accuracy")
+    if balanced is None or balanced > 1.5 / num_classes:
+        return None
+    return (f"warning: validation balanced accuracy {balanced} is about chance (1/{num_classes}):"
+            " the fit did not learn. Try --warmup-epochs 1 (a stalled start), another "
+            "--fit-seed, or a lower --learning-rate")
 
 
 def evaluate_features(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
