@@ -72,6 +72,11 @@ class TrainConfig:
     cache_dir: str = "cache"  # where frozen-backbone activations are kept between runs
     name: str = ""  # suffix of the run folder name
 
+    @property
+    def seed_of_fit(self) -> int:
+        """What seeds the fit's draws: --fit-seed, else --seed."""
+        return self.fit_seed or self.seed
+
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 

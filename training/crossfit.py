@@ -119,8 +119,9 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     extra_paths, extra_labels = data_lib.list_extra(config.extra_data, dataset.classes,
                                                     config.max_per_class)
 
-    fit_seed = config.fit_seed or config.seed  # folds keep config.seed, as the split does
-    keras.utils.set_random_seed(fit_seed)  # the run's initialisation, random parts included
+    # The run's initialisation, random parts included; the folds keep config.seed, as the
+    # split does.
+    keras.utils.set_random_seed(config.seed_of_fit)
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
                             config.weights, config.tune_from_block)
     served_bottom = Classifier(len(dataset.classes), config.input_size, config.dropout,
@@ -160,7 +161,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
                 continue
             kept = [f for f in pool if fold_of[f] != k]
             classifier.restore(initial)
-            keras.utils.set_random_seed(fit_seed + k)
+            keras.utils.set_random_seed(config.seed_of_fit + k)
             x, y = features.for_training(kept)
             if served_epochs:
                 fit(classifier, config, x, y, None, served_epochs, Path(logs),

@@ -38,7 +38,8 @@ from training.config import TrainConfig  # noqa: E402
 from training.export import finished_run  # noqa: E402
 from training.features import cached_features, weights_digest  # noqa: E402
 from training.model import apply_top  # noqa: E402
-from training.train import evaluate_features, training_files  # noqa: E402
+from training.calibrate import nll  # noqa: E402
+from training.train import probability_figures, start_run_folder, training_files  # noqa: E402
 
 # What one network needs its members to share beside their split and frozen weights (both
 # checked): the same images, cut the same way, and the same cut.
@@ -136,15 +137,12 @@ def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
     position = {f: i for i, f in enumerate(used)}
     x_val = clean[[position[f] for f in split["val"]]]
     y_val = np.array([label_of[f] for f in split["val"]])
-    validation = evaluate_features(trainable, x_val, y_val)
     probabilities = trainable.predict(x_val, batch_size=256, verbose=0)
-    validation["loss"] = round(float(-np.mean(np.log(np.clip(
-        probabilities[np.arange(len(y_val)), y_val], 1e-12, 1)))), 4)
+    validation = probability_figures(probabilities, y_val)
+    # The log-probabilities serve as logits: their softmax is the probabilities themselves.
+    validation["loss"] = round(nll(np.log(np.maximum(probabilities, 1e-12)), y_val), 4)
 
-    run_dir = Path(out) / (time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
-                           + f"-{name}")
-    run_dir.mkdir(parents=True)
-    config.save(run_dir / "config.json")
+    run_dir = start_run_folder(config)
     (run_dir / "splits.json").write_text((folders[0] / "splits.json").read_text())
     full.save(run_dir / "model.keras")
     seconds = [s["train_seconds"] for s in summaries]
@@ -153,7 +151,7 @@ def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
         "classes": first["classes"],
         "initialisation": (f"ensemble of {len(folders)} runs, each initialised from "
                            f"{first['initialisation']}"),
-        "members": [{"run": str(folder), "fit_seed": c.fit_seed or c.seed,
+        "members": [{"run": str(folder), "fit_seed": c.seed_of_fit,
                      "warmup_epochs": c.warmup_epochs,
                      **{k: s[k] for k in ("best_epoch", "epochs_run", "validation",
                                           "train_seconds")}}

@@ -194,6 +194,9 @@ def apply_top(backbone: keras.Model, x, tune_from_block: int = 14, prefix: str =
     `training.ensemble`: one network may not hold two layers of one name)."""
     names = {layer.name for layer in backbone.layers}
 
+    def has(name: str) -> bool:
+        return prefix + name in names
+
     def layer(name: str):
         return backbone.get_layer(prefix + name)
 
@@ -201,10 +204,9 @@ def apply_top(backbone: keras.Model, x, tune_from_block: int = 14, prefix: str =
         h = x
         for suffix in ("expand", "expand_BN", "expand_relu", "pad", "depthwise", "depthwise_BN",
                        "depthwise_relu", "project", "project_BN"):
-            if f"{prefix}block_{block}_{suffix}" in names:  # stride-2 blocks pad; residual ones add
+            if has(f"block_{block}_{suffix}"):  # stride-2 blocks pad; residual ones add
                 h = layer(f"block_{block}_{suffix}")(h)
-        x = (layer(f"block_{block}_add")([x, h]) if f"{prefix}block_{block}_add" in names
-             else h)
+        x = layer(f"block_{block}_add")([x, h]) if has(f"block_{block}_add") else h
     for name in ("Conv_1", "Conv_1_bn", "out_relu"):
         x = layer(name)(x)
     return x

@@ -76,7 +76,7 @@ def _fit_label(config: TrainConfig, summary: dict) -> str:
         return (f"mean of {len(summary['members'])}: "
                 + "; ".join(one(m["fit_seed"], m.get("warmup_epochs", 0.0))
                             for m in summary["members"]))
-    return one(config.fit_seed or config.seed, config.warmup_epochs)
+    return one(config.seed_of_fit, config.warmup_epochs)
 
 
 def _field_groups(config: TrainConfig) -> bool:

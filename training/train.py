@@ -40,7 +40,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     if problems := config.problems():
         raise SystemExit("cannot train: " + "; ".join(problems))
     # The split and the cached views take config.seed explicitly; this seeds the fit's draws.
-    keras.utils.set_random_seed(config.fit_seed or config.seed)
+    keras.utils.set_random_seed(config.seed_of_fit)
     started = time.time()  # before the data and the cache, whose time counts too
     if resume is None:
         config = replace(config, weights=resolve_weights(config.weights))
@@ -70,12 +70,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     done = 0  # epochs finished by earlier sessions
     if resume is None:
-        run_dir = Path(config.out) / (
-            time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
-            + (f"-{config.name}" if config.name else "")
-        )
-        run_dir.mkdir(parents=True)
-        config.save(run_dir / "config.json")
+        run_dir = start_run_folder(config)
     else:
         run_dir = Path(resume)
         if (run_dir / "summary.json").is_file():
@@ -153,6 +148,17 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         log(f"run folder {run_dir} (" + ("time not recorded" if seconds is None else f"{seconds} s")
             + ")")
         return run_dir
+
+
+def start_run_folder(config: TrainConfig) -> Path:
+    """A new run folder `OUT/<time>-mobilenetv2-<size>[-NAME]/` holding the config."""
+    run_dir = Path(config.out) / (
+        time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
+        + (f"-{config.name}" if config.name else "")
+    )
+    run_dir.mkdir(parents=True)
+    config.save(run_dir / "config.json")
+    return run_dir
 
 
 class CachedViews:
@@ -386,7 +392,12 @@ def stalled(validation: dict[str, float], num_classes: int) -> str | None:
 def evaluate_features(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     if len(x) == 0:
         return {}
-    predicted = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
+    return probability_figures(model.predict(x, batch_size=256, verbose=0), y)
+
+
+def probability_figures(probabilities: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy and balanced accuracy of predicted class probabilities."""
+    predicted = np.argmax(probabilities, axis=1)
     recalls = [float(np.mean(predicted[y == c] == c)) for c in np.unique(y)]
     return {"accuracy": round(float(np.mean(predicted == y)), 4),
             "balanced_accuracy": round(float(np.mean(recalls)), 4)}
