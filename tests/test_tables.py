@@ -315,14 +315,14 @@ def test_ablation_keeps_a_candidates_figures_as_served_from_its_scratch_export(t
                   "ece_after": 0.05, "accepted_rate": 0.75, "not_a_cell_rate": 0.0}
     (scratch / "model_card.json").write_text(json.dumps({
         "test_time_augmentation": {"views": ["as is", "flipped left-right"]},
-        "trust": {"validation": validation}}))
+        "trust": {"temperature": 0.58, "validation": validation}}))
     out = tmp_path / "ablation.json"
     tables.main(["ablation", str(tmp_path / "runs" / "served-run"), str(tmp_path / "runs" /
                  "candidate"), "--out", str(out), "--exported", f"candidate={scratch}"])
     served, candidate = json.loads(out.read_text())
     assert candidate["served_validation"] == {
-        "n": 8, "accuracy": 0.875, "nll_before": 0.31, "ece_after": 0.05, "accepted_rate": 0.75,
-        "not_a_cell_rate": 0.0, "views": 2}
+        "n": 8, "accuracy": 0.875, "nll_before": 0.31, "nll_after": 0.3, "ece_after": 0.05,
+        "accepted_rate": 0.75, "not_a_cell_rate": 0.0, "temperature": 0.58, "views": 2}
     assert "served_validation" not in served
     lines = tables.ablation_table(
         [served, candidate], ("served-run", {"served_validation": {"accuracy": 0.9, "views": 4}})

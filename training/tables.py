@@ -106,16 +106,23 @@ def _out_of_fold(crossfit_json: Path) -> dict:
             | {k: fit[k] for k in ("stopping_mode", "stopping") if k in fit})
 
 
-SERVED_FIGURES = ("n", "accuracy", "nll_before", "ece_after", "accepted_rate", "not_a_cell_rate")
+# nll_after with the temperature: a rule on a change that rescales the logits (label smoothing,
+# mixup) compares NLL after calibration, which the served pipeline applies anyway.
+SERVED_FIGURES = ("n", "accuracy", "nll_before", "nll_after", "ece_after", "accepted_rate",
+                  "not_a_cell_rate")
 
 
 def _served_validation(card: dict) -> dict:
     """An exported model's validation figures as served (its views, its trust layer): what an
     adoption rule reads, kept with the run's row when the exported folder itself is not kept."""
-    figures = card.get("trust", {}).get("validation")
+    trust = card.get("trust", {})
+    figures = trust.get("validation")
     if not figures:  # exported without a trust layer: nothing measured as served
         return {}
-    return {k: figures[k] for k in SERVED_FIGURES if k in figures} | {"views": served_views(card)}
+    kept = {k: figures[k] for k in SERVED_FIGURES if k in figures}
+    if "temperature" in trust:
+        kept["temperature"] = trust["temperature"]
+    return kept | {"views": served_views(card)}
 
 
 def _best_val_loss(run: Path, best_epoch: int) -> float | None:
