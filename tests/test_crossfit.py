@@ -287,3 +287,68 @@ def test_finished_folds_of_other_settings_are_not_resumed(trained_run, tmp_path,
                                                        real_fit(*a, **k))[1])
     crossfit.crossfit(folder, folds=2)
     assert fits == ["fold0.csv", "fold1.csv"]
+
+
+def write_crossfit(folder: Path, view_logits: np.ndarray, labels: np.ndarray,
+                   folds: np.ndarray, **summary) -> None:
+    """A member's crossfit files as training.crossfit writes them (4 views served)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = np.array([f"c/{i}.jpg" for i in range(len(labels))])
+    np.savez_compressed(folder / crossfit.NPZ_FILE, files=files, labels=labels, folds=folds,
+                        logits=view_logits[:4].mean(axis=0), view_logits=view_logits)
+    per_fold = [{"fold": k, "images": int(np.sum(folds == k)), "groups": 3, "epochs": k + 1,
+                 "accuracy": 0.5} for k in sorted(set(folds.tolist()))]
+    (folder / crossfit.JSON_FILE).write_text(json.dumps(
+        {"folds": len(per_fold), "grouped_by": "source group", "images": len(labels),
+         "groups": 6, "test_time_augmentation": 4,
+         "stopping": "early stopping on each held-out fold", "accuracy": 0.5, "nll": 1.0,
+         "per_fold": per_fold, "seconds": 10.0} | summary))
+
+
+def test_an_ensembles_out_of_fold_logits_are_the_mean_of_its_members(tmp_path):
+    rng = np.random.default_rng(0)
+    labels, folds = np.array([0, 1, 2, 3, 0, 1]), np.array([0, 0, 0, 1, 1, 1])
+    # Each member is wrong on a different image of fold 0; their mean is right on both.
+    first, second = (rng.normal(0, 0.1, (8, 6, 4)).astype(np.float32) for _ in range(2))
+    for member in (first, second):
+        member[:, np.arange(6), labels] += 2.0
+    first[:, 0, 3] += 3.0
+    second[:, 1, 0] += 3.0
+    write_crossfit(tmp_path / "a", first, labels, folds)
+    write_crossfit(tmp_path / "b", second, labels, folds, seconds=20.0,
+                   stopping_mode="held-out")  # the mode as newer crossfits record it
+    (tmp_path / "ens").mkdir()
+
+    summary = crossfit.join([tmp_path / "a", tmp_path / "b"], tmp_path / "ens")
+
+    with np.load(tmp_path / "ens" / crossfit.NPZ_FILE) as arrays:
+        np.testing.assert_allclose(arrays["view_logits"], (first + second) / 2, rtol=1e-6)
+        np.testing.assert_allclose(arrays["logits"], ((first + second) / 2)[:4].mean(axis=0),
+                                   rtol=1e-6)
+        assert list(arrays["folds"]) == list(folds)
+    member_accuracy = [float(np.mean(m[:4].mean(axis=0).argmax(1) == labels))
+                       for m in (first, second)]
+    assert member_accuracy == [5 / 6, 5 / 6] and summary["accuracy"] == 1.0
+    assert [f["accuracy"] for f in summary["per_fold"]] == [1.0, 1.0]
+    assert [f["epochs"] for f in summary["per_fold"]] == [[1, 1], [2, 2]]
+    assert summary["by_views"]["4"]["accuracy"] == 1.0 and summary["seconds"] == 30.0
+    assert summary["stopping_mode"] == "held-out"
+    assert summary["members"] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert json.loads((tmp_path / "ens" / crossfit.JSON_FILE).read_text()) == summary
+    assert crossfit.load(tmp_path / "ens", 4)["accuracy"] == 1.0
+
+
+def test_crossfits_that_cannot_be_joined_give_no_ensemble_logits(tmp_path, capsys):
+    view_logits = np.zeros((8, 6, 4), dtype=np.float32)
+    labels, folds = np.array([0, 1, 2, 3, 0, 1]), np.array([0, 0, 0, 1, 1, 1])
+    write_crossfit(tmp_path / "a", view_logits, labels, folds)
+    write_crossfit(tmp_path / "other-folds", view_logits, labels, folds[::-1])
+    write_crossfit(tmp_path / "replayed", view_logits, labels, folds,
+                   stopping_mode="served-epochs")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "ens").mkdir()
+    for other, reason in (("other-folds", "in folds"), ("replayed", "in stopping"),
+                          ("alone", "has no crossfit")):
+        assert crossfit.join([tmp_path / "a", tmp_path / other], tmp_path / "ens") is None
+        assert reason in capsys.readouterr().err
+    assert list((tmp_path / "ens").iterdir()) == []

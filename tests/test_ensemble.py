@@ -16,6 +16,7 @@ from hematovision.trust import class_activation_map
 from training import crossfit, ensemble, export, train
 from training.config import TrainConfig
 from tests.conftest import CLASSES
+from tests.test_crossfit import write_crossfit
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,24 @@ def test_members_split_otherwise_or_alone_are_refused(two_members, tmp_path):
     with pytest.raises(SystemExit, match="at least two"):
         ensemble.ensemble([first], "alone", tmp_path / "runs")
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_an_ensemble_of_crossfitted_members_gets_their_joined_out_of_fold_logits(
+        two_members, tmp_path):
+    _, first, second = two_members
+    members = [Path(shutil.copytree(r, tmp_path / r.name)) for r in (first, second)]
+    labels, folds = np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1])
+    draws = [np.random.default_rng(seed).normal(size=(8, 4, 4)).astype(np.float32)
+             for seed in (1, 2)]
+    for member, view_logits in zip(members, draws):
+        write_crossfit(member, view_logits, labels, folds)
+    run = ensemble.ensemble(members, "ens", tmp_path / "runs")
+    loaded = crossfit.load(run, 4)
+    np.testing.assert_allclose(loaded["logits"], np.mean(draws, axis=0)[:4].mean(axis=0),
+                               rtol=1e-6)
+    assert json.loads((run / crossfit.JSON_FILE).read_text())["members"] == [
+        str(m) for m in members]
+    # Without a crossfit of every member the ensemble has none (and export calibrates it on
+    # validation, as any model without one).
+    (members[1] / crossfit.NPZ_FILE).unlink()
+    assert not (ensemble.ensemble(members, "ens", tmp_path / "runs") / crossfit.NPZ_FILE).exists()

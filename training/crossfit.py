@@ -215,6 +215,76 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     return summary
 
 
+def stopping_mode(summary: dict) -> str:
+    """A crossfit summary's `STOPPING` mode; crossfits from before the mode was recorded all
+    early-stopped on the held-out fold (their prose says so)."""
+    return summary.get("stopping_mode") or (
+        "held-out" if summary.get("stopping", "").startswith("early stopping") else "unknown")
+
+
+def join(members: list[Path], out: Path) -> dict | None:
+    """Write into `out` the out-of-fold logits of the ensemble of `members` (run or model
+    folders, in `training.ensemble`'s order) and return its summary; None, saying why, where a
+    member has no crossfit or the crossfits cannot be joined.
+
+    Fold k of every member held out the same smears (the folds are dealt by the split seed the
+    members share), so the mean of the members' held-out logits is what the ensemble of their
+    fold-k models serves for those smears: the ensemble's out-of-fold logits, with no fold model
+    trained again. The ensemble serves the mean of its members' logits in each orientation, so
+    the orientations are averaged the same way."""
+    members, out = [Path(m) for m in members], Path(out)
+    missing = [str(m) for m in members
+               if not ((m / NPZ_FILE).is_file() and (m / JSON_FILE).is_file())]
+    if missing:
+        log(f"no out-of-fold logits for the ensemble: {', '.join(missing)} has no crossfit")
+        return None
+    summaries = [json.loads((m / JSON_FILE).read_text()) for m in members]
+    arrays = []
+    for m in members:
+        with np.load(m / NPZ_FILE) as loaded:
+            arrays.append({k: loaded[k] for k in loaded.files})
+    first, reference = summaries[0], arrays[0]
+    for m, summary, held in zip(members[1:], summaries[1:], arrays[1:]):
+        differ = [k for k in ("files", "labels", "folds")
+                  if k not in held or not np.array_equal(held[k], reference[k])]
+        differ += ["folds"] * (summary["folds"] != first["folds"])
+        differ += ["stopping"] * (stopping_mode(summary) != stopping_mode(first))
+        differ += ["view_logits"] * ("view_logits" not in held or "view_logits" not in reference)
+        if differ:
+            log(f"no out-of-fold logits for the ensemble: {m}'s crossfit differs from "
+                f"{members[0]}'s in {', '.join(sorted(set(differ)))}")
+            return None
+    views = view_count(first["test_time_augmentation"])
+    view_logits = np.mean([a["view_logits"] for a in arrays], axis=0)
+    labels, folds = reference["labels"], reference["folds"]
+    logits = view_logits[:views].mean(axis=0)
+    per_fold = []
+    for record in first["per_fold"]:
+        k = record["fold"]
+        held = folds == k
+        per_fold.append({**record, "epochs": [s["per_fold"][k]["epochs"] for s in summaries],
+                         "accuracy": round(float(np.mean(
+                             logits[held].argmax(axis=1) == labels[held])), 4)})
+    by_views = compare(view_logits, labels)
+    np.savez_compressed(out / NPZ_FILE, files=reference["files"], labels=labels, folds=folds,
+                        logits=logits, view_logits=view_logits)
+    seconds = [s.get("seconds") for s in summaries]
+    summary = {
+        **{k: first[k] for k in ("folds", "grouped_by", "images", "groups",
+                                 "test_time_augmentation", "stopping") if k in first},
+        "stopping_mode": stopping_mode(first),
+        **by_views[str(views)],
+        "per_fold": per_fold,
+        "by_views": by_views,
+        "members": [str(m) for m in members],
+        "seconds": None if None in seconds else round(sum(seconds), 1),
+    }
+    (out / JSON_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"the ensemble's out-of-fold logits, joined from {len(members)} crossfits: "
+        f"{by_views[str(views)]}")
+    return summary
+
+
 class Partial:
     """The finished folds of a crossfit in progress, each saved as soon as it ends. They are
     reused only by a run with identical `settings` (folds, serving mode, stopping rule,

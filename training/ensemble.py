@@ -14,7 +14,10 @@ measures that.
 
 Writes a run folder `runs/<time>-mobilenetv2-<size>-NAME/` as training does (model.keras,
 config.json and splits.json of the first member, summary.json with every member's record and
-the ensemble's own one-view validation figures), for `python -m training.export`.
+the ensemble's own one-view validation figures), for `python -m training.export`. Where
+every member has a crossfit (`training.crossfit`) of the same folds, the folder also gets the
+ensemble's out-of-fold logits, the mean of the members' (`training.crossfit.join`): the
+ensemble's calibration data and its out-of-fold figures, with no fold model trained again.
 A member is a training run folder or an exported model folder (which keeps its run's files).
 """
 
@@ -33,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training import data as data_lib  # noqa: E402
+from training import crossfit, data as data_lib  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.export import finished_run  # noqa: E402
 from training.features import cached_features, weights_digest  # noqa: E402
@@ -168,6 +171,7 @@ def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
         "extra_training_images": first.get("extra_training_images", 0),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    crossfit.join(folders, run_dir)
     log(f"{len(folders)} members; validation (one view) {validation}; run folder {run_dir}")
     return run_dir
 
