@@ -58,10 +58,10 @@ def test_an_ensemble_serves_the_mean_of_its_members_logits_and_heat_maps(two_mem
     np.testing.assert_allclose(logits, np.mean([m[1] for m in members], axis=0),
                                rtol=1e-4, atol=1e-4)
     # The first member's middle blocks feed the unfamiliarity features; every member's
-    # pooled maps follow them.
     layout = export.probe_layout(merged)
-    assert [p["layer"] for p in layout][-2:] == ["block_15_add", "pool"]
-    assert layout[-1]["dim"] == 2 * 1280
+    # pooled maps follow them, each member's its own Gaussians.
+    assert [p["layer"] for p in layout][-3:] == ["block_15_add", "pool", "pool"]
+    assert [(p["member"], p["dim"]) for p in layout[-2:]] == [(0, 1280), (1, 1280)]
     np.testing.assert_allclose(features[:, :-2560], members[0][2][:, :-1280], atol=1e-4)
     # The class activation map over the joined maps is the mean of the members' maps.
     kernel = export._find_layer(merged, "head").get_weights()[0]
@@ -83,8 +83,14 @@ def test_an_ensemble_serves_the_mean_of_its_members_logits_and_heat_maps(two_mem
 def test_an_ensemble_exports_and_says_what_it_is(two_members, tmp_path):
     _, first, second = two_members
     run = ensemble.ensemble([first, second], "ens", tmp_path / "runs")
-    out = export.export_run(run, "ens", root=tmp_path / "models", trust=False)
+    out = export.export_run(run, "ens", root=tmp_path / "models")
     card = json.loads((out / "model_card.json").read_text())
+    # Each member's pooled embedding has class Gaussians of its own, beside the middle blocks'.
+    layers = card["trust"]["ood"]["layers"]
+    assert [(g["layer"], g.get("member"), g["dim"]) for g in layers[-2:]] == [
+        ("pool", 0, 1280), ("pool", 1, 1280)]
+    with np.load(out / "trust.npz") as arrays:
+        assert arrays[f"whitening_{len(layers) - 1}"].shape == (1280, 1280)
     assert card["architecture"].startswith("2 MobileNetV2 (alpha 1.0) networks sharing")
     assert len(card["training"]["members"]) == 2
     assert card["export_check"]["max_abs_probability_difference_litert_vs_keras"] < 1e-4

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from training import crossfit, data as data_lib  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.export import finished_run  # noqa: E402
+from training.export import JOINED_MAPS, finished_run  # noqa: E402
 from training.features import cached_features, weights_digest  # noqa: E402
 from training.model import apply_top  # noqa: E402
 from training.calibrate import nll  # noqa: E402
@@ -47,7 +47,6 @@ from training.train import probability_figures, start_run_folder, training_files
 # What one network needs its members to share beside their split and frozen weights (both
 # checked): the same images, cut the same way, and the same cut.
 SHARED_FIELDS = ("data", "input_size", "crop", "tune_from_block")
-JOINED_MAPS = "member_maps"
 
 
 def member_prefix(index: int) -> str:

@@ -41,6 +41,8 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
 # unfamiliar-image score: low and middle layers see colour, texture and staining statistics
 # that the final, class-specific embedding no longer separates (a blank field or a gradient can
 # land near a class mean there). One per resolution stage of MobileNetV2.
+# The layer of an ensemble (training.ensemble) that joins its members' last feature maps.
+JOINED_MAPS = "member_maps"
 PROBE_LAYERS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add")
 
 
@@ -82,9 +84,18 @@ def _view_mean(batch, views: int):
 
 
 def probe_layout(model: keras.Model) -> list[dict]:
-    """The layers behind the served unfamiliarity features, in order, with their widths."""
-    layers = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None] + ["pool"]
-    return [{"layer": n, "dim": int(_find_layer(model, n).output.shape[-1])} for n in layers]
+    """The layers behind the served unfamiliarity features, in order, with their widths: each
+    is one set of class Gaussians in the trust layer (`training.calibrate`)."""
+    layers = [n for n in PROBE_LAYERS if _find_layer(model, n) is not None]
+    layout = [{"layer": n, "dim": int(_find_layer(model, n).output.shape[-1])} for n in layers]
+    joined = _find_layer(model, JOINED_MAPS)
+    if joined is None:
+        return layout + [{"layer": "pool", "dim": int(_find_layer(model, "pool").output.shape[-1])}]
+    # An ensemble's pooled embedding is its members' side by side (training.ensemble). Each
+    # member's part gets Gaussians of its own, as each layer does: one Gaussian over the joined
+    # embedding would store and invert a covariance that grows with the square of the members.
+    return layout + [{"layer": "pool", "member": i, "dim": int(maps.shape[-1])}
+                     for i, maps in enumerate(joined.input)]
 
 
 def _find_layer(model: keras.Model, name: str):
