@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from training.evaluate import (classification_metrics, group_bootstrap, intervals, macro_f1,
-                               per_source_accuracy)
+from training.evaluate import (classification_metrics, group_bootstrap, hardest_smears,
+                               intervals, macro_f1, per_source_accuracy)
 
 
 def test_metrics_on_a_hand_checked_example():
@@ -24,6 +24,22 @@ def test_per_source_majority_vote_ignores_unknown_sources():
     y_pred = [0, 1, 0, 0, 0, 1]
     result = per_source_accuracy([""] * 6, y_true, y_pred, groups)
     assert result == {"sources": 2, "accuracy": 0.5, "images_with_known_source": 5}
+
+
+def test_hardest_smears_are_those_with_the_most_wrong_images():
+    classes = ["a", "b", "c"]
+    # s1: 3 of 3 wrong (called b twice, c once); s2: 1 of 4; s3: all right; s4: 2 of 2 wrong.
+    groups = ["s1"] * 3 + ["s2"] * 4 + ["s3"] * 2 + ["s4"] * 2 + [None] * 3
+    y_true = [0] * 3 + [1] * 4 + [2] * 2 + [2] * 2 + [0] * 3
+    y_pred = [1, 2, 1] + [1, 1, 0, 1] + [2, 2] + [0, 0] + [1, 1, 1]
+    result = hardest_smears(y_true, y_pred, groups, classes, top=2)
+    assert result == {
+        "errors_with_known_source": 6, "smears_wrong_in_every_image": 2,
+        "errors_in_those_smears": 5,
+        "hardest": [{"smear": "s1", "label": "a", "images": 3, "wrong": 3,
+                     "called": {"b": 2, "c": 1}},
+                    {"smear": "s4", "label": "c", "images": 2, "wrong": 2, "called": {"a": 2}}]}
+    assert hardest_smears([0, 1], [0, 1], ["s1", None], classes)["hardest"] == []
 
 
 def test_per_source_accuracy_of_no_known_source_is_not_a_number():

@@ -225,6 +225,11 @@ def test_models_table_gives_the_smear_bootstrap_interval_where_the_card_has_one(
     row = tables.models_table(tmp_path)
     assert f"{test['accuracy']:.4f} (0.812-0.900, 70 source smears) | " in row
     assert f"| {test['macro_f1']:.4f} (0.700-0.910) | " in row
+    test["per_source_smear"] |= {"errors_with_known_source": 198,
+                                 "smears_wrong_in_every_image": 4, "errors_in_those_smears": 124}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    assert "wrong in every image: 4 smears, 124 of the 198 errors of known-smear images" in (
+        tables.models_table(tmp_path))
     del test["intervals"]  # cards written before intervals existed: the figure alone
     (folder / "model_card.json").write_text(json.dumps(card))
     assert f"{test['accuracy']:.4f} | " in tables.models_table(tmp_path)

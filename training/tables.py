@@ -240,6 +240,13 @@ def models_table(root: Path = MODELS_ROOT) -> str:
             if "per_source_smear" in m:
                 s = m["per_source_smear"]
                 other.append(f"per-smear majority vote {s['accuracy']:.4f} ({s['sources']} smears)")
+                # Only for sets of augmented views: with one image a smear, every wrong
+                # image is a smear wrong in every image.
+                if (s.get("smears_wrong_in_every_image")
+                        and s["images_with_known_source"] >= 2 * s["sources"]):
+                    other.append(f"wrong in every image: {s['smears_wrong_in_every_image']} "
+                                 f"smears, {s['errors_in_those_smears']} of the "
+                                 f"{s['errors_with_known_source']} errors of known-smear images")
             recalls = ", ".join(f"{c} {v['recall']:.3f}" for c, v in m["per_class"].items())
             other.append(f"recall: {recalls}")
             other.append(_top_confusions(m["confusion_matrix"], card["classes"]))
