@@ -37,12 +37,13 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
              "curves.png", "crossfit.npz", "crossfit.json")
 
 
+# The layer of an ensemble (training.ensemble) that joins its members' last feature maps.
+JOINED_MAPS = "member_maps"
+
 # Intermediate layers whose globally pooled activations join the final embedding for the
 # unfamiliar-image score: low and middle layers see colour, texture and staining statistics
 # that the final, class-specific embedding no longer separates (a blank field or a gradient can
 # land near a class mean there). One per resolution stage of MobileNetV2.
-# The layer of an ensemble (training.ensemble) that joins its members' last feature maps.
-JOINED_MAPS = "member_maps"
 PROBE_LAYERS = ("block_2_add", "block_5_add", "block_9_add", "block_12_add", "block_15_add")
 
 
