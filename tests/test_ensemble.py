@@ -58,8 +58,8 @@ def test_an_ensemble_serves_the_mean_of_its_members_logits_and_heat_maps(two_mem
     np.testing.assert_allclose(logits, np.mean([m[1] for m in members], axis=0),
                                rtol=1e-4, atol=1e-4)
     # The first member's middle blocks feed the unfamiliarity features; every member's
-    layout = export.probe_layout(merged)
     # pooled maps follow them, each member's its own Gaussians.
+    layout = export.probe_layout(merged)
     assert [p["layer"] for p in layout][-3:] == ["block_15_add", "pool", "pool"]
     assert [(p["member"], p["dim"]) for p in layout[-2:]] == [(0, 1280), (1, 1280)]
     np.testing.assert_allclose(features[:, :-2560], members[0][2][:, :-1280], atol=1e-4)

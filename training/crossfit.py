@@ -216,10 +216,13 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
 
 
 def stopping_mode(summary: dict) -> str:
-    """A crossfit summary's `STOPPING` mode; crossfits from before the mode was recorded all
-    early-stopped on the held-out fold (their prose says so)."""
-    return summary.get("stopping_mode") or (
-        "held-out" if summary.get("stopping", "").startswith("early stopping") else "unknown")
+    """A crossfit summary's `STOPPING` mode. A crossfit written before the mode was recorded
+    says it only in its prose: "every fold trained for the served model's ..." where its fold
+    models replayed the served epochs; every other one early-stopped on its held-out fold."""
+    if "stopping_mode" in summary:
+        return summary["stopping_mode"]
+    return ("served-epochs" if summary.get("stopping", "").startswith("every fold")
+            else "held-out")
 
 
 def join(members: list[Path], out: Path) -> dict | None:

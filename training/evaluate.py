@@ -74,13 +74,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
 def per_source_accuracy(files: list[str], y_true: list[int], y_pred: list[int],
                         groups: list[str | None]) -> dict:
     """Majority vote of each source smear's images vs its label (ties: lowest class index)."""
-    votes: dict[str, list[int]] = defaultdict(list)
-    label: dict[str, int] = {}
-    for g, t, p in zip(groups, y_true, y_pred):
-        if g is None:
-            continue
-        votes[g].append(p)
-        label[g] = t
+    votes, label = _by_smear(y_true, y_pred, groups)
     correct = [
         min(c for c, n in Counter(v).items() if n == max(Counter(v).values())) == label[g]
         for g, v in votes.items()
@@ -99,25 +93,30 @@ def hardest_smears(y_true: list[int], y_pred: list[int], groups: list[str | None
     views holds few cells (Kaggle `test`: ~70), and one smear misread in every view costs as
     much as dozens of scattered mistakes: the smears with the most wrong images, each with its
     label and what it was called, and how many smears were wrong in every image."""
-    wrong: dict[str, Counter] = defaultdict(Counter)
-    images: Counter = Counter()
-    label: dict[str, int] = {}
-    for g, t, p in zip(groups, y_true, y_pred):
-        if g is None:
-            continue
-        images[g] += 1
-        label[g] = t
-        if p != t:
-            wrong[g][classes[p]] += 1
-    errors = {g: sum(wrong[g].values()) for g in images}
-    all_wrong = [g for g in images if errors[g] == images[g]]
-    worst = sorted((g for g in images if errors[g]), key=lambda g: (-errors[g], str(g)))[:top]
+    votes, label = _by_smear(y_true, y_pred, groups)
+    wrong = {g: Counter(classes[p] for p in v if p != label[g]) for g, v in votes.items()}
+    errors = {g: sum(called.values()) for g, called in wrong.items()}
+    all_wrong = [g for g, v in votes.items() if errors[g] == len(v)]
+    worst = sorted((g for g in votes if errors[g]), key=lambda g: (-errors[g], str(g)))[:top]
     return {"errors_with_known_source": sum(errors.values()),
             "smears_wrong_in_every_image": len(all_wrong),
             "errors_in_those_smears": sum(errors[g] for g in all_wrong),
-            "hardest": [{"smear": str(g), "label": classes[label[g]], "images": images[g],
+            "hardest": [{"smear": str(g), "label": classes[label[g]], "images": len(votes[g]),
                          "wrong": errors[g], "called": dict(wrong[g].most_common())}
                         for g in worst]}
+
+
+def _by_smear(y_true: list[int], y_pred: list[int], groups: list[str | None]
+              ) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """({smear: its images' predictions}, {smear: its label}); images of no known source are
+    left out."""
+    votes: dict[str, list[int]] = defaultdict(list)
+    label: dict[str, int] = {}
+    for g, t, p in zip(groups, y_true, y_pred):
+        if g is not None:
+            votes[g].append(p)
+            label[g] = t
+    return votes, label
 
 
 BOOTSTRAP_ROUNDS = 1000

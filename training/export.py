@@ -91,7 +91,8 @@ def probe_layout(model: keras.Model) -> list[dict]:
     layout = [{"layer": n, "dim": int(_find_layer(model, n).output.shape[-1])} for n in layers]
     joined = _find_layer(model, JOINED_MAPS)
     if joined is None:
-        return layout + [{"layer": "pool", "dim": int(_find_layer(model, "pool").output.shape[-1])}]
+        pooled = _find_layer(model, "pool")
+        return layout + [{"layer": "pool", "dim": int(pooled.output.shape[-1])}]
     # An ensemble's pooled embedding is its members' side by side (training.ensemble). Each
     # member's part gets Gaussians of its own, as each layer does: one Gaussian over the joined
     # embedding would store and invert a covariance that grows with the square of the members.

@@ -214,12 +214,7 @@ def _epochs(best_epoch: int | list[int]) -> str:
 def _fixed_epochs(out_of_fold: dict) -> str:
     """Marks a crossfit whose fold models trained the run's epochs (`--stopping served-epochs`)
     instead of stopping early on their held-out folds, as the other rows' did."""
-    mode = out_of_fold.get("stopping_mode")
-    if mode is None:  # a crossfit written before it recorded the mode: only its prose says
-        fixed = out_of_fold.get("stopping", "").startswith("every fold")
-    else:
-        fixed = mode == "served-epochs"
-    return " (epochs fixed)" if fixed else ""
+    return " (epochs fixed)" if crossfit.stopping_mode(out_of_fold) == "served-epochs" else ""
 
 
 def _averaging(momentum: float) -> str:
