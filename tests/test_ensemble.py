@@ -74,6 +74,10 @@ def test_an_ensemble_serves_the_mean_of_its_members_logits_and_heat_maps(two_mem
     summary = json.loads((run / "summary.json").read_text())
     assert [m["run"] for m in summary["members"]] == [str(first), str(second)]
     assert [m["fit_seed"] for m in summary["members"]] == [3, 11]
+    # The two differ in their starting file too, which each member's record names; the
+    # settings they share are not repeated.
+    assert [m["settings"] for m in summary["members"]] == [
+        {"weights": "none"}, {"weights": str(first / "model.keras")}]
     assert summary["best_epoch"] == [1, 1] and summary["classes"] == CLASSES
     assert set(summary["validation"]) == {"accuracy", "balanced_accuracy", "loss"}
     assert (run / "splits.json").read_text() == (first / "splits.json").read_text()

@@ -106,7 +106,8 @@ def test_ablation_gives_each_runs_option_and_the_default_for_rows_recorded_befor
     assert column(ablation_table([row, earlier]), header) == [shown, default_shown]
 
 
-def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members(tmp_path):
+def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members_and_recipes(
+        tmp_path):
     from training.config import TrainConfig
     from training.tables import ablation_table, collect_ablation
 
@@ -119,8 +120,11 @@ def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members(tmp_p
             ("ensemble", TrainConfig(data="d", seed=7), record | {
                 "best_epoch": [3, 5], "train_seconds": 6.0,
                 "validation": {"accuracy": 0.75, "balanced_accuracy": 0.5, "loss": 0.4321},
-                "members": [{"fit_seed": 7, "warmup_epochs": 0.0},
-                            {"fit_seed": 2, "warmup_epochs": 1.0}]})):
+                # Two recipes: each member's own weight decay (training.ensemble).
+                "members": [{"fit_seed": 7, "warmup_epochs": 0.0,
+                             "settings": {"weight_decay": 0.0}},
+                            {"fit_seed": 2, "warmup_epochs": 1.0,
+                             "settings": {"weight_decay": 1.0}}]})):
         run = tmp_path / name
         run.mkdir()
         config.save(run / "config.json")
@@ -133,6 +137,9 @@ def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members(tmp_p
                                          "mean of 2: 7; 2 (warm-up 1 epoch)", "--seed"]
     assert column(table, "best epoch") == ["3", "3", "3 / 5", "3"]
     assert column(table, "val loss")[2] == "0.4321"  # measured when the ensemble was formed
+    # The ensemble's config.json is its first member's; the table reads each member's own.
+    assert column(table, "weight decay") == ["0", "0", "0 / 1", "0"]
+    assert column(table, "dropout") == ["0.3"] * 4
 
 
 def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):

@@ -12,6 +12,9 @@ the mean of theirs, so export, the trust layer, the heat maps and the app serve 
 model. It costs each member's tuned blocks once more per image; `benchmarks/bench_inference.py`
 measures that.
 
+Members may differ in their recipe beyond the fit seed (weight decay, dropout, ...): each
+member's record in summary.json names its own value of every setting they do not share.
+
 Writes a run folder `runs/<time>-mobilenetv2-<size>-NAME/` as training does (model.keras,
 config.json and splits.json of the first member, summary.json with every member's record and
 the ensemble's own one-view validation figures), for `python -m training.export`. Where
@@ -28,7 +31,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,6 +50,9 @@ from training.train import probability_figures, start_run_folder, training_files
 # What one network needs its members to share beside their split and frozen weights (both
 # checked): the same images, cut the same way, and the same cut.
 SHARED_FIELDS = ("data", "input_size", "crop", "tune_from_block")
+# Config fields that are not part of a member's recipe, or that each member's record names
+# already (its fit seed and warm-up).
+NOT_RECIPE = ("out", "name", "cache_dir", "fit_seed", "warmup_epochs")
 
 
 def member_prefix(index: int) -> str:
@@ -112,6 +118,16 @@ def check_members(folders: list[Path]) -> tuple[list[dict], list[TrainConfig]]:
     return summaries, configs
 
 
+def member_settings(configs: list[TrainConfig]) -> list[dict]:
+    """Each member's value of every training setting the members do not all share (empty
+    dicts for draws of one recipe). The ensemble's config.json is its first member's, so
+    without these an ensemble of two recipes would read as two draws of the first."""
+    saved = [asdict(c) for c in configs]
+    differ = [k for k in saved[0] if k not in NOT_RECIPE
+              and any(s[k] != saved[0][k] for s in saved[1:])]
+    return [{k: s[k] for k in differ} for s in saved]
+
+
 def _split_of(folder: Path) -> dict:
     saved = json.loads((folder / "splits.json").read_text())
     return {k: saved.get(k, []) for k in data_lib.SPLIT_KEYS}
@@ -154,10 +170,11 @@ def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
         "initialisation": (f"ensemble of {len(folders)} runs, each initialised from "
                            f"{first['initialisation']}"),
         "members": [{"run": str(folder), "fit_seed": c.seed_of_fit,
-                     "warmup_epochs": c.warmup_epochs,
+                     "warmup_epochs": c.warmup_epochs, "settings": settings,
                      **{k: s[k] for k in ("best_epoch", "epochs_run", "validation",
                                           "train_seconds")}}
-                    for folder, s, c in zip(folders, summaries, configs)],
+                    for folder, s, c, settings in zip(folders, summaries, configs,
+                                                      member_settings(configs))],
         "best_epoch": [s["best_epoch"] for s in summaries],
         "epochs_run": [s["epochs_run"] for s in summaries],
         "validation": validation,

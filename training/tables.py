@@ -61,9 +61,29 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "val_images": summary["counts"]["val"],
             "train_seconds": summary["train_seconds"],
         })
+        rows[-1].update(_members_settings(summary))
         if (run / "crossfit.json").is_file():
             rows[-1]["out_of_fold"] = _out_of_fold(run / "crossfit.json")
     return rows
+
+
+# Row fields that are config fields of the same name, and so can differ between the members of
+# an ensemble (training.ensemble.member_settings).
+SETTING_COLUMNS = ("crop", "tune_from_block", "unassigned", "views", "colour_jitter",
+                   "label_smoothing", "dropout", "learning_rate", "weight_decay",
+                   "ema_momentum", "mixup")
+
+
+def _members_settings(summary: dict) -> dict:
+    """An ensemble's columns whose value differs between its members: each member's, in
+    order (its config.json is the first member's). Ensembles formed before members recorded
+    their settings were all draws of one recipe."""
+    members = [m.get("settings", {}) for m in summary.get("members", [])]
+    differ = {k for m in members for k in m}
+    row = {k: [m[k] for m in members] for k in SETTING_COLUMNS if k in differ}
+    if "weights" in differ:
+        row["init"] = [_init_label(m["weights"]) for m in members]
+    return row
 
 
 def _fit_label(config: TrainConfig, summary: dict) -> str:
@@ -177,23 +197,24 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
-        jitter = "yes" if r.get("colour_jitter", True) else "no"
+        jitter = _each(r.get("colour_jitter", True), lambda on: "yes" if on else "no")
         field_groups = "yes" if r.get("field_groups") else "no"
         oof = r.get("out_of_fold") or {}
-        line = (f"| {r['init']} | {r['crop']} | {r['tune_from_block']}-16 | {r['views']} | "
-                f"{jitter} | {r.get('label_smoothing', 0.0):g} | "
+        line = (f"| {_each(r['init'])} | {_each(r['crop'])} | "
+                f"{_each(r['tune_from_block'], '{}-16'.format)} | {_each(r['views'])} | "
+                f"{jitter} | {_each(r.get('label_smoothing', 0.0), _g)} | "
                 # Rows recorded before these columns ran at the defaults, unchanged since the
                 # first training run.
-                f"{r.get('dropout', TrainConfig.dropout):g} | "
-                f"{r.get('learning_rate', TrainConfig.learning_rate):g} | "
-                f"{r.get('weight_decay', TrainConfig.weight_decay):g} | "
-                f"{_averaging(r.get('ema_momentum', 0.0))} | "
+                f"{_each(r.get('dropout', TrainConfig.dropout), _g)} | "
+                f"{_each(r.get('learning_rate', TrainConfig.learning_rate), _g)} | "
+                f"{_each(r.get('weight_decay', TrainConfig.weight_decay), _g)} | "
+                f"{_each(r.get('ema_momentum', 0.0), _averaging)} | "
                 # Rows recorded before the option existed trained without it.
-                f"{_mixup(r.get('mixup', 0.0))} | {r['unassigned']} | "
+                f"{_each(r.get('mixup', 0.0), _mixup)} | {_each(r['unassigned'])} | "
                 f"{field_groups} | "
                 # Rows recorded before the column: their fit was seeded by the run's --seed.
                 f"{r.get('extra_data', 'none')} | {r.get('fit', '--seed')} | "
-                f"{_epochs(r['best_epoch'])} | "
+                f"{_each(r['best_epoch'])} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                 f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "
                 f"{_fmt(oof.get('accuracy'))}{_fixed_epochs(oof)} | "
@@ -206,9 +227,13 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     return "\n".join(lines)
 
 
-def _epochs(best_epoch: int | list[int]) -> str:
-    """A run's best epoch, or each member's of an ensemble."""
-    return " / ".join(map(str, best_epoch)) if isinstance(best_epoch, list) else str(best_epoch)
+def _each(value, show=str) -> str:
+    """A run's value, or each member's of an ensemble whose members differ in it."""
+    return " / ".join(map(show, value)) if isinstance(value, list) else show(value)
+
+
+def _g(number: float) -> str:
+    return f"{number:g}"
 
 
 def _fixed_epochs(out_of_fold: dict) -> str:
