@@ -67,11 +67,10 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
-# Row fields that are config fields of the same name, and so can differ between the members of
-# an ensemble (training.ensemble.member_settings).
-SETTING_COLUMNS = ("crop", "tune_from_block", "unassigned", "views", "colour_jitter",
-                   "label_smoothing", "dropout", "learning_rate", "weight_decay",
-                   "ema_momentum", "mixup")
+# Row fields that are config fields of the same name and that the members of an ensemble may
+# differ in (training.ensemble.member_settings; crop and tuned blocks they must share).
+SETTING_COLUMNS = ("unassigned", "views", "colour_jitter", "label_smoothing", "dropout",
+                   "learning_rate", "weight_decay", "ema_momentum", "mixup")
 
 
 def _members_settings(summary: dict) -> dict:
@@ -200,8 +199,8 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
         jitter = _each(r.get("colour_jitter", True), lambda on: "yes" if on else "no")
         field_groups = "yes" if r.get("field_groups") else "no"
         oof = r.get("out_of_fold") or {}
-        line = (f"| {_each(r['init'])} | {_each(r['crop'])} | "
-                f"{_each(r['tune_from_block'], '{}-16'.format)} | {_each(r['views'])} | "
+        line = (f"| {_each(r['init'])} | {r['crop']} | {r['tune_from_block']}-16 | "
+                f"{_each(r['views'])} | "
                 f"{jitter} | {_each(r.get('label_smoothing', 0.0), _g)} | "
                 # Rows recorded before these columns ran at the defaults, unchanged since the
                 # first training run.
