@@ -352,3 +352,33 @@ def test_crossfits_that_cannot_be_joined_give_no_ensemble_logits(tmp_path, capsy
         assert crossfit.join([tmp_path / "a", tmp_path / other], tmp_path / "ens") is None
         assert reason in capsys.readouterr().err
     assert list((tmp_path / "ens").iterdir()) == []
+
+
+def test_excluded_images_are_scored_out_of_fold_but_train_no_fold_model(trained_run, tmp_path,
+                                                                         monkeypatch):
+    from training import train
+
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    split = json.loads((folder / "splits.json").read_text())
+    left_out = sorted(split["train"])[:2] + sorted(split["val"])[:1]
+    (tmp_path / "left_out.txt").write_text("\n".join(left_out))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(
+        config | {"exclude_from_training": str(tmp_path / "left_out.txt")}))
+    trained_on = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda classifier, config, x, y, *a, **k: (
+        trained_on.append(len(y)), real_fit(classifier, config, x, y, *a, **k))[1])
+
+    summary = crossfit.crossfit(folder, folds=2)
+
+    with np.load(folder / crossfit.NPZ_FILE) as arrays:
+        files, folds = list(arrays["files"]), arrays["folds"]
+    assert sorted(files) == sorted(split["train"] + split["val"])  # every image scored
+    assert summary["images"] == 16
+    views = config["views"]
+    expected = [views * sum(1 for f, k in zip(files, folds) if k != fold and f not in left_out)
+                for fold in (0, 1)]
+    assert trained_on == expected and sum(expected) == views * (16 - 3)

@@ -264,3 +264,24 @@ def test_a_named_csv_that_is_missing_or_a_folder_is_a_clear_stop(tmp_path, image
                          (tmp_path, "a folder, not a CSV file")):
         with pytest.raises(SystemExit, match=f"{flag} {path}: {reason}"):
             data_lib.grouped_image_folder(image_folder, 0, **{**settings, option: str(path)})
+
+
+def test_an_exclusion_list_is_read_from_text_or_a_disputes_json(tmp_path):
+    for name in ("eosinophil", "neutrophil"):
+        make_image(tmp_path / "data" / name / "a.jpg", (200, 60, 60))
+    dataset = data_lib.list_image_folder(tmp_path / "data")
+    assert data_lib.excluded_files("", dataset) == set()
+    text = tmp_path / "list.txt"
+    text.write_text("# audit of 5 Dec\n\n  eosinophil/a.jpg  \n")
+    assert data_lib.excluded_files(str(text), dataset) == {"eosinophil/a.jpg"}
+    report = tmp_path / "disputes.json"
+    report.write_text(json.dumps({"files": ["neutrophil/a.jpg", "eosinophil/a.jpg"]}))
+    assert data_lib.excluded_files(str(report), dataset) == {"neutrophil/a.jpg",
+                                                             "eosinophil/a.jpg"}
+    report.write_text(json.dumps({"disputed": []}))
+    with pytest.raises(SystemExit, match='needs a "files" list'):
+        data_lib.excluded_files(str(report), dataset)
+    with pytest.raises(SystemExit, match="no such file"):
+        data_lib.excluded_files(str(tmp_path / "missing.txt"), dataset)
+    with pytest.raises(SystemExit, match="a folder, not a file list"):
+        data_lib.excluded_files(str(tmp_path), dataset)

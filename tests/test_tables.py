@@ -68,21 +68,28 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
     from training.tables import ablation_table, collect_ablation
 
     runs = []
-    for name, extra, images in (("plain", "", 0), ("mixed", "../shared/data/pbc", 9080)):
+    for name, extra, images, left_out in (("plain", "", 0, None),
+                                          ("mixed", "../shared/data/pbc", 9080, 245)):
         run = tmp_path / name
         run.mkdir()
-        TrainConfig(data="d", extra_data=extra).save(run / "config.json")
+        TrainConfig(data="d", extra_data=extra,
+                    exclude_from_training="audit/disputes.json" if left_out else "").save(
+            run / "config.json")
         (run / "summary.json").write_text(json.dumps({
             "initialisation": "random", "best_epoch": 2, "train_seconds": 12.0,
             "validation": {"accuracy": 0.5, "balanced_accuracy": 0.25}, "counts": {"val": 8},
-            **({"extra_training_images": images} if images else {})}))
+            **({"extra_training_images": images} if images else {}),
+            **({"excluded_from_training": left_out} if left_out else {})}))
         runs.append(run)
     rows = collect_ablation(runs)
     assert [r["extra_data"] for r in rows] == ["none", "pbc (9080)"]
+    assert [r["excluded"] for r in rows] == ["none", "disputes.json (245)"]
     lines = ablation_table(rows).splitlines()
-    assert "| extra training images |" in lines[0]
+    assert "| extra training images | left out of training |" in lines[0]
     assert lines[0].count("|") == lines[1].count("|") == lines[3].count("|")
-    assert "| pbc (9080) | 1337 | 2 | n/a | 0.5000 |" in lines[3]  # no metrics.csv: no loss
+    assert "| none | none | 1337 |" in lines[2]
+    # no metrics.csv: no loss
+    assert "| pbc (9080) | disputes.json (245) | 1337 | 2 | n/a | 0.5000 |" in lines[3]
 
 
 @pytest.mark.parametrize("option, value, header, shown, default_shown", [

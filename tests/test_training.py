@@ -859,3 +859,42 @@ def test_a_fit_that_stalled_at_chance_is_called_out():
     assert "did not learn" in train.stalled({"accuracy": 0.085, "balanced_accuracy": 0.125}, 8)
     assert train.stalled({"accuracy": 0.5, "balanced_accuracy": 0.45}, 4) is None
     assert train.stalled({}, 4) is None  # nothing validated
+
+
+def test_excluded_images_keep_their_split_but_never_train(trained_run, tmp_path, monkeypatch):
+    base, plain_run = trained_run
+    plain = json.loads((plain_run / "splits.json").read_text())
+    left_out = plain["train"][:3] + plain["val"][:1]
+    listing = tmp_path / "left_out.txt"
+    listing.write_text("# doubtful labels\n" + "\n".join(left_out) + "\n")
+    trained_on = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda classifier, config, x, y, *a, **k: (
+        trained_on.append(len(y)), real_fit(classifier, config, x, y, *a, **k))[1])
+    config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=2, epochs=1,
+                         batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                         seed=3, weights="none", exclude_from_training=str(listing))
+    run_dir = train.train(config)
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert (splits["train"], splits["val"]) == (plain["train"], plain["val"])
+    # Two views of each training image but the three listed; the listed validation image is
+    # still validated (the split is unchanged).
+    assert trained_on == [2 * (len(plain["train"]) - 3)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["excluded_from_training"] == 3
+    assert summary["trained_on"]["files"] == len(plain["train"]) - 3
+    assert summary["counts"]["val"] == len(plain["val"])
+
+
+def test_an_exclusion_list_naming_other_data_is_refused_before_a_run_folder_exists(
+        trained_run, tmp_path):
+    base, _ = trained_run
+    listing = tmp_path / "other.txt"
+    listing.write_text("eosinophil/eosinophil_0.jpg\nbasophil/b_1.jpg\n")
+    runs = tmp_path / "runs"
+    config = TrainConfig(data=str(base / "data"), out=str(runs), views=1, epochs=1,
+                         cache_dir=str(tmp_path / "cache"), seed=3, weights="none",
+                         exclude_from_training=str(listing))
+    with pytest.raises(SystemExit, match=r"1 of its 2 images are not in .*basophil/b_1.jpg"):
+        train.train(config)
+    assert not runs.exists()

@@ -43,6 +43,10 @@ class TrainConfig:
     extra_data: str = ""  # training-only ImageFolder root(s), comma-separated, from another
     #   source (e.g. PBC single cells for the Kaggle model): classes are matched by folder name,
     #   other classes are ignored; never used for validation, early stopping or calibration
+    exclude_from_training: str = ""  # a list of images (paths under --data, one per line, or
+    #   the JSON of `python -m training.disputes`) that never train a model, e.g. those whose
+    #   label a label audit disputes: they keep their split and are still validated, and scored
+    #   out of fold by a crossfit, with their given labels
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
     colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
     #   differences between labs); --no-colour-jitter keeps the geometric augmentation only

@@ -89,13 +89,39 @@ def list_extra(setting: str, classes: list[str], max_per_class: int = 0
     return paths, labels
 
 
-def given_file(setting: str, option: str) -> Path:
-    """A CSV named on the command line: it must be a file, said before anything is read."""
+def excluded_files(setting: str, dataset: Dataset) -> set[str]:
+    """The files an `exclude_from_training` list names ('' for none): a text file of paths
+    under the data root, one per line (# comments), or a JSON file with a "files" list (what
+    `training.disputes` writes). A name that is not in the data is refused: a list made for
+    other data, or a typo, would otherwise leave nothing out and say nothing."""
+    if not setting:
+        return set()
+    path = given_file(setting, "exclude-from-training", "a file list")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            names = json.loads(text)["files"]
+        except (ValueError, KeyError, TypeError):
+            raise SystemExit(f"--exclude-from-training {setting}: a JSON file needs a "
+                             '"files" list (as training.disputes writes)') from None
+    else:
+        names = [line.strip() for line in text.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
+    unknown = sorted(set(names) - set(dataset.files))
+    if unknown:
+        raise SystemExit(f"--exclude-from-training {setting}: {len(unknown)} of its "
+                         f"{len(set(names))} images are not in {dataset.root} "
+                         f"(e.g. {unknown[0]})")
+    return set(names)
+
+
+def given_file(setting: str, option: str, kind: str = "a CSV file") -> Path:
+    """A file named on the command line: it must be a file, said before anything is read."""
     path = Path(setting)
     if not path.is_file():
         raise SystemExit(f"--{option} {setting}: "
-                         + ("a folder, not a CSV file" if path.is_dir() else "no such file")
-                         + " (or give 'auto' or 'none')")
+                         + (f"a folder, not {kind}" if path.is_dir() else "no such file")
+                         + (" (or give 'auto' or 'none')" if kind == "a CSV file" else ""))
     return path
 
 

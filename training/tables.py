@@ -51,6 +51,8 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "field_groups": _field_groups(config),
             "extra_data": _extra_label(config.extra_data,
                                        summary.get("extra_training_images", 0)),
+            "excluded": _excluded_label(config.exclude_from_training,
+                                        summary.get("excluded_from_training")),
             "fit": _fit_label(config, summary),
             "best_epoch": summary["best_epoch"],  # one per member for an ensemble
             "val_accuracy": summary["validation"].get("accuracy"),
@@ -82,6 +84,8 @@ def _members_settings(summary: dict) -> dict:
     row = {k: [m[k] for m in members] for k in SETTING_COLUMNS if k in differ}
     if "weights" in differ:
         row["init"] = [_init_label(m["weights"]) for m in members]
+    if "exclude_from_training" in differ:
+        row["excluded"] = [_excluded_label(m["exclude_from_training"]) for m in members]
     return row
 
 
@@ -173,6 +177,14 @@ def _init_label(weights: str) -> str:
     return f"HematoVision run {run}, trained on {Path(data).name}"
 
 
+def _excluded_label(setting: str, images: int | None = None) -> str:
+    """The run's --exclude-from-training list by file name, with how many of its training
+    images it left out where known (an ensemble's members: the list only)."""
+    if not setting:
+        return "none"
+    return Path(setting).name + (f" ({images})" if images is not None else "")
+
+
 def _extra_label(setting: str, images: int) -> str:
     names = [root.name for root in extra_roots(setting)]
     return f"{', '.join(names)} ({images})" if names else "none"
@@ -190,10 +202,12 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
              "| dropout | learning rate | weight decay | weight averaging (EMA) | mixup "
              "| unassigned images "
              "| smears of one field of view grouped "
-             "| extra training images | fit seed | best epoch | val loss | val accuracy "
+             "| extra training images | left out of training | fit seed | best epoch "
+             "| val loss | val accuracy "
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             "---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = _each(r.get("colour_jitter", True), lambda on: "yes" if on else "no")
@@ -212,7 +226,8 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                 f"{_each(r.get('mixup', 0.0), _mixup)} | {_each(r['unassigned'])} | "
                 f"{field_groups} | "
                 # Rows recorded before the column: their fit was seeded by the run's --seed.
-                f"{r.get('extra_data', 'none')} | {r.get('fit', '--seed')} | "
+                f"{r.get('extra_data', 'none')} | {_each(r.get('excluded', 'none'))} | "
+                f"{r.get('fit', '--seed')} | "
                 f"{_each(r['best_epoch'])} | "
                 f"{_fmt(r.get('val_loss'))} | {r['val_accuracy']:.4f} | "
                 f"{r['val_balanced_accuracy']:.4f} | {r['val_images']} | "

@@ -57,6 +57,11 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     extra_paths, y_extra_files = data_lib.list_extra(config.extra_data, dataset.classes,
                                                      config.max_per_class)
     split["extra_train"] = [str(p) for p in extra_paths]
+    # Read now, so that a list naming other data is refused before a run folder exists.
+    excluded = data_lib.excluded_files(config.exclude_from_training, dataset)
+    if excluded:
+        log(f"{len(excluded)} images never train (--exclude-from-training); "
+            f"{len(excluded & set(split['train']))} of them are in the training split")
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head (built
     # before a run folder exists: a weights file that cannot be read leaves none behind).
@@ -135,8 +140,11 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             # With a refit, those figures are of the validated model before it: the refitted one
             # has trained on the validation images.
             "refit_on_all_training_data": bool(refitted),
-            "trained_on": {"files": len(refit_files if refitted else split["train"]),
+            "trained_on": {"files": len(features.trained(refit_files if refitted
+                                                         else split["train"])),
                            "views_per_file": config.views},
+            # Training-split images left out by --exclude-from-training (still validated).
+            "excluded_from_training": len(excluded & set(split["train"])),
             # Every session of a resumed run; None where a session before it went unrecorded.
             "train_seconds": stopwatch.seconds(),
             "counts": {k: len(v) for k, v in split.items()},
@@ -171,6 +179,7 @@ class CachedViews:
         self.classifier, self.config = classifier, config
         used = training_files(dataset, split, config)
         self.label_of = dataset.label_of()
+        self.excluded = data_lib.excluded_files(config.exclude_from_training, dataset)
         self.position = {f: i for i, f in enumerate(used)}
         self.views = [self._cached(dataset.paths(used), view, dataset.root.name)
                       for view in range(config.views)]
@@ -185,9 +194,14 @@ class CachedViews:
         x = np.concatenate([self.views[v][index] for v in range(views)])
         return x, np.array([self.label_of[f] for f in files] * views, dtype=np.int64)
 
+    def trained(self, files: list[str]) -> list[str]:
+        """`files` less those the run's `exclude_from_training` list names."""
+        return [f for f in files if f not in self.excluded]
+
     def for_training(self, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Every view of `files`, then every view of the extra training images."""
-        x, y = self(files, self.config.views)
+        """Every view of `files` (less the excluded), then every view of the extra training
+        images."""
+        x, y = self(self.trained(files), self.config.views)
         return np.concatenate([x, self.extra[0]]), np.concatenate([y, self.extra[1]])
 
     def _cached(self, paths: list[Path], view: int, label: str) -> np.ndarray:
