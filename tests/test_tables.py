@@ -129,9 +129,10 @@ def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members_and_r
                 "validation": {"accuracy": 0.75, "balanced_accuracy": 0.5, "loss": 0.4321},
                 # Two recipes: each member's own weight decay (training.ensemble).
                 "members": [{"fit_seed": 7, "warmup_epochs": 0.0,
-                             "settings": {"weight_decay": 0.0}},
+                             "settings": {"weight_decay": 0.0, "exclude_from_training": ""}},
                             {"fit_seed": 2, "warmup_epochs": 1.0,
-                             "settings": {"weight_decay": 1.0}}]})):
+                             "settings": {"weight_decay": 1.0,
+                                          "exclude_from_training": "a/disputes.json"}}]})):
         run = tmp_path / name
         run.mkdir()
         config.save(run / "config.json")
@@ -147,6 +148,8 @@ def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members_and_r
     # The ensemble's config.json is its first member's; the table reads each member's own.
     assert column(table, "weight decay") == ["0", "0", "0 / 1", "0"]
     assert column(table, "dropout") == ["0.3"] * 4
+    assert column(table, "left out of training") == ["none", "none", "none / disputes.json",
+                                                     "none"]
 
 
 def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):
