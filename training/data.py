@@ -96,7 +96,7 @@ def excluded_files(setting: str, dataset: Dataset) -> set[str]:
     other data, or a typo, would otherwise leave nothing out and say nothing."""
     if not setting:
         return set()
-    path = given_file(setting, "exclude-from-training", "a file list")
+    path = given_file(setting, "exclude-from-training", "a file list", words="")
     text = path.read_text()
     if path.suffix == ".json":
         try:
@@ -115,13 +115,15 @@ def excluded_files(setting: str, dataset: Dataset) -> set[str]:
     return set(names)
 
 
-def given_file(setting: str, option: str, kind: str = "a CSV file") -> Path:
-    """A file named on the command line: it must be a file, said before anything is read."""
+def given_file(setting: str, option: str, kind: str = "a CSV file",
+               words: str = " (or give 'auto' or 'none')") -> Path:
+    """A file named on the command line: it must be a file, said before anything is read.
+    `words`: what else the option takes, said with the refusal."""
     path = Path(setting)
     if not path.is_file():
         raise SystemExit(f"--{option} {setting}: "
                          + (f"a folder, not {kind}" if path.is_dir() else "no such file")
-                         + (" (or give 'auto' or 'none')" if kind == "a CSV file" else ""))
+                         + words)
     return path
 
 

@@ -78,6 +78,7 @@ def disputes(folder: Path, below: float = BELOW, data: str = "") -> dict:
     return {
         "source": str(folder),
         "data": str(dataset.root),
+        "crop": config.crop,  # how the model cut the images (and the contact sheet cuts them)
         "rule": (f"source groups whose mean out-of-fold probability of their given label, "
                  f"before calibration, on {views} views, is below {below}"),
         "below": below,
@@ -99,8 +100,7 @@ def _crossfit_summary(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def contact_sheet(report: dict, config: TrainConfig, out: Path, columns: int = 6,
-                  side: int = 224) -> Path:
+def contact_sheet(report: dict, out: Path, columns: int = 6, side: int = 224) -> Path:
     """One image per disputed group, cut and sized as the model sees it, captioned with the
     group, its label, the model's call and the label's probability."""
     from PIL import Image, ImageDraw
@@ -115,7 +115,7 @@ def contact_sheet(report: dict, config: TrainConfig, out: Path, columns: int = 6
     draw = ImageDraw.Draw(sheet)
     for n, entry in enumerate(report["disputed"]):
         # The served preprocessing, scaled back to pixels: the cell as the model sees it.
-        array = (preprocess(root / entry["files"][0], side, config.crop) + 1.0) * 127.5
+        array = (preprocess(root / entry["files"][0], side, report["crop"]) + 1.0) * 127.5
         cell = Image.fromarray(np.clip(array.round(), 0, 255).astype(np.uint8))
         x, y = (n % columns) * side, (n // columns) * (side + caption)
         sheet.paste(cell, (x, y))
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sys.stdout.write(text)
     if args.sheet:
-        contact_sheet(report, TrainConfig.load(args.folder / "config.json"), args.sheet)
+        contact_sheet(report, args.sheet)
     print(f"[disputes] {report['disputed_groups']} of {report['groups']} groups "
           f"({report['disputed_images']} of {report['images']} images): {report['by_label']}",
           file=sys.stderr)

@@ -59,9 +59,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     split["extra_train"] = [str(p) for p in extra_paths]
     # Read now, so that a list naming other data is refused before a run folder exists.
     excluded = data_lib.excluded_files(config.exclude_from_training, dataset)
+    left_out = excluded & set(split["train"])  # the rest are validated, or not in the split
     if excluded:
         log(f"{len(excluded)} images never train (--exclude-from-training); "
-            f"{len(excluded & set(split['train']))} of them are in the training split")
+            f"{len(left_out)} of them are in the training split")
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head (built
     # before a run folder exists: a weights file that cannot be read leaves none behind).
@@ -144,7 +145,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
                                                          else split["train"])),
                            "views_per_file": config.views},
             # Training-split images left out by --exclude-from-training (still validated).
-            "excluded_from_training": len(excluded & set(split["train"])),
+            "excluded_from_training": len(left_out),
             # Every session of a resumed run; None where a session before it went unrecorded.
             "train_seconds": stopwatch.seconds(),
             "counts": {k: len(v) for k, v in split.items()},
