@@ -22,6 +22,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 TRUST_FILE = "trust.npz"
+PACKED_WHITENING = "whitening_lower_"  # + layer index: the whitening's lower triangle, packed
 HELD_OUT_CONFIDENCE = "held_out_confidence"
 HELD_OUT_CORRECT = "held_out_correct"
 ABSTAIN_ON_ALL = 1.0  # the confidence threshold when no threshold reaches the target
@@ -54,6 +55,34 @@ def mahalanobis(embeddings: np.ndarray, means: np.ndarray, whitening: np.ndarray
     m = np.asarray(means) @ whitening if whitened_means is None else whitened_means
     d2 = (z * z).sum(1, keepdims=True) - 2.0 * z @ m.T + (m * m).sum(1)[None, :]
     return np.maximum(d2.min(axis=1), 0.0)
+
+
+def cholesky_whitening(whitening: np.ndarray) -> np.ndarray:
+    """The lower-triangular whitening L with L @ L.T = whitening @ whitening.T (the inverse
+    covariance): every Mahalanobis distance is the same, and only the lower triangle needs
+    storing. Computed in float64."""
+    w = np.asarray(whitening, dtype=np.float64)
+    precision = w @ w.T
+    return np.linalg.cholesky((precision + precision.T) / 2)
+
+
+def pack_lower(matrix: np.ndarray) -> np.ndarray:
+    """The lower triangle of a square matrix, row by row (what `unpack_lower` reads)."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"Expected a square matrix, got shape {matrix.shape}")
+    return matrix[np.tril_indices(len(matrix))]
+
+
+def unpack_lower(packed: np.ndarray, dim: int) -> np.ndarray:
+    """The (dim, dim) lower-triangular matrix whose lower triangle `packed` holds."""
+    packed = np.asarray(packed)
+    if packed.shape != (dim * (dim + 1) // 2,):
+        raise ValueError(f"A packed lower triangle of a {dim}x{dim} matrix has "
+                         f"{dim * (dim + 1) // 2} entries, not {packed.shape}")
+    matrix = np.zeros((dim, dim), dtype=packed.dtype)
+    matrix[np.tril_indices(dim)] = packed
+    return matrix
 
 
 @dataclass(frozen=True)
@@ -123,9 +152,7 @@ class Trust:
             return cls()
         with np.load(path) as arrays:
             scales = arrays["layer_scales"].astype(np.float64)
-            layers = tuple(
-                LayerGaussians(arrays[f"class_means_{i}"], arrays[f"whitening_{i}"], float(scale))
-                for i, scale in enumerate(scales))
+            layers = tuple(_stored_layer(arrays, i, float(scale)) for i, scale in enumerate(scales))
             threshold = float(section["confidence_threshold"])
             target = section.get("target_accuracy")
             if accuracy_target is not None and accuracy_target != target:
@@ -173,6 +200,17 @@ class Trust:
             "confidence_threshold": self.confidence_threshold,
             "temperature": round(self.temperature, 4),
         }
+
+
+def _stored_layer(arrays, i: int, scale: float) -> LayerGaussians:
+    """Layer `i` of a trust.npz: its whitening as a packed lower triangle, or (folders saved
+    before that storage) whole."""
+    means = arrays[f"class_means_{i}"]
+    if f"{PACKED_WHITENING}{i}" in arrays.files:
+        whitening = unpack_lower(arrays[f"{PACKED_WHITENING}{i}"], means.shape[1])
+    else:
+        whitening = arrays[f"whitening_{i}"]
+    return LayerGaussians(means, whitening, scale)
 
 
 def statuses(confidence: np.ndarray, unfamiliar: np.ndarray, threshold: float) -> np.ndarray:
@@ -264,8 +302,27 @@ def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel
               HELD_OUT_CORRECT: np.asarray(held_out_correct, dtype=bool)}
     for i, g in enumerate(layers):
         arrays[f"class_means_{i}"] = g.means.astype(np.float32)
-        arrays[f"whitening_{i}"] = g.whitening.astype(np.float32)
+        # Only a lower-triangular whitening packs; any other gives the same distances as its
+        # Cholesky form (fit_class_gaussians already returns that form).
+        lower = (g.whitening if not np.triu(g.whitening, 1).any()
+                 else cholesky_whitening(g.whitening))
+        arrays[f"{PACKED_WHITENING}{i}"] = pack_lower(lower).astype(np.float32)
     np.savez(path, **arrays)
+    return path
+
+
+def repack(model_dir: Path) -> Path:
+    """Rewrite a folder's trust.npz in the current storage (each whitening as its Cholesky
+    form's packed lower triangle) without refitting: every other array stays as it was, the
+    distances change by rounding only, and the card's thresholds still apply."""
+    path = Path(model_dir) / TRUST_FILE
+    with np.load(path) as arrays:
+        stored = {k: arrays[k] for k in arrays.files}
+    for i in range(len(stored["layer_scales"])):
+        whole = stored.pop(f"whitening_{i}", None)
+        if whole is not None:
+            stored[f"{PACKED_WHITENING}{i}"] = pack_lower(cholesky_whitening(whole)).astype(np.float32)
+    np.savez(path, **stored)
     return path
 
 

@@ -53,3 +53,30 @@ def test_benchmark_results_say_what_they_were_measured_on(trusted_model_dir):
     assert r["commit"].removesuffix("+dirty") == head
     assert r["model_exported"] == card["exported"]
     assert r["load_average_1min_before"] >= 0 and r["cpus"] >= 1
+
+
+def test_bench_storage_counts_the_folder_and_what_packing_and_float16_would_change(
+        trusted_model_dir, capsys):
+    bench = load("bench_storage")
+    r = bench.run(trusted_model_dir, images=6)
+    files = {p.name: p.stat().st_size for p in trusted_model_dir.iterdir() if p.is_file()}
+    assert r["files"] == files and r["total_bytes"] == sum(files.values())
+    assert r["within_budget"] and r["trust_file_measured"]
+    # One layer ("pool", 4 wide): 16 float32 numbers whole, 10 as a packed lower triangle.
+    assert r["whitening"] == {"whole": 64, "packed": 40, "layers": 1, "widest": 4}
+    f16 = r["float16_weights"]
+    # The tiny model: a 3x3x3x4 convolution with biases (112) and a 4x4 dense head (20).
+    assert f16["images"] == 6 and f16["parameters"] == 132
+    assert f16["bytes_saved_per_model_file"] == 264
+    for name in ("all weights", "kernels only"):
+        assert 0 <= f16[name]["max_abs_probability_change"] < 0.05
+        assert 0 <= f16[name]["top_class_changes"] <= 6
+    assert bench.main(["--model-dir", str(trusted_model_dir), "--images", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "against a budget of 30.0 MB: within" in out and "float16" not in out
+
+
+def test_bench_storage_projects_the_trust_file_of_a_folder_without_one(tiny_model_dir):
+    r = load("bench_storage").run(tiny_model_dir, images=0)
+    assert not r["trust_file_measured"] and "float16_weights" not in r
+    assert r["files"]["trust.npz (projected, packed whitening)"] == 40

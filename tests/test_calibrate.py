@@ -79,6 +79,7 @@ def test_class_gaussians_whiten_the_within_class_spread():
     means, whitening, shrinkage = calibrate.fit_class_gaussians(x, labels, 3)
     np.testing.assert_allclose(means, centres, atol=0.2)
     assert 0 <= shrinkage < 0.05  # plenty of data: little shrinkage
+    assert not np.triu(whitening, 1).any()  # lower triangular: stored as half a matrix
     white = (x - means[labels]) @ whitening
     np.testing.assert_allclose(np.cov(white.T), np.eye(6), atol=0.1)
     # far from every class mean is far in Mahalanobis terms too

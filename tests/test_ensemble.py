@@ -94,7 +94,7 @@ def test_an_ensemble_exports_and_says_what_it_is(two_members, tmp_path):
     assert [(g["layer"], g.get("member"), g["dim"]) for g in layers[-2:]] == [
         ("pool", 0, 1280), ("pool", 1, 1280)]
     with np.load(out / "trust.npz") as arrays:
-        assert arrays[f"whitening_{len(layers) - 1}"].shape == (1280, 1280)
+        assert arrays[f"whitening_lower_{len(layers) - 1}"].shape == (1280 * 1281 // 2,)
     assert card["architecture"].startswith("2 MobileNetV2 (alpha 1.0) networks sharing")
     assert len(card["training"]["members"]) == 2
     assert card["export_check"]["max_abs_probability_difference_litert_vs_keras"] < 1e-4

@@ -511,3 +511,35 @@ def test_probe_table_gives_each_initialisations_figures_at_every_l2(tmp_path):
     assert column(table, "time (s)") == ["301", "290"]
     assert column(table, "initialisation (`--weights`)") == ["`weights/a.h5`"] * 2
     assert column(table, "crop") == ["nucleus", "nucleus:0.4"]
+
+
+def test_benchmarks_text_reports_each_storage_result(tmp_path):
+    result = {"model_dir": "saved_model/wbc4", "total_bytes": 22_700_000, "budget_bytes": 30 * 10**6,
+              "within_budget": True, "trust_file_measured": True,
+              "files": {"model.keras": 9_639_016, "model.tflite": 8_910_916,
+                        "trust.npz": 3_452_767, "splits.json": 287_940},
+              "whitening": {"whole": 6_790_000, "packed": 3_400_000, "layers": 6, "widest": 1280},
+              "float16_weights": {"images": 256, "parameters": 2_400_000,
+                                  "bytes_saved_per_model_file": 4_800_000,
+                                  "all weights": {"max_abs_probability_change": 0.08,
+                                                  "mean_abs_probability_change": 0.0036,
+                                                  "top_class_changes": 2},
+                                  "kernels only": {"max_abs_probability_change": 0.09,
+                                                   "mean_abs_probability_change": 0.0046,
+                                                   "top_class_changes": 1}}}
+    (tmp_path / "storage.json").write_text(json.dumps(result))
+    trial = {**result, "model_dir": "/tmp/models/ens", "total_bytes": 45_000_000,
+             "within_budget": False}
+    del trial["float16_weights"]
+    (tmp_path / "storage-trial.json").write_text(json.dumps(trial))
+    text = tables.benchmarks_text(tmp_path)
+    assert ("python benchmarks/bench_storage.py --model-dir saved_model/wbc4 --json > "
+            "benchmarks/results/storage.json") in text
+    assert ("Storage of `saved_model/wbc4`: 22.7 MB against the ~30.0 MB budget (within it); "
+            "`model.keras` 9.6 MB, `model.tflite` 8.9 MB, `trust.npz` 3.5 MB.") in text
+    assert "6 whitening matrices (widest 1280) take 3.4 MB as packed lower triangles, 6.8 MB whole" in text
+    assert ("all weights: up to 0.08, mean 0.0036, top class changed on 2; kernels only: up to "
+            "0.09, mean 0.0046, top class changed on 1), so the weights stay float32.") in text
+    assert text.index("storage.json") < text.index("storage-trial.json")  # served one first
+    assert "--model-dir /tmp/models/ens --images 0 --json > benchmarks/results/storage-trial.json" in text
+    assert "45.0 MB against the ~30.0 MB budget (over it)" in text

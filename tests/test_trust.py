@@ -79,6 +79,69 @@ def test_load_reads_the_card_section_and_the_arrays(tmp_path):
     assert not Trust.load(tmp_path, {}).fitted  # no card section: identity trust
 
 
+def _any_whitening(rng, dim: int) -> np.ndarray:
+    """A full (not triangular) whitening of a random covariance, as an eigendecomposition
+    gives it."""
+    a = rng.normal(size=(dim, dim))
+    values, vectors = np.linalg.eigh(a @ a.T + np.eye(dim))
+    return vectors / np.sqrt(values)
+
+
+def _distances(layer: trust.LayerGaussians, x: np.ndarray) -> np.ndarray:
+    return trust.mahalanobis(x, layer.means, layer.whitening.astype(np.float64))
+
+
+def test_a_whitening_is_stored_as_half_a_matrix_with_the_same_distances(tmp_path):
+    rng = np.random.default_rng(1)
+    layer = trust.LayerGaussians(rng.normal(size=(3, 6)), _any_whitening(rng, 6), 2.0)
+    trust.save_trust_arrays(tmp_path, [layer], np.ones((6, 3)), np.zeros(3), [0.9], [True])
+    with np.load(tmp_path / trust.TRUST_FILE) as arrays:
+        assert "whitening_0" not in arrays.files
+        assert arrays["whitening_lower_0"].shape == (6 * 7 // 2,)  # 21 of 36 entries
+    loaded = Trust.load(tmp_path, {"trust": {"temperature": 1.0, "confidence_threshold": 0.5,
+                                             "ood": {"threshold": 3.0}}}).layers[0]
+    assert not np.triu(loaded.whitening, 1).any()
+    x = rng.normal(size=(20, 6))
+    np.testing.assert_allclose(_distances(loaded, x), _distances(layer, x), rtol=1e-5)
+
+
+def test_pack_lower_and_unpack_lower_round_trip_and_refuse_wrong_sizes():
+    lower = np.tril(np.arange(1.0, 17.0).reshape(4, 4))
+    packed = trust.pack_lower(lower)
+    np.testing.assert_array_equal(packed, [1, 5, 6, 9, 10, 11, 13, 14, 15, 16])
+    np.testing.assert_array_equal(trust.unpack_lower(packed, 4), lower)
+    with pytest.raises(ValueError, match="10 entries"):
+        trust.unpack_lower(packed[:-1], 4)
+    with pytest.raises(ValueError, match="square"):
+        trust.pack_lower(np.ones((2, 3)))
+
+
+def test_repack_halves_an_older_trust_file_and_keeps_its_distances_and_other_arrays(tmp_path):
+    rng = np.random.default_rng(2)
+    whole = _any_whitening(rng, 40).astype(np.float32)
+    means = rng.normal(size=(4, 40)).astype(np.float32)
+    older = {"layer_scales": np.array([3.0]), "class_means_0": means, "whitening_0": whole,
+             "head_kernel": np.ones((40, 4), np.float32), "head_bias": np.zeros(4, np.float32),
+             "held_out_confidence": np.array([0.7, 0.9]),
+             "held_out_correct": np.array([False, True])}
+    np.savez(tmp_path / trust.TRUST_FILE, **older)  # as exports before the packed storage
+    card = {"trust": {"temperature": 1.2, "confidence_threshold": 0.8, "ood": {"threshold": 2.0}}}
+    before = Trust.load(tmp_path, card)
+
+    trust.repack(tmp_path)
+    after = Trust.load(tmp_path, card)
+    x = rng.normal(size=(50, 40)).astype(np.float32)
+    np.testing.assert_allclose(after.ood_scores(x), before.ood_scores(x), rtol=1e-4)
+    with np.load(tmp_path / trust.TRUST_FILE) as arrays:
+        assert arrays["whitening_lower_0"].nbytes == 40 * 41 // 2 * 4  # of 40 * 40 * 4
+        assert set(arrays.files) == set(older) - {"whitening_0"} | {"whitening_lower_0"}
+        for key in set(older) - {"whitening_0"}:
+            np.testing.assert_array_equal(arrays[key], older[key])
+    trust.repack(tmp_path)  # a packed file is left as it is
+    np.testing.assert_array_equal(Trust.load(tmp_path, card).layers[0].whitening,
+                                  after.layers[0].whitening)
+
+
 def test_confidence_threshold_is_the_lowest_that_reaches_the_target():
     confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
     correct = np.array([True, True, True, True, False, True, False])

@@ -31,7 +31,8 @@ from hematovision.batch import forward_files
 from hematovision.card import read_card, served_views, write_card
 from hematovision.predictor import DEFAULT_MODEL, KERAS_FILE, MODELS_ROOT, Predictor
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
-                                layer_distances, parse_accuracy_target, save_trust_arrays,
+                                TRUST_FILE, cholesky_whitening, layer_distances,
+                                parse_accuracy_target, repack, save_trust_arrays,
                                 softmax, statuses, threshold_for_target, unsure)
 from training import crossfit
 
@@ -182,7 +183,9 @@ def fit_class_gaussians(embeddings: np.ndarray, labels: np.ndarray, num_classes:
                         ) -> tuple[np.ndarray, np.ndarray, float]:
     """Class means, the whitening matrix W of the shared within-class covariance
     (W @ W.T = its inverse) and the Ledoit-Wolf shrinkage used: 1280 dimensions from a few
-    thousand images need shrinkage towards a scaled identity to be invertible and stable."""
+    thousand images need shrinkage towards a scaled identity to be invertible and stable.
+    W is the inverse's lower Cholesky factor, so that it is stored as its lower triangle
+    (`trust.save_trust_arrays`): half the bytes, the same distances."""
     x = np.asarray(embeddings, dtype=np.float64)
     means = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c)
                       else np.zeros(x.shape[1]) for c in range(num_classes)])
@@ -197,7 +200,7 @@ def fit_class_gaussians(embeddings: np.ndarray, labels: np.ndarray, num_classes:
     covariance = shrinkage * mu * np.eye(dim) + (1 - shrinkage) * sample
     values, vectors = np.linalg.eigh(covariance)
     values = np.maximum(values, 1e-12 * max(values.max(), 1e-12))
-    return means, vectors / np.sqrt(values), shrinkage
+    return means, cholesky_whitening(vectors / np.sqrt(values)), shrinkage
 
 
 def head_weights(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -362,8 +365,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature-fit", choices=sorted(TEMPERATURE_FITS), default=None,
                         help="fit the temperature by lowest NLL or lowest ECE on the held-out "
                              "logits (default: the card's earlier choice, else nll)")
+    parser.add_argument("--repack", action="store_true",
+                        help="only rewrite the folder's trust.npz in the current storage "
+                             "(whitening matrices as packed lower triangles, half the bytes), "
+                             "refitting nothing")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or MODELS_ROOT / args.model
+    if args.repack:
+        if not (model_dir / TRUST_FILE).is_file():
+            raise SystemExit(f"{model_dir} has no {TRUST_FILE} to repack")
+        print(repack(model_dir))
+        return
     section = fit_trust(model_dir, args.data, args.target_accuracy, args.ood_quantile,
                         temperature_fit=args.temperature_fit)
     print(json.dumps(section, indent=2))

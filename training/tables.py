@@ -678,8 +678,43 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             f"{r['concurrency']} concurrent clients: **{r['errors']} errors**, p50 {lat['p50']} ms, "
             f"p95 {lat['p95']} ms, p99 {lat['p99']} ms, {r['throughput_rps']} requests/s; "
             f"worker RSS {rss} MiB.",
+            "",
         ]
+    # The served model's first, then trials.
+    for storage in sorted(folder.glob("storage*.json"), key=lambda f: (f.name != "storage.json",
+                                                                       f.name)):
+        lines += storage_text(json.loads(storage.read_text()), storage.name)
     return "\n".join(lines).rstrip()
+
+
+def storage_text(r: dict, file_name: str) -> list[str]:
+    """The lines of one `bench_storage.py --json` result."""
+    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    large = sorted(((n, b) for n, b in r["files"].items() if b >= 10**6), key=lambda nb: -nb[1])
+    w = r["whitening"]
+    lines = [
+        "```bash",
+        f"python benchmarks/bench_storage.py --model-dir {r['model_dir']}"
+        + ("" if "float16_weights" in r else " --images 0")
+        + f" --json > benchmarks/results/{file_name}",
+        "```",
+        "",
+        *_measured_on(r),
+        f"Storage of `{r['model_dir']}`: {mb(r['total_bytes'])} against the ~"
+        f"{mb(r['budget_bytes'])} budget ({'within' if r['within_budget'] else 'over'} it); "
+        + ", ".join(f"`{n}` {mb(b)}" for n, b in large) + ". "
+        f"Its {w['layers']} whitening matrices (widest {w['widest']}) take {mb(w['packed'])} as "
+        f"packed lower triangles, {mb(w['whole'])} whole.",
+    ]
+    if "float16_weights" in r:
+        f = r["float16_weights"]
+        each = "; ".join(f"{name}: up to {f[name]['max_abs_probability_change']}, mean "
+                         f"{f[name]['mean_abs_probability_change']}, top class changed on "
+                         f"{f[name]['top_class_changes']}" for name in ("all weights", "kernels only"))
+        lines[-1] += (f" Float16 weights would save {mb(f['bytes_saved_per_model_file'])} per "
+                      f"model file, but move the probabilities of {f['images']} validation images "
+                      f"({each}), so the weights stay float32.")
+    return lines + [""]
 
 
 def rewrite(readme: Path, blocks: dict[str, str]) -> None:
