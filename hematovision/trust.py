@@ -302,13 +302,17 @@ def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel
               HELD_OUT_CORRECT: np.asarray(held_out_correct, dtype=bool)}
     for i, g in enumerate(layers):
         arrays[f"class_means_{i}"] = g.means.astype(np.float32)
-        # Only a lower-triangular whitening packs; any other gives the same distances as its
-        # Cholesky form (fit_class_gaussians already returns that form).
-        lower = (g.whitening if not np.triu(g.whitening, 1).any()
-                 else cholesky_whitening(g.whitening))
-        arrays[f"{PACKED_WHITENING}{i}"] = pack_lower(lower).astype(np.float32)
+        arrays[f"{PACKED_WHITENING}{i}"] = packed_whitening(g.whitening)
     np.savez(path, **arrays)
     return path
+
+
+def packed_whitening(whitening: np.ndarray) -> np.ndarray:
+    """A whitening as stored: the packed lower triangle (float32) of the matrix itself where it
+    is lower-triangular (fit_class_gaussians returns that form), else of its Cholesky form,
+    which gives the same distances."""
+    lower = whitening if not np.triu(whitening, 1).any() else cholesky_whitening(whitening)
+    return pack_lower(lower).astype(np.float32)
 
 
 def repack(model_dir: Path) -> Path:
@@ -321,7 +325,7 @@ def repack(model_dir: Path) -> Path:
     for i in range(len(stored["layer_scales"])):
         whole = stored.pop(f"whitening_{i}", None)
         if whole is not None:
-            stored[f"{PACKED_WHITENING}{i}"] = pack_lower(cholesky_whitening(whole)).astype(np.float32)
+            stored[f"{PACKED_WHITENING}{i}"] = packed_whitening(whole)
     np.savez(path, **stored)
     return path
 
