@@ -90,8 +90,8 @@ def test_the_cache_is_reused_only_while_file_contents_and_code_are_unchanged(tmp
     first = compute()
     assert len(list(cache.iterdir())) == 1
     loads = []
-    real_load = features._load_batch
-    monkeypatch.setattr(features, "_load_batch", lambda *a: loads.append(1) or real_load(*a))
+    real_load = features.load_batch
+    monkeypatch.setattr(features, "load_batch", lambda *a: loads.append(1) or real_load(*a))
     np.testing.assert_array_equal(compute(), first)
     assert not loads  # read from disk, not recomputed
     # The same files copied elsewhere (new paths, new modification times) keep their entry.
@@ -898,3 +898,66 @@ def test_an_exclusion_list_naming_other_data_is_refused_before_a_run_folder_exis
     with pytest.raises(SystemExit, match=r"1 of its 2 images are not in .*basophil/b_1.jpg"):
         train.train(config)
     assert not runs.exists()
+
+
+def test_online_views_draw_a_fresh_augmentation_at_every_look_and_repeat_with_the_seed(
+        image_folder):
+    """Two looks at the same images differ (a new augmentation each time); a second
+    OnlineViews with the same seed draws the same sequence, so a seeded run repeats."""
+    paths = sorted(image_folder.rglob("*.jpg"))[:5]
+    bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)])
+    views = train.OnlineViews(bottom, paths, 32, "none", seed=5)
+    first, second = views[np.array([0, 3])], views[np.array([0, 3])]
+    assert len(views) == 5 and first.shape == (2, 8, 8, 3) and first.dtype == np.float32
+    assert not np.allclose(first, second)
+    again = train.OnlineViews(bottom, paths, 32, "none", seed=5)
+    np.testing.assert_array_equal(again[np.array([0, 3])], first)
+    np.testing.assert_array_equal(again[np.array([0, 3])], second)
+    other_seed = train.OnlineViews(bottom, paths, 32, "none", seed=6)
+    assert not np.allclose(other_seed[np.array([0, 3])], first)
+
+
+def test_shuffled_batches_hold_every_example_once_an_epoch_with_its_class_weight():
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    x = np.arange(10, dtype=np.float16).reshape(10, 1)
+    np.random.seed(0)
+    batches = train.ShuffledBatches(x, y, 3, batch_size=4, class_weight={0: 1.0, 1: 2.0, 2: 0.5})
+    orders = []
+    for _ in range(2):
+        seen = []
+        for i in range(len(batches)):
+            xb, yb, wb = batches[i]
+            index = xb[:, 0].astype(int)
+            np.testing.assert_array_equal(yb.argmax(axis=1), y[index])
+            np.testing.assert_array_equal(wb, np.array([1.0, 2.0, 0.5])[y[index]])
+            seen += list(index)
+        assert sorted(seen) == list(range(10)) and len(batches) == 3
+        orders.append(batches.order.copy())
+        batches.on_epoch_end()
+    assert not np.array_equal(orders[0], batches.order)  # reshuffled
+
+
+def test_online_augmentation_trains_a_run_and_caches_only_the_clean_view(tmp_path, image_folder):
+    config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=3, epochs=2,
+                         batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                         seed=3, weights="none", input_size=32, augment="online")
+    run_dir = train.train(config)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["trained_on"] == {"files": 16, "views_per_file": None, "augment": "online"}
+    assert summary["epochs_run"] == 2 and (run_dir / "model.keras").is_file()
+    # Validation's clean view only: no training view is cached (views=3 is unused online).
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1
+    assert json.loads((run_dir / "config.json").read_text())["augment"] == "online"
+    assert train.parse_args(["--data", "d", "--augment", "online"])[0].augment == "online"
+    assert TrainConfig(augment="sometimes").problems() == ["augment must be one of cached, online"]
+
+
+def test_mixup_blends_two_fresh_online_views(image_folder):
+    paths = sorted(image_folder.rglob("*.jpg"))[:6]
+    bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)])
+    views = train.OnlineViews(bottom, paths, 32, "none", seed=1)
+    np.random.seed(0)
+    batches = train.MixedBatches(views, np.array([0, 1, 2, 0, 1, 2]), 3, batch_size=4, alpha=1.0)
+    xb, yb, wb = batches[0]
+    assert xb.shape == (4, 8, 8, 3) and yb.shape == (4, 3) and wb.shape == (4,)
+    np.testing.assert_allclose(yb.sum(axis=1), 1.0, rtol=1e-6)

@@ -47,6 +47,11 @@ class TrainConfig:
     #   the JSON of `python -m training.disputes`) that never train a model, e.g. those whose
     #   label a label audit disputes: they keep their split and are still validated, and scored
     #   out of fold by a crossfit, with their given labels
+    augment: str = "cached"  # cached: the `views` views of each training image go through the
+    #   frozen layers once and are cached, then reused every epoch (fast on a CPU) | online: every
+    #   epoch pushes a fresh augmented view of each training image through the frozen layers (no
+    #   training cache, `views` unused; a view is never seen twice, at the cost of the frozen
+    #   layers' forward pass every epoch); validation uses the cached clean image either way
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
     colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
     #   differences between labs); --no-colour-jitter keeps the geometric augmentation only
@@ -91,6 +96,8 @@ class TrainConfig:
         the training split)."""
         rules = [
             (self.views >= 1, "views must be at least 1 (the clean image)"),
+            (self.augment in CHOICES["augment"],
+             f"augment must be one of {', '.join(CHOICES['augment'])}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.patience >= 0, "patience must be 0 or more"),
@@ -148,4 +155,4 @@ class TrainConfig:
 BEFORE_OPTION_EXISTED = {"field_notes": "none"}
 # Options that take one of a few words; argparse refuses others (a typo must not pass as a
 # default: any --unassigned value but "refit" used to mean "drop").
-CHOICES = {"unassigned": ("refit", "drop")}
+CHOICES = {"unassigned": ("refit", "drop"), "augment": ("cached", "online")}

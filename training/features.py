@@ -112,11 +112,11 @@ def cached_features(
     start = time.time()
     with ThreadPoolExecutor(max_workers=2) as pool:
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        pending = pool.submit(_load_batch, batches[0], input_size, crop) if batches else None
+        pending = pool.submit(load_batch, batches[0], input_size, crop) if batches else None
         for b in range(len(batches)):
             images = pending.result()
             if b + 1 < len(batches):
-                pending = pool.submit(_load_batch, batches[b + 1], input_size, crop)
+                pending = pool.submit(load_batch, batches[b + 1], input_size, crop)
             if augment is not None:
                 images = augment(images, training=True)
             out[b * batch_size : b * batch_size + len(images)] = forward(images).numpy()
@@ -130,7 +130,7 @@ def cached_features(
     return out
 
 
-def _load_batch(paths: list[Path], input_size: int, crop: str) -> np.ndarray:
+def load_batch(paths: list[Path], input_size: int, crop: str) -> np.ndarray:
     return np.stack([_load(p, input_size, crop) for p in paths])
 
 

@@ -27,6 +27,14 @@ from training.report import read_history
 from training.views import VIEW_COUNTS
 
 
+def _training_views(row: dict) -> str:
+    """The views column: cached views per image, or a fresh one each epoch (`--augment
+    online`; rows recorded before the option existed cached theirs)."""
+    if row.get("augment") == "online":
+        return "fresh each epoch"
+    return _each(row["views"])
+
+
 def collect_ablation(run_dirs: list[Path]) -> list[dict]:
     rows = []
     for run in map(Path, run_dirs):
@@ -41,6 +49,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "unassigned": config.unassigned,
             "initialisation": summary["initialisation"],
             "views": config.views,
+            "augment": config.augment,
             "colour_jitter": config.colour_jitter,
             "label_smoothing": config.label_smoothing,
             "dropout": config.dropout,
@@ -214,7 +223,7 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
         field_groups = "yes" if r.get("field_groups") else "no"
         oof = r.get("out_of_fold") or {}
         line = (f"| {_each(r['init'])} | {r['crop']} | {r['tune_from_block']}-16 | "
-                f"{_each(r['views'])} | "
+                f"{_training_views(r)} | "
                 f"{jitter} | {_each(r.get('label_smoothing', 0.0), _g)} | "
                 # Rows recorded before these columns ran at the defaults, unchanged since the
                 # first training run.

@@ -18,10 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from training import data as data_lib  # noqa: E402
 from training.config import CHOICES, TrainConfig  # noqa: E402
-from training.features import cached_features  # noqa: E402
+from training.features import build_augmenter, cached_features, load_batch  # noqa: E402
 from training.model import Classifier, resolve_weights  # noqa: E402
 from training.report import plot_curves, read_history  # noqa: E402
 from training.resume import (PLATEAU_FACTOR, PLATEAU_MIN_DELTA, Backup, KeepBest,  # noqa: E402
@@ -143,7 +144,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             "refit_on_all_training_data": bool(refitted),
             "trained_on": {"files": len(features.trained(refit_files if refitted
                                                          else split["train"])),
-                           "views_per_file": config.views},
+                           # online: one fresh view of each file per epoch, none cached
+                           "views_per_file": None if features.online else config.views,
+                           "augment": config.augment},
             # Training-split images left out by --exclude-from-training (still validated).
             "excluded_from_training": len(left_out),
             # Every session of a resumed run; None where a session before it went unrecorded.
@@ -173,20 +176,23 @@ def start_run_folder(config: TrainConfig) -> Path:
 class CachedViews:
     """Cut-layer activations of the run's files and of its extra training images, every view
     computed once (cached on disk); calling it gives (activations, labels) of some files, view
-    after view."""
+    after view. With `--augment online` only the clean view is cached (validation scores it)
+    and `for_training` hands out `OnlineViews` instead."""
 
     def __init__(self, classifier: Classifier, config: TrainConfig, dataset: data_lib.Dataset,
                  split: dict, extra_paths: list[Path] = (), extra_labels: list[int] = ()):
-        self.classifier, self.config = classifier, config
+        self.classifier, self.config, self.dataset = classifier, config, dataset
+        self.online = config.augment == "online"
         used = training_files(dataset, split, config)
         self.label_of = dataset.label_of()
         self.excluded = data_lib.excluded_files(config.exclude_from_training, dataset)
         self.position = {f: i for i, f in enumerate(used)}
         self.views = [self._cached(dataset.paths(used), view, dataset.root.name)
-                      for view in range(config.views)]
+                      for view in range(1 if self.online else config.views)]
+        self.extra_paths, self.extra_labels = list(extra_paths), list(extra_labels)
         empty = np.zeros((0, *classifier.bottom.output_shape[1:]), np.float16)
         extra = [self._cached(list(extra_paths), v, "extra")
-                 for v in range(config.views if extra_paths else 0)]
+                 for v in range(config.views if extra_paths and not self.online else 0)]
         self.extra = (np.concatenate([empty, *extra]),
                       np.array(list(extra_labels) * len(extra), dtype=np.int64))
 
@@ -199,9 +205,17 @@ class CachedViews:
         """`files` less those the run's `exclude_from_training` list names."""
         return [f for f in files if f not in self.excluded]
 
-    def for_training(self, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def for_training(self, files: list[str]) -> tuple[np.ndarray | OnlineViews, np.ndarray]:
         """Every view of `files` (less the excluded), then every view of the extra training
-        images."""
+        images; online, one fresh view of each per epoch."""
+        if self.online:
+            kept = self.trained(files)
+            c = self.config
+            views = OnlineViews(self.classifier.bottom,
+                                self.dataset.paths(kept) + self.extra_paths, c.input_size,
+                                c.crop, c.seed_of_fit, c.colour_jitter)
+            return views, np.array([self.label_of[f] for f in kept] + self.extra_labels,
+                                   dtype=np.int64)
         x, y = self(self.trained(files), self.config.views)
         return np.concatenate([x, self.extra[0]]), np.concatenate([y, self.extra[1]])
 
@@ -210,6 +224,29 @@ class CachedViews:
         return cached_features(self.classifier.bottom, paths, view, c.seed, c.input_size,
                                Path(c.cache_dir), c.crop, label=label,
                                colour_jitter=c.colour_jitter)
+
+
+class OnlineViews:
+    """Training images as the tuned layers see them, augmented afresh at every look
+    (`--augment online`): indexing with positions decodes those files, draws a new augmentation
+    of each and runs the frozen layers, so an epoch never repeats a view. Costs the frozen
+    layers' forward pass every epoch, which the cache saves; the draws follow `seed` in the
+    order the batches ask for them, so a seeded fit repeats."""
+
+    def __init__(self, bottom: keras.Model, paths: list[Path], input_size: int, crop: str,
+                 seed: int, colour_jitter: bool = True):
+        self.paths, self.input_size, self.crop = list(paths), input_size, crop
+        # Not a cached view's seed (seed * 1000 + view), so no online draw repeats one of them.
+        self.augment = build_augmenter(seed * 1000 + 999, colour_jitter)
+        self.forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> np.ndarray:
+        images = load_batch([self.paths[i] for i in np.atleast_1d(index)], self.input_size,
+                            self.crop)
+        return self.forward(self.augment(images, training=True)).numpy()
 
 
 def training_files(dataset: data_lib.Dataset, split: dict, config: TrainConfig) -> list[str]:
@@ -294,6 +331,8 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
         # The class weights travel inside the blended batches, as per-example weights.
         inputs = dict(x=MixedBatches(x, y, num_classes, config.batch_size, config.mixup,
                                      weights))
+    elif isinstance(x, OnlineViews):
+        inputs = dict(x=ShuffledBatches(x, y, num_classes, config.batch_size, weights))
     else:
         inputs = dict(x=x, y=keras.utils.to_categorical(y, num_classes),
                       batch_size=config.batch_size, class_weight=weights, shuffle=True)
@@ -304,17 +343,15 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     return {k: [float(v) for v in vs] for k, vs in result.history.items()}
 
 
-class MixedBatches(keras.utils.PyDataset):
-    """Shuffled mini-batches in which every example is blended with another of the same batch
-    (mixup, Zhang et al. 2018): activations and one-hot labels both as `lam * own + (1 - lam) *
-    other`, `lam` drawn from Beta(alpha, alpha) per example, so most blends stay close to one
-    cell. A class-weighted loss weighs each blend by the same shares of the two classes'
-    weights. Draws come from NumPy's global generator, which the run's seed sets."""
+class ShuffledBatches(keras.utils.PyDataset):
+    """Shuffled mini-batches of `x` (cached activations, or `OnlineViews`) with one-hot targets
+    and each example's class weight. Draws come from NumPy's global generator, which the run's
+    seed sets."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
-                 alpha: float, class_weight: dict[int, float] | None = None):
+    def __init__(self, x: np.ndarray | OnlineViews, y: np.ndarray, num_classes: int,
+                 batch_size: int, class_weight: dict[int, float] | None = None):
         super().__init__()
-        self.x, self.batch_size, self.alpha = x, batch_size, alpha
+        self.x, self.batch_size = x, batch_size
         self.targets = np.eye(num_classes, dtype=np.float32)[y]
         weight_of = np.array([(class_weight or {}).get(c, 1.0) for c in range(num_classes)],
                              dtype=np.float32)
@@ -325,8 +362,31 @@ class MixedBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
 
+    def _batch(self, index: int) -> np.ndarray:
+        return np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+
     def __getitem__(self, index: int):
-        batch = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        batch = self._batch(index)
+        return self.x[batch].astype(np.float32), self.targets[batch], self.weights[batch]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))
+
+
+class MixedBatches(ShuffledBatches):
+    """Shuffled mini-batches in which every example is blended with another of the same batch
+    (mixup, Zhang et al. 2018): activations and one-hot labels both as `lam * own + (1 - lam) *
+    other`, `lam` drawn from Beta(alpha, alpha) per example, so most blends stay close to one
+    cell. A class-weighted loss weighs each blend by the same shares of the two classes'
+    weights."""
+
+    def __init__(self, x: np.ndarray | OnlineViews, y: np.ndarray, num_classes: int,
+                 batch_size: int, alpha: float, class_weight: dict[int, float] | None = None):
+        super().__init__(x, y, num_classes, batch_size, class_weight)
+        self.alpha = alpha
+
+    def __getitem__(self, index: int):
+        batch = self._batch(index)
         partner = self.rng.permutation(batch)
         lam = self.rng.beta(self.alpha, self.alpha, len(batch)).astype(np.float32)
         mix = lambda a, b: lam.reshape(-1, *[1] * (a.ndim - 1)) * a + (  # noqa: E731
@@ -334,9 +394,6 @@ class MixedBatches(keras.utils.PyDataset):
         x = mix(self.x[batch].astype(np.float32), self.x[partner].astype(np.float32))
         return (x, mix(self.targets[batch], self.targets[partner]),
                 mix(self.weights[batch], self.weights[partner]))
-
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.x))
 
 
 class Warmup(keras.callbacks.Callback):
