@@ -153,12 +153,20 @@ def nucleus_centre(image: Image.Image) -> tuple[float, float] | None:
             float(np.median(ys) + 0.5) * image.height / small.height)
 
 
+def nucleus_square(image: Image.Image,
+                   fraction: float = NUCLEUS_CROP_FRACTION) -> tuple[int, int, int]:
+    """(left, top, side) of the square `crop_to_nucleus` cuts: centred on the stained nucleus
+    (the image centre where none is found), its side `fraction` of the short side. It may reach
+    past the image's edges."""
+    side = max(1, round(min(image.size) * fraction))
+    centre = nucleus_centre(image) or (image.width / 2, image.height / 2)
+    return round(centre[0] - side / 2), round(centre[1] - side / 2), side
+
+
 def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION) -> Image.Image:
     """A square around the stained nucleus (side = fraction of the short side), so the white
     cell fills the model input as in single-cell datasets."""
-    side = max(1, round(min(image.size) * fraction))
-    centre = nucleus_centre(image) or (image.width / 2, image.height / 2)
-    left, top = round(centre[0] - side / 2), round(centre[1] - side / 2)
+    left, top, side = nucleus_square(image, fraction)
     # Beyond the image edge Pillow's crop fills black; a pale fill looks like slide background.
     canvas = Image.new("RGB", (side, side), (235, 225, 230))
     visible = image.crop((max(left, 0), max(top, 0), min(left + side, image.width),
