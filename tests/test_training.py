@@ -943,10 +943,16 @@ def test_online_augmentation_trains_a_run_and_caches_only_the_clean_view(tmp_pat
                          seed=3, weights="none", input_size=32, augment="online")
     run_dir = train.train(config)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["trained_on"] == {"files": 16, "views_per_file": None, "augment": "online"}
+    assert summary["trained_on"] == {"files": 16, "views_per_file": 3, "augment": "online"}
     assert summary["epochs_run"] == 2 and (run_dir / "model.keras").is_file()
-    # Validation's clean view only: no training view is cached (views=3 is unused online).
+    # Three fresh views of each of the 16 files an epoch, in batches of 8: as long as cached.
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 3
+    # Validation's clean view only: no training view is cached.
     assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1
+    features = train.CachedViews(*_online_parts(config, run_dir))
+    x, y = features.for_training(json.loads((run_dir / "splits.json").read_text())["train"])
+    assert len(x) == len(y) == 48 and list(y[:16]) == list(y[16:32]) == list(y[32:])
+    assert x.paths[:16] == x.paths[16:32]
     assert json.loads((run_dir / "config.json").read_text())["augment"] == "online"
     assert train.parse_args(["--data", "d", "--augment", "online"])[0].augment == "online"
     assert TrainConfig(augment="sometimes").problems() == ["augment must be one of cached, online"]
@@ -961,3 +967,15 @@ def test_mixup_blends_two_fresh_online_views(image_folder):
     xb, yb, wb = batches[0]
     assert xb.shape == (4, 8, 8, 3) and yb.shape == (4, 3) and wb.shape == (4,)
     np.testing.assert_allclose(yb.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def _online_parts(config, run_dir):
+    """(classifier, config, dataset, split) of a finished run, for its CachedViews."""
+    from training import data as data_lib
+    from training.model import Classifier
+
+    dataset = data_lib.grouped_image_folder(Path(config.data), 0, "none", "none")
+    split = data_lib.load_split(run_dir / "splits.json", dataset)
+    classifier = Classifier(len(dataset.classes), config.input_size, config.dropout, "none",
+                            config.tune_from_block)
+    return classifier, config, dataset, split

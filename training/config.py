@@ -49,9 +49,9 @@ class TrainConfig:
     #   out of fold by a crossfit, with their given labels
     augment: str = "cached"  # cached: the `views` views of each training image go through the
     #   frozen layers once and are cached, then reused every epoch (fast on a CPU) | online: every
-    #   epoch pushes a fresh augmented view of each training image through the frozen layers (no
-    #   training cache, `views` unused; a view is never seen twice, at the cost of the frozen
-    #   layers' forward pass every epoch); validation uses the cached clean image either way
+    #   epoch pushes `views` fresh augmented views of each training image through the frozen
+    #   layers (no training cache; an epoch as long as a cached one, but a view is never seen
+    #   twice, at the frozen layers' cost every epoch); validation uses the cached clean image
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
     colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
     #   differences between labs); --no-colour-jitter keeps the geometric augmentation only

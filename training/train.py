@@ -144,8 +144,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             "refit_on_all_training_data": bool(refitted),
             "trained_on": {"files": len(features.trained(refit_files if refitted
                                                          else split["train"])),
-                           # online: one fresh view of each file per epoch, none cached
-                           "views_per_file": None if features.online else config.views,
+                           # online: drawn afresh every epoch, none cached
+                           "views_per_file": config.views,
                            "augment": config.augment},
             # Training-split images left out by --exclude-from-training (still validated).
             "excluded_from_training": len(left_out),
@@ -207,15 +207,17 @@ class CachedViews:
 
     def for_training(self, files: list[str]) -> tuple[np.ndarray | OnlineViews, np.ndarray]:
         """Every view of `files` (less the excluded), then every view of the extra training
-        images; online, one fresh view of each per epoch."""
+        images; online, `views` fresh views of each per epoch."""
         if self.online:
+            # `views` passes an epoch, as many looks at each image as the cached views give,
+            # each a fresh draw: the epoch's length, and so the schedule's, stays the same.
             kept = self.trained(files)
             c = self.config
             views = OnlineViews(self.classifier.bottom,
-                                self.dataset.paths(kept) + self.extra_paths, c.input_size,
-                                c.crop, c.seed_of_fit, c.colour_jitter)
-            return views, np.array([self.label_of[f] for f in kept] + self.extra_labels,
-                                   dtype=np.int64)
+                                (self.dataset.paths(kept) + self.extra_paths) * c.views,
+                                c.input_size, c.crop, c.seed_of_fit, c.colour_jitter)
+            labels = [self.label_of[f] for f in kept] + self.extra_labels
+            return views, np.array(labels * c.views, dtype=np.int64)
         x, y = self(self.trained(files), self.config.views)
         return np.concatenate([x, self.extra[0]]), np.concatenate([y, self.extra[1]])
 
