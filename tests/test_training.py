@@ -900,21 +900,31 @@ def test_an_exclusion_list_naming_other_data_is_refused_before_a_run_folder_exis
     assert not runs.exists()
 
 
-def test_online_views_draw_a_fresh_augmentation_at_every_look_and_repeat_with_the_seed(
+def test_online_views_draw_by_their_key_so_no_epoch_repeats_another_even_after_a_resume(
         image_folder):
-    """Two looks at the same images differ (a new augmentation each time); a second
-    OnlineViews with the same seed draws the same sequence, so a seeded run repeats."""
+    """A look's augmentation depends on the seed and its (epoch, batch) key alone: another key
+    draws another view, the same key (a resumed run's epoch) the same one."""
     paths = sorted(image_folder.rglob("*.jpg"))[:5]
     bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)])
     views = train.OnlineViews(bottom, paths, 32, "none", seed=5)
-    first, second = views[np.array([0, 3])], views[np.array([0, 3])]
+    first = views.look(np.array([0, 3]), (0, 0))
     assert len(views) == 5 and first.shape == (2, 8, 8, 3) and first.dtype == np.float32
-    assert not np.allclose(first, second)
+    assert not np.allclose(views.look(np.array([0, 3]), (1, 0)), first)  # next epoch
+    assert not np.allclose(views.look(np.array([0, 3]), (0, 1)), first)  # other batch
     again = train.OnlineViews(bottom, paths, 32, "none", seed=5)
-    np.testing.assert_array_equal(again[np.array([0, 3])], first)
-    np.testing.assert_array_equal(again[np.array([0, 3])], second)
+    np.testing.assert_array_equal(again.look(np.array([0, 3]), (0, 0)), first)
     other_seed = train.OnlineViews(bottom, paths, 32, "none", seed=6)
-    assert not np.allclose(other_seed[np.array([0, 3])], first)
+    assert not np.allclose(other_seed.look(np.array([0, 3]), (0, 0)), first)
+    # Batches key their looks by epoch: a fit resumed at epoch 1 draws epoch 1's views.
+    y = np.arange(5) % 2
+    np.random.seed(0)
+    fresh = train.ShuffledBatches(views, y, 2, batch_size=8)
+    fresh.on_epoch_end()
+    np.random.seed(0)
+    resumed = train.ShuffledBatches(views, y, 2, batch_size=8, first_epoch=1)
+    resumed.order = fresh.order  # the order is not what this checks
+    np.testing.assert_array_equal(resumed[0][0], fresh[0][0])
+    assert fresh.epoch == resumed.epoch == 1
 
 
 def test_shuffled_batches_hold_every_example_once_an_epoch_with_its_class_weight():

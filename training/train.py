@@ -230,25 +230,29 @@ class CachedViews:
 
 class OnlineViews:
     """Training images as the tuned layers see them, augmented afresh at every look
-    (`--augment online`): indexing with positions decodes those files, draws a new augmentation
-    of each and runs the frozen layers, so an epoch never repeats a view. Costs the frozen
-    layers' forward pass every epoch, which the cache saves; the draws follow `seed` in the
-    order the batches ask for them, so a seeded fit repeats."""
+    (`--augment online`): `look` decodes some files, draws a new augmentation of each and runs
+    the frozen layers, so an epoch never repeats a view. Costs the frozen layers' forward pass
+    every epoch, which the cache saves. A look's draws depend only on the seed and its key
+    (epoch, batch): a run repeats, and one resumed after a stop draws for its later epochs the
+    views an uninterrupted run would have, never those of its first epochs again."""
 
     def __init__(self, bottom: keras.Model, paths: list[Path], input_size: int, crop: str,
                  seed: int, colour_jitter: bool = True):
         self.paths, self.input_size, self.crop = list(paths), input_size, crop
-        # Not a cached view's seed (seed * 1000 + view), so no online draw repeats one of them.
-        self.augment = build_augmenter(seed * 1000 + 999, colour_jitter)
+        self.seed, self.colour_jitter = seed, colour_jitter
         self.forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index) -> np.ndarray:
+    def look(self, index: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
+        """Activations of the files at positions `index`, augmented by draws seeded by `key`."""
         images = load_batch([self.paths[i] for i in np.atleast_1d(index)], self.input_size,
                             self.crop)
-        return self.forward(self.augment(images, training=True)).numpy()
+        # Never a cached view's seed (seed * 1000 + view): SeedSequence mixes the key in.
+        draw = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0] % 2**31
+        augment = build_augmenter(int(draw), self.colour_jitter)
+        return self.forward(augment(images, training=True)).numpy()
 
 
 def training_files(dataset: data_lib.Dataset, split: dict, config: TrainConfig) -> list[str]:
@@ -332,9 +336,10 @@ def fit(classifier: Classifier, config: TrainConfig, x, y, validation, epochs: i
     if config.mixup > 0:
         # The class weights travel inside the blended batches, as per-example weights.
         inputs = dict(x=MixedBatches(x, y, num_classes, config.batch_size, config.mixup,
-                                     weights))
+                                     weights, first_epoch=len(finished)))
     elif isinstance(x, OnlineViews):
-        inputs = dict(x=ShuffledBatches(x, y, num_classes, config.batch_size, weights))
+        inputs = dict(x=ShuffledBatches(x, y, num_classes, config.batch_size, weights,
+                                        first_epoch=len(finished)))
     else:
         inputs = dict(x=x, y=keras.utils.to_categorical(y, num_classes),
                       batch_size=config.batch_size, class_weight=weights, shuffle=True)
@@ -351,9 +356,11 @@ class ShuffledBatches(keras.utils.PyDataset):
     seed sets."""
 
     def __init__(self, x: np.ndarray | OnlineViews, y: np.ndarray, num_classes: int,
-                 batch_size: int, class_weight: dict[int, float] | None = None):
+                 batch_size: int, class_weight: dict[int, float] | None = None,
+                 first_epoch: int = 0):
         super().__init__()
         self.x, self.batch_size = x, batch_size
+        self.epoch = first_epoch  # a resumed fit's first, which keys the online views' draws
         self.targets = np.eye(num_classes, dtype=np.float32)[y]
         weight_of = np.array([(class_weight or {}).get(c, 1.0) for c in range(num_classes)],
                              dtype=np.float32)
@@ -367,11 +374,17 @@ class ShuffledBatches(keras.utils.PyDataset):
     def _batch(self, index: int) -> np.ndarray:
         return np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
 
+    def _rows(self, batch: np.ndarray, index: int, part: int = 0) -> np.ndarray:
+        if isinstance(self.x, OnlineViews):
+            return self.x.look(batch, (self.epoch, index, part))
+        return self.x[batch].astype(np.float32)
+
     def __getitem__(self, index: int):
         batch = self._batch(index)
-        return self.x[batch].astype(np.float32), self.targets[batch], self.weights[batch]
+        return self._rows(batch, index), self.targets[batch], self.weights[batch]
 
     def on_epoch_end(self) -> None:
+        self.epoch += 1
         self.order = self.rng.permutation(len(self.x))
 
 
@@ -383,8 +396,9 @@ class MixedBatches(ShuffledBatches):
     weights."""
 
     def __init__(self, x: np.ndarray | OnlineViews, y: np.ndarray, num_classes: int,
-                 batch_size: int, alpha: float, class_weight: dict[int, float] | None = None):
-        super().__init__(x, y, num_classes, batch_size, class_weight)
+                 batch_size: int, alpha: float, class_weight: dict[int, float] | None = None,
+                 first_epoch: int = 0):
+        super().__init__(x, y, num_classes, batch_size, class_weight, first_epoch)
         self.alpha = alpha
 
     def __getitem__(self, index: int):
@@ -393,7 +407,7 @@ class MixedBatches(ShuffledBatches):
         lam = self.rng.beta(self.alpha, self.alpha, len(batch)).astype(np.float32)
         mix = lambda a, b: lam.reshape(-1, *[1] * (a.ndim - 1)) * a + (  # noqa: E731
             1 - lam.reshape(-1, *[1] * (a.ndim - 1))) * b
-        x = mix(self.x[batch].astype(np.float32), self.x[partner].astype(np.float32))
+        x = mix(self._rows(batch, index), self._rows(partner, index, part=1))
         return (x, mix(self.targets[batch], self.targets[partner]),
                 mix(self.weights[batch], self.weights[partner]))
 
