@@ -96,7 +96,7 @@ def test_ablation_rows_name_the_extra_training_data(tmp_path):
     ("dropout", 0.5, "dropout", "0.5", "0.3"),
     ("weight_decay", 0.05, "weight decay", "0.05", "0"),
     # online augmentation has no cached views to count; rows before it cached 3 (the default)
-    ("augment", "online", "views", "fresh each epoch", "3"),
+    ("augment", "online", "views", "3, fresh each epoch", "3"),
 ])
 def test_ablation_gives_each_runs_option_and_the_default_for_rows_recorded_before(
         tmp_path, option, value, header, shown, default_shown):

@@ -28,10 +28,10 @@ from training.views import VIEW_COUNTS
 
 
 def _training_views(row: dict) -> str:
-    """The views column: cached views per image, or a fresh one each epoch (`--augment
-    online`; rows recorded before the option existed cached theirs)."""
+    """The views column: cached views per image, or as many drawn afresh every epoch
+    (`--augment online`; rows recorded before the option existed cached theirs)."""
     if row.get("augment") == "online":
-        return "fresh each epoch"
+        return f"{_each(row['views'])}, fresh each epoch"
     return _each(row["views"])
 
 
