@@ -900,23 +900,26 @@ def test_an_exclusion_list_naming_other_data_is_refused_before_a_run_folder_exis
     assert not runs.exists()
 
 
-def test_online_views_draw_by_their_key_so_no_epoch_repeats_another_even_after_a_resume(
-        image_folder):
-    """A look's augmentation depends on the seed and its (epoch, batch) key alone: another key
-    draws another view, the same key (a resumed run's epoch) the same one."""
+def test_online_views_keep_the_clean_views_and_draw_the_others_by_their_key(image_folder):
+    """Clean views come from the cache unchanged; an augmented look depends on the seed and its
+    (epoch, batch) key alone: another key draws another view, the same key (a resumed run's
+    epoch) the same one."""
     paths = sorted(image_folder.rglob("*.jpg"))[:5]
     bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)])
-    views = train.OnlineViews(bottom, paths, 32, "none", seed=5)
-    first = views.look(np.array([0, 3]), (0, 0))
-    assert len(views) == 5 and first.shape == (2, 8, 8, 3) and first.dtype == np.float32
-    assert not np.allclose(views.look(np.array([0, 3]), (1, 0)), first)  # next epoch
-    assert not np.allclose(views.look(np.array([0, 3]), (0, 1)), first)  # other batch
-    again = train.OnlineViews(bottom, paths, 32, "none", seed=5)
-    np.testing.assert_array_equal(again.look(np.array([0, 3]), (0, 0)), first)
-    other_seed = train.OnlineViews(bottom, paths, 32, "none", seed=6)
-    assert not np.allclose(other_seed.look(np.array([0, 3]), (0, 0)), first)
+    clean = np.arange(2 * 8 * 8 * 3, dtype=np.float16).reshape(2, 8, 8, 3)
+    views = train.OnlineViews(bottom, clean, paths, 32, "none", seed=5)
+    assert len(views) == 7
+    first = views.look(np.array([1, 2, 5]), (0, 0))
+    assert first.shape == (3, 8, 8, 3) and first.dtype == np.float32
+    np.testing.assert_array_equal(first[0], clean[1])  # position 1: a cached clean view
+    assert not np.allclose(views.look(np.array([1, 2, 5]), (1, 0))[1:], first[1:])  # next epoch
+    assert not np.allclose(views.look(np.array([1, 2, 5]), (0, 1))[1:], first[1:])  # other batch
+    again = train.OnlineViews(bottom, clean, paths, 32, "none", seed=5)
+    np.testing.assert_array_equal(again.look(np.array([1, 2, 5]), (0, 0)), first)
+    other_seed = train.OnlineViews(bottom, clean, paths, 32, "none", seed=6)
+    assert not np.allclose(other_seed.look(np.array([2, 5]), (0, 0)), first[1:])
     # Batches key their looks by epoch: a fit resumed at epoch 1 draws epoch 1's views.
-    y = np.arange(5) % 2
+    y = np.arange(7) % 2
     np.random.seed(0)
     fresh = train.ShuffledBatches(views, y, 2, batch_size=8)
     fresh.on_epoch_end()
@@ -955,14 +958,14 @@ def test_online_augmentation_trains_a_run_and_caches_only_the_clean_view(tmp_pat
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trained_on"] == {"files": 16, "views_per_file": 3, "augment": "online"}
     assert summary["epochs_run"] == 2 and (run_dir / "model.keras").is_file()
-    # Three fresh views of each of the 16 files an epoch, in batches of 8: as long as cached.
     assert (run_dir / "metrics.csv").read_text().count("\n") == 3
-    # Validation's clean view only: no training view is cached.
+    # The clean view only: no augmented view is cached.
     assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1
+    # Each of the 16 files' clean view, then two fresh views of each: as long as cached.
     features = train.CachedViews(*_online_parts(config, run_dir))
     x, y = features.for_training(json.loads((run_dir / "splits.json").read_text())["train"])
     assert len(x) == len(y) == 48 and list(y[:16]) == list(y[16:32]) == list(y[32:])
-    assert x.paths[:16] == x.paths[16:32]
+    assert len(x.clean) == 16 and x.paths[:16] == x.paths[16:32]
     assert json.loads((run_dir / "config.json").read_text())["augment"] == "online"
     assert train.parse_args(["--data", "d", "--augment", "online"])[0].augment == "online"
     assert TrainConfig(augment="sometimes").problems() == ["augment must be one of cached, online"]
@@ -971,7 +974,8 @@ def test_online_augmentation_trains_a_run_and_caches_only_the_clean_view(tmp_pat
 def test_mixup_blends_two_fresh_online_views(image_folder):
     paths = sorted(image_folder.rglob("*.jpg"))[:6]
     bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)])
-    views = train.OnlineViews(bottom, paths, 32, "none", seed=1)
+    views = train.OnlineViews(bottom, np.zeros((0, 8, 8, 3), np.float16), paths, 32, "none",
+                              seed=1)
     np.random.seed(0)
     batches = train.MixedBatches(views, np.array([0, 1, 2, 0, 1, 2]), 3, batch_size=4, alpha=1.0)
     xb, yb, wb = batches[0]

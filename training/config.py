@@ -48,10 +48,10 @@ class TrainConfig:
     #   label a label audit disputes: they keep their split and are still validated, and scored
     #   out of fold by a crossfit, with their given labels
     augment: str = "cached"  # cached: the `views` views of each training image go through the
-    #   frozen layers once and are cached, then reused every epoch (fast on a CPU) | online: every
-    #   epoch pushes `views` fresh augmented views of each training image through the frozen
-    #   layers (no training cache; an epoch as long as a cached one, but a view is never seen
-    #   twice, at the frozen layers' cost every epoch); validation uses the cached clean image
+    #   frozen layers once and are cached, then reused every epoch (fast on a CPU) | online: the
+    #   clean view is cached, and every epoch pushes `views - 1` freshly augmented views of each
+    #   training image through the frozen layers (an epoch as long as a cached one, but an
+    #   augmented view is never seen twice, at the frozen layers' cost every epoch)
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
     colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
     #   differences between labs); --no-colour-jitter keeps the geometric augmentation only

@@ -176,8 +176,8 @@ def start_run_folder(config: TrainConfig) -> Path:
 class CachedViews:
     """Cut-layer activations of the run's files and of its extra training images, every view
     computed once (cached on disk); calling it gives (activations, labels) of some files, view
-    after view. With `--augment online` only the clean view is cached (validation scores it)
-    and `for_training` hands out `OnlineViews` instead."""
+    after view. With `--augment online` only the clean view is cached and `for_training`
+    hands out `OnlineViews`, which draw the augmented ones afresh."""
 
     def __init__(self, classifier: Classifier, config: TrainConfig, dataset: data_lib.Dataset,
                  split: dict, extra_paths: list[Path] = (), extra_labels: list[int] = ()):
@@ -192,7 +192,7 @@ class CachedViews:
         self.extra_paths, self.extra_labels = list(extra_paths), list(extra_labels)
         empty = np.zeros((0, *classifier.bottom.output_shape[1:]), np.float16)
         extra = [self._cached(list(extra_paths), v, "extra")
-                 for v in range(config.views if extra_paths and not self.online else 0)]
+                 for v in range((1 if self.online else config.views) if extra_paths else 0)]
         self.extra = (np.concatenate([empty, *extra]),
                       np.array(list(extra_labels) * len(extra), dtype=np.int64))
 
@@ -207,16 +207,19 @@ class CachedViews:
 
     def for_training(self, files: list[str]) -> tuple[np.ndarray | OnlineViews, np.ndarray]:
         """Every view of `files` (less the excluded), then every view of the extra training
-        images; online, `views` fresh views of each per epoch."""
+        images; online, their clean views and then `views - 1` augmented views of each, drawn
+        afresh every epoch."""
         if self.online:
-            # `views` passes an epoch, as many looks at each image as the cached views give,
-            # each a fresh draw: the epoch's length, and so the schedule's, stays the same.
+            # As many looks at each image as the cached views give, the clean one included,
+            # so an epoch (and the schedule counted in epochs) keeps its length; only the
+            # augmented views change from epoch to epoch.
             kept = self.trained(files)
             c = self.config
-            views = OnlineViews(self.classifier.bottom,
-                                (self.dataset.paths(kept) + self.extra_paths) * c.views,
+            clean, y = self(kept, 1)
+            views = OnlineViews(self.classifier.bottom, np.concatenate([clean, self.extra[0]]),
+                                (self.dataset.paths(kept) + self.extra_paths) * (c.views - 1),
                                 c.input_size, c.crop, c.seed_of_fit, c.colour_jitter)
-            labels = [self.label_of[f] for f in kept] + self.extra_labels
+            labels = list(y) + self.extra_labels
             return views, np.array(labels * c.views, dtype=np.int64)
         x, y = self(self.trained(files), self.config.views)
         return np.concatenate([x, self.extra[0]]), np.concatenate([y, self.extra[1]])
@@ -229,30 +232,39 @@ class CachedViews:
 
 
 class OnlineViews:
-    """Training images as the tuned layers see them, augmented afresh at every look
-    (`--augment online`): `look` decodes some files, draws a new augmentation of each and runs
-    the frozen layers, so an epoch never repeats a view. Costs the frozen layers' forward pass
-    every epoch, which the cache saves. A look's draws depend only on the seed and its key
-    (epoch, batch): a run repeats, and one resumed after a stop draws for its later epochs the
-    views an uninterrupted run would have, never those of its first epochs again."""
+    """Training examples as the tuned layers see them (`--augment online`): the first
+    `len(clean)` are cached clean views; each of the others is a file augmented afresh at
+    every look (decoded, a new augmentation drawn, the frozen layers run), so an epoch never
+    repeats an augmented view. Costs the frozen layers' forward pass every epoch, which the
+    cache saves. A look's draws depend only on the seed and its key (epoch, batch): a run
+    repeats, and one resumed after a stop draws for its later epochs the views an uninterrupted
+    run would have, never those of its first epochs again."""
 
-    def __init__(self, bottom: keras.Model, paths: list[Path], input_size: int, crop: str,
-                 seed: int, colour_jitter: bool = True):
-        self.paths, self.input_size, self.crop = list(paths), input_size, crop
+    def __init__(self, bottom: keras.Model, clean: np.ndarray, paths: list[Path],
+                 input_size: int, crop: str, seed: int, colour_jitter: bool = True):
+        self.clean, self.paths = clean, list(paths)
+        self.input_size, self.crop = input_size, crop
         self.seed, self.colour_jitter = seed, colour_jitter
         self.forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.clean) + len(self.paths)
 
     def look(self, index: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
-        """Activations of the files at positions `index`, augmented by draws seeded by `key`."""
-        images = load_batch([self.paths[i] for i in np.atleast_1d(index)], self.input_size,
-                            self.crop)
-        # Never a cached view's seed (seed * 1000 + view): SeedSequence mixes the key in.
-        draw = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0] % 2**31
-        augment = build_augmenter(int(draw), self.colour_jitter)
-        return self.forward(augment(images, training=True)).numpy()
+        """Activations of the examples at positions `index`: clean views as cached, the others
+        augmented by draws seeded by `key`."""
+        index = np.atleast_1d(index)
+        out = np.zeros((len(index), *self.clean.shape[1:]), np.float32)
+        cached = index < len(self.clean)
+        out[cached] = self.clean[index[cached]]
+        if not cached.all():
+            files = [self.paths[i - len(self.clean)] for i in index[~cached]]
+            images = load_batch(files, self.input_size, self.crop)
+            # Never a cached view's seed (seed * 1000 + view): SeedSequence mixes the key in.
+            draw = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0] % 2**31
+            augment = build_augmenter(int(draw), self.colour_jitter)
+            out[~cached] = self.forward(augment(images, training=True)).numpy()
+        return out
 
 
 def training_files(dataset: data_lib.Dataset, split: dict, config: TrainConfig) -> list[str]:
