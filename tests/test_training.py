@@ -950,22 +950,34 @@ def test_shuffled_batches_hold_every_example_once_an_epoch_with_its_class_weight
     assert not np.array_equal(orders[0], batches.order)  # reshuffled
 
 
-def test_online_augmentation_trains_a_run_and_caches_only_the_clean_view(tmp_path, image_folder):
+def test_online_augmentation_trains_a_run_and_caches_only_the_clean_views(tmp_path, image_folder):
+    from tests.conftest import make_image
+    from training import crossfit
+
+    for name, color in zip(CLASSES[:2], CELL_COLORS[:2]):
+        for i in range(2):
+            make_image(tmp_path / "extra" / name / f"x_{i}.png", color, fmt="PNG")
     config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=3, epochs=2,
                          batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
-                         seed=3, weights="none", input_size=32, augment="online")
+                         seed=3, weights="none", input_size=32, augment="online",
+                         extra_data=str(tmp_path / "extra"))
     run_dir = train.train(config)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trained_on"] == {"files": 16, "views_per_file": 3, "augment": "online"}
     assert summary["epochs_run"] == 2 and (run_dir / "model.keras").is_file()
     assert (run_dir / "metrics.csv").read_text().count("\n") == 3
-    # The clean view only: no augmented view is cached.
-    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 1
-    # Each of the 16 files' clean view, then two fresh views of each: as long as cached.
+    # The clean views only (of the data and of the extra images): no augmented view is cached.
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 2
+    # The clean view of each of the 16 files and 4 extra images, then two fresh views of each:
+    # as long as a cached epoch.
     features = train.CachedViews(*_online_parts(config, run_dir))
     x, y = features.for_training(json.loads((run_dir / "splits.json").read_text())["train"])
-    assert len(x) == len(y) == 48 and list(y[:16]) == list(y[16:32]) == list(y[32:])
-    assert len(x.clean) == 16 and x.paths[:16] == x.paths[16:32]
+    assert len(x) == len(y) == 60 and list(y[:20]) == list(y[20:40]) == list(y[40:])
+    assert len(x.clean) == 20 and x.paths[:20] == x.paths[20:40]
+    assert [Path(p).parent.parent.name for p in x.paths[16:20]] == ["extra"] * 4
+    # A crossfit of the run trains its fold models online too.
+    summary = crossfit.crossfit(run_dir, folds=2)
+    assert summary["images"] == 24 and len(summary["per_fold"]) == 2
     assert json.loads((run_dir / "config.json").read_text())["augment"] == "online"
     assert train.parse_args(["--data", "d", "--augment", "online"])[0].augment == "online"
     assert TrainConfig(augment="sometimes").problems() == ["augment must be one of cached, online"]
@@ -992,4 +1004,5 @@ def _online_parts(config, run_dir):
     split = data_lib.load_split(run_dir / "splits.json", dataset)
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout, "none",
                             config.tune_from_block)
-    return classifier, config, dataset, split
+    extra = data_lib.list_extra(config.extra_data, dataset.classes, 0)
+    return classifier, config, dataset, split, *extra
