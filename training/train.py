@@ -144,7 +144,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             "refit_on_all_training_data": bool(refitted),
             "trained_on": {"files": len(features.trained(refit_files if refitted
                                                          else split["train"])),
-                           # online: drawn afresh every epoch, none cached
+                           # online: the augmented ones drawn afresh every epoch
                            "views_per_file": config.views,
                            "augment": config.augment},
             # Training-split images left out by --exclude-from-training (still validated).
@@ -260,7 +260,8 @@ class OnlineViews:
         if not cached.all():
             files = [self.paths[i - len(self.clean)] for i in index[~cached]]
             images = load_batch(files, self.input_size, self.crop)
-            # Never a cached view's seed (seed * 1000 + view): SeedSequence mixes the key in.
+            # SeedSequence hashes seed and key together: each epoch and batch draws its own
+            # views, unrelated to the cached views' seeds (seed * 1000 + view).
             draw = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0] % 2**31
             augment = build_augmenter(int(draw), self.colour_jitter)
             out[~cached] = self.forward(augment(images, training=True)).numpy()
