@@ -983,6 +983,22 @@ def test_online_augmentation_trains_a_run_and_caches_only_the_clean_views(tmp_pa
     assert TrainConfig(augment="sometimes").problems() == ["augment must be one of cached, online"]
 
 
+def test_a_seeded_online_run_repeats_bit_for_bit_and_another_fit_seed_does_not(tmp_path,
+                                                                               image_folder):
+    # The README says an online run repeats: its fresh views are drawn by (seed, epoch, batch),
+    # and TensorFlow's CPU kernels must not add noise of their own on top.
+    def weights(name: str, fit_seed: int) -> list[np.ndarray]:
+        config = TrainConfig(data=str(image_folder), out=str(tmp_path / name), views=2, epochs=2,
+                             batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                             seed=3, fit_seed=fit_seed, weights="none", input_size=32,
+                             augment="online", ema_momentum=0.9)
+        return keras.saving.load_model(train.train(config) / "model.keras").get_weights()
+
+    first, again, other = weights("a", 0), weights("b", 0), weights("c", 5)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other))
+
+
 def test_mixup_blends_two_fresh_online_views(image_folder):
     paths = sorted(image_folder.rglob("*.jpg"))[:6]
     bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)])
