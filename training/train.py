@@ -187,12 +187,13 @@ class CachedViews:
         self.label_of = dataset.label_of()
         self.excluded = data_lib.excluded_files(config.exclude_from_training, dataset)
         self.position = {f: i for i, f in enumerate(used)}
+        cached = 1 if self.online else config.views  # online: the clean view only
         self.views = [self._cached(dataset.paths(used), view, dataset.root.name)
-                      for view in range(1 if self.online else config.views)]
+                      for view in range(cached)]
         self.extra_paths, self.extra_labels = list(extra_paths), list(extra_labels)
         empty = np.zeros((0, *classifier.bottom.output_shape[1:]), np.float16)
         extra = [self._cached(list(extra_paths), v, "extra")
-                 for v in range((1 if self.online else config.views) if extra_paths else 0)]
+                 for v in range(cached if extra_paths else 0)]
         self.extra = (np.concatenate([empty, *extra]),
                       np.array(list(extra_labels) * len(extra), dtype=np.int64))
 
@@ -387,9 +388,11 @@ class ShuffledBatches(keras.utils.PyDataset):
     def _batch(self, index: int) -> np.ndarray:
         return np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
 
-    def _rows(self, batch: np.ndarray, index: int, part: int = 0) -> np.ndarray:
+    def _rows(self, batch: np.ndarray, index: int) -> np.ndarray:
         if isinstance(self.x, OnlineViews):
-            return self.x.look(batch, (self.epoch, index, part))
+            # The key's last 0 keeps the draws of the runs recorded so far (it once told a
+            # mixup batch's own views from its partners' second draw).
+            return self.x.look(batch, (self.epoch, index, 0))
         return self.x[batch].astype(np.float32)
 
     def __getitem__(self, index: int):
@@ -416,12 +419,15 @@ class MixedBatches(ShuffledBatches):
 
     def __getitem__(self, index: int):
         batch = self._batch(index)
-        partner = self.rng.permutation(batch)
+        # Partners are the batch's own examples, so their rows are the ones already loaded:
+        # online, the frozen layers run once per batch, not again for the partners.
+        pick = self.rng.permutation(len(batch))
+        partner = batch[pick]
         lam = self.rng.beta(self.alpha, self.alpha, len(batch)).astype(np.float32)
         mix = lambda a, b: lam.reshape(-1, *[1] * (a.ndim - 1)) * a + (  # noqa: E731
             1 - lam.reshape(-1, *[1] * (a.ndim - 1))) * b
-        x = mix(self._rows(batch, index), self._rows(partner, index, part=1))
-        return (x, mix(self.targets[batch], self.targets[partner]),
+        rows = self._rows(batch, index)
+        return (mix(rows, rows[pick]), mix(self.targets[batch], self.targets[partner]),
                 mix(self.weights[batch], self.weights[partner]))
 
 
