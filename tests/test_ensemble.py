@@ -1,6 +1,6 @@
 """training.ensemble: runs of one split and frozen part served as one network, the mean of
-their logits; and --fit-seed, which draws another member without moving the split or the
-cached views."""
+their logits or (--combine weights) one network holding the mean of their weights; and
+--fit-seed, which draws another member without moving the split or the cached views."""
 
 import json
 import shutil
@@ -141,3 +141,46 @@ def test_an_ensemble_of_crossfitted_members_gets_their_joined_out_of_fold_logits
     # validation, as any model without one).
     (members[1] / crossfit.NPZ_FILE).unlink()
     assert not (ensemble.ensemble(members, "ens", tmp_path / "runs") / crossfit.NPZ_FILE).exists()
+
+
+def test_a_weight_average_is_one_members_network_holding_the_mean_of_their_weights(
+        two_members, tmp_path):
+    _, first, second = two_members
+    members = [Path(shutil.copytree(r, tmp_path / r.name)) for r in (first, second)]
+    for member, seed in zip(members, (1, 2)):  # crossfits that a logit ensemble would join
+        write_crossfit(member, np.random.default_rng(seed).normal(size=(8, 4, 4)),
+                       np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1]))
+    run = ensemble.ensemble(members, "soup", tmp_path / "runs", combine="weights")
+    loaded = [keras.models.load_model(r / "model.keras", compile=False) for r in members]
+    soup = keras.models.load_model(run / "model.keras", compile=False)
+    assert [layer.name for layer in soup.layers] == [layer.name for layer in loaded[0].layers]
+    head = [m.get_layer("trainable").get_layer("head").get_weights()[0] for m in loaded]
+    assert not np.allclose(*head)  # two draws: the average is not either member
+    for averaged, a, b in zip(soup.get_weights(), *(m.get_weights() for m in loaded)):
+        np.testing.assert_allclose(averaged, (a + b) / 2, rtol=1e-6, atol=1e-7)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["combined"] == "weights"
+    assert summary["initialisation"].startswith("weight average of 2 runs, each initialised")
+    assert [m["fit_seed"] for m in summary["members"]] == [3, 11]
+    assert set(summary["validation"]) == {"accuracy", "balanced_accuracy", "loss"}
+    # The members' held-out logits are not this network's: no out-of-fold logits, and no
+    # crossfit of the average either.
+    assert not (run / crossfit.NPZ_FILE).exists()
+    with pytest.raises(SystemExit, match="averages the weights of runs"):
+        crossfit.crossfit(run)
+
+    out = export.export_run(run, "soup", root=tmp_path / "models")
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["architecture"].endswith("dense softmax (every weight the mean of 2 runs' "
+                                         "weights)")
+    assert [g.get("member") for g in card["trust"]["ood"]["layers"]] == [None] * 6  # one network
+    assert len(card["training"]["members"]) == 2
+    assert card["trust"]["fitted_on"]["temperature_and_confidence_threshold"]["source"] == (
+        "validation split")
+    assert Predictor(out).classes == CLASSES
+
+
+def test_a_weight_average_of_networks_of_other_shapes_is_refused():
+    models = [keras.Sequential([keras.Input((3,)), keras.layers.Dense(n)]) for n in (2, 4)]
+    with pytest.raises(SystemExit, match="differ in shape"):
+        ensemble.average_weights(models)

@@ -152,6 +152,15 @@ def test_ablation_names_each_fits_seed_and_warmup_and_an_ensembles_members_and_r
     assert column(table, "dropout") == ["0.3"] * 4
     assert column(table, "left out of training") == ["none", "none", "none / disputes.json",
                                                      "none"]
+    # A weight average (training.ensemble --combine weights) says so where the mean of logits
+    # says "mean of".
+    soup = tmp_path / "soup"
+    soup.mkdir()
+    TrainConfig(data="d", seed=7).save(soup / "config.json")
+    ensemble = json.loads((runs[2] / "summary.json").read_text())
+    (soup / "summary.json").write_text(json.dumps(ensemble | {"combined": "weights"}))
+    assert column(ablation_table(collect_ablation([soup])), "fit seed") == [
+        "weight average of 2: 7; 2 (warm-up 1 epoch)"]
 
 
 def test_ablation_says_whether_smears_of_one_field_of_view_were_grouped(tmp_path):

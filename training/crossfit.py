@@ -104,7 +104,12 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
 
     started = time.time()
     folder = Path(folder)
-    if "members" in _training_record(folder):
+    record = _training_record(folder)
+    if record.get("combined") == "weights":
+        raise SystemExit(f"{folder} averages the weights of runs (training.ensemble --combine "
+                         "weights): its fold models would be averages of the members' fold "
+                         "models, which crossfit does not keep")
+    if "members" in record:
         raise SystemExit(f"{folder} is an ensemble (training.ensemble): crossfit its members")
     config = TrainConfig.load(folder / "config.json")
     config.weights = weights or config.weights

@@ -22,6 +22,14 @@ every member has a crossfit (`training.crossfit`) of the same folds, the folder 
 ensemble's out-of-fold logits, the mean of the members' (`training.crossfit.join`): the
 ensemble's calibration data and its out-of-fold figures, with no fold model trained again.
 A member is a training run folder or an exported model folder (which keeps its run's files).
+
+`--combine weights` instead averages the members' weights into one member's network (a uniform
+"model soup", Wortsman et al. 2022): one member's size and serving time, where the logit
+ensemble grows with every member. It is exactly the mean of the members' logits only for the
+head; the tuned blocks are not linear, so how close it comes to the logit ensemble is measured
+(its one-view validation figures in summary.json), not assumed. It has no out-of-fold logits:
+the members' crossfits hold their fold models' logits, not their weights, so export calibrates
+it on validation.
 """
 
 from __future__ import annotations
@@ -94,6 +102,23 @@ def merge(models: list[keras.Model], tune_from_block: int, dropout: float
     return full, trainable
 
 
+def average_weights(models: list[keras.Model]) -> tuple[keras.Model, keras.Model]:
+    """(image -> probabilities, cut-layer activations -> probabilities) of one network whose
+    every weight is the mean of the members' (a uniform "model soup", Wortsman et al. 2022):
+    the first member's model, its weights replaced. The frozen blocks are equal, so only the
+    tuned blocks and the head change. Unlike `merge`, it costs one member's time and size;
+    whether it predicts like the mean of the members' logits depends on their tuned weights
+    staying close (members fine-tuned from one initialisation), which only a measurement shows.
+    The models passed in are spent."""
+    shapes = [[w.shape for w in m.get_weights()] for m in models]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise SystemExit("The members' networks differ in shape: their weights cannot be "
+                         "averaged")
+    models[0].set_weights([np.mean(ws, axis=0, dtype=np.float64).astype(ws[0].dtype)
+                           for ws in zip(*(m.get_weights() for m in models))])
+    return models[0], models[0].get_layer("trainable")
+
+
 def check_members(folders: list[Path]) -> tuple[list[dict], list[TrainConfig]]:
     """(summaries, configs) of members that can form one network, or a clear exit."""
     if len(folders) < 2:
@@ -133,14 +158,25 @@ def _split_of(folder: Path) -> dict:
     return {k: saved.get(k, []) for k in data_lib.SPLIT_KEYS}
 
 
-def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
+# How the members become one network: `merge` (the mean of their logits; the default) or
+# `average_weights` (the mean of their weights).
+COMBINE = ("logits", "weights")
+
+
+def ensemble(folders: list[Path], name: str, out: Path = Path("runs"),
+             combine: str = "logits") -> Path:
     """Write the run folder of the ensemble of `folders` (see the module's docstring)."""
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
     started = time.time()
     folders = [Path(f) for f in folders]
     summaries, configs = check_members(folders)
     config = replace(configs[0], name=name, out=str(out), fit_seed=0)
     models = [keras.models.load_model(f / "model.keras", compile=False) for f in folders]
-    full, trainable = merge(models, config.tune_from_block, config.dropout)
+    if combine == "weights":
+        full, trainable = average_weights(models)
+    else:
+        full, trainable = merge(models, config.tune_from_block, config.dropout)
 
     # Validation on one view, from the frozen part's cached activations, as training reports it.
     dataset = data_lib.grouped_image_folder(Path(config.data), config.max_per_class,
@@ -167,8 +203,10 @@ def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
     first = summaries[0]
     summary = {
         "classes": first["classes"],
-        "initialisation": (f"ensemble of {len(folders)} runs, each initialised from "
+        "initialisation": (("weight average" if combine == "weights" else "ensemble")
+                           + f" of {len(folders)} runs, each initialised from "
                            f"{first['initialisation']}"),
+        "combined": combine,  # one of COMBINE; summaries written before it: "logits"
         "members": [{"run": str(folder), "fit_seed": c.seed_of_fit,
                      "warmup_epochs": c.warmup_epochs, "settings": settings,
                      **{k: s[k] for k in ("best_epoch", "epochs_run", "validation",
@@ -187,7 +225,12 @@ def ensemble(folders: list[Path], name: str, out: Path = Path("runs")) -> Path:
         "extra_training_images": first.get("extra_training_images", 0),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    crossfit.join(folders, run_dir)
+    if combine == "logits":
+        crossfit.join(folders, run_dir)
+    else:
+        # The members' held-out logits average to their logit ensemble's, not to this
+        # network's: its out-of-fold logits would need each fold's models averaged.
+        log("no out-of-fold logits for a weight average: export calibrates it on validation")
     log(f"{len(folders)} members; validation (one view) {validation}; run folder {run_dir}")
     return run_dir
 
@@ -210,8 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="suffix of the new run folder's name")
     parser.add_argument("--out", type=Path, default=Path("runs"),
                         help="parent folder of the run folders")
+    parser.add_argument("--combine", choices=COMBINE, default="logits",
+                        help="logits (default): one network running every member, the mean of "
+                             "their logits; weights: one member's network holding the mean of "
+                             "their weights (a model soup: one member's size and time)")
     args = parser.parse_args(argv)
-    print(ensemble(args.members, args.name, args.out))
+    print(ensemble(args.members, args.name, args.out, args.combine))
 
 
 if __name__ == "__main__":

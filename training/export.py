@@ -37,6 +37,7 @@ RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.csv", "refit
              "curves.png", "crossfit.npz", "crossfit.json")
 
 
+ARCHITECTURE = "MobileNetV2 (alpha 1.0) + global average pooling + dropout + dense softmax"
 # The layer of an ensemble (training.ensemble) that joins its members' last feature maps.
 JOINED_MAPS = "member_maps"
 
@@ -188,7 +189,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
     size = int(model.input_shape[1])
     card = {
         "name": out_dir.name,
-        "architecture": "MobileNetV2 (alpha 1.0) + global average pooling + dropout + dense softmax",
+        "architecture": ARCHITECTURE,
         "input_size": [size, size, 3],
         "preprocessing": {
             "decode": "Pillow; EXIF orientation applied; first frame; any mode converted to RGB "
@@ -294,7 +295,11 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "validation": summary["validation"],
         "metrics": {},
     }
-    if "members" in summary:  # training.ensemble
+    if summary.get("combined") == "weights":  # training.ensemble --combine weights
+        card["architecture"] = (f"{ARCHITECTURE} (every weight the mean of "
+                                f"{len(summary['members'])} runs' weights)")
+        card["training"]["members"] = summary["members"]
+    elif "members" in summary:  # training.ensemble
         count = len(summary["members"])
         card["architecture"] = (
             f"{count} MobileNetV2 (alpha 1.0) networks sharing their frozen blocks below block "

@@ -100,12 +100,14 @@ def _members_settings(summary: dict) -> dict:
 
 def _fit_label(config: TrainConfig, summary: dict) -> str:
     """What seeded the fit (--fit-seed, else --seed) and its warm-up; for an ensemble
-    (training.ensemble), each member's."""
+    (training.ensemble), each member's, after "mean of N" (their logits) or "weight average of N"
+    (`--combine weights`)."""
     def one(seed: int, warmup: float) -> str:
         return f"{seed}" + (f" (warm-up {warmup:g} epoch)" if warmup else "")
 
     if "members" in summary:
-        return (f"mean of {len(summary['members'])}: "
+        combined = "weight average" if summary.get("combined") == "weights" else "mean"
+        return (f"{combined} of {len(summary['members'])}: "
                 + "; ".join(one(m["fit_seed"], m.get("warmup_epochs", 0.0))
                             for m in summary["members"]))
     return one(config.seed_of_fit, config.warmup_epochs)
