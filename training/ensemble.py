@@ -25,9 +25,10 @@ A member is a training run folder or an exported model folder (which keeps its r
 
 `--combine weights` instead averages the members' weights into one member's network (a uniform
 "model soup", Wortsman et al. 2022): one member's size and serving time, where the logit
-ensemble grows with every member. It is exactly the mean of the members' logits only for the
-head; the tuned blocks are not linear, so how close it comes to the logit ensemble is measured
-(its one-view validation figures in summary.json), not assumed. It has no out-of-fold logits:
+ensemble grows with every member. The head is linear, so were the members' tuned blocks equal
+its logits would be the mean of theirs; they are not, and the blocks are not linear, so how
+close it comes to the logit ensemble is measured (its one-view validation figures in
+summary.json), not assumed. It has no out-of-fold logits:
 the members' crossfits hold their fold models' logits, not their weights, so export calibrates
 it on validation.
 """
