@@ -111,12 +111,13 @@ def average_weights(models: list[keras.Model]) -> tuple[keras.Model, keras.Model
     whether it predicts like the mean of the members' logits depends on their tuned weights
     staying close (members fine-tuned from one initialisation), which only a measurement shows.
     The models passed in are spent."""
-    shapes = [[w.shape for w in m.get_weights()] for m in models]
+    weights = [m.get_weights() for m in models]
+    shapes = [[w.shape for w in ws] for ws in weights]
     if any(s != shapes[0] for s in shapes[1:]):
         raise SystemExit("The members' networks differ in shape: their weights cannot be "
                          "averaged")
     models[0].set_weights([np.mean(ws, axis=0, dtype=np.float64).astype(ws[0].dtype)
-                           for ws in zip(*(m.get_weights() for m in models))])
+                           for ws in zip(*weights)])
     return models[0], models[0].get_layer("trainable")
 
 

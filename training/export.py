@@ -295,18 +295,17 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
         "validation": summary["validation"],
         "metrics": {},
     }
-    if summary.get("combined") == "weights":  # training.ensemble --combine weights
-        card["architecture"] = (f"{ARCHITECTURE} (every weight the mean of "
-                                f"{len(summary['members'])} runs' weights)")
-        card["training"]["members"] = summary["members"]
-    elif "members" in summary:  # training.ensemble
+    if "members" in summary:  # training.ensemble
         count = len(summary["members"])
+        card["training"]["members"] = summary["members"]
         card["architecture"] = (
+            # --combine weights: one network
+            f"{ARCHITECTURE} (every weight the mean of {count} runs' weights)"
+            if summary.get("combined") == "weights" else
             f"{count} MobileNetV2 (alpha 1.0) networks sharing their frozen blocks below block "
             f"{config['tune_from_block']}, their last feature maps joined + global average "
             f"pooling + dropout + one dense softmax holding each member's head / {count} (the "
             "mean of the members' logits)")
-        card["training"]["members"] = summary["members"]
     export_model(model, out_dir, card, crop=config.get("crop", "none"), views=views)
     if not in_place:
         for file in RUN_FILES:
