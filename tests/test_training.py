@@ -449,6 +449,31 @@ def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
         "../shared/data/pbc (classes a, b), itself initialised from random (no pretrained weights)")
 
 
+def test_a_model_of_the_same_classes_hands_on_its_head_and_any_other_does_not(trained_run,
+                                                                             tmp_path):
+    from training.model import Classifier
+
+    base, run = trained_run
+    source = run / "model.keras"
+    served = keras.models.load_model(source, compile=False)
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 224, 224, 3)).astype("float32")
+    same = Classifier(len(CLASSES), weights=str(source), classes=CLASSES)
+    assert same.initialisation.endswith("; head copied too (the same classes in the same order)")
+    # Backbone and head both taken over: the new network starts as the model it came from.
+    np.testing.assert_allclose(same.full.predict(images, verbose=0),
+                               served.predict(images, verbose=0), atol=1e-6)
+    for classes in (CLASSES[::-1], CLASSES[:3] + ["platelet"]):
+        fresh = Classifier(len(CLASSES), weights=str(source), classes=classes)
+        assert "head copied" not in fresh.initialisation
+        assert not np.allclose(fresh.head.kernel.numpy(), same.head.kernel.numpy())
+    # A run started from it records that its head was copied.
+    config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                         seed=3, weights=str(source))
+    summary = json.loads((train.train(config) / "summary.json").read_text())
+    assert summary["initialisation"] == same.initialisation
+
+
 def test_provenance_of_an_unfinished_runs_checkpoint_says_which_epoch_it_is(tmp_path):
     from training.model import weights_provenance
 

@@ -20,7 +20,8 @@ class TrainConfig:
     out: str = "runs"  # parent folder of the run folders
     weights: str = "auto"  # backbone init: auto (weights/dog_breed_mobilenetv2.h5, fetched by
     #   `python -m training.pretrained`) | imagenet (download) | none (random) | PATH (.h5 /
-    #   .keras, layers copied by name); a run records the file auto chose
+    #   .keras, layers copied by name; the head too where the file is a HematoVision model of
+    #   the same classes in the same order); a run records the file auto chose
     input_size: int = 224  # square input side in pixels (the serving contract)
     crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first (its
     #   side preprocess.NUCLEUS_CROP_FRACTION, 0.55, of the short side) | nucleus:F: the same

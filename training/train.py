@@ -65,11 +65,12 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         log(f"{len(excluded)} images never train (--exclude-from-training); "
             f"{len(left_out)} of them are in the training split")
 
-    # Model: MobileNetV2 backbone with the requested initialisation and a new head (built
-    # before a run folder exists: a weights file that cannot be read leaves none behind).
+    # Model: MobileNetV2 backbone with the requested initialisation and a new head, or the
+    # weights file's own where it is a model of these classes (built before a run folder
+    # exists: a weights file that cannot be read leaves none behind).
     num_classes = len(dataset.classes)
     classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights,
-                            config.tune_from_block)
+                            config.tune_from_block, dataset.classes)
     log(f"initialisation: {classifier.initialisation}")
     if config.weights == "none":
         log(f"warning: blocks below {config.tune_from_block} keep their random weights (frozen); "
