@@ -275,6 +275,23 @@ def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_
             == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc")
 
 
+def test_ablation_says_when_a_run_started_from_its_weights_files_head_too(tmp_path):
+    from training.model import HEAD_COPIED
+
+    folder = tmp_path / "pbc8"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({"training": {
+        "run_folder": "20261203-022940-mobilenetv2-224-pbc8-b7-ema",
+        "config": {"data": "../shared/data/pbc"}}}))
+    weights = str(folder / "model.keras")
+    backbone_only = "model.keras: 104 of 104 backbone layers copied by name [...]"
+    assert tables._init_label(weights, backbone_only) == (
+        "HematoVision run 20261203-022940-mobilenetv2-224-pbc8-b7-ema, trained on pbc")
+    assert tables._init_label(weights, backbone_only + HEAD_COPIED) == (
+        "HematoVision run 20261203-022940-mobilenetv2-224-pbc8-b7-ema, trained on pbc, "
+        "its head too")
+
+
 def test_models_table_names_the_most_frequent_errors():
     matrix = [[5, 2, 0], [7, 9, 2], [0, 2, 4]]
     assert (tables._top_confusions(matrix, ["a", "b", "c"], top=2)

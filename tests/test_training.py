@@ -451,14 +451,14 @@ def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
 
 def test_a_model_of_the_same_classes_hands_on_its_head_and_any_other_does_not(trained_run,
                                                                              tmp_path):
-    from training.model import Classifier
+    from training.model import HEAD_COPIED, Classifier
 
     base, run = trained_run
     source = run / "model.keras"
     served = keras.models.load_model(source, compile=False)
     images = np.random.default_rng(0).uniform(-1, 1, (3, 224, 224, 3)).astype("float32")
     same = Classifier(len(CLASSES), weights=str(source), classes=CLASSES)
-    assert same.initialisation.endswith("; head copied too (the same classes in the same order)")
+    assert same.initialisation.endswith(HEAD_COPIED)
     # Backbone and head both taken over: the new network starts as the model it came from.
     np.testing.assert_allclose(same.full.predict(images, verbose=0),
                                served.predict(images, verbose=0), atol=1e-6)

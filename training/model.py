@@ -119,6 +119,9 @@ def _record(path: Path) -> dict | None:
     return None
 
 
+HEAD_COPIED = "; head copied too (the same classes in the same order)"
+
+
 def copy_head(head: keras.layers.Dense, weights: str, classes: Sequence[str]) -> bool:
     """Start `head` from the weights file's own head where that file is a HematoVision model of
     the same classes in the same order (a run started from a checkpoint, a served model tuned
@@ -270,7 +273,7 @@ class Classifier:
         image = keras.Input(shape=(input_size, input_size, 3), name="image")
         self.full = keras.Model(image, self.trainable(self.bottom(image)), name="hematovision")
         if classes and copy_head(self.head, weights, classes):
-            self.initialisation += "; head copied too (the same classes in the same order)"
+            self.initialisation += HEAD_COPIED
 
     def state(self) -> list:
         """Every variable of the tuned part, to start another fit from where this one stands:

