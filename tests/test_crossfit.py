@@ -163,6 +163,28 @@ def test_crossfit_refuses_an_initialisation_the_model_did_not_start_from(trained
     assert not (folder / crossfit.NPZ_FILE).exists()
 
 
+def test_crossfit_refuses_a_run_started_from_a_model_of_its_own_data(trained_run, tmp_path):
+    from training.model import trained_on
+
+    # Such a run (a served model tuned further, a checkpoint restarted) starts every fold model
+    # from weights that the held-out fold's images trained.
+    _, run_dir = trained_run
+    source, folder = tmp_path / "source", tmp_path / "run"
+    shutil.copytree(run_dir, source)
+    shutil.copytree(run_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    weights = str(source / "model.keras")
+    (folder / "config.json").write_text(json.dumps(config | {"weights": weights}))
+    with pytest.raises(SystemExit, match="was itself trained on .* would not be out of fold"):
+        crossfit.crossfit(folder, folds=2)
+    assert not (folder / crossfit.NPZ_FILE).exists()
+    # What the refusal reads: the data named beside the weights, and nothing for other files.
+    assert trained_on(weights) == config["data"]
+    (source / "config.json").write_text(json.dumps(config | {"data": str(tmp_path / "other")}))
+    assert trained_on(weights) == str(tmp_path / "other")
+    assert trained_on(str(tmp_path / "dog_breed_mobilenetv2.h5")) is None
+
+
 def test_fold_models_replay_the_served_models_epochs_and_learning_rates(
         trained_run, tmp_path, monkeypatch):
     from training import train

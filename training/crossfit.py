@@ -14,7 +14,8 @@ early-stopped on its held-out fold, as the served model was on its validation sp
 `--stopping served-epochs` instead replays the served weights' epochs and learning rates and
 never looks at the held-out fold (tried once for an earlier wbc4 and not adopted; its figures
 were not kept).
-The folder's model itself is not changed. `training.calibrate` fits the temperature and the
+A run whose initialisation was itself trained on the same data is refused: its held-out folds
+trained the weights every fold model starts from. The folder's model itself is not changed. `training.calibrate` fits the temperature and the
 abstention threshold on these out-of-fold logits when the folder has them; the unfamiliar-image
 threshold stays on the model's own validation images, because features differ from one trained
 model to another.
@@ -99,7 +100,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
 
     from training.export import serving_model
     from training.features import weights_digest
-    from training.model import Classifier
+    from training.model import Classifier, trained_on
     from training.train import CachedViews, fit
 
     started = time.time()
@@ -114,6 +115,12 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     config = TrainConfig.load(folder / "config.json")
     config.weights = weights or config.weights
     root = Path(config.data)
+    source_data = trained_on(config.weights)
+    if source_data and Path(source_data).resolve() == root.resolve():
+        raise SystemExit(
+            f"{config.weights} was itself trained on {config.data}: the images a fold holds out "
+            "trained the weights every fold model starts from, so its figures would not be out "
+            "of fold. Crossfit a run whose --weights were trained on other data.")
     dataset = data_lib.grouped_image_folder(root, config.max_per_class, config.source_map,
                                            config.field_notes)
     split = data_lib.load_split(folder / "splits.json", dataset)

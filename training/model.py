@@ -95,7 +95,7 @@ def weights_provenance(weights: str) -> str:
     info = _record(path)
     if info is None:
         return ""
-    config = info.get("training", {}).get("config") or _sibling_config(path)
+    config = _record_config(path, info)
     data = config.get("data", "?") if config else "?"
     inner_weights = config.get("weights", "none") if config else "none"
     inner = info.get("initialisation") or Path(inner_weights).name
@@ -156,6 +156,21 @@ def _checkpoint_note(path: Path) -> str:
 def _sibling_config(path: Path) -> dict:
     config = path.parent / "config.json"
     return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def _record_config(path: Path, info: dict) -> dict:
+    """The training config of the model whose record is `info`: in a card, or beside a run's."""
+    return info.get("training", {}).get("config") or _sibling_config(path)
+
+
+def trained_on(weights: str) -> str | None:
+    """The data a HematoVision weights file was trained on (its config's --data), from the
+    record beside it; None for any other file."""
+    path = Path(weights)
+    info = _record(path) if path.suffix in (".keras", ".h5") else None
+    if info is None:
+        return None
+    return _record_config(path, info).get("data") or info.get("root")
 
 
 def copy_weights_by_name(model: keras.Model, path: Path) -> tuple[int, int]:
