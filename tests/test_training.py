@@ -449,29 +449,38 @@ def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
         "../shared/data/pbc (classes a, b), itself initialised from random (no pretrained weights)")
 
 
-def test_a_model_of_the_same_classes_hands_on_its_head_and_any_other_does_not(trained_run,
-                                                                             tmp_path):
+def test_head_weights_starts_from_a_model_of_the_same_classes_whole_and_refuses_others(
+        trained_run, tmp_path):
     from training.model import HEAD_COPIED, Classifier
 
     base, run = trained_run
     source = run / "model.keras"
     served = keras.models.load_model(source, compile=False)
     images = np.random.default_rng(0).uniform(-1, 1, (3, 224, 224, 3)).astype("float32")
-    same = Classifier(len(CLASSES), weights=str(source), classes=CLASSES)
+    same = Classifier(len(CLASSES), weights=str(source), classes=CLASSES, head="weights")
     assert same.initialisation.endswith(HEAD_COPIED)
     # Backbone and head both taken over: the new network starts as the model it came from.
     np.testing.assert_allclose(same.full.predict(images, verbose=0),
                                served.predict(images, verbose=0), atol=1e-6)
-    for classes in (CLASSES[::-1], CLASSES[:3] + ["platelet"]):
-        fresh = Classifier(len(CLASSES), weights=str(source), classes=classes)
-        assert "head copied" not in fresh.initialisation
-        assert not np.allclose(fresh.head.kernel.numpy(), same.head.kernel.numpy())
-    # A run started from it records that its head was copied.
+    # By default the head is drawn afresh, as for another --fit-seed of an ensemble.
+    fresh = Classifier(len(CLASSES), weights=str(source), classes=CLASSES)
+    assert not fresh.initialisation.endswith(HEAD_COPIED)
+    assert not np.allclose(fresh.head.kernel.numpy(), same.head.kernel.numpy())
+    with pytest.raises(SystemExit, match="is not a HematoVision model .*its record names "
+                                         + ", ".join(CLASSES)):
+        Classifier(len(CLASSES), weights=str(source), classes=CLASSES[::-1], head="weights")
+    alone = tmp_path / "elsewhere.keras"  # the same file, no record beside it
+    shutil.copy(source, alone)
+    with pytest.raises(SystemExit, match="no model card, run summary or split file beside it"):
+        Classifier(len(CLASSES), weights=str(alone), classes=CLASSES, head="weights")
+    # A run started with it records that its head was copied.
     config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=1, epochs=1,
                          batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
-                         seed=3, weights=str(source))
+                         seed=3, weights=str(source), head="weights")
     summary = json.loads((train.train(config) / "summary.json").read_text())
     assert summary["initialisation"] == same.initialisation
+    assert TrainConfig(weights="auto", head="weights").problems() == [
+        "head weights needs --weights PATH: a HematoVision model of these classes"]
 
 
 def test_provenance_of_an_unfinished_runs_checkpoint_says_which_epoch_it_is(tmp_path):

@@ -20,8 +20,10 @@ class TrainConfig:
     out: str = "runs"  # parent folder of the run folders
     weights: str = "auto"  # backbone init: auto (weights/dog_breed_mobilenetv2.h5, fetched by
     #   `python -m training.pretrained`) | imagenet (download) | none (random) | PATH (.h5 /
-    #   .keras, layers copied by name; the head too where the file is a HematoVision model of
-    #   the same classes in the same order); a run records the file auto chose
+    #   .keras, layers copied by name); a run records the file auto chose
+    head: str = "new"  # new: a freshly drawn head | weights: the --weights file's own, which
+    #   must be a HematoVision model of the same classes in the same order (a checkpoint
+    #   restarted, a served model tuned further), so the run starts as that model
     input_size: int = 224  # square input side in pixels (the serving contract)
     crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first (its
     #   side preprocess.NUCLEUS_CROP_FRACTION, 0.55, of the short side) | nucleus:F: the same
@@ -99,6 +101,9 @@ class TrainConfig:
             (self.views >= 1, "views must be at least 1 (the clean image)"),
             (self.augment in CHOICES["augment"],
              f"augment must be one of {', '.join(CHOICES['augment'])}"),
+            (self.head in CHOICES["head"], f"head must be one of {', '.join(CHOICES['head'])}"),
+            (self.head == "new" or self.weights not in ("auto", "none", "imagenet"),
+             "head weights needs --weights PATH: a HematoVision model of these classes"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.patience >= 0, "patience must be 0 or more"),
@@ -156,4 +161,5 @@ class TrainConfig:
 BEFORE_OPTION_EXISTED = {"field_notes": "none"}
 # Options that take one of a few words; argparse refuses others (a typo must not pass as a
 # default: any --unassigned value but "refit" used to mean "drop").
-CHOICES = {"unassigned": ("refit", "drop"), "augment": ("cached", "online")}
+CHOICES = {"unassigned": ("refit", "drop"), "augment": ("cached", "online"),
+           "head": ("new", "weights")}

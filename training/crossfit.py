@@ -135,7 +135,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     # split does.
     keras.utils.set_random_seed(config.seed_of_fit)
     classifier = Classifier(len(dataset.classes), config.input_size, config.dropout,
-                            config.weights, config.tune_from_block, dataset.classes)
+                            config.weights, config.tune_from_block, dataset.classes, config.head)
     served_bottom = Classifier(len(dataset.classes), config.input_size, config.dropout,
                                str(folder / "model.keras"), config.tune_from_block).bottom
     if weights_digest(classifier.bottom) != weights_digest(served_bottom):

@@ -122,22 +122,26 @@ def _record(path: Path) -> dict | None:
 HEAD_COPIED = "; head copied too (the same classes in the same order)"
 
 
-def copy_head(head: keras.layers.Dense, weights: str, classes: Sequence[str]) -> bool:
-    """Start `head` from the weights file's own head where that file is a HematoVision model of
-    the same classes in the same order (a run started from a checkpoint, a served model tuned
-    further), so that the fit goes on from what the head learned instead of from random weights
-    that the first steps would push through the whole tuned network. Returns whether it did."""
+def copy_head(head: keras.layers.Dense, weights: str, classes: Sequence[str]) -> None:
+    """Start `head` from the weights file's own (`--head weights`): the fit goes on from what
+    that model's head learned instead of from random weights whose first steps push through
+    the whole tuned network. Refused unless the file is a HematoVision model of the same
+    classes in the same order, whose head has the shape of ours."""
     path = Path(weights)
     info = _record(path) if path.suffix in (".keras", ".h5") and path.is_file() else None
-    if info is None or list(info.get("classes", [])) != list(classes):
-        return False
+    theirs = list(info.get("classes", [])) if info else []
+    if theirs != list(classes):
+        found = (f"its record names {', '.join(theirs)}" if theirs else
+                 "no model card, run summary or split file beside it names its classes")
+        raise SystemExit(f"--head weights: {weights} is not a HematoVision model of "
+                         f"{', '.join(classes)} in this order ({found}). Use --head new.")
     arrays = read_weight_arrays(path).get("head", {})
     if {k: v.shape for k, v in arrays.items()} != {
             w.path.split("/")[-1]: tuple(w.shape) for w in head.weights}:
-        return False  # e.g. an ensemble's head, which pools several members' maps
+        raise SystemExit(f"--head weights: {weights} has no head of one network's shape to copy "
+                         "(an ensemble's pools several members' maps). Use --head new.")
     head.kernel.assign(arrays["kernel"])
     head.bias.assign(arrays["bias"])
-    return True
 
 
 def _checkpoint_note(path: Path) -> str:
@@ -266,7 +270,7 @@ class Classifier:
 
     def __init__(self, num_classes: int, input_size: int = 224, dropout: float = 0.3,
                  weights: str = "none", tune_from_block: int = 14,
-                 classes: Sequence[str] = ()):
+                 classes: Sequence[str] = (), head: str = "new"):
         self.backbone = build_backbone(input_size)
         self.initialisation = init_backbone(self.backbone, weights)
         cut = self.backbone.get_layer(cut_layer(tune_from_block)).output
@@ -287,7 +291,8 @@ class Classifier:
 
         image = keras.Input(shape=(input_size, input_size, 3), name="image")
         self.full = keras.Model(image, self.trainable(self.bottom(image)), name="hematovision")
-        if classes and copy_head(self.head, weights, classes):
+        if head == "weights":
+            copy_head(self.head, weights, classes)
             self.initialisation += HEAD_COPIED
 
     def state(self) -> list:

@@ -66,11 +66,11 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             f"{len(left_out)} of them are in the training split")
 
     # Model: MobileNetV2 backbone with the requested initialisation and a new head, or the
-    # weights file's own where it is a model of these classes (built before a run folder
-    # exists: a weights file that cannot be read leaves none behind).
+    # weights file's own with --head weights (built before a run folder exists: a weights file
+    # that cannot be read, or whose head cannot be ours, leaves none behind).
     num_classes = len(dataset.classes)
     classifier = Classifier(num_classes, config.input_size, config.dropout, config.weights,
-                            config.tune_from_block, dataset.classes)
+                            config.tune_from_block, dataset.classes, config.head)
     log(f"initialisation: {classifier.initialisation}")
     if config.weights == "none":
         log(f"warning: blocks below {config.tune_from_block} keep their random weights (frozen); "
