@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from training import tables
+from training.model import HEAD_COPIED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,23 +274,12 @@ def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_
         "config": {"data": "../shared/data/pbc"}}}))
     assert (tables._init_label(str(folder / "model.keras"))
             == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc")
-
-
-def test_ablation_says_when_a_run_started_from_its_weights_files_head_too(tmp_path):
-    from training.model import HEAD_COPIED
-
-    folder = tmp_path / "pbc8"
-    folder.mkdir()
-    (folder / "model_card.json").write_text(json.dumps({"training": {
-        "run_folder": "20261203-022940-mobilenetv2-224-pbc8-b7-ema",
-        "config": {"data": "../shared/data/pbc"}}}))
-    weights = str(folder / "model.keras")
-    backbone_only = "model.keras: 104 of 104 backbone layers copied by name [...]"
-    assert tables._init_label(weights, backbone_only) == (
-        "HematoVision run 20261203-022940-mobilenetv2-224-pbc8-b7-ema, trained on pbc")
-    assert tables._init_label(weights, backbone_only + HEAD_COPIED) == (
-        "HematoVision run 20261203-022940-mobilenetv2-224-pbc8-b7-ema, trained on pbc, "
-        "its head too")
+    # A run started with --head weights: its summary's initialisation says so, and so does
+    # the column.
+    copied = "model.keras: 104 of 104 backbone layers copied by name [...]" + HEAD_COPIED
+    assert (tables._init_label(str(folder / "model.keras"), copied)
+            == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc, "
+               "its head too")
 
 
 def test_models_table_names_the_most_frequent_errors():
