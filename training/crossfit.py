@@ -15,10 +15,10 @@ early-stopped on its held-out fold, as the served model was on its validation sp
 never looks at the held-out fold (tried once for an earlier wbc4 and not adopted; its figures
 were not kept).
 A run whose initialisation was itself trained on the same data is refused: its held-out folds
-trained the weights every fold model starts from. The folder's model itself is not changed. `training.calibrate` fits the temperature and the
-abstention threshold on these out-of-fold logits when the folder has them; the unfamiliar-image
-threshold stays on the model's own validation images, because features differ from one trained
-model to another.
+trained the weights every fold model starts from. The folder's model itself is not changed.
+`training.calibrate` fits the temperature and the abstention threshold on these out-of-fold
+logits when the folder has them; the unfamiliar-image threshold stays on the model's own
+validation images, because features differ from one trained model to another.
 
 Writes crossfit.npz (files, labels, folds, view_logits and the served mean, logits) and
 crossfit.json (per-fold figures, and accuracy and NLL for 1, 4 and 8 views).
