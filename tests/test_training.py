@@ -473,6 +473,10 @@ def test_head_weights_starts_from_a_model_of_the_same_classes_whole_and_refuses_
     shutil.copy(source, alone)
     with pytest.raises(SystemExit, match="no model card, run summary or split file beside it"):
         Classifier(len(CLASSES), weights=str(alone), classes=CLASSES, head="weights")
+    # A mistyped path says so, not that the (absent) file is of other classes.
+    with pytest.raises(SystemExit, match="Weights file not found: .*missing.keras"):
+        Classifier(len(CLASSES), weights=str(tmp_path / "missing.keras"), classes=CLASSES,
+                   head="weights")
     # A run started with it records that its head was copied.
     config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=1, epochs=1,
                          batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),

@@ -127,8 +127,8 @@ HEAD_COPIED = "; head copied too (the same classes in the same order)"
 def check_head_source(weights: str, classes: Sequence[str]) -> None:
     """Refuse `--head weights` from anything but a HematoVision model of the same classes in
     the same order, from the record beside it: before the file itself is loaded."""
-    path = Path(weights)
-    info = _record(path) if path.suffix in (".keras", ".h5") and path.is_file() else None
+    path = _existing(Path(weights))
+    info = _record(path) if path.suffix in (".keras", ".h5") else None
     theirs = list(info.get("classes", [])) if info else []
     if theirs != list(classes):
         found = (f"its record names {', '.join(theirs)}" if theirs else
@@ -185,15 +185,20 @@ def copy_weights_by_name(model: keras.Model, path: Path,
                          ) -> tuple[int, int]:
     """Copy every layer of `path` (its arrays `source`, where read already) whose name and
     shapes match a layer of `model`."""
-    if not path.is_file():
-        raise SystemExit(f"Weights file not found: {path}")
-    source = read_weight_arrays(path) if source is None else source
+    source = read_weight_arrays(_existing(path)) if source is None else source
     layers = [layer for layer in model.layers if layer.weights]
     copied = sum(_copy_layer(layer, source.get(layer.name)) for layer in layers)
     total = len(layers)
     if copied == 0:
         raise SystemExit(f"No layer of {path} matches the MobileNetV2 backbone by name and shape.")
     return copied, total
+
+
+def _existing(path: Path) -> Path:
+    """`path`, or a one-line refusal where no such file exists (a typo in --weights)."""
+    if not path.is_file():
+        raise SystemExit(f"Weights file not found: {path}")
+    return path
 
 
 def _copy_layer(layer: keras.layers.Layer, arrays: dict[str, np.ndarray] | None) -> bool:
