@@ -32,6 +32,33 @@ def test_temperature_scaling_lowers_nll_and_ece_of_overconfident_logits():
     assert after < 0.03 < before
 
 
+def test_bias_corrected_temperature_recovers_the_generating_temperature_and_biases():
+    rng = np.random.default_rng(1)
+    logits, bias = rng.normal(0, 3, (6000, 4)), np.array([0.0, 1.0, -0.5, 0.5])
+    p = softmax(logits / 2.0 + bias)
+    labels = np.array([rng.choice(4, p=row) for row in p])
+    t, fitted = calibrate.fit_bias_corrected_temperature(logits, labels)
+    assert t == pytest.approx(2.0, rel=0.1)
+    assert fitted == pytest.approx(bias, abs=0.15)
+
+
+def test_held_out_comparison_shows_a_bias_changing_the_top_class_where_a_temperature_cannot():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, (3000, 3))
+    labels = np.array([rng.choice(3, p=row) for row in softmax(logits + [0.0, 0.0, 2.0])])
+    folds = np.arange(3000) % 3
+    result = calibrate.compare_temperature_fits(logits, labels, folds)
+    raw = float(np.mean(logits.argmax(1) == labels))
+    assert result["folds"] == [0, 1, 2]
+    for criterion in calibrate.TEMPERATURE_FITS:  # a temperature keeps every top class
+        assert result[criterion]["pooled"]["accuracy"] == pytest.approx(raw, abs=1e-4)
+    bcts = result[calibrate.BIAS_CORRECTED]
+    assert bcts["pooled"]["accuracy"] > raw + 0.05  # the missing bias toward the third class
+    assert bcts["pooled"]["nll"] < result["nll"]["pooled"]["nll"]
+    assert [b[2] for b in bcts["bias"]] == pytest.approx([2.0] * 3, abs=0.3)
+    assert len(bcts["accuracy"]) == len(bcts["ece"]) == 3
+
+
 def test_reliability_bins_count_every_image_once():
     probabilities = np.array([[0.95, 0.05], [0.55, 0.45], [0.02, 0.98], [1.0, 0.0]])
     labels = np.array([0, 1, 1, 0])

@@ -73,7 +73,7 @@ def test_cli_writes_the_spread_into_the_model_folder(tmp_path, monkeypatch, caps
     assert "on draws of 12 smears" in capsys.readouterr().out
     # Each way of fitting the temperature, fitted on one fold and judged on the other.
     held_out = written["temperature_fits_held_out"]
-    assert held_out["folds"] == [0, 1] and set(held_out) == {"folds", "nll", "ece"}
+    assert held_out["folds"] == [0, 1] and set(held_out) == {"folds", "nll", "ece", "bcts"}
     other = logits[folds == 1].astype(np.float32).astype(np.float64)
     assert held_out["ece"]["temperature"][0] == pytest.approx(
         lowest_ece_temperature(other, labels[folds == 1]), abs=1e-4)

@@ -399,6 +399,28 @@ def test_crossfit_table_shows_what_the_fitted_temperature_does_on_validation(tmp
     assert "| 0.7000 to 0.7800 | 10 (2) | 0.9000 |" in tables.crossfit_table(tmp_path)
 
 
+def test_temperature_fits_table_adds_the_bias_corrected_fit_where_it_was_compared(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.tflite").write_bytes(b"")  # listed as a model folder
+    (model / "model_card.json").write_text(json.dumps(
+        {"classes": ["a", "b"], "trust": {"temperature_fit": "ece"}}))
+    fit = {"temperature": [1.2, 1.3], "ece": [0.02, 0.04], "nll": [0.3, 0.5]}
+    fits = {"folds": [0, 1], "nll": fit, "ece": fit}
+    (model / "ece_spread.json").write_text(json.dumps({"temperature_fits_held_out": fits}))
+    table = tables.temperature_fits_table(tmp_path)  # written before BCTS was compared
+    assert column(table, "calibration fitted by") == ["lowest NLL", "lowest ECE"]
+    assert column(table, "held-out accuracy, all folds") == ["n/a", "n/a"]
+    assert column(table, "served") == ["no", "yes"]
+    fits["bcts"] = fit | {"bias": [[0, 0.5], [0, 0.7]], "pooled": {"accuracy": 0.8123}}
+    (model / "ece_spread.json").write_text(json.dumps({"temperature_fits_held_out": fits}))
+    table = tables.temperature_fits_table(tmp_path)
+    assert column(table, "calibration fitted by")[2].endswith("(BCTS)")
+    assert column(table, "held-out accuracy, all folds")[2] == "0.8123"
+    assert column(table, "served") == ["no", "yes", "no"]
+    assert column(table, "mean held-out ECE")[2] == "0.0300"
+
+
 def test_crossfit_table_scores_the_views_the_model_is_served_with(tmp_path):
     from training import crossfit, views
 

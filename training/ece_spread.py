@@ -15,7 +15,8 @@ set's class mix is itself a draw. It also records the lowest whole-pool ECE that
 temperature reaches (a grid search, in sample): the floor of temperature scaling on this
 population, which an NLL-fitted temperature need not reach.
 
-It also compares the ways of fitting the temperature (training.calibrate.TEMPERATURE_FITS) on
+It also compares the ways of fitting the temperature (training.calibrate.TEMPERATURE_FITS), and
+the temperature with a per-class bias (training.calibrate.BIAS_CORRECTED, compared only), on
 the crossfit folds, each fitted on the other folds and scored on its own.
 
 Writes ece_spread.json into the folder.

@@ -19,7 +19,7 @@ from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
 from training import crossfit, probe
-from training.calibrate import TEMPERATURE_FITS
+from training.calibrate import BIAS_CORRECTED, TEMPERATURE_FITS
 from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
 from training.model import HEAD_COPIED
@@ -475,24 +475,28 @@ def ece_spread_table(root: Path = MODELS_ROOT) -> str:
 
 
 def temperature_fits_table(root: Path = MODELS_ROOT) -> str:
-    """Each way of fitting the temperature, judged on crossfit folds it was not fitted on
-    (training.ece_spread: `temperature_fits_held_out`)."""
-    lines = ["| model | temperature fitted by | temperature per fold | held-out ECE per fold "
-             "| mean held-out ECE | held-out NLL per fold | mean held-out NLL | served |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Each way of fitting the temperature, and the temperature with a per-class bias, judged
+    on crossfit folds it was not fitted on (training.ece_spread: `temperature_fits_held_out`)."""
+    lines = ["| model | calibration fitted by | temperature per fold | held-out ECE per fold "
+             "| mean held-out ECE | held-out NLL per fold | mean held-out NLL "
+             "| held-out accuracy, all folds | served |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    names = {c: f"lowest {c.upper()}" for c in TEMPERATURE_FITS} | {
+        BIAS_CORRECTED: "lowest NLL, temperature and per-class bias (BCTS)"}
     for name, s, card in _with_result(root, "ece_spread.json"):
         fits = s.get("temperature_fits_held_out")
         if not fits:
             continue
         served = card.get("trust", {}).get("temperature_fit", "nll")
-        for criterion in TEMPERATURE_FITS:
-            f = fits[criterion]
+        for form in (c for c in names if c in fits):
+            f = fits[form]
             lines.append(
-                f"| `{name}` | lowest {criterion.upper()} | "
+                f"| `{name}` | {names[form]} | "
                 + ", ".join(f"{t:.2f}" for t in f["temperature"]) + " | "
                 + ", ".join(f"{e:.4f}" for e in f["ece"]) + f" | {np.mean(f['ece']):.4f} | "
                 + ", ".join(f"{v:.4f}" for v in f["nll"]) + f" | {np.mean(f['nll']):.4f} | "
-                + ("yes" if criterion == served else "no") + " |")
+                + f"{_fmt(f.get('pooled', {}).get('accuracy'))} | "
+                + ("yes" if form == served else "no") + " |")
     return "\n".join(lines)
 
 
