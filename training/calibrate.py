@@ -117,20 +117,17 @@ def fit_bias_corrected_temperature(logits: np.ndarray, labels: np.ndarray
     (a shift common to all classes changes nothing). Convex in (1 / T, b): L-BFGS from T = 1,
     b = 0."""
     from scipy.optimize import minimize  # requirements-train.txt; the app never calibrates
+    from scipy.special import log_softmax
 
     logits = np.asarray(logits, np.float64)
-    rows = np.arange(len(labels))
+    onehot = np.eye(logits.shape[1])[labels]
 
     def loss_and_gradient(params):
         scale, bias = params[0], np.concatenate([[0.0], params[1:]])
-        scores = logits * scale + bias
-        scores -= scores.max(axis=1, keepdims=True)
-        log_p = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
-        d_scores = np.exp(log_p)
-        d_scores[rows, labels] -= 1
-        d_scores /= len(labels)
-        gradient = np.concatenate([[np.sum(d_scores * logits)], d_scores.sum(axis=0)[1:]])
-        return -log_p[rows, labels].mean(), gradient
+        log_p = log_softmax(logits * scale + bias, axis=1)
+        residual = (np.exp(log_p) - onehot) / len(labels)  # d loss / d scores, as in the probe
+        gradient = np.concatenate([[np.sum(residual * logits)], residual.sum(axis=0)[1:]])
+        return -(onehot * log_p).sum() / len(labels), gradient
 
     start = np.concatenate([[1.0], np.zeros(logits.shape[1] - 1)])
     fitted = minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B").x
@@ -161,15 +158,17 @@ def compare_temperature_fits(logits: np.ndarray, labels: np.ndarray, folds: np.n
                 p = softmax(logits[held], t)
             held_out[form][held] = p
             result[form]["temperature"].append(round(t, 4))
-            result[form]["ece"].append(round(reliability(p, labels[held])["ece"], 4))
-            result[form]["nll"].append(round(_nll_of(p, labels[held]), 4))
-            result[form]["accuracy"].append(round(float(np.mean(p.argmax(1) == labels[held])), 4))
+            for key, value in _held_out_scores(p, labels[held]).items():
+                result[form][key].append(value)
     for form in forms:
-        p = held_out[form]
-        result[form]["pooled"] = {"accuracy": round(float(np.mean(p.argmax(1) == labels)), 4),
-                                  "nll": round(_nll_of(p, labels), 4),
-                                  "ece": round(reliability(p, labels)["ece"], 4)}
+        result[form]["pooled"] = _held_out_scores(held_out[form], labels)
     return result
+
+
+def _held_out_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    return {"accuracy": round(float(np.mean(probabilities.argmax(axis=1) == labels)), 4),
+            "nll": round(_nll_of(probabilities, labels), 4),
+            "ece": round(reliability(probabilities, labels)["ece"], 4)}
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
