@@ -404,3 +404,40 @@ def test_excluded_images_are_scored_out_of_fold_but_train_no_fold_model(trained_
     expected = [views * sum(1 for f, k in zip(files, folds) if k != fold and f not in left_out)
                 for fold in (0, 1)]
     assert trained_on == expected and sum(expected) == views * (16 - 3)
+
+
+def test_with_a_probe_head_every_fold_model_starts_from_a_probe_of_its_own_folds(
+        trained_run, tmp_path, monkeypatch):
+    """A head fitted on all the pool's images would carry the held-out fold's labels into its
+    fold model: each fold fits its own, from the folds it trains on, before it trains."""
+    from training import train
+
+    _, run_dir = trained_run
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"head": "probe"}))
+    probed, starts = [], []
+    real_probe, real_fit = train.fit_head, train.fit
+
+    def probe(classifier, x, y, *args, **kwargs):
+        accuracy = real_probe(classifier, x, y, *args, **kwargs)
+        probed.append((np.bincount(y, minlength=4), classifier.head.kernel.numpy().copy()))
+        return accuracy
+
+    monkeypatch.setattr(train, "fit_head", probe)
+    monkeypatch.setattr(train, "fit", lambda classifier, config, x, y, *a, **k: (
+        starts.append(classifier.head.kernel.numpy().copy()),
+        real_fit(classifier, config, x, y, *a, **k))[1])
+
+    crossfit.crossfit(folder, folds=2)
+
+    with np.load(folder / crossfit.NPZ_FILE) as arrays:
+        folds, labels = arrays["folds"], arrays["labels"]
+    assert len(probed) == len(starts) == 2
+    for k, (counts, kernel) in enumerate(probed):
+        # Every view of the fold's training images, and none of its held-out ones...
+        np.testing.assert_array_equal(
+            counts, config["views"] * np.bincount(labels[folds != k], minlength=4))
+        # ...and its fold model starts from that probe, not from the run's random head.
+        np.testing.assert_array_equal(starts[k], kernel)

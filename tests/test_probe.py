@@ -48,6 +48,27 @@ def test_a_held_out_folds_labels_and_statistics_never_reach_its_logits():
     assert not np.allclose(before[~held], after[~held])
 
 
+def test_sample_weights_count_an_example_as_often_as_its_weight():
+    features, labels, _ = _blobs(seed=2, per_class=12)
+    weights = np.tile([1, 2, 3], len(labels) // 3)
+    weighted = probe.fit_linear(features, labels, 3, 0.01, weights)
+    repeated = probe.fit_linear(np.repeat(features, weights, axis=0),
+                                np.repeat(labels, weights), 3, 0.01)
+    for a, b in zip(weighted, repeated):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not np.allclose(weighted[0], probe.fit_linear(features, labels, 3, 0.01)[0],
+                           atol=1e-3)
+
+
+def test_a_standardised_fit_is_returned_as_weights_of_the_raw_features():
+    features, labels, _ = _blobs(seed=3)
+    raw = features * [1, 10, 100, 0.1, 1] + 50.0  # scales a raw head would see
+    w, b = probe.standardised_fit(raw, labels, 3, 0.01)
+    mean, spread = raw.mean(0), raw.std(0) + 1e-6
+    w_std, b_std = probe.fit_linear((raw - mean) / spread, labels, 3, 0.01)
+    np.testing.assert_allclose(raw @ w + b, ((raw - mean) / spread) @ w_std + b_std, atol=1e-8)
+
+
 @pytest.fixture
 def crossfit_folder(image_folder, tmp_path):
     folder = tmp_path / "model"

@@ -280,6 +280,10 @@ def test_ablation_names_the_run_behind_a_served_model_folder_not_the_folder(tmp_
     assert (tables._init_label(str(folder / "model.keras"), copied)
             == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc, "
                "its head too")
+    # --head probe: from its config, whatever the initialisation text.
+    assert (tables._init_label(str(folder / "model.keras"), "model.keras: ...", "probe")
+            == "HematoVision run 20261123-052941-mobilenetv2-224-pbc8-b11, trained on pbc, "
+               "head fitted as a linear probe first (LP-FT)")
 
 
 def test_models_table_names_the_most_frequent_errors():

@@ -487,6 +487,53 @@ def test_head_weights_starts_from_a_model_of_the_same_classes_whole_and_refuses_
         "head weights needs --weights PATH: a HematoVision model of these classes"]
 
 
+def test_a_probe_head_is_the_linear_probe_of_the_pooled_features_weighted_like_the_loss():
+    from training.model import Classifier
+    from training.probe import fit_head, standardised_fit
+
+    keras.utils.set_random_seed(4)
+    classifier = Classifier(len(CLASSES), input_size=96)
+    rng = np.random.default_rng(0)
+    shape = classifier.trainable.input_shape[1:]
+    # Each class its own pattern of cut-layer activations, unequal counts (10, 4, 4, 4).
+    labels = np.array([0] * 10 + [1, 2, 3] * 4)
+    patterns = rng.normal(0, 1, (len(CLASSES), *shape))
+    x = (patterns[labels] + rng.normal(0, 0.3, (len(labels), *shape))).astype(np.float32)
+    accuracy = fit_head(classifier, x, labels)
+
+    features = classifier.embed.predict(x, verbose=0).astype(np.float64)
+    counts = np.bincount(labels)  # inverse-frequency weights, as the loss's class weights
+    kernel, bias = standardised_fit(features, labels, len(CLASSES), 0.01,
+                                    (len(labels) / (len(CLASSES) * counts))[labels])
+    np.testing.assert_allclose(classifier.head.kernel.numpy(), kernel, rtol=1e-4, atol=1e-6)
+    probabilities = classifier.trainable.predict(x, verbose=0)  # dropout off when predicting
+    np.testing.assert_allclose(probabilities, softmax(features @ kernel + bias), atol=1e-4)
+    assert accuracy == float(np.mean(probabilities.argmax(1) == labels)) == 1.0
+
+
+def test_a_run_with_a_probe_head_records_the_probes_figures_before_fine_tuning(
+        trained_run, tmp_path, monkeypatch):
+    base, _ = trained_run
+    fitted = []
+    real = train.fit_head
+    monkeypatch.setattr(train, "fit_head", lambda classifier, x, y, *a, **k: (
+        fitted.append(len(y)), real(classifier, x, y, *a, **k))[1])
+    config = TrainConfig(data=str(base / "data"), out=str(tmp_path / "runs"), views=2, epochs=1,
+                         batch_size=8, val_fraction=0.25, cache_dir=str(tmp_path / "cache"),
+                         seed=3, weights="none", head="probe")
+    run = train.train(config)
+    summary = json.loads((run / "summary.json").read_text())
+    assert fitted == [2 * summary["counts"]["train"]]  # every view of the training split, once
+    probed = summary["head_probe"]
+    assert 0 <= probed["training_accuracy"] <= 1
+    assert set(probed["validation"]) == {"accuracy", "balanced_accuracy"}
+    assert TrainConfig.load(run / "config.json").head == "probe"
+    # Unlike --head weights, it needs no weights file of the same classes.
+    assert TrainConfig(weights="none", head="probe").problems() == []
+    # Without it, a run records no probe.
+    assert "head_probe" not in json.loads((trained_run[1] / "summary.json").read_text())
+
+
 def test_provenance_of_an_unfinished_runs_checkpoint_says_which_epoch_it_is(tmp_path):
     from training.model import weights_provenance
 

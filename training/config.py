@@ -23,7 +23,10 @@ class TrainConfig:
     #   .keras, layers copied by name); a run records the file auto chose
     head: str = "new"  # new: a freshly drawn head | weights: the --weights file's own, which
     #   must be a HematoVision model of the same classes in the same order (a checkpoint
-    #   restarted, a served model tuned further), so the run starts as that model
+    #   restarted, a served model tuned further), so the run starts as that model | probe: a
+    #   linear probe of the initial network's pooled features over the fit's own training
+    #   views (LP-FT), so fine-tuning does not start by pushing a random head's errors back
+    #   through the tuned blocks; every fit fits its own (a crossfit's folds, a refit)
     input_size: int = 224  # square input side in pixels (the serving contract)
     crop: str = "none"  # none | nucleus: centre a square crop on the stained nucleus first (its
     #   side preprocess.NUCLEUS_CROP_FRACTION, 0.55, of the short side) | nucleus:F: the same
@@ -102,7 +105,7 @@ class TrainConfig:
             (self.augment in CHOICES["augment"],
              f"augment must be one of {', '.join(CHOICES['augment'])}"),
             (self.head in CHOICES["head"], f"head must be one of {', '.join(CHOICES['head'])}"),
-            (self.head == "new" or self.weights not in ("auto", "none", "imagenet"),
+            (self.head != "weights" or self.weights not in ("auto", "none", "imagenet"),
              "head weights needs --weights PATH: a HematoVision model of these classes"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -162,4 +165,4 @@ BEFORE_OPTION_EXISTED = {"field_notes": "none"}
 # Options that take one of a few words; argparse refuses others (a typo must not pass as a
 # default: any --unassigned value but "refit" used to mean "drop").
 CHOICES = {"unassigned": ("refit", "drop"), "augment": ("cached", "online"),
-           "head": ("new", "weights")}
+           "head": ("new", "weights", "probe")}

@@ -101,7 +101,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
     from training.export import serving_model
     from training.features import weights_digest
     from training.model import Classifier, trained_on
-    from training.train import CachedViews, fit
+    from training.train import CachedViews, fit, start_head
 
     started = time.time()
     folder = Path(folder)
@@ -175,6 +175,7 @@ def crossfit(folder: Path, folds: int = FOLDS, views: int = TTA_VIEWS, weights: 
             classifier.restore(initial)
             keras.utils.set_random_seed(config.seed_of_fit + k)
             x, y = features.for_training(kept)
+            start_head(classifier, config, x, y)  # --head probe: its own, from its folds only
             if served_epochs:
                 fit(classifier, config, x, y, None, served_epochs, Path(logs),
                     log_name=f"fold{k}.csv", rates=schedule)

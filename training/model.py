@@ -299,8 +299,10 @@ class Classifier:
         self.head = keras.layers.Dense(num_classes, activation="softmax", name="head")
 
         features = keras.Input(shape=tuple(cut.shape[1:]), name="cut_features")
-        top = apply_top(self.backbone, features, tune_from_block)
-        self.trainable = keras.Model(features, self._head(top), name="trainable")
+        pooled = self.pool(apply_top(self.backbone, features, tune_from_block))
+        self.trainable = keras.Model(features, self.head(self.drop(pooled)), name="trainable")
+        # The head's input (no dropout), for fitting a head as a linear probe (--head probe).
+        self.embed = keras.Model(features, pooled, name="embed")
         # Frozen BatchNorm (inference mode) keeps ImageNet statistics stable on small batches.
         for layer in self.trainable.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -321,6 +323,3 @@ class Classifier:
     def restore(self, state: list) -> None:
         for v, value in zip(self.trainable.variables, state):
             v.assign(value)
-
-    def _head(self, x):
-        return self.head(self.drop(self.pool(x)))

@@ -38,20 +38,26 @@ from training.views import TTA_VIEWS, check_views
 LAYER = "block_13_project_BN"  # the cut of the 4-class recipe: what its frozen part hands on
 LAMBDAS = (0.001, 0.01, 0.1)  # L2 strengths (per standardised feature), each reported
 JSON_FILE = "probe.json"
+# --head probe's strength: the grid's middle, the best for the served wbc4's initialisation
+# (probe table), fixed before the first run that used it, not tuned on any held-out figure.
+HEAD_L2 = 0.01
 
 
-def fit_linear(features: np.ndarray, labels: np.ndarray, classes: int, l2: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(weights, bias) of a multinomial logistic regression: mean cross-entropy + l2 * |W|^2,
-    minimised by L-BFGS from zero (convex, so the result does not depend on a seed)."""
-    n, d = features.shape
+def fit_linear(features: np.ndarray, labels: np.ndarray, classes: int, l2: float,
+               sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, bias) of a multinomial logistic regression: mean cross-entropy (weighted by
+    `sample_weight`, where given) + l2 * |W|^2, minimised by L-BFGS from zero (convex, so the
+    result does not depend on a seed)."""
+    d = features.shape[1]
     onehot = np.eye(classes)[labels]
+    share = (np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, float))
+    share = (share / share.sum())[:, None]
 
     def loss_and_gradient(flat: np.ndarray):
         w, b = flat[:-classes].reshape(d, classes), flat[-classes:]
         log_p = log_softmax(features @ w + b, axis=1)
-        residual = (np.exp(log_p) - onehot) / n
-        loss = -(onehot * log_p).sum() / n + l2 * (w ** 2).sum()
+        residual = (np.exp(log_p) - onehot) * share
+        loss = -(onehot * log_p * share).sum() + l2 * (w ** 2).sum()
         gradient = np.concatenate([(features.T @ residual + 2 * l2 * w).ravel(),
                                    residual.sum(axis=0)])
         return loss, gradient
@@ -69,10 +75,40 @@ def out_of_fold_logits(features: np.ndarray, labels: np.ndarray, folds: np.ndarr
     logits = np.zeros((len(labels), classes))
     for k in np.unique(folds):
         train, held = folds != k, folds == k
-        mean, spread = features[train].mean(axis=0), features[train].std(axis=0) + 1e-6
-        w, b = fit_linear((features[train] - mean) / spread, labels[train], classes, l2)
-        logits[held] = ((features[held] - mean) / spread) @ w + b
+        w, b = standardised_fit(features[train], labels[train], classes, l2)
+        logits[held] = features[held] @ w + b
     return logits
+
+
+def standardised_fit(features: np.ndarray, labels: np.ndarray, classes: int, l2: float,
+                     sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_linear` on features standardised by their own mean and spread (so that `l2` means
+    the same for every layer and backbone), returned as (weights, bias) of the raw features."""
+    mean, spread = features.mean(axis=0), features.std(axis=0) + 1e-6
+    w, b = fit_linear((features - mean) / spread, labels, classes, l2, sample_weight)
+    return w / spread[:, None], b - (mean / spread) @ w
+
+
+def fit_head(classifier, x, y: np.ndarray, class_balance: bool = True,
+             l2: float = HEAD_L2) -> float:
+    """`--head probe` (LP-FT; Kumar et al. 2022, "Fine-tuning can distort pretrained features
+    and underperform out-of-distribution"): set `classifier`'s dense head to a linear probe of
+    its pooled features, as they stand, over the fit's training examples `x` (cut-layer
+    activations, or `OnlineViews`, of which only the cached clean views), weighted as the loss
+    will weigh them. Fine-tuning then starts from a head that already separates the classes.
+    Returns the probe's accuracy on those examples (for the log)."""
+    from training.data import class_weights
+
+    clean = getattr(x, "clean", None)
+    if clean is not None:  # online views: the cached clean views come first
+        x, y = clean, y[:len(clean)]
+    features = classifier.embed.predict(x, batch_size=256, verbose=0).astype(np.float64)
+    classes = int(classifier.head.units)
+    weight_of = class_weights(list(y), classes) if class_balance else {}
+    sample_weight = np.array([weight_of.get(int(c), 1.0) for c in y])
+    kernel, bias = standardised_fit(features, y, classes, l2, sample_weight)
+    classifier.head.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return float(np.mean((features @ kernel + bias).argmax(axis=1) == y))
 
 
 def figures(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:

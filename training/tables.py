@@ -44,7 +44,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
         config = TrainConfig.load(run / "config.json")
         rows.append({
             "run": run.name,
-            "init": _init_label(config.weights, summary["initialisation"]),
+            "init": _init_label(config.weights, summary["initialisation"], config.head),
             "crop": config.crop,
             "tune_from_block": config.tune_from_block,
             "unassigned": config.unassigned,
@@ -169,9 +169,11 @@ def _best_val_loss(run: Path, best_epoch: int) -> float | None:
     return round(losses[best_epoch - 1], 4) if len(losses) >= best_epoch else None
 
 
-def _init_label(weights: str, initialisation: str = "") -> str:
+def _init_label(weights: str, initialisation: str = "", head: str = "new") -> str:
     """Where the run's weights came from, by run; `initialisation` (its summary's) says
-    whether the head came with them."""
+    whether the head came with them, `head` (its config's) whether a linear probe set it."""
+    if head == "probe":
+        return _weights_label(weights) + ", head fitted as a linear probe first (LP-FT)"
     head = ", its head too" if initialisation.endswith(HEAD_COPIED) else ""
     return _weights_label(weights) + head
 

@@ -24,6 +24,7 @@ from training import data as data_lib  # noqa: E402
 from training.config import CHOICES, TrainConfig  # noqa: E402
 from training.features import build_augmenter, cached_features, load_batch  # noqa: E402
 from training.model import Classifier, resolve_weights  # noqa: E402
+from training.probe import fit_head  # noqa: E402
 from training.report import plot_curves, read_history  # noqa: E402
 from training.resume import (PLATEAU_FACTOR, PLATEAU_MIN_DELTA, Backup, KeepBest,  # noqa: E402
                              Resumed, plateau_schedule, stopped_cleanly, truncate_log)
@@ -103,6 +104,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         x_train, y_train = features.for_training(split["train"])
         x_val, y_val = features(split["val"], 1)
         initial = classifier.state()
+        probe_head = start_head(classifier, config, x_train, y_train, (x_val, y_val))
 
         # Fit on the grouped training split; early stopping and the schedule see validation only.
         # Every epoch is backed up, so a stopped run can go on (`--resume`).
@@ -125,6 +127,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             # refit does not depend on how many steps that fit took in this session.
             classifier.restore(initial)
             x_all, y_all = features.for_training(refit_files)
+            start_head(classifier, config, x_all, y_all)
             # The learning rates the validated fit used up to its best epoch, replayed.
             schedule = plateau_schedule(history["val_loss"][:best_epoch], config)
             fit(classifier, config, x_all, y_all, None, best_epoch, run_dir,
@@ -154,6 +157,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             "train_seconds": stopwatch.seconds(),
             "counts": {k: len(v) for k, v in split.items()},
             "extra_training_images": len(extra_paths),
+            **({"head_probe": probe_head} if probe_head else {}),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         stopwatch.discard()
@@ -161,6 +165,20 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         log(f"run folder {run_dir} (" + ("time not recorded" if seconds is None else f"{seconds} s")
             + ")")
         return run_dir
+
+
+def start_head(classifier: Classifier, config: TrainConfig, x, y: np.ndarray,
+               validation: tuple[np.ndarray, np.ndarray] | None = None) -> dict | None:
+    """With --head probe, the fit about to start begins from a linear probe of its own
+    training examples (`training.probe.fit_head`); returns the probe head's figures before
+    any fine-tuning (None with another --head)."""
+    if config.head != "probe":
+        return None
+    figures = {"training_accuracy": round(fit_head(classifier, x, y, config.class_balance), 4)}
+    if validation is not None:
+        figures["validation"] = evaluate_features(classifier.trainable, *validation)
+    log(f"head: a linear probe of the training views, before fine-tuning {figures}")
+    return figures
 
 
 def start_run_folder(config: TrainConfig) -> Path:
