@@ -509,6 +509,12 @@ def test_a_probe_head_is_the_linear_probe_of_the_pooled_features_weighted_like_t
     probabilities = classifier.trainable.predict(x, verbose=0)  # dropout off when predicting
     np.testing.assert_allclose(probabilities, softmax(features @ kernel + bias), atol=1e-4)
     assert accuracy == float(np.mean(probabilities.argmax(1) == labels)) == 1.0
+    # --augment online: only the cached clean views (first in its examples) are probed.
+    from types import SimpleNamespace
+
+    kernel_before = classifier.head.kernel.numpy().copy()
+    fit_head(classifier, SimpleNamespace(clean=x), np.concatenate([labels, labels[::-1]]))
+    np.testing.assert_allclose(classifier.head.kernel.numpy(), kernel_before, rtol=1e-6)
 
 
 def test_a_run_with_a_probe_head_records_the_probes_figures_before_fine_tuning(

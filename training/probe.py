@@ -33,6 +33,7 @@ from hematovision.preprocess import crop_fraction
 from training.calibrate import nll
 from training.config import TrainConfig
 from training.crossfit import NPZ_FILE
+from training.data import class_weights
 from training.views import TTA_VIEWS, check_views
 
 LAYER = "block_13_project_BN"  # the cut of the 4-class recipe: what its frozen part hands on
@@ -97,8 +98,6 @@ def fit_head(classifier, x, y: np.ndarray, class_balance: bool = True,
     activations, or `OnlineViews`, of which only the cached clean views), weighted as the loss
     will weigh them. Fine-tuning then starts from a head that already separates the classes.
     Returns the probe's accuracy on those examples (for the log)."""
-    from training.data import class_weights
-
     clean = getattr(x, "clean", None)
     if clean is not None:  # online views: the cached clean views come first
         x, y = clean, y[:len(clean)]
