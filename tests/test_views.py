@@ -70,6 +70,11 @@ def test_out_of_fold_figures_recover_the_temperature_of_overconfident_logits(tmp
     for v in ("1", "4", "8"):
         assert figures[v]["nll_at_temperature"] < figures[v]["nll"]
         assert figures[v]["accuracy"] == views.compare(3 * calibrated, labels)[v]["accuracy"]
+        matrix = np.array(figures[v]["confusion"])
+        assert matrix.shape == (3, 3) and matrix.sum(axis=1).tolist() == np.bincount(labels).tolist()
+        assert np.trace(matrix) / len(labels) == pytest.approx(figures[v]["accuracy"], abs=5e-5)
+    called = (3 * calibrated)[:4].mean(axis=0).argmax(axis=1)
+    assert figures["4"]["confusion"][1][2] == int(np.sum((labels == 1) & (called == 2)))
     with pytest.raises(SystemExit, match="no crossfit.npz"):
         views.main([str(tmp_path / "nowhere"), "--out-of-fold"])
 

@@ -142,11 +142,14 @@ def out_of_fold(folder: Path) -> dict:
 
 def out_of_fold_at_temperature(folder: Path) -> dict:
     """Per count of views: out-of-fold accuracy, NLL, the temperature that minimises that NLL
-    and the NLL at it, from the folder's crossfit.npz (a run folder or a model folder). Two
-    recipes whose logits differ in scale (mixup, label smoothing) compare on the NLL after
-    that one-parameter fit, as the served pipeline applies a fitted temperature anyway."""
+    and the NLL at it, and the confusion matrix (rows the true class, columns the predicted
+    one, in the model's class order), from the folder's crossfit.npz (a run folder or a model
+    folder). Two recipes whose logits differ in scale (mixup, label smoothing) compare on the
+    NLL after that one-parameter fit, as the served pipeline applies a fitted temperature
+    anyway; the matrix shows which confusions a recipe changes, not only how many."""
     from training.calibrate import fit_temperature, nll
     from training.crossfit import NPZ_FILE
+    from training.evaluate import confusion
 
     path = Path(folder) / NPZ_FILE
     if not path.is_file():
@@ -158,7 +161,8 @@ def out_of_fold_at_temperature(folder: Path) -> dict:
     for v, mean in _view_means(view_logits):
         t = fit_temperature(mean, labels)
         figures[str(v)] = _scores(mean, labels) | {
-            "temperature": round(t, 4), "nll_at_temperature": round(nll(mean, labels, t), 4)}
+            "temperature": round(t, 4), "nll_at_temperature": round(nll(mean, labels, t), 4),
+            "confusion": confusion(labels, mean.argmax(axis=1), mean.shape[1]).tolist()}
     return figures
 
 
