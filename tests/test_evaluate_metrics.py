@@ -115,6 +115,41 @@ def test_evaluating_a_folder_with_some_of_the_models_classes(tiny_model_dir, tmp
         predicted.count(c) for c in CLASSES]
 
 
+def test_known_classes_only_scores_another_datasets_matching_classes(tiny_model_dir, tmp_path,
+                                                                     capsys):
+    """PBC's eight classes for a four-class model: without the option a clear stop, with it
+    only the images of the model's classes are scored (its split file too, though made for
+    other classes), and the classes left out are named."""
+    import json
+
+    from tests.conftest import CELL_COLORS, make_image
+    from training.evaluate import evaluate, main
+
+    data = tmp_path / "data"
+    for name, color in (("lymphocyte", CELL_COLORS[1]), ("neutrophil", CELL_COLORS[3]),
+                        ("platelet", (200, 200, 40)), ("basophil", (90, 20, 90))):
+        for i in range(3):
+            make_image(data / name / f"{i}.jpg", color)
+    with pytest.raises(SystemExit, match=r"does not know: \['basophil', 'platelet'\].*"
+                                         "--known-classes-only"):
+        evaluate(tiny_model_dir, data, tmp_path / "out")
+    metrics = evaluate(tiny_model_dir, data, tmp_path / "out", known_classes_only=True)
+    assert metrics["n"] == 6 and metrics["classes_left_out"] == ["basophil", "platelet"]
+    assert metrics["per_class"]["lymphocyte"]["support"] == 3
+
+    split = tmp_path / "splits.json"
+    split.write_text(json.dumps({
+        "classes": ["basophil", "lymphocyte", "neutrophil", "platelet"],
+        "test": ["basophil/0.jpg", "lymphocyte/0.jpg", "lymphocyte/1.jpg", "platelet/2.jpg",
+                 "neutrophil/2.jpg"]}))
+    main(["--data", str(data), "--model-dir", str(tiny_model_dir), "--out", str(tmp_path / "e"),
+          "--split-file", str(split), "--known-classes-only"])
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["n"] == 3 and saved["split"] == "splits.json:test"
+    assert "left out (classes the model does not know): basophil, platelet" in (
+        capsys.readouterr().out)
+
+
 def test_evaluate_stops_with_a_message_for_an_unknown_model_or_no_readable_image(
         tiny_model_dir, tmp_path, capsys):
     from tests.conftest import make_image

@@ -36,3 +36,12 @@ def test_each_plot_writes_one_png_of_its_size(tmp_path):
     report.plot_coverage(confidence, correct, np.array([False, False, False, True]), points,
                          tmp_path / "coverage.png")
     assert png_size(tmp_path / "coverage.png") == (500, 400)
+    # Every image flagged unfamiliar (another lab's cells): a plot that says so, no warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.plot_coverage(confidence, correct, np.ones(4, dtype=bool),
+                             [dict(p, accepted_rate=0.0, accuracy_accepted=None) for p in points],
+                             tmp_path / "none.png")
+    assert png_size(tmp_path / "none.png") == (500, 400)

@@ -179,9 +179,9 @@ def split_files(split_file: Path, split_name: str, dataset: data_lib.Dataset, da
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
-             split_name: str = "test") -> dict:
+             split_name: str = "test", known_classes_only: bool = False) -> dict:
     """Score the model on the data through the serving path and write the report files."""
-    scored = score(model_dir, data_dir, split_file, split_name)
+    scored = score(model_dir, data_dir, split_file, split_name, known_classes_only)
     write_report(scored, out_dir)
     return scored.metrics
 
@@ -200,18 +200,28 @@ class Scored:
 
 
 def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
-          split_name: str = "test") -> Scored:
+          split_name: str = "test", known_classes_only: bool = False) -> Scored:
+    """`known_classes_only` scores another dataset's images of the model's classes (PBC's
+    four white-cell types for `wbc4`: cells from another lab, stain and scanner) and leaves
+    out the rest, naming them; a split file then need not be the model's own."""
     try:
         predictor = Predictor(model_dir)
     except ModelLoadError as exc:
         raise SystemExit(load_failure(exc))
     dataset = data_lib.list_image_folder(data_dir)
     missing = [c for c in dataset.classes if c not in predictor.classes]
-    if missing:
-        raise SystemExit(f"{data_dir} has classes the model does not know: {missing}")
-    files = (split_files(split_file, split_name, dataset, data_dir, predictor.classes)
+    if missing and not known_classes_only:
+        raise SystemExit(f"{data_dir} has classes the model does not know: {missing} "
+                         "(--known-classes-only scores the images of the others)")
+    files = (split_files(split_file, split_name, dataset, data_dir,
+                         None if known_classes_only else predictor.classes)
              if split_file else dataset.files)
     label_of = dataset.label_of()
+    if missing:
+        files = [f for f in files if dataset.classes[label_of[f]] in predictor.classes]
+        if not files:
+            raise SystemExit(f"{data_dir} holds no image of the model's classes "
+                             f"({', '.join(predictor.classes)})")
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]
     files = [f for f, ok in zip(files, readable) if ok]
@@ -226,6 +236,8 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     metrics = classification_metrics(list(y_true), y_pred, predictor.classes)
     metrics.update({"data": str(data_dir), "model": predictor.name,
                     "unreadable_files": [str(Path(data_dir) / f) for f in failed]})
+    if missing:
+        metrics["classes_left_out"] = missing
     if split_file:
         metrics["split"] = f"{Path(split_file).name}:{split_name}"
     before = reliability(softmax(outputs.logits), y_true)
@@ -347,13 +359,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="splits.json: evaluate only the files of --split-name")
     parser.add_argument("--split-name", default="test")
     parser.add_argument("--record", default="", help="store the metrics in the model card as NAME")
+    parser.add_argument("--known-classes-only", action="store_true",
+                        help="score only the images of the classes the model knows and name the "
+                             "classes left out: another dataset's matching classes (e.g. PBC's "
+                             "four for wbc4), a check across labs and stains")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or MODELS_ROOT / args.model
     out = args.out or Path("runs") / f"eval-{Path(model_dir).name}-{args.data.name}"
-    metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name)
+    metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,
+                       args.known_classes_only)
     if args.record:
         record(model_dir, args.record, metrics, out)
     print(report_text(metrics, read_card(model_dir)["classes"]), end="")
+    if metrics.get("classes_left_out"):
+        print(f"left out (classes the model does not know): {', '.join(metrics['classes_left_out'])}")
     if "per_source_smear" in metrics:
         s = metrics["per_source_smear"]
         print(f"per source smear (majority vote): {s['accuracy']:.4f} over {s['sources']} smears")

@@ -101,6 +101,9 @@ def plot_coverage(confidence: np.ndarray, correct: np.ndarray, unfamiliar: np.nd
         accepted = np.arange(1, len(hits) + 1)
         ax.plot(accepted / len(confidence), np.cumsum(hits) / accepted, "-", color="tab:blue",
                 label="every threshold")
+        ax.legend(loc="lower left", fontsize=8)
+    else:  # e.g. another lab's cells through wbc4: its unfamiliar-image check flags them all
+        ax.text(0.5, 0.5, "every image flagged unfamiliar", ha="center", transform=ax.transAxes)
     # Targets whose thresholds accept the same images share one dot and one label.
     targets: dict[tuple[float, float], list[float]] = {}
     for point in sorted(points, key=lambda p: p["target_accuracy"]):
@@ -122,7 +125,6 @@ def plot_coverage(confidence: np.ndarray, correct: np.ndarray, unfamiliar: np.nd
     ax.set_xlim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
