@@ -148,6 +148,13 @@ def test_known_classes_only_scores_another_datasets_matching_classes(tiny_model_
     assert saved["n"] == 3 and saved["split"] == "splits.json:test"
     assert "left out (classes the model does not know): basophil, platelet" in (
         capsys.readouterr().out)
+    card = (tiny_model_dir / "model_card.json").read_text()
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--model-dir", str(tiny_model_dir), "--known-classes-only",
+              "--record", "pbc", "--out", str(tmp_path / "r")])
+    assert "is not recorded in the model card" in capsys.readouterr().err
+    assert (tiny_model_dir / "model_card.json").read_text() == card
+    assert not (tmp_path / "r").exists()
 
 
 def test_evaluate_stops_with_a_message_for_an_unknown_model_or_no_readable_image(

@@ -364,6 +364,11 @@ def main(argv: list[str] | None = None) -> None:
                              "classes left out: another dataset's matching classes (e.g. PBC's "
                              "four for wbc4), a check across labs and stains")
     args = parser.parse_args(argv)
+    if args.record and args.known_classes_only:
+        # The card's recorded sets are the model's test figures (tables, model page, trust
+        # bars); a subset of another dataset read as one of them would mislead.
+        parser.error("--known-classes-only scores part of another dataset: it is not "
+                     "recorded in the model card (drop --record)")
     model_dir = args.model_dir or MODELS_ROOT / args.model
     out = args.out or Path("runs") / f"eval-{Path(model_dir).name}-{args.data.name}"
     metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,
