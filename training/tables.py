@@ -1,9 +1,12 @@
-"""Figures for the README, generated from model cards and run summaries (never typed by hand).
+"""Figures for the README and docs/, generated from model cards and run summaries (never typed
+by hand).
 
     python -m training.tables ablation RUN_DIR [RUN_DIR ...] --out saved_model/wbc4/ablation.json [--append]
-    python -m training.tables readme [--readme README.md]
+    python -m training.tables readme [DOCUMENT ...]
 
-`readme` rewrites the blocks between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->`.
+`readme` rewrites the blocks between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` in the
+README and in docs/experiments.md (the record of every recipe compared, kept out of the README so
+that it stays a user's guide). A block may appear in either document or in both.
 """
 
 from __future__ import annotations
@@ -260,6 +263,34 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                      else " n/a |")
         lines.append(line)
     return "\n".join(lines)
+
+
+def initialisation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> str:
+    """The ablation by initialisation, one row per `--weights` label in order of first use:
+    how many rows (runs, ensembles and weight averages) started from it and the range of their
+    validation and out-of-fold accuracy (each row's own crop, tuned blocks, views and recipe; the
+    full table tells them apart)."""
+    if served:
+        rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_each(r["init"]), []).append(r)
+    lines = ["| initialisation | rows | val accuracy: lowest to highest | out-of-fold accuracy: "
+             "lowest to highest (rows measured) | served |",
+             "|---|---|---|---|---|"]
+    for init, group in groups.items():
+        val = [r["val_accuracy"] for r in group]
+        oof = [r["out_of_fold"]["accuracy"] for r in group if r.get("out_of_fold")]
+        mine = [r for r in group if served and r["run"] == served[0]]
+        lines.append(f"| {init} | {len(group)} | {_span(val)} | "
+                     f"{f'{_span(oof)} ({len(oof)})' if oof else 'n/a'} | "
+                     f"{'yes' if mine else 'no'} |")
+    return "\n".join(lines)
+
+
+def _span(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.4f}" if low == high else f"{low:.4f} to {high:.4f}"
 
 
 def _each(value, show=str) -> str:
@@ -742,14 +773,31 @@ def storage_text(r: dict, file_name: str) -> list[str]:
     return lines + [""]
 
 
-def rewrite(readme: Path, blocks: dict[str, str]) -> None:
-    text = readme.read_text()
-    for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- tables:{name} -->\n).*?(<!-- /tables:{name} -->)", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"{readme} has no <!-- tables:{name} --> block")
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-    readme.write_text(text)
+DOCUMENTS = (Path("README.md"), Path("docs/experiments.md"))
+
+
+def markers(text: str) -> set[str]:
+    return set(re.findall(r"<!-- tables:([\w-]+) -->", text))
+
+
+def rewrite(documents: list[Path], blocks: dict[str, str]) -> None:
+    """Every block rewritten wherever it appears. A block in none of the documents, or a marker
+    without a generator, is an error: either would never be checked for staleness. Nothing is
+    written unless every document passes."""
+    texts = {path: path.read_text() for path in documents}
+    found = set().union(*(markers(text) for text in texts.values()))
+    names = " and ".join(map(str, documents))
+    if missing := sorted(set(blocks) - found):
+        raise SystemExit(f"{names}: no <!-- tables:{missing[0]} --> block")
+    if unknown := sorted(found - set(blocks)):
+        raise SystemExit(f"{names}: <!-- tables:{unknown[0]} --> has no generator")
+    for path, text in texts.items():
+        for name in markers(text):
+            pattern = re.compile(rf"(<!-- tables:{name} -->\n).*?(<!-- /tables:{name} -->)", re.S)
+            text = pattern.sub(lambda m: m.group(1) + blocks[name] + "\n" + m.group(2), text)
+        texts[path] = text
+    for path, text in texts.items():
+        path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -768,8 +816,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="keep the validation figures of RUN exported to MODEL_DIR (as served: "
                          "its views and trust layer) in RUN's row, e.g. of a candidate that "
                          "was exported to a scratch folder and not adopted")
-    rd = sub.add_parser("readme", help="rewrite the README's generated tables")
-    rd.add_argument("--readme", type=Path, default=Path("README.md"))
+    rd = sub.add_parser("readme", help="rewrite the generated tables of the README and docs/")
+    rd.add_argument("documents", nargs="*", type=Path, default=list(DOCUMENTS),
+                    help=f"the documents to rewrite (default: {' '.join(map(str, DOCUMENTS))})")
     args = parser.parse_args(argv)
     if args.command == "ablation":
         rows = json.loads(args.out.read_text()) if args.append and args.out.is_file() else []
@@ -777,7 +826,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         print(ablation_table(rows))
     else:
-        rewrite(args.readme, readme_blocks())
+        rewrite(args.documents, readme_blocks())
 
 
 def update_ablation(rows: list[dict], runs: list[Path], out_of_fold: list[str] = (),
@@ -830,8 +879,9 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
             kept = {"served_validation": _served_validation(card)} | (
                 {"out_of_fold": _out_of_fold(crossfit_json)} if crossfit_json.is_file() else {})
             run = card.get("training", {}).get("run_folder", "")
-            blocks[f"ablation-{name}"] = ablation_table(json.loads(ablation.read_text()),
-                                                        (run, kept))
+            rows = json.loads(ablation.read_text())
+            blocks[f"ablation-{name}"] = ablation_table(rows, (run, kept))
+            blocks[f"initialisations-{name}"] = initialisation_table(rows, (run, kept))
     return blocks
 
 if __name__ == "__main__":
