@@ -18,6 +18,7 @@ from tests.web_helpers import (
     ODD_IMAGES,
     animated_gif,
     crash_decoder_on,
+    damaged_images,
     image_bytes,
     make_app,
     make_models_root,
@@ -334,3 +335,17 @@ def test_the_pixel_limit_is_the_apps_setting(tmp_path, tiny_model_dir):
     assert refused == {"file": "large.jpg", "error": "The image is too large (64x48 pixels); "
                                                       "the limit is 3,000 pixels."}
     assert post(client, ("large.jpg", large)).status_code == 400
+
+
+def test_damaged_files_of_many_formats_get_a_result_or_a_reason_each(client, models_root):
+    files = [("good.jpg", image_bytes())] + damaged_images(60, seed=2)
+    response = post(client, *files)
+    assert response.status_code == 200
+    results = response.get_json()["results"]
+    assert [r["file"] for r in results] == [name for name, _ in files]
+    for result in results:
+        assert ("label" in result) != ("error" in result), result
+    errors = [r["error"] for r in results if "error" in r]
+    assert errors and len(errors) < len(files) - 1  # some damage decodes, some does not
+    assert all(e.startswith("The ") and e.endswith(".") for e in errors)
+

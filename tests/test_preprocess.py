@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from hematovision.preprocess import ImageError, load_image, preprocess, to_input
+from tests.web_helpers import damaged_images
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -84,6 +85,25 @@ def test_animated_gif_uses_the_first_frame():
 def test_bad_inputs_raise_image_error_with_a_clear_message(payload, message):
     with pytest.raises(ImageError, match=message):
         load_image(payload)
+
+
+def test_damaged_files_of_many_formats_give_the_input_or_an_image_error():
+    """Seeded damage to files of a dozen formats: each gives the model's input or ImageError,
+    the one error the app, the predict command and evaluation turn into a message; any other
+    exception would be a 500 or a crashed batch."""
+    decoded = refused = 0
+    for name, data in damaged_images(400):
+        try:
+            x = preprocess(data)
+        except ImageError as error:
+            assert str(error), name
+            refused += 1
+        else:
+            assert x.shape == (224, 224, 3) and x.dtype == np.float32, name
+            assert -1 <= x.min() and x.max() <= 1, name
+            decoded += 1
+    # Both happen, so the damage reaches the decoders and not only the format check.
+    assert decoded > 40 and refused > 40, (decoded, refused)
 
 
 def test_an_empty_file_on_disk_says_so_as_an_empty_upload_does(tmp_path):

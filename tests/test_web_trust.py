@@ -15,8 +15,8 @@ from PIL import Image
 from hematovision.predictor import Predictor
 from hematovision.web import heatmap
 from tests.conftest import CELL_COLORS
-from tests.web_helpers import (csrf_token, image_bytes, make_app, make_models_root,
-                               spread_operating_points)
+from tests.web_helpers import (csrf_token, damaged_images, image_bytes, make_app,
+                               make_models_root, spread_operating_points)
 
 RED = image_bytes(CELL_COLORS[0])
 BLUE = image_bytes(CELL_COLORS[1])
@@ -575,3 +575,24 @@ def test_the_heat_map_caption_says_what_the_model_saw(tmp_path, trusted_model_di
         shown = text(page(cropping, upload(cropping, "tiny", ("red.jpg", RED))))
         assert ("What the model looked at: a square crop centred on the stained nucleus "
                 f"({share} of the short side), resized to") in shown
+
+
+def test_a_batch_of_damaged_files_gives_a_page_for_each_and_no_server_error(client):
+    """Seeded damaged files of a dozen formats in one upload beside a good one: the batch, every
+    result page, its heat map and the CSV answer, each damaged file either classified or listed
+    with its reason."""
+    files = [("good.jpg", RED)] + damaged_images(60, seed=1)
+    location = upload(client, "accepting", *files)
+    batch = client.get(location)
+    assert batch.status_code == 200
+    assert client.get(f"{location}.csv").status_code == 200
+    maps = set()
+    for index in range(len(files)):
+        page = client.get(f"{location}/{index}")
+        assert page.status_code == 200, files[index][0]
+        heat_map = client.get(f"{location}/{index}/heat-map.png")
+        # A map for each classified image; 404 for a file that could not be read.
+        assert heat_map.status_code in (200, 404), files[index][0]
+        maps.add(heat_map.status_code)
+    assert maps == {200, 404}
+

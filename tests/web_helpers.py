@@ -201,6 +201,52 @@ BAD_FILES = [
     pytest.param("header.gif", b"GIF89a", "not an image in a format", id="gif-header-only"),
 ]
 
+# Formats and modes whose damaged copies `damaged_images` makes: every decoder a lab's files are
+# likely to reach, and some they are not (a decoder bug does not care how likely its format is).
+DAMAGE_SOURCES = [("JPEG", "RGB", {}), ("JPEG", "L", {"progressive": True}), ("PNG", "RGBA", {}),
+                  ("PNG", "P", {}), ("GIF", "P", {}), ("BMP", "RGB", {}), ("TIFF", "RGB", {}),
+                  ("TIFF", "CMYK", {"compression": "tiff_lzw"}), ("TIFF", "F", {}),
+                  ("WEBP", "RGB", {}), ("ICO", "RGBA", {}), ("PPM", "RGB", {}), ("TGA", "RGB", {}),
+                  ("PCX", "RGB", {}), ("SGI", "RGB", {}), ("JPEG2000", "RGB", {})]
+
+
+def damaged_images(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`count` seeded damaged copies of a noise image in the DAMAGE_SOURCES formats: bytes
+    overwritten, cut short, inserted or zeroed, anywhere or in the header. Each is
+    (a name saying its format and damage, the bytes); the same seed gives the same files."""
+    rng = np.random.default_rng(seed)
+    noise = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    sources = []
+    for fmt, mode, save in DAMAGE_SOURCES:
+        buffer = io.BytesIO()
+        try:
+            noise.convert(mode).save(buffer, fmt, **save)
+        except (OSError, KeyError):  # a codec this Pillow build lacks
+            continue
+        sources.append((f"{fmt.lower()}-{mode.lower()}", buffer.getvalue()))
+    files = []
+    for i in range(count):
+        name, data = sources[i % len(sources)]
+        data = bytearray(data)
+        damage = ("overwrite", "cut", "insert", "zero", "header")[int(rng.integers(5))]
+        at = int(rng.integers(len(data)))
+        if damage == "overwrite":
+            for j in rng.integers(len(data), size=int(rng.integers(1, 20))):
+                data[j] = int(rng.integers(256))
+        elif damage == "cut":
+            data = data[:max(1, at)]
+        elif damage == "insert":
+            data[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+        elif damage == "zero":
+            end = min(len(data), at + int(rng.integers(1, 200)))
+            data[at:end] = bytes(end - at)
+        else:
+            for j in rng.integers(min(64, len(data)), size=int(rng.integers(1, 6))):
+                data[j] = int(rng.integers(256))
+        files.append((f"{i}-{name}-{damage}", bytes(data)))
+    return files
+
+
 # Unusual but valid images that must be classified.
 ODD_IMAGES = [
     pytest.param("cmyk.jpg", lambda: image_bytes(fmt="JPEG", mode="CMYK"), id="cmyk-jpeg"),
