@@ -127,10 +127,20 @@ function setUpHeatMap() {
   update(); // a page restored from history may come back with the switch on
 }
 
+// A form that deletes something asks first (its data-confirm holds the question).
+function confirmForms() {
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
   setUpHeatMap();
   followModelPicker();
   setUpDropZone();
   setUpSubmit();
+  confirmForms();
 });

@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -193,3 +194,34 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     button = wait_for(browser, "#submit")
     assert button.is_enabled()
     assert browser.find_element(By.ID, "submit-label").text in {"Classify", "Classify 4 images"}
+
+
+def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
+             for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
+    browser.get(base_url + "/")
+    browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, "#differential")
+    batch_url = browser.current_url
+
+    # Cancelling the question keeps everything (app.js stops the form).
+    browser.find_element(By.CSS_SELECTOR, "#delete-form button").click()
+    alert = WebDriverWait(browser, 10).until(expected_conditions.alert_is_present())
+    assert "all 2 images of this batch" in alert.text
+    alert.dismiss()
+    assert browser.current_url == batch_url
+    assert urllib.request.urlopen(batch_url).status == 200
+
+    browser.find_element(By.CSS_SELECTOR, "#delete-form button").click()
+    WebDriverWait(browser, 10).until(expected_conditions.alert_is_present()).accept()
+    notice = wait_for(browser, "#notices")
+    assert "results of 2 images" in notice.text
+    assert browser.find_element(By.ID, "upload-form").is_displayed()  # back at the form
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(batch_url)
+    assert gone.value.code == 404

@@ -192,3 +192,54 @@ def test_bad_uploads_lose_nothing_already_stored(client, tmp_path):
         assert response.status_code == 400
     assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == before
     assert client.get(f"/batch/{kept}").status_code == 200
+
+
+def stored_names(tmp_path) -> set[str]:
+    return {p.name for p in (tmp_path / "uploads").iterdir()}
+
+
+def test_delete_batch_removes_its_results_and_images_and_nothing_else(tmp_path, client):
+    gone = upload(client, ("a.jpg", image_bytes()), ("b.png", image_bytes(fmt="PNG")),
+                  ("bad.png", b"not an image"))
+    kept = upload(client, ("c.jpg", image_bytes()))
+    images = [r["image"] for r in uploads.load_batch(tmp_path / "uploads", gone)["results"]
+              if "image" in r]
+    others = stored_names(tmp_path) - {f"{gone}.json"} - {f"{i}.jpg" for i in images}
+
+    assert uploads.delete_batch(tmp_path / "uploads", gone) == 2
+    assert stored_names(tmp_path) == others  # the other batch and its image, untouched
+    assert f"{kept}.json" in others and uploads.load_batch(tmp_path / "uploads", gone) is None
+    assert uploads.delete_batch(tmp_path / "uploads", gone) is None  # already gone
+    assert uploads.delete_batch(tmp_path / "uploads", "../" + kept) is None  # not an id
+
+
+def test_delete_now_from_the_page_deletes_the_batch_and_says_so(tmp_path, client):
+    batch_id = upload(client, ("a.jpg", image_bytes()), ("b.jpg", image_bytes()))
+    kept = upload(client, ("c.jpg", image_bytes()))
+    image_id = uploads.load_batch(tmp_path / "uploads", batch_id)["results"][0]["image"]
+    page = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    assert f'action="/batch/{batch_id}/delete"' in page and "all 2 images of this batch" in page
+
+    response = client.post(f"/batch/{batch_id}/delete", data={"csrf_token": csrf_token(client)})
+    assert response.status_code == 303 and response.headers["Location"].startswith("/?")
+    home = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'id="notices"' in home and "the results of 2 images and their stored copies" in home
+    assert client.get(f"/batch/{batch_id}").status_code == 404
+    assert client.get(f"/batch/{batch_id}/1").status_code == 404
+    assert client.get(f"/uploads/{image_id}.jpg").status_code == 404
+    assert client.get(f"/batch/{kept}").status_code == 200
+    # Shown once: the next page has no notice.
+    assert 'id="notices"' not in client.get("/").get_data(as_text=True)
+
+
+def test_delete_needs_the_form_token_a_post_and_a_known_batch(tmp_path, client):
+    batch_id = upload(client, ("a.jpg", image_bytes()))
+    before = stored_names(tmp_path)
+    assert client.post(f"/batch/{batch_id}/delete").status_code == 400  # no CSRF token
+    assert client.get(f"/batch/{batch_id}/delete").status_code == 405
+    token = csrf_token(client)
+    missing = client.post(f"/batch/{'0' * 32}/delete", data={"csrf_token": token})
+    assert missing.status_code == 404 and "No such result" in missing.get_data(as_text=True)
+    assert stored_names(tmp_path) == before
+    single = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    assert "Delete now" in single and "results of this image" in single

@@ -12,6 +12,7 @@ from flask import (
     Response,
     abort,
     current_app,
+    flash,
     redirect,
     render_template,
     request,
@@ -33,6 +34,7 @@ bp.before_request(check_csrf)
 
 EXPIRED = "No such result: it may have been deleted, as results are kept for {retention}."
 IMAGE_EXPIRED = "The stored image is gone: uploads are kept for {retention}."
+DELETED = "Deleted from the server: the results of {images} and their stored copies."
 NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )
@@ -182,6 +184,17 @@ def upload():
         folder, {"model": name, "classes": models.get(name).classes, "results": items}
     )
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+@bp.post("/batch/<batch_id>/delete")
+def delete(batch_id: str):
+    """Delete a batch's results and stored images now, at the user's request, instead of at the
+    end of the retention time; then back to the upload form, which says so."""
+    stored = load_or_404(batch_id)
+    uploads.delete_batch(upload_folder(), batch_id)
+    count = len(stored["results"])
+    flash(DELETED.format(images=f"{count} image{'s' if count != 1 else ''}"))
+    return redirect(url_for("pages.home", model=stored.get("model")), code=303)
 
 
 @bp.get("/batch/<batch_id>")

@@ -76,6 +76,25 @@ def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
         return None
 
 
+def delete_batch(folder: Path, batch_id: str) -> int | None:
+    """Delete a stored batch and the images it holds now, before its retention ends; returns
+    how many images were deleted, or None when there is no such batch. The images go first, so
+    a deletion cut short leaves a batch that can be deleted again (and the purge takes whatever
+    is left in any case). Only this batch's own files are touched: every stored image belongs
+    to the one batch it was uploaded in."""
+    batch = load_batch(folder, batch_id)
+    if batch is None:
+        return None
+    deleted = 0
+    for result in batch.get("results", []):
+        path = image_path(folder, result.get("image") or "")
+        if path is not None:
+            path.unlink(missing_ok=True)
+            deleted += 1
+    (folder / f"{batch_id}.json").unlink(missing_ok=True)
+    return deleted
+
+
 def image_path(folder: Path, image_id: str) -> Path | None:
     if not is_valid_id(image_id):
         return None
