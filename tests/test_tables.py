@@ -634,3 +634,14 @@ def test_benchmarks_text_reports_each_storage_result(tmp_path):
     assert text.index("storage.json") < text.index("storage-trial.json")  # served one first
     assert "--model-dir /tmp/models/ens --images 0 --json > benchmarks/results/storage-trial.json" in text
     assert "45.0 MB against the ~30.0 MB budget (over it)" in text
+
+
+def test_training_time_table_reads_the_cards_and_the_crossfit():
+    table = tables.training_time_table()
+    card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
+    crossfit_json = json.loads((ROOT / "saved_model" / "wbc4" / "crossfit.json").read_text())
+    [row] = [r for r in table.splitlines() if r.startswith("| `wbc4`")]
+    assert f"{card['training']['train_seconds']:,.0f} s" in row
+    assert f"{crossfit_json['seconds']:,.0f} s" in row and "5 fold models" in row
+    [row] = [r for r in table.splitlines() if r.startswith("| `pbc8`")]
+    assert row.endswith("| n/a |")  # no crossfit was run for pbc8

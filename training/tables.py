@@ -616,6 +616,31 @@ def splits_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def training_time_table(root: Path = MODELS_ROOT) -> str:
+    """What retraining each served model cost on the machine it trained on: its training images
+    and views, epochs, and the seconds its run and its crossfit took (from its card and
+    crossfit.json)."""
+    lines = ["| model | training images (views each) | tuned from block | epochs run (best) "
+             "| train time | crossfit |", "|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        training = read_card(root / name).get("training", {})
+        if "train_seconds" not in training:
+            continue
+        config = training["config"]
+        crossfit_json = root / name / "crossfit.json"
+        folds = json.loads(crossfit_json.read_text()) if crossfit_json.is_file() else None
+        lines.append(f"| `{name}` | {training['split_counts']['train']:,} ({config['views']}) | "
+                     f"{config['tune_from_block']} | {training['epochs_run']} "
+                     f"({training['best_epoch']}) | {_minutes(training['train_seconds'])} | "
+                     + (f"{_minutes(folds['seconds'])}, {folds['folds']} fold models |" if folds and
+                        folds.get("seconds") else "n/a |"))
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float | None) -> str:
+    return _fmt_seconds(seconds) if seconds is None else f"{seconds:,.0f} s ({seconds / 60:.0f} min)"
+
+
 def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
     """Share of each unfamiliar-image set flagged not_a_cell (and unidentified), per model."""
     names = [n for n in available_models(root) if "unfamiliar" in read_card(root / n)["metrics"]]
@@ -870,7 +895,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "unfamiliar": unfamiliar_table(root), "tta": tta_table(root), "views": views_table(root),
               "splits": splits_table(root), "crossfit": crossfit_table(root),
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
-              "probe": probe_table(root)}
+              "probe": probe_table(root), "training-time": training_time_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():
