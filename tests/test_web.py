@@ -154,6 +154,15 @@ def test_home_states_formats_limits_model_choice_and_expectations(client):
     assert re.search(r'name="csrf_token" value="[\w-]{40,}"', html)
 
 
+def test_a_card_text_without_a_full_stop_does_not_run_into_the_next_sentence(tmp_path,
+                                                                            tiny_model_dir):
+    root = make_models_root(tmp_path / "models", tiny_model_dir,
+                            card={"expects": "Smear crops (the model centres the nucleus)"})
+    html = make_app(tmp_path, root).test_client().get("/").get_data(as_text=True)
+    assert "Smear crops (the model centres the nucleus)." in html
+    assert "nucleus).." not in html and "nucleus) " not in html
+
+
 def test_one_image_gives_the_result_page(client, models_root):
     data = image_bytes((200, 60, 60))
     html = follow(client, submit(client, ("cell 1.jpg", data)))

@@ -83,6 +83,13 @@ def compact(value) -> str:
     return str(value)
 
 
+@bp.app_template_filter("sentence")
+def sentence(text: str) -> str:
+    """A card's free text ended as a sentence, so the page's next sentence does not run on."""
+    text = str(text).rstrip()
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
 @bp.app_template_filter("status")
 def status(result: dict) -> str | None:
     """accepted / unidentified / not_a_cell of a stored result; None for an unreadable file."""
