@@ -391,6 +391,26 @@ def test_model_page_without_metrics_says_so(tmp_path, tiny_model_dir):
     assert "tiny test model" in html
 
 
+def test_model_page_shows_the_recorded_robustness_figures(tmp_path, tiny_model_dir):
+    rows = [{"name": "as recorded", "description": "the images unchanged (baseline)",
+             "accuracy": 0.9, "accepted_rate": 0.8, "unidentified_rate": 0.15,
+             "not_a_cell_rate": 0.05, "accuracy_accepted": 0.97},
+            {"name": "blur 2 px", "description": "out of focus", "accuracy": 0.6,
+             "accepted_rate": 0.0, "unidentified_rate": 0.5, "not_a_cell_rate": 0.5,
+             "accuracy_accepted": None}]
+    root = make_models_root(tmp_path / "m", tiny_model_dir, card={"metrics": {"robustness": {
+        "data": "test", "n": 20, "perturbations": rows}}})
+    html = make_app(tmp_path, root).test_client().get("/models/tiny").get_data(as_text=True)
+    table = html[html.index('id="robustness-table"'):]
+    table = text(table[:table.index("</table>")])
+    assert "as recorded the images unchanged (baseline) 90.0 % 80.0 % 97.0 % 15.0 % 5.0 %" in table
+    assert "blur 2 px out of focus 60.0 % 0.0 % none accepted 50.0 % 50.0 %" in table
+    # Without recorded figures the section is left out.
+    plain = make_models_root(tmp_path / "p", tiny_model_dir)
+    assert 'id="robustness"' not in make_app(tmp_path, plain).test_client().get(
+        "/models/tiny").get_data(as_text=True)
+
+
 def test_unknown_model_page_is_404(client):
     response = client.get("/models/nope")
     assert response.status_code == 404

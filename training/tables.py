@@ -664,6 +664,24 @@ def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def robustness_table(root: Path = MODELS_ROOT) -> str:
+    """Per model and change of its test images (`training.robustness --record`): accuracy, the
+    share accepted and their accuracy, and the shares sent to review or flagged."""
+    lines = ["| model | change | what it mimics | accuracy | accepted (accuracy on accepted) "
+             "| unidentified | not a cell |", "|---|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        result = read_card(root / name)["metrics"].get("robustness")
+        if not result:
+            continue
+        for r in result["perturbations"]:
+            accepted = ("none" if r["accuracy_accepted"] is None
+                        else f"{r['accuracy_accepted']:.4f}")
+            lines.append(f"| `{name}` (n={result['n']}) | {r['name']} | {r['description']} | "
+                         f"{r['accuracy']:.4f} | {r['accepted_rate']:.1%} ({accepted}) | "
+                         f"{r['unidentified_rate']:.1%} | {r['not_a_cell_rate']:.1%} |")
+    return "\n".join(lines)
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -895,7 +913,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "unfamiliar": unfamiliar_table(root), "tta": tta_table(root), "views": views_table(root),
               "splits": splits_table(root), "crossfit": crossfit_table(root),
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
-              "probe": probe_table(root), "training-time": training_time_table(root)}
+              "probe": probe_table(root), "training-time": training_time_table(root),
+              "robustness": robustness_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

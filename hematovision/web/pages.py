@@ -335,6 +335,7 @@ def model_page(name: str):
     trust = card.get("trust") if isinstance(card.get("trust"), dict) else {}
     unfamiliar = metrics.get("unfamiliar") if isinstance(metrics.get("unfamiliar"), dict) else {}
     unfamiliar_sets = [s for s in unfamiliar.get("sets") or [] if isinstance(s, dict)]
+    robustness = metrics.get("robustness") if isinstance(metrics.get("robustness"), dict) else {}
     # Reliability diagrams and coverage plots go with the calibration table, the other images
     # under Figures.
     reliability = [f for f in models.trust_images(images) if trust or calibrated]
@@ -354,6 +355,7 @@ def model_page(name: str):
         acceptance=served_acceptance(predictor),
         calibration=measured_calibration(predictor),
         unfamiliar_sets=unfamiliar_sets,
+        robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
