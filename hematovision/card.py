@@ -13,8 +13,11 @@ from typing import Any
 
 CARD_FILE = "model_card.json"
 # Recorded under the card's "metrics" beside the test evaluations, but not one: flag rates on
-# sets of unfamiliar images (training.unfamiliar).
+# sets of unfamiliar images (training.unfamiliar), and the test images' figures under changes of
+# magnification, focus or stain (training.robustness).
 UNFAMILIAR = "unfamiliar"
+ROBUSTNESS = "robustness"
+NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS)
 
 
 class ModelLoadError(RuntimeError):
@@ -57,6 +60,6 @@ def served_views(card: dict) -> int:
 
 def recorded_evaluations(card: dict) -> dict[str, dict]:
     """The card's recorded test evaluations by name (`training.evaluate --record NAME`), in
-    the order recorded; the unfamiliar-image flag rates are not one."""
+    the order recorded; the unfamiliar-image flag rates and robustness figures are not."""
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    return {k: v for k, v in metrics.items() if isinstance(v, dict) and k != UNFAMILIAR}
+    return {k: v for k, v in metrics.items() if isinstance(v, dict) and k not in NOT_EVALUATIONS}

@@ -174,3 +174,13 @@ def test_evaluate_stops_with_a_message_for_an_unknown_model_or_no_readable_image
     assert evaluate(tiny_model_dir, tmp_path / "data", tmp_path / "out")["n"] == 1
     assert f"unreadable, left out: {tmp_path / 'data' / 'neutrophil' / 'broken.jpg'}" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("name", ["unfamiliar", "robustness"])
+def test_record_refuses_the_names_other_figures_hold(name, capsys):
+    from training import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", "anything", "--record", name])
+    assert f"--record {name}: the card keeps the figures of training.{name}" in (
+        capsys.readouterr().err)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.card import ModelLoadError, read_card, write_card
+from hematovision.card import NOT_EVALUATIONS, ModelLoadError, read_card, write_card
 from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor, load_failure
 from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         # bars); a subset of another dataset read as one of them would mislead.
         parser.error("--known-classes-only scores part of another dataset: it is not "
                      "recorded in the model card (drop --record)")
+    if args.record in NOT_EVALUATIONS:
+        parser.error(f"--record {args.record}: the card keeps the figures of "
+                     f"training.{args.record} under that name; choose another, such as test")
     model_dir = args.model_dir or MODELS_ROOT / args.model
     out = args.out or Path("runs") / f"eval-{Path(model_dir).name}-{args.data.name}"
     metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from hematovision.card import read_card, write_card
+from hematovision.card import ROBUSTNESS, read_card, write_card
 from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor
 from hematovision.preprocess import load_image
 from training import data as data_lib
@@ -149,7 +149,7 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
 
 def record(model_dir: Path, result: dict) -> None:
     card = read_card(model_dir)
-    card.setdefault("metrics", {})["robustness"] = result
+    card.setdefault("metrics", {})[ROBUSTNESS] = result
     write_card(model_dir, card)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from hematovision.batch import classify_files
-from hematovision.card import read_card, write_card
+from hematovision.card import UNFAMILIAR, read_card, write_card
 from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor
 from training import data as data_lib
 from training.calibrate import status_rates
@@ -173,7 +173,7 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
 
 def record(model_dir: Path, result: dict) -> None:
     card = read_card(model_dir)
-    card.setdefault("metrics", {})["unfamiliar"] = result
+    card.setdefault("metrics", {})[UNFAMILIAR] = result
     write_card(model_dir, card)
 
 
