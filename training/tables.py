@@ -665,20 +665,33 @@ def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
 
 
 def robustness_table(root: Path = MODELS_ROOT) -> str:
-    """Per model and change of its test images (`training.robustness --record`): accuracy, the
-    share accepted and their accuracy, and the shares sent to review or flagged."""
-    lines = ["| model | change | what it mimics | accuracy | accepted (accuracy on accepted) "
-             "| unidentified | not a cell |", "|---|---|---|---|---|---|---|"]
-    for name in available_models(root):
-        result = read_card(root / name)["metrics"].get("robustness")
-        if not result:
-            continue
+    """One row per change of the test images (`training.robustness --record`), one group of
+    columns per model: accuracy of all images, the share accepted with their accuracy, and the
+    shares sent to review or flagged."""
+    results = {name: read_card(root / name)["metrics"].get("robustness")
+               for name in available_models(root)}
+    results = {name: r for name, r in results.items() if r}
+    header = "".join(f" `{n}` (n={r['n']}): accuracy | accepted (their accuracy) "
+                     f"| unidentified / not a cell |" for n, r in results.items())
+    lines = [f"| change | what it mimics |{header}", "|---|---|" + "---|---|---|" * len(results)]
+    rows: dict[str, dict[str, dict]] = {}
+    described: dict[str, str] = {}
+    for name, result in results.items():
         for r in result["perturbations"]:
+            rows.setdefault(r["name"], {})[name] = r
+            described.setdefault(r["name"], r["description"])
+    for change, by_model in rows.items():
+        cells = []
+        for name in results:
+            r = by_model.get(name)
+            if r is None:
+                cells.append(" | | ")
+                continue
             accepted = ("none" if r["accuracy_accepted"] is None
                         else f"{r['accuracy_accepted']:.4f}")
-            lines.append(f"| `{name}` (n={result['n']}) | {r['name']} | {r['description']} | "
-                         f"{r['accuracy']:.4f} | {r['accepted_rate']:.1%} ({accepted}) | "
-                         f"{r['unidentified_rate']:.1%} | {r['not_a_cell_rate']:.1%} |")
+            cells.append(f"{r['accuracy']:.4f} | {r['accepted_rate']:.1%} ({accepted}) | "
+                         f"{r['unidentified_rate']:.1%} / {r['not_a_cell_rate']:.1%}")
+        lines.append(f"| {change} | {described[change]} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
