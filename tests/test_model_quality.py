@@ -180,3 +180,15 @@ def test_wbc4_ece_spread_is_reproduced_from_its_out_of_fold_logits(tmp_path):
     committed = json.loads((folder / ece_spread.JSON_FILE).read_text())
     ece_spread.main([str(folder)])
     assert json.loads((folder / ece_spread.JSON_FILE).read_text()) == committed
+
+
+@pytest.mark.parametrize("model", ["wbc4", "pbc8"])
+def test_robustness_baseline_is_the_recorded_test_evaluation(model):
+    """training.robustness scores the images as recorded in the same run as the changed ones:
+    that row must be the card's test evaluation again, or the changed rows are not comparable."""
+    baseline = recorded(model, "robustness")["perturbations"][0]
+    test = recorded(model, "test")
+    assert baseline["name"] == "as recorded"
+    assert baseline["accuracy"] == round(test["accuracy"], 4)
+    for key in ("accepted_rate", "unidentified_rate", "not_a_cell_rate", "accuracy_accepted"):
+        assert baseline[key] == test["trust"][key], key
