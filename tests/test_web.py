@@ -149,6 +149,7 @@ def test_home_states_formats_limits_model_choice_and_expectations(client):
     assert '<option value="tiny" selected>' in html
     assert "Accepted formats: BMP, GIF, JPG, PNG, TIF, WEBP" in html
     assert "Up to 100 files and 32 MB per upload in total." in html
+    assert "PNG, TIFF or high-quality JPEG" in html  # what the robustness figures advise
     assert "Drag and drop images here" in html
     assert html.count(CARD["expects"]) == 2  # under the picker and in the side panel
     assert re.search(r'name="csrf_token" value="[\w-]{40,}"', html)

@@ -103,6 +103,7 @@ PERTURBATIONS: dict[str, tuple[str, Perturb]] = {
     "strong stain": ("a stronger stain: saturation x1.4", saturation(1.4)),
     "hue -15": ("another stain batch: hue turned by -15 degrees", hue(-15)),
     "hue +15": ("another stain batch: hue turned by +15 degrees", hue(15)),
+    "JPEG q75": ("saved again as a JPEG of quality 75 (a common export default)", jpeg(75)),
     "JPEG q30": ("saved again as a JPEG of quality 30", jpeg(30)),
 }
 BASELINE = next(iter(PERTURBATIONS))
