@@ -58,6 +58,13 @@ def served_views(card: dict) -> int:
     return len(views) if isinstance(views, list) and views else 1
 
 
+def record_metrics(model_dir: Path, name: str, figures: dict) -> None:
+    """Store `figures` in the model card as metrics.<name>, replacing what was there."""
+    card = read_card(model_dir)
+    card.setdefault("metrics", {})[name] = figures
+    write_card(model_dir, card)
+
+
 def recorded_evaluations(card: dict) -> dict[str, dict]:
     """The card's recorded test evaluations by name (`training.evaluate --record NAME`), in
     the order recorded; the unfamiliar-image flag rates and robustness figures are not."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hematovision.batch import classify_files, expand_paths
 from hematovision.card import ModelLoadError
-from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor, load_failure
+from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
 from hematovision.trust import parse_accuracy_target
 
 
@@ -34,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="a model folder anywhere (overrides --model)")
+    add_model_options(parser)
     parser.add_argument("--accuracy-target", type=parse_accuracy_target, default=None, metavar="P",
                         help="abstain so that accepted cells are right this often, e.g. 0.95 "
                              "(default: the model card's target; its 'operating_points' list "
@@ -45,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
-    model_dir = args.model_dir or MODELS_ROOT / args.model
+    model_dir = model_dir_of(args)
     try:
         predictor = Predictor(model_dir, accuracy_target=args.accuracy_target)
     except ModelLoadError as exc:

@@ -75,6 +75,18 @@ def load_failure(error: ModelLoadError) -> str:
     return f"{error}\navailable models: {', '.join(available_models()) or 'none'}"
 
 
+def add_model_options(parser) -> None:
+    """The options every command that reads one model folder takes (`model_dir_of` reads them)."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a model folder anywhere (overrides --model)")
+
+
+def model_dir_of(args) -> Path:
+    return args.model_dir or MODELS_ROOT / args.model
+
+
 def available_models(root: Path = MODELS_ROOT) -> list[str]:
     """Names of the model folders under `root` that carry a model card and a serving file."""
     root = Path(root)

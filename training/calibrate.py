@@ -29,7 +29,7 @@ import numpy as np
 
 from hematovision.batch import forward_files
 from hematovision.card import read_card, served_views, write_card
-from hematovision.predictor import DEFAULT_MODEL, KERAS_FILE, MODELS_ROOT, Predictor
+from hematovision.predictor import KERAS_FILE, Predictor, add_model_options, model_dir_of
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
                                 TRUST_FILE, cholesky_whitening, layer_distances,
                                 parse_accuracy_target, repack, save_trust_arrays,
@@ -406,9 +406,7 @@ def main(argv: list[str] | None = None) -> None:
                     "validation splits.",
         epilog="example: python -m training.calibrate --model wbc4",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
-    parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
+    add_model_options(parser)
     parser.add_argument("--data", type=Path, default=None,
                         help="the training ImageFolder (default: the one in the model card)")
     parser.add_argument("--target-accuracy", type=parse_accuracy_target, default=TARGET_ACCURACY,
@@ -423,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
                              "(whitening matrices as packed lower triangles, half the bytes), "
                              "refitting nothing")
     args = parser.parse_args(argv)
-    model_dir = args.model_dir or MODELS_ROOT / args.model
+    model_dir = model_dir_of(args)
     if args.repack:
         if not (model_dir / TRUST_FILE).is_file():
             raise SystemExit(f"{model_dir} has no {TRUST_FILE} to repack")

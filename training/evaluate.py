@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.batch import forward_files
-from hematovision.card import NOT_EVALUATIONS, ModelLoadError, read_card, write_card
-from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor, load_failure
+from hematovision.card import NOT_EVALUATIONS, ModelLoadError, read_card, record_metrics
+from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
 from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
@@ -334,11 +334,7 @@ def read_split_file(path: Path) -> dict:
 
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
     """Store `metrics` in the model card as metrics.<name> and copy the confusion plot."""
-    card = read_card(model_dir)
-    card.setdefault("metrics", {})[name] = {
-        k: v for k, v in metrics.items() if k not in ("unreadable_files",)
-    }
-    write_card(model_dir, card)
+    record_metrics(model_dir, name, {k: v for k, v in metrics.items() if k != "unreadable_files"})
     for plot in ("confusion", "reliability", "coverage"):
         shutil.copy2(out_dir / f"{plot}.png", Path(model_dir) / f"{plot}_{name}.png")
 
@@ -351,9 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                "--model wbc4 --record test",
     )
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder directory")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
-    parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
+    add_model_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-...)")
     parser.add_argument("--split-file", type=Path, default=None,
                         help="splits.json: evaluate only the files of --split-name")
@@ -372,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.record in NOT_EVALUATIONS:
         parser.error(f"--record {args.record}: the card keeps the figures of "
                      f"training.{args.record} under that name; choose another, such as test")
-    model_dir = args.model_dir or MODELS_ROOT / args.model
+    model_dir = model_dir_of(args)
     out = args.out or Path("runs") / f"eval-{Path(model_dir).name}-{args.data.name}"
     metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,
                        args.known_classes_only)

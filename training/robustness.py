@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from hematovision.card import ROBUSTNESS, read_card, write_card
-from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor
+from hematovision.card import ROBUSTNESS, record_metrics
+from hematovision.predictor import Predictor, add_model_options, model_dir_of
 from hematovision.preprocess import load_image
 from training import data as data_lib
 from training.calibrate import status_rates
@@ -148,12 +148,6 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
     return {"data": where, "n": len(files), "perturbations": rows}
 
 
-def record(model_dir: Path, result: dict) -> None:
-    card = read_card(model_dir)
-    card.setdefault("metrics", {})[ROBUSTNESS] = result
-    write_card(model_dir, card)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.robustness",
@@ -162,9 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m training.robustness --model wbc4 "
                "--data ../shared/data/kaggle_blood_cells/test --record",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
-    parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
+    add_model_options(parser)
     parser.add_argument("--data", type=Path, required=True,
                         help="an ImageFolder of labelled images (the model's test set)")
     parser.add_argument("--split-file", type=Path, default=None,
@@ -178,11 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.record and args.only:
         parser.error("--record stores every perturbation: run it without --only")
-    model_dir = args.model_dir or MODELS_ROOT / args.model
+    model_dir = model_dir_of(args)
     result = evaluate_robustness(model_dir, args.data, args.split_file, args.split_name,
                                  args.only)
     if args.record:
-        record(model_dir, result)
+        record_metrics(model_dir, ROBUSTNESS, result)
     print(f"{result['data']}, n={result['n']}")
     for r in result["perturbations"]:
         accepted = "n/a" if r["accuracy_accepted"] is None else f"{r['accuracy_accepted']:.4f}"

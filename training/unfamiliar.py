@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from hematovision.batch import classify_files
-from hematovision.card import UNFAMILIAR, read_card, write_card
-from hematovision.predictor import DEFAULT_MODEL, MODELS_ROOT, Predictor
+from hematovision.card import UNFAMILIAR, record_metrics
+from hematovision.predictor import Predictor, add_model_options, model_dir_of
 from training import data as data_lib
 from training.calibrate import status_rates
 from training.evaluate import split_files
@@ -171,12 +171,6 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
     return {"sets": sets, "seed": seed}
 
 
-def record(model_dir: Path, result: dict) -> None:
-    card = read_card(model_dir)
-    card.setdefault("metrics", {})[UNFAMILIAR] = result
-    write_card(model_dir, card)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.unfamiliar",
@@ -185,9 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m training.unfamiliar --model pbc8 "
                "--cross-data ../shared/data/kaggle_blood_cells/test --record",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
-    parser.add_argument("--model-dir", type=Path, default=None, help="a model folder anywhere")
+    add_model_options(parser)
     parser.add_argument("--cross-data", type=Path, default=None,
                         help="an ImageFolder from another source (different-source check)")
     parser.add_argument("--cross-split-file", type=Path, default=None,
@@ -198,11 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true",
                         help="store the rates in the model card as metrics.unfamiliar")
     args = parser.parse_args(argv)
-    model_dir = args.model_dir or MODELS_ROOT / args.model
+    model_dir = model_dir_of(args)
     result = evaluate_unfamiliar(model_dir, args.cross_data, args.cross_split_file,
                                  args.cross_split_name, args.per_kind, args.seed)
     if args.record:
-        record(model_dir, result)
+        record_metrics(model_dir, UNFAMILIAR, result)
     for s in result["sets"]:
         print(f"{s['name']:<22} n={s['n']:<5} not_a_cell {s['not_a_cell_rate']:.3f}  "
               f"unidentified {s['unidentified_rate']:.3f}  accepted {s['accepted_rate']:.3f}")
