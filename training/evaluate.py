@@ -204,24 +204,14 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     """`known_classes_only` scores another dataset's images of the model's classes (PBC's
     four white-cell types for `wbc4`: cells from another lab, stain and scanner) and leaves
     out the rest, naming them; a split file then need not be the model's own."""
-    try:
-        predictor = Predictor(model_dir)
-    except ModelLoadError as exc:
-        raise SystemExit(load_failure(exc))
+    predictor = open_model(model_dir)
     dataset = data_lib.list_image_folder(data_dir)
-    missing = [c for c in dataset.classes if c not in predictor.classes]
-    if missing and not known_classes_only:
-        raise SystemExit(f"{data_dir} has classes the model does not know: {missing} "
-                         "(--known-classes-only scores the images of the others)")
-    files = (split_files(split_file, split_name, dataset, data_dir,
-                         None if known_classes_only else predictor.classes)
-             if split_file else dataset.files)
+    files, missing = files_to_score(predictor, dataset, data_dir, split_file, split_name,
+                                    known_classes_only)
+    if missing and not files:
+        raise SystemExit(f"{data_dir} holds no image of the model's classes "
+                         f"({', '.join(predictor.classes)})")
     label_of = dataset.label_of()
-    if missing:
-        files = [f for f in files if dataset.classes[label_of[f]] in predictor.classes]
-        if not files:
-            raise SystemExit(f"{data_dir} holds no image of the model's classes "
-                             f"({', '.join(predictor.classes)})")
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     failed = [f for f, ok in zip(files, readable) if not ok]
     files = [f for f, ok in zip(files, readable) if ok]
@@ -271,6 +261,34 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     metrics["intervals"] = intervals(files, groups, y_true, np.array(y_pred),
                                     len(predictor.classes))
     return Scored(metrics, predictor.classes, before, after, confidence, correct, unfamiliar)
+
+
+def open_model(model_dir: Path) -> Predictor:
+    """The served model of `model_dir`, or a stop that says why it cannot be used and which
+    models there are (never a traceback)."""
+    try:
+        return Predictor(model_dir)
+    except ModelLoadError as exc:
+        raise SystemExit(load_failure(exc))
+
+
+def files_to_score(predictor: Predictor, dataset: data_lib.Dataset, data_dir: Path,
+                   split_file: Path | None, split_name: str, known_classes_only: bool
+                   ) -> tuple[list[str], list[str]]:
+    """The files of `dataset` (or of its split) to score, and the dataset's classes the model
+    lacks. Those classes stop the evaluation unless `known_classes_only`, which leaves their
+    images out and does not ask the split file to have been made for the model's classes."""
+    missing = [c for c in dataset.classes if c not in predictor.classes]
+    if missing and not known_classes_only:
+        raise SystemExit(f"{data_dir} has classes the model does not know: {missing} "
+                         "(--known-classes-only scores the images of the others)")
+    files = (split_files(split_file, split_name, dataset, data_dir,
+                         None if known_classes_only else predictor.classes)
+             if split_file else dataset.files)
+    if missing:
+        label_of = dataset.label_of()
+        files = [f for f in files if dataset.classes[label_of[f]] in predictor.classes]
+    return files, missing
 
 
 def write_report(scored: Scored, out_dir: Path) -> None:

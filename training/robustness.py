@@ -26,11 +26,11 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from hematovision.card import ROBUSTNESS, record_metrics
-from hematovision.predictor import Predictor, add_model_options, model_dir_of
+from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.preprocess import load_image
 from training import data as data_lib
 from training.calibrate import status_rates
-from training.evaluate import split_files
+from training.evaluate import files_to_score, open_model
 
 Perturb = Callable[[Image.Image], Image.Image]
 
@@ -114,16 +114,17 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
                         chunk: int = 64, progress: bool = True) -> dict:
     """Accuracy and statuses of the served model on `data_dir` (or its `split_name` part of
     `split_file`) under each perturbation; images of classes the model lacks are left out."""
-    predictor = Predictor(model_dir)
+    predictor = open_model(model_dir)
     names = list(PERTURBATIONS) if names is None else [BASELINE] + [
         n for n in names if n != BASELINE]
     dataset = data_lib.list_image_folder(data_dir)
-    files = split_files(split_file, split_name, dataset, data_dir) if split_file else dataset.files
-    files = [f for f in files if f.split("/", 1)[0] in predictor.classes]
+    files, _ = files_to_score(predictor, dataset, data_dir, split_file, split_name,
+                              known_classes_only=True)
     if not files:
         raise SystemExit(f"No image of {data_dir} belongs to a class of model "
                          f"{predictor.name!r} ({', '.join(predictor.classes)})")
-    truth = np.array([predictor.classes.index(f.split("/", 1)[0]) for f in files])
+    label_of = dataset.label_of()
+    truth = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files])
     labels: dict[str, list[int]] = {n: [] for n in names}
     statuses: dict[str, list[str]] = {n: [] for n in names}
     for start in range(0, len(files), chunk):

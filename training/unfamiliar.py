@@ -24,7 +24,7 @@ from hematovision.card import UNFAMILIAR, record_metrics
 from hematovision.predictor import Predictor, add_model_options, model_dir_of
 from training import data as data_lib
 from training.calibrate import status_rates
-from training.evaluate import split_files
+from training.evaluate import open_model, split_files
 
 NATURAL_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket",
                   "hubble_deep_field", "clock", "brick", "grass", "gravel", "retina", "page",
@@ -136,7 +136,7 @@ def _rates(statuses: list[str]) -> dict:
 def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
                         cross_split_file: Path | None = None, cross_split_name: str = "test",
                         per_kind: int = 50, seed: int = 0) -> dict:
-    predictor = Predictor(model_dir)
+    predictor = open_model(model_dir)
     sets = []
     for kind, images in generated_images(per_kind, seed).items():
         sets.append({"name": f"generated: {kind}", "group": "generated",
