@@ -214,14 +214,21 @@ def _extra_label(setting: str, images: int) -> str:
     return f"{', '.join(names)} ({images})" if names else "none"
 
 
+def _with_served(rows: list[dict], served: tuple[str, dict] | None) -> list[dict]:
+    """`rows` with the served model's kept fields (`ablation_table`'s `served`) added to its
+    run's row, under the row's own."""
+    if not served:
+        return rows
+    return [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
+
+
 def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> str:
     """One row per run. `served`: (run folder, row fields) of the served model, whose run folder
     is gone but whose model folder keeps them: "out_of_fold" (its crossfit.json) and
     "served_validation" (its card); a row's own fields come first. The "as served" column
     appears when some row kept its exported figures (`--exported`)."""
     as_served = any(r.get("served_validation") for r in rows)
-    if served:
-        rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
+    rows = _with_served(rows, served)
     lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
              "| dropout | learning rate | weight decay | weight averaging (EMA) | mixup "
              "| unassigned images "
@@ -270,8 +277,7 @@ def initialisation_table(rows: list[dict], served: tuple[str, dict] | None = Non
     how many rows (runs, ensembles and weight averages) started from it and the range of their
     validation and out-of-fold accuracy (each row's own crop, tuned blocks, views and recipe; the
     full table tells them apart)."""
-    if served:
-        rows = [{**served[1], **r} if r["run"] == served[0] else r for r in rows]
+    rows = _with_served(rows, served)
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(_each(r["init"]), []).append(r)
