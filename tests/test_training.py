@@ -916,6 +916,40 @@ def test_the_cache_keys_a_crop_by_its_size_not_its_spelling():
     assert len({key("none"), key("nucleus"), key("nucleus:0.4"), key("nucleus:0.7")}) == 4
 
 
+def test_zoom_sets_how_far_augmented_views_change_magnification_and_keys_their_cache():
+    """A dot's width in 200 augmented views: with the default zoom it stays within 0.83-1.25
+    times its size, with --zoom 0.4 it reaches past 1.5 times (as a 1.5x objective would show
+    it) and below 0.75; the cache keeps the two apart, and the clean view under one key."""
+    from training import features
+
+    image = np.full((1, 64, 64, 3), -1.0, np.float32)
+    image[:, 24:40, 24:40] = 1.0  # a 16-pixel square, centred
+
+    def widths(zoom: float) -> np.ndarray:
+        out = []
+        for seed in range(200):
+            zoomer = features.build_augmenter(seed, colour=False, zoom=zoom).layers[2]
+            view = np.asarray(zoomer(image, training=True))[0, 32, :, 0]
+            out.append((view > 0).sum() / 16)
+        return np.array(out)
+
+    default, wide = widths(features.DEFAULT_ZOOM), widths(0.4)
+    assert default.min() >= 0.75 and default.max() <= 1.3
+    assert wide.max() >= 1.5 and wide.min() <= 0.75
+    assert TrainConfig().zoom == features.DEFAULT_ZOOM
+    assert train.parse_args(["--data", "d", "--zoom", "0.4"])[0].zoom == 0.4
+    assert TrainConfig(zoom=1).problems() == [
+        "zoom must be in [0, 1) (a share of the image's side)"]
+
+    bottom = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 3, strides=8)])
+
+    def key(view, zoom):
+        return features.cache_key(bottom, [], view, 1, 32, "none", True, zoom)
+
+    assert key(1, 0.4) != key(1, features.DEFAULT_ZOOM) == features.cache_key(bottom, [], 1, 1, 32)
+    assert key(0, 0.4) == key(0, features.DEFAULT_ZOOM)  # the clean view is not zoomed
+
+
 def test_warmup_ramps_the_rate_up_within_the_first_epoch_and_the_schedule_then_holds(tmp_path):
     """--warmup-epochs 0.5 over 8 steps per epoch: steps 1-4 at 1/4 .. 4/4 of the rate, every
     later step at the rate; a replayed schedule's first-epoch rate is the one ramped up to."""

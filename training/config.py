@@ -61,6 +61,9 @@ class TrainConfig:
     views: int = 3  # cached views per training image: the clean image + (views-1) augmented
     colour_jitter: bool = True  # augment hue, saturation, brightness, contrast (stain and light
     #   differences between labs); --no-colour-jitter keeps the geometric augmentation only
+    zoom: float = 0.2  # augmented views are enlarged or shrunk at random by up to this share
+    #   (Keras RandomZoom's factor: 0.2 shows 0.8 to 1.2 of the image's side, enlarging it up
+    #   to 1.25 times and shrinking it to 0.83); wider for other microscopes' magnifications
     batch_size: int = 64  # mini-batch size for the tuned layers
     epochs: int = 30  # upper bound; early stopping on validation loss decides
     patience: int = 4  # epochs without validation-loss improvement before stopping
@@ -113,6 +116,7 @@ class TrainConfig:
             (self.input_size >= 32, "input_size must be at least 32 (MobileNetV2's smallest)"),
             (2 <= self.tune_from_block <= LAST_BLOCK,
              f"tune_from_block must be within 2..{LAST_BLOCK}"),
+            (0 <= self.zoom < 1, "zoom must be in [0, 1) (a share of the image's side)"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be 0 (off) or above"),
             (0 <= self.warmup_epochs <= 1, "warmup_epochs must be in [0, 1] (0: off; a share "

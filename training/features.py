@@ -27,19 +27,20 @@ from hematovision import preprocess as preprocess_module
 from hematovision.preprocess import NUCLEUS_CROP_FRACTION, ImageError, crop_fraction, preprocess
 
 VALUE_RANGE = (-1.0, 1.0)  # the preprocessed input range (MobileNetV2 scaling)
+DEFAULT_ZOOM = 0.2  # TrainConfig.zoom's default: cache keys name only another zoom
 
 
-def build_augmenter(seed: int, colour: bool = True) -> keras.Sequential:
+def build_augmenter(seed: int, colour: bool = True, zoom: float = DEFAULT_ZOOM) -> keras.Sequential:
     """Geometric and (with `colour`) stain/colour augmentation on preprocessed [-1, 1] images.
 
-    Smears have no preferred orientation (any rotation, both flips); zoom and shift mimic
-    different crops; hue, saturation, brightness and contrast jitter mimic stain and
-    illumination differences between labs.
+    Smears have no preferred orientation (any rotation, both flips); zoom (by up to `zoom` of
+    the side) and shift mimic different crops and magnifications; hue, saturation, brightness
+    and contrast jitter mimic stain and illumination differences between labs.
     """
     geometric = [
         keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
         keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 2),
         keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
     ]
     colours = [
@@ -70,13 +71,14 @@ def file_stamp(path: Path) -> str:
 
 
 def cache_key(bottom: keras.Model, paths: list[Path], view: int, seed: int, input_size: int,
-              crop: str = "none", colour_jitter: bool = True) -> str:
+              crop: str = "none", colour_jitter: bool = True, zoom: float = DEFAULT_ZOOM) -> str:
     """The cache entry of `cached_features` with these arguments."""
     return hashlib.sha256(
         "\n".join(
             [weights_digest(bottom), code_digest(), str(view), str(seed), str(input_size)]
             + ([f"crop={_crop_key(crop)}"] if crop != "none" else [])
             + (["colour_jitter=False"] if view and not colour_jitter else [])
+            + ([f"zoom={zoom!r}"] if view and zoom != DEFAULT_ZOOM else [])
             + [file_stamp(p) for p in paths]
         ).encode()
     ).hexdigest()[:20]
@@ -100,13 +102,14 @@ def cached_features(
     batch_size: int = 64,
     label: str = "",
     colour_jitter: bool = True,
+    zoom: float = DEFAULT_ZOOM,
 ) -> np.ndarray:
     """Cut-layer activations of `paths`; view 0 is the clean image, view k>0 augmented."""
-    key = cache_key(bottom, paths, view, seed, input_size, crop, colour_jitter)
+    key = cache_key(bottom, paths, view, seed, input_size, crop, colour_jitter, zoom)
     cache_file = Path(cache_dir) / f"features-{key}.npy"
     if cache_file.is_file():
         return np.load(cache_file)
-    augment = build_augmenter(seed * 1000 + view, colour_jitter) if view else None
+    augment = build_augmenter(seed * 1000 + view, colour_jitter, zoom) if view else None
     forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
     out = np.zeros((len(paths), *bottom.output_shape[1:]), dtype=np.float16)
     start = time.time()

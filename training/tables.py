@@ -55,6 +55,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
             "views": config.views,
             "augment": config.augment,
             "colour_jitter": config.colour_jitter,
+            "zoom": config.zoom,
             "label_smoothing": config.label_smoothing,
             "dropout": config.dropout,
             "learning_rate": config.learning_rate,
@@ -84,7 +85,7 @@ def collect_ablation(run_dirs: list[Path]) -> list[dict]:
 
 # Row fields that are config fields of the same name and that the members of an ensemble may
 # differ in (training.ensemble.member_settings; crop and tuned blocks they must share).
-SETTING_COLUMNS = ("unassigned", "views", "colour_jitter", "label_smoothing", "dropout",
+SETTING_COLUMNS = ("unassigned", "views", "colour_jitter", "zoom", "label_smoothing", "dropout",
                    "learning_rate", "weight_decay", "ema_momentum", "mixup")
 
 
@@ -229,7 +230,8 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
     appears when some row kept its exported figures (`--exported`)."""
     as_served = any(r.get("served_validation") for r in rows)
     rows = _with_served(rows, served)
-    lines = ["| initialisation | crop | tuned blocks | views | colour jitter | label smoothing "
+    lines = ["| initialisation | crop | tuned blocks | views | colour jitter | zoom "
+             "| label smoothing "
              "| dropout | learning rate | weight decay | weight averaging (EMA) | mixup "
              "| unassigned images "
              "| smears of one field of view grouped "
@@ -238,7 +240,7 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
              "| val balanced acc. | val images | out-of-fold accuracy | train time (s) |"
              + (" val accuracy as served |" if as_served else ""),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-             "---|"
+             "---|---|"
              + ("---|" if as_served else "")]
     for r in rows:
         jitter = _each(r.get("colour_jitter", True), lambda on: "yes" if on else "no")
@@ -246,7 +248,9 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
         oof = r.get("out_of_fold") or {}
         line = (f"| {_each(r['init'])} | {r['crop']} | {r['tune_from_block']}-16 | "
                 f"{_training_views(r)} | "
-                f"{jitter} | {_each(r.get('label_smoothing', 0.0), _g)} | "
+                # Rows recorded before the option existed zoomed by its default.
+                f"{jitter} | {_each(r.get('zoom', TrainConfig.zoom), _zoom)} | "
+                f"{_each(r.get('label_smoothing', 0.0), _g)} | "
                 # Rows recorded before these columns ran at the defaults, unchanged since the
                 # first training run.
                 f"{_each(r.get('dropout', TrainConfig.dropout), _g)} | "
@@ -270,6 +274,11 @@ def ablation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> 
                      else " n/a |")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _zoom(share: float) -> str:
+    """A zoom share as the magnifications it spans, e.g. 0.2 -> "0.83-1.25x"."""
+    return f"{1 / (1 + share):.2f}-{1 / (1 - share):.2f}x" if share else "none"
 
 
 def initialisation_table(rows: list[dict], served: tuple[str, dict] | None = None) -> str:

@@ -22,7 +22,8 @@ import tensorflow as tf  # noqa: E402
 
 from training import data as data_lib  # noqa: E402
 from training.config import CHOICES, TrainConfig  # noqa: E402
-from training.features import build_augmenter, cached_features, load_batch  # noqa: E402
+from training.features import (DEFAULT_ZOOM, build_augmenter, cached_features,  # noqa: E402
+                               load_batch)
 from training.model import Classifier, resolve_weights  # noqa: E402
 from training.probe import fit_head  # noqa: E402
 from training.report import plot_curves, read_history  # noqa: E402
@@ -238,7 +239,7 @@ class CachedViews:
             clean, y = self(kept, 1)
             views = OnlineViews(self.classifier.bottom, np.concatenate([clean, self.extra[0]]),
                                 (self.dataset.paths(kept) + self.extra_paths) * (c.views - 1),
-                                c.input_size, c.crop, c.seed_of_fit, c.colour_jitter)
+                                c.input_size, c.crop, c.seed_of_fit, c.colour_jitter, c.zoom)
             labels = list(y) + self.extra_labels
             return views, np.array(labels * c.views, dtype=np.int64)
         x, y = self(self.trained(files), self.config.views)
@@ -248,7 +249,7 @@ class CachedViews:
         c = self.config
         return cached_features(self.classifier.bottom, paths, view, c.seed, c.input_size,
                                Path(c.cache_dir), c.crop, label=label,
-                               colour_jitter=c.colour_jitter)
+                               colour_jitter=c.colour_jitter, zoom=c.zoom)
 
 
 class OnlineViews:
@@ -261,10 +262,11 @@ class OnlineViews:
     run would have, never those of its first epochs again."""
 
     def __init__(self, bottom: keras.Model, clean: np.ndarray, paths: list[Path],
-                 input_size: int, crop: str, seed: int, colour_jitter: bool = True):
+                 input_size: int, crop: str, seed: int, colour_jitter: bool = True,
+                 zoom: float = DEFAULT_ZOOM):
         self.clean, self.paths = clean, list(paths)
         self.input_size, self.crop = input_size, crop
-        self.seed, self.colour_jitter = seed, colour_jitter
+        self.seed, self.colour_jitter, self.zoom = seed, colour_jitter, zoom
         self.forward = tf.function(lambda x: bottom(x, training=False), reduce_retracing=True)
 
     def __len__(self) -> int:
@@ -283,7 +285,7 @@ class OnlineViews:
             # SeedSequence hashes seed and key together: each epoch and batch draws its own
             # views, unrelated to the cached views' seeds (seed * 1000 + view).
             draw = np.random.SeedSequence([self.seed, *key]).generate_state(1)[0] % 2**31
-            augment = build_augmenter(int(draw), self.colour_jitter)
+            augment = build_augmenter(int(draw), self.colour_jitter, self.zoom)
             out[~cached] = self.forward(augment(images, training=True)).numpy()
         return out
 
