@@ -10,12 +10,13 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from hematovision.magnification import Reference
 from hematovision.predictor import BATCH_SIZE, Outputs, Prediction, Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError, load_image, to_input
 
@@ -25,11 +26,13 @@ class FileResult:
     path: Path
     prediction: Prediction | None = None
     error: str | None = None
+    # The magnification check's red_cell_ratio, for a model whose card records a reference.
+    checks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         if self.prediction is None:
             return {"file": str(self.path), "error": self.error}
-        return {"file": str(self.path), **self.prediction.to_dict()}
+        return {"file": str(self.path), **self.prediction.to_dict(), **self.checks}
 
 
 # Folders that archive tools and file managers leave beside images (macOS puts a "._" copy of
@@ -73,24 +76,28 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
     return out
 
 
-def _decode(path: Path, size: int, crop: str):
-    """(model input, None) or (None, error message). `load_image` turns every decoder failure
-    into ImageError; OSError here only means the file itself could not be opened."""
+def _decode(path: Path, size: int, crop: str, reference: Reference | None = None):
+    """(model input, None, red-cell ratio) or (None, error message, None); the ratio only with
+    a magnification `reference`. `load_image` turns every decoder failure into ImageError;
+    OSError here only means the file itself could not be opened."""
     try:
-        return to_input(load_image(path), size, crop), None
+        image = load_image(path)
     except ImageError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     except OSError as exc:
-        return None, f"Cannot read the file ({exc.strerror or exc})."
+        return None, f"Cannot read the file ({exc.strerror or exc}).", None
+    return to_input(image, size, crop), None, reference.ratio(image) if reference else None
 
 
-def decoded_chunks(paths: list[Path], size: int, crop: str) -> Iterator[list[tuple]]:
-    """[(path, model input or None, error or None), ...] per chunk of BATCH_SIZE, in order;
-    the next chunk decodes in a thread pool while the caller runs the model on this one."""
+def decoded_chunks(paths: list[Path], size: int, crop: str,
+                   reference: Reference | None = None) -> Iterator[list[tuple]]:
+    """[(path, model input or None, error or None, red-cell ratio or None), ...] per chunk of
+    BATCH_SIZE, in order; the next chunk decodes in a thread pool while the caller runs the
+    model on this one. Red cells are measured only against a magnification `reference`."""
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
 
     def decode(path: Path):
-        return _decode(path, size, crop)
+        return _decode(path, size, crop, reference)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         decoded_next = pool.map(decode, chunks[0]) if chunks else None
@@ -98,18 +105,21 @@ def decoded_chunks(paths: list[Path], size: int, crop: str) -> Iterator[list[tup
             decoded = list(decoded_next)
             if k + 1 < len(chunks):
                 decoded_next = pool.map(decode, chunks[k + 1])
-            yield [(path, array, error) for path, (array, error) in zip(chunk, decoded)]
+            yield [(path, *outcome) for path, outcome in zip(chunk, decoded)]
 
 
 def classify_files(
     predictor: Predictor, paths: list[Path], progress: bool = False
 ) -> Iterator[FileResult]:
-    """Yield one result per path, in order; unreadable files give an error result."""
+    """Yield one result per path, in order; unreadable files give an error result. With a
+    magnification reference in the model's card, each result gets its red_cell_ratio."""
     meter = _Progress(len(paths), progress)
-    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop):
-        predictions = predictor.predict_each([array for _, array, _ in chunk])
-        for (path, _, error), prediction in zip(chunk, predictions):
-            yield FileResult(path, prediction, None if prediction else error)
+    reference = predictor.magnification
+    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop, reference):
+        predictions = predictor.predict_each([array for _, array, _, _ in chunk])
+        for (path, _, error, ratio), prediction in zip(chunk, predictions):
+            checks = {"red_cell_ratio": ratio} if reference else {}
+            yield FileResult(path, prediction, None if prediction else error, checks)
         meter.advance(len(chunk))
     meter.close()
 
@@ -122,8 +132,8 @@ def forward_files(predictor: Predictor, paths: list[Path], progress: bool = Fals
     meter = _Progress(len(paths), progress)
     parts, readable = [], []
     for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop):
-        arrays = [array for _, array, _ in chunk if array is not None]
-        readable += [array is not None for _, array, _ in chunk]
+        arrays = [array for _, array, _, _ in chunk if array is not None]
+        readable += [array is not None for _, array, _, _ in chunk]
         if arrays:
             parts.append(predictor.forward(np.stack(arrays)))
         meter.advance(len(chunk))

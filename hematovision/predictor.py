@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hematovision.card import CARD_FILE, ModelLoadError, read_card, served_views
+from hematovision.magnification import Reference
 from hematovision.preprocess import ImageSource, crop_fraction, load_image, to_input
 from hematovision.trust import ACCEPTED, Trust, class_activation_map, use_one_blas_thread
 
@@ -120,6 +121,8 @@ class Predictor:
         except ValueError as exc:
             raise ModelLoadError(f"The model card {self.model_dir / CARD_FILE}: {exc}") from None
         self.images_per_call = max(1, VIEWS_PER_CALL // served_views(self.card))
+        # The red-cell scale of its training images, where the card records it (None: no check).
+        self.magnification: Reference | None = Reference.from_card(self.card)
         self._interpreter = _load_interpreter(self.model_dir / SERVING_FILE, num_threads)
         self._input = self._interpreter.get_input_details()[0]
         self._outputs = _identify_outputs(self._interpreter, len(self.classes),

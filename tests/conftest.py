@@ -32,6 +32,29 @@ def make_image(path: Path, color: tuple[int, int, int], size=(64, 48), fmt: str 
     return path
 
 
+def make_smear(diameter: float, size=(320, 240), seed: int = 0, pale_centres: bool = True
+               ) -> Image.Image:
+    """A cartoon blood film: pink red cells `diameter` pixels across (pale centres), scattered
+    without overlapping over about a third of a pale background, and a little noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    array = np.full((h, w, 3), (226, 216, 220), dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    centres: list[tuple[float, float]] = []
+    for _ in range(4000):
+        if len(centres) * np.pi * diameter ** 2 / 4 > 0.33 * w * h:
+            break
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        if all((x - a) ** 2 + (y - b) ** 2 > (1.1 * diameter) ** 2 for a, b in centres):
+            centres.append((x, y))
+            distance = np.hypot(xx - x, yy - y)
+            array[distance < diameter / 2] = (192, 140, 160)
+            if pale_centres:
+                array[distance < diameter / 5] = (212, 182, 192)
+    array += rng.normal(0, 3, array.shape)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
 @pytest.fixture(scope="session")
 def tiny_keras_model():
     """A small Keras classifier with the serving contract: 224x224x3 in, pooled features

@@ -215,3 +215,24 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(tiny_model_dir, tmp_path
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 1
     assert first["file"].endswith("000.png") and "Traceback" not in err
+
+
+def test_json_lines_carry_the_red_cell_ratio_where_the_card_has_a_reference(
+        tiny_model_dir, tmp_path, capsys):
+    from hematovision.magnification import red_cell_scale
+    from tests.conftest import make_smear
+
+    reference = {"red_cell_scale": red_cell_scale(make_smear(30)),
+                 "single_image_range": [0.8, 1.3], "batch_range": [0.8333, 1.25]}
+    root = make_models_root(tmp_path / "models", tiny_model_dir, names=("measuring",),
+                            card={"magnification": reference})
+    make_smear(45).save(tmp_path / "large.png")
+    make_smear(45).point(lambda _: 230).save(tmp_path / "blank.png")  # nothing to measure
+    for model_dir, expected in ((root / "measuring", True), (tiny_model_dir, False)):
+        main([str(tmp_path / "large.png"), str(tmp_path / "blank.png"), "--json",
+              "--model-dir", str(model_dir)])
+        large, blank = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert ("red_cell_ratio" in large) == expected
+        if expected:
+            assert large["red_cell_ratio"] == pytest.approx(1.5, abs=0.1)
+            assert blank["red_cell_ratio"] is None

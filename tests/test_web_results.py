@@ -2,6 +2,8 @@
 other accepted cells counted beside it, and the CSV's differential_class; and the batch page
 that shows them."""
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -57,14 +59,14 @@ def test_a_class_the_catalog_does_not_know_counts_as_a_white_cell():
 
 
 def test_the_csv_marks_only_accepted_white_cells_as_counted():
-    rows = [line.split(",") for line in results.to_csv(BATCH, PBC8).splitlines()[1:]]
-    counted = {row[0]: row[-1] for row in rows}
+    rows = list(csv.DictReader(io.StringIO(results.to_csv(BATCH, PBC8))))
+    counted = {row["file"]: row["differential_class"] for row in rows}
     assert counted == {"neutrophil-accepted.jpg": "neutrophil", "lymphocyte-accepted.jpg":
                        "lymphocyte", "ig-accepted.jpg": "ig", "platelet-accepted.jpg": "",
                        "erythroblast-accepted.jpg": "", "neutrophil-unidentified.jpg": "",
                        "platelet-not_a_cell.jpg": "", "broken.jpg": ""}
     # Counting the column gives the differential's counts.
-    column = [row[-1] for row in rows if row[-1]]
+    column = [row["differential_class"] for row in rows if row["differential_class"]]
     shares = results.differential(BATCH, PBC8).shares
     assert {s.name: s.count for s in shares if s.count} == {c: column.count(c) for c in column}
 

@@ -16,7 +16,7 @@ from hematovision.predictor import Predictor
 from hematovision.web import heatmap
 from tests.conftest import CELL_COLORS
 from tests.web_helpers import (csrf_token, damaged_images, image_bytes, make_app,
-                               make_models_root, spread_operating_points)
+                               make_models_root, page, spread_operating_points, upload)
 
 RED = image_bytes(CELL_COLORS[0])
 BLUE = image_bytes(CELL_COLORS[1])
@@ -59,20 +59,6 @@ def models_root(tmp_path, tiny_model_dir, trusted_model_dir):
         make_models_root(root, trusted_model_dir, names=(name,), card=card,
                          files={"reliability_test.png": image_bytes(fmt="PNG")})
     return root
-
-
-def upload(client, model, *files):
-    response = client.post("/upload", data={
-        "csrf_token": csrf_token(client), "model": model,
-        "file": [(io.BytesIO(data), name) for name, data in files]})
-    assert response.status_code == 303, response.get_data(as_text=True)
-    return response.headers["Location"]
-
-
-def page(client, location) -> str:
-    response = client.get(location)
-    assert response.status_code == 200
-    return response.get_data(as_text=True)
 
 
 def text(html: str) -> str:
@@ -159,8 +145,9 @@ def test_batch_differential_counts_only_accepted_cells(client, models_root, trus
     assert review == [("unidentified", unsure)]
     assert "Only 1 accepted white cell: a manual differential counts 100" in text(html)
     csv = client.get(location + ".csv").get_data(as_text=True)
-    cells = {line.split(",")[0]: line.split(",") for line in csv.splitlines()[1:]}
-    rows = {name: [row[1], row[2], row[-1]] for name, row in cells.items()}
+    header, *lines = [line.split(",") for line in csv.splitlines()]
+    counted = header.index("differential_class")
+    rows = {row[0]: [row[1], row[2], row[counted]] for row in lines}
     top = {name: Predictor(trusted_model_dir).predict(data).label
            for name, data in (("red.jpg", RED), ("blue.jpg", BLUE))}
     # The label is the top class, as in the API; counting differential_class gives the

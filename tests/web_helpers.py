@@ -77,6 +77,21 @@ def make_app(tmp_path: Path, models_root: Path, **config):
     )
 
 
+def upload(client, model: str, *files: tuple[str, bytes]) -> str:
+    """Post `files` (name, bytes) through the upload form for `model`; the result's address."""
+    response = client.post("/upload", data={
+        "csrf_token": csrf_token(client), "model": model,
+        "file": [(io.BytesIO(data), name) for name, data in files]})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return response.headers["Location"]
+
+
+def page(client, location: str) -> str:
+    response = client.get(location)
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
 def csrf_token(client) -> str:
     """The form token of the client's session, as the upload page embeds it."""
     page = client.get("/").get_data(as_text=True)

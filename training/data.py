@@ -348,7 +348,7 @@ def preprocessed_batches(paths: list[Path], size: int, crop: str):
     chunk in order. An unreadable file stops the run: training and validation images have no
     result to leave out."""
     for chunk in decoded_chunks(paths, size, crop):
-        for path, array, error in chunk:
+        for path, array, error, _ in chunk:
             if array is None:
                 raise SystemExit(f"{path}: {error}")
-        yield np.stack([array for _, array, _ in chunk])
+        yield np.stack([array for _, array, _, _ in chunk])

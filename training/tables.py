@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views, view_count
+from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
 from training import crossfit, probe
@@ -710,6 +711,44 @@ def robustness_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def magnification_table(root: Path = MODELS_ROOT) -> str:
+    """The magnification check of each model with a recorded reference
+    (`training.magnification --record`): its reference, then one row per magnification of its
+    test images with the median ratio, the single images and the batches flagged."""
+    entries = {name: read_card(root / name).get(MAGNIFICATION)
+               for name in available_models(root)}
+    entries = {name: e for name, e in entries.items() if isinstance(e, dict) and "check" in e}
+    header = "".join(f" `{n}` (n={e['check']['n']}): median ratio | single images flagged "
+                     f"| batches of {e['min_batch_images']} flagged |" for n, e in entries.items())
+    lines = [f"| |{header}", "|---|" + "---|---|---|" * len(entries)]
+    reference = ["training images' red-cell width (share of the short side)",
+                 "one image flagged outside (times it)", "a batch's median flagged outside"]
+    cells = [[f"{e['red_cell_scale']:.3f} ({e['reference']['images']} images) | |"
+              for e in entries.values()],
+             [f"{e['single_image_range'][0]:.2f}-{e['single_image_range'][1]:.2f} | |"
+              for e in entries.values()],
+             [f"{e['batch_range'][0]:.2f}-{e['batch_range'][1]:.2f} (training zoom) | |"
+              for e in entries.values()]]
+    lines += [f"| {label} | {' | '.join(row)} |" for label, row in zip(reference, cells)]
+    rows: dict[str, dict[str, dict]] = {}
+    for name, entry in entries.items():
+        for r in entry["check"]["rows"]:
+            rows.setdefault(r["name"], {})[name] = r
+    for change, by_model in rows.items():
+        cells_of = []
+        for name in entries:
+            r = by_model.get(name)
+            cells_of.append(" | | " if r is None else
+                            f"{_fmt_ratio(r['median_ratio'])} | {r['single_outside']:.1%} | "
+                            f"{r['batches_outside']:.1%}")
+        lines.append(f"| test images {change} | {' | '.join(cells_of)} |")
+    return "\n".join(lines)
+
+
+def _fmt_ratio(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -942,7 +981,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "splits": splits_table(root), "crossfit": crossfit_table(root),
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
               "probe": probe_table(root), "training-time": training_time_table(root),
-              "robustness": robustness_table(root)}
+              "robustness": robustness_table(root), "magnification": magnification_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

@@ -10,11 +10,14 @@ The API stores nothing: results go back in the response and the images are dropp
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import Blueprint, abort, jsonify, request
 
 from hematovision import __version__
 from hematovision.web import models
 from hematovision.web.classify import classify_request, request_value
+from hematovision.web.results import magnification_check
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -30,7 +33,11 @@ def predict():
     With explain=1 each classified file also gets its heat map ("cam")."""
     name, results = classify_request(explain=explain_requested())
     ok = any("label" in r for r in results)
-    return jsonify(model=name, results=results), 200 if ok else 400
+    reference = models.get(name).magnification
+    check = magnification_check(results, reference)
+    extra = {"magnification": {**asdict(check), "batch_range": list(reference.batch_range)}
+             } if check else {}
+    return jsonify(model=name, results=results, **extra), 200 if ok else 400
 
 
 def explain_requested() -> bool:

@@ -28,6 +28,7 @@ class Decoded:
     array: np.ndarray | None = None  # model input
     image_id: str | None = None  # id of the stored viewing copy, when images are stored
     error: str | None = None
+    red_cell_ratio: float | None = None  # red-cell size / the training images' (None: unmeasured)
 
 
 def decode(
@@ -44,7 +45,9 @@ def decode(
     except ImageError as exc:
         return Decoded(name, error=str(exc))
     array = to_input(image, predictor.input_size, predictor.crop)  # the model card's contract
-    return Decoded(name, array, save_image(store_in, image) if store_in else None)
+    ratio = predictor.magnification.ratio(image) if predictor.magnification else None
+    return Decoded(name, array, save_image(store_in, image) if store_in else None,
+                   red_cell_ratio=ratio)
 
 
 def classify(
@@ -65,6 +68,8 @@ def classify(
             continue
         prediction, cam = next(answers)
         result = {"file": d.file, **prediction.to_dict()}
+        if predictor.magnification is not None:
+            result["red_cell_ratio"] = d.red_cell_ratio
         if explain:
             mapped = cam is not None and prediction.status != NOT_A_CELL
             result["cam"] = heatmap.to_json(d.array, cam) if mapped else None

@@ -22,6 +22,7 @@ from flask import (
 
 from hematovision.card import recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name
+from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, measured_at
@@ -211,6 +212,8 @@ def batch(batch_id: str):
         return single(batch_id, 0)
     differential = results.differential(stored["results"], stored["classes"])
     counts = results.status_counts(stored["results"])
+    predictor = served_model(stored["model"])
+    reference = predictor.magnification if predictor else None
     # Results the differential leaves out, with their position for the link to their page.
     not_counted = [
         (i, r) for i, r in enumerate(stored["results"])
@@ -225,7 +228,9 @@ def batch(batch_id: str):
             classified=sum(counts.values()),
             not_counted=not_counted,
             few_cells=DIFFERENTIAL_CELLS,
-            acceptance=served_acceptance(served_model(stored["model"])),
+            acceptance=served_acceptance(predictor),
+            magnification=results.magnification_check(stored["results"], reference),
+            magnification_range=reference.batch_range if reference else None,
             expires=expires_at(stored),
         )
     )
@@ -258,6 +263,7 @@ def single(batch_id: str, index: int):
             else None,
             cell=CELL_TYPES.get(item.get("label", "")),
             calibration=measured_calibration(predictor) if predictor else None,
+            magnification=predictor.magnification if predictor else None,
             rough_ece=ROUGH_ECE,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
             neighbours=(index - 1 if index > 0 else None,
@@ -356,11 +362,21 @@ def model_page(name: str):
         calibration=measured_calibration(predictor),
         unfamiliar_sets=unfamiliar_sets,
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
+        magnification=_magnification_entry(card, predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
         training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
     )
+
+
+def _magnification_entry(card: dict, predictor: Predictor) -> dict | None:
+    """The card's magnification reference and check figures, where the served model uses them."""
+    entry = card.get(MAGNIFICATION)
+    check = entry.get("check") if isinstance(entry, dict) else None
+    if predictor.magnification is None or not isinstance(check, dict):
+        return None
+    return entry if isinstance(check.get("rows"), list) else None
 
 
 def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:

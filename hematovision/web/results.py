@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hematovision.cells import is_white_cell
+from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.trust import ACCEPTED, STATUSES
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -80,6 +81,16 @@ def _per(count: int, total: int) -> float:
     return round(100 * count / total, 1)
 
 
+def magnification_check(results: list[dict[str, Any]],
+                        reference: Reference | None) -> BatchCheck | None:
+    """The batch's magnification check (`hematovision.magnification.batch_check`) on its
+    measured red-cell ratios; None where the model records no reference or too few images were
+    measured."""
+    if reference is None:
+        return None
+    return batch_check([r.get("red_cell_ratio") for r in results], reference)
+
+
 def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     """How many classified results have each status (every status listed, zeros included)."""
     statuses = [status_of(r) for r in results]
@@ -88,21 +99,24 @@ def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
 
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     """One row per file: file, label (the model's top class, as in the API), status (whether to
-    trust that label), confidence, p_<class> for each class, error, and differential_class: the
+    trust that label), confidence, p_<class> for each class, error, differential_class: the
     label of an accepted white cell only, so a spreadsheet that counts or filters by it counts
-    what the differential counts (last, so that earlier columns keep their places)."""
+    what the differential counts, and red_cell_ratio: the image's red-cell size over the
+    training images' (the magnification check; empty where unmeasured). Columns are added
+    last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
-                     "error", "differential_class"])
+                     "error", "differential_class", "red_cell_ratio"])
     for r in results:
         status = status_of(r)
         if status is not None:
             probabilities = [f"{r['probabilities'][c]:.4f}" for c in classes]
+            ratio = r.get("red_cell_ratio")
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
-                   counted_label(r)]
+                   counted_label(r), "" if ratio is None else f"{ratio:.3f}"]
         else:
-            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], ""]
+            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", ""]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
 
