@@ -61,7 +61,19 @@ def sample_jpeg(size=(320, 240), seed: int = 0) -> bytes:
     return out.getvalue()
 
 
-def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, threads: int) -> dict:
+# A blood film to time the magnification check on: its cost depends on what the image holds
+# (a noise image is given up on at once), so it is timed on a real one where there is one.
+FILM = (Path(__file__).resolve().parents[2] / "shared" / "data" / "kaggle_blood_cells" / "test"
+        / "neutrophil")
+
+
+def default_film() -> Path | None:
+    films = sorted(FILM.glob("*.jpeg")) if FILM.is_dir() else []
+    return films[0] if films else None
+
+
+def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, threads: int,
+        film: Path | None = None) -> dict:
     import keras
 
     from training.export import convert_to_tflite, serving_model
@@ -100,6 +112,14 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
     keras_call = time_calls(lambda: model(one, training=False), repeats, warmup)
     keras_batch = time_calls(lambda: model.predict(batch, verbose=0), batch_repeats, 2)
     decode = time_calls(lambda: to_input(load_image(jpeg), size, predictor.crop), repeats, warmup)
+    # The magnification check beside the prediction it is added to, on the same decoded film.
+    checked = {}
+    if film is not None and predictor.magnification is not None:
+        image = load_image(film)
+        check = time_calls(lambda: predictor.magnification.ratio(image), repeats, warmup)
+        predict = time_calls(lambda: predictor.predict_images([image]), repeats, warmup)
+        checked = {"film": film.name, "magnification_check_ms": 1000 * statistics.median(check),
+                   "film_prediction_ms": 1000 * statistics.median(predict)}
 
     ms = lambda times: round(1000 * statistics.median(times), 3)  # noqa: E731
     per_s = lambda times: round(batch_size / statistics.median(times), 1)  # noqa: E731
@@ -121,7 +141,11 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
         "test_time_augmentation": views,  # orientations averaged per image
         "prediction_ms_per_image_one_view": ms(one_view_times),
         "keras_predict_batch_images_per_s": per_s(keras_batch),
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in checked.items()},
     }
+    if checked:
+        result["magnification_check_cost_ratio"] = round(
+            result["magnification_check_ms"] / result["film_prediction_ms"], 2)
     result["speedup_single_image"] = round(
         result["keras_predict_ms_per_image"] / result["serving_ms_per_image"], 1
     )
@@ -187,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time a whole prediction of this model folder, alternating "
                              "with the measured one's (e.g. the served model, against a "
                              "candidate), and report their ratio")
+    parser.add_argument("--film", type=Path, default=default_film(),
+                        help="a blood-film image to time the magnification check on (default: "
+                             "the first Kaggle test neutrophil, where ../shared/data has it)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
 
-    r = run(args.model_dir, args.repeats, args.batch_size, args.batch_repeats, args.threads)
+    r = run(args.model_dir, args.repeats, args.batch_size, args.batch_repeats, args.threads,
+            args.film)
     if args.baseline_dir is not None:
         r |= against(args.model_dir, args.baseline_dir, args.repeats, args.threads)
     if args.json:
@@ -224,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         f"with numpy's BLAS threaded {r['prediction_ms_per_image_threaded_blas']:.3f} ms; "
         f"one view instead of the flips {r['prediction_ms_per_image_one_view']:.3f} ms"
     )
+    if "magnification_check_ms" in r:
+        print(f"magnification check on {r['film']}: {r['magnification_check_ms']:.3f} ms beside "
+              f"its prediction's {r['film_prediction_ms']:.3f} ms "
+              f"({r['magnification_check_cost_ratio']}x)")
     if "baseline_dir" in r:
         print(f"against {r['baseline_dir']}, calls alternating: "
               f"{r['against_baseline_ms_per_image']:.3f} ms against "

@@ -27,6 +27,32 @@ def test_bench_inference_measures_the_trust_layer_against_its_baselines(trusted_
         r["prediction_with_heat_map_ms_per_image"] / r["prediction_ms_per_image"], 2)
 
 
+def test_bench_inference_times_the_magnification_check_beside_the_prediction(
+        trusted_model_dir, tmp_path):
+    """Only for a model with a magnification reference and a film to time it on."""
+    import json
+    import shutil
+
+    from tests.conftest import make_smear
+
+    model = tmp_path / "measuring"
+    shutil.copytree(trusted_model_dir, model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["magnification"] = {"red_cell_scale": 0.1, "single_image_range": [0.8, 1.3],
+                             "batch_range": [0.8333, 1.25]}
+    (model / "model_card.json").write_text(json.dumps(card))
+    make_smear(30).save(tmp_path / "film.png")
+    bench = load("bench_inference")
+    r = bench.run(model, repeats=2, batch_size=1, batch_repeats=1, threads=1,
+                  film=tmp_path / "film.png")
+    assert r["film"] == "film.png" and r["magnification_check_ms"] > 0
+    assert r["magnification_check_cost_ratio"] == round(
+        r["magnification_check_ms"] / r["film_prediction_ms"], 2)
+    plain = bench.run(trusted_model_dir, repeats=1, batch_size=1, batch_repeats=1, threads=1,
+                      film=tmp_path / "film.png")
+    assert "magnification_check_ms" not in plain  # no reference in its card
+
+
 def test_bench_inference_times_a_candidate_against_a_baseline_model(trusted_model_dir,
                                                                     tiny_model_dir, capsys):
     bench = load("bench_inference")

@@ -826,7 +826,11 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                 f"({r['one_blas_thread_speedup']}x)."
                 + (f" Test-time augmentation ({_views(views)} per image): a one-view "
                    f"prediction takes {r['prediction_ms_per_image_one_view']:.2f} ms, so the "
-                   f"views cost {r['tta_cost_ratio']}x." if views > 1 else ""),
+                   f"views cost {r['tta_cost_ratio']}x." if views > 1 else "")
+                + (f" The magnification check (Trust) on a Kaggle film ({r['film']}) takes "
+                   f"{r['magnification_check_ms']:.2f} ms beside that image's prediction's "
+                   f"{r['film_prediction_ms']:.2f} ms ({r['magnification_check_cost_ratio']}x)."
+                   if "magnification_check_ms" in r else ""),
                 "",
             ]
     if load.is_file():
