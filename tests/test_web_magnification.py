@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from html import unescape
 
 import pytest
 
@@ -106,3 +107,13 @@ def test_the_model_page_shows_how_the_check_read_the_test_images(client):
     html = page(client, "/models/measuring")
     assert 'id="magnification-table"' in html
     assert re.search(r'data-change="zoom 1.5x">.*?1\.47.*?61\.0 %.*?98\.7 %', html, re.S)
+
+
+def test_an_image_of_a_flagged_batch_says_so_even_when_within_on_its_own(client):
+    """An image enlarged 1.1 times is within the single-image range, but its batch of images
+    enlarged 1.5 times is not: its page cautions with the batch's median."""
+    location = upload(client, "measuring", ("mild.png", film(33)), *films(45))
+    html = unescape(page(client, location + "/0"))
+    assert re.search(r'id="why-magnification" data-outside="false"', html)
+    assert "its batch's median" in html
+    assert re.search(r"of this image's batch are a median\s+1\.[45]\d times", html)

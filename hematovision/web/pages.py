@@ -264,6 +264,9 @@ def single(batch_id: str, index: int):
             cell=CELL_TYPES.get(item.get("label", "")),
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
+            # An image of a batch is judged with its batch too: one image's measure is rough.
+            batch_magnification=results.magnification_check(
+                stored["results"], predictor.magnification if predictor else None),
             rough_ece=ROUGH_ECE,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
             neighbours=(index - 1 if index > 0 else None,
