@@ -105,7 +105,10 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     splits_path = model_dir / "splits.json"
     if not splits_path.is_file():
         raise SystemExit(f"{model_dir} has no splits.json: its training images are unknown")
-    root = Path(train_data or json.loads(splits_path.read_text())["root"])
+    root = train_data or json.loads(splits_path.read_text()).get("root")
+    if not root:
+        raise SystemExit(f"{splits_path} does not name its data folder: pass --train-data")
+    root = Path(root)
     training = data_lib.list_image_folder(root)
     train = split_files(splits_path, "train", training, root)
     rng = np.random.default_rng(0)
