@@ -107,3 +107,21 @@ def test_the_command_records_the_reference_and_how_the_check_reads_other_magnifi
     zoomed = rows["zoom 1.5x"]
     assert table[-1] == (f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
                          f"{zoomed['batches_outside']:.1%} |")
+
+
+def test_any_image_that_decodes_is_measured_or_given_up_on_never_an_error():
+    """Odd sizes, modes and damaged files that still decode: a number or None."""
+    from hematovision.preprocess import ImageError, load_image
+    from tests.web_helpers import damaged_images
+
+    odd = [Image.new("RGB", size, colour) for size, colour in (
+        ((32, 32), (190, 140, 160)), ((5000, 40), (226, 216, 220)), ((40, 5000), (0, 0, 0)))]
+    odd += [make_smear(30).convert("L").convert("RGB"), make_smear(30).rotate(33, expand=True)]
+    for name, data in damaged_images(120, seed=3):
+        try:
+            odd.append(load_image(data))
+        except ImageError:
+            continue
+    for image in odd:
+        scale = red_cell_scale(image)
+        assert scale is None or 0 < scale < 1
