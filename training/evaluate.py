@@ -291,6 +291,20 @@ def files_to_score(predictor: Predictor, dataset: data_lib.Dataset, data_dir: Pa
     return files, missing
 
 
+def data_label(data_dir: Path, split_file: Path | None, split_name: str) -> str:
+    """How a card names the images a figure was measured on: the folder, and the split."""
+    return str(data_dir) + (f" ({Path(split_file).name}:{split_name})" if split_file else "")
+
+
+def add_data_options(parser, data_help: str) -> None:
+    """--data, --split-file and --split-name, as every command that scores a labelled folder
+    (or one split of it) takes them; `files_to_score` and `data_label` read them."""
+    parser.add_argument("--data", type=Path, required=True, help=data_help)
+    parser.add_argument("--split-file", type=Path, default=None,
+                        help="splits.json: use only --split-name of --data")
+    parser.add_argument("--split-name", default="test")
+
+
 def write_report(scored: Scored, out_dir: Path) -> None:
     """metrics.json, classification_report.txt and the confusion, reliability and coverage
     plots, into `out_dir`."""
@@ -364,12 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m training.evaluate --data ../shared/data/kaggle_blood_cells/test "
                "--model wbc4 --record test",
     )
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder directory")
+    add_data_options(parser, "ImageFolder directory")
     add_model_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-...)")
-    parser.add_argument("--split-file", type=Path, default=None,
-                        help="splits.json: evaluate only the files of --split-name")
-    parser.add_argument("--split-name", default="test")
     parser.add_argument("--record", default="", help="store the metrics in the model card as NAME")
     parser.add_argument("--known-classes-only", action="store_true",
                         help="score only the images of the classes the model knows and name the "

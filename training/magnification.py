@@ -35,7 +35,7 @@ from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.preprocess import ImageError, load_image
 from training import data as data_lib
 from training.config import TrainConfig
-from training.evaluate import split_files
+from training.evaluate import add_data_options, data_label, split_files
 from training.robustness import BASELINE, PERTURBATIONS
 
 CHANGES = (BASELINE, "zoom 0.8x", "zoom 1.25x", "zoom 1.5x")
@@ -126,8 +126,7 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
              else dataset.files)
     print(f"check: {len(files)} images of {data_dir}", file=sys.stderr)
     scales = measure(dataset.paths(files), CHANGES, workers)
-    where = str(data_dir) + (f" ({Path(split_file).name}:{split_name})" if split_file else "")
-    entry["check"] = {"data": where, "n": len(files), "batch_draws": BATCH_DRAWS,
+    entry["check"] = {"data": data_label(data_dir, split_file, split_name), "n": len(files), "batch_draws": BATCH_DRAWS,
                       "rows": check_rows(scales, reference, CHANGES)}
     return entry
 
@@ -142,11 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                "--data ../shared/data/kaggle_blood_cells/test --record",
     )
     add_model_options(parser)
-    parser.add_argument("--data", type=Path, required=True,
-                        help="an ImageFolder of the model's test images")
-    parser.add_argument("--split-file", type=Path, default=None,
-                        help="splits.json: use only --split-name of --data")
-    parser.add_argument("--split-name", default="test")
+    add_data_options(parser, "an ImageFolder of the model's test images")
     parser.add_argument("--train-data", type=Path, default=None,
                         help="the training data folder, where it has moved since the model's "
                              "splits.json recorded it")

@@ -30,7 +30,7 @@ from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.preprocess import load_image
 from training import data as data_lib
 from training.calibrate import status_rates
-from training.evaluate import files_to_score, open_model
+from training.evaluate import add_data_options, data_label, files_to_score, open_model
 
 Perturb = Callable[[Image.Image], Image.Image]
 
@@ -145,8 +145,7 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
         rows.append({"name": name, "description": PERTURBATIONS[name][0],
                      "accuracy": round(float(correct.mean()), 4),
                      **status_rates(statuses[name], correct)})
-    where = str(data_dir) + (f" ({Path(split_file).name}:{split_name})" if split_file else "")
-    return {"data": where, "n": len(files), "perturbations": rows}
+    return {"data": data_label(data_dir, split_file, split_name), "n": len(files), "perturbations": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,11 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                "--data ../shared/data/kaggle_blood_cells/test --record",
     )
     add_model_options(parser)
-    parser.add_argument("--data", type=Path, required=True,
-                        help="an ImageFolder of labelled images (the model's test set)")
-    parser.add_argument("--split-file", type=Path, default=None,
-                        help="splits.json: use only --split-name of --data")
-    parser.add_argument("--split-name", default="test")
+    add_data_options(parser, "an ImageFolder of labelled images (the model's test set)")
     parser.add_argument("--only", nargs="+", choices=list(PERTURBATIONS)[1:], default=None,
                         metavar="NAME", help="these perturbations only (the baseline always "
                                              f"runs); choices: {', '.join(list(PERTURBATIONS)[1:])}")

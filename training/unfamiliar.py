@@ -24,7 +24,7 @@ from hematovision.card import UNFAMILIAR, record_metrics
 from hematovision.predictor import Predictor, add_model_options, model_dir_of
 from training import data as data_lib
 from training.calibrate import status_rates
-from training.evaluate import open_model, split_files
+from training.evaluate import data_label, open_model, split_files
 
 NATURAL_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket",
                   "hubble_deep_field", "clock", "brick", "grass", "gravel", "retina", "page",
@@ -160,8 +160,7 @@ def evaluate_unfamiliar(model_dir: Path, cross_data: Path | None = None,
         statuses = [r.prediction.status for r in results if r.prediction]
         shared = [r.prediction.status for r, f in zip(results, files)
                   if r.prediction and f.split("/", 1)[0] in predictor.classes]
-        where = f"{cross_data}" + (f" ({Path(cross_split_file).name}:{cross_split_name})"
-                                   if cross_split_file else "")
+        where = data_label(cross_data, cross_split_file, cross_split_name)
         sets.append({"name": "other dataset", "group": "cross",
                      "description": f"{where}: different source, {len(files)} images",
                      **_rates(statuses),
