@@ -125,3 +125,19 @@ def test_any_image_that_decodes_is_measured_or_given_up_on_never_an_error():
     for image in odd:
         scale = red_cell_scale(image)
         assert scale is None or 0 < scale < 1
+
+
+def test_a_missing_test_folder_stops_before_anything_is_measured(tmp_path, monkeypatch):
+    from training import magnification
+
+    train = tmp_path / "train" / "neutrophil"
+    train.mkdir(parents=True)
+    make_smear(30).save(train / "0.png")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "splits.json").write_text(json.dumps({"root": str(tmp_path / "train"),
+                                                    "train": ["neutrophil/0.png"]}))
+    (model / "model_card.json").write_text(json.dumps({"classes": ["neutrophil"]}))
+    monkeypatch.setattr(magnification, "measure", lambda *a: pytest.fail("measured"))
+    with pytest.raises(SystemExit, match="is not a folder"):
+        magnification.main(["--model-dir", str(model), "--data", str(tmp_path / "none")])

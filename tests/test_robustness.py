@@ -110,13 +110,13 @@ def test_record_stores_every_change_in_the_card_and_refuses_a_partial_run(
         f"{first['accepted_rate']:.1%} (")
 
 
-@pytest.mark.parametrize("command", ["robustness", "unfamiliar"])
+@pytest.mark.parametrize("command", ["robustness", "unfamiliar", "magnification"])
 def test_an_unusable_model_folder_stops_with_a_message_not_a_traceback(command, tmp_path,
                                                                        image_folder):
     import importlib
 
     module = importlib.import_module(f"training.{command}")
     args = ["--model-dir", str(tmp_path / "nope")] + (
-        ["--data", str(image_folder)] if command == "robustness" else [])
+        ["--data", str(image_folder)] if command != "unfamiliar" else [])
     with pytest.raises(SystemExit, match="(?s)No model card at .*available models"):
         module.main(args)

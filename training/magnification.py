@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import read_card, write_card
+from hematovision.card import ModelLoadError, read_card, write_card
 from hematovision.magnification import (CARD_KEY, MIN_BATCH_IMAGES, Reference, batch_check,
                                         red_cell_scale)
-from hematovision.predictor import add_model_options, model_dir_of
+from hematovision.predictor import add_model_options, load_failure, model_dir_of
 from hematovision.preprocess import ImageError, load_image
 from training import data as data_lib
 from training.config import TrainConfig
@@ -101,7 +101,10 @@ def check_rows(scales: np.ndarray, reference: Reference, changes: tuple[str, ...
 
 def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: str,
         train_data: Path | None, reference_images: int, workers: int) -> dict:
-    card = read_card(model_dir)
+    try:
+        card = read_card(model_dir)
+    except ModelLoadError as exc:
+        raise SystemExit(load_failure(exc))
     splits_path = model_dir / "splits.json"
     if not splits_path.is_file():
         raise SystemExit(f"{model_dir} has no splits.json: its training images are unknown")
@@ -111,6 +114,11 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     root = Path(root)
     training = data_lib.list_image_folder(root)
     train = split_files(splits_path, "train", training, root)
+    # Both sets are found before either is measured: a wrong path stops at once.
+    dataset = data_lib.list_image_folder(data_dir)
+    files = (split_files(split_file, split_name, dataset, data_dir) if split_file
+             else dataset.files)
+
     rng = np.random.default_rng(0)
     if len(train) > reference_images:
         train = sorted(rng.choice(train, reference_images, replace=False).tolist())
@@ -121,12 +129,10 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     reference = Reference.from_card({CARD_KEY: entry})
     entry["reference"] = {"data": f"{root} (splits.json:train)", "images": len(train)}
 
-    dataset = data_lib.list_image_folder(data_dir)
-    files = (split_files(split_file, split_name, dataset, data_dir) if split_file
-             else dataset.files)
     print(f"check: {len(files)} images of {data_dir}", file=sys.stderr)
     scales = measure(dataset.paths(files), CHANGES, workers)
-    entry["check"] = {"data": data_label(data_dir, split_file, split_name), "n": len(files), "batch_draws": BATCH_DRAWS,
+    entry["check"] = {"data": data_label(data_dir, split_file, split_name), "n": len(files),
+                      "batch_draws": BATCH_DRAWS,
                       "rows": check_rows(scales, reference, CHANGES)}
     return entry
 
