@@ -195,7 +195,8 @@ def test_bad_uploads_lose_nothing_already_stored(client, tmp_path):
 
 
 def stored_names(tmp_path) -> set[str]:
-    return {p.name for p in (tmp_path / "uploads").iterdir()}
+    """The stored files: images and batches (not the lock file changes and deletions take)."""
+    return {p.name for p in (tmp_path / "uploads").iterdir()} - {uploads.LOCK_NAME}
 
 
 def test_delete_batch_removes_its_results_and_images_and_nothing_else(tmp_path, client):
@@ -243,3 +244,44 @@ def test_delete_needs_the_form_token_a_post_and_a_known_batch(tmp_path, client):
     assert stored_names(tmp_path) == before
     single = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     assert "Delete now" in single and "results of this image" in single
+
+
+def _review_each(args) -> None:
+    """One worker process of the test below: record a verdict on its own results, one change
+    at a time, as a worker process of the server would."""
+    folder, batch_id, indices = args
+    for index in indices:
+        uploads.update_batch(folder, batch_id,
+                             lambda batch: batch["results"][index].update(review=index))
+
+
+def test_changes_from_several_processes_at_once_all_land(tmp_path):
+    import multiprocessing
+
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {"results": [{"file": f"{i}"} for i in range(80)]})
+    work = [(folder, batch_id, range(start, 80, 4)) for start in range(4)]
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_review_each, work)
+    stored = uploads.load_batch(folder, batch_id)["results"]
+    assert [r.get("review") for r in stored] == list(range(80))
+
+
+def test_a_change_keeps_the_upload_time_and_never_brings_back_a_deleted_batch(tmp_path):
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {"results": [{"file": "a.jpg"}]})
+    path = folder / f"{batch_id}.json"
+    uploaded = time.time() - 1000
+    os.utime(path, (uploaded, uploaded))
+
+    changed = uploads.update_batch(folder, batch_id,
+                                   lambda batch: batch["results"][0].update(review="x"))
+    assert changed["results"][0]["review"] == "x"
+    assert uploads.load_batch(folder, batch_id) == changed
+    # The purge deletes by this time, so a change must not extend the batch's retention.
+    assert path.stat().st_mtime == pytest.approx(uploaded)
+
+    assert uploads.delete_batch(folder, batch_id) == 0
+    assert uploads.update_batch(folder, batch_id, lambda batch: None) is None
+    assert not path.exists()
+    assert uploads.update_batch(folder, "../etc", lambda batch: None) is None

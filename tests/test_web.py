@@ -25,6 +25,7 @@ from tests.web_helpers import (
     make_app,
     make_models_root,
     png_with_size,
+    text,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,11 +91,6 @@ def follow(client, response):
     page = client.get(response.headers["Location"])
     assert page.status_code == 200
     return page.get_data(as_text=True)
-
-
-def text(html: str) -> str:
-    """Visible text with tags removed and whitespace collapsed, for phrase assertions."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
 PAGES = [
@@ -251,10 +247,10 @@ def test_csv_download_contents(client, models_root):
     )
     assert csv.get_data(as_text=True) == (
         "file,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
-        "differential_class,red_cell_ratio\n"
-        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},\n"
-        "empty.jpg,,,,,,,,The file is empty.,,\n"
-        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},\n'
+        "differential_class,red_cell_ratio,reviewed_class\n"
+        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,\n"
+        "empty.jpg,,,,,,,,The file is empty.,,,\n"
+        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,\n'
     )
 
 

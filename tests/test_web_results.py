@@ -1,6 +1,6 @@
 """What a stored batch turns into (hematovision.web.results): the white-cell differential, the
-other accepted cells counted beside it, and the CSV's differential_class; and the batch page
-that shows them."""
+other accepted cells counted beside it, the reviewer's verdicts overriding the model, and the
+CSV's differential_class and reviewed_class; and the batch page that shows them."""
 
 import csv
 import io
@@ -71,6 +71,68 @@ def test_the_csv_marks_only_accepted_white_cells_as_counted():
     assert {s.name: s.count for s in shares if s.count} == {c: column.count(c) for c in column}
 
 
+def reviewed(item: dict, verdict: str) -> dict:
+    return {**item, "review": {"label": verdict, "at": 0.0}}
+
+
+# The technologist's verdicts: an unidentified cell given a class, an accepted one given another,
+# an accepted one confirmed, one excluded, and an unfamiliar image that was a cell after all.
+REVIEWED = [reviewed(result("neutrophil", "unidentified"), "monocyte"),
+            reviewed(result("lymphocyte"), "basophil"), reviewed(result("ig"), "ig"),
+            reviewed(result("neutrophil"), results.EXCLUDED),
+            reviewed(result("platelet", "not_a_cell"), "erythroblast"),
+            result("lymphocyte"), result("eosinophil", "unidentified"),
+            result("monocyte", "not_a_cell"), {"file": "broken.jpg", "error": "not an image"}]
+
+
+def test_a_verdict_overrides_the_model_in_the_counts():
+    assert [results.counted_class(r) for r in REVIEWED] == [
+        "monocyte", "basophil", "ig", None, "erythroblast", "lymphocyte", None, None, None]
+    differential = results.differential(REVIEWED, PBC8)
+    assert {s.name: s.count for s in differential.shares if s.count} == {
+        "monocyte": 1, "basophil": 1, "ig": 1, "lymphocyte": 1}
+    assert differential.white_cells == 4 and differential.reviewed == 3
+    assert differential.others == [OtherCount("erythroblast", 1, 25.0),
+                                   OtherCount("platelet", 0, 0.0)]
+
+
+def test_what_the_differential_leaves_out_and_why():
+    assert [results.left_out_reason(r) for r in REVIEWED] == [
+        None, None, None, results.EXCLUDED, None, None, "unidentified", "not_a_cell", None]
+    assert results.left_out_counts(REVIEWED) == {"unidentified": 1, "not_a_cell": 1,
+                                                 results.EXCLUDED: 1}
+    # Confirming an accepted answer is a review; changing it or excluding the cell overrules it.
+    assert results.review_summary(REVIEWED) == results.ReviewSummary(
+        reviewed=5, overruled=2, to_review=1)
+
+
+@pytest.mark.parametrize("after, following", [(-1, 1), (0, 1), (1, 4), (3, 4), (4, 1), (5, 1)])
+def test_the_next_cell_to_review_wraps_round_and_is_never_the_current_one(after, following):
+    batch = [result("ig"), result("ig", "unidentified"), reviewed(result("ig", "unidentified"),
+             "ig"), result("ig", "not_a_cell"), result("ig", "unidentified"), result("ig")]
+    assert results.next_to_review(batch, after) == following
+    assert results.next_to_review(batch[:2], 1) is None
+    assert results.next_to_review([result("ig")], -1) is None
+
+
+def test_the_csv_counts_reviewed_cells_as_the_reviewer_said():
+    rows = list(csv.DictReader(io.StringIO(results.to_csv(REVIEWED, PBC8))))
+    assert [(r["label"], r["status"], r["differential_class"], r["reviewed_class"])
+            for r in rows] == [
+        ("neutrophil", "unidentified", "monocyte", "monocyte"),
+        ("lymphocyte", "accepted", "basophil", "basophil"),
+        ("ig", "accepted", "ig", "ig"),
+        ("neutrophil", "accepted", "", "excluded"),
+        ("platelet", "not_a_cell", "", "erythroblast"),
+        ("lymphocyte", "accepted", "lymphocyte", ""),
+        ("eosinophil", "unidentified", "", ""),
+        ("monocyte", "not_a_cell", "", ""),
+        ("", "", "", "")]
+    column = [r["differential_class"] for r in rows if r["differential_class"]]
+    shares = results.differential(REVIEWED, PBC8).shares
+    assert {s.name: s.count for s in shares if s.count} == {c: column.count(c) for c in column}
+
+
 @pytest.fixture
 def client(tmp_path, tiny_model_dir):
     app = make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
@@ -91,7 +153,7 @@ def test_the_batch_page_shows_other_cells_apart_from_the_shares(client):
                              r'<td class="text-end">([\d.]+)</td>', differential, re.S))
     assert shares == {"basophil": "0.0", "eosinophil": "0.0", "ig": "25.0", "lymphocyte": "25.0",
                       "monocyte": "0.0", "neutrophil": "50.0"}
-    assert "Share of the 4 accepted white cells" in re.sub(r"\s+", " ", differential)
+    assert "Share of the 4 white cells counted" in re.sub(r"\s+", " ", differential)
     rows = re.findall(r'<tr data-class="(\w+)">.*?<td class="text-end">(\d+)</td>\s*'
                       r'<td class="text-end">([^<]+)</td>', others.split("</table>")[0], re.S)
     assert rows == [("erythroblast", "1", "25.0"), ("platelet", "1", "25.0")]

@@ -16,7 +16,8 @@ from hematovision.predictor import Predictor
 from hematovision.web import heatmap
 from tests.conftest import CELL_COLORS
 from tests.web_helpers import (csrf_token, damaged_images, image_bytes, make_app,
-                               make_models_root, page, spread_operating_points, upload)
+                               make_models_root, page, spread_operating_points, text,
+                               upload)
 
 RED = image_bytes(CELL_COLORS[0])
 BLUE = image_bytes(CELL_COLORS[1])
@@ -59,10 +60,6 @@ def models_root(tmp_path, tiny_model_dir, trusted_model_dir):
         make_models_root(root, trusted_model_dir, names=(name,), card=card,
                          files={"reliability_test.png": image_bytes(fmt="PNG")})
     return root
-
-
-def text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
 def test_accepted_result_names_the_class_and_shows_why(client, models_root):
@@ -140,10 +137,10 @@ def test_batch_differential_counts_only_accepted_cells(client, models_root, trus
     html = page(client, location)
     accepted, unsure = ("red.jpg", "blue.jpg") if red > blue else ("blue.jpg", "red.jpg")
     assert "1 accepted · 1 unidentified (needs review) · 0 not a blood-cell image" in text(html)
-    assert "Share of the 1 accepted white cell;" in text(html)
+    assert "Share of the 1 white cell counted: accepted by the model;" in text(html)
     review = re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html)
     assert review == [("unidentified", unsure)]
-    assert "Only 1 accepted white cell: a manual differential counts 100" in text(html)
+    assert "Only 1 counted white cell: a manual differential counts 100" in text(html)
     csv = client.get(location + ".csv").get_data(as_text=True)
     header, *lines = [line.split(",") for line in csv.splitlines()]
     counted = header.index("differential_class")

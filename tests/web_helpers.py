@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import zlib
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,12 @@ def page(client, location: str) -> str:
     response = client.get(location)
     assert response.status_code == 200
     return response.get_data(as_text=True)
+
+
+def text(html: str) -> str:
+    """Visible text with tags removed, entities decoded and whitespace collapsed, for phrase
+    assertions."""
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
 
 
 def csrf_token(client) -> str:

@@ -4,6 +4,7 @@ pages."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,6 +49,10 @@ NOT_A_CELL_NO_MAP = (
     "This image did not look like the cells model {name!r} was trained on, so it has no heat "
     "map: the map would show evidence for a cell type the image is not."
 )
+REVIEW_SAVED = "Saved your review of {file}: {verdict}."
+REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again."
+REVIEW_UNREADABLE = "This file could not be read, so there is no cell to review."
+REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
@@ -205,6 +210,55 @@ def delete(batch_id: str):
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)
 
 
+@bp.post("/batch/<batch_id>/<int:index>/review")
+def review(batch_id: str, index: int):
+    """Record a technologist's verdict on one result (`verdict`: one of the batch's classes,
+    "excluded", or empty to clear it). After a verdict, on to the next cell that needs review
+    (303), or back to the batch when none is left; after clearing one, or for a batch of one
+    image, back to this image."""
+    stored = load_or_404(batch_id)
+    item = item_or_404(stored, index)
+    if results.status_of(item) is None:
+        abort(400, description=REVIEW_UNREADABLE)
+    verdict = request.form.get("verdict", "")
+    if verdict not in ("", results.EXCLUDED, *stored["classes"]):
+        choices = ", ".join([*stored["classes"], results.EXCLUDED])
+        abort(400, description=REVIEW_UNKNOWN.format(choices=choices))
+
+    def record(batch: dict) -> None:
+        result = batch["results"][index]
+        if verdict:
+            result["review"] = {"label": verdict, "at": time.time()}
+        else:
+            result.pop("review", None)
+
+    stored = uploads.update_batch(upload_folder(), batch_id, record)
+    if stored is None:  # deleted between the two reads
+        abort(404, description=EXPIRED.format(retention=retention()))
+    flash(REVIEW_SAVED.format(file=item["file"], verdict=verdict_text(verdict)) if verdict
+          else REVIEW_CLEARED.format(file=item["file"]))
+    if verdict and len(stored["results"]) > 1:
+        following = results.next_to_review(stored["results"], index)
+        if following is not None:
+            return redirect(url_for("pages.single", batch_id=batch_id, index=following), code=303)
+        return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+    return redirect(url_for("pages.single", batch_id=batch_id, index=index), code=303)
+
+
+@bp.app_template_filter("verdict")
+def verdict_text(verdict: str) -> str:
+    """A reviewer's verdict in words: the class's display name, or what excluding means."""
+    if verdict == results.EXCLUDED:
+        return "excluded from the counts"
+    return display_name(verdict)
+
+
+@bp.app_template_global()
+def left_out_text(reason: str) -> str:
+    """Why an image is not in the differential, in words (results.LEFT_OUT_REASONS)."""
+    return "Excluded on review" if reason == results.EXCLUDED else STATUS_TEXT[reason]
+
+
 @bp.get("/batch/<batch_id>")
 def batch(batch_id: str):
     stored = load_or_404(batch_id)
@@ -216,8 +270,8 @@ def batch(batch_id: str):
     reference = predictor.magnification if predictor else None
     # Results the differential leaves out, with their position for the link to their page.
     not_counted = [
-        (i, r) for i, r in enumerate(stored["results"])
-        if results.status_of(r) not in (None, ACCEPTED)
+        (i, r, results.left_out_reason(r)) for i, r in enumerate(stored["results"])
+        if results.left_out_reason(r) is not None
     ]
     return _no_store(
         render_template(
@@ -227,6 +281,9 @@ def batch(batch_id: str):
             counts=counts,
             classified=sum(counts.values()),
             not_counted=not_counted,
+            left_out=results.left_out_counts(stored["results"]),
+            reviews=results.review_summary(stored["results"]),
+            first_to_review=results.next_to_review(stored["results"], -1),
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),
@@ -262,6 +319,10 @@ def single(batch_id: str, index: int):
             if show_heat_map
             else None,
             cell=CELL_TYPES.get(item.get("label", "")),
+            verdict=results.verdict_of(item),
+            reviewed_at=(item.get("review") or {}).get("at"),
+            next_to_review=results.next_to_review(stored["results"], index),
+            EXCLUDED=results.EXCLUDED,
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
             # An image of a batch is judged with its batch too: one image's measure is rough.
@@ -479,8 +540,8 @@ def served_model(name: str) -> Predictor | None:
 
 
 def expires_at(stored: dict) -> float:
-    """When a stored batch is deleted: its file is written once, at `created`, and purged
-    `RETENTION_SECONDS` after (uploads.purge_expired)."""
+    """When a stored batch is deleted: its file is written at `created` (a review rewrites it
+    but keeps that time) and purged `RETENTION_SECONDS` after (uploads.purge_expired)."""
     return stored.get("created", 0) + current_app.config["RETENTION_SECONDS"]
 
 

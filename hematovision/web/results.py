@@ -1,12 +1,15 @@
-"""What a stored batch result turns into: the differential count, the status counts and the
-CSV download.
+"""What a stored batch result turns into: the differential count, the status counts, the
+technologist's reviews and the CSV download.
 
 Only accepted results enter the differential: an unidentified cell (the model is too unsure)
 or an image unlike the training data would otherwise be counted as whatever class happened to
-score highest, and a differential is only as good as its least certain cell. Of the accepted
-cells, only white cells are shares of the differential; cells of the other classes a model
-names (platelets, nucleated red cells) are counted beside it, per 100 white cells, as a lab
-reports nucleated red cells.
+score highest, and a differential is only as good as its least certain cell. A technologist's
+review (stored as the result's `review`: {"label", "at"}) overrides the model either way: a
+reviewed cell counts as the class the reviewer gave, an unidentified one included, and a cell
+the reviewer excluded is not counted whatever the model said. Of the counted cells, only white
+cells are shares of the differential; cells of the other classes a model names (platelets,
+nucleated red cells) are counted beside it, per 100 white cells, as a lab reports nucleated red
+cells.
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ from typing import Any
 
 from hematovision.cells import is_white_cell
 from hematovision.magnification import BatchCheck, Reference, batch_check
-from hematovision.trust import ACCEPTED, STATUSES
+from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
 # clients, so such cells are prefixed with a quote (OWASP "CSV injection").
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A reviewer's verdict for an image that should not be counted at all (no cell, two cells, out
+# of focus, a smudge cell), beside the model's classes.
+EXCLUDED = "excluded"
+# Why a classified result is not in the differential.
+LEFT_OUT_REASONS = (UNIDENTIFIED, NOT_A_CELL, EXCLUDED)
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,16 @@ class OtherCount:
 @dataclass(frozen=True)
 class Differential:
     shares: list[ClassShare]  # the model's white-cell classes, in its order, zeros included
-    white_cells: int  # accepted white cells: the base of the shares
-    others: list[OtherCount]  # the model's other classes (accepted cells), zeros included
+    white_cells: int  # counted white cells: the base of the shares
+    others: list[OtherCount]  # the model's other classes (counted cells), zeros included
+    reviewed: int  # of the white cells, those counted by a reviewer's verdict
+
+
+@dataclass(frozen=True)
+class ReviewSummary:
+    reviewed: int  # results with a reviewer's verdict
+    overruled: int  # of them, accepted results given another class, or excluded
+    to_review: int  # unidentified results still without a verdict
 
 
 def status_of(result: dict[str, Any]) -> str | None:
@@ -54,10 +70,39 @@ def status_of(result: dict[str, Any]) -> str | None:
     return result["status"]
 
 
+def verdict_of(result: dict[str, Any]) -> str | None:
+    """The reviewer's verdict on a result (a class or EXCLUDED), or None where it has none."""
+    review = result.get("review")
+    return review.get("label") if isinstance(review, dict) else None
+
+
+def counted_class(result: dict[str, Any]) -> str | None:
+    """The class a result adds to the counts: the reviewer's verdict where there is one (none
+    when excluded), else the model's label when it accepted it; None for everything else."""
+    verdict = verdict_of(result)
+    if verdict is not None:
+        return None if verdict == EXCLUDED else verdict
+    return result["label"] if status_of(result) == ACCEPTED else None
+
+
+def needs_review(result: dict[str, Any]) -> bool:
+    """An unidentified result no reviewer has given a verdict yet."""
+    return status_of(result) == UNIDENTIFIED and verdict_of(result) is None
+
+
+def left_out_reason(result: dict[str, Any]) -> str | None:
+    """Why a classified result is not counted (one of LEFT_OUT_REASONS); None when it is
+    counted, or for a file that could not be read."""
+    if status_of(result) is None or counted_class(result) is not None:
+        return None
+    return EXCLUDED if verdict_of(result) == EXCLUDED else status_of(result)
+
+
 def differential(results: list[dict[str, Any]], classes: list[str]) -> Differential:
-    """The white-cell differential of the accepted results, and the model's other classes
-    counted beside it."""
-    count = Counter(r["label"] for r in results if status_of(r) == ACCEPTED)
+    """The white-cell differential of the counted results (`counted_class`), and the model's
+    other classes counted beside it."""
+    counted = [(counted_class(r), verdict_of(r) is not None) for r in results]
+    count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
     total = sum(count[c] for c in white)
     return Differential(
@@ -65,15 +110,39 @@ def differential(results: list[dict[str, Any]], classes: list[str]) -> Different
         white_cells=total,
         others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
                 for c in classes if not is_white_cell(c)],
+        reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
     )
 
 
 def counted_label(result: dict[str, Any]) -> str:
-    """The class a result adds to the differential: its label when accepted and a white cell,
-    else empty."""
-    if status_of(result) == ACCEPTED and is_white_cell(result["label"]):
-        return result["label"]
-    return ""
+    """The class a result adds to the differential: its counted class when a white cell, else
+    empty."""
+    counted = counted_class(result)
+    return counted if counted is not None and is_white_cell(counted) else ""
+
+
+def left_out_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    """How many classified results the differential leaves out for each reason (every reason
+    listed, zeros included)."""
+    reasons = [left_out_reason(r) for r in results]
+    return {reason: reasons.count(reason) for reason in LEFT_OUT_REASONS}
+
+
+def review_summary(results: list[dict[str, Any]]) -> ReviewSummary:
+    verdicts = [(r, verdict_of(r)) for r in results]
+    return ReviewSummary(
+        reviewed=sum(1 for _, v in verdicts if v is not None),
+        overruled=sum(1 for r, v in verdicts
+                      if v is not None and status_of(r) == ACCEPTED and v != r["label"]),
+        to_review=sum(1 for r in results if needs_review(r)),
+    )
+
+
+def next_to_review(results: list[dict[str, Any]], after: int) -> int | None:
+    """The index of the next result other than `after` that needs review, looking on from
+    `after` and wrapping round to the start of the batch; None when none is left."""
+    order = [*range(after + 1, len(results)), *range(0, after)]
+    return next((i for i in order if needs_review(results[i])), None)
 
 
 def _per(count: int, total: int) -> float:
@@ -100,23 +169,25 @@ def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     """One row per file: file, label (the model's top class, as in the API), status (whether to
     trust that label), confidence, p_<class> for each class, error, differential_class: the
-    label of an accepted white cell only, so a spreadsheet that counts or filters by it counts
-    what the differential counts, and red_cell_ratio: the image's red-cell size over the
-    training images' (the magnification check; empty where unmeasured). Columns are added
-    last, so that earlier ones keep their places."""
+    class a white cell is counted as (`counted_label`), so a spreadsheet that counts or filters
+    by it counts what the differential counts, red_cell_ratio: the image's red-cell size over
+    the training images' (the magnification check; empty where unmeasured), and
+    reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none). Columns
+    are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
-                     "error", "differential_class", "red_cell_ratio"])
+                     "error", "differential_class", "red_cell_ratio", "reviewed_class"])
     for r in results:
         status = status_of(r)
         if status is not None:
             probabilities = [f"{r['probabilities'][c]:.4f}" for c in classes]
             ratio = r.get("red_cell_ratio")
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
-                   counted_label(r), "" if ratio is None else f"{ratio:.3f}"]
+                   counted_label(r), "" if ratio is None else f"{ratio:.3f}",
+                   verdict_of(r) or ""]
         else:
-            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", ""]
+            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", ""]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
 

@@ -12,10 +12,18 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX; elsewhere (the development server on Windows) one process holds the batches
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 from flask import Flask
 from PIL import Image
@@ -24,6 +32,8 @@ ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 # What the purge may delete: stored files and temporaries left by a crash; nothing else, so a
 # mistaken UPLOAD_FOLDER setting cannot wipe unrelated files.
 STORED_NAME = re.compile(r"\.?[0-9a-f]{32}\.(jpg|json)(\.[0-9a-f]{8}\.tmp)?")
+# Held while a stored batch is changed or deleted, by every thread of every worker process.
+LOCK_NAME = ".batches.lock"
 DISPLAY_MAX_SIDE = 1024  # stored copies are for viewing; the model already saw the original
 MAX_NAME_LENGTH = 120  # characters of a client file name shown back to the user
 
@@ -76,23 +86,44 @@ def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
         return None
 
 
+def update_batch(folder: Path, batch_id: str,
+                 change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """Apply `change` to the stored batch in place and store it again; returns the batch as
+    stored, or None when there is no such batch. Read, change and write happen under the
+    folder's lock, so two changes at once (two reviews from two workers) both land and a change
+    never brings back a batch deleted meanwhile. The file keeps its modification time: that is
+    when the batch was uploaded, and the purge deletes it, with its images, by that time."""
+    with _locked(folder):
+        batch = load_batch(folder, batch_id)
+        if batch is None:
+            return None
+        path = folder / f"{batch_id}.json"
+        uploaded = path.stat().st_mtime
+        change(batch)
+        data = json.dumps(batch).encode()
+        _write_atomic(path, lambda f: f.write(data))
+        os.utime(path, (time.time(), uploaded))
+        return batch
+
+
 def delete_batch(folder: Path, batch_id: str) -> int | None:
     """Delete a stored batch and the images it holds now, before its retention ends; returns
     how many images were deleted, or None when there is no such batch. The images go first, so
     a deletion cut short leaves a batch that can be deleted again (and the purge takes whatever
     is left in any case). Only this batch's own files are touched: every stored image belongs
     to the one batch it was uploaded in."""
-    batch = load_batch(folder, batch_id)
-    if batch is None:
-        return None
-    deleted = 0
-    for result in batch.get("results", []):
-        path = image_path(folder, result.get("image") or "")
-        if path is not None:
-            path.unlink(missing_ok=True)
-            deleted += 1
-    (folder / f"{batch_id}.json").unlink(missing_ok=True)
-    return deleted
+    with _locked(folder):
+        batch = load_batch(folder, batch_id)
+        if batch is None:
+            return None
+        deleted = 0
+        for result in batch.get("results", []):
+            path = image_path(folder, result.get("image") or "")
+            if path is not None:
+                path.unlink(missing_ok=True)
+                deleted += 1
+        (folder / f"{batch_id}.json").unlink(missing_ok=True)
+        return deleted
 
 
 def image_path(folder: Path, image_id: str) -> Path | None:
@@ -118,6 +149,22 @@ def purge_expired(folder: Path, retention_seconds: float, now: float | None = No
         except FileNotFoundError:  # another worker purged it first
             pass
     return deleted
+
+
+_THREADS = threading.Lock()
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """The folder's batch lock: a thread lock within this process, an exclusive `flock` on
+    LOCK_NAME across processes (gunicorn workers). The purge does not take it: it deletes by
+    age, and a batch it deletes while a change is being written comes back with its upload
+    time and goes at the next purge."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _THREADS, open(folder / LOCK_NAME, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # the lock is released when the file is closed
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -1,0 +1,188 @@
+"""A technologist's review on the result page (POST /batch/<id>/<n>/review): the verdict is
+stored with the result, the batch's differential and CSV count it instead of the model's
+answer, the form walks through the cells that need review, and a bad request changes nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hematovision.web import uploads
+from tests.conftest import CLASSES
+from tests.web_helpers import csrf_token, make_app, make_models_root, page, text
+
+
+@pytest.fixture
+def client(tmp_path, tiny_model_dir):
+    app = make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
+    return app.test_client()
+
+
+def folder(client) -> Path:
+    return Path(client.application.config["UPLOAD_FOLDER"])
+
+
+def result(client, name: str, label: str, status: str) -> dict:
+    others = (1.0 - 0.7) / (len(CLASSES) - 1)
+    return {"file": name, "label": label, "status": status, "confidence": 0.7,
+            "probabilities": {c: 0.7 if c == label else others for c in CLASSES},
+            "candidates": [{"label": label, "probability": 0.7},
+                           {"label": "monocyte" if label != "monocyte" else "eosinophil",
+                            "probability": others}],
+            "image": uploads.save_image(folder(client), Image.new("RGB", (32, 24), "purple"))}
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    """A neutrophil and a lymphocyte accepted, two cells unidentified, one unfamiliar image, and
+    a file that could not be read."""
+    items = [result(client, "n.jpg", "neutrophil", "accepted"),
+             result(client, "u1.jpg", "eosinophil", "unidentified"),
+             result(client, "l.jpg", "lymphocyte", "accepted"),
+             result(client, "u2.jpg", "neutrophil", "unidentified"),
+             result(client, "odd.jpg", "monocyte", "not_a_cell"),
+             {"file": "broken.jpg", "error": "The file is empty."}]
+    return uploads.save_batch(folder(client), {"model": "tiny", "classes": CLASSES,
+                                               "results": items})
+
+
+def review(client, batch_id: str, index: int, verdict: str, token: str | None = None):
+    return client.post(f"/batch/{batch_id}/{index}/review",
+                       data={"csrf_token": token or csrf_token(client), "verdict": verdict})
+
+
+def shares(html: str) -> dict[str, int]:
+    table = html.split('id="differential"')[1].split("</table>")[0]
+    return {name: int(count) for name, count in re.findall(
+        r'<tr data-class="(\w+)">.*?<td class="text-end">(\d+)</td>', table, re.S) if count != "0"}
+
+
+def csv_rows(client, batch_id: str) -> dict[str, dict]:
+    data = client.get(f"/batch/{batch_id}.csv").get_data(as_text=True)
+    return {row["file"]: row for row in csv.DictReader(io.StringIO(data))}
+
+
+def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(client, batch_id):
+    html = page(client, f"/batch/{batch_id}")
+    assert shares(html) == {"lymphocyte": 1, "neutrophil": 1}
+    assert "2 unidentified cells still to review: review them" in text(html)
+    assert re.search(rf'id="start-review"', html) and f'/batch/{batch_id}/1"' in html
+
+    response = review(client, batch_id, 1, "monocyte")
+    # On to the next cell that needs review, which says what was saved.
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/3")
+    html = page(client, response.headers["Location"])
+    assert "Saved your review of u1.jpg: Monocyte." in text(html)
+    assert "Save, then back to the batch" in html  # u2.jpg is the last one left
+
+    response = review(client, batch_id, 3, "excluded")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")
+    html = page(client, response.headers["Location"])
+    assert shares(html) == {"lymphocyte": 1, "monocyte": 1, "neutrophil": 1}
+    assert "Share of the 3 white cells counted: accepted by the model, or given a class on " \
+           "review (1; your class counts, not the model's)" in text(html)
+    assert "2 reviewed by you · 0 unidentified cells still to review" in text(html)
+    assert 'id="start-review"' not in html
+    left_out = dict(re.findall(r'<tr data-status="(\w+)">\s*<th[^>]*>[^<]*</th>\s*'
+                               r'<td class="text-end">(\d+)</td>', html))
+    assert left_out == {"unidentified": "0", "not_a_cell": "1", "excluded": "1"}
+    assert re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html) == [
+        ("excluded", "u2.jpg"), ("not_a_cell", "odd.jpg")]
+    # The model's answer stays beside the verdict.
+    assert re.search(r'data-verdict="monocyte">.*?Monocyte <span class="badge[^"]*">reviewed'
+                     r'.*?model: unidentified: needs review', html, re.S)
+    rows = csv_rows(client, batch_id)
+    assert [(rows[f]["status"], rows[f]["differential_class"], rows[f]["reviewed_class"])
+            for f in ("u1.jpg", "u2.jpg", "n.jpg")] == [
+        ("unidentified", "monocyte", "monocyte"), ("unidentified", "", "excluded"),
+        ("accepted", "neutrophil", "")]
+
+
+def test_a_review_overrules_an_accepted_answer_until_it_is_cleared(client, batch_id):
+    response = review(client, batch_id, 0, "eosinophil")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/1")  # the first to review
+    html = page(client, f"/batch/{batch_id}/0")
+    assert re.search(r'id="review-verdict" data-verdict="eosinophil">Reviewed: <strong>'
+                     r'Eosinophil</strong>', html)
+    assert re.search(r'<option value="eosinophil" selected>', html)
+    assert 'id="review-clear-form"' in html
+    html = page(client, f"/batch/{batch_id}")
+    assert shares(html) == {"eosinophil": 1, "lymphocyte": 1}
+    assert "1 reviewed by you (1 changed an accepted result)" in text(html)
+    assert csv_rows(client, batch_id)["n.jpg"]["differential_class"] == "eosinophil"
+
+    response = review(client, batch_id, 0, "")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/0")  # stays to check
+    html = page(client, response.headers["Location"])
+    assert "Cleared your review of n.jpg: the model's result counts again." in text(html)
+    assert 'id="review-verdict"' not in html and 'id="review-clear-form"' not in html
+    assert shares(page(client, f"/batch/{batch_id}")) == {"lymphocyte": 1, "neutrophil": 1}
+    assert csv_rows(client, batch_id)["n.jpg"]["reviewed_class"] == ""
+
+
+def test_an_unfamiliar_image_can_be_counted_once_reviewed(client, batch_id):
+    html = page(client, f"/batch/{batch_id}/4")
+    assert "If this is a cell after all, give its class" in text(html)
+    review(client, batch_id, 4, "monocyte")
+    assert shares(page(client, f"/batch/{batch_id}"))["monocyte"] == 1
+
+
+def test_the_form_offers_every_class_and_exclusion(client, batch_id):
+    html = page(client, f"/batch/{batch_id}/1")
+    form = html.split('id="review-form"')[1].split("</form>")[0]
+    assert re.findall(r'<option value="(\w*)"', form) == ["", *CLASSES, "excluded"]
+    assert "Look at the cell and give its class" in text(html)
+    assert "Save, then the next cell to review" in form
+    assert re.search(rf'id="next-to-review" href="[^"]*/batch/{batch_id}/3"|'
+                     rf'href="[^"]*/batch/{batch_id}/3" id="next-to-review"', html)
+    # A file that could not be read has nothing to review.
+    assert 'id="review-form"' not in page(client, f"/batch/{batch_id}/5")
+
+
+def test_a_single_image_stays_on_its_page(client):
+    one = uploads.save_batch(folder(client), {"model": "tiny", "classes": CLASSES, "results": [
+        result(client, "only.jpg", "monocyte", "unidentified")]})
+    html = page(client, f"/batch/{one}")
+    assert "Save review" in html and 'id="next-to-review"' not in html
+    response = review(client, one, 0, "monocyte")
+    assert response.headers["Location"].endswith(f"/batch/{one}/0")
+    assert "Reviewed:" in text(page(client, response.headers["Location"]))
+
+
+@pytest.mark.parametrize("index, verdict, status, message", [
+    (1, "blast", 400, "Choose one of the model's classes, or exclude the image: eosinophil, "
+                      "lymphocyte, monocyte, neutrophil, excluded."),
+    (1, "<script>", 400, "Choose one of the model's classes"),
+    (5, "monocyte", 400, "This file could not be read, so there is no cell to review."),
+    (6, "monocyte", 404, "there is no image 6"),
+])
+def test_a_bad_review_is_refused_and_changes_nothing(client, batch_id, index, verdict, status,
+                                                     message):
+    before = (folder(client) / f"{batch_id}.json").read_bytes()
+    response = review(client, batch_id, index, verdict)
+    assert response.status_code == status
+    assert message in text(response.get_data(as_text=True))
+    assert "<script>" not in response.get_data(as_text=True)
+    assert (folder(client) / f"{batch_id}.json").read_bytes() == before
+
+
+def test_a_review_needs_the_form_token_and_a_stored_batch(client, batch_id):
+    before = (folder(client) / f"{batch_id}.json").read_bytes()
+    response = review(client, batch_id, 1, "monocyte", token="forged")
+    assert response.status_code == 400 and "The form has expired" in text(
+        response.get_data(as_text=True))
+    assert (folder(client) / f"{batch_id}.json").read_bytes() == before
+
+    uploads.delete_batch(folder(client), batch_id)
+    response = review(client, batch_id, 1, "monocyte")
+    assert response.status_code == 404 and "No such result" in text(
+        response.get_data(as_text=True))
+    assert not (folder(client) / f"{batch_id}.json").exists()
+    assert review(client, "0" * 32, 0, "monocyte").status_code == 404
+    assert review(client, "not-an-id", 0, "monocyte").status_code == 404
