@@ -225,3 +225,34 @@ def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_pat
     with pytest.raises(urllib.error.HTTPError) as gone:
         urllib.request.urlopen(batch_url)
     assert gone.value.code == 404
+
+
+def test_a_review_changes_the_class_the_differential_counts(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
+             for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
+    browser.get(base_url + "/")
+    browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, "#differential")
+    batch_url = browser.current_url
+
+    browser.find_element(By.LINK_TEXT, "cell0.png").click()
+    model_label = wait_for(browser, "#predicted-label").get_attribute("data-label")
+    verdict = next(c for c in ("monocyte", "eosinophil") if c != model_label)
+    Select(browser.find_element(By.ID, "verdict")).select_by_value(verdict)
+    browser.find_element(By.ID, "review-save").click()
+
+    # Every image was accepted, so none is left to review: back to the batch.
+    wait_for(browser, "#differential")
+    assert browser.current_url == batch_url
+    assert "Saved your review of cell0.png" in browser.find_element(By.ID, "notices").text
+    counted = browser.find_element(By.CSS_SELECTOR, f'#differential tr[data-class="{verdict}"] td')
+    assert int(counted.text) >= 1
+    row = browser.find_element(By.CSS_SELECTOR, f'#results tr[data-verdict="{verdict}"]')
+    assert "cell0.png" in row.text and "reviewed" in row.text
+    problems = [e["message"] for e in browser.get_log("browser")
+                if e["level"] == "SEVERE" or "Content Security Policy" in e["message"]]
+    assert problems == []

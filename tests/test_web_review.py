@@ -1,12 +1,14 @@
 """A technologist's review on the result page (POST /batch/<id>/<n>/review): the verdict is
 stored with the result, the batch's differential and CSV count it instead of the model's
-answer, the form walks through the cells that need review, and a bad request changes nothing."""
+answer, the form walks through the cells that need review, the reviewed cells download as a
+folder to train on, and a bad request changes nothing."""
 
 from __future__ import annotations
 
 import csv
 import io
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,54 @@ def test_a_review_needs_the_form_token_and_a_stored_batch(client, batch_id):
     assert not (folder(client) / f"{batch_id}.json").exists()
     assert review(client, "0" * 32, 0, "monocyte").status_code == 404
     assert review(client, "not-an-id", 0, "monocyte").status_code == 404
+
+
+def test_the_reviewed_cells_download_as_a_folder_to_train_on(client, batch_id, tmp_path):
+    from training.data import list_image_folder, read_source_map
+
+    html = page(client, f"/batch/{batch_id}")
+    assert 'id="reviewed-zip-link"' not in html
+    response = client.get(f"/batch/{batch_id}/reviewed.zip")
+    assert response.status_code == 404 and "nothing to export" in text(
+        response.get_data(as_text=True))
+
+    review(client, batch_id, 1, "monocyte")
+    review(client, batch_id, 0, "eosinophil")
+    review(client, batch_id, 3, "excluded")  # no class: not in the archive
+    assert 'id="reviewed-zip-link"' in page(client, f"/batch/{batch_id}")
+    response = client.get(f"/batch/{batch_id}/reviewed.zip")
+    assert response.status_code == 200 and response.mimetype == "application/zip"
+    assert response.headers["Cache-Control"] == "no-store"
+    prefix = batch_id[:8]
+    with zipfile.ZipFile(io.BytesIO(response.data)) as archive:
+        assert sorted(archive.namelist()) == [
+            f"eosinophil/{prefix}-000-n.jpg", f"monocyte/{prefix}-001-u1.jpg",
+            f"reviewed-{prefix}.csv"]
+        stored = uploads.load_batch(folder(client), batch_id)["results"]
+        assert archive.read(f"monocyte/{prefix}-001-u1.jpg") == (
+            folder(client) / f"{stored[1]['image']}.jpg").read_bytes()
+        rows = list(csv.DictReader(io.StringIO(archive.read(f"reviewed-{prefix}.csv").decode())))
+        archive.extractall(tmp_path / "train")
+    assert [(r["file"], r["group"], r["reviewed_class"], r["original_file"], r["model_label"],
+             r["model_status"]) for r in rows] == [
+        (f"eosinophil/{prefix}-000-n.jpg", f"batch-{prefix}", "eosinophil", "n.jpg",
+         "neutrophil", "accepted"),
+        (f"monocyte/{prefix}-001-u1.jpg", f"batch-{prefix}", "monocyte", "u1.jpg", "eosinophil",
+         "unidentified")]
+    assert all(r["reviewed_at"].endswith("+00:00") for r in rows)
+    # training.train reads the unpacked archive as its data, and its CSV as the source map.
+    dataset = list_image_folder(tmp_path / "train")
+    assert dataset.classes == ["eosinophil", "monocyte"] and len(dataset.files) == 2
+    groups, sources = read_source_map(tmp_path / "train" / f"reviewed-{prefix}.csv", "train")
+    assert set(groups) == set(dataset.files) and sources == {f"batch-{prefix}"}
+
+
+def test_archive_names_are_plain_whatever_the_client_sent(client):
+    item = result(client, "../../x/évil name;rm -rf.png", "monocyte", "unidentified")
+    item["review"] = {"label": "monocyte", "at": 0.0}
+    one = uploads.save_batch(folder(client), {"model": "tiny", "classes": CLASSES,
+                                              "results": [item]})
+    with zipfile.ZipFile(io.BytesIO(client.get(f"/batch/{one}/reviewed.zip").data)) as archive:
+        names = archive.namelist()
+    assert names[0] == f"monocyte/{one[:8]}-000-vil_name_rm_-rf.jpg"
+    assert all(re.fullmatch(r"[A-Za-z0-9._/-]+", n) and ".." not in n for n in names)

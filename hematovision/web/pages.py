@@ -52,6 +52,10 @@ NOT_A_CELL_NO_MAP = (
 REVIEW_SAVED = "Saved your review of {file}: {verdict}."
 REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again."
 REVIEW_UNREADABLE = "This file could not be read, so there is no cell to review."
+NOTHING_REVIEWED = (
+    "No cell of this batch has been given a class on review yet, so there is nothing to export: "
+    "review cells on their result pages first."
+)
 REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
@@ -372,6 +376,21 @@ def batch_csv(batch_id: str):
     response = Response(results.to_csv(stored["results"], stored["classes"]), mimetype="text/csv")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
+    )
+    return _no_store(response)
+
+
+@bp.get("/batch/<batch_id>/reviewed.zip")
+def reviewed_zip(batch_id: str):
+    """The batch's reviewed cells as a training folder (results.reviewed_archive)."""
+    stored = load_or_404(batch_id)
+    if not results.review_summary(stored["results"]).labelled:
+        abort(404, description=NOTHING_REVIEWED)
+    folder = upload_folder()
+    archive = results.reviewed_archive(stored, lambda image: uploads.image_path(folder, image))
+    response = Response(archive, mimetype="application/zip")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="hematovision-{batch_id[:8]}-reviewed.zip"'
     )
     return _no_store(response)
 

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from hematovision.cells import is_white_cell
@@ -59,6 +64,7 @@ class Differential:
 @dataclass(frozen=True)
 class ReviewSummary:
     reviewed: int  # results with a reviewer's verdict
+    labelled: int  # of them, those given a class (not excluded): the reviewed-cells archive
     overruled: int  # of them, accepted results given another class, or excluded
     to_review: int  # unidentified results still without a verdict
 
@@ -132,6 +138,7 @@ def review_summary(results: list[dict[str, Any]]) -> ReviewSummary:
     verdicts = [(r, verdict_of(r)) for r in results]
     return ReviewSummary(
         reviewed=sum(1 for _, v in verdicts if v is not None),
+        labelled=sum(1 for _, v in verdicts if v not in (None, EXCLUDED)),
         overruled=sum(1 for r, v in verdicts
                       if v is not None and status_of(r) == ACCEPTED and v != r["label"]),
         to_review=sum(1 for r in results if needs_review(r)),
@@ -190,6 +197,53 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
             row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", ""]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
+
+
+# The columns of the reviewed-cells archive's CSV: `file,group` make it a source map for
+# `training.train --source-map`; the rest say where each label came from.
+ARCHIVE_COLUMNS = ["file", "group", "reviewed_class", "reviewed_at", "original_file", "model",
+                   "model_label", "model_status", "model_confidence"]
+
+
+def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | None]) -> bytes:
+    """The batch's reviewed cells as a training folder, zipped: each stored image under the
+    class a reviewer gave it (`<class>/<batch>-<n>-<name>.jpg`; excluded cells and unreviewed
+    ones left out, since only a person's verdict is a label to train on) and
+    `reviewed-<batch>.csv`, one row per image. Every image of a batch is given the batch as its
+    group (uploaded together, most likely from one slide), so several archives unpacked into
+    one folder split by batch. Names carry the batch id and the image's place in it, so they
+    never collide. An image whose stored copy is gone is left out."""
+    prefix = batch["id"][:8]
+    rows, out = [], io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not compress
+        for index, result in enumerate(batch["results"]):
+            verdict = verdict_of(result)
+            path = image_path(result.get("image") or "")
+            if verdict in (None, EXCLUDED) or path is None:
+                continue
+            name = f"{_safe(verdict)}/{prefix}-{index:03d}-{_safe(Path(result['file']).stem)}.jpg"
+            archive.write(path, name)
+            rows.append([name, f"batch-{prefix}", verdict, _iso(result["review"].get("at")),
+                         result["file"], batch.get("model", ""), result["label"],
+                         result["status"], f"{result['confidence']:.4f}"])
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(ARCHIVE_COLUMNS)
+        writer.writerows([[_inert(cell) for cell in row] for row in rows])
+        archive.writestr(f"reviewed-{prefix}.csv", table.getvalue())
+    return out.getvalue()
+
+
+def _safe(name: str) -> str:
+    """A name part made of letters, digits, '.', '_' and '-' only, so an archive entry is one
+    plain file name wherever it is unpacked."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "image"
+
+
+def _iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 def _inert(cell: str) -> str:
