@@ -136,6 +136,32 @@ function confirmForms() {
   });
 }
 
+// Reviewing a batch cell by cell: a digit key gives the class of that place in the form's list
+// (1 for the first) and x excludes the image, each saved at once, so a technologist can go
+// through the cells to review without the mouse. Keys typed into a field, or with a modifier,
+// are left alone.
+function setUpReviewKeys() {
+  const form = document.getElementById("review-form");
+  if (!form) return;
+  const select = form.querySelector("select[name=verdict]");
+  const classes = Array.from(select.options).filter((o) => o.value && o.value !== "excluded");
+  document.getElementById("review-keys").hidden = false;
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    if (event.target.closest("input, select, textarea, [contenteditable]")) return;
+    let value = null;
+    if (/^[1-9]$/.test(event.key) && Number(event.key) <= Math.min(classes.length, 9)) {
+      value = classes[Number(event.key) - 1].value;
+    } else if (event.key === "x" || event.key === "X") {
+      value = "excluded";
+    }
+    if (value === null) return;
+    event.preventDefault();
+    select.value = value;
+    form.requestSubmit();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
   setUpHeatMap();
@@ -143,4 +169,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpDropZone();
   setUpSubmit();
   confirmForms();
+  setUpReviewKeys();
 });

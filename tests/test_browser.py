@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -256,3 +257,30 @@ def test_a_review_changes_the_class_the_differential_counts(browser, base_url, t
     problems = [e["message"] for e in browser.get_log("browser")
                 if e["level"] == "SEVERE" or "Content Security Policy" in e["message"]]
     assert problems == []
+
+
+def test_a_key_gives_the_class_of_its_place_in_the_list(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    image = make_image(tmp_path / "cell.png", (200, 60, 60), fmt="PNG")
+    browser.get(base_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, "#review-form")
+    keys = browser.find_element(By.ID, "review-keys")
+    assert keys.is_displayed() and "2 Lymphocyte" in keys.text  # app.js showed the hint
+    browser.find_element(By.TAG_NAME, "body").send_keys("2")
+    verdict = wait_for(browser, "#review-verdict")
+    assert verdict.get_attribute("data-verdict") == "lymphocyte"  # the second class
+    browser.find_element(By.TAG_NAME, "body").send_keys("x")
+    wait_for(browser, '#review-verdict[data-verdict="excluded"]')
+    # A key pressed with a modifier is not a verdict: the page is not submitted (a new page
+    # would not have the mark).
+    browser.execute_script("window.hvMark = true")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.CONTROL, "3")
+    browser.find_element(By.TAG_NAME, "body").send_keys("7")  # no seventh class: nothing
+    time.sleep(1)
+    assert browser.execute_script("return window.hvMark === true")
+    assert browser.find_element(By.ID, "review-verdict").get_attribute(
+        "data-verdict") == "excluded"
