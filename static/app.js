@@ -162,6 +162,15 @@ function setUpReviewKeys() {
   });
 }
 
+// The batch page's "Print report" (hidden without JavaScript, which printing needs here: the
+// CSP allows no inline handler).
+function setUpPrint() {
+  const button = document.getElementById("print-button");
+  if (!button) return;
+  button.hidden = false;
+  button.addEventListener("click", () => window.print());
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
   setUpHeatMap();
@@ -170,4 +179,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpSubmit();
   confirmForms();
   setUpReviewKeys();
+  setUpPrint();
 });

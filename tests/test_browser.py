@@ -188,6 +188,7 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
         for td in browser.find_elements(By.CSS_SELECTOR, "#differential tbody td:nth-of-type(1)")
     ]
     assert sum(counts) == 3
+    assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it
     browser.save_screenshot(str(tmp_path / "batch.png"))
 
     # Back to the form: the button is usable again and no longer says it is classifying.

@@ -13,6 +13,7 @@ from PIL import Image
 from hematovision.magnification import (MIN_BATCH_IMAGES, Reference, batch_check,
                                         red_cell_scale)
 from tests.conftest import make_smear
+from training.robustness import PERTURBATIONS
 
 REFERENCE_CARD = {"magnification": {"red_cell_scale": 0.125, "single_image_range": [0.8, 1.3],
                                     "batch_range": [0.8333, 1.25]}}
@@ -92,7 +93,11 @@ def test_the_command_records_the_reference_and_how_the_check_reads_other_magnifi
     assert entry["reference"]["images"] == 12
     assert entry["single_image_range"][0] < 1 < entry["single_image_range"][1]
     rows = {r["name"]: r for r in entry["check"]["rows"]}
-    assert list(rows) == ["as recorded", "zoom 0.8x", "zoom 1.25x", "zoom 1.5x"]
+    assert list(rows) == list(PERTURBATIONS)  # every change of training.robustness
+    # Changes that keep the magnification read near 1 and flag no batch: no false alarm here.
+    for name in ("blur 1 px", "darker", "hue +15", "JPEG q75"):
+        assert rows[name]["median_ratio"] == pytest.approx(1.0, abs=0.1), name
+        assert rows[name]["batches_outside"] == 0, name
     assert rows["as recorded"]["median_ratio"] == pytest.approx(1.0, abs=0.05)
     assert rows["zoom 1.5x"]["median_ratio"] == pytest.approx(1.5, abs=0.1)
     assert rows["as recorded"]["batches_outside"] == 0 and rows["zoom 1.5x"]["measured"] == 1
@@ -105,7 +110,7 @@ def test_the_command_records_the_reference_and_how_the_check_reads_other_magnifi
         in table[0]
     assert table[4].startswith("| a batch's median flagged outside | 0.71-1.67 (training zoom)")
     zoomed = rows["zoom 1.5x"]
-    assert table[-1] == (f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
+    assert table[5 + list(rows).index("zoom 1.5x")] == (f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
                          f"{zoomed['batches_outside']:.1%} |")
 
 
