@@ -198,10 +198,9 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     assert browser.find_element(By.ID, "submit-label").text in {"Classify", "Classify 4 images"}
 
 
-def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_path):
+def upload_two_cells(browser, base_url: str, tmp_path: Path) -> str:
+    """Upload cell0.png and cell1.png through the form; the batch page's address."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
              for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
@@ -209,7 +208,15 @@ def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_pat
     browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
     browser.find_element(By.ID, "submit").click()
     wait_for(browser, "#differential")
-    batch_url = browser.current_url
+    return browser.current_url
+
+
+def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    batch_url = upload_two_cells(browser, base_url, tmp_path)
 
     # Cancelling the question keeps everything (app.js stops the form).
     browser.find_element(By.CSS_SELECTOR, "#delete-form button").click()
@@ -233,13 +240,7 @@ def test_a_review_changes_the_class_the_differential_counts(browser, base_url, t
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
-             for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
-    browser.get(base_url + "/")
-    browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
-    browser.find_element(By.ID, "submit").click()
-    wait_for(browser, "#differential")
-    batch_url = browser.current_url
+    batch_url = upload_two_cells(browser, base_url, tmp_path)
 
     browser.find_element(By.LINK_TEXT, "cell0.png").click()
     model_label = wait_for(browser, "#predicted-label").get_attribute("data-label")

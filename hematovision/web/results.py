@@ -1,5 +1,5 @@
 """What a stored batch result turns into: the differential count, the status counts, the
-technologist's reviews and the CSV download.
+technologist's reviews, the CSV download and the reviewed cells as a training folder.
 
 Only accepted results enter the differential: an unidentified cell (the model is too unsure)
 or an image unlike the training data would otherwise be counted as whatever class happened to
