@@ -103,7 +103,7 @@ def test_what_the_differential_leaves_out_and_why():
                                                  results.EXCLUDED: 1}
     # Confirming an accepted answer is a review; changing it or excluding the cell overrules it.
     assert results.review_summary(REVIEWED) == results.ReviewSummary(
-        reviewed=5, labelled=4, overruled=2, to_review=1)
+        reviewed=5, labelled=4, accepted=3, overruled=2, to_review=1)
 
 
 @pytest.mark.parametrize("after, following", [(-1, 1), (0, 1), (1, 4), (3, 4), (4, 1), (5, 1)])

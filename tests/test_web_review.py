@@ -116,7 +116,8 @@ def test_a_review_overrules_an_accepted_answer_until_it_is_cleared(client, batch
     assert 'id="review-clear-form"' in html
     html = page(client, f"/batch/{batch_id}")
     assert shares(html) == {"eosinophil": 1, "lymphocyte": 1}
-    assert "1 reviewed by you (1 changed an accepted result)" in text(html)
+    assert "1 reviewed by you (of the 1 accepted result you reviewed, you gave 0 the model's " \
+           "class)" in text(html)
     assert csv_rows(client, batch_id)["n.jpg"]["differential_class"] == "eosinophil"
 
     response = review(client, batch_id, 0, "")

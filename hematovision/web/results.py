@@ -65,7 +65,8 @@ class Differential:
 class ReviewSummary:
     reviewed: int  # results with a reviewer's verdict
     labelled: int  # of them, those given a class (not excluded): the reviewed-cells archive
-    overruled: int  # of them, accepted results given another class, or excluded
+    accepted: int  # of them, results the model had accepted: a check of its accepted answers
+    overruled: int  # of those, the ones given another class, or excluded
     to_review: int  # unidentified results still without a verdict
 
 
@@ -139,6 +140,7 @@ def review_summary(results: list[dict[str, Any]]) -> ReviewSummary:
     return ReviewSummary(
         reviewed=sum(1 for _, v in verdicts if v is not None),
         labelled=sum(1 for _, v in verdicts if v not in (None, EXCLUDED)),
+        accepted=sum(1 for r, v in verdicts if v is not None and status_of(r) == ACCEPTED),
         overruled=sum(1 for r, v in verdicts
                       if v is not None and status_of(r) == ACCEPTED and v != r["label"]),
         to_review=sum(1 for r in results if needs_review(r)),
