@@ -37,6 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         PURGE_INTERVAL_SECONDS=60,  # how often a request checks for expired uploads
         MAX_CONTENT_LENGTH=32 * 2**20,  # bytes per request, all files together (413 above)
         MAX_FILES=100,  # files per request
+        MAX_BATCH_IMAGES=1000,  # images one batch may hold, those added to it later included
         MAX_FORM_PARTS=1_000,  # form parts per request, files included (413 above: errors.py)
         MAX_FORM_MEMORY_SIZE=500_000,  # bytes per text field of a form (413 above)
         MAX_IMAGE_PIXELS=MAX_PIXELS,  # width x height per image, checked before decoding

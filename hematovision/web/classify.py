@@ -94,15 +94,16 @@ def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
 
 
 def classify_request(
-    store_in: Path | None = None, explain: bool = False
+    store_in: Path | None = None, explain: bool = False, model: str | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Validate and classify the current request's `file` parts with its `model` choice.
+    """Validate and classify the current request's `file` parts with its `model` choice, or
+    with `model` where given (images added to a batch go through the batch's model).
 
     Returns (model name, results); aborts with 400 when there is nothing to do. With `store_in`,
     each decoded image is stored there and its result gets the stored copy's id as "image";
     with `explain`, each result gets its heat map (see `classify`).
     """
-    name = request_value("model") or models.default_name()
+    name = model or request_value("model") or models.default_name()
     predictor = models.get(name)
     if predictor is None:
         abort(400, description=models.unknown_model_message(name))

@@ -28,7 +28,7 @@ from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, measured_at
 from hematovision.web import heatmap, models, results, uploads
-from hematovision.web.classify import classify_request
+from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.security import check_csrf
 
 bp = Blueprint("pages", __name__)
@@ -48,6 +48,15 @@ ROUGH_ECE = 0.05
 NOT_A_CELL_NO_MAP = (
     "This image did not look like the cells model {name!r} was trained on, so it has no heat "
     "map: the map would show evidence for a cell type the image is not."
+)
+ADDED = "Added {images} to this batch{failed}."
+BATCH_MODEL_GONE = (
+    "The model {name!r} that classified this batch is no longer served, so no image can be "
+    "added to it: start a new batch."
+)
+BATCH_FULL = (
+    "A batch holds at most {limit} images and this one holds {count}: add at most {room}, or "
+    "start a new batch."
 )
 REVIEW_SAVED = "Saved your review of {file}: {verdict}."
 REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again."
@@ -214,6 +223,31 @@ def delete(batch_id: str):
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)
 
 
+@bp.post("/batch/<batch_id>/add")
+def add(batch_id: str):
+    """Classify more images with the batch's model and add them to it (303 to the batch page),
+    so that one differential can count more cells than one upload may hold. When none of the
+    files can be read, nothing is added and the page says why (400)."""
+    stored = load_or_404(batch_id)
+    if served_model(stored["model"]) is None:
+        abort(400, description=BATCH_MODEL_GONE.format(name=stored["model"]))
+    limit, count = current_app.config["MAX_BATCH_IMAGES"], len(stored["results"])
+    sent = len(uploaded_files(request.files.getlist("file")))
+    if count + sent > limit:
+        abort(400, description=BATCH_FULL.format(limit=limit, count=count,
+                                                 room=max(limit - count, 0)))
+    folder = upload_folder()
+    _, items = classify_request(store_in=folder, model=stored["model"])
+    if not any("label" in r for r in items):
+        return batch(batch_id, add_errors=items, status=400)
+    if uploads.add_to_batch(folder, batch_id, items) is None:  # deleted meanwhile
+        abort(404, description=EXPIRED.format(retention=retention()))
+    failed = sum("label" not in r for r in items)
+    flash(ADDED.format(images=f"{len(items) - failed} image{'s' if len(items) - failed != 1 else ''}",
+                       failed=f" ({failed} could not be read: listed below)" if failed else ""))
+    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
 @bp.post("/batch/<batch_id>/<int:index>/review")
 def review(batch_id: str, index: int):
     """Record a technologist's verdict on one result (`verdict`: one of the batch's classes,
@@ -264,10 +298,12 @@ def left_out_text(reason: str) -> str:
 
 
 @bp.get("/batch/<batch_id>")
-def batch(batch_id: str):
+def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200):
+    """The batch page (a batch of one image shows that image's page); after a refused
+    addition, with its errors."""
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
-        return single(batch_id, 0)
+        return single(batch_id, 0, add_errors, status)
     differential = results.differential(stored["results"], stored["classes"])
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
@@ -293,12 +329,14 @@ def batch(batch_id: str):
             magnification=results.magnification_check(stored["results"], reference),
             magnification_range=reference.batch_range if reference else None,
             expires=expires_at(stored),
-        )
+            add_errors=add_errors or [],
+        ),
+        status,
     )
 
 
 @bp.get("/batch/<batch_id>/<int:index>")
-def single(batch_id: str, index: int):
+def single(batch_id: str, index: int, add_errors: list[dict] | None = None, status: int = 200):
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
@@ -337,7 +375,9 @@ def single(batch_id: str, index: int):
             neighbours=(index - 1 if index > 0 else None,
                         index + 1 if index + 1 < len(stored["results"]) else None),
             expires=expires_at(stored),
-        )
+            add_errors=add_errors or [],
+        ),
+        status,
     )
 
 
@@ -592,8 +632,8 @@ def human_duration(seconds: float) -> str:
     return f"{seconds:g} seconds"
 
 
-def _no_store(response):
+def _no_store(response, status: int | None = None):
     """Results and uploaded images are private: keep them out of shared and browser caches."""
-    response = current_app.make_response(response)
+    response = current_app.make_response(response if status is None else (response, status))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -106,6 +106,21 @@ def update_batch(folder: Path, batch_id: str,
         return batch
 
 
+def add_to_batch(folder: Path, batch_id: str,
+                 results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Append results, whose images are already stored, to a stored batch; returns the batch
+    as stored, or None when there is no such batch (the new images are then deleted). The new
+    images take the batch's upload time, so the purge deletes them with the batch."""
+    batch = update_batch(folder, batch_id, lambda stored: stored["results"].extend(results))
+    images = [image_path(folder, r.get("image") or "") for r in results]
+    for path in (p for p in images if p is not None):
+        if batch is None:
+            path.unlink(missing_ok=True)
+        else:
+            os.utime(path, (time.time(), (folder / f"{batch_id}.json").stat().st_mtime))
+    return batch
+
+
 def delete_batch(folder: Path, batch_id: str) -> int | None:
     """Delete a stored batch and the images it holds now, before its retention ends; returns
     how many images were deleted, or None when there is no such batch. The images go first, so

@@ -1,0 +1,117 @@
+"""Adding images to a stored batch (POST /batch/<id>/add): classified by the batch's model,
+appended under the batch's deletion time, so that one differential counts more cells than one
+upload may hold; bad requests add nothing and lose nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import uploads
+from tests.web_helpers import (csrf_token, image_bytes, make_app, make_models_root, page, text,
+                               upload)
+
+
+@pytest.fixture
+def app(tmp_path, tiny_model_dir):
+    root = make_models_root(tmp_path / "models", tiny_model_dir, names=("tiny", "other"))
+    return make_app(tmp_path, root, MAX_BATCH_IMAGES=5)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def folder(client) -> Path:
+    return Path(client.application.config["UPLOAD_FOLDER"])
+
+
+def add(client, batch_id: str, *files: tuple[str, bytes], **fields):
+    return client.post(f"/batch/{batch_id}/add", data={
+        "csrf_token": csrf_token(client), **fields,
+        "file": [(io.BytesIO(data), name) for name, data in files]})
+
+
+def stored_file(client, batch_id: str) -> bytes:
+    return (folder(client) / f"{batch_id}.json").read_bytes()
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    location = upload(client, "tiny", ("a.png", image_bytes(fmt="PNG")),
+                      ("b.png", image_bytes((60, 60, 200), fmt="PNG")))
+    return location.rsplit("/", 1)[1]
+
+
+def test_added_images_join_the_batch_and_its_deletion_time(client, batch_id):
+    json_path = folder(client) / f"{batch_id}.json"
+    uploaded = json_path.stat().st_mtime - 100
+    os.utime(json_path, (uploaded, uploaded))
+    response = add(client, batch_id, ("c.png", image_bytes((90, 160, 90), fmt="PNG")),
+                   ("empty.png", b""), model="other")  # the batch's model, whatever is sent
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")
+    stored = uploads.load_batch(folder(client), batch_id)
+    assert [r["file"] for r in stored["results"]] == ["a.png", "b.png", "c.png", "empty.png"]
+    assert stored["model"] == "tiny" and stored["results"][3]["error"] == "The file is empty."
+    # The purge deletes the new image with the batch, not an hour after it was added.
+    assert json_path.stat().st_mtime == pytest.approx(uploaded)
+    added = folder(client) / f"{stored['results'][2]['image']}.jpg"
+    assert added.stat().st_mtime == pytest.approx(uploaded)
+
+    html = page(client, response.headers["Location"])
+    assert "Added 1 image to this batch (1 could not be read: listed below)." in text(html)
+    assert "Batch of 4 images" in html and "3 classified, 1 could not be read" in text(html)
+    counts = re.findall(r'<tr data-class="\w+">.*?<td class="text-end">(\d+)</td>',
+                        html.split('id="differential"')[1].split("</table>")[0], re.S)
+    assert sum(map(int, counts)) == 3
+
+
+def test_a_one_image_batch_offers_to_add_and_becomes_a_batch(client):
+    one = upload(client, "tiny", ("a.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
+    assert 'id="add-form"' in page(client, f"/batch/{one}")
+    add(client, one, ("b.png", image_bytes(fmt="PNG")))
+    assert 'id="differential"' in page(client, f"/batch/{one}")
+
+
+def test_files_none_of_which_can_be_read_add_nothing_and_say_why(client, batch_id):
+    before = stored_file(client, batch_id)
+    images_before = sorted(p.name for p in folder(client).glob("*.jpg"))
+    response = add(client, batch_id, ("notes.png", b"not an image"), ("empty.jpg", b""))
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert "Nothing was added: none of the files could be read." in text(html)
+    assert re.findall(r"<li><span class=\"text-break\">([^<]+)</span>:", html) == [
+        "notes.png", "empty.jpg"]
+    assert "Batch of 2 images" in html  # the batch page, as it was
+    assert stored_file(client, batch_id) == before
+    assert sorted(p.name for p in folder(client).glob("*.jpg")) == images_before
+
+
+@pytest.mark.parametrize("files, fields, status, message", [
+    ([("c.png", b"")] * 4, {}, 400,
+     "A batch holds at most 5 images and this one holds 2: add at most 3"),
+    ([], {}, 400, "No file was uploaded"),
+    ([("c.png", image_bytes(fmt="PNG"))], {"csrf_token": "forged"}, 400, "The form has expired"),
+])
+def test_a_refused_addition_changes_nothing(client, batch_id, files, fields, status, message):
+    before = stored_file(client, batch_id)
+    response = add(client, batch_id, *files, **fields)
+    assert response.status_code == status
+    assert message in text(response.get_data(as_text=True))
+    assert stored_file(client, batch_id) == before
+
+
+def test_no_batch_or_no_model_no_addition(client, batch_id):
+    assert add(client, "0" * 32, ("c.png", image_bytes(fmt="PNG"))).status_code == 404
+    gone = uploads.save_batch(folder(client), {"model": "retired", "classes": ["x"],
+                                               "results": []})
+    response = add(client, gone, ("c.png", image_bytes(fmt="PNG")))
+    assert response.status_code == 400
+    assert "The model 'retired' that classified this batch is no longer served" in text(
+        response.get_data(as_text=True))
