@@ -286,3 +286,15 @@ def test_a_key_gives_the_class_of_its_place_in_the_list(browser, base_url, tmp_p
     assert browser.execute_script("return window.hvMark === true")
     assert browser.find_element(By.ID, "review-verdict").get_attribute(
         "data-verdict") == "excluded"
+
+
+def test_images_added_from_the_batch_page_join_its_differential(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    batch_url = upload_two_cells(browser, base_url, tmp_path)
+    more = make_image(tmp_path / "cell2.png", (120, 60, 160), fmt="PNG")
+    browser.find_element(By.ID, "add-file").send_keys(str(more))
+    browser.execute_script("arguments[0].click()", browser.find_element(By.ID, "add-submit"))
+    notice = wait_for(browser, "#notices")
+    assert "Added 1 image to this batch" in notice.text and browser.current_url == batch_url
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 3
