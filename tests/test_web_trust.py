@@ -140,7 +140,9 @@ def test_batch_differential_counts_only_accepted_cells(client, models_root, trus
     assert "Share of the 1 white cell counted: accepted by the model;" in text(html)
     review = re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html)
     assert review == [("unidentified", unsure)]
-    assert "Only 1 counted white cell: a manual differential counts 100" in text(html)
+    assert ("Only 1 counted white cell: a manual differential counts 100, so these shares are "
+            "rough: add images to this batch, or review the unidentified cells, to count more."
+            in text(html))
     csv = client.get(location + ".csv").get_data(as_text=True)
     header, *lines = [line.split(",") for line in csv.splitlines()]
     counted = header.index("differential_class")
