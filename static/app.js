@@ -137,9 +137,9 @@ function confirmForms() {
 }
 
 // Reviewing a batch cell by cell: a digit key gives the class of that place in the form's list
-// (1 for the first) and x excludes the image, each saved at once, so a technologist can go
-// through the cells to review without the mouse. Keys typed into a field, or with a modifier,
-// are left alone.
+// (1 for the first) and x excludes the image, each saved at once; the left and right arrows go
+// to the previous and next image of the batch; so a technologist can go through the cells
+// without the mouse. Keys typed into a field, or with a modifier, are left alone.
 function setUpReviewKeys() {
   const form = document.getElementById("review-form");
   if (!form) return;
@@ -149,6 +149,13 @@ function setUpReviewKeys() {
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     if (event.target.closest("input, select, textarea, [contenteditable]")) return;
+    const step = { ArrowLeft: "prev", ArrowRight: "next" }[event.key];
+    const link = step && document.querySelector(`#batch-steps a[rel=${step}]`);
+    if (link) {
+      event.preventDefault();
+      window.location.assign(link.href);
+      return;
+    }
     let value = null;
     if (/^[1-9]$/.test(event.key) && Number(event.key) <= Math.min(classes.length, 9)) {
       value = classes[Number(event.key) - 1].value;

@@ -288,8 +288,10 @@ def test_a_key_gives_the_class_of_its_place_in_the_list(browser, base_url, tmp_p
         "data-verdict") == "excluded"
 
 
-def test_images_added_from_the_batch_page_join_its_differential(browser, base_url, tmp_path):
+def test_added_images_join_the_batch_and_the_arrow_keys_step_through_it(browser, base_url, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     batch_url = upload_two_cells(browser, base_url, tmp_path)
     more = make_image(tmp_path / "cell2.png", (120, 60, 160), fmt="PNG")
@@ -298,3 +300,12 @@ def test_images_added_from_the_batch_page_join_its_differential(browser, base_ur
     notice = wait_for(browser, "#notices")
     assert "Added 1 image to this batch" in notice.text and browser.current_url == batch_url
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 3
+
+    # On an image's page the arrow keys step through the batch.
+    browser.find_element(By.LINK_TEXT, "cell1.png").click()
+    wait_for(browser, "#review-form")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    wait_for(browser, 'a[rel="prev"]')
+    assert browser.current_url == batch_url + "/2"
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+    WebDriverWait(browser, 10).until(lambda d: d.current_url == batch_url + "/1")
