@@ -17,7 +17,8 @@ CARD_FILE = "model_card.json"
 # magnification, focus or stain (training.robustness).
 UNFAMILIAR = "unfamiliar"
 ROBUSTNESS = "robustness"
-NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS)
+DIFFERENTIAL = "differential"
+NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS, DIFFERENTIAL)
 
 
 class ModelLoadError(RuntimeError):
@@ -67,6 +68,7 @@ def record_metrics(model_dir: Path, name: str, figures: dict) -> None:
 
 def recorded_evaluations(card: dict) -> dict[str, dict]:
     """The card's recorded test evaluations by name (`training.evaluate --record NAME`), in
-    the order recorded; the unfamiliar-image flag rates and robustness figures are not."""
+    the order recorded; the unfamiliar-image flag rates, robustness and differential figures
+    are not."""
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     return {k: v for k, v in metrics.items() if isinstance(v, dict) and k not in NOT_EVALUATIONS}

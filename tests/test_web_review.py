@@ -240,3 +240,46 @@ def test_archive_names_are_plain_whatever_the_client_sent(client):
         names = archive.namelist()
     assert names[0] == f"monocyte/{one[:8]}-000-vil_name_rm_-rf.jpg"
     assert all(re.fullmatch(r"[A-Za-z0-9._/-]+", n) and ".." not in n for n in names)
+
+
+def differential_figures(accepted_error: float) -> dict:
+    """training.differential's card entry, made up for the page: the accepted cells alone off
+    by `accepted_error` points on a normal film, reviewed ones by 0.2."""
+    ways = {"accepted only": {"bias_points": {"eosinophil": 0.5, "lymphocyte": 20.0,
+                                              "monocyte": 1.0, "neutrophil": -21.5},
+                              "mean_abs_error_points": accepted_error},
+            "no trust layer": {"bias_points": {c: 0.0 for c in CLASSES},
+                               "mean_abs_error_points": 3.0},
+            "unidentified reviewed": {"bias_points": {c: 0.0 for c in CLASSES},
+                                      "mean_abs_error_points": 0.2}}
+    return {"data": "test", "n": 400, "cells": 100, "draws": 2000, "compositions": {
+        "normal adult": {"composition": {"eosinophil": 0.03, "lymphocyte": 0.3,
+                                         "monocyte": 0.06, "neutrophil": 0.61},
+                         "unidentified_per_batch": 45.0, "ways": ways}}}
+
+
+@pytest.mark.parametrize("accepted_error, warned", [(11.0, True), (1.1, False)])
+def test_the_batch_page_says_how_unreviewed_cells_skew_the_shares(tmp_path, tiny_model_dir,
+                                                                  accepted_error, warned):
+    root = make_models_root(tmp_path / "models", tiny_model_dir, card={
+        "metrics": {"differential": differential_figures(accepted_error)}})
+    client = make_app(tmp_path, root).test_client()
+    batch_id = uploads.save_batch(folder(client), {"model": "tiny", "classes": CLASSES,
+                                                   "results": [
+        result(client, "a.jpg", "neutrophil", "accepted"),
+        result(client, "b.jpg", "eosinophil", "unidentified")]})
+    html = page(client, f"/batch/{batch_id}")
+    assert ('id="review-bias"' in html) == warned
+    if warned:
+        assert ("Until the 1 unidentified cell is reviewed, these shares lean towards the classes "
+                "the model is sure of: on batches of 100 cells drawn from its test images as a "
+                "normal adult differential, the accepted cells alone read neutrophil 21.5 points "
+                "low and lymphocyte 20.0 points high on average (each share 11.0 points off), and "
+                "once the unidentified cells were reviewed, 0.2 points") in text(html)
+        review(client, batch_id, 1, "eosinophil")
+        assert 'id="review-bias"' not in page(client, f"/batch/{batch_id}")
+    model_page = page(client, "/models/tiny")
+    assert 'id="differential-table"' in model_page
+    rows = re.findall(r'<tr data-composition="([^"]+)" data-way="([^"]+)">', model_page)
+    assert rows == [("normal adult", way) for way in
+                    ("accepted only", "no trust layer", "unidentified reviewed")]

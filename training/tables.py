@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import CARD_FILE, read_card, recorded_evaluations, served_views, view_count
+from hematovision.card import (CARD_FILE, DIFFERENTIAL, read_card, recorded_evaluations,
+                               served_views, view_count)
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
@@ -745,6 +746,33 @@ def magnification_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def differential_table(root: Path = MODELS_ROOT) -> str:
+    """How far batches' differentials were from the truth (`training.differential --record`):
+    one row per composition the batches were drawn with and way of counting, one pair of
+    columns per model: the mean absolute error of the shares and the largest bias."""
+    results = {name: read_card(root / name)["metrics"].get(DIFFERENTIAL)
+               for name in available_models(root)}
+    results = {name: r for name, r in results.items() if r}
+    header = "".join(f" `{n}` (n={r['n']}): mean error (points) | largest bias (points) |"
+                     for n, r in results.items())
+    first = next(iter(results.values()), None)
+    lines = [f"| batches of {first['cells'] if first else '?'} white cells drawn as | counted |"
+             + header, "|---|---|" + "---|---|" * len(results)]
+    compositions = list(first["compositions"]) if first else []
+    for composition in compositions:
+        review = " | ".join(f"{r['compositions'][composition]['unidentified_per_batch']:.1f} | "
+                            for r in results.values())
+        lines.append(f"| {composition} | cells per batch sent to review | {review} |")
+        for way in next(iter(results.values()))["compositions"][composition]["ways"]:
+            cells = []
+            for r in results.values():
+                w = r["compositions"][composition]["ways"][way]
+                cls, bias = max(w["bias_points"].items(), key=lambda kv: abs(kv[1]))
+                cells.append(f"{w['mean_abs_error_points']:.2f} | {cls} {bias:+.1f}")
+            lines.append(f"| {composition} | {way} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def _fmt_ratio(value) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
@@ -985,7 +1013,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "splits": splits_table(root), "crossfit": crossfit_table(root),
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
               "probe": probe_table(root), "training-time": training_time_table(root),
-              "robustness": robustness_table(root), "magnification": magnification_table(root)}
+              "robustness": robustness_table(root), "magnification": magnification_table(root),
+              "differential": differential_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

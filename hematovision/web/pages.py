@@ -21,7 +21,7 @@ from flask import (
     url_for,
 )
 
-from hematovision.card import recorded_evaluations
+from hematovision.card import DIFFERENTIAL, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
@@ -40,6 +40,11 @@ DELETED = "Deleted from the server: the results of {images} and their stored cop
 NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )
+# The composition of training.differential's batches that a lab's film is nearest.
+NORMAL_FILM = "normal adult"
+# The batch page says how leaving the unidentified cells out skews the shares where that moved
+# them by at least this many percentage points more, on average, than reviewing them did.
+MATERIAL_BIAS_POINTS = 1.0
 # A manual differential counts 100 cells; the batch page warns when its shares rest on fewer.
 DIFFERENTIAL_CELLS = 100
 # Above this expected calibration error on a test set, the result page calls the confidence a
@@ -324,6 +329,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             left_out=results.left_out_counts(stored["results"]),
             reviews=results.review_summary(stored["results"]),
             first_to_review=results.next_to_review(stored["results"], -1),
+            review_bias=review_bias(predictor),
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),
@@ -485,12 +491,47 @@ def model_page(name: str):
         calibration=measured_calibration(predictor),
         unfamiliar_sets=unfamiliar_sets,
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
+        differential=_differential_entry(metrics),
         magnification=_magnification_entry(card, predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
         training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
     )
+
+
+def _differential_entry(metrics: dict) -> dict | None:
+    """The card's differential figures (`training.differential --record`), where well formed."""
+    entry = metrics.get(DIFFERENTIAL)
+    if not isinstance(entry, dict) or not isinstance(entry.get("compositions"), dict):
+        return None
+    return entry
+
+
+def review_bias(predictor: Predictor | None) -> dict | None:
+    """What leaving the unidentified cells out did to the differential of batches drawn from
+    the model's test images (`training.differential`), in the composition nearest a lab's
+    film (a normal adult differential, else the first recorded): {"cells", "composition",
+    "biases": the two most biased classes of the accepted cells alone, "accepted_error",
+    "reviewed_error"}; None where not measured, or where reviewing did not make the shares
+    materially nearer the truth (MATERIAL_BIAS_POINTS)."""
+    metrics = predictor.card.get("metrics") if predictor else None
+    entry = _differential_entry(metrics if isinstance(metrics, dict) else {})
+    if entry is None or not entry["compositions"]:
+        return None
+    name = NORMAL_FILM if NORMAL_FILM in entry["compositions"] else next(
+        iter(entry["compositions"]))
+    try:
+        ways = entry["compositions"][name]["ways"]
+        accepted, reviewed = ways["accepted only"], ways["unidentified reviewed"]
+        biases = sorted(accepted["bias_points"].items(), key=lambda kv: -abs(kv[1]))[:2]
+        errors = accepted["mean_abs_error_points"], reviewed["mean_abs_error_points"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if errors[0] - errors[1] < MATERIAL_BIAS_POINTS:
+        return None
+    return {"cells": entry["cells"], "composition": name, "biases": biases,
+            "accepted_error": errors[0], "reviewed_error": errors[1]}
 
 
 def _magnification_entry(card: dict, predictor: Predictor) -> dict | None:

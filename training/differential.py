@@ -1,0 +1,177 @@
+"""How far the batch page's differential is from the truth, with and without reviewing the
+cells the model sets aside, on batches of cells drawn from a model's test images.
+
+    python -m training.differential --model wbc4 --data ../shared/data/kaggle_blood_cells/test --record
+    python -m training.differential --model pbc8 --data ../shared/data/pbc \
+        --split-file saved_model/pbc8/splits.json --record
+
+The served model reads every test image once (the app's path: calibration, statuses). Batches
+of --cells white cells are then drawn, --draws times (seeded), in two compositions: the test
+set's own class shares, and a normal adult differential (NORMAL_DIFFERENTIAL, over the model's
+white-cell classes) as a lab's typical film would have it; within a class, images are drawn at
+random with replacement. Each batch's differential is counted three ways, as the app would:
+
+- "accepted only": the accepted cells by the model's class, what the batch page shows before
+  anyone reviews (unidentified and not-a-cell images left out);
+- "no trust layer": every image by its top class, what a classifier without abstention shows;
+- "unidentified reviewed": the accepted cells plus the unidentified ones counted by their true
+  class, what it shows once a technologist (taken to be right) has reviewed them.
+
+For each: the mean share of each class over the draws against the batch's true share (the bias),
+the mean absolute error of each share in percentage points, and the mean of those over the
+classes; and how many cells of a batch went to review. Only white cells are shares, as on the
+batch page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hematovision.batch import forward_files
+from hematovision.card import DIFFERENTIAL, record_metrics
+from hematovision.cells import is_white_cell
+from hematovision.predictor import add_model_options, model_dir_of
+from hematovision.trust import ACCEPTED, UNIDENTIFIED
+from training import data as data_lib
+from training.evaluate import add_data_options, data_label, files_to_score, open_model
+
+# A normal adult differential (shares of the white cells), the middle of the usual reference
+# ranges: neutrophils 40-75 %, lymphocytes 20-45 %, monocytes 2-10 %, eosinophils 1-6 %,
+# basophils 0-2 %. Classes a normal film lacks (immature granulocytes, ...) get none.
+NORMAL_DIFFERENTIAL = {"neutrophil": 0.60, "lymphocyte": 0.30, "monocyte": 0.06,
+                       "eosinophil": 0.03, "basophil": 0.01}
+WAYS = ("accepted only", "no trust layer", "unidentified reviewed")
+CELLS = 100  # a manual differential's count
+DRAWS = 2000
+
+
+def compositions(truth: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
+    """The class shares batches are drawn with: the test set's own (its white cells), and the
+    normal adult differential over the model's white classes (renormalised to 1)."""
+    white = [c for c in classes if is_white_cell(c)]
+    counts = {c: int((truth == classes.index(c)).sum()) for c in white}
+    total = sum(counts.values())
+    normal = {c: NORMAL_DIFFERENTIAL.get(c, 0.0) for c in white}
+    norm = sum(normal.values())
+    return {"test set": {c: n / total for c, n in counts.items()},
+            "normal adult": {c: s / norm for c, s in normal.items()}}
+
+
+def batch_counts(composition: dict[str, float], cells: int) -> dict[str, int]:
+    """Whole cells per class for one batch, summing to `cells` (largest remainders)."""
+    exact = {c: share * cells for c, share in composition.items()}
+    counts = {c: int(v) for c, v in exact.items()}
+    for c in sorted(exact, key=lambda c: counts[c] - exact[c])[:cells - sum(counts.values())]:
+        counts[c] += 1
+    return counts
+
+
+def counted(labels: np.ndarray, statuses: np.ndarray, truth: np.ndarray, way: str
+            ) -> np.ndarray:
+    """The class each image adds to the differential counted `way` (-1: not counted)."""
+    if way == "no trust layer":
+        return labels
+    accepted = np.where(statuses == ACCEPTED, labels, -1)
+    if way == "accepted only":
+        return accepted
+    return np.where(statuses == UNIDENTIFIED, truth, accepted)
+
+
+def simulate(truth: np.ndarray, labels: np.ndarray, statuses: np.ndarray, classes: list[str],
+             composition: dict[str, float], cells: int = CELLS, draws: int = DRAWS,
+             seed: int = 0) -> dict:
+    """The three differentials of `draws` batches of `cells` white cells drawn with
+    `composition` (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    white = [classes.index(c) for c in composition]
+    per_class = batch_counts(composition, cells)
+    pools = {classes.index(c): np.flatnonzero(truth == classes.index(c)) for c in composition}
+    shares = {way: [] for way in WAYS}
+    reviewed = []
+    for _ in range(draws):
+        batch = np.concatenate([rng.choice(pools[classes.index(c)], n, replace=True)
+                                for c, n in per_class.items() if n])
+        reviewed.append(int((statuses[batch] == UNIDENTIFIED).sum()))
+        for way in WAYS:
+            kept = counted(labels[batch], statuses[batch], truth[batch], way)
+            kept = kept[np.isin(kept, white)]
+            shares[way].append([(kept == k).mean() if len(kept) else np.nan for k in white])
+    truth_shares = np.array([per_class[c] / cells for c in composition])
+    ways = {}
+    for way in WAYS:
+        values = np.array(shares[way])  # draws x classes
+        bias = np.nanmean(values, axis=0) - truth_shares
+        error = np.nanmean(np.abs(values - truth_shares), axis=0)
+        ways[way] = {"bias_points": _points(composition, bias),
+                     "abs_error_points": _points(composition, error),
+                     "mean_abs_error_points": round(float(100 * error.mean()), 2)}
+    return {"composition": {c: round(per_class[c] / cells, 4) for c in composition},
+            "unidentified_per_batch": round(float(np.mean(reviewed)), 1), "ways": ways}
+
+
+def _points(classes, shares: np.ndarray) -> dict[str, float]:
+    """Shares (0..1) as percentage points, by class."""
+    return {c: round(float(100 * v), 2) for c, v in zip(classes, shares)}
+
+
+def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | None = None,
+                          split_name: str = "test", cells: int = CELLS,
+                          draws: int = DRAWS) -> dict:
+    predictor = open_model(model_dir)
+    dataset = data_lib.list_image_folder(data_dir)
+    files, _ = files_to_score(predictor, dataset, data_dir, split_file, split_name,
+                              known_classes_only=True)
+    outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
+    files = [f for f, ok in zip(files, readable) if ok]
+    label_of = dataset.label_of()
+    truth = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files])
+    predictions = predictor.predictions(outputs)
+    labels = np.array([predictor.classes.index(p.label) for p in predictions])
+    statuses = np.array([p.status for p in predictions])
+    return {"data": data_label(data_dir, split_file, split_name), "n": len(files),
+            "cells": cells, "draws": draws,
+            "compositions": {name: simulate(truth, labels, statuses, predictor.classes,
+                                            composition, cells, draws)
+                             for name, composition in compositions(truth,
+                                                                   predictor.classes).items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.differential",
+        description="How far a batch's differential is from the truth, counted from the "
+                    "accepted cells only, from every top class, and after reviewing the "
+                    "unidentified cells, on batches drawn from a model's test images.",
+        epilog="example: python -m training.differential --model wbc4 "
+               "--data ../shared/data/kaggle_blood_cells/test --record",
+    )
+    add_model_options(parser)
+    add_data_options(parser, "an ImageFolder of labelled images (the model's test set)")
+    parser.add_argument("--cells", type=int, default=CELLS, help="white cells per batch")
+    parser.add_argument("--draws", type=int, default=DRAWS, help="batches drawn (seeded)")
+    parser.add_argument("--record", action="store_true",
+                        help=f"store the figures in the model card as metrics.{DIFFERENTIAL}")
+    args = parser.parse_args(argv)
+    if args.cells < 1 or args.draws < 1:
+        parser.error("--cells and --draws must be at least 1")
+    model_dir = model_dir_of(args)
+    result = evaluate_differential(model_dir, args.data, args.split_file, args.split_name,
+                                   args.cells, args.draws)
+    if args.record:
+        record_metrics(model_dir, DIFFERENTIAL, result)
+    print(f"{result['data']}, n={result['n']}; {args.draws} batches of {args.cells} white cells")
+    for name, figures in result["compositions"].items():
+        shares = ", ".join(f"{c} {s:.0%}" for c, s in figures["composition"].items())
+        print(f"{name} ({shares}): {figures['unidentified_per_batch']} cells per batch to review")
+        for way, w in figures["ways"].items():
+            bias = ", ".join(f"{c} {b:+.1f}" for c, b in w["bias_points"].items())
+            print(f"  {way:<22} mean abs. error {w['mean_abs_error_points']:.2f} points; "
+                  f"bias {bias}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
