@@ -83,9 +83,15 @@ def test_the_command_records_the_figures_in_the_card(trusted_model_dir, tmp_path
     figures = json.loads((model / "model_card.json").read_text())["metrics"]["differential"]
     assert figures["n"] == 24 and figures["cells"] == 10 and figures["draws"] == 30
     assert list(figures["compositions"]) == ["test set", "normal adult"]
+    points = json.loads((model / "model_card.json").read_text())["trust"]["operating_points"]
     for composition in figures["compositions"].values():
         assert list(composition["ways"]) == list(differential.WAYS)
         assert sum(composition["composition"].values()) == pytest.approx(1)
+        # One row per operating point of the card; the higher the target, the more to review.
+        rows = composition["operating_points"]
+        assert [r["target_accuracy"] for r in rows] == [p["target_accuracy"] for p in points]
+        to_review = [r["unidentified_per_batch"] for r in rows]
+        assert to_review == sorted(to_review)
     assert "30 batches of 10 white cells" in capsys.readouterr().out
     # Not a test-set evaluation: the model page's evaluation tables leave it out.
     from hematovision.card import read_card, recorded_evaluations
@@ -102,3 +108,8 @@ def test_the_command_records_the_figures_in_the_card(trusted_model_dir, tmp_path
     cls, bias = max(reviewed["bias_points"].items(), key=lambda kv: abs(kv[1]))
     assert table[-1] == (f"| normal adult | unidentified reviewed | "
                          f"{reviewed['mean_abs_error_points']:.2f} | {cls} {bias:+.1f} |")
+    targets = tables.differential_targets_table(tmp_path).splitlines()
+    assert len(targets) == 2 + len(points)
+    last = figures["compositions"]["normal adult"]["operating_points"][-1]
+    assert targets[-1] == (f"| {last['target_accuracy']:.0%} | {last['unidentified_per_batch']:.1f}"
+                           f" | {last['accepted_only_error']:.2f} | {last['reviewed_error']:.2f} |")

@@ -252,10 +252,14 @@ def differential_figures(accepted_error: float) -> dict:
                                "mean_abs_error_points": 3.0},
             "unidentified reviewed": {"bias_points": {c: 0.0 for c in CLASSES},
                                       "mean_abs_error_points": 0.2}}
+    points = [{"target_accuracy": t, "confidence_threshold": c, "unidentified_per_batch": n,
+               "accepted_only_error": 5.0, "reviewed_error": 0.5}
+              for t, c, n in ((0.95, 0.78, 30.0), (0.99, 0.938, 45.0))]
     return {"data": "test", "n": 400, "cells": 100, "draws": 2000, "compositions": {
         "normal adult": {"composition": {"eosinophil": 0.03, "lymphocyte": 0.3,
                                          "monocyte": 0.06, "neutrophil": 0.61},
-                         "unidentified_per_batch": 45.0, "ways": ways}}}
+                         "unidentified_per_batch": 45.0, "ways": ways,
+                         "operating_points": points}}}
 
 
 @pytest.mark.parametrize("accepted_error, warned", [(11.0, True), (1.1, False)])
@@ -283,3 +287,6 @@ def test_the_batch_page_says_how_unreviewed_cells_skew_the_shares(tmp_path, tiny
     rows = re.findall(r'<tr data-composition="([^"]+)" data-way="([^"]+)">', model_page)
     assert rows == [("normal adult", way) for way in
                     ("accepted only", "no trust layer", "unidentified reviewed")]
+    targets = re.findall(r'<tr data-target="([\d.]+)">.*?<td class="text-end">([\d.]+)</td>\s*'
+                         r'<td class="text-end">([\d.]+)</td>', model_page, re.S)
+    assert targets == [("0.95", "0.780", "30.0"), ("0.99", "0.938", "45.0")]

@@ -20,7 +20,9 @@ random with replacement. Each batch's differential is counted three ways, as the
 For each: the mean share of each class over the draws against the batch's true share (the bias),
 the mean absolute error of each share in percentage points, and the mean of those over the
 classes; and how many cells of a batch went to review. Only white cells are shares, as on the
-batch page.
+batch page. The same at each of the card's operating points (the thresholds a server's
+ACCURACY_TARGET chooses among): how many cells a lab reviews, and how far the differential is
+before and after, at each accuracy target.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from hematovision.batch import forward_files
 from hematovision.card import DIFFERENTIAL, record_metrics
 from hematovision.cells import is_white_cell
 from hematovision.predictor import add_model_options, model_dir_of
-from hematovision.trust import ACCEPTED, UNIDENTIFIED
+from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
+from hematovision.trust import statuses as statuses_at
 from training import data as data_lib
 from training.evaluate import add_data_options, data_label, files_to_score, open_model
 
@@ -132,12 +135,31 @@ def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | No
     predictions = predictor.predictions(outputs)
     labels = np.array([predictor.classes.index(p.label) for p in predictions])
     statuses = np.array([p.status for p in predictions])
+    confidence = np.array([p.confidence for p in predictions])
+    points = predictor.card.get("trust", {}).get("operating_points") or []
+    results = {}
+    for name, composition in compositions(truth, predictor.classes).items():
+        results[name] = simulate(truth, labels, statuses, predictor.classes, composition, cells,
+                                 draws)
+        results[name]["operating_points"] = [
+            at_threshold(point, simulate(
+                truth, labels, statuses_at(confidence, statuses == NOT_A_CELL,
+                                           point["confidence_threshold"]),
+                predictor.classes, composition, cells, draws))
+            for point in points]
     return {"data": data_label(data_dir, split_file, split_name), "n": len(files),
-            "cells": cells, "draws": draws,
-            "compositions": {name: simulate(truth, labels, statuses, predictor.classes,
-                                            composition, cells, draws)
-                             for name, composition in compositions(truth,
-                                                                   predictor.classes).items()}}
+            "cells": cells, "draws": draws, "compositions": results}
+
+
+def at_threshold(point: dict, simulated: dict) -> dict:
+    """One operating point's row: its target and threshold, the cells per batch to review and
+    the mean error before and after review."""
+    ways = simulated["ways"]
+    return {"target_accuracy": point["target_accuracy"],
+            "confidence_threshold": point["confidence_threshold"],
+            "unidentified_per_batch": simulated["unidentified_per_batch"],
+            "accepted_only_error": ways["accepted only"]["mean_abs_error_points"],
+            "reviewed_error": ways["unidentified reviewed"]["mean_abs_error_points"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
             bias = ", ".join(f"{c} {b:+.1f}" for c, b in w["bias_points"].items())
             print(f"  {way:<22} mean abs. error {w['mean_abs_error_points']:.2f} points; "
                   f"bias {bias}")
+        for p in figures["operating_points"]:
+            print(f"  target {p['target_accuracy']:.2f} (threshold "
+                  f"{p['confidence_threshold']:.3f}): {p['unidentified_per_batch']} to review; "
+                  f"error {p['accepted_only_error']:.2f} before review, "
+                  f"{p['reviewed_error']:.2f} after")
 
 
 if __name__ == "__main__":

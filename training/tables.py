@@ -773,6 +773,33 @@ def differential_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def differential_targets_table(root: Path = MODELS_ROOT, composition: str = "normal adult"
+                               ) -> str:
+    """The differential at each of a model's operating points (`training.differential`), for
+    batches drawn as `composition`: one row per accuracy target, per model the cells per batch
+    to review and the mean error of a share before and after review."""
+    results = {name: read_card(root / name)["metrics"].get(DIFFERENTIAL)
+               for name in available_models(root)}
+    results = {name: r["compositions"][composition] for name, r in results.items()
+               if r and composition in r.get("compositions", {})}
+    header = "".join(f" `{n}`: cells to review | error before review | error after review |"
+                     for n in results)
+    lines = [f"| accuracy target (accepted cells) |{header}",
+             "|---|" + "---|---|---|" * len(results)]
+    targets = sorted({p["target_accuracy"] for r in results.values()
+                      for p in r.get("operating_points", [])})
+    for target in targets:
+        cells = []
+        for r in results.values():
+            p = next((p for p in r.get("operating_points", [])
+                      if p["target_accuracy"] == target), None)
+            cells.append(" | | " if p is None else
+                         f"{p['unidentified_per_batch']:.1f} | {p['accepted_only_error']:.2f} | "
+                         f"{p['reviewed_error']:.2f}")
+        lines.append(f"| {target:.0%} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def _fmt_ratio(value) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
@@ -1014,7 +1041,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
               "probe": probe_table(root), "training-time": training_time_table(root),
               "robustness": robustness_table(root), "magnification": magnification_table(root),
-              "differential": differential_table(root)}
+              "differential": differential_table(root),
+              "differential-targets": differential_targets_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():
