@@ -152,14 +152,16 @@ def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | No
 
 
 def at_threshold(point: dict, simulated: dict) -> dict:
-    """One operating point's row: its target and threshold, the cells per batch to review and
-    the mean error before and after review."""
+    """One operating point's row: its target and threshold, the cells per batch to review, the
+    mean error before and after review, and each class's bias before review (what the batch
+    page quotes while cells await review, at the threshold it serves)."""
     ways = simulated["ways"]
     return {"target_accuracy": point["target_accuracy"],
             "confidence_threshold": point["confidence_threshold"],
             "unidentified_per_batch": simulated["unidentified_per_batch"],
             "accepted_only_error": ways["accepted only"]["mean_abs_error_points"],
-            "reviewed_error": ways["unidentified reviewed"]["mean_abs_error_points"]}
+            "reviewed_error": ways["unidentified reviewed"]["mean_abs_error_points"],
+            "accepted_only_bias_points": ways["accepted only"]["bias_points"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -510,10 +510,11 @@ def _differential_entry(metrics: dict) -> dict | None:
 
 def review_bias(predictor: Predictor | None) -> dict | None:
     """What leaving the unidentified cells out did to the differential of batches drawn from
-    the model's test images (`training.differential`), in the composition nearest a lab's
-    film (a normal adult differential, else the first recorded): {"cells", "composition",
-    "biases": the two most biased classes of the accepted cells alone, "accepted_error",
-    "reviewed_error"}; None where not measured, or where reviewing did not make the shares
+    the model's test images (`training.differential`) at the confidence threshold served now,
+    in the composition nearest a lab's film (a normal adult differential, else the first
+    recorded): {"cells", "composition", "biases": the two most biased classes of the accepted
+    cells alone, "accepted_error", "reviewed_error"}; None where not measured at this
+    threshold (a server's own ACCURACY_TARGET), or where reviewing did not make the shares
     materially nearer the truth (MATERIAL_BIAS_POINTS)."""
     metrics = predictor.card.get("metrics") if predictor else None
     entry = _differential_entry(metrics if isinstance(metrics, dict) else {})
@@ -522,15 +523,18 @@ def review_bias(predictor: Predictor | None) -> dict | None:
     name = NORMAL_FILM if NORMAL_FILM in entry["compositions"] else next(
         iter(entry["compositions"]))
     try:
-        ways = entry["compositions"][name]["ways"]
-        accepted, reviewed = ways["accepted only"], ways["unidentified reviewed"]
-        biases = sorted(accepted["bias_points"].items(), key=lambda kv: -abs(kv[1]))[:2]
-        errors = accepted["mean_abs_error_points"], reviewed["mean_abs_error_points"]
+        point = next((p for p in entry["compositions"][name]["operating_points"]
+                      if p["confidence_threshold"] == predictor.trust.confidence_threshold),
+                     None)
+        if point is None:
+            return None
+        biases = sorted(point["accepted_only_bias_points"].items(), key=lambda kv: -abs(kv[1]))
+        errors = point["accepted_only_error"], point["reviewed_error"]
     except (KeyError, TypeError, AttributeError):
         return None
     if errors[0] - errors[1] < MATERIAL_BIAS_POINTS:
         return None
-    return {"cells": entry["cells"], "composition": name, "biases": biases,
+    return {"cells": entry["cells"], "composition": name, "biases": biases[:2],
             "accepted_error": errors[0], "reviewed_error": errors[1]}
 
 
