@@ -113,3 +113,17 @@ def test_the_command_records_the_figures_in_the_card(trusted_model_dir, tmp_path
     last = figures["compositions"]["normal adult"]["operating_points"][-1]
     assert targets[-1] == (f"| {last['target_accuracy']:.0%} | {last['unidentified_per_batch']:.1f}"
                            f" | {last['accepted_only_error']:.2f} | {last['reviewed_error']:.2f} |")
+
+
+def test_a_normal_film_is_drawn_only_from_classes_the_test_set_has():
+    truth = np.array([1, 1, 3])  # no eosinophil or monocyte image
+    normal = compositions(truth, CLASSES)["normal adult"]
+    assert normal["eosinophil"] == 0 and normal["monocyte"] == 0
+    assert normal["neutrophil"] == pytest.approx(2 / 3) and sum(normal.values()) == 1
+    result = simulate(truth, truth, statuses(3), CLASSES, normal, cells=10, draws=5)
+    assert result["composition"] == {"eosinophil": 0, "lymphocyte": 0.3, "monocyte": 0,
+                                     "neutrophil": 0.7}
+    # A model of classes no normal film has: the test set's own shares only.
+    assert list(compositions(np.array([0, 1]), ["blast", "ig"])) == ["test set"]
+    with pytest.raises(SystemExit, match="No test image of a white-cell class"):
+        compositions(np.array([0]), ["platelet", "neutrophil"])

@@ -54,14 +54,19 @@ DRAWS = 2000
 
 def compositions(truth: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
     """The class shares batches are drawn with: the test set's own (its white cells), and the
-    normal adult differential over the model's white classes (renormalised to 1)."""
+    normal adult differential over the model's white classes that have test images
+    (renormalised to 1); only the first where none of those is in NORMAL_DIFFERENTIAL."""
     white = [c for c in classes if is_white_cell(c)]
     counts = {c: int((truth == classes.index(c)).sum()) for c in white}
     total = sum(counts.values())
-    normal = {c: NORMAL_DIFFERENTIAL.get(c, 0.0) for c in white}
-    norm = sum(normal.values())
-    return {"test set": {c: n / total for c, n in counts.items()},
-            "normal adult": {c: s / norm for c, s in normal.items()}}
+    if not total:
+        raise SystemExit(f"No test image of a white-cell class of the model ({', '.join(white)}):"
+                         " there is no differential to measure")
+    found = {"test set": {c: n / total for c, n in counts.items()}}
+    normal = {c: NORMAL_DIFFERENTIAL.get(c, 0.0) if counts[c] else 0.0 for c in white}
+    if sum(normal.values()):
+        found["normal adult"] = {c: s / sum(normal.values()) for c, s in normal.items()}
+    return found
 
 
 def batch_counts(composition: dict[str, float], cells: int) -> dict[str, int]:
@@ -124,12 +129,16 @@ def _points(classes, shares: np.ndarray) -> dict[str, float]:
 def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | None = None,
                           split_name: str = "test", cells: int = CELLS,
                           draws: int = DRAWS) -> dict:
+    """The served model's answers on the test images, then `simulate` for each composition,
+    as served and at each of the card's operating points."""
     predictor = open_model(model_dir)
     dataset = data_lib.list_image_folder(data_dir)
     files, _ = files_to_score(predictor, dataset, data_dir, split_file, split_name,
                               known_classes_only=True)
     outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
     files = [f for f, ok in zip(files, readable) if ok]
+    if not files:
+        raise SystemExit(f"No image of {data_dir} could be read: nothing to measure")
     label_of = dataset.label_of()
     truth = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files])
     predictions = predictor.predictions(outputs)
