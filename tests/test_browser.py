@@ -288,7 +288,8 @@ def test_a_key_gives_the_class_of_its_place_in_the_list(browser, base_url, tmp_p
         "data-verdict") == "excluded"
 
 
-def test_added_images_join_the_batch_and_the_arrow_keys_step_through_it(browser, base_url, tmp_path):
+def test_added_images_join_the_batch_and_the_arrow_keys_step_through_it(browser, base_url,
+                                                                        tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait

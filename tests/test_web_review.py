@@ -303,3 +303,15 @@ def test_the_batch_page_says_how_unreviewed_cells_skew_the_shares(tmp_path, tiny
                          r'<td class="text-end">([\d.]+)</td>', model_page, re.S)
     assert targets == [("0.95", "0.780", "30.0"),
                        ("0.99", f"{served + elsewhere:.3f}", "45.0")]
+
+
+def test_the_cell_description_follows_the_class_the_result_counts_as(client, batch_id):
+    def described(index):
+        html = page(client, f"/batch/{batch_id}/{index}")
+        match = re.search(r'id="cell-title">About the (\w+)<', html)
+        return match and match.group(1)
+
+    assert described(0) == "neutrophil" and described(1) is None  # accepted; unidentified
+    review(client, batch_id, 1, "monocyte")
+    review(client, batch_id, 0, "excluded")
+    assert described(1) == "monocyte" and described(0) is None

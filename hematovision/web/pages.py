@@ -248,7 +248,8 @@ def add(batch_id: str):
     if uploads.add_to_batch(folder, batch_id, items) is None:  # deleted meanwhile
         abort(404, description=EXPIRED.format(retention=retention()))
     failed = sum("label" not in r for r in items)
-    flash(ADDED.format(images=f"{len(items) - failed} image{'s' if len(items) - failed != 1 else ''}",
+    added = len(items) - failed
+    flash(ADDED.format(images=f"{added} image{'s' if added != 1 else ''}",
                        failed=f" ({failed} could not be read: listed below)" if failed else ""))
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
@@ -366,7 +367,8 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             heat_map_url=url_for("pages.heat_map", batch_id=batch_id, index=index)
             if show_heat_map
             else None,
-            cell=CELL_TYPES.get(item.get("label", "")),
+            # The class the result counts as: the reviewer's where there is one.
+            cell=CELL_TYPES.get(results.counted_class(item) or "") if "label" in item else None,
             verdict=results.verdict_of(item),
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
