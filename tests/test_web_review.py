@@ -315,3 +315,12 @@ def test_the_cell_description_follows_the_class_the_result_counts_as(client, bat
     review(client, batch_id, 1, "monocyte")
     review(client, batch_id, 0, "excluded")
     assert described(1) == "monocyte" and described(0) is None
+
+
+def test_a_reviewed_result_says_so_above_the_models_answer(client, batch_id):
+    assert 'id="reviewed-as"' not in page(client, f"/batch/{batch_id}/1")
+    review(client, batch_id, 1, "monocyte")
+    html = page(client, f"/batch/{batch_id}/1")
+    top = html.split('id="status"')[1].split('id="review"')[0]
+    assert "reviewed counted as Monocyte ( your review ); the model's result:" in text(top)
+    assert "Unidentified: needs review" in text(top)  # what the model said stays
