@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -192,7 +193,7 @@ def test_a_review_needs_the_form_token_and_a_stored_batch(client, batch_id):
 
 
 def test_the_reviewed_cells_download_as_a_folder_to_train_on(client, batch_id, tmp_path):
-    from training.data import list_image_folder, read_source_map
+    from training.data import list_image_folder
 
     html = page(client, f"/batch/{batch_id}")
     assert 'id="reviewed-zip-link"' not in html
@@ -217,18 +218,17 @@ def test_the_reviewed_cells_download_as_a_folder_to_train_on(client, batch_id, t
             folder(client) / f"{stored[1]['image']}.jpg").read_bytes()
         rows = list(csv.DictReader(io.StringIO(archive.read(f"reviewed-{prefix}.csv").decode())))
         archive.extractall(tmp_path / "train")
-    assert [(r["file"], r["group"], r["reviewed_class"], r["original_file"], r["model_label"],
+    assert [(r["file"], r["batch"], r["reviewed_class"], r["original_file"], r["model_label"],
              r["model_status"]) for r in rows] == [
-        (f"eosinophil/{prefix}-000-n.jpg", f"batch-{prefix}", "eosinophil", "n.jpg",
-         "neutrophil", "accepted"),
-        (f"monocyte/{prefix}-001-u1.jpg", f"batch-{prefix}", "monocyte", "u1.jpg", "eosinophil",
+        (f"eosinophil/{prefix}-000-n.jpg", batch_id, "eosinophil", "n.jpg", "neutrophil",
+         "accepted"),
+        (f"monocyte/{prefix}-001-u1.jpg", batch_id, "monocyte", "u1.jpg", "eosinophil",
          "unidentified")]
     assert all(r["reviewed_at"].endswith("+00:00") for r in rows)
-    # training.train reads the unpacked archive as its data, and its CSV as the source map.
+    # training.train reads the unpacked archive as its data; the CSV names its images.
     dataset = list_image_folder(tmp_path / "train")
     assert dataset.classes == ["eosinophil", "monocyte"] and len(dataset.files) == 2
-    groups, sources = read_source_map(tmp_path / "train" / f"reviewed-{prefix}.csv", "train")
-    assert set(groups) == set(dataset.files) and sources == {f"batch-{prefix}"}
+    assert {r["file"] for r in rows} == set(dataset.files)
 
 
 def test_archive_names_are_plain_whatever_the_client_sent(client):
@@ -324,3 +324,38 @@ def test_a_reviewed_result_says_so_above_the_models_answer(client, batch_id):
     top = html.split('id="status"')[1].split('id="review"')[0]
     assert "reviewed counted as Monocyte ( your review ); the model's result:" in text(top)
     assert "Unidentified: needs review" in text(top)  # what the model said stays
+
+
+def test_archives_of_two_batches_unpacked_together_train_a_model(client, tmp_path):
+    """The promise of the archive: unpacked into one folder, the reviewed cells of two
+    batches are a training folder, each image under its reviewer's class."""
+    import zipfile as zf
+
+    from training import train
+    from training.config import TrainConfig
+
+    data, batches = tmp_path / "reviewed", []
+    for b in range(2):
+        items = [result(client, f"{c}{i}.jpg", "neutrophil", "unidentified") for c in CLASSES
+                 for i in range(2)]
+        for k, item in enumerate(items):  # the reviewer's class: the one in the file name
+            label = CLASSES[k // 2]
+            image = Image.new("RGB", (32, 24), (60 * CLASSES.index(label), 90 + 10 * b, 140 + k))
+            image.save(folder(client) / f"{item['image']}.jpg")
+            item["review"] = {"label": label, "at": 0.0}
+        one = uploads.save_batch(folder(client), {"model": "tiny", "classes": CLASSES,
+                                                  "results": items})
+        with zf.ZipFile(io.BytesIO(client.get(f"/batch/{one}/reviewed.zip").data)) as archive:
+            archive.extractall(data)
+        batches.append(one)
+    assert sorted(p.name for p in data.glob("*.csv")) == sorted(
+        f"reviewed-{b[:8]}.csv" for b in batches)
+
+    run = train.train(TrainConfig(
+        data=str(data), out=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+        views=1, epochs=1, batch_size=8, val_fraction=0.25, seed=3, weights="none"))
+    split = json.loads((run / "splits.json").read_text())
+    trained = split["train"] + split["val"]
+    assert len(trained) == 16 and split["val"]
+    # Each image under its reviewer's class: eosinophil/<batch>-000-eosinophil0.jpg, ...
+    assert all(re.fullmatch(r"(\w+)/[0-9a-f]{8}-\d{3}-\1\d\.jpg", f) for f in trained)

@@ -201,9 +201,10 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     return out.getvalue()
 
 
-# The columns of the reviewed-cells archive's CSV: `file,group` make it a source map for
-# `training.train --source-map`; the rest say where each label came from.
-ARCHIVE_COLUMNS = ["file", "group", "reviewed_class", "reviewed_at", "original_file", "model",
+# The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
+# who labelled it how. Not a source map: `training.train` groups images of one cell of one
+# class, and a batch holds cells of many classes.
+ARCHIVE_COLUMNS = ["file", "batch", "reviewed_class", "reviewed_at", "original_file", "model",
                    "model_label", "model_status", "model_confidence"]
 
 
@@ -211,10 +212,9 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
     """The batch's reviewed cells as a training folder, zipped: each stored image under the
     class a reviewer gave it (`<class>/<batch>-<n>-<name>.jpg`; excluded cells and unreviewed
     ones left out, since only a person's verdict is a label to train on) and
-    `reviewed-<batch>.csv`, one row per image. Every image of a batch is given the batch as its
-    group (uploaded together, most likely from one slide), so several archives unpacked into
-    one folder split by batch. Names carry the batch id and the image's place in it, so they
-    never collide. An image whose stored copy is gone is left out."""
+    `reviewed-<batch>.csv`, one row per image. Names carry the batch id and the image's place
+    in it, so the archives of several batches unpack into one training folder without a clash.
+    An image whose stored copy is gone is left out."""
     prefix = batch["id"][:8]
     rows, out = [], io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not compress
@@ -225,7 +225,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
                 continue
             name = f"{_safe(verdict)}/{prefix}-{index:03d}-{_safe(Path(result['file']).stem)}.jpg"
             archive.write(path, name)
-            rows.append([name, f"batch-{prefix}", verdict, _iso(result["review"].get("at")),
+            rows.append([name, batch["id"], verdict, _iso(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
                          result["status"], f"{result['confidence']:.4f}"])
         table = io.StringIO()
