@@ -164,3 +164,14 @@ def test_a_white_cell_model_has_no_table_of_other_cells(client):
     batch_id = stored_batch(client, [result("monocyte", classes=classes)] * 2, classes)
     html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     assert 'id="differential"' in html and 'id="other-cells"' not in html
+
+
+def test_reviews_against_the_model_class_by_class():
+    rows = results.agreement(REVIEWED, PBC8)
+    assert rows == [
+        results.Agreement("basophil", agreed=0, other=1, unidentified=0, not_a_cell=0),
+        results.Agreement("erythroblast", agreed=0, other=0, unidentified=0, not_a_cell=1),
+        results.Agreement("ig", agreed=1, other=0, unidentified=0, not_a_cell=0),
+        results.Agreement("monocyte", agreed=0, other=0, unidentified=1, not_a_cell=0),
+        results.Agreement(results.EXCLUDED, agreed=0, other=1, unidentified=0, not_a_cell=0)]
+    assert results.agreement(BATCH, PBC8) == []  # nothing reviewed, no table

@@ -97,6 +97,10 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert left_out == {"unidentified": "0", "not_a_cell": "1", "excluded": "1"}
     assert re.findall(r'<li data-status="(\w+)"><a[^>]*>([^<]+)</a>', html) == [
         ("excluded", "u2.jpg"), ("not_a_cell", "odd.jpg")]
+    agreement = html.split('id="agreement"')[1].split("</table>")[0]
+    assert [(v, [int(n) for n in re.findall(r'<td class="text-end">(\d+)</td>', row)])
+            for v, row in re.findall(r'<tr data-verdict="(\w+)">(.*?)</tr>', agreement, re.S)] == [
+        ("monocyte", [0, 0, 1, 0]), ("excluded", [0, 1, 0])]
     # The model's answer stays beside the verdict.
     assert re.search(r'data-verdict="monocyte">.*?Monocyte <span class="badge[^"]*">reviewed'
                      r'.*?model: unidentified: needs review', html, re.S)

@@ -85,6 +85,7 @@ def layout_context() -> dict:
         "ACCEPTED": ACCEPTED,
         "UNIDENTIFIED": UNIDENTIFIED,
         "NOT_A_CELL": NOT_A_CELL,
+        "EXCLUDED": results.EXCLUDED,
     }
 
 
@@ -329,6 +330,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             not_counted=not_counted,
             left_out=results.left_out_counts(stored["results"]),
             reviews=results.review_summary(stored["results"]),
+            agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             review_bias=review_bias(predictor),
             few_cells=DIFFERENTIAL_CELLS,
@@ -372,7 +374,6 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             verdict=results.verdict_of(item),
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
-            EXCLUDED=results.EXCLUDED,
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
             # An image of a batch is judged with its batch too: one image's measure is rough.

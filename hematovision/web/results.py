@@ -147,6 +147,32 @@ def review_summary(results: list[dict[str, Any]]) -> ReviewSummary:
     )
 
 
+@dataclass(frozen=True)
+class Agreement:
+    verdict: str  # the reviewer's class, or EXCLUDED
+    agreed: int  # accepted by the model as that class
+    other: int  # accepted by the model as another class
+    unidentified: int
+    not_a_cell: int
+
+
+def agreement(results: list[dict[str, Any]], classes: list[str]) -> list[Agreement]:
+    """The reviewed results by the reviewer's verdict (the model's classes in its order, then
+    EXCLUDED; verdicts no result has left out) against what the model said of them: a lab's
+    check of the model on its own cells, class by class."""
+    rows = []
+    for verdict in [*classes, EXCLUDED]:
+        mine = [r for r in results if verdict_of(r) == verdict]
+        if mine:
+            accepted = [r for r in mine if status_of(r) == ACCEPTED]
+            rows.append(Agreement(
+                verdict, agreed=sum(r["label"] == verdict for r in accepted),
+                other=sum(r["label"] != verdict for r in accepted),
+                unidentified=sum(status_of(r) == UNIDENTIFIED for r in mine),
+                not_a_cell=sum(status_of(r) == NOT_A_CELL for r in mine)))
+    return rows
+
+
 def next_to_review(results: list[dict[str, Any]], after: int) -> int | None:
     """The index of the next result other than `after` that needs review, looking on from
     `after` and wrapping round to the start of the batch; None when none is left."""
