@@ -285,3 +285,10 @@ def test_a_change_keeps_the_upload_time_and_never_brings_back_a_deleted_batch(tm
     assert uploads.update_batch(folder, batch_id, lambda batch: None) is None
     assert not path.exists()
     assert uploads.update_batch(folder, "../etc", lambda batch: None) is None
+
+
+def test_adding_to_a_batch_deleted_meanwhile_keeps_none_of_the_new_images(tmp_path):
+    folder = tmp_path / "uploads"
+    image = uploads.save_image(folder, Image.new("RGB", (8, 8)))
+    assert uploads.add_to_batch(folder, uploads.new_id(), [{"file": "a", "image": image}]) is None
+    assert uploads.image_path(folder, image) is None

@@ -112,12 +112,17 @@ def add_to_batch(folder: Path, batch_id: str,
     as stored, or None when there is no such batch (the new images are then deleted). The new
     images take the batch's upload time, so the purge deletes them with the batch."""
     batch = update_batch(folder, batch_id, lambda stored: stored["results"].extend(results))
-    images = [image_path(folder, r.get("image") or "") for r in results]
-    for path in (p for p in images if p is not None):
-        if batch is None:
+    images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
+    if batch is None:
+        for path in images:
             path.unlink(missing_ok=True)
-        else:
-            os.utime(path, (time.time(), (folder / f"{batch_id}.json").stat().st_mtime))
+        return None
+    try:
+        uploaded = (folder / f"{batch_id}.json").stat().st_mtime
+        for path in images:
+            os.utime(path, (time.time(), uploaded))
+    except FileNotFoundError:  # the batch was deleted, these images with it, just after
+        pass
     return batch
 
 
