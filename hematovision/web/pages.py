@@ -189,13 +189,12 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
             for s in IMAGE_SUFFIXES
         }
     )
-    accept = ",".join(["image/*", *sorted(IMAGE_SUFFIXES)])  # a hint to the file picker only
     limit_mb = current_app.config["MAX_CONTENT_LENGTH"] / 2**20
     page = render_template(
         "home.html",
         predictors=predictors,
         formats=formats,
-        accept=accept,
+        accept=file_accept(),
         limit_mb=limit_mb,
         max_files=current_app.config["MAX_FILES"],
         errors=errors or [],
@@ -203,6 +202,13 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
     )
     return page, status
+
+
+@bp.app_template_global()
+def file_accept() -> str:
+    """The upload forms' `accept`: a hint to the file picker only (the server decodes files,
+    whatever their names); every suffix we read, as some browsers leave TIFF out of image/*."""
+    return ",".join(["image/*", *sorted(IMAGE_SUFFIXES)])
 
 
 @bp.post("/upload")
