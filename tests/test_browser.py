@@ -189,6 +189,14 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     ]
     assert sum(counts) == 3
     assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it
+    # Printed, the page is a report: no navigation, buttons or forms; the report line shows.
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    assert not browser.find_element(By.TAG_NAME, "header").is_displayed()
+    assert not browser.find_element(By.ID, "csv-link").is_displayed()
+    assert not browser.find_element(By.ID, "add-form").is_displayed()
+    assert "model tiny, batch uploaded" in browser.find_element(By.ID, "print-note").text
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    assert not browser.find_element(By.ID, "print-note").is_displayed()
     browser.save_screenshot(str(tmp_path / "batch.png"))
 
     # Back to the form: the button is usable again and no longer says it is classifying.
