@@ -33,14 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.batch import forward_files
 from hematovision.card import DIFFERENTIAL, record_metrics
 from hematovision.cells import is_white_cell
 from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
 from hematovision.trust import statuses as statuses_at
-from training import data as data_lib
-from training.evaluate import add_data_options, data_label, files_to_score, open_model
+from training.evaluate import add_data_options, data_label, open_model, read_labelled
 
 # A normal adult differential (shares of the white cells), the middle of the usual reference
 # ranges: neutrophils 40-75 %, lymphocytes 20-45 %, monocytes 2-10 %, eosinophils 1-6 %,
@@ -132,16 +130,10 @@ def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | No
     """The served model's answers on the test images, then `simulate` for each composition,
     as served and at each of the card's operating points."""
     predictor = open_model(model_dir)
-    dataset = data_lib.list_image_folder(data_dir)
-    files, _ = files_to_score(predictor, dataset, data_dir, split_file, split_name,
-                              known_classes_only=True)
-    outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
-    files = [f for f, ok in zip(files, readable) if ok]
-    if not files:
-        raise SystemExit(f"No image of {data_dir} could be read: nothing to measure")
-    label_of = dataset.label_of()
-    truth = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files])
-    predictions = predictor.predictions(outputs)
+    labelled = read_labelled(predictor, data_dir, split_file, split_name,
+                             known_classes_only=True)
+    truth = labelled.y_true
+    predictions = predictor.predictions(labelled.outputs)
     labels = np.array([predictor.classes.index(p.label) for p in predictions])
     statuses = np.array([p.status for p in predictions])
     confidence = np.array([p.confidence for p in predictions])
@@ -156,7 +148,7 @@ def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | No
                                            point["confidence_threshold"]),
                 predictor.classes, composition, cells, draws))
             for point in points]
-    return {"data": data_label(data_dir, split_file, split_name), "n": len(files),
+    return {"data": data_label(data_dir, split_file, split_name), "n": len(truth),
             "cells": cells, "draws": draws, "compositions": results}
 
 

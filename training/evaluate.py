@@ -23,7 +23,8 @@ import numpy as np
 
 from hematovision.batch import forward_files
 from hematovision.card import NOT_EVALUATIONS, ModelLoadError, read_card, record_metrics
-from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
+from hematovision.predictor import (Outputs, Predictor, add_model_options, load_failure,
+                                    model_dir_of)
 from hematovision.trust import NOT_A_CELL, softmax
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
@@ -199,12 +200,22 @@ class Scored:
     unfamiliar: np.ndarray
 
 
-def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
-          split_name: str = "test", known_classes_only: bool = False) -> Scored:
-    """`known_classes_only` scores another dataset's images of the model's classes (PBC's
-    four white-cell types for `wbc4`: cells from another lab, stain and scanner) and leaves
-    out the rest, naming them; a split file then need not be the model's own."""
-    predictor = open_model(model_dir)
+@dataclass
+class Labelled:
+    """The served model's outputs on a labelled folder (`read_labelled`)."""
+
+    dataset: data_lib.Dataset
+    files: list[str]  # the images read, in order
+    y_true: np.ndarray  # their labels, as indices of the model's classes
+    outputs: Outputs
+    failed: list[str]  # images that could not be read, left out
+    missing: list[str]  # the folder's classes the model lacks (known_classes_only)
+
+
+def read_labelled(predictor: Predictor, data_dir: Path, split_file: Path | None = None,
+                  split_name: str = "test", known_classes_only: bool = False) -> Labelled:
+    """Run the model on the labelled images to score (`files_to_score`), as served; an image
+    that cannot be read is named on stderr and left out, and nothing to score stops with why."""
     dataset = data_lib.list_image_folder(data_dir)
     files, missing = files_to_score(predictor, dataset, data_dir, split_file, split_name,
                                     known_classes_only)
@@ -221,6 +232,19 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
         raise SystemExit(f"None of the {len(failed)} images could be read: nothing to evaluate")
     y_true = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files],
                       dtype=np.int64)
+    return Labelled(dataset, files, y_true, outputs, failed, missing)
+
+
+def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
+          split_name: str = "test", known_classes_only: bool = False) -> Scored:
+    """`known_classes_only` scores another dataset's images of the model's classes (PBC's
+    four white-cell types for `wbc4`: cells from another lab, stain and scanner) and leaves
+    out the rest, naming them; a split file then need not be the model's own."""
+    predictor = open_model(model_dir)
+    labelled = read_labelled(predictor, data_dir, split_file, split_name, known_classes_only)
+    dataset, files, y_true, outputs = (labelled.dataset, labelled.files, labelled.y_true,
+                                       labelled.outputs)
+    failed, missing = labelled.failed, labelled.missing
     predictions = predictor.predictions(outputs)
     y_pred = [predictor.classes.index(p.label) for p in predictions]
     metrics = classification_metrics(list(y_true), y_pred, predictor.classes)
