@@ -127,3 +127,25 @@ def test_a_normal_film_is_drawn_only_from_classes_the_test_set_has():
     assert list(compositions(np.array([0, 1]), ["blast", "ig"])) == ["test set"]
     with pytest.raises(SystemExit, match="No test image of a white-cell class"):
         compositions(np.array([0]), ["platelet", "neutrophil"])
+
+
+def test_the_table_leaves_cells_empty_for_a_model_without_a_normal_film(tmp_path):
+    """A model whose classes no normal film has (its card: the test set's shares only) beside
+    one with both: the normal-film rows leave its cells empty instead of failing."""
+    from training import tables
+
+    def drawn(error):
+        ways = {w: {"bias_points": {"a": error}, "mean_abs_error_points": error}
+                for w in differential.WAYS}
+        return {"composition": {"a": 1.0}, "unidentified_per_batch": 1.0, "ways": ways}
+
+    for name, names in (("both", ("test set", "normal adult")), ("odd", ("test set",))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.tflite").write_bytes(b"")
+        figures = {"n": 5, "cells": 100, "draws": 2,
+                   "compositions": {c: drawn(2.0) for c in names}}
+        (tmp_path / name / "model_card.json").write_text(
+            json.dumps({"classes": ["a"], "metrics": {"differential": figures}}))
+    rows = tables.differential_table(tmp_path).splitlines()
+    assert rows[6] == "| normal adult | cells per batch sent to review | 1.0 |  |  |  |"
+    assert rows[7] == "| normal adult | accepted only | 2.00 | a +2.0 |  |  |"

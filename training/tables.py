@@ -681,13 +681,18 @@ def unfamiliar_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def _recorded(root: Path, metric: str) -> dict[str, dict]:
+    """metrics.<metric> of each served model's card that records it, by model name."""
+    figures = {name: read_card(root / name)["metrics"].get(metric)
+               for name in available_models(root)}
+    return {name: f for name, f in figures.items() if f}
+
+
 def robustness_table(root: Path = MODELS_ROOT) -> str:
     """One row per change of the test images (`training.robustness --record`), one group of
     columns per model: accuracy of all images, the share accepted with their accuracy, and the
     shares sent to review or flagged."""
-    results = {name: read_card(root / name)["metrics"].get("robustness")
-               for name in available_models(root)}
-    results = {name: r for name, r in results.items() if r}
+    results = _recorded(root, "robustness")
     header = "".join(f" `{n}` (n={r['n']}): accuracy | accepted (their accuracy) "
                      f"| unidentified / not a cell |" for n, r in results.items())
     lines = [f"| change | what it mimics |{header}", "|---|---|" + "---|---|---|" * len(results)]
@@ -749,24 +754,28 @@ def magnification_table(root: Path = MODELS_ROOT) -> str:
 def differential_table(root: Path = MODELS_ROOT) -> str:
     """How far batches' differentials were from the truth (`training.differential --record`):
     one row per composition the batches were drawn with and way of counting, one pair of
-    columns per model: the mean absolute error of the shares and the largest bias."""
-    results = {name: read_card(root / name)["metrics"].get(DIFFERENTIAL)
-               for name in available_models(root)}
-    results = {name: r for name, r in results.items() if r}
+    columns per model: the mean absolute error of the shares and the largest bias. A model
+    without a composition (no normal film for its classes) has empty cells in its rows."""
+    results = _recorded(root, DIFFERENTIAL)
     header = "".join(f" `{n}` (n={r['n']}): mean error (points) | largest bias (points) |"
                      for n, r in results.items())
     first = next(iter(results.values()), None)
     lines = [f"| batches of {first['cells'] if first else '?'} white cells drawn as | counted |"
              + header, "|---|---|" + "---|---|" * len(results)]
-    compositions = list(first["compositions"]) if first else []
+    compositions = list(dict.fromkeys(c for r in results.values() for c in r["compositions"]))
     for composition in compositions:
-        review = " | ".join(f"{r['compositions'][composition]['unidentified_per_batch']:.1f} | "
-                            for r in results.values())
+        drawn = [r["compositions"].get(composition) for r in results.values()]
+        review = " | ".join(" | " if d is None else f"{d['unidentified_per_batch']:.1f} | "
+                            for d in drawn)
         lines.append(f"| {composition} | cells per batch sent to review | {review} |")
-        for way in next(iter(results.values()))["compositions"][composition]["ways"]:
+        ways = next(d for d in drawn if d is not None)["ways"]
+        for way in ways:
             cells = []
-            for r in results.values():
-                w = r["compositions"][composition]["ways"][way]
+            for d in drawn:
+                if d is None:
+                    cells.append(" | ")
+                    continue
+                w = d["ways"][way]
                 cls, bias = max(w["bias_points"].items(), key=lambda kv: abs(kv[1]))
                 cells.append(f"{w['mean_abs_error_points']:.2f} | {cls} {bias:+.1f}")
             lines.append(f"| {composition} | {way} | {' | '.join(cells)} |")
@@ -778,10 +787,9 @@ def differential_targets_table(root: Path = MODELS_ROOT, composition: str = "nor
     """The differential at each of a model's operating points (`training.differential`), for
     batches drawn as `composition`: one row per accuracy target, per model the cells per batch
     to review and the mean error of a share before and after review."""
-    results = {name: read_card(root / name)["metrics"].get(DIFFERENTIAL)
-               for name in available_models(root)}
-    results = {name: r["compositions"][composition] for name, r in results.items()
-               if r and composition in r.get("compositions", {})}
+    results = {name: r["compositions"][composition]
+               for name, r in _recorded(root, DIFFERENTIAL).items()
+               if composition in r.get("compositions", {})}
     header = "".join(f" `{n}`: cells to review | error before review | error after review |"
                      for n in results)
     lines = [f"| accuracy target (accepted cells) |{header}",
