@@ -145,7 +145,8 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
         rows.append({"name": name, "description": PERTURBATIONS[name][0],
                      "accuracy": round(float(correct.mean()), 4),
                      **status_rates(statuses[name], correct)})
-    return {"data": data_label(data_dir, split_file, split_name), "n": len(files), "perturbations": rows}
+    return {"data": data_label(data_dir, split_file, split_name), "n": len(files),
+            "perturbations": rows}
 
 
 def main(argv: list[str] | None = None) -> None:

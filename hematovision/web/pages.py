@@ -323,8 +323,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     reference = predictor.magnification if predictor else None
     # Results the differential leaves out, with their position for the link to their page.
     not_counted = [
-        (i, r, results.left_out_reason(r)) for i, r in enumerate(stored["results"])
-        if results.left_out_reason(r) is not None
+        (i, r, reason) for i, r in enumerate(stored["results"])
+        if (reason := results.left_out_reason(r)) is not None
     ]
     return _no_store(
         render_template(
