@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
 from hematovision.predictor import BATCH_SIZE, Outputs, Prediction, Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError, load_image, to_input
@@ -28,11 +29,15 @@ class FileResult:
     error: str | None = None
     # The magnification check's red_cell_ratio, for a model whose card records a reference.
     checks: dict = field(default_factory=dict)
+    # Which white cell of a field holding several (hematovision.fields.cell_place); None for
+    # an image read whole.
+    cell: dict | None = None
 
     def to_dict(self) -> dict:
         if self.prediction is None:
             return {"file": str(self.path), "error": self.error}
-        return {"file": str(self.path), **self.prediction.to_dict(), **self.checks}
+        return {"file": str(self.path), **({"cell": self.cell} if self.cell else {}),
+                **self.prediction.to_dict(), **self.checks}
 
 
 # Folders that archive tools and file managers leave beside images (macOS puts a "._" copy of
@@ -76,28 +81,33 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
     return out
 
 
-def _decode(path: Path, size: int, crop: str, reference: Reference | None = None):
+def _decode(path: Path, size: int, crop: str, reference: Reference | None = None,
+            each_cell: bool = False):
     """(model input, None, red-cell ratio) or (None, error message, None); the ratio only with
-    a magnification `reference`. `load_image` turns every decoder failure into ImageError;
-    OSError here only means the file itself could not be opened."""
+    a magnification `reference`. With `each_cell` the model input is a list of (input, cell
+    place or None): `hematovision.fields.cell_inputs`. `load_image` turns every decoder failure
+    into ImageError; OSError here only means the file itself could not be opened."""
     try:
         image = load_image(path)
     except ImageError as exc:
         return None, str(exc), None
     except OSError as exc:
         return None, f"Cannot read the file ({exc.strerror or exc}).", None
-    return to_input(image, size, crop), None, reference.ratio(image) if reference else None
+    inputs = cell_inputs(image, size, crop) if each_cell else to_input(image, size, crop)
+    return inputs, None, reference.ratio(image) if reference else None
 
 
 def decoded_chunks(paths: list[Path], size: int, crop: str,
-                   reference: Reference | None = None) -> Iterator[list[tuple]]:
+                   reference: Reference | None = None, each_cell: bool = False
+                   ) -> Iterator[list[tuple]]:
     """[(path, model input or None, error or None, red-cell ratio or None), ...] per chunk of
     BATCH_SIZE, in order; the next chunk decodes in a thread pool while the caller runs the
-    model on this one. Red cells are measured only against a magnification `reference`."""
+    model on this one. Red cells are measured only against a magnification `reference`; with
+    `each_cell`, each model input is a list of (input, cell place or None) (`_decode`)."""
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
 
     def decode(path: Path):
-        return _decode(path, size, crop, reference)
+        return _decode(path, size, crop, reference, each_cell)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         decoded_next = pool.map(decode, chunks[0]) if chunks else None
@@ -109,17 +119,26 @@ def decoded_chunks(paths: list[Path], size: int, crop: str,
 
 
 def classify_files(
-    predictor: Predictor, paths: list[Path], progress: bool = False
+    predictor: Predictor, paths: list[Path], progress: bool = False, each_cell: bool = False
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order; unreadable files give an error result. With a
-    magnification reference in the model's card, each result gets its red_cell_ratio."""
+    magnification reference in the model's card, each result gets its red_cell_ratio. With
+    `each_cell`, a field holding several white cells, for a model that crops to the nucleus,
+    gives one result per cell, each naming its cell (as the web app reads uploads)."""
     meter = _Progress(len(paths), progress)
     reference = predictor.magnification
-    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop, reference):
-        predictions = predictor.predict_each([array for _, array, _, _ in chunk])
-        for (path, _, error, ratio), prediction in zip(chunk, predictions):
+    chunks = decoded_chunks(paths, predictor.input_size, predictor.crop, reference, each_cell)
+    for chunk in chunks:
+        # One entry per model input: (path, input, error, ratio, cell place).
+        entries = [(path, array, error, ratio, None) for path, array, error, ratio in chunk]
+        if each_cell:
+            entries = [(path, array, error, ratio, place)
+                       for path, inputs, error, ratio in chunk
+                       for array, place in (inputs if inputs is not None else [(None, None)])]
+        predictions = predictor.predict_each([entry[1] for entry in entries])
+        for (path, _, error, ratio, place), prediction in zip(entries, predictions):
             checks = {"red_cell_ratio": ratio} if reference else {}
-            yield FileResult(path, prediction, None if prediction else error, checks)
+            yield FileResult(path, prediction, None if prediction else error, checks, place)
         meter.advance(len(chunk))
     meter.close()
 

@@ -1,6 +1,7 @@
 """Classify images from the command line.
 
     python -m hematovision.predict PATH [PATH ...] [--json] [--model NAME] [--accuracy-target P]
+        [--each-cell]
 
 PATH is an image or a folder (searched recursively). With --json, one JSON object per image and
 line: {"file", "label", "status", "confidence", "probabilities", "candidates", "scores"} or
@@ -9,6 +10,9 @@ line: {"file", "label", "status", "confidence", "probabilities", "candidates", "
 images). Probabilities and confidence are calibrated (see the model card's "trust" section).
 --accuracy-target abstains so that accepted cells are right that often (the card's own target,
 e.g. 0.99, by default; a lower one accepts more cells and sends fewer to review).
+--each-cell reads a smear field holding several white cells cell by cell, as the web app does,
+for a model that crops to the nucleus: one line per cell, each with "cell" (its number, how many
+the field holds, and where it is) after "file".
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="abstain so that accepted cells are right this often, e.g. 0.95 "
                              "(default: the model card's target; its 'operating_points' list "
                              "what each target accepts)")
+    parser.add_argument("--each-cell", action="store_true",
+                        help="a field holding several white cells gives one result per cell, as "
+                             "in the web app (models that crop to the nucleus); default: one "
+                             "result per file")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
@@ -54,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures = 0
     try:
-        for result in classify_files(predictor, paths, progress=not args.quiet):
+        for result in classify_files(predictor, paths, progress=not args.quiet,
+                                     each_cell=args.each_cell):
             failures += result.error is not None
             if args.json:
                 print(json.dumps(result.to_dict()), flush=False)
@@ -62,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{result.path}\tERROR\t{result.error}")
             else:
                 p = result.prediction
-                print(f"{result.path}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
+                cell = result.cell and f" (cell {result.cell['number']} of {result.cell['of']})"
+                print(f"{result.path}{cell or ''}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python

@@ -138,35 +138,43 @@ NUCLEUS_MAX_GREEN = 160
 NUCLEUS_MIN_SHARE = 0.002  # fewer nucleus-coloured pixels than this: no cell found, keep centre
 
 
-def nucleus_centre(image: Image.Image) -> tuple[float, float] | None:
-    """(x, y) of the median nucleus-coloured pixel, or None if there are too few."""
+def nucleus_mask(image: Image.Image) -> tuple[np.ndarray, float, float]:
+    """The nucleus-coloured pixels of `image` at the working scale (at most 320 px a side),
+    with the factors that take a column and a row of that scale back to the image's pixels."""
     small = image.copy()
     small.thumbnail((320, 320))
     a = np.asarray(small, dtype=np.int16)
     mask = (a[..., 2] - a[..., 0] > NUCLEUS_BLUE_MINUS_RED) & (a[..., 1] < NUCLEUS_MAX_GREEN)
+    # Each axis has its own scale: thumbnail rounds the short side, which for a long, thin image
+    # changes its ratio a lot (a 40000x1 strip becomes 320x1).
+    return mask, image.width / small.width, image.height / small.height
+
+
+def nucleus_centre(image: Image.Image) -> tuple[float, float] | None:
+    """(x, y) of the median nucleus-coloured pixel, or None if there are too few."""
+    mask, sx, sy = nucleus_mask(image)
     if mask.mean() < NUCLEUS_MIN_SHARE:
         return None
     ys, xs = np.nonzero(mask)
-    # Each axis has its own scale: thumbnail rounds the short side, which for a long, thin image
-    # changes its ratio a lot (a 40000x1 strip becomes 320x1).
-    return (float(np.median(xs) + 0.5) * image.width / small.width,
-            float(np.median(ys) + 0.5) * image.height / small.height)
+    return float(np.median(xs) + 0.5) * sx, float(np.median(ys) + 0.5) * sy
 
 
-def nucleus_square(image: Image.Image,
-                   fraction: float = NUCLEUS_CROP_FRACTION) -> tuple[int, int, int]:
-    """(left, top, side) of the square `crop_to_nucleus` cuts: centred on the stained nucleus
-    (the image centre where none is found), its side `fraction` of the short side. It may reach
-    past the image's edges."""
+def nucleus_square(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION,
+                   centre: tuple[float, float] | None = None) -> tuple[int, int, int]:
+    """(left, top, side) of the square `crop_to_nucleus` cuts: centred on `centre` where given
+    (one white cell of a field holding several: `hematovision.fields`), else on the stained
+    nucleus (the image centre where none is found), its side `fraction` of the short side. It
+    may reach past the image's edges."""
     side = max(1, round(min(image.size) * fraction))
-    centre = nucleus_centre(image) or (image.width / 2, image.height / 2)
+    centre = centre or nucleus_centre(image) or (image.width / 2, image.height / 2)
     return round(centre[0] - side / 2), round(centre[1] - side / 2), side
 
 
-def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION) -> Image.Image:
+def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION,
+                    centre: tuple[float, float] | None = None) -> Image.Image:
     """A square around the stained nucleus (side = fraction of the short side), so the white
     cell fills the model input as in single-cell datasets."""
-    left, top, side = nucleus_square(image, fraction)
+    left, top, side = nucleus_square(image, fraction, centre)
     # Beyond the image edge Pillow's crop fills black; a pale fill looks like slide background.
     canvas = Image.new("RGB", (side, side), (235, 225, 230))
     visible = image.crop((max(left, 0), max(top, 0), min(left + side, image.width),
@@ -197,11 +205,15 @@ def crop_fraction(crop: str) -> float | None:
                      f"nucleus:F with F from {MIN_CROP_FRACTION} to 1")
 
 
-def to_input(image: Image.Image, size: int = INPUT_SIZE, crop: str = "none") -> np.ndarray:
-    """RGB image -> float32 (size, size, 3) array scaled to [-1, 1] as MobileNetV2 expects."""
+def to_input(image: Image.Image, size: int = INPUT_SIZE, crop: str = "none",
+             centre: tuple[float, float] | None = None) -> np.ndarray:
+    """RGB image -> float32 (size, size, 3) array scaled to [-1, 1] as MobileNetV2 expects.
+
+    `centre` (image pixels) places a nucleus crop on one white cell of a field that holds
+    several; without a nucleus crop it has no effect."""
     fraction = crop_fraction(crop)
     if fraction is not None:
-        image = crop_to_nucleus(image, fraction)
+        image = crop_to_nucleus(image, fraction, centre)
     resized = image.resize((size, size), RESAMPLE)
     array = np.asarray(resized, dtype=np.float32)
     return array / 127.5 - 1.0

@@ -55,6 +55,27 @@ def make_smear(diameter: float, size=(320, 240), seed: int = 0, pale_centres: bo
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
+NUCLEUS_VIOLET = (90, 60, 160)  # passes the nucleus colour test: blue well above red, dark green
+
+
+def with_nuclei(image: Image.Image, nuclei: list[tuple[float, float, float]], lobes: int = 1,
+                ) -> Image.Image:
+    """A copy of a smear with a violet nucleus at each (x, y, radius): one disc, or `lobes`
+    discs of a third of that radius in a row, apart as a segmented neutrophil's lobes are."""
+    array = np.asarray(image.convert("RGB")).copy()
+    h, w = array.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    for x, y, radius in nuclei:
+        if lobes == 1:
+            discs = [(x, y, radius)]
+        else:
+            step = radius * 1.2
+            discs = [(x + (k - (lobes - 1) / 2) * step, y, radius / 3) for k in range(lobes)]
+        for cx, cy, r in discs:
+            array[(xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2] = NUCLEUS_VIOLET
+    return Image.fromarray(array)
+
+
 @pytest.fixture(scope="session")
 def tiny_keras_model():
     """A small Keras classifier with the serving contract: 224x224x3 in, pooled features

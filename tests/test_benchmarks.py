@@ -51,6 +51,26 @@ def test_bench_inference_times_the_magnification_check_beside_the_prediction(
     plain = bench.run(trusted_model_dir, repeats=1, batch_size=1, batch_repeats=1, threads=1,
                       film=tmp_path / "film.png")
     assert "magnification_check_ms" not in plain  # no reference in its card
+    assert "white_cells_ms" not in r and "white_cells_ms" not in plain  # neither crops
+
+
+def test_bench_inference_times_finding_the_white_cells_for_a_model_that_crops(
+        trusted_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from tests.conftest import make_smear, with_nuclei
+
+    model = tmp_path / "cropping"
+    shutil.copytree(trusted_model_dir, model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["preprocessing"]["crop"] = "nucleus"
+    (model / "model_card.json").write_text(json.dumps(card))
+    with_nuclei(make_smear(30), [(80, 120, 22), (240, 110, 22)]).save(tmp_path / "film.png")
+    r = load("bench_inference").run(model, repeats=2, batch_size=1, batch_repeats=1, threads=1,
+                                    film=tmp_path / "film.png")
+    assert r["white_cells_ms"] > 0 and "magnification_check_ms" not in r
+    assert r["white_cells_cost_ratio"] == round(r["white_cells_ms"] / r["film_prediction_ms"], 2)
 
 
 def test_bench_inference_times_a_candidate_against_a_baseline_model(trusted_model_dir,

@@ -1,5 +1,6 @@
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -236,3 +237,32 @@ def test_json_lines_carry_the_red_cell_ratio_where_the_card_has_a_reference(
         if expected:
             assert large["red_cell_ratio"] == pytest.approx(1.5, abs=0.1)
             assert blank["red_cell_ratio"] is None
+
+
+def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucleus(
+        tiny_model_dir, tmp_path, capsys):
+    from tests.conftest import make_smear, with_nuclei
+
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    root = make_models_root(tmp_path / "models", tiny_model_dir, names=("cropping",),
+                            card={"preprocessing": {**card["preprocessing"], "crop": "nucleus"}})
+    field = tmp_path / "field.png"
+    with_nuclei(make_smear(30, seed=1), [(80, 120, 22), (240, 110, 22)]).save(field)
+    single = make_image(tmp_path / "single.jpg", (200, 60, 60))
+    model = ["--model-dir", str(root / "cropping"), "--quiet"]
+
+    main([str(field), str(single), "--json", "--each-cell", *model])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(Path(line["file"]).name, line.get("cell", {}).get("number")) for line in lines] == [
+        ("field.png", 1), ("field.png", 2), ("single.jpg", None)]
+    assert list(lines[0])[:3] == ["file", "cell", "label"]
+    assert lines[0]["cell"]["of"] == 2 and lines[0]["cell"]["centre"][0] < 0.5
+
+    main([str(field), "--each-cell", *model])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == [f"{field} (cell 1 of 2)",
+                                                     f"{field} (cell 2 of 2)"]
+
+    main([str(field), "--json", *model])  # without --each-cell: one line per file
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "cell" not in line

@@ -500,6 +500,27 @@ def crossfit_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def fields_table(root: Path = MODELS_ROOT) -> str:
+    """Finding each white cell of a field (BCCD's boxes), images of Kaggle's test sets split by
+    it, and two-cell fields read cell by cell against one crop (training.fields_check)."""
+    lines = ["| model | BCCD smears | white-cell boxes | found | missed | cells found in no box "
+             "| Kaggle images read as several cells | fields with two labelled cells (cells) "
+             "| read as two | named right: cell by cell | named right: one crop of the field "
+             "| accepted and right: cell by cell | accepted and right: one crop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, c, _ in _with_result(root, "fields_check.json"):
+        f, r = c["finding"], c["reading"]
+        kaggle = ", ".join(f"{split} {k['several']} of {k['images']}"
+                           for split, k in c["kaggle"].items())
+        lines.append(f"| `{name}` | {f['smears']} | {f['boxes']} | {f['found']} | {f['missed']} | "
+                     f"{f['extra']} | {kaggle} | {r['fields']} ({r['cells']}) | "
+                     f"{r['split_in_two']} | {r['right_by_cell']} of {r['cells']} | "
+                     f"{r['right_whole']} of {r['cells']} | "
+                     f"{r['accepted_right_by_cell']} of {r['accepted_by_cell']} | "
+                     f"{r['accepted_right_whole']} of {r['accepted_whole']} |")
+    return "\n".join(lines)
+
+
 def ece_spread_table(root: Path = MODELS_ROOT) -> str:
     """ECE of test-sized draws of smears from the out-of-fold pool (training.ece_spread) next
     to the served model's ECE on its test set."""
@@ -893,7 +914,10 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                 + (f" The magnification check (Trust) on a Kaggle film ({r['film']}) takes "
                    f"{r['magnification_check_ms']:.2f} ms beside that image's prediction's "
                    f"{r['film_prediction_ms']:.2f} ms ({r['magnification_check_cost_ratio']}x)."
-                   if "magnification_check_ms" in r else ""),
+                   if "magnification_check_ms" in r else "")
+                + (f" Finding each white cell of that field (Fields with several white cells) "
+                   f"takes {r['white_cells_ms']:.2f} ms ({r['white_cells_cost_ratio']}x)."
+                   if "white_cells_ms" in r else ""),
                 "",
             ]
     if load.is_file():
@@ -1050,7 +1074,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "probe": probe_table(root), "training-time": training_time_table(root),
               "robustness": robustness_table(root), "magnification": magnification_table(root),
               "differential": differential_table(root),
-              "differential-targets": differential_targets_table(root)}
+              "differential-targets": differential_targets_table(root),
+              "fields": fields_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

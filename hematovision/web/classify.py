@@ -1,7 +1,8 @@
 """Classify the files of one request: the shared path of the upload form and the JSON API.
 
 Each file is decoded on its own, so a bad file becomes an error entry and the others are still
-classified; all decoded images then go through the model in one batched call.
+classified; a field holding several white cells, for a model that crops to the nucleus, becomes
+one entry per cell; all decoded images then go through the model in one batched call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from flask import abort, current_app, request
 from werkzeug.datastructures import FileStorage
 
 from hematovision.predictor import Predictor
-from hematovision.preprocess import ImageError, load_image, to_input
+from hematovision.fields import cell_inputs
+from hematovision.preprocess import ImageError, load_image
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, models
 from hematovision.web.uploads import display_name, save_image
@@ -29,25 +31,29 @@ class Decoded:
     image_id: str | None = None  # id of the stored viewing copy, when images are stored
     error: str | None = None
     red_cell_ratio: float | None = None  # red-cell size / the training images' (None: unmeasured)
+    cell: dict | None = None  # which white cell of a field holding several (fields.cell_place)
 
 
 def decode(
     storage: FileStorage, predictor: Predictor, max_pixels: int, store_in: Path | None
-) -> Decoded:
-    """One uploaded file -> the predictor's model input, or an error message safe to show.
+) -> list[Decoded]:
+    """One uploaded file -> the predictor's model inputs: one, or one per white cell of a
+    field holding several (`fields.cell_inputs`); or an error message safe to show.
 
-    The viewing copy is stored right away so that only one full-size image is in memory at a
-    time, however many files the request holds.
+    The viewing copy is stored right away, once for all the cells of a field, so that only one
+    full-size image is in memory at a time, however many files the request holds.
     """
     name = display_name(storage.filename)
     try:  # load_image turns any decoder failure on hostile input into ImageError
         image = load_image(storage.read(), max_pixels=max_pixels)
     except ImageError as exc:
-        return Decoded(name, error=str(exc))
-    array = to_input(image, predictor.input_size, predictor.crop)  # the model card's contract
+        return [Decoded(name, error=str(exc))]
+    # The model card's contract, cell by cell.
+    inputs = cell_inputs(image, predictor.input_size, predictor.crop)
     ratio = predictor.magnification.ratio(image) if predictor.magnification else None
-    return Decoded(name, array, save_image(store_in, image) if store_in else None,
-                   red_cell_ratio=ratio)
+    image_id = save_image(store_in, image) if store_in else None
+    return [Decoded(name, array, image_id, red_cell_ratio=ratio, cell=cell)
+            for array, cell in inputs]
 
 
 def classify(
@@ -67,7 +73,7 @@ def classify(
             results.append({"file": d.file, "error": d.error})
             continue
         prediction, cam = next(answers)
-        result = {"file": d.file, **prediction.to_dict()}
+        result = {"file": d.file, **({"cell": d.cell} if d.cell else {}), **prediction.to_dict()}
         if predictor.magnification is not None:
             result["red_cell_ratio"] = d.red_cell_ratio
         if explain:
@@ -116,7 +122,7 @@ def classify_request(
     if len(files) > limit:
         abort(400, description=f"Too many files ({len(files)}); send at most {limit} at a time.")
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    decoded = [decode(f, predictor, max_pixels, store_in) for f in files]
+    decoded = [d for f in files for d in decode(f, predictor, max_pixels, store_in)]
     results = classify(predictor, decoded, explain)
     if store_in:
         for d, result in zip(decoded, results, strict=True):

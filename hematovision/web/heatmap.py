@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from hematovision.predictor import Predictor
+from hematovision.fields import centre_in
 from hematovision.preprocess import load_image, to_input
 
 GRID_DECIMALS = 3  # the API's map values: enough to draw it, small enough to read
@@ -62,16 +63,20 @@ def to_json(model_input: np.ndarray, cam: np.ndarray) -> dict[str, Any]:
     }
 
 
-def stored_overlay(predictor: Predictor, image_path: Path, label: str) -> bytes | None:
+def stored_overlay(predictor: Predictor, image_path: Path, label: str,
+                   cell: dict | None = None) -> bytes | None:
     """The overlay of a stored upload for its stored `label`, preprocessed exactly as
     `predictor` preprocesses (for wbc4: the crop around the nucleus, so it shows what the model
-    looked at); None when the model has no heat maps. May raise `ImageError` if the stored copy
+    looked at; for one `cell` of a field, the crop on that cell); None when the model has no
+    heat maps. May raise `ImageError` if the stored copy
     is unreadable, ValueError if the model has no class `label`.
 
     The stored copy is the re-encoded viewing JPEG (<= 1024 px), not the original upload, so
     the model may rank the classes of this copy differently; the map is therefore drawn for
     the stored label, the one the result page captions it with, not for the copy's top class.
     Storing maps at upload time instead would slow every prediction for a view few users open."""
-    array = to_input(load_image(image_path), predictor.input_size, predictor.crop)
+    image = load_image(image_path)
+    # A cell of a field holding several: the crop on that cell, as it was classified.
+    array = to_input(image, predictor.input_size, predictor.crop, centre_in(cell, image.size))
     _, cam = predictor.explain(array, label=label)
     return None if cam is None else overlay_png(array, cam)

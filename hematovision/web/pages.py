@@ -27,7 +27,7 @@ from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, measured_at
-from hematovision.web import heatmap, models, results, uploads
+from hematovision.web import field_view, heatmap, models, results, uploads
 from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.security import check_csrf
 
@@ -68,9 +68,11 @@ REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again
 REVIEW_UNREADABLE = "This file could not be read, so there is no cell to review."
 NOTHING_REVIEWED = (
     "No cell of this batch has been given a class on review yet, so there is nothing to export: "
-    "review cells on their result pages first."
+    "review cells on their result pages first. (Cells of a field holding several white cells "
+    "are not exported: a training folder holds one cell per image.)"
 )
 REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
+NOT_A_FIELD_CELL = "This result is a whole image, not one white cell of a field holding several."
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
@@ -113,6 +115,9 @@ def sentence(text: str) -> str:
     """A card's free text ended as a sentence, so the page's next sentence does not run on."""
     text = str(text).rstrip()
     return text if not text or text[-1] in ".!?" else text + "."
+
+
+bp.add_app_template_filter(results.name_of, "item_name")
 
 
 @bp.app_template_filter("status")
@@ -205,6 +210,15 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
 
 
 @bp.app_template_global()
+def image_url(batch_id: str, index: int, item: dict) -> str:
+    """Where a result's image is shown from: the stored upload, or for one white cell of a
+    field holding several, the field with that cell outlined."""
+    if item.get("cell"):
+        return url_for("pages.field_image", batch_id=batch_id, index=index)
+    return url_for("pages.uploaded_image", image_id=item.get("image", ""))
+
+
+@bp.app_template_global()
 def file_accept() -> str:
     """The upload forms' `accept`: a hint to the file picker only (the server decodes files,
     whatever their names); every suffix we read, as some browsers leave TIFF out of image/*."""
@@ -286,8 +300,8 @@ def review(batch_id: str, index: int):
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
-    flash(REVIEW_SAVED.format(file=item["file"], verdict=verdict_text(verdict)) if verdict
-          else REVIEW_CLEARED.format(file=item["file"]))
+    flash(REVIEW_SAVED.format(file=results.name_of(item), verdict=verdict_text(verdict)) if verdict
+          else REVIEW_CLEARED.format(file=results.name_of(item)))
     if verdict and len(stored["results"]) > 1:
         following = results.next_to_review(stored["results"], index)
         if following is not None:
@@ -336,6 +350,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             not_counted=not_counted,
             left_out=results.left_out_counts(stored["results"]),
             reviews=results.review_summary(stored["results"]),
+            fields_left_out=results.fields_left_out(stored["results"]),
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             review_bias=review_bias(predictor),
@@ -419,10 +434,30 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     try:
         # The stored label, not the stored copy's top class: the page captions the map with it.
-        png = heatmap.stored_overlay(predictor, path, item["label"])
+        png = heatmap.stored_overlay(predictor, path, item["label"], item.get("cell"))
     except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
         abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     return _no_store(Response(png, mimetype="image/png"))
+
+
+@bp.get("/batch/<batch_id>/<int:index>/field.jpg")
+def field_image(batch_id: str, index: int):
+    """One white cell of a field holding several: the stored field with the square the model
+    read for it outlined, and the field's other cells."""
+    stored = load_or_404(batch_id)
+    item = item_or_404(stored, index)
+    if not item.get("cell") or not item.get("image"):
+        abort(404, description=NOT_A_FIELD_CELL)
+    path = uploads.image_path(upload_folder(), item["image"])
+    if path is None:
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
+    others = [r["cell"] for r in stored["results"]
+              if r is not item and r.get("image") == item["image"] and r.get("cell")]
+    try:
+        jpeg = field_view.outlined(path, item["cell"], others)
+    except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
+    return _no_store(Response(jpeg, mimetype="image/jpeg"))
 
 
 @bp.get("/batch/<batch_id>.csv")
@@ -439,7 +474,9 @@ def batch_csv(batch_id: str):
 def reviewed_zip(batch_id: str):
     """The batch's reviewed cells as a training folder (results.reviewed_archive)."""
     stored = load_or_404(batch_id)
-    if not results.review_summary(stored["results"]).labelled:
+    exported = (results.review_summary(stored["results"]).labelled
+                - results.fields_left_out(stored["results"]))
+    if not exported:
         abort(404, description=NOTHING_REVIEWED)
     folder = upload_folder()
     archive = results.reviewed_archive(stored, lambda image: uploads.image_path(folder, image))

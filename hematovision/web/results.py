@@ -201,18 +201,31 @@ def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     return {s: statuses.count(s) for s in STATUSES}
 
 
+def name_of(result: dict[str, Any]) -> str:
+    """The file name, and for one white cell of a field holding several, which cell."""
+    cell = result.get("cell")
+    return f"{result['file']}, cell {cell['number']} of {cell['of']}" if cell else result["file"]
+
+
+def cell_text(result: dict[str, Any]) -> str:
+    """`n/N` for the n-th of N white cells of a field, empty for a whole image (the CSV)."""
+    cell = result.get("cell")
+    return f"{cell['number']}/{cell['of']}" if cell else ""
+
+
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     """One row per file: file, label (the model's top class, as in the API), status (whether to
     trust that label), confidence, p_<class> for each class, error, differential_class: the
     class a white cell is counted as (`counted_label`), so a spreadsheet that counts or filters
     by it counts what the differential counts, red_cell_ratio: the image's red-cell size over
     the training images' (the magnification check; empty where unmeasured), and
-    reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none). Columns
-    are added last, so that earlier ones keep their places."""
+    reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none), and cell:
+    `n/N` for the n-th of N white cells the app found in one field, each a row of its own (empty
+    for an image read whole). Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
-                     "error", "differential_class", "red_cell_ratio", "reviewed_class"])
+                     "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell"])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -220,9 +233,9 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
             ratio = r.get("red_cell_ratio")
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
-                   verdict_of(r) or ""]
+                   verdict_of(r) or "", cell_text(r)]
         else:
-            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", ""]
+            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", "", ""]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
 
@@ -240,14 +253,16 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
     ones left out, since only a person's verdict is a label to train on) and
     `reviewed-<batch>.csv`, one row per image. Names carry the batch id and the image's place
     in it, so the archives of several batches unpack into one training folder without a clash.
-    An image whose stored copy is gone is left out."""
+    An image whose stored copy is gone is left out, and so is a cell of a field holding several
+    (`fields_left_out`): a training folder holds one cell per image, and training crops round
+    the nucleus it finds, which in such a field lies between the cells."""
     prefix = batch["id"][:8]
     rows, out = [], io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not compress
         for index, result in enumerate(batch["results"]):
             verdict = verdict_of(result)
             path = image_path(result.get("image") or "")
-            if verdict in (None, EXCLUDED) or path is None:
+            if verdict in (None, EXCLUDED) or path is None or result.get("cell"):
                 continue
             name = f"{_safe(verdict)}/{prefix}-{index:03d}-{_safe(Path(result['file']).stem)}.jpg"
             archive.write(path, name)
@@ -260,6 +275,12 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
         writer.writerows([[_inert(cell) for cell in row] for row in rows])
         archive.writestr(f"reviewed-{prefix}.csv", table.getvalue())
     return out.getvalue()
+
+
+def fields_left_out(results: list[dict[str, Any]]) -> int:
+    """Reviewed cells (given a class) that `reviewed_archive` leaves out as cells of a field
+    holding several."""
+    return sum(1 for r in results if r.get("cell") and verdict_of(r) not in (None, EXCLUDED))
 
 
 def _safe(name: str) -> str:

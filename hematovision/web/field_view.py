@@ -1,0 +1,46 @@
+"""A field holding several white cells, drawn with the square the model read for one of them.
+
+The result page of such a cell shows the whole stored field (so the technologist sees which
+cell the answer is about, and its neighbours), not the crop alone.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import ImageDraw, ImageFont
+
+from hematovision.preprocess import load_image
+
+THIS_CELL = (255, 196, 0)  # amber: stands out on pink red cells and violet nuclei
+OTHER_CELLS = (255, 255, 255)
+
+
+def outlined(image_path: Path, place: dict, others: list[dict]) -> bytes:
+    """The stored field as a JPEG: `place`'s square drawn thick and numbered, the squares of
+    the field's `others` thin. May raise `ImageError` or FileNotFoundError (a copy purged or
+    damaged meanwhile)."""
+    image = load_image(image_path)
+    draw = ImageDraw.Draw(image)
+    width = max(3, round(min(image.size) / 80))
+    for other in others:
+        _square(draw, other, image.size, OTHER_CELLS, max(2, width // 2))
+    _square(draw, place, image.size, THIS_CELL, width)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _square(draw: ImageDraw.ImageDraw, place: dict, size: tuple[int, int], colour, width: int
+            ) -> None:
+    left, top, right, bottom = place["square"]
+    box = (left * size[0], top * size[1], right * size[0], bottom * size[1])
+    draw.rectangle(box, outline=colour, width=width)
+    label = str(place["number"])
+    text_size = max(10, round(min(size) / 16))
+    x, y = max(box[0], 0) + width + 2, max(box[1], 0) + width
+    # load_default(size) is Pillow's bundled scalable font where FreeType is built in, else a
+    # fixed bitmap font: either way no font file is needed.
+    draw.text((x, y), label, fill=colour, font=ImageFont.load_default(text_size),
+              stroke_width=max(1, width // 2), stroke_fill=(0, 0, 0))

@@ -1,0 +1,170 @@
+"""A smear field holding several white cells, uploaded to a model that crops to the nucleus:
+one result per cell, each shown on the field, mapped, counted and exported on its own."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.fields import cell_inputs
+from hematovision.predictor import Predictor
+from hematovision.web import heatmap, uploads
+from tests.conftest import make_smear, with_nuclei
+from tests.web_helpers import csrf_token, image_bytes, make_app, make_models_root, page, text, upload
+
+
+def nucleus_card(model_dir: Path) -> dict:
+    """The trusted tiny model's card, cropping to the nucleus, and familiar with any image (its
+    trust layer was fitted on discs, not smears: here every cell gets a class and a map)."""
+    card = json.loads((model_dir / "model_card.json").read_text())
+    trust = card["trust"]
+    trust["ood"]["threshold"] = 1e9
+    return {"preprocessing": {**card["preprocessing"], "crop": "nucleus"}, "trust": trust}
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    root = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",),
+                            card=nucleus_card(trusted_model_dir))
+    return make_models_root(root, trusted_model_dir, names=("whole",))  # crops nothing
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+FIELD = with_nuclei(make_smear(30, seed=1), [(240, 110, 22), (80, 120, 22)])
+
+
+def folder(client) -> Path:
+    return Path(client.application.config["UPLOAD_FOLDER"])
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    location = upload(client, "tiny", ("field.png", png(FIELD)),
+                      ("cell.png", image_bytes(fmt="PNG")))
+    return location.rsplit("/", 1)[1]
+
+
+def test_each_white_cell_of_a_field_is_a_result_of_its_own(client, batch_id):
+    stored = uploads.load_batch(folder(client), batch_id)
+    results = stored["results"]
+    assert [(r["file"], (r.get("cell") or {}).get("number")) for r in results] == [
+        ("field.png", 1), ("field.png", 2), ("cell.png", None)]
+    assert results[0]["image"] == results[1]["image"] != results[2]["image"]  # stored once
+    assert [r["cell"]["of"] for r in results[:2]] == [2, 2]
+    predictor = Predictor(Path(client.application.config["MODELS_ROOT"]) / "tiny")
+    inputs = cell_inputs(FIELD, predictor.input_size, predictor.crop)
+    expected = predictor.predict_images_arrays([array for array, _ in inputs])
+    for result, prediction, (_, place) in zip(results, expected, inputs):
+        assert result["cell"] == place
+        assert result["probabilities"] == pytest.approx(prediction.to_dict()["probabilities"])
+
+    html = page(client, f"/batch/{batch_id}")
+    assert "field.png, cell 1 of 2" in text(html) and "field.png, cell 2 of 2" in text(html)
+    assert f'src="/batch/{batch_id}/1/field.jpg"' in html
+    assert f'src="/uploads/{results[2]["image"]}.jpg"' in html
+
+
+def test_a_cell_page_shows_the_field_with_that_cell_outlined(client, batch_id):
+    html = page(client, f"/batch/{batch_id}/1")
+    assert f'src="/batch/{batch_id}/1/field.jpg"' in html
+    assert "This field holds 2 white cells, each classified on its own: this result is for cell 2" \
+        in text(html)
+    assert "centred on the stained nucleus of cell 2" in text(html)
+    response = client.get(f"/batch/{batch_id}/1/field.jpg")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    assert "no-store" in response.headers["Cache-Control"]
+    drawn = np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB"), dtype=int)
+    assert drawn.shape[:2] == (240, 320)
+    stored = uploads.load_batch(folder(client), batch_id)["results"]
+    left, top, right, _ = stored[1]["cell"]["square"]
+    edge = drawn[int(top * 240) + 8, int(right * 320) - 1]  # on this cell's square: amber
+    assert edge[0] > 200 and edge[0] - edge[2] > 100  # amber, softened by the JPEG
+    other_left = stored[0]["cell"]["square"][0]
+    other = drawn[int(top * 240) + 30, max(round(other_left * 320), 0) + 1]
+    assert other.min() > 200  # the other cell's square: white
+
+    assert 'id="field-note"' not in page(client, f"/batch/{batch_id}/2")  # an image read whole
+    whole = client.get(f"/batch/{batch_id}/2/field.jpg")
+    assert whole.status_code == 404
+    assert "a whole image, not one white cell" in whole.get_data(as_text=True)
+
+
+def test_a_cells_heat_map_is_of_the_crop_on_that_cell(client, batch_id):
+    stored = uploads.load_batch(folder(client), batch_id)
+    predictor = Predictor(Path(client.application.config["MODELS_ROOT"]) / "tiny")
+    path = uploads.image_path(folder(client), stored["results"][0]["image"])
+    maps = []
+    for index in (0, 1):
+        response = client.get(f"/batch/{batch_id}/{index}/heat-map.png")
+        assert response.status_code == 200
+        result = stored["results"][index]
+        assert response.data == heatmap.stored_overlay(predictor, path, result["label"],
+                                                       result["cell"])
+        maps.append(response.data)
+    assert maps[0] != maps[1]
+    assert heatmap.stored_overlay(predictor, path, stored["results"][0]["label"]) not in maps
+
+
+def test_the_csv_names_each_cell(client, batch_id):
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
+    assert [(r["file"], r["cell"]) for r in rows] == [
+        ("field.png", "1/2"), ("field.png", "2/2"), ("cell.png", "")]
+
+
+def review(client, batch_id: str, index: int, verdict: str):
+    response = client.post(f"/batch/{batch_id}/{index}/review",
+                           data={"csrf_token": csrf_token(client), "verdict": verdict})
+    assert response.status_code == 303
+
+
+def test_reviewed_cells_of_a_field_stay_out_of_the_training_folder(client, batch_id):
+    review(client, batch_id, 0, "eosinophil")
+    assert client.get(f"/batch/{batch_id}/reviewed.zip").status_code == 404
+    assert 'id="reviewed-zip-link"' not in page(client, f"/batch/{batch_id}")
+    review(client, batch_id, 2, "lymphocyte")
+    html = page(client, f"/batch/{batch_id}")
+    assert "not the 1 of fields holding several white cells" in html
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/batch/{batch_id}/reviewed.zip").data))
+    images = [n for n in archive.namelist() if n.endswith(".jpg")]
+    assert images == [f"lymphocyte/{batch_id[:8]}-002-cell.jpg"]
+    # The differential counts both reviewed cells, the field's one among them.
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
+    assert [r["differential_class"] for r in rows][::2] == ["eosinophil", "lymphocyte"]
+
+
+def test_deleting_the_batch_deletes_the_shared_field_once(client, batch_id):
+    response = client.post(f"/batch/{batch_id}/delete", data={"csrf_token": csrf_token(client)})
+    assert response.status_code == 303
+    assert sorted(p.name for p in folder(client).iterdir() if not p.name.startswith(".")) == []
+
+
+def test_the_api_reads_a_field_cell_by_cell_and_a_whole_image_model_reads_it_whole(client):
+    body = client.post("/api/predict", data={"file": [(io.BytesIO(png(FIELD)), "f.png")]}
+                       ).get_json()
+    assert [(r["file"], r["cell"]["number"]) for r in body["results"]] == [("f.png", 1),
+                                                                          ("f.png", 2)]
+    assert list(body["results"][0])[:3] == ["file", "cell", "label"]
+    body = client.post("/api/predict", data={"model": "whole",
+                                             "file": [(io.BytesIO(png(FIELD)), "f.png")]}
+                       ).get_json()
+    [result] = body["results"]
+    assert "cell" not in result

@@ -1,0 +1,201 @@
+"""Does the app find each white cell of a field, and what does reading them one by one give?
+
+    python -m training.fields_check [--model wbc4] [--bccd ../shared/data/bccd]
+        [--kaggle ../shared/data/kaggle_blood_cells] [--json saved_model/wbc4/fields_check.json]
+
+`hematovision.fields` splits a field holding several white cells into one result per cell
+for a model that crops to the nucleus. Three checks, each on BCCD's smears scaled to 320x240 as
+Kaggle's fields were made from them:
+
+1. Finding: BCCD's hand-drawn white-cell boxes. A cell found whose centre lies in a box not
+   yet matched finds that box; a box no cell found is missed; a cell in no box is extra.
+2. Kaggle `test` and `test_simple`: how many cells are found per image. Each image shows one
+   white cell, so two or more would split an image the model was evaluated on whole.
+3. Reading: BCCD's smears whose `labels.csv` names two white cells of the model's classes
+   (Kaggle left them out). The classes the served model names cell by cell, as the app now
+   reads them, against the one crop of the whole field it read before, both counted as
+   multisets against the two labels (the labels do not say which cell is which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from hematovision.batch import image_files
+from hematovision.fields import LOBE_DISTANCE, MIN_CELL_SHARE, cell_inputs, white_cells
+from hematovision.predictor import MODELS_ROOT, Predictor
+from hematovision.preprocess import RESAMPLE, crop_fraction, to_input
+from training.crop_check import BCCD, FIELD_SIZE, wbc_boxes
+
+KAGGLE = Path("../shared/data/kaggle_blood_cells")
+
+
+def field(bccd: Path, name: str) -> Image.Image:
+    with Image.open(bccd / "JPEGImages" / name) as image:
+        return image.convert("RGB").resize(FIELD_SIZE, RESAMPLE)
+
+
+def finding(bccd: Path) -> dict:
+    """Cells found against the white-cell boxes of every annotated smear with one or more."""
+    smears = boxes_total = found_total = missed = extra = 0
+    by_count: Counter = Counter()
+    misses, extras = [], []
+    for xml_file in sorted((bccd / "Annotations").glob("*.xml")):
+        name, boxes, (width, height) = wbc_boxes(xml_file)
+        if not boxes or not (bccd / "JPEGImages" / name).is_file():
+            continue
+        sx, sy = FIELD_SIZE[0] / width, FIELD_SIZE[1] / height
+        scaled = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes]
+        cells = white_cells(field(bccd, name))
+        matched: set[int] = set()
+        for cell in cells:
+            x, y = cell.centre
+            hits = [i for i, b in enumerate(scaled)
+                    if i not in matched and b[0] <= x <= b[2] and b[1] <= y <= b[3]]
+            if hits:
+                matched.add(hits[0])
+            else:
+                extra += 1
+                extras.append(name)
+        for i in set(range(len(boxes))) - matched:
+            missed += 1
+            misses.append({"image": name, "box_side": round(max(
+                scaled[i][2] - scaled[i][0], scaled[i][3] - scaled[i][1]), 1),
+                "white_cells": len(boxes)})
+        smears += 1
+        boxes_total += len(boxes)
+        found_total += len(matched)
+        by_count[f"{len(boxes)} boxed, {len(cells)} found"] += 1
+    return {"smears": smears, "boxes": boxes_total, "found": found_total, "missed": missed,
+            "extra": extra, "by_count": dict(sorted(by_count.items())),
+            "missed_boxes": misses, "extra_in": extras}
+
+
+def kaggle_counts(kaggle: Path) -> dict:
+    """Per split: images by the number of white cells found (2 stands for two or more)."""
+    out = {}
+    for split in ("test", "test_simple"):
+        files = image_files(kaggle / split)
+        if not files:
+            continue
+        counts: Counter = Counter()
+        for file in files:
+            with Image.open(file) as image:
+                counts[min(len(white_cells(image.convert("RGB"))), 2)] += 1
+        out[split] = {"images": len(files), "none": counts[0], "one": counts[1],
+                      "several": counts[2]}
+    return out
+
+
+def two_cell_fields(bccd: Path, classes: list[str]) -> list[tuple[str, list[str], bool]]:
+    """(image, its two labels, whether Kaggle `train` holds a smear of the same field of view)
+    for each BCCD smear whose labels.csv category names two cells of `classes`."""
+    notes = {r["image"]: r for r in csv.DictReader((bccd / "bccd_image_notes.csv").open())}
+    fields = []
+    for name, note in sorted(notes.items()):
+        labels = [part.strip().lower() for part in note["labels_csv_category"].split(",")]
+        if len(labels) != 2 or not all(label in classes for label in labels):
+            continue
+        if not (bccd / "JPEGImages" / name).is_file():
+            continue
+        same_view = [v if Path(v).suffix else f"{v}.jpg"
+                     for v in note.get("same_field_of_view_as", "").split(";") if v]
+        seen = any(notes.get(v, {}).get("kaggle_split_of_derived_crops") == "train"
+                   for v in same_view)
+        fields.append((name, labels, seen))
+    return fields
+
+
+def reading(bccd: Path, predictor: Predictor) -> dict:
+    """Each two-cell field read cell by cell (as served now) and as one crop (as before)."""
+    size, crop = predictor.input_size, predictor.crop
+    rows = []
+    for name, labels, seen in two_cell_fields(bccd, predictor.classes):
+        image = field(bccd, name)
+        inputs = cell_inputs(image, size, crop)
+        cells = predictor.predict_images_arrays([array for array, _ in inputs])
+        [whole] = predictor.predict_images_arrays([to_input(image, size, crop)])
+        rows.append({
+            "image": name, "labels": labels, "same_view_in_kaggle_train": seen,
+            "cells": [{"label": p.label, "status": p.status, "confidence": round(p.confidence, 4)}
+                      for p in cells],
+            "whole": {"label": whole.label, "status": whole.status,
+                      "confidence": round(whole.confidence, 4)},
+            "right_by_cell": _right(labels, [p.label for p in cells]),
+            "accepted_right_by_cell": _right(labels, [p.label for p in cells
+                                                      if p.status == "accepted"]),
+            "accepted_by_cell": sum(p.status == "accepted" for p in cells),
+            "right_whole": _right(labels, [whole.label]),
+            "accepted_right_whole": _right(labels, [whole.label] if whole.status == "accepted"
+                                           else []),
+        })
+    return {"fields": len(rows), "cells": 2 * len(rows),
+            "split_in_two": sum(len(r["cells"]) == 2 for r in rows),
+            "right_by_cell": sum(r["right_by_cell"] for r in rows),
+            "accepted_by_cell": sum(r["accepted_by_cell"] for r in rows),
+            "accepted_right_by_cell": sum(r["accepted_right_by_cell"] for r in rows),
+            "right_whole": sum(r["right_whole"] for r in rows),
+            "accepted_whole": sum(r["whole"]["status"] == "accepted" for r in rows),
+            "accepted_right_whole": sum(r["accepted_right_whole"] for r in rows),
+            "same_view_in_kaggle_train": [r["image"] for r in rows
+                                          if r["same_view_in_kaggle_train"]],
+            "per_field": rows}
+
+
+def _right(labels: list[str], named: list[str]) -> int:
+    """How many of `labels` the classes `named` account for, each label once (multisets)."""
+    return sum((Counter(labels) & Counter(named)).values())
+
+
+def check(model_dir: Path, bccd: Path = BCCD, kaggle: Path = KAGGLE) -> dict:
+    predictor = Predictor(model_dir)
+    if crop_fraction(predictor.crop) is None:
+        raise SystemExit(f"{model_dir.name} reads whole images (crop {predictor.crop!r}): the "
+                         "app splits fields only for a model that crops to the nucleus")
+    return {"model": model_dir.name, "field_size": list(FIELD_SIZE),
+            "lobe_distance": LOBE_DISTANCE, "min_cell_share": MIN_CELL_SHARE,
+            "finding": finding(bccd), "kaggle": kaggle_counts(kaggle),
+            "reading": reading(bccd, predictor)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.fields_check",
+        description="Check the finding of each white cell of a field against BCCD's boxes, "
+                    "and the served model's reading of fields holding two.",
+        epilog="example: python -m training.fields_check --model wbc4 "
+               "--json saved_model/wbc4/fields_check.json")
+    parser.add_argument("--model", default="wbc4", help="a model folder under saved_model/")
+    parser.add_argument("--models-root", type=Path, default=MODELS_ROOT)
+    parser.add_argument("--bccd", type=Path, default=BCCD,
+                        help="BCCD folder with Annotations/, JPEGImages/, bccd_image_notes.csv")
+    parser.add_argument("--kaggle", type=Path, default=KAGGLE,
+                        help="Kaggle blood-cell folder with test/ and test_simple/")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    for needed in (args.bccd / "Annotations", args.bccd / "bccd_image_notes.csv"):
+        if not needed.exists():
+            raise SystemExit(f"{needed}: not found (BCCD's VOC boxes and image notes)")
+    result = check(args.models_root / args.model, args.bccd, args.kaggle)
+    f, r = result["finding"], result["reading"]
+    print(f"finding, {f['smears']} BCCD smears: {f['found']} of {f['boxes']} white-cell boxes "
+          f"found, {f['missed']} missed, {f['extra']} cells found in no box")
+    for split, k in result["kaggle"].items():
+        print(f"Kaggle {split}: {k['images']} images, one cell found in {k['one']}, none in "
+              f"{k['none']}, several in {k['several']}")
+    print(f"reading, {r['fields']} fields with two labelled cells ({r['cells']} cells), "
+          f"{r['split_in_two']} split in two: named right cell by cell {r['right_by_cell']}, "
+          f"as one crop {r['right_whole']}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
