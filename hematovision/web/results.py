@@ -214,8 +214,8 @@ def cell_text(result: dict[str, Any]) -> str:
 
 
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
-    """One row per file: file, label (the model's top class, as in the API), status (whether to
-    trust that label), confidence, p_<class> for each class, error, differential_class: the
+    """One row per result (a file, or one white cell of a field): file, label (the model's top
+    class, as in the API), status (whether to trust that label), confidence, p_<class> for each class, error, differential_class: the
     class a white cell is counted as (`counted_label`), so a spreadsheet that counts or filters
     by it counts what the differential counts, red_cell_ratio: the image's red-cell size over
     the training images' (the magnification check; empty where unmeasured), and
