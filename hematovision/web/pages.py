@@ -118,6 +118,7 @@ def sentence(text: str) -> str:
 
 
 bp.add_app_template_filter(results.name_of, "item_name")
+bp.add_app_template_filter(results.batch_title, "batch_title")
 
 
 @bp.app_template_filter("status")

@@ -207,6 +207,15 @@ def name_of(result: dict[str, Any]) -> str:
     return f"{result['file']}, cell {cell['number']} of {cell['of']}" if cell else result["file"]
 
 
+def batch_title(results: list[dict[str, Any]]) -> str:
+    """"Batch of N images", and where fields holding several white cells were read cell by
+    cell, how many results the images gave (a field's cells share its stored image)."""
+    fields = {r.get("image") for r in results if r.get("cell")}
+    images = sum(1 for r in results if not r.get("cell")) + len(fields)
+    title = f"Batch of {images} image{'s' if images != 1 else ''}"
+    return f"{title}, {len(results)} results" if fields else title
+
+
 def cell_text(result: dict[str, Any]) -> str:
     """`n/N` for the n-th of N white cells of a field, empty for a whole image (the CSV)."""
     cell = result.get("cell")
