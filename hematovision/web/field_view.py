@@ -1,7 +1,9 @@
-"""A field holding several white cells, drawn with the square the model read for one of them.
+"""What a stored result shows: a field holding several white cells drawn with the square the
+model read for one of them, and the model's own view of one result.
 
 The result page of such a cell shows the whole stored field (so the technologist sees which
-cell the answer is about, and its neighbours), not the crop alone.
+cell the answer is about, and its neighbours), not the crop alone; the review page shows each
+cell as the model read it, large and centred.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 
 from PIL import ImageDraw, ImageFont
 
-from hematovision.preprocess import load_image
+from hematovision.fields import centre_in
+from hematovision.preprocess import crop_to_nucleus, load_image
 
 THIS_CELL = (255, 196, 0)  # amber: stands out on pink red cells and violet nuclei
 OTHER_CELLS = (255, 255, 255)
@@ -27,6 +30,21 @@ def outlined(image_path: Path, place: dict, others: list[dict]) -> bytes:
     for other in others:
         _square(draw, other, image.size, OTHER_CELLS, max(2, width // 2))
     _square(draw, place, image.size, THIS_CELL, width)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def model_view(image_path: Path, crop_fraction: float | None, place: dict | None,
+               side: int = 320) -> bytes:
+    """The stored image as the model read it, as a JPEG at most `side` pixels a side: for a
+    model that crops to the nucleus (`crop_fraction`), the square round the nucleus, or round
+    the cell at `place` of a field holding several; otherwise the whole image. May raise
+    `ImageError` or FileNotFoundError."""
+    image = load_image(image_path)
+    if crop_fraction is not None:
+        image = crop_to_nucleus(image, crop_fraction, centre_in(place, image.size))
+    image.thumbnail((side, side))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90)
     return out.getvalue()

@@ -72,6 +72,9 @@ NOTHING_REVIEWED = (
     "are not exported: a training folder holds one cell per image.)"
 )
 REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
+REVIEW_NOTHING_CHOSEN = "No class was chosen for any cell, so nothing was saved."
+REVIEW_MANY_SAVED = "Saved your review of {cells}."
+REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
 NOT_A_FIELD_CELL = "This result is a whole image, not one white cell of a field holding several."
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
@@ -309,6 +312,77 @@ def review(batch_id: str, index: int):
             return redirect(url_for("pages.single", batch_id=batch_id, index=following), code=303)
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
     return redirect(url_for("pages.single", batch_id=batch_id, index=index), code=303)
+
+
+@bp.get("/batch/<batch_id>/review")
+def review_all(batch_id: str):
+    """The cells still to review, all on one page, each as the model read it, with a choice of
+    class each; `?show=all`: every classified result, to confirm accepted ones too."""
+    stored = load_or_404(batch_id)
+    show_all = request.args.get("show") == "all"
+    cells = [(i, r) for i, r in enumerate(stored["results"])
+             if (results.status_of(r) is not None if show_all else results.needs_review(r))]
+    return _no_store(render_template("review.html", batch=stored, cells=cells,
+                                     show_all=show_all, expires=expires_at(stored)))
+
+
+@bp.post("/batch/<batch_id>/review")
+def review_many(batch_id: str):
+    """Record the verdicts of the review page at once (`verdict-<n>`: one of the batch's
+    classes or "excluded"; empty leaves that result as it is). Any unknown verdict or result
+    refuses the whole form (400) and saves none. Then back to the review page while cells are
+    still to review, else to the batch (303)."""
+    stored = load_or_404(batch_id)
+    allowed = (results.EXCLUDED, *stored["classes"])
+    verdicts: dict[int, str] = {}
+    for key, verdict in request.form.items():
+        if not key.startswith("verdict-") or not verdict:
+            continue
+        number = key.removeprefix("verdict-")
+        index = int(number) if number.isdigit() else -1
+        if not 0 <= index < len(stored["results"]) or results.status_of(
+                stored["results"][index]) is None:
+            abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
+        if verdict not in allowed:
+            abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(
+                [*stored["classes"], results.EXCLUDED])))
+        verdicts[index] = verdict
+    show = {"show": "all"} if request.args.get("show") == "all" else {}
+    if not verdicts:
+        flash(REVIEW_NOTHING_CHOSEN)
+        return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
+    now = time.time()
+
+    def record(batch: dict) -> None:
+        for index, verdict in verdicts.items():
+            batch["results"][index]["review"] = {"label": verdict, "at": now}
+
+    stored = uploads.update_batch(upload_folder(), batch_id, record)
+    if stored is None:  # deleted between the two reads
+        abort(404, description=EXPIRED.format(retention=retention()))
+    count = len(verdicts)
+    flash(REVIEW_MANY_SAVED.format(cells=f"{count} cell{'s' if count != 1 else ''}"))
+    if results.next_to_review(stored["results"], -1) is not None:
+        return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
+    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+@bp.get("/batch/<batch_id>/<int:index>/view.jpg")
+def model_view_image(batch_id: str, index: int):
+    """One result's image as the model read it (`field_view.model_view`): the square round its
+    nucleus for a model that crops, else the whole stored image."""
+    stored = load_or_404(batch_id)
+    item = item_or_404(stored, index)
+    path = uploads.image_path(upload_folder(), item.get("image") or "")
+    if path is None:
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
+    predictor = served_model(stored["model"])
+    fraction = predictor.crop_fraction if predictor else None
+    try:
+        jpeg = field_view.model_view(path, fraction, item.get("cell"))
+    except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
+    return _no_store(Response(jpeg, mimetype="image/jpeg"))
 
 
 @bp.app_template_filter("verdict")

@@ -1,0 +1,138 @@
+"""Reviewing many cells on one page (GET/POST /batch/<id>/review): each shown as the model read
+it, every verdict saved at once, a bad form saving none."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hematovision.preprocess import crop_to_nucleus, load_image
+from hematovision.web import uploads
+from tests.conftest import CELL_COLORS, make_smear, with_nuclei
+from tests.web_helpers import csrf_token, image_bytes, make_models_root, page, text, upload
+
+
+def unsure_card(model_dir: Path, crop: str = "none") -> dict:
+    """The trusted tiny model's card, familiar with every image and sure of none: every image
+    it classifies is unidentified, so every one waits for review."""
+    card = json.loads((model_dir / "model_card.json").read_text())
+    trust = card["trust"]
+    trust["ood"]["threshold"] = 1e9
+    trust["confidence_threshold"] = 1.0
+    return {"trust": trust, "preprocessing": {**card["preprocessing"], "crop": crop}}
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    root = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",),
+                            card=unsure_card(trusted_model_dir))
+    return make_models_root(root, trusted_model_dir, names=("cropping",),
+                            card=unsure_card(trusted_model_dir, "nucleus"))
+
+
+def folder(client) -> Path:
+    return Path(client.application.config["UPLOAD_FOLDER"])
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    files = [(f"{i}.png", image_bytes(color, fmt="PNG")) for i, color in enumerate(CELL_COLORS)]
+    location = upload(client, "tiny", *files, ("broken.png", b"not an image"))
+    return location.rsplit("/", 1)[1]
+
+
+def post(client, batch_id: str, query: str = "", token: bool = True, **verdicts):
+    data = {f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}
+    if token:
+        data["csrf_token"] = csrf_token(client)
+    return client.post(f"/batch/{batch_id}/review{query}", data=data)
+
+
+def stored(client, batch_id: str) -> list[dict]:
+    return uploads.load_batch(folder(client), batch_id)["results"]
+
+
+def test_the_page_shows_each_cell_to_review_as_the_model_read_it(client, batch_id):
+    html = page(client, f"/batch/{batch_id}/review")
+    assert "4 cells the model set aside, not reviewed yet" in text(html)
+    assert [f'data-index="{i}"' in html for i in range(5)] == [True] * 4 + [False]  # not broken
+    assert f'src="/batch/{batch_id}/2/view.jpg"' in html
+    assert html.count('value="" checked') == 4  # "No change" until a class is chosen
+    batch_page = page(client, f"/batch/{batch_id}")
+    assert f'href="/batch/{batch_id}/review" id="review-all-link"' in batch_page
+    assert f'href="/batch/{batch_id}/review?show=all" id="review-every-link"' in batch_page
+
+
+def test_the_chosen_verdicts_are_saved_at_once_and_counted(client, batch_id):
+    response = post(client, batch_id, n0="eosinophil", n1="", n2="excluded", n3="lymphocyte")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review")  # one still left
+    results = stored(client, batch_id)
+    assert [(r.get("review") or {}).get("label") for r in results[:4]] == [
+        "eosinophil", None, "excluded", "lymphocyte"]
+    assert results[0]["review"]["at"] == results[3]["review"]["at"]
+    html = page(client, f"/batch/{batch_id}/review")
+    assert "Saved your review of 3 cells." in text(html)
+    assert "1 cell the model set aside, not reviewed yet" in text(html)
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
+    assert [r["differential_class"] for r in rows] == ["eosinophil", "", "", "lymphocyte", ""]
+
+    response = post(client, batch_id, n1="monocyte")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")  # none left: the batch
+    assert "No cell is waiting for review" in text(page(client, f"/batch/{batch_id}/review"))
+
+
+def test_every_cell_can_be_checked_and_a_verdict_changed(client, batch_id):
+    post(client, batch_id, n0="eosinophil")
+    html = page(client, f"/batch/{batch_id}/review?show=all")
+    assert "4 cells classified in this batch" in text(html)
+    assert "your review: Eosinophil" in text(html)
+    response = post(client, batch_id, "?show=all", n0="neutrophil")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=all")
+    assert stored(client, batch_id)[0]["review"]["label"] == "neutrophil"
+
+
+@pytest.mark.parametrize("verdicts, message", [
+    ({"n0": "eosinophil", "n1": "basophil"}, "Choose one of the model's classes"),
+    ({"n0": "eosinophil", "n4": "monocyte"}, "no classified image 4"),  # the unreadable file
+    ({"n0": "eosinophil", "n9": "monocyte"}, "no classified image 9"),
+    ({"n0": "eosinophil", "nx": "monocyte"}, "no classified image x"),
+])
+def test_a_bad_verdict_refuses_the_whole_form(client, batch_id, verdicts, message):
+    before = (folder(client) / f"{batch_id}.json").read_bytes()
+    response = post(client, batch_id, **verdicts)
+    assert response.status_code == 400
+    assert message in text(response.get_data(as_text=True))
+    assert (folder(client) / f"{batch_id}.json").read_bytes() == before
+
+
+def test_no_choice_or_no_token_saves_nothing(client, batch_id):
+    before = (folder(client) / f"{batch_id}.json").read_bytes()
+    response = post(client, batch_id, n0="", n1="")
+    assert response.status_code == 303
+    assert "No class was chosen for any cell" in text(page(client, response.headers["Location"]))
+    assert post(client, batch_id, token=False, n0="eosinophil").status_code == 400
+    assert (folder(client) / f"{batch_id}.json").read_bytes() == before
+    assert client.get("/batch/" + "0" * 32 + "/review").status_code == 404
+
+
+def test_the_model_view_is_the_nucleus_square_for_a_model_that_crops(client):
+    smear = with_nuclei(make_smear(30, seed=1), [(100, 120, 22)])
+    out = io.BytesIO()
+    smear.save(out, "PNG")
+    batch_id = upload(client, "cropping", ("smear.png", out.getvalue()),
+                      ("other.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
+    results = stored(client, batch_id)
+    view = Image.open(io.BytesIO(client.get(f"/batch/{batch_id}/0/view.jpg").data))
+    square = crop_to_nucleus(load_image(uploads.image_path(folder(client), results[0]["image"])),
+                             0.55)
+    assert view.size == square.size == (132, 132)
+    whole = upload(client, "tiny", ("smear.png", out.getvalue()),
+                   ("other.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
+    assert Image.open(io.BytesIO(client.get(f"/batch/{whole}/0/view.jpg").data)).size == (320, 240)
