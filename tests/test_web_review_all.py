@@ -136,3 +136,21 @@ def test_the_model_view_is_the_nucleus_square_for_a_model_that_crops(client):
     whole = upload(client, "tiny", ("smear.png", out.getvalue()),
                    ("other.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
     assert Image.open(io.BytesIO(client.get(f"/batch/{whole}/0/view.jpg").data)).size == (320, 240)
+
+
+def test_a_long_batch_is_reviewed_a_page_of_cells_at_a_time(client, batch_id, monkeypatch):
+    from hematovision.web import pages
+
+    monkeypatch.setattr(pages, "REVIEW_PAGE_CELLS", 3)
+    html = page(client, f"/batch/{batch_id}/review")
+    assert "4 cells the model set aside, not reviewed yet: 1 to 3 shown here" in text(html)
+    assert "Save these to see the next ones." in text(html)
+    post(client, batch_id, n0="eosinophil", n1="lymphocyte", n2="monocyte")
+    html = page(client, f"/batch/{batch_id}/review")
+    assert 'data-index="3"' in html and "shown here" not in html
+    every = page(client, f"/batch/{batch_id}/review?show=all&start=3")
+    assert "4 cells classified in this batch: 4 to 4 shown here" in text(every)
+    assert f'href="/batch/{batch_id}/review?show=all&amp;start=0" id="review-previous"' in every
+    response = post(client, batch_id, "?show=all&start=3", n3="neutrophil")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")  # none left to review
+    assert page(client, f"/batch/{batch_id}/review?show=all&start=x").count("data-index=") == 3

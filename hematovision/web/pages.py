@@ -72,6 +72,8 @@ NOTHING_REVIEWED = (
     "are not exported: a training folder holds one cell per image.)"
 )
 REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
+# Cells one review page shows: each sends one form field, and a form may hold MAX_FORM_PARTS.
+REVIEW_PAGE_CELLS = 60
 REVIEW_NOTHING_CHOSEN = "No class was chosen for any cell, so nothing was saved."
 REVIEW_MANY_SAVED = "Saved your review of {cells}."
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
@@ -320,10 +322,14 @@ def review_all(batch_id: str):
     class each; `?show=all`: every classified result, to confirm accepted ones too."""
     stored = load_or_404(batch_id)
     show_all = request.args.get("show") == "all"
-    cells = [(i, r) for i, r in enumerate(stored["results"])
-             if (results.status_of(r) is not None if show_all else results.needs_review(r))]
-    return _no_store(render_template("review.html", batch=stored, cells=cells,
-                                     show_all=show_all, expires=expires_at(stored)))
+    listed = [(i, r) for i, r in enumerate(stored["results"])
+              if (results.status_of(r) is not None if show_all else results.needs_review(r))]
+    start = request.args.get("start", "0")
+    start = min(int(start), max(len(listed) - 1, 0)) if start.isdigit() else 0
+    return _no_store(render_template(
+        "review.html", batch=stored, cells=listed[start:start + REVIEW_PAGE_CELLS],
+        listed=len(listed), start=start, page_cells=REVIEW_PAGE_CELLS, show_all=show_all,
+        expires=expires_at(stored)))
 
 
 @bp.post("/batch/<batch_id>/review")
@@ -347,7 +353,10 @@ def review_many(batch_id: str):
             abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(
                 [*stored["classes"], results.EXCLUDED])))
         verdicts[index] = verdict
-    show = {"show": "all"} if request.args.get("show") == "all" else {}
+    # Where the form came from: with every cell listed, the same page again.
+    start = request.args.get("start", "")
+    show = ({"show": "all", **({"start": start} if start.isdigit() and int(start) else {})}
+            if request.args.get("show") == "all" else {})
     if not verdicts:
         flash(REVIEW_NOTHING_CHOSEN)
         return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
