@@ -269,6 +269,30 @@ def test_a_review_changes_the_class_the_differential_counts(browser, base_url, t
     assert problems == []
 
 
+def test_the_review_page_saves_every_class_chosen(browser, base_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    batch_url = upload_two_cells(browser, base_url, tmp_path)
+    browser.find_element(By.ID, "review-every-link").click()  # every image was accepted
+    wait_for(browser, "#review-all-form")
+    cells = browser.find_elements(By.CSS_SELECTOR, "fieldset.review-cell")
+    assert [c.get_attribute("data-index") for c in cells] == ["0", "1"]
+    images = browser.find_elements(By.CSS_SELECTOR, "img.review-cell-image")
+    assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+    browser.find_element(By.CSS_SELECTOR, 'label[for="verdict-0-monocyte"]').click()
+    browser.find_element(By.CSS_SELECTOR, 'label[for="verdict-1-excluded"]').click()
+    browser.find_element(By.ID, "review-all-save").click()
+
+    wait_for(browser, "#differential")  # none left to review: back to the batch
+    assert browser.current_url == batch_url
+    assert "Saved your review of 2 cells" in browser.find_element(By.ID, "notices").text
+    counted = browser.find_element(By.CSS_SELECTOR, '#differential tr[data-class="monocyte"] td')
+    assert int(counted.text) == 1
+    problems = [e["message"] for e in browser.get_log("browser")
+                if e["level"] == "SEVERE" or "Content Security Policy" in e["message"]]
+    assert problems == []
+
+
 def test_a_key_gives_the_class_of_its_place_in_the_list(browser, base_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
