@@ -78,7 +78,7 @@ def test_each_white_cell_of_a_field_is_a_result_of_its_own(client, batch_id):
     html = page(client, f"/batch/{batch_id}")
     assert "Batch of 2 images, 3 results" in text(html)
     assert "field.png, cell 1 of 2" in text(html) and "field.png, cell 2 of 2" in text(html)
-    assert f'src="/batch/{batch_id}/1/field.jpg"' in html
+    assert f'src="/batch/{batch_id}/1/view.jpg"' in html  # the thumbnail: the cell itself
     assert f'src="/uploads/{results[2]["image"]}.jpg"' in html
 
 

@@ -216,11 +216,13 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
 
 
 @bp.app_template_global()
-def image_url(batch_id: str, index: int, item: dict) -> str:
+def image_url(batch_id: str, index: int, item: dict, thumbnail: bool = False) -> str:
     """Where a result's image is shown from: the stored upload, or for one white cell of a
-    field holding several, the field with that cell outlined."""
+    field holding several, the field with that cell outlined (as a thumbnail, too small to
+    tell the cells apart, the cell as the model read it)."""
     if item.get("cell"):
-        return url_for("pages.field_image", batch_id=batch_id, index=index)
+        page = "pages.model_view_image" if thumbnail else "pages.field_image"
+        return url_for(page, batch_id=batch_id, index=index)
     return url_for("pages.uploaded_image", image_id=item.get("image", ""))
 
 
