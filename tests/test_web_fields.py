@@ -169,3 +169,22 @@ def test_the_api_reads_a_field_cell_by_cell_and_a_whole_image_model_reads_it_who
                        ).get_json()
     [result] = body["results"]
     assert "cell" not in result
+
+
+def test_the_model_page_says_how_fields_are_read_and_shows_the_check(client, models_root):
+    html = page(client, "/models/tiny")
+    assert "Fields with several white cells" in html and 'id="fields-table"' not in html
+    assert 'id="fields"' not in page(client, "/models/whole")  # reads images whole
+    check = {"field_size": [320, 240],
+             "finding": {"boxes": 372, "smears": 358, "found": 370, "extra": 0},
+             "reading": {"fields": 14, "cells": 28, "right_by_cell": 21, "right_whole": 12,
+                         "accepted_by_cell": 8, "accepted_right_by_cell": 8,
+                         "accepted_whole": 4, "accepted_right_whole": 4}}
+    (models_root / "tiny" / "fields_check.json").write_text(json.dumps(check))
+    html = page(client, "/models/tiny")
+    assert ("of 372 hand-drawn white-cell boxes in 358 smears, 370 held a cell found and 0 "
+            "cells were found outside every box") in text(html)
+    assert "named 21 right cell by cell against 12 read as one crop" in text(html)
+    (models_root / "tiny" / "fields_check.json").write_text("{not json")
+    html = page(client, "/models/tiny")
+    assert "Fields with several white cells" in html and 'id="fields-table"' not in html

@@ -72,6 +72,7 @@ NOTHING_REVIEWED = (
     "are not exported: a training folder holds one cell per image.)"
 )
 REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
+FIELDS_CHECK_FILE = "fields_check.json"  # written by python -m training.fields_check --json
 # Cells one review page shows: each sends one form field, and a form may hold MAX_FORM_PARTS.
 REVIEW_PAGE_CELLS = 60
 REVIEW_NOTHING_CHOSEN = "No class was chosen for any cell, so nothing was saved."
@@ -625,11 +626,26 @@ def model_page(name: str):
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
         differential=_differential_entry(metrics),
         magnification=_magnification_entry(card, predictor),
+        fields=_fields_entry(predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
         training_scalars={k: v for k, v in training.items() if not isinstance(v, dict)},
         training_sections={k: v for k, v in training.items() if isinstance(v, dict)},
     )
+
+
+def _fields_entry(predictor: Predictor) -> dict | None:
+    """For a model that crops to the nucleus (and so reads a field holding several white cells
+    cell by cell): the figures of `training.fields_check` where its folder has them."""
+    if predictor.crop_fraction is None:
+        return None
+    path = predictor.model_dir / FIELDS_CHECK_FILE
+    try:
+        check = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):  # a damaged file leaves the figures out, not the page
+        check = None
+    usable = isinstance(check, dict) and {"finding", "reading"} <= set(check)
+    return {"check": check if usable else None}
 
 
 def _differential_entry(metrics: dict) -> dict | None:
