@@ -103,6 +103,8 @@ def test_every_cell_can_be_checked_and_a_verdict_changed(client, batch_id):
     ({"n0": "eosinophil", "n4": "monocyte"}, "no classified image 4"),  # the unreadable file
     ({"n0": "eosinophil", "n9": "monocyte"}, "no classified image 9"),
     ({"n0": "eosinophil", "nx": "monocyte"}, "no classified image x"),
+    ({"n0": "eosinophil", "n²": "monocyte"}, "no classified image ²"),  # isdigit, not int
+    ({"n0": "eosinophil", "n" + "1" * 5000: "monocyte"}, "no classified image 111111111111"),
 ])
 def test_a_bad_verdict_refuses_the_whole_form(client, batch_id, verdicts, message):
     before = (folder(client) / f"{batch_id}.json").read_bytes()
@@ -153,4 +155,6 @@ def test_a_long_batch_is_reviewed_a_page_of_cells_at_a_time(client, batch_id, mo
     assert f'href="/batch/{batch_id}/review?show=all&amp;start=0" id="review-previous"' in every
     response = post(client, batch_id, "?show=all&start=3", n3="neutrophil")
     assert response.headers["Location"].endswith(f"/batch/{batch_id}")  # none left to review
-    assert page(client, f"/batch/{batch_id}/review?show=all&start=x").count("data-index=") == 3
+    for start in ("x", "²", "9" * 5000, "-1"):
+        assert page(client, f"/batch/{batch_id}/review?show=all&start={start}").count(
+            "data-index=") == 3

@@ -4,6 +4,7 @@ pages."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -328,7 +329,7 @@ def review_all(batch_id: str):
     listed = [(i, r) for i, r in enumerate(stored["results"])
               if (results.status_of(r) is not None if show_all else results.needs_review(r))]
     start = request.args.get("start", "0")
-    start = min(int(start), max(len(listed) - 1, 0)) if start.isdigit() else 0
+    start = min(_count(start) or 0, max(len(listed) - 1, 0))
     return _no_store(render_template(
         "review.html", batch=stored, cells=listed[start:start + REVIEW_PAGE_CELLS],
         listed=len(listed), start=start, page_cells=REVIEW_PAGE_CELLS, show_all=show_all,
@@ -348,7 +349,8 @@ def review_many(batch_id: str):
         if not key.startswith("verdict-") or not verdict:
             continue
         number = key.removeprefix("verdict-")
-        index = int(number) if number.isdigit() else -1
+        index = _count(number)
+        index = -1 if index is None else index
         if not 0 <= index < len(stored["results"]) or results.status_of(
                 stored["results"][index]) is None:
             abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
@@ -357,8 +359,8 @@ def review_many(batch_id: str):
                 [*stored["classes"], results.EXCLUDED])))
         verdicts[index] = verdict
     # Where the form came from: with every cell listed, the same page again.
-    start = request.args.get("start", "")
-    show = ({"show": "all", **({"start": start} if start.isdigit() and int(start) else {})}
+    start = _count(request.args.get("start", ""))
+    show = ({"show": "all", **({"start": start} if start else {})}
             if request.args.get("show") == "all" else {})
     if not verdicts:
         flash(REVIEW_NOTHING_CHOSEN)
@@ -784,6 +786,12 @@ def api_docs():
 
 def upload_folder() -> Path:
     return Path(current_app.config["UPLOAD_FOLDER"])
+
+
+def _count(text: str) -> int | None:
+    """A non-negative whole number written in ASCII digits (at most 9 of them), else None:
+    `str.isdigit` also passes "²", which `int` refuses, and `int` refuses 4,301 digits."""
+    return int(text) if re.fullmatch(r"[0-9]{1,9}", text) else None
 
 
 def served_model(name: str) -> Predictor | None:
