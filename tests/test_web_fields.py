@@ -188,3 +188,17 @@ def test_the_model_page_says_how_fields_are_read_and_shows_the_check(client, mod
     (models_root / "tiny" / "fields_check.json").write_text("{not json")
     html = page(client, "/models/tiny")
     assert "Fields with several white cells" in html and 'id="fields-table"' not in html
+
+
+def test_a_fields_cells_count_once_in_the_batchs_magnification_check():
+    from hematovision.magnification import Reference
+    from hematovision.web.results import magnification_check
+
+    reference = Reference(0.15, (0.8, 1.3), (0.8333, 1.25))
+    cell = {"number": 1, "of": 3}
+    field = [{"red_cell_ratio": 2.0, "cell": {**cell, "number": n}} for n in (1, 2, 3)]
+    whole = [{"red_cell_ratio": 1.0} for _ in range(4)] + [{"red_cell_ratio": None}]
+    assert magnification_check(whole + field, reference).measured == 5  # not 7
+    # Counted once per cell, two such fields would outnumber three whole images.
+    check = magnification_check(whole[:3] + field + field, reference)
+    assert (check.measured, check.median_ratio, check.outside) == (5, 1.0, False)

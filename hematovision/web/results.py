@@ -189,10 +189,13 @@ def magnification_check(results: list[dict[str, Any]],
                         reference: Reference | None) -> BatchCheck | None:
     """The batch's magnification check (`hematovision.magnification.batch_check`) on its
     measured red-cell ratios; None where the model records no reference or too few images were
-    measured."""
+    measured. The cells of a field holding several share its image and its ratio: the image
+    counts once."""
     if reference is None:
         return None
-    return batch_check([r.get("red_cell_ratio") for r in results], reference)
+    ratios = [r.get("red_cell_ratio") for r in results
+              if (r.get("cell") or {}).get("number", 1) == 1]
+    return batch_check(ratios, reference)
 
 
 def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
