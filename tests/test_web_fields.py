@@ -153,8 +153,12 @@ def test_reviewed_cells_of_a_field_stay_out_of_the_training_folder(client, batch
 
 
 def test_deleting_the_batch_deletes_the_shared_field_once(client, batch_id):
+    assert 'data-confirm="Delete the results of all 2 images of this batch' in page(
+        client, f"/batch/{batch_id}")
     response = client.post(f"/batch/{batch_id}/delete", data={"csrf_token": csrf_token(client)})
     assert response.status_code == 303
+    assert "the results of 2 images and their stored copies" in text(
+        page(client, response.headers["Location"]))
     assert sorted(p.name for p in folder(client).iterdir() if not p.name.startswith(".")) == []
 
 

@@ -126,6 +126,7 @@ def sentence(text: str) -> str:
 
 bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.batch_title, "batch_title")
+bp.add_app_template_filter(results.image_count, "image_count")
 
 
 @bp.app_template_filter("status")
@@ -254,7 +255,7 @@ def delete(batch_id: str):
     end of the retention time; then back to the upload form, which says so."""
     stored = load_or_404(batch_id)
     uploads.delete_batch(upload_folder(), batch_id)
-    count = len(stored["results"])
+    count = results.image_count(stored["results"])
     flash(DELETED.format(images=f"{count} image{'s' if count != 1 else ''}"))
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)
 

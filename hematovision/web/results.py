@@ -210,13 +210,17 @@ def name_of(result: dict[str, Any]) -> str:
     return f"{result['file']}, cell {cell['number']} of {cell['of']}" if cell else result["file"]
 
 
+def image_count(results: list[dict[str, Any]]) -> int:
+    """How many images gave these results: the cells of a field holding several are one."""
+    return sum(1 for r in results if (r.get("cell") or {}).get("number", 1) == 1)
+
+
 def batch_title(results: list[dict[str, Any]]) -> str:
     """"Batch of N images", and where fields holding several white cells were read cell by
-    cell, how many results the images gave (a field's cells share its stored image)."""
-    fields = {r.get("image") for r in results if r.get("cell")}
-    images = sum(1 for r in results if not r.get("cell")) + len(fields)
+    cell, how many results the images gave."""
+    images = image_count(results)
     title = f"Batch of {images} image{'s' if images != 1 else ''}"
-    return f"{title}, {len(results)} results" if fields else title
+    return f"{title}, {len(results)} results" if images != len(results) else title
 
 
 def cell_text(result: dict[str, Any]) -> str:
