@@ -206,3 +206,16 @@ def test_a_fields_cells_count_once_in_the_batchs_magnification_check():
     # Counted once per cell, two such fields would outnumber three whole images.
     check = magnification_check(whole[:3] + field + field, reference)
     assert (check.measured, check.median_ratio, check.outside) == (5, 1.0, False)
+
+
+def test_the_batch_limit_counts_a_field_as_one_image(client, batch_id):
+    client.application.config["MAX_BATCH_IMAGES"] = 3  # the batch: 2 images, 3 results
+
+    def add(*names):
+        return client.post(f"/batch/{batch_id}/add", data={
+            "csrf_token": csrf_token(client),
+            "file": [(io.BytesIO(image_bytes(fmt="PNG")), name) for name in names]})
+
+    assert add("a.png", "b.png").status_code == 400
+    assert add("a.png").status_code == 303
+    assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 4

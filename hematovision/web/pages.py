@@ -268,7 +268,8 @@ def add(batch_id: str):
     stored = load_or_404(batch_id)
     if served_model(stored["model"]) is None:
         abort(400, description=BATCH_MODEL_GONE.format(name=stored["model"]))
-    limit, count = current_app.config["MAX_BATCH_IMAGES"], len(stored["results"])
+    # Images, not results: a field read cell by cell is one image.
+    limit, count = current_app.config["MAX_BATCH_IMAGES"], results.image_count(stored["results"])
     sent = len(uploaded_files(request.files.getlist("file")))
     if count + sent > limit:
         abort(400, description=BATCH_FULL.format(limit=limit, count=count,
