@@ -219,3 +219,8 @@ def test_the_batch_limit_counts_a_field_as_one_image(client, batch_id):
     assert add("a.png", "b.png").status_code == 400
     assert add("a.png").status_code == 303
     assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 4
+    client.application.config["MAX_BATCH_IMAGES"] = 10
+    response = client.post(f"/batch/{batch_id}/add", data={
+        "csrf_token": csrf_token(client), "file": [(io.BytesIO(png(FIELD)), "f2.png")]})
+    assert "Added 1 image" in text(page(client, response.headers["Location"]))
+    assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 6

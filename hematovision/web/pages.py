@@ -281,7 +281,7 @@ def add(batch_id: str):
     if uploads.add_to_batch(folder, batch_id, items) is None:  # deleted meanwhile
         abort(404, description=EXPIRED.format(retention=retention()))
     failed = sum("label" not in r for r in items)
-    added = len(items) - failed
+    added = results.image_count([r for r in items if "label" in r])
     flash(ADDED.format(images=f"{added} image{'s' if added != 1 else ''}",
                        failed=f" ({failed} could not be read: listed below)" if failed else ""))
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
