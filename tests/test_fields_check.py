@@ -91,9 +91,13 @@ def test_cli_counts_kaggle_images_and_refuses_a_model_that_reads_whole_images(
                        "--bccd", str(bccd), "--kaggle", str(kaggle), "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["kaggle"] == {"test": {"images": 2, "none": 1, "one": 0, "several": 1}}
+    printed = capsys.readouterr().out
+    changed = result["finding_changed"]
+    assert list(changed) == fields_check.KEEP_GEOMETRY and "zoom 1.5x" not in changed
+    assert changed["blur 1 px"] == {"found": 2, "missed": 1, "extra": 1}  # as unchanged
+    assert "  blur 1 px: 2 found, 1 in no box" in printed
     assert result["reading"]["fields"] == 0  # the pair's smear was moved away
-    assert "Kaggle test: 2 images, one cell found in 0, none in 1, several in 1" in \
-        capsys.readouterr().out
+    assert "Kaggle test: 2 images, one cell found in 0, none in 1, several in 1" in printed
     with pytest.raises(SystemExit, match="reads whole images"):
         fields_check.main(["--models-root", str(tiny_model_dir.parent), "--model",
                            tiny_model_dir.name, "--bccd", str(bccd), "--kaggle", str(kaggle)])

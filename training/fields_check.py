@@ -8,7 +8,9 @@ for a model that crops to the nucleus. Three checks, each on BCCD's smears scale
 Kaggle's fields were made from them:
 
 1. Finding: BCCD's hand-drawn white-cell boxes. A cell found whose centre lies in a box not
-   yet matched finds that box; a box no cell found is missed; a cell in no box is extra.
+   yet matched finds that box; a box no cell found is missed; a cell in no box is extra. The
+   same under each change of `training.robustness` that keeps the cells in place (focus,
+   exposure, stain, compression): the finder's colour test is what they try.
 2. Kaggle `test` and `test_simple`: how many cells are found per image. Each image shows one
    white cell, so two or more would split an image the model was evaluated on whole.
 3. Reading: BCCD's smears whose `labels.csv` names two white cells of the model's classes
@@ -24,6 +26,7 @@ import csv
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -33,6 +36,7 @@ from hematovision.fields import LOBE_DISTANCE, MIN_CELL_SHARE, cell_inputs, whit
 from hematovision.predictor import MODELS_ROOT, Predictor
 from hematovision.preprocess import RESAMPLE, crop_fraction, to_input
 from training.crop_check import BCCD, FIELD_SIZE, wbc_boxes
+from training.robustness import PERTURBATIONS
 
 KAGGLE = Path("../shared/data/kaggle_blood_cells")
 
@@ -42,8 +46,14 @@ def field(bccd: Path, name: str) -> Image.Image:
         return image.convert("RGB").resize(FIELD_SIZE, RESAMPLE)
 
 
-def finding(bccd: Path) -> dict:
-    """Cells found against the white-cell boxes of every annotated smear with one or more."""
+# The changes of training.robustness that keep every cell where it was: the finder's colour
+# test is what they try. (The zooms move cells and mirror new ones in at the edges.)
+KEEP_GEOMETRY = [name for name in PERTURBATIONS if not name.startswith("zoom")][1:]
+
+
+def finding(bccd: Path, change: Callable[[Image.Image], Image.Image] | None = None) -> dict:
+    """Cells found against the white-cell boxes of every annotated smear with one or more,
+    each smear changed by `change` first where given."""
     smears = boxes_total = found_total = missed = extra = 0
     by_count: Counter = Counter()
     misses, extras = [], []
@@ -53,7 +63,8 @@ def finding(bccd: Path) -> dict:
             continue
         sx, sy = FIELD_SIZE[0] / width, FIELD_SIZE[1] / height
         scaled = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes]
-        cells = white_cells(field(bccd, name))
+        image = field(bccd, name)
+        cells = white_cells(change(image) if change else image)
         matched: set[int] = set()
         for cell in cells:
             x, y = cell.centre
@@ -161,7 +172,11 @@ def check(model_dir: Path, bccd: Path = BCCD, kaggle: Path = KAGGLE) -> dict:
                          "app splits fields only for a model that crops to the nucleus")
     return {"model": model_dir.name, "field_size": list(FIELD_SIZE),
             "lobe_distance": LOBE_DISTANCE, "min_cell_share": MIN_CELL_SHARE,
-            "finding": finding(bccd), "kaggle": kaggle_counts(kaggle),
+            "finding": finding(bccd),
+            "finding_changed": {name: {k: v for k, v in finding(bccd, PERTURBATIONS[name][1]).items()
+                                       if k in ("found", "missed", "extra")}
+                                for name in KEEP_GEOMETRY},
+            "kaggle": kaggle_counts(kaggle),
             "reading": reading(bccd, predictor)}
 
 
@@ -187,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     f, r = result["finding"], result["reading"]
     print(f"finding, {f['smears']} BCCD smears: {f['found']} of {f['boxes']} white-cell boxes "
           f"found, {f['missed']} missed, {f['extra']} cells found in no box")
+    for name, changed in result["finding_changed"].items():
+        print(f"  {name}: {changed['found']} found, {changed['extra']} in no box")
     for split, k in result["kaggle"].items():
         print(f"Kaggle {split}: {k['images']} images, one cell found in {k['one']}, none in "
               f"{k['none']}, several in {k['several']}")

