@@ -8,9 +8,10 @@ marked on a coarse grid, joined into connected pieces, and pieces closer than a 
 short side taken as lobes of one nucleus (a neutrophil's three to five lobes are apart in the
 mask); a group with too few such pixels is a platelet or stain debris, not a white cell.
 
-The constants were chosen on BCCD's 364 annotated smears (`python -m training.fields_check`
-measures them against the hand-drawn white-cell boxes): two white cells of one field lie at
-least 0.29 of the short side apart there, one nucleus's lobes well within 0.25.
+The constants were chosen on BCCD's smears with hand-drawn white-cell boxes
+(`python -m training.fields_check` measures the finder against them): two boxed white cells of
+one field lie at least 0.29 of the short side apart there, and joining pieces within 0.25 left
+no cell found outside a box.
 """
 
 from __future__ import annotations
