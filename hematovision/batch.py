@@ -27,7 +27,8 @@ class FileResult:
     path: Path
     prediction: Prediction | None = None
     error: str | None = None
-    # The magnification check's red_cell_ratio, for a model whose card records a reference.
+    # The image's checks: the magnification check's red_cell_ratio, for a model whose card
+    # records a reference; the white cells found, for a model that crops to the nucleus.
     checks: dict = field(default_factory=dict)
     # Which white cell of a field holding several (hematovision.fields.cell_place); None for
     # an image read whole.
@@ -82,28 +83,40 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
 
 
 def _decode(path: Path, size: int, crop: str, reference: Reference | None = None,
-            each_cell: bool = False):
-    """(model input, None, red-cell ratio) or (None, error message, None); the ratio only with
-    a magnification `reference`. With `each_cell` the model input is a list of (input, cell
-    place or None): `hematovision.fields.cell_inputs`. `load_image` turns every decoder failure
-    into ImageError; OSError here only means the file itself could not be opened."""
+            each_cell: bool | None = None):
+    """(model input, None, image checks) or (None, error message, {}). The checks hold the
+    red-cell ratio (`red_cell_ratio`) only with a magnification `reference`.
+
+    With `each_cell` None, the model input is one array (training, the trust layer's fits).
+    Otherwise it is a list of (input, cell place or None), and for a model that crops to the
+    nucleus the checks also hold `white_cells`, how many were found
+    (`hematovision.fields.cell_inputs`): with `each_cell` True, a field holding several gives
+    one input per cell; with False, the whole image's one input. `load_image` turns every
+    decoder failure into ImageError; OSError here only means the file itself could not be
+    opened."""
     try:
         image = load_image(path)
     except ImageError as exc:
-        return None, str(exc), None
+        return None, str(exc), {}
     except OSError as exc:
-        return None, f"Cannot read the file ({exc.strerror or exc}).", None
-    inputs = cell_inputs(image, size, crop) if each_cell else to_input(image, size, crop)
-    return inputs, None, reference.ratio(image) if reference else None
+        return None, f"Cannot read the file ({exc.strerror or exc}).", {}
+    checks = {"red_cell_ratio": reference.ratio(image)} if reference else {}
+    if each_cell is None:
+        return to_input(image, size, crop), None, checks
+    inputs, found = cell_inputs(image, size, crop)
+    if len(inputs) > 1 and not each_cell:
+        inputs = [(to_input(image, size, crop), None)]
+    return inputs, None, checks if found is None else {**checks, "white_cells": found}
 
 
 def decoded_chunks(paths: list[Path], size: int, crop: str,
-                   reference: Reference | None = None, each_cell: bool = False
+                   reference: Reference | None = None, each_cell: bool | None = None
                    ) -> Iterator[list[tuple]]:
-    """[(path, model input or None, error or None, red-cell ratio or None), ...] per chunk of
+    """[(path, model input or None, error or None, image checks), ...] per chunk of
     BATCH_SIZE, in order; the next chunk decodes in a thread pool while the caller runs the
     model on this one. Red cells are measured only against a magnification `reference`; with
-    `each_cell`, each model input is a list of (input, cell place or None) (`_decode`)."""
+    `each_cell` True or False, each model input is a list of (input, cell place or None) and
+    white cells are counted (`_decode`)."""
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
 
     def decode(path: Path):
@@ -122,22 +135,20 @@ def classify_files(
     predictor: Predictor, paths: list[Path], progress: bool = False, each_cell: bool = False
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order; unreadable files give an error result. With a
-    magnification reference in the model's card, each result gets its red_cell_ratio. With
-    `each_cell`, a field holding several white cells, for a model that crops to the nucleus,
-    gives one result per cell, each naming its cell (as the web app reads uploads)."""
+    magnification reference in the model's card, each result gets its red_cell_ratio; for a
+    model that crops to the nucleus, the number of white cells found in its image
+    (`white_cells`). With `each_cell`, a field holding several white cells gives one result
+    per cell, each naming its cell (as the web app reads uploads)."""
     meter = _Progress(len(paths), progress)
     reference = predictor.magnification
     chunks = decoded_chunks(paths, predictor.input_size, predictor.crop, reference, each_cell)
     for chunk in chunks:
-        # One entry per model input: (path, input, error, ratio, cell place).
-        entries = [(path, array, error, ratio, None) for path, array, error, ratio in chunk]
-        if each_cell:
-            entries = [(path, array, error, ratio, place)
-                       for path, inputs, error, ratio in chunk
-                       for array, place in (inputs if inputs is not None else [(None, None)])]
+        # One entry per model input: (path, input, error, image checks, cell place).
+        entries = [(path, array, error, checks, place)
+                   for path, inputs, error, checks in chunk
+                   for array, place in (inputs if inputs is not None else [(None, None)])]
         predictions = predictor.predict_each([entry[1] for entry in entries])
-        for (path, _, error, ratio, place), prediction in zip(entries, predictions):
-            checks = {"red_cell_ratio": ratio} if reference else {}
+        for (path, _, error, checks, place), prediction in zip(entries, predictions):
             yield FileResult(path, prediction, None if prediction else error, checks, place)
         meter.advance(len(chunk))
     meter.close()

@@ -31,6 +31,13 @@ MIN_CELL_SHARE = 0.015  # a white cell's nucleus pixels, share of the short side
 # (a low-power view, or a photo that is no smear), so it is read whole, and its unfamiliarity
 # says so; this also bounds the model inputs one upload can make.
 MAX_CELLS = 16
+# What a result of a model that crops to the nucleus says where no white cell was found in its
+# image: its answer is about whatever lies where the crop fell (a field of red cells only, a
+# white cell too pale or off-colour for the colour test). The status is the trust layer's, as
+# recorded on the test sets; this is for the person reading the result.
+NO_WHITE_CELL = ("No white cell was found in this image (no nucleus-coloured region the size "
+                 "of a white cell's nucleus), so the answer is about whatever lies at the "
+                 "centre of the crop. Check the image: if it shows no white cell, exclude it.")
 
 
 @dataclass(frozen=True)
@@ -62,22 +69,25 @@ def white_cells(image: Image.Image) -> list[WhiteCell]:
 
 
 def cell_inputs(image: Image.Image, size: int, crop: str
-                ) -> list[tuple[np.ndarray, dict | None]]:
-    """The model inputs of one image with what each one is: for a model that crops to the
-    nucleus and a field holding several white cells (at most MAX_CELLS), one input per cell
-    with its place (`cell_place`); otherwise the image's one input, as `to_input` makes it, with
-    None.
+                ) -> tuple[list[tuple[np.ndarray, dict | None]], int | None]:
+    """The model inputs of one image with what each one is, and how many white cells were
+    found in it (None for a model that reads images whole, which looks for none).
 
-    A field with one white cell, or none found, keeps the crop of `to_input` (the median of all
-    nucleus-coloured pixels), so what every model was trained and evaluated on is unchanged."""
+    For a model that crops to the nucleus and a field holding several white cells (at most
+    MAX_CELLS), one input per cell with its place (`cell_place`); otherwise the image's one
+    input, as `to_input` makes it, with None. A field with one white cell, or none found,
+    keeps the crop of `to_input` (the median of all nucleus-coloured pixels), so what every
+    model was trained and evaluated on is unchanged; that none was found is reported, not
+    acted on (`NO_WHITE_CELL`)."""
     fraction = crop_fraction(crop)
-    if fraction is not None:
-        cells = white_cells(image)
-        if 1 < len(cells) <= MAX_CELLS:
-            return [(to_input(image, size, crop, cell.centre),
-                     cell_place(cell, number, len(cells), image.size, fraction))
-                    for number, cell in enumerate(cells, start=1)]
-    return [(to_input(image, size, crop), None)]
+    if fraction is None:
+        return [(to_input(image, size, crop), None)], None
+    cells = white_cells(image)
+    if 1 < len(cells) <= MAX_CELLS:
+        return [(to_input(image, size, crop, cell.centre),
+                 cell_place(cell, number, len(cells), image.size, fraction))
+                for number, cell in enumerate(cells, start=1)], len(cells)
+    return [(to_input(image, size, crop), None)], len(cells)
 
 
 def cell_place(cell: WhiteCell, number: int, count: int, size: tuple[int, int],

@@ -56,7 +56,8 @@ def test_a_field_is_read_the_same_at_twice_the_size():
 
 def test_cell_inputs_give_each_cell_of_a_field_its_own_crop():
     field = with_nuclei(SMEAR, [(80, 120, 22), (240, 110, 22)])
-    inputs = cell_inputs(field, 64, "nucleus")
+    inputs, found = cell_inputs(field, 64, "nucleus")
+    assert found == 2
     assert [place["number"] for _, place in inputs] == [1, 2]
     assert {place["of"] for _, place in inputs} == {2}
     for (array, place), cell in zip(inputs, white_cells(field), strict=True):
@@ -71,24 +72,25 @@ def test_cell_inputs_give_each_cell_of_a_field_its_own_crop():
 
 def test_one_cell_none_found_or_no_crop_keep_the_served_input_unchanged():
     one = with_nuclei(SMEAR, [(160, 120, 22), (40, 40, 5)])
-    for image, crop in ((one, "nucleus"), (SMEAR, "nucleus"), (one, "nucleus:0.4"),
-                        (with_nuclei(SMEAR, [(80, 120, 22), (240, 110, 22)]), "none")):
-        [(array, place)] = cell_inputs(image, 64, crop)
-        assert place is None
+    for image, crop, found in ((one, "nucleus", 1), (SMEAR, "nucleus", 0),
+                               (one, "nucleus:0.4", 1),
+                               (with_nuclei(SMEAR, [(80, 120, 22), (240, 110, 22)]), "none", None)):
+        [(array, place)], counted = cell_inputs(image, 64, crop)
+        assert place is None and counted == found  # a model without a crop looks for none
         np.testing.assert_array_equal(array, to_input(image, 64, crop))
 
 
 def test_a_field_with_more_cells_than_a_smear_field_holds_is_read_whole(monkeypatch):
     field = with_nuclei(SMEAR, [(60, 60, 20), (200, 60, 20), (60, 190, 20), (200, 190, 20)])
-    assert len(cell_inputs(field, 32, "nucleus")) == 4
+    assert len(cell_inputs(field, 32, "nucleus")[0]) == 4
     monkeypatch.setattr(fields, "MAX_CELLS", 3)
-    [(array, place)] = cell_inputs(field, 32, "nucleus")
-    assert place is None
+    [(array, place)], found = cell_inputs(field, 32, "nucleus")
+    assert place is None and found == 4
     np.testing.assert_array_equal(array, to_input(field, 32, "nucleus"))
 
 
 def test_a_place_finds_its_cell_in_a_resized_copy():
     field = with_nuclei(SMEAR, [(80, 120, 22), (240, 110, 22)])
-    [(_, first), _] = cell_inputs(field, 32, "nucleus")
+    [(_, first), _], _ = cell_inputs(field, 32, "nucleus")
     assert centre_in(first, (1024, 768)) == pytest.approx((80.5 * 3.2, 120.5 * 3.2), abs=0.5)
     assert centre_in(None, (1024, 768)) is None

@@ -73,6 +73,19 @@ def test_a_two_cell_field_is_read_cell_by_cell_and_as_one_crop(bccd, cropping_mo
     assert row["right_whole"] == fields_check._right(row["labels"], [row["whole"]["label"]])
 
 
+def test_fields_of_red_cells_only_are_made_from_the_half_without_the_white_cell(
+        bccd, cropping_model):
+    """Only smears with one box count; "extra" has its one box in the left half, and its right
+    half holds the other disc (a white cell the box missed), which the finder then sees."""
+    result = fields_check.red_cells_only(bccd, Predictor(cropping_model))
+    assert (result["fields"], result["with_a_white_cell_found"]) == (1, 1)
+    assert result["accepted"] + result["unidentified"] + result["not_a_cell"] == 1
+    assert sum(result["accepted_as"].values()) == result["accepted"]
+    smear(bccd, "clear", [(150, 240)], [(100, 190, 200, 290)])
+    assert fields_check.red_cells_only(bccd, Predictor(cropping_model))[
+        "with_a_white_cell_found"] == 1  # "clear": its free half holds none
+
+
 def test_labels_are_counted_as_multisets():
     assert fields_check._right(["neutrophil", "eosinophil"], ["eosinophil", "neutrophil"]) == 2
     assert fields_check._right(["neutrophil", "neutrophil"], ["neutrophil"]) == 1

@@ -256,6 +256,7 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
     assert [(Path(line["file"]).name, line.get("cell", {}).get("number")) for line in lines] == [
         ("field.png", 1), ("field.png", 2), ("single.jpg", None)]
     assert list(lines[0])[:3] == ["file", "cell", "label"]
+    assert [line["white_cells"] for line in lines] == [2, 2, 0]  # the red disc holds no nucleus
     assert lines[0]["cell"]["of"] == 2 and lines[0]["cell"]["centre"][0] < 0.5
 
     main([str(field), "--each-cell", *model])
@@ -265,4 +266,4 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
 
     main([str(field), "--json", *model])  # without --each-cell: one line per file
     [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert "cell" not in line
+    assert "cell" not in line and line["white_cells"] == 2

@@ -68,8 +68,9 @@ def test_each_white_cell_of_a_field_is_a_result_of_its_own(client, batch_id):
         ("field.png", 1), ("field.png", 2), ("cell.png", None)]
     assert results[0]["image"] == results[1]["image"] != results[2]["image"]  # stored once
     assert [r["cell"]["of"] for r in results[:2]] == [2, 2]
+    assert [r["white_cells"] for r in results] == [2, 2, 0]  # the plain disc holds no nucleus
     predictor = Predictor(Path(client.application.config["MODELS_ROOT"]) / "tiny")
-    inputs = cell_inputs(FIELD, predictor.input_size, predictor.crop)
+    inputs, _ = cell_inputs(FIELD, predictor.input_size, predictor.crop)
     expected = predictor.predict_images_arrays([array for array, _ in inputs])
     for result, prediction, (_, place) in zip(results, expected, inputs):
         assert result["cell"] == place
@@ -126,8 +127,22 @@ def test_a_cells_heat_map_is_of_the_crop_on_that_cell(client, batch_id):
 def test_the_csv_names_each_cell(client, batch_id):
     rows = list(csv.DictReader(io.StringIO(
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
-    assert [(r["file"], r["cell"]) for r in rows] == [
-        ("field.png", "1/2"), ("field.png", "2/2"), ("cell.png", "")]
+    assert [(r["file"], r["cell"], r["white_cells"]) for r in rows] == [
+        ("field.png", "1/2", "2"), ("field.png", "2/2", "2"), ("cell.png", "", "0")]
+
+
+def test_an_image_with_no_white_cell_found_says_so(client, batch_id):
+    html = page(client, f"/batch/{batch_id}")
+    assert "No white cell was found in 1 image (" in text(html)
+    assert f'href="/batch/{batch_id}/2" id="first-no-white-cell">cell.png</a>' in html
+    assert html.count('class="badge text-bg-light border no-white-cell"') == 1
+    assert 'id="no-white-cell"' in page(client, f"/batch/{batch_id}/2")
+    assert 'id="no-white-cell"' not in page(client, f"/batch/{batch_id}/0")
+    # A model that reads images whole looks for no white cell, and says nothing of it.
+    location = upload(client, "whole", ("cell.png", image_bytes(fmt="PNG")))
+    assert 'id="no-white-cell"' not in page(client, location)
+    stored = uploads.load_batch(folder(client), location.rsplit("/", 1)[1])
+    assert "white_cells" not in stored["results"][0]
 
 
 def review(client, batch_id: str, index: int, verdict: str):

@@ -4,7 +4,7 @@
         [--kaggle ../shared/data/kaggle_blood_cells] [--json saved_model/wbc4/fields_check.json]
 
 `hematovision.fields` splits a field holding several white cells into one result per cell
-for a model that crops to the nucleus. Three checks, each on BCCD's smears scaled to 320x240 as
+for a model that crops to the nucleus. Four checks, each on BCCD's smears scaled to 320x240 as
 Kaggle's fields were made from them:
 
 1. Finding: BCCD's hand-drawn white-cell boxes. A cell found whose centre lies in a box not
@@ -17,6 +17,9 @@ Kaggle's fields were made from them:
    (Kaggle left them out). The classes the served model names cell by cell, as the app now
    reads them, against the one crop of the whole field it read before, both counted as
    multisets against the two labels (the labels do not say which cell is which).
+4. Red cells only: fields made from the half of a BCCD smear without its white cell and that
+   half's mirror image: how many the finder takes for a white cell, and what the served model
+   answers (a field of red cells is what most of a film shows).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hematovision.batch import image_files
 from hematovision.fields import LOBE_DISTANCE, MIN_CELL_SHARE, cell_inputs, white_cells
@@ -130,7 +133,7 @@ def reading(bccd: Path, predictor: Predictor) -> dict:
     rows = []
     for name, labels, seen in two_cell_fields(bccd, predictor.classes):
         image = field(bccd, name)
-        inputs = cell_inputs(image, size, crop)
+        inputs, _ = cell_inputs(image, size, crop)
         cells = predictor.predict_images_arrays([array for array, _ in inputs])
         [whole] = predictor.predict_images_arrays([to_input(image, size, crop)])
         rows.append({
@@ -160,6 +163,39 @@ def reading(bccd: Path, predictor: Predictor) -> dict:
             "per_field": rows}
 
 
+def red_cells_only(bccd: Path, predictor: Predictor) -> dict:
+    """Fields with no white cell, made from BCCD's smears whose one white-cell box lies in one
+    half: the other half and its mirror image, scaled to 320x240 like the rest (a field of red
+    cells at the same magnification, such as most fields of a film are). How many white cells
+    the finder sees in them, and what the served model answers."""
+    fields = []
+    for xml_file in sorted((bccd / "Annotations").glob("*.xml")):
+        name, boxes, (width, height) = wbc_boxes(xml_file)
+        if len(boxes) != 1 or not (bccd / "JPEGImages" / name).is_file():
+            continue
+        left, _, right, _ = boxes[0]
+        if left < width / 2 < right:
+            continue  # the white cell spans the middle: no free half
+        with Image.open(bccd / "JPEGImages" / name) as image:
+            image = image.convert("RGB")
+        half = (0, 0, width // 2, height) if left >= width / 2 else (
+            width - width // 2, 0, width, height)
+        free = image.crop(half)
+        mirrored = Image.new("RGB", (2 * free.width, free.height))
+        mirrored.paste(free, (0, 0))
+        mirrored.paste(ImageOps.mirror(free), (free.width, 0))
+        fields.append(mirrored.resize(FIELD_SIZE, RESAMPLE))
+    found = [len(white_cells(f)) for f in fields]
+    answers = predictor.predict_images_arrays(
+        [to_input(f, predictor.input_size, predictor.crop) for f in fields])
+    statuses = Counter(a.status for a in answers)
+    return {"fields": len(fields), "with_a_white_cell_found": sum(n > 0 for n in found),
+            "accepted": statuses["accepted"], "unidentified": statuses["unidentified"],
+            "not_a_cell": statuses["not_a_cell"],
+            "accepted_as": dict(sorted(Counter(a.label for a in answers
+                                               if a.status == "accepted").items()))}
+
+
 def _right(labels: list[str], named: list[str]) -> int:
     """How many of `labels` the classes `named` account for, each label once (multisets)."""
     return sum((Counter(labels) & Counter(named)).values())
@@ -177,7 +213,8 @@ def check(model_dir: Path, bccd: Path = BCCD, kaggle: Path = KAGGLE) -> dict:
                                        if k in ("found", "missed", "extra")}
                                 for name in KEEP_GEOMETRY},
             "kaggle": kaggle_counts(kaggle),
-            "reading": reading(bccd, predictor)}
+            "reading": reading(bccd, predictor),
+            "red_cells_only": red_cells_only(bccd, predictor)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     for split, k in result["kaggle"].items():
         print(f"Kaggle {split}: {k['images']} images, one cell found in {k['one']}, none in "
               f"{k['none']}, several in {k['several']}")
+    o = result["red_cells_only"]
+    print(f"red cells only, {o['fields']} fields: a white cell found in "
+          f"{o['with_a_white_cell_found']}; the model: {o['accepted']} accepted, "
+          f"{o['unidentified']} unidentified, {o['not_a_cell']} not a cell")
     print(f"reading, {r['fields']} fields with two labelled cells ({r['cells']} cells), "
           f"{r['split_in_two']} split in two: named right cell by cell {r['right_by_cell']}, "
           f"as one crop {r['right_whole']}", file=sys.stderr)

@@ -505,13 +505,14 @@ def fields_table(root: Path = MODELS_ROOT) -> str:
     """Finding each white cell of a field (BCCD's boxes), images of Kaggle's test sets split by
     it, and two-cell fields read cell by cell against one crop (training.fields_check)."""
     lines = ["| model | BCCD smears | white-cell boxes | found | missed | cells found in no box "
-             "| Kaggle images read as several cells | fields with two labelled cells (cells) "
+             "| Kaggle images: several cells found / none found "
+             "| fields with two labelled cells (cells) "
              "| read as two | named right: cell by cell | named right: one crop of the field "
              "| accepted and right: cell by cell | accepted and right: one crop |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c, _ in _with_result(root, "fields_check.json"):
         f, r = c["finding"], c["reading"]
-        kaggle = ", ".join(f"{split} {k['several']} of {k['images']}"
+        kaggle = ", ".join(f"{split} {k['several']} / {k['none']} of {k['images']}"
                            for split, k in c["kaggle"].items())
         lines.append(f"| `{name}` | {f['smears']} | {f['boxes']} | {f['found']} | {f['missed']} | "
                      f"{f['extra']} | {kaggle} | {r['fields']} ({r['cells']}) | "
@@ -519,6 +520,22 @@ def fields_table(root: Path = MODELS_ROOT) -> str:
                      f"{r['right_whole']} of {r['cells']} | "
                      f"{r['accepted_right_by_cell']} of {r['accepted_by_cell']} | "
                      f"{r['accepted_right_whole']} of {r['accepted_whole']} |")
+    return "\n".join(lines)
+
+
+def red_cells_table(root: Path = MODELS_ROOT) -> str:
+    """Fields of red cells only (training.fields_check): what the finder and the served model
+    make of them."""
+    lines = ["| model | fields of red cells only | a white cell found in | accepted (as) "
+             "| unidentified | not a cell |", "|---|---|---|---|---|---|"]
+    for name, c, _ in _with_result(root, "fields_check.json"):
+        o = c.get("red_cells_only")
+        if not o:
+            continue
+        kinds = ", ".join(f"{label} {n}" for label, n in o["accepted_as"].items())
+        lines.append(f"| `{name}` | {o['fields']} | {o['with_a_white_cell_found']} | "
+                     f"{o['accepted']}{f' ({kinds})' if kinds else ''} | {o['unidentified']} | "
+                     f"{o['not_a_cell']} |")
     return "\n".join(lines)
 
 
@@ -1095,7 +1112,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "robustness": robustness_table(root), "magnification": magnification_table(root),
               "differential": differential_table(root),
               "differential-targets": differential_targets_table(root),
-              "fields": fields_table(root), "fields-changes": fields_changes_table(root)}
+              "fields": fields_table(root), "fields-changes": fields_changes_table(root),
+              "fields-red-cells": red_cells_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

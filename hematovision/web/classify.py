@@ -32,6 +32,7 @@ class Decoded:
     error: str | None = None
     red_cell_ratio: float | None = None  # red-cell size / the training images' (None: unmeasured)
     cell: dict | None = None  # which white cell of a field holding several (fields.cell_place)
+    white_cells: int | None = None  # found in the image (None: the model looks for none)
 
 
 def decode(
@@ -49,10 +50,10 @@ def decode(
     except ImageError as exc:
         return [Decoded(name, error=str(exc))]
     # The model card's contract, cell by cell.
-    inputs = cell_inputs(image, predictor.input_size, predictor.crop)
+    inputs, found = cell_inputs(image, predictor.input_size, predictor.crop)
     ratio = predictor.magnification.ratio(image) if predictor.magnification else None
     image_id = save_image(store_in, image) if store_in else None
-    return [Decoded(name, array, image_id, red_cell_ratio=ratio, cell=cell)
+    return [Decoded(name, array, image_id, red_cell_ratio=ratio, cell=cell, white_cells=found)
             for array, cell in inputs]
 
 
@@ -76,6 +77,8 @@ def classify(
         result = {"file": d.file, **({"cell": d.cell} if d.cell else {}), **prediction.to_dict()}
         if predictor.magnification is not None:
             result["red_cell_ratio"] = d.red_cell_ratio
+        if d.white_cells is not None:
+            result["white_cells"] = d.white_cells
         if explain:
             mapped = cam is not None and prediction.status != NOT_A_CELL
             result["cam"] = heatmap.to_json(d.array, cam) if mapped else None

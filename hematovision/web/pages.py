@@ -24,6 +24,7 @@ from flask import (
 
 from hematovision.card import DIFFERENTIAL, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name
+from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
@@ -95,6 +96,7 @@ def layout_context() -> dict:
         "UNIDENTIFIED": UNIDENTIFIED,
         "NOT_A_CELL": NOT_A_CELL,
         "EXCLUDED": results.EXCLUDED,
+        "NO_WHITE_CELL": NO_WHITE_CELL,
     }
 
 
@@ -442,6 +444,9 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             left_out=results.left_out_counts(stored["results"]),
             reviews=results.review_summary(stored["results"]),
             fields_left_out=results.fields_left_out(stored["results"]),
+            # (index, counted in the differential) of each image with no white cell found.
+            no_white_cells=[(i, results.counted_class(r) is not None)
+                            for i, r in enumerate(stored["results"]) if results.no_white_cell(r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             review_bias=review_bias(predictor),

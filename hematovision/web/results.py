@@ -210,6 +210,12 @@ def name_of(result: dict[str, Any]) -> str:
     return f"{result['file']}, cell {cell['number']} of {cell['of']}" if cell else result["file"]
 
 
+def no_white_cell(result: dict[str, Any]) -> bool:
+    """A classified result whose image held no white cell the finder could see (models that
+    crop to the nucleus: `fields.NO_WHITE_CELL`), and that was not already called not a cell."""
+    return result.get("white_cells") == 0 and status_of(result) not in (None, NOT_A_CELL)
+
+
 def image_count(results: list[dict[str, Any]]) -> int:
     """How many images gave these results: the cells of a field holding several are one."""
     return sum(1 for r in results if (r.get("cell") or {}).get("number", 1) == 1)
@@ -235,13 +241,16 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     class a white cell is counted as (`counted_label`), so a spreadsheet that counts or filters
     by it counts what the differential counts, red_cell_ratio: the image's red-cell size over
     the training images' (the magnification check; empty where unmeasured), and
-    reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none), and cell:
+    reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none), cell:
     `n/N` for the n-th of N white cells the app found in one field, each a row of its own (empty
-    for an image read whole). Columns are added last, so that earlier ones keep their places."""
+    for an image read whole), and white_cells: how many the image held (models that crop to the
+    nucleus; 0 is `fields.NO_WHITE_CELL`). Columns are added last, so that earlier ones keep
+    their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
-                     "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell"])
+                     "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
+                     "white_cells"])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -249,9 +258,9 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
             ratio = r.get("red_cell_ratio")
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
-                   verdict_of(r) or "", cell_text(r)]
+                   verdict_of(r) or "", cell_text(r), str(r.get("white_cells", ""))]
         else:
-            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", "", ""]
+            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", "", "", ""]
         writer.writerow([_inert(cell) for cell in row])
     return out.getvalue()
 
