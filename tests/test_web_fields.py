@@ -133,7 +133,7 @@ def test_the_csv_names_each_cell(client, batch_id):
 
 def test_an_image_with_no_white_cell_found_says_so(client, batch_id):
     html = page(client, f"/batch/{batch_id}")
-    assert "No white cell was found in 1 image (" in text(html)
+    assert "No white cell was found in 1 image not reviewed yet (" in text(html)
     assert f'href="/batch/{batch_id}/2" id="first-no-white-cell">cell.png</a>' in html
     assert html.count('class="badge text-bg-light border no-white-cell"') == 1
     assert 'id="no-white-cell"' in page(client, f"/batch/{batch_id}/2")
@@ -239,3 +239,21 @@ def test_the_batch_limit_counts_a_field_as_one_image(client, batch_id):
         "csrf_token": csrf_token(client), "file": [(io.BytesIO(png(FIELD)), "f2.png")]})
     assert "Added 1 image" in text(page(client, response.headers["Location"]))
     assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 6
+
+
+def test_images_with_no_white_cell_are_listed_on_the_review_page_to_exclude(client, batch_id):
+    html = page(client, f"/batch/{batch_id}")
+    assert f'href="/batch/{batch_id}/review?show=no-white-cell" id="no-white-cell-review"' in html
+    listed = page(client, f"/batch/{batch_id}/review?show=no-white-cell")
+    assert "1 image in which no white cell was found, not reviewed yet" in text(listed)
+    assert 'data-index="2"' in listed and 'data-index="0"' not in listed
+    assert 'action="/batch/%s/review?show=no-white-cell"' % batch_id in listed
+    unknown = page(client, f"/batch/{batch_id}/review?show=nonsense")  # the default list
+    assert "Cells to review" in unknown and "Images with no white cell found" not in unknown
+    response = client.post(f"/batch/{batch_id}/review?show=no-white-cell", data={
+        "csrf_token": csrf_token(client), "verdict-2": "excluded"})
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")  # the list is done
+    html = page(client, f"/batch/{batch_id}")
+    assert 'id="no-white-cell-summary"' not in html  # reviewed: nothing left to check
+    assert "No image in which no white cell was found is waiting" in text(
+        page(client, f"/batch/{batch_id}/review?show=no-white-cell"))

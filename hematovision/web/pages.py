@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -324,19 +325,34 @@ def review(batch_id: str, index: int):
     return redirect(url_for("pages.single", batch_id=batch_id, index=index), code=303)
 
 
+# The review page's lists (`?show=`): which results each holds. The default and
+# "no-white-cell" leave out reviewed results, so they shrink as reviews are saved; "all" does
+# not, so it pages.
+REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
+    "": results.needs_review,
+    "all": lambda r: results.status_of(r) is not None,
+    "no-white-cell": lambda r: results.no_white_cell(r) and results.verdict_of(r) is None,
+}
+
+
+def review_list() -> str:
+    """The review page's list named by the request (`?show=`); unknown names: the default."""
+    show = request.args.get("show", "")
+    return show if show in REVIEW_LISTS else ""
+
+
 @bp.get("/batch/<batch_id>/review")
 def review_all(batch_id: str):
     """The cells still to review, all on one page, each as the model read it, with a choice of
-    class each; `?show=all`: every classified result, to confirm accepted ones too."""
+    class each; `?show=all`: every classified result, to confirm accepted ones too;
+    `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed."""
     stored = load_or_404(batch_id)
-    show_all = request.args.get("show") == "all"
-    listed = [(i, r) for i, r in enumerate(stored["results"])
-              if (results.status_of(r) is not None if show_all else results.needs_review(r))]
-    start = request.args.get("start", "0")
-    start = min(_count(start) or 0, max(len(listed) - 1, 0))
+    show = review_list()
+    listed = [(i, r) for i, r in enumerate(stored["results"]) if REVIEW_LISTS[show](r)]
+    start = min(_count(request.args.get("start", "")) or 0, max(len(listed) - 1, 0))
     return _no_store(render_template(
         "review.html", batch=stored, cells=listed[start:start + REVIEW_PAGE_CELLS],
-        listed=len(listed), start=start, page_cells=REVIEW_PAGE_CELLS, show_all=show_all,
+        listed=len(listed), start=start, page_cells=REVIEW_PAGE_CELLS, show=show,
         expires=expires_at(stored)))
 
 
@@ -344,8 +360,8 @@ def review_all(batch_id: str):
 def review_many(batch_id: str):
     """Record the verdicts of the review page at once (`verdict-<n>`: one of the batch's
     classes or "excluded"; empty leaves that result as it is). Any unknown verdict or result
-    refuses the whole form (400) and saves none. Then back to the review page while cells are
-    still to review, else to the batch (303)."""
+    refuses the whole form (400) and saves none. Then back to the review page's list while it
+    holds results still to review, else to the batch (303)."""
     stored = load_or_404(batch_id)
     allowed = (results.EXCLUDED, *stored["classes"])
     verdicts: dict[int, str] = {}
@@ -362,10 +378,10 @@ def review_many(batch_id: str):
             abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(
                 [*stored["classes"], results.EXCLUDED])))
         verdicts[index] = verdict
-    # Where the form came from: with every cell listed, the same page again.
-    start = _count(request.args.get("start", ""))
-    show = ({"show": "all", **({"start": start} if start else {})}
-            if request.args.get("show") == "all" else {})
+    # Where the form came from: the same list, and with every cell listed, the same page.
+    listing, start = review_list(), _count(request.args.get("start", ""))
+    show = {**({"show": listing} if listing else {}),
+            **({"start": start} if listing == "all" and start else {})}
     if not verdicts:
         flash(REVIEW_NOTHING_CHOSEN)
         return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
@@ -380,7 +396,10 @@ def review_many(batch_id: str):
         abort(404, description=EXPIRED.format(retention=retention()))
     count = len(verdicts)
     flash(REVIEW_MANY_SAVED.format(cells=f"{count} cell{'s' if count != 1 else ''}"))
-    if results.next_to_review(stored["results"], -1) is not None:
+    # Back to the list while it still holds something to do (every cell: while any is still
+    # to review), else to the batch.
+    left = REVIEW_LISTS["" if listing == "all" else listing]
+    if any(left(r) for r in stored["results"]):
         return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
@@ -444,9 +463,11 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             left_out=results.left_out_counts(stored["results"]),
             reviews=results.review_summary(stored["results"]),
             fields_left_out=results.fields_left_out(stored["results"]),
-            # (index, counted in the differential) of each image with no white cell found.
+            # (index, counted in the differential) of each image with no white cell found
+            # that no one has reviewed yet.
             no_white_cells=[(i, results.counted_class(r) is not None)
-                            for i, r in enumerate(stored["results"]) if results.no_white_cell(r)],
+                            for i, r in enumerate(stored["results"])
+                            if REVIEW_LISTS["no-white-cell"](r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             review_bias=review_bias(predictor),
