@@ -37,8 +37,25 @@ class FileResult:
     def to_dict(self) -> dict:
         if self.prediction is None:
             return {"file": str(self.path), "error": self.error}
-        return {"file": str(self.path), **({"cell": self.cell} if self.cell else {}),
-                **self.prediction.to_dict(), **self.checks}
+        return result_entry(str(self.path), self.prediction, self.checks, self.cell)
+
+
+def result_entry(file: str, prediction: Prediction, checks: dict, cell: dict | None) -> dict:
+    """One classified input as the predict command's JSON lines and the API give it: the file,
+    which cell of its field where it is one of several, the prediction, the image's checks."""
+    return {"file": file, **({"cell": cell} if cell else {}), **prediction.to_dict(), **checks}
+
+
+def image_inputs(image, size: int, crop: str, reference: Reference | None,
+                 each_cell: bool) -> tuple[list[tuple[np.ndarray, dict | None]], dict]:
+    """A decoded image's model inputs, each with its cell place or None
+    (`hematovision.fields.cell_inputs`: with `each_cell`, one per white cell of a field holding
+    several), and the image's checks: `red_cell_ratio` with a magnification `reference`, and
+    for a model that crops to the nucleus `white_cells`, how many were found. The one place the
+    predict command and the web app turn an image into what they classify."""
+    checks = {"red_cell_ratio": reference.ratio(image)} if reference else {}
+    inputs, found = cell_inputs(image, size, crop, each_cell)
+    return inputs, checks if found is None else {**checks, "white_cells": found}
 
 
 # Folders that archive tools and file managers leave beside images (macOS puts a "._" copy of
@@ -89,9 +106,9 @@ def _decode(path: Path, size: int, crop: str, reference: Reference | None = None
 
     With `each_cell` None, the model input is one array (training, the trust layer's fits).
     Otherwise it is a list of (input, cell place or None), and for a model that crops to the
-    nucleus the checks also hold `white_cells`, how many were found
-    (`hematovision.fields.cell_inputs`): with `each_cell` True, a field holding several gives
-    one input per cell; with False, the whole image's one input. `load_image` turns every
+    nucleus the checks also hold `white_cells`, how many were found (`image_inputs`): with
+    `each_cell` True, a field holding several gives one input per cell; with False, the whole
+    image's one input. `load_image` turns every
     decoder failure into ImageError; OSError here only means the file itself could not be
     opened."""
     try:
@@ -100,13 +117,11 @@ def _decode(path: Path, size: int, crop: str, reference: Reference | None = None
         return None, str(exc), {}
     except OSError as exc:
         return None, f"Cannot read the file ({exc.strerror or exc}).", {}
-    checks = {"red_cell_ratio": reference.ratio(image)} if reference else {}
     if each_cell is None:
+        checks = {"red_cell_ratio": reference.ratio(image)} if reference else {}
         return to_input(image, size, crop), None, checks
-    inputs, found = cell_inputs(image, size, crop)
-    if len(inputs) > 1 and not each_cell:
-        inputs = [(to_input(image, size, crop), None)]
-    return inputs, None, checks if found is None else {**checks, "white_cells": found}
+    inputs, checks = image_inputs(image, size, crop, reference, each_cell)
+    return inputs, None, checks
 
 
 def decoded_chunks(paths: list[Path], size: int, crop: str,

@@ -68,14 +68,14 @@ def white_cells(image: Image.Image) -> list[WhiteCell]:
     return sorted(cells, key=lambda c: (c.centre[0], c.centre[1]))
 
 
-def cell_inputs(image: Image.Image, size: int, crop: str
+def cell_inputs(image: Image.Image, size: int, crop: str, each_cell: bool = True
                 ) -> tuple[list[tuple[np.ndarray, dict | None]], int | None]:
     """The model inputs of one image with what each one is, and how many white cells were
     found in it (None for a model that reads images whole, which looks for none).
 
     For a model that crops to the nucleus and a field holding several white cells (at most
-    MAX_CELLS), one input per cell with its place (`cell_place`); otherwise the image's one
-    input, as `to_input` makes it, with None. A field with one white cell, or none found,
+    MAX_CELLS), with `each_cell`, one input per cell with its place (`cell_place`); otherwise
+    the image's one input, as `to_input` makes it, with None. A field with one white cell, or none found,
     keeps the crop of `to_input` (the median of all nucleus-coloured pixels), so what every
     model was trained and evaluated on is unchanged; that none was found is reported, not
     acted on (`NO_WHITE_CELL`)."""
@@ -83,7 +83,7 @@ def cell_inputs(image: Image.Image, size: int, crop: str
     if fraction is None:
         return [(to_input(image, size, crop), None)], None
     cells = white_cells(image)
-    if 1 < len(cells) <= MAX_CELLS:
+    if each_cell and 1 < len(cells) <= MAX_CELLS:
         return [(to_input(image, size, crop, cell.centre),
                  cell_place(cell, number, len(cells), image.size, fraction))
                 for number, cell in enumerate(cells, start=1)], len(cells)

@@ -68,6 +68,9 @@ def test_cell_inputs_give_each_cell_of_a_field_its_own_crop():
         assert ((right - left) * 320, (bottom - top) * 240) == pytest.approx((side, side), abs=0.1)
     # The two crops differ: each holds its own cell; the whole-field crop lies between them.
     assert not np.array_equal(inputs[0][0], inputs[1][0])
+    [(whole, place)], found = cell_inputs(field, 64, "nucleus", each_cell=False)
+    assert place is None and found == 2  # counted, read whole
+    np.testing.assert_array_equal(whole, to_input(field, 64, "nucleus"))
 
 
 def test_one_cell_none_found_or_no_crop_keep_the_served_input_unchanged():

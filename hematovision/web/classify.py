@@ -8,7 +8,7 @@ one entry per cell; all decoded images then go through the model in one batched 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from flask import abort, current_app, request
 from werkzeug.datastructures import FileStorage
 
 from hematovision.predictor import Predictor
-from hematovision.fields import cell_inputs
+from hematovision.batch import image_inputs, result_entry
 from hematovision.preprocess import ImageError, load_image
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, models
@@ -30,9 +30,8 @@ class Decoded:
     array: np.ndarray | None = None  # model input
     image_id: str | None = None  # id of the stored viewing copy, when images are stored
     error: str | None = None
-    red_cell_ratio: float | None = None  # red-cell size / the training images' (None: unmeasured)
+    checks: dict = field(default_factory=dict)  # the image's (batch.image_inputs)
     cell: dict | None = None  # which white cell of a field holding several (fields.cell_place)
-    white_cells: int | None = None  # found in the image (None: the model looks for none)
 
 
 def decode(
@@ -49,12 +48,11 @@ def decode(
         image = load_image(storage.read(), max_pixels=max_pixels)
     except ImageError as exc:
         return [Decoded(name, error=str(exc))]
-    # The model card's contract, cell by cell.
-    inputs, found = cell_inputs(image, predictor.input_size, predictor.crop)
-    ratio = predictor.magnification.ratio(image) if predictor.magnification else None
+    # The model card's contract, cell by cell, as the predict command's --each-cell reads it.
+    inputs, checks = image_inputs(image, predictor.input_size, predictor.crop,
+                                  predictor.magnification, each_cell=True)
     image_id = save_image(store_in, image) if store_in else None
-    return [Decoded(name, array, image_id, red_cell_ratio=ratio, cell=cell, white_cells=found)
-            for array, cell in inputs]
+    return [Decoded(name, array, image_id, checks=checks, cell=cell) for array, cell in inputs]
 
 
 def classify(
@@ -74,11 +72,7 @@ def classify(
             results.append({"file": d.file, "error": d.error})
             continue
         prediction, cam = next(answers)
-        result = {"file": d.file, **({"cell": d.cell} if d.cell else {}), **prediction.to_dict()}
-        if predictor.magnification is not None:
-            result["red_cell_ratio"] = d.red_cell_ratio
-        if d.white_cells is not None:
-            result["white_cells"] = d.white_cells
+        result = result_entry(d.file, prediction, d.checks, d.cell)
         if explain:
             mapped = cam is not None and prediction.status != NOT_A_CELL
             result["cam"] = heatmap.to_json(d.array, cam) if mapped else None
