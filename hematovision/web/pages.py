@@ -130,6 +130,7 @@ def sentence(text: str) -> str:
 bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.batch_title, "batch_title")
 bp.add_app_template_filter(results.image_count, "image_count")
+bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 
 
 @bp.app_template_filter("status")
@@ -301,9 +302,8 @@ def review(batch_id: str, index: int):
     if results.status_of(item) is None:
         abort(400, description=REVIEW_UNREADABLE)
     verdict = request.form.get("verdict", "")
-    if verdict not in ("", results.EXCLUDED, *stored["classes"]):
-        choices = ", ".join([*stored["classes"], results.EXCLUDED])
-        abort(400, description=REVIEW_UNKNOWN.format(choices=choices))
+    if verdict:
+        check_verdict(verdict, stored)
 
     def record(batch: dict) -> None:
         result = batch["results"][index]
@@ -323,6 +323,13 @@ def review(batch_id: str, index: int):
             return redirect(url_for("pages.single", batch_id=batch_id, index=following), code=303)
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
     return redirect(url_for("pages.single", batch_id=batch_id, index=index), code=303)
+
+
+def check_verdict(verdict: str, stored: dict) -> None:
+    """A 400 naming the choices unless `verdict` is one of the batch's classes or EXCLUDED."""
+    choices = [*stored["classes"], results.EXCLUDED]
+    if verdict not in choices:
+        abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(choices)))
 
 
 # The review page's lists (`?show=`): which results each holds. The default and
@@ -363,20 +370,16 @@ def review_many(batch_id: str):
     refuses the whole form (400) and saves none. Then back to the review page's list while it
     holds results still to review, else to the batch (303)."""
     stored = load_or_404(batch_id)
-    allowed = (results.EXCLUDED, *stored["classes"])
     verdicts: dict[int, str] = {}
     for key, verdict in request.form.items():
         if not key.startswith("verdict-") or not verdict:
             continue
         number = key.removeprefix("verdict-")
         index = _count(number)
-        index = -1 if index is None else index
-        if not 0 <= index < len(stored["results"]) or results.status_of(
+        if index is None or index >= len(stored["results"]) or results.status_of(
                 stored["results"][index]) is None:
             abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
-        if verdict not in allowed:
-            abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(
-                [*stored["classes"], results.EXCLUDED])))
+        check_verdict(verdict, stored)
         verdicts[index] = verdict
     # Where the form came from: the same list, and with every cell listed, the same page.
     listing, start = review_list(), _count(request.args.get("start", ""))
@@ -410,16 +413,10 @@ def model_view_image(batch_id: str, index: int):
     nucleus for a model that crops, else the whole stored image."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
-    path = uploads.image_path(upload_folder(), item.get("image") or "")
-    if path is None:
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     predictor = served_model(stored["model"])
     fraction = predictor.crop_fraction if predictor else None
-    try:
-        jpeg = field_view.model_view(path, fraction, item.get("cell"))
-    except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
-    return _no_store(Response(jpeg, mimetype="image/jpeg"))
+    return drawn_from_stored(item, "image/jpeg", lambda path: field_view.model_view(
+        path, fraction, item.get("cell")))
 
 
 @bp.app_template_filter("verdict")
@@ -546,15 +543,9 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=NO_HEAT_MAP.format(name=stored["model"]))
     if item["label"] not in predictor.classes:  # the model was retrained under the same name
         abort(404, description=CLASS_GONE.format(name=stored["model"], label=item["label"]))
-    path = uploads.image_path(upload_folder(), item["image"])
-    if path is None:
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
-    try:
-        # The stored label, not the stored copy's top class: the page captions the map with it.
-        png = heatmap.stored_overlay(predictor, path, item["label"], item.get("cell"))
-    except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
-    return _no_store(Response(png, mimetype="image/png"))
+    # The stored label, not the stored copy's top class: the page captions the map with it.
+    return drawn_from_stored(item, "image/png", lambda path: heatmap.stored_overlay(
+        predictor, path, item["label"], item.get("cell")))
 
 
 @bp.get("/batch/<batch_id>/<int:index>/field.jpg")
@@ -565,16 +556,23 @@ def field_image(batch_id: str, index: int):
     item = item_or_404(stored, index)
     if not item.get("cell") or not item.get("image"):
         abort(404, description=NOT_A_FIELD_CELL)
-    path = uploads.image_path(upload_folder(), item["image"])
-    if path is None:
-        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
     others = [r["cell"] for r in stored["results"]
               if r is not item and r.get("image") == item["image"] and r.get("cell")]
-    try:
-        jpeg = field_view.outlined(path, item["cell"], others)
-    except (ImageError, FileNotFoundError):  # purged or damaged between the check and the read
+    return drawn_from_stored(item, "image/jpeg",
+                             lambda path: field_view.outlined(path, item["cell"], others))
+
+
+def drawn_from_stored(item: dict, mimetype: str, draw: Callable[[Path], bytes]) -> Response:
+    """A picture `draw` makes from a result's stored upload, not to be cached; 404 where the
+    stored copy is gone, before or while it is read (purged or damaged meanwhile)."""
+    path = uploads.image_path(upload_folder(), item.get("image") or "")
+    if path is None:
         abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
-    return _no_store(Response(jpeg, mimetype="image/jpeg"))
+    try:
+        picture = draw(path)
+    except (ImageError, FileNotFoundError):
+        abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
+    return _no_store(Response(picture, mimetype=mimetype))
 
 
 @bp.get("/batch/<batch_id>.csv")

@@ -193,9 +193,8 @@ def magnification_check(results: list[dict[str, Any]],
     counts once."""
     if reference is None:
         return None
-    ratios = [r.get("red_cell_ratio") for r in results
-              if (r.get("cell") or {}).get("number", 1) == 1]
-    return batch_check(ratios, reference)
+    return batch_check([r.get("red_cell_ratio") for r in results if _first_of_image(r)],
+                       reference)
 
 
 def status_counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -218,7 +217,12 @@ def no_white_cell(result: dict[str, Any]) -> bool:
 
 def image_count(results: list[dict[str, Any]]) -> int:
     """How many images gave these results: the cells of a field holding several are one."""
-    return sum(1 for r in results if (r.get("cell") or {}).get("number", 1) == 1)
+    return sum(1 for r in results if _first_of_image(r))
+
+
+def _first_of_image(result: dict[str, Any]) -> bool:
+    """A whole image's result, or the first cell's of a field read cell by cell."""
+    return (result.get("cell") or {}).get("number", 1) == 1
 
 
 def batch_title(results: list[dict[str, Any]]) -> str:
@@ -237,9 +241,10 @@ def cell_text(result: dict[str, Any]) -> str:
 
 def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     """One row per result (a file, or one white cell of a field): file, label (the model's top
-    class, as in the API), status (whether to trust that label), confidence, p_<class> for each class, error, differential_class: the
-    class a white cell is counted as (`counted_label`), so a spreadsheet that counts or filters
-    by it counts what the differential counts, red_cell_ratio: the image's red-cell size over
+    class, as in the API), status (whether to trust that label), confidence, p_<class> for
+    each class, error, differential_class: the class a white cell is counted as
+    (`counted_label`), so a spreadsheet that counts or filters by it counts what the
+    differential counts, red_cell_ratio: the image's red-cell size over
     the training images' (the magnification check; empty where unmeasured), and
     reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none), cell:
     `n/N` for the n-th of N white cells the app found in one field, each a row of its own (empty
