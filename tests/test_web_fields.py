@@ -167,6 +167,10 @@ def test_reviewed_cells_of_a_field_stay_out_of_the_training_folder(client, batch
     assert [r["differential_class"] for r in rows][::2] == ["eosinophil", "lymphocyte"]
 
 
+def test_a_batch_deletion_counts_a_fields_shared_image_once(client, batch_id):
+    assert uploads.delete_batch(folder(client), batch_id) == 2  # field.png and cell.png
+
+
 def test_deleting_the_batch_deletes_the_shared_field_once(client, batch_id):
     assert 'data-confirm="Delete the results of all 2 images of this batch' in page(
         client, f"/batch/{batch_id}")

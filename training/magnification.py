@@ -12,9 +12,10 @@ the zoom span the training views were augmented with (the run's --zoom), the mag
 model was trained for. The check is then measured on --data (the model's test images) as
 recorded and under every change of `training.robustness`, applied the same way: under its
 magnification changes a flag is the check doing its job, under the others (focus, exposure,
-stain, compression: the magnification unchanged) a false alarm. For each, the median ratio, the share of images measured, the share of single images outside
-their range, and the share of batches of MIN_BATCH_IMAGES images (drawn at random, seeded) whose
-median is outside the batch range. `--record` stores the reference and the figures in the card
+stain, compression: the magnification unchanged) a false alarm. For each, the median ratio,
+the share of images measured, the share of single images outside their range, and the share of
+batches of MIN_BATCH_IMAGES images (drawn at random, seeded) whose median is outside the batch
+range. `--record` stores the reference and the figures in the card
 ("magnification"); the app shows the check from then on.
 """
 

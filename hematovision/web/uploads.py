@@ -131,19 +131,17 @@ def delete_batch(folder: Path, batch_id: str) -> int | None:
     how many images were deleted, or None when there is no such batch. The images go first, so
     a deletion cut short leaves a batch that can be deleted again (and the purge takes whatever
     is left in any case). Only this batch's own files are touched: every stored image belongs
-    to the one batch it was uploaded in."""
+    to the one batch it was uploaded in (the cells of a field share its image, counted once)."""
     with _locked(folder):
         batch = load_batch(folder, batch_id)
         if batch is None:
             return None
-        deleted = 0
-        for result in batch.get("results", []):
-            path = image_path(folder, result.get("image") or "")
-            if path is not None:
-                path.unlink(missing_ok=True)
-                deleted += 1
+        images = {image_path(folder, r.get("image") or "") for r in batch.get("results", [])}
+        images.discard(None)
+        for path in images:
+            path.unlink(missing_ok=True)
         (folder / f"{batch_id}.json").unlink(missing_ok=True)
-        return deleted
+        return len(images)
 
 
 def image_path(folder: Path, image_id: str) -> Path | None:
