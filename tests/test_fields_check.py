@@ -52,7 +52,7 @@ def cropping_model(tmp_path, tiny_model_dir) -> Path:
 
 
 def test_cells_found_are_matched_to_the_boxes(bccd):
-    found = fields_check.finding(bccd)
+    found = fields_check.finding(fields_check.boxed_fields(bccd))
     assert {k: found[k] for k in ("smears", "boxes", "found", "missed", "extra")} == {
         "smears": 3, "boxes": 5, "found": 4, "missed": 1, "extra": 1}
     assert found["by_count"] == {"1 boxed, 2 found": 1, "2 boxed, 1 found": 1,

@@ -54,19 +54,28 @@ def field(bccd: Path, name: str) -> Image.Image:
 KEEP_GEOMETRY = [name for name in PERTURBATIONS if not name.startswith("zoom")][1:]
 
 
-def finding(bccd: Path, change: Callable[[Image.Image], Image.Image] | None = None) -> dict:
-    """Cells found against the white-cell boxes of every annotated smear with one or more,
-    each smear changed by `change` first where given."""
-    smears = boxes_total = found_total = missed = extra = 0
-    by_count: Counter = Counter()
-    misses, extras = [], []
+def boxed_fields(bccd: Path) -> list[tuple[str, list[tuple], Image.Image]]:
+    """(image name, its white-cell boxes scaled to FIELD_SIZE, the field) of every annotated
+    smear with one or more, read once for every pass of `finding`."""
+    smears = []
     for xml_file in sorted((bccd / "Annotations").glob("*.xml")):
         name, boxes, (width, height) = wbc_boxes(xml_file)
         if not boxes or not (bccd / "JPEGImages" / name).is_file():
             continue
         sx, sy = FIELD_SIZE[0] / width, FIELD_SIZE[1] / height
-        scaled = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes]
-        image = field(bccd, name)
+        smears.append((name, [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes],
+                       field(bccd, name)))
+    return smears
+
+
+def finding(smears: list[tuple[str, list[tuple], Image.Image]],
+            change: Callable[[Image.Image], Image.Image] | None = None) -> dict:
+    """Cells found against the white-cell boxes of `boxed_fields`, each field changed by
+    `change` first where given."""
+    boxes_total = found_total = missed = extra = 0
+    by_count: Counter = Counter()
+    misses, extras = [], []
+    for name, scaled, image in smears:
         cells = white_cells(change(image) if change else image)
         matched: set[int] = set()
         for cell in cells:
@@ -78,16 +87,15 @@ def finding(bccd: Path, change: Callable[[Image.Image], Image.Image] | None = No
             else:
                 extra += 1
                 extras.append(name)
-        for i in set(range(len(boxes))) - matched:
+        for i in set(range(len(scaled))) - matched:
             missed += 1
             misses.append({"image": name, "box_side": round(max(
                 scaled[i][2] - scaled[i][0], scaled[i][3] - scaled[i][1]), 1),
-                "white_cells": len(boxes)})
-        smears += 1
-        boxes_total += len(boxes)
+                "white_cells": len(scaled)})
+        boxes_total += len(scaled)
         found_total += len(matched)
-        by_count[f"{len(boxes)} boxed, {len(cells)} found"] += 1
-    return {"smears": smears, "boxes": boxes_total, "found": found_total, "missed": missed,
+        by_count[f"{len(scaled)} boxed, {len(cells)} found"] += 1
+    return {"smears": len(smears), "boxes": boxes_total, "found": found_total, "missed": missed,
             "extra": extra, "by_count": dict(sorted(by_count.items())),
             "missed_boxes": misses, "extra_in": extras}
 
@@ -206,12 +214,13 @@ def check(model_dir: Path, bccd: Path = BCCD, kaggle: Path = KAGGLE) -> dict:
     if crop_fraction(predictor.crop) is None:
         raise SystemExit(f"{model_dir.name} reads whole images (crop {predictor.crop!r}): the "
                          "app splits fields only for a model that crops to the nucleus")
+    smears = boxed_fields(bccd)
+    changed = {name: finding(smears, PERTURBATIONS[name][1]) for name in KEEP_GEOMETRY}
     return {"model": model_dir.name, "field_size": list(FIELD_SIZE),
             "lobe_distance": LOBE_DISTANCE, "min_cell_share": MIN_CELL_SHARE,
-            "finding": finding(bccd),
-            "finding_changed": {name: {k: v for k, v in finding(bccd, PERTURBATIONS[name][1]).items()
-                                       if k in ("found", "missed", "extra")}
-                                for name in KEEP_GEOMETRY},
+            "finding": finding(smears),
+            "finding_changed": {name: {k: f[k] for k in ("found", "missed", "extra")}
+                                for name, f in changed.items()},
             "kaggle": kaggle_counts(kaggle),
             "reading": reading(bccd, predictor),
             "red_cells_only": red_cells_only(bccd, predictor)}
