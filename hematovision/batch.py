@@ -18,7 +18,8 @@ import numpy as np
 
 from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
-from hematovision.predictor import BATCH_SIZE, Outputs, Prediction, Predictor
+from hematovision.predictor import (BATCH_SIZE, Outputs, Prediction, Predictor,
+                                    with_white_cells)
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError, load_image, to_input
 
 
@@ -104,7 +105,7 @@ def _decode(path: Path, size: int, crop: str, reference: Reference | None = None
     """(model input, None, image checks) or (None, error message, {}). The checks hold the
     red-cell ratio (`red_cell_ratio`) only with a magnification `reference`.
 
-    With `each_cell` None, the model input is one array (training, the trust layer's fits).
+    With `each_cell` None, the model input is one array (training).
     Otherwise it is a list of (input, cell place or None), and for a model that crops to the
     nucleus the checks also hold `white_cells`, how many were found (`image_inputs`): with
     `each_cell` True, a field holding several gives one input per cell; with False, the whole
@@ -162,7 +163,8 @@ def classify_files(
         entries = [(path, array, error, checks, place)
                    for path, inputs, error, checks in chunk
                    for array, place in (inputs if inputs is not None else [(None, None)])]
-        predictions = predictor.predict_each([entry[1] for entry in entries])
+        predictions = predictor.predict_each([entry[1] for entry in entries],
+                                             [entry[3].get("white_cells") for entry in entries])
         for (path, _, error, checks, place), prediction in zip(entries, predictions):
             yield FileResult(path, prediction, None if prediction else error, checks, place)
         meter.advance(len(chunk))
@@ -171,23 +173,26 @@ def classify_files(
 
 def forward_files(predictor: Predictor, paths: list[Path], progress: bool = False
                   ) -> tuple[Outputs, list[bool]]:
-    """The served network's raw outputs (logits, unfamiliarity features) for the readable
-    files, and which files were readable; for fitting and evaluating the trust layer on exactly
-    the serving path."""
+    """The served network's raw outputs (logits, unfamiliarity features; for a model that
+    crops to the nucleus, the white cells found in each image) for the readable files, each
+    read whole, and which files were readable; for fitting and evaluating the trust layer on
+    exactly the serving path."""
     meter = _Progress(len(paths), progress)
-    parts, readable = [], []
-    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop):
-        arrays = [array for _, array, _, _ in chunk if array is not None]
-        readable += [array is not None for _, array, _, _ in chunk]
-        if arrays:
-            parts.append(predictor.forward(np.stack(arrays)))
+    parts, readable, found = [], [], []
+    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop, each_cell=False):
+        decoded = [(inputs[0][0], checks) for _, inputs, _, checks in chunk if inputs]
+        readable += [inputs is not None for _, inputs, _, _ in chunk]
+        found += [checks.get("white_cells") for _, checks in decoded]
+        if decoded:
+            parts.append(predictor.forward(np.stack([array for array, _ in decoded])))
         meter.advance(len(chunk))
     meter.close()
     if not parts:
         size = predictor.input_size
         return predictor.forward(np.zeros((0, size, size, 3), np.float32)), readable
-    return Outputs(np.concatenate([p.logits for p in parts]),
-                   np.concatenate([p.features for p in parts])), readable
+    return with_white_cells(Outputs(np.concatenate([p.logits for p in parts]),
+                                    np.concatenate([p.features for p in parts])),
+                            None if all(c is None for c in found) else found), readable
 
 
 class _Progress:

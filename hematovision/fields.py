@@ -33,11 +33,12 @@ MIN_CELL_SHARE = 0.015  # a white cell's nucleus pixels, share of the short side
 MAX_CELLS = 16
 # What a result of a model that crops to the nucleus says where no white cell was found in its
 # image: its answer is about whatever lies where the crop fell (a field of red cells only, a
-# white cell too pale or off-colour for the colour test). The status is the trust layer's, as
-# recorded on the test sets; this is for the person reading the result.
+# white cell too pale or off-colour for the colour test), so it is set aside for review
+# (trust.WHITE_CELL_RULE); this says why to the person reading the result.
 NO_WHITE_CELL = ("No white cell was found in this image (no nucleus-coloured region the size "
                  "of a white cell's nucleus), so the answer is about whatever lies at the "
-                 "centre of the crop. Check the image: if it shows no white cell, exclude it.")
+                 "centre of the crop, and it is left for you to review. Check the image: if "
+                 "it shows no white cell, exclude it.")
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ def cell_inputs(image: Image.Image, size: int, crop: str, each_cell: bool = True
     MAX_CELLS), with `each_cell`, one input per cell with its place (`cell_place`); otherwise
     the image's one input, as `to_input` makes it, with None. A field with one white cell, or none found,
     keeps the crop of `to_input` (the median of all nucleus-coloured pixels), so what every
-    model was trained and evaluated on is unchanged; that none was found is reported, not
-    acted on (`NO_WHITE_CELL`)."""
+    model was trained and evaluated on is unchanged; where none was found, the answer is not
+    accepted (`trust.WHITE_CELL_RULE`) and the reader is told why (`NO_WHITE_CELL`)."""
     fraction = crop_fraction(crop)
     if fraction is None:
         return [(to_input(image, size, crop), None)], None

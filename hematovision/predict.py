@@ -11,7 +11,8 @@ images). Probabilities and confidence are calibrated (see the model card's "trus
 --accuracy-target abstains so that accepted cells are right that often (the card's own target,
 e.g. 0.99, by default; a lower one accepts more cells and sends fewer to review).
 For a model that crops to the nucleus, each line also says how many white cells its image held
-("white_cells"; 0: the answer is about whatever lies at the crop's centre).
+("white_cells"; 0: the answer is about whatever lies at the crop's centre, so its status is
+"unidentified" whatever the confidence).
 --each-cell reads a smear field holding several white cells cell by cell, as the web app does,
 for a model that crops to the nucleus: one line per cell, each with "cell" (its number, how many
 the field holds, and where it is) after "file".

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,9 +16,11 @@ import numpy as np
 from PIL import Image
 
 from hematovision.card import CARD_FILE, ModelLoadError, read_card, served_views
+from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
-from hematovision.preprocess import ImageSource, crop_fraction, load_image, to_input
-from hematovision.trust import ACCEPTED, Trust, class_activation_map, use_one_blas_thread
+from hematovision.preprocess import ImageSource, crop_fraction, load_image
+from hematovision.trust import (ACCEPTED, Trust, class_activation_map, no_white_cell,
+                                use_one_blas_thread)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
@@ -69,6 +71,10 @@ class Outputs:
     logits: np.ndarray  # (n, classes), before the softmax
     features: np.ndarray  # (n, d): pooled activations of a few layers, for unfamiliarity
     feature_maps: np.ndarray | None = None  # (n, h, w, d), only when asked for (CAMs)
+    # (n,) white cells found in each image, for a model that crops to the nucleus where the
+    # caller counted them (`fields.cell_inputs`); an image with none is not accepted
+    # (trust.WHITE_CELL_RULE).
+    white_cells: Sequence[int | None] | None = None
 
 
 def load_failure(error: ModelLoadError) -> str:
@@ -166,20 +172,31 @@ class Predictor:
         return self.trust.probabilities(self.forward(batch).logits)
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
-        """Classify decoded RGB images (see `preprocess.load_image`)."""
-        return self.predict_images_arrays(
-            [to_input(image, self.input_size, self.crop) for image in images]
-        )
+        """Classify decoded RGB images (see `preprocess.load_image`), each read whole, as
+        `preprocess.to_input` makes its input, with its white cells counted for a model that
+        crops to the nucleus."""
+        read = [cell_inputs(image, self.input_size, self.crop, each_cell=False)
+                for image in images]
+        return self.predict_images_arrays([inputs[0][0] for inputs, _ in read],
+                                          [found for _, found in read])
 
-    def predict_images_arrays(self, arrays: Sequence[np.ndarray]) -> list[Prediction]:
-        """Classify preprocessed (size, size, 3) arrays (see `preprocess.to_input`)."""
+    def predict_images_arrays(self, arrays: Sequence[np.ndarray],
+                              white_cells: Sequence[int | None] | None = None
+                              ) -> list[Prediction]:
+        """Classify preprocessed (size, size, 3) arrays (see `preprocess.to_input`);
+        `white_cells`, one per array, how many were found in its image (None: not counted)."""
         if not len(arrays):
             return []
-        return self.predictions(self.forward(np.stack(arrays)))
+        return self.predictions(with_white_cells(self.forward(np.stack(arrays)), white_cells))
 
-    def predict_each(self, arrays: Sequence[np.ndarray | None]) -> list[Prediction | None]:
+    def predict_each(self, arrays: Sequence[np.ndarray | None],
+                     white_cells: Sequence[int | None] | None = None
+                     ) -> list[Prediction | None]:
         """One batched call for the decoded entries; None where decoding failed, order kept."""
-        predictions = iter(self.predict_images_arrays([a for a in arrays if a is not None]))
+        found = None if white_cells is None else [
+            c for a, c in zip(arrays, white_cells) if a is not None]
+        predictions = iter(self.predict_images_arrays([a for a in arrays if a is not None],
+                                                      found))
         return [next(predictions) if a is not None else None for a in arrays]
 
     def predict(self, source: ImageSource) -> Prediction:
@@ -194,13 +211,16 @@ class Predictor:
         a re-encoded copy of its image might no longer rank first), else for the top class."""
         return self.explain_arrays([array], None if label is None else [label])[0]
 
-    def explain_arrays(self, arrays: Sequence[np.ndarray], labels: Sequence[str] | None = None
+    def explain_arrays(self, arrays: Sequence[np.ndarray], labels: Sequence[str] | None = None,
+                       white_cells: Sequence[int | None] | None = None
                        ) -> list[tuple[Prediction, np.ndarray | None]]:
         """`explain` for preprocessed arrays, in one batched forward pass; `labels`, one per
-        array, name the classes to map (default: each image's top class)."""
+        array, name the classes to map (default: each image's top class); `white_cells` as
+        for `predict_images_arrays`."""
         if not len(arrays):
             return []
-        outputs = self.forward(np.stack(arrays), feature_maps=True)
+        outputs = with_white_cells(self.forward(np.stack(arrays), feature_maps=True),
+                                   white_cells)
         predictions = self.predictions(outputs)
         labels = [p.label for p in predictions] if labels is None else list(labels)
         if len(labels) != len(predictions):
@@ -216,18 +236,31 @@ class Predictor:
     def predictions(self, outputs: Outputs) -> list[Prediction]:
         probabilities = self.trust.probabilities(outputs.logits)
         unfamiliarity = self.trust.ood_scores(outputs.features)
+        missing = no_white_cell(outputs.white_cells)
+        if missing is None:
+            missing = np.zeros(len(probabilities), dtype=bool)
         out = []
-        for row, ood in zip(probabilities, unfamiliarity):
+        for row, ood, no_cell in zip(probabilities, unfamiliarity, missing):
             best = int(np.argmax(row))
             confidence = float(row[best])
             out.append(Prediction(
                 label=self.classes[best],
                 confidence=confidence,
                 probabilities={c: float(p) for c, p in zip(self.classes, row)},
-                status=self.trust.status(confidence, float(ood)),
+                status=self.trust.status(confidence, float(ood), bool(no_cell)),
                 scores=self.trust.scores(float(ood)),
             ))
         return out
+
+
+def with_white_cells(outputs: Outputs, white_cells: Sequence[int | None] | None) -> Outputs:
+    """`outputs` with the white cells counted in each image (None: not counted)."""
+    if white_cells is None:
+        return outputs
+    if len(white_cells) != len(outputs.logits):
+        raise ValueError(f"Got {len(white_cells)} white-cell counts for "
+                         f"{len(outputs.logits)} images")
+    return replace(outputs, white_cells=list(white_cells))
 
 
 def _identify_outputs(interpreter, num_classes: int, path: Path) -> dict[str, dict]:

@@ -31,6 +31,12 @@ ACCEPTED = "accepted"
 UNIDENTIFIED = "unidentified"
 NOT_A_CELL = "not_a_cell"
 STATUSES = (ACCEPTED, UNIDENTIFIED, NOT_A_CELL)
+# For a model that crops to the nucleus: its answer about an image in which no white cell was
+# found is about whatever lies where the crop fell (a field of red cells only gives it a
+# phantom cell), so it is never accepted. Adopted by a rule set before its figures were
+# measured (docs/experiments.md, "No white cell found").
+WHITE_CELL_RULE = ("Unidentified, whatever its confidence, where no white cell is found in the "
+                   "image (the model's crop centres on the stained nucleus).")
 STATUS_TEXT = {
     ACCEPTED: "Accepted",
     UNIDENTIFIED: "Unidentified: needs review",
@@ -186,9 +192,9 @@ class Trust:
             return np.zeros(len(features))
         return layer_distances(self.layers, np.asarray(features)).max(axis=1)
 
-    def status(self, confidence: float, ood_score: float) -> str:
+    def status(self, confidence: float, ood_score: float, no_white_cell: bool = False) -> str:
         return str(statuses(np.array([confidence]), np.array([ood_score > self.ood_threshold]),
-                            self.confidence_threshold)[0])
+                            self.confidence_threshold, np.array([no_white_cell]))[0])
 
     def scores(self, ood_score: float) -> dict[str, float | None]:
         finite = np.isfinite(self.ood_threshold)
@@ -213,12 +219,26 @@ def _stored_layer(arrays, i: int, scale: float) -> LayerGaussians:
     return LayerGaussians(means, whitening, scale)
 
 
-def statuses(confidence: np.ndarray, unfamiliar: np.ndarray, threshold: float) -> np.ndarray:
+def statuses(confidence: np.ndarray, unfamiliar: np.ndarray, threshold: float,
+             no_white_cell: np.ndarray | None = None) -> np.ndarray:
     """The status of each answer, the one rule the server applies and the evaluations measure:
     unfamiliar first (a confident answer about a photo of a cat is still about a cat), then
-    too unsure to accept at the confidence `threshold`."""
-    return np.where(unfamiliar, NOT_A_CELL,
-                    np.where(unsure(confidence, threshold), UNIDENTIFIED, ACCEPTED))
+    too unsure to accept at the confidence `threshold`, or, for a model that crops to the
+    nucleus, about an image in which no white cell was found (`no_white_cell`, True where so:
+    WHITE_CELL_RULE)."""
+    held = unsure(confidence, threshold)
+    if no_white_cell is not None:
+        held = held | np.asarray(no_white_cell, dtype=bool)
+    return np.where(unfamiliar, NOT_A_CELL, np.where(held, UNIDENTIFIED, ACCEPTED))
+
+
+def no_white_cell(white_cells) -> np.ndarray | None:
+    """True for each image in which no white cell was found, from the counts
+    (`hematovision.fields.cell_inputs`: None for an image no one looked in); None when no count
+    is known, as for a model that reads images whole."""
+    if white_cells is None or all(c is None for c in white_cells):
+        return None
+    return np.array([c == 0 for c in white_cells], dtype=bool)
 
 
 def unsure(confidence, threshold: float):

@@ -63,7 +63,8 @@ def test_many_files_keep_their_order_and_go_through_the_model_once(client, app):
     predictor = app.extensions["predictors"]["tiny"]
     calls = []
     original = predictor.predict_images_arrays
-    predictor.predict_images_arrays = lambda arrays: calls.append(len(arrays)) or original(arrays)
+    predictor.predict_images_arrays = lambda arrays, found=None: (
+        calls.append(len(arrays)) or original(arrays, found))
     colors = [(200, 60, 60), (60, 60, 200), (120, 60, 160)]
     response = post(
         client, *[(f"{i}.png", image_bytes(c, fmt="PNG")) for i, c in enumerate(colors)]

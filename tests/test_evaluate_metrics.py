@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from training.evaluate import (classification_metrics, group_bootstrap, hardest_smears,
-                               intervals, macro_f1, per_source_accuracy)
+                               intervals, macro_f1, no_white_cell_figures, per_source_accuracy)
 
 
 def test_metrics_on_a_hand_checked_example():
@@ -184,3 +184,14 @@ def test_record_refuses_the_names_other_figures_hold(name, capsys):
         evaluate.main(["--data", "anything", "--record", name])
     assert f"--record {name}: the card keeps the figures of training.{name}" in (
         capsys.readouterr().err)
+
+
+def test_no_white_cell_figures_count_what_the_rule_sets_aside():
+    missing = np.array([True, True, True, False, False, False])
+    correct = np.array([True, False, True, True, False, True])
+    confident = np.array([True, True, False, True, False, True])
+    assert no_white_cell_figures(missing, correct, confident) == {
+        "images": 3, "rate": 0.5, "accuracy": 0.6667, "set_aside": 2, "set_aside_right": 1,
+        "accuracy_accepted_without_rule": 0.75, "accuracy_accepted": 1.0}
+    none = no_white_cell_figures(np.zeros(2, bool), np.ones(2, bool), np.zeros(2, bool))
+    assert none["accuracy"] is None and none["accuracy_accepted"] is None

@@ -80,7 +80,8 @@ def test_fields_of_red_cells_only_are_made_from_the_half_without_the_white_cell(
     result = fields_check.red_cells_only(bccd, Predictor(cropping_model))
     assert (result["fields"], result["with_a_white_cell_found"]) == (1, 1)
     assert result["accepted"] + result["unidentified"] + result["not_a_cell"] == 1
-    assert sum(result["accepted_as"].values()) == result["accepted"]
+    assert sum(result["accepted_without_white_cell_rule_as"].values()) == result[
+        "accepted_without_white_cell_rule"]
     smear(bccd, "clear", [(150, 240)], [(100, 190, 200, 290)])
     assert fields_check.red_cells_only(bccd, Predictor(cropping_model))[
         "with_a_white_cell_found"] == 1  # "clear": its free half holds none

@@ -257,6 +257,8 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
         ("field.png", 1), ("field.png", 2), ("single.jpg", None)]
     assert list(lines[0])[:3] == ["file", "cell", "label"]
     assert [line["white_cells"] for line in lines] == [2, 2, 0]  # the red disc holds no nucleus
+    # No trust layer: every answer is accepted, except about an image with no white cell.
+    assert [line["status"] for line in lines] == ["accepted", "accepted", "unidentified"]
     assert lines[0]["cell"]["of"] == 2 and lines[0]["cell"]["centre"][0] < 0.5
 
     main([str(field), "--each-cell", *model])

@@ -5,7 +5,9 @@ import pytest
 
 from hematovision.card import ModelLoadError
 from hematovision.predictor import Predictor, available_models
-from tests.conftest import CLASSES, make_image
+from hematovision.preprocess import to_input
+from tests.conftest import CLASSES, make_image, make_smear, with_nuclei
+from tests.web_helpers import make_models_root
 
 
 def test_predictor_reads_card_and_returns_ordered_probabilities(tiny_model_dir, tmp_path):
@@ -90,6 +92,30 @@ def test_a_card_with_an_unknown_crop_is_refused_at_load(tiny_model_dir, tmp_path
     (odd / "model.tflite").write_bytes((tiny_model_dir / "model.tflite").read_bytes())
     with pytest.raises(ModelLoadError, match="unknown crop 'nucleus:2'"):
         Predictor(odd)
+
+
+def test_a_model_that_crops_to_the_nucleus_accepts_no_image_without_a_white_cell(
+        tiny_model_dir, tmp_path):
+    """The tiny model has no trust layer, so it accepts every image in which it finds a white
+    cell, and none in which it finds none, on each of the predictor's paths."""
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    root = make_models_root(tmp_path / "models", tiny_model_dir, names=("cropping",),
+                            card={"preprocessing": {**card["preprocessing"], "crop": "nucleus"}})
+    predictor = Predictor(root / "cropping")
+    smear = make_smear(30, seed=1)
+    images = [with_nuclei(smear, [(160, 120, 22)]), smear]
+    assert [p.status for p in predictor.predict_images(images)] == ["accepted", "unidentified"]
+    arrays = [to_input(image, predictor.input_size, predictor.crop) for image in images]
+    assert [p.status for p in predictor.predict_images_arrays(arrays)] == ["accepted"] * 2
+    assert [p.status if p else None for p in predictor.predict_each(
+        [arrays[0], None, arrays[1]], [1, None, 0])] == ["accepted", None, "unidentified"]
+    [(explained, _)] = predictor.explain_arrays(arrays[1:], white_cells=[0])
+    assert explained.status == "unidentified"
+    with pytest.raises(ValueError, match="Got 1 white-cell counts for 2 images"):
+        predictor.predict_images_arrays(arrays, [0])
+    # A model that reads images whole counts no white cells and accepts both.
+    assert [p.status for p in Predictor(tiny_model_dir).predict_images(images)] == [
+        "accepted"] * 2
 
 
 def test_card_class_count_must_match_the_model(tiny_model_dir, tmp_path):

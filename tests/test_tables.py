@@ -645,3 +645,28 @@ def test_training_time_table_reads_the_cards_and_the_crossfit():
     assert f"{crossfit_json['seconds']:,.0f} s" in row and "5 fold models" in row
     [row] = [r for r in table.splitlines() if r.startswith("| `pbc8`")]
     assert row.endswith("| n/a |")  # no crossfit was run for pbc8
+
+
+def test_white_cell_rule_table_gives_the_pool_each_test_set_and_the_red_cell_fields(tmp_path):
+    def figures(images, rate, set_aside, before, after):
+        return {"images": images, "rate": rate, "accuracy": 0.45, "set_aside": set_aside,
+                "set_aside_right": 1, "accuracy_accepted_without_rule": before,
+                "accuracy_accepted": after}
+
+    folder = tmp_path / "wbc4"
+    folder.mkdir()
+    (folder / "model.tflite").write_bytes(b"")
+    (folder / "model_card.json").write_text(json.dumps({"metrics": {
+        "test": {"n": 100, "no_white_cell": figures(3, 0.03, 2, 0.98, 0.99)},
+        "other": {"n": 50}}}))  # recorded before the rule: no row
+    (folder / "fields_check.json").write_text(json.dumps({
+        "white_cell_rule_out_of_fold": {"pool": {"images": 400, "groups": 20, "views": 4},
+                                        **figures(4, 0.01, 0, 0.99, 0.99)},
+        "red_cells_only": {"fields": 10, "with_a_white_cell_found": 1,
+                           "accepted_without_white_cell_rule": 2}}))
+    rows = tables.white_cell_rule_table(tmp_path).splitlines()[2:]
+    assert rows == [
+        "| `wbc4` | out of fold, 400 images of 20 smears (the rule was judged here) | 4 (1.0%) "
+        "| 45.0% | 0 (1) | 0.9900 -> 0.9900 |",
+        "| `wbc4` | test, n=100 | 3 (3.0%) | 45.0% | 2 (1) | 0.9800 -> 0.9900 |",
+        "| `wbc4` | fields of red cells only, 10 | 9 | n/a (no white cell) | 2 (0) | n/a |"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hematovision import trust
-from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, Trust
+from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, Trust, no_white_cell, statuses
 
 
 def test_softmax_with_temperature_softens_without_changing_the_ranking():
@@ -56,6 +56,22 @@ def test_status_rules_unfamiliar_first_then_confidence():
     assert t.status(confidence=0.99, ood_score=11.0) == NOT_A_CELL  # confident but unfamiliar
     assert t.status(confidence=0.79, ood_score=1.0) == UNIDENTIFIED
     assert t.status(confidence=0.80, ood_score=10.0) == ACCEPTED  # both limits inclusive
+
+
+def test_an_answer_about_an_image_with_no_white_cell_is_never_accepted():
+    t = _trust(confidence_threshold=0.8, ood_threshold=10.0)
+    assert t.status(confidence=0.99, ood_score=1.0, no_white_cell=True) == UNIDENTIFIED
+    assert t.status(confidence=0.99, ood_score=11.0, no_white_cell=True) == NOT_A_CELL
+    assert Trust().status(0.3, 0.0, no_white_cell=True) == UNIDENTIFIED  # unfitted too
+    confidence, unfamiliar = np.array([0.9, 0.9, 0.5]), np.array([False, False, False])
+    assert list(statuses(confidence, unfamiliar, 0.8, np.array([False, True, True]))) == [
+        ACCEPTED, UNIDENTIFIED, UNIDENTIFIED]
+    assert list(statuses(confidence, unfamiliar, 0.8)) == [ACCEPTED, ACCEPTED, UNIDENTIFIED]
+
+
+def test_white_cell_counts_mark_the_images_with_none_and_ignore_uncounted_ones():
+    assert list(no_white_cell([2, 0, 1, None])) == [False, True, False, False]
+    assert no_white_cell([None, None]) is None and no_white_cell(None) is None
 
 
 def test_an_unfitted_trust_layer_accepts_everything_and_says_so_in_its_scores():

@@ -131,16 +131,23 @@ def test_the_csv_names_each_cell(client, batch_id):
         ("field.png", "1/2", "2"), ("field.png", "2/2", "2"), ("cell.png", "", "0")]
 
 
-def test_an_image_with_no_white_cell_found_says_so(client, batch_id):
+def test_an_image_with_no_white_cell_found_says_so_and_waits_for_review(client, batch_id):
+    stored = uploads.load_batch(folder(client), batch_id)
+    assert stored["results"][2]["status"] == "unidentified"
     html = page(client, f"/batch/{batch_id}")
-    assert "No white cell was found in 1 image not reviewed yet (" in text(html)
+    assert ("No white cell was found in 1 image not reviewed yet: its answer is about whatever "
+            "lies at the centre of the crop, so it waits for review.") in text(html)
     assert f'href="/batch/{batch_id}/2" id="first-no-white-cell">cell.png</a>' in html
     assert html.count('class="badge text-bg-light border no-white-cell"') == 1
-    assert 'id="no-white-cell"' in page(client, f"/batch/{batch_id}/2")
+    single = page(client, f"/batch/{batch_id}/2")
+    assert 'id="no-white-cell"' in single
+    assert "White cells found in the image 0 at least 1 none found: unidentified" in text(single)
     assert 'id="no-white-cell"' not in page(client, f"/batch/{batch_id}/0")
+    assert "White cells found in the image 2 at least 1" in text(page(client, f"/batch/{batch_id}/0"))
     # A model that reads images whole looks for no white cell, and says nothing of it.
     location = upload(client, "whole", ("cell.png", image_bytes(fmt="PNG")))
     assert 'id="no-white-cell"' not in page(client, location)
+    assert 'id="why-white-cells"' not in page(client, location)
     stored = uploads.load_batch(folder(client), location.rsplit("/", 1)[1])
     assert "white_cells" not in stored["results"][0]
 
@@ -197,7 +204,10 @@ def test_the_api_reads_a_field_cell_by_cell_and_a_whole_image_model_reads_it_who
 def test_the_model_page_says_how_fields_are_read_and_shows_the_check(client, models_root):
     html = page(client, "/models/tiny")
     assert "Fields with several white cells" in html and 'id="fields-table"' not in html
-    assert 'id="fields"' not in page(client, "/models/whole")  # reads images whole
+    assert ("no white cell Unidentified, whatever its confidence, where no white cell is found "
+            "in the image") in text(html)
+    whole = page(client, "/models/whole")  # reads images whole
+    assert 'id="fields"' not in whole and 'id="white-cell-rule"' not in whole
     check = {"field_size": [320, 240],
              "finding": {"boxes": 372, "smears": 358, "found": 370, "extra": 0},
              "reading": {"fields": 14, "cells": 28, "right_by_cell": 21, "right_whole": 12,

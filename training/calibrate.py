@@ -30,10 +30,12 @@ import numpy as np
 from hematovision.batch import forward_files
 from hematovision.card import read_card, served_views, write_card
 from hematovision.predictor import KERAS_FILE, Predictor, add_model_options, model_dir_of
-from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, LayerGaussians, Trust,
-                                TRUST_FILE, cholesky_whitening, layer_distances,
-                                parse_accuracy_target, repack, save_trust_arrays,
-                                softmax, statuses, threshold_for_target, unsure)
+from hematovision.preprocess import crop_fraction
+from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, WHITE_CELL_RULE,
+                                LayerGaussians, Trust, TRUST_FILE, cholesky_whitening,
+                                layer_distances, no_white_cell, parse_accuracy_target, repack,
+                                save_trust_arrays, softmax, statuses, threshold_for_target,
+                                unsure)
 from training import crossfit
 
 ECE_BINS = 15
@@ -206,13 +208,15 @@ def operating_points(confidence: np.ndarray, correct: np.ndarray,
 
 
 def operating_figures(confidence: np.ndarray, correct: np.ndarray, unfamiliar: np.ndarray,
-                      points: Sequence[dict]) -> list[dict]:
+                      points: Sequence[dict], no_white_cell: np.ndarray | None = None
+                      ) -> list[dict]:
     """The statuses and accepted accuracy of evaluated images at each of a card's operating
-    points (thresholds chosen on held-out images, never on these)."""
+    points (thresholds chosen on held-out images, never on these); `no_white_cell` marks the
+    images the status rule never accepts for want of a white cell (trust.statuses)."""
     figures = []
     for point in points:
         threshold = point["confidence_threshold"]
-        status = statuses(confidence, unfamiliar, threshold)
+        status = statuses(confidence, unfamiliar, threshold, no_white_cell)
         figures.append({"target_accuracy": point["target_accuracy"],
                         "confidence_threshold": threshold, **status_rates(status, correct)})
     return figures
@@ -332,7 +336,10 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     ood_threshold = round_up(float(np.quantile(scores, ood_quantile)))
     kernel, bias = head_weights(model_dir)
     trust = Trust(temperature, threshold, ood_threshold, tuple(layers), kernel, bias)
-    rates = status_rates([trust.status(c, s) for c, s in zip(confidence, scores)], correct)
+    missing = no_white_cell(val_out.white_cells)
+    missing = np.zeros(len(scores), dtype=bool) if missing is None else missing
+    rates = status_rates([trust.status(c, s, m) for c, s, m in zip(confidence, scores, missing)],
+                         correct)
     save_trust_arrays(model_dir, layers, kernel, bias, held_out_confidence, held_out_correct)
 
     refit = bool(card.get("training", {}).get("refit_on_all_training_data"))
@@ -348,6 +355,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
         "rule": (f"Unidentified below the smallest calibrated confidence at which the accepted "
                  f"{'out-of-fold' if oof else 'validation'} images are at least {target:.0%} "
                  "correct."),
+        **({"white_cell_rule": WHITE_CELL_RULE} if crop_fraction(predictor.crop) else {}),
         "ood": {
             "method": ("largest over the layers of the squared Mahalanobis distance of the "
                        "layer's globally pooled activations to the nearest class mean (shared "

@@ -25,7 +25,7 @@ from hematovision.batch import forward_files
 from hematovision.card import NOT_EVALUATIONS, ModelLoadError, read_card, record_metrics
 from hematovision.predictor import (Outputs, Predictor, add_model_options, load_failure,
                                     model_dir_of)
-from hematovision.trust import NOT_A_CELL, softmax
+from hematovision.trust import NOT_A_CELL, no_white_cell, softmax, unsure
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
 from training.report import plot_confusion, plot_coverage, plot_reliability
@@ -198,6 +198,7 @@ class Scored:
     confidence: np.ndarray
     correct: np.ndarray
     unfamiliar: np.ndarray
+    no_white_cell: np.ndarray  # images never accepted either (trust.WHITE_CELL_RULE)
 
 
 @dataclass
@@ -266,9 +267,15 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     metrics["trust"] = status_rates([p.status for p in predictions], correct)
     confidence = np.array([p.confidence for p in predictions])
     unfamiliar = np.array([p.status == NOT_A_CELL for p in predictions])
+    missing = no_white_cell(outputs.white_cells)
+    missing = np.zeros(len(files), dtype=bool) if missing is None else missing
+    if outputs.white_cells is not None:
+        metrics["no_white_cell"] = no_white_cell_figures(
+            missing, correct, ~unfamiliar & ~unsure(confidence, predictor.trust.confidence_threshold))
     points = predictor.card.get("trust", {}).get("operating_points", [])
     if points:
-        metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points)
+        metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points,
+                                                        missing)
     groups: list = [None] * len(files)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
@@ -284,7 +291,27 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
                 **hardest_smears(list(y_true), y_pred, groups, predictor.classes)}
     metrics["intervals"] = intervals(files, groups, y_true, np.array(y_pred),
                                     len(predictor.classes))
-    return Scored(metrics, predictor.classes, before, after, confidence, correct, unfamiliar)
+    return Scored(metrics, predictor.classes, before, after, confidence, correct, unfamiliar,
+                  missing)
+
+
+def no_white_cell_figures(missing: np.ndarray, correct: np.ndarray, confident: np.ndarray
+                          ) -> dict:
+    """The images in which no white cell was found (`missing`): how many, how often the model's
+    top class was right on them, and how many the trust layer would otherwise have accepted
+    (`confident`: familiar and at or above the confidence threshold), which
+    trust.WHITE_CELL_RULE sets aside for review, with how many of those were right; and the
+    accuracy on accepted images without the rule and with it."""
+    set_aside = missing & confident
+
+    def accuracy(chosen: np.ndarray) -> float | None:
+        return round(float(correct[chosen].mean()), 4) if chosen.any() else None
+
+    return {"images": int(missing.sum()), "rate": round(float(missing.mean()), 4),
+            "accuracy": accuracy(missing),
+            "set_aside": int(set_aside.sum()), "set_aside_right": int(correct[set_aside].sum()),
+            "accuracy_accepted_without_rule": accuracy(confident),
+            "accuracy_accepted": accuracy(confident & ~missing)}
 
 
 def open_model(model_dir: Path) -> Predictor:
@@ -342,7 +369,7 @@ def write_report(scored: Scored, out_dir: Path) -> None:
     plot_reliability(scored.reliability_before, scored.reliability_after,
                      metrics["calibration"]["temperature"], out_dir / "reliability.png",
                      title=title)
-    plot_coverage(scored.confidence, scored.correct, scored.unfamiliar,
+    plot_coverage(scored.confidence, scored.correct, scored.unfamiliar | scored.no_white_cell,
                   metrics.get("operating_points", []), out_dir / "coverage.png", title=title)
 
 

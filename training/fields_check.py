@@ -4,8 +4,8 @@
         [--kaggle ../shared/data/kaggle_blood_cells] [--json saved_model/wbc4/fields_check.json]
 
 `hematovision.fields` splits a field holding several white cells into one result per cell
-for a model that crops to the nucleus. Four checks, each on BCCD's smears scaled to 320x240 as
-Kaggle's fields were made from them:
+for a model that crops to the nucleus. Four checks on BCCD's smears scaled to 320x240 as
+Kaggle's fields were made from them, and a fifth on Kaggle `train`:
 
 1. Finding: BCCD's hand-drawn white-cell boxes. A cell found whose centre lies in a box not
    yet matched finds that box; a box no cell found is missed; a cell in no box is extra. The
@@ -19,7 +19,10 @@ Kaggle's fields were made from them:
    multisets against the two labels (the labels do not say which cell is which).
 4. Red cells only: fields made from the half of a BCCD smear without its white cell and that
    half's mirror image: how many the finder takes for a white cell, and what the served model
-   answers (a field of red cells is what most of a film shows).
+   answers, and what it would accept without `trust.WHITE_CELL_RULE` (a field of red cells
+   is what most of a film shows).
+5. The rule on the out-of-fold pool of `training.crossfit`: the population its adoption was
+   judged on (docs/experiments.md, "No white cell found").
 """
 
 from __future__ import annotations
@@ -32,13 +35,18 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from hematovision.batch import image_files
 from hematovision.fields import LOBE_DISTANCE, MIN_CELL_SHARE, cell_inputs, white_cells
-from hematovision.predictor import MODELS_ROOT, Predictor
+from hematovision.predictor import MODELS_ROOT, Predictor, with_white_cells
 from hematovision.preprocess import RESAMPLE, crop_fraction, to_input
+from hematovision.card import served_views
+from hematovision.trust import unsure
+from training import crossfit
 from training.crop_check import BCCD, FIELD_SIZE, wbc_boxes
+from training.evaluate import no_white_cell_figures
 from training.robustness import PERTURBATIONS
 
 KAGGLE = Path("../shared/data/kaggle_blood_cells")
@@ -141,9 +149,10 @@ def reading(bccd: Path, predictor: Predictor) -> dict:
     rows = []
     for name, labels, seen in two_cell_fields(bccd, predictor.classes):
         image = field(bccd, name)
-        inputs, _ = cell_inputs(image, size, crop)
-        cells = predictor.predict_images_arrays([array for array, _ in inputs])
-        [whole] = predictor.predict_images_arrays([to_input(image, size, crop)])
+        inputs, found = cell_inputs(image, size, crop)
+        cells = predictor.predict_images_arrays([array for array, _ in inputs],
+                                                [found] * len(inputs))
+        [whole] = predictor.predict_images_arrays([to_input(image, size, crop)], [found])
         rows.append({
             "image": name, "labels": labels, "same_view_in_kaggle_train": seen,
             "cells": [{"label": p.label, "status": p.status, "confidence": round(p.confidence, 4)}
@@ -175,7 +184,8 @@ def red_cells_only(bccd: Path, predictor: Predictor) -> dict:
     """Fields with no white cell, made from BCCD's smears whose one white-cell box lies in one
     half: the other half and its mirror image, scaled to 320x240 like the rest (a field of red
     cells at the same magnification, such as most fields of a film are). How many white cells
-    the finder sees in them, and what the served model answers."""
+    the finder sees in them, what the served model answers, and what it would accept without
+    trust.WHITE_CELL_RULE (on its network's confidence and unfamiliarity alone)."""
     fields = []
     for xml_file in sorted((bccd / "Annotations").glob("*.xml")):
         name, boxes, (width, height) = wbc_boxes(xml_file)
@@ -193,15 +203,41 @@ def red_cells_only(bccd: Path, predictor: Predictor) -> dict:
         mirrored.paste(free, (0, 0))
         mirrored.paste(ImageOps.mirror(free), (free.width, 0))
         fields.append(mirrored.resize(FIELD_SIZE, RESAMPLE))
-    found = [len(white_cells(f)) for f in fields]
-    answers = predictor.predict_images_arrays(
-        [to_input(f, predictor.input_size, predictor.crop) for f in fields])
+    read = [cell_inputs(f, predictor.input_size, predictor.crop, each_cell=False)
+            for f in fields]
+    found = [n for _, n in read]
+    outputs = predictor.forward(np.stack([inputs[0][0] for inputs, _ in read]))
+    answers = predictor.predictions(with_white_cells(outputs, found))
+    unruled = [a for a in predictor.predictions(outputs) if a.status == "accepted"]
     statuses = Counter(a.status for a in answers)
     return {"fields": len(fields), "with_a_white_cell_found": sum(n > 0 for n in found),
             "accepted": statuses["accepted"], "unidentified": statuses["unidentified"],
             "not_a_cell": statuses["not_a_cell"],
-            "accepted_as": dict(sorted(Counter(a.label for a in answers
-                                               if a.status == "accepted").items()))}
+            "accepted_without_white_cell_rule": len(unruled),
+            "accepted_without_white_cell_rule_as": dict(sorted(Counter(
+                a.label for a in unruled).items()))}
+
+
+def white_cell_rule(model_dir: Path, predictor: Predictor, kaggle: Path) -> dict | None:
+    """What trust.WHITE_CELL_RULE changes on the out-of-fold pool of `training.crossfit` (every
+    training smear scored by a fold model that did not train on it), served as the card says
+    (its views, temperature and confidence threshold): the population its adoption rule was
+    judged on (docs/experiments.md, "No white cell found"). The pool keeps no unfamiliarity
+    scores, so accepted there means at or above the threshold. None without a crossfit."""
+    oof = crossfit.load(model_dir, served_views(predictor.card))
+    if oof is None:
+        return None
+    probabilities = predictor.trust.probabilities(oof["logits"])
+    confident = ~unsure(probabilities.max(axis=1), predictor.trust.confidence_threshold)
+    correct = probabilities.argmax(axis=1) == oof["labels"]
+    root = kaggle / "train"
+    missing = []
+    for name in oof["files"]:
+        with Image.open(root / name) as image:
+            missing.append(not white_cells(image.convert("RGB")))
+    return {"pool": {"images": len(correct), "groups": oof["groups"],
+                     "views": served_views(predictor.card)},
+            **no_white_cell_figures(np.array(missing), correct, confident)}
 
 
 def _right(labels: list[str], named: list[str]) -> int:
@@ -223,7 +259,8 @@ def check(model_dir: Path, bccd: Path = BCCD, kaggle: Path = KAGGLE) -> dict:
                                 for name, f in changed.items()},
             "kaggle": kaggle_counts(kaggle),
             "reading": reading(bccd, predictor),
-            "red_cells_only": red_cells_only(bccd, predictor)}
+            "red_cells_only": red_cells_only(bccd, predictor),
+            "white_cell_rule_out_of_fold": white_cell_rule(model_dir, predictor, kaggle)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"red cells only, {o['fields']} fields: a white cell found in "
           f"{o['with_a_white_cell_found']}; the model: {o['accepted']} accepted, "
           f"{o['unidentified']} unidentified, {o['not_a_cell']} not a cell")
+    w = result["white_cell_rule_out_of_fold"]
+    if w:
+        print(f"out of fold, {w['pool']['images']} images: no white cell found in {w['images']}, "
+              f"{w['set_aside']} of them accepted without the rule; accuracy on accepted "
+              f"{w['accuracy_accepted_without_rule']} without it, {w['accuracy_accepted']} with it")
     print(f"reading, {r['fields']} fields with two labelled cells ({r['cells']} cells), "
           f"{r['split_in_two']} split in two: named right cell by cell {r['right_by_cell']}, "
           f"as one crop {r['right_whole']}", file=sys.stderr)

@@ -526,16 +526,49 @@ def fields_table(root: Path = MODELS_ROOT) -> str:
 def red_cells_table(root: Path = MODELS_ROOT) -> str:
     """Fields of red cells only (training.fields_check): what the finder and the served model
     make of them."""
-    lines = ["| model | fields of red cells only | a white cell found in | accepted (as) "
-             "| unidentified | not a cell |", "|---|---|---|---|---|---|"]
+    lines = ["| model | fields of red cells only | a white cell found in | accepted "
+             "| unidentified | not a cell | accepted without the no-white-cell rule (as) |",
+             "|---|---|---|---|---|---|---|"]
     for name, c, _ in _with_result(root, "fields_check.json"):
         o = c.get("red_cells_only")
         if not o:
             continue
-        kinds = ", ".join(f"{label} {n}" for label, n in o["accepted_as"].items())
+        kinds = ", ".join(f"{label} {n}"
+                          for label, n in o["accepted_without_white_cell_rule_as"].items())
         lines.append(f"| `{name}` | {o['fields']} | {o['with_a_white_cell_found']} | "
-                     f"{o['accepted']}{f' ({kinds})' if kinds else ''} | {o['unidentified']} | "
-                     f"{o['not_a_cell']} |")
+                     f"{o['accepted']} | {o['unidentified']} | {o['not_a_cell']} | "
+                     f"{o['accepted_without_white_cell_rule']}{f' ({kinds})' if kinds else ''} |")
+    return "\n".join(lines)
+
+
+def white_cell_rule_table(root: Path = MODELS_ROOT) -> str:
+    """What trust.WHITE_CELL_RULE changes: on the out-of-fold pool its adoption was judged on
+    and the fields of red cells only (training.fields_check), and on each recorded test set
+    (training.evaluate's `no_white_cell`)."""
+    lines = ["| model | images | no white cell found | top class right on those | accepted "
+             "without the rule, set aside by it (right) | accuracy on accepted: without the "
+             "rule -> with it |", "|---|---|---|---|---|---|"]
+    for name in available_models(root):
+        file = root / name / "fields_check.json"
+        check = json.loads(file.read_text()) if file.is_file() else {}
+        rows = []
+        pool = check.get("white_cell_rule_out_of_fold")
+        if pool:
+            rows.append((f"out of fold, {pool['pool']['images']} images of "
+                         f"{pool['pool']['groups']} smears (the rule was judged here)", pool))
+        rows += [(f"{key}, n={m['n']}" if "n" in m else key, m["no_white_cell"])
+                 for key, m in recorded_evaluations(read_card(root / name)).items()
+                 if "no_white_cell" in m]
+        for where, f in rows:
+            lines.append(f"| `{name}` | {where} | {f['images']} ({f['rate']:.1%}) | "
+                         f"{_fmt_rate(f['accuracy'])} | {f['set_aside']} "
+                         f"({f['set_aside_right']}) | {_fmt(f['accuracy_accepted_without_rule'])}"
+                         f" -> {_fmt(f['accuracy_accepted'])} |")
+        red = check.get("red_cells_only")
+        if red:
+            lines.append(f"| `{name}` | fields of red cells only, {red['fields']} | "
+                         f"{red['fields'] - red['with_a_white_cell_found']} | n/a (no white "
+                         f"cell) | {red['accepted_without_white_cell_rule']} (0) | n/a |")
     return "\n".join(lines)
 
 
@@ -1113,7 +1146,8 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "differential": differential_table(root),
               "differential-targets": differential_targets_table(root),
               "fields": fields_table(root), "fields-changes": fields_changes_table(root),
-              "fields-red-cells": red_cells_table(root)}
+              "fields-red-cells": red_cells_table(root),
+              "white-cell-rule": white_cell_rule_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
         if ablation.is_file():

@@ -63,9 +63,10 @@ def classify(
     image unlike its training data (not_a_cell), as on the result page: such a map would show
     evidence for a cell type the image is not."""
     arrays = [d.array for d in decoded if d.array is not None]
+    found = [d.checks.get("white_cells") for d in decoded if d.array is not None]
     # With `explain`, the maps come out of the same batched forward pass as the predictions.
-    answers = iter(predictor.explain_arrays(arrays) if explain else
-                   [(p, None) for p in predictor.predict_images_arrays(arrays)])
+    answers = iter(predictor.explain_arrays(arrays, white_cells=found) if explain else
+                   [(p, None) for p in predictor.predict_images_arrays(arrays, found)])
     results = []
     for d in decoded:
         if d.array is None:

@@ -29,7 +29,8 @@ from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
-from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, measured_at
+from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
+                                measured_at)
 from hematovision.web import field_view, heatmap, models, results, uploads
 from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.security import check_csrf
@@ -98,6 +99,7 @@ def layout_context() -> dict:
         "NOT_A_CELL": NOT_A_CELL,
         "EXCLUDED": results.EXCLUDED,
         "NO_WHITE_CELL": NO_WHITE_CELL,
+        "WHITE_CELL_RULE": WHITE_CELL_RULE,
     }
 
 
