@@ -261,6 +261,13 @@ def test_images_with_no_white_cell_are_listed_on_the_review_page_to_exclude(clie
     listed = page(client, f"/batch/{batch_id}/review?show=no-white-cell")
     assert "1 image in which no white cell was found, not reviewed yet" in text(listed)
     assert 'data-index="2"' in listed and 'data-index="0"' not in listed
+    # Shown whole, to tell whether it holds a white cell after all; a cell as the model read it.
+    stored = uploads.load_batch(folder(client), batch_id)
+    assert f'src="/uploads/{stored["results"][2]["image"]}.jpg"' in listed
+    assert "The whole image: no white cell was found in it." in text(listed)
+    every = page(client, f"/batch/{batch_id}/review?show=all")
+    assert f'src="/batch/{batch_id}/0/view.jpg"' in every
+    assert every.count('class="small text-warning-emphasis mb-1 whole-image-note"') == 1
     assert 'action="/batch/%s/review?show=no-white-cell"' % batch_id in listed
     unknown = page(client, f"/batch/{batch_id}/review?show=nonsense")  # the default list
     assert "Cells to review" in unknown and "Images with no white cell found" not in unknown
