@@ -16,6 +16,8 @@ For a model that crops to the nucleus, each line also says how many white cells 
 --each-cell reads a smear field holding several white cells cell by cell, as the web app does,
 for a model that crops to the nucleus: one line per cell, each with "cell" (its number, how many
 the field holds, and where it is) after "file".
+Progress and, at the end, a line counting the results by status (the accepted ones by class)
+go to stderr, unless --quiet.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from hematovision.batch import classify_files, expand_paths
 from hematovision.card import ModelLoadError
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
-from hematovision.trust import parse_accuracy_target
+from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, parse_accuracy_target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image files found", file=sys.stderr)
         return 2
     failures = 0
+    tally = Tally()
     try:
         for result in classify_files(predictor, paths, progress=not args.quiet,
                                      each_cell=args.each_cell):
             failures += result.error is not None
+            tally.add(result)
             if args.json:
                 print(json.dumps(result.to_dict()), flush=False)
             elif result.error:
@@ -84,7 +89,40 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if failures:
         print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)
+    if not args.quiet and tally.statuses:
+        print(tally.summary(), file=sys.stderr)
     return 1 if failures == len(paths) else 0
+
+
+class Tally:
+    """What a run gave, for its closing line on stderr: results by status, the accepted ones
+    by class (a first look at the differential, before review), and the images in which no
+    white cell was found (models that crop to the nucleus)."""
+
+    def __init__(self):
+        self.statuses: Counter = Counter()
+        self.accepted: Counter = Counter()
+        self.no_white_cell = 0
+
+    def add(self, result) -> None:
+        if result.prediction is None:
+            return
+        self.statuses[result.prediction.status] += 1
+        if result.prediction.status == ACCEPTED:
+            self.accepted[result.prediction.label] += 1
+        self.no_white_cell += result.checks.get("white_cells") == 0
+
+    def summary(self) -> str:
+        n = sum(self.statuses.values())
+        text = (f"{n} {'result' if n == 1 else 'results'}: {self.statuses[ACCEPTED]} accepted, "
+                f"{self.statuses[UNIDENTIFIED]} unidentified (needs review), "
+                f"{self.statuses[NOT_A_CELL]} not a cell")
+        if self.accepted:
+            text += "; accepted as " + ", ".join(
+                f"{label} {count}" for label, count in self.accepted.most_common())
+        if self.no_white_cell:
+            text += f"; no white cell found in {self.no_white_cell}"
+        return text
 
 
 if __name__ == "__main__":

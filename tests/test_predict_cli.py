@@ -37,6 +37,11 @@ def test_json_lines_for_a_folder_with_an_unreadable_file(tiny_model_dir, tmp_pat
     assert "damaged or truncated" in lines[1]["error"]
     assert "3/3 images" in err  # progress on stderr
     assert "1 of 3 files could not be classified" in err
+    labels = [lines[0]["label"], lines[2]["label"]]  # most common first, ties in file order
+    accepted = (f"{labels[0]} 2" if labels[0] == labels[1] else
+                ", ".join(f"{label} 1" for label in labels))
+    assert err.rstrip().endswith("2 results: 2 accepted, 0 unidentified (needs review), 0 not a "
+                                 f"cell; accepted as {accepted}")
 
 
 def test_missing_file_is_an_error_line_and_the_run_continues(tiny_model_dir, tmp_path, capsys):
@@ -259,6 +264,10 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
     assert [line["white_cells"] for line in lines] == [2, 2, 0]  # the red disc holds no nucleus
     # No trust layer: every answer is accepted, except about an image with no white cell.
     assert [line["status"] for line in lines] == ["accepted", "accepted", "unidentified"]
+    main([str(field), str(single), "--json", "--each-cell", "--model-dir", str(root / "cropping")])
+    err = capsys.readouterr().err.rstrip()
+    assert "3 results: 2 accepted, 1 unidentified (needs review), 0 not a cell" in err
+    assert err.endswith("; no white cell found in 1")
     assert lines[0]["cell"]["of"] == 2 and lines[0]["cell"]["centre"][0] < 0.5
 
     main([str(field), "--each-cell", *model])
