@@ -270,8 +270,8 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     missing = no_white_cell(outputs.white_cells)
     missing = np.zeros(len(files), dtype=bool) if missing is None else missing
     if outputs.white_cells is not None:
-        metrics["no_white_cell"] = no_white_cell_figures(
-            missing, correct, ~unfamiliar & ~unsure(confidence, predictor.trust.confidence_threshold))
+        confident = ~unfamiliar & ~unsure(confidence, predictor.trust.confidence_threshold)
+        metrics["no_white_cell"] = no_white_cell_figures(missing, correct, confident)
     points = predictor.card.get("trust", {}).get("operating_points", [])
     if points:
         metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points,

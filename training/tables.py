@@ -963,7 +963,8 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
             f"{r['keras_predict_batch_images_per_s']:.0f} img/s | {r['speedup_batch']}x |",
             "",
             f"Decoding and preprocessing a 320x240 JPEG: {r['decode_and_preprocess_ms_320x240_jpeg']:.2f} ms; "
-            f"end to end (decode + model as served, white cells counted for a model that crops to the nucleus): {r['serving_end_to_end_ms_320x240_jpeg']:.2f} ms; "
+            "end to end (decode + model as served, white cells counted for a model that crops "
+            f"to the nucleus): {r['serving_end_to_end_ms_320x240_jpeg']:.2f} ms; "
             f"Keras called directly: {r['keras_direct_call_ms_per_image']:.1f} ms.",
             "",
         ]
