@@ -47,11 +47,12 @@ class WhiteCell:
     box: tuple[int, int, int, int]  # the nucleus's bounding box: left, top, right, bottom
 
 
-def white_cells(image: Image.Image) -> list[WhiteCell]:
+def white_cells(image: Image.Image, scale: float = 1.0) -> list[WhiteCell]:
     """The white cells found in a smear field, left to right then top to bottom; empty when
-    no nucleus-coloured region is large enough."""
+    no nucleus-coloured region is large enough. For a field whose cells are `scale` times
+    their size in the training images, the distances scale by it and the areas by its square."""
     mask, sx, sy = nucleus_mask(image)
-    short = min(mask.shape)
+    short = min(mask.shape) * scale
     pieces = _pieces(mask)
     if not pieces:
         return []
@@ -69,8 +70,8 @@ def white_cells(image: Image.Image) -> list[WhiteCell]:
     return sorted(cells, key=lambda c: (c.centre[0], c.centre[1]))
 
 
-def cell_inputs(image: Image.Image, size: int, crop: str, each_cell: bool = True
-                ) -> tuple[list[tuple[np.ndarray, dict | None]], int | None]:
+def cell_inputs(image: Image.Image, size: int, crop: str, each_cell: bool = True,
+                scale: float = 1.0) -> tuple[list[tuple[np.ndarray, dict | None]], int | None]:
     """The model inputs of one image with what each one is, and how many white cells were
     found in it (None for a model that reads images whole, which looks for none).
 
@@ -79,16 +80,17 @@ def cell_inputs(image: Image.Image, size: int, crop: str, each_cell: bool = True
     the image's one input, as `to_input` makes it, with None. A field with one white cell, or none found,
     keeps the crop of `to_input` (the median of all nucleus-coloured pixels), so what every
     model was trained and evaluated on is unchanged; where none was found, the answer is not
-    accepted (`trust.WHITE_CELL_RULE`) and the reader is told why (`NO_WHITE_CELL`)."""
+    accepted (`trust.WHITE_CELL_RULE`) and the reader is told why (`NO_WHITE_CELL`).
+    `scale`: the image's cells are that many times their training size (`to_input`)."""
     fraction = crop_fraction(crop)
     if fraction is None:
         return [(to_input(image, size, crop), None)], None
-    cells = white_cells(image)
+    cells = white_cells(image, scale)
     if each_cell and 1 < len(cells) <= MAX_CELLS:
-        return [(to_input(image, size, crop, cell.centre),
-                 cell_place(cell, number, len(cells), image.size, fraction))
+        return [(to_input(image, size, crop, cell.centre, scale),
+                 cell_place(cell, number, len(cells), image.size, fraction * scale))
                 for number, cell in enumerate(cells, start=1)], len(cells)
-    return [(to_input(image, size, crop), None)], len(cells)
+    return [(to_input(image, size, crop, scale=scale), None)], len(cells)
 
 
 def cell_place(cell: WhiteCell, number: int, count: int, size: tuple[int, int],

@@ -171,11 +171,12 @@ class Predictor:
         """(n, size, size, 3) preprocessed float32 -> (n, classes) calibrated probabilities."""
         return self.trust.probabilities(self.forward(batch).logits)
 
-    def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
+    def predict_images(self, images: Sequence[Image.Image], scale: float = 1.0
+                       ) -> list[Prediction]:
         """Classify decoded RGB images (see `preprocess.load_image`), each read whole, as
-        `preprocess.to_input` makes its input, with its white cells counted for a model that
-        crops to the nucleus."""
-        read = [cell_inputs(image, self.input_size, self.crop, each_cell=False)
+        `preprocess.to_input` makes its input (at `scale`), with its white cells counted for a
+        model that crops to the nucleus."""
+        read = [cell_inputs(image, self.input_size, self.crop, each_cell=False, scale=scale)
                 for image in images]
         return self.predict_images_arrays([inputs[0][0] for inputs, _ in read],
                                           [found for _, found in read])

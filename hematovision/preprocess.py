@@ -150,31 +150,36 @@ def nucleus_mask(image: Image.Image) -> tuple[np.ndarray, float, float]:
     return mask, image.width / small.width, image.height / small.height
 
 
-def nucleus_centre(image: Image.Image) -> tuple[float, float] | None:
-    """(x, y) of the median nucleus-coloured pixel, or None if there are too few."""
+def nucleus_centre(image: Image.Image, scale: float = 1.0) -> tuple[float, float] | None:
+    """(x, y) of the median nucleus-coloured pixel, or None if there are too few (for an image
+    whose cells are `scale` times their training size, the share scales as their area)."""
     mask, sx, sy = nucleus_mask(image)
-    if mask.mean() < NUCLEUS_MIN_SHARE:
+    if mask.mean() < NUCLEUS_MIN_SHARE * scale**2:
         return None
     ys, xs = np.nonzero(mask)
     return float(np.median(xs) + 0.5) * sx, float(np.median(ys) + 0.5) * sy
 
 
 def nucleus_square(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION,
-                   centre: tuple[float, float] | None = None) -> tuple[int, int, int]:
+                   centre: tuple[float, float] | None = None,
+                   scale: float = 1.0) -> tuple[int, int, int]:
     """(left, top, side) of the square `crop_to_nucleus` cuts: centred on `centre` where given
     (one white cell of a field holding several: `hematovision.fields`), else on the stained
-    nucleus (the image centre where none is found), its side `fraction` of the short side. It
-    may reach past the image's edges."""
-    side = max(1, round(min(image.size) * fraction))
-    centre = centre or nucleus_centre(image) or (image.width / 2, image.height / 2)
+    nucleus (the image centre where none is found), its side `fraction` of the short side,
+    times `scale` for an image whose cells are `scale` times their size in the training images,
+    so the cell fills the square as in training (served: 1; `training.robustness
+    --correct-batches` tried a batch's measured ratio). It may reach past the image's edges."""
+    side = max(1, round(min(image.size) * fraction * scale))
+    centre = centre or nucleus_centre(image, scale) or (image.width / 2, image.height / 2)
     return round(centre[0] - side / 2), round(centre[1] - side / 2), side
 
 
 def crop_to_nucleus(image: Image.Image, fraction: float = NUCLEUS_CROP_FRACTION,
-                    centre: tuple[float, float] | None = None) -> Image.Image:
-    """A square around the stained nucleus (side = fraction of the short side), so the white
-    cell fills the model input as in single-cell datasets."""
-    left, top, side = nucleus_square(image, fraction, centre)
+                    centre: tuple[float, float] | None = None,
+                    scale: float = 1.0) -> Image.Image:
+    """A square around the stained nucleus (`nucleus_square`), so the white cell fills the
+    model input as in single-cell datasets."""
+    left, top, side = nucleus_square(image, fraction, centre, scale)
     # Beyond the image edge Pillow's crop fills black; a pale fill looks like slide background.
     canvas = Image.new("RGB", (side, side), (235, 225, 230))
     visible = image.crop((max(left, 0), max(top, 0), min(left + side, image.width),
@@ -206,14 +211,15 @@ def crop_fraction(crop: str) -> float | None:
 
 
 def to_input(image: Image.Image, size: int = INPUT_SIZE, crop: str = "none",
-             centre: tuple[float, float] | None = None) -> np.ndarray:
+             centre: tuple[float, float] | None = None, scale: float = 1.0) -> np.ndarray:
     """RGB image -> float32 (size, size, 3) array scaled to [-1, 1] as MobileNetV2 expects.
 
     `centre` (image pixels) places a nucleus crop on one white cell of a field that holds
-    several; without a nucleus crop it has no effect."""
+    several; `scale` widens or narrows it for cells shown `scale` times their training size
+    (`nucleus_square`); without a nucleus crop neither has an effect."""
     fraction = crop_fraction(crop)
     if fraction is not None:
-        image = crop_to_nucleus(image, fraction, centre)
+        image = crop_to_nucleus(image, fraction, centre, scale)
     resized = image.resize((size, size), RESAMPLE)
     array = np.asarray(resized, dtype=np.float32)
     return array / 127.5 - 1.0

@@ -38,6 +38,17 @@ def test_nuclei_closer_than_the_lobe_distance_are_taken_for_one_cell():
     assert len(white_cells(with_nuclei(SMEAR, [(100, 120, 20), (100 + gap + 5, 120, 20)]))) == 2
 
 
+def test_at_a_scale_the_lobe_distance_and_the_smallest_nucleus_scale_with_it():
+    """Cells shown twice their training size: nuclei twice the lobe distance apart are lobes of
+    one cell, and a nucleus must cover four times the area to count."""
+    gap = fields.LOBE_DISTANCE * 240
+    two = with_nuclei(SMEAR, [(80, 120, 28), (80 + 1.5 * gap, 120, 28)])
+    assert len(white_cells(two)) == 2 and len(white_cells(two, scale=2.0)) == 1
+    radius = 1.2 * np.sqrt(fields.MIN_CELL_SHARE * 240 ** 2 / np.pi)  # just above the minimum
+    small = with_nuclei(SMEAR, [(160, 120, radius)])
+    assert len(white_cells(small)) == 1 and white_cells(small, scale=2.0) == []
+
+
 def test_platelet_sized_specks_are_not_white_cells():
     specks = [(40, 40, 5), (200, 200, 5), (100, 60, 4)]
     assert white_cells(with_nuclei(SMEAR, specks)) == []

@@ -203,6 +203,21 @@ def test_a_nucleus_crop_with_its_own_fraction_is_that_share_of_the_short_side():
                                   to_input(smear, 224, "nucleus"))
 
 
+def test_a_scale_widens_the_nucleus_crop_by_that_factor_and_a_plain_read_ignores_it():
+    """Cells shown 1.5 times their training size: the square round the nucleus grows 1.5
+    times (0.825 of the short side), so the cell fills the input as in training."""
+    from hematovision.preprocess import crop_to_nucleus, nucleus_square
+
+    smear = smear_with_nucleus_at(200, 100)
+    assert nucleus_square(smear, 0.55, scale=1.5)[2] == round(240 * 0.825) == 198
+    assert crop_to_nucleus(smear, 0.55, scale=1.5).size == (198, 198)
+    np.testing.assert_array_equal(to_input(smear, 224, "nucleus", scale=1.5),
+                                  to_input(smear, 224, "nucleus:0.825"))
+    np.testing.assert_array_equal(to_input(smear, 224, "nucleus", scale=1.0),
+                                  to_input(smear, 224, "nucleus"))
+    np.testing.assert_array_equal(to_input(smear, 224, "none", scale=1.5), to_input(smear, 224))
+
+
 def old_stretch(image: Image.Image) -> np.ndarray:
     """The full-image float64 stretch the serving path used before: the reference output."""
     array = np.nan_to_num(np.asarray(image, dtype=np.float64))

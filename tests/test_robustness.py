@@ -120,3 +120,72 @@ def test_an_unusable_model_folder_stops_with_a_message_not_a_traceback(command, 
         ["--data", str(image_folder)] if command != "unfamiliar" else [])
     with pytest.raises(SystemExit, match="(?s)No model card at .*available models"):
         module.main(args)
+
+
+def crop_model_measuring(root, trusted_model_dir, ratio: float):
+    """A copy of the trusted tiny model that crops to the nucleus, with a magnification
+    reference by which the 30-pixel red cells of `make_smear` read `ratio` times their size."""
+    from hematovision.magnification import red_cell_scale
+    from tests.conftest import make_smear
+    from tests.web_helpers import make_models_root
+
+    card = json.loads((trusted_model_dir / "model_card.json").read_text())
+    reference = {"red_cell_scale": red_cell_scale(make_smear(30)) / ratio,
+                 "single_image_range": [0.8, 1.3], "batch_range": [0.8333, 1.25]}
+    make_models_root(root, trusted_model_dir, names=("crop",), card={
+        "preprocessing": {**card["preprocessing"], "crop": "nucleus"},
+        "magnification": reference})
+    return root / "crop"
+
+
+def smear_folder(folder):
+    from tests.conftest import make_smear, with_nuclei
+
+    for k, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            with_nuclei(make_smear(30, seed=10 * k + i), [(160, 120, 25)]).save(
+                folder / name / f"{i}.png")
+    return folder
+
+
+def test_correcting_batches_reads_a_batch_outside_the_range_at_its_median_ratio(
+        tmp_path, trusted_model_dir, monkeypatch):
+    """12 images in batches of 5: the two full batches are judged (the last, of 2, is too
+    small) and, at 1.6 times the reference, read at their median ratio; within the range,
+    none is, and the corrected figures are the plain ones."""
+    data = smear_folder(tmp_path / "data")
+    scales = []
+    read = Predictor.predict_images
+
+    def spy(self, images, scale=1.0):
+        scales.append((len(images), scale))
+        return read(self, images, scale)
+
+    monkeypatch.setattr(Predictor, "predict_images", spy)
+    far = evaluate_robustness(crop_model_measuring(tmp_path / "far", trusted_model_dir, 1.6),
+                              data, names=[], progress=False, correct_batches=5)
+    [row] = far["perturbations"]
+    assert row["corrected"]["batches"] == 3 and row["corrected"]["batches_judged"] == 2
+    assert row["corrected"]["batches_corrected"] == 2
+    assert row["corrected"]["corrected_median_ratios"] == pytest.approx([1.6, 1.6], abs=0.1)
+    corrected = [s for n, s in scales if s != 1.0]
+    assert len(corrected) == 2 and [n for n, s in scales if s != 1.0] == [5, 5]
+    assert corrected == pytest.approx([1.6, 1.6], abs=0.1)
+
+    scales.clear()
+    near = evaluate_robustness(crop_model_measuring(tmp_path / "near", trusted_model_dir, 1.0),
+                               data, names=[], progress=False, correct_batches=5)
+    [row] = near["perturbations"]
+    assert row["corrected"]["batches_corrected"] == 0 and {s for _, s in scales} == {1.0}
+    assert row["corrected"]["batches_judged"] == 2
+    assert {k: v for k, v in row["corrected"].items() if "batches" not in k
+            and k != "corrected_median_ratios"} == {
+        k: row[k] for k in ("accuracy", "accepted_rate", "unidentified_rate",
+                            "not_a_cell_rate", "accuracy_accepted")}
+
+
+def test_correcting_batches_needs_a_reference_and_a_nucleus_crop(trusted_model_dir,
+                                                                   image_folder):
+    with pytest.raises(SystemExit, match="nothing to correct"):
+        evaluate_robustness(trusted_model_dir, image_folder, progress=False, correct_batches=5)

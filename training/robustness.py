@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from hematovision.card import ROBUSTNESS, record_metrics
+from hematovision.magnification import BatchCheck, batch_check
 from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.preprocess import load_image
 from training import data as data_lib
@@ -109,12 +111,28 @@ PERTURBATIONS: dict[str, tuple[str, Perturb]] = {
 BASELINE = next(iter(PERTURBATIONS))
 
 
+def reading_scale(check: BatchCheck | None) -> float:
+    """The scale a batch is read at under the magnification-correction trial (docs/
+    experiments.md, "Reading a batch at its measured magnification", not adopted): its median
+    red-cell ratio where the batch check judged it outside the model's range, else 1."""
+    return check.median_ratio if check is not None and check.outside else 1.0
+
+
 def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None = None,
                         split_name: str = "test", names: list[str] | None = None,
-                        chunk: int = 64, progress: bool = True) -> dict:
+                        chunk: int = 64, progress: bool = True,
+                        correct_batches: int | None = None, seed: int = 0) -> dict:
     """Accuracy and statuses of the served model on `data_dir` (or its `split_name` part of
-    `split_file`) under each perturbation; images of classes the model lacks are left out."""
+    `split_file`) under each perturbation; images of classes the model lacks are left out.
+
+    With `correct_batches` N, each row also gets "corrected": the figures when the images,
+    shuffled with `seed`, are read in consecutive batches of N and a batch the magnification
+    check judges outside the model's range is read at its median ratio (`reading_scale`), with
+    how many batches that was."""
     predictor = open_model(model_dir)
+    if correct_batches and (predictor.magnification is None or predictor.crop_fraction is None):
+        raise SystemExit(f"Model {predictor.name!r} has no magnification reference or no "
+                         "nucleus crop: there is nothing to correct")
     names = list(PERTURBATIONS) if names is None else [BASELINE] + [
         n for n in names if n != BASELINE]
     dataset = data_lib.list_image_folder(data_dir)
@@ -123,17 +141,26 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
     if not files:
         raise SystemExit(f"No image of {data_dir} belongs to a class of model "
                          f"{predictor.name!r} ({', '.join(predictor.classes)})")
+    if correct_batches:
+        files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+        chunk = max(1, chunk // correct_batches) * correct_batches  # whole batches per chunk
     label_of = dataset.label_of()
     truth = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files])
     labels: dict[str, list[int]] = {n: [] for n in names}
     statuses: dict[str, list[str]] = {n: [] for n in names}
+    fixed: dict[str, list[tuple[int, str]]] = {n: [] for n in names}  # (label, status)
+    judged: dict[str, list[BatchCheck]] = {n: [] for n in names}  # enough measured
     for start in range(0, len(files), chunk):
         images = [load_image(path) for path in dataset.paths(files[start:start + chunk])]
         for name in names:
-            change = PERTURBATIONS[name][1]
-            for p in predictor.predict_images([change(image) for image in images]):
-                labels[name].append(predictor.classes.index(p.label))
-                statuses[name].append(p.status)
+            changed = [PERTURBATIONS[name][1](image) for image in images]
+            answers = _answers(predictor, changed)
+            labels[name] += [label for label, _ in answers]
+            statuses[name] += [status for _, status in answers]
+            if correct_batches:
+                answers, checks = _corrected(predictor, changed, answers, correct_batches)
+                fixed[name] += answers
+                judged[name] += checks
         if progress:
             print(f"\r{min(start + chunk, len(files))}/{len(files)} images", end="",
                   file=sys.stderr, flush=True)
@@ -145,8 +172,40 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
         rows.append({"name": name, "description": PERTURBATIONS[name][0],
                      "accuracy": round(float(correct.mean()), 4),
                      **status_rates(statuses[name], correct)})
+        if correct_batches:
+            right = np.array([label for label, _ in fixed[name]]) == truth
+            outside = sorted(c.median_ratio for c in judged[name] if c.outside)
+            rows[-1]["corrected"] = {
+                "batches": -(-len(files) // correct_batches),
+                "batches_judged": len(judged[name]),
+                "batches_corrected": len(outside),
+                "corrected_median_ratios": outside,
+                "accuracy": round(float(right.mean()), 4),
+                **status_rates([status for _, status in fixed[name]], right)}
     return {"data": data_label(data_dir, split_file, split_name), "n": len(files),
             "perturbations": rows}
+
+
+def _answers(predictor, images: list[Image.Image], scale: float = 1.0) -> list[tuple[int, str]]:
+    """(class index, status) of each image as served, read at `scale`."""
+    return [(predictor.classes.index(p.label), p.status)
+            for p in predictor.predict_images(images, scale)]
+
+
+def _corrected(predictor, images: list[Image.Image], answers: list[tuple[int, str]], size: int
+               ) -> tuple[list[tuple[int, str]], list[BatchCheck]]:
+    """`answers` with each consecutive batch of `size` images that the magnification check
+    flags read again at its median ratio, and the checks of the batches it could judge."""
+    out, checks = list(answers), []
+    for i in range(0, len(images), size):
+        batch = images[i:i + size]
+        check = batch_check([predictor.magnification.ratio(image) for image in batch],
+                            predictor.magnification)
+        checks += [check] if check else []
+        scale = reading_scale(check)
+        if scale != 1.0:
+            out[i:i + len(batch)] = _answers(predictor, batch, scale)
+    return out, checks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,12 +223,21 @@ def main(argv: list[str] | None = None) -> None:
                                              f"runs); choices: {', '.join(list(PERTURBATIONS)[1:])}")
     parser.add_argument("--record", action="store_true",
                         help="store the figures in the model card as metrics.robustness")
+    parser.add_argument("--correct-batches", type=int, default=None, metavar="N",
+                        help="also score each change with the images read in batches of N "
+                             "(shuffled, --seed) and a batch whose magnification check is "
+                             "outside the model's range read at its median red-cell ratio")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     if args.record and args.only:
         parser.error("--record stores every perturbation: run it without --only")
     model_dir = model_dir_of(args)
     result = evaluate_robustness(model_dir, args.data, args.split_file, args.split_name,
-                                 args.only)
+                                 args.only, correct_batches=args.correct_batches,
+                                 seed=args.seed)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.record:
         record_metrics(model_dir, ROBUSTNESS, result)
     print(f"{result['data']}, n={result['n']}")
@@ -178,6 +246,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['name']:<14} accuracy {r['accuracy']:.4f}  accepted {r['accepted_rate']:.3f} "
               f"(accuracy {accepted})  unidentified {r['unidentified_rate']:.3f}  "
               f"not_a_cell {r['not_a_cell_rate']:.3f}")
+        if "corrected" in r:
+            c = r["corrected"]
+            fixed = "n/a" if c["accuracy_accepted"] is None else f"{c['accuracy_accepted']:.4f}"
+            ratios = c["corrected_median_ratios"]
+            span = f" (median ratio {ratios[0]:.2f}-{ratios[-1]:.2f})" if ratios else ""
+            print(f"{'  corrected':<14} accuracy {c['accuracy']:.4f}  accepted "
+                  f"{c['accepted_rate']:.3f} (accuracy {fixed})  batches corrected "
+                  f"{c['batches_corrected']} of {c['batches_judged']} judged, "
+                  f"{c['batches']} in all{span}")
 
 
 if __name__ == "__main__":
