@@ -321,6 +321,24 @@ def test_the_cell_description_follows_the_class_the_result_counts_as(client, bat
     assert described(1) == "monocyte" and described(0) is None
 
 
+def test_an_unidentified_cell_shows_how_to_tell_its_two_candidates_apart(client, batch_id):
+    """What the reviewer needs to decide: each candidate's morphology, in the model's order;
+    not for an accepted cell, nor once the cell is reviewed."""
+    from hematovision.cells import CELL_TYPES
+
+    def telling_apart(index):
+        html = page(client, f"/batch/{batch_id}/{index}")
+        block = re.search(r'id="telling-apart".*?</dl>', html, re.S)
+        return block and re.findall(r'<dt data-label="(\w+)">', block.group(0)), html
+
+    named, html = telling_apart(1)  # unidentified: eosinophil, then monocyte
+    assert named == ["eosinophil", "monocyte"]
+    assert CELL_TYPES["eosinophil"].morphology in html and CELL_TYPES["monocyte"].morphology in html
+    assert telling_apart(0)[0] is None  # accepted
+    review(client, batch_id, 1, "monocyte")
+    assert telling_apart(1)[0] is None
+
+
 def test_a_reviewed_result_says_so_above_the_models_answer(client, batch_id):
     assert 'id="reviewed-as"' not in page(client, f"/batch/{batch_id}/1")
     review(client, batch_id, 1, "monocyte")

@@ -6,14 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from hematovision.cells import CELL_TYPES
 from hematovision.preprocess import crop_to_nucleus, load_image
 from hematovision.web import uploads
-from tests.conftest import CELL_COLORS, make_smear, with_nuclei
+from tests.conftest import CELL_COLORS, CLASSES, make_smear, with_nuclei
 from tests.web_helpers import csrf_token, image_bytes, make_models_root, page, text, upload
 
 
@@ -63,6 +65,9 @@ def test_the_page_shows_each_cell_to_review_as_the_model_read_it(client, batch_i
     assert [f'data-index="{i}"' in html for i in range(5)] == [True] * 4 + [False]  # not broken
     assert f'src="/batch/{batch_id}/2/view.jpg"' in html
     assert html.count('value="" checked') == 4  # "No change" until a class is chosen
+    guide = re.search(r'id="class-guide".*?</details>', html, re.S).group(0)
+    assert re.findall(r'<dt data-label="(\w+)">', guide) == CLASSES  # each class's morphology
+    assert CELL_TYPES["monocyte"].morphology in guide
     batch_page = page(client, f"/batch/{batch_id}")
     assert f'href="/batch/{batch_id}/review" id="review-all-link"' in batch_page
     assert f'href="/batch/{batch_id}/review?show=all" id="review-every-link"' in batch_page

@@ -362,6 +362,7 @@ def review_all(batch_id: str):
     return _no_store(render_template(
         "review.html", batch=stored, cells=listed[start:start + REVIEW_PAGE_CELLS],
         listed=len(listed), start=start, page_cells=REVIEW_PAGE_CELLS, show=show,
+        guide=[CELL_TYPES[c] for c in stored.get("classes", []) if c in CELL_TYPES],
         expires=expires_at(stored)))
 
 
@@ -508,6 +509,9 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             else None,
             # The class the result counts as: the reviewer's where there is one.
             cell=CELL_TYPES.get(results.counted_class(item) or "") if "label" in item else None,
+            # What tells the two candidates apart by eye, for the person about to review it.
+            candidate_cells=[CELL_TYPES[c["label"]] for c in candidates
+                             if c.get("label") in CELL_TYPES],
             verdict=results.verdict_of(item),
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
