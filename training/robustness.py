@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score each change with the images read in batches of N "
                              "(shuffled, --seed) and a batch whose magnification check is "
                              "outside the model's range read at its median red-cell ratio")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the shuffle of the images into batches for --correct-batches")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     if args.record and args.only:
