@@ -41,6 +41,12 @@ def test_platelets_and_erythroblasts_are_counted_beside_the_white_cell_different
                                    OtherCount("platelet", 1, 25.0)]
 
 
+def test_each_share_carries_its_counting_range_in_percent():
+    shares = {s.name: s for s in results.differential(BATCH, PBC8).shares}
+    assert (shares["neutrophil"].low, shares["neutrophil"].high) == (6.8, 93.2)  # 2 of 4
+    assert (shares["monocyte"].low, shares["monocyte"].high) == (0.0, 60.2)  # 0 of 4
+
+
 def test_with_no_accepted_white_cell_the_other_cells_have_no_rate():
     differential = results.differential([result("platelet"), result("ig", "unidentified")], PBC8)
     assert differential.white_cells == 0
@@ -154,6 +160,12 @@ def test_the_batch_page_shows_other_cells_apart_from_the_shares(client):
     assert shares == {"basophil": "0.0", "eosinophil": "0.0", "ig": "25.0", "lymphocyte": "25.0",
                       "monocyte": "0.0", "neutrophil": "50.0"}
     assert "Share of the 4 white cells counted" in re.sub(r"\s+", " ", differential)
+    # Each share's 95 % range: 2 neutrophils of 4 cells say little, 0 basophils rule out only
+    # a large share.
+    ranges = dict(re.findall(r'<tr data-class="(\w+)">.*?class="text-end text-nowrap small '
+                             r'share-range">([^<]+)</td>', differential, re.S))
+    assert ranges["neutrophil"] == "6.8–93.2" and ranges["basophil"] == "0.0–60.2"
+    assert 'id="share-ranges"' in differential
     rows = re.findall(r'<tr data-class="(\w+)">.*?<td class="text-end">(\d+)</td>\s*'
                       r'<td class="text-end">([^<]+)</td>', others.split("</table>")[0], re.S)
     assert rows == [("erythroblast", "1", "25.0"), ("platelet", "1", "25.0")]

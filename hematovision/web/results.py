@@ -20,12 +20,13 @@ import re
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from hematovision.cells import is_white_cell
+from hematovision.counting import share_range
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
@@ -44,6 +45,10 @@ class ClassShare:
     name: str
     count: int
     percent: float  # of the accepted white cells, one decimal
+    # Where the film's share lies, given how many cells were counted (`counting.share_range`),
+    # in percent, one decimal; (0, 100) when none was counted.
+    low: float = field(default=0.0, compare=False)
+    high: float = field(default=100.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,9 @@ def differential(results: list[dict[str, Any]], classes: list[str]) -> Different
     white = [c for c in classes if is_white_cell(c)]
     total = sum(count[c] for c in white)
     return Differential(
-        shares=[ClassShare(c, count[c], _per(count[c], total) if total else 0.0) for c in white],
+        shares=[ClassShare(c, count[c], _per(count[c], total) if total else 0.0,
+                           *(round(100 * x, 1) for x in share_range(count[c], total)))
+                for c in white],
         white_cells=total,
         others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
                 for c in classes if not is_white_cell(c)],
