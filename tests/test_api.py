@@ -36,12 +36,35 @@ def post(client, *files, **form):
     )
 
 
+def test_the_differential_counts_the_accepted_cells_with_their_ranges(client, models_root):
+    from hematovision.counting import share_range
+
+    files = [(f"{i}.png", image_bytes(color, fmt="PNG"))
+             for i, color in enumerate([(200, 60, 60), (60, 60, 200), (200, 60, 60)])]
+    body = post(client, *files, ("broken.jpg", b"nope")).get_json()
+    labels = [r["label"] for r in body["results"] if r.get("status") == "accepted"]
+    assert len(labels) == 3  # the tiny model has no trust layer: all accepted
+    differential = body["differential"]
+    assert differential["white_cells"] == 3 and "others" not in differential
+    assert [s["class"] for s in differential["shares"]] == CLASSES
+    for share in differential["shares"]:
+        count = labels.count(share["class"])
+        low, high = share_range(count, 3)
+        assert share["count"] == count and share["percent"] == round(100 * count / 3, 1)
+        assert share["range_95"] == [round(100 * low, 1), round(100 * high, 1)]
+
+
+def test_no_differential_when_no_file_was_read(client, models_root):
+    response = post(client, ("broken.jpg", b"nope"))
+    assert response.status_code == 400 and "differential" not in response.get_json()
+
+
 def test_predict_one_file_gives_the_cli_json_fields_exactly(client, models_root):
     data = image_bytes((200, 60, 60))
     response = post(client, ("cell.jpg", data))
     assert response.status_code == 200
     body = response.get_json()
-    assert list(body) == ["model", "results"]
+    assert list(body) == ["model", "results", "differential"]
     assert body["model"] == "tiny"
     [result] = body["results"]
     assert list(result) == [

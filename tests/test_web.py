@@ -637,7 +637,9 @@ def test_api_docs_example_has_the_api_fields(client):
     fields the API returns, in order; without a trust layer the scores are as the API gives."""
     example = api_docs_example(client)
     body = json.loads(re.sub(r"<[^<>]+>", "0", example))
-    assert list(body) == ["model", "results"]
+    assert list(body) == ["model", "results", "differential"]
+    assert [s["class"] for s in body["differential"]["shares"]] == CLASSES
+    assert list(body["differential"]["shares"][0]) == ["class", "count", "percent", "range_95"]
     assert list(body["results"][0]) == [
         "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
     ]

@@ -47,6 +47,15 @@ def test_each_share_carries_its_counting_range_in_percent():
     assert (shares["monocyte"].low, shares["monocyte"].high) == (0.0, 60.2)  # 0 of 4
 
 
+def test_the_api_form_of_the_differential_keeps_every_figure():
+    body = results.differential_json(results.differential(BATCH, PBC8))
+    assert body["white_cells"] == 4
+    assert body["shares"][-1] == {"class": "neutrophil", "count": 2, "percent": 50.0,
+                                  "range_95": [6.8, 93.2]}
+    assert body["others"] == [{"class": "erythroblast", "count": 1, "per_100_white": 25.0},
+                              {"class": "platelet", "count": 1, "per_100_white": 25.0}]
+
+
 def test_with_no_accepted_white_cell_the_other_cells_have_no_rate():
     differential = results.differential([result("platelet"), result("ig", "unidentified")], PBC8)
     assert differential.white_cells == 0

@@ -17,7 +17,7 @@ from flask import Blueprint, abort, jsonify, request
 from hematovision import __version__
 from hematovision.web import models
 from hematovision.web.classify import classify_request, request_value
-from hematovision.web.results import magnification_check
+from hematovision.web.results import differential, differential_json, magnification_check
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -29,15 +29,19 @@ EXPLAIN_NO = {"", "0", "false", "no", "off"}
 
 @bp.post("/predict")
 def predict():
-    """Per-file results like `python -m hematovision.predict --json`; 400 if none succeeded.
-    With explain=1 each classified file also gets its heat map ("cam")."""
+    """Per-file results like `python -m hematovision.predict --json`, and the differential of
+    the accepted cells; 400 if none succeeded. With explain=1 each classified file also gets its
+    heat map ("cam")."""
     name, results = classify_request(explain=explain_requested())
-    ok = any("label" in r for r in results)
-    reference = models.get(name).magnification
-    check = magnification_check(results, reference)
-    extra = {"magnification": {**asdict(check), "batch_range": list(reference.batch_range)}
+    if not any("label" in r for r in results):
+        return jsonify(model=name, results=results), 400
+    predictor = models.get(name)
+    counted = differential_json(differential(results, predictor.classes))
+    check = magnification_check(results, predictor.magnification)
+    extra = {"magnification": {**asdict(check),
+                               "batch_range": list(predictor.magnification.batch_range)}
              } if check else {}
-    return jsonify(model=name, results=results, **extra), 200 if ok else 400
+    return jsonify(model=name, results=results, differential=counted, **extra), 200
 
 
 def explain_requested() -> bool:

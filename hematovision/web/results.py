@@ -128,6 +128,20 @@ def differential(results: list[dict[str, Any]], classes: list[str]) -> Different
     )
 
 
+def differential_json(counted: Differential) -> dict[str, Any]:
+    """The differential as the API returns it: the white cells counted, each class's count,
+    percent and 95 % counting range (`counting.share_range`, in percent), and the model's other
+    classes per 100 white cells, where it has any."""
+    out: dict[str, Any] = {
+        "white_cells": counted.white_cells,
+        "shares": [{"class": s.name, "count": s.count, "percent": s.percent,
+                    "range_95": [s.low, s.high]} for s in counted.shares]}
+    if counted.others:
+        out["others"] = [{"class": o.name, "count": o.count, "per_100_white": o.per_100_white}
+                         for o in counted.others]
+    return out
+
+
 def counted_label(result: dict[str, Any]) -> str:
     """The class a result adds to the differential: its counted class when a white cell, else
     empty."""
