@@ -76,6 +76,12 @@ class Outputs:
     # (trust.WHITE_CELL_RULE).
     white_cells: Sequence[int | None] | None = None
 
+    def without_white_cell(self) -> np.ndarray:
+        """(n,) True for each image in which no white cell was found (`trust.no_white_cell`);
+        all False where none was counted."""
+        missing = no_white_cell(self.white_cells)
+        return np.zeros(len(self.logits), dtype=bool) if missing is None else missing
+
 
 def load_failure(error: ModelLoadError) -> str:
     """A model that could not be loaded, and the names that can be (for the command lines)."""
@@ -237,11 +243,8 @@ class Predictor:
     def predictions(self, outputs: Outputs) -> list[Prediction]:
         probabilities = self.trust.probabilities(outputs.logits)
         unfamiliarity = self.trust.ood_scores(outputs.features)
-        missing = no_white_cell(outputs.white_cells)
-        if missing is None:
-            missing = np.zeros(len(probabilities), dtype=bool)
         out = []
-        for row, ood, no_cell in zip(probabilities, unfamiliarity, missing):
+        for row, ood, no_cell in zip(probabilities, unfamiliarity, outputs.without_white_cell()):
             best = int(np.argmax(row))
             confidence = float(row[best])
             out.append(Prediction(

@@ -33,7 +33,7 @@ from hematovision.predictor import KERAS_FILE, Predictor, add_model_options, mod
 from hematovision.preprocess import crop_fraction
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, WHITE_CELL_RULE,
                                 LayerGaussians, Trust, TRUST_FILE, cholesky_whitening,
-                                layer_distances, no_white_cell, parse_accuracy_target, repack,
+                                layer_distances, parse_accuracy_target, repack,
                                 save_trust_arrays, softmax, statuses, threshold_for_target,
                                 unsure)
 from training import crossfit
@@ -336,8 +336,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     ood_threshold = round_up(float(np.quantile(scores, ood_quantile)))
     kernel, bias = head_weights(model_dir)
     trust = Trust(temperature, threshold, ood_threshold, tuple(layers), kernel, bias)
-    missing = no_white_cell(val_out.white_cells)
-    missing = np.zeros(len(scores), dtype=bool) if missing is None else missing
+    missing = val_out.without_white_cell()
     rates = status_rates([trust.status(c, s, m) for c, s, m in zip(confidence, scores, missing)],
                          correct)
     save_trust_arrays(model_dir, layers, kernel, bias, held_out_confidence, held_out_correct)

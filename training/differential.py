@@ -36,7 +36,7 @@ import numpy as np
 from hematovision.card import DIFFERENTIAL, record_metrics
 from hematovision.cells import is_white_cell
 from hematovision.predictor import add_model_options, model_dir_of
-from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, no_white_cell
+from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
 from hematovision.trust import statuses as statuses_at
 from training.evaluate import add_data_options, data_label, open_model, read_labelled
 
@@ -137,7 +137,7 @@ def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | No
     labels = np.array([predictor.classes.index(p.label) for p in predictions])
     statuses = np.array([p.status for p in predictions])
     confidence = np.array([p.confidence for p in predictions])
-    missing = no_white_cell(labelled.outputs.white_cells)
+    missing = labelled.outputs.without_white_cell()
     points = predictor.card.get("trust", {}).get("operating_points") or []
     results = {}
     for name, composition in compositions(truth, predictor.classes).items():

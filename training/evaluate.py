@@ -25,7 +25,7 @@ from hematovision.batch import forward_files
 from hematovision.card import NOT_EVALUATIONS, ModelLoadError, read_card, record_metrics
 from hematovision.predictor import (Outputs, Predictor, add_model_options, load_failure,
                                     model_dir_of)
-from hematovision.trust import NOT_A_CELL, no_white_cell, softmax, unsure
+from hematovision.trust import NOT_A_CELL, softmax, unsure
 from training import data as data_lib
 from training.calibrate import ECE_BINS, nll, operating_figures, reliability, status_rates
 from training.report import plot_confusion, plot_coverage, plot_reliability
@@ -267,15 +267,14 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     metrics["trust"] = status_rates([p.status for p in predictions], correct)
     confidence = np.array([p.confidence for p in predictions])
     unfamiliar = np.array([p.status == NOT_A_CELL for p in predictions])
-    missing = no_white_cell(outputs.white_cells)
-    missing = np.zeros(len(files), dtype=bool) if missing is None else missing
+    no_cell = outputs.without_white_cell()
     if outputs.white_cells is not None:
         confident = ~unfamiliar & ~unsure(confidence, predictor.trust.confidence_threshold)
-        metrics["no_white_cell"] = no_white_cell_figures(missing, correct, confident)
+        metrics["no_white_cell"] = no_white_cell_figures(no_cell, correct, confident)
     points = predictor.card.get("trust", {}).get("operating_points", [])
     if points:
         metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points,
-                                                        missing)
+                                                        no_cell)
     groups: list = [None] * len(files)
     source_map = data_lib.find_source_map(Path(data_dir), "auto")
     if source_map:
@@ -292,7 +291,7 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     metrics["intervals"] = intervals(files, groups, y_true, np.array(y_pred),
                                     len(predictor.classes))
     return Scored(metrics, predictor.classes, before, after, confidence, correct, unfamiliar,
-                  missing)
+                  no_cell)
 
 
 def no_white_cell_figures(missing: np.ndarray, correct: np.ndarray, confident: np.ndarray

@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from hematovision.batch import image_files
 from hematovision.fields import LOBE_DISTANCE, MIN_CELL_SHARE, cell_inputs, white_cells
 from hematovision.predictor import MODELS_ROOT, Predictor, with_white_cells
-from hematovision.preprocess import RESAMPLE, crop_fraction, to_input
+from hematovision.preprocess import RESAMPLE, crop_fraction, load_image, to_input
 from hematovision.card import served_views
 from hematovision.trust import unsure
 from training import crossfit
@@ -232,9 +232,8 @@ def white_cell_rule(model_dir: Path, predictor: Predictor, kaggle: Path) -> dict
     correct = probabilities.argmax(axis=1) == oof["labels"]
     root = kaggle / "train"
     missing = []
-    for name in oof["files"]:
-        with Image.open(root / name) as image:
-            missing.append(not white_cells(image.convert("RGB")))
+    for name in oof["files"]:  # decoded as served (`load_image`), then searched
+        missing.append(not white_cells(load_image(root / name)))
     return {"pool": {"images": len(correct), "groups": oof["groups"],
                      "views": served_views(predictor.card)},
             **no_white_cell_figures(np.array(missing), correct, confident)}
