@@ -13,12 +13,15 @@ from typing import Any
 
 CARD_FILE = "model_card.json"
 # Recorded under the card's "metrics" beside the test evaluations, but not one: flag rates on
-# sets of unfamiliar images (training.unfamiliar), and the test images' figures under changes of
-# magnification, focus or stain (training.robustness).
+# sets of unfamiliar images (training.unfamiliar), the test images' figures under changes of
+# magnification, focus or stain (training.robustness), and on films drawn from the test images,
+# the differential's error (training.differential) and its reference-interval flags
+# (training.flags).
 UNFAMILIAR = "unfamiliar"
 ROBUSTNESS = "robustness"
 DIFFERENTIAL = "differential"
-NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS, DIFFERENTIAL)
+FLAGS = "flags"
+NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS, DIFFERENTIAL, FLAGS)
 
 
 class ModelLoadError(RuntimeError):

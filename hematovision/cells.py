@@ -21,6 +21,10 @@ class CellType:
     # Counted in the white-cell differential. Platelets never are, and nucleated red cells are
     # reported per 100 white cells instead (ICSH), so neither dilutes the white-cell shares.
     white_cell: bool = True
+    # The adult reference interval of its share of the white cells, in percent (low, high): the
+    # numbers `normal_share` opens with, which the batch page compares a differential against
+    # (`hematovision.reference`); None for a class that is not in the differential.
+    reference_percent: tuple[float, float] | None = None
 
 
 CELL_TYPES: dict[str, CellType] = {
@@ -40,6 +44,7 @@ CELL_TYPES: dict[str, CellType] = {
                 "some skin diseases, eosinophilic and myeloproliferative disorders."
             ),
             lowered_in="Acute stress, corticosteroid treatment, Cushing syndrome.",
+            reference_percent=(1, 4),
         ),
         CellType(
             name="lymphocyte",
@@ -55,6 +60,7 @@ CELL_TYPES: dict[str, CellType] = {
                 "chronic lymphocytic leukaemia and other lymphoproliferative disorders."
             ),
             lowered_in="HIV infection, corticosteroids, chemotherapy, acute stress.",
+            reference_percent=(20, 40),
         ),
         CellType(
             name="monocyte",
@@ -70,6 +76,7 @@ CELL_TYPES: dict[str, CellType] = {
                 "inflammatory and autoimmune disease, chronic myelomonocytic leukaemia."
             ),
             lowered_in="Hairy cell leukaemia, aplastic anaemia, corticosteroids.",
+            reference_percent=(2, 8),
         ),
         CellType(
             name="neutrophil",
@@ -85,6 +92,7 @@ CELL_TYPES: dict[str, CellType] = {
                 "myeloproliferative disorders (a left shift with bands suggests acute infection)."
             ),
             lowered_in="Chemotherapy, some viral infections, drugs, autoimmune neutropenia.",
+            reference_percent=(40, 70),
         ),
         CellType(
             name="basophil",
@@ -100,6 +108,7 @@ CELL_TYPES: dict[str, CellType] = {
                 "reactions, hypothyroidism."
             ),
             lowered_in="Acute allergic reactions, hyperthyroidism, corticosteroids.",
+            reference_percent=(0, 1),
         ),
         CellType(
             name="erythroblast",
@@ -125,12 +134,13 @@ CELL_TYPES: dict[str, CellType] = {
                 "Promyelocytes, myelocytes and metamyelocytes: larger cells with a round to "
                 "kidney-shaped, unsegmented nucleus and blue to pink granular cytoplasm."
             ),
-            normal_share="Under 1 % of white cells",
+            normal_share="0-1 % of white cells",
             raised_in=(
                 "Severe bacterial infection and sepsis, inflammation, pregnancy, G-CSF "
                 "treatment, myeloproliferative neoplasms and leukaemia."
             ),
             lowered_in="Not applicable.",
+            reference_percent=(0, 1),
         ),
         CellType(
             name="platelet",

@@ -9,12 +9,15 @@ computed here. They cover the counting only, not a classifier's mistakes.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 LEVEL = 0.95  # the tables' confidence level
 _ITERATIONS = 60  # bisection steps: far below a displayed percent's precision
 
 
+@lru_cache(maxsize=65536)  # pure in its arguments; a batch page or a simulation asks again
 def share_range(count: int, total: int, level: float = LEVEL) -> tuple[float, float]:
     """The exact binomial `level` confidence limits (low, high), as fractions, of the share of
     which `count` of `total` counted cells is a sample; (0, 1) when nothing was counted."""

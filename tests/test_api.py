@@ -38,6 +38,7 @@ def post(client, *files, **form):
 
 def test_the_differential_counts_the_accepted_cells_with_their_ranges(client, models_root):
     from hematovision.counting import share_range
+    from hematovision.reference import catalog_intervals, flag
 
     files = [(f"{i}.png", image_bytes(color, fmt="PNG"))
              for i, color in enumerate([(200, 60, 60), (60, 60, 200), (200, 60, 60)])]
@@ -52,6 +53,14 @@ def test_the_differential_counts_the_accepted_cells_with_their_ranges(client, mo
         low, high = share_range(count, 3)
         assert share["count"] == count and share["percent"] == round(100 * count / 3, 1)
         assert share["range_95"] == [round(100 * low, 1), round(100 * high, 1)]
+        # Nothing awaits review, so each share is read against its adult reference interval.
+        interval = catalog_intervals()[share["class"]]
+        found = flag(count, 3, interval)
+        assert share["reference"] == list(interval)
+        assert share["outside"] == (found.direction if found else None)
+        assert share["beyond_counting_error"] == (found.beyond_counting_error if found else None)
+    assert differential["awaiting_review"] == 0
+    assert any(share["outside"] for share in differential["shares"])  # 3 cells: never normal
 
 
 def test_no_differential_when_no_file_was_read(client, models_root):

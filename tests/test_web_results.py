@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from hematovision.reference import ABOVE, BELOW, Flag, intervals
 from hematovision.web import results, uploads
 from hematovision.web.results import ClassShare, OtherCount
-from tests.web_helpers import make_app, make_models_root
+from tests.web_helpers import make_app, make_models_root, page, text
 
 PBC8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
         "platelet"]
@@ -49,11 +50,63 @@ def test_each_share_carries_its_counting_range_in_percent():
 
 def test_the_api_form_of_the_differential_keeps_every_figure():
     body = results.differential_json(results.differential(BATCH, PBC8))
-    assert body["white_cells"] == 4
+    assert body["white_cells"] == 4 and body["awaiting_review"] == 1
+    # One cell awaits review, so no share is flagged against its interval yet.
     assert body["shares"][-1] == {"class": "neutrophil", "count": 2, "percent": 50.0,
-                                  "range_95": [6.8, 93.2]}
+                                  "range_95": [6.8, 93.2], "reference": [40, 70],
+                                  "outside": None, "beyond_counting_error": None}
     assert body["others"] == [{"class": "erythroblast", "count": 1, "per_100_white": 25.0},
                               {"class": "platelet", "count": 1, "per_100_white": 25.0}]
+
+
+def film(counts: dict[str, int], classes=PBC8) -> list[dict]:
+    return [result(c, classes=classes) for c, n in counts.items() for _ in range(n)]
+
+
+def test_shares_are_flagged_against_their_reference_interval_beyond_counting_error_or_not():
+    # 100 cells: 12 eosinophils lie above 1-4 % beyond counting error (range 6.4-20.0 %), 6
+    # monocytes inside 2-8 %, 9 monocytes above it within counting error (range 4.2-16.4 %).
+    shares = {s.name: s for s in results.differential(
+        film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}),
+        PBC8).shares}
+    assert shares["eosinophil"].reference == (1, 4)
+    assert shares["eosinophil"].flag == Flag(ABOVE, beyond_counting_error=True)
+    assert shares["monocyte"].flag is None and shares["neutrophil"].flag is None
+    shares = {s.name: s for s in results.differential(
+        film({"neutrophil": 64, "lymphocyte": 27, "monocyte": 9}), PBC8).shares}
+    assert shares["monocyte"].flag == Flag(ABOVE, beyond_counting_error=False)
+    # No eosinophil of 100 is below 1 % but within counting error (0-3.6 %); basophils'
+    # interval starts at 0, so none is never low.
+    assert shares["eosinophil"].flag == Flag(BELOW, beyond_counting_error=False)
+    assert shares["basophil"].flag is None
+
+
+def test_the_api_form_gives_the_flag_once_no_cell_awaits_review():
+    cells = film({"neutrophil": 20, "lymphocyte": 80})
+    body = results.differential_json(results.differential(cells, PBC8))
+    shares = {s["class"]: s for s in body["shares"]}
+    assert body["awaiting_review"] == 0
+    assert (shares["neutrophil"]["outside"], shares["neutrophil"]["beyond_counting_error"]) == (
+        "below", True)
+    assert (shares["lymphocyte"]["outside"], shares["ig"]["outside"]) == ("above", None)
+    # An unidentified cell holds every flag back until a reviewer gives it a verdict.
+    waiting = cells + [result("monocyte", "unidentified")]
+    held = results.differential(waiting, PBC8)
+    assert held.awaiting_review == 1 and all(s.flag is None for s in held.shares)
+    reviewed_all = results.differential(cells + [reviewed(waiting[-1], "monocyte")], PBC8)
+    assert reviewed_all.awaiting_review == 0
+    assert {s.name: s.flag for s in reviewed_all.shares if s.flag} == {
+        "neutrophil": Flag(BELOW, True), "lymphocyte": Flag(ABOVE, True),
+        "eosinophil": Flag(BELOW, False), "monocyte": Flag(BELOW, False)}  # 0 and 1 of 101
+
+
+def test_a_lab_s_own_intervals_replace_the_catalog_s():
+    cells = film({"neutrophil": 72, "lymphocyte": 28})
+    assert {s.name: s.flag for s in results.differential(cells, PBC8).shares}["neutrophil"] == \
+        Flag(ABOVE, beyond_counting_error=False)
+    own = {**intervals(), "neutrophil": (40.0, 75.0)}
+    shares = {s.name: s for s in results.differential(cells, PBC8, own).shares}
+    assert shares["neutrophil"].reference == (40.0, 75.0) and shares["neutrophil"].flag is None
 
 
 def test_with_no_accepted_white_cell_the_other_cells_have_no_rate():
@@ -196,3 +249,84 @@ def test_reviews_against_the_model_class_by_class():
         results.Agreement("monocyte", agreed=0, other=0, unidentified=1, not_a_cell=0),
         results.Agreement(results.EXCLUDED, agreed=0, other=1, unidentified=0, not_a_cell=0)]
     assert results.agreement(BATCH, PBC8) == []  # nothing reviewed, no table
+
+
+WBC4 = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+
+
+def reference_cells(html: str) -> dict[str, str]:
+    table = html.split('id="differential"')[1].split("</table>")[0]
+    return {name: text(cell).strip() for name, cell in re.findall(
+        r'<tr data-class="(\w+)">.*?<td class="text-end text-nowrap small reference">(.*?)</td>',
+        table, re.S)}
+
+
+def test_the_batch_page_flags_shares_outside_their_reference_interval(client):
+    cells = film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}, WBC4)
+    html = client.get(f"/batch/{stored_batch(client, cells, WBC4)}").get_data(as_text=True)
+    assert reference_cells(html) == {"eosinophil": "1–4 ▲ high", "lymphocyte": "20–40",
+                                     "monocyte": "2–8", "neutrophil": "40–70"}
+    assert 'data-flag="above"' in html and "the cell-type catalog's" in text(html)
+    # 9 monocytes of 100: above 8 %, but the film may be inside.
+    cells = film({"neutrophil": 64, "lymphocyte": 27, "monocyte": 9}, WBC4)
+    html = client.get(f"/batch/{stored_batch(client, cells, WBC4)}").get_data(as_text=True)
+    assert reference_cells(html)["monocyte"] == "2–8 ▲ high?"
+    assert reference_cells(html)["eosinophil"] == "1–4 ▼ low?"
+
+
+def test_no_share_is_flagged_while_cells_await_review(client):
+    cells = film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}, WBC4)
+    batch_id = stored_batch(client, cells + [result("neutrophil", "unidentified", WBC4)], WBC4)
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    assert "share-flag" not in html and reference_cells(html)["eosinophil"] == "1–4"
+    assert ("Shares are not flagged against it until the 1 unidentified cell is reviewed."
+            in text(html))
+
+
+def flag_figures(threshold: float) -> dict:
+    ways = {way: {"detected": None, "false_flag": rate, "flagged": {}} for way, rate in (
+        ("every cell named right", 0.005), ("accepted only", 0.525),
+        ("unidentified reviewed", 0.006), ("no trust layer", 0.788))}
+    return {"data": "test", "n": 400, "cells": 100, "draws": 2000,
+            "confidence_threshold": threshold, "scenarios": {"normal adult": {
+                "composition": {c: 0.25 for c in WBC4}, "target": None,
+                "unidentified_per_film": 45.0, "ways": ways}}}
+
+
+@pytest.mark.parametrize("elsewhere, quoted", [(0.0, True), (0.001, False)])
+def test_while_flags_are_held_the_page_says_how_often_they_were_wrong(tmp_path, tiny_model_dir,
+                                                                      elsewhere, quoted):
+    from hematovision.predictor import Predictor
+
+    served = Predictor(tiny_model_dir).trust.confidence_threshold
+    root = make_models_root(tmp_path / "models", tiny_model_dir, card={
+        "metrics": {"flags": flag_figures(served + elsewhere)}})
+    client = make_app(tmp_path, root).test_client()
+    batch_id = stored_batch(client, film({"neutrophil": 3}, WBC4)
+                            + [result("neutrophil", "unidentified", WBC4)], WBC4)
+    said = ("on normal adult films of 100 cells drawn from this model's test images, the accepted "
+            "cells alone flagged a share wrongly in 52.5 % of films, and 0.6 % once the "
+            "unidentified cells were reviewed")
+    assert (said in text(page(client, f"/batch/{batch_id}"))) == quoted
+    model_page = page(client, "/models/tiny")
+    cells = re.findall(r'<td class="text-end small text-nowrap" data-way="([^"]+)">([^<]+)',
+                       model_page)
+    assert cells[1] == ("accepted only", "false flag 52.5 %")
+
+
+def test_a_lab_s_intervals_are_used_and_said_to_be(tmp_path, tiny_model_dir):
+    root = make_models_root(tmp_path / "models", tiny_model_dir)
+    client = make_app(tmp_path, root,
+                      REFERENCE_INTERVALS={"neutrophil": [40, 75]}).test_client()
+    cells = film({"neutrophil": 72, "lymphocyte": 28}, WBC4)
+    html = client.get(f"/batch/{stored_batch(client, cells, WBC4)}").get_data(as_text=True)
+    assert reference_cells(html)["neutrophil"] == "40–75"
+    assert "this lab's where set" in text(html)
+
+
+def test_a_bad_reference_interval_setting_stops_the_app_naming_it(tmp_path, tiny_model_dir):
+    from hematovision.card import ModelLoadError
+
+    root = make_models_root(tmp_path / "models", tiny_model_dir)
+    with pytest.raises(ModelLoadError, match=r"REFERENCE_INTERVALS .*'neutrophil': \[75, 40\]"):
+        make_app(tmp_path, root, REFERENCE_INTERVALS={"neutrophil": [75, 40]})

@@ -29,20 +29,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hematovision.card import DIFFERENTIAL, record_metrics
 from hematovision.cells import is_white_cell
-from hematovision.predictor import add_model_options, model_dir_of
+from hematovision.predictor import Predictor, add_model_options, model_dir_of
 from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
 from hematovision.trust import statuses as statuses_at
 from training.evaluate import add_data_options, data_label, open_model, read_labelled
 
-# A normal adult differential (shares of the white cells), the middle of the usual reference
-# ranges: neutrophils 40-75 %, lymphocytes 20-45 %, monocytes 2-10 %, eosinophils 1-6 %,
-# basophils 0-2 %. Classes a normal film lacks (immature granulocytes, ...) get none.
+# A normal adult differential (shares of the white cells), inside the catalog's adult reference
+# intervals (`cells.CellType.reference_percent`: neutrophils 40-70 %, lymphocytes 20-40 %,
+# monocytes 2-8 %, eosinophils 1-4 %, basophils 0-1 %). Classes a normal film lacks (immature
+# granulocytes, ...) get none.
 NORMAL_DIFFERENTIAL = {"neutrophil": 0.60, "lymphocyte": 0.30, "monocyte": 0.06,
                        "eosinophil": 0.03, "basophil": 0.01}
 WAYS = ("accepted only", "no trust layer", "unidentified reviewed")
@@ -124,20 +126,40 @@ def _points(classes, shares: np.ndarray) -> dict[str, float]:
     return {c: round(float(100 * v), 2) for c, v in zip(classes, shares)}
 
 
+@dataclass(frozen=True)
+class Answers:
+    """The served model's reading of labelled images, one entry per image."""
+    predictor: Predictor
+    truth: np.ndarray  # the true class (index into the model's classes)
+    labels: np.ndarray  # the model's top class
+    statuses: np.ndarray  # its trust status as served
+    confidence: np.ndarray  # its calibrated confidence
+    no_white_cell: np.ndarray  # no white cell found in the image (Outputs.without_white_cell)
+
+
+def served_answers(model_dir: Path, data_dir: Path, split_file: Path | None = None,
+                   split_name: str = "test") -> Answers:
+    """How the served model reads the labelled images (`evaluate.read_labelled`, known classes
+    only), through the app's path: calibration, statuses."""
+    predictor = open_model(model_dir)
+    labelled = read_labelled(predictor, data_dir, split_file, split_name,
+                             known_classes_only=True)
+    predictions = predictor.predictions(labelled.outputs)
+    return Answers(predictor, labelled.y_true,
+                   np.array([predictor.classes.index(p.label) for p in predictions]),
+                   np.array([p.status for p in predictions]),
+                   np.array([p.confidence for p in predictions]),
+                   labelled.outputs.without_white_cell())
+
+
 def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | None = None,
                           split_name: str = "test", cells: int = CELLS,
                           draws: int = DRAWS) -> dict:
     """The served model's answers on the test images, then `simulate` for each composition,
     as served and at each of the card's operating points."""
-    predictor = open_model(model_dir)
-    labelled = read_labelled(predictor, data_dir, split_file, split_name,
-                             known_classes_only=True)
-    truth = labelled.y_true
-    predictions = predictor.predictions(labelled.outputs)
-    labels = np.array([predictor.classes.index(p.label) for p in predictions])
-    statuses = np.array([p.status for p in predictions])
-    confidence = np.array([p.confidence for p in predictions])
-    missing = labelled.outputs.without_white_cell()
+    answers = served_answers(model_dir, data_dir, split_file, split_name)
+    predictor, truth, labels, statuses = (answers.predictor, answers.truth, answers.labels,
+                                          answers.statuses)
     points = predictor.card.get("trust", {}).get("operating_points") or []
     results = {}
     for name, composition in compositions(truth, predictor.classes).items():
@@ -145,8 +167,9 @@ def evaluate_differential(model_dir: Path, data_dir: Path, split_file: Path | No
                                  draws)
         results[name]["operating_points"] = [
             at_threshold(point, simulate(
-                truth, labels, statuses_at(confidence, statuses == NOT_A_CELL,
-                                           point["confidence_threshold"], missing),
+                truth, labels, statuses_at(answers.confidence, statuses == NOT_A_CELL,
+                                           point["confidence_threshold"],
+                                           answers.no_white_cell),
                 predictor.classes, composition, cells, draws))
             for point in points]
     return {"data": data_label(data_dir, split_file, split_name), "n": len(truth),

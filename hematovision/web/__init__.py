@@ -12,8 +12,10 @@ from typing import Any
 
 from flask import Flask
 
+from hematovision.card import ModelLoadError
 from hematovision.predictor import MODELS_ROOT
 from hematovision.preprocess import MAX_PIXELS
+from hematovision.reference import intervals
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -41,6 +43,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         MAX_FORM_PARTS=1_000,  # form parts per request, files included (413 above: errors.py)
         MAX_FORM_MEMORY_SIZE=500_000,  # bytes per text field of a form (413 above)
         MAX_IMAGE_PIXELS=MAX_PIXELS,  # width x height per image, checked before decoding
+        REFERENCE_INTERVALS=None,  # the lab's {class: [low, high]} in percent of white cells,
+        #   replacing the catalog's adult intervals the differential is flagged against
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # the browser does not send the cookie on foreign POSTs
     )
@@ -53,6 +57,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # resolve them against the package folder when sending files).
     for key in ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE"):
         app.config[key] = os.path.abspath(app.config[key])
+
+    app.config["REFERENCE_INTERVALS"] = reference_intervals(app.config["REFERENCE_INTERVALS"])
 
     # Keep JSON keys in insertion order: "file" first and probabilities in the model's class
     # order, exactly as the predict CLI writes them.
@@ -67,3 +73,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     return app
+
+
+def reference_intervals(value) -> dict[str, tuple[float, float]]:
+    """The REFERENCE_INTERVALS setting over the catalog's intervals; a bad one stops the app
+    (and `app.py --check`) with a message naming it."""
+    try:
+        return intervals(value)
+    except ValueError as exc:
+        raise ModelLoadError("The setting REFERENCE_INTERVALS (environment variable "
+                             f"HEMATOVISION_REFERENCE_INTERVALS): {exc}") from None

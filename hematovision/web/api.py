@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
 
 from hematovision import __version__
 from hematovision.web import models
@@ -36,7 +36,8 @@ def predict():
     if not any("label" in r for r in results):
         return jsonify(model=name, results=results), 400
     predictor = models.get(name)
-    counted = differential_json(differential(results, predictor.classes))
+    counted = differential_json(differential(results, predictor.classes,
+                                             current_app.config["REFERENCE_INTERVALS"]))
     check = magnification_check(results, predictor.magnification)
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}

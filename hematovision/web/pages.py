@@ -23,12 +23,13 @@ from flask import (
     url_for,
 )
 
-from hematovision.card import DIFFERENTIAL, recorded_evaluations
+from hematovision.card import DIFFERENTIAL, FLAGS, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
+from hematovision.reference import catalog_intervals
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
 from hematovision.web import field_view, heatmap, models, results, uploads
@@ -163,6 +164,13 @@ def fixed(value, digits: int = 4) -> str:
 def pct(value, digits: int = 1) -> str:
     """A 0..1 share as a percentage with `digits` decimals; a dash where the card has none."""
     return f"{value * 100:.{digits}f} %" if _is_number(value) else "—"
+
+
+@bp.app_template_filter("interval")
+def interval(bounds) -> str:
+    """A reference interval in percent, as labs write it: "40–70"."""
+    low, high = bounds
+    return f"{low:g}–{high:g}"
 
 
 @bp.app_template_filter("probability_pct")
@@ -443,7 +451,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
-    differential = results.differential(stored["results"], stored["classes"])
+    differential = results.differential(stored["results"], stored["classes"],
+                                        current_app.config["REFERENCE_INTERVALS"])
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
@@ -471,6 +480,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             review_bias=review_bias(predictor),
+            flag_errors=flag_errors(predictor),
+            lab_intervals=current_app.config["REFERENCE_INTERVALS"] != catalog_intervals(),
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),
@@ -659,6 +670,7 @@ def model_page(name: str):
         unfamiliar_sets=unfamiliar_sets,
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
         differential=_differential_entry(metrics),
+        flags=_flags_entry(metrics),
         magnification=_magnification_entry(card, predictor),
         fields=_fields_entry(predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
@@ -686,6 +698,17 @@ def _differential_entry(metrics: dict) -> dict | None:
     """The card's differential figures (`training.differential --record`), where well formed."""
     entry = metrics.get(DIFFERENTIAL)
     if not isinstance(entry, dict) or not isinstance(entry.get("compositions"), dict):
+        return None
+    return entry
+
+
+def _flags_entry(metrics: dict) -> dict | None:
+    """The card's reference-interval flag figures (`training.flags --record`), where well
+    formed."""
+    entry = metrics.get(FLAGS)
+    scenarios = entry.get("scenarios") if isinstance(entry, dict) else None
+    if not isinstance(scenarios, dict) or not scenarios or not all(
+            isinstance(s, dict) and isinstance(s.get("ways"), dict) for s in scenarios.values()):
         return None
     return entry
 
@@ -718,6 +741,25 @@ def review_bias(predictor: Predictor | None) -> dict | None:
         return None
     return {"cells": entry["cells"], "composition": name, "biases": biases[:2],
             "accepted_error": errors[0], "reviewed_error": errors[1]}
+
+
+def flag_errors(predictor: Predictor | None) -> dict | None:
+    """How often a share was flagged wrongly on normal adult films drawn from the model's test
+    images (`training.flags --record`), counted from the accepted cells alone and with the
+    unidentified cells reviewed: {"cells", "accepted_only", "reviewed"} (fractions of films);
+    None where not measured, or not at the confidence threshold served now."""
+    metrics = predictor.card.get("metrics") if predictor else None
+    entry = metrics.get(FLAGS) if isinstance(metrics, dict) else None
+    try:
+        if entry["confidence_threshold"] != predictor.trust.confidence_threshold:
+            return None
+        ways = entry["scenarios"][NORMAL_FILM]["ways"]
+        figures = {"cells": entry["cells"],
+                   "accepted_only": ways["accepted only"]["false_flag"],
+                   "reviewed": ways["unidentified reviewed"]["false_flag"]}
+    except (KeyError, TypeError):
+        return None
+    return figures if all(_is_number(v) for v in figures.values()) else None
 
 
 def _magnification_entry(card: dict, predictor: Predictor) -> dict | None:

@@ -28,6 +28,7 @@ from typing import Any
 from hematovision.cells import is_white_cell
 from hematovision.counting import share_range
 from hematovision.magnification import BatchCheck, Reference, batch_check
+from hematovision.reference import Flag, flag, intervals
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -49,6 +50,11 @@ class ClassShare:
     # in percent, one decimal; (0, 100) when none was counted.
     low: float = field(default=0.0, compare=False)
     high: float = field(default=100.0, compare=False)
+    # The adult reference interval it is read against, in percent, and where the share lies
+    # against it (`hematovision.reference`); None for a class without one, within it, or while
+    # cells await review (Differential.awaiting_review).
+    reference: tuple[float, float] | None = field(default=None, compare=False)
+    flag: Flag | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,10 @@ class Differential:
     white_cells: int  # counted white cells: the base of the shares
     others: list[OtherCount]  # the model's other classes (counted cells), zeros included
     reviewed: int  # of the white cells, those counted by a reviewer's verdict
+    # Unidentified results without a verdict. While there are any, no share is flagged: the
+    # accepted cells alone lean towards the classes the model is sure of, and on normal films
+    # drawn from wbc4's test images half of them were flagged wrongly (`training.flags`).
+    awaiting_review: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,32 +120,48 @@ def left_out_reason(result: dict[str, Any]) -> str | None:
     return EXCLUDED if verdict_of(result) == EXCLUDED else status_of(result)
 
 
-def differential(results: list[dict[str, Any]], classes: list[str]) -> Differential:
-    """The white-cell differential of the counted results (`counted_class`), and the model's
-    other classes counted beside it."""
+def differential(results: list[dict[str, Any]], classes: list[str],
+                 reference_intervals: dict[str, tuple[float, float]] | None = None
+                 ) -> Differential:
+    """The white-cell differential of the counted results (`counted_class`), each share read
+    against its interval in `reference_intervals` (percent, by class; the catalog's when
+    None), and the model's other classes counted beside it."""
     counted = [(counted_class(r), verdict_of(r) is not None) for r in results]
     count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
     total = sum(count[c] for c in white)
+    reference = intervals() if reference_intervals is None else reference_intervals
+    awaiting = sum(1 for r in results if needs_review(r))
     return Differential(
         shares=[ClassShare(c, count[c], _per(count[c], total) if total else 0.0,
-                           *(round(100 * x, 1) for x in share_range(count[c], total)))
+                           *(round(100 * x, 1) for x in share_range(count[c], total)),
+                           reference.get(c),
+                           None if awaiting else flag(count[c], total, reference.get(c)))
                 for c in white],
         white_cells=total,
         others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
                 for c in classes if not is_white_cell(c)],
         reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
+        awaiting_review=awaiting,
     )
 
 
 def differential_json(counted: Differential) -> dict[str, Any]:
-    """The differential as the API returns it: the white cells counted, each class's count,
-    percent and 95 % counting range (`counting.share_range`, in percent), and the model's other
-    classes per 100 white cells, where it has any."""
+    """The differential as the API returns it: the white cells counted, the unidentified
+    cells awaiting review, each class's count, percent and 95 % counting range
+    (`counting.share_range`, in percent), its reference interval and where the share lies
+    against it (`reference.flag`: `outside` "above" or "below" and whether beyond counting
+    error; null within it or while cells await review), and the model's other classes per 100
+    white cells, where it has any."""
     out: dict[str, Any] = {
         "white_cells": counted.white_cells,
+        "awaiting_review": counted.awaiting_review,
         "shares": [{"class": s.name, "count": s.count, "percent": s.percent,
-                    "range_95": [s.low, s.high]} for s in counted.shares]}
+                    "range_95": [s.low, s.high],
+                    "reference": list(s.reference) if s.reference else None,
+                    "outside": s.flag.direction if s.flag else None,
+                    "beyond_counting_error": s.flag.beyond_counting_error if s.flag else None}
+                   for s in counted.shares]}
     if counted.others:
         out["others"] = [{"class": o.name, "count": o.count, "per_100_white": o.per_100_white}
                          for o in counted.others]

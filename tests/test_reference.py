@@ -1,0 +1,60 @@
+"""Reference intervals and where a counted share lies against them (hematovision.reference)."""
+
+import re
+
+import pytest
+
+from hematovision.cells import CELL_TYPES, is_white_cell
+from hematovision.reference import ABOVE, BELOW, Flag, catalog_intervals, flag, intervals
+
+
+def test_every_white_cell_of_the_catalog_has_the_interval_its_text_states():
+    found = catalog_intervals()
+    assert set(found) == {name for name in CELL_TYPES if is_white_cell(name)}
+    for name, (low, high) in found.items():
+        assert re.match(rf"{low:g}-{high:g} % of white cells", CELL_TYPES[name].normal_share)
+    assert found["neutrophil"] == (40, 70) and found["eosinophil"] == (1, 4)
+
+
+@pytest.mark.parametrize("count, total, expected", [
+    (12, 100, Flag(ABOVE, True)),    # 12 %: range 6.4-20.0 %, all above 4 %
+    (6, 100, Flag(ABOVE, False)),    # 6 %: range 2.2-12.6 %, reaches into 1-4 %
+    (4, 100, None),                  # on the upper limit: inside
+    (1, 100, None),                  # on the lower limit: inside
+    (0, 100, Flag(BELOW, False)),    # 0 %: range 0-3.6 %, reaches into 1-4 %
+    (0, 400, Flag(BELOW, True)),     # 0 of 400: range 0-0.9 %, all below 1 %
+    (0, 0, None),                    # nothing counted
+])
+def test_a_share_is_flagged_beyond_counting_error_only_when_its_whole_range_is_outside(
+        count, total, expected):
+    assert flag(count, total, (1, 4)) == expected
+
+
+def test_a_share_is_judged_as_the_page_shows_it():
+    # 701 of 1001 is 70.03 %, shown as 70.0: inside 40-70, as it reads.
+    assert flag(701, 1001, (40, 70)) is None
+    assert flag(702, 1001, (40, 70)) == Flag(ABOVE, False)  # 70.1 %
+
+
+def test_no_interval_no_flag():
+    assert flag(90, 100, None) is None
+
+
+def test_a_lab_s_intervals_replace_only_the_classes_they_name():
+    found = intervals({"neutrophil": [40, 75], "blast": [0, 0]})
+    assert found["neutrophil"] == (40.0, 75.0) and found["blast"] == (0.0, 0.0)
+    assert found["lymphocyte"] == catalog_intervals()["lymphocyte"]
+    assert intervals(None) == intervals("") == catalog_intervals()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"neutrophil": [75, 40]}, "'neutrophil': [75, 40] is not an interval within 0-100 %"),
+    ({"neutrophil": [40, 170]}, "not an interval within 0-100 %"),
+    ({"neutrophil": "40-70"}, "'neutrophil': '40-70' is not [low, high] in percent"),
+    ({"neutrophil": [40]}, "is not [low, high]"),
+    ({"neutrophil": [True, 70]}, "is not [low, high]"),
+    ([40, 70], "it must map class names to [low, high]"),
+])
+def test_a_bad_interval_is_refused_naming_it(setting, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        intervals(setting)
