@@ -27,5 +27,9 @@ if __name__ == "__main__":
             + (f" (accuracy target {p.trust.target_accuracy:g})"
                if p.trust.target_accuracy is not None else "")
             for name, p in predictors.items()))
+        # What the differential's shares are flagged against, so a lab's own setting can be checked.
+        print("reference intervals (% of white cells): " + ", ".join(
+            f"{name} {low:g}-{high:g}"
+            for name, (low, high) in app.config["REFERENCE_INTERVALS"].items()))
         sys.exit(0)
     app.run(host="127.0.0.1", port=5000)

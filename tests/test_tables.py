@@ -670,3 +670,20 @@ def test_white_cell_rule_table_gives_the_pool_each_test_set_and_the_red_cell_fie
         "| 45.0% | 0 (1) | 0.9900 -> 0.9900 |",
         "| `wbc4` | test, n=100 | 3 (3.0%) | 45.0% | 2 (1) | 0.9800 -> 0.9900 |",
         "| `wbc4` | fields of red cells only, 10 | 9 | n/a (no white cell) | 2 (0) | n/a |"]
+
+
+def test_flags_table_gives_each_scenarios_detected_and_false_flag_rates():
+    table = tables.flags_table()
+    card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
+    scenarios = card["metrics"]["flags"]["scenarios"]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(scenarios) <= set(rows)
+    accepted = column(table, "`wbc4`: accepted only")
+    names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    normal = scenarios["normal adult"]["ways"]["accepted only"]
+    assert accepted[names.index("normal adult")] == f"— / {normal['false_flag']:.1%}"
+    raised = scenarios["eosinophilia"]["ways"]["accepted only"]
+    assert accepted[names.index("eosinophilia")] == (
+        f"{raised['detected']:.1%} / {raised['false_flag']:.1%}")
+    # wbc4 has no basophils: its cells in that row are empty.
+    assert accepted[names.index("basophilia")] == ""

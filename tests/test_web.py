@@ -639,7 +639,10 @@ def test_api_docs_example_has_the_api_fields(client):
     body = json.loads(re.sub(r"<[^<>]+>", "0", example))
     assert list(body) == ["model", "results", "differential"]
     assert [s["class"] for s in body["differential"]["shares"]] == CLASSES
-    assert list(body["differential"]["shares"][0]) == ["class", "count", "percent", "range_95"]
+    assert list(body["differential"]) == ["white_cells", "awaiting_review", "shares"]
+    assert list(body["differential"]["shares"][0]) == [
+        "class", "count", "percent", "range_95", "reference", "outside", "beyond_counting_error"]
+    assert body["differential"]["shares"][0]["reference"] == [1, 4]  # eosinophil's, catalog
     assert list(body["results"][0]) == [
         "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
     ]

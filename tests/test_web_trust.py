@@ -437,9 +437,12 @@ def test_model_page_says_when_calibration_used_out_of_fold_predictions(models_ro
 def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_path,
                                                                           trusted_model_dir):
     """No hand-typed figure: the example's only numbers are the default model's fitted
-    thresholds and temperature, as the API rounds them; per-image values are placeholders."""
+    thresholds and temperature, as the API rounds them, and the reference intervals the
+    server reads shares against; per-image values are placeholders."""
     root = make_models_root(tmp_path / "m", trusted_model_dir, names=("trusted",))
-    html = make_app(tmp_path, root, DEFAULT_MODEL="trusted").test_client().get("/docs/api")
+    app = make_app(tmp_path, root, DEFAULT_MODEL="trusted",
+                   REFERENCE_INTERVALS={"monocyte": [2, 11.5]})
+    html = app.test_client().get("/docs/api")
     example = unescape(re.search(r'id="api-example"><code>(.*?)</code>',
                                  html.get_data(as_text=True), re.S).group(1))
     card = json.loads((root / "trusted" / "model_card.json").read_text())["trust"]
@@ -449,7 +452,11 @@ def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_pat
     assert ('"scores": {"unfamiliarity": <float>, ' + ", ".join(
         f'"{k}": {json.dumps(v)}' for k, v in figures.items()) + "}") in example
     numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", example)
-    assert sorted(map(float, numbers)) == sorted(figures.values())
+    intervals = app.config["REFERENCE_INTERVALS"]
+    classes = json.loads((root / "trusted" / "model_card.json").read_text())["classes"]
+    assert '"reference": [2.0, 11.5]' in example  # the server's own, for monocytes
+    assert sorted(map(float, numbers)) == sorted(
+        [*figures.values(), *(v for c in classes for v in intervals[c])])
     assert '"confidence": <float>' in example and '"label": "<class>"' in example
 
 
@@ -533,6 +540,18 @@ def test_app_check_names_each_models_threshold_and_the_target_from_the_environme
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 2
     assert "greater than 0 and at most 1 (e.g. 0.95), not 95.0" in check.stderr
+    # A lab's reference intervals, from the environment as JSON, are listed; a bad one stops it.
+    env["HEMATOVISION_ACCURACY_TARGET"] = ""
+    env["HEMATOVISION_REFERENCE_INTERVALS"] = '{"neutrophil": [40, 75]}'
+    check = subprocess.run([sys.executable, str(app_py), "--check"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert "lymphocyte 20-40, monocyte 2-8, neutrophil 40-75," in check.stdout
+    env["HEMATOVISION_REFERENCE_INTERVALS"] = '{"neutrophil": "40-75"}'
+    check = subprocess.run([sys.executable, str(app_py), "--check"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 2
+    assert "REFERENCE_INTERVALS): 'neutrophil': '40-75' is not [low, high]" in check.stderr
 
 
 def test_overlay_blends_heat_where_the_map_is_high():

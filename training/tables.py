@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import (CARD_FILE, DIFFERENTIAL, read_card, recorded_evaluations,
+from hematovision.card import (CARD_FILE, DIFFERENTIAL, FLAGS, read_card, recorded_evaluations,
                                served_views, view_count)
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import MODELS_ROOT, available_models
@@ -873,6 +873,38 @@ def differential_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+FLAG_WAYS = {"every cell named right": "counting alone", "accepted only": "accepted only",
+             "unidentified reviewed": "reviewed"}
+
+
+def flags_table(root: Path = MODELS_ROOT) -> str:
+    """How often the reference-interval flags were right (`training.flags --record`): one row
+    per scenario of films, per model one column per way of counting (FLAG_WAYS) with the
+    films in which the scenario's class was flagged beyond counting error and those with a
+    false flag ("detected / false"; a normal film has nothing to detect). A model without a
+    scenario (no class for it) has empty cells in its row."""
+    results = _recorded(root, FLAGS)
+    header = "".join(f" `{n}`: {label} |" for n in results for label in FLAG_WAYS.values())
+    first = next(iter(results.values()), None)
+    lines = [f"| films of {first['cells'] if first else '?'} white cells drawn as "
+             f"(detected / false flag) |" + header,
+             "|---|" + "---|" * len(FLAG_WAYS) * len(results)]
+    scenarios = list(dict.fromkeys(s for r in results.values() for s in r["scenarios"]))
+    for scenario in scenarios:
+        cells = []
+        for r in results.values():
+            drawn = r["scenarios"].get(scenario)
+            for way in FLAG_WAYS:
+                if drawn is None:
+                    cells.append("")
+                    continue
+                w = drawn["ways"][way]
+                found = "—" if w["detected"] is None else f"{w['detected']:.1%}"
+                cells.append(f"{found} / {w['false_flag']:.1%}")
+        lines.append(f"| {scenario} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def differential_targets_table(root: Path = MODELS_ROOT, composition: str = "normal adult"
                                ) -> str:
     """The differential at each of a model's operating points (`training.differential`), for
@@ -1146,6 +1178,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "robustness": robustness_table(root), "magnification": magnification_table(root),
               "differential": differential_table(root),
               "differential-targets": differential_targets_table(root),
+              "flags": flags_table(root),
               "fields": fields_table(root), "fields-changes": fields_changes_table(root),
               "fields-red-cells": red_cells_table(root),
               "white-cell-rule": white_cell_rule_table(root)}

@@ -24,7 +24,7 @@ from flask import (
 )
 
 from hematovision.card import DIFFERENTIAL, FLAGS, recorded_evaluations
-from hematovision.cells import CELL_TYPES, display_name
+from hematovision.cells import CELL_TYPES, display_name, is_white_cell
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
@@ -855,6 +855,8 @@ def api_docs():
         scores["unfamiliarity"] = PER_IMAGE
     example_scores = [(k, v if v == PER_IMAGE else json.dumps(v)) for k, v in scores.items()]
     return render_template("api.html", example_classes=predictor.classes,
+                           example_white=[c for c in predictor.classes if is_white_cell(c)],
+                           example_intervals=current_app.config["REFERENCE_INTERVALS"],
                            example_scores=example_scores)
 
 
