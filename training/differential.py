@@ -189,6 +189,23 @@ def at_threshold(point: dict, simulated: dict) -> dict:
             "accepted_only_bias_points": ways["accepted only"]["bias_points"]}
 
 
+def parse_drawing_options(parser: argparse.ArgumentParser, argv: list[str] | None, unit: str,
+                          draws_help: str, metric: str) -> argparse.Namespace:
+    """The options of a command that draws groups of cells (a `unit`: batch, film) from a
+    model's labelled test images: the model, the data, --cells, --draws and --record (as
+    metrics.<metric>); parsed and checked."""
+    add_model_options(parser)
+    add_data_options(parser, "an ImageFolder of labelled images (the model's test set)")
+    parser.add_argument("--cells", type=int, default=CELLS, help=f"white cells per {unit}")
+    parser.add_argument("--draws", type=int, default=DRAWS, help=draws_help)
+    parser.add_argument("--record", action="store_true",
+                        help=f"store the figures in the model card as metrics.{metric}")
+    args = parser.parse_args(argv)
+    if args.cells < 1 or args.draws < 1:
+        parser.error("--cells and --draws must be at least 1")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.differential",
@@ -198,15 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m training.differential --model wbc4 "
                "--data ../shared/data/kaggle_blood_cells/test --record",
     )
-    add_model_options(parser)
-    add_data_options(parser, "an ImageFolder of labelled images (the model's test set)")
-    parser.add_argument("--cells", type=int, default=CELLS, help="white cells per batch")
-    parser.add_argument("--draws", type=int, default=DRAWS, help="batches drawn (seeded)")
-    parser.add_argument("--record", action="store_true",
-                        help=f"store the figures in the model card as metrics.{DIFFERENTIAL}")
-    args = parser.parse_args(argv)
-    if args.cells < 1 or args.draws < 1:
-        parser.error("--cells and --draws must be at least 1")
+    args = parse_drawing_options(parser, argv, "batch", "batches drawn (seeded)", DIFFERENTIAL)
     model_dir = model_dir_of(args)
     result = evaluate_differential(model_dir, args.data, args.split_file, args.split_name,
                                    args.cells, args.draws)

@@ -32,11 +32,12 @@ import numpy as np
 
 from hematovision.card import FLAGS, record_metrics
 from hematovision.cells import is_white_cell
-from hematovision.predictor import add_model_options, model_dir_of
+from hematovision.predictor import model_dir_of
 from hematovision.reference import ABOVE, BELOW, flag, intervals
 from hematovision.trust import UNIDENTIFIED
-from training.differential import CELLS, NORMAL_DIFFERENTIAL, counted, served_answers
-from training.evaluate import add_data_options, data_label
+from training.differential import (CELLS, DRAWS, NORMAL_DIFFERENTIAL, counted,
+                                   parse_drawing_options, served_answers)
+from training.evaluate import data_label
 
 NORMAL = "normal adult"
 # Abnormal films: (class, its share of the white cells); each outside the catalog's interval
@@ -51,7 +52,6 @@ SCENARIOS = {
     "immature granulocytes": ("ig", 0.05),
 }
 WAYS = ("every cell named right", "accepted only", "unidentified reviewed", "no trust layer")
-DRAWS = 2000
 
 
 def scenario_compositions(classes: list[str], truth: np.ndarray
@@ -154,15 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m training.flags --model wbc4 "
                "--data ../shared/data/kaggle_blood_cells/test --record",
     )
-    add_model_options(parser)
-    add_data_options(parser, "an ImageFolder of labelled images (the model's test set)")
-    parser.add_argument("--cells", type=int, default=CELLS, help="white cells per film")
-    parser.add_argument("--draws", type=int, default=DRAWS, help="films per scenario (seeded)")
-    parser.add_argument("--record", action="store_true",
-                        help=f"store the figures in the model card as metrics.{FLAGS}")
-    args = parser.parse_args(argv)
-    if args.cells < 1 or args.draws < 1:
-        parser.error("--cells and --draws must be at least 1")
+    args = parse_drawing_options(parser, argv, "film", "films per scenario (seeded)", FLAGS)
     model_dir = model_dir_of(args)
     result = evaluate_flags(model_dir, args.data, args.split_file, args.split_name,
                             args.cells, args.draws)
