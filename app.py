@@ -28,8 +28,9 @@ if __name__ == "__main__":
                if p.trust.target_accuracy is not None else "")
             for name, p in predictors.items()))
         # What the differential's shares are flagged against, so a lab's own setting can be checked.
-        print("reference intervals (% of white cells): " + ", ".join(
-            f"{name} {low:g}-{high:g}"
-            for name, (low, high) in app.config["REFERENCE_INTERVALS"].items()))
+        for key, unit in (("REFERENCE_INTERVALS", "% of white cells"),
+                          ("ABSOLUTE_REFERENCE_INTERVALS", "x 10^9/L")):
+            print(f"reference intervals ({unit}): " + ", ".join(
+                f"{name} {low:g}-{high:g}" for name, (low, high) in app.config[key].items()))
         sys.exit(0)
     app.run(host="127.0.0.1", port=5000)

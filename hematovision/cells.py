@@ -25,6 +25,10 @@ class CellType:
     # numbers `normal_share` opens with, which the batch page compares a differential against
     # (`hematovision.reference`); None for a class that is not in the differential.
     reference_percent: tuple[float, float] | None = None
+    # The same as an absolute count, x 10^9/L (the numbers in `normal_share`'s brackets), read
+    # against when the batch page is given the film's total white-cell count; None where the
+    # catalog states none.
+    reference_absolute: tuple[float, float] | None = None
 
 
 CELL_TYPES: dict[str, CellType] = {
@@ -45,6 +49,7 @@ CELL_TYPES: dict[str, CellType] = {
             ),
             lowered_in="Acute stress, corticosteroid treatment, Cushing syndrome.",
             reference_percent=(1, 4),
+            reference_absolute=(0.0, 0.5),
         ),
         CellType(
             name="lymphocyte",
@@ -61,6 +66,7 @@ CELL_TYPES: dict[str, CellType] = {
             ),
             lowered_in="HIV infection, corticosteroids, chemotherapy, acute stress.",
             reference_percent=(20, 40),
+            reference_absolute=(1.0, 4.0),
         ),
         CellType(
             name="monocyte",
@@ -77,6 +83,7 @@ CELL_TYPES: dict[str, CellType] = {
             ),
             lowered_in="Hairy cell leukaemia, aplastic anaemia, corticosteroids.",
             reference_percent=(2, 8),
+            reference_absolute=(0.2, 0.8),
         ),
         CellType(
             name="neutrophil",
@@ -93,6 +100,7 @@ CELL_TYPES: dict[str, CellType] = {
             ),
             lowered_in="Chemotherapy, some viral infections, drugs, autoimmune neutropenia.",
             reference_percent=(40, 70),
+            reference_absolute=(2.0, 7.5),
         ),
         CellType(
             name="basophil",
@@ -109,6 +117,7 @@ CELL_TYPES: dict[str, CellType] = {
             ),
             lowered_in="Acute allergic reactions, hyperthyroidism, corticosteroids.",
             reference_percent=(0, 1),
+            reference_absolute=(0.0, 0.2),
         ),
         CellType(
             name="erythroblast",

@@ -10,7 +10,10 @@ model's test images.
 
 The intervals default to the cell-type catalog's (`cells.CellType.reference_percent`); a lab
 sets its own with the REFERENCE_INTERVALS setting, a mapping of class to [low, high] in percent
-that replaces the catalog's for the classes it names.
+that replaces the catalog's for the classes it names. Given the film's total white-cell count
+from the analyzer, each share is also an absolute count (x 10^9/L), read against the catalog's
+absolute intervals (`reference_absolute`) or the lab's ABSOLUTE_REFERENCE_INTERVALS: labs and
+ICSH prefer absolute counts, since a share can be raised only because another class fell.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from hematovision.cells import CELL_TYPES
 from hematovision.counting import share_range
 
 ABOVE, BELOW = "above", "below"
+# The largest total white-cell count taken, x 10^9/L: above the highest counts of leukaemias
+# (several hundred), far below a typing slip of a unit (cells per microlitre: thousands).
+MAX_WHITE_CELL_COUNT = 1000.0
 
 
 @dataclass(frozen=True)
@@ -30,45 +36,74 @@ class Flag:
     beyond_counting_error: bool  # the whole 95 % counting range lies on that side
 
 
-def catalog_intervals() -> dict[str, tuple[float, float]]:
-    """The catalog's adult reference intervals, in percent of the white cells, by class."""
-    return {name: cell.reference_percent for name, cell in CELL_TYPES.items()
-            if cell.reference_percent is not None}
+def catalog_intervals(absolute: bool = False) -> dict[str, tuple[float, float]]:
+    """The catalog's adult reference intervals by class: in percent of the white cells, or
+    with `absolute` as counts, x 10^9/L."""
+    attribute = "reference_absolute" if absolute else "reference_percent"
+    return {name: getattr(cell, attribute) for name, cell in CELL_TYPES.items()
+            if getattr(cell, attribute) is not None}
 
 
-def intervals(overrides: Mapping | None = None) -> dict[str, tuple[float, float]]:
-    """The catalog's intervals with a lab's `overrides` ({class: [low, high]} in percent) in
-    place of those it names; ValueError naming the entry when one is not a valid interval. A
-    class the catalog does not know may be given one (a researcher's own model's class)."""
-    found = catalog_intervals()
+def intervals(overrides: Mapping | None = None, absolute: bool = False
+              ) -> dict[str, tuple[float, float]]:
+    """The catalog's intervals (`catalog_intervals`) with a lab's `overrides` ({class: [low,
+    high]}, in the same unit) in place of those it names; ValueError naming the entry when one
+    is not a valid interval. A class the catalog does not know may be given one (a
+    researcher's own model's class)."""
+    found = catalog_intervals(absolute)
     if overrides is None or overrides == "":
         return found
+    unit, example, top = (("x 10^9/L", '{"neutrophil": [1.8, 7.5]}', MAX_WHITE_CELL_COUNT)
+                          if absolute else ("percent", '{"neutrophil": [40, 75]}', 100.0))
     if not isinstance(overrides, Mapping):
-        raise ValueError("it must map class names to [low, high] in percent, such as "
-                         '{"neutrophil": [40, 75]}, not ' f"{overrides!r}")
+        raise ValueError(f"it must map class names to [low, high] in {unit}, such as {example}, "
+                         f"not {overrides!r}")
     for name, value in overrides.items():
         try:
             if isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in value):
                 raise TypeError
             low, high = (float(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name!r}: {value!r} is not [low, high] in percent") from None
-        if not 0 <= low <= high <= 100:
-            raise ValueError(f"{name!r}: [{low:g}, {high:g}] is not an interval within 0-100 %")
+            raise ValueError(f"{name!r}: {value!r} is not [low, high] in {unit}") from None
+        if not 0 <= low <= high <= top:
+            raise ValueError(f"{name!r}: [{low:g}, {high:g}] is not an interval within "
+                             f"0-{top:g} {'%' if not absolute else unit}")
         found[str(name)] = (low, high)
     return found
 
 
-def flag(count: int, total: int, interval: tuple[float, float] | None) -> Flag | None:
-    """Where `count` of `total` counted white cells lies against `interval` (percent): None
-    when within it, when nothing was counted, or with no interval."""
+def white_cell_count(value) -> float | None:
+    """A film's total white-cell count (x 10^9/L, from the analyzer) as a user typed it; None
+    when empty; ValueError with a message for the user when it is not a count."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        count = float(str(value).strip().replace(",", "."))  # a decimal comma, as many labs write
+    except (TypeError, ValueError):
+        count = float("nan")
+    if not 0 < count <= MAX_WHITE_CELL_COUNT:  # also refuses nan and inf
+        raise ValueError(f"The white-cell count must be a number of 10^9 cells per litre above 0 "
+                         f"and at most {MAX_WHITE_CELL_COUNT:g}, such as 6.5 (6,500 per microlitre); "
+                         f"{str(value)[:40]!r} is not.")
+    return count
+
+
+def flag(count: int, total: int, interval: tuple[float, float] | None,
+         white_cells_per_litre: float | None = None) -> Flag | None:
+    """Where `count` of `total` counted white cells lies against `interval`: in percent, or
+    given the film's total count (`white_cells_per_litre`, x 10^9/L) as an absolute count
+    against an interval in x 10^9/L. None when within it, when nothing was counted, or with no
+    interval."""
     if interval is None or total <= 0:
         return None
     low, high = interval
-    percent = round(100 * count / total, 1)  # as the pages show it, so a flag never contradicts it
-    if low <= percent <= high:
+    scale, digits = (100, 1) if white_cells_per_litre is None else (white_cells_per_litre, 2)
+    value = round(scale * count / total, digits)  # as the pages show it: never contradicted
+    if low <= value <= high:
         return None
-    range_low, range_high = (100 * x for x in share_range(count, total))
-    if percent > high:
+    range_low, range_high = (scale * x for x in share_range(count, total))
+    if value > high:
         return Flag(ABOVE, range_low > high)
     return Flag(BELOW, range_high < low)

@@ -63,6 +63,36 @@ def test_the_differential_counts_the_accepted_cells_with_their_ranges(client, mo
     assert any(share["outside"] for share in differential["shares"])  # 3 cells: never normal
 
 
+def test_with_the_total_count_the_differential_gives_cells_per_litre(client, models_root):
+    from hematovision.counting import share_range
+
+    files = [(f"{i}.png", image_bytes((200, 60, 60), fmt="PNG")) for i in range(4)]
+    body = post(client, *files, wbc_count="6,5").get_json()
+    differential = body["differential"]
+    assert differential["white_cells_per_litre"] == 6.5
+    for share in differential["shares"]:
+        absolute = share["absolute"]
+        assert absolute["value"] == round(6.5 * share["count"] / 4, 2)
+        low, high = share_range(share["count"], 4)
+        assert absolute["range_95"] == [round(6.5 * low, 2), round(6.5 * high, 2)]
+        assert absolute["reference"] is not None  # every wbc4 class has one in the catalog
+
+
+@pytest.mark.parametrize("form, query, message", [
+    ({"wbc_count": "6500"}, "", "must be a number of 10^9 cells per litre"),
+    ({"wbc_count": "abc"}, "", "such as 6.5 (6,500 per microlitre)"),
+    ({"wbc_count": "6.5"}, "?wbc_count=7", "'wbc_count' is given twice with different values"),
+])
+def test_a_bad_total_count_is_refused_before_any_image_is_read(client, models_root, monkeypatch,
+                                                                form, query, message):
+    from hematovision.web import classify
+
+    monkeypatch.setattr(classify, "decode", lambda *a, **k: pytest.fail("an image was read"))
+    response = client.post("/api/predict" + query, data={
+        "file": [(io.BytesIO(image_bytes()), "a.jpg")], **form})
+    assert response.status_code == 400 and message in response.get_json()["error"]
+
+
 def test_no_differential_when_no_file_was_read(client, models_root):
     response = post(client, ("broken.jpg", b"nope"))
     assert response.status_code == 400 and "differential" not in response.get_json()

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from hematovision.cells import CELL_TYPES, is_white_cell
-from hematovision.reference import ABOVE, BELOW, Flag, catalog_intervals, flag, intervals
+from hematovision.reference import (ABOVE, BELOW, Flag, catalog_intervals, flag, intervals,
+                                    white_cell_count)
 
 
 def test_every_white_cell_of_the_catalog_has_the_interval_its_text_states():
@@ -58,3 +59,41 @@ def test_a_lab_s_intervals_replace_only_the_classes_they_name():
 def test_a_bad_interval_is_refused_naming_it(setting, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         intervals(setting)
+
+
+def test_every_white_cell_with_an_absolute_interval_states_it_in_its_text():
+    found = catalog_intervals(absolute=True)
+    assert found["neutrophil"] == (2.0, 7.5) and "ig" not in found  # the catalog states none
+    for name, (low, high) in found.items():
+        assert f"about {low:.1f}-{high:.1f} x 10^9/L" in CELL_TYPES[name].normal_share
+
+
+def test_an_absolute_count_is_flagged_against_its_interval_in_cells_per_litre():
+    # 20 neutrophils of 100 at 5.0 x 10^9/L: 1.00 (range 0.63-1.46), below 2.0-7.5.
+    assert flag(20, 100, (2.0, 7.5), white_cells_per_litre=5.0) == Flag(BELOW, True)
+    # The same share at 12.0: 2.40 (range 1.52-3.50), inside.
+    assert flag(20, 100, (2.0, 7.5), white_cells_per_litre=12.0) is None
+    # 60 of 100 at 14.0: 8.40, above 7.5, but the range (6.96-9.75) reaches in.
+    assert flag(60, 100, (2.0, 7.5), white_cells_per_litre=14.0) == Flag(ABOVE, False)
+
+
+def test_a_lab_s_absolute_intervals_are_checked_in_their_own_unit():
+    assert intervals({"neutrophil": [1.8, 7.7]}, absolute=True)["neutrophil"] == (1.8, 7.7)
+    with pytest.raises(ValueError, match=re.escape("'neutrophil': '1.8-7.7' is not [low, high] "
+                                                   "in x 10^9/L")):
+        intervals({"neutrophil": "1.8-7.7"}, absolute=True)
+    with pytest.raises(ValueError, match="not an interval within 0-1000"):
+        intervals({"neutrophil": [1.8, 7700]}, absolute=True)
+
+
+@pytest.mark.parametrize("typed, count", [("6.5", 6.5), (" 12 ", 12.0), ("6,5", 6.5), (7.25, 7.25),
+                                          ("", None), (None, None)])
+def test_a_typed_white_cell_count(typed, count):
+    assert white_cell_count(typed) == count
+
+
+@pytest.mark.parametrize("typed", ["abc", "0", "-3", "6500", "nan", "inf", "1e9", True])
+def test_a_white_cell_count_that_is_not_one_is_refused_with_a_message(typed):
+    with pytest.raises(ValueError, match=r"must be a number of 10\^9 cells per litre above 0 and "
+                                         r"at most 1000, such as 6.5"):
+        white_cell_count(typed)

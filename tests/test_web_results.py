@@ -324,9 +324,63 @@ def test_a_lab_s_intervals_are_used_and_said_to_be(tmp_path, tiny_model_dir):
     assert "this lab's where set" in text(html)
 
 
-def test_a_bad_reference_interval_setting_stops_the_app_naming_it(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("key, value, message", [
+    ("REFERENCE_INTERVALS", {"neutrophil": [75, 40]},
+     r"The setting REFERENCE_INTERVALS .*'neutrophil': \[75, 40\] is not an interval"),
+    ("ABSOLUTE_REFERENCE_INTERVALS", {"neutrophil": [2, 7500]},
+     r"The setting ABSOLUTE_REFERENCE_INTERVALS .*within 0-1000 x 10\^9/L"),
+])
+def test_a_bad_reference_interval_setting_stops_the_app_naming_it(tmp_path, tiny_model_dir, key,
+                                                                  value, message):
     from hematovision.card import ModelLoadError
 
     root = make_models_root(tmp_path / "models", tiny_model_dir)
-    with pytest.raises(ModelLoadError, match=r"REFERENCE_INTERVALS .*'neutrophil': \[75, 40\]"):
-        make_app(tmp_path, root, REFERENCE_INTERVALS={"neutrophil": [75, 40]})
+    with pytest.raises(ModelLoadError, match=message):
+        make_app(tmp_path, root, **{key: value})
+
+
+def test_given_the_total_count_each_share_is_also_cells_per_litre():
+    cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, WBC4)
+    counted = results.differential(cells, WBC4, white_cells_per_litre=5.0)
+    shares = {s.name: s for s in counted.shares}
+    neutrophils = shares["neutrophil"].absolute
+    assert (neutrophils.value, neutrophils.low, neutrophils.high) == (1.0, 0.63, 1.46)
+    assert neutrophils.reference == (2.0, 7.5) and neutrophils.flag == Flag(BELOW, True)
+    # Lymphocytes: 70 % is high as a share, 3.50 x 10^9/L is normal as a count.
+    assert shares["lymphocyte"].flag == Flag(ABOVE, True)
+    assert shares["lymphocyte"].absolute.flag is None
+    body = results.differential_json(counted)
+    assert body["white_cells_per_litre"] == 5.0
+    assert body["shares"][-1]["absolute"] == {
+        "value": 1.0, "range_95": [0.63, 1.46], "reference": [2.0, 7.5], "outside": "below",
+        "beyond_counting_error": True}
+    # Without a count, no absolute figures; while a cell awaits review, no flags.
+    plain = results.differential_json(results.differential(cells, WBC4))
+    assert "absolute" not in plain["shares"][0] and "white_cells_per_litre" not in plain
+    held = results.differential(cells + [result("neutrophil", "unidentified", WBC4)], WBC4,
+                                white_cells_per_litre=5.0)
+    assert all(s.absolute.flag is None for s in held.shares)
+
+
+def test_the_batch_page_shows_absolute_counts_for_the_total_count_given(client):
+    cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, WBC4)
+    batch_id = stored_batch(client, cells, WBC4)
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    assert 'id="wbc-form"' in html and 'id="absolute"' not in html
+    html = client.get(f"/batch/{batch_id}?wbc=5").get_data(as_text=True)
+    table = html.split('id="absolute"')[1].split("</table>")[0]
+    rows = {name: text(row).split() for name, row in re.findall(
+        r'<tr data-class="(\w+)">(.*?)</tr>', table, re.S)}
+    assert rows["neutrophil"] == ["Neutrophil", "1.00", "0.63–1.46", "2–7.5", "▼", "low"]
+    assert rows["lymphocyte"] == ["Lymphocyte", "3.50", "3.00–3.94", "1–4"]
+    assert "of a film with 5 × 10⁹ white cells per litre" in text(html)
+
+
+@pytest.mark.parametrize("typed", ["abc", "6500", "-1"])
+def test_a_total_count_that_is_not_one_gets_the_page_with_a_message_and_400(client, typed):
+    batch_id = stored_batch(client, film({"neutrophil": 3}, WBC4), WBC4)
+    response = client.get(f"/batch/{batch_id}", query_string={"wbc": typed})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert 'id="wbc-error"' in html and "must be a number of 10^9 cells per litre" in text(html)
+    assert 'id="absolute"' not in html and 'id="differential"' in html

@@ -45,6 +45,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         MAX_IMAGE_PIXELS=MAX_PIXELS,  # width x height per image, checked before decoding
         REFERENCE_INTERVALS=None,  # the lab's {class: [low, high]} in percent of white cells,
         #   replacing the catalog's adult intervals the differential is flagged against
+        ABSOLUTE_REFERENCE_INTERVALS=None,  # the same in x 10^9/L, for absolute counts
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # the browser does not send the cookie on foreign POSTs
     )
@@ -58,7 +59,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for key in ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE"):
         app.config[key] = os.path.abspath(app.config[key])
 
-    app.config["REFERENCE_INTERVALS"] = reference_intervals(app.config["REFERENCE_INTERVALS"])
+    for key, absolute in (("REFERENCE_INTERVALS", False), ("ABSOLUTE_REFERENCE_INTERVALS", True)):
+        app.config[key] = reference_intervals(key, app.config[key], absolute)
 
     # Keep JSON keys in insertion order: "file" first and probabilities in the model's class
     # order, exactly as the predict CLI writes them.
@@ -75,11 +77,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def reference_intervals(value) -> dict[str, tuple[float, float]]:
-    """The REFERENCE_INTERVALS setting over the catalog's intervals; a bad one stops the app
-    (and `app.py --check`) with a message naming it."""
+def reference_intervals(key: str, value, absolute: bool) -> dict[str, tuple[float, float]]:
+    """The setting `key` over the catalog's intervals (`reference.intervals`); a bad one stops
+    the app (and `app.py --check`) with a message naming it."""
     try:
-        return intervals(value)
+        return intervals(value, absolute)
     except ValueError as exc:
-        raise ModelLoadError("The setting REFERENCE_INTERVALS (environment variable "
-                             f"HEMATOVISION_REFERENCE_INTERVALS): {exc}") from None
+        raise ModelLoadError(f"The setting {key} (environment variable HEMATOVISION_{key}): "
+                             f"{exc}") from None

@@ -1,7 +1,8 @@
 """The JSON API: the same validation and model path as the upload form, without the pages.
 
-    POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1);
-                       model and explain may also come in the query string
+    POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1),
+                       wbc_count (optional: the film's total white-cell count, x 10^9/L); all
+                       but the files may also come in the query string
     GET  /api/health
     GET  /api/model?model=NAME
 
@@ -15,6 +16,7 @@ from dataclasses import asdict
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from hematovision import __version__
+from hematovision.reference import white_cell_count
 from hematovision.web import models
 from hematovision.web.classify import classify_request, request_value
 from hematovision.web.results import differential, differential_json, magnification_check
@@ -31,13 +33,20 @@ EXPLAIN_NO = {"", "0", "false", "no", "off"}
 def predict():
     """Per-file results like `python -m hematovision.predict --json`, and the differential of
     the accepted cells; 400 if none succeeded. With explain=1 each classified file also gets its
-    heat map ("cam")."""
-    name, results = classify_request(explain=explain_requested())
+    heat map ("cam"). With wbc_count, the differential's shares are also absolute counts."""
+    explain = explain_requested()
+    try:  # checked before any image is read, as every other field is
+        wbc = white_cell_count(request_value("wbc_count"))
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    name, results = classify_request(explain=explain)
     if not any("label" in r for r in results):
         return jsonify(model=name, results=results), 400
     predictor = models.get(name)
+    config = current_app.config
     counted = differential_json(differential(results, predictor.classes,
-                                             current_app.config["REFERENCE_INTERVALS"]))
+                                             config["REFERENCE_INTERVALS"], wbc,
+                                             config["ABSOLUTE_REFERENCE_INTERVALS"]))
     check = magnification_check(results, predictor.magnification)
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}

@@ -29,7 +29,7 @@ from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
-from hematovision.reference import catalog_intervals
+from hematovision.reference import catalog_intervals, white_cell_count
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
 from hematovision.web import field_view, heatmap, models, results, uploads
@@ -451,8 +451,16 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
+    # The film's total white-cell count, when the reader gave it: the shares as absolute counts.
+    wbc_text = request.args.get("wbc", "")[:40]
+    try:
+        wbc, wbc_error = white_cell_count(wbc_text), None
+    except ValueError as exc:
+        wbc, wbc_error = None, str(exc)
+        status = 400 if status == 200 else status
     differential = results.differential(stored["results"], stored["classes"],
-                                        current_app.config["REFERENCE_INTERVALS"])
+                                        current_app.config["REFERENCE_INTERVALS"], wbc,
+                                        current_app.config["ABSOLUTE_REFERENCE_INTERVALS"])
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
@@ -482,6 +490,10 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             review_bias=review_bias(predictor),
             flag_errors=flag_errors(predictor),
             lab_intervals=current_app.config["REFERENCE_INTERVALS"] != catalog_intervals(),
+            lab_absolute_intervals=(current_app.config["ABSOLUTE_REFERENCE_INTERVALS"]
+                                    != catalog_intervals(absolute=True)),
+            wbc_text=wbc_text,
+            wbc_error=wbc_error,
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),

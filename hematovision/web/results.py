@@ -42,6 +42,16 @@ LEFT_OUT_REASONS = (UNIDENTIFIED, NOT_A_CELL, EXCLUDED)
 
 
 @dataclass(frozen=True)
+class AbsoluteCount:
+    """A share as cells per litre, given the film's total white-cell count."""
+    value: float  # x 10^9/L, two decimals
+    low: float  # the share's 95 % counting range times the total count, two decimals
+    high: float
+    reference: tuple[float, float] | None  # the absolute reference interval, x 10^9/L
+    flag: Flag | None  # as ClassShare.flag, against `reference`
+
+
+@dataclass(frozen=True)
 class ClassShare:
     name: str
     count: int
@@ -55,6 +65,7 @@ class ClassShare:
     # cells await review (Differential.awaiting_review).
     reference: tuple[float, float] | None = field(default=None, compare=False)
     flag: Flag | None = field(default=None, compare=False)
+    absolute: AbsoluteCount | None = field(default=None, compare=False)  # given a total count
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class Differential:
     # accepted cells alone lean towards the classes the model is sure of, and on normal films
     # drawn from wbc4's test images half of them were flagged wrongly (`training.flags`).
     awaiting_review: int = 0
+    white_cells_per_litre: float | None = None  # the film's total count given, x 10^9/L
 
 
 @dataclass(frozen=True)
@@ -121,28 +133,45 @@ def left_out_reason(result: dict[str, Any]) -> str | None:
 
 
 def differential(results: list[dict[str, Any]], classes: list[str],
-                 reference_intervals: dict[str, tuple[float, float]] | None = None
+                 reference_intervals: dict[str, tuple[float, float]] | None = None,
+                 white_cells_per_litre: float | None = None,
+                 absolute_intervals: dict[str, tuple[float, float]] | None = None
                  ) -> Differential:
     """The white-cell differential of the counted results (`counted_class`), each share read
     against its interval in `reference_intervals` (percent, by class; the catalog's when
-    None), and the model's other classes counted beside it."""
+    None), and the model's other classes counted beside it. Given the film's total count
+    (`white_cells_per_litre`, x 10^9/L), each share is also an absolute count, read against
+    `absolute_intervals` (the catalog's when None)."""
     counted = [(counted_class(r), verdict_of(r) is not None) for r in results]
     count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
     total = sum(count[c] for c in white)
     reference = intervals() if reference_intervals is None else reference_intervals
+    absolute = (intervals(absolute=True) if absolute_intervals is None
+                else absolute_intervals)
     awaiting = sum(1 for r in results if needs_review(r))
+
+    def in_litres(c: str) -> AbsoluteCount | None:
+        if white_cells_per_litre is None or not total:
+            return None
+        low, high = (round(white_cells_per_litre * x, 2) for x in share_range(count[c], total))
+        return AbsoluteCount(round(white_cells_per_litre * count[c] / total, 2), low, high,
+                             absolute.get(c), None if awaiting else flag(
+                                 count[c], total, absolute.get(c), white_cells_per_litre))
+
     return Differential(
         shares=[ClassShare(c, count[c], _per(count[c], total) if total else 0.0,
                            *(round(100 * x, 1) for x in share_range(count[c], total)),
                            reference.get(c),
-                           None if awaiting else flag(count[c], total, reference.get(c)))
+                           None if awaiting else flag(count[c], total, reference.get(c)),
+                           in_litres(c))
                 for c in white],
         white_cells=total,
         others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
                 for c in classes if not is_white_cell(c)],
         reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
         awaiting_review=awaiting,
+        white_cells_per_litre=white_cells_per_litre,
     )
 
 
@@ -156,16 +185,26 @@ def differential_json(counted: Differential) -> dict[str, Any]:
     out: dict[str, Any] = {
         "white_cells": counted.white_cells,
         "awaiting_review": counted.awaiting_review,
+        **({"white_cells_per_litre": counted.white_cells_per_litre}
+           if counted.white_cells_per_litre is not None else {}),
         "shares": [{"class": s.name, "count": s.count, "percent": s.percent,
-                    "range_95": [s.low, s.high],
-                    "reference": list(s.reference) if s.reference else None,
-                    "outside": s.flag.direction if s.flag else None,
-                    "beyond_counting_error": s.flag.beyond_counting_error if s.flag else None}
+                    "range_95": [s.low, s.high], **_against(s.reference, s.flag),
+                    **({"absolute": {"value": s.absolute.value,
+                                     "range_95": [s.absolute.low, s.absolute.high],
+                                     **_against(s.absolute.reference, s.absolute.flag)}}
+                       if s.absolute else {})}
                    for s in counted.shares]}
     if counted.others:
         out["others"] = [{"class": o.name, "count": o.count, "per_100_white": o.per_100_white}
                          for o in counted.others]
     return out
+
+
+def _against(reference: tuple[float, float] | None, found: Flag | None) -> dict[str, Any]:
+    """A figure's reference interval and where it lies against it, as the API gives them."""
+    return {"reference": list(reference) if reference else None,
+            "outside": found.direction if found else None,
+            "beyond_counting_error": found.beyond_counting_error if found else None}
 
 
 def counted_label(result: dict[str, Any]) -> str:
