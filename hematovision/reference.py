@@ -85,8 +85,8 @@ def white_cell_count(value) -> float | None:
         count = float("nan")
     if not 0 < count <= MAX_WHITE_CELL_COUNT:  # also refuses nan and inf
         raise ValueError(f"The white-cell count must be a number of 10^9 cells per litre above 0 "
-                         f"and at most {MAX_WHITE_CELL_COUNT:g}, such as 6.5 (6,500 per microlitre); "
-                         f"{str(value)[:40]!r} is not.")
+                         f"and at most {MAX_WHITE_CELL_COUNT:g}, such as 6.5 (6,500 per "
+                         f"microlitre); {str(value)[:40]!r} is not.")
     return count
 
 

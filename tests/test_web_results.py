@@ -288,20 +288,26 @@ def flag_figures(threshold: float) -> dict:
         ("every cell named right", 0.005), ("accepted only", 0.525),
         ("unidentified reviewed", 0.006), ("no trust layer", 0.788))}
     return {"data": "test", "n": 400, "cells": 100, "draws": 2000,
-            "confidence_threshold": threshold, "scenarios": {"normal adult": {
+            "confidence_threshold": threshold,
+            "intervals": {c: list(v) for c, v in intervals().items() if c in WBC4},
+            "scenarios": {"normal adult": {
                 "composition": {c: 0.25 for c in WBC4}, "target": None,
                 "unidentified_per_film": 45.0, "ways": ways}}}
 
 
-@pytest.mark.parametrize("elsewhere, quoted", [(0.0, True), (0.001, False)])
+# Measured at the served threshold and intervals; at another threshold (a server's own
+# ACCURACY_TARGET); against other intervals (a lab's own): figures that are not its own.
+@pytest.mark.parametrize("elsewhere, own_intervals, quoted", [
+    (0.0, None, True), (0.001, None, False), (0.0, {"neutrophil": [40, 75]}, False)])
 def test_while_flags_are_held_the_page_says_how_often_they_were_wrong(tmp_path, tiny_model_dir,
-                                                                      elsewhere, quoted):
+                                                                      elsewhere, own_intervals,
+                                                                      quoted):
     from hematovision.predictor import Predictor
 
     served = Predictor(tiny_model_dir).trust.confidence_threshold
     root = make_models_root(tmp_path / "models", tiny_model_dir, card={
         "metrics": {"flags": flag_figures(served + elsewhere)}})
-    client = make_app(tmp_path, root).test_client()
+    client = make_app(tmp_path, root, REFERENCE_INTERVALS=own_intervals).test_client()
     batch_id = stored_batch(client, film({"neutrophil": 3}, WBC4)
                             + [result("neutrophil", "unidentified", WBC4)], WBC4)
     said = ("on normal adult films of 100 cells drawn from this model's test images, the accepted "

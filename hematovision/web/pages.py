@@ -168,7 +168,7 @@ def pct(value, digits: int = 1) -> str:
 
 @bp.app_template_filter("interval")
 def interval(bounds) -> str:
-    """A reference interval in percent, as labs write it: "40–70"."""
+    """A reference interval, as labs write it: "40–70" (percent), "2–7.5" (x 10^9/L)."""
     low, high = bounds
     return f"{low:g}–{high:g}"
 
@@ -759,11 +759,14 @@ def flag_errors(predictor: Predictor | None) -> dict | None:
     """How often a share was flagged wrongly on normal adult films drawn from the model's test
     images (`training.flags --record`), counted from the accepted cells alone and with the
     unidentified cells reviewed: {"cells", "accepted_only", "reviewed"} (fractions of films);
-    None where not measured, or not at the confidence threshold served now."""
+    None where not measured, not at the confidence threshold served now, or not against the
+    reference intervals served now (a lab's own)."""
     metrics = predictor.card.get("metrics") if predictor else None
     entry = metrics.get(FLAGS) if isinstance(metrics, dict) else None
+    served = current_app.config["REFERENCE_INTERVALS"]
     try:
-        if entry["confidence_threshold"] != predictor.trust.confidence_threshold:
+        if entry["confidence_threshold"] != predictor.trust.confidence_threshold or any(
+                list(served.get(c, ())) != list(v) for c, v in entry["intervals"].items()):
             return None
         ways = entry["scenarios"][NORMAL_FILM]["ways"]
         figures = {"cells": entry["cells"],
