@@ -390,3 +390,15 @@ def test_a_total_count_that_is_not_one_gets_the_page_with_a_message_and_400(clie
     assert response.status_code == 400
     assert 'id="wbc-error"' in html and "must be a number of 10^9 cells per litre" in text(html)
     assert 'id="absolute"' not in html and 'id="differential"' in html
+
+
+def test_the_result_page_gives_the_lab_s_own_interval_beside_the_catalog_s(tmp_path,
+                                                                          tiny_model_dir):
+    root = make_models_root(tmp_path / "models", tiny_model_dir)
+    client = make_app(tmp_path, root, REFERENCE_INTERVALS={"neutrophil": [40, 75]},
+                      ABSOLUTE_REFERENCE_INTERVALS={"neutrophil": [1.8, 7.7]}).test_client()
+    batch_id = stored_batch(client, [result("neutrophil", classes=WBC4),
+                                     result("lymphocyte", classes=WBC4)], WBC4)
+    assert ("This lab's reference intervals: 40–75 % of white cells; 1.8–7.7 x 10^9/L."
+            in text(page(client, f"/batch/{batch_id}/0")))
+    assert 'id="lab-reference"' not in page(client, f"/batch/{batch_id}/1")  # the catalog's

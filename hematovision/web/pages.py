@@ -532,6 +532,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             else None,
             # The class the result counts as: the reviewer's where there is one.
             cell=CELL_TYPES.get(results.counted_class(item) or "") if "label" in item else None,
+            lab_reference=lab_reference(results.counted_class(item) if "label" in item else None),
             # What tells the two candidates apart by eye, for the person about to review it.
             candidate_cells=[CELL_TYPES[c["label"]] for c in candidates
                              if c.get("label") in CELL_TYPES],
@@ -753,6 +754,18 @@ def review_bias(predictor: Predictor | None) -> dict | None:
         return None
     return {"cells": entry["cells"], "composition": name, "biases": biases[:2],
             "accepted_error": errors[0], "reviewed_error": errors[1]}
+
+
+def lab_reference(name: str | None) -> list[str]:
+    """The server's own reference intervals of class `name` where a lab set them apart from
+    the catalog's (whose text the cell description gives), as sentences' parts."""
+    found = []
+    for absolute, unit in ((False, "% of white cells"), (True, "x 10^9/L")):
+        key = "ABSOLUTE_REFERENCE_INTERVALS" if absolute else "REFERENCE_INTERVALS"
+        own = current_app.config[key].get(name)
+        if own is not None and own != catalog_intervals(absolute).get(name):
+            found.append(f"{interval(own)} {unit}")
+    return found
 
 
 def flag_errors(predictor: Predictor | None) -> dict | None:
