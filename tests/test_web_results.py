@@ -402,3 +402,42 @@ def test_the_result_page_gives_the_lab_s_own_interval_beside_the_catalog_s(tmp_p
     assert ("This lab's reference intervals: 40–75 % of white cells; 1.8–7.7 x 10^9/L."
             in text(page(client, f"/batch/{batch_id}/0")))
     assert 'id="lab-reference"' not in page(client, f"/batch/{batch_id}/1")  # the catalog's
+
+
+def test_the_differential_downloads_as_a_csv_with_its_flags_and_counts_per_litre(client):
+    cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, PBC8)
+    batch_id = stored_batch(client, cells + [result("platelet")], PBC8)
+    html = client.get(f"/batch/{batch_id}?wbc=5").get_data(as_text=True)
+    link = re.search(r'href="([^"]+)" id="differential-csv"', html).group(1)
+    assert link == f"/batch/{batch_id}/differential.csv?wbc=5.0"
+    response = client.get(link)
+    assert response.mimetype == "text/csv" and "attachment" in response.headers[
+        "Content-Disposition"]
+    rows = {r["class"]: r for r in csv.DictReader(io.StringIO(response.get_data(as_text=True)))}
+    assert list(rows) == [c for c in PBC8 if c not in ("erythroblast", "platelet")] + [
+        "erythroblast", "platelet"]
+    neutrophils = rows["neutrophil"]
+    assert (neutrophils["count"], neutrophils["percent"], neutrophils["flag"]) == (
+        "20", "20.0", "low")
+    assert (neutrophils["per_litre"], neutrophils["per_litre_low"], neutrophils["per_litre_high"],
+            neutrophils["per_litre_reference_low"], neutrophils["per_litre_flag"]) == (
+        "1.00", "0.63", "1.46", "2", "low")
+    assert (rows["lymphocyte"]["flag"], rows["lymphocyte"]["per_litre_flag"]) == ("high", "")
+    assert rows["platelet"]["per_100_white"] == "1" and rows["platelet"]["white_cell"] == "no"
+    assert {r["white_cells"] for r in rows.values()} == {"100"}
+    assert {r["white_cells_per_litre"] for r in rows.values()} == {"5"}
+    # Without a total count the link carries none, and no row has a count per litre.
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    link = re.search(r'href="([^"]+)" id="differential-csv"', html).group(1)
+    assert link == f"/batch/{batch_id}/differential.csv"
+    rows = list(csv.DictReader(io.StringIO(client.get(link).get_data(as_text=True))))
+    assert all(r["per_litre"] == "" and r["white_cells_per_litre"] == "" for r in rows)
+    assert client.get(f"/batch/{batch_id}/differential.csv?wbc=abc").status_code == 400
+
+
+def test_the_differential_csv_holds_flags_back_while_cells_await_review(client):
+    cells = film({"neutrophil": 20, "lymphocyte": 80}, WBC4)
+    batch_id = stored_batch(client, cells + [result("monocyte", "unidentified", WBC4)], WBC4)
+    text_csv = client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)
+    rows = list(csv.DictReader(io.StringIO(text_csv)))
+    assert all(r["flag"] == "" and r["awaiting_review"] == "1" for r in rows)

@@ -19,7 +19,7 @@ from hematovision import __version__
 from hematovision.reference import white_cell_count
 from hematovision.web import models
 from hematovision.web.classify import classify_request, request_value
-from hematovision.web.results import differential, differential_json, magnification_check
+from hematovision.web.results import differential_json, magnification_check, served_differential
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -43,10 +43,8 @@ def predict():
     if not any("label" in r for r in results):
         return jsonify(model=name, results=results), 400
     predictor = models.get(name)
-    config = current_app.config
-    counted = differential_json(differential(results, predictor.classes,
-                                             config["REFERENCE_INTERVALS"], wbc,
-                                             config["ABSOLUTE_REFERENCE_INTERVALS"]))
+    counted = differential_json(served_differential(results, predictor.classes,
+                                                    current_app.config, wbc))
     check = magnification_check(results, predictor.magnification)
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}

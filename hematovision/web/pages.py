@@ -458,9 +458,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     except ValueError as exc:
         wbc, wbc_error = None, str(exc)
         status = 400 if status == 200 else status
-    differential = results.differential(stored["results"], stored["classes"],
-                                        current_app.config["REFERENCE_INTERVALS"], wbc,
-                                        current_app.config["ABSOLUTE_REFERENCE_INTERVALS"])
+    differential = results.served_differential(stored["results"], stored["classes"],
+                                               current_app.config, wbc)
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
@@ -612,6 +611,22 @@ def batch_csv(batch_id: str):
     response.headers["Content-Disposition"] = (
         f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
     )
+    return _no_store(response)
+
+
+@bp.get("/batch/<batch_id>/differential.csv")
+def differential_csv(batch_id: str):
+    """The batch's differential as the batch page counts it (with `?wbc=`, per litre too)."""
+    stored = load_or_404(batch_id)
+    try:
+        wbc = white_cell_count(request.args.get("wbc", "")[:40])
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    counted = results.served_differential(stored["results"], stored["classes"],
+                                          current_app.config, wbc)
+    response = Response(results.differential_csv(counted), mimetype="text/csv")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="hematovision-{batch_id[:8]}-differential.csv"')
     return _no_store(response)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from hematovision.cells import is_white_cell
 from hematovision.counting import share_range
 from hematovision.magnification import BatchCheck, Reference, batch_check
-from hematovision.reference import Flag, flag, intervals
+from hematovision.reference import ABOVE, Flag, flag, intervals
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -200,11 +200,67 @@ def differential_json(counted: Differential) -> dict[str, Any]:
     return out
 
 
+def served_differential(results: list[dict[str, Any]], classes: list[str], config,
+                        white_cells_per_litre: float | None = None) -> Differential:
+    """`differential` against the intervals a server's `config` serves (REFERENCE_INTERVALS,
+    ABSOLUTE_REFERENCE_INTERVALS), as the batch page, its CSV and the API count it."""
+    return differential(results, classes, config["REFERENCE_INTERVALS"], white_cells_per_litre,
+                        config["ABSOLUTE_REFERENCE_INTERVALS"])
+
+
 def _against(reference: tuple[float, float] | None, found: Flag | None) -> dict[str, Any]:
     """A figure's reference interval and where it lies against it, as the API gives them."""
     return {"reference": list(reference) if reference else None,
             "outside": found.direction if found else None,
             "beyond_counting_error": found.beyond_counting_error if found else None}
+
+
+DIFFERENTIAL_COLUMNS = (
+    "class", "white_cell", "count", "percent", "range_95_low", "range_95_high",
+    "reference_low", "reference_high", "flag", "per_100_white", "per_litre", "per_litre_low",
+    "per_litre_high", "per_litre_reference_low", "per_litre_reference_high", "per_litre_flag",
+    "white_cells", "awaiting_review", "white_cells_per_litre")
+
+
+def differential_csv(counted: Differential) -> str:
+    """The differential as a table for a spreadsheet or a laboratory system: one row per
+    white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
+    page; per litre where the total count was given) and one per other class (count per 100
+    white cells), each with the batch's white cells counted, unidentified cells awaiting review
+    (no flag is given while there are any) and total count. A flag reads "high", "low",
+    "high?" or "low?" (within counting error), empty within the interval."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(DIFFERENTIAL_COLUMNS)
+    batch = [counted.white_cells, counted.awaiting_review,
+             _number(counted.white_cells_per_litre)]
+    for s in counted.shares:
+        a = s.absolute
+        writer.writerow([
+            s.name, "yes", s.count, f"{s.percent:.1f}", f"{s.low:.1f}", f"{s.high:.1f}",
+            *_bounds(s.reference), flag_text(s.flag), "",
+            *([f"{a.value:.2f}", f"{a.low:.2f}", f"{a.high:.2f}", *_bounds(a.reference),
+               flag_text(a.flag)] if a else [""] * 6), *batch])
+    for o in counted.others:
+        writer.writerow([o.name, "no", o.count, "", "", "", "", "", "",
+                         _number(o.per_100_white), *[""] * 6, *batch])
+    return out.getvalue()
+
+
+def flag_text(found: Flag | None) -> str:
+    """A flag as the batch page writes it: high, low, high? or low?; empty for none."""
+    if found is None:
+        return ""
+    return ("high" if found.direction == ABOVE else "low") + (
+        "" if found.beyond_counting_error else "?")
+
+
+def _bounds(reference: tuple[float, float] | None) -> list[str]:
+    return [f"{v:g}" for v in reference] if reference else ["", ""]
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def counted_label(result: dict[str, Any]) -> str:
