@@ -261,6 +261,11 @@ def reference_cells(html: str) -> dict[str, str]:
         table, re.S)}
 
 
+def findings_text(html: str) -> str:
+    """The page's text with the space a closing tag leaves before a stop or a semicolon gone."""
+    return re.sub(r" ([;.])", r"\1", text(html))
+
+
 def test_the_batch_page_flags_shares_outside_their_reference_interval(client):
     cells = film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}, WBC4)
     html = client.get(f"/batch/{stored_batch(client, cells, WBC4)}").get_data(as_text=True)
@@ -272,6 +277,8 @@ def test_the_batch_page_flags_shares_outside_their_reference_interval(client):
     html = client.get(f"/batch/{stored_batch(client, cells, WBC4)}").get_data(as_text=True)
     assert reference_cells(html)["monocyte"] == "2–8 ▲ high?"
     assert reference_cells(html)["eosinophil"] == "1–4 ▼ low?"
+    assert ("Outside the reference intervals: Eosinophil 0.0 % low?; Monocyte 9.0 % high? "
+            "(?: within counting error).") in findings_text(html)
 
 
 def test_no_share_is_flagged_while_cells_await_review(client):
@@ -279,6 +286,7 @@ def test_no_share_is_flagged_while_cells_await_review(client):
     batch_id = stored_batch(client, cells + [result("neutrophil", "unidentified", WBC4)], WBC4)
     html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     assert "share-flag" not in html and reference_cells(html)["eosinophil"] == "1–4"
+    assert 'id="findings"' not in html
     assert ("Shares are not flagged against it until the 1 unidentified cell is reviewed."
             in text(html))
 
@@ -380,6 +388,9 @@ def test_the_batch_page_shows_absolute_counts_for_the_total_count_given(client):
     assert rows["neutrophil"] == ["Neutrophil", "1.00", "0.63–1.46", "2–7.5", "▼", "low"]
     assert rows["lymphocyte"] == ["Lymphocyte", "3.50", "3.00–3.94", "1–4"]
     assert "of a film with 5 × 10⁹ white cells per litre" in text(html)
+    # What lies outside, in one line above the tables: 5 monocytes of 100 are inside 2-8 %.
+    assert ("Outside the reference intervals: Lymphocyte 70.0 % high; Neutrophil 20.0 % low; "
+            "Neutrophil 1.00 × 10⁹/L low.") in findings_text(html)
 
 
 @pytest.mark.parametrize("typed", ["abc", "6500", "-1"])

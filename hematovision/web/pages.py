@@ -135,6 +135,7 @@ bp.add_app_template_filter(results.batch_title, "batch_title")
 bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 bp.add_app_template_filter(results.flag_text, "flag_text")
+bp.add_app_template_filter(results.findings, "findings")
 
 
 @bp.app_template_filter("status")

@@ -247,6 +247,14 @@ def differential_csv(counted: Differential) -> str:
     return out.getvalue()
 
 
+def findings(counted: Differential) -> list[tuple[str, str, Flag]]:
+    """The flagged figures of a differential, as a reader lists them: (class, its figure as
+    shown, its flag), the shares first, then the counts per litre."""
+    found = [(s.name, f"{s.percent:.1f} %", s.flag) for s in counted.shares if s.flag]
+    return found + [(s.name, f"{s.absolute.value:.2f} × 10⁹/L", s.absolute.flag)
+                    for s in counted.shares if s.absolute and s.absolute.flag]
+
+
 def flag_text(found: Flag | None) -> str:
     """A flag as the batch page writes it: high, low, high? or low?; empty for none."""
     if found is None:
