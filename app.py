@@ -1,7 +1,7 @@
 """Run the HematoVision web app.
 
 python app.py                                   # development server, http://127.0.0.1:5000
-python app.py --check                           # load the models once, list thresholds and intervals, exit (0 if usable)
+python app.py --check                           # load the models once and exit (0 if usable)
 gunicorn -c gunicorn.conf.py "app:create_app()"  # production
 """
 
