@@ -326,6 +326,10 @@ def test_while_flags_are_held_the_page_says_how_often_they_were_wrong(tmp_path, 
     cells = re.findall(r'<td class="text-end small text-nowrap" data-way="([^"]+)">([^<]+)',
                        model_page)
     assert cells[1] == ("accepted only", "false flag 52.5 %")
+    header = re.search(r'id="flags-table">.*?<thead>(.*?)</thead>', model_page, re.S).group(1)
+    assert re.findall(r"<th[^>]*>([^<]+)</th>", header) == [
+        "Films drawn as", "Every cell named right", "Accepted only", "Unidentified reviewed",
+        "No trust layer"]
 
 
 def test_a_lab_s_intervals_are_used_and_said_to_be(tmp_path, tiny_model_dir):
