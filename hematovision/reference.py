@@ -90,20 +90,29 @@ def white_cell_count(value) -> float | None:
     return count
 
 
+def measure(count: int, total: int, white_cells_per_litre: float | None = None
+            ) -> tuple[float, float, float]:
+    """The figure `count` of `total` counted white cells gives, as the pages show it (a
+    percent to one decimal, or given the film's total count, `white_cells_per_litre`, cells
+    x 10^9/L to two; 0 when nothing was counted), and its 95 % counting range in that unit
+    (`counting.share_range`, unrounded)."""
+    scale, digits = (100, 1) if white_cells_per_litre is None else (white_cells_per_litre, 2)
+    low, high = share_range(count, total)
+    return (round(scale * count / total, digits) if total > 0 else 0.0), scale * low, scale * high
+
+
 def flag(count: int, total: int, interval: tuple[float, float] | None,
          white_cells_per_litre: float | None = None) -> Flag | None:
     """Where `count` of `total` counted white cells lies against `interval`: in percent, or
     given the film's total count (`white_cells_per_litre`, x 10^9/L) as an absolute count
     against an interval in x 10^9/L. None when within it, when nothing was counted, or with no
-    interval."""
+    interval. Judged on the figure as shown (`measure`), so a flag never contradicts it."""
     if interval is None or total <= 0:
         return None
     low, high = interval
-    scale, digits = (100, 1) if white_cells_per_litre is None else (white_cells_per_litre, 2)
-    value = round(scale * count / total, digits)  # as the pages show it: never contradicted
+    value, range_low, range_high = measure(count, total, white_cells_per_litre)
     if low <= value <= high:
         return None
-    range_low, range_high = (scale * x for x in share_range(count, total))
     if value > high:
         return Flag(ABOVE, range_low > high)
     return Flag(BELOW, range_high < low)

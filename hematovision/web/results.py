@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hematovision.cells import is_white_cell
-from hematovision.counting import share_range
 from hematovision.magnification import BatchCheck, Reference, batch_check
-from hematovision.reference import ABOVE, Flag, flag, intervals
+from hematovision.reference import ABOVE, Flag, flag, intervals, measure
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -151,21 +150,24 @@ def differential(results: list[dict[str, Any]], classes: list[str],
                 else absolute_intervals)
     awaiting = sum(1 for r in results if needs_review(r))
 
+    def flagged(c: str, interval, per_litre: float | None = None) -> Flag | None:
+        # None while cells await review (Differential.awaiting_review says why).
+        return None if awaiting else flag(count[c], total, interval, per_litre)
+
+    def share(c: str) -> ClassShare:
+        percent, low, high = measure(count[c], total)
+        return ClassShare(c, count[c], percent, round(low, 1), round(high, 1), reference.get(c),
+                          flagged(c, reference.get(c)), in_litres(c))
+
     def in_litres(c: str) -> AbsoluteCount | None:
         if white_cells_per_litre is None or not total:
             return None
-        low, high = (round(white_cells_per_litre * x, 2) for x in share_range(count[c], total))
-        return AbsoluteCount(round(white_cells_per_litre * count[c] / total, 2), low, high,
-                             absolute.get(c), None if awaiting else flag(
-                                 count[c], total, absolute.get(c), white_cells_per_litre))
+        value, low, high = measure(count[c], total, white_cells_per_litre)
+        return AbsoluteCount(value, round(low, 2), round(high, 2), absolute.get(c),
+                             flagged(c, absolute.get(c), white_cells_per_litre))
 
     return Differential(
-        shares=[ClassShare(c, count[c], _per(count[c], total) if total else 0.0,
-                           *(round(100 * x, 1) for x in share_range(count[c], total)),
-                           reference.get(c),
-                           None if awaiting else flag(count[c], total, reference.get(c)),
-                           in_litres(c))
-                for c in white],
+        shares=[share(c) for c in white],
         white_cells=total,
         others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
                 for c in classes if not is_white_cell(c)],
