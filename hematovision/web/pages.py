@@ -453,13 +453,9 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
-    # The film's total white-cell count, when the reader gave it: the shares as absolute counts.
-    wbc_text = request.args.get("wbc", "")[:40]
-    try:
-        wbc, wbc_error = white_cell_count(wbc_text), None
-    except ValueError as exc:
-        wbc, wbc_error = None, str(exc)
-        status = 400 if status == 200 else status
+    wbc_text, wbc, wbc_error = requested_white_cell_count()
+    if wbc_error and status == 200:
+        status = 400
     differential = results.served_differential(stored["results"], stored["classes"],
                                                current_app.config, wbc)
     counts = results.status_counts(stored["results"])
@@ -616,14 +612,24 @@ def batch_csv(batch_id: str):
     return _no_store(response)
 
 
+def requested_white_cell_count() -> tuple[str, float | None, str | None]:
+    """The film's total white-cell count the reader gave in the address (`?wbc=`), for the
+    shares as absolute counts: (the text as typed, the count or None, the message for a
+    count that is not one, else None)."""
+    text = request.args.get("wbc", "")[:40]
+    try:
+        return text, white_cell_count(text), None
+    except ValueError as exc:
+        return text, None, str(exc)
+
+
 @bp.get("/batch/<batch_id>/differential.csv")
 def differential_csv(batch_id: str):
     """The batch's differential as the batch page counts it (with `?wbc=`, per litre too)."""
     stored = load_or_404(batch_id)
-    try:
-        wbc = white_cell_count(request.args.get("wbc", "")[:40])
-    except ValueError as exc:
-        abort(400, description=str(exc))
+    _, wbc, wbc_error = requested_white_cell_count()
+    if wbc_error:
+        abort(400, description=wbc_error)
     counted = results.served_differential(stored["results"], stored["classes"],
                                           current_app.config, wbc)
     response = Response(results.differential_csv(counted), mimetype="text/csv")
