@@ -12,7 +12,7 @@ import pytest
 from hematovision.reference import ABOVE, BELOW, Flag, intervals
 from hematovision.web import results, uploads
 from hematovision.web.results import ClassShare, OtherCount
-from tests.web_helpers import make_app, make_models_root, page, text
+from tests.web_helpers import make_app, make_models_root, page, save_sample, text
 
 PBC8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
         "platelet"]
@@ -380,12 +380,13 @@ def test_given_the_total_count_each_share_is_also_cells_per_litre():
     assert all(s.absolute.flag is None for s in held.shares)
 
 
-def test_the_batch_page_shows_absolute_counts_for_the_total_count_given(client):
+def test_the_batch_page_shows_absolute_counts_for_the_sample_s_total_count(client):
     cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, WBC4)
     batch_id = stored_batch(client, cells, WBC4)
     html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
-    assert 'id="wbc-form"' in html and 'id="absolute"' not in html
-    html = client.get(f"/batch/{batch_id}?wbc=5").get_data(as_text=True)
+    assert 'id="no-absolute"' in html and 'id="absolute"' not in html
+    assert save_sample(client, batch_id, wbc="5").status_code == 303
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     table = html.split('id="absolute"')[1].split("</table>")[0]
     rows = {name: text(row).split() for name, row in re.findall(
         r'<tr data-class="(\w+)">(.*?)</tr>', table, re.S)}
@@ -395,16 +396,6 @@ def test_the_batch_page_shows_absolute_counts_for_the_total_count_given(client):
     # What lies outside, in one line above the tables: 5 monocytes of 100 are inside 2-8 %.
     assert ("Outside the reference intervals: Lymphocyte 70.0 % high; Neutrophil 20.0 % low; "
             "Neutrophil 1.00 × 10⁹/L low.") in findings_text(html)
-
-
-@pytest.mark.parametrize("typed", ["abc", "6500", "-1"])
-def test_a_total_count_that_is_not_one_gets_the_page_with_a_message_and_400(client, typed):
-    batch_id = stored_batch(client, film({"neutrophil": 3}, WBC4), WBC4)
-    response = client.get(f"/batch/{batch_id}", query_string={"wbc": typed})
-    html = response.get_data(as_text=True)
-    assert response.status_code == 400
-    assert 'id="wbc-error"' in html and "must be a number of 10^9 cells per litre" in text(html)
-    assert 'id="absolute"' not in html and 'id="differential"' in html
 
 
 def test_the_result_page_gives_the_lab_s_own_interval_beside_the_catalog_s(tmp_path,
@@ -422,9 +413,10 @@ def test_the_result_page_gives_the_lab_s_own_interval_beside_the_catalog_s(tmp_p
 def test_the_differential_downloads_as_a_csv_with_its_flags_and_counts_per_litre(client):
     cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, PBC8)
     batch_id = stored_batch(client, cells + [result("platelet")], PBC8)
-    html = client.get(f"/batch/{batch_id}?wbc=5").get_data(as_text=True)
+    save_sample(client, batch_id, sample_id="=H-2026-7", wbc="5")
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     link = re.search(r'href="([^"]+)" id="differential-csv"', html).group(1)
-    assert link == f"/batch/{batch_id}/differential.csv?wbc=5.0"
+    assert link == f"/batch/{batch_id}/differential.csv"
     response = client.get(link)
     assert response.mimetype == "text/csv" and "attachment" in response.headers[
         "Content-Disposition"]
@@ -441,13 +433,14 @@ def test_the_differential_downloads_as_a_csv_with_its_flags_and_counts_per_litre
     assert rows["platelet"]["per_100_white"] == "1" and rows["platelet"]["white_cell"] == "no"
     assert {r["white_cells"] for r in rows.values()} == {"100"}
     assert {r["white_cells_per_litre"] for r in rows.values()} == {"5"}
-    # Without a total count the link carries none, and no row has a count per litre.
-    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
-    link = re.search(r'href="([^"]+)" id="differential-csv"', html).group(1)
-    assert link == f"/batch/{batch_id}/differential.csv"
+    # The sample ID on every row, made inert for a spreadsheet, and in the file's name.
+    assert {r["sample"] for r in rows.values()} == {"'=H-2026-7"}
+    assert 'filename="hematovision-H-2026-7-' in response.headers["Content-Disposition"]
+    # Without a total count no row has a count per litre.
+    save_sample(client, batch_id)
     rows = list(csv.DictReader(io.StringIO(client.get(link).get_data(as_text=True))))
-    assert all(r["per_litre"] == "" and r["white_cells_per_litre"] == "" for r in rows)
-    assert client.get(f"/batch/{batch_id}/differential.csv?wbc=abc").status_code == 400
+    assert all(r["per_litre"] == "" and r["white_cells_per_litre"] == "" and r["sample"] == ""
+               for r in rows)
 
 
 def test_the_differential_csv_holds_flags_back_while_cells_await_review(client):

@@ -87,6 +87,12 @@ def upload(client, model: str, *files: tuple[str, bytes]) -> str:
     return response.headers["Location"]
 
 
+def save_sample(client, batch_id: str, sample_id: str = "", wbc: str = ""):
+    """Post the batch page's sample form; the response."""
+    return client.post(f"/batch/{batch_id}/sample", data={
+        "csrf_token": csrf_token(client), "sample_id": sample_id, "wbc": wbc})
+
+
 def page(client, location: str) -> str:
     response = client.get(location)
     assert response.status_code == 200

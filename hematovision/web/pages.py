@@ -29,10 +29,10 @@ from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
-from hematovision.reference import catalog_intervals, white_cell_count
+from hematovision.reference import catalog_intervals
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
-from hematovision.web import field_view, heatmap, models, results, uploads
+from hematovision.web import field_view, heatmap, models, results, sample, uploads
 from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.security import check_csrf
 
@@ -85,6 +85,10 @@ REVIEW_MANY_SAVED = "Saved your review of {cells}."
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
 NOT_A_FIELD_CELL = "This result is a whole image, not one white cell of a field holding several."
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
+SAMPLE_SAVED = "Saved the sample's details."
+SAMPLE_CLEARED = "Cleared the sample's details."
+SAMPLE_ONE_IMAGE = ("A sample's details are given for a differential: add images to this batch "
+                    "first.")
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
 
@@ -131,11 +135,17 @@ def sentence(text: str) -> str:
 
 
 bp.add_app_template_filter(results.name_of, "item_name")
-bp.add_app_template_filter(results.batch_title, "batch_title")
 bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 bp.add_app_template_filter(results.flag_text, "flag_text")
 bp.add_app_template_filter(results.findings, "findings")
+
+
+@bp.app_template_filter("batch_name")
+def batch_name(stored: dict) -> str:
+    """A batch as its pages name it: "Batch of N images", after its sample's ID where given."""
+    title, described = results.batch_title(stored["results"]), sample.of(stored)
+    return f"Sample {described.id} · {title}" if described.id else title
 
 
 @bp.app_template_filter("status")
@@ -447,17 +457,17 @@ def left_out_text(reason: str) -> str:
 
 
 @bp.get("/batch/<batch_id>")
-def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200):
+def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200,
+          sample_form: sample.SampleForm | None = None):
     """The batch page (a batch of one image shows that image's page); after a refused
-    addition, with its errors."""
+    addition, with its errors, and after a refused sample form, with it as typed."""
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
-    wbc_text, wbc, wbc_error = requested_white_cell_count()
-    if wbc_error and status == 200:
-        status = 400
+    described = sample.of(stored)
     differential = results.served_differential(stored["results"], stored["classes"],
-                                               current_app.config, wbc)
+                                               current_app.config,
+                                               described.white_cells_per_litre)
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
@@ -489,8 +499,9 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             lab_intervals=current_app.config["REFERENCE_INTERVALS"] != catalog_intervals(),
             lab_absolute_intervals=(current_app.config["ABSOLUTE_REFERENCE_INTERVALS"]
                                     != catalog_intervals(absolute=True)),
-            wbc_text=wbc_text,
-            wbc_error=wbc_error,
+            sample=described,
+            sample_form=sample_form or sample.form_of(described),
+            sample_id_length=sample.MAX_ID_LENGTH,
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),
@@ -605,37 +616,46 @@ def drawn_from_stored(item: dict, mimetype: str, draw: Callable[[Path], bytes]) 
 @bp.get("/batch/<batch_id>.csv")
 def batch_csv(batch_id: str):
     stored = load_or_404(batch_id)
-    response = Response(results.to_csv(stored["results"], stored["classes"]), mimetype="text/csv")
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
-    )
+    return csv_download(results.to_csv(stored["results"], stored["classes"]), stored)
+
+
+def csv_download(table: str, stored: dict, suffix: str = "") -> Response:
+    """A CSV file of a batch to save, named after its sample where it has an ID (so a lab's
+    downloads say whose film they count) and its batch id."""
+    name = "-".join(filter(None, ["hematovision", results.file_part(sample.of(stored).id),
+                                  stored["id"][:8]]))
+    response = Response(table, mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}{suffix}.csv"'
     return _no_store(response)
-
-
-def requested_white_cell_count() -> tuple[str, float | None, str | None]:
-    """The film's total white-cell count the reader gave in the address (`?wbc=`), for the
-    shares as absolute counts: (the text as typed, the count or None, the message for a
-    count that is not one, else None)."""
-    text = request.args.get("wbc", "")[:40]
-    try:
-        return text, white_cell_count(text), None
-    except ValueError as exc:
-        return text, None, str(exc)
 
 
 @bp.get("/batch/<batch_id>/differential.csv")
 def differential_csv(batch_id: str):
-    """The batch's differential as the batch page counts it (with `?wbc=`, per litre too)."""
+    """The batch's differential as the batch page counts it (given the sample's total
+    white-cell count, per litre too)."""
     stored = load_or_404(batch_id)
-    _, wbc, wbc_error = requested_white_cell_count()
-    if wbc_error:
-        abort(400, description=wbc_error)
+    described = sample.of(stored)
     counted = results.served_differential(stored["results"], stored["classes"],
-                                          current_app.config, wbc)
-    response = Response(results.differential_csv(counted), mimetype="text/csv")
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="hematovision-{batch_id[:8]}-differential.csv"')
-    return _no_store(response)
+                                          current_app.config, described.white_cells_per_litre)
+    return csv_download(results.differential_csv(counted, described.id), stored, "-differential")
+
+
+@bp.post("/batch/<batch_id>/sample")
+def save_sample(batch_id: str):
+    """Record the sample a batch counts (its ID and the film's total white-cell count; empty
+    fields clear them), then back to the batch page (303); a field that is not one gets the
+    page with the form as typed and a message (400), and what was stored stays."""
+    stored = load_or_404(batch_id)
+    if len(stored["results"]) == 1:
+        abort(400, description=SAMPLE_ONE_IMAGE)
+    described, form = sample.read_form(request.form)
+    if described is None:
+        return batch(batch_id, status=400, sample_form=form)
+    if uploads.update_batch(upload_folder(), batch_id,
+                            lambda b: sample.store(b, described, time.time())) is None:
+        abort(404, description=EXPIRED.format(retention=retention()))
+    flash(SAMPLE_SAVED if described != sample.Sample() else SAMPLE_CLEARED)
+    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
 
 @bp.get("/batch/<batch_id>/reviewed.zip")

@@ -221,21 +221,21 @@ DIFFERENTIAL_COLUMNS = (
     "class", "white_cell", "count", "percent", "range_95_low", "range_95_high",
     "reference_low", "reference_high", "flag", "per_100_white", "per_litre", "per_litre_low",
     "per_litre_high", "per_litre_reference_low", "per_litre_reference_high", "per_litre_flag",
-    "white_cells", "awaiting_review", "white_cells_per_litre")
+    "white_cells", "awaiting_review", "white_cells_per_litre", "sample")
 
 
-def differential_csv(counted: Differential) -> str:
+def differential_csv(counted: Differential, sample_id: str = "") -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
     white cells), each with the batch's white cells counted, unidentified cells awaiting review
-    (no flag is given while there are any) and total count. A flag reads "high", "low",
-    "high?" or "low?" (within counting error), empty within the interval."""
+    (no flag is given while there are any), total count and sample ID. A flag reads "high",
+    "low", "high?" or "low?" (within counting error), empty within the interval."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
     batch = [counted.white_cells, counted.awaiting_review,
-             _number(counted.white_cells_per_litre)]
+             _number(counted.white_cells_per_litre), _inert(sample_id)]
     for s in counted.shares:
         a = s.absolute
         writer.writerow([
@@ -446,7 +446,8 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
             path = image_path(result.get("image") or "")
             if verdict in (None, EXCLUDED) or path is None or result.get("cell"):
                 continue
-            name = f"{_safe(verdict)}/{prefix}-{index:03d}-{_safe(Path(result['file']).stem)}.jpg"
+            name = (f"{file_part(verdict)}/{prefix}-{index:03d}-"
+                    f"{file_part(Path(result['file']).stem, 'image')}.jpg")
             archive.write(path, name)
             rows.append([name, batch["id"], verdict, _iso(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
@@ -465,10 +466,11 @@ def fields_left_out(results: list[dict[str, Any]]) -> int:
     return sum(1 for r in results if r.get("cell") and verdict_of(r) not in (None, EXCLUDED))
 
 
-def _safe(name: str) -> str:
-    """A name part made of letters, digits, '.', '_' and '-' only, so an archive entry is one
-    plain file name wherever it is unpacked."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "image"
+def file_part(name: str, empty: str = "") -> str:
+    """A name part made of letters, digits, '.', '_' and '-' only, so an archive entry or a
+    download is one plain file name wherever it is saved or unpacked (`empty` when none is
+    left)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or empty
 
 
 def _iso(timestamp: float | None) -> str:

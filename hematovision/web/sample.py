@@ -1,0 +1,80 @@
+"""The sample a batch's images come from, as the technologist describes it: its ID (the
+laboratory's accession or specimen number, so a printed report and a downloaded file say whose
+film they count) and the film's total white-cell count from the analyzer (for the absolute
+counts). Kept in the stored batch, given once and kept through reviews and added images, and
+deleted with it."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hematovision.reference import white_cell_count
+
+MAX_ID_LENGTH = 40
+BAD_ID = (f"A sample ID is at most {MAX_ID_LENGTH} letters, digits, spaces and punctuation "
+          "(such as an accession number: H-2026-01234); {typed!r} is not.")
+# Form fields, as the batch page names them.
+ID_FIELD = "sample_id"
+COUNT_FIELD = "wbc"
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str = ""
+    white_cells_per_litre: float | None = None  # x 10^9/L; None when not given
+
+
+@dataclass(frozen=True)
+class SampleForm:
+    """The sample form as typed, and the message for each field that was refused, to show the
+    form again with both."""
+    typed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def sample_id(text: str) -> str:
+    """A sample ID as typed, made canonical (Unicode NFC, outer spaces dropped); ValueError with
+    a message for the user when it is longer than MAX_ID_LENGTH or holds anything but letters,
+    marks, digits, punctuation, symbols and plain spaces (no control or invisible characters:
+    the ID is printed on reports and written in CSV files)."""
+    canonical = unicodedata.normalize("NFC", text).strip()
+    if len(canonical) > MAX_ID_LENGTH or any(
+            unicodedata.category(c)[0] not in "LMNPS" and c != " " for c in canonical):
+        raise ValueError(BAD_ID.format(typed=text[:MAX_ID_LENGTH + 10]))
+    return canonical
+
+
+def read_form(form: Mapping[str, str]) -> tuple[Sample | None, SampleForm]:
+    """The sample a form gives (empty fields clear what was given before), or None and the
+    form with a message for each refused field."""
+    typed = {name: str(form.get(name, ""))[:200] for name in (ID_FIELD, COUNT_FIELD)}
+    errors, values = {}, {}
+    for name, read in ((ID_FIELD, sample_id), (COUNT_FIELD, white_cell_count)):
+        try:
+            values[name] = read(typed[name])
+        except ValueError as exc:
+            errors[name] = str(exc)
+    if errors:
+        return None, SampleForm(typed, errors)
+    return Sample(values[ID_FIELD], values[COUNT_FIELD]), SampleForm(typed)
+
+
+def of(batch: dict[str, Any]) -> Sample:
+    """The sample a stored batch was described as (empty when it never was)."""
+    stored = batch.get("sample") or {}
+    return Sample(stored.get("id", ""), stored.get("white_cells_per_litre"))
+
+
+def store(batch: dict[str, Any], sample: Sample, at: float) -> None:
+    """Record `sample` in a stored batch (in place), replacing what was given before."""
+    batch["sample"] = {"id": sample.id, "white_cells_per_litre": sample.white_cells_per_litre,
+                       "at": at}
+
+
+def form_of(sample: Sample) -> SampleForm:
+    """The form filled in with a sample as stored."""
+    count = sample.white_cells_per_litre
+    return SampleForm({ID_FIELD: sample.id, COUNT_FIELD: "" if count is None else f"{count:g}"})
