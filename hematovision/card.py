@@ -15,13 +15,15 @@ CARD_FILE = "model_card.json"
 # Recorded under the card's "metrics" beside the test evaluations, but not one: flag rates on
 # sets of unfamiliar images (training.unfamiliar), the test images' figures under changes of
 # magnification, focus or stain (training.robustness), and on films drawn from the test images,
-# the differential's error (training.differential) and its reference-interval flags
-# (training.flags).
+# the differential's error (training.differential), its reference-interval flags
+# (training.flags) and where the wrongly accepted cells lie in the review order
+# (training.review_order).
 UNFAMILIAR = "unfamiliar"
 ROBUSTNESS = "robustness"
 DIFFERENTIAL = "differential"
 FLAGS = "flags"
-NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS, DIFFERENTIAL, FLAGS)
+REVIEW_ORDER = "review_order"
+NOT_EVALUATIONS = (UNFAMILIAR, ROBUSTNESS, DIFFERENTIAL, FLAGS, REVIEW_ORDER)
 
 
 class ModelLoadError(RuntimeError):

@@ -271,16 +271,17 @@ def test_a_review_changes_the_class_the_differential_counts(browser, base_url, t
 
 def test_the_review_page_saves_every_class_chosen(browser, base_url, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     batch_url = upload_two_cells(browser, base_url, tmp_path)
     browser.find_element(By.ID, "review-every-link").click()  # every image was accepted
     wait_for(browser, "#review-all-form")
     cells = browser.find_elements(By.CSS_SELECTOR, "fieldset.review-cell")
-    assert [c.get_attribute("data-index") for c in cells] == ["0", "1"]
+    assert sorted(c.get_attribute("data-index") for c in cells) == ["0", "1"]
     images = browser.find_elements(By.CSS_SELECTOR, "img.review-cell-image")
     assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
-    browser.find_element(By.CSS_SELECTOR, 'label[for="verdict-0-monocyte"]').click()
-    browser.find_element(By.CSS_SELECTOR, 'label[for="verdict-1-excluded"]').click()
+    Select(browser.find_element(By.ID, "verdict-0")).select_by_value("monocyte")
+    Select(browser.find_element(By.ID, "verdict-1")).select_by_value("excluded")
     browser.find_element(By.ID, "review-all-save").click()
 
     wait_for(browser, "#differential")  # none left to review: back to the batch

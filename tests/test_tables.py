@@ -687,3 +687,18 @@ def test_flags_table_gives_each_scenarios_detected_and_false_flag_rates():
         f"{raised['detected']:.1%} / {raised['false_flag']:.1%}")
     # wbc4 has no basophils: its cells in that row are empty.
     assert accepted[names.index("basophilia")] == ""
+
+
+def test_review_order_table_gives_each_share_checked_and_what_each_order_found():
+    table = tables.review_order_table()
+    card = json.loads((ROOT / "saved_model" / "wbc4" / "model_card.json").read_text())
+    recorded = card["metrics"]["review_order"]
+    header = table.splitlines()[0]
+    assert (f"`wbc4` ({recorded['accepted_per_film']:g} accepted, "
+            f"{recorded['wrong_per_film']:g} wrong): cells") in header
+    shares = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    row = recorded["fractions"][1]
+    at = shares.index(f"{row['fraction']:.0%}")
+    assert column(table, "`wbc4`: least sure first")[at] == f"{row['found_least_sure']:.1%}"
+    assert column(table, "`wbc4`: each class least sure (cells)")[at] == (
+        f"{row['by_class']['found']:.1%} ({row['by_class']['checked_per_film']:g})")

@@ -163,3 +163,55 @@ def test_a_long_batch_is_reviewed_a_page_of_cells_at_a_time(client, batch_id, mo
     for start in ("x", "²", "9" * 5000, "-1"):
         assert page(client, f"/batch/{batch_id}/review?show=all&start={start}").count(
             "data-index=") == 3
+
+
+def order_figures(threshold: float) -> dict:
+    """training.review_order's figures, as recorded in a card, measured at `threshold`."""
+    return {"data": "test", "n": 400, "cells": 100, "draws": 2000,
+            "confidence_threshold": threshold, "composition": {"neutrophil": 1.0},
+            "accepted_per_film": 54.8, "wrong_per_film": 0.44,
+            "fractions": [{"fraction": f, "checked_per_film": checked,
+                           "found_least_sure": found, "found_upload_order": upload,
+                           "by_class": {"checked_per_film": 7.5, "found": 0.619}}
+                          for f, checked, found, upload in ((0.1, 5.5, 0.513, 0.101),
+                                                            (0.2, 11.0, 0.867, 0.201))]}
+
+
+@pytest.mark.parametrize("elsewhere, quoted", [(0.0, True), (0.001, False)])
+def test_every_cell_is_listed_least_sure_first_and_stays_in_place_after_a_review(
+        tmp_path, tiny_model_dir, elsewhere, quoted):
+    from hematovision.predictor import Predictor
+    from tests.test_web_results import WBC4, result, stored_batch
+    from tests.web_helpers import make_app
+
+    served = Predictor(tiny_model_dir).trust.confidence_threshold
+    root = make_models_root(tmp_path / "models", tiny_model_dir, card={
+        "metrics": {"review_order": order_figures(served + elsewhere)}})
+    client = make_app(tmp_path, root).test_client()
+    cells = [result(label, status, WBC4) for label, status in (
+        ("neutrophil", "accepted"), ("monocyte", "accepted"), ("lymphocyte", "unidentified"),
+        ("eosinophil", "not_a_cell"), ("neutrophil", "accepted"))]
+    for cell, confidence in zip(cells, (0.99, 0.71, 0.48, 0.9, 0.85)):
+        cell["confidence"] = confidence
+    batch_id = stored_batch(client, [*cells, {"file": "broken.jpg", "error": "not an image"}],
+                            WBC4)
+
+    def listed() -> list[int]:
+        return [int(i) for i in re.findall(r'data-index="(\d+)"',
+                                           page(client, f"/batch/{batch_id}/review?show=all"))]
+
+    assert listed() == [2, 1, 4, 3, 0]  # by confidence, the unreadable file left out
+    html = page(client, f"/batch/{batch_id}/review?show=all")
+    assert re.search(r'<select class="form-select form-select-sm" name="verdict-1"', html)
+    said = ("0.44 of a film's 54.8 accepted cells were wrong: the least sure fifth of them, "
+            "11.0 cells, held 86.7 % of those; as many cells in upload order, 20.1 %")
+    assert (said in text(html)) == quoted
+    post(client, batch_id, "?show=all", n1="neutrophil", n4="excluded")
+    assert listed() == [2, 1, 4, 3, 0]  # reviews move no cell
+    # The list of cells still to review keeps its radio buttons and upload order.
+    assert 'type="radio"' in page(client, f"/batch/{batch_id}/review")
+    rows = re.findall(r'<tr data-fraction="([\d.]+)">(.*?)</tr>', page(client, "/models/tiny"),
+                      re.S)
+    assert [(f, text(row).split()) for f, row in rows] == [
+        ("0.1", ["10", "%", "5.5", "51.3", "%", "10.1", "%", "61.9", "%", "(7.5)"]),
+        ("0.2", ["20", "%", "11.0", "86.7", "%", "20.1", "%", "61.9", "%", "(7.5)"])]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hematovision.card import (CARD_FILE, DIFFERENTIAL, FLAGS, read_card, recorded_evaluations,
-                               served_views, view_count)
+from hematovision.card import (CARD_FILE, DIFFERENTIAL, FLAGS, REVIEW_ORDER, read_card,
+                               recorded_evaluations, served_views, view_count)
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
@@ -906,6 +906,38 @@ def flags_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def review_order_table(root: Path = MODELS_ROOT) -> str:
+    """Where the wrongly accepted cells lay in the review order (`training.review_order
+    --record`): one row per share of a film's accepted cells checked, per model the cells
+    checked and the wrong ones found least sure first, in upload order (expected), and by
+    checking that share of each class least sure first (with the cells that took)."""
+    results = _recorded(root, REVIEW_ORDER)
+    header = "".join(
+        f" `{n}` ({r['accepted_per_film']:g} accepted, {r['wrong_per_film']:g} wrong): cells | "
+        f"`{n}`: least sure first | `{n}`: upload order | `{n}`: each class least sure (cells) |"
+        for n, r in results.items())
+    first = next(iter(results.values()), None)
+    lines = [f"| accepted cells checked, films of {first['cells'] if first else '?'} white cells |"
+             + header, "|---|" + "---|---|---|---|" * len(results)]
+    fractions = list(dict.fromkeys(row["fraction"] for r in results.values()
+                                   for row in r["fractions"]))
+    for fraction in fractions:
+        cells = []
+        for r in results.values():
+            row = next((row for row in r["fractions"] if row["fraction"] == fraction), None)
+            cells.append(" | | | " if row is None else
+                         f"{row['checked_per_film']:g} | {_fmt_share(row['found_least_sure'])} | "
+                         f"{_fmt_share(row['found_upload_order'])} | "
+                         f"{_fmt_share(row['by_class']['found'])} "
+                         f"({row['by_class']['checked_per_film']:g})")
+        lines.append(f"| {fraction:.0%} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _fmt_share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def differential_targets_table(root: Path = MODELS_ROOT, composition: str = "normal adult"
                                ) -> str:
     """The differential at each of a model's operating points (`training.differential`), for
@@ -1179,7 +1211,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "robustness": robustness_table(root), "magnification": magnification_table(root),
               "differential": differential_table(root),
               "differential-targets": differential_targets_table(root),
-              "flags": flags_table(root),
+              "flags": flags_table(root), "review-order": review_order_table(root),
               "fields": fields_table(root), "fields-changes": fields_changes_table(root),
               "fields-red-cells": red_cells_table(root),
               "white-cell-rule": white_cell_rule_table(root)}

@@ -23,7 +23,7 @@ from flask import (
     url_for,
 )
 
-from hematovision.card import DIFFERENTIAL, FLAGS, recorded_evaluations
+from hematovision.card import DIFFERENTIAL, FLAGS, REVIEW_ORDER, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name, is_white_cell
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
@@ -80,6 +80,8 @@ REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choi
 FIELDS_CHECK_FILE = "fields_check.json"  # written by python -m training.fields_check --json
 # Cells one review page shows: each sends one form field, and a form may hold MAX_FORM_PARTS.
 REVIEW_PAGE_CELLS = 60
+# The share of the accepted cells the review page quotes its figure for (training.review_order).
+REVIEW_FRACTION = 0.2
 REVIEW_NOTHING_CHOSEN = "No class was chosen for any cell, so nothing was saved."
 REVIEW_MANY_SAVED = "Saved your review of {cells}."
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
@@ -377,13 +379,36 @@ def review_all(batch_id: str):
     `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed."""
     stored = load_or_404(batch_id)
     show = review_list()
-    listed = [(i, r) for i, r in enumerate(stored["results"]) if REVIEW_LISTS[show](r)]
+    listed = (results.least_sure_first(stored["results"]) if show == "all" else
+              [i for i, r in enumerate(stored["results"]) if REVIEW_LISTS[show](r)])
     start = min(_count(request.args.get("start", "")) or 0, max(len(listed) - 1, 0))
     return _no_store(render_template(
-        "review.html", batch=stored, cells=listed[start:start + REVIEW_PAGE_CELLS],
-        listed=len(listed), start=start, page_cells=REVIEW_PAGE_CELLS, show=show,
+        "review.html", batch=stored, listed=len(listed), start=start,
+        cells=[(i, stored["results"][i]) for i in listed[start:start + REVIEW_PAGE_CELLS]],
+        page_cells=REVIEW_PAGE_CELLS, show=show,
         guide=[CELL_TYPES[c] for c in stored.get("classes", []) if c in CELL_TYPES],
+        least_sure=least_sure_figure(served_model(stored["model"])) if show == "all" else None,
         expires=expires_at(stored)))
+
+
+def least_sure_figure(predictor: Predictor | None) -> dict | None:
+    """What checking the least sure REVIEW_FRACTION of the accepted cells found on normal films
+    drawn from the model's test images (`training.review_order --record`): {"cells",
+    "accepted_per_film", "wrong_per_film", "checked_per_film", "found_least_sure",
+    "found_upload_order"}; None where not measured, or not at the confidence threshold served
+    now."""
+    metrics = predictor.card.get("metrics") if predictor else None
+    entry = metrics.get(REVIEW_ORDER) if isinstance(metrics, dict) else None
+    try:
+        if entry["confidence_threshold"] != predictor.trust.confidence_threshold:
+            return None
+        row = next(r for r in entry["fractions"] if r["fraction"] == REVIEW_FRACTION)
+        figures = {**{k: entry[k] for k in ("cells", "accepted_per_film", "wrong_per_film")},
+                   **{k: row[k] for k in ("checked_per_film", "found_least_sure",
+                                          "found_upload_order")}}
+    except (KeyError, TypeError, StopIteration):
+        return None
+    return figures if all(_is_number(v) for v in figures.values()) else None
 
 
 @bp.post("/batch/<batch_id>/review")
@@ -727,6 +752,7 @@ def model_page(name: str):
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
         differential=_differential_entry(metrics),
         flags=_flags_entry(metrics),
+        review_order=_review_order_entry(metrics),
         magnification=_magnification_entry(card, predictor),
         fields=_fields_entry(predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
@@ -765,6 +791,16 @@ def _flags_entry(metrics: dict) -> dict | None:
     scenarios = entry.get("scenarios") if isinstance(entry, dict) else None
     if not isinstance(scenarios, dict) or not scenarios or not all(
             isinstance(s, dict) and isinstance(s.get("ways"), dict) for s in scenarios.values()):
+        return None
+    return entry
+
+
+def _review_order_entry(metrics: dict) -> dict | None:
+    """The card's review-order figures (`training.review_order --record`), where well formed."""
+    entry = metrics.get(REVIEW_ORDER)
+    rows = entry.get("fractions") if isinstance(entry, dict) else None
+    if not isinstance(rows, list) or not rows or not all(
+            isinstance(r, dict) and isinstance(r.get("by_class"), dict) for r in rows):
         return None
     return entry
 

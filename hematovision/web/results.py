@@ -325,6 +325,15 @@ def agreement(results: list[dict[str, Any]], classes: list[str]) -> list[Agreeme
     return rows
 
 
+def least_sure_first(results: list[dict[str, Any]]) -> list[int]:
+    """The classified results as the review page lists every cell: least sure first (so the
+    unidentified ones, then the accepted ones the model was least sure of, where its wrong
+    answers mostly lie: training.review_order). By the model's confidence, which a review
+    does not change, so saving verdicts never moves a cell to another page of the list."""
+    classified = [i for i, r in enumerate(results) if status_of(r) is not None]
+    return sorted(classified, key=lambda i: (results[i]["confidence"], i))
+
+
 def next_to_review(results: list[dict[str, Any]], after: int) -> int | None:
     """The index of the next result other than `after` that needs review, looking on from
     `after` and wrapping round to the start of the batch; None when none is left."""
