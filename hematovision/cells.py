@@ -21,6 +21,9 @@ class CellType:
     # Counted in the white-cell differential. Platelets never are, and nucleated red cells are
     # reported per 100 white cells instead (ICSH), so neither dilutes the white-cell shares.
     white_cell: bool = True
+    # Has a nucleus. An analyzer that does not count nucleated red cells apart counts them as
+    # white cells, whose total a lab then corrects (`hematovision.reference.corrected_count`).
+    nucleated: bool = True
     # The adult reference interval of its share of the white cells, in percent (low, high): the
     # numbers `normal_share` opens with, which the batch page compares a differential against
     # (`hematovision.reference`); None for a class that is not in the differential.
@@ -162,6 +165,7 @@ CELL_TYPES: dict[str, CellType] = {
             raised_in="Reactive thrombocytosis (infection, iron deficiency), essential thrombocythaemia.",
             lowered_in="Immune thrombocytopenia, marrow failure, consumption (DIC), hypersplenism.",
             white_cell=False,
+            nucleated=False,
         ),
     )
 }
@@ -171,6 +175,13 @@ def is_white_cell(name: str) -> bool:
     """Whether a class counts in the white-cell differential; a class the catalog does not know
     (a researcher's own model) does, as every class of a white-cell model would."""
     return CELL_TYPES[name].white_cell if name in CELL_TYPES else True
+
+
+def is_nucleated_red_cell(name: str) -> bool:
+    """Whether a class is a nucleated cell that is not a white cell (an erythroblast): what an
+    analyzer that does not count such cells apart adds to its white-cell count. A class the
+    catalog does not know is a white cell (`is_white_cell`), so not one."""
+    return name in CELL_TYPES and CELL_TYPES[name].nucleated and not CELL_TYPES[name].white_cell
 
 
 def display_name(name: str) -> str:

@@ -90,6 +90,17 @@ def white_cell_count(value) -> float | None:
     return count
 
 
+def corrected_count(white_cells_per_litre: float, white_cells: int,
+                    nucleated_red_cells: int) -> float:
+    """An analyzer's white-cell count that included the film's nucleated red cells (an analyzer
+    that does not count them apart), corrected for them as labs do (ICSH, CLSI H20): times
+    100 / (100 + nucleated red cells per 100 white cells), that is times the white cells'
+    share of the nucleated cells counted. Unchanged when no white cell was counted."""
+    if not white_cells:
+        return white_cells_per_litre
+    return white_cells_per_litre * white_cells / (white_cells + nucleated_red_cells)
+
+
 def measure(count: int, total: int, white_cells_per_litre: float | None = None
             ) -> tuple[float, float, float]:
     """The figure `count` of `total` counted white cells gives, as the pages show it (a

@@ -76,12 +76,18 @@ def test_with_the_total_count_the_differential_gives_cells_per_litre(client, mod
         low, high = share_range(share["count"], 4)
         assert absolute["range_95"] == [round(6.5 * low, 2), round(6.5 * high, 2)]
         assert absolute["reference"] is not None  # every wbc4 class has one in the catalog
+    # A model that names no nucleated red cell has none to correct the count for.
+    body = post(client, *files, wbc_count="6,5", wbc_includes_nrbc="1").get_json()
+    assert body["differential"]["white_cells_per_litre"] == 6.5
+    assert "uncorrected_white_cells_per_litre" not in body["differential"]
 
 
 @pytest.mark.parametrize("form, query, message", [
     ({"wbc_count": "6500"}, "", "must be a number of 10^9 cells per litre"),
     ({"wbc_count": "abc"}, "", "such as 6.5 (6,500 per microlitre)"),
     ({"wbc_count": "6.5"}, "?wbc_count=7", "'wbc_count' is given twice with different values"),
+    ({"wbc_count": "6.5", "wbc_includes_nrbc": "maybe"}, "",
+     "Unknown wbc_includes_nrbc value 'maybe': send wbc_includes_nrbc=1"),
 ])
 def test_a_bad_total_count_is_refused_before_any_image_is_read(client, models_root, monkeypatch,
                                                                 form, query, message):

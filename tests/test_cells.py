@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.cells import CELL_TYPES, display_name, is_white_cell
+from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
 from hematovision.predictor import MODELS_ROOT
 
 FOUR = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -35,6 +35,13 @@ def test_white_cell_shares_are_stated_as_percentages():
 def test_only_white_cells_count_in_the_differential():
     assert [name for name in EIGHT if not is_white_cell(name)] == ["erythroblast", "platelet"]
     assert is_white_cell("blast")  # a researcher's own class: a white-cell model's
+
+
+def test_only_erythroblasts_are_nucleated_cells_that_are_not_white_cells():
+    # What an analyzer that does not count them apart adds to its white-cell count; platelets
+    # have no nucleus, and a class the catalog does not know is a white cell.
+    assert [name for name in EIGHT if is_nucleated_red_cell(name)] == ["erythroblast"]
+    assert not is_nucleated_red_cell("blast")
 
 
 def test_a_class_the_catalog_does_not_know_keeps_its_own_name():

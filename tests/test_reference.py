@@ -5,8 +5,8 @@ import re
 import pytest
 
 from hematovision.cells import CELL_TYPES, is_white_cell
-from hematovision.reference import (ABOVE, BELOW, Flag, catalog_intervals, flag, intervals,
-                                    white_cell_count)
+from hematovision.reference import (ABOVE, BELOW, Flag, catalog_intervals, corrected_count, flag,
+                                    intervals, white_cell_count)
 
 
 def test_every_white_cell_of_the_catalog_has_the_interval_its_text_states():
@@ -97,3 +97,10 @@ def test_a_white_cell_count_that_is_not_one_is_refused_with_a_message(typed):
     with pytest.raises(ValueError, match=r"must be a number of 10\^9 cells per litre above 0 and "
                                          r"at most 1000, such as 6.5"):
         white_cell_count(typed)
+
+
+def test_a_count_that_included_nucleated_red_cells_is_corrected_as_labs_do():
+    # 10 nucleated red cells per 100 white cells: 11.0 x 100 / 110 (ICSH).
+    assert corrected_count(11.0, 100, 10) == pytest.approx(10.0)
+    assert corrected_count(6.5, 50, 0) == 6.5
+    assert corrected_count(6.5, 0, 3) == 6.5  # no white cell counted: nothing to correct by

@@ -2,14 +2,16 @@
 from the batch page's form, kept with the batch through reviews, and shown on the pages, the
 printed report and the CSV files."""
 
+import csv
+import io
 import json
 from pathlib import Path
 
 import pytest
 
-from hematovision.web import sample, uploads
+from hematovision.web import results, sample, uploads
 from hematovision.web.sample import Sample
-from tests.test_web_results import WBC4, film, result, stored_batch
+from tests.test_web_results import PBC8, WBC4, film, result, stored_batch
 from tests.web_helpers import csrf_token, make_app, make_models_root, page, save_sample, text
 
 
@@ -49,11 +51,13 @@ def test_a_sample_id_refuses_long_control_and_invisible_text(typed):
 def test_the_form_gives_every_refused_field_its_message_and_empty_fields_clear():
     described, form = sample.read_form({"sample_id": "H\x001", "wbc": "6500"})
     assert described is None and set(form.errors) == {"sample_id", "wbc"}
-    assert form.typed == {"sample_id": "H\x001", "wbc": "6500"}
-    described, form = sample.read_form({"sample_id": " H-1 ", "wbc": "6,5"})
-    assert described == Sample("H-1", 6.5) and not form.errors
+    assert form.typed == {"sample_id": "H\x001", "wbc": "6500", "wbc_includes_nrbc": ""}
+    described, form = sample.read_form({"sample_id": " H-1 ", "wbc": "6,5",
+                                        "wbc_includes_nrbc": "on"})
+    assert described == Sample("H-1", 6.5, True) and not form.errors
     assert sample.read_form({})[0] == Sample()
-    assert sample.form_of(Sample("H-1", 6.5)).typed == {"sample_id": "H-1", "wbc": "6.5"}
+    assert sample.form_of(Sample("H-1", 6.5)).typed == {"sample_id": "H-1", "wbc": "6.5",
+                                                        "wbc_includes_nrbc": ""}
 
 
 def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
@@ -136,3 +140,38 @@ def test_a_sample_saved_as_the_batch_is_deleted_brings_nothing_back(client, monk
     monkeypatch.setattr(uploads, "update_batch", deleted_first)
     assert save_sample(client, batch_id, wbc="5").status_code == 404
     assert not (folder / f"{batch_id}.json").exists()
+
+
+def test_a_count_that_includes_nucleated_red_cells_is_corrected_for_those_counted(client):
+    cells = film({"neutrophil": 60, "lymphocyte": 40, "erythroblast": 10}, PBC8)
+    counted = results.differential(cells, PBC8, white_cells_per_litre=11.0,
+                                   count_includes_nucleated_red_cells=True)
+    assert counted.white_cells_per_litre == pytest.approx(10.0)  # 11.0 x 100 / 110
+    assert counted.uncorrected_white_cells_per_litre == 11.0
+    neutrophils = next(s for s in counted.shares if s.name == "neutrophil")
+    assert neutrophils.absolute.value == 6.0
+    body = results.differential_json(counted)
+    assert body["uncorrected_white_cells_per_litre"] == 11.0
+    # Not ticked, or no nucleated red cell counted: the count as given.
+    assert results.differential(cells, PBC8, white_cells_per_litre=11.0
+                                ).uncorrected_white_cells_per_litre is None
+    plain = results.differential(film({"neutrophil": 60}, PBC8), PBC8, white_cells_per_litre=11.0,
+                                 count_includes_nucleated_red_cells=True)
+    assert plain.white_cells_per_litre == 11.0 and plain.uncorrected_white_cells_per_litre is None
+
+    batch_id = stored_batch(client, cells, PBC8)
+    html = page(client, f"/batch/{batch_id}")
+    assert 'id="wbc-includes-nrbc"' in html  # a model that names nucleated red cells
+    save_sample(client, batch_id, wbc="11", wbc_includes_nrbc="on")
+    html = page(client, f"/batch/{batch_id}")
+    assert 'id="wbc-includes-nrbc" name="wbc_includes_nrbc" value="on" checked' in html
+    assert ("of a film with 10.00 × 10⁹ white cells per litre (the analyzer's 11, which included "
+            "the nucleated red cells, times the white cells' share of the nucleated cells "
+            "counted: 100 of 110)") in text(html)
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
+    assert {(r["white_cells_per_litre"], r["uncorrected_white_cells_per_litre"])
+            for r in rows} == {("10", "11")}
+    # A model without such a class has nothing to correct by: no box.
+    wbc4 = stored_batch(client, film({"neutrophil": 2}, WBC4), WBC4)
+    assert 'id="wbc-includes-nrbc"' not in page(client, f"/batch/{wbc4}")

@@ -87,10 +87,10 @@ def upload(client, model: str, *files: tuple[str, bytes]) -> str:
     return response.headers["Location"]
 
 
-def save_sample(client, batch_id: str, sample_id: str = "", wbc: str = ""):
+def save_sample(client, batch_id: str, sample_id: str = "", wbc: str = "", **more):
     """Post the batch page's sample form; the response."""
     return client.post(f"/batch/{batch_id}/sample", data={
-        "csrf_token": csrf_token(client), "sample_id": sample_id, "wbc": wbc})
+        "csrf_token": csrf_token(client), "sample_id": sample_id, "wbc": wbc, **more})
 
 
 def page(client, location: str) -> str:

@@ -1,8 +1,9 @@
 """The JSON API: the same validation and model path as the upload form, without the pages.
 
     POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1),
-                       wbc_count (optional: the film's total white-cell count, x 10^9/L); all
-                       but the files may also come in the query string
+                       wbc_count (optional: the film's total white-cell count, x 10^9/L),
+                       wbc_includes_nrbc (optional: 1 when that count includes the nucleated
+                       red cells); all but the files may also come in the query string
     GET  /api/health
     GET  /api/model?model=NAME
 
@@ -24,17 +25,21 @@ from hematovision.web.results import differential_json, magnification_check, ser
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-# Values of the `explain` field; anything else is refused rather than silently read as "no".
-EXPLAIN_YES = {"1", "true", "yes", "on"}
-EXPLAIN_NO = {"", "0", "false", "no", "off"}
+# Values of a yes-or-no field (explain, wbc_includes_nrbc); anything else is refused rather
+# than silently read as "no".
+YES = {"1", "true", "yes", "on"}
+NO = {"", "0", "false", "no", "off"}
 
 
 @bp.post("/predict")
 def predict():
     """Per-file results like `python -m hematovision.predict --json`, and the differential of
     the accepted cells; 400 if none succeeded. With explain=1 each classified file also gets its
-    heat map ("cam"). With wbc_count, the differential's shares are also absolute counts."""
-    explain = explain_requested()
+    heat map ("cam"). With wbc_count, the differential's shares are also absolute counts (the
+    count first corrected for the nucleated red cells counted, with wbc_includes_nrbc=1)."""
+    explain = yes_or_no("explain", "for heat maps")
+    includes_nucleated_red_cells = yes_or_no(
+        "wbc_includes_nrbc", "when wbc_count includes the nucleated red cells")
     try:  # checked before any image is read, as every other field is
         wbc = white_cell_count(request_value("wbc_count"))
     except ValueError as exc:
@@ -44,7 +49,8 @@ def predict():
         return jsonify(model=name, results=results), 400
     predictor = models.get(name)
     counted = differential_json(served_differential(results, predictor.classes,
-                                                    current_app.config, wbc))
+                                                    current_app.config, wbc,
+                                                    includes_nucleated_red_cells))
     check = magnification_check(results, predictor.magnification)
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}
@@ -52,13 +58,14 @@ def predict():
     return jsonify(model=name, results=results, differential=counted, **extra), 200
 
 
-def explain_requested() -> bool:
-    value = request_value("explain").lower()
-    if value in EXPLAIN_YES:
+def yes_or_no(field: str, meaning: str) -> bool:
+    """A yes-or-no field of the request (YES, NO); 400 for anything else."""
+    value = request_value(field).lower()
+    if value in YES:
         return True
-    if value not in EXPLAIN_NO:
-        abort(400, description=f"Unknown explain value {value[:20]!r}: send explain=1 (or true) "
-                               "for heat maps, or leave it out.")
+    if value not in NO:
+        abort(400, description=f"Unknown {field} value {value[:20]!r}: send {field}=1 (or true) "
+                               f"{meaning}, or leave it out.")
     return False
 
 

@@ -24,7 +24,7 @@ from flask import (
 )
 
 from hematovision.card import DIFFERENTIAL, FLAGS, REVIEW_ORDER, recorded_evaluations
-from hematovision.cells import CELL_TYPES, display_name, is_white_cell
+from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
@@ -490,9 +490,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
     described = sample.of(stored)
-    differential = results.served_differential(stored["results"], stored["classes"],
-                                               current_app.config,
-                                               described.white_cells_per_litre)
+    differential = sample_differential(stored, described)
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
@@ -527,6 +525,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             sample=described,
             sample_form=sample_form or sample.form_of(described),
             sample_id_length=sample.MAX_ID_LENGTH,
+            # Only a model that names nucleated red cells can correct a count that includes them.
+            nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
             few_cells=DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),
@@ -660,9 +660,15 @@ def differential_csv(batch_id: str):
     white-cell count, per litre too)."""
     stored = load_or_404(batch_id)
     described = sample.of(stored)
-    counted = results.served_differential(stored["results"], stored["classes"],
-                                          current_app.config, described.white_cells_per_litre)
-    return csv_download(results.differential_csv(counted, described.id), stored, "-differential")
+    return csv_download(results.differential_csv(sample_differential(stored, described),
+                                                 described.id), stored, "-differential")
+
+
+def sample_differential(stored: dict, described: sample.Sample) -> results.Differential:
+    """A stored batch's differential as served, with its sample's white-cell count."""
+    return results.served_differential(stored["results"], stored["classes"], current_app.config,
+                                       described.white_cells_per_litre,
+                                       described.includes_nucleated_red_cells)
 
 
 @bp.post("/batch/<batch_id>/sample")

@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hematovision.cells import is_white_cell
+from hematovision.cells import is_nucleated_red_cell, is_white_cell
 from hematovision.magnification import BatchCheck, Reference, batch_check
-from hematovision.reference import ABOVE, Flag, flag, intervals, measure
+from hematovision.reference import ABOVE, Flag, corrected_count, flag, intervals, measure
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -84,7 +84,11 @@ class Differential:
     # accepted cells alone lean towards the classes the model is sure of, and on normal films
     # drawn from wbc4's test images half of them were flagged wrongly (`training.flags`).
     awaiting_review: int = 0
-    white_cells_per_litre: float | None = None  # the film's total count given, x 10^9/L
+    white_cells_per_litre: float | None = None  # the film's total count, x 10^9/L
+    # The count as given, where it included nucleated red cells and was corrected for those
+    # counted (`reference.corrected_count`) into `white_cells_per_litre`; else None.
+    uncorrected_white_cells_per_litre: float | None = None
+    nucleated_red_cells: int = 0  # counted cells of the model's nucleated red-cell classes
 
 
 @dataclass(frozen=True)
@@ -134,17 +138,22 @@ def left_out_reason(result: dict[str, Any]) -> str | None:
 def differential(results: list[dict[str, Any]], classes: list[str],
                  reference_intervals: dict[str, tuple[float, float]] | None = None,
                  white_cells_per_litre: float | None = None,
-                 absolute_intervals: dict[str, tuple[float, float]] | None = None
-                 ) -> Differential:
+                 absolute_intervals: dict[str, tuple[float, float]] | None = None,
+                 count_includes_nucleated_red_cells: bool = False) -> Differential:
     """The white-cell differential of the counted results (`counted_class`), each share read
     against its interval in `reference_intervals` (percent, by class; the catalog's when
     None), and the model's other classes counted beside it. Given the film's total count
     (`white_cells_per_litre`, x 10^9/L), each share is also an absolute count, read against
-    `absolute_intervals` (the catalog's when None)."""
+    `absolute_intervals` (the catalog's when None); a count that includes the nucleated red
+    cells (`count_includes_nucleated_red_cells`) is first corrected for those counted."""
     counted = [(counted_class(r), verdict_of(r) is not None) for r in results]
     count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
     total = sum(count[c] for c in white)
+    given = white_cells_per_litre
+    nucleated_red_cells = sum(count[c] for c in classes if is_nucleated_red_cell(c))
+    if given is not None and count_includes_nucleated_red_cells and nucleated_red_cells and total:
+        white_cells_per_litre = corrected_count(given, total, nucleated_red_cells)
     reference = intervals() if reference_intervals is None else reference_intervals
     absolute = (intervals(absolute=True) if absolute_intervals is None
                 else absolute_intervals)
@@ -174,6 +183,8 @@ def differential(results: list[dict[str, Any]], classes: list[str],
         reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
         awaiting_review=awaiting,
         white_cells_per_litre=white_cells_per_litre,
+        uncorrected_white_cells_per_litre=given if white_cells_per_litre != given else None,
+        nucleated_red_cells=nucleated_red_cells,
     )
 
 
@@ -189,6 +200,8 @@ def differential_json(counted: Differential) -> dict[str, Any]:
         "awaiting_review": counted.awaiting_review,
         **({"white_cells_per_litre": counted.white_cells_per_litre}
            if counted.white_cells_per_litre is not None else {}),
+        **({"uncorrected_white_cells_per_litre": counted.uncorrected_white_cells_per_litre}
+           if counted.uncorrected_white_cells_per_litre is not None else {}),
         "shares": [{"class": s.name, "count": s.count, "percent": s.percent,
                     "range_95": [s.low, s.high], **_against(s.reference, s.flag),
                     **({"absolute": {"value": s.absolute.value,
@@ -203,11 +216,13 @@ def differential_json(counted: Differential) -> dict[str, Any]:
 
 
 def served_differential(results: list[dict[str, Any]], classes: list[str], config,
-                        white_cells_per_litre: float | None = None) -> Differential:
+                        white_cells_per_litre: float | None = None,
+                        count_includes_nucleated_red_cells: bool = False) -> Differential:
     """`differential` against the intervals a server's `config` serves (REFERENCE_INTERVALS,
     ABSOLUTE_REFERENCE_INTERVALS), as the batch page, its CSV and the API count it."""
     return differential(results, classes, config["REFERENCE_INTERVALS"], white_cells_per_litre,
-                        config["ABSOLUTE_REFERENCE_INTERVALS"])
+                        config["ABSOLUTE_REFERENCE_INTERVALS"],
+                        count_includes_nucleated_red_cells)
 
 
 def _against(reference: tuple[float, float] | None, found: Flag | None) -> dict[str, Any]:
@@ -221,7 +236,8 @@ DIFFERENTIAL_COLUMNS = (
     "class", "white_cell", "count", "percent", "range_95_low", "range_95_high",
     "reference_low", "reference_high", "flag", "per_100_white", "per_litre", "per_litre_low",
     "per_litre_high", "per_litre_reference_low", "per_litre_reference_high", "per_litre_flag",
-    "white_cells", "awaiting_review", "white_cells_per_litre", "sample")
+    "white_cells", "awaiting_review", "white_cells_per_litre",
+    "uncorrected_white_cells_per_litre", "sample")
 
 
 def differential_csv(counted: Differential, sample_id: str = "") -> str:
@@ -235,7 +251,8 @@ def differential_csv(counted: Differential, sample_id: str = "") -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
     batch = [counted.white_cells, counted.awaiting_review,
-             _number(counted.white_cells_per_litre), _inert(sample_id)]
+             _number(counted.white_cells_per_litre),
+             _number(counted.uncorrected_white_cells_per_litre), _inert(sample_id)]
     for s in counted.shares:
         a = s.absolute
         writer.writerow([

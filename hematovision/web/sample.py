@@ -19,12 +19,16 @@ BAD_ID = (f"A sample ID is at most {MAX_ID_LENGTH} letters, digits, spaces and p
 # Form fields, as the batch page names them.
 ID_FIELD = "sample_id"
 COUNT_FIELD = "wbc"
+NUCLEATED_FIELD = "wbc_includes_nrbc"  # a checkbox: present (any value) when ticked
 
 
 @dataclass(frozen=True)
 class Sample:
     id: str = ""
     white_cells_per_litre: float | None = None  # x 10^9/L; None when not given
+    # The count is of all nucleated cells: the analyzer does not count nucleated red cells
+    # apart, so the differential's are taken out of it (`reference.corrected_count`).
+    includes_nucleated_red_cells: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ def sample_id(text: str) -> str:
 
 
 def read_form(form: Mapping[str, str]) -> tuple[Sample | None, SampleForm]:
-    """The sample a form gives (empty fields clear what was given before), or None and the
-    form with a message for each refused field."""
+    """The sample a form gives (empty fields clear what was given before; the nucleated-red-cell
+    box counts as ticked when sent at all, as browsers send a checkbox), or None and the form
+    with a message for each refused field."""
     typed = {name: str(form.get(name, ""))[:200] for name in (ID_FIELD, COUNT_FIELD)}
     errors, values = {}, {}
     for name, read in ((ID_FIELD, sample_id), (COUNT_FIELD, white_cell_count)):
@@ -57,24 +62,29 @@ def read_form(form: Mapping[str, str]) -> tuple[Sample | None, SampleForm]:
             values[name] = read(typed[name])
         except ValueError as exc:
             errors[name] = str(exc)
+    typed[NUCLEATED_FIELD] = "on" if form.get(NUCLEATED_FIELD) else ""
     if errors:
         return None, SampleForm(typed, errors)
-    return Sample(values[ID_FIELD], values[COUNT_FIELD]), SampleForm(typed)
+    return (Sample(values[ID_FIELD], values[COUNT_FIELD], bool(typed[NUCLEATED_FIELD])),
+            SampleForm(typed))
 
 
 def of(batch: dict[str, Any]) -> Sample:
     """The sample a stored batch was described as (empty when it never was)."""
     stored = batch.get("sample") or {}
-    return Sample(stored.get("id", ""), stored.get("white_cells_per_litre"))
+    return Sample(stored.get("id", ""), stored.get("white_cells_per_litre"),
+                  bool(stored.get("includes_nucleated_red_cells")))
 
 
 def store(batch: dict[str, Any], sample: Sample, at: float) -> None:
     """Record `sample` in a stored batch (in place), replacing what was given before."""
     batch["sample"] = {"id": sample.id, "white_cells_per_litre": sample.white_cells_per_litre,
+                       "includes_nucleated_red_cells": sample.includes_nucleated_red_cells,
                        "at": at}
 
 
 def form_of(sample: Sample) -> SampleForm:
     """The form filled in with a sample as stored."""
     count = sample.white_cells_per_litre
-    return SampleForm({ID_FIELD: sample.id, COUNT_FIELD: "" if count is None else f"{count:g}"})
+    return SampleForm({ID_FIELD: sample.id, COUNT_FIELD: "" if count is None else f"{count:g}",
+                       NUCLEATED_FIELD: "on" if sample.includes_nucleated_red_cells else ""})
