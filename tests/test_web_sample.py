@@ -70,7 +70,7 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
     assert "Saved the sample's details." in text(html)
     assert "<title>Sample H-2026-01234 · Batch of 101 images" in html
     assert 'value="H-2026-01234"' in html and 'value="5"' in html  # the form, filled in
-    assert ("Sample H-2026-01234, white-cell count 5 × 10⁹/L. HematoVision, model tiny"
+    assert ("Sample H-2026-01234. White-cell count 5 × 10⁹/L. HematoVision, model tiny"
             in text(html.split('id="print-note"')[1].split("</p>")[0]))
     assert 'id="absolute"' in html
     # A review changes the stored batch: the sample stays, so the page still counts per litre.
@@ -165,8 +165,8 @@ def test_a_count_that_includes_nucleated_red_cells_is_corrected_for_those_counte
     save_sample(client, batch_id, wbc="11", wbc_includes_nrbc="on")
     html = page(client, f"/batch/{batch_id}")
     assert 'id="wbc-includes-nrbc" name="wbc_includes_nrbc" value="on" checked' in html
-    assert ("of a film with 10.00 × 10⁹ white cells per litre (the analyzer's 11, which included "
-            "the nucleated red cells, times the white cells' share of the nucleated cells "
+    assert ("of a film with 10.00 × 10⁹ white cells per litre (the analyzer's 11, which "
+            "included the nucleated red cells, times the white cells' share of the nucleated cells "
             "counted: 100 of 110)") in text(html)
     rows = list(csv.DictReader(io.StringIO(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))

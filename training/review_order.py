@@ -2,7 +2,8 @@
 least sure first, on films drawn from its test images: what the order of the review page's
 "every cell" list rests on.
 
-    python -m training.review_order --model wbc4 --data ../shared/data/kaggle_blood_cells/test --record
+    python -m training.review_order --model wbc4 \
+        --data ../shared/data/kaggle_blood_cells/test --record
     python -m training.review_order --model pbc8 --data ../shared/data/pbc \
         --split-file saved_model/pbc8/splits.json --record
 

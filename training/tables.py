@@ -926,16 +926,12 @@ def review_order_table(root: Path = MODELS_ROOT) -> str:
         for r in results.values():
             row = next((row for row in r["fractions"] if row["fraction"] == fraction), None)
             cells.append(" | | | " if row is None else
-                         f"{row['checked_per_film']:g} | {_fmt_share(row['found_least_sure'])} | "
-                         f"{_fmt_share(row['found_upload_order'])} | "
-                         f"{_fmt_share(row['by_class']['found'])} "
+                         f"{row['checked_per_film']:g} | {_fmt_rate(row['found_least_sure'])} | "
+                         f"{_fmt_rate(row['found_upload_order'])} | "
+                         f"{_fmt_rate(row['by_class']['found'])} "
                          f"({row['by_class']['checked_per_film']:g})")
         lines.append(f"| {fraction:.0%} | {' | '.join(cells)} |")
     return "\n".join(lines)
-
-
-def _fmt_share(value) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
 
 
 def differential_targets_table(root: Path = MODELS_ROOT, composition: str = "normal adult"
