@@ -26,7 +26,8 @@ class CellType:
     nucleated: bool = True
     # The adult reference interval of its share of the white cells, in percent (low, high): the
     # numbers `normal_share` opens with, which the batch page compares a differential against
-    # (`hematovision.reference`); None for a class that is not in the differential.
+    # (`hematovision.reference`); for a class counted beside the differential, per 100 white
+    # cells (nucleated red cells: none); None where the catalog states none.
     reference_percent: tuple[float, float] | None = None
     # The same as an absolute count, x 10^9/L (the numbers in `normal_share`'s brackets), read
     # against when the batch page is given the film's total white-cell count; None where the
@@ -137,6 +138,7 @@ CELL_TYPES: dict[str, CellType] = {
             ),
             lowered_in="Not applicable.",
             white_cell=False,
+            reference_percent=(0, 0),  # per 100 white cells: absent
         ),
         CellType(
             name="ig",

@@ -18,6 +18,7 @@ ICSH prefer absolute counts, since a share can be raised only because another cl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -112,6 +113,20 @@ def measure(count: int, total: int, white_cells_per_litre: float | None = None
     return (round(scale * count / total, digits) if total > 0 else 0.0), scale * low, scale * high
 
 
+def measure_beside(count: int, white_cells: int) -> tuple[float, float, float]:
+    """A class counted beside the differential (nucleated red cells) per 100 counted white
+    cells, as the pages show it (one decimal; 0 when no white cell was counted), and its 95 %
+    counting range per 100 white cells: from the range of its share of all the cells counted
+    (`count` of `count + white_cells`), as 100 p / (1 - p)."""
+    low, high = share_range(count, count + white_cells)
+    value = round(100 * count / white_cells, 1) if white_cells > 0 else 0.0
+    return value, _per_100_white(low), _per_100_white(high)
+
+
+def _per_100_white(share: float) -> float:
+    return math.inf if share >= 1 else 100 * share / (1 - share)
+
+
 def flag(count: int, total: int, interval: tuple[float, float] | None,
          white_cells_per_litre: float | None = None) -> Flag | None:
     """Where `count` of `total` counted white cells lies against `interval`: in percent, or
@@ -120,8 +135,23 @@ def flag(count: int, total: int, interval: tuple[float, float] | None,
     interval. Judged on the figure as shown (`measure`), so a flag never contradicts it."""
     if interval is None or total <= 0:
         return None
+    return _against(interval, *measure(count, total, white_cells_per_litre))
+
+
+def flag_beside(count: int, white_cells: int,
+                interval: tuple[float, float] | None) -> Flag | None:
+    """Where a class counted beside the differential lies against its `interval` per 100 white
+    cells (`measure_beside`): nucleated red cells, absent from an adult's blood (0-0), are
+    flagged above beyond counting error as soon as one is counted. None as `flag`."""
+    if interval is None or white_cells <= 0:
+        return None
+    return _against(interval, *measure_beside(count, white_cells))
+
+
+def _against(interval: tuple[float, float], value: float, range_low: float,
+             range_high: float) -> Flag | None:
+    """A figure as shown and its counting range against `interval` (`flag`)."""
     low, high = interval
-    value, range_low, range_high = measure(count, total, white_cells_per_litre)
     if low <= value <= high:
         return None
     if value > high:

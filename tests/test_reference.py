@@ -6,15 +6,34 @@ import pytest
 
 from hematovision.cells import CELL_TYPES, is_white_cell
 from hematovision.reference import (ABOVE, BELOW, Flag, catalog_intervals, corrected_count, flag,
-                                    intervals, white_cell_count)
+                                    flag_beside, intervals, measure_beside, white_cell_count)
 
 
 def test_every_white_cell_of_the_catalog_has_the_interval_its_text_states():
     found = catalog_intervals()
-    assert set(found) == {name for name in CELL_TYPES if is_white_cell(name)}
+    assert set(found) == {name for name in CELL_TYPES if is_white_cell(name)} | {"erythroblast"}
     for name, (low, high) in found.items():
-        assert re.match(rf"{low:g}-{high:g} % of white cells", CELL_TYPES[name].normal_share)
+        if is_white_cell(name):
+            assert re.match(rf"{low:g}-{high:g} % of white cells", CELL_TYPES[name].normal_share)
     assert found["neutrophil"] == (40, 70) and found["eosinophil"] == (1, 4)
+    # Beside the differential, per 100 white cells: nucleated red cells are absent.
+    assert found["erythroblast"] == (0, 0)
+    assert CELL_TYPES["erythroblast"].normal_share.startswith("Absent from normal adult blood")
+
+
+@pytest.mark.parametrize("count, white_cells, shown, expected", [
+    # 1 of 101 cells: 0.025-5.39 % of them (exact binomial), 0.03-5.7 per 100 white cells.
+    (1, 100, (1.0, 0.03, 5.7), Flag(ABOVE, True)),  # one is enough: the film holds some
+    (0, 100, (0.0, 0.0, 3.8), None),
+    (150, 100, (150.0, 116.0, 195.0), Flag(ABOVE, True)),  # more than the white cells
+    (3, 0, (0.0, 41.0, float("inf")), None),  # no white cell counted: nothing to read against
+])
+def test_nucleated_red_cells_are_read_per_100_white_cells_with_their_range(count, white_cells,
+                                                                            shown, expected):
+    value, low, high = measure_beside(count, white_cells)
+    assert (value, round(low, 2 if low < 1 else 0), round(high, 1 if high < 100 else 0)) == (
+        pytest.approx(shown[0]), pytest.approx(shown[1]), pytest.approx(shown[2]))
+    assert flag_beside(count, white_cells, (0, 0)) == expected
 
 
 @pytest.mark.parametrize("count, total, expected", [

@@ -55,8 +55,17 @@ def test_the_api_form_of_the_differential_keeps_every_figure():
     assert body["shares"][-1] == {"class": "neutrophil", "count": 2, "percent": 50.0,
                                   "range_95": [6.8, 93.2], "reference": [40, 70],
                                   "outside": None, "beyond_counting_error": None}
-    assert body["others"] == [{"class": "erythroblast", "count": 1, "per_100_white": 25.0},
-                              {"class": "platelet", "count": 1, "per_100_white": 25.0}]
+    # 1 beside 4 white cells: 25 per 100, 0.5-252.6 by counting; flagged once nothing awaits
+    # review (nucleated red cells: none in an adult); platelets have no interval.
+    held = {"outside": None, "beyond_counting_error": None}
+    assert body["others"] == [
+        {"class": "erythroblast", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
+         "reference": [0, 0], **held},
+        {"class": "platelet", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
+         "reference": None, **held}]
+    reviewed = [r for r in BATCH if not results.needs_review(r)]
+    erythroblasts = results.differential_json(results.differential(reviewed, PBC8))["others"][0]
+    assert (erythroblasts["outside"], erythroblasts["beyond_counting_error"]) == ("above", True)
 
 
 def film(counts: dict[str, int], classes=PBC8) -> list[dict]:
@@ -449,3 +458,22 @@ def test_the_differential_csv_holds_flags_back_while_cells_await_review(client):
     text_csv = client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)
     rows = list(csv.DictReader(io.StringIO(text_csv)))
     assert all(r["flag"] == "" and r["awaiting_review"] == "1" for r in rows)
+
+
+def test_nucleated_red_cells_are_flagged_beside_the_differential_once_reviewed(client):
+    cells = film({"neutrophil": 58, "lymphocyte": 36, "monocyte": 4, "eosinophil": 2,
+                  "erythroblast": 3}, PBC8)
+    batch_id = stored_batch(client, cells + [result("platelet")], PBC8)
+    html = page(client, f"/batch/{batch_id}")
+    table = html.split('id="other-cells"')[1].split("</table>")[0]
+    rows = {name: text(row).split() for name, row in re.findall(
+        r'<tr data-class="(\w+)">(.*?)</tr>', table, re.S)}
+    # 3 beside 100 white cells: 0.6-9.0 per 100 by counting, and an adult has none.
+    assert rows["erythroblast"][-6:] == ["3", "3.0", "0.6–9.0", "0", "▲", "high"]
+    assert rows["platelet"][-4:] == ["1", "1.0", "0.0–5.7", "—"]
+    assert ("Outside the reference intervals: Erythroblast (nucleated red cell) 3.0 per 100 white "
+            "cells high.") in findings_text(html)
+    # While a cell awaits review, no flag, as for the shares.
+    held = stored_batch(client, cells + [result("neutrophil", "unidentified")], PBC8)
+    table = page(client, f"/batch/{held}").split('id="other-cells"')[1].split("</table>")[0]
+    assert "share-flag" not in table and "not flagged until" in text(table)

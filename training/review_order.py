@@ -104,7 +104,7 @@ def evaluate_review_order(model_dir: Path, data_dir: Path, split_file: Path | No
                           draws: int = DRAWS) -> dict:
     """The served model's answers on the test images, then `score_order` on normal films."""
     answers = served_answers(model_dir, data_dir, split_file, split_name)
-    _, normal = scenario_compositions(answers.predictor.classes, answers.truth)[NORMAL]
+    _, normal, _ = scenario_compositions(answers.predictor.classes, answers.truth)[NORMAL]
     return {"data": data_label(data_dir, split_file, split_name), "n": len(answers.truth),
             "cells": cells, "draws": draws,
             "confidence_threshold": answers.predictor.trust.confidence_threshold,

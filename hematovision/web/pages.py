@@ -182,9 +182,10 @@ def pct(value, digits: int = 1) -> str:
 
 @bp.app_template_filter("interval")
 def interval(bounds) -> str:
-    """A reference interval, as labs write it: "40–70" (percent), "2–7.5" (x 10^9/L)."""
+    """A reference interval, as labs write it: "40–70" (percent), "2–7.5" (x 10^9/L); "0" for
+    none at all (nucleated red cells in an adult)."""
     low, high = bounds
-    return f"{low:g}–{high:g}"
+    return f"{low:g}" if low == high else f"{low:g}–{high:g}"
 
 
 @bp.app_template_filter("probability_pct")

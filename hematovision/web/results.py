@@ -27,7 +27,8 @@ from typing import Any
 
 from hematovision.cells import is_nucleated_red_cell, is_white_cell
 from hematovision.magnification import BatchCheck, Reference, batch_check
-from hematovision.reference import ABOVE, Flag, corrected_count, flag, intervals, measure
+from hematovision.reference import (ABOVE, Flag, corrected_count, flag, flag_beside, intervals,
+                                    measure, measure_beside)
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 # A spreadsheet runs a cell that starts with one of these as a formula; file names come from
@@ -69,9 +70,18 @@ class ClassShare:
 
 @dataclass(frozen=True)
 class OtherCount:
+    """A class counted beside the differential, per 100 counted white cells."""
     name: str
     count: int
-    per_100_white: float | None  # one decimal; None when no white cell was accepted
+    per_100_white: float | None  # one decimal; None when no white cell was counted
+    # Its 95 % counting range per 100 white cells (`reference.measure_beside`, one decimal),
+    # its reference interval in that unit (nucleated red cells: 0-0) and where it lies
+    # against it (`reference.flag_beside`; None within it, without one, or while cells await
+    # review).
+    low: float | None = field(default=None, compare=False)
+    high: float | None = field(default=None, compare=False)
+    reference: tuple[float, float] | None = field(default=None, compare=False)
+    flag: Flag | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -175,11 +185,17 @@ def differential(results: list[dict[str, Any]], classes: list[str],
         return AbsoluteCount(value, round(low, 2), round(high, 2), absolute.get(c),
                              flagged(c, absolute.get(c), white_cells_per_litre))
 
+    def beside(c: str) -> OtherCount:
+        if not total:
+            return OtherCount(c, count[c], None, reference=reference.get(c))
+        value, low, high = measure_beside(count[c], total)
+        return OtherCount(c, count[c], value, round(low, 1), round(high, 1), reference.get(c),
+                          None if awaiting else flag_beside(count[c], total, reference.get(c)))
+
     return Differential(
         shares=[share(c) for c in white],
         white_cells=total,
-        others=[OtherCount(c, count[c], _per(count[c], total) if total else None)
-                for c in classes if not is_white_cell(c)],
+        others=[beside(c) for c in classes if not is_white_cell(c)],
         reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
         awaiting_review=awaiting,
         white_cells_per_litre=white_cells_per_litre,
@@ -210,7 +226,9 @@ def differential_json(counted: Differential) -> dict[str, Any]:
                        if s.absolute else {})}
                    for s in counted.shares]}
     if counted.others:
-        out["others"] = [{"class": o.name, "count": o.count, "per_100_white": o.per_100_white}
+        out["others"] = [{"class": o.name, "count": o.count, "per_100_white": o.per_100_white,
+                          "range_95": [o.low, o.high] if o.per_100_white is not None else None,
+                          **_against(o.reference, o.flag)}
                          for o in counted.others]
     return out
 
@@ -261,17 +279,21 @@ def differential_csv(counted: Differential, sample_id: str = "") -> str:
             *([f"{a.value:.2f}", f"{a.low:.2f}", f"{a.high:.2f}", *_bounds(a.reference),
                flag_text(a.flag)] if a else [""] * 6), *batch])
     for o in counted.others:
-        writer.writerow([o.name, "no", o.count, "", "", "", "", "", "",
-                         _number(o.per_100_white), *[""] * 6, *batch])
+        writer.writerow([o.name, "no", o.count, "", _number(o.low), _number(o.high),
+                         *_bounds(o.reference), flag_text(o.flag), _number(o.per_100_white),
+                         *[""] * 6, *batch])
     return out.getvalue()
 
 
 def findings(counted: Differential) -> list[tuple[str, str, Flag]]:
     """The flagged figures of a differential, as a reader lists them: (class, its figure as
-    shown, its flag), the shares first, then the counts per litre."""
+    shown, its flag), the shares first, then the counts per litre, then the classes counted
+    beside it."""
     found = [(s.name, f"{s.percent:.1f} %", s.flag) for s in counted.shares if s.flag]
     return found + [(s.name, f"{s.absolute.value:.2f} × 10⁹/L", s.absolute.flag)
-                    for s in counted.shares if s.absolute and s.absolute.flag]
+                    for s in counted.shares if s.absolute and s.absolute.flag] + [
+        (o.name, f"{o.per_100_white:.1f} per 100 white cells", o.flag)
+        for o in counted.others if o.flag]
 
 
 def flag_text(found: Flag | None) -> str:
@@ -357,10 +379,6 @@ def next_to_review(results: list[dict[str, Any]], after: int) -> int | None:
     order = [*range(after + 1, len(results)), *range(0, after)]
     return next((i for i in order if needs_review(results[i])), None)
 
-
-def _per(count: int, total: int) -> float:
-    """`count` per 100 of `total` (a percentage), one decimal."""
-    return round(100 * count / total, 1)
 
 
 def magnification_check(results: list[dict[str, Any]],
