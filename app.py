@@ -28,7 +28,8 @@ if __name__ == "__main__":
                if p.trust.target_accuracy is not None else "")
             for name, p in predictors.items()))
         # What the differential's shares are flagged against, so a lab's own setting can be checked.
-        for key, unit in (("REFERENCE_INTERVALS", "% of white cells"),
+        for key, unit in (("REFERENCE_INTERVALS",
+                           "% of white cells; beside them, as erythroblasts, per 100 white cells"),
                           ("ABSOLUTE_REFERENCE_INTERVALS", "x 10^9/L")):
             print(f"reference intervals ({unit}): " + ", ".join(
                 f"{name} {low:g}-{high:g}" for name, (low, high) in app.config[key].items()))
