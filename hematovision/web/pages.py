@@ -395,7 +395,7 @@ def review_all(batch_id: str):
 def least_sure_figure(predictor: Predictor | None) -> dict | None:
     """What checking the least sure REVIEW_FRACTION of the accepted cells found on normal films
     drawn from the model's test images (`training.review_order --record`): {"cells",
-    "accepted_per_film", "wrong_per_film", "checked_per_film", "found_least_sure",
+    "accepted_per_film", "wrong_per_film", "fraction", "checked_per_film", "found_least_sure",
     "found_upload_order"}; None where not measured, or not at the confidence threshold served
     now."""
     metrics = predictor.card.get("metrics") if predictor else None
@@ -405,7 +405,7 @@ def least_sure_figure(predictor: Predictor | None) -> dict | None:
             return None
         row = next(r for r in entry["fractions"] if r["fraction"] == REVIEW_FRACTION)
         figures = {**{k: entry[k] for k in ("cells", "accepted_per_film", "wrong_per_film")},
-                   **{k: row[k] for k in ("checked_per_film", "found_least_sure",
+                   **{k: row[k] for k in ("fraction", "checked_per_film", "found_least_sure",
                                           "found_upload_order")}}
     except (KeyError, TypeError, StopIteration):
         return None
