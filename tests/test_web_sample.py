@@ -78,7 +78,10 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
                 data={"csrf_token": csrf_token(client), "verdict": "monocyte"})
     html = page(client, f"/batch/{batch_id}")
     assert 'id="absolute"' in html and "Sample H-2026-01234 ·" in html
-    assert "Sample H-2026-01234 ·" in page(client, f"/batch/{batch_id}/0")  # the breadcrumb
+    result_page = page(client, f"/batch/{batch_id}/0")
+    assert "Sample H-2026-01234 ·" in result_page  # the breadcrumb, and the printed page:
+    assert ("Sample H-2026-01234. HematoVision, model tiny, result 1 of 101 of a batch uploaded"
+            in text(result_page.split('id="print-note"')[1].split("</p>")[0]))
     assert "Sample H-2026-01234 ·" in page(client, f"/batch/{batch_id}/review?show=all")
     assert 'filename="hematovision-H-2026-01234-' in client.get(
         f"/batch/{batch_id}.csv").headers["Content-Disposition"]

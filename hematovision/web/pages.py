@@ -554,6 +554,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
         render_template(
             "result.html",
             batch=stored,
+            sample=sample.of(stored),
             item=item,
             index=index,
             status=results.status_of(item),
