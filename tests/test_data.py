@@ -227,6 +227,73 @@ def test_a_file_group_source_map_keeps_each_slide_on_one_side(tmp_path):
     assert split["unassigned"] == ["monocyte/unknown.jpg"]
 
 
+def slides(tmp_path, sizes: list[int]) -> tuple:
+    """A researcher's own data as a lab has it: slides that each hold cells of every class
+    (`sizes[k]` cells per class on slide k), and a `file,group` map naming each image's slide."""
+    root, rows = tmp_path / "own", []
+    for slide, size in enumerate(sizes):
+        for name in CLASSES:
+            for k in range(size):
+                file = f"{name}/s{slide}_{k}.jpg"
+                make_image(root / file, (10 * slide, 100 + k, 30 * CLASSES.index(name)))
+                rows.append([file, f"slide{slide}"])
+    map_file = tmp_path / "slides.csv"
+    with open(map_file, "w", newline="") as f:
+        csv.writer(f).writerows([["file", "group"], *rows])
+    return root, map_file
+
+
+def test_slides_holding_cells_of_every_class_are_split_whole_not_left_out(tmp_path):
+    # Until this was fixed a slide filed under several classes was taken for a relabelled
+    # duplicate and excluded: every slide, so nothing was left to train on.
+    root, map_file = slides(tmp_path, [3, 1, 4, 2, 2, 5, 1, 3, 2, 2, 4, 1])
+    dataset = data_lib.grouped_image_folder(root, 0, str(map_file))
+    assert dataset.sources_hold_many_cells
+    group_of = dict(zip(dataset.files, dataset.groups))
+    for seed in range(5):
+        split = data_lib.make_split(dataset, 0.2, 0.2, seed)
+        assert split["excluded_groups"] == [] and split["unassigned"] == []
+        sides = {}
+        for side in data_lib.SPLITS:
+            for f in split[side]:
+                assert sides.setdefault(group_of[f], side) == side  # a slide on one side
+        placed = {side: len(split[side]) / len(dataset.files) for side in data_lib.SPLITS}
+        assert 0.1 <= placed["val"] <= 0.3 and 0.1 <= placed["test"] <= 0.3
+        assert {f.split("/")[0] for f in split["train"]} == set(CLASSES)
+    assert data_lib.make_split(dataset, 0.2, 0.2, 3) == data_lib.make_split(dataset, 0.2, 0.2, 3)
+
+
+def test_two_slides_give_one_to_validation_and_keep_one_to_train_on(tmp_path):
+    root, map_file = slides(tmp_path, [2, 2])
+    split = data_lib.make_split(data_lib.grouped_image_folder(root, 0, str(map_file)),
+                                0.25, 0.0, 0)
+    assert len(split["train"]) == len(split["val"]) == 2 * len(CLASSES)
+
+
+def test_reviewed_cell_tables_unpacked_into_the_data_are_its_source_map(tmp_path):
+    """The app's reviewed-cell archives, unpacked together: their tables group by sample, the
+    same sample's cells together across batches."""
+    root = tmp_path / "reviewed"
+    tables = {"reviewed-aaaa1111.csv": [("eosinophil/aaaa1111-000-a.jpg", "sample:H-1"),
+                                        ("monocyte/aaaa1111-001-b.jpg", "sample:H-1")],
+              "reviewed-bbbb2222.csv": [("eosinophil/bbbb2222-000-c.jpg", "sample:H-1"),
+                                        ("monocyte/bbbb2222-001-d.jpg", "batch:bbbb2222ff")]}
+    for table, rows in tables.items():
+        for k, (file, _) in enumerate(rows):
+            make_image(root / file, (20 * k, 60, len(table)))
+        with open(root / table, "w", newline="") as f:
+            csv.writer(f).writerows([["file", "group", "batch"],
+                                     *[[file, group, table[9:17]] for file, group in rows]])
+    assert data_lib.find_source_map(root, "auto") == root
+    dataset = data_lib.grouped_image_folder(root, 0, "auto")
+    assert dict(zip(dataset.files, dataset.groups)) == {
+        "eosinophil/aaaa1111-000-a.jpg": "sample:H-1",
+        "eosinophil/bbbb2222-000-c.jpg": "sample:H-1",
+        "monocyte/aaaa1111-001-b.jpg": "sample:H-1",
+        "monocyte/bbbb2222-001-d.jpg": "batch:bbbb2222ff"}
+    assert dataset.sources_hold_many_cells
+
+
 def test_a_source_map_that_cannot_be_used_says_why(tmp_path):
     root = tmp_path / "own"
     make_image(root / "eosinophil" / "a.jpg", (1, 2, 3))

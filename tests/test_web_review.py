@@ -229,6 +229,8 @@ def test_the_reviewed_cells_download_as_a_folder_to_train_on(client, batch_id, t
         (f"monocyte/{prefix}-001-u1.jpg", batch_id, "monocyte", "u1.jpg", "eosinophil",
          "unidentified")]
     assert all(r["reviewed_at"].endswith("+00:00") for r in rows)
+    # Its file,group columns are a source map: the batch, or its sample where one was named.
+    assert {r["group"] for r in rows} == {f"batch:{batch_id}"}
     # training.train reads the unpacked archive as its data; the CSV names its images.
     dataset = list_image_folder(tmp_path / "train")
     assert dataset.classes == ["eosinophil", "monocyte"] and len(dataset.files) == 2
@@ -381,3 +383,6 @@ def test_archives_of_two_batches_unpacked_together_train_a_model(client, tmp_pat
     assert len(trained) == 16 and split["val"]
     # Each image under its reviewer's class: eosinophil/<batch>-000-eosinophil0.jpg, ...
     assert all(re.fullmatch(r"(\w+)/[0-9a-f]{8}-\d{3}-\1\d\.jpg", f) for f in trained)
+    # The archives' tables were its source map: each batch's cells on one side.
+    assert {f.split("/")[1][:8] for f in split["val"]}.isdisjoint(
+        {f.split("/")[1][:8] for f in split["train"]})

@@ -85,11 +85,14 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
     assert "Sample H-2026-01234 ·" in page(client, f"/batch/{batch_id}/review?show=all")
     assert 'filename="hematovision-H-2026-01234-' in client.get(
         f"/batch/{batch_id}.csv").headers["Content-Disposition"]
+    # The reviewed cells' table groups them by sample, for a training split by source.
+    assert sample.source_group(stored(client, batch_id)) == "sample:H-2026-01234"
     # Empty fields clear both.
     save_sample(client, batch_id)
     html = page(client, f"/batch/{batch_id}")
     assert "Cleared the sample's details." in text(html)
     assert 'id="absolute"' not in html and "Sample H-2026" not in html
+    assert sample.source_group(stored(client, batch_id)) == f"batch:{batch_id}"
 
 
 @pytest.mark.parametrize("fields, field_error, message", [

@@ -24,6 +24,9 @@ SOURCE_MAP_NAME = "bccd_source_map.csv"
 KAGGLE_MAP_COLUMNS = {"split", "class", "file", "bccd_source_image"}
 FIELD_NOTES = Path("bccd") / "bccd_image_notes.csv"  # its same_field_of_view_as column
 SPLITS = ("train", "val", "test")
+# The tables of the app's reviewed-cell archives, unpacked into a data folder: each maps its
+# images to their sample (`file,group`), so `--source-map auto` splits by sample.
+REVIEWED_TABLES = "reviewed-*.csv"
 # What make_split decides and splits.json keeps; extra_train is the run's, not the split's.
 SPLIT_KEYS = (*SPLITS, "unassigned", "excluded_groups")
 
@@ -36,6 +39,10 @@ class Dataset:
     labels: list[int]
     groups: list[str | None] = field(default_factory=list)  # None: source unknown
     left_out: list[str] = field(default_factory=list)  # sub-folders without images
+    # A group is a source holding cells of many classes (a slide, a patient: a `file,group`
+    # map), kept whole on one side; else one cell or one image (Kaggle's map, identical files),
+    # which two labels make a conflict that is left out.
+    sources_hold_many_cells: bool = False
 
     def paths(self, files: list[str]) -> list[Path]:
         return [self.root / f for f in files]
@@ -128,6 +135,9 @@ def given_file(setting: str, option: str, kind: str = "a CSV file",
 
 
 def find_source_map(root: Path, setting: str) -> Path | None:
+    """The source map of the data under `root`: a path, "none", or "auto" for Kaggle's map
+    beside the data, else the data folder itself where reviewed-cell archives from the app
+    were unpacked into it (their `reviewed-<batch>.csv` tables, read together)."""
     if setting == "none":
         return None
     if setting != "auto":
@@ -135,7 +145,7 @@ def find_source_map(root: Path, setting: str) -> Path | None:
     for folder in (root, root.parent):
         if (folder / SOURCE_MAP_NAME).is_file():
             return folder / SOURCE_MAP_NAME
-    return None
+    return root if any(root.glob(REVIEWED_TABLES)) else None
 
 
 def find_field_notes(root: Path, setting: str) -> Path | None:
@@ -183,8 +193,9 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
     """Group by source smear where a map names it (smears of one field of view together when
     `field_notes` lists them), else by file content (duplicates together)."""
     if source_map is not None:
-        sources, named = read_source_map(Path(source_map), dataset.root.name)
+        sources, named, many = read_source_map(Path(source_map), dataset.root.name)
         dataset.groups = [sources.get(rel) or None for rel in dataset.files]
+        dataset.sources_hold_many_cells = many
         if field_notes is not None:
             # All sources of the map, not only this split's: Kaggle's test and train are
             # joined where they overlap too, so a test group is one cell in every split.
@@ -197,24 +208,32 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
         ]
 
 
-def read_source_map(path: Path, split: str) -> tuple[dict[str, str], set[str]]:
-    """({"class/name.ext": source}, every source the map names) from a CSV with the columns
-    `file,group` (file relative to the data folder; group: the slide, smear or patient an image
-    came from), or the Kaggle map's `split,class,file,bccd_source_image`, whose rows of the
-    `split` named like the data folder count. An empty source means "unknown"."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
-        rows = list(reader)
-    if {"file", "group"} <= columns:
-        return ({row["file"]: row["group"] for row in rows},
-                {row["group"] for row in rows} - {""})
-    if KAGGLE_MAP_COLUMNS <= columns:
-        return ({f"{row['class']}/{row['file']}": row["bccd_source_image"]
-                 for row in rows if row["split"] == split},
-                {row["bccd_source_image"] for row in rows} - {""})
-    raise SystemExit(f"{path}: a source map needs the columns file,group (or Kaggle's "
-                     f"{','.join(sorted(KAGGLE_MAP_COLUMNS))}); it has {','.join(sorted(columns))}")
+def read_source_map(path: Path, split: str) -> tuple[dict[str, str], set[str], bool]:
+    """({"class/name.ext": source}, every source the map names, whether a source holds cells of
+    many classes) from a CSV with the columns `file,group` (file relative to the data folder;
+    group: the slide, smear or patient an image came from: many cells), or the Kaggle map's
+    `split,class,file,bccd_source_image`, whose rows of the `split` named like the data folder
+    count (a source smear with one labelled white cell). A folder: its `reviewed-<batch>.csv`
+    tables together (`file,group` each: the app's reviewed-cell archives, grouped by sample).
+    An empty source means "unknown"."""
+    tables = sorted(path.glob(REVIEWED_TABLES)) if path.is_dir() else [path]
+    sources: dict[str, str] = {}
+    for table in tables:
+        with open(table, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = set(reader.fieldnames or [])
+            rows = list(reader)
+        if {"file", "group"} <= columns:
+            sources.update((row["file"], row["group"]) for row in rows)
+        elif KAGGLE_MAP_COLUMNS <= columns and not path.is_dir():
+            return ({f"{row['class']}/{row['file']}": row["bccd_source_image"]
+                     for row in rows if row["split"] == split},
+                    {row["bccd_source_image"] for row in rows} - {""}, False)
+        else:
+            raise SystemExit(
+                f"{table}: a source map needs the columns file,group (or Kaggle's "
+                f"{','.join(sorted(KAGGLE_MAP_COLUMNS))}); it has {','.join(sorted(columns))}")
+    return sources, set(sources.values()) - {""}, True
 
 
 def grouped_image_folder(root: Path, max_per_class: int, source_map: str,
@@ -246,14 +265,35 @@ def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed
             unassigned.append(dataset.files[i])
         else:
             members[group].append(i)
-    # A group filed under two classes (the same image or cell with two labels) cannot be
-    # scored fairly on either side, so it is excluded from every split.
-    excluded = sorted(g for g, idx in members.items() if len({dataset.labels[i] for i in idx}) > 1)
-    for group in excluded:
-        del members[group]
+    mixed = sorted(g for g, idx in members.items() if len({dataset.labels[i] for i in idx}) > 1)
+    if dataset.sources_hold_many_cells and mixed:
+        # Sources of many classes (slides, patients): each whole on one side.
+        side, excluded = _split_sources(members, dataset.labels, val_fraction, test_fraction,
+                                        rng), []
+    else:
+        # A group filed under two classes (the same image or cell with two labels) cannot be
+        # scored fairly on either side, so it is excluded from every split.
+        excluded = mixed
+        for group in excluded:
+            del members[group]
+        side = _split_cells(members, dataset.labels, val_fraction, test_fraction, rng)
+    split: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for group, idx in members.items():
+        split[side[group]] += [dataset.files[i] for i in idx]
+    split = {k: sorted(v) for k, v in split.items()}
+    split["unassigned"] = sorted(unassigned)
+    split["excluded_groups"] = excluded
+    check_disjoint(split, dataset)
+    return split
+
+
+def _split_cells(members: dict[str, list[int]], labels: list[int], val_fraction: float,
+                 test_fraction: float, rng: random.Random) -> dict[str, str]:
+    """{group: side} for groups of one class each: per class, its groups shuffled and the
+    fractions of them taken for validation and test."""
     by_class: dict[int, list[str]] = defaultdict(list)
     for group, idx in members.items():
-        by_class[dataset.labels[idx[0]]].append(group)
+        by_class[labels[idx[0]]].append(group)
     side: dict[str, str] = {}
     for label in sorted(by_class):
         groups = sorted(by_class[label])
@@ -263,14 +303,55 @@ def make_split(dataset: Dataset, val_fraction: float, test_fraction: float, seed
         n_test = min(_share(len(groups), test_fraction), len(groups) - 1 - n_val)
         for k, group in enumerate(groups):
             side[group] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
-    split: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for group, idx in members.items():
-        split[side[group]] += [dataset.files[i] for i in idx]
-    split = {k: sorted(v) for k, v in split.items()}
-    split["unassigned"] = sorted(unassigned)
-    split["excluded_groups"] = excluded
-    check_disjoint(split, dataset)
-    return split
+    return side
+
+
+def _split_sources(members: dict[str, list[int]], labels: list[int], val_fraction: float,
+                   test_fraction: float, rng: random.Random) -> dict[str, str]:
+    """{group: side} for sources holding cells of many classes, each kept whole: for each class
+    one source holding it stays in train (the first in a seeded shuffle); then, largest first,
+    each source goes to validation or test where its cells fill at least as much of that side's
+    missing share of each class (fraction x the class's images) as they overshoot, else to
+    train. A side given a fraction that got no source then takes the smallest one left in train
+    (not one kept for a class): a split with no validation cannot stop early or calibrate."""
+    counts = {g: defaultdict(int) for g in members}
+    for g, idx in members.items():
+        for i in idx:
+            counts[g][labels[i]] += 1
+    order = sorted(members)
+    rng.shuffle(order)
+    side: dict[str, str] = {}
+    for label in sorted({label for c in counts.values() for label in c}):
+        if not any(side.get(g) == "train" and label in counts[g] for g in order):
+            side[next(g for g in order if label in counts[g] and g not in side)] = "train"
+    total = defaultdict(int)
+    for c in counts.values():
+        for label, n in c.items():
+            total[label] += n
+    missing = {name: {label: fraction * n for label, n in total.items()}
+               for name, fraction in (("val", val_fraction), ("test", test_fraction))
+               if fraction > 0}
+
+    def fill(name: str, group: str) -> tuple[float, float]:
+        """(cells of `group` that `name` still misses, cells beyond that)."""
+        wanted = [(n, max(missing[name][label], 0)) for label, n in counts[group].items()]
+        return sum(min(n, w) for n, w in wanted), sum(max(n - w, 0) for n, w in wanted)
+
+    kept = set(side)
+    for group in sorted((g for g in order if g not in side),
+                        key=lambda g: -sum(counts[g].values())):  # stable: ties keep the shuffle
+        best = max(missing, key=lambda name: (lambda f: f[0] - f[1])(fill(name, group)),
+                   default=None)
+        filled, beyond = fill(best, group) if best else (0, 0)
+        side[group] = best if filled > 0 and filled >= beyond else "train"
+        for label, n in counts[group].items():
+            if side[group] != "train":
+                missing[best][label] -= n
+    for name in missing:
+        spare = [g for g in order if side[g] == "train" and g not in kept]
+        if spare and name not in side.values():
+            side[min(spare, key=lambda g: sum(counts[g].values()))] = name
+    return side
 
 
 def group_members(groups: list) -> list[np.ndarray]:

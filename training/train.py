@@ -489,6 +489,9 @@ def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
     if len(dataset.classes) < 2:
         raise SystemExit(f"Only one class with images ({', '.join(dataset.classes)}) in "
                          f"{dataset.root}: a classifier needs at least two class sub-folders")
+    if split.get("excluded_groups"):
+        log(f"left out: {len(split['excluded_groups'])} group(s) filed under two classes (one "
+            "image or cell with two labels), on no side of the split")
     counts = data_lib.class_groups(dataset, split)
     missing = [c for c, sides in counts.items() if not sides["train"]]
     if missing:

@@ -700,7 +700,8 @@ def reviewed_zip(batch_id: str):
     if not exported:
         abort(404, description=NOTHING_REVIEWED)
     folder = upload_folder()
-    archive = results.reviewed_archive(stored, lambda image: uploads.image_path(folder, image))
+    archive = results.reviewed_archive(stored, lambda image: uploads.image_path(folder, image),
+                                       sample.source_group(stored))
     response = Response(archive, mimetype="application/zip")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="hematovision-{batch_id[:8]}-reviewed.zip"'

@@ -469,16 +469,19 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
 # who labelled it how. Not a source map: `training.train` groups images of one cell of one
 # class, and a batch holds cells of many classes.
-ARCHIVE_COLUMNS = ["file", "batch", "reviewed_class", "reviewed_at", "original_file", "model",
-                   "model_label", "model_status", "model_confidence"]
+ARCHIVE_COLUMNS = ["file", "group", "batch", "reviewed_class", "reviewed_at", "original_file",
+                   "model", "model_label", "model_status", "model_confidence"]
 
 
-def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | None]) -> bytes:
+def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | None],
+                     group: str) -> bytes:
     """The batch's reviewed cells as a training folder, zipped: each stored image under the
     class a reviewer gave it (`<class>/<batch>-<n>-<name>.jpg`; excluded cells and unreviewed
     ones left out, since only a person's verdict is a label to train on) and
-    `reviewed-<batch>.csv`, one row per image. Names carry the batch id and the image's place
-    in it, so the archives of several batches unpack into one training folder without a clash.
+    `reviewed-<batch>.csv`, one row per image, whose `file,group` columns (`group`: the source
+    the cells came from) make it a source map for `training`. Names carry the batch id and the
+    image's place in it, so the archives of several batches unpack into one training folder
+    without a clash.
     An image whose stored copy is gone is left out, and so is a cell of a field holding several
     (`fields_left_out`): a training folder holds one cell per image, and training crops round
     the nucleus it finds, which in such a field lies between the cells."""
@@ -493,7 +496,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
             name = (f"{file_part(verdict)}/{prefix}-{index:03d}-"
                     f"{file_part(Path(result['file']).stem, 'image')}.jpg")
             archive.write(path, name)
-            rows.append([name, batch["id"], verdict, _iso(result["review"].get("at")),
+            rows.append([name, group, batch["id"], verdict, _iso(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
                          result["status"], f"{result['confidence']:.4f}"])
         table = io.StringIO()

@@ -88,3 +88,12 @@ def form_of(sample: Sample) -> SampleForm:
     count = sample.white_cells_per_litre
     return SampleForm({ID_FIELD: sample.id, COUNT_FIELD: "" if count is None else f"{count:g}",
                        NUCLEATED_FIELD: "on" if sample.includes_nucleated_red_cells else ""})
+
+
+def source_group(batch: dict[str, Any]) -> str:
+    """The source a batch's cells came from, as a training split groups them: its sample
+    ("sample:<ID>", one group across the batches of one sample) or, without an ID, the batch
+    ("batch:<id>"). Cells of one film look alike (one patient, one stain), so they never sit
+    on both sides of a split."""
+    described = of(batch)
+    return f"sample:{described.id}" if described.id else f"batch:{batch['id']}"
