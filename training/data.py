@@ -309,7 +309,7 @@ def _split_cells(members: dict[str, list[int]], labels: list[int], val_fraction:
 def _split_sources(members: dict[str, list[int]], labels: list[int], val_fraction: float,
                    test_fraction: float, rng: random.Random) -> dict[str, str]:
     """{group: side} for sources holding cells of many classes, each kept whole: for each class
-    one source holding it stays in train (the first in a seeded shuffle); then, largest first,
+    one source holding it stays in train (the first in a seeded shuffle); then, in that order,
     each source goes to validation or test where its cells fill at least as much of that side's
     missing share of each class (fraction x the class's images) as they overshoot, else to
     train. A side given a fraction that got no source then takes the smallest one left in train
@@ -338,8 +338,7 @@ def _split_sources(members: dict[str, list[int]], labels: list[int], val_fractio
         return sum(min(n, w) for n, w in wanted), sum(max(n - w, 0) for n, w in wanted)
 
     kept = set(side)
-    for group in sorted((g for g in order if g not in side),
-                        key=lambda g: -sum(counts[g].values())):  # stable: ties keep the shuffle
+    for group in [g for g in order if g not in side]:
         best = max(missing, key=lambda name: (lambda f: f[0] - f[1])(fill(name, group)),
                    default=None)
         filled, beyond = fill(best, group) if best else (0, 0)
