@@ -261,6 +261,8 @@ def test_slides_holding_cells_of_every_class_are_split_whole_not_left_out(tmp_pa
         assert 0.1 <= placed["val"] <= 0.3 and 0.1 <= placed["test"] <= 0.3
         assert {f.split("/")[0] for f in split["train"]} == set(CLASSES)
     assert data_lib.make_split(dataset, 0.2, 0.2, 3) == data_lib.make_split(dataset, 0.2, 0.2, 3)
+    assert len({tuple(data_lib.make_split(dataset, 0.2, 0.2, seed)["val"])
+                for seed in range(5)}) > 1  # each seed its own split
 
 
 def test_two_slides_give_one_to_validation_and_keep_one_to_train_on(tmp_path):
