@@ -135,7 +135,7 @@ def flag(count: int, total: int, interval: tuple[float, float] | None,
     interval. Judged on the figure as shown (`measure`), so a flag never contradicts it."""
     if interval is None or total <= 0:
         return None
-    return _against(interval, *measure(count, total, white_cells_per_litre))
+    return _flag_of(interval, *measure(count, total, white_cells_per_litre))
 
 
 def flag_beside(count: int, white_cells: int,
@@ -145,12 +145,12 @@ def flag_beside(count: int, white_cells: int,
     flagged above beyond counting error as soon as one is counted. None as `flag`."""
     if interval is None or white_cells <= 0:
         return None
-    return _against(interval, *measure_beside(count, white_cells))
+    return _flag_of(interval, *measure_beside(count, white_cells))
 
 
-def _against(interval: tuple[float, float], value: float, range_low: float,
+def _flag_of(interval: tuple[float, float], value: float, range_low: float,
              range_high: float) -> Flag | None:
-    """A figure as shown and its counting range against `interval` (`flag`)."""
+    """Where a figure as shown, with its counting range, lies against `interval` (`flag`)."""
     low, high = interval
     if low <= value <= high:
         return None

@@ -160,10 +160,12 @@ def differential(results: list[dict[str, Any]], classes: list[str],
     count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
     total = sum(count[c] for c in white)
-    given = white_cells_per_litre
     nucleated_red_cells = sum(count[c] for c in classes if is_nucleated_red_cell(c))
-    if given is not None and count_includes_nucleated_red_cells and nucleated_red_cells and total:
-        white_cells_per_litre = corrected_count(given, total, nucleated_red_cells)
+    uncorrected = None
+    if (white_cells_per_litre is not None and count_includes_nucleated_red_cells
+            and nucleated_red_cells and total):
+        uncorrected, white_cells_per_litre = white_cells_per_litre, corrected_count(
+            white_cells_per_litre, total, nucleated_red_cells)
     reference = intervals() if reference_intervals is None else reference_intervals
     absolute = (intervals(absolute=True) if absolute_intervals is None
                 else absolute_intervals)
@@ -199,7 +201,7 @@ def differential(results: list[dict[str, Any]], classes: list[str],
         reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
         awaiting_review=awaiting,
         white_cells_per_litre=white_cells_per_litre,
-        uncorrected_white_cells_per_litre=given if white_cells_per_litre != given else None,
+        uncorrected_white_cells_per_litre=uncorrected,
         nucleated_red_cells=nucleated_red_cells,
     )
 
@@ -380,7 +382,6 @@ def next_to_review(results: list[dict[str, Any]], after: int) -> int | None:
     return next((i for i in order if needs_review(results[i])), None)
 
 
-
 def magnification_check(results: list[dict[str, Any]],
                         reference: Reference | None) -> BatchCheck | None:
     """The batch's magnification check (`hematovision.magnification.batch_check`) on its
@@ -467,8 +468,7 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
 
 
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
-# who labelled it how. Not a source map: `training.train` groups images of one cell of one
-# class, and a batch holds cells of many classes.
+# who labelled it how; `file,group` make it the source map `training` splits the cells by.
 ARCHIVE_COLUMNS = ["file", "group", "batch", "reviewed_class", "reviewed_at", "original_file",
                    "model", "model_label", "model_status", "model_confidence"]
 
