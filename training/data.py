@@ -12,7 +12,7 @@ import csv
 import hashlib
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,20 +314,14 @@ def _split_sources(members: dict[str, list[int]], labels: list[int], val_fractio
     missing share of each class (fraction x the class's images) as they overshoot, else to
     train. A side given a fraction that got no source then takes the smallest one left in train
     (not one kept for a class): a split with no validation cannot stop early or calibrate."""
-    counts = {g: defaultdict(int) for g in members}
-    for g, idx in members.items():
-        for i in idx:
-            counts[g][labels[i]] += 1
+    counts = {g: Counter(labels[i] for i in idx) for g, idx in members.items()}
     order = sorted(members)
     rng.shuffle(order)
     side: dict[str, str] = {}
     for label in sorted({label for c in counts.values() for label in c}):
-        if not any(side.get(g) == "train" and label in counts[g] for g in order):
+        if not any(label in counts[g] for g in side):
             side[next(g for g in order if label in counts[g] and g not in side)] = "train"
-    total = defaultdict(int)
-    for c in counts.values():
-        for label, n in c.items():
-            total[label] += n
+    total = sum(counts.values(), Counter())
     missing = {name: {label: fraction * n for label, n in total.items()}
                for name, fraction in (("val", val_fraction), ("test", test_fraction))
                if fraction > 0}
@@ -339,13 +333,15 @@ def _split_sources(members: dict[str, list[int]], labels: list[int], val_fractio
 
     kept = set(side)
     for group in [g for g in order if g not in side]:
-        best = max(missing, key=lambda name: (lambda f: f[0] - f[1])(fill(name, group)),
-                   default=None)
-        filled, beyond = fill(best, group) if best else (0, 0)
-        side[group] = best if filled > 0 and filled >= beyond else "train"
-        for label, n in counts[group].items():
-            if side[group] != "train":
+        fills = {name: fill(name, group) for name in missing}
+        best = max(fills, key=lambda name: fills[name][0] - fills[name][1], default=None)
+        filled, beyond = fills.get(best, (0, 0))
+        if filled > 0 and filled >= beyond:
+            side[group] = best
+            for label, n in counts[group].items():
                 missing[best][label] -= n
+        else:
+            side[group] = "train"
     for name in missing:
         spare = [g for g in order if side[g] == "train" and g not in kept]
         if spare and name not in side.values():
