@@ -91,6 +91,16 @@ def true_side(share: float, interval: tuple[float, float] | None) -> str | None:
     return ABOVE if 100 * share > interval[1] else BELOW
 
 
+def draw_film(rng: np.random.Generator, pools: list[np.ndarray], shares: list[float],
+              cells: int) -> np.ndarray:
+    """One film: class counts of `cells` cells drawn multinomially with `shares`, as a count
+    samples a film, each cell an image of its class's pool (positions in the test images)
+    drawn with replacement."""
+    per_class = rng.multinomial(cells, shares)
+    return np.concatenate([rng.choice(pool, n, replace=True)
+                           for pool, n in zip(pools, per_class) if n])
+
+
 def score_films(answers, composition: dict[str, float], target: str | None,
                 reference: dict[str, tuple[float, float]], cells: int = CELLS,
                 draws: int = DRAWS, seed: int = 0,
@@ -110,6 +120,7 @@ def score_films(answers, composition: dict[str, float], target: str | None,
     expected = {c: true_side(composition[c], reference.get(c)) for c in names} | {
         c: true_side(beside.get(c, 0.0), reference[c]) for c in others}
     pools = [np.flatnonzero(answers.truth == k) for k in index]
+    shares = [composition[c] for c in names]
     beside_pools = {c: np.flatnonzero(answers.truth == classes.index(c)) for c in beside}
     rng = np.random.default_rng(seed)
     detected = {way: 0 for way in WAYS}
@@ -117,9 +128,7 @@ def score_films(answers, composition: dict[str, float], target: str | None,
     sides = {way: {c: {ABOVE: 0, BELOW: 0} for c in [*names, *others]} for way in WAYS}
     to_review = 0
     for _ in range(draws):
-        per_class = rng.multinomial(cells, [composition[c] for c in names])
-        film = np.concatenate([rng.choice(pool, n, replace=True)
-                               for pool, n in zip(pools, per_class) if n] + [
+        film = np.concatenate([draw_film(rng, pools, shares, cells)] + [
             rng.choice(beside_pools[c], rng.poisson(rate * cells), replace=True)
             for c, rate in beside.items()])
         to_review += int((answers.statuses[film] == UNIDENTIFIED).sum())

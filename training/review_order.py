@@ -31,7 +31,7 @@ from hematovision.predictor import model_dir_of
 from hematovision.trust import ACCEPTED
 from training.differential import CELLS, DRAWS, parse_drawing_options, served_answers
 from training.evaluate import data_label
-from training.flags import NORMAL, scenario_compositions
+from training.flags import NORMAL, draw_film, scenario_compositions
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 
@@ -56,15 +56,14 @@ def score_order(answers, composition: dict[str, float], fractions=FRACTIONS,
     classes = answers.predictor.classes
     names = list(composition)
     pools = [np.flatnonzero(answers.truth == classes.index(c)) for c in names]
+    shares = [composition[c] for c in names]
     rng = np.random.default_rng(seed)
     accepted = wrong = 0
     zeros = dict.fromkeys(fractions, 0.0)
     checked, least_sure, upload_order, class_checked, by_class = (
         dict(zeros) for _ in range(5))
     for _ in range(draws):
-        per_class = rng.multinomial(cells, [composition[c] for c in names])
-        film = np.concatenate([rng.choice(pool, n, replace=True)
-                               for pool, n in zip(pools, per_class) if n])
+        film = draw_film(rng, pools, shares, cells)
         film = film[answers.statuses[film] == ACCEPTED]
         if not len(film):
             continue
