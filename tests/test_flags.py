@@ -12,15 +12,15 @@ from training.flags import NORMAL, WAYS, scenario_compositions, score_films, tru
 CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
 
-def answers(labels_of=None, unidentified=()):
-    """50 test images per class; the model names each right (or as `labels_of` maps its
-    class) and accepts it, except those of the classes in `unidentified`."""
-    truth = np.repeat(np.arange(len(CLASSES)), 50)
-    mapped = {CLASSES.index(a): CLASSES.index(b) for a, b in (labels_of or {}).items()}
+def answers(labels_of=None, unidentified=(), classes=CLASSES):
+    """50 test images per class of `classes`; the model names each right (or as `labels_of`
+    maps its class) and accepts it, except those of the classes in `unidentified`."""
+    truth = np.repeat(np.arange(len(classes)), 50)
+    mapped = {classes.index(a): classes.index(b) for a, b in (labels_of or {}).items()}
     labels = np.array([mapped.get(t, t) for t in truth])
-    statuses = np.array(["unidentified" if CLASSES[t] in unidentified else "accepted"
+    statuses = np.array(["unidentified" if classes[t] in unidentified else "accepted"
                          for t in truth])
-    return SimpleNamespace(predictor=SimpleNamespace(classes=CLASSES), truth=truth,
+    return SimpleNamespace(predictor=SimpleNamespace(classes=classes), truth=truth,
                            labels=labels, statuses=statuses)
 
 
@@ -84,23 +84,13 @@ EIGHT = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte
          "platelet"]
 
 
-def answers_of(classes, labels_of=None):
-    """50 test images per class of `classes`, each accepted, named right or as `labels_of`
-    maps its class."""
-    truth = np.repeat(np.arange(len(classes)), 50)
-    mapped = {classes.index(a): classes.index(b) for a, b in (labels_of or {}).items()}
-    return SimpleNamespace(predictor=SimpleNamespace(classes=classes), truth=truth,
-                           labels=np.array([mapped.get(t, t) for t in truth]),
-                           statuses=np.full(len(truth), "accepted"))
-
-
 def test_nucleated_red_cells_are_a_scenario_beside_a_normal_film_and_flagged_when_counted():
     reference = intervals()
     found = scenario_compositions(EIGHT, np.arange(8))
     target, composition, beside = found["nucleated red cells"]
     assert target == "erythroblast" and beside == {"erythroblast": 0.05}
     assert composition == found[NORMAL][1]  # the white cells as on a normal film
-    scored = score_films(answers_of(EIGHT), composition, target, reference, draws=400,
+    scored = score_films(answers(classes=EIGHT), composition, target, reference, draws=400,
                          beside=beside)
     right = scored["ways"]["every cell named right"]
     # 5 per 100 white cells: a count of 100 sees none in e^-5 = 0.7 % of films.
@@ -108,7 +98,7 @@ def test_nucleated_red_cells_are_a_scenario_beside_a_normal_film_and_flagged_whe
     assert right["flagged"]["erythroblast"][ABOVE] == right["detected"]
     assert scored["beside"] == {"erythroblast": 0.05}
     # A model that names monocytes erythroblasts flags a normal film that has none.
-    normal = score_films(answers_of(EIGHT, {"monocyte": "erythroblast"}), found[NORMAL][1],
+    normal = score_films(answers({"monocyte": "erythroblast"}, classes=EIGHT), found[NORMAL][1],
                          None, reference, draws=400)
     assert normal["ways"]["every cell named right"]["false_flag"] < 0.05
     assert normal["ways"]["accepted only"]["flagged"]["erythroblast"][ABOVE] > 0.9
