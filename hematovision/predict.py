@@ -16,6 +16,15 @@ For a model that crops to the nucleus, each line also says how many white cells 
 --each-cell reads a smear field holding several white cells cell by cell, as the web app does,
 for a model that crops to the nucleus: one line per cell, each with "cell" (its number, how many
 the field holds, and where it is) after "file".
+--differential prints, instead of one line per image, the differential count of the images'
+cells as the web app's batch page counts it (`hematovision.differential`; every white cell of a
+field counted, as with --each-cell): each class's count, share and 95 % counting range, read
+against its adult reference interval, the classes counted beside it per 100 white cells, and
+how many cells were left out and why; with --json, one JSON object (the API's "differential").
+--wbc gives the film's total white-cell count (x 10^9/L) for absolute counts, and
+--wbc-includes-nrbc says that count included the nucleated red cells (corrected for those
+counted). A lab's own intervals come from the app's settings, as environment variables:
+HEMATOVISION_REFERENCE_INTERVALS (percent) and HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS.
 Progress and, at the end, a line counting the results by status (the accepted ones by class)
 go to stderr, unless --quiet.
 """
@@ -26,13 +35,23 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
 from hematovision.batch import classify_files, expand_paths
 from hematovision.card import ModelLoadError
+from hematovision.cells import display_name
+from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, differential,
+                                       differential_json, flag_text)
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
-from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED, parse_accuracy_target
+from hematovision.reference import intervals, white_cell_count
+from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED, parse_accuracy_target
+
+# The app's settings of a lab's own reference intervals (hematovision.web), read here too so
+# that the command line flags what the batch page flags.
+INTERVAL_SETTINGS = {False: "HEMATOVISION_REFERENCE_INTERVALS",
+                     True: "HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +72,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="a field holding several white cells gives one result per cell, as "
                              "in the web app (models that crop to the nucleus); default: one "
                              "result per file")
+    parser.add_argument("--differential", action="store_true",
+                        help="print the differential count of the cells (as the web app's "
+                             "batch page counts it, every white cell of a field included) "
+                             "instead of one line per image; with --json, one JSON object")
+    parser.add_argument("--wbc", type=_white_cell_count, metavar="COUNT",
+                        help="with --differential: the film's total white-cell count, "
+                             "x 10^9/L (e.g. 7.2), to give each share as cells per litre")
+    parser.add_argument("--wbc-includes-nrbc", action="store_true",
+                        help="with --wbc: that count included the nucleated red cells; it is "
+                             "corrected for those counted (models with such a class)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
+    if (args.wbc is not None or args.wbc_includes_nrbc) and not args.differential:
+        parser.error("--wbc and --wbc-includes-nrbc are for --differential")
+    if args.wbc_includes_nrbc and args.wbc is None:
+        parser.error("--wbc-includes-nrbc needs --wbc, the count it corrects")
+    lab_intervals = {}
+    for absolute, name in INTERVAL_SETTINGS.items():
+        try:
+            lab_intervals[absolute] = intervals(_setting(name), absolute)
+        except ValueError as exc:
+            parser.error(f"the environment variable {name}: {exc}")
 
     model_dir = model_dir_of(args)
     try:
@@ -68,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures = 0
     tally = Tally()
+    counted = []  # with --differential, every result, as the app stores them
     try:
         for result in classify_files(predictor, paths, progress=not args.quiet,
-                                     each_cell=args.each_cell):
+                                     each_cell=args.each_cell or args.differential):
             failures += result.error is not None
             tally.add(result)
-            if args.json:
+            if args.differential:
+                counted.append(result.to_dict())
+            elif args.json:
                 print(json.dumps(result.to_dict()), flush=False)
             elif result.error:
                 print(f"{result.path}\tERROR\t{result.error}")
@@ -81,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                 p = result.prediction
                 cell = result.cell and f" (cell {result.cell['number']} of {result.cell['of']})"
                 print(f"{result.path}{cell or ''}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
+        if args.differential and failures < len(paths):
+            found = differential(counted, predictor.classes, lab_intervals[False], args.wbc,
+                                 lab_intervals[True], args.wbc_includes_nrbc)
+            if args.json:
+                print(json.dumps({"model": model_dir.name, "files": len(paths),
+                                  "unreadable": failures, "statuses": tally.by_status(),
+                                  "differential": differential_json(found)}))
+            else:
+                print(differential_text(found, model_dir.name, tally, len(paths), failures,
+                                        any(map(os.environ.get, INTERVAL_SETTINGS.values()))))
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python
@@ -92,6 +144,101 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet and tally.statuses:
         print(tally.summary(), file=sys.stderr)
     return 1 if failures == len(paths) else 0
+
+
+def differential_text(found: Differential, model: str, tally: "Tally", files: int,
+                      unreadable: int, lab_intervals: bool = False) -> str:
+    """The differential as tables for a terminal, as the batch page lays it out: each
+    white-cell class's count, share, 95 % counting range, reference interval and flag; the
+    classes counted beside it, per 100 white cells; given the total count, each share per
+    litre; then what was left out, and why no share is flagged where none is."""
+    n = found.white_cells
+    lines = [f"Differential of {n} white {'cell' if n == 1 else 'cells'} counted by {model} "
+             f"from {files} {'file' if files == 1 else 'files'} (the cells the model accepted)"]
+    if n:  # no shares without a cell to count (the page shows no table either)
+        lines += _table(["class", "count", "%", "95 % range", "reference", "flag"],
+                        [[display_name(s.name), s.count, f"{s.percent:.1f}",
+                          _span((s.low, s.high), ".1f"), _span(s.reference, "g"),
+                          flag_text(s.flag)] for s in found.shares])
+    if found.others:
+        lines += ["", "Counted beside the differential, per 100 white cells:", *_table(
+            ["class", "count", "per 100", "95 % range", "reference", "flag"],
+            [[display_name(o.name), o.count,
+              *(["", ""] if o.per_100_white is None else
+                [f"{o.per_100_white:.1f}", _span((o.low, o.high), ".1f")]),
+              _span(o.reference, "g"), flag_text(o.flag)] for o in found.others])]
+    notes = []
+    total = found.white_cells_per_litre
+    if total is not None and n:
+        corrected = found.uncorrected_white_cells_per_litre
+        lines += ["", f"Per litre, of {total:.2f} x 10^9 white cells per litre:", *_table(
+            ["class", "x 10^9/L", "95 % range", "reference", "flag"],
+            [[display_name(s.name), f"{s.absolute.value:.2f}",
+              _span((s.absolute.low, s.absolute.high), ".2f"),
+              _span(s.absolute.reference, "g"), flag_text(s.absolute.flag)]
+             for s in found.shares])]
+        if corrected:
+            notes.append(f"The count given, {corrected:g}, included the nucleated red cells: "
+                         f"times the white cells' share of the nucleated cells counted ({n} of "
+                         f"{n + found.nucleated_red_cells}), {total:.2f}.")
+    left_out = [f"{count} {text}" for count, text in (
+        (tally.statuses[UNIDENTIFIED], "unidentified (needs review)"),
+        (tally.statuses[NOT_A_CELL], "not a cell"), (unreadable, "unreadable")) if count]
+    if left_out:
+        notes.append("Not counted: " + ", ".join(left_out) + ".")
+    if not n:
+        notes.append("No white cell was counted, so there is no differential.")
+    elif n < DIFFERENTIAL_CELLS:
+        notes.append(f"Only {n} white {'cell' if n == 1 else 'cells'} counted: a manual "
+                     f"differential counts {DIFFERENTIAL_CELLS}, so these shares are rough.")
+    if found.awaiting_review:
+        notes.append(f"No figure is flagged while {found.awaiting_review} unidentified "
+                     f"{'cell awaits' if found.awaiting_review == 1 else 'cells await'} "
+                     f"review: the cells the model is sure of lean towards some classes. "
+                     f"Review them in the web app (upload these images) to count them.")
+    elif n:
+        notes.append("Flags: high / low, outside the reference interval beyond counting "
+                     "error; high? / low?, outside it within counting error. The 95 % range "
+                     "covers the counting, not the model's mistakes.")
+    if n:
+        notes.append("Reference: adult intervals, " + (
+            "this lab's where set (HEMATOVISION_REFERENCE_INTERVALS, "
+            "HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS), else the cell-type catalog's."
+            if lab_intervals else "the cell-type catalog's (a lab sets its own with "
+            "HEMATOVISION_REFERENCE_INTERVALS and HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS)."))
+    return "\n".join([*lines, "", *(textwrap.fill(note, 100) for note in notes)])
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    """Text rows in columns: the first and last (class, flag) aligned left, the figures
+    right."""
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    last = len(header) - 1
+    return ["  ".join(c.ljust(w) if i in (0, last) else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in cells]
+
+
+def _span(bounds: tuple[float, float] | None, spec: str) -> str:
+    """low-high, each in `spec`; empty for none."""
+    return "" if bounds is None else f"{bounds[0]:{spec}}-{bounds[1]:{spec}}"
+
+
+def _white_cell_count(text: str) -> float:
+    try:
+        return white_cell_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _setting(name: str):
+    """An app setting from the environment, parsed as JSON where it parses (as Flask's
+    `from_prefixed_env` reads it); None when unset."""
+    value = os.environ.get(name)
+    try:
+        return None if value is None else json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 class Tally:
@@ -111,6 +258,10 @@ class Tally:
         if result.prediction.status == ACCEPTED:
             self.accepted[result.prediction.label] += 1
         self.no_white_cell += result.checks.get("white_cells") == 0
+
+    def by_status(self) -> dict[str, int]:
+        """Results by status, every status listed."""
+        return {status: self.statuses[status] for status in STATUSES}
 
     def summary(self) -> str:
         n = sum(self.statuses.values())

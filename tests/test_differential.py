@@ -1,151 +1,186 @@
-"""training.differential: how far a batch's differential is from the truth, counted from the
-accepted cells only, from every top class, and after the unidentified cells are reviewed."""
+"""hematovision.differential: which cells a differential counts (accepted ones, or as a
+reviewer said), the white-cell shares with their counting ranges and flags against reference
+intervals, the classes counted beside it, the absolute counts, and the form the API gives."""
 
-from __future__ import annotations
+from hematovision.differential import (EXCLUDED, ClassShare, OtherCount, counted_class,
+                                       differential, differential_json, left_out_counts,
+                                       left_out_reason, needs_review)
+from hematovision.reference import ABOVE, BELOW, Flag, intervals
 
-import json
-
-import numpy as np
-import pytest
-
-from training import differential
-from training.differential import batch_counts, compositions, simulate
-
-CLASSES = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-EVEN = {c: 0.25 for c in CLASSES}
+PBC8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
+        "platelet"]
 
 
-def test_a_batch_has_whole_cells_in_the_composition_summing_to_its_size():
-    assert batch_counts(EVEN, 100) == {c: 25 for c in CLASSES}
-    normal = compositions(np.array([0, 1, 2, 3]), CLASSES)["normal adult"]
-    counts = batch_counts(normal, 100)
-    assert sum(counts.values()) == 100 and counts["neutrophil"] == 61  # 60/99 of 100
-    assert sum(batch_counts({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 10).values()) == 10
+def result(label: str, status: str = "accepted", classes=PBC8) -> dict:
+    others = (1.0 - 0.93) / (len(classes) - 1)
+    return {"file": f"{label}-{status}.jpg", "label": label, "status": status,
+            "confidence": 0.93, "probabilities": {c: 0.93 if c == label else others
+                                                  for c in classes}}
 
 
-def test_compositions_are_the_test_sets_white_cells_and_a_normal_film():
-    truth = np.array([0, 0, 1, 3, 3, 3, 4])  # one platelet: not a white cell
-    found = compositions(truth, ["eosinophil", "lymphocyte", "monocyte", "neutrophil",
-                                 "platelet"])
-    assert found["test set"] == pytest.approx(
-        {"eosinophil": 2 / 6, "lymphocyte": 1 / 6, "monocyte": 0, "neutrophil": 3 / 6})
-    assert list(found["normal adult"]) == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-    assert sum(found["normal adult"].values()) == pytest.approx(1)
+# 4 accepted white cells, 1 platelet, 1 erythroblast, and results the differential never counts.
+BATCH = [result("neutrophil"), result("neutrophil"), result("lymphocyte"), result("ig"),
+         result("platelet"), result("erythroblast"), result("neutrophil", "unidentified"),
+         result("platelet", "not_a_cell"), {"file": "broken.jpg", "error": "not an image"}]
 
 
-def statuses(n, unidentified=()):
-    out = np.array(["accepted"] * n, dtype=object)
-    out[list(unidentified)] = "unidentified"
-    return out
+def test_platelets_and_erythroblasts_are_counted_beside_the_white_cell_differential():
+    counted = differential(BATCH, PBC8)
+    assert counted.white_cells == 4
+    assert counted.shares == [
+        ClassShare("basophil", 0, 0.0), ClassShare("eosinophil", 0, 0.0), ClassShare("ig", 1, 25.0),
+        ClassShare("lymphocyte", 1, 25.0), ClassShare("monocyte", 0, 0.0),
+        ClassShare("neutrophil", 2, 50.0)]
+    assert counted.others == [OtherCount("erythroblast", 1, 25.0),
+                                   OtherCount("platelet", 1, 25.0)]
 
 
-def test_a_right_model_that_accepts_everything_counts_every_batch_exactly():
-    truth = np.repeat(np.arange(4), 10)
-    result = simulate(truth, truth.copy(), statuses(40), CLASSES, EVEN, cells=20, draws=50)
-    for way in differential.WAYS:
-        assert result["ways"][way]["mean_abs_error_points"] == 0
-    assert result["unidentified_per_batch"] == 0
+def test_each_share_carries_its_counting_range_in_percent():
+    shares = {s.name: s for s in differential(BATCH, PBC8).shares}
+    assert (shares["neutrophil"].low, shares["neutrophil"].high) == (6.8, 93.2)  # 2 of 4
+    assert (shares["monocyte"].low, shares["monocyte"].high) == (0.0, 60.2)  # 0 of 4
 
 
-def test_leaving_out_a_class_the_model_doubts_biases_the_accepted_differential():
-    """Every neutrophil is unidentified (its top class right): the accepted cells alone read
-    no neutrophil at all; counted by top class, or once reviewed, the shares are right."""
-    truth = np.repeat(np.arange(4), 10)
-    doubted = np.flatnonzero(truth == 3)
-    result = simulate(truth, truth.copy(), statuses(40, doubted), CLASSES, EVEN, cells=20,
-                      draws=50)
-    accepted = result["ways"]["accepted only"]
-    assert accepted["bias_points"]["neutrophil"] == -25.0
-    assert accepted["bias_points"]["eosinophil"] == pytest.approx(100 / 3 - 25, abs=0.01)
-    assert result["ways"]["no trust layer"]["mean_abs_error_points"] == 0
-    assert result["ways"]["unidentified reviewed"]["mean_abs_error_points"] == 0
-    assert result["unidentified_per_batch"] == 5
+def test_the_api_form_of_the_differential_keeps_every_figure():
+    body = differential_json(differential(BATCH, PBC8))
+    assert body["white_cells"] == 4 and body["awaiting_review"] == 1
+    # One cell awaits review, so no share is flagged against its interval yet.
+    assert body["shares"][-1] == {"class": "neutrophil", "count": 2, "percent": 50.0,
+                                  "range_95": [6.8, 93.2], "reference": [40, 70],
+                                  "outside": None, "beyond_counting_error": None}
+    # 1 beside 4 white cells: 25 per 100, 0.5-252.6 by counting; flagged once nothing awaits
+    # review (nucleated red cells: none in an adult); platelets have no interval.
+    held = {"outside": None, "beyond_counting_error": None}
+    assert body["others"] == [
+        {"class": "erythroblast", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
+         "reference": [0, 0], **held},
+        {"class": "platelet", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
+         "reference": None, **held}]
+    reviewed = [r for r in BATCH if not needs_review(r)]
+    erythroblasts = differential_json(differential(reviewed, PBC8))["others"][0]
+    assert (erythroblasts["outside"], erythroblasts["beyond_counting_error"]) == ("above", True)
 
 
-def test_reviewing_counts_the_true_class_of_an_unidentified_cell_not_its_top_class():
-    truth = np.repeat(np.arange(4), 10)
-    labels = truth.copy()
-    wrong = np.flatnonzero(truth == 2)  # every monocyte read as a lymphocyte, unsure
-    labels[wrong] = 1
-    result = simulate(truth, labels, statuses(40, wrong), CLASSES, EVEN, cells=20, draws=20)
-    assert result["ways"]["no trust layer"]["bias_points"]["monocyte"] == -25.0
-    assert result["ways"]["unidentified reviewed"]["mean_abs_error_points"] == 0
+def film(counts: dict[str, int], classes=PBC8) -> list[dict]:
+    return [result(c, classes=classes) for c, n in counts.items() for _ in range(n)]
 
 
-def test_the_command_records_the_figures_in_the_card(trusted_model_dir, tmp_path, image_folder,
-                                                     capsys):
-    import shutil
-
-    model = tmp_path / "model"
-    shutil.copytree(trusted_model_dir, model)
-    differential.main(["--model-dir", str(model), "--data", str(image_folder), "--draws", "30",
-                       "--cells", "10", "--record"])
-    figures = json.loads((model / "model_card.json").read_text())["metrics"]["differential"]
-    assert figures["n"] == 24 and figures["cells"] == 10 and figures["draws"] == 30
-    assert list(figures["compositions"]) == ["test set", "normal adult"]
-    points = json.loads((model / "model_card.json").read_text())["trust"]["operating_points"]
-    for composition in figures["compositions"].values():
-        assert list(composition["ways"]) == list(differential.WAYS)
-        assert sum(composition["composition"].values()) == pytest.approx(1)
-        # One row per operating point of the card; the higher the target, the more to review.
-        rows = composition["operating_points"]
-        assert [r["target_accuracy"] for r in rows] == [p["target_accuracy"] for p in points]
-        to_review = [r["unidentified_per_batch"] for r in rows]
-        assert to_review == sorted(to_review)
-    assert "30 batches of 10 white cells" in capsys.readouterr().out
-    # Not a test-set evaluation: the model page's evaluation tables leave it out.
-    from hematovision.card import read_card, recorded_evaluations
-    assert "differential" not in recorded_evaluations(read_card(model))
-
-    from training import tables
-    table = tables.differential_table(tmp_path).splitlines()
-    assert table[0] == ("| batches of 10 white cells drawn as | counted | `model` (n=24): mean "
-                        "error (points) | largest bias (points) |")
-    assert [row.split(" | ")[:2] for row in table[2:6]] == [
-        ["| test set", "cells per batch sent to review"], ["| test set", "accepted only"],
-        ["| test set", "no trust layer"], ["| test set", "unidentified reviewed"]]
-    reviewed = figures["compositions"]["normal adult"]["ways"]["unidentified reviewed"]
-    cls, bias = max(reviewed["bias_points"].items(), key=lambda kv: abs(kv[1]))
-    assert table[-1] == (f"| normal adult | unidentified reviewed | "
-                         f"{reviewed['mean_abs_error_points']:.2f} | {cls} {bias:+.1f} |")
-    targets = tables.differential_targets_table(tmp_path).splitlines()
-    assert len(targets) == 2 + len(points)
-    last = figures["compositions"]["normal adult"]["operating_points"][-1]
-    assert targets[-1] == (f"| {last['target_accuracy']:.0%} | {last['unidentified_per_batch']:.1f}"
-                           f" | {last['accepted_only_error']:.2f} | {last['reviewed_error']:.2f} |")
+def test_shares_are_flagged_against_their_reference_interval_beyond_counting_error_or_not():
+    # 100 cells: 12 eosinophils lie above 1-4 % beyond counting error (range 6.4-20.0 %), 6
+    # monocytes inside 2-8 %, 9 monocytes above it within counting error (range 4.2-16.4 %).
+    shares = {s.name: s for s in differential(
+        film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}),
+        PBC8).shares}
+    assert shares["eosinophil"].reference == (1, 4)
+    assert shares["eosinophil"].flag == Flag(ABOVE, beyond_counting_error=True)
+    assert shares["monocyte"].flag is None and shares["neutrophil"].flag is None
+    shares = {s.name: s for s in differential(
+        film({"neutrophil": 64, "lymphocyte": 27, "monocyte": 9}), PBC8).shares}
+    assert shares["monocyte"].flag == Flag(ABOVE, beyond_counting_error=False)
+    # No eosinophil of 100 is below 1 % but within counting error (0-3.6 %); basophils'
+    # interval starts at 0, so none is never low.
+    assert shares["eosinophil"].flag == Flag(BELOW, beyond_counting_error=False)
+    assert shares["basophil"].flag is None
 
 
-def test_a_normal_film_is_drawn_only_from_classes_the_test_set_has():
-    truth = np.array([1, 1, 3])  # no eosinophil or monocyte image
-    normal = compositions(truth, CLASSES)["normal adult"]
-    assert normal["eosinophil"] == 0 and normal["monocyte"] == 0
-    assert normal["neutrophil"] == pytest.approx(2 / 3) and sum(normal.values()) == 1
-    result = simulate(truth, truth, statuses(3), CLASSES, normal, cells=10, draws=5)
-    assert result["composition"] == {"eosinophil": 0, "lymphocyte": 0.3, "monocyte": 0,
-                                     "neutrophil": 0.7}
-    # A model of classes no normal film has: the test set's own shares only.
-    assert list(compositions(np.array([0, 1]), ["blast", "ig"])) == ["test set"]
-    with pytest.raises(SystemExit, match="No test image of a white-cell class"):
-        compositions(np.array([0]), ["platelet", "neutrophil"])
+def test_the_api_form_gives_the_flag_once_no_cell_awaits_review():
+    cells = film({"neutrophil": 20, "lymphocyte": 80})
+    body = differential_json(differential(cells, PBC8))
+    shares = {s["class"]: s for s in body["shares"]}
+    assert body["awaiting_review"] == 0
+    assert (shares["neutrophil"]["outside"], shares["neutrophil"]["beyond_counting_error"]) == (
+        "below", True)
+    assert (shares["lymphocyte"]["outside"], shares["ig"]["outside"]) == ("above", None)
+    # An unidentified cell holds every flag back until a reviewer gives it a verdict.
+    waiting = cells + [result("monocyte", "unidentified")]
+    held = differential(waiting, PBC8)
+    assert held.awaiting_review == 1 and all(s.flag is None for s in held.shares)
+    reviewed_all = differential(cells + [reviewed(waiting[-1], "monocyte")], PBC8)
+    assert reviewed_all.awaiting_review == 0
+    assert {s.name: s.flag for s in reviewed_all.shares if s.flag} == {
+        "neutrophil": Flag(BELOW, True), "lymphocyte": Flag(ABOVE, True),
+        "eosinophil": Flag(BELOW, False), "monocyte": Flag(BELOW, False)}  # 0 and 1 of 101
 
 
-def test_the_table_leaves_cells_empty_for_a_model_without_a_normal_film(tmp_path):
-    """A model whose classes no normal film has (its card: the test set's shares only) beside
-    one with both: the normal-film rows leave its cells empty instead of failing."""
-    from training import tables
+def test_a_lab_s_own_intervals_replace_the_catalog_s():
+    cells = film({"neutrophil": 72, "lymphocyte": 28})
+    assert {s.name: s.flag for s in differential(cells, PBC8).shares}["neutrophil"] == \
+        Flag(ABOVE, beyond_counting_error=False)
+    own = {**intervals(), "neutrophil": (40.0, 75.0)}
+    shares = {s.name: s for s in differential(cells, PBC8, own).shares}
+    assert shares["neutrophil"].reference == (40.0, 75.0) and shares["neutrophil"].flag is None
 
-    def drawn(error):
-        ways = {w: {"bias_points": {"a": error}, "mean_abs_error_points": error}
-                for w in differential.WAYS}
-        return {"composition": {"a": 1.0}, "unidentified_per_batch": 1.0, "ways": ways}
 
-    for name, names in (("both", ("test set", "normal adult")), ("odd", ("test set",))):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.tflite").write_bytes(b"")
-        figures = {"n": 5, "cells": 100, "draws": 2,
-                   "compositions": {c: drawn(2.0) for c in names}}
-        (tmp_path / name / "model_card.json").write_text(
-            json.dumps({"classes": ["a"], "metrics": {"differential": figures}}))
-    rows = tables.differential_table(tmp_path).splitlines()
-    assert rows[6] == "| normal adult | cells per batch sent to review | 1.0 |  |  |  |"
-    assert rows[7] == "| normal adult | accepted only | 2.00 | a +2.0 |  |  |"
+def test_with_no_accepted_white_cell_the_other_cells_have_no_rate():
+    counted = differential([result("platelet"), result("ig", "unidentified")], PBC8)
+    assert counted.white_cells == 0
+    assert all(share.percent == 0.0 for share in counted.shares)
+    assert counted.others == [OtherCount("erythroblast", 0, None),
+                                   OtherCount("platelet", 1, None)]
+
+
+def test_a_class_the_catalog_does_not_know_counts_as_a_white_cell():
+    classes = ["blast", "neutrophil"]
+    counted = differential(
+        [result("blast", classes=classes), result("neutrophil", classes=classes)], classes)
+    assert [(s.name, s.percent) for s in counted.shares] == [("blast", 50.0),
+                                                                   ("neutrophil", 50.0)]
+    assert counted.others == []
+
+
+def reviewed(item: dict, verdict: str) -> dict:
+    return {**item, "review": {"label": verdict, "at": 0.0}}
+
+
+# The technologist's verdicts: an unidentified cell given a class, an accepted one given another,
+# an accepted one confirmed, one excluded, and an unfamiliar image that was a cell after all.
+REVIEWED = [reviewed(result("neutrophil", "unidentified"), "monocyte"),
+            reviewed(result("lymphocyte"), "basophil"), reviewed(result("ig"), "ig"),
+            reviewed(result("neutrophil"), EXCLUDED),
+            reviewed(result("platelet", "not_a_cell"), "erythroblast"),
+            result("lymphocyte"), result("eosinophil", "unidentified"),
+            result("monocyte", "not_a_cell"), {"file": "broken.jpg", "error": "not an image"}]
+
+
+def test_a_verdict_overrides_the_model_in_the_counts():
+    assert [counted_class(r) for r in REVIEWED] == [
+        "monocyte", "basophil", "ig", None, "erythroblast", "lymphocyte", None, None, None]
+    counted = differential(REVIEWED, PBC8)
+    assert {s.name: s.count for s in counted.shares if s.count} == {
+        "monocyte": 1, "basophil": 1, "ig": 1, "lymphocyte": 1}
+    assert counted.white_cells == 4 and counted.reviewed == 3
+    assert counted.others == [OtherCount("erythroblast", 1, 25.0),
+                                   OtherCount("platelet", 0, 0.0)]
+
+
+def test_what_the_differential_leaves_out_and_why():
+    assert [left_out_reason(r) for r in REVIEWED] == [
+        None, None, None, EXCLUDED, None, None, "unidentified", "not_a_cell", None]
+    assert left_out_counts(REVIEWED) == {"unidentified": 1, "not_a_cell": 1,
+                                                 EXCLUDED: 1}
+
+
+WBC4 = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+
+
+def test_given_the_total_count_each_share_is_also_cells_per_litre():
+    cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, WBC4)
+    counted = differential(cells, WBC4, white_cells_per_litre=5.0)
+    shares = {s.name: s for s in counted.shares}
+    neutrophils = shares["neutrophil"].absolute
+    assert (neutrophils.value, neutrophils.low, neutrophils.high) == (1.0, 0.63, 1.46)
+    assert neutrophils.reference == (2.0, 7.5) and neutrophils.flag == Flag(BELOW, True)
+    # Lymphocytes: 70 % is high as a share, 3.50 x 10^9/L is normal as a count.
+    assert shares["lymphocyte"].flag == Flag(ABOVE, True)
+    assert shares["lymphocyte"].absolute.flag is None
+    body = differential_json(counted)
+    assert body["white_cells_per_litre"] == 5.0
+    assert body["shares"][-1]["absolute"] == {
+        "value": 1.0, "range_95": [0.63, 1.46], "reference": [2.0, 7.5], "outside": "below",
+        "beyond_counting_error": True}
+    # Without a count, no absolute figures; while a cell awaits review, no flags.
+    plain = differential_json(differential(cells, WBC4))
+    assert "absolute" not in plain["shares"][0] and "white_cells_per_litre" not in plain
+    held = differential(cells + [result("neutrophil", "unidentified", WBC4)], WBC4,
+                                white_cells_per_litre=5.0)
+    assert all(s.absolute.flag is None for s in held.shares)

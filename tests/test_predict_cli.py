@@ -6,7 +6,8 @@ import pytest
 
 from hematovision.predict import main
 from hematovision.predictor import Predictor
-from tests.conftest import CLASSES, make_image
+from hematovision.differential import flag_text
+from tests.conftest import CELL_COLORS, CLASSES, make_image
 from tests.web_helpers import (CRASHING_SIZE, crash_decoder_on, make_models_root,
                                spread_operating_points)
 
@@ -244,8 +245,9 @@ def test_json_lines_carry_the_red_cell_ratio_where_the_card_has_a_reference(
             assert blank["red_cell_ratio"] is None
 
 
-def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucleus(
-        tiny_model_dir, tmp_path, capsys):
+def cropping_model_and_field(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The tiny model as one that crops to the nucleus ("cropping"), and a smear field holding
+    two white cells."""
     from tests.conftest import make_smear, with_nuclei
 
     card = json.loads((tiny_model_dir / "model_card.json").read_text())
@@ -253,8 +255,14 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
                             card={"preprocessing": {**card["preprocessing"], "crop": "nucleus"}})
     field = tmp_path / "field.png"
     with_nuclei(make_smear(30, seed=1), [(80, 120, 22), (240, 110, 22)]).save(field)
+    return root / "cropping", field
+
+
+def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucleus(
+        tiny_model_dir, tmp_path, capsys):
+    cropping, field = cropping_model_and_field(tiny_model_dir, tmp_path)
     single = make_image(tmp_path / "single.jpg", (200, 60, 60))
-    model = ["--model-dir", str(root / "cropping"), "--quiet"]
+    model = ["--model-dir", str(cropping), "--quiet"]
 
     main([str(field), str(single), "--json", "--each-cell", *model])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -264,7 +272,7 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
     assert [line["white_cells"] for line in lines] == [2, 2, 0]  # the red disc holds no nucleus
     # No trust layer: every answer is accepted, except about an image with no white cell.
     assert [line["status"] for line in lines] == ["accepted", "accepted", "unidentified"]
-    main([str(field), str(single), "--json", "--each-cell", "--model-dir", str(root / "cropping")])
+    main([str(field), str(single), "--json", "--each-cell", "--model-dir", str(cropping)])
     err = capsys.readouterr().err.rstrip()
     assert "3 results: 2 accepted, 1 unidentified (needs review), 0 not a cell" in err
     assert err.endswith("; no white cell found in 1")
@@ -278,3 +286,136 @@ def test_each_cell_reads_a_field_cell_by_cell_for_a_model_that_crops_to_the_nucl
     main([str(field), "--json", *model])  # without --each-cell: one line per file
     [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "cell" not in line and line["white_cells"] == 2
+
+
+def differential_run(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().out
+
+
+def test_the_differential_counts_the_accepted_cells_the_lines_name(tiny_model_dir, tmp_path,
+                                                                    capsys):
+    from hematovision.differential import differential, differential_json
+
+    folder = tmp_path / "film"
+    for i, color in enumerate([*CELL_COLORS, *CELL_COLORS[:2]]):
+        make_image(folder / f"cell{i}.jpg", color)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    model = [str(folder), "--quiet", "--model-dir", str(tiny_model_dir)]
+    main([*model, "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    code, out = differential_run([*model, "--differential", "--json"], capsys)
+    report = json.loads(out)  # one object, not one line per image
+    assert code == 0 and out.count("\n") == 1
+    assert (report["model"], report["files"], report["unreadable"]) == ("tiny", 7, 1)
+    assert report["statuses"] == {"accepted": 6, "unidentified": 0, "not_a_cell": 0}
+    # The library's count of the lines' results, as the batch page and the API count them.
+    assert report["differential"] == differential_json(differential(lines, CLASSES))
+    counts = {s["class"]: s["count"] for s in report["differential"]["shares"]}
+    assert counts == {c: sum(line.get("label") == c for line in lines) for c in CLASSES}
+
+    code, out = differential_run([*model, "--differential"], capsys)
+    assert out.splitlines()[0] == ("Differential of 6 white cells counted by tiny from 7 files "
+                                   "(the cells the model accepted)")
+    rows = {row.split()[0]: row.split() for row in out.splitlines()[2:6]}
+    for share in differential(lines, CLASSES).shares:
+        row = rows[share.name.capitalize()]
+        assert row[1:5] == [str(share.count), f"{share.percent:.1f}",
+                            f"{share.low:.1f}-{share.high:.1f}",
+                            f"{share.reference[0]:g}-{share.reference[1]:g}"]
+        assert row[5:] == ([flag_text(share.flag)] if share.flag else [])
+    assert "Not counted: 1 unreadable." in out
+    assert "Only 6 white cells counted: a manual differential counts 100" in out
+    assert "Flags: high / low, outside the reference interval beyond counting error" in out
+    assert "the cell-type catalog's (a lab sets its own with" in out
+
+
+def test_the_differential_counts_each_cell_of_a_field_and_holds_flags_for_review(
+        tiny_model_dir, tmp_path, capsys):
+    cropping, field = cropping_model_and_field(tiny_model_dir, tmp_path)
+    single = make_image(tmp_path / "single.jpg", (200, 60, 60))  # no nucleus: unidentified
+    model = [str(field), str(single), "--quiet", "--model-dir", str(cropping)]
+
+    code, out = differential_run([*model, "--differential", "--json"], capsys)
+    report = json.loads(out)
+    assert report["statuses"] == {"accepted": 2, "unidentified": 1, "not_a_cell": 0}
+    assert report["differential"]["white_cells"] == 2  # both cells of the field
+    assert report["differential"]["awaiting_review"] == 1
+    assert all(s["outside"] is None for s in report["differential"]["shares"])
+    code, out = differential_run([*model, "--differential"], capsys)
+    assert "Not counted: 1 unidentified (needs review)." in out
+    assert ("No figure is flagged while 1 unidentified cell awaits review" in
+            " ".join(out.split()))
+    assert "Flags: high / low" not in out
+
+    code, out = differential_run([str(single), *model[2:], "--differential"], capsys)
+    assert code == 0 and out.splitlines()[:3] == [
+        "Differential of 0 white cells counted by cropping from 1 file (the cells the model "
+        "accepted)", "", "Not counted: 1 unidentified (needs review)."]
+    assert "No white cell was counted, so there is no differential." in out
+
+
+def test_given_the_total_count_the_differential_is_also_per_litre(tiny_model_dir, tmp_path,
+                                                                   capsys):
+    from hematovision.differential import differential
+
+    folder = tmp_path / "film"
+    for i, color in enumerate(CELL_COLORS):
+        make_image(folder / f"cell{i}.jpg", color)
+    model = [str(folder), "--quiet", "--model-dir", str(tiny_model_dir), "--differential"]
+    main([str(folder), "--quiet", "--json", "--model-dir", str(tiny_model_dir)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = differential(lines, CLASSES, white_cells_per_litre=6.5)
+
+    code, out = differential_run([*model, "--json", "--wbc", "6,5"], capsys)  # decimal comma
+    counted = json.loads(out)["differential"]
+    assert counted["white_cells_per_litre"] == 6.5
+    assert [s["absolute"]["value"] for s in counted["shares"]] == [
+        s.absolute.value for s in expected.shares]
+    # No class of nucleated red cells in this model: nothing to correct the count for.
+    code, out = differential_run([*model, "--json", "--wbc", "6.5", "--wbc-includes-nrbc"],
+                                 capsys)
+    assert json.loads(out)["differential"]["white_cells_per_litre"] == 6.5
+    assert "uncorrected_white_cells_per_litre" not in json.loads(out)["differential"]
+
+    code, out = differential_run([*model, "--wbc", "6.5"], capsys)
+    table = out.split("Per litre, of 6.50 x 10^9 white cells per litre:\n")[1].splitlines()
+    assert table[0].split() == ["class", "x", "10^9/L", "95", "%", "range", "reference", "flag"]
+    assert [row.split()[1] for row in table[1:5]] == [f"{s.absolute.value:.2f}"
+                                                      for s in expected.shares]
+
+
+def test_a_lab_s_intervals_come_from_the_app_s_settings(tiny_model_dir, tmp_path, capsys,
+                                                        monkeypatch):
+    path = make_image(tmp_path / "a.jpg", (200, 60, 60))
+    model = [str(path), "--quiet", "--model-dir", str(tiny_model_dir), "--differential"]
+    monkeypatch.setenv("HEMATOVISION_REFERENCE_INTERVALS", '{"neutrophil": [10, 20]}')
+    code, out = differential_run([*model, "--json"], capsys)
+    shares = {s["class"]: s for s in json.loads(out)["differential"]["shares"]}
+    assert shares["neutrophil"]["reference"] == [10, 20]
+    assert shares["monocyte"]["reference"] == [2, 8]  # the catalog's, not named by the lab
+    code, out = differential_run(model, capsys)
+    assert "this lab's where set" in out
+
+    monkeypatch.setenv("HEMATOVISION_REFERENCE_INTERVALS", '{"neutrophil": [80, 40]}')
+    with pytest.raises(SystemExit) as stop:
+        main(model)
+    assert stop.value.code == 2
+    assert ("the environment variable HEMATOVISION_REFERENCE_INTERVALS: 'neutrophil': [80, 40] "
+            "is not an interval" in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--wbc", "6.5"], "--wbc and --wbc-includes-nrbc are for --differential"),
+    (["--differential", "--wbc-includes-nrbc"], "--wbc-includes-nrbc needs --wbc"),
+    (["--differential", "--wbc", "6500"], "The white-cell count must be a number of 10^9"),
+    (["--differential", "--wbc", "many"], "'many' is not"),
+])
+def test_a_white_cell_count_without_a_differential_or_not_a_count_exits_2(
+        tiny_model_dir, tmp_path, capsys, args, message):
+    path = make_image(tmp_path / "a.jpg", (200, 60, 60))
+    with pytest.raises(SystemExit) as stop:  # refused before any model is loaded
+        main([str(path), "--model-dir", str(tiny_model_dir), *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

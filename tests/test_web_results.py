@@ -1,6 +1,6 @@
-"""What a stored batch turns into (hematovision.web.results): the white-cell differential, the
-other accepted cells counted beside it, the reviewer's verdicts overriding the model, and the
-CSV's differential_class and reviewed_class; and the batch page that shows them."""
+"""What a stored batch turns into beside its differential (hematovision.web.results): the CSV's
+differential_class and reviewed_class, the review summary and agreement table, the next cell to
+review; and the batch page that shows the differential, its flags and its downloads."""
 
 import csv
 import io
@@ -9,130 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.reference import ABOVE, BELOW, Flag, intervals
+from hematovision.differential import EXCLUDED, differential
+from hematovision.reference import intervals
 from hematovision.web import results, uploads
-from hematovision.web.results import ClassShare, OtherCount
+from tests.test_differential import BATCH, PBC8, REVIEWED, WBC4, film, result, reviewed
 from tests.web_helpers import make_app, make_models_root, page, save_sample, text
-
-PBC8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
-        "platelet"]
-
-
-def result(label: str, status: str = "accepted", classes=PBC8) -> dict:
-    others = (1.0 - 0.93) / (len(classes) - 1)
-    return {"file": f"{label}-{status}.jpg", "label": label, "status": status,
-            "confidence": 0.93, "probabilities": {c: 0.93 if c == label else others
-                                                  for c in classes}}
-
-
-# 4 accepted white cells, 1 platelet, 1 erythroblast, and results the differential never counts.
-BATCH = [result("neutrophil"), result("neutrophil"), result("lymphocyte"), result("ig"),
-         result("platelet"), result("erythroblast"), result("neutrophil", "unidentified"),
-         result("platelet", "not_a_cell"), {"file": "broken.jpg", "error": "not an image"}]
-
-
-def test_platelets_and_erythroblasts_are_counted_beside_the_white_cell_differential():
-    differential = results.differential(BATCH, PBC8)
-    assert differential.white_cells == 4
-    assert differential.shares == [
-        ClassShare("basophil", 0, 0.0), ClassShare("eosinophil", 0, 0.0), ClassShare("ig", 1, 25.0),
-        ClassShare("lymphocyte", 1, 25.0), ClassShare("monocyte", 0, 0.0),
-        ClassShare("neutrophil", 2, 50.0)]
-    assert differential.others == [OtherCount("erythroblast", 1, 25.0),
-                                   OtherCount("platelet", 1, 25.0)]
-
-
-def test_each_share_carries_its_counting_range_in_percent():
-    shares = {s.name: s for s in results.differential(BATCH, PBC8).shares}
-    assert (shares["neutrophil"].low, shares["neutrophil"].high) == (6.8, 93.2)  # 2 of 4
-    assert (shares["monocyte"].low, shares["monocyte"].high) == (0.0, 60.2)  # 0 of 4
-
-
-def test_the_api_form_of_the_differential_keeps_every_figure():
-    body = results.differential_json(results.differential(BATCH, PBC8))
-    assert body["white_cells"] == 4 and body["awaiting_review"] == 1
-    # One cell awaits review, so no share is flagged against its interval yet.
-    assert body["shares"][-1] == {"class": "neutrophil", "count": 2, "percent": 50.0,
-                                  "range_95": [6.8, 93.2], "reference": [40, 70],
-                                  "outside": None, "beyond_counting_error": None}
-    # 1 beside 4 white cells: 25 per 100, 0.5-252.6 by counting; flagged once nothing awaits
-    # review (nucleated red cells: none in an adult); platelets have no interval.
-    held = {"outside": None, "beyond_counting_error": None}
-    assert body["others"] == [
-        {"class": "erythroblast", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
-         "reference": [0, 0], **held},
-        {"class": "platelet", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
-         "reference": None, **held}]
-    reviewed = [r for r in BATCH if not results.needs_review(r)]
-    erythroblasts = results.differential_json(results.differential(reviewed, PBC8))["others"][0]
-    assert (erythroblasts["outside"], erythroblasts["beyond_counting_error"]) == ("above", True)
-
-
-def film(counts: dict[str, int], classes=PBC8) -> list[dict]:
-    return [result(c, classes=classes) for c, n in counts.items() for _ in range(n)]
-
-
-def test_shares_are_flagged_against_their_reference_interval_beyond_counting_error_or_not():
-    # 100 cells: 12 eosinophils lie above 1-4 % beyond counting error (range 6.4-20.0 %), 6
-    # monocytes inside 2-8 %, 9 monocytes above it within counting error (range 4.2-16.4 %).
-    shares = {s.name: s for s in results.differential(
-        film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}),
-        PBC8).shares}
-    assert shares["eosinophil"].reference == (1, 4)
-    assert shares["eosinophil"].flag == Flag(ABOVE, beyond_counting_error=True)
-    assert shares["monocyte"].flag is None and shares["neutrophil"].flag is None
-    shares = {s.name: s for s in results.differential(
-        film({"neutrophil": 64, "lymphocyte": 27, "monocyte": 9}), PBC8).shares}
-    assert shares["monocyte"].flag == Flag(ABOVE, beyond_counting_error=False)
-    # No eosinophil of 100 is below 1 % but within counting error (0-3.6 %); basophils'
-    # interval starts at 0, so none is never low.
-    assert shares["eosinophil"].flag == Flag(BELOW, beyond_counting_error=False)
-    assert shares["basophil"].flag is None
-
-
-def test_the_api_form_gives_the_flag_once_no_cell_awaits_review():
-    cells = film({"neutrophil": 20, "lymphocyte": 80})
-    body = results.differential_json(results.differential(cells, PBC8))
-    shares = {s["class"]: s for s in body["shares"]}
-    assert body["awaiting_review"] == 0
-    assert (shares["neutrophil"]["outside"], shares["neutrophil"]["beyond_counting_error"]) == (
-        "below", True)
-    assert (shares["lymphocyte"]["outside"], shares["ig"]["outside"]) == ("above", None)
-    # An unidentified cell holds every flag back until a reviewer gives it a verdict.
-    waiting = cells + [result("monocyte", "unidentified")]
-    held = results.differential(waiting, PBC8)
-    assert held.awaiting_review == 1 and all(s.flag is None for s in held.shares)
-    reviewed_all = results.differential(cells + [reviewed(waiting[-1], "monocyte")], PBC8)
-    assert reviewed_all.awaiting_review == 0
-    assert {s.name: s.flag for s in reviewed_all.shares if s.flag} == {
-        "neutrophil": Flag(BELOW, True), "lymphocyte": Flag(ABOVE, True),
-        "eosinophil": Flag(BELOW, False), "monocyte": Flag(BELOW, False)}  # 0 and 1 of 101
-
-
-def test_a_lab_s_own_intervals_replace_the_catalog_s():
-    cells = film({"neutrophil": 72, "lymphocyte": 28})
-    assert {s.name: s.flag for s in results.differential(cells, PBC8).shares}["neutrophil"] == \
-        Flag(ABOVE, beyond_counting_error=False)
-    own = {**intervals(), "neutrophil": (40.0, 75.0)}
-    shares = {s.name: s for s in results.differential(cells, PBC8, own).shares}
-    assert shares["neutrophil"].reference == (40.0, 75.0) and shares["neutrophil"].flag is None
-
-
-def test_with_no_accepted_white_cell_the_other_cells_have_no_rate():
-    differential = results.differential([result("platelet"), result("ig", "unidentified")], PBC8)
-    assert differential.white_cells == 0
-    assert all(share.percent == 0.0 for share in differential.shares)
-    assert differential.others == [OtherCount("erythroblast", 0, None),
-                                   OtherCount("platelet", 1, None)]
-
-
-def test_a_class_the_catalog_does_not_know_counts_as_a_white_cell():
-    classes = ["blast", "neutrophil"]
-    differential = results.differential(
-        [result("blast", classes=classes), result("neutrophil", classes=classes)], classes)
-    assert [(s.name, s.percent) for s in differential.shares] == [("blast", 50.0),
-                                                                   ("neutrophil", 50.0)]
-    assert differential.others == []
 
 
 def test_the_csv_marks_only_accepted_white_cells_as_counted():
@@ -144,43 +25,8 @@ def test_the_csv_marks_only_accepted_white_cells_as_counted():
                        "platelet-not_a_cell.jpg": "", "broken.jpg": ""}
     # Counting the column gives the differential's counts.
     column = [row["differential_class"] for row in rows if row["differential_class"]]
-    shares = results.differential(BATCH, PBC8).shares
+    shares = differential(BATCH, PBC8).shares
     assert {s.name: s.count for s in shares if s.count} == {c: column.count(c) for c in column}
-
-
-def reviewed(item: dict, verdict: str) -> dict:
-    return {**item, "review": {"label": verdict, "at": 0.0}}
-
-
-# The technologist's verdicts: an unidentified cell given a class, an accepted one given another,
-# an accepted one confirmed, one excluded, and an unfamiliar image that was a cell after all.
-REVIEWED = [reviewed(result("neutrophil", "unidentified"), "monocyte"),
-            reviewed(result("lymphocyte"), "basophil"), reviewed(result("ig"), "ig"),
-            reviewed(result("neutrophil"), results.EXCLUDED),
-            reviewed(result("platelet", "not_a_cell"), "erythroblast"),
-            result("lymphocyte"), result("eosinophil", "unidentified"),
-            result("monocyte", "not_a_cell"), {"file": "broken.jpg", "error": "not an image"}]
-
-
-def test_a_verdict_overrides_the_model_in_the_counts():
-    assert [results.counted_class(r) for r in REVIEWED] == [
-        "monocyte", "basophil", "ig", None, "erythroblast", "lymphocyte", None, None, None]
-    differential = results.differential(REVIEWED, PBC8)
-    assert {s.name: s.count for s in differential.shares if s.count} == {
-        "monocyte": 1, "basophil": 1, "ig": 1, "lymphocyte": 1}
-    assert differential.white_cells == 4 and differential.reviewed == 3
-    assert differential.others == [OtherCount("erythroblast", 1, 25.0),
-                                   OtherCount("platelet", 0, 0.0)]
-
-
-def test_what_the_differential_leaves_out_and_why():
-    assert [results.left_out_reason(r) for r in REVIEWED] == [
-        None, None, None, results.EXCLUDED, None, None, "unidentified", "not_a_cell", None]
-    assert results.left_out_counts(REVIEWED) == {"unidentified": 1, "not_a_cell": 1,
-                                                 results.EXCLUDED: 1}
-    # Confirming an accepted answer is a review; changing it or excluding the cell overrules it.
-    assert results.review_summary(REVIEWED) == results.ReviewSummary(
-        reviewed=5, labelled=4, accepted=3, overruled=2, to_review=1)
 
 
 @pytest.mark.parametrize("after, following", [(-1, 1), (0, 1), (1, 4), (3, 4), (4, 1), (5, 1)])
@@ -190,6 +36,11 @@ def test_the_next_cell_to_review_wraps_round_and_is_never_the_current_one(after,
     assert results.next_to_review(batch, after) == following
     assert results.next_to_review(batch[:2], 1) is None
     assert results.next_to_review([result("ig")], -1) is None
+
+
+def test_confirming_an_accepted_answer_is_a_review_changing_or_excluding_overrules_it():
+    assert results.review_summary(REVIEWED) == results.ReviewSummary(
+        reviewed=5, labelled=4, accepted=3, overruled=2, to_review=1)
 
 
 def test_the_csv_counts_reviewed_cells_as_the_reviewer_said():
@@ -206,7 +57,7 @@ def test_the_csv_counts_reviewed_cells_as_the_reviewer_said():
         ("monocyte", "not_a_cell", "", ""),
         ("", "", "", "")]
     column = [r["differential_class"] for r in rows if r["differential_class"]]
-    shares = results.differential(REVIEWED, PBC8).shares
+    shares = differential(REVIEWED, PBC8).shares
     assert {s.name: s.count for s in shares if s.count} == {c: column.count(c) for c in column}
 
 
@@ -256,11 +107,8 @@ def test_reviews_against_the_model_class_by_class():
         results.Agreement("erythroblast", agreed=0, other=0, unidentified=0, not_a_cell=1),
         results.Agreement("ig", agreed=1, other=0, unidentified=0, not_a_cell=0),
         results.Agreement("monocyte", agreed=0, other=0, unidentified=1, not_a_cell=0),
-        results.Agreement(results.EXCLUDED, agreed=0, other=1, unidentified=0, not_a_cell=0)]
+        results.Agreement(EXCLUDED, agreed=0, other=1, unidentified=0, not_a_cell=0)]
     assert results.agreement(BATCH, PBC8) == []  # nothing reviewed, no table
-
-
-WBC4 = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
 
 def reference_cells(html: str) -> dict[str, str]:
@@ -366,29 +214,6 @@ def test_a_bad_reference_interval_setting_stops_the_app_naming_it(tmp_path, tiny
         make_app(tmp_path, root, **{key: value})
 
 
-def test_given_the_total_count_each_share_is_also_cells_per_litre():
-    cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, WBC4)
-    counted = results.differential(cells, WBC4, white_cells_per_litre=5.0)
-    shares = {s.name: s for s in counted.shares}
-    neutrophils = shares["neutrophil"].absolute
-    assert (neutrophils.value, neutrophils.low, neutrophils.high) == (1.0, 0.63, 1.46)
-    assert neutrophils.reference == (2.0, 7.5) and neutrophils.flag == Flag(BELOW, True)
-    # Lymphocytes: 70 % is high as a share, 3.50 x 10^9/L is normal as a count.
-    assert shares["lymphocyte"].flag == Flag(ABOVE, True)
-    assert shares["lymphocyte"].absolute.flag is None
-    body = results.differential_json(counted)
-    assert body["white_cells_per_litre"] == 5.0
-    assert body["shares"][-1]["absolute"] == {
-        "value": 1.0, "range_95": [0.63, 1.46], "reference": [2.0, 7.5], "outside": "below",
-        "beyond_counting_error": True}
-    # Without a count, no absolute figures; while a cell awaits review, no flags.
-    plain = results.differential_json(results.differential(cells, WBC4))
-    assert "absolute" not in plain["shares"][0] and "white_cells_per_litre" not in plain
-    held = results.differential(cells + [result("neutrophil", "unidentified", WBC4)], WBC4,
-                                white_cells_per_litre=5.0)
-    assert all(s.absolute.flag is None for s in held.shares)
-
-
 def test_the_batch_page_shows_absolute_counts_for_the_sample_s_total_count(client):
     cells = film({"neutrophil": 20, "lymphocyte": 70, "monocyte": 6, "eosinophil": 4}, WBC4)
     batch_id = stored_batch(client, cells, WBC4)
@@ -477,3 +302,4 @@ def test_nucleated_red_cells_are_flagged_beside_the_differential_once_reviewed(c
     held = stored_batch(client, cells + [result("neutrophil", "unidentified")], PBC8)
     table = page(client, f"/batch/{held}").split('id="other-cells"')[1].split("</table>")[0]
     assert "share-flag" not in table and "not flagged until" in text(table)
+

@@ -181,7 +181,8 @@ def order_figures(threshold: float) -> dict:
 def test_every_cell_is_listed_least_sure_first_and_stays_in_place_after_a_review(
         tmp_path, tiny_model_dir, elsewhere, quoted):
     from hematovision.predictor import Predictor
-    from tests.test_web_results import WBC4, result, stored_batch
+    from tests.test_differential import WBC4, result
+    from tests.test_web_results import stored_batch
     from tests.web_helpers import make_app
 
     served = Predictor(tiny_model_dir).trust.confidence_threshold

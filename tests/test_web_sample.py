@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.web import results, sample, uploads
+from hematovision.differential import differential, differential_json
+from hematovision.web import sample, uploads
 from hematovision.web.sample import Sample
-from tests.test_web_results import PBC8, WBC4, film, result, stored_batch
+from tests.test_differential import PBC8, WBC4, film, result
+from tests.test_web_results import stored_batch
 from tests.web_helpers import csrf_token, make_app, make_models_root, page, save_sample, text
 
 
@@ -150,18 +152,18 @@ def test_a_sample_saved_as_the_batch_is_deleted_brings_nothing_back(client, monk
 
 def test_a_count_that_includes_nucleated_red_cells_is_corrected_for_those_counted(client):
     cells = film({"neutrophil": 60, "lymphocyte": 40, "erythroblast": 10}, PBC8)
-    counted = results.differential(cells, PBC8, white_cells_per_litre=11.0,
+    counted = differential(cells, PBC8, white_cells_per_litre=11.0,
                                    count_includes_nucleated_red_cells=True)
     assert counted.white_cells_per_litre == pytest.approx(10.0)  # 11.0 x 100 / 110
     assert counted.uncorrected_white_cells_per_litre == 11.0
     neutrophils = next(s for s in counted.shares if s.name == "neutrophil")
     assert neutrophils.absolute.value == 6.0
-    body = results.differential_json(counted)
+    body = differential_json(counted)
     assert body["uncorrected_white_cells_per_litre"] == 11.0
     # Not ticked, or no nucleated red cell counted: the count as given.
-    assert results.differential(cells, PBC8, white_cells_per_litre=11.0
+    assert differential(cells, PBC8, white_cells_per_litre=11.0
                                 ).uncorrected_white_cells_per_litre is None
-    plain = results.differential(film({"neutrophil": 60}, PBC8), PBC8, white_cells_per_litre=11.0,
+    plain = differential(film({"neutrophil": 60}, PBC8), PBC8, white_cells_per_litre=11.0,
                                  count_includes_nucleated_red_cells=True)
     assert plain.white_cells_per_litre == 11.0 and plain.uncorrected_white_cells_per_litre is None
 

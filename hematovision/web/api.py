@@ -17,10 +17,11 @@ from dataclasses import asdict
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from hematovision import __version__
+from hematovision.differential import differential_json
 from hematovision.reference import white_cell_count
 from hematovision.web import models
 from hematovision.web.classify import classify_request, request_value
-from hematovision.web.results import differential_json, magnification_check, served_differential
+from hematovision.web.results import magnification_check, served_differential
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

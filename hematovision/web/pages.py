@@ -23,6 +23,7 @@ from flask import (
     url_for,
 )
 
+from hematovision import differential
 from hematovision.card import DIFFERENTIAL, FLAGS, REVIEW_ORDER, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
 from hematovision.fields import NO_WHITE_CELL
@@ -50,8 +51,6 @@ NORMAL_FILM = "normal adult"
 # The batch page says how leaving the unidentified cells out skews the shares where that moved
 # them by at least this many percentage points more, on average, than reviewing them did.
 MATERIAL_BIAS_POINTS = 1.0
-# A manual differential counts 100 cells; the batch page warns when its shares rest on fewer.
-DIFFERENTIAL_CELLS = 100
 # Above this expected calibration error on a test set, the result page calls the confidence a
 # rough guide rather than a probability to act on.
 ROUGH_ECE = 0.05
@@ -104,7 +103,7 @@ def layout_context() -> dict:
         "ACCEPTED": ACCEPTED,
         "UNIDENTIFIED": UNIDENTIFIED,
         "NOT_A_CELL": NOT_A_CELL,
-        "EXCLUDED": results.EXCLUDED,
+        "EXCLUDED": differential.EXCLUDED,
         "NO_WHITE_CELL": NO_WHITE_CELL,
         "WHITE_CELL_RULE": WHITE_CELL_RULE,
     }
@@ -139,8 +138,8 @@ def sentence(text: str) -> str:
 bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
-bp.add_app_template_filter(results.flag_text, "flag_text")
-bp.add_app_template_filter(results.findings, "findings")
+bp.add_app_template_filter(differential.flag_text, "flag_text")
+bp.add_app_template_filter(differential.findings, "findings")
 
 
 @bp.app_template_filter("batch_name")
@@ -153,7 +152,7 @@ def batch_name(stored: dict) -> str:
 @bp.app_template_filter("status")
 def status(result: dict) -> str | None:
     """accepted / unidentified / not_a_cell of a stored result; None for an unreadable file."""
-    return results.status_of(result)
+    return differential.status_of(result)
 
 
 @bp.app_template_filter("iso_utc")
@@ -324,7 +323,7 @@ def review(batch_id: str, index: int):
     image, back to this image."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
-    if results.status_of(item) is None:
+    if differential.status_of(item) is None:
         abort(400, description=REVIEW_UNREADABLE)
     verdict = request.form.get("verdict", "")
     if verdict:
@@ -352,7 +351,7 @@ def review(batch_id: str, index: int):
 
 def check_verdict(verdict: str, stored: dict) -> None:
     """A 400 naming the choices unless `verdict` is one of the batch's classes or EXCLUDED."""
-    choices = [*stored["classes"], results.EXCLUDED]
+    choices = [*stored["classes"], differential.EXCLUDED]
     if verdict not in choices:
         abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(choices)))
 
@@ -361,9 +360,9 @@ def check_verdict(verdict: str, stored: dict) -> None:
 # "no-white-cell" leave out reviewed results, so they shrink as reviews are saved; "all" does
 # not, so it pages.
 REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
-    "": results.needs_review,
-    "all": lambda r: results.status_of(r) is not None,
-    "no-white-cell": lambda r: results.no_white_cell(r) and results.verdict_of(r) is None,
+    "": differential.needs_review,
+    "all": lambda r: differential.status_of(r) is not None,
+    "no-white-cell": lambda r: results.no_white_cell(r) and differential.verdict_of(r) is None,
 }
 
 
@@ -425,7 +424,7 @@ def review_many(batch_id: str):
             continue
         number = key.removeprefix("verdict-")
         index = _count(number)
-        if index is None or index >= len(stored["results"]) or results.status_of(
+        if index is None or index >= len(stored["results"]) or differential.status_of(
                 stored["results"][index]) is None:
             abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
         check_verdict(verdict, stored)
@@ -471,15 +470,15 @@ def model_view_image(batch_id: str, index: int):
 @bp.app_template_filter("verdict")
 def verdict_text(verdict: str) -> str:
     """A reviewer's verdict in words: the class's display name, or what excluding means."""
-    if verdict == results.EXCLUDED:
+    if verdict == differential.EXCLUDED:
         return "excluded from the counts"
     return display_name(verdict)
 
 
 @bp.app_template_global()
 def left_out_text(reason: str) -> str:
-    """Why an image is not in the differential, in words (results.LEFT_OUT_REASONS)."""
-    return "Excluded on review" if reason == results.EXCLUDED else STATUS_TEXT[reason]
+    """Why an image is not in the differential, in words (differential.LEFT_OUT_REASONS)."""
+    return "Excluded on review" if reason == differential.EXCLUDED else STATUS_TEXT[reason]
 
 
 @bp.get("/batch/<batch_id>")
@@ -491,29 +490,29 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
     described = sample.of(stored)
-    differential = sample_differential(stored, described)
+    counted = sample_differential(stored, described)
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
     # Results the differential leaves out, with their position for the link to their page.
     not_counted = [
         (i, r, reason) for i, r in enumerate(stored["results"])
-        if (reason := results.left_out_reason(r)) is not None
+        if (reason := differential.left_out_reason(r)) is not None
     ]
     return _no_store(
         render_template(
             "batch.html",
             batch=stored,
-            differential=differential,
+            differential=counted,
             counts=counts,
             classified=sum(counts.values()),
             not_counted=not_counted,
-            left_out=results.left_out_counts(stored["results"]),
+            left_out=differential.left_out_counts(stored["results"]),
             reviews=results.review_summary(stored["results"]),
             fields_left_out=results.fields_left_out(stored["results"]),
             # (index, counted in the differential) of each image with no white cell found
             # that no one has reviewed yet.
-            no_white_cells=[(i, results.counted_class(r) is not None)
+            no_white_cells=[(i, differential.counted_class(r) is not None)
                             for i, r in enumerate(stored["results"])
                             if REVIEW_LISTS["no-white-cell"](r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
@@ -528,7 +527,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             sample_id_length=sample.MAX_ID_LENGTH,
             # Only a model that names nucleated red cells can correct a count that includes them.
             nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
-            few_cells=DIFFERENTIAL_CELLS,
+            few_cells=differential.DIFFERENTIAL_CELLS,
             acceptance=served_acceptance(predictor),
             magnification=results.magnification_check(stored["results"], reference),
             magnification_range=reference.batch_range if reference else None,
@@ -546,10 +545,12 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
     candidates = item.get("candidates") or []  # none for a file that could not be read
     predictor = served_model(stored["model"])
+    # The class the result counts as: the reviewer's where there is one.
+    counted_as = differential.counted_class(item) if "label" in item else None
     # Not for an image unlike the training data: evidence for a class it is not.
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor
-    ) and results.status_of(item) != NOT_A_CELL
+    ) and differential.status_of(item) != NOT_A_CELL
     return _no_store(
         render_template(
             "result.html",
@@ -557,7 +558,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             sample=sample.of(stored),
             item=item,
             index=index,
-            status=results.status_of(item),
+            status=differential.status_of(item),
             scores=item.get("scores") or {},
             ranked=ranked,
             candidates=candidates,
@@ -565,13 +566,12 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             heat_map_url=url_for("pages.heat_map", batch_id=batch_id, index=index)
             if show_heat_map
             else None,
-            # The class the result counts as: the reviewer's where there is one.
-            cell=CELL_TYPES.get(results.counted_class(item) or "") if "label" in item else None,
-            lab_reference=lab_reference(results.counted_class(item) if "label" in item else None),
+            cell=CELL_TYPES.get(counted_as or ""),
+            lab_reference=lab_reference(counted_as),
             # What tells the two candidates apart by eye, for the person about to review it.
             candidate_cells=[CELL_TYPES[c["label"]] for c in candidates
                              if c.get("label") in CELL_TYPES],
-            verdict=results.verdict_of(item),
+            verdict=differential.verdict_of(item),
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
             calibration=measured_calibration(predictor) if predictor else None,
@@ -599,7 +599,7 @@ def heat_map(batch_id: str, index: int):
     item = item_or_404(stored, index)
     if "label" not in item or not item.get("image"):
         abort(404, description="This file could not be read, so it has no heat map.")
-    if results.status_of(item) == NOT_A_CELL:  # the result page offers none either
+    if differential.status_of(item) == NOT_A_CELL:  # the result page offers none either
         abort(404, description=NOT_A_CELL_NO_MAP.format(name=stored["model"]))
     predictor = served_model(stored["model"])
     if predictor is None:
@@ -666,7 +666,7 @@ def differential_csv(batch_id: str):
                                                  described.id), stored, "-differential")
 
 
-def sample_differential(stored: dict, described: sample.Sample) -> results.Differential:
+def sample_differential(stored: dict, described: sample.Sample) -> differential.Differential:
     """A stored batch's differential as served, with its sample's white-cell count."""
     return results.served_differential(stored["results"], stored["classes"], current_app.config,
                                        described.white_cells_per_litre,
