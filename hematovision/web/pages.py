@@ -33,7 +33,7 @@ from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.reference import catalog_intervals
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
-from hematovision.web import field_view, heatmap, models, results, sample, uploads
+from hematovision.web import field_view, heatmap, models, recent, results, sample, uploads
 from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.security import check_csrf
 
@@ -221,8 +221,8 @@ def _is_number(value) -> bool:
 
 @bp.get("/")
 def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None = None):
-    """The upload form; after a refused upload, with its errors and the model it chose.
-    `?model=NAME` preselects a model (the result page links so to another model)."""
+    """The upload form and the batches this browser uploaded (`recent`); after a refused
+    upload, with its errors and the model it chose. `?model=NAME` preselects a model (the result page links so to another model)."""
     predictors = {name: models.get(name) for name in models.names()}
     chosen = chosen or request.args.get("model")
     formats = sorted(
@@ -242,6 +242,9 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
         errors=errors or [],
         chosen=chosen if chosen in predictors else models.default_name(),
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
+        recent=[{"batch": b, "expires": expires_at(b),
+                 "to_review": sum(map(differential.needs_review, b["results"]))}
+                for b in recent.batches(upload_folder())],
     )
     return page, status
 
@@ -274,6 +277,7 @@ def upload():
     batch_id = uploads.save_batch(
         folder, {"model": name, "classes": models.get(name).classes, "results": items}
     )
+    recent.remember(batch_id)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
 
@@ -283,6 +287,7 @@ def delete(batch_id: str):
     end of the retention time; then back to the upload form, which says so."""
     stored = load_or_404(batch_id)
     uploads.delete_batch(upload_folder(), batch_id)
+    recent.forget(batch_id)
     count = results.image_count(stored["results"])
     flash(DELETED.format(images=f"{count} image{'s' if count != 1 else ''}"))
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)

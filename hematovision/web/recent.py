@@ -1,0 +1,52 @@
+"""The batches this browser uploaded, so the upload page can lead back to them.
+
+A batch is reached only by its unguessable address (`uploads.new_id`), and the app has no user
+accounts: a technologist who leaves a batch page (to classify the next film, or by closing the
+tab) had no way back to it but the browser's history. The ids of the batches this browser
+uploaded are kept in its signed session cookie (newest first, at most MAX_REMEMBERED), never on
+the server, so no one sees the batches of another browser; the upload page lists those still
+stored and forgets those deleted or purged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import session
+
+from hematovision.web import uploads
+
+SESSION_KEY = "batches"
+# Each listed batch is read from disk on every visit to the upload page, and a cookie holds
+# about 4 KB; a technologist's batches within the retention time (an hour) are fewer.
+MAX_REMEMBERED = 10
+
+
+def remember(batch_id: str) -> None:
+    """Put a batch this browser uploaded first in its list."""
+    session[SESSION_KEY] = [batch_id, *(i for i in _ids() if i != batch_id)][:MAX_REMEMBERED]
+
+
+def forget(batch_id: str) -> None:
+    """Take a deleted batch off this browser's list."""
+    if batch_id in _ids():
+        session[SESSION_KEY] = [i for i in _ids() if i != batch_id]
+
+
+def batches(folder: Path) -> list[dict[str, Any]]:
+    """This browser's batches still stored in `folder`, newest first; those gone (deleted in
+    another tab, purged at the end of the retention time) are forgotten."""
+    stored = {i: uploads.load_batch(folder, i) for i in _ids()}
+    kept = [i for i, batch in stored.items() if batch is not None]
+    if kept != _ids():
+        session[SESSION_KEY] = kept
+    return [stored[i] for i in kept]
+
+
+def _ids() -> list[str]:
+    """The remembered ids, ignoring anything else an old or foreign cookie might hold."""
+    ids = session.get(SESSION_KEY)
+    if not isinstance(ids, list):
+        return []
+    return [i for i in ids if isinstance(i, str) and uploads.is_valid_id(i)][:MAX_REMEMBERED]

@@ -1,0 +1,89 @@
+"""hematovision.web.recent: the upload page lists the batches this browser uploaded, newest
+first, with their sample, model, kept-until time and cells to review; and forgets those deleted
+or purged, and never shows another browser's."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import recent
+from tests.web_helpers import (csrf_token, image_bytes, make_app, make_models_root, page,
+                               save_sample, text, upload)
+
+
+@pytest.fixture
+def app(tmp_path, tiny_model_dir):
+    return make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
+
+
+def listed(client) -> list[str]:
+    """The batch ids the upload page lists, in its order."""
+    return re.findall(r'data-batch="([0-9a-f]{32})"', page(client, "/"))
+
+
+def upload_batch(client, images: int = 1) -> str:
+    location = upload(client, "tiny", *[(f"cell{i}.jpg", image_bytes((200, 60 + i, 60)))
+                                        for i in range(images)])
+    return location.rsplit("/", 1)[-1]
+
+
+def test_the_upload_page_lists_this_browser_s_batches_newest_first(app):
+    client = app.test_client()
+    assert listed(client) == [] and 'id="recent-batches"' not in page(client, "/")
+    first, second = upload_batch(client, images=2), upload_batch(client)
+    assert listed(client) == [second, first]
+    html = page(client, "/")
+    assert f'href="/batch/{first}"' in html and f'href="/batch/{second}"' in html
+    shown = text(html)
+    assert "Your batches" in shown and "Batch of 2 images" in shown and "Batch of 1 image" in shown
+    assert "tiny · uploaded" in shown and "kept until" in shown
+    # Another browser (its own session) sees none of them, though it may open each by address.
+    stranger = app.test_client()
+    assert listed(stranger) == []
+    assert stranger.get(f"/batch/{first}").status_code == 200
+
+
+def test_the_list_names_the_sample_as_text_and_counts_the_cells_to_review(app):
+    client = app.test_client()
+    batch_id = upload_batch(client, images=2)  # a sample is given for a differential
+    assert save_sample(client, batch_id, "<b>H-26-7</b>").status_code == 303
+    html = page(client, "/")
+    assert "Sample &lt;b&gt;H-26-7&lt;/b&gt; · Batch of 2 images" in html
+    assert "to review" not in text(html)  # the tiny model accepts every cell
+
+    folder = Path(app.config["UPLOAD_FOLDER"])
+    stored = folder / f"{batch_id}.json"
+    stored.write_text(stored.read_text().replace('"status": "accepted"',
+                                                 '"status": "unidentified"'))
+    assert "2 to review" in text(page(client, "/"))
+
+
+def test_a_deleted_or_purged_batch_leaves_the_list(app):
+    client = app.test_client()
+    kept, deleted, purged = (upload_batch(client) for _ in range(3))
+    response = client.post(f"/batch/{deleted}/delete", data={"csrf_token": csrf_token(client)})
+    assert response.status_code == 303
+    assert listed(client) == [purged, kept]
+    (Path(app.config["UPLOAD_FOLDER"]) / f"{purged}.json").unlink()  # as the purge deletes it
+    assert listed(client) == [kept]
+    with client.session_transaction() as session:
+        assert session[recent.SESSION_KEY] == [kept]  # forgotten, not only hidden
+
+
+def test_only_the_most_recent_batches_are_remembered(app):
+    client = app.test_client()
+    ids = [upload_batch(client) for _ in range(recent.MAX_REMEMBERED + 2)]
+    assert listed(client) == ids[::-1][:recent.MAX_REMEMBERED]
+
+
+def test_a_cookie_holding_anything_but_batch_ids_lists_nothing_and_does_not_fail(app):
+    client = app.test_client()
+    batch_id = upload_batch(client)
+    for value in ["../../etc/passwd", ["../x", 7, None, batch_id.upper()], {"a": 1}]:
+        with client.session_transaction() as session:
+            session[recent.SESSION_KEY] = value
+        assert listed(client) == []
+    with client.session_transaction() as session:
+        session[recent.SESSION_KEY] = ["not-an-id", batch_id]
+    assert listed(client) == [batch_id]
