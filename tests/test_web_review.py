@@ -213,6 +213,8 @@ def test_the_reviewed_cells_download_as_a_folder_to_train_on(client, batch_id, t
     assert response.status_code == 200 and response.mimetype == "application/zip"
     assert response.headers["Cache-Control"] == "no-store"
     prefix = batch_id[:8]
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="hematovision-{prefix}-reviewed.zip"')  # no sample ID given
     with zipfile.ZipFile(io.BytesIO(response.data)) as archive:
         assert sorted(archive.namelist()) == [
             f"eosinophil/{prefix}-000-n.jpg", f"monocyte/{prefix}-001-u1.jpg",

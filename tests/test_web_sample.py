@@ -85,8 +85,10 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
     assert ("Sample H-2026-01234. HematoVision, model tiny, result 1 of 101 of a batch uploaded"
             in text(result_page.split('id="print-note"')[1].split("</p>")[0]))
     assert "Sample H-2026-01234 ·" in page(client, f"/batch/{batch_id}/review?show=all")
-    assert 'filename="hematovision-H-2026-01234-' in client.get(
-        f"/batch/{batch_id}.csv").headers["Content-Disposition"]
+    for download, ending in ((".csv", ".csv"), ("/differential.csv", "-differential.csv"),
+                             ("/reviewed.zip", "-reviewed.zip")):  # the cell reviewed above
+        assert client.get(f"/batch/{batch_id}{download}").headers["Content-Disposition"] == (
+            f'attachment; filename="hematovision-H-2026-01234-{batch_id[:8]}{ending}"')
     # The reviewed cells' table groups them by sample, for a training split by source.
     assert sample.source_group(stored(client, batch_id)) == "sample:H-2026-01234"
     # Empty fields clear both.

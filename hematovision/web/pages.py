@@ -652,12 +652,17 @@ def batch_csv(batch_id: str):
 
 
 def csv_download(table: str, stored: dict, suffix: str = "") -> Response:
-    """A CSV file of a batch to save, named after its sample where it has an ID (so a lab's
-    downloads say whose film they count) and its batch id."""
+    """A CSV file of a batch to save (`download`)."""
+    return download(table, "text/csv", stored, f"{suffix}.csv")
+
+
+def download(content: str | bytes, mimetype: str, stored: dict, ending: str) -> Response:
+    """A file of a batch to save, named after its sample where it has an ID (so a lab's
+    downloads say whose film they hold) and its batch id, then `ending`."""
     name = "-".join(filter(None, ["hematovision", results.file_part(sample.of(stored).id),
                                   stored["id"][:8]]))
-    response = Response(table, mimetype="text/csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}{suffix}.csv"'
+    response = Response(content, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}{ending}"'
     return _no_store(response)
 
 
@@ -707,11 +712,7 @@ def reviewed_zip(batch_id: str):
     folder = upload_folder()
     archive = results.reviewed_archive(stored, lambda image: uploads.image_path(folder, image),
                                        sample.source_group(stored))
-    response = Response(archive, mimetype="application/zip")
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="hematovision-{batch_id[:8]}-reviewed.zip"'
-    )
-    return _no_store(response)
+    return download(archive, "application/zip", stored, "-reviewed.zip")
 
 
 @bp.get("/uploads/<image_id>.jpg")
