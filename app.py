@@ -8,6 +8,7 @@ gunicorn -c gunicorn.conf.py "app:create_app()"  # production
 import sys
 
 from hematovision.card import ModelLoadError
+from hematovision.reference import SETTINGS, UNITS
 from hematovision.web import create_app
 
 __all__ = ["create_app"]
@@ -28,9 +29,9 @@ if __name__ == "__main__":
                if p.trust.target_accuracy is not None else "")
             for name, p in predictors.items()))
         # What the differential's shares are flagged against, so a lab's own setting can be checked.
-        for key, unit in (("REFERENCE_INTERVALS",
-                           "% of white cells; beside them, as erythroblasts, per 100 white cells"),
-                          ("ABSOLUTE_REFERENCE_INTERVALS", "x 10^9/L")):
+        for absolute, key in SETTINGS.items():
+            unit = UNITS[absolute] + ("" if absolute else
+                                      "; beside them, as erythroblasts, per 100 white cells")
             print(f"reference intervals ({unit}): " + ", ".join(
                 f"{name} {low:g}-{high:g}" for name, (low, high) in app.config[key].items()))
         sys.exit(0)

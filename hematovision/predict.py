@@ -45,13 +45,12 @@ from hematovision.cells import display_name
 from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, differential,
                                        differential_json, flag_text)
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
-from hematovision.reference import intervals, white_cell_count
+from hematovision.reference import SETTINGS, intervals, white_cell_count
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED, parse_accuracy_target
 
-# The app's settings of a lab's own reference intervals (hematovision.web), read here too so
-# that the command line flags what the batch page flags.
-INTERVAL_SETTINGS = {False: "HEMATOVISION_REFERENCE_INTERVALS",
-                     True: "HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS"}
+# The environment variables of the app's settings of a lab's own reference intervals, read here
+# too so that the command line flags what the batch page flags.
+INTERVAL_VARIABLES = {absolute: f"HEMATOVISION_{key}" for absolute, key in SETTINGS.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wbc_includes_nrbc and args.wbc is None:
         parser.error("--wbc-includes-nrbc needs --wbc, the count it corrects")
     lab_intervals = {}
-    for absolute, name in INTERVAL_SETTINGS.items():
+    for absolute, name in INTERVAL_VARIABLES.items():
         try:
             lab_intervals[absolute] = intervals(_setting(name), absolute)
         except ValueError as exc:
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "differential": differential_json(found)}))
             else:
                 print(differential_text(found, model_dir.name, tally, len(paths), failures,
-                                        any(map(os.environ.get, INTERVAL_SETTINGS.values()))))
+                                        any(map(os.environ.get, INTERVAL_VARIABLES.values()))))
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python
@@ -201,11 +200,11 @@ def differential_text(found: Differential, model: str, tally: "Tally", files: in
                      "error; high? / low?, outside it within counting error. The 95 % range "
                      "covers the counting, not the model's mistakes.")
     if n:
+        variables = " and ".join(INTERVAL_VARIABLES.values())
         notes.append("Reference: adult intervals, " + (
-            "this lab's where set (HEMATOVISION_REFERENCE_INTERVALS, "
-            "HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS), else the cell-type catalog's."
-            if lab_intervals else "the cell-type catalog's (a lab sets its own with "
-            "HEMATOVISION_REFERENCE_INTERVALS and HEMATOVISION_ABSOLUTE_REFERENCE_INTERVALS)."))
+            f"this lab's where set ({variables}), else the cell-type catalog's."
+            if lab_intervals else
+            f"the cell-type catalog's (a lab sets its own with {variables})."))
     return "\n".join([*lines, "", *(textwrap.fill(note, 100) for note in notes)])
 
 

@@ -26,6 +26,11 @@ from hematovision.cells import CELL_TYPES
 from hematovision.counting import share_range
 
 ABOVE, BELOW = "above", "below"
+# The settings that give a lab's own intervals, by whether they are absolute counts: keys of the
+# web app's configuration, also read from the environment as HEMATOVISION_<key> by the app and
+# the predict command; and the unit of each.
+SETTINGS = {False: "REFERENCE_INTERVALS", True: "ABSOLUTE_REFERENCE_INTERVALS"}
+UNITS = {False: "% of white cells", True: "x 10^9/L"}
 # The largest total white-cell count taken, x 10^9/L: above the highest counts of leukaemias
 # (several hundred), far below a typing slip of a unit (cells per microlitre: thousands).
 MAX_WHITE_CELL_COUNT = 1000.0

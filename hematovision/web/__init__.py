@@ -15,7 +15,7 @@ from flask import Flask
 from hematovision.card import ModelLoadError
 from hematovision.predictor import MODELS_ROOT
 from hematovision.preprocess import MAX_PIXELS
-from hematovision.reference import intervals
+from hematovision.reference import SETTINGS, intervals
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -59,7 +59,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for key in ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE"):
         app.config[key] = os.path.abspath(app.config[key])
 
-    for key, absolute in (("REFERENCE_INTERVALS", False), ("ABSOLUTE_REFERENCE_INTERVALS", True)):
+    for absolute, key in SETTINGS.items():
         app.config[key] = reference_intervals(key, app.config[key], absolute)
 
     # Keep JSON keys in insertion order: "file" first and probabilities in the model's class

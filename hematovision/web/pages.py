@@ -30,7 +30,7 @@ from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
-from hematovision.reference import catalog_intervals
+from hematovision.reference import SETTINGS, UNITS, catalog_intervals
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
 from hematovision.web import field_view, heatmap, models, recent, results, sample, uploads
@@ -854,11 +854,10 @@ def lab_reference(name: str | None) -> list[str]:
     """The server's own reference intervals of class `name` where a lab set them apart from
     the catalog's (whose text the cell description gives), as sentences' parts."""
     found = []
-    for absolute, unit in ((False, "% of white cells"), (True, "x 10^9/L")):
-        key = "ABSOLUTE_REFERENCE_INTERVALS" if absolute else "REFERENCE_INTERVALS"
+    for absolute, key in SETTINGS.items():
         own = current_app.config[key].get(name)
         if own is not None and own != catalog_intervals(absolute).get(name):
-            found.append(f"{interval(own)} {unit}")
+            found.append(f"{interval(own)} {UNITS[absolute]}")
     return found
 
 
