@@ -104,6 +104,9 @@ def pages(client) -> dict[str, str]:
     single = upload(client, "other", ("one.png", image_bytes(fmt="PNG")))
     client.post(f"{batch}/0/review", data={"csrf_token": csrf_token(client),
                                            "verdict": "eosinophil"})
+    assert client.post(f"{batch}/manual", data={  # a comparison on the batch page
+        "csrf_token": csrf_token(client), "manual_neutrophil": "3", "manual_other": "1"}
+    ).status_code == 303
     addresses = ["/", "/?model=other", batch, f"{batch}/0", f"{batch}/1", f"{batch}/3",
                  f"{batch}/review", f"{batch}/review?show=all", single, "/models",
                  "/models/tiny", "/models/other", "/docs/api", "/no-such-page",

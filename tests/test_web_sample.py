@@ -4,28 +4,22 @@ printed report and the CSV files."""
 
 import csv
 import io
-import json
-from pathlib import Path
 
 import pytest
 
 from hematovision.differential import differential, differential_json
-from hematovision.web import sample, uploads
+from hematovision.web import sample
 from hematovision.web.sample import Sample
 from tests.test_differential import PBC8, WBC4, film, result
 from tests.test_web_results import stored_batch
-from tests.web_helpers import csrf_token, make_app, make_models_root, page, save_sample, text
+from tests.web_helpers import (csrf_token, deleted_before_every_update, make_app,
+                               make_models_root, page, save_sample, stored_json, text)
 
 
 @pytest.fixture
 def client(tmp_path, tiny_model_dir):
     app = make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir))
     return app.test_client()
-
-
-def stored(client, batch_id: str) -> dict:
-    folder = Path(client.application.config["UPLOAD_FOLDER"])
-    return json.loads((folder / f"{batch_id}.json").read_text())
 
 
 @pytest.mark.parametrize("typed, canonical", [
@@ -67,7 +61,7 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
     batch_id = stored_batch(client, cells + [result("monocyte", "unidentified", WBC4)], WBC4)
     response = save_sample(client, batch_id, sample_id="H-2026-01234", wbc="5")
     assert response.status_code == 303 and response.headers["Location"] == f"/batch/{batch_id}"
-    assert stored(client, batch_id)["sample"]["id"] == "H-2026-01234"
+    assert stored_json(client, batch_id)["sample"]["id"] == "H-2026-01234"
     html = page(client, f"/batch/{batch_id}")
     assert "Saved the sample's details." in text(html)
     assert "<title>Sample H-2026-01234 · Batch of 101 images" in html
@@ -90,13 +84,13 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
         assert client.get(f"/batch/{batch_id}{download}").headers["Content-Disposition"] == (
             f'attachment; filename="hematovision-H-2026-01234-{batch_id[:8]}{ending}"')
     # The reviewed cells' table groups them by sample, for a training split by source.
-    assert sample.source_group(stored(client, batch_id)) == "sample:H-2026-01234"
+    assert sample.source_group(stored_json(client, batch_id)) == "sample:H-2026-01234"
     # Empty fields clear both.
     save_sample(client, batch_id)
     html = page(client, f"/batch/{batch_id}")
     assert "Cleared the sample's details." in text(html)
     assert 'id="absolute"' not in html and "Sample H-2026" not in html
-    assert sample.source_group(stored(client, batch_id)) == f"batch:{batch_id}"
+    assert sample.source_group(stored_json(client, batch_id)) == f"batch:{batch_id}"
 
 
 @pytest.mark.parametrize("fields, field_error, message", [
@@ -113,8 +107,8 @@ def test_a_refused_field_gets_the_page_with_a_message_and_400_keeping_what_was_s
     assert response.status_code == 400
     assert f'id="{field_error}"' in html and message in text(html)
     assert f'value="{fields["wbc"]}"' in html  # as typed, to correct it
-    assert stored(client, batch_id)["sample"]["id"] == "H-1"
-    assert stored(client, batch_id)["sample"]["white_cells_per_litre"] == 5.0
+    assert stored_json(client, batch_id)["sample"]["id"] == "H-1"
+    assert stored_json(client, batch_id)["sample"]["white_cells_per_litre"] == 5.0
     assert "of a film with 5 × 10⁹ white cells per litre" in text(html)  # the stored count
 
 
@@ -127,29 +121,29 @@ def test_a_sample_id_is_shown_as_text_never_as_markup(client):
     assert disposition.startswith('attachment; filename="hematovision-b_x_b-')
 
 
-def test_the_sample_form_needs_the_form_token_a_batch_and_a_differential(client):
+@pytest.mark.parametrize("form, field, key", [("sample", "wbc", "sample"),
+                                              ("manual", "manual_neutrophil", "manual")])
+def test_the_batch_page_forms_need_the_form_token_a_batch_and_a_differential(client, form,
+                                                                              field, key):
     batch_id = stored_batch(client, film({"neutrophil": 2}, WBC4), WBC4)
-    assert client.post(f"/batch/{batch_id}/sample", data={"wbc": "5"}).status_code == 400
-    assert "sample" not in stored(client, batch_id)
-    assert save_sample(client, "0" * 32, wbc="5").status_code == 404
-    single = stored_batch(client, film({"neutrophil": 1}, WBC4), WBC4)
-    response = save_sample(client, single, wbc="5")
+    assert client.post(f"/batch/{batch_id}/{form}", data={field: "5"}).status_code == 400
+    assert key not in stored_json(client, batch_id)
+
+    def post(batch_id: str):
+        return client.post(f"/batch/{batch_id}/{form}",
+                           data={"csrf_token": csrf_token(client), field: "5"})
+
+    assert post("0" * 32).status_code == 404
+    response = post(stored_batch(client, film({"neutrophil": 1}, WBC4), WBC4))
     assert response.status_code == 400 and "add images to this batch first" in text(
         response.get_data(as_text=True))
 
 
 def test_a_sample_saved_as_the_batch_is_deleted_brings_nothing_back(client, monkeypatch):
     batch_id = stored_batch(client, film({"neutrophil": 2}, WBC4), WBC4)
-    folder = Path(client.application.config["UPLOAD_FOLDER"])
-    real = uploads.update_batch
-
-    def deleted_first(*args, **kwargs):
-        uploads.delete_batch(folder, batch_id)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(uploads, "update_batch", deleted_first)
+    gone = deleted_before_every_update(monkeypatch, client, batch_id)
     assert save_sample(client, batch_id, wbc="5").status_code == 404
-    assert not (folder / f"{batch_id}.json").exists()
+    assert not gone.exists()
 
 
 def test_a_count_that_includes_nucleated_red_cells_is_corrected_for_those_counted(client):

@@ -300,3 +300,25 @@ HOSTILE_NAMES = [
     pytest.param("..", "..", id="dot-dot-only"),
     pytest.param("=HYPERLINK(1).png", "=HYPERLINK(1).png", id="formula"),
 ]
+
+
+def stored_json(client, batch_id: str) -> dict:
+    """A batch as stored on disk by the client's app."""
+    folder = Path(client.application.config["UPLOAD_FOLDER"])
+    return json.loads((folder / f"{batch_id}.json").read_text())
+
+
+def deleted_before_every_update(monkeypatch, client, batch_id: str) -> Path:
+    """Make the batch be deleted (as by another tab) just before the next change to any stored
+    batch; the path of its file."""
+    from hematovision.web import uploads
+
+    folder = Path(client.application.config["UPLOAD_FOLDER"])
+    real = uploads.update_batch
+
+    def deleted_first(*args, **kwargs):
+        uploads.delete_batch(folder, batch_id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(uploads, "update_batch", deleted_first)
+    return folder / f"{batch_id}.json"

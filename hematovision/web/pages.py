@@ -26,6 +26,7 @@ from flask import (
 from hematovision import differential
 from hematovision.card import DIFFERENTIAL, FLAGS, REVIEW_ORDER, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
+from hematovision.comparison import Comparison, compare
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
@@ -33,7 +34,8 @@ from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.reference import SETTINGS, UNITS, catalog_intervals
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
-from hematovision.web import field_view, heatmap, models, recent, results, sample, uploads
+from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
+                              uploads)
 from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.security import check_csrf
 
@@ -89,6 +91,10 @@ MODEL_GONE = "The model {name!r} that classified this image is no longer served.
 SAMPLE_SAVED = "Saved the sample's details."
 SAMPLE_CLEARED = "Cleared the sample's details."
 SAMPLE_ONE_IMAGE = ("A sample's details are given for a differential: add images to this batch "
+                    "first.")
+MANUAL_SAVED = "Saved your manual count of {cells} white cells: the comparison is below."
+MANUAL_CLEARED = "Cleared the manual count."
+MANUAL_ONE_IMAGE = ("A manual count is compared with a differential: add images to this batch "
                     "first.")
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
@@ -222,7 +228,8 @@ def _is_number(value) -> bool:
 @bp.get("/")
 def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None = None):
     """The upload form and the batches this browser uploaded (`recent`); after a refused
-    upload, with its errors and the model it chose. `?model=NAME` preselects a model (the result page links so to another model)."""
+    upload, with its errors and the model it chose. `?model=NAME` preselects a model (the
+    result page links so to another model)."""
     predictors = {name: models.get(name) for name in models.names()}
     chosen = chosen or request.args.get("model")
     formats = sorted(
@@ -488,9 +495,11 @@ def left_out_text(reason: str) -> str:
 
 @bp.get("/batch/<batch_id>")
 def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200,
-          sample_form: sample.SampleForm | None = None):
+          sample_form: sample.SampleForm | None = None,
+          manual_form: manual.ManualForm | None = None):
     """The batch page (a batch of one image shows that image's page); after a refused
-    addition, with its errors, and after a refused sample form, with it as typed."""
+    addition, with its errors, and after a refused sample or manual-count form, with it as
+    typed."""
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
@@ -530,6 +539,9 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             sample=described,
             sample_form=sample_form or sample.form_of(described),
             sample_id_length=sample.MAX_ID_LENGTH,
+            comparison=manual_comparison(stored, counted),
+            manual_form=manual_form or manual.form_of(manual.of(stored)),
+            manual_fields=manual_fields(stored["classes"]),
             # Only a model that names nucleated red cells can correct a count that includes them.
             nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
             few_cells=differential.DIFFERENTIAL_CELLS,
@@ -672,8 +684,16 @@ def differential_csv(batch_id: str):
     white-cell count, per litre too)."""
     stored = load_or_404(batch_id)
     described = sample.of(stored)
-    return csv_download(results.differential_csv(sample_differential(stored, described),
-                                                 described.id), stored, "-differential")
+    counted = sample_differential(stored, described)
+    return csv_download(results.differential_csv(counted, described.id,
+                                                 manual_comparison(stored, counted)),
+                        stored, "-differential")
+
+
+def manual_comparison(stored: dict, counted: differential.Differential) -> Comparison | None:
+    """A stored batch's differential against the manual count stored with it, if any."""
+    by_hand = manual.of(stored)
+    return by_hand and compare(counted, by_hand.counts, by_hand.other)
 
 
 def sample_differential(stored: dict, described: sample.Sample) -> differential.Differential:
@@ -699,6 +719,33 @@ def save_sample(batch_id: str):
         abort(404, description=EXPIRED.format(retention=retention()))
     flash(SAMPLE_SAVED if described != sample.Sample() else SAMPLE_CLEARED)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+@bp.post("/batch/<batch_id>/manual")
+def save_manual(batch_id: str):
+    """Record a manual count of the batch's film, to compare its differential with (every
+    field empty clears it), then back to the batch page at the comparison (303); a field that
+    is not a count gets the page with the form as typed and a message (400), and what was
+    stored stays."""
+    stored = load_or_404(batch_id)
+    if len(stored["results"]) == 1:
+        abort(400, description=MANUAL_ONE_IMAGE)
+    counted, form = manual.read_form(request.form, stored["classes"])
+    if counted is None:
+        return batch(batch_id, status=400, manual_form=form)
+    if uploads.update_batch(upload_folder(), batch_id,
+                            lambda b: manual.store(b, counted, time.time())) is None:
+        abort(404, description=EXPIRED.format(retention=retention()))
+    flash(MANUAL_SAVED.format(cells=counted.total) if counted.total else MANUAL_CLEARED)
+    return redirect(url_for("pages.batch", batch_id=batch_id, _anchor="manual-title"), code=303)
+
+
+def manual_fields(classes: list[str]) -> list[tuple[str, str]]:
+    """The manual-count form's fields with their labels: the model's white-cell classes, then
+    the white cells of classes it does not name."""
+    names = manual.field_names(classes)
+    return [(name, display_name(name[len(manual.FIELD_PREFIX):])) for name in names[:-1]] + [
+        (names[-1], "Other white cells")]
 
 
 @bp.get("/batch/<batch_id>/reviewed.zip")

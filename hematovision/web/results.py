@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, Differential, counted_label, differential,
                                        flag_text, needs_review, status_of, verdict_of)
 from hematovision.magnification import BatchCheck, Reference, batch_check
@@ -49,33 +50,43 @@ DIFFERENTIAL_COLUMNS = (
     "reference_low", "reference_high", "flag", "per_100_white", "per_litre", "per_litre_low",
     "per_litre_high", "per_litre_reference_low", "per_litre_reference_high", "per_litre_flag",
     "white_cells", "awaiting_review", "white_cells_per_litre",
-    "uncorrected_white_cells_per_litre", "sample")
+    "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
+    "manual_difference", "manual_p_value", "manual_white_cells")
 
 
-def differential_csv(counted: Differential, sample_id: str = "") -> str:
+def differential_csv(counted: Differential, sample_id: str = "",
+                     comparison: Comparison | None = None) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
     white cells), each with the batch's white cells counted, unidentified cells awaiting review
     (no flag is given while there are any), total count and sample ID. A flag reads "high",
-    "low", "high?" or "low?" (within counting error), empty within the interval."""
+    "low", "high?" or "low?" (within counting error), empty within the interval. Given a
+    manual count of the film (`comparison`), each white-cell class's row also has its manual
+    count and percent, the difference in points and its p-value (`hematovision.comparison`),
+    and each row the manual count's white cells. Columns are added last, so that earlier ones
+    keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
     batch = [counted.white_cells, counted.awaiting_review,
              _number(counted.white_cells_per_litre),
              _number(counted.uncorrected_white_cells_per_litre), _inert(sample_id)]
+    by_hand = {row.name: row for row in comparison.classes} if comparison else {}
+    manual_total = [comparison.manual_white_cells if comparison else ""]
     for s in counted.shares:
-        a = s.absolute
+        a, m = s.absolute, by_hand.get(s.name)
         writer.writerow([
             s.name, "yes", s.count, f"{s.percent:.1f}", f"{s.low:.1f}", f"{s.high:.1f}",
             *_bounds(s.reference), flag_text(s.flag), "",
             *([f"{a.value:.2f}", f"{a.low:.2f}", f"{a.high:.2f}", *_bounds(a.reference),
-               flag_text(a.flag)] if a else [""] * 6), *batch])
+               flag_text(a.flag)] if a else [""] * 6), *batch,
+            *([m.manual_count, f"{m.manual_percent:.1f}", f"{m.difference:.1f}",
+               f"{m.p_value:.4g}"] if m else [""] * 4), *manual_total])
     for o in counted.others:
         writer.writerow([o.name, "no", o.count, "", _number(o.low), _number(o.high),
                          *_bounds(o.reference), flag_text(o.flag), _number(o.per_100_white),
-                         *[""] * 6, *batch])
+                         *[""] * 6, *batch, *[""] * 4, *manual_total])
     return out.getvalue()
 
 

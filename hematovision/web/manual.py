@@ -1,0 +1,104 @@
+"""A manual count of the film a batch counts, as the technologist types it on the batch page, to
+compare the batch's differential with (`hematovision.comparison`). Kept in the stored batch
+like the sample's details: given once, kept through reviews and added images, deleted with it.
+
+The form has one field per white-cell class of the batch's model and one for the white cells
+of classes it does not name (a basophil or a blast a four-class model cannot count), so that
+the manual shares are of every white cell counted by hand. An empty field counts none: a
+technologist types the classes seen. A form with every field empty clears the count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hematovision.cells import is_white_cell
+
+FIELD_PREFIX = "manual_"
+OTHER = "other"  # the field of the white cells of classes the model does not name
+# Far above a manual differential (100 to 400 cells), far below a typing slip that would make
+# every share meaningless.
+MAX_CELLS = 10_000
+BAD_COUNT = "A count of cells is a whole number from 0 to {top:,}; {typed!r} is not."
+TOO_MANY = "A manual count of at most {top:,} cells is compared; these add up to {total:,}."
+
+
+@dataclass(frozen=True)
+class ManualCount:
+    counts: dict[str, int]  # by class, every white-cell class of the model, zeros included
+    other: int = 0  # white cells of classes the model does not name
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values()) + self.other
+
+
+@dataclass(frozen=True)
+class ManualForm:
+    """The form as typed, and the message for each refused field (its name: the whole form's
+    under ""), to show the form again with both."""
+    typed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def field_names(classes: list[str]) -> list[str]:
+    """The form's fields: one per white-cell class of the model, in its order, then OTHER."""
+    return [FIELD_PREFIX + c for c in classes if is_white_cell(c)] + [FIELD_PREFIX + OTHER]
+
+
+def read_form(form: Mapping[str, str], classes: list[str]
+              ) -> tuple[ManualCount | None, ManualForm]:
+    """The manual count a form gives (all fields empty: no count, which clears one given
+    before), or None and the form with a message for each refused field."""
+    names = field_names(classes)
+    typed = {name: str(form.get(name, "")).strip()[:20] for name in names}
+    errors, values = {}, {}
+    for name, text in typed.items():
+        value = _cells(text)
+        if value is None:
+            errors[name] = BAD_COUNT.format(top=MAX_CELLS, typed=text)
+        values[name] = value or 0
+    if not errors and sum(values.values()) > MAX_CELLS:
+        errors[""] = TOO_MANY.format(top=MAX_CELLS, total=sum(values.values()))
+    if errors:
+        return None, ManualForm(typed, errors)
+    counted = ManualCount({name[len(FIELD_PREFIX):]: values[name] for name in names[:-1]},
+                          values[names[-1]])
+    return counted, ManualForm(typed)
+
+
+def _cells(text: str) -> int | None:
+    """A field's count: 0 when empty, None when not a whole number from 0 to MAX_CELLS."""
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_CELLS:
+        return None
+    return int(text)
+
+
+def of(batch: dict[str, Any]) -> ManualCount | None:
+    """The manual count stored with a batch; None when none was given."""
+    stored = batch.get("manual")
+    if not stored:
+        return None
+    return ManualCount(dict(stored["counts"]), stored.get("other", 0))
+
+
+def store(batch: dict[str, Any], counted: ManualCount, at: float) -> None:
+    """Record a manual count in a stored batch (in place), replacing any before; an empty one
+    (no cell) removes it."""
+    if counted.total:
+        batch["manual"] = {"counts": counted.counts, "other": counted.other, "at": at}
+    else:
+        batch.pop("manual", None)
+
+
+def form_of(counted: ManualCount | None) -> ManualForm:
+    """The form filled in with a stored count (zeros left empty, as typed)."""
+    if counted is None:
+        return ManualForm()
+    return ManualForm({**{FIELD_PREFIX + c: str(n) if n else ""
+                          for c, n in counted.counts.items()},
+                       FIELD_PREFIX + OTHER: str(counted.other) if counted.other else ""})

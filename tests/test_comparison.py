@@ -1,0 +1,77 @@
+"""hematovision.comparison: a batch's differential against a manual count of the same film,
+each class's difference marked only beyond counting error (Fisher's exact test)."""
+
+from math import comb
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from hematovision.comparison import LEVEL, compare, fisher_exact
+from hematovision.differential import differential
+from tests.test_differential import film
+
+WBC4 = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+
+
+@pytest.mark.parametrize("a, n1, b, n2, expected", [
+    (3, 4, 1, 4, 34 / 70),  # Fisher's lady tasting tea: 34 of the 70 ways are as extreme
+    (0, 100, 0, 100, 1.0),  # no cell of the class in either count
+    (100, 100, 100, 100, 1.0),
+    (60, 100, 60, 100, 1.0),
+])
+def test_fisher_s_exact_test_on_tables_whose_answer_is_known(a, n1, b, n2, expected):
+    assert fisher_exact(a, n1, b, n2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fisher_s_exact_test_agrees_with_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n1, n2 = (int(n) for n in rng.integers(1, 400, 2))
+        a, b = int(rng.integers(0, n1 + 1)), int(rng.integers(0, n2 + 1))
+        expected = stats.fisher_exact([[a, n1 - a], [b, n2 - b]]).pvalue
+        assert fisher_exact(a, n1, b, n2) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    with pytest.raises(ValueError, match="not counts of their totals"):
+        fisher_exact(5, 4, 1, 4)
+
+
+def test_two_counts_of_100_cells_differ_by_10_points_in_about_one_pair_of_six():
+    # The module's example of what counting alone does: a film of 60 % neutrophils counted
+    # twice, 100 cells each time.
+    p = [comb(100, k) * 0.6**k * 0.4 ** (100 - k) for k in range(101)]
+    apart = sum(p[i] * p[j] for i in range(101) for j in range(101) if abs(i - j) >= 10)
+    assert round(1 / apart) == 6  # 0.170
+
+
+def test_each_class_against_the_manual_count_of_the_same_film():
+    counted = differential(
+        film({"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosinophil": 4}, WBC4), WBC4)
+    found = compare(counted, {"neutrophil": 35, "lymphocyte": 55, "monocyte": 5,
+                              "eosinophil": 3}, manual_other=2)  # 2 basophils: not in wbc4
+    assert (found.white_cells, found.manual_white_cells, found.manual_other) == (100, 100, 2)
+    rows = {row.name: row for row in found.classes}
+    assert list(rows) == WBC4
+    neutrophils = rows["neutrophil"]
+    assert (neutrophils.count, neutrophils.percent, neutrophils.manual_count,
+            neutrophils.manual_percent, neutrophils.difference) == (60, 60.0, 35, 35.0, 25.0)
+    assert neutrophils.p_value < 0.001 and neutrophils.beyond_counting_error
+    assert rows["lymphocyte"].difference == -25.0 and rows["lymphocyte"].beyond_counting_error
+    # 6 against 5 monocytes in 100: counting explains it.
+    assert rows["monocyte"].difference == 1.0 and not rows["monocyte"].beyond_counting_error
+    assert rows["monocyte"].p_value > LEVEL
+
+
+def test_shares_of_different_totals_are_compared_as_shares():
+    counted = differential(film({"neutrophil": 30, "lymphocyte": 20}, WBC4), WBC4)  # 50 cells
+    found = compare(counted, {"neutrophil": 120, "lymphocyte": 80})  # 200 cells by hand
+    assert [(r.percent, r.manual_percent, r.difference, r.beyond_counting_error)
+            for r in found.classes if r.count] == [(40.0, 40.0, 0.0, False),
+                                                    (60.0, 60.0, 0.0, False)]
+
+
+def test_without_a_white_cell_on_either_side_there_is_nothing_to_compare():
+    counted = differential(film({"neutrophil": 3}, WBC4), WBC4)
+    assert compare(counted, {}) is None
+    assert compare(counted, {"neutrophil": 0}, manual_other=0) is None
+    assert compare(differential([], WBC4), {"neutrophil": 5}) is None
+    assert compare(counted, {}, manual_other=4) is not None  # only cells the model lacks
