@@ -91,3 +91,59 @@ def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
 
 def _log_comb(n: int, k: int) -> float:
     return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+@dataclass(frozen=True)
+class FilmShares:
+    """One film's shares of a class: the batch's and the manual count's, in percent, and the
+    p-value of their difference (`ClassComparison`)."""
+    batch_percent: float
+    manual_percent: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class ClassAgreement:
+    """How the batch differential agrees with manual counts over many films, for one class:
+    the Bland-Altman summary of the differences (batch minus manual, in points) and the line
+    of the batch's share on the manual one, as a method comparison reports them."""
+    name: str
+    films: int
+    mean_difference: float  # the bias, in points
+    sd_difference: float | None  # None from one film
+    limits: tuple[float, float] | None  # 95 % limits of agreement: mean +- 1.96 SD
+    slope: float | None  # least squares, batch share on manual share; None from fewer than
+    intercept: float | None  # three films, or where the manual shares do not vary
+    r: float | None  # Pearson's correlation of the two shares, on the same films
+    marked: int  # films where the difference was beyond counting error
+
+
+def agreement_over_films(films: list[Mapping[str, FilmShares]], classes: list[str]
+                         ) -> list[ClassAgreement]:
+    """For each class (in `classes`' order) that some film compares, the agreement of the
+    batch's shares with the manual ones over the films (`ClassAgreement`)."""
+    found = []
+    for name in classes:
+        shares = [film[name] for film in films if name in film]
+        if not shares:
+            continue
+        batch = [s.batch_percent for s in shares]
+        by_hand = [s.manual_percent for s in shares]
+        differences = [b - m for b, m in zip(batch, by_hand)]
+        mean = sum(differences) / len(differences)
+        sd = (math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+              if len(differences) > 1 else None)
+        slope = intercept = r = None
+        if len(shares) >= 3 and len(set(by_hand)) > 1:
+            x_mean, y_mean = sum(by_hand) / len(by_hand), sum(batch) / len(batch)
+            sxx = sum((x - x_mean) ** 2 for x in by_hand)
+            syy = sum((y - y_mean) ** 2 for y in batch)
+            sxy = sum((x - x_mean) * (y - y_mean) for x, y in zip(by_hand, batch))
+            slope = sxy / sxx
+            intercept = y_mean - slope * x_mean
+            r = sxy / math.sqrt(sxx * syy) if syy else None
+        found.append(ClassAgreement(
+            name, len(shares), mean, sd,
+            None if sd is None else (mean - 1.96 * sd, mean + 1.96 * sd),
+            slope, intercept, r, sum(s.p_value < LEVEL for s in shares)))
+    return found

@@ -75,3 +75,26 @@ def test_without_a_white_cell_on_either_side_there_is_nothing_to_compare():
     assert compare(counted, {"neutrophil": 0}, manual_other=0) is None
     assert compare(differential([], WBC4), {"neutrophil": 5}) is None
     assert compare(counted, {}, manual_other=4) is not None  # only cells the model lacks
+
+
+def test_agreement_over_films_is_the_bland_altman_summary_and_the_least_squares_line():
+    from hematovision.comparison import FilmShares, agreement_over_films
+
+    batch, manual = [62.0, 55.0, 70.0, 48.0], [60.0, 58.0, 66.0, 50.0]
+    films = [{"neutrophil": FilmShares(b, m, p)} for b, m, p in zip(batch, manual,
+                                                                   [0.5, 0.01, 0.3, 0.9])]
+    films[0]["monocyte"] = FilmShares(5.0, 4.0, 0.7)  # one film compares monocytes
+    neutrophils, monocytes = agreement_over_films(films, WBC4[::-1])  # the order given
+    differences = np.subtract(batch, manual)
+    assert (neutrophils.name, neutrophils.films, neutrophils.marked) == ("neutrophil", 4, 1)
+    assert neutrophils.mean_difference == pytest.approx(differences.mean())
+    assert neutrophils.sd_difference == pytest.approx(differences.std(ddof=1))
+    spread = 1.96 * differences.std(ddof=1)
+    assert neutrophils.limits == pytest.approx((differences.mean() - spread,
+                                                differences.mean() + spread))
+    slope, intercept = np.polyfit(manual, batch, 1)
+    assert (neutrophils.slope, neutrophils.intercept) == pytest.approx((slope, intercept))
+    assert neutrophils.r == pytest.approx(np.corrcoef(manual, batch)[0, 1])
+    assert (monocytes.name, monocytes.films, monocytes.mean_difference) == ("monocyte", 1, 1.0)
+    assert (monocytes.sd_difference, monocytes.limits, monocytes.slope, monocytes.r) == (
+        None, None, None, None)

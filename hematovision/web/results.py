@@ -19,11 +19,8 @@ from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, Differential, counted_label, differential,
                                        flag_text, needs_review, status_of, verdict_of)
 from hematovision.magnification import BatchCheck, Reference, batch_check
+from hematovision.spreadsheet import inert
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
-
-# A spreadsheet runs a cell that starts with one of these as a formula; file names come from
-# clients, so such cells are prefixed with a quote (OWASP "CSV injection").
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
     writer.writerow(DIFFERENTIAL_COLUMNS)
     batch = [counted.white_cells, counted.awaiting_review,
              _number(counted.white_cells_per_litre),
-             _number(counted.uncorrected_white_cells_per_litre), _inert(sample_id)]
+             _number(counted.uncorrected_white_cells_per_litre), inert(sample_id)]
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
     manual_total = [comparison.manual_white_cells if comparison else ""]
     for s in counted.shares:
@@ -233,7 +230,7 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
                    verdict_of(r) or "", cell_text(r), str(r.get("white_cells", ""))]
         else:
             row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", "", "", ""]
-        writer.writerow([_inert(cell) for cell in row])
+        writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 
 
@@ -272,7 +269,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(ARCHIVE_COLUMNS)
-        writer.writerows([[_inert(cell) for cell in row] for row in rows])
+        writer.writerows([[inert(cell) for cell in row] for row in rows])
         archive.writestr(f"reviewed-{prefix}.csv", table.getvalue())
     return out.getvalue()
 
@@ -294,7 +291,3 @@ def _iso(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
-
-
-def _inert(cell: str) -> str:
-    return "'" + cell if cell.startswith(FORMULA_START) else cell
