@@ -2,6 +2,7 @@
 first, with their sample, model, kept-until time and cells to review; and forgets those deleted
 or purged, and never shows another browser's."""
 
+import io
 import re
 from pathlib import Path
 
@@ -87,3 +88,12 @@ def test_a_cookie_holding_anything_but_batch_ids_lists_nothing_and_does_not_fail
     with client.session_transaction() as session:
         session[recent.SESSION_KEY] = ["not-an-id", batch_id]
     assert listed(client) == [batch_id]
+
+
+def test_adding_images_to_another_browser_s_batch_lists_it_first(app):
+    mine, theirs = app.test_client(), app.test_client()
+    own, shared = upload_batch(mine), upload_batch(theirs, images=2)
+    response = mine.post(f"/batch/{shared}/add", data={
+        "csrf_token": csrf_token(mine), "file": [(io.BytesIO(image_bytes()), "more.jpg")]})
+    assert response.status_code == 303
+    assert listed(mine) == [shared, own] and listed(theirs) == [shared]

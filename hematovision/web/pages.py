@@ -320,6 +320,7 @@ def add(batch_id: str):
         return batch(batch_id, add_errors=items, status=400)
     if uploads.add_to_batch(folder, batch_id, items) is None:  # deleted meanwhile
         abort(404, description=EXPIRED.format(retention=retention()))
+    recent.remember(batch_id)  # images this browser uploaded, though a colleague began it
     failed = sum("label" not in r for r in items)
     added = results.image_count([r for r in items if "label" in r])
     flash(ADDED.format(images=f"{added} image{'s' if added != 1 else ''}",

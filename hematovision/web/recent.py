@@ -3,7 +3,7 @@
 A batch is reached only by its unguessable address (`uploads.new_id`), and the app has no user
 accounts: a technologist who leaves a batch page (to classify the next film, or by closing the
 tab) had no way back to it but the browser's history. The ids of the batches this browser
-uploaded are kept in its signed session cookie (newest first, at most MAX_REMEMBERED), never on
+uploaded, or added images to, are kept in its signed session cookie (newest first, at most MAX_REMEMBERED), never on
 the server, so no one sees the batches of another browser; the upload page lists those still
 stored and forgets those deleted or purged.
 """
@@ -24,7 +24,7 @@ MAX_REMEMBERED = 10
 
 
 def remember(batch_id: str) -> None:
-    """Put a batch this browser uploaded first in its list."""
+    """Put a batch this browser uploaded (or added images to) first in its list."""
     session[SESSION_KEY] = [batch_id, *(i for i in _ids() if i != batch_id)][:MAX_REMEMBERED]
 
 
