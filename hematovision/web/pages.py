@@ -92,7 +92,7 @@ SAMPLE_SAVED = "Saved the sample's details."
 SAMPLE_CLEARED = "Cleared the sample's details."
 SAMPLE_ONE_IMAGE = ("A sample's details are given for a differential: add images to this batch "
                     "first.")
-MANUAL_SAVED = "Saved your manual count of {cells} white cells: the comparison is below."
+MANUAL_SAVED = "Saved your manual count of {cells}: the comparison is below."
 MANUAL_CLEARED = "Cleared the manual count."
 MANUAL_ONE_IMAGE = ("A manual count is compared with a differential: add images to this batch "
                     "first.")
@@ -737,7 +737,8 @@ def save_manual(batch_id: str):
     if uploads.update_batch(upload_folder(), batch_id,
                             lambda b: manual.store(b, counted, time.time())) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
-    flash(MANUAL_SAVED.format(cells=counted.total) if counted.total else MANUAL_CLEARED)
+    cells = f"{counted.total} white cell{'s' if counted.total != 1 else ''}"
+    flash(MANUAL_SAVED.format(cells=cells) if counted.total else MANUAL_CLEARED)
     return redirect(url_for("pages.batch", batch_id=batch_id, _anchor="manual-title"), code=303)
 
 
