@@ -71,7 +71,9 @@ def read_film(path: Path) -> Film:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hematovision.method_comparison",
-        description="Agreement of the app's differentials with manual counts over many films.")
+        description="Agreement of the app's differentials with manual counts over many films.",
+        epilog="example: python -m hematovision.method_comparison "
+               "~/Downloads/hematovision-*-differential.csv")
     parser.add_argument("files", nargs="+", type=Path,
                         help="differential CSVs of batches compared with a manual count")
     parser.add_argument("--json", action="store_true", help="one JSON object")
