@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from hematovision.card import DIFFERENTIAL
 from hematovision.cells import is_nucleated_red_cell, is_white_cell
 from hematovision.reference import (ABOVE, Flag, corrected_count, flag, flag_beside, intervals,
                                     measure, measure_beside)
@@ -36,6 +37,12 @@ LEFT_OUT_REASONS = (UNIDENTIFIED, NOT_A_CELL, EXCLUDED)
 # A manual differential counts 100 cells; the batch page and the command line warn when its
 # shares rest on fewer.
 DIFFERENTIAL_CELLS = 100
+# The composition of training.differential's batches that a lab's film is nearest.
+NORMAL_FILM = "normal adult"
+# The batch page and the command line say how leaving the unidentified cells out skews the
+# shares where that moved them by at least this many percentage points more, on average, than
+# reviewing them did.
+MATERIAL_BIAS_POINTS = 1.0
 
 
 @dataclass(frozen=True)
@@ -260,3 +267,49 @@ def left_out_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     listed, zeros included)."""
     reasons = [left_out_reason(r) for r in results]
     return {reason: reasons.count(reason) for reason in LEFT_OUT_REASONS}
+
+
+@dataclass(frozen=True)
+class ReviewBias:
+    """What leaving the unidentified cells out did to the differential of batches drawn from a
+    model's test images (`training.differential`)."""
+    cells: int  # white cells per batch
+    composition: str  # the batches' class shares: NORMAL_FILM where measured
+    biases: list[tuple[str, float]]  # the two classes the accepted cells alone read most off,
+    #   in points (above the truth: positive)
+    accepted_error: float  # each share's mean absolute error, in points, of the accepted cells
+    reviewed_error: float  # the same once the unidentified cells were reviewed
+
+
+def recorded_figures(metrics: dict) -> dict | None:
+    """A card's differential figures (`training.differential --record`), where well formed."""
+    entry = metrics.get(DIFFERENTIAL)
+    if not isinstance(entry, dict) or not isinstance(entry.get("compositions"), dict):
+        return None
+    return entry
+
+
+def review_bias(card: dict, confidence_threshold: float) -> ReviewBias | None:
+    """How far a model's accepted cells alone lean its differential (`ReviewBias`), measured at
+    `confidence_threshold` (the one served), in the composition nearest a lab's film (a normal
+    adult differential, else the first recorded); None where not measured at that threshold (a
+    server's own ACCURACY_TARGET), or where reviewing did not make the shares materially nearer
+    the truth (MATERIAL_BIAS_POINTS)."""
+    metrics = card.get("metrics")
+    entry = recorded_figures(metrics if isinstance(metrics, dict) else {})
+    if entry is None or not entry["compositions"]:
+        return None
+    name = NORMAL_FILM if NORMAL_FILM in entry["compositions"] else next(
+        iter(entry["compositions"]))
+    try:
+        point = next((p for p in entry["compositions"][name]["operating_points"]
+                      if p["confidence_threshold"] == confidence_threshold), None)
+        if point is None:
+            return None
+        biases = sorted(point["accepted_only_bias_points"].items(), key=lambda kv: -abs(kv[1]))
+        errors = point["accepted_only_error"], point["reviewed_error"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if errors[0] - errors[1] < MATERIAL_BIAS_POINTS:
+        return None
+    return ReviewBias(entry["cells"], name, biases[:2], *errors)

@@ -42,8 +42,8 @@ from pathlib import Path
 from hematovision.batch import classify_files, expand_paths
 from hematovision.card import ModelLoadError
 from hematovision.cells import display_name
-from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, differential,
-                                       differential_json, flag_text)
+from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, ReviewBias,
+                                       differential, differential_json, flag_text, review_bias)
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
 from hematovision.reference import SETTINGS, intervals, white_cell_count
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED, parse_accuracy_target
@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "unreadable": failures, "statuses": tally.by_status(),
                                   "differential": differential_json(found)}))
             else:
-                print(differential_text(found, model_dir.name, tally, len(paths), failures,
-                                        any(map(os.environ.get, INTERVAL_VARIABLES.values()))))
+                print(differential_text(
+                    found, model_dir.name, tally, len(paths), failures,
+                    any(map(os.environ.get, INTERVAL_VARIABLES.values())),
+                    review_bias(predictor.card, predictor.trust.confidence_threshold)))
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def differential_text(found: Differential, model: str, tally: "Tally", files: int,
-                      unreadable: int, lab_intervals: bool = False) -> str:
+                      unreadable: int, lab_intervals: bool = False,
+                      bias: ReviewBias | None = None) -> str:
     """The differential as tables for a terminal, as the batch page lays it out: each
     white-cell class's count, share, 95 % counting range, reference interval and flag; the
     classes counted beside it, per 100 white cells; given the total count, each share per
@@ -191,10 +194,18 @@ def differential_text(found: Differential, model: str, tally: "Tally", files: in
         notes.append(f"Only {n} white {'cell' if n == 1 else 'cells'} counted: a manual "
                      f"differential counts {DIFFERENTIAL_CELLS}, so these shares are rough.")
     if found.awaiting_review:
+        measured = "" if bias is None else (
+            f": on batches of {bias.cells} cells drawn from {model}'s test images as a "
+            f"{bias.composition} differential, the accepted cells alone read "
+            + " and ".join(f"{display_name(c).lower()} {abs(points):.1f} points "
+                           f"{'high' if points > 0 else 'low'}" for c, points in bias.biases)
+            + f" on average (each share {bias.accepted_error:.1f} points off), and "
+            f"{bias.reviewed_error:.1f} points once the unidentified cells were reviewed")
         notes.append(f"No figure is flagged while {found.awaiting_review} unidentified "
                      f"{'cell awaits' if found.awaiting_review == 1 else 'cells await'} "
-                     f"review: the cells the model is sure of lean towards some classes. "
-                     f"Review them in the web app (upload these images) to count them.")
+                     f"review: the cells the model is sure of lean towards some classes"
+                     f"{measured}. Review them in the web app (upload these images) to count "
+                     f"them.")
     elif n:
         notes.append("Flags: high / low, outside the reference interval beyond counting "
                      "error; high? / low?, outside it within counting error. The 95 % range "

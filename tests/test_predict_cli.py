@@ -245,14 +245,15 @@ def test_json_lines_carry_the_red_cell_ratio_where_the_card_has_a_reference(
             assert blank["red_cell_ratio"] is None
 
 
-def cropping_model_and_field(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The tiny model as one that crops to the nucleus ("cropping"), and a smear field holding
-    two white cells."""
+def cropping_model_and_field(tiny_model_dir: Path, tmp_path: Path, **card_entries
+                             ) -> tuple[Path, Path]:
+    """The tiny model as one that crops to the nucleus ("cropping"; `card_entries` added to its
+    card), and a smear field holding two white cells."""
     from tests.conftest import make_smear, with_nuclei
 
     card = json.loads((tiny_model_dir / "model_card.json").read_text())
-    root = make_models_root(tmp_path / "models", tiny_model_dir, names=("cropping",),
-                            card={"preprocessing": {**card["preprocessing"], "crop": "nucleus"}})
+    root = make_models_root(tmp_path / "models", tiny_model_dir, names=("cropping",), card={
+        "preprocessing": {**card["preprocessing"], "crop": "nucleus"}, **card_entries})
     field = tmp_path / "field.png"
     with_nuclei(make_smear(30, seed=1), [(80, 120, 22), (240, 110, 22)]).save(field)
     return root / "cropping", field
@@ -354,6 +355,28 @@ def test_the_differential_counts_each_cell_of_a_field_and_holds_flags_for_review
         "Differential of 0 white cells counted by cropping from 1 file (the cells the model "
         "accepted)", "", "Not counted: 1 unidentified (needs review)."]
     assert "No white cell was counted, so there is no differential." in out
+
+
+def test_while_cells_await_review_the_differential_says_how_far_they_were_measured_to_lean(
+        tiny_model_dir, tmp_path, capsys):
+    from tests.test_web_review import differential_figures
+
+    served = Predictor(tiny_model_dir).trust.confidence_threshold
+    for threshold, said in ((served, True), (served + 0.001, False)):  # measured elsewhere
+        cropping, field = cropping_model_and_field(
+            tiny_model_dir, tmp_path / str(said),
+            metrics={"differential": differential_figures(11.0, threshold)})
+        single = make_image(tmp_path / "single.jpg", (200, 60, 60))  # no nucleus: unidentified
+        code, out = differential_run([str(field), str(single), "--quiet", "--differential",
+                                      "--model-dir", str(cropping)], capsys)
+        out = " ".join(out.split())
+        assert "No figure is flagged while 1 unidentified cell awaits review" in out
+        assert ("the cells the model is sure of lean towards some classes: on batches of 100 "
+                "cells drawn from cropping's test images as a normal adult differential, the "
+                "accepted cells alone read neutrophil 21.5 points low and lymphocyte 20.0 points "
+                "high on average (each share 11.0 points off), and 0.2 points once the "
+                "unidentified cells were reviewed. Review them") in out if said else (
+            "lean towards some classes. Review them in the web app") in out
 
 
 def test_given_the_total_count_the_differential_is_also_per_litre(tiny_model_dir, tmp_path,

@@ -36,6 +36,7 @@ import numpy as np
 
 from hematovision.card import DIFFERENTIAL, record_metrics
 from hematovision.cells import is_white_cell
+from hematovision.differential import NORMAL_FILM
 from hematovision.predictor import Predictor, add_model_options, model_dir_of
 from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
 from hematovision.trust import statuses as statuses_at
@@ -66,7 +67,7 @@ def compositions(truth: np.ndarray, classes: list[str]) -> dict[str, dict[str, f
     found = {"test set": {c: n / total for c, n in counts.items()}}
     normal = {c: NORMAL_DIFFERENTIAL.get(c, 0.0) if counts[c] else 0.0 for c in white}
     if sum(normal.values()):
-        found["normal adult"] = {c: s / sum(normal.values()) for c, s in normal.items()}
+        found[NORMAL_FILM] = {c: s / sum(normal.values()) for c, s in normal.items()}
     return found
 
 

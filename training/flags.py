@@ -35,6 +35,7 @@ import numpy as np
 
 from hematovision.card import FLAGS, record_metrics
 from hematovision.cells import is_white_cell
+from hematovision.differential import NORMAL_FILM as NORMAL
 from hematovision.predictor import model_dir_of
 from hematovision.reference import ABOVE, BELOW, flag, flag_beside, intervals
 from hematovision.trust import UNIDENTIFIED
@@ -42,7 +43,6 @@ from training.differential import (CELLS, DRAWS, EVERY_CELL_RIGHT, NORMAL_DIFFER
                                    counted, parse_drawing_options, served_answers)
 from training.evaluate import data_label
 
-NORMAL = "normal adult"
 # Abnormal films: (class, its share of the white cells); each outside the catalog's interval
 # by a margin a lab would act on, so a count of 100 cells can tell most of them.
 SCENARIOS = {

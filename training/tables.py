@@ -20,6 +20,7 @@ import numpy as np
 
 from hematovision.card import (CARD_FILE, DIFFERENTIAL, FLAGS, REVIEW_ORDER, read_card,
                                recorded_evaluations, served_views, view_count)
+from hematovision.differential import NORMAL_FILM
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
@@ -934,7 +935,7 @@ def review_order_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
-def differential_targets_table(root: Path = MODELS_ROOT, composition: str = "normal adult"
+def differential_targets_table(root: Path = MODELS_ROOT, composition: str = NORMAL_FILM
                                ) -> str:
     """The differential at each of a model's operating points (`training.differential`), for
     batches drawn as `composition`: one row per accuracy target, per model the cells per batch

@@ -24,7 +24,7 @@ from flask import (
 )
 
 from hematovision import differential
-from hematovision.card import DIFFERENTIAL, FLAGS, REVIEW_ORDER, recorded_evaluations
+from hematovision.card import FLAGS, REVIEW_ORDER, recorded_evaluations
 from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
 from hematovision.comparison import Comparison, compare
 from hematovision.fields import NO_WHITE_CELL
@@ -48,11 +48,6 @@ DELETED = "Deleted from the server: the results of {images} and their stored cop
 NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )
-# The composition of training.differential's batches that a lab's film is nearest.
-NORMAL_FILM = "normal adult"
-# The batch page says how leaving the unidentified cells out skews the shares where that moved
-# them by at least this many percentage points more, on average, than reviewing them did.
-MATERIAL_BIAS_POINTS = 1.0
 # Above this expected calibration error on a test set, the result page calls the confidence a
 # rough guide rather than a probability to act on.
 ROUGH_ECE = 0.05
@@ -532,7 +527,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
                             if REVIEW_LISTS["no-white-cell"](r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
-            review_bias=review_bias(predictor),
+            review_bias=predictor and differential.review_bias(
+                predictor.card, predictor.trust.confidence_threshold),
             flag_errors=flag_errors(predictor),
             lab_intervals=current_app.config["REFERENCE_INTERVALS"] != catalog_intervals(),
             lab_absolute_intervals=(current_app.config["ABSOLUTE_REFERENCE_INTERVALS"]
@@ -814,7 +810,7 @@ def model_page(name: str):
         calibration=measured_calibration(predictor),
         unfamiliar_sets=unfamiliar_sets,
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
-        differential=_differential_entry(metrics),
+        differential=differential.recorded_figures(metrics),
         flags=_flags_entry(metrics),
         review_order=_review_order_entry(metrics),
         magnification=_magnification_entry(card, predictor),
@@ -840,14 +836,6 @@ def _fields_entry(predictor: Predictor) -> dict | None:
     return {"check": check if usable else None}
 
 
-def _differential_entry(metrics: dict) -> dict | None:
-    """The card's differential figures (`training.differential --record`), where well formed."""
-    entry = metrics.get(DIFFERENTIAL)
-    if not isinstance(entry, dict) or not isinstance(entry.get("compositions"), dict):
-        return None
-    return entry
-
-
 def _flags_entry(metrics: dict) -> dict | None:
     """The card's reference-interval flag figures (`training.flags --record`), where well
     formed."""
@@ -867,36 +855,6 @@ def _review_order_entry(metrics: dict) -> dict | None:
             isinstance(r, dict) and isinstance(r.get("by_class"), dict) for r in rows):
         return None
     return entry
-
-
-def review_bias(predictor: Predictor | None) -> dict | None:
-    """What leaving the unidentified cells out did to the differential of batches drawn from
-    the model's test images (`training.differential`) at the confidence threshold served now,
-    in the composition nearest a lab's film (a normal adult differential, else the first
-    recorded): {"cells", "composition", "biases": the two most biased classes of the accepted
-    cells alone, "accepted_error", "reviewed_error"}; None where not measured at this
-    threshold (a server's own ACCURACY_TARGET), or where reviewing did not make the shares
-    materially nearer the truth (MATERIAL_BIAS_POINTS)."""
-    metrics = predictor.card.get("metrics") if predictor else None
-    entry = _differential_entry(metrics if isinstance(metrics, dict) else {})
-    if entry is None or not entry["compositions"]:
-        return None
-    name = NORMAL_FILM if NORMAL_FILM in entry["compositions"] else next(
-        iter(entry["compositions"]))
-    try:
-        point = next((p for p in entry["compositions"][name]["operating_points"]
-                      if p["confidence_threshold"] == predictor.trust.confidence_threshold),
-                     None)
-        if point is None:
-            return None
-        biases = sorted(point["accepted_only_bias_points"].items(), key=lambda kv: -abs(kv[1]))
-        errors = point["accepted_only_error"], point["reviewed_error"]
-    except (KeyError, TypeError, AttributeError):
-        return None
-    if errors[0] - errors[1] < MATERIAL_BIAS_POINTS:
-        return None
-    return {"cells": entry["cells"], "composition": name, "biases": biases[:2],
-            "accepted_error": errors[0], "reviewed_error": errors[1]}
 
 
 def lab_reference(name: str | None) -> list[str]:
@@ -923,7 +881,7 @@ def flag_errors(predictor: Predictor | None) -> dict | None:
         if entry["confidence_threshold"] != predictor.trust.confidence_threshold or any(
                 list(served.get(c, ())) != list(v) for c, v in entry["intervals"].items()):
             return None
-        ways = entry["scenarios"][NORMAL_FILM]["ways"]
+        ways = entry["scenarios"][differential.NORMAL_FILM]["ways"]
         figures = {"cells": entry["cells"],
                    "accepted_only": ways["accepted only"]["false_flag"],
                    "reviewed": ways["unidentified reviewed"]["false_flag"]}
