@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hematovision.differential import Differential
 
@@ -38,6 +38,23 @@ class ClassComparison:
 
 
 @dataclass(frozen=True)
+class BesideComparison:
+    """A class counted beside the differential (nucleated red cells), per 100 white cells, in
+    the batch and in the manual count."""
+    name: str
+    count: int
+    per_100_white: float  # one decimal
+    manual_count: int
+    manual_per_100_white: float  # one decimal
+    difference: float  # the batch's minus the manual one, one decimal
+    p_value: float  # Fisher's exact test of the class among the nucleated cells counted
+
+    @property
+    def beyond_counting_error(self) -> bool:
+        return self.p_value < LEVEL
+
+
+@dataclass(frozen=True)
 class Comparison:
     classes: list[ClassComparison]  # the batch's white-cell classes, in its order
     white_cells: int  # this batch's counted white cells
@@ -46,13 +63,16 @@ class Comparison:
     # for a four-class model, blasts): in its total, compared with nothing.
     manual_other: int
     awaiting_review: int  # the batch's unidentified cells without a verdict
+    # The classes of `manual_beside` the batch counts beside its differential, in its order.
+    beside: list[BesideComparison] = field(default_factory=list)
 
 
-def compare(counted: Differential, manual: Mapping[str, int], manual_other: int = 0
-            ) -> Comparison | None:
-    """The batch's differential `counted` against a manual count of the same film (cells by
-    class; `manual_other`: white cells of classes the model does not name); None when either
-    counted no white cell."""
+def compare(counted: Differential, manual: Mapping[str, int], manual_other: int = 0,
+            manual_beside: Mapping[str, int] | None = None) -> Comparison | None:
+    """The batch's differential `counted` against a manual count of the same film (white cells
+    by class; `manual_other`: white cells of classes the model does not name; `manual_beside`:
+    nucleated red cells met while counting them, by class); None when either counted no white
+    cell."""
     manual_total = sum(manual.get(s.name, 0) for s in counted.shares) + manual_other
     if not counted.white_cells or not manual_total:
         return None
@@ -65,8 +85,21 @@ def compare(counted: Differential, manual: Mapping[str, int], manual_other: int 
             share.name, share.count, share.percent, mine, round(manual_percent, 1),
             round(batch_percent - manual_percent, 1),
             fisher_exact(share.count, counted.white_cells, mine, manual_total)))
+    beside = []
+    for other in counted.others:
+        if other.name not in (manual_beside or {}):
+            continue
+        mine = manual_beside[other.name]
+        per_100 = 100 * other.count / counted.white_cells
+        manual_per_100 = 100 * mine / manual_total
+        beside.append(BesideComparison(
+            other.name, other.count, round(per_100, 1), mine, round(manual_per_100, 1),
+            round(per_100 - manual_per_100, 1),
+            # Among the nucleated cells counted, so a share of at most 1 whatever the count.
+            fisher_exact(other.count, other.count + counted.white_cells, mine,
+                         mine + manual_total)))
     return Comparison(rows, counted.white_cells, manual_total, manual_other,
-                      counted.awaiting_review)
+                      counted.awaiting_review, beside)
 
 
 def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:

@@ -98,3 +98,17 @@ def test_agreement_over_films_is_the_bland_altman_summary_and_the_least_squares_
     assert (monocytes.name, monocytes.films, monocytes.mean_difference) == ("monocyte", 1, 1.0)
     assert (monocytes.sd_difference, monocytes.limits, monocytes.slope, monocytes.r) == (
         None, None, None, None)
+
+
+def test_nucleated_red_cells_are_compared_per_100_white_cells_among_the_nucleated_cells():
+    pbc8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+            "neutrophil", "platelet"]
+    counted = differential(film({"neutrophil": 40, "lymphocyte": 10, "erythroblast": 5,
+                                 "platelet": 3}, pbc8), pbc8)
+    found = compare(counted, {"neutrophil": 150, "lymphocyte": 50}, manual_beside={
+        "erythroblast": 4})
+    [row] = found.beside  # platelets are not compared: none was given
+    assert (row.name, row.count, row.per_100_white, row.manual_count,
+            row.manual_per_100_white, row.difference) == ("erythroblast", 5, 10.0, 4, 2.0, 8.0)
+    assert row.p_value == pytest.approx(stats.fisher_exact([[5, 50], [4, 200]]).pvalue)
+    assert compare(counted, {"neutrophil": 150}).beside == []

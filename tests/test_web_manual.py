@@ -32,10 +32,25 @@ def save_manual(client, batch_id: str, **counts: str):
         "csrf_token": csrf_token(client), **{f"manual_{c}": n for c, n in counts.items()}})
 
 
-def test_the_form_has_a_field_per_white_cell_class_and_one_for_the_others():
+def test_the_form_has_a_field_per_white_cell_class_the_others_and_nucleated_red_cells():
     assert manual.field_names(PBC8) == [
         "manual_basophil", "manual_eosinophil", "manual_ig", "manual_lymphocyte",
-        "manual_monocyte", "manual_neutrophil", "manual_other"]  # no erythroblast, platelet
+        "manual_monocyte", "manual_neutrophil", "manual_other",
+        "manual_erythroblast"]  # no platelets: a differential does not count them
+    assert manual.field_names(WBC4)[-1] == "manual_other"
+
+
+def test_nucleated_red_cells_are_read_beside_the_white_cells_they_are_counted_per():
+    counted, _ = manual.read_form({"manual_neutrophil": "60", "manual_lymphocyte": "40",
+                                   "manual_erythroblast": "3"}, PBC8)
+    assert counted.beside == {"erythroblast": 3} and counted.total == 100
+    counted, form = manual.read_form({"manual_erythroblast": "3"}, PBC8)
+    assert counted is None and form.errors == {"": manual.NO_WHITE_CELL}
+    stored = {}
+    manual.store(stored, manual.read_form({"manual_neutrophil": "5",
+                                           "manual_erythroblast": "2"}, PBC8)[0], at=0.0)
+    assert manual.of(stored).beside == {"erythroblast": 2}
+    assert manual.form_of(manual.of(stored)).typed["manual_erythroblast"] == "2"
 
 
 def test_empty_fields_count_none_and_the_count_is_of_whole_cells():
@@ -129,3 +144,21 @@ def test_a_manual_count_saved_as_the_batch_is_deleted_brings_nothing_back(client
 def test_without_a_counted_white_cell_there_is_no_manual_comparison_form(client):
     batch_id = stored_batch(client, [result("neutrophil", "unidentified", WBC4)] * 2, WBC4)
     assert 'id="manual-form"' not in page(client, f"/batch/{batch_id}")
+
+
+def test_nucleated_red_cells_are_compared_per_100_white_cells(client):
+    cells = film({"neutrophil": 60, "lymphocyte": 40, "erythroblast": 12}, PBC8)
+    batch_id = stored_batch(client, cells, PBC8)
+    assert 'id="manual_erythroblast"' in page(client, f"/batch/{batch_id}")
+    save_manual(client, batch_id, neutrophil="55", lymphocyte="45", erythroblast="2")
+    table = comparison_table(page(client, f"/batch/{batch_id}"))
+    row = re.search(r'<tr data-class="erythroblast"[^>]*>(.*?)</tr>', table, re.S)
+    assert text(row[1]).split() == ["Erythroblast", "(nucleated", "red", "cell),", "per", "100",
+                                    "white", "cells", "12.0", "(12)", "2.0", "(2)", "+10.0", "≠",
+                                    "beyond", "counting", "error"]
+    assert "the nucleated red cells per 100 white cells" in text(table)
+    rows = {row["class"]: row for row in csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)))}
+    assert (rows["erythroblast"]["manual_count"], rows["erythroblast"]["manual_percent"],
+            rows["erythroblast"]["manual_difference"]) == ("2", "2.0", "10.0")
+    assert rows["platelet"]["manual_count"] == ""

@@ -4,8 +4,10 @@ like the sample's details: given once, kept through reviews and added images, de
 
 The form has one field per white-cell class of the batch's model and one for the white cells
 of classes it does not name (a basophil or a blast a four-class model cannot count), so that
-the manual shares are of every white cell counted by hand. An empty field counts none: a
-technologist types the classes seen. A form with every field empty clears the count.
+the manual shares are of every white cell counted by hand; and for a model that names nucleated
+red cells, one for those met while counting, which labs report per 100 white cells. An empty
+field counts none: a technologist types the classes seen. A form with every field empty clears
+the count.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hematovision.cells import is_white_cell
+from hematovision.cells import is_nucleated_red_cell, is_white_cell
 
 FIELD_PREFIX = "manual_"
 OTHER = "other"  # the field of the white cells of classes the model does not name
@@ -23,12 +25,16 @@ OTHER = "other"  # the field of the white cells of classes the model does not na
 MAX_CELLS = 10_000
 BAD_COUNT = "A count of cells is a whole number from 0 to {top:,}; {typed!r} is not."
 TOO_MANY = "A manual count of at most {top:,} cells is compared; these add up to {total:,}."
+NO_WHITE_CELL = ("Nucleated red cells are counted per 100 white cells: give the white cells "
+                 "counted too.")
 
 
 @dataclass(frozen=True)
 class ManualCount:
     counts: dict[str, int]  # by class, every white-cell class of the model, zeros included
     other: int = 0  # white cells of classes the model does not name
+    # Nucleated red cells met while counting them, by class (those the model names).
+    beside: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -44,8 +50,10 @@ class ManualForm:
 
 
 def field_names(classes: list[str]) -> list[str]:
-    """The form's fields: one per white-cell class of the model, in its order, then OTHER."""
-    return [FIELD_PREFIX + c for c in classes if is_white_cell(c)] + [FIELD_PREFIX + OTHER]
+    """The form's fields: one per white-cell class of the model, in its order, then OTHER,
+    then one per nucleated red-cell class of the model."""
+    return ([FIELD_PREFIX + c for c in classes if is_white_cell(c)] + [FIELD_PREFIX + OTHER]
+            + [FIELD_PREFIX + c for c in classes if is_nucleated_red_cell(c)])
 
 
 def read_form(form: Mapping[str, str], classes: list[str]
@@ -60,13 +68,21 @@ def read_form(form: Mapping[str, str], classes: list[str]
         if value is None:
             errors[name] = BAD_COUNT.format(top=MAX_CELLS, typed=text)
         values[name] = value or 0
+    other = names.index(FIELD_PREFIX + OTHER)
+    counted = ManualCount({_class(name): values[name] for name in names[:other]},
+                          values[names[other]],
+                          {_class(name): values[name] for name in names[other + 1:]})
     if not errors and sum(values.values()) > MAX_CELLS:
         errors[""] = TOO_MANY.format(top=MAX_CELLS, total=sum(values.values()))
+    elif not errors and any(counted.beside.values()) and not counted.total:
+        errors[""] = NO_WHITE_CELL
     if errors:
         return None, ManualForm(typed, errors)
-    counted = ManualCount({name[len(FIELD_PREFIX):]: values[name] for name in names[:-1]},
-                          values[names[-1]])
     return counted, ManualForm(typed)
+
+
+def _class(name: str) -> str:
+    return name[len(FIELD_PREFIX):]
 
 
 def _cells(text: str) -> int | None:
@@ -83,14 +99,16 @@ def of(batch: dict[str, Any]) -> ManualCount | None:
     stored = batch.get("manual")
     if not stored:
         return None
-    return ManualCount(dict(stored["counts"]), stored.get("other", 0))
+    return ManualCount(dict(stored["counts"]), stored.get("other", 0),
+                       dict(stored.get("beside", {})))
 
 
 def store(batch: dict[str, Any], counted: ManualCount, at: float) -> None:
     """Record a manual count in a stored batch (in place), replacing any before; an empty one
     (no cell) removes it."""
     if counted.total:
-        batch["manual"] = {"counts": counted.counts, "other": counted.other, "at": at}
+        batch["manual"] = {"counts": counted.counts, "other": counted.other,
+                           "beside": counted.beside, "at": at}
     else:
         batch.pop("manual", None)
 
@@ -99,6 +117,6 @@ def form_of(counted: ManualCount | None) -> ManualForm:
     """The form filled in with a stored count (zeros left empty, as typed)."""
     if counted is None:
         return ManualForm()
-    return ManualForm({**{FIELD_PREFIX + c: str(n) if n else ""
-                          for c, n in counted.counts.items()},
-                       FIELD_PREFIX + OTHER: str(counted.other) if counted.other else ""})
+    return ManualForm({FIELD_PREFIX + c: str(n) if n else "" for c, n in
+                       [*counted.counts.items(), (OTHER, counted.other),
+                        *counted.beside.items()]})

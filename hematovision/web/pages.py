@@ -690,7 +690,7 @@ def differential_csv(batch_id: str):
 def manual_comparison(stored: dict, counted: differential.Differential) -> Comparison | None:
     """A stored batch's differential against the manual count stored with it, if any."""
     by_hand = manual.of(stored)
-    return by_hand and compare(counted, by_hand.counts, by_hand.other)
+    return by_hand and compare(counted, by_hand.counts, by_hand.other, by_hand.beside)
 
 
 def sample_differential(stored: dict, described: sample.Sample) -> differential.Differential:
@@ -739,11 +739,13 @@ def save_manual(batch_id: str):
 
 
 def manual_fields(classes: list[str]) -> list[tuple[str, str]]:
-    """The manual-count form's fields with their labels: the model's white-cell classes, then
-    the white cells of classes it does not name."""
-    names = manual.field_names(classes)
-    return [(name, display_name(name[len(manual.FIELD_PREFIX):])) for name in names[:-1]] + [
-        (names[-1], "Other white cells")]
+    """The manual-count form's fields with their labels: the model's white-cell classes, the
+    white cells of classes it does not name, then its nucleated red-cell classes."""
+    def label(name: str) -> str:
+        found = name[len(manual.FIELD_PREFIX):]
+        return "Other white cells" if found == manual.OTHER else display_name(found)
+
+    return [(name, label(name)) for name in manual.field_names(classes)]
 
 
 @bp.get("/batch/<batch_id>/reviewed.zip")

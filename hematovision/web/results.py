@@ -61,7 +61,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
     "low", "high?" or "low?" (within counting error), empty within the interval. Given a
     manual count of the film (`comparison`), each white-cell class's row also has its manual
     count and percent, the difference in points and its p-value (`hematovision.comparison`),
-    and each row the manual count's white cells. Columns are added last, so that earlier ones
+    a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
+    white cells. Columns are added last, so that earlier ones
     keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -80,10 +81,15 @@ def differential_csv(counted: Differential, sample_id: str = "",
                flag_text(a.flag)] if a else [""] * 6), *batch,
             *([m.manual_count, f"{m.manual_percent:.1f}", f"{m.difference:.1f}",
                f"{m.p_value:.4g}"] if m else [""] * 4), *manual_total])
+    beside = {row.name: row for row in comparison.beside} if comparison else {}
     for o in counted.others:
+        m = beside.get(o.name)
         writer.writerow([o.name, "no", o.count, "", _number(o.low), _number(o.high),
                          *_bounds(o.reference), flag_text(o.flag), _number(o.per_100_white),
-                         *[""] * 6, *batch, *[""] * 4, *manual_total])
+                         *[""] * 6, *batch,
+                         *([m.manual_count, f"{m.manual_per_100_white:.1f}",
+                            f"{m.difference:.1f}", f"{m.p_value:.4g}"] if m else [""] * 4),
+                         *manual_total])
     return out.getvalue()
 
 
