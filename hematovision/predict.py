@@ -87,12 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wbc and --wbc-includes-nrbc are for --differential")
     if args.wbc_includes_nrbc and args.wbc is None:
         parser.error("--wbc-includes-nrbc needs --wbc, the count it corrects")
-    lab_intervals = {}
-    for absolute, name in INTERVAL_VARIABLES.items():
-        try:
-            lab_intervals[absolute] = intervals(_setting(name), absolute)
-        except ValueError as exc:
-            parser.error(f"the environment variable {name}: {exc}")
+    try:
+        lab_intervals = intervals_from_environment()
+    except ValueError as exc:
+        parser.error(str(exc))
 
     model_dir = model_dir_of(args)
     try:
@@ -241,14 +239,23 @@ def _white_cell_count(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _setting(name: str):
-    """An app setting from the environment, parsed as JSON where it parses (as Flask's
-    `from_prefixed_env` reads it); None when unset."""
-    value = os.environ.get(name)
-    try:
-        return None if value is None else json.loads(value)
-    except json.JSONDecodeError:
-        return value
+def intervals_from_environment() -> dict[bool, dict[str, tuple[float, float]]]:
+    """The reference intervals the app would flag against, by whether absolute: the catalog's,
+    with a lab's own from the app's settings in the environment (INTERVAL_VARIABLES, parsed as
+    JSON where they parse, as Flask's `from_prefixed_env` reads them); ValueError naming the
+    variable of a bad one."""
+    found = {}
+    for absolute, name in INTERVAL_VARIABLES.items():
+        value = os.environ.get(name)
+        try:
+            value = None if value is None else json.loads(value)
+        except json.JSONDecodeError:
+            pass  # as typed: `intervals` says why it is not a mapping
+        try:
+            found[absolute] = intervals(value, absolute)
+        except ValueError as exc:
+            raise ValueError(f"the environment variable {name}: {exc}") from None
+    return found
 
 
 class Tally:
