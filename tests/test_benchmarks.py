@@ -126,3 +126,15 @@ def test_bench_storage_projects_the_trust_file_of_a_folder_without_one(tiny_mode
     r = load("bench_storage").run(tiny_model_dir, images=0)
     assert not r["trust_file_measured"] and "float16_weights" not in r
     assert r["files"]["trust.npz (projected, packed whitening)"] == 40
+
+
+def test_bench_pages_times_the_upload_and_batch_pages_against_their_baselines(tiny_model_dir):
+    r = load("bench_pages").run(tiny_model_dir, results=20, batches=3, repeat=2)
+    for key in ("upload_page_ms", "upload_page_listing_ms", "batch_page_small_ms",
+                "batch_page_ms", "batch_page_with_manual_count_ms"):
+        assert r[key] > 0, key
+    assert (r["results"], r["small_results"], r["batches"]) == (20, 2, 3)
+    assert r["listing_cost_ratio"] == round(r["upload_page_listing_ms"] / r["upload_page_ms"], 2)
+    assert r["manual_count_cost_ratio"] == round(
+        r["batch_page_with_manual_count_ms"] / r["batch_page_ms"], 2)
+    assert r["batch_json_bytes"] > 20 * 300  # a stored result holds its probabilities and more

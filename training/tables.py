@@ -1074,7 +1074,31 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
     for storage in sorted(folder.glob("storage*.json"), key=lambda f: (f.name != "storage.json",
                                                                        f.name)):
         lines += storage_text(json.loads(storage.read_text()), storage.name)
+    if (folder / "pages.json").is_file():
+        lines += pages_text(json.loads((folder / "pages.json").read_text()))
     return "\n".join(lines).rstrip()
+
+
+def pages_text(r: dict) -> list[str]:
+    """The lines of a `bench_pages.py --json` result."""
+    return [
+        "```bash",
+        f"python benchmarks/bench_pages.py --model-dir {r['model_dir']} --results {r['results']} "
+        f"--batches {r['batches']} --repeat {r['repeat']} --json > benchmarks/results/pages.json",
+        "```",
+        "",
+        *_measured_on(r),
+        f"Pages rendered by the server (medians of {r['repeat']} requests, no image classified): "
+        f"the upload page listing {r['batches']} batches of {r['results']} results "
+        f"({r['batch_json_bytes'] / 1e6:.2f} MB of JSON each, read from disk on every visit) "
+        f"{r['upload_page_listing_ms']:.1f} ms, against {r['upload_page_ms']:.2f} ms with no "
+        f"list ({r['listing_cost_ratio']}x); a batch page of {r['results']} results "
+        f"{r['batch_page_ms']:.1f} ms, of {r['small_results']} "
+        f"{r['batch_page_small_ms']:.1f} ms ({r['batch_page_size_ratio']}x); with a manual "
+        f"count to compare, {r['batch_page_with_manual_count_ms']:.1f} ms "
+        f"({r['manual_count_cost_ratio']}x).",
+        "",
+    ]
 
 
 def storage_text(r: dict, file_name: str) -> list[str]:

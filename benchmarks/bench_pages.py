@@ -1,0 +1,145 @@
+"""What the app's pages cost to render on the server, for the batches a lab keeps at hand.
+
+    python benchmarks/bench_pages.py --model-dir saved_model/wbc4
+
+Builds the app on that model folder (through `create_app`, as `app.py` does) with stored
+batches of generated results (statuses, probabilities and reviews as the app stores them; no
+images are classified, so the timings are of the pages alone), and times, each as the median
+of --repeat requests after a warm-up, against a baseline measured in the same run:
+
+- the upload page listing this browser's batches (`hematovision/web/recent.py` reads each one
+  from disk: --batches of --results each) against the same page with no list;
+- a batch page of --results results against one of a tenth as many;
+- that page with a manual count to compare (`hematovision/comparison.py`) against without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.provenance import provenance  # noqa: E402
+from hematovision.card import read_card  # noqa: E402
+from hematovision.cells import is_white_cell  # noqa: E402
+from hematovision.predictor import MODELS_ROOT  # noqa: E402
+
+
+def generated_results(classes: list[str], count: int, seed: int = 0) -> list[dict]:
+    """`count` results as the app stores them: accepted, unidentified and a few not-a-cell
+    statuses, calibrated-looking probabilities, every tenth one reviewed."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for i in range(count):
+        p = rng.dirichlet(np.full(len(classes), 0.3))
+        order = np.argsort(-p)
+        status = rng.choice(["accepted", "unidentified", "not_a_cell"], p=[0.6, 0.38, 0.02])
+        result = {"file": f"cell-{i:04d}.jpg", "image": secrets.token_hex(16),
+                  "label": classes[order[0]], "status": str(status),
+                  "confidence": round(float(p[order[0]]), 4),
+                  "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)},
+                  "candidates": [{"label": classes[k], "probability": round(float(p[k]), 4)}
+                                 for k in order[:2]],
+                  "scores": {"unfamiliarity": 1.0, "unfamiliarity_threshold": 2.0,
+                             "confidence_threshold": 0.9, "temperature": 1.2},
+                  "white_cells": 1, "red_cell_ratio": 1.0}
+        if i % 10 == 0:
+            result["review"] = {"label": classes[order[1]], "at": time.time()}
+        results.append(result)
+    return results
+
+
+def median_ms(client, path: str, repeat: int) -> float:
+    client.get(path)  # warm-up: templates compiled, files in the page cache
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        response = client.get(path)
+        times.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 200, (path, response.status_code)
+    return round(statistics.median(times), 2)
+
+
+def run(model_dir: Path, results: int = 1000, batches: int = 10, repeat: int = 20) -> dict:
+    from hematovision.web import create_app, recent, uploads
+
+    model_dir = Path(model_dir)
+    classes = read_card(model_dir)["classes"]
+    with tempfile.TemporaryDirectory() as folder:
+        app = create_app({"SECRET_KEY": secrets.token_hex(16), "TESTING": True,
+                          "MODELS_ROOT": str(model_dir.resolve().parent),
+                          "DEFAULT_MODEL": model_dir.name,
+                          "UPLOAD_FOLDER": str(Path(folder) / "uploads")})
+        stored = Path(app.config["UPLOAD_FOLDER"])
+
+        def save(count: int, seed: int, **extra) -> str:
+            return uploads.save_batch(stored, {"model": model_dir.name, "classes": classes,
+                                               "results": generated_results(classes, count, seed),
+                                               **extra})
+
+        listed = [save(results, seed) for seed in range(batches)]
+        small = save(max(results // 10, 2), batches)
+        by_hand = {"counts": {c: 25 for c in classes if is_white_cell(c)}, "other": 0,
+                   "beside": {}, "at": 0.0}
+        compared = save(results, 0, manual=by_hand)
+        client = app.test_client()
+        empty_page = median_ms(client, "/", repeat)
+        with client.session_transaction() as session:
+            session[recent.SESSION_KEY] = listed
+        listing_page = median_ms(client, "/", repeat)
+        assert all(i in client.get("/").get_data(as_text=True) for i in listed)  # all listed
+        batch_bytes = (stored / f"{listed[0]}.json").stat().st_size
+        small_page = median_ms(client, f"/batch/{small}", repeat)
+        large_page = median_ms(client, f"/batch/{listed[0]}", repeat)
+        compared_page = median_ms(client, f"/batch/{compared}", repeat)
+        assert 'id="manual-comparison"' in client.get(f"/batch/{compared}").get_data(as_text=True)
+    return {
+        "model_dir": str(model_dir), **provenance(model_dir), "results": results,
+        "batches": batches, "repeat": repeat, "batch_json_bytes": batch_bytes,
+        "upload_page_ms": empty_page, "upload_page_listing_ms": listing_page,
+        "listing_cost_ratio": round(listing_page / empty_page, 2),
+        "batch_page_small_ms": small_page, "small_results": max(results // 10, 2),
+        "batch_page_ms": large_page, "batch_page_size_ratio": round(large_page / small_page, 2),
+        "batch_page_with_manual_count_ms": compared_page,
+        "manual_count_cost_ratio": round(compared_page / large_page, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=MODELS_ROOT / "wbc4")
+    parser.add_argument("--results", type=int, default=1000,
+                        help="results per batch (the app holds at most 1,000: MAX_BATCH_IMAGES)")
+    parser.add_argument("--batches", type=int, default=10,
+                        help="batches listed on the upload page (recent.MAX_REMEMBERED)")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    r = run(args.model_dir, args.results, args.batches, args.repeat)
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(f"upload page: {r['upload_page_ms']} ms; listing {r['batches']} batches of "
+              f"{r['results']} results ({r['batch_json_bytes'] / 1e6:.2f} MB each): "
+              f"{r['upload_page_listing_ms']} ms ({r['listing_cost_ratio']}x)")
+        print(f"batch page: {r['small_results']} results {r['batch_page_small_ms']} ms, "
+              f"{r['results']} results {r['batch_page_ms']} ms ({r['batch_page_size_ratio']}x); "
+              f"with a manual count {r['batch_page_with_manual_count_ms']} ms "
+              f"({r['manual_count_cost_ratio']}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
