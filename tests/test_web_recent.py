@@ -97,3 +97,17 @@ def test_adding_images_to_another_browser_s_batch_lists_it_first(app):
         "csrf_token": csrf_token(mine), "file": [(io.BytesIO(image_bytes()), "more.jpg")]})
     assert response.status_code == 303
     assert listed(mine) == [shared, own] and listed(theirs) == [shared]
+
+
+def test_behind_https_the_cookie_holding_the_batches_is_sent_over_https_only(tmp_path,
+                                                                              tiny_model_dir):
+    plain = make_app(tmp_path / "a", make_models_root(tmp_path / "m", tiny_model_dir))
+    secure = make_app(tmp_path / "b", make_models_root(tmp_path / "m", tiny_model_dir),
+                      SESSION_COOKIE_SECURE=True)
+    for app, expected in ((plain, False), (secure, True)):
+        client = app.test_client()
+        token = csrf_token(client)
+        response = client.post("/upload", data={"csrf_token": token, "model": "tiny",
+                                                "file": [(io.BytesIO(image_bytes()), "a.jpg")]})
+        [cookie] = response.headers.getlist("Set-Cookie")
+        assert ("; Secure" in cookie) == expected and "HttpOnly" in cookie
