@@ -21,6 +21,8 @@ cells as the web app's batch page counts it (`hematovision.differential`; every 
 field counted, as with --each-cell): each class's count, share and 95 % counting range, read
 against its adult reference interval, the classes counted beside it per 100 white cells, and
 how many cells were left out and why; with --json, one JSON object (the API's "differential").
+With --each-path, each PATH is a film of its own (slides/*/: a folder per slide), each with its
+differential (text under its path; JSON, one line each, "path" first).
 --wbc gives the film's total white-cell count (x 10^9/L) for absolute counts, and
 --wbc-includes-nrbc says that count included the nucleated red cells (corrected for those
 counted). A lab's own intervals come from the app's settings, as environment variables:
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the differential count of the cells (as the web app's "
                              "batch page counts it, every white cell of a field included) "
                              "instead of one line per image; with --json, one JSON object")
+    parser.add_argument("--each-path", action="store_true",
+                        help="with --differential: one differential per PATH, each a film "
+                             "(e.g. slides/*/ for one folder per slide); default: one of all")
     parser.add_argument("--wbc", type=_white_cell_count, metavar="COUNT",
                         help="with --differential: the film's total white-cell count, "
                              "x 10^9/L (e.g. 7.2), to give each share as cells per litre")
@@ -83,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                              "corrected for those counted (models with such a class)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
-    if (args.wbc is not None or args.wbc_includes_nrbc) and not args.differential:
-        parser.error("--wbc and --wbc-includes-nrbc are for --differential")
+    if (args.wbc is not None or args.wbc_includes_nrbc or args.each_path
+            ) and not args.differential:
+        parser.error("--each-path, --wbc and --wbc-includes-nrbc are for --differential")
     if args.wbc_includes_nrbc and args.wbc is None:
         parser.error("--wbc-includes-nrbc needs --wbc, the count it corrects")
     try:
@@ -104,34 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures = 0
     tally = Tally()
-    counted = []  # with --differential, every result, as the app stores them
     try:
-        for result in classify_files(predictor, paths, progress=not args.quiet,
-                                     each_cell=args.each_cell or args.differential):
-            failures += result.error is not None
-            tally.add(result)
-            if args.differential:
-                counted.append(result.to_dict())
-            elif args.json:
-                print(json.dumps(result.to_dict()), flush=False)
-            elif result.error:
-                print(f"{result.path}\tERROR\t{result.error}")
-            else:
-                p = result.prediction
-                cell = result.cell and f" (cell {result.cell['number']} of {result.cell['of']})"
-                print(f"{result.path}{cell or ''}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
-        if args.differential and failures < len(paths):
-            found = differential(counted, predictor.classes, lab_intervals[False], args.wbc,
-                                 lab_intervals[True], args.wbc_includes_nrbc)
-            if args.json:
-                print(json.dumps({"model": model_dir.name, "files": len(paths),
-                                  "unreadable": failures, "statuses": tally.by_status(),
-                                  "differential": differential_json(found)}))
-            else:
-                print(differential_text(
-                    found, model_dir.name, tally, len(paths), failures,
-                    any(map(os.environ.get, INTERVAL_VARIABLES.values())),
-                    review_bias(predictor.card, predictor.trust.confidence_threshold)))
+        if args.differential:
+            # One film per PATH with --each-path, else every image one film.
+            films = ([(str(p), expand_paths([p])) for p in args.paths] if args.each_path
+                     else [(None, paths)])
+            for folder, film in films:
+                failures += print_differential(predictor, model_dir.name, film, folder, args,
+                                               lab_intervals, tally)
+        else:
+            for result in classify_files(predictor, paths, progress=not args.quiet,
+                                         each_cell=args.each_cell):
+                failures += result.error is not None
+                tally.add(result)
+                print_result(result, args.json)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python
@@ -143,6 +135,49 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet and tally.statuses:
         print(tally.summary(), file=sys.stderr)
     return 1 if failures == len(paths) else 0
+
+
+def print_result(result, as_json: bool) -> None:
+    """One classified input's line: a JSON object, or file, label, confidence and status."""
+    if as_json:
+        print(json.dumps(result.to_dict()), flush=False)
+    elif result.error:
+        print(f"{result.path}\tERROR\t{result.error}")
+    else:
+        p = result.prediction
+        cell = result.cell and f" (cell {result.cell['number']} of {result.cell['of']})"
+        print(f"{result.path}{cell or ''}\t{p.label}\t{p.confidence:.3f}\t{p.status}")
+
+
+def print_differential(predictor: Predictor, model: str, film: list[Path], folder: str | None,
+                       args: argparse.Namespace, lab_intervals: dict, tally: "Tally") -> int:
+    """Classify one film's images (every white cell of a field) and print its differential
+    (`differential_text`, or with --json one object, `"path"` first with --each-path), as the
+    batch page counts it; adds the results to `tally`; returns how many files could not be
+    read. A film of no readable image prints no differential."""
+    counted, mine, failures = [], Tally(), 0
+    for result in classify_files(predictor, film, progress=not args.quiet, each_cell=True):
+        failures += result.error is not None
+        mine.add(result)
+        tally.add(result)
+        counted.append(result.to_dict())
+    if not film:
+        print(f"{folder}: no image files found", file=sys.stderr)
+    if failures == len(film):
+        return failures
+    found = differential(counted, predictor.classes, lab_intervals[False], args.wbc,
+                         lab_intervals[True], args.wbc_includes_nrbc)
+    if args.json:
+        print(json.dumps({**({"path": folder} if folder is not None else {}), "model": model,
+                          "files": len(film), "unreadable": failures,
+                          "statuses": mine.by_status(),
+                          "differential": differential_json(found)}), flush=False)
+    else:
+        text = differential_text(found, model, mine, len(film), failures,
+                                 any(map(os.environ.get, INTERVAL_VARIABLES.values())),
+                                 review_bias(predictor.card, predictor.trust.confidence_threshold))
+        print(f"{folder}\n{text}\n" if folder is not None else text)
+    return failures
 
 
 def differential_text(found: Differential, model: str, tally: "Tally", files: int,

@@ -429,8 +429,39 @@ def test_a_lab_s_intervals_come_from_the_app_s_settings(tiny_model_dir, tmp_path
             "is not an interval" in capsys.readouterr().err)
 
 
+def test_each_path_is_a_film_of_its_own_with_its_differential(tiny_model_dir, tmp_path,
+                                                               capsys):
+    slides = tmp_path / "slides"
+    for slide, colors in (("s1", CELL_COLORS), ("s2", CELL_COLORS[:2])):
+        for i, color in enumerate(colors):
+            make_image(slides / slide / f"cell{i}.jpg", color)
+    (slides / "empty").mkdir()
+    model = ["--quiet", "--model-dir", str(tiny_model_dir), "--differential"]
+    alone = {}
+    for slide in ("s1", "s2"):
+        main([str(slides / slide), *model, "--json"])
+        alone[slide] = json.loads(capsys.readouterr().out)
+    paths = [str(slides / name) for name in ("s1", "empty", "s2")]
+    assert main([*paths, *model, "--json", "--each-path"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["path"] for line in lines] == [paths[0], paths[2]]
+    assert list(lines[0])[0] == "path"
+    for line, slide in zip(lines, ("s1", "s2")):  # each as if counted alone
+        assert {k: v for k, v in line.items() if k != "path"} == alone[slide]
+    assert f"{paths[1]}: no image files found" in captured.err
+    main([*paths, *model, "--each-path"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"{paths[0]}\nDifferential of 4 white cells counted by tiny from 4 "
+                          "files")
+    assert f"{paths[2]}\nDifferential of 2 white cells counted by tiny from 2 files" in out
+    pooled = json.loads(differential_run([*paths, *model, "--json"], capsys)[1])
+    assert pooled["files"] == 6 and pooled["differential"]["white_cells"] == 6
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--wbc", "6.5"], "--wbc and --wbc-includes-nrbc are for --differential"),
+    (["--wbc", "6.5"], "--each-path, --wbc and --wbc-includes-nrbc are for --differential"),
+    (["--each-path"], "--each-path, --wbc and --wbc-includes-nrbc are for --differential"),
     (["--differential", "--wbc-includes-nrbc"], "--wbc-includes-nrbc needs --wbc"),
     (["--differential", "--wbc", "6500"], "The white-cell count must be a number of 10^9"),
     (["--differential", "--wbc", "many"], "'many' is not"),
