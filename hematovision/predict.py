@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--each-path, --wbc and --wbc-includes-nrbc are for --differential")
     if args.wbc_includes_nrbc and args.wbc is None:
         parser.error("--wbc-includes-nrbc needs --wbc, the count it corrects")
+    if args.wbc is not None and args.each_path:
+        parser.error("--wbc is one film's count: run each film with its own, without "
+                     "--each-path")
     try:
         lab_intervals = intervals_from_environment()
     except ValueError as exc:

@@ -462,6 +462,7 @@ def test_each_path_is_a_film_of_its_own_with_its_differential(tiny_model_dir, tm
 @pytest.mark.parametrize("args, message", [
     (["--wbc", "6.5"], "--each-path, --wbc and --wbc-includes-nrbc are for --differential"),
     (["--each-path"], "--each-path, --wbc and --wbc-includes-nrbc are for --differential"),
+    (["--differential", "--each-path", "--wbc", "6"], "--wbc is one film's count"),
     (["--differential", "--wbc-includes-nrbc"], "--wbc-includes-nrbc needs --wbc"),
     (["--differential", "--wbc", "6500"], "The white-cell count must be a number of 10^9"),
     (["--differential", "--wbc", "many"], "'many' is not"),
