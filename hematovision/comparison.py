@@ -95,7 +95,8 @@ def compare(counted: Differential, manual: Mapping[str, int], manual_other: int 
         beside.append(BesideComparison(
             other.name, other.count, round(per_100, 1), mine, round(manual_per_100, 1),
             round(per_100 - manual_per_100, 1),
-            # Among the nucleated cells counted, so a share of at most 1 whatever the count.
+            # Tested as a share of the nucleated cells counted (white cells and these): per
+            # 100 white cells is not a share of anything, and may pass 100.
             fisher_exact(other.count, other.count + counted.white_cells, mine,
                          mine + manual_total)))
     return Comparison(rows, counted.white_cells, manual_total, manual_other,
