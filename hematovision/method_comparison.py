@@ -9,7 +9,7 @@ count). For each white-cell class compared on some film: how many films, the mea
 the batch's share from the manual one (the bias, in points) with its SD and 95 % limits of
 agreement (Bland-Altman), the least-squares line of the batch's share on the manual one with
 Pearson's r, and on how many films the difference lay beyond counting error
-(`hematovision.comparison`). Films whose batch still held unidentified cells are named: their
+(`hematovision.comparison`); the same for nucleated red cells, per 100 white cells. Films whose batch still held unidentified cells are named: their
 accepted cells lean towards the classes the model is sure of, so review them before comparing.
 A file without a manual count, or not such a CSV, is reported and left out.
 Exit status: 0 when some film was compared, 1 when none could be, 2 for a usage error.
@@ -34,11 +34,17 @@ NEEDED = ("class", "white_cell", "count", "white_cells", "awaiting_review", "sam
           "manual_count", "manual_white_cells", "manual_p_value")
 
 
+PER_100 = "per 100 white cells"  # the unit of a class compared beside the differential
+
+
 @dataclass(frozen=True)
 class Film:
     name: str  # the sample ID, else the file's name
-    shares: dict[str, FilmShares]  # by white-cell class, in the file's order
+    # By class, in the file's order: white cells' shares in percent, then the nucleated red
+    # cells compared per 100 white cells (`beside`).
+    shares: dict[str, FilmShares]
     awaiting_review: int
+    beside: tuple[str, ...] = ()
 
 
 def read_film(path: Path) -> Film:
@@ -56,16 +62,20 @@ def read_film(path: Path) -> Film:
     if not white or not white[0]["manual_count"]:
         raise ValueError("no manual count: give one on the batch page (Against a manual "
                          "count), then download the differential CSV again")
+    # A share of the white cells, or for a class beside them, as many per 100 white cells: the
+    # same sum either way.
+    compared = [row for row in rows if row["manual_count"]]
     try:
         shares = {row["class"]: FilmShares(
             100 * int(row["count"]) / int(row["white_cells"]),
             100 * int(row["manual_count"]) / int(row["manual_white_cells"]),
-            float(row["manual_p_value"])) for row in white}
+            float(row["manual_p_value"])) for row in compared}
         awaiting = int(rows[0]["awaiting_review"])
     except (ValueError, ZeroDivisionError):
         raise ValueError("its counts are not whole numbers of cells") from None
     name = as_written(rows[0]["sample"]) or path.name
-    return Film(name, shares, awaiting)
+    return Film(name, shares, awaiting,
+                tuple(row["class"] for row in compared if row["white_cell"] != "yes"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,17 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no film with a manual count to compare", file=sys.stderr)
         return 1
     classes = list(dict.fromkeys(c for film in films for c in film.shares))
+    beside = {c for film in films for c in film.beside}
     found = agreement_over_films([film.shares for film in films], classes)
     unreviewed = [film.name for film in films if film.awaiting_review]
     if args.json:
         print(json.dumps({"films": [film.name for film in films], "unreviewed": unreviewed,
-                          "classes": [asdict(row) for row in found]}))
+                          "classes": [{**asdict(row), "unit": PER_100 if row.name in beside
+                                       else "percent"} for row in found]}))
         return 0
     print(f"Method comparison over {len(films)} {'film' if len(films) == 1 else 'films'}: "
           "the batch's share minus the manual count's, in points")
     header = ["class", "films", "mean", "SD", "95 % limits of agreement", "slope",
               "intercept", "r", "beyond counting error"]
-    table = [[display_name(row.name), str(row.films), f"{row.mean_difference:+.1f}",
+    table = [[display_name(row.name) + (f", {PER_100}" if row.name in beside else ""),
+              str(row.films), f"{row.mean_difference:+.1f}",
               _number(row.sd_difference, ".1f"),
               "" if row.limits is None else f"{row.limits[0]:+.1f} to {row.limits[1]:+.1f}",
               _number(row.slope, ".2f"), _number(row.intercept, "+.1f"), _number(row.r, ".2f"),

@@ -81,3 +81,27 @@ def test_files_without_a_manual_count_are_left_out_with_the_reason(tmp_path, cap
         " ".join(capsys.readouterr().out.split()))
     assert main([str(plain)]) == 1
     assert "error: no film with a manual count to compare" in capsys.readouterr().err
+
+
+def test_nucleated_red_cells_are_summarised_per_100_white_cells(tmp_path, capsys):
+    classes = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+               "neutrophil", "platelet"]
+    paths = []
+    for i, (batch_nrbc, manual_nrbc) in enumerate([(4, 2), (0, 1), (10, 6)]):
+        counted = differential(film({"neutrophil": 60, "lymphocyte": 40,
+                                     "erythroblast": batch_nrbc}, classes), classes)
+        path = tmp_path / f"{i}.csv"
+        path.write_text(differential_csv(counted, f"P-{i}", compare(
+            counted, {"neutrophil": 60, "lymphocyte": 40},
+            manual_beside={"erythroblast": manual_nrbc})))
+        paths.append(str(path))
+    main([*paths, "--json"])
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["classes"]}
+    assert rows["erythroblast"]["unit"] == "per 100 white cells"
+    assert rows["neutrophil"]["unit"] == "percent" and "platelet" not in rows
+    assert rows["erythroblast"]["mean_difference"] == pytest.approx((2 - 1 + 4) / 3)
+    main(paths)
+    [line] = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("Erythroblast")]
+    assert " ".join(line.split()).startswith(
+        "Erythroblast (nucleated red cell), per 100 white cells 3 +1.7")
