@@ -58,6 +58,10 @@ def test_the_list_names_the_sample_as_text_and_counts_the_cells_to_review(app):
     stored.write_text(stored.read_text().replace('"status": "accepted"',
                                                  '"status": "unidentified"'))
     assert "2 to review" in text(page(client, "/"))
+    assert "manual count given" not in text(page(client, "/"))
+    client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client),
+                                                   "manual_neutrophil": "40"})
+    assert "manual count given" in text(page(client, "/"))
 
 
 def test_a_deleted_or_purged_batch_leaves_the_list(app):
