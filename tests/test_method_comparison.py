@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from hematovision.comparison import FilmShares, agreement_over_films, compare
-from hematovision.differential import differential
+from hematovision.comparison import FilmShares, agreement_over_films, compare, fisher_exact
+from hematovision.differential import differential, differential_json
 from hematovision.method_comparison import main
 from hematovision.web.results import differential_csv
 from tests.test_differential import WBC4, film, result
@@ -105,3 +105,66 @@ def test_nucleated_red_cells_are_summarised_per_100_white_cells(tmp_path, capsys
               if line.startswith("Erythroblast")]
     assert " ".join(line.split()).startswith(
         "Erythroblast (nucleated red cell), per 100 white cells 3 +1.7")
+
+
+def test_films_counted_from_the_command_line_are_compared_with_a_table_of_manual_counts(
+        tiny_model_dir, tmp_path, capsys):
+    from hematovision.predict import main as predict
+    from tests.conftest import CELL_COLORS, make_image
+
+    slides = tmp_path / "slides"
+    for slide, colors in (("S1", CELL_COLORS), ("S2", CELL_COLORS * 2), ("S3", CELL_COLORS)):
+        for i, color in enumerate(colors):
+            make_image(slides / slide / f"cell{i}.jpg", color)
+    predict([*(str(slides / s) for s in ("S1", "S2", "S3")), "--quiet", "--differential",
+             "--each-path", "--json", "--model-dir", str(tiny_model_dir)])
+    predictions = tmp_path / "films.jsonl"
+    predictions.write_text(capsys.readouterr().out)
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    manual = tmp_path / "manual.csv"
+    manual.write_text("film,eosinophil,lymphocyte,monocyte,neutrophil,other\n"
+                      "S1,1,1,1,1,\nS2,2,2,2,1,1\nS9,1,1,1,1,0\n")  # S3 was not counted by hand
+
+    assert main(["--predictions", str(predictions), "--manual", str(manual), "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["films"] == ["S1", "S2"]
+    assert f"left out: {slides / 'S3'}: no row in {manual}" in captured.err
+    assert f"left out: S9: a manual count with no film in {predictions}" in captured.err
+    # The same figures as the batch page's comparison of each film's differential.
+    expected = []
+    for line, by_hand, other in ((lines[0], [1, 1, 1, 1], 0), (lines[1], [2, 2, 2, 1], 1)):
+        counted = line["differential"]
+        total = sum(by_hand) + other
+        expected.append({s["class"]: FilmShares(
+            100 * s["count"] / counted["white_cells"], 100 * n / total,
+            fisher_exact(s["count"], counted["white_cells"], n, total))
+            for s, n in zip(counted["shares"], by_hand)})
+    for row, want in zip(report["classes"], agreement_over_films(expected, WBC4)):
+        assert row["mean_difference"] == pytest.approx(want.mean_difference)
+        assert row["sd_difference"] == pytest.approx(want.sd_difference)
+        assert row["marked"] == want.marked and row["unit"] == "percent"
+
+
+def test_a_table_of_manual_counts_names_only_the_model_s_classes(tmp_path, capsys):
+    predictions = tmp_path / "films.jsonl"
+    counted = differential(film(FILMS[0][0], WBC4), WBC4)
+    predictions.write_text(json.dumps({"path": "S1", "differential": differential_json(counted)})
+                           + "\n")
+    manual = tmp_path / "manual.csv"
+    manual.write_text("film,neutrophil,basophil\nS1,50,1\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["--predictions", str(predictions), "--manual", str(manual)])
+    assert stop.value.code == 2
+    assert "column 'basophil' is no class of the model's differential" in capsys.readouterr().err
+    manual.write_text("film,neutrophil\nS1,many\n")
+    with pytest.raises(SystemExit):
+        main(["--predictions", str(predictions), "--manual", str(manual)])
+    assert "film 'S1': a count is not a whole number" in capsys.readouterr().err
+    for args in (["--predictions", str(predictions)], [],
+                 [str(manual), "--predictions", str(predictions), "--manual", str(manual)]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2
+        assert "give differential CSVs, or --predictions with --manual" in (
+            capsys.readouterr().err)
