@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import textwrap
 from dataclasses import asdict, dataclass
@@ -185,15 +186,28 @@ def main(argv: list[str] | None = None) -> int:
     if not films:
         print("error: no film with a manual count to compare", file=sys.stderr)
         return 1
+    try:
+        print_report(films, args.json)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`... | head`): stop quietly, as Unix tools do; Python would
+        # flush stdout again at exit and fail there, so stdout now goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
+def print_report(films: list[Film], as_json: bool) -> None:
+    """The agreement over the films: a table for a terminal, or one JSON object."""
     classes = list(dict.fromkeys(c for film in films for c in film.shares))
     beside = {c for film in films for c in film.beside}
     found = agreement_over_films([film.shares for film in films], classes)
     unreviewed = [film.name for film in films if film.awaiting_review]
-    if args.json:
+    if as_json:
         print(json.dumps({"films": [film.name for film in films], "unreviewed": unreviewed,
                           "classes": [{**asdict(row), "unit": PER_100 if row.name in beside
                                        else "percent"} for row in found]}))
-        return 0
+        return
     print(f"Method comparison over {len(films)} {'film' if len(films) == 1 else 'films'}: "
           "the batch's share minus the manual count's, in points")
     header = ["class", "films", "mean", "SD", "95 % limits of agreement", "slope",
@@ -215,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         print(textwrap.fill(f"Not yet reviewed ({len(unreviewed)}): {', '.join(unreviewed)}: "
                             "their batches held unidentified cells, so their shares lean towards "
                             "the classes the model is sure of.", 100))
-    return 0
 
 
 def _number(value: float | None, spec: str) -> str:

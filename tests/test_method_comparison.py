@@ -2,6 +2,7 @@
 manual counts over many films, from the batch pages' differential CSVs."""
 
 import json
+import os
 
 import pytest
 
@@ -168,3 +169,18 @@ def test_a_table_of_manual_counts_names_only_the_model_s_classes(tmp_path, capsy
         assert stop.value.code == 2
         assert "give differential CSVs, or --predictions with --manual" in (
             capsys.readouterr().err)
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path):
+    """`method_comparison ... | head -1` must not end in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    path = write_film(tmp_path / "a.csv", *FILMS[0], sample_id="H-1")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: every write fails
+    with os.fdopen(write, "wb") as closed:
+        result = subprocess.run([sys.executable, "-m", "hematovision.method_comparison",
+                                 str(path)], stdout=closed, stderr=subprocess.PIPE,
+                                timeout=120)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
