@@ -36,12 +36,21 @@ def forget(batch_id: str) -> None:
 
 def batches(folder: Path) -> list[dict[str, Any]]:
     """This browser's batches still stored in `folder`, newest first; those gone (deleted in
-    another tab, purged at the end of the retention time) are forgotten."""
-    stored = {i: uploads.load_batch(folder, i) for i in _ids()}
+    another tab, purged at the end of the retention time) are forgotten, and so is one that
+    cannot be read: the upload page lists them, and must not fail for one."""
+    stored = {i: _readable(folder, i) for i in _ids()}
     kept = [i for i, batch in stored.items() if batch is not None]
     if kept != _ids():
         session[SESSION_KEY] = kept
     return [stored[i] for i in kept]
+
+
+def _readable(folder: Path, batch_id: str) -> dict[str, Any] | None:
+    try:
+        found = uploads.load_batch(folder, batch_id)
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, a damaged file
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("results"), list) else None
 
 
 def _ids() -> list[str]:
