@@ -229,6 +229,7 @@ def differential_json(counted: Differential) -> dict[str, Any]:
                          for o in counted.others]
     return out
 
+
 def _against(reference: tuple[float, float] | None, found: Flag | None) -> dict[str, Any]:
     """A figure's reference interval and where it lies against it, as the API gives them."""
     return {"reference": list(reference) if reference else None,

@@ -47,7 +47,7 @@ from hematovision.cells import display_name
 from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, ReviewBias,
                                        differential, differential_json, flag_text, review_bias)
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
-from hematovision.reference import SETTINGS, intervals, white_cell_count
+from hematovision.reference import SETTINGS, catalog_intervals, intervals, white_cell_count
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED, parse_accuracy_target
 
 # The environment variables of the app's settings of a lab's own reference intervals, read here
@@ -176,8 +176,9 @@ def print_differential(predictor: Predictor, model: str, film: list[Path], folde
                           "statuses": mine.by_status(),
                           "differential": differential_json(found)}), flush=False)
     else:
-        text = differential_text(found, model, mine, len(film), failures,
-                                 any(map(os.environ.get, INTERVAL_VARIABLES.values())),
+        own = any(lab_intervals[absolute] != catalog_intervals(absolute)
+                  for absolute in lab_intervals)  # as the batch page tells a lab's own
+        text = differential_text(found, model, mine, len(film), failures, own,
                                  review_bias(predictor.card, predictor.trust.confidence_threshold))
         print(f"{folder}\n{text}\n" if folder is not None else text)
     return failures

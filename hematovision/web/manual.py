@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hematovision.cells import is_nucleated_red_cell, is_white_cell
+from hematovision.web.forms import TypedForm, whole_number
 
 FIELD_PREFIX = "manual_"
 OTHER = "other"  # the field of the white cells of classes the model does not name
@@ -41,14 +42,6 @@ class ManualCount:
         return sum(self.counts.values()) + self.other
 
 
-@dataclass(frozen=True)
-class ManualForm:
-    """The form as typed, and the message for each refused field (its name: the whole form's
-    under ""), to show the form again with both."""
-    typed: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-
 def field_names(classes: list[str]) -> list[str]:
     """The form's fields: one per white-cell class of the model, in its order, then OTHER,
     then one per nucleated red-cell class of the model."""
@@ -57,7 +50,7 @@ def field_names(classes: list[str]) -> list[str]:
 
 
 def read_form(form: Mapping[str, str], classes: list[str]
-              ) -> tuple[ManualCount | None, ManualForm]:
+              ) -> tuple[ManualCount | None, TypedForm]:
     """The manual count a form gives (all fields empty: no count, which clears one given
     before), or None and the form with a message for each refused field."""
     names = field_names(classes)
@@ -77,8 +70,8 @@ def read_form(form: Mapping[str, str], classes: list[str]
     elif not errors and any(counted.beside.values()) and not counted.total:
         errors[""] = NO_WHITE_CELL
     if errors:
-        return None, ManualForm(typed, errors)
-    return counted, ManualForm(typed)
+        return None, TypedForm(typed, errors)
+    return counted, TypedForm(typed)
 
 
 def _class(name: str) -> str:
@@ -89,9 +82,8 @@ def _cells(text: str) -> int | None:
     """A field's count: 0 when empty, None when not a whole number from 0 to MAX_CELLS."""
     if not text:
         return 0
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_CELLS:
-        return None
-    return int(text)
+    found = whole_number(text)
+    return found if found is not None and found <= MAX_CELLS else None
 
 
 def of(batch: dict[str, Any]) -> ManualCount | None:
@@ -113,10 +105,10 @@ def store(batch: dict[str, Any], counted: ManualCount, at: float) -> None:
         batch.pop("manual", None)
 
 
-def form_of(counted: ManualCount | None) -> ManualForm:
+def form_of(counted: ManualCount | None) -> TypedForm:
     """The form filled in with a stored count (zeros left empty, as typed)."""
     if counted is None:
-        return ManualForm()
-    return ManualForm({FIELD_PREFIX + c: str(n) if n else "" for c, n in
+        return TypedForm()
+    return TypedForm({FIELD_PREFIX + c: str(n) if n else "" for c, n in
                        [*counted.counts.items(), (OTHER, counted.other),
                         *counted.beside.items()]})

@@ -4,7 +4,6 @@ pages."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED,
 from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
                               uploads)
 from hematovision.web.classify import classify_request, uploaded_files
+from hematovision.web.forms import TypedForm, whole_number
 from hematovision.web.security import check_csrf
 
 bp = Blueprint("pages", __name__)
@@ -389,7 +389,7 @@ def review_all(batch_id: str):
     show = review_list()
     listed = (results.least_sure_first(stored["results"]) if show == "all" else
               [i for i, r in enumerate(stored["results"]) if REVIEW_LISTS[show](r)])
-    start = min(_count(request.args.get("start", "")) or 0, max(len(listed) - 1, 0))
+    start = min(whole_number(request.args.get("start", "")) or 0, max(len(listed) - 1, 0))
     return _no_store(render_template(
         "review.html", batch=stored, listed=len(listed), start=start,
         cells=[(i, stored["results"][i]) for i in listed[start:start + REVIEW_PAGE_CELLS]],
@@ -431,14 +431,14 @@ def review_many(batch_id: str):
         if not key.startswith("verdict-") or not verdict:
             continue
         number = key.removeprefix("verdict-")
-        index = _count(number)
+        index = whole_number(number)
         if index is None or index >= len(stored["results"]) or differential.status_of(
                 stored["results"][index]) is None:
             abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
         check_verdict(verdict, stored)
         verdicts[index] = verdict
     # Where the form came from: the same list, and with every cell listed, the same page.
-    listing, start = review_list(), _count(request.args.get("start", ""))
+    listing, start = review_list(), whole_number(request.args.get("start", ""))
     show = {**({"show": listing} if listing else {}),
             **({"start": start} if listing == "all" and start else {})}
     if not verdicts:
@@ -491,8 +491,7 @@ def left_out_text(reason: str) -> str:
 
 @bp.get("/batch/<batch_id>")
 def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200,
-          sample_form: sample.SampleForm | None = None,
-          manual_form: manual.ManualForm | None = None):
+          sample_form: TypedForm | None = None, manual_form: TypedForm | None = None):
     """The batch page (a batch of one image shows that image's page); after a refused
     addition, with its errors, and after a refused sample or manual-count form, with it as
     typed."""
@@ -992,12 +991,6 @@ def api_docs():
 
 def upload_folder() -> Path:
     return Path(current_app.config["UPLOAD_FOLDER"])
-
-
-def _count(text: str) -> int | None:
-    """A non-negative whole number written in ASCII digits (at most 9 of them), else None:
-    `str.isdigit` also passes "²", which `int` refuses, and `int` refuses 4,301 digits."""
-    return int(text) if re.fullmatch(r"[0-9]{1,9}", text) else None
 
 
 def served_model(name: str) -> Predictor | None:

@@ -3,9 +3,9 @@
 A batch is reached only by its unguessable address (`uploads.new_id`), and the app has no user
 accounts: a technologist who leaves a batch page (to classify the next film, or by closing the
 tab) had no way back to it but the browser's history. The ids of the batches this browser
-uploaded, or added images to, are kept in its signed session cookie (newest first, at most MAX_REMEMBERED), never on
-the server, so no one sees the batches of another browser; the upload page lists those still
-stored and forgets those deleted or purged.
+uploaded, or added images to, are kept in its signed session cookie (newest first, at most
+MAX_REMEMBERED), never on the server, so no one sees the batches of another browser; the upload
+page lists those still stored and forgets those deleted or purged.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from flask import session
 from hematovision.web import uploads
 
 SESSION_KEY = "batches"
-# Each listed batch is read from disk on every visit to the upload page, and a cookie holds
-# about 4 KB; a technologist's batches within the retention time (an hour) are fewer.
+# Each listed batch is read from disk on every visit to the upload page (what that costs:
+# benchmarks/bench_pages.py), and a cookie holds about 4 KB.
 MAX_REMEMBERED = 10
 
 

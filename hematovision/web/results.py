@@ -62,8 +62,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
     manual count of the film (`comparison`), each white-cell class's row also has its manual
     count and percent, the difference in points and its p-value (`hematovision.comparison`),
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
-    white cells. Columns are added last, so that earlier ones
-    keep their places."""
+    white cells. Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)

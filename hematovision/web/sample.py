@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hematovision.reference import white_cell_count
+from hematovision.web.forms import TypedForm
 
 MAX_ID_LENGTH = 40
 BAD_ID = (f"A sample ID is at most {MAX_ID_LENGTH} letters, digits, spaces and punctuation "
@@ -31,14 +32,6 @@ class Sample:
     includes_nucleated_red_cells: bool = False
 
 
-@dataclass(frozen=True)
-class SampleForm:
-    """The sample form as typed, and the message for each field that was refused, to show the
-    form again with both."""
-    typed: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-
 def sample_id(text: str) -> str:
     """A sample ID as typed, made canonical (Unicode NFC, outer spaces dropped); ValueError with
     a message for the user when it is longer than MAX_ID_LENGTH or holds anything but letters,
@@ -51,7 +44,7 @@ def sample_id(text: str) -> str:
     return canonical
 
 
-def read_form(form: Mapping[str, str]) -> tuple[Sample | None, SampleForm]:
+def read_form(form: Mapping[str, str]) -> tuple[Sample | None, TypedForm]:
     """The sample a form gives (empty fields clear what was given before; the nucleated-red-cell
     box counts as ticked when sent at all, as browsers send a checkbox), or None and the form
     with a message for each refused field."""
@@ -64,9 +57,9 @@ def read_form(form: Mapping[str, str]) -> tuple[Sample | None, SampleForm]:
             errors[name] = str(exc)
     typed[NUCLEATED_FIELD] = "on" if form.get(NUCLEATED_FIELD) else ""
     if errors:
-        return None, SampleForm(typed, errors)
+        return None, TypedForm(typed, errors)
     return (Sample(values[ID_FIELD], values[COUNT_FIELD], bool(typed[NUCLEATED_FIELD])),
-            SampleForm(typed))
+            TypedForm(typed))
 
 
 def of(batch: dict[str, Any]) -> Sample:
@@ -83,10 +76,10 @@ def store(batch: dict[str, Any], sample: Sample, at: float) -> None:
                        "at": at}
 
 
-def form_of(sample: Sample) -> SampleForm:
+def form_of(sample: Sample) -> TypedForm:
     """The form filled in with a sample as stored."""
     count = sample.white_cells_per_litre
-    return SampleForm({ID_FIELD: sample.id, COUNT_FIELD: "" if count is None else f"{count:g}",
+    return TypedForm({ID_FIELD: sample.id, COUNT_FIELD: "" if count is None else f"{count:g}",
                        NUCLEATED_FIELD: "on" if sample.includes_nucleated_red_cells else ""})
 
 
