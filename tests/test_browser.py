@@ -343,3 +343,48 @@ def test_added_images_join_the_batch_and_the_arrow_keys_step_through_it(browser,
     assert browser.current_url == batch_url + "/2"
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
     WebDriverWait(browser, 10).until(lambda d: d.current_url == batch_url + "/1")
+
+
+# What sticks out sideways: the page scrolling as a whole, and any table scrolling in its box.
+OVERFLOW = """
+const page = document.documentElement;
+const found = page.scrollWidth > page.clientWidth
+    ? [`the page is ${page.scrollWidth} px wide in a ${page.clientWidth} px window`] : [];
+for (const box of document.querySelectorAll(arguments[0])) {
+  if (box.scrollWidth > box.clientWidth)
+    found.push(`${box.firstElementChild.id}: ${box.scrollWidth} px in ${box.clientWidth}`);
+}
+return found;
+"""
+
+
+def test_the_batch_page_fits_a_phone_and_its_tables_their_column(browser, base_url,
+                                                                  tmp_path):
+    """On a phone nothing widens the page (a wide table scrolls in its own box); on a laptop
+    screen the differential's column holds its tables whole, absolute counts and a manual
+    count included."""
+    from selenium.webdriver.common.by import By
+
+    batch_url = upload_two_cells(browser, base_url, tmp_path)
+    browser.find_element(By.ID, "sample-id").send_keys("H-2026-01234")
+    browser.find_element(By.ID, "wbc").send_keys("6.5")
+    browser.find_element(By.ID, "wbc").submit()
+    wait_for(browser, "#absolute")
+    browser.execute_script("arguments[0].open = true",
+                           browser.find_element(By.ID, "manual-details"))
+    for field, count in (("manual_neutrophil", "55"), ("manual_lymphocyte", "35"),
+                         ("manual_other", "10")):
+        browser.find_element(By.ID, field).send_keys(count)
+    browser.find_element(By.ID, "manual_other").submit()
+    wait_for(browser, "#manual-comparison")
+
+    browser.set_window_size(360, 900)
+    for page in (batch_url, batch_url + "/0", base_url + "/models/tiny", base_url + "/"):
+        browser.get(page)
+        assert browser.execute_script(OVERFLOW, "none") == [], page
+    browser.set_window_size(1280, 900)
+    browser.get(batch_url)
+    column = "#differential-title ~ .table-responsive, #differential-title ~ * .table-responsive"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#differential-title ~ .table-responsive")
+               ) >= 4  # differential, absolute counts, not counted, manual count
+    assert browser.execute_script(OVERFLOW, column) == []
