@@ -73,6 +73,9 @@ def _decode(file: BinaryIO, max_pixels: int) -> Image.Image:
         raise ImageError(f"The image is too large; the limit is {max_pixels:,} pixels.") from None
     except MemoryError:
         raise ImageError("The image is too large to decode in the memory available.") from None
+    except NotImplementedError as exc:  # Pillow knows the format, not this variant of it
+        raise ImageError(f"The image is stored in a variant of its format that we cannot read "
+                         f"({exc}).") from None
     except Exception as exc:  # noqa: BLE001 - see below
         # Pillow's decoders fail on malformed files not only with OSError but with
         # struct.error, IndexError, ValueError, SyntaxError, EOFError...: all are a bad file,

@@ -80,11 +80,15 @@ def test_animated_gif_uses_the_first_frame():
         (b"hello, this is text", "not an image"),
         (encode(Image.new("RGB", (64, 64), "red"), "PNG")[:60], "damaged or truncated"),
         (encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "damaged or truncated"),
+        # A DDS header of no pixel format Pillow decodes: its NotImplementedError is a file
+        # we cannot read, not something unexpected to log with a traceback.
+        (b"DDS " + (124).to_bytes(4, "little") + bytes(184), "a variant of its format"),
     ],
 )
-def test_bad_inputs_raise_image_error_with_a_clear_message(payload, message):
+def test_bad_inputs_raise_image_error_with_a_clear_message(payload, message, caplog):
     with pytest.raises(ImageError, match=message):
         load_image(payload)
+    assert "unexpected" not in caplog.text
 
 
 def test_damaged_files_of_many_formats_give_the_input_or_an_image_error():

@@ -246,6 +246,49 @@ def test_delete_needs_the_form_token_a_post_and_a_known_batch(tmp_path, client):
     assert "Delete now" in single and "results of this image" in single
 
 
+
+DAMAGED_FILES = [b'{"results": [', b"\xff\xfe\x00", b"[]", b'{"results": 3, "classes": []}',
+                 b'{"results": [], "classes": [], "model": null}']
+
+
+@pytest.mark.parametrize("content", DAMAGED_FILES)
+def test_a_damaged_batch_file_is_said_to_be_unreadable_on_every_route_and_can_be_deleted(
+        tmp_path, client, caplog, content):
+    """Its pages answer 410 with what happened, never a 500 (trying again cannot help), touch
+    no file, and name the file in the server's log; deleting it works, and leaves its images,
+    which it no longer lists, to the purge."""
+    damaged = upload(client, ("a.jpg", image_bytes()))
+    kept = upload(client, ("b.jpg", image_bytes()))
+    folder = tmp_path / "uploads"
+    (folder / f"{damaged}.json").write_bytes(content)
+    with pytest.raises(uploads.DamagedBatch):
+        uploads.load_batch(folder, damaged)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    token = csrf_token(client)
+    batch = f"/batch/{damaged}"
+    gets = [batch, f"{batch}/0", f"{batch}.csv", f"{batch}/differential.csv",
+            f"{batch}/review", f"{batch}/reviewed.zip", f"{batch}/0/view.jpg",
+            f"{batch}/0/heat-map.png", f"{batch}/0/field.jpg"]
+    posts = {f"{batch}/sample": {"sample_id": "H-1"}, f"{batch}/manual": {"manual_other": "5"},
+             f"{batch}/0/review": {"verdict": "excluded"}, f"{batch}/review": {},
+             f"{batch}/add": {"file": [(io.BytesIO(image_bytes()), "c.jpg")]}}
+    for path in gets + list(posts):
+        caplog.clear()
+        response = (client.get(path) if path in gets else
+                    client.post(path, data={"csrf_token": token, **posts[path]}))
+        assert response.status_code == 410, path
+        assert "their file on the server is damaged" in response.get_data(as_text=True), path
+        assert f"{damaged}.json" in caplog.text, path
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert client.get(f"/batch/{kept}").status_code == 200
+
+    response = client.post(f"{batch}/delete", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert "damaged results from the server" in client.get(
+        response.headers["Location"]).get_data(as_text=True)
+    assert client.get(batch).status_code == 404
+    assert set(before) - {p.name for p in folder.iterdir()} == {f"{damaged}.json"}
+
 def _review_each(args) -> None:
     """One worker process of the test below: record a verdict on its own results, one change
     at a time, as a worker process of the server would."""

@@ -3,9 +3,11 @@
 import io
 import json
 import re
+import socket
 import struct
 import subprocess
 import sys
+import threading
 from html import unescape
 from pathlib import Path
 
@@ -470,12 +472,12 @@ def test_form_requests_without_work_are_400(client, form, message):
     assert message in response.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("token", [None, "", "forged"])
+@pytest.mark.parametrize("token", [None, "", "forged", "forgé", "\U0001fa78", "{real}é"])
 def test_csrf_token_is_required(client, tmp_path, token):
-    csrf_token(client)  # the session has a token, the form does not send it
+    real = csrf_token(client)  # the session has a token, the form does not send it
     data = {"file": (io.BytesIO(image_bytes()), "a.jpg")}
     if token is not None:
-        data["csrf_token"] = token
+        data["csrf_token"] = token.format(real=real)
     response = client.post("/upload", data=data)
     assert response.status_code == 400
     assert "The form has expired or was not sent from this site" in response.get_data(as_text=True)
@@ -488,6 +490,28 @@ def test_csrf_token_of_another_session_is_refused(app):
         "/upload", data={"csrf_token": other, "file": (io.BytesIO(image_bytes()), "a.jpg")}
     )
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/upload", f"/batch/{'0' * 32}/delete", "/api/predict"])
+def test_a_body_cut_short_mid_chunk_is_answered_at_once(app, path):
+    """A form sent in chunks, one of them malformed: the body cannot be read. The answer is a
+    400 at once, not a wait until the client hangs up (the error page once read the body
+    again, which blocks on a socket with nothing more to give), on a real server."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                         "Content-Type: application/x-www-form-urlencoded\r\n"
+                         "Connection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".encode())
+            status = sock.recv(64)  # socket.timeout: no answer while the client waits
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert status.startswith(b"HTTP/1.1 400 ")
 
 
 def test_session_cookie_is_httponly_and_samesite(client):

@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, current_app, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import Gone, HTTPException, InternalServerError, RequestEntityTooLarge
 
 from hematovision.web import models
+from hematovision.web.uploads import DamagedBatch
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +19,14 @@ TITLES = {
     400: "The request could not be used",
     404: "Page not found",
     405: "Method not allowed",
+    410: "These results can no longer be read",
     500: "Something went wrong on our side",
 }
 
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(DamagedBatch, handle_damaged_batch)
     app.register_error_handler(Exception, handle_unexpected_error)
 
 
@@ -72,16 +75,27 @@ def handle_http_error(error: HTTPException):
 
 def chosen_model(error: HTTPException) -> str | None:
     """The model the refused request chose, for the way back to the upload form; None when
-    unknown. A 413's form was never read (reading it is what failed), so only its address
-    can say."""
-    try:
-        # request.values parses the body: for any error (a 404 on a huge POST too) that may
-        # raise the 413 the body would have raised in a route.
-        values = request.args if isinstance(error, RequestEntityTooLarge) else request.values
+    unknown. Only a form already read counts: reading the body here could raise the error
+    being answered again (a 413's form was never read: reading it is what failed) or wait
+    until the client hangs up (a body cut short mid-chunk)."""
+    form = request.__dict__.get("form")  # where Werkzeug's cached_property keeps a read form
+    for values in (request.args, form or {}):
         name = values.get("model", "").strip()
-    except HTTPException:  # the form itself cannot be read
-        return None
-    return name if name in models.names() else None
+        if name:
+            return name if name in models.names() else None
+    return None
+
+
+# Gone, not a 500: trying again cannot help, and what the server keeps of the batch cannot
+# be shown by any request; the log names the file for whoever runs the server.
+DAMAGED = ("The stored results of this batch cannot be read: their file on the server is "
+           "damaged. Nothing else was touched; the batch's images are deleted at the end of "
+           "their retention time, as every upload is.")
+
+
+def handle_damaged_batch(error: DamagedBatch):
+    log.error("damaged batch file %s", error)
+    return handle_http_error(Gone(description=DAMAGED))
 
 
 def handle_unexpected_error(error: Exception):

@@ -45,6 +45,8 @@ bp.before_request(check_csrf)
 EXPIRED = "No such result: it may have been deleted, as results are kept for {retention}."
 IMAGE_EXPIRED = "The stored image is gone: uploads are kept for {retention}."
 DELETED = "Deleted from the server: the results of {images} and their stored copies."
+DELETED_DAMAGED = ("Deleted the batch's damaged results from the server; its images go at the "
+                   "end of their retention time.")
 NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )
@@ -287,9 +289,15 @@ def upload():
 def delete(batch_id: str):
     """Delete a batch's results and stored images now, at the user's request, instead of at the
     end of the retention time; then back to the upload form, which says so."""
-    stored = load_or_404(batch_id)
+    try:
+        stored = load_or_404(batch_id)
+    except uploads.DamagedBatch:  # deleting it is all that can still be done with it
+        stored = None
     uploads.delete_batch(upload_folder(), batch_id)
     recent.forget(batch_id)
+    if stored is None:
+        flash(DELETED_DAMAGED)
+        return redirect(url_for("pages.home"), code=303)
     count = results.image_count(stored["results"])
     flash(DELETED.format(images=f"{count} image{'s' if count != 1 else ''}"))
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)

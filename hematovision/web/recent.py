@@ -47,10 +47,9 @@ def batches(folder: Path) -> list[dict[str, Any]]:
 
 def _readable(folder: Path, batch_id: str) -> dict[str, Any] | None:
     try:
-        found = uploads.load_batch(folder, batch_id)
-    except (OSError, ValueError):  # ValueError: JSONDecodeError, a damaged file
+        return uploads.load_batch(folder, batch_id)
+    except (OSError, uploads.DamagedBatch):
         return None
-    return found if isinstance(found, dict) and isinstance(found.get("results"), list) else None
 
 
 def _ids() -> list[str]:

@@ -69,7 +69,9 @@ def check_csrf() -> None:
         return
     expected = session.get(CSRF_FIELD)
     sent = request.form.get(CSRF_FIELD, "")
-    if not expected or not hmac.compare_digest(str(expected), sent):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError,
+    # so a 500) and a forged form may send any.
+    if not expected or not hmac.compare_digest(str(expected).encode(), sent.encode()):
         abort(400, description=CSRF_MESSAGE)
 
 

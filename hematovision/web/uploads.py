@@ -76,14 +76,33 @@ def save_batch(folder: Path, batch: dict[str, Any]) -> str:
     return batch_id
 
 
+class DamagedBatch(ValueError):
+    """A stored batch file that cannot be read as a batch. Batches are written whole
+    (`_write_atomic`), so only something outside the app makes one: a disk error, a hand
+    edit, a file copied in from elsewhere."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
 def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
-    """The stored batch, or None when the id is malformed, unknown or already purged."""
+    """The stored batch, or None when the id is malformed, unknown or already purged;
+    DamagedBatch when its file is not a batch."""
     if not is_valid_id(batch_id):
         return None
+    path = folder / f"{batch_id}.json"
     try:
-        return json.loads((folder / f"{batch_id}.json").read_text())
+        batch = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise DamagedBatch(path, str(exc)) from None
+    # What every page of a batch reads before anything else.
+    if not (isinstance(batch, dict) and isinstance(batch.get("results"), list)
+            and isinstance(batch.get("classes"), list) and isinstance(batch.get("model"), str)):
+        raise DamagedBatch(path, "not a batch: no results, classes or model")
+    return batch
 
 
 def update_batch(folder: Path, batch_id: str,
@@ -133,10 +152,14 @@ def delete_batch(folder: Path, batch_id: str) -> int | None:
     is left in any case). Only this batch's own files are touched: every stored image belongs
     to the one batch it was uploaded in (the cells of a field share its image, counted once)."""
     with _locked(folder):
-        batch = load_batch(folder, batch_id)
+        try:
+            batch = load_batch(folder, batch_id)
+        except DamagedBatch:  # which images it held cannot be read: the purge takes them
+            batch = {"results": []}
         if batch is None:
             return None
-        images = {image_path(folder, r.get("image") or "") for r in batch.get("results", [])}
+        images = {image_path(folder, r.get("image") or "") for r in batch["results"]
+                  if isinstance(r, dict)}
         images.discard(None)
         for path in images:
             path.unlink(missing_ok=True)
