@@ -27,6 +27,9 @@ def app(tmp_path, tiny_model_dir):
         RETENTION_SECONDS=60,
     )
 
+# What a stored batch holds beside its results (load_batch refuses a file without them).
+EMPTY = {"model": "tiny", "classes": []}
+
 
 @pytest.fixture
 def client(app):
@@ -74,7 +77,7 @@ def test_ids_are_random_hex_and_validated():
 
 
 def test_batch_round_trip_and_unknown_ids(tmp_path):
-    batch_id = uploads.save_batch(tmp_path, {"model": "tiny", "results": []})
+    batch_id = uploads.save_batch(tmp_path, {"model": "tiny", "classes": [], "results": []})
     stored = uploads.load_batch(tmp_path, batch_id)
     assert stored["id"] == batch_id and stored["model"] == "tiny" and stored["results"] == []
     assert uploads.load_batch(tmp_path, uploads.new_id()) is None
@@ -302,7 +305,8 @@ def test_changes_from_several_processes_at_once_all_land(tmp_path):
     import multiprocessing
 
     folder = tmp_path / "uploads"
-    batch_id = uploads.save_batch(folder, {"results": [{"file": f"{i}"} for i in range(80)]})
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": f"{i}"}
+                                                                for i in range(80)]})
     work = [(folder, batch_id, range(start, 80, 4)) for start in range(4)]
     with multiprocessing.get_context("fork").Pool(4) as pool:
         pool.map(_review_each, work)
@@ -312,7 +316,7 @@ def test_changes_from_several_processes_at_once_all_land(tmp_path):
 
 def test_a_change_keeps_the_upload_time_and_never_brings_back_a_deleted_batch(tmp_path):
     folder = tmp_path / "uploads"
-    batch_id = uploads.save_batch(folder, {"results": [{"file": "a.jpg"}]})
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": "a.jpg"}]})
     path = folder / f"{batch_id}.json"
     uploaded = time.time() - 1000
     os.utime(path, (uploaded, uploaded))

@@ -82,8 +82,11 @@ class DamagedBatch(ValueError):
     edit, a file copied in from elsewhere."""
 
     def __init__(self, path: Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
+        super().__init__(path, reason)  # both in args: a worker process's error unpickles
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
