@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from hematovision.differential import Differential
 
@@ -101,6 +102,24 @@ def compare(counted: Differential, manual: Mapping[str, int], manual_other: int 
                          mine + manual_total)))
     return Comparison(rows, counted.white_cells, manual_total, manual_other,
                       counted.awaiting_review, beside)
+
+
+def comparison_json(found: Comparison) -> dict[str, Any]:
+    """A comparison as the API returns it, beside the differential it compares (which holds the
+    batch's white cells and cells awaiting review): the manual count's white cells (`other`:
+    those of classes the model does not name), and per class the batch's count and share, the
+    manual ones, their difference and its p-value; the classes counted beside the differential
+    per 100 white cells, where any was compared."""
+    def row(c: ClassComparison | BesideComparison, unit: str, figure: float,
+            manual_figure: float) -> dict[str, Any]:
+        return {"class": c.name, "count": c.count, unit: figure, "manual_count": c.manual_count,
+                f"manual_{unit}": manual_figure, "difference": c.difference,
+                "p_value": c.p_value, "beyond_counting_error": c.beyond_counting_error}
+
+    return {"white_cells": found.manual_white_cells, "other": found.manual_other,
+            "shares": [row(c, "percent", c.percent, c.manual_percent) for c in found.classes],
+            **({"beside": [row(c, "per_100_white", c.per_100_white, c.manual_per_100_white)
+                           for c in found.beside]} if found.beside else {})}
 
 
 def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:

@@ -99,6 +99,55 @@ def test_a_bad_total_count_is_refused_before_any_image_is_read(client, models_ro
     assert response.status_code == 400 and message in response.get_json()["error"]
 
 
+def test_a_manual_count_is_compared_with_the_differential_as_the_batch_page_does(
+        client, models_root):
+    """The batch page's manual-count fields, in the form or the query string: the differential
+    gains "manual", each class both ways with the difference and its p-value; without them it
+    has none."""
+    from hematovision.comparison import LEVEL, fisher_exact
+
+    files = [(f"{i}.png", image_bytes(color, fmt="PNG"))
+             for i, color in enumerate([(200, 60, 60)] * 3 + [(60, 60, 200)])]
+    assert "manual" not in post(client, *files).get_json()["differential"]
+    sent = {"neutrophil": 50, "lymphocyte": 30, "monocyte": 0, "eosinophil": 15}
+    for query, form in (("", sent), ("?" + "&".join(f"manual_{c}={n}" for c, n in sent.items()),
+                                     {})):
+        response = client.post("/api/predict" + query, data={
+            "file": [(io.BytesIO(data), name) for name, data in files], "manual_other": "5",
+            **{f"manual_{c}": str(n) for c, n in form.items()}})
+        differential = response.get_json()["differential"]
+        manual = differential["manual"]
+        assert (manual["white_cells"], manual["other"]) == (100, 5) and "beside" not in manual
+        assert [m["class"] for m in manual["shares"]] == CLASSES
+        for share, compared in zip(differential["shares"], manual["shares"]):
+            mine = sent[share["class"]]
+            assert (compared["count"], compared["percent"]) == (share["count"], share["percent"])
+            assert (compared["manual_count"], compared["manual_percent"]) == (mine, float(mine))
+            assert compared["difference"] == round(100 * share["count"] / 4 - mine, 1)
+            assert compared["p_value"] == fisher_exact(share["count"], 4, mine, 100)
+            assert compared["beyond_counting_error"] == (compared["p_value"] < LEVEL)
+
+
+@pytest.mark.parametrize("form, message", [
+    ({"manual_neutrophils": "60"}, "Unknown field 'manual_neutrophils': a manual count for "
+                                   "model tiny has the fields manual_eosinophil, "),
+    ({"manual_neutrophil": "sixty"}, "manual_neutrophil: A count of cells is a whole number "
+                                     "from 0 to 10,000; 'sixty' is not."),
+    ({"manual_neutrophil": "-3"}, "'-3' is not"),
+    ({"manual_neutrophil": "9000", "manual_lymphocyte": "9000"},
+     "A manual count of at most 10,000 cells is compared; these add up to 18,000."),
+    ({"manual_neutrophil": "0", "manual_other": ""}, "The manual count counts no white cell"),
+])
+def test_a_bad_manual_count_is_refused_before_any_image_is_read(client, models_root,
+                                                                monkeypatch, form, message):
+    from hematovision.web import classify
+
+    monkeypatch.setattr(classify, "decode", lambda *a, **k: pytest.fail("an image was read"))
+    response = client.post("/api/predict", data={
+        "file": [(io.BytesIO(image_bytes()), "a.jpg")], **form})
+    assert response.status_code == 400 and message in response.get_json()["error"]
+
+
 def test_no_differential_when_no_file_was_read(client, models_root):
     response = post(client, ("broken.jpg", b"nope"))
     assert response.status_code == 400 and "differential" not in response.get_json()

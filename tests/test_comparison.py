@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hematovision.comparison import LEVEL, compare, fisher_exact
+from hematovision.comparison import LEVEL, compare, comparison_json, fisher_exact
 from hematovision.differential import differential
 from tests.test_differential import film
 
@@ -112,3 +112,25 @@ def test_nucleated_red_cells_are_compared_per_100_white_cells_among_the_nucleate
             row.manual_per_100_white, row.difference) == ("erythroblast", 5, 10.0, 4, 2.0, 8.0)
     assert row.p_value == pytest.approx(stats.fisher_exact([[5, 50], [4, 200]]).pvalue)
     assert compare(counted, {"neutrophil": 150}).beside == []
+
+
+def test_the_api_form_has_each_class_both_ways_and_the_cells_beside_where_compared():
+    pbc8 = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+            "neutrophil", "platelet"]
+    counted = differential(film({"neutrophil": 40, "lymphocyte": 10, "erythroblast": 5}, pbc8),
+                           pbc8)
+    found = compare(counted, {"neutrophil": 150, "lymphocyte": 45}, manual_other=5,
+                    manual_beside={"erythroblast": 4})
+    out = comparison_json(found)
+    assert (out["white_cells"], out["other"]) == (200, 5)
+    neutrophils = next(s for s in out["shares"] if s["class"] == "neutrophil")
+    row = next(r for r in found.classes if r.name == "neutrophil")
+    assert neutrophils == {"class": "neutrophil", "count": 40, "percent": 80.0,
+                           "manual_count": 150, "manual_percent": 75.0, "difference": 5.0,
+                           "p_value": row.p_value, "beyond_counting_error": False}
+    assert [s["class"] for s in out["shares"]] == [s.name for s in counted.shares]
+    assert out["beside"] == [{"class": "erythroblast", "count": 5, "per_100_white": 10.0,
+                              "manual_count": 4, "manual_per_100_white": 2.0,
+                              "difference": 8.0, "p_value": found.beside[0].p_value,
+                              "beyond_counting_error": found.beside[0].p_value < LEVEL}]
+    assert "beside" not in comparison_json(compare(counted, {"neutrophil": 150}))

@@ -3,7 +3,9 @@
     POST /api/predict  multipart: file (one or many), model (optional), explain (optional: 1),
                        wbc_count (optional: the film's total white-cell count, x 10^9/L),
                        wbc_includes_nrbc (optional: 1 when that count includes the nucleated
-                       red cells); all but the files may also come in the query string
+                       red cells), manual_<class> (optional: a manual count of the same film,
+                       as the batch page's form names its fields); all but the files may also
+                       come in the query string
     GET  /api/health
     GET  /api/model?model=NAME
 
@@ -17,10 +19,11 @@ from dataclasses import asdict
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from hematovision import __version__
+from hematovision.comparison import compare, comparison_json
 from hematovision.differential import differential_json
 from hematovision.reference import white_cell_count
-from hematovision.web import models
-from hematovision.web.classify import classify_request, request_value
+from hematovision.web import manual, models
+from hematovision.web.classify import classify_request, request_value, requested_model
 from hematovision.web.results import magnification_check, served_differential
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -37,7 +40,8 @@ def predict():
     """Per-file results like `python -m hematovision.predict --json`, and the differential of
     the accepted cells; 400 if none succeeded. With explain=1 each classified file also gets its
     heat map ("cam"). With wbc_count, the differential's shares are also absolute counts (the
-    count first corrected for the nucleated red cells counted, with wbc_includes_nrbc=1)."""
+    count first corrected for the nucleated red cells counted, with wbc_includes_nrbc=1). With
+    a manual count of the film, the differential is compared with it ("manual")."""
     explain = yes_or_no("explain", "for heat maps")
     includes_nucleated_red_cells = yes_or_no(
         "wbc_includes_nrbc", "when wbc_count includes the nucleated red cells")
@@ -45,18 +49,45 @@ def predict():
         wbc = white_cell_count(request_value("wbc_count"))
     except ValueError as exc:
         abort(400, description=str(exc))
-    name, results = classify_request(explain=explain)
+    name, predictor = requested_model()
+    by_hand = manual_count(name, predictor.classes)
+    name, results = classify_request(explain=explain, model=name)
     if not any("label" in r for r in results):
         return jsonify(model=name, results=results), 400
-    predictor = models.get(name)
-    counted = differential_json(served_differential(results, predictor.classes,
-                                                    current_app.config, wbc,
-                                                    includes_nucleated_red_cells))
+    served = served_differential(results, predictor.classes, current_app.config, wbc,
+                                 includes_nucleated_red_cells)
+    counted = differential_json(served)
+    if by_hand:
+        found = compare(served, by_hand.counts, by_hand.other, by_hand.beside)
+        counted["manual"] = comparison_json(found) if found else None
     check = magnification_check(results, predictor.magnification)
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}
              } if check else {}
     return jsonify(model=name, results=results, differential=counted, **extra), 200
+
+
+def manual_count(model: str, classes: list[str]) -> manual.ManualCount | None:
+    """The manual count the request sends in the batch page's fields (`manual.field_names`:
+    manual_<class> for the model's classes and manual_other), or None when it sends none; 400
+    for a field the model's count has not (a misspelt class would otherwise count none) or a
+    count the page would refuse."""
+    sent = {key for key in [*request.form, *request.args] if key.startswith(manual.FIELD_PREFIX)}
+    if not sent:
+        return None
+    names = manual.field_names(classes)
+    unknown = sorted(sent - set(names))
+    if unknown:
+        abort(400, description=f"Unknown field {unknown[0][:40]!r}: a manual count for model "
+                               f"{model} has the fields {', '.join(names)}.")
+    counted, form = manual.read_form({n: request_value(n) for n in names}, classes)
+    if counted is None:
+        abort(400, description=" ".join(f"{key}: {message}" if key else message
+                                        for key, message in form.errors.items()))
+    if not counted.total:
+        abort(400, description=f"The manual count counts no white cell: give the cells of each "
+                               f"class counted ({', '.join(names)}).")
+    return counted
 
 
 def yes_or_no(field: str, meaning: str) -> bool:

@@ -92,6 +92,17 @@ def request_value(field: str) -> str:
     return form or query
 
 
+def requested_model(name: str | None = None) -> tuple[str, Predictor]:
+    """Model `name`, else the one the request names (`model`, in the form or the query
+    string), else the default, and its predictor; 400 for a model this server does not
+    have."""
+    name = name or request_value("model") or models.default_name()
+    predictor = models.get(name)
+    if predictor is None:
+        abort(400, description=models.unknown_model_message(name))
+    return name, predictor
+
+
 def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
     """The parts that name a file: a form submitted with no file chosen sends one with no name."""
     return [f for f in files if f.filename]
@@ -107,10 +118,7 @@ def classify_request(
     each decoded image is stored there and its result gets the stored copy's id as "image";
     with `explain`, each result gets its heat map (see `classify`).
     """
-    name = model or request_value("model") or models.default_name()
-    predictor = models.get(name)
-    if predictor is None:
-        abort(400, description=models.unknown_model_message(name))
+    name, predictor = requested_model(model)
     files = uploaded_files(request.files.getlist("file"))
     if not files:
         abort(
