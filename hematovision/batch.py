@@ -75,7 +75,10 @@ def image_files(folder: Path) -> list[Path]:
     """The image files under `folder` (by extension, any depth), sorted, hidden ones left out.
 
     Linked folders are followed (a class folder often gathers others by symlink; Python 3.11's
-    rglob does not follow them), each real folder once, so a link to a parent cannot loop."""
+    rglob does not follow them), each real folder once, so a link to a parent cannot loop.
+    Whatever else bears an image's name is listed too (a broken link, a link loop, a named
+    pipe): reading it fails with its reason (`preprocess.load_image`), where leaving it out
+    would lose it without a word."""
     folder = Path(folder)
     found, seen = [], set()
     for top, dirs, names in os.walk(folder, followlinks=True):
@@ -86,8 +89,7 @@ def image_files(folder: Path) -> list[Path]:
         seen.add(real)
         for name in names:
             p = Path(top, name)
-            if (p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(folder))
-                    and p.is_file()):
+            if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(folder)):
                 found.append(p)
     return sorted(found)
 

@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                              "corrected for those counted (models with such a class)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
+    # A file name that is not valid UTF-8 (from a Windows archive) is printed escaped rather
+    # than stopping the run where the terminal's encoding is strict.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     if (args.wbc is not None or args.wbc_includes_nrbc or args.each_path
             ) and not args.differential:
         parser.error("--each-path, --wbc and --wbc-includes-nrbc are for --differential")
@@ -157,15 +161,21 @@ def print_differential(predictor: Predictor, model: str, film: list[Path], folde
     """Classify one film's images (every white cell of a field) and print its differential
     (`differential_text`, or with --json one object, `"path"` first with --each-path), as the
     batch page counts it; adds the results to `tally`; returns how many files could not be
-    read. A film of no readable image prints no differential."""
+    read, each named on stderr with its reason. A film of no readable image prints no
+    differential, and says so on stderr."""
     counted, mine, failures = [], Tally(), 0
     for result in classify_files(predictor, film, progress=not args.quiet, each_cell=True):
-        failures += result.error is not None
+        if result.error is not None:
+            failures += 1
+            print(f"{result.path}: {result.error}", file=sys.stderr)
         mine.add(result)
         tally.add(result)
         counted.append(result.to_dict())
     if not film:
         print(f"{folder}: no image files found", file=sys.stderr)
+    elif failures == len(film):
+        print(f"{folder or 'these files'}: no differential, as none of {len(film)} "
+              f"{'file' if len(film) == 1 else 'files'} could be read", file=sys.stderr)
     if failures == len(film):
         return failures
     found = differential(counted, predictor.classes, lab_intervals[False], args.wbc,
@@ -288,7 +298,7 @@ def intervals_from_environment() -> dict[bool, dict[str, tuple[float, float]]]:
         value = os.environ.get(name)
         try:
             value = None if value is None else json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # as Flask's from_prefixed_env does
             pass  # as typed: `intervals` says why it is not a mapping
         try:
             found[absolute] = intervals(value, absolute)

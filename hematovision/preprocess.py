@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -45,6 +46,10 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
             raise ImageError("The file is empty.")
         source = io.BytesIO(source)
     if isinstance(source, (str, Path)):
+        # Opening a named pipe waits for a writer, for ever: only a regular file is read.
+        if not stat.S_ISREG(os.stat(source).st_mode):
+            raise ImageError("Not a regular file (a pipe, socket or device): there is no "
+                             "image to read.")
         with open(source, "rb") as file:
             if os.fstat(file.fileno()).st_size == 0:  # the same message as an empty upload
                 raise ImageError("The file is empty.")

@@ -63,19 +63,29 @@ def intervals(overrides: Mapping | None = None, absolute: bool = False
                           if absolute else ("percent", '{"neutrophil": [40, 75]}', 100.0))
     if not isinstance(overrides, Mapping):
         raise ValueError(f"it must map class names to [low, high] in {unit}, such as {example}, "
-                         f"not {overrides!r}")
+                         f"not {_shown(overrides)}")
     for name, value in overrides.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{_shown(name)} is not a class name")
         try:
-            if isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in value):
+            # A list of two numbers: a mapping or a string would unpack into its keys or
+            # characters, and a boolean is a number to Python.
+            if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) for v in value):
                 raise TypeError
             low, high = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name!r}: {value!r} is not [low, high] in {unit}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name!r}: {_shown(value)} is not [low, high] in {unit}") from None
         if not 0 <= low <= high <= top:
             raise ValueError(f"{name!r}: [{low:g}, {high:g}] is not an interval within "
                              f"0-{top:g} {'%' if not absolute else unit}")
         found[str(name)] = (low, high)
     return found
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A bad setting's value as a message quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def white_cell_count(value) -> float | None:

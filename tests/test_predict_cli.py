@@ -206,6 +206,45 @@ def test_linked_folders_are_searched_once_without_looping(tmp_path):
     assert found[1].resolve() == inside.resolve()
 
 
+def test_what_bears_an_image_s_name_but_cannot_be_read_is_named_with_its_reason(
+        tiny_model_dir, tmp_path, capsys):
+    """A broken link, a link loop and a named pipe in a folder were once left out without a
+    word; a pipe given by name waited for a writer for ever. Each is now a line saying why."""
+    import os
+
+    film = tmp_path / "film"
+    good = make_image(film / "cell.jpg", (200, 60, 60))
+    (film / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (film / "loop.jpg").symlink_to(film / "loop.jpg")
+    os.mkfifo(film / "pipe.png")
+    code = main([str(film), str(film / "pipe.png"), "--json", "--quiet",
+                 "--model-dir", str(tiny_model_dir)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and lines[0]["file"] == str(good) and "label" in lines[0]
+    assert [(line["file"], line["error"]) for line in lines[1:]] == [
+        (str(film / "dangling.jpg"), "Cannot read the file (No such file or directory)."),
+        (str(film / "loop.jpg"), "Cannot read the file (Too many levels of symbolic links)."),
+        *[(str(film / "pipe.png"), "Not a regular file (a pipe, socket or device): there is "
+                                   "no image to read.")] * 2]
+
+
+def test_a_file_name_that_is_not_utf_8_is_printed_escaped_where_the_terminal_is_strict(
+        tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cells"
+    make_image(folder / "a.jpg", (200, 60, 60))
+    os.rename(folder / "a.jpg", os.fsencode(folder) + b"/caf\xe9.jpg")  # Latin-1, from Windows
+    run = subprocess.run(
+        [sys.executable, "-m", "hematovision.predict", str(folder), "--quiet",
+         "--model-dir", str(tiny_model_dir)], capture_output=True, timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # strict, as en_US.UTF-8 is
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode().startswith(f"{folder}/caf\\udce9.jpg\t")
+
+
 def test_a_reader_that_stops_early_ends_the_run_quietly(tiny_model_dir, tmp_path):
     """`predict ... --json | head -1` must not end in a BrokenPipeError traceback."""
     import subprocess
@@ -427,6 +466,13 @@ def test_a_lab_s_intervals_come_from_the_app_s_settings(tiny_model_dir, tmp_path
     assert stop.value.code == 2
     assert ("the environment variable HEMATOVISION_REFERENCE_INTERVALS: 'neutrophil': [80, 40] "
             "is not an interval" in capsys.readouterr().err)
+    # Nested past the JSON parser's depth: read as typed, and refused as not a mapping.
+    monkeypatch.setenv("HEMATOVISION_REFERENCE_INTERVALS", "[" * 5000)
+    with pytest.raises(SystemExit) as stop:
+        main(model)
+    assert stop.value.code == 2
+    assert ("HEMATOVISION_REFERENCE_INTERVALS: it must map class names to [low, high] in "
+            "percent, such as" in capsys.readouterr().err)
 
 
 def test_each_path_is_a_film_of_its_own_with_its_differential(tiny_model_dir, tmp_path,
@@ -457,6 +503,26 @@ def test_each_path_is_a_film_of_its_own_with_its_differential(tiny_model_dir, tm
     assert f"{paths[2]}\nDifferential of 2 white cells counted by tiny from 2 files" in out
     pooled = json.loads(differential_run([*paths, *model, "--json"], capsys)[1])
     assert pooled["files"] == 6 and pooled["differential"]["white_cells"] == 6
+
+
+def test_a_differential_names_each_file_it_could_not_read_and_a_film_it_could_not_count(
+        tiny_model_dir, tmp_path, capsys):
+    slides = tmp_path / "slides"
+    make_image(slides / "s1" / "cell.jpg", CELL_COLORS[0])
+    (slides / "s1" / "text.jpg").write_text("not an image")
+    (slides / "s2").mkdir()
+    (slides / "s2" / "empty.png").write_bytes(b"")
+    paths = [str(slides / "s1"), str(slides / "s2")]
+    code = main([*paths, "--quiet", "--model-dir", str(tiny_model_dir), "--differential",
+                 "--json", "--each-path"])
+    captured = capsys.readouterr()
+    assert code == 0 and [json.loads(line)["path"] for line in captured.out.splitlines()] == [
+        paths[0]]
+    assert (f"{slides / 's1' / 'text.jpg'}: The file is not an image in a format we can read."
+            in captured.err)
+    assert f"{slides / 's2' / 'empty.png'}: The file is empty." in captured.err
+    assert (f"{paths[1]}: no differential, as none of 1 file could be read"
+            in captured.err)
 
 
 @pytest.mark.parametrize("args, message", [

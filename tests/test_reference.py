@@ -74,10 +74,16 @@ def test_a_lab_s_intervals_replace_only_the_classes_they_name():
     ({"neutrophil": [40]}, "is not [low, high]"),
     ({"neutrophil": [True, 70]}, "is not [low, high]"),
     ([40, 70], "it must map class names to [low, high]"),
+    # A mapping would unpack into its keys, as 1-3.
+    ({"neutrophil": {"1": 2, "3": 4}}, "'neutrophil': {'1': 2, '3': 4} is not [low, high]"),
+    ({"neutrophil": [40, 10 ** 400]}, "is not [low, high] in percent"),  # beyond a float
+    ({"": [1, 2]}, "'' is not a class name"),
+    ({"neutrophil": list(range(10_000))}, "'neutrophil': [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, "),
 ])
 def test_a_bad_interval_is_refused_naming_it(setting, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
         intervals(setting)
+    assert len(str(refused.value)) < 200  # a long value is quoted cut short
 
 
 def test_every_white_cell_with_an_absolute_interval_states_it_in_its_text():
