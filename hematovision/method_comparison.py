@@ -20,9 +20,10 @@ Pearson's r, and on how many films the difference lay beyond counting error
 (`hematovision.comparison`); the same for nucleated red cells, per 100 white cells. Films whose
 batch still held unidentified cells are named: their accepted cells lean towards the classes
 the model is sure of, so review them before comparing. A file, or a film, without a manual
-count is reported and left out.
-Exit status: 0 when some film was compared, 1 when none could be, 2 for a usage error.
-"""
+count, or whose batch or manual count holds no white cell, is reported and left out. A film given
+twice (two files, two lines, two rows) is refused: it would narrow the limits of agreement.
+Exit status: 0 when some film was compared, 1 when none could be or the report could not be
+written, 2 for a usage error (FILMS.jsonl or MANUAL.csv that cannot be read, a film twice)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import textwrap
 from dataclasses import asdict, dataclass
@@ -43,6 +45,16 @@ from hematovision.spreadsheet import as_written
 # The differential CSV's columns this reads (hematovision.web.results.DIFFERENTIAL_COLUMNS).
 NEEDED = ("class", "white_cell", "count", "white_cells", "awaiting_review", "sample",
           "manual_count", "manual_white_cells", "manual_p_value")
+# The most cells a manual count may hold, as the batch page's form takes it
+# (hematovision.web.manual.MAX_CELLS, not imported: that would load the web app).
+MAX_MANUAL_CELLS = 10_000
+# Far above a batch (the web app holds at most 1,000 images in one), far below a count that
+# would make the shares or Fisher's exact test meaningless.
+MAX_BATCH_CELLS = 100_000
+# A differential CSV's counts by column, with the most cells each may hold.
+CSV_COUNTS = {"count": MAX_BATCH_CELLS, "white_cells": MAX_BATCH_CELLS,
+              "manual_count": MAX_MANUAL_CELLS, "manual_white_cells": MAX_MANUAL_CELLS}
+TWICE = "a film compared twice would make the limits of agreement look tighter than they are"
 
 
 PER_100 = "per 100 white cells"  # the unit of a class compared beside the differential
@@ -62,95 +74,281 @@ class Film:
 def read_film(path: Path) -> Film:
     """A film's shares from a differential CSV; ValueError saying why a file cannot be read as
     one with a manual count."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"cannot read it ({exc})") from None
-    if not rows or any(column not in rows[0] for column in NEEDED):
+    header, rows = _read_csv(path)
+    if not rows or any(column not in header for column in NEEDED):
         raise ValueError("not a differential CSV of this version (Differential (CSV) on a "
                          "batch page)")
-    white = [row for row in rows if row["white_cell"] == "yes"]
+    white = [row for _, row in rows if row["white_cell"] == "yes"]
     if not white or not white[0]["manual_count"]:
         raise ValueError("no manual count: give one on the batch page (Against a manual "
                          "count), then download the differential CSV again")
+    shares: dict[str, FilmShares] = {}
+    for line, row in rows:
+        if not row["manual_count"]:
+            continue
+        if row["class"] in shares:
+            raise ValueError(f"line {line}: class {row['class']!r} again")
+        shares[row["class"]] = _csv_shares(row, line)
+    awaiting = _text_cells(rows[0][1]["awaiting_review"], MAX_BATCH_CELLS)
+    if awaiting is None:
+        raise ValueError(f"line {rows[0][0]}: awaiting_review is not a whole number of cells")
+    name = as_written(rows[0][1]["sample"]) or path.name
+    return Film(name, shares, awaiting,
+                tuple(row["class"] for _, row in rows
+                      if row["manual_count"] and row["white_cell"] != "yes"))
+
+
+def _csv_shares(row: dict[str, str], line: int) -> FilmShares:
+    """A class's shares in the batch and the manual count from its row of a differential CSV;
+    ValueError naming the line and the figure that is not a count of its cells."""
+    cells = {}
+    for column, top in CSV_COUNTS.items():
+        cells[column] = _text_cells(row[column], top)
+        if cells[column] is None:
+            raise ValueError(f"line {line}: {column} {_shown(row[column])} is not a whole "
+                             f"number of cells from 0 to {top:,}")
+    for count, total, whose in (("count", "white_cells", "the batch"),
+                                ("manual_count", "manual_white_cells", "the manual count")):
+        if not cells[total]:
+            raise ValueError(f"line {line}: {whose} counted no white cell")
+        # Nucleated red cells are counted beside the white cells, and may outnumber them.
+        if row["white_cell"] == "yes" and cells[count] > cells[total]:
+            raise ValueError(f"line {line}: {count} {cells[count]} is more than its "
+                             f"{total} {cells[total]}")
+    p_value = _p_value(row["manual_p_value"])
+    if p_value is None:
+        raise ValueError(f"line {line}: manual_p_value {_shown(row['manual_p_value'])} is not "
+                         "a p-value from 0 to 1")
     # A share of the white cells, or for a class beside them, as many per 100 white cells: the
     # same sum either way.
-    compared = [row for row in rows if row["manual_count"]]
-    try:
-        shares = {row["class"]: FilmShares(
-            100 * int(row["count"]) / int(row["white_cells"]),
-            100 * int(row["manual_count"]) / int(row["manual_white_cells"]),
-            float(row["manual_p_value"])) for row in compared}
-        awaiting = int(rows[0]["awaiting_review"])
-    except (ValueError, ZeroDivisionError):
-        raise ValueError("its counts are not whole numbers of cells") from None
-    name = as_written(rows[0]["sample"]) or path.name
-    return Film(name, shares, awaiting,
-                tuple(row["class"] for row in compared if row["white_cell"] != "yes"))
+    return FilmShares(100 * cells["count"] / cells["white_cells"],
+                      100 * cells["manual_count"] / cells["manual_white_cells"], p_value)
 
 
 def predicted_films(predictions: Path, manual: Path) -> tuple[list[Film], list[str]]:
     """The films of `predict --differential --json` lines, each with its row of the manual
-    counts, and a reason for each film or row left out; ValueError saying why either file
-    cannot be read."""
-    try:
-        lines = [json.loads(line) for line in predictions.read_text().splitlines() if line]
-        with open(manual, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise ValueError(f"cannot read it ({exc})") from None
-    if not rows or "film" not in rows[0]:
-        raise ValueError(f"{manual}: a manual count needs a `film` column and one per class")
-    by_film = {row["film"]: row for row in rows}
-    films, left_out, matched = [], [], set()
-    for number, line in enumerate(lines, 1):
-        path = line.get("path", "")
-        name = next((n for n in (path, Path(path).name) if n in by_film), None)
+    counts, and a reason for each film or row left out; ValueError, naming the file and its
+    line, saying why either cannot be read or holds a film twice."""
+    lines = _read_predictions(predictions)
+    by_film = _manual_counts(manual)
+    films, left_out = [], []
+    paths: dict[str, int] = {}  # a film's path: its line
+    matched: dict[str, int] = {}  # a row of the manual counts: the line of its film
+    for number, line in lines:
+        where = f"{predictions}, line {number}"
         if "differential" not in line:
-            left_out.append(f"line {number} of {predictions}: not a differential "
-                            "(predict --differential --json)")
-        elif name is None:
-            left_out.append(f"{path or 'line ' + str(number)}: no row in {manual}")
+            left_out.append(f"{where}: not a differential (predict --differential --json)")
+            continue
+        if "path" not in line:
+            left_out.append(f"{where}: a differential without its film's path "
+                            "(predict --each-path)")
+            continue
+        path = line["path"]
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"{where}: path {_shown(path)} is not a film's path")
+        if path in paths:
+            raise ValueError(f"{where}: film {path!r} again (line {paths[path]}): {TWICE}")
+        paths[path] = number
+        try:
+            counted = _differential(line["differential"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        name = next((n for n in (path, Path(path).name) if n in by_film), None)
+        if name is None:
+            left_out.append(f"{path}: no row in {manual}")
+            continue
+        if name in matched:
+            raise ValueError(f"{where}: film {path!r} has the manual count of {name!r}, as "
+                             f"the film of line {matched[name]} has: {TWICE}")
+        matched[name] = number
+        found = _film(name, counted, by_film[name][1], manual)
+        if isinstance(found, Film):
+            films.append(found)
         else:
-            matched.add(name)
-            films.append(_film(name, line["differential"], by_film[name], manual))
+            left_out.append(f"{path}: {found} (line {by_film[name][0]} of {manual})")
     left_out += [f"{name}: a manual count with no film in {predictions}"
                  for name in by_film if name not in matched]
-    return [film for film in films if film is not None], left_out
+    return films, left_out
 
 
-def _film(name: str, found: dict, row: dict, manual: Path) -> Film | None:
-    """One film's shares against its row of manual counts (`compare`, on the differential
-    as the JSON gives it); ValueError naming a column that is no class of the model, or a
-    count that is not one."""
-    counted = Differential(
-        shares=[ClassShare(s["class"], s["count"], s["percent"]) for s in found["shares"]],
-        white_cells=found["white_cells"],
-        others=[OtherCount(o["class"], o["count"], o["per_100_white"])
-                for o in found.get("others", [])],
-        reviewed=0, awaiting_review=found["awaiting_review"])
+def _read_predictions(predictions: Path) -> list[tuple[int, dict]]:
+    """The JSON objects of FILMS.jsonl, each with its line number; a blank line is passed
+    over, as JSON Lines readers do; ValueError naming the file and the line that is not one."""
+    try:
+        text = predictions.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{predictions}: cannot read it ({exc})") from None
+    found = []
+    # Not splitlines(): JSON strings may hold the other characters it splits at.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise ValueError(f"{predictions}, line {number}: not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{predictions}, line {number}: {_shown(value)} is not a JSON "
+                             "object (predict --differential --each-path --json)")
+        found.append((number, value))
+    return found
+
+
+def _differential(found: object) -> Differential:
+    """A differential as `predict --differential --json` gives it, checked: counts of cells
+    within range, its white-cell classes adding up to its white cells; ValueError saying
+    what is wrong. Shares and cells per 100 white cells are worked out again from the counts,
+    as the comparison does."""
+    if not isinstance(found, dict) or not isinstance(found.get("shares"), list):
+        raise ValueError("its differential has no list of shares")
+    if not isinstance(found.get("others", []), list):
+        raise ValueError("its differential's others are not a list")
+    figures = {key: _json_cells(found.get(key), MAX_BATCH_CELLS)
+               for key in ("white_cells", "awaiting_review")}
+    for key, value in figures.items():
+        if value is None:
+            raise ValueError(f"its differential's {key} {_shown(found.get(key))} is not a "
+                             f"whole number of cells from 0 to {MAX_BATCH_CELLS:,}")
+    white_cells = figures["white_cells"]
+    shares = [_class_count(entry) for entry in found["shares"]]
+    others = [_class_count(entry) for entry in found.get("others", [])]
+    names = [name for name, _ in shares + others]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"its differential counts {', '.join(map(repr, repeated))} twice")
+    if sum(count for _, count in shares) != white_cells:
+        raise ValueError(f"its differential's shares count {sum(c for _, c in shares)} white "
+                         f"cells, its white_cells {white_cells}")
+
+    def per_100(count: int) -> float | None:
+        return round(100 * count / white_cells, 1) if white_cells else None
+
+    return Differential(
+        shares=[ClassShare(name, count, per_100(count) or 0.0) for name, count in shares],
+        white_cells=white_cells,
+        others=[OtherCount(name, count, per_100(count)) for name, count in others],
+        reviewed=0, awaiting_review=figures["awaiting_review"])
+
+
+def _class_count(entry: object) -> tuple[str, int]:
+    """A class and its count from an entry of a differential's shares or others."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+        raise ValueError(f"its differential's {_shown(entry)} names no class")
+    count = _json_cells(entry.get("count"), MAX_BATCH_CELLS)
+    if count is None:
+        raise ValueError(f"its differential's count of {entry['class']!r}, "
+                         f"{_shown(entry.get('count'))}, is not a whole number of cells from 0 "
+                         f"to {MAX_BATCH_CELLS:,}")
+    return entry["class"], count
+
+
+def _manual_counts(manual: Path) -> dict[str, tuple[int, dict[str, int]]]:
+    """The manual counts by film: the line of its row and its counts by column; ValueError,
+    naming the file and line, for a film named twice or a count that is not one."""
+    try:
+        header, rows = _read_csv(manual)
+    except ValueError as exc:
+        raise ValueError(f"{manual}: {exc}") from None
+    if "film" not in header:
+        raise ValueError(f"{manual}: a manual count needs a `film` column and one per class")
+    by_film: dict[str, tuple[int, dict[str, int]]] = {}
+    for line, row in rows:
+        film, where = row["film"], f"{manual}, line {line}"
+        if not film:
+            raise ValueError(f"{where}: counts without a film")
+        if film in by_film:
+            raise ValueError(f"{where}: film {film!r} again (line {by_film[film][0]}): {TWICE}")
+        cells = {}
+        for column, text in row.items():
+            if column == "film":
+                continue
+            cells[column] = _text_cells(text, MAX_MANUAL_CELLS) if text.strip() else 0
+            if cells[column] is None:
+                raise ValueError(f"{where}: film {film!r}: a count is not a whole number from "
+                                 f"0 to {MAX_MANUAL_CELLS:,} ({column}: {_shown(text)})")
+        if sum(cells.values()) > MAX_MANUAL_CELLS:
+            raise ValueError(f"{where}: film {film!r}: its counts add up to "
+                             f"{sum(cells.values()):,}, more than the {MAX_MANUAL_CELLS:,} "
+                             "cells of a manual count")
+        by_film[film] = (line, cells)
+    return by_film
+
+
+def _film(name: str, counted: Differential, cells: dict[str, int], manual: Path
+          ) -> Film | str:
+    """One film's shares against its row of manual counts (`compare`), or why it cannot be
+    compared; ValueError naming a column that is no class of the model."""
     white = [s.name for s in counted.shares]
     beside = [o.name for o in counted.others if is_nucleated_red_cell(o.name)]
-    for column in row:
-        if column not in ("film", OTHER, *white, *beside):
+    for column in cells:
+        if column not in (OTHER, *white, *beside):
             raise ValueError(f"{manual}: column {column!r} is no class of the model's "
                              f"differential ({', '.join(white + beside)}): count such white "
                              f"cells under {OTHER!r}")
-    try:
-        cells = {c: int(row.get(c) or 0) for c in (*white, *beside, OTHER)}
-    except ValueError:
-        raise ValueError(f"{manual}: film {name!r}: a count is not a whole number") from None
-    if any(n < 0 for n in cells.values()):
-        raise ValueError(f"{manual}: film {name!r}: a count is below 0")
-    found = compare(counted, {c: cells[c] for c in white}, cells[OTHER],
-                    {c: cells[c] for c in beside})
+    if not counted.white_cells:
+        return "its batch counted no white cell"
+    found = compare(counted, {c: cells.get(c, 0) for c in white}, cells.get(OTHER, 0),
+                    {c: cells.get(c, 0) for c in beside})
     if found is None:
-        return None
+        return "its manual count has no white cell"
     shares = {r.name: FilmShares(100 * r.count / found.white_cells,
                                  100 * r.manual_count / found.manual_white_cells, r.p_value)
               for r in [*found.classes, *found.beside]}
     return Film(name, shares, found.awaiting_review, tuple(r.name for r in found.beside))
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV's header and its rows by column, each with its line number, rows without a
+    value passed over (a spreadsheet leaves them at the end); ValueError saying why it cannot
+    be read, or where a column or a row's cells do not match the header."""
+    try:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"cannot read it ({exc})") from None
+    repeated = sorted({column for column in header if header.count(column) > 1})
+    if repeated:
+        raise ValueError(f"column {', '.join(map(repr, repeated))} more than once")
+    for line, row in rows:
+        if len(row) > len(header):
+            raise ValueError(f"line {line}: more cells than the header has columns")
+    return header, [(line, dict(zip(header, row + [""] * (len(header) - len(row)))))
+                    for line, row in rows]
+
+
+def _text_cells(text: str, top: int) -> int | None:
+    """A CSV cell's count of cells: a whole number from 0 to `top`, else None."""
+    text = text.strip()
+    # Digits only: int() would also take "+3", "1_000" and other scripts' digits; at most 9
+    # of them, so that a slip of many digits is refused before it becomes a number.
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        return None
+    value = int(text)
+    return value if value <= top else None
+
+
+def _json_cells(value: object, top: int) -> int | None:
+    """A JSON value as a count of cells: a whole number from 0 to `top`, else None (a string,
+    a fraction, true or false, which Python counts as ints)."""
+    return value if type(value) is int and 0 <= value <= top else None
+
+
+def _p_value(text: str) -> float | None:
+    """A CSV cell's p-value, from 0 to 1; None for anything else (NaN included)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value <= 1 else None
+
+
+def _shown(value: object) -> str:
+    """A value as a message quotes it, cut short: it may be a whole line of a file."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,11 +376,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
         for reason in left_out:
             print(f"left out: {reason}", file=sys.stderr)
+    files: dict[str, list[Path]] = {}  # a film's name: the files that hold it
     for path in args.files:
         try:
-            films.append(read_film(path))
+            film = read_film(path)
         except ValueError as exc:
             print(f"{path}: left out: {exc}", file=sys.stderr)
+            continue
+        films.append(film)
+        files.setdefault(film.name, []).append(path)
+    for name, paths in files.items():
+        if len(paths) > 1:
+            parser.error(f"film {name!r} is in {', '.join(map(str, paths))}: {TWICE}")
     if not films:
         print("error: no film with a manual count to compare", file=sys.stderr)
         return 1
@@ -190,11 +395,20 @@ def main(argv: list[str] | None = None) -> int:
         print_report(films, args.json)
         sys.stdout.flush()
     except BrokenPipeError:
-        # The reader stopped early (`... | head`): stop quietly, as Unix tools do; Python would
-        # flush stdout again at exit and fail there, so stdout now goes nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader stopped early (`... | head`): stop quietly, as Unix tools do.
+        _discard_stdout()
+        return 1
+    except OSError as exc:  # a full disk, a quota: the report is not all there
+        _discard_stdout()
+        print(f"error: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
         return 1
     return 0
+
+
+def _discard_stdout() -> None:
+    """Send what is left of stdout nowhere: Python flushes it again at exit, and would fail
+    there with a second error after the one already handled."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def print_report(films: list[Film], as_json: bool) -> None:
