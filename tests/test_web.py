@@ -325,6 +325,40 @@ def test_python_app_py_reports_a_missing_model_without_a_traceback(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("setting, value, message", [
+    ("LITERT_THREADS", "abc", "LITERT_THREADS (environment variable HEMATOVISION_LITERT_THREADS)"
+                              " must be a whole number above 0, not 'abc'."),
+    ("LITERT_THREADS", 0, "must be a whole number above 0, not 0."),  # once: a corrupt model
+    ("LITERT_THREADS", [1], "must be a whole number above 0, not [1]."),
+    ("MAX_FILES", 2.5, "MAX_FILES (environment variable HEMATOVISION_MAX_FILES) must be a whole"),
+    ("MAX_FILES", True, "must be a whole number above 0, not True."),
+    ("RETENTION_SECONDS", float("inf"), "must be a number of seconds above 0, not inf."),
+    ("PURGE_INTERVAL_SECONDS", -1, "must be a number of seconds above 0, not -1."),
+    ("MAX_FORM_PARTS", "many", "must be a whole number above 0 (or null: no limit), not"),
+    ("UPLOAD_FOLDER", ["a"], "UPLOAD_FOLDER (environment variable HEMATOVISION_UPLOAD_FOLDER) "
+                             "must be a path, not ['a']."),
+    ("SECRET_KEY_FILE", "/proc/none/secret_key",
+     "SECRET_KEY_FILE (environment variable HEMATOVISION_SECRET_KEY_FILE): cannot read or "
+     "create /proc/none/secret_key"),
+])
+def test_a_setting_of_the_wrong_kind_is_one_clear_startup_error(tmp_path, models_root, setting,
+                                                                 value, message):
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        make_app(tmp_path, models_root, SECRET_KEY=None, **{setting: value})
+
+
+def test_no_limit_is_a_setting_and_a_folder_named_by_a_number_is_that_folder(
+        tmp_path, models_root, monkeypatch):
+    from hematovision.web import check_settings
+
+    app = make_app(tmp_path, models_root, MAX_CONTENT_LENGTH=None, MAX_FORM_PARTS=None)
+    assert app.config["MAX_CONTENT_LENGTH"] is None
+    monkeypatch.setenv("HEMATOVISION_UPLOAD_FOLDER", "2026")
+    config = {**app.config, "UPLOAD_FOLDER": 2026}  # as from_prefixed_env parses it
+    check_settings(config)
+    assert config["UPLOAD_FOLDER"] == "2026"
+
+
 def test_secret_key_is_created_once_and_shared(tmp_path, models_root):
     key_file = tmp_path / "instance" / "secret_key"
     first = make_app(tmp_path, models_root, SECRET_KEY=None, SECRET_KEY_FILE=str(key_file))

@@ -7,6 +7,7 @@ HEMATOVISION_RETENTION_SECONDS=600). Tests pass `test_config` instead of the las
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -16,6 +17,8 @@ from hematovision.card import ModelLoadError
 from hematovision.predictor import MODELS_ROOT
 from hematovision.preprocess import MAX_PIXELS
 from hematovision.reference import SETTINGS, intervals
+
+PREFIX = "HEMATOVISION_"  # of the environment variables that set the app's settings
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -51,12 +54,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
-        app.config.from_prefixed_env("HEMATOVISION")
+        app.config.from_prefixed_env(PREFIX.rstrip("_"))
     else:
         app.config.from_mapping(test_config)
+    check_settings(app.config)
     # Relative folders are taken from the working directory, as on the command line (Flask would
     # resolve them against the package folder when sending files).
-    for key in ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE"):
+    for key in PATH_SETTINGS:
         app.config[key] = os.path.abspath(app.config[key])
 
     for absolute, key in SETTINGS.items():
@@ -77,11 +81,46 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+PATH_SETTINGS = ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE")
+# Settings that count something (whole numbers) or last some seconds: above 0. The limits a
+# form or request may reach may also be None (null), no limit, as Flask reads them.
+COUNT_SETTINGS = ("LITERT_THREADS", "MAX_FILES", "MAX_BATCH_IMAGES", "MAX_IMAGE_PIXELS",
+                  "MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
+SECONDS_SETTINGS = ("RETENTION_SECONDS", "PURGE_INTERVAL_SECONDS")
+UNLIMITED_SETTINGS = ("MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
+
+
+def check_settings(config: dict[str, Any]) -> None:
+    """Stop the app (and `app.py --check`) with a message naming a setting of the wrong kind,
+    instead of a traceback later or a misleading error (0 interpreter threads read as a
+    corrupt model). A folder setting the environment gave as a number (JSON to Flask's
+    `from_prefixed_env`: a folder named 5) is the text as typed."""
+    for key in PATH_SETTINGS:
+        value = config[key]
+        if isinstance(value, (int, float)) and f"{PREFIX}{key}" in os.environ:
+            config[key] = value = os.environ[f"{PREFIX}{key}"]
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise ModelLoadError(f"{_setting(key)} must be a path, not {value!r:.60}.")
+    for key in (*COUNT_SETTINGS, *SECONDS_SETTINGS):
+        value = config[key]
+        if value is None and key in UNLIMITED_SETTINGS:
+            continue
+        kinds = (int,) if key in COUNT_SETTINGS else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
+            what = "a whole number" if key in COUNT_SETTINGS else "a number of seconds"
+            raise ModelLoadError(f"{_setting(key)} must be {what} above 0"
+                                 f"{' (or null: no limit)' if key in UNLIMITED_SETTINGS else ''}"
+                                 f", not {value!r:.60}.")
+
+
+def _setting(key: str) -> str:
+    return f"The setting {key} (environment variable {PREFIX}{key})"
+
+
 def reference_intervals(key: str, value, absolute: bool) -> dict[str, tuple[float, float]]:
     """The setting `key` over the catalog's intervals (`reference.intervals`); a bad one stops
     the app (and `app.py --check`) with a message naming it."""
     try:
         return intervals(value, absolute)
     except ValueError as exc:
-        raise ModelLoadError(f"The setting {key} (environment variable HEMATOVISION_{key}): "
-                             f"{exc}") from None
+        raise ModelLoadError(f"{_setting(key)}: {exc}") from None

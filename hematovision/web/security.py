@@ -16,6 +16,8 @@ from pathlib import Path
 from flask import Flask, abort, request, session
 from werkzeug.wrappers import Response
 
+from hematovision.card import ModelLoadError
+
 CSRF_FIELD = "csrf_token"
 CSRF_MESSAGE = "The form has expired or was not sent from this site. Reload the page and try again."
 # No inline script or style anywhere: scripts and styles come from /static only. Images may be
@@ -45,7 +47,13 @@ HEADERS = {
 
 def init_app(app: Flask) -> None:
     if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = load_or_create_secret(Path(app.config["SECRET_KEY_FILE"]))
+        path = Path(app.config["SECRET_KEY_FILE"])
+        try:
+            app.config["SECRET_KEY"] = load_or_create_secret(path)
+        except OSError as exc:
+            raise ModelLoadError(f"The setting SECRET_KEY_FILE (environment variable "
+                                 f"HEMATOVISION_SECRET_KEY_FILE): cannot read or create {path} "
+                                 f"({exc.strerror or exc}).") from None
     app.after_request(add_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
 
