@@ -33,14 +33,17 @@ class ModelLoadError(RuntimeError):
 def read_card(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / CARD_FILE
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text())
+        if not isinstance(card, dict):
+            raise ValueError(f"not a JSON object but {type(card).__name__}")
+        return card
     except FileNotFoundError:
         raise ModelLoadError(
             f"No model card at {path}. Export a trained model there with "
             "`python -m training.train --data DIR --export NAME` (README, 'Training on your own "
             "data') or restore saved_model/ from git."
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, or not an object
         raise ModelLoadError(f"The model card {path} is unreadable ({exc}).") from None
 
 

@@ -126,15 +126,18 @@ class Predictor:
             raise ModelLoadError(
                 f"The model card {self.model_dir / CARD_FILE} lacks 'classes' or 'input_size'."
             ) from None
-        self.name: str = self.card.get("name", self.model_dir.name)
-        self.crop: str = self.card.get("preprocessing", {}).get("crop", "none")
-        try:  # at startup, not on the first request
+        # At startup, not on the first request: a card edited by hand may hold anything.
+        try:
+            self.name: str = str(self.card.get("name", self.model_dir.name))
+            self.crop: str = self.card.get("preprocessing", {}).get("crop", "none")
             self.crop_fraction: float | None = crop_fraction(self.crop)
-        except ValueError as exc:
-            raise ModelLoadError(f"The model card {self.model_dir / CARD_FILE}: {exc}") from None
-        self.images_per_call = max(1, VIEWS_PER_CALL // served_views(self.card))
-        # The red-cell scale of its training images, where the card records it (None: no check).
-        self.magnification: Reference | None = Reference.from_card(self.card)
+            self.images_per_call = max(1, VIEWS_PER_CALL // served_views(self.card))
+            # The red-cell scale of its training images, where the card records it (None: no
+            # check).
+            self.magnification: Reference | None = Reference.from_card(self.card)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"The model card {self.model_dir / CARD_FILE}: "
+                                 f"{exc}") from None
         self._interpreter = _load_interpreter(self.model_dir / SERVING_FILE, num_threads)
         self._input = self._interpreter.get_input_details()[0]
         self._outputs = _identify_outputs(self._interpreter, len(self.classes),

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -92,6 +93,23 @@ def test_a_card_with_an_unknown_crop_is_refused_at_load(tiny_model_dir, tmp_path
     (odd / "model.tflite").write_bytes((tiny_model_dir / "model.tflite").read_bytes())
     with pytest.raises(ModelLoadError, match="unknown crop 'nucleus:2'"):
         Predictor(odd)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"preprocessing": "x"}, "'str' object has no attribute 'get'"),
+    ({"preprocessing": {"crop": 5}}, "The model card "),
+    ([], "is unreadable (not a JSON object but list)"),
+])
+def test_a_card_edited_into_another_shape_is_refused_at_load_naming_it(
+        tiny_model_dir, tmp_path, change, message):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    (odd / "model_card.json").write_text(json.dumps({**card, **change} if change else change))
+    (odd / "model.tflite").write_bytes((tiny_model_dir / "model.tflite").read_bytes())
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as refused:
+        Predictor(odd)
+    assert str(odd / "model_card.json") in str(refused.value)
 
 
 def test_a_model_that_crops_to_the_nucleus_accepts_no_image_without_a_white_cell(
