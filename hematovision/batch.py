@@ -95,11 +95,14 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
-    """Files as given; folders searched recursively for image files, in sorted order."""
-    out: list[Path] = []
+    """Files as given; folders searched recursively for image files, in sorted order. Each
+    file once, by where it really is: one given twice, or in a folder given beside it, would
+    count its cells twice in a differential."""
+    out: dict[str, Path] = {}
     for path in map(Path, paths):
-        out += image_files(path) if path.is_dir() else [path]
-    return out
+        for found in image_files(path) if path.is_dir() else [path]:
+            out.setdefault(os.path.realpath(found), found)
+    return list(out.values())
 
 
 def _decode(path: Path, size: int, crop: str, reference: Reference | None = None,

@@ -283,6 +283,8 @@ def _span(bounds: tuple[float, float] | None, spec: str) -> str:
 
 def _white_cell_count(text: str) -> float:
     try:
+        if not text.strip():  # `white_cell_count` reads an empty form field as no count
+            raise ValueError("--wbc needs the count, such as 6.5 (x 10^9/L)")
         return white_cell_count(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -224,8 +224,8 @@ def test_what_bears_an_image_s_name_but_cannot_be_read_is_named_with_its_reason(
     assert [(line["file"], line["error"]) for line in lines[1:]] == [
         (str(film / "dangling.jpg"), "Cannot read the file (No such file or directory)."),
         (str(film / "loop.jpg"), "Cannot read the file (Too many levels of symbolic links)."),
-        *[(str(film / "pipe.png"), "Not a regular file (a pipe, socket or device): there is "
-                                   "no image to read.")] * 2]
+        (str(film / "pipe.png"), "Not a regular file (a pipe, socket or device): there is "
+                                 "no image to read.")]  # given twice: read once
 
 
 def test_a_file_name_that_is_not_utf_8_is_printed_escaped_where_the_terminal_is_strict(
@@ -243,6 +243,19 @@ def test_a_file_name_that_is_not_utf_8_is_printed_escaped_where_the_terminal_is_
         env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # strict, as en_US.UTF-8 is
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout.decode().startswith(f"{folder}/caf\\udce9.jpg\t")
+
+
+def test_an_image_given_twice_is_read_and_counted_once(tiny_model_dir, tmp_path, capsys):
+    film = tmp_path / "film"
+    first = make_image(film / "a.jpg", (200, 60, 60))
+    make_image(film / "b.jpg", (60, 60, 200))
+    (tmp_path / "link.jpg").symlink_to(first)
+    args = ["--quiet", "--json", "--model-dir", str(tiny_model_dir)]
+    main([str(film), str(first), str(film), str(tmp_path / "link.jpg"), *args])
+    files = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
+    assert files == [str(film / "a.jpg"), str(film / "b.jpg")]
+    main([str(film), str(first), *args, "--differential"])
+    assert json.loads(capsys.readouterr().out)["differential"]["white_cells"] == 2
 
 
 def test_a_reader_that_stops_early_ends_the_run_quietly(tiny_model_dir, tmp_path):
@@ -532,6 +545,7 @@ def test_a_differential_names_each_file_it_could_not_read_and_a_film_it_could_no
     (["--differential", "--wbc-includes-nrbc"], "--wbc-includes-nrbc needs --wbc"),
     (["--differential", "--wbc", "6500"], "The white-cell count must be a number of 10^9"),
     (["--differential", "--wbc", "many"], "'many' is not"),
+    (["--differential", "--wbc", " "], "--wbc needs the count, such as 6.5"),
 ])
 def test_a_white_cell_count_without_a_differential_or_not_a_count_exits_2(
         tiny_model_dir, tmp_path, capsys, args, message):
