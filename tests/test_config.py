@@ -1,6 +1,7 @@
 """The training config: every option documented once, and saved runs reloaded as they ran."""
 
 import json
+import math
 from dataclasses import fields
 from types import SimpleNamespace
 
@@ -57,6 +58,11 @@ def test_options_of_a_few_words_refuse_a_typo(capsys):
     ("--tune-from-block", "1", "tune_from_block must be within 2..16"),
     ("--dropout", "1.5", "dropout must be in [0, 1)"),
     ("--input-size", "16", "input_size must be at least 32"),
+    # inf passed "above 0" and started a run; a NaN was refused without saying why
+    ("--learning-rate", "inf", "learning_rate must be a finite number, not inf"),
+    ("--weight-decay", "inf", "weight_decay must be a finite number, not inf"),
+    ("--mixup", "inf", "mixup must be a finite number, not inf"),
+    ("--learning-rate", "nan", "learning_rate must be a finite number, not nan"),
 ])
 def test_out_of_range_options_are_refused_before_anything_runs(capsys, option, value, phrase):
     """Keras reads batch size 0 as its default, a fraction over 1 empties the training split,
@@ -111,3 +117,14 @@ def test_a_run_records_the_weights_file_auto_chose(tmp_path, monkeypatch, image_
     with pytest.raises(RuntimeError, match="stop"):
         train.train(config)
     assert built == saved == [str(tmp_path / "backbone.h5")]
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_every_number_option_must_be_finite(value):
+    """A non-finite number trains on NaN weights or stops deep in Keras; every option that
+    takes a real number (an option added later too) is refused, naming it."""
+    numbers = [f.name for f in fields(TrainConfig) if isinstance(f.default, float)]
+    assert {"learning_rate", "weight_decay", "mixup", "dropout"} <= set(numbers)
+    for name in numbers:
+        problems = TrainConfig(data="d", **{name: value}).problems()
+        assert problems[0] == f"{name} must be a finite number, not {value}"

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,148 @@ def test_no_white_cell_figures_count_what_the_rule_sets_aside():
         "accuracy_accepted_without_rule": 0.75, "accuracy_accepted": 1.0}
     none = no_white_cell_figures(np.zeros(2, bool), np.ones(2, bool), np.zeros(2, bool))
     assert none["accuracy"] is None and none["accuracy_accepted"] is None
+
+
+def model_copy(model_dir, tmp_path):
+    """A copy of the tiny model to record into: the session's own stays as exported."""
+    import shutil
+
+    return shutil.copytree(model_dir, tmp_path / "model")
+
+
+def folder_state(folder) -> dict:
+    """Every file of `folder` and its bytes: what a refused command must leave as it was."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def no_image_may_be_read(monkeypatch):
+    from training import evaluate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("images were read before the options were checked")
+
+    monkeypatch.setattr(evaluate, "forward_files", refuse)
+
+
+@pytest.mark.parametrize("out, reason", [
+    ("taken", "a file, not a folder"),
+    ("taken/report", "cannot write there (Not a directory)"),
+])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_image_is_read(
+        tiny_model_dir, tmp_path, monkeypatch, capsys, out, reason):
+    """It crashed in os.mkdir after the whole evaluation had run."""
+    from tests.conftest import CELL_COLORS, make_image
+    from training.evaluate import main
+
+    make_image(tmp_path / "data" / "lymphocyte" / "0.jpg", CELL_COLORS[1])
+    (tmp_path / "taken").write_text("a file\n")
+    no_image_may_be_read(monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(tmp_path / "data"), "--model-dir", str(tiny_model_dir),
+              "--out", str(tmp_path / out)])
+    assert stop.value.code == 2
+    assert f"error: --out {tmp_path / out}: {reason}\n" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file\n"
+
+
+def test_checking_the_output_folder_leaves_nothing_behind_when_the_evaluation_stops(
+        tiny_model_dir, tmp_path):
+    from tests.conftest import make_image
+    from training.evaluate import main
+
+    make_image(tmp_path / "data" / "platelet" / "0.jpg", (200, 200, 40))
+    with pytest.raises(SystemExit, match="has classes the model does not know"):
+        main(["--data", str(tmp_path / "data"), "--model-dir", str(tiny_model_dir),
+              "--out", str(tmp_path / "new" / "report")])
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../test", "test simple", ".hidden"])
+def test_a_record_name_that_is_not_a_plain_name_is_refused_before_anything_is_written(
+        tiny_model_dir, tmp_path, monkeypatch, capsys, name):
+    """--record a/b wrote metrics["a/b"] into the card, then crashed copying confusion_a/b.png,
+    leaving the card naming figures without their plots."""
+    from training.evaluate import main
+
+    model = model_copy(tiny_model_dir, tmp_path)
+    before = folder_state(model)
+    no_image_may_be_read(monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(tmp_path / "data"), "--model-dir", str(model),
+              "--out", str(tmp_path / "out"), "--record", name])
+    assert stop.value.code == 2
+    assert f"error: --record {name}: a name of letters, digits" in capsys.readouterr().err
+    assert folder_state(model) == before and not (tmp_path / "out").exists()
+
+
+def test_the_recorded_sets_names_stay_valid_and_record_into_the_card(tiny_model_dir, tmp_path):
+    import json
+
+    from tests.conftest import CELL_COLORS, make_image
+    from training.evaluate import RECORD_NAME, main
+
+    assert all(RECORD_NAME.fullmatch(name) for name in ("test", "test_simple", "pbc-2.v1"))
+    make_image(tmp_path / "data" / "lymphocyte" / "0.jpg", CELL_COLORS[1])
+    model = model_copy(tiny_model_dir, tmp_path)
+    main(["--data", str(tmp_path / "data"), "--model-dir", str(model),
+          "--out", str(tmp_path / "out"), "--record", "test_simple"])
+    assert json.loads((model / "model_card.json").read_text())["metrics"]["test_simple"]["n"] == 1
+    assert {p.name for p in model.glob("*_test_simple.png")} == {
+        "confusion_test_simple.png", "reliability_test_simple.png", "coverage_test_simple.png"}
+
+
+def test_a_record_that_fails_to_copy_its_plots_leaves_the_card_unchanged(tiny_model_dir,
+                                                                         tmp_path):
+    from training.evaluate import record
+
+    model = model_copy(tiny_model_dir, tmp_path)
+    card = (model / "model_card.json").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    for plot in ("confusion", "reliability"):  # coverage.png is missing
+        (out / f"{plot}.png").write_bytes(b"png")
+    with pytest.raises(FileNotFoundError, match="coverage.png"):
+        record(model, "test", {"n": 1}, out)
+    assert (model / "model_card.json").read_bytes() == card
+
+
+@pytest.mark.parametrize("entries, first", [
+    ([{"a": 1}], '{"a": 1}'),
+    ([["a"]], '["a"]'),
+    (["lymphocyte/0.jpg", 3], "3"),
+])
+def test_a_split_of_entries_that_are_not_paths_is_refused_with_its_file_and_name(
+        tiny_model_dir, tmp_path, monkeypatch, capsys, entries, first):
+    """Such a split crashed with "unhashable type" (or, from another command, scored a
+    subset) instead of saying what is wrong with the file."""
+    import json
+
+    from tests.conftest import CELL_COLORS, make_image
+    from training.evaluate import evaluate, main
+
+    make_image(tmp_path / "data" / "lymphocyte" / "0.jpg", CELL_COLORS[1])
+    split = tmp_path / "splits.json"
+    split.write_text(json.dumps({"test": entries}))
+    said = f"{split}:test holds entries that are not image paths (1 of {len(entries)}, first: "
+    with pytest.raises(SystemExit, match=re.escape(said + first + ")")):
+        evaluate(tiny_model_dir, tmp_path / "data", tmp_path / "e", split, "test")
+    no_image_may_be_read(monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(tmp_path / "data"), "--model-dir", str(tiny_model_dir),
+              "--out", str(tmp_path / "out"), "--split-file", str(split)])
+    assert stop.value.code == 2 and f"error: {said}{first})" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_split_made_for_classes_that_are_not_names_is_refused_with_them(tiny_model_dir,
+                                                                          tmp_path):
+    import json
+
+    from tests.conftest import CELL_COLORS, make_image
+    from training.evaluate import evaluate
+
+    make_image(tmp_path / "data" / "lymphocyte" / "0.jpg", CELL_COLORS[1])
+    split = tmp_path / "splits.json"
+    split.write_text(json.dumps({"classes": [1, 2], "test": ["lymphocyte/0.jpg"]}))
+    with pytest.raises(SystemExit, match="was made for the classes 1, 2; the model has"):
+        evaluate(tiny_model_dir, tmp_path / "data", tmp_path / "e", split, "test")

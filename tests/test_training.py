@@ -1025,6 +1025,26 @@ def test_an_exclusion_list_naming_other_data_is_refused_before_a_run_folder_exis
     assert not runs.exists()
 
 
+@pytest.mark.parametrize("source_map", ["none", "auto"])
+def test_field_notes_that_are_a_folder_or_missing_stop_the_run_with_or_without_a_source_map(
+        tmp_path, image_folder, monkeypatch, source_map):
+    """The notes were looked for only beside a source map: without one (no map beside this
+    data), a folder or a typo given as --field-notes went unnoticed and training started."""
+    from training import data as data_lib
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("the data was listed before the notes were checked")
+
+    monkeypatch.setattr(data_lib, "list_image_folder", no_listing)
+    runs = tmp_path / "runs"
+    for notes, reason in ((tmp_path, "a folder, not a CSV file"),
+                          (tmp_path / "absent.csv", "no such file")):
+        with pytest.raises(SystemExit, match=f"--field-notes {notes}: {reason}"):
+            train.main(["--data", str(image_folder), "--out", str(runs), "--weights", "none",
+                        "--source-map", source_map, "--field-notes", str(notes)])
+    assert not runs.exists()
+
+
 def test_online_views_keep_the_clean_views_and_draw_the_others_by_their_key(image_folder):
     """Clean views come from the cache unchanged; an augmented look depends on the seed and its
     (epoch, batch) key alone: another key draws another view, the same key (a resumed run's

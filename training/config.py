@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -104,6 +105,10 @@ class TrainConfig:
         something else (Keras reads batch size 0 as its default; a fraction above 1 empties
         the training split)."""
         rules = [
+            # Before the ranges: inf passes "above 0" and trains on NaN weights, and a NaN
+            # fails every range with a message that does not say why.
+            *[(math.isfinite(value), f"{name} must be a finite number, not {value}")
+              for name, value in self._numbers().items()],
             (self.views >= 1, "views must be at least 1 (the clean image)"),
             (self.augment in CHOICES["augment"],
              f"augment must be one of {', '.join(CHOICES['augment'])}"),
@@ -139,6 +144,11 @@ class TrainConfig:
         except ValueError as error:
             rules.append((False, str(error)))
         return [message for ok, message in rules if not ok]
+
+    def _numbers(self) -> dict[str, float]:
+        """The options whose values are real numbers (learning rate, fractions, ...)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if isinstance(f.default, float)}
 
     @classmethod
     def help(cls) -> dict[str, str]:

@@ -241,10 +241,12 @@ def grouped_image_folder(root: Path, max_per_class: int, source_map: str,
     """`list_image_folder` with each file's source group assigned (`source_map`: a path,
     "auto" for the Kaggle map beside the data, or "none"; `field_notes`: see
     `find_field_notes`)."""
-    dataset = list_image_folder(root, max_per_class)
     source = find_source_map(Path(root), source_map)
-    assign_groups(dataset, source,
-                  find_field_notes(Path(root), field_notes) if source is not None else None)
+    # Looked for even where no source map will read them: a notes path that is missing or a
+    # folder is a mistake whatever the data, and refused before anything is read.
+    notes = find_field_notes(Path(root), field_notes)
+    dataset = list_image_folder(root, max_per_class)
+    assign_groups(dataset, source, notes if source is not None else None)
     if source is not None and not any(dataset.groups):
         raise SystemExit(f"{source} names the source of none of the {len(dataset.files)} images "
                          f"under {root}: check its 'file' column (class/name.ext, relative to "

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,15 +158,11 @@ def split_files(split_file: Path, split_name: str, dataset: data_lib.Dataset, da
     unreadable file, an unknown split name, a split made for other `classes` than the model's
     (None: not checked, for another model's data), or one whose images are not all under
     `data_dir` (scored anyway, a subset would be recorded as the split's figures)."""
-    saved = read_split_file(Path(split_file))
-    if not isinstance(saved.get(split_name), list):
-        named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
-        raise SystemExit(f"{split_file} has no split named {split_name!r} "
-                         f"(it has {', '.join(named)})")
+    saved = read_split(Path(split_file), split_name)
     made_for = saved.get("classes")
     if classes is not None and isinstance(made_for, list) and made_for != classes:
-        raise SystemExit(f"{split_file} was made for the classes {', '.join(made_for)}; the "
-                         f"model has {', '.join(classes)}: pass the model's own split file")
+        raise SystemExit(f"{split_file} was made for the classes {', '.join(map(str, made_for))};"
+                         f" the model has {', '.join(classes)}: pass the model's own split file")
     present = set(dataset.files)
     absent = [f for f in saved[split_name] if f not in present]
     if absent:
@@ -414,11 +412,54 @@ def read_split_file(path: Path) -> dict:
     return saved
 
 
+def read_split(path: Path, split_name: str) -> dict:
+    """A splits.json holding `split_name` as a list of paths, or a one-line reason to stop."""
+    saved = read_split_file(path)
+    if not isinstance(saved.get(split_name), list):
+        named = [k for k in data_lib.SPLIT_KEYS if isinstance(saved.get(k), list)]
+        raise SystemExit(f"{path} has no split named {split_name!r} "
+                         f"(it has {', '.join(named)})")
+    odd = [entry for entry in saved[split_name] if not isinstance(entry, str)]
+    if odd:
+        raise SystemExit(f"{path}:{split_name} holds entries that are not image paths "
+                         f"({len(odd)} of {len(saved[split_name])}, first: "
+                         f"{json.dumps(odd[0])}): a split lists paths relative to the data "
+                         "folder, as training.train writes them")
+    return saved
+
+
+# A recorded name becomes part of file names in the model folder (confusion_NAME.png): one
+# plain name, as the recorded sets are called (test, test_simple).
+RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def out_problem(out_dir: Path) -> str | None:
+    """Why the report cannot be written to `out_dir`, or None. Found out by making the folder
+    and a file in it, then removing what was made, so that the answer comes before any image
+    is read and an evaluation stopped later leaves nothing behind."""
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except FileExistsError:
+        return f"--out {out_dir}: a file, not a folder"
+    except OSError as exc:
+        return f"--out {out_dir}: cannot write there ({exc.strerror or exc})"
+    finally:
+        for folder in made:  # the deepest first
+            if folder.is_dir():
+                folder.rmdir()
+    return None
+
+
 def record(model_dir: Path, name: str, metrics: dict, out_dir: Path) -> None:
-    """Store `metrics` in the model card as metrics.<name> and copy the confusion plot."""
-    record_metrics(model_dir, name, {k: v for k, v in metrics.items() if k != "unreadable_files"})
+    """Store `metrics` in the model card as metrics.<name> and copy the plots beside it."""
+    # The plots first: a copy that fails then leaves the card as it was, never naming figures
+    # whose plots are missing or older.
     for plot in ("confusion", "reliability", "coverage"):
         shutil.copy2(out_dir / f"{plot}.png", Path(model_dir) / f"{plot}_{name}.png")
+    record_metrics(model_dir, name, {k: v for k, v in metrics.items() if k != "unreadable_files"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -445,8 +486,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.record in NOT_EVALUATIONS:
         parser.error(f"--record {args.record}: the card keeps the figures of "
                      f"training.{args.record} under that name; choose another, such as test")
+    if args.record and not RECORD_NAME.fullmatch(args.record):
+        parser.error(f"--record {args.record}: a name of letters, digits, '.', '_' and '-' "
+                     "(up to 64, starting with a letter or digit), such as test")
     model_dir = model_dir_of(args)
     out = args.out or Path("runs") / f"eval-{Path(model_dir).name}-{args.data.name}"
+    # Said before any image is read, not after the whole evaluation.
+    if problem := out_problem(out):
+        parser.error(problem)
+    if args.split_file:
+        try:
+            read_split(args.split_file, args.split_name)
+        except SystemExit as stop:  # a usage error like the others, with their exit status
+            parser.error(str(stop))
     metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,
                        args.known_classes_only)
     if args.record:
