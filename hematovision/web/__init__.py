@@ -82,8 +82,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 PATH_SETTINGS = ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE")
-# Settings that count something (whole numbers) or last some seconds: above 0. The limits a
-# form or request may reach may also be None (null), no limit, as Flask reads them.
+# Settings that count something (whole numbers above 0) or last some seconds (0 or more). The
+# limits a form or request may reach may also be None (null), no limit, as Flask reads them.
 COUNT_SETTINGS = ("LITERT_THREADS", "MAX_FILES", "MAX_BATCH_IMAGES", "MAX_IMAGE_PIXELS",
                   "MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
 SECONDS_SETTINGS = ("RETENTION_SECONDS", "PURGE_INTERVAL_SECONDS")
@@ -105,10 +105,13 @@ def check_settings(config: dict[str, Any]) -> None:
         value = config[key]
         if value is None and key in UNLIMITED_SETTINGS:
             continue
-        kinds = (int,) if key in COUNT_SETTINGS else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
-            what = "a whole number" if key in COUNT_SETTINGS else "a number of seconds"
-            raise ModelLoadError(f"{_setting(key)} must be {what} above 0"
+        counts = key in COUNT_SETTINGS
+        kinds = (int,) if counts else (int, float)
+        lowest = 1 if counts else 0  # 0 seconds: at once (a purge at every request)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not (
+                lowest <= value < math.inf):
+            what = "a whole number above 0" if counts else "a number of seconds, 0 or more"
+            raise ModelLoadError(f"{_setting(key)} must be {what}"
                                  f"{' (or null: no limit)' if key in UNLIMITED_SETTINGS else ''}"
                                  f", not {value!r:.60}.")
 

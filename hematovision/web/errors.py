@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, jsonify, render_template, request
+from flask import Flask, abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import Gone, HTTPException, InternalServerError, RequestEntityTooLarge
 
 from hematovision.web import models
 from hematovision.web.uploads import DamagedBatch
 
 log = logging.getLogger(__name__)
+
+try:  # gunicorn's own errors for a body it cannot parse (a malformed chunk); not on Windows
+    from gunicorn.http.errors import ParseException
+    BODY_ERRORS: tuple[type[Exception], ...] = (OSError, ParseException)
+except ImportError:  # pragma: no cover
+    BODY_ERRORS = (OSError,)
+BODY_UNREADABLE = ("The request's body could not be read: it was cut short or malformed on the "
+                   "way. Send it again.")
 
 TITLES = {
     400: "The request could not be used",
@@ -25,9 +33,22 @@ TITLES = {
 
 
 def init_app(app: Flask) -> None:
+    app.before_request(read_body_first)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(DamagedBatch, handle_damaged_batch)
     app.register_error_handler(Exception, handle_unexpected_error)
+
+
+def read_body_first() -> None:
+    """Read a POST's form before any check or view does, so that a body the server cannot
+    parse is a 400 here instead of a 500 from wherever it was first read (gunicorn raises its
+    own ParseException, Werkzeug's development server an OSError). Not for an address that
+    has no such route: its answer is the 404 or 405, whatever its body."""
+    if request.method == "POST" and request.routing_exception is None:
+        try:
+            request.form
+        except BODY_ERRORS:
+            abort(400, description=BODY_UNREADABLE)
 
 
 def message_for(error: HTTPException) -> str:
