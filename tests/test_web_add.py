@@ -107,6 +107,30 @@ def test_a_refused_addition_changes_nothing(client, batch_id, files, fields, sta
     assert stored_file(client, batch_id) == before
 
 
+def test_an_addition_that_another_filled_the_batch_before_is_refused_and_keeps_nothing(
+        client, batch_id, monkeypatch):
+    """Two additions at once: each fits the batch alone, checked before its images are read.
+    The second to be stored must find the batch full (it once took a batch past its limit)."""
+    from hematovision.web import pages
+
+    def and_another_meanwhile(*args, **kwargs):
+        found = classify_request(*args, **kwargs)
+        uploads.add_to_batch(folder(client), batch_id, [{"file": "x.png"}, {"file": "y.png"}])
+        return found
+
+    classify_request = pages.classify_request
+    monkeypatch.setattr(pages, "classify_request", and_another_meanwhile)
+    images_before = sorted(p.name for p in folder(client).glob("*.jpg"))
+    response = add(client, batch_id, ("c.png", image_bytes(fmt="PNG")),
+                   ("d.png", image_bytes(fmt="PNG")))
+    assert response.status_code == 400
+    assert ("A batch holds at most 5 images and this one holds 4: add at most 1"
+            in text(response.get_data(as_text=True)))
+    stored = uploads.load_batch(folder(client), batch_id)
+    assert [r["file"] for r in stored["results"]] == ["a.png", "b.png", "x.png", "y.png"]
+    assert sorted(p.name for p in folder(client).glob("*.jpg")) == images_before
+
+
 def test_no_batch_or_no_model_no_addition(client, batch_id):
     assert add(client, "0" * 32, ("c.png", image_bytes(fmt="PNG"))).status_code == 404
     gone = uploads.save_batch(folder(client), {"model": "retired", "classes": ["x"],

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NoReturn
 
 from flask import (
     Blueprint,
@@ -311,17 +312,23 @@ def add(batch_id: str):
     stored = load_or_404(batch_id)
     if served_model(stored["model"]) is None:
         abort(400, description=BATCH_MODEL_GONE.format(name=stored["model"]))
-    # Images, not results: a field read cell by cell is one image.
-    limit, count = current_app.config["MAX_BATCH_IMAGES"], results.image_count(stored["results"])
+    # Images, not results: a field read cell by cell is one image. Checked before the images
+    # are read, to refuse at once, and again as they are added: another addition may have
+    # filled the batch meanwhile.
+    limit = current_app.config["MAX_BATCH_IMAGES"]
     sent = len(uploaded_files(request.files.getlist("file")))
-    if count + sent > limit:
-        abort(400, description=BATCH_FULL.format(limit=limit, count=count,
-                                                 room=max(limit - count, 0)))
+    if results.image_count(stored["results"]) + sent > limit:
+        batch_full(stored, limit)
     folder = upload_folder()
     _, items = classify_request(store_in=folder, model=stored["model"])
     if not any("label" in r for r in items):
         return batch(batch_id, add_errors=items, status=400)
-    if uploads.add_to_batch(folder, batch_id, items) is None:  # deleted meanwhile
+    try:
+        added_to = uploads.add_to_batch(folder, batch_id, items,
+                                        lambda held: results.image_count(held) <= limit)
+    except uploads.BatchFull:
+        batch_full(load_or_404(batch_id), limit)
+    if added_to is None:  # deleted meanwhile
         abort(404, description=EXPIRED.format(retention=retention()))
     recent.remember(batch_id)  # images this browser uploaded, though a colleague began it
     failed = sum("label" not in r for r in items)
@@ -329,6 +336,13 @@ def add(batch_id: str):
     flash(ADDED.format(images=f"{added} image{'s' if added != 1 else ''}",
                        failed=f" ({failed} could not be read: listed below)" if failed else ""))
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+def batch_full(stored: dict, limit: int) -> NoReturn:
+    """A 400 saying how many images the batch holds and how many more it takes."""
+    count = results.image_count(stored["results"])
+    abort(400, description=BATCH_FULL.format(limit=limit, count=count,
+                                             room=max(limit - count, 0)))
 
 
 @bp.post("/batch/<batch_id>/<int:index>/review")

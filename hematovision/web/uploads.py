@@ -128,17 +128,33 @@ def update_batch(folder: Path, batch_id: str,
         return batch
 
 
-def add_to_batch(folder: Path, batch_id: str,
-                 results: list[dict[str, Any]]) -> dict[str, Any] | None:
+class BatchFull(Exception):
+    """The results added would take a batch past its size limit (`add_to_batch`'s `fits`)."""
+
+
+def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
+                 fits: Callable[[list[dict[str, Any]]], bool] = lambda _: True
+                 ) -> dict[str, Any] | None:
     """Append results, whose images are already stored, to a stored batch; returns the batch
-    as stored, or None when there is no such batch (the new images are then deleted). The new
-    images take the batch's upload time, so the purge deletes them with the batch."""
-    batch = update_batch(folder, batch_id, lambda stored: stored["results"].extend(results))
+    as stored, or None when there is no such batch. BatchFull when the results it would hold
+    do not `fit` (checked under the lock: two additions at once could each have fitted alone).
+    Whatever was not added has its new images deleted. The new images take the batch's upload
+    time, so the purge deletes them with the batch."""
+    def add(stored: dict[str, Any]) -> None:
+        if not fits(stored["results"] + results):
+            raise BatchFull
+        stored["results"].extend(results)
+
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
-    if batch is None:
-        for path in images:
-            path.unlink(missing_ok=True)
-        return None
+    try:
+        batch = update_batch(folder, batch_id, add)
+    except BatchFull:
+        batch = None
+        raise
+    finally:
+        if batch is None:
+            for path in images:
+                path.unlink(missing_ok=True)
     try:
         uploaded = (folder / f"{batch_id}.json").stat().st_mtime
         for path in images:
