@@ -251,7 +251,10 @@ def test_delete_needs_the_form_token_a_post_and_a_known_batch(tmp_path, client):
 
 
 DAMAGED_FILES = [b'{"results": [', b"\xff\xfe\x00", b"[]", b'{"results": 3, "classes": []}',
-                 b'{"results": [], "classes": [], "model": null}']
+                 b'{"results": [], "classes": [], "model": null}',
+                 b'{"results": [3], "classes": [], "model": "tiny"}',
+                 b'{"results": [], "classes": [], "model": "tiny", "created": "today"}',
+                 b'{"results": [], "classes": [], "model": "tiny", "sample": "H-1"}']
 
 
 @pytest.mark.parametrize("content", DAMAGED_FILES)

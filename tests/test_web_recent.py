@@ -79,8 +79,12 @@ def test_a_deleted_or_purged_batch_leaves_the_list(app):
 def test_a_batch_file_that_cannot_be_read_leaves_the_list_and_the_page_stands(app):
     client = app.test_client()
     kept, damaged = upload_batch(client), upload_batch(client)
-    (Path(app.config["UPLOAD_FOLDER"]) / f"{damaged}.json").write_text('{"results": [')
-    assert listed(client) == [kept]
+    for content in ('{"results": [', '{"results": [1], "classes": [], "model": "tiny"}',
+                    '{"results": [], "classes": [], "model": "tiny", "created": "today"}'):
+        (Path(app.config["UPLOAD_FOLDER"]) / f"{damaged}.json").write_text(content)
+        with client.session_transaction() as session:
+            session[recent.SESSION_KEY] = [damaged, kept]
+        assert listed(client) == [kept]
 
 
 def test_only_the_most_recent_batches_are_remembered(app):

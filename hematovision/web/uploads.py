@@ -101,10 +101,15 @@ def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
         return None
     except ValueError as exc:  # not JSON, or not UTF-8
         raise DamagedBatch(path, str(exc)) from None
-    # What every page of a batch reads before anything else.
+    # What every page of a batch (and the upload page's list of them) reads first.
     if not (isinstance(batch, dict) and isinstance(batch.get("results"), list)
             and isinstance(batch.get("classes"), list) and isinstance(batch.get("model"), str)):
         raise DamagedBatch(path, "not a batch: no results, classes or model")
+    if not (all(isinstance(r, dict) for r in batch["results"])
+            and isinstance(batch.get("created", 0), (int, float))
+            and all(isinstance(batch.get(k) or {}, dict) for k in ("sample", "manual"))):
+        raise DamagedBatch(path, "a result, its upload time, sample or manual count is not "
+                                 "as the app writes it")
     return batch
 
 
