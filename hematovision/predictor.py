@@ -28,10 +28,12 @@ DEFAULT_MODEL = "wbc4"
 SERVING_FILE = "model.tflite"
 KERAS_FILE = "model.keras"
 BATCH_SIZE = 32  # images decoded (and, with the usual four test-time views, run) together
-# Images x test-time views per interpreter call: the interpreter's memory grows with it (about
-# 0.9 GiB for 128: 32 images in 4 views, or 16 in 8, measured on wbc4), so a model serving more
-# views runs fewer images per call instead of more memory.
-VIEWS_PER_CALL = 128
+# Images x test-time views per interpreter call (a model serving more views runs fewer images
+# per call, at least one). Small calls are both the fastest and the leanest on this CPU: one
+# image in four views per call classified 1.3-1.5x the images per second of 32 per call (one
+# or two interpreter threads, both served models) and added nothing to the memory loading
+# took, where 32 per call added 0.5 GiB (benchmarks/bench_chunk.py, README Benchmarks).
+VIEWS_PER_CALL = 4
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 targets here: those are the benchmarks' business)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -138,3 +139,20 @@ def test_bench_pages_times_the_upload_and_batch_pages_against_their_baselines(ti
     assert r["manual_count_cost_ratio"] == round(
         r["batch_page_with_manual_count_ms"] / r["batch_page_ms"], 2)
     assert r["batch_json_bytes"] > 20 * 300  # a stored result holds its probabilities and more
+
+
+def test_bench_chunk_measures_each_call_size_in_a_process_of_its_own_against_the_served(
+        trusted_model_dir):
+    from hematovision.card import served_views
+    from hematovision.predictor import VIEWS_PER_CALL
+
+    r = load("bench_chunk").run(trusted_model_dir, images=4, repeats=1, threads=1,
+                                candidates=(2, VIEWS_PER_CALL))
+    views = served_views(json.loads((trusted_model_dir / "model_card.json").read_text()))
+    small, served = r["candidates"]
+    assert (small["views_per_call"], served["views_per_call"]) == (2, VIEWS_PER_CALL)
+    assert small["images_per_call"] == max(1, 2 // views)
+    assert served["images_per_call"] == VIEWS_PER_CALL // views
+    assert served["speed_vs_served"] == 1.0 and small["images_per_second"] > 0
+    assert all(row["peak_rss_mib"] >= row["peak_added_mib"] >= 0 for row in r["candidates"])
+    assert r["served_views_per_call"] == VIEWS_PER_CALL and r["commit"]

@@ -43,25 +43,28 @@ def test_batches_larger_than_the_chunk_size_match_single_calls(tiny_model_dir):
     np.testing.assert_allclose(together, one_by_one, atol=1e-6)
 
 
-def test_a_model_serving_more_views_runs_fewer_images_per_call(tiny_model_dir, tmp_path):
+def test_a_model_serving_more_views_runs_fewer_images_per_call(tiny_model_dir, tmp_path,
+                                                                monkeypatch):
     import shutil
 
-    from hematovision.predictor import VIEWS_PER_CALL
+    from hematovision import predictor
 
+    monkeypatch.setattr(predictor, "VIEWS_PER_CALL", 64)
     folder = tmp_path / "eight"
     shutil.copytree(tiny_model_dir, folder)
     card = json.loads((folder / "model_card.json").read_text())
     card["test_time_augmentation"]["views"] = [f"view {v}" for v in range(8)]
     (folder / "model_card.json").write_text(json.dumps(card))
     four, eight = Predictor(tiny_model_dir), Predictor(folder)
-    assert (four.images_per_call, eight.images_per_call) == (VIEWS_PER_CALL // 4,
-                                                             VIEWS_PER_CALL // 8)
+    assert (four.images_per_call, eight.images_per_call) == (16, 8)
     calls = []
     run = eight._run
     eight._run = lambda chunk, wanted: calls.append(len(chunk)) or run(chunk, wanted)
     batch = np.random.default_rng(2).uniform(-1, 1, (20, 224, 224, 3)).astype(np.float32)
     np.testing.assert_allclose(eight.predict_arrays(batch), four.predict_arrays(batch), atol=1e-6)
-    assert calls == [16, 4]
+    assert calls == [8, 8, 4]
+    monkeypatch.setattr(predictor, "VIEWS_PER_CALL", 4)  # fewer views than served: one image
+    assert Predictor(folder).images_per_call == 1
 
 
 def test_wrong_input_shape_is_refused(tiny_model_dir):

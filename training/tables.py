@@ -1076,7 +1076,36 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
         lines += storage_text(json.loads(storage.read_text()), storage.name)
     if (folder / "pages.json").is_file():
         lines += pages_text(json.loads((folder / "pages.json").read_text()))
+    for chunk in sorted(folder.glob("chunk-*.json")):
+        lines += chunk_text(json.loads(chunk.read_text()), chunk.name)
     return "\n".join(lines).rstrip()
+
+
+def chunk_text(r: dict, file_name: str) -> list[str]:
+    """The lines of a `bench_chunk.py --json` result."""
+    served = r["served_views_per_call"]
+    return [
+        "```bash",
+        f"python benchmarks/bench_chunk.py --model-dir {r['model_dir']} --images {r['images']} "
+        f"--repeats {r['repeats']} --threads {r['threads']} --json > "
+        f"benchmarks/results/{file_name}",
+        "```",
+        "",
+        *_measured_on(r),
+        f"Interpreter calls of `{r['model_dir']}` (images x test-time views per call, "
+        f"`VIEWS_PER_CALL`, served: {served}), {r['threads']} interpreter thread as a gunicorn "
+        f"worker has, {r['images']} images, median of {r['repeats']} passes, each size in a "
+        "process of its own:",
+        "",
+        "| views per call | images per call | images/s | peak memory (added by the calls) | "
+        "vs served: speed, memory |",
+        "|---|---|---|---|---|",
+        *[f"| {c['views_per_call']}{' (served)' if c['views_per_call'] == served else ''} | "
+          f"{c['images_per_call']} | {c['images_per_second']:.1f} | "
+          f"{c['peak_rss_mib']:.0f} MiB ({c['peak_added_mib']:.0f}) | {c['speed_vs_served']}x, "
+          f"{c['memory_vs_served']}x |" for c in r["candidates"]],
+        "",
+    ]
 
 
 def pages_text(r: dict) -> list[str]:
