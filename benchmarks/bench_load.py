@@ -42,15 +42,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def multipart_body(image: bytes, name: str = "cell.jpg") -> bytes:
-    return (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
+def multipart_body(image: bytes, name: str = "cell.jpg", copies: int = 1) -> bytes:
+    """A form of `copies` file parts, each the image."""
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + image + b"\r\n"
+    return part * copies + f"--{BOUNDARY}--\r\n".encode()
 
 
 def sample_jpeg(size=(320, 240)) -> bytes:
@@ -134,7 +132,8 @@ def load(
     remaining = [requests]
 
     def client() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        # A request of many images may take a while behind others in the model.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         while True:
             with lock:
                 if remaining[0] == 0:
@@ -145,12 +144,13 @@ def load(
                 connection.request("POST", "/api/predict", body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
-                ok = response.status == 200 and "label" in json.loads(data)["results"][0]
+                ok = response.status == 200 and all(
+                    "label" in r for r in json.loads(data)["results"])
                 error = None if ok else f"HTTP {response.status}: {data[:200]!r}"
             except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
             elapsed = time.perf_counter() - start
             with lock:
                 latencies.append(elapsed)
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="image file to send (default: a generated 320x240 JPEG)",
     )
+    parser.add_argument("--images-per-request", type=int, default=1,
+                        help="files per request, each the image (a batch uploaded at once)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
     if not (args.model_dir / "model.tflite").is_file():
@@ -214,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     body = multipart_body(
         args.image.read_bytes() if args.image else sample_jpeg(),
         args.image.name if args.image else "cell.jpg",
+        args.images_per_request,
     )
     measured_on = provenance(args.model_dir)  # before gunicorn adds to the load
     port = free_port()
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_dir": str(args.model_dir),
         **measured_on,
         "requests": len(latencies),
+        "images_per_request": args.images_per_request,
         "concurrency": args.concurrency,
         "errors": len(errors),
         "wall_s": round(wall, 2),
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         lat = result["latency_ms"]
         print(f"gunicorn on 127.0.0.1:{port}, model {args.model_dir}, {len(workers)} workers")
         print(
-            f"{result['requests']} requests, {args.concurrency} concurrent clients, "
+            f"{result['requests']} requests of {args.images_per_request} image(s), "
+            f"{args.concurrency} concurrent clients, "
             f"{result['errors']} errors, {result['wall_s']} s"
         )
         print(f"throughput {result['throughput_rps']} requests/s")

@@ -702,3 +702,23 @@ def test_review_order_table_gives_each_share_checked_and_what_each_order_found()
     assert column(table, "`wbc4`: least sure first")[at] == f"{row['found_least_sure']:.1%}"
     assert column(table, "`wbc4`: each class least sure (cells)")[at] == (
         f"{row['by_class']['found']:.1%} ({row['by_class']['checked_per_film']:g})")
+
+
+def test_benchmarks_text_gives_each_load_run_single_images_first_and_each_call_size(tmp_path):
+    single = json.loads((tables.BENCH_DIR / "load.json").read_text())
+    batches = {**single, "requests": 8, "concurrency": 4, "images_per_request": 100,
+               "workers": [{"pid": 1, "rss_mib": 201.4, "peak_rss_mib": 410.2}]}
+    (tmp_path / "load-100-images.json").write_text(json.dumps(batches))
+    (tmp_path / "load.json").write_text(json.dumps(single))
+    chunk = json.loads((tables.BENCH_DIR / "chunk-wbc4.json").read_text())
+    (tmp_path / "chunk-wbc4.json").write_text(json.dumps(chunk))
+    text = tables.benchmarks_text(tmp_path)
+    assert text.index("single-image `POST /api/predict`") < text.index(
+        "8 100-image `POST /api/predict` requests from 4 concurrent clients")
+    assert ("--images-per-request 100 --warmup 0 --json > benchmarks/results/"
+            "load-100-images.json") in text
+    assert "worker RSS 201 MiB (peak 410 MiB)." in text
+    served = next(c for c in chunk["candidates"]
+                  if c["views_per_call"] == chunk["served_views_per_call"])
+    assert (f"| {served['views_per_call']} (served) | {served['images_per_call']} | "
+            f"{served['images_per_second']:.1f} | {served['peak_rss_mib']:.0f} MiB") in text

@@ -1053,23 +1053,9 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                    if "white_cells_ms" in r else ""),
                 "",
             ]
-    if load.is_file():
-        r = json.loads(load.read_text())
-        rss = ", ".join(f"{w['rss_mib']:.0f}" for w in r["workers"])
-        lat = r["latency_ms"]
-        lines += [
-            "```bash",
-            f"python benchmarks/bench_load.py --model-dir {r['model_dir']} --requests {r['requests']} "
-            f"--concurrency {r['concurrency']} --json > benchmarks/results/load.json",
-            "```",
-            "",
-            *_measured_on(r),
-            f"gunicorn on 127.0.0.1, {r['requests']} single-image `POST /api/predict` requests from "
-            f"{r['concurrency']} concurrent clients: **{r['errors']} errors**, p50 {lat['p50']} ms, "
-            f"p95 {lat['p95']} ms, p99 {lat['p99']} ms, {r['throughput_rps']} requests/s; "
-            f"worker RSS {rss} MiB.",
-            "",
-        ]
+    # The single-image run first, then runs of larger requests.
+    for run_file in sorted(folder.glob("load*.json"), key=lambda f: (f != load, f.name)):
+        lines += load_text(json.loads(run_file.read_text()), run_file.name)
     # The served model's first, then trials.
     for storage in sorted(folder.glob("storage*.json"), key=lambda f: (f.name != "storage.json",
                                                                        f.name)):
@@ -1104,6 +1090,30 @@ def chunk_text(r: dict, file_name: str) -> list[str]:
           f"{c['images_per_call']} | {c['images_per_second']:.1f} | "
           f"{c['peak_rss_mib']:.0f} MiB ({c['peak_added_mib']:.0f}) | {c['speed_vs_served']}x, "
           f"{c['memory_vs_served']}x |" for c in r["candidates"]],
+        "",
+    ]
+
+
+def load_text(r: dict, file_name: str) -> list[str]:
+    """The lines of a `bench_load.py --json` result."""
+    images = r.get("images_per_request", 1)
+    rss = ", ".join(f"{w['rss_mib']:.0f}" for w in r["workers"])
+    peak = ", ".join(f"{w['peak_rss_mib']:.0f}" for w in r["workers"])
+    lat = r["latency_ms"]
+    return [
+        "```bash",
+        f"python benchmarks/bench_load.py --model-dir {r['model_dir']} --requests {r['requests']} "
+        f"--concurrency {r['concurrency']}"
+        + (f" --images-per-request {images} --warmup 0" if images > 1 else "")
+        + f" --json > benchmarks/results/{file_name}",
+        "```",
+        "",
+        *_measured_on(r),
+        f"gunicorn on 127.0.0.1, {r['requests']} "
+        + ("single-image" if images == 1 else f"{images}-image") + " `POST /api/predict` "
+        f"requests from {r['concurrency']} concurrent clients: **{r['errors']} errors**, p50 "
+        f"{lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, {r['throughput_rps']} "
+        f"requests/s; worker RSS {rss} MiB" + (f" (peak {peak} MiB)." if images > 1 else "."),
         "",
     ]
 
