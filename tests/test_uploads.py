@@ -342,3 +342,13 @@ def test_adding_to_a_batch_deleted_meanwhile_keeps_none_of_the_new_images(tmp_pa
     image = uploads.save_image(folder, Image.new("RGB", (8, 8)))
     assert uploads.add_to_batch(folder, uploads.new_id(), [{"file": "a", "image": image}]) is None
     assert uploads.image_path(folder, image) is None
+
+
+def test_adding_to_a_batch_damaged_meanwhile_says_so_and_keeps_none_of_the_new_images(tmp_path):
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": []})
+    (folder / f"{batch_id}.json").write_text('{"results": [')
+    image = uploads.save_image(folder, Image.new("RGB", (8, 8)))
+    with pytest.raises(uploads.DamagedBatch):
+        uploads.add_to_batch(folder, batch_id, [{"file": "a", "image": image}])
+    assert uploads.image_path(folder, image) is None

@@ -151,15 +151,15 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
         stored["results"].extend(results)
 
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
+    batch = None
     try:
         batch = update_batch(folder, batch_id, add)
-    except BatchFull:
-        batch = None
-        raise
     finally:
-        if batch is None:
+        if batch is None:  # not added: no such batch, full, or unreadable
             for path in images:
                 path.unlink(missing_ok=True)
+    if batch is None:
+        return None
     try:
         uploaded = (folder / f"{batch_id}.json").stat().st_mtime
         for path in images:
