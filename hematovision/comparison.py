@@ -21,6 +21,10 @@ from typing import Any
 from hematovision.differential import Differential
 
 LEVEL = 0.05
+# The most cells a manual count compared may hold, by the batch page's form and the command
+# line alike: far above a manual differential (100 to 400 cells), far below a typing slip that
+# would make every share meaningless.
+MAX_MANUAL_CELLS = 10_000
 
 
 @dataclass(frozen=True)

@@ -31,23 +31,20 @@ import argparse
 import csv
 import json
 import os
-import re
 import sys
 import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hematovision.cells import display_name, is_nucleated_red_cell
-from hematovision.comparison import FilmShares, agreement_over_films, compare
+from hematovision.comparison import (MAX_MANUAL_CELLS, FilmShares, agreement_over_films,
+                                     compare)
 from hematovision.differential import ClassShare, Differential, OtherCount
-from hematovision.spreadsheet import as_written
+from hematovision.spreadsheet import as_written, whole_number
 
 # The differential CSV's columns this reads (hematovision.web.results.DIFFERENTIAL_COLUMNS).
 NEEDED = ("class", "white_cell", "count", "white_cells", "awaiting_review", "sample",
           "manual_count", "manual_white_cells", "manual_p_value")
-# The most cells a manual count may hold, as the batch page's form takes it
-# (hematovision.web.manual.MAX_CELLS, not imported: that would load the web app).
-MAX_MANUAL_CELLS = 10_000
 # Far above a batch (the web app holds at most 1,000 images in one), far below a count that
 # would make the shares or Fisher's exact test meaningless.
 MAX_BATCH_CELLS = 100_000
@@ -321,13 +318,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
 
 def _text_cells(text: str, top: int) -> int | None:
     """A CSV cell's count of cells: a whole number from 0 to `top`, else None."""
-    text = text.strip()
-    # Digits only: int() would also take "+3", "1_000" and other scripts' digits; at most 9
-    # of them, so that a slip of many digits is refused before it becomes a number.
-    if not re.fullmatch(r"[0-9]{1,9}", text):
-        return None
-    value = int(text)
-    return value if value <= top else None
+    value = whole_number(text.strip())
+    return value if value is not None and value <= top else None
 
 
 def _json_cells(value: object, top: int) -> int | None:

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from hematovision.comparison import MAX_MANUAL_CELLS
 from hematovision.web import manual
 from tests.test_differential import PBC8, WBC4, film, result
 from tests.test_web_results import stored_batch
@@ -63,7 +64,7 @@ def test_empty_fields_count_none_and_the_count_is_of_whole_cells():
         counted, form = manual.read_form({"manual_monocyte": typed}, WBC4)
         assert counted is None and form.typed["manual_monocyte"] == typed
         assert form.errors == {"manual_monocyte": manual.BAD_COUNT.format(
-            top=manual.MAX_CELLS, typed=typed)}
+            top=MAX_MANUAL_CELLS, typed=typed)}
     counted, form = manual.read_form({"manual_neutrophil": "6000", "manual_lymphocyte": "6000"},
                                      WBC4)
     assert counted is None and form.errors == {"": "A manual count of at most 10,000 cells is "

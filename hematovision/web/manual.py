@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hematovision.cells import is_nucleated_red_cell, is_white_cell
-from hematovision.web.forms import TypedForm, whole_number
+from hematovision.comparison import MAX_MANUAL_CELLS
+from hematovision.spreadsheet import whole_number
+from hematovision.web.forms import TypedForm
 
 FIELD_PREFIX = "manual_"
 OTHER = "other"  # the field of the white cells of classes the model does not name
-# Far above a manual differential (100 to 400 cells), far below a typing slip that would make
-# every share meaningless.
-MAX_CELLS = 10_000
 BAD_COUNT = "A count of cells is a whole number from 0 to {top:,}; {typed!r} is not."
 TOO_MANY = "A manual count of at most {top:,} cells is compared; these add up to {total:,}."
 NO_WHITE_CELL = ("Nucleated red cells are counted per 100 white cells: give the white cells "
@@ -59,14 +58,14 @@ def read_form(form: Mapping[str, str], classes: list[str]
     for name, text in typed.items():
         value = _cells(text)
         if value is None:
-            errors[name] = BAD_COUNT.format(top=MAX_CELLS, typed=text)
+            errors[name] = BAD_COUNT.format(top=MAX_MANUAL_CELLS, typed=text)
         values[name] = value or 0
     other = names.index(FIELD_PREFIX + OTHER)
     counted = ManualCount({_class(name): values[name] for name in names[:other]},
                           values[names[other]],
                           {_class(name): values[name] for name in names[other + 1:]})
-    if not errors and sum(values.values()) > MAX_CELLS:
-        errors[""] = TOO_MANY.format(top=MAX_CELLS, total=sum(values.values()))
+    if not errors and sum(values.values()) > MAX_MANUAL_CELLS:
+        errors[""] = TOO_MANY.format(top=MAX_MANUAL_CELLS, total=sum(values.values()))
     elif not errors and any(counted.beside.values()) and not counted.total:
         errors[""] = NO_WHITE_CELL
     if errors:
@@ -79,11 +78,11 @@ def _class(name: str) -> str:
 
 
 def _cells(text: str) -> int | None:
-    """A field's count: 0 when empty, None when not a whole number from 0 to MAX_CELLS."""
+    """A field's count: 0 when empty, None when not a whole number from 0 to MAX_MANUAL_CELLS."""
     if not text:
         return 0
     found = whole_number(text)
-    return found if found is not None and found <= MAX_CELLS else None
+    return found if found is not None and found <= MAX_MANUAL_CELLS else None
 
 
 def of(batch: dict[str, Any]) -> ManualCount | None:

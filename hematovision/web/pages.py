@@ -32,12 +32,13 @@ from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.preprocess import IMAGE_SUFFIXES, ImageError
 from hematovision.reference import SETTINGS, UNITS, catalog_intervals
+from hematovision.spreadsheet import whole_number
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
 from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
                               uploads)
 from hematovision.web.classify import classify_request, uploaded_files
-from hematovision.web.forms import TypedForm, whole_number
+from hematovision.web.forms import TypedForm
 from hematovision.web.security import check_csrf
 
 bp = Blueprint("pages", __name__)
