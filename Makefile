@@ -17,8 +17,9 @@ $(VENV)/.dev: requirements.txt requirements-train.txt requirements-dev.txt | $(B
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
 
+# `make run PORT=8080` when 5000 is taken (macOS's AirPlay Receiver listens there).
 run: $(VENV)/.runtime
-	$(BIN)/python app.py
+	$(BIN)/python app.py $(if $(PORT),--port $(PORT))
 
 serve: $(VENV)/.runtime
 	$(BIN)/gunicorn -c gunicorn.conf.py "app:create_app()"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import textwrap
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ from hematovision.cells import display_name, is_nucleated_red_cell
 from hematovision.comparison import (MAX_MANUAL_CELLS, FilmShares, agreement_over_films,
                                      compare)
 from hematovision.differential import ClassShare, Differential, OtherCount
+from hematovision.output import Stdout, quoted, require_stdout
 from hematovision.spreadsheet import as_written, whole_number
 
 # The differential CSV's columns this reads (hematovision.web.results.DIFFERENTIAL_COLUMNS).
@@ -102,7 +102,7 @@ def _csv_shares(row: dict[str, str], line: int) -> FilmShares:
     for column, top in CSV_COUNTS.items():
         cells[column] = _text_cells(row[column], top)
         if cells[column] is None:
-            raise ValueError(f"line {line}: {column} {_shown(row[column])} is not a whole "
+            raise ValueError(f"line {line}: {column} {quoted(row[column])} is not a whole "
                              f"number of cells from 0 to {top:,}")
     for count, total, whose in (("count", "white_cells", "the batch"),
                                 ("manual_count", "manual_white_cells", "the manual count")):
@@ -114,7 +114,7 @@ def _csv_shares(row: dict[str, str], line: int) -> FilmShares:
                              f"{total} {cells[total]}")
     p_value = _p_value(row["manual_p_value"])
     if p_value is None:
-        raise ValueError(f"line {line}: manual_p_value {_shown(row['manual_p_value'])} is not "
+        raise ValueError(f"line {line}: manual_p_value {quoted(row['manual_p_value'])} is not "
                          "a p-value from 0 to 1")
     # A share of the white cells, or for a class beside them, as many per 100 white cells: the
     # same sum either way.
@@ -142,7 +142,7 @@ def predicted_films(predictions: Path, manual: Path) -> tuple[list[Film], list[s
             continue
         path = line["path"]
         if not isinstance(path, str) or not path:
-            raise ValueError(f"{where}: path {_shown(path)} is not a film's path")
+            raise ValueError(f"{where}: path {quoted(path)} is not a film's path")
         if path in paths:
             raise ValueError(f"{where}: film {path!r} again (line {paths[path]}): {TWICE}")
         paths[path] = number
@@ -185,7 +185,7 @@ def _read_predictions(predictions: Path) -> list[tuple[int, dict]]:
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ValueError(f"{predictions}, line {number}: not JSON ({exc})") from None
         if not isinstance(value, dict):
-            raise ValueError(f"{predictions}, line {number}: {_shown(value)} is not a JSON "
+            raise ValueError(f"{predictions}, line {number}: {quoted(value)} is not a JSON "
                              "object (predict --differential --each-path --json)")
         found.append((number, value))
     return found
@@ -204,7 +204,7 @@ def _differential(found: object) -> Differential:
                for key in ("white_cells", "awaiting_review")}
     for key, value in figures.items():
         if value is None:
-            raise ValueError(f"its differential's {key} {_shown(found.get(key))} is not a "
+            raise ValueError(f"its differential's {key} {quoted(found.get(key))} is not a "
                              f"whole number of cells from 0 to {MAX_BATCH_CELLS:,}")
     white_cells = figures["white_cells"]
     shares = [_class_count(entry) for entry in found["shares"]]
@@ -230,11 +230,11 @@ def _differential(found: object) -> Differential:
 def _class_count(entry: object) -> tuple[str, int]:
     """A class and its count from an entry of a differential's shares or others."""
     if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
-        raise ValueError(f"its differential's {_shown(entry)} names no class")
+        raise ValueError(f"its differential's {quoted(entry)} names no class")
     count = _json_cells(entry.get("count"), MAX_BATCH_CELLS)
     if count is None:
         raise ValueError(f"its differential's count of {entry['class']!r}, "
-                         f"{_shown(entry.get('count'))}, is not a whole number of cells from 0 "
+                         f"{quoted(entry.get('count'))}, is not a whole number of cells from 0 "
                          f"to {MAX_BATCH_CELLS:,}")
     return entry["class"], count
 
@@ -262,7 +262,7 @@ def _manual_counts(manual: Path) -> dict[str, tuple[int, dict[str, int]]]:
             cells[column] = _text_cells(text, MAX_MANUAL_CELLS) if text.strip() else 0
             if cells[column] is None:
                 raise ValueError(f"{where}: film {film!r}: a count is not a whole number from "
-                                 f"0 to {MAX_MANUAL_CELLS:,} ({column}: {_shown(text)})")
+                                 f"0 to {MAX_MANUAL_CELLS:,} ({column}: {quoted(text)})")
         if sum(cells.values()) > MAX_MANUAL_CELLS:
             raise ValueError(f"{where}: film {film!r}: its counts add up to "
                              f"{sum(cells.values()):,}, more than the {MAX_MANUAL_CELLS:,} "
@@ -337,12 +337,6 @@ def _p_value(text: str) -> float | None:
     return value if 0 <= value <= 1 else None
 
 
-def _shown(value: object) -> str:
-    """A value as a message quotes it, cut short: it may be a whole line of a file."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hematovision.method_comparison",
@@ -357,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --predictions: the manual counts, a row per film")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args(argv)
+    require_stdout(parser)
     if bool(args.predictions) != bool(args.manual) or bool(args.files) == bool(args.predictions):
         parser.error("give differential CSVs, or --predictions with --manual")
 
@@ -383,24 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if not films:
         print("error: no film with a manual count to compare", file=sys.stderr)
         return 1
-    try:
+    with Stdout("the report") as out:
         print_report(films, args.json)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader stopped early (`... | head`): stop quietly, as Unix tools do.
-        _discard_stdout()
-        return 1
-    except OSError as exc:  # a full disk, a quota: the report is not all there
-        _discard_stdout()
-        print(f"error: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _discard_stdout() -> None:
-    """Send what is left of stdout nowhere: Python flushes it again at exit, and would fail
-    there with a second error after the one already handled."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1 if out.lost else 0
 
 
 def print_report(films: list[Film], as_json: bool) -> None:

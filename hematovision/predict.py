@@ -46,6 +46,7 @@ from hematovision.card import ModelLoadError
 from hematovision.cells import display_name
 from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, ReviewBias,
                                        differential, differential_json, flag_text, review_bias)
+from hematovision.output import Stdout, require_stdout
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
 from hematovision.reference import SETTINGS, catalog_intervals, intervals, white_cell_count
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED, parse_accuracy_target
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                              "corrected for those counted (models with such a class)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
+    require_stdout(parser)
     # A file name that is not valid UTF-8 (from a Windows archive) is printed escaped rather
     # than stopping the run where the terminal's encoding is strict.
     if hasattr(sys.stdout, "reconfigure"):
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures = 0
     tally = Tally()
-    try:
+    with Stdout("the results") as out:
         if args.differential:
             # One film per PATH with --each-path, else every image one film.
             films = ([(str(p), expand_paths([p])) for p in args.paths] if args.each_path
@@ -131,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures += result.error is not None
                 tally.add(result)
                 print_result(result, args.json)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader stopped early (`... --json | head`): stop quietly, as Unix tools do. Python
-        # would flush stdout again at exit and fail there, so stdout now goes nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if out.lost:
         return 1
     if failures:
         print(f"{failures} of {len(paths)} files could not be classified", file=sys.stderr)

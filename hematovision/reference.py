@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from hematovision.cells import CELL_TYPES
 from hematovision.counting import share_range
+from hematovision.output import quoted
 
 ABOVE, BELOW = "above", "below"
 # The settings that give a lab's own intervals, by whether they are absolute counts: keys of the
@@ -63,10 +64,10 @@ def intervals(overrides: Mapping | None = None, absolute: bool = False
                           if absolute else ("percent", '{"neutrophil": [40, 75]}', 100.0))
     if not isinstance(overrides, Mapping):
         raise ValueError(f"it must map class names to [low, high] in {unit}, such as {example}, "
-                         f"not {_shown(overrides)}")
+                         f"not {quoted(overrides)}")
     for name, value in overrides.items():
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"{_shown(name)} is not a class name")
+            raise ValueError(f"{quoted(name)} is not a class name")
         try:
             # A list of two numbers: a mapping or a string would unpack into its keys or
             # characters, and a boolean is a number to Python.
@@ -74,18 +75,12 @@ def intervals(overrides: Mapping | None = None, absolute: bool = False
                 raise TypeError
             low, high = (float(v) for v in value)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"{name!r}: {_shown(value)} is not [low, high] in {unit}") from None
+            raise ValueError(f"{name!r}: {quoted(value)} is not [low, high] in {unit}") from None
         if not 0 <= low <= high <= top:
             raise ValueError(f"{name!r}: [{low:g}, {high:g}] is not an interval within "
                              f"0-{top:g} {'%' if not absolute else unit}")
         found[str(name)] = (low, high)
     return found
-
-
-def _shown(value, limit: int = 60) -> str:
-    """A bad setting's value as a message quotes it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def white_cell_count(value) -> float | None:

@@ -1,5 +1,8 @@
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,9 +263,6 @@ def test_an_image_given_twice_is_read_and_counted_once(tiny_model_dir, tmp_path,
 
 def test_a_reader_that_stops_early_ends_the_run_quietly(tiny_model_dir, tmp_path):
     """`predict ... --json | head -1` must not end in a BrokenPipeError traceback."""
-    import subprocess
-    import sys
-
     for i in range(400):
         make_image(tmp_path / "many" / f"{i:03d}.png", (i % 256, 60, 200), size=(8, 8), fmt="PNG")
     process = subprocess.Popen(
@@ -554,3 +554,30 @@ def test_a_white_cell_count_without_a_differential_or_not_a_count_exits_2(
         main([str(path), "--model-dir", str(tiny_model_dir), *args])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_results_that_cannot_be_written_end_the_run_with_one_line(tiny_model_dir, tmp_path):
+    """Output to a full disk ends with a message and status 1, not an OSError traceback."""
+    make_image(tmp_path / "a.png", CELL_COLORS[0], size=(8, 8), fmt="PNG")
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "hematovision.predict", str(tmp_path / "a.png"), "--json",
+             "--quiet", "--model-dir", str(tiny_model_dir)],
+            stdout=full, stderr=subprocess.PIPE, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.decode().endswith(
+        "error: cannot write the results (No space left on device)\n")
+
+
+def test_a_run_without_standard_output_stops_before_classifying(tiny_model_dir, tmp_path):
+    """Started with stdout closed (`>&-`), Python prints nowhere: the run must say so and
+    exit 2 rather than classify for nobody and then fail with a traceback."""
+    make_image(tmp_path / "a.png", CELL_COLORS[0], size=(8, 8), fmt="PNG")
+    result = subprocess.run(
+        [sys.executable, "-m", "hematovision.predict", str(tmp_path / "a.png"), "--model-dir",
+         str(tiny_model_dir)],
+        preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err
+    assert err.endswith("error: standard output is closed: nothing to write the results to\n")

@@ -325,6 +325,22 @@ def test_python_app_py_reports_a_missing_model_without_a_traceback(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("args, code, output", [
+    (["--help"], 0, "usage: python app.py [-h] [--check] [--host HOST] [--port PORT]"),
+    (["--port", "8080x"], 2, "argument --port: invalid int value: '8080x'"),
+    (["--port", "70000"], 2, "--port must be from 0 to 65535, not 70000"),
+    (["--chek"], 2, "unrecognized arguments: --chek"),
+])
+def test_python_app_py_answers_its_options_without_starting_a_server(args, code, output):
+    """Once, any argument but --check started the server on port 5000 and printed nothing:
+    `--help` waited for ever and a misspelt `--check` served instead of checking."""
+    run = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                      "PYTHONPATH": str(ROOT)})
+    assert run.returncode == code
+    assert output in (run.stdout if code == 0 else run.stderr)
+
+
 @pytest.mark.parametrize("setting, value, message", [
     ("LITERT_THREADS", "abc", "LITERT_THREADS (environment variable HEMATOVISION_LITERT_THREADS)"
                               " must be a whole number above 0, not 'abc'."),
