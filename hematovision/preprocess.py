@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
 import numpy as np
+import pi_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,11 @@ RESAMPLE_NAME = "bilinear"
 # a 20000x20000 "image" is a decompression bomb.
 MAX_PIXELS = 50_000_000
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+# HEIC is what an iPhone saves a photo as, one taken through the eyepiece included: Pillow
+# reads it through pi-heif (libheif, decoding only); AVIF Pillow reads itself.
+pi_heif.register_heif_opener()
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic",
+                  ".heif", ".avif"}
 
 ImageSource = Union[str, Path, bytes, BinaryIO]
 
@@ -83,9 +88,10 @@ def _decode(file: BinaryIO, max_pixels: int) -> Image.Image:
                          f"({exc}).") from None
     except Exception as exc:  # noqa: BLE001 - see below
         # Pillow's decoders fail on malformed files not only with OSError but with
-        # struct.error, IndexError, ValueError, SyntaxError, EOFError...: all are a bad file,
-        # never a crash of the batch or a 500. Unusual types are logged: they may be our bug.
-        if not isinstance(exc, (OSError, EOFError, SyntaxError, ValueError)):
+        # struct.error, IndexError, ValueError, SyntaxError, EOFError, and the AVIF and HEIF
+        # decoders with RuntimeError...: all are a bad file, never a crash of the batch or a
+        # 500. Unusual types are logged: they may be our bug.
+        if not isinstance(exc, (OSError, EOFError, SyntaxError, ValueError, RuntimeError)):
             log.warning("unexpected %s decoding an image", type(exc).__name__, exc_info=True)
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"The image is damaged or truncated ({reason}).") from None

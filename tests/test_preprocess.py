@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,57 @@ def test_a_large_sixteen_bit_image_needs_no_full_size_float64_copy():
         tracemalloc.stop()
     assert loaded.size == (4000, 3000) and loaded.getpixel((3999, 0)) == (255, 255, 255)
     assert peak < 4 * ramp.size, f"{peak / ramp.size:.1f} bytes per pixel"
+
+
+# An iPhone-style HEIC (the pixels 64x32, left half red, right half blue, with an `irot` box
+# and EXIF orientation 6: shown turned a quarter clockwise, red on top). Made once with
+# pillow-heif 1.8.1, whose encoder our decode-only pi-heif lacks:
+# `Image.fromarray(a).save(path, "HEIF", quality=90, exif=exif)` with exif[0x0112] = 6.
+TURNED_HEIC = Path(__file__).parent / "data" / "turned-by-exif.heic"
+
+
+def red_on_top_blue_below(image: Image.Image) -> bool:
+    a = np.asarray(image, dtype=int)
+    return (a[2, 16, 0] - a[2, 16, 2] > 100) and (a[-3, 16, 2] - a[-3, 16, 0] > 100)
+
+
+def test_a_heic_photo_is_read_upright_and_turned_only_once():
+    """libheif applies the `irot` turn itself; turning again by the EXIF tag would lay the
+    image on its side."""
+    image = load_image(TURNED_HEIC)
+    assert image.mode == "RGB" and image.size == (32, 64)
+    assert red_on_top_blue_below(image)
+
+
+def test_an_avif_image_is_read_upright():
+    a = np.zeros((32, 64, 3), np.uint8)
+    a[:, :32], a[:, 32:] = (220, 30, 30), (30, 30, 220)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = load_image(encode(Image.fromarray(a), "AVIF", quality=90, exif=exif.tobytes()))
+    assert image.size == (32, 64) and red_on_top_blue_below(image)
+
+
+def test_damaged_heic_and_avif_files_give_the_input_or_an_image_error(caplog):
+    """Their decoders are C libraries of their own (libheif, libavif) and fail with
+    RuntimeError, which must read as a damaged file, not an unexpected error."""
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    sources = [TURNED_HEIC.read_bytes(), encode(noise, "AVIF", quality=60)]
+    outcomes = {"decoded": 0, "refused": 0}
+    for i in range(300):
+        data = bytearray(sources[i % 2])
+        at = int(rng.integers(len(data)))
+        if i % 3 == 0:
+            data = data[:max(1, at)]
+        else:
+            for j in rng.integers(len(data), size=int(rng.integers(1, 10))):
+                data[j] = int(rng.integers(256))
+        try:
+            assert preprocess(bytes(data)).shape == (224, 224, 3)
+            outcomes["decoded"] += 1
+        except ImageError as error:
+            assert str(error)
+            outcomes["refused"] += 1
+    assert min(outcomes.values()) > 20, outcomes
+    assert "unexpected" not in caplog.text

@@ -12,6 +12,7 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from hematovision.cells import CELL_TYPES
 from hematovision.card import ModelLoadError
@@ -145,7 +146,7 @@ def test_home_states_formats_limits_model_choice_and_expectations(client):
     assert '<label class="form-label fw-semibold" for="file">Images</label>' in html
     assert '<label class="form-label fw-semibold" for="model">Model</label>' in html
     assert '<option value="tiny" selected>' in html
-    assert "Accepted formats: BMP, GIF, JPG, PNG, TIF, WEBP" in html
+    assert "Accepted formats: AVIF, BMP, GIF, HEIC, HEIF, JPG, PNG, TIF, WEBP" in html
     assert "Up to 100 files and 32 MB per upload in total." in html
     assert "PNG, TIFF or high-quality JPEG" in html  # what the robustness figures advise
     assert "Drag and drop images here" in html
@@ -182,6 +183,17 @@ def test_one_image_gives_the_result_page(client, models_root):
     )
     assert image and client.get(image.group(1)).status_code == 200
 
+
+def test_a_heic_photo_from_a_phone_is_classified_and_shown_as_jpeg(client):
+    """Browsers other than Safari cannot show HEIC: the page shows the stored upright JPEG."""
+    from tests.test_preprocess import TURNED_HEIC, red_on_top_blue_below
+
+    html = follow(client, submit(client, ("IMG_0042.HEIC", TURNED_HEIC.read_bytes())))
+    assert 'id="confidence"' in html
+    stored = client.get(re.search(r'src="(/uploads/[0-9a-f]{32}\.jpg)"', html).group(1))
+    assert stored.mimetype == "image/jpeg"
+    image = Image.open(io.BytesIO(stored.data))
+    assert image.size == (32, 64) and red_on_top_blue_below(image.convert("RGB"))
 
 def test_result_pages_and_their_files_are_not_cached(client):
     response = submit(client, ("a.jpg", image_bytes()))
