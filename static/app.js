@@ -86,12 +86,15 @@ function setUpDropZone() {
 function setUpSubmit() {
   const form = document.getElementById("upload-form");
   if (!form) return;
+  const status = document.getElementById("upload-status");
   form.addEventListener("submit", () => {
     const button = document.getElementById("submit");
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
     document.getElementById("submit-spinner").classList.remove("d-none");
     document.getElementById("submit-label").textContent = "Classifying…";
+    // A screen reader does not read a button's label as it changes; a status region it does.
+    if (status) status.textContent = "Uploading and classifying: this can take a minute.";
   });
   // Coming back with the browser's back button restores the page from cache: re-enable.
   window.addEventListener("pageshow", () => {
@@ -101,6 +104,7 @@ function setUpSubmit() {
     document.getElementById("submit-spinner").classList.add("d-none");
     const input = form.querySelector("input[type=file]");
     resetSubmitLabel(input ? input.files.length : 0);
+    if (status) status.textContent = "";
   });
 }
 
@@ -117,7 +121,11 @@ function setUpHeatMap() {
   document.getElementById("heat-map-switch").hidden = false;
   image.addEventListener("error", () => {
     image.hidden = true;
+    // Written again once shown, so that screen readers announce the alert's text.
+    const message = error.textContent;
+    error.textContent = "";
     error.hidden = false;
+    window.setTimeout(() => { error.textContent = message; }, 50);
   });
   const update = () => {
     if (toggle.checked && !image.getAttribute("src")) image.src = toggle.dataset.src;
@@ -139,17 +147,51 @@ function confirmForms() {
 // Reviewing a batch cell by cell: a digit key gives the class of that place in the form's list
 // (1 for the first) and x excludes the image, each saved at once; the left and right arrows go
 // to the previous and next image of the batch; so a technologist can go through the cells
-// without the mouse. Keys typed into a field, or with a modifier, are left alone.
+// without the mouse. Keys typed into a field, or with a modifier, are left alone, and so are
+// the arrows in a box that scrolls sideways (a wide table). A switch turns the keys off (WCAG
+// 2.1.4: speech input or a stray key would save a verdict); this browser remembers it.
+const REVIEW_KEYS_OFF = "hematovision.review-keys-off";
+
+function remembered(key) {
+  try {
+    return window.localStorage.getItem(key);
+  } catch (error) { // storage blocked: the keys start on, as without the switch
+    return null;
+  }
+}
+
+function remember(key, value) {
+  try {
+    if (value === null) window.localStorage.removeItem(key);
+    else window.localStorage.setItem(key, value);
+  } catch (error) { /* storage blocked: the choice holds for this page only */ }
+}
+
 function setUpReviewKeys() {
   const form = document.getElementById("review-form");
   if (!form) return;
   const select = form.querySelector("select[name=verdict]");
   const classes = Array.from(select.options).filter((o) => o.value && o.value !== "excluded");
+  const save = document.getElementById("review-save");
+  const shortcuts = save.getAttribute("aria-keyshortcuts");
+  const on = document.getElementById("review-keys-on");
+  const follow = () => {
+    if (on.checked) save.setAttribute("aria-keyshortcuts", shortcuts);
+    else save.removeAttribute("aria-keyshortcuts");
+  };
+  on.checked = remembered(REVIEW_KEYS_OFF) === null;
+  on.addEventListener("change", () => {
+    remember(REVIEW_KEYS_OFF, on.checked ? null : "1");
+    follow();
+  });
+  follow();
   document.getElementById("review-keys").hidden = false;
   document.addEventListener("keydown", (event) => {
+    if (!on.checked) return;
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     if (event.target.closest("input, select, textarea, [contenteditable]")) return;
     const step = { ArrowLeft: "prev", ArrowRight: "next" }[event.key];
+    if (step && event.target.closest(".table-responsive, pre")) return;
     const link = step && document.querySelector(`#batch-steps a[rel=${step}]`);
     if (link) {
       event.preventDefault();
@@ -178,6 +220,16 @@ function setUpPrint() {
   button.addEventListener("click", () => window.print());
 }
 
+// A form sent back with a message (400) puts the keyboard on the first field to correct, so
+// that a screen reader reads the field and its message without hunting for them.
+function focusFirstInvalidField() {
+  const field = document.querySelector("[aria-invalid=true]");
+  if (!field) return;
+  const details = field.closest("details");
+  if (details) details.open = true;
+  field.focus();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
   setUpHeatMap();
@@ -187,4 +239,5 @@ document.addEventListener("DOMContentLoaded", () => {
   confirmForms();
   setUpReviewKeys();
   setUpPrint();
+  focusFirstInvalidField();
 });
