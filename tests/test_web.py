@@ -429,6 +429,25 @@ def test_model_page_shows_the_model_folder_images_known_ones_first(client):
     assert response.data == PNG
 
 
+def test_a_model_exported_again_while_the_app_runs_keeps_its_page_and_says_so(client,
+                                                                               models_root):
+    """The app serves the model it loaded until it restarts: its page must keep that model's
+    card and plots, not mix in the new run's, and say that the folder changed."""
+    folder = models_root / "tiny"
+    assert "Restart the app" not in text(client.get("/models/tiny").get_data(as_text=True))
+    card = json.loads((folder / "model_card.json").read_text())
+    (folder / "model_card.json").write_text(json.dumps({**card, "description": "Retrained"}))
+    (folder / "curves.png").write_bytes(PNG + b"new run")
+    (folder / "confusion_test.png").unlink()  # export empties the metrics and their plots
+    page = text(client.get("/models/tiny").get_data(as_text=True))
+    assert CARD["description"] in page and "Retrained" not in page
+    assert ("The files of this model changed after the app loaded it (exported again?): the app "
+            "still serves the model it loaded, shown on this page. Restart the app to serve the "
+            "new one.") in page
+    assert client.get("/models/tiny/files/confusion_test.png").data == PNG
+    assert client.get("/models/tiny/files/curves.png").data == PNG
+
+
 @pytest.mark.parametrize(
     "file_name",
     [

@@ -2,18 +2,22 @@
 
 Every complete folder under MODELS_ROOT (model_card.json + model.tflite) is loaded when the app
 is created, so a corrupt model fails at startup with one clear error instead of on a user's
-request, and no request pays the load time.
+request, and no request pays the load time. A model's plots are read then too: a researcher
+who exports a retrained model into the same folder while the app runs must not get a model
+page that shows the new run's plots beside the card of the model still served; that page says
+instead that the folder changed and the app needs a restart (`changed_on_disk`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from flask import Flask, current_app
 
-from hematovision.card import ModelLoadError
-from hematovision.predictor import DEFAULT_MODEL, Predictor, available_models
+from hematovision.card import CARD_FILE, ModelLoadError
+from hematovision.predictor import DEFAULT_MODEL, SERVING_FILE, Predictor, available_models
 from hematovision.trust import check_accuracy_target
 
 # Images of a model folder the model page may show; anything else there (the model files, the
@@ -57,7 +61,37 @@ def init_app(app: Flask) -> None:
     if default not in predictors:  # an explicit default that is incomplete: Predictor says why
         predictors[default] = Predictor(root / str(default), threads, target)
     app.extensions["predictors"] = predictors
+    app.extensions["model_plots"] = {name: _read_plots(p.model_dir)
+                                     for name, p in predictors.items()}
+    app.extensions["model_stamps"] = {name: _stamp(p.model_dir) for name, p in predictors.items()}
     app.config["DEFAULT_MODEL"] = str(default)
+
+
+def _read_plots(model_dir: Path) -> dict[str, bytes]:
+    """A model folder's PNG images (a few hundred KB), the known ones first."""
+    present = sorted(p.name for p in model_dir.iterdir()
+                     if p.is_file() and IMAGE_NAME.fullmatch(p.name))
+    ordered = [n for n in IMAGE_ORDER if n in present] + [n for n in present
+                                                         if n not in IMAGE_ORDER]
+    return {name: (model_dir / name).read_bytes() for name in ordered}
+
+
+def _stamp(model_dir: Path) -> tuple:
+    """What changes when a model is exported again into its folder: its card and serving
+    file's modification times and sizes (None for one missing)."""
+    def of(path: Path):
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size
+    return of(model_dir / CARD_FILE), of(model_dir / SERVING_FILE)
+
+
+def changed_on_disk(name: str) -> bool:
+    """Whether model `name`'s folder holds another model than the one this process loaded
+    (exported again, or removed): the served model stays the loaded one until a restart."""
+    return _stamp(get(name).model_dir) != current_app.extensions["model_stamps"][name]
 
 
 def accuracy_target(value) -> float | None:
@@ -96,14 +130,14 @@ def unknown_model_message(name: str) -> str:
     return f"Unknown model {name!r}; available models: {', '.join(names())}."
 
 
-def images(predictor: Predictor) -> list[str]:
-    """File names of the PNG images in a model folder, the known ones first."""
-    present = sorted(
-        p.name
-        for p in predictor.model_dir.iterdir()
-        if p.is_file() and IMAGE_NAME.fullmatch(p.name)
-    )
-    return [n for n in IMAGE_ORDER if n in present] + [n for n in present if n not in IMAGE_ORDER]
+def images(name: str) -> list[str]:
+    """File names of the PNG images of model `name` as loaded, the known ones first."""
+    return list(current_app.extensions["model_plots"][name])
+
+
+def image(name: str, file_name: str) -> bytes | None:
+    """One of those images, as loaded; None for a name that is not one of them."""
+    return current_app.extensions["model_plots"][name].get(file_name)
 
 
 def trust_images(file_names: list[str]) -> list[str]:

@@ -803,7 +803,7 @@ def model_page(name: str):
     if predictor is None:
         abort(404, description=models.unknown_model_message(name))
     card = predictor.card
-    images = models.images(predictor)
+    images = models.images(name)
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     evaluations = recorded_evaluations(card)
     calibrated = {
@@ -823,6 +823,7 @@ def model_page(name: str):
         "model.html",
         name=name,
         predictor=predictor,
+        changed_on_disk=models.changed_on_disk(name),
         card=card,
         evaluations=evaluations,
         trust=trust,
@@ -986,10 +987,9 @@ def operating_points(trust: dict, evaluations: dict) -> list[dict]:
 @bp.get("/models/<name>/files/<file_name>")
 def model_file(name: str, file_name: str):
     """Only the PNG images of a model folder, by exact listed name."""
-    predictor = served_model(name)
-    if predictor is None or file_name not in models.images(predictor):
+    if served_model(name) is None or (plot := models.image(name, file_name)) is None:
         abort(404)
-    return send_from_directory(predictor.model_dir, file_name, mimetype="image/png")
+    return Response(plot, mimetype="image/png")
 
 
 # What the API example shows for values that differ per image: it is a schema, not a result.
