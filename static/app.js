@@ -31,10 +31,14 @@ function followModelPicker() {
   update();
 }
 
-// List the chosen files with small previews, so the user sees what will be sent.
+// List the chosen files with small previews, so the user sees what will be sent; a folder of
+// hundreds lists its first LISTED_FILES and counts the rest (a preview decodes its image).
+const LISTED_FILES = 20;
+
 function listFiles(input, list) {
   list.replaceChildren();
-  Array.from(input.files).forEach((file) => {
+  const files = Array.from(input.files);
+  files.slice(0, LISTED_FILES).forEach((file) => {
     const item = document.createElement("li");
     if (file.type.startsWith("image/") && file.size < 20 * 1024 * 1024) {
       const preview = document.createElement("img");
@@ -49,6 +53,13 @@ function listFiles(input, list) {
     item.append(label);
     list.append(item);
   });
+  if (files.length > LISTED_FILES) {
+    const more = document.createElement("li");
+    const bytes = files.reduce((sum, file) => sum + file.size, 0);
+    more.textContent = `… and ${files.length - LISTED_FILES} more ` +
+                       `(${files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MB in all)`;
+    list.append(more);
+  }
   resetSubmitLabel(input.files.length);
 }
 

@@ -7,8 +7,10 @@ Skipped, saying why, where Chromium or its driver is not installed (`make browse
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import shutil
 import threading
 import time
@@ -39,18 +41,27 @@ pytestmark = pytest.mark.skipif(
 def base_url(tmp_path, trusted_model_dir):
     """The app on a free loopback port, served by Werkzeug in a thread for this test, on the
     tiny model with a trust layer whose thresholds accept every image (so a label shows)."""
+    with serving(tmp_path, trusted_model_dir) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(tmp_path, trusted_model_dir, **config):
+    """base_url's server, with `config` settings."""
     trust = json.loads((trusted_model_dir / "model_card.json").read_text())["trust"]
     trust["confidence_threshold"] = 0.0
     trust["ood"]["threshold"] = 1e12
     models = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",),
                               card={"trust": trust})
-    app = make_app(tmp_path, models)
+    app = make_app(tmp_path, models, **config)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -204,6 +215,63 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     button = wait_for(browser, "#submit")
     assert button.is_enabled()
     assert browser.find_element(By.ID, "submit-label").text in {"Classify", "Classify 4 images"}
+
+
+def test_a_folder_beyond_one_upload_is_sent_in_parts_into_one_batch(browser, tmp_path,
+                                                                    trusted_model_dir):
+    """With at most 2 files per upload, a folder of 5 images (and 2 files that are not
+    images by name) becomes one batch of 5, sent as 3 requests, without the user's help."""
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / "film 12"
+    colours = [(200, 60, 60), (60, 60, 200), (120, 60, 160), (90, 90, 90), (30, 160, 60)]
+    for i, colour in enumerate(colours):
+        make_image(folder / ("slide" if i > 2 else "") / f"cell{i}.png", colour, fmt="PNG")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    with serving(tmp_path, trusted_model_dir, MAX_FILES=2) as url:
+        browser.get(url + "/")
+        assert browser.find_element(By.ID, "folder-button").is_displayed()  # upload.js ran
+        browser.find_element(By.ID, "folder").send_keys(str(folder))
+        assert browser.find_element(By.ID, "submit-label").text == "Classify 5 images"
+        note = browser.find_element(By.ID, "parts-note").text
+        assert note.startswith("Left out 2 files not named as an image: ")
+        assert "notes.txt" in note and ".DS_Store" in note
+        assert "These 5 images will be sent in 3 parts (one upload holds at most 2 files" in note
+        submit = browser.find_element(By.ID, "submit")
+        # The note pushed the button to the window's edge; Bootstrap's smooth scrolling would
+        # still be moving it when clicked.
+        browser.execute_script(
+            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", submit)
+        submit.click()
+        wait_for(browser, "#differential")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+        assert sorted(r.find_element(By.CSS_SELECTOR, ".file-name").text for r in rows) == [
+            f"cell{i}.png" for i in range(5)]
+        assert re.fullmatch(r".*/batch/[0-9a-f]{32}", browser.current_url)
+
+
+def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_path,
+                                                                   trusted_model_dir):
+    """The second part holds no readable image: the server's answer (the batch page, 400,
+    naming the files) is what the user sees, and the first part's batch is kept."""
+    from selenium.webdriver.common.by import By
+
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
+             for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
+    for name in ("x1.png", "x2.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    with serving(tmp_path, trusted_model_dir, MAX_FILES=2) as url:
+        browser.get(url + "/")
+        browser.find_element(By.ID, "file").send_keys(
+            "\n".join(map(str, [*files, tmp_path / "x1.png", tmp_path / "x2.png"])))
+        submit = browser.find_element(By.ID, "submit")
+        browser.execute_script(
+            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", submit)
+        submit.click()
+        errors = wait_for(browser, "#add-errors")
+        assert "x1.png" in errors.text and "x2.png" in errors.text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 2
 
 
 def upload_two_cells(browser, base_url: str, tmp_path: Path) -> str:

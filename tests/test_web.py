@@ -147,11 +147,25 @@ def test_home_states_formats_limits_model_choice_and_expectations(client):
     assert '<label class="form-label fw-semibold" for="model">Model</label>' in html
     assert '<option value="tiny" selected>' in html
     assert "Accepted formats: AVIF, BMP, GIF, HEIC, HEIF, JPG, PNG, TIF, WEBP" in html
-    assert "Up to 100 files and 32 MB per upload in total." in html
+    assert " ".join(text(html).split()).count(
+        "Up to 100 files and 32 MB per upload in total; a larger selection, or a folder, is sent "
+        "in parts into one batch of up to 1,000 images.") == 1
+    # What upload.js splits a larger selection by: the same bounds, less the form's overhead.
+    assert re.search(r'id="upload-form" data-max-files="100"\s+data-max-bytes="33386496" '
+                     r'data-max-batch="1000"\s+data-suffixes="\.avif,\.bmp,', html)
     assert "PNG, TIFF or high-quality JPEG" in html  # what the robustness figures advise
-    assert "Drag and drop images here" in html
+    assert "Drag and drop images or a folder here" in html
     assert html.count(CARD["expects"]) == 2  # under the picker and in the side panel
     assert re.search(r'name="csrf_token" value="[\w-]{40,}"', html)
+
+
+def test_without_a_byte_limit_the_home_page_states_the_file_limit_alone(tmp_path, models_root):
+    """MAX_CONTENT_LENGTH may be null (no limit): the page once failed with a 500 dividing it."""
+    client = make_app(tmp_path, models_root, MAX_CONTENT_LENGTH=None,
+                      MAX_FORM_PARTS=5).test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert "Up to 100 files per upload in total;" in " ".join(text(html).split())
+    assert 'data-max-files="3"' in html  # the token and the model are parts of the form too
 
 
 def test_a_card_text_without_a_full_stop_does_not_run_into_the_next_sentence(tmp_path,

@@ -331,7 +331,7 @@ def test_error_pages_and_refused_forms_tie_each_message_to_its_field(client, tmp
     found = {name: accessibility_problems(html) for name, (_, html) in pages_.items()}
     assert {name: p for name, p in found.items() if p} == {}
     invalid = {name: outline(html).invalid for name, (_, html) in pages_.items()}
-    assert invalid["upload"] == {"file": ["upload-errors", "file-help"]}
+    assert invalid["upload"] == {"file": ["upload-errors", "file-help", "parts-note"]}
     assert invalid["add"] == {"add-file": ["add-errors"]}
     assert invalid["sample"] == {"wbc": ["sample-help", "wbc-error"]}
     assert invalid["manual"] == {"manual_neutrophil": ["manual-help", "manual_neutrophil-error"]}

@@ -237,14 +237,17 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
             for s in IMAGE_SUFFIXES
         }
     )
-    limit_mb = current_app.config["MAX_CONTENT_LENGTH"] / 2**20
+    length = current_app.config["MAX_CONTENT_LENGTH"]
+    limit_mb = None if length is None else length / 2**20  # null: no limit
     page = render_template(
         "home.html",
         predictors=predictors,
         formats=formats,
+        suffixes=",".join(sorted(IMAGE_SUFFIXES)),
         accept=file_accept(),
         limit_mb=limit_mb,
         max_files=current_app.config["MAX_FILES"],
+        part=upload_part(),
         errors=errors or [],
         chosen=chosen if chosen in predictors else models.default_name(),
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
@@ -253,6 +256,21 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
                 for b in recent.batches(upload_folder())],
     )
     return page, status
+
+
+def upload_part() -> dict[str, int]:
+    """The most files and bytes one request of the upload form may carry, and the images a
+    batch may hold: static/upload.js sends a selection beyond one request in parts of this
+    size into one batch. The byte bound leaves room for the form's own fields and each file's
+    part headers."""
+    config = current_app.config
+    files = config["MAX_FILES"]
+    if config["MAX_FORM_PARTS"] is not None:  # the token and the model are parts too
+        files = max(min(files, config["MAX_FORM_PARTS"] - 2), 1)
+    length = config["MAX_CONTENT_LENGTH"]
+    return {"files": files,
+            "bytes": 2**53 if length is None else max(length - 2**16 - 1024 * files, 1),
+            "batch": config["MAX_BATCH_IMAGES"]}
 
 
 @bp.app_template_global()

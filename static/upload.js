@@ -1,0 +1,175 @@
+"use strict";
+
+// A whole film in one go. A film's cells are often a folder of a hundred images or more, and
+// one upload may hold at most MAX_FILES files and MAX_CONTENT_LENGTH bytes (the server's
+// bounds on the memory and time one request takes). Here a folder can be chosen or dropped,
+// what is not an image is left out of it, and a selection beyond one upload's bounds is sent
+// in parts: the first starts the batch, each further part is added to it (the batch page's
+// "Add images" route), then the batch page opens. Without JavaScript the form sends one
+// upload, as before.
+
+// What the name says is not an image, or what an operating system leaves beside images.
+function isImageFile(path, suffixes) {
+  const parts = path.split("/");
+  if (parts.some((part) => part.startsWith(".") || part === "__MACOSX")) return false;
+  const name = parts[parts.length - 1].toLowerCase();
+  const dot = name.lastIndexOf(".");
+  return dot > 0 && suffixes.includes(name.slice(dot));
+}
+
+// Consecutive parts of at most `maxFiles` files and `maxBytes` bytes each (a file larger than
+// that alone in its part: the server then says it is too large).
+function splitIntoParts(files, maxFiles, maxBytes) {
+  const parts = [];
+  let part = [];
+  let bytes = 0;
+  files.forEach((file) => {
+    if (part.length && (part.length >= maxFiles || bytes + file.size > maxBytes)) {
+      parts.push(part);
+      part = [];
+      bytes = 0;
+    }
+    part.push(file);
+    bytes += file.size;
+  });
+  if (part.length) parts.push(part);
+  return parts;
+}
+
+// The files of a dropped folder, at any depth (a FileSystemDirectoryEntry reads its entries
+// in batches: readEntries until it returns none).
+async function filesOfEntry(entry, path = "") {
+  if (entry.isFile) {
+    const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+    return [{ file, path: path + file.name }];
+  }
+  const reader = entry.createReader();
+  const found = [];
+  for (;;) {
+    const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+    if (!batch.length) break;
+    for (const child of batch) found.push(...(await filesOfEntry(child, `${path}${entry.name}/`)));
+  }
+  return found;
+}
+
+function setUpFilmUpload() {
+  const form = document.getElementById("upload-form");
+  const input = document.getElementById("file");
+  const note = document.getElementById("parts-note");
+  if (!form || !input || !note || !window.fetch || !window.DataTransfer) return;
+  const limits = {
+    files: Number(form.dataset.maxFiles),
+    bytes: Number(form.dataset.maxBytes),
+    batch: Number(form.dataset.maxBatch),
+  };
+  const suffixes = form.dataset.suffixes.split(",");
+
+  // The chosen files go into the one file input, so the form, its list and its checks see
+  // them as if picked there; those passed over are named in the note.
+  let leftOut = [];
+  const choose = (entries) => {
+    const transfer = new DataTransfer();
+    entries.filter((e) => isImageFile(e.path, suffixes)).forEach((e) => transfer.items.add(e.file));
+    input.files = transfer.files;
+    leftOut = entries.filter((e) => !isImageFile(e.path, suffixes)).map((e) => e.path);
+    input.dispatchEvent(new Event("change"));
+  };
+
+  input.addEventListener("change", () => {
+    const files = Array.from(input.files);
+    const parts = splitIntoParts(files, limits.files, limits.bytes);
+    const messages = [];
+    if (leftOut.length) {
+      const named = leftOut.slice(0, 5).join(", ") + (leftOut.length > 5 ? ", …" : "");
+      messages.push(`Left out ${leftOut.length} file${leftOut.length === 1 ? "" : "s"} not ` +
+                    `named as an image: ${named}.`);
+      leftOut = [];
+    }
+    input.setCustomValidity(files.length > limits.batch
+      ? `A batch holds at most ${limits.batch} images: choose fewer than these ${files.length}.`
+      : "");
+    if (input.validationMessage) {
+      messages.push(input.validationMessage);
+    } else if (parts.length > 1) {
+      messages.push(`These ${files.length} images will be sent in ${parts.length} parts (one ` +
+                    `upload holds at most ${limits.files} files and ` +
+                    `${Math.floor(limits.bytes / 2 ** 20)} MB) and classified into one batch.`);
+    }
+    note.textContent = messages.join(" ");
+  });
+
+  const folder = document.getElementById("folder");
+  const folderButton = document.getElementById("folder-button");
+  if (folder && folderButton && "webkitdirectory" in folder) {
+    folderButton.hidden = false;
+    folderButton.addEventListener("click", () => folder.click());
+    folder.addEventListener("change", () => {
+      choose(Array.from(folder.files).map((file) => ({ file, path: file.webkitRelativePath })));
+      folder.value = "";
+    });
+  }
+
+  const zone = document.getElementById("drop-zone");
+  // Capturing, so that a dropped folder is read here before the plain drop handler (app.js),
+  // which takes only files, sees the event.
+  if (zone) zone.addEventListener("drop", async (event) => {
+    const items = Array.from(event.dataTransfer ? event.dataTransfer.items : []);
+    const entries = items.map((item) => item.webkitGetAsEntry && item.webkitGetAsEntry());
+    if (!entries.some((entry) => entry && entry.isDirectory)) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    zone.classList.remove("is-dragover");
+    const found = [];
+    for (const entry of entries.filter(Boolean)) found.push(...(await filesOfEntry(entry)));
+    choose(found);
+  }, true);
+
+  form.addEventListener("submit", (event) => {
+    const parts = splitIntoParts(Array.from(input.files), limits.files, limits.bytes);
+    if (parts.length < 2) return; // one upload: the form sends it itself
+    event.preventDefault();
+    sendInParts(form, parts);
+  });
+}
+
+async function sendInParts(form, parts) {
+  const status = document.getElementById("upload-status") || document.getElementById("parts-note");
+  const label = document.getElementById("submit-label");
+  const token = form.querySelector("input[name=csrf_token]").value;
+  const total = parts.reduce((n, part) => n + part.length, 0);
+  let batch = null; // the batch page's path, once the first part made it
+  let sent = 0;
+  for (const part of parts) {
+    const body = new FormData();
+    body.append("csrf_token", token);
+    if (!batch) body.append("model", form.querySelector("[name=model]").value);
+    part.forEach((file) => body.append("file", file, file.name));
+    const progress = `Classifying images ${sent + 1} to ${sent + part.length} of ${total}…`;
+    if (label) label.textContent = progress;
+    if (status) status.textContent = progress;
+    let response;
+    try {
+      response = await fetch(batch ? `${batch}/add` : form.action, { method: "POST", body });
+    } catch (error) {
+      const where = batch ? ` The batch holds the ${sent} sent before: ${batch}` : "";
+      if (status) status.textContent = `The connection failed.${where}`;
+      if (batch) window.location.assign(batch);
+      return;
+    }
+    // A part the server refused (no readable image, too large, the batch full): its page
+    // says why, as a plain upload would have shown it.
+    if (!response.ok || !response.redirected) {
+      const page = await response.text();
+      document.open();
+      document.write(page);
+      document.close();
+      return;
+    }
+    batch = new URL(response.url).pathname.replace(/\/$/, "");
+    sent += part.length;
+  }
+  window.location.assign(batch);
+}
+
+document.addEventListener("DOMContentLoaded", setUpFilmUpload);
