@@ -168,3 +168,36 @@ def test_the_fitted_unfamiliarity_rule_is_the_one_the_card_states(trusted_model_
     quantile = float(np.quantile(distances.max(axis=1), ood["quantile"]))
     assert ood["threshold"] == pytest.approx(quantile, rel=1e-3, abs=1e-4)
     assert predictor.trust.ood_threshold == ood["threshold"]
+
+
+def test_a_temperature_on_an_end_of_its_search_is_warned_about():
+    """A model that learned nothing: the NLL fit runs to its upper bound (20.000 logged, every
+    cell then unidentified)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    logits = rng.normal(0, 5, (200, 4))  # confident, and unrelated to the labels
+    fitted = calibrate.fit_temperature(logits, labels)
+    assert fitted == pytest.approx(calibrate.TEMPERATURE_SEARCH[1], rel=0.01)
+    warning = calibrate.temperature_at_bound(fitted, "nll")
+    assert warning.startswith(f"warning: temperature {fitted:.3f} is the upper bound of its "
+                              "search (0.05 to 20)")
+    assert "every cell would come back unidentified" in warning
+    assert "lower bound of its search (0.25 to 8)" in calibrate.temperature_at_bound(0.25, "ece")
+    assert calibrate.temperature_at_bound(8.0, "ece").startswith("warning: temperature 8.000 is "
+                                                                 "the upper bound")
+    assert calibrate.temperature_at_bound(1.3, "nll") is None
+    assert calibrate.temperature_at_bound(19.0, "nll") is None
+
+
+def test_thresholds_fitted_on_few_images_carry_their_count_in_the_card(trusted_model_dir):
+    few = calibrate.calibration_size(40, 40)
+    assert few["below_minimum"] and few["minimum_advised"] == calibrate.MIN_CALIBRATION_IMAGES
+    assert few["note"].startswith("The thresholds rest on 40 held-out images (fewer than 200)")
+    # Out-of-fold logits cover the confidence threshold; validation still sets the other.
+    assert calibrate.calibration_size(900, 120)["note"].startswith("The thresholds rest on 120")
+    enough = calibrate.calibration_size(900, 300)
+    assert not enough["below_minimum"] and "note" not in enough
+    card = json.loads((trusted_model_dir / "model_card.json").read_text())
+    recorded = card["trust"]["calibration_size"]
+    assert recorded["confidence_threshold_images"] == 12
+    assert recorded["unfamiliarity_threshold_images"] == 12 and recorded["below_minimum"]

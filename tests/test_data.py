@@ -354,3 +354,38 @@ def test_an_exclusion_list_is_read_from_text_or_a_disputes_json(tmp_path):
         data_lib.excluded_files(str(tmp_path / "missing.txt"), dataset)
     with pytest.raises(SystemExit, match="a folder, not a file list"):
         data_lib.excluded_files(str(tmp_path), dataset)
+
+
+def test_an_archive_unpacked_into_its_own_folder_is_refused_not_read_as_a_class(tmp_path):
+    """Finder, "Extract All" and `unzip -d NAME` put each reviewed-cells archive in a folder
+    of its own: read as classes, the archives' names would be trained on."""
+    for archive in ("cells-PT-001-reviewed", "cells-PT-002-reviewed"):
+        make_image(tmp_path / "mac" / archive / "neutrophil" / "0.jpg", (200, 50, 50))
+        (tmp_path / "mac" / archive / f"reviewed-{archive[9:12]}.csv").write_text("file,group\n")
+    with pytest.raises(SystemExit, match=r"cells-PT-001-reviewed holds reviewed-001\.csv: it is "
+                                         r"an unpacked reviewed-cells archive, not a class \(2 "
+                                         r"such folder\(s\).*Move the contents of each"):
+        data_lib.list_image_folder(tmp_path / "mac")
+    # The same archives unpacked into the data folder itself: classes, and their tables read.
+    make_image(tmp_path / "flat" / "neutrophil" / "0.jpg", (200, 50, 50))
+    (tmp_path / "flat" / "reviewed-001.csv").write_text("file,group\nneutrophil/0.jpg,s:1\n")
+    assert data_lib.list_image_folder(tmp_path / "flat").classes == ["neutrophil"]
+
+
+def test_the_source_map_read_is_named_with_its_tables_and_groups(tmp_path):
+    root = tmp_path / "cells"
+    for name in CLASSES[:2]:
+        for i in range(3):
+            make_image(root / name / f"{i}.jpg", (40 * i, 90, 30))
+    (root / "reviewed-a.csv").write_text("file,group\neosinophil/0.jpg,s:1\n"
+                                         "lymphocyte/0.jpg,s:1\n")
+    (root / "reviewed-b.csv").write_text("file,group\neosinophil/1.jpg,s:2\n")
+    dataset = data_lib.grouped_image_folder(root, 0, "auto")
+    assert dataset.source_tables == [str((root / "reviewed-a.csv").resolve()),
+                                     str((root / "reviewed-b.csv").resolve())]
+    assert data_lib.source_map_line(dataset) == (
+        f"source map: 2 tables in {root.resolve()}, 2 groups, 3 of 6 images not named")
+    plain = data_lib.grouped_image_folder(root, 0, "none")
+    assert plain.source_tables == []
+    assert data_lib.source_map_line(plain).startswith(
+        "no source map: only byte-identical files are grouped")

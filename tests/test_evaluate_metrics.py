@@ -1,4 +1,5 @@
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -67,7 +68,9 @@ def test_intervals_name_what_was_resampled():
     files = ["a", "b", "c", "d"]
     unknown = intervals(files, [None] * 4, y, probabilities.argmax(axis=1), 2)
     assert unknown["resampled"] == "images" and unknown["units"] == 4
-    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1), 2)
+    # Two smears are below MIN_SOURCES: allowed here to see what is resampled.
+    smears = intervals(files, ["s1", "s1", "s2", None], y, probabilities.argmax(axis=1), 2,
+                       min_sources=2)
     # Only the images of known smears are resampled: "d" is a view of s1 or s2, not a third draw.
     assert smears["resampled"] == "source smears"
     assert (smears["units"], smears["images"]) == (2, 3)
@@ -342,3 +345,146 @@ def test_a_split_made_for_classes_that_are_not_names_is_refused_with_them(tiny_m
     split.write_text(json.dumps({"classes": [1, 2], "test": ["lymphocyte/0.jpg"]}))
     with pytest.raises(SystemExit, match="was made for the classes 1, 2; the model has"):
         evaluate(tiny_model_dir, tmp_path / "data", tmp_path / "e", split, "test")
+
+
+def _sample_folder(root, per_class: int = 3, groups=("sample:A",)):
+    """An app-style folder: images of every class, a reviewed-x.csv putting them on
+    `groups` (samples holding every class), in turn."""
+    import csv
+
+    from tests.conftest import CELL_COLORS, CLASSES, make_image
+
+    rows = []
+    for name, color in zip(CLASSES, CELL_COLORS):
+        for i in range(per_class):
+            make_image(root / name / f"{i}.jpg", color)
+            rows.append([f"{name}/{i}.jpg", groups[i % len(groups)]])
+    with open(root / "reviewed-x.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "group"], *rows])
+    return root
+
+
+def test_sources_of_several_classes_are_scored_over_their_own_images_not_by_one_label():
+    """A sample of 10 cells, 2 monocytes read right and 8 others read as monocytes: 0.2, with
+    8 wrong, where one label for the sample made it 10 of 10 wrong (or all right)."""
+    from training.evaluate import per_source_figures
+
+    classes = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    y_true = [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    y_pred = [2] * 10
+    figures = per_source_figures(y_true, y_pred, ["batch:1"] * 10, classes)
+    assert figures["sources"] == 1 and figures["images_with_known_source"] == 10
+    (lowest,) = figures["lowest"]
+    assert lowest == {"source": "batch:1", "images": 10, "wrong": 8, "accuracy": 0.2,
+                      "confusions": {"lymphocyte as monocyte": 3, "neutrophil as monocyte": 3,
+                                     "eosinophil as monocyte": 2}}
+    # A source read right throughout is not among the lowest.
+    assert per_source_figures([0, 1], [0, 1], ["s", "s"], classes)["lowest"] == []
+
+
+def test_no_interval_below_the_minimum_of_sources_and_the_reason_is_given():
+    from training.evaluate import MIN_SOURCES, interval_text
+
+    y = np.array([0, 1, 0, 1] * 5)
+    one = intervals([f"{i}" for i in range(20)], ["slide02"] * 20, y, y[::-1].copy(), 2)
+    assert "accuracy" not in one and "macro_f1" not in one
+    assert one["units"] == 1 and one["images"] == 20
+    assert f"only 1 source(s) in the evaluated set; a resampled interval needs at least " \
+           f"{MIN_SOURCES}" in one["omitted"]
+    assert interval_text(one).startswith("no 95 % interval: only 1 source(s)")
+    enough = intervals([f"{i}" for i in range(20)], [f"s{i % MIN_SOURCES}" for i in range(20)],
+                       y, y.copy(), 2)
+    assert enough["accuracy"] == [1.0, 1.0] and enough["units"] == MIN_SOURCES
+    assert "1000 resamples of 5 source smears" in interval_text(enough)
+    # Without any known source each image is its own unit, as before (PBC).
+    assert intervals([f"{i}" for i in range(4)], [None] * 4, y[:4], y[:4], 2)["units"] == 4
+
+
+def test_app_samples_get_no_majority_vote_nor_interval_in_the_card(tiny_model_dir, tmp_path,
+                                                                  capsys):
+    """A reviewed-cell folder of one sample holding every class: evaluate scores the sample
+    over its own images, gives no interval (one source), and records neither a vote nor an
+    interval that the model page or the tables would show."""
+    from hematovision.card import read_card
+    from training.evaluate import main
+
+    data = _sample_folder(tmp_path / "reviewed")
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    main(["--data", str(data), "--model-dir", str(model), "--out", str(tmp_path / "out"),
+          "--record", "test"])
+    out = capsys.readouterr().out
+    assert "per source smear (majority vote)" not in out
+    assert "per source (1 source(s) of several classes, no majority vote)" in out
+    assert "no 95 % interval: only 1 source(s)" in out
+    recorded = read_card(model)["metrics"]["test"]
+    assert "per_source_smear" not in recorded and "accuracy" not in recorded["intervals"]
+    assert recorded["per_source"]["sources"] == 1
+    assert recorded["source_map"] == str(data)
+
+
+def test_evaluate_reads_the_source_map_the_model_was_trained_with(tiny_model_dir, tmp_path):
+    """The model's card names the map it was trained with (a CSV outside the data): evaluate
+    groups by it by default; --source-map none and a map given on the line override it."""
+    import json
+
+    from hematovision.card import read_card, write_card
+    from training.evaluate import evaluate
+
+    data = _sample_folder(tmp_path / "cells", groups=("slide1", "slide2"))
+    table = tmp_path / "slides.csv"
+    (data / "reviewed-x.csv").rename(table)
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    card = read_card(model)
+    card["training"] = {"config": {"source_map": str(table)}}
+    write_card(model, card)
+    metrics = evaluate(model, data, tmp_path / "a")
+    assert metrics["source_map"] == str(table) and metrics["per_source"]["sources"] == 2
+    assert metrics["intervals"]["units"] == 2 and "accuracy" not in metrics["intervals"]
+    alone = evaluate(model, data, tmp_path / "b", source_map="none")
+    assert "per_source" not in alone and alone["intervals"]["resampled"] == "images"
+    assert alone["intervals"]["units"] == 12
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["source_map"] == str(table)
+
+
+def test_an_empty_test_split_says_why_from_the_runs_config(tmp_path):
+    """A run that asked for a test share and got no source for it is not told it was trained
+    with --test-fraction 0."""
+    import json
+
+    from training import data as data_lib
+    from training.evaluate import split_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.json").write_text(json.dumps(
+        {"train": [], "val": [], "test": [], "groups": {"train": 1, "val": 1, "test": 0}}))
+    dataset = data_lib.Dataset(tmp_path, ["a", "b"], [], [])
+    (run / "config.json").write_text(json.dumps({"test_fraction": 0.1}))
+    with pytest.raises(SystemExit, match=r"the run asked for --test-fraction 0\.1, but its data "
+                                         r"had too few source groups \(2 source groups in all\)"):
+        split_files(run / "splits.json", "test", dataset, tmp_path)
+    (run / "config.json").write_text(json.dumps({"test_fraction": 0.0}))
+    with pytest.raises(SystemExit, match="the run was trained with --test-fraction 0, which"):
+        split_files(run / "splits.json", "test", dataset, tmp_path)
+    (run / "config.json").unlink()
+    with pytest.raises(SystemExit, match="a run trained with --test-fraction 0 keeps no test"):
+        split_files(run / "splits.json", "test", dataset, tmp_path)
+
+
+def test_a_trained_with_map_that_is_gone_is_refused_before_any_image_is_read(tiny_model_dir,
+                                                                          tmp_path, capsys):
+    from hematovision.card import read_card, write_card
+    from training.evaluate import main
+
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    card = read_card(model)
+    card["training"] = {"config": {"source_map": str(tmp_path / "gone.csv")}}
+    write_card(model, card)
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), "--model-dir", str(model), "--out", str(tmp_path / "o")])
+    assert (f"--source-map {tmp_path / 'gone.csv'}: no such file (or give 'auto' or 'none') (the "
+            "map the model was trained with; pass --source-map PATH, auto or none)"
+            in capsys.readouterr().err)

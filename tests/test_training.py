@@ -709,7 +709,7 @@ def test_one_class_or_no_validation_image_is_refused_before_a_run_folder_exists(
     # One image per class: a class's only source group must train, so none is left to validate.
     for name, color in zip(CLASSES[:2], CELL_COLORS):
         make_image(tmp_path / "tiny" / name / "only.jpg", color)
-    with pytest.raises(SystemExit, match="No validation image: every class has too few"):
+    with pytest.raises(SystemExit, match=r"No validation image: the data holds 2 source group"):
         train.train(replace(config, data=str(tmp_path / "tiny")))
     assert not runs.exists()
 
@@ -1167,3 +1167,128 @@ def _online_parts(config, run_dir):
                             config.tune_from_block)
     extra = data_lib.list_extra(config.extra_data, dataset.classes, 0)
     return classifier, config, dataset, split, *extra
+
+
+def _sources_dataset(samples: int, unassigned: int = 0):
+    """A Dataset of `samples` app samples holding 2 cells of each class, and `unassigned`
+    images of no known source (no files on disk: only the split is made)."""
+    from training import data as data_lib
+
+    files, labels, groups = [], [], []
+    for s in range(samples):
+        for c, name in enumerate(CLASSES):
+            for i in range(2):
+                files.append(f"{name}/s{s}-{i}.jpg")
+                labels.append(c)
+                groups.append(f"sample:{s}")
+    for i in range(unassigned):
+        files.append(f"{CLASSES[i % 4]}/u{i}.jpg")
+        labels.append(i % 4)
+        groups.append(None)
+    return data_lib.Dataset(Path("/data"), list(CLASSES), files, labels, groups,
+                            sources_hold_many_cells=True, source_tables=["/data/reviewed-a.csv"])
+
+
+def test_a_split_whose_held_out_figures_rest_on_few_sources_is_warned_about():
+    from training import data as data_lib
+
+    dataset = _sources_dataset(2, unassigned=40)
+    config = TrainConfig(val_fraction=0.15, test_fraction=0.1)
+    split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, 0)
+    assert len(split["test"]) == 0 and len(split["val"]) == 8
+    warnings = train.split_warnings(config, dataset, split)
+    assert warnings[0] == "warning: the val split holds 1 source group(s) (8 images): its " \
+                          "figures rest on them alone"
+    assert warnings[1].startswith("warning: --test-fraction 0.1 got no source group: the test "
+                                  "split is empty (a group is one source of the source map: a "
+                                  "slide, a patient or an app sample)")
+    assert warnings[2].startswith("warning: 40 of 56 images (71%) have no source in the source "
+                                  "map: they are never validated and train only in a final "
+                                  "refit on all data")
+    assert "(--unassigned refit|drop)" in warnings[2]
+    many = _sources_dataset(8)
+    split = data_lib.make_split(many, 0.4, 0.4, 0)
+    assert train.split_warnings(replace(config, val_fraction=0.4, test_fraction=0.4), many,
+                                split) == []
+
+
+def test_a_single_sample_is_refused_with_what_a_group_is_and_the_map_logged(tmp_path, capsys):
+    from tests.conftest import make_image
+
+    data = tmp_path / "one"
+    rows = ["file,group"]
+    for name, color in zip(CLASSES, CELL_COLORS):
+        make_image(data / name / "0.jpg", color)
+        rows.append(f"{name}/0.jpg,sample:PT-001")
+    (data / "reviewed-1.csv").write_text("\n".join(rows) + "\n")
+    config = TrainConfig(data=str(data), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         weights="none", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(SystemExit, match=r"No validation image: the data holds 1 source group\(s\) "
+                                         r"\(a group is one source of the source map: a slide, a "
+                                         r"patient or an app sample\).*Add images of more sources"):
+        train.train(config)
+    err = capsys.readouterr().err
+    assert f"[train] source map: {(data / 'reviewed-1.csv').resolve()}, 1 groups, 0 of 4 " \
+           "images not named" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_fit_at_chance_that_ran_to_the_epoch_limit_may_simply_be_too_short():
+    limit = train.stalled({"balanced_accuracy": 0.25}, 4, hit_epoch_limit=True)
+    assert "It stopped at the --epochs limit: it may simply have had too few epochs" in limit
+    assert "--fit-seed" not in limit
+    early = train.stalled({"balanced_accuracy": 0.25}, 4)
+    assert "another --fit-seed" in early and "--epochs limit" not in early
+
+
+def test_the_run_records_the_source_map_read_and_its_chance_warning(trained_run):
+    _, run_dir = trained_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["source_map"] == "auto" and config["source_map_tables"] == []
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["source_map_tables"] == [] and "stalled" in summary
+    assert TrainConfig.load(run_dir / "config.json").source_map == "auto"
+
+
+def test_export_repeats_a_runs_chance_warning(capsys):
+    assert export.run_warning({"stalled": "warning: x"}, {}) == "warning: x"
+    assert export.run_warning({"stalled": None}, {}) is None
+    # A summary from before the warning was kept: worked out from its figures.
+    old = {"classes": CLASSES, "validation": {"balanced_accuracy": 0.25}, "epochs_run": 1}
+    assert "--epochs limit" in export.run_warning(old, {"epochs": 1})
+    assert export.run_warning({**old, "validation": {"balanced_accuracy": 0.9}}, {}) is None
+
+
+def test_the_conversion_keeps_its_trace_back_unless_it_fails(tiny_keras_model, tmp_path, capsys,
+                                                              monkeypatch):
+    export.convert_to_tflite(tiny_keras_model, tmp_path / "m.tflite", views=1)
+    captured = capsys.readouterr()
+    assert (tmp_path / "m.tflite").stat().st_size > 0
+    assert "Saved artifact" not in captured.out + captured.err
+
+    class Failing:
+        def convert(self):
+            print("Saved artifact at '/tmp/x'. Captures: the reason")
+            raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(export.tf.lite.TFLiteConverter, "from_keras_model",
+                        lambda model: Failing())
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        export.convert_to_tflite(tiny_keras_model, tmp_path / "n.tflite", views=1)
+    assert "Captures: the reason" in capsys.readouterr().err
+
+
+def test_train_with_export_prints_where_the_model_went(image_folder, tmp_path, capsys,
+                                                       monkeypatch):
+    monkeypatch.setattr(train, "train", lambda config, resume: tmp_path / "run")
+    monkeypatch.setattr(export, "export_run", lambda run, name, **kw: tmp_path / "models" / name)
+    train.main(["--data", str(image_folder), "--export", "printed-here-test"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "models" / "printed-here-test")
+
+
+def test_progress_is_one_line_per_pass_when_stderr_is_no_terminal(capsys):
+    from training.features import progress_line
+
+    for done in (64, 128, 150):
+        progress_line(f"[features x view 0] {done}/150", last=done == 150)
+    assert capsys.readouterr().err == "[features x view 0] 150/150\n"

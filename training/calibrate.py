@@ -45,6 +45,13 @@ TARGET_ACCURACY = 0.99  # accepted held-out cells (out-of-fold, else validation)
 # the card lists the threshold and accepted share of each, evaluations their test figures.
 OPERATING_TARGETS = (0.9, 0.95, 0.97, 0.99)
 OOD_QUANTILE = 0.99  # share of in-domain validation images that must pass as familiar
+# Fewer held-out images than this under a threshold: warned about and said in the card. The
+# 0.99 accuracy target and the 0.99 unfamiliarity quantile each turn on the worst 1 % of the
+# images: 2 of 200, and not even one image below 100, where the threshold is set by the single
+# most extreme image (and real cells of the next slide land beyond it).
+MIN_CALIBRATION_IMAGES = 200
+# The NLL fit's search range of the temperature (golden-section search on log T).
+TEMPERATURE_SEARCH = (0.05, 20.0)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -56,8 +63,8 @@ def _nll_of(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.maximum(p, 1e-12))))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05,
-                    high: float = 20.0) -> float:
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = TEMPERATURE_SEARCH[0],
+                    high: float = TEMPERATURE_SEARCH[1]) -> float:
     """The temperature minimising the NLL of held-out logits (golden-section search on log T;
     the NLL of temperature scaling is unimodal in T)."""
     a, b = math.log(low), math.log(high)
@@ -95,6 +102,42 @@ def lowest_ece_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     a tie)."""
     eces = [reliability(softmax(logits, t), labels)["ece"] for t in TEMPERATURE_GRID]
     return float(TEMPERATURE_GRID[int(np.argmin(eces))])
+
+
+def temperature_at_bound(temperature: float, criterion: str) -> str | None:
+    """A warning where the fitted temperature sits on an end of its search (within 1 %): the
+    held-out logits did not set it. At the top, their best fit is no confidence at all (a model
+    that learned nothing: every cell comes back unidentified); at the bottom, they are all
+    right with margins too wide to calibrate on (too few or too easy held-out images)."""
+    low, high = ((TEMPERATURE_SEARCH) if criterion == "nll"
+                 else (float(TEMPERATURE_GRID[0]), float(TEMPERATURE_GRID[-1])))
+    if temperature >= high / 1.01:
+        return (f"warning: temperature {temperature:.3f} is the upper bound of its search "
+                f"({low:g} to {high:g}): the held-out images give the model's answers no "
+                "confidence, as for a model that learned nothing (every cell would come back "
+                "unidentified). Check the run's validation figures before serving it")
+    if temperature <= low * 1.01:
+        return (f"warning: temperature {temperature:.3f} is the lower bound of its search "
+                f"({low:g} to {high:g}): the held-out images are all right by wide margins, "
+                "too few or too easy to calibrate on")
+    return None
+
+
+def calibration_size(confidence_images: int, unfamiliarity_images: int) -> dict:
+    """The card's record of how many held-out images the thresholds rest on, with a note
+    where either is below MIN_CALIBRATION_IMAGES (the app may show it beside the trust
+    layer)."""
+    fewest = min(confidence_images, unfamiliarity_images)
+    record = {"confidence_threshold_images": confidence_images,
+              "unfamiliarity_threshold_images": unfamiliarity_images,
+              "minimum_advised": MIN_CALIBRATION_IMAGES,
+              "below_minimum": fewest < MIN_CALIBRATION_IMAGES}
+    if record["below_minimum"]:
+        record["note"] = (f"The thresholds rest on {fewest} held-out images (fewer than "
+                          f"{MIN_CALIBRATION_IMAGES}): each is set by the one or two most "
+                          "extreme of them, so expect more real cells unidentified or flagged "
+                          "not a cell than the targets say")
+    return record
 
 
 def fit_temperature_by(criterion: str, logits: np.ndarray, labels: np.ndarray) -> float:
@@ -275,7 +318,9 @@ def labelled_outputs(predictor: Predictor, root: Path, files: list[str], progres
     """Served outputs and class indices (the model's order) for ImageFolder-relative files."""
     classes = predictor.classes
     labels = np.array([classes.index(f.split("/", 1)[0]) for f in files])
-    outputs, readable = forward_files(predictor, [root / f for f in files], progress)
+    # Its progress is rewritten in place with \r: on a terminal only (one huge line in a log).
+    outputs, readable = forward_files(predictor, [root / f for f in files],
+                                      progress and sys.stderr.isatty())
     return outputs, labels[np.array(readable, dtype=bool)] if files else labels
 
 
@@ -317,6 +362,12 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     oof = crossfit.load(model_dir, served_views(card))
     fit_logits, fit_truth = (oof["logits"], oof["labels"]) if oof else (val_out.logits, val_labels)
     temperature = fit_temperature_by(temperature_fit, fit_logits, fit_truth)
+    if warning := temperature_at_bound(temperature, temperature_fit):
+        log(warning)
+    size = calibration_size(len(fit_truth), len(val_labels))
+    if size["below_minimum"]:
+        log(f"warning: {size['note'][0].lower()}{size['note'][1:]}. Hold out more images (--val-fraction, more sources), "
+            "or run training.crossfit, whose out-of-fold logits cover every training image")
     fitted_probabilities = softmax(fit_logits, temperature)
     held_out_confidence = fitted_probabilities.max(axis=1)
     held_out_correct = fitted_probabilities.argmax(axis=1) == fit_truth
@@ -388,6 +439,8 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
             "ece_after": round(reliability(calibrated, val_labels)["ece"], 4),
             **{k: rates[k] for k in ("accepted_rate", "accuracy_accepted", "not_a_cell_rate")},
         },
+        # How many held-out images the thresholds rest on, and a note where too few.
+        "calibration_size": size,
         "files": {"arrays": "trust.npz"},
     }
     card["trust"] = section

@@ -96,8 +96,10 @@ class TrainConfig:
         """What seeds the fit's draws: --fit-seed, else --seed."""
         return self.fit_seed or self.seed
 
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+    def save(self, path: Path, **resolved) -> None:
+        """The config as JSON, with `resolved` values beside the options (e.g. the tables an
+        "auto" source map read), which `load` passes over."""
+        Path(path).write_text(json.dumps({**asdict(self), **resolved}, indent=2) + "\n")
 
     def problems(self) -> list[str]:
         """What makes this config untrainable, one line each (empty when none): refused before

@@ -43,6 +43,8 @@ class Dataset:
     # map), kept whole on one side; else one cell or one image (Kaggle's map, identical files),
     # which two labels make a conflict that is left out.
     sources_hold_many_cells: bool = False
+    source_tables: list[str] = field(default_factory=list)  # the source map's files read
+
 
     def paths(self, files: list[str]) -> list[Path]:
         return [self.root / f for f in files]
@@ -59,6 +61,7 @@ def list_image_folder(root: Path, max_per_class: int = 0) -> Dataset:
     if not root.is_dir():
         raise SystemExit(f"{root} is not a folder: expected one sub-folder of images per class")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_hidden(Path(p.name)))
+    check_not_archive_folders(root, folders)
     found = {name: sorted(p.relative_to(root).as_posix() for p in image_files(root / name))
              for name in folders}
     classes = [name for name in folders if found[name]]
@@ -72,6 +75,24 @@ def list_image_folder(root: Path, max_per_class: int = 0) -> Dataset:
         labels += [index] * len(kept)
     return Dataset(root, classes, files, labels,
                    left_out=[name for name in folders if not found[name]])
+
+
+def check_not_archive_folders(root: Path, folders: list[str]) -> None:
+    """Refuse class folders that are reviewed-cell archives unpacked each into its own folder
+    (Finder, Windows "Extract All", `unzip -d NAME` do that): such a folder holds the archive's
+    `reviewed-<batch>.csv` beside the real class folders, and read as a class it would train
+    on the archives' names as classes, with their source tables ignored."""
+    archives = {name: sorted(p.name for p in (root / name).glob(REVIEWED_TABLES))
+                for name in folders}
+    archives = {name: tables for name, tables in archives.items() if tables}
+    if archives:
+        name, tables = next(iter(archives.items()))
+        raise SystemExit(
+            f"{root}/{name} holds {tables[0]}: it is an unpacked reviewed-cells archive, not a "
+            f"class ({len(archives)} such folder(s) in {root}). Move the contents of each "
+            f"(its class folders and its reviewed-*.csv) up into {root}, or unpack the "
+            f"archives there directly (`unzip -o ARCHIVE.zip -d {root}`), so that the class "
+            "folders are the sub-folders of --data")
 
 
 def extra_roots(setting: str) -> list[Path]:
@@ -196,6 +217,7 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
         sources, named, many = read_source_map(Path(source_map), dataset.root.name)
         dataset.groups = [sources.get(rel) or None for rel in dataset.files]
         dataset.sources_hold_many_cells = many
+        dataset.source_tables = [str(t.resolve()) for t in source_tables(Path(source_map))]
         if field_notes is not None:
             # All sources of the map, not only this split's: Kaggle's test and train are
             # joined where they overlap too, so a test group is one cell in every split.
@@ -208,6 +230,23 @@ def assign_groups(dataset: Dataset, source_map: Path | None, field_notes: Path |
         ]
 
 
+def source_tables(path: Path) -> list[Path]:
+    """The files a source map reads: the file itself, or a data folder's reviewed-*.csv."""
+    return sorted(path.glob(REVIEWED_TABLES)) if path.is_dir() else [path]
+
+
+def source_map_line(dataset: Dataset) -> str:
+    """One line on the source map a dataset was grouped by, for the training log."""
+    if not dataset.source_tables:
+        return "no source map: only byte-identical files are grouped (--source-map FILE)"
+    tables = dataset.source_tables
+    where = (f"{len(tables)} tables in {Path(tables[0]).parent}" if len(tables) > 1
+             else tables[0])
+    known = [g for g in dataset.groups if g is not None]
+    return (f"source map: {where}, {len(set(known))} groups, "
+            f"{len(dataset.files) - len(known)} of {len(dataset.files)} images not named")
+
+
 def read_source_map(path: Path, split: str) -> tuple[dict[str, str], set[str], bool]:
     """({"class/name.ext": source}, every source the map names, whether a source holds cells of
     many classes) from a CSV with the columns `file,group` (file relative to the data folder;
@@ -216,7 +255,7 @@ def read_source_map(path: Path, split: str) -> tuple[dict[str, str], set[str], b
     count (a source smear with one labelled white cell). A folder: its `reviewed-<batch>.csv`
     tables together (`file,group` each: the app's reviewed-cell archives, grouped by sample).
     An empty source means "unknown"."""
-    tables = sorted(path.glob(REVIEWED_TABLES)) if path.is_dir() else [path]
+    tables = source_tables(path)
     sources: dict[str, str] = {}
     for table in tables:
         with open(table, newline="") as f:

@@ -4,8 +4,11 @@
 
 Writes metrics.json, classification_report.txt, confusion.png, reliability.png and
 coverage.png (accuracy on accepted images against the share accepted, with the card's operating
-points) to --out. Where the data has a Kaggle source map, it also scores each source smear by
-majority vote over its images. With --record NAME the metrics go into the model card under
+points) to --out. Where the data has a Kaggle source map (one labelled cell a source smear), it
+also scores each source smear by majority vote over its images; where its sources hold several
+classes (a slide, a patient, an app sample), each source is scored over its own images instead.
+The source map is the one the model was trained with unless --source-map says otherwise.
+With --record NAME the metrics go into the model card under
 metrics.NAME, and the plots into the model folder as confusion_NAME.png etc.
 """
 
@@ -122,8 +125,38 @@ def _by_smear(y_true: list[int], y_pred: list[int], groups: list[str | None]
     return votes, label
 
 
+
+def per_source_figures(y_true: list[int], y_pred: list[int], groups: list[str | None],
+                       classes: list[str], top: int = HARDEST_SMEARS) -> dict:
+    """Each source's accuracy over its own images, every image judged against its own label,
+    for sources holding cells of several classes (a slide, a patient, an app sample): such a
+    source has no one label, so a majority vote, or a list of its "wrong" images judged
+    against one label, would be wrong. The sources with the lowest accuracy, each with its
+    confusions ("monocyte as neutrophil")."""
+    pairs: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for g, t, p in zip(groups, y_true, y_pred):
+        if g is not None:
+            pairs[g].append((t, p))
+    accuracy = {g: float(np.mean([t == p for t, p in v])) for g, v in pairs.items()}
+    lowest = sorted((g for g in pairs if accuracy[g] < 1), key=lambda g: (accuracy[g], str(g)))
+    return {"sources": len(pairs),
+            "images_with_known_source": int(sum(len(v) for v in pairs.values())),
+            "scored": "each source over its own images, each image against its own label",
+            "lowest": [{"source": str(g), "images": len(pairs[g]),
+                        "wrong": int(sum(t != p for t, p in pairs[g])),
+                        "accuracy": round(accuracy[g], 4),
+                        "confusions": dict(Counter(f"{classes[t]} as {classes[p]}"
+                                                   for t, p in pairs[g] if t != p).most_common())}
+                       for g in lowest[:top]]}
+
+
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_LEVEL = 0.95
+# Fewer resampled sources than this: no interval. A percentile bootstrap over n sources draws
+# from at most C(2n-1, n) distinct resamples (1 for one source, 10 for three), so its interval
+# is degenerate or far too narrow; from 5 sources (126 resamples) it begins to show the spread,
+# and it is still wide, as it should be.
+MIN_SOURCES = 5
 
 
 def group_bootstrap(statistic, groups: list, rounds: int = BOOTSTRAP_ROUNDS,
@@ -171,16 +204,38 @@ def split_files(split_file: Path, split_name: str, dataset: data_lib.Dataset, da
             f"are not under {data_dir} (first: {absent[0]}): evaluate on the data the split "
             f"was made from" + (f" ({saved['root']})" if saved.get("root") else ""))
     if not saved[split_name]:
-        raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate (a run "
-                         "trained with --test-fraction 0 keeps no test split)")
+        raise SystemExit(f"{split_file}:{split_name} is empty: nothing to evaluate ("
+                         + empty_split_cause(Path(split_file), split_name, saved) + ")")
     wanted = set(saved[split_name])
     return [f for f in dataset.files if f in wanted]
 
 
+def empty_split_cause(split_file: Path, split_name: str, saved: dict) -> str:
+    """Why a run's split came out empty, from the run's config.json beside the split file (a
+    run or model folder): no fraction asked for it, or too few source groups to give it one."""
+    option = {"test": "test_fraction", "val": "val_fraction"}.get(split_name)
+    if option is None:
+        return f"the {split_name} split holds no image"
+    flag = f"--{option.replace('_', '-')}"
+    try:
+        fraction = json.loads((split_file.parent / "config.json").read_text())[option]
+    except (OSError, ValueError, KeyError, TypeError):  # a split file without its run's config
+        return f"a run trained with {flag} 0 keeps no {split_name} split"
+    if not fraction:
+        return f"the run was trained with {flag} 0, which keeps no {split_name} split"
+    groups = saved.get("groups")
+    held = (f" ({sum(groups.values())} source groups in all)"
+            if isinstance(groups, dict) and all(isinstance(n, int) for n in groups.values())
+            else "")
+    return (f"the run asked for {flag} {fraction}, but its data had too few source groups"
+            f"{held} for that share to take one: train on images of more sources")
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, split_file: Path | None = None,
-             split_name: str = "test", known_classes_only: bool = False) -> dict:
+             split_name: str = "test", known_classes_only: bool = False,
+             source_map: str | None = None) -> dict:
     """Score the model on the data through the serving path and write the report files."""
-    scored = score(model_dir, data_dir, split_file, split_name, known_classes_only)
+    scored = score(model_dir, data_dir, split_file, split_name, known_classes_only, source_map)
     write_report(scored, out_dir)
     return scored.metrics
 
@@ -222,7 +277,9 @@ def read_labelled(predictor: Predictor, data_dir: Path, split_file: Path | None 
         raise SystemExit(f"{data_dir} holds no image of the model's classes "
                          f"({', '.join(predictor.classes)})")
     label_of = dataset.label_of()
-    outputs, readable = forward_files(predictor, dataset.paths(files), progress=True)
+    # Its progress is rewritten in place with \r: on a terminal only (one huge line in a log).
+    outputs, readable = forward_files(predictor, dataset.paths(files),
+                                      progress=sys.stderr.isatty())
     failed = [f for f, ok in zip(files, readable) if not ok]
     files = [f for f, ok in zip(files, readable) if ok]
     for f in failed:
@@ -235,10 +292,13 @@ def read_labelled(predictor: Predictor, data_dir: Path, split_file: Path | None 
 
 
 def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
-          split_name: str = "test", known_classes_only: bool = False) -> Scored:
+          split_name: str = "test", known_classes_only: bool = False,
+          source_map: str | None = None) -> Scored:
     """`known_classes_only` scores another dataset's images of the model's classes (PBC's
     four white-cell types for `wbc4`: cells from another lab, stain and scanner) and leaves
-    out the rest, naming them; a split file then need not be the model's own."""
+    out the rest, naming them; a split file then need not be the model's own. `source_map`:
+    a path, "auto" or "none" (`data.find_source_map`); None: the one the model was trained
+    with (`trained_source_map`)."""
     predictor = open_model(model_dir)
     labelled = read_labelled(predictor, data_dir, split_file, split_name, known_classes_only)
     dataset, files, y_true, outputs = (labelled.dataset, labelled.files, labelled.y_true,
@@ -273,16 +333,14 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
     if points:
         metrics["operating_points"] = operating_figures(confidence, correct, unfamiliar, points,
                                                         no_cell)
-    groups: list = [None] * len(files)
-    source_map = data_lib.find_source_map(Path(data_dir), "auto")
-    if source_map:
-        # Smears of one field of view (often the same cell) are one unit of the bootstrap and
-        # of the per-smear vote, as they are one group in training.
-        data_lib.assign_groups(dataset, source_map,
-                               data_lib.find_field_notes(Path(data_dir), "auto"))
-        group_of = dict(zip(dataset.files, dataset.groups))
-        groups = [group_of[f] for f in files]
-        if any(g is not None for g in groups):  # e.g. Kaggle train's unassigned images: none
+    setting = trained_source_map(predictor.card) if source_map is None else source_map
+    groups, many, map_path = source_groups(dataset, Path(data_dir), files, setting)
+    if any(g is not None for g in groups):  # e.g. Kaggle train's unassigned images: none
+        metrics["source_map"] = str(map_path)
+        if many:
+            metrics["per_source"] = per_source_figures(list(y_true), y_pred, groups,
+                                                       predictor.classes)
+        else:
             metrics["per_source_smear"] = {
                 **per_source_accuracy(files, list(y_true), y_pred, groups),
                 **hardest_smears(list(y_true), y_pred, groups, predictor.classes)}
@@ -290,6 +348,32 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
                                     len(predictor.classes))
     return Scored(metrics, predictor.classes, before, after, confidence, correct, unfamiliar,
                   no_cell)
+
+
+def trained_source_map(card: dict) -> str:
+    """The --source-map setting the model was trained with (its card's training config),
+    "auto" where the card has none: a path as given, or "auto" (then resolved again against
+    the evaluated data, which may be another folder than the training data)."""
+    config = card.get("training", {}).get("config", {})
+    return config.get("source_map") or "auto"
+
+
+def source_groups(dataset: data_lib.Dataset, data_dir: Path, files: list[str], setting: str
+                  ) -> tuple[list, bool, Path | None]:
+    """(each of `files`' source group, None where unknown; whether a source holds cells of
+    several classes; the map read) under the source map `setting`."""
+    source_map = data_lib.find_source_map(data_dir, setting)
+    if source_map is None:
+        return [None] * len(files), False, None
+    # Smears of one field of view (often the same cell) are one unit of the bootstrap and
+    # of the per-smear vote, as they are one group in training.
+    data_lib.assign_groups(dataset, source_map, data_lib.find_field_notes(data_dir, "auto"))
+    group_of = dict(zip(dataset.files, dataset.groups))
+    groups = [group_of[f] for f in files]
+    if setting not in ("auto", "none") and not any(g is not None for g in groups):
+        print(f"note: the source map {source_map} names none of the images scored: each image "
+              "is resampled as its own source", file=sys.stderr)
+    return groups, dataset.sources_hold_many_cells, source_map
 
 
 def no_white_cell_figures(missing: np.ndarray, correct: np.ndarray, confident: np.ndarray
@@ -371,7 +455,7 @@ def write_report(scored: Scored, out_dir: Path) -> None:
 
 
 def intervals(files: list[str], groups: list, y_true: np.ndarray, y_pred: np.ndarray,
-              k: int) -> dict:
+              k: int, min_sources: int = MIN_SOURCES) -> dict:
     """95 % intervals of accuracy and macro-F1 (over the `k` classes) over resampled source
     smears. There is none for ECE: a percentile bootstrap of ECE sits mostly above the figure,
     because ECE grows when resampling repeats smears and fewer of them fill its bins.
@@ -389,13 +473,31 @@ def intervals(files: list[str], groups: list, y_true: np.ndarray, y_pred: np.nda
     else:
         index, units = np.arange(len(files)), list(files)
     y_true, y_pred = y_true[index], y_pred[index]
+    record = {"level": BOOTSTRAP_LEVEL, "rounds": BOOTSTRAP_ROUNDS,
+              "resampled": "source smears" if known.any() else "images",
+              "units": len(set(units)), "images": len(index)}
+    if known.any() and record["units"] < min_sources:
+        # No "accuracy" key: the model page and the tables show no interval then.
+        return {**record, "rounds": 0,
+                "omitted": f"only {record['units']} source(s) in the evaluated set; a resampled "
+                           f"interval needs at least {min_sources} (resampling one source "
+                           "repeats one figure, and the images of one source are no "
+                           "independent draws)"}
     return {
-        "level": BOOTSTRAP_LEVEL, "rounds": BOOTSTRAP_ROUNDS,
-        "resampled": "source smears" if known.any() else "images",
-        "units": len(set(units)), "images": len(index),
+        **record,
         "accuracy": group_bootstrap(lambda i: np.mean(y_pred[i] == y_true[i]), units),
         "macro_f1": group_bootstrap(lambda i: macro_f1(y_true[i], y_pred[i], k), units),
     }
+
+
+def interval_text(record: dict) -> str:
+    """One line on the 95 % intervals of `intervals`: the figures, or why there are none."""
+    if "accuracy" in record:
+        return (f"95 % interval: accuracy {record['accuracy'][0]:.3f} to "
+                f"{record['accuracy'][1]:.3f}, macro-F1 {record['macro_f1'][0]:.3f} to "
+                f"{record['macro_f1'][1]:.3f} ({record['rounds']} resamples of "
+                f"{record['units']} {record['resampled']})")
+    return f"no 95 % interval: {record.get('omitted', 'nothing scored')}"
 
 
 def read_split_file(path: Path) -> dict:
@@ -473,6 +575,11 @@ def main(argv: list[str] | None = None) -> None:
     add_model_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/eval-...)")
     parser.add_argument("--record", default="", help="store the metrics in the model card as NAME")
+    parser.add_argument("--source-map", default=None,
+                        help="CSV of file,group (or Kaggle's map) naming each image's source, "
+                             "which the per-source figures and the 95 %% intervals resample: "
+                             "PATH | auto (a map beside the data, or its reviewed-*.csv "
+                             "tables) | none (default: the one the model was trained with)")
     parser.add_argument("--known-classes-only", action="store_true",
                         help="score only the images of the classes the model knows and name the "
                              "classes left out: another dataset's matching classes (e.g. PBC's "
@@ -499,8 +606,19 @@ def main(argv: list[str] | None = None) -> None:
             read_split(args.split_file, args.split_name)
         except SystemExit as stop:  # a usage error like the others, with their exit status
             parser.error(str(stop))
+    trained = args.source_map is None
+    try:
+        setting = trained_source_map(read_card(model_dir)) if trained else args.source_map
+    except ModelLoadError:  # said, with the models there are, by open_model
+        setting = "auto"
+    if setting not in ("auto", "none"):
+        try:  # a missing map or a folder: said before any image is read
+            data_lib.given_file(setting, "source-map")
+        except SystemExit as stop:
+            parser.error(f"{stop}" + (" (the map the model was trained with; pass "
+                                      "--source-map PATH, auto or none)" if trained else ""))
     metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,
-                       args.known_classes_only)
+                       args.known_classes_only, args.source_map)
     if args.record:
         record(model_dir, args.record, metrics, out)
     print(report_text(metrics, read_card(model_dir)["classes"]), end="")
@@ -516,6 +634,14 @@ def main(argv: list[str] | None = None) -> None:
             for h in s["hardest"]:
                 print(f"  {h['smear']} ({h['label']}): {h['wrong']} of {h['images']} wrong, "
                       f"called {h['called']}")
+    if "per_source" in metrics:
+        s = metrics["per_source"]
+        print(f"per source ({s['sources']} source(s) of several classes, no majority vote): "
+              "each over its own images" + (", lowest:" if s["lowest"] else ": all right"))
+        for h in s["lowest"]:
+            print(f"  {h['source']}: {h['accuracy']:.4f} ({h['wrong']} of {h['images']} wrong: "
+                  + ", ".join(f"{k} {n}" for k, n in h["confusions"].items()) + ")")
+    print(interval_text(metrics.get("intervals", {})))
     print(f"outputs in {out}", file=sys.stderr)
 
 

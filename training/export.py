@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -144,10 +145,18 @@ def convert_to_tflite(model: keras.Model, path: Path, views: int = TTA_VIEWS) ->
     # from_keras_model, not from_concrete_functions: the latter silently produced NaN-only
     # models for Keras 3 (its variables were not captured); check_export guards against it.
     converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, views))
-    # The converter prints the traced signature (hundreds of TensorSpec lines) on stdout,
-    # where export's only output is the model folder's path.
-    with contextlib.redirect_stdout(sys.stderr):
-        Path(path).write_bytes(converter.convert())
+    # The converter prints the traced signature (hundreds of "Saved artifact ... Captures"
+    # lines) on stdout, where export's only output is the model folder's path, and in a log
+    # they bury everything else: kept back, and shown only when the conversion fails, where
+    # they may say why.
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            flatbuffer = converter.convert()
+    except Exception:
+        sys.stderr.write(printed.getvalue())
+        raise
+    Path(path).write_bytes(flatbuffer)
 
 
 def check_export(model: keras.Model, model_dir: Path, views: int = TTA_VIEWS,
@@ -276,6 +285,8 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
             description, expects = description or old["description"], expects or old["expects"]
         if in_place:
             run_folder = old["training"]["run_folder"]
+    if warning := run_warning(summary, config):
+        log(f"{warning}. Exported anyway: check it before serving it")
     model = keras.models.load_model(run_dir / KERAS_FILE, compile=False)
     card = {
         "description": description,
@@ -324,6 +335,22 @@ def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: 
     if trust:
         fit_trust(out_dir, progress=False, temperature_fit=temperature_fit)
     return out_dir
+
+
+def run_warning(summary: dict, config: dict) -> str | None:
+    """The chance-level warning the run ended with (`train.stalled`), also for a run whose
+    summary predates it being kept there."""
+    if "stalled" in summary:
+        return summary["stalled"]
+    from training.train import stalled
+
+    epochs = summary.get("epochs_run")  # an ensemble's: a list, one per member
+    return stalled(summary.get("validation", {}), len(summary["classes"]),
+                   isinstance(epochs, int) and epochs >= config.get("epochs", 0) > 0)
+
+
+def log(message: str) -> None:
+    print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
 def _initialisation(recorded: str, weights: str) -> str:

@@ -125,12 +125,21 @@ def cached_features(
             out[b * batch_size : b * batch_size + len(images)] = forward(images).numpy()
             done = b * batch_size + len(images)
             rate = done / max(time.time() - start, 1e-6)
-            print(f"\r[features {label} view {view}] {done}/{len(paths)} ({rate:.0f} img/s)",
-                  end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+            progress_line(f"[features {label} view {view}] {done}/{len(paths)} "
+                          f"({rate:.0f} img/s)", last=b + 1 == len(batches))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache_file, out)
     return out
+
+
+def progress_line(text: str, last: bool) -> None:
+    """A progress line on stderr: rewritten in place (`\\r`) on a terminal; elsewhere (a nohup
+    log, a pipe) only the last, as one line, since every `\\r` update would join one huge
+    line there."""
+    if sys.stderr.isatty():
+        print("\r" + text, end="\n" if last else "", file=sys.stderr, flush=True)
+    elif last:
+        print(text, file=sys.stderr, flush=True)
 
 
 def load_batch(paths: list[Path], input_size: int, crop: str) -> np.ndarray:

@@ -161,10 +161,10 @@ def evaluate_robustness(model_dir: Path, data_dir: Path, split_file: Path | None
                 answers, checks = _corrected(predictor, changed, answers, correct_batches)
                 fixed[name] += answers
                 judged[name] += checks
-        if progress:
+        if progress and sys.stderr.isatty():  # \r joins one huge line in a log
             print(f"\r{min(start + chunk, len(files))}/{len(files)} images", end="",
                   file=sys.stderr, flush=True)
-    if progress:
+    if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     rows = []
     for name in names:

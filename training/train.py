@@ -33,6 +33,14 @@ from training.stopwatch import ELAPSED_FILE, Stopwatch  # noqa: E402
 
 # Fewer source groups than this in a class (train, validation and test together): warned about.
 THIN_CLASS = 3
+# Fewer source groups than this on the validation or test side: warned about. Their figures
+# (early stopping, calibration, test accuracy) then rest on one or two slides or patients,
+# which differ in stain and make-up more than a split by chance shows.
+THIN_SIDE = 3
+# A larger share of images of unknown source than this: warned about. They are never validated
+# and train only in the final refit (or not at all with --unassigned drop), so beyond about a
+# fifth the served model has learned much that no validation figure speaks for.
+UNASSIGNED_SHARE = 0.2
 
 
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
@@ -52,9 +60,12 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     # classes that cannot be learned, before a run folder exists.
     dataset = data_lib.grouped_image_folder(Path(config.data), config.max_per_class,
                                            config.source_map, config.field_notes)
+    log(data_lib.source_map_line(dataset))
     split = data_lib.make_split(dataset, config.val_fraction, config.test_fraction, config.seed)
     log(f"classes {dataset.classes}; " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     check_classes(dataset, split)
+    for line in split_warnings(config, dataset, split):
+        log(line)
     # Training-only images from another source: more distinct cells of the same types, which a
     # dataset made of a few hundred augmented smears lacks most. Never validated on.
     extra_paths, y_extra_files = data_lib.list_extra(config.extra_data, dataset.classes,
@@ -80,7 +91,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     done = 0  # epochs finished by earlier sessions
     if resume is None:
-        run_dir = start_run_folder(config)
+        run_dir = start_run_folder(config, dataset.source_tables)
     else:
         run_dir = Path(resume)
         if (run_dir / "summary.json").is_file():
@@ -116,7 +127,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         best_epoch = int(np.argmin(history["val_loss"])) + 1
         val_metrics = evaluate_features(classifier.trainable, x_val, y_val)
         log(f"best epoch {best_epoch}: validation {val_metrics}")
-        if warning := stalled(val_metrics, num_classes):
+        epochs_run = len(history["loss"])
+        if warning := stalled(val_metrics, num_classes, epochs_run >= config.epochs):
             log(warning)
 
         # Refit: images whose source smear is unknown may be siblings of validation images, so
@@ -124,6 +136,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         refit_files = split["train"] + split["val"] + split["unassigned"]
         refitted = config.unassigned == "refit" and split["unassigned"] and split["val"]
         if refitted:
+            log(f"refit: training again from the start on train + val + unassigned "
+                f"({len(refit_files)} images) for {best_epoch} epoch(s), the best validated "
+                "count; the validation figures above are of the model before this refit")
             # From the state the validated fit started from, random numbers included, so the
             # refit does not depend on how many steps that fit took in this session.
             classifier.restore(initial)
@@ -142,7 +157,9 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             "classes": dataset.classes,
             "initialisation": classifier.initialisation,
             "best_epoch": best_epoch,
-            "epochs_run": len(history["loss"]),
+            "epochs_run": epochs_run,
+            # The chance-level warning, if the fit ended with it (export repeats it).
+            "stalled": warning,
             "validation": val_metrics,
             # With a refit, those figures are of the validated model before it: the refitted one
             # has trained on the validation images.
@@ -157,6 +174,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             # Every session of a resumed run; None where a session before it went unrecorded.
             "train_seconds": stopwatch.seconds(),
             "counts": {k: len(v) for k, v in split.items()},
+            # The source map's files read (config.json keeps --source-map as given).
+            "source_map_tables": dataset.source_tables,
             "extra_training_images": len(extra_paths),
             **({"head_probe": probe_head} if probe_head else {}),
         }
@@ -182,14 +201,17 @@ def start_head(classifier: Classifier, config: TrainConfig, x, y: np.ndarray,
     return figures
 
 
-def start_run_folder(config: TrainConfig) -> Path:
-    """A new run folder `OUT/<time>-mobilenetv2-<size>[-NAME]/` holding the config."""
+def start_run_folder(config: TrainConfig, source_tables: list[str] | None = None) -> Path:
+    """A new run folder `OUT/<time>-mobilenetv2-<size>[-NAME]/` holding the config, with the
+    source map's files read beside `source_map` ("auto" says nothing a rerun can repeat once
+    the data folder gains a table); None: not known here (an ensemble's), not written."""
     run_dir = Path(config.out) / (
         time.strftime("%Y%m%d-%H%M%S") + f"-mobilenetv2-{config.input_size}"
         + (f"-{config.name}" if config.name else "")
     )
     run_dir.mkdir(parents=True)
-    config.save(run_dir / "config.json")
+    config.save(run_dir / "config.json", **({} if source_tables is None
+                                            else {"source_map_tables": list(source_tables)}))
     return run_dir
 
 
@@ -498,9 +520,10 @@ def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
         raise SystemExit(f"No training image of known source for {', '.join(missing)}: add "
                          "images, or leave the class folder out")
     if not split["val"]:
-        raise SystemExit("No validation image: every class has too few source groups to hold "
-                         "one out (a group is a source smear, or an image with its identical "
-                         "copies). Add images of more sources, or raise --val-fraction")
+        total = len({g for g in dataset.groups if g is not None})
+        raise SystemExit(f"No validation image: the data holds {total} source group(s) ("
+                         f"{group_meaning(dataset)}), too few to hold one out while each "
+                         "class keeps one in training. Add images of more sources")
     for c, sides in counts.items():
         if sum(sides.values()) < THIN_CLASS:
             log(f"warning: {c} has only {sum(sides.values())} source group(s) (train "
@@ -508,16 +531,58 @@ def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
                 "and test figures say little")
 
 
-def stalled(validation: dict[str, float], num_classes: int) -> str | None:
+def group_meaning(dataset: data_lib.Dataset) -> str:
+    """What one source group is under the dataset's source map, in words for a message."""
+    if dataset.sources_hold_many_cells:
+        return "a group is one source of the source map: a slide, a patient or an app sample"
+    if dataset.source_tables:
+        return "a group is one source smear of the source map, with its augmented views"
+    return "without a source map a group is an image with its byte-identical copies"
+
+
+def split_warnings(config: TrainConfig, dataset: data_lib.Dataset, split: dict) -> list[str]:
+    """Warnings on a split whose held-out figures will say little: a side given a fraction that
+    got no source group, validation or test on fewer than THIN_SIDE groups, and images of
+    unknown source above UNASSIGNED_SHARE of the data (never validated)."""
+    group_of = dict(zip(dataset.files, dataset.groups))
+    warnings = []
+    for name, option, fraction in (("val", "val-fraction", config.val_fraction),
+                                   ("test", "test-fraction", config.test_fraction)):
+        groups = len({group_of[f] for f in split[name]})
+        if fraction > 0 and not groups:
+            warnings.append(f"warning: --{option} {fraction} got no source group: the {name} "
+                            f"split is empty ({group_meaning(dataset)}). Add images of more "
+                            "sources")
+        elif 0 < groups < THIN_SIDE:
+            warnings.append(f"warning: the {name} split holds {groups} source group(s) "
+                            f"({len(split[name])} images): its figures rest on them alone")
+    share = len(split["unassigned"]) / max(len(dataset.files), 1)
+    if share > UNASSIGNED_SHARE:
+        fate = ("train only in a final refit on all data, for the epoch count validation chose "
+                if config.unassigned == "refit" else "are left out (--unassigned drop) ")
+        warnings.append(f"warning: {len(split['unassigned'])} of {len(dataset.files)} images "
+                        f"({share:.0%}) have no source in the source map: they are never "
+                        f"validated and {fate}(--unassigned refit|drop). Name their sources "
+                        "in the map (file,group) to split them like the others")
+    return warnings
+
+
+def stalled(validation: dict[str, float], num_classes: int, hit_epoch_limit: bool = False
+            ) -> str | None:
     """A warning where the best validated epoch is no better than guessing (balanced accuracy
     within half a class's share of chance): a fit that stalled, which a run otherwise ends and
-    saves as if it had learned."""
+    saves as if it had learned. `hit_epoch_limit`: the fit ran to --epochs, so it may simply
+    have been too short."""
     balanced = validation.get("balanced_accuracy")
     if balanced is None or balanced > 1.5 / num_classes:
         return None
-    return (f"warning: validation balanced accuracy {balanced} is about chance (1/{num_classes}):"
-            " the fit did not learn. Try --warmup-epochs 1 (a stalled start), another "
-            "--fit-seed, or a lower --learning-rate")
+    warning = (f"warning: validation balanced accuracy {balanced} is about chance "
+               f"(1/{num_classes}): the fit did not learn. ")
+    if hit_epoch_limit:
+        return warning + ("It stopped at the --epochs limit: it may simply have had too few "
+                          "epochs (raise --epochs); if more do not help, try --warmup-epochs 1")
+    return warning + ("Try --warmup-epochs 1 (a stalled start), another --fit-seed, or a lower "
+                      "--learning-rate")
 
 
 def evaluate_features(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -593,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
     if export_name:
         from training.export import export_run
 
-        export_run(run_dir, export_name, **exporting)
+        print(export_run(run_dir, export_name, **exporting))  # where the model was saved
 
 
 if __name__ == "__main__":
