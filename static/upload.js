@@ -4,9 +4,9 @@
 // one upload may hold at most MAX_FILES files and MAX_CONTENT_LENGTH bytes (the server's
 // bounds on the memory and time one request takes). Here a folder can be chosen or dropped,
 // what is not an image is left out of it, and a selection beyond one upload's bounds is sent
-// in parts: the first starts the batch, each further part is added to it (the batch page's
-// "Add images" route), then the batch page opens. Without JavaScript the form sends one
-// upload, as before.
+// in parts: the first starts the batch (or, from a batch page's "Add images" form, is added
+// to it), each further part is added to it, then the batch page opens. Without JavaScript
+// each form sends one request, as before.
 
 // What the name says is not an image, or what an operating system leaves beside images.
 function isImageFile(path, suffixes) {
@@ -53,42 +53,30 @@ async function filesOfEntry(entry, path = "") {
   return found;
 }
 
-function setUpFilmUpload() {
-  const form = document.getElementById("upload-form");
-  const input = document.getElementById("file");
-  const note = document.getElementById("parts-note");
-  if (!form || !input || !note || !window.fetch || !window.DataTransfer) return;
+// A form whose file selection may be sent in parts: says so under it, refuses (as the
+// browser refuses a required field left empty) more images than the batch has room for,
+// saying `room`, and sends the parts. `show` puts the progress where the user looks. Its
+// return value's leftOut names files a folder held that were passed over, for the next note.
+function setUpParts(form, input, note, room, show) {
   const limits = {
     files: Number(form.dataset.maxFiles),
     bytes: Number(form.dataset.maxBytes),
     batch: Number(form.dataset.maxBatch),
   };
-  const suffixes = form.dataset.suffixes.split(",");
-
-  // The chosen files go into the one file input, so the form, its list and its checks see
-  // them as if picked there; those passed over are named in the note.
-  let leftOut = [];
-  const choose = (entries) => {
-    const transfer = new DataTransfer();
-    entries.filter((e) => isImageFile(e.path, suffixes)).forEach((e) => transfer.items.add(e.file));
-    input.files = transfer.files;
-    leftOut = entries.filter((e) => !isImageFile(e.path, suffixes)).map((e) => e.path);
-    input.dispatchEvent(new Event("change"));
-  };
-
+  const chosen = { leftOut: [] };
   input.addEventListener("change", () => {
     const files = Array.from(input.files);
     const parts = splitIntoParts(files, limits.files, limits.bytes);
     const messages = [];
-    if (leftOut.length) {
-      const named = leftOut.slice(0, 5).join(", ") + (leftOut.length > 5 ? ", …" : "");
-      messages.push(`Left out ${leftOut.length} file${leftOut.length === 1 ? "" : "s"} not ` +
+    if (chosen.leftOut.length) {
+      const left = chosen.leftOut;
+      const named = left.slice(0, 5).join(", ") + (left.length > 5 ? ", …" : "");
+      messages.push(`Left out ${left.length} file${left.length === 1 ? "" : "s"} not ` +
                     `named as an image: ${named}.`);
-      leftOut = [];
+      chosen.leftOut = [];
     }
     input.setCustomValidity(files.length > limits.batch
-      ? `A batch holds at most ${limits.batch} images: choose fewer than these ${files.length}.`
-      : "");
+      ? `${room(limits.batch)}: choose fewer than these ${files.length}.` : "");
     if (input.validationMessage) {
       messages.push(input.validationMessage);
     } else if (parts.length > 1) {
@@ -98,6 +86,40 @@ function setUpFilmUpload() {
     }
     note.textContent = messages.join(" ");
   });
+  form.addEventListener("submit", (event) => {
+    const parts = splitIntoParts(Array.from(input.files), limits.files, limits.bytes);
+    if (parts.length < 2) return; // one request: the form sends it itself
+    event.preventDefault();
+    sendInParts(form, parts, show);
+  });
+  return chosen;
+}
+
+// The upload page: a folder chosen or dropped goes into the file field, without what its
+// name says is not an image.
+function setUpFilmUpload() {
+  const form = document.getElementById("upload-form");
+  const input = document.getElementById("file");
+  const note = document.getElementById("parts-note");
+  if (!form || !input || !note || !window.fetch || !window.DataTransfer) return;
+  const label = document.getElementById("submit-label");
+  const status = document.getElementById("upload-status");
+  const room = (n) => `A batch holds at most ${n} images`;
+  const chosen = setUpParts(form, input, note, room, (text) => {
+    label.textContent = text;
+    status.textContent = text;
+  });
+  const suffixes = form.dataset.suffixes.split(",");
+
+  // The chosen files go into the one file input, so the form, its list and its checks see
+  // them as if picked there.
+  const choose = (entries) => {
+    const transfer = new DataTransfer();
+    entries.filter((e) => isImageFile(e.path, suffixes)).forEach((e) => transfer.items.add(e.file));
+    input.files = transfer.files;
+    chosen.leftOut = entries.filter((e) => !isImageFile(e.path, suffixes)).map((e) => e.path);
+    input.dispatchEvent(new Event("change"));
+  };
 
   const folder = document.getElementById("folder");
   const folderButton = document.getElementById("folder-button");
@@ -124,37 +146,40 @@ function setUpFilmUpload() {
     for (const entry of entries.filter(Boolean)) found.push(...(await filesOfEntry(entry)));
     choose(found);
   }, true);
+}
 
-  form.addEventListener("submit", (event) => {
-    const parts = splitIntoParts(Array.from(input.files), limits.files, limits.bytes);
-    if (parts.length < 2) return; // one upload: the form sends it itself
-    event.preventDefault();
-    sendInParts(form, parts);
+// A batch page's "Add images to this batch": more files than one request holds, in parts.
+function setUpAddInParts() {
+  const form = document.getElementById("add-form");
+  const input = document.getElementById("add-file");
+  const note = document.getElementById("add-note");
+  if (!form || !input || !note || !window.fetch) return;
+  const button = document.getElementById("add-submit");
+  const room = (n) => `This batch has room for ${n} more images`;
+  setUpParts(form, input, note, room, (text) => {
+    button.disabled = true;
+    note.textContent = text;
   });
 }
 
-async function sendInParts(form, parts) {
-  const status = document.getElementById("upload-status") || document.getElementById("parts-note");
-  const label = document.getElementById("submit-label");
+async function sendInParts(form, parts, show) {
   const token = form.querySelector("input[name=csrf_token]").value;
+  const model = form.querySelector("[name=model]");
   const total = parts.reduce((n, part) => n + part.length, 0);
-  let batch = null; // the batch page's path, once the first part made it
+  let batch = null; // the batch page's path, once the first part reached it
   let sent = 0;
   for (const part of parts) {
     const body = new FormData();
     body.append("csrf_token", token);
-    if (!batch) body.append("model", form.querySelector("[name=model]").value);
+    if (!batch && model) body.append("model", model.value);
     part.forEach((file) => body.append("file", file, file.name));
-    const progress = `Classifying images ${sent + 1} to ${sent + part.length} of ${total}…`;
-    if (label) label.textContent = progress;
-    if (status) status.textContent = progress;
+    show(`Classifying images ${sent + 1} to ${sent + part.length} of ${total}…`);
     let response;
     try {
       response = await fetch(batch ? `${batch}/add` : form.action, { method: "POST", body });
     } catch (error) {
-      const where = batch ? ` The batch holds the ${sent} sent before: ${batch}` : "";
-      if (status) status.textContent = `The connection failed.${where}`;
-      if (batch) window.location.assign(batch);
+      show(`The connection failed after ${sent} of ${total} images.`);
+      if (batch) window.location.assign(batch); // what was sent is in the batch
       return;
     }
     // A part the server refused (no readable image, too large, the batch full): its page
@@ -172,4 +197,7 @@ async function sendInParts(form, parts) {
   window.location.assign(batch);
 }
 
-document.addEventListener("DOMContentLoaded", setUpFilmUpload);
+document.addEventListener("DOMContentLoaded", () => {
+  setUpFilmUpload();
+  setUpAddInParts();
+});

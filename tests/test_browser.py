@@ -274,6 +274,37 @@ def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_p
         assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 2
 
 
+def test_images_added_beyond_one_request_go_in_parts_up_to_the_room_left(browser, tmp_path,
+                                                                         trusted_model_dir):
+    from selenium.webdriver.common.by import By
+
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG") for i, c in enumerate(
+        [(200, 60, 60), (60, 60, 200), (120, 60, 160), (90, 90, 90), (30, 160, 60)])]
+    with serving(tmp_path, trusted_model_dir, MAX_FILES=2, MAX_BATCH_IMAGES=4) as url:
+        browser.get(url + "/")
+        browser.find_element(By.ID, "file").send_keys(str(files[0]))
+        browser.find_element(By.ID, "submit").click()
+        wait_for(browser, "#add-form")
+        assert "room for 3 more" in browser.find_element(By.ID, "add-form").text
+        field = browser.find_element(By.ID, "add-file")
+        field.send_keys("\n".join(map(str, files[1:])))  # 4 more: one too many
+        assert browser.find_element(By.ID, "add-note").text == (
+            "This batch has room for 3 more images: choose fewer than these 4.")
+        assert not browser.execute_script("return arguments[0].form.checkValidity()", field)
+        field.clear()
+        field.send_keys("\n".join(map(str, files[1:4])))
+        assert browser.find_element(By.ID, "add-note").text.startswith(
+            "These 3 images will be sent in 2 parts (one upload holds at most 2 files")
+        add = browser.find_element(By.ID, "add-submit")
+        browser.execute_script(
+            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", add)
+        add.click()
+        wait_for(browser, "#differential")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+        assert [r.find_element(By.CSS_SELECTOR, ".file-name").text for r in rows] == [
+            f"cell{i}.png" for i in range(4)]
+
+
 def upload_two_cells(browser, base_url: str, tmp_path: Path) -> str:
     """Upload cell0.png and cell1.png through the form; the batch page's address."""
     from selenium.webdriver.common.by import By

@@ -332,7 +332,7 @@ def test_error_pages_and_refused_forms_tie_each_message_to_its_field(client, tmp
     assert {name: p for name, p in found.items() if p} == {}
     invalid = {name: outline(html).invalid for name, (_, html) in pages_.items()}
     assert invalid["upload"] == {"file": ["upload-errors", "file-help", "parts-note"]}
-    assert invalid["add"] == {"add-file": ["add-errors"]}
+    assert invalid["add"] == {"add-file": ["add-errors", "add-note"]}
     assert invalid["sample"] == {"wbc": ["sample-help", "wbc-error"]}
     assert invalid["manual"] == {"manual_neutrophil": ["manual-help", "manual_neutrophil-error"]}
     # A count refused as a whole (more cells than a count holds) is every field's error.

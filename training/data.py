@@ -45,7 +45,6 @@ class Dataset:
     sources_hold_many_cells: bool = False
     source_tables: list[str] = field(default_factory=list)  # the source map's files read
 
-
     def paths(self, files: list[str]) -> list[Path]:
         return [self.root / f for f in files]
 

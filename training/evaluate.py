@@ -125,7 +125,6 @@ def _by_smear(y_true: list[int], y_pred: list[int], groups: list[str | None]
     return votes, label
 
 
-
 def per_source_figures(y_true: list[int], y_pred: list[int], groups: list[str | None],
                        classes: list[str], top: int = HARDEST_SMEARS) -> dict:
     """Each source's accuracy over its own images, every image judged against its own label,

@@ -247,7 +247,6 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
         accept=file_accept(),
         limit_mb=limit_mb,
         max_files=current_app.config["MAX_FILES"],
-        part=upload_part(),
         errors=errors or [],
         chosen=chosen if chosen in predictors else models.default_name(),
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
@@ -258,6 +257,7 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
     return page, status
 
 
+@bp.app_template_global()
 def upload_part() -> dict[str, int]:
     """The most files and bytes one request of the upload form may carry, and the images a
     batch may hold: static/upload.js sends a selection beyond one request in parts of this
