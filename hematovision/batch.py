@@ -201,18 +201,23 @@ def forward_files(predictor: Predictor, paths: list[Path], progress: bool = Fals
 
 
 class _Progress:
-    """`done/total images (rate/s)` on one stderr line."""
+    """`done/total images (rate/s)` on one stderr line: rewritten in place on a terminal,
+    written once at the end elsewhere (a log would hold every state joined by carriage returns
+    in one long line)."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.done, self.start = total, enabled, 0, time.time()
+        self.live = enabled and sys.stderr.isatty()
+
+    def line(self) -> str:
+        rate = self.done / max(time.time() - self.start, 1e-9)
+        return f"{self.done}/{self.total} images ({rate:.0f}/s)"
 
     def advance(self, n: int) -> None:
         self.done += n
-        if self.enabled:
-            rate = self.done / max(time.time() - self.start, 1e-9)
-            print(f"\r{self.done}/{self.total} images ({rate:.0f}/s)", end="", file=sys.stderr,
-                  flush=True)
+        if self.live:
+            print(f"\r{self.line()}", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.enabled and self.total:
-            print(file=sys.stderr)
+            print("" if self.live else self.line(), file=sys.stderr)

@@ -581,3 +581,16 @@ def test_a_run_without_standard_output_stops_before_classifying(tiny_model_dir, 
     err = result.stderr.decode()
     assert result.returncode == 2 and "Traceback" not in err
     assert err.endswith("error: standard output is closed: nothing to write the results to\n")
+
+
+def test_progress_is_one_line_at_the_end_where_stderr_is_no_terminal(tiny_model_dir, tmp_path,
+                                                                     capsys):
+    """Rewritten in place with carriage returns, progress in a log file is one long line."""
+    for i in range(3):
+        make_image(tmp_path / f"{i}.png", CELL_COLORS[i], size=(8, 8), fmt="PNG")
+    main([str(tmp_path), "--model-dir", str(tiny_model_dir)])
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line for line in err.splitlines() if " images (" in line] == [
+        line for line in err.splitlines() if line.startswith("3/3 images (")]
+    assert sum(line.startswith("3/3 images (") for line in err.splitlines()) == 1
