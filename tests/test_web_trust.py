@@ -407,6 +407,11 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     # How the temperature was fitted, in the card's words.
     assert re.search(r'id="temperature-rule">the temperature minimising the negative '
                      r'log-likelihood<', html)
+    # Fitted on 12 validation images: the card's note that the thresholds rest on few.
+    note = card["calibration_size"]["note"]
+    assert note.startswith("The thresholds rest on 12 held-out images (fewer than 200)")
+    assert text(re.search(r'id="calibration-size">(.*?)</div>', html, re.S).group(1)) == (
+        note + ".")
 
 
 def test_model_page_says_which_validation_figure_is_which(tmp_path, trusted_model_dir):

@@ -366,8 +366,9 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
         log(warning)
     size = calibration_size(len(fit_truth), len(val_labels))
     if size["below_minimum"]:
-        log(f"warning: {size['note'][0].lower()}{size['note'][1:]}. Hold out more images (--val-fraction, more sources), "
-            "or run training.crossfit, whose out-of-fold logits cover every training image")
+        log(f"warning: {size['note'][0].lower()}{size['note'][1:]}. Hold out more images "
+            "(--val-fraction, more sources), or run training.crossfit, whose out-of-fold "
+            "logits cover every training image")
     fitted_probabilities = softmax(fit_logits, temperature)
     held_out_confidence = fitted_probabilities.max(axis=1)
     held_out_correct = fitted_probabilities.argmax(axis=1) == fit_truth
