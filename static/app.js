@@ -241,6 +241,24 @@ function focusFirstInvalidField() {
   field.focus();
 }
 
+// The review page's choices are saved only by its button: leaving it another way (a link, the
+// next cells, the back button) with choices made asks first, as a technologist who set sixty
+// classes and clicked "Next cells" would otherwise lose them without a word.
+function guardUnsavedReviews() {
+  const form = document.getElementById("review-all-form");
+  if (!form) return;
+  const chosen = () => Array.from(form.elements).some((field) =>
+    (field.tagName === "SELECT" && field.value !== "") ||
+    (field.type === "radio" && field.checked && field.value !== ""));
+  const warn = (event) => {
+    if (!chosen()) return;
+    event.preventDefault();
+    event.returnValue = ""; // older browsers need a value to ask
+  };
+  window.addEventListener("beforeunload", warn);
+  form.addEventListener("submit", () => window.removeEventListener("beforeunload", warn));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
   setUpHeatMap();
@@ -251,4 +269,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpReviewKeys();
   setUpPrint();
   focusFirstInvalidField();
+  guardUnsavedReviews();
 });

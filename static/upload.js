@@ -82,7 +82,7 @@ function setUpParts(form, input, note, room, show) {
     } else if (parts.length > 1) {
       messages.push(`These ${files.length} images will be sent in ${parts.length} parts (one ` +
                     `upload holds at most ${limits.files} files and ` +
-                    `${Math.floor(limits.bytes / 2 ** 20)} MB) and classified into one batch.`);
+                    `${Math.ceil(limits.bytes / 2 ** 20)} MB) and classified into one batch.`);
     }
     note.textContent = messages.join(" ");
   });

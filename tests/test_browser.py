@@ -380,8 +380,16 @@ def test_the_review_page_saves_every_class_chosen(browser, base_url, tmp_path):
     images = browser.find_elements(By.CSS_SELECTOR, "img.review-cell-image")
     assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
     Select(browser.find_element(By.ID, "verdict-0")).select_by_value("monocyte")
+    # Leaving with a choice made asks first (the page cancels the unload, so the browser asks;
+    # its dialog itself depends on the browser's rules, so the event is what is checked).
+    leaving = ("const e = new Event('beforeunload', {cancelable: true});"
+               " window.dispatchEvent(e); return e.defaultPrevented;")
+    assert browser.execute_script(leaving)
+    Select(browser.find_element(By.ID, "verdict-0")).select_by_value("")
+    assert not browser.execute_script(leaving)  # no choice made: nothing to lose
+    Select(browser.find_element(By.ID, "verdict-0")).select_by_value("monocyte")
     Select(browser.find_element(By.ID, "verdict-1")).select_by_value("excluded")
-    browser.find_element(By.ID, "review-all-save").click()
+    browser.find_element(By.ID, "review-all-save").click()  # saving asks nothing
 
     wait_for(browser, "#differential")  # none left to review: back to the batch
     assert browser.current_url == batch_url

@@ -75,6 +75,7 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert shares(html) == {"lymphocyte": 1, "neutrophil": 1}
     assert "2 unidentified cells still to review: review them" in text(html)
     assert re.search(rf'id="start-review"', html) and f'/batch/{batch_id}/1"' in html
+    assert " 2 unidentified (needs review) · " in status_line(html)
 
     response = review(client, batch_id, 1, "monocyte")
     # On to the next cell that needs review, which says what was saved.
@@ -82,6 +83,8 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert response.headers["Location"].endswith(f"/batch/{batch_id}/3")
     html = page(client, response.headers["Location"])
     assert "Saved your review of u1.jpg: Monocyte." in text(html)
+    assert " 2 unidentified (1 still to review) · " in status_line(page(client,
+                                                                         f"/batch/{batch_id}"))
     assert "Save, then back to the batch" in html  # u2.jpg is the last one left
 
     response = review(client, batch_id, 3, "excluded")
@@ -91,6 +94,8 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert "Share of the 3 white cells counted: accepted by the model, or given a class on " \
            "review (1; your class counts, not the model's)" in text(html)
     assert "2 reviewed by you · 0 unidentified cells still to review" in text(html)
+    # The model's statuses stay, without asking for the review that is done.
+    assert " 2 unidentified (all reviewed) · " in status_line(html)
     assert 'id="start-review"' not in html
     left_out = dict(re.findall(r'<tr data-status="(\w+)">\s*<th[^>]*>[^<]*</th>\s*'
                                r'<td class="text-end">(\d+)</td>', html))
@@ -313,6 +318,10 @@ def test_the_batch_page_says_how_unreviewed_cells_skew_the_shares(tmp_path, tiny
                        ("0.99", f"{served + elsewhere:.3f}", "45.0")]
 
 
+def status_line(html: str) -> str:
+    return text(re.search(r'id="status-summary">(.*?)</p>', html, re.S).group(1))
+
+
 def test_the_cell_description_follows_the_class_the_result_counts_as(client, batch_id):
     def described(index):
         html = page(client, f"/batch/{batch_id}/{index}")
@@ -348,8 +357,11 @@ def test_a_reviewed_result_says_so_above_the_models_answer(client, batch_id):
     review(client, batch_id, 1, "monocyte")
     html = page(client, f"/batch/{batch_id}/1")
     top = html.split('id="status"')[1].split('id="review"')[0]
+    # What counts heads the page, the model's answer under it.
+    assert re.search(r'<h1 [^>]*id="reviewed-as" data-verdict="monocyte">Monocyte</h1>', top)
     assert "reviewed counted as Monocyte ( your review ); the model's result:" in text(top)
-    assert "Unidentified: needs review" in text(top)  # what the model said stays
+    assert re.search(r'<h2 [^>]*id="status-title">Unidentified: needs review</h2>', top)
+    assert html.count("<h1") == 1
 
 
 def test_archives_of_two_batches_unpacked_together_train_a_model(client, tmp_path):
