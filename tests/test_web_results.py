@@ -134,8 +134,9 @@ def test_the_batch_page_flags_shares_outside_their_reference_interval(client):
     html = client.get(f"/batch/{stored_batch(client, cells, WBC4)}").get_data(as_text=True)
     assert reference_cells(html)["monocyte"] == "2–8 ▲ high?"
     assert reference_cells(html)["eosinophil"] == "1–4 ▼ low?"
-    assert ("Outside the reference intervals: Eosinophil 0.0 % low?; Monocyte 9.0 % high? "
-            "(?: within counting error).") in findings_text(html)
+    assert ("Outside the reference intervals: Eosinophil 0.0 % low?; Monocyte 9.0 % high?. "
+            'A flag with "?" lies outside the interval only within counting error: the film '
+            "may be inside it.") in findings_text(html)
 
 
 def test_no_share_is_flagged_while_cells_await_review(client):
