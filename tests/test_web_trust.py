@@ -110,6 +110,21 @@ def test_not_a_cell_result_says_what_the_model_expects(client, models_root):
     assert "About the" not in text(html)  # no cell description for a non-cell
 
 
+def test_a_batch_mostly_unlike_the_models_images_points_to_the_other_models_once(client,
+                                                                                 models_root):
+    """Ten of another model's images give ten "not a cell" pages, each naming the other model;
+    the batch page says it once, where the whole batch can be sent again."""
+    html = page(client, upload(client, "strange", ("a.jpg", RED), ("b.jpg", BLUE)))
+    banner = re.sub(r" ([:.])", r"\1", text(re.search(r'id="wrong-model">(.*?)</div>', html,
+                                                         re.S).group(1))).strip()
+    assert banner.startswith("2 of these 2 images do not look like the images strange was "
+                             "trained on. strange expects: Single stained white cells, 360x363 "
+                             "crops.")
+    assert "If they are like this, classify them with accepting:" in banner
+    assert 'href="/?model=accepting"' in html
+    assert 'id="wrong-model"' not in page(client, upload(client, "accepting", ("a.jpg", RED),
+                                                          ("b.jpg", BLUE)))
+
 def test_untrusted_model_says_it_has_no_trust_layer_and_no_heat_map(client, models_root):
     location = upload(client, "tiny", ("red.jpg", RED))
     html = page(client, location)

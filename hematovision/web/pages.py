@@ -587,6 +587,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             magnification_range=reference.batch_range if reference else None,
             expires=expires_at(stored),
             add_errors=add_errors or [],
+            predictor=predictor,
+            others={n: models.get(n) for n in models.names() if n != stored["model"]},
         ),
         status,
     )
