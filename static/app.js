@@ -229,6 +229,13 @@ function setUpPrint() {
   if (!button) return;
   button.hidden = false;
   button.addEventListener("click", () => window.print());
+  // A printed report says when it was printed: the page may be older than its batch's reviews.
+  const printed = document.getElementById("printed-at");
+  if (printed) {
+    window.addEventListener("beforeprint", () => {
+      printed.textContent = `Printed ${new Date().toLocaleString()} (this computer's time).`;
+    });
+  }
 }
 
 // A form sent back with a message (400) puts the keyboard on the first field to correct, so

@@ -76,6 +76,8 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert "2 unidentified cells still to review: review them" in text(html)
     assert re.search(rf'id="start-review"', html) and f'/batch/{batch_id}/1"' in html
     assert " 2 unidentified (needs review) · " in status_line(html)
+    # Printed before review, the report says it is preliminary.
+    assert "Preliminary: 2 unidentified cells are not reviewed yet" in text(html)
 
     response = review(client, batch_id, 1, "monocyte")
     # On to the next cell that needs review, which says what was saved.
@@ -96,6 +98,7 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert "2 reviewed by you · 0 unidentified cells still to review" in text(html)
     # The model's statuses stay, without asking for the review that is done.
     assert " 2 unidentified (all reviewed) · " in status_line(html)
+    assert 'id="print-preliminary"' not in html
     assert 'id="start-review"' not in html
     left_out = dict(re.findall(r'<tr data-status="(\w+)">\s*<th[^>]*>[^<]*</th>\s*'
                                r'<td class="text-end">(\d+)</td>', html))
