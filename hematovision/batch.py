@@ -20,7 +20,8 @@ from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
 from hematovision.predictor import (BATCH_SIZE, Outputs, Prediction, Predictor,
                                     with_white_cells)
-from hematovision.preprocess import IMAGE_SUFFIXES, ImageError, load_image, to_input
+from hematovision.preprocess import (IMAGE_SUFFIXES, ImageError, at_resolution, load_image,
+                                     to_input)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
 
 
 def _decode(path: Path, size: int, crop: str, reference: Reference | None = None,
-            each_cell: bool | None = None):
+            each_cell: bool | None = None, short_side: int | None = None):
     """(model input, None, image checks) or (None, error message, {}). The checks hold the
     red-cell ratio (`red_cell_ratio`) only with a magnification `reference`.
 
@@ -114,11 +115,11 @@ def _decode(path: Path, size: int, crop: str, reference: Reference | None = None
     Otherwise it is a list of (input, cell place or None), and for a model that crops to the
     nucleus the checks also hold `white_cells`, how many were found (`image_inputs`): with
     `each_cell` True, a field holding several gives one input per cell; with False, the whole
-    image's one input. `load_image` turns every
-    decoder failure into ImageError; OSError here only means the file itself could not be
-    opened."""
+    image's one input. An image finer than `short_side` is first brought down to it
+    (`preprocess.at_resolution`). `load_image` turns every decoder failure into ImageError;
+    OSError here only means the file itself could not be opened."""
     try:
-        image = load_image(path)
+        image = at_resolution(load_image(path), short_side)
     except ImageError as exc:
         return None, str(exc), {}
     except OSError as exc:
@@ -131,8 +132,8 @@ def _decode(path: Path, size: int, crop: str, reference: Reference | None = None
 
 
 def decoded_chunks(paths: list[Path], size: int, crop: str,
-                   reference: Reference | None = None, each_cell: bool | None = None
-                   ) -> Iterator[list[tuple]]:
+                   reference: Reference | None = None, each_cell: bool | None = None,
+                   short_side: int | None = None) -> Iterator[list[tuple]]:
     """[(path, model input or None, error or None, image checks), ...] per chunk of
     BATCH_SIZE, in order; the next chunk decodes in a thread pool while the caller runs the
     model on this one. Red cells are measured only against a magnification `reference`; with
@@ -141,7 +142,7 @@ def decoded_chunks(paths: list[Path], size: int, crop: str,
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
 
     def decode(path: Path):
-        return _decode(path, size, crop, reference, each_cell)
+        return _decode(path, size, crop, reference, each_cell, short_side)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         decoded_next = pool.map(decode, chunks[0]) if chunks else None
@@ -162,7 +163,8 @@ def classify_files(
     per cell, each naming its cell (as the web app reads uploads)."""
     meter = _Progress(len(paths), progress)
     reference = predictor.magnification
-    chunks = decoded_chunks(paths, predictor.input_size, predictor.crop, reference, each_cell)
+    chunks = decoded_chunks(paths, predictor.input_size, predictor.crop, reference, each_cell,
+                            predictor.short_side)
     for chunk in chunks:
         # One entry per model input: (path, input, error, image checks, cell place).
         entries = [(path, array, error, checks, place)
@@ -184,7 +186,8 @@ def forward_files(predictor: Predictor, paths: list[Path], progress: bool = Fals
     exactly the serving path."""
     meter = _Progress(len(paths), progress)
     parts, readable, found = [], [], []
-    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop, each_cell=False):
+    for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop, each_cell=False,
+                                short_side=predictor.short_side):
         decoded = [(inputs[0][0], checks) for _, inputs, _, checks in chunk if inputs]
         readable += [inputs is not None for _, inputs, _, _ in chunk]
         found += [checks.get("white_cells") for _, checks in decoded]

@@ -43,6 +43,9 @@ class Reference:
     red_cell_scale: float  # median over the training images
     single_range: tuple[float, float]  # one image: the training images' 1st-99th percentiles
     batch_range: tuple[float, float]  # a batch's median: the training augmentation's zoom span
+    # The training images' largest short side, in pixels (`preprocess.at_resolution`); None on
+    # a card recorded before it was measured.
+    max_short_side: int | None = None
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> "Reference | None":
@@ -51,7 +54,8 @@ class Reference:
         entry = card.get(CARD_KEY)
         try:
             reference = cls(float(entry["red_cell_scale"]),
-                            _range(entry["single_image_range"]), _range(entry["batch_range"]))
+                            _range(entry["single_image_range"]), _range(entry["batch_range"]),
+                            _pixels(entry.get("max_short_side")))
         except (KeyError, TypeError, ValueError):
             return None
         return reference if reference.red_cell_scale > 0 else None
@@ -64,6 +68,14 @@ class Reference:
 
     def single_outside(self, ratio: float | None) -> bool:
         return ratio is not None and not self.single_range[0] <= ratio <= self.single_range[1]
+
+
+def _pixels(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"not a number of pixels: {value!r}")
+    return value
 
 
 def _range(pair) -> tuple[float, float]:

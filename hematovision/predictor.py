@@ -18,7 +18,7 @@ from PIL import Image
 from hematovision.card import CARD_FILE, ModelLoadError, read_card, served_views
 from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
-from hematovision.preprocess import ImageSource, crop_fraction, load_image
+from hematovision.preprocess import ImageSource, at_resolution, crop_fraction, load_image
 from hematovision.trust import (ACCEPTED, Trust, class_activation_map, no_white_cell,
                                 use_one_blas_thread)
 
@@ -182,12 +182,24 @@ class Predictor:
         """(n, size, size, 3) preprocessed float32 -> (n, classes) calibrated probabilities."""
         return self.trust.probabilities(self.forward(batch).logits)
 
+    @property
+    def short_side(self) -> int | None:
+        """The training images' largest short side (from the magnification reference), which
+        finer images are brought down to before they are read; None: not recorded."""
+        return self.magnification.max_short_side if self.magnification else None
+
+    def at_resolution(self, image: Image.Image) -> Image.Image:
+        """`image` as this model reads it: no finer than its training images
+        (`preprocess.at_resolution`)."""
+        return at_resolution(image, self.short_side)
+
     def predict_images(self, images: Sequence[Image.Image], scale: float = 1.0
                        ) -> list[Prediction]:
         """Classify decoded RGB images (see `preprocess.load_image`), each read whole, as
         `preprocess.to_input` makes its input (at `scale`), with its white cells counted for a
         model that crops to the nucleus."""
-        read = [cell_inputs(image, self.input_size, self.crop, each_cell=False, scale=scale)
+        read = [cell_inputs(self.at_resolution(image), self.input_size, self.crop,
+                            each_cell=False, scale=scale)
                 for image in images]
         return self.predict_images_arrays([inputs[0][0] for inputs, _ in read],
                                           [found for _, found in read])

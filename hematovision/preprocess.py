@@ -141,6 +141,21 @@ def _float_rows(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
         yield top, np.nan_to_num(np.asarray(block, dtype=np.float64))
 
 
+def at_resolution(image: Image.Image, short_side: int | None) -> Image.Image:
+    """The image brought down to the resolution of the model's training images where it is
+    finer: its short side scaled to `short_side` (the largest of theirs, recorded with the
+    model's magnification reference), the aspect kept, as Kaggle's fields were made from
+    BCCD's 640x480 smears. A model reads the share of the frame its crop takes whatever the
+    image's size, but it learned cells at its training images' sharpness: read at full
+    resolution, nearly all of BCCD's own smears came out "not a cell"; scaled as Kaggle's,
+    few. A coarser image is left as it is (enlarging adds no detail); None: no reference."""
+    if short_side is None or min(image.size) <= short_side:
+        return image
+    factor = short_side / min(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, RESAMPLE)
+
+
 # A white cell in a Kaggle/BCCD field (320x240) spans about half the short side.
 NUCLEUS_CROP_FRACTION = 0.55
 # Below this a square round the nucleus cuts off the cytoplasm of most white cells.

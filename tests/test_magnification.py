@@ -91,6 +91,7 @@ def test_the_command_records_the_reference_and_how_the_check_reads_other_magnifi
     entry = json.loads((model / "model_card.json").read_text())["magnification"]
     assert entry["batch_range"] == [0.7143, 1.6667]  # the run's --zoom 0.4
     assert entry["reference"]["images"] == 12
+    assert entry["max_short_side"] == 240  # the films are 320x240
     assert entry["single_image_range"][0] < 1 < entry["single_image_range"][1]
     rows = {r["name"]: r for r in entry["check"]["rows"]}
     assert list(rows) == list(PERTURBATIONS)  # every change of training.robustness
@@ -108,9 +109,11 @@ def test_the_command_records_the_reference_and_how_the_check_reads_other_magnifi
     table = tables.magnification_table(tmp_path).splitlines()
     assert "| `model` (n=12): median ratio | single images flagged | batches of 5 flagged |" \
         in table[0]
-    assert table[4].startswith("| a batch's median flagged outside | 0.71-1.67 (training zoom)")
+    assert table[3].startswith("| training images' largest short side (finer images are brought "
+                               "down to it) | 240 px |")
+    assert table[5].startswith("| a batch's median flagged outside | 0.71-1.67 (training zoom)")
     zoomed = rows["zoom 1.5x"]
-    assert table[5 + list(rows).index("zoom 1.5x")] == (f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
+    assert table[6 + list(rows).index("zoom 1.5x")] == (f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
                          f"{zoomed['batches_outside']:.1%} |")
 
 
@@ -146,3 +149,26 @@ def test_a_missing_test_folder_stops_before_anything_is_measured(tmp_path, monke
     monkeypatch.setattr(magnification, "measure", lambda *a: pytest.fail("measured"))
     with pytest.raises(SystemExit, match="is not a folder"):
         magnification.main(["--model-dir", str(model), "--data", str(tmp_path / "none")])
+
+
+@pytest.mark.parametrize("side, expected", [(240, 240), (None, None), ("240", "refused"),
+                                            (0, "refused"), (True, "refused")])
+def test_the_reference_carries_the_training_images_short_side(side, expected):
+    entry = {**REFERENCE_CARD["magnification"], "max_short_side": side}
+    reference = Reference.from_card({"magnification": entry})
+    if expected == "refused":  # a damaged card: no check rather than a wrong one
+        assert reference is None
+    else:
+        assert reference.max_short_side == expected
+
+
+def test_the_recorded_resolution_is_the_largest_training_image_s(tmp_path):
+    """The largest, not a typical one: PBC's training images are 254 to 256 px, and one of 256
+    must not be resampled to 254 (the test figures were recorded on them as they are)."""
+    from training.magnification import largest_short_side
+
+    paths = []
+    for i, size in enumerate([(254, 256), (256, 256), (254, 256), (300, 255)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", size).save(paths[-1])
+    assert largest_short_side(paths) == 256

@@ -193,3 +193,37 @@ def test_explain_draws_the_map_of_the_asked_class_and_keeps_the_prediction(trust
         other_map, class_activation_map(outputs.feature_maps[0], kernel, CLASSES.index(other)))
     with pytest.raises(ValueError, match="basophil"):
         predictor.explain(array, label="basophil")
+
+
+def test_an_image_finer_than_the_training_images_is_read_at_their_resolution(tiny_model_dir,
+                                                                             tmp_path):
+    """With the training images' short side in the card (48 here), an image of twice the
+    pixels is read as that image brought down to 48 (`preprocess.at_resolution`), by every
+    path that reads files or images; without it, as it is."""
+    import io
+
+    from hematovision.batch import classify_files
+    from hematovision.preprocess import at_resolution
+
+    reference = {"red_cell_scale": 0.1, "single_image_range": [0.5, 2.0],
+                 "batch_range": [0.8, 1.25], "max_short_side": 48}
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("fine",),
+                            card={"magnification": reference})
+    fine, plain = Predictor(root / "fine"), Predictor(tiny_model_dir)
+    assert (fine.short_side, plain.short_side) == (48, None)
+    field = make_smear(12, size=(128, 96), seed=3)
+    coarse = at_resolution(field, 48)
+    assert coarse.size == (64, 48)
+
+    def png(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    (tmp_path / "field.png").write_bytes(png(field))
+    expected = fine.predict(png(coarse)).probabilities
+    assert fine.predict(png(field)).probabilities == expected
+    [result] = classify_files(fine, [tmp_path / "field.png"])
+    assert result.prediction.probabilities == expected
+    # The step matters: read as it is, the finer image gives another answer.
+    assert plain.predict(png(field)).probabilities != plain.predict(png(coarse)).probabilities

@@ -314,3 +314,14 @@ def test_damaged_heic_and_avif_files_give_the_input_or_an_image_error(caplog):
             outcomes["refused"] += 1
     assert min(outcomes.values()) > 20, outcomes
     assert "unexpected" not in caplog.text
+
+
+def test_an_image_finer_than_the_training_images_is_brought_down_to_their_resolution():
+    from hematovision.preprocess import at_resolution
+
+    field = Image.new("RGB", (640, 480))
+    assert at_resolution(field, 240).size == (320, 240)  # BCCD's smear as Kaggle's field
+    assert at_resolution(Image.new("RGB", (480, 960)), 240).size == (240, 480)  # aspect kept
+    coarse = Image.new("RGB", (300, 200))
+    assert at_resolution(coarse, 240) is coarse  # never enlarged: that adds no detail
+    assert at_resolution(field, None) is field  # no reference recorded: read as it is

@@ -722,3 +722,21 @@ def test_benchmarks_text_gives_each_load_run_single_images_first_and_each_call_s
                   if c["views_per_call"] == chunk["served_views_per_call"])
     assert (f"| {served['views_per_call']} (served) | {served['images_per_call']} | "
             f"{served['images_per_second']:.1f} | {served['peak_rss_mib']:.0f} MiB") in text
+
+
+def test_the_magnification_table_gives_each_models_training_resolution(tmp_path,
+                                                                       tiny_model_dir):
+    from tests.web_helpers import make_models_root
+
+    check = {"n": 10, "rows": [{"name": "as recorded", "median_ratio": 1.0,
+                                "single_outside": 0.02, "batches_outside": 0.01}]}
+    entry = {"red_cell_scale": 0.149, "single_image_range": [0.78, 2.61],
+             "batch_range": [0.8333, 1.25], "min_batch_images": 5,
+             "reference": {"images": 1500}, "check": check}
+    make_models_root(tmp_path, tiny_model_dir, names=("a",),
+                     card={"magnification": {**entry, "max_short_side": 240}})
+    make_models_root(tmp_path, tiny_model_dir, names=("b",), card={"magnification": entry})
+    row = next(line for line in tables.magnification_table(tmp_path).splitlines()
+               if "largest short side" in line)
+    assert row == ("| training images' largest short side (finer images are brought down to "
+                   "it) | 240 px | | | not recorded | | |")

@@ -209,6 +209,34 @@ def test_a_heic_photo_from_a_phone_is_classified_and_shown_as_jpeg(client):
     image = Image.open(io.BytesIO(stored.data))
     assert image.size == (32, 64) and red_on_top_blue_below(image.convert("RGB"))
 
+def test_an_upload_finer_than_the_training_images_is_read_at_their_resolution(tmp_path,
+                                                                              tiny_model_dir):
+    """BCCD's own 640x480 smears were "not a cell" read at full resolution: the app reads an
+    upload as the predict command does, brought down to the model's training resolution."""
+    from hematovision.preprocess import at_resolution
+    from tests.conftest import make_smear
+
+    reference = {"red_cell_scale": 0.1, "single_image_range": [0.5, 2.0],
+                 "batch_range": [0.8, 1.25], "max_short_side": 48, "min_batch_images": 5,
+                 "reference": {"data": "train", "images": 9},
+                 "check": {"data": "test", "n": 0, "batch_draws": 0, "rows": []}}
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("fine",),
+                            card={"magnification": reference})
+    client = make_app(tmp_path, root, DEFAULT_MODEL="fine").test_client()
+    field = make_smear(12, size=(128, 96), seed=3)
+    encoded = {}
+    for name, image in (("field", field), ("coarse", at_resolution(field, 48))):
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        encoded[name] = buffer.getvalue()
+    html = follow(client, submit(client, ("field.png", encoded["field"])))
+    expected = Predictor(root / "fine").predict(encoded["coarse"])
+    assert f'<strong id="confidence">{expected.confidence * 100:.1f} %</strong>' in html
+    stored = re.search(r'src="(/uploads/[0-9a-f]{32}\.jpg)"', html).group(1)
+    assert Image.open(io.BytesIO(client.get(stored).data)).size == (128, 96)  # shown as sent
+    assert "The training images' largest short side is 48 px" in text(
+        client.get("/models/fine").get_data(as_text=True))
+
 def test_result_pages_and_their_files_are_not_cached(client):
     response = submit(client, ("a.jpg", image_bytes()))
     assert client.get(response.headers["Location"]).headers["Cache-Control"] == "no-store"

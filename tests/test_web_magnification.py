@@ -107,6 +107,7 @@ def test_the_model_page_shows_how_the_check_read_the_test_images(client):
     html = page(client, "/models/measuring")
     assert 'id="magnification-table"' in html
     assert re.search(r'data-change="zoom 1.5x">.*?1\.47.*?61\.0 %.*?98\.7 %', html, re.S)
+    assert 'id="training-resolution"' not in html  # a reference recorded before it was measured
 
 
 def test_an_image_of_a_flagged_batch_says_so_even_when_within_on_its_own(client):

@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from hematovision.card import ModelLoadError, read_card, write_card
 from hematovision.magnification import (CARD_KEY, MIN_BATCH_IMAGES, Reference, batch_check,
@@ -101,6 +102,18 @@ def check_rows(scales: np.ndarray, reference: Reference, changes: tuple[str, ...
     return rows
 
 
+def largest_short_side(paths: list[Path]) -> int:
+    """The training images' largest short side in pixels, from their headers: the resolution
+    the app brings finer images down to (`hematovision.preprocess.at_resolution`). The largest,
+    not a typical one: an image within the training images' own range (PBC's are 254 to 256
+    px) is read as it is, as the figures recorded on the test sets were."""
+    sides = []
+    for path in paths:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return max(sides)
+
+
 def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: str,
         train_data: Path | None, reference_images: int, workers: int) -> dict:
     try:
@@ -128,6 +141,7 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     zoom = float(config.get("zoom", TrainConfig.zoom))  # cards before --zoom: its default
     print(f"reference: {len(train)} training images of {root}", file=sys.stderr)
     entry = reference_entry(measure(training.paths(train), (BASELINE,), workers)[:, 0], zoom)
+    entry["max_short_side"] = largest_short_side(training.paths(train))
     reference = Reference.from_card({CARD_KEY: entry})
     entry["reference"] = {"data": f"{root} (splits.json:train)", "images": len(train)}
 
@@ -171,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"red-cell scale of the training images: {entry['red_cell_scale']} of the short side "
           f"({entry['reference']['images']} images); one image outside {single[0]}-{single[1]}"
           f" times it, a batch's median outside {batch[0]}-{batch[1]} times it")
+    print(f"their largest short side: {entry['max_short_side']} px (finer images are brought "
+          "down to it before they are read)")
     print(f"{entry['check']['data']}, n={entry['check']['n']}")
     for r in entry["check"]["rows"]:
         print(f"{r['name']:<12} median ratio {r['median_ratio']}  measured {r['measured']:.3f}  "

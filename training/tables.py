@@ -821,9 +821,12 @@ def magnification_table(root: Path = MODELS_ROOT) -> str:
                      f"| batches of {e['min_batch_images']} flagged |" for n, e in entries.items())
     lines = [f"| |{header}", "|---|" + "---|---|---|" * len(entries)]
     reference = ["training images' red-cell width (share of the short side)",
+                 "training images' largest short side (finer images are brought down to it)",
                  "one image flagged outside (times it)", "a batch's median flagged outside"]
     cells = [[f"{e['red_cell_scale']:.3f} ({e['reference']['images']} images) | |"
               for e in entries.values()],
+             [(f"{e['max_short_side']} px" if e.get("max_short_side") else "not recorded")
+              + " | |" for e in entries.values()],
              [f"{e['single_image_range'][0]:.2f}-{e['single_image_range'][1]:.2f} | |"
               for e in entries.values()],
              [f"{e['batch_range'][0]:.2f}-{e['batch_range'][1]:.2f} (training zoom) | |"
