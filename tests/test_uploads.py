@@ -218,7 +218,7 @@ def test_delete_batch_removes_its_results_and_images_and_nothing_else(tmp_path, 
 
 
 def test_delete_now_from_the_page_deletes_the_batch_and_says_so(tmp_path, client):
-    batch_id = upload(client, ("a.jpg", image_bytes()), ("b.jpg", image_bytes()))
+    batch_id = upload(client, ("a.jpg", image_bytes()), ("b.jpg", image_bytes((60, 60, 200))))
     kept = upload(client, ("c.jpg", image_bytes()))
     image_id = uploads.load_batch(tmp_path / "uploads", batch_id)["results"][0]["image"]
     page = client.get(f"/batch/{batch_id}").get_data(as_text=True)

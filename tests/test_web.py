@@ -252,7 +252,9 @@ def test_result_pages_and_their_files_are_not_cached(client):
 
 def test_many_images_give_the_batch_page_with_the_differential(client, models_root):
     colors = [(200, 60, 60), (60, 60, 200), (200, 60, 60), (120, 60, 160)]
-    files = [(f"{i}.png", image_bytes(c, fmt="PNG")) for i, c in enumerate(colors)]
+    # Two cells of one colour, as two files of their own (a copy of one would be left out).
+    files = [(f"{i}.png", image_bytes(c, fmt="PNG", compress_level=i)) for i, c in
+             enumerate(colors)]
     response = submit(client, *files, ("broken.jpg", b"\xff\xd8 nope"))
     html = follow(client, response)
     labels = [Predictor(models_root / "tiny").predict(d).label for _, d in files]
@@ -292,7 +294,9 @@ def test_single_item_index_out_of_range_is_404(client):
 
 def test_csv_download_contents(client, models_root):
     good = image_bytes((60, 60, 200), fmt="PNG")
-    response = submit(client, ("=HYPERLINK(1).png", good), ("empty.jpg", b""), ("b,c.png", good))
+    # The same pixels in another file (a copy of the same file would be left out).
+    same = image_bytes((60, 60, 200), fmt="PNG", compress_level=1)
+    response = submit(client, ("=HYPERLINK(1).png", good), ("empty.jpg", b""), ("b,c.png", same))
     batch_id = response.headers["Location"].rsplit("/", 1)[1]
     csv = client.get(f"/batch/{batch_id}.csv")
     p = Predictor(models_root / "tiny").predict(good)

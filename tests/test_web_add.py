@@ -75,8 +75,40 @@ def test_added_images_join_the_batch_and_its_deletion_time(client, batch_id):
 def test_a_one_image_batch_offers_to_add_and_becomes_a_batch(client):
     one = upload(client, "tiny", ("a.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
     assert 'id="add-form"' in page(client, f"/batch/{one}")
-    add(client, one, ("b.png", image_bytes(fmt="PNG")))
+    add(client, one, ("b.png", image_bytes((60, 60, 200), fmt="PNG")))
     assert 'id="differential"' in page(client, f"/batch/{one}")
+
+
+def test_an_image_already_in_the_batch_is_not_added_again(client, batch_id):
+    """The same file added twice (or a folder sent again) would count its cells twice."""
+    a = image_bytes(fmt="PNG")  # a.png's bytes, under another name
+    c = image_bytes((90, 160, 90), fmt="PNG")
+    response = add(client, batch_id, ("a copy.png", a), ("c.png", c), ("c again.png", c))
+    assert response.status_code == 303
+    stored = uploads.load_batch(folder(client), batch_id)
+    assert [r["file"] for r in stored["results"]] == ["a.png", "b.png", "c.png"]
+    assert all(len(r["sha256"]) == 64 for r in stored["results"])
+    html = page(client, f"/batch/{batch_id}")
+    assert ("Added 1 image to this batch." in text(html)
+            and "Left out 2 files that are byte for byte an image already in this batch, so "
+                "that no cell is counted twice: a copy.png (the same as a.png), c again.png "
+                "(the same as c.png)." in text(html))
+    before = stored_file(client, batch_id)
+    response = add(client, batch_id, ("b.png", image_bytes((60, 60, 200), fmt="PNG")))
+    assert response.status_code == 400
+    assert "Nothing was added: none of the files could be added." in text(
+        response.get_data(as_text=True))
+    assert "The same image as b.png: left out" in text(response.get_data(as_text=True))
+    assert stored_file(client, batch_id) == before
+
+
+def test_an_upload_holding_one_file_twice_counts_it_once(client):
+    location = upload(client, "tiny", ("a.png", image_bytes(fmt="PNG")),
+                      ("a (1).png", image_bytes(fmt="PNG")))
+    html = page(client, location)
+    assert "Left out 1 file that is byte for byte an image already in this batch" in text(html)
+    stored = uploads.load_batch(folder(client), location.rsplit("/", 1)[1])
+    assert [r["file"] for r in stored["results"]] == ["a.png"]
 
 
 def test_files_none_of_which_can_be_read_add_nothing_and_say_why(client, batch_id):
@@ -121,8 +153,8 @@ def test_an_addition_that_another_filled_the_batch_before_is_refused_and_keeps_n
     classify_request = pages.classify_request
     monkeypatch.setattr(pages, "classify_request", and_another_meanwhile)
     images_before = sorted(p.name for p in folder(client).glob("*.jpg"))
-    response = add(client, batch_id, ("c.png", image_bytes(fmt="PNG")),
-                   ("d.png", image_bytes(fmt="PNG")))
+    response = add(client, batch_id, ("c.png", image_bytes((90, 160, 90), fmt="PNG")),
+                   ("d.png", image_bytes((160, 90, 90), fmt="PNG")))
     assert response.status_code == 400
     assert ("A batch holds at most 5 images and this one holds 4: add at most 1"
             in text(response.get_data(as_text=True)))

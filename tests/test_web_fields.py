@@ -241,17 +241,21 @@ def test_a_fields_cells_count_once_in_the_batchs_magnification_check():
 def test_the_batch_limit_counts_a_field_as_one_image(client, batch_id):
     client.application.config["MAX_BATCH_IMAGES"] = 3  # the batch: 2 images, 3 results
 
-    def add(*names):
+    def add(*names):  # each a file of its own: a copy of one would be left out
         return client.post(f"/batch/{batch_id}/add", data={
             "csrf_token": csrf_token(client),
-            "file": [(io.BytesIO(image_bytes(fmt="PNG")), name) for name in names]})
+            "file": [(io.BytesIO(image_bytes((90, 160, 90 + len(name)), fmt="PNG")), name)
+                     for name in names]})
 
     assert add("a.png", "b.png").status_code == 400
     assert add("a.png").status_code == 303
     assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 4
     client.application.config["MAX_BATCH_IMAGES"] = 10
     response = client.post(f"/batch/{batch_id}/add", data={
-        "csrf_token": csrf_token(client), "file": [(io.BytesIO(png(FIELD)), "f2.png")]})
+        "csrf_token": csrf_token(client),
+        # Another field, mirrored (the same file again would be left out as a copy).
+        "file": [(io.BytesIO(png(FIELD.transpose(Image.Transpose.FLIP_LEFT_RIGHT))),
+                  "f2.png")]})
     assert "Added 1 image" in text(page(client, response.headers["Location"]))
     assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 6
 

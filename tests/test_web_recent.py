@@ -109,7 +109,8 @@ def test_adding_images_to_another_browser_s_batch_lists_it_first(app):
     mine, theirs = app.test_client(), app.test_client()
     own, shared = upload_batch(mine), upload_batch(theirs, images=2)
     response = mine.post(f"/batch/{shared}/add", data={
-        "csrf_token": csrf_token(mine), "file": [(io.BytesIO(image_bytes()), "more.jpg")]})
+        "csrf_token": csrf_token(mine),
+        "file": [(io.BytesIO(image_bytes((90, 160, 90))), "more.jpg")]})
     assert response.status_code == 303
     assert listed(mine) == [shared, own] and listed(theirs) == [shared]
 

@@ -271,7 +271,8 @@ def test_error_pages_lead_back_to_the_model_the_request_chose(tmp_path, models_r
 
 
 def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
-    location = upload(client, "accepting", ("a.jpg", RED), ("b.jpg", BLUE), ("c.jpg", RED))
+    location = upload(client, "accepting", ("a.jpg", RED), ("b.jpg", BLUE),
+                      ("c.jpg", image_bytes(CELL_COLORS[2])))
     steps = [re.findall(r'rel="(prev|next)" href="([^"]+)"', page(client, f"{location}/{i}"))
              for i in range(3)]
     assert steps == [[("next", f"{location}/1")],

@@ -7,6 +7,7 @@ one entry per cell; all decoded images then go through the model in one batched 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +33,25 @@ class Decoded:
     error: str | None = None
     checks: dict = field(default_factory=dict)  # the image's (batch.image_inputs)
     cell: dict | None = None  # which white cell of a field holding several (fields.cell_place)
+    duplicate_of: str | None = None  # the file whose bytes these are (DUPLICATE)
+
+
+# A file already in the batch (or sent twice in one request): byte for byte the same image,
+# whose cells counted again would skew the differential.
+DUPLICATE = "The same image as {first}: left out, so that its cells are not counted twice."
 
 
 def decode(
-    storage: FileStorage, predictor: Predictor, max_pixels: int, store_in: Path | None
+    name: str, data: bytes, predictor: Predictor, max_pixels: int, store_in: Path | None
 ) -> list[Decoded]:
-    """One uploaded file -> the predictor's model inputs: one, or one per white cell of a
-    field holding several (`fields.cell_inputs`); or an error message safe to show.
+    """One uploaded file's bytes -> the predictor's model inputs: one, or one per white cell of
+    a field holding several (`fields.cell_inputs`); or an error message safe to show.
 
     The viewing copy is stored right away, once for all the cells of a field, so that only one
     full-size image is in memory at a time, however many files the request holds.
     """
-    name = display_name(storage.filename)
     try:  # load_image turns any decoder failure on hostile input into ImageError
-        image = load_image(storage.read(), max_pixels=max_pixels)
+        image = load_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         return [Decoded(name, error=str(exc))]
     # The model card's contract, cell by cell, as the predict command's --each-cell reads it;
@@ -71,7 +77,8 @@ def classify(
     results = []
     for d in decoded:
         if d.array is None:
-            results.append({"file": d.file, "error": d.error})
+            results.append({"file": d.file, "error": d.error,
+                            **({"duplicate_of": d.duplicate_of} if d.duplicate_of else {})})
             continue
         prediction, cam = next(answers)
         result = result_entry(d.file, prediction, d.checks, d.cell)
@@ -110,14 +117,19 @@ def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
 
 
 def classify_request(
-    store_in: Path | None = None, explain: bool = False, model: str | None = None
+    store_in: Path | None = None, explain: bool = False, model: str | None = None,
+    known: dict[str, str] | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
     """Validate and classify the current request's `file` parts with its `model` choice, or
     with `model` where given (images added to a batch go through the batch's model).
 
     Returns (model name, results); aborts with 400 when there is nothing to do. With `store_in`,
-    each decoded image is stored there and its result gets the stored copy's id as "image";
-    with `explain`, each result gets its heat map (see `classify`).
+    each decoded image is stored there and its result gets the stored copy's id as "image" and
+    the SHA-256 of the file sent as "sha256"; with `explain`, each result gets its heat map
+    (see `classify`).
+    With `known` (a batch's images' digests, each with its file's name; empty for a new
+    batch), a file whose bytes are those of one of them or of an earlier file of the request
+    gets an error entry instead (DUPLICATE); the API, which keeps nothing, passes None.
     """
     name, predictor = requested_model(model)
     files = uploaded_files(request.files.getlist("file"))
@@ -129,10 +141,22 @@ def classify_request(
     if len(files) > limit:
         abort(400, description=f"Too many files ({len(files)}); send at most {limit} at a time.")
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
-    decoded = [d for f in files for d in decode(f, predictor, max_pixels, store_in)]
+    decoded, digests = [], []
+    first = dict(known or {})  # an image's digest: the name of its first copy
+    for f in files:
+        data = f.read()
+        digest = hashlib.sha256(data).hexdigest()
+        here = (decode(display_name(f.filename), data, predictor, max_pixels, store_in)
+                if known is None or digest not in first else
+                [Decoded(display_name(f.filename), error=DUPLICATE.format(first=first[digest]),
+                         duplicate_of=first[digest])])
+        first.setdefault(digest, display_name(f.filename))
+        decoded += here
+        digests += [digest] * len(here)
     results = classify(predictor, decoded, explain)
     if store_in:
-        for d, result in zip(decoded, results, strict=True):
+        for d, result, digest in zip(decoded, results, digests, strict=True):
             if d.image_id:
                 result["image"] = d.image_id
+                result["sha256"] = digest  # what a later addition is checked against
     return name, results

@@ -60,6 +60,8 @@ NOT_A_CELL_NO_MAP = (
     "map: the map would show evidence for a cell type the image is not."
 )
 ADDED = "Added {images} to this batch{failed}."
+COPIES_LEFT_OUT = ("Left out {count} file{s} that {verb} byte for byte an image already in this "
+                   "batch, so that no cell is counted twice: {names}.")
 BATCH_MODEL_GONE = (
     "The model {name!r} that classified this batch is no longer served, so no image can be "
     "added to it: start a new batch."
@@ -295,14 +297,27 @@ def file_accept() -> str:
 def upload():
     """Classify the chosen files, keep the result for a while and show it (303 to its page)."""
     folder = upload_folder()
-    name, items = classify_request(store_in=folder)
+    name, items = classify_request(store_in=folder, known={})
     if not any("label" in r for r in items):
         return home(errors=items, status=400, chosen=name)
+    items, _ = left_out_copies(items)
     batch_id = uploads.save_batch(
         folder, {"model": name, "classes": models.get(name).classes, "results": items}
     )
     recent.remember(batch_id)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+def left_out_copies(items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the results to keep, the files left out as copies of another image of the batch), the
+    copies said in a message on the batch page rather than kept as results."""
+    copies = [r for r in items if r.get("duplicate_of")]
+    if copies:
+        names = ", ".join(f"{r['file']} (the same as {r['duplicate_of']})" for r in copies[:5])
+        flash(COPIES_LEFT_OUT.format(count=len(copies), s="s" if len(copies) != 1 else "",
+                                     verb="are" if len(copies) != 1 else "is",
+                                     names=names + (", ..." if len(copies) > 5 else "")))
+    return [r for r in items if not r.get("duplicate_of")], copies
 
 
 @bp.post("/batch/<batch_id>/delete")
@@ -339,9 +354,11 @@ def add(batch_id: str):
     if results.image_count(stored["results"]) + sent > limit:
         batch_full(stored, limit)
     folder = upload_folder()
-    _, items = classify_request(store_in=folder, model=stored["model"])
+    known = {r["sha256"]: r.get("file", "") for r in stored["results"] if r.get("sha256")}
+    _, items = classify_request(store_in=folder, model=stored["model"], known=known)
     if not any("label" in r for r in items):
         return batch(batch_id, add_errors=items, status=400)
+    items, _ = left_out_copies(items)
     try:
         added_to = uploads.add_to_batch(folder, batch_id, items,
                                         lambda held: results.image_count(held) <= limit)
