@@ -163,6 +163,34 @@ function setUpAddInParts() {
 }
 
 async function sendInParts(form, parts, show) {
+  // Leaving before the last part is sent (the back button, a link) would keep a batch of only
+  // the images sent so far, which looks complete: the browser asks first. The page's own
+  // going on, below, is after the listener is gone.
+  const unfinished = (event) => {
+    event.preventDefault();
+    event.returnValue = "";
+  };
+  window.addEventListener("beforeunload", unfinished);
+  let outcome;
+  try {
+    outcome = await sendEachPart(form, parts, show);
+  } finally {
+    window.removeEventListener("beforeunload", unfinished);
+  }
+  if (outcome.page !== undefined) {
+    // A part the server refused (no readable image, too large, the batch full): its page
+    // says why, as a plain upload would have shown it.
+    document.open();
+    document.write(outcome.page);
+    document.close();
+  } else if (outcome.batch) {
+    window.location.assign(outcome.batch);
+  }
+}
+
+// Sends the parts in order: {batch: its page's path} once all are in (or as far as the
+// connection went), or {page: the server's answer} to the first part it refused.
+async function sendEachPart(form, parts, show) {
   const token = form.querySelector("input[name=csrf_token]").value;
   const model = form.querySelector("[name=model]");
   const total = parts.reduce((n, part) => n + part.length, 0);
@@ -179,22 +207,13 @@ async function sendInParts(form, parts, show) {
       response = await fetch(batch ? `${batch}/add` : form.action, { method: "POST", body });
     } catch (error) {
       show(`The connection failed after ${sent} of ${total} images.`);
-      if (batch) window.location.assign(batch); // what was sent is in the batch
-      return;
+      return { batch }; // what was sent is in the batch
     }
-    // A part the server refused (no readable image, too large, the batch full): its page
-    // says why, as a plain upload would have shown it.
-    if (!response.ok || !response.redirected) {
-      const page = await response.text();
-      document.open();
-      document.write(page);
-      document.close();
-      return;
-    }
+    if (!response.ok || !response.redirected) return { page: await response.text() };
     batch = new URL(response.url).pathname.replace(/\/$/, "");
     sent += part.length;
   }
-  window.location.assign(batch);
+  return { batch };
 }
 
 document.addEventListener("DOMContentLoaded", () => {

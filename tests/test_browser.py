@@ -276,6 +276,28 @@ def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_p
         assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 2
 
 
+def test_leaving_while_parts_are_being_sent_asks_first(browser, tmp_path, trusted_model_dir):
+    """Gone before the last part, a batch would hold only the images sent so far and look
+    complete: the page cancels the unload (so the browser asks) until the parts are in."""
+    from selenium.webdriver.common.by import By
+
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG") for i, c in enumerate(
+        [(200, 60, 60), (60, 60, 200), (120, 60, 160)])]
+    leaving = ("const e = new Event('beforeunload', {cancelable: true});"
+               " window.dispatchEvent(e); return e.defaultPrevented;")
+    with serving(tmp_path, trusted_model_dir, MAX_FILES=2) as url:
+        browser.get(url + "/")
+        browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
+        assert not browser.execute_script(leaving)
+        browser.execute_script("window.fetch = () => new Promise(() => {});")  # a slow server
+        submit = browser.find_element(By.ID, "submit")
+        browser.execute_script(
+            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", submit)
+        submit.click()
+        assert browser.find_element(By.ID, "submit-label").text == (
+            "Classifying images 1 to 2 of 3…")
+        assert browser.execute_script(leaving)
+
 def test_images_added_beyond_one_request_go_in_parts_up_to_the_room_left(browser, tmp_path,
                                                                          trusted_model_dir):
     from selenium.webdriver.common.by import By
