@@ -73,6 +73,21 @@ def test_a_two_cell_field_is_read_cell_by_cell_and_as_one_crop(bccd, cropping_mo
     assert row["right_whole"] == fields_check._right(row["labels"], [row["whole"]["label"]])
 
 
+def test_smears_as_recorded_are_read_as_served_and_at_full_resolution(bccd, tiny_model_dir,
+                                                                      tmp_path):
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    reference = {"red_cell_scale": 0.1, "single_image_range": [0.5, 2.0],
+                 "batch_range": [0.8, 1.25], "max_short_side": 240}
+    root = make_models_root(tmp_path / "fine", tiny_model_dir, names=("fine",), card={
+        "preprocessing": {**card["preprocessing"], "crop": "nucleus"},
+        "magnification": reference})
+    result = fields_check.resolution(bccd, Predictor(root / "fine"))
+    assert (result["smears"], result["sizes"], result["short_side"]) == (3, {"640x480": 3}, 240)
+    for way in ("served", "full_resolution"):  # two smears of two cells, one of one
+        counts = result[way]
+        assert counts["cells"] == 5 == sum(counts[s] for s in ("accepted", "unidentified",
+                                                               "not_a_cell"))
+
 def test_fields_of_red_cells_only_are_made_from_the_half_without_the_white_cell(
         bccd, cropping_model):
     """Only smears with one box count; "extra" has its one box in the left half, and its right

@@ -740,3 +740,17 @@ def test_the_magnification_table_gives_each_models_training_resolution(tmp_path,
                if "largest short side" in line)
     assert row == ("| training images' largest short side (finer images are brought down to "
                    "it) | 240 px | | | not recorded | | |")
+
+
+def test_the_resolution_table_reads_the_fields_check(tmp_path, tiny_model_dir):
+    from tests.web_helpers import make_models_root
+
+    counts = {"cells": 10, "accepted": 6, "unidentified": 3, "not_a_cell": 1}
+    result = {"resolution": {"smears": 4, "sizes": {"640x480": 4}, "short_side": 240,
+                             "served": counts, "full_resolution": {**counts, "accepted": 0,
+                                                                   "not_a_cell": 7}}}
+    make_models_root(tmp_path, tiny_model_dir, names=("a",),
+                     files={"fields_check.json": json.dumps(result).encode()})
+    assert tables.resolution_table(tmp_path).splitlines()[2:] == [
+        "| `a` | 4 (all 640x480) | as served: brought down to 240 px | 10 | 6 | 3 | 1 |",
+        "| `a` | 4 (all 640x480) | at full resolution (before) | 10 | 0 | 3 | 7 |"]

@@ -23,6 +23,8 @@ Kaggle's fields were made from them, and a fifth on Kaggle `train`:
    is what most of a film shows).
 5. The rule on the out-of-fold pool of `training.crossfit`: the population its adoption was
    judged on (docs/experiments.md, "No white cell found").
+6. Resolution: BCCD's smears as recorded (640x480), every cell read as served (brought down to
+   the training images' resolution) and at full resolution (`preprocess.at_resolution`).
 """
 
 from __future__ import annotations
@@ -180,6 +182,29 @@ def reading(bccd: Path, predictor: Predictor) -> dict:
             "per_field": rows}
 
 
+def resolution(bccd: Path, predictor: Predictor) -> dict:
+    """BCCD's smears as recorded (640x480, twice the pixels of the fields the model learned
+    on), each white cell read as the app reads an upload: brought down to the training
+    images' resolution first (`preprocess.at_resolution`, as served), and at full resolution
+    (that step left out, as the app read them before it). The status of every cell of each."""
+    size, crop = predictor.input_size, predictor.crop
+    statuses: dict[str, Counter] = {"served": Counter(), "full_resolution": Counter()}
+    sizes: Counter = Counter()
+    paths = sorted(p for p in (bccd / "JPEGImages").iterdir() if p.suffix.lower() == ".jpg")
+    for path in paths:
+        image = load_image(path)
+        sizes[f"{image.width}x{image.height}"] += 1
+        for way, read in (("served", predictor.at_resolution(image)), ("full_resolution", image)):
+            inputs, found = cell_inputs(read, size, crop, each_cell=True)
+            predictions = predictor.predict_images_arrays([array for array, _ in inputs],
+                                                          [found] * len(inputs))
+            statuses[way].update(p.status for p in predictions)
+    return {"smears": len(paths), "sizes": dict(sizes), "short_side": predictor.short_side,
+            **{way: {"cells": sum(c.values()), **{s: c[s] for s in
+                                                  ("accepted", "unidentified", "not_a_cell")}}
+               for way, c in statuses.items()}}
+
+
 def red_cells_only(bccd: Path, predictor: Predictor) -> dict:
     """Fields with no white cell, made from BCCD's smears whose one white-cell box lies in one
     half: the other half and its mirror image, scaled to 320x240 like the rest (a field of red
@@ -259,6 +284,7 @@ def check(model_dir: Path, bccd: Path = BCCD, kaggle: Path = KAGGLE) -> dict:
             "kaggle": kaggle_counts(kaggle),
             "reading": reading(bccd, predictor),
             "red_cells_only": red_cells_only(bccd, predictor),
+            "resolution": resolution(bccd, predictor),
             "white_cell_rule_out_of_fold": white_cell_rule(model_dir, predictor, kaggle)}
 
 
@@ -293,6 +319,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"red cells only, {o['fields']} fields: a white cell found in "
           f"{o['with_a_white_cell_found']}; the model: {o['accepted']} accepted, "
           f"{o['unidentified']} unidentified, {o['not_a_cell']} not a cell")
+    z = result["resolution"]
+    for way, label in (("served", f"brought down to {z['short_side']} px"),
+                       ("full_resolution", "at full resolution")):
+        print(f"BCCD smears as recorded, {z['smears']}, {label}: {z[way]['cells']} cells, "
+              f"{z[way]['accepted']} accepted, {z[way]['unidentified']} unidentified, "
+              f"{z[way]['not_a_cell']} not a cell")
     w = result["white_cell_rule_out_of_fold"]
     if w:
         print(f"out of fold, {w['pool']['images']} images: no white cell found in {w['images']}, "

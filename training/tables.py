@@ -525,6 +525,25 @@ def fields_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def resolution_table(root: Path = MODELS_ROOT) -> str:
+    """BCCD's smears as recorded, each cell read brought down to the training images'
+    resolution (as served) and at full resolution (training.fields_check)."""
+    lines = ["| model | BCCD smears (size) | read | cells | accepted | unidentified "
+             "| not a cell |", "|---|---|---|---|---|---|---|"]
+    for name, c, _ in _with_result(root, "fields_check.json"):
+        z = c.get("resolution")
+        if not z:
+            continue
+        sizes = (f"all {next(iter(z['sizes']))}" if len(z["sizes"]) == 1 else
+                 ", ".join(f"{n} {size}" for size, n in z["sizes"].items()))
+        for way, label in (("served", f"as served: brought down to {z['short_side']} px"),
+                           ("full_resolution", "at full resolution (before)")):
+            r = z[way]
+            lines.append(f"| `{name}` | {z['smears']} ({sizes}) | {label} | {r['cells']} | "
+                         f"{r['accepted']} | {r['unidentified']} | {r['not_a_cell']} |")
+    return "\n".join(lines)
+
+
 def red_cells_table(root: Path = MODELS_ROOT) -> str:
     """Fields of red cells only (training.fields_check): what the finder and the served model
     make of them."""
@@ -1277,6 +1296,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "flags": flags_table(root), "review-order": review_order_table(root),
               "fields": fields_table(root), "fields-changes": fields_changes_table(root),
               "fields-red-cells": red_cells_table(root),
+              "fields-resolution": resolution_table(root),
               "white-cell-rule": white_cell_rule_table(root)}
     for name in available_models(root):
         ablation = root / name / "ablation.json"
