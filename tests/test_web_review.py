@@ -348,6 +348,7 @@ def test_an_unidentified_cell_shows_how_to_tell_its_two_candidates_apart(client,
         return block and re.findall(r'<dt data-label="(\w+)">', block.group(0)), html
 
     named, html = telling_apart(1)  # unidentified: eosinophil, then monocyte
+    assert "1 other cell of this batch waits for review too." in text(html)
     assert named == ["eosinophil", "monocyte"]
     assert CELL_TYPES["eosinophil"].morphology in html and CELL_TYPES["monocyte"].morphology in html
     assert telling_apart(0)[0] is None  # accepted

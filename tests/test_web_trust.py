@@ -85,6 +85,9 @@ def test_unidentified_result_names_no_class_and_lists_two_candidates(client, mod
     candidates = re.findall(r'<li data-label="(\w+)">', html)
     assert candidates == [label for label, _ in expected.candidates] and len(candidates) == 2
     assert "too unsure: unidentified" in text(html)
+    # Why, in the status itself: how sure it was against how sure it must be (threshold 100 %).
+    assert (f"Its confidence, {expected.confidence * 100:.1f} %, is below the 100.0 % it needs "
+            "to name a class.") in text(html)
 
 
 def test_a_confidence_just_below_its_threshold_is_shown_below_it(tmp_path, trusted_model_dir):

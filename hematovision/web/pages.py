@@ -647,6 +647,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             verdict=differential.verdict_of(item),
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
+            to_review=results.review_summary(stored["results"]).to_review,
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
             # An image of a batch is judged with its batch too: one image's measure is rough.
