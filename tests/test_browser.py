@@ -100,6 +100,14 @@ def wait_for(driver, css: str):
     )
 
 
+def click_in_view(browser, element) -> None:
+    """Click an element after scrolling it to the window's middle at once: a note above may
+    have pushed it to the edge, and Bootstrap's smooth scrolling would still be moving it."""
+    browser.execute_script(
+        "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", element)
+    element.click()
+
+
 def mean_difference(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
 
@@ -240,12 +248,7 @@ def test_a_folder_beyond_one_upload_is_sent_in_parts_into_one_batch(browser, tmp
         assert note.startswith("Left out 2 files not named as an image: ")
         assert "notes.txt" in note and ".DS_Store" in note
         assert "These 5 images will be sent in 3 parts (one upload holds at most 2 files" in note
-        submit = browser.find_element(By.ID, "submit")
-        # The note pushed the button to the window's edge; Bootstrap's smooth scrolling would
-        # still be moving it when clicked.
-        browser.execute_script(
-            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", submit)
-        submit.click()
+        click_in_view(browser, browser.find_element(By.ID, "submit"))
         wait_for(browser, "#differential")
         rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
         assert sorted(r.find_element(By.CSS_SELECTOR, ".file-name").text for r in rows) == [
@@ -267,10 +270,7 @@ def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_p
         browser.get(url + "/")
         browser.find_element(By.ID, "file").send_keys(
             "\n".join(map(str, [*files, tmp_path / "x1.png", tmp_path / "x2.png"])))
-        submit = browser.find_element(By.ID, "submit")
-        browser.execute_script(
-            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", submit)
-        submit.click()
+        click_in_view(browser, browser.find_element(By.ID, "submit"))
         errors = wait_for(browser, "#add-errors")
         assert "x1.png" in errors.text and "x2.png" in errors.text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 2
@@ -290,10 +290,7 @@ def test_leaving_while_parts_are_being_sent_asks_first(browser, tmp_path, truste
         browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
         assert not browser.execute_script(leaving)
         browser.execute_script("window.fetch = () => new Promise(() => {});")  # a slow server
-        submit = browser.find_element(By.ID, "submit")
-        browser.execute_script(
-            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", submit)
-        submit.click()
+        click_in_view(browser, browser.find_element(By.ID, "submit"))
         assert browser.find_element(By.ID, "submit-label").text == (
             "Classifying images 1 to 2 of 3…")
         assert browser.execute_script(leaving)
@@ -319,10 +316,7 @@ def test_images_added_beyond_one_request_go_in_parts_up_to_the_room_left(browser
         field.send_keys("\n".join(map(str, files[1:4])))
         assert browser.find_element(By.ID, "add-note").text.startswith(
             "These 3 images will be sent in 2 parts (one upload holds at most 2 files")
-        add = browser.find_element(By.ID, "add-submit")
-        browser.execute_script(
-            "arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", add)
-        add.click()
+        click_in_view(browser, browser.find_element(By.ID, "add-submit"))
         wait_for(browser, "#differential")
         rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
         assert [r.find_element(By.CSS_SELECTOR, ".file-name").text for r in rows] == [
