@@ -43,7 +43,7 @@ CELL_TYPES: dict[str, CellType] = {
             display_name="Eosinophil",
             lineage="Granulocyte (myeloid)",
             morphology=(
-                "12-17 um; usually a bilobed nucleus; cytoplasm packed with large, uniform "
+                "12-17 µm; usually a bilobed nucleus; cytoplasm packed with large, uniform "
                 "orange-red (eosinophilic) granules that do not cover the nucleus."
             ),
             normal_share="1-4 % of white cells (about 0.0-0.5 x 10^9/L)",
@@ -60,7 +60,7 @@ CELL_TYPES: dict[str, CellType] = {
             display_name="Lymphocyte",
             lineage="Lymphoid",
             morphology=(
-                "Small (7-10 um) to large (up to 15 um); round, dense, dark nucleus filling most "
+                "Small (7-10 µm) to large (up to 15 µm); round, dense, dark nucleus filling most "
                 "of the cell; thin rim of pale blue cytoplasm, few or no granules."
             ),
             normal_share="20-40 % of white cells (about 1.0-4.0 x 10^9/L)",
@@ -77,7 +77,7 @@ CELL_TYPES: dict[str, CellType] = {
             display_name="Monocyte",
             lineage="Monocytic (myeloid)",
             morphology=(
-                "The largest normal white cell (15-20 um); kidney-shaped, folded or lobulated "
+                "The largest normal white cell (15-20 µm); kidney-shaped, folded or lobulated "
                 "nucleus with lacy chromatin; abundant grey-blue cytoplasm, often vacuolated."
             ),
             normal_share="2-8 % of white cells (about 0.2-0.8 x 10^9/L)",
@@ -94,7 +94,7 @@ CELL_TYPES: dict[str, CellType] = {
             display_name="Neutrophil",
             lineage="Granulocyte (myeloid)",
             morphology=(
-                "10-15 um; nucleus segmented into 2-5 lobes joined by thin strands (band forms "
+                "10-15 µm; nucleus segmented into 2-5 lobes joined by thin strands (band forms "
                 "have an unsegmented, curved nucleus); pale pink cytoplasm with fine granules."
             ),
             normal_share="40-70 % of white cells (about 2.0-7.5 x 10^9/L)",
@@ -111,7 +111,7 @@ CELL_TYPES: dict[str, CellType] = {
             display_name="Basophil",
             lineage="Granulocyte (myeloid)",
             morphology=(
-                "10-14 um; large, dark purple-black granules that crowd the cytoplasm and often "
+                "10-14 µm; large, dark purple-black granules that crowd the cytoplasm and often "
                 "hide the (usually bilobed) nucleus."
             ),
             normal_share="0-1 % of white cells (about 0.0-0.2 x 10^9/L)",
@@ -161,7 +161,7 @@ CELL_TYPES: dict[str, CellType] = {
             display_name="Platelet (thrombocyte)",
             lineage="Megakaryocytic",
             morphology=(
-                "Small (2-4 um) anucleate fragments with purple granules; may clump."
+                "Small (2-4 µm) anucleate fragments with purple granules; may clump."
             ),
             normal_share="Not part of the white-cell differential (about 150-400 x 10^9/L)",
             raised_in="Reactive thrombocytosis (infection, iron deficiency), essential thrombocythaemia.",

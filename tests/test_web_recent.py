@@ -38,7 +38,7 @@ def test_the_upload_page_lists_this_browser_s_batches_newest_first(app):
     assert f'href="/batch/{first}"' in html and f'href="/batch/{second}"' in html
     shown = text(html)
     assert "Your batches" in shown and "Batch of 2 images" in shown and "Batch of 1 image" in shown
-    assert "tiny · uploaded" in shown and "kept until" in shown
+    assert "tiny · from cell0.jpg · uploaded" in shown and "kept until" in shown
     # Another browser (its own session) sees none of them, though it may open each by address.
     stranger = app.test_client()
     assert listed(stranger) == []
