@@ -1,6 +1,10 @@
 // HematoVision page behaviour. Loaded as a file: the CSP forbids inline scripts.
 "use strict";
 
+// In a function of its own: a page written into this window (upload.js shows a refused
+// part's answer so) runs this file again, and top-level names would then clash.
+(() => {
+
 // Probability bars: the width comes from data-value (0..1). Set here because the CSP also
 // forbids inline style attributes; the number next to each bar is in the HTML for no-JS use.
 function drawBars() {
@@ -89,7 +93,8 @@ function setUpDropZone() {
     event.preventDefault();
     if (!event.dataTransfer || !event.dataTransfer.files.length) return;
     input.files = event.dataTransfer.files;
-    listFiles(input, list);
+    // As a choice in the picker: its listeners (the list, upload.js's checks) see it.
+    input.dispatchEvent(new Event("change"));
   });
 }
 
@@ -278,3 +283,4 @@ document.addEventListener("DOMContentLoaded", () => {
   focusFirstInvalidField();
   guardUnsavedReviews();
 });
+})();

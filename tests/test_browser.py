@@ -229,8 +229,9 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
 
 def test_a_folder_beyond_one_upload_is_sent_in_parts_into_one_batch(browser, tmp_path,
                                                                     trusted_model_dir):
-    """With at most 2 files per upload, a folder of 5 images (and 2 files that are not
-    images by name) becomes one batch of 5, sent as 3 requests, without the user's help."""
+    """With at most 2 files per upload, a folder of 5 images, a copy of one and 2 files that are
+    not images by name becomes one batch of 5, sent as 3 requests, without the user's help;
+    the message naming the copy left out waits for the batch page."""
     from selenium.webdriver.common.by import By
 
     folder = tmp_path / "film 12"
@@ -239,20 +240,25 @@ def test_a_folder_beyond_one_upload_is_sent_in_parts_into_one_batch(browser, tmp
         make_image(folder / ("slide" if i > 2 else "") / f"cell{i}.png", colour, fmt="PNG")
     (folder / "notes.txt").write_text("not an image")
     (folder / ".DS_Store").write_bytes(b"\0")
+    # A backup of the first image, sent in a later part: left out, and the message says so.
+    (folder / "slide" / "zz-backup.png").write_bytes((folder / "cell0.png").read_bytes())
     with serving(tmp_path, trusted_model_dir, MAX_FILES=2) as url:
         browser.get(url + "/")
         assert browser.find_element(By.ID, "folder-button").is_displayed()  # upload.js ran
         browser.find_element(By.ID, "folder").send_keys(str(folder))
-        assert browser.find_element(By.ID, "submit-label").text == "Classify 5 images"
+        assert browser.find_element(By.ID, "submit-label").text == "Classify 6 images"
         note = browser.find_element(By.ID, "parts-note").text
         assert note.startswith("Left out 2 files not named as an image: ")
         assert "notes.txt" in note and ".DS_Store" in note
-        assert "These 5 images will be sent in 3 parts (one upload holds at most 2 files" in note
+        assert "These 6 images will be sent in 3 parts (one upload holds at most 2 files" in note
         click_in_view(browser, browser.find_element(By.ID, "submit"))
         wait_for(browser, "#differential")
         rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
         assert sorted(r.find_element(By.CSS_SELECTOR, ".file-name").text for r in rows) == [
             f"cell{i}.png" for i in range(5)]
+        assert ("Left out 1 file that is byte for byte an image already in this batch, so that "
+                "no cell is counted twice: zz-backup.png (the same as cell0.png).") in \
+            browser.find_element(By.ID, "notices").text
         assert re.fullmatch(r".*/batch/[0-9a-f]{32}", browser.current_url)
 
 
@@ -265,7 +271,7 @@ def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_p
     files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
              for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
     for name in ("x1.png", "x2.png"):
-        (tmp_path / name).write_bytes(b"not an image")
+        (tmp_path / name).write_text(f"{name} is not an image")
     with serving(tmp_path, trusted_model_dir, MAX_FILES=2) as url:
         browser.get(url + "/")
         browser.find_element(By.ID, "file").send_keys(
@@ -274,6 +280,37 @@ def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_p
         errors = wait_for(browser, "#add-errors")
         assert "x1.png" in errors.text and "x2.png" in errors.text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 2
+        # The page written in works (its scripts ran again without a clash: the print button
+        # app.js shows), at the batch's address, which a reload opens.
+        assert browser.find_element(By.ID, "print-button").is_displayed()
+        assert re.fullmatch(url + r"/batch/[0-9a-f]{32}", browser.current_url)
+        assert [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"
+                and "400" not in e["message"]] == []
+
+
+def test_a_broken_connection_mid_way_stays_and_says_how_far_it_got(browser, tmp_path,
+                                                                   trusted_model_dir):
+    """Gone to the batch, the user would see a batch that looks complete."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG") for i, c in enumerate(
+        [(200, 60, 60), (60, 60, 200), (120, 60, 160)])]
+    with serving(tmp_path, trusted_model_dir, MAX_FILES=2) as url:
+        browser.get(url + "/")
+        browser.find_element(By.ID, "file").send_keys("\n".join(map(str, files)))
+        browser.execute_script(  # the second request never reaches the server
+            "const real = window.fetch; let calls = 0; window.fetch = (...args) => "
+            "++calls === 1 ? real(...args) : Promise.reject(new TypeError('offline'));")
+        click_in_view(browser, browser.find_element(By.ID, "submit"))
+        WebDriverWait(browser, 30).until(lambda d: "connection failed" in d.find_element(
+            By.ID, "parts-note").text)
+        note = browser.find_element(By.ID, "parts-note")
+        assert note.text == ("The connection failed: 2 of the 3 images were sent into the "
+                             "batch. Open the batch: add the rest there.")
+        assert re.fullmatch(url + r"/batch/[0-9a-f]{32}",
+                            note.find_element(By.TAG_NAME, "a").get_attribute("href"))
+        assert browser.current_url == url + "/"
 
 
 def test_leaving_while_parts_are_being_sent_asks_first(browser, tmp_path, trusted_model_dir):

@@ -93,13 +93,44 @@ def test_an_image_already_in_the_batch_is_not_added_again(client, batch_id):
             and "Left out 2 files that are byte for byte an image already in this batch, so "
                 "that no cell is counted twice: a copy.png (the same as a.png), c again.png "
                 "(the same as c.png)." in text(html))
+    # All of them in the batch already: nothing wrong, nothing added (a part of a folder sent
+    # again in parts must not stop the parts after it).
     before = stored_file(client, batch_id)
     response = add(client, batch_id, ("b.png", image_bytes((60, 60, 200), fmt="PNG")))
-    assert response.status_code == 400
-    assert "Nothing was added: none of the files could be added." in text(
-        response.get_data(as_text=True))
-    assert "The same image as b.png: left out" in text(response.get_data(as_text=True))
+    assert response.status_code == 303
+    assert "Left out 1 file that is byte for byte an image already in this batch" in text(
+        page(client, response.headers["Location"]))
     assert stored_file(client, batch_id) == before
+
+
+def test_the_same_file_added_twice_at_once_is_kept_once(client, batch_id):
+    """Both additions pass the check before classifying; the second to be stored finds the
+    image held already and keeps nothing of it, its stored copy deleted."""
+    stored = uploads.load_batch(folder(client), batch_id)
+    held = stored["results"][0]
+    copy = uploads.save_image(folder(client), uploads.Image.new("RGB", (8, 8)))
+    uploads.add_to_batch(folder(client), batch_id, [{**held, "image": copy}])
+    assert len(uploads.load_batch(folder(client), batch_id)["results"]) == 2
+    assert not (folder(client) / f"{copy}.jpg").exists()
+
+
+def test_parts_sent_by_the_page_get_the_batch_s_address_and_leave_its_messages(client):
+    """upload.js asks for JSON: the address of the batch, with the messages kept for the page
+    that opens after the last part."""
+    json_headers = {"Accept": "application/json"}
+    token = csrf_token(client)  # from the page, once, as the browser has it (it reads "/")
+    response = client.post("/upload", headers=json_headers, data={
+        "csrf_token": token, "model": "tiny",
+        "file": [(io.BytesIO(image_bytes(fmt="PNG")), "a.png"),
+                 (io.BytesIO(image_bytes(fmt="PNG")), "a copy.png")]})
+    address = response.get_json()["batch"]
+    assert response.status_code == 200 and re.fullmatch(r"/batch/[0-9a-f]{32}", address)
+    response = client.post(f"{address}/add", headers=json_headers, data={
+        "csrf_token": token,
+        "file": [(io.BytesIO(image_bytes((90, 160, 90), fmt="PNG")), "c.png")]})
+    assert response.get_json() == {"batch": address}
+    shown = text(page(client, address))
+    assert "Left out 1 file that is byte for byte" in shown and "Added 1 image" in shown
 
 
 def test_an_upload_holding_one_file_twice_counts_it_once(client):

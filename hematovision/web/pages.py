@@ -260,18 +260,18 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
 
 
 @bp.app_template_global()
-def upload_part() -> dict[str, int]:
-    """The most files and bytes one request of the upload form may carry, and the images a
-    batch may hold: static/upload.js sends a selection beyond one request in parts of this
-    size into one batch. The byte bound leaves room for the form's own fields and each file's
-    part headers."""
+def upload_part() -> dict[str, int | str]:
+    """The most files and bytes ("" where the server sets no byte limit) one request of the
+    upload form may carry, and the images a batch may hold: static/upload.js sends a selection
+    beyond one request in parts of this size into one batch. The byte bound leaves room for
+    the form's own fields and each file's part headers."""
     config = current_app.config
     files = config["MAX_FILES"]
     if config["MAX_FORM_PARTS"] is not None:  # the token and the model are parts too
         files = max(min(files, config["MAX_FORM_PARTS"] - 2), 1)
     length = config["MAX_CONTENT_LENGTH"]
     return {"files": files,
-            "bytes": 2**53 if length is None else max(length - 2**16 - 1024 * files, 1),
+            "bytes": "" if length is None else max(length - 2**16 - 1024 * files, 1),
             "batch": config["MAX_BATCH_IMAGES"]}
 
 
@@ -305,7 +305,18 @@ def upload():
         folder, {"model": name, "classes": models.get(name).classes, "results": items}
     )
     recent.remember(batch_id)
-    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+    return to_batch(batch_id)
+
+
+def to_batch(batch_id: str):
+    """After an upload or addition: 303 to the batch page; to static/upload.js, which sends a
+    selection in parts and asks for JSON, the page's address, so that the messages flashed
+    for the user wait for the page it opens after the last part rather than being shown to
+    its request."""
+    address = url_for("pages.batch", batch_id=batch_id)
+    if request.accept_mimetypes.best == "application/json":
+        return {"batch": address}
+    return redirect(address, code=303)
 
 
 def left_out_copies(items: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -313,7 +324,9 @@ def left_out_copies(items: list[dict]) -> tuple[list[dict], list[dict]]:
     copies said in a message on the batch page rather than kept as results."""
     copies = [r for r in items if r.get("duplicate_of")]
     if copies:
-        names = ", ".join(f"{r['file']} (the same as {r['duplicate_of']})" for r in copies[:5])
+        # Cut short: the message waits in the session cookie, which a browser drops past 4 KB.
+        names = ", ".join(f"{r['file'][:40]} (the same as {r['duplicate_of'][:40]})"
+                          for r in copies[:5])
         flash(COPIES_LEFT_OUT.format(count=len(copies), s="s" if len(copies) != 1 else "",
                                      verb="are" if len(copies) != 1 else "is",
                                      names=names + (", ..." if len(copies) > 5 else "")))
@@ -356,9 +369,11 @@ def add(batch_id: str):
     folder = upload_folder()
     known = {r["sha256"]: r.get("file", "") for r in stored["results"] if r.get("sha256")}
     _, items = classify_request(store_in=folder, model=stored["model"], known=known)
+    items, copies = left_out_copies(items)
+    if copies and not items:  # all in the batch already: nothing wrong, nothing to add
+        return to_batch(batch_id)
     if not any("label" in r for r in items):
-        return batch(batch_id, add_errors=items, status=400)
-    items, _ = left_out_copies(items)
+        return batch(batch_id, add_errors=items + copies, status=400)
     try:
         added_to = uploads.add_to_batch(folder, batch_id, items,
                                         lambda held: results.image_count(held) <= limit)
@@ -371,7 +386,7 @@ def add(batch_id: str):
     added = results.image_count([r for r in items if "label" in r])
     flash(ADDED.format(images=f"{added} image{'s' if added != 1 else ''}",
                        failed=f" ({failed} could not be read: listed below)" if failed else ""))
-    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+    return to_batch(batch_id)
 
 
 def batch_full(stored: dict, limit: int) -> NoReturn:

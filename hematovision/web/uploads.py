@@ -143,27 +143,37 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
     """Append results, whose images are already stored, to a stored batch; returns the batch
     as stored, or None when there is no such batch. BatchFull when the results it would hold
     do not `fit` (checked under the lock: two additions at once could each have fitted alone).
-    Whatever was not added has its new images deleted. The new images take the batch's upload
-    time, so the purge deletes them with the batch."""
+    Whatever was not added (an image the batch already holds, by its "sha256", included) has
+    its new images deleted. The new images take the batch's upload time, so the purge deletes
+    them with the batch."""
+    added: list[dict[str, Any]] = []
+
     def add(stored: dict[str, Any]) -> None:
-        if not fits(stored["results"] + results):
+        # An image another addition stored meanwhile (the same file sent twice at once) is
+        # checked for here, under the lock, as the limit is: counted twice it skews the counts.
+        held = {r.get("sha256") for r in stored["results"]} - {None}
+        fresh = [r for r in results if r.get("sha256") is None or r["sha256"] not in held]
+        if not fits(stored["results"] + fresh):
             raise BatchFull
-        stored["results"].extend(results)
+        stored["results"].extend(fresh)
+        added.extend(fresh)
 
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
     batch = None
     try:
         batch = update_batch(folder, batch_id, add)
     finally:
-        if batch is None:  # not added: no such batch, full, or unreadable
-            for path in images:
+        kept = {r.get("image") for r in added}
+        for path in images:  # not added: no such batch, full, unreadable, or held already
+            if path.stem not in kept:
                 path.unlink(missing_ok=True)
     if batch is None:
         return None
     try:
         uploaded = (folder / f"{batch_id}.json").stat().st_mtime
         for path in images:
-            os.utime(path, (time.time(), uploaded))
+            if path.exists():
+                os.utime(path, (time.time(), uploaded))
     except FileNotFoundError:  # the batch was deleted, these images with it, just after
         pass
     return batch
