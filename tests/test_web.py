@@ -166,6 +166,7 @@ def test_without_a_byte_limit_the_home_page_states_the_file_limit_alone(tmp_path
     html = client.get("/").get_data(as_text=True)
     assert "Up to 100 files per upload in total;" in " ".join(text(html).split())
     assert 'data-max-files="3"' in html  # the token and the model are parts of the form too
+    assert 'data-max-bytes=""' in html  # upload.js reads no byte bound
 
 
 def test_a_card_text_without_a_full_stop_does_not_run_into_the_next_sentence(tmp_path,

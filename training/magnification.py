@@ -134,6 +134,9 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     files = (split_files(split_file, split_name, dataset, data_dir) if split_file
              else dataset.files)
 
+    # Headers only: cheap over every training image, and the largest of a sample would bring
+    # down a training image finer than the sample's largest.
+    largest = largest_short_side(training.paths(train))
     rng = np.random.default_rng(0)
     if len(train) > reference_images:
         train = sorted(rng.choice(train, reference_images, replace=False).tolist())
@@ -141,7 +144,7 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     zoom = float(config.get("zoom", TrainConfig.zoom))  # cards before --zoom: its default
     print(f"reference: {len(train)} training images of {root}", file=sys.stderr)
     entry = reference_entry(measure(training.paths(train), (BASELINE,), workers)[:, 0], zoom)
-    entry["max_short_side"] = largest_short_side(training.paths(train))
+    entry["max_short_side"] = largest
     reference = Reference.from_card({CARD_KEY: entry})
     entry["reference"] = {"data": f"{root} (splits.json:train)", "images": len(train)}
 
