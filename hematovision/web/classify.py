@@ -144,13 +144,14 @@ def classify_request(
     decoded, digests = [], []
     first = dict(known or {})  # an image's digest: the name of its first copy
     for f in files:
-        data = f.read()
+        name_of_file, data = display_name(f.filename), f.read()
         digest = hashlib.sha256(data).hexdigest()
-        here = (decode(display_name(f.filename), data, predictor, max_pixels, store_in)
-                if known is None or digest not in first else
-                [Decoded(display_name(f.filename), error=DUPLICATE.format(first=first[digest]),
-                         duplicate_of=first[digest])])
-        first.setdefault(digest, display_name(f.filename))
+        if known is not None and digest in first:
+            here = [Decoded(name_of_file, error=DUPLICATE.format(first=first[digest]),
+                            duplicate_of=first[digest])]
+        else:
+            here = decode(name_of_file, data, predictor, max_pixels, store_in)
+            first.setdefault(digest, name_of_file)
         decoded += here
         digests += [digest] * len(here)
     results = classify(predictor, decoded, explain)
