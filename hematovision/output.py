@@ -21,9 +21,10 @@ def quoted(value: object, limit: int = 60) -> str:
 
 
 class Stdout:
-    """`with Stdout("the report") as out:` around a command's printing. A reader that stops early (`... |
-    head`) ends it quietly, as Unix tools do; a full disk ends it with one line on stderr, not a
-    traceback; either way `out.lost` is then true and the command should exit 1."""
+    """`with Stdout("the report") as out:` around a command's printing. A reader that stops
+    early (`... | head`) ends it quietly, as Unix tools do; a full disk ends it with one line on
+    stderr, not a traceback; either way `out.lost` is then true and the command should exit
+    1."""
 
     def __init__(self, what: str = "the output") -> None:
         self.what = what  # as the message names it: "the report"

@@ -113,8 +113,9 @@ def test_the_command_records_the_reference_and_how_the_check_reads_other_magnifi
                                "down to it) | 240 px |")
     assert table[5].startswith("| a batch's median flagged outside | 0.71-1.67 (training zoom)")
     zoomed = rows["zoom 1.5x"]
-    assert table[6 + list(rows).index("zoom 1.5x")] == (f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
-                         f"{zoomed['batches_outside']:.1%} |")
+    assert table[6 + list(rows).index("zoom 1.5x")] == (
+        f"| test images zoom 1.5x | {zoomed['median_ratio']:.2f}x | 100.0% | "
+        f"{zoomed['batches_outside']:.1%} |")
 
 
 def test_any_image_that_decodes_is_measured_or_given_up_on_never_an_error():

@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{stop}" + (" (the map the model was trained with; pass "
                                       "--source-map PATH, auto or none)" if trained else ""))
     metrics = evaluate(model_dir, args.data, out, args.split_file, args.split_name,
-                       args.known_classes_only, args.source_map)
+                       args.known_classes_only, setting)
     if args.record:
         record(model_dir, args.record, metrics, out)
     print(report_text(metrics, read_card(model_dir)["classes"]), end="")

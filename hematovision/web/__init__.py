@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask
 
 from hematovision.card import ModelLoadError
+from hematovision.output import quoted
 from hematovision.predictor import MODELS_ROOT
 from hematovision.preprocess import MAX_PIXELS
 from hematovision.reference import SETTINGS, intervals
@@ -100,7 +101,7 @@ def check_settings(config: dict[str, Any]) -> None:
         if isinstance(value, (int, float)) and f"{PREFIX}{key}" in os.environ:
             config[key] = value = os.environ[f"{PREFIX}{key}"]
         if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-            raise ModelLoadError(f"{_setting(key)} must be a path, not {value!r:.60}.")
+            raise ModelLoadError(f"{setting_name(key)} must be a path, not {quoted(value)}.")
     for key in (*COUNT_SETTINGS, *SECONDS_SETTINGS):
         value = config[key]
         if value is None and key in UNLIMITED_SETTINGS:
@@ -111,12 +112,13 @@ def check_settings(config: dict[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, kinds) or not (
                 lowest <= value < math.inf):
             what = "a whole number above 0" if counts else "a number of seconds, 0 or more"
-            raise ModelLoadError(f"{_setting(key)} must be {what}"
+            raise ModelLoadError(f"{setting_name(key)} must be {what}"
                                  f"{' (or null: no limit)' if key in UNLIMITED_SETTINGS else ''}"
-                                 f", not {value!r:.60}.")
+                                 f", not {quoted(value)}.")
 
 
-def _setting(key: str) -> str:
+def setting_name(key: str) -> str:
+    """A setting as a message names it: its key and the environment variable that sets it."""
     return f"The setting {key} (environment variable {PREFIX}{key})"
 
 
@@ -126,4 +128,4 @@ def reference_intervals(key: str, value, absolute: bool) -> dict[str, tuple[floa
     try:
         return intervals(value, absolute)
     except ValueError as exc:
-        raise ModelLoadError(f"{_setting(key)}: {exc}") from None
+        raise ModelLoadError(f"{setting_name(key)}: {exc}") from None

@@ -145,8 +145,9 @@ def classify_request(
     first = dict(known or {})  # an image's digest: the name of its first copy
     for f in files:
         name_of_file, data = display_name(f.filename), f.read()
-        digest = hashlib.sha256(data).hexdigest()
-        if known is not None and digest in first:
+        # Only where a batch keeps it: the API, which keeps nothing, needs no digest.
+        digest = None if known is None else hashlib.sha256(data).hexdigest()
+        if digest is not None and digest in first:
             here = [Decoded(name_of_file, error=DUPLICATE.format(first=first[digest]),
                             duplicate_of=first[digest])]
         else:
@@ -159,5 +160,6 @@ def classify_request(
         for d, result, digest in zip(decoded, results, digests, strict=True):
             if d.image_id:
                 result["image"] = d.image_id
-                result["sha256"] = digest  # what a later addition is checked against
+                if digest:
+                    result["sha256"] = digest  # what a later addition is checked against
     return name, results

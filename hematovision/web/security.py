@@ -17,6 +17,7 @@ from flask import Flask, abort, request, session
 from werkzeug.wrappers import Response
 
 from hematovision.card import ModelLoadError
+from hematovision.web import setting_name
 
 CSRF_FIELD = "csrf_token"
 CSRF_MESSAGE = "The form has expired or was not sent from this site. Reload the page and try again."
@@ -51,9 +52,8 @@ def init_app(app: Flask) -> None:
         try:
             app.config["SECRET_KEY"] = load_or_create_secret(path)
         except OSError as exc:
-            raise ModelLoadError(f"The setting SECRET_KEY_FILE (environment variable "
-                                 f"HEMATOVISION_SECRET_KEY_FILE): cannot read or create {path} "
-                                 f"({exc.strerror or exc}).") from None
+            raise ModelLoadError(f"{setting_name('SECRET_KEY_FILE')}: cannot read or create "
+                                 f"{path} ({exc.strerror or exc}).") from None
     app.after_request(add_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
 

@@ -163,17 +163,17 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
     try:
         batch = update_batch(folder, batch_id, add)
     finally:
-        kept = {r.get("image") for r in added}
+        kept_ids = {r.get("image") for r in added}
+        kept = [path for path in images if path.stem in kept_ids]
         for path in images:  # not added: no such batch, full, unreadable, or held already
-            if path.stem not in kept:
+            if path not in kept:
                 path.unlink(missing_ok=True)
     if batch is None:
         return None
     try:
         uploaded = (folder / f"{batch_id}.json").stat().st_mtime
-        for path in images:
-            if path.exists():
-                os.utime(path, (time.time(), uploaded))
+        for path in kept:
+            os.utime(path, (time.time(), uploaded))
     except FileNotFoundError:  # the batch was deleted, these images with it, just after
         pass
     return batch
