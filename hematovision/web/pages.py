@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn
@@ -86,6 +87,10 @@ REVIEW_PAGE_CELLS = 60
 REVIEW_FRACTION = 0.2
 REVIEW_NOTHING_CHOSEN = "No class was chosen for any cell, so nothing was saved."
 REVIEW_MANY_SAVED = "Saved your review of {cells}."
+REVIEW_CONFIRMED = "Confirmed {cells} as {name}, as the model classed them."
+REVIEW_NONE_CONFIRMED = ("No cell was left to confirm: those shown had been reviewed meanwhile, "
+                         "or given another class.")
+REVIEW_CONFIRM_UNKNOWN = ("Cells are confirmed from the list of their class: one of {choices}.")
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
 NOT_A_FIELD_CELL = "This result is a whole image, not one white cell of a field holding several."
 MODEL_GONE = "The model {name!r} that classified this image is no longer served."
@@ -439,7 +444,9 @@ def check_verdict(verdict: str, stored: dict) -> None:
 
 # The review page's lists (`?show=`): which results each holds. The default and
 # "no-white-cell" leave out reviewed results, so they shrink as reviews are saved; "all" does
-# not, so it pages.
+# not, so it pages. Beside them, one list per class (`?show=<class>`, and EXCLUDED): the cells
+# counted as that class now, for verifying the count class by class, as a technologist verifies
+# an analyzer's pre-classified cells (class_list).
 REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
     "": differential.needs_review,
     "all": lambda r: differential.status_of(r) is not None,
@@ -447,26 +454,80 @@ REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
 }
 
 
-def review_list() -> str:
+def review_list(stored: dict) -> str:
     """The review page's list named by the request (`?show=`); unknown names: the default."""
     show = request.args.get("show", "")
-    return show if show in REVIEW_LISTS else ""
+    return show if show in REVIEW_LISTS or show in class_lists(stored) else ""
+
+
+def class_lists(stored: dict) -> list[str]:
+    """The review page's lists of one class each: the batch's classes, then EXCLUDED."""
+    return [*stored["classes"], differential.EXCLUDED]
+
+
+def in_list(show: str) -> Callable[[dict], bool]:
+    """Whether a result belongs to the review page's list `show`: a class list holds the cells
+    counted as that class now (accepted by the model and not reviewed, or given it on review),
+    the EXCLUDED list those excluded on review."""
+    if show in REVIEW_LISTS:
+        return REVIEW_LISTS[show]
+    return lambda r: (differential.counted_class(r) or differential.verdict_of(r)) == show
+
+
+def to_confirm(result: dict) -> bool:
+    """A cell counted as the model accepted it, which no reviewer has looked at yet."""
+    return differential.status_of(result) == ACCEPTED and differential.verdict_of(result) is None
+
+
+def listed_in(show: str, found: list[dict]) -> list[int]:
+    """The indices of the list `show`, in the order the review page shows them. Every cell:
+    least sure first (results.least_sure_first); a class list: the cells still to confirm
+    first, least sure first, so that once a page of them is confirmed the next takes its place;
+    the other lists: in upload order."""
+    if show == "all":
+        return results.least_sure_first(found)
+    listed = [i for i, r in enumerate(found) if in_list(show)(r)]
+    if show in REVIEW_LISTS:
+        return listed
+    return sorted(listed, key=lambda i: (not to_confirm(found[i]), found[i]["confidence"], i))
+
+
+@dataclass(frozen=True)
+class ClassTab:
+    """One class list as the review page's tabs name it."""
+    show: str
+    cells: int
+    unconfirmed: int  # of them, accepted cells no reviewer has looked at yet
+
+
+def class_tabs(stored: dict) -> list[ClassTab]:
+    found = stored["results"]
+    tabs = []
+    for show in class_lists(stored):
+        mine = [r for r in found if in_list(show)(r)]
+        tabs.append(ClassTab(show, len(mine), sum(to_confirm(r) for r in mine)))
+    return tabs
 
 
 @bp.get("/batch/<batch_id>/review")
 def review_all(batch_id: str):
     """The cells still to review, all on one page, each as the model read it, with a choice of
     class each; `?show=all`: every classified result, to confirm accepted ones too;
-    `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed."""
+    `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed;
+    `?show=<class>`: the cells counted as that class (`?show=excluded`: those excluded), to
+    correct the odd ones out and confirm the rest."""
     stored = load_or_404(batch_id)
-    show = review_list()
-    listed = (results.least_sure_first(stored["results"]) if show == "all" else
-              [i for i, r in enumerate(stored["results"]) if REVIEW_LISTS[show](r)])
+    show = review_list(stored)
+    listed = listed_in(show, stored["results"])
     start = min(whole_number(request.args.get("start", "")) or 0, max(len(listed) - 1, 0))
+    shown = listed[start:start + REVIEW_PAGE_CELLS]
     return _no_store(render_template(
         "review.html", batch=stored, listed=len(listed), start=start,
-        cells=[(i, stored["results"][i]) for i in listed[start:start + REVIEW_PAGE_CELLS]],
-        page_cells=REVIEW_PAGE_CELLS, show=show,
+        cells=[(i, stored["results"][i]) for i in shown],
+        page_cells=REVIEW_PAGE_CELLS, show=show, tabs=class_tabs(stored),
+        to_review=sum(differential.needs_review(r) for r in stored["results"]),
+        classified=sum(differential.status_of(r) is not None for r in stored["results"]),
+        unconfirmed_shown=sum(to_confirm(stored["results"][i]) for i in shown),
         guide=[CELL_TYPES[c] for c in stored.get("classes", []) if c in CELL_TYPES],
         least_sure=least_sure_figure(served_model(stored["model"])) if show == "all" else None,
         expires=expires_at(stored)))
@@ -495,45 +556,88 @@ def least_sure_figure(predictor: Predictor | None) -> dict | None:
 @bp.post("/batch/<batch_id>/review")
 def review_many(batch_id: str):
     """Record the verdicts of the review page at once (`verdict-<n>`: one of the batch's
-    classes or "excluded"; empty leaves that result as it is). Any unknown verdict or result
-    refuses the whole form (400) and saves none. Then back to the review page's list while it
-    holds results still to review, else to the batch (303)."""
+    classes or "excluded"; empty leaves that result as it is). From a class list, `confirm`
+    (that class) also confirms the cells the page showed (`shown`: their indices, comma
+    separated) that were left as they were: each still counted as the model accepted it gets
+    the class as its verdict. Any unknown verdict or result refuses the whole form (400) and
+    saves none. Then back to the review page's list while it holds something to do; from a
+    class list done, on to the next class with cells to confirm; else to the batch (303)."""
     stored = load_or_404(batch_id)
     verdicts: dict[int, str] = {}
     for key, verdict in request.form.items():
         if not key.startswith("verdict-") or not verdict:
             continue
         number = key.removeprefix("verdict-")
-        index = whole_number(number)
-        if index is None or index >= len(stored["results"]) or differential.status_of(
-                stored["results"][index]) is None:
-            abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
+        verdicts[classified_index(stored, number)] = verdict
         check_verdict(verdict, stored)
-        verdicts[index] = verdict
+    listing, start = review_list(stored), whole_number(request.args.get("start", ""))
+    confirm = request.form.get("confirm", "")
+    if confirm and (confirm != listing or confirm not in stored["classes"]):
+        abort(400, description=REVIEW_CONFIRM_UNKNOWN.format(choices=", ".join(stored["classes"])))
+    shown = ([classified_index(stored, n) for n in request.form.get("shown", "").split(",")]
+             if confirm else [])
     # Where the form came from: the same list, and with every cell listed, the same page.
-    listing, start = review_list(), whole_number(request.args.get("start", ""))
     show = {**({"show": listing} if listing else {}),
             **({"start": start} if listing == "all" and start else {})}
-    if not verdicts:
+    if not verdicts and not confirm:
         flash(REVIEW_NOTHING_CHOSEN)
         return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
-    now = time.time()
+    now, confirmed = time.time(), 0
 
     def record(batch: dict) -> None:
+        nonlocal confirmed
+        found = batch["results"]
         for index, verdict in verdicts.items():
-            batch["results"][index]["review"] = {"label": verdict, "at": now}
+            found[index]["review"] = {"label": verdict, "at": now}
+        # Checked again under the batch's lock: a cell reviewed meanwhile, elsewhere, keeps
+        # that review.
+        for index in set(shown) - verdicts.keys():
+            if to_confirm(found[index]) and found[index]["label"] == confirm:
+                found[index]["review"] = {"label": confirm, "at": now}
+                confirmed += 1
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
-    count = len(verdicts)
-    flash(REVIEW_MANY_SAVED.format(cells=f"{count} cell{'s' if count != 1 else ''}"))
-    # Back to the list while it still holds something to do (every cell: while any is still
-    # to review), else to the batch.
-    left = REVIEW_LISTS["" if listing == "all" else listing]
-    if any(left(r) for r in stored["results"]):
-        return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
+    flash(reviews_saved(len(verdicts), confirmed, confirm))
+    found = stored["results"]
+    if listing in REVIEW_LISTS:
+        # Back to the list while it still holds something to do (every cell: while any is
+        # still to review), else to the batch.
+        left = REVIEW_LISTS["" if listing == "all" else listing]
+        if any(left(r) for r in found):
+            return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
+        return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+    # A class list: the same while it holds cells to confirm, then the next class that does.
+    names = class_lists(stored)
+    following = names[names.index(listing):] + names[:names.index(listing)]
+    pending = next((c for c in following if any(to_confirm(r) and in_list(c)(r) for r in found)),
+                   None)
+    if pending is not None:
+        return redirect(url_for("pages.review_all", batch_id=batch_id, show=pending), code=303)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+def classified_index(stored: dict, number: str) -> int:
+    """The index `number` names of a classified result of the batch; a 400 for any other."""
+    index = whole_number(number)
+    if index is None or index >= len(stored["results"]) or differential.status_of(
+            stored["results"][index]) is None:
+        abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
+    return index
+
+
+def reviews_saved(reviewed: int, confirmed: int, confirm: str) -> str:
+    """The flash message after the review page's form: how many cells were given a class and
+    how many confirmed as `confirm`."""
+    def cells(count: int) -> str:
+        return f"{count} cell{'s' if count != 1 else ''}"
+    saved = [REVIEW_MANY_SAVED.format(cells=cells(reviewed))] if reviewed else []
+    if confirm:
+        saved.append(REVIEW_CONFIRMED.format(cells=cells(confirmed),
+                                             name=display_name(confirm)) if confirmed
+                     else REVIEW_NONE_CONFIRMED)
+    return " ".join(saved)
 
 
 @bp.get("/batch/<batch_id>/<int:index>/view.jpg")
@@ -599,6 +703,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
                             if REVIEW_LISTS["no-white-cell"](r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
+            # The class lists holding accepted cells no one has confirmed yet.
+            to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
             review_bias=predictor and differential.review_bias(
                 predictor.card, predictor.trust.confidence_threshold),
             flag_errors=flag_errors(predictor),

@@ -1,0 +1,175 @@
+"""Verifying a batch's count class by class (GET/POST /batch/<id>/review?show=<class>): the
+cells counted as each class on one page, the odd ones corrected and the rest confirmed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import uploads
+from tests.conftest import CELL_COLORS
+from tests.web_helpers import csrf_token, image_bytes, make_models_root, page, text, upload
+
+# What the model said of each image of the batch (label, status, confidence), written over
+# what the tiny model said, so that each list's content is known.
+MODEL_SAID = [
+    ("neutrophil", "accepted", 0.97),
+    ("neutrophil", "accepted", 0.91),
+    ("lymphocyte", "accepted", 0.99),
+    ("neutrophil", "unidentified", 0.55),
+    ("neutrophil", "accepted", 0.995),
+    ("monocyte", "not_a_cell", 0.40),
+]
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
+
+
+def folder(client) -> Path:
+    return Path(client.application.config["UPLOAD_FOLDER"])
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    files = [(f"{i}.png", image_bytes(CELL_COLORS[i % 4], size=(64 + i, 48), fmt="PNG"))
+             for i in range(len(MODEL_SAID))]
+    batch_id = upload(client, "tiny", *files).rsplit("/", 1)[1]
+
+    def as_said(batch: dict) -> None:
+        for result, (label, status, confidence) in zip(batch["results"], MODEL_SAID):
+            result.update(label=label, status=status, confidence=confidence)
+
+    uploads.update_batch(folder(client), batch_id, as_said)
+    return batch_id
+
+
+def stored(client, batch_id: str) -> list[dict]:
+    return uploads.load_batch(folder(client), batch_id)["results"]
+
+
+def verdicts(client, batch_id: str) -> list[str | None]:
+    return [(r.get("review") or {}).get("label") for r in stored(client, batch_id)]
+
+
+def listed(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<fieldset[^>]* data-index="(\d+)"', html)]
+
+
+def post(client, batch_id: str, show: str, confirm: str | None = None,
+         shown: str | None = None, **chosen):
+    data = {"csrf_token": csrf_token(client),
+            **{f"verdict-{k.removeprefix('n')}": v for k, v in chosen.items()}}
+    if confirm is not None:
+        data["confirm"] = confirm
+    if shown is not None:
+        data["shown"] = shown
+    return client.post(f"/batch/{batch_id}/review?show={show}", data=data)
+
+
+def test_a_class_list_holds_the_cells_counted_as_that_class_those_to_confirm_first(
+        client, batch_id):
+    # The least sure accepted neutrophil first, then the others; not the unidentified one
+    # (not counted) nor the lymphocyte.
+    html = page(client, f"/batch/{batch_id}/review?show=neutrophil")
+    assert listed(html) == [1, 0, 4]
+    assert "3 cells counted as Neutrophil: 3 to confirm" in text(html)
+    assert 'name="shown" value="1,0,4"' in html
+    assert 'name="confirm" value="neutrophil"' in html
+
+    # Once one is reviewed as a neutrophil it goes after those still to confirm; the
+    # unidentified cell given this class on review joins the list.
+    client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client), "verdict-1": "neutrophil",
+        "verdict-3": "neutrophil"})
+    html = page(client, f"/batch/{batch_id}/review?show=neutrophil")
+    assert listed(html) == [0, 4, 3, 1]
+    assert "4 cells counted as Neutrophil: 2 to confirm" in text(html)
+    assert re.search(r'data-index="3"\s+data-status="unidentified" data-verdict="neutrophil"', html)
+
+
+def test_the_lists_are_named_with_their_counts_and_cells_to_confirm(client, batch_id):
+    html = page(client, f"/batch/{batch_id}/review?show=lymphocyte")
+    tabs = re.search(r'id="review-lists".*?</nav>', html, re.S).group(0)
+    assert [(show, text(name).strip()) for show, name in re.findall(
+        r'data-show="([\w-]*)"[^>]*>(.*?)</a>', tabs, re.S)] == [
+        ("", "To review 1"), ("eosinophil", "Eosinophil 0"),
+        ("lymphocyte", "Lymphocyte 1 (1 to confirm)"), ("monocyte", "Monocyte 0"),
+        ("neutrophil", "Neutrophil 3 (3 to confirm)"),
+        ("all", "Every cell 6")]  # no "Excluded" while none is
+    assert re.findall(r'data-show="(\w*)"\s+href="[^"]+" aria-current="page"', tabs) == [
+        "lymphocyte"]
+    assert "<title>Cells counted as Lymphocyte" in html
+
+    client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client), "verdict-2": "excluded"})
+    html = page(client, f"/batch/{batch_id}/review?show=excluded")
+    assert listed(html) == [2]
+    assert "1 cell you excluded from the count" in text(html)
+    assert 'name="confirm"' not in html  # an exclusion is not confirmed in bulk
+    assert "Excluded 1" in text(re.search(r'id="review-lists".*?</nav>', html, re.S).group(0))
+
+
+def test_confirming_saves_the_corrections_and_confirms_the_rest_shown(client, batch_id):
+    response = post(client, batch_id, "neutrophil", confirm="neutrophil", shown="1,0",
+                    n1="monocyte")
+    assert response.status_code == 303
+    # Cell 4, not shown (as on a later page), is left to confirm; so the list again.
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=neutrophil")
+    assert verdicts(client, batch_id) == [
+        "neutrophil", "monocyte", None, None, None, None]
+    html = page(client, response.headers["Location"])
+    assert ("Saved your review of 1 cell. Confirmed 1 cell as Neutrophil, as the model "
+            "classed them.") in text(html)
+    assert listed(html) == [4, 0]
+
+    # The last neutrophil confirmed: on to the next class with cells to confirm.
+    response = post(client, batch_id, "neutrophil", confirm="neutrophil", shown="4,0")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=lymphocyte")
+    assert verdicts(client, batch_id)[4] == "neutrophil"
+    response = post(client, batch_id, "lymphocyte", confirm="lymphocyte", shown="2")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")  # nothing left
+
+
+def test_a_cell_reviewed_meanwhile_keeps_its_review(client, batch_id):
+    # Another tab gave cell 0 another class after this page was drawn.
+    client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client), "verdict-0": "eosinophil"})
+    response = post(client, batch_id, "neutrophil", confirm="neutrophil", shown="1,0,4")
+    assert response.status_code == 303
+    assert verdicts(client, batch_id)[:5] == ["eosinophil", "neutrophil", None, None,
+                                              "neutrophil"]
+    # Nothing left to confirm: said, not passed over.
+    response = post(client, batch_id, "neutrophil", confirm="neutrophil", shown="1,4")
+    assert "No cell was left to confirm" in text(page(client, response.headers["Location"]))
+
+
+@pytest.mark.parametrize("show, confirm, shown, message", [
+    ("all", "neutrophil", "0", "Cells are confirmed from the list of their class"),
+    ("neutrophil", "lymphocyte", "0", "Cells are confirmed from the list of their class"),
+    ("excluded", "excluded", "0", "Cells are confirmed from the list of their class"),
+    ("neutrophil", "neutrophil", "0,9", "no classified image 9"),
+    ("neutrophil", "neutrophil", "0,x", "no classified image x"),
+    ("neutrophil", "neutrophil", "", "no classified image"),
+])
+def test_a_bad_confirmation_saves_nothing(client, batch_id, show, confirm, shown, message):
+    before = (folder(client) / f"{batch_id}.json").read_bytes()
+    response = post(client, batch_id, show, confirm=confirm, shown=shown, n1="monocyte")
+    assert response.status_code == 400
+    assert message in text(response.get_data(as_text=True))
+    assert (folder(client) / f"{batch_id}.json").read_bytes() == before
+
+
+def test_the_batch_page_leads_to_each_class_list(client, batch_id):
+    html = page(client, f"/batch/{batch_id}")
+    assert (f'<a class="class-list-link" href="/batch/{batch_id}/review?show=neutrophil"'
+            in html)
+    assert "4 accepted cells not confirmed: verify the count class by class" in text(html)
+    assert (f'href="/batch/{batch_id}/review?show=lymphocyte" id="verify-by-class-link"'
+            in html)  # the first class with cells to confirm
+    post(client, batch_id, "neutrophil", confirm="neutrophil", shown="1,0,4")
+    post(client, batch_id, "lymphocyte", confirm="lymphocyte", shown="2")
+    assert 'id="verify-by-class-link"' not in page(client, f"/batch/{batch_id}")
