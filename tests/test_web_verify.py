@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import uploads
-from tests.conftest import CELL_COLORS
-from tests.web_helpers import csrf_token, image_bytes, make_models_root, page, text, upload
+from tests.web_helpers import batch_as_said, csrf_token, make_models_root, page, text
 
-# What the model said of each image of the batch (label, status, confidence), written over
-# what the tiny model said, so that each list's content is known.
+# What the model said of each image of the batch (label, status, confidence).
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
     ("neutrophil", "accepted", 0.91),
@@ -35,16 +33,7 @@ def folder(client) -> Path:
 
 @pytest.fixture
 def batch_id(client) -> str:
-    files = [(f"{i}.png", image_bytes(CELL_COLORS[i % 4], size=(64 + i, 48), fmt="PNG"))
-             for i in range(len(MODEL_SAID))]
-    batch_id = upload(client, "tiny", *files).rsplit("/", 1)[1]
-
-    def as_said(batch: dict) -> None:
-        for result, (label, status, confidence) in zip(batch["results"], MODEL_SAID):
-            result.update(label=label, status=status, confidence=confidence)
-
-    uploads.update_batch(folder(client), batch_id, as_said)
-    return batch_id
+    return batch_as_said(client, "tiny", MODEL_SAID)
 
 
 def stored(client, batch_id: str) -> list[dict]:

@@ -322,3 +322,22 @@ def deleted_before_every_update(monkeypatch, client, batch_id: str) -> Path:
 
     monkeypatch.setattr(uploads, "update_batch", deleted_first)
     return folder / f"{batch_id}.json"
+
+
+def batch_as_said(client, model: str, answers: list[tuple[str, str, float]]) -> str:
+    """A batch of as many generated images as `answers`, each result then rewritten to what the
+    model is said to have answered (label, status, confidence), so that a test knows what every
+    list and count holds whatever the tiny model made of the images; the batch's id."""
+    from tests.conftest import CELL_COLORS
+    from hematovision.web import uploads
+
+    files = [(f"{i}.png", image_bytes(CELL_COLORS[i % 4], size=(64 + i, 48), fmt="PNG"))
+             for i in range(len(answers))]
+    batch_id = upload(client, model, *files).rsplit("/", 1)[1]
+
+    def as_said(batch: dict) -> None:
+        for result, (label, status, confidence) in zip(batch["results"], answers):
+            result.update(label=label, status=status, confidence=confidence)
+
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, as_said)
+    return batch_id

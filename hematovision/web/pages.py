@@ -37,7 +37,7 @@ from hematovision.spreadsheet import whole_number
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
 from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
-                              uploads)
+                              signoff, uploads)
 from hematovision.web.classify import classify_request, uploaded_files
 from hematovision.web.forms import TypedForm
 from hematovision.web.security import check_csrf
@@ -102,6 +102,9 @@ MANUAL_SAVED = "Saved your manual count of {cells}: the comparison is below."
 MANUAL_CLEARED = "Cleared the manual count."
 MANUAL_ONE_IMAGE = ("A manual count is compared with a differential: add images to this batch "
                     "first.")
+SIGN_OFF_ONE_IMAGE = "A sign-off is given for a differential: add images to this batch first."
+SIGNED_OFF = "Signed off by {name}: the page, the printed report and the differential CSV say so."
+SIGN_OFF_WITHDRAWN = "Withdrew the sign-off by {name}."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
 
@@ -668,10 +671,11 @@ def left_out_text(reason: str) -> str:
 
 @bp.get("/batch/<batch_id>")
 def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200,
-          sample_form: TypedForm | None = None, manual_form: TypedForm | None = None):
+          sample_form: TypedForm | None = None, manual_form: TypedForm | None = None,
+          signoff_form: TypedForm | None = None):
     """The batch page (a batch of one image shows that image's page); after a refused
-    addition, with its errors, and after a refused sample or manual-count form, with it as
-    typed."""
+    addition, with its errors, and after a refused sample, manual-count or sign-off form,
+    with it as typed."""
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
@@ -717,6 +721,10 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             comparison=manual_comparison(stored, counted),
             manual_form=manual_form or manual.form_of(manual.of(stored)),
             manual_fields=manual_fields(stored["classes"]),
+            signed=signoff.of(stored),
+            signoff_form=signoff_form or TypedForm(),
+            signoff_refusal=signoff.refusal(stored),
+            signed_by_length=signoff.MAX_NAME_LENGTH,
             # Only a model that names nucleated red cells can correct a count that includes them.
             nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
             few_cells=differential.DIFFERENTIAL_CELLS,
@@ -864,7 +872,8 @@ def differential_csv(batch_id: str):
     described = sample.of(stored)
     counted = sample_differential(stored, described)
     return csv_download(results.differential_csv(counted, described.id,
-                                                 manual_comparison(stored, counted)),
+                                                 manual_comparison(stored, counted),
+                                                 signoff.of(stored)),
                         stored, "-differential")
 
 
@@ -896,6 +905,43 @@ def save_sample(batch_id: str):
                             lambda b: sample.store(b, described, time.time())) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
     flash(SAMPLE_SAVED if described != sample.Sample() else SAMPLE_CLEARED)
+    return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+@bp.post("/batch/<batch_id>/signoff")
+def sign_off(batch_id: str):
+    """Sign the batch's count off as checked (`signed_by`: the technologist's name or
+    initials), or withdraw its sign-off (`withdraw`), then back to the batch page (303). A
+    count with unidentified cells still to review, or with no white cell counted, is not
+    signed (400, the page with the form and why); neither is a name that is not plain text."""
+    stored = load_or_404(batch_id)
+    if len(stored["results"]) == 1:
+        abort(400, description=SIGN_OFF_ONE_IMAGE)
+    if request.form.get(signoff.WITHDRAW_FIELD):
+        signed = signoff.of(stored)
+        if uploads.update_batch(upload_folder(), batch_id, signoff.withdraw) is None:
+            abort(404, description=EXPIRED.format(retention=retention()))
+        if signed:
+            flash(SIGN_OFF_WITHDRAWN.format(name=signed.by))
+        return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+    name, form = signoff.read_form(request.form)
+    if name is None:
+        return batch(batch_id, status=400, signoff_form=form)
+    now, refused = time.time(), None
+
+    def record(found: dict) -> None:
+        nonlocal refused
+        # Judged under the batch's lock: a review cleared meanwhile in another tab counts.
+        refused = signoff.refusal(found)
+        if refused is None:
+            signoff.sign(found, name, now)
+
+    if uploads.update_batch(upload_folder(), batch_id, record) is None:
+        abort(404, description=EXPIRED.format(retention=retention()))
+    if refused is not None:
+        return batch(batch_id, status=400,
+                     signoff_form=TypedForm(form.typed, {signoff.NAME_FIELD: refused}))
+    flash(SIGNED_OFF.format(name=name))
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
 

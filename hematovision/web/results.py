@@ -20,6 +20,7 @@ from hematovision.differential import (EXCLUDED, Differential, counted_label, di
                                        flag_text, needs_review, status_of, verdict_of)
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.spreadsheet import inert
+from hematovision.web.signoff import SignOff
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 
@@ -48,16 +49,18 @@ DIFFERENTIAL_COLUMNS = (
     "per_litre_high", "per_litre_reference_low", "per_litre_reference_high", "per_litre_flag",
     "white_cells", "awaiting_review", "white_cells_per_litre",
     "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
-    "manual_difference", "manual_p_value", "manual_white_cells")
+    "manual_difference", "manual_p_value", "manual_white_cells", "signed_off_by",
+    "signed_off_at")
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
-                     comparison: Comparison | None = None) -> str:
+                     comparison: Comparison | None = None, signed: SignOff | None = None) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
     white cells), each with the batch's white cells counted, unidentified cells awaiting review
-    (no flag is given while there are any), total count and sample ID. A flag reads "high",
+    (no flag is given while there are any), total count and sample ID, and who signed the
+    count off and when (empty unless `signed` still stands). A flag reads "high",
     "low", "high?" or "low?" (within counting error), empty within the interval. Given a
     manual count of the film (`comparison`), each white-cell class's row also has its manual
     count and percent, the difference in points and its p-value (`hematovision.comparison`),
@@ -70,7 +73,9 @@ def differential_csv(counted: Differential, sample_id: str = "",
              _number(counted.white_cells_per_litre),
              _number(counted.uncorrected_white_cells_per_litre), inert(sample_id)]
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
-    manual_total = [comparison.manual_white_cells if comparison else ""]
+    manual_total = [comparison.manual_white_cells if comparison else "",
+                    *([inert(signed.by), _iso(signed.at)] if signed and signed.current
+                      else ["", ""])]
     for s in counted.shares:
         a, m = s.absolute, by_hand.get(s.name)
         writer.writerow([

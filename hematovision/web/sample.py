@@ -6,13 +6,12 @@ deleted with it."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hematovision.reference import white_cell_count
-from hematovision.web.forms import TypedForm
+from hematovision.web.forms import TypedForm, plain_text
 
 MAX_ID_LENGTH = 40
 BAD_ID = (f"A sample ID is at most {MAX_ID_LENGTH} letters, digits, spaces and punctuation "
@@ -33,15 +32,12 @@ class Sample:
 
 
 def sample_id(text: str) -> str:
-    """A sample ID as typed, made canonical (Unicode NFC, outer spaces dropped); ValueError with
-    a message for the user when it is longer than MAX_ID_LENGTH or holds anything but letters,
-    marks, digits, punctuation, symbols and plain spaces (no control or invisible characters:
-    the ID is printed on reports and written in CSV files)."""
-    canonical = unicodedata.normalize("NFC", text).strip()
-    if len(canonical) > MAX_ID_LENGTH or any(
-            unicodedata.category(c)[0] not in "LMNPS" and c != " " for c in canonical):
-        raise ValueError(BAD_ID.format(typed=text[:MAX_ID_LENGTH + 10]))
-    return canonical
+    """A sample ID as typed, made canonical (`forms.plain_text`); ValueError with a message for
+    the user when it is longer than MAX_ID_LENGTH or holds other than plain text."""
+    try:
+        return plain_text(text, MAX_ID_LENGTH)
+    except ValueError:
+        raise ValueError(BAD_ID.format(typed=text[:MAX_ID_LENGTH + 10])) from None
 
 
 def read_form(form: Mapping[str, str]) -> tuple[Sample | None, TypedForm]:

@@ -1,0 +1,95 @@
+"""A batch's sign-off: the technologist who checked its count says so by name, as a lab releases
+a verified differential. Kept in the stored batch with what it signed (a fingerprint of every
+result, review, the sample's details and the manual count), so that a sign-off the count has
+since moved away from (a review changed, images added, the sample's count edited) is shown as
+such instead of vouching for figures no one signed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hematovision.differential import counted_label, needs_review, verdict_of
+from hematovision.web.forms import TypedForm, plain_text
+
+MAX_NAME_LENGTH = 60
+NAME_FIELD = "signed_by"
+WITHDRAW_FIELD = "withdraw"  # the withdraw button's name
+BAD_NAME = (f"Sign with your name or initials: at most {MAX_NAME_LENGTH} letters, digits, spaces "
+            "and punctuation; {typed!r} is not.")
+NO_NAME = "Give your name or initials to sign the count off."
+STILL_TO_REVIEW = (
+    "{count} unidentified cell{s} still wait{verb} for review: review {them} first, so that the "
+    "count you sign does not lean towards the classes the model is sure of.")
+NOTHING_COUNTED = "No white cell is counted in this batch, so there is no differential to sign."
+
+
+@dataclass(frozen=True)
+class SignOff:
+    by: str
+    at: float  # seconds since the epoch
+    white_cells: int  # white cells counted when signed
+    reviewed: int  # of them, those a reviewer confirmed or gave their class
+    current: bool  # the batch still counts what was signed
+
+
+def fingerprint(batch: dict[str, Any]) -> str:
+    """What a sign-off vouches for, as a digest: each result's file, model answer and review
+    verdict, the sample's details and the manual count. A review's time is left out, so
+    confirming a cell again as the same class keeps the sign-off."""
+    signed = {
+        "results": [[r.get("file"), r.get("cell"), r.get("label"), r.get("status"), verdict_of(r)]
+                    for r in batch["results"]],
+        "sample": {k: v for k, v in (batch.get("sample") or {}).items() if k != "at"},
+        "manual": {k: v for k, v in (batch.get("manual") or {}).items() if k != "at"},
+    }
+    return hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
+
+
+def of(batch: dict[str, Any]) -> SignOff | None:
+    """The batch's sign-off, or None where it was never signed (or was withdrawn)."""
+    stored = batch.get("signoff")
+    if not isinstance(stored, dict):
+        return None
+    return SignOff(stored["by"], stored["at"], stored["white_cells"], stored["reviewed"],
+                   current=stored["fingerprint"] == fingerprint(batch))
+
+
+def refusal(batch: dict[str, Any]) -> str | None:
+    """Why the batch's count cannot be signed off as it stands; None when it can."""
+    waiting = sum(needs_review(r) for r in batch["results"])
+    if waiting:
+        return STILL_TO_REVIEW.format(count=waiting, s="s" if waiting != 1 else "",
+                                      verb="" if waiting != 1 else "s",
+                                      them="them" if waiting != 1 else "it")
+    if not any(counted_label(r) for r in batch["results"]):
+        return NOTHING_COUNTED
+    return None
+
+
+def read_form(form: Mapping[str, str]) -> tuple[str | None, TypedForm]:
+    """The signer's name a form gives, or None and the form with a message."""
+    typed = str(form.get(NAME_FIELD, ""))[:200]
+    try:
+        name = plain_text(typed, MAX_NAME_LENGTH)
+    except ValueError:
+        return None, TypedForm({NAME_FIELD: typed},
+                               {NAME_FIELD: BAD_NAME.format(typed=typed[:MAX_NAME_LENGTH + 10])})
+    if not name:
+        return None, TypedForm({NAME_FIELD: typed}, {NAME_FIELD: NO_NAME})
+    return name, TypedForm({NAME_FIELD: name})
+
+
+def sign(batch: dict[str, Any], name: str, at: float) -> None:
+    """Record `name`'s sign-off of the batch as it stands (in place), replacing any before."""
+    counted = [r for r in batch["results"] if counted_label(r)]
+    batch["signoff"] = {"by": name, "at": at, "white_cells": len(counted),
+                        "reviewed": sum(verdict_of(r) is not None for r in counted),
+                        "fingerprint": fingerprint(batch)}
+
+
+def withdraw(batch: dict[str, Any]) -> None:
+    batch.pop("signoff", None)

@@ -1,0 +1,175 @@
+"""Signing a batch's count off (POST /batch/<id>/signoff): refused while cells wait for review,
+shown on the page, the printed report and the differential CSV, and shown as changed once the
+count moves away from what was signed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import uploads
+from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
+                               save_sample, text, upload)
+
+MODEL_SAID = [
+    ("neutrophil", "accepted", 0.97),
+    ("lymphocyte", "accepted", 0.99),
+    ("neutrophil", "unidentified", 0.55),
+    ("monocyte", "not_a_cell", 0.40),
+]
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    return batch_as_said(client, "tiny", MODEL_SAID)
+
+
+def stored(client, batch_id: str) -> dict:
+    return uploads.load_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id)
+
+
+def review(client, batch_id: str, **verdicts) -> None:
+    response = client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client),
+        **{f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}})
+    assert response.status_code == 303
+
+
+def sign(client, batch_id: str, name: str = "J. Smith", **more):
+    return client.post(f"/batch/{batch_id}/signoff",
+                       data={"csrf_token": csrf_token(client), "signed_by": name, **more})
+
+
+def signed_csv(client, batch_id: str) -> list[tuple[str, str]]:
+    rows = csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)))
+    return sorted({(r["signed_off_by"], r["signed_off_at"]) for r in rows})
+
+
+def test_a_count_with_cells_to_review_is_not_signed(client, batch_id):
+    before = stored(client, batch_id)
+    response = sign(client, batch_id)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert ("1 unidentified cell still waits for review: review it first, so that the count "
+            "you sign does not lean towards the classes the model is sure of.") in text(html)
+    # As the page's other forms: the name kept as typed, the message tied to its field.
+    assert re.search(r'id="signed-by" name="signed_by"\s+value="J. Smith"', html)
+    assert 'aria-describedby="signoff-help signed-by-error"' in html
+    assert 'aria-invalid="true"' in html
+    assert stored(client, batch_id) == before
+    assert 'id="signoff-summary"' not in html
+
+
+def test_a_signed_count_is_shown_printed_and_written_with_the_name(client, batch_id):
+    review(client, batch_id, n2="neutrophil")
+    response = sign(client, batch_id, "  J. Smith ")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}")
+    signed = stored(client, batch_id)["signoff"]
+    assert (signed["by"], signed["white_cells"], signed["reviewed"]) == ("J. Smith", 3, 1)
+
+    html = page(client, f"/batch/{batch_id}")
+    assert "Signed off by J. Smith: the page, the printed report" in text(html)  # the flash
+    summary = re.search(r'<p[^>]*id="signoff-summary".*?</p>', html, re.S).group(0)
+    assert 'data-current="true"' in summary and "Signed off by J. Smith" in text(summary)
+    assert ("3 white cells counted, 1 of them confirmed or given their class on review, the "
+            "rest as the model accepted them.") in text(html)
+    note = re.search(r'id="print-note".*?</p>', html, re.S).group(0)
+    assert "Signed off by J. Smith," in text(note) and "Preliminary" not in note
+    assert 'id="withdraw-form"' in html and 'id="signoff-form"' not in html
+    [(by, at)] = signed_csv(client, batch_id)
+    assert by == "J. Smith" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", at)
+
+
+@pytest.mark.parametrize("change", ["review", "sample", "add"])
+def test_a_change_to_the_count_after_signing_shows_it_as_changed(client, batch_id, change):
+    review(client, batch_id, n2="neutrophil")
+    sign(client, batch_id)
+    if change == "review":
+        review(client, batch_id, n0="eosinophil")
+    elif change == "sample":
+        save_sample(client, batch_id, "H-1", "6.5")
+    else:
+        response = client.post(f"/batch/{batch_id}/add", data={
+            "csrf_token": csrf_token(client),
+            "file": [(io.BytesIO(image_bytes(size=(90, 60), fmt="PNG")), "more.png")]})
+        assert response.status_code == 303
+    html = page(client, f"/batch/{batch_id}")
+    summary = re.search(r'<p[^>]*id="signoff-summary".*?</p>', html, re.S).group(0)
+    assert 'data-current="false"' in summary
+    assert "Changed since it was signed off by J. Smith" in text(summary)
+    assert "Changed after J. Smith signed it off: not signed as it stands." in text(html)
+    assert "Not signed off." in text(re.search(r'id="print-note".*?</p>', html, re.S).group(0))
+    assert 'id="signoff-form"' in html and 'id="signoff-stale"' in html
+    assert signed_csv(client, batch_id) == [("", "")]
+    # Signed again, it stands.
+    if change == "add":  # the added image waits for review or counts as it is
+        review(client, batch_id, n4="lymphocyte")
+    assert sign(client, batch_id, "A. Jones").status_code == 303
+    assert signed_csv(client, batch_id)[0][0] == "A. Jones"
+
+
+def test_confirming_a_cell_again_as_its_class_keeps_the_sign_off(client, batch_id):
+    review(client, batch_id, n2="neutrophil")
+    sign(client, batch_id)
+    review(client, batch_id, n2="neutrophil")  # a new review time, the same count
+    assert signed_csv(client, batch_id)[0][0] == "J. Smith"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "Give your name or initials to sign the count off."),
+    ("   ", "Give your name or initials to sign the count off."),
+    ("J.\x00Smith", "Sign with your name or initials"),
+    ("J. Smith\u202e", "Sign with your name or initials"),  # an invisible direction mark
+    ("x" * 61, "Sign with your name or initials: at most 60"),
+])
+def test_a_name_that_is_not_plain_text_is_refused(client, batch_id, name, message):
+    review(client, batch_id, n2="neutrophil")
+    before = stored(client, batch_id)
+    response = sign(client, batch_id, name)
+    assert response.status_code == 400
+    assert message in text(response.get_data(as_text=True))
+    assert stored(client, batch_id) == before
+
+
+def test_a_name_like_a_formula_is_written_inert(client, batch_id):
+    review(client, batch_id, n2="neutrophil")
+    sign(client, batch_id, "=HYPERLINK(1)")
+    assert signed_csv(client, batch_id)[0][0] == "'=HYPERLINK(1)"
+
+
+def test_a_sign_off_is_withdrawn(client, batch_id):
+    review(client, batch_id, n2="neutrophil")
+    sign(client, batch_id)
+    response = client.post(f"/batch/{batch_id}/signoff",
+                           data={"csrf_token": csrf_token(client), "withdraw": "1"})
+    assert response.status_code == 303
+    assert "signoff" not in stored(client, batch_id)
+    html = page(client, f"/batch/{batch_id}")
+    assert "Withdrew the sign-off by J. Smith." in text(html)
+    assert 'id="signoff-summary"' not in html and 'id="signoff-form"' in html
+
+
+def test_nothing_counted_or_one_image_or_no_token_is_not_signed(client, batch_id):
+    review(client, batch_id, n0="excluded", n1="excluded", n2="excluded")
+    response = sign(client, batch_id)
+    assert response.status_code == 400
+    assert "No white cell is counted in this batch" in text(response.get_data(as_text=True))
+
+    single = upload(client, "tiny", ("one.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
+    response = sign(client, single)
+    assert response.status_code == 400
+    assert "add images to this batch first" in text(response.get_data(as_text=True))
+    assert client.post(f"/batch/{batch_id}/signoff",
+                       data={"signed_by": "J. Smith"}).status_code == 400
+    assert sign(client, "0" * 32).status_code == 404
