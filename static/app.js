@@ -227,14 +227,16 @@ function setUpReviewKeys() {
   });
 }
 
-// The batch page's "Print report" (hidden without JavaScript, which printing needs here: the
-// CSP allows no inline handler).
+// The report's "Print" (hidden without JavaScript, which printing needs here: the CSP allows
+// no inline handler).
 function setUpPrint() {
   const button = document.getElementById("print-button");
-  if (!button) return;
-  button.hidden = false;
-  button.addEventListener("click", () => window.print());
-  // A printed report says when it was printed: the page may be older than its batch's reviews.
+  if (button) {
+    button.hidden = false;
+    button.addEventListener("click", () => window.print());
+  }
+  // A printed report or page says when it was printed: it may be older than its batch's
+  // reviews.
   const printed = document.getElementById("printed-at");
   if (printed) {
     window.addEventListener("beforeprint", () => {

@@ -146,7 +146,8 @@ def pages_of_both_models(browser, base_url: str, tmp_path) -> list[str]:
     accepted = upload_two_cells(browser, base_url, tmp_path)
     unsure = upload(browser, base_url, tmp_path, "unsure")
     return [base_url + "/", accepted, accepted + "/0", unsure, unsure + "/0", unsure + "/review",
-            accepted + "/review?show=all", base_url + "/models/tiny", base_url + "/docs/api",
+            accepted + "/review?show=all", accepted + "/review?show=eosinophil",
+            accepted + "/report", base_url + "/models/tiny", base_url + "/docs/api",
             base_url + "/no-such-page"]
 
 
@@ -183,7 +184,8 @@ def test_every_control_reached_by_tab_shows_a_ring_of_3_to_1(browser, base_url, 
     link first, drawn over the navigation bar rather than under it."""
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", REDUCED_MOTION)  # no ring fading in
     batch = upload_two_cells(browser, base_url, tmp_path)
-    for address in (batch, batch + "/0", batch + "/review?show=all", base_url + "/"):
+    for address in (batch, batch + "/0", batch + "/review?show=all",
+                    class_list(browser, batch), base_url + "/"):
         browser.get(address)
         rings = tab_through(browser)
         assert rings[0]["name"] == "Skip to main content" and rings[0]["onTop"], address
@@ -192,6 +194,17 @@ def test_every_control_reached_by_tab_shows_a_ring_of_3_to_1(browser, base_url, 
         weak = [r for r in rings if r["outline"] == "none" or r["width"] < 2 or r["ratio"] < 3
                 or not r["visible"]]
         assert weak == [], (address, weak)
+
+
+def class_list(browser, batch: str) -> str:
+    """The review list of the batch's first class holding a counted cell."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(batch)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#differential tbody tr")
+    counted = next(r for r in rows
+                   if int(r.find_element(By.CSS_SELECTOR, "td").text) > 0)
+    return counted.find_element(By.CSS_SELECTOR, "a.class-list-link").get_attribute("href")
 
 
 def accessibility_tree(browser) -> list[dict]:
@@ -260,7 +273,8 @@ def test_no_page_scrolls_sideways_at_320_px_or_at_200_percent_zoom(browser, base
         browser.find_element(By.ID, field).send_keys(count)
     browser.find_element(By.ID, "manual_lymphocyte").submit()
     wait_for(browser, "#manual-comparison")
-    addresses = [batch, batch + "/0", batch + "/review?show=all", base_url + "/",
+    addresses = [batch, batch + "/0", batch + "/review?show=all",
+                 batch + "/review?show=eosinophil", batch + "/report", base_url + "/",
                  base_url + "/models/tiny", base_url + "/docs/api", base_url + "/no-such-page"]
     for width, scale in ((320, 1), (640, 2)):
         browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {

@@ -53,7 +53,13 @@ def serving(tmp_path, trusted_model_dir, **config):
     trust["ood"]["threshold"] = 1e12
     models = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",),
                               card={"trust": trust})
-    app = make_app(tmp_path, models, **config)
+    with served(make_app(tmp_path, models, **config)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def served(app):
+    """`app` on a free loopback port, served by Werkzeug in a thread; its address."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -207,7 +213,6 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
         for td in browser.find_elements(By.CSS_SELECTOR, "#differential tbody td:nth-of-type(1)")
     ]
     assert sum(counts) == 3
-    assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it
     # Printed, the page is a report: no navigation, buttons or forms; the report line shows.
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
     assert not browser.find_element(By.TAG_NAME, "header").is_displayed()
@@ -280,9 +285,10 @@ def test_a_part_the_server_refuses_shows_its_page_with_the_reason(browser, tmp_p
         errors = wait_for(browser, "#add-errors")
         assert "x1.png" in errors.text and "x2.png" in errors.text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 2
-        # The page written in works (its scripts ran again without a clash: the print button
-        # app.js shows), at the batch's address, which a reload opens.
-        assert browser.find_element(By.ID, "print-button").is_displayed()
+        # The page written in works (its scripts ran again without a clash: the bars app.js
+        # draws), at the batch's address, which a reload opens.
+        assert browser.find_element(By.CSS_SELECTOR, ".progress-bar[data-value]").get_attribute(
+            "style").startswith("width:")
         assert re.fullmatch(url + r"/batch/[0-9a-f]{32}", browser.current_url)
         assert [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"
                 and "400" not in e["message"]] == []
@@ -550,3 +556,52 @@ def test_the_batch_page_fits_a_phone_and_its_tables_their_column(browser, base_u
     assert len(browser.find_elements(By.CSS_SELECTOR, "#differential-title ~ .table-responsive")
                ) >= 4  # differential, absolute counts, not counted, manual count
     assert browser.execute_script(OVERFLOW, column) == []
+
+
+PBC_CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+               "neutrophil", "platelet"]
+
+
+def pdf_pages(browser, width_in: float, height_in: float) -> int:
+    """The pages of the open page printed to PDF on paper of this size, as Chromium prints."""
+    import base64
+
+    pdf = base64.b64decode(browser.execute_cdp_cmd(
+        "Page.printToPDF", {"paperWidth": width_in, "paperHeight": height_in})["data"])
+    return int(re.search(rb"/Type\s*/Pages\b.*?/Count\s+(\d+)", pdf, re.S).group(1))
+
+
+def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_path,
+                                                                 trusted_model_dir):
+    """The report at its fullest: eight classes with cells per litre, the count corrected for
+    nucleated red cells, cells beside the differential, a manual count, every note and a
+    sign-off, on one side of A4 and of Letter."""
+    from selenium.webdriver.common.by import By
+
+    from hematovision.web import uploads
+    from tests.web_helpers import batch_as_said, csrf_token, save_sample
+
+    app = make_app(tmp_path, make_models_root(tmp_path / "models", trusted_model_dir,
+                                              names=("tiny",)))
+    client = app.test_client()
+    batch_id = batch_as_said(client, "tiny", [(c, "accepted", 0.99) for c in PBC_CLASSES
+                                              for _ in range(3)])
+    uploads.update_batch(Path(app.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch.update(classes=PBC_CLASSES))
+    save_sample(client, batch_id, "H-2026-01234", "7.2", wbc_includes_nrbc="on")
+    token = csrf_token(client)
+    assert client.post(f"/batch/{batch_id}/manual", data={
+        "csrf_token": token, "manual_other": "2",
+        **{f"manual_{c}": "11" for c in PBC_CLASSES if c != "platelet"}}).status_code == 303
+    assert client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": token, "signed_by": "J. Smith"}).status_code == 303
+    with served(app) as url:
+        browser.get(f"{url}/batch/{batch_id}/report")
+        assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it
+        table = browser.find_element(By.ID, "report-differential").text
+        assert "Immature granulocyte" in table and "× 10⁹/L" in table
+        assert "corrected for nucleated red cells" in browser.find_element(
+            By.ID, "report-facts").text
+        assert browser.find_elements(By.ID, "report-manual")
+        assert pdf_pages(browser, 8.27, 11.69) == 1  # A4
+        assert pdf_pages(browser, 8.5, 11) == 1  # Letter

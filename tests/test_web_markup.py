@@ -110,7 +110,8 @@ def pages(client) -> dict[str, str]:
         "csrf_token": csrf_token(client), "manual_neutrophil": "3", "manual_other": "1"}
     ).status_code == 303
     addresses = ["/", "/?model=other", batch, f"{batch}/0", f"{batch}/1", f"{batch}/3",
-                 f"{batch}/review", f"{batch}/review?show=all", single, "/models",
+                 f"{batch}/review", f"{batch}/review?show=all",
+                 f"{batch}/review?show=eosinophil", f"{batch}/report", single, "/models",
                  "/models/tiny", "/models/other", "/docs/api", "/no-such-page",
                  f"{batch}/99"]
     return {address: client.get(address).get_data(as_text=True) for address in addresses}

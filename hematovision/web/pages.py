@@ -669,6 +669,39 @@ def left_out_text(reason: str) -> str:
     return "Excluded on review" if reason == differential.EXCLUDED else STATUS_TEXT[reason]
 
 
+def count_context(stored: dict) -> dict:
+    """What the batch page and its printed report both show of a batch's count: the
+    differential, the statuses, reviews, sample, manual count, sign-off and checks."""
+    described = sample.of(stored)
+    counted = sample_differential(stored, described)
+    counts = results.status_counts(stored["results"])
+    predictor = served_model(stored["model"])
+    reference = predictor.magnification if predictor else None
+    return dict(
+        batch=stored,
+        differential=counted,
+        counts=counts,
+        classified=sum(counts.values()),
+        left_out=differential.left_out_counts(stored["results"]),
+        reviews=results.review_summary(stored["results"]),
+        # The class lists holding accepted cells no one has confirmed yet.
+        to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
+        review_bias=predictor and differential.review_bias(
+            predictor.card, predictor.trust.confidence_threshold),
+        flag_errors=flag_errors(predictor),
+        lab_intervals=current_app.config["REFERENCE_INTERVALS"] != catalog_intervals(),
+        lab_absolute_intervals=(current_app.config["ABSOLUTE_REFERENCE_INTERVALS"]
+                                != catalog_intervals(absolute=True)),
+        sample=described,
+        comparison=manual_comparison(stored, counted),
+        signed=signoff.of(stored),
+        few_cells=differential.DIFFERENTIAL_CELLS,
+        magnification=results.magnification_check(stored["results"], reference),
+        magnification_range=reference.batch_range if reference else None,
+        predictor=predictor,
+    )
+
+
 @bp.get("/batch/<batch_id>")
 def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200,
           sample_form: TypedForm | None = None, manual_form: TypedForm | None = None,
@@ -679,11 +712,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
-    described = sample.of(stored)
-    counted = sample_differential(stored, described)
-    counts = results.status_counts(stored["results"])
-    predictor = served_model(stored["model"])
-    reference = predictor.magnification if predictor else None
+    shown = count_context(stored)
     # Results the differential leaves out, with their position for the link to their page.
     not_counted = [
         (i, r, reason) for i, r in enumerate(stored["results"])
@@ -692,13 +721,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     return _no_store(
         render_template(
             "batch.html",
-            batch=stored,
-            differential=counted,
-            counts=counts,
-            classified=sum(counts.values()),
+            **shown,
             not_counted=not_counted,
-            left_out=differential.left_out_counts(stored["results"]),
-            reviews=results.review_summary(stored["results"]),
             fields_left_out=results.fields_left_out(stored["results"]),
             # (index, counted in the differential) of each image with no white cell found
             # that no one has reviewed yet.
@@ -707,37 +731,34 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
                             if REVIEW_LISTS["no-white-cell"](r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
-            # The class lists holding accepted cells no one has confirmed yet.
-            to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
-            review_bias=predictor and differential.review_bias(
-                predictor.card, predictor.trust.confidence_threshold),
-            flag_errors=flag_errors(predictor),
-            lab_intervals=current_app.config["REFERENCE_INTERVALS"] != catalog_intervals(),
-            lab_absolute_intervals=(current_app.config["ABSOLUTE_REFERENCE_INTERVALS"]
-                                    != catalog_intervals(absolute=True)),
-            sample=described,
-            sample_form=sample_form or sample.form_of(described),
+            sample_form=sample_form or sample.form_of(shown["sample"]),
             sample_id_length=sample.MAX_ID_LENGTH,
-            comparison=manual_comparison(stored, counted),
             manual_form=manual_form or manual.form_of(manual.of(stored)),
             manual_fields=manual_fields(stored["classes"]),
-            signed=signoff.of(stored),
             signoff_form=signoff_form or TypedForm(),
             signoff_refusal=signoff.refusal(stored),
             signed_by_length=signoff.MAX_NAME_LENGTH,
             # Only a model that names nucleated red cells can correct a count that includes them.
             nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
-            few_cells=differential.DIFFERENTIAL_CELLS,
-            acceptance=served_acceptance(predictor),
-            magnification=results.magnification_check(stored["results"], reference),
-            magnification_range=reference.batch_range if reference else None,
+            acceptance=served_acceptance(shown["predictor"]),
             expires=expires_at(stored),
             add_errors=add_errors or [],
-            predictor=predictor,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
         ),
         status,
     )
+
+
+@bp.get("/batch/<batch_id>/report")
+def report(batch_id: str):
+    """The batch's count as a report to print on one sheet: the sample, the differential with
+    its ranges, intervals and flags, the cells left out, the manual count, the checks and the
+    sign-off (a blank line to sign by hand where none stands). A batch of one image has no
+    differential: its page."""
+    stored = load_or_404(batch_id)
+    if len(stored["results"]) == 1:
+        return redirect(url_for("pages.single", batch_id=batch_id, index=0), code=303)
+    return _no_store(render_template("report.html", **count_context(stored)))
 
 
 @bp.get("/batch/<batch_id>/<int:index>")

@@ -1,0 +1,118 @@
+"""The batch's report to print (GET /batch/<id>/report): the sample, the differential with its
+ranges and flags, what was left out, the manual count, and whether the count is signed off,
+preliminary, or changed since it was signed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
+                               save_sample, text, upload)
+
+MODEL_SAID = [
+    ("neutrophil", "accepted", 0.97),
+    ("neutrophil", "accepted", 0.96),
+    ("lymphocyte", "accepted", 0.99),
+    ("eosinophil", "unidentified", 0.55),
+    ("monocyte", "not_a_cell", 0.40),
+]
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    return batch_as_said(client, "tiny", MODEL_SAID)
+
+
+def review(client, batch_id: str, **verdicts) -> None:
+    client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client),
+        **{f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}})
+
+
+def report(client, batch_id: str) -> str:
+    return page(client, f"/batch/{batch_id}/report")
+
+
+def status(html: str) -> tuple[str, str]:
+    found = re.search(r'<p[^>]*id="report-status" data-status="(\w+)">(.*?)</p>', html, re.S)
+    # Tags read as spaces: none before punctuation.
+    return found.group(1), re.sub(r" ([,.:])", r"\1", text(found.group(2)).strip())
+
+
+def rows(html: str, table: str) -> list[list[str]]:
+    body = re.search(rf'id="{table}".*?<tbody>(.*?)</tbody>', html, re.S).group(1)
+    return [[text(cell).strip() for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+
+
+def test_the_report_holds_the_sample_the_differential_and_what_was_left_out(client, batch_id):
+    save_sample(client, batch_id, "H-2026-01234", "6.5")
+    html = report(client, batch_id)
+    assert "<title>Report · Sample H-2026-01234" in html
+    assert "White-cell differential: sample H-2026-01234" in text(html)
+    facts = text(" ".join(re.findall(r'<p class="report-facts.*?</p>', html, re.S)))
+    assert "Sample H-2026-01234 · White-cell count 6.5 × 10⁹/L · Uploaded" in facts
+    assert ("Images 5 classified: 3 accepted, 1 unidentified, 1 not a blood-cell image · "
+            "Reviewed 0 of the 3 counted white cells; 1 unidentified still to review") in facts
+    # Count, %, 95 % range, reference (no flag while a cell awaits review), then per litre.
+    assert rows(html, "report-differential")[3] == [
+        "Neutrophil", "2", "66.7", "9.4–99.2", "40–70", "4.33", "0.61–6.45", "2–7.5"]
+    assert ("Not counted: 1 unidentified awaiting review, 1 not a blood-cell image like the "
+            "training images, 0 excluded on review.") in text(html)
+    assert "no share is flagged until the unidentified cells are reviewed" in text(html)
+    assert "Only 3 white cells were counted (a manual differential counts 100)" in text(html)
+    assert 'id="report-manual"' not in html  # no manual count given
+    assert 'id="print-button" hidden' in html  # shown by app.js, which printing needs
+    # The batch page leads here, without script.
+    assert (f'href="/batch/{batch_id}/report" id="report-link"'
+            in page(client, f"/batch/{batch_id}"))
+
+
+def test_the_report_says_whether_the_count_is_preliminary_signed_or_changed(client, batch_id):
+    assert status(report(client, batch_id)) == (
+        "preliminary", "Preliminary: 1 unidentified cell is not reviewed yet; until it is, "
+        "the shares lean towards the classes the model is sure of and none is flagged.")
+    review(client, batch_id, n3="eosinophil")
+    html = report(client, batch_id)
+    assert status(html) == ("unsigned", "Not signed off.")
+    # Unsigned, the sheet leaves a line to sign by hand.
+    assert 'class="signature-line"' in html and "Checked by" in text(html)
+
+    client.post(f"/batch/{batch_id}/signoff",
+                data={"csrf_token": csrf_token(client), "signed_by": "J. Smith"})
+    html = report(client, batch_id)
+    kind, said = status(html)
+    assert kind == "signed" and re.fullmatch(
+        r"Signed off by J\. Smith, \d\d \w{3} \d{4}, \d\d:\d\d UTC\.", said)
+    assert ("Checked and signed off in HematoVision by J. Smith" in text(html)
+            and "1 of 4 counted white cells confirmed or given their class on review, the "
+                "rest as the model accepted them." in text(html))
+    assert 'class="signature-line"' not in html
+
+    review(client, batch_id, n0="lymphocyte")
+    kind, said = status(report(client, batch_id))
+    assert kind == "changed" and said.startswith("Changed after J. Smith signed it off")
+
+
+def test_the_report_compares_with_a_manual_count(client, batch_id):
+    client.post(f"/batch/{batch_id}/manual", data={
+        "csrf_token": csrf_token(client), "manual_neutrophil": "60", "manual_lymphocyte": "30",
+        "manual_monocyte": "6", "manual_eosinophil": "4"})
+    html = report(client, batch_id)
+    assert "Against a manual count of 100 white cells" in text(html)
+    assert rows(html, "report-manual")[3] == ["Neutrophil", "66.7 (2)", "60.0 (60)", "+6.7", ""]
+
+
+def test_a_batch_of_one_image_has_no_report(client):
+    single = upload(client, "tiny", ("one.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
+    response = client.get(f"/batch/{single}/report")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/batch/{single}/0")
+    assert client.get("/batch/" + "0" * 32 + "/report").status_code == 404
