@@ -1,5 +1,6 @@
 """The HTML pages: every route, the upload flow, CSV, model page, errors, headers, CSRF."""
 
+import hashlib
 import io
 import json
 import re
@@ -492,7 +493,13 @@ def test_a_model_exported_again_while_the_app_runs_keeps_its_page_and_says_so(cl
             "still serves the model it loaded, shown on this page. Restart the app to serve the "
             "new one.") in page
     assert client.get("/models/tiny/files/confusion_test.png").data == PNG
-    assert client.get("/models/tiny/files/curves.png").data == PNG
+    plot = client.get("/models/tiny/files/curves.png")
+    assert plot.data == PNG
+    # Served from memory, a plot still revalidates: its ETag is that of the bytes served.
+    assert plot.headers["ETag"] == f'"{hashlib.sha256(PNG).hexdigest()[:32]}"'
+    again = client.get("/models/tiny/files/curves.png",
+                       headers={"If-None-Match": plot.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
 
 
 @pytest.mark.parametrize(

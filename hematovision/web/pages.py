@@ -3,6 +3,7 @@ pages."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -1212,10 +1213,13 @@ def operating_points(trust: dict, evaluations: dict) -> list[dict]:
 
 @bp.get("/models/<name>/files/<file_name>")
 def model_file(name: str, file_name: str):
-    """Only the PNG images of a model folder, by exact listed name."""
+    """Only the PNG images of a model folder, by exact listed name; with an ETag (its bytes'
+    digest), so that a browser revalidating a plot it holds gets 304 rather than the image."""
     if served_model(name) is None or (plot := models.image(name, file_name)) is None:
         abort(404)
-    return Response(plot, mimetype="image/png")
+    response = Response(plot, mimetype="image/png")
+    response.set_etag(hashlib.sha256(plot).hexdigest()[:32])
+    return response.make_conditional(request)
 
 
 # What the API example shows for values that differ per image: it is a schema, not a result.
