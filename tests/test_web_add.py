@@ -157,7 +157,7 @@ def test_files_none_of_which_can_be_read_add_nothing_and_say_why(client, batch_i
 
 
 @pytest.mark.parametrize("files, fields, status, message", [
-    ([("c.png", b"")] * 4, {}, 400,
+    ([(f"c{i}.png", bytes([i])) for i in range(4)], {}, 400,
      "A batch holds at most 5 images and this one holds 2: add at most 3"),
     ([], {}, 400, "No file was uploaded"),
     ([("c.png", image_bytes(fmt="PNG"))], {"csrf_token": "forged"}, 400, "The form has expired"),
@@ -168,6 +168,20 @@ def test_a_refused_addition_changes_nothing(client, batch_id, files, fields, sta
     assert response.status_code == status
     assert message in text(response.get_data(as_text=True))
     assert stored_file(client, batch_id) == before
+
+
+def test_copies_of_the_batch_s_images_take_no_room(client, batch_id):
+    """A folder sent again with a few new images, to a batch with room for those only: the
+    copies are left out before the room is counted."""
+    again = [("a.png", image_bytes(fmt="PNG")), ("b.png", image_bytes((60, 60, 200), fmt="PNG"))]
+    new = [(f"n{i}.png", image_bytes((90, 40 * i, 90), fmt="PNG")) for i in range(3)]
+    response = add(client, batch_id, *again, *new, ("n0 again.png", new[0][1]))
+    assert response.status_code == 303
+    stored = uploads.load_batch(folder(client), batch_id)
+    assert [r["file"] for r in stored["results"]] == ["a.png", "b.png", "n0.png", "n1.png",
+                                                      "n2.png"]
+    assert ("Left out 3 files that are byte for byte an image already in this batch"
+            in text(page(client, f"/batch/{batch_id}")))
 
 
 def test_an_addition_that_another_filled_the_batch_before_is_refused_and_keeps_nothing(

@@ -116,6 +116,18 @@ def uploaded_files(files: Iterable[FileStorage]) -> list[FileStorage]:
     return [f for f in files if f.filename]
 
 
+def new_files(files: list[FileStorage], known: Iterable[str]) -> int:
+    """How many of `files` hold images not in `known` (digests) nor earlier in `files`: what an
+    addition would add to a batch. Each file is read to its digest and rewound."""
+    seen, new = set(known), 0
+    for f in files:
+        digest = hashlib.sha256(f.stream.read()).hexdigest()
+        f.stream.seek(0)
+        new += digest not in seen
+        seen.add(digest)
+    return new
+
+
 def classify_request(
     store_in: Path | None = None, explain: bool = False, model: str | None = None,
     known: dict[str, str] | None = None

@@ -39,7 +39,7 @@ from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED,
                                 measured_at)
 from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
                               signoff, uploads)
-from hematovision.web.classify import classify_request, uploaded_files
+from hematovision.web.classify import classify_request, new_files, uploaded_files
 from hematovision.web.forms import TypedForm
 from hematovision.web.security import check_csrf
 
@@ -368,15 +368,16 @@ def add(batch_id: str):
     stored = load_or_404(batch_id)
     if served_model(stored["model"]) is None:
         abort(400, description=BATCH_MODEL_GONE.format(name=stored["model"]))
-    # Images, not results: a field read cell by cell is one image. Checked before the images
-    # are read, to refuse at once, and again as they are added: another addition may have
-    # filled the batch meanwhile.
+    # Images, not results: a field read cell by cell is one image; copies of the batch's own
+    # images are left out, so they take no room. Checked before the images are decoded, to
+    # refuse at once, and again as they are added: another addition may have filled the batch
+    # meanwhile.
     limit = current_app.config["MAX_BATCH_IMAGES"]
-    sent = len(uploaded_files(request.files.getlist("file")))
+    known = {r["sha256"]: r.get("file", "") for r in stored["results"] if r.get("sha256")}
+    sent = new_files(uploaded_files(request.files.getlist("file")), known)
     if results.image_count(stored["results"]) + sent > limit:
         batch_full(stored, limit)
     folder = upload_folder()
-    known = {r["sha256"]: r.get("file", "") for r in stored["results"] if r.get("sha256")}
     _, items = classify_request(store_in=folder, model=stored["model"], known=known)
     items, copies = left_out_copies(items)
     if copies and not items:  # all in the batch already: nothing wrong, nothing to add
