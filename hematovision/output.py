@@ -42,6 +42,8 @@ class Stdout:
                 error = flushing
         if not isinstance(error, BrokenPipeError) and not (
                 isinstance(error, OSError) and error.errno in _WRITE_ERRORS):
+            if kind is None:  # the final flush failed otherwise (EIO): say so, as raised
+                raise error
             return False
         # Python flushes stdout again at exit, and would fail there with a second error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
