@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               save_sample, text, upload)
+                               review_cells, save_sample, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -28,12 +28,6 @@ def models_root(tmp_path, trusted_model_dir):
 @pytest.fixture
 def batch_id(client) -> str:
     return batch_as_said(client, "tiny", MODEL_SAID)
-
-
-def review(client, batch_id: str, **verdicts) -> None:
-    client.post(f"/batch/{batch_id}/review?show=all", data={
-        "csrf_token": csrf_token(client),
-        **{f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}})
 
 
 def report(client, batch_id: str) -> str:
@@ -79,7 +73,7 @@ def test_the_report_says_whether_the_count_is_preliminary_signed_or_changed(clie
     assert status(report(client, batch_id)) == (
         "preliminary", "Preliminary: 1 unidentified cell is not reviewed yet; until it is, "
         "the shares lean towards the classes the model is sure of and none is flagged.")
-    review(client, batch_id, n3="eosinophil")
+    review_cells(client, batch_id, n3="eosinophil")
     html = report(client, batch_id)
     assert status(html) == ("unsigned", "Not signed off.")
     # Unsigned, the sheet leaves a line to sign by hand.
@@ -96,7 +90,7 @@ def test_the_report_says_whether_the_count_is_preliminary_signed_or_changed(clie
                 "rest as the model accepted them." in text(html))
     assert 'class="signature-line"' not in html
 
-    review(client, batch_id, n0="lymphocyte")
+    review_cells(client, batch_id, n0="lymphocyte")
     kind, said = status(report(client, batch_id))
     assert kind == "changed" and said.startswith("Changed after J. Smith signed it off")
 

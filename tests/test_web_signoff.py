@@ -13,7 +13,7 @@ import pytest
 
 from hematovision.web import uploads
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               save_sample, text, upload)
+                               review_cells, save_sample, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -35,13 +35,6 @@ def batch_id(client) -> str:
 
 def stored(client, batch_id: str) -> dict:
     return uploads.load_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id)
-
-
-def review(client, batch_id: str, **verdicts) -> None:
-    response = client.post(f"/batch/{batch_id}/review?show=all", data={
-        "csrf_token": csrf_token(client),
-        **{f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}})
-    assert response.status_code == 303
 
 
 def sign(client, batch_id: str, name: str = "J. Smith", **more):
@@ -71,7 +64,7 @@ def test_a_count_with_cells_to_review_is_not_signed(client, batch_id):
 
 
 def test_a_signed_count_is_shown_printed_and_written_with_the_name(client, batch_id):
-    review(client, batch_id, n2="neutrophil")
+    review_cells(client, batch_id, n2="neutrophil")
     response = sign(client, batch_id, "  J. Smith ")
     assert response.status_code == 303
     assert response.headers["Location"].endswith(f"/batch/{batch_id}")
@@ -93,10 +86,10 @@ def test_a_signed_count_is_shown_printed_and_written_with_the_name(client, batch
 
 @pytest.mark.parametrize("change", ["review", "sample", "add"])
 def test_a_change_to_the_count_after_signing_shows_it_as_changed(client, batch_id, change):
-    review(client, batch_id, n2="neutrophil")
+    review_cells(client, batch_id, n2="neutrophil")
     sign(client, batch_id)
     if change == "review":
-        review(client, batch_id, n0="eosinophil")
+        review_cells(client, batch_id, n0="eosinophil")
     elif change == "sample":
         save_sample(client, batch_id, "H-1", "6.5")
     else:
@@ -114,15 +107,15 @@ def test_a_change_to_the_count_after_signing_shows_it_as_changed(client, batch_i
     assert signed_csv(client, batch_id) == [("", "")]
     # Signed again, it stands.
     if change == "add":  # the added image waits for review or counts as it is
-        review(client, batch_id, n4="lymphocyte")
+        review_cells(client, batch_id, n4="lymphocyte")
     assert sign(client, batch_id, "A. Jones").status_code == 303
     assert signed_csv(client, batch_id)[0][0] == "A. Jones"
 
 
 def test_confirming_a_cell_again_as_its_class_keeps_the_sign_off(client, batch_id):
-    review(client, batch_id, n2="neutrophil")
+    review_cells(client, batch_id, n2="neutrophil")
     sign(client, batch_id)
-    review(client, batch_id, n2="neutrophil")  # a new review time, the same count
+    review_cells(client, batch_id, n2="neutrophil")  # a new review time, the same count
     assert signed_csv(client, batch_id)[0][0] == "J. Smith"
 
 
@@ -134,7 +127,7 @@ def test_confirming_a_cell_again_as_its_class_keeps_the_sign_off(client, batch_i
     ("x" * 61, "Sign with your name or initials: at most 60"),
 ])
 def test_a_name_that_is_not_plain_text_is_refused(client, batch_id, name, message):
-    review(client, batch_id, n2="neutrophil")
+    review_cells(client, batch_id, n2="neutrophil")
     before = stored(client, batch_id)
     response = sign(client, batch_id, name)
     assert response.status_code == 400
@@ -143,13 +136,13 @@ def test_a_name_that_is_not_plain_text_is_refused(client, batch_id, name, messag
 
 
 def test_a_name_like_a_formula_is_written_inert(client, batch_id):
-    review(client, batch_id, n2="neutrophil")
+    review_cells(client, batch_id, n2="neutrophil")
     sign(client, batch_id, "=HYPERLINK(1)")
     assert signed_csv(client, batch_id)[0][0] == "'=HYPERLINK(1)"
 
 
 def test_a_sign_off_is_withdrawn(client, batch_id):
-    review(client, batch_id, n2="neutrophil")
+    review_cells(client, batch_id, n2="neutrophil")
     sign(client, batch_id)
     response = client.post(f"/batch/{batch_id}/signoff",
                            data={"csrf_token": csrf_token(client), "withdraw": "1"})
@@ -161,7 +154,7 @@ def test_a_sign_off_is_withdrawn(client, batch_id):
 
 
 def test_nothing_counted_or_one_image_or_no_token_is_not_signed(client, batch_id):
-    review(client, batch_id, n0="excluded", n1="excluded", n2="excluded")
+    review_cells(client, batch_id, n0="excluded", n1="excluded", n2="excluded")
     response = sign(client, batch_id)
     assert response.status_code == 400
     assert "No white cell is counted in this batch" in text(response.get_data(as_text=True))

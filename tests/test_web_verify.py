@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import uploads
-from tests.web_helpers import batch_as_said, csrf_token, make_models_root, page, text
+from tests.web_helpers import (batch_as_said, csrf_token, make_models_root, page, review_cells,
+                               text)
 
 # What the model said of each image of the batch (label, status, confidence).
 MODEL_SAID = [
@@ -71,9 +72,7 @@ def test_a_class_list_holds_the_cells_counted_as_that_class_those_to_confirm_fir
 
     # Once one is reviewed as a neutrophil it goes after those still to confirm; the
     # unidentified cell given this class on review joins the list.
-    client.post(f"/batch/{batch_id}/review?show=all", data={
-        "csrf_token": csrf_token(client), "verdict-1": "neutrophil",
-        "verdict-3": "neutrophil"})
+    review_cells(client, batch_id, n1="neutrophil", n3="neutrophil")
     html = page(client, f"/batch/{batch_id}/review?show=neutrophil")
     assert listed(html) == [0, 4, 3, 1]
     assert "4 cells counted as Neutrophil: 2 to confirm" in text(html)
@@ -93,8 +92,7 @@ def test_the_lists_are_named_with_their_counts_and_cells_to_confirm(client, batc
         "lymphocyte"]
     assert "<title>Cells counted as Lymphocyte" in html
 
-    client.post(f"/batch/{batch_id}/review?show=all", data={
-        "csrf_token": csrf_token(client), "verdict-2": "excluded"})
+    review_cells(client, batch_id, n2="excluded")
     html = page(client, f"/batch/{batch_id}/review?show=excluded")
     assert listed(html) == [2]
     assert "1 cell you excluded from the count" in text(html)
@@ -125,8 +123,7 @@ def test_confirming_saves_the_corrections_and_confirms_the_rest_shown(client, ba
 
 def test_a_cell_reviewed_meanwhile_keeps_its_review(client, batch_id):
     # Another tab gave cell 0 another class after this page was drawn.
-    client.post(f"/batch/{batch_id}/review?show=all", data={
-        "csrf_token": csrf_token(client), "verdict-0": "eosinophil"})
+    review_cells(client, batch_id, n0="eosinophil")
     response = post(client, batch_id, "neutrophil", confirm="neutrophil", shown="1,0,4")
     assert response.status_code == 303
     assert verdicts(client, batch_id)[:5] == ["eosinophil", "neutrophil", None, None,

@@ -341,3 +341,12 @@ def batch_as_said(client, model: str, answers: list[tuple[str, str, float]]) -> 
 
     uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, as_said)
     return batch_id
+
+
+def review_cells(client, batch_id: str, **verdicts: str) -> None:
+    """Save verdicts through the review page's list of every cell (`n3="neutrophil"`: the
+    verdict for result 3)."""
+    response = client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client),
+        **{f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}})
+    assert response.status_code == 303, response.get_data(as_text=True)
