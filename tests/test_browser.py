@@ -579,7 +579,7 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     from selenium.webdriver.common.by import By
 
     from hematovision.web import uploads
-    from tests.web_helpers import batch_as_said, csrf_token, save_sample
+    from tests.web_helpers import batch_as_said, csrf_token, save_sample, sign_off
 
     app = make_app(tmp_path, make_models_root(tmp_path / "models", trusted_model_dir,
                                               names=("tiny",)))
@@ -593,8 +593,7 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     assert client.post(f"/batch/{batch_id}/manual", data={
         "csrf_token": token, "manual_other": "2",
         **{f"manual_{c}": "11" for c in PBC_CLASSES if c != "platelet"}}).status_code == 303
-    assert client.post(f"/batch/{batch_id}/signoff", data={
-        "csrf_token": token, "signed_by": "J. Smith"}).status_code == 303
+    assert sign_off(client, batch_id).status_code == 303
     with served(app) as url:
         browser.get(f"{url}/batch/{batch_id}/report")
         assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it

@@ -370,6 +370,27 @@ def test_corrupt_model_fails_at_startup(tmp_path, models_root):
         make_app(tmp_path, models_root)
 
 
+@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "excluded"])
+def test_a_model_naming_a_class_as_a_review_list_fails_at_startup(tmp_path, tiny_model_dir,
+                                                                   reserved):
+    """Its cells would be listed under the review page's list of that name, or counted as
+    excluded."""
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    root = make_models_root(tmp_path / "m", tiny_model_dir,
+                            card={"classes": [*card["classes"][:-1], reserved]})
+    with pytest.raises(ModelLoadError, match=f"The model 'tiny' names a class '{reserved}', "
+                                             "which the app keeps for its own use"):
+        make_app(tmp_path, root)
+
+
+def test_the_reserved_class_names_are_the_review_lists_and_the_exclusion():
+    from hematovision.differential import EXCLUDED
+    from hematovision.web.models import RESERVED_CLASS_NAMES
+    from hematovision.web.pages import REVIEW_LISTS
+
+    assert set(RESERVED_CLASS_NAMES) == {*REVIEW_LISTS, EXCLUDED}
+
+
 def test_python_app_py_reports_a_missing_model_without_a_traceback(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",

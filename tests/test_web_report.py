@@ -5,11 +5,13 @@ preliminary, or changed since it was signed."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
+from hematovision.web import uploads
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               review_cells, save_sample, text, upload)
+                               prose, review_cells, save_sample, sign_off, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -36,8 +38,7 @@ def report(client, batch_id: str) -> str:
 
 def status(html: str) -> tuple[str, str]:
     found = re.search(r'<p[^>]*id="report-status" data-status="(\w+)">(.*?)</p>', html, re.S)
-    # Tags read as spaces: none before punctuation.
-    return found.group(1), re.sub(r" ([,.:])", r"\1", text(found.group(2)).strip())
+    return found.group(1), prose(found.group(2)).strip()
 
 
 def rows(html: str, table: str) -> list[list[str]]:
@@ -79,8 +80,7 @@ def test_the_report_says_whether_the_count_is_preliminary_signed_or_changed(clie
     # Unsigned, the sheet leaves a line to sign by hand.
     assert 'class="signature-line"' in html and "Checked by" in text(html)
 
-    client.post(f"/batch/{batch_id}/signoff",
-                data={"csrf_token": csrf_token(client), "signed_by": "J. Smith"})
+    sign_off(client, batch_id)
     html = report(client, batch_id)
     kind, said = status(html)
     assert kind == "signed" and re.fullmatch(
@@ -110,3 +110,25 @@ def test_a_batch_of_one_image_has_no_report(client):
     assert response.status_code == 303
     assert response.headers["Location"].endswith(f"/batch/{single}/0")
     assert client.get("/batch/" + "0" * 32 + "/report").status_code == 404
+
+
+def test_the_report_names_unreadable_files_and_unreviewed_images_with_no_white_cell(client,
+                                                                                   batch_id):
+    def damaged(batch: dict) -> None:
+        batch["results"][1].update(white_cells=0)  # counted, no white cell found
+        batch["results"].append({"file": "broken.png", "error": "not an image"})
+
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, damaged)
+    html = report(client, batch_id)
+    assert "not a blood-cell image; 1 could not be read ·" in text(html)
+    assert ("1 image in which no white cell was found is counted, not reviewed: its answer is "
+            "about whatever lay at the centre of the crop.") in text(html)
+
+
+def test_without_absolute_intervals_the_report_has_no_such_column(client, batch_id):
+    client.application.config["ABSOLUTE_REFERENCE_INTERVALS"] = {}
+    save_sample(client, batch_id, "H-1", "6.5")
+    html = report(client, batch_id)
+    head = re.search(r'id="report-differential".*?</thead>', html, re.S).group(0)
+    assert "× 10⁹/L" in head and "Ref. × 10⁹/L" not in head
+    assert len(rows(html, "report-differential")[3]) == 7

@@ -13,7 +13,7 @@ from hematovision.web.sample import Sample
 from tests.test_differential import PBC8, WBC4, film, result
 from tests.test_web_results import stored_batch
 from tests.web_helpers import (csrf_token, deleted_before_every_update, make_app,
-                               make_models_root, page, save_sample, stored_json, text)
+                               make_models_root, page, prose, save_sample, stored_json, text)
 
 
 @pytest.fixture
@@ -38,6 +38,8 @@ def test_a_sample_id_is_kept_as_typed_made_canonical(typed, canonical):
     "H-1\x00",
     "H-1\u202e7",  # right-to-left override: the ID would print reversed
     "H\u200b1",  # zero-width space: two IDs that look the same would differ
+    "\u3164",  # a Hangul filler: a letter that prints as nothing
+    "--",  # no letter or digit to tell samples apart
 ])
 def test_a_sample_id_refuses_long_control_and_invisible_text(typed):
     with pytest.raises(ValueError, match="A sample ID is at most 40 letters"):
@@ -67,7 +69,7 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
     assert "<title>Sample H-2026-01234 · Batch of 101 images" in html
     assert 'value="H-2026-01234"' in html and 'value="5"' in html  # the form, filled in
     assert ("Sample H-2026-01234. White-cell count 5 × 10⁹/L. HematoVision, model tiny"
-            in text(html.split('id="print-note"')[1].split("</p>")[0]))
+            in prose(html.split('id="print-note"')[1].split("</p>")[0]))
     assert 'id="absolute"' in html
     # A review changes the stored batch: the sample stays, so the page still counts per litre.
     client.post(f"/batch/{batch_id}/100/review",

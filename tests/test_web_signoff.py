@@ -13,7 +13,8 @@ import pytest
 
 from hematovision.web import uploads
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               review_cells, save_sample, text, upload)
+                               prose, review_cells, save_sample, shown_count, sign_off, text,
+                               upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -37,11 +38,6 @@ def stored(client, batch_id: str) -> dict:
     return uploads.load_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id)
 
 
-def sign(client, batch_id: str, name: str = "J. Smith", **more):
-    return client.post(f"/batch/{batch_id}/signoff",
-                       data={"csrf_token": csrf_token(client), "signed_by": name, **more})
-
-
 def signed_csv(client, batch_id: str) -> list[tuple[str, str]]:
     rows = csv.DictReader(io.StringIO(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)))
@@ -50,7 +46,7 @@ def signed_csv(client, batch_id: str) -> list[tuple[str, str]]:
 
 def test_a_count_with_cells_to_review_is_not_signed(client, batch_id):
     before = stored(client, batch_id)
-    response = sign(client, batch_id)
+    response = sign_off(client, batch_id)
     assert response.status_code == 400
     html = response.get_data(as_text=True)
     assert ("1 unidentified cell still waits for review: review it first, so that the count "
@@ -65,20 +61,21 @@ def test_a_count_with_cells_to_review_is_not_signed(client, batch_id):
 
 def test_a_signed_count_is_shown_printed_and_written_with_the_name(client, batch_id):
     review_cells(client, batch_id, n2="neutrophil")
-    response = sign(client, batch_id, "  J. Smith ")
+    response = sign_off(client, batch_id, "  J. Smith ")
     assert response.status_code == 303
     assert response.headers["Location"].endswith(f"/batch/{batch_id}")
     signed = stored(client, batch_id)["signoff"]
     assert (signed["by"], signed["white_cells"], signed["reviewed"]) == ("J. Smith", 3, 1)
 
     html = page(client, f"/batch/{batch_id}")
-    assert "Signed off by J. Smith: the page, the printed report" in text(html)  # the flash
+    assert ("Signed off by \u2068J. Smith\u2069: the page, the printed report"
+            in text(html))  # the flash
     summary = re.search(r'<p[^>]*id="signoff-summary".*?</p>', html, re.S).group(0)
     assert 'data-current="true"' in summary and "Signed off by J. Smith" in text(summary)
     assert ("3 white cells counted, 1 of them confirmed or given their class on review, the "
             "rest as the model accepted them.") in text(html)
     note = re.search(r'id="print-note".*?</p>', html, re.S).group(0)
-    assert "Signed off by J. Smith," in text(note) and "Preliminary" not in note
+    assert "Signed off by J. Smith," in prose(note) and "Preliminary" not in note
     assert 'id="withdraw-form"' in html and 'id="signoff-form"' not in html
     [(by, at)] = signed_csv(client, batch_id)
     assert by == "J. Smith" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", at)
@@ -87,7 +84,7 @@ def test_a_signed_count_is_shown_printed_and_written_with_the_name(client, batch
 @pytest.mark.parametrize("change", ["review", "sample", "add"])
 def test_a_change_to_the_count_after_signing_shows_it_as_changed(client, batch_id, change):
     review_cells(client, batch_id, n2="neutrophil")
-    sign(client, batch_id)
+    sign_off(client, batch_id)
     if change == "review":
         review_cells(client, batch_id, n0="eosinophil")
     elif change == "sample":
@@ -108,13 +105,13 @@ def test_a_change_to_the_count_after_signing_shows_it_as_changed(client, batch_i
     # Signed again, it stands.
     if change == "add":  # the added image waits for review or counts as it is
         review_cells(client, batch_id, n4="lymphocyte")
-    assert sign(client, batch_id, "A. Jones").status_code == 303
+    assert sign_off(client, batch_id, "A. Jones").status_code == 303
     assert signed_csv(client, batch_id)[0][0] == "A. Jones"
 
 
 def test_confirming_a_cell_again_as_its_class_keeps_the_sign_off(client, batch_id):
     review_cells(client, batch_id, n2="neutrophil")
-    sign(client, batch_id)
+    sign_off(client, batch_id)
     review_cells(client, batch_id, n2="neutrophil")  # a new review time, the same count
     assert signed_csv(client, batch_id)[0][0] == "J. Smith"
 
@@ -125,11 +122,15 @@ def test_confirming_a_cell_again_as_its_class_keeps_the_sign_off(client, batch_i
     ("J.\x00Smith", "Sign with your name or initials"),
     ("J. Smith\u202e", "Sign with your name or initials"),  # an invisible direction mark
     ("x" * 61, "Sign with your name or initials: at most 60"),
+    ("\u3164", "Sign with your name or initials"),  # a Hangul filler: a letter that shows nothing
+    ("\u2800\u2800", "Sign with your name or initials"),  # braille blanks
+    ("\u0301\u0301", "Sign with your name or initials"),  # combining marks alone
+    ("-.-", "Sign with your name or initials"),  # no letter or digit
 ])
 def test_a_name_that_is_not_plain_text_is_refused(client, batch_id, name, message):
     review_cells(client, batch_id, n2="neutrophil")
     before = stored(client, batch_id)
-    response = sign(client, batch_id, name)
+    response = sign_off(client, batch_id, name)
     assert response.status_code == 400
     assert message in text(response.get_data(as_text=True))
     assert stored(client, batch_id) == before
@@ -137,32 +138,78 @@ def test_a_name_that_is_not_plain_text_is_refused(client, batch_id, name, messag
 
 def test_a_name_like_a_formula_is_written_inert(client, batch_id):
     review_cells(client, batch_id, n2="neutrophil")
-    sign(client, batch_id, "=HYPERLINK(1)")
+    sign_off(client, batch_id, "=HYPERLINK(1)")
     assert signed_csv(client, batch_id)[0][0] == "'=HYPERLINK(1)"
 
 
 def test_a_sign_off_is_withdrawn(client, batch_id):
     review_cells(client, batch_id, n2="neutrophil")
-    sign(client, batch_id)
+    sign_off(client, batch_id)
     response = client.post(f"/batch/{batch_id}/signoff",
                            data={"csrf_token": csrf_token(client), "withdraw": "1"})
     assert response.status_code == 303
     assert "signoff" not in stored(client, batch_id)
     html = page(client, f"/batch/{batch_id}")
-    assert "Withdrew the sign-off by J. Smith." in text(html)
+    assert "Withdrew the sign-off by \u2068J. Smith\u2069." in text(html)
     assert 'id="signoff-summary"' not in html and 'id="signoff-form"' in html
 
 
 def test_nothing_counted_or_one_image_or_no_token_is_not_signed(client, batch_id):
     review_cells(client, batch_id, n0="excluded", n1="excluded", n2="excluded")
-    response = sign(client, batch_id)
+    response = sign_off(client, batch_id)
     assert response.status_code == 400
     assert "No white cell is counted in this batch" in text(response.get_data(as_text=True))
 
     single = upload(client, "tiny", ("one.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
-    response = sign(client, single)
+    response = sign_off(client, single, count="")
     assert response.status_code == 400
     assert "add images to this batch first" in text(response.get_data(as_text=True))
     assert client.post(f"/batch/{batch_id}/signoff",
                        data={"signed_by": "J. Smith"}).status_code == 400
-    assert sign(client, "0" * 32).status_code == 404
+    assert sign_off(client, "0" * 32, count="").status_code == 404
+
+
+def test_a_count_changed_after_the_page_was_loaded_is_not_signed_unseen(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    seen = shown_count(client, batch_id)
+    review_cells(client, batch_id, n0="lymphocyte")  # another tab, or a colleague
+    before = stored(client, batch_id)
+    response = sign_off(client, batch_id, count=seen)
+    assert response.status_code == 409
+    html = response.get_data(as_text=True)
+    assert "The count changed after this page was loaded" in text(html)
+    assert re.search(r'id="signed-by" name="signed_by"\s+value="J. Smith"', html)
+    assert stored(client, batch_id) == before
+    # The page sent back shows the count as it is now: signed from it, it stands.
+    fresh = re.search(r'name="count" value="(\w+)"', html).group(1)
+    assert sign_off(client, batch_id, count=fresh).status_code == 303
+
+
+def test_an_image_with_no_white_cell_found_counted_unreviewed_is_not_signed(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch["results"][1].update(white_cells=0))
+    response = sign_off(client, batch_id)
+    assert response.status_code == 400
+    assert ("1 image in which no white cell was found is counted but not reviewed: check it "
+            "first" in text(response.get_data(as_text=True)))
+    review_cells(client, batch_id, n1="excluded")
+    assert sign_off(client, batch_id).status_code == 303
+
+
+def test_new_reference_intervals_show_a_signed_count_as_changed(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    sign_off(client, batch_id)
+    intervals = client.application.config["REFERENCE_INTERVALS"]
+    client.application.config["REFERENCE_INTERVALS"] = {**intervals, "neutrophil": (0.0, 10.0)}
+    assert signed_csv(client, batch_id) == [("", "")]  # its flags are not those signed
+
+
+def test_a_name_written_right_to_left_keeps_its_place_in_the_sentence(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    name = "אבי כהן"
+    sign_off(client, batch_id, name)
+    for html in (page(client, f"/batch/{batch_id}"), page(client, f"/batch/{batch_id}/report")):
+        # Set apart by markup in the page, by Unicode isolates in a message or an attribute.
+        assert name in html and name not in html.replace(f"<bdi>{name}</bdi>", "").replace(
+            f"\u2068{name}\u2069", "")

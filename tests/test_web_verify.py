@@ -159,3 +159,28 @@ def test_the_batch_page_leads_to_each_class_list(client, batch_id):
     post(client, batch_id, "neutrophil", confirm="neutrophil", shown="1,0,4")
     post(client, batch_id, "lymphocyte", confirm="lymphocyte", shown="2")
     assert 'id="verify-by-class-link"' not in page(client, f"/batch/{batch_id}")
+
+
+def test_saving_without_confirming_keeps_the_list_and_its_page(client, batch_id, monkeypatch):
+    from hematovision.web import pages
+
+    monkeypatch.setattr(pages, "REVIEW_PAGE_CELLS", 2)
+    response = post(client, batch_id, "neutrophil&start=2", n4="monocyte")
+    assert response.headers["Location"].endswith(
+        f"/batch/{batch_id}/review?show=neutrophil&start=2")
+    # Confirming goes back to the first page, where the cells still to confirm now are.
+    response = post(client, batch_id, "neutrophil&start=2", confirm="neutrophil", shown="1")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=neutrophil")
+    # More cells than one page shows are not confirmed in one go.
+    response = post(client, batch_id, "neutrophil", confirm="neutrophil", shown="0,1,4")
+    assert response.status_code == 400
+    assert "A review page shows at most 2 cells" in text(response.get_data(as_text=True))
+
+
+def test_the_excluded_list_stays_while_it_holds_cells(client, batch_id):
+    review_cells(client, batch_id, n0="excluded", n1="excluded")
+    response = post(client, batch_id, "excluded", n0="neutrophil")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=excluded")
+    response = post(client, batch_id, "excluded", n1="neutrophil")
+    # Empty now: on to the first class with cells to confirm.
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=lymphocyte")

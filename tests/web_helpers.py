@@ -105,6 +105,12 @@ def text(html: str) -> str:
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
 
 
+def prose(html: str) -> str:
+    """`text`, without the space a tag inside a sentence leaves before its punctuation (a
+    name in <bdi>, then a comma)."""
+    return re.sub(r" ([,.:;)])", r"\1", text(html))
+
+
 def csrf_token(client) -> str:
     """The form token of the client's session, as the upload page embeds it."""
     page = client.get("/").get_data(as_text=True)
@@ -350,3 +356,16 @@ def review_cells(client, batch_id: str, **verdicts: str) -> None:
         "csrf_token": csrf_token(client),
         **{f"verdict-{k.removeprefix('n')}": v for k, v in verdicts.items()}})
     assert response.status_code == 303, response.get_data(as_text=True)
+
+
+def shown_count(client, batch_id: str) -> str:
+    """The fingerprint of the count the batch page shows, as its sign-off form sends it."""
+    return re.search(r'name="count" value="(\w+)"', page(client, f"/batch/{batch_id}")).group(1)
+
+
+def sign_off(client, batch_id: str, name: str = "J. Smith", count: str | None = None, **more):
+    """Post the batch page's sign-off form as the page shows it now (or with `count`, the
+    fingerprint of the count a page showed earlier); the response."""
+    return client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": csrf_token(client), "signed_by": name,
+        "count": shown_count(client, batch_id) if count is None else count, **more})

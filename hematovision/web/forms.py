@@ -16,13 +16,21 @@ class TypedForm:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+# Characters of the letter and symbol classes that show nothing (Hangul fillers, the braille
+# blank): a name or ID of them alone would print as blank.
+BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def plain_text(text: str, max_length: int) -> str:
     """Text as typed, made canonical (Unicode NFC, outer spaces dropped); ValueError when it is
-    longer than `max_length` or holds anything but letters, marks, digits, punctuation, symbols
+    longer than `max_length`, holds anything but letters, marks, digits, punctuation, symbols
     and plain spaces (no control or invisible characters: it is printed on reports and written
-    in CSV files)."""
+    in CSV files), or, not empty, has no letter or digit to show."""
     canonical = unicodedata.normalize("NFC", text).strip()
     if len(canonical) > max_length or any(
-            unicodedata.category(c)[0] not in "LMNPS" and c != " " for c in canonical):
+            (unicodedata.category(c)[0] not in "LMNPS" and c != " ") or c in BLANKS
+            for c in canonical):
+        raise ValueError(text)
+    if canonical and not any(unicodedata.category(c)[0] in "LN" for c in canonical):
         raise ValueError(text)
     return canonical

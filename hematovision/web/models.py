@@ -17,8 +17,17 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from hematovision.card import CARD_FILE, ModelLoadError
+from hematovision.differential import EXCLUDED
 from hematovision.predictor import DEFAULT_MODEL, SERVING_FILE, Predictor, available_models
 from hematovision.trust import check_accuracy_target
+
+# Names the review page's lists (`pages.REVIEW_LISTS`) and the reviewer's exclusion take: a
+# class of a served model named so would have its cells listed, or counted, as something else.
+RESERVED_CLASS_NAMES = ("", "all", "no-white-cell", EXCLUDED)
+RESERVED_CLASS = (
+    "The model {name!r} names a class {label!r}, which the app keeps for its own use (review "
+    "lists and the reviewer's exclusion: {reserved}): rename that class's training folder and "
+    "train and export the model again.")
 
 # Images of a model folder the model page may show; anything else there (the model files, the
 # card, run logs) is not served.
@@ -60,6 +69,12 @@ def init_app(app: Flask) -> None:
     predictors = {name: Predictor(root / name, threads, target) for name in names}
     if default not in predictors:  # an explicit default that is incomplete: Predictor says why
         predictors[default] = Predictor(root / str(default), threads, target)
+    for name, predictor in predictors.items():
+        taken = [c for c in predictor.classes if c in RESERVED_CLASS_NAMES]
+        if taken:
+            raise ModelLoadError(RESERVED_CLASS.format(
+                name=name, label=taken[0],
+                reserved=", ".join(repr(c) for c in RESERVED_CLASS_NAMES)))
     app.extensions["predictors"] = predictors
     app.extensions["model_plots"] = {name: _read_plots(p.model_dir)
                                      for name, p in predictors.items()}

@@ -91,6 +91,7 @@ REVIEW_MANY_SAVED = "Saved your review of {cells}."
 REVIEW_CONFIRMED = "Confirmed {cells} as {name}, as the model classed them."
 REVIEW_NONE_CONFIRMED = ("No cell was left to confirm: those shown had been reviewed meanwhile, "
                          "or given another class.")
+REVIEW_TOO_MANY_SHOWN = "A review page shows at most {limit} cells: confirm them a page at a time."
 REVIEW_CONFIRM_UNKNOWN = ("Cells are confirmed from the list of their class: one of {choices}.")
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
 NOT_A_FIELD_CELL = "This result is a whole image, not one white cell of a field holding several."
@@ -126,6 +127,15 @@ def layout_context() -> dict:
 
 
 bp.add_app_template_filter(display_name, "cell_name")
+
+
+@bp.app_template_filter("isolated")
+def isolated(text: str) -> str:
+    """A name or ID a person typed, set apart from the sentence around it for right-to-left
+    text (Unicode first-strong isolate), where markup cannot (<bdi>): a message, an attribute.
+    Written right to left, "Signed off by <name>, 07 Dec" would otherwise carry the date into
+    the name's direction."""
+    return f"\u2068{text}\u2069"
 
 
 @bp.app_template_filter("compact")
@@ -565,8 +575,9 @@ def review_many(batch_id: str):
     (that class) also confirms the cells the page showed (`shown`: their indices, comma
     separated) that were left as they were: each still counted as the model accepted it gets
     the class as its verdict. Any unknown verdict or result refuses the whole form (400) and
-    saves none. Then back to the review page's list while it holds something to do; from a
-    class list done, on to the next class with cells to confirm; else to the batch (303)."""
+    saves none. Then back to the review page's list while it holds something to do (a class
+    list: while it holds cells, and after confirming, cells to confirm), then on to the next
+    class with cells to confirm; else to the batch (303)."""
     stored = load_or_404(batch_id)
     verdicts: dict[int, str] = {}
     for key, verdict in request.form.items():
@@ -581,9 +592,14 @@ def review_many(batch_id: str):
         abort(400, description=REVIEW_CONFIRM_UNKNOWN.format(choices=", ".join(stored["classes"])))
     shown = ([classified_index(stored, n) for n in request.form.get("shown", "").split(",")]
              if confirm else [])
-    # Where the form came from: the same list, and with every cell listed, the same page.
+    if len(shown) > REVIEW_PAGE_CELLS:
+        abort(400, description=REVIEW_TOO_MANY_SHOWN.format(limit=REVIEW_PAGE_CELLS))
+    # Where the form came from: the same list, and in a list that pages (every cell, a class),
+    # the same page; after confirming, a class list's first page, where those still to confirm
+    # now are.
+    pages_on = listing == "all" or (listing in class_lists(stored) and not confirm)
     show = {**({"show": listing} if listing else {}),
-            **({"start": start} if listing == "all" and start else {})}
+            **({"start": start} if pages_on and start else {})}
     if not verdicts and not confirm:
         flash(REVIEW_NOTHING_CHOSEN)
         return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
@@ -613,7 +629,10 @@ def review_many(batch_id: str):
         if any(left(r) for r in found):
             return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
-    # A class list: the same while it holds cells to confirm, then the next class that does.
+    # A class list. Reviews saved alone: the same list and page while it holds cells. After
+    # confirming: the same list while it holds cells to confirm, then the next class that does.
+    if not confirm and any(in_list(listing)(r) for r in found):
+        return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
     names = class_lists(stored)
     following = names[names.index(listing):] + names[:names.index(listing)]
     pending = next((c for c in following if any(to_confirm(r) and in_list(c)(r) for r in found)),
@@ -671,6 +690,13 @@ def left_out_text(reason: str) -> str:
     return "Excluded on review" if reason == differential.EXCLUDED else STATUS_TEXT[reason]
 
 
+def intervals_in_force() -> list:
+    """The reference intervals the flags are read against (REFERENCE_INTERVALS,
+    ABSOLUTE_REFERENCE_INTERVALS): part of what a sign-off vouches for."""
+    config = current_app.config
+    return [config["REFERENCE_INTERVALS"], config["ABSOLUTE_REFERENCE_INTERVALS"]]
+
+
 def count_context(stored: dict) -> dict:
     """What the batch page and its printed report both show of a batch's count: the
     differential, the statuses, reviews, sample, manual count, sign-off and checks."""
@@ -688,6 +714,10 @@ def count_context(stored: dict) -> dict:
         reviews=results.review_summary(stored["results"]),
         # The class lists holding accepted cells no one has confirmed yet.
         to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
+        # Counted images in which no white cell was found, that no one has reviewed.
+        no_white_cells_counted=sum(REVIEW_LISTS["no-white-cell"](r)
+                                   and differential.counted_class(r) is not None
+                                   for r in stored["results"]),
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -696,7 +726,8 @@ def count_context(stored: dict) -> dict:
                                 != catalog_intervals(absolute=True)),
         sample=described,
         comparison=manual_comparison(stored, counted),
-        signed=signoff.of(stored),
+        signed=signoff.of(stored, intervals_in_force()),
+        signed_count=signoff.fingerprint(stored, intervals_in_force()),
         few_cells=differential.DIFFERENTIAL_CELLS,
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
@@ -896,7 +927,7 @@ def differential_csv(batch_id: str):
     counted = sample_differential(stored, described)
     return csv_download(results.differential_csv(counted, described.id,
                                                  manual_comparison(stored, counted),
-                                                 signoff.of(stored)),
+                                                 signoff.of(stored, intervals_in_force())),
                         stored, "-differential")
 
 
@@ -941,30 +972,33 @@ def sign_off(batch_id: str):
     if len(stored["results"]) == 1:
         abort(400, description=SIGN_OFF_ONE_IMAGE)
     if request.form.get(signoff.WITHDRAW_FIELD):
-        signed = signoff.of(stored)
+        signed = signoff.of(stored, intervals_in_force())
         if uploads.update_batch(upload_folder(), batch_id, signoff.withdraw) is None:
             abort(404, description=EXPIRED.format(retention=retention()))
         if signed:
-            flash(SIGN_OFF_WITHDRAWN.format(name=signed.by))
+            flash(SIGN_OFF_WITHDRAWN.format(name=isolated(signed.by)))
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
     name, form = signoff.read_form(request.form)
     if name is None:
         return batch(batch_id, status=400, signoff_form=form)
-    now, refused = time.time(), None
+    now, intervals, refused, status = time.time(), intervals_in_force(), None, 400
 
     def record(found: dict) -> None:
-        nonlocal refused
-        # Judged under the batch's lock: a review cleared meanwhile in another tab counts.
-        refused = signoff.refusal(found)
+        nonlocal refused, status
+        # Judged under the batch's lock: a change made meanwhile in another tab counts.
+        if signoff.changed_meanwhile(found, request.form, intervals):
+            refused, status = signoff.CHANGED_MEANWHILE, 409
+        else:
+            refused = signoff.refusal(found)
         if refused is None:
-            signoff.sign(found, name, now)
+            signoff.sign(found, name, now, intervals)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
     if refused is not None:
-        return batch(batch_id, status=400,
+        return batch(batch_id, status=status,
                      signoff_form=TypedForm(form.typed, {signoff.NAME_FIELD: refused}))
-    flash(SIGNED_OFF.format(name=name))
+    flash(SIGNED_OFF.format(name=isolated(name)))
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 
 

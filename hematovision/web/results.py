@@ -13,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, Differential, counted_label, differential,
                                        flag_text, needs_review, status_of, verdict_of)
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.spreadsheet import inert
-from hematovision.web.signoff import SignOff
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
+
+if TYPE_CHECKING:  # signoff reads this module's no_white_cell
+    from hematovision.web.signoff import SignOff
 
 
 @dataclass(frozen=True)

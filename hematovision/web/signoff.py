@@ -1,8 +1,10 @@
 """A batch's sign-off: the technologist who checked its count says so by name, as a lab releases
 a verified differential. Kept in the stored batch with what it signed (a fingerprint of every
-result, review, the sample's details and the manual count), so that a sign-off the count has
-since moved away from (a review changed, images added, the sample's count edited) is shown as
-such instead of vouching for figures no one signed."""
+result, review, the sample's details, the manual count and the reference intervals the flags
+were read against), so that a sign-off the count has since moved away from (a review changed,
+images added, the sample's count edited, the lab's intervals changed) is shown as such instead
+of vouching for figures no one signed. The form carries the fingerprint of the count its page
+showed, so that a change made meanwhile (in another tab, by a colleague) is not signed unseen."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hematovision.differential import counted_label, needs_review, verdict_of
+from hematovision.differential import counted_class, counted_label, needs_review, verdict_of
 from hematovision.web.forms import TypedForm, plain_text
+from hematovision.web.results import no_white_cell
 
 MAX_NAME_LENGTH = 60
 NAME_FIELD = "signed_by"
+SHOWN_FIELD = "count"  # the fingerprint of the count the signer's page showed
 WITHDRAW_FIELD = "withdraw"  # the withdraw button's name
 BAD_NAME = (f"Sign with your name or initials: at most {MAX_NAME_LENGTH} letters, digits, spaces "
             "and punctuation; {typed!r} is not.")
@@ -25,6 +29,13 @@ STILL_TO_REVIEW = (
     "{count} unidentified cell{s} still wait{verb} for review: review {them} first, so that the "
     "count you sign does not lean towards the classes the model is sure of.")
 NOTHING_COUNTED = "No white cell is counted in this batch, so there is no differential to sign."
+NO_WHITE_CELL_COUNTED = (
+    "{count} image{s} in which no white cell was found {verb} counted but not reviewed: check "
+    "{them} first (exclude any that shows no white cell), as {their} answer{s} {verb2} about "
+    "whatever lay at the centre of the crop.")
+CHANGED_MEANWHILE = (
+    "The count changed after this page was loaded (a review, added images or the sample's "
+    "details, from another tab or a colleague): check it as it is now, below, and sign again.")
 
 
 @dataclass(frozen=True)
@@ -36,38 +47,55 @@ class SignOff:
     current: bool  # the batch still counts what was signed
 
 
-def fingerprint(batch: dict[str, Any]) -> str:
+def fingerprint(batch: dict[str, Any], intervals: Any) -> str:
     """What a sign-off vouches for, as a digest: each result's file, model answer and review
-    verdict, the sample's details and the manual count. A review's time is left out, so
-    confirming a cell again as the same class keeps the sign-off."""
+    verdict, the sample's details, the manual count, and `intervals` (the reference intervals
+    in force, which the flags are read against). A review's time is left out, so confirming a
+    cell again as the same class keeps the sign-off."""
     signed = {
         "results": [[r.get("file"), r.get("cell"), r.get("label"), r.get("status"), verdict_of(r)]
                     for r in batch["results"]],
         "sample": {k: v for k, v in (batch.get("sample") or {}).items() if k != "at"},
         "manual": {k: v for k, v in (batch.get("manual") or {}).items() if k != "at"},
+        "intervals": intervals,
     }
     return hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
 
 
-def of(batch: dict[str, Any]) -> SignOff | None:
+def of(batch: dict[str, Any], intervals: Any) -> SignOff | None:
     """The batch's sign-off, or None where it was never signed (or was withdrawn)."""
     stored = batch.get("signoff")
     if not isinstance(stored, dict):
         return None
     return SignOff(stored["by"], stored["at"], stored["white_cells"], stored["reviewed"],
-                   current=stored["fingerprint"] == fingerprint(batch))
+                   current=stored["fingerprint"] == fingerprint(batch, intervals))
 
 
 def refusal(batch: dict[str, Any]) -> str | None:
     """Why the batch's count cannot be signed off as it stands; None when it can."""
-    waiting = sum(needs_review(r) for r in batch["results"])
+    found = batch["results"]
+    waiting = sum(needs_review(r) for r in found)
     if waiting:
         return STILL_TO_REVIEW.format(count=waiting, s="s" if waiting != 1 else "",
                                       verb="" if waiting != 1 else "s",
                                       them="them" if waiting != 1 else "it")
-    if not any(counted_label(r) for r in batch["results"]):
+    unseen = sum(no_white_cell(r) and verdict_of(r) is None and counted_class(r) is not None
+                 for r in found)
+    if unseen:
+        one = unseen == 1
+        return NO_WHITE_CELL_COUNTED.format(count=unseen, s="" if one else "s",
+                                            verb="is" if one else "are",
+                                            them="it" if one else "them",
+                                            their="its" if one else "their",
+                                            verb2="is" if one else "are")
+    if not any(counted_label(r) for r in found):
         return NOTHING_COUNTED
     return None
+
+
+def changed_meanwhile(batch: dict[str, Any], form: Mapping[str, str], intervals: Any) -> bool:
+    """Whether the count differs from the one the signer's page showed (SHOWN_FIELD)."""
+    return form.get(SHOWN_FIELD, "") != fingerprint(batch, intervals)
 
 
 def read_form(form: Mapping[str, str]) -> tuple[str | None, TypedForm]:
@@ -83,12 +111,12 @@ def read_form(form: Mapping[str, str]) -> tuple[str | None, TypedForm]:
     return name, TypedForm({NAME_FIELD: name})
 
 
-def sign(batch: dict[str, Any], name: str, at: float) -> None:
+def sign(batch: dict[str, Any], name: str, at: float, intervals: Any) -> None:
     """Record `name`'s sign-off of the batch as it stands (in place), replacing any before."""
     counted = [r for r in batch["results"] if counted_label(r)]
     batch["signoff"] = {"by": name, "at": at, "white_cells": len(counted),
                         "reviewed": sum(verdict_of(r) is not None for r in counted),
-                        "fingerprint": fingerprint(batch)}
+                        "fingerprint": fingerprint(batch, intervals)}
 
 
 def withdraw(batch: dict[str, Any]) -> None:
