@@ -575,7 +575,7 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
                                                                  trusted_model_dir):
     """The report at its fullest: eight classes with cells per litre, the count corrected for
     nucleated red cells, cells beside the differential, a manual count, every note and a
-    sign-off, on one side of A4 and of Letter."""
+    sign-off with the longest comment, on one side of A4 and of Letter."""
     from selenium.webdriver.common.by import By
 
     from hematovision.web import uploads
@@ -593,7 +593,9 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     assert client.post(f"/batch/{batch_id}/manual", data={
         "csrf_token": token, "manual_other": "2",
         **{f"manual_{c}": "11" for c in PBC_CLASSES if c != "platelet"}}).status_code == 303
-    assert sign_off(client, batch_id).status_code == 303
+    comment = ("Platelet clumps seen at the feathered edge; red cells normochromic with mild "
+               "anisocytosis; a few smudge cells. ") * 3
+    assert sign_off(client, batch_id, comment=comment[:300]).status_code == 303
     with served(app) as url:
         browser.get(f"{url}/batch/{batch_id}/report")
         assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it

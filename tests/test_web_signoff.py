@@ -213,3 +213,22 @@ def test_a_name_written_right_to_left_keeps_its_place_in_the_sentence(client, ba
         # Set apart by markup in the page, by Unicode isolates in a message or an attribute.
         assert name in html and name not in html.replace(f"<bdi>{name}</bdi>", "").replace(
             f"\u2068{name}\u2069", "")
+
+
+def test_a_comment_goes_with_the_sign_off_onto_the_report_and_the_csv(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    assert sign_off(client, batch_id, comment=" Platelet clumps seen ").status_code == 303
+    assert stored(client, batch_id)["signoff"]["comment"] == "Platelet clumps seen"
+    assert "Comment: Platelet clumps seen" in text(page(client, f"/batch/{batch_id}"))
+    assert "Comment: Platelet clumps seen" in text(page(client, f"/batch/{batch_id}/report"))
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
+    assert {r["comment"] for r in rows} == {"Platelet clumps seen"}
+    # A comment that is not one line of plain text: the form back, the name kept.
+    response = sign_off(client, batch_id, "A. Jones", comment="line one\nline two",
+                        count=stored(client, batch_id)["signoff"]["fingerprint"])
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert "A comment is one line of at most 300 letters" in text(html)
+    assert 'id="signoff-comment-error"' in html and 'value="A. Jones"' in html
+    assert stored(client, batch_id)["signoff"]["by"] == "J. Smith"

@@ -771,6 +771,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             signoff_form=signoff_form or TypedForm(),
             signoff_refusal=signoff.refusal(stored),
             signed_by_length=signoff.MAX_NAME_LENGTH,
+            comment_length=signoff.MAX_COMMENT_LENGTH,
             # Only a model that names nucleated red cells can correct a count that includes them.
             nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
             acceptance=served_acceptance(shown["predictor"]),
@@ -978,9 +979,10 @@ def sign_off(batch_id: str):
         if signed:
             flash(SIGN_OFF_WITHDRAWN.format(name=isolated(signed.by)))
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
-    name, form = signoff.read_form(request.form)
-    if name is None:
+    signer, form = signoff.read_form(request.form)
+    if signer is None:
         return batch(batch_id, status=400, signoff_form=form)
+    name, comment = signer
     now, intervals, refused, status = time.time(), intervals_in_force(), None, 400
 
     def record(found: dict) -> None:
@@ -991,7 +993,7 @@ def sign_off(batch_id: str):
         else:
             refused = signoff.refusal(found)
         if refused is None:
-            signoff.sign(found, name, now, intervals)
+            signoff.sign(found, name, comment, now, intervals)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
         abort(404, description=EXPIRED.format(retention=retention()))

@@ -52,7 +52,7 @@ DIFFERENTIAL_COLUMNS = (
     "white_cells", "awaiting_review", "white_cells_per_litre",
     "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
     "manual_difference", "manual_p_value", "manual_white_cells", "signed_off_by",
-    "signed_off_at")
+    "signed_off_at", "comment")
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
@@ -62,7 +62,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
     page; per litre where the total count was given) and one per other class (count per 100
     white cells), each with the batch's white cells counted, unidentified cells awaiting review
     (no flag is given while there are any), total count and sample ID, and who signed the
-    count off and when (empty unless `signed` still stands). A flag reads "high",
+    count off, when, and their comment (empty unless `signed` still stands). A flag reads "high",
     "low", "high?" or "low?" (within counting error), empty within the interval. Given a
     manual count of the film (`comparison`), each white-cell class's row also has its manual
     count and percent, the difference in points and its p-value (`hematovision.comparison`),
@@ -76,8 +76,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
              _number(counted.uncorrected_white_cells_per_litre), inert(sample_id)]
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
     manual_total = [comparison.manual_white_cells if comparison else "",
-                    *([inert(signed.by), _iso(signed.at)] if signed and signed.current
-                      else ["", ""])]
+                    *([inert(signed.by), _iso(signed.at), inert(signed.comment)]
+                      if signed and signed.current else ["", "", ""])]
     for s in counted.shares:
         a, m = s.absolute, by_hand.get(s.name)
         writer.writerow([

@@ -19,12 +19,18 @@ from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.results import no_white_cell
 
 MAX_NAME_LENGTH = 60
+# A remark the signer adds for the report: what the differential cannot say (red-cell
+# morphology, toxic granulation, platelet clumps, smudge cells).
+MAX_COMMENT_LENGTH = 300
 NAME_FIELD = "signed_by"
+COMMENT_FIELD = "comment"
 SHOWN_FIELD = "count"  # the fingerprint of the count the signer's page showed
 WITHDRAW_FIELD = "withdraw"  # the withdraw button's name
 BAD_NAME = (f"Sign with your name or initials: at most {MAX_NAME_LENGTH} letters, digits, spaces "
             "and punctuation; {typed!r} is not.")
 NO_NAME = "Give your name or initials to sign the count off."
+BAD_COMMENT = (f"A comment is one line of at most {MAX_COMMENT_LENGTH} letters, digits, spaces and "
+               "punctuation.")
 STILL_TO_REVIEW = (
     "{count} unidentified cell{s} still wait{verb} for review: review {them} first, so that the "
     "count you sign does not lean towards the classes the model is sure of.")
@@ -45,6 +51,7 @@ class SignOff:
     white_cells: int  # white cells counted when signed
     reviewed: int  # of them, those a reviewer confirmed or gave their class
     current: bool  # the batch still counts what was signed
+    comment: str = ""  # the signer's remark for the report
 
 
 def fingerprint(batch: dict[str, Any], intervals: Any) -> str:
@@ -68,7 +75,8 @@ def of(batch: dict[str, Any], intervals: Any) -> SignOff | None:
     if not isinstance(stored, dict):
         return None
     return SignOff(stored["by"], stored["at"], stored["white_cells"], stored["reviewed"],
-                   current=stored["fingerprint"] == fingerprint(batch, intervals))
+                   current=stored["fingerprint"] == fingerprint(batch, intervals),
+                   comment=stored.get("comment", ""))
 
 
 def refusal(batch: dict[str, Any]) -> str | None:
@@ -98,25 +106,32 @@ def changed_meanwhile(batch: dict[str, Any], form: Mapping[str, str], intervals:
     return form.get(SHOWN_FIELD, "") != fingerprint(batch, intervals)
 
 
-def read_form(form: Mapping[str, str]) -> tuple[str | None, TypedForm]:
-    """The signer's name a form gives, or None and the form with a message."""
-    typed = str(form.get(NAME_FIELD, ""))[:200]
-    try:
-        name = plain_text(typed, MAX_NAME_LENGTH)
-    except ValueError:
-        return None, TypedForm({NAME_FIELD: typed},
-                               {NAME_FIELD: BAD_NAME.format(typed=typed[:MAX_NAME_LENGTH + 10])})
-    if not name:
-        return None, TypedForm({NAME_FIELD: typed}, {NAME_FIELD: NO_NAME})
-    return name, TypedForm({NAME_FIELD: name})
+def read_form(form: Mapping[str, str]) -> tuple[tuple[str, str] | None, TypedForm]:
+    """The signer's name and comment (empty: none) a form gives, or None and the form with a
+    message for each refused field."""
+    typed = {NAME_FIELD: str(form.get(NAME_FIELD, ""))[:200],
+             COMMENT_FIELD: str(form.get(COMMENT_FIELD, ""))[:MAX_COMMENT_LENGTH + 100]}
+    errors, values = {}, {}
+    for field, limit in ((NAME_FIELD, MAX_NAME_LENGTH), (COMMENT_FIELD, MAX_COMMENT_LENGTH)):
+        try:
+            values[field] = plain_text(typed[field], limit)
+        except ValueError:
+            errors[field] = (BAD_NAME.format(typed=typed[field][:MAX_NAME_LENGTH + 10])
+                             if field == NAME_FIELD else BAD_COMMENT)
+    if NAME_FIELD not in errors and not values[NAME_FIELD]:
+        errors[NAME_FIELD] = NO_NAME
+    if errors:
+        return None, TypedForm(typed, errors)
+    return (values[NAME_FIELD], values[COMMENT_FIELD]), TypedForm(values)
 
 
-def sign(batch: dict[str, Any], name: str, at: float, intervals: Any) -> None:
-    """Record `name`'s sign-off of the batch as it stands (in place), replacing any before."""
+def sign(batch: dict[str, Any], name: str, comment: str, at: float, intervals: Any) -> None:
+    """Record `name`'s sign-off of the batch as it stands (in place), with the signer's
+    `comment` (empty: none), replacing any before."""
     counted = [r for r in batch["results"] if counted_label(r)]
     batch["signoff"] = {"by": name, "at": at, "white_cells": len(counted),
                         "reviewed": sum(verdict_of(r) is not None for r in counted),
-                        "fingerprint": fingerprint(batch, intervals)}
+                        "comment": comment, "fingerprint": fingerprint(batch, intervals)}
 
 
 def withdraw(batch: dict[str, Any]) -> None:
