@@ -55,8 +55,8 @@ def post(client, batch_id: str, show: str, confirm: str | None = None,
             **{f"verdict-{k.removeprefix('n')}": v for k, v in chosen.items()}}
     if confirm is not None:
         data["confirm"] = confirm
-    if shown is not None:
-        data["shown"] = shown
+    if shown is not None:  # the cells the page showed, none reviewed when it was drawn
+        data["seen"] = ",".join(f"{index}=" for index in shown.split(","))
     return client.post(f"/batch/{batch_id}/review?show={show}", data=data)
 
 
@@ -67,7 +67,7 @@ def test_a_class_list_holds_the_cells_counted_as_that_class_those_to_confirm_fir
     html = page(client, f"/batch/{batch_id}/review?show=neutrophil")
     assert listed(html) == [1, 0, 4]
     assert "3 cells counted as Neutrophil: 3 to confirm" in text(html)
-    assert 'name="shown" value="1,0,4"' in html
+    assert 'name="seen" value="1=,0=,4="' in html
     assert 'name="confirm" value="neutrophil"' in html
 
     # Once one is reviewed as a neutrophil it goes after those still to confirm; the
@@ -184,3 +184,43 @@ def test_the_excluded_list_stays_while_it_holds_cells(client, batch_id):
     response = post(client, batch_id, "excluded", n1="neutrophil")
     # Empty now: on to the first class with cells to confirm.
     assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=lymphocyte")
+
+
+def test_a_verdict_given_meanwhile_elsewhere_is_kept_and_named(client, batch_id):
+    # This page showed cells 0 and 1 unreviewed; meanwhile another tab gave cell 0 a class.
+    seen = "0=,1="
+    review_cells(client, batch_id, n0="eosinophil")
+    response = client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client), "seen": seen, "verdict-0": "monocyte",
+        "verdict-1": "monocyte"})
+    assert response.status_code == 303
+    assert verdicts(client, batch_id)[:2] == ["eosinophil", "monocyte"]
+    shown = text(page(client, response.headers["Location"]))
+    assert "Saved your review of 1 cell." in shown
+    assert ("Left as reviewed meanwhile (in another tab, or by a colleague), your choice not "
+            "saved: 0.png (now Eosinophil).") in shown
+
+
+def test_a_cell_opened_from_a_list_is_saved_back_to_it_never_over_a_verdict_unseen(
+        client, batch_id):
+    assert (f'href="/batch/{batch_id}/1?show=neutrophil"'
+            in page(client, f"/batch/{batch_id}/review?show=neutrophil"))
+    cell = page(client, f"/batch/{batch_id}/1?show=neutrophil")
+    assert f'href="/batch/{batch_id}/review?show=neutrophil" id="back-to-list"' in cell
+    assert f'action="/batch/{batch_id}/1/review?show=neutrophil"' in cell
+    assert "Save, then back to the list" in cell and 'name="seen" value=""' in cell
+
+    def save(verdict: str, seen: str):
+        return client.post(f"/batch/{batch_id}/1/review?show=neutrophil", data={
+            "csrf_token": csrf_token(client), "verdict": verdict, "seen": seen})
+
+    response = save("monocyte", "")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=neutrophil")
+    # A second tab, drawn before that review, sends its own.
+    response = save("eosinophil", "")
+    assert response.status_code == 409
+    assert ("1.png was reviewed meanwhile (in another tab, or by a colleague): it is now "
+            "reviewed as Monocyte. Nothing was saved") in text(response.get_data(as_text=True))
+    assert verdicts(client, batch_id)[1] == "monocyte"
+    assert save("eosinophil", "monocyte").status_code == 303  # drawn after it: saved
+    assert verdicts(client, batch_id)[1] == "eosinophil"

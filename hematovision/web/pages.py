@@ -74,6 +74,9 @@ BATCH_FULL = (
 )
 REVIEW_SAVED = "Saved your review of {file}: {verdict}."
 REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again."
+REVIEW_CHANGED_MEANWHILE = (
+    "{file} was reviewed meanwhile (in another tab, or by a colleague): it is now {now}. "
+    "Nothing was saved: here it is as it stands; give your class again if it should change.")
 REVIEW_UNREADABLE = "This file could not be read, so there is no cell to review."
 NOTHING_REVIEWED = (
     "No cell of this batch has been given a class on review yet, so there is nothing to export: "
@@ -91,6 +94,8 @@ REVIEW_MANY_SAVED = "Saved your review of {cells}."
 REVIEW_CONFIRMED = "Confirmed {cells} as {name}, as the model classed them."
 REVIEW_NONE_CONFIRMED = ("No cell was left to confirm: those shown had been reviewed meanwhile, "
                          "or given another class.")
+REVIEWS_KEPT = ("Left as reviewed meanwhile (in another tab, or by a colleague), your choice not "
+                "saved: {cells}.")
 REVIEW_TOO_MANY_SHOWN = "A review page shows at most {limit} cells: confirm them a page at a time."
 REVIEW_CONFIRM_UNKNOWN = ("Cells are confirmed from the list of their class: one of {choices}.")
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
@@ -419,9 +424,12 @@ def batch_full(stored: dict, limit: int) -> NoReturn:
 @bp.post("/batch/<batch_id>/<int:index>/review")
 def review(batch_id: str, index: int):
     """Record a technologist's verdict on one result (`verdict`: one of the batch's classes,
-    "excluded", or empty to clear it). After a verdict, on to the next cell that needs review
-    (303), or back to the batch when none is left; after clearing one, or for a batch of one
-    image, back to this image."""
+    "excluded", or empty to clear it). The page's form also sends `seen`, the verdict it
+    showed (empty: none): a verdict given meanwhile elsewhere (another tab, a colleague) is not
+    overwritten unseen (409, the page as it is now). After a verdict, back to the review list
+    the page was opened from (`?show=`), else on to the next cell that needs review (303), or
+    to the batch when none is left; after clearing one, or for a batch of one image, back to
+    this image."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
     if differential.status_of(item) is None:
@@ -429,10 +437,14 @@ def review(batch_id: str, index: int):
     verdict = request.form.get("verdict", "")
     if verdict:
         check_verdict(verdict, stored)
+    seen, meanwhile = request.form.get("seen"), None
 
     def record(batch: dict) -> None:
+        nonlocal meanwhile
         result = batch["results"][index]
-        if verdict:
+        if seen is not None and (differential.verdict_of(result) or "") != seen:
+            meanwhile = differential.verdict_of(result) or ""
+        elif verdict:
             result["review"] = {"label": verdict, "at": time.time()}
         else:
             result.pop("review", None)
@@ -440,8 +452,17 @@ def review(batch_id: str, index: int):
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
+    if meanwhile is not None:
+        flash(REVIEW_CHANGED_MEANWHILE.format(
+            file=results.name_of(item),
+            now=f"reviewed as {verdict_text(meanwhile)}" if meanwhile else "not reviewed"))
+        return single(batch_id, index, status=409)
     flash(REVIEW_SAVED.format(file=results.name_of(item), verdict=verdict_text(verdict)) if verdict
           else REVIEW_CLEARED.format(file=results.name_of(item)))
+    came_from = request.args.get("show")
+    if verdict and came_from is not None and came_from == review_list(stored):
+        return redirect(url_for("pages.review_all", batch_id=batch_id, show=came_from or None),
+                        code=303)
     if verdict and len(stored["results"]) > 1:
         following = results.next_to_review(stored["results"], index)
         if following is not None:
@@ -571,13 +592,15 @@ def least_sure_figure(predictor: Predictor | None) -> dict | None:
 @bp.post("/batch/<batch_id>/review")
 def review_many(batch_id: str):
     """Record the verdicts of the review page at once (`verdict-<n>`: one of the batch's
-    classes or "excluded"; empty leaves that result as it is). From a class list, `confirm`
-    (that class) also confirms the cells the page showed (`shown`: their indices, comma
-    separated) that were left as they were: each still counted as the model accepted it gets
-    the class as its verdict. Any unknown verdict or result refuses the whole form (400) and
-    saves none. Then back to the review page's list while it holds something to do (a class
-    list: while it holds cells, and after confirming, cells to confirm), then on to the next
-    class with cells to confirm; else to the batch (303)."""
+    classes or "excluded"; empty leaves that result as it is). The page sends `seen`, each
+    cell it showed with the verdict it had (`3=,5=neutrophil`): a cell given another verdict
+    meanwhile elsewhere (another tab, a colleague) keeps it, and the message names it. From a
+    class list, `confirm` (that class) also confirms the cells shown that were left as they
+    were: each still counted as the model accepted it gets the class as its verdict. Any
+    unknown verdict or result refuses the whole form (400) and saves none. Then back to the
+    review page's list while it holds something to do (a class list: while it holds cells,
+    and after confirming, cells to confirm), then on to the next class with cells to confirm;
+    else to the batch (303)."""
     stored = load_or_404(batch_id)
     verdicts: dict[int, str] = {}
     for key, verdict in request.form.items():
@@ -590,10 +613,7 @@ def review_many(batch_id: str):
     confirm = request.form.get("confirm", "")
     if confirm and (confirm != listing or confirm not in stored["classes"]):
         abort(400, description=REVIEW_CONFIRM_UNKNOWN.format(choices=", ".join(stored["classes"])))
-    shown = ([classified_index(stored, n) for n in request.form.get("shown", "").split(",")]
-             if confirm else [])
-    if len(shown) > REVIEW_PAGE_CELLS:
-        abort(400, description=REVIEW_TOO_MANY_SHOWN.format(limit=REVIEW_PAGE_CELLS))
+    seen = seen_verdicts(stored, request.form.get("seen"), required=bool(confirm))
     # Where the form came from: the same list, and in a list that pages (every cell, a class),
     # the same page; after confirming, a class list's first page, where those still to confirm
     # now are.
@@ -603,24 +623,37 @@ def review_many(batch_id: str):
     if not verdicts and not confirm:
         flash(REVIEW_NOTHING_CHOSEN)
         return redirect(url_for("pages.review_all", batch_id=batch_id, **show), code=303)
-    now, confirmed = time.time(), 0
+    now, saved, confirmed, kept = time.time(), 0, 0, []
 
     def record(batch: dict) -> None:
-        nonlocal confirmed
+        nonlocal saved, confirmed
         found = batch["results"]
+        # Under the batch's lock: a cell reviewed meanwhile, elsewhere, keeps that review.
         for index, verdict in verdicts.items():
+            if seen is not None and index in seen and (
+                    differential.verdict_of(found[index]) or "") != seen[index]:
+                kept.append(index)
+                continue
             found[index]["review"] = {"label": verdict, "at": now}
-        # Checked again under the batch's lock: a cell reviewed meanwhile, elsewhere, keeps
-        # that review.
-        for index in set(shown) - verdicts.keys():
-            if to_confirm(found[index]) and found[index]["label"] == confirm:
+            saved += 1
+        if not confirm:
+            return
+        for index in seen.keys() - verdicts.keys():  # `seen` is required with `confirm`
+            if (seen[index] == "" and to_confirm(found[index])
+                    and found[index]["label"] == confirm):
                 found[index]["review"] = {"label": confirm, "at": now}
                 confirmed += 1
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
-    flash(reviews_saved(len(verdicts), confirmed, confirm))
+    if saved or confirm:
+        flash(reviews_saved(saved, confirmed, confirm))
+    if kept:
+        found = stored["results"]
+        flash(REVIEWS_KEPT.format(cells=", ".join(
+            f"{results.name_of(found[i])} (now {verdict_text(differential.verdict_of(found[i]))})"
+            for i in sorted(kept))))
     found = stored["results"]
     if listing in REVIEW_LISTS:
         # Back to the list while it still holds something to do (every cell: while any is
@@ -640,6 +673,22 @@ def review_many(batch_id: str):
     if pending is not None:
         return redirect(url_for("pages.review_all", batch_id=batch_id, show=pending), code=303)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
+
+
+def seen_verdicts(stored: dict, field: str | None, required: bool) -> dict[int, str] | None:
+    """The review page's `seen` field read: each cell it showed, by index, with the verdict
+    it had ("" for none). None where the form did not send it (and none was `required`); a
+    400 for a result that is not one, or for more cells than a page shows."""
+    if field is None and not required:
+        return None
+    entries = (field or "").split(",")
+    if len(entries) > REVIEW_PAGE_CELLS:
+        abort(400, description=REVIEW_TOO_MANY_SHOWN.format(limit=REVIEW_PAGE_CELLS))
+    seen = {}
+    for entry in entries:
+        number, _, verdict = entry.partition("=")
+        seen[classified_index(stored, number)] = verdict
+    return seen
 
 
 def classified_index(stored: dict, number: str) -> int:
@@ -832,6 +881,9 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
             to_review=results.review_summary(stored["results"]).to_review,
+            # The review list this page was opened from (`?show=`), which saving goes back to.
+            came_from=(request.args["show"] if request.args.get("show") is not None
+                       and request.args["show"] == review_list(stored) else None),
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
             # An image of a batch is judged with its batch too: one image's measure is rough.
