@@ -240,9 +240,17 @@ function setUpPrint() {
   const printed = document.getElementById("printed-at");
   if (printed) {
     window.addEventListener("beforeprint", () => {
-      printed.textContent = `Printed ${new Date().toLocaleString()} (this computer's time).`;
+      printed.textContent = `Printed ${printedAt(new Date())}.`;
     });
   }
+}
+
+// A moment as the pages write them ("07 Dec 2026, 04:07 UTC"): a printed report read in
+// another country must not take 12/7 for 12 July, nor mix two clocks on one sheet.
+function printedAt(moment) {
+  const part = (options) => moment.toLocaleString("en-GB", {timeZone: "UTC", ...options});
+  return `${part({day: "2-digit"})} ${part({month: "short"})} ${part({year: "numeric"})}, ` +
+    `${part({hour: "2-digit", minute: "2-digit", hourCycle: "h23"})} UTC`;
 }
 
 // A form sent back with a message (400) puts the keyboard on the first field to correct, so

@@ -220,7 +220,9 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     assert not browser.find_element(By.ID, "add-form").is_displayed()
     assert "model tiny, batch uploaded" in browser.find_element(By.ID, "print-note").text
     browser.execute_script("window.dispatchEvent(new Event('beforeprint'))")
-    assert browser.find_element(By.ID, "printed-at").text.startswith("Printed ")
+    # In the pages' own format and clock: 12/7 would read as 12 July in much of the world.
+    assert re.fullmatch(r"Printed \d\d [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC\.",
+                        browser.find_element(By.ID, "printed-at").text)
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
     assert not browser.find_element(By.ID, "print-note").is_displayed()
     browser.save_screenshot(str(tmp_path / "batch.png"))

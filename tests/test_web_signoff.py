@@ -51,10 +51,13 @@ def test_a_count_with_cells_to_review_is_not_signed(client, batch_id):
     html = response.get_data(as_text=True)
     assert ("1 unidentified cell still waits for review: review it first, so that the count "
             "you sign does not lean towards the classes the model is sure of.") in text(html)
-    # As the page's other forms: the name kept as typed, the message tied to its field.
+    # The name kept as typed, and not marked wrong: the count is what is not ready, said once,
+    # with the way to the cells that wait.
     assert re.search(r'id="signed-by" name="signed_by"\s+value="J. Smith"', html)
-    assert 'aria-describedby="signoff-help signed-by-error"' in html
-    assert 'aria-invalid="true"' in html
+    assert 'aria-invalid="true"' not in html
+    error = re.search(r'<div[^>]*id="signoff-error" role="alert">(.*?)</div>', html, re.S)
+    assert f'href="/batch/{batch_id}/review">Review them</a>' in error.group(1)
+    assert text(html).count("1 unidentified cell still waits for review") == 1
     assert stored(client, batch_id) == before
     assert 'id="signoff-summary"' not in html
 
@@ -232,3 +235,21 @@ def test_a_comment_goes_with_the_sign_off_onto_the_report_and_the_csv(client, ba
     assert "A comment is one line of at most 300 letters" in text(html)
     assert 'id="signoff-comment-error"' in html and 'value="A. Jones"' in html
     assert stored(client, batch_id)["signoff"]["by"] == "J. Smith"
+
+
+def test_the_sign_off_shows_where_the_count_is_read_and_changed(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    sign_off(client, batch_id, comment="Platelet clumps seen")
+    # The cell page says a review would change a signed count, before a key saves one.
+    assert ("This batch's count is signed off by J. Smith: a review changes it" in
+            prose(page(client, f"/batch/{batch_id}/0")))
+    # The upload page's list of this browser's batches says which are signed.
+    home = page(client, "/")
+    assert re.search(r'signed-badge">signed off</span>', home)
+    review_cells(client, batch_id, n0="lymphocyte")
+    assert re.search(r'signed-badge">changed since signed off</span>', page(client, "/"))
+    # Signing again starts from the name and comment given before.
+    html = page(client, f"/batch/{batch_id}")
+    assert re.search(r'id="signed-by" name="signed_by"\s+value="J. Smith"', html)
+    assert re.search(r'name="comment"\s+value="Platelet clumps seen"', html)
+    assert "the form below holds the name and comment given then" in text(html)

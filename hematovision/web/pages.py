@@ -277,7 +277,8 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
         chosen=chosen if chosen in predictors else models.default_name(),
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
         recent=[{"batch": b, "expires": expires_at(b),
-                 "to_review": sum(map(differential.needs_review, b["results"]))}
+                 "to_review": sum(map(differential.needs_review, b["results"])),
+                 "signed": signoff.of(b, intervals_in_force())}
                 for b in recent.batches(upload_folder())],
     )
     return page, status
@@ -817,7 +818,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             sample_id_length=sample.MAX_ID_LENGTH,
             manual_form=manual_form or manual.form_of(manual.of(stored)),
             manual_fields=manual_fields(stored["classes"]),
-            signoff_form=signoff_form or TypedForm(),
+            signoff_form=signoff_form or signoff.form_of(shown["signed"]),
             signoff_refusal=signoff.refusal(stored),
             signed_by_length=signoff.MAX_NAME_LENGTH,
             comment_length=signoff.MAX_COMMENT_LENGTH,
@@ -881,6 +882,8 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
             to_review=results.review_summary(stored["results"]).to_review,
+            # A review changes a signed count: the page says so before a key saves one.
+            signed=signoff.of(stored, intervals_in_force()),
             # The review list this page was opened from (`?show=`), which saving goes back to.
             came_from=(request.args["show"] if request.args.get("show") is not None
                        and request.args["show"] == review_list(stored) else None),
@@ -1050,8 +1053,7 @@ def sign_off(batch_id: str):
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
     if refused is not None:
-        return batch(batch_id, status=status,
-                     signoff_form=TypedForm(form.typed, {signoff.NAME_FIELD: refused}))
+        return batch(batch_id, status=status, signoff_form=TypedForm(form.typed, {"": refused}))
     flash(SIGNED_OFF.format(name=isolated(name)))
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
 

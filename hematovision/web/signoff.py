@@ -125,6 +125,14 @@ def read_form(form: Mapping[str, str]) -> tuple[tuple[str, str] | None, TypedFor
     return (values[NAME_FIELD], values[COMMENT_FIELD]), TypedForm(values)
 
 
+def form_of(signed: SignOff | None) -> TypedForm:
+    """The sign-off form as the batch page first shows it: after a sign-off the count has
+    moved away from, filled in with its name and comment, to sign again without retyping."""
+    if signed is None or signed.current:
+        return TypedForm()
+    return TypedForm({NAME_FIELD: signed.by, COMMENT_FIELD: signed.comment})
+
+
 def sign(batch: dict[str, Any], name: str, comment: str, at: float, intervals: Any) -> None:
     """Record `name`'s sign-off of the batch as it stands (in place), with the signer's
     `comment` (empty: none), replacing any before."""
