@@ -82,9 +82,13 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     response = review(client, batch_id, 1, "monocyte")
     # On to the next cell that needs review, which says what was saved.
     assert response.status_code == 303
-    assert response.headers["Location"].endswith(f"/batch/{batch_id}/3")
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/3?saved=1")
     html = page(client, response.headers["Location"])
     assert "Saved your review of u1.jpg: Monocyte." in text(html)
+    # A mis-keyed verdict is one link away.
+    assert "Just saved: u1.jpg as Monocyte. Change it if that key was not the one you meant." \
+        in text(html)
+    assert f'href="/batch/{batch_id}/1">Change it</a>' in html
     assert " 2 unidentified (1 still to review) · " in status_line(page(client,
                                                                          f"/batch/{batch_id}"))
     assert "Save, then back to the batch" in html  # u2.jpg is the last one left
@@ -121,7 +125,7 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
 
 def test_a_review_overrules_an_accepted_answer_until_it_is_cleared(client, batch_id):
     response = review(client, batch_id, 0, "eosinophil")
-    assert response.headers["Location"].endswith(f"/batch/{batch_id}/1")  # the first to review
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/1?saved=0")  # the first to review
     html = page(client, f"/batch/{batch_id}/0")
     assert re.search(r'id="review-verdict" data-verdict="eosinophil">Reviewed: <strong>'
                      r'Eosinophil</strong>', html)

@@ -467,7 +467,9 @@ def review(batch_id: str, index: int):
     if verdict and len(stored["results"]) > 1:
         following = results.next_to_review(stored["results"], index)
         if following is not None:
-            return redirect(url_for("pages.single", batch_id=batch_id, index=following), code=303)
+            # `saved`: the next page leads back to this cell, to change a verdict mis-keyed.
+            return redirect(url_for("pages.single", batch_id=batch_id, index=following,
+                                    saved=index), code=303)
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
     return redirect(url_for("pages.single", batch_id=batch_id, index=index), code=303)
 
@@ -692,6 +694,14 @@ def seen_verdicts(stored: dict, field: str | None, required: bool) -> dict[int, 
     return seen
 
 
+def just_saved(stored: dict, index: int) -> int | None:
+    """The index `?saved=` names, where it is another result of the batch with a verdict."""
+    saved = whole_number(request.args.get("saved", ""))
+    if saved is None or saved == index or saved >= len(stored["results"]):
+        return None
+    return saved if differential.verdict_of(stored["results"][saved]) is not None else None
+
+
 def classified_index(stored: dict, number: str) -> int:
     """The index `number` names of a classified result of the batch; a 400 for any other."""
     index = whole_number(number)
@@ -882,6 +892,8 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             reviewed_at=(item.get("review") or {}).get("at"),
             next_to_review=results.next_to_review(stored["results"], index),
             to_review=results.review_summary(stored["results"]).to_review,
+            # The cell whose review was just saved before this page opened (`?saved=`).
+            just_saved=just_saved(stored, index),
             # A review changes a signed count: the page says so before a key saves one.
             signed=signoff.of(stored, intervals_in_force()),
             # The review list this page was opened from (`?show=`), which saving goes back to.
