@@ -650,14 +650,13 @@ def review_many(batch_id: str):
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
+    found = stored["results"]
     if saved or confirm:
         flash(reviews_saved(saved, confirmed, confirm))
     if kept:
-        found = stored["results"]
         flash(REVIEWS_KEPT.format(cells=", ".join(
             f"{results.name_of(found[i])} (now {verdict_text(differential.verdict_of(found[i]))})"
             for i in sorted(kept))))
-    found = stored["results"]
     if listing in REVIEW_LISTS:
         # Back to the list while it still holds something to do (every cell: while any is
         # still to review), else to the batch.
