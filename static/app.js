@@ -245,12 +245,15 @@ function setUpPrint() {
   }
 }
 
-// A moment as the pages write them ("07 Dec 2026, 04:07 UTC"): a printed report read in
-// another country must not take 12/7 for 12 July, nor mix two clocks on one sheet.
+// A moment as the pages write them ("07 Dec 2026, 04:07 UTC", as the server's clock_utc): a
+// printed report read in another country must not take 12/7 for 12 July, nor mix two clocks
+// on one sheet. Spelt out by hand: a locale's short months differ ("Sept" in en-GB).
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+  "Dec"];
 function printedAt(moment) {
-  const part = (options) => moment.toLocaleString("en-GB", {timeZone: "UTC", ...options});
-  return `${part({day: "2-digit"})} ${part({month: "short"})} ${part({year: "numeric"})}, ` +
-    `${part({hour: "2-digit", minute: "2-digit", hourCycle: "h23"})} UTC`;
+  const two = (n) => String(n).padStart(2, "0");
+  return `${two(moment.getUTCDate())} ${MONTHS[moment.getUTCMonth()]} ` +
+    `${moment.getUTCFullYear()}, ${two(moment.getUTCHours())}:${two(moment.getUTCMinutes())} UTC`;
 }
 
 // A form sent back with a message (400) puts the keyboard on the first field to correct, so

@@ -370,7 +370,7 @@ def test_corrupt_model_fails_at_startup(tmp_path, models_root):
         make_app(tmp_path, models_root)
 
 
-@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "excluded"])
+@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "excluded", "a,b", "a=b"])
 def test_a_model_naming_a_class_as_a_review_list_fails_at_startup(tmp_path, tiny_model_dir,
                                                                    reserved):
     """Its cells would be listed under the review page's list of that name, or counted as

@@ -186,6 +186,11 @@ def test_a_count_changed_after_the_page_was_loaded_is_not_signed_unseen(client, 
     # The page sent back shows the count as it is now: signed from it, it stands.
     fresh = re.search(r'name="count" value="(\w+)"', html).group(1)
     assert sign_off(client, batch_id, count=fresh).status_code == 303
+    # A third tab, drawn before, is refused too; its page says the sign-off stands, not that
+    # it has changed.
+    html = sign_off(client, batch_id, "A. Jones", count=seen).get_data(as_text=True)
+    assert "The sign-off by J. Smith" in text(html) and "stands; signing replaces it" in text(html)
+    assert 'id="signoff-stale"' not in html
 
 
 def test_an_image_with_no_white_cell_found_counted_unreviewed_is_not_signed(client, batch_id):
@@ -248,8 +253,8 @@ def test_the_sign_off_shows_where_the_count_is_read_and_changed(client, batch_id
     assert re.search(r'signed-badge">signed off</span>', home)
     review_cells(client, batch_id, n0="lymphocyte")
     assert re.search(r'signed-badge">changed since signed off</span>', page(client, "/"))
-    # Signing again starts from the name and comment given before.
+    # Signing again starts from the comment given before; the name is the new signer's to type.
     html = page(client, f"/batch/{batch_id}")
-    assert re.search(r'id="signed-by" name="signed_by"\s+value="J. Smith"', html)
+    assert re.search(r'id="signed-by" name="signed_by"\s+value=""', html)
     assert re.search(r'name="comment"\s+value="Platelet clumps seen"', html)
-    assert "the form below holds the name and comment given then" in text(html)
+    assert "the form below holds the comment given then" in text(html)

@@ -197,8 +197,8 @@ def test_a_verdict_given_meanwhile_elsewhere_is_kept_and_named(client, batch_id)
     assert verdicts(client, batch_id)[:2] == ["eosinophil", "monocyte"]
     shown = text(page(client, response.headers["Location"]))
     assert "Saved your review of 1 cell." in shown
-    assert ("Left as reviewed meanwhile (in another tab, or by a colleague), your choice not "
-            "saved: 0.png (now Eosinophil).") in shown
+    assert ("Not saved, as changed meanwhile (in another tab, or by a colleague): 0.png (now "
+            "reviewed as Eosinophil).") in shown
 
 
 def test_a_cell_opened_from_a_list_is_saved_back_to_it_never_over_a_verdict_unseen(
@@ -219,8 +219,41 @@ def test_a_cell_opened_from_a_list_is_saved_back_to_it_never_over_a_verdict_unse
     # A second tab, drawn before that review, sends its own.
     response = save("eosinophil", "")
     assert response.status_code == 409
-    assert ("1.png was reviewed meanwhile (in another tab, or by a colleague): it is now "
+    assert ("1.png was changed meanwhile (in another tab, or by a colleague): it is now "
             "reviewed as Monocyte. Nothing was saved") in text(response.get_data(as_text=True))
+    assert 'class="alert alert-warning" role="status" id="notices"' in response.get_data(
+        as_text=True)
     assert verdicts(client, batch_id)[1] == "monocyte"
     assert save("eosinophil", "monocyte").status_code == 303  # drawn after it: saved
     assert verdicts(client, batch_id)[1] == "eosinophil"
+
+
+def test_a_cell_opened_from_a_page_of_a_list_goes_back_to_that_page(client, batch_id,
+                                                                    monkeypatch):
+    from hematovision.web import pages
+
+    monkeypatch.setattr(pages, "REVIEW_PAGE_CELLS", 2)
+    html = page(client, f"/batch/{batch_id}/review?show=all&start=2")  # cells 1 and 0
+    assert f'href="/batch/{batch_id}/1?show=all&amp;start=2"' in html
+    cell = page(client, f"/batch/{batch_id}/1?show=all&start=2")
+    assert f'action="/batch/{batch_id}/1/review?show=all&amp;start=2"' in cell
+    response = client.post(f"/batch/{batch_id}/1/review?show=all&start=2", data={
+        "csrf_token": csrf_token(client), "verdict": "monocyte", "seen": ""})
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=all&start=2")
+    # Clearing it keeps the way back to the list.
+    cell = page(client, f"/batch/{batch_id}/1?show=all&start=2")
+    clear = re.search(r'<form[^>]*id="review-clear-form"', cell).group(0)
+    assert "show=all&amp;start=2" in clear
+    response = client.post(f"/batch/{batch_id}/1/review?show=all&start=2", data={
+        "csrf_token": csrf_token(client), "verdict": "", "seen": "monocyte"})
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/1?show=all&start=2")
+
+
+def test_a_cell_whose_review_was_cleared_meanwhile_is_said_not_reviewed(client, batch_id):
+    review_cells(client, batch_id, n0="eosinophil")
+    client.post(f"/batch/{batch_id}/0/review", data={"csrf_token": csrf_token(client),
+                                                      "verdict": ""})  # another tab clears it
+    response = client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client), "seen": "0=eosinophil", "verdict-0": "monocyte"})
+    assert ("Not saved, as changed meanwhile (in another tab, or by a colleague): 0.png (now "
+            "not reviewed).") in text(page(client, response.headers["Location"]))

@@ -24,10 +24,12 @@ from hematovision.trust import check_accuracy_target
 # Names the review page's lists (`pages.REVIEW_LISTS`) and the reviewer's exclusion take: a
 # class of a served model named so would have its cells listed, or counted, as something else.
 RESERVED_CLASS_NAMES = ("", "all", "no-white-cell", EXCLUDED)
+# ... and the characters that part the review page's list of the verdicts it showed.
+RESERVED_CLASS_CHARACTERS = ",="
 RESERVED_CLASS = (
     "The model {name!r} names a class {label!r}, which the app keeps for its own use (review "
-    "lists and the reviewer's exclusion: {reserved}): rename that class's training folder and "
-    "train and export the model again.")
+    "lists and the reviewer's exclusion: {reserved}; no class name may hold {characters}): "
+    "rename that class's training folder and train and export the model again.")
 
 # Images of a model folder the model page may show; anything else there (the model files, the
 # card, run logs) is not served.
@@ -70,11 +72,13 @@ def init_app(app: Flask) -> None:
     if default not in predictors:  # an explicit default that is incomplete: Predictor says why
         predictors[default] = Predictor(root / str(default), threads, target)
     for name, predictor in predictors.items():
-        taken = [c for c in predictor.classes if c in RESERVED_CLASS_NAMES]
+        taken = [c for c in predictor.classes
+                 if c in RESERVED_CLASS_NAMES or set(c) & set(RESERVED_CLASS_CHARACTERS)]
         if taken:
             raise ModelLoadError(RESERVED_CLASS.format(
                 name=name, label=taken[0],
-                reserved=", ".join(repr(c) for c in RESERVED_CLASS_NAMES)))
+                reserved=", ".join(repr(c) for c in RESERVED_CLASS_NAMES),
+                characters=" or ".join(repr(c) for c in RESERVED_CLASS_CHARACTERS)))
     app.extensions["predictors"] = predictors
     app.extensions["model_plots"] = {name: _read_plots(p.model_dir)
                                      for name, p in predictors.items()}

@@ -75,8 +75,11 @@ BATCH_FULL = (
 REVIEW_SAVED = "Saved your review of {file}: {verdict}."
 REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again."
 REVIEW_CHANGED_MEANWHILE = (
-    "{file} was reviewed meanwhile (in another tab, or by a colleague): it is now {now}. "
+    "{file} was changed meanwhile (in another tab, or by a colleague): it is now {now}. "
     "Nothing was saved: here it is as it stands; give your class again if it should change.")
+# The flash category of a notice that something was not saved (base.html: a warning, not the
+# green of a saved change).
+WARNING = "warning"
 REVIEW_UNREADABLE = "This file could not be read, so there is no cell to review."
 NOTHING_REVIEWED = (
     "No cell of this batch has been given a class on review yet, so there is nothing to export: "
@@ -94,8 +97,7 @@ REVIEW_MANY_SAVED = "Saved your review of {cells}."
 REVIEW_CONFIRMED = "Confirmed {cells} as {name}, as the model classed them."
 REVIEW_NONE_CONFIRMED = ("No cell was left to confirm: those shown had been reviewed meanwhile, "
                          "or given another class.")
-REVIEWS_KEPT = ("Left as reviewed meanwhile (in another tab, or by a colleague), your choice not "
-                "saved: {cells}.")
+REVIEWS_KEPT = ("Not saved, as changed meanwhile (in another tab, or by a colleague): {cells}.")
 REVIEW_TOO_MANY_SHOWN = "A review page shows at most {limit} cells: confirm them a page at a time."
 REVIEW_CONFIRM_UNKNOWN = ("Cells are confirmed from the list of their class: one of {choices}.")
 REVIEW_NOT_A_RESULT = "There is no classified image {index} in this batch to review."
@@ -455,15 +457,13 @@ def review(batch_id: str, index: int):
         abort(404, description=EXPIRED.format(retention=retention()))
     if meanwhile is not None:
         flash(REVIEW_CHANGED_MEANWHILE.format(
-            file=results.name_of(item),
-            now=f"reviewed as {verdict_text(meanwhile)}" if meanwhile else "not reviewed"))
+            file=results.name_of(item), now=review_state(stored["results"][index])), WARNING)
         return single(batch_id, index, status=409)
     flash(REVIEW_SAVED.format(file=results.name_of(item), verdict=verdict_text(verdict)) if verdict
           else REVIEW_CLEARED.format(file=results.name_of(item)))
-    came_from = request.args.get("show")
-    if verdict and came_from is not None and came_from == review_list(stored):
-        return redirect(url_for("pages.review_all", batch_id=batch_id, show=came_from or None),
-                        code=303)
+    came_from = list_came_from(stored)
+    if verdict and came_from is not None:
+        return redirect(url_for("pages.review_all", batch_id=batch_id, **came_from), code=303)
     if verdict and len(stored["results"]) > 1:
         following = results.next_to_review(stored["results"], index)
         if following is not None:
@@ -471,7 +471,18 @@ def review(batch_id: str, index: int):
             return redirect(url_for("pages.single", batch_id=batch_id, index=following,
                                     saved=index), code=303)
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
-    return redirect(url_for("pages.single", batch_id=batch_id, index=index), code=303)
+    return redirect(url_for("pages.single", batch_id=batch_id, index=index,
+                            **(came_from or {})), code=303)
+
+
+def list_came_from(stored: dict) -> dict | None:
+    """The review list (and its page) a cell page was opened from, as `?show=` and `?start=`
+    name it: {"show": ..., "start": ...} for url_for, or None where it was not opened from one."""
+    show = request.args.get("show")
+    if show is None or show != review_list(stored):
+        return None
+    start = whole_number(request.args.get("start", ""))
+    return {"show": show, "start": start or None}  # "": the list of cells to review
 
 
 def check_verdict(verdict: str, stored: dict) -> None:
@@ -655,8 +666,8 @@ def review_many(batch_id: str):
         flash(reviews_saved(saved, confirmed, confirm))
     if kept:
         flash(REVIEWS_KEPT.format(cells=", ".join(
-            f"{results.name_of(found[i])} (now {verdict_text(differential.verdict_of(found[i]))})"
-            for i in sorted(kept))))
+            f"{results.name_of(found[i])} (now {review_state(found[i])})" for i in sorted(kept))),
+            WARNING)
     if listing in REVIEW_LISTS:
         # Back to the list while it still holds something to do (every cell: while any is
         # still to review), else to the batch.
@@ -733,6 +744,12 @@ def model_view_image(batch_id: str, index: int):
     fraction = predictor.crop_fraction if predictor else None
     return drawn_from_stored(item, "image/jpeg", lambda path: field_view.model_view(
         path, fraction, item.get("cell")))
+
+
+def review_state(result: dict) -> str:
+    """Where a result's review stands, in words: "reviewed as <class>", or "not reviewed"."""
+    verdict = differential.verdict_of(result)
+    return f"reviewed as {verdict_text(verdict)}" if verdict else "not reviewed"
 
 
 @bp.app_template_filter("verdict")
@@ -896,8 +913,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             # A review changes a signed count: the page says so before a key saves one.
             signed=signoff.of(stored, intervals_in_force()),
             # The review list this page was opened from (`?show=`), which saving goes back to.
-            came_from=(request.args["show"] if request.args.get("show") is not None
-                       and request.args["show"] == review_list(stored) else None),
+            came_from=list_came_from(stored),
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
             # An image of a batch is judged with its batch too: one image's measure is rough.

@@ -127,10 +127,11 @@ def read_form(form: Mapping[str, str]) -> tuple[tuple[str, str] | None, TypedFor
 
 def form_of(signed: SignOff | None) -> TypedForm:
     """The sign-off form as the batch page first shows it: after a sign-off the count has
-    moved away from, filled in with its name and comment, to sign again without retyping."""
+    moved away from, filled in with its comment, to sign again without retyping it (not with
+    its name: whoever signs again types their own)."""
     if signed is None or signed.current:
         return TypedForm()
-    return TypedForm({NAME_FIELD: signed.by, COMMENT_FIELD: signed.comment})
+    return TypedForm({COMMENT_FIELD: signed.comment})
 
 
 def sign(batch: dict[str, Any], name: str, comment: str, at: float, intervals: Any) -> None:
