@@ -580,14 +580,16 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
                                                                  trusted_model_dir):
     """The report at its fullest: eight classes with cells per litre, the count corrected for
     nucleated red cells, cells beside the differential, a manual count, every note and a
-    sign-off with the longest comment, on one side of A4 and of Letter."""
+    sign-off with the longest comment, under the lab's name, on one side of A4 and of
+    Letter."""
     from selenium.webdriver.common.by import By
 
     from hematovision.web import uploads
     from tests.web_helpers import batch_as_said, csrf_token, save_sample, sign_off
 
     app = make_app(tmp_path, make_models_root(tmp_path / "models", trusted_model_dir,
-                                              names=("tiny",)))
+                                              names=("tiny",)),
+                   LAB_NAME="Central Hematology Laboratory, Department of Laboratory Medicine")
     client = app.test_client()
     batch_id = batch_as_said(client, "tiny", [(c, "accepted", 0.99) for c in PBC_CLASSES
                                               for _ in range(3)])

@@ -434,6 +434,9 @@ def test_python_app_py_answers_its_options_without_starting_a_server(args, code,
     ("MAX_FORM_PARTS", "many", "must be a whole number above 0 (or null: no limit), not"),
     ("UPLOAD_FOLDER", ["a"], "UPLOAD_FOLDER (environment variable HEMATOVISION_UPLOAD_FOLDER) "
                              "must be a path, not ['a']."),
+    ("LAB_NAME", "Lab\nB", "LAB_NAME (environment variable HEMATOVISION_LAB_NAME) must be one "
+                         "line of at most 80 letters"),
+    ("LAB_NAME", "x" * 81, "must be one line of at most 80 letters"),
     ("SECRET_KEY_FILE", "/proc/none/secret_key",
      "SECRET_KEY_FILE (environment variable HEMATOVISION_SECRET_KEY_FILE): cannot read or "
      "create /proc/none/secret_key"),

@@ -134,3 +134,10 @@ def test_without_absolute_intervals_the_report_has_no_such_column(client, batch_
     head = re.search(r'id="report-differential".*?</thead>', html, re.S).group(0)
     assert "× 10⁹/L" in head and "Ref. × 10⁹/L" not in head
     assert len(rows(html, "report-differential")[3]) == 7
+
+
+def test_the_lab_named_in_the_settings_heads_the_report(client, batch_id):
+    assert 'id="report-lab"' not in report(client, batch_id)
+    client.application.config["LAB_NAME"] = "Central Hematology Laboratory"
+    html = report(client, batch_id)
+    assert '<p class="fw-semibold mb-0" id="report-lab">Central Hematology Laboratory</p>' in html

@@ -18,6 +18,7 @@ from hematovision.output import quoted
 from hematovision.predictor import MODELS_ROOT
 from hematovision.preprocess import MAX_PIXELS
 from hematovision.reference import SETTINGS, intervals
+from hematovision.web.forms import plain_text
 
 PREFIX = "HEMATOVISION_"  # of the environment variables that set the app's settings
 
@@ -50,6 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         REFERENCE_INTERVALS=None,  # the lab's {class: [low, high]} in percent of white cells,
         #   replacing the catalog's adult intervals the differential is flagged against
         ABSOLUTE_REFERENCE_INTERVALS=None,  # the same in x 10^9/L, for absolute counts
+        LAB_NAME="",  # heads the printed report (the laboratory, its department); "": none
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # the browser does not send the cookie on foreign POSTs
     )
@@ -89,6 +91,7 @@ COUNT_SETTINGS = ("LITERT_THREADS", "MAX_FILES", "MAX_BATCH_IMAGES", "MAX_IMAGE_
                   "MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
 SECONDS_SETTINGS = ("RETENTION_SECONDS", "PURGE_INTERVAL_SECONDS")
 UNLIMITED_SETTINGS = ("MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
+MAX_LAB_NAME_LENGTH = 80
 
 
 def check_settings(config: dict[str, Any]) -> None:
@@ -115,6 +118,12 @@ def check_settings(config: dict[str, Any]) -> None:
             raise ModelLoadError(f"{setting_name(key)} must be {what}"
                                  f"{' (or null: no limit)' if key in UNLIMITED_SETTINGS else ''}"
                                  f", not {quoted(value)}.")
+    try:
+        config["LAB_NAME"] = plain_text(str(config["LAB_NAME"]), MAX_LAB_NAME_LENGTH)
+    except ValueError:
+        raise ModelLoadError(f"{setting_name('LAB_NAME')} must be one line of at most "
+                             f"{MAX_LAB_NAME_LENGTH} letters, digits, spaces and punctuation, "
+                             f"not {quoted(config['LAB_NAME'])}.") from None
 
 
 def setting_name(key: str) -> str:
