@@ -173,6 +173,14 @@ CELL_TYPES: dict[str, CellType] = {
 }
 
 
+# A reviewer's class for a white cell of a type the model does not name (a blast, a variant
+# lymphocyte, a plasma cell): counted in the differential's white cells, under this one row, as
+# a manual count counts it; never a class a model is trained on (the reviewed-cells archive
+# leaves it out).
+OTHER_WHITE_CELL = "other-white-cell"
+OTHER_WHITE_CELL_NAME = "Other white cell"
+
+
 def is_white_cell(name: str) -> bool:
     """Whether a class counts in the white-cell differential; a class the catalog does not know
     (a researcher's own model) does, as every class of a white-cell model would."""
@@ -189,4 +197,6 @@ def is_nucleated_red_cell(name: str) -> bool:
 def display_name(name: str) -> str:
     """The catalog's name for a class; the class name itself for one the catalog does not know
     (a researcher's own model), which the pages then show as it is."""
+    if name == OTHER_WHITE_CELL:
+        return OTHER_WHITE_CELL_NAME
     return CELL_TYPES[name].display_name if name in CELL_TYPES else name

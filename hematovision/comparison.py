@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.differential import Differential
 
 LEVEL = 0.05
@@ -65,7 +66,8 @@ class Comparison:
     white_cells: int  # this batch's counted white cells
     manual_white_cells: int  # the manual count's, those of classes the model lacks included
     # Of the manual count's white cells, those of classes the model does not name (basophils
-    # for a four-class model, blasts): in its total, compared with nothing.
+    # for a four-class model, blasts): in its total, compared with the batch's cells a reviewer
+    # called so where it has any (`cells.OTHER_WHITE_CELL`), else with nothing.
     manual_other: int
     awaiting_review: int  # the batch's unidentified cells without a verdict
     # The classes of `manual_beside` the batch counts beside its differential, in its order.
@@ -78,12 +80,16 @@ def compare(counted: Differential, manual: Mapping[str, int], manual_other: int 
     by class; `manual_other`: white cells of classes the model does not name; `manual_beside`:
     nucleated red cells met while counting them, by class); None when either counted no white
     cell."""
-    manual_total = sum(manual.get(s.name, 0) for s in counted.shares) + manual_other
+    # A white cell of a type the model does not name, where a reviewer counted one (its own
+    # share), is compared with the manual count's such cells.
+    mine_of = {**manual, OTHER_WHITE_CELL: manual_other}
+    manual_total = sum(manual.get(s.name, 0) for s in counted.shares
+                       if s.name != OTHER_WHITE_CELL) + manual_other
     if not counted.white_cells or not manual_total:
         return None
     rows = []
     for share in counted.shares:
-        mine = manual.get(share.name, 0)
+        mine = mine_of.get(share.name, 0)
         manual_percent = 100 * mine / manual_total
         batch_percent = 100 * share.count / counted.white_cells
         rows.append(ClassComparison(

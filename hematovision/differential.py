@@ -14,7 +14,9 @@ review overrides the model either way: a reviewed cell counts as the class the r
 an unidentified one included, and a cell the reviewer excluded is not counted whatever the
 model said. Of the counted cells, only white cells are shares of the differential; cells of the
 other classes a model names (platelets, nucleated red cells) are counted beside it, per 100
-white cells, as a lab reports nucleated red cells.
+white cells, as a lab reports nucleated red cells. A white cell of a type the model does not
+name (a blast) that a reviewer calls so (`cells.OTHER_WHITE_CELL`) is a share of its own, after
+the model's classes: a manual differential counts it among its cells, and so does this one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hematovision.card import DIFFERENTIAL
-from hematovision.cells import is_nucleated_red_cell, is_white_cell
+from hematovision.cells import OTHER_WHITE_CELL, is_nucleated_red_cell, is_white_cell
 from hematovision.reference import (ABOVE, Flag, corrected_count, flag, flag_beside, intervals,
                                     measure, measure_beside)
 from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
@@ -90,7 +92,9 @@ class OtherCount:
 
 @dataclass(frozen=True)
 class Differential:
-    shares: list[ClassShare]  # the model's white-cell classes, in its order, zeros included
+    # The model's white-cell classes, in its order, zeros included; then OTHER_WHITE_CELL where a
+    # reviewer counted any.
+    shares: list[ClassShare]
     white_cells: int  # counted white cells: the base of the shares
     others: list[OtherCount]  # the model's other classes (counted cells), zeros included
     reviewed: int  # of the white cells, those counted by a reviewer's verdict
@@ -154,6 +158,8 @@ def differential(results: list[dict[str, Any]], classes: list[str],
     counted = [(counted_class(r), verdict_of(r) is not None) for r in results]
     count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
+    if count[OTHER_WHITE_CELL] and OTHER_WHITE_CELL not in white:
+        white.append(OTHER_WHITE_CELL)
     total = sum(count[c] for c in white)
     nucleated_red_cells = sum(count[c] for c in classes if is_nucleated_red_cell(c))
     uncorrected = None

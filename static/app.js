@@ -187,7 +187,9 @@ function setUpReviewKeys() {
   const form = document.getElementById("review-form");
   if (!form) return;
   const select = form.querySelector("select[name=verdict]");
-  const classes = Array.from(select.options).filter((o) => o.value && o.value !== "excluded");
+  // The model's classes, in order: not the reviewer's own verdicts after them (another white
+  // cell, excluded), which keep no digit.
+  const classes = Array.from(select.options).filter((o) => o.dataset.modelClass !== undefined);
   const save = document.getElementById("review-save");
   const shortcuts = save.getAttribute("aria-keyshortcuts");
   const on = document.getElementById("review-keys-on");

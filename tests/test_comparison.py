@@ -134,3 +134,19 @@ def test_the_api_form_has_each_class_both_ways_and_the_cells_beside_where_compar
                               "difference": 8.0, "p_value": found.beside[0].p_value,
                               "beyond_counting_error": found.beside[0].p_value < LEVEL}]
     assert "beside" not in comparison_json(compare(counted, {"neutrophil": 150}))
+
+
+def test_other_white_cells_counted_on_review_are_compared_with_the_manual_count_s():
+    from hematovision.cells import OTHER_WHITE_CELL
+
+    cells = film({"neutrophil": 58, "lymphocyte": 30, "monocyte": 6, "eosinophil": 4}, WBC4)
+    cells += [{**c, "review": {"label": OTHER_WHITE_CELL, "at": 0.0}}
+              for c in film({"neutrophil": 2}, WBC4)]  # two blasts, read as neutrophils
+    found = compare(differential(cells, WBC4), {"neutrophil": 60, "lymphocyte": 30,
+                                                "monocyte": 5, "eosinophil": 3},
+                    manual_other=2)
+    rows = {row.name: row for row in found.classes}
+    assert list(rows) == [*WBC4, OTHER_WHITE_CELL]
+    assert (rows[OTHER_WHITE_CELL].count, rows[OTHER_WHITE_CELL].manual_count,
+            rows[OTHER_WHITE_CELL].difference) == (2, 2, 0.0)
+    assert found.manual_white_cells == 100  # the manual count's own two, counted once

@@ -2,6 +2,7 @@
 reviewer said), the white-cell shares with their counting ranges and flags against reference
 intervals, the classes counted beside it, the absolute counts, and the form the API gives."""
 
+from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.differential import (EXCLUDED, ClassShare, OtherCount, counted_class,
                                        differential, differential_json, left_out_counts,
                                        left_out_reason, needs_review)
@@ -184,3 +185,18 @@ def test_given_the_total_count_each_share_is_also_cells_per_litre():
     held = differential(cells + [result("neutrophil", "unidentified", WBC4)], WBC4,
                                 white_cells_per_litre=5.0)
     assert all(s.absolute.flag is None for s in held.shares)
+
+
+def test_a_white_cell_of_a_type_the_model_does_not_name_is_a_share_of_its_own():
+    """A blast the reviewer calls "other white cell": among the cells a manual differential
+    counts, so among these, after the model's classes; with none, no such row."""
+    assert [s.name for s in differential(REVIEWED, PBC8).shares] == [
+        c for c in PBC8 if c not in ("erythroblast", "platelet")]
+    blasts = [reviewed(result("lymphocyte"), OTHER_WHITE_CELL),
+              reviewed(result("monocyte", "unidentified"), OTHER_WHITE_CELL)]
+    counted = differential(REVIEWED + blasts, PBC8)
+    assert counted.white_cells == 6 and counted.reviewed == 5
+    assert counted.shares[-1] == ClassShare(OTHER_WHITE_CELL, 2, 33.3)
+    assert counted.shares[-1].reference is None and counted.shares[-1].flag is None
+    assert sum(s.count for s in counted.shares) == counted.white_cells
+    assert [left_out_reason(r) for r in blasts] == [None, None]

@@ -370,7 +370,8 @@ def test_corrupt_model_fails_at_startup(tmp_path, models_root):
         make_app(tmp_path, models_root)
 
 
-@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "excluded", "a,b", "a=b"])
+@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "excluded", "other-white-cell",
+                                      "a,b", "a=b"])
 def test_a_model_naming_a_class_as_a_review_list_fails_at_startup(tmp_path, tiny_model_dir,
                                                                    reserved):
     """Its cells would be listed under the review page's list of that name, or counted as
@@ -384,11 +385,12 @@ def test_a_model_naming_a_class_as_a_review_list_fails_at_startup(tmp_path, tiny
 
 
 def test_the_reserved_class_names_are_the_review_lists_and_the_exclusion():
+    from hematovision.cells import OTHER_WHITE_CELL
     from hematovision.differential import EXCLUDED
     from hematovision.web.models import RESERVED_CLASS_NAMES
     from hematovision.web.pages import REVIEW_LISTS
 
-    assert set(RESERVED_CLASS_NAMES) == {*REVIEW_LISTS, EXCLUDED}
+    assert set(RESERVED_CLASS_NAMES) == {*REVIEW_LISTS, OTHER_WHITE_CELL, EXCLUDED}
 
 
 def test_python_app_py_reports_a_missing_model_without_a_traceback(tmp_path):

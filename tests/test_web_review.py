@@ -125,11 +125,12 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
 
 def test_a_review_overrules_an_accepted_answer_until_it_is_cleared(client, batch_id):
     response = review(client, batch_id, 0, "eosinophil")
-    assert response.headers["Location"].endswith(f"/batch/{batch_id}/1?saved=0")  # the first to review
+    # The first to review.
+    assert response.headers["Location"].endswith(f"/batch/{batch_id}/1?saved=0")
     html = page(client, f"/batch/{batch_id}/0")
     assert re.search(r'id="review-verdict" data-verdict="eosinophil">Reviewed: <strong>'
                      r'Eosinophil</strong>', html)
-    assert re.search(r'<option value="eosinophil" selected>', html)
+    assert re.search(r'<option value="eosinophil" data-model-class selected>', html)
     assert 'id="review-clear-form"' in html
     html = page(client, f"/batch/{batch_id}")
     assert shares(html) == {"eosinophil": 1, "lymphocyte": 1}
@@ -153,10 +154,13 @@ def test_an_unfamiliar_image_can_be_counted_once_reviewed(client, batch_id):
     assert shares(page(client, f"/batch/{batch_id}"))["monocyte"] == 1
 
 
-def test_the_form_offers_every_class_and_exclusion(client, batch_id):
+def test_the_form_offers_every_class_another_white_cell_and_exclusion(client, batch_id):
     html = page(client, f"/batch/{batch_id}/1")
     form = html.split('id="review-form"')[1].split("</form>")[0]
-    assert re.findall(r'<option value="(\w*)"', form) == ["", *CLASSES, "excluded"]
+    assert re.findall(r'<option value="([\w-]*)"', form) == [
+        "", *CLASSES, "other-white-cell", "excluded"]
+    # Only the model's classes have a digit key (app.js); the reviewer's own verdicts, none.
+    assert re.findall(r'<option value="([\w-]*)" data-model-class', form) == CLASSES
     assert "Look at the cell and give its class" in text(html)
     assert "Save, then the next cell to review" in form
     assert re.search(rf'id="next-to-review" href="[^"]*/batch/{batch_id}/3"|'
@@ -176,8 +180,9 @@ def test_a_single_image_stays_on_its_page(client):
 
 
 @pytest.mark.parametrize("index, verdict, status, message", [
-    (1, "blast", 400, "Choose one of the model's classes, or exclude the image: eosinophil, "
-                      "lymphocyte, monocyte, neutrophil, excluded."),
+    (1, "blast", 400, "Choose one of the model's classes, another white cell, or exclude the "
+                      "image: eosinophil, lymphocyte, monocyte, neutrophil, other-white-cell, "
+                      "excluded."),
     (1, "<script>", 400, "Choose one of the model's classes"),
     (5, "monocyte", 400, "This file could not be read, so there is no cell to review."),
     (6, "monocyte", 404, "there is no image 6"),

@@ -3,7 +3,9 @@ cells counted as each class on one page, the odd ones corrected and the rest con
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,35 @@ def test_a_cell_whose_review_was_cleared_meanwhile_is_said_not_reviewed(client, 
         "csrf_token": csrf_token(client), "seen": "0=eosinophil", "verdict-0": "monocyte"})
     assert ("Not saved, as changed meanwhile (in another tab, or by a colleague): 0.png (now "
             "not reviewed).") in text(page(client, response.headers["Location"]))
+
+
+def test_a_cell_of_a_type_the_model_does_not_name_counts_as_another_white_cell(client,
+                                                                                batch_id):
+    """A blast among the neutrophils: given "other white cell", it stays in the count (as a
+    manual differential counts it), on its own row and list, and out of the training archive."""
+    review_cells(client, batch_id, n1="other-white-cell", n3="lymphocyte")
+    html = page(client, f"/batch/{batch_id}")
+    rows = dict(re.findall(r'<tr data-class="([\w-]+)">\s*<th[^>]*>.*?</th>\s*'
+                           r'<td class="text-end">(\d+)</td>', html, re.S))
+    assert rows["other-white-cell"] == "1" and rows["neutrophil"] == "2"
+    assert "Share of the 5 white cells counted" in text(html)
+    tabs = page(client, f"/batch/{batch_id}/review?show=other-white-cell")
+    assert listed(tabs) == [1]
+    assert "Other white cell 1" in text(re.search(r'id="review-lists".*?</nav>', tabs,
+                                                  re.S).group(0))
+    assert 'name="confirm"' not in tabs  # the reviewer's own class: nothing to confirm
+    table = client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)
+    assert "\nother-white-cell,yes,1,20.0," in table
+    report = page(client, f"/batch/{batch_id}/report")
+    assert "Other white cell" in text(re.search(r'id="report-differential".*?</table>', report,
+                                                re.S).group(0))
+    # The archive to train on holds the lymphocyte only.
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/batch/{batch_id}/reviewed.zip").data))
+    assert [n.split("/")[0] for n in archive.namelist() if n.endswith(".jpg")] == ["lymphocyte"]
+    # A manual count's cells of types the model does not name are compared with them.
+    client.post(f"/batch/{batch_id}/manual", data={
+        "csrf_token": csrf_token(client), "manual_neutrophil": "2", "manual_lymphocyte": "2",
+        "manual_other": "1"})
+    manual = re.search(r'id="manual-comparison".*?</table>', page(client, f"/batch/{batch_id}"),
+                       re.S).group(0)
+    assert 'data-class="other-white-cell"' in manual

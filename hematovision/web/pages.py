@@ -27,7 +27,8 @@ from flask import (
 
 from hematovision import differential
 from hematovision.card import FLAGS, REVIEW_ORDER, recorded_evaluations
-from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
+from hematovision.cells import (CELL_TYPES, OTHER_WHITE_CELL, display_name,
+                                is_nucleated_red_cell, is_white_cell)
 from hematovision.comparison import Comparison, compare
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
@@ -86,7 +87,8 @@ NOTHING_REVIEWED = (
     "review cells on their result pages first. (Cells of a field holding several white cells "
     "are not exported: a training folder holds one cell per image.)"
 )
-REVIEW_UNKNOWN = "Choose one of the model's classes, or exclude the image: {choices}."
+REVIEW_UNKNOWN = ("Choose one of the model's classes, another white cell, or exclude the image: "
+                  "{choices}.")
 FIELDS_CHECK_FILE = "fields_check.json"  # written by python -m training.fields_check --json
 # Cells one review page shows: each sends one form field, and a form may hold MAX_FORM_PARTS.
 REVIEW_PAGE_CELLS = 60
@@ -128,6 +130,7 @@ def layout_context() -> dict:
         "UNIDENTIFIED": UNIDENTIFIED,
         "NOT_A_CELL": NOT_A_CELL,
         "EXCLUDED": differential.EXCLUDED,
+        "OTHER_WHITE_CELL": OTHER_WHITE_CELL,
         "NO_WHITE_CELL": NO_WHITE_CELL,
         "WHITE_CELL_RULE": WHITE_CELL_RULE,
     }
@@ -486,8 +489,9 @@ def list_came_from(stored: dict) -> dict | None:
 
 
 def check_verdict(verdict: str, stored: dict) -> None:
-    """A 400 naming the choices unless `verdict` is one of the batch's classes or EXCLUDED."""
-    choices = [*stored["classes"], differential.EXCLUDED]
+    """A 400 naming the choices unless `verdict` is one of the batch's classes,
+    OTHER_WHITE_CELL or EXCLUDED."""
+    choices = [*stored["classes"], OTHER_WHITE_CELL, differential.EXCLUDED]
     if verdict not in choices:
         abort(400, description=REVIEW_UNKNOWN.format(choices=", ".join(choices)))
 
@@ -511,14 +515,15 @@ def review_list(stored: dict) -> str:
 
 
 def class_lists(stored: dict) -> list[str]:
-    """The review page's lists of one class each: the batch's classes, then EXCLUDED."""
-    return [*stored["classes"], differential.EXCLUDED]
+    """The review page's lists of one class each: the batch's classes, then the white cells of
+    types the model does not name (OTHER_WHITE_CELL), then EXCLUDED."""
+    return [*stored["classes"], OTHER_WHITE_CELL, differential.EXCLUDED]
 
 
 def in_list(show: str) -> Callable[[dict], bool]:
     """Whether a result belongs to the review page's list `show`: a class list holds the cells
-    counted as that class now (accepted by the model and not reviewed, or given it on review),
-    the EXCLUDED list those excluded on review."""
+    counted as that class now (accepted by the model and not reviewed, or given it on review,
+    OTHER_WHITE_CELL included), the EXCLUDED list those excluded on review."""
     if show in REVIEW_LISTS:
         return REVIEW_LISTS[show]
     return lambda r: (differential.counted_class(r) or differential.verdict_of(r)) == show

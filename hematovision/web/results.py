@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, Differential, counted_label, differential,
                                        flag_text, needs_review, status_of, verdict_of)
@@ -24,6 +25,11 @@ from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
 if TYPE_CHECKING:  # signoff reads this module's no_white_cell
     from hematovision.web.signoff import SignOff
+
+
+# Verdicts that are no label to train a model on: none, an exclusion, a white cell of a type the
+# model does not name (blasts and variant lymphocytes under one name).
+NOT_LABELS = (None, EXCLUDED, OTHER_WHITE_CELL)
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def review_summary(results: list[dict[str, Any]]) -> ReviewSummary:
     verdicts = [(r, verdict_of(r)) for r in results]
     return ReviewSummary(
         reviewed=sum(1 for _, v in verdicts if v is not None),
-        labelled=sum(1 for _, v in verdicts if v not in (None, EXCLUDED)),
+        labelled=sum(1 for _, v in verdicts if v not in NOT_LABELS),
         accepted=sum(1 for r, v in verdicts if v is not None and status_of(r) == ACCEPTED),
         overruled=sum(1 for r, v in verdicts
                       if v is not None and status_of(r) == ACCEPTED and v != r["label"]),
@@ -133,7 +139,7 @@ def agreement(results: list[dict[str, Any]], classes: list[str]) -> list[Agreeme
     EXCLUDED; verdicts no result has left out) against what the model said of them: a lab's
     check of the model on its own cells, class by class."""
     rows = []
-    for verdict in [*classes, EXCLUDED]:
+    for verdict in [*classes, OTHER_WHITE_CELL, EXCLUDED]:
         mine = [r for r in results if verdict_of(r) == verdict]
         if mine:
             accepted = [r for r in mine if status_of(r) == ACCEPTED]
@@ -256,7 +262,8 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
                      group: str) -> bytes:
     """The batch's reviewed cells as a training folder, zipped: each stored image under the
     class a reviewer gave it (`<class>/<batch>-<n>-<name>.jpg`; excluded cells and unreviewed
-    ones left out, since only a person's verdict is a label to train on) and
+    ones left out, since only a person's verdict is a label to train on, and so are cells of
+    a type the model does not name, a mixed lot) and
     `reviewed-<batch>.csv`, one row per image, whose `file,group` columns (`group`: the source
     the cells came from) make it a source map for `training`. Names carry the batch id and the
     image's place in it, so the archives of several batches unpack into one training folder
@@ -270,7 +277,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
         for index, result in enumerate(batch["results"]):
             verdict = verdict_of(result)
             path = image_path(result.get("image") or "")
-            if verdict in (None, EXCLUDED) or path is None or result.get("cell"):
+            if verdict in NOT_LABELS or path is None or result.get("cell"):
                 continue
             name = (f"{file_part(verdict)}/{prefix}-{index:03d}-"
                     f"{file_part(Path(result['file']).stem, 'image')}.jpg")
@@ -289,7 +296,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
 def fields_left_out(results: list[dict[str, Any]]) -> int:
     """Reviewed cells (given a class) that `reviewed_archive` leaves out as cells of a field
     holding several."""
-    return sum(1 for r in results if r.get("cell") and verdict_of(r) not in (None, EXCLUDED))
+    return sum(1 for r in results if r.get("cell") and verdict_of(r) not in NOT_LABELS)
 
 
 def file_part(name: str, empty: str = "") -> str:
