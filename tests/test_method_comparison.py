@@ -389,3 +389,25 @@ def test_a_report_that_cannot_be_written_ends_the_run_with_one_line(tmp_path):
                                  str(path)], stdout=full, stderr=subprocess.PIPE, timeout=120)
     assert result.returncode == 1
     assert result.stderr == b"error: cannot write the report (No space left on device)\n"
+
+
+def test_other_white_cells_of_a_reviewed_batch_are_compared_over_films(tmp_path, capsys):
+    """A batch whose reviewer counted blasts as another white cell: its CSV's row of them is
+    read like any class, against the manual count's other white cells."""
+    from hematovision.cells import OTHER_WHITE_CELL
+
+    paths = []
+    for i, blasts in enumerate((2, 0, 1)):
+        cells = film({"neutrophil": 60 - blasts, "lymphocyte": 30, "monocyte": 6,
+                      "eosinophil": 4}, WBC4)
+        cells += [{**c, "review": {"label": OTHER_WHITE_CELL, "at": 0.0}}
+                  for c in film({"neutrophil": blasts}, WBC4)]
+        counted = differential(cells, WBC4)
+        found = compare(counted, {"neutrophil": 58, "lymphocyte": 31, "monocyte": 6,
+                                  "eosinophil": 4}, manual_other=1)
+        path = tmp_path / f"film{i}.csv"
+        path.write_text(differential_csv(counted, f"H-{i}", found))
+        paths.append(path)
+    assert main([*map(str, paths), "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)["classes"]}
+    assert rows[OTHER_WHITE_CELL]["films"] == 2  # the films whose batch counted any
