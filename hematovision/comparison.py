@@ -62,12 +62,14 @@ class BesideComparison:
 
 @dataclass(frozen=True)
 class Comparison:
-    classes: list[ClassComparison]  # the batch's white-cell classes, in its order
+    # The batch's white-cell classes, in its order, then OTHER_WHITE_CELL where either count
+    # holds any.
+    classes: list[ClassComparison]
     white_cells: int  # this batch's counted white cells
     manual_white_cells: int  # the manual count's, those of classes the model lacks included
     # Of the manual count's white cells, those of classes the model does not name (basophils
-    # for a four-class model, blasts): in its total, compared with the batch's cells a reviewer
-    # called so where it has any (`cells.OTHER_WHITE_CELL`), else with nothing.
+    # for a four-class model, blasts): compared with the batch's cells a reviewer called so
+    # (`cells.OTHER_WHITE_CELL`, none where none was).
     manual_other: int
     awaiting_review: int  # the batch's unidentified cells without a verdict
     # The classes of `manual_beside` the batch counts beside its differential, in its order.
@@ -88,14 +90,21 @@ def compare(counted: Differential, manual: Mapping[str, int], manual_other: int 
     if not counted.white_cells or not manual_total:
         return None
     rows = []
-    for share in counted.shares:
-        mine = mine_of.get(share.name, 0)
+    # The manual count's other white cells are compared whether or not a reviewer found any:
+    # blasts the batch missed are what a lab most needs to see.
+    names = [s.name for s in counted.shares]
+    found = {s.name: (s.count, s.percent) for s in counted.shares}
+    if manual_other and OTHER_WHITE_CELL not in found:
+        names.append(OTHER_WHITE_CELL)
+    for name in names:
+        count, percent = found.get(name, (0, 0.0))
+        mine = mine_of.get(name, 0)
         manual_percent = 100 * mine / manual_total
-        batch_percent = 100 * share.count / counted.white_cells
+        batch_percent = 100 * count / counted.white_cells
         rows.append(ClassComparison(
-            share.name, share.count, share.percent, mine, round(manual_percent, 1),
+            name, count, percent, mine, round(manual_percent, 1),
             round(batch_percent - manual_percent, 1),
-            fisher_exact(share.count, counted.white_cells, mine, manual_total)))
+            fisher_exact(count, counted.white_cells, mine, manual_total)))
     beside = []
     for other in counted.others:
         if other.name not in (manual_beside or {}):

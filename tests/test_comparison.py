@@ -50,7 +50,7 @@ def test_each_class_against_the_manual_count_of_the_same_film():
                               "eosinophil": 3}, manual_other=2)  # 2 basophils: not in wbc4
     assert (found.white_cells, found.manual_white_cells, found.manual_other) == (100, 100, 2)
     rows = {row.name: row for row in found.classes}
-    assert list(rows) == WBC4
+    assert list(rows) == [*WBC4, "other-white-cell"]  # the basophils, against none
     neutrophils = rows["neutrophil"]
     assert (neutrophils.count, neutrophils.percent, neutrophils.manual_count,
             neutrophils.manual_percent, neutrophils.difference) == (60, 60.0, 35, 35.0, 25.0)
@@ -128,7 +128,9 @@ def test_the_api_form_has_each_class_both_ways_and_the_cells_beside_where_compar
     assert neutrophils == {"class": "neutrophil", "count": 40, "percent": 80.0,
                            "manual_count": 150, "manual_percent": 75.0, "difference": 5.0,
                            "p_value": row.p_value, "beyond_counting_error": False}
-    assert [s["class"] for s in out["shares"]] == [s.name for s in counted.shares]
+    # Every class of the batch, then the manual count's other white cells against none.
+    assert [s["class"] for s in out["shares"]] == [*(s.name for s in counted.shares),
+                                                   "other-white-cell"]
     assert out["beside"] == [{"class": "erythroblast", "count": 5, "per_100_white": 10.0,
                               "manual_count": 4, "manual_per_100_white": 2.0,
                               "difference": 8.0, "p_value": found.beside[0].p_value,
@@ -150,3 +152,18 @@ def test_other_white_cells_counted_on_review_are_compared_with_the_manual_count_
     assert (rows[OTHER_WHITE_CELL].count, rows[OTHER_WHITE_CELL].manual_count,
             rows[OTHER_WHITE_CELL].difference) == (2, 2, 0.0)
     assert found.manual_white_cells == 100  # the manual count's own two, counted once
+
+
+def test_other_white_cells_of_the_manual_count_are_compared_though_the_batch_found_none():
+    """Blasts the batch missed (read as neutrophils, not reviewed as other white cells) are a
+    row of their own against none, not a silent share of the neutrophils' difference."""
+    from hematovision.cells import OTHER_WHITE_CELL
+
+    counted = differential(film({"neutrophil": 60, "lymphocyte": 40}, WBC4), WBC4)
+    found = compare(counted, {"neutrophil": 50, "lymphocyte": 40}, manual_other=10)
+    other = found.classes[-1]
+    assert (other.name, other.count, other.manual_count, other.difference) == (
+        OTHER_WHITE_CELL, 0, 10, -10.0)
+    assert other.beyond_counting_error
+    assert compare(counted, {"neutrophil": 50, "lymphocyte": 50}).classes[-1].name == (
+        "neutrophil")  # none in either count: no such row

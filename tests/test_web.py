@@ -424,6 +424,20 @@ def test_python_app_py_answers_its_options_without_starting_a_server(args, code,
     assert output in (run.stdout if code == 0 else run.stderr)
 
 
+@pytest.mark.parametrize("typed", ["null", "true", "1.50", '["Lab"]'])
+def test_the_lab_s_name_is_taken_as_typed_not_as_json(tmp_path, models_root, monkeypatch, typed):
+    from hematovision.web import create_app
+
+    # create_app reads the environment only without a test config, as `python app.py` does.
+    monkeypatch.setenv("HEMATOVISION_LAB_NAME", typed)
+    monkeypatch.setenv("HEMATOVISION_SECRET_KEY", "x")
+    monkeypatch.setenv("HEMATOVISION_MODELS_ROOT", str(models_root))
+    monkeypatch.setenv("HEMATOVISION_UPLOAD_FOLDER", str(tmp_path / "up"))
+    monkeypatch.chdir(tmp_path)
+    app = create_app()
+    assert app.config["LAB_NAME"] == typed
+
+
 @pytest.mark.parametrize("setting, value, message", [
     ("LITERT_THREADS", "abc", "LITERT_THREADS (environment variable HEMATOVISION_LITERT_THREADS)"
                               " must be a whole number above 0, not 'abc'."),

@@ -85,12 +85,15 @@ def test_a_manual_count_is_compared_class_by_class_and_kept_through_reviews(clie
     assert "Saved your manual count of 100 white cells" in text(html)
     table = comparison_table(html)
     rows = {m[1]: text(m[2]).strip() for m in re.finditer(
-        r'<tr data-class="(\w+)"[^>]*>(.*?)</tr>', table, re.S)}
+        r'<tr data-class="([\w-]+)"[^>]*>(.*?)</tr>', table, re.S)}
     assert rows["neutrophil"].startswith("Neutrophil 60.0 (60) 35.0 (35) +25.0")
     assert "beyond counting error" in rows["neutrophil"]
     assert "beyond counting error" in rows["lymphocyte"] and "-25.0" in rows["lymphocyte"]
     assert "beyond counting error" not in rows["monocyte"]  # 6 against 5 in 100
-    assert "(2 of classes tiny does not name: in your total only)" in text(table)
+    assert ('(2 of classes tiny does not name, on the row "Other white cell", against the cells '
+            'you reviewed as such)') in text(table)
+    # The basophils wbc4 cannot name, against none in the batch: what a lab must not miss.
+    assert rows["other-white-cell"].startswith("Other white cell 0.0 (0) 2.0 (2) -2.0")
     assert "does not count its 1 unidentified cell yet" in text(table)
     # The form shows what was stored; a review leaves the count in place and moves the batch.
     assert re.search(r'name="manual_neutrophil"\s+value="35"', html)

@@ -118,8 +118,12 @@ def check_settings(config: dict[str, Any]) -> None:
             raise ModelLoadError(f"{setting_name(key)} must be {what}"
                                  f"{' (or null: no limit)' if key in UNLIMITED_SETTINGS else ''}"
                                  f", not {quoted(value)}.")
+    # As typed: Flask reads an environment value as JSON first (null, true, 1.50, ["Lab"]).
+    name = os.environ.get(f"{PREFIX}LAB_NAME", config["LAB_NAME"])
     try:
-        config["LAB_NAME"] = plain_text(str(config["LAB_NAME"]), MAX_LAB_NAME_LENGTH)
+        if not isinstance(name, str):
+            raise ValueError(name)
+        config["LAB_NAME"] = plain_text(name, MAX_LAB_NAME_LENGTH)
     except ValueError:
         raise ModelLoadError(f"{setting_name('LAB_NAME')} must be one line of at most "
                              f"{MAX_LAB_NAME_LENGTH} letters, digits, spaces and punctuation, "

@@ -430,7 +430,7 @@ def batch_full(stored: dict, limit: int) -> NoReturn:
 @bp.post("/batch/<batch_id>/<int:index>/review")
 def review(batch_id: str, index: int):
     """Record a technologist's verdict on one result (`verdict`: one of the batch's classes,
-    "excluded", or empty to clear it). The page's form also sends `seen`, the verdict it
+    OTHER_WHITE_CELL, "excluded", or empty to clear it). The page's form also sends `seen`, the verdict it
     showed (empty: none): a verdict given meanwhile elsewhere (another tab, a colleague) is not
     overwritten unseen (409, the page as it is now). After a verdict, back to the review list
     the page was opened from (`?show=`), else on to the next cell that needs review (303), or
@@ -611,7 +611,7 @@ def least_sure_figure(predictor: Predictor | None) -> dict | None:
 @bp.post("/batch/<batch_id>/review")
 def review_many(batch_id: str):
     """Record the verdicts of the review page at once (`verdict-<n>`: one of the batch's
-    classes or "excluded"; empty leaves that result as it is). The page sends `seen`, each
+    classes, OTHER_WHITE_CELL or "excluded"; empty leaves that result as it is). The page sends `seen`, each
     cell it showed with the verdict it had (`3=,5=neutrophil`): a cell given another verdict
     meanwhile elsewhere (another tab, a colleague) keeps it, and the message names it. From a
     class list, `confirm` (that class) also confirms the cells shown that were left as they

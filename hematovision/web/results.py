@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.comparison import Comparison
-from hematovision.differential import (EXCLUDED, Differential, counted_label, differential,
-                                       flag_text, needs_review, status_of, verdict_of)
+from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_label,
+                                       differential, flag_text, needs_review, status_of,
+                                       verdict_of)
 from hematovision.magnification import BatchCheck, Reference, batch_check
+from hematovision.reference import measure
 from hematovision.spreadsheet import inert
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
@@ -84,7 +86,12 @@ def differential_csv(counted: Differential, sample_id: str = "",
     manual_total = [comparison.manual_white_cells if comparison else "",
                     *([inert(signed.by), _iso(signed.at), inert(signed.comment)]
                       if signed and signed.current else ["", "", ""])]
-    for s in counted.shares:
+    # A class compared with the manual count that the batch did not count (the manual count's
+    # other white cells, where no reviewer called any so) has a row too, of none.
+    _, low, high = measure(0, counted.white_cells)
+    missing = [ClassShare(name, 0, 0.0, round(low, 1), round(high, 1))
+               for name in by_hand if name not in {s.name for s in counted.shares}]
+    for s in [*counted.shares, *missing]:
         a, m = s.absolute, by_hand.get(s.name)
         writer.writerow([
             s.name, "yes", s.count, f"{s.percent:.1f}", f"{s.low:.1f}", f"{s.high:.1f}",
@@ -136,7 +143,7 @@ class Agreement:
 
 def agreement(results: list[dict[str, Any]], classes: list[str]) -> list[Agreement]:
     """The reviewed results by the reviewer's verdict (the model's classes in its order, then
-    EXCLUDED; verdicts no result has left out) against what the model said of them: a lab's
+    OTHER_WHITE_CELL and EXCLUDED; verdicts no result has left out) against what the model said of them: a lab's
     check of the model on its own cells, class by class."""
     rows = []
     for verdict in [*classes, OTHER_WHITE_CELL, EXCLUDED]:
