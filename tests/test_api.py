@@ -118,7 +118,11 @@ def test_a_manual_count_is_compared_with_the_differential_as_the_batch_page_does
         differential = response.get_json()["differential"]
         manual = differential["manual"]
         assert (manual["white_cells"], manual["other"]) == (100, 5) and "beside" not in manual
-        assert [m["class"] for m in manual["shares"]] == CLASSES
+        # The model's classes, then the manual count's other white cells against none: the
+        # API has no reviews, so no cell of the request is another white cell.
+        assert [m["class"] for m in manual["shares"]] == [*CLASSES, "other-white-cell"]
+        other = manual["shares"][-1]
+        assert (other["count"], other["manual_count"], other["difference"]) == (0, 5, -5.0)
         for share, compared in zip(differential["shares"], manual["shares"]):
             mine = sent[share["class"]]
             assert (compared["count"], compared["percent"]) == (share["count"], share["percent"])
