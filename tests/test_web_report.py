@@ -65,6 +65,9 @@ def test_the_report_holds_the_sample_the_differential_and_what_was_left_out(clie
     assert "Only 3 white cells were counted (a manual differential counts 100)" in text(html)
     assert 'id="report-manual"' not in html  # no manual count given
     assert 'id="print-button" hidden' in html  # shown by app.js, which printing needs
+    # The batch goes at the end of its retention time: the report says so, on screen only.
+    assert re.search(r'class="small text-warning-emphasis d-print-none mt-2 mb-0" id="report-kept">'
+                     r'This batch is deleted from the server at\s+<time', html)
     # The batch page leads here, without script.
     assert (f'href="/batch/{batch_id}/report" id="report-link"'
             in page(client, f"/batch/{batch_id}"))

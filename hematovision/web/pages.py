@@ -874,7 +874,8 @@ def report(batch_id: str):
     if len(stored["results"]) == 1:
         return redirect(url_for("pages.single", batch_id=batch_id, index=0), code=303)
     return _no_store(render_template("report.html", **count_context(stored),
-                                     lab_name=current_app.config["LAB_NAME"]))
+                                     lab_name=current_app.config["LAB_NAME"],
+                                     expires=expires_at(stored)))
 
 
 @bp.get("/batch/<batch_id>/<int:index>")
