@@ -283,7 +283,7 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
         recent=[{"batch": b, "expires": expires_at(b),
                  "to_review": sum(map(differential.needs_review, b["results"])),
-                 "signed": signoff.of(b, intervals_in_force())}
+                 "signed": signoff.of(b, count_fingerprint(b))}
                 for b in recent.batches(upload_folder())],
     )
     return page, status
@@ -377,7 +377,7 @@ def delete(batch_id: str):
         flash(DELETED_DAMAGED)
         return redirect(url_for("pages.home"), code=303)
     count = results.image_count(stored["results"])
-    flash(DELETED.format(images=f"{count} image{'s' if count != 1 else ''}"))
+    flash(DELETED.format(images=how_many(count, "image")))
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)
 
 
@@ -415,7 +415,7 @@ def add(batch_id: str):
     recent.remember(batch_id)  # images this browser uploaded, though a colleague began it
     failed = sum("label" not in r for r in items)
     added = results.image_count([r for r in items if "label" in r])
-    flash(ADDED.format(images=f"{added} image{'s' if added != 1 else ''}",
+    flash(ADDED.format(images=how_many(added, "image"),
                        failed=f" ({failed} could not be read: listed below)" if failed else ""))
     return to_batch(batch_id)
 
@@ -430,12 +430,12 @@ def batch_full(stored: dict, limit: int) -> NoReturn:
 @bp.post("/batch/<batch_id>/<int:index>/review")
 def review(batch_id: str, index: int):
     """Record a technologist's verdict on one result (`verdict`: one of the batch's classes,
-    OTHER_WHITE_CELL, "excluded", or empty to clear it). The page's form also sends `seen`, the verdict it
-    showed (empty: none): a verdict given meanwhile elsewhere (another tab, a colleague) is not
-    overwritten unseen (409, the page as it is now). After a verdict, back to the review list
-    the page was opened from (`?show=`), else on to the next cell that needs review (303), or
-    to the batch when none is left; after clearing one, or for a batch of one image, back to
-    this image."""
+    OTHER_WHITE_CELL, "excluded", or empty to clear it). The page's form also sends `seen`,
+    the verdict it showed (empty: none): a verdict given meanwhile elsewhere (another tab, a
+    colleague) is not overwritten unseen (409, the page as it is now). After a verdict, back
+    to the review list the page was opened from (`?show=`), else on to the next cell that
+    needs review (303), or to the batch when none is left; after clearing one, or for a batch
+    of one image, back to this image."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
     if differential.status_of(item) is None:
@@ -611,9 +611,10 @@ def least_sure_figure(predictor: Predictor | None) -> dict | None:
 @bp.post("/batch/<batch_id>/review")
 def review_many(batch_id: str):
     """Record the verdicts of the review page at once (`verdict-<n>`: one of the batch's
-    classes, OTHER_WHITE_CELL or "excluded"; empty leaves that result as it is). The page sends `seen`, each
-    cell it showed with the verdict it had (`3=,5=neutrophil`): a cell given another verdict
-    meanwhile elsewhere (another tab, a colleague) keeps it, and the message names it. From a
+    classes, OTHER_WHITE_CELL or "excluded"; empty leaves that result as it is). The page
+    sends `seen`, each cell it showed with the verdict it had (`3=,5=neutrophil`): a cell
+    given another verdict meanwhile elsewhere (another tab, a colleague) keeps it, and the
+    message names it. From a
     class list, `confirm` (that class) also confirms the cells shown that were left as they
     were: each still counted as the model accepted it gets the class as its verdict. Any
     unknown verdict or result refuses the whole form (400) and saves none. Then back to the
@@ -729,11 +730,9 @@ def classified_index(stored: dict, number: str) -> int:
 def reviews_saved(reviewed: int, confirmed: int, confirm: str) -> str:
     """The flash message after the review page's form: how many cells were given a class and
     how many confirmed as `confirm`."""
-    def cells(count: int) -> str:
-        return f"{count} cell{'s' if count != 1 else ''}"
-    saved = [REVIEW_MANY_SAVED.format(cells=cells(reviewed))] if reviewed else []
+    saved = [REVIEW_MANY_SAVED.format(cells=how_many(reviewed, "cell"))] if reviewed else []
     if confirm:
-        saved.append(REVIEW_CONFIRMED.format(cells=cells(confirmed),
+        saved.append(REVIEW_CONFIRMED.format(cells=how_many(confirmed, "cell"),
                                              name=display_name(confirm)) if confirmed
                      else REVIEW_NONE_CONFIRMED)
     return " ".join(saved)
@@ -771,11 +770,13 @@ def left_out_text(reason: str) -> str:
     return "Excluded on review" if reason == differential.EXCLUDED else STATUS_TEXT[reason]
 
 
-def intervals_in_force() -> list:
-    """The reference intervals the flags are read against (REFERENCE_INTERVALS,
-    ABSOLUTE_REFERENCE_INTERVALS): part of what a sign-off vouches for."""
+def count_fingerprint(stored: dict) -> str:
+    """The batch's count as it stands, as a sign-off vouches for it (`signoff.fingerprint`),
+    with the reference intervals its flags are read against (REFERENCE_INTERVALS,
+    ABSOLUTE_REFERENCE_INTERVALS)."""
     config = current_app.config
-    return [config["REFERENCE_INTERVALS"], config["ABSOLUTE_REFERENCE_INTERVALS"]]
+    return signoff.fingerprint(stored, [config["REFERENCE_INTERVALS"],
+                                        config["ABSOLUTE_REFERENCE_INTERVALS"]])
 
 
 def count_context(stored: dict) -> dict:
@@ -786,6 +787,7 @@ def count_context(stored: dict) -> dict:
     counts = results.status_counts(stored["results"])
     predictor = served_model(stored["model"])
     reference = predictor.magnification if predictor else None
+    count = count_fingerprint(stored)
     return dict(
         batch=stored,
         differential=counted,
@@ -796,9 +798,7 @@ def count_context(stored: dict) -> dict:
         # The class lists holding accepted cells no one has confirmed yet.
         to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
         # Counted images in which no white cell was found, that no one has reviewed.
-        no_white_cells_counted=sum(REVIEW_LISTS["no-white-cell"](r)
-                                   and differential.counted_class(r) is not None
-                                   for r in stored["results"]),
+        no_white_cells_counted=sum(map(results.counted_unseen, stored["results"])),
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -807,8 +807,8 @@ def count_context(stored: dict) -> dict:
                                 != catalog_intervals(absolute=True)),
         sample=described,
         comparison=manual_comparison(stored, counted),
-        signed=signoff.of(stored, intervals_in_force()),
-        signed_count=signoff.fingerprint(stored, intervals_in_force()),
+        signed=signoff.of(stored, count),
+        signed_count=count,
         few_cells=differential.DIFFERENTIAL_CELLS,
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
@@ -918,7 +918,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             # The cell whose review was just saved before this page opened (`?saved=`).
             just_saved=just_saved(stored, index),
             # A review changes a signed count: the page says so before a key saves one.
-            signed=signoff.of(stored, intervals_in_force()),
+            signed=signoff.of(stored, count_fingerprint(stored)),
             # The review list this page was opened from (`?show=`), which saving goes back to.
             came_from=list_came_from(stored),
             calibration=measured_calibration(predictor) if predictor else None,
@@ -1017,7 +1017,7 @@ def differential_csv(batch_id: str):
     counted = sample_differential(stored, described)
     return csv_download(results.differential_csv(counted, described.id,
                                                  manual_comparison(stored, counted),
-                                                 signoff.of(stored, intervals_in_force())),
+                                                 signoff.of(stored, count_fingerprint(stored))),
                         stored, "-differential")
 
 
@@ -1062,7 +1062,7 @@ def sign_off(batch_id: str):
     if len(stored["results"]) == 1:
         abort(400, description=SIGN_OFF_ONE_IMAGE)
     if request.form.get(signoff.WITHDRAW_FIELD):
-        signed = signoff.of(stored, intervals_in_force())
+        signed = signoff.of(stored, count_fingerprint(stored))
         if uploads.update_batch(upload_folder(), batch_id, signoff.withdraw) is None:
             abort(404, description=EXPIRED.format(retention=retention()))
         if signed:
@@ -1072,17 +1072,19 @@ def sign_off(batch_id: str):
     if signer is None:
         return batch(batch_id, status=400, signoff_form=form)
     name, comment = signer
-    now, intervals, refused, status = time.time(), intervals_in_force(), None, 400
+    now, refused, status = time.time(), None, 400
 
     def record(found: dict) -> None:
         nonlocal refused, status
-        # Judged under the batch's lock: a change made meanwhile in another tab counts.
-        if signoff.changed_meanwhile(found, request.form, intervals):
+        # Judged under the batch's lock: a change made meanwhile in another tab counts, so the
+        # count is the one the signer's page showed (its fingerprint, in the form).
+        count = count_fingerprint(found)
+        if request.form.get(signoff.SHOWN_FIELD, "") != count:
             refused, status = signoff.CHANGED_MEANWHILE, 409
         else:
             refused = signoff.refusal(found)
         if refused is None:
-            signoff.sign(found, name, comment, now, intervals)
+            signoff.sign(found, name, comment, now, count)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
@@ -1107,8 +1109,8 @@ def save_manual(batch_id: str):
     if uploads.update_batch(upload_folder(), batch_id,
                             lambda b: manual.store(b, counted, time.time())) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
-    cells = f"{counted.total} white cell{'s' if counted.total != 1 else ''}"
-    flash(MANUAL_SAVED.format(cells=cells) if counted.total else MANUAL_CLEARED)
+    flash(MANUAL_SAVED.format(cells=how_many(counted.total, "white cell")) if counted.total
+          else MANUAL_CLEARED)
     return redirect(url_for("pages.batch", batch_id=batch_id, _anchor="manual-title"), code=303)
 
 
@@ -1385,7 +1387,7 @@ def expires_at(stored: dict) -> float:
 def item_or_404(stored: dict, index: int) -> dict:
     count = len(stored["results"])
     if index >= count:
-        abort(404, description=f"This batch holds {count} image{'s' if count != 1 else ''}, "
+        abort(404, description=f"This batch holds {how_many(count, 'image')}, "
                                f"numbered from 0 in its addresses: there is no image {index}.")
     return stored["results"][index]
 
@@ -1405,9 +1407,13 @@ def retention() -> str:
 def human_duration(seconds: float) -> str:
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size and seconds % size == 0:
-            n = int(seconds // size)
-            return f"{n} {unit}{'s' if n != 1 else ''}"
+            return how_many(int(seconds // size), unit)
     return f"{seconds:g} seconds"
+
+
+def how_many(count: int, unit: str) -> str:
+    """A count with its unit, as the messages say it: "1 cell", "3 cells"."""
+    return f"{count} {unit}{'s' if count != 1 else ''}"
 
 
 def _no_store(response, status: int | None = None):

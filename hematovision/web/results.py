@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.comparison import Comparison
-from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_label,
-                                       differential, flag_text, needs_review, status_of,
-                                       verdict_of)
+from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
+                                       counted_label, differential, flag_text, needs_review,
+                                       status_of, verdict_of)
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
 from hematovision.spreadsheet import inert
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
 
-if TYPE_CHECKING:  # signoff reads this module's no_white_cell
+if TYPE_CHECKING:  # signoff reads this module's counted_unseen
     from hematovision.web.signoff import SignOff
 
 
@@ -143,8 +143,8 @@ class Agreement:
 
 def agreement(results: list[dict[str, Any]], classes: list[str]) -> list[Agreement]:
     """The reviewed results by the reviewer's verdict (the model's classes in its order, then
-    OTHER_WHITE_CELL and EXCLUDED; verdicts no result has left out) against what the model said of them: a lab's
-    check of the model on its own cells, class by class."""
+    OTHER_WHITE_CELL and EXCLUDED; verdicts no result has left out) against what the model
+    said of them: a lab's check of the model on its own cells, class by class."""
     rows = []
     for verdict in [*classes, OTHER_WHITE_CELL, EXCLUDED]:
         mine = [r for r in results if verdict_of(r) == verdict]
@@ -202,6 +202,13 @@ def no_white_cell(result: dict[str, Any]) -> bool:
     """A classified result whose image held no white cell the finder could see (models that
     crop to the nucleus: `fields.NO_WHITE_CELL`), and that was not already called not a cell."""
     return result.get("white_cells") == 0 and status_of(result) not in (None, NOT_A_CELL)
+
+
+def counted_unseen(result: dict[str, Any]) -> bool:
+    """A result the differential counts though no white cell was found in its image and no one
+    has reviewed it: its answer is about whatever lay at the centre of the crop."""
+    return (no_white_cell(result) and verdict_of(result) is None
+            and counted_class(result) is not None)
 
 
 def image_count(results: list[dict[str, Any]]) -> int:

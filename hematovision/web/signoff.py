@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hematovision.differential import counted_class, counted_label, needs_review, verdict_of
+from hematovision.differential import counted_label, needs_review, verdict_of
 from hematovision.web.forms import TypedForm, plain_text
-from hematovision.web.results import no_white_cell
+from hematovision.web.results import counted_unseen
 
 MAX_NAME_LENGTH = 60
 # A remark the signer adds for the report: what the differential cannot say (red-cell
@@ -69,14 +69,14 @@ def fingerprint(batch: dict[str, Any], intervals: Any) -> str:
     return hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
 
 
-def of(batch: dict[str, Any], intervals: Any) -> SignOff | None:
-    """The batch's sign-off, or None where it was never signed (or was withdrawn)."""
+def of(batch: dict[str, Any], count: str) -> SignOff | None:
+    """The batch's sign-off, or None where it was never signed (or was withdrawn); `count`:
+    the batch's `fingerprint` as it stands, which says whether the sign-off still does."""
     stored = batch.get("signoff")
     if not isinstance(stored, dict):
         return None
     return SignOff(stored["by"], stored["at"], stored["white_cells"], stored["reviewed"],
-                   current=stored["fingerprint"] == fingerprint(batch, intervals),
-                   comment=stored.get("comment", ""))
+                   current=stored["fingerprint"] == count, comment=stored.get("comment", ""))
 
 
 def refusal(batch: dict[str, Any]) -> str | None:
@@ -87,8 +87,7 @@ def refusal(batch: dict[str, Any]) -> str | None:
         return STILL_TO_REVIEW.format(count=waiting, s="s" if waiting != 1 else "",
                                       verb="" if waiting != 1 else "s",
                                       them="them" if waiting != 1 else "it")
-    unseen = sum(no_white_cell(r) and verdict_of(r) is None and counted_class(r) is not None
-                 for r in found)
+    unseen = sum(map(counted_unseen, found))
     if unseen:
         one = unseen == 1
         return NO_WHITE_CELL_COUNTED.format(count=unseen, s="" if one else "s",
@@ -99,11 +98,6 @@ def refusal(batch: dict[str, Any]) -> str | None:
     if not any(counted_label(r) for r in found):
         return NOTHING_COUNTED
     return None
-
-
-def changed_meanwhile(batch: dict[str, Any], form: Mapping[str, str], intervals: Any) -> bool:
-    """Whether the count differs from the one the signer's page showed (SHOWN_FIELD)."""
-    return form.get(SHOWN_FIELD, "") != fingerprint(batch, intervals)
 
 
 def read_form(form: Mapping[str, str]) -> tuple[tuple[str, str] | None, TypedForm]:
@@ -134,13 +128,13 @@ def form_of(signed: SignOff | None) -> TypedForm:
     return TypedForm({COMMENT_FIELD: signed.comment})
 
 
-def sign(batch: dict[str, Any], name: str, comment: str, at: float, intervals: Any) -> None:
-    """Record `name`'s sign-off of the batch as it stands (in place), with the signer's
-    `comment` (empty: none), replacing any before."""
+def sign(batch: dict[str, Any], name: str, comment: str, at: float, count: str) -> None:
+    """Record `name`'s sign-off of the batch as it stands, `count` its `fingerprint` (in
+    place), with the signer's `comment` (empty: none), replacing any before."""
     counted = [r for r in batch["results"] if counted_label(r)]
     batch["signoff"] = {"by": name, "at": at, "white_cells": len(counted),
                         "reviewed": sum(verdict_of(r) is not None for r in counted),
-                        "comment": comment, "fingerprint": fingerprint(batch, intervals)}
+                        "comment": comment, "fingerprint": count}
 
 
 def withdraw(batch: dict[str, Any]) -> None:
