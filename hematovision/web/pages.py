@@ -41,7 +41,7 @@ from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED,
 from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
                               signoff, uploads)
 from hematovision.web.classify import classify_request, new_files, uploaded_files
-from hematovision.web.forms import TypedForm
+from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.security import check_csrf
 
 bp = Blueprint("pages", __name__)
@@ -63,6 +63,15 @@ NOT_A_CELL_NO_MAP = (
     "map: the map would show evidence for a cell type the image is not."
 )
 ADDED = "Added {images} to this batch{failed}."
+REMOVE_REASON_LENGTH = 200
+REMOVE_BAD_REASON = ("The reason for removing the image was not saved, nor the image removed: "
+                     "give it in at most {limit} characters of plain text, or leave it empty.")
+REMOVE_LAST = ("This is the batch's only image left: delete the batch instead, or add the "
+               "right images first.")
+REMOVED_ALREADY = ("{file} had already been removed from this batch (in another tab, or by a "
+                   "colleague).")
+REMOVED_IMAGE = ("Removed {file} from this batch ({cells}); its stored copy is deleted. Add it "
+                 "again to count it.")
 COPIES_LEFT_OUT = ("Left out {count} file{s} that {verb} byte for byte an image already in this "
                    "batch, so that no cell is counted twice: {names}.")
 BATCH_MODEL_GONE = (
@@ -82,6 +91,8 @@ REVIEW_CHANGED_MEANWHILE = (
 # green of a saved change).
 WARNING = "warning"
 REVIEW_UNREADABLE = "This file could not be read, so there is no cell to review."
+REVIEW_REMOVED = ("{file} was removed from this batch meanwhile (in another tab, or by a "
+                  "colleague): nothing was saved.")
 NOTHING_REVIEWED = (
     "No cell of this batch has been given a class on review yet, so there is nothing to export: "
     "review cells on their result pages first. (Cells of a field holding several white cells "
@@ -173,6 +184,7 @@ def sentence(text: str) -> str:
 
 bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.image_count, "image_count")
+bp.add_app_template_filter(results.first_of_image, "first_of_image")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 bp.add_app_template_filter(differential.flag_text, "flag_text")
 bp.add_app_template_filter(differential.findings, "findings")
@@ -381,6 +393,57 @@ def delete(batch_id: str):
     return redirect(url_for("pages.home", model=stored.get("model")), code=303)
 
 
+@bp.post("/batch/<batch_id>/<int:index>/remove")
+def remove(batch_id: str, index: int):
+    """Remove one image from a batch at the user's request (a film's image uploaded to the
+    wrong batch, one too blurred to count): every result of the image (each cell of a field)
+    leaves the counts, its stored copy is deleted, and its place in the batch keeps its name,
+    when and why (`reason`, optional). Then to the batch page, which lists it as removed (303).
+    A batch's last image is not removed: the batch is deleted instead."""
+    stored = load_or_404(batch_id)
+    item_or_404(stored, index)
+    try:
+        reason = plain_text(request.form.get("reason", "")[:REMOVE_REASON_LENGTH + 100],
+                            REMOVE_REASON_LENGTH)
+    except ValueError:
+        abort(400, description=REMOVE_BAD_REASON.format(limit=REMOVE_REASON_LENGTH))
+    now, outcome = time.time(), {}
+
+    def take_out(batch: dict) -> None:
+        found = batch["results"]
+        item = found[index]
+        if results.is_removed(item):
+            outcome["already"] = item
+            return
+        image = item.get("image")
+        gone = [i for i, r in enumerate(found) if i == index or (image and r.get("image") == image)]
+        if results.image_count([r for i, r in enumerate(found) if i not in gone]) == 0:
+            outcome["last"] = True
+            return
+        outcome.update(item=item, image=image,
+                       counted=sum(differential.counted_class(found[i]) is not None for i in gone))
+        for i in gone:
+            found[i] = results.removed_entry(found[i], now, reason)
+
+    stored = uploads.update_batch(upload_folder(), batch_id, take_out)
+    if stored is None:  # deleted between the two reads
+        abort(404, description=EXPIRED.format(retention=retention()))
+    if outcome.get("last"):
+        abort(400, description=REMOVE_LAST)
+    if "already" in outcome:
+        flash(REMOVED_ALREADY.format(file=results.name_of(outcome["already"])), WARNING)
+        return to_batch(batch_id)
+    if outcome["image"]:
+        uploads.delete_image(upload_folder(), outcome["image"])
+    item = outcome["item"]
+    counted = outcome["counted"]
+    flash(REMOVED_IMAGE.format(
+        file=item["file"],
+        cells=f"{how_many(counted, 'white cell')} no longer counted" if counted
+        else "nothing it held was counted"))
+    return to_batch(batch_id)
+
+
 @bp.post("/batch/<batch_id>/add")
 def add(batch_id: str):
     """Classify more images with the batch's model and add them to it (303 to the batch page),
@@ -420,6 +483,13 @@ def add(batch_id: str):
     return to_batch(batch_id)
 
 
+def removed_meanwhile(batch_id: str, index: int, item: dict):
+    """A review sent for an image removed from the batch since its page was opened: nothing
+    saved, and its page, which says so (409)."""
+    flash(REVIEW_REMOVED.format(file=results.name_of(item)), WARNING)
+    return single(batch_id, index, status=409)
+
+
 def batch_full(stored: dict, limit: int) -> NoReturn:
     """A 400 saying how many images the batch holds and how many more it takes."""
     count = results.image_count(stored["results"])
@@ -438,17 +508,21 @@ def review(batch_id: str, index: int):
     of one image, back to this image."""
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
+    if results.is_removed(item):
+        return removed_meanwhile(batch_id, index, item)
     if differential.status_of(item) is None:
         abort(400, description=REVIEW_UNREADABLE)
     verdict = request.form.get("verdict", "")
     if verdict:
         check_verdict(verdict, stored)
-    seen, meanwhile = request.form.get("seen"), None
+    seen, meanwhile, removed = request.form.get("seen"), None, False
 
     def record(batch: dict) -> None:
-        nonlocal meanwhile
+        nonlocal meanwhile, removed
         result = batch["results"][index]
-        if seen is not None and (differential.verdict_of(result) or "") != seen:
+        if results.is_removed(result):
+            removed = True
+        elif seen is not None and (differential.verdict_of(result) or "") != seen:
             meanwhile = differential.verdict_of(result) or ""
         elif verdict:
             result["review"] = {"label": verdict, "at": time.time()}
@@ -458,6 +532,8 @@ def review(batch_id: str, index: int):
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
+    if removed:
+        return removed_meanwhile(batch_id, index, stored["results"][index])
     if meanwhile is not None:
         flash(REVIEW_CHANGED_MEANWHILE.format(
             file=results.name_of(item), now=review_state(stored["results"][index])), WARNING)
@@ -650,8 +726,8 @@ def review_many(batch_id: str):
         found = batch["results"]
         # Under the batch's lock: a cell reviewed meanwhile, elsewhere, keeps that review.
         for index, verdict in verdicts.items():
-            if seen is not None and index in seen and (
-                    differential.verdict_of(found[index]) or "") != seen[index]:
+            if results.is_removed(found[index]) or (seen is not None and index in seen and (
+                    differential.verdict_of(found[index]) or "") != seen[index]):
                 kept.append(index)
                 continue
             found[index]["review"] = {"label": verdict, "at": now}
@@ -719,10 +795,12 @@ def just_saved(stored: dict, index: int) -> int | None:
 
 
 def classified_index(stored: dict, number: str) -> int:
-    """The index `number` names of a classified result of the batch; a 400 for any other."""
+    """The index `number` names of a classified result of the batch, or of one whose image was
+    removed from it since (the page that sent it was opened before); a 400 for any other."""
     index = whole_number(number)
-    if index is None or index >= len(stored["results"]) or differential.status_of(
-            stored["results"][index]) is None:
+    if index is None or index >= len(stored["results"]) or (
+            differential.status_of(stored["results"][index]) is None
+            and not results.is_removed(stored["results"][index])):
         abort(400, description=REVIEW_NOT_A_RESULT.format(index=number[:12]))
     return index
 
@@ -751,7 +829,10 @@ def model_view_image(batch_id: str, index: int):
 
 
 def review_state(result: dict) -> str:
-    """Where a result's review stands, in words: "reviewed as <class>", or "not reviewed"."""
+    """Where a result's review stands, in words: "reviewed as <class>", "not reviewed", or
+    "removed from the batch"."""
+    if results.is_removed(result):
+        return "removed from the batch"
     verdict = differential.verdict_of(result)
     return f"reviewed as {verdict_text(verdict)}" if verdict else "not reviewed"
 
@@ -793,6 +874,8 @@ def count_context(stored: dict) -> dict:
         differential=counted,
         counts=counts,
         classified=sum(counts.values()),
+        removed=results.image_count_removed(stored["results"]),
+        unreadable=sum("error" in r for r in stored["results"]),
         left_out=differential.left_out_counts(stored["results"]),
         reviews=results.review_summary(stored["results"]),
         # The class lists holding accepted cells no one has confirmed yet.
@@ -928,13 +1011,20 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
                 stored["results"], predictor.magnification if predictor else None),
             rough_ece=ROUGH_ECE,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
-            neighbours=(index - 1 if index > 0 else None,
-                        index + 1 if index + 1 < len(stored["results"]) else None),
+            neighbours=neighbours(stored["results"], index),
             expires=expires_at(stored),
             add_errors=add_errors or [],
+            remove_reason_length=REMOVE_REASON_LENGTH,
         ),
         status,
     )
+
+
+def neighbours(found: list[dict], index: int) -> tuple[int | None, int | None]:
+    """The previous and next results of the batch, passing over those removed from it."""
+    held = [i for i, r in enumerate(found) if not results.is_removed(r)]
+    return (max((i for i in held if i < index), default=None),
+            min((i for i in held if i > index), default=None))
 
 
 @bp.get("/batch/<batch_id>/<int:index>/heat-map.png")

@@ -182,7 +182,7 @@ def magnification_check(results: list[dict[str, Any]],
     counts once."""
     if reference is None:
         return None
-    return batch_check([r.get("red_cell_ratio") for r in results if _first_of_image(r)],
+    return batch_check([r.get("red_cell_ratio") for r in results if first_of_image(r)],
                        reference)
 
 
@@ -212,21 +212,47 @@ def counted_unseen(result: dict[str, Any]) -> bool:
 
 
 def image_count(results: list[dict[str, Any]]) -> int:
-    """How many images gave these results: the cells of a field holding several are one."""
-    return sum(1 for r in results if _first_of_image(r))
+    """How many images gave these results: the cells of a field holding several are one; an
+    image removed from its batch is none."""
+    return sum(1 for r in results if first_of_image(r) and not is_removed(r))
 
 
-def _first_of_image(result: dict[str, Any]) -> bool:
+def image_count_removed(results: list[dict[str, Any]]) -> int:
+    """How many images were removed from the batch that gave these results."""
+    return sum(1 for r in results if first_of_image(r) and is_removed(r))
+
+
+def first_of_image(result: dict[str, Any]) -> bool:
     """A whole image's result, or the first cell's of a field read cell by cell."""
     return (result.get("cell") or {}).get("number", 1) == 1
+
+
+def is_removed(result: dict[str, Any]) -> bool:
+    """A result whose image was removed from its batch (`removed_entry`)."""
+    return isinstance(result.get("removed"), dict)
+
+
+def removed_entry(result: dict[str, Any], at: float, reason: str) -> dict[str, Any]:
+    """What stays of a result once its image is removed from the batch: the file's name (and
+    which cell of its field), when and why. It keeps the result's place, by which pages and
+    forms name every result (a form from a page opened before the removal still names the
+    cells it showed), and no digest, so the image can be added again."""
+    return {"file": result["file"], **({"cell": result["cell"]} if result.get("cell") else {}),
+            "removed": {"at": at, "reason": reason}}
+
+
+def removal_text(result: dict[str, Any]) -> str:
+    """"removed from the batch" and why, as the CSV says it."""
+    reason = result["removed"].get("reason")
+    return f"removed from the batch: {reason}" if reason else "removed from the batch"
 
 
 def batch_title(results: list[dict[str, Any]]) -> str:
     """"Batch of N images", and where fields holding several white cells were read cell by
     cell, how many results the images gave."""
-    images = image_count(results)
+    images, held = image_count(results), sum(not is_removed(r) for r in results)
     title = f"Batch of {images} image{'s' if images != 1 else ''}"
-    return f"{title}, {len(results)} results" if images != len(results) else title
+    return f"{title}, {held} results" if images != held else title
 
 
 def cell_text(result: dict[str, Any]) -> str:
@@ -261,7 +287,8 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
                    verdict_of(r) or "", cell_text(r), str(r.get("white_cells", ""))]
         else:
-            row = [r["file"], "", "", "", *([""] * len(classes)), r["error"], "", "", "", "", ""]
+            error = removal_text(r) if is_removed(r) else r["error"]
+            row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "", "", ""]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 

@@ -201,6 +201,13 @@ def delete_batch(folder: Path, batch_id: str) -> int | None:
         return len(images)
 
 
+def delete_image(folder: Path, image_id: str) -> None:
+    """Delete one stored image (an image removed from its batch), if it is there."""
+    path = image_path(folder, image_id)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
 def image_path(folder: Path, image_id: str) -> Path | None:
     if not is_valid_id(image_id):
         return None

@@ -1,0 +1,208 @@
+"""Removing one image from a batch (POST /batch/<id>/<n>/remove): its results leave the counts,
+its stored copy is deleted, its place keeps its name, when and why; a page opened before the
+removal saves nothing onto it; the batch's last image and a bad request remove nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import uploads
+from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
+                               prose, review_cells, shown_count, sign_off, stored_json, text,
+                               upload)
+
+MODEL_SAID = [
+    ("neutrophil", "accepted", 0.97),
+    ("lymphocyte", "accepted", 0.99),
+    ("neutrophil", "accepted", 0.95),
+    ("monocyte", "unidentified", 0.55),
+]
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    return batch_as_said(client, "tiny", MODEL_SAID)
+
+
+def folder(client) -> Path:
+    return Path(client.application.config["UPLOAD_FOLDER"])
+
+
+def remove(client, batch_id: str, index: int, reason: str = "", token: str | None = None):
+    return client.post(f"/batch/{batch_id}/{index}/remove",
+                       data={"csrf_token": token or csrf_token(client), "reason": reason})
+
+
+def shares(html: str) -> dict[str, int]:
+    table = html.split('id="differential"')[1].split("</table>")[0]
+    return {name: int(count) for name, count in re.findall(
+        r'<tr data-class="([\w-]+)">.*?<td class="text-end">(\d+)</td>', table, re.S)}
+
+
+def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(client, batch_id):
+    before = stored_json(client, batch_id)["results"]
+    image = uploads.image_path(folder(client), before[0]["image"])
+    assert image is not None and shares(page(client, f"/batch/{batch_id}"))["neutrophil"] == 2
+
+    response = remove(client, batch_id, 0, reason="another patient's film")
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/batch/{batch_id}"
+    assert not image.exists()
+    after = stored_json(client, batch_id)["results"]
+    assert after[0] == {"file": "0.png", "removed": {"at": pytest.approx(after[0]["removed"]["at"]),
+                                                     "reason": "another patient's film"}}
+    assert after[1:] == before[1:]  # the others keep their places, and so their addresses
+
+    html = client.get(f"/batch/{batch_id}", follow_redirects=True).get_data(as_text=True)
+    assert ("Removed 0.png from this batch (1 white cell no longer counted); its stored copy is "
+            "deleted.") in text(html)
+    assert "Batch of 3 images" in text(html) and "3 classified, 1 removed" in text(html)
+    assert shares(html)["neutrophil"] == 1
+    row = re.search(r"<tr [^>]*data-removed>(.*?)</tr>", html, re.S).group(1)
+    assert "0.png" in row and "Removed from the batch" in text(row)
+    assert "another patient's film" in text(row) and "<a " not in row  # nothing left to open
+
+    table = client.get(f"/batch/{batch_id}.csv").get_data(as_text=True)
+    first = next(csv.DictReader(io.StringIO(table)))
+    assert (first["file"], first["label"], first["error"]) == (
+        "0.png", "", "removed from the batch: another patient's film")
+    report = text(page(client, f"/batch/{batch_id}/report"))
+    assert "3 classified" in report and "1 removed from the batch" in report
+
+
+def test_the_removed_image_s_page_says_so_and_offers_nothing_to_do(client, batch_id):
+    remove(client, batch_id, 2, reason="too blurred")
+    html = page(client, f"/batch/{batch_id}/2")
+    note = re.search(r'id="removed-note">(.*?)</div>', html, re.S).group(1)
+    assert "Removed from this batch" in text(note) and "too blurred" in text(note)
+    for absent in ('id="review-form"', 'id="remove-form"', "view.jpg"):
+        assert absent not in html
+    # Its neighbours' pages step over it.
+    assert f'rel="next" href="/batch/{batch_id}/3"' in page(client, f"/batch/{batch_id}/1")
+    assert f'rel="prev" href="/batch/{batch_id}/1"' in page(client, f"/batch/{batch_id}/3")
+    assert client.get(f"/batch/{batch_id}/2/view.jpg").status_code == 404
+
+
+def test_the_page_offers_removal_with_a_question_and_a_reason(client, batch_id):
+    html = page(client, f"/batch/{batch_id}/1")
+    form = re.search(r'<form [^>]*id="remove-form"[^>]*>', html).group(0)
+    assert f'action="/batch/{batch_id}/1/remove"' in form
+    assert ('data-confirm="Remove \u20681.png\u2069 from this batch? It leaves the count and its '
+            'stored copy is deleted."') in form
+    assert 'name="reason"' in html
+
+
+def test_removing_every_cell_of_a_field_takes_the_whole_field(client, batch_id):
+    def as_field(batch: dict) -> None:  # results 0 and 1: two cells of one stored field
+        first, second = batch["results"][:2]
+        uploads.delete_image(folder(client), second["image"])
+        second["image"], second["file"] = first["image"], first["file"]
+        first["cell"] = {"number": 1, "of": 2, "box": [0, 0, 10, 10]}
+        second["cell"] = {"number": 2, "of": 2, "box": [10, 10, 20, 20]}
+
+    uploads.update_batch(folder(client), batch_id, as_field)
+    assert "Batch of 3 images, 4 results" in text(page(client, f"/batch/{batch_id}"))
+    remove(client, batch_id, 1)
+    after = stored_json(client, batch_id)["results"]
+    assert [("removed" in r, (r.get("cell") or {}).get("number")) for r in after] == [
+        (True, 1), (True, 2), (False, None), (False, None)]
+    html = page(client, f"/batch/{batch_id}")
+    assert "Batch of 2 images" in text(html) and "results" not in text(html).split("·")[0]
+    assert len(re.findall(r"data-removed>", html)) == 1  # the field once
+    assert shares(html) == {"eosinophil": 0, "lymphocyte": 0, "monocyte": 0, "neutrophil": 1}
+
+
+def test_a_removal_changes_a_signed_count(client, batch_id):
+    review_cells(client, batch_id, n3="monocyte")
+    assert sign_off(client, batch_id).status_code == 303
+    assert 'id="remove-help"' in (html := page(client, f"/batch/{batch_id}/0"))
+    assert "The count is signed off: removing the image changes it." in text(html)
+    remove(client, batch_id, 0)
+    assert 'data-status="changed"' in page(client, f"/batch/{batch_id}/report")
+    assert "it has changed since: a review, added or removed images" in text(
+        page(client, f"/batch/{batch_id}"))
+
+
+def test_a_page_opened_before_the_removal_saves_no_review_onto_it(client, batch_id):
+    count = shown_count(client, batch_id)
+    remove(client, batch_id, 3)
+    response = client.post(f"/batch/{batch_id}/3/review",
+                           data={"csrf_token": csrf_token(client), "verdict": "monocyte",
+                                 "seen": ""})
+    assert response.status_code == 409
+    assert ("3.png was removed from this batch meanwhile (in another tab, or by a colleague): "
+            "nothing was saved.") in text(response.get_data(as_text=True))
+    # The review list: the rest of the page saved, the removed cell named.
+    response = client.post(f"/batch/{batch_id}/review?show=all", data={
+        "csrf_token": csrf_token(client), "verdict-3": "monocyte", "verdict-1": "lymphocyte",
+        "seen": "3=,1="}, follow_redirects=True)
+    html = text(response.get_data(as_text=True))
+    assert "Saved your review of 1 cell." in html
+    assert "Not saved, as changed meanwhile" in html
+    assert "3.png (now removed from the batch)" in html
+    results = stored_json(client, batch_id)["results"]
+    assert "review" not in results[3] and results[1]["review"]["label"] == "lymphocyte"
+    # A sign-off from a page shown before the removal is refused: the count is not the same.
+    assert sign_off(client, batch_id, count=count).status_code == 409
+
+
+def test_a_removed_image_can_be_added_again_and_takes_no_room(client):
+    files = [(f"{i}.png", image_bytes((40 * i, 60, 200), size=(64 + i, 48), fmt="PNG"))
+             for i in range(3)]
+    batch_id = upload(client, "tiny", *files).rsplit("/", 1)[1]
+    remove(client, batch_id, 0)
+    client.application.config["MAX_BATCH_IMAGES"] = 3
+    response = client.post(f"/batch/{batch_id}/add", data={
+        "csrf_token": csrf_token(client), "file": [(io.BytesIO(files[0][1]), "0.png")]})
+    assert response.status_code == 303
+    results = stored_json(client, batch_id)["results"]
+    assert [(r["file"], "removed" in r) for r in results] == [
+        ("0.png", True), ("1.png", False), ("2.png", False), ("0.png", False)]
+
+
+def test_the_last_image_of_a_batch_is_not_removed(client):
+    batch_id = upload(client, "tiny", *[(f"{i}.png", image_bytes((90 * i, 60, 60), fmt="PNG"))
+                                         for i in range(2)]).rsplit("/", 1)[1]
+    assert remove(client, batch_id, 1).status_code == 303
+    assert 'id="remove-form"' not in page(client, f"/batch/{batch_id}/0")
+    before = stored_json(client, batch_id)
+    response = remove(client, batch_id, 0)
+    assert response.status_code == 400
+    assert "This is the batch's only image left: delete the batch instead" in text(
+        response.get_data(as_text=True))
+    assert stored_json(client, batch_id) == before
+
+
+@pytest.mark.parametrize("reason,token,status", [
+    pytest.param("blurred\x00", None, 400, id="control-character"),
+    pytest.param("x" * 201, None, 400, id="too-long"),
+    pytest.param("", "forged", 400, id="no-form-token"),
+])
+def test_a_bad_removal_removes_nothing(client, batch_id, reason, token, status):
+    before = stored_json(client, batch_id)
+    response = remove(client, batch_id, 0, reason=reason, token=token)
+    assert response.status_code == status
+    assert stored_json(client, batch_id) == before
+    assert uploads.image_path(folder(client), before["results"][0]["image"]) is not None
+
+
+def test_removing_twice_or_what_is_not_there(client, batch_id):
+    remove(client, batch_id, 0)
+    before = stored_json(client, batch_id)
+    response = remove(client, batch_id, 0)
+    assert response.status_code == 303
+    assert stored_json(client, batch_id) == before
+    assert "0.png had already been removed from this batch" in text(
+        client.get(f"/batch/{batch_id}").get_data(as_text=True))
+    assert remove(client, batch_id, 9).status_code == 404
+    assert remove(client, "0" * 32, 0).status_code == 404
