@@ -309,10 +309,11 @@ def test_csv_download_contents(client, models_root):
     )
     assert csv.get_data(as_text=True) == (
         "file,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
-        "differential_class,red_cell_ratio,reviewed_class,cell,white_cells\n"
-        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,\n"
-        "empty.jpg,,,,,,,,The file is empty.,,,,,\n"
-        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,\n'
+        "differential_class,red_cell_ratio,reviewed_class,cell,white_cells,reviewed_by,"
+        "reviewed_at\n"
+        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,\n"
+        "empty.jpg,,,,,,,,The file is empty.,,,,,,,\n"
+        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,\n'
     )
 
 

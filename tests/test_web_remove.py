@@ -64,7 +64,7 @@ def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(cli
     assert after[1:] == before[1:]  # the others keep their places, and so their addresses
 
     html = client.get(f"/batch/{batch_id}", follow_redirects=True).get_data(as_text=True)
-    assert ("Removed 0.png from this batch (1 white cell no longer counted); its stored copy is "
+    assert ("Removed 0.png from this batch (1 cell no longer counted); its stored copy is "
             "deleted.") in text(html)
     assert "Batch of 3 images" in text(html) and "3 classified, 1 removed" in text(html)
     assert shares(html)["neutrophil"] == 1
@@ -178,9 +178,59 @@ def test_the_last_image_of_a_batch_is_not_removed(client):
     before = stored_json(client, batch_id)
     response = remove(client, batch_id, 0)
     assert response.status_code == 400
-    assert "This is the batch's only image left: delete the batch instead" in text(
+    assert "This is the batch's only classified image left: delete the batch instead" in text(
         response.get_data(as_text=True))
     assert stored_json(client, batch_id) == before
+
+
+def test_a_batch_keeps_a_classified_image_and_an_unreadable_one_goes_as_such(client):
+    batch_id = upload(client, "tiny", ("0.png", image_bytes(fmt="PNG")),
+                      ("bad.png", b"not an image"), ("2.png", image_bytes((9, 9, 9), fmt="PNG"))
+                      ).rsplit("/", 1)[1]
+    remove(client, batch_id, 2)
+    # The unreadable file is no image to count: the classified one stays.
+    assert 'id="remove-form"' not in page(client, f"/batch/{batch_id}/0")
+    assert remove(client, batch_id, 0).status_code == 400
+    html = page(client, f"/batch/{batch_id}/1")
+    assert "It could not be read and was never counted: only its line goes." in html
+    assert "removing it only takes its line off the batch's list" in text(html)
+    response = remove(client, batch_id, 1, reason="a text file")
+    assert response.status_code == 303
+    html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
+    assert "Removed bad.png, a file that could not be read, from this batch's list." in text(html)
+    summary = re.search(r'id="batch-summary">(.*?)</p>', html, re.S).group(1)
+    assert text(summary).startswith("1 classified, 2 removed ·")
+    assert "It could not be read, and was never counted." in text(
+        page(client, f"/batch/{batch_id}/1"))
+
+
+def test_removal_is_bounded_as_the_batch_is(client):
+    files = [(f"{i}.png", image_bytes((40 * i, 60, 200), size=(64 + i, 48), fmt="PNG"))
+             for i in range(3)]
+    batch_id = upload(client, "tiny", *files).rsplit("/", 1)[1]
+    client.application.config["MAX_BATCH_IMAGES"] = 3
+    assert remove(client, batch_id, 0).status_code == 303
+    for data in (files[0][1], image_bytes((1, 2, 3), fmt="PNG")):
+        client.post(f"/batch/{batch_id}/add", data={
+            "csrf_token": csrf_token(client), "file": [(io.BytesIO(data), "again.png")]})
+        assert remove(client, batch_id, len(stored_json(client, batch_id)["results"]) - 1
+                      ).status_code == 303
+    before = stored_json(client, batch_id)
+    response = remove(client, batch_id, 1)
+    assert response.status_code == 400
+    assert ("3 images have been removed from this batch already, as many as it holds: start a "
+            "new batch") in text(response.get_data(as_text=True))
+    assert stored_json(client, batch_id) == before
+
+
+def test_a_removed_image_names_neither_the_batch_nor_its_pictures(client, batch_id):
+    remove(client, batch_id, 0)
+    assert "from 1.png" in text(page(client, "/"))  # "Your batches": its first image held
+    for picture in ("view.jpg", "heat-map.png", "field.jpg"):
+        response = client.get(f"/batch/{batch_id}/0/{picture}")
+        assert response.status_code == 404
+        assert "0.png was removed from this batch, and its stored copy deleted." in text(
+            response.get_data(as_text=True))
 
 
 @pytest.mark.parametrize("reason,token,status", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,8 +39,8 @@ from hematovision.reference import SETTINGS, UNITS, catalog_intervals
 from hematovision.spreadsheet import whole_number
 from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE,
                                 measured_at)
-from hematovision.web import (field_view, heatmap, manual, models, recent, results, sample,
-                              signoff, uploads)
+from hematovision.web import (field_view, heatmap, history, manual, models, recent, results,
+                              sample, signoff, uploads)
 from hematovision.web.classify import classify_request, new_files, uploaded_files
 from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.security import check_csrf
@@ -66,8 +67,12 @@ ADDED = "Added {images} to this batch{failed}."
 REMOVE_REASON_LENGTH = 200
 REMOVE_BAD_REASON = ("The reason for removing the image was not saved, nor the image removed: "
                      "give it in at most {limit} characters of plain text, or leave it empty.")
-REMOVE_LAST = ("This is the batch's only image left: delete the batch instead, or add the "
-               "right images first.")
+REMOVE_LAST = ("This is the batch's only classified image left: delete the batch instead, or "
+               "add the right images first.")
+IMAGE_REMOVED = "{file} was removed from this batch, and its stored copy deleted."
+REMOVED_TOO_MANY = ("{count} images have been removed from this batch already, as many as it "
+                    "holds: start a new batch for the film.")
+REMOVED_UNREADABLE = "Removed {file}, a file that could not be read, from this batch's list."
 REMOVED_ALREADY = ("{file} had already been removed from this batch (in another tab, or by a "
                    "colleague).")
 REMOVED_IMAGE = ("Removed {file} from this batch ({cells}); its stored copy is deleted. Add it "
@@ -127,6 +132,12 @@ MANUAL_ONE_IMAGE = ("A manual count is compared with a differential: add images 
 SIGN_OFF_ONE_IMAGE = "A sign-off is given for a differential: add images to this batch first."
 SIGNED_OFF = "Signed off by {name}: the page, the printed report and the differential CSV say so."
 SIGN_OFF_WITHDRAWN = "Withdrew the sign-off by {name}."
+# An address on this site: a path from its root, not `//host` nor `/\host` (read by browsers
+# as another site), with no blanks or controls.
+LOCAL_ADDRESS = re.compile(r"/(?![/\\])[^\s\\]{0,2000}")
+REVIEWER_SET = ("Your reviews and changes are now recorded as {name} in each batch's history, "
+                "until this browser closes.")
+REVIEWER_CLEARED = "Your reviews and changes are now recorded without a name."
 CLASS_GONE = "The model {name!r} no longer has the class {label!r} this image was given."
 
 
@@ -185,6 +196,7 @@ def sentence(text: str) -> str:
 bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.first_of_image, "first_of_image")
+bp.add_app_template_test(results.is_removed, "removed")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 bp.add_app_template_filter(differential.flag_text, "flag_text")
 bp.add_app_template_filter(differential.findings, "findings")
@@ -328,6 +340,9 @@ def image_url(batch_id: str, index: int, item: dict, thumbnail: bool = False) ->
     return url_for("pages.uploaded_image", image_id=item.get("image", ""))
 
 
+bp.add_app_template_global(history.reviewer, "reviewer")
+
+
 @bp.app_template_global()
 def file_accept() -> str:
     """The upload forms' `accept`: a hint to the file picker only (the server decodes files,
@@ -343,9 +358,9 @@ def upload():
     if not any("label" in r for r in items):
         return home(errors=items, status=400, chosen=name)
     items, _ = left_out_copies(items)
-    batch_id = uploads.save_batch(
-        folder, {"model": name, "classes": models.get(name).classes, "results": items}
-    )
+    stored = {"model": name, "classes": models.get(name).classes, "results": items}
+    history.record(stored, history.UPLOADED, images_read(items), time.time())
+    batch_id = uploads.save_batch(folder, stored)
     recent.remember(batch_id)
     return to_batch(batch_id)
 
@@ -399,7 +414,8 @@ def remove(batch_id: str, index: int):
     wrong batch, one too blurred to count): every result of the image (each cell of a field)
     leaves the counts, its stored copy is deleted, and its place in the batch keeps its name,
     when and why (`reason`, optional). Then to the batch page, which lists it as removed (303).
-    A batch's last image is not removed: the batch is deleted instead."""
+    A batch's last classified image is not removed (the batch is deleted instead), nor more
+    images than a batch holds (MAX_BATCH_IMAGES)."""
     stored = load_or_404(batch_id)
     item_or_404(stored, index)
     try:
@@ -417,30 +433,40 @@ def remove(batch_id: str, index: int):
             return
         image = item.get("image")
         gone = [i for i, r in enumerate(found) if i == index or (image and r.get("image") == image)]
-        if results.image_count([r for i, r in enumerate(found) if i not in gone]) == 0:
+        if not any(differential.status_of(r) for i, r in enumerate(found) if i not in gone):
             outcome["last"] = True
+            return
+        # Each removal leaves its place behind: without a bound, adding and removing again
+        # and again would grow the batch past its size limit.
+        if results.image_count_removed(found) >= current_app.config["MAX_BATCH_IMAGES"]:
+            outcome["too_many"] = results.image_count_removed(found)
             return
         outcome.update(item=item, image=image,
                        counted=sum(differential.counted_class(found[i]) is not None for i in gone))
         for i in gone:
             found[i] = results.removed_entry(found[i], now, reason)
+        history.record(batch, history.REMOVED,
+                       f"{item['file']}: {reason}" if reason else item["file"], now)
 
     stored = uploads.update_batch(upload_folder(), batch_id, take_out)
     if stored is None:  # deleted between the two reads
         abort(404, description=EXPIRED.format(retention=retention()))
     if outcome.get("last"):
         abort(400, description=REMOVE_LAST)
+    if "too_many" in outcome:
+        abort(400, description=REMOVED_TOO_MANY.format(count=outcome["too_many"]))
     if "already" in outcome:
         flash(REMOVED_ALREADY.format(file=results.name_of(outcome["already"])), WARNING)
         return to_batch(batch_id)
     if outcome["image"]:
         uploads.delete_image(upload_folder(), outcome["image"])
-    item = outcome["item"]
-    counted = outcome["counted"]
-    flash(REMOVED_IMAGE.format(
-        file=item["file"],
-        cells=f"{how_many(counted, 'white cell')} no longer counted" if counted
-        else "nothing it held was counted"))
+    item, counted = outcome["item"], outcome["counted"]
+    if "label" not in item:
+        flash(REMOVED_UNREADABLE.format(file=item["file"]))
+    else:  # platelets and nucleated red cells are counted beside the white cells: "cells"
+        flash(REMOVED_IMAGE.format(
+            file=item["file"], cells=f"{how_many(counted, 'cell')} no longer counted" if counted
+            else "nothing it held was counted"))
     return to_batch(batch_id)
 
 
@@ -469,8 +495,10 @@ def add(batch_id: str):
     if not any("label" in r for r in items):
         return batch(batch_id, add_errors=items + copies, status=400)
     try:
-        added_to = uploads.add_to_batch(folder, batch_id, items,
-                                        lambda held: results.image_count(held) <= limit)
+        added_to = uploads.add_to_batch(
+            folder, batch_id, items, lambda held: results.image_count(held) <= limit,
+            lambda batch, fresh: history.record(batch, history.ADDED, images_read(fresh),
+                                                time.time()))
     except uploads.BatchFull:
         batch_full(load_or_404(batch_id), limit)
     if added_to is None:  # deleted meanwhile
@@ -488,6 +516,13 @@ def removed_meanwhile(batch_id: str, index: int, item: dict):
     saved, and its page, which says so (409)."""
     flash(REVIEW_REMOVED.format(file=results.name_of(item)), WARNING)
     return single(batch_id, index, status=409)
+
+
+def images_read(items: list[dict]) -> str:
+    """An upload's or addition's images in words, for the batch's history."""
+    failed = sum("label" not in r for r in items)
+    read = how_many(results.image_count([r for r in items if "label" in r]), "image")
+    return f"{read}{f', and {failed} that could not be read' if failed else ''}"
 
 
 def batch_full(stored: dict, limit: int) -> NoReturn:
@@ -524,10 +559,8 @@ def review(batch_id: str, index: int):
             removed = True
         elif seen is not None and (differential.verdict_of(result) or "") != seen:
             meanwhile = differential.verdict_of(result) or ""
-        elif verdict:
-            result["review"] = {"label": verdict, "at": time.time()}
         else:
-            result.pop("review", None)
+            give_verdict(batch, result, verdict or None, time.time())
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
@@ -730,14 +763,14 @@ def review_many(batch_id: str):
                     differential.verdict_of(found[index]) or "") != seen[index]):
                 kept.append(index)
                 continue
-            found[index]["review"] = {"label": verdict, "at": now}
+            give_verdict(batch, found[index], verdict, now)
             saved += 1
         if not confirm:
             return
         for index in seen.keys() - verdicts.keys():  # `seen` is required with `confirm`
             if (seen[index] == "" and to_confirm(found[index])
                     and found[index]["label"] == confirm):
-                found[index]["review"] = {"label": confirm, "at": now}
+                give_verdict(batch, found[index], confirm, now)
                 confirmed += 1
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
@@ -821,11 +854,35 @@ def model_view_image(batch_id: str, index: int):
     """One result's image as the model read it (`field_view.model_view`): the square round its
     nucleus for a model that crops, else the whole stored image."""
     stored = load_or_404(batch_id)
-    item = item_or_404(stored, index)
+    item = image_item_or_404(stored, index)
     predictor = served_model(stored["model"])
     fraction = predictor.crop_fraction if predictor else None
     return drawn_from_stored(item, "image/jpeg", lambda path: field_view.model_view(
         path, fraction, item.get("cell")))
+
+
+def give_verdict(batch: dict, result: dict, verdict: str | None, at: float) -> None:
+    """Save a reviewer's verdict on one of the batch's results (None: clear it), under the
+    name this browser gave, and record it in the batch's history (in place, under the lock)."""
+    if verdict is None and differential.verdict_of(result) is None:
+        return  # nothing to clear
+    history.record(batch, history.REVIEWED, review_change(result, verdict), at)
+    if verdict:
+        result["review"] = {"label": verdict, "at": at, "by": history.reviewer()}
+    else:
+        result.pop("review", None)
+
+
+def review_change(result: dict, verdict: str | None) -> str:
+    """A review about to be saved (None: cleared), in words, with what the result was before,
+    for the batch's history."""
+    if differential.verdict_of(result) is not None:
+        before = review_state(result)
+    else:
+        before = (f"the model's {display_name(result['label'])}, "
+                  f"{result['status'].replace('_', ' ')}")
+    now = verdict_text(verdict) if verdict else "review cleared"
+    return f"{results.name_of(result)}: {now} (was {before})"
 
 
 def review_state(result: dict) -> str:
@@ -878,6 +935,9 @@ def count_context(stored: dict) -> dict:
         unreadable=sum("error" in r for r in stored["results"]),
         left_out=differential.left_out_counts(stored["results"]),
         reviews=results.review_summary(stored["results"]),
+        # Who reviewed the counted cells, by the names their browsers gave: on the report.
+        reviewers=sorted({r["review"].get("by") or "" for r in stored["results"]
+                          if differential.counted_label(r) and differential.verdict_of(r)}),
         # The class lists holding accepted cells no one has confirmed yet.
         to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
         # Counted images in which no white cell was found, that no one has reviewed.
@@ -932,7 +992,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             sample_id_length=sample.MAX_ID_LENGTH,
             manual_form=manual_form or manual.form_of(manual.of(stored)),
             manual_fields=manual_fields(stored["classes"]),
-            signoff_form=signoff_form or signoff.form_of(shown["signed"]),
+            signoff_form=signoff_form or signoff.form_of(shown["signed"], history.reviewer()),
             signoff_refusal=signoff.refusal(stored),
             signed_by_length=signoff.MAX_NAME_LENGTH,
             comment_length=signoff.MAX_COMMENT_LENGTH,
@@ -942,6 +1002,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             expires=expires_at(stored),
             add_errors=add_errors or [],
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
+            history_count=len(history.of(stored)),
         ),
         status,
     )
@@ -1015,6 +1076,10 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             expires=expires_at(stored),
             add_errors=add_errors or [],
             remove_reason_length=REMOVE_REASON_LENGTH,
+            # Only while another classified result would be left: else the batch goes whole.
+            removable=not results.is_removed(item) and any(
+                differential.status_of(r) is not None for r in stored["results"]
+                if r is not item and not (item.get("image") and r.get("image") == item["image"])),
         ),
         status,
     )
@@ -1033,7 +1098,7 @@ def heat_map(batch_id: str, index: int):
     on request from the stored upload by the model that classified it (never on the upload path,
     so plain predictions pay nothing for it)."""
     stored = load_or_404(batch_id)
-    item = item_or_404(stored, index)
+    item = image_item_or_404(stored, index)
     if "label" not in item or not item.get("image"):
         abort(404, description="This file could not be read, so it has no heat map.")
     if differential.status_of(item) == NOT_A_CELL:  # the result page offers none either
@@ -1055,7 +1120,7 @@ def field_image(batch_id: str, index: int):
     """One white cell of a field holding several: the stored field with the square the model
     read for it outlined, and the field's other cells."""
     stored = load_or_404(batch_id)
-    item = item_or_404(stored, index)
+    item = image_item_or_404(stored, index)
     if not item.get("cell") or not item.get("image"):
         abort(404, description=NOT_A_FIELD_CELL)
     others = [r["cell"] for r in stored["results"]
@@ -1098,6 +1163,37 @@ def download(content: str | bytes, mimetype: str, stored: dict, ending: str) -> 
     return _no_store(response)
 
 
+@bp.get("/batch/<batch_id>/history")
+def history_page(batch_id: str):
+    """Who changed the batch, when and how (hematovision.web.history), oldest first."""
+    stored = load_or_404(batch_id)
+    return _no_store(render_template("history.html", batch=stored, events=history.of(stored),
+                                     dropped=history.dropped(stored), kinds=history.KINDS,
+                                     sample=sample.of(stored), expires=expires_at(stored)))
+
+
+@bp.get("/batch/<batch_id>/history.csv")
+def history_csv(batch_id: str):
+    stored = load_or_404(batch_id)
+    return csv_download(history.to_csv(stored), stored, "-history")
+
+
+@bp.post("/reviewer")
+def set_reviewer():
+    """Record this browser's later reviews and changes under the name given (`reviewer`;
+    empty: none), then back to the page the form was on (`next`, an address on this site)."""
+    back = request.form.get("next", "")
+    if not LOCAL_ADDRESS.fullmatch(back):  # never another site
+        back = url_for("pages.home")
+    try:
+        name = history.read_name(request.form)
+    except ValueError:
+        abort(400, description=history.BAD_NAME.format(limit=history.MAX_NAME_LENGTH))
+    history.remember(name)
+    flash(REVIEWER_SET.format(name=isolated(name)) if name else REVIEWER_CLEARED)
+    return redirect(back, code=303)
+
+
 @bp.get("/batch/<batch_id>/differential.csv")
 def differential_csv(batch_id: str):
     """The batch's differential as the batch page counts it (given the sample's total
@@ -1135,8 +1231,12 @@ def save_sample(batch_id: str):
     described, form = sample.read_form(request.form)
     if described is None:
         return batch(batch_id, status=400, sample_form=form)
-    if uploads.update_batch(upload_folder(), batch_id,
-                            lambda b: sample.store(b, described, time.time())) is None:
+    def store(b: dict) -> None:
+        now = time.time()
+        sample.store(b, described, now)
+        history.record(b, history.SAMPLE, sample.in_words(described), now)
+
+    if uploads.update_batch(upload_folder(), batch_id, store) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
     flash(SAMPLE_SAVED if described != sample.Sample() else SAMPLE_CLEARED)
     return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
@@ -1153,7 +1253,14 @@ def sign_off(batch_id: str):
         abort(400, description=SIGN_OFF_ONE_IMAGE)
     if request.form.get(signoff.WITHDRAW_FIELD):
         signed = signoff.of(stored, count_fingerprint(stored))
-        if uploads.update_batch(upload_folder(), batch_id, signoff.withdraw) is None:
+
+        def withdraw(b: dict) -> None:
+            if b.get("signoff"):
+                history.record(b, history.WITHDRAWN, f"signed off by {b['signoff']['by']}",
+                               time.time())
+            signoff.withdraw(b)
+
+        if uploads.update_batch(upload_folder(), batch_id, withdraw) is None:
             abort(404, description=EXPIRED.format(retention=retention()))
         if signed:
             flash(SIGN_OFF_WITHDRAWN.format(name=isolated(signed.by)))
@@ -1175,6 +1282,8 @@ def sign_off(batch_id: str):
             refused = signoff.refusal(found)
         if refused is None:
             signoff.sign(found, name, comment, now, count)
+            history.record(found, history.SIGNED, f"comment: {comment}" if comment else
+                           "no comment", now, by=name)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
@@ -1196,8 +1305,13 @@ def save_manual(batch_id: str):
     counted, form = manual.read_form(request.form, stored["classes"])
     if counted is None:
         return batch(batch_id, status=400, manual_form=form)
-    if uploads.update_batch(upload_folder(), batch_id,
-                            lambda b: manual.store(b, counted, time.time())) is None:
+    def store(b: dict) -> None:
+        now = time.time()
+        manual.store(b, counted, now)
+        history.record(b, history.MANUAL, f"{how_many(counted.total, 'white cell')} counted by "
+                       "hand" if counted.total else "cleared", now)
+
+    if uploads.update_batch(upload_folder(), batch_id, store) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
     flash(MANUAL_SAVED.format(cells=how_many(counted.total, "white cell")) if counted.total
           else MANUAL_CLEARED)
@@ -1480,6 +1594,14 @@ def item_or_404(stored: dict, index: int) -> dict:
         abort(404, description=f"This batch holds {how_many(count, 'image')}, "
                                f"numbered from 0 in its addresses: there is no image {index}.")
     return stored["results"][index]
+
+
+def image_item_or_404(stored: dict, index: int) -> dict:
+    """`item_or_404` for a picture of the result: 404 where its image was removed."""
+    item = item_or_404(stored, index)
+    if results.is_removed(item):
+        abort(404, description=IMAGE_REMOVED.format(file=item["file"]))
+    return item
 
 
 def load_or_404(batch_id: str) -> dict:

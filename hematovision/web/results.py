@@ -238,7 +238,8 @@ def removed_entry(result: dict[str, Any], at: float, reason: str) -> dict[str, A
     forms name every result (a form from a page opened before the removal still names the
     cells it showed), and no digest, so the image can be added again."""
     return {"file": result["file"], **({"cell": result["cell"]} if result.get("cell") else {}),
-            "removed": {"at": at, "reason": reason}}
+            "removed": {"at": at, "reason": reason,
+                        **({"unreadable": True} if "label" not in result else {})}}
 
 
 def removal_text(result: dict[str, Any]) -> str:
@@ -271,13 +272,14 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     reviewed_class: the reviewer's verdict (a class or "excluded"; empty where none), cell:
     `n/N` for the n-th of N white cells the app found in one field, each a row of its own (empty
     for an image read whole), and white_cells: how many the image held (models that crop to the
-    nucleus; 0 is `fields.NO_WHITE_CELL`). Columns are added last, so that earlier ones keep
-    their places."""
+    nucleus; 0 is `fields.NO_WHITE_CELL`), reviewed_by and reviewed_at: the name the reviewer's
+    browser gave (hematovision.web.history; empty: none) and when. Columns are added last, so
+    that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
                      "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
-                     "white_cells"])
+                     "white_cells", "reviewed_by", "reviewed_at"])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -285,10 +287,12 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
             ratio = r.get("red_cell_ratio")
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
-                   verdict_of(r) or "", cell_text(r), str(r.get("white_cells", ""))]
+                   verdict_of(r) or "", cell_text(r), str(r.get("white_cells", "")),
+                   *reviewed_by(r)]
         else:
             error = removal_text(r) if is_removed(r) else r["error"]
-            row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "", "", ""]
+            row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "",
+                   cell_text(r), "", "", ""]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 
@@ -296,7 +300,7 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
 # who labelled it how; `file,group` make it the source map `training` splits the cells by.
 ARCHIVE_COLUMNS = ["file", "group", "batch", "reviewed_class", "reviewed_at", "original_file",
-                   "model", "model_label", "model_status", "model_confidence"]
+                   "model", "model_label", "model_status", "model_confidence", "reviewed_by"]
 
 
 def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | None],
@@ -322,16 +326,26 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
                 continue
             name = (f"{file_part(verdict)}/{prefix}-{index:03d}-"
                     f"{file_part(Path(result['file']).stem, 'image')}.jpg")
-            archive.write(path, name)
+            try:
+                archive.write(path, name)
+            except FileNotFoundError:  # removed from the batch, or purged, meanwhile
+                continue
             rows.append([name, group, batch["id"], verdict, _iso(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
-                         result["status"], f"{result['confidence']:.4f}"])
+                         result["status"], f"{result['confidence']:.4f}",
+                         reviewed_by(result)[0]])
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(ARCHIVE_COLUMNS)
         writer.writerows([[inert(cell) for cell in row] for row in rows])
         archive.writestr(f"reviewed-{prefix}.csv", table.getvalue())
     return out.getvalue()
+
+
+def reviewed_by(result: dict[str, Any]) -> list[str]:
+    """[who, when (ISO 8601, UTC)] of a result's review; empty strings where it has none."""
+    review = result.get("review") if verdict_of(result) is not None else None
+    return [str(review.get("by") or ""), _iso(review.get("at"))] if review else ["", ""]
 
 
 def fields_left_out(results: list[dict[str, Any]]) -> int:

@@ -72,6 +72,18 @@ def store(batch: dict[str, Any], sample: Sample, at: float) -> None:
                        "at": at}
 
 
+def in_words(sample: Sample) -> str:
+    """The sample's details as saved, for the batch's history."""
+    if sample == Sample():
+        return "cleared"
+    count = sample.white_cells_per_litre
+    return "; ".join([f"ID {sample.id}" if sample.id else "no ID",
+                      f"white-cell count {count:g} x 10^9/L" if count is not None
+                      else "no white-cell count",
+                      *(["the count includes nucleated red cells"]
+                        if sample.includes_nucleated_red_cells else [])])
+
+
 def form_of(sample: Sample) -> TypedForm:
     """The form filled in with a sample as stored."""
     count = sample.white_cells_per_litre

@@ -138,11 +138,13 @@ class BatchFull(Exception):
 
 
 def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
-                 fits: Callable[[list[dict[str, Any]]], bool] = lambda _: True
+                 fits: Callable[[list[dict[str, Any]]], bool] = lambda _: True,
+                 noted: Callable[[dict[str, Any], list[dict[str, Any]]], None] = lambda *_: None
                  ) -> dict[str, Any] | None:
     """Append results, whose images are already stored, to a stored batch; returns the batch
     as stored, or None when there is no such batch. BatchFull when the results it would hold
-    do not `fit` (checked under the lock: two additions at once could each have fitted alone).
+    do not `fit` (checked under the lock: two additions at once could each have fitted alone);
+    `noted(batch, added)` records the addition in the batch, under the same lock.
     Whatever was not added (an image the batch already holds, by its "sha256", included) has
     its new images deleted. The new images take the batch's upload time, so the purge deletes
     them with the batch."""
@@ -157,6 +159,7 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
             raise BatchFull
         stored["results"].extend(fresh)
         added.extend(fresh)
+        noted(stored, fresh)
 
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
     batch = None

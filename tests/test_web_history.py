@@ -1,0 +1,172 @@
+"""A batch's history (/batch/<id>/history and its CSV) and the name a browser's changes are
+recorded under (POST /reviewer): every change a page makes to a batch, who made it and when."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.web import history, uploads
+from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
+                               prose, review_cells, save_sample, sign_off, stored_json, text)
+
+MODEL_SAID = [
+    ("neutrophil", "accepted", 0.97),
+    ("lymphocyte", "accepted", 0.99),
+    ("neutrophil", "accepted", 0.95),
+    ("monocyte", "unidentified", 0.55),
+]
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
+
+
+@pytest.fixture
+def batch_id(client) -> str:
+    return batch_as_said(client, "tiny", MODEL_SAID)
+
+
+def call_me(client, name: str, back: str = "/"):
+    return client.post("/reviewer", data={"csrf_token": csrf_token(client), "reviewer": name,
+                                          "next": back})
+
+
+def events(client, batch_id: str) -> list[dict]:
+    response = client.get(f"/batch/{batch_id}/history.csv")
+    assert response.status_code == 200
+    assert "attachment" in response.headers["Content-Disposition"]
+    return list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+
+
+def test_a_name_given_once_records_the_browser_s_reviews_under_it(client, batch_id):
+    response = call_me(client, "A. Okafor", back=f"/batch/{batch_id}/3?show=all")
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/batch/{batch_id}/3?show=all"
+    html = page(client, f"/batch/{batch_id}/3")
+    assert ("Your reviews and changes are now recorded as \u2068A. Okafor\u2069 in each batch's "
+            "history") in text(html)
+    assert re.search(r'id="reviewer" name="reviewer" value="A. Okafor"', html)
+
+    client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
+                                                      "verdict": "monocyte", "seen": ""})
+    assert stored_json(client, batch_id)["results"][3]["review"]["by"] == "A. Okafor"
+    assert "by A. Okafor" in prose(page(client, f"/batch/{batch_id}/3"))
+    row = next(r for r in csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))) if r["file"] == "3.png")
+    assert row["reviewed_by"] == "A. Okafor" and row["reviewed_at"].endswith("+00:00")
+    upload, review = events(client, batch_id)
+    assert (upload["by"], upload["kind"], upload["change"]) == ("", "uploaded", "4 images")
+    assert (review["by"], review["kind"], review["change"]) == (
+        "A. Okafor", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)")
+
+    # The sign-off form starts with the name; the report names who reviewed the counted cells.
+    assert re.search(r'name="signed_by"\s+value="A. Okafor"', page(client, f"/batch/{batch_id}"))
+    assert "Reviewed 1 of the 4 counted white cells, by A. Okafor" in prose(
+        page(client, f"/batch/{batch_id}/report"))
+
+    # An empty name: later changes go unnamed.
+    call_me(client, "")
+    review_cells(client, batch_id, n0="lymphocyte")
+    assert events(client, batch_id)[-1]["by"] == ""
+    assert 'id="reviewer" name="reviewer" value=""' in page(client, f"/batch/{batch_id}")
+
+
+def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
+    call_me(client, "JS")
+    review_cells(client, batch_id, n3="eosinophil")
+    client.post(f"/batch/{batch_id}/review?show=neutrophil", data={
+        "csrf_token": csrf_token(client), "confirm": "neutrophil", "seen": "0=,2="})
+    client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
+                                                      "verdict": "", "seen": "eosinophil"})
+    client.post(f"/batch/{batch_id}/add", data={
+        "csrf_token": csrf_token(client),
+        "file": [(io.BytesIO(image_bytes((10, 200, 90), fmt="PNG")), "late.png"),
+                 (io.BytesIO(b"not an image"), "notes.txt.png")]})
+    client.post(f"/batch/{batch_id}/1/remove", data={"csrf_token": csrf_token(client),
+                                                     "reason": "wrong film"})
+    save_sample(client, batch_id, sample_id="S-17", wbc="6.2")
+    client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client),
+                                                   "manual_neutrophil": "60",
+                                                   "manual_lymphocyte": "40"})
+    review_cells(client, batch_id, n3="monocyte")
+    assert sign_off(client, batch_id, name="Dr Rivera", comment="smear fine").status_code == 303
+    client.post(f"/batch/{batch_id}/signoff", data={"csrf_token": csrf_token(client),
+                                                     "withdraw": "1"})
+    rows = events(client, batch_id)
+    assert [(r["by"], r["kind"], r["change"]) for r in rows] == [
+        ("", "uploaded", "4 images"),
+        ("JS", "reviewed", "3.png: Eosinophil (was the model's Monocyte, unidentified)"),
+        ("JS", "reviewed", "0.png: Neutrophil (was the model's Neutrophil, accepted)"),
+        ("JS", "reviewed", "2.png: Neutrophil (was the model's Neutrophil, accepted)"),
+        ("JS", "reviewed", "3.png: review cleared (was reviewed as Eosinophil)"),
+        ("JS", "added", "1 image, and 1 that could not be read"),
+        ("JS", "removed", "1.png: wrong film"),
+        ("JS", "sample", "ID S-17; white-cell count 6.2 x 10^9/L"),
+        ("JS", "manual", "100 white cells counted by hand"),
+        ("JS", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)"),
+        ("Dr Rivera", "signed", "comment: smear fine"),
+        ("JS", "withdrawn", "signed off by Dr Rivera"),
+    ]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["at"]) for r in rows)
+    times = [r["at"] for r in rows]
+    assert times == sorted(times)
+
+    html = page(client, f"/batch/{batch_id}/history")
+    assert "12 changes, oldest first" in text(html)
+    assert len(re.findall(r"<tr data-kind=", html)) == 12
+    assert 'data-kind="removed"' in html and "Image removed" in text(html)
+    assert f'href="/batch/{batch_id}/history"' in page(client, f"/batch/{batch_id}")
+
+
+def test_the_oldest_changes_go_beyond_the_limit_and_the_page_says_so(client, batch_id,
+                                                                     monkeypatch):
+    monkeypatch.setattr(history, "MAX_EVENTS", 3)
+    for verdict in ("monocyte", "eosinophil", "monocyte", "lymphocyte"):
+        review_cells(client, batch_id, n3=verdict)
+    assert [r["change"].split(" (")[0] for r in events(client, batch_id)] == [
+        "3.png: Eosinophil", "3.png: Monocyte", "3.png: Lymphocyte"]
+    assert "The 2 oldest changes were dropped: a batch keeps its last 3." in text(
+        page(client, f"/batch/{batch_id}/history"))
+
+
+def test_a_batch_stored_before_histories_says_it_has_none(client, batch_id):
+    def forget(batch: dict) -> None:
+        del batch["history"]
+
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, forget)
+    assert "uploaded before the app kept histories" in text(
+        page(client, f"/batch/{batch_id}/history"))
+    assert events(client, batch_id) == []
+
+
+@pytest.mark.parametrize("back", ["//evil.example/x", "/\\evil.example", "https://evil.example",
+                                  "javascript:alert(1)", "/ok\r\nSet-Cookie: x=1", ""])
+def test_the_name_form_goes_back_only_to_this_site(client, back):
+    response = call_me(client, "JS", back=back)
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("name", ["J\x00S", "x" * 61, "\u3164"])
+def test_a_name_that_is_not_plain_text_is_refused_and_the_old_one_kept(client, batch_id, name):
+    call_me(client, "JS")
+    response = call_me(client, name)
+    assert response.status_code == 400
+    assert "Give your name or initials in at most 60 letters" in text(
+        response.get_data(as_text=True))
+    review_cells(client, batch_id, n3="monocyte")
+    assert events(client, batch_id)[-1]["by"] == "JS"
+
+
+def test_names_and_changes_are_text_not_markup_nor_formulas(client, batch_id):
+    call_me(client, "=HYPERLINK(1)<b>x</b>")
+    review_cells(client, batch_id, n3="monocyte")
+    html = page(client, f"/batch/{batch_id}/history")
+    assert "<b>x" not in html and "=HYPERLINK(1)&lt;b&gt;x&lt;/b&gt;" in html
+    assert events(client, batch_id)[-1]["by"] == "'=HYPERLINK(1)<b>x</b>"
