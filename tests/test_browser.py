@@ -576,16 +576,33 @@ def pdf_pages(browser, width_in: float, height_in: float) -> int:
     return int(re.search(rb"/Type\s*/Pages\b.*?/Count\s+(\d+)", pdf, re.S).group(1))
 
 
+def overflowing_tables(browser, width_in: float) -> list[tuple[int, int]]:
+    """The tables of the open page wider than their box (width, what they need) when laid out
+    for print on paper this wide, within Chromium's default margins of 0.4 inch a side."""
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": round((width_in - 0.8) * 96), "height": 1000, "deviceScaleFactor": 1,
+        "mobile": False})
+    try:
+        return [tuple(pair) for pair in browser.execute_script(
+            "return [...document.querySelectorAll('.table-responsive, table')]"
+            ".map(e => [e.clientWidth, e.scrollWidth]).filter(([w, n]) => n > w);")]
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+
+
 def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_path,
                                                                  trusted_model_dir):
     """The report at its fullest: eight classes with cells per litre, the count corrected for
-    nucleated red cells, cells beside the differential, a manual count, every note and a
-    sign-off with the longest comment, under the lab's name, on one side of A4 and of
-    Letter."""
+    nucleated red cells, cells beside the differential, a manual count, every note, reviewers
+    with the longest names and a sign-off with the longest comment, under the lab's name, on
+    one side of A4 and of Letter, across the sheet's width with no table cut off."""
     from selenium.webdriver.common.by import By
 
     from hematovision.web import uploads
-    from tests.web_helpers import batch_as_said, csrf_token, save_sample, sign_off
+    from tests.web_helpers import (batch_as_said, csrf_token, review_cells, save_sample,
+                                   sign_off)
 
     app = make_app(tmp_path, make_models_root(tmp_path / "models", trusted_model_dir,
                                               names=("tiny",)),
@@ -600,6 +617,10 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     assert client.post(f"/batch/{batch_id}/manual", data={
         "csrf_token": token, "manual_other": "2",
         **{f"manual_{c}": "11" for c in PBC_CLASSES if c != "platelet"}}).status_code == 303
+    for n in range(4):  # three reviewers named, then how many more
+        assert client.post("/reviewer", data={"csrf_token": token, "next": "/",
+                                              "reviewer": f"{n} " + "W" * 58}).status_code == 303
+        review_cells(client, batch_id, **{f"n{n}": PBC_CLASSES[0]})
     comment = ("Platelet clumps seen at the feathered edge; red cells normochromic with mild "
                "anisocytosis; a few smudge cells. ") * 3
     assert sign_off(client, batch_id, comment=comment[:300]).status_code == 303
@@ -611,5 +632,7 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
         assert "corrected for nucleated red cells" in browser.find_element(
             By.ID, "report-facts").text
         assert browser.find_elements(By.ID, "report-manual")
+        assert "and 1 more" in browser.find_element(By.TAG_NAME, "main").text
         assert pdf_pages(browser, 8.27, 11.69) == 1  # A4
         assert pdf_pages(browser, 8.5, 11) == 1  # Letter
+        assert overflowing_tables(browser, 8.27) == [] and overflowing_tables(browser, 8.5) == []

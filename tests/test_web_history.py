@@ -12,7 +12,8 @@ import pytest
 
 from hematovision.web import history, uploads
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               prose, review_cells, save_sample, sign_off, stored_json, text)
+                               prose, review_cells, save_sample, sign_off, stored_json, text,
+                               upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -61,12 +62,14 @@ def test_a_name_given_once_records_the_browser_s_reviews_under_it(client, batch_
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))) if r["file"] == "3.png")
     assert row["reviewed_by"] == "A. Okafor" and row["reviewed_at"].endswith("+00:00")
     upload, review = events(client, batch_id)
-    assert (upload["by"], upload["kind"], upload["change"]) == ("", "uploaded", "4 images")
+    assert (upload["by"], upload["kind"], upload["change"]) == (
+        "", "uploaded", "4 images: 0.png, 1.png, 2.png, 3.png")
     assert (review["by"], review["kind"], review["change"]) == (
         "A. Okafor", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)")
 
-    # The sign-off form starts with the name; the report names who reviewed the counted cells.
-    assert re.search(r'name="signed_by"\s+value="A. Okafor"', page(client, f"/batch/{batch_id}"))
+    # The report names who reviewed the counted cells; a sign-off is typed by its signer, never
+    # filled in with the browser's name (a shared workstation may hold a colleague's).
+    assert re.search(r'name="signed_by"\s+value=""', page(client, f"/batch/{batch_id}"))
     assert "Reviewed 1 of the 4 counted white cells, by A. Okafor" in prose(
         page(client, f"/batch/{batch_id}/report"))
 
@@ -90,6 +93,7 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
                  (io.BytesIO(b"not an image"), "notes.txt.png")]})
     client.post(f"/batch/{batch_id}/1/remove", data={"csrf_token": csrf_token(client),
                                                      "reason": "wrong film"})
+    save_sample(client, batch_id, sample_id="S-16")
     save_sample(client, batch_id, sample_id="S-17", wbc="6.2")
     client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client),
                                                    "manual_neutrophil": "60",
@@ -100,17 +104,20 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
                                                      "withdraw": "1"})
     rows = events(client, batch_id)
     assert [(r["by"], r["kind"], r["change"]) for r in rows] == [
-        ("", "uploaded", "4 images"),
+        ("", "uploaded", "4 images: 0.png, 1.png, 2.png, 3.png"),
         ("JS", "reviewed", "3.png: Eosinophil (was the model's Monocyte, unidentified)"),
         ("JS", "reviewed", "0.png: Neutrophil (was the model's Neutrophil, accepted)"),
         ("JS", "reviewed", "2.png: Neutrophil (was the model's Neutrophil, accepted)"),
         ("JS", "reviewed", "3.png: review cleared (was reviewed as Eosinophil)"),
-        ("JS", "added", "1 image, and 1 that could not be read"),
+        ("JS", "added", "1 image, and 1 that could not be read: late.png, notes.txt.png"),
         ("JS", "removed", "1.png: wrong film"),
-        ("JS", "sample", "ID S-17; white-cell count 6.2 x 10^9/L"),
+        ("JS", "sample", "ID S-16; no white-cell count"),
+        ("JS", "sample", "ID S-17; white-cell count 6.2 x 10^9/L "
+                         "(was ID S-16; no white-cell count)"),
         ("JS", "manual", "100 white cells counted by hand"),
         ("JS", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)"),
-        ("Dr Rivera", "signed", "comment: smear fine"),
+        ("Dr Rivera", "signed", "3 white cells counted, 3 of them reviewed; comment: smear fine; "
+                                "from a browser recording changes as JS"),
         ("JS", "withdrawn", "signed off by Dr Rivera"),
     ]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["at"]) for r in rows)
@@ -118,8 +125,8 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
     assert times == sorted(times)
 
     html = page(client, f"/batch/{batch_id}/history")
-    assert "12 changes, oldest first" in text(html)
-    assert len(re.findall(r"<tr data-kind=", html)) == 12
+    assert "13 changes, oldest first" in text(html)
+    assert len(re.findall(r"<tr data-kind=", html)) == 13
     assert 'data-kind="removed"' in html and "Image removed" in text(html)
     assert f'href="/batch/{batch_id}/history"' in page(client, f"/batch/{batch_id}")
 
@@ -129,10 +136,65 @@ def test_the_oldest_changes_go_beyond_the_limit_and_the_page_says_so(client, bat
     monkeypatch.setattr(history, "MAX_EVENTS", 3)
     for verdict in ("monocyte", "eosinophil", "monocyte", "lymphocyte"):
         review_cells(client, batch_id, n3=verdict)
+    # The upload stays, as sign-offs and withdrawals would: the oldest reviews go.
     assert [r["change"].split(" (")[0] for r in events(client, batch_id)] == [
-        "3.png: Eosinophil", "3.png: Monocyte", "3.png: Lymphocyte"]
+        "4 images: 0.png, 1.png, 2.png, 3.png", "3.png: Monocyte", "3.png: Lymphocyte"]
     assert "The 2 oldest changes were dropped: a batch keeps its last 3." in text(
         page(client, f"/batch/{batch_id}/history"))
+
+
+def test_saving_what_is_stored_records_nothing_and_the_first_review_stands(client, batch_id):
+    call_me(client, "AB")
+    review_cells(client, batch_id, n3="monocyte")
+    first = stored_json(client, batch_id)["results"][3]["review"]
+    call_me(client, "CD")
+    review_cells(client, batch_id, n3="monocyte")  # the same verdict again, by another
+    client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
+                                                      "verdict": "monocyte", "seen": "monocyte"})
+    for _ in range(2):
+        save_sample(client, batch_id, sample_id="S-1")
+    save_sample(client, batch_id)  # cleared
+    save_sample(client, batch_id)  # nothing left to clear
+    client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client)})
+    assert stored_json(client, batch_id)["results"][3]["review"] == first
+    assert [(r["by"], r["kind"]) for r in events(client, batch_id)] == [
+        ("", "uploaded"), ("AB", "reviewed"), ("CD", "sample"), ("CD", "sample")]
+
+
+def test_the_name_form_comes_back_to_the_page_even_after_a_refused_form(client, batch_id):
+    html = sign_off(client, batch_id).get_data(as_text=True)  # refused: a cell waits (400)
+    assert re.search(rf'name="next" value="/batch/{batch_id}"', html)
+    review_cells(client, batch_id, n3="monocyte")
+    response = client.post(f"/batch/{batch_id}/3/review", data={
+        "csrf_token": csrf_token(client), "verdict": "eosinophil", "seen": ""})
+    assert response.status_code == 409  # reviewed meanwhile
+    assert re.search(rf'name="next" value="/batch/{batch_id}/3"', response.get_data(as_text=True))
+
+
+def test_the_report_names_three_reviewers_then_how_many_more(client, batch_id):
+    for name, index in (("AB", 0), ("CD", 1), ("EF", 2), ("GH", 3)):
+        call_me(client, name)
+        review_cells(client, batch_id, **{f"n{index}": "lymphocyte"})
+    assert "Reviewed 4 of the 4 counted white cells, by AB, CD, EF and 1 more" in prose(
+        page(client, f"/batch/{batch_id}/report"))
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda b: b.update(history="not a list"), id="history-not-a-list"),
+    pytest.param(lambda b: b.update(history=[{"at": 1e20, "by": "", "kind": "x", "text": "x"},
+                                             {"at": True, "by": "", "kind": "x", "text": "x"},
+                                             "an event?"],
+                                    history_dropped=True), id="events-of-the-wrong-kind"),
+    pytest.param(lambda b: b["results"][0].update(review={"label": "neutrophil", "at": "noon",
+                                                          "by": ["AB"]}), id="review-by-a-list"),
+])
+def test_a_damaged_history_or_review_shows_what_it_can(client, batch_id, damage):
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, damage)
+    for address in ("", "/history", "/history.csv", "/report", ".csv", "/0"):
+        assert client.get(f"/batch/{batch_id}{address}").status_code == 200, address
+    review_cells(client, batch_id, n3="monocyte")
+    assert events(client, batch_id)[-1]["kind"] == "reviewed"
+    assert "dropped" not in text(page(client, f"/batch/{batch_id}/history"))
 
 
 def test_a_batch_stored_before_histories_says_it_has_none(client, batch_id):
@@ -170,3 +232,12 @@ def test_names_and_changes_are_text_not_markup_nor_formulas(client, batch_id):
     html = page(client, f"/batch/{batch_id}/history")
     assert "<b>x" not in html and "=HYPERLINK(1)&lt;b&gt;x&lt;/b&gt;" in html
     assert events(client, batch_id)[-1]["by"] == "'=HYPERLINK(1)<b>x</b>"
+
+
+def test_the_upload_page_takes_the_name_and_the_upload_is_recorded_under_it(client):
+    assert 'id="reviewer-form"' in page(client, "/")
+    call_me(client, "K. Tanaka")
+    batch_id = upload(client, "tiny", ("a.png", image_bytes(fmt="PNG")),
+                      ("b.png", image_bytes((9, 9, 9), fmt="PNG"))).rsplit("/", 1)[1]
+    assert [(r["by"], r["change"]) for r in events(client, batch_id)] == [
+        ("K. Tanaka", "2 images: a.png, b.png")]

@@ -60,7 +60,8 @@ def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(cli
     assert not image.exists()
     after = stored_json(client, batch_id)["results"]
     assert after[0] == {"file": "0.png", "removed": {"at": pytest.approx(after[0]["removed"]["at"]),
-                                                     "reason": "another patient's film"}}
+                                                     "reason": "another patient's film",
+                                                     "by": ""}}
     assert after[1:] == before[1:]  # the others keep their places, and so their addresses
 
     html = client.get(f"/batch/{batch_id}", follow_redirects=True).get_data(as_text=True)
@@ -97,8 +98,10 @@ def test_the_page_offers_removal_with_a_question_and_a_reason(client, batch_id):
     html = page(client, f"/batch/{batch_id}/1")
     form = re.search(r'<form [^>]*id="remove-form"[^>]*>', html).group(0)
     assert f'action="/batch/{batch_id}/1/remove"' in form
-    assert ('data-confirm="Remove \u20681.png\u2069 from this batch? It leaves the count and its '
-            'stored copy is deleted."') in form
+    assert ('data-confirm="Remove \u20681.png\u2069 from this batch? 1 counted cell leaves the '
+            'count, and its stored copy is deleted."') in form
+    # An image the differential does not count (unidentified, not reviewed) says so.
+    assert "It is not counted; its stored copy is deleted." in page(client, f"/batch/{batch_id}/3")
     assert 'name="reason"' in html
 
 

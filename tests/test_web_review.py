@@ -99,7 +99,7 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert shares(html) == {"lymphocyte": 1, "monocyte": 1, "neutrophil": 1}
     assert "Share of the 3 white cells counted: accepted by the model, or given a class on " \
            "review (1; your class counts, not the model's)" in text(html)
-    assert "2 reviewed by you · 0 unidentified cells still to review" in text(html)
+    assert "2 reviewed · 0 unidentified cells still to review" in text(html)
     # The model's statuses stay, without asking for the review that is done.
     assert " 2 unidentified (all reviewed) · " in status_line(html)
     assert 'id="print-preliminary"' not in html
@@ -134,14 +134,14 @@ def test_a_review_overrules_an_accepted_answer_until_it_is_cleared(client, batch
     assert 'id="review-clear-form"' in html
     html = page(client, f"/batch/{batch_id}")
     assert shares(html) == {"eosinophil": 1, "lymphocyte": 1}
-    assert "1 reviewed by you (of the 1 accepted result you reviewed, you gave 0 the model's " \
-           "class)" in text(html)
+    assert "1 reviewed (of the 1 accepted result reviewed, 0 were given the model's class)" in \
+        text(html)
     assert csv_rows(client, batch_id)["n.jpg"]["differential_class"] == "eosinophil"
 
     response = review(client, batch_id, 0, "")
     assert response.headers["Location"].endswith(f"/batch/{batch_id}/0")  # stays to check
     html = page(client, response.headers["Location"])
-    assert "Cleared your review of n.jpg: the model's result counts again." in text(html)
+    assert "Cleared the review of n.jpg: the model's result counts again." in text(html)
     assert 'id="review-verdict"' not in html and 'id="review-clear-form"' not in html
     assert shares(page(client, f"/batch/{batch_id}")) == {"lymphocyte": 1, "neutrophil": 1}
     assert csv_rows(client, batch_id)["n.jpg"]["reviewed_class"] == ""
@@ -372,7 +372,7 @@ def test_a_reviewed_result_says_so_above_the_models_answer(client, batch_id):
     top = html.split('id="status"')[1].split('id="review"')[0]
     # What counts heads the page, the model's answer under it.
     assert re.search(r'<h1 [^>]*id="reviewed-as" data-verdict="monocyte">Monocyte</h1>', top)
-    assert "reviewed counted as Monocyte ( your review ); the model's result:" in text(top)
+    assert "reviewed counted as Monocyte ( review ); the model's result:" in text(top)
     assert re.search(r'<h2 [^>]*id="status-title">Unidentified: needs review</h2>', top)
     assert html.count("<h1") == 1
 

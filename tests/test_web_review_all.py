@@ -97,7 +97,7 @@ def test_every_cell_can_be_checked_and_a_verdict_changed(client, batch_id):
     post(client, batch_id, n0="eosinophil")
     html = page(client, f"/batch/{batch_id}/review?show=all")
     assert "4 cells classified in this batch" in text(html)
-    assert "your review: Eosinophil" in text(html)
+    assert "reviewed as Eosinophil" in text(html)
     response = post(client, batch_id, "?show=all", n0="neutrophil")
     assert response.headers["Location"].endswith(f"/batch/{batch_id}/review?show=all")
     assert stored(client, batch_id)[0]["review"]["label"] == "neutrophil"

@@ -112,7 +112,7 @@ def test_confirming_saves_the_corrections_and_confirms_the_rest_shown(client, ba
         "neutrophil", "monocyte", None, None, None, None]
     html = page(client, response.headers["Location"])
     assert ("Saved your review of 1 cell. Confirmed 1 cell as Neutrophil, as the model "
-            "classed them.") in text(html)
+            "classed it.") in text(html)
     assert listed(html) == [4, 0]
 
     # The last neutrophil confirmed: on to the next class with cells to confirm.

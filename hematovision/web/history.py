@@ -26,13 +26,15 @@ from hematovision.web.forms import plain_text
 SESSION_KEY = "reviewer"
 NAME_FIELD = "reviewer"
 MAX_NAME_LENGTH = 60  # as a sign-off's name
-# Events a batch keeps: beyond, the oldest go (and the page says how many). A batch lives an
-# hour or so; its history is downloaded with it, as its CSVs are, to be kept.
+# Events a batch keeps: beyond, the oldest reviews and edits go (and the page says how many);
+# the upload and every sign-off and withdrawal stay. A batch lives an hour or so; its history
+# is downloaded with it, as its CSVs are, to be kept.
 MAX_EVENTS = 5000
 
 # What an event records: its kind, then what changed, in words.
 UPLOADED, ADDED, REMOVED, REVIEWED, SAMPLE, MANUAL, SIGNED, WITHDRAWN = (
     "uploaded", "added", "removed", "reviewed", "sample", "manual", "signed", "withdrawn")
+KEPT = (UPLOADED, SIGNED, WITHDRAWN)  # never dropped for the limit
 KINDS = {UPLOADED: "Uploaded", ADDED: "Images added", REMOVED: "Image removed",
          REVIEWED: "Review", SAMPLE: "Sample's details", MANUAL: "Manual count",
          SIGNED: "Signed off", WITHDRAWN: "Sign-off withdrawn"}
@@ -71,13 +73,16 @@ def record(batch: dict[str, Any], kind: str, text: str, at: float,
            by: str | None = None) -> None:
     """Add an event to the batch's history (in place, under the batch's lock: the change's
     own), by this browser's name unless `by` names someone (the signer of a sign-off)."""
-    events = batch.setdefault("history", [])
+    if not isinstance(batch.get("history"), list):  # none yet, or damaged: start it anew
+        batch["history"] = []
+    events = batch["history"]
     events.append({"at": at, "by": reviewer() if by is None else by, "kind": kind,
                    "text": text})
     if len(events) > MAX_EVENTS:
-        dropped = len(events) - MAX_EVENTS
-        del events[:dropped]
-        batch["history_dropped"] = batch.get("history_dropped", 0) + dropped
+        kept = {i for i, e in enumerate(events) if isinstance(e, dict) and e.get("kind") in KEPT}
+        gone = [i for i in range(len(events)) if i not in kept][:len(events) - MAX_EVENTS]
+        batch["history"] = [e for i, e in enumerate(events) if i not in set(gone)]
+        batch["history_dropped"] = dropped(batch) + len(gone)
 
 
 def of(batch: dict[str, Any]) -> list[Event]:
@@ -86,14 +91,20 @@ def of(batch: dict[str, Any]) -> list[Event]:
     if not isinstance(events, list):
         return []
     return [Event(e["at"], e["by"], e["kind"], e["text"]) for e in events
-            if isinstance(e, dict) and isinstance(e.get("at"), (int, float))
+            if isinstance(e, dict) and is_time(e.get("at"))
             and all(isinstance(e.get(k), str) for k in ("by", "kind", "text"))]
+
+
+def is_time(value: Any) -> bool:
+    """A stored time the pages can show: seconds since 1970, up to the year 5138."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value < 1e11)
 
 
 def dropped(batch: dict[str, Any]) -> int:
     """How many of the batch's oldest events were dropped (MAX_EVENTS)."""
     count = batch.get("history_dropped", 0)
-    return count if isinstance(count, int) else 0
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
 COLUMNS = ("at", "by", "kind", "change")

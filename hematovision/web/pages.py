@@ -65,6 +65,7 @@ NOT_A_CELL_NO_MAP = (
 )
 ADDED = "Added {images} to this batch{failed}."
 REMOVE_REASON_LENGTH = 200
+HISTORY_FILES = 20  # files an upload's or addition's history entry names
 REMOVE_BAD_REASON = ("The reason for removing the image was not saved, nor the image removed: "
                      "give it in at most {limit} characters of plain text, or leave it empty.")
 REMOVE_LAST = ("This is the batch's only classified image left: delete the batch instead, or "
@@ -88,7 +89,7 @@ BATCH_FULL = (
     "start a new batch."
 )
 REVIEW_SAVED = "Saved your review of {file}: {verdict}."
-REVIEW_CLEARED = "Cleared your review of {file}: the model's result counts again."
+REVIEW_CLEARED = "Cleared the review of {file}: the model's result counts again."
 REVIEW_CHANGED_MEANWHILE = (
     "{file} was changed meanwhile (in another tab, or by a colleague): it is now {now}. "
     "Nothing was saved: here it is as it stands; give your class again if it should change.")
@@ -112,7 +113,7 @@ REVIEW_PAGE_CELLS = 60
 REVIEW_FRACTION = 0.2
 REVIEW_NOTHING_CHOSEN = "No class was chosen for any cell, so nothing was saved."
 REVIEW_MANY_SAVED = "Saved your review of {cells}."
-REVIEW_CONFIRMED = "Confirmed {cells} as {name}, as the model classed them."
+REVIEW_CONFIRMED = "Confirmed {cells} as {name}, as the model classed {them}."
 REVIEW_NONE_CONFIRMED = ("No cell was left to confirm: those shown had been reviewed meanwhile, "
                          "or given another class.")
 REVIEWS_KEPT = ("Not saved, as changed meanwhile (in another tab, or by a colleague): {cells}.")
@@ -197,6 +198,7 @@ bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.first_of_image, "first_of_image")
 bp.add_app_template_test(results.is_removed, "removed")
+bp.add_app_template_filter(results.reviewer_of, "reviewer_of")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 bp.add_app_template_filter(differential.flag_text, "flag_text")
 bp.add_app_template_filter(differential.findings, "findings")
@@ -444,7 +446,7 @@ def remove(batch_id: str, index: int):
         outcome.update(item=item, image=image,
                        counted=sum(differential.counted_class(found[i]) is not None for i in gone))
         for i in gone:
-            found[i] = results.removed_entry(found[i], now, reason)
+            found[i] = results.removed_entry(found[i], now, reason, history.reviewer())
         history.record(batch, history.REMOVED,
                        f"{item['file']}: {reason}" if reason else item["file"], now)
 
@@ -519,10 +521,14 @@ def removed_meanwhile(batch_id: str, index: int, item: dict):
 
 
 def images_read(items: list[dict]) -> str:
-    """An upload's or addition's images in words, for the batch's history."""
+    """An upload's or addition's images in words, with their files' names (the first
+    HISTORY_FILES), for the batch's history."""
     failed = sum("label" not in r for r in items)
     read = how_many(results.image_count([r for r in items if "label" in r]), "image")
-    return f"{read}{f', and {failed} that could not be read' if failed else ''}"
+    names = [r["file"] for r in items if results.first_of_image(r)]
+    listed = ", ".join(names[:HISTORY_FILES]) + (
+        f" and {len(names) - HISTORY_FILES} more" if len(names) > HISTORY_FILES else "")
+    return f"{read}{f', and {failed} that could not be read' if failed else ''}: {listed}"
 
 
 def batch_full(stored: dict, limit: int) -> NoReturn:
@@ -844,7 +850,8 @@ def reviews_saved(reviewed: int, confirmed: int, confirm: str) -> str:
     saved = [REVIEW_MANY_SAVED.format(cells=how_many(reviewed, "cell"))] if reviewed else []
     if confirm:
         saved.append(REVIEW_CONFIRMED.format(cells=how_many(confirmed, "cell"),
-                                             name=display_name(confirm)) if confirmed
+                                             name=display_name(confirm),
+                                             them="it" if confirmed == 1 else "them") if confirmed
                      else REVIEW_NONE_CONFIRMED)
     return " ".join(saved)
 
@@ -864,8 +871,8 @@ def model_view_image(batch_id: str, index: int):
 def give_verdict(batch: dict, result: dict, verdict: str | None, at: float) -> None:
     """Save a reviewer's verdict on one of the batch's results (None: clear it), under the
     name this browser gave, and record it in the batch's history (in place, under the lock)."""
-    if verdict is None and differential.verdict_of(result) is None:
-        return  # nothing to clear
+    if verdict == differential.verdict_of(result):
+        return  # the same again (or nothing to clear): the first review, by whom, stands
     history.record(batch, history.REVIEWED, review_change(result, verdict), at)
     if verdict:
         result["review"] = {"label": verdict, "at": at, "by": history.reviewer()}
@@ -936,7 +943,7 @@ def count_context(stored: dict) -> dict:
         left_out=differential.left_out_counts(stored["results"]),
         reviews=results.review_summary(stored["results"]),
         # Who reviewed the counted cells, by the names their browsers gave: on the report.
-        reviewers=sorted({r["review"].get("by") or "" for r in stored["results"]
+        reviewers=sorted({results.reviewer_of(r) for r in stored["results"]
                           if differential.counted_label(r) and differential.verdict_of(r)}),
         # The class lists holding accepted cells no one has confirmed yet.
         to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
@@ -992,7 +999,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             sample_id_length=sample.MAX_ID_LENGTH,
             manual_form=manual_form or manual.form_of(manual.of(stored)),
             manual_fields=manual_fields(stored["classes"]),
-            signoff_form=signoff_form or signoff.form_of(shown["signed"], history.reviewer()),
+            signoff_form=signoff_form or signoff.form_of(shown["signed"]),
             signoff_refusal=signoff.refusal(stored),
             signed_by_length=signoff.MAX_NAME_LENGTH,
             comment_length=signoff.MAX_COMMENT_LENGTH,
@@ -1056,7 +1063,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             candidate_cells=[CELL_TYPES[c["label"]] for c in candidates
                              if c.get("label") in CELL_TYPES],
             verdict=differential.verdict_of(item),
-            reviewed_at=(item.get("review") or {}).get("at"),
+            reviewed_at=at if history.is_time(at := (item.get("review") or {}).get("at")) else None,
             next_to_review=results.next_to_review(stored["results"], index),
             to_review=results.review_summary(stored["results"]).to_review,
             # The cell whose review was just saved before this page opened (`?saved=`).
@@ -1076,6 +1083,10 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             expires=expires_at(stored),
             add_errors=add_errors or [],
             remove_reason_length=REMOVE_REASON_LENGTH,
+            # The cells of the image (each of a field's) that the differential counts now.
+            image_counted=sum(differential.counted_class(r) is not None for r in stored["results"]
+                              if r is item or (item.get("image")
+                                               and r.get("image") == item["image"])),
             # Only while another classified result would be left: else the batch goes whole.
             removable=not results.is_removed(item) and any(
                 differential.status_of(r) is not None for r in stored["results"]
@@ -1232,9 +1243,12 @@ def save_sample(batch_id: str):
     if described is None:
         return batch(batch_id, status=400, sample_form=form)
     def store(b: dict) -> None:
-        now = time.time()
-        sample.store(b, described, now)
-        history.record(b, history.SAMPLE, sample.in_words(described), now)
+        before = sample.of(b)
+        if before != described:  # saved unchanged: nothing to record
+            now = time.time()
+            sample.store(b, described, now)
+            history.record(b, history.SAMPLE, f"{sample.in_words(described)}" + (
+                f" (was {sample.in_words(before)})" if before != sample.Sample() else ""), now)
 
     if uploads.update_batch(upload_folder(), batch_id, store) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
@@ -1282,8 +1296,13 @@ def sign_off(batch_id: str):
             refused = signoff.refusal(found)
         if refused is None:
             signoff.sign(found, name, comment, now, count)
-            history.record(found, history.SIGNED, f"comment: {comment}" if comment else
-                           "no comment", now, by=name)
+            browser, signed = history.reviewer(), found["signoff"]
+            history.record(found, history.SIGNED, "; ".join(
+                [f"{how_many(signed['white_cells'], 'white cell')} counted, "
+                 f"{signed['reviewed']} of them reviewed",
+                 f"comment: {comment}" if comment else "no comment",
+                 *([f"from a browser recording changes as {browser}"]
+                   if browser and browser != name else [])]), now, by=name)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
@@ -1306,10 +1325,11 @@ def save_manual(batch_id: str):
     if counted is None:
         return batch(batch_id, status=400, manual_form=form)
     def store(b: dict) -> None:
-        now = time.time()
-        manual.store(b, counted, now)
-        history.record(b, history.MANUAL, f"{how_many(counted.total, 'white cell')} counted by "
-                       "hand" if counted.total else "cleared", now)
+        if manual.of(b) != (counted if counted.total else None):  # unchanged: nothing to record
+            now = time.time()
+            manual.store(b, counted, now)
+            history.record(b, history.MANUAL, f"{how_many(counted.total, 'white cell')} counted "
+                           "by hand" if counted.total else "cleared", now)
 
     if uploads.update_batch(upload_folder(), batch_id, store) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
@@ -1623,6 +1643,7 @@ def human_duration(seconds: float) -> str:
     return f"{seconds:g} seconds"
 
 
+@bp.app_template_global()
 def how_many(count: int, unit: str) -> str:
     """A count with its unit, as the messages say it: "1 cell", "3 cells"."""
     return f"{count} {unit}{'s' if count != 1 else ''}"

@@ -232,13 +232,14 @@ def is_removed(result: dict[str, Any]) -> bool:
     return isinstance(result.get("removed"), dict)
 
 
-def removed_entry(result: dict[str, Any], at: float, reason: str) -> dict[str, Any]:
+def removed_entry(result: dict[str, Any], at: float, reason: str, by: str) -> dict[str, Any]:
     """What stays of a result once its image is removed from the batch: the file's name (and
-    which cell of its field), when and why. It keeps the result's place, by which pages and
-    forms name every result (a form from a page opened before the removal still names the
-    cells it showed), and no digest, so the image can be added again."""
+    which cell of its field), when, why and by whom (the name the browser gave; "": none). It
+    keeps the result's place, by which pages and forms name every result (a form from a page
+    opened before the removal still names the cells it showed), and no digest, so the image can
+    be added again."""
     return {"file": result["file"], **({"cell": result["cell"]} if result.get("cell") else {}),
-            "removed": {"at": at, "reason": reason,
+            "removed": {"at": at, "reason": reason, "by": by,
                         **({"unreadable": True} if "label" not in result else {})}}
 
 
@@ -333,7 +334,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
             rows.append([name, group, batch["id"], verdict, _iso(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
                          result["status"], f"{result['confidence']:.4f}",
-                         reviewed_by(result)[0]])
+                         reviewer_of(result)])
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(ARCHIVE_COLUMNS)
@@ -345,7 +346,14 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
 def reviewed_by(result: dict[str, Any]) -> list[str]:
     """[who, when (ISO 8601, UTC)] of a result's review; empty strings where it has none."""
     review = result.get("review") if verdict_of(result) is not None else None
-    return [str(review.get("by") or ""), _iso(review.get("at"))] if review else ["", ""]
+    return [reviewer_of(result), _iso(review.get("at"))] if review else ["", ""]
+
+
+def reviewer_of(result: dict[str, Any]) -> str:
+    """Who gave a result's review, by the name their browser gave ("" for none, or for a review
+    saved before names were recorded)."""
+    by = (result.get("review") or {}).get("by") if verdict_of(result) is not None else None
+    return by if isinstance(by, str) else ""
 
 
 def fields_left_out(results: list[dict[str, Any]]) -> int:
@@ -362,6 +370,6 @@ def file_part(name: str, empty: str = "") -> str:
 
 
 def _iso(timestamp: float | None) -> str:
-    if timestamp is None:
+    if not (isinstance(timestamp, (int, float)) and 0 <= timestamp < 1e11):
         return ""
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")

@@ -119,14 +119,15 @@ def read_form(form: Mapping[str, str]) -> tuple[tuple[str, str] | None, TypedFor
     return (values[NAME_FIELD], values[COMMENT_FIELD]), TypedForm(values)
 
 
-def form_of(signed: SignOff | None, name: str = "") -> TypedForm:
-    """The sign-off form as the batch page first shows it: with `name`, the one this browser
-    records its changes under (hematovision.web.history), and after a sign-off the count has
-    moved away from, its comment, to sign again without retyping it (not its name: whoever
-    signs again is whoever uses this browser now)."""
-    if signed is not None and signed.current:
+def form_of(signed: SignOff | None) -> TypedForm:
+    """The sign-off form as the batch page first shows it: after a sign-off the count has
+    moved away from, filled in with its comment, to sign again without retyping it (not with
+    a name, neither the earlier signer's nor the one this browser records changes under: a
+    sign-off is a person's own word, typed by them, and a shared workstation's browser may
+    hold a colleague's)."""
+    if signed is None or signed.current:
         return TypedForm()
-    return TypedForm({NAME_FIELD: name, COMMENT_FIELD: signed.comment if signed else ""})
+    return TypedForm({COMMENT_FIELD: signed.comment})
 
 
 def sign(batch: dict[str, Any], name: str, comment: str, at: float, count: str) -> None:

@@ -159,7 +159,8 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
             raise BatchFull
         stored["results"].extend(fresh)
         added.extend(fresh)
-        noted(stored, fresh)
+        if fresh:
+            noted(stored, fresh)
 
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
     batch = None
