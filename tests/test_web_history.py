@@ -222,6 +222,8 @@ def test_a_name_that_is_not_plain_text_is_refused_and_the_old_one_kept(client, b
     assert response.status_code == 400
     assert "Give your name or initials in at most 60 letters" in text(
         response.get_data(as_text=True))
+    assert '<a class="btn btn-primary" href="/" id="back">Back to the page</a>' in \
+        response.get_data(as_text=True)
     review_cells(client, batch_id, n3="monocyte")
     assert events(client, batch_id)[-1]["by"] == "JS"
 

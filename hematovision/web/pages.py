@@ -42,6 +42,7 @@ from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED,
 from hematovision.web import (field_view, heatmap, history, manual, models, recent, results,
                               sample, signoff, uploads)
 from hematovision.web.classify import classify_request, new_files, uploaded_files
+from hematovision.web.errors import TITLES as ERROR_TITLES
 from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.security import check_csrf
 
@@ -1198,8 +1199,10 @@ def set_reviewer():
         back = url_for("pages.home")
     try:
         name = history.read_name(request.form)
-    except ValueError:
-        abort(400, description=history.BAD_NAME.format(limit=history.MAX_NAME_LENGTH))
+    except ValueError:  # the error page, with the way back to the page the form was on
+        return render_template("error.html", code=400, title=ERROR_TITLES[400], back=back,
+                               message=history.BAD_NAME.format(limit=history.MAX_NAME_LENGTH)
+                               ), 400
     history.remember(name)
     flash(REVIEWER_SET.format(name=isolated(name)) if name else REVIEWER_CLEARED)
     return redirect(back, code=303)
