@@ -147,8 +147,8 @@ def pages_of_both_models(browser, base_url: str, tmp_path) -> list[str]:
     unsure = upload(browser, base_url, tmp_path, "unsure")
     return [base_url + "/", accepted, accepted + "/0", unsure, unsure + "/0", unsure + "/review",
             accepted + "/review?show=all", accepted + "/review?show=eosinophil",
-            accepted + "/report", base_url + "/models/tiny", base_url + "/docs/api",
-            base_url + "/no-such-page"]
+            accepted + "/report", accepted + "/history", base_url + "/models/tiny",
+            base_url + "/docs/api", base_url + "/no-such-page"]
 
 
 def test_visible_text_has_aa_contrast_on_every_page(browser, base_url, tmp_path):
@@ -274,7 +274,8 @@ def test_no_page_scrolls_sideways_at_320_px_or_at_200_percent_zoom(browser, base
     browser.find_element(By.ID, "manual_lymphocyte").submit()
     wait_for(browser, "#manual-comparison")
     addresses = [batch, batch + "/0", batch + "/review?show=all",
-                 batch + "/review?show=eosinophil", batch + "/report", base_url + "/",
+                 batch + "/review?show=eosinophil", batch + "/report", batch + "/history",
+                 base_url + "/",
                  base_url + "/models/tiny", base_url + "/docs/api", base_url + "/no-such-page"]
     for width, scale in ((320, 1), (640, 2)):
         browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
