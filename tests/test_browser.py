@@ -595,9 +595,10 @@ def overflowing_tables(browser, width_in: float) -> list[tuple[int, int]]:
 def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_path,
                                                                  trusted_model_dir):
     """The report at its fullest: eight classes with cells per litre, the count corrected for
-    nucleated red cells, cells beside the differential, a manual count, every note, reviewers
-    with the longest names and a sign-off with the longest comment, under the lab's name, on
-    one side of A4 and of Letter, across the sheet's width with no table cut off."""
+    nucleated red cells, cells beside the differential, a manual count, every note, images
+    removed with the longest names and reasons, reviewers with the longest names and a
+    sign-off with the longest comment, under the lab's name, on one side of A4 and of Letter,
+    across the sheet's width with no table cut off."""
     from selenium.webdriver.common.by import By
 
     from hematovision.web import uploads
@@ -617,6 +618,14 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     assert client.post(f"/batch/{batch_id}/manual", data={
         "csrf_token": token, "manual_other": "2",
         **{f"manual_{c}": "11" for c in PBC_CLASSES if c != "platelet"}}).status_code == 303
+    def long_names(batch: dict) -> None:
+        for n, result in enumerate(batch["results"]):
+            result["file"] = f"{n:02d}-" + "film-2026-12-07-slide-A-field" * 4 + ".png"
+
+    uploads.update_batch(Path(app.config["UPLOAD_FOLDER"]), batch_id, long_names)
+    for index in (2, 5, 8, 11):  # removed with the longest reasons: three named, then more
+        assert client.post(f"/batch/{batch_id}/{index}/remove", data={
+            "csrf_token": csrf_token(client), "reason": "R" * 200}).status_code == 303
     for n in range(4):  # three reviewers named, then how many more
         assert client.post("/reviewer", data={"csrf_token": token, "next": "/",
                                               "reviewer": f"{n} " + "W" * 58}).status_code == 303
@@ -632,7 +641,8 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
         assert "corrected for nucleated red cells" in browser.find_element(
             By.ID, "report-facts").text
         assert browser.find_elements(By.ID, "report-manual")
-        assert "and 1 more" in browser.find_element(By.TAG_NAME, "main").text
+        shown = browser.find_element(By.TAG_NAME, "main").text
+        assert "and 1 more" in shown and "R" * 59 + "…" in shown
         assert pdf_pages(browser, 8.27, 11.69) == 1  # A4
         assert pdf_pages(browser, 8.5, 11) == 1  # Letter
         assert overflowing_tables(browser, 8.27) == [] and overflowing_tables(browser, 8.5) == []

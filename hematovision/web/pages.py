@@ -940,6 +940,9 @@ def count_context(stored: dict) -> dict:
         counts=counts,
         classified=sum(counts.values()),
         removed=results.image_count_removed(stored["results"]),
+        # The images removed, each (file, reason), in the order they were uploaded.
+        removed_images=[(r["file"], r["removed"].get("reason") or "") for r in stored["results"]
+                        if results.is_removed(r) and results.first_of_image(r)],
         unreadable=sum("error" in r for r in stored["results"]),
         left_out=differential.left_out_counts(stored["results"]),
         reviews=results.review_summary(stored["results"]),
