@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,11 @@ def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(cli
     first = next(csv.DictReader(io.StringIO(table)))
     assert (first["file"], first["label"], first["error"]) == (
         "0.png", "", "removed from the batch: another patient's film")
-    report = text(page(client, f"/batch/{batch_id}/report"))
-    assert "3 classified" in report and "1 removed from the batch" in report
+    report = page(client, f"/batch/{batch_id}/report")
+    assert "3 classified" in text(report) and "1 removed from the batch" in text(report)
+    removed = re.search(r'id="report-removed">(.*?)</p>', report, re.S).group(1)
+    assert re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", "", removed))).startswith(
+        "Removed from the batch: 0.png (another patient's film) (the batch page")
 
 
 def test_the_removed_image_s_page_says_so_and_offers_nothing_to_do(client, batch_id):
