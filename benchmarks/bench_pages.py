@@ -10,7 +10,10 @@ of --repeat requests after a warm-up, against a baseline measured in the same ru
 - the upload page listing this browser's batches (`hematovision/web/recent.py` reads each one
   from disk: --batches of --results each) against the same page with no list;
 - a batch page of --results results against one of a tenth as many;
-- that page with a manual count to compare (`hematovision/comparison.py`) against without.
+- that page with a manual count to compare (`hematovision/comparison.py`) against without;
+- that page, and a review saved on it (a POST that rewrites the batch's file under its lock),
+  with a full history of changes (`hematovision/web/history.py`: MAX_EVENTS events) against
+  with none; and the history page itself.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -72,8 +76,30 @@ def median_ms(client, path: str, repeat: int) -> float:
     return round(statistics.median(times), 2)
 
 
+def full_history(count: int) -> list[dict]:
+    """`count` events as the app records them: reviews of one cell after another."""
+    return [{"at": time.time(), "by": "A. Technologist", "kind": "reviewed",
+             "text": f"cell-{i % 1000:04d}.jpg: Neutrophil (was the model's Lymphocyte, "
+                     "unidentified)"} for i in range(count)]
+
+
+def review_ms(client, batch_id: str, classes: list[str], repeat: int) -> float:
+    """The median time to save a review of one cell of the batch, each a change (the verdict
+    alternates between two classes), so each is recorded in its history."""
+    token = re.search(r'name="csrf_token" value="([^"]+)"',
+                      client.get("/").get_data(as_text=True)).group(1)
+    times = []
+    for k in range(repeat + 1):
+        start = time.perf_counter()
+        response = client.post(f"/batch/{batch_id}/1/review",
+                               data={"csrf_token": token, "verdict": classes[k % 2]})
+        times.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 303, response.status_code
+    return round(statistics.median(times[1:]), 2)  # the first: a warm-up
+
+
 def run(model_dir: Path, results: int = 1000, batches: int = 10, repeat: int = 20) -> dict:
-    from hematovision.web import create_app, recent, uploads
+    from hematovision.web import create_app, history, recent, uploads
 
     model_dir = Path(model_dir)
     classes = read_card(model_dir)["classes"]
@@ -105,6 +131,14 @@ def run(model_dir: Path, results: int = 1000, batches: int = 10, repeat: int = 2
         large_page = median_ms(client, f"/batch/{listed[0]}", repeat)
         compared_page = median_ms(client, f"/batch/{compared}", repeat)
         assert 'id="manual-comparison"' in client.get(f"/batch/{compared}").get_data(as_text=True)
+        recorded = save(results, 0, history=full_history(history.MAX_EVENTS))
+        history_bytes = (stored / f"{recorded}.json").stat().st_size
+        recorded_page = median_ms(client, f"/batch/{recorded}", repeat)
+        history_page = median_ms(client, f"/batch/{recorded}/history", repeat)
+        plain_review = review_ms(client, listed[1], classes, repeat)
+        recorded_review = review_ms(client, recorded, classes, repeat)
+        kept = json.loads((stored / f"{recorded}.json").read_text())["history"]
+        assert len(kept) == history.MAX_EVENTS  # each review recorded, the oldest dropped
     return {
         "model_dir": str(model_dir), **provenance(model_dir), "results": results,
         "batches": batches, "repeat": repeat, "batch_json_bytes": batch_bytes,
@@ -114,6 +148,12 @@ def run(model_dir: Path, results: int = 1000, batches: int = 10, repeat: int = 2
         "batch_page_ms": large_page, "batch_page_size_ratio": round(large_page / small_page, 2),
         "batch_page_with_manual_count_ms": compared_page,
         "manual_count_cost_ratio": round(compared_page / large_page, 2),
+        "history_events": history.MAX_EVENTS, "batch_json_with_history_bytes": history_bytes,
+        "batch_page_with_history_ms": recorded_page,
+        "history_cost_ratio": round(recorded_page / large_page, 2),
+        "history_page_ms": history_page,
+        "review_ms": plain_review, "review_with_history_ms": recorded_review,
+        "review_history_cost_ratio": round(recorded_review / plain_review, 2),
     }
 
 
@@ -138,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['results']} results {r['batch_page_ms']} ms ({r['batch_page_size_ratio']}x); "
               f"with a manual count {r['batch_page_with_manual_count_ms']} ms "
               f"({r['manual_count_cost_ratio']}x)")
+        print(f"with a history of {r['history_events']} changes "
+              f"({r['batch_json_with_history_bytes'] / 1e6:.2f} MB of JSON): batch page "
+              f"{r['batch_page_with_history_ms']} ms ({r['history_cost_ratio']}x), history page "
+              f"{r['history_page_ms']} ms; a review saved {r['review_with_history_ms']} ms against "
+              f"{r['review_ms']} ms with none ({r['review_history_cost_ratio']}x)")
     return 0
 
 

@@ -139,6 +139,11 @@ def test_bench_pages_times_the_upload_and_batch_pages_against_their_baselines(ti
     assert r["manual_count_cost_ratio"] == round(
         r["batch_page_with_manual_count_ms"] / r["batch_page_ms"], 2)
     assert r["batch_json_bytes"] > 20 * 300  # a stored result holds its probabilities and more
+    assert r["history_events"] == 5000 and r["batch_json_with_history_bytes"] > 5000 * 100
+    assert r["history_cost_ratio"] == round(r["batch_page_with_history_ms"] / r["batch_page_ms"],
+                                            2)
+    assert r["review_history_cost_ratio"] == round(r["review_with_history_ms"] / r["review_ms"], 2)
+    assert r["history_page_ms"] > 0
 
 
 def test_bench_chunk_measures_each_call_size_in_a_process_of_its_own_against_the_served(

@@ -1157,7 +1157,14 @@ def pages_text(r: dict) -> list[str]:
         f"{r['batch_page_ms']:.1f} ms, of {r['small_results']} "
         f"{r['batch_page_small_ms']:.1f} ms ({r['batch_page_size_ratio']}x); with a manual "
         f"count to compare, {r['batch_page_with_manual_count_ms']:.1f} ms "
-        f"({r['manual_count_cost_ratio']}x).",
+        f"({r['manual_count_cost_ratio']}x)"
+        + (f"; with a full history of {r['history_events']} changes "
+           f"({r['batch_json_with_history_bytes'] / 1e6:.2f} MB of JSON), "
+           f"{r['batch_page_with_history_ms']:.1f} ms ({r['history_cost_ratio']}x), its history "
+           f"page {r['history_page_ms']:.1f} ms, and a review saved on it "
+           f"{r['review_with_history_ms']:.1f} ms against {r['review_ms']:.1f} ms on the batch "
+           f"without one ({r['review_history_cost_ratio']}x)" if "history_events" in r else "")
+        + ".",
         "",
     ]
 
