@@ -92,7 +92,8 @@ def test_the_removed_image_s_page_says_so_and_offers_nothing_to_do(client, batch
     assert "Removed from this batch" in text(note) and "too blurred" in text(note)
     for absent in ('id="review-form"', 'id="remove-form"', "view.jpg"):
         assert absent not in html
-    # Its neighbours' pages step over it.
+    # Its neighbours' pages step over it, and count the results the batch holds.
+    assert "<title>3.png · result 3 of 3 ·" in page(client, f"/batch/{batch_id}/3")
     assert f'rel="next" href="/batch/{batch_id}/3"' in page(client, f"/batch/{batch_id}/1")
     assert f'rel="prev" href="/batch/{batch_id}/1"' in page(client, f"/batch/{batch_id}/3")
     assert client.get(f"/batch/{batch_id}/2/view.jpg").status_code == 404

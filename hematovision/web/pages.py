@@ -1084,6 +1084,11 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             rough_ece=ROUGH_ECE,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
             neighbours=neighbours(stored["results"], index),
+            # Which result this is of those the batch holds ("3 of 12"), its removed images'
+            # places passed over; a removed one's own place among them.
+            place=(sum(not results.is_removed(r) for r in stored["results"][:index])
+                   + (not results.is_removed(item)),
+                   sum(not results.is_removed(r) for r in stored["results"])),
             expires=expires_at(stored),
             add_errors=add_errors or [],
             remove_reason_length=REMOVE_REASON_LENGTH,
