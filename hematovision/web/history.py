@@ -15,13 +15,13 @@ import csv
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from flask import session
 
 from hematovision.spreadsheet import inert
 from hematovision.web.forms import plain_text
+from hematovision.web.results import is_time, iso_time
 
 SESSION_KEY = "reviewer"
 NAME_FIELD = "reviewer"
@@ -80,8 +80,8 @@ def record(batch: dict[str, Any], kind: str, text: str, at: float,
                    "text": text})
     if len(events) > MAX_EVENTS:
         kept = {i for i, e in enumerate(events) if isinstance(e, dict) and e.get("kind") in KEPT}
-        gone = [i for i in range(len(events)) if i not in kept][:len(events) - MAX_EVENTS]
-        batch["history"] = [e for i, e in enumerate(events) if i not in set(gone)]
+        gone = set([i for i in range(len(events)) if i not in kept][:len(events) - MAX_EVENTS])
+        batch["history"] = [e for i, e in enumerate(events) if i not in gone]
         batch["history_dropped"] = dropped(batch) + len(gone)
 
 
@@ -93,12 +93,6 @@ def of(batch: dict[str, Any]) -> list[Event]:
     return [Event(e["at"], e["by"], e["kind"], e["text"]) for e in events
             if isinstance(e, dict) and is_time(e.get("at"))
             and all(isinstance(e.get(k), str) for k in ("by", "kind", "text"))]
-
-
-def is_time(value: Any) -> bool:
-    """A stored time the pages can show: seconds since 1970, up to the year 5138."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and 0 <= value < 1e11)
 
 
 def dropped(batch: dict[str, Any]) -> int:
@@ -117,6 +111,5 @@ def to_csv(batch: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for e in of(batch):
-        at = datetime.fromtimestamp(e.at, timezone.utc).isoformat(timespec="seconds")
-        writer.writerow([at, *(inert(v) for v in (e.by, e.kind, e.text))])
+        writer.writerow([iso_time(e.at), *(inert(v) for v in (e.by, e.kind, e.text))])
     return out.getvalue()

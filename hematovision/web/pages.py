@@ -218,9 +218,7 @@ def status(result: dict) -> str | None:
     return differential.status_of(result)
 
 
-@bp.app_template_filter("iso_utc")
-def iso_utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+bp.add_app_template_filter(results.iso_time, "iso_utc")
 
 
 @bp.app_template_filter("clock_utc")
@@ -1067,7 +1065,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             candidate_cells=[CELL_TYPES[c["label"]] for c in candidates
                              if c.get("label") in CELL_TYPES],
             verdict=differential.verdict_of(item),
-            reviewed_at=at if history.is_time(at := (item.get("review") or {}).get("at")) else None,
+            reviewed_at=at if results.is_time(at := (item.get("review") or {}).get("at")) else None,
             next_to_review=results.next_to_review(stored["results"], index),
             to_review=results.review_summary(stored["results"]).to_review,
             # The cell whose review was just saved before this page opened (`?saved=`).

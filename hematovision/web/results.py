@@ -84,7 +84,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
              _number(counted.uncorrected_white_cells_per_litre), inert(sample_id)]
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
     manual_total = [comparison.manual_white_cells if comparison else "",
-                    *([inert(signed.by), _iso(signed.at), inert(signed.comment)]
+                    *([inert(signed.by), iso_time(signed.at), inert(signed.comment)]
                       if signed and signed.current else ["", "", ""])]
     # A class compared with the manual count that the batch did not count (the manual count's
     # other white cells, where no reviewer called any so) has a row too, of none.
@@ -331,7 +331,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
                 archive.write(path, name)
             except FileNotFoundError:  # removed from the batch, or purged, meanwhile
                 continue
-            rows.append([name, group, batch["id"], verdict, _iso(result["review"].get("at")),
+            rows.append([name, group, batch["id"], verdict, iso_time(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
                          result["status"], f"{result['confidence']:.4f}",
                          reviewer_of(result)])
@@ -346,7 +346,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
 def reviewed_by(result: dict[str, Any]) -> list[str]:
     """[who, when (ISO 8601, UTC)] of a result's review; empty strings where it has none."""
     review = result.get("review") if verdict_of(result) is not None else None
-    return [reviewer_of(result), _iso(review.get("at"))] if review else ["", ""]
+    return [reviewer_of(result), iso_time(review.get("at"))] if review else ["", ""]
 
 
 def reviewer_of(result: dict[str, Any]) -> str:
@@ -369,7 +369,16 @@ def file_part(name: str, empty: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or empty
 
 
-def _iso(timestamp: float | None) -> str:
-    if not (isinstance(timestamp, (int, float)) and 0 <= timestamp < 1e11):
+def is_time(value: Any) -> bool:
+    """A stored time (seconds since 1970) that can be shown: a number up to the year 5138,
+    not a flag or text a damaged file might hold instead."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value < 1e11)
+
+
+def iso_time(timestamp: float | None) -> str:
+    """A stored time in ISO 8601, UTC, to the second, as the CSV files give it; empty for
+    none, or for one that cannot be shown."""
+    if not is_time(timestamp):
         return ""
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
