@@ -95,9 +95,10 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
                                                      "reason": "wrong film"})
     save_sample(client, batch_id, sample_id="S-16")
     save_sample(client, batch_id, sample_id="S-17", wbc="6.2")
-    client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client),
-                                                   "manual_neutrophil": "60",
-                                                   "manual_lymphocyte": "40"})
+    for neutrophils in ("60", "61"):
+        client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client),
+                                                       "manual_neutrophil": neutrophils,
+                                                       "manual_lymphocyte": "40"})
     review_cells(client, batch_id, n3="monocyte")
     assert sign_off(client, batch_id, name="Dr Rivera", comment="smear fine").status_code == 303
     client.post(f"/batch/{batch_id}/signoff", data={"csrf_token": csrf_token(client),
@@ -106,18 +107,24 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
     assert [(r["by"], r["kind"], r["change"]) for r in rows] == [
         ("", "uploaded", "4 images: 0.png, 1.png, 2.png, 3.png"),
         ("JS", "reviewed", "3.png: Eosinophil (was the model's Monocyte, unidentified)"),
-        ("JS", "reviewed", "0.png: Neutrophil (was the model's Neutrophil, accepted)"),
-        ("JS", "reviewed", "2.png: Neutrophil (was the model's Neutrophil, accepted)"),
+        ("JS", "reviewed", "0.png: Neutrophil, confirmed with the rest of its class list (was the "
+                           "model's Neutrophil, accepted)"),
+        ("JS", "reviewed", "2.png: Neutrophil, confirmed with the rest of its class list (was the "
+                           "model's Neutrophil, accepted)"),
         ("JS", "reviewed", "3.png: review cleared (was reviewed as Eosinophil)"),
-        ("JS", "added", "1 image, and 1 that could not be read: late.png, notes.txt.png"),
+        ("JS", "added", "1 image: late.png; could not be read: notes.txt.png"),
         ("JS", "removed", "1.png: wrong film"),
         ("JS", "sample", "ID S-16; no white-cell count"),
-        ("JS", "sample", "ID S-17; white-cell count 6.2 x 10^9/L "
+        ("JS", "sample", "ID S-17; white-cell count 6.2 × 10⁹/L "
                          "(was ID S-16; no white-cell count)"),
-        ("JS", "manual", "100 white cells counted by hand"),
+        ("JS", "manual", "100 white cells: Eosinophil 0, Lymphocyte 40, Monocyte 0, "
+                         "Neutrophil 60, other 0"),
+        ("JS", "manual", "101 white cells: Eosinophil 0, Lymphocyte 40, Monocyte 0, "
+                         "Neutrophil 61, other 0 (was 100 white cells: Eosinophil 0, "
+                         "Lymphocyte 40, Monocyte 0, Neutrophil 60, other 0)"),
         ("JS", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)"),
-        ("Dr Rivera", "signed", "3 white cells counted, 3 of them reviewed; comment: smear fine; "
-                                "from a browser recording changes as JS"),
+        ("Dr Rivera", "signed", "3 white cells counted, 3 of them reviewed. Comment: \u201csmear "
+                                "fine\u201d. From a browser recording changes as JS."),
         ("JS", "withdrawn", "signed off by Dr Rivera"),
     ]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["at"]) for r in rows)
@@ -125,8 +132,9 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
     assert times == sorted(times)
 
     html = page(client, f"/batch/{batch_id}/history")
-    assert "13 changes, oldest first" in text(html)
-    assert len(re.findall(r"<tr data-kind=", html)) == 13
+    assert "14 changes, oldest first" in text(html)
+    assert len(re.findall(r"<tr data-kind=", html)) == 14
+    assert re.search(r"\d\d Dec \d{4}, \d\d:\d\d:\d\d UTC</time>", html)  # to the second
     assert 'data-kind="removed"' in html and "Image removed" in text(html)
     assert f'href="/batch/{batch_id}/history"' in page(client, f"/batch/{batch_id}")
 
@@ -220,7 +228,7 @@ def test_a_name_that_is_not_plain_text_is_refused_and_the_old_one_kept(client, b
     call_me(client, "JS")
     response = call_me(client, name)
     assert response.status_code == 400
-    assert "Give your name or initials in at most 60 letters" in text(
+    assert "Give your name or initials, with a letter or digit, in at most 60 letters" in text(
         response.get_data(as_text=True))
     assert '<a class="btn btn-primary" href="/" id="back">Back to the page</a>' in \
         response.get_data(as_text=True)

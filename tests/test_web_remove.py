@@ -67,7 +67,7 @@ def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(cli
 
     html = client.get(f"/batch/{batch_id}", follow_redirects=True).get_data(as_text=True)
     assert ("Removed 0.png from this batch (1 cell no longer counted); its stored copy is "
-            "deleted.") in text(html)
+            "deleted. Add it again to count it.") in text(html)
     assert "Batch of 3 images" in text(html) and "3 classified, 1 removed" in text(html)
     assert shares(html)["neutrophil"] == 1
     row = re.search(r"<tr [^>]*data-removed>(.*?)</tr>", html, re.S).group(1)
@@ -86,8 +86,16 @@ def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(cli
 
 
 def test_the_removed_image_s_page_says_so_and_offers_nothing_to_do(client, batch_id):
+    call_me = client.post("/reviewer", data={"csrf_token": csrf_token(client), "next": "/",
+                                              "reviewer": "M. Haddad"})
+    assert call_me.status_code == 303
     remove(client, batch_id, 2, reason="too blurred")
     html = page(client, f"/batch/{batch_id}/2")
+    assert "<title>2.png · removed ·" in html
+    assert "Removed from this batch" in text(html) and "(by M. Haddad)" in prose(html)
+    row = re.search(r"<tr [^>]*data-removed>(.*?)</tr>", page(client, f"/batch/{batch_id}"),
+                    re.S).group(1)
+    assert "by M. Haddad: too blurred" in prose(row)
     note = re.search(r'id="removed-note">(.*?)</div>', html, re.S).group(1)
     assert "Removed from this batch" in text(note) and "too blurred" in text(note)
     for absent in ('id="review-form"', 'id="remove-form"', "view.jpg"):
@@ -107,6 +115,10 @@ def test_the_page_offers_removal_with_a_question_and_a_reason(client, batch_id):
             'count, and its stored copy is deleted."') in form
     # An image the differential does not count (unidentified, not reviewed) says so.
     assert "It is not counted; its stored copy is deleted." in page(client, f"/batch/{batch_id}/3")
+    remove(client, batch_id, 3)
+    shown = text(page(client, f"/batch/{batch_id}"))
+    assert ("Removed 3.png from this batch (nothing it held was counted); its stored copy is "
+            "deleted.") in shown and "Add it again" not in shown
     assert 'name="reason"' in html
 
 

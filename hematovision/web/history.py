@@ -38,8 +38,9 @@ KEPT = (UPLOADED, SIGNED, WITHDRAWN)  # never dropped for the limit
 KINDS = {UPLOADED: "Uploaded", ADDED: "Images added", REMOVED: "Image removed",
          REVIEWED: "Review", SAMPLE: "Sample's details", MANUAL: "Manual count",
          SIGNED: "Signed off", WITHDRAWN: "Sign-off withdrawn"}
-BAD_NAME = ("Give your name or initials in at most {limit} letters, digits, spaces and "
-            "punctuation, or leave the field empty to record changes without a name.")
+BAD_NAME = ("Give your name or initials, with a letter or digit, in at most {limit} letters, "
+            "digits, spaces and punctuation, or leave the field empty to record changes without "
+            "a name.")
 
 
 @dataclass(frozen=True)

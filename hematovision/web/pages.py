@@ -77,8 +77,7 @@ REMOVED_TOO_MANY = ("{count} images have been removed from this batch already, a
 REMOVED_UNREADABLE = "Removed {file}, a file that could not be read, from this batch's list."
 REMOVED_ALREADY = ("{file} had already been removed from this batch (in another tab, or by a "
                    "colleague).")
-REMOVED_IMAGE = ("Removed {file} from this batch ({cells}); its stored copy is deleted. Add it "
-                 "again to count it.")
+REMOVED_IMAGE = "Removed {file} from this batch ({cells}); its stored copy is deleted.{again}"
 COPIES_LEFT_OUT = ("Left out {count} file{s} that {verb} byte for byte an image already in this "
                    "batch, so that no cell is counted twice: {names}.")
 BATCH_MODEL_GONE = (
@@ -222,10 +221,12 @@ bp.add_app_template_filter(results.iso_time, "iso_utc")
 
 
 @bp.app_template_filter("clock_utc")
-def clock_utc(timestamp: float) -> str:
+def clock_utc(timestamp: float, seconds: bool = False) -> str:
     """A moment for people, with its day (retention may be set to days): in UTC, and said so,
-    since the server's zone is not theirs."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%d %b %Y, %H:%M UTC")
+    since the server's zone is not theirs; with `seconds`, to the second (a history's changes
+    come seconds apart)."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime(
+        f"%d %b %Y, %H:%M{':%S' if seconds else ''} UTC")
 
 
 @bp.app_template_filter("fixed")
@@ -467,7 +468,8 @@ def remove(batch_id: str, index: int):
     else:  # platelets and nucleated red cells are counted beside the white cells: "cells"
         flash(REMOVED_IMAGE.format(
             file=item["file"], cells=f"{how_many(counted, 'cell')} no longer counted" if counted
-            else "nothing it held was counted"))
+            else "nothing it held was counted",
+            again=" Add it again to count it." if counted else ""))
     return to_batch(batch_id)
 
 
@@ -522,12 +524,14 @@ def removed_meanwhile(batch_id: str, index: int, item: dict):
 def images_read(items: list[dict]) -> str:
     """An upload's or addition's images in words, with their files' names (the first
     HISTORY_FILES), for the batch's history."""
-    failed = sum("label" not in r for r in items)
-    read = how_many(results.image_count([r for r in items if "label" in r]), "image")
-    names = [r["file"] for r in items if results.first_of_image(r)]
-    listed = ", ".join(names[:HISTORY_FILES]) + (
-        f" and {len(names) - HISTORY_FILES} more" if len(names) > HISTORY_FILES else "")
-    return f"{read}{f', and {failed} that could not be read' if failed else ''}: {listed}"
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:HISTORY_FILES]) + (
+            f" and {len(names) - HISTORY_FILES} more" if len(names) > HISTORY_FILES else "")
+
+    read = [r["file"] for r in items if "label" in r and results.first_of_image(r)]
+    failed = [r["file"] for r in items if "label" not in r]
+    return "; ".join([f"{how_many(len(read), 'image')}: {listed(read)}",
+                      *([f"could not be read: {listed(failed)}"] if failed else [])])
 
 
 def batch_full(stored: dict, limit: int) -> NoReturn:
@@ -775,7 +779,7 @@ def review_many(batch_id: str):
         for index in seen.keys() - verdicts.keys():  # `seen` is required with `confirm`
             if (seen[index] == "" and to_confirm(found[index])
                     and found[index]["label"] == confirm):
-                give_verdict(batch, found[index], confirm, now)
+                give_verdict(batch, found[index], confirm, now, confirmed=True)
                 confirmed += 1
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
@@ -867,27 +871,30 @@ def model_view_image(batch_id: str, index: int):
         path, fraction, item.get("cell")))
 
 
-def give_verdict(batch: dict, result: dict, verdict: str | None, at: float) -> None:
+def give_verdict(batch: dict, result: dict, verdict: str | None, at: float,
+                 confirmed: bool = False) -> None:
     """Save a reviewer's verdict on one of the batch's results (None: clear it), under the
     name this browser gave, and record it in the batch's history (in place, under the lock)."""
     if verdict == differential.verdict_of(result):
         return  # the same again (or nothing to clear): the first review, by whom, stands
-    history.record(batch, history.REVIEWED, review_change(result, verdict), at)
+    history.record(batch, history.REVIEWED, review_change(result, verdict, confirmed), at)
     if verdict:
         result["review"] = {"label": verdict, "at": at, "by": history.reviewer()}
     else:
         result.pop("review", None)
 
 
-def review_change(result: dict, verdict: str | None) -> str:
-    """A review about to be saved (None: cleared), in words, with what the result was before,
-    for the batch's history."""
+def review_change(result: dict, verdict: str | None, confirmed: bool = False) -> str:
+    """A review about to be saved (None: cleared; `confirmed`: from its class list's "Confirm
+    the rest"), in words, with what the result was before, for the batch's history."""
     if differential.verdict_of(result) is not None:
         before = review_state(result)
     else:
         before = (f"the model's {display_name(result['label'])}, "
                   f"{result['status'].replace('_', ' ')}")
     now = verdict_text(verdict) if verdict else "review cleared"
+    if confirmed:
+        now = f"{now}, confirmed with the rest of its class list"
     return f"{results.name_of(result)}: {now} (was {before})"
 
 
@@ -1306,11 +1313,11 @@ def sign_off(batch_id: str):
         if refused is None:
             signoff.sign(found, name, comment, now, count)
             browser, signed = history.reviewer(), found["signoff"]
-            history.record(found, history.SIGNED, "; ".join(
-                [f"{how_many(signed['white_cells'], 'white cell')} counted, "
-                 f"{signed['reviewed']} of them reviewed",
-                 f"comment: {comment}" if comment else "no comment",
-                 *([f"from a browser recording changes as {browser}"]
+            history.record(found, history.SIGNED, " ".join(
+                [f"{how_many(signed['white_cells'], 'white cell').capitalize()} counted, "
+                 f"{signed['reviewed']} of them reviewed.",
+                 f"Comment: \u201c{comment}\u201d." if comment else "No comment.",
+                 *([f"From a browser recording changes as {browser}."]
                    if browser and browser != name else [])]), now, by=name)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
@@ -1333,18 +1340,33 @@ def save_manual(batch_id: str):
     counted, form = manual.read_form(request.form, stored["classes"])
     if counted is None:
         return batch(batch_id, status=400, manual_form=form)
+
     def store(b: dict) -> None:
         if manual.of(b) != (counted if counted.total else None):  # unchanged: nothing to record
             now = time.time()
+            history.record(b, history.MANUAL, manual_change(manual.of(b), counted), now)
             manual.store(b, counted, now)
-            history.record(b, history.MANUAL, f"{how_many(counted.total, 'white cell')} counted "
-                           "by hand" if counted.total else "cleared", now)
 
     if uploads.update_batch(upload_folder(), batch_id, store) is None:
         abort(404, description=EXPIRED.format(retention=retention()))
     flash(MANUAL_SAVED.format(cells=how_many(counted.total, "white cell")) if counted.total
           else MANUAL_CLEARED)
     return redirect(url_for("pages.batch", batch_id=batch_id, _anchor="manual-title"), code=303)
+
+
+def manual_change(before: manual.ManualCount | None, counted: manual.ManualCount) -> str:
+    """A manual count about to be saved, in words, with what it was before, for the batch's
+    history."""
+    def in_words(count: manual.ManualCount | None) -> str:
+        if count is None or not count.total:
+            return "none"
+        cells = [f"{display_name(c)} {n}" for c, n in count.counts.items()]
+        return (f"{how_many(count.total, 'white cell')}: {', '.join(cells)}, other {count.other}"
+                + "".join(f"; {display_name(c)} {n} beside them"
+                          for c, n in count.beside.items()))
+
+    now = in_words(counted) if counted.total else "cleared"
+    return f"{now} (was {in_words(before)})" if before is not None else now
 
 
 def manual_fields(classes: list[str]) -> list[tuple[str, str]]:

@@ -78,7 +78,7 @@ def in_words(sample: Sample) -> str:
         return "cleared"
     count = sample.white_cells_per_litre
     return "; ".join([f"ID {sample.id}" if sample.id else "no ID",
-                      f"white-cell count {count:g} x 10^9/L" if count is not None
+                      f"white-cell count {count:g} × 10⁹/L" if count is not None
                       else "no white-cell count",
                       *(["the count includes nucleated red cells"]
                         if sample.includes_nucleated_red_cells else [])])
