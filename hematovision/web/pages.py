@@ -1579,7 +1579,8 @@ def operating_points(trust: dict, evaluations: dict) -> list[dict]:
     points = trust.get("operating_points")
     rows = []
     for point in points if isinstance(points, list) else []:
-        if not isinstance(point, dict) or not isinstance(point.get("target_accuracy"), (int, float)):
+        if not (isinstance(point, dict)
+                and isinstance(point.get("target_accuracy"), (int, float))):
             continue
         measured = {}
         for split, m in evaluations.items():
