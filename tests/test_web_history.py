@@ -12,8 +12,8 @@ import pytest
 
 from hematovision.web import history, uploads
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               prose, review_cells, save_sample, sign_off, stored_json, text,
-                               upload)
+                               prose, review_cells, save_sample, shown_count, sign_off,
+                               stored_json, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -52,7 +52,7 @@ def test_a_name_given_once_records_the_browser_s_reviews_under_it(client, batch_
     html = page(client, f"/batch/{batch_id}/3")
     assert ("Your reviews and changes are now recorded as \u2068A. Okafor\u2069 in each batch's "
             "history") in text(html)
-    assert re.search(r'id="reviewer" name="reviewer" value="A. Okafor"', html)
+    assert re.search(r'id="reviewer" name="reviewer" value="A. Okafor" maxlength="60"', html)
 
     client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
                                                       "verdict": "monocyte", "seen": ""})
@@ -113,7 +113,8 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
                            "model's Neutrophil, accepted)"),
         ("JS", "reviewed", "3.png: review cleared (was reviewed as Eosinophil)"),
         ("JS", "added", "1 image: late.png; could not be read: notes.txt.png"),
-        ("JS", "removed", "1.png: wrong film"),
+        ("JS", "removed", "1.png: wrong film; 1.png was counted as Lymphocyte as the model "
+                          "accepted it"),
         ("JS", "sample", "ID S-16; no white-cell count"),
         ("JS", "sample", "ID S-17; white-cell count 6.2 × 10⁹/L "
                          "(was ID S-16; no white-cell count)"),
@@ -147,7 +148,8 @@ def test_the_oldest_changes_go_beyond_the_limit_and_the_page_says_so(client, bat
     # The upload stays, as sign-offs and withdrawals would: the oldest reviews go.
     assert [r["change"].split(" (")[0] for r in events(client, batch_id)] == [
         "4 images: 0.png, 1.png, 2.png, 3.png", "3.png: Monocyte", "3.png: Lymphocyte"]
-    assert "The 2 oldest changes were dropped: a batch keeps its last 3." in text(
+    assert ("The 2 oldest changes were dropped: a batch keeps 3 changes, its upload, sign-offs "
+            "and withdrawals among them, and the most recent of the rest.") in text(
         page(client, f"/batch/{batch_id}/history"))
 
 
@@ -251,3 +253,27 @@ def test_the_upload_page_takes_the_name_and_the_upload_is_recorded_under_it(clie
                       ("b.png", image_bytes((9, 9, 9), fmt="PNG"))).rsplit("/", 1)[1]
     assert [(r["by"], r["change"]) for r in events(client, batch_id)] == [
         ("K. Tanaka", "2 images: a.png, b.png")]
+
+
+def test_withdrawing_names_the_sign_off_withdrawn_and_a_damaged_one_is_just_removed(client,
+                                                                                  batch_id):
+    review_cells(client, batch_id, n3="monocyte")
+    count = shown_count(client, batch_id)
+    assert sign_off(client, batch_id, name="Dr Old").status_code == 303
+    # Signed again in another tab, after this page showed Dr Old's sign-off.
+    assert sign_off(client, batch_id, name="Dr New", count=count).status_code == 303
+    response = client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": csrf_token(client), "withdraw": "1"}, follow_redirects=True)
+    assert "Withdrew the sign-off by \u2068Dr New\u2069." in text(response.get_data(as_text=True))
+    assert events(client, batch_id)[-1]["change"] == "signed off by Dr New"
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda b: b.update(signoff="signed"))
+    assert client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": csrf_token(client), "withdraw": "1"}).status_code == 303
+    assert "signoff" not in stored_json(client, batch_id)
+
+
+def test_a_one_image_batch_s_page_leads_to_its_history(client):
+    batch_id = upload(client, "tiny", ("a.png", image_bytes(fmt="PNG"))).rsplit("/", 1)[1]
+    assert f'href="/batch/{batch_id}/history" id="history-link"' in page(
+        client, f"/batch/{batch_id}")

@@ -92,7 +92,7 @@ def test_the_removed_image_s_page_says_so_and_offers_nothing_to_do(client, batch
     remove(client, batch_id, 2, reason="too blurred")
     html = page(client, f"/batch/{batch_id}/2")
     assert "<title>2.png · removed ·" in html
-    assert "Removed from this batch" in text(html) and "(by M. Haddad)" in prose(html)
+    assert "by M. Haddad: too blurred." in prose(html)
     row = re.search(r"<tr [^>]*data-removed>(.*?)</tr>", page(client, f"/batch/{batch_id}"),
                     re.S).group(1)
     assert "by M. Haddad: too blurred" in prose(row)
@@ -276,3 +276,40 @@ def test_removing_twice_or_what_is_not_there(client, batch_id):
         client.get(f"/batch/{batch_id}").get_data(as_text=True))
     assert remove(client, batch_id, 9).status_code == 404
     assert remove(client, "0" * 32, 0).status_code == 404
+
+
+def test_the_history_says_what_a_removed_image_was_counted_as_and_by_whose_review(client,
+                                                                                  batch_id):
+    client.post("/reviewer", data={"csrf_token": csrf_token(client), "next": "/",
+                                   "reviewer": "AB"})
+    review_cells(client, batch_id, n3="monocyte")
+    remove(client, batch_id, 3, reason="wrong film")
+    remove(client, batch_id, 0)
+    changes = [row.split(",", 3)[3] for row in client.get(
+        f"/batch/{batch_id}/history.csv").get_data(as_text=True).splitlines()[-2:]]
+    assert changes == ['"3.png: wrong film; 3.png was counted as Monocyte, reviewed by AB"',
+                       "0.png; 0.png was counted as Neutrophil as the model accepted it"]
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param({}, id="no-keys"),
+    pytest.param({"at": "noon", "reason": 5, "by": ["AB"]}, id="wrong-types"),
+    pytest.param({"at": 1e20, "reason": None}, id="time-out-of-range"),
+])
+def test_a_damaged_removal_shows_what_it_can(client, batch_id, damage):
+    remove(client, batch_id, 2)
+    uploads.update_batch(folder(client), batch_id,
+                         lambda b: b["results"][2].update(removed=damage))
+    for address in ("", "/2", "/report", ".csv", "/history"):
+        assert client.get(f"/batch/{batch_id}{address}").status_code == 200, address
+    assert "Removed from the batch an unknown time" in text(page(client, f"/batch/{batch_id}"))
+
+
+def test_an_unreadable_file_removed_keeps_why_it_could_not_be_read(client):
+    batch_id = upload(client, "tiny", ("0.png", image_bytes(fmt="PNG")),
+                      ("bad.png", b"not an image")).rsplit("/", 1)[1]
+    error = stored_json(client, batch_id)["results"][1]["error"]
+    remove(client, batch_id, 1, reason="a text file")
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
+    assert rows[1]["error"] == f"removed from the batch: a text file (could not be read: {error})"

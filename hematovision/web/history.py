@@ -20,12 +20,13 @@ from typing import Any
 from flask import session
 
 from hematovision.spreadsheet import inert
+from hematovision.web import signoff
 from hematovision.web.forms import plain_text
 from hematovision.web.results import is_time, iso_time
 
 SESSION_KEY = "reviewer"
 NAME_FIELD = "reviewer"
-MAX_NAME_LENGTH = 60  # as a sign-off's name
+MAX_NAME_LENGTH = signoff.MAX_NAME_LENGTH  # a reviewer's name, as a signer's
 # Events a batch keeps: beyond, the oldest reviews and edits go (and the page says how many);
 # the upload and every sign-off and withdrawal stay. A batch lives an hour or so; its history
 # is downloaded with it, as its CSVs are, to be kept.

@@ -135,7 +135,7 @@ SIGNED_OFF = "Signed off by {name}: the page, the printed report and the differe
 SIGN_OFF_WITHDRAWN = "Withdrew the sign-off by {name}."
 # An address on this site: a path from its root, not `//host` nor `/\host` (read by browsers
 # as another site), with no blanks or controls.
-LOCAL_ADDRESS = re.compile(r"/(?![/\\])[^\s\\]{0,2000}")
+LOCAL_ADDRESS = re.compile(r"/(?![/\\])[^\s\\\x00-\x1f\x7f]{0,2000}")
 REVIEWER_SET = ("Your reviews and changes are now recorded as {name} in each batch's history, "
                 "until this browser closes.")
 REVIEWER_CLEARED = "Your reviews and changes are now recorded without a name."
@@ -199,6 +199,7 @@ bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.first_of_image, "first_of_image")
 bp.add_app_template_test(results.is_removed, "removed")
 bp.add_app_template_filter(results.reviewer_of, "reviewer_of")
+bp.add_app_template_filter(results.removal_reason, "removal_reason")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
 bp.add_app_template_filter(differential.flag_text, "flag_text")
 bp.add_app_template_filter(differential.findings, "findings")
@@ -224,7 +225,9 @@ bp.add_app_template_filter(results.iso_time, "iso_utc")
 def clock_utc(timestamp: float, seconds: bool = False) -> str:
     """A moment for people, with its day (retention may be set to days): in UTC, and said so,
     since the server's zone is not theirs; with `seconds`, to the second (a history's changes
-    come seconds apart)."""
+    come seconds apart). A time a damaged file holds instead of one: "an unknown time"."""
+    if not results.is_time(timestamp):
+        return "an unknown time"
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime(
         f"%d %b %Y, %H:%M{':%S' if seconds else ''} UTC")
 
@@ -343,6 +346,8 @@ def image_url(batch_id: str, index: int, item: dict, thumbnail: bool = False) ->
 
 
 bp.add_app_template_global(history.reviewer, "reviewer")
+# A global, not a context variable: the reviewer form is a macro, imported without context.
+bp.add_app_template_global(history.MAX_NAME_LENGTH, "REVIEWER_NAME_LENGTH")
 
 
 @bp.app_template_global()
@@ -433,22 +438,24 @@ def remove(batch_id: str, index: int):
         if results.is_removed(item):
             outcome["already"] = item
             return
-        image = item.get("image")
-        gone = [i for i, r in enumerate(found) if i == index or (image and r.get("image") == image)]
+        gone = results.same_image(found, index)
         if not any(differential.status_of(r) for i, r in enumerate(found) if i not in gone):
             outcome["last"] = True
             return
         # Each removal leaves its place behind: without a bound, adding and removing again
         # and again would grow the batch past its size limit.
-        if results.image_count_removed(found) >= current_app.config["MAX_BATCH_IMAGES"]:
-            outcome["too_many"] = results.image_count_removed(found)
+        removed = results.image_count_removed(found)
+        if removed >= current_app.config["MAX_BATCH_IMAGES"]:
+            outcome["too_many"] = removed
             return
-        outcome.update(item=item, image=image,
+        outcome.update(item=item, image=item.get("image"),
                        counted=sum(differential.counted_class(found[i]) is not None for i in gone))
+        # What the image was counted as, and by whose review: its place keeps neither.
+        history.record(batch, history.REMOVED, "; ".join(
+            [f"{item['file']}: {reason}" if reason else item["file"],
+             *(f"{results.name_of(found[i])} was {counted_state(found[i])}" for i in gone)]), now)
         for i in gone:
             found[i] = results.removed_entry(found[i], now, reason, history.reviewer())
-        history.record(batch, history.REMOVED,
-                       f"{item['file']}: {reason}" if reason else item["file"], now)
 
     stored = uploads.update_batch(upload_folder(), batch_id, take_out)
     if stored is None:  # deleted between the two reads
@@ -499,9 +506,7 @@ def add(batch_id: str):
         return batch(batch_id, add_errors=items + copies, status=400)
     try:
         added_to = uploads.add_to_batch(
-            folder, batch_id, items, lambda held: results.image_count(held) <= limit,
-            lambda batch, fresh: history.record(batch, history.ADDED, images_read(fresh),
-                                                time.time()))
+            folder, batch_id, items, lambda held: results.image_count(held) <= limit, note_added)
     except uploads.BatchFull:
         batch_full(load_or_404(batch_id), limit)
     if added_to is None:  # deleted meanwhile
@@ -519,6 +524,14 @@ def removed_meanwhile(batch_id: str, index: int, item: dict):
     saved, and its page, which says so (409)."""
     flash(REVIEW_REMOVED.format(file=results.name_of(item)), WARNING)
     return single(batch_id, index, status=409)
+
+
+def note_added(batch: dict, fresh: list[dict]) -> None:
+    """Record an addition in the batch's history (under its lock), where it added an image:
+    files that could not be read, alone, change no count (another addition may have added the
+    others meanwhile)."""
+    if any("label" in r for r in fresh):
+        history.record(batch, history.ADDED, images_read(fresh), time.time())
 
 
 def images_read(items: list[dict]) -> str:
@@ -745,7 +758,7 @@ def review_many(batch_id: str):
         if not key.startswith("verdict-") or not verdict:
             continue
         number = key.removeprefix("verdict-")
-        verdicts[classified_index(stored, number)] = verdict
+        verdicts[shown_index(stored, number)] = verdict
         check_verdict(verdict, stored)
     listing, start = review_list(stored), whole_number(request.args.get("start", ""))
     confirm = request.form.get("confirm", "")
@@ -824,7 +837,7 @@ def seen_verdicts(stored: dict, field: str | None, required: bool) -> dict[int, 
     seen = {}
     for entry in entries:
         number, _, verdict = entry.partition("=")
-        seen[classified_index(stored, number)] = verdict
+        seen[shown_index(stored, number)] = verdict
     return seen
 
 
@@ -836,7 +849,7 @@ def just_saved(stored: dict, index: int) -> int | None:
     return saved if differential.verdict_of(stored["results"][saved]) is not None else None
 
 
-def classified_index(stored: dict, number: str) -> int:
+def shown_index(stored: dict, number: str) -> int:
     """The index `number` names of a classified result of the batch, or of one whose image was
     removed from it since (the page that sent it was opened before); a 400 for any other."""
     index = whole_number(number)
@@ -898,6 +911,23 @@ def review_change(result: dict, verdict: str | None, confirmed: bool = False) ->
     return f"{results.name_of(result)}: {now} (was {before})"
 
 
+def counted_state(result: dict) -> str:
+    """How the differential counts a result now, and on whose word, in words (the history of a
+    removal): "counted as X, reviewed by Y", "counted as X as the model accepted it", "not
+    counted (...)"."""
+    if "label" not in result:
+        return "not counted (it could not be read)"
+    counted, verdict = differential.counted_class(result), differential.verdict_of(result)
+    by = results.reviewer_of(result)
+    reviewed = f"reviewed{f' by {by}' if by else ''}"
+    if counted is not None:
+        return (f"counted as {display_name(counted)}, {reviewed}" if verdict
+                else f"counted as {display_name(counted)} as the model accepted it")
+    if verdict:
+        return f"not counted ({verdict_text(verdict)}, {reviewed})"
+    return f"not counted (the model's {result['status'].replace('_', ' ')})"
+
+
 def review_state(result: dict) -> str:
     """Where a result's review stands, in words: "reviewed as <class>", "not reviewed", or
     "removed from the batch"."""
@@ -946,7 +976,7 @@ def count_context(stored: dict) -> dict:
         classified=sum(counts.values()),
         removed=results.image_count_removed(stored["results"]),
         # The images removed, each (file, reason), in the order they were uploaded.
-        removed_images=[(r["file"], r["removed"].get("reason") or "") for r in stored["results"]
+        removed_images=[(r["file"], results.removal_reason(r)) for r in stored["results"]
                         if results.is_removed(r) and results.first_of_image(r)],
         unreadable=sum("error" in r for r in stored["results"]),
         left_out=differential.left_out_counts(stored["results"]),
@@ -1098,13 +1128,12 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             add_errors=add_errors or [],
             remove_reason_length=REMOVE_REASON_LENGTH,
             # The cells of the image (each of a field's) that the differential counts now.
-            image_counted=sum(differential.counted_class(r) is not None for r in stored["results"]
-                              if r is item or (item.get("image")
-                                               and r.get("image") == item["image"])),
+            image_counted=sum(differential.counted_class(stored["results"][i]) is not None
+                              for i in results.same_image(stored["results"], index)),
             # Only while another classified result would be left: else the batch goes whole.
             removable=not results.is_removed(item) and any(
-                differential.status_of(r) is not None for r in stored["results"]
-                if r is not item and not (item.get("image") and r.get("image") == item["image"])),
+                differential.status_of(r) is not None for i, r in enumerate(stored["results"])
+                if i not in results.same_image(stored["results"], index)),
         ),
         status,
     )
@@ -1194,6 +1223,7 @@ def history_page(batch_id: str):
     stored = load_or_404(batch_id)
     return _no_store(render_template("history.html", batch=stored, events=history.of(stored),
                                      dropped=history.dropped(stored), kinds=history.KINDS,
+                                     max_events=history.MAX_EVENTS,
                                      sample=sample.of(stored), expires=expires_at(stored)))
 
 
@@ -1282,18 +1312,19 @@ def sign_off(batch_id: str):
     if len(stored["results"]) == 1:
         abort(400, description=SIGN_OFF_ONE_IMAGE)
     if request.form.get(signoff.WITHDRAW_FIELD):
-        signed = signoff.of(stored, count_fingerprint(stored))
+        withdrawn = []  # whose sign-off, as stored when it was withdrawn (under the lock)
 
         def withdraw(b: dict) -> None:
-            if b.get("signoff"):
-                history.record(b, history.WITHDRAWN, f"signed off by {b['signoff']['by']}",
-                               time.time())
+            signed = signoff.of(b, count_fingerprint(b))
+            if signed:
+                withdrawn.append(signed.by)
+                history.record(b, history.WITHDRAWN, f"signed off by {signed.by}", time.time())
             signoff.withdraw(b)
 
         if uploads.update_batch(upload_folder(), batch_id, withdraw) is None:
             abort(404, description=EXPIRED.format(retention=retention()))
-        if signed:
-            flash(SIGN_OFF_WITHDRAWN.format(name=isolated(signed.by)))
+        if withdrawn:
+            flash(SIGN_OFF_WITHDRAWN.format(name=isolated(withdrawn[0])))
         return redirect(url_for("pages.batch", batch_id=batch_id), code=303)
     signer, form = signoff.read_form(request.form)
     if signer is None:

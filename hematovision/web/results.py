@@ -240,13 +240,30 @@ def removed_entry(result: dict[str, Any], at: float, reason: str, by: str) -> di
     be added again."""
     return {"file": result["file"], **({"cell": result["cell"]} if result.get("cell") else {}),
             "removed": {"at": at, "reason": reason, "by": by,
-                        **({"unreadable": True} if "label" not in result else {})}}
+                        # A file that could not be read keeps why, as its CSV row said it.
+                        **({"unreadable": result.get("error") or True}
+                           if "label" not in result else {})}}
+
+
+def same_image(results: list[dict[str, Any]], index: int) -> list[int]:
+    """The indices of the results of result `index`'s image: every cell of a field read cell
+    by cell (they share its stored image), else that result alone."""
+    image = results[index].get("image")
+    return [i for i, r in enumerate(results) if i == index or (image and r.get("image") == image)]
+
+
+def removal_reason(result: dict[str, Any]) -> str:
+    """Why a result's image was removed ("" where no reason was given)."""
+    reason = result["removed"].get("reason")
+    return reason if isinstance(reason, str) else ""
 
 
 def removal_text(result: dict[str, Any]) -> str:
-    """"removed from the batch" and why, as the CSV says it."""
-    reason = result["removed"].get("reason")
-    return f"removed from the batch: {reason}" if reason else "removed from the batch"
+    """"removed from the batch" and why (and for a file that could not be read, why not), as
+    the CSV says it."""
+    reason, unreadable = removal_reason(result), result["removed"].get("unreadable")
+    return "".join(["removed from the batch", f": {reason}" if reason else "",
+                    f" (could not be read: {unreadable})" if isinstance(unreadable, str) else ""])
 
 
 def batch_title(results: list[dict[str, Any]]) -> str:
