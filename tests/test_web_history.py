@@ -159,8 +159,12 @@ def test_saving_what_is_stored_records_nothing_and_the_first_review_stands(clien
     first = stored_json(client, batch_id)["results"][3]["review"]
     call_me(client, "CD")
     review_cells(client, batch_id, n3="monocyte")  # the same verdict again, by another
-    client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
-                                                      "verdict": "monocyte", "seen": "monocyte"})
+    assert "The cells chosen already had those classes: nothing changed." in text(
+        page(client, f"/batch/{batch_id}/review?show=all"))
+    response = client.post(f"/batch/{batch_id}/3/review", follow_redirects=True, data={
+        "csrf_token": csrf_token(client), "verdict": "monocyte", "seen": "monocyte"})
+    assert "3.png was already reviewed as Monocyte: nothing changed." in text(
+        response.get_data(as_text=True))
     for _ in range(2):
         save_sample(client, batch_id, sample_id="S-1")
     save_sample(client, batch_id)  # cleared

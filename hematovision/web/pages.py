@@ -90,6 +90,8 @@ BATCH_FULL = (
 )
 REVIEW_SAVED = "Saved your review of {file}: {verdict}."
 REVIEW_CLEARED = "Cleared the review of {file}: the model's result counts again."
+REVIEW_UNCHANGED = "{file} was already {now}: nothing changed."
+REVIEWS_UNCHANGED = "The cells chosen already had those classes: nothing changed."
 REVIEW_CHANGED_MEANWHILE = (
     "{file} was changed meanwhile (in another tab, or by a colleague): it is now {now}. "
     "Nothing was saved: here it is as it stands; give your class again if it should change.")
@@ -572,17 +574,17 @@ def review(batch_id: str, index: int):
     verdict = request.form.get("verdict", "")
     if verdict:
         check_verdict(verdict, stored)
-    seen, meanwhile, removed = request.form.get("seen"), None, False
+    seen, meanwhile, removed, changed = request.form.get("seen"), None, False, False
 
     def record(batch: dict) -> None:
-        nonlocal meanwhile, removed
+        nonlocal meanwhile, removed, changed
         result = batch["results"][index]
         if results.is_removed(result):
             removed = True
         elif seen is not None and (differential.verdict_of(result) or "") != seen:
             meanwhile = differential.verdict_of(result) or ""
         else:
-            give_verdict(batch, result, verdict or None, time.time())
+            changed = give_verdict(batch, result, verdict or None, time.time())
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
@@ -593,8 +595,12 @@ def review(batch_id: str, index: int):
         flash(REVIEW_CHANGED_MEANWHILE.format(
             file=results.name_of(item), now=review_state(stored["results"][index])), WARNING)
         return single(batch_id, index, status=409)
-    flash(REVIEW_SAVED.format(file=results.name_of(item), verdict=verdict_text(verdict)) if verdict
-          else REVIEW_CLEARED.format(file=results.name_of(item)))
+    if not changed:
+        flash(REVIEW_UNCHANGED.format(file=results.name_of(item),
+                                      now=review_state(stored["results"][index])))
+    else:
+        flash(REVIEW_SAVED.format(file=results.name_of(item), verdict=verdict_text(verdict))
+              if verdict else REVIEW_CLEARED.format(file=results.name_of(item)))
     came_from = list_came_from(stored)
     if verdict and came_from is not None:
         return redirect(url_for("pages.review_all", batch_id=batch_id, **came_from), code=303)
@@ -785,8 +791,7 @@ def review_many(batch_id: str):
                     differential.verdict_of(found[index]) or "") != seen[index]):
                 kept.append(index)
                 continue
-            give_verdict(batch, found[index], verdict, now)
-            saved += 1
+            saved += give_verdict(batch, found[index], verdict, now)
         if not confirm:
             return
         for index in seen.keys() - verdicts.keys():  # `seen` is required with `confirm`
@@ -801,6 +806,8 @@ def review_many(batch_id: str):
     found = stored["results"]
     if saved or confirm:
         flash(reviews_saved(saved, confirmed, confirm))
+    elif not kept:
+        flash(REVIEWS_UNCHANGED)
     if kept:
         flash(REVIEWS_KEPT.format(cells=", ".join(
             f"{results.name_of(found[i])} (now {review_state(found[i])})" for i in sorted(kept))),
@@ -885,16 +892,18 @@ def model_view_image(batch_id: str, index: int):
 
 
 def give_verdict(batch: dict, result: dict, verdict: str | None, at: float,
-                 confirmed: bool = False) -> None:
+                 confirmed: bool = False) -> bool:
     """Save a reviewer's verdict on one of the batch's results (None: clear it), under the
-    name this browser gave, and record it in the batch's history (in place, under the lock)."""
+    name this browser gave, and record it in the batch's history (in place, under the lock);
+    whether it changed anything."""
     if verdict == differential.verdict_of(result):
-        return  # the same again (or nothing to clear): the first review, by whom, stands
+        return False  # the same again (or nothing to clear): the first review, by whom, stands
     history.record(batch, history.REVIEWED, review_change(result, verdict, confirmed), at)
     if verdict:
         result["review"] = {"label": verdict, "at": at, "by": history.reviewer()}
     else:
         result.pop("review", None)
+    return True
 
 
 def review_change(result: dict, verdict: str | None, confirmed: bool = False) -> str:
