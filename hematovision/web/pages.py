@@ -441,7 +441,7 @@ def remove(batch_id: str, index: int):
             outcome["already"] = item
             return
         gone = results.same_image(found, index)
-        if not any(differential.status_of(r) for i, r in enumerate(found) if i not in gone):
+        if not results.classified_besides(found, gone):
             outcome["last"] = True
             return
         # Each removal leaves its place behind: without a bound, adding and removing again
@@ -1081,6 +1081,7 @@ def report(batch_id: str):
 def single(batch_id: str, index: int, add_errors: list[dict] | None = None, status: int = 200):
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
+    of_image = results.same_image(stored["results"], index)  # each cell of its field
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
     candidates = item.get("candidates") or []  # none for a file that could not be read
     predictor = served_model(stored["model"])
@@ -1138,11 +1139,10 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             remove_reason_length=REMOVE_REASON_LENGTH,
             # The cells of the image (each of a field's) that the differential counts now.
             image_counted=sum(differential.counted_class(stored["results"][i]) is not None
-                              for i in results.same_image(stored["results"], index)),
+                              for i in of_image),
             # Only while another classified result would be left: else the batch goes whole.
-            removable=not results.is_removed(item) and any(
-                differential.status_of(r) is not None for i, r in enumerate(stored["results"])
-                if i not in results.same_image(stored["results"], index)),
+            removable=(not results.is_removed(item)
+                       and results.classified_besides(stored["results"], of_image)),
         ),
         status,
     )

@@ -252,6 +252,12 @@ def same_image(results: list[dict[str, Any]], index: int) -> list[int]:
     return [i for i, r in enumerate(results) if i == index or (image and r.get("image") == image)]
 
 
+def classified_besides(results: list[dict[str, Any]], gone: list[int]) -> bool:
+    """Whether a classified result is left once the results `gone` (an image's: `same_image`)
+    are removed: the batch's last classified image is not removed, the batch is deleted."""
+    return any(status_of(r) is not None for i, r in enumerate(results) if i not in gone)
+
+
 def removal_reason(result: dict[str, Any]) -> str:
     """Why a result's image was removed ("" where no reason was given)."""
     reason = result["removed"].get("reason")
