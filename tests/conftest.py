@@ -161,6 +161,15 @@ def image_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    """The models a web test's app serves: one copy of the trusted tiny model, "tiny". A module
+    whose app serves others defines its own."""
+    from tests.web_helpers import make_models_root
+
+    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
+
+
+@pytest.fixture
 def app(tmp_path, models_root):
     """The web app on the `models_root` fixture of the requesting test module."""
     from tests.web_helpers import make_app

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import history, uploads
-from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               prose, review_cells, save_sample, shown_count, sign_off,
-                               stored_json, text, upload)
+from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, page, prose, review_cells,
+                               save_sample, shown_count, sign_off, stored_json, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -21,11 +20,6 @@ MODEL_SAID = [
     ("neutrophil", "accepted", 0.95),
     ("monocyte", "unidentified", 0.55),
 ]
-
-
-@pytest.fixture
-def models_root(tmp_path, trusted_model_dir):
-    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import uploads
-from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, make_models_root, page,
-                               prose, review_cells, save_sample, sign_off, text, upload)
+from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, page, prose, review_cells,
+                               save_sample, sign_off, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -20,11 +20,6 @@ MODEL_SAID = [
     ("eosinophil", "unidentified", 0.55),
     ("monocyte", "not_a_cell", 0.40),
 ]
-
-
-@pytest.fixture
-def models_root(tmp_path, trusted_model_dir):
-    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
 
 
 @pytest.fixture

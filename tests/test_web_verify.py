@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import uploads
-from tests.web_helpers import (batch_as_said, csrf_token, make_models_root, page, review_cells,
-                               text)
+from tests.web_helpers import batch_as_said, csrf_token, page, review_cells, text
 
 # What the model said of each image of the batch (label, status, confidence).
 MODEL_SAID = [
@@ -23,11 +22,6 @@ MODEL_SAID = [
     ("neutrophil", "accepted", 0.995),
     ("monocyte", "not_a_cell", 0.40),
 ]
-
-
-@pytest.fixture
-def models_root(tmp_path, trusted_model_dir):
-    return make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",))
 
 
 def folder(client) -> Path:
