@@ -983,7 +983,6 @@ def count_context(stored: dict) -> dict:
         differential=counted,
         counts=counts,
         classified=sum(counts.values()),
-        removed=results.image_count_removed(stored["results"]),
         # The images removed, each (file, reason), in the order they were uploaded.
         removed_images=[(r["file"], results.removal_reason(r)) for r in stored["results"]
                         if results.is_removed(r) and results.first_of_image(r)],
