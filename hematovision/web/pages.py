@@ -1081,6 +1081,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     stored = load_or_404(batch_id)
     item = item_or_404(stored, index)
     of_image = results.same_image(stored["results"], index)  # each cell of its field
+    held = [i for i, r in enumerate(stored["results"]) if not results.is_removed(r)]
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
     candidates = item.get("candidates") or []  # none for a file that could not be read
     predictor = served_model(stored["model"])
@@ -1127,12 +1128,9 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
                 stored["results"], predictor.magnification if predictor else None),
             rough_ece=ROUGH_ECE,
             others={n: models.get(n) for n in models.names() if n != stored["model"]},
-            neighbours=neighbours(stored["results"], index),
-            # Which result this is of those the batch holds ("3 of 12"), its removed images'
-            # places passed over; a removed one's own place among them.
-            place=(sum(not results.is_removed(r) for r in stored["results"][:index])
-                   + (not results.is_removed(item)),
-                   sum(not results.is_removed(r) for r in stored["results"])),
+            neighbours=neighbours(held, index),
+            # Which result this is of those the batch holds ("3 of 12").
+            place=(sum(i <= index for i in held), len(held)),
             expires=expires_at(stored),
             add_errors=add_errors or [],
             remove_reason_length=REMOVE_REASON_LENGTH,
@@ -1147,9 +1145,9 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     )
 
 
-def neighbours(found: list[dict], index: int) -> tuple[int | None, int | None]:
-    """The previous and next results of the batch, passing over those removed from it."""
-    held = [i for i, r in enumerate(found) if not results.is_removed(r)]
+def neighbours(held: list[int], index: int) -> tuple[int | None, int | None]:
+    """The previous and next results of the batch, of those it holds (`held`, their indices:
+    removed images' places passed over)."""
     return (max((i for i in held if i < index), default=None),
             min((i for i in held if i > index), default=None))
 
