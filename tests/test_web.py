@@ -389,7 +389,7 @@ def test_the_reserved_class_names_are_the_review_lists_and_the_exclusion():
     from hematovision.cells import OTHER_WHITE_CELL
     from hematovision.differential import EXCLUDED
     from hematovision.web.models import RESERVED_CLASS_NAMES
-    from hematovision.web.pages import REVIEW_LISTS
+    from hematovision.web.review_lists import REVIEW_LISTS
 
     assert set(RESERVED_CLASS_NAMES) == {*REVIEW_LISTS, OTHER_WHITE_CELL, EXCLUDED}
 
@@ -793,7 +793,7 @@ def test_an_unknown_address_does_not_blame_deleted_results(client, path):
     (0.0006, "0.1 %"), (0.00004, "< 0.1 %"), (0.0, "0.0 %"), (None, "—")])
 def test_probabilities_are_never_shown_as_certain(value, shown):
     """A calibrated 0.99996 is not a certainty: the page must not round it to 100.0 %."""
-    from hematovision.web.pages import probability_pct
+    from hematovision.web.filters import probability_pct
 
     assert probability_pct(value) == shown
 
@@ -802,7 +802,7 @@ def test_probabilities_are_never_shown_as_certain(value, shown):
     (0.99996, 2, "> 99.99 %"), (0.99994, 2, "99.99 %"), (0.00004, 2, "< 0.01 %"),
     (0.9989, 2, "99.89 %")])
 def test_probabilities_keep_their_caps_at_more_decimals(value, digits, shown):
-    from hematovision.web.pages import probability_pct
+    from hematovision.web.filters import probability_pct
 
     assert probability_pct(value, digits) == shown
 
@@ -815,7 +815,7 @@ def test_probabilities_keep_their_caps_at_more_decimals(value, digits, shown):
     (None, 0.5, 100, 1, 1)])
 def test_a_score_and_its_threshold_get_the_decimals_that_tell_them_apart(
         value, threshold, scale, least, digits):
-    from hematovision.web.pages import decimals_apart
+    from hematovision.web.filters import decimals_apart
 
     assert decimals_apart(value, threshold, scale, least) == digits
 

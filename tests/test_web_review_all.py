@@ -146,9 +146,9 @@ def test_the_model_view_is_the_nucleus_square_for_a_model_that_crops(client):
 
 
 def test_a_long_batch_is_reviewed_a_page_of_cells_at_a_time(client, batch_id, monkeypatch):
-    from hematovision.web import pages
+    from hematovision.web import review_pages
 
-    monkeypatch.setattr(pages, "REVIEW_PAGE_CELLS", 3)
+    monkeypatch.setattr(review_pages, "REVIEW_PAGE_CELLS", 3)
     html = page(client, f"/batch/{batch_id}/review")
     assert "4 cells the model set aside, not reviewed yet: 1 to 3 shown here" in text(html)
     assert "Save these to see the next ones." in text(html)

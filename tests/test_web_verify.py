@@ -158,9 +158,9 @@ def test_the_batch_page_leads_to_each_class_list(client, batch_id):
 
 
 def test_saving_without_confirming_keeps_the_list_and_its_page(client, batch_id, monkeypatch):
-    from hematovision.web import pages
+    from hematovision.web import review_pages
 
-    monkeypatch.setattr(pages, "REVIEW_PAGE_CELLS", 2)
+    monkeypatch.setattr(review_pages, "REVIEW_PAGE_CELLS", 2)
     response = post(client, batch_id, "neutrophil&start=2", n4="monocyte")
     assert response.headers["Location"].endswith(
         f"/batch/{batch_id}/review?show=neutrophil&start=2")
@@ -226,9 +226,9 @@ def test_a_cell_opened_from_a_list_is_saved_back_to_it_never_over_a_verdict_unse
 
 def test_a_cell_opened_from_a_page_of_a_list_goes_back_to_that_page(client, batch_id,
                                                                     monkeypatch):
-    from hematovision.web import pages
+    from hematovision.web import review_pages
 
-    monkeypatch.setattr(pages, "REVIEW_PAGE_CELLS", 2)
+    monkeypatch.setattr(review_pages, "REVIEW_PAGE_CELLS", 2)
     html = page(client, f"/batch/{batch_id}/review?show=all&start=2")  # cells 1 and 0
     assert f'href="/batch/{batch_id}/1?show=all&amp;start=2"' in html
     cell = page(client, f"/batch/{batch_id}/1?show=all&start=2")

@@ -73,13 +73,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # order, exactly as the predict CLI writes them.
     app.json.sort_keys = False
 
-    from hematovision.web import api, errors, models, pages, security, uploads
+    from hematovision.web import (api, batch_pages, errors, filters, images, model_pages, models,
+                                  pages, review_pages, security, uploads)
 
     models.init_app(app)
     security.init_app(app)
     uploads.init_app(app)
     errors.init_app(app)
+    app.register_blueprint(filters.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(batch_pages.bp)
+    app.register_blueprint(review_pages.bp)
+    app.register_blueprint(images.bp)
+    app.register_blueprint(model_pages.bp)
     app.register_blueprint(api.bp)
     return app
 

@@ -22,9 +22,9 @@ from hematovision.differential import EXCLUDED
 from hematovision.predictor import DEFAULT_MODEL, SERVING_FILE, Predictor, available_models
 from hematovision.trust import check_accuracy_target
 
-# Names the review page's lists (`pages.REVIEW_LISTS`) and the reviewer's own verdicts (a white
-# cell of a type the model does not name, an exclusion) take: a class of a served model named
-# so would have its cells listed, or counted, as something else.
+# Names the review page's lists (`review_lists.REVIEW_LISTS`) and the reviewer's own verdicts
+# (a white cell of a type the model does not name, an exclusion) take: a class of a served model
+# named so would have its cells listed, or counted, as something else.
 RESERVED_CLASS_NAMES = ("", "all", "no-white-cell", OTHER_WHITE_CELL, EXCLUDED)
 # ... and the characters that part the review page's list of the verdicts it showed.
 RESERVED_CLASS_CHARACTERS = ",="

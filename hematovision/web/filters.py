@@ -1,0 +1,191 @@
+"""How the pages say things: the template filters and globals that format a value (numbers,
+shares, moments, names, verdicts, counts) and the context every page's layout reads. A blueprint
+without routes, so that each is app-wide and its name stands on its definition."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app
+
+from hematovision import differential
+from hematovision.cells import OTHER_WHITE_CELL, display_name
+from hematovision.fields import NO_WHITE_CELL
+from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE
+from hematovision.web import models, results, sample
+
+bp = Blueprint("filters", __name__)
+
+
+@bp.app_context_processor
+def layout_context() -> dict:
+    return {
+        "model_names": models.names(),
+        "default_model": models.default_name(),
+        "retention": retention(),
+        "STATUS_TEXT": STATUS_TEXT,
+        "ACCEPTED": ACCEPTED,
+        "UNIDENTIFIED": UNIDENTIFIED,
+        "NOT_A_CELL": NOT_A_CELL,
+        "EXCLUDED": differential.EXCLUDED,
+        "OTHER_WHITE_CELL": OTHER_WHITE_CELL,
+        "NO_WHITE_CELL": NO_WHITE_CELL,
+        "WHITE_CELL_RULE": WHITE_CELL_RULE,
+    }
+
+
+bp.add_app_template_filter(display_name, "cell_name")
+
+
+@bp.app_template_filter("isolated")
+def isolated(text: str) -> str:
+    """A name or ID a person typed, set apart from the sentence around it for right-to-left
+    text (Unicode first-strong isolate), where markup cannot (<bdi>): a message, an attribute.
+    Written right to left, "Signed off by <name>, 07 Dec" would otherwise carry the date into
+    the name's direction."""
+    return f"\u2068{text}\u2069"
+
+
+@bp.app_template_filter("compact")
+def compact(value) -> str:
+    """A card value on one line: numbers to 4 significant digits, nested values flattened."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {compact(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(compact(v) for v in value)
+    return str(value)
+
+
+@bp.app_template_filter("sentence")
+def sentence(text: str) -> str:
+    """A card's free text ended as a sentence, so the page's next sentence does not run on."""
+    text = str(text).rstrip()
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+bp.add_app_template_filter(results.name_of, "item_name")
+bp.add_app_template_filter(results.image_count, "image_count")
+bp.add_app_template_filter(results.first_of_image, "first_of_image")
+bp.add_app_template_test(results.is_removed, "removed")
+bp.add_app_template_filter(results.reviewer_of, "reviewer_of")
+bp.add_app_template_filter(results.removal_reason, "removal_reason")
+bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
+bp.add_app_template_filter(differential.flag_text, "flag_text")
+bp.add_app_template_filter(differential.findings, "findings")
+
+
+@bp.app_template_filter("batch_name")
+def batch_name(stored: dict) -> str:
+    """A batch as its pages name it: "Batch of N images", after its sample's ID where given."""
+    title, described = results.batch_title(stored["results"]), sample.of(stored)
+    return f"Sample {described.id} · {title}" if described.id else title
+
+
+@bp.app_template_filter("status")
+def status(result: dict) -> str | None:
+    """accepted / unidentified / not_a_cell of a stored result; None for an unreadable file."""
+    return differential.status_of(result)
+
+
+bp.add_app_template_filter(results.iso_time, "iso_utc")
+
+
+@bp.app_template_filter("clock_utc")
+def clock_utc(timestamp: float, seconds: bool = False) -> str:
+    """A moment for people, with its day (retention may be set to days): in UTC, and said so,
+    since the server's zone is not theirs; with `seconds`, to the second (a history's changes
+    come seconds apart). A time a damaged file holds instead of one: "an unknown time"."""
+    if not results.is_time(timestamp):
+        return "an unknown time"
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime(
+        f"%d %b %Y, %H:%M{':%S' if seconds else ''} UTC")
+
+
+@bp.app_template_filter("fixed")
+def fixed(value, digits: int = 4) -> str:
+    """A card or score number with `digits` decimals; a dash where the card has none."""
+    return f"{value:.{digits}f}" if _is_number(value) else "—"
+
+
+@bp.app_template_filter("pct")
+def pct(value, digits: int = 1) -> str:
+    """A 0..1 share as a percentage with `digits` decimals; a dash where the card has none."""
+    return f"{value * 100:.{digits}f} %" if _is_number(value) else "—"
+
+
+@bp.app_template_filter("interval")
+def interval(bounds) -> str:
+    """A reference interval, as labs write it: "40–70" (percent), "2–7.5" (x 10^9/L); "0" for
+    none at all (nucleated red cells in an adult)."""
+    low, high = bounds
+    return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+
+
+@bp.app_template_filter("probability_pct")
+def probability_pct(value, digits: int = 1) -> str:
+    """A model's probability as a percentage with `digits` decimals, never rounded to a
+    certainty it does not have: with one decimal, 99.95 % and above reads "> 99.9 %", a
+    non-zero value below 0.05 % "< 0.1 %"."""
+    shown = pct(value, digits)
+    step = 10.0**-digits
+    if shown == pct(1.0, digits):
+        return f"> {100 - step:.{digits}f} %"
+    if _is_number(value) and value > 0 and shown == pct(0.0, digits):
+        return f"< {step:.{digits}f} %"
+    return shown
+
+
+@bp.app_template_global()
+def decimals_apart(value, threshold, scale: float = 1.0, least: int = 1) -> int:
+    """The fewest decimals (from `least`) at which `value` and `threshold`, times `scale`, print
+    differently, so that a score shown beside its threshold never looks equal to it while the
+    check says it is above or below (rounding keeps the order of numbers that print apart);
+    `least` where they are equal or either is missing."""
+    if not (_is_number(value) and _is_number(threshold)):
+        return least
+    for digits in range(least, 7):
+        if f"{value * scale:.{digits}f}" != f"{threshold * scale:.{digits}f}":
+            return digits
+    return least
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@bp.app_template_filter("verdict")
+def verdict_text(verdict: str) -> str:
+    """A reviewer's verdict in words: the class's display name, or what excluding means."""
+    if verdict == differential.EXCLUDED:
+        return "excluded from the counts"
+    return display_name(verdict)
+
+
+@bp.app_template_global()
+def left_out_text(reason: str) -> str:
+    """Why an image is not in the differential, in words (differential.LEFT_OUT_REASONS)."""
+    return "Excluded on review" if reason == differential.EXCLUDED else STATUS_TEXT[reason]
+
+
+def retention() -> str:
+    """How long uploads and results are kept, in words ("1 hour")."""
+    return human_duration(current_app.config["RETENTION_SECONDS"])
+
+
+def human_duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            return how_many(int(seconds // size), unit)
+    return f"{seconds:g} seconds"
+
+
+@bp.app_template_global()
+def how_many(count: int, unit: str) -> str:
+    """A count with its unit, as the messages say it: "1 cell", "3 cells"."""
+    return f"{count} {unit}{'s' if count != 1 else ''}"

@@ -1,0 +1,64 @@
+"""What the page modules share: a stored batch, one of its results, a served model and the
+upload folder, each found or a 404 that says why; the flash category of a warning; and the
+header that keeps private responses out of caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import abort, current_app
+
+from hematovision.predictor import Predictor
+from hematovision.web import models, results, uploads
+from hematovision.web.filters import how_many, retention
+
+EXPIRED = "No such result: it may have been deleted, as results are kept for {retention}."
+IMAGE_REMOVED = "{file} was removed from this batch, and its stored copy deleted."
+# The flash category of a notice that something was not saved (base.html: a warning, not the
+# green of a saved change).
+WARNING = "warning"
+
+
+def upload_folder() -> Path:
+    return Path(current_app.config["UPLOAD_FOLDER"])
+
+
+def served_model(name: str) -> Predictor | None:
+    """The loaded model of that exact name (`models.get` would fall back to the default)."""
+    return models.get(name) if name in models.names() else None
+
+
+def expires_at(stored: dict) -> float:
+    """When a stored batch is deleted: its file is written at `created` (a review rewrites it
+    but keeps that time) and purged `RETENTION_SECONDS` after (uploads.purge_expired)."""
+    return stored.get("created", 0) + current_app.config["RETENTION_SECONDS"]
+
+
+def item_or_404(stored: dict, index: int) -> dict:
+    count = len(stored["results"])
+    if index >= count:
+        abort(404, description=f"This batch holds {how_many(count, 'image')}, "
+                               f"numbered from 0 in its addresses: there is no image {index}.")
+    return stored["results"][index]
+
+
+def image_item_or_404(stored: dict, index: int) -> dict:
+    """`item_or_404` for a picture of the result: 404 where its image was removed."""
+    item = item_or_404(stored, index)
+    if results.is_removed(item):
+        abort(404, description=IMAGE_REMOVED.format(file=item["file"]))
+    return item
+
+
+def load_or_404(batch_id: str) -> dict:
+    stored = uploads.load_batch(upload_folder(), batch_id)
+    if stored is None:
+        abort(404, description=EXPIRED.format(retention=retention()))
+    return stored
+
+
+def _no_store(response, status: int | None = None):
+    """Results and uploaded images are private: keep them out of shared and browser caches."""
+    response = current_app.make_response(response if status is None else (response, status))
+    response.headers["Cache-Control"] = "no-store"
+    return response
