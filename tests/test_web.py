@@ -668,6 +668,20 @@ def test_csrf_token_of_another_session_is_refused(app):
     assert response.status_code == 400
 
 
+def test_every_page_form_refuses_a_forged_token(app, client):
+    """The pages are served by several blueprints: each that takes a form runs the CSRF check,
+    so a POST to any route but the API's is refused (400) with a token not this session's."""
+    csrf_token(client)
+    posts = [rule.rule for rule in app.url_map.iter_rules()
+             if "POST" in rule.methods and not rule.rule.startswith("/api/")]
+    assert len(posts) >= 10
+    for path in posts:
+        response = client.post(path.replace("<batch_id>", "0" * 32).replace("<int:index>", "0"),
+                               data={"csrf_token": "forged"})
+        assert response.status_code == 400, path
+        assert "The form has expired" in response.get_data(as_text=True), path
+
+
 @pytest.mark.parametrize("path", ["/upload", f"/batch/{'0' * 32}/delete", "/api/predict"])
 def test_a_body_cut_short_mid_chunk_is_answered_at_once(app, path):
     """A form sent in chunks, one of them malformed: the body cannot be read. The answer is a
