@@ -286,6 +286,35 @@ function guardUnsavedReviews() {
   form.addEventListener("submit", () => window.removeEventListener("beforeunload", warn));
 }
 
+// A batch is deleted a while after its last change. A page left open (a review list being
+// worked through, a count waiting for its signer) says so before that time comes, while a save
+// or "Keep it" still renews the batch. The time left is counted from what the server said as
+// it wrote the page, so a browser whose clock is wrong still warns on time.
+function warnBeforeDeletion() {
+  const note = document.getElementById("expires-soon");
+  if (!note) return;
+  const left = Number(note.dataset.secondsLeft);
+  const warnAt = Number(note.dataset.warnSeconds);
+  const written = Date.now();
+  const update = () => {
+    const remaining = left - (Date.now() - written) / 1000;
+    if (remaining > warnAt) return;
+    note.hidden = false;
+    const ended = remaining <= 0;
+    note.querySelector(".expires-soon-text").hidden = ended;
+    note.querySelector(".expires-ended-text").hidden = !ended;
+    if (ended) {
+      clearInterval(timer);
+      return;
+    }
+    const minutes = Math.ceil(remaining / 60);
+    note.querySelector(".expires-soon-in").textContent =
+      minutes === 1 ? "in less than a minute" : `in ${minutes} minutes`;
+  };
+  const timer = setInterval(update, 1000);
+  update();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawBars();
   setUpHeatMap();
@@ -297,5 +326,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpPrint();
   focusFirstInvalidField();
   guardUnsavedReviews();
+  warnBeforeDeletion();
 });
 })();

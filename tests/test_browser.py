@@ -24,7 +24,7 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from tests.conftest import make_image
-from tests.web_helpers import make_app, make_models_root
+from tests.web_helpers import aged, make_app, make_models_root
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -407,6 +407,26 @@ def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_pat
     with pytest.raises(urllib.error.HTTPError) as gone:
         urllib.request.urlopen(batch_url)
     assert gone.value.code == 404
+
+
+def test_a_page_left_open_warns_before_its_batch_is_deleted(browser, tmp_path,
+                                                            trusted_model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Kept 60 s after its last change: the warning shows in the last quarter, its last 15 s.
+    with serving(tmp_path, trusted_model_dir, RETENTION_SECONDS=60) as url:
+        batch_url = upload_two_cells(browser, url, tmp_path)
+        aged(tmp_path / "uploads", batch_url.rsplit("/", 1)[1], 40)
+        browser.get(batch_url)
+        note = wait_for(browser, "#expires-soon")
+        assert not note.is_displayed()  # 20 s are left, less the time the page took
+        WebDriverWait(browser, 20).until(lambda _: note.is_displayed())
+        assert "This batch is deleted in less than a minute" in note.text
+        assert note.find_element(By.CSS_SELECTOR, "button").text == "Keep it 1 minute from now"
+        browser.save_screenshot("/tmp/hematovision_expiry_warning.png")
+        WebDriverWait(browser, 20).until(lambda _: "ran out" in note.text)
+        assert not note.find_element(By.CSS_SELECTOR, "button").is_displayed()
 
 
 def test_a_review_changes_the_class_the_differential_counts(browser, base_url, tmp_path):

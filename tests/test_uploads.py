@@ -157,7 +157,7 @@ def test_expired_results_are_purged_and_fresh_ones_kept(client, tmp_path):
     assert len(list(folder.glob("*.jpg"))) == 1
     response = client.get(f"/batch/{old}")
     assert response.status_code == 404
-    assert "results are kept for 1 minute" in response.get_data(as_text=True)
+    assert "a batch is deleted 1 minute after its last change" in response.get_data(as_text=True)
     assert client.get(f"/batch/{new}").status_code == 200
 
 
@@ -317,20 +317,61 @@ def test_changes_from_several_processes_at_once_all_land(tmp_path):
     assert [r.get("review") for r in stored] == list(range(80))
 
 
-def test_a_change_keeps_the_upload_time_and_never_brings_back_a_deleted_batch(tmp_path):
-    folder = tmp_path / "uploads"
-    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": "a.jpg"}]})
-    path = folder / f"{batch_id}.json"
-    uploaded = time.time() - 1000
-    os.utime(path, (uploaded, uploaded))
+def stored_times(folder, batch_id, images) -> list[float]:
+    return [(folder / f"{name}").stat().st_mtime
+            for name in [f"{batch_id}.json"] + [f"{image}.jpg" for image in images]]
 
+
+def test_a_change_renews_the_retention_of_the_batch_and_its_images(tmp_path):
+    folder = tmp_path / "uploads"
+    images = [uploads.save_image(folder, Image.new("RGB", (8, 8))) for _ in range(2)]
+    uploaded = time.time() - 1000
+    batch_id = uploads.save_batch(folder, {**EMPTY, "created": uploaded, "results": [
+        {"file": "a.jpg", "image": images[0]}, {"file": "b.jpg", "image": images[1]},
+        {"file": "gone.jpg", "image": uploads.new_id()}]})  # its image deleted already
+    for name in [f"{batch_id}.json"] + [f"{image}.jpg" for image in images]:
+        os.utime(folder / name, (uploaded, uploaded))
+
+    before = time.time()
     changed = uploads.update_batch(folder, batch_id,
                                    lambda batch: batch["results"][0].update(review="x"))
     assert changed["results"][0]["review"] == "x"
     assert uploads.load_batch(folder, batch_id) == changed
-    # The purge deletes by this time, so a change must not extend the batch's retention.
-    assert path.stat().st_mtime == pytest.approx(uploaded)
+    assert changed["created"] == uploaded  # the upload time stays what it was
+    assert before <= uploads.kept_from(changed) <= time.time()
+    # The purge deletes by the files' times: all of them now say the change's time.
+    assert stored_times(folder, batch_id, images) == pytest.approx(
+        [uploads.kept_from(changed)] * 3)
+    assert uploads.purge_expired(folder, 900) == 0
+    assert uploads.purge_expired(folder, 900, now=uploads.kept_from(changed) + 901) == 3
+    assert not any(p.name.endswith((".json", ".jpg")) for p in folder.iterdir())
 
+
+def test_changes_within_a_minute_of_the_last_renewal_leave_the_stored_times(tmp_path):
+    folder = tmp_path / "uploads"
+    image = uploads.save_image(folder, Image.new("RGB", (8, 8)))
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": "a", "image": image}]})
+    created = uploads.load_batch(folder, batch_id)["created"]
+    stamped = created - 5  # a time only the file has: a renewal would overwrite it
+    for name in (f"{batch_id}.json", f"{image}.jpg"):
+        os.utime(folder / name, (stamped, stamped))
+
+    changed = uploads.update_batch(folder, batch_id,
+                                   lambda batch: batch["results"][0].update(review="x"))
+    assert "kept_from" not in changed and uploads.kept_from(changed) == created
+    assert stored_times(folder, batch_id, [image]) == pytest.approx([stamped, stamped])
+
+
+@pytest.mark.parametrize("damaged", ["yesterday", None, True, [1]])
+def test_a_renewal_time_not_as_the_app_writes_it_falls_back_to_the_upload(damaged):
+    assert uploads.kept_from({"created": 100.0, "kept_from": damaged}) == 100.0
+    assert uploads.kept_from({"created": 100.0, "kept_from": 250}) == 250
+
+
+def test_a_change_never_brings_back_a_deleted_batch(tmp_path):
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": "a.jpg"}]})
+    path = folder / f"{batch_id}.json"
     assert uploads.delete_batch(folder, batch_id) == 0
     assert uploads.update_batch(folder, batch_id, lambda batch: None) is None
     assert not path.exists()

@@ -785,7 +785,7 @@ def test_decompression_bomb_in_the_form_is_a_400(client):
     "path, status, phrase",
     [
         ("/no/such/page", 404, "Page not found"),
-        ("/batch/" + "0" * 32, 404, "results are kept for 1 hour"),
+        ("/batch/" + "0" * 32, 404, "a batch is deleted 1 hour after its last change"),
         ("/upload", 405, "Method not allowed"),
     ],
 )
@@ -859,7 +859,7 @@ def test_environment_configures_the_app(monkeypatch, tmp_path, models_root):
     monkeypatch.setenv("HEMATOVISION_UPLOAD_FOLDER", str(tmp_path / "up"))
     app = create_app()
     assert app.config["RETENTION_SECONDS"] == 600 and app.config["SECRET_KEY"] == "from-env"
-    assert "deleted after 10 minutes" in app.test_client().get("/").get_data(as_text=True)
+    assert "deleted 10 minutes after their batch" in app.test_client().get("/").get_data(as_text=True)
 
 
 def api_docs_example(client) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import struct
@@ -312,6 +313,24 @@ def stored_json(client, batch_id: str) -> dict:
     """A batch as stored on disk by the client's app."""
     folder = Path(client.application.config["UPLOAD_FOLDER"])
     return json.loads((folder / f"{batch_id}.json").read_text())
+
+
+def aged(folder: Path, batch_id: str, seconds: float) -> None:
+    """Make the batch stored in `folder` `seconds` older, as if that time had passed: its
+    upload, its last renewal and its files' times, by which the purge goes."""
+    from hematovision.web import uploads
+
+    path = folder / f"{batch_id}.json"
+    batch = json.loads(path.read_text())
+    batch["created"] -= seconds
+    if "kept_from" in batch:
+        batch["kept_from"] -= seconds
+    path.write_text(json.dumps(batch))
+    stamp = uploads.kept_from(batch)
+    for item in batch["results"]:
+        if item.get("image"):
+            os.utime(folder / f"{item['image']}.jpg", (stamp, stamp))
+    os.utime(path, (stamp, stamp))
 
 
 def deleted_before_every_update(monkeypatch, client, batch_id: str) -> Path:

@@ -4,6 +4,8 @@ without routes, so that each is app-wide and its name stands on its definition."
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app
@@ -15,6 +17,9 @@ from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, 
 from hematovision.web import models, results, sample
 
 bp = Blueprint("filters", __name__)
+# A page left open warns that its batch is about to be deleted in the last quarter of the
+# retention time, and at most its last 10 minutes: time to finish a review, not a standing alarm.
+WARN_BEFORE_DELETION_SECONDS = 600
 
 
 @bp.app_context_processor
@@ -174,8 +179,25 @@ def left_out_text(reason: str) -> str:
 
 
 def retention() -> str:
-    """How long uploads and results are kept, in words ("1 hour")."""
+    """How long uploads and results are kept after their batch's last change, in words
+    ("1 hour")."""
     return human_duration(current_app.config["RETENTION_SECONDS"])
+
+
+@bp.app_template_global()
+def time_left(expires: float) -> dict:
+    """How long a batch has left before it is deleted at `expires`, as its pages warn of it:
+    `seconds` is the server's figure as it writes the page, which static/app.js counts down
+    from (a browser's own clock may be wrong), `soon` whether the warning shows already;
+    `known` is false for a time a damaged file holds (the page then has no warning)."""
+    known = results.is_time(expires)
+    seconds = max(0.0, expires - time.time()) if known else 0.0
+    warn = min(WARN_BEFORE_DELETION_SECONDS, current_app.config["RETENTION_SECONDS"] / 4)
+    minutes = math.ceil(seconds / 60)
+    return {"known": known, "seconds": seconds, "warn_seconds": warn,
+            "soon": known and seconds <= warn,
+            "in_words": f"in {minutes} minutes" if minutes > 1 else "in less than a minute",
+            "retention": retention()}
 
 
 def human_duration(seconds: float) -> str:

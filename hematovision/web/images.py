@@ -18,7 +18,8 @@ from hematovision.web.lookup import (_no_store, image_item_or_404, load_or_404, 
 
 bp = Blueprint("images", __name__)
 
-IMAGE_EXPIRED = "The stored image is gone: uploads are kept for {retention}."
+IMAGE_EXPIRED = ("The stored image is gone: a batch's images are deleted {retention} after its "
+                 "last change.")
 NO_HEAT_MAP = (
     "Model {name!r} has no heat maps: its folder has no fitted trust layer (trust.npz)."
 )

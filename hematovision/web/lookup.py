@@ -12,7 +12,8 @@ from hematovision.predictor import Predictor
 from hematovision.web import models, results, uploads
 from hematovision.web.filters import how_many, retention
 
-EXPIRED = "No such result: it may have been deleted, as results are kept for {retention}."
+EXPIRED = ("No such result: it may have been deleted, as a batch is deleted {retention} after "
+           "its last change.")
 IMAGE_REMOVED = "{file} was removed from this batch, and its stored copy deleted."
 # The flash category of a notice that something was not saved (base.html: a warning, not the
 # green of a saved change).
@@ -29,9 +30,9 @@ def served_model(name: str) -> Predictor | None:
 
 
 def expires_at(stored: dict) -> float:
-    """When a stored batch is deleted: its file is written at `created` (a review rewrites it
-    but keeps that time) and purged `RETENTION_SECONDS` after (uploads.purge_expired)."""
-    return stored.get("created", 0) + current_app.config["RETENTION_SECONDS"]
+    """When a stored batch is deleted: `RETENTION_SECONDS` after its last change or upload
+    (uploads.kept_from), by which time the purge takes it (uploads.purge_expired)."""
+    return uploads.kept_from(stored) + current_app.config["RETENTION_SECONDS"]
 
 
 def item_or_404(stored: dict, index: int) -> dict:

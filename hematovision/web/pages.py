@@ -26,7 +26,7 @@ from hematovision.web import history, manual, models, recent, results, sample, s
 from hematovision.web.batch_pages import REMOVE_REASON_LENGTH, batch, count_fingerprint
 from hematovision.web.classify import classify_request, new_files, uploaded_files
 from hematovision.web.errors import TITLES as ERROR_TITLES
-from hematovision.web.filters import how_many, isolated, retention
+from hematovision.web.filters import clock_utc, how_many, isolated, retention
 from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.lookup import (EXPIRED, WARNING, expires_at, item_or_404, load_or_404,
                                      served_model, upload_folder)
@@ -73,6 +73,7 @@ MANUAL_ONE_IMAGE = ("A manual count is compared with a differential: add images 
 SIGN_OFF_ONE_IMAGE = "A sign-off is given for a differential: add images to this batch first."
 SIGNED_OFF = "Signed off by {name}: the page, the printed report and the differential CSV say so."
 SIGN_OFF_WITHDRAWN = "Withdrew the sign-off by {name}."
+KEPT = "Kept this batch until {until}; any later change keeps it {retention} from then."
 # An address on this site: a path from its root, not `//host` nor `/\host` (read by browsers
 # as another site), with no blanks or controls.
 LOCAL_ADDRESS = re.compile(r"/(?![/\\])[^\s\\\x00-\x1f\x7f]{0,2000}")
@@ -337,9 +338,7 @@ bp.add_app_template_global(history.MAX_NAME_LENGTH, "REVIEWER_NAME_LENGTH")
 def set_reviewer():
     """Record this browser's later reviews and changes under the name given (`reviewer`;
     empty: none), then back to the page the form was on (`next`, an address on this site)."""
-    back = request.form.get("next", "")
-    if not LOCAL_ADDRESS.fullmatch(back):  # never another site
-        back = url_for("pages.home")
+    back = back_to(url_for("pages.home"))
     try:
         name = history.read_name(request.form)
     except ValueError:  # the error page, with the way back to the page the form was on
@@ -348,6 +347,26 @@ def set_reviewer():
                                ), 400
     history.remember(name)
     flash(REVIEWER_SET.format(name=isolated(name)) if name else REVIEWER_CLEARED)
+    return redirect(back, code=303)
+
+
+def back_to(default: str) -> str:
+    """Where a form goes back to: its `next`, the page it was on, if that is an address on this
+    site (never another site); else `default`."""
+    back = request.form.get("next", "")
+    return back if LOCAL_ADDRESS.fullmatch(back) else default
+
+
+@bp.post("/batch/<batch_id>/keep")
+def keep(batch_id: str):
+    """Keep the batch `RETENTION_SECONDS` from now, as any change to it does, for one that is
+    read, not changed (a count waiting for its signer); nothing else changes and the history
+    records nothing. Then back to the page the form was on (`next`)."""
+    back = back_to(url_for("batches.batch", batch_id=batch_id))
+    stored = uploads.update_batch(upload_folder(), batch_id, lambda batch: None)
+    if stored is None:
+        abort(404, description=EXPIRED.format(retention=retention()))
+    flash(KEPT.format(until=clock_utc(expires_at(stored)), retention=retention()))
     return redirect(back, code=303)
 
 

@@ -28,6 +28,8 @@ except ImportError:  # pragma: no cover
 from flask import Flask
 from PIL import Image
 
+from hematovision.web.results import is_time
+
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 # What the purge may delete: stored files and temporaries left by a crash; nothing else, so a
 # mistaken UPLOAD_FOLDER setting cannot wipe unrelated files.
@@ -36,6 +38,10 @@ STORED_NAME = re.compile(r"\.?[0-9a-f]{32}\.(jpg|json)(\.[0-9a-f]{8}\.tmp)?")
 LOCK_NAME = ".batches.lock"
 DISPLAY_MAX_SIDE = 1024  # stored copies are for viewing; the model already saw the original
 MAX_NAME_LENGTH = 120  # characters of a client file name shown back to the user
+# A change renews a batch's retention time, so a batch being worked on is not deleted under
+# its reviewer; within this many seconds of the last renewal the stored times are left as they
+# are, so a run of reviews does not touch each of a large batch's images every time.
+RENEW_AFTER_SECONDS = 60
 
 
 def new_id() -> str:
@@ -113,24 +119,51 @@ def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
     return batch
 
 
+def kept_from(batch: dict[str, Any]) -> float:
+    """When the batch's retention time began: its last change (`update_batch`), or its upload.
+    The purge deletes the batch and its images `RETENTION_SECONDS` after it."""
+    renewed = batch.get("kept_from")
+    return renewed if is_time(renewed) else batch.get("created", 0)
+
+
 def update_batch(folder: Path, batch_id: str,
                  change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
     """Apply `change` to the stored batch in place and store it again; returns the batch as
     stored, or None when there is no such batch. Read, change and write happen under the
     folder's lock, so two changes at once (two reviews from two workers) both land and a change
-    never brings back a batch deleted meanwhile. The file keeps its modification time: that is
-    when the batch was uploaded, and the purge deletes it, with its images, by that time."""
+    never brings back a batch deleted meanwhile. A change renews the batch's retention time
+    (`kept_from`): the file and its images take the change's time, by which the purge deletes
+    them, unless it was renewed less than RENEW_AFTER_SECONDS before."""
     with _locked(folder):
         batch = load_batch(folder, batch_id)
         if batch is None:
             return None
         path = folder / f"{batch_id}.json"
-        uploaded = path.stat().st_mtime
+        stamped = path.stat().st_mtime
         change(batch)
+        now = time.time()
+        # Written so that a time a damaged file holds (NaN) renews too.
+        renew = not now - kept_from(batch) < RENEW_AFTER_SECONDS
+        if renew:
+            batch["kept_from"] = now
         data = json.dumps(batch).encode()
         _write_atomic(path, lambda f: f.write(data))
-        os.utime(path, (time.time(), uploaded))
+        os.utime(path, (now, now if renew else stamped))
+        if renew:
+            _stamp_images(folder, batch, now)
         return batch
+
+
+def _stamp_images(folder: Path, batch: dict[str, Any], at: float) -> None:
+    """Give the batch's stored images the time `at`: the purge deletes each image by its own
+    file's time, so they stay exactly as long as the batch that lists them."""
+    for image_id in {r.get("image") for r in batch["results"]}:
+        path = image_path(folder, image_id) if isinstance(image_id, str) else None
+        try:
+            if path is not None:
+                os.utime(path, (at, at))
+        except FileNotFoundError:  # the purge took it just now
+            pass
 
 
 class BatchFull(Exception):
@@ -146,7 +179,7 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
     do not `fit` (checked under the lock: two additions at once could each have fitted alone);
     `noted(batch, added)` records the addition in the batch, under the same lock.
     Whatever was not added (an image the batch already holds, by its "sha256", included) has
-    its new images deleted. The new images take the batch's upload time, so the purge deletes
+    its new images deleted. The new images take the batch's file time, so the purge deletes
     them with the batch."""
     added: list[dict[str, Any]] = []
 
@@ -244,8 +277,8 @@ _THREADS = threading.Lock()
 def _locked(folder: Path) -> Iterator[None]:
     """The folder's batch lock: a thread lock within this process, an exclusive `flock` on
     LOCK_NAME across processes (gunicorn workers). The purge does not take it: it deletes by
-    age, and a batch it deletes while a change is being written comes back with its upload
-    time and goes at the next purge."""
+    age, so a batch at the end of its retention time that it deletes while a change is being
+    written comes back, renewed, without the images it took (its pages say they are gone)."""
     folder.mkdir(parents=True, exist_ok=True)
     with _THREADS, open(folder / LOCK_NAME, "a") as handle:
         if fcntl is not None:
