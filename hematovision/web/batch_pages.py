@@ -15,7 +15,7 @@ from hematovision.spreadsheet import whole_number
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, history, manual, models, results, sample, signoff, uploads
 from hematovision.web.forms import TypedForm
-from hematovision.web.lookup import (_no_store, expires_at, item_or_404, load_or_404,
+from hematovision.web.lookup import (expires_at, item_or_404, load_or_404, no_store,
                                      served_model, upload_folder)
 from hematovision.web.model_pages import (flag_errors, lab_reference, measured_calibration,
                                           served_acceptance)
@@ -105,7 +105,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
         (i, r, reason) for i, r in enumerate(stored["results"])
         if (reason := differential.left_out_reason(r)) is not None
     ]
-    return _no_store(
+    return no_store(
         render_template(
             "batch.html",
             **shown,
@@ -157,7 +157,7 @@ def report(batch_id: str):
     stored = load_or_404(batch_id)
     if len(stored["results"]) == 1:
         return redirect(url_for("batches.single", batch_id=batch_id, index=0), code=303)
-    return _no_store(render_template("report.html", **count_context(stored),
+    return no_store(render_template("report.html", **count_context(stored),
                                      lab_name=current_app.config["LAB_NAME"],
                                      expires=expires_at(stored)))
 
@@ -177,7 +177,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor
     ) and differential.status_of(item) != NOT_A_CELL
-    return _no_store(
+    return no_store(
         render_template(
             "result.html",
             batch=stored,
@@ -264,14 +264,14 @@ def download(content: str | bytes, mimetype: str, stored: dict, ending: str) -> 
                                   stored["id"][:8]]))
     response = Response(content, mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="{name}{ending}"'
-    return _no_store(response)
+    return no_store(response)
 
 
 @bp.get("/batch/<batch_id>/history")
 def history_page(batch_id: str):
     """Who changed the batch, when and how (hematovision.web.history), oldest first."""
     stored = load_or_404(batch_id)
-    return _no_store(render_template("history.html", batch=stored, events=history.of(stored),
+    return no_store(render_template("history.html", batch=stored, events=history.of(stored),
                                      dropped=history.dropped(stored), kinds=history.KINDS,
                                      max_events=history.MAX_EVENTS,
                                      sample=sample.of(stored), expires=expires_at(stored)))

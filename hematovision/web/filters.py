@@ -115,13 +115,13 @@ def clock_utc(timestamp: float, seconds: bool = False) -> str:
 @bp.app_template_filter("fixed")
 def fixed(value, digits: int = 4) -> str:
     """A card or score number with `digits` decimals; a dash where the card has none."""
-    return f"{value:.{digits}f}" if _is_number(value) else "—"
+    return f"{value:.{digits}f}" if is_number(value) else "—"
 
 
 @bp.app_template_filter("pct")
 def pct(value, digits: int = 1) -> str:
     """A 0..1 share as a percentage with `digits` decimals; a dash where the card has none."""
-    return f"{value * 100:.{digits}f} %" if _is_number(value) else "—"
+    return f"{value * 100:.{digits}f} %" if is_number(value) else "—"
 
 
 @bp.app_template_filter("interval")
@@ -141,7 +141,7 @@ def probability_pct(value, digits: int = 1) -> str:
     step = 10.0**-digits
     if shown == pct(1.0, digits):
         return f"> {100 - step:.{digits}f} %"
-    if _is_number(value) and value > 0 and shown == pct(0.0, digits):
+    if is_number(value) and value > 0 and shown == pct(0.0, digits):
         return f"< {step:.{digits}f} %"
     return shown
 
@@ -152,7 +152,7 @@ def decimals_apart(value, threshold, scale: float = 1.0, least: int = 1) -> int:
     differently, so that a score shown beside its threshold never looks equal to it while the
     check says it is above or below (rounding keeps the order of numbers that print apart);
     `least` where they are equal or either is missing."""
-    if not (_is_number(value) and _is_number(threshold)):
+    if not (is_number(value) and is_number(threshold)):
         return least
     for digits in range(least, 7):
         if f"{value * scale:.{digits}f}" != f"{threshold * scale:.{digits}f}":
@@ -160,7 +160,7 @@ def decimals_apart(value, threshold, scale: float = 1.0, least: int = 1) -> int:
     return least
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -13,7 +13,7 @@ from hematovision.preprocess import ImageError
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import field_view, heatmap, uploads
 from hematovision.web.filters import retention
-from hematovision.web.lookup import (_no_store, image_item_or_404, load_or_404, served_model,
+from hematovision.web.lookup import (image_item_or_404, load_or_404, no_store, served_model,
                                      upload_folder)
 
 bp = Blueprint("images", __name__)
@@ -102,11 +102,11 @@ def drawn_from_stored(item: dict, mimetype: str, draw: Callable[[Path], bytes]) 
         picture = draw(path)
     except (ImageError, FileNotFoundError):
         abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
-    return _no_store(Response(picture, mimetype=mimetype))
+    return no_store(Response(picture, mimetype=mimetype))
 
 
 @bp.get("/uploads/<image_id>.jpg")
 def uploaded_image(image_id: str):
     if uploads.image_path(upload_folder(), image_id) is None:
         abort(404, description=IMAGE_EXPIRED.format(retention=retention()))
-    return _no_store(send_from_directory(upload_folder(), f"{image_id}.jpg", mimetype="image/jpeg"))
+    return no_store(send_from_directory(upload_folder(), f"{image_id}.jpg", mimetype="image/jpeg"))

@@ -58,7 +58,7 @@ def load_or_404(batch_id: str) -> dict:
     return stored
 
 
-def _no_store(response, status: int | None = None):
+def no_store(response, status: int | None = None):
     """Results and uploaded images are private: keep them out of shared and browser caches."""
     response = current_app.make_response(response if status is None else (response, status))
     response.headers["Cache-Control"] = "no-store"

@@ -16,7 +16,7 @@ from hematovision.predictor import Predictor
 from hematovision.reference import SETTINGS, UNITS, catalog_intervals
 from hematovision.trust import measured_at
 from hematovision.web import models
-from hematovision.web.filters import _is_number, interval
+from hematovision.web.filters import interval, is_number
 from hematovision.web.lookup import served_model
 
 bp = Blueprint("models", __name__)
@@ -63,7 +63,7 @@ def model_page(name: str):
         calibrated=calibrated,
         operating_points=operating_points(trust, calibrated),
         summary={"evaluation": _largest({k: m for k, m in evaluations.items()
-                                         if _is_number(m.get("accuracy"))})},
+                                         if is_number(m.get("accuracy"))})},
         acceptance=served_acceptance(predictor),
         calibration=measured_calibration(predictor),
         unfamiliar_sets=unfamiliar_sets,
@@ -145,7 +145,7 @@ def flag_errors(predictor: Predictor | None) -> dict | None:
                    "reviewed": ways["unidentified reviewed"]["false_flag"]}
     except (KeyError, TypeError):
         return None
-    return figures if all(_is_number(v) for v in figures.values()) else None
+    return figures if all(is_number(v) for v in figures.values()) else None
 
 
 def _magnification_entry(card: dict, predictor: Predictor) -> dict | None:
@@ -158,7 +158,7 @@ def _magnification_entry(card: dict, predictor: Predictor) -> dict | None:
 
 
 def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:
-    sized = [(name, m) for name, m in evaluations.items() if _is_number(m.get("n"))]
+    sized = [(name, m) for name, m in evaluations.items() if is_number(m.get("n"))]
     return max(sized, key=lambda item: item[1]["n"]) if sized else None
 
 
@@ -168,7 +168,7 @@ def measured_calibration(predictor: Predictor) -> dict | None:
     figures are not this calibration's)."""
     measured = _largest({k: m for k, m in recorded_evaluations(predictor.card).items()
                          if isinstance(m.get("calibration"), dict)
-                         and _is_number(m["calibration"].get("ece_after"))
+                         and is_number(m["calibration"].get("ece_after"))
                          and m["calibration"].get("temperature") == predictor.trust.temperature})
     if measured is None:
         return None
@@ -188,7 +188,7 @@ def served_acceptance(predictor: Predictor | None) -> dict | None:
         if row.get("confidence_threshold") == predictor.trust.confidence_threshold:
             measured = _largest({name: evaluations[name] for name, figures
                                  in row["evaluations"].items()
-                                 if _is_number(figures.get("accepted_rate"))})
+                                 if is_number(figures.get("accepted_rate"))})
             if measured is None:
                 return None
             name, m = measured

@@ -14,9 +14,9 @@ from hematovision.predictor import Predictor
 from hematovision.spreadsheet import whole_number
 from hematovision.web import history, results, uploads
 from hematovision.web.batch_pages import single
-from hematovision.web.filters import _is_number, how_many, retention, verdict_text
-from hematovision.web.lookup import (EXPIRED, WARNING, _no_store, expires_at, item_or_404,
-                                     load_or_404, served_model, upload_folder)
+from hematovision.web.filters import how_many, is_number, retention, verdict_text
+from hematovision.web.lookup import (EXPIRED, WARNING, expires_at, item_or_404, load_or_404,
+                                     no_store, served_model, upload_folder)
 from hematovision.web.review_lists import (REVIEW_LISTS, class_lists, class_tabs, in_list,
                                            list_came_from, listed_in, review_list, to_confirm)
 from hematovision.web.security import check_csrf
@@ -137,7 +137,7 @@ def review_all(batch_id: str):
     listed = listed_in(show, stored["results"])
     start = min(whole_number(request.args.get("start", "")) or 0, max(len(listed) - 1, 0))
     shown = listed[start:start + REVIEW_PAGE_CELLS]
-    return _no_store(render_template(
+    return no_store(render_template(
         "review.html", batch=stored, listed=len(listed), start=start,
         cells=[(i, stored["results"][i]) for i in shown],
         page_cells=REVIEW_PAGE_CELLS, show=show, tabs=class_tabs(stored),
@@ -166,7 +166,7 @@ def least_sure_figure(predictor: Predictor | None) -> dict | None:
                                           "found_upload_order")}}
     except (KeyError, TypeError, StopIteration):
         return None
-    return figures if all(_is_number(v) for v in figures.values()) else None
+    return figures if all(is_number(v) for v in figures.values()) else None
 
 
 @bp.post("/batch/<batch_id>/review")
