@@ -144,8 +144,8 @@ def test_bench_pages_times_the_upload_and_batch_pages_against_their_baselines(ti
                                             2)
     assert r["review_history_cost_ratio"] == round(r["review_with_history_ms"] / r["review_ms"], 2)
     assert r["history_page_ms"] > 0
-    assert r["review_renewing_ms"] > 0 and r["review_unrenewed_ms"] > 0
-    assert r["renewal_cost_ratio"] == round(r["review_renewing_ms"] / r["review_unrenewed_ms"], 2)
+    assert r["review_with_images_ms"] > 0
+    assert r["renewal_cost_ratio"] == round(r["review_with_images_ms"] / r["review_ms"], 2)
 
 
 def test_bench_chunk_measures_each_call_size_in_a_process_of_its_own_against_the_served(

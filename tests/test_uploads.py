@@ -1,6 +1,8 @@
 """Upload storage: random names, sanitised display names, retention purge, nothing lost."""
 
 import io
+import json
+import math
 import os
 import time
 
@@ -102,7 +104,7 @@ def test_purge_deletes_only_expired_stored_files(tmp_path):
             os.utime(path, (time.time() - 120, time.time() - 120))
     assert uploads.purge_expired(tmp_path, retention_seconds=60) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{new}.json", "notes.txt", f"{'a' * 32}.exe"]
+        [f"{new}.json", "notes.txt", f"{'a' * 32}.exe", uploads.LOCK_NAME]  # the purge's lock
     )
 
 
@@ -180,12 +182,16 @@ def test_expired_uploads_are_purged_at_startup(tmp_path, tiny_model_dir):
     batch_id = uploads.save_batch(folder, {"results": []})
     os.utime(folder / f"{batch_id}.json", (time.time() - 61, time.time() - 61))
     make_app(tmp_path, make_models_root(tmp_path / "models", tiny_model_dir), RETENTION_SECONDS=60)
-    assert not any(folder.iterdir())
+    assert [p.name for p in folder.iterdir()] == [uploads.LOCK_NAME]
 
 
 def test_bad_uploads_lose_nothing_already_stored(client, tmp_path):
     kept = upload(client, ("a.jpg", image_bytes()), ("b.png", image_bytes(fmt="PNG")))
-    before = sorted(p.name for p in (tmp_path / "uploads").iterdir())
+    def stored() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "uploads").iterdir()
+                      if p.name != uploads.LOCK_NAME)
+
+    before = stored()
     token = csrf_token(client)
     for param in BAD_FILES:
         name, data, _ = param.values
@@ -193,7 +199,7 @@ def test_bad_uploads_lose_nothing_already_stored(client, tmp_path):
             "/upload", data={"csrf_token": token, "file": (io.BytesIO(data), name)}
         )
         assert response.status_code == 400
-    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == before
+    assert stored() == before
     assert client.get(f"/batch/{kept}").status_code == 200
 
 
@@ -347,25 +353,42 @@ def test_a_change_renews_the_retention_of_the_batch_and_its_images(tmp_path):
     assert not any(p.name.endswith((".json", ".jpg")) for p in folder.iterdir())
 
 
-def test_changes_within_a_minute_of_the_last_renewal_leave_the_stored_times(tmp_path):
+def test_the_purge_deletes_under_the_folders_lock(tmp_path, monkeypatch):
+    """A change renewing a batch in another worker between the purge's age check and its
+    deletion would be told "saved" and lose the batch: the purge holds the lock changes take."""
     folder = tmp_path / "uploads"
-    image = uploads.save_image(folder, Image.new("RGB", (8, 8)))
-    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": "a", "image": image}]})
-    created = uploads.load_batch(folder, batch_id)["created"]
-    stamped = created - 5  # a time only the file has: a renewal would overwrite it
-    for name in (f"{batch_id}.json", f"{image}.jpg"):
-        os.utime(folder / name, (stamped, stamped))
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": []})
+    old = time.time() - 100
+    os.utime(folder / f"{batch_id}.json", (old, old))
+    held = []
+    real_unlink = os.unlink
 
-    changed = uploads.update_batch(folder, batch_id,
-                                   lambda batch: batch["results"][0].update(review="x"))
-    assert "kept_from" not in changed and uploads.kept_from(changed) == created
-    assert stored_times(folder, batch_id, [image]) == pytest.approx([stamped, stamped])
+    def unlink(path, *args, **kwargs):
+        held.append(uploads._THREADS.locked())
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(uploads.os, "unlink", unlink)
+    assert uploads.purge_expired(folder, 60) == 1
+    assert held == [True]
 
 
-@pytest.mark.parametrize("damaged", ["yesterday", None, True, [1]])
+@pytest.mark.parametrize("damaged", ["yesterday", None, True, [1], float("inf"), 10**400, -5])
 def test_a_renewal_time_not_as_the_app_writes_it_falls_back_to_the_upload(damaged):
     assert uploads.kept_from({"created": 100.0, "kept_from": damaged}) == 100.0
     assert uploads.kept_from({"created": 100.0, "kept_from": 250}) == 250
+    assert math.isnan(uploads.kept_from({"created": damaged, "kept_from": damaged}))
+
+
+@pytest.mark.parametrize("damaged", [float("nan"), 1e300, 10**400, 9_999_999_999])
+def test_a_change_renews_a_batch_whatever_time_its_file_held(tmp_path, damaged):
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": []})
+    path = folder / f"{batch_id}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "created": damaged,
+                                "kept_from": damaged}))
+    changed = uploads.update_batch(folder, batch_id, lambda batch: None)
+    assert uploads.kept_from(changed) == pytest.approx(time.time(), abs=5)
+    assert path.stat().st_mtime == uploads.kept_from(changed)
 
 
 def test_a_change_never_brings_back_a_deleted_batch(tmp_path):

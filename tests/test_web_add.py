@@ -5,15 +5,15 @@ upload may hold; bad requests add nothing and lose nothing."""
 from __future__ import annotations
 
 import io
-import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from hematovision.web import uploads
-from tests.web_helpers import (csrf_token, image_bytes, make_app, make_models_root, page, text,
-                               upload)
+from tests.web_helpers import (aged, csrf_token, image_bytes, make_app, make_models_root, page,
+                               text, upload)
 
 
 @pytest.fixture
@@ -50,8 +50,9 @@ def batch_id(client) -> str:
 
 def test_added_images_join_the_batch_and_its_deletion_time(client, batch_id):
     json_path = folder(client) / f"{batch_id}.json"
-    uploaded = json_path.stat().st_mtime - 100
-    os.utime(json_path, (uploaded, uploaded))
+    aged(folder(client), batch_id, 100)
+    held = [folder(client) / f"{r['image']}.jpg"
+            for r in uploads.load_batch(folder(client), batch_id)["results"]]
     response = add(client, batch_id, ("c.png", image_bytes((90, 160, 90), fmt="PNG")),
                    ("empty.png", b""), model="other")  # the batch's model, whatever is sent
     assert response.status_code == 303
@@ -59,10 +60,11 @@ def test_added_images_join_the_batch_and_its_deletion_time(client, batch_id):
     stored = uploads.load_batch(folder(client), batch_id)
     assert [r["file"] for r in stored["results"]] == ["a.png", "b.png", "c.png", "empty.png"]
     assert stored["model"] == "tiny" and stored["results"][3]["error"] == "The file is empty."
-    # The purge deletes the new image with the batch, not an hour after it was added.
-    assert json_path.stat().st_mtime == pytest.approx(uploaded)
+    # The addition renews the batch: the purge deletes every image with it, the new one too.
     added = folder(client) / f"{stored['results'][2]['image']}.jpg"
-    assert added.stat().st_mtime == pytest.approx(uploaded)
+    renewed = uploads.kept_from(stored)
+    assert renewed == pytest.approx(time.time(), abs=5)
+    assert [p.stat().st_mtime for p in [json_path, added, *held]] == [renewed] * 4
 
     html = page(client, response.headers["Location"])
     assert "Added 1 image to this batch (1 could not be read: listed below)." in text(html)

@@ -72,6 +72,19 @@ def test_a_batch_left_alone_goes_at_the_end_of_its_retention_time(client, batch_
     assert not [p for p in folder(client).iterdir() if p.suffix in (".json", ".jpg")]
 
 
+@pytest.mark.parametrize("retention", [30, 600])
+def test_keep_renews_even_just_after_a_change_and_whatever_the_retention(tmp_path, models_root,
+                                                                       retention):
+    client = make_app(tmp_path, models_root, RETENTION_SECONDS=retention,
+                      PURGE_INTERVAL_SECONDS=0).test_client()
+    batch_id = batch_as_said(client, "tiny", MODEL_SAID)
+    aged(folder(client), batch_id, retention - 5)  # changed (the model's answers) just now
+    assert keep(client, batch_id).status_code == 303
+    aged(folder(client), batch_id, 10)  # past the old deletion time, not the new one
+    assert client.get(f"/batch/{batch_id}").status_code == 200
+    assert len(list(folder(client).glob("*.jpg"))) == 2
+
+
 def test_keep_renews_the_batch_and_goes_back_to_the_page_it_was_on(client, batch_id):
     aged(folder(client), batch_id, 500)
     back = f"/batch/{batch_id}/review?show=all"
@@ -147,7 +160,7 @@ def test_a_page_near_the_end_of_the_retention_time_warns(client, batch_id):
     assert " hidden" not in warning
     assert float(re.search(r'data-seconds-left="([\d.]+)"', warning).group(1)) == pytest.approx(
         100, abs=5)
-    said = prose(html.split('id="expires-soon"')[1].split("</div>\n</div>")[0])
+    said = prose(html.split('id="expires-soon"')[1].split("</form>")[0])
     assert "This batch is deleted in 2 minutes" in said
     assert "Keep it 10 minutes from now" in said
 
@@ -158,14 +171,16 @@ def test_the_footer_says_how_long_batches_stay(client):
 
 
 @pytest.mark.parametrize("damage", [{"kept_from": float("inf")}, {"kept_from": "soon"},
-                                    {"created": 1e300}, {"created": float("nan")}])
+                                    {"created": 1e300, "kept_from": None},
+                                    {"created": float("nan"), "kept_from": float("nan")}])
 def test_a_damaged_time_shows_as_unknown_and_warns_of_nothing(client, batch_id, damage):
     path = folder(client) / f"{batch_id}.json"
     stored = json.loads(path.read_text())
     path.write_text(json.dumps({**stored, **damage}))  # json writes Infinity and NaN as such
     html = page(client, f"/batch/{batch_id}")
-    if "created" in damage:
+    if "created" in damage:  # neither time can be shown
         assert "Kept until an unknown time" in text(html) and 'id="expires-soon"' not in html
     else:  # the renewal's time is ignored: the upload's stands
         assert kept_until(html) == pytest.approx(stored["created"] + RETENTION)
     assert keep(client, batch_id).status_code == 303
+    assert uploads.kept_from(stored_json(client, batch_id)) == pytest.approx(time.time(), abs=5)

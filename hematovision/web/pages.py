@@ -1,6 +1,6 @@
 """The upload form and the forms that change what is stored: upload, add images to a batch,
-delete it, remove one image, the sample's details, the manual count, the sign-off, and the name
-reviews are recorded under."""
+delete it or keep it longer, remove one image, the sample's details, the manual count, the
+sign-off, and the name reviews are recorded under."""
 
 from __future__ import annotations
 

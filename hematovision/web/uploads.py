@@ -9,6 +9,7 @@ original file are not kept.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -38,10 +39,6 @@ STORED_NAME = re.compile(r"\.?[0-9a-f]{32}\.(jpg|json)(\.[0-9a-f]{8}\.tmp)?")
 LOCK_NAME = ".batches.lock"
 DISPLAY_MAX_SIDE = 1024  # stored copies are for viewing; the model already saw the original
 MAX_NAME_LENGTH = 120  # characters of a client file name shown back to the user
-# A change renews a batch's retention time, so a batch being worked on is not deleted under
-# its reviewer; within this many seconds of the last renewal the stored times are left as they
-# are, so a run of reviews does not touch each of a large batch's images every time.
-RENEW_AFTER_SECONDS = 60
 
 
 def new_id() -> str:
@@ -121,9 +118,12 @@ def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
 
 def kept_from(batch: dict[str, Any]) -> float:
     """When the batch's retention time began: its last change (`update_batch`), or its upload.
-    The purge deletes the batch and its images `RETENTION_SECONDS` after it."""
-    renewed = batch.get("kept_from")
-    return renewed if is_time(renewed) else batch.get("created", 0)
+    The purge deletes the batch and its images `RETENTION_SECONDS` after it. NaN where the
+    file holds neither as a time (a damaged file: its pages say "an unknown time")."""
+    for key in ("kept_from", "created"):
+        if is_time(batch.get(key)):
+            return batch[key]
+    return math.nan
 
 
 def update_batch(folder: Path, batch_id: str,
@@ -132,25 +132,20 @@ def update_batch(folder: Path, batch_id: str,
     stored, or None when there is no such batch. Read, change and write happen under the
     folder's lock, so two changes at once (two reviews from two workers) both land and a change
     never brings back a batch deleted meanwhile. A change renews the batch's retention time
-    (`kept_from`): the file and its images take the change's time, by which the purge deletes
-    them, unless it was renewed less than RENEW_AFTER_SECONDS before."""
+    (`kept_from`): the file and every image it lists, those the change added included, take
+    the change's time, by which the purge (under the same lock) deletes them."""
     with _locked(folder):
         batch = load_batch(folder, batch_id)
         if batch is None:
             return None
-        path = folder / f"{batch_id}.json"
-        stamped = path.stat().st_mtime
         change(batch)
         now = time.time()
-        # Written so that a time a damaged file holds (NaN) renews too.
-        renew = not now - kept_from(batch) < RENEW_AFTER_SECONDS
-        if renew:
-            batch["kept_from"] = now
+        batch["kept_from"] = now
+        path = folder / f"{batch_id}.json"
         data = json.dumps(batch).encode()
         _write_atomic(path, lambda f: f.write(data))
-        os.utime(path, (now, now if renew else stamped))
-        if renew:
-            _stamp_images(folder, batch, now)
+        os.utime(path, (now, now))
+        _stamp_images(folder, batch, now)
         return batch
 
 
@@ -179,8 +174,8 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
     do not `fit` (checked under the lock: two additions at once could each have fitted alone);
     `noted(batch, added)` records the addition in the batch, under the same lock.
     Whatever was not added (an image the batch already holds, by its "sha256", included) has
-    its new images deleted. The new images take the batch's file time, so the purge deletes
-    them with the batch."""
+    its new images deleted. The addition renews the batch (`update_batch`), the new images
+    with it, so the purge deletes them with the batch."""
     added: list[dict[str, Any]] = []
 
     def add(stored: dict[str, Any]) -> None:
@@ -196,24 +191,13 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
             noted(stored, fresh)
 
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
-    batch = None
     try:
-        batch = update_batch(folder, batch_id, add)
+        return update_batch(folder, batch_id, add)
     finally:
         kept_ids = {r.get("image") for r in added}
-        kept = [path for path in images if path.stem in kept_ids]
         for path in images:  # not added: no such batch, full, unreadable, or held already
-            if path not in kept:
+            if path.stem not in kept_ids:
                 path.unlink(missing_ok=True)
-    if batch is None:
-        return None
-    try:
-        uploaded = (folder / f"{batch_id}.json").stat().st_mtime
-        for path in kept:
-            os.utime(path, (time.time(), uploaded))
-    except FileNotFoundError:  # the batch was deleted, these images with it, just after
-        pass
-    return batch
 
 
 def delete_batch(folder: Path, batch_id: str) -> int | None:
@@ -253,20 +237,23 @@ def image_path(folder: Path, image_id: str) -> Path | None:
 
 
 def purge_expired(folder: Path, retention_seconds: float, now: float | None = None) -> int:
-    """Delete stored files older than the retention time; returns how many were deleted."""
+    """Delete stored files older than the retention time; returns how many were deleted.
+    Under the folder's lock: a change renewing a batch between a file's age check and its
+    deletion (in another worker) would otherwise be told "saved" and lose the batch."""
     if not folder.is_dir():
         return 0
     cutoff = (time.time() if now is None else now) - retention_seconds
     deleted = 0
-    for entry in os.scandir(folder):
-        if not STORED_NAME.fullmatch(entry.name):
-            continue
-        try:
-            if entry.stat().st_mtime < cutoff:
-                os.unlink(entry.path)
-                deleted += 1
-        except FileNotFoundError:  # another worker purged it first
-            pass
+    with _locked(folder):
+        for entry in os.scandir(folder):
+            if not STORED_NAME.fullmatch(entry.name):
+                continue
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    deleted += 1
+            except FileNotFoundError:  # deleted meanwhile (a temporary file renamed)
+                pass
     return deleted
 
 
@@ -276,9 +263,9 @@ _THREADS = threading.Lock()
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """The folder's batch lock: a thread lock within this process, an exclusive `flock` on
-    LOCK_NAME across processes (gunicorn workers). The purge does not take it: it deletes by
-    age, so a batch at the end of its retention time that it deletes while a change is being
-    written comes back, renewed, without the images it took (its pages say they are gone)."""
+    LOCK_NAME across processes (gunicorn workers). Changes, deletions and the purge take it, so
+    a change either renews a batch before the purge looks at it or finds it purged (a 404 that
+    says so)."""
     folder.mkdir(parents=True, exist_ok=True)
     with _THREADS, open(folder / LOCK_NAME, "a") as handle:
         if fcntl is not None:
