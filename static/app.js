@@ -289,28 +289,96 @@ function guardUnsavedReviews() {
 // A batch is deleted a while after its last change. A page left open (a review list being
 // worked through, a count waiting for its signer) says so before that time comes, while a save
 // or "Keep it" still renews the batch. The time left is counted from what the server said as
-// it wrote the page, so a browser whose clock is wrong still warns on time.
-function warnBeforeDeletion() {
+// it wrote the page, so a browser whose clock is wrong still warns on time; before it warns,
+// and while it does, it asks the server again, since a colleague's change moves the time.
+const ASK_EVERY_MS = 15000;
+
+function followDeletion() {
   const note = document.getElementById("expires-soon");
   if (!note) return;
-  const left = Number(note.dataset.secondsLeft);
   const warnAt = Number(note.dataset.warnSeconds);
-  const written = Date.now();
+  let left = Number(note.dataset.secondsLeft);
+  let since = Date.now();
+  let asked = 0;
+  let gone = false;
+  const setText = (element, text) => {
+    if (element && element.textContent !== text) element.textContent = text; // no re-reading
+  };
+  const show = (part) => {
+    ["soon", "ended", "gone"].forEach((name) => {
+      note.querySelector(`.expires-${name}-text`).hidden = name !== part;
+    });
+    note.querySelector("form button").hidden = part === "gone"; // the form is d-inline
+  };
+  const learn = (answer) => {
+    if (typeof answer.seconds_left !== "number") return;
+    left = answer.seconds_left;
+    since = Date.now();
+    document.querySelectorAll(".deletion-time").forEach((time) => {
+      time.dateTime = answer.expires;
+      setText(time, answer.expires_text);
+    });
+  };
   const update = () => {
-    const remaining = left - (Date.now() - written) / 1000;
-    if (remaining > warnAt) return;
-    note.hidden = false;
-    const ended = remaining <= 0;
-    note.querySelector(".expires-soon-text").hidden = ended;
-    note.querySelector(".expires-ended-text").hidden = !ended;
-    if (ended) {
-      clearInterval(timer);
+    const remaining = left - (Date.now() - since) / 1000;
+    const due = gone || remaining <= warnAt;
+    if (due && !gone && Date.now() - asked > ASK_EVERY_MS) {
+      ask(); // answers by calling update again
       return;
     }
-    const minutes = Math.ceil(remaining / 60);
-    note.querySelector(".expires-soon-in").textContent =
-      minutes === 1 ? "in less than a minute" : `in ${minutes} minutes`;
+    note.hidden = !due;
+    document.body.classList.toggle("expires-soon-shown", due);
+    if (!due) return;
+    if (gone) {
+      show("gone");
+      clearInterval(timer);
+    } else if (remaining <= 0) {
+      show("ended");
+    } else {
+      show("soon");
+      const minutes = Math.ceil(remaining / 60);
+      setText(note.querySelector(".expires-soon-in"),
+        minutes === 1 ? "in less than a minute" : `in ${minutes} minutes`);
+    }
   };
+  const ask = async () => {
+    asked = Date.now();
+    try {
+      const response = await fetch(note.dataset.expiresUrl,
+        { headers: { Accept: "application/json" }, cache: "no-store" });
+      if (response.status === 404) gone = true;
+      else if (response.ok) learn(await response.json());
+    } catch {
+      // offline, or the server restarting: go on counting from what it said last
+    }
+    update();
+  };
+  // "Keep it" without leaving the page: a review list's choices not yet saved stay as they are.
+  document.querySelectorAll("form.keep-form").forEach((form) => {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      try {
+        const response = await fetch(form.action, { method: "POST", body: new FormData(form),
+          headers: { Accept: "application/json" } });
+        if (response.ok) {
+          const answer = await response.json();
+          learn(answer);
+          asked = Date.now();
+          setText(document.getElementById("kept-note"), answer.message);
+          update();
+          return;
+        }
+        if (response.status === 404) {
+          gone = true;
+          update();
+          return;
+        }
+      } catch {
+        // the form itself then goes, and its answer says what happened
+      }
+      form.submit();
+    });
+  });
   const timer = setInterval(update, 1000);
   update();
 }
@@ -326,6 +394,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpPrint();
   focusFirstInvalidField();
   guardUnsavedReviews();
-  warnBeforeDeletion();
+  followDeletion();
 });
 })();

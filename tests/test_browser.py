@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
+from hematovision.web import uploads
 from tests.conftest import make_image
 from tests.web_helpers import aged, make_app, make_models_root
 
@@ -412,27 +413,62 @@ def test_delete_now_asks_first_then_deletes_the_batch(browser, base_url, tmp_pat
 def test_a_page_left_open_warns_before_its_batch_is_deleted(browser, tmp_path,
                                                             trusted_model_dir):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     # Kept 60 s after its last change: the warning shows in the last quarter, its last 15 s.
     with serving(tmp_path, trusted_model_dir, RETENTION_SECONDS=60,
                  PURGE_INTERVAL_SECONDS=3600) as url:  # no purge before the last step
-        batch_url = upload_two_cells(browser, url, tmp_path)
-        aged(tmp_path / "uploads", batch_url.rsplit("/", 1)[1], 40)
-        browser.get(batch_url)
-        note = wait_for(browser, "#expires-soon")
+        batch_id = upload_two_cells(browser, url, tmp_path).rsplit("/", 1)[1]
+        aged(tmp_path / "uploads", batch_id, 40)
+        browser.get(f"{url}/batch/{batch_id}/review?show=all")
+        choice = Select(wait_for(browser, "#review-all-form select"))
+        choice.select_by_index(1)  # a choice made, not saved
+        chosen = choice.first_selected_option.text
+        note = browser.find_element(By.ID, "expires-soon")
         assert not note.is_displayed()  # 20 s are left, less the time the page took
         WebDriverWait(browser, 20).until(lambda _: note.is_displayed())
         assert "This batch is deleted in less than a minute" in note.text
         assert note.find_element(By.CSS_SELECTOR, "button").text == "Keep it 1 minute from now"
         browser.save_screenshot("/tmp/hematovision_expiry_warning.png")
-        WebDriverWait(browser, 20).until(lambda _: "ran out" in note.text)
+        WebDriverWait(browser, 25).until(lambda _: "ran out" in note.text)
         assert "in less than a minute" not in note.text
-        # Until the purge runs, keeping it still saves it: the button stays.
-        note.find_element(By.CSS_SELECTOR, "button").click()
-        notice = wait_for(browser, "#notices")
-        assert "Kept this batch until" in notice.text
-        assert not browser.find_element(By.ID, "expires-soon").is_displayed()
+        # Until the purge runs, keeping it still saves it, and the page stays as it was.
+        browser.execute_script("window.stayed = true")
+        click_in_view(browser, note.find_element(By.CSS_SELECTOR, "button"))
+        WebDriverWait(browser, 10).until(lambda _: not note.is_displayed())
+        assert "Kept this batch until" in browser.find_element(By.ID, "kept-note").text
+        assert browser.execute_script("return window.stayed") is True
+        assert Select(browser.find_element(By.CSS_SELECTOR, "#review-all-form select")
+                      ).first_selected_option.text == chosen
+
+
+def test_a_warning_goes_when_a_colleague_keeps_the_batch(browser, tmp_path, trusted_model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with serving(tmp_path, trusted_model_dir, RETENTION_SECONDS=60,
+                 PURGE_INTERVAL_SECONDS=3600) as url:
+        kept, deleted = (upload_two_cells(browser, url, tmp_path).rsplit("/", 1)[1]
+                         for _ in range(2))
+        for batch_id in (kept, deleted):
+            aged(tmp_path / "uploads", batch_id, 50)
+        browser.get(f"{url}/batch/{kept}")
+        note = browser.find_element(By.ID, "expires-soon")
+        WebDriverWait(browser, 15).until(lambda _: note.is_displayed())
+        deletion = browser.find_element(By.CSS_SELECTOR, "#expires .deletion-time")
+        shown = deletion.get_attribute("datetime")
+        # A colleague's review, in another browser: the batch is kept 60 s from now.
+        uploads.update_batch(tmp_path / "uploads", kept, lambda batch: None, renew=True)
+        WebDriverWait(browser, 20).until(lambda _: not note.is_displayed())
+        assert deletion.get_attribute("datetime") > shown
+
+        # Deleted meanwhile (Delete now in another tab): the warning says so at its next look.
+        browser.get(f"{url}/batch/{deleted}")
+        note = browser.find_element(By.ID, "expires-soon")
+        WebDriverWait(browser, 15).until(lambda _: note.is_displayed())
+        uploads.delete_batch(tmp_path / "uploads", deleted)
+        WebDriverWait(browser, 20).until(lambda _: "no longer on the server" in note.text)
+        assert not note.find_element(By.CSS_SELECTOR, "form button").is_displayed()
 
 
 def test_a_review_changes_the_class_the_differential_counts(browser, base_url, tmp_path):

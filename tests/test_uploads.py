@@ -249,7 +249,8 @@ def test_delete_needs_the_form_token_a_post_and_a_known_batch(tmp_path, client):
     assert client.get(f"/batch/{batch_id}/delete").status_code == 405
     token = csrf_token(client)
     missing = client.post(f"/batch/{'0' * 32}/delete", data={"csrf_token": token})
-    assert missing.status_code == 404 and "No such result" in missing.get_data(as_text=True)
+    assert missing.status_code == 404
+    assert "This batch is no longer on the server" in missing.get_data(as_text=True)
     assert stored_names(tmp_path) == before
     single = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     assert "Delete now" in single and "results of this image" in single
@@ -386,9 +387,25 @@ def test_a_change_renews_a_batch_whatever_time_its_file_held(tmp_path, damaged):
     path = folder / f"{batch_id}.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "created": damaged,
                                 "kept_from": damaged}))
-    changed = uploads.update_batch(folder, batch_id, lambda batch: None)
+    changed = uploads.update_batch(folder, batch_id, lambda batch: batch.update(sample={}))
     assert uploads.kept_from(changed) == pytest.approx(time.time(), abs=5)
     assert path.stat().st_mtime == uploads.kept_from(changed)
+
+
+def test_a_change_that_changes_nothing_writes_and_renews_nothing_unless_asked(tmp_path):
+    folder = tmp_path / "uploads"
+    batch_id = uploads.save_batch(folder, {**EMPTY, "results": [{"file": "a.jpg"}]})
+    path = folder / f"{batch_id}.json"
+    stored, old = path.read_bytes(), time.time() - 100
+    os.utime(path, (old, old))
+
+    def refused(batch):  # as a review of a cell reviewed meanwhile is
+        batch["results"][0].get("review")
+
+    assert uploads.update_batch(folder, batch_id, refused)["results"] == [{"file": "a.jpg"}]
+    assert path.read_bytes() == stored and path.stat().st_mtime == old
+    kept = uploads.update_batch(folder, batch_id, refused, renew=True)  # "Keep it"
+    assert path.stat().st_mtime == uploads.kept_from(kept) == pytest.approx(time.time(), abs=5)
 
 
 def test_a_change_never_brings_back_a_deleted_batch(tmp_path):

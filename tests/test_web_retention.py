@@ -36,7 +36,7 @@ def folder(client) -> Path:
 
 def kept_until(html: str) -> float:
     """The deletion time the page's "Kept until" gives, as a timestamp."""
-    shown = re.search(r'id="expires">Kept until <time datetime="([^"]+)"', html).group(1)
+    shown = re.search(r'id="expires">Kept until <time[^>]* datetime="([^"]+)"', html).group(1)
     return datetime.fromisoformat(shown).timestamp()
 
 
@@ -165,9 +165,11 @@ def test_a_page_near_the_end_of_the_retention_time_warns(client, batch_id):
     assert "Keep it 10 minutes from now" in said
 
 
-def test_the_footer_says_how_long_batches_stay(client):
+def test_the_footer_and_your_batches_say_how_long_batches_stay(client, batch_id):
+    home = text(page(client, "/"))
     assert ("Uploaded images and results are deleted 10 minutes after their batch's last "
-            "change.") in text(page(client, "/"))
+            "change.") in home
+    assert "each is deleted 10 minutes after its last change" in home
 
 
 @pytest.mark.parametrize("damage", [{"kept_from": float("inf")}, {"kept_from": "soon"},
@@ -184,3 +186,59 @@ def test_a_damaged_time_shows_as_unknown_and_warns_of_nothing(client, batch_id, 
         assert kept_until(html) == pytest.approx(stored["created"] + RETENTION)
     assert keep(client, batch_id).status_code == 303
     assert uploads.kept_from(stored_json(client, batch_id)) == pytest.approx(time.time(), abs=5)
+
+
+def test_keep_asked_for_json_answers_the_new_time_and_stays(client, batch_id):
+    aged(folder(client), batch_id, 500)
+    response = client.post(f"/batch/{batch_id}/keep", data={"csrf_token": csrf_token(client)},
+                           headers={"Accept": "application/json"})
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    answer = response.get_json()
+    renewed = uploads.kept_from(stored_json(client, batch_id))
+    assert answer["seconds_left"] == pytest.approx(RETENTION, abs=5)
+    assert datetime.fromisoformat(answer["expires"]).timestamp() == pytest.approx(
+        renewed + RETENTION, abs=1)
+    assert answer["message"] == (f"Kept this batch until {answer['expires_text']}; any later "
+                                 "change keeps it 10 minutes from then.")
+    # Said by the page that asked, so no notice waits for the next page.
+    assert "Kept this batch" not in text(page(client, f"/batch/{batch_id}"))
+
+
+def test_a_page_left_open_can_ask_when_its_batch_goes(client, batch_id):
+    aged(folder(client), batch_id, 100)
+    answer = client.get(f"/batch/{batch_id}/expires").get_json()
+    assert answer["seconds_left"] == pytest.approx(RETENTION - 100, abs=5)
+    assert answer["expires_text"] in text(page(client, f"/batch/{batch_id}"))
+    assert uploads.kept_from(stored_json(client, batch_id)) == pytest.approx(
+        time.time() - 100, abs=5)  # asking renews nothing
+    uploads.delete_batch(folder(client), batch_id)
+    assert client.get(f"/batch/{batch_id}/expires").status_code == 404
+
+
+def test_a_form_sent_to_a_batch_gone_says_nothing_was_saved(client, batch_id):
+    token = csrf_token(client)
+    uploads.delete_batch(folder(client), batch_id)
+    for action, data in [("review?show=all", {"verdict-0": "lymphocyte"}),
+                         ("0/review", {"verdict": "lymphocyte"}),
+                         ("signoff", {"signed_by": "MK", "count": "x"}), ("keep", {}),
+                         ("sample", {"sample_id": "A1"}), ("manual", {})]:
+        response = client.post(f"/batch/{batch_id}/{action}", data={"csrf_token": token, **data})
+        assert response.status_code == 404, action
+        assert ("This batch is no longer on the server (a batch is deleted 10 minutes after its "
+                "last change, or at once with Delete now), so what you sent was not saved. To "
+                "count these cells, upload the images again.") in text(
+                    response.get_data(as_text=True)), action
+    assert "No such result: it may have been deleted" in text(
+        client.get(f"/batch/{batch_id}").get_data(as_text=True))
+
+
+def test_the_report_and_history_say_when_the_batch_goes_and_keep_it(client, batch_id):
+    aged(folder(client), batch_id, RETENTION - 100)
+    for address in (f"/batch/{batch_id}/report", f"/batch/{batch_id}/history"):
+        html = page(client, address)
+        assert "10 minutes after its last change" in text(html)
+        form = re.search(r'<form[^>]+id="keep-form".*?</form>', html, re.S).group(0)
+        assert f'name="next" value="{address}"' in form
+        warning = re.search(r'<div[^>]+id="expires-soon"[^>]*>', html).group(0)
+        assert " hidden" not in warning
+        assert f'data-expires-url="/batch/{batch_id}/expires"' in warning

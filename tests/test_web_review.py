@@ -206,7 +206,7 @@ def test_a_review_needs_the_form_token_and_a_stored_batch(client, batch_id):
 
     uploads.delete_batch(folder(client), batch_id)
     response = review(client, batch_id, 1, "monocyte")
-    assert response.status_code == 404 and "No such result" in text(
+    assert response.status_code == 404 and "so what you sent was not saved" in text(
         response.get_data(as_text=True))
     assert not (folder(client) / f"{batch_id}.json").exists()
     assert review(client, "0" * 32, 0, "monocyte").status_code == 404

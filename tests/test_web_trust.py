@@ -283,7 +283,8 @@ def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
                      [("prev", f"{location}/1")]]
     batch = page(client, location)
     assert re.search(r'<a href="' + re.escape(location) + r'/1">b.jpg</a>', batch)
-    kept = r'Kept until <time datetime="[0-9T:+-]+">\d\d \w{3} \d{4}, \d\d:\d\d UTC</time>'
+    kept = (r'Kept until <time class="deletion-time" datetime="[0-9T:+-]+">'
+            r'\d\d \w{3} \d{4}, \d\d:\d\d UTC</time>')
     assert re.search(kept, batch)
     # A result page, and above all a one-image result (it has no batch page), says it too.
     assert re.search(kept, page(client, f"{location}/1"))

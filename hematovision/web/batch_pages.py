@@ -4,8 +4,8 @@ training folder)."""
 
 from __future__ import annotations
 
-from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request,
-                   url_for)
+from flask import (Blueprint, Response, abort, current_app, jsonify, redirect, render_template,
+                   request, url_for)
 
 from hematovision import differential
 from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell
@@ -15,7 +15,7 @@ from hematovision.spreadsheet import whole_number
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, history, manual, models, results, sample, signoff, uploads
 from hematovision.web.forms import TypedForm
-from hematovision.web.lookup import (expires_at, item_or_404, load_or_404, no_store,
+from hematovision.web.lookup import (deletion, expires_at, item_or_404, load_or_404, no_store,
                                      served_model, upload_folder)
 from hematovision.web.model_pages import (flag_errors, lab_reference, measured_calibration,
                                           served_acceptance)
@@ -265,6 +265,13 @@ def download(content: str | bytes, mimetype: str, stored: dict, ending: str) -> 
     response = Response(content, mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="{name}{ending}"'
     return no_store(response)
+
+
+@bp.get("/batch/<batch_id>/expires")
+def expires(batch_id: str):
+    """When the batch is deleted (lookup.deletion), for a page left open (static/app.js): a
+    colleague's change, or "Keep it" in another tab, moves it after the page was written."""
+    return no_store(jsonify(deletion(load_or_404(batch_id))))
 
 
 @bp.get("/batch/<batch_id>/history")

@@ -178,6 +178,7 @@ def left_out_text(reason: str) -> str:
     return "Excluded on review" if reason == differential.EXCLUDED else STATUS_TEXT[reason]
 
 
+@bp.app_template_global("retention_text")
 def retention() -> str:
     """How long uploads and results are kept after their batch's last change, in words
     ("1 hour")."""

@@ -4,16 +4,22 @@ header that keeps private responses out of caches."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from flask import abort, current_app
+from typing import NoReturn
+
+from flask import abort, current_app, request
 
 from hematovision.predictor import Predictor
 from hematovision.web import models, results, uploads
-from hematovision.web.filters import how_many, retention
+from hematovision.web.filters import clock_utc, how_many, retention
 
 EXPIRED = ("No such result: it may have been deleted, as a batch is deleted {retention} after "
            "its last change.")
+NOT_SAVED = ("This batch is no longer on the server (a batch is deleted {retention} after its "
+             "last change, or at once with Delete now), so what you sent was not saved. To count "
+             "these cells, upload the images again.")
 IMAGE_REMOVED = "{file} was removed from this batch, and its stored copy deleted."
 # The flash category of a notice that something was not saved (base.html: a warning, not the
 # green of a saved change).
@@ -54,8 +60,23 @@ def image_item_or_404(stored: dict, index: int) -> dict:
 def load_or_404(batch_id: str) -> dict:
     stored = uploads.load_batch(upload_folder(), batch_id)
     if stored is None:
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     return stored
+
+
+def gone() -> NoReturn:
+    """The 404 of a batch no longer stored: a page asked for may have been deleted; a form sent
+    to it (a review, a sign-off, "Keep it") saved nothing, which its sender must be told."""
+    message = NOT_SAVED if request.method == "POST" else EXPIRED
+    abort(404, description=message.format(retention=retention()))
+
+
+def deletion(stored: dict) -> dict:
+    """When the batch is deleted, as the JSON a page left open asks for (static/app.js): the
+    time, in ISO 8601 and in words, and the seconds left as the server counts them."""
+    expires = expires_at(stored)
+    return {"expires": results.iso_time(expires), "expires_text": clock_utc(expires),
+            "seconds_left": max(0.0, expires - time.time()) if results.is_time(expires) else None}
 
 
 def no_store(response, status: int | None = None):

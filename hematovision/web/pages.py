@@ -13,6 +13,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -28,8 +29,8 @@ from hematovision.web.classify import classify_request, new_files, uploaded_file
 from hematovision.web.errors import TITLES as ERROR_TITLES
 from hematovision.web.filters import clock_utc, how_many, isolated, retention
 from hematovision.web.forms import TypedForm, plain_text
-from hematovision.web.lookup import (EXPIRED, WARNING, expires_at, item_or_404, load_or_404,
-                                     served_model, upload_folder)
+from hematovision.web.lookup import (WARNING, deletion, expires_at, gone, item_or_404,
+                                     load_or_404, no_store, served_model, upload_folder)
 from hematovision.web.model_pages import served_acceptance
 from hematovision.web.review_pages import counted_state
 from hematovision.web.security import check_csrf
@@ -241,7 +242,7 @@ def remove(batch_id: str, index: int):
 
     stored = uploads.update_batch(upload_folder(), batch_id, take_out)
     if stored is None:  # deleted between the two reads
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     if outcome.get("last"):
         abort(400, description=REMOVE_LAST)
     if "too_many" in outcome:
@@ -292,7 +293,7 @@ def add(batch_id: str):
     except uploads.BatchFull:
         batch_full(load_or_404(batch_id), limit)
     if added_to is None:  # deleted meanwhile
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     recent.remember(batch_id)  # images this browser uploaded, though a colleague began it
     failed = sum("label" not in r for r in items)
     added = results.image_count([r for r in items if "label" in r])
@@ -361,12 +362,16 @@ def back_to(default: str) -> str:
 def keep(batch_id: str):
     """Keep the batch `RETENTION_SECONDS` from now, as any change to it does, for one that is
     read, not changed (a count waiting for its signer); nothing else changes and the history
-    records nothing. Then back to the page the form was on (`next`)."""
+    records nothing. Then back to the page the form was on (`next`); asked for JSON (app.js,
+    so that a page's unsaved choices stay where they are), the new deletion time instead."""
     back = back_to(url_for("batches.batch", batch_id=batch_id))
-    stored = uploads.update_batch(upload_folder(), batch_id, lambda batch: None)
+    stored = uploads.update_batch(upload_folder(), batch_id, lambda batch: None, renew=True)
     if stored is None:
-        abort(404, description=EXPIRED.format(retention=retention()))
-    flash(KEPT.format(until=clock_utc(expires_at(stored)), retention=retention()))
+        gone()
+    message = KEPT.format(until=clock_utc(expires_at(stored)), retention=retention())
+    if request.accept_mimetypes.best == "application/json":
+        return no_store(jsonify({**deletion(stored), "message": message}))
+    flash(message)
     return redirect(back, code=303)
 
 
@@ -390,7 +395,7 @@ def save_sample(batch_id: str):
                 f" (was {sample.in_words(before)})" if before != sample.Sample() else ""), now)
 
     if uploads.update_batch(upload_folder(), batch_id, store) is None:
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     flash(SAMPLE_SAVED if described != sample.Sample() else SAMPLE_CLEARED)
     return redirect(url_for("batches.batch", batch_id=batch_id), code=303)
 
@@ -415,7 +420,7 @@ def sign_off(batch_id: str):
             signoff.withdraw(b)
 
         if uploads.update_batch(upload_folder(), batch_id, withdraw) is None:
-            abort(404, description=EXPIRED.format(retention=retention()))
+            gone()
         if withdrawn:
             flash(SIGN_OFF_WITHDRAWN.format(name=isolated(withdrawn[0])))
         return redirect(url_for("batches.batch", batch_id=batch_id), code=303)
@@ -445,7 +450,7 @@ def sign_off(batch_id: str):
                    if browser and browser != name else [])]), now, by=name)
 
     if uploads.update_batch(upload_folder(), batch_id, record) is None:
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     if refused is not None:
         return batch(batch_id, status=status, signoff_form=TypedForm(form.typed, {"": refused}))
     flash(SIGNED_OFF.format(name=isolated(name)))
@@ -472,7 +477,7 @@ def save_manual(batch_id: str):
             manual.store(b, counted, now)
 
     if uploads.update_batch(upload_folder(), batch_id, store) is None:
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     flash(MANUAL_SAVED.format(cells=how_many(counted.total, "white cell")) if counted.total
           else MANUAL_CLEARED)
     return redirect(url_for("batches.batch", batch_id=batch_id, _anchor="manual-title"), code=303)

@@ -14,8 +14,8 @@ from hematovision.predictor import Predictor
 from hematovision.spreadsheet import whole_number
 from hematovision.web import history, results, uploads
 from hematovision.web.batch_pages import single
-from hematovision.web.filters import how_many, is_number, retention, verdict_text
-from hematovision.web.lookup import (EXPIRED, WARNING, expires_at, item_or_404, load_or_404,
+from hematovision.web.filters import how_many, is_number, verdict_text
+from hematovision.web.lookup import (WARNING, expires_at, gone, item_or_404, load_or_404,
                                      no_store, served_model, upload_folder)
 from hematovision.web.review_lists import (REVIEW_LISTS, class_lists, class_tabs, in_list,
                                            list_came_from, listed_in, review_list, to_confirm)
@@ -83,7 +83,7 @@ def review(batch_id: str, index: int):
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     if removed:
         return removed_meanwhile(batch_id, index, stored["results"][index])
     if meanwhile is not None:
@@ -226,7 +226,7 @@ def review_many(batch_id: str):
 
     stored = uploads.update_batch(upload_folder(), batch_id, record)
     if stored is None:  # deleted between the two reads
-        abort(404, description=EXPIRED.format(retention=retention()))
+        gone()
     found = stored["results"]
     if saved or confirm:
         flash(reviews_saved(saved, confirmed, confirm))

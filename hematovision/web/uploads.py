@@ -126,22 +126,27 @@ def kept_from(batch: dict[str, Any]) -> float:
     return math.nan
 
 
-def update_batch(folder: Path, batch_id: str,
-                 change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+def update_batch(folder: Path, batch_id: str, change: Callable[[dict[str, Any]], None],
+                 renew: bool = False) -> dict[str, Any] | None:
     """Apply `change` to the stored batch in place and store it again; returns the batch as
     stored, or None when there is no such batch. Read, change and write happen under the
     folder's lock, so two changes at once (two reviews from two workers) both land and a change
     never brings back a batch deleted meanwhile. A change renews the batch's retention time
     (`kept_from`): the file and every image it lists, those the change added included, take
-    the change's time, by which the purge (under the same lock) deletes them."""
+    the change's time, by which the purge (under the same lock) deletes them. A change that
+    leaves the batch as it was (refused: a cell reviewed meanwhile; or the same again) writes
+    nothing and renews nothing, unless asked to `renew` ("Keep it")."""
     with _locked(folder):
         batch = load_batch(folder, batch_id)
         if batch is None:
             return None
+        path = folder / f"{batch_id}.json"
+        before = json.loads(path.read_bytes())  # a copy as stored, to tell a change from none
         change(batch)
+        if batch == before and not renew:
+            return batch
         now = time.time()
         batch["kept_from"] = now
-        path = folder / f"{batch_id}.json"
         data = json.dumps(batch).encode()
         _write_atomic(path, lambda f: f.write(data))
         os.utime(path, (now, now))
