@@ -158,12 +158,11 @@ def _stamp_images(folder: Path, batch: dict[str, Any], at: float) -> None:
     """Give the batch's stored images the time `at`: the purge deletes each image by its own
     file's time, so they stay exactly as long as the batch that lists them."""
     for image_id in {r.get("image") for r in batch["results"]}:
-        path = image_path(folder, image_id) if isinstance(image_id, str) else None
-        try:
-            if path is not None:
-                os.utime(path, (at, at))
-        except FileNotFoundError:  # the purge took it just now
-            pass
+        if isinstance(image_id, str) and is_valid_id(image_id):
+            try:
+                os.utime(folder / f"{image_id}.jpg", (at, at))
+            except FileNotFoundError:  # removed from the batch, or never stored
+                pass
 
 
 class BatchFull(Exception):
