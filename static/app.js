@@ -294,13 +294,14 @@ function guardUnsavedReviews() {
 const ASK_EVERY_MS = 15000;
 
 function followDeletion() {
-  const note = document.getElementById("expires-soon");
-  if (!note) return;
-  const warnAt = Number(note.dataset.warnSeconds);
-  let left = Number(note.dataset.secondsLeft);
+  const note = document.getElementById("expires-soon"); // none where the time is unknown
+  const warnAt = note ? Number(note.dataset.warnSeconds) : 0;
+  let left = note ? Number(note.dataset.secondsLeft) : Infinity;
   let since = Date.now();
   let asked = 0;
+  let latest = 0; // answers are applied newest first: a late one never undoes a Keep
   let gone = false;
+  let timer = null;
   const setText = (element, text) => {
     if (element && element.textContent !== text) element.textContent = text; // no re-reading
   };
@@ -320,6 +321,7 @@ function followDeletion() {
     });
   };
   const update = () => {
+    if (!note) return;
     const remaining = left - (Date.now() - since) / 1000;
     const due = gone || remaining <= warnAt;
     if (due && !gone && Date.now() - asked > ASK_EVERY_MS) {
@@ -343,43 +345,49 @@ function followDeletion() {
   };
   const ask = async () => {
     asked = Date.now();
+    const mine = ++latest;
     try {
       const response = await fetch(note.dataset.expiresUrl,
         { headers: { Accept: "application/json" }, cache: "no-store" });
+      if (mine !== latest) return; // a Keep, or a later question, answered since
       if (response.status === 404) gone = true;
       else if (response.ok) learn(await response.json());
     } catch {
       // offline, or the server restarting: go on counting from what it said last
     }
-    update();
+    if (mine === latest) update();
   };
   // "Keep it" without leaving the page: a review list's choices not yet saved stay as they are.
   document.querySelectorAll("form.keep-form").forEach((form) => {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
+      const mine = ++latest;
+      let response;
       try {
-        const response = await fetch(form.action, { method: "POST", body: new FormData(form),
+        response = await fetch(form.action, { method: "POST", body: new FormData(form),
           headers: { Accept: "application/json" } });
-        if (response.ok) {
-          const answer = await response.json();
-          learn(answer);
-          asked = Date.now();
-          setText(document.getElementById("kept-note"), answer.message);
-          update();
-          return;
-        }
-        if (response.status === 404) {
-          gone = true;
-          update();
-          return;
-        }
       } catch {
-        // the form itself then goes, and its answer says what happened
+        form.submit(); // no answer at all: the form itself goes, and its page says what happened
+        return;
       }
-      form.submit();
+      if (response.ok) {
+        const answer = await response.json();
+        if (mine === latest) learn(answer);
+        asked = Date.now();
+        setText(document.getElementById("kept-note"), answer.message);
+      } else if (response.status === 404) {
+        gone = true;
+        setText(document.getElementById("kept-note"),
+          "This batch is no longer on the server: it could not be kept.");
+      } else { // sending it again would be refused again (an expired form token: 400)
+        setText(document.getElementById("kept-note"), "The batch could not be kept from this " +
+          `page (the server answered ${response.status}): reload the page and try again.`);
+      }
+      update();
     });
   });
-  const timer = setInterval(update, 1000);
+  if (!note) return;
+  timer = setInterval(update, 1000);
   update();
 }
 

@@ -49,13 +49,18 @@ def base_url(tmp_path, trusted_model_dir):
 @contextlib.contextmanager
 def serving(tmp_path, trusted_model_dir, **config):
     """base_url's server, with `config` settings."""
+    with served(trusting_app(tmp_path, trusted_model_dir, **config)) as url:
+        yield url
+
+
+def trusting_app(tmp_path, trusted_model_dir, **config):
+    """base_url's app: the tiny model with a trust layer that accepts every image."""
     trust = json.loads((trusted_model_dir / "model_card.json").read_text())["trust"]
     trust["confidence_threshold"] = 0.0
     trust["ood"]["threshold"] = 1e12
     models = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny",),
                               card={"trust": trust})
-    with served(make_app(tmp_path, models, **config)) as url:
-        yield url
+    return make_app(tmp_path, models, **config)
 
 
 @contextlib.contextmanager
@@ -469,6 +474,52 @@ def test_a_warning_goes_when_a_colleague_keeps_the_batch(browser, tmp_path, trus
         uploads.delete_batch(tmp_path / "uploads", deleted)
         WebDriverWait(browser, 20).until(lambda _: "no longer on the server" in note.text)
         assert not note.find_element(By.CSS_SELECTOR, "form button").is_displayed()
+
+
+def test_keep_stays_on_the_page_and_no_late_answer_undoes_it(browser, tmp_path,
+                                                              trusted_model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    app = trusting_app(tmp_path, trusted_model_dir, RETENTION_SECONDS=240,
+                       PURGE_INTERVAL_SECONDS=3600)
+    slow = threading.Event()
+    answer = app.wsgi_app
+
+    def late(environ, start_response):  # the server's answer to "when?" delivered 3 s late
+        body = list(answer(environ, start_response))
+        if slow.is_set() and environ["PATH_INFO"].endswith("/expires"):
+            time.sleep(3)
+        return body
+
+    app.wsgi_app = late
+    with served(app) as url:
+        batch_id = upload_two_cells(browser, url, tmp_path).rsplit("/", 1)[1]
+        aged(tmp_path / "uploads", batch_id, 200)  # 40 s left: warned at once
+        slow.set()
+        browser.get(f"{url}/batch/{batch_id}/review?show=all")
+        note = browser.find_element(By.ID, "expires-soon")
+        assert note.is_displayed()
+        # Kept while the page's question is on its way: its answer, older, must not undo it.
+        click_in_view(browser, note.find_element(By.CSS_SELECTOR, "button"))
+        WebDriverWait(browser, 10).until(lambda _: not note.is_displayed())
+        time.sleep(4)
+        assert not note.is_displayed()
+        assert "Kept this batch until" in browser.find_element(By.ID, "kept-note").text
+
+        # A batch whose stored times are damaged has no warning; Keep still stays on the page.
+        path = tmp_path / "uploads" / f"{batch_id}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "kept_from": "x",
+                                    "created": -1}))
+        browser.get(f"{url}/batch/{batch_id}/review?show=all")
+        choice = Select(wait_for(browser, "#review-all-form select"))
+        choice.select_by_index(1)
+        browser.execute_script("window.stayed = true")
+        click_in_view(browser, browser.find_element(By.CSS_SELECTOR, "#keep-form button"))
+        WebDriverWait(browser, 10).until(
+            lambda _: "Kept this batch until" in browser.find_element(By.ID, "kept-note").text)
+        assert browser.execute_script("return window.stayed") is True
+        assert choice.first_selected_option.get_attribute("value") != ""
 
 
 def test_a_review_changes_the_class_the_differential_counts(browser, base_url, tmp_path):

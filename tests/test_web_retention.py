@@ -230,6 +230,10 @@ def test_a_form_sent_to_a_batch_gone_says_nothing_was_saved(client, batch_id):
                     response.get_data(as_text=True)), action
     assert "No such result: it may have been deleted" in text(
         client.get(f"/batch/{batch_id}").get_data(as_text=True))
+    # Delete now, from a tab opened before: what it asked for is done, and it says no more.
+    deleted = client.post(f"/batch/{batch_id}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 404
+    assert "No such result: it may have been deleted" in text(deleted.get_data(as_text=True))
 
 
 def test_the_report_and_history_say_when_the_batch_goes_and_keep_it(client, batch_id):

@@ -29,7 +29,7 @@ from hematovision.web.classify import classify_request, new_files, uploaded_file
 from hematovision.web.errors import TITLES as ERROR_TITLES
 from hematovision.web.filters import clock_utc, how_many, isolated, retention
 from hematovision.web.forms import TypedForm, plain_text
-from hematovision.web.lookup import (WARNING, deletion, expires_at, gone, item_or_404,
+from hematovision.web.lookup import (EXPIRED, WARNING, deletion, expires_at, gone, item_or_404,
                                      load_or_404, no_store, served_model, upload_folder)
 from hematovision.web.model_pages import served_acceptance
 from hematovision.web.review_pages import counted_state
@@ -185,9 +185,12 @@ def delete(batch_id: str):
     """Delete a batch's results and stored images now, at the user's request, instead of at the
     end of the retention time; then back to the upload form, which says so."""
     try:
-        stored = load_or_404(batch_id)
+        stored = uploads.load_batch(upload_folder(), batch_id)
     except uploads.DamagedBatch:  # deleting it is all that can still be done with it
         stored = None
+    else:
+        if stored is None:  # deleted already (in another tab), or at its time: no harm done
+            abort(404, description=EXPIRED.format(retention=retention()))
     uploads.delete_batch(upload_folder(), batch_id)
     recent.forget(batch_id)
     if stored is None:
