@@ -197,8 +197,7 @@ def time_left(expires: float) -> dict:
     minutes = math.ceil(seconds / 60)
     return {"known": known, "seconds": seconds, "warn_seconds": warn,
             "soon": known and seconds <= warn,
-            "in_words": f"in {minutes} minutes" if minutes > 1 else "in less than a minute",
-            "retention": retention()}
+            "in_words": f"in {minutes} minutes" if minutes > 1 else "in less than a minute"}
 
 
 def human_duration(seconds: float) -> str:

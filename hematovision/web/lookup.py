@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-
 from typing import NoReturn
 
 from flask import abort, current_app, request
