@@ -4,7 +4,6 @@ header that keeps private responses out of caches."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,7 +11,7 @@ from flask import abort, current_app, request
 
 from hematovision.predictor import Predictor
 from hematovision.web import models, results, uploads
-from hematovision.web.filters import clock_utc, how_many, retention
+from hematovision.web.filters import clock_utc, how_many, retention, time_left
 
 EXPIRED = ("No such result: it may have been deleted, as a batch is deleted {retention} after "
            "its last change.")
@@ -74,8 +73,9 @@ def deletion(stored: dict) -> dict:
     """When the batch is deleted, as the JSON a page left open asks for (static/app.js): the
     time, in ISO 8601 and in words, and the seconds left as the server counts them."""
     expires = expires_at(stored)
+    left = time_left(expires)
     return {"expires": results.iso_time(expires), "expires_text": clock_utc(expires),
-            "seconds_left": max(0.0, expires - time.time()) if results.is_time(expires) else None}
+            "seconds_left": left["seconds"] if left["known"] else None}
 
 
 def no_store(response, status: int | None = None):

@@ -161,7 +161,7 @@ def to_batch(batch_id: str):
     for the user wait for the page it opens after the last part rather than being shown to
     its request."""
     address = url_for("batches.batch", batch_id=batch_id)
-    if request.accept_mimetypes.best == "application/json":
+    if wants_json():
         return {"batch": address}
     return redirect(address, code=303)
 
@@ -224,8 +224,8 @@ def remove(batch_id: str, index: int):
         if results.is_removed(item):
             outcome["already"] = item
             return
-        gone = results.same_image(found, index)
-        if not results.classified_besides(found, gone):
+        taken = results.same_image(found, index)
+        if not results.classified_besides(found, taken):
             outcome["last"] = True
             return
         # Each removal leaves its place behind: without a bound, adding and removing again
@@ -235,12 +235,12 @@ def remove(batch_id: str, index: int):
             outcome["too_many"] = removed
             return
         outcome.update(item=item, image=item.get("image"),
-                       counted=sum(differential.counted_class(found[i]) is not None for i in gone))
+                       counted=sum(differential.counted_class(found[i]) is not None for i in taken))
         # What the image was counted as, and by whose review: its place keeps neither.
         history.record(batch, history.REMOVED, "; ".join(
             [f"{item['file']}: {reason}" if reason else item["file"],
-             *(f"{results.name_of(found[i])} was {counted_state(found[i])}" for i in gone)]), now)
-        for i in gone:
+             *(f"{results.name_of(found[i])} was {counted_state(found[i])}" for i in taken)]), now)
+        for i in taken:
             found[i] = results.removed_entry(found[i], now, reason, history.reviewer())
 
     stored = uploads.update_batch(upload_folder(), batch_id, take_out)
@@ -354,6 +354,12 @@ def set_reviewer():
     return redirect(back, code=303)
 
 
+def wants_json() -> bool:
+    """Whether the page's script sent the form (upload.js, app.js), asking for JSON instead of
+    the page a browser goes to."""
+    return request.accept_mimetypes.best == "application/json"
+
+
 def back_to(default: str) -> str:
     """Where a form goes back to: its `next`, the page it was on, if that is an address on this
     site (never another site); else `default`."""
@@ -372,7 +378,7 @@ def keep(batch_id: str):
     if stored is None:
         gone()
     message = KEPT.format(until=clock_utc(expires_at(stored)), retention=retention())
-    if request.accept_mimetypes.best == "application/json":
+    if wants_json():
         return no_store(jsonify({**deletion(stored), "message": message}))
     flash(message)
     return redirect(back, code=303)
