@@ -5,6 +5,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image
@@ -370,6 +371,44 @@ def test_the_purge_deletes_under_the_folders_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(uploads.os, "unlink", unlink)
     assert uploads.purge_expired(folder, 60) == 1
     assert held == [True]
+
+
+def test_the_purge_looks_without_the_lock_and_checks_each_file_again_under_it(
+        tmp_path, monkeypatch):
+    """Scanning a large folder under the lock would hold every change for the scan: the purge
+    looks at the files' times without it, then, holding it, deletes only files still expired.
+    A batch renewed by a change that took the lock between the two is kept."""
+    folder = tmp_path / "uploads"
+    renewed, expired = (uploads.save_batch(folder, {**EMPTY, "results": []}) for _ in range(2))
+    old = time.time() - 100
+    for batch_id in (renewed, expired):
+        os.utime(folder / f"{batch_id}.json", (old, old))
+    real_scandir, real_locked = os.scandir, uploads._locked
+    scanned_holding = []
+
+    def scandir(path):
+        scanned_holding.append(uploads._THREADS.locked())
+        return real_scandir(path)
+
+    @contextmanager
+    def locked(path):
+        with real_locked(path):
+            os.utime(folder / f"{renewed}.json")  # a change that got the lock first renews it
+            yield
+
+    monkeypatch.setattr(uploads.os, "scandir", scandir)
+    monkeypatch.setattr(uploads, "_locked", locked)
+    assert uploads.purge_expired(folder, 60) == 1
+    assert scanned_holding == [False]
+    assert (folder / f"{renewed}.json").exists()
+    assert not (folder / f"{expired}.json").exists()
+
+
+def test_a_purge_with_nothing_expired_takes_no_lock(tmp_path, monkeypatch):
+    folder = tmp_path / "uploads"
+    uploads.save_batch(folder, {**EMPTY, "results": []})
+    monkeypatch.setattr(uploads, "_locked", lambda path: pytest.fail("took the lock"))
+    assert uploads.purge_expired(folder, 60) == 0
 
 
 @pytest.mark.parametrize("damaged", ["yesterday", None, True, [1], float("inf"), 10**400, -5])

@@ -242,23 +242,34 @@ def image_path(folder: Path, image_id: str) -> Path | None:
 
 def purge_expired(folder: Path, retention_seconds: float, now: float | None = None) -> int:
     """Delete stored files older than the retention time; returns how many were deleted.
-    Under the folder's lock: a change renewing a batch between a file's age check and its
-    deletion (in another worker) would otherwise be told "saved" and lose the batch."""
+    The folder is scanned without the lock (a folder of many files would hold every change for
+    the scan's length); each file found expired is then looked at again and deleted under the
+    folder's lock, since a change renewing its batch in another worker meanwhile would
+    otherwise be told "saved" and lose the batch."""
     if not folder.is_dir():
         return 0
     cutoff = (time.time() if now is None else now) - retention_seconds
+    expired = [entry.path for entry in os.scandir(folder)
+               if STORED_NAME.fullmatch(entry.name) and _modified_before(entry.path, cutoff)]
+    if not expired:
+        return 0
     deleted = 0
     with _locked(folder):
-        for entry in os.scandir(folder):
-            if not STORED_NAME.fullmatch(entry.name):
-                continue
-            try:
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
+        for path in expired:
+            if _modified_before(path, cutoff):
+                try:
+                    os.unlink(path)
                     deleted += 1
-            except FileNotFoundError:  # deleted meanwhile (a temporary file renamed)
-                pass
+                except FileNotFoundError:  # deleted meanwhile, e.g. by "Delete now"
+                    pass
     return deleted
+
+
+def _modified_before(path: str, cutoff: float) -> bool:
+    try:
+        return os.stat(path).st_mtime < cutoff
+    except FileNotFoundError:  # deleted meanwhile (a temporary file renamed)
+        return False
 
 
 _THREADS = threading.Lock()
