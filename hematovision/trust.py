@@ -26,6 +26,10 @@ PACKED_WHITENING = "whitening_lower_"  # + layer index: the whitening's lower tr
 HELD_OUT_CONFIDENCE = "held_out_confidence"
 HELD_OUT_CORRECT = "held_out_correct"
 ABSTAIN_ON_ALL = 1.0  # the confidence threshold when no threshold reaches the target
+# The threshold that accepts confidences of exactly 1 and nothing below (no float lies between
+# it and 1): what the rule chooses where every held-out image it accepts is that sure, which a
+# threshold of 1 would read as ABSTAIN_ON_ALL.
+BELOW_ONE = math.nextafter(1.0, 0.0)
 
 ACCEPTED = "accepted"
 UNIDENTIFIED = "unidentified"
@@ -257,7 +261,7 @@ def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target: fl
     # A cut may only fall between distinct confidences: tied images are accepted together.
     boundary = np.append(ranked[1:] < ranked[:-1], True)
     ok = np.nonzero((accuracy >= target) & boundary)[0]
-    return float(ranked[ok[-1]]) if len(ok) else ABSTAIN_ON_ALL
+    return min(float(ranked[ok[-1]]), BELOW_ONE) if len(ok) else ABSTAIN_ON_ALL
 
 
 def threshold_for_target(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:

@@ -189,6 +189,57 @@ def test_a_temperature_on_an_end_of_its_search_is_warned_about():
     assert calibrate.temperature_at_bound(19.0, "nll") is None
 
 
+def test_held_out_images_all_right_leave_the_models_own_confidences_not_certainty():
+    """Held-out logits all right: every sharpening lowers their NLL, so the fit runs towards
+    zero (here to where their probabilities round to 1), which would serve a first wrong
+    answer as certain."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 40)
+    logits = rng.normal(0, 1, (40, 4))
+    logits[np.arange(40), labels] += 8.0
+    fitted = calibrate.fit_temperature(logits, labels)
+    assert fitted < 0.2
+    right = logits.argmax(axis=1) == labels
+    temperature, note = calibrate.served_temperature(fitted, "nll", right)
+    assert temperature == 1.0
+    assert note.startswith("Not calibrated: the 40 held-out images are all right, so every "
+                           f"sharpening fits them better (the fit ran to temperature "
+                           f"{fitted:.3f})")
+    assert "the model's own confidences are served (temperature 1)" in note
+    # One wrong answer sets a temperature, which is served.
+    labels[0] = (labels[0] + 1) % 4
+    wrong = logits.argmax(axis=1) == labels
+    fitted = calibrate.fit_temperature(logits, labels)
+    assert calibrate.served_temperature(fitted, "nll", wrong) == (fitted, None)
+    # At the upper bound the fit stands (every cell unidentified), with its warning kept.
+    temperature, note = calibrate.served_temperature(20.0, "nll", wrong)
+    assert temperature == 20.0 and note.startswith("Temperature 20.000 is the upper bound")
+
+
+def test_a_fit_at_its_lower_bound_is_served_at_temperature_1_and_says_so(
+        tmp_path, trusted_model_dir, monkeypatch):
+    import shutil
+
+    from hematovision.trust import Trust
+
+    model_dir = tmp_path / "easy"
+    shutil.copytree(trusted_model_dir, model_dir)
+    # As if the tiny model's twelve validation images were all right.
+    served = calibrate.served_temperature
+    monkeypatch.setattr(calibrate, "served_temperature", lambda fitted, criterion, correct:
+                        served(0.05, criterion, np.ones_like(correct)))
+    section = calibrate.fit_trust(model_dir, progress=False)
+    assert section["temperature"] == 1.0
+    assert section["temperature_note"].startswith(
+        "Not calibrated: the 12 held-out images are all right")
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["trust"]["temperature_note"] == section["temperature_note"]
+    assert Trust.load(model_dir, card).temperature == 1.0
+    # The threshold and the validation figures are those of the confidences served.
+    assert section["validation"]["nll_after"] == section["validation"]["nll_before"]
+    assert section["validation"]["ece_after"] == section["validation"]["ece_before"]
+
+
 def test_thresholds_fitted_on_few_images_carry_their_count_in_the_card(trusted_model_dir):
     few = calibrate.calibration_size(40, 40)
     assert few["below_minimum"] and few["minimum_advised"] == calibrate.MIN_CALIBRATION_IMAGES

@@ -202,6 +202,22 @@ def test_a_threshold_of_1_abstains_even_on_a_confidence_of_exactly_1():
     assert t.abstains_on_all and t.status(confidence=1.0, ood_score=0.0) == UNIDENTIFIED
 
 
+def test_held_out_images_all_right_at_a_confidence_of_1_accept_such_cells_not_none():
+    """A small, easy held-out set can have every confidence round to exactly 1 (float32),
+    all right: the rule then accepts what is that sure, where a threshold of 1 would mean
+    "abstain on all" and send every cell to review."""
+    confidence, correct = np.ones(20, np.float32), np.ones(20, bool)
+    cut = trust.confidence_threshold(confidence, correct, 0.99)
+    assert cut < trust.ABSTAIN_ON_ALL and 1.0 >= cut > np.nextafter(np.float32(1), 0)
+    stored = trust.threshold_for_target(confidence, correct, 0.99)
+    assert stored == 0.9999
+    t = _trust(confidence_threshold=stored, ood_threshold=10.0)
+    assert not t.abstains_on_all
+    assert t.status(confidence=1.0, ood_score=0.0) == ACCEPTED
+    assert t.status(confidence=0.99, ood_score=0.0) == UNIDENTIFIED  # below every held-out one
+    assert trust.confidence_threshold(confidence, ~correct, 0.99) == trust.ABSTAIN_ON_ALL
+
+
 def _fitted_folder(tmp_path, target=0.99):
     """A trust layer whose threshold for `target` was chosen on ten held-out images, the
     three least confident of them wrong."""

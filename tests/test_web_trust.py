@@ -434,6 +434,23 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
         note + ".")
 
 
+def test_model_page_says_when_the_temperature_was_not_fitted(tmp_path, trusted_model_dir):
+    note = ("Not calibrated: the 20 held-out images are all right, so every sharpening fits "
+            "them better (the fit ran to temperature 0.050): too few or too easy to calibrate "
+            "on, the model's own confidences are served (temperature 1)")
+    card = card_with(trusted_model_dir, temperature=1.0, temperature_fitted=0.05,
+                     temperature_note=note)
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("easy",), card=card)
+    app = make_app(tmp_path, root, DEFAULT_MODEL="easy")
+    html = app.test_client().get("/models/easy").get_data(as_text=True)
+    assert text(re.search(r'id="temperature-note">(.*?)</div>', html, re.S).group(1)) == (
+        note + ".")
+    fitted = make_models_root(tmp_path / "f", trusted_model_dir, names=("fitted",))
+    html = make_app(tmp_path / "f", fitted, DEFAULT_MODEL="fitted").test_client().get(
+        "/models/fitted").get_data(as_text=True)
+    assert 'id="temperature-note"' not in html
+
+
 def test_model_page_says_which_validation_figure_is_which(tmp_path, trusted_model_dir):
     """The training run's one-view validation accuracy and the served one differ; each says
     how it was measured."""

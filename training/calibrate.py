@@ -123,6 +123,28 @@ def temperature_at_bound(temperature: float, criterion: str) -> str | None:
     return None
 
 
+def served_temperature(fitted: float, criterion: str, correct: np.ndarray
+                       ) -> tuple[float, str | None]:
+    """The temperature a card serves, and its note where the held-out logits did not set it.
+    Held-out images all right (`correct`) hold no error to calibrate on: every sharpening fits
+    them better, so the fit runs to its lower bound, or to wherever their probabilities round
+    to 1. Served, that would make the model's first wrong answer certain (a probability of
+    1e-100 for the right class), so the model's own confidences (temperature 1) are served
+    instead. At the upper bound the fit stands: every cell unidentified is the honest answer of
+    a model that learned nothing."""
+    if correct.all():
+        return 1.0, (f"Not calibrated: the {len(correct)} held-out images are all right, so "
+                     f"every sharpening fits them better (the fit ran to temperature "
+                     f"{fitted:.3f}): too few or too easy to calibrate on, the model's own "
+                     "confidences are served (temperature 1). Hold out more images, or run "
+                     "training.crossfit")
+    warning = temperature_at_bound(fitted, criterion)
+    if warning is None:
+        return fitted, None
+    note = warning.removeprefix("warning: ")
+    return fitted, note[0].upper() + note[1:]
+
+
 def calibration_size(confidence_images: int, unfamiliarity_images: int) -> dict:
     """The card's record of how many held-out images the thresholds rest on, with a note
     where either is below MIN_CALIBRATION_IMAGES (the app may show it beside the trust
@@ -361,9 +383,11 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     # the fit below.
     oof = crossfit.load(model_dir, served_views(card))
     fit_logits, fit_truth = (oof["logits"], oof["labels"]) if oof else (val_out.logits, val_labels)
-    temperature = fit_temperature_by(temperature_fit, fit_logits, fit_truth)
-    if warning := temperature_at_bound(temperature, temperature_fit):
-        log(warning)
+    fitted_temperature = fit_temperature_by(temperature_fit, fit_logits, fit_truth)
+    temperature, temperature_note = served_temperature(
+        fitted_temperature, temperature_fit, fit_logits.argmax(axis=1) == fit_truth)
+    if temperature_note:
+        log(f"warning: {temperature_note}")
     size = calibration_size(len(fit_truth), len(val_labels))
     if size["below_minimum"]:
         log(f"warning: {size['note'][0].lower()}{size['note'][1:]}. Hold out more images "
@@ -398,6 +422,9 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
         "temperature": round(temperature, 4),
         "temperature_fit": temperature_fit,
         "temperature_rule": TEMPERATURE_FITS[temperature_fit],
+        # Where the fit ran to an end of its search: what it gave, and what was done.
+        **({"temperature_fitted": round(fitted_temperature, 4),
+            "temperature_note": temperature_note} if temperature_note else {}),
         "confidence_threshold": threshold,
         "target_accuracy": target,
         # Fitted in sample: the accepted shares of the images the thresholds were chosen on.
