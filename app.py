@@ -51,10 +51,7 @@ def print_check(app) -> None:
     predictors = app.extensions["predictors"]
     print(f"ok: models {', '.join(predictors)}; default {app.config['DEFAULT_MODEL']}")
     print("unidentified below: " + "; ".join(
-        f"{name} {p.trust.confidence_threshold:g}"
-        + (f" (accuracy target {p.trust.target_accuracy:g})"
-           if p.trust.target_accuracy is not None else "")
-        for name, p in predictors.items()))
+        f"{name} {p.trust.threshold_text()}" for name, p in predictors.items()))
     for absolute, key in SETTINGS.items():
         unit = UNITS[absolute] + ("" if absolute else
                                   "; beside them, as erythroblasts, per 100 white cells")

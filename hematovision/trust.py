@@ -146,6 +146,14 @@ class Trust:
         """No threshold reached the target on the held-out images (see `unsure`)."""
         return self.confidence_threshold >= ABSTAIN_ON_ALL
 
+    def threshold_text(self) -> str:
+        """The abstention threshold in words, for a log or `app.py --check`."""
+        target = self.target_accuracy
+        return (f"{self.confidence_threshold:g}"
+                + (f" (accuracy target {target:g})" if target is not None else "")
+                + (": no threshold reached its target on the held-out images, so every cell "
+                   "is sent to review" if self.abstains_on_all else ""))
+
     @classmethod
     def load(cls, model_dir: Path, card: dict[str, Any],
              accuracy_target: float | None = None) -> "Trust":

@@ -218,6 +218,15 @@ def test_held_out_images_all_right_at_a_confidence_of_1_accept_such_cells_not_no
     assert trust.confidence_threshold(confidence, ~correct, 0.99) == trust.ABSTAIN_ON_ALL
 
 
+def test_the_threshold_in_words_says_when_every_cell_goes_to_review():
+    assert Trust(confidence_threshold=0.9123, target_accuracy=0.99).threshold_text() == (
+        "0.9123 (accuracy target 0.99)")
+    assert Trust(confidence_threshold=1.0, target_accuracy=0.99).threshold_text() == (
+        "1 (accuracy target 0.99): no threshold reached its target on the held-out images, "
+        "so every cell is sent to review")
+    assert Trust().threshold_text() == "0"
+
+
 def _fitted_folder(tmp_path, target=0.99):
     """A trust layer whose threshold for `target` was chosen on ten held-out images, the
     three least confident of them wrong."""

@@ -31,11 +31,11 @@ from hematovision.batch import forward_files
 from hematovision.card import read_card, served_views, write_card
 from hematovision.predictor import KERAS_FILE, Predictor, add_model_options, model_dir_of
 from hematovision.preprocess import crop_fraction
-from hematovision.trust import (ACCEPTED, NOT_A_CELL, UNIDENTIFIED, WHITE_CELL_RULE,
-                                LayerGaussians, Trust, TRUST_FILE, cholesky_whitening,
-                                layer_distances, parse_accuracy_target, repack,
-                                save_trust_arrays, softmax, statuses, threshold_for_target,
-                                unsure)
+from hematovision.trust import (ABSTAIN_ON_ALL, ACCEPTED, NOT_A_CELL, UNIDENTIFIED,
+                                WHITE_CELL_RULE, LayerGaussians, Trust, TRUST_FILE,
+                                cholesky_whitening, layer_distances, parse_accuracy_target,
+                                repack, save_trust_arrays, softmax, statuses,
+                                threshold_for_target, unsure)
 from training import crossfit
 
 ECE_BINS = 15
@@ -397,6 +397,11 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     held_out_confidence = fitted_probabilities.max(axis=1)
     held_out_correct = fitted_probabilities.argmax(axis=1) == fit_truth
     threshold = threshold_for_target(held_out_confidence, held_out_correct, target)
+    if threshold >= ABSTAIN_ON_ALL:
+        log(f"warning: no confidence threshold reached {target:g} accuracy on the "
+            f"{len(fit_truth)} held-out images: every cell will be sent to review. Serve at a "
+            "lower target (--target-accuracy here, ACCURACY_TARGET in the app) or improve the "
+            "model")
     calibrated = softmax(val_out.logits, temperature)
     confidence = calibrated.max(axis=1)
     correct = calibrated.argmax(axis=1) == val_labels
