@@ -1212,6 +1212,25 @@ def test_a_split_whose_held_out_figures_rest_on_few_sources_is_warned_about():
                                 split) == []
 
 
+def test_a_class_with_too_few_sources_to_train_on_is_warned_about(capsys):
+    """Three images of a class split 1 / 1 / 1: it trains on one image."""
+    from training import data as data_lib
+
+    files, labels = [], []
+    for c, name in enumerate(CLASSES):
+        for i in range(3 if c == 0 else 20):
+            files.append(f"{name}/{i}.jpg")
+            labels.append(c)
+    dataset = data_lib.Dataset(Path("/data"), list(CLASSES), files, labels, list(files))
+    split = data_lib.make_split(dataset, 0.15, 0.15, 0)
+    train.check_classes(dataset, split)
+    err = capsys.readouterr().err
+    assert (f"warning: {CLASSES[0]} has only 1 source group(s) to train on (train 1, val 1, "
+            "test 1; without a source map a group is an image with its byte-identical copies): "
+            "it is learned from too few") in err
+    assert not any(f"warning: {name} has only" in err for name in CLASSES[1:])
+
+
 def test_a_single_sample_is_refused_with_what_a_group_is_and_the_map_logged(tmp_path, capsys):
     from tests.conftest import make_image
 

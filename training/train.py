@@ -31,7 +31,8 @@ from training.resume import (PLATEAU_FACTOR, PLATEAU_MIN_DELTA, Backup, KeepBest
                              Resumed, plateau_schedule, stopped_cleanly, truncate_log)
 from training.stopwatch import ELAPSED_FILE, Stopwatch  # noqa: E402
 
-# Fewer source groups than this in a class (train, validation and test together): warned about.
+# Fewer source groups than this to train a class on: warned about. A class of three images
+# split 1 / 1 / 1 learns from one, and its validation and test figures rest on one each.
 THIN_CLASS = 3
 # Fewer source groups than this on the validation or test side: warned about. Their figures
 # (early stopping, calibration, test accuracy) then rest on one or two slides or patients,
@@ -525,10 +526,11 @@ def check_classes(dataset: data_lib.Dataset, split: dict) -> None:
                          f"{group_meaning(dataset)}), too few to hold one out while each "
                          "class keeps one in training. Add images of more sources")
     for c, sides in counts.items():
-        if sum(sides.values()) < THIN_CLASS:
-            log(f"warning: {c} has only {sum(sides.values())} source group(s) (train "
-                f"{sides['train']}, val {sides['val']}, test {sides['test']}): its validation "
-                "and test figures say little")
+        if sides["train"] < THIN_CLASS:
+            log(f"warning: {c} has only {sides['train']} source group(s) to train on (train "
+                f"{sides['train']}, val {sides['val']}, test {sides['test']}; "
+                f"{group_meaning(dataset)}): it is learned from too few, and its validation "
+                "and test figures say little. Add images of more sources")
 
 
 def group_meaning(dataset: data_lib.Dataset) -> str:
