@@ -6,6 +6,7 @@ checks against it; the Keras file in the same folder stays the source of truth f
 
 from __future__ import annotations
 
+import os
 import threading
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,9 @@ from hematovision.trust import (ACCEPTED, Trust, class_activation_map, no_white_
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
+# The app's MODELS_ROOT setting as the environment gives it: the command lines read and export
+# models there too, so a researcher's own models folder is named once for all of them.
+MODELS_ROOT_VARIABLE = "HEMATOVISION_MODELS_ROOT"
 DEFAULT_MODEL = "wbc4"
 SERVING_FILE = "model.tflite"
 KERAS_FILE = "model.keras"
@@ -93,18 +97,27 @@ def load_failure(error: ModelLoadError) -> str:
 def add_model_options(parser) -> None:
     """The options every command that reads one model folder takes (`model_dir_of` reads them)."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model folder name under saved_model/ (default {DEFAULT_MODEL})")
+                        help=f"model folder name under saved_model/, or under "
+                             f"${MODELS_ROOT_VARIABLE} where that is set (default "
+                             f"{DEFAULT_MODEL})")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a model folder anywhere (overrides --model)")
 
 
+def models_root() -> Path:
+    """The folder of model folders: saved_model/, or the one HEMATOVISION_MODELS_ROOT names
+    (relative to the working directory, as the app takes it)."""
+    return Path(os.environ.get(MODELS_ROOT_VARIABLE) or MODELS_ROOT)
+
+
 def model_dir_of(args) -> Path:
-    return args.model_dir or MODELS_ROOT / args.model
+    return args.model_dir or models_root() / args.model
 
 
-def available_models(root: Path = MODELS_ROOT) -> list[str]:
-    """Names of the model folders under `root` that carry a model card and a serving file."""
-    root = Path(root)
+def available_models(root: Path | None = None) -> list[str]:
+    """Names of the model folders under `root` (default `models_root()`) that carry a model
+    card and a serving file."""
+    root = Path(root or models_root())
     if not root.is_dir():
         return []
     return sorted(

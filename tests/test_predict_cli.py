@@ -127,6 +127,19 @@ def test_unknown_model_exits_2_and_lists_models(tmp_path, capsys):
     assert "available models" in capsys.readouterr().err
 
 
+def test_model_names_are_looked_up_where_the_app_serves_them_from(tiny_model_dir, tmp_path,
+                                                                 capsys, monkeypatch):
+    """HEMATOVISION_MODELS_ROOT, the app's models folder, names it for --model too: a
+    researcher serving their own models folder classifies with the same names."""
+    root = make_models_root(tmp_path / "mine", tiny_model_dir, names=("mycells",))
+    path = make_image(tmp_path / "a.jpg", (10, 200, 10))
+    monkeypatch.setenv("HEMATOVISION_MODELS_ROOT", str(root))
+    assert main([str(path), "--json", "--quiet", "--model", "mycells"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] in CLASSES
+    assert main([str(path), "--model", "wbc4"]) == 2  # not in that folder
+    assert "available models: mycells" in capsys.readouterr().err
+
+
 def test_json_lines_carry_the_fitted_trust_layer(trusted_model_dir, tmp_path, capsys):
     path = make_image(tmp_path / "a.jpg", (200, 60, 60))
     main([str(path), "--json", "--quiet", "--model-dir", str(trusted_model_dir)])

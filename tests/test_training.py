@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from hematovision.predictor import Predictor
+from hematovision.predictor import MODELS_ROOT, Predictor
 from hematovision.trust import softmax
 from training import calibrate, evaluate, export, resume, train
 from training.config import TrainConfig
@@ -136,6 +136,19 @@ def test_export_writes_a_card_and_a_matching_serving_file(trained_run, tmp_path)
     assert card["preprocessing"]["crop"] == "nucleus"
     predictor = Predictor(out)
     assert predictor.classes == CLASSES and predictor.crop == "nucleus"
+
+
+def test_export_goes_where_the_app_serves_models_from(trained_run, tmp_path, capsys,
+                                                     monkeypatch):
+    """HEMATOVISION_MODELS_ROOT (the app's models folder) is where an export goes unless
+    --root says otherwise: a researcher's own models never land in the repo's saved_model/."""
+    _, run_dir = trained_run
+    mine = tmp_path / "my-models"
+    monkeypatch.setenv("HEMATOVISION_MODELS_ROOT", str(mine))
+    export.main([str(run_dir), "--name", "mycells", "--no-trust"])
+    assert capsys.readouterr().out.strip() == str(mine / "mycells")
+    assert (mine / "mycells" / "model_card.json").is_file()
+    assert not (MODELS_ROOT / "mycells").exists()
 
 
 def test_export_fits_the_trust_layer_on_validation(trained_run, tmp_path):

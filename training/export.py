@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hematovision.card import CARD_FILE, read_card, write_card  # noqa: E402
-from hematovision.predictor import KERAS_FILE, MODELS_ROOT, SERVING_FILE, Predictor  # noqa: E402
+from hematovision.predictor import (KERAS_FILE, MODELS_ROOT_VARIABLE, SERVING_FILE,  # noqa: E402
+                                     Predictor, models_root)
 from hematovision.preprocess import RESAMPLE_NAME  # noqa: E402
 from hematovision.trust import softmax  # noqa: E402
 from training.calibrate import TEMPERATURE_FITS, fit_trust  # noqa: E402
@@ -231,7 +232,7 @@ def export_model(model: keras.Model, out_dir: Path, card: dict, crop: str = "non
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def check_target(name: str, classes: list[str], root: Path = MODELS_ROOT,
+def check_target(name: str, classes: list[str], root: Path | None = None,
                  replace: bool = False) -> None:
     """Refuse an export name that the app would not serve, or one that would replace a model
     of other classes (the committed default among them) unless `replace`; run before training,
@@ -240,7 +241,7 @@ def check_target(name: str, classes: list[str], root: Path = MODELS_ROOT,
     if not MODEL_NAME.fullmatch(name):
         raise SystemExit(f"Model name {name!r}: use one folder name of letters, digits, '.', "
                          "'_' and '-' (it becomes saved_model/NAME and the app's /models/NAME)")
-    folder = Path(root) / name
+    folder = Path(root or models_root()) / name
     if (folder / CARD_FILE).is_file() and not replace:
         old = read_card(folder).get("classes")
         if old != classes:
@@ -263,19 +264,20 @@ def finished_run(run_dir: Path) -> tuple[dict, dict]:
             json.loads((run_dir / "config.json").read_text()))
 
 
-def export_run(run_dir: Path, name: str, root: Path = MODELS_ROOT, description: str = "",
+def export_run(run_dir: Path, name: str, root: Path | None = None, description: str = "",
                expects: str = "", trust: bool = True, views: int = TTA_VIEWS,
                replace: bool = False, temperature_fit: str = "nll") -> Path:
     """Export the model of a training run folder to `root/name`, with its config and split,
     then fit its trust layer on the run's training and validation images."""
     run_dir = Path(run_dir)
     summary, config = finished_run(run_dir)
-    out_dir = Path(root) / name
+    root = Path(root or models_root())
+    out_dir = root / name
     # Re-exporting a model folder in place (after a change of the serving format) keeps the
     # name of the run it came from.
     in_place = out_dir.resolve() == run_dir.resolve()
     if not in_place:
-        check_target(name, summary["classes"], Path(root), replace)
+        check_target(name, summary["classes"], root, replace)
     run_folder = run_dir.name
     if (out_dir / CARD_FILE).is_file():
         # A new version of a served model keeps its description unless given a new one; a
@@ -369,7 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--root", type=Path, default=MODELS_ROOT)
+    parser.add_argument("--root", type=Path, default=None,
+                        help=f"the folder of model folders to export into (default "
+                             f"${MODELS_ROOT_VARIABLE} where set, else saved_model/), as the "
+                             "app's MODELS_ROOT")
     parser.add_argument("--description", default="", help="one line for the model card")
     parser.add_argument("--expects", default="", help="what images the model expects (shown in the app)")
     parser.add_argument("--no-trust", dest="trust", action="store_false",

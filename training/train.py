@@ -627,7 +627,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str, dict, P
                         help="go on with a run folder that stopped before it finished, from "
                              "its last finished epoch, with its own config (other training "
                              "options are then ignored)")
-    parser.add_argument("--export", default="", help="also export to saved_model/NAME")
+    parser.add_argument("--export", default="",
+                        help="also export to saved_model/NAME ($HEMATOVISION_MODELS_ROOT/NAME "
+                             "where that is set)")
     parser.add_argument("--replace", action="store_true",
                         help="let --export replace a model of other classes under NAME")
     parser.add_argument("--description", default="", help="one line for the model card")
