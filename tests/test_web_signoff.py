@@ -13,7 +13,8 @@ import pytest
 
 from hematovision.web import uploads
 from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, page, prose, review_cells,
-                               save_sample, shown_count, sign_off, text, upload)
+                               save_sample, shown_count, shown_signoff, sign_off, text,
+                               upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -185,6 +186,38 @@ def test_a_count_changed_after_the_page_was_loaded_is_not_signed_unseen(client, 
     html = sign_off(client, batch_id, "A. Jones", count=seen).get_data(as_text=True)
     assert "The sign-off by J. Smith" in text(html) and "stands; signing replaces it" in text(html)
     assert 'id="signoff-stale"' not in html
+
+
+def test_a_colleagues_sign_off_given_after_the_page_was_loaded_is_not_replaced_unseen(
+        client, batch_id):
+    """Two browsers on one batch page, neither signed: the first signs; the second, from its
+    older page (the same count, no sign-off shown), is told who signed meanwhile, not allowed
+    to replace it without seeing it."""
+    review_cells(client, batch_id, n2="neutrophil", n3="excluded")
+    seen_count, seen_signed = shown_count(client, batch_id), shown_signoff(client, batch_id)
+    assert seen_signed == ""
+    assert sign_off(client, batch_id, "A. Bench").status_code == 303
+    before = stored(client, batch_id)
+    response = sign_off(client, batch_id, "C. Senior", count=seen_count, signed=seen_signed)
+    assert response.status_code == 409
+    html = response.get_data(as_text=True)
+    assert ("\u2068A. Bench\u2069 signed this count off after this page was loaded (another "
+            "tab, or a colleague): that sign-off stands, below. To replace it with yours, sign "
+            "again.") in text(html)
+    assert "The sign-off by A. Bench" in text(html) and "stands; signing replaces it" in text(html)
+    assert re.search(r'id="signed-by" name="signed_by"\s+value="C. Senior"', html)
+    assert stored(client, batch_id) == before
+    # Signed again from the page sent back, which shows it, it replaces it, as it says.
+    count, signed = (re.search(rf'name="{field}" value="([^"]*)"', html).group(1)
+                     for field in ("count", "signed"))
+    assert signed == repr(before["signoff"]["at"])
+    assert sign_off(client, batch_id, "C. Senior", count=count, signed=signed).status_code == 303
+    assert stored(client, batch_id)["signoff"]["by"] == "C. Senior"
+    # A sign-off withdrawn meanwhile leaves nothing to replace: the older page's is taken.
+    shown = shown_signoff(client, batch_id)
+    client.post(f"/batch/{batch_id}/signoff", data={"csrf_token": csrf_token(client),
+                                                     "withdraw": "1"})
+    assert sign_off(client, batch_id, "D. Late", signed=shown).status_code == 303
 
 
 def test_an_image_with_no_white_cell_found_counted_unreviewed_is_not_signed(client, batch_id):

@@ -382,9 +382,25 @@ def shown_count(client, batch_id: str) -> str:
     return re.search(r'name="count" value="(\w+)"', page(client, f"/batch/{batch_id}")).group(1)
 
 
-def sign_off(client, batch_id: str, name: str = "J. Smith", count: str | None = None, **more):
-    """Post the batch page's sign-off form as the page shows it now (or with `count`, the
-    fingerprint of the count a page showed earlier); the response."""
+def shown_signoff(client, batch_id: str) -> str:
+    """The sign-off the batch page shows, as its sign-off form sends it ("": none). A page
+    whose sign-off stands has no form but to withdraw it; signing again is a form refused
+    for it and shown back, which carries it: its time, as stored."""
+    form = re.search(r'name="signed" value="([^"]*)"',
+                     client.get(f"/batch/{batch_id}").get_data(as_text=True))
+    if form:
+        return form.group(1)
+    from hematovision.web import signoff, uploads
+
+    stored = uploads.load_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id)
+    return signoff.shown_as(stored) if stored else ""
+
+
+def sign_off(client, batch_id: str, name: str = "J. Smith", count: str | None = None,
+             signed: str | None = None, **more):
+    """Post the batch page's sign-off form as the page shows it now (or with `count` and
+    `signed`, the count and the sign-off a page showed earlier); the response."""
     return client.post(f"/batch/{batch_id}/signoff", data={
         "csrf_token": csrf_token(client), "signed_by": name,
-        "count": shown_count(client, batch_id) if count is None else count, **more})
+        "count": shown_count(client, batch_id) if count is None else count,
+        "signed": shown_signoff(client, batch_id) if signed is None else signed, **more})

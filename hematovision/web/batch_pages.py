@@ -82,6 +82,7 @@ def count_context(stored: dict) -> dict:
         comparison=manual_comparison(stored, counted),
         signed=signoff.of(stored, count),
         signed_count=count,
+        signed_shown=signoff.shown_as(stored),
         few_cells=differential.DIFFERENTIAL_CELLS,
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,

@@ -444,8 +444,11 @@ def sign_off(batch_id: str):
         # Judged under the batch's lock: a change made meanwhile in another tab counts, so the
         # count is the one the signer's page showed (its fingerprint, in the form).
         count = count_fingerprint(found)
+        signer = signoff.signed_meanwhile(found, request.form.get(signoff.SIGNED_FIELD, ""))
         if request.form.get(signoff.SHOWN_FIELD, "") != count:
             refused, status = signoff.CHANGED_MEANWHILE, 409
+        elif signer is not None:
+            refused, status = signoff.SIGNED_MEANWHILE.format(name=isolated(signer)), 409
         else:
             refused = signoff.refusal(found)
         if refused is None:

@@ -4,7 +4,9 @@ result, review, the sample's details, the manual count and the reference interva
 were read against), so that a sign-off the count has since moved away from (a review changed,
 images added, the sample's count edited, the lab's intervals changed) is shown as such instead
 of vouching for figures no one signed. The form carries the fingerprint of the count its page
-showed, so that a change made meanwhile (in another tab, by a colleague) is not signed unseen."""
+showed, so that a change made meanwhile (in another tab, by a colleague) is not signed unseen,
+and the time of the sign-off it showed, so that a colleague's sign-off given meanwhile is not
+replaced unseen."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ MAX_COMMENT_LENGTH = 300
 NAME_FIELD = "signed_by"
 COMMENT_FIELD = "comment"
 SHOWN_FIELD = "count"  # the fingerprint of the count the signer's page showed
+SIGNED_FIELD = "signed"  # the time of the sign-off the signer's page showed ("": none)
 WITHDRAW_FIELD = "withdraw"  # the withdraw button's name
 BAD_NAME = (f"Sign with your name or initials: at most {MAX_NAME_LENGTH} letters, digits, spaces "
             "and punctuation; {typed!r} is not.")
@@ -39,6 +42,9 @@ NO_WHITE_CELL_COUNTED = (
     "{count} image{s} in which no white cell was found {verb} counted but not reviewed: check "
     "{them} first (exclude any that shows no white cell), as {their} answer{s} {verb2} about "
     "whatever lay at the centre of the crop.")
+SIGNED_MEANWHILE = (
+    "{name} signed this count off after this page was loaded (another tab, or a colleague): "
+    "that sign-off stands, below. To replace it with yours, sign again.")
 CHANGED_MEANWHILE = (
     "The count changed after this page was loaded (a review, added images or the sample's "
     "details, from another tab or a colleague): check it as it is now, below, and sign again.")
@@ -77,6 +83,21 @@ def of(batch: dict[str, Any], count: str) -> SignOff | None:
         return None
     return SignOff(stored["by"], stored["at"], stored["white_cells"], stored["reviewed"],
                    current=stored["fingerprint"] == count, comment=stored.get("comment", ""))
+
+
+def shown_as(batch: dict[str, Any]) -> str:
+    """The batch's sign-off as a page's form carries it (SIGNED_FIELD): its time, or "" for
+    none."""
+    stored = batch.get("signoff")
+    return repr(float(stored["at"])) if isinstance(stored, dict) else ""
+
+
+def signed_meanwhile(batch: dict[str, Any], shown: str) -> str | None:
+    """Who signed the batch off since a page that showed the sign-off `shown` (`shown_as`)
+    was loaded; None where the page showed the one that stands, or none stands (one withdrawn
+    meanwhile leaves nothing to replace)."""
+    current = shown_as(batch)
+    return batch["signoff"]["by"] if current and current != shown else None
 
 
 def refusal(batch: dict[str, Any]) -> str | None:
