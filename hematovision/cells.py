@@ -179,6 +179,17 @@ CELL_TYPES: dict[str, CellType] = {
 # leaves it out).
 OTHER_WHITE_CELL = "other-white-cell"
 OTHER_WHITE_CELL_NAME = "Other white cell"
+# What the pages give as examples of it (singular, plural), those a model names left out.
+OTHER_WHITE_CELL_EXAMPLES = (("blast", "blasts"), ("basophil", "basophils"),
+                             ("variant lymphocyte", "variant lymphocytes"))
+
+
+def other_white_cells(classes: list[str], plural: bool = False, most: int = 2) -> list[str]:
+    """Examples of white cells a model of `classes` does not name: "such as blasts" would be
+    wrong for a researcher's model with a class "blast"."""
+    named = {display_name(c).lower() for c in classes}
+    return [many if plural else one for one, many in OTHER_WHITE_CELL_EXAMPLES
+            if one not in named][:most]
 
 
 def is_white_cell(name: str) -> bool:
@@ -195,8 +206,12 @@ def is_nucleated_red_cell(name: str) -> bool:
 
 
 def display_name(name: str) -> str:
-    """The catalog's name for a class; the class name itself for one the catalog does not know
-    (a researcher's own model), which the pages then show as it is."""
+    """The catalog's name for a class; for one the catalog does not know (a researcher's own
+    model) its folder name written as the catalog's are, "smudge_cell" as "Smudge cell", so
+    that it reads like the others in a list."""
     if name == OTHER_WHITE_CELL:
         return OTHER_WHITE_CELL_NAME
-    return CELL_TYPES[name].display_name if name in CELL_TYPES else name
+    if name in CELL_TYPES:
+        return CELL_TYPES[name].display_name
+    words = " ".join(name.replace("_", " ").replace("-", " ").split()) or name
+    return words[:1].upper() + words[1:]

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell
+from hematovision.cells import (CELL_TYPES, display_name, is_nucleated_red_cell, is_white_cell,
+                               other_white_cells)
 from hematovision.predictor import MODELS_ROOT
 
 FOUR = ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
@@ -44,6 +45,16 @@ def test_only_erythroblasts_are_nucleated_cells_that_are_not_white_cells():
     assert not is_nucleated_red_cell("blast")
 
 
-def test_a_class_the_catalog_does_not_know_keeps_its_own_name():
+def test_a_class_the_catalog_does_not_know_is_named_as_its_folder_reads():
     assert display_name("neutrophil") == "Neutrophil"
-    assert display_name("blast") == "blast"
+    assert display_name("blast") == "Blast"
+    assert display_name("smudge_cell") == "Smudge cell"
+    assert display_name("variant-lymphocyte") == "Variant lymphocyte"
+    assert display_name("NRBC") == "NRBC"
+
+
+def test_examples_of_other_white_cells_leave_out_those_the_model_names():
+    assert other_white_cells(["eosinophil", "lymphocyte", "monocyte", "neutrophil"]) == [
+        "blast", "basophil"]
+    assert other_white_cells(["basophil", "blast", "neutrophil"], plural=True) == [
+        "variant lymphocytes"]

@@ -93,7 +93,7 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
         client.post(f"/batch/{batch_id}/manual", data={"csrf_token": csrf_token(client),
                                                        "manual_neutrophil": neutrophils,
                                                        "manual_lymphocyte": "40"})
-    review_cells(client, batch_id, n3="monocyte")
+    review_cells(client, batch_id, n3="monocyte", n4="excluded")  # late.png: not a cell
     assert sign_off(client, batch_id, name="Dr Rivera", comment="smear fine").status_code == 303
     client.post(f"/batch/{batch_id}/signoff", data={"csrf_token": csrf_token(client),
                                                      "withdraw": "1"})
@@ -118,6 +118,8 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
                          "Neutrophil 61, other 0 (was 100 white cells: Eosinophil 0, "
                          "Lymphocyte 40, Monocyte 0, Neutrophil 60, other 0)"),
         ("JS", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)"),
+        ("JS", "reviewed", "late.png: excluded from the counts (was the model's Neutrophil, not "
+                           "a cell)"),
         ("Dr Rivera", "signed", "3 white cells counted, 3 of them reviewed. Comment: \u201csmear "
                                 "fine\u201d. From a browser recording changes as JS."),
         ("JS", "withdrawn", "signed off by Dr Rivera"),
@@ -127,8 +129,8 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
     assert times == sorted(times)
 
     html = page(client, f"/batch/{batch_id}/history")
-    assert "14 changes, oldest first" in text(html)
-    assert len(re.findall(r"<tr data-kind=", html)) == 14
+    assert "15 changes, oldest first" in text(html)
+    assert len(re.findall(r"<tr data-kind=", html)) == 15
     assert re.search(r"\d\d Dec \d{4}, \d\d:\d\d:\d\d UTC</time>", html)  # to the second
     assert 'data-kind="removed"' in html and "Image removed" in text(html)
     assert f'href="/batch/{batch_id}/history"' in page(client, f"/batch/{batch_id}")

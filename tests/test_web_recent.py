@@ -87,10 +87,15 @@ def test_a_batch_file_that_cannot_be_read_leaves_the_list_and_the_page_stands(ap
         assert listed(client) == [kept]
 
 
-def test_only_the_most_recent_batches_are_remembered(app):
+def test_only_the_most_recent_batches_are_remembered_and_the_page_says_so(app):
     client = app.test_client()
-    ids = [upload_batch(client) for _ in range(recent.MAX_REMEMBERED + 2)]
+    ids = [upload_batch(client) for _ in range(recent.MAX_REMEMBERED)]
+    assert 'id="recent-dropped"' not in page(client, "/")
+    ids += [upload_batch(client) for _ in range(2)]
     assert listed(client) == ids[::-1][:recent.MAX_REMEMBERED]
+    assert (f"It holds the {recent.MAX_REMEMBERED} newest: an older batch is still on the "
+            "server until its time, at its own address") in text(page(client, "/"))
+    assert page(client, f"/batch/{ids[0]}")  # still stored
 
 
 def test_a_cookie_holding_anything_but_batch_ids_lists_nothing_and_does_not_fail(app):

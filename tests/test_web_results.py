@@ -304,3 +304,41 @@ def test_nucleated_red_cells_are_flagged_beside_the_differential_once_reviewed(c
     table = page(client, f"/batch/{held}").split('id="other-cells"')[1].split("</table>")[0]
     assert "share-flag" not in table and "not flagged until" in text(table)
 
+
+
+def test_a_class_the_catalog_does_not_know_is_named_described_and_said_to_go_unflagged(
+        tmp_path, tiny_model_dir):
+    """A researcher's model with a class "smudge_cell": named as the catalog's classes are,
+    said to be the model's own where a description would be, and said to have no reference
+    interval where a share of it would go unflagged; examples of other white cells leave out
+    what it names."""
+    from tests.web_helpers import batch_as_said
+
+    classes = ["basophil", "blast", "lymphocyte", "smudge_cell"]
+    root = make_models_root(tmp_path / "m", tiny_model_dir, names=("mine",),
+                            card={"classes": classes})
+    client = make_app(tmp_path, root, DEFAULT_MODEL="mine").test_client()
+    batch_id = batch_as_said(client, "mine", [("smudge_cell", "accepted", 0.97),
+                                              ("lymphocyte", "accepted", 0.99),
+                                              ("blast", "unidentified", 0.5)])
+    html = page(client, f"/batch/{batch_id}")
+    note = text(re.search(r'id="no-reference-note">(.*?)</span>', html, re.S).group(1))
+    assert note.strip() == ("No reference interval is set for Blast, Smudge cell: their shares "
+                            "are never flagged high or low (a lab sets one with "
+                            "REFERENCE_INTERVALS).")
+    assert "(such as variant lymphocytes)" in text(html)  # blasts and basophils it names
+    result = page(client, f"/batch/{batch_id}/0")
+    assert "About the smudge cell" in text(result)
+    assert re.search(r"catalog does not describe this class: it is one of\s+mine's own, named "
+                     r"<code>smudge_cell</code>", result)
+    assert "No reference interval is set for it" in text(result)
+    assert "a type mine does not name (variant lymphocyte…)" in text(page(
+        client, f"/batch/{batch_id}/2"))
+    # A lab's own interval for it is shown instead, and the note names the other alone.
+    lab = make_app(tmp_path, root, DEFAULT_MODEL="mine",
+                   REFERENCE_INTERVALS={"smudge_cell": [0, 2]}).test_client()
+    assert "This lab's reference interval: 0–2 % of white cells." in text(
+        page(lab, f"/batch/{batch_id}/0"))
+    note = re.search(r'id="no-reference-note">(.*?)</span>', page(lab, f"/batch/{batch_id}"),
+                     re.S).group(1)
+    assert text(note).strip().startswith("No reference interval is set for Blast: its share")

@@ -26,7 +26,12 @@ MODEL_SAID = [
 
 @pytest.fixture
 def batch_id(client) -> str:
-    return batch_as_said(client, "tiny", MODEL_SAID)
+    """The model's answers of MODEL_SAID; its not-a-cell image is one in which the white-cell
+    finder found no white cell either, so it is left out without review (set_aside_unseen)."""
+    batch_id = batch_as_said(client, "tiny", MODEL_SAID)
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch["results"][-1].update(white_cells=0))
+    return batch_id
 
 
 def stored(client, batch_id: str) -> dict:
@@ -230,6 +235,50 @@ def test_an_image_with_no_white_cell_found_counted_unreviewed_is_not_signed(clie
             "first" in text(response.get_data(as_text=True)))
     review_cells(client, batch_id, n1="excluded")
     assert sign_off(client, batch_id).status_code == 303
+
+
+@pytest.mark.parametrize("found", [None, 2], ids=["image-read-whole", "cell-of-a-field"])
+def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_before_signing(
+        client, batch_id, found):
+    """A neutrophil photographed unlike the training images can be called not a blood-cell
+    image: left out unseen, the count signed would lack it. Where the finder found a white cell
+    in the image (or does not run, for a model reading images whole) someone looks first."""
+    folder = Path(client.application.config["UPLOAD_FOLDER"])
+
+    def not_seen_by_the_finder(batch):
+        batch["results"][3].pop("white_cells", None)
+        if found is not None:
+            batch["results"][3]["white_cells"] = found
+
+    uploads.update_batch(folder, batch_id, not_seen_by_the_finder)
+    review_cells(client, batch_id, n2="neutrophil")
+    html = page(client, f"/batch/{batch_id}")
+    summary = text(re.search(r'<p[^>]*id="set-aside-summary".*?</p>', html, re.S).group(0))
+    assert summary.strip().startswith("1 image called not a blood-cell image is not reviewed "
+                                      "yet: it is not counted, and a white cell in it (of a "
+                                      "look or a kind tiny was not trained on) is missing")
+    assert f'href="/batch/{batch_id}/review?show=not-a-cell"' in html
+    assert 'id="report-set-aside"' in page(client, f"/batch/{batch_id}/report")
+    before = stored(client, batch_id)
+    response = sign_off(client, batch_id)
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert ("1 image called not a blood-cell image is not reviewed: look at it first (give the "
+            "class of any white cell, exclude the rest), since a white cell in it is missing "
+            "from the count you sign.") in text(html)
+    error = re.search(r'<div[^>]*id="signoff-error" role="alert">(.*?)</div>', html, re.S)
+    assert f'href="/batch/{batch_id}/review?show=not-a-cell">Look at them</a>' in error.group(1)
+    assert stored(client, batch_id) == before
+    # Its list holds it until it has a verdict.
+    listing = page(client, f"/batch/{batch_id}/review?show=not-a-cell")
+    assert "Images called not a blood-cell image" in text(listing)
+    assert 'name="verdict-3"' in listing and 'name="verdict-0"' not in listing
+    review_cells(client, batch_id, n3="neutrophil")
+    assert 'id="set-aside-summary"' not in page(client, f"/batch/{batch_id}")
+    assert "No image called not a blood-cell image is waiting for review" in text(
+        page(client, f"/batch/{batch_id}/review?show=not-a-cell"))
+    assert sign_off(client, batch_id).status_code == 303
+    assert stored(client, batch_id)["signoff"]["white_cells"] == 4  # the neutrophil counted
 
 
 def test_new_reference_intervals_show_a_signed_count_as_changed(client, batch_id):

@@ -72,6 +72,9 @@ def count_context(stored: dict) -> dict:
         to_confirm=[t for t in class_tabs(stored) if t.unconfirmed],
         # Counted images in which no white cell was found, that no one has reviewed.
         no_white_cells_counted=sum(map(results.counted_unseen, stored["results"])),
+        # Images called not a blood-cell image that no one has looked at: the count may lack
+        # a white cell among them.
+        set_aside_unseen=sum(map(results.set_aside_unseen, stored["results"])),
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -117,6 +120,9 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             no_white_cells=[(i, differential.counted_class(r) is not None)
                             for i, r in enumerate(stored["results"])
                             if REVIEW_LISTS["no-white-cell"](r)],
+            # The images called not a blood-cell image that no one has looked at yet.
+            set_aside=[i for i, r in enumerate(stored["results"])
+                       if REVIEW_LISTS["not-a-cell"](r)],
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             sample_form=sample_form or sample.form_of(shown["sample"]),
@@ -194,6 +200,9 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             if show_heat_map
             else None,
             cell=CELL_TYPES.get(counted_as or ""),
+            # A class of a researcher's model that the catalog does not describe.
+            uncatalogued=counted_as if counted_as in stored["classes"]
+            and counted_as not in CELL_TYPES else None,
             lab_reference=lab_reference(counted_as),
             # What tells the two candidates apart by eye, for the person about to review it.
             candidate_cells=[CELL_TYPES[c["label"]] for c in candidates

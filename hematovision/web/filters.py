@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app
 
 from hematovision import differential
-from hematovision.cells import OTHER_WHITE_CELL, display_name
+from hematovision.cells import OTHER_WHITE_CELL, display_name, other_white_cells
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE
 from hematovision.web import models, results, sample
@@ -40,6 +40,7 @@ def layout_context() -> dict:
 
 
 bp.add_app_template_filter(display_name, "cell_name")
+bp.add_app_template_global(other_white_cells, "other_white_cells")
 
 
 @bp.app_template_filter("isolated")

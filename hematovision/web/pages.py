@@ -110,9 +110,12 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
         chosen=chosen if chosen in predictors else models.default_name(),
         acceptance={name: served_acceptance(p) for name, p in predictors.items()},
         recent=[{"batch": b, "expires": expires_at(b),
-                 "to_review": sum(map(differential.needs_review, b["results"])),
+                 # Unidentified cells, and images called not a cell to look at before sign-off.
+                 "to_review": sum(differential.needs_review(r) or results.set_aside_unseen(r)
+                                  for r in b["results"]),
                  "signed": signoff.of(b, count_fingerprint(b))}
                 for b in recent.batches(upload_folder())],
+        recent_dropped=recent.dropped(),
     )
     return page, status
 
@@ -298,6 +301,10 @@ def add(batch_id: str):
     if added_to is None:  # deleted meanwhile
         gone()
     recent.remember(batch_id)  # images this browser uploaded, though a colleague began it
+    if wants_json():
+        # One part of a selection upload.js sends in parts: "Added 5 images" of its last part
+        # would misstate the upload the page opens after it (the batch lists every image).
+        return to_batch(batch_id)
     failed = sum("label" not in r for r in items)
     added = results.image_count([r for r in items if "label" in r])
     flash(ADDED.format(images=how_many(added, "image"),

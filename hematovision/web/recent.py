@@ -18,14 +18,24 @@ from flask import session
 from hematovision.web import uploads
 
 SESSION_KEY = "batches"
+DROPPED_KEY = "batches_dropped"  # true once the list has let an older batch go
 # Each listed batch is read from disk on every visit to the upload page (what that costs:
 # benchmarks/bench_pages.py), and a cookie holds about 4 KB.
 MAX_REMEMBERED = 10
 
 
 def remember(batch_id: str) -> None:
-    """Put a batch this browser uploaded (or added images to) first in its list."""
-    session[SESSION_KEY] = [batch_id, *(i for i in _ids() if i != batch_id)][:MAX_REMEMBERED]
+    """Put a batch this browser uploaded (or added images to) first in its list. One pushed off
+    its end is still stored: the page then says that the list holds only the newest."""
+    ids = [batch_id, *(i for i in _ids() if i != batch_id)]
+    if len(ids) > MAX_REMEMBERED:
+        session[DROPPED_KEY] = True
+    session[SESSION_KEY] = ids[:MAX_REMEMBERED]
+
+
+def dropped() -> bool:
+    """Whether the list has let an older batch of this browser go to keep to MAX_REMEMBERED."""
+    return session.get(DROPPED_KEY) is True
 
 
 def forget(batch_id: str) -> None:

@@ -204,6 +204,16 @@ def no_white_cell(result: dict[str, Any]) -> bool:
     return result.get("white_cells") == 0 and status_of(result) not in (None, NOT_A_CELL)
 
 
+def set_aside_unseen(result: dict[str, Any]) -> bool:
+    """A result called not a blood-cell image that no one has reviewed, where the white-cell
+    finder does not say its image holds none: it found one there (a field's cells, a single
+    cell), or it does not run for the model (one that reads images whole). A white cell there,
+    of a look or a kind the model was not trained on, is missing from the count until someone
+    looks; where the finder found none either, the two agree and it stays out unseen."""
+    return (status_of(result) == NOT_A_CELL and verdict_of(result) is None
+            and result.get("white_cells") != 0)
+
+
 def counted_unseen(result: dict[str, Any]) -> bool:
     """A result the differential counts though no white cell was found in its image and no one
     has reviewed it: its answer is about whatever lay at the centre of the crop."""
