@@ -667,6 +667,24 @@ def test_an_unreadable_training_image_stops_the_run_with_its_name(tmp_path, imag
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+def test_every_unreadable_training_image_is_named_in_one_stop(tmp_path, image_folder):
+    """A folder with a few bad files: one run names them all, rather than one per run."""
+    broken = [image_folder / "monocyte" / "broken.jpg", image_folder / "lymphocyte" / "empty.png",
+              image_folder / "neutrophil" / "notes.jpg"]
+    broken[0].write_bytes(b"\xff\xd8 not really a JPEG")
+    broken[1].write_bytes(b"")
+    broken[2].write_text("slide 4, stained 3 May")
+    config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=1, epochs=1,
+                         val_fraction=0.25, cache_dir=str(tmp_path / "cache"), weights="none")
+    with pytest.raises(SystemExit) as stop:
+        train.train(config)
+    message = str(stop.value)
+    assert message.startswith("Cannot train on 3 images that cannot be read:\n")
+    assert all(f"  {path}: " in message for path in broken)
+    assert message.endswith("Remove or replace them, then run again.")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path, image_folder, monkeypatch):
     config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=1, epochs=1,
                          val_fraction=0.25, cache_dir=str(tmp_path / "cache"), weights="none")

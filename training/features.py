@@ -17,6 +17,7 @@ import inspect
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -142,15 +143,51 @@ def progress_line(text: str, last: bool) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+# Unreadable files a stop names one by one; beyond, how many more.
+MAX_UNREADABLE_NAMED = 20
+
+
+class UnreadableImage(SystemExit):
+    """A training image that cannot be read: it stops the run with its name (a training split
+    that silently lost files would no longer be the split saved with the run)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"Cannot train on {path}: {reason} Remove or replace it, then run "
+                         "again.")
+        self.path = path
+
+
 def load_batch(paths: list[Path], input_size: int, crop: str) -> np.ndarray:
     return np.stack([_load(p, input_size, crop) for p in paths])
 
 
 def _load(path: Path, input_size: int, crop: str) -> np.ndarray:
-    """One model input; a file that cannot be read stops the run with its name (a training
-    split that silently lost files would no longer be the split saved with the run)."""
     try:
         return preprocess(path, input_size, crop)
     except (ImageError, OSError) as exc:
-        raise SystemExit(f"Cannot train on {path}: {exc} Remove or replace it, then run "
-                         "again.") from None
+        raise UnreadableImage(path, str(exc)) from None
+
+
+@contextmanager
+def naming_every_unreadable(paths: list[Path], input_size: int, crop: str):
+    """Where an image cannot be read, the run stops naming every one of `paths` that cannot
+    (each read as training reads it), not only the first: a folder with a few bad files would
+    otherwise cost a run started again for each."""
+    try:
+        yield
+    except UnreadableImage as first:
+        print(f"[features] {first.path} cannot be read: looking for others among the "
+              f"{len(paths)} images", file=sys.stderr, flush=True)
+        found = []
+        for path in paths:
+            try:
+                preprocess(path, input_size, crop)
+            except (ImageError, OSError) as exc:
+                found.append(f"  {path}: {exc}")
+        if len(found) <= 1:
+            raise
+        more = len(found) - MAX_UNREADABLE_NAMED
+        raise SystemExit("\n".join([
+            f"Cannot train on {len(found)} images that cannot be read:",
+            *found[:MAX_UNREADABLE_NAMED], *([f"  and {more} more"] if more > 0 else []),
+            "Remove or replace them, then run again."])) from None

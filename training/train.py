@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 from training import data as data_lib  # noqa: E402
 from training.config import CHOICES, TrainConfig  # noqa: E402
 from training.features import (DEFAULT_ZOOM, build_augmenter, cached_features,  # noqa: E402
-                               load_batch)
+                               load_batch, naming_every_unreadable)
 from training.model import Classifier, resolve_weights  # noqa: E402
 from training.probe import fit_head  # noqa: E402
 from training.report import plot_curves, read_history  # noqa: E402
@@ -113,7 +113,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     # says how to go on.
     with stopped_cleanly(run_dir, new=resume is None):
         # Frozen-part activations of every file and view, computed once (cached on disk).
-        features = CachedViews(classifier, config, dataset, split, extra_paths, y_extra_files)
+        with naming_every_unreadable([*dataset.paths(dataset.files), *extra_paths],
+                                     config.input_size, config.crop):
+            features = CachedViews(classifier, config, dataset, split, extra_paths,
+                                   y_extra_files)
         x_train, y_train = features.for_training(split["train"])
         x_val, y_val = features(split["val"], 1)
         initial = classifier.state()
