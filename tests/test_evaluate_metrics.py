@@ -448,6 +448,34 @@ def test_evaluate_reads_the_source_map_the_model_was_trained_with(tiny_model_dir
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["source_map"] == str(table)
 
 
+def test_a_trained_with_map_naming_none_of_the_images_gives_way_to_the_datas_own(
+        tiny_model_dir, tmp_path, capsys):
+    """The app's reviewed cells of three samples, scored by a model trained with a slide map
+    of other data: that map names none of them, so the folder's own tables group them (no
+    interval of 3 sources), not each image alone (an interval far too narrow)."""
+    from hematovision.card import read_card, write_card
+    from training.evaluate import evaluate
+
+    data = _sample_folder(tmp_path / "cells", groups=("s1", "s2", "s3"))
+    other = tmp_path / "slides.csv"
+    other.write_text("file,group\nneutrophil/elsewhere.jpg,slide9\n")
+    model = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, model)
+    card = read_card(model)
+    card["training"] = {"config": {"source_map": str(other)}}
+    write_card(model, card)
+    metrics = evaluate(model, data, tmp_path / "a")
+    assert metrics["source_map"] == str(data) and metrics["per_source"]["sources"] == 3
+    assert metrics["intervals"]["units"] == 3 and "accuracy" not in metrics["intervals"]
+    assert (f"note: the source map {other} names none of the images scored: the data "
+            "folder's own is read instead (--source-map auto)") in capsys.readouterr().err
+    # Given on the command line, the map is what was asked for, and its note says so.
+    alone = evaluate(model, data, tmp_path / "b", source_map=str(other))
+    assert alone["intervals"]["resampled"] == "images"
+    assert "names none of the images scored: each image is resampled as its own source" in (
+        capsys.readouterr().err)
+
+
 def test_an_empty_test_split_says_why_from_the_runs_config(tmp_path):
     """A run that asked for a test share and got no source for it is not told it was trained
     with --test-fraction 0."""

@@ -334,6 +334,17 @@ def score(model_dir: Path, data_dir: Path, split_file: Path | None = None,
                                                         no_cell)
     setting = trained_source_map(predictor.card) if source_map is None else source_map
     groups, many, map_path = source_groups(dataset, Path(data_dir), files, setting)
+    if setting not in ("auto", "none") and not any(g is not None for g in groups):
+        note = f"note: the source map {map_path} names none of the images scored"
+        if source_map is None:
+            # The map the model trained with is its training data's: other data (the app's
+            # reviewed cells) may carry its own tables, and an interval that took its images
+            # for independent sources would be far too narrow.
+            groups, many, map_path = source_groups(dataset, Path(data_dir), files, "auto")
+            note += (": the data folder's own is read instead (--source-map auto)" if map_path
+                     else ", nor has the data folder one")
+        print(note + ("" if any(g is not None for g in groups) else
+                      ": each image is resampled as its own source"), file=sys.stderr)
     if any(g is not None for g in groups):  # e.g. Kaggle train's unassigned images: none
         metrics["source_map"] = str(map_path)
         if many:
@@ -368,11 +379,7 @@ def source_groups(dataset: data_lib.Dataset, data_dir: Path, files: list[str], s
     # of the per-smear vote, as they are one group in training.
     data_lib.assign_groups(dataset, source_map, data_lib.find_field_notes(data_dir, "auto"))
     group_of = dict(zip(dataset.files, dataset.groups))
-    groups = [group_of[f] for f in files]
-    if setting not in ("auto", "none") and not any(g is not None for g in groups):
-        print(f"note: the source map {source_map} names none of the images scored: each image "
-              "is resampled as its own source", file=sys.stderr)
-    return groups, dataset.sources_hold_many_cells, source_map
+    return [group_of[f] for f in files], dataset.sources_hold_many_cells, source_map
 
 
 def no_white_cell_figures(missing: np.ndarray, correct: np.ndarray, confident: np.ndarray
