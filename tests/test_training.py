@@ -685,6 +685,17 @@ def test_every_unreadable_training_image_is_named_in_one_stop(tmp_path, image_fo
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+def test_a_mistyped_data_folder_is_what_a_run_is_told_of_first(tmp_path, monkeypatch):
+    """Not the weights file a first run has not fetched yet: the folder it was pointed at."""
+    from training import model
+
+    monkeypatch.setattr(model, "DEFAULT_WEIGHTS", tmp_path / "weights" / "missing.h5")
+    config = TrainConfig(data=str(tmp_path / "my_cels"), out=str(tmp_path / "runs"),
+                         weights="auto")
+    with pytest.raises(SystemExit, match="my_cels is not a folder"):
+        train.train(config)
+
+
 def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path, image_folder, monkeypatch):
     config = TrainConfig(data=str(image_folder), out=str(tmp_path / "runs"), views=1, epochs=1,
                          val_fraction=0.25, cache_dir=str(tmp_path / "cache"), weights="none")

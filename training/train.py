@@ -54,11 +54,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     # The split and the cached views take config.seed explicitly; this seeds the fit's draws.
     keras.utils.set_random_seed(config.seed_of_fit)
     started = time.time()  # before the data and the cache, whose time counts too
-    if resume is None:
-        config = replace(config, weights=resolve_weights(config.weights))
 
     # Data: list, group by source, split once with a fixed seed, refuse leaks, and refuse
-    # classes that cannot be learned, before a run folder exists.
+    # classes that cannot be learned, before a run folder exists (and before the weights, so
+    # that a mistyped --data is what a first run is told of).
     dataset = data_lib.grouped_image_folder(Path(config.data), config.max_per_class,
                                            config.source_map, config.field_notes)
     log(data_lib.source_map_line(dataset))
@@ -79,6 +78,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         log(f"{len(excluded)} images never train (--exclude-from-training); "
             f"{len(left_out)} of them are in the training split")
 
+    if resume is None:
+        config = replace(config, weights=resolve_weights(config.weights))
     # Model: MobileNetV2 backbone with the requested initialisation and a new head, or the
     # weights file's own with --head weights (built before a run folder exists: a weights file
     # that cannot be read, or whose head cannot be ours, leaves none behind).
