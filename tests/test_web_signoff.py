@@ -258,6 +258,7 @@ def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_befor
                                       "yet: it is not counted, and a white cell in it (of a "
                                       "look or a kind tiny was not trained on) is missing")
     assert f'href="/batch/{batch_id}/review?show=not-a-cell"' in html
+    assert re.search(r'id="differential-preliminary">preliminary: 1 to review<', html)
     assert 'id="report-set-aside"' in page(client, f"/batch/{batch_id}/report")
     before = stored(client, batch_id)
     response = sign_off(client, batch_id)
@@ -274,7 +275,8 @@ def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_befor
     assert "Images called not a blood-cell image" in text(listing)
     assert 'name="verdict-3"' in listing and 'name="verdict-0"' not in listing
     review_cells(client, batch_id, n3="neutrophil")
-    assert 'id="set-aside-summary"' not in page(client, f"/batch/{batch_id}")
+    html = page(client, f"/batch/{batch_id}")
+    assert 'id="set-aside-summary"' not in html and 'id="differential-preliminary"' not in html
     assert "No image called not a blood-cell image is waiting for review" in text(
         page(client, f"/batch/{batch_id}/review?show=not-a-cell"))
     assert sign_off(client, batch_id).status_code == 303
