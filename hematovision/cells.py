@@ -189,7 +189,7 @@ def other_white_cells(classes: list[str], plural: bool = False, most: int = 2) -
     wrong for a researcher's model with a class "blast"."""
     named = {display_name(c).lower() for c in classes}
     return [many if plural else one for one, many in OTHER_WHITE_CELL_EXAMPLES
-            if one not in named][:most]
+            if not {one, many} & named][:most]
 
 
 def is_white_cell(name: str) -> bool:

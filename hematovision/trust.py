@@ -30,6 +30,12 @@ ABSTAIN_ON_ALL = 1.0  # the confidence threshold when no threshold reaches the t
 # it and 1): what the rule chooses where every held-out image it accepts is that sure, which a
 # threshold of 1 would read as ABSTAIN_ON_ALL.
 BELOW_ONE = math.nextafter(1.0, 0.0)
+EXACTLY_ONE = "exactly 1 as computed"  # BELOW_ONE in words: 1.0 or 100.0 % would read as 1
+
+
+def threshold_words(threshold: float) -> str:
+    """A confidence threshold for a log line: BELOW_ONE in words, any other as a number."""
+    return EXACTLY_ONE if threshold == BELOW_ONE else f"{threshold:g}"
 
 ACCEPTED = "accepted"
 UNIDENTIFIED = "unidentified"
@@ -149,7 +155,7 @@ class Trust:
     def threshold_text(self) -> str:
         """The abstention threshold in words, for a log or `app.py --check`."""
         target = self.target_accuracy
-        return (f"{self.confidence_threshold:g}"
+        return (threshold_words(self.confidence_threshold)
                 + (f" (accuracy target {target:g})" if target is not None else "")
                 + (": no threshold reached its target on the held-out images, so every cell "
                    "is sent to review" if self.abstains_on_all else ""))

@@ -2,7 +2,6 @@
 
 import io
 import json
-import struct
 
 import numpy as np
 import pytest

@@ -58,3 +58,4 @@ def test_examples_of_other_white_cells_leave_out_those_the_model_names():
         "blast", "basophil"]
     assert other_white_cells(["basophil", "blast", "neutrophil"], plural=True) == [
         "variant lymphocytes"]
+    assert other_white_cells(["Blasts", "basophils", "neutrophil"]) == ["variant lymphocyte"]

@@ -462,6 +462,22 @@ def test_provenance_of_a_served_model_names_its_training_run(tmp_path):
         "../shared/data/pbc (classes a, b), itself initialised from random (no pretrained weights)")
 
 
+def test_provenance_of_a_model_tuned_further_over_itself_ends_instead_of_going_round(tmp_path):
+    """A served model tuned further (--weights its own model.keras) and exported under its own
+    name records its own file as its weights: a third run from it once recursed for ever."""
+    from training.model import weights_provenance
+
+    folder = tmp_path / "mycells"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({
+        "classes": ["a", "b"], "initialisation": "mycells (earlier)",
+        "training": {"config": {"data": "cells", "weights": str(folder / "model.keras")}}}))
+    assert weights_provenance(str(folder / "model.keras")) == (
+        "HematoVision model mycells trained on cells (classes a, b), itself initialised from "
+        "mycells (earlier) [an earlier version of itself (exported over it under the same "
+        "name)]")
+
+
 def test_head_weights_starts_from_a_model_of_the_same_classes_whole_and_refuses_others(
         trained_run, tmp_path):
     from training.model import HEAD_COPIED, Classifier

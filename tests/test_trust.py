@@ -225,6 +225,8 @@ def test_the_threshold_in_words_says_when_every_cell_goes_to_review():
         "1 (accuracy target 0.99): no threshold reached its target on the held-out images, "
         "so every cell is sent to review")
     assert Trust().threshold_text() == "0"
+    assert Trust(confidence_threshold=trust.BELOW_ONE, target_accuracy=0.99).threshold_text() == (
+        "exactly 1 as computed (accuracy target 0.99)")
 
 
 def _fitted_folder(tmp_path, target=0.99):

@@ -308,7 +308,7 @@ def test_csv_download_contents(client, models_root):
         f'attachment; filename="hematovision-{batch_id[:8]}.csv"'
     )
     assert csv.get_data(as_text=True) == (
-        "file,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
+        "\ufefffile,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
         "differential_class,red_cell_ratio,reviewed_class,cell,white_cells,reviewed_by,"
         "reviewed_at\n"
         f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,\n"
@@ -371,8 +371,8 @@ def test_corrupt_model_fails_at_startup(tmp_path, models_root):
         make_app(tmp_path, models_root)
 
 
-@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "excluded", "other-white-cell",
-                                      "a,b", "a=b"])
+@pytest.mark.parametrize("reserved", ["all", "no-white-cell", "not-a-cell", "excluded",
+                                      "other-white-cell", "a,b", "a=b"])
 def test_a_model_naming_a_class_as_a_review_list_fails_at_startup(tmp_path, tiny_model_dir,
                                                                    reserved):
     """Its cells would be listed under the review page's list of that name, or counted as
@@ -382,6 +382,19 @@ def test_a_model_naming_a_class_as_a_review_list_fails_at_startup(tmp_path, tiny
                             card={"classes": [*card["classes"][:-1], reserved]})
     with pytest.raises(ModelLoadError, match=f"The model 'tiny' names a class '{reserved}', "
                                              "which the app keeps for its own use"):
+        make_app(tmp_path, root)
+
+
+@pytest.mark.parametrize("alike", [("smudge_cell", "smudge-cell"), ("other_white_cell",),
+                                   ("Excluded",)])
+def test_a_model_whose_classes_the_pages_would_name_alike_fails_at_startup(tmp_path,
+                                                                          tiny_model_dir, alike):
+    """A reviewer choosing "Smudge cell" could not tell which of two it is, nor a class
+    "Other white cell" from the verdict of that name."""
+    card = json.loads((tiny_model_dir / "model_card.json").read_text())
+    classes = [*card["classes"][:4 - len(alike)], *alike]
+    root = make_models_root(tmp_path / "m", tiny_model_dir, card={"classes": classes})
+    with pytest.raises(ModelLoadError, match="that the pages would show as one name"):
         make_app(tmp_path, root)
 
 

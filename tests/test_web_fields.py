@@ -17,7 +17,8 @@ from hematovision.fields import cell_inputs
 from hematovision.predictor import Predictor
 from hematovision.web import heatmap, uploads
 from tests.conftest import make_smear, with_nuclei
-from tests.web_helpers import csrf_token, image_bytes, make_app, make_models_root, page, text, upload
+from tests.web_helpers import (csrf_token, csv_of, image_bytes, make_models_root, page, text,
+                               upload)
 
 
 def nucleus_card(model_dir: Path) -> dict:
@@ -125,7 +126,7 @@ def test_a_cells_heat_map_is_of_the_crop_on_that_cell(client, batch_id):
 
 
 def test_the_csv_names_each_cell(client, batch_id):
-    rows = list(csv.DictReader(io.StringIO(
+    rows = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
     assert [(r["file"], r["cell"], r["white_cells"]) for r in rows] == [
         ("field.png", "1/2", "2"), ("field.png", "2/2", "2"), ("cell.png", "", "0")]
@@ -170,7 +171,7 @@ def test_reviewed_cells_of_a_field_stay_out_of_the_training_folder(client, batch
     images = [n for n in archive.namelist() if n.endswith(".jpg")]
     assert images == [f"lymphocyte/{batch_id[:8]}-002-cell.jpg"]
     # The differential counts both reviewed cells, the field's one among them.
-    rows = list(csv.DictReader(io.StringIO(
+    rows = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
     assert [r["differential_class"] for r in rows][::2] == ["eosinophil", "lymphocyte"]
 

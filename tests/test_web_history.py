@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import history, uploads
-from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, page, prose, review_cells,
-                               save_sample, shown_count, sign_off, stored_json, text, upload)
+from tests.web_helpers import (batch_as_said, csrf_token, csv_of, image_bytes, page, prose,
+                               review_cells, save_sample, shown_count, sign_off, stored_json, text,
+                               upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -36,7 +37,7 @@ def events(client, batch_id: str) -> list[dict]:
     response = client.get(f"/batch/{batch_id}/history.csv")
     assert response.status_code == 200
     assert "attachment" in response.headers["Content-Disposition"]
-    return list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    return list(csv.DictReader(csv_of(response.get_data(as_text=True))))
 
 
 def test_a_name_given_once_records_the_browser_s_reviews_under_it(client, batch_id):
@@ -52,7 +53,7 @@ def test_a_name_given_once_records_the_browser_s_reviews_under_it(client, batch_
                                                       "verdict": "monocyte", "seen": ""})
     assert stored_json(client, batch_id)["results"][3]["review"]["by"] == "A. Okafor"
     assert "by A. Okafor" in prose(page(client, f"/batch/{batch_id}/3"))
-    row = next(r for r in csv.DictReader(io.StringIO(
+    row = next(r for r in csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))) if r["file"] == "3.png")
     assert row["reviewed_by"] == "A. Okafor" and row["reviewed_at"].endswith("+00:00")
     upload, review = events(client, batch_id)

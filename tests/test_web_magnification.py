@@ -13,7 +13,7 @@ import pytest
 
 from hematovision.magnification import red_cell_scale
 from tests.conftest import make_smear
-from tests.web_helpers import make_models_root, page, upload
+from tests.web_helpers import csv_of, make_models_root, page, upload
 
 CHECK = {"data": "test", "n": 40, "batch_draws": 2000, "rows": [
     {"name": "as recorded", "description": "d", "median_ratio": 1.01, "measured": 1.0,
@@ -89,7 +89,7 @@ def test_the_api_and_the_csv_carry_the_ratios_and_the_batch_verdict(client):
     assert body["magnification"]["batch_range"] == [0.8333, 1.25]
 
     location = upload(client, "measuring", *films(45))
-    rows = list(csv.DictReader(io.StringIO(page(client, location + ".csv"))))
+    rows = list(csv.DictReader(csv_of(page(client, location + ".csv"))))
     assert [float(r["red_cell_ratio"]) for r in rows] == pytest.approx(
         [r["red_cell_ratio"] for r in body["results"]], abs=0.001)
 

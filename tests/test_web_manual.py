@@ -3,7 +3,6 @@ same film, kept with the batch and compared class by class with its differential
 the printed report and the differential CSV; refused fields get a message and a 400."""
 
 import csv
-import io
 import re
 
 import pytest
@@ -12,7 +11,7 @@ from hematovision.comparison import MAX_MANUAL_CELLS
 from hematovision.web import manual
 from tests.test_differential import PBC8, WBC4, film, result
 from tests.test_web_results import stored_batch
-from tests.web_helpers import (csrf_token, deleted_before_every_update, make_app,
+from tests.web_helpers import (csrf_token, csv_of, deleted_before_every_update, make_app,
                                make_models_root, page, stored_json, text)
 
 FILM = {"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosinophil": 4}
@@ -112,11 +111,11 @@ def test_a_manual_count_is_compared_class_by_class_and_kept_through_reviews(clie
 
 def test_the_differential_csv_carries_the_manual_count(client):
     batch_id = stored_batch(client, film(FILM, WBC4), WBC4)
-    blank = list(csv.DictReader(io.StringIO(
+    blank = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
     assert {row["manual_count"] for row in blank} == {""}
     save_manual(client, batch_id, neutrophil="35", lymphocyte="55", monocyte="5", eosinophil="5")
-    rows = {row["class"]: row for row in csv.DictReader(io.StringIO(
+    rows = {row["class"]: row for row in csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)))}
     neutrophils = rows["neutrophil"]
     assert (neutrophils["count"], neutrophils["manual_count"], neutrophils["manual_percent"],
@@ -161,7 +160,7 @@ def test_nucleated_red_cells_are_compared_per_100_white_cells(client):
                                     "white", "cells", "12.0", "(12)", "2.0", "(2)", "+10.0", "≠",
                                     "beyond", "counting", "error"]
     assert "the nucleated red cells per 100 white cells" in text(table)
-    rows = {row["class"]: row for row in csv.DictReader(io.StringIO(
+    rows = {row["class"]: row for row in csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)))}
     assert (rows["erythroblast"]["manual_count"], rows["erythroblast"]["manual_percent"],
             rows["erythroblast"]["manual_difference"]) == ("2", "2.0", "10.0")

@@ -96,6 +96,10 @@ def test_only_the_most_recent_batches_are_remembered_and_the_page_says_so(app):
     assert (f"It holds the {recent.MAX_REMEMBERED} newest: an older batch is still on the "
             "server until its time, at its own address") in text(page(client, "/"))
     assert page(client, f"/batch/{ids[0]}")  # still stored
+    # Once the batches it let go are gone, it no longer says so.
+    for batch_id in ids[:2]:
+        client.post(f"/batch/{batch_id}/delete", data={"csrf_token": csrf_token(client)})
+    assert 'id="recent-dropped"' not in page(client, "/")
 
 
 def test_a_cookie_holding_anything_but_batch_ids_lists_nothing_and_does_not_fail(app):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import uploads
-from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, page, prose, review_cells,
-                               shown_count, sign_off, stored_json, text, upload)
+from tests.web_helpers import (batch_as_said, csrf_token, csv_of, image_bytes, page, prose,
+                               review_cells, shown_count, sign_off, stored_json, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -69,7 +69,7 @@ def test_a_removed_image_leaves_the_count_and_the_server_but_keeps_its_place(cli
     assert "another patient's film" in text(row) and "<a " not in row  # nothing left to open
 
     table = client.get(f"/batch/{batch_id}.csv").get_data(as_text=True)
-    first = next(csv.DictReader(io.StringIO(table)))
+    first = next(csv.DictReader(csv_of(table)))
     assert (first["file"], first["label"], first["error"]) == (
         "0.png", "", "removed from the batch: another patient's film")
     report = page(client, f"/batch/{batch_id}/report")
@@ -304,6 +304,6 @@ def test_an_unreadable_file_removed_keeps_why_it_could_not_be_read(client):
                       ("bad.png", b"not an image")).rsplit("/", 1)[1]
     error = stored_json(client, batch_id)["results"][1]["error"]
     remove(client, batch_id, 1, reason="a text file")
-    rows = list(csv.DictReader(io.StringIO(
+    rows = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
     assert rows[1]["error"] == f"removed from the batch: a text file (could not be read: {error})"

@@ -3,7 +3,6 @@ differential_class and reviewed_class, the review summary and agreement table, t
 review; and the batch page that shows the differential, its flags and its downloads."""
 
 import csv
-import io
 import re
 from pathlib import Path
 
@@ -13,11 +12,11 @@ from hematovision.differential import EXCLUDED, differential
 from hematovision.reference import intervals
 from hematovision.web import results, uploads
 from tests.test_differential import BATCH, PBC8, REVIEWED, WBC4, film, result, reviewed
-from tests.web_helpers import make_app, make_models_root, page, save_sample, text
+from tests.web_helpers import csv_of, make_app, make_models_root, page, save_sample, text
 
 
 def test_the_csv_marks_only_accepted_white_cells_as_counted():
-    rows = list(csv.DictReader(io.StringIO(results.to_csv(BATCH, PBC8))))
+    rows = list(csv.DictReader(csv_of(results.to_csv(BATCH, PBC8))))
     counted = {row["file"]: row["differential_class"] for row in rows}
     assert counted == {"neutrophil-accepted.jpg": "neutrophil", "lymphocyte-accepted.jpg":
                        "lymphocyte", "ig-accepted.jpg": "ig", "platelet-accepted.jpg": "",
@@ -44,7 +43,7 @@ def test_confirming_an_accepted_answer_is_a_review_changing_or_excluding_overrul
 
 
 def test_the_csv_counts_reviewed_cells_as_the_reviewer_said():
-    rows = list(csv.DictReader(io.StringIO(results.to_csv(REVIEWED, PBC8))))
+    rows = list(csv.DictReader(csv_of(results.to_csv(REVIEWED, PBC8))))
     assert [(r["label"], r["status"], r["differential_class"], r["reviewed_class"])
             for r in rows] == [
         ("neutrophil", "unidentified", "monocyte", "monocyte"),
@@ -255,7 +254,10 @@ def test_the_differential_downloads_as_a_csv_with_its_flags_and_counts_per_litre
     response = client.get(link)
     assert response.mimetype == "text/csv" and "attachment" in response.headers[
         "Content-Disposition"]
-    rows = {r["class"]: r for r in csv.DictReader(io.StringIO(response.get_data(as_text=True)))}
+    # UTF-8 with a byte order mark, which Excel needs to read it as UTF-8.
+    assert response.data.startswith(b"\xef\xbb\xbfclass,")
+    assert "\ufeff" not in response.get_data(as_text=True)[1:]
+    rows = {r["class"]: r for r in csv.DictReader(csv_of(response.get_data(as_text=True)))}
     assert list(rows) == [c for c in PBC8 if c not in ("erythroblast", "platelet")] + [
         "erythroblast", "platelet"]
     neutrophils = rows["neutrophil"]
@@ -273,7 +275,7 @@ def test_the_differential_downloads_as_a_csv_with_its_flags_and_counts_per_litre
     assert 'filename="hematovision-H-2026-7-' in response.headers["Content-Disposition"]
     # Without a total count no row has a count per litre.
     save_sample(client, batch_id)
-    rows = list(csv.DictReader(io.StringIO(client.get(link).get_data(as_text=True))))
+    rows = list(csv.DictReader(csv_of(client.get(link).get_data(as_text=True))))
     assert all(r["per_litre"] == "" and r["white_cells_per_litre"] == "" and r["sample"] == ""
                for r in rows)
 
@@ -282,7 +284,7 @@ def test_the_differential_csv_holds_flags_back_while_cells_await_review(client):
     cells = film({"neutrophil": 20, "lymphocyte": 80}, WBC4)
     batch_id = stored_batch(client, cells + [result("monocyte", "unidentified", WBC4)], WBC4)
     text_csv = client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)
-    rows = list(csv.DictReader(io.StringIO(text_csv)))
+    rows = list(csv.DictReader(csv_of(text_csv)))
     assert all(r["flag"] == "" and r["awaiting_review"] == "1" for r in rows)
 
 
@@ -334,6 +336,8 @@ def test_a_class_the_catalog_does_not_know_is_named_described_and_said_to_go_unf
     assert "No reference interval is set for it" in text(result)
     assert "a type mine does not name (variant lymphocyte…)" in text(page(
         client, f"/batch/{batch_id}/2"))
+    listing = text(page(client, f"/batch/{batch_id}/review?show=all"))
+    assert "Other white cell (variant lymphocyte…)" in listing and "blast, " not in listing
     # A lab's own interval for it is shown instead, and the note names the other alone.
     lab = make_app(tmp_path, root, DEFAULT_MODEL="mine",
                    REFERENCE_INTERVALS={"smudge_cell": [0, 2]}).test_client()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from hematovision.web import uploads
 from tests.conftest import CLASSES
-from tests.web_helpers import csrf_token, make_app, make_models_root, page, text
+from tests.web_helpers import csv_of, csrf_token, make_app, make_models_root, page, text
 
 
 @pytest.fixture
@@ -67,14 +67,14 @@ def shares(html: str) -> dict[str, int]:
 
 def csv_rows(client, batch_id: str) -> dict[str, dict]:
     data = client.get(f"/batch/{batch_id}.csv").get_data(as_text=True)
-    return {row["file"]: row for row in csv.DictReader(io.StringIO(data))}
+    return {row["file"]: row for row in csv.DictReader(csv_of(data))}
 
 
 def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(client, batch_id):
     html = page(client, f"/batch/{batch_id}")
     assert shares(html) == {"lymphocyte": 1, "neutrophil": 1}
     assert "2 unidentified cells still to review: review them" in text(html)
-    assert re.search(rf'id="start-review"', html) and f'/batch/{batch_id}/1"' in html
+    assert re.search(r'id="start-review"', html) and f'/batch/{batch_id}/1"' in html
     assert " 2 unidentified (needs review) · " in status_line(html)
     # Printed before review, the report says it is preliminary.
     assert "Preliminary: 2 unidentified cells are not reviewed yet" in text(html)
@@ -239,7 +239,7 @@ def test_the_reviewed_cells_download_as_a_folder_to_train_on(client, batch_id, t
         stored = uploads.load_batch(folder(client), batch_id)["results"]
         assert archive.read(f"monocyte/{prefix}-001-u1.jpg") == (
             folder(client) / f"{stored[1]['image']}.jpg").read_bytes()
-        rows = list(csv.DictReader(io.StringIO(archive.read(f"reviewed-{prefix}.csv").decode())))
+        rows = list(csv.DictReader(csv_of(archive.read(f"reviewed-{prefix}.csv").decode())))
         archive.extractall(tmp_path / "train")
     assert [(r["file"], r["batch"], r["reviewed_class"], r["original_file"], r["model_label"],
              r["model_status"]) for r in rows] == [

@@ -16,7 +16,7 @@ from hematovision.cells import CELL_TYPES
 from hematovision.preprocess import crop_to_nucleus, load_image
 from hematovision.web import uploads
 from tests.conftest import CELL_COLORS, CLASSES, make_smear, with_nuclei
-from tests.web_helpers import csrf_token, image_bytes, make_models_root, page, text, upload
+from tests.web_helpers import csv_of, csrf_token, image_bytes, make_models_root, page, text, upload
 
 
 def unsure_card(model_dir: Path, crop: str = "none") -> dict:
@@ -84,7 +84,7 @@ def test_the_chosen_verdicts_are_saved_at_once_and_counted(client, batch_id):
     html = page(client, f"/batch/{batch_id}/review")
     assert "Saved your review of 3 cells." in text(html)
     assert "1 cell the model set aside, not reviewed yet" in text(html)
-    rows = list(csv.DictReader(io.StringIO(
+    rows = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}.csv").get_data(as_text=True))))
     assert [r["differential_class"] for r in rows] == ["eosinophil", "", "", "lymphocyte", ""]
 

@@ -3,7 +3,6 @@ from the batch page's form, kept with the batch through reviews, and shown on th
 printed report and the CSV files."""
 
 import csv
-import io
 
 import pytest
 
@@ -12,7 +11,7 @@ from hematovision.web import sample
 from hematovision.web.sample import Sample
 from tests.test_differential import PBC8, WBC4, film, result
 from tests.test_web_results import stored_batch
-from tests.web_helpers import (csrf_token, deleted_before_every_update, make_app,
+from tests.web_helpers import (csrf_token, csv_of, deleted_before_every_update, make_app,
                                make_models_root, page, prose, save_sample, stored_json, text)
 
 
@@ -174,7 +173,7 @@ def test_a_count_that_includes_nucleated_red_cells_is_corrected_for_those_counte
     assert ("of a film with 10.00 × 10⁹ white cells per litre (the analyzer's 11, which "
             "included the nucleated red cells, times the white cells' share of the nucleated cells "
             "counted: 100 of 110)") in text(html)
-    rows = list(csv.DictReader(io.StringIO(
+    rows = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
     assert {(r["white_cells_per_litre"], r["uncorrected_white_cells_per_litre"])
             for r in rows} == {("10", "11")}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import uploads
-from tests.web_helpers import (batch_as_said, csrf_token, image_bytes, page, prose, review_cells,
-                               save_sample, shown_count, shown_signoff, sign_off, text,
-                               upload)
+from tests.web_helpers import (batch_as_said, csrf_token, csv_of, image_bytes, page, prose,
+                               review_cells, save_sample, shown_count, shown_signoff, sign_off,
+                               text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -39,7 +39,7 @@ def stored(client, batch_id: str) -> dict:
 
 
 def signed_csv(client, batch_id: str) -> list[tuple[str, str]]:
-    rows = csv.DictReader(io.StringIO(
+    rows = csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True)))
     return sorted({(r["signed_off_by"], r["signed_off_at"]) for r in rows})
 
@@ -225,6 +225,42 @@ def test_a_colleagues_sign_off_given_after_the_page_was_loaded_is_not_replaced_u
     assert sign_off(client, batch_id, "D. Late", signed=shown).status_code == 303
 
 
+def test_a_colleagues_sign_off_given_after_the_page_was_loaded_is_not_withdrawn_unseen(
+        client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    assert sign_off(client, batch_id, "A. Bench").status_code == 303
+    html = page(client, f"/batch/{batch_id}")
+    form = re.search(r'<form[^>]*id="withdraw-form".*?</form>', html, re.S).group(0)
+    shown = re.search(r'name="signed" value="([^"]*)"', form).group(1)
+    assert shown == repr(stored(client, batch_id)["signoff"]["at"])
+    # A colleague signs again (from a page that showed A. Bench's sign-off) ...
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda b: b["signoff"].update(by="C. Senior", at=b["signoff"]["at"] + 5))
+    before = stored(client, batch_id)
+    response = client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": csrf_token(client), "withdraw": "1", "signed": shown})
+    assert response.status_code == 409
+    assert ("\u2068C. Senior\u2069 signed this count off after this page was loaded (another "
+            "tab, or a colleague): nothing was withdrawn.") in text(response.get_data(as_text=True))
+    assert stored(client, batch_id) == before
+    # ... withdrawn from the page that shows it, it goes.
+    fresh = repr(before["signoff"]["at"])
+    assert client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": csrf_token(client), "withdraw": "1", "signed": fresh}).status_code == 303
+    assert stored(client, batch_id).get("signoff") is None
+
+
+def test_a_sign_off_whose_stored_time_is_damaged_leaves_the_page_working(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    assert sign_off(client, batch_id, "A. Bench").status_code == 303
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda b: b["signoff"].update(at="yesterday"))
+    html = page(client, f"/batch/{batch_id}")
+    assert re.search(r'name="signed" value="\?"', html)
+    assert client.post(f"/batch/{batch_id}/signoff", data={
+        "csrf_token": csrf_token(client), "withdraw": "1", "signed": "?"}).status_code == 303
+
+
 def test_an_image_with_no_white_cell_found_counted_unreviewed_is_not_signed(client, batch_id):
     review_cells(client, batch_id, n2="neutrophil")
     uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
@@ -260,6 +296,9 @@ def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_befor
     assert f'href="/batch/{batch_id}/review?show=not-a-cell"' in html
     assert re.search(r'id="differential-preliminary">preliminary: 1 to review<', html)
     assert 'id="report-set-aside"' in page(client, f"/batch/{batch_id}/report")
+    rows = list(csv.DictReader(csv_of(client.get(
+        f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
+    assert {r["not_a_cell_unreviewed"] for r in rows} == {"1"}
     before = stored(client, batch_id)
     response = sign_off(client, batch_id)
     assert response.status_code == 400
@@ -281,6 +320,9 @@ def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_befor
         page(client, f"/batch/{batch_id}/review?show=not-a-cell"))
     assert sign_off(client, batch_id).status_code == 303
     assert stored(client, batch_id)["signoff"]["white_cells"] == 4  # the neutrophil counted
+    rows = list(csv.DictReader(csv_of(client.get(
+        f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
+    assert {r["not_a_cell_unreviewed"] for r in rows} == {"0"}
 
 
 def test_new_reference_intervals_show_a_signed_count_as_changed(client, batch_id):
@@ -307,7 +349,7 @@ def test_a_comment_goes_with_the_sign_off_onto_the_report_and_the_csv(client, ba
     assert stored(client, batch_id)["signoff"]["comment"] == "Platelet clumps seen"
     assert "Comment: Platelet clumps seen" in text(page(client, f"/batch/{batch_id}"))
     assert "Comment: Platelet clumps seen" in text(page(client, f"/batch/{batch_id}/report"))
-    rows = list(csv.DictReader(io.StringIO(
+    rows = list(csv.DictReader(csv_of(
         client.get(f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
     assert {r["comment"] for r in rows} == {"Platelet clumps seen"}
     # A comment that is not one line of plain text: the form back, the name kept.

@@ -445,10 +445,40 @@ def test_model_page_says_when_the_temperature_was_not_fitted(tmp_path, trusted_m
     html = app.test_client().get("/models/easy").get_data(as_text=True)
     assert text(re.search(r'id="temperature-note">(.*?)</div>', html, re.S).group(1)) == (
         note + ".")
+    assert 'id="temperature-not-fitted"' in html and 'id="temperature-rule"' not in html
+    # A result of it does not call its probabilities calibrated.
+    client = app.test_client()
+    result = page(client, upload(client, "easy", ("red.jpg", RED)))
+    assert "Probabilities are the model's own, not calibrated: Not calibrated: the 20" in text(
+        result)
+    assert "Probabilities are calibrated" not in text(result)
+    assert "Calibrated confidence" not in text(result)
     fitted = make_models_root(tmp_path / "f", trusted_model_dir, names=("fitted",))
-    html = make_app(tmp_path / "f", fitted, DEFAULT_MODEL="fitted").test_client().get(
-        "/models/fitted").get_data(as_text=True)
-    assert 'id="temperature-note"' not in html
+    app = make_app(tmp_path / "f", fitted, DEFAULT_MODEL="fitted")
+    html = app.test_client().get("/models/fitted").get_data(as_text=True)
+    assert 'id="temperature-note"' not in html and 'id="temperature-not-fitted"' not in html
+    client = app.test_client()
+    assert "Probabilities are calibrated" in text(page(client, upload(client, "fitted",
+                                                                      ("red.jpg", RED))))
+
+
+def test_a_threshold_that_accepts_only_a_confidence_of_exactly_1_reads_so(tmp_path,
+                                                                          trusted_model_dir):
+    """The rule's threshold where every accepted held-out image was computed as exactly 1
+    (trust.BELOW_ONE): "100.0 %" would read as a model that accepts nothing."""
+    from hematovision.trust import BELOW_ONE
+
+    card = card_with(trusted_model_dir, confidence_threshold=BELOW_ONE, target_accuracy=0.99)
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("sure",), card=card)
+    html = make_app(tmp_path, root, DEFAULT_MODEL="sure").test_client().get(
+        "/models/sure").get_data(as_text=True)
+    assert re.search(r'id="confidence-threshold">exactly 1 as computed<', html)
+    assert 'id="threshold-exactly-one"' in html and 'id="abstains-on-all"' not in html
+    card = card_with(trusted_model_dir, confidence_threshold=0.9999, target_accuracy=0.99)
+    root = make_models_root(tmp_path / "n", trusted_model_dir, names=("near",), card=card)
+    html = make_app(tmp_path / "n", root, DEFAULT_MODEL="near").test_client().get(
+        "/models/near").get_data(as_text=True)
+    assert re.search(r'id="confidence-threshold">99.99 %<', html)
 
 
 def test_model_page_says_which_validation_figure_is_which(tmp_path, trusted_model_dir):

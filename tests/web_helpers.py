@@ -112,6 +112,11 @@ def prose(html: str) -> str:
     return re.sub(r" ([,.:;)])", r"\1", text(html))
 
 
+def csv_of(table: str) -> io.StringIO:
+    """A downloaded CSV for `csv.reader`, its byte order mark (for Excel) taken off."""
+    return io.StringIO(table.removeprefix("\ufeff"))
+
+
 def csrf_token(client) -> str:
     """The form token of the client's session, as the upload page embeds it."""
     page = client.get("/").get_data(as_text=True)

@@ -35,7 +35,7 @@ from hematovision.trust import (ABSTAIN_ON_ALL, ACCEPTED, NOT_A_CELL, UNIDENTIFI
                                 WHITE_CELL_RULE, LayerGaussians, Trust, TRUST_FILE,
                                 cholesky_whitening, layer_distances, parse_accuracy_target,
                                 repack, save_trust_arrays, softmax, statuses,
-                                threshold_for_target, unsure)
+                                threshold_for_target, threshold_words, unsure)
 from training import crossfit
 
 ECE_BINS = 15
@@ -478,7 +478,7 @@ def fit_trust(model_dir: Path, data: Path | None = None, target: float = TARGET_
     }
     card["trust"] = section
     write_card(model_dir, card)
-    log(f"temperature {temperature:.3f}, confidence threshold {threshold:.3f}, "
+    log(f"temperature {temperature:.3f}, confidence threshold {threshold_words(threshold)}, "
         f"unfamiliarity threshold {ood_threshold:.3f}; validation {section['validation']}")
     return section
 

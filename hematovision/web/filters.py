@@ -13,7 +13,8 @@ from flask import Blueprint, current_app
 from hematovision import differential
 from hematovision.cells import OTHER_WHITE_CELL, display_name, other_white_cells
 from hematovision.fields import NO_WHITE_CELL
-from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUS_TEXT, UNIDENTIFIED, WHITE_CELL_RULE
+from hematovision.trust import (ACCEPTED, BELOW_ONE, EXACTLY_ONE, NOT_A_CELL, STATUS_TEXT,
+                                UNIDENTIFIED, WHITE_CELL_RULE)
 from hematovision.web import models, results, sample
 
 bp = Blueprint("filters", __name__)
@@ -32,6 +33,8 @@ def layout_context() -> dict:
         "ACCEPTED": ACCEPTED,
         "UNIDENTIFIED": UNIDENTIFIED,
         "NOT_A_CELL": NOT_A_CELL,
+        "BELOW_ONE": BELOW_ONE,
+        "EXACTLY_ONE": EXACTLY_ONE,
         "EXCLUDED": differential.EXCLUDED,
         "OTHER_WHITE_CELL": OTHER_WHITE_CELL,
         "NO_WHITE_CELL": NO_WHITE_CELL,
@@ -123,6 +126,18 @@ def fixed(value, digits: int = 4) -> str:
 def pct(value, digits: int = 1) -> str:
     """A 0..1 share as a percentage with `digits` decimals; a dash where the card has none."""
     return f"{value * 100:.{digits}f} %" if is_number(value) else "—"
+
+
+@bp.app_template_filter("threshold_pct")
+def threshold_pct(value, digits: int = 1) -> str:
+    """A confidence threshold as a percentage, with the decimals that keep one below 1 from
+    reading "100.0 %" (0.9999: "99.99 %"); BELOW_ONE, which accepts only a confidence computed
+    as exactly 1, in words."""
+    if value == BELOW_ONE:
+        return EXACTLY_ONE
+    while is_number(value) and value < 1 and digits < 6 and pct(value, digits) == pct(1, digits):
+        digits += 1
+    return pct(value, digits)
 
 
 @bp.app_template_filter("interval")

@@ -17,7 +17,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from hematovision.card import CARD_FILE, ModelLoadError
-from hematovision.cells import OTHER_WHITE_CELL
+from hematovision.cells import OTHER_WHITE_CELL, display_name
 from hematovision.differential import EXCLUDED
 from hematovision.predictor import DEFAULT_MODEL, SERVING_FILE, Predictor, available_models
 from hematovision.trust import check_accuracy_target
@@ -32,6 +32,11 @@ RESERVED_CLASS = (
     "The model {name!r} names a class {label!r}, which the app keeps for its own use (review "
     "lists and the reviewer's exclusion: {reserved}; no class name may hold {characters}): "
     "rename that class's training folder and train and export the model again.")
+# Two classes the pages name alike ("smudge_cell" and "smudge-cell" are both "Smudge cell"),
+# or one named as a reviewer's own verdict is: a reviewer could not tell which they choose.
+SAME_NAME = (
+    "The model {name!r} names classes {labels} that the pages would show as one name, "
+    "{shown!r}: rename one class's training folder and train and export the model again.")
 
 # Images of a model folder the model page may show; anything else there (the model files, the
 # card, run logs) is not served.
@@ -81,6 +86,13 @@ def init_app(app: Flask) -> None:
                 name=name, label=taken[0],
                 reserved=", ".join(repr(c) for c in RESERVED_CLASS_NAMES),
                 characters=" or ".join(repr(c) for c in RESERVED_CLASS_CHARACTERS)))
+        shown: dict[str, list[str]] = {}
+        for label in [*predictor.classes, OTHER_WHITE_CELL, EXCLUDED]:
+            shown.setdefault(display_name(label).casefold(), []).append(label)
+        if alike := next((labels for labels in shown.values() if len(labels) > 1), None):
+            raise ModelLoadError(SAME_NAME.format(
+                name=name, labels=" and ".join(repr(c) for c in alike),
+                shown=display_name(alike[0])))
     app.extensions["predictors"] = predictors
     app.extensions["model_plots"] = {name: _read_plots(p.model_dir)
                                      for name, p in predictors.items()}

@@ -115,7 +115,7 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
                                   for r in b["results"]),
                  "signed": signoff.of(b, count_fingerprint(b))}
                 for b in recent.batches(upload_folder())],
-        recent_dropped=recent.dropped(),
+        recent_dropped=recent.dropped(upload_folder()),
     )
     return page, status
 
@@ -427,8 +427,14 @@ def sign_off(batch_id: str):
         abort(400, description=SIGN_OFF_ONE_IMAGE)
     if request.form.get(signoff.WITHDRAW_FIELD):
         withdrawn = []  # whose sign-off, as stored when it was withdrawn (under the lock)
+        shown, newer = request.form.get(signoff.SIGNED_FIELD), []
 
         def withdraw(b: dict) -> None:
+            # The page's form names the sign-off it showed: a colleague's given since is not
+            # withdrawn unseen (a form without the field, sent by hand, withdraws what stands).
+            if shown is not None and (signer := signoff.signed_meanwhile(b, shown)):
+                newer.append(signer)
+                return
             signed = signoff.of(b, count_fingerprint(b))
             if signed:
                 withdrawn.append(signed.by)
@@ -437,6 +443,9 @@ def sign_off(batch_id: str):
 
         if uploads.update_batch(upload_folder(), batch_id, withdraw) is None:
             gone()
+        if newer:
+            flash(signoff.NOT_WITHDRAWN.format(name=isolated(newer[0])), WARNING)
+            return batch(batch_id, status=409)
         if withdrawn:
             flash(SIGN_OFF_WITHDRAWN.format(name=isolated(withdrawn[0])))
         return redirect(url_for("batches.batch", batch_id=batch_id), code=303)

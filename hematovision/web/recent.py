@@ -18,7 +18,7 @@ from flask import session
 from hematovision.web import uploads
 
 SESSION_KEY = "batches"
-DROPPED_KEY = "batches_dropped"  # true once the list has let an older batch go
+DROPPED_KEY = "batches_dropped"  # the ids the list let go to keep to MAX_REMEMBERED
 # Each listed batch is read from disk on every visit to the upload page (what that costs:
 # benchmarks/bench_pages.py), and a cookie holds about 4 KB.
 MAX_REMEMBERED = 10
@@ -29,13 +29,19 @@ def remember(batch_id: str) -> None:
     its end is still stored: the page then says that the list holds only the newest."""
     ids = [batch_id, *(i for i in _ids() if i != batch_id)]
     if len(ids) > MAX_REMEMBERED:
-        session[DROPPED_KEY] = True
+        let_go = [*ids[MAX_REMEMBERED:], *_ids(DROPPED_KEY)]
+        session[DROPPED_KEY] = list(dict.fromkeys(let_go))[:MAX_REMEMBERED]
     session[SESSION_KEY] = ids[:MAX_REMEMBERED]
 
 
-def dropped() -> bool:
-    """Whether the list has let an older batch of this browser go to keep to MAX_REMEMBERED."""
-    return session.get(DROPPED_KEY) is True
+def dropped(folder: Path) -> bool:
+    """Whether a batch the list let go (to keep to MAX_REMEMBERED) is still stored, so that the
+    page can say the list holds only the newest; those deleted or purged since are forgotten.
+    At most MAX_REMEMBERED are kept in mind, the most recently let go."""
+    kept = [i for i in _ids(DROPPED_KEY) if (folder / f"{i}.json").is_file()]
+    if kept != _ids(DROPPED_KEY):
+        session[DROPPED_KEY] = kept
+    return bool(kept)
 
 
 def forget(batch_id: str) -> None:
@@ -62,9 +68,9 @@ def _readable(folder: Path, batch_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _ids() -> list[str]:
+def _ids(key: str = SESSION_KEY) -> list[str]:
     """The remembered ids, ignoring anything else an old or foreign cookie might hold."""
-    ids = session.get(SESSION_KEY)
+    ids = session.get(key)
     if not isinstance(ids, list):
         return []
     return [i for i in ids if isinstance(i, str) and uploads.is_valid_id(i)][:MAX_REMEMBERED]

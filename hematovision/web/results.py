@@ -60,11 +60,12 @@ DIFFERENTIAL_COLUMNS = (
     "white_cells", "awaiting_review", "white_cells_per_litre",
     "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
     "manual_difference", "manual_p_value", "manual_white_cells", "signed_off_by",
-    "signed_off_at", "comment")
+    "signed_off_at", "comment", "not_a_cell_unreviewed")
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
-                     comparison: Comparison | None = None, signed: SignOff | None = None) -> str:
+                     comparison: Comparison | None = None, signed: SignOff | None = None,
+                     set_aside: int = 0) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
@@ -75,7 +76,9 @@ def differential_csv(counted: Differential, sample_id: str = "",
     manual count of the film (`comparison`), each white-cell class's row also has its manual
     count and percent, the difference in points and its p-value (`hematovision.comparison`),
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
-    white cells. Columns are added last, so that earlier ones keep their places."""
+    white cells; and each row the images called not a blood-cell image that no one has looked
+    at where a white cell may be (`set_aside`: set_aside_unseen; the count is not signed while
+    there are any). Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
@@ -85,7 +88,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
     manual_total = [comparison.manual_white_cells if comparison else "",
                     *([inert(signed.by), iso_time(signed.at), inert(signed.comment)]
-                      if signed and signed.current else ["", "", ""])]
+                      if signed and signed.current else ["", "", ""]), set_aside]
     # A class compared with the manual count that the batch did not count (the manual count's
     # other white cells, where no reviewer called any so) has a row too, of none.
     _, low, high = measure(0, counted.white_cells)

@@ -18,7 +18,7 @@ from typing import Any
 
 from hematovision.differential import counted_label, needs_review, verdict_of
 from hematovision.web.forms import TypedForm, plain_text
-from hematovision.web.results import counted_unseen, set_aside_unseen
+from hematovision.web.results import counted_unseen, image_count, is_time, set_aside_unseen
 
 MAX_NAME_LENGTH = 60
 # A remark the signer adds for the report: what the differential cannot say (red-cell
@@ -49,6 +49,9 @@ NO_WHITE_CELL_COUNTED = (
 SIGNED_MEANWHILE = (
     "{name} signed this count off after this page was loaded (another tab, or a colleague): "
     "that sign-off stands, below. To replace it with yours, sign again.")
+NOT_WITHDRAWN = (
+    "{name} signed this count off after this page was loaded (another tab, or a colleague): "
+    "nothing was withdrawn. Here is that sign-off; withdraw it if you mean to.")
 CHANGED_MEANWHILE = (
     "The count changed after this page was loaded (a review, added images or the sample's "
     "details, from another tab or a colleague): check it as it is now, below, and sign again.")
@@ -93,7 +96,10 @@ def shown_as(batch: dict[str, Any]) -> str:
     """The batch's sign-off as a page's form carries it (SIGNED_FIELD): its time, or "" for
     none."""
     stored = batch.get("signoff")
-    return repr(float(stored["at"])) if isinstance(stored, dict) else ""
+    if not isinstance(stored, dict):
+        return ""
+    at = stored.get("at")
+    return repr(float(at)) if is_time(at) else "?"  # a damaged time: still one to compare
 
 
 def signed_meanwhile(batch: dict[str, Any], shown: str) -> str | None:
@@ -112,7 +118,7 @@ def refusal(batch: dict[str, Any]) -> str | None:
         return STILL_TO_REVIEW.format(count=waiting, s="s" if waiting != 1 else "",
                                       verb="" if waiting != 1 else "s",
                                       them="them" if waiting != 1 else "it")
-    set_aside = sum(map(set_aside_unseen, found))
+    set_aside = image_count([r for r in found if set_aside_unseen(r)])  # a field's cells: one
     if set_aside:
         one = set_aside == 1
         return SET_ASIDE_UNSEEN.format(count=set_aside, s="" if one else "s",
