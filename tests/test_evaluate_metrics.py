@@ -423,22 +423,29 @@ def test_app_samples_get_no_majority_vote_nor_interval_in_the_card(tiny_model_di
     assert recorded["source_map"] == str(data)
 
 
-def test_evaluate_reads_the_source_map_the_model_was_trained_with(tiny_model_dir, tmp_path):
-    """The model's card names the map it was trained with (a CSV outside the data): evaluate
-    groups by it by default; --source-map none and a map given on the line override it."""
-    import json
-
+def _trained_with_map(tiny_model_dir, tmp_path, table):
+    """A copy of the tiny model whose card says it was trained with the source map `table`."""
     from hematovision.card import read_card, write_card
-    from training.evaluate import evaluate
 
-    data = _sample_folder(tmp_path / "cells", groups=("slide1", "slide2"))
-    table = tmp_path / "slides.csv"
-    (data / "reviewed-x.csv").rename(table)
     model = tmp_path / "models" / "tiny"
     shutil.copytree(tiny_model_dir, model)
     card = read_card(model)
     card["training"] = {"config": {"source_map": str(table)}}
     write_card(model, card)
+    return model
+
+
+def test_evaluate_reads_the_source_map_the_model_was_trained_with(tiny_model_dir, tmp_path):
+    """The model's card names the map it was trained with (a CSV outside the data): evaluate
+    groups by it by default; --source-map none and a map given on the line override it."""
+    import json
+
+    from training.evaluate import evaluate
+
+    data = _sample_folder(tmp_path / "cells", groups=("slide1", "slide2"))
+    table = tmp_path / "slides.csv"
+    (data / "reviewed-x.csv").rename(table)
+    model = _trained_with_map(tiny_model_dir, tmp_path, table)
     metrics = evaluate(model, data, tmp_path / "a")
     assert metrics["source_map"] == str(table) and metrics["per_source"]["sources"] == 2
     assert metrics["intervals"]["units"] == 2 and "accuracy" not in metrics["intervals"]
@@ -453,17 +460,12 @@ def test_a_trained_with_map_naming_none_of_the_images_gives_way_to_the_datas_own
     """The app's reviewed cells of three samples, scored by a model trained with a slide map
     of other data: that map names none of them, so the folder's own tables group them (no
     interval of 3 sources), not each image alone (an interval far too narrow)."""
-    from hematovision.card import read_card, write_card
     from training.evaluate import evaluate
 
     data = _sample_folder(tmp_path / "cells", groups=("s1", "s2", "s3"))
     other = tmp_path / "slides.csv"
     other.write_text("file,group\nneutrophil/elsewhere.jpg,slide9\n")
-    model = tmp_path / "models" / "tiny"
-    shutil.copytree(tiny_model_dir, model)
-    card = read_card(model)
-    card["training"] = {"config": {"source_map": str(other)}}
-    write_card(model, card)
+    model = _trained_with_map(tiny_model_dir, tmp_path, other)
     metrics = evaluate(model, data, tmp_path / "a")
     assert metrics["source_map"] == str(data) and metrics["per_source"]["sources"] == 3
     assert metrics["intervals"]["units"] == 3 and "accuracy" not in metrics["intervals"]
