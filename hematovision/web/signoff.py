@@ -107,7 +107,9 @@ def signed_meanwhile(batch: dict[str, Any], shown: str) -> str | None:
     was loaded; None where the page showed the one that stands, or none stands (one withdrawn
     meanwhile leaves nothing to replace)."""
     current = shown_as(batch)
-    return batch["signoff"]["by"] if current and current != shown else None
+    if not current or current == shown:
+        return None
+    return str(batch["signoff"].get("by") or "Someone")  # a damaged record names no one
 
 
 def refusal(batch: dict[str, Any]) -> str | None:
