@@ -74,8 +74,7 @@ def count_context(stored: dict) -> dict:
         no_white_cells_counted=sum(map(results.counted_unseen, stored["results"])),
         # Images called not a blood-cell image that no one has looked at: the count may lack
         # a white cell among them.
-        set_aside_unseen=results.image_count(
-            [r for r in stored["results"] if results.set_aside_unseen(r)]),
+        set_aside_unseen=[r for r in stored["results"] if results.set_aside_unseen(r)],
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -124,7 +123,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             # The images called not a blood-cell image that no one has looked at yet.
             set_aside=[i for i, r in enumerate(stored["results"])
                        if REVIEW_LISTS["not-a-cell"](r)],
-            set_aside_images=results.image_count(
+            set_aside_words=results.images_and_cells(
                 [r for r in stored["results"] if REVIEW_LISTS["not-a-cell"](r)]),
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),

@@ -80,6 +80,7 @@ def sentence(text: str) -> str:
 
 bp.add_app_template_filter(results.name_of, "item_name")
 bp.add_app_template_filter(results.image_count, "image_count")
+bp.add_app_template_filter(results.images_and_cells, "images_and_cells")
 bp.add_app_template_filter(results.first_of_image, "first_of_image")
 bp.add_app_template_test(results.is_removed, "removed")
 bp.add_app_template_filter(results.reviewer_of, "reviewer_of")

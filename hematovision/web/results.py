@@ -217,6 +217,17 @@ def set_aside_unseen(result: dict[str, Any]) -> bool:
             and result.get("white_cells") != 0)
 
 
+def images_and_cells(found: list[dict[str, Any]]) -> str:
+    """How many whole images and cells of fields these results are, in words ("2 images", "1
+    cell of a field", "2 images and 3 cells of fields"): each cell of a field is a result of
+    its own, to be looked at on its own, so a field's cells are not one image here."""
+    cells = sum(1 for r in found if r.get("cell"))
+    images = len(found) - cells
+    return " and ".join([*([f"{images} image{'s' if images != 1 else ''}"] if images else []),
+                         *([f"{cells} cell of a field" if cells == 1 else
+                            f"{cells} cells of fields"] if cells else [])])
+
+
 def counted_unseen(result: dict[str, Any]) -> bool:
     """A result the differential counts though no white cell was found in its image and no one
     has reviewed it: its answer is about whatever lay at the centre of the crop."""

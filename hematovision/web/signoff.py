@@ -18,7 +18,7 @@ from typing import Any
 
 from hematovision.differential import counted_label, needs_review, verdict_of
 from hematovision.web.forms import TypedForm, plain_text
-from hematovision.web.results import counted_unseen, image_count, is_time, set_aside_unseen
+from hematovision.web.results import counted_unseen, images_and_cells, is_time, set_aside_unseen
 
 MAX_NAME_LENGTH = 60
 # A remark the signer adds for the report: what the differential cannot say (red-cell
@@ -38,7 +38,7 @@ STILL_TO_REVIEW = (
     "{count} unidentified cell{s} still wait{verb} for review: review {them} first, so that the "
     "count you sign does not lean towards the classes the model is sure of.")
 SET_ASIDE_UNSEEN = (
-    "{count} image{s} called not a blood-cell image {verb} not reviewed: look at {them} first "
+    "{what} called not a blood-cell image {verb} not reviewed: look at {them} first "
     "(give the class of any white cell, exclude the rest), since a white cell {among} is "
     "missing from the count you sign.")
 NOTHING_COUNTED = "No white cell is counted in this batch, so there is no differential to sign."
@@ -120,10 +120,10 @@ def refusal(batch: dict[str, Any]) -> str | None:
         return STILL_TO_REVIEW.format(count=waiting, s="s" if waiting != 1 else "",
                                       verb="" if waiting != 1 else "s",
                                       them="them" if waiting != 1 else "it")
-    set_aside = image_count([r for r in found if set_aside_unseen(r)])  # a field's cells: one
+    set_aside = [r for r in found if set_aside_unseen(r)]
     if set_aside:
-        one = set_aside == 1
-        return SET_ASIDE_UNSEEN.format(count=set_aside, s="" if one else "s",
+        one = len(set_aside) == 1
+        return SET_ASIDE_UNSEEN.format(what=images_and_cells(set_aside),
                                        verb="is" if one else "are", them="it" if one else "them",
                                        among="in it" if one else "among them")
     unseen = sum(map(counted_unseen, found))
