@@ -33,6 +33,15 @@ BELOW_ONE = math.nextafter(1.0, 0.0)
 EXACTLY_ONE = "exactly 1 as computed"  # BELOW_ONE in words: 1.0 or 100.0 % would read as 1
 
 
+def uncalibrated_note(section: dict[str, Any] | None) -> str | None:
+    """Why a card's model serves its own confidences (temperature 1, its fit set aside:
+    `training.calibrate.served_temperature`), from its "trust" section; None where its
+    temperature was fitted."""
+    section = section if isinstance(section, dict) else {}
+    note = section.get("temperature_note")
+    return note if isinstance(note, str) and section.get("temperature") == 1 else None
+
+
 def threshold_words(threshold: float) -> str:
     """A confidence threshold for a log line: BELOW_ONE in words, any other as a number."""
     return EXACTLY_ONE if threshold == BELOW_ONE else f"{threshold:g}"

@@ -12,7 +12,7 @@ from hematovision.cells import CELL_TYPES, display_name, is_nucleated_red_cell
 from hematovision.comparison import Comparison, compare
 from hematovision.reference import catalog_intervals
 from hematovision.spreadsheet import whole_number
-from hematovision.trust import NOT_A_CELL
+from hematovision.trust import NOT_A_CELL, uncalibrated_note
 from hematovision.web import heatmap, history, manual, models, results, sample, signoff, uploads
 from hematovision.web.forms import TypedForm
 from hematovision.web.lookup import (deletion, expires_at, item_or_404, load_or_404, no_store,
@@ -123,8 +123,6 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             # The images called not a blood-cell image that no one has looked at yet.
             set_aside=[i for i, r in enumerate(stored["results"])
                        if REVIEW_LISTS["not-a-cell"](r)],
-            set_aside_words=results.images_and_cells(
-                [r for r in stored["results"] if REVIEW_LISTS["not-a-cell"](r)]),
             agreement=results.agreement(stored["results"], stored["classes"]),
             first_to_review=results.next_to_review(stored["results"], -1),
             sample_form=sample_form or sample.form_of(shown["sample"]),
@@ -203,9 +201,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             else None,
             cell=CELL_TYPES.get(counted_as or ""),
             # The card's word where its temperature was not fitted (calibrate.served_temperature).
-            uncalibrated=(predictor.card.get("trust") or {}).get("temperature_note")
-            if predictor and (predictor.card.get("trust") or {}).get("temperature") == 1.0
-            else None,
+            uncalibrated=uncalibrated_note(predictor.card.get("trust")) if predictor else None,
             # A class of a researcher's model that the catalog does not describe.
             uncatalogued=counted_as if counted_as in stored["classes"]
             and counted_as not in CELL_TYPES else None,

@@ -14,7 +14,7 @@ from hematovision import differential
 from hematovision.cells import OTHER_WHITE_CELL, display_name, other_white_cells
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.trust import (ACCEPTED, BELOW_ONE, EXACTLY_ONE, NOT_A_CELL, STATUS_TEXT,
-                                UNIDENTIFIED, WHITE_CELL_RULE)
+                                UNIDENTIFIED, WHITE_CELL_RULE, uncalibrated_note)
 from hematovision.web import models, results, sample
 
 bp = Blueprint("filters", __name__)
@@ -44,6 +44,7 @@ def layout_context() -> dict:
 
 bp.add_app_template_filter(display_name, "cell_name")
 bp.add_app_template_global(other_white_cells, "other_white_cells")
+bp.add_app_template_global(uncalibrated_note, "uncalibrated_note")
 
 
 @bp.app_template_filter("isolated")

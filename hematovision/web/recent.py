@@ -38,7 +38,7 @@ def dropped(folder: Path) -> bool:
     """Whether a batch the list let go (to keep to MAX_REMEMBERED) is still stored, so that the
     page can say the list holds only the newest; those deleted or purged since are forgotten.
     At most MAX_REMEMBERED are kept in mind, the most recently let go."""
-    kept = [i for i in _ids(DROPPED_KEY) if (folder / f"{i}.json").is_file()]
+    kept = [i for i in _ids(DROPPED_KEY) if uploads.is_stored(folder, i)]
     if kept != _ids(DROPPED_KEY):
         session[DROPPED_KEY] = kept
     return bool(kept)

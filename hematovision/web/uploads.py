@@ -92,6 +92,11 @@ class DamagedBatch(ValueError):
         return f"{self.path}: {self.reason}"
 
 
+def is_stored(folder: Path, batch_id: str) -> bool:
+    """Whether the batch's file is still there (not deleted, nor purged), without reading it."""
+    return (folder / f"{batch_id}.json").is_file()
+
+
 def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
     """The stored batch, or None when the id is malformed, unknown or already purged;
     DamagedBatch when its file is not a batch."""
