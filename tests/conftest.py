@@ -180,3 +180,44 @@ def app(tmp_path, models_root):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+# Converted LiteRT files, by what was converted (`_conversion_key`), for the whole session.
+_CONVERTED: dict[str, bytes] = {}
+
+
+@pytest.fixture(autouse=True)
+def convert_each_model_once(monkeypatch):
+    """Many tests export the one `trained_run` model, and its LiteRT conversion (15-30 s) was
+    most of their time: a model converted before is given the same file again. What is
+    converted is keyed by the network's config and weights, the views and the converter and
+    serving-graph functions themselves, so a test that replaces either (to make the conversion
+    fail) converts for real. Only where training.export is already imported: tests that never
+    touch it do not pay TensorFlow's import."""
+    import sys
+
+    export = sys.modules.get("training.export")
+    if export is None:
+        return
+    convert = export.convert_to_tflite
+
+    def converted_once(model, path, views=export.TTA_VIEWS):
+        key = _conversion_key(model, views, export)
+        if key not in _CONVERTED:
+            convert(model, path, views)
+            _CONVERTED[key] = Path(path).read_bytes()
+        else:
+            Path(path).write_bytes(_CONVERTED[key])
+
+    monkeypatch.setattr(export, "convert_to_tflite", converted_once)
+
+
+def _conversion_key(model, views: int, export) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(model.to_json().encode())
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    # The class's own attribute: reading it through the class makes a new bound method each time.
+    converter = vars(export.tf.lite.TFLiteConverter).get("from_keras_model")
+    return f"{digest.hexdigest()}/{views}/{id(converter)}/{id(export.serving_model)}"
