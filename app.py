@@ -50,6 +50,7 @@ def print_check(app) -> None:
     shares are flagged against, so that a setting can be checked before serving."""
     predictors = app.extensions["predictors"]
     print(f"ok: models {', '.join(predictors)}; default {app.config['DEFAULT_MODEL']}")
+    print("versions: " + "; ".join(f"{name} {p.version}" for name, p in predictors.items()))
     print("unidentified below: " + "; ".join(
         f"{name} {p.trust.threshold_text()}" for name, p in predictors.items()))
     for absolute, key in SETTINGS.items():

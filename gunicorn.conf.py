@@ -13,13 +13,18 @@ workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
 worker_class = "gthread"
 threads = 4  # per worker; the model itself runs one request at a time per worker
 timeout = 120  # a worker silent this long is restarted (a 100-image batch fits well inside)
-graceful_timeout = 30  # seconds to finish in-flight requests on restart or shutdown
+# Seconds to finish in-flight requests on restart or shutdown, as long as `timeout`: a part of
+# 100 images sent while others upload takes tens of seconds, and one cut off is lost unlogged.
+graceful_timeout = 120
 keepalive = 5  # seconds an idle keep-alive connection stays open
 max_requests = 10000  # recycle workers now and then, bounding slow memory growth
 max_requests_jitter = 1000  # so the workers do not all restart at once
 preload_app = False
 accesslog = "-"
 errorlog = "-"
+# No `gunicornc` control socket: we do not use it, and every instance on a host would share
+# its one default path (the last started takes it, the first stopped deletes it).
+control_socket_disable = True
 
 # One interpreter thread per worker: the workers already use every core, more threads per
 # worker would only fight over them. Set before the workers fork, so they inherit it.

@@ -6,6 +6,8 @@ checks against it; the Keras file in the same folder stays the source of truth f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import zipfile
@@ -20,8 +22,8 @@ from hematovision.card import CARD_FILE, ModelLoadError, read_card, served_views
 from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
 from hematovision.preprocess import ImageSource, at_resolution, crop_fraction, load_image
-from hematovision.trust import (ACCEPTED, Trust, class_activation_map, no_white_cell,
-                                use_one_blas_thread)
+from hematovision.trust import (ACCEPTED, TRUST_FILE, Trust, class_activation_map,
+                                no_white_cell, use_one_blas_thread)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_ROOT = PROJECT_ROOT / "saved_model"
@@ -38,6 +40,12 @@ BATCH_SIZE = 32  # images decoded (and, with the usual four test-time views, run
 # or two interpreter threads, both served models) and added nothing to the memory loading
 # took, where 32 per call added 0.5 GiB (benchmarks/bench_chunk.py, README Benchmarks).
 VIEWS_PER_CALL = 4
+# The card's parts that decide a result: what the image becomes, the classes and the trust
+# layer's figures. The rest of the card says how the model was made and measured, and grows as
+# figures are recorded without changing any answer.
+SERVED_CARD_KEYS = ("classes", "input_size", "preprocessing", "test_time_augmentation",
+                    "unfamiliarity_features", "trust", "magnification")
+VERSION_DIGITS = 12  # of the version's hexadecimal digest: short enough to print on a report
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,21 @@ def available_models(root: Path | None = None) -> list[str]:
     )
 
 
+def model_version(model_dir: Path | str, card: dict[str, Any]) -> str:
+    """What a result names as the model that made it: a digest of the serving file, the trust
+    layer's file and the card's SERVED_CARD_KEYS. A model exported, calibrated or given a
+    magnification reference again is another version, even under the same folder name;
+    recording its figures is not."""
+    digest = hashlib.sha256()
+    for name in (SERVING_FILE, TRUST_FILE):
+        path = Path(model_dir) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    served = {key: card.get(key) for key in SERVED_CARD_KEYS}
+    digest.update(json.dumps(served, sort_keys=True).encode())
+    return digest.hexdigest()[:VERSION_DIGITS]
+
+
 class Predictor:
     """One loaded model: its card, ordered classes and a LiteRT interpreter."""
 
@@ -162,6 +185,9 @@ class Predictor:
         except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as exc:
             raise ModelLoadError(f"The trust layer of {self.model_dir} cannot be used: "
                                  f"{exc}") from None
+        self.version = model_version(self.model_dir, self.card)
+        self.exported: str | None = (self.card["exported"]
+                                     if isinstance(self.card.get("exported"), str) else None)
         use_one_blas_thread()  # numpy's BLAS must not compete with LiteRT for the cores
         self._batch = 1
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads

@@ -161,8 +161,9 @@ def test_predict_one_file_gives_the_cli_json_fields_exactly(client, models_root)
     response = post(client, ("cell.jpg", data))
     assert response.status_code == 200
     body = response.get_json()
-    assert list(body) == ["model", "results", "differential"]
+    assert list(body) == ["model", "model_version", "results", "differential"]
     assert body["model"] == "tiny"
+    assert body["model_version"] == Predictor(models_root / "tiny").version
     [result] = body["results"]
     assert list(result) == [
         "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
@@ -199,7 +200,7 @@ def test_a_bad_file_alone_is_a_400_with_its_reason(client, name, data, message):
     response = post(client, (name, data))
     assert response.status_code == 400
     assert response.get_json() == {
-        "model": "tiny",
+        "model": "tiny", "model_version": response.get_json()["model_version"],
         "results": [{"file": name, "error": response.get_json()["results"][0]["error"]}],
     }
     assert message in response.get_json()["results"][0]["error"]
@@ -368,7 +369,7 @@ def test_the_api_stores_nothing(client, tmp_path):
     assert not uploads.exists() or not any(uploads.iterdir())
 
 
-def test_health(client):
+def test_health(client, models_root):
     response = client.get("/api/health")
     assert response.status_code == 200
     assert response.get_json() == {
@@ -376,6 +377,8 @@ def test_health(client):
         "version": "0.1.0",
         "models": ["tiny"],
         "default_model": "tiny",
+        "model_versions": {"tiny": Predictor(models_root / "tiny").version},
+        "models_changed_on_disk": [],
     }
 
 

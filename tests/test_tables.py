@@ -544,6 +544,9 @@ def test_operating_points_table_pairs_the_held_out_and_the_test_figures(tmp_path
     assert rows == [
         f"| `wbc4` | 95% | 0.812 | 60.0% (0.9512) | test, n={test['n']} | 45.7% | 0.9321 |",
         f"| `wbc4` | 99% (served) | 0.986 | 20.0% (0.9901) | test, n={test['n']} | 11.5% | n/a |"]
+    assert tables.operating_points_summary(tmp_path) == (
+        "- `wbc4` on test: accuracy on accepted at or above the target at 0 of 2 targets; below "
+        "it at 95% (by 1.8 points); none accepted at 99%.")
     # Refitted since (another threshold for a target): the table refuses stale test figures.
     card["metrics"]["test"]["operating_points"][0]["confidence_threshold"] = 0.8
     (folder / "model_card.json").write_text(json.dumps(card))

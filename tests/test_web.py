@@ -301,7 +301,8 @@ def test_csv_download_contents(client, models_root):
     response = submit(client, ("=HYPERLINK(1).png", good), ("empty.jpg", b""), ("b,c.png", same))
     batch_id = response.headers["Location"].rsplit("/", 1)[1]
     csv = client.get(f"/batch/{batch_id}.csv")
-    p = Predictor(models_root / "tiny").predict(good)
+    predictor = Predictor(models_root / "tiny")
+    p, made_by = predictor.predict(good), f"tiny,{predictor.version}"
     probs = ",".join(f"{p.probabilities[c]:.4f}" for c in CLASSES)
     assert csv.status_code == 200 and csv.mimetype == "text/csv"
     assert csv.headers["Content-Disposition"] == (
@@ -310,10 +311,11 @@ def test_csv_download_contents(client, models_root):
     assert csv.get_data(as_text=True) == (
         "\ufefffile,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
         "differential_class,red_cell_ratio,reviewed_class,cell,white_cells,reviewed_by,"
-        "reviewed_at\n"
-        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,\n"
-        "empty.jpg,,,,,,,,The file is empty.,,,,,,,\n"
-        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,\n'
+        "reviewed_at,model,model_version\n"
+        f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,"
+        f"{made_by}\n"
+        f"empty.jpg,,,,,,,,The file is empty.,,,,,,,,{made_by}\n"
+        f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,{made_by}\n'
     )
 
 
@@ -360,7 +362,15 @@ def test_no_model_is_one_clear_startup_error(tmp_path):
         make_app(tmp_path, tmp_path / "empty", DEFAULT_MODEL=None)
 
 
-def test_missing_default_model_names_its_path(tmp_path, models_root):
+def test_missing_default_model_names_the_setting_and_the_models_there(tmp_path, models_root):
+    with pytest.raises(ModelLoadError) as refused:
+        make_app(tmp_path, models_root, DEFAULT_MODEL="wbc5")
+    assert str(refused.value) == (
+        "The setting DEFAULT_MODEL (environment variable HEMATOVISION_DEFAULT_MODEL) names "
+        f"'wbc5', which is not a model folder in {models_root.resolve()}; the models there are "
+        "tiny.")
+    # A folder of that name that is not a whole model: what it lacks, where.
+    (models_root / "wbc4").mkdir()
     with pytest.raises(ModelLoadError, match=str(models_root / "wbc4")):
         make_app(tmp_path, models_root, DEFAULT_MODEL="wbc4")
 
@@ -496,6 +506,21 @@ def test_secret_key_is_created_once_and_shared(tmp_path, models_root):
     assert len(first.config["SECRET_KEY"]) == 64
     assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
     assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_model_page_says_its_limitations_from_its_card(tmp_path, client, tiny_model_dir):
+    html = client.get("/models/tiny").get_data(as_text=True)
+    limits = text(re.search(r'id="limitations".*?</section>', html, re.S).group(0))
+    assert "It knows only the 4 classes it names" in limits and "a basophil" in limits
+    assert "Its test images are views of 12 source smears" in limits
+    assert "80.1 % to 93.2 %, resampling its 12 source smears" in text(html)
+    by_image = {**CARD["metrics"]["test"], "intervals": {
+        **CARD["metrics"]["test"]["intervals"], "resampled": "images", "units": 40}}
+    root = make_models_root(tmp_path / "m", tiny_model_dir,
+                            card={**CARD, "metrics": {"test": by_image}})
+    html = make_app(tmp_path, root).test_client().get("/models/tiny").get_data(as_text=True)
+    limits = text(re.search(r'id="limitations".*?</section>', html, re.S).group(0))
+    assert "split by image" in limits and "source smears" not in limits
 
 
 def test_model_page_shows_the_card(client):
@@ -886,7 +911,7 @@ def test_api_docs_example_has_the_api_fields(client):
     fields the API returns, in order; without a trust layer the scores are as the API gives."""
     example = api_docs_example(client)
     body = json.loads(re.sub(r"<[^<>]+>", "0", example))
-    assert list(body) == ["model", "results", "differential"]
+    assert list(body) == ["model", "model_version", "results", "differential"]
     assert [s["class"] for s in body["differential"]["shares"]] == CLASSES
     assert list(body["differential"]) == ["white_cells", "awaiting_review", "shares"]
     assert list(body["differential"]["shares"][0]) == [

@@ -427,6 +427,31 @@ def operating_points_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def operating_points_summary(root: Path = MODELS_ROOT) -> str:
+    """Under the operating points table, in words: on each recorded test set, at how many
+    targets the accepted images are at least as accurate as the target, and by how much they
+    fall short of the others (so that the prose around the table states no figure of its own)."""
+    lines = []
+    for name in available_models(root):
+        for m in recorded_evaluations(read_card(root / name)).values():
+            points = m.get("operating_points", [])
+            if not points:
+                continue
+            measured = [p for p in points if p["accuracy_accepted"] is not None]
+            short = [(p["target_accuracy"], p["target_accuracy"] - p["accuracy_accepted"])
+                     for p in measured if p["accuracy_accepted"] < p["target_accuracy"]]
+            words = (f"- `{name}` on {_evaluated_on(m)}: accuracy on accepted at or above the "
+                     f"target at {len(measured) - len(short)} of {len(points)} targets")
+            if short:
+                words += "; below it at " + ", ".join(
+                    f"{target:.0%} (by {100 * gap:.1f} points)" for target, gap in short)
+            if len(measured) < len(points):
+                words += "; none accepted at " + ", ".join(
+                    f"{p['target_accuracy']:.0%}" for p in points if p not in measured)
+            lines.append(words + ".")
+    return "\n".join(lines)
+
+
 def _evaluated_on(metrics: dict) -> str:
     """'test' or 'pbc (splits.json:test)': the evaluated folder, and the split file's part."""
     split = metrics.get("split")
@@ -1297,6 +1322,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
     and the benchmark results."""
     blocks = {"models": models_table(root), "benchmarks": benchmarks_text(),
               "trust": trust_table(root), "operating-points": operating_points_table(root),
+              "operating-points-summary": operating_points_summary(root),
               "unfamiliar": unfamiliar_table(root), "tta": tta_table(root), "views": views_table(root),
               "splits": splits_table(root), "crossfit": crossfit_table(root),
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),

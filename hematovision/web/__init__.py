@@ -7,11 +7,13 @@ HEMATOVISION_RETENTION_SECONDS=600). Tests pass `test_config` instead of the las
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hematovision.card import ModelLoadError
 from hematovision.output import quoted
@@ -42,6 +44,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         UPLOAD_FOLDER=os.path.join(app.instance_path, "uploads"),  # stored images and results
         RETENTION_SECONDS=3600,  # stored uploads and results are deleted after this age
         PURGE_INTERVAL_SECONDS=60,  # how often a request checks for expired uploads
+        PURGE_IN_BACKGROUND=None,  # also check in a thread, with no request; None: unless tests
         MAX_CONTENT_LENGTH=32 * 2**20,  # bytes per request, all files together (413 above)
         MAX_FILES=100,  # files per request
         MAX_BATCH_IMAGES=1000,  # images one batch may hold, those added to it later included
@@ -52,15 +55,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         #   replacing the catalog's adult intervals the differential is flagged against
         ABSOLUTE_REFERENCE_INTERVALS=None,  # the same in x 10^9/L, for absolute counts
         LAB_NAME="",  # heads the printed report (the laboratory, its department); "": none
+        PROXIES=0,  # reverse proxies in front that set X-Forwarded-For/-Proto/-Host/-Prefix;
+        #   their headers are believed (the app's addresses keep the proxy's path and scheme)
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",  # the browser does not send the cookie on foreign POSTs
     )
     if test_config is None:
+        defaults = dict(app.config)
         app.config.from_pyfile("config.py", silent=True)
         app.config.from_prefixed_env(PREFIX.rstrip("_"))
+        check_names(app.config, defaults)
     else:
         app.config.from_mapping(test_config)
     check_settings(app.config)
+    if app.config["PURGE_IN_BACKGROUND"] is None:
+        app.config["PURGE_IN_BACKGROUND"] = test_config is None
     # Relative folders are taken from the working directory, as on the command line (Flask would
     # resolve them against the package folder when sending files).
     for key in PATH_SETTINGS:
@@ -69,14 +78,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for absolute, key in SETTINGS.items():
         app.config[key] = reference_intervals(key, app.config[key], absolute)
 
+    if app.config["PROXIES"]:
+        hops = app.config["PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
+                                x_prefix=hops)
     # Keep JSON keys in insertion order: "file" first and probabilities in the model's class
     # order, exactly as the predict CLI writes them.
     app.json.sort_keys = False
 
     from hematovision.web import (api, batch_pages, errors, filters, images, model_pages, models,
-                                  pages, review_pages, security, uploads)
+                                  pages, review_pages, security, uploads, versions)
 
     models.init_app(app)
+    check_interval_classes(app.config, {c for p in app.extensions["predictors"].values()
+                                        for c in p.classes})
     security.init_app(app)
     uploads.init_app(app)
     errors.init_app(app)
@@ -87,6 +102,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(images.bp)
     app.register_blueprint(model_pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(versions.bp)
     return app
 
 
@@ -96,6 +112,14 @@ PATH_SETTINGS = ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE")
 COUNT_SETTINGS = ("LITERT_THREADS", "MAX_FILES", "MAX_BATCH_IMAGES", "MAX_IMAGE_PIXELS",
                   "MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
 SECONDS_SETTINGS = ("RETENTION_SECONDS", "PURGE_INTERVAL_SECONDS")
+HOPS_SETTINGS = ("PROXIES",)  # whole numbers, 0 or more
+# Variables of the prefix read by something other than the app's settings.
+OTHER_VARIABLES = ("BIND",)  # gunicorn.conf.py's address
+# A yes-or-no setting as typed in the environment, where JSON's true and false are the only
+# spellings Flask reads as such: "False" stayed a text, which counts as yes.
+YES_NO_SETTINGS = ("PURGE_IN_BACKGROUND",)  # yes or no, or None for the default's own rule
+YES_NO = {"true": True, "yes": True, "on": True, "1": True,
+          "false": False, "no": False, "off": False, "0": False}
 UNLIMITED_SETTINGS = ("MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
 MAX_LAB_NAME_LENGTH = 80
 
@@ -124,6 +148,11 @@ def check_settings(config: dict[str, Any]) -> None:
             raise ModelLoadError(f"{setting_name(key)} must be {what}"
                                  f"{' (or null: no limit)' if key in UNLIMITED_SETTINGS else ''}"
                                  f", not {quoted(value)}.")
+    for key in HOPS_SETTINGS:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ModelLoadError(f"{setting_name(key)} must be a whole number, 0 or more, "
+                                 f"not {quoted(value)}.")
     # As typed: Flask reads an environment value as JSON first (null, true, 1.50, ["Lab"]).
     name = os.environ.get(f"{PREFIX}LAB_NAME", config["LAB_NAME"])
     try:
@@ -134,6 +163,45 @@ def check_settings(config: dict[str, Any]) -> None:
         raise ModelLoadError(f"{setting_name('LAB_NAME')} must be one line of at most "
                              f"{MAX_LAB_NAME_LENGTH} letters, digits, spaces and punctuation, "
                              f"not {quoted(config['LAB_NAME'])}.") from None
+
+
+def check_names(config: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Stop with a message naming a setting the app does not have, given in the environment
+    or instance/config.py (a typo left the default in force unnoticed:
+    HEMATOVISION_RETENTON_SECONDS kept every batch an hour), and read a yes-or-no setting typed
+    as a word ("False", "off")."""
+    given = {name[len(PREFIX):].split("__")[0] for name in os.environ if name.startswith(PREFIX)}
+    unknown = sorted((given | set(config)) - set(defaults) - set(OTHER_VARIABLES))
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, [*defaults, *OTHER_VARIABLES], n=1)
+        raise ModelLoadError(
+            f"Unknown setting {name} (environment variable {PREFIX}{name}, or instance/config.py)"
+            + (f": did you mean {close[0]}?" if close else ".")
+            + " The app's settings are listed in hematovision/web/__init__.py.")
+    for key, default in defaults.items():
+        value = config[key]
+        if (isinstance(default, bool) or key in YES_NO_SETTINGS) and not isinstance(
+                value, bool) and value is not None:
+            if str(value).strip().lower() not in YES_NO:
+                raise ModelLoadError(f"{setting_name(key)} must be true or false, "
+                                     f"not {quoted(value)}.")
+            config[key] = YES_NO[str(value).strip().lower()]
+
+
+def check_interval_classes(config: dict[str, Any], served: set[str]) -> None:
+    """Stop with a message naming a reference interval given for a class that no served model
+    names and the catalog does not know: "neutrophils" for "neutrophil" was added beside the
+    catalog's interval and flagged nothing, unnoticed."""
+    for absolute, key in SETTINGS.items():
+        known = set(intervals(None, absolute)) | served
+        for name in config[key]:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                raise ModelLoadError(
+                    f"{setting_name(key)} gives an interval for {name!r}, a class that no model "
+                    f"served names" + (f": did you mean {close[0]!r}?" if close else ".")
+                    + f" The classes are {', '.join(sorted(known))}.")
 
 
 def setting_name(key: str) -> str:

@@ -22,8 +22,9 @@ from hematovision import __version__
 from hematovision.comparison import compare, comparison_json
 from hematovision.differential import differential_json
 from hematovision.reference import white_cell_count
-from hematovision.web import manual, models
+from hematovision.web import manual, models, uploads
 from hematovision.web.classify import classify_request, request_value, requested_model
+from hematovision.web.lookup import upload_folder
 from hematovision.web.results import magnification_check, served_differential
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -53,7 +54,7 @@ def predict():
     by_hand = manual_count(name, predictor.classes)
     name, results = classify_request(explain=explain, model=name)
     if not any("label" in r for r in results):
-        return jsonify(model=name, results=results), 400
+        return jsonify(model=name, model_version=predictor.version, results=results), 400
     served = served_differential(results, predictor.classes, current_app.config, wbc,
                                  includes_nucleated_red_cells)
     counted = differential_json(served)
@@ -64,7 +65,8 @@ def predict():
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}
              } if check else {}
-    return jsonify(model=name, results=results, differential=counted, **extra), 200
+    return jsonify(model=name, model_version=predictor.version, results=results,
+                   differential=counted, **extra), 200
 
 
 def manual_count(model: str, classes: list[str]) -> manual.ManualCount | None:
@@ -103,9 +105,19 @@ def yes_or_no(field: str, meaning: str) -> bool:
 
 @bp.get("/health")
 def health():
+    """For a load balancer or a monitor: 503 where uploads cannot be stored (a full or
+    read-only disk), so that it is seen before a technologist's upload fails on it; the models
+    this process serves with their versions, and those whose folder holds another model since
+    it loaded them (served until a restart: workers started later would serve the new one)."""
+    problem = uploads.writable(upload_folder())
+    names = models.names()
     return jsonify(
-        status="ok", version=__version__, models=models.names(), default_model=models.default_name()
-    )
+        status="ok" if problem is None else "cannot store uploads", version=__version__,
+        models=names, default_model=models.default_name(),
+        model_versions={name: models.get(name).version for name in names},
+        models_changed_on_disk=[name for name in names if models.changed_on_disk(name)],
+        **({"problem": problem} if problem else {}),
+    ), 200 if problem is None else 503
 
 
 @bp.get("/model")

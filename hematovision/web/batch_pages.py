@@ -4,6 +4,8 @@ training folder)."""
 
 from __future__ import annotations
 
+import time
+
 from flask import (Blueprint, Response, abort, current_app, jsonify, redirect, render_template,
                    request, url_for)
 
@@ -13,7 +15,8 @@ from hematovision.comparison import Comparison, compare
 from hematovision.reference import catalog_intervals
 from hematovision.spreadsheet import whole_number
 from hematovision.trust import NOT_A_CELL, uncalibrated_note
-from hematovision.web import heatmap, history, manual, models, results, sample, signoff, uploads
+from hematovision.web import (heatmap, history, manual, models, results, sample, signoff, uploads,
+                              versions)
 from hematovision.web.forms import TypedForm
 from hematovision.web.lookup import (deletion, expires_at, item_or_404, load_or_404, no_store,
                                      served_model, upload_folder)
@@ -90,6 +93,8 @@ def count_context(stored: dict) -> dict:
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
         predictor=predictor,
+        # The app serves another version of the batch's model now (web/versions.py).
+        replaced=versions.replaced(stored),
     )
 
 
@@ -166,7 +171,7 @@ def report(batch_id: str):
         return redirect(url_for("batches.single", batch_id=batch_id, index=0), code=303)
     return no_store(render_template("report.html", **count_context(stored),
                                      lab_name=current_app.config["LAB_NAME"],
-                                     expires=expires_at(stored)))
+                                     expires=expires_at(stored), written=time.time()))
 
 
 @bp.get("/batch/<batch_id>/<int:index>")
@@ -180,10 +185,11 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     predictor = served_model(stored["model"])
     # The class the result counts as: the reviewer's where there is one.
     counted_as = differential.counted_class(item) if "label" in item else None
+    replaced = versions.replaced(stored)
     # Not for an image unlike the training data: evidence for a class it is not.
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor
-    ) and differential.status_of(item) != NOT_A_CELL
+    ) and differential.status_of(item) != NOT_A_CELL and not replaced
     return no_store(
         render_template(
             "result.html",
@@ -199,6 +205,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             heat_map_url=url_for("images.heat_map", batch_id=batch_id, index=index)
             if show_heat_map
             else None,
+            replaced=replaced,
             cell=CELL_TYPES.get(counted_as or ""),
             # The card's word where its temperature was not fitted (calibrate.served_temperature).
             uncalibrated=uncalibrated_note(predictor.card.get("trust")) if predictor else None,
@@ -261,7 +268,8 @@ def neighbours(held: list[int], index: int) -> tuple[int | None, int | None]:
 @bp.get("/batch/<batch_id>.csv")
 def batch_csv(batch_id: str):
     stored = load_or_404(batch_id)
-    return csv_download(results.to_csv(stored["results"], stored["classes"]), stored)
+    return csv_download(results.to_csv(stored["results"], stored["classes"],
+                                       versions.columns(stored)), stored)
 
 
 def csv_download(table: str, stored: dict, suffix: str = "") -> Response:
@@ -315,7 +323,8 @@ def differential_csv(batch_id: str):
                                                  manual_comparison(stored, counted),
                                                  signoff.of(stored, count_fingerprint(stored)),
                                                  sum(map(results.set_aside_unseen,
-                                                         stored["results"]))),
+                                                         stored["results"])),
+                                                 versions.columns(stored)),
                         stored, "-differential")
 
 
@@ -342,5 +351,5 @@ def reviewed_zip(batch_id: str):
         abort(404, description=NOTHING_REVIEWED)
     folder = upload_folder()
     archive = results.reviewed_archive(stored, lambda image: uploads.image_path(folder, image),
-                                       sample.source_group(stored))
+                                       sample.source_group(stored), versions.columns(stored)[1])
     return download(archive, "application/zip", stored, "-reviewed.zip")

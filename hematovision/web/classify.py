@@ -22,7 +22,7 @@ from hematovision.batch import image_inputs, result_entry
 from hematovision.preprocess import ImageError, load_image
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, models
-from hematovision.web.uploads import display_name, save_image
+from hematovision.web.uploads import delete_image, display_name, save_image
 
 
 @dataclass
@@ -128,6 +128,12 @@ def new_files(files: list[FileStorage], known: Iterable[str]) -> int:
     return new
 
 
+def delete_stored(folder: Path, decoded: list[Decoded]) -> None:
+    """Delete the images a request stored for a batch that will not hold them."""
+    for image_id in {d.image_id for d in decoded if d.image_id}:
+        delete_image(folder, image_id)
+
+
 def classify_request(
     store_in: Path | None = None, explain: bool = False, model: str | None = None,
     known: dict[str, str] | None = None
@@ -155,18 +161,23 @@ def classify_request(
     max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
     decoded, digests = [], []
     first = dict(known or {})  # an image's digest: the name of its first copy
-    for f in files:
-        name_of_file, data = display_name(f.filename), f.read()
-        # Only where a batch keeps it: the API, which keeps nothing, needs no digest.
-        digest = None if known is None else hashlib.sha256(data).hexdigest()
-        if digest is not None and digest in first:
-            here = [Decoded(name_of_file, error=DUPLICATE.format(first=first[digest]),
-                            duplicate_of=first[digest])]
-        else:
-            here = decode(name_of_file, data, predictor, max_pixels, store_in)
-            first.setdefault(digest, name_of_file)
-        decoded += here
-        digests += [digest] * len(here)
+    try:
+        for f in files:
+            name_of_file, data = display_name(f.filename), f.read()
+            # Only where a batch keeps it: the API, which keeps nothing, needs no digest.
+            digest = None if known is None else hashlib.sha256(data).hexdigest()
+            if digest is not None and digest in first:
+                here = [Decoded(name_of_file, error=DUPLICATE.format(first=first[digest]),
+                                duplicate_of=first[digest])]
+            else:
+                here = decode(name_of_file, data, predictor, max_pixels, store_in)
+                first.setdefault(digest, name_of_file)
+            decoded += here
+            digests += [digest] * len(here)
+    except OSError:  # the disk refused an image (full): those stored before it go too
+        if store_in:
+            delete_stored(store_in, decoded)
+        raise
     results = classify(predictor, decoded, explain)
     if store_in:
         for d, result, digest in zip(decoded, results, digests, strict=True):

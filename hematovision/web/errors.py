@@ -5,10 +5,12 @@ Whatever goes wrong, the client gets a short message and a 4xx/5xx status, never
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from flask import Flask, abort, current_app, jsonify, render_template, request
-from werkzeug.exceptions import Gone, HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import (Gone, HTTPException, InternalServerError, RequestEntityTooLarge,
+                                 ServiceUnavailable)
 
 from hematovision.web import models
 from hematovision.web.uploads import DamagedBatch
@@ -29,7 +31,23 @@ TITLES = {
     405: "Method not allowed",
     410: "These results can no longer be read",
     500: "Something went wrong on our side",
+    503: "The server cannot store anything now",
+    507: "The server's storage is full",
 }
+# The disk refused a write: not the request's fault, nor a bug; trying again helps only once
+# whoever runs the server has freed or repaired it, which the log and /api/health tell them.
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+class InsufficientStorage(HTTPException):
+    """507 (RFC 4918), which Werkzeug has no class for."""
+    code = 507
+    description = "The server's storage is full."
+
+
+NOT_STORED = ("The server could not store what you sent: {why}. Nothing was changed, and what "
+              "was stored before is kept. Tell whoever runs the server; then send it again.")
 
 
 def init_app(app: Flask) -> None:
@@ -87,6 +105,8 @@ def handle_http_error(error: HTTPException):
     # Headers the error itself carries, such as a 405's Allow (required by HTTP), are kept;
     # its Content-Type is not, as the body is ours.
     headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
+    if 400 <= code < 500:  # the access log has the status only: the reason is for support
+        log.warning("%s %s %s: %s", code, request.method, request.path, message[:300])
     if request.path.startswith("/api/"):
         return jsonify(error=message), code, headers
     page = render_template("error.html", code=code, title=title, message=message,
@@ -120,6 +140,12 @@ def handle_damaged_batch(error: DamagedBatch):
 
 
 def handle_unexpected_error(error: Exception):
+    if isinstance(error, OSError) and error.errno in FULL + UNWRITABLE:
+        log.error("cannot store on %s %s: %s", request.method, request.path, error)
+        why = ("its disk is full" if error.errno in FULL else
+               "its upload folder cannot be written")
+        refusal = InsufficientStorage if error.errno in FULL else ServiceUnavailable
+        return handle_http_error(refusal(description=NOT_STORED.format(why=why)))
     log.exception("unhandled error on %s %s", request.method, request.path)
     return handle_http_error(InternalServerError())
 

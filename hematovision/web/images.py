@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, send_from_directory, url_for
 from hematovision import differential
 from hematovision.preprocess import ImageError
 from hematovision.trust import NOT_A_CELL
-from hematovision.web import field_view, heatmap, uploads
+from hematovision.web import field_view, heatmap, uploads, versions
 from hematovision.web.filters import retention
 from hematovision.web.lookup import (image_item_or_404, load_or_404, no_store, served_model,
                                      upload_folder)
@@ -71,6 +71,8 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=MODEL_GONE.format(name=stored["model"]))
     if not heatmap.available(predictor):
         abort(404, description=NO_HEAT_MAP.format(name=stored["model"]))
+    if why := versions.replaced(stored):
+        abort(404, description=f"{why} {versions.NO_HEAT_MAP}")
     if item["label"] not in predictor.classes:  # the model was retrained under the same name
         abort(404, description=CLASS_GONE.format(name=stored["model"], label=item["label"]))
     # The stored label, not the stored copy's top class: the page captions the map with it.

@@ -21,6 +21,7 @@ from hematovision.cells import OTHER_WHITE_CELL, display_name
 from hematovision.differential import EXCLUDED
 from hematovision.predictor import DEFAULT_MODEL, SERVING_FILE, Predictor, available_models
 from hematovision.trust import check_accuracy_target
+from hematovision.web import setting_name
 
 # Names the review page's lists (`review_lists.REVIEW_LISTS`) and the reviewer's own verdicts
 # (a white cell of a type the model does not name, an exclusion) take: a class of a served model
@@ -75,6 +76,11 @@ def init_app(app: Flask) -> None:
         default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
     threads = int(app.config["LITERT_THREADS"])
     target = accuracy_target(app.config.get("ACCURACY_TARGET"))
+    if default not in names and not (root / str(default)).is_dir():
+        raise ModelLoadError(
+            f"{setting_name('DEFAULT_MODEL')} names {str(default)!r}, which is not a model "
+            f"folder in {root.resolve()}; the models there are "
+            f"{', '.join(names) if names else 'none'}.")
     predictors = {name: Predictor(root / name, threads, target) for name in names}
     if default not in predictors:  # an explicit default that is incomplete: Predictor says why
         predictors[default] = Predictor(root / str(default), threads, target)

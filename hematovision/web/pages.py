@@ -14,6 +14,7 @@ from flask import (
     current_app,
     flash,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -23,7 +24,8 @@ from flask import (
 from hematovision import differential
 from hematovision.cells import display_name
 from hematovision.preprocess import IMAGE_SUFFIXES
-from hematovision.web import history, manual, models, recent, results, sample, signoff, uploads
+from hematovision.web import (history, manual, models, recent, results, sample, signoff, uploads,
+                              versions)
 from hematovision.web.batch_pages import REMOVE_REASON_LENGTH, batch, count_fingerprint
 from hematovision.web.classify import classify_request, new_files, uploaded_files
 from hematovision.web.errors import TITLES as ERROR_TITLES
@@ -117,7 +119,8 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
                 for b in recent.batches(upload_folder())],
         recent_dropped=recent.dropped(upload_folder()),
     )
-    return page, status
+    # Its list names this browser's batches and their sample IDs: not for a shared cache.
+    return no_store(make_response(page, status))
 
 
 @bp.app_template_global()
@@ -151,9 +154,16 @@ def upload():
     if not any("label" in r for r in items):
         return home(errors=items, status=400, chosen=name)
     items, _ = left_out_copies(items)
-    stored = {"model": name, "classes": models.get(name).classes, "results": items}
+    predictor = models.get(name)
+    stored = {"model": name, versions.MADE_BY: versions.made_by(predictor),
+              "classes": predictor.classes, "results": items}
     history.record(stored, history.UPLOADED, images_read(items), time.time())
-    batch_id = uploads.save_batch(folder, stored)
+    try:
+        batch_id = uploads.save_batch(folder, stored)
+    except OSError:  # the disk refused the batch (errors.NOT_STORED): its images go too
+        for image_id in {r["image"] for r in items if r.get("image")}:
+            uploads.delete_image(folder, image_id)
+        raise
     recent.remember(batch_id)
     return to_batch(batch_id)
 
@@ -277,6 +287,8 @@ def add(batch_id: str):
     stored = load_or_404(batch_id)
     if served_model(stored["model"]) is None:
         abort(400, description=BATCH_MODEL_GONE.format(name=stored["model"]))
+    if why := versions.replaced(stored):
+        abort(409, description=f"{why} {versions.NOT_ADDED}")
     # Images, not results: a field read cell by cell is one image; copies of the batch's own
     # images are left out, so they take no room. Checked before the images are decoded, to
     # refuse at once, and again as they are added: another addition may have filled the batch

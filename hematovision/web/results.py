@@ -60,12 +60,12 @@ DIFFERENTIAL_COLUMNS = (
     "white_cells", "awaiting_review", "white_cells_per_litre",
     "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
     "manual_difference", "manual_p_value", "manual_white_cells", "signed_off_by",
-    "signed_off_at", "comment", "not_a_cell_unreviewed")
+    "signed_off_at", "comment", "not_a_cell_unreviewed", "model", "model_version")
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
                      comparison: Comparison | None = None, signed: SignOff | None = None,
-                     set_aside: int = 0) -> str:
+                     set_aside: int = 0, model: tuple[str, str] = ("", "")) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
@@ -78,7 +78,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
     white cells; and each row the images called not a blood-cell image that no one has looked
     at where a white cell may be (`set_aside`: set_aside_unseen; the count is not signed while
-    there are any). Columns are added last, so that earlier ones keep their places."""
+    there are any), and the model and its version that made the results (`model`:
+    versions.columns). Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
@@ -88,7 +89,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
     manual_total = [comparison.manual_white_cells if comparison else "",
                     *([inert(signed.by), iso_time(signed.at), inert(signed.comment)]
-                      if signed and signed.current else ["", "", ""]), set_aside]
+                      if signed and signed.current else ["", "", ""]), set_aside, *model]
     # A class compared with the manual count that the batch did not count (the manual count's
     # other white cells, where no reviewer called any so) has a row too, of none.
     _, low, high = measure(0, counted.white_cells)
@@ -310,7 +311,8 @@ def cell_text(result: dict[str, Any]) -> str:
     return f"{cell['number']}/{cell['of']}" if cell else ""
 
 
-def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
+def to_csv(results: list[dict[str, Any]], classes: list[str],
+           model: tuple[str, str] = ("", "")) -> str:
     """One row per result (a file, or one white cell of a field): file, label (the model's top
     class, as in the API), status (whether to trust that label), confidence, p_<class> for
     each class, error, differential_class: the class a white cell is counted as
@@ -321,13 +323,14 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
     `n/N` for the n-th of N white cells the app found in one field, each a row of its own (empty
     for an image read whole), and white_cells: how many the image held (models that crop to the
     nucleus; 0 is `fields.NO_WHITE_CELL`), reviewed_by and reviewed_at: the name the reviewer's
-    browser gave (hematovision.web.history; empty: none) and when. Columns are added last, so
-    that earlier ones keep their places."""
+    browser gave (hematovision.web.history; empty: none) and when, and model and model_version:
+    what made the result (versions.columns). Columns are added last, so that earlier ones keep
+    their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
                      "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
-                     "white_cells", "reviewed_by", "reviewed_at"])
+                     "white_cells", "reviewed_by", "reviewed_at", "model", "model_version"])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -336,11 +339,11 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
                    verdict_of(r) or "", cell_text(r), str(r.get("white_cells", "")),
-                   *reviewed_by(r)]
+                   *reviewed_by(r), *model]
         else:
             error = removal_text(r) if is_removed(r) else r["error"]
             row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "",
-                   cell_text(r), "", "", ""]
+                   cell_text(r), "", "", "", *model]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 
@@ -348,11 +351,12 @@ def to_csv(results: list[dict[str, Any]], classes: list[str]) -> str:
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
 # who labelled it how; `file,group` make it the source map `training` splits the cells by.
 ARCHIVE_COLUMNS = ["file", "group", "batch", "reviewed_class", "reviewed_at", "original_file",
-                   "model", "model_label", "model_status", "model_confidence", "reviewed_by"]
+                   "model", "model_label", "model_status", "model_confidence", "reviewed_by",
+                   "model_version"]
 
 
 def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | None],
-                     group: str) -> bytes:
+                     group: str, version: str = "") -> bytes:
     """The batch's reviewed cells as a training folder, zipped: each stored image under the
     class a reviewer gave it (`<class>/<batch>-<n>-<name>.jpg`; excluded cells and unreviewed
     ones left out, since only a person's verdict is a label to train on, and so are cells of
@@ -381,7 +385,7 @@ def reviewed_archive(batch: dict[str, Any], image_path: Callable[[str], Path | N
             rows.append([name, group, batch["id"], verdict, iso_time(result["review"].get("at")),
                          result["file"], batch.get("model", ""), result["label"],
                          result["status"], f"{result['confidence']:.4f}",
-                         reviewer_of(result)])
+                         reviewer_of(result), version])
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(ARCHIVE_COLUMNS)

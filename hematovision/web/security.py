@@ -54,6 +54,10 @@ def init_app(app: Flask) -> None:
         except OSError as exc:
             raise ModelLoadError(f"{setting_name('SECRET_KEY_FILE')}: cannot read or create "
                                  f"{path} ({exc.strerror or exc}).") from None
+        if not app.config["SECRET_KEY"]:  # a file emptied by a full disk, or made by hand
+            raise ModelLoadError(
+                f"{setting_name('SECRET_KEY_FILE')}: {path} is empty. Delete it, and a new key "
+                "is made at the next start (forms open in browsers then ask to be reloaded).")
     app.after_request(add_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
 

@@ -9,6 +9,7 @@ original file are not kept.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -29,7 +30,10 @@ except ImportError:  # pragma: no cover
 from flask import Flask
 from PIL import Image
 
+from hematovision.card import ModelLoadError
 from hematovision.web.results import is_time
+
+log = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 # What the purge may delete: stored files and temporaries left by a crash; nothing else, so a
@@ -306,20 +310,52 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Purge expired uploads at startup and then at most every PURGE_INTERVAL_SECONDS.
-
-    The check runs before requests, not in a background thread, so it needs no scheduler and
-    works the same under the development server and every gunicorn worker.
-    """
+    """Check that the upload folder can be written (`writable`), then purge expired uploads
+    at startup and at most every PURGE_INTERVAL_SECONDS: before requests, and where none come
+    (a night, a weekend), in a background thread, so that images and sample IDs do not outlive
+    their retention time for want of a visitor. Either finds the other's work done."""
     folder = Path(app.config["UPLOAD_FOLDER"])
+    problem = writable(folder)
+    if problem:
+        from hematovision.web import setting_name
+
+        raise ModelLoadError(f"{setting_name('UPLOAD_FOLDER')}: {problem}")
     retention = float(app.config["RETENTION_SECONDS"])
     interval = float(app.config["PURGE_INTERVAL_SECONDS"])
     last = {"time": time.time()}
     purge_expired(folder, retention)
 
-    @app.before_request
     def purge_if_due() -> None:
         now = time.time()
         if now - last["time"] >= interval:
             last["time"] = now
-            purge_expired(folder, retention, now)
+            try:
+                purge_expired(folder, retention, now)
+            except OSError as exc:  # a full or read-only disk: the request itself may not write
+                log.error("cannot purge expired uploads in %s: %s", folder, exc)
+
+    app.before_request(purge_if_due)
+    if app.config.get("PURGE_IN_BACKGROUND"):
+        def keep_purging() -> None:
+            while True:
+                time.sleep(max(interval, 1.0))
+                purge_if_due()
+
+        threading.Thread(target=keep_purging, name="purge", daemon=True).start()
+
+
+def writable(folder: Path) -> str | None:
+    """Why the app cannot store uploads in `folder` (None: it can): the folder is created
+    where missing, readable by the app's user only, and a file is written there and removed.
+    Checked at startup and by /api/health, so a full or read-only disk is seen before a
+    technologist's upload fails on it."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = folder / f".probe.{secrets.token_hex(4)}"
+        try:
+            probe.write_bytes(b"x")
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        return f"cannot store uploads in {folder} ({exc.strerror or exc})."
+    return None

@@ -1,0 +1,98 @@
+"""Which version of a model made a batch's results, so that a result, a report or a CSV can be
+traced to it: what a batch records when it is uploaded (`made_by`), how the pages say it, and
+whether the model the app serves under that name now is still the one (`replaced`).
+
+A lab that exports or calibrates a model again, or serves it at another accuracy target,
+restarts the app on the same folder names: a batch uploaded before keeps the answers of the
+model it was made by, so images added to it, and heat maps drawn for it, by the new one would
+mix two models in one count. Both are refused, with the pages saying why.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint
+
+from hematovision import __version__
+from hematovision.predictor import Predictor
+from hematovision.web import models
+
+bp = Blueprint("versions", __name__)
+
+MADE_BY = "made_by"  # the stored batch's key
+REPLACED = (
+    "The results of this batch were made by {model} {made}; the app now serves {model} "
+    "{now}, whose answers may differ.")
+NOT_ADDED = ("Images added now would be counted by another model than the batch's, so none "
+             "were added: upload them as a new batch.")
+# The add form's words in its place (the batch and result pages).
+NOT_ADDABLE = "No images can be added to this batch: upload more as a new batch."
+NO_HEAT_MAP = ("A heat map drawn now would be the new model's, not the one that made this "
+               "result, so none is drawn.")
+
+
+def made_by(predictor: Predictor) -> dict:
+    """What a batch records of the model that makes its results, as it is uploaded."""
+    trust = predictor.trust
+    return {"version": predictor.version, "exported": predictor.exported,
+            "accuracy_target": trust.target_accuracy,
+            "confidence_threshold": trust.confidence_threshold, "app": __version__}
+
+
+def recorded(stored: dict) -> dict | None:
+    """The batch's record of its model (None: uploaded before versions were recorded, or a
+    record damaged outside the app)."""
+    record = stored.get(MADE_BY)
+    return record if isinstance(record, dict) and isinstance(record.get("version"), str) \
+        else None
+
+
+def replaced(stored: dict) -> str | None:
+    """Why the model served under the batch's model name is not the one that made its results
+    (`REPLACED`), or None while it is, or where that cannot be told."""
+    record = recorded(stored)
+    served = models.get(stored["model"]) if stored["model"] in models.names() else None
+    if record is None or served is None:
+        return None
+    now = made_by(served)
+    if (record["version"], record.get("accuracy_target")) == (now["version"],
+                                                             now["accuracy_target"]):
+        return None
+    return REPLACED.format(model=stored["model"], made=served_as(record), now=served_as(now))
+
+
+def columns(stored: dict) -> tuple[str, str]:
+    """The CSV downloads' model and model_version cells of a batch ("" for a version not
+    recorded)."""
+    record = recorded(stored)
+    return stored["model"], record["version"] if record else ""
+
+
+@bp.app_template_global()
+def served_as(record: dict | None) -> str:
+    """'version 432008ee39f9 (exported 03 Dec 2026, 11:37 UTC) at an accuracy target of 99 %'."""
+    if record is None:
+        return "(version not recorded: uploaded before versions were)"
+    words = f"version {record['version']}"
+    if when := exported_text(record.get("exported")):
+        words += f" (exported {when})"
+    target = record.get("accuracy_target")
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        words += f" at an accuracy target of {100 * target:g} %"
+    return words
+
+
+def exported_text(stamp) -> str | None:
+    """A card's export time ('2026-12-03T11:37:57+0000') as the pages write moments."""
+    try:
+        moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return None
+    return moment.astimezone(timezone.utc).strftime("%d %b %Y, %H:%M UTC")
+
+
+bp.add_app_template_global(recorded, "recorded_version")
+bp.add_app_template_global(replaced, "model_replaced")
+bp.add_app_template_global(NOT_ADDABLE, "NOT_ADDABLE")
+bp.add_app_template_global(NO_HEAT_MAP, "REPLACED_NO_HEAT_MAP")

@@ -1,0 +1,205 @@
+"""Running the app for a lab: settings misspelt or mistyped stop it with one message, a disk
+that cannot take uploads is a clear 503/507 and shows in /api/health, expired batches go with
+no visitor, and a refused request's reason reaches the log."""
+
+import errno
+import io
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from hematovision.card import ModelLoadError
+from hematovision.predictor import Predictor
+from hematovision.web import create_app, uploads
+from tests.web_helpers import aged, csrf_token, image_bytes, make_app, upload
+
+
+@pytest.fixture
+def environment(monkeypatch, tmp_path, models_root):
+    """The app's settings from the environment, as a lab gives them (not `test_config`)."""
+    for name in [n for n in os.environ if n.startswith("HEMATOVISION_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HEMATOVISION_MODELS_ROOT", str(models_root))
+    monkeypatch.setenv("HEMATOVISION_DEFAULT_MODEL", "tiny")
+    monkeypatch.setenv("HEMATOVISION_SECRET_KEY", "from-env")
+    monkeypatch.setenv("HEMATOVISION_UPLOAD_FOLDER", str(tmp_path / "up"))
+    monkeypatch.setenv("HEMATOVISION_PURGE_IN_BACKGROUND", "false")
+    return monkeypatch
+
+
+def test_a_misspelt_setting_stops_the_app_naming_the_one_meant(environment):
+    environment.setenv("HEMATOVISION_RETENTON_SECONDS", "600")
+    with pytest.raises(ModelLoadError) as refused:
+        create_app()
+    assert str(refused.value) == (
+        "Unknown setting RETENTON_SECONDS (environment variable HEMATOVISION_RETENTON_SECONDS, "
+        "or instance/config.py): did you mean RETENTION_SECONDS? The app's settings are listed "
+        "in hematovision/web/__init__.py.")
+    environment.delenv("HEMATOVISION_RETENTON_SECONDS")
+    environment.setenv("HEMATOVISION_BIND", "0.0.0.0:8000")  # gunicorn.conf.py's, not the app's
+    assert create_app().config["RETENTION_SECONDS"] == 3600
+
+
+@pytest.mark.parametrize("typed, read", [("False", False), ("off", False), ("0", False),
+                                         ("false", False), ("Yes", True), ("true", True)])
+def test_a_yes_or_no_setting_is_read_as_typed(environment, typed, read):
+    environment.setenv("HEMATOVISION_SESSION_COOKIE_SECURE", typed)
+    assert create_app().config["SESSION_COOKIE_SECURE"] is read
+
+
+def test_a_yes_or_no_setting_that_is_neither_is_refused(environment):
+    environment.setenv("HEMATOVISION_SESSION_COOKIE_SECURE", "maybe")
+    with pytest.raises(ModelLoadError, match=r"The setting SESSION_COOKIE_SECURE \(environment "
+                                             r"variable HEMATOVISION_SESSION_COOKIE_SECURE\) "
+                                             r"must be true or false, not 'maybe'\."):
+        create_app()
+
+
+def test_an_empty_secret_key_file_stops_the_app(tmp_path, models_root):
+    key = tmp_path / "secret_key"
+    key.write_text("\n")
+    with pytest.raises(ModelLoadError, match=f"{key} is empty. Delete it"):
+        make_app(tmp_path, models_root, SECRET_KEY=None, SECRET_KEY_FILE=str(key))
+
+
+def test_an_upload_folder_that_cannot_be_written_stops_the_app(tmp_path, models_root):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ModelLoadError, match=r"The setting UPLOAD_FOLDER \(environment variable "
+                                             r"HEMATOVISION_UPLOAD_FOLDER\): cannot store uploads "
+                                             f"in {a_file}"):
+        make_app(tmp_path, models_root, UPLOAD_FOLDER=str(a_file))
+    make_app(tmp_path, models_root, UPLOAD_FOLDER=str(tmp_path / "new" / "uploads"))
+    assert (tmp_path / "new" / "uploads").stat().st_mode & 0o777 == 0o700  # the app's own
+
+
+def disk_full_after(monkeypatch, writes: int) -> None:
+    """Every stored file after the first `writes` fails as on a full disk."""
+    original, done = uploads._write_atomic, []
+
+    def write(path, content):
+        if len(done) >= writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        done.append(path)
+        original(path, content)
+
+    monkeypatch.setattr(uploads, "_write_atomic", write)
+
+
+@pytest.mark.parametrize("writes", [1, 3])  # an image fails, or the batch's file does
+def test_a_full_disk_is_a_507_that_keeps_nothing_of_the_upload(
+        client, tmp_path, monkeypatch, caplog, writes):
+    kept = upload(client, "tiny", ("old.jpg", image_bytes())).rsplit("/", 1)[1]
+    before = sorted(p.name for p in (tmp_path / "uploads").iterdir())
+    disk_full_after(monkeypatch, writes)
+    response = client.post("/upload", data={"csrf_token": csrf_token(client), "model": "tiny",
+                                            "file": [(io.BytesIO(image_bytes(c)),
+                                                      f"{i}.jpg") for i, c in enumerate(
+                                                          [(200, 60, 60), (60, 60, 200),
+                                                           (120, 60, 160)])]})
+    assert response.status_code == 507
+    html = response.get_data(as_text=True)
+    assert "its disk is full. Nothing was changed" in html and "Traceback" not in html
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == before  # no orphans
+    assert client.get(f"/batch/{kept}").status_code == 200
+    assert "cannot store on POST /upload" in caplog.text and "No space left" in caplog.text
+
+
+def test_health_says_when_uploads_cannot_be_stored(client, monkeypatch):
+    assert client.get("/api/health").status_code == 200
+    monkeypatch.setattr(uploads, "writable", lambda folder: "cannot store uploads in x (Read-"
+                                                            "only file system).")
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "cannot store uploads"
+    assert "Read-only file system" in response.get_json()["problem"]
+
+
+def test_a_purge_the_disk_refuses_is_logged_and_the_page_still_answers(
+        tmp_path, models_root, monkeypatch, caplog):
+    app = make_app(tmp_path, models_root, PURGE_INTERVAL_SECONDS=0)
+
+    def refused(*args):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(uploads, "purge_expired", refused)
+    assert app.test_client().get("/").status_code == 200
+    assert "cannot purge expired uploads" in caplog.text
+
+
+def test_expired_batches_go_with_no_request_at_all(tmp_path, models_root):
+    app = make_app(tmp_path, models_root, RETENTION_SECONDS=60, PURGE_INTERVAL_SECONDS=0.2,
+                   PURGE_IN_BACKGROUND=True)
+    client = app.test_client()
+    batch_id = upload(client, "tiny", ("a.jpg", image_bytes())).rsplit("/", 1)[1]
+    folder = tmp_path / "uploads"
+    aged(folder, batch_id, 120)
+    for _ in range(50):  # the thread wakes every second at most
+        if not (folder / f"{batch_id}.json").exists():
+            break
+        time.sleep(0.1)
+    assert not (folder / f"{batch_id}.json").exists()
+    assert not list(folder.glob("*.jpg"))
+
+
+def test_a_refused_request_logs_its_reason(client, caplog):
+    with caplog.at_level(logging.WARNING):
+        response = client.post("/upload", data={"csrf_token": csrf_token(client),
+                                                "model": "tiny"})
+    assert response.status_code == 400
+    assert "400 POST /upload: No file was uploaded" in caplog.text
+
+
+def test_the_check_names_each_models_version(environment, capsys):
+    import app as entry
+
+    assert entry.main(["--check"]) == 0
+    version = Predictor(Path(os.environ["HEMATOVISION_MODELS_ROOT"]) / "tiny").version
+    assert f"versions: tiny {version}\n" in capsys.readouterr().out
+
+
+def test_a_reference_interval_for_a_class_no_model_names_stops_the_app(tmp_path, models_root):
+    with pytest.raises(ModelLoadError) as refused:
+        make_app(tmp_path, models_root, REFERENCE_INTERVALS={"neutrophils": [40, 75]})
+    assert ("The setting REFERENCE_INTERVALS (environment variable "
+            "HEMATOVISION_REFERENCE_INTERVALS) gives an interval for 'neutrophils', a class that "
+            "no model served names: did you mean 'neutrophil'?") in str(refused.value)
+    # The catalog's own classes, and those of a model served, take one.
+    app = make_app(tmp_path, models_root, REFERENCE_INTERVALS={"neutrophil": [40, 75],
+                                                               "basophil": [0, 2]})
+    assert app.config["REFERENCE_INTERVALS"]["neutrophil"] == (40, 75)
+
+
+def test_the_upload_page_listing_this_browsers_batches_is_not_cached(client):
+    upload(client, "tiny", ("a.jpg", image_bytes()))
+    assert client.get("/").headers["Cache-Control"] == "no-store"
+
+
+def test_behind_a_proxy_at_a_sub_path_every_address_keeps_its_path_and_scheme(
+        tmp_path, models_root):
+    client = make_app(tmp_path, models_root, PROXIES=1).test_client()
+    proxy = {"X-Forwarded-Prefix": "/hv", "X-Forwarded-Proto": "https",
+             "X-Forwarded-Host": "lab.example.org"}
+    html = client.get("/", headers=proxy).get_data(as_text=True)
+    assert 'action="/hv/upload"' in html and 'href="/hv/static/app.css' in html
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    response = client.post("/upload", headers=proxy, data={
+        "csrf_token": token, "model": "tiny", "file": [(io.BytesIO(image_bytes()), "a.jpg")]})
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("https://lab.example.org/hv/batch/") or \
+        response.headers["Location"].startswith("/hv/batch/")
+    docs = client.get("/docs/api", headers=proxy).get_data(as_text=True)
+    assert "https://lab.example.org/hv/api/predict" in docs
+    # Without the setting, such headers are not believed (anyone may send them).
+    plain = make_app(tmp_path, models_root).test_client()
+    assert 'action="/upload"' in plain.get("/", headers=proxy).get_data(as_text=True)
+
+
+def test_a_proxy_count_that_is_not_a_whole_number_is_refused(tmp_path, models_root):
+    with pytest.raises(ModelLoadError, match=r"PROXIES \(environment variable "
+                                             r"HEMATOVISION_PROXIES\) must be a whole number"):
+        make_app(tmp_path, models_root, PROXIES="yes")
