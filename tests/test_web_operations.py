@@ -203,3 +203,16 @@ def test_a_proxy_count_that_is_not_a_whole_number_is_refused(tmp_path, models_ro
     with pytest.raises(ModelLoadError, match=r"PROXIES \(environment variable "
                                              r"HEMATOVISION_PROXIES\) must be a whole number"):
         make_app(tmp_path, models_root, PROXIES="yes")
+
+
+def test_a_folder_that_cannot_be_read_is_a_503_saying_so(client, monkeypatch):
+    batch_id = upload(client, "tiny", ("a.jpg", image_bytes())).rsplit("/", 1)[1]
+
+    def refused(folder, batch):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(uploads, "load_batch", refused)
+    response = client.get(f"/batch/{batch_id}")
+    assert response.status_code == 503
+    assert ("The server cannot use its upload folder now (Permission denied). Nothing was "
+            "changed.") in response.get_data(as_text=True)

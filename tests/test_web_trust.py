@@ -212,6 +212,15 @@ def test_the_result_page_states_the_models_measured_calibration_error(tmp_path,
             f"by {ece * 100:.1f} points on average") in html
     assert ("read the confidence as a rough guide" in html) == rough
     assert "90 % confidence are right about 90 %" not in html
+    # A smaller, worse calibrated test set is named beside it, and counts for the warning.
+    card["metrics"]["test_simple"] = {**card["metrics"]["test"], "n": 7, "calibration": {
+        **card["metrics"]["test"]["calibration"], "ece_after": 0.0912}}
+    both = make_models_root(tmp_path / "b", trusted_model_dir, names=("measured",), card=card)
+    client = make_app(tmp_path / "both", both, DEFAULT_MODEL="measured").test_client()
+    html = text(page(client, upload(client, "measured", ("red.jpg", RED))))
+    assert (f"by {ece * 100:.1f} points on average (expected calibration error); on its test "
+            "simple set (7 images), by 9.1, so read the confidence as a rough guide") in html
+    del card["metrics"]["test_simple"]
     # Measured at another temperature (the card was refitted since): not this calibration's.
     card["metrics"]["test"]["calibration"]["temperature"] += 0.5
     refitted = make_models_root(tmp_path / "r", trusted_model_dir, names=("measured",), card=card)

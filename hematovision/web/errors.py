@@ -46,6 +46,8 @@ class InsufficientStorage(HTTPException):
     description = "The server's storage is full."
 
 
+NOT_READ = ("The server cannot use its upload folder now ({why}). Nothing was changed. Tell "
+            "whoever runs the server; then reload this page.")
 NOT_STORED = ("The server could not store what you sent: {why}. Nothing was changed, and what "
               "was stored before is kept. Tell whoever runs the server; then send it again.")
 
@@ -145,6 +147,9 @@ def handle_unexpected_error(error: Exception):
         why = ("its disk is full" if error.errno in FULL else
                "its upload folder cannot be written")
         refusal = InsufficientStorage if error.errno in FULL else ServiceUnavailable
+        if request.method in ("GET", "HEAD"):  # nothing was sent to store: it was reading
+            return handle_http_error(ServiceUnavailable(description=NOT_READ.format(
+                why=error.strerror or error)))
         return handle_http_error(refusal(description=NOT_STORED.format(why=why)))
     log.exception("unhandled error on %s %s", request.method, request.path)
     return handle_http_error(InternalServerError())

@@ -163,17 +163,21 @@ def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:
 
 
 def measured_calibration(predictor: Predictor) -> dict | None:
-    """{"set", "n", "ece"}: the calibration error after calibration on the largest recorded test
-    set, or None where none was measured at the temperature served now (a refitted card's old
-    figures are not this calibration's)."""
-    measured = _largest({k: m for k, m in recorded_evaluations(predictor.card).items()
-                         if isinstance(m.get("calibration"), dict)
-                         and is_number(m["calibration"].get("ece_after"))
-                         and m["calibration"].get("temperature") == predictor.trust.temperature})
-    if measured is None:
+    """{"set", "n", "ece", "others", "worst"}: the calibration error after calibration on the
+    largest recorded test set, each other test set's ({"set", "n", "ece"}: a smaller set of
+    harder images may be the worse calibrated, and a page quoting the larger alone reads
+    better than the model is) and the largest of them; None where none was measured at the
+    temperature served now (a refitted card's old figures are not this calibration's)."""
+    measured = {k: m for k, m in recorded_evaluations(predictor.card).items()
+                if isinstance(m.get("calibration"), dict) and is_number(m.get("n"))
+                and is_number(m["calibration"].get("ece_after"))
+                and m["calibration"].get("temperature") == predictor.trust.temperature}
+    largest = _largest(measured)
+    if largest is None:
         return None
-    name, m = measured
-    return {"set": name, "n": m["n"], "ece": m["calibration"]["ece_after"]}
+    sets = [{"set": name, "n": m["n"], "ece": m["calibration"]["ece_after"]}
+            for name, m in [largest, *((k, m) for k, m in measured.items() if k != largest[0])]]
+    return {**sets[0], "others": sets[1:], "worst": max(s["ece"] for s in sets)}
 
 
 def served_acceptance(predictor: Predictor | None) -> dict | None:
