@@ -21,6 +21,8 @@ max_requests = 10000  # recycle workers now and then, bounding slow memory growt
 max_requests_jitter = 1000  # so the workers do not all restart at once
 preload_app = False
 accesslog = "-"
+# gunicorn's default line, and how long the request took (ms): a slow upload is then seen.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
 errorlog = "-"
 # No `gunicornc` control socket: we do not use it, and every instance on a host would share
 # its one default path (the last started takes it, the first stopped deletes it).
