@@ -12,6 +12,7 @@ import os
 import threading
 import zipfile
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,11 +41,6 @@ BATCH_SIZE = 32  # images decoded (and, with the usual four test-time views, run
 # or two interpreter threads, both served models) and added nothing to the memory loading
 # took, where 32 per call added 0.5 GiB (benchmarks/bench_chunk.py, README Benchmarks).
 VIEWS_PER_CALL = 4
-# The card's parts that decide a result: what the image becomes, the classes and the trust
-# layer's figures. The rest of the card says how the model was made and measured, and grows as
-# figures are recorded without changing any answer.
-SERVED_CARD_KEYS = ("classes", "input_size", "preprocessing", "test_time_augmentation",
-                    "unfamiliarity_features", "trust", "magnification")
 VERSION_DIGITS = 12  # of the version's hexadecimal digest: short enough to print on a report
 
 
@@ -135,17 +131,43 @@ def available_models(root: Path | None = None) -> list[str]:
 
 def model_version(model_dir: Path | str, card: dict[str, Any]) -> str:
     """What a result names as the model that made it: a digest of the serving file, the trust
-    layer's file and the card's SERVED_CARD_KEYS. A model exported, calibrated or given a
-    magnification reference again is another version, even under the same folder name;
-    recording its figures is not."""
+    layer's file and the card's values that serving reads (`served_settings`). A model
+    exported, calibrated or given another magnification reference is another version, even
+    under the same folder name; recording figures or rewording the card is not."""
     digest = hashlib.sha256()
     for name in (SERVING_FILE, TRUST_FILE):
         path = Path(model_dir) / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
-    served = {key: card.get(key) for key in SERVED_CARD_KEYS}
-    digest.update(json.dumps(served, sort_keys=True).encode())
+    digest.update(json.dumps(served_settings(card), sort_keys=True).encode())
     return digest.hexdigest()[:VERSION_DIGITS]
+
+
+def served_settings(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's values that decide an answer, as the predictor, its trust layer
+    (`Trust.load`) and the magnification check (`Reference.from_card`) read them; the rest of
+    the card says how the model was made and measured."""
+    def section(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    trust, reference = section(card.get("trust")), section(card.get("magnification"))
+    return {"classes": card.get("classes"), "input_size": card.get("input_size"),
+            "crop": section(card.get("preprocessing")).get("crop"),
+            "views": served_views(card),
+            **{key: trust.get(key) for key in ("temperature", "confidence_threshold",
+                                               "target_accuracy")},
+            "ood_threshold": section(trust.get("ood")).get("threshold"),
+            "magnification": {key: reference.get(key) for key in (
+                "red_cell_scale", "single_image_range", "batch_range", "max_short_side")}}
+
+
+def exported_moment(stamp) -> datetime | None:
+    """A card's export time ('2026-12-03T11:37:57+0000') as a moment in UTC; None for anything
+    else, a year the clock cannot turn to UTC included."""
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").astimezone(timezone.utc)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 class Predictor:
@@ -186,8 +208,9 @@ class Predictor:
             raise ModelLoadError(f"The trust layer of {self.model_dir} cannot be used: "
                                  f"{exc}") from None
         self.version = model_version(self.model_dir, self.card)
-        self.exported: str | None = (self.card["exported"]
-                                     if isinstance(self.card.get("exported"), str) else None)
+        # When it was exported, where the card says so in a form that can be printed.
+        self.exported: str | None = (self.card["exported"] if exported_moment(
+            self.card.get("exported")) else None)
         use_one_blas_thread()  # numpy's BLAS must not compete with LiteRT for the cores
         self._batch = 1
         self._lock = threading.Lock()  # a LiteRT interpreter is not safe across threads

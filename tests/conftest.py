@@ -183,7 +183,7 @@ def client(app):
 
 
 # Converted LiteRT files, by what was converted (`_conversion_key`), for the whole session.
-_CONVERTED: dict[str, bytes] = {}
+_CONVERTED: dict[tuple, bytes] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -212,12 +212,13 @@ def convert_each_model_once(monkeypatch):
     monkeypatch.setattr(export, "convert_to_tflite", converted_once)
 
 
-def _conversion_key(model, views: int, export) -> str:
+def _conversion_key(model, views: int, export) -> tuple:
     import hashlib
 
     digest = hashlib.sha256(model.to_json().encode())
     for weights in model.get_weights():
         digest.update(weights.tobytes())
-    # The class's own attribute: reading it through the class makes a new bound method each time.
+    # The functions themselves, not their ids, which a later function may take again; the
+    # converter as the class holds it (read through the class, a new bound method each time).
     converter = vars(export.tf.lite.TFLiteConverter).get("from_keras_model")
-    return f"{digest.hexdigest()}/{views}/{id(converter)}/{id(export.serving_model)}"
+    return digest.hexdigest(), views, converter, export.serving_model

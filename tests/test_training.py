@@ -1338,6 +1338,9 @@ def test_export_repeats_a_runs_chance_warning(capsys):
 
 def test_the_conversion_keeps_its_trace_back_unless_it_fails(tiny_keras_model, tmp_path, capsys,
                                                               monkeypatch):
+    # A network of its own (weights drawn again): converted here, not given a file another
+    # test's conversion left (conftest.convert_each_model_once).
+    tiny_keras_model = keras.models.clone_model(tiny_keras_model)
     export.convert_to_tflite(tiny_keras_model, tmp_path / "m.tflite", views=1)
     captured = capsys.readouterr()
     assert (tmp_path / "m.tflite").stat().st_size > 0

@@ -216,3 +216,69 @@ def test_a_folder_that_cannot_be_read_is_a_503_saying_so(client, monkeypatch):
     assert response.status_code == 503
     assert ("The server cannot use its upload folder now (Permission denied). Nothing was "
             "changed.") in response.get_data(as_text=True)
+
+
+def test_an_addition_refused_by_a_full_disk_keeps_none_of_its_images(tmp_path, client,
+                                                                     monkeypatch):
+    batch_id = upload(client, "tiny", ("a.jpg", image_bytes())).rsplit("/", 1)[1]
+    before = sorted(p.name for p in (tmp_path / "uploads").glob("*.jpg"))
+    original = uploads._write_atomic
+
+    def write(path, content):
+        if path.suffix == ".json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, content)
+
+    monkeypatch.setattr(uploads, "_write_atomic", write)
+    response = client.post(f"/batch/{batch_id}/add", data={
+        "csrf_token": csrf_token(client),
+        "file": [(io.BytesIO(image_bytes((60, 60, 200))), "new.jpg")]})
+    assert response.status_code == 507
+    assert sorted(p.name for p in (tmp_path / "uploads").glob("*.jpg")) == before
+
+
+def test_kubernetes_service_variables_do_not_stop_the_app(environment):
+    for name, value in [("SERVICE_HOST", "10.0.0.11"), ("SERVICE_PORT", "8000"),
+                        ("PORT", "tcp://10.0.0.11:8000"), ("PORT_8000_TCP_ADDR", "10.0.0.11")]:
+        environment.setenv(f"HEMATOVISION_{name}", value)
+    create_app()
+
+
+def test_instance_config_may_hold_helpers_but_not_a_misspelt_setting(environment, tmp_path,
+                                                                     monkeypatch):
+    from flask import Config
+
+    config_py = tmp_path / "config.py"
+    original = Config.from_pyfile
+    monkeypatch.setattr(Config, "from_pyfile", lambda self, filename, silent=False:
+                        original(self, str(config_py), silent))
+    config_py.write_text(f"from pathlib import Path\nBASE = Path({str(tmp_path)!r})\n"
+                         "UPLOAD_FOLDER = str(BASE / 'uploads')\n")
+    environment.delenv("HEMATOVISION_UPLOAD_FOLDER")
+    assert create_app().config["UPLOAD_FOLDER"] == str(tmp_path / "uploads")
+    config_py.write_text("RETENTION_SECOND = 600\n")
+    with pytest.raises(ModelLoadError, match="did you mean RETENTION_SECONDS"):
+        create_app()
+
+
+@pytest.mark.parametrize("key", ["PROPAGATE_EXCEPTIONS", "TRAP_BAD_REQUEST_ERRORS",
+                                 "TEMPLATES_AUTO_RELOAD"])
+def test_flasks_own_yes_or_no_settings_are_read_as_typed_too(environment, key):
+    environment.setenv(f"HEMATOVISION_{key}", "False")
+    assert create_app().config[key] is False
+
+
+def test_a_page_refusing_a_form_or_files_logs_their_first_reason(client, caplog):
+    caplog.set_level(logging.WARNING)
+    response = client.post("/upload", data={"csrf_token": csrf_token(client), "model": "tiny",
+                                            "file": [(io.BytesIO(b"not an image"), "x.jpg"),
+                                                     (io.BytesIO(b""), "y.jpg")]})
+    assert response.status_code == 400
+    assert "400 POST /upload: x.jpg: " in caplog.text and "(and 1 more)" in caplog.text
+
+
+def test_a_refused_requests_log_line_cannot_be_forged_through_its_path(client, caplog):
+    caplog.set_level(logging.WARNING)
+    assert client.get("/batch/x%0AERROR%20forged%20line").status_code == 404
+    assert not any("\n" in r.getMessage() for r in caplog.records)
+    assert "/batch/x\\nERROR forged line" in caplog.text

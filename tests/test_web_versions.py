@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ from hematovision.predictor import Predictor, model_version
 from tests.conftest import CLASSES
 from tests.web_helpers import (csrf_token, csv_of, image_bytes, make_app, make_models_root,
                                page, prose, stored_json, text, upload)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -135,3 +139,73 @@ def test_a_batch_from_before_versions_were_recorded_says_so_and_takes_images(
         "csrf_token": csrf_token(client), "file": [(io.BytesIO(
             image_bytes((60, 200, 60))), "new.jpg")]})
     assert response.status_code == 303
+
+
+def test_a_heat_map_is_drawn_when_only_the_threshold_changed(tmp_path, client, batch_id,
+                                                             models_root):
+    """A heat map does not depend on the threshold: the same model draws the same map."""
+    restarted = make_app(tmp_path, models_root, ACCURACY_TARGET=0.5).test_client()
+    assert restarted.get(f"/batch/{batch_id}/0/heat-map.png").status_code == 200
+    target = Predictor(models_root / "tiny").trust.target_accuracy
+    same = make_app(tmp_path, models_root, ACCURACY_TARGET=target).test_client()
+    assert "No images can be added" not in prose(page(same, f"/batch/{batch_id}"))
+
+
+def test_a_target_giving_the_same_threshold_adds_images_to_earlier_batches(tmp_path):
+    """pbc8 serves one threshold at every target: served at 0.95 it answers as at 0.99."""
+    root = tmp_path / "models"
+    shutil.copytree(ROOT / "saved_model" / "pbc8", root / "pbc8")
+    first = make_app(tmp_path, root, DEFAULT_MODEL="pbc8").test_client()
+    batch_id = upload(first, "pbc8", ("a.jpg", image_bytes(size=(360, 360)))).rsplit("/", 1)[1]
+    client = make_app(tmp_path, root, DEFAULT_MODEL="pbc8", ACCURACY_TARGET=0.95).test_client()
+    response = client.post(f"/batch/{batch_id}/add", data={
+        "csrf_token": csrf_token(client),
+        "file": [(io.BytesIO(image_bytes((60, 60, 200), size=(360, 360))), "b.jpg")]})
+    assert response.status_code == 303
+
+
+def test_recording_figures_or_rewording_the_card_keeps_the_version():
+    folder = ROOT / "saved_model" / "wbc4"
+    card = json.loads((folder / "model_card.json").read_text())
+    again = json.loads(json.dumps(card))
+    # training.magnification --record on another test folder, the training data moved since.
+    again["magnification"]["check"] = {**card["magnification"]["check"], "data": "other"}
+    again["magnification"]["reference"]["data"] = "/moved/train (splits.json:train)"
+    again["trust"]["rule"] = card["trust"]["rule"] + " (reworded)"
+    assert model_version(folder, again) == model_version(folder, card)
+    again["magnification"]["red_cell_scale"] *= 1.1  # what the check compares against
+    assert model_version(folder, again) != model_version(folder, card)
+
+
+@pytest.mark.parametrize("record", [
+    {"version": "abcdefabcdef", "exported": "0001-01-01T00:00:00+0100"},
+    {"version": "abcdefabcdef", "exported": "9999-12-31T23:59:59-0100"},
+    {"version": "abcdefabcdef", "accuracy_target": 10 ** 400},
+    {"version": "abcdefabcdef", "accuracy_target": "0.99"}, ["not", "a", "record"],
+])
+def test_a_damaged_record_of_the_model_is_no_500(tmp_path, client, batch_id, record):
+    path = tmp_path / "uploads" / f"{batch_id}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "made_by": record}))
+    for address in ("", "/0", "/report", "/review", "/0/heat-map.png", ".csv",
+                    "/differential.csv"):
+        assert client.get(f"/batch/{batch_id}{address}").status_code < 500, address
+
+
+def test_a_card_with_an_export_time_out_of_range_serves_its_batches(tmp_path, models_root):
+    path = models_root / "tiny" / "model_card.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()),
+                                "exported": "0001-01-01T00:00:00+0100"}))
+    client = make_app(tmp_path, models_root).test_client()
+    batch_id = upload(client, "tiny", ("a.jpg", image_bytes())).rsplit("/", 1)[1]
+    assert stored_json(client, batch_id)["made_by"]["exported"] is None
+    assert client.get(f"/batch/{batch_id}").status_code == 200
+
+
+def test_the_differential_csv_makes_a_damaged_version_inert(tmp_path, client, batch_id):
+    path = tmp_path / "uploads" / f"{batch_id}.json"
+    stored = json.loads(path.read_text())
+    stored["made_by"]["version"] = '=HYPERLINK("http://x")'
+    path.write_text(json.dumps(stored))
+    rows = list(csv.DictReader(csv_of(client.get(f"/batch/{batch_id}/differential.csv")
+                                      .get_data(as_text=True))))
+    assert rows[0]["model_version"].startswith("'=")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from typing import Any
 
 from flask import Flask
@@ -115,9 +116,14 @@ SECONDS_SETTINGS = ("RETENTION_SECONDS", "PURGE_INTERVAL_SECONDS")
 HOPS_SETTINGS = ("PROXIES",)  # whole numbers, 0 or more
 # Variables of the prefix read by something other than the app's settings.
 OTHER_VARIABLES = ("BIND",)  # gunicorn.conf.py's address
+# ... and those Kubernetes gives every container for a Service named "hematovision":
+# HEMATOVISION_SERVICE_HOST, _SERVICE_PORT(_<NAME>), _PORT(_<port>_<protocol>(_ADDR, ...)).
+KUBERNETES_VARIABLE = re.compile(r"SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?")
 # A yes-or-no setting as typed in the environment, where JSON's true and false are the only
 # spellings Flask reads as such: "False" stayed a text, which counts as yes.
-YES_NO_SETTINGS = ("PURGE_IN_BACKGROUND",)  # yes or no, or None for the default's own rule
+# Yes or no, or None for the default's own rule (ours, and Flask's that default so).
+YES_NO_SETTINGS = ("PURGE_IN_BACKGROUND", "PROPAGATE_EXCEPTIONS", "TRAP_BAD_REQUEST_ERRORS",
+                   "TEMPLATES_AUTO_RELOAD")
 YES_NO = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}
 UNLIMITED_SETTINGS = ("MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
@@ -167,14 +173,21 @@ def check_settings(config: dict[str, Any]) -> None:
 
 def check_names(config: dict[str, Any], defaults: dict[str, Any]) -> None:
     """Stop with a message naming a setting the app does not have, given in the environment
-    or instance/config.py (a typo left the default in force unnoticed:
-    HEMATOVISION_RETENTON_SECONDS kept every batch an hour), and read a yes-or-no setting typed
-    as a word ("False", "off")."""
+    (a typo left the default in force unnoticed: HEMATOVISION_RETENTON_SECONDS kept every batch
+    an hour) or in instance/config.py where it is that close to one of ours (its other
+    upper-case names may be the file's own helpers, such as a folder the settings are built
+    from), and read a yes-or-no setting typed as a word ("False", "off")."""
     given = {name[len(PREFIX):].split("__")[0] for name in os.environ if name.startswith(PREFIX)}
-    unknown = sorted((given | set(config)) - set(defaults) - set(OTHER_VARIABLES))
+    given = {name for name in given
+             if name not in OTHER_VARIABLES and not KUBERNETES_VARIABLE.fullmatch(name)}
+    known = [*defaults, *OTHER_VARIABLES]
+    in_file = {name for name in set(config) - set(defaults) - given
+               if not KUBERNETES_VARIABLE.fullmatch(name) and name not in OTHER_VARIABLES}
+    unknown = sorted((given - set(defaults)) | {
+        name for name in in_file if difflib.get_close_matches(name, known, n=1)})
     if unknown:
         name = unknown[0]
-        close = difflib.get_close_matches(name, [*defaults, *OTHER_VARIABLES], n=1)
+        close = difflib.get_close_matches(name, known, n=1)
         raise ModelLoadError(
             f"Unknown setting {name} (environment variable {PREFIX}{name}, or instance/config.py)"
             + (f": did you mean {close[0]}?" if close else ".")

@@ -17,6 +17,7 @@ from hematovision.spreadsheet import whole_number
 from hematovision.trust import NOT_A_CELL, uncalibrated_note
 from hematovision.web import (heatmap, history, manual, models, results, sample, signoff, uploads,
                               versions)
+from hematovision.web.errors import refused
 from hematovision.web.forms import TypedForm
 from hematovision.web.lookup import (deletion, expires_at, item_or_404, load_or_404, no_store,
                                      served_model, upload_folder)
@@ -106,6 +107,8 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
     addition, with its errors, and after a refused sample, manual-count or sign-off form,
     with it as typed."""
     stored = load_or_404(batch_id)
+    if status >= 400:
+        refused(add_errors, (sample_form, manual_form, signoff_form))
     if len(stored["results"]) == 1:
         return single(batch_id, 0, add_errors, status)
     shown = count_context(stored)
@@ -185,7 +188,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     predictor = served_model(stored["model"])
     # The class the result counts as: the reviewer's where there is one.
     counted_as = differential.counted_class(item) if "label" in item else None
-    replaced = versions.replaced(stored)
+    replaced = versions.replaced(stored, statuses=False)
     # Not for an image unlike the training data: evidence for a class it is not.
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor

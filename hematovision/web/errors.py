@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 
-from flask import Flask, abort, current_app, jsonify, render_template, request
+from flask import Flask, abort, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import (Gone, HTTPException, InternalServerError, RequestEntityTooLarge,
                                  ServiceUnavailable)
 
@@ -54,9 +54,38 @@ NOT_STORED = ("The server could not store what you sent: {why}. Nothing was chan
 
 def init_app(app: Flask) -> None:
     app.before_request(read_body_first)
+    app.after_request(log_refusal)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(DamagedBatch, handle_damaged_batch)
     app.register_error_handler(Exception, handle_unexpected_error)
+
+
+def log_refusal(response):
+    """Log a refused request (4xx) with its reason on the error log: the access log has its
+    status only, and a technologist's call to support names what the page said. The reason is
+    an error's message (`g.refusal`), else the first a page refused with names (`refused`).
+    Control characters are escaped: the path and a file's name are the client's."""
+    if 400 <= response.status_code < 500:
+        reason = g.get("refusal") or "the page says why"
+        log.warning("%s %s %s: %s", response.status_code, request.method,
+                    one_line(request.path), one_line(reason)[:300])
+    return response
+
+
+def refused(files: list[dict] | None = None, forms=()) -> None:
+    """Name why a page that answers 4xx itself (a form shown again with its errors, files none
+    of which could be used) refused the request, for `log_refusal`: the first reason given."""
+    reasons = [f"{f.get('file', '')}: {f['error']}" for f in files or [] if f.get("error")]
+    reasons += [message for form in forms if form is not None for message in form.errors.values()]
+    if reasons:
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        g.setdefault("refusal", reasons[0] + more)
+
+
+def one_line(text: str) -> str:
+    """Text for one log line: each control character (a newline would start a forged line of
+    the log) written as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def read_body_first() -> None:
@@ -107,8 +136,8 @@ def handle_http_error(error: HTTPException):
     # Headers the error itself carries, such as a 405's Allow (required by HTTP), are kept;
     # its Content-Type is not, as the body is ours.
     headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
-    if 400 <= code < 500:  # the access log has the status only: the reason is for support
-        log.warning("%s %s %s: %s", code, request.method, request.path, message[:300])
+    if 400 <= code < 500:
+        g.refusal = message
     if request.path.startswith("/api/"):
         return jsonify(error=message), code, headers
     page = render_template("error.html", code=code, title=title, message=message,

@@ -71,7 +71,7 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=MODEL_GONE.format(name=stored["model"]))
     if not heatmap.available(predictor):
         abort(404, description=NO_HEAT_MAP.format(name=stored["model"]))
-    if why := versions.replaced(stored):
+    if why := versions.replaced(stored, statuses=False):
         abort(404, description=f"{why} {versions.NO_HEAT_MAP}")
     if item["label"] not in predictor.classes:  # the model was retrained under the same name
         abort(404, description=CLASS_GONE.format(name=stored["model"], label=item["label"]))

@@ -29,6 +29,7 @@ from hematovision.web import (history, manual, models, recent, results, sample, 
 from hematovision.web.batch_pages import REMOVE_REASON_LENGTH, batch, count_fingerprint
 from hematovision.web.classify import classify_request, new_files, uploaded_files
 from hematovision.web.errors import TITLES as ERROR_TITLES
+from hematovision.web.errors import refused
 from hematovision.web.filters import clock_utc, how_many, isolated, retention
 from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.lookup import (EXPIRED, WARNING, deletion, expires_at, gone, item_or_404,
@@ -90,6 +91,8 @@ def home(errors: list[dict] | None = None, status: int = 200, chosen: str | None
     """The upload form and the batches this browser uploaded (`recent`); after a refused
     upload, with its errors and the model it chose. `?model=NAME` preselects a model (the
     result page links so to another model)."""
+    if status >= 400:
+        refused(errors)
     predictors = {name: models.get(name) for name in models.names()}
     chosen = chosen or request.args.get("model")
     formats = sorted(

@@ -89,7 +89,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
     by_hand = {row.name: row for row in comparison.classes} if comparison else {}
     manual_total = [comparison.manual_white_cells if comparison else "",
                     *([inert(signed.by), iso_time(signed.at), inert(signed.comment)]
-                      if signed and signed.current else ["", "", ""]), set_aside, *model]
+                      if signed and signed.current else ["", "", ""]), set_aside,
+                    *map(inert, model)]
     # A class compared with the manual count that the batch did not count (the manual count's
     # other white cells, where no reviewer called any so) has a row too, of none.
     _, low, high = measure(0, counted.white_cells)

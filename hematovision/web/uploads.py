@@ -206,6 +206,9 @@ def add_to_batch(folder: Path, batch_id: str, results: list[dict[str, Any]],
     images = [p for p in (image_path(folder, r.get("image") or "") for r in results) if p]
     try:
         return update_batch(folder, batch_id, add)
+    except BaseException:  # the batch's file was not written (a full disk): nothing was added
+        added.clear()
+        raise
     finally:
         kept_ids = {r.get("image") for r in added}
         for path in images:  # not added: no such batch, full, unreadable, or held already

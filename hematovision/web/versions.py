@@ -10,12 +10,10 @@ mix two models in one count. Both are refused, with the pages saying why.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint
 
 from hematovision import __version__
-from hematovision.predictor import Predictor
+from hematovision.predictor import Predictor, exported_moment
 from hematovision.web import models
 
 bp = Blueprint("versions", __name__)
@@ -48,16 +46,18 @@ def recorded(stored: dict) -> dict | None:
         else None
 
 
-def replaced(stored: dict) -> str | None:
+def replaced(stored: dict, statuses: bool = True) -> str | None:
     """Why the model served under the batch's model name is not the one that made its results
-    (`REPLACED`), or None while it is, or where that cannot be told."""
+    (`REPLACED`), or None while it is, or where that cannot be told. With `statuses`, a model
+    served at another confidence threshold is another one too (images added would be accepted
+    or set aside otherwise); a heat map, which no threshold changes, asks without."""
     record = recorded(stored)
     served = models.get(stored["model"]) if stored["model"] in models.names() else None
     if record is None or served is None:
         return None
     now = made_by(served)
-    if (record["version"], record.get("accuracy_target")) == (now["version"],
-                                                             now["accuracy_target"]):
+    keys = ("version", "confidence_threshold") if statuses else ("version",)
+    if all(record.get(key) == now[key] for key in keys):
         return None
     return REPLACED.format(model=stored["model"], made=served_as(record), now=served_as(now))
 
@@ -78,18 +78,16 @@ def served_as(record: dict | None) -> str:
     if when := exported_text(record.get("exported")):
         words += f" (exported {when})"
     target = record.get("accuracy_target")
-    if isinstance(target, (int, float)) and not isinstance(target, bool):
+    if isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1:
         words += f" at an accuracy target of {100 * target:g} %"
     return words
 
 
 def exported_text(stamp) -> str | None:
-    """A card's export time ('2026-12-03T11:37:57+0000') as the pages write moments."""
-    try:
-        moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z")
-    except (TypeError, ValueError):
-        return None
-    return moment.astimezone(timezone.utc).strftime("%d %b %Y, %H:%M UTC")
+    """A card's export time ('2026-12-03T11:37:57+0000') as the pages write moments (None for
+    a record damaged outside the app)."""
+    moment = exported_moment(stamp)
+    return moment.strftime("%d %b %Y, %H:%M UTC") if moment else None
 
 
 bp.add_app_template_global(recorded, "recorded_version")
