@@ -31,5 +31,9 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
 	else echo "note: chromium/chromedriver missing and not root: the browser test will be skipped"; fi
 
+# Two test processes (pytest-xdist), a file each at a time: the suite trains and converts many
+# small models, each process using the cores it can; `make test TEST_WORKERS=1` runs one.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev browser-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
