@@ -55,7 +55,11 @@ def count_context(stored: dict) -> dict:
     described = sample.of(stored)
     counted = sample_differential(stored, described)
     counts = results.status_counts(stored["results"])
-    predictor = served_model(stored["model"])
+    replaced = versions.replaced(stored)
+    # The figures a page quotes of its model (review bias, flag errors, the magnification
+    # check's range) are the served model's: not those of another version that made the batch.
+    predictor = None if versions.replaced(stored, statuses=False) else served_model(
+        stored["model"])
     reference = predictor.magnification if predictor else None
     count = count_fingerprint(stored)
     return dict(
@@ -95,7 +99,7 @@ def count_context(stored: dict) -> dict:
         magnification_range=reference.batch_range if reference else None,
         predictor=predictor,
         # The app serves another version of the batch's model now (web/versions.py).
-        replaced=versions.replaced(stored),
+        replaced=replaced,
     )
 
 
