@@ -2,10 +2,11 @@
 traced to it: what a batch records when it is uploaded (`made_by`), how the pages say it, and
 whether the model the app serves under that name now is still the one (`replaced`).
 
-A lab that exports or calibrates a model again, or serves it at another accuracy target,
-restarts the app on the same folder names: a batch uploaded before keeps the answers of the
-model it was made by, so images added to it, and heat maps drawn for it, by the new one would
-mix two models in one count. Both are refused, with the pages saying why.
+A lab that exports or calibrates a model again restarts the app on the same folder names: a
+batch uploaded before keeps the answers of the model it was made by, so images added to it, or
+heat maps drawn for it, by the new one would mix two models in one count. Both are refused,
+with the pages saying why; a model served at another confidence threshold (another accuracy
+target) is refused images too, as their statuses would be set otherwise.
 """
 
 from __future__ import annotations
