@@ -110,6 +110,7 @@ def test_a_model_replaced_under_its_name_adds_nothing_and_draws_no_heat_map(
     assert heat_map.status_code == 404 and said in text(heat_map.get_data(as_text=True))
     result = page(restarted, f"/batch/{batch_id}/0")
     assert "heat-map.png" not in result and "so none is drawn" in prose(result)
+    assert "for the version that made this result is not shown" in prose(result)
     # What it was made by stays named where the results go.
     rows = list(csv.DictReader(csv_of(restarted.get(f"/batch/{batch_id}.csv")
                                       .get_data(as_text=True))))

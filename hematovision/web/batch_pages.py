@@ -189,10 +189,11 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
     held = [i for i, r in enumerate(stored["results"]) if not results.is_removed(r)]
     ranked = sorted(item.get("probabilities", {}).items(), key=lambda kv: -kv[1])
     candidates = item.get("candidates") or []  # none for a file that could not be read
-    predictor = served_model(stored["model"])
+    replaced = versions.replaced(stored, statuses=False)
+    # Made by another version than the one served now: none of the new one's figures.
+    predictor = None if replaced else served_model(stored["model"])
     # The class the result counts as: the reviewer's where there is one.
     counted_as = differential.counted_class(item) if "label" in item else None
-    replaced = versions.replaced(stored, statuses=False)
     # Not for an image unlike the training data: evidence for a class it is not.
     show_heat_map = bool(item.get("image")) and predictor is not None and heatmap.available(
         predictor
