@@ -6,25 +6,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 from hematovision.card import CARD_FILE
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def commit() -> str | None:
-    """The checked-out commit, with "+dirty" when tracked files differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None  # not a git checkout (e.g. an unpacked archive)
-    return head + ("+dirty" if dirty.strip() else "")
+from hematovision.release import commit
 
 
 def provenance(model_dir: Path) -> dict:

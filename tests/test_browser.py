@@ -224,8 +224,8 @@ def test_batch_upload_shows_the_table_and_differential(browser, base_url, tmp_pa
     assert not browser.find_element(By.TAG_NAME, "header").is_displayed()
     assert not browser.find_element(By.ID, "csv-link").is_displayed()
     assert not browser.find_element(By.ID, "add-form").is_displayed()
-    assert re.search(r"HematoVision 0\.1\.0, model tiny version [0-9a-f]{12} \(exported .*\) at an "
-                     r"accuracy target of 99 %, batch uploaded",
+    assert re.search(r"HematoVision 0\.1\.0\S*, model tiny, model version [0-9a-f]{12} "
+                     r"\(exported .*\) at an accuracy target of 99 %, batch uploaded",
                      browser.find_element(By.ID, "print-note").text)
     # In the pages' own format and clock (12/7 would read as 12 July in much of the world),
     # September included, which a locale may shorten to "Sept".

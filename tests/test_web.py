@@ -18,6 +18,7 @@ from PIL import Image
 from hematovision.cells import CELL_TYPES
 from hematovision.card import ModelLoadError
 from hematovision.predictor import Predictor
+from hematovision.release import app_version
 from hematovision.web import create_app
 from tests.conftest import CLASSES
 from tests.web_helpers import (
@@ -302,7 +303,10 @@ def test_csv_download_contents(client, models_root):
     batch_id = response.headers["Location"].rsplit("/", 1)[1]
     csv = client.get(f"/batch/{batch_id}.csv")
     predictor = Predictor(models_root / "tiny")
-    p, made_by = predictor.predict(good), f"tiny,{predictor.version}"
+    target = predictor.trust.target_accuracy
+    p, made_by = predictor.predict(good), (f"tiny,{predictor.version},"
+                                           f"{'' if target is None else f'{target:g}'},"
+                                           f"{app_version()}")
     probs = ",".join(f"{p.probabilities[c]:.4f}" for c in CLASSES)
     assert csv.status_code == 200 and csv.mimetype == "text/csv"
     assert csv.headers["Content-Disposition"] == (
@@ -311,7 +315,7 @@ def test_csv_download_contents(client, models_root):
     assert csv.get_data(as_text=True) == (
         "\ufefffile,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
         "differential_class,red_cell_ratio,reviewed_class,cell,white_cells,reviewed_by,"
-        "reviewed_at,model,model_version\n"
+        "reviewed_at,model,model_version,accuracy_target,app_version\n"
         f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,"
         f"{made_by}\n"
         f"empty.jpg,,,,,,,,The file is empty.,,,,,,,,{made_by}\n"
@@ -511,8 +515,9 @@ def test_secret_key_is_created_once_and_shared(tmp_path, models_root):
 def test_model_page_says_its_limitations_from_its_card(tmp_path, client, tiny_model_dir):
     html = client.get("/models/tiny").get_data(as_text=True)
     limits = text(re.search(r'id="limitations".*?</section>', html, re.S).group(0))
-    assert "It knows only the 4 classes it names" in limits and "a basophil" in limits
-    assert "Its test images are views of 12 source smears" in limits
+    assert "tiny knows only the 4 classes it names" in limits and "a basophil" in limits
+    assert ("Its test images are views of a few dozen source smears (the 95 % intervals "
+            "resample the 12 whose smear is known):") in limits
     assert "80.1 % to 93.2 %, resampling its 12 source smears" in text(html)
     by_image = {**CARD["metrics"]["test"], "intervals": {
         **CARD["metrics"]["test"]["intervals"], "resampled": "images", "units": 40}}

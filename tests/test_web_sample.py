@@ -77,8 +77,8 @@ def test_the_sample_is_saved_with_the_batch_and_kept_through_reviews(client):
     assert 'id="absolute"' in html and "Sample H-2026-01234 ·" in html
     result_page = page(client, f"/batch/{batch_id}/0")
     assert "Sample H-2026-01234 ·" in result_page  # the breadcrumb, and the printed page:
-    assert ("Sample H-2026-01234. HematoVision, model tiny (version not recorded: uploaded before "
-            "versions were), result 1 of 101 of a batch uploaded" in text(result_page.split('id="print-note"')[1].split("</p>")[0]))
+    assert ("Sample H-2026-01234. HematoVision, model tiny, model version not recorded (uploaded "
+            "before versions were), result 1 of 101 of a batch uploaded" in text(result_page.split('id="print-note"')[1].split("</p>")[0]))
     assert "Sample H-2026-01234 ·" in page(client, f"/batch/{batch_id}/review?show=all")
     for download, ending in ((".csv", ".csv"), ("/differential.csv", "-differential.csv"),
                              ("/reviewed.zip", "-reviewed.zip")):  # the cell reviewed above

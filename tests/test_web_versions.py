@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hematovision.predictor import Predictor, model_version
+from hematovision.release import app_version
 from tests.conftest import CLASSES
 from tests.web_helpers import (csrf_token, csv_of, image_bytes, make_app, make_models_root,
                                page, prose, stored_json, text, upload)
@@ -67,14 +68,16 @@ def test_a_batch_names_the_version_that_made_it_everywhere(client, batch_id, mod
     version = version_of(models_root)
     target = Predictor(models_root / "tiny").trust.target_accuracy
     record = stored_json(client, batch_id)["made_by"]
-    assert record["version"] == version and record["app"] == "0.1.0"
+    assert record["version"] == version and record["app"] == app_version()
+    assert record["app"].startswith("0.1.0+")  # the commit, in this checkout
     assert record["accuracy_target"] == target
     batch = text(page(client, f"/batch/{batch_id}"))
-    assert f"Results of HematoVision 0.1.0, model tiny version {version}" in batch
+    assert f"Results of HematoVision {app_version()}, model tiny, model version {version}" \
+        in batch
     assert f"accuracy target of {100 * target:g} %" in batch
     assert f"version {version}" in text(page(client, f"/batch/{batch_id}/0"))
     report = page(client, f"/batch/{batch_id}/report")
-    assert f"model tiny version {version}" in text(report)
+    assert f"model tiny, model version {version}" in text(report)
     assert re.search(r'Report written by the server <time datetime="[^"]+">', report)
     for address in (f"/batch/{batch_id}.csv", f"/batch/{batch_id}/differential.csv"):
         rows = list(csv.DictReader(csv_of(client.get(address).get_data(as_text=True))))
@@ -93,8 +96,8 @@ def test_a_model_replaced_under_its_name_adds_nothing_and_draws_no_heat_map(
     restarted = make_app(tmp_path, models_root).test_client()  # the same upload folder
 
     batch = prose(page(restarted, f"/batch/{batch_id}"))
-    said = (f"The results of this batch were made by tiny version {made}")
-    assert said in batch and f"the app now serves tiny version {now}" in batch
+    said = (f"The results of this batch were made by tiny, model version {made}")
+    assert said in batch and f"the app now serves tiny, model version {now}" in batch
     assert "No images can be added to this batch" in batch
     assert 'id="add-form"' not in page(restarted, f"/batch/{batch_id}")
 
@@ -210,3 +213,11 @@ def test_the_differential_csv_makes_a_damaged_version_inert(tmp_path, client, ba
     rows = list(csv.DictReader(csv_of(client.get(f"/batch/{batch_id}/differential.csv")
                                       .get_data(as_text=True))))
     assert rows[0]["model_version"].startswith("'=")
+
+
+def test_each_batch_page_and_report_says_which_cells_its_model_cannot_name(client, batch_id):
+    for address in (f"/batch/{batch_id}", f"/batch/{batch_id}/report"):
+        said = text(page(client, address))
+        assert ("tiny knows only the 4 classes it names. A cell of any other kind (a blast, a "
+                "reactive or atypical lymphocyte, an immature granulocyte, a nucleated red cell, "
+                "a plasma cell, a basophil, a smudge cell) is given one of them") in said

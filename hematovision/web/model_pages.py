@@ -10,7 +10,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 
 from hematovision import differential
 from hematovision.card import FLAGS, REVIEW_ORDER, recorded_evaluations
-from hematovision.cells import is_white_cell
+from hematovision.cells import display_name, is_white_cell
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.reference import SETTINGS, UNITS, catalog_intervals
@@ -20,6 +20,26 @@ from hematovision.web.filters import interval, is_number
 from hematovision.web.lookup import served_model
 
 bp = Blueprint("models", __name__)
+
+# Cells a film may hold that a model may not name, each with the class that would name it: the
+# ones a technologist meets most, first.
+UNNAMED_CELLS = (("a blast", "blast"), ("a reactive or atypical lymphocyte", "variant_lymphocyte"),
+                 ("an immature granulocyte", "ig"), ("a nucleated red cell", "erythroblast"),
+                 ("a plasma cell", "plasma_cell"), ("a basophil", "basophil"),
+                 ("a smudge cell", "smudge_cell"))
+
+
+@bp.app_template_global()
+def unknown_cells_text(name: str, classes: list[str]) -> str:
+    """The first of a model's limitations, for its page, its batches and their reports: the
+    cells of other kinds it names as one of its own classes."""
+    named = {display_name(c).lower() for c in classes}
+    unnamed = [words for words, label in UNNAMED_CELLS
+               if label not in classes and display_name(label).lower() not in named]
+    return (f"{name} knows only the {len(classes)} classes it names. A cell of any other kind "
+            f"({', '.join(unnamed)}) is given one of them, often with high confidence: its "
+            "check for images unlike its training data was neither fitted nor measured on "
+            "abnormal cells, so nothing here measures how often it sets them aside.")
 
 FIELDS_CHECK_FILE = "fields_check.json"  # written by python -m training.fields_check --json
 

@@ -53,6 +53,8 @@ def served_differential(results: list[dict[str, Any]], classes: list[str], confi
                         count_includes_nucleated_red_cells)
 
 
+# The last columns of both CSV downloads: what made the results (versions.columns).
+MADE_BY_COLUMNS = ("model", "model_version", "accuracy_target", "app_version")
 DIFFERENTIAL_COLUMNS = (
     "class", "white_cell", "count", "percent", "range_95_low", "range_95_high",
     "reference_low", "reference_high", "flag", "per_100_white", "per_litre", "per_litre_low",
@@ -60,12 +62,12 @@ DIFFERENTIAL_COLUMNS = (
     "white_cells", "awaiting_review", "white_cells_per_litre",
     "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
     "manual_difference", "manual_p_value", "manual_white_cells", "signed_off_by",
-    "signed_off_at", "comment", "not_a_cell_unreviewed", "model", "model_version")
+    "signed_off_at", "comment", "not_a_cell_unreviewed", *MADE_BY_COLUMNS)
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
                      comparison: Comparison | None = None, signed: SignOff | None = None,
-                     set_aside: int = 0, model: tuple[str, str] = ("", "")) -> str:
+                     set_aside: int = 0, model: tuple[str, ...] = ("", "", "", "")) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
@@ -78,8 +80,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
     white cells; and each row the images called not a blood-cell image that no one has looked
     at where a white cell may be (`set_aside`: set_aside_unseen; the count is not signed while
-    there are any), and the model and its version that made the results (`model`:
-    versions.columns). Columns are added last, so that earlier ones keep their places."""
+    there are any), and what made the results: the model, its version, the accuracy target and
+    the app's version (`model`: versions.columns). Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
@@ -313,7 +315,7 @@ def cell_text(result: dict[str, Any]) -> str:
 
 
 def to_csv(results: list[dict[str, Any]], classes: list[str],
-           model: tuple[str, str] = ("", "")) -> str:
+           model: tuple[str, ...] = ("", "", "", "")) -> str:
     """One row per result (a file, or one white cell of a field): file, label (the model's top
     class, as in the API), status (whether to trust that label), confidence, p_<class> for
     each class, error, differential_class: the class a white cell is counted as
@@ -324,14 +326,14 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
     `n/N` for the n-th of N white cells the app found in one field, each a row of its own (empty
     for an image read whole), and white_cells: how many the image held (models that crop to the
     nucleus; 0 is `fields.NO_WHITE_CELL`), reviewed_by and reviewed_at: the name the reviewer's
-    browser gave (hematovision.web.history; empty: none) and when, and model and model_version:
-    what made the result (versions.columns). Columns are added last, so that earlier ones keep
+    browser gave (hematovision.web.history; empty: none) and when, and model, model_version,
+    accuracy_target and app_version: what made the result (versions.columns). Columns are added last, so that earlier ones keep
     their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
                      "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
-                     "white_cells", "reviewed_by", "reviewed_at", "model", "model_version"])
+                     "white_cells", "reviewed_by", "reviewed_at", *MADE_BY_COLUMNS])
     for r in results:
         status = status_of(r)
         if status is not None:

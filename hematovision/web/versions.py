@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from hematovision import __version__
 from hematovision.predictor import Predictor, exported_moment
+from hematovision.release import app_version
 from hematovision.web import models
 
 bp = Blueprint("versions", __name__)
 
 MADE_BY = "made_by"  # the stored batch's key
 REPLACED = (
-    "The results of this batch were made by {model} {made}; the app now serves {model} "
+    "The results of this batch were made by {model}, {made}; the app now serves {model}, "
     "{now}, whose answers may differ.")
 NOT_ADDED = ("Images added now would be counted by another model than the batch's, so none "
              "were added: upload them as a new batch.")
@@ -36,7 +36,7 @@ def made_by(predictor: Predictor) -> dict:
     trust = predictor.trust
     return {"version": predictor.version, "exported": predictor.exported,
             "accuracy_target": trust.target_accuracy,
-            "confidence_threshold": trust.confidence_threshold, "app": __version__}
+            "confidence_threshold": trust.confidence_threshold, "app": app_version()}
 
 
 def recorded(stored: dict) -> dict | None:
@@ -63,19 +63,24 @@ def replaced(stored: dict, statuses: bool = True) -> str | None:
     return REPLACED.format(model=stored["model"], made=served_as(record), now=served_as(now))
 
 
-def columns(stored: dict) -> tuple[str, str]:
-    """The CSV downloads' model and model_version cells of a batch ("" for a version not
-    recorded)."""
-    record = recorded(stored)
-    return stored["model"], record["version"] if record else ""
+def columns(stored: dict) -> tuple[str, str, str, str]:
+    """A batch's cells of the CSV downloads' last columns, what made its results
+    (results.MADE_BY_COLUMNS; "" where not recorded)."""
+    record = recorded(stored) or {}
+    target = record.get("accuracy_target")
+    usable = isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1
+    app = record.get("app")
+    return (stored["model"], record.get("version", ""), f"{target:g}" if usable else "",
+            app if isinstance(app, str) else "")
 
 
 @bp.app_template_global()
 def served_as(record: dict | None) -> str:
-    """'version 432008ee39f9 (exported 03 Dec 2026, 11:37 UTC) at an accuracy target of 99 %'."""
+    """'model version 432008ee39f9 (exported 03 Dec 2026, 11:37 UTC) at an accuracy target of
+    99 %': the version is a digest of the model's files (predictor.model_version)."""
     if record is None:
-        return "(version not recorded: uploaded before versions were)"
-    words = f"version {record['version']}"
+        return "model version not recorded (uploaded before versions were)"
+    words = f"model version {record['version']}"
     if when := exported_text(record.get("exported")):
         words += f" (exported {when})"
     target = record.get("accuracy_target")
@@ -92,6 +97,7 @@ def exported_text(stamp) -> str | None:
 
 
 bp.add_app_template_global(recorded, "recorded_version")
+bp.add_app_template_filter(exported_text, "exported_utc")
 bp.add_app_template_global(replaced, "model_replaced")
 bp.add_app_template_global(NOT_ADDABLE, "NOT_ADDABLE")
 bp.add_app_template_global(NO_HEAT_MAP, "REPLACED_NO_HEAT_MAP")
