@@ -33,6 +33,17 @@ control_socket_disable = True
 os.environ.setdefault("HEMATOVISION_LITERT_THREADS", "1")
 
 
+def post_worker_init(worker):
+    """The app's own log lines (a refused request's reason, a disk that refused a write) go
+    where gunicorn's error log goes, with its time, level and pid format, not bare to stderr."""
+    import logging
+
+    app_log = logging.getLogger("hematovision")
+    app_log.handlers = list(worker.log.error_log.handlers)
+    app_log.setLevel(logging.INFO)
+    app_log.propagate = False
+
+
 def on_starting(server):
     """Check the models once, in a throwaway process, before any worker starts.
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from hematovision.predictor import Predictor
 from hematovision.preprocess import load_image, to_input
+from hematovision.release import app_version
 from tests.conftest import CLASSES
 from tests.web_helpers import (
     BAD_FILES,
@@ -375,6 +376,7 @@ def test_health(client, models_root):
     assert response.get_json() == {
         "status": "ok",
         "version": "0.1.0",
+        "app_version": app_version(),
         "models": ["tiny"],
         "default_model": "tiny",
         "model_versions": {"tiny": Predictor(models_root / "tiny").version},

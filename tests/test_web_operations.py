@@ -274,7 +274,7 @@ def test_a_page_refusing_a_form_or_files_logs_their_first_reason(client, caplog)
                                             "file": [(io.BytesIO(b"not an image"), "x.jpg"),
                                                      (io.BytesIO(b""), "y.jpg")]})
     assert response.status_code == 400
-    assert "400 POST /upload: x.jpg: " in caplog.text and "(and 1 more)" in caplog.text
+    assert "400 POST /upload: a file: " in caplog.text and "(and 1 more)" in caplog.text
 
 
 def test_a_refused_requests_log_line_cannot_be_forged_through_its_path(client, caplog):
@@ -282,3 +282,53 @@ def test_a_refused_requests_log_line_cannot_be_forged_through_its_path(client, c
     assert client.get("/batch/x%0AERROR%20forged%20line").status_code == 404
     assert not any("\n" in r.getMessage() for r in caplog.records)
     assert "/batch/x\\nERROR forged line" in caplog.text
+
+
+def test_the_log_keeps_no_value_a_refused_form_quoted(client, caplog):
+    caplog.set_level(logging.WARNING)
+    batch_id = upload(client, "tiny", ("a.jpg", image_bytes()), ("b.jpg", image_bytes(
+        (60, 60, 200)))).rsplit("/", 1)[1]
+    response = client.post(f"/batch/{batch_id}/sample", data={
+        "csrf_token": csrf_token(client), "sample_id": "H-2026-01234 DOE, Jane (born 1961) 7B",
+        "wbc": "abc"})
+    assert response.status_code == 400
+    assert "sample" in caplog.text and "DOE" not in caplog.text and "abc" not in caplog.text
+
+
+def test_a_helper_of_instance_config_near_a_settings_name_is_not_taken_for_it(
+        environment, tmp_path, monkeypatch):
+    from flask import Config
+
+    config_py = tmp_path / "config.py"
+    original = Config.from_pyfile
+    monkeypatch.setattr(Config, "from_pyfile", lambda self, filename, silent=False:
+                        original(self, str(config_py), silent))
+    config_py.write_text("RETENTION = 1800\nRETENTION_SECONDS = RETENTION\n")
+    assert create_app().config["RETENTION_SECONDS"] == 1800
+    config_py.write_text("RETENTION_SECOND = 600\n")
+    with pytest.raises(ModelLoadError, match="write it in lower case"):
+        create_app()
+
+
+def test_health_wants_room_for_one_upload(client, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    assert response.get_json()["problem"].startswith("only 1.0 MB free in ")
+    assert "less than one upload may take (32 MB)" in response.get_json()["problem"]
+
+
+def test_health_says_a_model_folder_changed_since_it_was_loaded(client, models_root):
+    with open(models_root / "tiny" / "trust.npz", "ab") as f:  # calibrated again, say
+        f.write(b"\0")
+    body = client.get("/api/health").get_json()
+    assert body["models_changed_on_disk"] == ["tiny"]
+    assert body["status"] == "models changed on disk: restart to serve them"
+
+
+def test_a_default_model_is_a_folder_name_not_a_path(tmp_path, models_root):
+    with pytest.raises(ModelLoadError, match="names '../models/tiny', which is not a model"):
+        make_app(tmp_path, models_root, DEFAULT_MODEL="../models/tiny")

@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from hematovision.card import ModelLoadError
 from hematovision.output import quoted
 from hematovision.predictor import MODELS_ROOT
+from hematovision.release import app_version
 from hematovision.preprocess import MAX_PIXELS
 from hematovision.reference import SETTINGS, intervals
 from hematovision.web.forms import plain_text
@@ -71,6 +72,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     check_settings(app.config)
     if app.config["PURGE_IN_BACKGROUND"] is None:
         app.config["PURGE_IN_BACKGROUND"] = test_config is None
+    # Which code this process runs, read as it starts: a checkout updated under a running app
+    # is not what its records name until it restarts.
+    app.config["APP_VERSION"] = app_version()
     # Relative folders are taken from the working directory, as on the command line (Flask would
     # resolve them against the package folder when sending files).
     for key in PATH_SETTINGS:
@@ -121,6 +125,9 @@ OTHER_VARIABLES = ("BIND",)  # gunicorn.conf.py's address
 KUBERNETES_VARIABLE = re.compile(r"SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?")
 # A yes-or-no setting as typed in the environment, where JSON's true and false are the only
 # spellings Flask reads as such: "False" stayed a text, which counts as yes.
+# How alike an upper-case name of instance/config.py and a setting must be to be taken for a
+# misspelling of it (RETENTON_SECONDS: 0.97), not one of the file's own helpers (RETENTION: 0.69).
+MISSPELT = 0.85
 # Yes or no, or None for the default's own rule (ours, and Flask's that default so).
 YES_NO_SETTINGS = ("PURGE_IN_BACKGROUND", "PROPAGATE_EXCEPTIONS", "TRAP_BAD_REQUEST_ERRORS",
                    "TEMPLATES_AUTO_RELOAD")
@@ -183,15 +190,18 @@ def check_names(config: dict[str, Any], defaults: dict[str, Any]) -> None:
     known = [*defaults, *OTHER_VARIABLES]
     in_file = {name for name in set(config) - set(defaults) - given
                if not KUBERNETES_VARIABLE.fullmatch(name) and name not in OTHER_VARIABLES}
-    unknown = sorted((given - set(defaults)) | {
-        name for name in in_file if difflib.get_close_matches(name, known, n=1)})
+    misspelt = {name for name in in_file
+                if difflib.get_close_matches(name, known, n=1, cutoff=MISSPELT)}
+    unknown = sorted((given - set(defaults)) | misspelt)
     if unknown:
         name = unknown[0]
         close = difflib.get_close_matches(name, known, n=1)
         raise ModelLoadError(
             f"Unknown setting {name} (environment variable {PREFIX}{name}, or instance/config.py)"
             + (f": did you mean {close[0]}?" if close else ".")
-            + " The app's settings are listed in hematovision/web/__init__.py.")
+            + " The app's settings are listed in hematovision/web/__init__.py"
+            + (" (a name of the file's own is taken for a setting only in upper case: write "
+               "it in lower case)." if name in misspelt else "."))
     for key, default in defaults.items():
         value = config[key]
         if (isinstance(default, bool) or key in YES_NO_SETTINGS) and not isinstance(

@@ -14,6 +14,7 @@ The API stores nothing: results go back in the response and the images are dropp
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 
 from flask import Blueprint, abort, current_app, jsonify, request
@@ -109,14 +110,21 @@ def health():
     read-only disk), so that it is seen before a technologist's upload fails on it; the models
     this process serves with their versions, and those whose folder holds another model since
     it loaded them (served until a restart: workers started later would serve the new one)."""
-    problem = uploads.writable(upload_folder())
+    folder = upload_folder()
+    problem = uploads.writable(folder)
+    room = current_app.config["MAX_CONTENT_LENGTH"]
+    if problem is None and room and (free := shutil.disk_usage(folder).free) < room:
+        problem = (f"only {free / 2**20:.1f} MB free in {folder}, less than one upload may "
+                   f"take ({room / 2**20:g} MB).")
     names = models.names()
+    changed = [name for name in names if models.changed_on_disk(name)]
+    status = ("cannot store uploads" if problem else
+              "models changed on disk: restart to serve them" if changed else "ok")
     return jsonify(
-        status="ok" if problem is None else "cannot store uploads", version=__version__,
+        status=status, version=__version__, app_version=current_app.config["APP_VERSION"],
         models=names, default_model=models.default_name(),
         model_versions={name: models.get(name).version for name in names},
-        models_changed_on_disk=[name for name in names if models.changed_on_disk(name)],
-        **({"problem": problem} if problem else {}),
+        models_changed_on_disk=changed, **({"problem": problem} if problem else {}),
     ), 200 if problem is None else 503
 
 

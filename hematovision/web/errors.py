@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 
 from flask import Flask, abort, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import (Gone, HTTPException, InternalServerError, RequestEntityTooLarge,
@@ -16,6 +17,8 @@ from hematovision.web import models
 from hematovision.web.uploads import DamagedBatch
 
 log = logging.getLogger(__name__)
+# A quoted value in a message: '...' (Python's repr) or "...", not an apostrophe ("batch's").
+QUOTED = re.compile(r"(?<!\w)'[^']*'(?!\w)|(?<!\w)\"[^\"]*\"(?!\w)")
 
 try:  # gunicorn's own errors for a body it cannot parse (a malformed chunk); not on Windows
     from gunicorn.http.errors import ParseException
@@ -48,8 +51,8 @@ class InsufficientStorage(HTTPException):
 
 NOT_READ = ("The server cannot use its upload folder now ({why}). Nothing was changed. Tell "
             "whoever runs the server; then reload this page.")
-NOT_STORED = ("The server could not store what you sent: {why}. Nothing was changed, and what "
-              "was stored before is kept. Tell whoever runs the server; then send it again.")
+NOT_STORED = ("The server could not save this: {why}. Nothing was changed, and what was "
+              "stored before is kept. Tell whoever runs the server; then send it again.")
 
 
 def init_app(app: Flask) -> None:
@@ -68,15 +71,16 @@ def log_refusal(response):
     if 400 <= response.status_code < 500:
         reason = g.get("refusal") or "the page says why"
         log.warning("%s %s %s: %s", response.status_code, request.method,
-                    one_line(request.path), one_line(reason)[:300])
+                    one_line(request.path), one_line(without_values(reason))[:300])
     return response
 
 
 def refused(files: list[dict] | None = None, forms=()) -> None:
     """Name why a page that answers 4xx itself (a form shown again with its errors, files none
     of which could be used) refused the request, for `log_refusal`: the first reason given."""
-    reasons = [f"{f.get('file', '')}: {f['error']}" for f in files or [] if f.get("error")]
-    reasons += [message for form in forms if form is not None for message in form.errors.values()]
+    reasons = [f"a file: {f['error']}" for f in files or [] if f.get("error")]
+    reasons += [f"{field or 'the form'}: {message}" for form in forms if form is not None
+                for field, message in form.errors.items()]
     if reasons:
         more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
         g.setdefault("refusal", reasons[0] + more)
@@ -86,6 +90,12 @@ def one_line(text: str) -> str:
     """Text for one log line: each control character (a newline would start a forged line of
     the log) written as its escape."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def without_values(reason: str) -> str:
+    """A reason as the log keeps it: what a message quotes of what was typed or sent (a
+    refused sample ID may hold a patient's name, as may a file's) written as '…'."""
+    return QUOTED.sub("'…'", reason)
 
 
 def read_body_first() -> None:

@@ -20,7 +20,7 @@ from hematovision.card import CARD_FILE, ModelLoadError
 from hematovision.cells import OTHER_WHITE_CELL, display_name
 from hematovision.differential import EXCLUDED
 from hematovision.predictor import DEFAULT_MODEL, SERVING_FILE, Predictor, available_models
-from hematovision.trust import check_accuracy_target
+from hematovision.trust import TRUST_FILE, check_accuracy_target
 from hematovision.web import setting_name
 
 # Names the review page's lists (`review_lists.REVIEW_LISTS`) and the reviewer's own verdicts
@@ -76,7 +76,8 @@ def init_app(app: Flask) -> None:
         default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
     threads = int(app.config["LITERT_THREADS"])
     target = accuracy_target(app.config.get("ACCURACY_TARGET"))
-    if default not in names and not (root / str(default)).is_dir():
+    if default not in names and (not (root / str(default)).is_dir()
+                                 or Path(str(default)).name != str(default)):
         raise ModelLoadError(
             f"{setting_name('DEFAULT_MODEL')} names {str(default)!r}, which is not a model "
             f"folder in {root.resolve()}; the models there are "
@@ -116,15 +117,15 @@ def _read_plots(model_dir: Path) -> dict[str, bytes]:
 
 
 def _stamp(model_dir: Path) -> tuple:
-    """What changes when a model is exported again into its folder: its card and serving
-    file's modification times and sizes (None for one missing)."""
+    """What changes when a model is exported or calibrated again into its folder: its card,
+    serving file and trust layer's modification times and sizes (None for one missing)."""
     def of(path: Path):
         try:
             found = os.stat(path)
         except OSError:
             return None
         return found.st_mtime_ns, found.st_size
-    return of(model_dir / CARD_FILE), of(model_dir / SERVING_FILE)
+    return of(model_dir / CARD_FILE), of(model_dir / SERVING_FILE), of(model_dir / TRUST_FILE)
 
 
 def changed_on_disk(name: str) -> bool:

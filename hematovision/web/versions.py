@@ -11,10 +11,9 @@ target) is refused images too, as their statuses would be set otherwise.
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from hematovision.predictor import Predictor, exported_moment
-from hematovision.release import app_version
 from hematovision.web import models
 
 bp = Blueprint("versions", __name__)
@@ -36,7 +35,8 @@ def made_by(predictor: Predictor) -> dict:
     trust = predictor.trust
     return {"version": predictor.version, "exported": predictor.exported,
             "accuracy_target": trust.target_accuracy,
-            "confidence_threshold": trust.confidence_threshold, "app": app_version()}
+            "confidence_threshold": trust.confidence_threshold,
+            "app": current_app.config["APP_VERSION"]}
 
 
 def recorded(stored: dict) -> dict | None:
