@@ -162,9 +162,11 @@ def test_predict_one_file_gives_the_cli_json_fields_exactly(client, models_root)
     response = post(client, ("cell.jpg", data))
     assert response.status_code == 200
     body = response.get_json()
-    assert list(body) == ["model", "model_version", "results", "differential"]
+    assert list(body) == ["model", "model_version", "accuracy_target", "app_version", "results",
+                          "differential"]
     assert body["model"] == "tiny"
     assert body["model_version"] == Predictor(models_root / "tiny").version
+    assert body["accuracy_target"] is None and body["app_version"] == app_version()
     [result] = body["results"]
     assert list(result) == [
         "file", "label", "status", "confidence", "probabilities", "candidates", "scores"
@@ -202,6 +204,7 @@ def test_a_bad_file_alone_is_a_400_with_its_reason(client, name, data, message):
     assert response.status_code == 400
     assert response.get_json() == {
         "model": "tiny", "model_version": response.get_json()["model_version"],
+        "accuracy_target": None, "app_version": app_version(),
         "results": [{"file": name, "error": response.get_json()["results"][0]["error"]}],
     }
     assert message in response.get_json()["results"][0]["error"]

@@ -916,7 +916,8 @@ def test_api_docs_example_has_the_api_fields(client):
     fields the API returns, in order; without a trust layer the scores are as the API gives."""
     example = api_docs_example(client)
     body = json.loads(re.sub(r"<[^<>]+>", "0", example))
-    assert list(body) == ["model", "model_version", "results", "differential"]
+    assert list(body) == ["model", "model_version", "accuracy_target", "app_version", "results",
+                          "differential"]
     assert [s["class"] for s in body["differential"]["shares"]] == CLASSES
     assert list(body["differential"]) == ["white_cells", "awaiting_review", "shares"]
     assert list(body["differential"]["shares"][0]) == [

@@ -23,7 +23,7 @@ from hematovision import __version__
 from hematovision.comparison import compare, comparison_json
 from hematovision.differential import differential_json
 from hematovision.reference import white_cell_count
-from hematovision.web import manual, models, uploads
+from hematovision.web import manual, models, uploads, versions
 from hematovision.web.classify import classify_request, request_value, requested_model
 from hematovision.web.lookup import upload_folder
 from hematovision.web.results import magnification_check, served_differential
@@ -55,7 +55,7 @@ def predict():
     by_hand = manual_count(name, predictor.classes)
     name, results = classify_request(explain=explain, model=name)
     if not any("label" in r for r in results):
-        return jsonify(model=name, model_version=predictor.version, results=results), 400
+        return jsonify(model=name, **made_by(predictor), results=results), 400
     served = served_differential(results, predictor.classes, current_app.config, wbc,
                                  includes_nucleated_red_cells)
     counted = differential_json(served)
@@ -66,8 +66,16 @@ def predict():
     extra = {"magnification": {**asdict(check),
                                "batch_range": list(predictor.magnification.batch_range)}
              } if check else {}
-    return jsonify(model=name, model_version=predictor.version, results=results,
+    return jsonify(model=name, **made_by(predictor), results=results,
                    differential=counted, **extra), 200
+
+
+def made_by(predictor) -> dict:
+    """What answered, as a batch records it (versions.made_by): the model's version, the
+    accuracy target it was served at (null: none fitted) and the app's release and commit."""
+    record = versions.made_by(predictor)
+    return {"model_version": record["version"], "accuracy_target": record["accuracy_target"],
+            "app_version": record["app"]}
 
 
 def manual_count(model: str, classes: list[str]) -> manual.ManualCount | None:
