@@ -19,9 +19,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from hematovision.card import ModelLoadError
 from hematovision.output import quoted
 from hematovision.predictor import MODELS_ROOT
-from hematovision.release import app_version
 from hematovision.preprocess import MAX_PIXELS
 from hematovision.reference import SETTINGS, intervals
+from hematovision.release import app_version
 from hematovision.web.forms import plain_text
 
 PREFIX = "HEMATOVISION_"  # of the environment variables that set the app's settings
@@ -123,14 +123,14 @@ OTHER_VARIABLES = ("BIND",)  # gunicorn.conf.py's address
 # ... and those Kubernetes gives every container for a Service named "hematovision":
 # HEMATOVISION_SERVICE_HOST, _SERVICE_PORT(_<NAME>), _PORT(_<port>_<protocol>(_ADDR, ...)).
 KUBERNETES_VARIABLE = re.compile(r"SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?")
-# A yes-or-no setting as typed in the environment, where JSON's true and false are the only
-# spellings Flask reads as such: "False" stayed a text, which counts as yes.
 # How alike an upper-case name of instance/config.py and a setting must be to be taken for a
 # misspelling of it (RETENTON_SECONDS: 0.97), not one of the file's own helpers (RETENTION: 0.69).
 MISSPELT = 0.85
 # Yes or no, or None for the default's own rule (ours, and Flask's that default so).
 YES_NO_SETTINGS = ("PURGE_IN_BACKGROUND", "PROPAGATE_EXCEPTIONS", "TRAP_BAD_REQUEST_ERRORS",
                    "TEMPLATES_AUTO_RELOAD")
+# A yes-or-no setting as typed in the environment, where JSON's true and false are the only
+# spellings Flask reads as such: "False" stayed a text, which counts as yes.
 YES_NO = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}
 UNLIMITED_SETTINGS = ("MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
@@ -184,12 +184,13 @@ def check_names(config: dict[str, Any], defaults: dict[str, Any]) -> None:
     an hour) or in instance/config.py where it is that close to one of ours (its other
     upper-case names may be the file's own helpers, such as a folder the settings are built
     from), and read a yes-or-no setting typed as a word ("False", "off")."""
+    def not_ours(name: str) -> bool:  # read by something else than the app's settings
+        return name in OTHER_VARIABLES or bool(KUBERNETES_VARIABLE.fullmatch(name))
+
     given = {name[len(PREFIX):].split("__")[0] for name in os.environ if name.startswith(PREFIX)}
-    given = {name for name in given
-             if name not in OTHER_VARIABLES and not KUBERNETES_VARIABLE.fullmatch(name)}
+    given = {name for name in given if not not_ours(name)}
     known = [*defaults, *OTHER_VARIABLES]
-    in_file = {name for name in set(config) - set(defaults) - given
-               if not KUBERNETES_VARIABLE.fullmatch(name) and name not in OTHER_VARIABLES}
+    in_file = {name for name in set(config) - set(defaults) - given if not not_ours(name)}
     misspelt = {name for name in in_file
                 if difflib.get_close_matches(name, known, n=1, cutoff=MISSPELT)}
     unknown = sorted((given - set(defaults)) | misspelt)

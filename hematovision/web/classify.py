@@ -22,7 +22,7 @@ from hematovision.batch import image_inputs, result_entry
 from hematovision.preprocess import ImageError, load_image
 from hematovision.trust import NOT_A_CELL
 from hematovision.web import heatmap, models
-from hematovision.web.uploads import delete_image, display_name, save_image
+from hematovision.web.uploads import delete_images, display_name, save_image
 
 
 @dataclass
@@ -128,12 +128,6 @@ def new_files(files: list[FileStorage], known: Iterable[str]) -> int:
     return new
 
 
-def delete_stored(folder: Path, decoded: list[Decoded]) -> None:
-    """Delete the images a request stored for a batch that will not hold them."""
-    for image_id in {d.image_id for d in decoded if d.image_id}:
-        delete_image(folder, image_id)
-
-
 def classify_request(
     store_in: Path | None = None, explain: bool = False, model: str | None = None,
     known: dict[str, str] | None = None
@@ -176,7 +170,7 @@ def classify_request(
             digests += [digest] * len(here)
     except OSError:  # the disk refused an image (full): those stored before it go too
         if store_in:
-            delete_stored(store_in, decoded)
+            delete_images(store_in, [d.image_id for d in decoded if d.image_id])
         raise
     results = classify(predictor, decoded, explain)
     if store_in:

@@ -183,13 +183,14 @@ def handle_damaged_batch(error: DamagedBatch):
 def handle_unexpected_error(error: Exception):
     if isinstance(error, OSError) and error.errno in FULL + UNWRITABLE:
         log.error("cannot store on %s %s: %s", request.method, request.path, error)
-        why = ("its disk is full" if error.errno in FULL else
-               "its upload folder cannot be written")
-        refusal = InsufficientStorage if error.errno in FULL else ServiceUnavailable
         if request.method in ("GET", "HEAD"):  # nothing was sent to store: it was reading
             return handle_http_error(ServiceUnavailable(description=NOT_READ.format(
                 why=error.strerror or error)))
-        return handle_http_error(refusal(description=NOT_STORED.format(why=why)))
+        if error.errno in FULL:
+            return handle_http_error(InsufficientStorage(description=NOT_STORED.format(
+                why="its disk is full")))
+        return handle_http_error(ServiceUnavailable(description=NOT_STORED.format(
+            why="its upload folder cannot be written")))
     log.exception("unhandled error on %s %s", request.method, request.path)
     return handle_http_error(InternalServerError())
 

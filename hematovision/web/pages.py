@@ -164,8 +164,7 @@ def upload():
     try:
         batch_id = uploads.save_batch(folder, stored)
     except OSError:  # the disk refused the batch (errors.NOT_STORED): its images go too
-        for image_id in {r["image"] for r in items if r.get("image")}:
-            uploads.delete_image(folder, image_id)
+        uploads.delete_images(folder, [r["image"] for r in items if r.get("image")])
         raise
     recent.remember(batch_id)
     return to_batch(batch_id)

@@ -31,6 +31,7 @@ from flask import Flask
 from PIL import Image
 
 from hematovision.card import ModelLoadError
+from hematovision.web import setting_name
 from hematovision.web.results import is_time
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,12 @@ def delete_batch(folder: Path, batch_id: str) -> int | None:
         return len(images)
 
 
+def delete_images(folder: Path, image_ids) -> None:
+    """Delete the images a request stored for a batch that will not hold them."""
+    for image_id in set(image_ids):
+        delete_image(folder, image_id)
+
+
 def delete_image(folder: Path, image_id: str) -> None:
     """Delete one stored image (an image removed from its batch), if it is there."""
     path = image_path(folder, image_id)
@@ -320,8 +327,6 @@ def init_app(app: Flask) -> None:
     folder = Path(app.config["UPLOAD_FOLDER"])
     problem = writable(folder)
     if problem:
-        from hematovision.web import setting_name
-
         raise ModelLoadError(f"{setting_name('UPLOAD_FOLDER')}: {problem}")
     retention = float(app.config["RETENTION_SECONDS"])
     interval = float(app.config["PURGE_INTERVAL_SECONDS"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from hematovision.predictor import Predictor, exported_moment
-from hematovision.web import models
+from hematovision.web.lookup import served_model
 
 bp = Blueprint("versions", __name__)
 
@@ -53,7 +53,7 @@ def replaced(stored: dict, statuses: bool = True) -> str | None:
     served at another confidence threshold is another one too (images added would be accepted
     or set aside otherwise); a heat map, which no threshold changes, asks without."""
     record = recorded(stored)
-    served = models.get(stored["model"]) if stored["model"] in models.names() else None
+    served = served_model(stored["model"])
     if record is None or served is None:
         return None
     now = made_by(served)
@@ -67,11 +67,16 @@ def columns(stored: dict) -> tuple[str, str, str, str]:
     """A batch's cells of the CSV downloads' last columns, what made its results
     (results.MADE_BY_COLUMNS; "" where not recorded)."""
     record = recorded(stored) or {}
+    target, app = target_of(record), record.get("app")
+    return (stored["model"], record.get("version", ""), "" if target is None else f"{target:g}",
+            app if isinstance(app, str) else "")
+
+
+def target_of(record: dict) -> float | None:
+    """A record's accuracy target where it is one (None: none fitted, or a damaged record)."""
     target = record.get("accuracy_target")
     usable = isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1
-    app = record.get("app")
-    return (stored["model"], record.get("version", ""), f"{target:g}" if usable else "",
-            app if isinstance(app, str) else "")
+    return target if usable else None
 
 
 @bp.app_template_global()
@@ -83,8 +88,7 @@ def served_as(record: dict | None) -> str:
     words = f"model version {record['version']}"
     if when := exported_text(record.get("exported")):
         words += f" (exported {when})"
-    target = record.get("accuracy_target")
-    if isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1:
+    if (target := target_of(record)) is not None:
         words += f" at an accuracy target of {100 * target:g} %"
     return words
 
