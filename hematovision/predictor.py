@@ -55,7 +55,7 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
     status: str = ACCEPTED
-    scores: dict[str, float | None] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[tuple[str, float]]:
@@ -331,7 +331,7 @@ class Predictor:
                 confidence=confidence,
                 probabilities={c: float(p) for c, p in zip(self.classes, row)},
                 status=self.trust.status(confidence, float(ood), bool(no_cell)),
-                scores=self.trust.scores(float(ood)),
+                scores=self.trust.scores(float(ood), confidence),
             ))
         return out
 

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from hematovision.counting import share_range
+
 TRUST_FILE = "trust.npz"
 PACKED_WHITENING = "whitening_lower_"  # + layer index: the whitening's lower triangle, packed
 HELD_OUT_CONFIDENCE = "held_out_confidence"
@@ -31,6 +33,11 @@ ABSTAIN_ON_ALL = 1.0  # the confidence threshold when no threshold reaches the t
 # threshold of 1 would read as ABSTAIN_ON_ALL.
 BELOW_ONE = math.nextafter(1.0, 0.0)
 EXACTLY_ONE = "exactly 1 as computed"  # BELOW_ONE in words: 1.0 or 100.0 % would read as 1
+# The bands of calibrated confidence in which a result says how often the held-out images were
+# right (`Trust.band`): finer towards 1, where most accepted cells lie and where a threshold
+# falls. A band holds its lower edge; the last holds 1 too.
+CONFIDENCE_BANDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+BAND = "held_out_band"  # its key among a prediction's scores
 
 
 def uncalibrated_note(section: dict[str, Any] | None) -> str | None:
@@ -151,6 +158,9 @@ class Trust:
     head_kernel: np.ndarray | None = None  # (embedding, classes): the dense head, for CAMs
     head_bias: np.ndarray | None = None
     target_accuracy: float | None = None  # what confidence_threshold was chosen for
+    # The calibrated confidence of each held-out image the threshold was chosen on, and whether
+    # its answer was right (None where trust.npz keeps none).
+    held_out: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def fitted(self) -> bool:
@@ -188,11 +198,12 @@ class Trust:
             layers = tuple(_stored_layer(arrays, i, float(scale)) for i, scale in enumerate(scales))
             threshold = float(section["confidence_threshold"])
             target = section.get("target_accuracy")
+            held_out = [arrays[k] for k in (HELD_OUT_CONFIDENCE, HELD_OUT_CORRECT)
+                        if k in arrays.files]
+            kept = len(held_out) == 2 and len(held_out[0]) == len(held_out[1]) > 0
             if accuracy_target is not None and accuracy_target != target:
                 check_accuracy_target(accuracy_target)
-                held_out = [arrays[k] for k in (HELD_OUT_CONFIDENCE, HELD_OUT_CORRECT)
-                            if k in arrays.files]
-                if len(held_out) < 2 or len(held_out[0]) != len(held_out[1]):
+                if not kept:
                     raise ValueError(
                         f"{path} keeps no held-out predictions to choose a threshold for an "
                         "accuracy target from; refit it with `python -m training.calibrate "
@@ -207,6 +218,8 @@ class Trust:
                 head_kernel=arrays["head_kernel"].astype(np.float64),
                 head_bias=arrays["head_bias"].astype(np.float64),
                 target_accuracy=None if target is None else float(target),
+                held_out=(held_out[0].astype(np.float64), held_out[1].astype(bool))
+                if kept else None,
             )
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -223,8 +236,34 @@ class Trust:
         return str(statuses(np.array([confidence]), np.array([ood_score > self.ood_threshold]),
                             self.confidence_threshold, np.array([no_white_cell]))[0])
 
-    def scores(self, ood_score: float) -> dict[str, float | None]:
+    def band(self, confidence: float) -> dict[str, Any] | None:
+        """How often the held-out images were right whose confidence lies in the same band
+        (CONFIDENCE_BANDS) as `confidence`: {"low", "high", "images", "right", "target"}, the
+        target being the accuracy accepted cells reach as a group (`short_of_target`). None
+        where no held-out images are kept."""
+        if self.held_out is None:
+            return None
+        i = int(np.searchsorted(CONFIDENCE_BANDS, confidence, side="right")) - 1
+        return self._band_at(min(max(i, 0), len(CONFIDENCE_BANDS) - 2))
+
+    def bands(self) -> list[dict[str, Any]]:
+        """Every band of CONFIDENCE_BANDS as `band` gives it, least sure first ([]: none kept)."""
+        if self.held_out is None:
+            return []
+        return [self._band_at(i) for i in range(len(CONFIDENCE_BANDS) - 1)]
+
+    def _band_at(self, i: int) -> dict[str, Any]:
+        held_confidence, held_correct = self.held_out
+        low, high = CONFIDENCE_BANDS[i], CONFIDENCE_BANDS[i + 1]
+        last = i == len(CONFIDENCE_BANDS) - 2
+        inside = (held_confidence >= low) & (
+            held_confidence <= high if last else held_confidence < high)
+        return {"low": low, "high": high, "images": int(inside.sum()),
+                "right": int(held_correct[inside].sum()), "target": self.target_accuracy}
+
+    def scores(self, ood_score: float, confidence: float | None = None) -> dict[str, Any]:
         finite = np.isfinite(self.ood_threshold)
+        band = None if confidence is None else self.band(confidence)
         return {
             "unfamiliarity": round(float(ood_score), 3) if self.fitted else None,
             "unfamiliarity_threshold": round(self.ood_threshold, 3) if finite else None,
@@ -232,7 +271,37 @@ class Trust:
             # accepted image's confidence was below it.
             "confidence_threshold": self.confidence_threshold,
             "temperature": round(self.temperature, 4),
+            **({BAND: band} if band else {}),
         }
+
+
+def stored_band(scores: Any) -> dict[str, Any] | None:
+    """A result's held-out band (`Trust.band`) as stored, where it is whole (None: a result
+    from before bands were stored, or one damaged outside the app)."""
+    band = scores.get(BAND) if isinstance(scores, dict) else None
+    if not isinstance(band, dict):
+        return None
+    counts = [band.get(k) for k in ("images", "right")]
+    edges = [band.get(k) for k in ("low", "high")]
+    if not all(type(c) is int for c in counts) or not 0 <= counts[1] <= counts[0]:
+        return None
+    if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 1
+               for e in edges) or edges[0] >= edges[1]:
+        return None
+    target = band.get("target")
+    usable = isinstance(target, (int, float)) and not isinstance(target, bool) \
+        and 0 < target <= 1
+    return {**band, "target": target if usable else None}
+
+
+def short_of_target(band: dict[str, Any] | None) -> bool:
+    """Whether the held-out images of a result's band (`stored_band`) fail to show that such
+    cells are right as often as the accuracy target that accepted cells reach as a group: the
+    lower end of the exact 95 % range of their share right is below it (none held out, too
+    few to tell, or too many wrong). A rule for which accepted cells to look at, not a status."""
+    if band is None or band["target"] is None:
+        return False
+    return band["images"] == 0 or share_range(band["right"], band["images"])[0] < band["target"]
 
 
 def _stored_layer(arrays, i: int, scale: float) -> LayerGaussians:

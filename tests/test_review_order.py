@@ -74,3 +74,17 @@ def test_a_model_that_is_never_wrong_has_no_share_to_find():
     assert scored["wrong_per_film"] == 0
     assert all(r["found_least_sure"] is None and r["by_class"]["found"] is None
                for r in scored["fractions"])
+
+
+def test_cells_marked_near_the_threshold_are_counted_with_the_wrong_ones_among_them():
+    scored_answers = answers(0.5)
+    near = scored_answers.confidence < 0.6  # exactly the wrong ones are marked
+    scored = score_order(scored_answers, COMPOSITION, draws=300, near=near)
+    assert scored["near_threshold"]["found"] == 1.0
+    assert scored["near_threshold"]["checked_per_film"] == pytest.approx(
+        scored["wrong_per_film"], abs=0.05)
+    half = near & (np.arange(len(near)) % 2 == 0)  # every other wrong one marked
+    assert half[scored_answers.labels != scored_answers.truth].mean() == 0.5
+    assert score_order(scored_answers, COMPOSITION, draws=300, near=half)[
+        "near_threshold"]["found"] == pytest.approx(0.5, abs=0.1)
+    assert "near_threshold" not in score_order(scored_answers, COMPOSITION, draws=20)

@@ -530,8 +530,10 @@ def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_pat
     figures = {"unfamiliarity_threshold": round(card["ood"]["threshold"], 3),
                "confidence_threshold": card["confidence_threshold"],  # as applied
                "temperature": round(card["temperature"], 4)}
+    band = ('"held_out_band": {"low": <float>, "high": <float>, "images": <int>, '
+            '"right": <int>, "target": <float|null>}')
     assert ('"scores": {"unfamiliarity": <float>, ' + ", ".join(
-        f'"{k}": {json.dumps(v)}' for k, v in figures.items()) + "}") in example
+        f'"{k}": {json.dumps(v)}' for k, v in figures.items()) + f", {band}}}") in example
     numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", example)
     intervals = app.config["REFERENCE_INTERVALS"]
     classes = json.loads((root / "trusted" / "model_card.json").read_text())["classes"]

@@ -14,7 +14,10 @@ accepted cells are ordered by calibrated confidence, least sure first; for each 
 checked (FRACTIONS, rounded up), the wrongly accepted cells found, against the same number of
 cells checked in upload order (a random order: on average that share of them) and against the
 same share of each class's cells checked least sure first (grouped by the class the model gave,
-at least one cell of each: the order a review by class would give).
+at least one cell of each: the order a review by class would give). Where the model keeps its
+held-out predictions, also the accepted cells a batch marks "near the threshold" (those whose
+band of held-out images does not show the accuracy target: `trust.short_of_target`): how many a
+film has, and the share of the wrong ones among them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from hematovision.card import REVIEW_ORDER, record_metrics
 from hematovision.predictor import model_dir_of
-from hematovision.trust import ACCEPTED
+from hematovision.trust import ACCEPTED, short_of_target
 from training.differential import CELLS, DRAWS, parse_drawing_options, served_answers
 from training.evaluate import data_label
 from training.flags import NORMAL, draw_film, scenario_compositions
@@ -48,17 +51,20 @@ def checked_first(groups: np.ndarray, confidence: np.ndarray, fraction: float) -
 
 
 def score_order(answers, composition: dict[str, float], fractions=FRACTIONS,
-                cells: int = CELLS, draws: int = DRAWS, seed: int = 0) -> dict:
+                cells: int = CELLS, draws: int = DRAWS, seed: int = 0,
+                near: np.ndarray | None = None) -> dict:
     """`draws` films of `cells` white cells drawn with `composition`; per film its accepted
     cells and the wrong ones among them, and for each fraction the cells checked and the wrong
     ones found least sure first, in upload order (expected), and by class least sure first.
-    Shares found are pooled over the films (found / wrong)."""
+    Shares found are pooled over the films (found / wrong). `near`, per image: whether an
+    accepted answer is marked near the threshold; then the marked cells a film and the wrong
+    ones among them too ("near_threshold")."""
     classes = answers.predictor.classes
     names = list(composition)
     pools = [np.flatnonzero(answers.truth == classes.index(c)) for c in names]
     shares = [composition[c] for c in names]
     rng = np.random.default_rng(seed)
-    accepted = wrong = 0
+    accepted = wrong = marked = marked_wrong = 0
     zeros = dict.fromkeys(fractions, 0.0)
     checked, least_sure, upload_order, class_checked, by_class = (
         dict(zeros) for _ in range(5))
@@ -71,6 +77,9 @@ def score_order(answers, composition: dict[str, float], fractions=FRACTIONS,
         mistaken = labels != answers.truth[film]
         accepted += len(film)
         wrong += int(mistaken.sum())
+        if near is not None:
+            marked += int(near[film].sum())
+            marked_wrong += int(mistaken[near[film]].sum())
         order = np.argsort(confidence, kind="stable")
         for f in fractions:
             count = math.ceil(f * len(film))
@@ -91,6 +100,9 @@ def score_order(answers, composition: dict[str, float], fractions=FRACTIONS,
                        "by_class": {"checked_per_film": round(class_checked[f] / draws, 1),
                                     "found": _share(by_class[f], wrong)}}
                       for f in fractions],
+        **({"near_threshold": {"checked_per_film": round(marked / draws, 1),
+                               "found": _share(marked_wrong, wrong)}}
+           if near is not None else {}),
     }
 
 
@@ -104,10 +116,13 @@ def evaluate_review_order(model_dir: Path, data_dir: Path, split_file: Path | No
     """The served model's answers on the test images, then `score_order` on normal films."""
     answers = served_answers(model_dir, data_dir, split_file, split_name)
     _, normal, _ = scenario_compositions(answers.predictor.classes, answers.truth)[NORMAL]
+    trust = answers.predictor.trust
+    near = None if trust.held_out is None else np.array(
+        [short_of_target(trust.band(c)) for c in answers.confidence])
     return {"data": data_label(data_dir, split_file, split_name), "n": len(answers.truth),
             "cells": cells, "draws": draws,
-            "confidence_threshold": answers.predictor.trust.confidence_threshold,
-            **score_order(answers, normal, FRACTIONS, cells, draws)}
+            "confidence_threshold": trust.confidence_threshold,
+            **score_order(answers, normal, FRACTIONS, cells, draws, near=near)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{_pct(row['found_upload_order'])}; each class's least sure "
               f"{row['fraction']:.0%} ({row['by_class']['checked_per_film']} cells) "
               f"{_pct(row['by_class']['found'])}")
+    if marked := result.get("near_threshold"):
+        print(f"  near the threshold ({marked['checked_per_film']} cells): found "
+              f"{_pct(marked['found'])} of the wrong ones")
 
 
 def _pct(value: float | None) -> str:

@@ -22,7 +22,7 @@ from hematovision.web.forms import TypedForm
 from hematovision.web.lookup import (deletion, expires_at, item_or_404, load_or_404, no_store,
                                      served_model, upload_folder)
 from hematovision.web.model_pages import (flag_errors, lab_reference, measured_calibration,
-                                          served_acceptance)
+                                          near_threshold_figure, served_acceptance)
 from hematovision.web.review_lists import REVIEW_LISTS, class_tabs, list_came_from
 
 bp = Blueprint("batches", __name__)
@@ -83,6 +83,9 @@ def count_context(stored: dict) -> dict:
         # Images called not a blood-cell image that no one has looked at: the count may lack
         # a white cell among them.
         set_aside_unseen=[r for r in stored["results"] if results.set_aside_unseen(r)],
+        # Accepted cells no one has looked at where held-out cells as sure fell short of the
+        # accuracy target: counted, but to look at first.
+        near_threshold=[i for i, r in enumerate(stored["results"]) if results.near_threshold(r)],
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -148,6 +151,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             # Only a model that names nucleated red cells can correct a count that includes them.
             nucleated_red_cells=any(is_nucleated_red_cell(c) for c in stored["classes"]),
             acceptance=served_acceptance(shown["predictor"]),
+            near_threshold_measured=near_threshold_figure(shown["predictor"]),
             expires=expires_at(stored),
             add_errors=add_errors or [],
             others={n: models.get(n) for n in models.names() if n != stored["model"]},

@@ -12,9 +12,11 @@ from flask import Blueprint, current_app
 
 from hematovision import differential
 from hematovision.cells import OTHER_WHITE_CELL, display_name, other_white_cells
+from hematovision.counting import share_range
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.trust import (ACCEPTED, BELOW_ONE, EXACTLY_ONE, NOT_A_CELL, STATUS_TEXT,
-                                UNIDENTIFIED, WHITE_CELL_RULE, uncalibrated_note)
+                                UNIDENTIFIED, WHITE_CELL_RULE, short_of_target,
+                                uncalibrated_note)
 from hematovision.web import models, results, sample
 
 bp = Blueprint("filters", __name__)
@@ -105,6 +107,22 @@ def status(result: dict) -> str | None:
 
 
 bp.add_app_template_filter(results.iso_time, "iso_utc")
+bp.add_app_template_global(results.held_out_band, "held_out_band")
+bp.add_app_template_global(results.near_threshold, "near_threshold")
+bp.add_app_template_filter(short_of_target, "short_of_target")
+
+
+@bp.app_template_global()
+def band_range(band: dict) -> tuple[float, float]:
+    """The exact 95 % range of the share right among a held-out band's images
+    (`results.held_out_band`), as a differential's range is computed."""
+    return share_range(band["right"], band["images"])
+
+
+@bp.app_template_filter("band_edge")
+def band_edge(value: float) -> str:
+    """A confidence band's edge as the pages write it: 0.95 "95 %", 0.999 "99.9 %"."""
+    return f"{round(100 * value, 4):g} %"
 
 
 @bp.app_template_filter("clock_utc")

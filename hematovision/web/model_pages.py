@@ -14,7 +14,7 @@ from hematovision.cells import display_name, is_white_cell
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.reference import SETTINGS, UNITS, catalog_intervals
-from hematovision.trust import measured_at
+from hematovision.trust import BAND, measured_at
 from hematovision.web import models
 from hematovision.web.filters import interval, is_number
 from hematovision.web.lookup import served_model
@@ -82,6 +82,7 @@ def model_page(name: str):
         trust=trust,
         calibrated=calibrated,
         operating_points=operating_points(trust, calibrated),
+        held_out_bands=predictor.trust.bands(),
         summary={"evaluation": _largest({k: m for k, m in evaluations.items()
                                          if is_number(m.get("accuracy"))})},
         acceptance=served_acceptance(predictor),
@@ -163,6 +164,24 @@ def flag_errors(predictor: Predictor | None) -> dict | None:
         figures = {"cells": entry["cells"],
                    "accepted_only": ways["accepted only"]["false_flag"],
                    "reviewed": ways["unidentified reviewed"]["false_flag"]}
+    except (KeyError, TypeError):
+        return None
+    return figures if all(is_number(v) for v in figures.values()) else None
+
+
+def near_threshold_figure(predictor: Predictor | None) -> dict | None:
+    """How many of a film's accepted cells a batch marks near the threshold, and the share of
+    the wrongly accepted cells among them, on normal films drawn from the model's test images
+    (`training.review_order --record`): {"cells", "accepted_per_film", "checked_per_film",
+    "found"}; None where not measured, or not at the confidence threshold served now."""
+    metrics = predictor.card.get("metrics") if predictor else None
+    entry = metrics.get(REVIEW_ORDER) if isinstance(metrics, dict) else None
+    try:
+        if entry["confidence_threshold"] != predictor.trust.confidence_threshold:
+            return None
+        marked = entry["near_threshold"]
+        figures = {"cells": entry["cells"], "accepted_per_film": entry["accepted_per_film"],
+                   "checked_per_film": marked["checked_per_film"], "found": marked["found"]}
     except (KeyError, TypeError):
         return None
     return figures if all(is_number(v) for v in figures.values()) else None
@@ -255,6 +274,8 @@ def model_file(name: str, file_name: str):
 
 # What the API example shows for values that differ per image: it is a schema, not a result.
 PER_IMAGE = "<float>"
+PER_IMAGE_BAND = ('{"low": <float>, "high": <float>, "images": <int>, "right": <int>, '
+                  '"target": <float|null>}')
 
 
 @bp.get("/docs/api")
@@ -263,10 +284,13 @@ def api_docs():
     figures every result carries (thresholds, temperature) from that model, exactly as the API
     rounds them; per-image values are placeholders, so no number on the page is hand-typed."""
     predictor = models.get(None)
-    scores = predictor.trust.scores(0.0)
+    scores = predictor.trust.scores(0.0, 1.0)
     if scores["unfamiliarity"] is not None:
         scores["unfamiliarity"] = PER_IMAGE
-    example_scores = [(k, v if v == PER_IMAGE else json.dumps(v)) for k, v in scores.items()]
+    if BAND in scores:  # its figures are the band's, which differs per image
+        scores[BAND] = PER_IMAGE_BAND
+    example_scores = [(k, v if v in (PER_IMAGE, PER_IMAGE_BAND) else json.dumps(v))
+                      for k, v in scores.items()]
     return render_template("api.html", example_classes=predictor.classes,
                            example_white=[c for c in predictor.classes if is_white_cell(c)],
                            example_intervals=current_app.config["REFERENCE_INTERVALS"],

@@ -23,7 +23,8 @@ from hematovision.differential import (EXCLUDED, ClassShare, Differential, count
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
 from hematovision.spreadsheet import inert
-from hematovision.trust import ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED
+from hematovision.trust import (ACCEPTED, NOT_A_CELL, STATUSES, UNIDENTIFIED, short_of_target,
+                               stored_band)
 
 if TYPE_CHECKING:  # signoff reads this module's counted_unseen
     from hematovision.web.signoff import SignOff
@@ -230,6 +231,23 @@ def images_and_cells(found: list[dict[str, Any]]) -> str:
     return " and ".join([*([f"{images} image{'s' if images != 1 else ''}"] if images else []),
                          *([f"{cells} cell of a field" if cells == 1 else
                             f"{cells} cells of fields"] if cells else [])])
+
+
+def held_out_band(result: dict[str, Any]) -> dict[str, Any] | None:
+    """How often the held-out images were right whose confidence lay in this result's band
+    (`trust.Trust.band`), as stored when it was classified; None for a result from before
+    bands were stored, an unfamiliar image (its confidence is about something else) or none."""
+    if status_of(result) not in (ACCEPTED, UNIDENTIFIED):
+        return None
+    return stored_band(result.get("scores"))
+
+
+def near_threshold(result: dict[str, Any]) -> bool:
+    """An accepted cell no one has reviewed whose band of held-out images does not show the
+    accuracy that accepted cells reach as a group (`trust.short_of_target`): one to look at
+    before counting it. Advice, not a status: it is counted as accepted."""
+    return (status_of(result) == ACCEPTED and verdict_of(result) is None
+            and short_of_target(held_out_band(result)))
 
 
 def counted_unseen(result: dict[str, Any]) -> bool:

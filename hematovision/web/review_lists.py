@@ -15,8 +15,8 @@ from hematovision.trust import ACCEPTED
 from hematovision.web import results
 
 
-# The review page's lists (`?show=`): which results each holds. The default, "no-white-cell"
-# and "not-a-cell" leave out reviewed results, so they shrink as reviews are saved; "all" does
+# The review page's lists (`?show=`): which results each holds. The default, "no-white-cell",
+# "not-a-cell" and "near-threshold" leave out reviewed results, so they shrink as reviews are saved; "all" does
 # not, so it pages. Beside them, one list per class (`?show=<class>`, and EXCLUDED): the cells
 # counted as that class now, for verifying the count class by class, as a technologist verifies
 # an analyzer's pre-classified cells (class_list).
@@ -25,6 +25,7 @@ REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
     "all": lambda r: differential.status_of(r) is not None,
     "no-white-cell": lambda r: results.no_white_cell(r) and differential.verdict_of(r) is None,
     "not-a-cell": results.set_aside_unseen,
+    "near-threshold": results.near_threshold,
 }
 
 

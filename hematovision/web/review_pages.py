@@ -131,6 +131,7 @@ def review_all(batch_id: str):
     class each; `?show=all`: every classified result, to confirm accepted ones too;
     `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed;
     `?show=not-a-cell`: those called not a blood-cell image, not yet reviewed (set_aside_unseen);
+    `?show=near-threshold`: the accepted cells near the threshold, not yet reviewed;
     `?show=<class>`: the cells counted as that class (`?show=excluded`: those excluded), to
     correct the odd ones out and confirm the rest."""
     stored = load_or_404(batch_id)
@@ -144,6 +145,7 @@ def review_all(batch_id: str):
         page_cells=REVIEW_PAGE_CELLS, show=show, tabs=class_tabs(stored),
         to_review=sum(differential.needs_review(r) for r in stored["results"]),
         set_aside=sum(map(REVIEW_LISTS["not-a-cell"], stored["results"])),
+        near=sum(map(REVIEW_LISTS["near-threshold"], stored["results"])),
         classified=sum(differential.status_of(r) is not None for r in stored["results"]),
         unconfirmed_shown=sum(to_confirm(stored["results"][i]) for i in shown),
         guide=[CELL_TYPES[c] for c in stored.get("classes", []) if c in CELL_TYPES],
