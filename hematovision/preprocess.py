@@ -40,6 +40,15 @@ class ImageError(ValueError):
     """The input is not an image we can classify; the message is safe to show a user."""
 
 
+def allow_pixels(limit: int) -> None:
+    """Let Pillow open images of up to `limit` pixels, which `load_image` checks itself
+    before decoding: Pillow's own decompression-bomb check (at twice its MAX_IMAGE_PIXELS,
+    about 179 million) would refuse a larger limit's images first, in the limit's name. Only
+    ever raised, for the whole process."""
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode any image file into an upright RGB image (first frame of an animation).
 

@@ -308,7 +308,7 @@ def _review_each(args) -> None:
     folder, batch_id, indices = args
     for index in indices:
         uploads.update_batch(folder, batch_id,
-                             lambda batch: batch["results"][index].update(review=index))
+                             lambda batch: batch["results"][index].update(note=index))
 
 
 def test_changes_from_several_processes_at_once_all_land(tmp_path):
@@ -321,7 +321,7 @@ def test_changes_from_several_processes_at_once_all_land(tmp_path):
     with multiprocessing.get_context("fork").Pool(4) as pool:
         pool.map(_review_each, work)
     stored = uploads.load_batch(folder, batch_id)["results"]
-    assert [r.get("review") for r in stored] == list(range(80))
+    assert [r.get("note") for r in stored] == list(range(80))
 
 
 def stored_times(folder, batch_id, images) -> list[float]:
@@ -341,8 +341,8 @@ def test_a_change_renews_the_retention_of_the_batch_and_its_images(tmp_path):
 
     before = time.time()
     changed = uploads.update_batch(folder, batch_id,
-                                   lambda batch: batch["results"][0].update(review="x"))
-    assert changed["results"][0]["review"] == "x"
+                                   lambda batch: batch["results"][0].update(note="x"))
+    assert changed["results"][0]["note"] == "x"
     assert uploads.load_batch(folder, batch_id) == changed
     assert changed["created"] == uploaded  # the upload time stays what it was
     assert before <= uploads.kept_from(changed) <= time.time()

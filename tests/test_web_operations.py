@@ -15,7 +15,7 @@ import pytest
 from hematovision.card import ModelLoadError
 from hematovision.predictor import Predictor
 from hematovision.web import create_app, uploads
-from tests.web_helpers import aged, csrf_token, image_bytes, make_app, upload
+from tests.web_helpers import aged, csrf_token, image_bytes, make_app, make_models_root, upload
 
 
 @pytest.fixture
@@ -332,3 +332,115 @@ def test_health_says_a_model_folder_changed_since_it_was_loaded(client, models_r
 def test_a_default_model_is_a_folder_name_not_a_path(tmp_path, models_root):
     with pytest.raises(ModelLoadError, match="names '../models/tiny', which is not a model"):
         make_app(tmp_path, models_root, DEFAULT_MODEL="../models/tiny")
+
+
+def test_a_text_setting_typed_as_digits_is_read_as_typed(environment, tmp_path,
+                                                         trusted_model_dir):
+    """Flask reads an environment value as JSON: a secret key of digits had been a number the
+    session signer could not take (every page a 500), a model folder named by year the number
+    2026, loaded beside "2026" a second time."""
+    root = make_models_root(tmp_path / "models", trusted_model_dir, names=("tiny", "2026"))
+    environment.setenv("HEMATOVISION_MODELS_ROOT", str(root))
+    environment.setenv("HEMATOVISION_SECRET_KEY", "8412097735")
+    environment.setenv("HEMATOVISION_DEFAULT_MODEL", "2026")
+    app = create_app()
+    assert app.config["SECRET_KEY"] == "8412097735" and app.config["DEFAULT_MODEL"] == "2026"
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/api/health").get_json()["models"] == ["2026", "tiny"]
+
+
+def test_a_text_setting_that_is_no_text_is_refused(tmp_path, models_root):
+    with pytest.raises(ModelLoadError, match=r"SECRET_KEY \(.*\) must be text, not 1234"):
+        make_app(tmp_path, models_root, SECRET_KEY=1234)
+
+
+@pytest.mark.parametrize("typed, read", [("strict", "Strict"), ("Lax", "Lax"), ("NONE", "None")])
+def test_the_cookies_same_site_setting_is_checked_at_start(environment, typed, read):
+    environment.setenv("HEMATOVISION_SESSION_COOKIE_SAMESITE", typed)
+    assert create_app().config["SESSION_COOKIE_SAMESITE"] == read
+    environment.setenv("HEMATOVISION_SESSION_COOKIE_SAMESITE", "Strct")
+    with pytest.raises(ModelLoadError, match=r"SESSION_COOKIE_SAMESITE \(.*\) must be one of "
+                                             r"Strict, Lax, None \(or null\), not 'Strct'"):
+        create_app()
+
+
+@pytest.mark.parametrize("name", ["REFERENCE_INTERVALS__neutrophil", "MAX_FILES__parts"])
+def test_a_variable_naming_one_key_of_a_setting_stops_the_app_with_a_message(environment,
+                                                                             name):
+    """Flask's form for one key of a mapping setting had failed inside Flask with a
+    TypeError's traceback: none of the app's settings is a mapping to set a key of."""
+    environment.setenv(f"HEMATOVISION_{name}", "[40, 75]")
+    with pytest.raises(ModelLoadError, match=f"HEMATOVISION_{name}: give the setting "
+                                             f"{name.split('__')[0]} whole"):
+        create_app()
+
+
+def test_an_image_under_a_raised_pixel_limit_is_decoded(tmp_path, models_root):
+    """Pillow's own decompression-bomb check (about 179 million pixels) had refused a
+    180-million-pixel image first, "too large; the limit is 200,000,000 pixels"."""
+    from tests.web_helpers import png_with_size
+
+    client = make_app(tmp_path, models_root, MAX_IMAGE_PIXELS=200_000_000).test_client()
+    response = client.post("/api/predict", data={
+        "file": (io.BytesIO(png_with_size(15_000, 12_000)), "field.png")})
+    error = response.get_json()["results"][0]["error"]
+    assert "damaged or truncated" in error  # a header alone: read as far as it goes
+
+
+def test_an_upload_holds_no_more_images_than_a_batch_may(tmp_path, models_root):
+    """MAX_BATCH_IMAGES had been checked on additions only: a form of 3 images made a batch
+    of 3 where 2 were allowed."""
+    client = make_app(tmp_path, models_root, MAX_BATCH_IMAGES=2).test_client()
+    response = client.post("/upload", data={
+        "csrf_token": csrf_token(client), "model": "tiny",
+        "file": [(io.BytesIO(image_bytes(c)), f"{i}.jpg") for i, c in
+                 enumerate([(200, 60, 60), (60, 60, 200), (120, 60, 160)])]})
+    assert response.status_code == 400
+    assert "A batch holds at most 2 images and this upload has 3" in response.get_data(
+        as_text=True)
+    assert not list((tmp_path / "uploads").glob("*.json"))
+    assert not list((tmp_path / "uploads").glob("*.jpg"))
+
+
+def test_a_full_temporary_disk_while_an_upload_is_read_is_a_507(client, monkeypatch):
+    """Werkzeug spools a file part over 500 KB to the temporary folder: a full disk there had
+    been answered 400, "cut short or malformed on the way. Send it again"."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+    from werkzeug import formparser
+
+    class FullDisk(tempfile.SpooledTemporaryFile):
+        def rollover(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(formparser, "SpooledTemporaryFile", FullDisk)
+    noise = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, "PNG")
+    token = csrf_token(client)
+    response = client.post("/upload", data={"csrf_token": token, "model": "tiny",
+                                            "file": (io.BytesIO(out.getvalue()), "field.png")})
+    assert response.status_code == 507 and "disk is full" in response.get_data(as_text=True)
+
+
+def test_an_upload_is_kept_its_retention_time_whatever_clock_stamped_its_files(
+        client, tmp_path, monkeypatch):
+    """A purge goes by the files' times: an upload had kept the file server's, which 2 hours
+    behind the app's clock made a batch just uploaded look old enough to delete."""
+    real = uploads._write_atomic
+
+    def written_by_a_server_2_hours_behind(path, write):
+        real(path, write)
+        stamp = time.time() - 2 * 3600
+        os.utime(path, (stamp, stamp))
+
+    monkeypatch.setattr(uploads, "_write_atomic", written_by_a_server_2_hours_behind)
+    location = upload(client, "tiny", ("a.jpg", image_bytes()),
+                      ("b.jpg", image_bytes((60, 60, 200))))
+    monkeypatch.undo()
+    uploads.purge_expired(tmp_path / "uploads", client.application.config["RETENTION_SECONDS"])
+    assert client.get(location).status_code == 200
+    assert client.get(f"{location}/0/view.jpg").status_code == 200

@@ -136,3 +136,59 @@ def test_behind_https_the_cookie_holding_the_batches_is_sent_over_https_only(tmp
                                                 "file": [(io.BytesIO(image_bytes()), "a.jpg")]})
         [cookie] = response.headers.getlist("Set-Cookie")
         assert ("; Secure" in cookie) == expected and "HttpOnly" in cookie
+
+
+def _set(key, value):
+    return lambda batch: batch.update({key: value})
+
+
+def _in_result(key, value):
+    return lambda batch: batch["results"][0].update({key: value})
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda b: b["results"][0].pop("status"), id="result-without-status"),
+    pytest.param(_set("sample", {"id": 12}), id="sample-id-a-number"),
+    pytest.param(_set("sample", {"white_cells_per_litre": "6.5"}), id="count-as-text"),
+    pytest.param(_set("manual", {"counts": [1, 2]}), id="manual-counts-a-list"),
+    pytest.param(_set("manual", {"other": 1}), id="manual-without-counts"),
+    pytest.param(_set("classes", [1, 2]), id="classes-as-numbers"),
+    pytest.param(lambda b: b.pop("id"), id="no-id"),
+    pytest.param(_in_result("confidence", "0.9"), id="confidence-as-text"),
+    pytest.param(_in_result("label", 3), id="label-a-number"),
+    pytest.param(_in_result("review", {"label": 3}), id="review-label-a-number"),
+    pytest.param(_in_result("image", 7), id="image-a-number"),
+    pytest.param(_in_result("probabilities", {"a": "x"}), id="probability-as-text"),
+])
+def test_a_batch_damaged_inside_is_gone_not_a_500_and_the_upload_page_stands(app, damage):
+    """A batch file edited by hand or cut by a disk error inside one record had passed the
+    loader's check of its outline: the upload page (listing this browser's batches) and the
+    batch's pages were then a 500 at every visit."""
+    import json
+
+    client = app.test_client()
+    batch_id = upload_batch(client, images=2)
+    path = Path(app.config["UPLOAD_FOLDER"]) / f"{batch_id}.json"
+    stored = json.loads(path.read_text())
+    damage(stored)
+    path.write_text(json.dumps(stored))
+    assert client.get("/").status_code == 200 and batch_id not in listed(client)
+    for address in ["", "/0", "/report", ".csv", "/differential.csv", "/history.csv",
+                    "/0/view.jpg", "/review?show=all"]:
+        assert client.get(f"/batch/{batch_id}{address}").status_code == 410, address
+
+
+def test_a_sign_off_damaged_inside_vouches_for_nothing(app):
+    """A sign-off cut short (no count nor fingerprint) had made the upload page a 500: it is
+    none, as a sign-off that is not a record at all was already."""
+    import json
+
+    client = app.test_client()
+    batch_id = upload_batch(client, images=2)
+    path = Path(app.config["UPLOAD_FOLDER"]) / f"{batch_id}.json"
+    stored = json.loads(path.read_text())
+    stored["signoff"] = {"by": "A. Bench", "at": 1.0}
+    path.write_text(json.dumps(stored))
+    assert batch_id in listed(client)
+    assert "Signed off by" not in text(page(client, f"/batch/{batch_id}"))
+    assert "Signed off by" not in text(page(client, f"/batch/{batch_id}/report"))

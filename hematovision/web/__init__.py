@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
@@ -19,7 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from hematovision.card import ModelLoadError
 from hematovision.output import quoted
 from hematovision.predictor import MODELS_ROOT
-from hematovision.preprocess import MAX_PIXELS
+from hematovision.preprocess import MAX_PIXELS, allow_pixels
 from hematovision.reference import SETTINGS, intervals
 from hematovision.release import app_version
 from hematovision.web.forms import plain_text
@@ -65,11 +66,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is None:
         defaults = dict(app.config)
         app.config.from_pyfile("config.py", silent=True)
+        check_nested(os.environ)
         app.config.from_prefixed_env(PREFIX.rstrip("_"))
         check_names(app.config, defaults)
     else:
         app.config.from_mapping(test_config)
     check_settings(app.config)
+    allow_pixels(app.config["MAX_IMAGE_PIXELS"])
     if app.config["PURGE_IN_BACKGROUND"] is None:
         app.config["PURGE_IN_BACKGROUND"] = test_config is None
     # Which code this process runs, read as it starts: a checkout updated under a running app
@@ -112,10 +115,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 PATH_SETTINGS = ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE")
+# Settings that are text (or None), the app's and Flask's: given in the environment, read as
+# typed, as Flask reads a value as JSON first (a key, a model folder or a path of digits, 2026,
+# came as a number, which the session signer or the model list cannot take).
+TEXT_SETTINGS = (*PATH_SETTINGS, "SECRET_KEY", "DEFAULT_MODEL", "SESSION_COOKIE_NAME",
+                 "SESSION_COOKIE_DOMAIN", "SESSION_COOKIE_PATH")
+SAME_SITE = ("Strict", "Lax", "None")  # SESSION_COOKIE_SAMESITE's values (or null: unset)
 # Settings that count something (whole numbers above 0) or last some seconds (0 or more). The
 # limits a form or request may reach may also be None (null), no limit, as Flask reads them.
 COUNT_SETTINGS = ("LITERT_THREADS", "MAX_FILES", "MAX_BATCH_IMAGES", "MAX_IMAGE_PIXELS",
-                  "MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE")
+                  "MAX_CONTENT_LENGTH", "MAX_FORM_PARTS", "MAX_FORM_MEMORY_SIZE",
+                  "MAX_COOKIE_SIZE")
 SECONDS_SETTINGS = ("RETENTION_SECONDS", "PURGE_INTERVAL_SECONDS")
 HOPS_SETTINGS = ("PROXIES",)  # whole numbers, 0 or more
 # Variables of the prefix read by something other than the app's settings.
@@ -141,13 +151,23 @@ def check_settings(config: dict[str, Any]) -> None:
     """Stop the app (and `app.py --check`) with a message naming a setting of the wrong kind,
     instead of a traceback later or a misleading error (0 interpreter threads read as a
     corrupt model). A folder setting the environment gave as a number (JSON to Flask's
-    `from_prefixed_env`: a folder named 5) is the text as typed."""
+    `from_prefixed_env`: a folder named 5) is the text as typed, as is any text setting."""
+    for key in TEXT_SETTINGS:
+        value = config.get(key)
+        if isinstance(value, (int, float, bool, list, dict)) and f"{PREFIX}{key}" in os.environ:
+            config[key] = value = os.environ[f"{PREFIX}{key}"]
+        if key not in PATH_SETTINGS and value is not None and not isinstance(value, (str, bytes)):
+            raise ModelLoadError(f"{setting_name(key)} must be text, not {quoted(value)}.")
     for key in PATH_SETTINGS:
         value = config[key]
-        if isinstance(value, (int, float)) and f"{PREFIX}{key}" in os.environ:
-            config[key] = value = os.environ[f"{PREFIX}{key}"]
         if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
             raise ModelLoadError(f"{setting_name(key)} must be a path, not {quoted(value)}.")
+    same_site = config.get("SESSION_COOKIE_SAMESITE")
+    if same_site is not None:  # Werkzeug would refuse it on every response: a 500 per page
+        if not isinstance(same_site, str) or same_site.strip().title() not in SAME_SITE:
+            raise ModelLoadError(f"{setting_name('SESSION_COOKIE_SAMESITE')} must be one of "
+                                 f"{', '.join(SAME_SITE)} (or null), not {quoted(same_site)}.")
+        config["SESSION_COOKIE_SAMESITE"] = same_site.strip().title()
     for key in (*COUNT_SETTINGS, *SECONDS_SETTINGS):
         value = config[key]
         if value is None and key in UNLIMITED_SETTINGS:
@@ -178,6 +198,19 @@ def check_settings(config: dict[str, Any]) -> None:
                              f"not {quoted(config['LAB_NAME'])}.") from None
 
 
+def check_nested(environ: Mapping[str, str]) -> None:
+    """Stop with a message for a variable naming one key of a setting (`HEMATOVISION_A__B`),
+    which Flask would set into the setting A: none of ours is a mapping to set it into, and
+    Flask fails with a TypeError before any check could name it."""
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and "__" in name[len(PREFIX):]:
+            setting = name[len(PREFIX):].split("__")[0]
+            raise ModelLoadError(
+                f"{name}: give the setting {setting} whole, in one variable {PREFIX}{setting} "
+                f"(as JSON where it holds a list or a mapping, e.g. {PREFIX}REFERENCE_INTERVALS="
+                "'{\"neutrophil\": [40, 75]}').")
+
+
 def check_names(config: dict[str, Any], defaults: dict[str, Any]) -> None:
     """Stop with a message naming a setting the app does not have, given in the environment
     (a typo left the default in force unnoticed: HEMATOVISION_RETENTON_SECONDS kept every batch
@@ -187,7 +220,7 @@ def check_names(config: dict[str, Any], defaults: dict[str, Any]) -> None:
     def not_ours(name: str) -> bool:  # read by something else than the app's settings
         return name in OTHER_VARIABLES or bool(KUBERNETES_VARIABLE.fullmatch(name))
 
-    given = {name[len(PREFIX):].split("__")[0] for name in os.environ if name.startswith(PREFIX)}
+    given = {name[len(PREFIX):] for name in os.environ if name.startswith(PREFIX)}
     given = {name for name in given if not not_ours(name)}
     known = [*defaults, *OTHER_VARIABLES]
     in_file = {name for name in set(config) - set(defaults) - given if not not_ours(name)}

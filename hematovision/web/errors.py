@@ -106,7 +106,11 @@ def read_body_first() -> None:
     if request.method == "POST" and request.routing_exception is None:
         try:
             request.form
-        except BODY_ERRORS:
+        except BODY_ERRORS as error:
+            # Werkzeug spools a large file to the temporary folder as it reads it: a full or
+            # read-only disk there is the server's (507 or 503: handle_unexpected_error).
+            if isinstance(error, OSError) and error.errno in FULL + UNWRITABLE:
+                raise
             abort(400, description=BODY_UNREADABLE)
 
 

@@ -66,6 +66,8 @@ BATCH_FULL = (
     "A batch holds at most {limit} images and this one holds {count}: add at most {room}, or "
     "start a new batch."
 )
+UPLOAD_TOO_MANY = ("A batch holds at most {limit} images and this upload has {sent}: upload at "
+                   "most {limit}, then add the rest to the batch or start another.")
 SAMPLE_SAVED = "Saved the sample's details."
 SAMPLE_CLEARED = "Cleared the sample's details."
 SAMPLE_ONE_IMAGE = ("A sample's details are given for a differential: add images to this batch "
@@ -153,6 +155,12 @@ def file_accept() -> str:
 def upload():
     """Classify the chosen files, keep the result for a while and show it (303 to its page)."""
     folder = upload_folder()
+    # Checked before the images are decoded, as an addition is (the upload page sends a larger
+    # selection in parts, the first here: a form sent another way may hold more).
+    limit = current_app.config["MAX_BATCH_IMAGES"]
+    sent = new_files(uploaded_files(request.files.getlist("file")), {})
+    if sent > limit:
+        abort(400, description=UPLOAD_TOO_MANY.format(limit=limit, sent=sent))
     name, items = classify_request(store_in=folder, known={})
     if not any("label" in r for r in items):
         return home(errors=items, status=400, chosen=name)

@@ -86,9 +86,13 @@ def of(batch: dict[str, Any], count: str) -> SignOff | None:
     """The batch's sign-off, or None where it was never signed (or was withdrawn); `count`:
     the batch's `fingerprint` as it stands, which says whether the sign-off still does."""
     stored = batch.get("signoff")
-    if not isinstance(stored, dict):
+    # A record damaged outside the app (cut short, of other kinds) vouches for nothing.
+    if not (isinstance(stored, dict) and all(isinstance(stored.get(k), str)
+                                             for k in ("by", "fingerprint"))
+            and all(type(stored.get(k)) is int for k in ("white_cells", "reviewed"))
+            and isinstance(stored.get("comment", ""), str)):
         return None
-    return SignOff(stored["by"], stored["at"], stored["white_cells"], stored["reviewed"],
+    return SignOff(stored["by"], stored.get("at"), stored["white_cells"], stored["reviewed"],
                    current=stored["fingerprint"] == count, comment=stored.get("comment", ""))
 
 

@@ -31,6 +31,7 @@ from flask import Flask
 from PIL import Image
 
 from hematovision.card import ModelLoadError
+from hematovision.trust import STATUSES
 from hematovision.web import setting_name
 from hematovision.web.results import is_time
 
@@ -77,10 +78,17 @@ def save_image(folder: Path, image: Image.Image) -> str:
 
 
 def save_batch(folder: Path, batch: dict[str, Any]) -> str:
-    """Store a batch result (JSON-serialisable); returns its id."""
-    batch_id = new_id()
-    data = json.dumps({"id": batch_id, "created": time.time(), **batch}).encode()
-    _write_atomic(folder / f"{batch_id}.json", lambda f: f.write(data))
+    """Store a batch result (JSON-serialisable); returns its id. The file and the images it
+    lists take the time it records as `created`, by the app's clock, as a change stamps them
+    (`update_batch`): the purge goes by their times, and a file server's own clock, behind the
+    app's, would have a batch just uploaded look old enough to delete."""
+    batch_id, created = new_id(), time.time()
+    stored = {"id": batch_id, "created": created, **batch}
+    data = json.dumps(stored).encode()
+    path = folder / f"{batch_id}.json"
+    _write_atomic(path, lambda f: f.write(data))
+    os.utime(path, (created, created))
+    _stamp_images(folder, stored, created)
     return batch_id
 
 
@@ -123,7 +131,56 @@ def load_batch(folder: Path, batch_id: str) -> dict[str, Any] | None:
             and all(isinstance(batch.get(k) or {}, dict) for k in ("sample", "manual"))):
         raise DamagedBatch(path, "a result, its upload time, sample or manual count is not "
                                  "as the app writes it")
+    if damaged := _damaged_record(batch):
+        raise DamagedBatch(path, f"{damaged} is not as the app writes it")
     return batch
+
+
+def _damaged_record(batch: dict[str, Any]) -> str | None:
+    """Which of a batch's records, inside, is not of the kinds the pages read it as (None:
+    none is): a hand edit or a file copied in from elsewhere would otherwise be a 500 on each
+    page that reads it, the upload page's list of this browser's batches included. A record
+    an older version wrote without a field reads as before (a review without a reviewer); a
+    damaged sign-off is none (`signoff.of`), which withdrawing it removes."""
+    def text(value) -> bool:
+        return isinstance(value, str)
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def count(value) -> bool:
+        return type(value) is int and value >= 0
+
+    if not text(batch.get("id")):
+        return "its id"
+    if not all(map(text, batch["classes"])):
+        return "a class name"
+    for result in batch["results"]:
+        review, image = result.get("review"), result.get("image")
+        if not text(result.get("file")):
+            return "a result's file name"
+        if "label" in result and not (
+                text(result["label"]) and result.get("status") in STATUSES
+                and number(result.get("confidence"))
+                and isinstance(result.get("probabilities", {}), dict)
+                and all(map(number, result.get("probabilities", {}).values()))):
+            return "a result's class, status, confidence or probabilities"
+        if review is not None and not (isinstance(review, dict) and text(review.get("label"))):
+            return "a result's review"
+        if image is not None and not text(image):
+            return "a result's image"
+    sample = batch.get("sample") or {}
+    wbc = sample.get("white_cells_per_litre")
+    if not (text(sample.get("id", "")) and (wbc is None or number(wbc))):
+        return "its sample"
+    manual = batch.get("manual")
+    if manual and not (
+            isinstance(manual.get("counts"), dict) and count(manual.get("other", 0))
+            and isinstance(manual.get("beside", {}), dict)
+            and all(text(k) and count(v) for part in (manual["counts"], manual.get("beside", {}))
+                    for k, v in part.items())):
+        return "its manual count"
+    return None
 
 
 def kept_from(batch: dict[str, Any]) -> float:
