@@ -699,12 +699,16 @@ def test_review_order_table_gives_each_share_checked_and_what_each_order_found()
     header = table.splitlines()[0]
     assert (f"`wbc4` ({recorded['accepted_per_film']:g} accepted, "
             f"{recorded['wrong_per_film']:g} wrong): cells") in header
-    shares = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    rows, sentence = table.split("\n\n")
+    shares = [line.split("|")[1].strip() for line in rows.splitlines()[2:]]
     row = recorded["fractions"][1]
     at = shares.index(f"{row['fraction']:.0%}")
-    assert column(table, "`wbc4`: least sure first")[at] == f"{row['found_least_sure']:.1%}"
-    assert column(table, "`wbc4`: each class least sure (cells)")[at] == (
+    assert column(rows, "`wbc4`: least sure first")[at] == f"{row['found_least_sure']:.1%}"
+    assert column(rows, "`wbc4`: each class least sure (cells)")[at] == (
         f"{row['by_class']['found']:.1%} ({row['by_class']['checked_per_film']:g})")
+    marked = recorded["near_threshold"]
+    assert (f"`wbc4` {marked['checked_per_film']:g} a film, holding {marked['found']:.1%} of "
+            "the wrongly accepted ones") in sentence
 
 
 def test_benchmarks_text_gives_each_load_run_single_images_first_and_each_call_size(tmp_path):

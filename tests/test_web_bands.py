@@ -145,6 +145,10 @@ def test_accepted_cell_in_a_band_too_small_is_marked_on_its_page(client, models_
     assert (f"Of the 1 held-out image the model was {sure(band)} sure of, 1 was right (100.0 %; "
             f"95 % range {low * 100:.1f} % to 100.0 %): not enough to show that cells this "
             "sure are right 99.0 % of the time") in shown
+    second = result["candidates"][1]
+    assert second["label"] != result["label"]
+    assert re.search(r"Its second choice: [^,]+, " + re.escape(
+        f"{second['probability'] * 100:.1f} %."), shown)
 
 
 def test_accepted_cell_in_a_band_that_shows_the_target_is_not_marked(client, models_root):
@@ -166,6 +170,9 @@ def test_near_threshold_cells_are_counted_listed_and_reported_until_reviewed(cli
     assert "3 accepted cells lie near the threshold, where held-out cells as sure were not " \
         "shown to be right 99.0 % of the time: they are counted, but look at them first." \
         in prose(page(client, f"/batch/{batch_id}"))
+    batch = page(client, f"/batch/{batch_id}")
+    assert batch.count("near-threshold-badge") == 3  # in the list of images
+    assert "preliminary: 3 to review" in text(batch)
     listed = page(client, f"/batch/{batch_id}/review?show=near-threshold")
     assert re.findall(r'data-index="(\d+)"', listed) == ["0", "1", "2"]
     assert "Accepted cells near the threshold" in text(listed)

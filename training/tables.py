@@ -979,6 +979,13 @@ def review_order_table(root: Path = MODELS_ROOT) -> str:
                          f"{_fmt_rate(row['by_class']['found'])} "
                          f"({row['by_class']['checked_per_film']:g})")
         lines.append(f"| {fraction:.0%} | {' | '.join(cells)} |")
+    marked = [f"`{n}` {r['near_threshold']['checked_per_film']:g} a film, holding "
+              f"{_fmt_rate(r['near_threshold']['found'])} of the wrongly accepted ones"
+              for n, r in results.items() if isinstance(r.get("near_threshold"), dict)]
+    if marked:
+        lines += ["", "The accepted cells a batch marks near the threshold (their band of "
+                      "held-out images does not show the accuracy target): "
+                  + "; ".join(marked) + "."]
     return "\n".join(lines)
 
 
