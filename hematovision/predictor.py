@@ -133,12 +133,23 @@ def model_version(model_dir: Path | str, card: dict[str, Any]) -> str:
     """What a result names as the model that made it: a digest of the serving file, the trust
     layer's file and the card's values that serving reads (`served_settings`). A model
     exported, calibrated or given another magnification reference is another version, even
-    under the same folder name; recording figures or rewording the card is not."""
+    under the same folder name; recording figures or rewording the card is not. The trust
+    layer counts by its arrays, not its file's bytes: the same arrays saved another way
+    (compressed, or by another NumPy) are the same model."""
     digest = hashlib.sha256()
-    for name in (SERVING_FILE, TRUST_FILE):
-        path = Path(model_dir) / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes())
+    serving, trust = Path(model_dir) / SERVING_FILE, Path(model_dir) / TRUST_FILE
+    if serving.is_file():
+        digest.update(SERVING_FILE.encode() + b"\0" + serving.read_bytes())
+    if trust.is_file():
+        digest.update(TRUST_FILE.encode() + b"\0")
+        try:
+            with np.load(trust) as arrays:
+                for key in sorted(arrays.files):
+                    value = np.ascontiguousarray(arrays[key])
+                    digest.update(f"{key}\0{value.dtype.str}\0{value.shape}\0".encode())
+                    digest.update(value.tobytes())
+        except (OSError, ValueError, zipfile.BadZipFile):  # unreadable: Trust.load says so
+            digest.update(trust.read_bytes())
     digest.update(json.dumps(served_settings(card), sort_keys=True).encode())
     return digest.hexdigest()[:VERSION_DIGITS]
 

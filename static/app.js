@@ -32,6 +32,12 @@ function followModelPicker() {
     }
   };
   picker.addEventListener("change", update);
+  // Back to the page after an upload, the browser restores the picker's choice without a
+  // change event, after this script ran: the note and the address would name the model the
+  // page was drawn with while the picker shows another. Follow it again then, and as the form
+  // is sent (capture: before upload.js reads the address).
+  window.addEventListener("pageshow", update);
+  if (form) form.addEventListener("submit", update, true);
   update();
 }
 

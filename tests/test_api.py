@@ -276,8 +276,8 @@ def test_no_file_field_is_a_400(client):
     response = client.post("/api/predict", data={"model": "tiny"})
     assert response.status_code == 400
     assert response.get_json() == {
-        "error": "No file was uploaded: choose one or more images (form field 'file')."
-    }
+        "error": "No file was uploaded: choose one or more images (a script sends each in the "
+                 "form field 'file')."}
 
 
 def test_empty_file_part_counts_as_no_file(client):

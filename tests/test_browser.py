@@ -624,7 +624,7 @@ def test_added_images_join_the_batch_and_the_arrow_keys_step_through_it(browser,
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 3
 
     # On an image's page the arrow keys step through the batch.
-    browser.find_element(By.LINK_TEXT, "cell1.png").click()
+    click_in_view(browser, browser.find_element(By.LINK_TEXT, "cell1.png"))
     wait_for(browser, "#review-form")
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
     wait_for(browser, 'a[rel="prev"]')
@@ -761,3 +761,38 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
         assert pdf_pages(browser, 8.27, 11.69) == 1  # A4
         assert pdf_pages(browser, 8.5, 11) == 1  # Letter
         assert overflowing_tables(browser, 8.27) == [] and overflowing_tables(browser, 8.5) == []
+
+
+def test_back_after_an_upload_sends_the_next_to_the_model_the_picker_shows(browser, tmp_path,
+                                                                           trusted_model_dir):
+    """Back to the upload page, the browser restored the picker's choice after app.js had
+    named the model the page was drawn with in the form's address: Classify then sent both,
+    and was refused 400 ("'model' is given twice with different values")."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    app = trusting_app(tmp_path, trusted_model_dir)
+    make_models_root(Path(app.config["MODELS_ROOT"]), trusted_model_dir, names=("other",),
+                     card={"trust": app.extensions["predictors"]["tiny"].card["trust"]})
+    app = make_app(tmp_path, Path(app.config["MODELS_ROOT"]))
+    files = [make_image(tmp_path / f"cell{i}.png", c, fmt="PNG")
+             for i, c in enumerate([(200, 60, 60), (60, 60, 200)])]
+    with served(app) as url:
+        browser.get(url + "/")
+        Select(browser.find_element(By.ID, "model")).select_by_value("other")
+        browser.find_element(By.ID, "file").send_keys(str(files[0]))
+        browser.find_element(By.ID, "submit").click()
+        wait_for(browser, "#predicted-label")
+        browser.back()
+        wait_for(browser, "#upload-form")
+        time.sleep(0.5)
+        shown = browser.execute_script("return document.getElementById('model').value")
+        action = browser.execute_script("return document.getElementById('upload-form').action")
+        notes = [n.get_attribute("data-model") for n in browser.find_elements(
+            By.CSS_SELECTOR, ".model-expects") if n.is_displayed()]
+        assert f"model={shown}" in action and notes == [shown]
+        browser.find_element(By.ID, "file").send_keys(str(files[1]))
+        browser.find_element(By.ID, "submit").click()
+        wait_for(browser, "#made-by")  # a batch's page, whatever its size
+        assert "/batch/" in browser.current_url
+        assert f"model {shown}" in browser.find_element(By.ID, "made-by").text

@@ -116,5 +116,19 @@ def test_an_image_of_a_flagged_batch_says_so_even_when_within_on_its_own(client)
     location = upload(client, "measuring", ("mild.png", film(33)), *films(45))
     html = unescape(page(client, location + "/0"))
     assert re.search(r'id="why-magnification" data-outside="false"', html)
-    assert re.search(r"within\s+\(its batch: 1\.[45]\dx, outside\)", html)
+    assert re.search(r"within\s+\(its batch: 1\.[45]\dx, outside: check the magnification\)",
+                     html)
     assert re.search(r"of this image's batch are a median\s+1\.[45]\d times", html)
+
+
+def test_one_image_outside_in_a_batch_within_is_not_called_another_magnification(client):
+    """A genuine image's red cells may measure outside one image's range (0.80 against
+    0.84-1.93): where its batch's median lies within, the page had still said "the image was
+    probably taken at another magnification" and "check the magnification"."""
+    location = upload(client, "measuring", ("large.png", film(45)), *films(30))
+    html = unescape(page(client, location + "/0"))
+    assert re.search(r'id="why-magnification" data-outside="true"', html)
+    assert re.search(r"outside\s+\(its batch: (0\.9|1\.0)\dx, within\)", html)
+    assert "check the magnification" not in html
+    assert re.search(r"its batch's median, (0\.9|1\.0)\d, lies within the range,\s+so this image "
+                     r"alone may have been taken at another magnification", html)

@@ -444,3 +444,12 @@ def test_an_upload_is_kept_its_retention_time_whatever_clock_stamped_its_files(
     uploads.purge_expired(tmp_path / "uploads", client.application.config["RETENTION_SECONDS"])
     assert client.get(location).status_code == 200
     assert client.get(f"{location}/0/view.jpg").status_code == 200
+
+
+@pytest.mark.parametrize("folder", ["/", "models", "code"])
+def test_an_upload_folder_holding_the_app_or_the_root_stops_the_app(tmp_path, models_root,
+                                                                    folder):
+    given = {"/": "/", "models": str(models_root), "code": str(Path(__file__).parents[1])}
+    with pytest.raises(ModelLoadError, match="UPLOAD_FOLDER.*(root|holds the app's code or "
+                                             "models)"):
+        make_app(tmp_path, models_root, UPLOAD_FOLDER=given[folder])

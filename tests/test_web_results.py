@@ -326,8 +326,8 @@ def test_a_class_the_catalog_does_not_know_is_named_described_and_said_to_go_unf
     html = page(client, f"/batch/{batch_id}")
     note = text(re.search(r'id="no-reference-note">(.*?)</span>', html, re.S).group(1))
     assert note.strip() == ("No reference interval is set for Blast, Smudge cell: their shares "
-                            "are never flagged high or low (a lab sets one with "
-                            "REFERENCE_INTERVALS).")
+                            "are never flagged high or low (whoever runs the server can set "
+                            "the lab's own).")
     assert "(such as variant lymphocytes)" in text(html)  # blasts and basophils it names
     result = page(client, f"/batch/{batch_id}/0")
     assert "About the smudge cell" in text(result)

@@ -85,7 +85,8 @@ def count_context(stored: dict) -> dict:
         set_aside_unseen=[r for r in stored["results"] if results.set_aside_unseen(r)],
         # Accepted cells no one has looked at where held-out cells as sure fell short of the
         # accuracy target: counted, but to look at first.
-        near_threshold_cells=[i for i, r in enumerate(stored["results"]) if results.near_threshold(r)],
+        near_threshold_cells=[i for i, r in enumerate(stored["results"])
+                              if results.near_threshold(r)],
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),

@@ -147,8 +147,8 @@ def classify_request(
     files = uploaded_files(request.files.getlist("file"))
     if not files:
         abort(
-            400, description="No file was uploaded: choose one or more images (form field 'file')."
-        )
+            400, description="No file was uploaded: choose one or more images (a script sends "
+                             "each in the form field 'file').")
     limit = current_app.config["MAX_FILES"]
     if len(files) > limit:
         abort(400, description=f"Too many files ({len(files)}); send at most {limit} at a time.")

@@ -382,7 +382,7 @@ def init_app(app: Flask) -> None:
     (a night, a weekend), in a background thread, so that images and sample IDs do not outlive
     their retention time for want of a visitor. Either finds the other's work done."""
     folder = Path(app.config["UPLOAD_FOLDER"])
-    problem = writable(folder)
+    problem = holds_the_app(folder, Path(app.config["MODELS_ROOT"])) or writable(folder)
     if problem:
         raise ModelLoadError(f"{setting_name('UPLOAD_FOLDER')}: {problem}")
     retention = float(app.config["RETENTION_SECONDS"])
@@ -407,6 +407,20 @@ def init_app(app: Flask) -> None:
                 purge_if_due()
 
         threading.Thread(target=keep_purging, name="purge", daemon=True).start()
+
+
+def holds_the_app(folder: Path, models_root: Path) -> str | None:
+    """Why `folder` may not take uploads (None: it may): the file system's root, or a folder
+    holding the app's code or its models, where stored images and results would lie among
+    them (and the folder would be made readable by the app's user only)."""
+    resolved = folder.resolve()
+    if resolved == Path(resolved.anchor):
+        return "the file system's root cannot hold uploads: give a folder of their own."
+    for held in (Path(__file__).resolve().parents[2], models_root.resolve()):
+        if resolved == held or resolved in held.parents:
+            return (f"{folder} holds the app's code or models ({held}): give uploads a folder "
+                    "of their own.")
+    return None
 
 
 def writable(folder: Path) -> str | None:
