@@ -4,7 +4,6 @@ CSV and the API, and a model replaced under the same name is neither added to no
 import csv
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
