@@ -425,6 +425,7 @@ def test_model_page_shows_calibration_and_unfamiliar_sets(client, models_root):
     in_short = text(re.search(r'id="in-short".*?</section>', html, re.S).group(0))
     assert "On its test set (20 images) it named the right class for 90.0 % of them." in in_short
     assert "differed from the share of right answers by 1.5 points" in in_short
+    assert 'id="in-short-rough"' not in html  # 1.5 points: not a rough guide
     assert 'id="calibration"' in html and 'id="unfamiliar-table"' in html
     card = json.loads((models_root / "accepting" / "model_card.json").read_text())["trust"]
     assert f'{card["temperature"]:.3f}' in html
@@ -684,3 +685,14 @@ def test_a_batch_of_damaged_files_gives_a_page_for_each_and_no_server_error(clie
         maps.add(heat_map.status_code)
     assert maps == {200, 404}
 
+
+
+def test_in_short_calls_a_confidence_off_by_over_5_points_a_rough_guide(tmp_path,
+                                                                       trusted_model_dir):
+    card = card_with(trusted_model_dir)
+    card["metrics"]["test"]["calibration"]["ece_after"] = 0.0801
+    root = make_models_root(tmp_path / "m", trusted_model_dir, names=("rough",), card=card)
+    html = page(make_app(tmp_path, root, DEFAULT_MODEL="rough").test_client(), "/models/rough")
+    in_short = text(re.search(r'id="in-short".*?</section>', html, re.S).group(0))
+    assert ("by 8.0 points on average on its test set (expected calibration error): read a "
+            "confidence as a rough guide, not as a cell's chance of being right") in in_short

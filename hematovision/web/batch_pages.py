@@ -21,15 +21,13 @@ from hematovision.web.errors import refused
 from hematovision.web.forms import TypedForm
 from hematovision.web.lookup import (deletion, expires_at, item_or_404, load_or_404, no_store,
                                      served_model, upload_folder)
-from hematovision.web.model_pages import (flag_errors, lab_reference, measured_calibration,
-                                          near_threshold_figure, served_acceptance)
+from hematovision.web.model_pages import (ROUGH_ECE, flag_errors, lab_reference,
+                                          measured_calibration, near_threshold_figure,
+                                          served_acceptance)
 from hematovision.web.review_lists import REVIEW_LISTS, class_tabs, list_came_from
 
 bp = Blueprint("batches", __name__)
 
-# Above this expected calibration error on a test set, the result page calls the confidence a
-# rough guide rather than a probability to act on.
-ROUGH_ECE = 0.05
 # The most characters a removal's reason may have. Here rather than beside pages.remove, which
 # refuses longer ones, as the image page's form says it too and pages imports this module.
 REMOVE_REASON_LENGTH = 200

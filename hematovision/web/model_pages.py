@@ -21,6 +21,10 @@ from hematovision.web.lookup import served_model
 
 bp = Blueprint("models", __name__)
 
+# Above this expected calibration error on a test set, the result and model pages call the
+# confidence a rough guide rather than a probability to act on.
+ROUGH_ECE = 0.05
+
 # Cells a film may hold that a model may not name, each with the class that would name it: the
 # ones a technologist meets most, first.
 UNNAMED_CELLS = (("a blast", "blast"), ("a reactive or atypical lymphocyte", "variant_lymphocyte"),
@@ -87,6 +91,7 @@ def model_page(name: str):
                                          if is_number(m.get("accuracy"))})},
         acceptance=served_acceptance(predictor),
         calibration=measured_calibration(predictor),
+        rough_ece=ROUGH_ECE,
         unfamiliar_sets=unfamiliar_sets,
         robustness=robustness if isinstance(robustness.get("perturbations"), list) else None,
         differential=differential.recorded_figures(metrics),
