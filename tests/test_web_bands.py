@@ -3,6 +3,7 @@ each result stores when classified (trust.Trust.band), the result page's sentenc
 "near the threshold" on accepted cells whose band does not show the accuracy target, the batch
 page's, review page's and report's count of them, the model page's table and the API's field."""
 
+import csv
 import io
 import json
 import re
@@ -16,7 +17,7 @@ from hematovision.predictor import Predictor
 from hematovision.trust import BAND, CONFIDENCE_BANDS, HELD_OUT_CONFIDENCE, HELD_OUT_CORRECT
 from hematovision.web import uploads
 from tests.conftest import CELL_COLORS
-from tests.web_helpers import (image_bytes, make_app, make_models_root, page, prose,
+from tests.web_helpers import (csv_of, image_bytes, make_app, make_models_root, page, prose,
                                review_cells, stored_json, text, upload)
 
 # One held-out image inside each band: too few to show any accuracy target.
@@ -276,3 +277,18 @@ def test_a_figure_measured_at_another_threshold_is_not_quoted(tmp_path, models_r
     batch_id = upload(client, "few", *IMAGES).split("/")[2]
     html = page(client, f"/batch/{batch_id}")
     assert 'id="near-threshold-summary"' in html and 'id="near-threshold-measured"' not in html
+
+
+def test_both_csvs_carry_the_bands_and_the_cells_near_the_threshold(client, models_root):
+    batch_id = upload(client, "few", *IMAGES).split("/")[2]
+    label = stored_json(client, batch_id)["results"][0]["label"]
+    review_cells(client, batch_id, n0=label)
+    rows = list(csv.DictReader(csv_of(page(client, f"/batch/{batch_id}.csv"))))
+    stored = stored_json(client, batch_id)["results"]
+    for row, result in zip(rows, stored):
+        band = result["scores"][BAND]
+        assert (float(row["band_low"]), float(row["band_high"]), int(row["band_images"]),
+                int(row["band_right"])) == (band["low"], band["high"], 1, 1)
+    assert [r["near_threshold"] for r in rows] == ["", "yes", "yes"]  # the first looked at
+    counted = list(csv.DictReader(csv_of(page(client, f"/batch/{batch_id}/differential.csv"))))
+    assert {r["near_threshold_unreviewed"] for r in counted} == {"2"}

@@ -335,7 +335,9 @@ def differential_csv(batch_id: str):
                                                  signoff.of(stored, count_fingerprint(stored)),
                                                  sum(map(results.set_aside_unseen,
                                                          stored["results"])),
-                                                 versions.columns(stored)),
+                                                 versions.columns(stored),
+                                                 sum(map(results.near_threshold,
+                                                         stored["results"]))),
                         stored, "-differential")
 
 

@@ -63,12 +63,17 @@ DIFFERENTIAL_COLUMNS = (
     "white_cells", "awaiting_review", "white_cells_per_litre",
     "uncorrected_white_cells_per_litre", "sample", "manual_count", "manual_percent",
     "manual_difference", "manual_p_value", "manual_white_cells", "signed_off_by",
-    "signed_off_at", "comment", "not_a_cell_unreviewed", *MADE_BY_COLUMNS)
+    "signed_off_at", "comment", "not_a_cell_unreviewed", *MADE_BY_COLUMNS,
+    "near_threshold_unreviewed")
+# The per-result CSV's last columns: the result's band of held-out images (`held_out_band`)
+# and whether it is an accepted cell near the threshold no one has looked at.
+BAND_COLUMNS = ("band_low", "band_high", "band_images", "band_right", "near_threshold")
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
                      comparison: Comparison | None = None, signed: SignOff | None = None,
-                     set_aside: int = 0, model: tuple[str, ...] = ("", "", "", "")) -> str:
+                     set_aside: int = 0, model: tuple[str, ...] = ("", "", "", ""),
+                     near: int = 0) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
@@ -81,8 +86,10 @@ def differential_csv(counted: Differential, sample_id: str = "",
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
     white cells; and each row the images called not a blood-cell image that no one has looked
     at where a white cell may be (`set_aside`: set_aside_unseen; the count is not signed while
-    there are any), and what made the results: the model, its version, the accuracy target and
-    the app's version (`model`: versions.columns). Columns are added last, so that earlier ones keep their places."""
+    there are any), what made the results: the model, its version, the accuracy target and
+    the app's version (`model`: versions.columns), and the accepted cells near the threshold no
+    one has looked at (`near`: near_threshold). Columns are added last, so that earlier ones
+    keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
@@ -93,7 +100,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
     manual_total = [comparison.manual_white_cells if comparison else "",
                     *([inert(signed.by), iso_time(signed.at), inert(signed.comment)]
                       if signed and signed.current else ["", "", ""]), set_aside,
-                    *map(inert, model)]
+                    *map(inert, model), near]
     # A class compared with the manual count that the batch did not count (the manual count's
     # other white cells, where no reviewer called any so) has a row too, of none.
     _, low, high = measure(0, counted.white_cells)
@@ -345,13 +352,15 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
     for an image read whole), and white_cells: how many the image held (models that crop to the
     nucleus; 0 is `fields.NO_WHITE_CELL`), reviewed_by and reviewed_at: the name the reviewer's
     browser gave (hematovision.web.history; empty: none) and when, and model, model_version,
-    accuracy_target and app_version: what made the result (versions.columns). Columns are added last, so that earlier ones keep
-    their places."""
+    accuracy_target and app_version: what made the result (versions.columns), and BAND_COLUMNS:
+    the result's band of held-out images and "yes" for an accepted cell near the threshold no
+    one has looked at. Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
                      "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
-                     "white_cells", "reviewed_by", "reviewed_at", *MADE_BY_COLUMNS])
+                     "white_cells", "reviewed_by", "reviewed_at", *MADE_BY_COLUMNS,
+                     *BAND_COLUMNS])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -360,13 +369,22 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
                    verdict_of(r) or "", cell_text(r), str(r.get("white_cells", "")),
-                   *reviewed_by(r), *model]
+                   *reviewed_by(r), *model, *band_cells(r)]
         else:
             error = removal_text(r) if is_removed(r) else r["error"]
             row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "",
-                   cell_text(r), "", "", "", *model]
+                   cell_text(r), "", "", "", *model, *[""] * len(BAND_COLUMNS)]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
+
+
+def band_cells(result: dict[str, Any]) -> list[str]:
+    """A result's BAND_COLUMNS (empty where it stores no whole band)."""
+    band = held_out_band(result)
+    if band is None:
+        return [""] * len(BAND_COLUMNS)
+    return [f"{band['low']:g}", f"{band['high']:g}", str(band["images"]), str(band["right"]),
+            "yes" if near_threshold(result) else ""]
 
 
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
