@@ -133,23 +133,15 @@ def model_version(model_dir: Path | str, card: dict[str, Any]) -> str:
     """What a result names as the model that made it: a digest of the serving file, the trust
     layer's file and the card's values that serving reads (`served_settings`). A model
     exported, calibrated or given another magnification reference is another version, even
-    under the same folder name; recording figures or rewording the card is not. The trust
-    layer counts by its arrays, not its file's bytes: the same arrays saved another way
-    (compressed, or by another NumPy) are the same model."""
+    under the same folder name; recording figures or rewording the card is not. The files'
+    bytes, as they are: the version of a model a lab keeps serving never changes with an
+    upgrade of the app (a batch in progress would be taken for another model's), and the same
+    trust arrays saved again are the same bytes (`trust.save_trust_arrays`)."""
     digest = hashlib.sha256()
-    serving, trust = Path(model_dir) / SERVING_FILE, Path(model_dir) / TRUST_FILE
-    if serving.is_file():
-        digest.update(SERVING_FILE.encode() + b"\0" + serving.read_bytes())
-    if trust.is_file():
-        digest.update(TRUST_FILE.encode() + b"\0")
-        try:
-            with np.load(trust) as arrays:
-                for key in sorted(arrays.files):
-                    value = np.ascontiguousarray(arrays[key])
-                    digest.update(f"{key}\0{value.dtype.str}\0{value.shape}\0".encode())
-                    digest.update(value.tobytes())
-        except (OSError, ValueError, zipfile.BadZipFile):  # unreadable: Trust.load says so
-            digest.update(trust.read_bytes())
+    for name in (SERVING_FILE, TRUST_FILE):
+        path = Path(model_dir) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
     digest.update(json.dumps(served_settings(card), sort_keys=True).encode())
     return digest.hexdigest()[:VERSION_DIGITS]
 

@@ -38,6 +38,9 @@ EXACTLY_ONE = "exactly 1 as computed"  # BELOW_ONE in words: 1.0 or 100.0 % woul
 # falls. A band holds its lower edge; the last holds 1 too.
 CONFIDENCE_BANDS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 BAND = "held_out_band"  # its key among a prediction's scores
+# The most held-out images a stored band is believed to count: its range's cost grows with the
+# count, and a record damaged outside the app could say 10^12 (a page per hour).
+MAX_BAND_IMAGES = 1_000_000
 
 
 def uncalibrated_note(section: dict[str, Any] | None) -> str | None:
@@ -283,7 +286,8 @@ def stored_band(scores: Any) -> dict[str, Any] | None:
         return None
     counts = [band.get(k) for k in ("images", "right")]
     edges = [band.get(k) for k in ("low", "high")]
-    if not all(type(c) is int for c in counts) or not 0 <= counts[1] <= counts[0]:
+    if not all(type(c) is int for c in counts) or not 0 <= counts[1] <= counts[0] <= (
+            MAX_BAND_IMAGES):
         return None
     if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 1
                for e in edges) or edges[0] >= edges[1]:

@@ -117,6 +117,8 @@ def test_short_of_target_reads_the_lower_end_of_the_exact_range():
     {"low": 0.95, "high": 0.9, "images": 3, "right": 3, "target": 0.99},
     {"low": -1, "high": 0.9, "images": 3, "right": 3, "target": 0.99},
     {"low": 0.9, "high": 0.95, "images": 3.0, "right": 3, "target": 0.99},
+    # More images than any held-out set: its range would take an array that long to compute.
+    {"low": 0.9, "high": 0.95, "images": 10**12, "right": 10**12, "target": 0.99},
 ])
 def test_a_damaged_stored_band_is_none(damaged):
     from hematovision.trust import stored_band
@@ -173,7 +175,7 @@ def test_near_threshold_cells_are_counted_listed_and_reported_until_reviewed(cli
         in prose(page(client, f"/batch/{batch_id}"))
     batch = page(client, f"/batch/{batch_id}")
     assert batch.count("near-threshold-badge") == 3  # in the list of images
-    assert "preliminary: 3 to review" in text(batch)
+    assert "3 near the threshold" in text(batch) and "preliminary" not in text(batch)
     listed = page(client, f"/batch/{batch_id}/review?show=near-threshold")
     assert re.findall(r'data-index="(\d+)"', listed) == ["0", "1", "2"]
     assert "Accepted cells near the threshold" in text(listed)
@@ -292,3 +294,34 @@ def test_both_csvs_carry_the_bands_and_the_cells_near_the_threshold(client, mode
     assert [r["near_threshold"] for r in rows] == ["", "yes", "yes"]  # the first looked at
     counted = list(csv.DictReader(csv_of(page(client, f"/batch/{batch_id}/differential.csv"))))
     assert {r["near_threshold_unreviewed"] for r in counted} == {"2"}
+
+
+def test_a_band_short_of_every_image_right_never_reads_100_percent():
+    from hematovision.web.filters import share_pct
+
+    assert share_pct(19_999 / 20_000) == "99.995 %" and share_pct(1.0) == "100.0 %"
+    assert share_pct(0.5) == "50.0 %" and share_pct(0.00004) == "0.004 %"
+    assert share_pct(0.0) == "0.0 %"
+
+
+def test_the_model_page_says_no_cell_is_accepted_below_a_threshold_on_a_band_edge(
+        tmp_path, trusted_model_dir):
+    """A threshold of exactly 50 %: the band under it holds no accepted cell."""
+    root = make_models_root(tmp_path / "models", trusted_model_dir, names=("edge",))
+    with_held_out(root / "edge", MIDDLES, [True] * len(MIDDLES), confidence_threshold=0.5,
+                  target_accuracy=0.99)
+    html = page(make_app(tmp_path, root, DEFAULT_MODEL="edge").test_client(), "/models/edge")
+    rows = dict(re.findall(r'<tr data-low="([\d.]+)">.*?<td>([^<]*)</td>\s*</tr>', html, re.S))
+    assert rows["0.0"] == "no" and rows["0.5"] == "near the threshold"
+
+
+def test_a_count_signed_with_cells_near_the_threshold_is_not_called_preliminary(client):
+    from tests.web_helpers import sign_off
+
+    batch_id = upload(client, "few", *IMAGES).split("/")[2]
+    assert sign_off(client, batch_id).status_code == 303
+    shown = text(page(client, f"/batch/{batch_id}"))
+    assert "Signed off by" in shown and "preliminary" not in shown
+    assert "3 near the threshold" in shown
+    assert "3 accepted cells near the threshold are counted, not reviewed" in text(
+        page(client, f"/batch/{batch_id}/report"))

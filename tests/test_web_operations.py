@@ -446,10 +446,19 @@ def test_an_upload_is_kept_its_retention_time_whatever_clock_stamped_its_files(
     assert client.get(f"{location}/0/view.jpg").status_code == 200
 
 
-@pytest.mark.parametrize("folder", ["/", "models", "code"])
+@pytest.mark.parametrize("folder", ["/", "models", "code", "a model's own"])
 def test_an_upload_folder_holding_the_app_or_the_root_stops_the_app(tmp_path, models_root,
                                                                     folder):
-    given = {"/": "/", "models": str(models_root), "code": str(Path(__file__).parents[1])}
+    given = {"/": "/", "models": str(models_root), "code": str(Path(__file__).parents[1]),
+             "a model's own": str(models_root / "tiny")}
     with pytest.raises(ModelLoadError, match="UPLOAD_FOLDER.*(root|holds the app's code or "
-                                             "models)"):
+                                             "models|lies among the models)"):
         make_app(tmp_path, models_root, UPLOAD_FOLDER=given[folder])
+
+
+@pytest.mark.parametrize("typed", ["null", '""'])
+def test_a_session_cookie_without_a_name_stops_the_app(environment, typed):
+    """HEMATOVISION_SESSION_COOKIE_NAME=null had started the app, every page then a 500."""
+    environment.setenv("HEMATOVISION_SESSION_COOKIE_NAME", typed)
+    with pytest.raises(ModelLoadError, match="SESSION_COOKIE_NAME .* must be text"):
+        create_app()

@@ -159,6 +159,11 @@ def _in_result(key, value):
     pytest.param(_in_result("review", {"label": 3}), id="review-label-a-number"),
     pytest.param(_in_result("image", 7), id="image-a-number"),
     pytest.param(_in_result("probabilities", {"a": "x"}), id="probability-as-text"),
+    pytest.param(_in_result("probabilities", {}), id="probabilities-without-the-classes"),
+    pytest.param(_in_result("cell", "2/3"), id="cell-as-text"),
+    pytest.param(_in_result("candidates", ["neutrophil"]), id="candidates-as-names"),
+    pytest.param(_in_result("red_cell_ratio", "1.02"), id="ratio-as-text"),
+    pytest.param(_in_result("sha256", 5), id="digest-a-number"),
 ])
 def test_a_batch_damaged_inside_is_gone_not_a_500_and_the_upload_page_stands(app, damage):
     """A batch file edited by hand or cut by a disk error inside one record had passed the

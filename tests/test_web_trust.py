@@ -463,7 +463,7 @@ def test_model_page_says_when_the_temperature_was_not_fitted(tmp_path, trusted_m
         result)
     assert "Probabilities are calibrated" not in text(result)
     assert "Calibrated confidence" not in text(result)
-    fitted = make_models_root(tmp_path / "f", trusted_model_dir, names=("fitted",))
+    fitted = make_models_root(tmp_path / "f" / "m", trusted_model_dir, names=("fitted",))
     app = make_app(tmp_path / "f", fitted, DEFAULT_MODEL="fitted")
     html = app.test_client().get("/models/fitted").get_data(as_text=True)
     assert 'id="temperature-note"' not in html and 'id="temperature-not-fitted"' not in html
@@ -485,7 +485,8 @@ def test_a_threshold_that_accepts_only_a_confidence_of_exactly_1_reads_so(tmp_pa
     assert re.search(r'id="confidence-threshold">exactly 1 as computed<', html)
     assert 'id="threshold-exactly-one"' in html and 'id="abstains-on-all"' not in html
     card = card_with(trusted_model_dir, confidence_threshold=0.9999, target_accuracy=0.99)
-    root = make_models_root(tmp_path / "n", trusted_model_dir, names=("near",), card=card)
+    root = make_models_root(tmp_path / "n" / "m", trusted_model_dir, names=("near",),
+                            card=card)
     html = make_app(tmp_path / "n", root, DEFAULT_MODEL="near").test_client().get(
         "/models/near").get_data(as_text=True)
     assert re.search(r'id="confidence-threshold">99.99 %<', html)

@@ -156,7 +156,10 @@ def check_settings(config: dict[str, Any]) -> None:
         value = config.get(key)
         if isinstance(value, (int, float, bool, list, dict)) and f"{PREFIX}{key}" in os.environ:
             config[key] = value = os.environ[f"{PREFIX}{key}"]
-        if key not in PATH_SETTINGS and value is not None and not isinstance(value, (str, bytes)):
+        # The cookie's name has no default to fall back on: null or "" is no name at all.
+        named = key == "SESSION_COOKIE_NAME"
+        if key not in PATH_SETTINGS and (value is not None or named) and not (
+                isinstance(value, (str, bytes)) and (value or not named)):
             raise ModelLoadError(f"{setting_name(key)} must be text, not {quoted(value)}.")
     for key in PATH_SETTINGS:
         value = config[key]

@@ -155,7 +155,16 @@ def threshold_pct(value, digits: int = 1) -> str:
     as exactly 1, in words."""
     if value == BELOW_ONE:
         return EXACTLY_ONE
-    while is_number(value) and value < 1 and digits < 6 and pct(value, digits) == pct(1, digits):
+    return share_pct(value, digits)
+
+
+@bp.app_template_filter("share_pct")
+def share_pct(value, digits: int = 1) -> str:
+    """A 0..1 share as a percentage with the decimals that keep one short of 1 from reading
+    "100.0 %", and one above 0 from reading "0.0 %": 19,999 right of 20,000 is "99.995 %"."""
+    while is_number(value) and digits < 6 and (
+            (value < 1 and pct(value, digits) == pct(1, digits))
+            or (0 < value and pct(value, digits) == pct(0, digits))):
         digits += 1
     return pct(value, digits)
 

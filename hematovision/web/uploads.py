@@ -155,20 +155,32 @@ def _damaged_record(batch: dict[str, Any]) -> str | None:
         return "its id"
     if not all(map(text, batch["classes"])):
         return "a class name"
+    def kind(value, check) -> bool:  # absent, or of its kind
+        return value is None or check(value)
+
     for result in batch["results"]:
-        review, image = result.get("review"), result.get("image")
+        review, cell = result.get("review"), result.get("cell")
         if not text(result.get("file")):
             return "a result's file name"
         if "label" in result and not (
                 text(result["label"]) and result.get("status") in STATUSES
                 and number(result.get("confidence"))
-                and isinstance(result.get("probabilities", {}), dict)
-                and all(map(number, result.get("probabilities", {}).values()))):
-            return "a result's class, status, confidence or probabilities"
-        if review is not None and not (isinstance(review, dict) and text(review.get("label"))):
+                and isinstance(result.get("probabilities"), dict)
+                and all(number(result["probabilities"].get(c)) for c in batch["classes"])
+                and isinstance(result.get("candidates", []), list)
+                and all(isinstance(c, dict) and text(c.get("label"))
+                        and number(c.get("probability")) for c in result.get("candidates", []))
+                and isinstance(result.get("scores", {}), dict)):
+            return "a result's class, status, confidence, probabilities or candidates"
+        if not kind(review, lambda r: isinstance(r, dict) and text(r.get("label"))):
             return "a result's review"
-        if image is not None and not text(image):
+        if not (kind(result.get("image"), text) and kind(result.get("sha256"), text)):
             return "a result's image"
+        if not (kind(cell, lambda c: isinstance(c, dict) and count(c.get("number"))
+                     and count(c.get("of")))
+                and kind(result.get("white_cells"), count)
+                and kind(result.get("red_cell_ratio"), number)):
+            return "a result's cell, white cells or red-cell ratio"
     sample = batch.get("sample") or {}
     wbc = sample.get("white_cells_per_litre")
     if not (text(sample.get("id", "")) and (wbc is None or number(wbc))):
@@ -410,16 +422,19 @@ def init_app(app: Flask) -> None:
 
 
 def holds_the_app(folder: Path, models_root: Path) -> str | None:
-    """Why `folder` may not take uploads (None: it may): the file system's root, or a folder
-    holding the app's code or its models, where stored images and results would lie among
-    them (and the folder would be made readable by the app's user only)."""
-    resolved = folder.resolve()
+    """Why `folder` may not take uploads (None: it may): the file system's root, a folder
+    holding the app's code or its models, or one inside the models (a model's own folder),
+    where stored images and results would lie among them."""
+    resolved, models = folder.resolve(), models_root.resolve()
     if resolved == Path(resolved.anchor):
         return "the file system's root cannot hold uploads: give a folder of their own."
-    for held in (Path(__file__).resolve().parents[2], models_root.resolve()):
+    for held in (Path(__file__).resolve().parents[2], models):
         if resolved == held or resolved in held.parents:
             return (f"{folder} holds the app's code or models ({held}): give uploads a folder "
                     "of their own.")
+    if models in resolved.parents:
+        return (f"{folder} lies among the models ({models}): give uploads a folder of their "
+                "own.")
     return None
 
 
