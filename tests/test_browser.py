@@ -726,8 +726,12 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     client = app.test_client()
     batch_id = batch_as_said(client, "tiny", [(c, "accepted", 0.99) for c in PBC_CLASSES
                                               for _ in range(3)])
-    uploads.update_batch(Path(app.config["UPLOAD_FOLDER"]), batch_id,
-                         lambda batch: batch.update(classes=PBC_CLASSES))
+    def eight_classes(batch: dict) -> None:  # as the eight-class model would store them
+        batch["classes"] = PBC_CLASSES
+        for result in batch["results"]:
+            result["probabilities"] = {c: float(c == result["label"]) for c in PBC_CLASSES}
+
+    uploads.update_batch(Path(app.config["UPLOAD_FOLDER"]), batch_id, eight_classes)
     save_sample(client, batch_id, "H-2026-01234", "7.2", wbc_includes_nrbc="on")
     token = csrf_token(client)
     assert client.post(f"/batch/{batch_id}/manual", data={
@@ -736,6 +740,9 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
     def long_names(batch: dict) -> None:
         for n, result in enumerate(batch["results"]):
             result["file"] = f"{n:02d}-" + "film-2026-12-07-slide-A-field" * 4 + ".png"
+            # Every cell below target, so its line and the classes' marks are printed too.
+            result["scores"]["held_out_band"] = {"low": 0.95, "high": 0.99, "images": 82,
+                                                 "right": 76, "target": 0.99}
 
     uploads.update_batch(Path(app.config["UPLOAD_FOLDER"]), batch_id, long_names)
     for index in (2, 5, 8, 11):  # removed with the longest reasons: three named, then more
@@ -753,6 +760,8 @@ def test_the_report_of_an_eight_class_count_prints_on_one_sheet(browser, tmp_pat
         assert browser.find_element(By.ID, "print-button").is_displayed()  # app.js showed it
         table = browser.find_element(By.ID, "report-differential").text
         assert "Immature granulocyte" in table and "× 10⁹/L" in table
+        assert "below target are not looked at" in browser.find_element(
+            By.ID, "report-status-near").text
         assert "corrected for nucleated red cells" in browser.find_element(
             By.ID, "report-facts").text
         assert browser.find_elements(By.ID, "report-manual")

@@ -1,12 +1,13 @@
 """How often the held-out images were right that the model was as sure of as a result: the band
 each result stores when classified (trust.Trust.band), the result page's sentence, the mark
-"near the threshold" on accepted cells whose band does not show the accuracy target, the batch
+"below target" on accepted cells whose band does not show the accuracy target, the batch
 page's, review page's and report's count of them, the model page's table and the API's field."""
 
 import csv
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def test_accepted_cell_in_a_band_too_small_is_marked_on_its_page(client, models_
     assert result["scores"][BAND] == band and band["images"] == 1
     shown = text(page(client, location))
     low, high = share_range(1, 1)
-    assert "Near the threshold: look at this cell before counting it." in shown
+    assert "Below target: look at this cell before counting it." in shown
     assert (f"Of the 1 held-out image the model was {sure(band)} sure of, 1 was right (100.0 %; "
             f"95 % range {low * 100:.1f} % to 100.0 %): not enough to show that cells this "
             "sure are right 99.0 % of the time") in shown
@@ -170,28 +171,29 @@ def test_accepted_cell_in_a_band_that_shows_the_target_is_not_marked(client, mod
 
 def test_near_threshold_cells_are_counted_listed_and_reported_until_reviewed(client):
     batch_id = upload(client, "few", *IMAGES).split("/")[2]
-    assert "3 accepted cells lie near the threshold, where held-out cells as sure were not " \
+    assert "3 accepted cells lie below target: held-out cells as sure were not " \
         "shown to be right 99.0 % of the time: they are counted, but look at them first." \
         in prose(page(client, f"/batch/{batch_id}"))
     batch = page(client, f"/batch/{batch_id}")
     assert batch.count("near-threshold-badge") == 3  # in the list of images
-    assert "3 near the threshold" in text(batch) and "preliminary" not in text(batch)
+    assert "3 below target" in text(batch) and "preliminary" not in text(batch)
     listed = page(client, f"/batch/{batch_id}/review?show=near-threshold")
     assert re.findall(r'data-index="(\d+)"', listed) == ["0", "1", "2"]
-    assert "Accepted cells near the threshold" in text(listed)
+    assert "Accepted cells below target" in text(listed)
     every = page(client, f"/batch/{batch_id}/review?show=all")
     assert every.count("near-threshold-badge") == 3
     label = stored_json(client, batch_id)["results"][1]["label"]
     review_cells(client, batch_id, n1=label)  # confirmed as the model named it
-    assert "2 accepted cells lie near the threshold" in text(page(client, f"/batch/{batch_id}"))
+    assert "2 accepted cells lie below target" in text(page(client, f"/batch/{batch_id}"))
     listed = page(client, f"/batch/{batch_id}/review?show=near-threshold")
     assert re.findall(r'data-index="(\d+)"', listed) == ["0", "2"]
-    assert "2 accepted cells near the threshold are counted, not reviewed:" in text(
+    assert ("2 accepted cells below target are not looked at: held-out cells as sure were not "
+            "shown to be right 99.0 % of the time.") in text(
         page(client, f"/batch/{batch_id}/report"))
     review_cells(client, batch_id, n0=label, n2="excluded")
-    assert "No accepted cell near the threshold is waiting for review." in text(
+    assert "No accepted cell below target is waiting for review." in text(
         page(client, f"/batch/{batch_id}/review?show=near-threshold"))
-    assert 'id="report-near-threshold"' not in page(client, f"/batch/{batch_id}/report")
+    assert 'id="report-status-near"' not in page(client, f"/batch/{batch_id}/report")
 
 
 def test_an_unidentified_cell_quotes_its_band_and_is_not_marked(client, models_root):
@@ -232,7 +234,7 @@ def test_model_page_lists_every_band_as_the_served_trust_counts_it(client, model
     for _, row in rows:
         cells = [text(c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
         assert cells[1:4] == ["1", "1", "100.0 %"]
-        assert cells[-1] == "near the threshold"  # the served threshold accepts every band
+        assert cells[-1] == "below target"  # the served threshold accepts every band
     many = page(client, "/models/many")
     assert many.count("<td>yes</td>") == len(MIDDLES)
     assert "held-out images the confidence threshold was chosen on" in text(many)
@@ -269,7 +271,7 @@ def test_batch_and_model_pages_quote_what_the_mark_found_where_measured(tmp_path
                 "film's 54.8 accepted cells were marked so, and held 62.0 % of the wrongly "
                 "accepted ones")
     assert measured in prose(page(client, f"/batch/{batch_id}"))
-    assert ("The accepted cells a batch marks near the threshold: 8.1 a film, holding 62.0 % "
+    assert ("The accepted cells a batch marks below target: 8.1 a film, holding 62.0 % "
             "of the wrongly accepted ones.") in prose(page(client, "/models/few"))
 
 
@@ -293,7 +295,10 @@ def test_both_csvs_carry_the_bands_and_the_cells_near_the_threshold(client, mode
                 int(row["band_right"])) == (band["low"], band["high"], 1, 1)
     assert [r["near_threshold"] for r in rows] == ["", "yes", "yes"]  # the first looked at
     counted = list(csv.DictReader(csv_of(page(client, f"/batch/{batch_id}/differential.csv"))))
-    assert {r["near_threshold_unreviewed"] for r in counted} == {"2"}
+    near = Counter(r["label"] for r in stored[1:])  # by the class each is counted as
+    assert {r["class"]: int(r["near_threshold_unreviewed"]) for r in counted} == {
+        r["class"]: near.get(r["class"], 0) for r in counted}
+    assert sum(int(r["near_threshold_unreviewed"]) for r in counted) == 2
 
 
 def test_a_band_short_of_every_image_right_never_reads_100_percent():
@@ -312,16 +317,27 @@ def test_the_model_page_says_no_cell_is_accepted_below_a_threshold_on_a_band_edg
                   target_accuracy=0.99)
     html = page(make_app(tmp_path, root, DEFAULT_MODEL="edge").test_client(), "/models/edge")
     rows = dict(re.findall(r'<tr data-low="([\d.]+)">.*?<td>([^<]*)</td>\s*</tr>', html, re.S))
-    assert rows["0.0"] == "no" and rows["0.5"] == "near the threshold"
+    assert rows["0.0"] == "no" and rows["0.5"] == "below target"
 
 
 def test_a_count_signed_with_cells_near_the_threshold_is_not_called_preliminary(client):
     from tests.web_helpers import sign_off
 
     batch_id = upload(client, "few", *IMAGES).split("/")[2]
+    before = text(page(client, f"/batch/{batch_id}"))
+    assert ("3 accepted cells below target are not looked at: a count signed now says so "
+            "on its report") in before
     assert sign_off(client, batch_id).status_code == 303
     shown = text(page(client, f"/batch/{batch_id}"))
     assert "Signed off by" in shown and "preliminary" not in shown
-    assert "3 near the threshold" in shown
-    assert "3 accepted cells near the threshold are counted, not reviewed" in text(
+    assert "3 below target" in shown and "3 of them below target, not looked at" in shown
+    report = text(page(client, f"/batch/{batch_id}/report"))
+    assert "The classes marked * hold them; their shares and flags may change" in report
+    assert page(client, f"/batch/{batch_id}/report").count('class="near-in-class"') == len(
+        Counter(r["label"] for r in stored_json(client, batch_id)["results"]))
+    assert "3 of them below target, not looked at." in prose(
         page(client, f"/batch/{batch_id}/report"))
+    labels = Counter(r["label"] for r in stored_json(client, batch_id)["results"])
+    html = page(client, f"/batch/{batch_id}")
+    for label, cells in labels.items():
+        assert re.search(rf'<tr data-class="{label}">.*?· {cells} below target', html, re.S)

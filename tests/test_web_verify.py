@@ -80,8 +80,7 @@ def test_the_lists_are_named_with_their_counts_and_cells_to_confirm(client, batc
     tabs = re.search(r'id="review-lists".*?</nav>', html, re.S).group(0)
     assert [(show, text(name).strip()) for show, name in re.findall(
         r'data-show="([\w-]*)"[^>]*>(.*?)</a>', tabs, re.S)] == [
-        ("", "To review 1"), ("not-a-cell", "Not a cell 1"),
-        ("near-threshold", "Near the threshold 4"), ("eosinophil", "Eosinophil 0"),
+        ("", "To review 1"), ("not-a-cell", "Not a cell 1"), ("eosinophil", "Eosinophil 0"),
         ("lymphocyte", "Lymphocyte 1 (1 to confirm)"), ("monocyte", "Monocyte 0"),
         ("neutrophil", "Neutrophil 3 (3 to confirm)"),
         ("all", "Every cell 6")]  # no "Excluded" while none is

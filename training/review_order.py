@@ -15,7 +15,7 @@ checked (FRACTIONS, rounded up), the wrongly accepted cells found, against the s
 cells checked in upload order (a random order: on average that share of them) and against the
 same share of each class's cells checked least sure first (grouped by the class the model gave,
 at least one cell of each: the order a review by class would give). Where the model keeps its
-held-out predictions, also the accepted cells a batch marks "near the threshold" (those whose
+held-out predictions, also the accepted cells a batch marks "below target" (those whose
 band of held-out images does not show the accuracy target: `trust.short_of_target`): how many a
 film has, and the share of the wrong ones among them.
 """
@@ -57,7 +57,7 @@ def score_order(answers, composition: dict[str, float], fractions=FRACTIONS,
     cells and the wrong ones among them, and for each fraction the cells checked and the wrong
     ones found least sure first, in upload order (expected), and by class least sure first.
     Shares found are pooled over the films (found / wrong). `near`, per image: whether an
-    accepted answer is marked near the threshold; then the marked cells a film and the wrong
+    accepted answer is marked below target; then the marked cells a film and the wrong
     ones among them too ("near_threshold")."""
     classes = answers.predictor.classes
     names = list(composition)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['fraction']:.0%} ({row['by_class']['checked_per_film']} cells) "
               f"{_pct(row['by_class']['found'])}")
     if marked := result.get("near_threshold"):
-        print(f"  near the threshold ({marked['checked_per_film']} cells): found "
+        print(f"  below target ({marked['checked_per_film']} cells): found "
               f"{_pct(marked['found'])} of the wrong ones")
 
 

@@ -983,7 +983,7 @@ def review_order_table(root: Path = MODELS_ROOT) -> str:
               f"{_fmt_rate(r['near_threshold']['found'])} of the wrongly accepted ones"
               for n, r in results.items() if isinstance(r.get("near_threshold"), dict)]
     if marked:
-        lines += ["", "The accepted cells a batch marks near the threshold (their band of "
+        lines += ["", "The accepted cells a batch marks below target (their band of "
                       "held-out images does not show the accuracy target): "
                   + "; ".join(marked) + "."]
     return "\n".join(lines)

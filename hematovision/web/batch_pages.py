@@ -85,6 +85,7 @@ def count_context(stored: dict) -> dict:
         # accuracy target: counted, but to look at first.
         near_threshold_cells=[i for i, r in enumerate(stored["results"])
                               if results.near_threshold(r)],
+        near_by_class=results.near_threshold_by_class(stored["results"]),
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),
         flag_errors=flag_errors(predictor),
@@ -336,8 +337,8 @@ def differential_csv(batch_id: str):
                                                  sum(map(results.set_aside_unseen,
                                                          stored["results"])),
                                                  versions.columns(stored),
-                                                 sum(map(results.near_threshold,
-                                                         stored["results"]))),
+                                                 results.near_threshold_by_class(
+                                                     stored["results"])),
                         stored, "-differential")
 
 

@@ -175,7 +175,7 @@ def flag_errors(predictor: Predictor | None) -> dict | None:
 
 
 def near_threshold_figure(predictor: Predictor | None) -> dict | None:
-    """How many of a film's accepted cells a batch marks near the threshold, and the share of
+    """How many of a film's accepted cells a batch marks below target, and the share of
     the wrongly accepted cells among them, on normal films drawn from the model's test images
     (`training.review_order --record`): {"cells", "accepted_per_film", "checked_per_film",
     "found"}; None where not measured, or not at the confidence threshold served now."""

@@ -66,14 +66,14 @@ DIFFERENTIAL_COLUMNS = (
     "signed_off_at", "comment", "not_a_cell_unreviewed", *MADE_BY_COLUMNS,
     "near_threshold_unreviewed")
 # The per-result CSV's last columns: the result's band of held-out images (`held_out_band`)
-# and whether it is an accepted cell near the threshold no one has looked at.
+# and whether it is an accepted cell below target no one has looked at.
 BAND_COLUMNS = ("band_low", "band_high", "band_images", "band_right", "near_threshold")
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
                      comparison: Comparison | None = None, signed: SignOff | None = None,
                      set_aside: int = 0, model: tuple[str, ...] = ("", "", "", ""),
-                     near: int = 0) -> str:
+                     near: dict[str, int] | None = None) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (count per 100
@@ -87,9 +87,9 @@ def differential_csv(counted: Differential, sample_id: str = "",
     white cells; and each row the images called not a blood-cell image that no one has looked
     at where a white cell may be (`set_aside`: set_aside_unseen; the count is not signed while
     there are any), what made the results: the model, its version, the accuracy target and
-    the app's version (`model`: versions.columns), and the accepted cells near the threshold no
-    one has looked at (`near`: near_threshold). Columns are added last, so that earlier ones
-    keep their places."""
+    the app's version (`model`: versions.columns), and the row's class's accepted cells below
+    target no one has looked at (`near`: near_threshold_by_class). Columns are added last, so
+    that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(DIFFERENTIAL_COLUMNS)
@@ -100,7 +100,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
     manual_total = [comparison.manual_white_cells if comparison else "",
                     *([inert(signed.by), iso_time(signed.at), inert(signed.comment)]
                       if signed and signed.current else ["", "", ""]), set_aside,
-                    *map(inert, model), near]
+                    *map(inert, model)]
+    near = near or {}
     # A class compared with the manual count that the batch did not count (the manual count's
     # other white cells, where no reviewer called any so) has a row too, of none.
     _, low, high = measure(0, counted.white_cells)
@@ -114,7 +115,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
             *([f"{a.value:.2f}", f"{a.low:.2f}", f"{a.high:.2f}", *_bounds(a.reference),
                flag_text(a.flag)] if a else [""] * 6), *batch,
             *([m.manual_count, f"{m.manual_percent:.1f}", f"{m.difference:.1f}",
-               f"{m.p_value:.4g}"] if m else [""] * 4), *manual_total])
+               f"{m.p_value:.4g}"] if m else [""] * 4), *manual_total, near.get(s.name, 0)])
     beside = {row.name: row for row in comparison.beside} if comparison else {}
     for o in counted.others:
         m = beside.get(o.name)
@@ -123,7 +124,7 @@ def differential_csv(counted: Differential, sample_id: str = "",
                          *[""] * 6, *batch,
                          *([m.manual_count, f"{m.manual_per_100_white:.1f}",
                             f"{m.difference:.1f}", f"{m.p_value:.4g}"] if m else [""] * 4),
-                         *manual_total])
+                         *manual_total, near.get(o.name, 0)])
     return out.getvalue()
 
 
@@ -257,6 +258,16 @@ def near_threshold(result: dict[str, Any]) -> bool:
             and short_of_target(held_out_band(result)))
 
 
+def near_threshold_by_class(results: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of each class's counted cells are accepted cells below target no one has
+    looked at: a share, and its flag, that may not hold once they are."""
+    counts: dict[str, int] = {}
+    for result in results:
+        if near_threshold(result):
+            counts[result["label"]] = counts.get(result["label"], 0) + 1
+    return counts
+
+
 def counted_unseen(result: dict[str, Any]) -> bool:
     """A result the differential counts though no white cell was found in its image and no one
     has reviewed it: its answer is about whatever lay at the centre of the crop."""
@@ -353,7 +364,7 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
     nucleus; 0 is `fields.NO_WHITE_CELL`), reviewed_by and reviewed_at: the name the reviewer's
     browser gave (hematovision.web.history; empty: none) and when, and model, model_version,
     accuracy_target and app_version: what made the result (versions.columns), and BAND_COLUMNS:
-    the result's band of held-out images and "yes" for an accepted cell near the threshold no
+    the result's band of held-out images and "yes" for an accepted cell below target no
     one has looked at. Columns are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

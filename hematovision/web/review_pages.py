@@ -131,7 +131,7 @@ def review_all(batch_id: str):
     class each; `?show=all`: every classified result, to confirm accepted ones too;
     `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed;
     `?show=not-a-cell`: those called not a blood-cell image, not yet reviewed (set_aside_unseen);
-    `?show=near-threshold`: the accepted cells near the threshold, not yet reviewed;
+    `?show=near-threshold`: the accepted cells below target, not yet reviewed;
     `?show=<class>`: the cells counted as that class (`?show=excluded`: those excluded), to
     correct the odd ones out and confirm the rest."""
     stored = load_or_404(batch_id)
