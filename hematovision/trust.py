@@ -241,9 +241,10 @@ class Trust:
 
     def band(self, confidence: float) -> dict[str, Any] | None:
         """How often the held-out images were right whose confidence lies in the same band
-        (CONFIDENCE_BANDS) as `confidence`: {"low", "high", "images", "right", "target"}, the
-        target being the accuracy accepted cells reach as a group (`short_of_target`). None
-        where no held-out images are kept."""
+        (CONFIDENCE_BANDS) as `confidence`: {"low", "high", "images", "right", "target",
+        "below_target"}, the target being the accuracy accepted cells reach as a group, and
+        whether the band fails to show it (`short_of_target`). None where no held-out images
+        are kept."""
         if self.held_out is None:
             return None
         i = int(np.searchsorted(CONFIDENCE_BANDS, confidence, side="right")) - 1
@@ -261,8 +262,10 @@ class Trust:
         last = i == len(CONFIDENCE_BANDS) - 2
         inside = (held_confidence >= low) & (
             held_confidence <= high if last else held_confidence < high)
-        return {"low": low, "high": high, "images": int(inside.sum()),
+        band = {"low": low, "high": high, "images": int(inside.sum()),
                 "right": int(held_correct[inside].sum()), "target": self.target_accuracy}
+        # For a script reading the API: what the pages mark an accepted cell by.
+        return {**band, "below_target": short_of_target(band)}
 
     def scores(self, ood_score: float, confidence: float | None = None) -> dict[str, Any]:
         finite = np.isfinite(self.ood_threshold)

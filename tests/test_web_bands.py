@@ -75,10 +75,10 @@ def test_band_counts_the_held_out_images_of_the_band_holding_the_confidence():
     trust = Trust(target_accuracy=0.9, held_out=(confidence, correct))
     # A band holds its lower edge; the last holds 1 too.
     assert trust.band(0.5) == {"low": 0.5, "high": 0.6, "images": 2, "right": 1,
-                               "target": 0.9}
+                               "target": 0.9, "below_target": True}
     assert trust.band(0.2)["images"] == 1 and trust.band(0.2)["low"] == 0.0
     assert trust.band(1.0) == {"low": 0.999, "high": 1.0, "images": 2, "right": 2,
-                               "target": 0.9}
+                               "target": 0.9, "below_target": True}  # too few to show it
     assert trust.band(0.9899)["low"] == 0.95 and trust.band(0.9899)["images"] == 1
     bands = trust.bands()
     assert [b["low"] for b in bands] == list(CONFIDENCE_BANDS[:-1])
@@ -147,8 +147,9 @@ def test_accepted_cell_in_a_band_too_small_is_marked_on_its_page(client, models_
     low, high = share_range(1, 1)
     assert "Below target: look at this cell before counting it." in shown
     assert (f"Of the 1 held-out image the model was {sure(band)} sure of, 1 was right (100.0 %; "
-            f"95 % range {low * 100:.1f} % to 100.0 %): not enough to show that cells this "
-            "sure are right 99.0 % of the time") in shown
+            f"95 % range {low * 100:.1f} % to 100.0 %: too few to say how often cells this "
+            "sure are right): not enough to show that cells this sure are right 99.0 % of the "
+            "time") in shown
     second = result["candidates"][1]
     assert second["label"] != result["label"]
     assert re.search(r"Its second choice: [^,]+, " + re.escape(
@@ -341,3 +342,26 @@ def test_a_count_signed_with_cells_near_the_threshold_is_not_called_preliminary(
     html = page(client, f"/batch/{batch_id}")
     for label, cells in labels.items():
         assert re.search(rf'<tr data-class="{label}">.*?· {cells} below target', html, re.S)
+
+
+def test_a_confidence_prints_apart_from_its_bands_edges():
+    from hematovision.web.filters import confidence_digits
+
+    def result(confidence, low, high):
+        return {"label": "neutrophil", "status": "accepted", "confidence": confidence,
+                "scores": {BAND: {"low": low, "high": high, "images": 82, "right": 76,
+                                  "target": 0.99}}}
+
+    assert confidence_digits(result(0.9896, 0.95, 0.99)) == 2  # "98.96 %", not "99.0 %"
+    assert confidence_digits(result(0.9904, 0.99, 0.999)) == 2  # "99.04 %"
+    assert confidence_digits(result(0.97, 0.95, 0.99)) == 1
+    assert confidence_digits(result(0.99997, 0.999, 1.0)) == 1  # 1 is no edge between bands
+    assert confidence_digits({"confidence": 0.9896}) == 1  # no band: as before
+
+
+def test_a_review_card_below_target_names_the_second_choice(client):
+    batch_id = upload(client, "few", IMAGES[0], IMAGES[1]).split("/")[2]
+    second = stored_json(client, batch_id)["results"][0]["candidates"][1]
+    card = re.search(r'id="cell-0-model">(.*?)</p>', page(
+        client, f"/batch/{batch_id}/review?show=near-threshold"), re.S).group(1)
+    assert "below target" in text(card) and f"or {second['label'].title()}" in text(card)

@@ -533,7 +533,7 @@ def test_api_docs_example_takes_its_figures_from_the_default_models_card(tmp_pat
                "confidence_threshold": card["confidence_threshold"],  # as applied
                "temperature": round(card["temperature"], 4)}
     band = ('"held_out_band": {"low": <float>, "high": <float>, "images": <int>, '
-            '"right": <int>, "target": <float|null>}')
+            '"right": <int>, "target": <float|null>, "below_target": <bool>}')
     assert ('"scores": {"unfamiliarity": <float>, ' + ", ".join(
         f'"{k}": {json.dumps(v)}' for k, v in figures.items()) + f", {band}}}") in example
     numbers = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", example)

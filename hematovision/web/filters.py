@@ -108,8 +108,23 @@ def status(result: dict) -> str | None:
 
 bp.add_app_template_filter(results.iso_time, "iso_utc")
 bp.add_app_template_global(results.held_out_band, "held_out_band")
+# A band whose 95 % range is wider than this many points says its images are too few to tell
+# (3 of 3 right: 29 % to 100 %), lest "100 %" reassure about a cell held out so rarely.
+bp.add_app_template_global(0.2, "WIDE_BAND_RANGE")
 bp.add_app_template_global(results.near_threshold, "near_threshold")
 bp.add_app_template_filter(short_of_target, "short_of_target")
+
+
+@bp.app_template_global()
+def confidence_digits(result: dict) -> int:
+    """The decimals at which a result's confidence prints apart from the edges between its
+    band and the next (0.9896 "98.96 %", in the band up to 99 %), so that two cells shown at
+    "99.0 %", one badged below target and one not, never stand side by side."""
+    band = results.held_out_band(result)
+    if band is None:
+        return 1
+    edges = [e for e in (band["low"], band["high"]) if 0 < e < 1]
+    return max([decimals_apart(result.get("confidence"), e, 100, 1) for e in edges] or [1])
 
 
 @bp.app_template_global()

@@ -280,7 +280,7 @@ def model_file(name: str, file_name: str):
 # What the API example shows for values that differ per image: it is a schema, not a result.
 PER_IMAGE = "<float>"
 PER_IMAGE_BAND = ('{"low": <float>, "high": <float>, "images": <int>, "right": <int>, '
-                  '"target": <float|null>}')
+                  '"target": <float|null>, "below_target": <bool>}')
 
 
 @bp.get("/docs/api")
