@@ -8,12 +8,13 @@ import csv
 import io
 import re
 from html import unescape
+from pathlib import Path
 
 import pytest
 
 from hematovision.magnification import red_cell_scale
 from tests.conftest import make_smear
-from tests.web_helpers import csv_of, make_models_root, page, upload
+from tests.web_helpers import csv_of, make_models_root, page, text, upload
 
 CHECK = {"data": "test", "n": 40, "batch_draws": 2000, "rows": [
     {"name": "as recorded", "description": "d", "median_ratio": 1.01, "measured": 1.0,
@@ -132,3 +133,28 @@ def test_one_image_outside_in_a_batch_within_is_not_called_another_magnification
     assert "check the magnification" not in html
     assert re.search(r"its batch's median, (0\.9|1\.0)\d, lies within the range,\s+so this image "
                      r"alone may have been taken at another magnification", html)
+
+
+def test_a_batch_unlike_the_training_images_but_of_their_red_cells_size_points_to_exposure(
+        client):
+    """Most of a batch called not a blood-cell image, its red cells at the training images'
+    size: the model's kind of image, most likely, taken at another exposure; the page had led
+    with "classify them with" another model, a dead end."""
+    from hematovision.web import uploads
+
+    batch_id = upload(client, "measuring", *films(30)).rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda b: [r.update(status="not_a_cell") for r in b["results"]])
+    banner = text(re.search(r'id="wrong-model">(.*?)</div>',
+                            page(client, f"/batch/{batch_id}"), re.S).group(1))
+    assert re.search(r"Their red cells measure the size of its training images' \(a median "
+                     r"(0\.9|1\.0)\d times\), so they are likely the kind of image measuring "
+                     r"expects, taken at another exposure", banner)
+    assert banner.index("another exposure") < banner.index("classify them with plain")
+    # At another magnification, the other models come first, as before.
+    batch_id = upload(client, "measuring", *films(45)).rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda b: [r.update(status="not_a_cell") for r in b["results"]])
+    banner = text(re.search(r'id="wrong-model">(.*?)</div>',
+                            page(client, f"/batch/{batch_id}"), re.S).group(1))
+    assert banner.index("classify them with plain") < banner.index("If they are the kind")
