@@ -296,9 +296,13 @@ def stored_band(scores: Any) -> dict[str, Any] | None:
                for e in edges) or edges[0] >= edges[1]:
         return None
     target = band.get("target")
-    usable = isinstance(target, (int, float)) and not isinstance(target, bool) \
-        and 0 < target <= 1
-    return {**band, "target": target if usable else None}
+    return {**band, "target": target if is_accuracy_target(target) else None}
+
+
+def is_accuracy_target(value: Any) -> bool:
+    """A share of accepted images that are right, greater than 0 and at most 1, as stored or
+    recorded (not a flag, text or 10^400 a damaged file might hold instead)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
 def short_of_target(band: dict[str, Any] | None) -> bool:

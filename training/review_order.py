@@ -16,8 +16,8 @@ cells checked in upload order (a random order: on average that share of them) an
 same share of each class's cells checked least sure first (grouped by the class the model gave,
 at least one cell of each: the order a review by class would give). Where the model keeps its
 held-out predictions, also the accepted cells a batch marks "below target" (those whose
-band of held-out images does not show the accuracy target: `trust.short_of_target`): how many a
-film has, and the share of the wrong ones among them.
+band of held-out images does not show the accuracy target: `Trust.band`'s below_target): how
+many a film has, and the share of the wrong ones among them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from hematovision.card import REVIEW_ORDER, record_metrics
 from hematovision.predictor import model_dir_of
-from hematovision.trust import ACCEPTED, short_of_target
+from hematovision.trust import ACCEPTED
 from training.differential import CELLS, DRAWS, parse_drawing_options, served_answers
 from training.evaluate import data_label
 from training.flags import NORMAL, draw_film, scenario_compositions
@@ -118,7 +118,7 @@ def evaluate_review_order(model_dir: Path, data_dir: Path, split_file: Path | No
     _, normal, _ = scenario_compositions(answers.predictor.classes, answers.truth)[NORMAL]
     trust = answers.predictor.trust
     near = None if trust.held_out is None else np.array(
-        [short_of_target(trust.band(c)) for c in answers.confidence])
+        [trust.band(c)["below_target"] for c in answers.confidence])
     return {"data": data_label(data_dir, split_file, split_name), "n": len(answers.truth),
             "cells": cells, "draws": draws,
             "confidence_threshold": trust.confidence_threshold,

@@ -120,6 +120,8 @@ PATH_SETTINGS = ("MODELS_ROOT", "UPLOAD_FOLDER", "SECRET_KEY_FILE")
 # came as a number, which the session signer or the model list cannot take).
 TEXT_SETTINGS = (*PATH_SETTINGS, "SECRET_KEY", "DEFAULT_MODEL", "SESSION_COOKIE_NAME",
                  "SESSION_COOKIE_DOMAIN", "SESSION_COOKIE_PATH")
+# ... of which these may not be null or empty: the cookie's name has no default to fall back on.
+NAMED_SETTINGS = ("SESSION_COOKIE_NAME",)
 SAME_SITE = ("Strict", "Lax", "None")  # SESSION_COOKIE_SAMESITE's values (or null: unset)
 # Settings that count something (whole numbers above 0) or last some seconds (0 or more). The
 # limits a form or request may reach may also be None (null), no limit, as Flask reads them.
@@ -156,10 +158,9 @@ def check_settings(config: dict[str, Any]) -> None:
         value = config.get(key)
         if isinstance(value, (int, float, bool, list, dict)) and f"{PREFIX}{key}" in os.environ:
             config[key] = value = os.environ[f"{PREFIX}{key}"]
-        # The cookie's name has no default to fall back on: null or "" is no name at all.
-        named = key == "SESSION_COOKIE_NAME"
-        if key not in PATH_SETTINGS and (value is not None or named) and not (
-                isinstance(value, (str, bytes)) and (value or not named)):
+        if key in PATH_SETTINGS or (value is None and key not in NAMED_SETTINGS):
+            continue  # a path: checked below; None: the default's own rule
+        if not isinstance(value, (str, bytes)) or (not value and key in NAMED_SETTINGS):
             raise ModelLoadError(f"{setting_name(key)} must be text, not {quoted(value)}.")
     for key in PATH_SETTINGS:
         value = config[key]

@@ -53,6 +53,7 @@ def count_context(stored: dict) -> dict:
     described = sample.of(stored)
     counted = sample_differential(stored, described)
     counts = results.status_counts(stored["results"])
+    near = [i for i, r in enumerate(stored["results"]) if results.near_threshold(r)]
     replaced = versions.replaced(stored)
     # The figures a page quotes of its model (review bias, flag errors, the magnification
     # check's range) are the served model's: not those of another version that made the batch.
@@ -83,8 +84,10 @@ def count_context(stored: dict) -> dict:
         set_aside_unseen=[r for r in stored["results"] if results.set_aside_unseen(r)],
         # Accepted cells no one has looked at where held-out cells as sure fell short of the
         # accuracy target: counted, but to look at first.
-        near_threshold_cells=[i for i, r in enumerate(stored["results"])
-                              if results.near_threshold(r)],
+        near_threshold_cells=near,
+        # ... the target their bands fall short of (one per batch: its model's, as served),
+        # and how many each class counts.
+        near_target=results.held_out_band(stored["results"][near[0]])["target"] if near else None,
         near_by_class=results.near_threshold_by_class(stored["results"]),
         review_bias=predictor and differential.review_bias(
             predictor.card, predictor.trust.confidence_threshold),

@@ -18,6 +18,7 @@ from hematovision.trust import (ACCEPTED, BELOW_ONE, EXACTLY_ONE, NOT_A_CELL, ST
                                 UNIDENTIFIED, WHITE_CELL_RULE, short_of_target,
                                 uncalibrated_note)
 from hematovision.web import models, results, sample
+from hematovision.web.results import is_number
 
 bp = Blueprint("filters", __name__)
 # A page left open warns that its batch is about to be deleted in the last quarter of the
@@ -112,6 +113,7 @@ bp.add_app_template_global(results.held_out_band, "held_out_band")
 # (3 of 3 right: 29 % to 100 %), lest "100 %" reassure about a cell held out so rarely.
 bp.add_app_template_global(0.2, "WIDE_BAND_RANGE")
 bp.add_app_template_global(results.near_threshold, "near_threshold")
+bp.add_app_template_global(results.second_choice, "second_choice")
 bp.add_app_template_filter(short_of_target, "short_of_target")
 
 
@@ -218,10 +220,6 @@ def decimals_apart(value, threshold, scale: float = 1.0, least: int = 1) -> int:
         if f"{value * scale:.{digits}f}" != f"{threshold * scale:.{digits}f}":
             return digits
     return least
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @bp.app_template_filter("verdict")

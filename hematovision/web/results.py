@@ -9,6 +9,7 @@ import csv
 import io
 import re
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -258,14 +259,17 @@ def near_threshold(result: dict[str, Any]) -> bool:
             and short_of_target(held_out_band(result)))
 
 
+def second_choice(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The most probable class after the one a result names ({"label", "probability"} of its
+    candidates), for a cell below target to be told from; None where none is stored."""
+    candidates = result.get("candidates") or []
+    return next((c for c in candidates if c.get("label") != result.get("label")), None)
+
+
 def near_threshold_by_class(results: list[dict[str, Any]]) -> dict[str, int]:
     """How many of each class's counted cells are accepted cells below target no one has
     looked at: a share, and its flag, that may not hold once they are."""
-    counts: dict[str, int] = {}
-    for result in results:
-        if near_threshold(result):
-            counts[result["label"]] = counts.get(result["label"], 0) + 1
-    return counts
+    return dict(Counter(r["label"] for r in results if near_threshold(r)))
 
 
 def counted_unseen(result: dict[str, Any]) -> bool:
@@ -384,7 +388,7 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
         else:
             error = removal_text(r) if is_removed(r) else r["error"]
             row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "",
-                   cell_text(r), "", "", "", *model, *[""] * len(BAND_COLUMNS)]
+                   cell_text(r), "", "", "", *model, *band_cells(r)]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 
@@ -470,11 +474,16 @@ def file_part(name: str, empty: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or empty
 
 
+def is_number(value: Any) -> bool:
+    """A stored or recorded number: not a flag (True is an int) or text a damaged file might
+    hold instead."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def is_time(value: Any) -> bool:
     """A stored time (seconds since 1970) that can be shown: a number up to the year 5138,
     not a flag or text a damaged file might hold instead."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and 0 <= value < 1e11)
+    return is_number(value) and 0 <= value < 1e11
 
 
 def iso_time(timestamp: float | None) -> str:

@@ -16,10 +16,10 @@ from hematovision.web import results
 
 
 # The review page's lists (`?show=`): which results each holds. The default, "no-white-cell",
-# "not-a-cell" and "near-threshold" leave out reviewed results, so they shrink as reviews are saved; "all" does
-# not, so it pages. Beside them, one list per class (`?show=<class>`, and EXCLUDED): the cells
-# counted as that class now, for verifying the count class by class, as a technologist verifies
-# an analyzer's pre-classified cells (class_list).
+# "not-a-cell" and "near-threshold" (below target) leave out reviewed results, so they shrink
+# as reviews are saved; "all" does not, so it pages. Beside them, one list per class
+# (`?show=<class>`, and EXCLUDED): the cells counted as that class now, for verifying the count
+# class by class, as a technologist verifies an analyzer's pre-classified cells (class_list).
 REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
     "": differential.needs_review,
     "all": lambda r: differential.status_of(r) is not None,

@@ -33,7 +33,7 @@ from PIL import Image
 from hematovision.card import ModelLoadError
 from hematovision.trust import STATUSES
 from hematovision.web import setting_name
-from hematovision.web.results import is_time
+from hematovision.web.results import is_number, is_time
 
 log = logging.getLogger(__name__)
 
@@ -145,31 +145,29 @@ def _damaged_record(batch: dict[str, Any]) -> str | None:
     def text(value) -> bool:
         return isinstance(value, str)
 
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
     def count(value) -> bool:
         return type(value) is int and value >= 0
+
+    def kind(value, check) -> bool:  # absent, or of its kind
+        return value is None or check(value)
 
     if not text(batch.get("id")):
         return "its id"
     if not all(map(text, batch["classes"])):
         return "a class name"
-    def kind(value, check) -> bool:  # absent, or of its kind
-        return value is None or check(value)
-
     for result in batch["results"]:
         review, cell = result.get("review"), result.get("cell")
         if not text(result.get("file")):
             return "a result's file name"
         if "label" in result and not (
                 text(result["label"]) and result.get("status") in STATUSES
-                and number(result.get("confidence"))
+                and is_number(result.get("confidence"))
                 and isinstance(result.get("probabilities"), dict)
-                and all(number(result["probabilities"].get(c)) for c in batch["classes"])
+                and all(is_number(result["probabilities"].get(c)) for c in batch["classes"])
                 and isinstance(result.get("candidates", []), list)
                 and all(isinstance(c, dict) and text(c.get("label"))
-                        and number(c.get("probability")) for c in result.get("candidates", []))
+                        and is_number(c.get("probability"))
+                        for c in result.get("candidates", []))
                 and isinstance(result.get("scores", {}), dict)):
             return "a result's class, status, confidence, probabilities or candidates"
         if not kind(review, lambda r: isinstance(r, dict) and text(r.get("label"))):
@@ -179,11 +177,11 @@ def _damaged_record(batch: dict[str, Any]) -> str | None:
         if not (kind(cell, lambda c: isinstance(c, dict) and count(c.get("number"))
                      and count(c.get("of")))
                 and kind(result.get("white_cells"), count)
-                and kind(result.get("red_cell_ratio"), number)):
+                and kind(result.get("red_cell_ratio"), is_number)):
             return "a result's cell, white cells or red-cell ratio"
     sample = batch.get("sample") or {}
     wbc = sample.get("white_cells_per_litre")
-    if not (text(sample.get("id", "")) and (wbc is None or number(wbc))):
+    if not (text(sample.get("id", "")) and kind(wbc, is_number)):
         return "its sample"
     manual = batch.get("manual")
     if manual and not (

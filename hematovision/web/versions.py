@@ -14,6 +14,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from hematovision.predictor import Predictor, exported_moment
+from hematovision.trust import is_accuracy_target
 from hematovision.web.lookup import served_model
 
 bp = Blueprint("versions", __name__)
@@ -75,8 +76,7 @@ def columns(stored: dict) -> tuple[str, str, str, str]:
 def target_of(record: dict) -> float | None:
     """A record's accuracy target where it is one (None: none fitted, or a damaged record)."""
     target = record.get("accuracy_target")
-    usable = isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1
-    return target if usable else None
+    return target if is_accuracy_target(target) else None
 
 
 @bp.app_template_global()
