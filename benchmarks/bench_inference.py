@@ -8,8 +8,10 @@ test-time augmentation included). Reported per path: median latency
 of a single-image call, and median throughput of batch-32 calls. Keras is also timed as a direct
 call (`model(x)`), which skips predict()'s per-call setup, to show where the difference comes from.
 
-On a Kaggle film, the magnification check and (for a model that crops to the nucleus) finding
-each white cell of the field are timed beside that image's prediction, which they are added to.
+On a Kaggle film, the magnification check, (for a model that crops to the nucleus) finding
+each white cell of the field and (with an exposure reference) correcting the exposure of the
+film made 0.75 times as bright are timed beside that image's prediction, which they are added
+to.
 
 The heat map (`Predictor.explain`: the same forward pass plus reading the 7x7 feature maps and the
 class activation map) is timed against the plain prediction it is an add-on to, also through
@@ -119,7 +121,8 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
     # The magnification check beside the prediction it is added to, on the same decoded film.
     # Finding each white cell of a field, for a model that crops to the nucleus: the same way.
     checked = {}
-    if film is not None and (predictor.magnification or predictor.crop_fraction is not None):
+    if film is not None and (predictor.magnification or predictor.crop_fraction is not None
+                             or predictor.exposure):
         image = load_image(film)
         predict = time_calls(lambda: predictor.predict_images([image]), repeats, warmup)
         checked = {"film": film.name, "film_prediction_ms": 1000 * statistics.median(predict)}
@@ -129,6 +132,11 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
         if predictor.crop_fraction is not None:
             finding = time_calls(lambda: white_cells(image), repeats, warmup)
             checked["white_cells_ms"] = 1000 * statistics.median(finding)
+        if predictor.exposure is not None:
+            # The dearer case: a film under-exposed enough to be measured and then scaled.
+            darker = Image.eval(image, lambda v: v * 3 // 4)
+            correcting = time_calls(lambda: predictor.exposure.correct(darker), repeats, warmup)
+            checked["exposure_correction_ms"] = 1000 * statistics.median(correcting)
 
     ms = lambda times: round(1000 * statistics.median(times), 3)  # noqa: E731
     per_s = lambda times: round(batch_size / statistics.median(times), 1)  # noqa: E731
@@ -155,6 +163,9 @@ def run(model_dir: Path, repeats: int, batch_size: int, batch_repeats: int, thre
     if "magnification_check_ms" in checked:
         result["magnification_check_cost_ratio"] = round(
             result["magnification_check_ms"] / result["film_prediction_ms"], 2)
+    if "exposure_correction_ms" in checked:
+        result["exposure_correction_cost_ratio"] = round(
+            result["exposure_correction_ms"] / result["film_prediction_ms"], 2)
     if "white_cells_ms" in checked:
         result["white_cells_cost_ratio"] = round(
             result["white_cells_ms"] / result["film_prediction_ms"], 2)
@@ -268,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"magnification check on {r['film']}: {r['magnification_check_ms']:.3f} ms beside "
               f"its prediction's {r['film_prediction_ms']:.3f} ms "
               f"({r['magnification_check_cost_ratio']}x)")
+    if "exposure_correction_ms" in r:
+        print(f"exposure correction of {r['film']} made 0.75 times as bright: "
+              f"{r['exposure_correction_ms']:.3f} ms ({r['exposure_correction_cost_ratio']}x its "
+              "prediction)")
     if "baseline_dir" in r:
         print(f"against {r['baseline_dir']}, calls alternating: "
               f"{r['against_baseline_ms_per_image']:.3f} ms against "

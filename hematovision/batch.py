@@ -12,16 +12,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from hematovision.fields import cell_inputs
 from hematovision.magnification import Reference
 from hematovision.predictor import (BATCH_SIZE, Outputs, Prediction, Predictor,
                                     with_white_cells)
-from hematovision.preprocess import (IMAGE_SUFFIXES, ImageError, at_resolution, load_image,
-                                     to_input)
+from hematovision.preprocess import IMAGE_SUFFIXES, ImageError, load_image, to_input
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class FileResult:
     path: Path
     prediction: Prediction | None = None
     error: str | None = None
-    # The image's checks: the magnification check's red_cell_ratio, for a model whose card
-    # records a reference; the white cells found, for a model that crops to the nucleus.
+    # The image's checks: the magnification check's red_cell_ratio and the exposure check,
+    # for a model whose card records their references; the white cells found, for a model
+    # that crops to the nucleus.
     checks: dict = field(default_factory=dict)
     # Which white cell of a field holding several (hematovision.fields.cell_place); None for
     # an image read whole.
@@ -106,8 +107,13 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
     return list(out.values())
 
 
+# A decoded image -> the image the model reads, with what was measured on the way
+# (`Predictor.as_trained`).
+AsTrained = Callable[[Image.Image], tuple[Image.Image, dict]]
+
+
 def _decode(path: Path, size: int, crop: str, reference: Reference | None = None,
-            each_cell: bool | None = None, short_side: int | None = None):
+            each_cell: bool | None = None, as_trained: AsTrained | None = None):
     """(model input, None, image checks) or (None, error message, {}). The checks hold the
     red-cell ratio (`red_cell_ratio`) only with a magnification `reference`.
 
@@ -115,34 +121,36 @@ def _decode(path: Path, size: int, crop: str, reference: Reference | None = None
     Otherwise it is a list of (input, cell place or None), and for a model that crops to the
     nucleus the checks also hold `white_cells`, how many were found (`image_inputs`): with
     `each_cell` True, a field holding several gives one input per cell; with False, the whole
-    image's one input. An image finer than `short_side` is first brought down to it
-    (`preprocess.at_resolution`). `load_image` turns every decoder failure into ImageError;
-    OSError here only means the file itself could not be opened."""
+    image's one input. With `as_trained`, the image is first brought to what the model was
+    trained on (a served model's resolution and exposure), its findings joining the checks.
+    `load_image` turns every decoder failure into ImageError; OSError here only means the
+    file itself could not be opened."""
     try:
-        image = at_resolution(load_image(path), short_side)
+        image = load_image(path)
     except ImageError as exc:
         return None, str(exc), {}
     except OSError as exc:
         return None, f"Cannot read the file ({exc.strerror or exc}).", {}
+    image, found = as_trained(image) if as_trained else (image, {})
     if each_cell is None:
         checks = {"red_cell_ratio": reference.ratio(image)} if reference else {}
-        return to_input(image, size, crop), None, checks
+        return to_input(image, size, crop), None, {**found, **checks}
     inputs, checks = image_inputs(image, size, crop, reference, each_cell)
-    return inputs, None, checks
+    return inputs, None, {**found, **checks}
 
 
 def decoded_chunks(paths: list[Path], size: int, crop: str,
                    reference: Reference | None = None, each_cell: bool | None = None,
-                   short_side: int | None = None) -> Iterator[list[tuple]]:
+                   as_trained: AsTrained | None = None) -> Iterator[list[tuple]]:
     """[(path, model input or None, error or None, image checks), ...] per chunk of
     BATCH_SIZE, in order; the next chunk decodes in a thread pool while the caller runs the
     model on this one. Red cells are measured only against a magnification `reference`; with
     `each_cell` True or False, each model input is a list of (input, cell place or None) and
-    white cells are counted (`_decode`)."""
+    white cells are counted; `as_trained`: see `_decode`."""
     chunks = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
 
     def decode(path: Path):
-        return _decode(path, size, crop, reference, each_cell, short_side)
+        return _decode(path, size, crop, reference, each_cell, as_trained)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         decoded_next = pool.map(decode, chunks[0]) if chunks else None
@@ -157,14 +165,14 @@ def classify_files(
     predictor: Predictor, paths: list[Path], progress: bool = False, each_cell: bool = False
 ) -> Iterator[FileResult]:
     """Yield one result per path, in order; unreadable files give an error result. With a
-    magnification reference in the model's card, each result gets its red_cell_ratio; for a
-    model that crops to the nucleus, the number of white cells found in its image
-    (`white_cells`). With `each_cell`, a field holding several white cells gives one result
+    magnification reference in the model's card, each result gets its red_cell_ratio, with
+    an exposure reference its `exposure` check (`Predictor.as_trained`); for a model that
+    crops to the nucleus, the number of white cells found in its image (`white_cells`). With `each_cell`, a field holding several white cells gives one result
     per cell, each naming its cell (as the web app reads uploads)."""
     meter = _Progress(len(paths), progress)
     reference = predictor.magnification
     chunks = decoded_chunks(paths, predictor.input_size, predictor.crop, reference, each_cell,
-                            predictor.short_side)
+                            predictor.as_trained)
     for chunk in chunks:
         # One entry per model input: (path, input, error, image checks, cell place).
         entries = [(path, array, error, checks, place)
@@ -187,7 +195,7 @@ def forward_files(predictor: Predictor, paths: list[Path], progress: bool = Fals
     meter = _Progress(len(paths), progress)
     parts, readable, found = [], [], []
     for chunk in decoded_chunks(paths, predictor.input_size, predictor.crop, each_cell=False,
-                                short_side=predictor.short_side):
+                                as_trained=predictor.as_trained):
         decoded = [(inputs[0][0], checks) for _, inputs, _, checks in chunk if inputs]
         readable += [inputs is not None for _, inputs, _, _ in chunk]
         found += [checks.get("white_cells") for _, checks in decoded]

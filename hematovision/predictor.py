@@ -21,6 +21,7 @@ from PIL import Image
 
 from hematovision.card import CARD_FILE, ModelLoadError, read_card, served_views
 from hematovision.fields import cell_inputs
+from hematovision.exposure import Exposure
 from hematovision.magnification import Reference
 from hematovision.preprocess import ImageSource, at_resolution, crop_fraction, load_image
 from hematovision.trust import (ACCEPTED, TRUST_FILE, Trust, class_activation_map,
@@ -132,11 +133,11 @@ def available_models(root: Path | None = None) -> list[str]:
 def model_version(model_dir: Path | str, card: dict[str, Any]) -> str:
     """What a result names as the model that made it: a digest of the serving file, the trust
     layer's file and the card's values that serving reads (`served_settings`). A model
-    exported, calibrated or given another magnification reference is another version, even
-    under the same folder name; recording figures or rewording the card is not. The files'
-    bytes, as they are: the version of a model a lab keeps serving never changes with an
-    upgrade of the app (a batch in progress would be taken for another model's), and the same
-    trust arrays saved again are the same bytes (`trust.save_trust_arrays`)."""
+    exported, calibrated or given another magnification or exposure reference is another
+    version, even under the same folder name; recording figures or rewording the card is not.
+    The files' bytes, as they are: the version of a model a lab keeps serving never changes
+    with an upgrade of the app (a batch in progress would be taken for another model's), and
+    the same trust arrays saved again are the same bytes (`trust.save_trust_arrays`)."""
     digest = hashlib.sha256()
     for name in (SERVING_FILE, TRUST_FILE):
         path = Path(model_dir) / name
@@ -154,6 +155,7 @@ def served_settings(card: dict[str, Any]) -> dict[str, Any]:
         return value if isinstance(value, dict) else {}
 
     trust, reference = section(card.get("trust")), section(card.get("magnification"))
+    exposure = Exposure.from_card(card)
     return {"classes": card.get("classes"), "input_size": card.get("input_size"),
             "crop": section(card.get("preprocessing")).get("crop"),
             "views": served_views(card),
@@ -161,7 +163,10 @@ def served_settings(card: dict[str, Any]) -> dict[str, Any]:
                                                "target_accuracy")},
             "ood_threshold": section(trust.get("ood")).get("threshold"),
             "magnification": {key: reference.get(key) for key in (
-                "red_cell_scale", "single_image_range", "batch_range", "max_short_side")}}
+                "red_cell_scale", "single_image_range", "batch_range", "max_short_side")},
+            # Only where there is one: a model's version stays the same across the upgrade
+            # that added the correction until its card records a reference.
+            **({"exposure": exposure.entry()} if exposure else {})}
 
 
 def exported_moment(stamp) -> datetime | None:
@@ -198,6 +203,8 @@ class Predictor:
             # The red-cell scale of its training images, where the card records it (None: no
             # check).
             self.magnification: Reference | None = Reference.from_card(self.card)
+            # Its training images' slide backgrounds (None: images are read as they are).
+            self.exposure: Exposure | None = Exposure.from_card(self.card)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"The model card {self.model_dir / CARD_FILE}: "
                                  f"{exc}") from None
@@ -253,17 +260,20 @@ class Predictor:
         finer images are brought down to before they are read; None: not recorded."""
         return self.magnification.max_short_side if self.magnification else None
 
-    def at_resolution(self, image: Image.Image) -> Image.Image:
-        """`image` as this model reads it: no finer than its training images
-        (`preprocess.at_resolution`)."""
-        return at_resolution(image, self.short_side)
+    def as_trained(self, image: Image.Image) -> tuple[Image.Image, dict[str, Any]]:
+        """`image` as this model reads it, with what was measured on the way (the result's
+        `exposure`, with an exposure reference): no finer than its training images
+        (`preprocess.at_resolution`), then, where its slide's background lies outside theirs,
+        brought to their exposure and white balance (`Exposure.correct`)."""
+        image = at_resolution(image, self.short_side)
+        return self.exposure.correct(image) if self.exposure else (image, {})
 
     def predict_images(self, images: Sequence[Image.Image], scale: float = 1.0
                        ) -> list[Prediction]:
         """Classify decoded RGB images (see `preprocess.load_image`), each read whole, as
         `preprocess.to_input` makes its input (at `scale`), with its white cells counted for a
         model that crops to the nucleus."""
-        read = [cell_inputs(self.at_resolution(image), self.input_size, self.crop,
+        read = [cell_inputs(self.as_trained(image)[0], self.input_size, self.crop,
                             each_cell=False, scale=scale)
                 for image in images]
         return self.predict_images_arrays([inputs[0][0] for inputs, _ in read],

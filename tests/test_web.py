@@ -316,12 +316,13 @@ def test_csv_download_contents(client, models_root):
         "\ufefffile,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
         "differential_class,red_cell_ratio,reviewed_class,cell,white_cells,reviewed_by,"
         "reviewed_at,model,model_version,accuracy_target,app_version,band_low,band_high,"
-        "band_images,band_right,near_threshold\n"  # no band: the tiny model keeps no held-out
+        "band_images,band_right,near_threshold,exposure_correction\n"  # no band: the tiny
+        # model keeps no held-out arrays; no exposure reference
         f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,"
-        f"{made_by},,,,,\n"
-        f"empty.jpg,,,,,,,,The file is empty.,,,,,,,,{made_by},,,,,\n"
+        f"{made_by},,,,,,\n"
+        f"empty.jpg,,,,,,,,The file is empty.,,,,,,,,{made_by},,,,,,\n"
         f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,{made_by}'
-        ",,,,,\n"
+        ",,,,,,\n"
     )
 
 

@@ -194,7 +194,8 @@ def resolution(bccd: Path, predictor: Predictor) -> dict:
     for path in paths:
         image = load_image(path)
         sizes[f"{image.width}x{image.height}"] += 1
-        for way, read in (("served", predictor.at_resolution(image)), ("full_resolution", image)):
+        for way, read in (("served", predictor.as_trained(image)[0]),
+                          ("full_resolution", image)):
             inputs, found = cell_inputs(read, size, crop, each_cell=True)
             predictions = predictor.predict_images_arrays([array for array, _ in inputs],
                                                           [found] * len(inputs))

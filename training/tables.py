@@ -21,6 +21,7 @@ import numpy as np
 from hematovision.card import (CARD_FILE, DIFFERENTIAL, FLAGS, REVIEW_ORDER, read_card,
                                recorded_evaluations, served_views, view_count)
 from hematovision.differential import NORMAL_FILM
+from hematovision.exposure import CARD_KEY as EXPOSURE
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import MODELS_ROOT, available_models
 from hematovision.trust import measured_at
@@ -891,6 +892,38 @@ def magnification_table(root: Path = MODELS_ROOT) -> str:
     return "\n".join(lines)
 
 
+def exposure_table(root: Path = MODELS_ROOT) -> str:
+    """The exposure correction of each model with a recorded reference
+    (`training.exposure --record`): its training images' backgrounds, then one row per change
+    of exposure or lamp with the share of test images corrected and the accepted and
+    not-a-cell shares as served (corrected) and as read without the correction."""
+    entries = {name: read_card(root / name).get(EXPOSURE) for name in available_models(root)}
+    entries = {name: e for name, e in entries.items() if isinstance(e, dict) and "check" in e}
+    header = "".join(f" `{n}` (n={e['check']['n']}): corrected | served: accepted (accuracy) "
+                     f"/ not a cell | read as they are |" for n, e in entries.items())
+    lines = [f"| |{header}", "|---|" + "---|---|---|" * len(entries)]
+    for label, key in (("median", "background"), ("lowest", "low"), ("highest", "high")):
+        colours = ["/".join(f"{v:g}" for v in e[key]) + " | |" for e in entries.values()]
+        lines.append(f"| training images' slide background, {label} (red/green/blue) | "
+                     f"{' | '.join(colours)} |")
+
+    def statuses(r: dict) -> str:
+        accepted = ("none" if r["accuracy_accepted"] is None
+                    else f"{r['accuracy_accepted']:.4f}")
+        return f"{r['accepted_rate']:.1%} ({accepted}) / {r['not_a_cell_rate']:.1%}"
+
+    rows: dict[str, dict[str, dict]] = {}
+    for name, entry in entries.items():
+        for r in entry["check"]["rows"]:
+            rows.setdefault(f"{r['name']} ({r['description']})", {})[name] = r
+    for change, by_model in rows.items():
+        cells = [" | | " if (r := by_model.get(name)) is None else
+                 f"{r['corrected']:.1%} | {statuses(r)} | {statuses(r['as_read'])}"
+                 for name in entries]
+        lines.append(f"| {change} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def differential_table(root: Path = MODELS_ROOT) -> str:
     """How far batches' differentials were from the truth (`training.differential --record`):
     one row per composition the batches were drawn with and way of counting, one pair of
@@ -1104,7 +1137,11 @@ def benchmarks_text(folder: Path = BENCH_DIR) -> str:
                    if "magnification_check_ms" in r else "")
                 + (f" Finding each white cell of that field (Fields with several white cells) "
                    f"takes {r['white_cells_ms']:.2f} ms ({r['white_cells_cost_ratio']}x)."
-                   if "white_cells_ms" in r else ""),
+                   if "white_cells_ms" in r else "")
+                + (f" Correcting the exposure of that field made 0.75 times as bright "
+                   f"(Exposure correction) takes {r['exposure_correction_ms']:.2f} ms "
+                   f"({r['exposure_correction_cost_ratio']}x)."
+                   if "exposure_correction_ms" in r else ""),
                 "",
             ]
     # The single-image run first, then runs of larger requests.
@@ -1335,6 +1372,7 @@ def readme_blocks(root: Path = MODELS_ROOT) -> dict[str, str]:
               "ece-spread": ece_spread_table(root), "temperature-fits": temperature_fits_table(root),
               "probe": probe_table(root), "training-time": training_time_table(root),
               "robustness": robustness_table(root), "magnification": magnification_table(root),
+              "exposure": exposure_table(root),
               "differential": differential_table(root),
               "differential-targets": differential_targets_table(root),
               "flags": flags_table(root), "review-order": review_order_table(root),

@@ -103,6 +103,7 @@ def count_context(stored: dict) -> dict:
         few_cells=differential.DIFFERENTIAL_CELLS,
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
+        exposure=results.exposure_summary(stored["results"]),
         predictor=predictor,
         # The app serves another version of the batch's model now (web/versions.py).
         replaced=replaced,
@@ -243,6 +244,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             came_from=list_came_from(stored),
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
+            exposure_reference=predictor.exposure if predictor else None,
             # An image of a batch is judged with its batch too: one image's measure is rough.
             batch_magnification=results.magnification_check(
                 stored["results"], predictor.magnification if predictor else None),

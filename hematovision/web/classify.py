@@ -56,10 +56,12 @@ def decode(
         return [Decoded(name, error=str(exc))]
     # The model card's contract, cell by cell, as the predict command's --each-cell reads it;
     # the viewing copy below keeps the upload's own resolution.
-    inputs, checks = image_inputs(predictor.at_resolution(image), predictor.input_size,
-                                  predictor.crop, predictor.magnification, each_cell=True)
+    read, found = predictor.as_trained(image)
+    inputs, checks = image_inputs(read, predictor.input_size, predictor.crop,
+                                  predictor.magnification, each_cell=True)
     image_id = save_image(store_in, image) if store_in else None
-    return [Decoded(name, array, image_id, checks=checks, cell=cell) for array, cell in inputs]
+    return [Decoded(name, array, image_id, checks={**found, **checks}, cell=cell)
+            for array, cell in inputs]
 
 
 def classify(

@@ -90,6 +90,7 @@ bp.add_app_template_test(results.is_removed, "removed")
 bp.add_app_template_filter(results.reviewer_of, "reviewer_of")
 bp.add_app_template_filter(results.removal_reason, "removal_reason")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
+bp.add_app_template_filter(results.exposure_of, "exposure_check")
 bp.add_app_template_filter(differential.flag_text, "flag_text")
 bp.add_app_template_filter(differential.findings, "findings")
 

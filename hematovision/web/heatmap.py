@@ -75,7 +75,7 @@ def stored_overlay(predictor: Predictor, image_path: Path, label: str,
     the model may rank the classes of this copy differently; the map is therefore drawn for
     the stored label, the one the result page captions it with, not for the copy's top class.
     Storing maps at upload time instead would slow every prediction for a view few users open."""
-    image = predictor.at_resolution(load_image(image_path))
+    image, _ = predictor.as_trained(load_image(image_path))
     # A cell of a field holding several: the crop on that cell, as it was classified.
     array = to_input(image, predictor.input_size, predictor.crop, centre_in(cell, image.size))
     _, cam = predictor.explain(array, label=label)

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 from hematovision import differential
 from hematovision.card import FLAGS, REVIEW_ORDER, recorded_evaluations
 from hematovision.cells import display_name, is_white_cell
+from hematovision.exposure import CARD_KEY as EXPOSURE, MAX_GAIN
 from hematovision.magnification import CARD_KEY as MAGNIFICATION
 from hematovision.predictor import Predictor
 from hematovision.reference import SETTINGS, UNITS, catalog_intervals
@@ -97,7 +98,9 @@ def model_page(name: str):
         differential=differential.recorded_figures(metrics),
         flags=_flags_entry(metrics),
         review_order=_review_order_entry(metrics),
-        magnification=_magnification_entry(card, predictor),
+        magnification=_check_entry(card, MAGNIFICATION, predictor.magnification is not None),
+        exposure=_check_entry(card, EXPOSURE, predictor.exposure is not None),
+        exposure_max_gain=MAX_GAIN,
         fields=_fields_entry(predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
         images=[(f, models.caption(f)) for f in images if f not in reliability],
@@ -192,11 +195,12 @@ def near_threshold_figure(predictor: Predictor | None) -> dict | None:
     return figures if all(is_number(v) for v in figures.values()) else None
 
 
-def _magnification_entry(card: dict, predictor: Predictor) -> dict | None:
-    """The card's magnification reference and check figures, where the served model uses them."""
-    entry = card.get(MAGNIFICATION)
+def _check_entry(card: dict, key: str, served: bool) -> dict | None:
+    """The card's entry `key` (a reference and the figures of its check: "magnification",
+    "exposure"), where the served model uses that reference and the figures are whole."""
+    entry = card.get(key)
     check = entry.get("check") if isinstance(entry, dict) else None
-    if predictor.magnification is None or not isinstance(check, dict):
+    if not served or not isinstance(check, dict):
         return None
     return entry if isinstance(check.get("rows"), list) else None
 

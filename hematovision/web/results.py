@@ -21,6 +21,7 @@ from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
                                        counted_label, differential, flag_text, needs_review,
                                        status_of, verdict_of)
+from hematovision.exposure import Stored, stored
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
 from hematovision.spreadsheet import inert
@@ -69,6 +70,10 @@ DIFFERENTIAL_COLUMNS = (
 # The per-result CSV's last columns: the result's band of held-out images (`held_out_band`)
 # and whether it is an accepted cell below target no one has looked at.
 BAND_COLUMNS = ("band_low", "band_high", "band_images", "band_right", "near_threshold")
+# How the image's exposure was corrected before the model read it: the red, green and blue
+# gains ("1.333 1.333 1.335"), "over-exposed" or "not corrected" for an image outside the
+# training images' backgrounds that could not be, empty for one within them or unmeasured.
+EXPOSURE_COLUMN = "exposure_correction"
 
 
 def differential_csv(counted: Differential, sample_id: str = "",
@@ -369,13 +374,14 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
     browser gave (hematovision.web.history; empty: none) and when, and model, model_version,
     accuracy_target and app_version: what made the result (versions.columns), and BAND_COLUMNS:
     the result's band of held-out images and "yes" for an accepted cell below target no
-    one has looked at. Columns are added last, so that earlier ones keep their places."""
+    one has looked at, and EXPOSURE_COLUMN. Columns are added last, so that earlier ones keep
+    their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
                      "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
                      "white_cells", "reviewed_by", "reviewed_at", *MADE_BY_COLUMNS,
-                     *BAND_COLUMNS])
+                     *BAND_COLUMNS, EXPOSURE_COLUMN])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -384,11 +390,11 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
                    verdict_of(r) or "", cell_text(r), str(r.get("white_cells", "")),
-                   *reviewed_by(r), *model, *band_cells(r)]
+                   *reviewed_by(r), *model, *band_cells(r), exposure_cell(r)]
         else:
             error = removal_text(r) if is_removed(r) else r["error"]
             row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "",
-                   cell_text(r), "", "", "", *model, *band_cells(r)]
+                   cell_text(r), "", "", "", *model, *band_cells(r), ""]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 
@@ -400,6 +406,39 @@ def band_cells(result: dict[str, Any]) -> list[str]:
         return [""] * len(BAND_COLUMNS)
     return [f"{band['low']:g}", f"{band['high']:g}", str(band["images"]), str(band["right"]),
             "yes" if near_threshold(result) else ""]
+
+
+def exposure_of(result: dict[str, Any]) -> Stored | None:
+    """The result's exposure check (`Predictor.as_trained`); None where it has none, or a
+    damaged one."""
+    return stored(result.get("exposure"))
+
+
+def exposure_cell(result: dict[str, Any]) -> str:
+    """A result's EXPOSURE_COLUMN."""
+    check = exposure_of(result)
+    if check is None or not check.outside:
+        return ""
+    if check.corrected:
+        return " ".join(f"{g:.3f}" for g in check.gains)
+    return "over-exposed" if check.over_exposed else "not corrected"
+
+
+def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the batch's classified images (a field's cells share one), how many the model read
+    with their exposure corrected, with their median brightness (times the training images'
+    background), and how many lay outside the training images' backgrounds but could not be
+    corrected: over-exposed, or too far; None where no image was either."""
+    checks = [exposure_of(r) for r in results if first_of_image(r) and status_of(r) is not None]
+    corrected = [c for c in checks if c is not None and c.corrected]
+    left = [c for c in checks if c is not None and c.outside and not c.corrected]
+    if not corrected and not left:
+        return None
+    brightness = sorted(c.brightness() for c in corrected)
+    return {"images": len(checks), "corrected": len(corrected),
+            "median_brightness": brightness[len(brightness) // 2] if brightness else None,
+            "over_exposed": sum(c.over_exposed for c in left),
+            "too_far": sum(not c.over_exposed for c in left)}
 
 
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and

@@ -1,0 +1,196 @@
+"""The exposure correction: the slide's background measured, an image outside the training
+images' backgrounds scaled to their median, channel by channel, and left as it is where that
+would be a guess; the card's reference read or left out; the command that records it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hematovision.exposure import Exposure, background, scaled, stored
+from hematovision.predictor import served_settings
+from tests.conftest import make_smear
+
+FILM = make_smear(30)  # background (226, 216, 220) with a little noise, a third red cells
+
+
+def reference_of(image: Image.Image, spread: float = 0.04) -> Exposure:
+    """A reference whose median is the image's background, its range +-`spread` of it."""
+    median = background(image)
+    return Exposure(median, tuple(v * (1 - spread) for v in median),
+                    tuple(min(255.0, v * (1 + spread)) for v in median))
+
+
+def test_the_background_is_the_bare_slide_not_the_cells():
+    measured = background(FILM)
+    assert measured == pytest.approx((226, 216, 220), abs=4)
+    # Other cells in another frame leave it where it was: the slide's colour, not the mean's.
+    other = make_smear(20, size=(160, 120), seed=3)
+    assert background(other) == pytest.approx(measured, abs=4)
+
+
+@pytest.mark.parametrize("image", [Image.new("RGB", (64, 64)),  # all black fill
+                                   Image.new("RGB", (0, 5))])
+def test_an_image_with_no_slide_has_no_background(image):
+    assert background(image) is None
+
+
+def test_an_image_within_the_training_backgrounds_is_read_as_it_is():
+    reference = reference_of(FILM)
+    image, found = reference.correct(FILM)
+    assert image is FILM
+    assert found["exposure"]["outside"] is False and found["exposure"]["gains"] is None
+
+
+@pytest.mark.parametrize("factor", [0.6, 0.75, 0.9, 1.08])
+def test_another_exposure_is_brought_back_to_the_training_background(factor):
+    reference = reference_of(FILM)
+    changed = scaled(FILM, (factor,) * 3)
+    image, found = reference.correct(changed)
+    entry = found["exposure"]
+    assert entry["outside"] is True
+    assert entry["gains"] == pytest.approx([1 / factor] * 3, rel=0.02)
+    assert background(image) == pytest.approx(reference.background, rel=0.02)
+    # The cells come back with it: the whole image is within a few levels of the original.
+    difference = np.abs(np.asarray(image, float) - np.asarray(FILM, float))
+    assert difference.mean() < 2
+
+
+def test_another_lamp_colour_is_corrected_colour_by_colour():
+    reference = reference_of(FILM)
+    warmer = scaled(FILM, (1.0, 0.92, 0.8))
+    _, found = reference.correct(warmer)
+    assert found["exposure"]["gains"] == pytest.approx([1.0, 1 / 0.92, 1 / 0.8], rel=0.02)
+    assert stored(found["exposure"]).tinted
+
+
+def test_a_channel_clipped_in_the_training_images_takes_the_others_gain_within_its_bound():
+    """PBC's red background is the camera's white (255): a darker image's red says only that
+    it needs at least 255/red, and the green and blue say how much."""
+    reference = Exposure((255.0, 228.0, 203.0), (209.0, 199.0, 197.0), (255.0, 233.0, 239.0))
+    assert reference.gains((191.0, 171.0, 152.2)) == pytest.approx((1.334, 1.333, 1.334),
+                                                                     abs=0.002)
+    # A lamp redder than that bound says: at least 255/240, though green and blue want 1.1.
+    assert reference.gains((240.0, 207.0, 184.5))[0] == pytest.approx(1.1, abs=0.002)
+    assert reference.gains((200.0, 207.0, 184.5))[0] == pytest.approx(1.275, abs=0.002)
+
+
+def test_a_channel_at_white_in_the_image_bounds_its_gain_from_above():
+    reference = Exposure((218.0, 219.0, 213.0), (200.0, 200.0, 196.0), (237.0, 239.0, 237.0))
+    gains = reference.gains((255.0, 240.0, 230.0))
+    # Green and blue want about 0.92; red, at white, was at least that bright: at most 0.855.
+    assert gains[0] == pytest.approx(218 / 255, abs=0.002)
+    assert gains[1:] == pytest.approx((219 / 240, 213 / 230), abs=0.002)
+
+
+def test_an_over_exposed_image_is_read_as_it_is_and_said_to_be():
+    reference = reference_of(FILM)
+    white = scaled(FILM, (1.3, 1.3, 1.3))  # the background clipped in every colour
+    image, found = reference.correct(white)
+    assert image is white
+    assert found["exposure"]["outside"] and found["exposure"]["gains"] is None
+    assert found["exposure"]["over_exposed"] is True
+
+
+def test_a_background_further_than_an_exposure_takes_it_is_not_corrected():
+    reference = reference_of(FILM)
+    dark = scaled(FILM, (0.3, 0.3, 0.3))  # needs more than MAX_GAIN: not a bright-field slide
+    image, found = reference.correct(dark)
+    assert image is dark
+    assert found["exposure"]["gains"] is None and found["exposure"]["over_exposed"] is False
+
+
+@pytest.mark.parametrize("entry", [
+    None, {}, {"background": [1, 2], "low": [0, 0, 0], "high": [9, 9, 9]},
+    {"background": "abc", "low": [0, 0, 0], "high": [9, 9, 9]},
+    {"background": [5, 5, float("nan")], "low": [0, 0, 0], "high": [9, 9, 9]},
+    {"background": [5, 5, 5], "low": [6, 0, 0], "high": [9, 9, 9]},  # median below lowest
+    {"background": [0, 0, 0], "low": [0, 0, 0], "high": [9, 9, 9]},
+    {"background": [5, 5, 300], "low": [0, 0, 0], "high": [9, 9, 300]},
+])
+def test_an_unusable_card_entry_corrects_nothing(entry):
+    assert Exposure.from_card({"exposure": entry}) is None
+
+
+def test_a_stored_check_is_read_back_or_left_out_when_damaged():
+    reference = reference_of(FILM)
+    _, found = reference.correct(scaled(FILM, (0.75,) * 3))
+    check = stored(json.loads(json.dumps(found["exposure"])))
+    assert check.corrected and not check.over_exposed
+    assert check.brightness() == pytest.approx(0.75, abs=0.02)
+    for damaged in ({**found["exposure"], "gains": [1.2]},
+                    {**found["exposure"], "gains": ["x", 1, 1]},
+                    {**found["exposure"], "gains": [9, 9, 9]},
+                    {**found["exposure"], "outside": "yes"},
+                    {**found["exposure"], "background": None}, "text", None):
+        assert stored(damaged) is None
+
+
+def test_a_reference_is_a_served_setting_only_where_the_card_has_one():
+    """A model's version stays the same across the upgrade that added the correction, and
+    changes when its card records a reference."""
+    card = {"classes": ["a"], "input_size": [8, 8, 3]}
+    assert "exposure" not in served_settings(card)
+    entry = {"background": [200, 210, 220], "low": [190, 200, 210], "high": [210, 220, 230]}
+    assert served_settings({**card, "exposure": entry})["exposure"] == entry
+
+
+def test_the_predictor_reads_an_image_as_trained(trusted_model_dir, tmp_path):
+    from hematovision.predictor import Predictor
+    from tests.web_helpers import make_models_root
+
+    make_models_root(tmp_path, trusted_model_dir, names=("plain", "exposed"))
+    card = json.loads((tmp_path / "exposed" / "model_card.json").read_text())
+    reference = reference_of(FILM)
+    card["exposure"] = reference.entry()
+    (tmp_path / "exposed" / "model_card.json").write_text(json.dumps(card))
+    plain, exposed = Predictor(tmp_path / "plain"), Predictor(tmp_path / "exposed")
+    assert plain.exposure is None and exposed.exposure == reference
+    assert plain.version != exposed.version
+    darker = scaled(FILM, (0.7,) * 3)
+    assert plain.as_trained(darker) == (darker, {})
+    image, found = exposed.as_trained(darker)
+    assert found["exposure"]["gains"] == pytest.approx([1 / 0.7] * 3, rel=0.02)
+    assert exposed.predict_images([darker])[0].probabilities == pytest.approx(
+        exposed.predict_images([image])[0].probabilities)
+
+
+def test_the_command_records_the_reference_and_the_figures_both_ways(
+        tmp_path, trusted_model_dir):
+    from training import exposure, tables
+    from tests.web_helpers import make_models_root
+
+    split = {"root": str(tmp_path / "train"), "train": []}
+    classes = json.loads((trusted_model_dir / "model_card.json").read_text())["classes"]
+    for i in range(8):
+        for root in (tmp_path / "train", tmp_path / "test"):
+            path = root / classes[i % len(classes)] / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scaled(make_smear(30, seed=i), (1 + (i % 3 - 1) * 0.03,) * 3).save(path)
+        split["train"].append(f"{classes[i % len(classes)]}/{i}.png")
+    root = tmp_path / "models"
+    make_models_root(root, trusted_model_dir, names=("model",))
+    (root / "model" / "splits.json").write_text(json.dumps(split))
+    exposure.main(["--model-dir", str(root / "model"), "--data", str(tmp_path / "test"),
+                   "--workers", "1", "--record"])
+
+    entry = json.loads((root / "model" / "model_card.json").read_text())["exposure"]
+    assert entry["reference"]["images"] == 8 and entry["measured"] == 8
+    low, high = np.array(entry["low"]), np.array(entry["high"])
+    assert (low < np.array(entry["background"])).all() and (high > low).all()
+    rows = {r["name"]: r for r in entry["check"]["rows"]}
+    assert list(rows) == list(exposure.CHANGES)
+    # The training images' own exposures are within: nothing corrected, both ways alike.
+    assert rows["as recorded"]["corrected"] == 0
+    assert rows["as recorded"]["as_read"] == {k: rows["as recorded"][k] for k in
+                                              rows["as recorded"]["as_read"]}
+    assert rows["darker"]["corrected"] == 1 and rows["brighter"]["not_correctable"] == 1
+    assert Exposure.from_card({"exposure": entry}) is not None
+
+    table = tables.exposure_table(root).splitlines()
+    assert table[0].startswith("| | `model` (n=8)")
+    assert any(line.startswith("| darker (under-exposed: brightness x0.75) | 100.0% |")
+               for line in table)

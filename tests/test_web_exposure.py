@@ -1,0 +1,119 @@
+"""The exposure correction in the app: each image's background and scaling on its result
+page, in the API and the CSV; the batch page's count of corrected and over-exposed images; the
+model page's recorded figures; nothing of it for a model whose card records no reference; and a
+damaged stored check left out, never a failed page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from hematovision.exposure import scaled
+from hematovision.web import uploads
+from tests.conftest import make_smear
+from tests.test_exposure import reference_of
+from tests.web_helpers import csv_of, make_models_root, page, text, upload
+
+ROW = {"accuracy": 0.98, "accepted_rate": 0.95, "unidentified_rate": 0.0,
+       "not_a_cell_rate": 0.05, "accuracy_accepted": 0.99}
+CHECK = {"data": "test", "n": 40, "rows": [
+    {"name": "darker", "description": "under-exposed: brightness x0.75", "corrected": 1.0,
+     "not_correctable": 0.0, "unmeasured": 0.0, **ROW,
+     "as_read": {**ROW, "accepted_rate": 0.0, "not_a_cell_rate": 1.0,
+                 "accuracy_accepted": None}}]}
+
+
+def film(factor: float = 1.0, seed: int = 0) -> bytes:
+    out = io.BytesIO()
+    scaled(make_smear(30, seed=seed), (factor,) * 3).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def models_root(tmp_path, trusted_model_dir):
+    """'exposed' records the backgrounds of 30-pixel films; 'plain' none."""
+    root = tmp_path / "models"
+    entry = {**reference_of(make_smear(30)).entry(), "measured": 100,
+             "reference": {"data": "train", "images": 100}, "check": CHECK}
+    make_models_root(root, trusted_model_dir, names=("exposed",), card={"exposure": entry})
+    make_models_root(root, trusted_model_dir, names=("plain", "tiny"))
+    return root
+
+
+def test_a_darker_image_is_read_corrected_and_its_page_says_by_how_much(client):
+    location = upload(client, "exposed", ("dark.png", film(0.75)), ("usual.png", film(seed=1)))
+    html = page(client, location + "/0")
+    assert re.search(r'id="why-exposure" data-outside="true" data-corrected="true"', html)
+    note = text(re.search(r'id="exposure-note".*?</p>', html, re.S).group(0))
+    assert re.search(r"was 0\.7[4-6] times as bright as in the model's training images", note)
+    assert re.search(r"red ×1\.3[2-4]\d, green ×1\.3[2-4]\d, blue ×1\.3[2-4]\d", note)
+    assert "of another colour" not in note and "The image shown is as uploaded" in note
+
+    usual = page(client, location + "/1")
+    assert re.search(r'id="why-exposure" data-outside="false" data-corrected="false"', usual)
+    assert "within: read as it is" in usual and 'id="exposure-note"' not in usual
+
+    batch = page(client, location)
+    assert re.search(r'id="exposure-check"\s+data-corrected="1" data-over-exposed="0"', batch)
+    assert re.search(r"The slide's background in 1 of these 2 images lay outside", text(batch))
+
+
+def test_an_over_exposed_image_is_named_on_its_page_and_its_batch(client):
+    location = upload(client, "exposed", ("white.png", film(1.3)), ("usual.png", film(seed=1)))
+    html = page(client, location + "/0")
+    assert re.search(r'id="why-exposure" data-outside="true" data-corrected="false"', html)
+    assert "white: over-exposed, not corrected" in html
+    assert "Take the image again with less light" in text(html)
+    batch = page(client, location)
+    assert 'class="alert alert-warning small py-2" id="exposure-check"' in batch
+    assert "1 image is over-exposed:" in text(batch)
+
+
+def test_the_api_and_the_csv_carry_the_check(client):
+    body = client.post("/api/predict", data={
+        "model": "exposed", "file": [(io.BytesIO(film(0.75)), "dark.png")]}).get_json()
+    check = body["results"][0]["exposure"]
+    assert check["outside"] is True and check["gains"] == pytest.approx([1 / 0.75] * 3, rel=0.02)
+
+    location = upload(client, "exposed", ("dark.png", film(0.75)), ("usual.png", film(seed=1)),
+                      ("white.png", film(1.3, seed=2)))
+    rows = list(csv.DictReader(csv_of(page(client, location + ".csv"))))
+    gains = [float(g) for g in rows[0]["exposure_correction"].split()]
+    assert gains == pytest.approx([1 / 0.75] * 3, rel=0.02)
+    assert [r["exposure_correction"] for r in rows[1:]] == ["", "over-exposed"]
+
+
+def test_a_model_without_a_reference_reads_images_as_they_are(client):
+    location = upload(client, "plain", ("dark.png", film(0.75)))
+    assert 'id="why-exposure"' not in page(client, location)
+    body = client.post("/api/predict", data={
+        "model": "plain", "file": [(io.BytesIO(film(0.75)), "dark.png")]}).get_json()
+    assert "exposure" not in body["results"][0]
+    assert 'id="exposure"' not in page(client, "/models/plain")
+
+
+def test_the_model_page_shows_the_figures_both_ways(client):
+    html = page(client, "/models/exposed")
+    row = text(re.search(r'id="exposure-table".*?data-change="darker">(.*?)</tr>', html,
+                         re.S).group(1)).strip()
+    assert row == ("darker (under-exposed: brightness x0.75) 100.0 % 95.0 % (99.0 %) 5.0 % "
+                   "0.0 % (none accepted) 100.0 %")
+
+
+@pytest.mark.parametrize("damaged", [{"outside": True, "background": "grey", "gains": None},
+                                     {"outside": True, "background": [1, 2, 3], "gains": [0]},
+                                     "dark", 7])
+def test_a_damaged_stored_check_is_left_out_not_a_failed_page(client, damaged):
+    location = upload(client, "exposed", ("dark.png", film(0.75)), ("usual.png", film(seed=1)))
+    batch_id = location.rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch["results"][0].update(exposure=damaged))
+    html = page(client, location + "/0")
+    assert 'id="why-exposure"' not in html and 'id="exposure-note"' not in html
+    assert 'id="exposure-check"' not in page(client, location)
+    rows = list(csv.DictReader(csv_of(page(client, location + ".csv"))))
+    assert rows[0]["exposure_correction"] == ""
