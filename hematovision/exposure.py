@@ -2,11 +2,12 @@
 
 A blood film's background, the bare slide between cells, is the lamp's light as the camera
 recorded it: a longer exposure or a brighter lamp scales it, a warmer or cooler lamp tints it,
-and the cells with it. The trust layer reads that as unfamiliarity: with every pixel 0.75 times
-as bright, the 8-class model still names 98 % of its test cells right, yet flags all of them
-"not a blood-cell image" (`python -m training.robustness`), because PBC's images were all taken
-with one lamp and camera setting. Dividing by the lamp's colour is the usual correction of
-brightfield microscopy (a white reference); the slide's own background serves as one.
+and the cells with it. The trust layer reads that as unfamiliarity: read as they are with every
+pixel 0.75 times as bright, the 8-class model still names nearly all of its test cells right,
+yet flags all of them "not a blood-cell image" (`python -m training.exposure`, "as read"),
+because PBC's images were all taken with one lamp and camera setting. Dividing by the lamp's
+colour is the usual correction of brightfield microscopy (a white reference); the slide's own
+background serves as one.
 
 `Exposure` holds the training images' backgrounds (`python -m training.exposure --record`
 measures them): their median colour and, channel by channel, the lowest and highest. An image
@@ -14,8 +15,11 @@ whose background lies within those for every channel is read as it is, so no tra
 would have been changed; one outside is scaled, channel by channel, to the training images'
 median background before the model reads it. A channel at the camera's white in the image or
 in the reference was clipped: it bounds the light, and takes the others' scaling within that
-bound. An image white in all three is over-exposed, and one needing more than MAX_GAIN either
-way is not a slide under the same kind of light: both are read as they are and said to be.
+bound (white in both, only a darkening). An image white in all three is over-exposed, and one
+needing more than MAX_GAIN either way is not a slide under the same kind of light: both are
+read as they are and said to be. The background is the brightest tenth of the image; where
+that tenth is more spread than any training image's, it is no plateau of bare slide (a crop the
+cell fills) and nothing is measured.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ def background(image: Image.Image) -> tuple[float, float, float] | None:
     """The colour of the image's bare slide: the median of its brightest tenth, channel by
     channel, on a working copy of WORK_SIDE pixels' short side; None where too little of the
     image is slide (black fill of a rotated image, a photo of something else in the dark)."""
+    measured = slide_background(image)
+    return None if measured is None else measured[0]
+
+
+def slide_background(image: Image.Image) -> tuple[tuple[float, float, float], float] | None:
+    """`background`, with how spread the brightest tenth's brightness is: 1 - its lowest over
+    its 99th percentile. Bare slide is one bright plateau; a tenth that reaches from the slide
+    into a cell (a crop the cell fills, showing slide only in its corners) is spread wider
+    (`training.exposure` records the widest of the training images')."""
     if min(image.size) < 1:
         return None
     scale = WORK_SIDE / min(image.size)
@@ -50,8 +63,10 @@ def background(image: Image.Image) -> tuple[float, float, float] | None:
     slide = luminance > BLACK_FILL
     if slide.mean() < MIN_SLIDE_SHARE:
         return None
-    brightest = luminance[slide] >= np.percentile(luminance[slide], 100 * (1 - BRIGHTEST_SHARE))
-    return tuple(round(float(v), 1) for v in np.median(rgb[slide][brightest], axis=0))
+    lowest, top = np.percentile(luminance[slide], (100 * (1 - BRIGHTEST_SHARE), 99))
+    colour = np.median(rgb[slide][luminance[slide] >= lowest], axis=0)
+    return (tuple(round(float(v), 1) for v in colour),
+            round(1 - float(lowest) / max(float(top), 1.0), 4))
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,10 @@ class Exposure:
     background: tuple[float, float, float]  # their median, channel by channel
     low: tuple[float, float, float]  # their lowest, channel by channel
     high: tuple[float, float, float]  # their highest
+    # The widest spread of their brightest tenths (`slide_background`): an image's spread
+    # wider than every one of theirs is no plateau of bare slide, and is not measured. None:
+    # a card recorded before it was (no image left unmeasured for it).
+    max_spread: float | None = None
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> "Exposure | None":
@@ -68,8 +87,9 @@ class Exposure:
         then read as they are, never corrected on a guess."""
         entry = card.get(CARD_KEY)
         try:
-            reference = cls(*(_colour(entry[key]) for key in ("background", "low", "high")))
-        except (KeyError, TypeError, ValueError):
+            reference = cls(*(_colour(entry[key]) for key in ("background", "low", "high")),
+                            _spread(entry.get("max_spread")))
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             return None
         inside = all(lo <= mid <= hi for lo, mid, hi in
                      zip(reference.low, reference.background, reference.high))
@@ -79,23 +99,24 @@ class Exposure:
         """The image's exposure check: its `background`, whether it lies `outside` the
         training images' range, and the `gains` (red, green, blue) that bring it to their
         median, None where it is within or cannot be brought (`over_exposed`: white in every
-        channel; else more than MAX_GAIN away). None: no background to measure."""
-        measured = background(image)
-        if measured is None:
+        channel; else more than MAX_GAIN away). None: no background to measure, or a
+        brightest tenth more spread than any training image's (not bare slide)."""
+        found = slide_background(image)
+        if found is None or (self.max_spread is not None and found[1] > self.max_spread):
             return None
+        measured = found[0]
         outside = not all(lo <= v <= hi for v, lo, hi in zip(measured, self.low, self.high))
-        entry = {"background": list(measured), "outside": outside, "gains": None}
-        if outside:
-            gains = self.gains(measured)
-            entry["gains"] = None if gains is None else list(gains)
-            entry["over_exposed"] = min(measured) >= SATURATED
-        return entry
+        gains = self.gains(measured) if outside else None
+        return {"background": list(measured), "outside": outside,
+                "gains": None if gains is None else list(gains),
+                "over_exposed": outside and min(measured) >= SATURATED}
 
     def gains(self, measured: tuple[float, ...]) -> tuple[float, float, float] | None:
         """The scaling of each channel that brings a background of `measured` to the
         reference's. A channel clipped in either says only how far at least: it takes the
-        unclipped channels' scaling (their geometric mean) within that bound. None: no channel
-        unclipped in both, or a scaling beyond MAX_GAIN."""
+        unclipped channels' scaling (their geometric mean) within that bound; clipped in both,
+        it takes it only where that darkens. None: no channel unclipped in both, or a scaling
+        beyond MAX_GAIN."""
         def clipped(value: float) -> bool:
             return value >= SATURATED
 
@@ -108,8 +129,13 @@ class Exposure:
 
         def gain(value: float, ref: float) -> float:
             ratio = ref / max(value, 1.0)
-            if clipped(value) == clipped(ref):  # both measured, or neither: nothing to bound
-                return shared if clipped(value) else ratio
+            if not clipped(value) and not clipped(ref):
+                return ratio
+            if clipped(value) and clipped(ref):
+                # White in both: darkened with the others, never brightened. A warmer lamp
+                # leaves PBC's red at white while green and blue dim, and red brightened with
+                # them read worse than uncorrected (docs/experiments.md, "Exposure").
+                return min(shared, 1.0)
             # The image's channel at white was at least that bright (at most this gain); the
             # reference's, at least as bright as the image's needs (at least this gain).
             return min(shared, ratio) if clipped(value) else max(shared, ratio)
@@ -130,13 +156,28 @@ class Exposure:
     def entry(self) -> dict[str, Any]:
         """What `from_card` reads, as served settings name the reference."""
         return {"background": list(self.background), "low": list(self.low),
-                "high": list(self.high)}
+                "high": list(self.high), "max_spread": self.max_spread}
+
+
+def as_read(image: Image.Image, check: Stored | None) -> Image.Image:
+    """A stored upload as the model read it: scaled by its stored check's gains where it was
+    corrected (never measured again: the stored copy is a re-encoded JPEG, whose background
+    may fall on the other side of a range's edge)."""
+    return scaled(image, check.gains) if check is not None and check.corrected else image
 
 
 def scaled(image: Image.Image, gains) -> Image.Image:
     """Each channel of `image` times its gain, rounded and clipped to 8 bits."""
     pixels = np.asarray(image.convert("RGB"), np.float32) * np.asarray(gains, np.float32)
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+
+
+def _spread(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"not a spread: {value!r}")
+    return float(value)
 
 
 def _colour(value) -> tuple[float, float, float]:
@@ -166,6 +207,20 @@ class Stored:
         """Corrected in colour as well as brightness: its gains differ by more than TINT."""
         return self.gains is not None and max(self.gains) > min(self.gains) * TINT
 
+    def ratios(self, reference: "Exposure | None") -> tuple[float, float, float] | None:
+        """Each colour of this background over the reference's (None without one)."""
+        if reference is None:
+            return None
+        return tuple(round(v / max(ref, 1.0), 2)
+                     for v, ref in zip(self.background, reference.background))
+
+    def uneven(self, reference: "Exposure | None") -> bool:
+        """Uncorrected, and its colours differ from the reference's by more than TINT: of
+        another colour, which one brightness would hide."""
+        ratios = self.ratios(reference)
+        return (self.gains is None and ratios is not None and min(ratios) > 0
+                and max(ratios) > min(ratios) * TINT)
+
     def brightness(self, reference: "Exposure | None" = None) -> float | None:
         """How many times the training images' background brightness this one's is: the
         inverse of the mean gain where it was corrected, else (with the reference) the ratio
@@ -191,6 +246,6 @@ def stored(value: Any) -> Stored | None:
         if gains is not None and (len(gains) != 3 or not all(
                 1 / MAX_GAIN <= g <= MAX_GAIN for g in gains)):
             return None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # JSON integers are unbounded
         return None
     return Stored(measured, value["outside"], gains, value.get("over_exposed") is True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hematovision.exposure import Exposure, background, scaled, stored
+from hematovision.exposure import Exposure, background, scaled, slide_background, stored
 from hematovision.predictor import served_settings
 from tests.conftest import make_smear
 
@@ -78,6 +78,16 @@ def test_a_channel_clipped_in_the_training_images_takes_the_others_gain_within_i
     assert reference.gains((200.0, 207.0, 184.5))[0] == pytest.approx(1.275, abs=0.002)
 
 
+def test_a_channel_white_in_both_is_darkened_with_the_others_never_brightened():
+    """A warmer lamp leaves PBC's red at white while green and blue dim: red stays as it is.
+    A brighter exposure dims every colour: red, white in both, is dimmed with them."""
+    reference = Exposure((255.0, 228.0, 203.0), (209.0, 199.0, 197.0), (255.0, 233.0, 239.0))
+    warmer = reference.gains((255.0, 216.6, 172.6))
+    assert warmer == pytest.approx((1.0, 228 / 216.6, 203 / 172.6), abs=0.002)
+    brighter = reference.gains((255.0, 251.0, 223.3))
+    assert brighter == pytest.approx((0.909, 0.908, 0.909), abs=0.002)
+
+
 def test_a_channel_at_white_in_the_image_bounds_its_gain_from_above():
     reference = Exposure((218.0, 219.0, 213.0), (200.0, 200.0, 196.0), (237.0, 239.0, 237.0))
     gains = reference.gains((255.0, 240.0, 230.0))
@@ -103,6 +113,34 @@ def test_a_background_further_than_an_exposure_takes_it_is_not_corrected():
     assert found["exposure"]["gains"] is None and found["exposure"]["over_exposed"] is False
 
 
+def cell_filling_the_frame(size: int = 200, radius: float = 120) -> Image.Image:
+    """One white cell at the training exposure, cropped so tight that the slide shows only in
+    the corners (about 5 % of the frame): pale violet cytoplasm, a violet nucleus."""
+    rng = np.random.default_rng(0)
+    array = np.full((size, size, 3), (226, 216, 220), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    distance = np.hypot(xx - size / 2, yy - size / 2)
+    array[distance < radius] = (200, 170, 200)
+    array[distance < size / 4] = (90, 60, 160)
+    array += rng.normal(0, 3, array.shape)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def test_a_brightest_tenth_that_is_no_plateau_of_slide_is_not_measured():
+    """In a crop the cell fills, the brightest tenth reaches into the cytoplasm: taken for the
+    slide, it would recolour an image taken at the training exposure (the reviewer's case)."""
+    reference = reference_of(FILM)
+    spread = slide_background(FILM)[1]
+    guarded = Exposure(reference.background, reference.low, reference.high, 4 * spread)
+    tight = cell_filling_the_frame()
+    assert slide_background(tight)[1] > 4 * spread
+    image, found = guarded.correct(tight)
+    assert image is tight and found == {"exposure": None}
+    # Without a recorded spread (a card from before it), the tenth is taken as it is.
+    assert reference.check(tight)["gains"] is not None
+    assert guarded.check(scaled(FILM, (0.75,) * 3))["gains"] is not None
+
+
 @pytest.mark.parametrize("entry", [
     None, {}, {"background": [1, 2], "low": [0, 0, 0], "high": [9, 9, 9]},
     {"background": "abc", "low": [0, 0, 0], "high": [9, 9, 9]},
@@ -110,6 +148,10 @@ def test_a_background_further_than_an_exposure_takes_it_is_not_corrected():
     {"background": [5, 5, 5], "low": [6, 0, 0], "high": [9, 9, 9]},  # median below lowest
     {"background": [0, 0, 0], "low": [0, 0, 0], "high": [9, 9, 9]},
     {"background": [5, 5, 300], "low": [0, 0, 0], "high": [9, 9, 300]},
+    {"background": [5, 5, 5], "low": [0, 0, 0], "high": [9, 9, 9], "max_spread": 2},
+    {"background": [5, 5, 5], "low": [0, 0, 0], "high": [9, 9, 9], "max_spread": True},
+    {"background": [5, 5, 5], "low": [0, 0, 0], "high": [9, 9, 9], "max_spread": "0.1"},
+    {"background": [5, 5, 5], "low": [0, 0, 0], "high": [9, 9, 9], "max_spread": 10 ** 400},
 ])
 def test_an_unusable_card_entry_corrects_nothing(entry):
     assert Exposure.from_card({"exposure": entry}) is None
@@ -135,7 +177,10 @@ def test_a_reference_is_a_served_setting_only_where_the_card_has_one():
     card = {"classes": ["a"], "input_size": [8, 8, 3]}
     assert "exposure" not in served_settings(card)
     entry = {"background": [200, 210, 220], "low": [190, 200, 210], "high": [210, 220, 230]}
-    assert served_settings({**card, "exposure": entry})["exposure"] == entry
+    assert served_settings({**card, "exposure": entry})["exposure"] == {**entry,
+                                                                       "max_spread": None}
+    spread = {**entry, "max_spread": 0.05}
+    assert served_settings({**card, "exposure": spread})["exposure"] == spread
 
 
 def test_the_predictor_reads_an_image_as_trained(trusted_model_dir, tmp_path):
@@ -187,10 +232,17 @@ def test_the_command_records_the_reference_and_the_figures_both_ways(
     assert rows["as recorded"]["corrected"] == 0
     assert rows["as recorded"]["as_read"] == {k: rows["as recorded"][k] for k in
                                               rows["as recorded"]["as_read"]}
-    assert rows["darker"]["corrected"] == 1 and rows["brighter"]["not_correctable"] == 1
+    # Every darker image corrected, bar any whose brightest tenth, its levels rounded anew,
+    # is a little more spread than the widest of these 8 training images'.
+    darker = rows["darker"]
+    assert darker["corrected"] >= 0.75 and darker["corrected"] + darker["unmeasured"] == 1
+    assert rows["brighter"]["not_correctable"] == 1
+    assert 0 < entry["max_spread"] < 0.05
     assert Exposure.from_card({"exposure": entry}) is not None
 
     table = tables.exposure_table(root).splitlines()
     assert table[0].startswith("| | `model` (n=8)")
-    assert any(line.startswith("| darker (under-exposed: brightness x0.75) | 100.0% |")
-               for line in table)
+    assert any(line.startswith(f"| darker (under-exposed: brightness x0.75) | "
+                               f"{darker['corrected']:.1%} |") for line in table)
+    assert table[5].startswith(f"| training images' widest spread of a brightest tenth (wider: "
+                               f"not measured) | {entry['max_spread']:g} |")

@@ -117,3 +117,76 @@ def test_a_damaged_stored_check_is_left_out_not_a_failed_page(client, damaged):
     assert 'id="exposure-check"' not in page(client, location)
     rows = list(csv.DictReader(csv_of(page(client, location + ".csv"))))
     assert rows[0]["exposure_correction"] == ""
+
+
+def test_the_model_s_view_and_heat_map_read_the_stored_upload_as_the_result_was_read(
+        client, models_root):
+    """The stored copy is a re-encoded JPEG whose background may fall on the other side of a
+    range's edge: the model's view and the heat map scale it by the result's stored gains,
+    never measure it again."""
+    from hematovision.exposure import stored
+    from hematovision.predictor import Predictor
+    from hematovision.web import heatmap
+
+    location = upload(client, "exposed", ("dark.png", film(0.75)), ("usual.png", film(seed=1)))
+    batch_id = location.rsplit("/", 1)[1]
+    corrected = client.get(location + "/0/view.jpg")
+    assert corrected.status_code == 200
+
+    def as_if_within(batch: dict) -> None:
+        batch["results"][0]["exposure"].update(outside=False, gains=None)
+
+    folder = Path(client.application.config["UPLOAD_FOLDER"])
+    batch = uploads.update_batch(folder, batch_id, as_if_within)
+    uncorrected = client.get(location + "/0/view.jpg")
+    assert uncorrected.status_code == 200 and uncorrected.data != corrected.data
+
+    predictor = Predictor(models_root / "exposed")
+    path = next(folder.rglob(f"{batch['results'][0]['image']}*"))
+    check = stored({"outside": True, "background": [170, 162, 165], "gains": [1.33] * 3})
+    label = predictor.classes[0]
+    assert (heatmap.stored_overlay(predictor, path, label, exposure=check)
+            != heatmap.stored_overlay(predictor, path, label))
+
+
+def test_a_batch_of_darker_and_brighter_images_names_each_apart(client):
+    location = upload(client, "exposed", ("dark.png", film(0.75)), ("darker.png", film(0.7, seed=1)),
+                      ("bright.png", film(1.08, seed=2)))
+    said = text(page(client, location))
+    assert re.search(r"lay outside the range of the model's training images' \(2 darker, a "
+                     r"median 0\.7[0-4] times as bright as theirs; 1 brighter, 1\.0[6-9] times",
+                     said)
+
+
+def test_an_image_too_far_in_one_colour_names_the_colours(client):
+    tinted = io.BytesIO()
+    scaled(make_smear(30), (0.45, 1.0, 1.0)).save(tinted, "PNG")
+    html = page(client, upload(client, "exposed", ("red.png", tinted.getvalue())))
+    note = text(re.search(r'id="exposure-note".*?</p>', html, re.S).group(0))
+    assert "of another colour than the model's training images' (red ×0.45, green ×1.00" in note
+    assert "times as bright" not in note
+
+
+@pytest.mark.parametrize("figures", [
+    {"rows": [{"name": "darker"}]}, {"rows": ["darker"]}, {"n": 40, "data": "test"},
+    {**CHECK, "rows": [{**CHECK["rows"][0], "as_read": None}]}])
+def test_a_half_recorded_card_entry_leaves_the_section_off_the_model_page(
+        tmp_path, trusted_model_dir, figures):
+    from tests.web_helpers import make_app
+
+    root = tmp_path / "models"
+    entry = {**reference_of(make_smear(30)).entry(), "reference": {"data": "t", "images": 9},
+             "check": figures}
+    make_models_root(root, trusted_model_dir, names=("exposed", "tiny"),
+                     card={"exposure": entry})
+    html = page(make_app(tmp_path, root).test_client(), "/models/exposed")
+    assert 'id="exposure"' not in html
+
+
+def test_a_stored_number_too_large_for_a_float_is_a_damaged_check(client):
+    location = upload(client, "exposed", ("dark.png", film(0.75)))
+    batch_id = location.rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch["results"][0]["exposure"].update(
+                             gains=[10 ** 400, 1, 1]))
+    assert 'id="why-exposure"' not in page(client, location)

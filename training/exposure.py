@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hematovision.card import read_card, write_card
-from hematovision.exposure import CARD_KEY, Exposure, background, scaled
+from hematovision.exposure import CARD_KEY, Exposure, scaled, slide_background
 from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.preprocess import ImageError, load_image
 from training import data as data_lib
@@ -55,23 +55,25 @@ CHANGES: dict[str, tuple[str, Perturb]] = {
 
 
 def _background(path: Path) -> list[float]:
-    """One file's slide background (NaN: unreadable or unmeasurable)."""
+    """One file's slide background and its brightest tenth's spread (NaN: unreadable or
+    unmeasurable)."""
     try:
-        measured = background(load_image(path))
+        measured = slide_background(load_image(path))
     except (ImageError, OSError):
         measured = None
-    return [np.nan] * 3 if measured is None else list(measured)
+    return [np.nan] * 4 if measured is None else [*measured[0], measured[1]]
 
 
 def measure(paths: list[Path], workers: int) -> np.ndarray:
-    """(len(paths), 3) backgrounds, NaN where unmeasured."""
+    """(len(paths), 4) backgrounds (red, green, blue) and spreads, NaN where unmeasured."""
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return np.array(list(pool.map(_background, paths, chunksize=32)), dtype=float)
 
 
 def reference_entry(backgrounds: np.ndarray) -> dict:
-    """The card entry's reference part from the training images' backgrounds (NaN rows:
-    unmeasured): their median, lowest and highest, channel by channel."""
+    """The card entry's reference part from the training images' backgrounds and spreads
+    (`measure`; NaN rows: unmeasured): their median, lowest and highest, channel by channel,
+    and the widest spread."""
     measured = backgrounds[~np.isnan(backgrounds).any(axis=1)]
     if not len(measured):
         raise SystemExit(f"None of {len(backgrounds)} training images had a slide background "
@@ -80,9 +82,10 @@ def reference_entry(backgrounds: np.ndarray) -> dict:
     def colour(values) -> list[float]:
         return [round(float(v), 1) for v in values]
 
-    return {"background": colour(np.median(measured, axis=0)),
-            "low": colour(measured.min(axis=0)), "high": colour(measured.max(axis=0)),
-            "measured": len(measured)}
+    colours, spreads = measured[:, :3], measured[:, 3]
+    return {"background": colour(np.median(colours, axis=0)),
+            "low": colour(colours.min(axis=0)), "high": colour(colours.max(axis=0)),
+            "max_spread": round(float(spreads.max()), 4), "measured": len(measured)}
 
 
 def compare(predictor, reference: Exposure, paths: list[Path], truth: np.ndarray,
@@ -122,7 +125,7 @@ def compare(predictor, reference: Exposure, paths: list[Path], truth: np.ndarray
 
 
 def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: str,
-        train_data: Path | None, workers: int) -> dict:
+        train_data: Path | None, workers: int, sample: int | None = None) -> dict:
     predictor = open_model(model_dir)  # an unusable model stops here, saying why
     splits_path = model_dir / "splits.json"
     if not splits_path.is_file():
@@ -142,6 +145,8 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
     if not files:
         raise SystemExit(f"No image of {data_dir} belongs to a class of model "
                          f"{predictor.name!r}")
+    if sample and sample < len(files):
+        files = sorted(np.random.default_rng(0).choice(files, sample, replace=False).tolist())
 
     print(f"reference: {len(train)} training images of {root}", file=sys.stderr)
     entry = reference_entry(measure(training.paths(train), workers))
@@ -151,7 +156,9 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
         raise SystemExit(f"The training images' backgrounds make no usable reference: {entry}")
     truth = np.array([predictor.classes.index(dataset.classes[label_of[f]]) for f in files])
     print(f"check: {len(files)} images of {data_dir}", file=sys.stderr)
-    entry["check"] = {"data": data_label(data_dir, split_file, split_name), "n": len(files),
+    label = data_label(data_dir, split_file, split_name)
+    entry["check"] = {"data": label + (f", a seeded sample of {sample}" if sample else ""),
+                      "n": len(files),
                       "rows": compare(predictor, reference, dataset.paths(files), truth)}
     return entry
 
@@ -181,17 +188,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true",
                         help=f"store the reference and the figures in the model card "
                              f"('{CARD_KEY}')")
+    parser.add_argument("--json", type=Path, default=None, help="write the entry here")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="score a seeded sample of N of the images (not with --record)")
     args = parser.parse_args(argv)
+    if args.record and args.sample:
+        parser.error("--record stores the figures of every test image: run it without --sample")
     model_dir = model_dir_of(args)
     entry = run(model_dir, args.data, args.split_file, args.split_name, args.train_data,
-                args.workers)
+                args.workers, args.sample)
+    if args.json:
+        args.json.write_text(json.dumps(entry, indent=1) + "\n")
     if args.record:
         card = read_card(model_dir)
         card[CARD_KEY] = entry
         write_card(model_dir, card)
     print(f"slide background of the training images ({entry['measured']} of "
           f"{entry['reference']['images']} measured): median {entry['background']}, lowest "
-          f"{entry['low']}, highest {entry['high']} (red, green, blue)")
+          f"{entry['low']}, highest {entry['high']} (red, green, blue); widest spread of a "
+          f"brightest tenth {entry['max_spread']}")
     print(f"{entry['check']['data']}, n={entry['check']['n']}")
     for r in entry["check"]["rows"]:
         print(f"{r['name']:<18} corrected {r['corrected']:.3f}, not correctable "

@@ -899,6 +899,9 @@ def exposure_table(root: Path = MODELS_ROOT) -> str:
     not-a-cell shares as served (corrected) and as read without the correction."""
     entries = {name: read_card(root / name).get(EXPOSURE) for name in available_models(root)}
     entries = {name: e for name, e in entries.items() if isinstance(e, dict) and "check" in e}
+    if not entries:
+        return ("No model records an exposure reference: images are read as they are "
+                "(`python -m training.exposure --record` records one).")
     header = "".join(f" `{n}` (n={e['check']['n']}): corrected | served: accepted (accuracy) "
                      f"/ not a cell | read as they are |" for n, e in entries.items())
     lines = [f"| |{header}", "|---|" + "---|---|---|" * len(entries)]
@@ -906,6 +909,10 @@ def exposure_table(root: Path = MODELS_ROOT) -> str:
         colours = ["/".join(f"{v:g}" for v in e[key]) + " | |" for e in entries.values()]
         lines.append(f"| training images' slide background, {label} (red/green/blue) | "
                      f"{' | '.join(colours)} |")
+    spreads = [f"{e['max_spread']:g} | |" if e.get("max_spread") is not None else "not recorded | |"
+               for e in entries.values()]
+    lines.append("| training images' widest spread of a brightest tenth (wider: not measured) | "
+                 f"{' | '.join(spreads)} |")
 
     def statuses(r: dict) -> str:
         accepted = ("none" if r["accuracy_accepted"] is None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import ImageDraw, ImageFont
 
+from hematovision.exposure import Stored, as_read
 from hematovision.fields import centre_in
 from hematovision.preprocess import crop_to_nucleus, load_image
 
@@ -36,12 +37,13 @@ def outlined(image_path: Path, place: dict, others: list[dict]) -> bytes:
 
 
 def model_view(image_path: Path, crop_fraction: float | None, place: dict | None,
-               side: int = 320) -> bytes:
-    """The stored image as the model read it, as a JPEG at most `side` pixels a side: for a
-    model that crops to the nucleus (`crop_fraction`), the square round the nucleus, or round
-    the cell at `place` of a field holding several; otherwise the whole image. May raise
-    `ImageError` or FileNotFoundError."""
-    image = load_image(image_path)
+               exposure: Stored | None = None, side: int = 320) -> bytes:
+    """The stored image as the model read it, as a JPEG at most `side` pixels a side: its
+    exposure corrected where the result's `exposure` check says it was, then for a model that
+    crops to the nucleus (`crop_fraction`), the square round the nucleus, or round the cell at
+    `place` of a field holding several; otherwise the whole image. May raise `ImageError` or
+    FileNotFoundError."""
+    image = as_read(load_image(image_path), exposure)
     if crop_fraction is not None:
         image = crop_to_nucleus(image, crop_fraction, centre_in(place, image.size))
     image.thumbnail((side, side))

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hematovision.exposure import Stored, as_read
 from hematovision.predictor import Predictor
 from hematovision.fields import centre_in
-from hematovision.preprocess import load_image, to_input
+from hematovision.preprocess import at_resolution, load_image, to_input
 
 GRID_DECIMALS = 3  # the API's map values: enough to draw it, small enough to read
 
@@ -64,10 +65,11 @@ def to_json(model_input: np.ndarray, cam: np.ndarray) -> dict[str, Any]:
 
 
 def stored_overlay(predictor: Predictor, image_path: Path, label: str,
-                   cell: dict | None = None) -> bytes | None:
+                   cell: dict | None = None, exposure: Stored | None = None) -> bytes | None:
     """The overlay of a stored upload for its stored `label`, preprocessed exactly as
     `predictor` preprocesses (for wbc4: the crop around the nucleus, so it shows what the model
-    looked at; for one `cell` of a field, the crop on that cell); None when the model has no
+    looked at; for one `cell` of a field, the crop on that cell; scaled by the result's stored
+    `exposure` check where it was corrected); None when the model has no
     heat maps. May raise `ImageError` if the stored copy
     is unreadable, ValueError if the model has no class `label`.
 
@@ -75,7 +77,8 @@ def stored_overlay(predictor: Predictor, image_path: Path, label: str,
     the model may rank the classes of this copy differently; the map is therefore drawn for
     the stored label, the one the result page captions it with, not for the copy's top class.
     Storing maps at upload time instead would slow every prediction for a view few users open."""
-    image, _ = predictor.as_trained(load_image(image_path))
+    # The exposure as the result stored it, not measured again on the re-encoded copy.
+    image = as_read(at_resolution(load_image(image_path), predictor.short_side), exposure)
     # A cell of a field holding several: the crop on that cell, as it was classified.
     array = to_input(image, predictor.input_size, predictor.crop, centre_in(cell, image.size))
     _, cam = predictor.explain(array, label=label)

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, send_from_directory, url_for
 from hematovision import differential
 from hematovision.preprocess import ImageError
 from hematovision.trust import NOT_A_CELL
-from hematovision.web import field_view, heatmap, uploads, versions
+from hematovision.web import field_view, heatmap, results, uploads, versions
 from hematovision.web.filters import retention
 from hematovision.web.lookup import (image_item_or_404, load_or_404, no_store, served_model,
                                      upload_folder)
@@ -52,7 +52,7 @@ def model_view_image(batch_id: str, index: int):
     predictor = served_model(stored["model"])
     fraction = predictor.crop_fraction if predictor else None
     return drawn_from_stored(item, "image/jpeg", lambda path: field_view.model_view(
-        path, fraction, item.get("cell")))
+        path, fraction, item.get("cell"), results.exposure_of(item)))
 
 
 @bp.get("/batch/<batch_id>/<int:index>/heat-map.png")
@@ -77,7 +77,7 @@ def heat_map(batch_id: str, index: int):
         abort(404, description=CLASS_GONE.format(name=stored["model"], label=item["label"]))
     # The stored label, not the stored copy's top class: the page captions the map with it.
     return drawn_from_stored(item, "image/png", lambda path: heatmap.stored_overlay(
-        predictor, path, item["label"], item.get("cell")))
+        predictor, path, item["label"], item.get("cell"), results.exposure_of(item)))
 
 
 @bp.get("/batch/<batch_id>/<int:index>/field.jpg")

@@ -98,8 +98,10 @@ def model_page(name: str):
         differential=differential.recorded_figures(metrics),
         flags=_flags_entry(metrics),
         review_order=_review_order_entry(metrics),
-        magnification=_check_entry(card, MAGNIFICATION, predictor.magnification is not None),
-        exposure=_check_entry(card, EXPOSURE, predictor.exposure is not None),
+        magnification=_check_entry(card, MAGNIFICATION, predictor.magnification is not None,
+                                   MAGNIFICATION_SECTION),
+        exposure=_check_entry(card, EXPOSURE, predictor.exposure is not None,
+                              EXPOSURE_SECTION),
         exposure_max_gain=MAX_GAIN,
         fields=_fields_entry(predictor),
         reliability=[(f, models.caption(f)) for f in reliability],
@@ -195,14 +197,50 @@ def near_threshold_figure(predictor: Predictor | None) -> dict | None:
     return figures if all(is_number(v) for v in figures.values()) else None
 
 
-def _check_entry(card: dict, key: str, served: bool) -> dict | None:
+# What a page shows of a card's entry, each value a NUMBER, TEXT, a NUMBER or None
+# (MAYBE_NUMBER), a list of any length of one shape ([shape]), a list of as many values as a
+# tuple of shapes, or a dict of shapes by key (`fits`).
+NUMBER, TEXT, MAYBE_NUMBER = "number", "text", "number or none"
+STATUS_RATES = {"accepted_rate": NUMBER, "accuracy_accepted": MAYBE_NUMBER,
+                "not_a_cell_rate": NUMBER}
+RECORDED_ON = {"data": TEXT, "images": NUMBER}
+MAGNIFICATION_SECTION = {
+    "red_cell_scale": NUMBER, "single_image_range": (NUMBER, NUMBER),
+    "batch_range": (NUMBER, NUMBER),
+    "min_batch_images": NUMBER, "reference": RECORDED_ON,
+    "check": {"n": NUMBER, "data": TEXT, "batch_draws": NUMBER, "rows": [{
+        "name": TEXT, "median_ratio": MAYBE_NUMBER, "measured": NUMBER,
+        "single_outside": NUMBER, "batches_outside": NUMBER}]}}
+EXPOSURE_SECTION = {
+    "background": (NUMBER,) * 3, "low": (NUMBER,) * 3, "high": (NUMBER,) * 3,
+    "max_spread": MAYBE_NUMBER, "reference": RECORDED_ON,
+    "check": {"n": NUMBER, "data": TEXT, "rows": [{
+        "name": TEXT, "description": TEXT, "corrected": NUMBER, "not_correctable": NUMBER,
+        **STATUS_RATES, "as_read": STATUS_RATES}]}}
+
+
+def fits(value, shape) -> bool:
+    """Whether a card's value has `shape` (see NUMBER): a hand-edited or half-recorded card
+    leaves its section off the page rather than failing it."""
+    if shape == NUMBER:
+        return is_number(value)
+    if shape == MAYBE_NUMBER:
+        return value is None or is_number(value)
+    if shape == TEXT:
+        return isinstance(value, str)
+    if isinstance(shape, list):
+        return isinstance(value, list) and all(fits(v, shape[0]) for v in value)
+    if isinstance(shape, tuple):
+        return (isinstance(value, list) and len(value) == len(shape)
+                and all(fits(v, s) for v, s in zip(value, shape)))
+    return isinstance(value, dict) and all(fits(value.get(k), s) for k, s in shape.items())
+
+
+def _check_entry(card: dict, key: str, served: bool, shape: dict) -> dict | None:
     """The card's entry `key` (a reference and the figures of its check: "magnification",
-    "exposure"), where the served model uses that reference and the figures are whole."""
+    "exposure"), where the served model uses that reference and the entry is whole."""
     entry = card.get(key)
-    check = entry.get("check") if isinstance(entry, dict) else None
-    if not served or not isinstance(check, dict):
-        return None
-    return entry if isinstance(check.get("rows"), list) else None
+    return entry if served and fits(entry, shape) else None
 
 
 def _largest(evaluations: dict[str, dict]) -> tuple[str, dict] | None:

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
@@ -426,17 +428,22 @@ def exposure_cell(result: dict[str, Any]) -> str:
 
 def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Of the batch's classified images (a field's cells share one), how many the model read
-    with their exposure corrected, with their median brightness (times the training images'
-    background), and how many lay outside the training images' backgrounds but could not be
-    corrected: over-exposed, or too far; None where no image was either."""
+    with their exposure corrected, the darker and the brighter apart, each with its count and
+    median brightness (times the training images' background; a batch may mix both), and how
+    many lay outside the training images' backgrounds but could not be corrected:
+    over-exposed, or too far; None where no image was either."""
     checks = [exposure_of(r) for r in results if first_of_image(r) and status_of(r) is not None]
-    corrected = [c for c in checks if c is not None and c.corrected]
+    corrected = [c.brightness() for c in checks if c is not None and c.corrected]
     left = [c for c in checks if c is not None and c.outside and not c.corrected]
     if not corrected and not left:
         return None
-    brightness = sorted(c.brightness() for c in corrected)
+
+    def side(values: list[float]) -> dict[str, Any] | None:
+        return {"images": len(values), "median": float(np.median(values))} if values else None
+
     return {"images": len(checks), "corrected": len(corrected),
-            "median_brightness": brightness[len(brightness) // 2] if brightness else None,
+            "darker": side([b for b in corrected if b < 1]),
+            "brighter": side([b for b in corrected if b >= 1]),
             "over_exposed": sum(c.over_exposed for c in left),
             "too_far": sum(not c.over_exposed for c in left)}
 
