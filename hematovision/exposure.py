@@ -37,6 +37,7 @@ SATURATED = 250  # a background channel this bright was clipped at the camera's 
 MAX_GAIN = 2.0  # a scaling beyond this, up or down, is not a change of exposure
 CARD_KEY = "exposure"  # the model card's entry (`python -m training.exposure`)
 TINT = 1.03  # gains further apart than this: the lamp's colour differed, not only its light
+COLOURS = ("red", "green", "blue")
 
 
 def background(image: Image.Image) -> tuple[float, float, float] | None:
@@ -206,6 +207,15 @@ class Stored:
     def tinted(self) -> bool:
         """Corrected in colour as well as brightness: its gains differ by more than TINT."""
         return self.gains is not None and max(self.gains) > min(self.gains) * TINT
+
+    def clipped(self, reference: "Exposure | None") -> list[str]:
+        """The colours at the camera's white in this background but not in the reference's:
+        what they held above white is lost, and no scaling brings it back (a corrected image
+        so clipped is only partly restored)."""
+        if reference is None:
+            return []
+        return [name for name, v, ref in zip(COLOURS, self.background, reference.background)
+                if v >= SATURATED > ref]
 
     def ratios(self, reference: "Exposure | None") -> tuple[float, float, float] | None:
         """Each colour of this background over the reference's (None without one)."""

@@ -242,7 +242,7 @@ def test_the_command_records_the_reference_and_the_figures_both_ways(
 
     table = tables.exposure_table(root).splitlines()
     assert table[0].startswith("| | `model` (n=8)")
-    assert any(line.startswith(f"| darker (under-exposed: brightness x0.75) | "
+    assert any(line.startswith(f"| darker: under-exposed: brightness x0.75 | "
                                f"{darker['corrected']:.1%} |") for line in table)
     assert table[5].startswith(f"| training images' widest spread of a brightest tenth (wider: "
                                f"not measured) | {entry['max_spread']:g} |")

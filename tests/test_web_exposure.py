@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from hematovision.exposure import scaled
 from hematovision.web import uploads
@@ -82,9 +83,10 @@ def test_the_api_and_the_csv_carry_the_check(client):
     location = upload(client, "exposed", ("dark.png", film(0.75)), ("usual.png", film(seed=1)),
                       ("white.png", film(1.3, seed=2)))
     rows = list(csv.DictReader(csv_of(page(client, location + ".csv"))))
-    gains = [float(g) for g in rows[0]["exposure_correction"].split()]
-    assert gains == pytest.approx([1 / 0.75] * 3, rel=0.02)
-    assert [r["exposure_correction"] for r in rows[1:]] == ["", "over-exposed"]
+    colours, gains = zip(*(g.split("x") for g in rows[0]["exposure_correction"].split()))
+    assert colours == ("R", "G", "B")
+    assert [float(g) for g in gains] == pytest.approx([1 / 0.75] * 3, rel=0.02)
+    assert [r["exposure_correction"] for r in rows[1:]] == ["within", "over-exposed"]
 
 
 def test_a_model_without_a_reference_reads_images_as_they_are(client):
@@ -190,3 +192,28 @@ def test_a_stored_number_too_large_for_a_float_is_a_damaged_check(client):
                          lambda batch: batch["results"][0]["exposure"].update(
                              gains=[10 ** 400, 1, 1]))
     assert 'id="why-exposure"' not in page(client, location)
+
+
+def test_a_tinted_batch_is_named_so_and_a_partly_white_one_is_told_to_retake(client):
+    warmer = io.BytesIO()
+    scaled(make_smear(30), (1.0, 0.92, 0.8)).save(warmer, "PNG")
+    partly = io.BytesIO()  # green and blue at white, red not: only partly restorable
+    scaled(make_smear(30, seed=1), (1.05, 1.17, 1.15)).save(partly, "PNG")
+    location = upload(client, "exposed", ("warm.png", warmer.getvalue()),
+                      ("partly.png", partly.getvalue()), ("usual.png", film(seed=2)))
+    said = text(page(client, location))
+    assert re.search(r"\(2 of another colour, a median \d\.\d\d times as bright as theirs\)",
+                     said)
+    assert "1 of them was partly over-exposed" in said
+    note = text(re.search(r'id="exposure-note".*?</p>', page(client, location + "/1"),
+                          re.S).group(0))
+    assert "Partly over-exposed: its green and blue are at the camera's white" in note
+
+
+def test_an_image_with_too_little_bare_slide_says_it_was_not_measured(client):
+    black = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(black, "PNG")
+    html = page(client, upload(client, "exposed", ("black.png", black.getvalue()),
+                               ("usual.png", film())) + "/0")
+    assert re.search(r'id="why-exposure" data-outside="unmeasured"', html)
+    assert "not measured: too little bare slide" in html

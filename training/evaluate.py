@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -432,6 +433,30 @@ def files_to_score(predictor: Predictor, dataset: data_lib.Dataset, data_dir: Pa
 def data_label(data_dir: Path, split_file: Path | None, split_name: str) -> str:
     """How a card names the images a figure was measured on: the folder, and the split."""
     return str(data_dir) + (f" ({Path(split_file).name}:{split_name})" if split_file else "")
+
+
+def training_split(model_dir: Path, train_data: Path | None
+                   ) -> tuple[Path, data_lib.Dataset, list[str]]:
+    """A model's training images, as the commands that measure a reference over them read
+    them: the data folder its splits.json names (or `train_data`, where it has moved since),
+    that folder as a dataset, and the files of its train split; or a stop that says why."""
+    splits_path = Path(model_dir) / "splits.json"
+    if not splits_path.is_file():
+        raise SystemExit(f"{model_dir} has no splits.json: its training images are unknown")
+    root = train_data or json.loads(splits_path.read_text()).get("root")
+    if not root:
+        raise SystemExit(f"{splits_path} does not name its data folder: pass --train-data")
+    root = Path(root)
+    training = data_lib.list_image_folder(root)
+    return root, training, split_files(splits_path, "train", training, root)
+
+
+def add_reference_options(parser) -> None:
+    """--train-data and --workers, as `training_split`'s commands take them."""
+    parser.add_argument("--train-data", type=Path, default=None,
+                        help="the training data folder, where it has moved since the model's "
+                             "splits.json recorded it")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
 
 
 def add_data_options(parser, data_help: str) -> None:

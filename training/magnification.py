@@ -22,8 +22,6 @@ range. `--record` stores the reference and the figures in the card
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -38,7 +36,8 @@ from hematovision.predictor import add_model_options, load_failure, model_dir_of
 from hematovision.preprocess import ImageError, load_image
 from training import data as data_lib
 from training.config import TrainConfig
-from training.evaluate import add_data_options, data_label, split_files
+from training.evaluate import (add_data_options, add_reference_options, data_label, split_files,
+                               training_split)
 from training.robustness import BASELINE, PERTURBATIONS
 
 CHANGES = tuple(PERTURBATIONS)  # BASELINE first
@@ -120,15 +119,7 @@ def run(model_dir: Path, data_dir: Path, split_file: Path | None, split_name: st
         card = read_card(model_dir)
     except ModelLoadError as exc:
         raise SystemExit(load_failure(exc))
-    splits_path = model_dir / "splits.json"
-    if not splits_path.is_file():
-        raise SystemExit(f"{model_dir} has no splits.json: its training images are unknown")
-    root = train_data or json.loads(splits_path.read_text()).get("root")
-    if not root:
-        raise SystemExit(f"{splits_path} does not name its data folder: pass --train-data")
-    root = Path(root)
-    training = data_lib.list_image_folder(root)
-    train = split_files(splits_path, "train", training, root)
+    root, training, train = training_split(model_dir, train_data)
     # Both sets are found before either is measured: a wrong path stops at once.
     dataset = data_lib.list_image_folder(data_dir)
     files = (split_files(split_file, split_name, dataset, data_dir) if split_file
@@ -167,12 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_model_options(parser)
     add_data_options(parser, "an ImageFolder of the model's test images")
-    parser.add_argument("--train-data", type=Path, default=None,
-                        help="the training data folder, where it has moved since the model's "
-                             "splits.json recorded it")
+    add_reference_options(parser)
     parser.add_argument("--reference-images", type=int, default=1500,
                         help="training images measured for the reference (a seeded sample)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--record", action="store_true",
                         help=f"store the reference and the figures in the model card "
                              f"('{CARD_KEY}')")

@@ -922,7 +922,7 @@ def exposure_table(root: Path = MODELS_ROOT) -> str:
     rows: dict[str, dict[str, dict]] = {}
     for name, entry in entries.items():
         for r in entry["check"]["rows"]:
-            rows.setdefault(f"{r['name']} ({r['description']})", {})[name] = r
+            rows.setdefault(f"{r['name']}: {r['description']}", {})[name] = r
     for change, by_model in rows.items():
         cells = [" | | " if (r := by_model.get(name)) is None else
                  f"{r['corrected']:.1%} | {statuses(r)} | {statuses(r['as_read'])}"

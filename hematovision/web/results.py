@@ -23,7 +23,7 @@ from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
                                        counted_label, differential, flag_text, needs_review,
                                        status_of, verdict_of)
-from hematovision.exposure import Stored, stored
+from hematovision.exposure import COLOURS, Exposure, Stored, stored
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
 from hematovision.spreadsheet import inert
@@ -73,8 +73,9 @@ DIFFERENTIAL_COLUMNS = (
 # and whether it is an accepted cell below target no one has looked at.
 BAND_COLUMNS = ("band_low", "band_high", "band_images", "band_right", "near_threshold")
 # How the image's exposure was corrected before the model read it: the red, green and blue
-# gains ("1.333 1.333 1.335"), "over-exposed" or "not corrected" for an image outside the
-# training images' backgrounds that could not be, empty for one within them or unmeasured.
+# gains ("Rx1.333 Gx1.333 Bx1.335"); "within" the training images' backgrounds, "unmeasured"
+# (too little bare slide), "over-exposed" or "not corrected (too far)"; empty for a model
+# with no exposure reference.
 EXPOSURE_COLUMN = "exposure_correction"
 
 
@@ -417,35 +418,49 @@ def exposure_of(result: dict[str, Any]) -> Stored | None:
 
 
 def exposure_cell(result: dict[str, Any]) -> str:
-    """A result's EXPOSURE_COLUMN."""
-    check = exposure_of(result)
-    if check is None or not check.outside:
+    """A result's EXPOSURE_COLUMN: empty for a model with no exposure reference."""
+    if "exposure" not in result:
         return ""
+    if result["exposure"] is None:
+        return "unmeasured"
+    check = exposure_of(result)
+    if check is None:  # damaged
+        return ""
+    if not check.outside:
+        return "within"
     if check.corrected:
-        return " ".join(f"{g:.3f}" for g in check.gains)
-    return "over-exposed" if check.over_exposed else "not corrected"
+        return " ".join(f"{c[0].upper()}x{g:.3f}" for c, g in zip(COLOURS, check.gains))
+    return "over-exposed" if check.over_exposed else "not corrected (too far)"
 
 
-def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+def exposure_summary(results: list[dict[str, Any]], reference: Exposure | None = None
+                     ) -> dict[str, Any] | None:
     """Of the batch's classified images (a field's cells share one), how many the model read
-    with their exposure corrected, the darker and the brighter apart, each with its count and
-    median brightness (times the training images' background; a batch may mix both), and how
-    many lay outside the training images' backgrounds but could not be corrected:
-    over-exposed, or too far; None where no image was either."""
-    checks = [exposure_of(r) for r in results if first_of_image(r) and status_of(r) is not None]
-    corrected = [c.brightness() for c in checks if c is not None and c.corrected]
-    left = [c for c in checks if c is not None and c.outside and not c.corrected]
+    with their exposure corrected: those of another colour (`Stored.tinted`), and the darker
+    and the brighter apart, each with its count and median brightness (times the training
+    images' background; a batch may mix them), and how many of the corrected were partly
+    over-exposed (`Stored.clipped`); and how many lay outside the training images'
+    backgrounds but could not be corrected: over-exposed (with how many of those were
+    accepted all the same), or too far; None where no image was either."""
+    classified = [r for r in results if first_of_image(r) and status_of(r) is not None]
+    checks = [(exposure_of(r), status_of(r)) for r in classified]
+    corrected = [c for c, _ in checks if c is not None and c.corrected]
+    left = [(c, s) for c, s in checks if c is not None and c.outside and not c.corrected]
     if not corrected and not left:
         return None
 
-    def side(values: list[float]) -> dict[str, Any] | None:
+    def part(values: list[float]) -> dict[str, Any] | None:
         return {"images": len(values), "median": float(np.median(values))} if values else None
 
+    plain = [c.brightness() for c in corrected if not c.tinted]
     return {"images": len(checks), "corrected": len(corrected),
-            "darker": side([b for b in corrected if b < 1]),
-            "brighter": side([b for b in corrected if b >= 1]),
-            "over_exposed": sum(c.over_exposed for c in left),
-            "too_far": sum(not c.over_exposed for c in left)}
+            "tinted": part([c.brightness() for c in corrected if c.tinted]),
+            "darker": part([b for b in plain if b < 1]),
+            "brighter": part([b for b in plain if b >= 1]),
+            "partly_over_exposed": sum(bool(c.clipped(reference)) for c in corrected),
+            "over_exposed": sum(c.over_exposed for c, _ in left),
+            "over_exposed_accepted": sum(c.over_exposed and s == ACCEPTED for c, s in left),
+            "too_far": sum(not c.over_exposed for c, _ in left)}
 
 
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
