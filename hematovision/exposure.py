@@ -13,11 +13,12 @@ background serves as one.
 measures them): their median colour and, channel by channel, the lowest and highest. An image
 whose background lies within those for every channel is read as it is, so no training image
 would have been changed; one outside is scaled, channel by channel, to the training images'
-median background before the model reads it. A channel at the camera's white in the image or
-in the reference was clipped: it bounds the light, and takes the others' scaling within that
-bound (white in both, only a darkening). An image white in all three is over-exposed, and one
-needing more than MAX_GAIN either way is not a slide under the same kind of light: both are
-read as they are and said to be. The background is the brightest tenth of the image; where
+median background before the model reads it. A channel at the camera's white in the reference
+was clipped: it bounds the light, and takes the others' scaling within that bound (white in the
+image too, only a darkening). An image at white in a channel where the reference is not is
+over-exposed (what lay above white is lost: scaled, a PBC platelet read as a Kaggle field's
+neutrophil), and one needing more than MAX_GAIN either way is not a slide under the same kind
+of light: both are read as they are and said to be. The background is the brightest tenth of the image; where
 that tenth is more spread than any training image's, it is no plateau of bare slide (a crop the
 cell fills) and nothing is measured.
 """
@@ -108,38 +109,37 @@ class Exposure:
         measured = found[0]
         outside = not all(lo <= v <= hi for v, lo, hi in zip(measured, self.low, self.high))
         gains = self.gains(measured) if outside else None
+        clipped = any(v >= SATURATED > ref for v, ref in zip(measured, self.background))
         return {"background": list(measured), "outside": outside,
                 "gains": None if gains is None else list(gains),
-                "over_exposed": outside and min(measured) >= SATURATED}
+                "over_exposed": outside and clipped}
 
     def gains(self, measured: tuple[float, ...]) -> tuple[float, float, float] | None:
         """The scaling of each channel that brings a background of `measured` to the
-        reference's. A channel clipped in either says only how far at least: it takes the
-        unclipped channels' scaling (their geometric mean) within that bound; clipped in both,
-        it takes it only where that darkens. None: no channel unclipped in both, or a scaling
-        beyond MAX_GAIN."""
-        def clipped(value: float) -> bool:
-            return value >= SATURATED
-
+        reference's. A channel clipped in the reference only (PBC's red) says how far at
+        least: it takes the unclipped channels' scaling (their geometric mean) within that
+        bound; clipped in both, it takes it only where that darkens. None: a channel clipped
+        in the image but not in the reference (over-exposed: what lay above white is lost, and
+        scaling the rest makes another image, not this one under the training light), no
+        channel unclipped in both, or a scaling beyond MAX_GAIN."""
         pairs = list(zip(measured, self.background))
-        known = [ref / max(value, 1.0) for value, ref in pairs
-                 if not clipped(value) and not clipped(ref)]
+        if any(value >= SATURATED > ref for value, ref in pairs):
+            return None
+        known = [ref / max(value, 1.0) for value, ref in pairs if value < SATURATED > ref]
         if not known:
             return None
         shared = float(np.exp(np.mean(np.log(known))))
 
         def gain(value: float, ref: float) -> float:
             ratio = ref / max(value, 1.0)
-            if not clipped(value) and not clipped(ref):
+            if ref < SATURATED:
                 return ratio
-            if clipped(value) and clipped(ref):
+            if value >= SATURATED:
                 # White in both: darkened with the others, never brightened. A warmer lamp
                 # leaves PBC's red at white while green and blue dim, and red brightened with
                 # them read worse than uncorrected (docs/experiments.md, "Exposure").
                 return min(shared, 1.0)
-            # The image's channel at white was at least that bright (at most this gain); the
-            # reference's, at least as bright as the image's needs (at least this gain).
-            return min(shared, ratio) if clipped(value) else max(shared, ratio)
+            return max(shared, ratio)  # white in the reference: at least as bright as that
 
         gains = tuple(round(gain(value, ref), 3) for value, ref in pairs)
         if not all(1 / MAX_GAIN <= g <= MAX_GAIN for g in gains):
@@ -210,8 +210,7 @@ class Stored:
 
     def clipped(self, reference: "Exposure | None") -> list[str]:
         """The colours at the camera's white in this background but not in the reference's:
-        what they held above white is lost, and no scaling brings it back (a corrected image
-        so clipped is only partly restored)."""
+        what they held above white is lost (`Exposure.gains`: over-exposed)."""
         if reference is None:
             return []
         return [name for name, v, ref in zip(COLOURS, self.background, reference.background)

@@ -194,20 +194,20 @@ def test_a_stored_number_too_large_for_a_float_is_a_damaged_check(client):
     assert 'id="why-exposure"' not in page(client, location)
 
 
-def test_a_tinted_batch_is_named_so_and_a_partly_white_one_is_told_to_retake(client):
+def test_a_tinted_batch_is_named_so_and_one_white_in_two_colours_is_over_exposed(client):
     warmer = io.BytesIO()
     scaled(make_smear(30), (1.0, 0.92, 0.8)).save(warmer, "PNG")
-    partly = io.BytesIO()  # green and blue at white, red not: only partly restorable
+    partly = io.BytesIO()  # green and blue at white, red not: what lay above white is lost
     scaled(make_smear(30, seed=1), (1.05, 1.17, 1.15)).save(partly, "PNG")
     location = upload(client, "exposed", ("warm.png", warmer.getvalue()),
                       ("partly.png", partly.getvalue()), ("usual.png", film(seed=2)))
     said = text(page(client, location))
-    assert re.search(r"\(2 of another colour, a median \d\.\d\d times as bright as theirs\)",
-                     said)
-    assert "1 of them was partly over-exposed" in said
-    note = text(re.search(r'id="exposure-note".*?</p>', page(client, location + "/1"),
-                          re.S).group(0))
-    assert "Partly over-exposed: its green and blue are at the camera's white" in note
+    assert re.search(r"\(1 of another colour, 0\.9\d times as bright as theirs\)", said)
+    assert "1 image is over-exposed: the background is at the camera's white in some" in said
+    html = page(client, location + "/1")
+    assert re.search(r'id="why-exposure" data-outside="true" data-corrected="false"', html)
+    note = text(re.search(r'id="exposure-note".*?</p>', html, re.S).group(0))
+    assert "at the camera's white in green and blue, where the training images' is not" in note
 
 
 def test_an_image_with_too_little_bare_slide_says_it_was_not_measured(client):

@@ -103,8 +103,7 @@ def count_context(stored: dict) -> dict:
         few_cells=differential.DIFFERENTIAL_CELLS,
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
-        exposure=results.exposure_summary(stored["results"],
-                                          predictor.exposure if predictor else None),
+        exposure=results.exposure_summary(stored["results"]),
         predictor=predictor,
         # The app serves another version of the batch's model now (web/versions.py).
         replaced=replaced,

@@ -23,7 +23,7 @@ from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
                                        counted_label, differential, flag_text, needs_review,
                                        status_of, verdict_of)
-from hematovision.exposure import COLOURS, Exposure, Stored, stored
+from hematovision.exposure import COLOURS, Stored, stored
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
 from hematovision.spreadsheet import inert
@@ -433,13 +433,11 @@ def exposure_cell(result: dict[str, Any]) -> str:
     return "over-exposed" if check.over_exposed else "not corrected (too far)"
 
 
-def exposure_summary(results: list[dict[str, Any]], reference: Exposure | None = None
-                     ) -> dict[str, Any] | None:
+def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Of the batch's classified images (a field's cells share one), how many the model read
     with their exposure corrected: those of another colour (`Stored.tinted`), and the darker
     and the brighter apart, each with its count and median brightness (times the training
-    images' background; a batch may mix them), and how many of the corrected were partly
-    over-exposed (`Stored.clipped`); and how many lay outside the training images'
+    images' background; a batch may mix them); and how many lay outside the training images'
     backgrounds but could not be corrected: over-exposed (with how many of those were
     accepted all the same), or too far; None where no image was either."""
     classified = [r for r in results if first_of_image(r) and status_of(r) is not None]
@@ -457,7 +455,6 @@ def exposure_summary(results: list[dict[str, Any]], reference: Exposure | None =
             "tinted": part([c.brightness() for c in corrected if c.tinted]),
             "darker": part([b for b in plain if b < 1]),
             "brighter": part([b for b in plain if b >= 1]),
-            "partly_over_exposed": sum(bool(c.clipped(reference)) for c in corrected),
             "over_exposed": sum(c.over_exposed for c, _ in left),
             "over_exposed_accepted": sum(c.over_exposed and s == ACCEPTED for c, s in left),
             "too_far": sum(not c.over_exposed for c, _ in left)}
