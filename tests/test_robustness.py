@@ -90,13 +90,30 @@ def test_record_stores_every_change_in_the_card_and_refuses_a_partial_run(
 
     model_dir = tmp_path / "trusted"
     shutil.copytree(trusted_model_dir, model_dir)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="without --only"):  # nothing recorded to replace in
         robustness.main(["--model-dir", str(model_dir), "--data", str(image_folder), "--record",
                          "--only", "zoom 1.5x"])
-    assert "without --only" in capsys.readouterr().err
     robustness.main(["--model-dir", str(model_dir), "--data", str(image_folder), "--record"])
     card = json.loads((model_dir / "model_card.json").read_text())
     recorded = card["metrics"]["robustness"]
+
+    # --only replaces those rows, the rest as recorded, where the baseline scores the same.
+    def stale(figures: dict) -> None:
+        figures["perturbations"][3]["accuracy"] = -1.0
+    edited = json.loads((model_dir / "model_card.json").read_text())
+    stale(edited["metrics"]["robustness"])
+    (model_dir / "model_card.json").write_text(json.dumps(edited))
+    robustness.main(["--model-dir", str(model_dir), "--data", str(image_folder), "--record",
+                     "--only", recorded["perturbations"][3]["name"]])
+    again = json.loads((model_dir / "model_card.json").read_text())["metrics"]["robustness"]
+    assert again == recorded
+    edited["metrics"]["robustness"]["perturbations"][0]["accuracy"] = -1.0  # another path
+    (model_dir / "model_card.json").write_text(json.dumps(edited))
+    with pytest.raises(SystemExit, match="score otherwise"):
+        robustness.main(["--model-dir", str(model_dir), "--data", str(image_folder), "--record",
+                         "--only", "zoom 1.5x"])
+    card["metrics"]["robustness"] = recorded
+    (model_dir / "model_card.json").write_text(json.dumps(card))
     assert "robustness" not in recorded_evaluations(card)  # not a test set of its own
     assert [r["name"] for r in recorded["perturbations"]] == list(PERTURBATIONS)
     assert "as recorded" in capsys.readouterr().out

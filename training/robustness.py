@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from hematovision.card import ROBUSTNESS, record_metrics
+from hematovision.card import ROBUSTNESS, read_card, record_metrics
 from hematovision.magnification import BatchCheck, batch_check
 from hematovision.predictor import add_model_options, model_dir_of
 from hematovision.preprocess import load_image
@@ -208,6 +208,24 @@ def _corrected(predictor, images: list[Image.Image], answers: list[tuple[int, st
     return out, checks
 
 
+def replaced_rows(recorded: dict | None, result: dict) -> dict:
+    """The recorded figures with `result`'s rows in place of theirs: after a change of the
+    serving path that only some perturbations' images meet (the exposure correction, a
+    brighter image). The same images, and the baseline scoring as recorded, or a stop: rows of
+    two serving paths would stand side by side."""
+    if not recorded or (recorded.get("data"), recorded.get("n")) != (result["data"],
+                                                                     result["n"]):
+        raise SystemExit("No robustness figures of these images are recorded: record every "
+                         "perturbation (without --only)")
+    rows = {r["name"]: r for r in result["perturbations"]}
+    if rows[BASELINE] != next((r for r in recorded["perturbations"]
+                               if r["name"] == BASELINE), None):
+        raise SystemExit("The images as recorded score otherwise than when the figures were "
+                         "recorded: record every perturbation (without --only)")
+    return {**recorded, "perturbations": [rows.get(r["name"], r)
+                                          for r in recorded["perturbations"]]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.robustness",
@@ -222,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
                         metavar="NAME", help="these perturbations only (the baseline always "
                                              f"runs); choices: {', '.join(list(PERTURBATIONS)[1:])}")
     parser.add_argument("--record", action="store_true",
-                        help="store the figures in the model card as metrics.robustness")
+                        help="store the figures in the model card as metrics.robustness; with "
+                             "--only, replace those rows of the recorded figures (the baseline "
+                             "must score as recorded)")
     parser.add_argument("--correct-batches", type=int, default=None, metavar="N",
                         help="also score each change with the images read in batches of N "
                              "(shuffled, --seed) and a batch whose magnification check is "
@@ -231,8 +251,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="the shuffle of the images into batches for --correct-batches")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
-    if args.record and args.only:
-        parser.error("--record stores every perturbation: run it without --only")
     model_dir = model_dir_of(args)
     result = evaluate_robustness(model_dir, args.data, args.split_file, args.split_name,
                                  args.only, correct_batches=args.correct_batches,
@@ -240,7 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.record:
-        record_metrics(model_dir, ROBUSTNESS, result)
+        recorded = read_card(model_dir).get("metrics", {}).get(ROBUSTNESS)
+        record_metrics(model_dir, ROBUSTNESS,
+                       replaced_rows(recorded, result) if args.only else result)
     print(f"{result['data']}, n={result['n']}")
     for r in result["perturbations"]:
         accepted = "n/a" if r["accuracy_accepted"] is None else f"{r['accuracy_accepted']:.4f}"
