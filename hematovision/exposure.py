@@ -100,8 +100,9 @@ class Exposure:
     def check(self, image: Image.Image) -> dict[str, Any] | None:
         """The image's exposure check: its `background`, whether it lies `outside` the
         training images' range, and the `gains` (red, green, blue) that bring it to their
-        median, None where it is within or cannot be brought (`over_exposed`: white in every
-        channel; else more than MAX_GAIN away). None: no background to measure, or a
+        median, None where it is within or cannot be brought (`over_exposed`: at white in a
+        channel where the reference is not; else more than MAX_GAIN away, or no channel
+        unclipped in both). None: no background to measure, or a
         brightest tenth more spread than any training image's (not bare slide)."""
         found = slide_background(image)
         if found is None or (self.max_spread is not None and found[1] > self.max_spread):
