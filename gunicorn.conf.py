@@ -7,6 +7,7 @@ Override with the usual gunicorn flags or GUNICORN_CMD_ARGS, e.g. --bind 0.0.0.0
 """
 
 import os
+import sys
 
 bind = os.environ.get("HEMATOVISION_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
@@ -48,19 +49,55 @@ def on_starting(server):
     """Check the models once, in a throwaway process, before any worker starts.
 
     A missing or corrupt model then stops gunicorn with one clear message, instead of a
-    traceback from every worker; the master itself stays free of the model runtime.
+    traceback from every worker; the master itself stays free of the model runtime. A reload
+    (HUP) is checked the same way first, and refused if the models would not load.
     """
-    import subprocess
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    check = subprocess.run(
-        [sys.executable, os.path.join(here, "app.py"), "--check"],
-        cwd=here,
-        capture_output=True,
-        text=True,
-    )
+    check = check_models()
     if check.returncode != 0:
         server.log.error(check.stderr.strip() or f"app.py --check failed ({check.returncode})")
         sys.exit(check.returncode)
     server.log.info(check.stdout.strip())
+    reload = server.reload
+
+    # gunicorn stops the running workers on a reload whatever the new ones meet; a model folder
+    # left half copied would otherwise take the whole service down.
+    def reload_if_the_models_load():
+        check = check_models()
+        if check.returncode == 0:
+            server.log.info(check.stdout.strip())
+            return reload()
+        problem = check.stderr.strip().removeprefix("error: ") or f"exit {check.returncode}"
+        server.log.error("reload refused, the running workers keep serving the models they "
+                         "loaded: %s Mend it (python app.py --check says when it would load), "
+                         "then reload again.", problem)
+
+    server.reload = reload_if_the_models_load
+
+
+def check_models():
+    """`python app.py --check` run in a process of its own, as finished."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run([sys.executable, os.path.join(here, "app.py"), "--check"],
+                          cwd=here, capture_output=True, text=True)
+
+
+def post_fork(server, worker):
+    """A worker started while the service runs (on a reload, a recycle, or in place of one that
+    died) that cannot load the models serves a standby page saying why and tries again
+    (hematovision/web/standby.py): gunicorn stops every worker when one fails to boot."""
+    from hematovision.card import ModelLoadError
+    from hematovision.web.standby import Standby
+
+    load = worker.load_wsgi
+
+    def load_or_stand_by():
+        try:
+            load()
+        except ModelLoadError as exc:
+            worker.log.error("this worker cannot load the models, and answers 503 until it "
+                             "can: %s", exc)
+            worker.wsgi = Standby(worker.app.wsgi, str(exc))
+
+    worker.load_wsgi = load_or_stand_by

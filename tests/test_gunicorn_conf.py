@@ -1,0 +1,126 @@
+"""gunicorn.conf.py under a real gunicorn: a model folder broken while the service runs never
+takes the service down (a reload onto it is refused; a worker started onto it stands by)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def wait_for(what, seconds=90):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (found := what()):
+            return found
+        time.sleep(0.3)
+    pytest.fail(f"waited {seconds} s for {what.__doc__}")
+
+
+def workers(master: int) -> set[int]:
+    children = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(master):
+            children.add(int(status.parent.name))
+    return children
+
+
+@pytest.fixture
+def service(tmp_path, models_root):
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("finding gunicorn's workers needs /proc")
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "HEMATOVISION_MODELS_ROOT": str(models_root),
+           "HEMATOVISION_UPLOAD_FOLDER": str(tmp_path / "uploads"),
+           "HEMATOVISION_SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+           "HEMATOVISION_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def up():
+            """gunicorn to answer"""
+            assert process.poll() is None, log.read_text()
+            try:
+                return health(port)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up)
+        yield process, port, log
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_a_reload_onto_a_broken_model_is_refused_and_a_worker_started_onto_it_stands_by(
+        service, models_root):
+    process, port, log = service
+    model = models_root / "tiny" / "model.tflite"
+    whole = model.read_bytes()
+    model.write_bytes(whole[:len(whole) // 3])  # an upgrade copied half way
+    served_before = workers(process.pid)
+    process.send_signal(signal.SIGHUP)
+
+    def refused():
+        """the reload to be refused"""
+        assert process.poll() is None, log.read_text()[-3000:]  # gunicorn stopped
+        return "reload refused, the running workers keep serving" in log.read_text()
+
+    wait_for(refused)
+    assert process.poll() is None and workers(process.pid) == served_before
+    assert health(port)[0] == 200
+
+    os.kill(served_before.pop(), signal.SIGKILL)  # a worker dies: gunicorn starts another
+
+    def standing_by():
+        """the new worker to answer"""
+        try:
+            return health(port)
+        except OSError:
+            return None
+
+    status, body = wait_for(standing_by)
+    assert process.poll() is None
+    assert status == 503 and body["status"] == "models cannot be loaded"
+    assert "tiny" in body["problem"] and "cannot load the models, and answers 503" in \
+        log.read_text()
+
+    model.write_bytes(whole)  # mended: the worker serves it at its next try
+
+    def serving():
+        """the standing-by worker to load the mended model"""
+        return health(port)[0] == 200
+
+    wait_for(serving, seconds=60)
+    assert process.poll() is None
