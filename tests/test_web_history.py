@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hematovision.web import history, uploads
-from tests.web_helpers import (batch_as_said, csrf_token, csv_of, image_bytes, page, prose,
-                               review_cells, save_sample, shown_count, sign_off, stored_json, text,
-                               upload)
+from tests.web_helpers import (batch_as_said, csrf_token, csv_of, give_the_sample_an_id,
+                               image_bytes, page, prose, review_cells, save_sample, shown_count,
+                               sign_off, stored_json, text, upload)
 
 MODEL_SAID = [
     ("neutrophil", "accepted", 0.97),
@@ -259,6 +259,7 @@ def test_the_upload_page_takes_the_name_and_the_upload_is_recorded_under_it(clie
 def test_withdrawing_names_the_sign_off_withdrawn_and_a_damaged_one_is_just_removed(client,
                                                                                   batch_id):
     review_cells(client, batch_id, n3="monocyte")
+    give_the_sample_an_id(client, batch_id)
     count = shown_count(client, batch_id)
     assert sign_off(client, batch_id, name="Dr Old").status_code == 303
     # Signed again in another tab, after this page showed Dr Old's sign-off.

@@ -27,8 +27,10 @@ MODEL_SAID = [
 @pytest.fixture
 def batch_id(client) -> str:
     """The model's answers of MODEL_SAID; its not-a-cell image is one in which the white-cell
-    finder found no white cell either, so it is left out without review (set_aside_unseen)."""
+    finder found no white cell either, so it is left out without review (set_aside_unseen).
+    Its sample has an ID, as a sign-off needs."""
     batch_id = batch_as_said(client, "tiny", MODEL_SAID)
+    assert save_sample(client, batch_id, "H-2026-00042").status_code == 303
     uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
                          lambda batch: batch["results"][-1].update(white_cells=0))
     return batch_id
@@ -82,6 +84,24 @@ def test_a_signed_count_is_shown_printed_and_written_with_the_name(client, batch
     assert 'id="withdraw-form"' in html and 'id="signoff-form"' not in html
     [(by, at)] = signed_csv(client, batch_id)
     assert by == "J. Smith" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", at)
+
+
+def test_a_count_whose_sample_has_no_id_is_not_signed_until_it_has_one(client, batch_id):
+    review_cells(client, batch_id, n2="neutrophil")
+    assert save_sample(client, batch_id, "", "6.5").status_code == 303  # a count, no ID
+    html = page(client, f"/batch/{batch_id}")
+    help_text = re.search(r'id="signoff-help">(.*?)</div>', html, re.S).group(1)
+    assert "Give the sample's ID first (Sample ID, at the top of this page)" in text(help_text)
+    before = stored(client, batch_id)
+    response = sign_off(client, batch_id, count=shown_count(client, batch_id))
+    assert response.status_code == 400 and stored(client, batch_id) == before
+    assert ("Give the sample's ID first (Sample ID, at the top of this page): a count signed off "
+            "without one cannot be told from another patient's on the report.") in text(
+        response.get_data(as_text=True))
+
+    assert save_sample(client, batch_id, "H-2026-00042", "6.5").status_code == 303
+    assert sign_off(client, batch_id, count=shown_count(client, batch_id)).status_code == 303
+    assert stored(client, batch_id)["signoff"]["by"] == "J. Smith"
 
 
 @pytest.mark.parametrize("change", ["review", "sample", "add"])

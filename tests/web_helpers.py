@@ -404,10 +404,28 @@ def shown_signoff(client, batch_id: str) -> str:
     return signoff.shown_as(stored) if stored else ""
 
 
+SAMPLE_ID = "S-0001"
+
+
+def give_the_sample_an_id(client, batch_id: str) -> None:
+    """SAMPLE_ID for a batch whose sample has none, its white-cell count kept."""
+    described = stored_json(client, batch_id).get("sample") or {}
+    if described.get("id"):
+        return
+    count = described.get("white_cells_per_litre")
+    nucleated = {"wbc_includes_nrbc": "on"} if described.get("includes_nucleated_red_cells") else {}
+    assert save_sample(client, batch_id, SAMPLE_ID, "" if count is None else f"{count:g}",
+                       **nucleated).status_code == 303
+
+
 def sign_off(client, batch_id: str, name: str = "J. Smith", count: str | None = None,
              signed: str | None = None, **more):
     """Post the batch page's sign-off form as the page shows it now (or with `count` and
-    `signed`, the count and the sign-off a page showed earlier); the response."""
+    `signed`, the count and the sign-off a page showed earlier); the response. A batch whose
+    sample has no ID yet is given one first (SAMPLE_ID), as the page asks, where the count is
+    the page's now: a test of a count shown earlier gives its sample an ID itself."""
+    if count is None:
+        give_the_sample_an_id(client, batch_id)
     return client.post(f"/batch/{batch_id}/signoff", data={
         "csrf_token": csrf_token(client), "signed_by": name,
         "count": shown_count(client, batch_id) if count is None else count,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hematovision.differential import counted_label, needs_review, verdict_of
+from hematovision.web import sample
 from hematovision.web.forms import TypedForm, plain_text
 from hematovision.web.results import counted_unseen, images_and_cells, is_time, set_aside_unseen
 
@@ -41,6 +42,9 @@ SET_ASIDE_UNSEEN = (
     "{what} called not a blood-cell image {verb} not reviewed: look at {them} first "
     "(give the class of any white cell, exclude the rest), since a white cell {among} is "
     "missing from the count you sign.")
+NO_SAMPLE_ID = (
+    "Give the sample's ID first (Sample ID, at the top of this page): a count signed off "
+    "without one cannot be told from another patient's on the report.")
 NOTHING_COUNTED = "No white cell is counted in this batch, so there is no differential to sign."
 NO_WHITE_CELL_COUNTED = (
     "{count} image{s} in which no white cell was found {verb} counted but not reviewed: check "
@@ -140,6 +144,8 @@ def refusal(batch: dict[str, Any]) -> str | None:
                                             verb2="is" if one else "are")
     if not any(counted_label(r) for r in found):
         return NOTHING_COUNTED
+    if not str(sample.of(batch).id or "").strip():
+        return NO_SAMPLE_ID
     return None
 
 
