@@ -17,7 +17,7 @@ from hematovision.exposure import scaled
 from hematovision.web import uploads
 from tests.conftest import make_smear
 from tests.test_exposure import reference_of
-from tests.web_helpers import csv_of, make_models_root, page, text, upload
+from tests.web_helpers import csv_of, make_models_root, page, review_cells, text, upload
 
 ROW = {"accuracy": 0.98, "accepted_rate": 0.95, "unidentified_rate": 0.0,
        "not_a_cell_rate": 0.05, "accuracy_accepted": 0.99}
@@ -26,6 +26,14 @@ CHECK = {"data": "test", "n": 40, "rows": [
      "not_correctable": 0.0, "unmeasured": 0.0, **ROW,
      "as_read": {**ROW, "accepted_rate": 0.0, "not_a_cell_rate": 1.0,
                  "accuracy_accepted": None}}]}
+
+
+def badges(batch_page: str) -> dict[str, str]:
+    """Each image of the batch page's list marked for its exposure: {file: how}."""
+    rows = re.findall(r'<tr data-status.*?</tr>', batch_page, re.S)
+    return {re.search(r'file-name"><a [^>]*>([^<]*)</a>', row).group(1):
+            re.search(r'data-exposure="([^"]+)"', row).group(1)
+            for row in rows if "exposure-badge" in row}
 
 
 def film(factor: float = 1.0, seed: int = 0) -> bytes:
@@ -61,6 +69,13 @@ def test_a_darker_image_is_read_corrected_and_its_page_says_by_how_much(client):
     batch = page(client, location)
     assert re.search(r'id="exposure-check"\s+data-corrected="1" data-over-exposed="0"', batch)
     assert re.search(r"The slide's background in 1 of these 2 images lay outside", text(batch))
+    assert badges(batch) == {"dark.png": "corrected"}
+    review = page(client, location + "/review?show=all")
+    assert re.findall(r'exposure-note" data-exposure="(\w+)">([^<]*)<', review) == [
+        ("corrected", "Its exposure was corrected before the model read it, as shown.")]
+    report = text(page(client, location + "/report"))
+    assert ("1 of 2 images was read with its exposure corrected to the background of exposed's "
+            "training images") in report and "over-exposed" not in report
 
 
 def test_an_over_exposed_image_is_named_on_its_page_and_its_batch(client):
@@ -72,6 +87,26 @@ def test_an_over_exposed_image_is_named_on_its_page_and_its_batch(client):
     batch = page(client, location)
     assert 'class="alert alert-warning small py-2" id="exposure-check"' in batch
     assert "1 image is over-exposed:" in text(batch)
+    assert badges(batch) == {"white.png": "over-exposed"}
+
+
+def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_report(client):
+    location = upload(client, "exposed", ("white.png", film(1.3)), ("usual.png", film(seed=1)))
+    batch_id = location.rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch["results"][0].update(
+                             label="neutrophil", status="accepted", confidence=0.99))
+    said = text(page(client, location))
+    assert "1 was accepted and counted: look at it first (marked over-exposed among the " in said
+    report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
+                       re.S).group(0)
+    assert "text-warning-emphasis" in report and "exposure corrected" not in text(report)
+    assert ("1 over-exposed cell is counted as the model accepted it, not reviewed: the "
+            "background is at the camera's white") in text(report)
+    assert "Over-exposed: the background is at the camera's white" in page(
+        client, location + "/review?show=all")
+    review_cells(client, batch_id, n0="neutrophil")
+    assert 'id="report-exposure"' not in page(client, location + "/report")
 
 
 def test_the_api_and_the_csv_carry_the_check(client):
@@ -152,8 +187,8 @@ def test_the_model_s_view_and_heat_map_read_the_stored_upload_as_the_result_was_
 
 
 def test_a_batch_of_darker_and_brighter_images_names_each_apart(client):
-    location = upload(client, "exposed", ("dark.png", film(0.75)), ("darker.png", film(0.7, seed=1)),
-                      ("bright.png", film(1.08, seed=2)))
+    location = upload(client, "exposed", ("dark.png", film(0.75)),
+                      ("darker.png", film(0.7, seed=1)), ("bright.png", film(1.08, seed=2)))
     said = text(page(client, location))
     assert re.search(r"lay outside the range of the model's training images' \(2 darker, a "
                      r"median 0\.7[0-4] times as bright as theirs; 1 brighter, 1\.0[6-9] times",
