@@ -75,12 +75,22 @@ def on_starting(server):
 
 
 def check_models():
-    """`python app.py --check` run in a process of its own, as finished."""
+    """`python app.py --check` run in a process of its own, as finished; given up after
+    CHECK_SECONDS (a folder on a hung network share), since the master manages no worker
+    while it waits."""
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
-    return subprocess.run([sys.executable, os.path.join(here, "app.py"), "--check"],
-                          cwd=here, capture_output=True, text=True)
+    command = [sys.executable, os.path.join(here, "app.py"), "--check"]
+    try:
+        return subprocess.run(command, cwd=here, capture_output=True, text=True,
+                              timeout=CHECK_SECONDS)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, 124, "", (
+            f"error: loading the models (app.py --check) did not finish in {CHECK_SECONDS} s."))
+
+
+CHECK_SECONDS = 120  # a check loads each model once: seconds, unless its folder hangs
 
 
 def post_fork(server, worker):

@@ -124,3 +124,53 @@ def test_a_reload_onto_a_broken_model_is_refused_and_a_worker_started_onto_it_st
 
     wait_for(serving, seconds=60)
     assert process.poll() is None
+
+
+def settings(monkeypatch):
+    """gunicorn.conf.py as gunicorn reads it (its environment default undone after the test)."""
+    import importlib.util
+
+    monkeypatch.setenv("HEMATOVISION_LITERT_THREADS", "1")
+    spec = importlib.util.spec_from_file_location("gunicorn_settings", ROOT / "gunicorn.conf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Master:
+    """What the hooks use of gunicorn's arbiter: its log and its reload."""
+
+    def __init__(self):
+        self.reloads, self.errors, self.infos = 0, [], []
+        self.log = self
+
+    def reload(self):
+        self.reloads += 1
+
+    def error(self, message, *args):
+        self.errors.append(message % args)
+
+    def info(self, message, *args):
+        self.infos.append(message % args)
+
+
+def test_a_check_that_hangs_is_given_up_and_the_reload_refused(monkeypatch):
+    conf = settings(monkeypatch)
+    answers = iter([subprocess.CompletedProcess([], 0, "ok: models tiny", "")])
+
+    def run(command, **kwargs):
+        assert kwargs["timeout"] == conf.CHECK_SECONDS
+        try:
+            return next(answers)
+        except StopIteration:
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"]) from None
+
+    monkeypatch.setattr(subprocess, "run", run)
+    master = Master()
+    conf.on_starting(master)
+    assert master.infos == ["ok: models tiny"]
+    master.reload()
+    assert master.reloads == 0 and master.errors == [
+        "reload refused, the running workers keep serving the models they loaded: loading the "
+        f"models (app.py --check) did not finish in {conf.CHECK_SECONDS} s. Mend it (python "
+        "app.py --check says when it would load), then reload again."]
