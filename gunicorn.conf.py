@@ -66,7 +66,7 @@ def on_starting(server):
         if check.returncode == 0:
             server.log.info(check.stdout.strip())
             return reload()
-        problem = check.stderr.strip().removeprefix("error: ") or f"exit {check.returncode}"
+        problem = what_went_wrong(check)
         server.log.error("reload refused, the running workers keep serving the models they "
                          "loaded: %s Mend it (python app.py --check says when it would load), "
                          "then reload again.", problem)
@@ -88,6 +88,17 @@ def check_models():
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(command, 124, "", (
             f"error: loading the models (app.py --check) did not finish in {CHECK_SECONDS} s."))
+    except OSError as exc:  # no process to be had (a process limit, no memory)
+        return subprocess.CompletedProcess(command, 126, "", (
+            f"error: the model check (app.py --check) could not be started: {exc}."))
+
+
+def what_went_wrong(check) -> str:
+    """A failed check's reason: its `error:` line (the runtime may have logged lines before
+    it), else its last line (a traceback's), else its exit status."""
+    lines = [line.strip() for line in check.stderr.splitlines() if line.strip()]
+    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (said or lines or [f"exit status {check.returncode}"])[-1]
 
 
 CHECK_SECONDS = 120  # a check loads each model once: seconds, unless its folder hangs
@@ -98,16 +109,16 @@ def post_fork(server, worker):
     died) that cannot load the models serves a standby page saying why and tries again
     (hematovision/web/standby.py): gunicorn stops every worker when one fails to boot."""
     from hematovision.card import ModelLoadError
-    from hematovision.web.standby import Standby
+    from hematovision.web.standby import Standby, reason
 
     load = worker.load_wsgi
 
     def load_or_stand_by():
         try:
             load()
-        except ModelLoadError as exc:
+        except Exception as exc:  # any: one worker failing to boot stops them all
             worker.log.error("this worker cannot load the models, and answers 503 until it "
-                             "can: %s", exc)
-            worker.wsgi = Standby(worker.app.wsgi, str(exc))
+                             "can: %s", reason(exc), exc_info=not isinstance(exc, ModelLoadError))
+            worker.wsgi = Standby(worker.app.wsgi, reason(exc))
 
     worker.load_wsgi = load_or_stand_by

@@ -214,7 +214,8 @@ class Predictor:
                                           self.model_dir / SERVING_FILE)
         try:
             self.trust = Trust.load(self.model_dir, self.card, accuracy_target)
-        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile) as exc:
+        # EOFError: a trust.npz still empty, as a copy creates it before writing it.
+        except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise ModelLoadError(f"The trust layer of {self.model_dir} cannot be used: "
                                  f"{exc}") from None
         self.version = model_version(self.model_dir, self.card)

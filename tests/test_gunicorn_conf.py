@@ -3,6 +3,7 @@ takes the service down (a reload onto it is refused; a worker started onto it st
 
 import json
 import os
+from types import SimpleNamespace
 import signal
 import socket
 import subprocess
@@ -174,3 +175,52 @@ def test_a_check_that_hangs_is_given_up_and_the_reload_refused(monkeypatch):
         "reload refused, the running workers keep serving the models they loaded: loading the "
         f"models (app.py --check) did not finish in {conf.CHECK_SECONDS} s. Mend it (python "
         "app.py --check says when it would load), then reload again."]
+
+
+@pytest.mark.parametrize("error, said", [
+    (SyntaxError("invalid syntax"), "SyntaxError: invalid syntax"),  # instance/config.py typo
+    (OSError(5, "Input/output error"), "OSError: [Errno 5] Input/output error"),
+])
+def test_a_worker_that_cannot_build_the_app_for_any_reason_stands_by(monkeypatch, error, said):
+    """Any error out of a worker's boot stops gunicorn, not a ModelLoadError alone."""
+    from hematovision.web.standby import Standby
+
+    def load_wsgi():
+        raise error
+
+    logged = []
+    worker = SimpleNamespace(load_wsgi=load_wsgi, wsgi=None, app=SimpleNamespace(wsgi=None),
+                             log=SimpleNamespace(error=lambda *a, **k: logged.append(a[1])))
+    settings(monkeypatch).post_fork(None, worker)
+    worker.load_wsgi()
+    assert isinstance(worker.wsgi, Standby) and worker.wsgi.problem == said == logged[0]
+
+
+def test_a_check_that_cannot_be_started_refuses_the_reload(monkeypatch):
+    conf = settings(monkeypatch)
+    monkeypatch.setattr(conf, "check_models",
+                        lambda: subprocess.CompletedProcess([], 0, "ok: models tiny", ""))
+    master = Master()
+    conf.on_starting(master)
+    monkeypatch.undo()  # the real check again, whose process cannot be started
+
+    def cannot_start(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "run", cannot_start)
+    master.reload()
+    assert master.reloads == 0 and "could not be started: [Errno 11] Resource temporarily " \
+        "unavailable." in master.errors[0]
+
+
+def test_the_refusal_quotes_the_check_s_error_line_not_the_runtime_s_chatter(monkeypatch):
+    conf = settings(monkeypatch)
+    check = subprocess.CompletedProcess([], 2, "", (
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+        "error: The serving model m/model.tflite is corrupt or incompatible.\n"))
+    assert conf.what_went_wrong(check) == (
+        "The serving model m/model.tflite is corrupt or incompatible.")
+    assert conf.what_went_wrong(subprocess.CompletedProcess([], 1, "", (
+        "Traceback (most recent call last):\n  ...\nMemoryError\n"))) == "MemoryError"
+    assert conf.what_went_wrong(subprocess.CompletedProcess([], -9, "", "")) == (
+        "exit status -9")

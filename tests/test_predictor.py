@@ -77,6 +77,14 @@ def test_missing_model_folder_names_the_path(tmp_path):
         Predictor(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short"])
+def test_a_trust_file_being_copied_in_gives_a_clear_error(models_root, content):
+    """A copy creates the file empty before writing it: np.load's EOFError, not a crash."""
+    (models_root / "tiny" / "trust.npz").write_bytes(content)
+    with pytest.raises(ModelLoadError, match="The trust layer of .* cannot be used"):
+        Predictor(models_root / "tiny")
+
+
 def test_corrupt_serving_file_gives_a_clear_error(tiny_model_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

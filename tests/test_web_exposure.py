@@ -5,6 +5,7 @@ damaged stored check left out, never a failed page."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import re
@@ -252,3 +253,34 @@ def test_an_image_with_too_little_bare_slide_says_it_was_not_measured(client):
                                ("usual.png", film())) + "/0")
     assert re.search(r'id="why-exposure" data-outside="unmeasured"', html)
     assert "not measured: too little bare slide" in html
+
+
+def test_a_batch_of_one_image_read_says_the_image_was_corrected(client):
+    location = upload(client, "exposed", ("dark.png", film(0.75)), ("bad.png", b"not an image"))
+    report = text(page(client, location + "/report"))
+    assert ("The image was read with its exposure corrected to the background of exposed's "
+            "training images") in report
+
+
+def field_of_two(batch):
+    """white.png read as a field of two cells: the first set aside (not a blood-cell image),
+    the second accepted as a neutrophil; both share the image's over-exposed check."""
+    first = batch["results"][0]
+    second = copy.deepcopy(first)
+    place = {"of": 2, "centre": [0.3, 0.3], "nucleus": [0.2, 0.2, 0.4, 0.4],
+             "square": [0.1, 0.1, 0.5, 0.5]}
+    first["cell"] = {**place, "number": 1}
+    first.update(status="not_a_cell", label="not_a_cell")
+    second["cell"] = {**place, "number": 2, "centre": [0.7, 0.7]}
+    second.update(status="accepted", label="neutrophil", confidence=0.99)
+    batch["results"].insert(1, second)
+
+
+def test_an_over_exposed_field_s_accepted_cell_is_named_on_the_batch_page_and_report(client):
+    location = upload(client, "exposed", ("white.png", film(1.3)), ("usual.png", film(seed=1)))
+    batch_id = location.rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         field_of_two)
+    report = text(page(client, location + "/report"))
+    assert "1 over-exposed cell is counted as the model accepted it, not reviewed" in report
+    assert "but 1 was accepted and counted: look at it first" in text(page(client, location))

@@ -77,3 +77,16 @@ def test_a_request_while_another_thread_loads_is_answered_at_once():
     clock.now += RETRY_SECONDS
     with standby.lock:
         assert call(standby, "/")[0].startswith("503 ")
+
+
+def test_a_retry_that_meets_another_kind_of_error_still_answers_503_naming_it():
+    clock = Clock()
+
+    def build():
+        raise EOFError("No data left in file")
+
+    standby = Standby(build, "half copied", clock)
+    clock.now += RETRY_SECONDS
+    status, _, body = call(standby, "/api/health")
+    assert status.startswith("503 ")
+    assert json.loads(body)["problem"] == "EOFError: No data left in file"

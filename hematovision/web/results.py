@@ -438,17 +438,17 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     with their exposure corrected: those of another colour (`Stored.tinted`), and the darker
     and the brighter apart, each with its count and median brightness (times the training
     images' background; a batch may mix them); and how many lay outside the training images'
-    backgrounds but could not be corrected: over-exposed (with how many of those were
+    backgrounds but could not be corrected: over-exposed (with how many cells of those were
     accepted all the same, and of those how many no one has reviewed), or too far; None where
     no image was either."""
     classified = [r for r in results if first_of_image(r) and status_of(r) is not None]
     checks = [(exposure_of(r), status_of(r)) for r in classified]
     corrected = [c for c, _ in checks if c is not None and c.corrected]
     left = [(c, s) for c, s in checks if c is not None and c.outside and not c.corrected]
-    # A field's cells share their image's check; each counted cell is reviewed on its own.
-    over_exposed_unreviewed = sum(
-        1 for r in results if status_of(r) == ACCEPTED and verdict_of(r) is None
-        and (check := exposure_of(r)) is not None and check.over_exposed and not check.corrected)
+    # A field's cells share their image's check, but each is accepted and reviewed on its own.
+    accepted = [r for r in results if status_of(r) == ACCEPTED
+                and (check := exposure_of(r)) is not None and check.over_exposed
+                and not check.corrected]
     if not corrected and not left:
         return None
 
@@ -461,8 +461,8 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
             "darker": part([b for b in plain if b < 1]),
             "brighter": part([b for b in plain if b >= 1]),
             "over_exposed": sum(c.over_exposed for c, _ in left),
-            "over_exposed_accepted": sum(c.over_exposed and s == ACCEPTED for c, s in left),
-            "over_exposed_unreviewed": over_exposed_unreviewed,
+            "over_exposed_accepted": len(accepted),
+            "over_exposed_unreviewed": sum(verdict_of(r) is None for r in accepted),
             "too_far": sum(not c.over_exposed for c, _ in left)}
 
 

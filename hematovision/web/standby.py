@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 10  # between tries to build the app: a load takes a few seconds of a core
 
 
+def reason(exc: Exception) -> str:
+    """What a failed build says: a ModelLoadError's own words; anything else (a half-written
+    file read as something it is not, a typo in instance/config.py) named with its kind."""
+    return str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+
+
 class Standby:
     """A WSGI app answering 503 (why, and when to try again) until `build` returns the app."""
 
@@ -50,10 +56,11 @@ class Standby:
                 self.tried = self.clock()
                 try:
                     self.app = self.build()
-                except ModelLoadError as exc:
-                    self.problem = str(exc)
+                except Exception as exc:  # whatever stopped the first build may stop this one
+                    self.problem = reason(exc)
                     log.error("still cannot load the models (trying again in %d s): %s",
-                              RETRY_SECONDS, exc)
+                              RETRY_SECONDS, self.problem,
+                              exc_info=not isinstance(exc, ModelLoadError))
                 else:
                     log.warning("the models load again: this worker serves them")
             return self.app
