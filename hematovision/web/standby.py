@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from hematovision.card import ModelLoadError
+from hematovision.web.security import HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Standby:
             kind = "text/html; charset=utf-8"
         start_response("503 Service Unavailable", [
             ("Content-Type", kind), ("Content-Length", str(len(body))),
-            ("Retry-After", str(wait)), ("Cache-Control", "no-store")])
+            ("Retry-After", str(wait)), ("Cache-Control", "no-store"), *HEADERS.items()])
         return [body]
 
 
