@@ -92,12 +92,16 @@ def test_a_count_whose_sample_has_no_id_is_not_signed_until_it_has_one(client, b
     html = page(client, f"/batch/{batch_id}")
     help_text = re.search(r'id="signoff-help">(.*?)</div>', html, re.S).group(1)
     assert "Give the sample's ID first (Sample ID, at the top of this page)" in text(help_text)
+    assert '<a href="#sample-id">Go to Sample ID</a>' in help_text
     before = stored(client, batch_id)
     response = sign_off(client, batch_id, count=shown_count(client, batch_id))
     assert response.status_code == 400 and stored(client, batch_id) == before
     assert ("Give the sample's ID first (Sample ID, at the top of this page): a count signed off "
             "without one cannot be told from another patient's on the report.") in text(
         response.get_data(as_text=True))
+    error = re.search(r'id="signoff-error" role="alert">(.*?)</div>', response.get_data(
+        as_text=True), re.S).group(1)
+    assert '<a href="#sample-id">Go to Sample ID</a>' in error
 
     assert save_sample(client, batch_id, "H-2026-00042", "6.5").status_code == 303
     assert sign_off(client, batch_id, count=shown_count(client, batch_id)).status_code == 303
