@@ -8,6 +8,7 @@ training scripts all go through these functions, so a card means one thing every
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,20 @@ def read_card(model_dir: Path) -> dict[str, Any]:
 
 
 def write_card(model_dir: Path, card: dict) -> None:
-    (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    replace_file(Path(model_dir) / CARD_FILE, (json.dumps(card, indent=2) + "\n").encode())
+
+
+def replace_file(path: Path, content: bytes) -> None:
+    """Write `content` as `path` whole: into a file beside it, then renamed over it, so that a
+    process loading the model folder meanwhile (a worker starting, a reload's check) reads the
+    old file or the new one, never a part of one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def view_count(recorded) -> int:

@@ -389,8 +389,13 @@ def _load_interpreter(path: Path, num_threads: int):
             "or restore saved_model/ from git."
         )
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        # Read whole, not mapped: a file written over in place while the app runs (a copy, an
+        # export into the served folder) would otherwise change under the running interpreter,
+        # which dies of it (SIGBUS) at its next call. A few MB per process.
+        interpreter = Interpreter(model_content=path.read_bytes(), num_threads=num_threads)
         interpreter.allocate_tensors()
+    except OSError as exc:
+        raise ModelLoadError(f"The serving model {path} cannot be read ({exc}).") from None
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(
             f"The serving model {path} is corrupt or incompatible ({exc}). Re-export it with "

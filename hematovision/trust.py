@@ -12,6 +12,7 @@ here; a model folder without them serves uncalibrated, never flags.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from hematovision.card import replace_file
 from hematovision.counting import share_range
 
 TRUST_FILE = "trust.npz"
@@ -430,8 +432,15 @@ def save_trust_arrays(model_dir: Path, layers: list[LayerGaussians], head_kernel
     for i, g in enumerate(layers):
         arrays[f"class_means_{i}"] = g.means.astype(np.float32)
         arrays[f"{PACKED_WHITENING}{i}"] = packed_whitening(g.whitening)
-    np.savez(path, **arrays)
+    save_arrays(path, arrays)
     return path
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`arrays` as the .npz file `path`, replaced whole (`replace_file`)."""
+    content = io.BytesIO()
+    np.savez(content, **arrays)
+    replace_file(path, content.getvalue())
 
 
 def packed_whitening(whitening: np.ndarray) -> np.ndarray:
@@ -453,7 +462,7 @@ def repack(model_dir: Path) -> Path:
         whole = stored.pop(f"whitening_{i}", None)
         if whole is not None:
             stored[f"{PACKED_WHITENING}{i}"] = packed_whitening(whole)
-    np.savez(path, **stored)
+    save_arrays(path, stored)
     return path
 
 

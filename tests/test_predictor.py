@@ -85,6 +85,32 @@ def test_a_trust_file_being_copied_in_gives_a_clear_error(models_root, content):
         Predictor(models_root / "tiny")
 
 
+def test_a_serving_file_written_over_while_loaded_leaves_the_loaded_model_working(
+        tiny_model_dir, tmp_path):
+    """Run apart: a model mapped from its file dies of SIGBUS once the file is cut short (an
+    export or a copy into the served folder), which would end the test run itself."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path / "served"
+    shutil.copytree(tiny_model_dir, folder)
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from hematovision.predictor import Predictor\n"
+        "p = Predictor(sys.argv[1])\n"
+        "(Path(sys.argv[1]) / 'model.tflite').write_bytes(b'')  # a copy begun over it\n"
+        "size = p.card['input_size'][0]\n"
+        "print(p.predict_arrays(np.zeros((1, size, size, 3), np.float32)).shape)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    classes = json.loads((folder / "model_card.json").read_text())["classes"]
+    assert done.stdout.strip() == f"(1, {len(classes)})"
+
+
 def test_corrupt_serving_file_gives_a_clear_error(tiny_model_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hematovision.card import CARD_FILE, read_card, write_card  # noqa: E402
+from hematovision.card import CARD_FILE, read_card, replace_file, write_card  # noqa: E402
 from hematovision.predictor import (KERAS_FILE, MODELS_ROOT_VARIABLE, SERVING_FILE,  # noqa: E402
                                      Predictor, models_root)
 from hematovision.preprocess import RESAMPLE_NAME  # noqa: E402
@@ -157,7 +157,7 @@ def convert_to_tflite(model: keras.Model, path: Path, views: int = TTA_VIEWS) ->
     except Exception:
         sys.stderr.write(printed.getvalue())
         raise
-    Path(path).write_bytes(flatbuffer)
+    replace_file(Path(path), flatbuffer)
 
 
 def check_export(model: keras.Model, model_dir: Path, views: int = TTA_VIEWS,
