@@ -326,7 +326,7 @@ def test_health_says_a_model_folder_changed_since_it_was_loaded(client, models_r
         f.write(b"\0")
     body = client.get("/api/health").get_json()
     assert body["models_changed_on_disk"] == ["tiny"]
-    assert body["status"] == "models changed on disk: restart to serve them"
+    assert body["status"] == "models changed on disk: reload to serve them"
 
 
 def test_a_default_model_is_a_folder_name_not_a_path(tmp_path, models_root):

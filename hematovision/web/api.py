@@ -117,7 +117,7 @@ def health():
     """For a load balancer or a monitor: 503 where uploads cannot be stored (a full or
     read-only disk), so that it is seen before a technologist's upload fails on it; the models
     this process serves with their versions, and those whose folder holds another model since
-    it loaded them (served until a restart: workers started later would serve the new one)."""
+    it loaded them (served until a reload: workers started later would serve the new one)."""
     folder = upload_folder()
     problem = uploads.writable(folder)
     room = current_app.config["MAX_CONTENT_LENGTH"]
@@ -127,7 +127,7 @@ def health():
     names = models.names()
     changed = [name for name in names if models.changed_on_disk(name)]
     status = ("cannot store uploads" if problem else
-              "models changed on disk: restart to serve them" if changed else "ok")
+              "models changed on disk: reload to serve them" if changed else "ok")
     return jsonify(
         status=status, version=__version__, app_version=current_app.config["APP_VERSION"],
         models=names, default_model=models.default_name(),

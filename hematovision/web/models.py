@@ -131,7 +131,7 @@ def _stamp(model_dir: Path) -> tuple:
 
 def changed_on_disk(name: str) -> bool:
     """Whether model `name`'s folder holds another model than the one this process loaded
-    (exported again, or removed): the served model stays the loaded one until a restart."""
+    (exported again, or removed): the served model stays the loaded one until a reload."""
     return _stamp(get(name).model_dir) != current_app.extensions["model_stamps"][name]
 
 
