@@ -37,8 +37,10 @@ def test_a_page_says_why_and_when_to_try_again():
     clock.now += 3
     status, headers, body = call(standby, "/batch/0")
     assert status.startswith("503 ") and headers["Retry-After"] == str(RETRY_SECONDS - 3)
-    assert "could not load its models: The serving model m/model.tflite is &lt;corrupt&gt;" in body
-    assert "Nothing you stored is lost" in body and headers["Cache-Control"] == "no-store"
+    body = " ".join(body.split())
+    assert "could not load its models. Images you sent just now were not stored" in body
+    assert "model.tflite" not in body and "corrupt" not in body  # server paths: log, health
+    assert "Batches stored before are kept" in body and headers["Cache-Control"] == "no-store"
     assert headers["X-Frame-Options"] == "DENY"  # the app's own headers, as on every page
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
 

@@ -8,7 +8,6 @@ the reason, as a page or as JSON for the API (so a monitor on /api/health sees i
 to build the app again now and then, serving it from the first try that succeeds.
 """
 
-import html
 import json
 import logging
 import threading
@@ -75,7 +74,9 @@ class Standby:
                                "retry_after_seconds": wait}).encode()
             kind = "application/json"
         else:
-            body = PAGE.format(problem=html.escape(self.problem), wait=wait).encode()
+            # The reason names server folders and files: for the log and the health check,
+            # not for whoever opens a page.
+            body = PAGE.format(wait=wait).encode()
             kind = "text/html; charset=utf-8"
         start_response("503 Service Unavailable", [
             ("Content-Type", kind), ("Content-Length", str(len(body))),
@@ -90,9 +91,10 @@ PAGE = """<!doctype html>
 <body>
 <main>
 <h1>HematoVision cannot classify images just now</h1>
-<p id="standby-problem">This part of the service could not load its models: {problem}</p>
-<p>Nothing you stored is lost. Try again in {wait} seconds; if this page stays, tell whoever
-runs HematoVision: the service log says the same.</p>
+<p id="standby-problem">This part of the service could not load its models. Images you sent
+just now were not stored: send them again in {wait} seconds. Batches stored before are kept.</p>
+<p>If this page stays, tell whoever runs HematoVision: the service log and /api/health say
+why.</p>
 </main>
 </body>
 </html>
