@@ -3,9 +3,10 @@
 gunicorn starts workers long after its start: on a reload (HUP), when one is recycled
 (`max_requests`) and when one dies. If such a worker cannot build the app (a model folder half
 copied, say), gunicorn's answer to a worker that fails to boot is to stop every worker and
-exit, the ones serving well included. A worker in standby stays up instead: it answers 503 with
-the reason, as a page or as JSON for the API (so a monitor on /api/health sees it), and tries
-to build the app again now and then, serving it from the first try that succeeds.
+exit, the ones serving well included. A worker in standby stays up instead: it answers 503, a
+page saying to send again shortly, or JSON with the reason for the API (so a monitor on
+/api/health sees why), and tries to build the app again now and then, serving it from the
+first try that succeeds.
 """
 
 import json
