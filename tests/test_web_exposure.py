@@ -18,7 +18,8 @@ from hematovision.exposure import scaled
 from hematovision.web import uploads
 from tests.conftest import make_smear
 from tests.test_exposure import reference_of
-from tests.web_helpers import csv_of, make_models_root, page, review_cells, text, upload
+from tests.web_helpers import (csv_of, make_models_root, page, review_cells, save_sample,
+                               sign_off, text, upload)
 
 ROW = {"accuracy": 0.98, "accepted_rate": 0.95, "unidentified_rate": 0.0,
        "not_a_cell_rate": 0.05, "accuracy_accepted": 0.99}
@@ -284,3 +285,27 @@ def test_an_over_exposed_field_s_accepted_cell_is_named_on_the_batch_page_and_re
     report = text(page(client, location + "/report"))
     assert "1 over-exposed cell is counted as the model accepted it, not reviewed" in report
     assert "but 1 was accepted and counted: look at it first" in text(page(client, location))
+
+
+def test_an_over_exposed_image_called_not_a_cell_is_looked_at_before_signing(client):
+    """The white-cell finder finding none agrees with "not a blood-cell image" only on an image
+    of the exposures the model knows: an over-exposed one may hide a white cell from both."""
+    location = upload(client, "exposed", ("white.png", film(1.3)), ("usual.png", film(seed=1)),
+                      ("also.png", film(seed=2)))
+    batch_id = location.rsplit("/", 1)[1]
+
+    def as_said(batch):
+        for result, status in zip(batch["results"], ["not_a_cell", "not_a_cell", "accepted"]):
+            result.update(status=status, label="neutrophil", confidence=0.99, white_cells=0)
+
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, as_said)
+    assert save_sample(client, batch_id, "H-1").status_code == 303
+    review_cells(client, batch_id, n2="neutrophil")
+    refused = sign_off(client, batch_id)
+    assert refused.status_code == 400
+    assert "1 image called not a blood-cell image is not reviewed: look at it first" in text(
+        refused.get_data(as_text=True))
+    listed = page(client, location + "/review?show=not-a-cell")
+    assert "white.png" in listed and "usual.png" not in listed  # the finder agrees there
+    review_cells(client, batch_id, n0="excluded")
+    assert sign_off(client, batch_id).status_code == 303

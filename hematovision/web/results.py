@@ -234,9 +234,14 @@ def set_aside_unseen(result: dict[str, Any]) -> bool:
     finder does not say its image holds none: it found one there (a field's cells, a single
     cell), or it does not run for the model (one that reads images whole). A white cell there,
     of a look or a kind the model was not trained on, is missing from the count until someone
-    looks; where the finder found none either, the two agree and it stays out unseen."""
-    return (status_of(result) == NOT_A_CELL and verdict_of(result) is None
-            and result.get("white_cells") != 0)
+    looks; where the finder found none either, the two agree and it stays out unseen, unless
+    the image was read outside the exposures the model knows, uncorrected (over-exposed, or
+    too far): there the finder misses white cells as the model does."""
+    if status_of(result) != NOT_A_CELL or verdict_of(result) is not None:
+        return False
+    exposure = exposure_of(result)
+    return result.get("white_cells") != 0 or (
+        exposure is not None and exposure.outside and not exposure.corrected)
 
 
 def images_and_cells(found: list[dict[str, Any]]) -> str:
