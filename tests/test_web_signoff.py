@@ -108,6 +108,21 @@ def test_a_count_whose_sample_has_no_id_is_not_signed_until_it_has_one(client, b
     assert stored(client, batch_id)["signoff"]["by"] == "J. Smith"
 
 
+def test_every_reason_not_to_sign_yet_is_named_at_once_with_its_way_there(client, batch_id):
+    assert save_sample(client, batch_id, "").status_code == 303
+    help_text = re.search(r'id="signoff-help">(.*?)</div>', page(client, f"/batch/{batch_id}"),
+                          re.S).group(1)
+    reasons = text(help_text)
+    assert reasons.index("1 unidentified cell still waits for review") < reasons.index(
+        "Review them") < reasons.index("Give the sample's ID first") < reasons.index(
+        "Go to Sample ID")
+    assert f'href="/batch/{batch_id}/review">Review them</a>' in help_text
+    refused = sign_off(client, batch_id, count=shown_count(client, batch_id))
+    error = re.search(r'id="signoff-error" role="alert">(.*?)</div>',
+                      refused.get_data(as_text=True), re.S).group(1)
+    assert refused.status_code == 400 and text(error) == reasons
+
+
 @pytest.mark.parametrize("change", ["review", "sample", "add"])
 def test_a_change_to_the_count_after_signing_shows_it_as_changed(client, batch_id, change):
     review_cells(client, batch_id, n2="neutrophil")

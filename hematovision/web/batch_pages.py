@@ -150,7 +150,7 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
             manual_fields=manual_fields(stored["classes"]),
             signoff_form=signoff_form or signoff.form_of(shown["signed"]),
             signoff_refusal=signoff.refusal(stored),
-            no_sample_id=signoff.NO_SAMPLE_ID,
+            signoff_refusals=signoff.refusals(stored),
             signed_by_length=signoff.MAX_NAME_LENGTH,
             comment_length=signoff.MAX_COMMENT_LENGTH,
             # Only a model that names nucleated red cells can correct a count that includes them.

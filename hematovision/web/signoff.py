@@ -121,32 +121,43 @@ def signed_meanwhile(batch: dict[str, Any], shown: str) -> str | None:
 
 
 def refusal(batch: dict[str, Any]) -> str | None:
-    """Why the batch's count cannot be signed off as it stands; None when it can."""
-    found = batch["results"]
+    """Why the batch's count cannot be signed off as it stands (every reason); None when it
+    can."""
+    return " ".join(reason for _, reason in refusals(batch)) or None
+
+
+# What each refusal asks for, which the page links to.
+REVIEW, LOOK, SAMPLE = "review", "not-a-cell", "sample"
+
+
+def refusals(batch: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each reason the batch's count cannot be signed off as it stands, with what it asks for
+    (REVIEW, LOOK, SAMPLE, or "" for nothing a link leads to); all at once, so that a
+    technologist meets them together rather than one refused sign-off at a time."""
+    found, reasons = batch["results"], []
     waiting = sum(needs_review(r) for r in found)
     if waiting:
-        return STILL_TO_REVIEW.format(count=waiting, s="s" if waiting != 1 else "",
-                                      verb="" if waiting != 1 else "s",
-                                      them="them" if waiting != 1 else "it")
+        reasons.append((REVIEW, STILL_TO_REVIEW.format(
+            count=waiting, s="s" if waiting != 1 else "", verb="" if waiting != 1 else "s",
+            them="them" if waiting != 1 else "it")))
     set_aside = [r for r in found if set_aside_unseen(r)]
     if set_aside:
         one = len(set_aside) == 1
-        return SET_ASIDE_UNSEEN.format(what=images_and_cells(set_aside),
-                                       verb="is" if one else "are", them="it" if one else "them",
-                                       among="in it" if one else "among them")
+        reasons.append((LOOK, SET_ASIDE_UNSEEN.format(
+            what=images_and_cells(set_aside), verb="is" if one else "are",
+            them="it" if one else "them", among="in it" if one else "among them")))
     unseen = sum(map(counted_unseen, found))
     if unseen:
         one = unseen == 1
-        return NO_WHITE_CELL_COUNTED.format(count=unseen, s="" if one else "s",
-                                            verb="is" if one else "are",
-                                            them="it" if one else "them",
-                                            their="its" if one else "their",
-                                            verb2="is" if one else "are")
-    if not any(counted_label(r) for r in found):
-        return NOTHING_COUNTED
+        reasons.append(("", NO_WHITE_CELL_COUNTED.format(
+            count=unseen, s="" if one else "s", verb="is" if one else "are",
+            them="it" if one else "them", their="its" if one else "their",
+            verb2="is" if one else "are")))
+    if not waiting and not set_aside and not any(counted_label(r) for r in found):
+        reasons.append(("", NOTHING_COUNTED))  # cells still to be looked at may yet count
     if not str(sample.of(batch).id or "").strip():
-        return NO_SAMPLE_ID
-    return None
+        reasons.append((SAMPLE, NO_SAMPLE_ID))
+    return reasons
 
 
 def read_form(form: Mapping[str, str]) -> tuple[tuple[str, str] | None, TypedForm]:
