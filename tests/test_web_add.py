@@ -220,3 +220,8 @@ def test_no_batch_or_no_model_no_addition(client, batch_id):
     assert response.status_code == 400
     assert "The model 'retired' that classified this batch is no longer served" in text(
         response.get_data(as_text=True))
+    # Its page offers no form to add with, and says why.
+    html = page(client, f"/batch/{gone}")
+    assert 'id="add-form"' not in html
+    assert "The model 'retired' that classified this batch is no longer served" in text(
+        re.search(r'<p[^>]*id="add-refused".*?</p>', html, re.S).group(0))

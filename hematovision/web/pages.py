@@ -363,6 +363,9 @@ def batch_full(stored: dict, limit: int) -> NoReturn:
 
 
 bp.add_app_template_global(history.reviewer, "reviewer")
+# The add form's place says why nothing can be added to a batch whose model is gone.
+bp.add_app_template_global(lambda stored: None if served_model(stored["model"]) else
+                           BATCH_MODEL_GONE.format(name=stored["model"]), "model_gone")
 # A global, not a context variable: the reviewer form is a macro, imported without context.
 bp.add_app_template_global(history.MAX_NAME_LENGTH, "REVIEWER_NAME_LENGTH")
 
