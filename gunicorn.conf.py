@@ -57,7 +57,7 @@ def on_starting(server):
         server.log.error(check.stderr.strip() or f"app.py --check failed ({check.returncode})")
         sys.exit(check.returncode)
     server.log.info(check.stdout.strip())
-    reload = server.reload
+    reload, served = server.reload, [first_line(check.stdout)]
 
     # gunicorn stops the running workers on a reload whatever the new ones meet; a model folder
     # left half copied would otherwise take the whole service down.
@@ -65,6 +65,11 @@ def on_starting(server):
         check = check_models()
         if check.returncode == 0:
             server.log.info(check.stdout.strip())
+            if first_line(check.stdout) != served[0]:  # a model gone, the default another
+                server.log.warning("the models served change on this reload: were %s; are %s",
+                                   served[0].removeprefix("ok: "),
+                                   first_line(check.stdout).removeprefix("ok: "))
+                served[0] = first_line(check.stdout)
             return reload()
         problem = what_went_wrong(check)
         server.log.error("reload refused, the running workers keep serving the models they "
@@ -91,6 +96,11 @@ def check_models():
     except OSError as exc:  # no process to be had (a process limit, no memory)
         return subprocess.CompletedProcess(command, 126, "", (
             f"error: the model check (app.py --check) could not be started: {exc}."))
+
+
+def first_line(text: str) -> str:
+    """`app.py --check`'s first line: the models served and the default one."""
+    return (text.strip().splitlines() or [""])[0]
 
 
 def what_went_wrong(check) -> str:

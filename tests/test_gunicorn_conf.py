@@ -154,6 +154,9 @@ class Master:
     def info(self, message, *args):
         self.infos.append(message % args)
 
+    def warning(self, message, *args):
+        self.errors.append("warning: " + message % args)
+
 
 def test_a_check_that_hangs_is_given_up_and_the_reload_refused(monkeypatch):
     conf = settings(monkeypatch)
@@ -224,3 +227,20 @@ def test_the_refusal_quotes_the_check_s_error_line_not_the_runtime_s_chatter(mon
         "Traceback (most recent call last):\n  ...\nMemoryError\n"))) == "MemoryError"
     assert conf.what_went_wrong(subprocess.CompletedProcess([], -9, "", "")) == (
         "exit status -9")
+
+
+def test_a_reload_that_changes_the_models_served_says_so(monkeypatch):
+    conf = settings(monkeypatch)
+    checks = iter(["ok: models pbc8, wbc4; default wbc4\nversions: ...",
+                   "ok: models pbc8, wbc4; default wbc4\nversions: ...",
+                   "ok: models pbc8; default pbc8\nversions: ..."])
+    monkeypatch.setattr(conf, "check_models",
+                        lambda: subprocess.CompletedProcess([], 0, next(checks), ""))
+    master = Master()
+    conf.on_starting(master)
+    master.reload()
+    assert master.reloads == 1 and master.errors == []
+    master.reload()
+    assert master.reloads == 2 and master.errors == [
+        "warning: the models served change on this reload: were models pbc8, wbc4; default "
+        "wbc4; are models pbc8; default pbc8"]
