@@ -73,8 +73,8 @@ def on_starting(server):
             return reload()
         problem = what_went_wrong(check)
         server.log.error("reload refused, the running workers keep serving the models they "
-                         "loaded: %s Mend it (python app.py --check says when it would load), "
-                         "then reload again.", problem)
+                         "loaded: %s Mend it (python app.py --check, with the service's settings, "
+                         "says when they would load), then reload again.", problem)
 
     server.reload = reload_if_the_models_load
 

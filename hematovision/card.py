@@ -42,7 +42,7 @@ def read_card(model_dir: Path) -> dict[str, Any]:
         raise ModelLoadError(
             f"No model card at {path}. Export a trained model there with "
             "`python -m training.train --data DIR --export NAME` (README, 'Training on your own "
-            "data') or restore saved_model/ from git."
+            "data') or restore the folder (the bundled models: saved_model/ from git)."
         ) from None
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON, or not an object
         raise ModelLoadError(f"The model card {path} is unreadable ({exc}).") from None

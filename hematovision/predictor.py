@@ -386,7 +386,7 @@ def _load_interpreter(path: Path, num_threads: int):
     if not path.is_file():
         raise ModelLoadError(
             f"No serving model at {path}. Export one with `python -m training.export` "
-            "or restore saved_model/ from git."
+            "or restore the folder (the bundled models: saved_model/ from git)."
         )
     try:
         # Read whole, not mapped: a file written over in place while the app runs (a copy, an
@@ -399,7 +399,8 @@ def _load_interpreter(path: Path, num_threads: int):
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(
             f"The serving model {path} is corrupt or incompatible ({exc}). Re-export it with "
-            "`python -m training.export` or restore saved_model/ from git."
+            "`python -m training.export` or restore the folder (the bundled models: "
+            "saved_model/ from git)."
         ) from None
     return interpreter
 

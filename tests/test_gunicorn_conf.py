@@ -177,7 +177,8 @@ def test_a_check_that_hangs_is_given_up_and_the_reload_refused(monkeypatch):
     assert master.reloads == 0 and master.errors == [
         "reload refused, the running workers keep serving the models they loaded: loading the "
         f"models (app.py --check) did not finish in {conf.CHECK_SECONDS} s. Mend it (python "
-        "app.py --check says when it would load), then reload again."]
+        "app.py --check, with the service's settings, says when they would load), then reload "
+        "again."]
 
 
 @pytest.mark.parametrize("error, said", [

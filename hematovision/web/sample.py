@@ -14,8 +14,9 @@ from hematovision.reference import white_cell_count
 from hematovision.web.forms import TypedForm, plain_text
 
 MAX_ID_LENGTH = 40
-BAD_ID = (f"A sample ID is at most {MAX_ID_LENGTH} letters, digits, spaces and punctuation "
-          "(such as an accession number: H-2026-01234); {typed!r} is not.")
+BAD_ID = (f"A sample ID is at most {MAX_ID_LENGTH} letters, digits, spaces and punctuation, "
+          "with a letter or digit (such as an accession number: H-2026-01234); {typed!r} is "
+          "not.")
 # Form fields, as the batch page names them.
 ID_FIELD = "sample_id"
 COUNT_FIELD = "wbc"
