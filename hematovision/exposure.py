@@ -108,12 +108,16 @@ class Exposure:
         if found is None or (self.max_spread is not None and found[1] > self.max_spread):
             return None
         measured = found[0]
-        outside = not all(lo <= v <= hi for v, lo, hi in zip(measured, self.low, self.high))
+        outside = not self.within(measured)
         gains = self.gains(measured) if outside else None
         clipped = any(v >= SATURATED > ref for v, ref in zip(measured, self.background))
         return {"background": list(measured), "outside": outside,
                 "gains": None if gains is None else list(gains),
                 "over_exposed": outside and clipped}
+
+    def within(self, measured: tuple[float, ...]) -> bool:
+        """Whether a background of `measured` lies within the training images' range."""
+        return all(lo <= v <= hi for v, lo, hi in zip(measured, self.low, self.high))
 
     def gains(self, measured: tuple[float, ...]) -> tuple[float, float, float] | None:
         """The scaling of each channel that brings a background of `measured` to the

@@ -18,8 +18,8 @@ from hematovision.exposure import scaled
 from hematovision.web import uploads
 from tests.conftest import make_smear
 from tests.test_exposure import reference_of
-from tests.web_helpers import (csv_of, make_models_root, page, review_cells, save_sample,
-                               sign_off, text, upload)
+from tests.web_helpers import (csv_of, make_app, make_models_root, page, review_cells,
+                               save_sample, sign_off, text, upload)
 
 ROW = {"accuracy": 0.98, "accepted_rate": 0.95, "unidentified_rate": 0.0,
        "not_a_cell_rate": 0.05, "accuracy_accepted": 0.99}
@@ -309,3 +309,23 @@ def test_an_over_exposed_image_called_not_a_cell_is_looked_at_before_signing(cli
     assert "white.png" in listed and "usual.png" not in listed  # the finder agrees there
     review_cells(client, batch_id, n0="excluded")
     assert sign_off(client, batch_id).status_code == 303
+
+
+def test_images_over_exposed_for_the_batch_s_model_but_usual_for_another_name_it(
+        tmp_path, models_root, trusted_model_dir):
+    """PBC's single cells, white in red, sent to wbc4: the camera's usual background is
+    another model's kind of image, better read by it than taken again."""
+    bright = reference_of(scaled(make_smear(30), (1.3,) * 3))
+    make_models_root(models_root, trusted_model_dir, names=("white",), card={"exposure": {
+        **bright.entry(), "measured": 100, "reference": {"data": "train", "images": 100},
+        "check": CHECK}})
+    other = make_app(tmp_path, models_root).test_client()
+    location = upload(other, "exposed", ("white.png", film(1.3)), ("usual.png", film(seed=1)))
+    said = re.search(r'<span id="exposure-elsewhere" data-model="white">(.*?)</span>',
+                     page(other, location), re.S)
+    assert text(said.group(1)) == (
+        "Its background lies within the range of white's training images': if it is the kind "
+        "of image white reads, classify it with white rather than taking it again.")
+    assert 'href="/?model=white"' in said.group(1)
+    assert 'id="exposure-elsewhere"' not in page(other, upload(other, "white", (
+        "white.png", film(1.3))))  # within its own model's range: nothing to say

@@ -104,6 +104,9 @@ def count_context(stored: dict) -> dict:
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
         exposure=results.exposure_summary(stored["results"]),
+        exposure_elsewhere=results.exposure_elsewhere(
+            stored["results"], stored["model"],
+            {name: models.get(name).exposure for name in models.names()}),
         predictor=predictor,
         # The app serves another version of the batch's model now (web/versions.py).
         replaced=replaced,

@@ -23,7 +23,7 @@ from hematovision.comparison import Comparison
 from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
                                        counted_label, differential, flag_text, needs_review,
                                        status_of, verdict_of)
-from hematovision.exposure import COLOURS, Stored, stored
+from hematovision.exposure import COLOURS, Exposure, Stored, stored
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
 from hematovision.spreadsheet import inert
@@ -469,6 +469,20 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
             "over_exposed_accepted": len(accepted),
             "over_exposed_unreviewed": sum(verdict_of(r) is None for r in accepted),
             "too_far": sum(not c.over_exposed for c, _ in left)}
+
+
+def exposure_elsewhere(results: list[dict[str, Any]], model: str,
+                       references: dict[str, Exposure | None]) -> list[tuple[str, int]]:
+    """The other models (`references`: each served model's exposure reference) whose training
+    images' backgrounds hold those of this batch's images left uncorrected outside its own
+    (over-exposed, or too far), each with how many: a camera's usual background may be
+    another model's kind of image (PBC's single cells, white in red, sent to wbc4), which is
+    better read by that model than taken again. Most first; none where no image was left."""
+    left = [c.background for r in results if first_of_image(r) and status_of(r) is not None
+            and (c := exposure_of(r)) is not None and c.outside and not c.corrected]
+    found = [(name, sum(reference.within(b) for b in left))
+             for name, reference in references.items() if name != model and reference]
+    return sorted(((name, n) for name, n in found if n), key=lambda pair: -pair[1])
 
 
 # The columns of the reviewed-cells archive's CSV: where each image of the folder came from and
