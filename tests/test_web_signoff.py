@@ -336,8 +336,12 @@ def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_befor
                                       "look or a kind tiny was not trained on) is missing")
     assert f'href="/batch/{batch_id}/review?show=not-a-cell"' in html
     assert re.search(r'id="differential-preliminary">preliminary: 1 to review<', html)
-    assert f"{what} called not a blood-cell image is not counted, not reviewed" in text(
-        page(client, f"/batch/{batch_id}/report"))
+    report = page(client, f"/batch/{batch_id}/report")
+    assert f"{what} called not a blood-cell image is not counted, not reviewed" in text(report)
+    status = re.search(r'<p[^>]*id="report-status" data-status="(\w+)">(.*?)</p>', report, re.S)
+    assert status.group(1) == "preliminary" and text(status.group(2)).strip() == (
+        f"Preliminary: {what} called not a blood-cell image is not looked at yet; a white cell "
+        "in it would be missing from this count.")
     rows = list(csv.DictReader(csv_of(client.get(
         f"/batch/{batch_id}/differential.csv").get_data(as_text=True))))
     assert {r["not_a_cell_unreviewed"] for r in rows} == {"1"}
