@@ -116,7 +116,7 @@ CHECK_SECONDS = 120  # a check loads each model once: seconds, unless its folder
 
 def post_fork(server, worker):
     """A worker started while the service runs (on a reload, a recycle, or in place of one that
-    died) that cannot load the models serves a standby page saying why and tries again
+    died) that cannot load the models stands by, answering 503 and trying again
     (hematovision/web/standby.py): gunicorn stops every worker when one fails to boot."""
     from hematovision.card import ModelLoadError
     from hematovision.web.standby import Standby, reason
