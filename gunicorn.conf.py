@@ -88,8 +88,9 @@ def check_models():
     here = os.path.dirname(os.path.abspath(__file__))
     command = [sys.executable, os.path.join(here, "app.py"), "--check"]
     try:
-        return subprocess.run(command, cwd=here, capture_output=True, text=True,
-                              timeout=CHECK_SECONDS)
+        # In the master's working directory, the workers' own: relative folders in the
+        # settings are read from it.
+        return subprocess.run(command, capture_output=True, text=True, timeout=CHECK_SECONDS)
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(command, 124, "", (
             f"error: loading the models (app.py --check) did not finish in {CHECK_SECONDS} s."))

@@ -245,3 +245,17 @@ def test_a_reload_that_changes_the_models_served_says_so(monkeypatch):
     assert master.reloads == 2 and master.errors == [
         "warning: the models served change on this reload: were models pbc8, wbc4; default "
         "wbc4; are models pbc8; default pbc8"]
+
+
+def test_the_check_reads_relative_folders_from_where_gunicorn_runs(
+        monkeypatch, tmp_path, models_root):
+    """As the workers do: a service started elsewhere than the app's folder, with
+    HEMATOVISION_MODELS_ROOT=models, was checked against the app folder's models/."""
+    conf = settings(monkeypatch)
+    monkeypatch.chdir(models_root.parent)
+    monkeypatch.setenv("HEMATOVISION_MODELS_ROOT", models_root.name)
+    monkeypatch.setenv("HEMATOVISION_UPLOAD_FOLDER", "uploads")
+    monkeypatch.setenv("HEMATOVISION_SECRET_KEY_FILE", str(tmp_path / "secret_key"))
+    check = conf.check_models()
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert conf.first_line(check.stdout) == "ok: models tiny; default tiny"
