@@ -338,6 +338,8 @@ def test_an_image_called_not_a_cell_where_a_white_cell_may_be_is_looked_at_befor
     assert re.search(r'id="differential-preliminary">preliminary: 1 to review<', html)
     report = page(client, f"/batch/{batch_id}/report")
     assert f"{what} called not a blood-cell image is not counted, not reviewed" in text(report)
+    assert (f"Preliminary: {what} called not a blood-cell image is not looked at yet" in
+            text(re.search(r'id="print-preliminary">.*?</strong>', html, re.S).group(0)))
     status = re.search(r'<p[^>]*id="report-status" data-status="(\w+)">(.*?)</p>', report, re.S)
     assert status.group(1) == "preliminary" and text(status.group(2)).strip() == (
         f"Preliminary: {what} called not a blood-cell image is not looked at yet; a white cell "
