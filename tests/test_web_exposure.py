@@ -103,12 +103,31 @@ def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_repor
     report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
                        re.S).group(0)
     assert "text-warning-emphasis" in report and "exposure corrected" not in text(report)
-    assert ("1 over-exposed cell is counted as the model accepted it, not reviewed: the "
-            "background is at the camera's white") in text(report)
+    assert text(report).strip() == (
+        "1 image was over-exposed (the background at the camera's white, what lay above it "
+        "lost): 1 cell from it is counted, 1 as the model accepted it, not reviewed.")
     assert "Over-exposed: the background is at the camera's white" in page(
         client, location + "/review?show=all")
-    review_cells(client, batch_id, n0="neutrophil")
-    assert 'id="report-exposure"' not in page(client, location + "/report")
+    review_cells(client, batch_id, n0="neutrophil")  # looked at: still from a lost image
+    report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
+                       re.S).group(0)
+    assert "text-warning-emphasis" not in report and text(report).strip().endswith(
+        "lost): 1 cell from it is counted.")
+
+
+def test_an_image_too_far_to_correct_is_named_on_its_review_card_and_the_report(client):
+    location = upload(client, "exposed", ("dim.png", film(0.4)), ("usual.png", film(seed=1)))
+    batch_id = location.rsplit("/", 1)[1]
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         lambda batch: batch["results"][0].update(
+                             label="neutrophil", status="accepted", confidence=0.99))
+    assert badges(page(client, location)) == {"dim.png": "too-far"}
+    assert re.findall(r'exposure-note" data-exposure="([\w-]+)"', page(
+        client, location + "/review?show=all")) == ["too-far"]
+    report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
+                       re.S).group(0)
+    assert text(report).strip() == ("1 image was read uncorrected, too far from the training "
+                                    "images' exposure: 1 cell from it is counted.")
 
 
 def test_the_api_and_the_csv_carry_the_check(client):
@@ -283,7 +302,8 @@ def test_an_over_exposed_field_s_accepted_cell_is_named_on_the_batch_page_and_re
     uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
                          field_of_two)
     report = text(page(client, location + "/report"))
-    assert "1 over-exposed cell is counted as the model accepted it, not reviewed" in report
+    assert ("1 image was over-exposed (the background at the camera's white, what lay above it "
+            "lost): 1 cell from it is counted, 1 as the model accepted it, not reviewed.") in report
     assert "but 1 was accepted and counted: look at it first" in text(page(client, location))
 
 
@@ -307,6 +327,9 @@ def test_an_over_exposed_image_called_not_a_cell_is_looked_at_before_signing(cli
         refused.get_data(as_text=True))
     listed = page(client, location + "/review?show=not-a-cell")
     assert "white.png" in listed and "usual.png" not in listed  # the finder agrees there
+    assert ("No unidentified cell is waiting for review. 1 image called not a blood-cell image "
+            "waits to be looked at before sign-off: look at it") in text(page(
+                client, location + "/review"))
     review_cells(client, batch_id, n0="excluded")
     assert sign_off(client, batch_id).status_code == 303
 

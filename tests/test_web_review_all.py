@@ -90,7 +90,8 @@ def test_the_chosen_verdicts_are_saved_at_once_and_counted(client, batch_id):
 
     response = post(client, batch_id, n1="monocyte")
     assert response.headers["Location"].endswith(f"/batch/{batch_id}")  # none left: the batch
-    assert "No cell is waiting for review" in text(page(client, f"/batch/{batch_id}/review"))
+    assert "No unidentified cell is waiting for review." in text(page(
+        client, f"/batch/{batch_id}/review"))
 
 
 def test_every_cell_can_be_checked_and_a_verdict_changed(client, batch_id):

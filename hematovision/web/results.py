@@ -451,9 +451,9 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     corrected = [c for c, _ in checks if c is not None and c.corrected]
     left = [(c, s) for c, s in checks if c is not None and c.outside and not c.corrected]
     # A field's cells share their image's check, but each is accepted and reviewed on its own.
-    accepted = [r for r in results if status_of(r) == ACCEPTED
-                and (check := exposure_of(r)) is not None and check.over_exposed
-                and not check.corrected]
+    uncorrected = [(r, c) for r in results if status_of(r) is not None
+                   and (c := exposure_of(r)) is not None and c.outside and not c.corrected]
+    accepted = [r for r, c in uncorrected if status_of(r) == ACCEPTED and c.over_exposed]
     if not corrected and not left:
         return None
 
@@ -468,6 +468,12 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
             "over_exposed": sum(c.over_exposed for c, _ in left),
             "over_exposed_accepted": len(accepted),
             "over_exposed_unreviewed": sum(verdict_of(r) is None for r in accepted),
+            # Cells the differential counts from the images left uncorrected, reviewed or not:
+            # the printed report names them.
+            "over_exposed_counted": sum(counted_class(r) is not None and c.over_exposed
+                                        for r, c in uncorrected),
+            "too_far_counted": sum(counted_class(r) is not None and not c.over_exposed
+                                   for r, c in uncorrected),
             "too_far": sum(not c.over_exposed for c, _ in left)}
 
 
