@@ -352,3 +352,27 @@ def test_images_over_exposed_for_the_batch_s_model_but_usual_for_another_name_it
     assert 'href="/?model=white"' in said.group(1)
     assert 'id="exposure-elsewhere"' not in page(other, upload(other, "white", (
         "white.png", film(1.3))))  # within its own model's range: nothing to say
+    assert 'id="exposure-elsewhere"' not in page(other, location + "/1")  # read as it is
+
+
+def test_one_image_over_exposed_for_its_model_but_usual_for_another_names_it_on_its_page(
+        tmp_path, models_root, trusted_model_dir):
+    """A single image has no batch page: its result page gives the other model, rather than
+    telling a technologist to take again an image that another model reads as it is."""
+    bright = reference_of(scaled(make_smear(30), (1.3,) * 3))
+    make_models_root(models_root, trusted_model_dir, names=("white",), card={"exposure": {
+        **bright.entry(), "measured": 100, "reference": {"data": "train", "images": 100},
+        "check": CHECK}})
+    other = make_app(tmp_path, models_root).test_client()
+    html = page(other, upload(other, "exposed", ("white.png", film(1.3))))
+    note = re.search(r'id="exposure-note".*?</p>', html, re.S).group(0)
+    said = re.search(r'<span id="exposure-elsewhere" data-model="white">(.*?)</span>', note, re.S)
+    assert text(said.group(1)) == (
+        "Its background lies within the range of white's training images': if it is the kind "
+        "of image white reads, classify it with white rather than taking it again.")
+    assert 'href="/?model=white"' in said.group(1)
+    assert "over-exposed" in text(note)
+    assert 'id="exposure-elsewhere"' not in page(other, upload(other, "white", (
+        "white.png", film(1.3))))
+    dark = page(other, upload(other, "exposed", ("dark.png", film(0.75))))
+    assert 'id="exposure-note"' in dark and 'id="exposure-elsewhere"' not in dark  # corrected

@@ -106,7 +106,7 @@ def count_context(stored: dict) -> dict:
         exposure=results.exposure_summary(stored["results"]),
         exposure_elsewhere=results.exposure_elsewhere(
             stored["results"], stored["model"],
-            {name: models.get(name).exposure for name in models.names()}),
+            exposure_references()),
         predictor=predictor,
         # The app serves another version of the batch's model now (web/versions.py).
         replaced=replaced,
@@ -167,6 +167,11 @@ def batch(batch_id: str, add_errors: list[dict] | None = None, status: int = 200
         ),
         status,
     )
+
+
+def exposure_references() -> dict:
+    """Each served model's exposure reference (None where its card records none)."""
+    return {name: models.get(name).exposure for name in models.names()}
 
 
 def manual_fields(classes: list[str]) -> list[tuple[str, str]]:
@@ -249,6 +254,10 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             calibration=measured_calibration(predictor) if predictor else None,
             magnification=predictor.magnification if predictor else None,
             exposure_reference=predictor.exposure if predictor else None,
+            # A background left uncorrected that another served model's training images hold.
+            exposure_elsewhere=results.exposure_elsewhere(
+                [stored["results"][i] for i in of_image], stored["model"],
+                exposure_references()),
             # An image of a batch is judged with its batch too: one image's measure is rough.
             batch_magnification=results.magnification_check(
                 stored["results"], predictor.magnification if predictor else None),
