@@ -99,7 +99,8 @@ def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_repor
                          lambda batch: batch["results"][0].update(
                              label="neutrophil", status="accepted", confidence=0.99))
     said = text(page(client, location))
-    assert "1 was accepted and counted: look at it first (marked over-exposed among the " in said
+    assert ("1 was accepted and is counted unreviewed: look at it first (marked over-exposed "
+            "among the images below). Take it again with less light.") in said
     report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
                        re.S).group(0)
     assert "text-warning-emphasis" in report and "exposure corrected" not in text(report)
@@ -108,6 +109,16 @@ def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_repor
         "lost): 1 cell from it is counted, 1 as the model accepted it, not reviewed.")
     assert "Over-exposed: the background is at the camera's white" in page(
         client, location + "/review?show=all")
+    top = re.search(r'id="exposure-unreviewed">(.*?)</div>', page(client, location + "/0"), re.S)
+    assert text(top.group(1)).strip().startswith(
+        "Over-exposed: look at this cell before counting it.")
+    assert 'id="exposure-unreviewed"' not in page(client, location + "/1")  # within its range
+    review_cells(client, batch_id, n0="neutrophil")
+    assert 'id="exposure-unreviewed"' not in page(client, location + "/0")
+    # Looked at: nothing left to look at first.
+    said = text(re.search(r'<span id="exposure-over-exposed">(.*?)</span>',
+                          page(client, location), re.S).group(1))
+    assert said.strip().startswith("1 image is over-exposed:") and "look at it first" not in said
     review_cells(client, batch_id, n0="neutrophil")  # looked at: still from a lost image
     report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
                        re.S).group(0)
@@ -304,7 +315,8 @@ def test_an_over_exposed_field_s_accepted_cell_is_named_on_the_batch_page_and_re
     report = text(page(client, location + "/report"))
     assert ("1 image was over-exposed (the background at the camera's white, what lay above it "
             "lost): 1 cell from it is counted, 1 as the model accepted it, not reviewed.") in report
-    assert "but 1 was accepted and counted: look at it first" in text(page(client, location))
+    assert "but 1 was accepted and is counted unreviewed: look at it first" in text(
+        page(client, location))
 
 
 def test_an_over_exposed_image_called_not_a_cell_is_looked_at_before_signing(client):
@@ -348,8 +360,11 @@ def test_images_over_exposed_for_the_batch_s_model_but_usual_for_another_name_it
                      page(other, location), re.S)
     assert text(said.group(1)) == (
         "Its background lies within the range of white's training images': if it is the kind "
-        "of image white reads, classify it with white rather than taking it again.")
+        "of image white reads, classify it with white rather than taking it again; if not, "
+        "take it again with less light.")
     assert 'href="/?model=white"' in said.group(1)
+    assert "with less light" not in text(re.search(  # said once, as the other way
+        r'<span id="exposure-over-exposed">(.*?)</span>', page(other, location), re.S).group(1))
     assert 'id="exposure-elsewhere"' not in page(other, upload(other, "white", (
         "white.png", film(1.3))))  # within its own model's range: nothing to say
     assert 'id="exposure-elsewhere"' not in page(other, location + "/1")  # read as it is
@@ -369,9 +384,10 @@ def test_one_image_over_exposed_for_its_model_but_usual_for_another_names_it_on_
     said = re.search(r'<span id="exposure-elsewhere" data-model="white">(.*?)</span>', note, re.S)
     assert text(said.group(1)) == (
         "Its background lies within the range of white's training images': if it is the kind "
-        "of image white reads, classify it with white rather than taking it again.")
+        "of image white reads, classify it with white rather than taking it again; if not, "
+        "take it again with less light.")
     assert 'href="/?model=white"' in said.group(1)
-    assert "over-exposed" in text(note)
+    assert "over-exposed" in text(note) and text(note).count("with less light") == 1
     assert 'id="exposure-elsewhere"' not in page(other, upload(other, "white", (
         "white.png", film(1.3))))
     dark = page(other, upload(other, "exposed", ("dark.png", film(0.75))))
