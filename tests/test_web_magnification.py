@@ -148,8 +148,8 @@ def test_a_batch_unlike_the_training_images_but_of_their_red_cells_size_points_t
     banner = text(re.search(r'id="wrong-model">(.*?)</div>',
                             page(client, f"/batch/{batch_id}"), re.S).group(1))
     assert re.search(r"Their red cells measure the size of its training images' \(a median "
-                     r"(0\.9|1\.0)\d times\), so they are likely the kind of image measuring "
-                     r"expects, taken at another exposure", banner)
+                     r"(0\.9|1\.0)\d times in the 6 of them measured\), so they are likely the "
+                     r"kind of image measuring expects, taken at another exposure", banner)
     assert banner.index("another exposure") < banner.index("classify them with plain")
     # At another magnification, the other models come first, as before.
     batch_id = upload(client, "measuring", *films(45)).rsplit("/", 1)[1]
@@ -157,4 +157,27 @@ def test_a_batch_unlike_the_training_images_but_of_their_red_cells_size_points_t
                          lambda b: [r.update(status="not_a_cell") for r in b["results"]])
     banner = text(re.search(r'id="wrong-model">(.*?)</div>',
                             page(client, f"/batch/{batch_id}"), re.S).group(1))
+    assert banner.index("classify them with plain") < banner.index("If they are the kind")
+
+
+def test_only_the_images_unlike_the_training_images_are_measured_for_their_kind(client):
+    """A walker's batch: five films accepted at the training images' size and five images
+    called not a blood-cell image whose red cells could not be measured (a screenshot, noise):
+    the page had said these were "likely the kind of image" the model expects, from the
+    accepted films' red cells."""
+    from hematovision.web import uploads
+
+    batch_id = upload(client, "measuring", *films(30, count=10)).rsplit("/", 1)[1]
+
+    def half_unlike(batch):
+        for result in batch["results"][:5]:
+            result.update(status="not_a_cell", red_cell_ratio=None)
+        for result in batch["results"][5:]:
+            result.update(status="accepted", label="neutrophil", confidence=0.99)
+
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id,
+                         half_unlike)
+    banner = text(re.search(r'id="wrong-model">(.*?)</div>',
+                            page(client, f"/batch/{batch_id}"), re.S).group(1))
+    assert "likely the kind of image" not in banner and "red cells measure" not in banner
     assert banner.index("classify them with plain") < banner.index("If they are the kind")

@@ -103,6 +103,11 @@ def count_context(stored: dict) -> dict:
         few_cells=differential.DIFFERENTIAL_CELLS,
         magnification=results.magnification_check(stored["results"], reference),
         magnification_range=reference.batch_range if reference else None,
+        # Those called not a blood-cell image alone: the accepted ones measuring the training
+        # images' size say nothing of a screenshot or noise among them.
+        unlike_magnification=results.magnification_check(
+            [r for r in stored["results"] if differential.status_of(r) == NOT_A_CELL],
+            reference),
         exposure=results.exposure_summary(stored["results"]),
         exposure_elsewhere=results.exposure_elsewhere(
             stored["results"], stored["model"],
