@@ -102,11 +102,20 @@ class Differential:
     # accepted cells alone lean towards the classes the model is sure of, and on normal films
     # drawn from wbc4's test images half of them were flagged wrongly (`training.flags`).
     awaiting_review: int = 0
+    # Results called not a blood-cell image that may hide a white cell, no one having looked
+    # (web.results.set_aside_unseen): a white cell there is missing from every share, so no
+    # share is flagged while there are any either.
+    images_unseen: int = 0
     white_cells_per_litre: float | None = None  # the film's total count, x 10^9/L
     # The count as given, where it included nucleated red cells and was corrected for those
     # counted (`reference.corrected_count`) into `white_cells_per_litre`; else None.
     uncorrected_white_cells_per_litre: float | None = None
     nucleated_red_cells: int = 0  # counted cells of the model's nucleated red-cell classes
+
+    @property
+    def flags_held(self) -> bool:
+        """Whether flags are held back until cells or images are looked at."""
+        return bool(self.awaiting_review or self.images_unseen)
 
 
 def status_of(result: dict[str, Any]) -> str | None:
@@ -148,13 +157,16 @@ def differential(results: list[dict[str, Any]], classes: list[str],
                  reference_intervals: dict[str, tuple[float, float]] | None = None,
                  white_cells_per_litre: float | None = None,
                  absolute_intervals: dict[str, tuple[float, float]] | None = None,
-                 count_includes_nucleated_red_cells: bool = False) -> Differential:
+                 count_includes_nucleated_red_cells: bool = False,
+                 images_unseen: int = 0) -> Differential:
     """The white-cell differential of the counted results (`counted_class`), each share read
     against its interval in `reference_intervals` (percent, by class; the catalog's when
     None), and the model's other classes counted beside it. Given the film's total count
     (`white_cells_per_litre`, x 10^9/L), each share is also an absolute count, read against
     `absolute_intervals` (the catalog's when None); a count that includes the nucleated red
-    cells (`count_includes_nucleated_red_cells`) is first corrected for those counted."""
+    cells (`count_includes_nucleated_red_cells`) is first corrected for those counted. No share
+    is flagged while unidentified cells await review or `images_unseen` images called not a
+    blood-cell image wait to be looked at (Differential.images_unseen)."""
     counted = [(counted_class(r), verdict_of(r) is not None) for r in results]
     count = Counter(c for c, _ in counted if c is not None)
     white = [c for c in classes if is_white_cell(c)]
@@ -171,10 +183,11 @@ def differential(results: list[dict[str, Any]], classes: list[str],
     absolute = (intervals(absolute=True) if absolute_intervals is None
                 else absolute_intervals)
     awaiting = sum(1 for r in results if needs_review(r))
+    held = bool(awaiting or images_unseen)
 
     def flagged(c: str, interval, per_litre: float | None = None) -> Flag | None:
-        # None while cells await review (Differential.awaiting_review says why).
-        return None if awaiting else flag(count[c], total, interval, per_litre)
+        # None while cells or images await a look (Differential.flags_held).
+        return None if held else flag(count[c], total, interval, per_litre)
 
     def share(c: str) -> ClassShare:
         percent, low, high = measure(count[c], total)
@@ -193,7 +206,7 @@ def differential(results: list[dict[str, Any]], classes: list[str],
             return OtherCount(c, count[c], None, reference=reference.get(c))
         value, low, high = measure_beside(count[c], total)
         return OtherCount(c, count[c], value, round(low, 1), round(high, 1), reference.get(c),
-                          None if awaiting else flag_beside(count[c], total, reference.get(c)))
+                          None if held else flag_beside(count[c], total, reference.get(c)))
 
     return Differential(
         shares=[share(c) for c in white],
@@ -201,6 +214,7 @@ def differential(results: list[dict[str, Any]], classes: list[str],
         others=[beside(c) for c in classes if not is_white_cell(c)],
         reviewed=sum(1 for c, reviewed in counted if reviewed and c in white),
         awaiting_review=awaiting,
+        images_unseen=images_unseen,
         white_cells_per_litre=white_cells_per_litre,
         uncorrected_white_cells_per_litre=uncorrected,
         nucleated_red_cells=nucleated_red_cells,
@@ -212,11 +226,13 @@ def differential_json(counted: Differential) -> dict[str, Any]:
     cells awaiting review, each class's count, percent and 95 % counting range
     (`counting.share_range`, in percent), its reference interval and where the share lies
     against it (`reference.flag`: `outside` "above" or "below" and whether beyond counting
-    error; null within it or while cells await review), and the model's other classes per 100
-    white cells, where it has any."""
+    error; null within it or while cells or images await a look: `not_a_cell_unreviewed`,
+    Differential.images_unseen), and the model's other classes per 100 white cells, where it
+    has any."""
     out: dict[str, Any] = {
         "white_cells": counted.white_cells,
         "awaiting_review": counted.awaiting_review,
+        "not_a_cell_unreviewed": counted.images_unseen,
         **({"white_cells_per_litre": counted.white_cells_per_litre}
            if counted.white_cells_per_litre is not None else {}),
         **({"uncorrected_white_cells_per_litre": counted.uncorrected_white_cells_per_litre}

@@ -101,6 +101,11 @@ def test_the_api_form_gives_the_flag_once_no_cell_awaits_review():
     assert {s.name: s.flag for s in reviewed_all.shares if s.flag} == {
         "neutrophil": Flag(BELOW, True), "lymphocyte": Flag(ABOVE, True),
         "eosinophil": Flag(BELOW, False), "monocyte": Flag(BELOW, False)}  # 0 and 1 of 101
+    # So does an image called not a blood-cell image that may hide a white cell.
+    unseen = differential(cells + [reviewed(waiting[-1], "monocyte")], PBC8, images_unseen=1)
+    assert unseen.flags_held and not reviewed_all.flags_held
+    assert all(s.flag is None for s in unseen.shares) and all(o.flag is None for o in unseen.others)
+    assert differential_json(unseen)["not_a_cell_unreviewed"] == 1
 
 
 def test_a_lab_s_own_intervals_replace_the_catalog_s():

@@ -922,7 +922,8 @@ def test_api_docs_example_has_the_api_fields(client):
     assert list(body) == ["model", "model_version", "accuracy_target", "app_version", "results",
                           "differential"]
     assert [s["class"] for s in body["differential"]["shares"]] == CLASSES
-    assert list(body["differential"]) == ["white_cells", "awaiting_review", "shares"]
+    assert list(body["differential"]) == ["white_cells", "awaiting_review", "not_a_cell_unreviewed",
+                                           "shares"]
     assert list(body["differential"]["shares"][0]) == [
         "class", "count", "percent", "range_95", "reference", "outside", "beyond_counting_error"]
     assert body["differential"]["shares"][0]["reference"] == [1, 4]  # eosinophil's, catalog

@@ -61,7 +61,7 @@ def test_the_report_holds_the_sample_the_differential_and_what_was_left_out(clie
         "Neutrophil", "2", "66.7", "9.4–99.2", "40–70", "4.33", "0.61–6.45", "2–7.5"]
     assert ("Not counted: 1 unidentified awaiting review, 1 not a blood-cell image like the "
             "training images, 0 excluded on review.") in text(html)
-    assert "no share is flagged until the unidentified cells are reviewed" in text(html)
+    assert "no share is flagged until the unidentified cell is reviewed" in text(html)
     assert "Only 3 white cells were counted (a manual differential counts 100)" in text(html)
     assert 'id="report-manual"' not in html  # no manual count given
     assert 'id="print-button" hidden' in html  # shown by app.js, which printing needs

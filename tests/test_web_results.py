@@ -144,8 +144,30 @@ def test_no_share_is_flagged_while_cells_await_review(client):
     html = client.get(f"/batch/{batch_id}").get_data(as_text=True)
     assert "share-flag" not in html and reference_cells(html)["eosinophil"] == "1–4"
     assert 'id="findings"' not in html
-    assert ("Shares are not flagged against it until the 1 unidentified cell is reviewed."
+    assert ("Shares are not flagged against it until the unidentified cell is reviewed."
             in text(html))
+
+
+def test_no_share_is_flagged_while_an_image_called_not_a_cell_waits_to_be_looked_at(client):
+    """A white cell the white-cell finder saw in an image called not a blood-cell image is
+    missing from every share until someone looks: the page, the CSV and the report flagged the
+    shares as final (a walker's 4 lymphocytes and an image of noise: 'Lymphocyte 100.0 %')."""
+    cells = film({"neutrophil": 55, "lymphocyte": 27, "eosinophil": 12, "monocyte": 6}, WBC4)
+    unseen = {**result("neutrophil", "not_a_cell", WBC4), "white_cells": 1}
+    agreed = {**result("neutrophil", "not_a_cell", WBC4), "white_cells": 0}  # finder found none
+    batch_id = stored_batch(client, cells + [agreed], WBC4)
+    assert "▲ high" in reference_cells(page(client, f"/batch/{batch_id}"))["eosinophil"]
+    batch_id = stored_batch(client, cells + [unseen, unseen], WBC4)
+    html = page(client, f"/batch/{batch_id}")
+    assert "share-flag" not in html and reference_cells(html)["eosinophil"] == "1–4"
+    assert 'id="findings"' not in html
+    assert ("Shares are not flagged against it until the 2 images called not a blood-cell image "
+            "are looked at.") in text(html)
+    rows = list(csv.DictReader(csv_of(page(client, f"/batch/{batch_id}/differential.csv"))))
+    assert {row["flag"] for row in rows} == {""}
+    assert {row["not_a_cell_unreviewed"] for row in rows} == {"2"}
+    assert ("no share is flagged until the 2 images called not a blood-cell image are looked at"
+            in text(page(client, f"/batch/{batch_id}/report")))
 
 
 def flag_figures(threshold: float) -> dict:

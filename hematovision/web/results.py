@@ -52,10 +52,12 @@ def served_differential(results: list[dict[str, Any]], classes: list[str], confi
                         white_cells_per_litre: float | None = None,
                         count_includes_nucleated_red_cells: bool = False) -> Differential:
     """`differential` against the intervals a server's `config` serves (REFERENCE_INTERVALS,
-    ABSOLUTE_REFERENCE_INTERVALS), as the batch page, its CSV and the API count it."""
+    ABSOLUTE_REFERENCE_INTERVALS), as the batch page, its CSV and the API count it, its flags
+    held while images called not a blood-cell image wait to be looked at (set_aside_unseen)."""
     return differential(results, classes, config["REFERENCE_INTERVALS"], white_cells_per_litre,
                         config["ABSOLUTE_REFERENCE_INTERVALS"],
-                        count_includes_nucleated_red_cells)
+                        count_includes_nucleated_red_cells,
+                        sum(map(set_aside_unseen, results)))
 
 
 # The last columns of both CSV downloads: what made the results (versions.columns).
