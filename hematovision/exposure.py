@@ -56,11 +56,25 @@ def slide_background(image: Image.Image) -> tuple[tuple[float, float, float], fl
     (`training.exposure` records the widest of the training images')."""
     if min(image.size) < 1:
         return None
-    scale = WORK_SIDE / min(image.size)
-    size = (min(8 * WORK_SIDE, max(1, round(image.width * scale))),
-            min(8 * WORK_SIDE, max(1, round(image.height * scale))))
-    rgb = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR),
-                     np.float32).reshape(-1, 3)
+    rgb = np.asarray(image.convert("RGB").resize(working_size(image.size),
+                                                 Image.Resampling.BILINEAR), np.float32)
+    return slide_colour(rgb.reshape(-1, 3))
+
+
+def working_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size of the working copy `slide_background` measures an image of `size` on: its
+    short side WORK_SIDE, at most 8 * WORK_SIDE a side, whatever the image's shape."""
+    scale = WORK_SIDE / min(size)
+    return (min(8 * WORK_SIDE, max(1, round(size[0] * scale))),
+            min(8 * WORK_SIDE, max(1, round(size[1] * scale))))
+
+
+def slide_colour(rgb: np.ndarray) -> tuple[tuple[float, float, float], float] | None:
+    """`slide_background` of a working copy's pixels (an N x 3 float array): the one
+    measurement, which `hematovision.preprocess` also makes on an image's opaque pixels alone
+    (the colour it flattens transparency onto)."""
+    if len(rgb) == 0:
+        return None
     luminance = rgb.mean(axis=1)
     slide = luminance > BLACK_FILL
     if slide.mean() < MIN_SLIDE_SHARE:

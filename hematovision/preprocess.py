@@ -17,6 +17,9 @@ import numpy as np
 import pi_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# exposure imports only magnification (numpy and Pillow), never this module.
+from hematovision.exposure import slide_colour, working_size
+
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
@@ -112,17 +115,55 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 STRETCH_BLOCK_PIXELS = 1 << 20
 
 
+WHITE = (255, 255, 255)
+# Less of the image fully opaque than this (a twentieth; on a 4:3 working copy of 34,000
+# pixels, some 1,700, so the brightest tenth whose median is taken holds 170 or more) is a
+# fragment, such as a cell cut out with little slide round it: its palest pixels say little of
+# the slide's colour, and white, as a viewer shows transparency, is left as before.
+MIN_OPAQUE_SHARE = 0.05
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode to 8-bit RGB; transparency is flattened onto white, as a viewer shows it."""
+    """Any mode to 8-bit RGB. Transparency (RGBA, LA, a palette's transparent entry) is
+    flattened onto the slide's own background, as `hematovision.exposure` measures it, over the
+    fully opaque pixels only (`_opaque_background`); onto white, as a viewer shows it, where
+    too little is opaque to measure it, and where nothing is transparent (then the pixels are
+    the colour channels themselves). Flattened onto white, transparent margins (a cell cut out
+    by a segmentation tool, a rotated crop's corners) were measured as a background at the
+    camera's white: called over-exposed, and shown to the model as margins unlike any it
+    learned from. The training images have no transparency (Kaggle's, BCCD's and PBC's are all
+    RGB), so training reads them as before."""
     if image.mode in HIGH_BIT_MODES:
         image = _stretch_to_8_bits(image)
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        opaque_everywhere = rgba.getchannel("A").getextrema()[0] == 255
+        colour = WHITE if opaque_everywhere else _opaque_background(rgba) or WHITE
+        background = Image.new("RGBA", rgba.size, (*colour, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def _opaque_background(rgba: Image.Image) -> tuple[int, int, int] | None:
+    """The slide's background colour measured on the fully opaque pixels of `rgba`'s working
+    copy (`exposure.slide_colour`, the exposure check's own measurement), or None where less
+    than MIN_OPAQUE_SHARE of it is opaque or too little of that is slide.
+
+    The working copy is the exposure check's, so margins take the colour the check then
+    finds in the opaque part: measured on all the pixels, a noisy camera's brightest tenth
+    lies above the plateau the smoothed copy shows. Pillow resizes RGBA premultiplied, so
+    the colours transparent pixels hide never reach the estimate, and a pixel of the copy is
+    fully opaque only where (to within rounding) all it averages is."""
+    if min(rgba.size) < 1:
+        return None
+    small = np.asarray(rgba.resize(working_size(rgba.size), Image.Resampling.BILINEAR))
+    opaque = small[..., 3] == 255
+    if opaque.mean() < MIN_OPAQUE_SHARE:
+        return None
+    found = slide_colour(small[opaque][:, :3].astype(np.float32))
+    return None if found is None else tuple(int(round(v)) for v in found[0])
 
 
 def _stretch_to_8_bits(image: Image.Image) -> Image.Image:

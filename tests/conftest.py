@@ -55,6 +55,17 @@ def make_smear(diameter: float, size=(320, 240), seed: int = 0, pale_centres: bo
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
+def with_transparent_margins(image: Image.Image, margin: tuple[int, int] = (160, 120)
+                             ) -> Image.Image:
+    """`image` in the middle of a larger, fully transparent canvas (RGBA), `margin` pixels
+    wide left and right, and top and bottom: a cut-out exported as a PNG. The margins hide
+    black (0, 0, 0, 0), as most tools save them."""
+    canvas = Image.new("RGBA", (image.width + 2 * margin[0], image.height + 2 * margin[1]),
+                       (0, 0, 0, 0))
+    canvas.paste(image.convert("RGBA"), margin)
+    return canvas
+
+
 NUCLEUS_VIOLET = (90, 60, 160)  # passes the nucleus colour test: blue well above red, dark green
 
 

@@ -4,6 +4,7 @@ would be a guess; the card's reference read or left out; the command that record
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -12,7 +13,8 @@ from PIL import Image
 
 from hematovision.exposure import Exposure, background, scaled, slide_background, stored
 from hematovision.predictor import served_settings
-from tests.conftest import make_smear
+from hematovision.preprocess import load_image
+from tests.conftest import make_smear, with_transparent_margins
 
 FILM = make_smear(30)  # background (226, 216, 220) with a little noise, a third red cells
 
@@ -108,6 +110,27 @@ def test_an_over_exposed_image_is_read_as_it_is_and_said_to_be():
     assert image is white
     assert found["exposure"]["outside"] and found["exposure"]["gains"] is None
     assert found["exposure"]["over_exposed"] is True
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("transparent", [
+    with_transparent_margins,  # a cut-out on a canvas half again its size each way
+    lambda image: image.convert("RGBA").rotate(20, Image.Resampling.BILINEAR, expand=True),
+], ids=["margins", "rotated-corners"])
+def test_transparent_margins_are_not_measured_as_an_over_exposed_background(transparent):
+    """Flattened onto white, the margins were the brightest tenth: a background at the
+    camera's white, over-exposed, for a smear within the training images' range."""
+    reference = reference_of(FILM)
+    assert reference.check(FILM)["outside"] is False
+    image = load_image(png(transparent(FILM)))
+    entry = reference.check(image)
+    assert entry["over_exposed"] is False and entry["outside"] is False
+    assert entry["background"] == pytest.approx(background(FILM), abs=3)
 
 
 def test_a_background_further_than_an_exposure_takes_it_is_not_corrected():

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hematovision.exposure import background
 from hematovision.preprocess import ImageError, load_image, preprocess, to_input
+from tests.conftest import make_smear, with_transparent_margins
 from tests.web_helpers import damaged_images
 
 
@@ -46,6 +48,71 @@ def test_cmyk_is_converted_to_the_right_colour():
 def test_transparent_pixels_are_flattened_on_white():
     image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     assert load_image(encode(image, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+FILM = make_smear(30)  # background about (226, 216, 220)
+WHITE = (255, 255, 255)
+
+
+def as_palette(rgba: Image.Image) -> Image.Image:
+    """`rgba`'s colours in a palette of 255, its fully transparent pixels the 256th entry,
+    marked transparent (a GIF-style PNG)."""
+    quantized = rgba.convert("RGB").quantize(255)
+    indices = np.asarray(quantized, np.uint8).copy()
+    indices[np.asarray(rgba)[..., 3] == 0] = 255
+    image = Image.fromarray(indices, "P")
+    image.putpalette(quantized.getpalette()[:765] + [0, 0, 0])
+    image.info["transparency"] = 255
+    return image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "LA"])
+def test_transparent_margins_take_the_opaque_part_s_background_colour(mode):
+    """A smear cut out onto a transparent canvas: its margins become its slide's colour, not
+    white (which the exposure check measured as an over-exposed background)."""
+    cut_out = with_transparent_margins(FILM)
+    opaque = FILM if mode == "RGBA" else FILM.convert("L").convert("RGB")
+    if mode == "P":
+        cut_out, opaque = as_palette(cut_out), None
+    elif mode == "LA":
+        cut_out = cut_out.convert("LA")
+    loaded = load_image(encode(cut_out, "PNG", **(
+        {"transparency": 255} if mode == "P" else {})))
+    pixels = np.asarray(loaded, np.float32)
+    estimate = background(FILM if opaque is None else opaque)
+    for corner in [(0, 0), (-1, -1), (0, -1), (60, 600)]:
+        assert tuple(pixels[corner]) == pytest.approx(estimate, abs=4)
+        assert tuple(pixels[corner]) != WHITE
+    if opaque is not None:  # the smear itself is as it was
+        np.testing.assert_array_equal(pixels[120:360, 160:480], np.asarray(opaque))
+
+
+def test_a_fully_opaque_rgba_image_gives_the_same_pixels_as_its_rgb():
+    rgba = FILM.convert("RGBA")
+    assert rgba.getchannel("A").getextrema() == (255, 255)
+    np.testing.assert_array_equal(np.asarray(load_image(encode(rgba, "PNG"))),
+                                  np.asarray(load_image(encode(FILM, "PNG"))))
+
+
+def test_an_image_nearly_all_transparent_is_flattened_on_white():
+    """A 20x20 opaque patch of 640x480 (0.13 %): too little to tell the slide's colour."""
+    rgba = with_transparent_margins(FILM.crop((0, 0, 20, 20)), (310, 230))
+    loaded = load_image(encode(rgba, "PNG"))
+    assert loaded.getpixel((0, 0)) == WHITE and loaded.getpixel((639, 479)) == WHITE
+    assert loaded.getpixel((315, 235)) == FILM.getpixel((5, 5))
+
+
+def test_a_half_transparent_pixel_is_composited_over_the_slide_s_colour():
+    rgba = with_transparent_margins(FILM)
+    rgba.putpixel((10, 10), (0, 0, 0, 128))  # half-transparent black, in a margin
+    rgba.putpixel((11, 10), (255, 0, 0, 64))  # a quarter-opaque red
+    loaded = load_image(encode(rgba, "PNG"))
+    colour = loaded.getpixel((0, 0))
+    assert colour != WHITE and colour == pytest.approx(background(FILM), abs=4)
+    assert loaded.getpixel((10, 10)) == pytest.approx(
+        [v * (1 - 128 / 255) for v in colour], abs=1)
+    assert loaded.getpixel((11, 10)) == pytest.approx(
+        [s * 64 / 255 + v * (1 - 64 / 255) for s, v in zip((255, 0, 0), colour)], abs=1)
 
 
 def test_sixteen_bit_greyscale_is_stretched_not_clipped():

@@ -16,7 +16,7 @@ from PIL import Image
 
 from hematovision.exposure import scaled
 from hematovision.web import uploads
-from tests.conftest import make_smear
+from tests.conftest import make_smear, with_transparent_margins
 from tests.test_exposure import reference_of
 from tests.web_helpers import (csv_of, make_app, make_models_root, page, review_cells,
                                save_sample, sign_off, text, upload)
@@ -284,6 +284,25 @@ def test_an_image_with_too_little_bare_slide_says_it_was_not_measured(client):
                                ("usual.png", film())) + "/0")
     assert re.search(r'id="why-exposure" data-outside="unmeasured"', html)
     assert "not measured: too little bare slide" in html
+
+
+def test_a_cut_out_with_transparent_margins_is_not_called_over_exposed(client):
+    """Its margins take the slide's colour: within the model's range, as the smear is. (The
+    page's general account of "not a blood-cell image", naming over-exposed pictures among
+    its causes, may stand: the tiny model's answer is no part of this.)"""
+    cut_out = io.BytesIO()
+    with_transparent_margins(make_smear(30)).save(cut_out, "PNG")
+    location = upload(client, "exposed", ("cut-out.png", cut_out.getvalue()),
+                      ("usual.png", film(seed=1)))
+    html = page(client, location + "/0")
+    assert re.search(r'id="why-exposure" data-outside="false" data-corrected="false"', html)
+    assert "within: read as it is" in html and 'id="exposure-note"' not in html
+    said = text(html)
+    assert "over-exposed, not corrected" not in said and "less light" not in said
+    assert "Over-exposed" not in said
+    batch = page(client, location)
+    assert 'id="exposure-check"' not in batch  # nothing outside the range to name
+    assert badges(batch) == {} and "is over-exposed" not in text(batch)
 
 
 def test_a_batch_of_one_image_read_says_the_image_was_corrected(client):
