@@ -60,7 +60,8 @@ def test_a_name_given_once_records_the_browser_s_reviews_under_it(client, batch_
     assert (upload["by"], upload["kind"], upload["change"]) == (
         "", "uploaded", "4 images: 0.png, 1.png, 2.png, 3.png")
     assert (review["by"], review["kind"], review["change"]) == (
-        "A. Okafor", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)")
+        "A. Okafor", "reviewed",
+        "3.png: Monocyte (was unidentified by the model, first choice Monocyte)")
 
     # The report names who reviewed the counted cells; a sign-off is typed by its signer, never
     # filled in with the browser's name (a shared workstation may hold a colleague's).
@@ -101,11 +102,12 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
     rows = events(client, batch_id)
     assert [(r["by"], r["kind"], r["change"]) for r in rows] == [
         ("", "uploaded", "4 images: 0.png, 1.png, 2.png, 3.png"),
-        ("JS", "reviewed", "3.png: Eosinophil (was the model's Monocyte, unidentified)"),
-        ("JS", "reviewed", "0.png: Neutrophil, confirmed with the rest of its class list (was the "
-                           "model's Neutrophil, accepted)"),
-        ("JS", "reviewed", "2.png: Neutrophil, confirmed with the rest of its class list (was the "
-                           "model's Neutrophil, accepted)"),
+        ("JS", "reviewed", ("3.png: Eosinophil (was unidentified by the model, first choice "
+                            "Monocyte)")),
+        ("JS", "reviewed", "0.png: Neutrophil, confirmed with the rest of its class list (was "
+                           "accepted as Neutrophil by the model)"),
+        ("JS", "reviewed", "2.png: Neutrophil, confirmed with the rest of its class list (was "
+                           "accepted as Neutrophil by the model)"),
         ("JS", "reviewed", "3.png: review cleared (was reviewed as Eosinophil)"),
         ("JS", "added", "1 image: late.png; could not be read: notes.txt.png"),
         ("JS", "removed", "1.png: wrong film; 1.png was counted as Lymphocyte as the model "
@@ -118,9 +120,10 @@ def test_every_change_a_page_makes_is_recorded_in_order(client, batch_id):
         ("JS", "manual", "101 white cells: Eosinophil 0, Lymphocyte 40, Monocyte 0, "
                          "Neutrophil 61, other 0 (was 100 white cells: Eosinophil 0, "
                          "Lymphocyte 40, Monocyte 0, Neutrophil 60, other 0)"),
-        ("JS", "reviewed", "3.png: Monocyte (was the model's Monocyte, unidentified)"),
-        ("JS", "reviewed", "late.png: excluded from the counts (was the model's Neutrophil, not "
-                           "a cell)"),
+        ("JS", "reviewed", ("3.png: Monocyte (was unidentified by the model, first choice "
+                            "Monocyte)")),
+        ("JS", "reviewed", "late.png: excluded from the counts (was called not a blood-cell "
+                           "image by the model)"),
         ("Dr Rivera", "signed", "3 white cells counted, 3 of them reviewed. Comment: \u201csmear "
                                 "fine\u201d. From a browser recording changes as JS."),
         ("JS", "withdrawn", "signed off by Dr Rivera"),

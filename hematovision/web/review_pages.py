@@ -12,6 +12,7 @@ from hematovision.card import REVIEW_ORDER
 from hematovision.cells import CELL_TYPES, OTHER_WHITE_CELL, display_name
 from hematovision.predictor import Predictor
 from hematovision.spreadsheet import whole_number
+from hematovision.trust import ACCEPTED, UNIDENTIFIED
 from hematovision.web import history, results, uploads
 from hematovision.web.batch_pages import single
 from hematovision.web.filters import how_many, is_number, verdict_text
@@ -317,11 +318,8 @@ def give_verdict(batch: dict, result: dict, verdict: str | None, at: float,
 def review_change(result: dict, verdict: str | None, confirmed: bool = False) -> str:
     """A review about to be saved (None: cleared; `confirmed`: from its class list's "Confirm
     the rest"), in words, with what the result was before, for the batch's history."""
-    if differential.verdict_of(result) is not None:
-        before = review_state(result)
-    else:
-        before = (f"the model's {display_name(result['label'])}, "
-                  f"{result['status'].replace('_', ' ')}")
+    before = (review_state(result) if differential.verdict_of(result) is not None
+              else model_said(result))
     now = verdict_text(verdict) if verdict else "review cleared"
     if confirmed:
         now = f"{now}, confirmed with the rest of its class list"
@@ -331,7 +329,7 @@ def review_change(result: dict, verdict: str | None, confirmed: bool = False) ->
 def counted_state(result: dict) -> str:
     """How the differential counts a result now, and on whose word, in words (the history of a
     removal): "counted as X, reviewed by Y", "counted as X as the model accepted it", "not
-    counted (...)"."""
+    counted, ..."."""
     if "label" not in result:
         return "not counted (it could not be read)"
     counted, verdict = differential.counted_class(result), differential.verdict_of(result)
@@ -342,7 +340,19 @@ def counted_state(result: dict) -> str:
                 else f"counted as {display_name(counted)} as the model accepted it")
     if verdict:
         return f"not counted ({verdict_text(verdict)}, {reviewed})"
-    return f"not counted (the model's {result['status'].replace('_', ' ')})"
+    return f"not counted, {model_said(result)}"
+
+
+def model_said(result: dict) -> str:
+    """What the model said of a classified result, in words: "accepted as X by the model",
+    "unidentified by the model, first choice X", "called not a blood-cell image by the model"
+    (its label there is no class it named: the history had read "the model's X, not a cell")."""
+    status, name = result["status"], display_name(result["label"])
+    if status == ACCEPTED:
+        return f"accepted as {name} by the model"
+    if status == UNIDENTIFIED:
+        return f"unidentified by the model, first choice {name}"
+    return "called not a blood-cell image by the model"
 
 
 def review_state(result: dict) -> str:
