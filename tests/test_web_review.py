@@ -89,8 +89,10 @@ def test_reviewing_the_unidentified_cells_walks_through_them_and_counts_them(cli
     assert "Just saved: u1.jpg as Monocyte. Change it if that key was not the one you meant." \
         in text(html)
     assert f'href="/batch/{batch_id}/1">Change it</a>' in html
-    assert " 2 unidentified (1 still to review) · " in status_line(page(client,
-                                                                         f"/batch/{batch_id}"))
+    batch = page(client, f"/batch/{batch_id}")
+    assert " 2 unidentified (1 still to review) · " in status_line(batch)
+    assert "Preliminary: 1 unidentified cell is not reviewed yet, and the shares lean without " \
+           "it." in text(batch)
     assert "Save, then back to the batch" in html  # u2.jpg is the last one left
 
     response = review(client, batch_id, 3, "excluded")
@@ -187,7 +189,7 @@ def test_a_single_image_stays_on_its_page(client):
                       "excluded."),
     (1, "<script>", 400, "Choose one of the model's classes"),
     (5, "monocyte", 400, "This file could not be read, so there is no cell to review."),
-    (6, "monocyte", 404, "there is no image 6"),
+    (6, "monocyte", 404, "no image or cell numbered 6"),
 ])
 def test_a_bad_review_is_refused_and_changes_nothing(client, batch_id, index, verdict, status,
                                                      message):

@@ -300,8 +300,8 @@ def test_result_pages_of_a_batch_step_to_their_neighbours(client, models_root):
     assert re.search(kept, page(client, upload(client, "accepting", ("a.jpg", RED))))
     missing = client.get(f"{location}/3")
     assert missing.status_code == 404
-    assert "This batch holds 3 images, numbered from 0 in its addresses: there is no image 3." \
-        in text(missing.get_data(as_text=True))
+    assert ("This batch has no image or cell numbered 3: its addresses number them from 0 to "
+            "2.") in text(missing.get_data(as_text=True))
 
 
 def test_heat_map_route_gives_an_overlay_of_the_model_input(client, models_root):

@@ -11,7 +11,7 @@ from flask import abort, current_app, request
 
 from hematovision.predictor import Predictor
 from hematovision.web import models, results, uploads
-from hematovision.web.filters import clock_utc, how_many, retention, time_left
+from hematovision.web.filters import clock_utc, retention, time_left
 
 EXPIRED = ("No such result: it may have been deleted, as a batch is deleted {retention} after "
            "its last change.")
@@ -42,8 +42,10 @@ def expires_at(stored: dict) -> float:
 def item_or_404(stored: dict, index: int) -> dict:
     count = len(stored["results"])
     if index >= count:
-        abort(404, description=f"This batch holds {how_many(count, 'image')}, "
-                               f"numbered from 0 in its addresses: there is no image {index}.")
+        # Its addresses number every result, removed images and a field's cells included,
+        # so the count of images the batch page gives is not the bound.
+        abort(404, description=f"This batch has no image or cell numbered {index}: its "
+                               f"addresses number them from 0 to {count - 1}.")
     return stored["results"][index]
 
 
