@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+from csv import DictReader
 from html import unescape
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.web_helpers import (
     make_app,
     make_models_root,
     png_with_size,
+    save_sample,
     text,
 )
 
@@ -316,14 +318,19 @@ def test_csv_download_contents(client, models_root):
         "\ufefffile,label,status,confidence,p_eosinophil,p_lymphocyte,p_monocyte,p_neutrophil,error,"
         "differential_class,red_cell_ratio,reviewed_class,cell,white_cells,reviewed_by,"
         "reviewed_at,model,model_version,accuracy_target,app_version,band_low,band_high,"
-        "band_images,band_right,near_threshold,exposure_correction\n"  # no band: the tiny
-        # model keeps no held-out arrays; no exposure reference
+        "band_images,band_right,near_threshold,exposure_correction,sample\n"  # no band: the
+        # tiny model keeps no held-out arrays; no exposure reference; no sample ID given
         f"'=HYPERLINK(1).png,{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,"
-        f"{made_by},,,,,,\n"
-        f"empty.jpg,,,,,,,,The file is empty.,,,,,,,,{made_by},,,,,,\n"
+        f"{made_by},,,,,,,\n"
+        f"empty.jpg,,,,,,,,The file is empty.,,,,,,,,{made_by},,,,,,,\n"
         f'"b,c.png",{p.label},accepted,{p.confidence:.4f},{probs},,{p.label},,,,,,,{made_by}'
-        ",,,,,,\n"
+        ",,,,,,,\n"
     )
+    # Each row names the sample, so a row pasted elsewhere is told from another patient's.
+    assert save_sample(client, batch_id, "=S-1").status_code == 303
+    rows = list(DictReader(io.StringIO(
+        client.get(f"/batch/{batch_id}.csv").get_data(as_text=True).removeprefix("\ufeff"))))
+    assert [row["sample"] for row in rows] == ["'=S-1"] * 3
 
 
 def test_the_model_picker_chooses_the_model(tmp_path, tiny_model_dir):

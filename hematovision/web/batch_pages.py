@@ -304,7 +304,7 @@ def neighbours(held: list[int], index: int) -> tuple[int | None, int | None]:
 def batch_csv(batch_id: str):
     stored = load_or_404(batch_id)
     return csv_download(results.to_csv(stored["results"], stored["classes"],
-                                       versions.columns(stored)), stored)
+                                       versions.columns(stored), sample.of(stored).id), stored)
 
 
 def csv_download(table: str, stored: dict, suffix: str = "") -> Response:

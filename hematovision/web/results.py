@@ -370,7 +370,7 @@ def cell_text(result: dict[str, Any]) -> str:
 
 
 def to_csv(results: list[dict[str, Any]], classes: list[str],
-           model: tuple[str, ...] = ("", "", "", "")) -> str:
+           model: tuple[str, ...] = ("", "", "", ""), sample_id: str = "") -> str:
     """One row per result (a file, or one white cell of a field): file, label (the model's top
     class, as in the API), status (whether to trust that label), confidence, p_<class> for
     each class, error, differential_class: the class a white cell is counted as
@@ -384,14 +384,15 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
     browser gave (hematovision.web.history; empty: none) and when, and model, model_version,
     accuracy_target and app_version: what made the result (versions.columns), and BAND_COLUMNS:
     the result's band of held-out images and "yes" for an accepted cell below target no
-    one has looked at, and EXPOSURE_COLUMN. Columns are added last, so that earlier ones keep
-    their places."""
+    one has looked at, and EXPOSURE_COLUMN, and sample: the sample's ID (each row, as in the
+    differential CSV: a row pasted elsewhere is still told from another patient's). Columns
+    are added last, so that earlier ones keep their places."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "label", "status", "confidence", *(f"p_{c}" for c in classes),
                      "error", "differential_class", "red_cell_ratio", "reviewed_class", "cell",
                      "white_cells", "reviewed_by", "reviewed_at", *MADE_BY_COLUMNS,
-                     *BAND_COLUMNS, EXPOSURE_COLUMN])
+                     *BAND_COLUMNS, EXPOSURE_COLUMN, "sample"])
     for r in results:
         status = status_of(r)
         if status is not None:
@@ -400,11 +401,11 @@ def to_csv(results: list[dict[str, Any]], classes: list[str],
             row = [r["file"], r["label"], status, f"{r['confidence']:.4f}", *probabilities, "",
                    counted_label(r), "" if ratio is None else f"{ratio:.3f}",
                    verdict_of(r) or "", cell_text(r), str(r.get("white_cells", "")),
-                   *reviewed_by(r), *model, *band_cells(r), exposure_cell(r)]
+                   *reviewed_by(r), *model, *band_cells(r), exposure_cell(r), sample_id]
         else:
             error = removal_text(r) if is_removed(r) else r["error"]
             row = [r["file"], "", "", "", *([""] * len(classes)), error, "", "", "",
-                   cell_text(r), "", "", "", *model, *band_cells(r), ""]
+                   cell_text(r), "", "", "", *model, *band_cells(r), "", sample_id]
         writer.writerow([inert(cell) for cell in row])
     return out.getvalue()
 
