@@ -95,7 +95,18 @@ def test_the_report_says_whether_the_count_is_preliminary_signed_or_changed(clie
 
     review_cells(client, batch_id, n0="lymphocyte")
     kind, said = status(report(client, batch_id))
-    assert kind == "changed" and said.startswith("Changed after J. Smith signed it off")
+    assert kind == "changed" and re.fullmatch(
+        r"Changed after J\. Smith signed it off \( ?\d\d \w{3} \d{4}, \d\d:\d\d UTC, 4 white "
+        r"cells counted then\): not signed as it stands\.", said)
+    # Preliminary again (a review cleared): a copy printed before was signed, this one says it
+    # is not, as well as why it is preliminary.
+    client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
+                                                      "verdict": ""})
+    html = report(client, batch_id)
+    assert status(html)[0] == "preliminary"
+    assert re.search(r"Changed after J\. Smith signed it off \(.*?, 4 white cells counted "
+                     r"then\): not signed as it stands\.", text(re.search(
+                         r'id="report-changed">.*?</p>', html, re.S).group(0)))
 
 
 def test_the_report_compares_with_a_manual_count(client, batch_id):
