@@ -76,10 +76,11 @@ class ClassShare:
 
 @dataclass(frozen=True)
 class OtherCount:
-    """A class counted beside the differential, per 100 counted white cells."""
+    """A class counted beside the differential: nucleated red cells per 100 counted white
+    cells, platelets as a count alone."""
     name: str
     count: int
-    per_100_white: float | None  # one decimal; None when no white cell was counted
+    per_100_white: float | None  # one decimal; None when no white cell was counted, or platelets
     # Its 95 % counting range per 100 white cells (`reference.measure_beside`, one decimal),
     # its reference interval in that unit (nucleated red cells: 0-0) and where it lies
     # against it (`reference.flag_beside`; None within it, without one, or while cells await
@@ -202,7 +203,9 @@ def differential(results: list[dict[str, Any]], classes: list[str],
                              flagged(c, absolute.get(c), white_cells_per_litre))
 
     def beside(c: str) -> OtherCount:
-        if not total:
+        # Platelets are counted only: single cells say nothing of how many a film holds per
+        # white cell (an estimate needs whole fields); nucleated red cells are per 100 (ICSH).
+        if not total or not is_nucleated_red_cell(c):
             return OtherCount(c, count[c], None, reference=reference.get(c))
         value, low, high = measure_beside(count[c], total)
         return OtherCount(c, count[c], value, round(low, 1), round(high, 1), reference.get(c),

@@ -197,8 +197,9 @@ def differential_text(found: Differential, model: str, tally: "Tally", files: in
                       bias: ReviewBias | None = None) -> str:
     """The differential as tables for a terminal, as the batch page lays it out: each
     white-cell class's count, share, 95 % counting range, reference interval and flag; the
-    classes counted beside it, per 100 white cells; given the total count, each share per
-    litre; then what was left out, and why no share is flagged where none is."""
+    classes counted beside it (nucleated red cells per 100 white cells); given the total
+    count, each share per litre; then what was left out, and why no share is flagged where
+    none is."""
     n = found.white_cells
     lines = [f"Differential of {n} white {'cell' if n == 1 else 'cells'} counted by {model} "
              f"from {files} {'file' if files == 1 else 'files'} (the cells the model accepted)"]
@@ -208,7 +209,8 @@ def differential_text(found: Differential, model: str, tally: "Tally", files: in
                           _span((s.low, s.high), ".1f"), _span(s.reference, "g"),
                           flag_text(s.flag)] for s in found.shares])
     if found.others:
-        lines += ["", "Counted beside the differential, per 100 white cells:", *_table(
+        lines += ["", "Counted beside the differential, nucleated red cells per 100 white cells "
+                  "(platelets a count alone):", *_table(
             ["class", "count", "per 100", "95 % range", "reference", "flag"],
             [[display_name(o.name), o.count,
               *(["", ""] if o.per_100_white is None else

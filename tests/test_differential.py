@@ -32,8 +32,9 @@ def test_platelets_and_erythroblasts_are_counted_beside_the_white_cell_different
         ClassShare("basophil", 0, 0.0), ClassShare("eosinophil", 0, 0.0), ClassShare("ig", 1, 25.0),
         ClassShare("lymphocyte", 1, 25.0), ClassShare("monocyte", 0, 0.0),
         ClassShare("neutrophil", 2, 50.0)]
+    # Platelets as a count alone: single cells say nothing of how many a film holds.
     assert counted.others == [OtherCount("erythroblast", 1, 25.0),
-                                   OtherCount("platelet", 1, 25.0)]
+                                   OtherCount("platelet", 1, None)]
 
 
 def test_each_share_carries_its_counting_range_in_percent():
@@ -50,12 +51,12 @@ def test_the_api_form_of_the_differential_keeps_every_figure():
                                   "range_95": [6.8, 93.2], "reference": [40, 70],
                                   "outside": None, "beyond_counting_error": None}
     # 1 beside 4 white cells: 25 per 100, 0.5-252.6 by counting; flagged once nothing awaits
-    # review (nucleated red cells: none in an adult); platelets have no interval.
+    # review (nucleated red cells: none in an adult); platelets a count alone.
     held = {"outside": None, "beyond_counting_error": None}
     assert body["others"] == [
         {"class": "erythroblast", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
          "reference": [0, 0], **held},
-        {"class": "platelet", "count": 1, "per_100_white": 25.0, "range_95": [0.5, 252.6],
+        {"class": "platelet", "count": 1, "per_100_white": None, "range_95": None,
          "reference": None, **held}]
     reviewed = [r for r in BATCH if not needs_review(r)]
     erythroblasts = differential_json(differential(reviewed, PBC8))["others"][0]
@@ -156,7 +157,7 @@ def test_a_verdict_overrides_the_model_in_the_counts():
         "monocyte": 1, "basophil": 1, "ig": 1, "lymphocyte": 1}
     assert counted.white_cells == 4 and counted.reviewed == 3
     assert counted.others == [OtherCount("erythroblast", 1, 25.0),
-                                   OtherCount("platelet", 0, 0.0)]
+                                   OtherCount("platelet", 0, None)]
 
 
 def test_what_the_differential_leaves_out_and_why():

@@ -89,7 +89,9 @@ def test_the_batch_page_shows_other_cells_apart_from_the_shares(client):
     assert 'id="share-ranges"' in differential
     rows = re.findall(r'<tr data-class="(\w+)">.*?<td class="text-end">(\d+)</td>\s*'
                       r'<td class="text-end">([^<]+)</td>', others.split("</table>")[0], re.S)
-    assert rows == [("erythroblast", "1", "25.0"), ("platelet", "1", "25.0")]
+    assert rows == [("erythroblast", "1", "25.0"), ("platelet", "1", "—")]
+    assert ("nucleated red cells per 100 counted white cells, as they are reported, platelets as "
+            "a count alone") in text(others)
 
 
 def test_a_white_cell_model_has_no_table_of_other_cells(client):
@@ -289,7 +291,8 @@ def test_the_differential_downloads_as_a_csv_with_its_flags_and_counts_per_litre
             neutrophils["per_litre_reference_low"], neutrophils["per_litre_flag"]) == (
         "1.00", "0.63", "1.46", "2", "low")
     assert (rows["lymphocyte"]["flag"], rows["lymphocyte"]["per_litre_flag"]) == ("high", "")
-    assert rows["platelet"]["per_100_white"] == "1" and rows["platelet"]["white_cell"] == "no"
+    assert rows["platelet"]["per_100_white"] == "" and rows["platelet"]["white_cell"] == "no"
+    assert rows["platelet"]["count"] == "1"
     assert {r["white_cells"] for r in rows.values()} == {"100"}
     assert {r["white_cells_per_litre"] for r in rows.values()} == {"5"}
     # The sample ID on every row, made inert for a spreadsheet, and in the file's name.
@@ -320,7 +323,7 @@ def test_nucleated_red_cells_are_flagged_beside_the_differential_once_reviewed(c
         r'<tr data-class="(\w+)">(.*?)</tr>', table, re.S)}
     # 3 beside 100 white cells: 0.6-9.0 per 100 by counting, and an adult has none.
     assert rows["erythroblast"][-6:] == ["3", "3.0", "0.6–9.0", "0", "▲", "high"]
-    assert rows["platelet"][-4:] == ["1", "1.0", "0.0–5.7", "—"]
+    assert rows["platelet"][-4:] == ["1", "—", "—", "—"]  # a count alone
     assert ("Outside the reference intervals: Erythroblast (nucleated red cell) 3.0 per 100 white "
             "cells high.") in findings_text(html)
     # While a cell awaits review, no flag, as for the shares.

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app
 
 from hematovision import differential
-from hematovision.cells import OTHER_WHITE_CELL, display_name, other_white_cells
+from hematovision.cells import (OTHER_WHITE_CELL, display_name, is_nucleated_red_cell,
+                                other_white_cells)
 from hematovision.counting import share_range
 from hematovision.fields import NO_WHITE_CELL
 from hematovision.trust import (ACCEPTED, BELOW_ONE, EXACTLY_ONE, NOT_A_CELL, STATUS_TEXT,
@@ -87,6 +88,7 @@ bp.add_app_template_filter(results.image_count, "image_count")
 bp.add_app_template_filter(results.images_and_cells, "images_and_cells")
 bp.add_app_template_filter(results.first_of_image, "first_of_image")
 bp.add_app_template_test(results.is_removed, "removed")
+bp.add_app_template_test(is_nucleated_red_cell, "nucleated_red_cell")
 bp.add_app_template_filter(results.reviewer_of, "reviewer_of")
 bp.add_app_template_filter(results.removal_reason, "removal_reason")
 bp.add_app_template_filter(results.no_white_cell, "no_white_cell")
