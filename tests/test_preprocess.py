@@ -159,6 +159,18 @@ def test_bad_inputs_raise_image_error_with_a_clear_message(payload, message, cap
     assert "unexpected" not in caplog.text
 
 
+def test_a_file_cut_short_is_said_so_in_words_not_the_decoder_s():
+    """Pillow's "image file is truncated (3 bytes not processed)" read as if three bytes were
+    missing from a file two thirds gone."""
+    rng = np.random.default_rng(0)
+    whole = encode(Image.fromarray(rng.integers(0, 255, (300, 300, 3), np.uint8)), "JPEG")
+    with pytest.raises(ImageError) as cut:
+        load_image(whole[:len(whole) // 3])
+    assert str(cut.value) == (
+        "The image is damaged or truncated: the file ends before the image does (a copy or "
+        "download that did not finish?). Send the original file again.")
+
+
 def test_damaged_files_of_many_formats_give_the_input_or_an_image_error():
     """Seeded damage to files of a dozen formats: each gives the model's input or ImageError,
     the one error the app, the predict command and evaluation turn into a message; any other

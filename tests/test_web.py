@@ -650,6 +650,8 @@ def test_unknown_model_page_is_404(client):
 def test_models_list_links_every_model(client):
     html = client.get("/models").get_data(as_text=True)
     assert '<a href="/models/tiny">tiny</a>' in html and "default" in html
+    # Classes by the names the pages give them, not their folder names ('ig').
+    assert "4 classes: Eosinophil, Lymphocyte, Monocyte, Neutrophil" in text(html)
 
 
 def test_api_docs_page_has_curl_examples(client):
