@@ -113,8 +113,17 @@ def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_repor
     assert text(top.group(1)).strip().startswith(
         "Over-exposed: look at this cell before counting it.")
     assert 'id="exposure-unreviewed"' not in page(client, location + "/1")  # within its range
+    # The batch page's "look at it first" leads to a list of them.
+    assert f'href="/batch/{batch_id}/review?show=over-exposed" id="over-exposed-review"' in page(
+        client, location)
+    listed = page(client, location + "/review?show=over-exposed")
+    assert "Accepted cells of over-exposed images" in listed and "white.png" in listed
+    assert "usual.png" not in listed
+    assert re.search(r'data-show="over-exposed"[^>]*>\s*Over-exposed\s*<span[^>]*>1</span>', listed)
     review_cells(client, batch_id, n0="neutrophil")
     assert 'id="exposure-unreviewed"' not in page(client, location + "/0")
+    assert "No accepted cell of an over-exposed image is waiting for review." in text(page(
+        client, location + "/review?show=over-exposed"))
     # Looked at: nothing left to look at first.
     said = text(re.search(r'<span id="exposure-over-exposed">(.*?)</span>',
                           page(client, location), re.S).group(1))

@@ -27,7 +27,7 @@ from hematovision.web import setting_name
 # (a white cell of a type the model does not name, an exclusion) take: a class of a served model
 # named so would have its cells listed, or counted, as something else.
 RESERVED_CLASS_NAMES = ("", "all", "no-white-cell", "not-a-cell", "near-threshold",
-                        OTHER_WHITE_CELL, EXCLUDED)
+                        "over-exposed", OTHER_WHITE_CELL, EXCLUDED)
 # ... and the characters that part the review page's list of the verdicts it showed.
 RESERVED_CLASS_CHARACTERS = ",="
 RESERVED_CLASS = (

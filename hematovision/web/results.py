@@ -470,7 +470,7 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
             "brighter": part([b for b in plain if b >= 1]),
             "over_exposed": sum(c.over_exposed for c, _ in left),
             "over_exposed_accepted": len(accepted),
-            "over_exposed_unreviewed": sum(verdict_of(r) is None for r in accepted),
+            "over_exposed_unreviewed": sum(map(over_exposed_unseen, results)),
             # Cells the differential counts from the images left uncorrected, reviewed or not:
             # the printed report names them.
             "over_exposed_counted": sum(counted_class(r) is not None and c.over_exposed
@@ -478,6 +478,16 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
             "too_far_counted": sum(counted_class(r) is not None and not c.over_exposed
                                    for r, c in uncorrected),
             "too_far": sum(not c.over_exposed for c, _ in left)}
+
+
+def over_exposed_unseen(result: dict[str, Any]) -> bool:
+    """An accepted cell of an image read over-exposed, as it is, that no one has reviewed: its
+    confidence and band were measured on images of the exposures the model knows, not on such
+    an image, so it is counted on the model's word alone (the review list "over-exposed")."""
+    if status_of(result) != ACCEPTED or verdict_of(result) is not None:
+        return False
+    check = exposure_of(result)
+    return check is not None and check.outside and not check.corrected and check.over_exposed
 
 
 def exposure_elsewhere(results: list[dict[str, Any]], model: str,

@@ -16,7 +16,8 @@ from hematovision.web import results
 
 
 # The review page's lists (`?show=`): which results each holds. The default, "no-white-cell",
-# "not-a-cell" and "near-threshold" (below target) leave out reviewed results, so they shrink
+# "not-a-cell", "near-threshold" (below target) and "over-exposed" (accepted cells of images
+# read over-exposed) leave out reviewed results, so they shrink
 # as reviews are saved; "all" does not, so it pages. Beside them, one list per class
 # (`?show=<class>`, and EXCLUDED): the cells counted as that class now, for verifying the count
 # class by class, as a technologist verifies an analyzer's pre-classified cells (class_list).
@@ -26,6 +27,7 @@ REVIEW_LISTS: dict[str, Callable[[dict], bool]] = {
     "no-white-cell": lambda r: results.no_white_cell(r) and differential.verdict_of(r) is None,
     "not-a-cell": results.set_aside_unseen,
     "near-threshold": results.near_threshold,
+    "over-exposed": results.over_exposed_unseen,
 }
 
 

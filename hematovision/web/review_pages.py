@@ -133,6 +133,7 @@ def review_all(batch_id: str):
     `?show=no-white-cell`: the images in which no white cell was found, not yet reviewed;
     `?show=not-a-cell`: those called not a blood-cell image, not yet reviewed (set_aside_unseen);
     `?show=near-threshold`: the accepted cells below target, not yet reviewed;
+    `?show=over-exposed`: the accepted cells of images read over-exposed, not yet reviewed;
     `?show=<class>`: the cells counted as that class (`?show=excluded`: those excluded), to
     correct the odd ones out and confirm the rest."""
     stored = load_or_404(batch_id)
@@ -147,6 +148,7 @@ def review_all(batch_id: str):
         to_review=sum(differential.needs_review(r) for r in stored["results"]),
         set_aside=sum(map(REVIEW_LISTS["not-a-cell"], stored["results"])),
         near=sum(map(REVIEW_LISTS["near-threshold"], stored["results"])),
+        over_exposed=sum(map(REVIEW_LISTS["over-exposed"], stored["results"])),
         classified=sum(differential.status_of(r) is not None for r in stored["results"]),
         unconfirmed_shown=sum(to_confirm(stored["results"][i]) for i in shown),
         guide=[CELL_TYPES[c] for c in stored.get("classes", []) if c in CELL_TYPES],
