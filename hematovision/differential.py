@@ -27,6 +27,7 @@ from typing import Any
 
 from hematovision.card import DIFFERENTIAL
 from hematovision.cells import OTHER_WHITE_CELL, is_nucleated_red_cell, is_white_cell
+from hematovision.exposure import stored
 from hematovision.reference import (ABOVE, Flag, corrected_count, flag, flag_beside, intervals,
                                     measure, measure_beside)
 from hematovision.trust import ACCEPTED, NOT_A_CELL, UNIDENTIFIED
@@ -144,6 +145,21 @@ def counted_class(result: dict[str, Any]) -> str | None:
 def needs_review(result: dict[str, Any]) -> bool:
     """An unidentified result no reviewer has given a verdict yet."""
     return status_of(result) == UNIDENTIFIED and verdict_of(result) is None
+
+
+def set_aside_unseen(result: dict[str, Any]) -> bool:
+    """A result called not a blood-cell image that no one has reviewed, where the white-cell
+    finder does not say its image holds none: it found one there (a field's cells, a single
+    cell), or it does not run for the model (one that reads images whole). A white cell there,
+    of a look or a kind the model was not trained on, is missing from the count until someone
+    looks; where the finder found none either, the two agree and it stays out unseen, unless
+    the image was read outside the exposures the model knows, uncorrected (over-exposed, or
+    too far): there the finder misses white cells as the model does."""
+    if status_of(result) != NOT_A_CELL or verdict_of(result) is not None:
+        return False
+    exposure = stored(result.get("exposure"))  # the result's exposure check, if whole
+    return result.get("white_cells") != 0 or (
+        exposure is not None and exposure.outside and not exposure.corrected)
 
 
 def left_out_reason(result: dict[str, Any]) -> str | None:

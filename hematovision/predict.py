@@ -45,7 +45,8 @@ from hematovision.batch import classify_files, expand_paths
 from hematovision.card import ModelLoadError
 from hematovision.cells import display_name
 from hematovision.differential import (DIFFERENTIAL_CELLS, Differential, ReviewBias,
-                                       differential, differential_json, flag_text, review_bias)
+                                       differential, differential_json, flag_text, review_bias,
+                                       set_aside_unseen)
 from hematovision.output import Stdout, require_stdout
 from hematovision.predictor import Predictor, add_model_options, load_failure, model_dir_of
 from hematovision.reference import SETTINGS, catalog_intervals, intervals, white_cell_count
@@ -177,7 +178,8 @@ def print_differential(predictor: Predictor, model: str, film: list[Path], folde
     if failures == len(film):
         return failures
     found = differential(counted, predictor.classes, lab_intervals[False], args.wbc,
-                         lab_intervals[True], args.wbc_includes_nrbc)
+                         lab_intervals[True], args.wbc_includes_nrbc,
+                         sum(map(set_aside_unseen, counted)))
     if args.json:
         print(json.dumps({**({"path": folder} if folder is not None else {}), "model": model,
                           "files": len(film), "unreadable": failures,
@@ -253,7 +255,15 @@ def differential_text(found: Differential, model: str, tally: "Tally", files: in
                      f"review: the cells the model is sure of lean towards some classes"
                      f"{measured}. Review them in the web app (upload these images) to count "
                      f"them.")
-    elif n:
+    if found.images_unseen:
+        one = found.images_unseen == 1
+        notes.append(f"No figure is flagged while {found.images_unseen} "
+                     f"{'image or cell' if one else 'images or cells'} called not a blood-cell "
+                     f"image may hold a white cell missing from every share (the white-cell "
+                     f"finder found one there, or the image was read outside the exposures the "
+                     f"model knows): look at {'it' if one else 'them'} in the web app (upload "
+                     f"these images).")
+    if n and not found.flags_held:
         notes.append("Flags: high / low, outside the reference interval beyond counting "
                      "error; high? / low?, outside it within counting error. The 95 % range "
                      "covers the counting, not the model's mistakes.")

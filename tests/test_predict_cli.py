@@ -609,3 +609,41 @@ def test_progress_is_one_line_at_the_end_where_stderr_is_no_terminal(tiny_model_
     assert [line for line in err.splitlines() if " images (" in line] == [
         line for line in err.splitlines() if line.startswith("3/3 images (")]
     assert sum(line.startswith("3/3 images (") for line in err.splitlines()) == 1
+
+
+def test_the_differential_holds_its_flags_while_a_not_a_cell_image_may_hide_a_white_cell(
+        tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Four lymphocytes and an image called not a blood-cell image where the white-cell finder
+    found one: the batch page, report, CSV and API hold every flag; the command had flagged
+    'Lymphocyte 100.0 % high?' and said no such image in its JSON."""
+    from PIL import Image
+
+    from hematovision import predict
+    from hematovision.batch import FileResult
+    from hematovision.predictor import Prediction
+    from hematovision.trust import ACCEPTED, NOT_A_CELL
+    from hematovision.web.results import served_differential
+
+    film = tmp_path / "film"
+    film.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8), (200, 60, 60)).save(film / f"{i}.jpg")
+    probabilities = {c: 0.97 if c == "lymphocyte" else 0.01 for c in CLASSES}
+
+    def results(paths):
+        return [FileResult(Path(p), Prediction("lymphocyte", 0.97, probabilities,
+                                               NOT_A_CELL if i == len(paths) - 1 else ACCEPTED))
+                for i, p in enumerate(paths)]
+
+    monkeypatch.setattr(predict, "classify_files", lambda model, paths, **_: iter(results(paths)))
+    main([str(film), "--differential", "--json", "--quiet", "--model-dir", str(tiny_model_dir)])
+    found = json.loads(capsys.readouterr().out)["differential"]
+    web = served_differential([r.to_dict() for r in results(sorted(film.iterdir()))], CLASSES,
+                              {"REFERENCE_INTERVALS": None, "ABSOLUTE_REFERENCE_INTERVALS": None})
+    assert found["not_a_cell_unreviewed"] == web.images_unseen == 1
+    assert {s["outside"] for s in found["shares"]} == {None}
+    main([str(film), "--differential", "--quiet", "--model-dir", str(tiny_model_dir)])
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("No figure is flagged while 1 image or cell called not a blood-cell image may hold "
+            "a white cell missing from every share") in said
+    assert "high?" not in said

@@ -420,3 +420,30 @@ def test_one_image_over_exposed_for_its_model_but_usual_for_another_names_it_on_
         "white.png", film(1.3))))
     dark = page(other, upload(other, "exposed", ("dark.png", film(0.75))))
     assert 'id="exposure-note"' in dark and 'id="exposure-elsewhere"' not in dark  # corrected
+
+
+def test_over_exposed_images_only_some_of_which_another_model_holds_are_all_told_what_to_do(
+        tmp_path, trusted_model_dir):
+    """Two over-exposed images, one white in every colour (within 'white's range) and one
+    white in red only (within no served model's): the page had dropped "take them again" for
+    both, leaving the red one told only to try 'white', which holds neither its background."""
+    root = tmp_path / "models"
+    for name, image in (("exposed", make_smear(30)),
+                        ("white", scaled(make_smear(30), (1.3,) * 3))):
+        make_models_root(root, trusted_model_dir, names=(name,), card={"exposure": {
+            **reference_of(image).entry(), "measured": 100,
+            "reference": {"data": "train", "images": 100}, "check": CHECK}})
+    make_models_root(root, trusted_model_dir, names=("tiny",))
+    other = make_app(tmp_path, root).test_client()
+    red_white = io.BytesIO()
+    scaled(make_smear(30, seed=2), (1.3, 1.0, 1.0)).save(red_white, "PNG")
+    html = page(other, upload(other, "exposed", ("all-white.png", film(1.3)),
+                              ("red-white.png", red_white.getvalue())))
+    assert re.search(r'data-over-exposed="2"', html)
+    over = text(re.search(r'<span id="exposure-over-exposed">(.*?)</span>', html, re.S).group(1))
+    assert over.strip().endswith("Take them again with less light.")
+    elsewhere = text(re.search(r'<span id="exposure-elsewhere"[^>]*>(.*?)</span>', html,
+                               re.S).group(1))
+    assert elsewhere.strip() == (
+        "The background of 1 of them lies within the range of white's training images': if it "
+        "is the kind of image white reads, classify it with white rather than taking it again.")

@@ -20,9 +20,10 @@ import numpy as np
 
 from hematovision.cells import OTHER_WHITE_CELL
 from hematovision.comparison import Comparison
+# set_aside_unseen: the web's lists, sign-off and CSV ask it here, as of every result's state.
 from hematovision.differential import (EXCLUDED, ClassShare, Differential, counted_class,
                                        counted_label, differential, flag_text, needs_review,
-                                       status_of, verdict_of)
+                                       set_aside_unseen, status_of, verdict_of)
 from hematovision.exposure import COLOURS, Exposure, Stored, stored
 from hematovision.magnification import BatchCheck, Reference, batch_check
 from hematovision.reference import measure
@@ -229,21 +230,6 @@ def no_white_cell(result: dict[str, Any]) -> bool:
     """A classified result whose image held no white cell the finder could see (models that
     crop to the nucleus: `fields.NO_WHITE_CELL`), and that was not already called not a cell."""
     return result.get("white_cells") == 0 and status_of(result) not in (None, NOT_A_CELL)
-
-
-def set_aside_unseen(result: dict[str, Any]) -> bool:
-    """A result called not a blood-cell image that no one has reviewed, where the white-cell
-    finder does not say its image holds none: it found one there (a field's cells, a single
-    cell), or it does not run for the model (one that reads images whole). A white cell there,
-    of a look or a kind the model was not trained on, is missing from the count until someone
-    looks; where the finder found none either, the two agree and it stays out unseen, unless
-    the image was read outside the exposures the model knows, uncorrected (over-exposed, or
-    too far): there the finder misses white cells as the model does."""
-    if status_of(result) != NOT_A_CELL or verdict_of(result) is not None:
-        return False
-    exposure = exposure_of(result)
-    return result.get("white_cells") != 0 or (
-        exposure is not None and exposure.outside and not exposure.corrected)
 
 
 def images_and_cells(found: list[dict[str, Any]]) -> str:
