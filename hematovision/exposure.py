@@ -85,6 +85,11 @@ def slide_colour(rgb: np.ndarray) -> tuple[tuple[float, float, float], float] | 
             round(1 - float(lowest) / max(float(top), 1.0), 4))
 
 
+# The mark `preprocess` leaves in an image's `info` (which Pillow's resizing, cropping and
+# conversion keep) where it flattened transparent pixels onto a colour of its choosing.
+FLATTENED = "hematovision.flattened"
+
+
 @dataclass(frozen=True)
 class Exposure:
     """A model's training images' slide backgrounds (the card's "exposure" entry)."""
@@ -117,7 +122,13 @@ class Exposure:
         median, None where it is within or cannot be brought (`over_exposed`: at white in a
         channel where the reference is not; else more than MAX_GAIN away, or no channel
         unclipped in both). None: no background to measure, or a
-        brightest tenth more spread than any training image's (not bare slide)."""
+        brightest tenth more spread than any training image's (not bare slide), or an image
+        whose transparency was flattened (FLATTENED), whose margins are no slide either."""
+        if image.info.get(FLATTENED):
+            # Its margins are filled with a colour taken from the image itself: a cut-out
+            # cell holds no bare slide, and its palest cytoplasm, spread in the margins as a
+            # plateau, would be "corrected" to the slide's colour.
+            return None
         found = slide_background(image)
         if found is None or (self.max_spread is not None and found[1] > self.max_spread):
             return None

@@ -18,7 +18,7 @@ import pi_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # exposure imports only magnification (numpy and Pillow), never this module.
-from hematovision.exposure import slide_colour, working_size
+from hematovision.exposure import FLATTENED, slide_colour, working_size
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     the colour channels themselves). Flattened onto white, transparent margins (a cell cut out
     by a segmentation tool, a rotated crop's corners) were measured as a background at the
     camera's white: called over-exposed, and shown to the model as margins unlike any it
-    learned from. The training images have no transparency (Kaggle's, BCCD's and PBC's are all
-    RGB), so training reads them as before."""
+    learned from. An image so flattened is marked (`exposure.FLATTENED` in its `info`), and
+    the exposure check leaves it unmeasured: a cut-out cell holds no bare slide, and the
+    colour its margins took, its palest cytoplasm, would be "corrected" to the slide's. The
+    training images have no transparency (Kaggle's, BCCD's and PBC's are all RGB), so training
+    reads them as before."""
     if image.mode in HIGH_BIT_MODES:
         image = _stretch_to_8_bits(image)
     if image.mode == "P":
@@ -146,7 +149,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         opaque_everywhere = rgba.getchannel("A").getextrema()[0] == 255
         colour = WHITE if opaque_everywhere else _opaque_background(rgba) or WHITE
         background = Image.new("RGBA", rgba.size, (*colour, 255))
-        image = Image.alpha_composite(background, rgba)
+        flattened = Image.alpha_composite(background, rgba).convert("RGB")
+        if not opaque_everywhere:
+            flattened.info[FLATTENED] = True
+        return flattened
     return image.convert("RGB")
 
 

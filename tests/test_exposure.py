@@ -124,13 +124,36 @@ def png(image: Image.Image) -> bytes:
 ], ids=["margins", "rotated-corners"])
 def test_transparent_margins_are_not_measured_as_an_over_exposed_background(transparent):
     """Flattened onto white, the margins were the brightest tenth: a background at the
-    camera's white, over-exposed, for a smear within the training images' range."""
+    camera's white, over-exposed, for a smear within the training images' range. Their fill
+    now takes the slide's colour, and the check leaves the image unmeasured, read as it is."""
     reference = reference_of(FILM)
     assert reference.check(FILM)["outside"] is False
     image = load_image(png(transparent(FILM)))
-    entry = reference.check(image)
-    assert entry["over_exposed"] is False and entry["outside"] is False
-    assert entry["background"] == pytest.approx(background(FILM), abs=3)
+    assert background(image) == pytest.approx(background(FILM), abs=3)  # the margins' fill
+    assert reference.check(image) is None
+    assert reference.correct(image) == (image, {"exposure": None})
+
+
+def test_a_cell_cut_out_of_its_slide_is_not_corrected_on_its_own_cytoplasm():
+    """A segmentation tool's cut-out holds no bare slide: its margins took its palest
+    cytoplasm's colour, which the check measured as a flat background and 'corrected' green
+    by 1.13 for a cell that, on its slide, is within the training images' range."""
+    size = 240
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(xx - size / 2, yy - size / 2) / (size / 2)
+    t = np.clip(r, 0, 1)[..., None]
+    rgb = np.array([150, 120, 190.]) * (1 - t) + np.array([222, 196, 228.]) * t
+    rgb[r < 0.45] = (90, 60, 160)
+    rgb = np.clip(rgb + rng.normal(0, 8, (size, size, 1)), 0, 255).astype(np.uint8)
+    on_slide = rgb.copy()
+    on_slide[r > 1] = (218, 219, 214)  # wbc4's median training background
+    reference = Exposure((218.0, 219.0, 214.0), (200.0, 200.0, 196.0), (237.0, 239.0, 237.0),
+                         0.0569)
+    assert reference.check(Image.fromarray(on_slide))["outside"] is False
+    cut_out = Image.fromarray(np.dstack([rgb, np.where(r <= 1, 255, 0).astype(np.uint8)]))
+    assert slide_background(load_image(png(cut_out)))[1] <= 0.0569  # a plateau to the check
+    assert reference.check(load_image(png(cut_out))) is None
 
 
 def test_a_background_further_than_an_exposure_takes_it_is_not_corrected():

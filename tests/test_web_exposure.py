@@ -296,16 +296,16 @@ def test_an_image_with_too_little_bare_slide_says_it_was_not_measured(client):
 
 
 def test_a_cut_out_with_transparent_margins_is_not_called_over_exposed(client):
-    """Its margins take the slide's colour: within the model's range, as the smear is. (The
-    page's general account of "not a blood-cell image", naming over-exposed pictures among
-    its causes, may stand: the tiny model's answer is no part of this.)"""
+    """Its margins are no slide: not measured, read as it is. (The page's general account of
+    "not a blood-cell image", naming over-exposed pictures among its causes, may stand: the
+    tiny model's answer is no part of this.)"""
     cut_out = io.BytesIO()
     with_transparent_margins(make_smear(30)).save(cut_out, "PNG")
     location = upload(client, "exposed", ("cut-out.png", cut_out.getvalue()),
                       ("usual.png", film(seed=1)))
     html = page(client, location + "/0")
-    assert re.search(r'id="why-exposure" data-outside="false" data-corrected="false"', html)
-    assert "within: read as it is" in html and 'id="exposure-note"' not in html
+    assert re.search(r'id="why-exposure" data-outside="unmeasured" data-corrected="false"', html)
+    assert "transparent margins; read as it is" in text(html) and 'id="exposure-note"' not in html
     said = text(html)
     assert "over-exposed, not corrected" not in said and "less light" not in said
     assert "Over-exposed" not in said
