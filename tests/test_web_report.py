@@ -155,3 +155,18 @@ def test_the_lab_named_in_the_settings_heads_the_report(client, batch_id):
     client.application.config["LAB_NAME"] = "Central Hematology Laboratory"
     html = report(client, batch_id)
     assert '<p class="fw-semibold mb-0" id="report-lab">Central Hematology Laboratory</p>' in html
+
+
+def test_the_batch_page_printed_head_says_changed_after_sign_off_while_preliminary(client,
+                                                                                    batch_id):
+    """The report said so (a review cleared after the sign-off); the batch page's printed
+    head gave only the preliminary line, a copy printed before having been signed."""
+    review_cells(client, batch_id, n3="eosinophil")
+    assert sign_off(client, batch_id).status_code == 303
+    client.post(f"/batch/{batch_id}/3/review", data={"csrf_token": csrf_token(client),
+                                                      "verdict": ""})
+    printed = text(re.search(r'id="print-note">(.*?)</p>', page(client, f"/batch/{batch_id}"),
+                             re.S).group(1))
+    assert "Preliminary: 1 unidentified cell is not reviewed yet" in printed
+    assert re.search(r"Changed after J\. Smith signed it off \(4 white cells counted then\): not "
+                     r"signed as it stands\.", printed)
