@@ -371,3 +371,27 @@ def test_a_class_the_catalog_does_not_know_is_named_described_and_said_to_go_unf
     note = re.search(r'id="no-reference-note">(.*?)</span>', page(lab, f"/batch/{batch_id}"),
                      re.S).group(1)
     assert text(note).strip().startswith("No reference interval is set for Blast: its share")
+
+
+def test_flags_held_name_a_field_s_cells_as_cells_not_images(client):
+    """Two cells of one field called not a blood-cell image: the set-aside note said '2 cells
+    of fields', the flags' note '2 images'."""
+    from tests.web_helpers import batch_as_said
+
+    batch_id = batch_as_said(client, "tiny", [
+        ("lymphocyte", "accepted", 0.99), ("lymphocyte", "accepted", 0.99),
+        ("monocyte", "not_a_cell", 0.4), ("monocyte", "not_a_cell", 0.4)])
+
+    def one_field(batch):
+        first, second = batch["results"][2:]
+        second.update(file=first["file"], image=first["image"])
+        first.update(cell={"number": 1, "of": 2, "centre": [0.3, 0.5]}, white_cells=2)
+        second.update(cell={"number": 2, "of": 2, "centre": [0.7, 0.5]}, white_cells=2)
+
+    uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]), batch_id, one_field)
+    html = page(client, f"/batch/{batch_id}")
+    held = text(re.search(r'<span id="flags-held">(.*?)</span>', html, re.S).group(1))
+    assert held.strip() == ("Shares are not flagged against it until the 2 cells of fields "
+                            "called not a blood-cell image are looked at.")
+    assert ("no share is flagged until the 2 cells of fields called not a blood-cell image are "
+            "looked at") in text(page(client, f"/batch/{batch_id}/report"))
