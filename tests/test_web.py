@@ -955,3 +955,9 @@ def test_relative_folders_are_taken_from_the_working_directory(
     assert client.get("/models/tiny/files/curves.png").data == PNG
     batch_id = submit(client, ("a.jpg", image_bytes())).headers["Location"].rsplit("/", 1)[1]
     assert (tmp_path / "up" / f"{batch_id}.json").is_file()
+
+
+def test_the_api_page_says_platelets_are_a_count_alone(client):
+    said = " ".join(text(client.get("/docs/api").get_data(as_text=True)).split())
+    assert ("for platelets the count alone ( per_100_white and range_95 null : single cells say "
+            "nothing of how many a film holds per white cell)") in said

@@ -180,4 +180,5 @@ def test_only_the_images_unlike_the_training_images_are_measured_for_their_kind(
     banner = text(re.search(r'id="wrong-model">(.*?)</div>',
                             page(client, f"/batch/{batch_id}"), re.S).group(1))
     assert "likely the kind of image" not in banner and "red cells measure" not in banner
+    assert "Eosinophil, Lymphocyte, Monocyte, Neutrophil" in banner  # as the pages name them
     assert banner.index("classify them with plain") < banner.index("If they are the kind")

@@ -88,8 +88,8 @@ def differential_csv(counted: Differential, sample_id: str = "",
                      near: dict[str, int] | None = None) -> str:
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
-    page; per litre where the total count was given) and one per other class (count per 100
-    white cells), each with the batch's white cells counted, unidentified cells awaiting review
+    page; per litre where the total count was given) and one per other class (its count, and
+    for nucleated red cells per 100 white cells), each with the batch's white cells counted, unidentified cells awaiting review
     (no flag is given while there are any), total count and sample ID, and who signed the
     count off, when, and their comment (empty unless `signed` still stands). A flag reads "high",
     "low", "high?" or "low?" (within counting error), empty within the interval. Given a
