@@ -89,10 +89,12 @@ def differential_csv(counted: Differential, sample_id: str = "",
     """The differential as a table for a spreadsheet or a laboratory system: one row per
     white-cell class (count, percent, 95 % range, reference interval and flag as on the batch
     page; per litre where the total count was given) and one per other class (its count, and
-    for nucleated red cells per 100 white cells), each with the batch's white cells counted, unidentified cells awaiting review
-    (no flag is given while there are any), total count and sample ID, and who signed the
-    count off, when, and their comment (empty unless `signed` still stands). A flag reads "high",
-    "low", "high?" or "low?" (within counting error), empty within the interval. Given a
+    for nucleated red cells per 100 white cells), each with the batch's white cells counted,
+    unidentified cells awaiting review (no flag is given while there are any, nor while images
+    called not a blood-cell image wait to be looked at), total count and sample ID, and who
+    signed the count off, when, and their comment (empty unless `signed` still stands). A flag
+    reads "high", "low", "high?" or "low?" (within counting error), empty within the
+    interval. Given a
     manual count of the film (`comparison`), each white-cell class's row also has its manual
     count and percent, the difference in points and its p-value (`hematovision.comparison`),
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
