@@ -128,12 +128,13 @@ MIN_OPAQUE_SHARE = 0.05
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode to 8-bit RGB. Transparency (RGBA, LA, a palette's transparent entry) is
-    flattened onto the slide's own background, as `hematovision.exposure` measures it, over the
-    fully opaque pixels only (`_opaque_background`); onto white, as a viewer shows it, where
-    too little is opaque to measure it, and where nothing is transparent (then the pixels are
-    the colour channels themselves). Flattened onto white, transparent margins (a cell cut out
-    by a segmentation tool, a rotated crop's corners) were measured as a background at the
+    """Any mode to 8-bit RGB. Rows and columns wholly transparent at the edges are cropped
+    off; transparency left inside (RGBA, LA, a palette's transparent entry: a rotated crop's
+    corners, the margins round a cut-out cell) is flattened onto the slide's own background,
+    as `hematovision.exposure` measures it, over the fully opaque pixels only
+    (`_opaque_background`); onto white, as a viewer shows it, where too little is opaque to
+    measure it, and where nothing is transparent (then the pixels are the colour channels
+    themselves). Flattened onto white, such margins were measured as a background at the
     camera's white: called over-exposed, and shown to the model as margins unlike any it
     learned from. An image so flattened is marked (`exposure.FLATTENED` in its `info`), and
     the exposure check leaves it unmeasured: a cut-out cell holds no bare slide, and the
@@ -146,6 +147,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
+        box = rgba.getchannel("A").getbbox()
+        if box is not None and box != (0, 0, *rgba.size):
+            # Wholly transparent margins are no part of the picture: a field pasted on a
+            # larger canvas, kept, was read with its red cells 0.55 times their size and its
+            # white cell not found.
+            rgba = rgba.crop(box)
         opaque_everywhere = rgba.getchannel("A").getextrema()[0] == 255
         colour = WHITE if opaque_everywhere else _opaque_background(rgba) or WHITE
         background = Image.new("RGBA", rgba.size, (*colour, 255))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hematovision.exposure import background
+from hematovision.exposure import FLATTENED, background
 from hematovision.preprocess import ImageError, load_image, preprocess, to_input
 from tests.conftest import make_smear, with_transparent_margins
 from tests.web_helpers import damaged_images
@@ -66,52 +66,81 @@ def as_palette(rgba: Image.Image) -> Image.Image:
     return image
 
 
+def rotated(image: Image.Image, degrees: float = 20) -> Image.Image:
+    """`image` turned on a canvas that holds it whole, the corners transparent (RGBA): a
+    rotated crop as image tools export it."""
+    return image.convert("RGBA").rotate(degrees, Image.Resampling.BILINEAR, expand=True)
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "P", "LA"])
-def test_transparent_margins_take_the_opaque_part_s_background_colour(mode):
-    """A smear cut out onto a transparent canvas: its margins become its slide's colour, not
-    white (which the exposure check measured as an over-exposed background)."""
+def test_wholly_transparent_margins_are_cropped_off(mode):
+    """A field pasted on a larger transparent canvas: read as the field alone (kept, the
+    canvas had halved its red cells' measured size and hidden its white cell)."""
     cut_out = with_transparent_margins(FILM)
-    opaque = FILM if mode == "RGBA" else FILM.convert("L").convert("RGB")
+    opaque = FILM.convert("L").convert("RGB") if mode == "LA" else FILM
     if mode == "P":
-        cut_out, opaque = as_palette(cut_out), None
+        cut_out = as_palette(cut_out)  # its colours quantized: within a few levels
     elif mode == "LA":
         cut_out = cut_out.convert("LA")
     loaded = load_image(encode(cut_out, "PNG", **(
         {"transparency": 255} if mode == "P" else {})))
+    assert loaded.size == FILM.size and FLATTENED not in loaded.info  # nothing left to flatten
+    np.testing.assert_allclose(np.asarray(loaded, np.float32), np.asarray(opaque, np.float32),
+                               atol=0 if mode != "P" else 12)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "LA"])
+def test_transparency_inside_the_picture_takes_the_opaque_part_s_background_colour(mode):
+    """A rotated crop's corners: the slide's colour, not white (which the exposure check
+    measured as an over-exposed background), and the image marked as flattened."""
+    turned = rotated(FILM)
+    left, top, right, bottom = turned.getchannel("A").getbbox()  # a transparent edge goes
+    opaque = FILM if mode == "RGBA" else FILM.convert("L").convert("RGB")
+    if mode == "P":
+        turned, opaque = as_palette(turned), None
+    elif mode == "LA":
+        turned = turned.convert("LA")
+    loaded = load_image(encode(turned, "PNG", **(
+        {"transparency": 255} if mode == "P" else {})))
+    assert loaded.size == (right - left, bottom - top) and loaded.info.get(FLATTENED) is True
     pixels = np.asarray(loaded, np.float32)
     estimate = background(FILM if opaque is None else opaque)
-    for corner in [(0, 0), (-1, -1), (0, -1), (60, 600)]:
+    for corner in [(0, 0), (-1, -1), (0, -1), (-1, 0)]:
         assert tuple(pixels[corner]) == pytest.approx(estimate, abs=4)
         assert tuple(pixels[corner]) != WHITE
-    if opaque is not None:  # the smear itself is as it was
-        np.testing.assert_array_equal(pixels[120:360, 160:480], np.asarray(opaque))
 
 
 def test_a_fully_opaque_rgba_image_gives_the_same_pixels_as_its_rgb():
     rgba = FILM.convert("RGBA")
     assert rgba.getchannel("A").getextrema() == (255, 255)
-    np.testing.assert_array_equal(np.asarray(load_image(encode(rgba, "PNG"))),
-                                  np.asarray(load_image(encode(FILM, "PNG"))))
+    loaded = load_image(encode(rgba, "PNG"))
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(load_image(encode(FILM, "PNG"))))
+    assert FLATTENED not in loaded.info
 
 
 def test_an_image_nearly_all_transparent_is_flattened_on_white():
-    """A 20x20 opaque patch of 640x480 (0.13 %): too little to tell the slide's colour."""
-    rgba = with_transparent_margins(FILM.crop((0, 0, 20, 20)), (310, 230))
+    """Two 10x10 opaque patches at opposite corners of 640x480 (0.07 %): too little to tell
+    the slide's colour."""
+    rgba = Image.new("RGBA", (640, 480), (0, 0, 0, 0))
+    patch = FILM.crop((0, 0, 10, 10)).convert("RGBA")
+    rgba.paste(patch, (0, 0))
+    rgba.paste(patch, (630, 470))
     loaded = load_image(encode(rgba, "PNG"))
-    assert loaded.getpixel((0, 0)) == WHITE and loaded.getpixel((639, 479)) == WHITE
-    assert loaded.getpixel((315, 235)) == FILM.getpixel((5, 5))
+    assert loaded.size == (640, 480)
+    assert loaded.getpixel((320, 240)) == WHITE and loaded.getpixel((5, 5)) == FILM.getpixel((5, 5))
 
 
 def test_a_half_transparent_pixel_is_composited_over_the_slide_s_colour():
-    rgba = with_transparent_margins(FILM)
-    rgba.putpixel((10, 10), (0, 0, 0, 128))  # half-transparent black, in a margin
-    rgba.putpixel((11, 10), (255, 0, 0, 64))  # a quarter-opaque red
+    rgba = rotated(FILM)
+    left, top, _, _ = rgba.getchannel("A").getbbox()
+    rgba.putpixel((left + 5, top + 5), (0, 0, 0, 128))  # half-transparent black, in a corner
+    rgba.putpixel((left + 6, top + 5), (255, 0, 0, 64))  # a quarter-opaque red
     loaded = load_image(encode(rgba, "PNG"))
     colour = loaded.getpixel((0, 0))
     assert colour != WHITE and colour == pytest.approx(background(FILM), abs=4)
-    assert loaded.getpixel((10, 10)) == pytest.approx(
+    assert loaded.getpixel((5, 5)) == pytest.approx(
         [v * (1 - 128 / 255) for v in colour], abs=1)
-    assert loaded.getpixel((11, 10)) == pytest.approx(
+    assert loaded.getpixel((6, 5)) == pytest.approx(
         [s * 64 / 255 + v * (1 - 64 / 255) for s, v in zip((255, 0, 0), colour)], abs=1)
 
 

@@ -295,14 +295,17 @@ def test_an_image_with_too_little_bare_slide_says_it_was_not_measured(client):
     assert "not measured: too little bare slide" in html
 
 
-def test_a_cut_out_with_transparent_margins_is_not_called_over_exposed(client):
-    """Its margins are no slide: not measured, read as it is. (The page's general account of
-    "not a blood-cell image", naming over-exposed pictures among its causes, may stand: the
-    tiny model's answer is no part of this.)"""
-    cut_out = io.BytesIO()
-    with_transparent_margins(make_smear(30)).save(cut_out, "PNG")
-    location = upload(client, "exposed", ("cut-out.png", cut_out.getvalue()),
-                      ("usual.png", film(seed=1)))
+def test_a_picture_with_transparent_margins_is_not_called_over_exposed(client):
+    """Wholly transparent margins are cropped off: the field within range, read as it is; a
+    rotated crop's transparent corners are no slide: not measured, read as it is. (The page's
+    general account of "not a blood-cell image", naming over-exposed pictures among its
+    causes, may stand: the tiny model's answer is no part of this.)"""
+    pasted, turned = io.BytesIO(), io.BytesIO()
+    with_transparent_margins(make_smear(30)).save(pasted, "PNG")
+    make_smear(30).convert("RGBA").rotate(20, expand=True).save(turned, "PNG")
+    location = upload(client, "exposed", ("turned.png", turned.getvalue()),
+                      ("usual.png", film(seed=1)), ("pasted.png", pasted.getvalue()))
+    assert "within: read as it is" in page(client, location + "/2")
     html = page(client, location + "/0")
     assert re.search(r'id="why-exposure" data-outside="unmeasured" data-corrected="false"', html)
     assert "transparent margins; read as it is" in text(html) and 'id="exposure-note"' not in html
