@@ -106,7 +106,7 @@ def _decode(file: BinaryIO, max_pixels: int) -> Image.Image:
         if not isinstance(exc, (OSError, EOFError, SyntaxError, ValueError, RuntimeError)):
             log.warning("unexpected %s decoding an image", type(exc).__name__, exc_info=True)
         reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:  # Pillow's words for a file that ends before its image
+        if "truncated" in reason.lower():  # Pillow's words for a file ending before its image
             raise ImageError("The image is damaged or truncated: the file ends before the "
                              "image does (a copy or download that did not finish?). Send the "
                              "original file again.") from None
