@@ -450,3 +450,38 @@ def test_over_exposed_images_only_some_of_which_another_model_holds_are_all_told
     assert elsewhere.strip() == (
         "The background of 1 of them lies within the range of white's training images': if it "
         "is the kind of image white reads, classify it with white rather than taking it again.")
+
+
+def test_over_exposed_images_of_the_model_s_own_red_cell_size_are_not_sent_to_another(
+        tmp_path, trusted_model_dir):
+    """A walker's smear fields brightened in red, over-exposed for wbc4 and within pbc8's
+    backgrounds, were told to be classified with pbc8 (which called them all not a cell),
+    though their red cells measured wbc4's own training images' size."""
+    root = tmp_path / "models"
+    bright = reference_of(scaled(make_smear(30), (1.3,) * 3))
+    make_models_root(root, trusted_model_dir, names=("white",), card={"exposure": {
+        **bright.entry(), "measured": 100, "reference": {"data": "train", "images": 100},
+        "check": CHECK}})
+    make_models_root(root, trusted_model_dir, names=("exposed",), card={
+        "exposure": {**reference_of(make_smear(30)).entry(), "measured": 100,
+                     "reference": {"data": "train", "images": 100}, "check": CHECK},
+        "magnification": {"red_cell_scale": 0.1, "single_image_range": [0.8, 1.3],
+                          "batch_range": [0.8333, 1.25], "min_batch_images": 5}})
+    make_models_root(root, trusted_model_dir, names=("tiny",))
+    other = make_app(tmp_path, root).test_client()
+    location = upload(other, "exposed", ("field.png", film(1.3)), ("cell.png", film(1.3, 1)))
+    batch_id = location.rsplit("/", 1)[1]
+
+    def measured(batch):  # the field's red cells at the training size, the cell's not
+        batch["results"][0]["red_cell_ratio"] = 1.02
+        batch["results"][1]["red_cell_ratio"] = None
+
+    uploads.update_batch(Path(other.application.config["UPLOAD_FOLDER"]), batch_id, measured)
+    html = page(other, location)
+    elsewhere = text(re.search(r'<span id="exposure-elsewhere"[^>]*>(.*?)</span>', html,
+                               re.S).group(1))
+    assert elsewhere.strip().startswith("The background of 1 of them lies within the range of "
+                                        "white's training images'")
+    assert "Take them again with less light." in text(html)
+    assert 'id="exposure-elsewhere"' not in page(other, location + "/0")
+    assert 'id="exposure-elsewhere"' in page(other, location + "/1")

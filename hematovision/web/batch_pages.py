@@ -110,8 +110,7 @@ def count_context(stored: dict) -> dict:
             reference),
         exposure=results.exposure_summary(stored["results"]),
         exposure_elsewhere=results.exposure_elsewhere(
-            stored["results"], stored["model"],
-            exposure_references()),
+            stored["results"], stored["model"], exposure_references(), reference),
         predictor=predictor,
         # The app serves another version of the batch's model now (web/versions.py).
         replaced=replaced,
@@ -262,7 +261,7 @@ def single(batch_id: str, index: int, add_errors: list[dict] | None = None, stat
             # A background left uncorrected that another served model's training images hold.
             exposure_elsewhere=results.exposure_elsewhere(
                 [stored["results"][i] for i in of_image], stored["model"],
-                exposure_references()),
+                exposure_references(), predictor.magnification if predictor else None),
             # An image of a batch is judged with its batch too: one image's measure is rough.
             batch_magnification=results.magnification_check(
                 stored["results"], predictor.magnification if predictor else None),

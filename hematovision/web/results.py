@@ -482,14 +482,24 @@ def over_exposed_unseen(result: dict[str, Any]) -> bool:
 
 
 def exposure_elsewhere(results: list[dict[str, Any]], model: str,
-                       references: dict[str, Exposure | None]) -> list[tuple[str, int]]:
+                       references: dict[str, Exposure | None],
+                       own: Reference | None = None) -> list[tuple[str, int]]:
     """The other models (`references`: each served model's exposure reference) whose training
     images' backgrounds hold those of this batch's images left uncorrected outside its own
     (over-exposed, or too far), each with how many: a camera's usual background may be
     another model's kind of image (PBC's single cells, white in red, sent to wbc4), which is
-    better read by that model than taken again. Most first; none where no image was left."""
+    better read by that model than taken again. An image whose red cells measure this model's
+    own training images' size (`own`: its magnification reference) is its kind of image,
+    over-exposed, and is left out (a walker's smear fields brightened in red were sent to
+    pbc8, which called them all not a cell). Most first; none where no image was left."""
+    def own_kind(result: dict[str, Any]) -> bool:
+        ratio = result.get("red_cell_ratio")
+        return own is not None and is_number(ratio) and (
+            own.single_range[0] <= ratio <= own.single_range[1])
+
     left = [c.background for r in results if first_of_image(r) and status_of(r) is not None
-            and (c := exposure_of(r)) is not None and c.outside and not c.corrected]
+            and (c := exposure_of(r)) is not None and c.outside and not c.corrected
+            and not own_kind(r)]
     found = [(name, sum(reference.within(b) for b in left))
              for name, reference in references.items() if name != model and reference]
     return sorted(((name, n) for name, n in found if n), key=lambda pair: -pair[1])
