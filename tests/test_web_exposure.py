@@ -85,7 +85,15 @@ def test_an_over_exposed_image_is_named_on_its_page_and_its_batch(client):
     html = page(client, location + "/0")
     assert re.search(r'id="why-exposure" data-outside="true" data-corrected="false"', html)
     assert "white: over-exposed, not corrected" in html
-    assert "Take the image again with less light" in text(html)
+    assert re.search(r"(Take|If it is a blood film, take) the image again with less light",
+                     text(html))
+    # Called not a blood-cell image (a screenshot is white too), the advice is for a film.
+    for status, said in (("not_a_cell", "If it is a blood film, take the image again"),
+                         ("accepted", ". Take the image again")):
+        uploads.update_batch(Path(client.application.config["UPLOAD_FOLDER"]),
+                             location.rsplit("/", 1)[1],
+                             lambda batch: batch["results"][0].update(status=status))
+        assert said in text(page(client, location + "/0"))
     batch = page(client, location)
     assert 'class="alert alert-warning small py-2" id="exposure-check"' in batch
     assert "1 image is over-exposed:" in text(batch)
@@ -100,7 +108,8 @@ def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_repor
                              label="neutrophil", status="accepted", confidence=0.99))
     said = text(page(client, location))
     assert ("1 was accepted and is counted unreviewed: look at it first (marked over-exposed "
-            "among the images below). Take it again with less light.") in said
+            "among the images below). If it is a blood film, take it again with less "
+            "light.") in said
     report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
                        re.S).group(0)
     assert "text-warning-emphasis" in report and "exposure corrected" not in text(report)
@@ -444,7 +453,7 @@ def test_over_exposed_images_only_some_of_which_another_model_holds_are_all_told
                               ("red-white.png", red_white.getvalue())))
     assert re.search(r'data-over-exposed="2"', html)
     over = text(re.search(r'<span id="exposure-over-exposed">(.*?)</span>', html, re.S).group(1))
-    assert over.strip().endswith("Take them again with less light.")
+    assert over.strip().endswith("If they are blood films, take them again with less light.")
     elsewhere = text(re.search(r'<span id="exposure-elsewhere"[^>]*>(.*?)</span>', html,
                                re.S).group(1))
     assert elsewhere.strip() == (
@@ -482,6 +491,6 @@ def test_over_exposed_images_of_the_model_s_own_red_cell_size_are_not_sent_to_an
                                re.S).group(1))
     assert elsewhere.strip().startswith("The background of 1 of them lies within the range of "
                                         "white's training images'")
-    assert "Take them again with less light." in text(html)
+    assert "If they are blood films, take them again with less light." in text(html)
     assert 'id="exposure-elsewhere"' not in page(other, location + "/0")
     assert 'id="exposure-elsewhere"' in page(other, location + "/1")
