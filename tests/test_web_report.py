@@ -170,3 +170,21 @@ def test_the_batch_page_printed_head_says_changed_after_sign_off_while_prelimina
     assert "Preliminary: 1 unidentified cell is not reviewed yet" in printed
     assert re.search(r"Changed after J\. Smith signed it off \(4 white cells counted then\): not "
                      r"signed as it stands\.", printed)
+
+
+def test_the_batch_page_printed_head_counts_reviewed_white_cells_as_the_report_does(client,
+                                                                                    batch_id):
+    """Two images excluded on review had read '2 cells reviewed' beside a report saying
+    'Reviewed 0 of the 3 counted white cells'."""
+    review_cells(client, batch_id, n3="excluded", n4="excluded")
+    printed = text(re.search(r'id="print-note">(.*?)</p>', page(client, f"/batch/{batch_id}"),
+                             re.S).group(1))
+    facts = text(re.search(r'id="report-facts".*?</p>\s*<p[^>]*>(.*?)</p>',
+                           page(client, f"/batch/{batch_id}/report"), re.S).group(1))
+    assert "Reviewed 0 of the 3 counted white cells" in facts
+    assert "; 0 of the 3 counted white cells reviewed, and 2 other images or cells (excluded, " \
+           "or not a white cell)." in printed
+    review_cells(client, batch_id, n0="neutrophil")
+    printed = text(re.search(r'id="print-note">(.*?)</p>', page(client, f"/batch/{batch_id}"),
+                             re.S).group(1))
+    assert "; 1 of the 3 counted white cells reviewed, and 2 other" in printed
