@@ -125,12 +125,17 @@ WHITE = (255, 255, 255)
 # fragment, such as a cell cut out with little slide round it: its palest pixels say little of
 # the slide's colour, and white, as a viewer shows transparency, is left as before.
 MIN_OPAQUE_SHARE = 0.05
+# The share of fully opaque pixels within the box round an image's content above which it is a
+# rectangle pasted on a transparent canvas, cropped to: a round cut-out cell leaves about a
+# fifth of its box transparent, a rotated crop's corners more.
+PASTED_OPAQUE_SHARE = 0.99
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode to 8-bit RGB. Rows and columns wholly transparent at the edges are cropped
-    off; transparency left inside (RGBA, LA, a palette's transparent entry: a rotated crop's
-    corners, the margins round a cut-out cell) is flattened onto the slide's own background,
+    """Any mode to 8-bit RGB. A picture pasted on a larger transparent canvas is cropped to
+    (its positions, as the API gives a field's cells, are then shares of the picture);
+    transparency left (RGBA, LA, a palette's transparent entry: a rotated crop's corners, the
+    margins round a cut-out cell) is flattened onto the slide's own background,
     as `hematovision.exposure` measures it, over the fully opaque pixels only
     (`_opaque_background`); onto white, as a viewer shows it, where too little is opaque to
     measure it, and where nothing is transparent (then the pixels are the colour channels
@@ -148,10 +153,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         box = rgba.getchannel("A").getbbox()
-        if box is not None and box != (0, 0, *rgba.size):
-            # Wholly transparent margins are no part of the picture: a field pasted on a
-            # larger canvas, kept, was read with its red cells 0.55 times their size and its
-            # white cell not found.
+        if box is not None and box != (0, 0, *rgba.size) and _opaque_share(
+                rgba.crop(box)) >= PASTED_OPAQUE_SHARE:
+            # A picture pasted on a larger transparent canvas: the canvas is no part of it
+            # (kept, a field's red cells measured 0.55 times their size and its white cell
+            # was not found). A cut-out cell keeps its frame, and so its share of it.
             rgba = rgba.crop(box)
         opaque_everywhere = rgba.getchannel("A").getextrema()[0] == 255
         colour = WHITE if opaque_everywhere else _opaque_background(rgba) or WHITE
@@ -161,6 +167,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             flattened.info[FLATTENED] = True
         return flattened
     return image.convert("RGB")
+
+
+def _opaque_share(rgba: Image.Image) -> float:
+    """The share of `rgba`'s pixels that are fully opaque."""
+    return float(np.mean(np.asarray(rgba.getchannel("A")) == 255))
 
 
 def _opaque_background(rgba: Image.Image) -> tuple[int, int, int] | None:

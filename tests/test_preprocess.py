@@ -94,7 +94,6 @@ def test_transparency_inside_the_picture_takes_the_opaque_part_s_background_colo
     """A rotated crop's corners: the slide's colour, not white (which the exposure check
     measured as an over-exposed background), and the image marked as flattened."""
     turned = rotated(FILM)
-    left, top, right, bottom = turned.getchannel("A").getbbox()  # a transparent edge goes
     opaque = FILM if mode == "RGBA" else FILM.convert("L").convert("RGB")
     if mode == "P":
         turned, opaque = as_palette(turned), None
@@ -102,12 +101,22 @@ def test_transparency_inside_the_picture_takes_the_opaque_part_s_background_colo
         turned = turned.convert("LA")
     loaded = load_image(encode(turned, "PNG", **(
         {"transparency": 255} if mode == "P" else {})))
-    assert loaded.size == (right - left, bottom - top) and loaded.info.get(FLATTENED) is True
+    assert loaded.size == turned.size and loaded.info.get(FLATTENED) is True  # not cropped
     pixels = np.asarray(loaded, np.float32)
     estimate = background(FILM if opaque is None else opaque)
     for corner in [(0, 0), (-1, -1), (0, -1), (-1, 0)]:
         assert tuple(pixels[corner]) == pytest.approx(estimate, abs=4)
         assert tuple(pixels[corner]) != WHITE
+
+
+def test_a_cell_cut_out_on_its_own_frame_keeps_its_frame():
+    """Its slide made transparent round it (a background-removal tool's export): cropped to the
+    cell, it would fill the frame, read as if enlarged three times."""
+    yy, xx = np.mgrid[:360, :360]
+    alpha = np.where(np.hypot(xx - 180, yy - 180) <= 60, 255, 0).astype(np.uint8)
+    cut_out = Image.fromarray(np.dstack([np.asarray(FILM.resize((360, 360))), alpha]))
+    loaded = load_image(encode(cut_out, "PNG"))
+    assert loaded.size == (360, 360) and loaded.info.get(FLATTENED) is True
 
 
 def test_a_fully_opaque_rgba_image_gives_the_same_pixels_as_its_rgb():
@@ -132,9 +141,8 @@ def test_an_image_nearly_all_transparent_is_flattened_on_white():
 
 def test_a_half_transparent_pixel_is_composited_over_the_slide_s_colour():
     rgba = rotated(FILM)
-    left, top, _, _ = rgba.getchannel("A").getbbox()
-    rgba.putpixel((left + 5, top + 5), (0, 0, 0, 128))  # half-transparent black, in a corner
-    rgba.putpixel((left + 6, top + 5), (255, 0, 0, 64))  # a quarter-opaque red
+    rgba.putpixel((5, 5), (0, 0, 0, 128))  # half-transparent black, in a corner
+    rgba.putpixel((6, 5), (255, 0, 0, 64))  # a quarter-opaque red
     loaded = load_image(encode(rgba, "PNG"))
     colour = loaded.getpixel((0, 0))
     assert colour != WHITE and colour == pytest.approx(background(FILM), abs=4)

@@ -211,6 +211,9 @@ def test_every_cell_is_listed_least_sure_first_and_stays_in_place_after_a_review
     assert (said in text(html)) == quoted
     post(client, batch_id, "?show=all", n1="neutrophil", n4="excluded")
     assert listed() == [3, 2, 1, 4, 0]  # reviews move no cell
+    said = text(re.search(r'id="least-sure-first">(.*?)</p>', html, re.S).group(1))
+    assert said.startswith("Least sure first: the images called not a blood-cell image, the "
+                           "unidentified cells, then the accepted ones from the least sure up")
     # The list of cells still to review keeps its radio buttons and upload order.
     assert 'type="radio"' in page(client, f"/batch/{batch_id}/review")
     rows = re.findall(r'<tr data-fraction="([\d.]+)">(.*?)</tr>', page(client, "/models/tiny"),
@@ -218,3 +221,15 @@ def test_every_cell_is_listed_least_sure_first_and_stays_in_place_after_a_review
     assert [(f, text(row).split()) for f, row in rows] == [
         ("0.1", ["10", "%", "5.5", "51.3", "%", "10.1", "%", "61.9", "%", "(7.5)"]),
         ("0.2", ["20", "%", "11.0", "86.7", "%", "20.1", "%", "61.9", "%", "(7.5)"])]
+
+
+def test_an_unidentified_cell_is_listed_before_the_accepted_ones_whatever_its_confidence():
+    """A field in which no white cell was found is unidentified however sure the model is: at
+    0.99 it had sorted after an accepted cell at 0.9, last on the list."""
+    from hematovision.web.results import least_sure_first
+
+    found = [{"label": "neutrophil", "status": "accepted", "confidence": 0.9},
+             {"label": "neutrophil", "status": "unidentified", "confidence": 0.99,
+              "white_cells": 0},
+             {"label": "neutrophil", "status": "not_a_cell", "confidence": 0.5}]
+    assert least_sure_first(found) == [2, 1, 0]

@@ -191,12 +191,14 @@ def agreement(results: list[dict[str, Any]], classes: list[str]) -> list[Agreeme
 def least_sure_first(results: list[dict[str, Any]]) -> list[int]:
     """The classified results as the review page lists every cell: those called not a
     blood-cell image first (their confidence is in a class of an image unlike the training
-    images: an image of noise at 1.0000 had sorted last, among the surest), then least sure
-    first (so the unidentified ones, then the accepted ones the model was least sure of, where
-    its wrong answers mostly lie: training.review_order). By the model's status and
+    images: an image of noise at 1.0000 had sorted last, among the surest), then the
+    unidentified ones (one with no white cell found is unidentified however sure), then the
+    accepted ones the model was least sure of first, where its wrong answers mostly lie
+    (training.review_order). By the model's status and
     confidence, which a review does not change, so saving verdicts never moves a cell."""
     classified = [i for i, r in enumerate(results) if status_of(r) is not None]
     return sorted(classified, key=lambda i: (status_of(results[i]) != NOT_A_CELL,
+                                             status_of(results[i]) != UNIDENTIFIED,
                                              results[i]["confidence"], i))
 
 
