@@ -108,8 +108,7 @@ def test_an_over_exposed_cell_accepted_unreviewed_is_marked_on_the_printed_repor
                              label="neutrophil", status="accepted", confidence=0.99))
     said = text(page(client, location))
     assert ("1 was accepted and is counted unreviewed: look at it first (marked over-exposed "
-            "among the images below). If it is a blood film, take it again with less "
-            "light.") in said
+            "among the images below). Take it again with less light.") in said  # a cell
     report = re.search(r'<p[^>]*id="report-exposure".*?</p>', page(client, location + "/report"),
                        re.S).group(0)
     assert "text-warning-emphasis" in report and "exposure corrected" not in text(report)
