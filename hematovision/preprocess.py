@@ -153,12 +153,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         box = rgba.getchannel("A").getbbox()
-        if box is not None and box != (0, 0, *rgba.size) and _opaque_share(
-                rgba.crop(box)) >= PASTED_OPAQUE_SHARE:
-            # A picture pasted on a larger transparent canvas: the canvas is no part of it
-            # (kept, a field's red cells measured 0.55 times their size and its white cell
-            # was not found). A cut-out cell keeps its frame, and so its share of it.
-            rgba = rgba.crop(box)
+        if box is not None and box != (0, 0, *rgba.size):
+            content = rgba.crop(box)
+            if np.mean(np.asarray(content.getchannel("A")) == 255) >= PASTED_OPAQUE_SHARE:
+                # A picture pasted on a larger transparent canvas: the canvas is no part of
+                # it (kept, a field's red cells measured 0.55 times their size and its white
+                # cell was not found). A cut-out cell keeps its frame, and so its share of it.
+                rgba = content
         opaque_everywhere = rgba.getchannel("A").getextrema()[0] == 255
         colour = WHITE if opaque_everywhere else _opaque_background(rgba) or WHITE
         background = Image.new("RGBA", rgba.size, (*colour, 255))
@@ -167,11 +168,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             flattened.info[FLATTENED] = True
         return flattened
     return image.convert("RGB")
-
-
-def _opaque_share(rgba: Image.Image) -> float:
-    """The share of `rgba`'s pixels that are fully opaque."""
-    return float(np.mean(np.asarray(rgba.getchannel("A")) == 255))
 
 
 def _opaque_background(rgba: Image.Image) -> tuple[int, int, int] | None:

@@ -94,9 +94,9 @@ def differential_csv(counted: Differential, sample_id: str = "",
     called not a blood-cell image wait to be looked at), total count and sample ID, and who
     signed the count off, when, and their comment (empty unless `signed` still stands). A flag
     reads "high", "low", "high?" or "low?" (within counting error), empty within the
-    interval. Given a
-    manual count of the film (`comparison`), each white-cell class's row also has its manual
-    count and percent, the difference in points and its p-value (`hematovision.comparison`),
+    interval. Given a manual count of the film (`comparison`), each white-cell class's row
+    also has its manual count and percent, the difference in points and its p-value
+    (`hematovision.comparison`),
     a nucleated red-cell class's the same per 100 white cells, and each row the manual count's
     white cells; and each row the images called not a blood-cell image that no one has looked
     at where a white cell may be (`set_aside`: set_aside_unseen; the count is not signed while
@@ -194,8 +194,8 @@ def least_sure_first(results: list[dict[str, Any]]) -> list[int]:
     images: an image of noise at 1.0000 had sorted last, among the surest), then the
     unidentified ones (one with no white cell found is unidentified however sure), then the
     accepted ones the model was least sure of first, where its wrong answers mostly lie
-    (training.review_order). By the model's status and
-    confidence, which a review does not change, so saving verdicts never moves a cell."""
+    (training.review_order). By the model's status and confidence, which a review does not
+    change, so saving verdicts never moves a cell."""
     classified = [i for i, r in enumerate(results) if status_of(r) is not None]
     return sorted(classified, key=lambda i: (status_of(results[i]) != NOT_A_CELL,
                                              status_of(results[i]) != UNIDENTIFIED,
@@ -463,7 +463,9 @@ def exposure_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
             "brighter": part([b for b in plain if b >= 1]),
             "over_exposed": sum(c.over_exposed for c, _ in left),
             "over_exposed_accepted": len(accepted),
-            "over_exposed_unreviewed": sum(map(over_exposed_unseen, results)),
+            # Of them, those no one has reviewed (over_exposed_unseen, without reading every
+            # result's check again).
+            "over_exposed_unreviewed": sum(verdict_of(r) is None for r in accepted),
             # Cells the differential counts from the images left uncorrected, reviewed or not:
             # the printed report names them.
             "over_exposed_counted": sum(counted_class(r) is not None and c.over_exposed
